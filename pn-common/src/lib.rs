@@ -1,0 +1,46 @@
+//! The single source of truth for everything pn's kernel programs and its agent
+//! share: map keys and values (`#[repr(C)]`, sizes checked at compile time), the
+//! list of verdict reasons used by the datapath, the metrics and the CLI, and the
+//! decision logic that can be pure (so it is unit-tested on the host and the
+//! programs stay thin: parse, look up, decide, count).
+#![cfg_attr(not(any(feature = "user", test)), no_std)]
+
+pub mod event;
+pub mod maps;
+pub mod policy;
+pub mod reason;
+
+pub use reason::Reason;
+
+/// An IPv4 address as it sits in a packet: the four octets in network order,
+/// read into a `u32` without byte swapping. The programs never swap; user space
+/// converts with [`ip4`] / [`ip4_octets`].
+pub type Ip4 = u32;
+
+/// `Ip4` from dotted octets.
+pub const fn ip4(a: u8, b: u8, c: u8, d: u8) -> Ip4 {
+    u32::from_ne_bytes([a, b, c, d])
+}
+
+/// Octets of an `Ip4`, in network order.
+pub const fn ip4_octets(ip: Ip4) -> [u8; 4] {
+    ip.to_ne_bytes()
+}
+
+/// The link-local gateway every container routes through (and the default DNS
+/// address): the host side answers for it, so containers never learn a host
+/// address.
+pub const GATEWAY: Ip4 = ip4(169, 254, 1, 1);
+
+/// Names of the maps and programs, as pinned under the agent's bpffs directory.
+pub mod names {
+    pub const MAP_ENDPOINTS: &str = "PN_ENDPOINTS";
+    pub const MAP_IFACES: &str = "PN_IFACES";
+    pub const MAP_COUNTERS: &str = "PN_COUNTERS";
+    pub const MAP_FLOWS: &str = "PN_FLOWS";
+    pub const MAP_EVENTS: &str = "PN_EVENTS";
+    pub const MAP_CONFIG: &str = "PN_CONFIG";
+    pub const MAP_EVENT_BUDGET: &str = "PN_EVBUDGET";
+    pub const PROG_FROM_CONTAINER: &str = "pn_from_container";
+    pub const PROG_TO_CONTAINER: &str = "pn_to_container";
+}

@@ -1,0 +1,132 @@
+//! Keys and values of the maps the agent fills and the programs read. All
+//! `#[repr(C)]` with explicit padding, sizes pinned at compile time: a layout
+//! change is a compile error on both sides, never a silent misread.
+
+use crate::Ip4;
+
+/// Value of `PN_ENDPOINTS`, keyed by the endpoint's address ([`Ip4`]). Holds
+/// every member of every network the host knows: local containers and, for the
+/// tunnel, remote ones.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Endpoint {
+    /// The network's tag (small integer allocated by the store; 0 is never used).
+    pub tag: u32,
+    /// Host-side interface of a local endpoint; 0 for a remote one.
+    pub ifindex: u32,
+    /// Index of the peer host carrying a remote endpoint; 0 for a local one.
+    pub peer: u32,
+    pub flags: u32,
+}
+
+impl Endpoint {
+    pub const FLAG_REMOTE: u32 = 1;
+
+    pub const fn is_remote(&self) -> bool {
+        self.flags & Self::FLAG_REMOTE != 0
+    }
+}
+
+/// Value of `PN_IFACES`, keyed by the host-side ifindex (`u32`) of a container's
+/// veth: what that container is allowed to be.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Iface {
+    /// The only source address the container may use.
+    pub addr: Ip4,
+    /// Its network's tag.
+    pub tag: u32,
+}
+
+/// Key of `PN_COUNTERS` (per-CPU hash): one row per endpoint and reason.
+/// Underlay drops that belong to no endpoint use `endpoint = 0`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CounterKey {
+    pub endpoint: Ip4,
+    pub reason: u32,
+}
+
+/// Value of `PN_COUNTERS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Key of `PN_FLOWS` (LRU): a unidirectional flow, seen where it leaves its
+/// sender. Ports are in host order; 0 for ICMP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: Ip4,
+    pub dst: Ip4,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `PN_FLOWS`: when the flow was last refreshed (ns, monotonic).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowState {
+    pub last_seen_ns: u64,
+}
+
+/// The only element of `PN_CONFIG` (array of 1): settings the agent pushes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Address of the agent's DNS server, as containers reach it.
+    pub dns_addr: Ip4,
+    /// Its port, host order.
+    pub dns_port: u16,
+    pub _pad: u16,
+    /// Maximum drop events per second and CPU sent to user space; the rest is
+    /// only counted (a flood must not turn into an event storm).
+    pub drop_events_per_sec: u32,
+    pub _pad2: u32,
+}
+
+/// Per-CPU state of the drop-event rate limit (`PN_EVBUDGET`, array of 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EventBudget {
+    pub window_start_ns: u64,
+    pub sent: u32,
+    pub suppressed: u32,
+}
+
+/// Capacities. `ENDPOINTS` holds the whole fleet's members the host must
+/// know; local-only maps are smaller.
+pub const MAX_ENDPOINTS: u32 = 131_072;
+pub const MAX_IFACES: u32 = 4_096;
+pub const MAX_COUNTERS: u32 = MAX_IFACES * crate::Reason::COUNT as u32 + 64;
+pub const MAX_FLOWS: u32 = 65_536;
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 16);
+const _: () = assert!(core::mem::size_of::<Iface>() == 8);
+const _: () = assert!(core::mem::size_of::<CounterKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<EventBudget>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are `#[repr(C)]`, integer-only and padding-free
+    // (explicit `_pad` fields), so any byte pattern is a valid value.
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for Iface {}
+    unsafe impl aya::Pod for CounterKey {}
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for EventBudget {}
+}

@@ -1,0 +1,136 @@
+//! Every decision the datapath takes names one reason. This list is shared by
+//! the programs (which count per reason), the metrics (`reason` label) and the
+//! CLI (`flows`), so a drop means the same thing everywhere.
+
+/// Why a packet was passed or dropped. Values are stable: they are the counter
+/// keys in the pinned maps, which outlive an agent upgrade.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Passed: from a container to a member of its own network.
+    Forwarded = 0,
+    /// Passed: toward a container, from a member of its network.
+    Delivered = 1,
+    /// Passed: ARP between a container and its gateway.
+    Arp = 2,
+    /// Passed: DNS or ICMP between a container and the agent's gateway address.
+    Gateway = 3,
+    /// Dropped: destination is not a member of the sender's network.
+    PolicyDenied = 4,
+    /// Dropped: source address is not the one assigned to the interface.
+    SpoofedSource = 5,
+    /// Dropped: IP protocol other than TCP, UDP and ICMP.
+    ProtoDenied = 6,
+    /// Dropped: neither IPv4 nor ARP.
+    UnsupportedL3 = 7,
+    /// Dropped: toward a container, from a source outside its network.
+    NotMember = 8,
+    /// Dropped: headers too short or inconsistent to be judged.
+    Malformed = 9,
+    /// Dropped: the interface is not (or no longer) a known endpoint; fail closed.
+    UnknownInterface = 10,
+    /// Dropped on the underlay: tunnel packet from a host that is not a peer.
+    UnknownPeer = 11,
+    /// Dropped on the underlay: tunnel packet carrying no local network's tag.
+    UnknownTag = 12,
+    /// Dropped on the underlay: clear-text packet addressed to a member.
+    CleartextToMember = 13,
+}
+
+impl Reason {
+    /// Number of reasons; counter arrays are sized by it.
+    pub const COUNT: usize = 14;
+
+    pub const ALL: [Reason; Reason::COUNT] = [
+        Reason::Forwarded,
+        Reason::Delivered,
+        Reason::Arp,
+        Reason::Gateway,
+        Reason::PolicyDenied,
+        Reason::SpoofedSource,
+        Reason::ProtoDenied,
+        Reason::UnsupportedL3,
+        Reason::NotMember,
+        Reason::Malformed,
+        Reason::UnknownInterface,
+        Reason::UnknownPeer,
+        Reason::UnknownTag,
+        Reason::CleartextToMember,
+    ];
+
+    pub const fn from_u8(v: u8) -> Option<Reason> {
+        if (v as usize) < Reason::COUNT {
+            Some(Reason::ALL[v as usize])
+        } else {
+            None
+        }
+    }
+
+    pub const fn is_drop(self) -> bool {
+        !matches!(
+            self,
+            Reason::Forwarded | Reason::Delivered | Reason::Arp | Reason::Gateway
+        )
+    }
+
+    /// The name used in metrics labels, CLI output and docs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Forwarded => "forwarded",
+            Reason::Delivered => "delivered",
+            Reason::Arp => "arp",
+            Reason::Gateway => "gateway",
+            Reason::PolicyDenied => "policy_denied",
+            Reason::SpoofedSource => "spoofed_source",
+            Reason::ProtoDenied => "proto_denied",
+            Reason::UnsupportedL3 => "unsupported_l3",
+            Reason::NotMember => "not_member",
+            Reason::Malformed => "malformed",
+            Reason::UnknownInterface => "unknown_interface",
+            Reason::UnknownPeer => "unknown_peer",
+            Reason::UnknownTag => "unknown_tag",
+            Reason::CleartextToMember => "cleartext_to_member",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Reason> {
+        Reason::ALL.iter().copied().find(|r| r.as_str() == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_dense_and_round_trip() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?} out of place");
+            assert_eq!(Reason::from_u8(i as u8), Some(*r));
+            assert_eq!(Reason::from_name(r.as_str()), Some(*r));
+        }
+        assert_eq!(Reason::from_u8(Reason::COUNT as u8), None);
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Reason::COUNT);
+    }
+
+    #[test]
+    fn only_the_pass_reasons_pass() {
+        let passes: Vec<_> = Reason::ALL.iter().filter(|r| !r.is_drop()).collect();
+        assert_eq!(
+            passes,
+            [
+                &Reason::Forwarded,
+                &Reason::Delivered,
+                &Reason::Arp,
+                &Reason::Gateway
+            ]
+        );
+    }
+}

@@ -1,0 +1,36 @@
+//! The maps, pinned by name under the agent's bpffs directory so that an agent
+//! restart finds (and keeps enforcing with) the same state.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use pn_common::{
+    Ip4,
+    maps::{
+        Config, Counter, CounterKey, EVENTS_BYTES, Endpoint, EventBudget, FlowKey, FlowState,
+        Iface, MAX_COUNTERS, MAX_ENDPOINTS, MAX_FLOWS, MAX_IFACES,
+    },
+};
+
+#[map]
+pub static PN_ENDPOINTS: HashMap<Ip4, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+#[map]
+pub static PN_IFACES: HashMap<u32, Iface> = HashMap::pinned(MAX_IFACES, 0);
+
+#[map]
+pub static PN_COUNTERS: PerCpuHashMap<CounterKey, Counter> =
+    PerCpuHashMap::pinned(MAX_COUNTERS, 0);
+
+#[map]
+pub static PN_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::pinned(MAX_FLOWS, 0);
+
+#[map]
+pub static PN_EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+#[map]
+pub static PN_CONFIG: Array<Config> = Array::pinned(1, 0);
+
+#[map]
+pub static PN_EVBUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);
