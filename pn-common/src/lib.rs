@@ -6,6 +6,8 @@
 #![cfg_attr(not(any(feature = "user", test)), no_std)]
 
 pub mod event;
+#[cfg(feature = "user")]
+pub mod ids;
 pub mod maps;
 pub mod policy;
 pub mod reason;
