@@ -1,4 +1,3 @@
 fn main() {
-    let obj = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pn-ebpf"));
-    println!("{}", obj.len());
+    println!("{}", pn_agent::EBPF_OBJECT.len());
 }

@@ -1,0 +1,5 @@
+//! pn's host agent as a library: the binary (`main.rs`) is only the command
+//! line; every module here is usable from tests, benchmarks and fuzz targets.
+
+/// The compiled eBPF object (empty when built with `AYA_BUILD_SKIP=1`).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pn-ebpf"));
