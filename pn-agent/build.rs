@@ -7,8 +7,7 @@ fn main() -> anyhow::Result<()> {
     let object = std::path::Path::new(&out_dir).join("pn-ebpf");
     // AYA_BUILD_SKIP=1 (used for lints and host-only unit tests) skips the BPF
     // build; the agent then refuses to start with a clear error.
-    if std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v == "true") && !object.exists()
-    {
+    if std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v == "true") && !object.exists() {
         std::fs::write(&object, b"").context("writing placeholder eBPF object")?;
     }
     let metadata = cargo_metadata::MetadataCommand::new()

@@ -1,5 +1,9 @@
 //! pn's host agent as a library: the binary (`main.rs`) is only the command
 //! line; every module here is usable from tests, benchmarks and fuzz targets.
 
+pub mod ipam;
+pub mod model;
+pub mod store;
+
 /// The compiled eBPF object (empty when built with `AYA_BUILD_SKIP=1`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pn-ebpf"));

@@ -35,7 +35,10 @@ impl fmt::Display for IdError {
                 "invalid container type {s:?}: expected a lower-case letter then up to 31 of a-z, 0-9 and -"
             ),
             IdError::Index(s) => {
-                write!(f, "invalid container index {s:?}: expected an integer from 1")
+                write!(
+                    f,
+                    "invalid container index {s:?}: expected an integer from 1"
+                )
             }
         }
     }
@@ -118,7 +121,8 @@ impl fmt::Debug for Uuid {
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 macro_rules! prefixed_id {
@@ -192,8 +196,7 @@ fn valid_label(s: &str, max: usize, first_letter: bool) -> bool {
     !b.is_empty()
         && b.len() <= max
         && (!first_letter || b[0].is_ascii_lowercase())
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 

@@ -101,8 +101,7 @@ pub fn from_container(
     if !allowed_proto(pkt.proto) {
         return Reason::ProtoDenied;
     }
-    let to_dns =
-        pkt.dst == cfg.dns_addr && has_ports(pkt.proto) && pkt.dport == cfg.dns_port;
+    let to_dns = pkt.dst == cfg.dns_addr && has_ports(pkt.proto) && pkt.dport == cfg.dns_port;
     let to_gateway = pkt.dst == GATEWAY && pkt.proto == IPPROTO_ICMP;
     if to_dns || to_gateway {
         return Reason::Gateway;
@@ -128,8 +127,7 @@ pub fn to_container(
     if !allowed_proto(pkt.proto) {
         return Reason::ProtoDenied;
     }
-    let from_dns =
-        pkt.src == cfg.dns_addr && has_ports(pkt.proto) && pkt.sport == cfg.dns_port;
+    let from_dns = pkt.src == cfg.dns_addr && has_ports(pkt.proto) && pkt.sport == cfg.dns_port;
     let from_gateway = pkt.src == GATEWAY && pkt.proto == IPPROTO_ICMP;
     if from_dns || from_gateway {
         return Reason::Gateway;

@@ -20,8 +20,7 @@ pub static PN_ENDPOINTS: HashMap<Ip4, Endpoint> = HashMap::pinned(MAX_ENDPOINTS,
 pub static PN_IFACES: HashMap<u32, Iface> = HashMap::pinned(MAX_IFACES, 0);
 
 #[map]
-pub static PN_COUNTERS: PerCpuHashMap<CounterKey, Counter> =
-    PerCpuHashMap::pinned(MAX_COUNTERS, 0);
+pub static PN_COUNTERS: PerCpuHashMap<CounterKey, Counter> = PerCpuHashMap::pinned(MAX_COUNTERS, 0);
 
 #[map]
 pub static PN_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::pinned(MAX_FLOWS, 0);

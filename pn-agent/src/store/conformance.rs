@@ -1,0 +1,278 @@
+//! One suite for every backend: the membership rules must not depend on where
+//! the records live. Each backend's tests call these with a fresh, empty store.
+
+use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc};
+
+use ipnet::Ipv4Net;
+use pn_common::ids::{AppId, HostId, NetworkId, Uuid};
+
+use super::{Backend, Membership, MembershipError, WatchEvent, view::MembershipView};
+use crate::model::{Container, ContainerKey, now_secs};
+
+pub fn net_id(n: u8) -> NetworkId {
+    NetworkId(Uuid::from_random_bytes([n; 16]))
+}
+pub fn app_id(n: u8) -> AppId {
+    AppId(Uuid::from_random_bytes([n; 16]))
+}
+fn pool() -> Ipv4Net {
+    "10.240.0.0/12".parse().unwrap()
+}
+fn host(h: &str) -> HostId {
+    h.parse().unwrap()
+}
+fn key(app: AppId, t: &str, i: u32) -> ContainerKey {
+    ContainerKey {
+        app,
+        ctype: t.parse().unwrap(),
+        index: i,
+    }
+}
+
+async fn attach(m: &Membership, net: NetworkId, k: &ContainerKey, h: &str) -> Container {
+    let ip = m.reserve_address(&net, k, &host(h)).await.unwrap();
+    let c = Container {
+        key: k.clone(),
+        network: net,
+        ip,
+        host: host(h),
+        netns: "ns".into(),
+        ifname: "pn0".into(),
+        host_ifname: "pnh-x".into(),
+        created_at: now_secs(),
+    };
+    m.put_container(&c).await.unwrap();
+    c
+}
+
+pub async fn networks_get_disjoint_ranges_and_tags(kv: Arc<dyn Backend>) {
+    let m = Membership::new(kv);
+    let (a, _) = m
+        .create_network(net_id(1), None, &pool(), 22)
+        .await
+        .unwrap();
+    let (b, _) = m
+        .create_network(net_id(2), None, &pool(), 22)
+        .await
+        .unwrap();
+    assert_eq!(a.cidr.to_string(), "10.240.0.0/22");
+    assert_eq!(b.cidr.to_string(), "10.240.4.0/22");
+    assert_ne!(a.tag, b.tag);
+    let explicit: Ipv4Net = "10.240.8.0/24".parse().unwrap();
+    let (c, _) = m
+        .create_network(net_id(3), Some(explicit), &pool(), 22)
+        .await
+        .unwrap();
+    assert_eq!(c.cidr, explicit);
+    let (d, _) = m
+        .create_network(net_id(4), None, &pool(), 22)
+        .await
+        .unwrap();
+    assert_eq!(
+        d.cidr.to_string(),
+        "10.240.12.0/22",
+        "skips the explicit range"
+    );
+    let err = m
+        .create_network(
+            net_id(5),
+            Some("10.240.0.0/16".parse().unwrap()),
+            &pool(),
+            22,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MembershipError::Conflict(_)), "{err}");
+    let err = m
+        .create_network(net_id(1), None, &pool(), 22)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    let err = m
+        .create_network(net_id(6), Some("10.9.0.1/24".parse().unwrap()), &pool(), 22)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MembershipError::Invalid(_)), "{err}");
+    assert_eq!(m.networks().await.unwrap().len(), 4);
+}
+
+pub async fn pool_exhaustion_is_reported(kv: Arc<dyn Backend>) {
+    let m = Membership::new(kv);
+    let small: Ipv4Net = "10.250.0.0/23".parse().unwrap();
+    m.create_network(net_id(1), None, &small, 24).await.unwrap();
+    m.create_network(net_id(2), None, &small, 24).await.unwrap();
+    let err = m
+        .create_network(net_id(3), None, &small, 24)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MembershipError::Exhausted(_)), "{err}");
+    assert!(err.to_string().contains("exhausted"), "{err}");
+}
+
+pub async fn apps_need_an_existing_network(kv: Arc<dyn Backend>) {
+    let m = Membership::new(kv);
+    let err = m.create_app(app_id(1), &net_id(9), None).await.unwrap_err();
+    assert!(matches!(err, MembershipError::NotFound(_)), "{err}");
+    m.create_network(net_id(1), None, &pool(), 22)
+        .await
+        .unwrap();
+    m.create_app(app_id(1), &net_id(1), Some("waf".into()))
+        .await
+        .unwrap();
+    let err = m.create_app(app_id(1), &net_id(1), None).await.unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert_eq!(
+        m.app(&app_id(1)).await.unwrap().name.as_deref(),
+        Some("waf")
+    );
+}
+
+pub async fn addresses_are_unique_and_reused_after_release(kv: Arc<dyn Backend>) {
+    let m = Membership::new(kv);
+    let net = net_id(1);
+    m.create_network(net, Some("10.240.0.0/29".parse().unwrap()), &pool(), 22)
+        .await
+        .unwrap();
+    m.create_app(app_id(1), &net, None).await.unwrap();
+    let mut seen = BTreeSet::new();
+    for i in 1..=6 {
+        let c = attach(&m, net, &key(app_id(1), "web", i), "h1").await;
+        assert!(seen.insert(c.ip));
+    }
+    assert_eq!(
+        seen.first(),
+        Some(&"10.240.0.1".parse::<Ipv4Addr>().unwrap())
+    );
+    let err = m
+        .reserve_address(&net, &key(app_id(1), "web", 7), &host("h1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MembershipError::Exhausted(_)), "{err}");
+    let (gone, _) = m
+        .delete_container(&key(app_id(1), "web", 3))
+        .await
+        .unwrap()
+        .unwrap();
+    let c = attach(&m, net, &key(app_id(1), "web", 7), "h1").await;
+    assert_eq!(c.ip, gone.ip, "freed address is handed out again");
+}
+
+pub async fn concurrent_reservations_never_collide(kv: Arc<dyn Backend>) {
+    let m = Membership::new(kv);
+    let net = net_id(1);
+    m.create_network(net, None, &pool(), 22).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 1..=40u32 {
+        let m = m.clone();
+        tasks.push(tokio::spawn(async move {
+            let h = if i % 2 == 0 { "h1" } else { "h2" };
+            m.reserve_address(&net, &key(app_id(1), "web", i), &host(h))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut ips = BTreeSet::new();
+    for t in tasks {
+        assert!(ips.insert(t.await.unwrap()), "duplicate address");
+    }
+    assert_eq!(ips.len(), 40);
+}
+
+pub async fn deletes_respect_dependents(kv: Arc<dyn Backend>) {
+    let m = Membership::new(kv);
+    let net = net_id(1);
+    m.create_network(net, None, &pool(), 22).await.unwrap();
+    m.create_app(app_id(1), &net, None).await.unwrap();
+    let c = attach(&m, net, &key(app_id(1), "worker", 1), "h1").await;
+    let err = m.delete_app(&app_id(1)).await.unwrap_err();
+    assert!(err.to_string().contains("detach them first"), "{err}");
+    let err = m.delete_network(&net, false).await.unwrap_err();
+    assert!(err.to_string().contains("--force"), "{err}");
+    m.delete_network(&net, true).await.unwrap();
+    assert!(m.networks().await.unwrap().is_empty());
+    assert!(m.apps().await.unwrap().is_empty());
+    assert!(m.container(&c.key).await.unwrap().is_none());
+    assert!(m.leases_of_host(&host("h1")).await.unwrap().is_empty());
+    // The range is free again.
+    let (again, _) = m
+        .create_network(net_id(2), None, &pool(), 22)
+        .await
+        .unwrap();
+    assert_eq!(again.cidr.to_string(), "10.240.0.0/22");
+    let err = m.delete_network(&net, false).await.unwrap_err();
+    assert!(matches!(err, MembershipError::NotFound(_)), "{err}");
+}
+
+pub async fn views_follow_the_watch(kv: Arc<dyn Backend>) {
+    let m = Membership::new(kv.clone());
+    let net = net_id(1);
+    m.create_network(net, None, &pool(), 22).await.unwrap();
+    let listing = kv.list("").await.unwrap();
+    let (mut view, errors) = MembershipView::from_listing(&listing);
+    assert!(errors.is_empty());
+    let mut rx = kv.watch("", listing.rev + 1).await.unwrap();
+    m.create_app(app_id(1), &net, None).await.unwrap();
+    let c = attach(&m, net, &key(app_id(1), "web", 1), "h2").await;
+    let (_, last_rev) = m.delete_container(&c.key).await.unwrap().unwrap();
+    let c2 = attach(&m, net, &key(app_id(1), "web", 2), "h2").await;
+    let mut seen_delete = false;
+    while view.rev < last_rev || view.containers.is_empty() {
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+            .await
+            .expect("watch delivers in time")
+            .expect("watch open");
+        assert_ne!(ev, WatchEvent::Resync);
+        if matches!(
+            view.apply(&ev).unwrap(),
+            super::view::Change::ContainerDeleted(_)
+        ) {
+            seen_delete = true;
+        }
+    }
+    assert!(seen_delete);
+    assert_eq!(view.apps.len(), 1);
+    assert_eq!(view.containers.len(), 1);
+    assert_eq!(view.container_by_ip(c2.ip).unwrap().key, c2.key);
+}
+
+/// Runs every conformance test, each on a fresh store from `fresh`.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($fresh:expr) => {
+        #[tokio::test]
+        async fn networks_get_disjoint_ranges_and_tags() {
+            $crate::store::conformance::networks_get_disjoint_ranges_and_tags(
+                $fresh("ranges").await,
+            )
+            .await
+        }
+        #[tokio::test]
+        async fn pool_exhaustion_is_reported() {
+            $crate::store::conformance::pool_exhaustion_is_reported($fresh("exhaust").await).await
+        }
+        #[tokio::test]
+        async fn apps_need_an_existing_network() {
+            $crate::store::conformance::apps_need_an_existing_network($fresh("apps").await).await
+        }
+        #[tokio::test]
+        async fn addresses_are_unique_and_reused_after_release() {
+            $crate::store::conformance::addresses_are_unique_and_reused_after_release(
+                $fresh("addrs").await,
+            )
+            .await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn concurrent_reservations_never_collide() {
+            $crate::store::conformance::concurrent_reservations_never_collide($fresh("race").await)
+                .await
+        }
+        #[tokio::test]
+        async fn deletes_respect_dependents() {
+            $crate::store::conformance::deletes_respect_dependents($fresh("deletes").await).await
+        }
+        #[tokio::test]
+        async fn views_follow_the_watch() {
+            $crate::store::conformance::views_follow_the_watch($fresh("watch").await).await
+        }
+    };
+}
