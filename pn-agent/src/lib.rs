@@ -1,8 +1,15 @@
 //! pn's host agent as a library: the binary (`main.rs`) is only the command
 //! line; every module here is usable from tests, benchmarks and fuzz targets.
 
+pub mod agent;
+pub mod api;
+pub mod config;
+pub mod datapath;
+pub mod flows;
 pub mod ipam;
+pub mod metrics;
 pub mod model;
+pub mod netlink;
 pub mod store;
 
 /// The compiled eBPF object (empty when built with `AYA_BUILD_SKIP=1`).

@@ -1,3 +1,460 @@
-fn main() {
-    println!("{}", pn_agent::EBPF_OBJECT.len());
+//! `pn-agent`: the daemon (`run`) and the control commands that talk to it.
+
+use std::{io::Write, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use ipnet::Ipv4Net;
+use pn_agent::{
+    api::{AppInfo, Client, ContainerInfo, NetworkInfo, Request, Status},
+    config::{DEFAULT_API_SOCKET, RunConfig, RunSettings},
+    flows::FlowRecord,
+    model::{App, ContainerKey, Network},
+};
+use pn_common::ids::{AppId, ContainerType, NetworkId, parse_index};
+
+#[derive(Parser)]
+#[command(
+    name = "pn-agent",
+    version,
+    about = "pn: private networks of containers — host agent and control commands"
+)]
+struct Cli {
+    /// The running agent's control socket [default: /run/pn-agent/api.sock].
+    #[arg(long, global = true, env = "PN_API_SOCKET")]
+    api_socket: Option<PathBuf>,
+    /// Output format of control commands.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (needs root).
+    Run {
+        /// TOML file with the same settings as the flags (kebab-case keys).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: RunSettings,
+    },
+    /// Private networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Applications (members of one network).
+    #[command(subcommand)]
+    App(AppCmd),
+    /// Containers (network namespaces attached to an application).
+    #[command(subcommand)]
+    Container(ContainerCmd),
+    /// Every DNS name of an application's formation.
+    DomainNames {
+        #[arg(long)]
+        app: AppId,
+    },
+    /// The variables injected into a container.
+    Env {
+        #[arg(long)]
+        app: AppId,
+        #[arg(long = "type")]
+        ctype: ContainerType,
+        #[arg(long, value_parser = parse_index)]
+        index: u32,
+    },
+    /// Programs attached, endpoints, peers, store and tunnel state.
+    Status,
+    /// Flow and drop events from the datapath.
+    Flows {
+        /// Keep printing new events.
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NetworkCmd {
+    /// Create a network; prints its id.
+    Create {
+        #[arg(long)]
+        id: Option<NetworkId>,
+        /// Address range (default: the next free /22 of the fleet pool).
+        #[arg(long)]
+        cidr: Option<Ipv4Net>,
+    },
+    List,
+    /// Delete a network; with --force, also its applications and containers.
+    Delete {
+        id: NetworkId,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AppCmd {
+    /// Create an application in a network; prints its id.
+    Create {
+        #[arg(long)]
+        network: NetworkId,
+        #[arg(long)]
+        id: Option<AppId>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        network: Option<NetworkId>,
+    },
+    Delete { id: AppId },
+}
+
+#[derive(Subcommand)]
+enum ContainerCmd {
+    /// Attach a network namespace as a container of an application (idempotent).
+    Attach {
+        #[arg(long)]
+        app: AppId,
+        #[arg(long = "type")]
+        ctype: ContainerType,
+        /// Default: the lowest free index of that type.
+        #[arg(long, value_parser = parse_index)]
+        index: Option<u32>,
+        /// Namespace name (as `ip netns`) or path (e.g. /proc/PID/ns/net).
+        #[arg(long)]
+        netns: String,
+        /// Interface name inside the namespace.
+        #[arg(long, default_value = "pn0")]
+        ifname: String,
+    },
+    /// Detach a container: removes its interface and frees its address.
+    Detach {
+        #[arg(long)]
+        app: AppId,
+        #[arg(long = "type")]
+        ctype: ContainerType,
+        #[arg(long, value_parser = parse_index)]
+        index: u32,
+    },
+    List {
+        #[arg(long)]
+        app: Option<AppId>,
+        #[arg(long)]
+        network: Option<NetworkId>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = e.print();
+                return ExitCode::from(2);
+            }
+            // One line: the usage text clap appends is noise for scripts.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+            eprintln!("{first}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let socket = cli.api_socket.clone();
+    let path = socket.clone().unwrap_or_else(|| DEFAULT_API_SOCKET.into());
+    let out = cli.output;
+    match cli.command {
+        Command::Run { config, mut settings } => {
+            settings.api_socket = socket;
+            daemon(settings, config).await
+        }
+        Command::Network(NetworkCmd::Create { id, cidr }) => {
+            let n: Network = Client::call(&path, &Request::NetworkCreate { id, cidr }).await?;
+            print(out, &n, || format!("{}\n", n.id))
+        }
+        Command::Network(NetworkCmd::List) => {
+            let list: Vec<NetworkInfo> = Client::call(&path, &Request::NetworkList).await?;
+            print(out, &list, || {
+                table(
+                    &["ID", "CIDR", "TAG", "APPS", "CONTAINERS"],
+                    list.iter().map(|n| {
+                        vec![
+                            n.id.to_string(),
+                            n.cidr.to_string(),
+                            n.tag.to_string(),
+                            n.apps.to_string(),
+                            n.containers.to_string(),
+                        ]
+                    }),
+                )
+            })
+        }
+        Command::Network(NetworkCmd::Delete { id, force }) => {
+            let () = Client::call(&path, &Request::NetworkDelete { id, force }).await?;
+            print(out, &serde_json::json!({ "deleted": id }), String::new)
+        }
+        Command::App(AppCmd::Create { network, id, name }) => {
+            let a: App = Client::call(&path, &Request::AppCreate { network, id, name }).await?;
+            print(out, &a, || format!("{}\n", a.id))
+        }
+        Command::App(AppCmd::List { network }) => {
+            let list: Vec<AppInfo> = Client::call(&path, &Request::AppList { network }).await?;
+            print(out, &list, || {
+                table(
+                    &["ID", "NETWORK", "NAME", "CONTAINERS"],
+                    list.iter().map(|a| {
+                        vec![
+                            a.id.to_string(),
+                            a.network.to_string(),
+                            a.name.clone().unwrap_or_else(|| "-".into()),
+                            a.containers.to_string(),
+                        ]
+                    }),
+                )
+            })
+        }
+        Command::App(AppCmd::Delete { id }) => {
+            let () = Client::call(&path, &Request::AppDelete { id }).await?;
+            print(out, &serde_json::json!({ "deleted": id }), String::new)
+        }
+        Command::Container(ContainerCmd::Attach {
+            app,
+            ctype,
+            index,
+            netns,
+            ifname,
+        }) => {
+            let c: ContainerInfo = Client::call(
+                &path,
+                &Request::ContainerAttach {
+                    app,
+                    ctype,
+                    index,
+                    netns,
+                    ifname,
+                },
+            )
+            .await?;
+            // The contract: attach always prints JSON.
+            print(Output::Json, &c, String::new)
+        }
+        Command::Container(ContainerCmd::Detach { app, ctype, index }) => {
+            let key = ContainerKey { app, ctype, index };
+            let () = Client::call(&path, &Request::ContainerDetach { key: key.clone() }).await?;
+            print(out, &serde_json::json!({ "detached": key.to_string() }), String::new)
+        }
+        Command::Container(ContainerCmd::List { app, network }) => {
+            let list: Vec<ContainerInfo> =
+                Client::call(&path, &Request::ContainerList { app, network }).await?;
+            print(out, &list, || {
+                table(
+                    &["ID", "IP", "HOST", "NETNS", "INTERFACE", "HOST-INTERFACE"],
+                    list.iter().map(|c| {
+                        vec![
+                            c.id.clone(),
+                            c.ip.to_string(),
+                            c.host.clone(),
+                            c.netns.clone(),
+                            c.interface.clone(),
+                            c.host_interface.clone(),
+                        ]
+                    }),
+                )
+            })
+        }
+        Command::DomainNames { app } => {
+            let names: Vec<String> = Client::call(&path, &Request::DomainNames { app }).await?;
+            print(out, &names, || names.iter().map(|n| format!("{n}\n")).collect())
+        }
+        Command::Env { app, ctype, index } => {
+            let key = ContainerKey { app, ctype, index };
+            let vars: Vec<(String, String)> = Client::call(&path, &Request::Env { key }).await?;
+            let obj: serde_json::Map<String, serde_json::Value> = vars
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            print(out, &obj, || vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect())
+        }
+        Command::Status => {
+            let s: Status = Client::call(&path, &Request::Status).await?;
+            print(out, &s, || status_text(&s))
+        }
+        Command::Flows { follow } => {
+            let mut c = Client::connect(&path).await?;
+            c.send(&Request::Flows { follow }).await?;
+            let stdout = std::io::stdout();
+            while let Some(v) = c.next().await? {
+                let line = match out {
+                    Output::Json => serde_json::to_string(&v)?,
+                    Output::Table => serde_json::from_value::<FlowRecord>(v)
+                        .map(|r| r.line())
+                        .context("decoding a flow event")?,
+                };
+                let mut lock = stdout.lock();
+                if writeln!(lock, "{line}").and_then(|()| lock.flush()).is_err() {
+                    // Reader went away (e.g. `| head`): not an error.
+                    return Ok(());
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print<T: serde::Serialize>(out: Output, v: &T, table: impl FnOnce() -> String) -> anyhow::Result<()> {
+    let text = match out {
+        Output::Json => format!("{}\n", serde_json::to_string_pretty(v)?),
+        Output::Table => table(),
+    };
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    Ok(())
+}
+
+fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(parts.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(headers.to_vec(), &mut out);
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+fn status_text(s: &Status) -> String {
+    let mut t = String::new();
+    t.push_str(&format!("host        {} (pn-agent {})\n", s.host, s.version));
+    t.push_str(&format!(
+        "store       {} — {} at revision {}\n",
+        s.store.backend,
+        if s.store.reachable { "reachable" } else { "UNREACHABLE (enforcing last known state)" },
+        s.store.revision
+    ));
+    if let Some(e) = &s.store.last_error {
+        t.push_str(&format!("            last error: {e}\n"));
+    }
+    t.push_str(&format!(
+        "datapath    {} on {} interface(s), pins in {}\n",
+        s.datapath.programs.join(", "),
+        s.datapath.attached_interfaces,
+        s.datapath.bpffs.display()
+    ));
+    t.push_str(&format!(
+        "endpoints   {} local, {} remote, {} in maps\n",
+        s.endpoints.local, s.endpoints.remote, s.endpoints.in_maps
+    ));
+    t.push_str(&format!("dns         {}\n", s.dns));
+    t.push_str(&format!("tunnel      {}\n", s.tunnel));
+    if s.peers.is_empty() {
+        t.push_str("peers       none\n");
+    }
+    for p in &s.peers {
+        t.push_str(&format!(
+            "peer        {} {} ({} containers) tunnel: {}\n",
+            p.host,
+            p.advertise.as_deref().unwrap_or("-"),
+            p.containers,
+            p.tunnel
+        ));
+    }
+    t
+}
+
+async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    let cfg = RunConfig::resolve(settings, config.as_deref())?;
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!("pn-agent run needs root (it loads eBPF programs and configures interfaces)");
+    }
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
+    let lock_path = cfg.state_dir.join("agent.lock");
+    let lock_file = std::fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| {
+            anyhow::anyhow!("another agent is using state dir {}", cfg.state_dir.display())
+        })?;
+    let listener = pn_agent::api::server::bind(&cfg.api_socket).await?;
+    log::info!(
+        "pn-agent {} starting: host {}, store {:?}, bpffs {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.host_id,
+        cfg.store,
+        cfg.bpffs.display()
+    );
+    let agent = pn_agent::agent::Agent::start(cfg.clone()).await?;
+    let metrics = pn_agent::metrics::AgentMetrics::default();
+    let registry = pn_agent::metrics::registry(&agent, &metrics);
+    let metrics_listener = tokio::spawn(pn_agent::metrics::serve(cfg.metrics_listen, registry));
+    tokio::spawn(pn_agent::api::server::serve(listener, agent.clone(), metrics));
+    log::info!(
+        "ready: API {}, metrics http://{}/metrics",
+        cfg.api_socket.display(),
+        cfg.metrics_listen
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        r = metrics_listener => {
+            let _ = std::fs::remove_file(&cfg.api_socket);
+            return match r {
+                Ok(Err(e)) => Err(e),
+                _ => Err(anyhow::anyhow!("metrics server stopped")),
+            };
+        }
+    }
+    let _ = std::fs::remove_file(&cfg.api_socket);
+    log::info!("stopping; the programs stay attached and keep enforcing the last state");
+    Ok(())
 }

@@ -1,0 +1,289 @@
+//! `pn-agent run` settings: flags, optionally a TOML file (`--config`), then
+//! defaults. A flag beats the file; the file beats the default.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, bail};
+use ipnet::Ipv4Net;
+use pn_common::ids::HostId;
+use serde::Deserialize;
+
+pub const DEFAULT_API_SOCKET: &str = "/run/pn-agent/api.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/pn-agent";
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/pn-agent";
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
+pub const DEFAULT_DNS_TTL: u32 = 5;
+pub const DEFAULT_MTU: u32 = 1500;
+pub const DEFAULT_DROP_EVENTS_PER_SEC: u32 = 200;
+
+/// The settings a flag or the file can give; `None` means "not given here".
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RunSettings {
+    /// This host's id in the fleet ([a-z0-9-]{1,63}; default: the hostname).
+    #[arg(long)]
+    pub host_id: Option<String>,
+    /// Embedded store and host key [default: /var/lib/pn-agent].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// `embedded`, or `etcd://HOST:PORT[,HOST:PORT…]` for a fleet [default: embedded].
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Pin directory on a bpffs (mounted if needed) [default: /sys/fs/bpf/pn-agent].
+    #[arg(long)]
+    pub bpffs: Option<PathBuf>,
+    /// Interface toward the other hosts (tunnel and XDP guard).
+    #[arg(long)]
+    pub underlay_iface: Option<String>,
+    /// Encrypted tunnel endpoint published to peers (IP:PORT).
+    #[arg(long)]
+    pub advertise: Option<SocketAddr>,
+    /// DNS server address; containers reach it through their gateway [default: 169.254.1.1:53].
+    #[arg(long)]
+    pub dns_listen: Option<SocketAddrV4>,
+    /// Prometheus endpoint [default: 127.0.0.1:9464].
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// TTL of DNS answers, seconds [default: 5].
+    #[arg(long)]
+    pub dns_ttl: Option<u32>,
+    /// Fleet-wide address pool networks are carved from [default: 10.240.0.0/12].
+    #[arg(long)]
+    pub pool: Option<Ipv4Net>,
+    /// Prefix length of a network's range when none is given [default: 22].
+    #[arg(long)]
+    pub network_prefix: Option<u8>,
+    /// MTU of container interfaces when there is no underlay to derive it from [default: 1500].
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// Drop events per second and CPU sent to `flows` (the rest is only counted) [default: 200].
+    #[arg(long)]
+    pub drop_events_per_sec: Option<u32>,
+    /// Key prefix in etcd [default: /pn/].
+    #[arg(long)]
+    pub etcd_prefix: Option<String>,
+    /// The API socket (also the global `--api-socket`).
+    #[arg(skip)]
+    pub api_socket: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreSpec {
+    Embedded,
+    Etcd(Vec<String>),
+}
+
+impl std::str::FromStr for StoreSpec {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<StoreSpec> {
+        if s == "embedded" {
+            return Ok(StoreSpec::Embedded);
+        }
+        let Some(rest) = s.strip_prefix("etcd://") else {
+            bail!("invalid --store {s:?}: expected `embedded` or etcd://HOST:PORT[,HOST:PORT…]");
+        };
+        let endpoints: Vec<String> = rest.split(',').map(str::to_string).collect();
+        for e in &endpoints {
+            let ok = e
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                bail!("invalid etcd endpoint {e:?} in --store: expected HOST:PORT");
+            }
+        }
+        Ok(StoreSpec::Etcd(endpoints))
+    }
+}
+
+/// Fully resolved settings of a running agent.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub host_id: HostId,
+    pub state_dir: PathBuf,
+    pub store: StoreSpec,
+    pub bpffs: PathBuf,
+    pub underlay_iface: Option<String>,
+    pub advertise: Option<SocketAddr>,
+    pub dns_listen: SocketAddrV4,
+    pub metrics_listen: SocketAddr,
+    pub dns_ttl: u32,
+    pub pool: Ipv4Net,
+    pub network_prefix: u8,
+    pub mtu: u32,
+    pub drop_events_per_sec: u32,
+    pub etcd_prefix: String,
+    pub api_socket: PathBuf,
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
+
+impl RunConfig {
+    /// Merges flags over the file (if any) over the defaults, and validates.
+    pub fn resolve(flags: RunSettings, file: Option<&Path>) -> anyhow::Result<RunConfig> {
+        let file_settings = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<RunSettings>(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?
+            }
+            None => RunSettings::default(),
+        };
+        macro_rules! pick {
+            ($field:ident) => {
+                flags.$field.clone().or(file_settings.$field.clone())
+            };
+        }
+        let host_raw = pick!(host_id).unwrap_or_else(hostname);
+        let host_id: HostId = host_raw
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{e} (set --host-id)"))?;
+        let store = match pick!(store) {
+            Some(s) => s.parse()?,
+            None => StoreSpec::Embedded,
+        };
+        let pool = pick!(pool).unwrap_or_else(|| crate::ipam::DEFAULT_POOL.parse().expect("valid"));
+        if pool.trunc() != pool {
+            bail!("invalid --pool {pool}: not a network address");
+        }
+        let network_prefix = pick!(network_prefix).unwrap_or(crate::ipam::DEFAULT_NETWORK_PREFIX);
+        if network_prefix < pool.prefix_len() || network_prefix > 30 {
+            bail!(
+                "invalid --network-prefix {network_prefix}: must be between the pool's /{} and /30",
+                pool.prefix_len()
+            );
+        }
+        let mtu = pick!(mtu).unwrap_or(DEFAULT_MTU);
+        if !(576..=65535).contains(&mtu) {
+            bail!("invalid --mtu {mtu}: must be between 576 and 65535");
+        }
+        let dns_ttl = pick!(dns_ttl).unwrap_or(DEFAULT_DNS_TTL);
+        let mut etcd_prefix = pick!(etcd_prefix).unwrap_or_else(|| "/pn/".into());
+        if !etcd_prefix.ends_with('/') {
+            etcd_prefix.push('/');
+        }
+        Ok(RunConfig {
+            host_id,
+            state_dir: pick!(state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            store,
+            bpffs: pick!(bpffs).unwrap_or_else(|| DEFAULT_BPFFS.into()),
+            underlay_iface: pick!(underlay_iface),
+            advertise: pick!(advertise),
+            dns_listen: pick!(dns_listen)
+                .unwrap_or_else(|| SocketAddrV4::new(Ipv4Addr::from(pn_common::ip4_octets(pn_common::GATEWAY)), 53)),
+            metrics_listen: pick!(metrics_listen)
+                .unwrap_or_else(|| DEFAULT_METRICS.parse().expect("valid")),
+            dns_ttl,
+            pool,
+            network_prefix,
+            mtu,
+            drop_events_per_sec: pick!(drop_events_per_sec).unwrap_or(DEFAULT_DROP_EVENTS_PER_SEC),
+            etcd_prefix,
+            api_socket: pick!(api_socket).unwrap_or_else(|| DEFAULT_API_SOCKET.into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(content: &str) -> tempfile_path::TempPath {
+        tempfile_path::write(content)
+    }
+
+    mod tempfile_path {
+        pub struct TempPath(pub std::path::PathBuf);
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        pub fn write(content: &str) -> TempPath {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "pn-config-{}-{}.toml",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::write(&p, content).unwrap();
+            TempPath(p)
+        }
+    }
+
+    #[test]
+    fn flags_beat_file_beats_defaults() {
+        let f = file("host-id = \"from-file\"\ndns-ttl = 9\nstore = \"etcd://10.0.0.1:2379,10.0.0.2:2379\"\n");
+        let flags = RunSettings {
+            host_id: Some("from-flag".into()),
+            ..Default::default()
+        };
+        let c = RunConfig::resolve(flags, Some(&f.0)).unwrap();
+        assert_eq!(c.host_id.as_str(), "from-flag");
+        assert_eq!(c.dns_ttl, 9);
+        assert_eq!(
+            c.store,
+            StoreSpec::Etcd(vec!["10.0.0.1:2379".into(), "10.0.0.2:2379".into()])
+        );
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.dns_listen.to_string(), "169.254.1.1:53");
+        assert_eq!(c.pool.to_string(), "10.240.0.0/12");
+        assert_eq!(c.api_socket, PathBuf::from(DEFAULT_API_SOCKET));
+    }
+
+    #[test]
+    fn bad_settings_give_one_clear_line() {
+        let f = file("hots-id = \"typo\"\n");
+        let e = RunConfig::resolve(RunSettings::default(), Some(&f.0)).unwrap_err();
+        assert!(e.to_string().contains("unknown field `hots-id`"), "{e}");
+        for (flags, want) in [
+            (
+                RunSettings {
+                    host_id: Some("Bad_Host".into()),
+                    ..Default::default()
+                },
+                "invalid host id",
+            ),
+            (
+                RunSettings {
+                    host_id: Some("h".into()),
+                    store: Some("consul://x".into()),
+                    ..Default::default()
+                },
+                "invalid --store",
+            ),
+            (
+                RunSettings {
+                    host_id: Some("h".into()),
+                    store: Some("etcd://nohost".into()),
+                    ..Default::default()
+                },
+                "invalid etcd endpoint",
+            ),
+            (
+                RunSettings {
+                    host_id: Some("h".into()),
+                    mtu: Some(100),
+                    ..Default::default()
+                },
+                "invalid --mtu",
+            ),
+        ] {
+            let e = RunConfig::resolve(flags, None).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        let e = RunConfig::resolve(RunSettings::default(), Some(Path::new("/nonexistent/pn.toml")))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("reading config file"), "{e:#}");
+    }
+}

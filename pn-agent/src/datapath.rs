@@ -1,0 +1,345 @@
+//! Loading the eBPF programs, pinning their maps and links under the agent's
+//! bpffs directory, attaching them to container interfaces, and reading and
+//! writing the maps. Pins make enforcement outlive the agent process: when the
+//! agent stops or restarts, the programs stay attached with their last maps,
+//! and the next agent replaces the programs in place (TCX link update) with no
+//! moment where a container is unfiltered.
+
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuHashMap, RingBuf},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+    },
+};
+use pn_common::{
+    Ip4, Reason,
+    maps::{Config, Counter, CounterKey, Endpoint, Iface},
+    names,
+};
+
+#[derive(Debug)]
+pub struct DatapathError {
+    context: String,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl std::fmt::Display for DatapathError {
+    // The whole chain on one line: aya's errors put the errno in a source.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.context)?;
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self.source.as_ref());
+        while let Some(e) = next {
+            let text = e.to_string();
+            if !text.is_empty() {
+                write!(f, ": {text}")?;
+            }
+            next = e.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for DatapathError {}
+
+trait Context<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, DatapathError>;
+}
+
+impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for Result<T, E> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, DatapathError> {
+        self.map_err(|e| DatapathError {
+            context: context(),
+            source: Box::new(e),
+        })
+    }
+}
+
+fn plain(context: String) -> DatapathError {
+    DatapathError {
+        context,
+        source: "".into(),
+    }
+}
+
+type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+/// Makes sure `dir` is a directory on a bpffs, mounting one if needed.
+/// `ip netns exec` gives its command a fresh /sys without a bpffs, so this is
+/// the normal case for an agent started that way.
+pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let mut existing = dir.to_path_buf();
+    while !existing.exists() {
+        if !existing.pop() {
+            break;
+        }
+    }
+    if !is_bpffs(&existing) {
+        // /sys/fs/bpf is the conventional mount point and cannot hold other
+        // directories until a bpffs is there; elsewhere, mount on `dir` itself.
+        let target = if existing == Path::new("/sys/fs/bpf") {
+            existing.clone()
+        } else {
+            std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+            dir.to_path_buf()
+        };
+        nix::mount::mount(
+            Some("bpf"),
+            &target,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .ctx(|| format!("mounting a bpffs on {}", target.display()))?;
+        log::info!("mounted a bpffs on {}", target.display());
+    }
+    std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))
+}
+
+pub struct Datapath {
+    // Owns the loaded programs: dropping it would unload programs that have no
+    // pinned link yet.
+    ebpf: Ebpf,
+    endpoints: HashMap<MapData, Ip4, Endpoint>,
+    ifaces: HashMap<MapData, u32, Iface>,
+    counters: PerCpuHashMap<MapData, CounterKey, Counter>,
+    config: Array<MapData, Config>,
+    events: Option<RingBuf<MapData>>,
+    links_dir: PathBuf,
+    /// Interfaces this process attached (or re-attached) its programs to.
+    attached: HashSet<String>,
+}
+
+impl Datapath {
+    /// Loads the programs, reusing the maps pinned under `bpffs` if an agent
+    /// ran before (so enforcement state and counters carry over).
+    pub fn load(object: &[u8], bpffs: &Path) -> Result<Datapath> {
+        if object.is_empty() {
+            return Err(plain(
+                "this pn-agent was built without its eBPF programs (AYA_BUILD_SKIP); rebuild it with `cargo xtask build`".into(),
+            ));
+        }
+        ensure_bpffs(bpffs)?;
+        let maps_dir = bpffs.join("maps");
+        let links_dir = bpffs.join("links");
+        for d in [&maps_dir, &links_dir] {
+            std::fs::create_dir_all(d).ctx(|| format!("creating {}", d.display()))?;
+        }
+        let mut ebpf = match EbpfLoader::new().default_map_pin_directory(&maps_dir).load(object) {
+            Ok(e) => e,
+            Err(first) => {
+                // Pins from an agent with other map layouts: start afresh. The
+                // old programs keep their own maps until they are replaced.
+                log::warn!(
+                    "pinned maps in {} are not usable ({first}); recreating them",
+                    maps_dir.display()
+                );
+                for entry in std::fs::read_dir(&maps_dir).ctx(|| format!("reading {}", maps_dir.display()))? {
+                    let path = entry.ctx(|| "reading pins".into())?.path();
+                    std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
+                }
+                EbpfLoader::new()
+                    .default_map_pin_directory(&maps_dir)
+                    .load(object)
+                    .ctx(|| "loading the eBPF object".into())?
+            }
+        };
+        for name in [names::PROG_FROM_CONTAINER, names::PROG_TO_CONTAINER] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| plain(format!("program {name} missing from the object")))?
+                .try_into()
+                .ctx(|| format!("program {name}"))?;
+            prog.load().ctx(|| format!("loading program {name} (verifier)"))?;
+        }
+        fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
+            let map = ebpf
+                .take_map(name)
+                .ok_or_else(|| plain(format!("map {name} missing from the object")))?;
+            T::try_from(map).ctx(|| format!("map {name}"))
+        }
+        let endpoints = take(&mut ebpf, names::MAP_ENDPOINTS)?;
+        let ifaces = take(&mut ebpf, names::MAP_IFACES)?;
+        let counters = take(&mut ebpf, names::MAP_COUNTERS)?;
+        let config = take(&mut ebpf, names::MAP_CONFIG)?;
+        let events = Some(take(&mut ebpf, names::MAP_EVENTS)?);
+        Ok(Datapath {
+            ebpf,
+            endpoints,
+            ifaces,
+            counters,
+            config,
+            events,
+            links_dir,
+            attached: HashSet::new(),
+        })
+    }
+
+    /// The ring buffer of flow and drop events (once).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    pub fn set_config(&mut self, cfg: Config) -> Result<()> {
+        self.config.set(0, cfg, 0).ctx(|| "writing PN_CONFIG".into())
+    }
+
+    fn link_pin(&self, ifname: &str, suffix: &str) -> PathBuf {
+        // bpffs refuses names with a dot.
+        self.links_dir.join(format!("{ifname}_{suffix}"))
+    }
+
+    /// Attaches both programs to a container's host-side interface, or
+    /// atomically replaces the programs of links an earlier agent pinned.
+    pub fn attach(&mut self, ifname: &str) -> Result<()> {
+        for (prog_name, attach_type, suffix) in [
+            (names::PROG_FROM_CONTAINER, TcAttachType::Ingress, "in"),
+            (names::PROG_TO_CONTAINER, TcAttachType::Egress, "eg"),
+        ] {
+            let pin = self.link_pin(ifname, suffix);
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(prog_name)
+                .ok_or_else(|| plain(format!("program {prog_name} missing")))?
+                .try_into()
+                .ctx(|| format!("program {prog_name}"))?;
+            if let Ok(old) = PinnedLink::from_pin(&pin) {
+                let link: Result<SchedClassifierLink, _> = FdLink::from(old).try_into();
+                match link.map(|l| prog.attach_to_link(l)) {
+                    // The pin now refers to the updated link: nothing else to keep.
+                    Ok(Ok(id)) => {
+                        drop(prog.take_link(id));
+                        continue;
+                    }
+                    // The interface of that link is gone (or it is not ours):
+                    // forget it and attach afresh.
+                    _ => {
+                        std::fs::remove_file(&pin).ctx(|| format!("removing stale pin {}", pin.display()))?;
+                    }
+                }
+            }
+            let id = prog
+                .attach_with_options(ifname, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .ctx(|| format!("attaching {prog_name} to {ifname}"))?;
+            let link = prog.take_link(id).ctx(|| "taking link".into())?;
+            let fd: FdLink = link.try_into().ctx(|| "link is not an fd link".into())?;
+            fd.pin(&pin).ctx(|| format!("pinning {}", pin.display()))?;
+        }
+        self.attached.insert(ifname.to_string());
+        Ok(())
+    }
+
+    pub fn is_attached(&self, ifname: &str) -> bool {
+        self.attached.contains(ifname)
+    }
+
+    /// Detaches the programs from an interface (deleting the interface does
+    /// too; this also removes the pins).
+    pub fn detach(&mut self, ifname: &str) -> Result<()> {
+        self.attached.remove(ifname);
+        for suffix in ["in", "eg"] {
+            let pin = self.link_pin(ifname, suffix);
+            match PinnedLink::from_pin(&pin) {
+                Ok(link) => {
+                    // Unpinning drops the last reference: the link detaches.
+                    link.unpin().ctx(|| format!("unpinning {}", pin.display()))?;
+                }
+                Err(_) if !pin.exists() => {}
+                Err(_) => {
+                    std::fs::remove_file(&pin).ctx(|| format!("removing {}", pin.display()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Interfaces that have pinned links (attached by this or an earlier agent).
+    pub fn pinned_interfaces(&self) -> Result<HashSet<String>> {
+        let mut out = HashSet::new();
+        for entry in std::fs::read_dir(&self.links_dir).ctx(|| format!("reading {}", self.links_dir.display()))? {
+            let name = entry.ctx(|| "reading pins".into())?.file_name();
+            if let Some((ifname, _)) = name.to_string_lossy().rsplit_once('_') {
+                out.insert(ifname.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn set_endpoint(&mut self, ip: Ip4, ep: Endpoint) -> Result<()> {
+        self.endpoints.insert(ip, ep, 0).ctx(|| "writing PN_ENDPOINTS".into())
+    }
+
+    pub fn remove_endpoint(&mut self, ip: Ip4) -> Result<()> {
+        match self.endpoints.remove(&ip) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).ctx(|| "removing from PN_ENDPOINTS".into()),
+        }
+    }
+
+    pub fn endpoints(&self) -> Result<StdHashMap<Ip4, Endpoint>> {
+        self.endpoints
+            .iter()
+            .collect::<Result<_, _>>()
+            .ctx(|| "reading PN_ENDPOINTS".into())
+    }
+
+    pub fn set_iface(&mut self, ifindex: u32, iface: Iface) -> Result<()> {
+        self.ifaces.insert(ifindex, iface, 0).ctx(|| "writing PN_IFACES".into())
+    }
+
+    pub fn remove_iface(&mut self, ifindex: u32) -> Result<()> {
+        match self.ifaces.remove(&ifindex) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).ctx(|| "removing from PN_IFACES".into()),
+        }
+    }
+
+    pub fn ifaces(&self) -> Result<StdHashMap<u32, Iface>> {
+        self.ifaces
+            .iter()
+            .collect::<Result<_, _>>()
+            .ctx(|| "reading PN_IFACES".into())
+    }
+
+    /// Counters summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<(CounterKey, Counter)>> {
+        let mut out = Vec::new();
+        for item in self.counters.iter() {
+            let (k, per_cpu) = item.ctx(|| "reading PN_COUNTERS".into())?;
+            let sum = per_cpu.iter().fold(Counter::default(), |acc, c| Counter {
+                packets: acc.packets + c.packets,
+                bytes: acc.bytes + c.bytes,
+            });
+            out.push((k, sum));
+        }
+        Ok(out)
+    }
+
+    /// Forgets an endpoint's counters (after it is detached).
+    pub fn remove_counters(&mut self, endpoint: Ip4) -> Result<()> {
+        for r in Reason::ALL {
+            let key = CounterKey {
+                endpoint,
+                reason: r as u32,
+            };
+            match self.counters.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).ctx(|| "removing from PN_COUNTERS".into()),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,220 @@
+//! Flow and drop events from the datapath's ring buffer, enriched with the
+//! names of the containers involved, for `pn-agent flows` and the log.
+
+use std::{
+    collections::VecDeque,
+    net::Ipv4Addr,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use aya::maps::{MapData, RingBuf};
+use pn_common::{
+    Reason,
+    event::{Direction, EventKind, FlowEvent},
+    ip4_octets,
+};
+use serde::{Deserialize, Serialize};
+use tokio::{io::unix::AsyncFd, sync::broadcast};
+
+use crate::store::view::MembershipView;
+
+/// Recent events kept for `flows` without `--follow`.
+const RECENT: usize = 1000;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FlowRecord {
+    /// Milliseconds since the Unix epoch, when the agent read the event.
+    pub time_ms: u64,
+    /// `new_flow` or `drop`.
+    pub kind: String,
+    pub reason: String,
+    /// `from_container`, `to_container` or `underlay`.
+    pub direction: String,
+    pub proto: String,
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    pub bytes: u32,
+    /// `app/type-index` of each end, when it is a known container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_container: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_container: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        0 => "-".into(),
+        n => n.to_string(),
+    }
+}
+
+impl FlowRecord {
+    pub fn from_event(ev: &FlowEvent, view: &MembershipView, time_ms: u64) -> FlowRecord {
+        let src = Ipv4Addr::from(ip4_octets(ev.src));
+        let dst = Ipv4Addr::from(ip4_octets(ev.dst));
+        let src_c = view.container_by_ip(src);
+        let dst_c = view.container_by_ip(dst);
+        FlowRecord {
+            time_ms,
+            kind: match ev.kind() {
+                Some(EventKind::NewFlow) => "new_flow".into(),
+                Some(EventKind::Drop) => "drop".into(),
+                None => format!("kind{}", ev.kind),
+            },
+            reason: ev
+                .reason()
+                .map_or_else(|| format!("reason{}", ev.reason), |r| r.as_str().into()),
+            direction: match ev.direction() {
+                Some(Direction::FromContainer) => "from_container".into(),
+                Some(Direction::ToContainer) => "to_container".into(),
+                Some(Direction::Underlay) => "underlay".into(),
+                None => "-".into(),
+            },
+            proto: proto_name(ev.proto),
+            src,
+            sport: ev.sport,
+            dst,
+            dport: ev.dport,
+            bytes: ev.bytes,
+            src_container: src_c.map(|c| c.key.to_string()),
+            dst_container: dst_c.map(|c| c.key.to_string()),
+            network: src_c.or(dst_c).map(|c| c.network.to_string()),
+        }
+    }
+
+    /// One line for the table output and the log.
+    pub fn line(&self) -> String {
+        let end = |ip: &Ipv4Addr, port: u16, name: &Option<String>| {
+            let addr = if port == 0 {
+                ip.to_string()
+            } else {
+                format!("{ip}:{port}")
+            };
+            match name {
+                Some(n) => format!("{addr} ({n})"),
+                None => addr,
+            }
+        };
+        format!(
+            "{} {:<8} {:<14} {:<4} {} -> {} {}B",
+            self.time_ms,
+            self.kind,
+            self.reason,
+            self.proto,
+            end(&self.src, self.sport, &self.src_container),
+            end(&self.dst, self.dport, &self.dst_container),
+            self.bytes
+        )
+    }
+}
+
+/// Fan-out of flow records to `flows --follow` clients, plus the recent ones.
+#[derive(Clone)]
+pub struct FlowHub {
+    tx: broadcast::Sender<FlowRecord>,
+    recent: Arc<Mutex<VecDeque<FlowRecord>>>,
+    /// Events seen, and events the reader could not decode.
+    pub received: Arc<AtomicU64>,
+    pub malformed: Arc<AtomicU64>,
+}
+
+impl Default for FlowHub {
+    fn default() -> Self {
+        FlowHub {
+            tx: broadcast::channel(4096).0,
+            recent: Arc::default(),
+            received: Arc::default(),
+            malformed: Arc::default(),
+        }
+    }
+}
+
+impl FlowHub {
+    pub fn publish(&self, rec: FlowRecord) {
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(rec.clone());
+        }
+        let _ = self.tx.send(rec);
+    }
+
+    pub fn recent(&self) -> Vec<FlowRecord> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<FlowRecord> {
+        self.tx.subscribe()
+    }
+
+    /// Reads the ring buffer until the agent stops.
+    pub async fn run_reader(
+        self,
+        ring: RingBuf<MapData>,
+        view: Arc<RwLock<MembershipView>>,
+    ) -> anyhow::Result<()> {
+        // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
+        // for as long as the AsyncFd (which owns the ring buffer) lives.
+        let mut fd = unsafe { AsyncFd::register(ring)? };
+        loop {
+            let mut guard = fd.readable_mut().await?;
+            let ring = guard.get_inner_mut();
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let mut batch = Vec::new();
+            while let Some(item) = ring.next() {
+                self.received.fetch_add(1, Ordering::Relaxed);
+                if item.len() != size_of::<FlowEvent>() {
+                    self.malformed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                // SAFETY: length checked; FlowEvent is Pod (any bytes are valid),
+                // read unaligned because ring items carry no alignment promise.
+                let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                batch.push(ev);
+            }
+            guard.clear_ready();
+            if batch.is_empty() {
+                continue;
+            }
+            let records: Vec<FlowRecord> = {
+                let view = view.read().unwrap_or_else(|p| p.into_inner());
+                batch
+                    .iter()
+                    .map(|ev| FlowRecord::from_event(ev, &view, now_ms))
+                    .collect()
+            };
+            for rec in records {
+                if rec.kind == "drop" {
+                    log::debug!("flow {}", rec.line());
+                } else {
+                    log::trace!("flow {}", rec.line());
+                }
+                self.publish(rec);
+            }
+        }
+    }
+}
+
+/// Reasons as strings, for completeness checks in the CLI.
+pub fn reason_names() -> impl Iterator<Item = &'static str> {
+    Reason::ALL.iter().map(|r| r.as_str())
+}

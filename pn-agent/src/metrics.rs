@@ -1,0 +1,186 @@
+//! Prometheus metrics (OpenMetrics text on `--metrics-listen`): the datapath's
+//! per-endpoint, per-reason counters, read from the kernel at scrape time and
+//! labelled by network, app and container, plus the agent's own health.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    sync::{Arc, Weak, atomic::Ordering},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{
+        MetricType, counter::ConstCounter, counter::Counter, family::Family, gauge::ConstGauge,
+    },
+    registry::Registry,
+};
+
+use crate::agent::Agent;
+
+/// Labels of `pn_api_requests_total`.
+pub type ApiLabels = Vec<(&'static str, String)>;
+
+/// Metrics the agent updates as it goes (the rest is read at scrape time).
+#[derive(Clone, Default)]
+pub struct AgentMetrics {
+    pub api_requests: Family<ApiLabels, Counter>,
+}
+
+#[derive(Debug)]
+struct AgentCollector {
+    agent: Weak<Agent>,
+}
+
+impl Collector for AgentCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(agent) = self.agent.upgrade() else {
+            return Ok(());
+        };
+        let counters = match agent.datapath_counters() {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("reading counters for metrics: {e:#}");
+                Vec::new()
+            }
+        };
+        // Resolve labels once per endpoint, not per row.
+        let rows: Vec<(Vec<(&'static str, String)>, u64, u64)> = {
+            let view = agent.view.read().unwrap_or_else(|p| p.into_inner());
+            counters
+                .iter()
+                .filter_map(|(k, c)| {
+                    let reason = pn_common::Reason::from_u8(k.reason as u8)?;
+                    let ip = Ipv4Addr::from(pn_common::ip4_octets(k.endpoint));
+                    let (network, app, container) = match view.container_by_ip(ip) {
+                        Some(c) => (c.network.to_string(), c.key.app.to_string(), c.key.name()),
+                        None if k.endpoint == 0 => (String::new(), String::new(), String::new()),
+                        // Counted before detach; the row is being removed.
+                        None => return None,
+                    };
+                    let labels = vec![
+                        ("network", network),
+                        ("app", app),
+                        ("container", container),
+                        ("reason", reason.as_str().to_string()),
+                        ("verdict", if reason.is_drop() { "drop" } else { "pass" }.to_string()),
+                    ];
+                    Some((labels, c.packets, c.bytes))
+                })
+                .collect()
+        };
+        {
+            let mut m = encoder.encode_descriptor(
+                "pn_packets",
+                "Packets judged by the datapath, per endpoint and reason",
+                None,
+                MetricType::Counter,
+            )?;
+            for (labels, packets, _) in &rows {
+                ConstCounter::new(*packets).encode(m.encode_family(labels)?)?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "pn_bytes",
+                "Bytes judged by the datapath, per endpoint and reason",
+                None,
+                MetricType::Counter,
+            )?;
+            for (labels, _, bytes) in &rows {
+                ConstCounter::new(*bytes).encode(m.encode_family(labels)?)?;
+            }
+        }
+        let status = agent.status();
+        {
+            let mut m = encoder.encode_descriptor(
+                "pn_endpoints",
+                "Members known to this agent",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (scope, n) in [("local", status.endpoints.local), ("remote", status.endpoints.remote)] {
+                ConstGauge::new(n as i64).encode(m.encode_family(&[("scope", scope)])?)?;
+            }
+        }
+        ConstGauge::new(i64::from(status.store.reachable)).encode(encoder.encode_descriptor(
+            "pn_store_up",
+            "1 when the membership store is reachable",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(status.store.revision).encode(encoder.encode_descriptor(
+            "pn_store_revision",
+            "Store revision applied to the kernel",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(status.datapath.attached_interfaces as i64).encode(encoder.encode_descriptor(
+            "pn_attached_interfaces",
+            "Container interfaces with the programs attached",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstCounter::new(agent.flows.received.load(Ordering::Relaxed)).encode(encoder.encode_descriptor(
+            "pn_flow_events",
+            "Flow and drop events read from the datapath",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(agent.flows.malformed.load(Ordering::Relaxed)).encode(encoder.encode_descriptor(
+            "pn_flow_events_malformed",
+            "Events from the datapath that could not be decoded",
+            None,
+            MetricType::Counter,
+        )?)?;
+        Ok(())
+    }
+}
+
+/// Builds the registry: static metrics plus the scrape-time collector.
+pub fn registry(agent: &Arc<Agent>, metrics: &AgentMetrics) -> Registry {
+    let mut r = Registry::default();
+    r.register(
+        "pn_api_requests",
+        "Control API requests, per command and result",
+        metrics.api_requests.clone(),
+    );
+    r.register_collector(Box::new(AgentCollector {
+        agent: Arc::downgrade(agent),
+    }));
+    r
+}
+
+/// Serves `/metrics` until the process ends.
+pub async fn serve(listen: SocketAddr, registry: Registry) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let registry = Arc::new(registry);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut body = String::new();
+                match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                    Ok(()) => (
+                        axum::http::StatusCode::OK,
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    ),
+                    Err(_) => (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        [(axum::http::header::CONTENT_TYPE, "text/plain")],
+                        "encoding metrics failed\n".to_string(),
+                    ),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the metrics endpoint {listen}"))?;
+    axum::serve(listener, app).await.context("metrics server")
+}
