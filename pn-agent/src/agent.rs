@@ -93,7 +93,12 @@ pub fn host_ifname(key: &ContainerKey) -> String {
 }
 
 fn to_ip4(ip: Ipv4Addr) -> Ip4 {
-    ip4(ip.octets()[0], ip.octets()[1], ip.octets()[2], ip.octets()[3])
+    ip4(
+        ip.octets()[0],
+        ip.octets()[1],
+        ip.octets()[2],
+        ip.octets()[3],
+    )
 }
 
 fn gateway_addr() -> Ipv4Addr {
@@ -141,7 +146,10 @@ impl Agent {
                     .with_context(|| format!("opening the store in {}", cfg.state_dir.display()))?,
             ),
             StoreSpec::Etcd(endpoints) => {
-                anyhow::bail!("the etcd store ({}) is not available in this build", endpoints.join(","))
+                anyhow::bail!(
+                    "the etcd store ({}) is not available in this build",
+                    endpoints.join(",")
+                )
             }
         };
         let netlink = Netlink::connect().context("opening netlink")?;
@@ -150,7 +158,8 @@ impl Agent {
             .ensure_gateway(GATEWAY_DEV, gateway_addr())
             .await
             .context("setting up the gateway device")?;
-        let mut datapath = Datapath::load(crate::EBPF_OBJECT, &cfg.bpffs).context("loading the datapath")?;
+        let mut datapath =
+            Datapath::load(crate::EBPF_OBJECT, &cfg.bpffs).context("loading the datapath")?;
         datapath
             .set_config(Config {
                 dns_addr: to_ip4(*cfg.dns_listen.ip()),
@@ -228,7 +237,10 @@ impl Agent {
     }
 
     pub fn store_reachable(&self) -> bool {
-        self.store_health.lock().unwrap_or_else(|p| p.into_inner()).reachable
+        self.store_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reachable
     }
 
     /// Lists the whole store and brings view and kernel in line with it.
@@ -292,7 +304,11 @@ impl Agent {
             WatchEvent::Put { rev, .. } | WatchEvent::Delete { rev, .. } => *rev,
             WatchEvent::Resync => return,
         };
-        let change = self.view.write().unwrap_or_else(|p| p.into_inner()).apply(ev);
+        let change = self
+            .view
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(ev);
         match change {
             Ok(Change::ContainerPut { new, old }) => {
                 if let Some(old) = old
@@ -326,7 +342,11 @@ impl Agent {
     /// Puts one container into the maps (and attaches a local one's programs).
     async fn enforce(&self, c: &Container) {
         let Some(tag) = self.network_tag(&c.network) else {
-            log::warn!("container {} belongs to unknown network {}", c.key, c.network);
+            log::warn!(
+                "container {} belongs to unknown network {}",
+                c.key,
+                c.network
+            );
             return;
         };
         let ip = to_ip4(c.ip);
@@ -345,7 +365,11 @@ impl Agent {
         let ifindex = match self.netlink.link(&c.host_ifname).await {
             Ok(Some((idx, _))) => idx,
             Ok(None) => {
-                log::warn!("container {}: interface {} is missing", c.key, c.host_ifname);
+                log::warn!(
+                    "container {}: interface {} is missing",
+                    c.key,
+                    c.host_ifname
+                );
                 return;
             }
             Err(e) => {
@@ -443,7 +467,13 @@ impl Agent {
             match self.netlink.link(&c.host_ifname).await {
                 Ok(Some((idx, _))) => {
                     local_names.insert(c.host_ifname.clone());
-                    desired_ifaces.insert(idx, Iface { addr: ip, tag: net.tag });
+                    desired_ifaces.insert(
+                        idx,
+                        Iface {
+                            addr: ip,
+                            tag: net.tag,
+                        },
+                    );
                     desired_eps.insert(
                         ip,
                         Endpoint {
@@ -462,13 +492,21 @@ impl Agent {
         {
             let mut dp = self.dp();
             let result = (|| {
-                for (ip, _) in dp.endpoints()?.into_iter().filter(|(ip, _)| !desired_eps.contains_key(ip)) {
+                for (ip, _) in dp
+                    .endpoints()?
+                    .into_iter()
+                    .filter(|(ip, _)| !desired_eps.contains_key(ip))
+                {
                     dp.remove_endpoint(ip)?;
                 }
                 for (ip, ep) in &desired_eps {
                     dp.set_endpoint(*ip, *ep)?;
                 }
-                for (idx, _) in dp.ifaces()?.into_iter().filter(|(i, _)| !desired_ifaces.contains_key(i)) {
+                for (idx, _) in dp
+                    .ifaces()?
+                    .into_iter()
+                    .filter(|(i, _)| !desired_ifaces.contains_key(i))
+                {
                     dp.remove_iface(idx)?;
                 }
                 for name in &local_names {
@@ -511,8 +549,15 @@ impl Agent {
         if let Ok(leases) = self.membership.leases_of_host(me).await {
             for (net, ip, lease) in leases {
                 if !view.containers.contains_key(&lease.owner) {
-                    log::info!("releasing address {ip} left by an interrupted attach of {}", lease.owner);
-                    if let Err(e) = self.membership.release_address(&net, ip, &lease.owner).await {
+                    log::info!(
+                        "releasing address {ip} left by an interrupted attach of {}",
+                        lease.owner
+                    );
+                    if let Err(e) = self
+                        .membership
+                        .release_address(&net, ip, &lease.owner)
+                        .await
+                    {
                         log::error!("{e}");
                     }
                 }
@@ -533,7 +578,11 @@ impl Agent {
 
     // ---- commands ----------------------------------------------------------
 
-    pub async fn create_network(&self, id: Option<NetworkId>, cidr: Option<Ipv4Net>) -> ApiResult<Network> {
+    pub async fn create_network(
+        &self,
+        id: Option<NetworkId>,
+        cidr: Option<Ipv4Net>,
+    ) -> ApiResult<Network> {
         let id = id.unwrap_or_else(|| NetworkId(random_uuid()));
         let (net, rev) = self
             .membership
@@ -565,7 +614,12 @@ impl Agent {
         Ok(())
     }
 
-    pub async fn create_app(&self, network: &NetworkId, id: Option<AppId>, name: Option<String>) -> ApiResult<App> {
+    pub async fn create_app(
+        &self,
+        network: &NetworkId,
+        id: Option<AppId>,
+        name: Option<String>,
+    ) -> ApiResult<App> {
         if let Some(n) = &name
             && (n.is_empty() || n.len() > 64 || n.chars().any(|c| c.is_control()))
         {
@@ -627,7 +681,9 @@ impl Agent {
     ) -> ApiResult<ContainerInfo> {
         validate_ifname(ifname)?;
         if index == Some(0) {
-            return Err(ApiError("invalid container index 0: expected an integer from 1".into()));
+            return Err(ApiError(
+                "invalid container index 0: expected an integer from 1".into(),
+            ));
         }
         let app_rec = self.membership.app(app).await?;
         let net = self.membership.network(&app_rec.network).await?;
@@ -636,15 +692,22 @@ impl Agent {
         let index = match index {
             Some(i) => i,
             None => {
-                let used: BTreeSet<u32> = self
+                let same_type: Vec<Container> = self
                     .membership
                     .containers_of(app)
                     .await?
                     .into_iter()
                     .filter(|c| c.key.ctype == ctype)
-                    .map(|c| c.key.index)
                     .collect();
-                ipam::next_index(&used)
+                // Without an index, attaching a namespace again means "the
+                // container already in it": idempotent for retrying callers.
+                match same_type
+                    .iter()
+                    .find(|c| c.netns == netns && c.host == self.cfg.host_id)
+                {
+                    Some(c) => c.key.index,
+                    None => ipam::next_index(&same_type.iter().map(|c| c.key.index).collect()),
+                }
             }
         };
         let key = ContainerKey {
@@ -688,7 +751,11 @@ impl Agent {
             created_at: now_secs(),
         };
         let made = match self.make_container(&ns, &net, &c).await {
-            Ok(()) => self.membership.put_container(&c).await.map_err(ApiError::from),
+            Ok(()) => self
+                .membership
+                .put_container(&c)
+                .await
+                .map_err(ApiError::from),
             Err(e) => Err(e),
         };
         let rev = match made {
@@ -758,7 +825,11 @@ impl Agent {
         Ok(())
     }
 
-    pub fn list_containers(&self, app: Option<&AppId>, network: Option<&NetworkId>) -> Vec<ContainerInfo> {
+    pub fn list_containers(
+        &self,
+        app: Option<&AppId>,
+        network: Option<&NetworkId>,
+    ) -> Vec<ContainerInfo> {
         let v = self.view();
         v.containers
             .values()
@@ -797,7 +868,10 @@ impl Agent {
             ("PN_NETWORK_ID".into(), c.network.to_string()),
             ("PN_APP_ID".into(), c.key.app.to_string()),
             ("PN_CONTAINER".into(), c.key.name()),
-            ("PN_DOMAIN".into(), format!("{}.{}.{ZONE}", c.key.app, c.network)),
+            (
+                "PN_DOMAIN".into(),
+                format!("{}.{}.{ZONE}", c.key.app, c.network),
+            ),
         ])
     }
 
@@ -854,7 +928,9 @@ impl Agent {
         &self.cfg.host_id
     }
 
-    pub fn datapath_counters(&self) -> anyhow::Result<Vec<(pn_common::maps::CounterKey, pn_common::maps::Counter)>> {
+    pub fn datapath_counters(
+        &self,
+    ) -> anyhow::Result<Vec<(pn_common::maps::CounterKey, pn_common::maps::Counter)>> {
         Ok(self.dp().counters()?)
     }
 }

@@ -232,7 +232,8 @@ impl Client {
     }
 
     pub async fn send(&mut self, req: &Request) -> Result<(), ClientError> {
-        let mut line = serde_json::to_string(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut line =
+            serde_json::to_string(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
         line.push('\n');
         let path = self.path.clone();
         self.writer
@@ -294,8 +295,7 @@ pub mod server {
     /// Binds the socket (refusing to steal it from a live agent).
     pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         if path.exists() {
             if UnixStream::connect(path).await.is_ok() {
@@ -338,7 +338,11 @@ pub mod server {
         Ok(())
     }
 
-    async fn handle(stream: UnixStream, agent: Arc<Agent>, metrics: AgentMetrics) -> anyhow::Result<()> {
+    async fn handle(
+        stream: UnixStream,
+        agent: Arc<Agent>,
+        metrics: AgentMetrics,
+    ) -> anyhow::Result<()> {
         let (r, mut w) = stream.into_split();
         let mut reader = BufReader::new(r.take(MAX_REQUEST as u64));
         let mut line = String::new();
@@ -356,7 +360,10 @@ pub mod server {
             Err(e) => {
                 metrics
                     .api_requests
-                    .get_or_create(&vec![("command", "invalid".into()), ("result", "error".into())])
+                    .get_or_create(&vec![
+                        ("command", "invalid".into()),
+                        ("result", "error".into()),
+                    ])
                     .inc();
                 return write(&mut w, &Response::Error(format!("bad request: {e}"))).await;
             }
@@ -388,7 +395,10 @@ pub mod server {
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics
             .api_requests
-            .get_or_create(&vec![("command", command.into()), ("result", outcome.into())])
+            .get_or_create(&vec![
+                ("command", command.into()),
+                ("result", outcome.into()),
+            ])
             .inc();
         let resp = match result {
             Ok(v) => Response::Ok(v),
@@ -409,7 +419,9 @@ pub mod server {
             Request::NetworkCreate { id, cidr } => json(agent.create_network(id, cidr).await?),
             Request::NetworkList => json(agent.list_networks()),
             Request::NetworkDelete { id, force } => json(agent.delete_network(&id, force).await?),
-            Request::AppCreate { network, id, name } => json(agent.create_app(&network, id, name).await?),
+            Request::AppCreate { network, id, name } => {
+                json(agent.create_app(&network, id, name).await?)
+            }
             Request::AppList { network } => json(agent.list_apps(network.as_ref())),
             Request::AppDelete { id } => json(agent.delete_app(&id).await?),
             Request::ContainerAttach {

@@ -177,8 +177,12 @@ impl RunConfig {
             bpffs: pick!(bpffs).unwrap_or_else(|| DEFAULT_BPFFS.into()),
             underlay_iface: pick!(underlay_iface),
             advertise: pick!(advertise),
-            dns_listen: pick!(dns_listen)
-                .unwrap_or_else(|| SocketAddrV4::new(Ipv4Addr::from(pn_common::ip4_octets(pn_common::GATEWAY)), 53)),
+            dns_listen: pick!(dns_listen).unwrap_or_else(|| {
+                SocketAddrV4::new(
+                    Ipv4Addr::from(pn_common::ip4_octets(pn_common::GATEWAY)),
+                    53,
+                )
+            }),
             metrics_listen: pick!(metrics_listen)
                 .unwrap_or_else(|| DEFAULT_METRICS.parse().expect("valid")),
             dns_ttl,
@@ -222,7 +226,9 @@ mod tests {
 
     #[test]
     fn flags_beat_file_beats_defaults() {
-        let f = file("host-id = \"from-file\"\ndns-ttl = 9\nstore = \"etcd://10.0.0.1:2379,10.0.0.2:2379\"\n");
+        let f = file(
+            "host-id = \"from-file\"\ndns-ttl = 9\nstore = \"etcd://10.0.0.1:2379,10.0.0.2:2379\"\n",
+        );
         let flags = RunSettings {
             host_id: Some("from-flag".into()),
             ..Default::default()
@@ -282,8 +288,11 @@ mod tests {
             assert!(e.contains(want), "{e}");
             assert!(!e.contains('\n'), "one line: {e}");
         }
-        let e = RunConfig::resolve(RunSettings::default(), Some(Path::new("/nonexistent/pn.toml")))
-            .unwrap_err();
+        let e = RunConfig::resolve(
+            RunSettings::default(),
+            Some(Path::new("/nonexistent/pn.toml")),
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("reading config file"), "{e:#}");
     }
 }

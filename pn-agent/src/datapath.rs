@@ -71,10 +71,10 @@ fn plain(context: String) -> DatapathError {
 
 type Result<T, E = DatapathError> = std::result::Result<T, E>;
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
 
 fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
 /// Makes sure `dir` is a directory on a bpffs, mounting one if needed.
@@ -138,7 +138,10 @@ impl Datapath {
         for d in [&maps_dir, &links_dir] {
             std::fs::create_dir_all(d).ctx(|| format!("creating {}", d.display()))?;
         }
-        let mut ebpf = match EbpfLoader::new().default_map_pin_directory(&maps_dir).load(object) {
+        let mut ebpf = match EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(object)
+        {
             Ok(e) => e,
             Err(first) => {
                 // Pins from an agent with other map layouts: start afresh. The
@@ -147,7 +150,9 @@ impl Datapath {
                     "pinned maps in {} are not usable ({first}); recreating them",
                     maps_dir.display()
                 );
-                for entry in std::fs::read_dir(&maps_dir).ctx(|| format!("reading {}", maps_dir.display()))? {
+                for entry in std::fs::read_dir(&maps_dir)
+                    .ctx(|| format!("reading {}", maps_dir.display()))?
+                {
                     let path = entry.ctx(|| "reading pins".into())?.path();
                     std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
                 }
@@ -163,9 +168,13 @@ impl Datapath {
                 .ok_or_else(|| plain(format!("program {name} missing from the object")))?
                 .try_into()
                 .ctx(|| format!("program {name}"))?;
-            prog.load().ctx(|| format!("loading program {name} (verifier)"))?;
+            prog.load()
+                .ctx(|| format!("loading program {name} (verifier)"))?;
         }
-        fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
+        fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+            ebpf: &mut Ebpf,
+            name: &str,
+        ) -> Result<T> {
             let map = ebpf
                 .take_map(name)
                 .ok_or_else(|| plain(format!("map {name} missing from the object")))?;
@@ -194,7 +203,9 @@ impl Datapath {
     }
 
     pub fn set_config(&mut self, cfg: Config) -> Result<()> {
-        self.config.set(0, cfg, 0).ctx(|| "writing PN_CONFIG".into())
+        self.config
+            .set(0, cfg, 0)
+            .ctx(|| "writing PN_CONFIG".into())
     }
 
     fn link_pin(&self, ifname: &str, suffix: &str) -> PathBuf {
@@ -227,12 +238,17 @@ impl Datapath {
                     // The interface of that link is gone (or it is not ours):
                     // forget it and attach afresh.
                     _ => {
-                        std::fs::remove_file(&pin).ctx(|| format!("removing stale pin {}", pin.display()))?;
+                        std::fs::remove_file(&pin)
+                            .ctx(|| format!("removing stale pin {}", pin.display()))?;
                     }
                 }
             }
             let id = prog
-                .attach_with_options(ifname, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .attach_with_options(
+                    ifname,
+                    attach_type,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
                 .ctx(|| format!("attaching {prog_name} to {ifname}"))?;
             let link = prog.take_link(id).ctx(|| "taking link".into())?;
             let fd: FdLink = link.try_into().ctx(|| "link is not an fd link".into())?;
@@ -255,7 +271,8 @@ impl Datapath {
             match PinnedLink::from_pin(&pin) {
                 Ok(link) => {
                     // Unpinning drops the last reference: the link detaches.
-                    link.unpin().ctx(|| format!("unpinning {}", pin.display()))?;
+                    link.unpin()
+                        .ctx(|| format!("unpinning {}", pin.display()))?;
                 }
                 Err(_) if !pin.exists() => {}
                 Err(_) => {
@@ -269,7 +286,9 @@ impl Datapath {
     /// Interfaces that have pinned links (attached by this or an earlier agent).
     pub fn pinned_interfaces(&self) -> Result<HashSet<String>> {
         let mut out = HashSet::new();
-        for entry in std::fs::read_dir(&self.links_dir).ctx(|| format!("reading {}", self.links_dir.display()))? {
+        for entry in std::fs::read_dir(&self.links_dir)
+            .ctx(|| format!("reading {}", self.links_dir.display()))?
+        {
             let name = entry.ctx(|| "reading pins".into())?.file_name();
             if let Some((ifname, _)) = name.to_string_lossy().rsplit_once('_') {
                 out.insert(ifname.to_string());
@@ -279,7 +298,9 @@ impl Datapath {
     }
 
     pub fn set_endpoint(&mut self, ip: Ip4, ep: Endpoint) -> Result<()> {
-        self.endpoints.insert(ip, ep, 0).ctx(|| "writing PN_ENDPOINTS".into())
+        self.endpoints
+            .insert(ip, ep, 0)
+            .ctx(|| "writing PN_ENDPOINTS".into())
     }
 
     pub fn remove_endpoint(&mut self, ip: Ip4) -> Result<()> {
@@ -297,7 +318,9 @@ impl Datapath {
     }
 
     pub fn set_iface(&mut self, ifindex: u32, iface: Iface) -> Result<()> {
-        self.ifaces.insert(ifindex, iface, 0).ctx(|| "writing PN_IFACES".into())
+        self.ifaces
+            .insert(ifindex, iface, 0)
+            .ctx(|| "writing PN_IFACES".into())
     }
 
     pub fn remove_iface(&mut self, ifindex: u32) -> Result<()> {

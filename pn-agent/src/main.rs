@@ -113,7 +113,9 @@ enum AppCmd {
         #[arg(long)]
         network: Option<NetworkId>,
     },
-    Delete { id: AppId },
+    Delete {
+        id: AppId,
+    },
 }
 
 #[derive(Subcommand)]
@@ -166,12 +168,18 @@ fn main() -> ExitCode {
             }
             // One line: the usage text clap appends is noise for scripts.
             let rendered = e.render().to_string();
-            let first = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+            let first = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
             eprintln!("{first}");
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
@@ -196,7 +204,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let path = socket.clone().unwrap_or_else(|| DEFAULT_API_SOCKET.into());
     let out = cli.output;
     match cli.command {
-        Command::Run { config, mut settings } => {
+        Command::Run {
+            config,
+            mut settings,
+        } => {
             settings.api_socket = socket;
             daemon(settings, config).await
         }
@@ -273,7 +284,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Container(ContainerCmd::Detach { app, ctype, index }) => {
             let key = ContainerKey { app, ctype, index };
             let () = Client::call(&path, &Request::ContainerDetach { key: key.clone() }).await?;
-            print(out, &serde_json::json!({ "detached": key.to_string() }), String::new)
+            print(
+                out,
+                &serde_json::json!({ "detached": key.to_string() }),
+                String::new,
+            )
         }
         Command::Container(ContainerCmd::List { app, network }) => {
             let list: Vec<ContainerInfo> =
@@ -296,7 +311,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::DomainNames { app } => {
             let names: Vec<String> = Client::call(&path, &Request::DomainNames { app }).await?;
-            print(out, &names, || names.iter().map(|n| format!("{n}\n")).collect())
+            print(out, &names, || {
+                names.iter().map(|n| format!("{n}\n")).collect()
+            })
         }
         Command::Env { app, ctype, index } => {
             let key = ContainerKey { app, ctype, index };
@@ -305,7 +322,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .iter()
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                 .collect();
-            print(out, &obj, || vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect())
+            print(out, &obj, || {
+                vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+            })
         }
         Command::Status => {
             let s: Status = Client::call(&path, &Request::Status).await?;
@@ -323,7 +342,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .context("decoding a flow event")?,
                 };
                 let mut lock = stdout.lock();
-                if writeln!(lock, "{line}").and_then(|()| lock.flush()).is_err() {
+                if writeln!(lock, "{line}")
+                    .and_then(|()| lock.flush())
+                    .is_err()
+                {
                     // Reader went away (e.g. `| head`): not an error.
                     return Ok(());
                 }
@@ -333,7 +355,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn print<T: serde::Serialize>(out: Output, v: &T, table: impl FnOnce() -> String) -> anyhow::Result<()> {
+fn print<T: serde::Serialize>(
+    out: Output,
+    v: &T,
+    table: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
     let text = match out {
         Output::Json => format!("{}\n", serde_json::to_string_pretty(v)?),
         Output::Table => table(),
@@ -370,11 +396,18 @@ fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
 
 fn status_text(s: &Status) -> String {
     let mut t = String::new();
-    t.push_str(&format!("host        {} (pn-agent {})\n", s.host, s.version));
+    t.push_str(&format!(
+        "host        {} (pn-agent {})\n",
+        s.host, s.version
+    ));
     t.push_str(&format!(
         "store       {} — {} at revision {}\n",
         s.store.backend,
-        if s.store.reachable { "reachable" } else { "UNREACHABLE (enforcing last known state)" },
+        if s.store.reachable {
+            "reachable"
+        } else {
+            "UNREACHABLE (enforcing last known state)"
+        },
         s.store.revision
     ));
     if let Some(e) = &s.store.last_error {
@@ -422,7 +455,10 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
         .with_context(|| format!("creating {}", lock_path.display()))?;
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|_| {
-            anyhow::anyhow!("another agent is using state dir {}", cfg.state_dir.display())
+            anyhow::anyhow!(
+                "another agent is using state dir {}",
+                cfg.state_dir.display()
+            )
         })?;
     let listener = pn_agent::api::server::bind(&cfg.api_socket).await?;
     log::info!(
@@ -436,7 +472,11 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
     let metrics = pn_agent::metrics::AgentMetrics::default();
     let registry = pn_agent::metrics::registry(&agent, &metrics);
     let metrics_listener = tokio::spawn(pn_agent::metrics::serve(cfg.metrics_listen, registry));
-    tokio::spawn(pn_agent::api::server::serve(listener, agent.clone(), metrics));
+    tokio::spawn(pn_agent::api::server::serve(
+        listener,
+        agent.clone(),
+        metrics,
+    ));
     log::info!(
         "ready: API {}, metrics http://{}/metrics",
         cfg.api_socket.display(),

@@ -18,7 +18,7 @@ use prometheus_client::{
 
 use crate::agent::Agent;
 
-/// Labels of `pn_api_requests_total`.
+/// A label set: `pn_api_requests_total` and the scrape-time rows.
 pub type ApiLabels = Vec<(&'static str, String)>;
 
 /// Metrics the agent updates as it goes (the rest is read at scrape time).
@@ -45,7 +45,7 @@ impl Collector for AgentCollector {
             }
         };
         // Resolve labels once per endpoint, not per row.
-        let rows: Vec<(Vec<(&'static str, String)>, u64, u64)> = {
+        let rows: Vec<(ApiLabels, u64, u64)> = {
             let view = agent.view.read().unwrap_or_else(|p| p.into_inner());
             counters
                 .iter()
@@ -63,7 +63,10 @@ impl Collector for AgentCollector {
                         ("app", app),
                         ("container", container),
                         ("reason", reason.as_str().to_string()),
-                        ("verdict", if reason.is_drop() { "drop" } else { "pass" }.to_string()),
+                        (
+                            "verdict",
+                            if reason.is_drop() { "drop" } else { "pass" }.to_string(),
+                        ),
                     ];
                     Some((labels, c.packets, c.bytes))
                 })
@@ -99,7 +102,10 @@ impl Collector for AgentCollector {
                 None,
                 MetricType::Gauge,
             )?;
-            for (scope, n) in [("local", status.endpoints.local), ("remote", status.endpoints.remote)] {
+            for (scope, n) in [
+                ("local", status.endpoints.local),
+                ("remote", status.endpoints.remote),
+            ] {
                 ConstGauge::new(n as i64).encode(m.encode_family(&[("scope", scope)])?)?;
             }
         }
@@ -115,24 +121,30 @@ impl Collector for AgentCollector {
             None,
             MetricType::Gauge,
         )?)?;
-        ConstGauge::new(status.datapath.attached_interfaces as i64).encode(encoder.encode_descriptor(
-            "pn_attached_interfaces",
-            "Container interfaces with the programs attached",
-            None,
-            MetricType::Gauge,
-        )?)?;
-        ConstCounter::new(agent.flows.received.load(Ordering::Relaxed)).encode(encoder.encode_descriptor(
-            "pn_flow_events",
-            "Flow and drop events read from the datapath",
-            None,
-            MetricType::Counter,
-        )?)?;
-        ConstCounter::new(agent.flows.malformed.load(Ordering::Relaxed)).encode(encoder.encode_descriptor(
-            "pn_flow_events_malformed",
-            "Events from the datapath that could not be decoded",
-            None,
-            MetricType::Counter,
-        )?)?;
+        ConstGauge::new(status.datapath.attached_interfaces as i64).encode(
+            encoder.encode_descriptor(
+                "pn_attached_interfaces",
+                "Container interfaces with the programs attached",
+                None,
+                MetricType::Gauge,
+            )?,
+        )?;
+        ConstCounter::new(agent.flows.received.load(Ordering::Relaxed)).encode(
+            encoder.encode_descriptor(
+                "pn_flow_events",
+                "Flow and drop events read from the datapath",
+                None,
+                MetricType::Counter,
+            )?,
+        )?;
+        ConstCounter::new(agent.flows.malformed.load(Ordering::Relaxed)).encode(
+            encoder.encode_descriptor(
+                "pn_flow_events_malformed",
+                "Events from the datapath that could not be decoded",
+                None,
+                MetricType::Counter,
+            )?,
+        )?;
         Ok(())
     }
 }

@@ -129,9 +129,9 @@ impl Netns {
             .name("pn-netns".into())
             .spawn(move || {
                 let result = (|| {
-                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-                        NetlinkError::Namespace(given.clone(), std::io::Error::from(e))
-                    })?;
+                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                        |e| NetlinkError::Namespace(given.clone(), std::io::Error::from(e)),
+                    )?;
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -189,7 +189,13 @@ fn name_of(link: &LinkMessage) -> Option<&str> {
     })
 }
 
-async fn add_route(handle: &Handle, dst: Ipv4Net, via: Option<Ipv4Addr>, dev: u32, src: Option<Ipv4Addr>) -> Result<()> {
+async fn add_route(
+    handle: &Handle,
+    dst: Ipv4Net,
+    via: Option<Ipv4Addr>,
+    dev: u32,
+    src: Option<Ipv4Addr>,
+) -> Result<()> {
     let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(dst.network(), dst.prefix_len())
         .output_interface(dev);
@@ -206,7 +212,12 @@ async fn add_route(handle: &Handle, dst: Ipv4Net, via: Option<Ipv4Addr>, dev: u3
     }
 }
 
-async fn add_permanent_neighbour(handle: &Handle, dev: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+async fn add_permanent_neighbour(
+    handle: &Handle,
+    dev: u32,
+    ip: Ipv4Addr,
+    mac: [u8; 6],
+) -> Result<()> {
     handle
         .neighbours()
         .add(dev, IpAddr::V4(ip))
@@ -238,7 +249,8 @@ pub async fn configure_container_side(ns: &Netns, side: ContainerSide) -> Result
                 .await?
                 .ok_or_else(|| NetlinkError::InterfaceMissing(side.ifname.clone()))?;
             let idx = link.header.index;
-            let mac = mac_of(&link).ok_or_else(|| NetlinkError::Other("veth without MAC".into()))?;
+            let mac =
+                mac_of(&link).ok_or_else(|| NetlinkError::Other("veth without MAC".into()))?;
             // IPv6 is not carried yet (contract rule 4); keeping it off avoids a
             // stream of router solicitations counted as unsupported_l3.
             sysctl_if("ipv6", &side.ifname, "disable_ipv6", "1")?;
@@ -273,8 +285,8 @@ pub struct Netlink {
 impl Netlink {
     /// Opens a netlink connection (needs a running tokio runtime).
     pub fn connect() -> Result<Netlink> {
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|e| NetlinkError::Other(format!("netlink socket: {e}")))?;
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| NetlinkError::Other(format!("netlink socket: {e}")))?;
         tokio::spawn(conn);
         Ok(Netlink { handle })
     }
@@ -289,7 +301,11 @@ impl Netlink {
     pub async fn links_with_prefix(&self, prefix: &str) -> Result<Vec<(String, u32)>> {
         let mut out = Vec::new();
         let mut links = self.handle.link().get().execute();
-        while let Some(l) = links.try_next().await.map_err(kernel("listing interfaces"))? {
+        while let Some(l) = links
+            .try_next()
+            .await
+            .map_err(kernel("listing interfaces"))?
+        {
             if let Some(name) = name_of(&l)
                 && name.starts_with(prefix)
             {
@@ -307,7 +323,13 @@ impl Netlink {
     pub async fn ensure_gateway(&self, name: &str, addr: Ipv4Addr) -> Result<()> {
         let peer = format!("{name}-peer");
         if link_by_name(&self.handle, name).await?.is_none() {
-            match self.handle.link().add(LinkVeth::new(name, &peer).build()).execute().await {
+            match self
+                .handle
+                .link()
+                .add(LinkVeth::new(name, &peer).build())
+                .execute()
+                .await
+            {
                 Ok(()) => {}
                 Err(e) if errno(&e) == Some(EEXIST) => {}
                 Err(e) => return Err(kernel(format!("creating {name}"))(e)),
@@ -340,7 +362,13 @@ impl Netlink {
     }
 
     /// Creates the pair: `host_if` here (down), `peer_if` directly inside `ns`.
-    pub async fn create_veth(&self, host_if: &str, peer_if: &str, ns: &Netns, mtu: u32) -> Result<()> {
+    pub async fn create_veth(
+        &self,
+        host_if: &str,
+        peer_if: &str,
+        ns: &Netns,
+        mtu: u32,
+    ) -> Result<()> {
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer_if.to_string())
             .mtu(mtu)
@@ -379,7 +407,14 @@ impl Netlink {
             .execute()
             .await
             .map_err(kernel(format!("setting {host_if} up")))?;
-        add_route(&self.handle, Ipv4Net::from(container_ip), None, idx, Some(gateway)).await?;
+        add_route(
+            &self.handle,
+            Ipv4Net::from(container_ip),
+            None,
+            idx,
+            Some(gateway),
+        )
+        .await?;
         add_permanent_neighbour(&self.handle, idx, container_ip, container_mac).await?;
         Ok(idx)
     }

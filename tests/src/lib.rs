@@ -1,1 +1,424 @@
+//! Test harness: simulated hosts and containers as network namespaces, veth
+//! pairs between them, the real `pn-agent` binary, real sockets.
+//!
+//! Everything a test creates carries a unique prefix `pt<pid><n>` and is
+//! removed on drop, even when the test fails; leftovers of test processes
+//! that died are removed by the next run. Nothing touches the root
+//! namespace's network settings: agents run inside host namespaces.
 
+pub mod net;
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short unique prefix (interface names have 15 bytes).
+pub fn unique_prefix() -> String {
+    cleanup_stale_once();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("pt{:06x}{:02x}", std::process::id() & 0xff_ffff, n & 0xff)
+}
+
+fn cleanup_stale_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            if let Some(pid) = owner_pid(name)
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = Command::new("ip").args(["netns", "del", name]).status();
+                let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(name));
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if let Some(pid) = name
+                    .strip_prefix("pn-test-")
+                    .and_then(|r| r.split('-').next())
+                    && !Path::new(&format!("/proc/{pid}")).exists()
+                {
+                    let _ = nix::mount::umount2(
+                        &e.path().join("bpffs"),
+                        nix::mount::MntFlags::MNT_DETACH,
+                    );
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    });
+}
+
+fn owner_pid(name: &str) -> Option<u32> {
+    let hex = name.strip_prefix("pt")?.get(..6)?;
+    u32::from_str_radix(hex, 16).ok()
+}
+
+/// Runs a command, returning its output; panics only if it cannot start.
+pub fn run(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"))
+}
+
+/// Runs a command that must succeed.
+pub fn run_ok(cmd: &str, args: &[&str]) -> String {
+    let out = run(cmd, args);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace (a simulated host or container), deleted on drop.
+pub struct Namespace {
+    pub name: String,
+}
+
+impl Namespace {
+    pub fn new(name: &str) -> Namespace {
+        run_ok("ip", &["netns", "add", name]);
+        let ns = Namespace { name: name.into() };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n NAME …`, which must succeed.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        run_ok("ip", &full)
+    }
+
+    /// Runs a program inside the namespace (`ip netns exec`).
+    pub fn exec(&self, cmd: &[&str]) -> Output {
+        let mut full = vec!["netns", "exec", &self.name];
+        full.extend_from_slice(cmd);
+        run("ip", &full)
+    }
+
+    /// Runs `f` on a thread that has entered this namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let file = File::open(self.path()).expect("namespace file");
+        std::thread::spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("namespace thread panicked")
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
+    }
+}
+
+/// Path of the agent binary under test.
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PN_AGENT_BIN") {
+        return p.into();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace");
+    root.join("target/debug/pn-agent")
+}
+
+/// Result of one CLI invocation.
+#[derive(Debug)]
+pub struct Cli {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Cli {
+    fn from(out: Output) -> Cli {
+        Cli {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Cli {
+    /// The error contract: a non-zero exit and exactly one line on stderr.
+    pub fn assert_one_line_error(&self, contains: &str) {
+        assert_ne!(self.code, 0, "expected a failure, got {self:?}");
+        let lines: Vec<_> = self
+            .stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one line on stderr, got {:?}",
+            self.stderr
+        );
+        assert!(
+            self.stderr.contains(contains),
+            "stderr {:?} does not mention {contains:?}",
+            self.stderr
+        );
+    }
+}
+
+/// A simulated host: a namespace with a running agent.
+pub struct Host {
+    pub ns: Namespace,
+    pub id: String,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl Host {
+    pub fn start(prefix: &str, id: &str) -> Host {
+        Host::start_with(prefix, id, &[])
+    }
+
+    pub fn start_with(prefix: &str, id: &str, extra: &[&str]) -> Host {
+        let ns = Namespace::new(&format!("{prefix}-{id}"));
+        let dir =
+            std::env::temp_dir().join(format!("pn-test-{}-{}-{id}", std::process::id(), prefix));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("bpffs")).unwrap();
+        // A bpffs of the test's own, outside /sys: `ip netns exec` gives the
+        // agent a private /sys, and pins there would die with each agent.
+        let _ = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(dir.join("bpffs"))
+            .status();
+        let mut host = Host {
+            ns,
+            id: id.into(),
+            dir,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        host.spawn();
+        host
+    }
+
+    pub fn api_socket(&self) -> PathBuf {
+        self.dir.join("api.sock")
+    }
+
+    pub fn bpffs(&self) -> PathBuf {
+        self.dir.join("bpffs/pn")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("agent.log")
+    }
+
+    fn spawn(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns.name])
+            .arg(agent_bin())
+            .arg("--api-socket")
+            .arg(self.api_socket())
+            .args(["run", "--host-id", &self.id])
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--bpffs")
+            .arg(self.bpffs())
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("starting pn-agent"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.cli(&["status"]);
+            if out.code == 0 {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("agent exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not come up:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the agent with SIGTERM (as systemd would) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // `ip netns exec` execs the agent: the child pid is the agent.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Runs `pn-agent --api-socket … ARGS`.
+    pub fn cli(&self, args: &[&str]) -> Cli {
+        let out = Command::new(agent_bin())
+            .arg("--api-socket")
+            .arg(self.api_socket())
+            .args(args)
+            .output()
+            .expect("running pn-agent");
+        Cli {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// A CLI command that must succeed; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert_eq!(
+            out.code,
+            0,
+            "pn-agent {args:?} failed: {}\nagent log:\n{}",
+            out.stderr,
+            self.log()
+        );
+        out.stdout
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["--output", "json"];
+        full.extend_from_slice(args);
+        let out = self.cli_ok(&full);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}: {out}"))
+    }
+
+    pub fn create_network(&self, extra: &[&str]) -> String {
+        let mut args = vec!["network", "create"];
+        args.extend_from_slice(extra);
+        self.cli_ok(&args).trim().to_string()
+    }
+
+    pub fn create_app(&self, network: &str) -> String {
+        self.cli_ok(&["app", "create", "--network", network])
+            .trim()
+            .to_string()
+    }
+
+    /// Attaches `ns` as a container and returns the attach JSON.
+    pub fn attach(&self, app: &str, ctype: &str, ns: &Namespace) -> serde_json::Value {
+        let out = self.cli_ok(&[
+            "container",
+            "attach",
+            "--app",
+            app,
+            "--type",
+            ctype,
+            "--netns",
+            &ns.name,
+        ]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad attach JSON {e}: {out}"))
+    }
+
+    /// The agent's /metrics body (fetched from inside its namespace).
+    pub fn metrics(&self) -> String {
+        self.ns
+            .run(|| net::http_get("127.0.0.1:9464", "/metrics").expect("metrics endpoint"))
+    }
+
+    /// Packets counted for a container (`type-index` of `app`) and reason.
+    pub fn packets(&self, app: &str, container: &str, reason: &str) -> u64 {
+        metric_value(
+            &self.metrics(),
+            "pn_packets_total",
+            &[("app", app), ("container", container), ("reason", reason)],
+        )
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("---- agent {} log ----\n{}", self.id, self.log());
+        }
+        let _ = nix::mount::umount2(&self.dir.join("bpffs"), nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sum of the samples of `name` whose labels include all of `labels`.
+pub fn metric_value(body: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,301 @@
+//! Real sockets inside namespaces: echo servers, clients, raw IPv4 and raw
+//! Ethernet frames. Every server stops when its handle drops; every client
+//! call is bounded in time.
+
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crate::Namespace;
+
+fn enter(ns_path: &std::path::Path) {
+    let f = File::open(ns_path).expect("namespace file");
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+}
+
+/// A background server inside a namespace; stops on drop.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn spawn_server(
+    ns: &Namespace,
+    body: impl FnOnce(Arc<AtomicBool>, mpsc::Sender<()>) + Send + 'static,
+) -> Server {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let path = ns.path();
+    let s = stop.clone();
+    let thread = std::thread::spawn(move || {
+        enter(&path);
+        body(s, ready_tx);
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server did not start");
+    Server {
+        stop,
+        thread: Some(thread),
+    }
+}
+
+/// TCP echo on `0.0.0.0:port`: echoes each connection until it closes.
+pub fn tcp_echo_server(ns: &Namespace, port: u16) -> Server {
+    spawn_server(ns, move |stop, ready| {
+        let l = TcpListener::bind(("0.0.0.0", port)).expect("tcp bind");
+        l.set_nonblocking(true).unwrap();
+        ready.send(()).unwrap();
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    })
+}
+
+/// UDP echo on `0.0.0.0:port`.
+pub fn udp_echo_server(ns: &Namespace, port: u16) -> Server {
+    spawn_server(ns, move |stop, ready| {
+        let s = UdpSocket::bind(("0.0.0.0", port)).expect("udp bind");
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        ready.send(()).unwrap();
+        let mut buf = [0u8; 65536];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(&buf[..n], from);
+            }
+        }
+    })
+}
+
+/// Collects the payloads of UDP datagrams arriving on `port`.
+pub struct UdpCollector {
+    _server: Server,
+    rx: mpsc::Receiver<Vec<u8>>,
+}
+
+impl UdpCollector {
+    /// Payloads received within `wait`.
+    pub fn received(&self, wait: Duration) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + wait;
+        let mut out = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(p) => out.push(p),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+pub fn udp_collector(ns: &Namespace, port: u16) -> UdpCollector {
+    let (tx, rx) = mpsc::channel();
+    let server = spawn_server(ns, move |stop, ready| {
+        let s = UdpSocket::bind(("0.0.0.0", port)).expect("udp bind");
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        ready.send(()).unwrap();
+        let mut buf = [0u8; 65536];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                let _ = tx.send(buf[..n].to_vec());
+            }
+        }
+    });
+    UdpCollector {
+        _server: server,
+        rx,
+    }
+}
+
+/// Connects, sends `msg`, returns what comes back (up to `msg.len()` bytes).
+pub fn tcp_echo(
+    ns: &Namespace,
+    dst: SocketAddr,
+    msg: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Vec<u8>> {
+    let msg = msg.to_vec();
+    ns.run(move || {
+        let mut s = TcpStream::connect_timeout(&dst, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(&msg)?;
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got)?;
+        Ok(got)
+    })
+}
+
+/// Sends `msg` over UDP and waits for the echo.
+pub fn udp_echo(
+    ns: &Namespace,
+    dst: SocketAddr,
+    msg: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Vec<u8>> {
+    let msg = msg.to_vec();
+    ns.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(timeout))?;
+        s.send_to(&msg, dst)?;
+        let mut buf = vec![0u8; 65536];
+        let (n, _) = s.recv_from(&mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    })
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in data.chunks(2) {
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
+        sum += u32::from(word);
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4 packet with any source address, protocol and payload.
+pub fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Vec<u8> {
+    let total = 20 + payload.len();
+    let mut p = vec![0u8; 20];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[6] = 0x40; // don't fragment
+    p[8] = 64;
+    p[9] = proto;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let c = checksum(&p);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+/// A UDP datagram (checksum 0: allowed over IPv4) inside an IPv4 packet.
+pub fn udp_packet(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut udp = Vec::with_capacity(8 + payload.len());
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    ipv4_packet(src, dst, 17, &udp)
+}
+
+/// Sends a hand-made IPv4 packet from inside `ns` (raw socket, header
+/// included: the kernel keeps the source we wrote).
+pub fn send_raw_ipv4(ns: &Namespace, packet: Vec<u8>) -> std::io::Result<()> {
+    ns.run(move || {
+        let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+        // SAFETY: plain socket syscalls on a descriptor we own and close.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(dst.octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            let r = libc::sendto(
+                fd,
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&addr as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            );
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if r < 0 { Err(err) } else { Ok(()) }
+        }
+    })
+}
+
+/// Sends a whole Ethernet frame out of `ifname` inside `ns` (AF_PACKET).
+pub fn send_frame(ns: &Namespace, ifname: &str, frame: Vec<u8>) -> std::io::Result<()> {
+    let ifname = std::ffi::CString::new(ifname).unwrap();
+    ns.run(move || {
+        // SAFETY: plain socket syscalls on a descriptor we own and close.
+        unsafe {
+            let ifindex = libc::if_nametoindex(ifname.as_ptr());
+            if ifindex == 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+            let r = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            );
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if r < 0 { Err(err) } else { Ok(()) }
+        }
+    })
+}
+
+/// Minimal HTTP/1.0 GET (for /metrics); the caller is inside the right namespace.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr.parse().expect("address"), Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    match body.split_once("\r\n\r\n") {
+        Some((_, b)) => Ok(b.to_string()),
+        None => Ok(body),
+    }
+}

@@ -1,0 +1,271 @@
+//! Data-plane rules 1–5 and 7 on one host, in real namespaces.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use pn_tests::{Host, Namespace, eventually, net, unique_prefix};
+
+const SHORT: Duration = Duration::from_millis(800);
+const LONG: Duration = Duration::from_secs(5);
+
+struct Fixture {
+    host: Host,
+    net_a: String,
+    app_a1: String,
+    app_a2: String,
+    app_b: String,
+    c1: Namespace,
+    c2: Namespace,
+    c3: Namespace,
+    ip1: Ipv4Addr,
+    ip2: Ipv4Addr,
+    ip3: Ipv4Addr,
+}
+
+fn ip_of(v: &serde_json::Value) -> Ipv4Addr {
+    v["ip"].as_str().unwrap().parse().unwrap()
+}
+
+/// Host h1; network A with apps a1 (c1, web) and a2 (c2, worker); network B
+/// with app b (c3, web).
+fn fixture() -> Fixture {
+    let p = unique_prefix();
+    let host = Host::start(&p, "h1");
+    let net_a = host.create_network(&[]);
+    let net_b = host.create_network(&[]);
+    let app_a1 = host.create_app(&net_a);
+    let app_a2 = host.create_app(&net_a);
+    let app_b = host.create_app(&net_b);
+    let c1 = Namespace::new(&format!("{p}-c1"));
+    let c2 = Namespace::new(&format!("{p}-c2"));
+    let c3 = Namespace::new(&format!("{p}-c3"));
+    let ip1 = ip_of(&host.attach(&app_a1, "web", &c1));
+    let ip2 = ip_of(&host.attach(&app_a2, "worker", &c2));
+    let ip3 = ip_of(&host.attach(&app_b, "web", &c3));
+    Fixture {
+        host,
+        net_a,
+        app_a1,
+        app_a2,
+        app_b,
+        c1,
+        c2,
+        c3,
+        ip1,
+        ip2,
+        ip3,
+    }
+}
+
+fn sa(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
+#[test]
+fn same_network_tcp_and_udp_on_any_port_both_ways() {
+    let f = fixture();
+    for port in [22, 3000, 54321] {
+        let _s2 = net::tcp_echo_server(&f.c2, port);
+        let _s1 = net::tcp_echo_server(&f.c1, port + 1);
+        let got = net::tcp_echo(&f.c1, sa(f.ip2, port), b"hello c2", LONG).expect("c1 -> c2 tcp");
+        assert_eq!(got, b"hello c2");
+        let got =
+            net::tcp_echo(&f.c2, sa(f.ip1, port + 1), b"hello c1", LONG).expect("c2 -> c1 tcp");
+        assert_eq!(got, b"hello c1");
+        let _u2 = net::udp_echo_server(&f.c2, port);
+        let _u1 = net::udp_echo_server(&f.c1, port + 1);
+        assert_eq!(
+            net::udp_echo(&f.c1, sa(f.ip2, port), b"udp c2", LONG).expect("c1 -> c2 udp"),
+            b"udp c2"
+        );
+        assert_eq!(
+            net::udp_echo(&f.c2, sa(f.ip1, port + 1), b"udp c1", LONG).expect("c2 -> c1 udp"),
+            b"udp c1"
+        );
+    }
+    // ICMP too (ping and path-MTU need it).
+    let out =
+        f.c1.exec(&["ping", "-c", "1", "-W", "2", &f.ip2.to_string()]);
+    assert!(out.status.success(), "ping between members failed");
+    assert!(f.host.packets(&f.app_a1, "web-1", "forwarded") > 0);
+    assert!(f.host.packets(&f.app_a1, "web-1", "delivered") > 0);
+    assert!(f.host.packets(&f.app_a2, "worker-1", "forwarded") > 0);
+}
+
+#[test]
+fn another_network_is_dropped_on_the_sending_side() {
+    let f = fixture();
+    let _tcp = net::tcp_echo_server(&f.c1, 8080);
+    let _udp = net::udp_echo_server(&f.c1, 8080);
+    assert!(
+        net::tcp_echo(&f.c3, sa(f.ip1, 8080), b"x", SHORT).is_err(),
+        "B reached A over TCP"
+    );
+    assert!(
+        net::udp_echo(&f.c3, sa(f.ip1, 8080), b"x", SHORT).is_err(),
+        "B reached A over UDP"
+    );
+    assert!(
+        net::tcp_echo(&f.c1, sa(f.ip3, 8080), b"x", SHORT).is_err(),
+        "A reached B"
+    );
+    assert!(f.host.packets(&f.app_b, "web-1", "policy_denied") >= 2);
+    // Dropped at the sender: never offered to the receiver.
+    assert_eq!(f.host.packets(&f.app_a1, "web-1", "not_member"), 0);
+    assert_eq!(f.host.packets(&f.app_a1, "web-1", "delivered"), 0);
+}
+
+#[test]
+fn a_namespace_outside_every_network_cannot_reach_members() {
+    let f = fixture();
+    let out = Namespace::new(&format!("{}-out", f.host.ns.name));
+    let host_if = format!("{}o", &f.host.ns.name[..10]);
+    f.host.ns.ip(&[
+        "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &out.name,
+    ]);
+    f.host
+        .ns
+        .ip(&["addr", "add", "192.168.77.1/24", "dev", &host_if]);
+    f.host.ns.ip(&["link", "set", &host_if, "up"]);
+    out.ip(&["addr", "add", "192.168.77.2/24", "dev", "eth0"]);
+    out.ip(&["link", "set", "eth0", "up"]);
+    out.ip(&["route", "add", "10.240.0.0/12", "via", "192.168.77.1"]);
+    let _tcp = net::tcp_echo_server(&f.c1, 5432);
+    let _udp = net::udp_echo_server(&f.c1, 5432);
+    assert!(
+        net::tcp_echo(&out, sa(f.ip1, 5432), b"x", SHORT).is_err(),
+        "outsider reached a member"
+    );
+    assert!(
+        net::udp_echo(&out, sa(f.ip1, 5432), b"x", SHORT).is_err(),
+        "outsider reached a member"
+    );
+    // Nor can the host itself.
+    assert!(
+        net::tcp_echo(&f.host.ns, sa(f.ip1, 5432), b"x", SHORT).is_err(),
+        "host reached a member"
+    );
+    assert!(f.host.packets(&f.app_a1, "web-1", "not_member") >= 3);
+}
+
+#[test]
+fn forged_sources_are_dropped_and_honest_raw_packets_pass() {
+    let f = fixture();
+    let rx = net::udp_collector(&f.c2, 9999);
+    let honest = net::udp_packet(f.ip1, 4000, f.ip2, 9999, b"honest");
+    net::send_raw_ipv4(&f.c1, honest).unwrap();
+    for forged_src in [
+        Ipv4Addr::new(10, 240, 0, 200),
+        f.ip2,
+        f.ip3,
+        Ipv4Addr::new(8, 8, 8, 8),
+    ] {
+        let forged = net::udp_packet(forged_src, 4000, f.ip2, 9999, b"forged");
+        net::send_raw_ipv4(&f.c1, forged).unwrap();
+    }
+    let got = rx.received(Duration::from_secs(1));
+    assert_eq!(
+        got,
+        vec![b"honest".to_vec()],
+        "only the honest packet arrives"
+    );
+    assert_eq!(f.host.packets(&f.app_a1, "web-1", "spoofed_source"), 4);
+}
+
+#[test]
+fn other_protocols_non_ipv4_and_garbage_are_dropped_and_counted() {
+    let f = fixture();
+    // GRE and SCTP between members.
+    for proto in [47u8, 132] {
+        net::send_raw_ipv4(&f.c1, net::ipv4_packet(f.ip1, f.ip2, proto, b"payload")).unwrap();
+    }
+    assert!(eventually(LONG, || f.host.packets(
+        &f.app_a1,
+        "web-1",
+        "proto_denied"
+    ) == 2));
+    // An IPv6 frame, and an "IPv4" frame too short to hold a header.
+    let mac = f.c1.ip(&["-j", "link", "show", "pn0"]);
+    let mac: serde_json::Value = serde_json::from_str(&mac).unwrap();
+    let src: Vec<u8> = mac[0]["address"]
+        .as_str()
+        .unwrap()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    let mut v6 = vec![0xff; 6];
+    v6.extend_from_slice(&src);
+    v6.extend_from_slice(&[0x86, 0xdd]);
+    v6.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 59, 64]);
+    v6.extend_from_slice(&[0u8; 32]);
+    net::send_frame(&f.c1, "pn0", v6).unwrap();
+    let mut short = vec![0xff; 6];
+    short.extend_from_slice(&src);
+    short.extend_from_slice(&[0x08, 0x00, 0x45, 0x00]);
+    net::send_frame(&f.c1, "pn0", short).unwrap();
+    assert!(eventually(LONG, || f.host.packets(
+        &f.app_a1,
+        "web-1",
+        "unsupported_l3"
+    ) >= 1));
+    assert!(eventually(LONG, || f.host.packets(
+        &f.app_a1,
+        "web-1",
+        "malformed"
+    ) >= 1));
+    // ARP passes: forget the gateway's static entry and ping it.
+    f.c1.ip(&["neigh", "del", "169.254.1.1", "dev", "pn0"]);
+    let out = f.c1.exec(&["ping", "-c", "1", "-W", "2", "169.254.1.1"]);
+    assert!(out.status.success(), "gateway unreachable after ARP");
+    assert!(f.host.packets(&f.app_a1, "web-1", "arp") >= 1);
+    assert!(f.host.packets(&f.app_a1, "web-1", "gateway") >= 2);
+}
+
+#[test]
+fn metrics_and_flows_name_every_drop() {
+    let f = fixture();
+    let _ = net::tcp_echo(&f.c3, sa(f.ip1, 80), b"x", SHORT);
+    let _tcp = net::tcp_echo_server(&f.c2, 81);
+    net::tcp_echo(&f.c1, sa(f.ip2, 81), b"ok", LONG).unwrap();
+    let metrics = f.host.metrics();
+    assert!(
+        metrics.contains(&format!(
+            "pn_packets_total{{network=\"{}\",app=\"{}\",container=\"web-1\",reason=\"forwarded\",verdict=\"pass\"}}",
+            f.net_a, f.app_a1
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("pn_bytes_total{"), "{metrics}");
+    assert!(
+        metrics.contains("reason=\"policy_denied\",verdict=\"drop\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains("pn_store_up 1"), "{metrics}");
+    let flows = f.host.cli_ok(&["--output", "json", "flows"]);
+    let records: Vec<serde_json::Value> = flows
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let denied = records
+        .iter()
+        .find(|r| r["kind"] == "drop" && r["reason"] == "policy_denied")
+        .expect("a policy_denied drop event");
+    assert_eq!(denied["dst"], f.ip1.to_string());
+    assert_eq!(denied["dport"], 80);
+    assert_eq!(denied["src_container"], format!("{}/web-1", f.app_b));
+    assert!(
+        records.iter().any(|r| r["kind"] == "new_flow"
+            && r["dst"] == f.ip2.to_string()
+            && r["dport"] == 81
+            && r["proto"] == "tcp"),
+        "new flow event: {flows}"
+    );
+    // The table form names containers too.
+    let table = f.host.cli_ok(&["flows"]);
+    assert!(
+        table.contains("policy_denied") && table.contains("web-1"),
+        "{table}"
+    );
+}
