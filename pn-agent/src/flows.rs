@@ -12,7 +12,6 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use pn_common::{
-    Reason,
     event::{Direction, EventKind, FlowEvent},
     ip4_octets,
 };
@@ -92,7 +91,7 @@ impl FlowRecord {
         }
     }
 
-    /// One line for the table output and the log.
+    /// One line for the table output and the log (time of day in UTC).
     pub fn line(&self) -> String {
         let end = |ip: &Ipv4Addr, port: u16, name: &Option<String>| {
             let addr = if port == 0 {
@@ -105,9 +104,13 @@ impl FlowRecord {
                 None => addr,
             }
         };
+        let day_ms = self.time_ms % 86_400_000;
         format!(
-            "{} {:<8} {:<14} {:<4} {} -> {} {}B",
-            self.time_ms,
+            "{:02}:{:02}:{:02}.{:03} {:<8} {:<14} {:<4} {} -> {} {}B",
+            day_ms / 3_600_000,
+            day_ms / 60_000 % 60,
+            day_ms / 1000 % 60,
+            day_ms % 1000,
             self.kind,
             self.reason,
             self.proto,
@@ -214,7 +217,71 @@ impl FlowHub {
     }
 }
 
-/// Reasons as strings, for completeness checks in the CLI.
-pub fn reason_names() -> impl Iterator<Item = &'static str> {
-    Reason::ALL.iter().map(|r| r.as_str())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Container, ContainerKey};
+    use pn_common::{Reason, ip4};
+
+    #[test]
+    fn events_are_named_after_containers() {
+        let key = ContainerKey {
+            app: "ap-a71da13f-7c70-4c00-a644-eee8558d8053".parse().unwrap(),
+            ctype: "web".parse().unwrap(),
+            index: 1,
+        };
+        let mut view = MembershipView::default();
+        let c = Container {
+            key: key.clone(),
+            network: "pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c".parse().unwrap(),
+            ip: Ipv4Addr::new(10, 240, 0, 1),
+            host: "h1".parse().unwrap(),
+            netns: "c1".into(),
+            ifname: "pn0".into(),
+            host_ifname: "pnhx".into(),
+            created_at: 0,
+        };
+        view.by_ip.insert(c.ip, key.clone());
+        view.containers.insert(key, c);
+        let ev = FlowEvent {
+            src: ip4(10, 240, 0, 1),
+            dst: ip4(10, 240, 4, 1),
+            sport: 40000,
+            dport: 80,
+            proto: 6,
+            kind: EventKind::Drop as u8,
+            reason: Reason::PolicyDenied as u8,
+            direction: Direction::FromContainer as u8,
+            bytes: 60,
+            ..Default::default()
+        };
+        let r = FlowRecord::from_event(&ev, &view, 3_723_004);
+        assert_eq!(r.kind, "drop");
+        assert_eq!(r.reason, "policy_denied");
+        assert_eq!(
+            r.src_container.as_deref(),
+            Some("ap-a71da13f-7c70-4c00-a644-eee8558d8053/web-1")
+        );
+        assert_eq!(r.dst_container, None);
+        assert_eq!(
+            r.network.as_deref(),
+            Some("pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c")
+        );
+        let line = r.line();
+        assert!(line.starts_with("01:02:03.004 drop"), "{line}");
+        assert!(
+            line.contains(
+                "10.240.0.1:40000 (ap-a71da13f-7c70-4c00-a644-eee8558d8053/web-1) -> 10.240.4.1:80"
+            ),
+            "{line}"
+        );
+        // Unknown codes from a newer datapath are shown, not dropped.
+        let odd = FlowEvent {
+            kind: 9,
+            reason: 200,
+            ..ev
+        };
+        let r = FlowRecord::from_event(&odd, &view, 0);
+        assert_eq!((r.kind.as_str(), r.reason.as_str()), ("kind9", "reason200"));
+    }
 }
