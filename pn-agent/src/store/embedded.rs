@@ -423,7 +423,11 @@ mod conformance {
         let d =
             std::env::temp_dir().join(format!("pn-embedded-conf-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        Arc::new(Embedded::open(&d).unwrap())
+        let store = Embedded::open(&d).unwrap();
+        // The store writes only through its open log from now on: the
+        // directory can go at once, so no test leaves it behind.
+        std::fs::remove_dir_all(&d).unwrap();
+        Arc::new(store)
     }
 
     crate::store_conformance_tests!(fresh);
