@@ -20,7 +20,8 @@ use pn_common::{
     GATEWAY, Ip4,
     ids::{AppId, ContainerType, HostId, NetworkId, Uuid},
     ip4, ip4_octets,
-    maps::{Config, Endpoint, Iface},
+    maps::{Config, Endpoint, Iface, Peer},
+    tunnel,
 };
 use tokio::sync::watch;
 
@@ -126,6 +127,8 @@ struct StoreHealth {
 
 pub struct Agent {
     pub cfg: RunConfig,
+    /// MTU given to container interfaces.
+    container_mtu: u32,
     membership: Membership,
     pub view: Arc<RwLock<MembershipView>>,
     datapath: Mutex<Datapath>,
@@ -160,10 +163,27 @@ impl Agent {
             .context("setting up the gateway device")?;
         let mut datapath =
             Datapath::load(crate::EBPF_OBJECT, &cfg.bpffs).context("loading the datapath")?;
+        let mut container_mtu = cfg.mtu.unwrap_or(crate::config::DEFAULT_MTU);
+        let mut tunnel_port = 0;
+        if let Some(underlay) = &cfg.underlay_iface {
+            let mtu = netlink.mtu(underlay).await?.ok_or_else(|| {
+                anyhow::anyhow!("underlay interface {underlay} not found (--underlay-iface)")
+            })?;
+            // Room for the tunnel's headers, so inner packets never fragment.
+            container_mtu = cfg
+                .mtu
+                .unwrap_or(mtu.saturating_sub(tunnel::OVERHEAD as u32));
+            tunnel_port = cfg.advertise.map_or(tunnel::DEFAULT_PORT, |a| a.port());
+            datapath.attach_underlay(underlay)?;
+            log::info!(
+                "underlay guard on {underlay} (tunnel port {tunnel_port}); container MTU {container_mtu}"
+            );
+        }
         datapath
             .set_config(Config {
                 dns_addr: to_ip4(*cfg.dns_listen.ip()),
                 dns_port: cfg.dns_listen.port(),
+                tunnel_port,
                 drop_events_per_sec: cfg.drop_events_per_sec,
                 ..Default::default()
             })
@@ -178,6 +198,7 @@ impl Agent {
             applied: watch::channel(0).0,
             flows: FlowHub::default(),
             store_health: Mutex::default(),
+            container_mtu,
             cfg,
         });
         if let Some(ring) = events {
@@ -259,6 +280,7 @@ impl Agent {
         }
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = view.clone();
         self.reconcile_all(&view).await;
+        self.sync_underlay();
         self.applied.send_replace(listing.rev);
         Ok(listing.rev)
     }
@@ -317,9 +339,13 @@ impl Agent {
                     self.forget_endpoint(&old).await;
                 }
                 self.enforce(&new).await;
+                if new.host == self.cfg.host_id {
+                    self.sync_underlay();
+                }
             }
             Ok(Change::ContainerDeleted(c)) => self.forget_endpoint(&c).await,
             Ok(Change::Host) => {
+                self.sync_underlay();
                 if let WatchEvent::Delete { key, .. } = ev
                     && key.ends_with(&format!("/{}", self.cfg.host_id))
                 {
@@ -333,6 +359,38 @@ impl Agent {
             Err(e) => log::warn!("skipping undecodable record {e}"),
         }
         self.applied.send_replace(rev);
+    }
+
+    /// Peers (hosts with a tunnel endpoint) and local network tags for the
+    /// underlay guard; small sets, recomputed whole.
+    fn sync_underlay(&self) {
+        let (peers, tags) = {
+            let v = self.view();
+            let me = &self.cfg.host_id;
+            let peers: HashMap<Ip4, Peer> = v
+                .hosts
+                .values()
+                .filter(|h| h.id != *me)
+                .filter_map(|h| match h.advertise? {
+                    std::net::SocketAddr::V4(a) => Some((
+                        to_ip4(*a.ip()),
+                        Peer {
+                            index: peer_index(&h.id),
+                            flags: 0,
+                        },
+                    )),
+                    std::net::SocketAddr::V6(_) => None,
+                })
+                .collect();
+            let tags: HashSet<u32> = v
+                .local_containers(me)
+                .filter_map(|c| v.networks.get(&c.network).map(|n| n.tag))
+                .collect();
+            (peers, tags)
+        };
+        if let Err(e) = self.dp().sync_underlay(&peers, &tags) {
+            log::error!("updating the underlay guard: {e}");
+        }
     }
 
     fn network_tag(&self, net: &NetworkId) -> Option<u32> {
@@ -417,6 +475,7 @@ impl Agent {
             return;
         }
         self.teardown_local(c).await;
+        self.sync_underlay();
         log::info!("detached container {} ({})", c.key, c.ip);
     }
 
@@ -782,7 +841,7 @@ impl Agent {
 
     async fn make_container(&self, ns: &Netns, net: &Network, c: &Container) -> ApiResult<()> {
         self.netlink
-            .create_veth(&c.host_ifname, &c.ifname, ns, self.cfg.mtu)
+            .create_veth(&c.host_ifname, &c.ifname, ns, self.container_mtu)
             .await?;
         // Programs first: until the maps know the interface, they drop
         // everything on it (fail closed), so nothing flows unfiltered.
@@ -933,6 +992,16 @@ impl Agent {
     ) -> anyhow::Result<Vec<(pn_common::maps::CounterKey, pn_common::maps::Counter)>> {
         Ok(self.dp().counters()?)
     }
+}
+
+/// Stable, non-zero index of a peer host in the datapath.
+fn peer_index(host: &HostId) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in host.as_str().bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h.max(1)
 }
 
 fn validate_ifname(name: &str) -> ApiResult<()> {

@@ -56,7 +56,7 @@ pub struct RunSettings {
     /// Prefix length of a network's range when none is given [default: 22].
     #[arg(long)]
     pub network_prefix: Option<u8>,
-    /// MTU of container interfaces when there is no underlay to derive it from [default: 1500].
+    /// MTU of container interfaces [default: underlay MTU − tunnel overhead, or 1500 without underlay].
     #[arg(long)]
     pub mtu: Option<u32>,
     /// Drop events per second and CPU sent to `flows` (the rest is only counted) [default: 200].
@@ -112,7 +112,8 @@ pub struct RunConfig {
     pub dns_ttl: u32,
     pub pool: Ipv4Net,
     pub network_prefix: u8,
-    pub mtu: u32,
+    /// Explicit container MTU; `None`: derived from the underlay.
+    pub mtu: Option<u32>,
     pub drop_events_per_sec: u32,
     pub etcd_prefix: String,
     pub api_socket: PathBuf,
@@ -161,8 +162,10 @@ impl RunConfig {
                 pool.prefix_len()
             );
         }
-        let mtu = pick!(mtu).unwrap_or(DEFAULT_MTU);
-        if !(576..=65535).contains(&mtu) {
+        let mtu = pick!(mtu);
+        if let Some(mtu) = mtu
+            && !(576..=65535).contains(&mtu)
+        {
             bail!("invalid --mtu {mtu}: must be between 576 and 65535");
         }
         let dns_ttl = pick!(dns_ttl).unwrap_or(DEFAULT_DNS_TTL);

@@ -14,14 +14,15 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuHashMap, RingBuf},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
     },
 };
 use pn_common::{
     Ip4, Reason,
-    maps::{Config, Counter, CounterKey, Endpoint, Iface},
+    maps::{Config, Counter, CounterKey, Endpoint, Iface, Peer},
     names,
 };
 
@@ -117,8 +118,11 @@ pub struct Datapath {
     ifaces: HashMap<MapData, u32, Iface>,
     counters: PerCpuHashMap<MapData, CounterKey, Counter>,
     config: Array<MapData, Config>,
+    peers: HashMap<MapData, Ip4, Peer>,
+    tags: HashMap<MapData, u32, u32>,
     events: Option<RingBuf<MapData>>,
     links_dir: PathBuf,
+    xdp_dir: PathBuf,
     /// Interfaces this process attached (or re-attached) its programs to.
     attached: HashSet<String>,
 }
@@ -135,7 +139,8 @@ impl Datapath {
         ensure_bpffs(bpffs)?;
         let maps_dir = bpffs.join("maps");
         let links_dir = bpffs.join("links");
-        for d in [&maps_dir, &links_dir] {
+        let xdp_dir = bpffs.join("xdp");
+        for d in [&maps_dir, &links_dir, &xdp_dir] {
             std::fs::create_dir_all(d).ctx(|| format!("creating {}", d.display()))?;
         }
         let mut ebpf = match EbpfLoader::new()
@@ -171,6 +176,18 @@ impl Datapath {
             prog.load()
                 .ctx(|| format!("loading program {name} (verifier)"))?;
         }
+        let xdp: &mut Xdp = ebpf
+            .program_mut(names::PROG_UNDERLAY)
+            .ok_or_else(|| {
+                plain(format!(
+                    "program {} missing from the object",
+                    names::PROG_UNDERLAY
+                ))
+            })?
+            .try_into()
+            .ctx(|| names::PROG_UNDERLAY.to_string())?;
+        xdp.load()
+            .ctx(|| format!("loading program {} (verifier)", names::PROG_UNDERLAY))?;
         fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
             ebpf: &mut Ebpf,
             name: &str,
@@ -184,6 +201,8 @@ impl Datapath {
         let ifaces = take(&mut ebpf, names::MAP_IFACES)?;
         let counters = take(&mut ebpf, names::MAP_COUNTERS)?;
         let config = take(&mut ebpf, names::MAP_CONFIG)?;
+        let peers = take(&mut ebpf, names::MAP_PEERS)?;
+        let tags = take(&mut ebpf, names::MAP_TAGS)?;
         let events = Some(take(&mut ebpf, names::MAP_EVENTS)?);
         Ok(Datapath {
             ebpf,
@@ -191,8 +210,11 @@ impl Datapath {
             ifaces,
             counters,
             config,
+            peers,
+            tags,
             events,
             links_dir,
+            xdp_dir,
             attached: HashSet::new(),
         })
     }
@@ -267,18 +289,8 @@ impl Datapath {
     pub fn detach(&mut self, ifname: &str) -> Result<()> {
         self.attached.remove(ifname);
         for suffix in ["in", "eg"] {
-            let pin = self.link_pin(ifname, suffix);
-            match PinnedLink::from_pin(&pin) {
-                Ok(link) => {
-                    // Unpinning drops the last reference: the link detaches.
-                    link.unpin()
-                        .ctx(|| format!("unpinning {}", pin.display()))?;
-                }
-                Err(_) if !pin.exists() => {}
-                Err(_) => {
-                    std::fs::remove_file(&pin).ctx(|| format!("removing {}", pin.display()))?;
-                }
-            }
+            // Unpinning drops the last reference: the link detaches.
+            self.unpin(&self.link_pin(ifname, suffix))?;
         }
         Ok(())
     }
@@ -295,6 +307,97 @@ impl Datapath {
             }
         }
         Ok(out)
+    }
+
+    /// Attaches the underlay guard (XDP) to `ifname`, replacing in place the
+    /// program of a link an earlier agent pinned; detaches it from any other
+    /// interface it was pinned on.
+    pub fn attach_underlay(&mut self, ifname: &str) -> Result<()> {
+        for entry in std::fs::read_dir(&self.xdp_dir)
+            .ctx(|| format!("reading {}", self.xdp_dir.display()))?
+        {
+            let path = entry.ctx(|| "reading pins".into())?.path();
+            if path.file_name().is_some_and(|n| n != ifname) {
+                self.unpin(&path)?;
+            }
+        }
+        let pin = self.xdp_dir.join(ifname);
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(names::PROG_UNDERLAY)
+            .ok_or_else(|| plain(format!("program {} missing", names::PROG_UNDERLAY)))?
+            .try_into()
+            .ctx(|| names::PROG_UNDERLAY.to_string())?;
+        if let Ok(old) = PinnedLink::from_pin(&pin) {
+            let link: Result<XdpLink, _> = FdLink::from(old).try_into();
+            match link.map(|l| prog.attach_to_link(l)) {
+                Ok(Ok(id)) => {
+                    drop(prog.take_link(id));
+                    return Ok(());
+                }
+                _ => std::fs::remove_file(&pin)
+                    .ctx(|| format!("removing stale pin {}", pin.display()))?,
+            }
+        }
+        let id = prog
+            .attach(ifname, XdpMode::default())
+            .ctx(|| format!("attaching the underlay guard to {ifname}"))?;
+        let link = prog.take_link(id).ctx(|| "taking link".into())?;
+        let fd: FdLink = link
+            .try_into()
+            .ctx(|| "XDP link is not an fd link".into())?;
+        fd.pin(&pin).ctx(|| format!("pinning {}", pin.display()))?;
+        Ok(())
+    }
+
+    fn unpin(&self, pin: &Path) -> Result<()> {
+        match PinnedLink::from_pin(pin) {
+            Ok(link) => {
+                link.unpin()
+                    .ctx(|| format!("unpinning {}", pin.display()))?;
+            }
+            Err(_) if !pin.exists() => {}
+            Err(_) => std::fs::remove_file(pin).ctx(|| format!("removing {}", pin.display()))?,
+        }
+        Ok(())
+    }
+
+    /// Replaces the set of peers (underlay address → peer) and of local
+    /// network tags the underlay guard admits.
+    pub fn sync_underlay(
+        &mut self,
+        peers: &StdHashMap<Ip4, Peer>,
+        tags: &HashSet<u32>,
+    ) -> Result<()> {
+        let current: Vec<Ip4> = self
+            .peers
+            .keys()
+            .collect::<Result<_, _>>()
+            .ctx(|| "reading PN_PEERS".into())?;
+        for ip in current.into_iter().filter(|ip| !peers.contains_key(ip)) {
+            self.peers
+                .remove(&ip)
+                .ctx(|| "removing from PN_PEERS".into())?;
+        }
+        for (ip, p) in peers {
+            self.peers
+                .insert(ip, p, 0)
+                .ctx(|| "writing PN_PEERS".into())?;
+        }
+        let current: Vec<u32> = self
+            .tags
+            .keys()
+            .collect::<Result<_, _>>()
+            .ctx(|| "reading PN_TAGS".into())?;
+        for t in current.into_iter().filter(|t| !tags.contains(t)) {
+            self.tags
+                .remove(&t)
+                .ctx(|| "removing from PN_TAGS".into())?;
+        }
+        for t in tags {
+            self.tags.insert(t, 1, 0).ctx(|| "writing PN_TAGS".into())?;
+        }
+        Ok(())
     }
 
     pub fn set_endpoint(&mut self, ip: Ip4, ep: Endpoint) -> Result<()> {

@@ -291,6 +291,15 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    pub async fn mtu(&self, name: &str) -> Result<Option<u32>> {
+        Ok(link_by_name(&self.handle, name).await?.and_then(|l| {
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Mtu(m) => Some(*m),
+                _ => None,
+            })
+        }))
+    }
+
     pub async fn link(&self, name: &str) -> Result<Option<(u32, [u8; 6])>> {
         Ok(link_by_name(&self.handle, name)
             .await?

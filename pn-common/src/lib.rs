@@ -11,6 +11,7 @@ pub mod ids;
 pub mod maps;
 pub mod policy;
 pub mod reason;
+pub mod tunnel;
 
 pub use reason::Reason;
 
@@ -43,6 +44,9 @@ pub mod names {
     pub const MAP_EVENTS: &str = "PN_EVENTS";
     pub const MAP_CONFIG: &str = "PN_CONFIG";
     pub const MAP_EVENT_BUDGET: &str = "PN_EVBUDGET";
+    pub const MAP_PEERS: &str = "PN_PEERS";
+    pub const MAP_TAGS: &str = "PN_TAGS";
     pub const PROG_FROM_CONTAINER: &str = "pn_from_container";
     pub const PROG_TO_CONTAINER: &str = "pn_to_container";
+    pub const PROG_UNDERLAY: &str = "pn_underlay";
 }

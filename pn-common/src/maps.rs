@@ -83,11 +83,22 @@ pub struct Config {
     pub dns_addr: Ip4,
     /// Its port, host order.
     pub dns_port: u16,
-    pub _pad: u16,
+    /// UDP port of the encrypted tunnel on the underlay, host order; 0 = none.
+    pub tunnel_port: u16,
     /// Maximum drop events per second and CPU sent to user space; the rest is
     /// only counted (a flood must not turn into an event storm).
     pub drop_events_per_sec: u32,
     pub _pad2: u32,
+}
+
+/// Value of `PN_PEERS`, keyed by a peer host's underlay address ([`Ip4`]):
+/// the hosts whose tunnel packets the underlay guard lets through.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Peer {
+    /// Agent-local index of the peer (0 is never used).
+    pub index: u32,
+    pub flags: u32,
 }
 
 /// Per-CPU state of the drop-event rate limit (`PN_EVBUDGET`, array of 1).
@@ -105,6 +116,9 @@ pub const MAX_ENDPOINTS: u32 = 131_072;
 pub const MAX_IFACES: u32 = 4_096;
 pub const MAX_COUNTERS: u32 = MAX_IFACES * crate::Reason::COUNT as u32 + 64;
 pub const MAX_FLOWS: u32 = 65_536;
+pub const MAX_PEERS: u32 = 4_096;
+/// `PN_TAGS`: tags (u32) of the networks with at least one local member.
+pub const MAX_TAGS: u32 = 65_536;
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 16);
@@ -115,6 +129,7 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 8);
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
 const _: () = assert!(core::mem::size_of::<EventBudget>() == 16);
+const _: () = assert!(core::mem::size_of::<Peer>() == 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -129,4 +144,5 @@ mod pod {
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for EventBudget {}
+    unsafe impl aya::Pod for Peer {}
 }

@@ -138,6 +138,50 @@ pub fn to_container(
     }
 }
 
+/// An IPv4 packet arriving on the underlay, reduced to what the guard reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnderlayPacket {
+    pub src: Ip4,
+    pub dst: Ip4,
+    pub proto: u8,
+    /// UDP destination port (host order), 0 when not UDP or a later fragment.
+    pub dport: u16,
+    /// First byte of the UDP payload, if there is one.
+    pub msg_type: Option<u8>,
+    /// Network tag of a data message, if the payload is long enough.
+    pub tag: Option<u32>,
+}
+
+/// Rule 6 on the underlay interface (XDP): member traffic crosses hosts only
+/// inside the tunnel, and tunnel packets come only from peers, for networks
+/// with local members. `None`: not pn's traffic, left to the host's stack.
+pub fn underlay(
+    pkt: &UnderlayPacket,
+    cfg: &Config,
+    is_member: impl Fn(Ip4) -> bool,
+    is_peer: impl Fn(Ip4) -> bool,
+    is_local_tag: impl Fn(u32) -> bool,
+) -> Option<Reason> {
+    if is_member(pkt.dst) {
+        return Some(Reason::CleartextToMember);
+    }
+    if pkt.proto != IPPROTO_UDP || cfg.tunnel_port == 0 || pkt.dport != cfg.tunnel_port {
+        return None;
+    }
+    if !is_peer(pkt.src) {
+        return Some(Reason::UnknownPeer);
+    }
+    match pkt.msg_type {
+        Some(crate::tunnel::MSG_DATA) => match pkt.tag {
+            Some(tag) if is_local_tag(tag) => Some(Reason::Tunnel),
+            Some(_) => Some(Reason::UnknownTag),
+            None => Some(Reason::Malformed),
+        },
+        Some(_) => Some(Reason::Tunnel),
+        None => Some(Reason::Malformed),
+    }
+}
+
 /// A flow entry is rewritten at most this often, so steady traffic does not
 /// write the map on every packet.
 pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
@@ -384,6 +428,80 @@ mod tests {
         assert_eq!(classify_ethertype(0x0806), L3::Arp);
         assert_eq!(classify_ethertype(0x86dd), L3::Other);
         assert_eq!(classify_ethertype(0x8100), L3::Other);
+    }
+
+    #[test]
+    fn underlay_guard() {
+        let cfg = Config {
+            tunnel_port: 51871,
+            ..cfg()
+        };
+        let peer = ip4(192, 168, 50, 2);
+        let stranger = ip4(192, 168, 50, 66);
+        let me = ip4(192, 168, 50, 1);
+        let member = |ip| ip == A1;
+        let is_peer = |ip| ip == peer;
+        let local_tag = |t| t == NET_A;
+        let tun = |src, msg_type, tag| UnderlayPacket {
+            src,
+            dst: me,
+            proto: IPPROTO_UDP,
+            dport: 51871,
+            msg_type,
+            tag,
+        };
+        let data = Some(crate::tunnel::MSG_DATA);
+        let init = Some(crate::tunnel::MSG_INITIATION);
+        let decide = |p: UnderlayPacket| underlay(&p, &cfg, member, is_peer, local_tag);
+        assert_eq!(decide(tun(peer, data, Some(NET_A))), Some(Reason::Tunnel));
+        assert_eq!(decide(tun(peer, init, None)), Some(Reason::Tunnel));
+        assert_eq!(
+            decide(tun(peer, data, Some(NET_B))),
+            Some(Reason::UnknownTag)
+        );
+        assert_eq!(decide(tun(peer, data, None)), Some(Reason::Malformed));
+        assert_eq!(decide(tun(peer, None, None)), Some(Reason::Malformed));
+        assert_eq!(
+            decide(tun(stranger, data, Some(NET_A))),
+            Some(Reason::UnknownPeer)
+        );
+        assert_eq!(decide(tun(stranger, init, None)), Some(Reason::UnknownPeer));
+        // Clear text to a member, whatever it is.
+        for proto in [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP] {
+            let p = UnderlayPacket {
+                dst: A1,
+                proto,
+                ..tun(peer, None, None)
+            };
+            assert_eq!(decide(p), Some(Reason::CleartextToMember));
+        }
+        // Anything else is the host's business.
+        let ssh = UnderlayPacket {
+            proto: IPPROTO_TCP,
+            dport: 22,
+            ..tun(stranger, None, None)
+        };
+        assert_eq!(decide(ssh), None);
+        let other_udp = UnderlayPacket {
+            dport: 53,
+            ..tun(stranger, None, None)
+        };
+        assert_eq!(decide(other_udp), None);
+        // No tunnel configured: no tunnel verdicts.
+        let off = Config {
+            tunnel_port: 0,
+            ..cfg
+        };
+        assert_eq!(
+            underlay(
+                &tun(stranger, data, Some(NET_A)),
+                &off,
+                member,
+                is_peer,
+                local_tag
+            ),
+            None
+        );
     }
 
     #[test]

@@ -35,11 +35,13 @@ pub enum Reason {
     UnknownTag = 12,
     /// Dropped on the underlay: clear-text packet addressed to a member.
     CleartextToMember = 13,
+    /// Passed on the underlay: tunnel packet from a peer, for a local network.
+    Tunnel = 14,
 }
 
 impl Reason {
     /// Number of reasons; counter arrays are sized by it.
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
 
     pub const ALL: [Reason; Reason::COUNT] = [
         Reason::Forwarded,
@@ -56,6 +58,7 @@ impl Reason {
         Reason::UnknownPeer,
         Reason::UnknownTag,
         Reason::CleartextToMember,
+        Reason::Tunnel,
     ];
 
     pub const fn from_u8(v: u8) -> Option<Reason> {
@@ -69,7 +72,7 @@ impl Reason {
     pub const fn is_drop(self) -> bool {
         !matches!(
             self,
-            Reason::Forwarded | Reason::Delivered | Reason::Arp | Reason::Gateway
+            Reason::Forwarded | Reason::Delivered | Reason::Arp | Reason::Gateway | Reason::Tunnel
         )
     }
 
@@ -90,6 +93,7 @@ impl Reason {
             Reason::UnknownPeer => "unknown_peer",
             Reason::UnknownTag => "unknown_tag",
             Reason::CleartextToMember => "cleartext_to_member",
+            Reason::Tunnel => "tunnel",
         }
     }
 
@@ -129,7 +133,8 @@ mod tests {
                 &Reason::Forwarded,
                 &Reason::Delivered,
                 &Reason::Arp,
-                &Reason::Gateway
+                &Reason::Gateway,
+                &Reason::Tunnel
             ]
         );
     }

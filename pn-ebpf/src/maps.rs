@@ -9,7 +9,7 @@ use pn_common::{
     Ip4,
     maps::{
         Config, Counter, CounterKey, EVENTS_BYTES, Endpoint, EventBudget, FlowKey, FlowState,
-        Iface, MAX_COUNTERS, MAX_ENDPOINTS, MAX_FLOWS, MAX_IFACES,
+        Iface, MAX_COUNTERS, MAX_ENDPOINTS, MAX_FLOWS, MAX_IFACES, MAX_PEERS, MAX_TAGS, Peer,
     },
 };
 
@@ -33,3 +33,9 @@ pub static PN_CONFIG: Array<Config> = Array::pinned(1, 0);
 
 #[map]
 pub static PN_EVBUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);
+
+#[map]
+pub static PN_PEERS: HashMap<Ip4, Peer> = HashMap::pinned(MAX_PEERS, 0);
+
+#[map]
+pub static PN_TAGS: HashMap<u32, u32> = HashMap::pinned(MAX_TAGS, 0);

@@ -2,20 +2,21 @@
 //! "from the container", egress is "to the container".
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_PIPE, TC_ACT_SHOT},
+    bindings::{TC_ACT_PIPE, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
     macros::classifier,
     programs::TcContext,
 };
 use pn_common::{
-    Ip4, Reason,
-    event::{Direction, EventKind, FlowEvent},
-    maps::{Config, Counter, CounterKey, FlowKey, FlowState, Iface},
+    Reason,
+    event::{Direction, EventKind},
+    maps::{Config, FlowKey, FlowState, Iface},
     policy::{self, ETH_HLEN, FlowUpdate, IPV4_MIN_HLEN, Ipv4Summary, L3},
 };
 
-use crate::maps::{
-    PN_CONFIG, PN_COUNTERS, PN_ENDPOINTS, PN_EVBUDGET, PN_EVENTS, PN_FLOWS, PN_IFACES,
+use crate::{
+    maps::{PN_CONFIG, PN_ENDPOINTS, PN_FLOWS, PN_IFACES},
+    report::{count, emit, report_drop},
 };
 
 #[classifier]
@@ -108,57 +109,6 @@ fn decide(
 }
 
 #[inline(always)]
-fn count(endpoint: Ip4, reason: Reason, bytes: u32) {
-    let key = CounterKey {
-        endpoint,
-        reason: reason as u32,
-    };
-    for _ in 0..2 {
-        if let Some(c) = PN_COUNTERS.get_ptr_mut(&key) {
-            // SAFETY: per-CPU value, only this CPU writes it while we run.
-            unsafe {
-                (*c).packets += 1;
-                (*c).bytes += u64::from(bytes);
-            }
-            return;
-        }
-        let first = Counter {
-            packets: 1,
-            bytes: u64::from(bytes),
-        };
-        // Another CPU may create the row between our lookup and insert: then
-        // the insert fails and the second lookup finds it.
-        if PN_COUNTERS
-            .insert(&key, &first, u64::from(BPF_NOEXIST))
-            .is_ok()
-        {
-            return;
-        }
-    }
-}
-
-#[inline(always)]
-fn report_drop(
-    cfg: &Config,
-    dir: Direction,
-    ifindex: u32,
-    reason: Reason,
-    pkt: Option<&Ipv4Summary>,
-    len: u32,
-) {
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let Some(budget) = PN_EVBUDGET.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU value, only this CPU touches it while we run.
-    if !unsafe { (*budget).admit(now, cfg.drop_events_per_sec) } {
-        return;
-    }
-    emit(now, EventKind::Drop, reason, dir, ifindex, pkt, len);
-}
-
-#[inline(always)]
 fn track_flow(dir: Direction, ifindex: u32, pkt: &Ipv4Summary, len: u32) {
     let key = FlowKey {
         src: pkt.src,
@@ -188,34 +138,4 @@ fn track_flow(dir: Direction, ifindex: u32, pkt: &Ipv4Summary, len: u32) {
             len,
         );
     }
-}
-
-#[inline(always)]
-fn emit(
-    now: u64,
-    kind: EventKind,
-    reason: Reason,
-    dir: Direction,
-    ifindex: u32,
-    pkt: Option<&Ipv4Summary>,
-    len: u32,
-) {
-    let mut ev = FlowEvent {
-        ts_ns: now,
-        ifindex,
-        bytes: len,
-        kind: kind as u8,
-        reason: reason as u8,
-        direction: dir as u8,
-        ..FlowEvent::default()
-    };
-    if let Some(p) = pkt {
-        ev.src = p.src;
-        ev.dst = p.dst;
-        ev.sport = p.sport;
-        ev.dport = p.dport;
-        ev.proto = p.proto;
-    }
-    // A full ring buffer loses the event, never the packet's verdict.
-    let _ = PN_EVENTS.output::<FlowEvent>(&ev, 0);
 }

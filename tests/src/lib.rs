@@ -202,6 +202,14 @@ impl Host {
     }
 
     pub fn start_with(prefix: &str, id: &str, extra: &[&str]) -> Host {
+        let mut host = Host::create(prefix, id);
+        host.launch(extra);
+        host
+    }
+
+    /// The host's namespace and directories, with no agent yet (to plumb
+    /// interfaces the agent needs at start, such as its underlay).
+    pub fn create(prefix: &str, id: &str) -> Host {
         let ns = Namespace::new(&format!("{prefix}-{id}"));
         let dir =
             std::env::temp_dir().join(format!("pn-test-{}-{}-{id}", std::process::id(), prefix));
@@ -213,15 +221,19 @@ impl Host {
             .args(["-t", "bpf", "bpf"])
             .arg(dir.join("bpffs"))
             .status();
-        let mut host = Host {
+        Host {
             ns,
             id: id.into(),
             dir,
             child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        host.spawn();
-        host
+            extra: Vec::new(),
+        }
+    }
+
+    /// Starts the agent with extra `run` flags (kept for restarts).
+    pub fn launch(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.spawn();
     }
 
     pub fn api_socket(&self) -> PathBuf {

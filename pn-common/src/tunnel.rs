@@ -1,0 +1,29 @@
+//! The tunnel's wire layout, as far as the kernel must know it: the XDP guard
+//! on the underlay reads the message type and the network tag of data packets
+//! before they cost the agent anything. The agent's tunnel module builds and
+//! parses the full messages on this layout.
+
+/// UDP port of the tunnel when `--advertise` gives none.
+pub const DEFAULT_PORT: u16 = 51871;
+
+/// Message types (first byte of every datagram).
+pub const MSG_INITIATION: u8 = 1;
+pub const MSG_RESPONSE: u8 = 2;
+pub const MSG_COOKIE: u8 = 3;
+pub const MSG_DATA: u8 = 4;
+
+/// Data header: `type u8 | reserved [u8; 3] | tag u32 BE | receiver u32 LE |
+/// counter u64 LE`, authenticated as associated data.
+pub const DATA_HEADER_LEN: usize = 20;
+/// Offset of the big-endian network tag in a data message.
+pub const TAG_OFFSET: usize = 4;
+pub const RECEIVER_OFFSET: usize = 8;
+pub const COUNTER_OFFSET: usize = 12;
+/// Poly1305 tag after the ciphertext.
+pub const AEAD_TAG_LEN: usize = 16;
+/// Bytes the tunnel adds to an inner packet on the underlay: outer IPv4 and
+/// UDP headers, the data header and the AEAD tag. Container MTU = underlay
+/// MTU − OVERHEAD.
+pub const OVERHEAD: usize = 20 + 8 + DATA_HEADER_LEN + AEAD_TAG_LEN;
+
+const _: () = assert!(OVERHEAD == 64);

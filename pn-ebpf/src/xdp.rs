@@ -1,0 +1,108 @@
+//! XDP on the underlay interface: the guard of rule 6. Drops, before they
+//! cost the agent anything, tunnel packets from hosts that are not peers or
+//! for networks with no local member, and any clear-text packet addressed to
+//! a member. Everything else is left to the host's stack, uncounted.
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use pn_common::{
+    Reason,
+    event::Direction,
+    policy::{self, ETH_HLEN, IPPROTO_UDP, IPV4_MIN_HLEN, Ipv4Summary, UnderlayPacket},
+    tunnel::{DATA_HEADER_LEN, TAG_OFFSET},
+};
+
+use crate::{
+    maps::{PN_CONFIG, PN_ENDPOINTS, PN_PEERS, PN_TAGS},
+    report::{count, report_drop},
+};
+
+const UDP_HLEN: usize = 8;
+
+#[xdp]
+pub fn pn_underlay(ctx: XdpContext) -> u32 {
+    let data = ctx.data();
+    let end = ctx.data_end();
+    if data + ETH_HLEN + IPV4_MIN_HLEN > end {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: bounds checked just above (the verifier checks it again).
+    let ethertype = u16::from_be(unsafe { core::ptr::read_unaligned((data + 12) as *const u16) });
+    if ethertype != policy::ETH_P_IP {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: bounds checked above.
+    let raw: [u8; IPV4_MIN_HLEN] =
+        unsafe { core::ptr::read_unaligned((data + ETH_HLEN) as *const _) };
+    let Some(ip) = policy::parse_ipv4(&raw) else {
+        // Not ours to judge: the host's stack drops broken IPv4 itself.
+        return xdp_action::XDP_PASS;
+    };
+    let mut pkt = UnderlayPacket {
+        src: ip.src,
+        dst: ip.dst,
+        proto: ip.proto,
+        dport: 0,
+        msg_type: None,
+        tag: None,
+    };
+    if ip.proto == IPPROTO_UDP && !ip.later_fragment && ip.header_len <= 60 {
+        let udp = data + ETH_HLEN + ip.header_len;
+        if udp + UDP_HLEN <= end {
+            // SAFETY: bounds checked.
+            pkt.dport = u16::from_be(unsafe { core::ptr::read_unaligned((udp + 2) as *const u16) });
+            let payload = udp + UDP_HLEN;
+            if payload + 1 <= end {
+                // SAFETY: bounds checked.
+                pkt.msg_type = Some(unsafe { *(payload as *const u8) });
+            }
+            if payload + DATA_HEADER_LEN <= end {
+                // SAFETY: bounds checked.
+                pkt.tag = Some(u32::from_be(unsafe {
+                    core::ptr::read_unaligned((payload + TAG_OFFSET) as *const u32)
+                }));
+            }
+        }
+    }
+    let cfg = PN_CONFIG.get(0).copied().unwrap_or_default();
+    // SAFETY (lookups): values are plain data, read-only here.
+    let decision = policy::underlay(
+        &pkt,
+        &cfg,
+        |ip| unsafe { PN_ENDPOINTS.get(&ip) }.is_some(),
+        |ip| unsafe { PN_PEERS.get(&ip) }.is_some(),
+        |tag| unsafe { PN_TAGS.get(&tag) }.is_some(),
+    );
+    let Some(reason) = decision else {
+        return xdp_action::XDP_PASS;
+    };
+    let len = (end - data) as u32;
+    // Clear text to a member counts against that member; the rest against the host.
+    let endpoint = if reason == Reason::CleartextToMember {
+        pkt.dst
+    } else {
+        0
+    };
+    count(endpoint, reason, len);
+    if reason.is_drop() {
+        // SAFETY: the context pointer is valid for the whole program run.
+        let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+        let summary = Ipv4Summary {
+            src: pkt.src,
+            dst: pkt.dst,
+            proto: pkt.proto,
+            sport: 0,
+            dport: pkt.dport,
+        };
+        report_drop(
+            &cfg,
+            Direction::Underlay,
+            ifindex,
+            reason,
+            Some(&summary),
+            len,
+        );
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}

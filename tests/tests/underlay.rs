@@ -1,0 +1,120 @@
+//! Rule 6 on one host: the XDP guard on the underlay interface.
+
+use std::{net::SocketAddr, time::Duration};
+
+use pn_tests::{Host, Namespace, eventually, metric_value, net, unique_prefix};
+
+#[test]
+fn the_underlay_guard_drops_strangers_and_cleartext_to_members() {
+    let p = unique_prefix();
+    let mut host = Host::create(&p, "h1");
+    let stranger = Namespace::new(&format!("{p}-x"));
+    host.ns.ip(&[
+        "link",
+        "add",
+        "ul0",
+        "mtu",
+        "1500",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &stranger.name,
+    ]);
+    host.ns
+        .ip(&["addr", "add", "192.168.90.1/24", "dev", "ul0"]);
+    host.ns.ip(&["link", "set", "ul0", "up"]);
+    stranger.ip(&["addr", "add", "192.168.90.2/24", "dev", "eth0"]);
+    stranger.ip(&["link", "set", "eth0", "up"]);
+    stranger.ip(&["route", "add", "10.240.0.0/12", "via", "192.168.90.1"]);
+    host.launch(&[
+        "--underlay-iface",
+        "ul0",
+        "--advertise",
+        "192.168.90.1:51871",
+    ]);
+
+    let net_a = host.create_network(&[]);
+    let app = host.create_app(&net_a);
+    let c1 = Namespace::new(&format!("{p}-c1"));
+    let attached = host.attach(&app, "web", &c1);
+    let ip1: std::net::Ipv4Addr = attached["ip"].as_str().unwrap().parse().unwrap();
+    // Container MTU leaves room for the tunnel: 1500 - 64.
+    let link: serde_json::Value =
+        serde_json::from_str(&c1.ip(&["-j", "link", "show", "pn0"])).unwrap();
+    assert_eq!(link[0]["mtu"], 1436);
+
+    // Clear text toward a member, from the underlay: dropped in XDP, counted
+    // against that member, never reaches TC.
+    let _srv = net::tcp_echo_server(&c1, 80);
+    assert!(
+        net::tcp_echo(
+            &stranger,
+            SocketAddr::from((ip1, 80)),
+            b"x",
+            Duration::from_millis(800)
+        )
+        .is_err()
+    );
+    assert!(host.packets(&app, "web-1", "cleartext_to_member") >= 1);
+    assert_eq!(host.packets(&app, "web-1", "not_member"), 0);
+
+    // Tunnel-port datagrams from a host that is not a peer.
+    let mut data = vec![4u8, 0, 0, 0];
+    data.extend_from_slice(&1u32.to_be_bytes());
+    data.extend_from_slice(&[0u8; 40]);
+    for _ in 0..5 {
+        net::send_raw_ipv4(
+            &stranger,
+            net::udp_packet(
+                "192.168.90.2".parse().unwrap(),
+                40000,
+                "192.168.90.1".parse().unwrap(),
+                51871,
+                &data,
+            ),
+        )
+        .unwrap();
+    }
+    assert!(eventually(Duration::from_secs(5), || {
+        metric_value(
+            &host.metrics(),
+            "pn_packets_total",
+            &[("container", ""), ("reason", "unknown_peer")],
+        ) == 5
+    }));
+    // Other traffic on the underlay is the host's business: untouched.
+    let _srv = net::udp_echo_server(&host.ns, 5353);
+    assert_eq!(
+        net::udp_echo(
+            &stranger,
+            "192.168.90.1:5353".parse().unwrap(),
+            b"hi",
+            Duration::from_secs(2)
+        )
+        .unwrap(),
+        b"hi"
+    );
+    let flows = host.cli_ok(&["--output", "json", "flows"]);
+    assert!(
+        flows.contains("\"reason\":\"unknown_peer\"")
+            && flows.contains("\"direction\":\"underlay\""),
+        "{flows}"
+    );
+
+    // A restart re-attaches in place and keeps guarding.
+    host.restart();
+    assert!(
+        net::tcp_echo(
+            &stranger,
+            SocketAddr::from((ip1, 80)),
+            b"x",
+            Duration::from_millis(800)
+        )
+        .is_err()
+    );
+    let pins = std::fs::read_dir(host.bpffs().join("xdp")).unwrap().count();
+    assert_eq!(pins, 1);
+}
