@@ -18,7 +18,7 @@ pub fn count(endpoint: Ip4, reason: Reason, bytes: u32) {
         reason: reason as u32,
     };
     for _ in 0..2 {
-        if let Some(c) = PN_COUNTERS.get_ptr_mut(&key) {
+        if let Some(c) = PN_COUNTERS.get_ptr_mut(key) {
             // SAFETY: per-CPU value, only this CPU writes it while we run.
             unsafe {
                 (*c).packets += 1;
@@ -33,7 +33,7 @@ pub fn count(endpoint: Ip4, reason: Reason, bytes: u32) {
         // Another CPU may create the row between our lookup and insert: then
         // the insert fails and the second lookup finds it.
         if PN_COUNTERS
-            .insert(&key, &first, u64::from(BPF_NOEXIST))
+            .insert(key, first, u64::from(BPF_NOEXIST))
             .is_ok()
         {
             return;

@@ -35,7 +35,7 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: values are plain data; a concurrent update can at worst give a
     // torn read of a just-replaced entry, which the agent never does in place.
-    let iface = unsafe { PN_IFACES.get(&ifindex) }.copied();
+    let iface = unsafe { PN_IFACES.get(ifindex) }.copied();
     let cfg = PN_CONFIG.get(0).copied().unwrap_or_default();
     let (reason, pkt) = decide(ctx, dir, iface.as_ref(), &cfg);
     let len = ctx.len();
@@ -96,12 +96,12 @@ fn decide(
     let reason = match dir {
         Direction::FromContainer => {
             // SAFETY: see `handle`.
-            let dst = unsafe { PN_ENDPOINTS.get(&pkt.dst) };
+            let dst = unsafe { PN_ENDPOINTS.get(pkt.dst) };
             policy::from_container(&pkt, iface, dst, cfg)
         }
         _ => {
             // SAFETY: see `handle`.
-            let src = unsafe { PN_ENDPOINTS.get(&pkt.src) };
+            let src = unsafe { PN_ENDPOINTS.get(pkt.src) };
             policy::to_container(&pkt, iface, src, cfg)
         }
     };
@@ -119,14 +119,14 @@ fn track_flow(dir: Direction, ifindex: u32, pkt: &Ipv4Summary, len: u32) {
         _pad: [0; 3],
     };
     // SAFETY: see `handle`.
-    let last = unsafe { PN_FLOWS.get(&key) }.map(|f| f.last_seen_ns);
+    let last = unsafe { PN_FLOWS.get(key) }.map(|f| f.last_seen_ns);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let update = policy::flow_update(last, now);
     if update == FlowUpdate::Keep {
         return;
     }
-    let _ = PN_FLOWS.insert(&key, &FlowState { last_seen_ns: now }, 0);
+    let _ = PN_FLOWS.insert(key, FlowState { last_seen_ns: now }, 0);
     if update == FlowUpdate::New {
         emit(
             now,

@@ -51,7 +51,7 @@ pub fn pn_underlay(ctx: XdpContext) -> u32 {
             // SAFETY: bounds checked.
             pkt.dport = u16::from_be(unsafe { core::ptr::read_unaligned((udp + 2) as *const u16) });
             let payload = udp + UDP_HLEN;
-            if payload + 1 <= end {
+            if payload < end {
                 // SAFETY: bounds checked.
                 pkt.msg_type = Some(unsafe { *(payload as *const u8) });
             }
@@ -68,9 +68,9 @@ pub fn pn_underlay(ctx: XdpContext) -> u32 {
     let decision = policy::underlay(
         &pkt,
         &cfg,
-        |ip| unsafe { PN_ENDPOINTS.get(&ip) }.is_some(),
-        |ip| unsafe { PN_PEERS.get(&ip) }.is_some(),
-        |tag| unsafe { PN_TAGS.get(&tag) }.is_some(),
+        |ip| unsafe { PN_ENDPOINTS.get(ip) }.is_some(),
+        |ip| unsafe { PN_PEERS.get(ip) }.is_some(),
+        |tag| unsafe { PN_TAGS.get(tag) }.is_some(),
     );
     let Some(reason) = decision else {
         return xdp_action::XDP_PASS;
