@@ -1,1 +1,161 @@
-fn main() {}
+//! `cargo xtask`: the project's own commands. Each one first makes sure the
+//! machine has what it needs (see `bootstrap`), so a fresh machine gets from a
+//! clean clone to a running agent or a passing test suite with one command.
+
+mod bootstrap;
+mod cmd;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "pn's build, run and test commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the toolchain pieces and packages, nothing else.
+    Bootstrap,
+    /// Build the agent (and its eBPF programs).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build and run `pn-agent run` (root); arguments after `--` go to the agent.
+    Run {
+        #[arg(long)]
+        release: bool,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// fmt, clippy (host and BPF target), unit and integration tests (root);
+    /// arguments after `--` go to `cargo test` (e.g. a test name filter).
+    Test {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "`cargo xtask {what}` needs root: it loads eBPF programs and creates network namespaces"
+        );
+    }
+    Ok(())
+}
+
+fn agent_binary(release: bool) -> PathBuf {
+    workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("pn-agent")
+}
+
+fn build_agent(release: bool) -> anyhow::Result<()> {
+    let mut args = vec!["build", "-p", "pn-agent"];
+    if release {
+        args.push("--release");
+    }
+    cmd::cargo(&args, &[])
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    std::env::set_current_dir(workspace_root()).context("entering the workspace")?;
+    match cli.command {
+        Command::Bootstrap => {
+            bootstrap::toolchain()?;
+            bootstrap::packages()
+        }
+        Command::Build { release } => {
+            bootstrap::toolchain()?;
+            build_agent(release)
+        }
+        Command::Run { release, args } => {
+            require_root("run")?;
+            bootstrap::toolchain()?;
+            build_agent(release)?;
+            let bin = agent_binary(release);
+            eprintln!("xtask: starting {} run {}", bin.display(), args.join(" "));
+            use std::os::unix::process::CommandExt;
+            let err = std::process::Command::new(&bin)
+                .arg("run")
+                .args(&args)
+                .exec();
+            Err(err).with_context(|| format!("executing {}", bin.display()))
+        }
+        Command::Test { args } => {
+            require_root("test")?;
+            bootstrap::toolchain()?;
+            bootstrap::packages()?;
+            cmd::step("formatting", || {
+                cmd::cargo(&["fmt", "--all", "--", "--check"], &[])
+            })?;
+            cmd::step("lints (host)", || {
+                cmd::cargo(
+                    &[
+                        "clippy",
+                        "--workspace",
+                        "--exclude",
+                        "pn-ebpf",
+                        "--all-targets",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ],
+                    &[],
+                )
+            })?;
+            cmd::step("lints (eBPF programs)", || {
+                cmd::cargo(
+                    &[
+                        "+nightly",
+                        "clippy",
+                        "-p",
+                        "pn-ebpf",
+                        "--target",
+                        "bpfel-unknown-none",
+                        "-Z",
+                        "build-std=core",
+                        "--release",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ],
+                    &[],
+                )
+            })?;
+            cmd::step("building the agent", || build_agent(false))?;
+            let bin = agent_binary(false);
+            let bin = bin.to_str().context("non-UTF-8 path")?;
+            let mut test_args = vec!["test", "--workspace", "--exclude", "pn-ebpf"];
+            if !args.is_empty() {
+                test_args.push("--");
+                test_args.extend(args.iter().map(String::as_str));
+            }
+            cmd::step("unit and integration tests", || {
+                cmd::cargo(&test_args, &[("PN_AGENT_BIN", bin)])
+            })
+        }
+    }
+}
