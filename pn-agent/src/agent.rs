@@ -7,7 +7,7 @@
 //! applied. The same path serves changes made by other agents of the fleet.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     net::Ipv4Addr,
     path::PathBuf,
     sync::{Arc, Mutex, RwLock},
@@ -21,6 +21,7 @@ use pn_common::{
     ids::{AppId, ContainerType, HostId, NetworkId, Uuid},
     ip4, ip4_octets,
     maps::{Config, Endpoint, Iface, Peer},
+    names,
     tunnel,
 };
 use tokio::sync::watch;
@@ -47,8 +48,6 @@ use crate::{
 pub const GATEWAY_DEV: &str = "pn-gw";
 /// Prefix of host-side veth names; anything with it belongs to the agent.
 pub const HOST_IF_PREFIX: &str = "pnh";
-/// DNS zone of private names.
-pub const ZONE: &str = "private-network.internal";
 /// How long a command waits for its change to reach the kernel.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -108,15 +107,14 @@ fn gateway_addr() -> Ipv4Addr {
 
 /// Every DNS name of one container, most specific first.
 pub fn container_names(network: &NetworkId, key: &ContainerKey) -> Vec<String> {
-    let app = format!("{}.{}.{ZONE}.", key.app, network);
-    let mut names = vec![
-        format!("{}.{}.{app}", key.index, key.ctype),
-        format!("{}.{app}", key.ctype),
+    let mut out = vec![
+        names::container_name(network, &key.app, &key.ctype, key.index),
+        names::type_name(network, &key.app, &key.ctype),
     ];
     if key.ctype.as_str() == ContainerType::WEB {
-        names.push(app);
+        out.push(names::app_name(network, &key.app));
     }
-    names
+    out
 }
 
 #[derive(Default)]
@@ -904,17 +902,11 @@ impl Agent {
             .apps
             .get(app)
             .ok_or_else(|| ApiError(format!("application {app} not found")))?;
-        let mut names = BTreeSet::new();
-        let mut out = Vec::new();
-        for c in v.containers_of_app(app) {
-            for n in container_names(&a.network, &c.key).into_iter().rev() {
-                if names.insert(n.clone()) {
-                    out.push(n);
-                }
-            }
-        }
-        out.sort_by_key(|n| (n.matches('.').count(), n.clone()));
-        Ok(out)
+        Ok(names::formation_names(
+            &a.network,
+            app,
+            v.containers_of_app(app).map(|c| (&c.key.ctype, c.key.index)),
+        ))
     }
 
     pub fn env(&self, key: &ContainerKey) -> ApiResult<Vec<(String, String)>> {
@@ -929,7 +921,9 @@ impl Agent {
             ("PN_CONTAINER".into(), c.key.name()),
             (
                 "PN_DOMAIN".into(),
-                format!("{}.{}.{ZONE}", c.key.app, c.network),
+                names::app_name(&c.network, &c.key.app)
+                    .trim_end_matches('.')
+                    .to_string(),
             ),
         ])
     }
@@ -957,8 +951,8 @@ impl Agent {
             datapath: DatapathStatus {
                 bpffs: self.cfg.bpffs.clone(),
                 programs: vec![
-                    pn_common::names::PROG_FROM_CONTAINER.into(),
-                    pn_common::names::PROG_TO_CONTAINER.into(),
+                    pn_common::objects::PROG_FROM_CONTAINER.into(),
+                    pn_common::objects::PROG_TO_CONTAINER.into(),
                 ],
                 attached_interfaces: attached,
             },
@@ -1038,7 +1032,8 @@ fn write_resolv_conf(ns: &Netns, network: &NetworkId, dns: Ipv4Addr) -> std::io:
     };
     std::fs::create_dir_all(&dir)?;
     let text = format!(
-        "# written by pn-agent for a container of {network}\nnameserver {dns}\nsearch {network}.{ZONE}\noptions ndots:1 timeout:2 attempts:2\n"
+        "# written by pn-agent for a container of {network}\nnameserver {dns}\nsearch {network}.{}\noptions ndots:1 timeout:2 attempts:2\n",
+        names::ZONE
     );
     let tmp = dir.join("resolv.conf.pn-tmp");
     std::fs::write(&tmp, text)?;

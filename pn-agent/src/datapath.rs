@@ -23,7 +23,7 @@ use aya::{
 use pn_common::{
     Ip4, Reason,
     maps::{Config, Counter, CounterKey, Endpoint, Iface, Peer},
-    names,
+    objects,
 };
 
 #[derive(Debug)]
@@ -167,7 +167,7 @@ impl Datapath {
                     .ctx(|| "loading the eBPF object".into())?
             }
         };
-        for name in [names::PROG_FROM_CONTAINER, names::PROG_TO_CONTAINER] {
+        for name in [objects::PROG_FROM_CONTAINER, objects::PROG_TO_CONTAINER] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| plain(format!("program {name} missing from the object")))?
@@ -177,17 +177,17 @@ impl Datapath {
                 .ctx(|| format!("loading program {name} (verifier)"))?;
         }
         let xdp: &mut Xdp = ebpf
-            .program_mut(names::PROG_UNDERLAY)
+            .program_mut(objects::PROG_UNDERLAY)
             .ok_or_else(|| {
                 plain(format!(
                     "program {} missing from the object",
-                    names::PROG_UNDERLAY
+                    objects::PROG_UNDERLAY
                 ))
             })?
             .try_into()
-            .ctx(|| names::PROG_UNDERLAY.to_string())?;
+            .ctx(|| objects::PROG_UNDERLAY.to_string())?;
         xdp.load()
-            .ctx(|| format!("loading program {} (verifier)", names::PROG_UNDERLAY))?;
+            .ctx(|| format!("loading program {} (verifier)", objects::PROG_UNDERLAY))?;
         fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
             ebpf: &mut Ebpf,
             name: &str,
@@ -197,13 +197,13 @@ impl Datapath {
                 .ok_or_else(|| plain(format!("map {name} missing from the object")))?;
             T::try_from(map).ctx(|| format!("map {name}"))
         }
-        let endpoints = take(&mut ebpf, names::MAP_ENDPOINTS)?;
-        let ifaces = take(&mut ebpf, names::MAP_IFACES)?;
-        let counters = take(&mut ebpf, names::MAP_COUNTERS)?;
-        let config = take(&mut ebpf, names::MAP_CONFIG)?;
-        let peers = take(&mut ebpf, names::MAP_PEERS)?;
-        let tags = take(&mut ebpf, names::MAP_TAGS)?;
-        let events = Some(take(&mut ebpf, names::MAP_EVENTS)?);
+        let endpoints = take(&mut ebpf, objects::MAP_ENDPOINTS)?;
+        let ifaces = take(&mut ebpf, objects::MAP_IFACES)?;
+        let counters = take(&mut ebpf, objects::MAP_COUNTERS)?;
+        let config = take(&mut ebpf, objects::MAP_CONFIG)?;
+        let peers = take(&mut ebpf, objects::MAP_PEERS)?;
+        let tags = take(&mut ebpf, objects::MAP_TAGS)?;
+        let events = Some(take(&mut ebpf, objects::MAP_EVENTS)?);
         Ok(Datapath {
             ebpf,
             endpoints,
@@ -239,8 +239,8 @@ impl Datapath {
     /// atomically replaces the programs of links an earlier agent pinned.
     pub fn attach(&mut self, ifname: &str) -> Result<()> {
         for (prog_name, attach_type, suffix) in [
-            (names::PROG_FROM_CONTAINER, TcAttachType::Ingress, "in"),
-            (names::PROG_TO_CONTAINER, TcAttachType::Egress, "eg"),
+            (objects::PROG_FROM_CONTAINER, TcAttachType::Ingress, "in"),
+            (objects::PROG_TO_CONTAINER, TcAttachType::Egress, "eg"),
         ] {
             let pin = self.link_pin(ifname, suffix);
             let prog: &mut SchedClassifier = self
@@ -324,10 +324,10 @@ impl Datapath {
         let pin = self.xdp_dir.join(ifname);
         let prog: &mut Xdp = self
             .ebpf
-            .program_mut(names::PROG_UNDERLAY)
-            .ok_or_else(|| plain(format!("program {} missing", names::PROG_UNDERLAY)))?
+            .program_mut(objects::PROG_UNDERLAY)
+            .ok_or_else(|| plain(format!("program {} missing", objects::PROG_UNDERLAY)))?
             .try_into()
-            .ctx(|| names::PROG_UNDERLAY.to_string())?;
+            .ctx(|| objects::PROG_UNDERLAY.to_string())?;
         if let Ok(old) = PinnedLink::from_pin(&pin) {
             let link: Result<XdpLink, _> = FdLink::from(old).try_into();
             match link.map(|l| prog.attach_to_link(l)) {

@@ -35,6 +35,15 @@ pub struct ContainerKey {
 }
 
 impl ContainerKey {
+    /// The smallest key of an app (for range scans).
+    pub fn first_of(app: AppId) -> ContainerKey {
+        ContainerKey {
+            app,
+            ctype: "a".parse().expect("valid type"),
+            index: 0,
+        }
+    }
+
     /// `web-1`: the container's name inside its app (`PN_CONTAINER`).
     pub fn name(&self) -> String {
         format!("{}-{}", self.ctype, self.index)

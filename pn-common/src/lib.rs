@@ -9,6 +9,8 @@ pub mod event;
 #[cfg(feature = "user")]
 pub mod ids;
 pub mod maps;
+#[cfg(feature = "user")]
+pub mod names;
 pub mod policy;
 pub mod reason;
 pub mod tunnel;
@@ -36,7 +38,7 @@ pub const fn ip4_octets(ip: Ip4) -> [u8; 4] {
 pub const GATEWAY: Ip4 = ip4(169, 254, 1, 1);
 
 /// Names of the maps and programs, as pinned under the agent's bpffs directory.
-pub mod names {
+pub mod objects {
     pub const MAP_ENDPOINTS: &str = "PN_ENDPOINTS";
     pub const MAP_IFACES: &str = "PN_IFACES";
     pub const MAP_COUNTERS: &str = "PN_COUNTERS";

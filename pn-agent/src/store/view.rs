@@ -140,12 +140,28 @@ impl MembershipView {
         self.containers.get(self.by_ip.get(&ip)?)
     }
 
-    pub fn containers_of_app<'a>(
+    /// Containers of one app, in key order: a range of the ordered map
+    /// (keys sort by app first), not a scan of the fleet.
+    pub fn containers_of_app<'a>(&'a self, app: &AppId) -> impl Iterator<Item = &'a Container> + 'a {
+        let app = *app;
+        self.containers
+            .range(ContainerKey::first_of(app)..)
+            .take_while(move |(k, _)| k.app == app)
+            .map(|(_, c)| c)
+    }
+
+    /// Containers a DNS selector designates (the bare app name means `web`).
+    pub fn select<'a>(
         &'a self,
         app: &AppId,
+        selector: &'a pn_common::names::Selector,
     ) -> impl Iterator<Item = &'a Container> + 'a {
-        let app = *app;
-        self.containers.values().filter(move |c| c.key.app == app)
+        use pn_common::names::Selector;
+        self.containers_of_app(app).filter(move |c| match selector {
+            Selector::Web => c.key.ctype.as_str() == pn_common::ids::ContainerType::WEB,
+            Selector::Type(t) => c.key.ctype == *t,
+            Selector::Container(t, i) => c.key.ctype == *t && c.key.index == *i,
+        })
     }
 
     pub fn local_containers<'a>(
