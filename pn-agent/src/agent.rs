@@ -21,8 +21,7 @@ use pn_common::{
     ids::{AppId, ContainerType, HostId, NetworkId, Uuid},
     ip4, ip4_octets,
     maps::{Config, Endpoint, Iface, Peer},
-    names,
-    tunnel,
+    names, tunnel,
 };
 use tokio::sync::watch;
 
@@ -33,6 +32,7 @@ use crate::{
     },
     config::{RunConfig, StoreSpec},
     datapath::Datapath,
+    dns::{self, DnsConfig, DnsHandle, DnsStats},
     flows::FlowHub,
     ipam,
     model::{App, Container, ContainerKey, Host, Network, now_secs},
@@ -136,6 +136,30 @@ pub struct Agent {
     applied: watch::Sender<i64>,
     pub flows: FlowHub,
     store_health: Mutex<StoreHealth>,
+    pub dns_stats: Arc<DnsStats>,
+    dns_upstreams: Vec<std::net::SocketAddr>,
+    // Keeps the DNS server running for the agent's life.
+    _dns: DnsHandle,
+}
+
+/// The DNS server's view of the membership.
+struct ViewDirectory(Arc<RwLock<MembershipView>>);
+
+impl dns::Directory for ViewDirectory {
+    fn network_of(&self, client: Ipv4Addr) -> Option<NetworkId> {
+        let v = self.0.read().unwrap_or_else(|p| p.into_inner());
+        v.container_by_ip(client).map(|c| c.network)
+    }
+
+    fn resolve(&self, q: &names::RecordQuery, out: &mut Vec<Ipv4Addr>) -> bool {
+        let v = self.0.read().unwrap_or_else(|p| p.into_inner());
+        if v.apps.get(&q.app).is_none_or(|a| a.network != q.network) {
+            return false;
+        }
+        let before = out.len();
+        out.extend(v.select(&q.app, &q.selector).map(|c| c.ip));
+        out.len() > before
+    }
 }
 
 impl Agent {
@@ -187,9 +211,28 @@ impl Agent {
             })
             .context("configuring the datapath")?;
         let events = datapath.take_events();
+        let dns_upstreams = match &cfg.dns_upstream {
+            Some(list) => list.clone(),
+            None => dns::upstreams_from_resolv_conf(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                *cfg.dns_listen.ip(),
+            ),
+        };
+        let view: Arc<RwLock<MembershipView>> = Arc::default();
+        let dns_stats = Arc::new(DnsStats::default());
+        let dns_server = dns::serve(
+            DnsConfig {
+                listen: cfg.dns_listen,
+                ttl: cfg.dns_ttl,
+                upstreams: dns_upstreams.clone(),
+            },
+            Arc::new(ViewDirectory(view.clone())),
+            dns_stats.clone(),
+        )
+        .await?;
         let agent = Arc::new(Agent {
             membership: Membership::new(backend),
-            view: Arc::default(),
+            view,
             datapath: Mutex::new(datapath),
             netlink,
             local_ops: tokio::sync::Mutex::new(()),
@@ -197,6 +240,9 @@ impl Agent {
             flows: FlowHub::default(),
             store_health: Mutex::default(),
             container_mtu,
+            dns_stats,
+            dns_upstreams,
+            _dns: dns_server,
             cfg,
         });
         if let Some(ring) = events {
@@ -905,7 +951,8 @@ impl Agent {
         Ok(names::formation_names(
             &a.network,
             app,
-            v.containers_of_app(app).map(|c| (&c.key.ctype, c.key.index)),
+            v.containers_of_app(app)
+                .map(|c| (&c.key.ctype, c.key.index)),
         ))
     }
 
@@ -972,7 +1019,20 @@ impl Agent {
                     tunnel: "not available yet".into(),
                 })
                 .collect(),
-            dns: format!("{}", self.cfg.dns_listen),
+            dns: format!(
+                "{} (udp, tcp), ttl {}s, upstream {}",
+                self.cfg.dns_listen,
+                self.cfg.dns_ttl,
+                if self.dns_upstreams.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.dns_upstreams
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ),
             tunnel: "not available yet".into(),
         }
     }

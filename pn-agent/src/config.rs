@@ -50,6 +50,9 @@ pub struct RunSettings {
     /// TTL of DNS answers, seconds [default: 5].
     #[arg(long)]
     pub dns_ttl: Option<u32>,
+    /// Resolvers for names outside the private zone, IP:PORT[,…] [default: the host's resolv.conf].
+    #[arg(long, value_delimiter = ',')]
+    pub dns_upstream: Option<Vec<SocketAddr>>,
     /// Fleet-wide address pool networks are carved from [default: 10.240.0.0/12].
     #[arg(long)]
     pub pool: Option<Ipv4Net>,
@@ -110,6 +113,8 @@ pub struct RunConfig {
     pub dns_listen: SocketAddrV4,
     pub metrics_listen: SocketAddr,
     pub dns_ttl: u32,
+    /// `None`: read the host's /etc/resolv.conf at start.
+    pub dns_upstream: Option<Vec<SocketAddr>>,
     pub pool: Ipv4Net,
     pub network_prefix: u8,
     /// Explicit container MTU; `None`: derived from the underlay.
@@ -169,6 +174,9 @@ impl RunConfig {
             bail!("invalid --mtu {mtu}: must be between 576 and 65535");
         }
         let dns_ttl = pick!(dns_ttl).unwrap_or(DEFAULT_DNS_TTL);
+        if dns_ttl > 86_400 {
+            bail!("invalid --dns-ttl {dns_ttl}: at most 86400 seconds");
+        }
         let mut etcd_prefix = pick!(etcd_prefix).unwrap_or_else(|| "/pn/".into());
         if !etcd_prefix.ends_with('/') {
             etcd_prefix.push('/');
@@ -189,6 +197,7 @@ impl RunConfig {
             metrics_listen: pick!(metrics_listen)
                 .unwrap_or_else(|| DEFAULT_METRICS.parse().expect("valid")),
             dns_ttl,
+            dns_upstream: pick!(dns_upstream),
             pool,
             network_prefix,
             mtu,

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod api;
 pub mod config;
 pub mod datapath;
+pub mod dns;
 pub mod flows;
 pub mod ipam;
 pub mod metrics;

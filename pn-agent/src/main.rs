@@ -44,7 +44,7 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         #[command(flatten)]
-        settings: RunSettings,
+        settings: Box<RunSettings>,
     },
     /// Private networks.
     #[command(subcommand)]
@@ -209,7 +209,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             mut settings,
         } => {
             settings.api_socket = socket;
-            daemon(settings, config).await
+            daemon(*settings, config).await
         }
         Command::Network(NetworkCmd::Create { id, cidr }) => {
             let n: Network = Client::call(&path, &Request::NetworkCreate { id, cidr }).await?;

@@ -129,6 +129,17 @@ impl Collector for AgentCollector {
                 MetricType::Gauge,
             )?,
         )?;
+        {
+            let mut m = encoder.encode_descriptor(
+                "pn_dns_queries",
+                "DNS queries answered by the agent, per outcome",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, n) in agent.dns_stats.snapshot() {
+                ConstCounter::new(n).encode(m.encode_family(&[("outcome", outcome)])?)?;
+            }
+        }
         ConstCounter::new(agent.flows.received.load(Ordering::Relaxed)).encode(
             encoder.encode_descriptor(
                 "pn_flow_events",

@@ -55,7 +55,9 @@ pub enum ZoneName {
     /// Under the zone but not a name pn defines (bad id, wrong order, index 0,
     /// too many labels…). `network` is the `pn-` label next to the zone, when
     /// it parses: the server answers by the membership of that network.
-    Invalid { network: Option<NetworkId> },
+    Invalid {
+        network: Option<NetworkId>,
+    },
 }
 
 fn eq_ci(a: &[u8], b: &[u8]) -> bool {
@@ -75,7 +77,8 @@ where
         last = rev.next();
     }
     match (last, rev.next()) {
-        (Some(tld), Some(domain)) if eq_ci(tld, ZONE_LABELS[1]) && eq_ci(domain, ZONE_LABELS[0]) => {}
+        (Some(tld), Some(domain))
+            if eq_ci(tld, ZONE_LABELS[1]) && eq_ci(domain, ZONE_LABELS[0]) => {}
         _ => return ZoneName::Outside,
     }
     let text = |l: &'a [u8]| core::str::from_utf8(l).ok();
@@ -137,7 +140,12 @@ pub fn type_name(network: &NetworkId, app: &AppId, ctype: &ContainerType) -> Str
 }
 
 /// `N.TYPE.ap-X.pn-Y.private-network.internal.`
-pub fn container_name(network: &NetworkId, app: &AppId, ctype: &ContainerType, index: u32) -> String {
+pub fn container_name(
+    network: &NetworkId,
+    app: &AppId,
+    ctype: &ContainerType,
+    index: u32,
+) -> String {
     std::format!("{index}.{ctype}.{app}.{network}.{ZONE}.")
 }
 
@@ -195,7 +203,10 @@ mod tests {
     fn the_seed_examples() {
         let z = ZONE;
         assert_eq!(parse(&std::format!("{AP}.{PN}.{z}.")), rec(Selector::Web));
-        assert_eq!(parse(&std::format!("web.{AP}.{PN}.{z}.")), rec(Selector::Type(t("web"))));
+        assert_eq!(
+            parse(&std::format!("web.{AP}.{PN}.{z}.")),
+            rec(Selector::Type(t("web")))
+        );
         assert_eq!(
             parse(&std::format!("1.web.{AP}.{PN}.{z}.")),
             rec(Selector::Container(t("web"), 1))
@@ -217,7 +228,11 @@ mod tests {
 
     #[test]
     fn case_does_not_matter() {
-        let name = std::format!("12.Worker.{}.{}.Private-Network.INTERNAL.", AP.to_uppercase(), PN);
+        let name = std::format!(
+            "12.Worker.{}.{}.Private-Network.INTERNAL.",
+            AP.to_uppercase(),
+            PN
+        );
         assert_eq!(parse(&name), rec(Selector::Container(t("worker"), 12)));
     }
 
@@ -225,7 +240,10 @@ mod tests {
     fn zone_levels() {
         assert_eq!(parse("private-network.internal."), ZoneName::Apex);
         assert_eq!(parse("PRIVATE-NETWORK.internal"), ZoneName::Apex);
-        assert_eq!(parse(&std::format!("{PN}.private-network.internal.")), ZoneName::Network(net()));
+        assert_eq!(
+            parse(&std::format!("{PN}.private-network.internal.")),
+            ZoneName::Network(net())
+        );
         for outside in [
             "example.com.",
             "internal.",
@@ -243,7 +261,9 @@ mod tests {
     fn rejections_inside_the_zone() {
         let z = ZONE;
         let bad_net = ZoneName::Invalid { network: None };
-        let bad = ZoneName::Invalid { network: Some(net()) };
+        let bad = ZoneName::Invalid {
+            network: Some(net()),
+        };
         for (name, want) in [
             (std::format!("foo.{z}."), &bad_net),
             (std::format!("{AP}.{z}."), &bad_net),
@@ -263,7 +283,13 @@ mod tests {
             assert_eq!(&parse(&name), want, "{name}");
         }
         // Non-UTF-8 labels from the wire.
-        let labels: [&[u8]; 5] = [b"\xff", AP.as_bytes(), PN.as_bytes(), b"private-network", b"internal"];
+        let labels: [&[u8]; 5] = [
+            b"\xff",
+            AP.as_bytes(),
+            PN.as_bytes(),
+            b"private-network",
+            b"internal",
+        ];
         assert_eq!(parse_labels(labels), bad);
     }
 
@@ -271,7 +297,11 @@ mod tests {
     fn formation_lists_every_name_in_order() {
         let web = t("web");
         let worker = t("worker");
-        let names = formation_names(&net(), &app(), [(&worker, 2), (&web, 1), (&worker, 1), (&web, 1)]);
+        let names = formation_names(
+            &net(),
+            &app(),
+            [(&worker, 2), (&web, 1), (&worker, 1), (&web, 1)],
+        );
         let z = ZONE;
         assert_eq!(
             names,
@@ -299,7 +329,13 @@ mod tests {
         fn mixed_case(s: &str, mask: u64) -> String {
             s.chars()
                 .enumerate()
-                .map(|(i, c)| if mask >> (i % 64) & 1 == 1 { c.to_ascii_uppercase() } else { c })
+                .map(|(i, c)| {
+                    if mask >> (i % 64) & 1 == 1 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
                 .collect()
         }
 

@@ -142,7 +142,10 @@ impl MembershipView {
 
     /// Containers of one app, in key order: a range of the ordered map
     /// (keys sort by app first), not a scan of the fleet.
-    pub fn containers_of_app<'a>(&'a self, app: &AppId) -> impl Iterator<Item = &'a Container> + 'a {
+    pub fn containers_of_app<'a>(
+        &'a self,
+        app: &AppId,
+    ) -> impl Iterator<Item = &'a Container> + 'a {
         let app = *app;
         self.containers
             .range(ContainerKey::first_of(app)..)
