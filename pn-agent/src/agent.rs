@@ -1086,13 +1086,15 @@ fn resolv_conf_dir(netns: &str) -> Option<PathBuf> {
 
 /// `ip netns exec NAME` bind-mounts `/etc/netns/NAME/resolv.conf` over
 /// `/etc/resolv.conf`: containers that are named namespaces get our DNS.
+/// `ndots:3` makes names relative to the network (`N.TYPE.ap-X`, two dots)
+/// try the search domain first, while most names of the world go straight out.
 fn write_resolv_conf(ns: &Netns, network: &NetworkId, dns: Ipv4Addr) -> std::io::Result<()> {
     let Some(dir) = ns.name.as_deref().and_then(resolv_conf_dir) else {
         return Ok(());
     };
     std::fs::create_dir_all(&dir)?;
     let text = format!(
-        "# written by pn-agent for a container of {network}\nnameserver {dns}\nsearch {network}.{}\noptions ndots:1 timeout:2 attempts:2\n",
+        "# written by pn-agent for a container of {network}\nnameserver {dns}\nsearch {network}.{}\noptions ndots:3 timeout:2 attempts:2\n",
         names::ZONE
     );
     let tmp = dir.join("resolv.conf.pn-tmp");

@@ -299,3 +299,69 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
         None => Ok(body),
     }
 }
+
+/// A minimal upstream resolver on `0.0.0.0:port` (UDP) inside `ns`: answers
+/// every query with one A record `answer`, TTL 60, by echoing the question.
+pub fn fake_dns_upstream(ns: &Namespace, port: u16, answer: Ipv4Addr) -> Server {
+    spawn_server(ns, move |stop, ready| {
+        let s = UdpSocket::bind(("0.0.0.0", port)).expect("udp bind");
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        ready.send(()).unwrap();
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((n, from)) = s.recv_from(&mut buf) else {
+                continue;
+            };
+            if n < 12 {
+                continue;
+            }
+            let mut r = buf[..n].to_vec();
+            r[2] |= 0x80; // QR
+            r[3] = 0x80; // RA, NOERROR
+            r[6..8].copy_from_slice(&1u16.to_be_bytes()); // ANCOUNT
+            r[8..12].copy_from_slice(&[0, 0, 0, 0]); // no NS/AR (drops EDNS)
+            // Keep only the question: header + qname + qtype/qclass.
+            let mut end = 12;
+            while end < r.len() && r[end] != 0 {
+                end += usize::from(r[end]) + 1;
+            }
+            r.truncate((end + 5).min(r.len()));
+            r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+            r.extend_from_slice(&answer.octets());
+            let _ = s.send_to(&r, from);
+        }
+    })
+}
+
+/// An HTTP server on `0.0.0.0:port` inside `ns` answering every request
+/// with `body` (one request per connection).
+pub fn http_server(ns: &Namespace, port: u16, body: &str) -> Server {
+    let body = body.to_string();
+    spawn_server(ns, move |stop, ready| {
+        let l = TcpListener::bind(("0.0.0.0", port)).expect("tcp bind");
+        l.set_nonblocking(true).unwrap();
+        ready.send(()).unwrap();
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    })
+}

@@ -1,0 +1,324 @@
+//! Names: DNS for private-network.internal from inside containers, with dig
+//! and with a Rust resolver, following membership changes.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use pn_tests::{Host, Namespace, eventually, metric_value, net, unique_prefix};
+
+fn dig(ns: &Namespace, args: &[&str]) -> String {
+    let mut full = vec!["dig", "+time=2", "+tries=1"];
+    full.extend_from_slice(args);
+    let out = ns.exec(&full);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn short(ns: &Namespace, name: &str, qtype: &str) -> Vec<String> {
+    let mut v: Vec<String> = dig(ns, &["+short", name, qtype])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+fn status(ns: &Namespace, name: &str, qtype: &str) -> String {
+    let out = dig(ns, &[name, qtype]);
+    out.lines()
+        .find_map(|l| l.split("status: ").nth(1))
+        .map(|s| s.split(',').next().unwrap_or("").to_string())
+        .unwrap_or_else(|| format!("no status in {out}"))
+}
+
+struct Two {
+    host: Host,
+    net_a: String,
+    app: String,
+    c: Vec<Namespace>,
+    ips: Vec<String>,
+    other: Namespace,
+    net_b: String,
+    app_b: String,
+}
+
+/// Network A: app with web-1, web-2 and worker-1; network B: app_b with web-1.
+fn setup(extra: &[&str]) -> Two {
+    let p = unique_prefix();
+    let host = Host::start_with(&p, "h1", extra);
+    let net_a = host.create_network(&[]);
+    let net_b = host.create_network(&[]);
+    let app = host.create_app(&net_a);
+    let app_b = host.create_app(&net_b);
+    let mut c = Vec::new();
+    let mut ips = Vec::new();
+    for (i, t) in ["web", "web", "worker"].iter().enumerate() {
+        let ns = Namespace::new(&format!("{p}-c{i}"));
+        let v = host.attach(&app, t, &ns);
+        ips.push(v["ip"].as_str().unwrap().to_string());
+        c.push(ns);
+    }
+    let other = Namespace::new(&format!("{p}-b"));
+    host.attach(&app_b, "web", &other);
+    Two {
+        host,
+        net_a,
+        app,
+        c,
+        ips,
+        other,
+        net_b,
+        app_b,
+    }
+}
+
+const ZONE: &str = "private-network.internal";
+
+#[test]
+fn every_name_form_resolves_from_a_container() {
+    let t = setup(&[]);
+    let base = format!("{}.{}.{ZONE}", t.app, t.net_a);
+    let mut webs = vec![t.ips[0].clone(), t.ips[1].clone()];
+    webs.sort();
+    assert_eq!(
+        short(&t.c[2], &format!("{base}."), "A"),
+        webs,
+        "app name → web containers"
+    );
+    assert_eq!(short(&t.c[2], &format!("web.{base}"), "A"), webs);
+    assert_eq!(
+        short(&t.c[0], &format!("2.web.{base}"), "A"),
+        vec![t.ips[1].clone()]
+    );
+    assert_eq!(
+        short(&t.c[0], &format!("worker.{base}"), "A"),
+        vec![t.ips[2].clone()]
+    );
+    assert_eq!(
+        short(&t.c[0], &format!("1.WORKER.{}", base.to_uppercase()), "A"),
+        vec![t.ips[2].clone()]
+    );
+    // The search domain of resolv.conf: short names relative to the network.
+    assert_eq!(
+        short(&t.c[0], &format!("1.worker.{}", t.app), "A").len(),
+        0,
+        "dig does not search by default"
+    );
+    let out = dig(
+        &t.c[0],
+        &["+search", "+short", &format!("1.worker.{}", t.app)],
+    );
+    assert_eq!(out.trim(), t.ips[2]);
+    // TTL 5 s.
+    let ans = dig(&t.c[0], &["+noall", "+answer", &format!("1.web.{base}")]);
+    assert!(ans.split_whitespace().nth(1) == Some("5"), "{ans}");
+    // domain-names lists them all, env names the container.
+    let names = t.host.cli_ok(&["domain-names", "--app", &t.app]);
+    let lines: Vec<&str> = names.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("{base}."),
+            format!("web.{base}."),
+            format!("1.web.{base}."),
+            format!("2.web.{base}."),
+            format!("worker.{base}."),
+            format!("1.worker.{base}."),
+        ]
+    );
+    let env = t
+        .host
+        .cli_ok(&["env", "--app", &t.app, "--type", "worker", "--index", "1"]);
+    assert_eq!(
+        env,
+        format!(
+            "PN_NETWORK_ID={}\nPN_APP_ID={}\nPN_CONTAINER=worker-1\nPN_DOMAIN={base}\n",
+            t.net_a, t.app
+        )
+    );
+}
+
+#[test]
+fn answers_rotate_and_membership_never_leaks() {
+    let t = setup(&[]);
+    let name = format!("web.{}.{}.{ZONE}", t.app, t.net_a);
+    let firsts: std::collections::BTreeSet<String> = (0..4)
+        .map(|_| {
+            dig(&t.c[2], &["+short", &name])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        firsts.len(),
+        2,
+        "both web containers come first in turn: {firsts:?}"
+    );
+    // Network B asks for A's names: REFUSED, whether they exist or not.
+    assert_eq!(status(&t.other, &name, "A"), "REFUSED");
+    assert_eq!(
+        status(
+            &t.other,
+            &format!("9.web.{}.{}.{ZONE}", t.app, t.net_a),
+            "A"
+        ),
+        "REFUSED"
+    );
+    // B's own name works for B, and is refused to A.
+    let b_name = format!("{}.{}.{ZONE}", t.app_b, t.net_b);
+    assert_eq!(short(&t.other, &b_name, "A").len(), 1);
+    assert_eq!(status(&t.c[0], &b_name, "A"), "REFUSED");
+    // Unknown names of one's own network: NXDOMAIN; other types: NOERROR, empty.
+    assert_eq!(
+        status(&t.c[0], &format!("db.{}.{}.{ZONE}", t.app, t.net_a), "A"),
+        "NXDOMAIN"
+    );
+    assert_eq!(
+        status(&t.c[0], &format!("0.web.{}.{}.{ZONE}", t.app, t.net_a), "A"),
+        "NXDOMAIN"
+    );
+    assert_eq!(status(&t.c[0], &name, "AAAA"), "NOERROR");
+    assert!(short(&t.c[0], &name, "AAAA").is_empty());
+    let m = t.host.metrics();
+    assert!(
+        metric_value(&m, "pn_dns_queries_total", &[("outcome", "refused")]) >= 3,
+        "{m}"
+    );
+    assert!(metric_value(&m, "pn_dns_queries_total", &[("outcome", "nxdomain")]) >= 2);
+}
+
+#[test]
+fn answers_follow_scaling_within_one_ttl() {
+    let t = setup(&[]);
+    let name = format!("{}.{}.{ZONE}", t.app, t.net_a);
+    assert_eq!(short(&t.c[2], &name, "A").len(), 2);
+    let c3 = Namespace::new(&format!("{}-n3", t.host.ns.name));
+    t.host.attach(&t.app, "web", &c3);
+    assert!(eventually(Duration::from_secs(5), || short(
+        &t.c[2], &name, "A"
+    )
+    .len()
+        == 3));
+    t.host.cli_ok(&[
+        "container",
+        "detach",
+        "--app",
+        &t.app,
+        "--type",
+        "web",
+        "--index",
+        "1",
+    ]);
+    t.host.cli_ok(&[
+        "container",
+        "detach",
+        "--app",
+        &t.app,
+        "--type",
+        "web",
+        "--index",
+        "2",
+    ]);
+    t.host.cli_ok(&[
+        "container",
+        "detach",
+        "--app",
+        &t.app,
+        "--type",
+        "web",
+        "--index",
+        "3",
+    ]);
+    assert!(eventually(Duration::from_secs(5), || status(
+        &t.c[2], &name, "A"
+    ) == "NXDOMAIN"));
+}
+
+#[test]
+fn the_world_is_forwarded_and_garbage_is_counted() {
+    let p = unique_prefix();
+    let mut host = Host::create(&p, "h1");
+    // The host's own resolver, as the agent would find in resolv.conf.
+    let _up = net::fake_dns_upstream(&host.ns, 5353, Ipv4Addr::new(192, 0, 2, 44));
+    host.launch(&["--dns-upstream", "127.0.0.1:5353"]);
+    let net_a = host.create_network(&[]);
+    let app = host.create_app(&net_a);
+    let c1 = Namespace::new(&format!("{p}-c1"));
+    host.attach(&app, "web", &c1);
+    assert_eq!(
+        short(&c1, "example.com", "A"),
+        vec!["192.0.2.44".to_string()]
+    );
+    // Garbage from a container: no crash, counted, service goes on.
+    for bytes in [vec![1u8, 2, 3], vec![0u8; 12], {
+        let mut v = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        v.extend_from_slice(&[7, b'e', b'x']);
+        v
+    }] {
+        net::send_raw_ipv4(
+            &c1,
+            net::udp_packet(
+                c1.ip(&["-4", "-j", "addr", "show", "pn0"])
+                    .split("\"local\":\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+                40000,
+                Ipv4Addr::new(169, 254, 1, 1),
+                53,
+                &bytes,
+            ),
+        )
+        .unwrap();
+    }
+    assert!(eventually(Duration::from_secs(5), || {
+        metric_value(
+            &host.metrics(),
+            "pn_dns_queries_total",
+            &[("outcome", "malformed")],
+        ) >= 3
+    }));
+    let base = format!("{app}.{net_a}.{ZONE}");
+    assert_eq!(short(&c1, &base, "A").len(), 1);
+    assert!(
+        metric_value(
+            &host.metrics(),
+            "pn_dns_queries_total",
+            &[("outcome", "forwarded")]
+        ) >= 1
+    );
+    assert!(host.cli_ok(&["status"]).contains("upstream 127.0.0.1:5353"));
+}
+
+#[test]
+fn a_rust_resolver_in_a_container_gets_the_same_answers() {
+    let t = setup(&[]);
+    let name = format!("worker.{}.{}.{ZONE}.", t.app, t.net_a);
+    let want: Ipv4Addr = t.ips[2].parse().unwrap();
+    let got = t.c[0].run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use hickory_resolver::{
+                Resolver,
+                config::{NameServerConfig, ResolverConfig},
+                net::runtime::TokioRuntimeProvider,
+            };
+            let cfg = ResolverConfig::from_name_servers(vec![NameServerConfig::udp_and_tcp(
+                Ipv4Addr::new(169, 254, 1, 1).into(),
+            )]);
+            let r = Resolver::builder_with_config(cfg, TokioRuntimeProvider::default())
+                .build()
+                .unwrap();
+            let ips: Vec<std::net::IpAddr> = r.lookup_ip(name).await.unwrap().iter().collect();
+            ips
+        })
+    });
+    assert_eq!(got, vec![std::net::IpAddr::V4(want)]);
+}
