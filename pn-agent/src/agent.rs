@@ -27,8 +27,8 @@ use tokio::sync::watch;
 
 use crate::{
     api::{
-        AppInfo, ContainerInfo, DatapathStatus, EndpointCounts, NetworkInfo, PeerStatus, Status,
-        StoreStatus,
+        AppInfo, ContainerInfo, DatapathStatus, EndpointCounts, HostInfo, NetworkInfo, PeerStatus,
+        Status, StoreStatus,
     },
     config::{RunConfig, StoreSpec},
     datapath::Datapath,
@@ -170,12 +170,10 @@ impl Agent {
                 Embedded::open(&cfg.state_dir)
                     .with_context(|| format!("opening the store in {}", cfg.state_dir.display()))?,
             ),
-            StoreSpec::Etcd(endpoints) => {
-                anyhow::bail!(
-                    "the etcd store ({}) is not available in this build",
-                    endpoints.join(",")
-                )
-            }
+            StoreSpec::Etcd(endpoints) => Arc::new(crate::store::etcd::Etcd::new(
+                endpoints.clone(),
+                cfg.etcd_prefix.clone(),
+            )),
         };
         let netlink = Netlink::connect().context("opening netlink")?;
         enable_forwarding()?;
@@ -792,57 +790,78 @@ impl Agent {
         let net = self.membership.network(&app_rec.network).await?;
         let ns = Netns::open(netns)?;
         let guard = self.local_ops.lock().await;
-        let index = match index {
-            Some(i) => i,
-            None => {
-                let same_type: Vec<Container> = self
-                    .membership
-                    .containers_of(app)
-                    .await?
-                    .into_iter()
-                    .filter(|c| c.key.ctype == ctype)
-                    .collect();
-                // Without an index, attaching a namespace again means "the
-                // container already in it": idempotent for retrying callers.
-                match same_type
-                    .iter()
-                    .find(|c| c.netns == netns && c.host == self.cfg.host_id)
-                {
-                    Some(c) => c.key.index,
-                    None => ipam::next_index(&same_type.iter().map(|c| c.key.index).collect()),
-                }
-            }
-        };
-        let key = ContainerKey {
-            app: *app,
-            ctype,
-            index,
-        };
-        if let Some(existing) = self.membership.container(&key).await? {
-            if existing.host != self.cfg.host_id {
-                return Err(ApiError(format!(
-                    "container {key} is attached on host {}",
-                    existing.host
-                )));
-            }
-            if existing.netns != netns {
-                return Err(ApiError(format!(
-                    "container {key} is already attached to namespace {}; detach it first",
-                    existing.netns
-                )));
-            }
-            if self.netlink.link(&existing.host_ifname).await?.is_some() {
-                drop(guard);
-                return Ok(self.info(&existing));
-            }
-            // Recorded, but its interface is gone: start over.
-            self.membership.delete_container(&key).await?;
-        }
-        let host_if = host_ifname(&key);
-        let ip = self
+        let same_type: Vec<Container> = self
             .membership
-            .reserve_address(&net.id, &key, &self.cfg.host_id)
-            .await?;
+            .containers_of(app)
+            .await?
+            .into_iter()
+            .filter(|c| c.key.ctype == ctype)
+            .collect();
+        let mut used: std::collections::BTreeSet<u32> =
+            same_type.iter().map(|c| c.key.index).collect();
+        let auto_index = index.is_none();
+        let mut index = match index {
+            Some(i) => i,
+            // Without an index, attaching a namespace again means "the
+            // container already in it": idempotent for retrying callers.
+            None => match same_type
+                .iter()
+                .find(|c| c.netns == netns && c.host == self.cfg.host_id)
+            {
+                Some(c) => c.key.index,
+                None => ipam::next_index(&used),
+            },
+        };
+        let mut attempts = 0;
+        let (key, ip) = loop {
+            let key = ContainerKey {
+                app: *app,
+                ctype: ctype.clone(),
+                index,
+            };
+            if let Some(existing) = self.membership.container(&key).await? {
+                if existing.host != self.cfg.host_id && auto_index && attempts < 64 {
+                    // Taken since we listed: try the next index.
+                    attempts += 1;
+                    used.insert(index);
+                    index = ipam::next_index(&used);
+                    continue;
+                }
+                if existing.host != self.cfg.host_id {
+                    return Err(ApiError(format!(
+                        "container {key} is attached on host {}",
+                        existing.host
+                    )));
+                }
+                if existing.netns != netns {
+                    return Err(ApiError(format!(
+                        "container {key} is already attached to namespace {}; detach it first",
+                        existing.netns
+                    )));
+                }
+                if self.netlink.link(&existing.host_ifname).await?.is_some() {
+                    drop(guard);
+                    return Ok(self.info(&existing));
+                }
+                // Recorded, but its interface is gone: start over.
+                self.membership.delete_container(&key).await?;
+            }
+            match self
+                .membership
+                .reserve_address(&net.id, &key, &self.cfg.host_id)
+                .await
+            {
+                Ok(ip) => break (key, ip),
+                // Another host took this index at the same instant: next one.
+                Err(MembershipError::Taken(_)) if auto_index && attempts < 64 => {
+                    attempts += 1;
+                    used.insert(index);
+                    index = ipam::next_index(&used);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let host_if = host_ifname(&key);
         let c = Container {
             key: key.clone(),
             network: net.id,
@@ -1035,6 +1054,32 @@ impl Agent {
             ),
             tunnel: "not available yet".into(),
         }
+    }
+
+    pub fn list_hosts(&self) -> Vec<HostInfo> {
+        let v = self.view();
+        v.hosts
+            .values()
+            .map(|h| HostInfo {
+                id: h.id.clone(),
+                advertise: h.advertise.map(|a| a.to_string()),
+                public_key: h.public_key.clone(),
+                containers: v.containers.values().filter(|c| c.host == h.id).count(),
+                this: h.id == self.cfg.host_id,
+            })
+            .collect()
+    }
+
+    pub async fn remove_host(&self, id: &HostId) -> ApiResult<()> {
+        if *id == self.cfg.host_id {
+            return Err(ApiError(format!(
+                "host {id} is the one this agent runs on; remove it from another host's agent after stopping this one"
+            )));
+        }
+        let rev = self.membership.remove_host(id).await?;
+        self.wait_applied(rev).await?;
+        log::info!("removed host {id} from the fleet");
+        Ok(())
     }
 
     pub fn host_id(&self) -> &HostId {

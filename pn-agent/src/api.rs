@@ -9,7 +9,7 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
-use pn_common::ids::{AppId, ContainerType, NetworkId};
+use pn_common::ids::{AppId, ContainerType, HostId, NetworkId};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
@@ -71,6 +71,10 @@ pub enum Request {
     Flows {
         follow: bool,
     },
+    HostList,
+    HostRemove {
+        id: HostId,
+    },
 }
 
 impl Request {
@@ -90,6 +94,8 @@ impl Request {
             Request::Env { .. } => "env",
             Request::Status => "status",
             Request::Flows { .. } => "flows",
+            Request::HostList => "host-list",
+            Request::HostRemove { .. } => "host-remove",
         }
     }
 }
@@ -135,6 +141,18 @@ pub struct ContainerInfo {
     pub interface: String,
     pub host_interface: String,
     pub names: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HostInfo {
+    pub id: HostId,
+    #[serde(default)]
+    pub advertise: Option<String>,
+    #[serde(default)]
+    pub public_key: Option<String>,
+    pub containers: usize,
+    /// The host this agent runs on.
+    pub this: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -439,6 +457,8 @@ pub mod server {
             Request::Env { key } => json(agent.env(&key)?),
             Request::Status => json(agent.status()),
             Request::Flows { .. } => Err(ApiError("flows is served as a stream".into())),
+            Request::HostList => json(agent.list_hosts()),
+            Request::HostRemove { id } => json(agent.remove_host(&id).await?),
         }
     }
 }

@@ -6,12 +6,12 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use ipnet::Ipv4Net;
 use pn_agent::{
-    api::{AppInfo, Client, ContainerInfo, NetworkInfo, Request, Status},
+    api::{AppInfo, Client, ContainerInfo, HostInfo, NetworkInfo, Request, Status},
     config::{DEFAULT_API_SOCKET, RunConfig, RunSettings},
     flows::FlowRecord,
     model::{App, ContainerKey, Network},
 };
-use pn_common::ids::{AppId, ContainerType, NetworkId, parse_index};
+use pn_common::ids::{AppId, ContainerType, HostId, NetworkId, parse_index};
 
 #[derive(Parser)]
 #[command(
@@ -69,6 +69,9 @@ enum Command {
         #[arg(long, value_parser = parse_index)]
         index: u32,
     },
+    /// Hosts of the fleet.
+    #[command(subcommand)]
+    Host(HostCmd),
     /// Programs attached, endpoints, peers, store and tunnel state.
     Status,
     /// Flow and drop events from the datapath.
@@ -115,6 +118,15 @@ enum AppCmd {
     },
     Delete {
         id: AppId,
+    },
+}
+
+#[derive(Subcommand)]
+enum HostCmd {
+    List,
+    /// Remove a (dead) host: its containers and addresses go, peers forget it.
+    Remove {
+        id: HostId,
     },
 }
 
@@ -325,6 +337,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print(out, &obj, || {
                 vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
             })
+        }
+        Command::Host(HostCmd::List) => {
+            let list: Vec<HostInfo> = Client::call(&path, &Request::HostList).await?;
+            print(out, &list, || {
+                table(
+                    &["ID", "ADVERTISE", "CONTAINERS", ""],
+                    list.iter().map(|h| {
+                        vec![
+                            h.id.to_string(),
+                            h.advertise.clone().unwrap_or_else(|| "-".into()),
+                            h.containers.to_string(),
+                            if h.this {
+                                "(this host)".into()
+                            } else {
+                                String::new()
+                            },
+                        ]
+                    }),
+                )
+            })
+        }
+        Command::Host(HostCmd::Remove { id }) => {
+            let () = Client::call(&path, &Request::HostRemove { id: id.clone() }).await?;
+            print(out, &serde_json::json!({ "removed": id }), String::new)
         }
         Command::Status => {
             let s: Status = Client::call(&path, &Request::Status).await?;

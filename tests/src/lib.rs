@@ -6,6 +6,7 @@
 //! that died are removed by the next run. Nothing touches the root
 //! namespace's network settings: agents run inside host namespaces.
 
+pub mod fleet;
 pub mod net;
 
 use std::{
@@ -116,13 +117,7 @@ impl Namespace {
 
     /// Runs `f` on a thread that has entered this namespace.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let file = File::open(self.path()).expect("namespace file");
-        std::thread::spawn(move || {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("namespace thread panicked")
+        run_in(&self.name, f)
     }
 }
 
@@ -133,6 +128,17 @@ impl Drop for Namespace {
             .status();
         let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
     }
+}
+
+/// Runs `f` on a thread that has entered the named namespace.
+pub fn run_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = File::open(Path::new("/run/netns").join(ns)).expect("namespace file");
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("namespace thread panicked")
 }
 
 /// Path of the agent binary under test.

@@ -33,9 +33,14 @@ pub const PACKAGES: &[&str] = &[
     "bpftool",
 ];
 
+/// Debian packages the build itself needs: etcd's client compiles etcd's
+/// protobuf definitions, which takes `protoc` and the well-known types.
+pub const BUILD_PACKAGES: &[&str] = &["protobuf-compiler", "libprotobuf-dev"];
+
 pub fn toolchain() -> anyhow::Result<()> {
     rust_src()?;
-    bpf_linker()
+    bpf_linker()?;
+    install_missing(BUILD_PACKAGES)
 }
 
 fn rust_src() -> anyhow::Result<()> {
@@ -173,7 +178,11 @@ fn missing_packages(packages: &[&str]) -> anyhow::Result<Vec<String>> {
 }
 
 pub fn packages() -> anyhow::Result<()> {
-    let missing = missing_packages(PACKAGES)?;
+    install_missing(PACKAGES)
+}
+
+fn install_missing(packages: &[&str]) -> anyhow::Result<()> {
+    let missing = missing_packages(packages)?;
     if missing.is_empty() {
         return Ok(());
     }
@@ -189,7 +198,7 @@ pub fn packages() -> anyhow::Result<()> {
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(missing.iter().map(String::as_str));
     apt(&args)?;
-    let still = missing_packages(PACKAGES)?;
+    let still = missing_packages(packages)?;
     if !still.is_empty() {
         bail!(
             "packages still missing after apt-get install: {}",

@@ -157,6 +157,28 @@ pub async fn addresses_are_unique_and_reused_after_release(kv: Arc<dyn Backend>)
     assert_eq!(c.ip, gone.ip, "freed address is handed out again");
 }
 
+pub async fn a_container_key_is_claimed_once(kv: Arc<dyn Backend>) {
+    let m = Membership::new(kv);
+    let net = net_id(1);
+    m.create_network(net, None, &pool(), 22).await.unwrap();
+    m.create_app(app_id(1), &net, None).await.unwrap();
+    let k = key(app_id(1), "web", 1);
+    let ip = m.reserve_address(&net, &k, &host("h1")).await.unwrap();
+    let err = m.reserve_address(&net, &k, &host("h2")).await.unwrap_err();
+    assert!(matches!(err, MembershipError::Taken(_)), "{err}");
+    assert!(err.to_string().contains("h1"), "{err}");
+    // Releasing frees both the address and the key.
+    m.release_address(&net, ip, &k).await.unwrap();
+    let c = attach(&m, net, &k, "h2").await;
+    let err = m.reserve_address(&net, &k, &host("h1")).await.unwrap_err();
+    assert!(
+        err.to_string().contains("h2"),
+        "attached keys stay taken: {err}"
+    );
+    m.delete_container(&c.key).await.unwrap();
+    m.reserve_address(&net, &k, &host("h1")).await.unwrap();
+}
+
 pub async fn concurrent_reservations_never_collide(kv: Arc<dyn Backend>) {
     let m = Membership::new(kv);
     let net = net_id(1);
@@ -260,6 +282,11 @@ macro_rules! store_conformance_tests {
                 $fresh("addrs").await,
             )
             .await
+        }
+        #[tokio::test]
+        async fn a_container_key_is_claimed_once() {
+            $crate::store::conformance::a_container_key_is_claimed_once($fresh("claims").await)
+                .await
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_reservations_never_collide() {

@@ -10,6 +10,7 @@
 //! Every agent keeps a [`view::MembershipView`] fed by `list` + `watch`.
 
 pub mod embedded;
+pub mod etcd;
 pub mod view;
 
 use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc};
@@ -108,6 +109,7 @@ pub mod keys {
     pub const APPS: &str = "apps/";
     pub const CONTAINERS: &str = "containers/";
     pub const IPS: &str = "ips/";
+    pub const CLAIMS: &str = "claims/";
     pub const HOSTS: &str = "hosts/";
 
     pub fn network(id: &NetworkId) -> String {
@@ -118,6 +120,10 @@ pub mod keys {
     }
     pub fn container(k: &ContainerKey) -> String {
         format!("{CONTAINERS}{}/{}/{}", k.app, k.ctype, k.index)
+    }
+    /// Claim on a container key while its attach is in progress.
+    pub fn claim(k: &ContainerKey) -> String {
+        format!("{CLAIMS}{}/{}/{}", k.app, k.ctype, k.index)
     }
     /// Inverse of [`container`].
     pub fn parse_container(key: &str) -> Option<ContainerKey> {
@@ -154,6 +160,9 @@ pub enum MembershipError {
     Exhausted(String),
     #[error("{0}")]
     Invalid(String),
+    /// The container key is attached, or being attached, already.
+    #[error("{0}")]
+    Taken(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -501,9 +510,11 @@ impl Membership {
             .map(|(c, _)| c))
     }
 
-    /// Reserves the lowest free address of `network` for `owner`. Safe against
-    /// any number of concurrent callers on any number of hosts: the address key
-    /// is created only if absent.
+    /// Reserves the lowest free address of `network` for `owner`, and claims
+    /// the container key itself. Safe against any number of concurrent callers
+    /// on any number of hosts: both keys are created only if absent, and the
+    /// container must not exist yet. [`MembershipError::Taken`] when the key
+    /// is attached or claimed already (an automatic index then tries the next).
     pub async fn reserve_address(
         &self,
         network: &NetworkId,
@@ -534,12 +545,31 @@ impl Membership {
             let committed = self
                 .kv
                 .txn(
-                    vec![Cond::Absent(keys::ip(network, ip))],
-                    vec![Op::Put(keys::ip(network, ip), encode(&lease))],
+                    vec![
+                        Cond::Absent(keys::ip(network, ip)),
+                        Cond::Absent(keys::claim(owner)),
+                        Cond::Absent(keys::container(owner)),
+                    ],
+                    vec![
+                        Op::Put(keys::ip(network, ip), encode(&lease)),
+                        Op::Put(keys::claim(owner), encode(&lease)),
+                    ],
                 )
                 .await?;
             if committed.is_some() {
                 return Ok(ip);
+            }
+            let holder = match self
+                .get_decoded::<AddressLease>(&keys::claim(owner))
+                .await?
+            {
+                Some((claim, _)) => Some(claim.host),
+                None => self.container(owner).await?.map(|c| c.host),
+            };
+            if let Some(h) = holder {
+                return Err(MembershipError::Taken(format!(
+                    "container {owner} is already attached (or being attached) on host {h}"
+                )));
             }
         }
         Err(MembershipError::Conflict(format!(
@@ -559,7 +589,10 @@ impl Membership {
             && lease.owner == *owner
         {
             self.kv
-                .txn(vec![Cond::ModRev(key.clone(), rev)], vec![Op::Delete(key)])
+                .txn(
+                    vec![Cond::ModRev(key.clone(), rev)],
+                    vec![Op::Delete(key), Op::Delete(keys::claim(owner))],
+                )
                 .await?;
         }
         Ok(())
@@ -606,6 +639,7 @@ impl Membership {
                     vec![
                         Op::Put(keys::app(&app.id), encode(&app)),
                         Op::Put(keys::container(&c.key), encode(c)),
+                        Op::Delete(keys::claim(&c.key)),
                     ],
                 )
                 .await?;
@@ -666,7 +700,24 @@ impl Membership {
             .ok_or_else(|| MembershipError::Conflict("host registration failed".into()))
     }
 
-    pub async fn delete_host(&self, id: &HostId) -> Result<i64> {
+    /// Removes a host from the fleet: its containers (and their addresses),
+    /// any address it still holds, then its record. The other agents drop its
+    /// endpoints and its tunnel as the deletions reach them.
+    pub async fn remove_host(&self, id: &HostId) -> Result<i64> {
+        if self.kv.get(&keys::host(id)).await?.is_none() {
+            return Err(MembershipError::NotFound(format!("host {id}")));
+        }
+        for c in self
+            .containers()
+            .await?
+            .into_iter()
+            .filter(|c| c.host == *id)
+        {
+            self.delete_container(&c.key).await?;
+        }
+        for (net, ip, lease) in self.leases_of_host(id).await? {
+            self.release_address(&net, ip, &lease.owner).await?;
+        }
         self.kv
             .txn(vec![], vec![Op::Delete(keys::host(id))])
             .await?

@@ -1,0 +1,281 @@
+//! Fleet membership with a real etcd: agents converge, addresses never
+//! collide, an etcd outage loses nothing, hosts can be removed.
+
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+
+use pn_tests::{Namespace, eventually, fleet::Fleet, metric_value, net, unique_prefix};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn remote_endpoints(h: &pn_tests::Host) -> u64 {
+    metric_value(&h.metrics(), "pn_endpoints", &[("scope", "remote")])
+}
+
+#[test]
+fn three_agents_converge_on_one_membership() {
+    let p = unique_prefix();
+    let f = Fleet::new(&p, 3);
+    let (h1, h2, h3) = (&f.hosts[0], &f.hosts[1], &f.hosts[2]);
+    let net = h1.create_network(&[]);
+    let app = h2.create_app(&net);
+    let mut containers = Vec::new();
+    for (i, h) in f.hosts.iter().enumerate() {
+        let ns = Namespace::new(&format!("{p}-c{i}"));
+        h.attach(&app, "web", &ns);
+        containers.push(ns);
+    }
+    for h in [h1, h2, h3] {
+        assert!(
+            eventually(WAIT, || h
+                .json(&["container", "list"])
+                .as_array()
+                .unwrap()
+                .len()
+                == 3),
+            "{} does not see the three containers",
+            h.id
+        );
+        assert!(
+            eventually(WAIT, || remote_endpoints(h) == 2),
+            "{}: remote endpoints",
+            h.id
+        );
+    }
+    let lists: BTreeSet<String> = [h1, h2, h3]
+        .iter()
+        .map(|h| {
+            format!(
+                "{}{}{}",
+                h.cli_ok(&["network", "list"]),
+                h.cli_ok(&["app", "list"]),
+                h.cli_ok(&["container", "list"])
+            )
+        })
+        .collect();
+    assert_eq!(
+        lists.len(),
+        1,
+        "every agent lists the same fleet: {lists:?}"
+    );
+    let hosts = h3.json(&["host", "list"]);
+    assert_eq!(hosts.as_array().unwrap().len(), 3);
+    // DNS on h3 knows the containers of h1 and h2.
+    let name = format!("{app}.{net}.private-network.internal");
+    let out = containers[2].exec(&["dig", "+short", "+time=2", &name]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    // Detach from another host: the owner tears its interface down.
+    h3.cli_ok(&[
+        "container",
+        "detach",
+        "--app",
+        &app,
+        "--type",
+        "web",
+        "--index",
+        "1",
+    ]);
+    assert!(
+        eventually(WAIT, || containers[0]
+            .exec(&["ip", "link", "show", "pn0"])
+            .status
+            .code()
+            != Some(0)),
+        "h1 removed the detached container's interface"
+    );
+    for h in [h1, h2, h3] {
+        assert!(eventually(WAIT, || h
+            .json(&["container", "list"])
+            .as_array()
+            .unwrap()
+            .len()
+            == 2));
+    }
+}
+
+#[test]
+fn concurrent_attaches_on_two_hosts_get_distinct_addresses() {
+    let p = unique_prefix();
+    let f = Fleet::new(&p, 2);
+    let net = f.hosts[0].create_network(&[]);
+    let app = f.hosts[0].create_app(&net);
+    let per_host = 6;
+    let namespaces: Vec<Vec<Namespace>> = (0..2)
+        .map(|h| {
+            (0..per_host)
+                .map(|i| Namespace::new(&format!("{p}-{h}{i}")))
+                .collect()
+        })
+        .collect();
+    let ips: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = f
+            .hosts
+            .iter()
+            .zip(&namespaces)
+            .flat_map(|(host, nss)| {
+                let app = app.clone();
+                nss.iter()
+                    .map(move |ns| {
+                        let app = app.clone();
+                        s.spawn(move || {
+                            host.attach(&app, "worker", ns)["ip"]
+                                .as_str()
+                                .unwrap()
+                                .to_string()
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let distinct: BTreeSet<&String> = ips.iter().collect();
+    assert_eq!(distinct.len(), 2 * per_host, "duplicate addresses: {ips:?}");
+    // Indexes are distinct too, and both agents agree on the result.
+    for h in &f.hosts {
+        assert!(eventually(WAIT, || h
+            .json(&["container", "list"])
+            .as_array()
+            .unwrap()
+            .len()
+            == 2 * per_host));
+    }
+}
+
+#[test]
+fn an_etcd_outage_loses_nothing() {
+    let p = unique_prefix();
+    let mut f = Fleet::new(&p, 2);
+    let net_a = f.hosts[0].create_network(&[]);
+    let net_b = f.hosts[0].create_network(&[]);
+    let a = f.hosts[0].create_app(&net_a);
+    let b = f.hosts[0].create_app(&net_b);
+    let c1 = Namespace::new(&format!("{p}-c1"));
+    let c2 = Namespace::new(&format!("{p}-c2"));
+    let c3 = Namespace::new(&format!("{p}-c3"));
+    let ip2: std::net::Ipv4Addr = f.hosts[0].attach(&a, "web", &c2)["ip"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    f.hosts[0].attach(&a, "web", &c1);
+    f.hosts[0].attach(&b, "web", &c3);
+    let remote = Namespace::new(&format!("{p}-r1"));
+    f.hosts[1].attach(&a, "worker", &remote);
+    assert!(eventually(WAIT, || remote_endpoints(&f.hosts[0]) == 1));
+    let before: Vec<String> = f
+        .hosts
+        .iter()
+        .map(|h| h.cli_ok(&["container", "list"]))
+        .collect();
+
+    f.etcd.stop();
+    for h in &f.hosts {
+        assert!(
+            eventually(WAIT, || metric_value(&h.metrics(), "pn_store_up", &[]) == 0
+                && h.metrics().contains("pn_store_up 0")),
+            "{} noticed the outage",
+            h.id
+        );
+        let status = h.json(&["status"]);
+        assert_eq!(status["store"]["reachable"], false);
+        assert!(
+            status["store"]["last_error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("etcd")
+        );
+    }
+    // Enforcement goes on from the last known state.
+    let _srv = net::tcp_echo_server(&c2, 9000);
+    net::tcp_echo(
+        &c1,
+        SocketAddr::from((ip2, 9000)),
+        b"during",
+        Duration::from_secs(5),
+    )
+    .expect("members talk");
+    assert!(
+        net::tcp_echo(
+            &c3,
+            SocketAddr::from((ip2, 9000)),
+            b"x",
+            Duration::from_millis(800)
+        )
+        .is_err()
+    );
+    // Changes are refused with one line while the store is away.
+    let out = f.hosts[0].cli(&["network", "create"]);
+    out.assert_one_line_error("etcd");
+    // Reads still answer from the last known state.
+    assert_eq!(f.hosts[0].cli_ok(&["container", "list"]), before[0]);
+
+    f.etcd.start();
+    for h in &f.hosts {
+        assert!(
+            eventually(WAIT, || h.json(&["status"])["store"]["reachable"] == true),
+            "{} reconnected",
+            h.id
+        );
+    }
+    let after: Vec<String> = f
+        .hosts
+        .iter()
+        .map(|h| h.cli_ok(&["container", "list"]))
+        .collect();
+    assert_eq!(before, after, "nothing lost");
+    // And the fleet moves on: an attach on h2 reaches h1, a detach on h1 reaches h2.
+    let r2 = Namespace::new(&format!("{p}-r2"));
+    f.hosts[1].attach(&a, "worker", &r2);
+    assert!(eventually(WAIT, || remote_endpoints(&f.hosts[0]) == 2));
+    f.hosts[0].cli_ok(&[
+        "container",
+        "detach",
+        "--app",
+        &a,
+        "--type",
+        "worker",
+        "--index",
+        "1",
+    ]);
+    assert!(eventually(WAIT, || remote
+        .exec(&["ip", "link", "show", "pn0"])
+        .status
+        .code()
+        != Some(0)));
+    assert!(eventually(WAIT, || remote_endpoints(&f.hosts[0]) == 1));
+}
+
+#[test]
+fn a_removed_host_disappears_from_every_agent() {
+    let p = unique_prefix();
+    let mut f = Fleet::new(&p, 3);
+    let net = f.hosts[0].create_network(&[]);
+    let app = f.hosts[0].create_app(&net);
+    let nss: Vec<Namespace> = (0..3)
+        .map(|i| Namespace::new(&format!("{p}-c{i}")))
+        .collect();
+    for (h, ns) in f.hosts.iter().zip(&nss) {
+        h.attach(&app, "web", ns);
+    }
+    assert!(eventually(WAIT, || remote_endpoints(&f.hosts[0]) == 2));
+    // h3 dies; the operator removes it from h1.
+    f.hosts[2].stop();
+    let out = f.hosts[0].cli(&["host", "remove", "h1"]);
+    out.assert_one_line_error("this agent runs on");
+    f.hosts[0].cli_ok(&["host", "remove", "h3"]);
+    for h in &f.hosts[..2] {
+        assert!(
+            eventually(WAIT, || remote_endpoints(h) == 1),
+            "{} forgot h3's container",
+            h.id
+        );
+        assert!(eventually(WAIT, || h
+            .json(&["host", "list"])
+            .as_array()
+            .unwrap()
+            .len()
+            == 2));
+    }
+    let out = f.hosts[0].cli(&["host", "remove", "h3"]);
+    out.assert_one_line_error("not found");
+}
