@@ -33,6 +33,15 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmarks against the alternatives, written to BENCHMARKS.md (root).
+    Bench {
+        /// Shorter runs (the whole suite in a few minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Only this scenario (policy, strangers, scale, dns, tunnel).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// fmt, clippy (host and BPF target), unit and integration tests (root);
     /// arguments after `--` go to `cargo test` (e.g. a test name filter).
     Test {
@@ -103,6 +112,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .args(&args)
                 .exec();
             Err(err).with_context(|| format!("executing {}", bin.display()))
+        }
+        Command::Bench { quick, only } => {
+            require_root("bench")?;
+            bootstrap::toolchain()?;
+            bootstrap::packages()?;
+            cmd::step("building release binaries", || {
+                cmd::cargo(
+                    &[
+                        "build",
+                        "--release",
+                        "-p",
+                        "pn-agent",
+                        "-p",
+                        "pn-tests",
+                        "--bin",
+                        "pn-bench",
+                    ],
+                    &[],
+                )
+            })?;
+            let agent = agent_binary(true);
+            let bench = workspace_root().join("target/release/pn-bench");
+            let mut c = std::process::Command::new(&bench);
+            if quick {
+                c.arg("--quick");
+            }
+            if let Some(o) = &only {
+                c.args(["--only", o]);
+            }
+            c.arg("--out")
+                .arg(workspace_root())
+                .env("PN_AGENT_BIN", &agent);
+            cmd::step("benchmarks", || cmd::run(&mut c))
         }
         Command::Test { args } => {
             require_root("test")?;

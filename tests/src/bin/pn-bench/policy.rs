@@ -1,0 +1,78 @@
+//! Policy overhead: container↔container on one host, pn's programs attached
+//! versus the same veths and routes with no program at all.
+
+use std::net::Ipv4Addr;
+
+use pn_tests::{Host, Namespace, unique_prefix};
+
+use crate::{
+    Effort,
+    report::{Measurement, Row, Scenario},
+    tools,
+};
+
+pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
+    let p = unique_prefix();
+    let mut host = Host::start(&p, "h1");
+    let net = host.create_network(&[]);
+    let app = host.create_app(&net);
+    let c1 = Namespace::new(&format!("{p}-c1"));
+    let c2 = Namespace::new(&format!("{p}-c2"));
+    host.attach(&app, "web", &c1);
+    let ip2: Ipv4Addr = host.attach(&app, "web", &c2)["ip"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()?;
+    let (mut pn_bw, mut base_bw, mut pn_rr, mut base_rr) = (vec![], vec![], vec![], vec![]);
+    for i in 0..effort.runs {
+        // Alternate which side goes first, so drift does not favour one.
+        let order = if i % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for with_pn in order {
+            if with_pn {
+                pn_bw.push(tools::iperf(&c1, &c2, ip2, effort.seconds)?);
+                pn_rr.push(tools::tcp_rr(&c1, &c2, ip2, effort.seconds)?);
+            } else {
+                tools::detach_programs(&host)?;
+                let before = host.packets(&app, "web-1", "forwarded");
+                base_bw.push(tools::iperf(&c1, &c2, ip2, effort.seconds)?);
+                base_rr.push(tools::tcp_rr(&c1, &c2, ip2, effort.seconds)?);
+                anyhow::ensure!(
+                    host.packets(&app, "web-1", "forwarded") == before,
+                    "the baseline still ran pn's programs"
+                );
+                tools::reattach_programs(&mut host);
+            }
+        }
+    }
+    let bw = Row::versus(
+        "TCP throughput, iperf3, 1 stream",
+        Measurement::new("Gbit/s", true, pn_bw),
+        "no programs",
+        Measurement::new("Gbit/s", true, base_bw),
+    );
+    let bw_met = bw.ratio().unwrap_or(0.0) >= 0.97;
+    let rr = Row::versus(
+        "TCP request/response, 1-byte ping-pong",
+        Measurement::new("trans/s", true, pn_rr),
+        "no programs",
+        Measurement::new("trans/s", true, base_rr),
+    );
+    let rr_met = rr.ratio().unwrap_or(0.0) >= 0.97;
+    Ok(Scenario {
+        name: "policy".into(),
+        title: "Policy overhead (same host, container to container)".into(),
+        setup: "Two containers of one network on one host, each a namespace with pn's veth; \
+                pn's TC programs attached (every packet parsed, looked up, counted, new flows tracked) \
+                versus the very same veths and routes with the programs detached."
+            .into(),
+        rows: vec![
+            bw.with_target("≤ 3 % loss", bw_met),
+            rr.with_target("≤ 3 % loss", rr_met),
+        ],
+        notes: vec![],
+    })
+}

@@ -1,0 +1,190 @@
+//! Scale of membership: time for N containers registered by another host to
+//! be in an agent's maps and answered by its DNS, and the cost per packet of
+//! the programs as N grows (it must stay flat: hash lookups).
+
+use std::{
+    net::Ipv4Addr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use pn_agent::{
+    model::{AddressLease, Container, ContainerKey},
+    store::{Backend, Op, etcd::Etcd, keys},
+};
+use pn_tests::{Namespace, fleet::Fleet, unique_prefix};
+
+use crate::{
+    Effort,
+    report::{Measurement, Row, Scenario},
+    tools,
+};
+
+/// Containers per etcd transaction (two keys each; etcd allows 128 ops).
+const BATCH: usize = 50;
+
+/// Registers containers `from..to` of `app` as a far host would, straight
+/// into etcd (from inside the underlay namespace, where etcd listens).
+fn register(
+    fleet: &Fleet,
+    net: pn_common::ids::NetworkId,
+    app: pn_common::ids::AppId,
+    base: u32,
+    from: usize,
+    to: usize,
+) -> anyhow::Result<Duration> {
+    fleet.underlay.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let kv: Arc<dyn Backend> = Arc::new(Etcd::new(
+                vec![pn_tests::fleet::ETCD_ADDR.into()],
+                "/pn/".into(),
+            ));
+            let host: pn_common::ids::HostId = "bench-far".parse()?;
+            let t = Instant::now();
+            let mut i = from;
+            while i < to {
+                let mut ops = Vec::new();
+                for n in i..(i + BATCH).min(to) {
+                    let key = ContainerKey {
+                        app,
+                        ctype: "worker".parse()?,
+                        index: n as u32 + 1,
+                    };
+                    let ip = Ipv4Addr::from(base + n as u32 + 1);
+                    let c = Container {
+                        key: key.clone(),
+                        network: net,
+                        ip,
+                        host: host.clone(),
+                        netns: "far".into(),
+                        ifname: "pn0".into(),
+                        host_ifname: "pnhfar".into(),
+                        created_at: 0,
+                    };
+                    let lease = AddressLease {
+                        owner: key.clone(),
+                        host: host.clone(),
+                    };
+                    ops.push(Op::Put(keys::ip(&net, ip), serde_json::to_string(&lease)?));
+                    ops.push(Op::Put(keys::container(&key), serde_json::to_string(&c)?));
+                }
+                kv.txn(vec![], ops).await?;
+                i = (i + BATCH).min(to);
+            }
+            Ok(t.elapsed())
+        })
+    })
+}
+
+fn endpoints_in_maps(h: &pn_tests::Host) -> u64 {
+    h.json(&["status"])["endpoints"]["in_maps"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn answered(ns: &Namespace, name: &str) -> bool {
+    let out = ns.exec(&["dig", "+short", "+time=1", "+tries=1", name]);
+    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+}
+
+/// Nanoseconds per run of the sender-side program under a request/response load.
+fn cost_per_packet(
+    c1: &Namespace,
+    c2: &Namespace,
+    ip2: Ipv4Addr,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    let (t0, n0) = tools::prog_stats("pn_from_container")?;
+    tools::tcp_rr(c1, c2, ip2, seconds)?;
+    let (t1, n1) = tools::prog_stats("pn_from_container")?;
+    anyhow::ensure!(n1 > n0, "the program did not run");
+    Ok((t1 - t0) as f64 / (n1 - n0) as f64)
+}
+
+pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
+    let p = unique_prefix();
+    let fleet = Fleet::new(&p, 1);
+    let h = &fleet.hosts[0];
+    // A range big enough for the largest N, outside the pool.
+    let net_s = h.create_network(&["--cidr", "10.128.0.0/15"]);
+    let app_s = h.create_app(&net_s);
+    let net: pn_common::ids::NetworkId = net_s.parse()?;
+    let app: pn_common::ids::AppId = app_s.parse()?;
+    let c1 = Namespace::new(&format!("{p}-c1"));
+    let c2 = Namespace::new(&format!("{p}-c2"));
+    h.attach(&app_s, "web", &c1);
+    let ip2: Ipv4Addr = h.attach(&app_s, "web", &c2)["ip"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()?;
+    // Far containers start after the local ones.
+    let base = u32::from(Ipv4Addr::new(10, 128, 1, 0));
+    let _stats = tools::BpfStats::enable()?;
+    let mut rows = Vec::new();
+    let cost0: Vec<f64> = (0..effort.runs)
+        .map(|_| cost_per_packet(&c1, &c2, ip2, effort.seconds))
+        .collect::<Result<_, _>>()?;
+    let mut have = 0;
+    for &n in effort.sizes {
+        let t = Instant::now();
+        let write = register(&fleet, net, app, base, have, n)?;
+        have = n;
+        let want = (n + 2) as u64;
+        let mut maps = None;
+        let mut dns = None;
+        let last = format!("{n}.worker.{app_s}.{net_s}.private-network.internal");
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while (maps.is_none() || dns.is_none()) && Instant::now() < deadline {
+            if maps.is_none() && endpoints_in_maps(h) >= want {
+                maps = Some(t.elapsed());
+            }
+            if dns.is_none() && answered(&c1, &last) {
+                dns = Some(t.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (maps, dns) = (
+            maps.ok_or_else(|| anyhow::anyhow!("{n} endpoints never reached the maps"))?,
+            dns.ok_or_else(|| anyhow::anyhow!("{last} never resolved"))?,
+        );
+        rows.push(Row::alone(
+            &format!("N={n}: registered in etcd"),
+            Measurement::new("s", false, vec![write.as_secs_f64()]),
+        ));
+        rows.push(Row::alone(
+            &format!("N={n}: all in the agent's maps"),
+            Measurement::new("s", false, vec![maps.as_secs_f64()]),
+        ));
+        rows.push(Row::alone(
+            &format!("N={n}: last one answered by DNS"),
+            Measurement::new("s", false, vec![dns.as_secs_f64()]),
+        ));
+        let cost: Vec<f64> = (0..effort.runs)
+            .map(|_| cost_per_packet(&c1, &c2, ip2, effort.seconds))
+            .collect::<Result<_, _>>()?;
+        let row = Row::versus(
+            &format!("N={n}: program run time per packet"),
+            Measurement::new("ns", false, cost),
+            "N=2",
+            Measurement::new("ns", false, cost0.clone()),
+        );
+        let flat = row.ratio().unwrap_or(f64::INFINITY) <= 1.25;
+        rows.push(row.with_target("flat (≤ 1.25× of N=2)", flat));
+    }
+    Ok(Scenario {
+        name: "scale".into(),
+        title: "Scale of membership".into(),
+        setup: "One agent on etcd; N containers of its network are registered by a far host (written \
+                straight into etcd in transactions of 50, as that host's agent would). Times run from \
+                the first write until the agent's maps hold all N (`status` endpoints in maps) and until \
+                its DNS answers the last container's name. Program cost: kernel BPF statistics \
+                (`kernel.bpf_stats_enabled`) of pn_from_container under a TCP ping-pong between two local \
+                containers, with N remote endpoints in the map versus only the 2 local ones."
+            .into(),
+        rows,
+        notes: vec![],
+    })
+}

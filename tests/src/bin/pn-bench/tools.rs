@@ -1,0 +1,289 @@
+//! Load generators and probes shared by the scenarios: iperf3, a TCP
+//! request/response loop, a UDP flood, CPU time from /proc/stat, the kernel's
+//! per-program BPF statistics, dnsperf.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use pn_tests::{Host, Namespace};
+
+/// An iperf3 server (one test, then it exits) inside a namespace.
+pub struct IperfServer(Child);
+
+impl Drop for IperfServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn iperf_server(ns: &Namespace, port: u16) -> anyhow::Result<IperfServer> {
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "iperf3",
+            "-s",
+            "-1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 (Debian package iperf3)")?;
+    Ok(IperfServer(child))
+}
+
+/// TCP throughput from `client` to `server_ip` for `seconds`, in Gbit/s.
+pub fn iperf(
+    client: &Namespace,
+    server: &Namespace,
+    server_ip: Ipv4Addr,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    let port = 5201;
+    let _srv = iperf_server(server, port)?;
+    // The server needs a moment to listen.
+    let mut last_err = String::new();
+    for _ in 0..50 {
+        let out = client.exec(&[
+            "iperf3",
+            "-c",
+            &server_ip.to_string(),
+            "-p",
+            &port.to_string(),
+            "-t",
+            &seconds.to_string(),
+            "-J",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_str(&text).context("iperf3 JSON")?;
+            match v["end"]["sum_received"]["bits_per_second"].as_f64() {
+                Some(bps) => return Ok(bps / 1e9),
+                None => last_err = v["error"].as_str().unwrap_or("no sum_received").to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        last_err = text
+            .lines()
+            .find(|l| l.contains("error"))
+            .unwrap_or("")
+            .to_string();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("iperf3 client failed: {last_err}")
+}
+
+/// Transactions per second of a 1-byte TCP ping-pong over one connection.
+pub fn tcp_rr(
+    client: &Namespace,
+    server: &Namespace,
+    server_ip: Ipv4Addr,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    let port = 7077;
+    let _srv = pn_tests::net::tcp_echo_server(server, port);
+    client.run(move || {
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddr::from((server_ip, port)),
+            Duration::from_secs(5),
+        )?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let start = Instant::now();
+        let mut n = 0u64;
+        let mut b = [0u8; 1];
+        while Instant::now() < deadline {
+            s.write_all(b"x")?;
+            s.read_exact(&mut b)?;
+            n += 1;
+        }
+        Ok(n as f64 / start.elapsed().as_secs_f64())
+    })
+}
+
+/// Sends 64-byte UDP datagrams to `dst` as fast as one core can, for
+/// `seconds`; returns how many were sent.
+pub fn udp_flood(ns: &Namespace, dst: SocketAddr, seconds: u64) -> anyhow::Result<u64> {
+    ns.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect(dst)?;
+        let payload = [0u8; 64];
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let mut sent = 0u64;
+        while Instant::now() < deadline {
+            for _ in 0..256 {
+                // Unreachable errors come back as ICMP on a connected socket.
+                if s.send(&payload).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        Ok(sent)
+    })
+}
+
+/// Busy CPU time of the whole machine (all but idle and iowait), seconds.
+pub fn cpu_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else {
+        return 0.0;
+    };
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if f.len() < 8 {
+        return 0.0;
+    }
+    // user nice system idle iowait irq softirq steal
+    let busy = f[0] + f[1] + f[2] + f[5] + f[6] + f[7];
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    busy as f64 / hz
+}
+
+/// Detaches every program of an agent (its pinned links) without stopping
+/// it: the baseline runs on exactly the same topology. A restart of the
+/// agent attaches them again.
+pub fn detach_programs(host: &Host) -> anyhow::Result<()> {
+    let mut ids = Vec::new();
+    for dir in ["links", "xdp"] {
+        let d = host.bpffs().join(dir);
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            for e in entries.flatten() {
+                let out = Command::new("bpftool")
+                    .args(["-j", "link", "show", "pinned"])
+                    .arg(e.path())
+                    .output()?;
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                if let Some(id) = v["id"].as_u64() {
+                    ids.push(id);
+                }
+                std::fs::remove_file(e.path())
+                    .with_context(|| format!("unpinning {}", e.path().display()))?;
+            }
+        }
+    }
+    // The kernel releases a link from a work queue: wait until it is gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let out = Command::new("bpftool")
+            .args(["-j", "link", "show"])
+            .output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let live = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|l| l["id"].as_u64().is_some_and(|id| ids.contains(&id)));
+        if !live {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("the programs did not detach")
+}
+
+pub fn reattach_programs(host: &mut Host) {
+    host.restart();
+}
+
+/// Kernel BPF run-time statistics, on for as long as the guard lives (a
+/// kernel-wide setting, restored afterwards).
+pub struct BpfStats {
+    previous: String,
+}
+
+impl BpfStats {
+    pub fn enable() -> anyhow::Result<BpfStats> {
+        let path = "/proc/sys/kernel/bpf_stats_enabled";
+        let previous = std::fs::read_to_string(path).context("reading kernel.bpf_stats_enabled")?;
+        std::fs::write(path, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(BpfStats {
+            previous: previous.trim().to_string(),
+        })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.previous);
+    }
+}
+
+/// (run_time_ns, run_cnt) summed over the loaded programs with this name.
+pub fn prog_stats(name: &str) -> anyhow::Result<(u64, u64)> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .context("running bpftool")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool JSON")?;
+    let mut t = (0, 0);
+    for p in v.as_array().into_iter().flatten() {
+        if p["name"] == name {
+            t.0 += p["run_time_ns"].as_u64().unwrap_or(0);
+            t.1 += p["run_cnt"].as_u64().unwrap_or(0);
+        }
+    }
+    Ok(t)
+}
+
+/// dnsperf against `server` with the queries of `names` (A), for `seconds`.
+/// Returns (queries per second, average latency in ms).
+pub fn dnsperf(
+    ns: &Namespace,
+    server: &str,
+    port: u16,
+    names: &[String],
+    seconds: u64,
+) -> anyhow::Result<(f64, f64)> {
+    let file = std::env::temp_dir().join(format!(
+        "pn-bench-dnsperf-{}-{}",
+        std::process::id(),
+        ns.name
+    ));
+    let body: String = names.iter().map(|n| format!("{n} A\n")).collect();
+    std::fs::write(&file, body)?;
+    let out = ns.exec(&[
+        "dnsperf",
+        "-s",
+        server,
+        "-p",
+        &port.to_string(),
+        "-d",
+        file.to_str().unwrap_or_default(),
+        "-l",
+        &seconds.to_string(),
+        "-c",
+        "4",
+        "-q",
+        "64",
+    ]);
+    let _ = std::fs::remove_file(&file);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |key: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(key))?
+            .split(':')
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let qps = field("Queries per second").with_context(|| format!("dnsperf output: {text}"))?;
+    let lat = field("Average Latency (s)").context("dnsperf latency")?;
+    Ok((qps, lat * 1000.0))
+}

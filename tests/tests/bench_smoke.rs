@@ -1,0 +1,23 @@
+//! The benchmark harness runs one short iteration of every scenario, so it
+//! cannot rot. No timing is asserted: benchmarks are not tests.
+
+#[test]
+fn every_benchmark_scenario_runs() {
+    let out = std::env::temp_dir().join(format!("pn-test-{}-bench", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_pn-bench"))
+        .args(["--smoke", "--out"])
+        .arg(&out)
+        .status()
+        .expect("running pn-bench");
+    let md = std::fs::read_to_string(out.join("BENCHMARKS.md")).unwrap_or_default();
+    let json = std::fs::read_to_string(out.join("BENCHMARKS.json")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&out);
+    assert!(status.success(), "pn-bench --smoke failed");
+    for title in ["Policy overhead", "Dropping strangers", "Scale of membership", "## DNS"] {
+        assert!(md.contains(title), "{title} missing from BENCHMARKS.md:\n{md}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["machine"]["mode"], "smoke");
+}
