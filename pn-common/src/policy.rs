@@ -182,6 +182,36 @@ pub fn underlay(
     }
 }
 
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// How a forwarded packet is checked for being a new flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowCheck {
+    /// A TCP connection opening (SYN without ACK): new by definition, no
+    /// table needed.
+    Opening,
+    /// Connectionless (UDP, ICMP): look it up in the flow table.
+    Table,
+    /// TCP past its opening: nothing to do, the per-packet fast path.
+    Established,
+}
+
+/// TCP flows are known by their SYN, so bulk TCP costs no flow-table lookup.
+pub const fn flow_check(proto: u8, tcp_flags: u8) -> FlowCheck {
+    if proto == IPPROTO_TCP {
+        if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            FlowCheck::Opening
+        } else {
+            FlowCheck::Established
+        }
+    } else {
+        FlowCheck::Table
+    }
+}
+
 /// A flow entry is rewritten at most this often, so steady traffic does not
 /// write the map on every packet.
 pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
@@ -502,6 +532,22 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn tcp_flows_are_known_by_their_syn() {
+        assert_eq!(flow_check(IPPROTO_TCP, TCP_SYN), FlowCheck::Opening);
+        assert_eq!(
+            flow_check(IPPROTO_TCP, TCP_SYN | TCP_ACK),
+            FlowCheck::Established
+        );
+        assert_eq!(flow_check(IPPROTO_TCP, TCP_ACK), FlowCheck::Established);
+        assert_eq!(
+            flow_check(IPPROTO_TCP, TCP_FIN | TCP_ACK),
+            FlowCheck::Established
+        );
+        assert_eq!(flow_check(IPPROTO_UDP, 0), FlowCheck::Table);
+        assert_eq!(flow_check(IPPROTO_ICMP, 0), FlowCheck::Table);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use pn_common::{
     Reason,
     event::{Direction, EventKind},
     maps::{Config, FlowKey, FlowState, Iface},
-    policy::{self, ETH_HLEN, FlowUpdate, IPV4_MIN_HLEN, Ipv4Summary, L3},
+    policy::{self, ETH_HLEN, FlowCheck, FlowUpdate, IPV4_MIN_HLEN, Ipv4Summary, L3},
 };
 
 use crate::{
@@ -41,30 +41,64 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     let len = ctx.len();
     count(iface.map_or(0, |i| i.addr), reason, len);
     if reason.is_drop() {
-        report_drop(&cfg, dir, ifindex, reason, pkt.as_ref(), len);
+        report_drop(
+            &cfg,
+            dir,
+            ifindex,
+            reason,
+            pkt.as_ref().map(|(p, _)| p),
+            len,
+        );
         TC_ACT_SHOT
     } else {
         if reason == Reason::Forwarded
-            && let Some(pkt) = pkt
+            && let Some((pkt, flags)) = pkt
         {
-            track_flow(dir, ifindex, &pkt, len);
+            match policy::flow_check(pkt.proto, flags) {
+                FlowCheck::Established => {}
+                FlowCheck::Opening => {
+                    // SAFETY: bpf_ktime_get_ns has no preconditions.
+                    let now = unsafe { bpf_ktime_get_ns() };
+                    emit(
+                        now,
+                        EventKind::NewFlow,
+                        Reason::Forwarded,
+                        dir,
+                        ifindex,
+                        Some(&pkt),
+                        len,
+                    );
+                }
+                FlowCheck::Table => track_flow(dir, ifindex, &pkt, len),
+            }
         }
         // Not a final verdict: other TCX programs on the hook still run.
         TC_ACT_PIPE
     }
 }
 
+/// Reads a `T` at `off`: straight from the packet when the headers are in
+/// its linear part (the usual case), through the helper otherwise.
 #[inline(always)]
-fn decide(
-    ctx: &TcContext,
-    dir: Direction,
-    iface: Option<&Iface>,
-    cfg: &Config,
-) -> (Reason, Option<Ipv4Summary>) {
+fn load<T>(ctx: &TcContext, off: usize) -> Option<T> {
+    let start = ctx.data();
+    if start + off + size_of::<T>() <= ctx.data_end() {
+        // SAFETY: bounds checked against data_end just above.
+        Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
+    } else {
+        ctx.load::<T>(off).ok()
+    }
+}
+
+/// The verdict, and for IPv4 the packet summary and its TCP flags.
+type Decision = (Reason, Option<(Ipv4Summary, u8)>);
+
+#[inline(always)]
+fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) -> Decision {
     if iface.is_none() {
         return (Reason::UnknownInterface, None);
     }
-    let Ok(ethertype) = ctx.load::<u16>(12) else {
+    let Some(ethertype) = load::<u16>(ctx, 12) else {
         return (Reason::Malformed, None);
     };
     match policy::classify_ethertype(u16::from_be(ethertype)) {
@@ -72,19 +106,30 @@ fn decide(
         L3::Other => return (Reason::UnsupportedL3, None),
         L3::Ipv4 => {}
     }
-    let Ok(raw) = ctx.load::<[u8; IPV4_MIN_HLEN]>(ETH_HLEN) else {
+    let Some(raw) = load::<[u8; IPV4_MIN_HLEN]>(ctx, ETH_HLEN) else {
         return (Reason::Malformed, None);
     };
     let Some(ip) = policy::parse_ipv4(&raw) else {
         return (Reason::Malformed, None);
     };
-    let (mut sport, mut dport) = (0, 0);
+    let (mut sport, mut dport, mut flags) = (0, 0, 0);
     if policy::has_ports(ip.proto) && !ip.later_fragment {
-        let Ok(ports) = ctx.load::<[u8; 4]>(ETH_HLEN + ip.header_len) else {
-            return (Reason::Malformed, None);
-        };
-        sport = u16::from_be_bytes([ports[0], ports[1]]);
-        dport = u16::from_be_bytes([ports[2], ports[3]]);
+        let l4 = ETH_HLEN + (ip.header_len & 0x3c);
+        if ip.proto == policy::IPPROTO_TCP {
+            // Ports, then sequence and ack numbers, offset, flags.
+            let Some(h) = load::<[u8; 14]>(ctx, l4) else {
+                return (Reason::Malformed, None);
+            };
+            sport = u16::from_be_bytes([h[0], h[1]]);
+            dport = u16::from_be_bytes([h[2], h[3]]);
+            flags = h[13];
+        } else {
+            let Some(h) = load::<[u8; 4]>(ctx, l4) else {
+                return (Reason::Malformed, None);
+            };
+            sport = u16::from_be_bytes([h[0], h[1]]);
+            dport = u16::from_be_bytes([h[2], h[3]]);
+        }
     }
     let pkt = Ipv4Summary {
         src: ip.src,
@@ -105,7 +150,7 @@ fn decide(
             policy::to_container(&pkt, iface, src, cfg)
         }
     };
-    (reason, Some(pkt))
+    (reason, Some((pkt, flags)))
 }
 
 #[inline(always)]

@@ -15,8 +15,16 @@ fn every_benchmark_scenario_runs() {
     let json = std::fs::read_to_string(out.join("BENCHMARKS.json")).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&out);
     assert!(status.success(), "pn-bench --smoke failed");
-    for title in ["Policy overhead", "Dropping strangers", "Scale of membership", "## DNS"] {
-        assert!(md.contains(title), "{title} missing from BENCHMARKS.md:\n{md}");
+    for title in [
+        "Policy overhead",
+        "Dropping strangers",
+        "Scale of membership",
+        "## DNS",
+    ] {
+        assert!(
+            md.contains(title),
+            "{title} missing from BENCHMARKS.md:\n{md}"
+        );
     }
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["machine"]["mode"], "smoke");

@@ -127,6 +127,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         "-p",
                         "pn-tests",
                         "--bin",
+                        "pn-agent",
+                        "--bin",
                         "pn-bench",
                     ],
                     &[],
