@@ -37,11 +37,29 @@ pub enum Reason {
     CleartextToMember = 13,
     /// Passed on the underlay: tunnel packet from a peer, for a local network.
     Tunnel = 14,
+    /// Tunnel (agent): a data packet whose counter was already seen, or too old.
+    Replayed = 15,
+    /// Tunnel (agent): authentication of a data packet failed.
+    DecryptFailed = 16,
+    /// Tunnel (agent): no live session for the receiver index.
+    UnknownSession = 17,
+    /// Tunnel (agent): handshake from an unknown key, replayed, or invalid.
+    HandshakeRejected = 18,
+    /// Tunnel (agent): handshake over the per-source rate limit.
+    RateLimited = 19,
+    /// Tunnel (agent): inner source not hosted by the sending peer.
+    WrongHost = 20,
+    /// Tunnel (agent): tag does not match the inner addresses' network.
+    TagMismatch = 21,
+    /// Tunnel (agent): nowhere to send a packet (no remote member, no peer key).
+    NoRoute = 22,
+    /// Tunnel (agent): waiting for a handshake with too many packets queued.
+    QueueFull = 23,
 }
 
 impl Reason {
     /// Number of reasons; counter arrays are sized by it.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 24;
 
     pub const ALL: [Reason; Reason::COUNT] = [
         Reason::Forwarded,
@@ -59,6 +77,15 @@ impl Reason {
         Reason::UnknownTag,
         Reason::CleartextToMember,
         Reason::Tunnel,
+        Reason::Replayed,
+        Reason::DecryptFailed,
+        Reason::UnknownSession,
+        Reason::HandshakeRejected,
+        Reason::RateLimited,
+        Reason::WrongHost,
+        Reason::TagMismatch,
+        Reason::NoRoute,
+        Reason::QueueFull,
     ];
 
     pub const fn from_u8(v: u8) -> Option<Reason> {
@@ -94,6 +121,15 @@ impl Reason {
             Reason::UnknownTag => "unknown_tag",
             Reason::CleartextToMember => "cleartext_to_member",
             Reason::Tunnel => "tunnel",
+            Reason::Replayed => "replayed",
+            Reason::DecryptFailed => "decrypt_failed",
+            Reason::UnknownSession => "unknown_session",
+            Reason::HandshakeRejected => "handshake_rejected",
+            Reason::RateLimited => "rate_limited",
+            Reason::WrongHost => "wrong_host",
+            Reason::TagMismatch => "tag_mismatch",
+            Reason::NoRoute => "no_route",
+            Reason::QueueFull => "queue_full",
         }
     }
 

@@ -1,0 +1,1 @@
+//! The tunnel I/O loop (TUN device and UDP socket).

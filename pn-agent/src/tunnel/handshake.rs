@@ -1,0 +1,232 @@
+//! The Noise IK handshake (`snow`, Noise_IK_25519_ChaChaPoly_BLAKE2s) that
+//! pairs two hosts: the initiator knows the responder's static key from the
+//! store; the responder learns the initiator's from the first message and
+//! accepts it only if it is a known peer. The first message carries a
+//! timestamp so a recorded initiation cannot be replayed. snow does the
+//! handshake only: the transport keys it derives go to the data path's own
+//! AEAD (no per-packet state machine of snow's).
+
+use snow::{Builder, HandshakeState, params::NoiseParams};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use super::wire::{
+    INIT_HEADER_LEN, INIT_LEN, INIT_NOISE_LEN, RESP_HEADER_LEN, RESP_LEN, RESP_NOISE_LEN,
+    write_init_header, write_resp_header,
+};
+
+const PARAMS: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
+/// Binds both sides to this protocol and version.
+const PROLOGUE: &[u8] = b"pn tunnel v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("noise: {0}")]
+    Noise(#[from] snow::Error),
+    #[error("handshake message has the wrong size")]
+    Size,
+    #[error("initiator key is not 32 bytes")]
+    Key,
+}
+
+fn params() -> NoiseParams {
+    PARAMS.parse().expect("valid Noise parameters")
+}
+
+/// A host's static X25519 key pair.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct StaticKeys {
+    pub private: [u8; 32],
+    pub public: [u8; 32],
+}
+
+impl StaticKeys {
+    pub fn generate() -> Result<StaticKeys, HandshakeError> {
+        let kp = Builder::new(params()).generate_keypair()?;
+        let mut k = StaticKeys {
+            private: [0; 32],
+            public: [0; 32],
+        };
+        k.private.copy_from_slice(&kp.private);
+        k.public.copy_from_slice(&kp.public);
+        Ok(k)
+    }
+
+    /// The pair of a stored private key (X25519: public = private × base point).
+    pub fn from_private(private: [u8; 32]) -> Result<StaticKeys, HandshakeError> {
+        use snow::resolvers::CryptoResolver;
+        let mut dh = snow::resolvers::DefaultResolver
+            .resolve_dh(&snow::params::DHChoice::Curve25519)
+            .ok_or(HandshakeError::Key)?;
+        dh.set(&private);
+        let public: [u8; 32] = dh.pubkey().try_into().map_err(|_| HandshakeError::Key)?;
+        Ok(StaticKeys { private, public })
+    }
+}
+
+/// The two transport keys of a session, from this side's point of view.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct SessionKeys {
+    pub send: [u8; 32],
+    pub recv: [u8; 32],
+}
+
+/// An initiation in flight.
+pub struct Initiation {
+    state: HandshakeState,
+    pub local_index: u32,
+}
+
+/// Writes an initiation to `out` (`INIT_LEN` bytes).
+pub fn initiate(
+    keys: &StaticKeys,
+    remote_public: &[u8; 32],
+    local_index: u32,
+    timestamp: u64,
+    out: &mut [u8],
+) -> Result<Initiation, HandshakeError> {
+    if out.len() < INIT_LEN {
+        return Err(HandshakeError::Size);
+    }
+    let mut state = Builder::new(params())
+        .local_private_key(&keys.private)?
+        .remote_public_key(remote_public)?
+        .prologue(PROLOGUE)?
+        .build_initiator()?;
+    write_init_header(out, local_index);
+    let n = state.write_message(
+        &timestamp.to_le_bytes(),
+        &mut out[INIT_HEADER_LEN..INIT_LEN],
+    )?;
+    if n != INIT_NOISE_LEN {
+        return Err(HandshakeError::Size);
+    }
+    Ok(Initiation { state, local_index })
+}
+
+/// A read initiation, before the caller decides to answer it.
+pub struct ReadInitiation {
+    state: HandshakeState,
+    pub remote_static: [u8; 32],
+    pub remote_index: u32,
+    pub timestamp: u64,
+}
+
+/// Reads the noise part of an initiation from `sender`.
+pub fn read_initiation(
+    keys: &StaticKeys,
+    sender: u32,
+    noise: &[u8],
+) -> Result<ReadInitiation, HandshakeError> {
+    let mut state = Builder::new(params())
+        .local_private_key(&keys.private)?
+        .prologue(PROLOGUE)?
+        .build_responder()?;
+    let mut payload = [0u8; 64];
+    let n = state.read_message(noise, &mut payload)?;
+    if n != 8 {
+        return Err(HandshakeError::Size);
+    }
+    let remote_static: [u8; 32] = state
+        .get_remote_static()
+        .and_then(|s| s.try_into().ok())
+        .ok_or(HandshakeError::Key)?;
+    let mut ts = [0u8; 8];
+    ts.copy_from_slice(&payload[..8]);
+    Ok(ReadInitiation {
+        state,
+        remote_static,
+        remote_index: sender,
+        timestamp: u64::from_le_bytes(ts),
+    })
+}
+
+/// Answers an accepted initiation into `out` (`RESP_LEN` bytes).
+pub fn respond(
+    read: ReadInitiation,
+    local_index: u32,
+    out: &mut [u8],
+) -> Result<SessionKeys, HandshakeError> {
+    if out.len() < RESP_LEN {
+        return Err(HandshakeError::Size);
+    }
+    let mut state = read.state;
+    write_resp_header(out, local_index, read.remote_index);
+    let n = state.write_message(&[], &mut out[RESP_HEADER_LEN..RESP_LEN])?;
+    if n != RESP_NOISE_LEN {
+        return Err(HandshakeError::Size);
+    }
+    let (i2r, r2i) = state.dangerously_get_raw_split();
+    Ok(SessionKeys {
+        send: r2i,
+        recv: i2r,
+    })
+}
+
+/// Completes an initiation with the responder's answer.
+pub fn complete(init: Initiation, noise: &[u8]) -> Result<SessionKeys, HandshakeError> {
+    let mut state = init.state;
+    let mut payload = [0u8; 64];
+    let n = state.read_message(noise, &mut payload)?;
+    if n != 0 {
+        return Err(HandshakeError::Size);
+    }
+    let (i2r, r2i) = state.dangerously_get_raw_split();
+    Ok(SessionKeys {
+        send: i2r,
+        recv: r2i,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tunnel::wire::{Message, parse};
+
+    #[test]
+    fn both_sides_derive_mirrored_keys() {
+        let a = StaticKeys::generate().unwrap();
+        let b = StaticKeys::generate().unwrap();
+        let mut m1 = [0u8; INIT_LEN];
+        let init = initiate(&a, &b.public, 11, 1234, &mut m1).unwrap();
+        let Ok(Message::Initiation { sender, noise }) = parse(&m1) else {
+            panic!("not an initiation")
+        };
+        let read = read_initiation(&b, sender, noise).unwrap();
+        assert_eq!(read.remote_static, a.public);
+        assert_eq!((read.remote_index, read.timestamp), (11, 1234));
+        let mut m2 = [0u8; RESP_LEN];
+        let kb = respond(read, 22, &mut m2).unwrap();
+        let Ok(Message::Response {
+            sender: 22,
+            receiver: 11,
+            noise,
+        }) = parse(&m2)
+        else {
+            panic!("not a response")
+        };
+        let ka = complete(init, noise).unwrap();
+        assert_eq!(ka.send, kb.recv);
+        assert_eq!(ka.recv, kb.send);
+        assert_ne!(ka.send, ka.recv);
+    }
+
+    #[test]
+    fn a_responder_with_another_key_cannot_read_it() {
+        let a = StaticKeys::generate().unwrap();
+        let b = StaticKeys::generate().unwrap();
+        let c = StaticKeys::generate().unwrap();
+        let mut m1 = [0u8; INIT_LEN];
+        initiate(&a, &b.public, 1, 1, &mut m1).unwrap();
+        assert!(read_initiation(&c, 1, &m1[INIT_HEADER_LEN..]).is_err());
+        let mut tampered = m1;
+        tampered[40] ^= 1;
+        assert!(read_initiation(&b, 1, &tampered[INIT_HEADER_LEN..]).is_err());
+    }
+
+    #[test]
+    fn public_keys_derive_from_private_ones() {
+        let k = StaticKeys::generate().unwrap();
+        let again = StaticKeys::from_private(k.private).unwrap();
+        assert_eq!(again.public, k.public);
+    }
+}

@@ -1,0 +1,191 @@
+//! Byte layouts of the tunnel's messages. The data header's layout is shared
+//! with the XDP guard through `pn_common::tunnel`. Parsing never panics: any
+//! byte string is either a message or a [`WireError`].
+
+pub use pn_common::tunnel::{
+    AEAD_TAG_LEN, COUNTER_OFFSET, DATA_HEADER_LEN, MSG_DATA, MSG_INITIATION, MSG_RESPONSE,
+    OVERHEAD, RECEIVER_OFFSET, TAG_OFFSET,
+};
+
+/// Initiation: `type | reserved[3] | sender u32 LE | noise IK message 1`.
+pub const INIT_HEADER_LEN: usize = 8;
+/// Noise IK message 1: ephemeral (32), encrypted static (32 + 16), encrypted
+/// payload (an 8-byte timestamp + 16).
+pub const INIT_NOISE_LEN: usize = 32 + 48 + 8 + 16;
+pub const INIT_LEN: usize = INIT_HEADER_LEN + INIT_NOISE_LEN;
+/// Response: `type | reserved[3] | sender u32 LE | receiver u32 LE | noise IK message 2`.
+pub const RESP_HEADER_LEN: usize = 12;
+/// Noise IK message 2: ephemeral (32), encrypted empty payload (16).
+pub const RESP_NOISE_LEN: usize = 32 + 16;
+pub const RESP_LEN: usize = RESP_HEADER_LEN + RESP_NOISE_LEN;
+/// Smallest data message: header and tag around an empty payload.
+pub const DATA_MIN_LEN: usize = DATA_HEADER_LEN + AEAD_TAG_LEN;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("empty datagram")]
+    Empty,
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    #[error("message of type {kind} has {len} bytes, expected {expected}")]
+    BadLength {
+        kind: u8,
+        len: usize,
+        expected: usize,
+    },
+}
+
+/// A parsed message, borrowing the datagram.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    Initiation {
+        sender: u32,
+        noise: &'a [u8],
+    },
+    Response {
+        sender: u32,
+        receiver: u32,
+        noise: &'a [u8],
+    },
+    Data {
+        tag: u32,
+        receiver: u32,
+        counter: u64,
+    },
+}
+
+fn u32_le(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+pub fn parse(buf: &[u8]) -> Result<Message<'_>, WireError> {
+    let kind = *buf.first().ok_or(WireError::Empty)?;
+    let exact = |expected: usize| {
+        if buf.len() == expected {
+            Ok(())
+        } else {
+            Err(WireError::BadLength {
+                kind,
+                len: buf.len(),
+                expected,
+            })
+        }
+    };
+    match kind {
+        MSG_INITIATION => {
+            exact(INIT_LEN)?;
+            Ok(Message::Initiation {
+                sender: u32_le(buf, 4),
+                noise: &buf[INIT_HEADER_LEN..],
+            })
+        }
+        MSG_RESPONSE => {
+            exact(RESP_LEN)?;
+            Ok(Message::Response {
+                sender: u32_le(buf, 4),
+                receiver: u32_le(buf, 8),
+                noise: &buf[RESP_HEADER_LEN..],
+            })
+        }
+        MSG_DATA => {
+            if buf.len() < DATA_MIN_LEN {
+                return Err(WireError::BadLength {
+                    kind,
+                    len: buf.len(),
+                    expected: DATA_MIN_LEN,
+                });
+            }
+            let mut counter = [0u8; 8];
+            counter.copy_from_slice(&buf[COUNTER_OFFSET..COUNTER_OFFSET + 8]);
+            Ok(Message::Data {
+                tag: u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
+                receiver: u32_le(buf, RECEIVER_OFFSET),
+                counter: u64::from_le_bytes(counter),
+            })
+        }
+        other => Err(WireError::UnknownType(other)),
+    }
+}
+
+/// Writes a data header into `out[..DATA_HEADER_LEN]`.
+pub fn write_data_header(out: &mut [u8], tag: u32, receiver: u32, counter: u64) {
+    out[0] = MSG_DATA;
+    out[1..4].fill(0);
+    out[TAG_OFFSET..TAG_OFFSET + 4].copy_from_slice(&tag.to_be_bytes());
+    out[RECEIVER_OFFSET..RECEIVER_OFFSET + 4].copy_from_slice(&receiver.to_le_bytes());
+    out[COUNTER_OFFSET..COUNTER_OFFSET + 8].copy_from_slice(&counter.to_le_bytes());
+}
+
+pub fn write_init_header(out: &mut [u8], sender: u32) {
+    out[0] = MSG_INITIATION;
+    out[1..4].fill(0);
+    out[4..8].copy_from_slice(&sender.to_le_bytes());
+}
+
+pub fn write_resp_header(out: &mut [u8], sender: u32, receiver: u32) {
+    out[0] = MSG_RESPONSE;
+    out[1..4].fill(0);
+    out[4..8].copy_from_slice(&sender.to_le_bytes());
+    out[8..12].copy_from_slice(&receiver.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_header_round_trip() {
+        let mut b = vec![0u8; DATA_MIN_LEN + 10];
+        write_data_header(&mut b, 0x0102_0304, 77, u64::MAX - 1);
+        assert_eq!(
+            &b[4..8],
+            &[1, 2, 3, 4],
+            "tag big-endian where the XDP guard reads it"
+        );
+        assert_eq!(
+            parse(&b),
+            Ok(Message::Data {
+                tag: 0x0102_0304,
+                receiver: 77,
+                counter: u64::MAX - 1
+            })
+        );
+    }
+
+    #[test]
+    fn handshake_headers_round_trip() {
+        let mut b = vec![0u8; INIT_LEN];
+        write_init_header(&mut b, 9);
+        assert!(
+            matches!(parse(&b), Ok(Message::Initiation { sender: 9, noise }) if noise.len() == INIT_NOISE_LEN)
+        );
+        let mut b = vec![0u8; RESP_LEN];
+        write_resp_header(&mut b, 5, 6);
+        assert!(matches!(
+            parse(&b),
+            Ok(Message::Response {
+                sender: 5,
+                receiver: 6,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn anything_else_is_an_error_not_a_panic() {
+        assert_eq!(parse(&[]), Err(WireError::Empty));
+        assert_eq!(parse(&[9, 0, 0]), Err(WireError::UnknownType(9)));
+        assert!(parse(&[MSG_DATA; DATA_MIN_LEN - 1]).is_err());
+        assert!(parse(&[MSG_INITIATION; INIT_LEN + 1]).is_err());
+        assert!(parse(&[MSG_RESPONSE; 3]).is_err());
+        for len in 0..200 {
+            for first in [0u8, 1, 2, 3, 4, 5, 255] {
+                let mut b = vec![0xa5u8; len];
+                if let Some(x) = b.first_mut() {
+                    *x = first;
+                }
+                let _ = parse(&b);
+            }
+        }
+    }
+}
