@@ -42,10 +42,13 @@ use crate::{
         embedded::Embedded,
         view::{Change, MembershipView},
     },
+    tunnel::{self as tun, Member, device::Device, handshake::StaticKeys},
 };
 
 /// Name of the dummy device that holds the gateway address.
 pub const GATEWAY_DEV: &str = "pn-gw";
+/// The TUN device remote members are routed to.
+pub const TUN_DEV: &str = "pn-tun";
 /// Prefix of host-side veth names; anything with it belongs to the agent.
 pub const HOST_IF_PREFIX: &str = "pnh";
 /// How long a command waits for its change to reach the kernel.
@@ -138,8 +141,97 @@ pub struct Agent {
     store_health: Mutex<StoreHealth>,
     pub dns_stats: Arc<DnsStats>,
     dns_upstreams: Vec<std::net::SocketAddr>,
+    host_keys: StaticKeys,
+    members: MemberTable,
+    /// The encrypted tunnel, when this host advertises an endpoint.
+    pub tunnel: Option<Device>,
     // Keeps the DNS server running for the agent's life.
     _dns: DnsHandle,
+}
+
+/// Address → member, for the tunnel's per-packet checks (kept apart from
+/// the view so the data path takes one small lock and one hash lookup).
+#[derive(Clone, Default)]
+pub struct MemberTable(Arc<RwLock<HashMap<Ipv4Addr, Member>>>);
+
+impl tun::Members for MemberTable {
+    fn member(&self, ip: Ipv4Addr) -> Option<Member> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ip)
+            .copied()
+    }
+}
+
+impl MemberTable {
+    fn set(&self, ip: Ipv4Addr, m: Member) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ip, m);
+    }
+    fn remove(&self, ip: Ipv4Addr) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ip);
+    }
+    fn replace(&self, all: HashMap<Ipv4Addr, Member>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = all;
+    }
+}
+
+/// The host's static X25519 key: created on first start (mode 0600), then
+/// reused, so peers keep trusting it across restarts.
+pub fn host_key(state_dir: &std::path::Path) -> anyhow::Result<StaticKeys> {
+    use base64::Engine as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = state_dir.join("host.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .with_context(|| format!("{} is not base64", path.display()))?;
+            let private: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("{} does not hold a 32-byte key", path.display()))?;
+            Ok(StaticKeys::from_private(private)?)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let keys = StaticKeys::generate()?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            use std::io::Write as _;
+            writeln!(
+                f,
+                "{}",
+                base64::engine::general_purpose::STANDARD.encode(keys.private)
+            )?;
+            f.sync_all()?;
+            log::info!("created host key {}", path.display());
+            Ok(keys)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn encode_key(k: &[u8; 32]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(k)
+}
+
+fn decode_key(s: &str) -> Option<[u8; 32]> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .ok()?
+        .try_into()
+        .ok()
 }
 
 /// The DNS server's view of the membership.
@@ -216,6 +308,31 @@ impl Agent {
                 *cfg.dns_listen.ip(),
             ),
         };
+        let host_keys = host_key(&cfg.state_dir)?;
+        let members = MemberTable::default();
+        let tunnel = match cfg.advertise {
+            Some(advertise) => {
+                let seed = u64::from_le_bytes(
+                    uuid::Uuid::new_v4().as_bytes()[..8]
+                        .try_into()
+                        .expect("8 bytes"),
+                );
+                let t = tun::Tunnel::new(cfg.tunnel.clone(), host_keys.clone(), seed);
+                let listen = std::net::SocketAddr::from(([0, 0, 0, 0], advertise.port()));
+                let dev = Device::start(TUN_DEV, listen, t, Arc::new(members.clone()))
+                    .context("starting the tunnel")?;
+                let idx = netlink.set_up(TUN_DEV, container_mtu).await?;
+                // Remote members are reached through the tunnel; local ones
+                // have /32 routes to their veths, which win.
+                netlink.route_to_dev(cfg.pool, idx, gateway_addr()).await?;
+                log::info!(
+                    "tunnel on udp {listen} ({}), advertised as {advertise}",
+                    cfg.tunnel.cipher.name()
+                );
+                Some(dev)
+            }
+            None => None,
+        };
         let view: Arc<RwLock<MembershipView>> = Arc::default();
         let dns_stats = Arc::new(DnsStats::default());
         let dns_server = dns::serve(
@@ -240,6 +357,9 @@ impl Agent {
             container_mtu,
             dns_stats,
             dns_upstreams,
+            host_keys,
+            members,
+            tunnel,
             _dns: dns_server,
             cfg,
         });
@@ -270,7 +390,10 @@ impl Agent {
             .put_host(&Host {
                 id: self.cfg.host_id.clone(),
                 advertise: self.cfg.advertise,
-                public_key: None,
+                public_key: self
+                    .tunnel
+                    .as_ref()
+                    .map(|_| encode_key(&self.host_keys.public)),
                 started_at: now_secs(),
             })
             .await
@@ -323,6 +446,7 @@ impl Agent {
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = view.clone();
         self.reconcile_all(&view).await;
         self.sync_underlay();
+        self.sync_tunnel_routes().await;
         self.applied.send_replace(listing.rev);
         Ok(listing.rev)
     }
@@ -386,6 +510,7 @@ impl Agent {
                 }
             }
             Ok(Change::ContainerDeleted(c)) => self.forget_endpoint(&c).await,
+            Ok(Change::Network) => self.sync_tunnel_routes().await,
             Ok(Change::Host) => {
                 self.sync_underlay();
                 if let WatchEvent::Delete { key, .. } = ev
@@ -433,6 +558,44 @@ impl Agent {
         if let Err(e) = self.dp().sync_underlay(&peers, &tags) {
             log::error!("updating the underlay guard: {e}");
         }
+        if let Some(dev) = &self.tunnel {
+            let v = self.view();
+            let peers: Vec<(tun::PeerId, [u8; 32], std::net::SocketAddr)> = v
+                .hosts
+                .values()
+                .filter(|h| h.id != self.cfg.host_id)
+                .filter_map(|h| {
+                    Some((
+                        peer_index(&h.id),
+                        decode_key(h.public_key.as_deref()?)?,
+                        h.advertise?,
+                    ))
+                })
+                .collect();
+            dev.set_peers(&peers);
+        }
+    }
+
+    /// Networks outside the pool are routed to the tunnel too.
+    async fn sync_tunnel_routes(&self) {
+        if self.tunnel.is_none() {
+            return;
+        }
+        let outside: Vec<Ipv4Net> = self
+            .view()
+            .networks
+            .values()
+            .map(|n| n.cidr)
+            .filter(|c| !self.cfg.pool.contains(c))
+            .collect();
+        let Ok(Some((idx, _))) = self.netlink.link(TUN_DEV).await else {
+            return;
+        };
+        for cidr in outside {
+            if let Err(e) = self.netlink.route_to_dev(cidr, idx, gateway_addr()).await {
+                log::error!("routing {cidr} to the tunnel: {e}");
+            }
+        }
     }
 
     fn network_tag(&self, net: &NetworkId) -> Option<u32> {
@@ -451,10 +614,18 @@ impl Agent {
         };
         let ip = to_ip4(c.ip);
         if c.host != self.cfg.host_id {
+            let peer = peer_index(&c.host);
+            self.members.set(
+                c.ip,
+                Member {
+                    tag,
+                    peer: Some(peer),
+                },
+            );
             let ep = Endpoint {
                 tag,
                 ifindex: 0,
-                peer: 0,
+                peer,
                 flags: Endpoint::FLAG_REMOTE,
             };
             if let Err(e) = self.dp().set_endpoint(ip, ep) {
@@ -477,6 +648,7 @@ impl Agent {
                 return;
             }
         };
+        self.members.set(c.ip, Member { tag, peer: None });
         let mut dp = self.dp();
         let result = (|| {
             if !dp.is_attached(&c.host_ifname) {
@@ -500,6 +672,9 @@ impl Agent {
 
     /// Removes a container from the maps, and a local one's interface.
     async fn forget_endpoint(&self, c: &Container) {
+        if self.view().container_by_ip(c.ip).is_none() {
+            self.members.remove(c.ip);
+        }
         if let Err(e) = self.dp().remove_endpoint(to_ip4(c.ip)) {
             log::error!("container {}: {e}", c.key);
         }
@@ -548,23 +723,39 @@ impl Agent {
         let mut desired_ifaces: HashMap<u32, Iface> = HashMap::new();
         let mut local_names: HashSet<String> = HashSet::new();
         let mut stale: Vec<ContainerKey> = Vec::new();
+        let mut members: HashMap<Ipv4Addr, Member> = HashMap::new();
         for c in view.containers.values() {
             let Some(net) = view.networks.get(&c.network) else {
                 continue;
             };
             let ip = to_ip4(c.ip);
             if c.host != *me {
+                let peer = peer_index(&c.host);
+                members.insert(
+                    c.ip,
+                    Member {
+                        tag: net.tag,
+                        peer: Some(peer),
+                    },
+                );
                 desired_eps.insert(
                     ip,
                     Endpoint {
                         tag: net.tag,
                         ifindex: 0,
-                        peer: 0,
+                        peer,
                         flags: Endpoint::FLAG_REMOTE,
                     },
                 );
                 continue;
             }
+            members.insert(
+                c.ip,
+                Member {
+                    tag: net.tag,
+                    peer: None,
+                },
+            );
             match self.netlink.link(&c.host_ifname).await {
                 Ok(Some((idx, _))) => {
                     local_names.insert(c.host_ifname.clone());
@@ -590,6 +781,7 @@ impl Agent {
                 Err(e) => log::error!("container {}: {e}", c.key),
             }
         }
+        self.members.replace(members);
         {
             let mut dp = self.dp();
             let result = (|| {
@@ -1035,7 +1227,7 @@ impl Agent {
                     host: h.id.to_string(),
                     advertise: h.advertise.map(|a| a.to_string()),
                     containers: v.containers.values().filter(|c| c.host == h.id).count(),
-                    tunnel: "not available yet".into(),
+                    tunnel: self.peer_tunnel_state(h),
                 })
                 .collect(),
             dns: format!(
@@ -1052,7 +1244,16 @@ impl Agent {
                         .join(", ")
                 }
             ),
-            tunnel: "not available yet".into(),
+            tunnel: match &self.tunnel {
+                Some(dev) => format!(
+                    "udp {} advertised as {}, {}, key {}",
+                    dev.listen,
+                    self.cfg.advertise.map_or("-".into(), |a| a.to_string()),
+                    self.cfg.tunnel.cipher.name(),
+                    encode_key(&self.host_keys.public)
+                ),
+                None => "off (no --advertise)".into(),
+            },
         }
     }
 
@@ -1080,6 +1281,24 @@ impl Agent {
         self.wait_applied(rev).await?;
         log::info!("removed host {id} from the fleet");
         Ok(())
+    }
+
+    fn peer_tunnel_state(&self, h: &Host) -> String {
+        let Some(dev) = &self.tunnel else {
+            return "off".into();
+        };
+        if h.public_key.is_none() || h.advertise.is_none() {
+            return "no endpoint or key published".into();
+        }
+        match dev.peer_state(peer_index(&h.id)) {
+            Some(s) if s.established => format!(
+                "established (session {}s)",
+                s.session_age.map_or(0, |a| a.as_secs())
+            ),
+            Some(s) if s.handshake_in_flight => format!("handshaking ({} queued)", s.queued),
+            Some(_) => "idle".into(),
+            None => "unknown".into(),
+        }
     }
 
     pub fn host_id(&self) -> &HostId {

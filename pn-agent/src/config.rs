@@ -65,6 +65,15 @@ pub struct RunSettings {
     /// Drop events per second and CPU sent to `flows` (the rest is only counted) [default: 200].
     #[arg(long)]
     pub drop_events_per_sec: Option<u32>,
+    /// AEAD implementation of the tunnel: ring or rustcrypto [default: ring].
+    #[arg(long)]
+    pub tunnel_cipher: Option<String>,
+    /// Rekey a tunnel session after this many seconds [default: 120].
+    #[arg(long)]
+    pub tunnel_rekey_after_secs: Option<u64>,
+    /// Rekey a tunnel session after this many packets [default: 2^60].
+    #[arg(long)]
+    pub tunnel_rekey_after_messages: Option<u64>,
     /// Key prefix in etcd [default: /pn/].
     #[arg(long)]
     pub etcd_prefix: Option<String>,
@@ -122,6 +131,7 @@ pub struct RunConfig {
     pub drop_events_per_sec: u32,
     pub etcd_prefix: String,
     pub api_socket: PathBuf,
+    pub tunnel: crate::tunnel::Config,
 }
 
 fn hostname() -> String {
@@ -177,6 +187,27 @@ impl RunConfig {
         if dns_ttl > 86_400 {
             bail!("invalid --dns-ttl {dns_ttl}: at most 86400 seconds");
         }
+        let mut tunnel = crate::tunnel::Config::default();
+        if let Some(c) = pick!(tunnel_cipher) {
+            tunnel.cipher = c
+                .parse()
+                .map_err(|e| anyhow::anyhow!("invalid --tunnel-cipher: {e}"))?;
+        }
+        if let Some(secs) = pick!(tunnel_rekey_after_secs) {
+            if secs == 0 {
+                bail!("invalid --tunnel-rekey-after-secs 0");
+            }
+            tunnel.rekey_after_time = std::time::Duration::from_secs(secs);
+            // Keep WireGuard's margin between renewing and refusing a session.
+            tunnel.reject_after_time =
+                tunnel.rekey_after_time + std::time::Duration::from_secs(secs.div_ceil(2).max(5));
+        }
+        if let Some(n) = pick!(tunnel_rekey_after_messages) {
+            if n == 0 {
+                bail!("invalid --tunnel-rekey-after-messages 0");
+            }
+            tunnel.rekey_after_messages = n;
+        }
         let mut etcd_prefix = pick!(etcd_prefix).unwrap_or_else(|| "/pn/".into());
         if !etcd_prefix.ends_with('/') {
             etcd_prefix.push('/');
@@ -204,6 +235,7 @@ impl RunConfig {
             drop_events_per_sec: pick!(drop_events_per_sec).unwrap_or(DEFAULT_DROP_EVENTS_PER_SEC),
             etcd_prefix,
             api_socket: pick!(api_socket).unwrap_or_else(|| DEFAULT_API_SOCKET.into()),
+            tunnel,
         })
     }
 }

@@ -94,6 +94,63 @@ impl Collector for AgentCollector {
                 ConstCounter::new(*bytes).encode(m.encode_family(labels)?)?;
             }
         }
+        if let Some(dev) = &agent.tunnel {
+            let c = &dev.counters;
+            {
+                let mut m = encoder.encode_descriptor(
+                    "pn_tunnel_packets",
+                    "Packets carried by the encrypted tunnel",
+                    None,
+                    MetricType::Counter,
+                )?;
+                for (dir, n) in [("tx", &c.tx_packets), ("rx", &c.rx_packets)] {
+                    ConstCounter::new(n.load(Ordering::Relaxed))
+                        .encode(m.encode_family(&[("direction", dir)])?)?;
+                }
+            }
+            {
+                let mut m = encoder.encode_descriptor(
+                    "pn_tunnel_bytes",
+                    "Inner bytes carried by the encrypted tunnel",
+                    None,
+                    MetricType::Counter,
+                )?;
+                for (dir, n) in [("tx", &c.tx_bytes), ("rx", &c.rx_bytes)] {
+                    ConstCounter::new(n.load(Ordering::Relaxed))
+                        .encode(m.encode_family(&[("direction", dir)])?)?;
+                }
+            }
+            {
+                let mut m = encoder.encode_descriptor(
+                    "pn_tunnel_drops",
+                    "Packets the tunnel dropped, per reason",
+                    None,
+                    MetricType::Counter,
+                )?;
+                for r in pn_common::Reason::ALL {
+                    let n = c.drops[r as usize].load(Ordering::Relaxed);
+                    if n > 0 {
+                        ConstCounter::new(n).encode(m.encode_family(&[("reason", r.as_str())])?)?;
+                    }
+                }
+            }
+            let hs = dev.handshake_stats();
+            let mut m = encoder.encode_descriptor(
+                "pn_tunnel_handshakes",
+                "Tunnel handshakes, per event",
+                None,
+                MetricType::Counter,
+            )?;
+            for (event, n) in [
+                ("initiated", hs.initiations_sent),
+                ("completed", hs.handshakes_completed),
+                ("answered", hs.initiations_answered),
+                ("expired_sessions", hs.sessions_expired),
+                ("queue_dropped", hs.queue_dropped),
+            ] {
+                ConstCounter::new(n).encode(m.encode_family(&[("event", event)])?)?;
+            }
+        }
         let status = agent.status();
         {
             let mut m = encoder.encode_descriptor(

@@ -428,6 +428,27 @@ impl Netlink {
         Ok(idx)
     }
 
+    /// Sets an interface's MTU and brings it up.
+    pub async fn set_up(&self, name: &str, mtu: u32) -> Result<u32> {
+        let (idx, _) = self
+            .link(name)
+            .await?
+            .ok_or_else(|| NetlinkError::InterfaceMissing(name.into()))?;
+        sysctl_if("ipv6", name, "disable_ipv6", "1")?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(idx).mtu(mtu).up().build())
+            .execute()
+            .await
+            .map_err(kernel(format!("setting {name} up")))?;
+        Ok(idx)
+    }
+
+    /// Routes `dst` to the interface `dev` (replacing any route to `dst`).
+    pub async fn route_to_dev(&self, dst: Ipv4Net, dev: u32, src: Ipv4Addr) -> Result<()> {
+        add_route(&self.handle, dst, None, dev, Some(src)).await
+    }
+
     /// Deletes an interface (its veth peer goes with it); absent is fine.
     pub async fn delete_link(&self, name: &str) -> Result<()> {
         let Some(link) = link_by_name(&self.handle, name).await? else {

@@ -150,6 +150,8 @@ pub struct UnderlayPacket {
     pub msg_type: Option<u8>,
     /// Network tag of a data message, if the payload is long enough.
     pub tag: Option<u32>,
+    /// UDP payload length, from the UDP header.
+    pub payload_len: u16,
 }
 
 /// Rule 6 on the underlay interface (XDP): member traffic crosses hosts only
@@ -174,6 +176,13 @@ pub fn underlay(
     match pkt.msg_type {
         Some(crate::tunnel::MSG_DATA) => match pkt.tag {
             Some(tag) if is_local_tag(tag) => Some(Reason::Tunnel),
+            // Keepalive: tag 0 and nothing inside, it confirms a session.
+            Some(0)
+                if usize::from(pkt.payload_len)
+                    == crate::tunnel::DATA_HEADER_LEN + crate::tunnel::AEAD_TAG_LEN =>
+            {
+                Some(Reason::Tunnel)
+            }
             Some(_) => Some(Reason::UnknownTag),
             None => Some(Reason::Malformed),
         },
@@ -479,6 +488,7 @@ mod tests {
             dport: 51871,
             msg_type,
             tag,
+            payload_len: 64,
         };
         let data = Some(crate::tunnel::MSG_DATA);
         let init = Some(crate::tunnel::MSG_INITIATION);
@@ -490,6 +500,16 @@ mod tests {
             Some(Reason::UnknownTag)
         );
         assert_eq!(decide(tun(peer, data, None)), Some(Reason::Malformed));
+        let keepalive = UnderlayPacket {
+            payload_len: 36,
+            ..tun(peer, data, Some(0))
+        };
+        assert_eq!(decide(keepalive), Some(Reason::Tunnel));
+        assert_eq!(
+            decide(tun(peer, data, Some(0))),
+            Some(Reason::UnknownTag),
+            "tag 0 carries nothing"
+        );
         assert_eq!(decide(tun(peer, None, None)), Some(Reason::Malformed));
         assert_eq!(
             decide(tun(stranger, data, Some(NET_A))),

@@ -44,12 +44,17 @@ pub fn pn_underlay(ctx: XdpContext) -> u32 {
         dport: 0,
         msg_type: None,
         tag: None,
+        payload_len: 0,
     };
     if ip.proto == IPPROTO_UDP && !ip.later_fragment && ip.header_len <= 60 {
         let udp = data + ETH_HLEN + ip.header_len;
         if udp + UDP_HLEN <= end {
             // SAFETY: bounds checked.
             pkt.dport = u16::from_be(unsafe { core::ptr::read_unaligned((udp + 2) as *const u16) });
+            // SAFETY: bounds checked.
+            let udp_len =
+                u16::from_be(unsafe { core::ptr::read_unaligned((udp + 4) as *const u16) });
+            pkt.payload_len = udp_len.saturating_sub(UDP_HLEN as u16);
             let payload = udp + UDP_HLEN;
             if payload < end {
                 // SAFETY: bounds checked.

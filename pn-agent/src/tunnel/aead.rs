@@ -40,8 +40,9 @@ impl std::str::FromStr for Cipher {
 
 /// One direction's key of a session.
 pub enum Key {
-    RustCrypto(Box<ChaCha20Poly1305>),
-    Ring(ring::aead::LessSafeKey),
+    RustCrypto(ChaCha20Poly1305),
+    // ring's key carries its own expanded state: keep the enum small.
+    Ring(Box<ring::aead::LessSafeKey>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -58,11 +59,11 @@ impl Key {
     /// Builds a key and wipes the caller's copy of the bytes.
     pub fn new(cipher: Cipher, key: &mut [u8; 32]) -> Key {
         let k = match cipher {
-            Cipher::RustCrypto => Key::RustCrypto(Box::new(ChaCha20Poly1305::new(&(*key).into()))),
-            Cipher::Ring => Key::Ring(ring::aead::LessSafeKey::new(
+            Cipher::RustCrypto => Key::RustCrypto(ChaCha20Poly1305::new(&(*key).into())),
+            Cipher::Ring => Key::Ring(Box::new(ring::aead::LessSafeKey::new(
                 ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, key)
                     .expect("32-byte key"),
-            )),
+            ))),
         };
         key.zeroize();
         k

@@ -21,7 +21,7 @@ use pn_common::{Reason, ip4_octets, policy};
 use self::{
     aead::Cipher,
     handshake::StaticKeys,
-    session::{OpenError, Peer, Session, Slot},
+    session::{OpenError, Peer, Session},
     wire::{AEAD_TAG_LEN, DATA_HEADER_LEN, DATA_MIN_LEN, INIT_LEN, Message, RESP_LEN},
 };
 
@@ -105,6 +105,7 @@ pub enum Encap {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decap {
     /// A packet for a local container: `datagram[start..end]`, with its tag.
+    /// Empty for a keepalive (nothing to deliver).
     Packet {
         peer: PeerId,
         tag: u32,
@@ -252,10 +253,9 @@ impl Tunnel {
     pub fn peer_state(&self, id: PeerId, now: Instant) -> Option<PeerState> {
         let p = self.peers.get(&id)?;
         Some(PeerState {
-            established: p.current.as_ref().is_some_and(|s| self.usable(s, now)),
+            established: p.sending().is_some_and(|s| self.usable(s, now)),
             session_age: p
-                .current
-                .as_ref()
+                .sending()
                 .map(|s| now.saturating_duration_since(s.created)),
             handshake_in_flight: p.handshake.is_some(),
             queued: p.queue.len(),
@@ -324,18 +324,22 @@ impl Tunnel {
         let Some(p) = self.peers.get_mut(&peer) else {
             return Encap::Drop(Reason::NoRoute);
         };
-        if let Some(s) = p.current.as_mut() {
+        if let Some(s) = p.sending_mut() {
             let age = clock.now.saturating_duration_since(s.created);
             if age < reject_time && s.sent() < reject_msgs {
                 let len = Self::seal_into(s, tag, packet, out);
                 // The initiator of a session renews it; the responder does
-                // too if the initiator seems not to (half a rekey late).
-                let due = if s.initiator {
-                    rekey_time
+                // too if the initiator seems not to (later, so both do not
+                // start at once).
+                let (due, due_msgs) = if s.initiator {
+                    (rekey_time, rekey_msgs)
                 } else {
-                    rekey_time + (reject_time - rekey_time) / 2
+                    (
+                        rekey_time + (reject_time - rekey_time) / 2,
+                        rekey_msgs.saturating_add(rekey_msgs / 2),
+                    )
                 };
-                if (age >= due || s.sent() >= rekey_msgs) && p.handshake.is_none() {
+                if (age >= due || s.sent() >= due_msgs) && p.handshake.is_none() {
                     p.rekey_wanted = true;
                 }
                 return Encap::Send {
@@ -395,10 +399,10 @@ impl Tunnel {
                 };
                 p.last_timestamp = timestamp;
                 let s = Session::new(self.cfg.cipher, keys, index, remote_index, clock.now, false);
-                if let Some(old) = p.next.replace(s) {
-                    self.by_index.remove(&old.local_index);
-                }
                 self.by_index.insert(index, id);
+                for gone in p.add(s, false) {
+                    self.by_index.remove(&gone);
+                }
                 self.stats.initiations_answered += 1;
                 Decap::Reply {
                     to: from,
@@ -438,7 +442,14 @@ impl Tunnel {
                     buf.truncate(n);
                     flush.push((p.endpoint, buf));
                 }
-                for gone in p.install_initiated(s) {
+                if flush.is_empty() {
+                    // An empty data packet (keepalive) confirms the session,
+                    // so the responder can start sending on it at once.
+                    let mut buf = vec![0u8; DATA_MIN_LEN];
+                    Self::seal_into(&mut s, 0, &[], &mut buf);
+                    flush.push((p.endpoint, buf));
+                }
+                for gone in p.add(s, true) {
                     self.by_index.remove(&gone);
                 }
                 p.attempt_started = None;
@@ -453,12 +464,23 @@ impl Tunnel {
             } => {
                 let reject = self.cfg.reject_after_time;
                 let Some(&id) = self.by_index.get(&receiver) else {
+                    // A peer sending on a session we do not know has lost
+                    // ours (we restarted): pair again now rather than when
+                    // its rekey timer fires. One handshake in flight at most.
+                    if let Some(p) = self
+                        .peers
+                        .values_mut()
+                        .find(|p| p.endpoint.ip() == from.ip())
+                        && p.handshake.is_none()
+                    {
+                        p.rekey_wanted = true;
+                    }
                     return Decap::Drop(Reason::UnknownSession);
                 };
                 let Some(p) = self.peers.get_mut(&id) else {
                     return Decap::Drop(Reason::UnknownSession);
                 };
-                let Some((s, slot)) = p.session_mut(receiver) else {
+                let Some(s) = p.session_mut(receiver) else {
                     return Decap::Drop(Reason::UnknownSession);
                 };
                 if clock.now.saturating_duration_since(s.created) >= reject {
@@ -474,11 +496,7 @@ impl Tunnel {
                     Err(OpenError::Replayed) => return Decap::Drop(Reason::Replayed),
                     Err(OpenError::Auth) => return Decap::Drop(Reason::DecryptFailed),
                 }
-                if slot == Slot::Next
-                    && let Some(gone) = p.promote_next()
-                {
-                    self.by_index.remove(&gone);
-                }
+                p.received_on(receiver);
                 Decap::Packet {
                     peer: id,
                     tag,
@@ -497,14 +515,7 @@ impl Tunnel {
             let mut expired = Vec::new();
             let mut initiate = false;
             if let Some(p) = self.peers.get_mut(&id) {
-                for slot in [&mut p.current, &mut p.previous, &mut p.next] {
-                    if slot
-                        .as_ref()
-                        .is_some_and(|s| clock.now.saturating_duration_since(s.created) >= reject)
-                    {
-                        expired.extend(slot.take().map(|s| s.local_index));
-                    }
-                }
+                expired.extend(p.expire(clock.now, reject));
                 if let Some(started) = p.attempt_started
                     && clock.now.saturating_duration_since(started) >= self.cfg.handshake_give_up
                 {
@@ -517,7 +528,7 @@ impl Tunnel {
                     clock.now.saturating_duration_since(*sent) >= self.cfg.handshake_retry
                 });
                 let idle_wanted = p.handshake.is_none()
-                    && (p.rekey_wanted || (!p.queue.is_empty() && p.current.is_none()));
+                    && (p.rekey_wanted || (!p.queue.is_empty() && p.sending.is_none()));
                 initiate = retry || idle_wanted;
             }
             self.stats.sessions_expired += expired.len() as u64;
@@ -558,7 +569,7 @@ fn addresses(packet: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr)> {
 }
 
 /// Where a packet from a local container goes: its peer and network tag.
-pub fn route_outgoing(packet: &[u8], members: &impl Members) -> Result<(PeerId, u32), Reason> {
+pub fn route_outgoing(packet: &[u8], members: &dyn Members) -> Result<(PeerId, u32), Reason> {
     let (src, dst) = addresses(packet).ok_or(Reason::Malformed)?;
     let d = members.member(dst).ok_or(Reason::NoRoute)?;
     let peer = d.peer.ok_or(Reason::NoRoute)?;
@@ -576,7 +587,7 @@ pub fn check_incoming(
     packet: &[u8],
     tag: u32,
     from: PeerId,
-    members: &impl Members,
+    members: &dyn Members,
 ) -> Result<(), Reason> {
     let (src, dst) = addresses(packet).ok_or(Reason::Malformed)?;
     let s = members.member(src).ok_or(Reason::WrongHost)?;

@@ -89,15 +89,20 @@ pub enum OpenError {
 /// A packet waiting for a session: its network tag and bytes.
 pub type Queued = (u32, Vec<u8>);
 
+/// Sessions kept per peer: enough for a rekey from each side at once…
+pub const MAX_SESSIONS: usize = 4;
+/// …and never more than this, whatever the peer does.
+pub const HARD_MAX_SESSIONS: usize = 8;
+
 pub struct Peer {
     pub public: [u8; 32],
     pub endpoint: SocketAddr,
-    /// Sends with this one.
-    pub current: Option<Session>,
-    /// Still receives on the one before a rekey.
-    pub previous: Option<Session>,
-    /// Responder side: established, waiting for the initiator's first packet.
-    pub next: Option<Session>,
+    /// Every session that can still receive, oldest first.
+    pub sessions: Vec<Session>,
+    /// Local index of the session we send on.
+    pub sending: Option<u32>,
+    /// Local index of the session the peer last sent on (never evicted).
+    pub last_received: Option<u32>,
     pub handshake: Option<(Initiation, Instant)>,
     /// When the first initiation of the current attempt went out.
     pub attempt_started: Option<Instant>,
@@ -113,9 +118,9 @@ impl Peer {
         Peer {
             public,
             endpoint,
-            current: None,
-            previous: None,
-            next: None,
+            sessions: Vec::new(),
+            sending: None,
+            last_received: None,
             handshake: None,
             attempt_started: None,
             last_timestamp: 0,
@@ -126,66 +131,94 @@ impl Peer {
 
     /// Local indexes of every session and handshake this peer holds.
     pub fn indexes(&self) -> impl Iterator<Item = u32> + '_ {
-        [&self.current, &self.previous, &self.next]
-            .into_iter()
-            .filter_map(|s| s.as_ref().map(|s| s.local_index))
+        self.sessions
+            .iter()
+            .map(|s| s.local_index)
             .chain(self.handshake.as_ref().map(|(h, _)| h.local_index))
     }
 
-    /// The session with this local index, if any.
-    pub fn session_mut(&mut self, local_index: u32) -> Option<(&mut Session, Slot)> {
-        if self
-            .current
-            .as_ref()
-            .is_some_and(|s| s.local_index == local_index)
-        {
-            return self.current.as_mut().map(|s| (s, Slot::Current));
-        }
-        if self
-            .previous
-            .as_ref()
-            .is_some_and(|s| s.local_index == local_index)
-        {
-            return self.previous.as_mut().map(|s| (s, Slot::Previous));
-        }
-        if self
-            .next
-            .as_ref()
-            .is_some_and(|s| s.local_index == local_index)
-        {
-            return self.next.as_mut().map(|s| (s, Slot::Next));
-        }
-        None
+    pub fn session_mut(&mut self, local_index: u32) -> Option<&mut Session> {
+        self.sessions
+            .iter_mut()
+            .find(|s| s.local_index == local_index)
     }
 
-    /// The initiator used the session we answered: it becomes the one we send
-    /// on. Returns the local index of a session that goes away.
-    pub fn promote_next(&mut self) -> Option<u32> {
-        let next = self.next.take()?;
-        let dropped = self.previous.take().map(|s| s.local_index);
-        self.previous = self.current.replace(next);
-        dropped
+    pub fn sending_mut(&mut self) -> Option<&mut Session> {
+        let i = self.sending?;
+        self.session_mut(i)
     }
 
-    /// Our initiation was answered: the new session sends from now on.
-    /// Returns the local indexes of sessions that go away.
-    pub fn install_initiated(&mut self, s: Session) -> Vec<u32> {
-        let mut dropped: Vec<u32> = self
-            .previous
-            .take()
-            .map(|s| s.local_index)
-            .into_iter()
-            .collect();
-        // A responder session never used is superseded by ours.
-        dropped.extend(self.next.take().map(|s| s.local_index));
-        self.previous = self.current.replace(s);
-        dropped
+    pub fn sending(&self) -> Option<&Session> {
+        let i = self.sending?;
+        self.sessions.iter().find(|s| s.local_index == i)
     }
-}
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Slot {
-    Current,
-    Previous,
-    Next,
+    /// Adds a session (sending on it at once if we initiated it); returns
+    /// the local indexes of sessions evicted to stay within
+    /// [`MAX_SESSIONS`]: only sessions older than the one the peer last sent
+    /// on (it moved past them), never the one we send on. When nothing can
+    /// go, the peer keeps more for a while, up to [`HARD_MAX_SESSIONS`].
+    pub fn add(&mut self, s: Session, send_now: bool) -> Vec<u32> {
+        if send_now {
+            self.sending = Some(s.local_index);
+        }
+        self.sessions.push(s);
+        let mut evicted = Vec::new();
+        while self.sessions.len() > MAX_SESSIONS {
+            let horizon = self
+                .last_received
+                .and_then(|i| self.sessions.iter().find(|s| s.local_index == i))
+                .map(|s| s.created);
+            let over_hard = self.sessions.len() > HARD_MAX_SESSIONS;
+            let Some(pos) = self.sessions.iter().position(|s| {
+                Some(s.local_index) != self.sending
+                    && (over_hard || horizon.is_some_and(|h| s.created < h))
+            }) else {
+                break;
+            };
+            evicted.push(self.sessions.remove(pos).local_index);
+        }
+        evicted
+    }
+
+    /// A packet arrived on `local_index`. When it is a session newer than
+    /// the one we send on (we answered its handshake and the initiator now
+    /// uses it), we switch to it: that is how a responder starts sending on
+    /// a new session without losing anything in flight.
+    pub fn received_on(&mut self, local_index: u32) {
+        self.last_received = Some(local_index);
+        if self.sending == Some(local_index) {
+            return;
+        }
+        let created = |i: u32| {
+            self.sessions
+                .iter()
+                .find(|s| s.local_index == i)
+                .map(|s| s.created)
+        };
+        match (created(local_index), self.sending.and_then(created)) {
+            (Some(new), Some(cur)) if new > cur => self.sending = Some(local_index),
+            (Some(_), None) => self.sending = Some(local_index),
+            _ => {}
+        }
+    }
+
+    /// Drops sessions older than `max_age`; returns their local indexes.
+    pub fn expire(&mut self, now: Instant, max_age: std::time::Duration) -> Vec<u32> {
+        let mut gone = Vec::new();
+        self.sessions.retain(|s| {
+            let keep = now.saturating_duration_since(s.created) < max_age;
+            if !keep {
+                gone.push(s.local_index);
+            }
+            keep
+        });
+        if self.sending.is_some_and(|i| gone.contains(&i)) {
+            self.sending = None;
+        }
+        if self.last_received.is_some_and(|i| gone.contains(&i)) {
+            self.last_received = None;
+        }
+        gone
+    }
 }

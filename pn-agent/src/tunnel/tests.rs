@@ -60,6 +60,7 @@ impl Pair {
         let (_, rx, _, from) = self.sides(to_b);
         let mut out = vec![0u8; 2048];
         match rx.decapsulate(clock, from, &mut d, &mut out) {
+            Decap::Packet { start, end, .. } if start == end => (vec![], vec![]),
             Decap::Packet { start, end, .. } => (vec![d[start..end].to_vec()], vec![]),
             Decap::Reply { len, .. } => (vec![], vec![out[..len].to_vec()]),
             Decap::Established { flush, .. } => {
@@ -188,7 +189,7 @@ fn a_rekey_by_time_under_traffic_loses_nothing() {
         p.advance(Duration::from_millis(100));
         let (a, b) = p.tick_both();
         assert!(a.is_empty() && b.is_empty());
-        if let Some(s) = &p.a.peers[&B].current {
+        if let Some(s) = p.a.peers[&B].sending() {
             indexes.insert(s.local_index);
         }
     }
@@ -459,4 +460,92 @@ fn ring_is_the_faster_cipher_here() {
     for c in aead::Cipher::ALL {
         assert!(aead::seal_rate(c, 1400, Duration::from_millis(20)) > 0.0);
     }
+}
+
+#[test]
+fn a_restarted_peer_pairs_again_at_the_first_packet() {
+    let mut p = Pair::new(Config::default());
+    p.send(true, &packet(1));
+    // B restarts: same static key, no session.
+    let mut b = Tunnel::new(Config::default(), p.b.keys.clone(), 99);
+    b.set_peer(A, p.a.public_key(), addr(1));
+    p.b = b;
+    let clock = p.clock;
+    let mut out = vec![0u8; 2048];
+    let Encap::Send { len, .. } = p.a.encapsulate(clock, B, 7, &packet(2), &mut out) else {
+        panic!()
+    };
+    let mut buf = vec![0u8; 2048];
+    let mut d = out[..len].to_vec();
+    assert_eq!(
+        p.b.decapsulate(clock, addr(1), &mut d, &mut buf),
+        Decap::Drop(Reason::UnknownSession)
+    );
+    // B's next tick initiates; the pair is whole again.
+    p.advance(Duration::from_millis(100));
+    p.tick_both();
+    assert_eq!(p.send(true, &packet(3)), vec![packet(3)]);
+    assert_eq!(p.send(false, &packet(4)), vec![packet(4)]);
+}
+
+#[test]
+fn rekeys_by_time_and_count_together_lose_nothing() {
+    let cfg = Config {
+        rekey_after_messages: 150,
+        rekey_after_time: Duration::from_secs(2),
+        reject_after_time: Duration::from_secs(7),
+        ..Config::default()
+    };
+    let mut p = Pair::new(cfg);
+    for i in 0..12_000u32 {
+        // A request from A, its answer from B, as a UDP echo does.
+        assert_eq!(p.send(true, &packet(i)), vec![packet(i)], "request {i}");
+        assert_eq!(p.send(false, &packet(i)), vec![packet(i)], "answer {i}");
+        p.advance(Duration::from_micros(600));
+        if i % 160 == 0 {
+            let (a, b) = p.tick_both();
+            assert!(a.is_empty() && b.is_empty());
+        }
+    }
+}
+
+#[test]
+fn simultaneous_rekeys_from_both_sides_lose_nothing() {
+    let mut p = Pair::new(Config::default());
+    p.send(true, &packet(0));
+    for round in 0..30u32 {
+        p.a.peers.get_mut(&B).unwrap().rekey_wanted = true;
+        p.b.peers.get_mut(&A).unwrap().rekey_wanted = true;
+        // Both initiations leave before either side hears the other.
+        let clock = p.clock;
+        let (mut oa, mut ob) = (vec![], vec![]);
+        p.a.tick(clock, &mut oa);
+        p.b.tick(clock, &mut ob);
+        // Data keeps flowing while the handshakes cross.
+        for i in 0..5 {
+            assert_eq!(
+                p.send(true, &packet(round * 100 + i)),
+                vec![packet(round * 100 + i)]
+            );
+            assert_eq!(
+                p.send(false, &packet(round * 100 + 50 + i)),
+                vec![packet(round * 100 + 50 + i)]
+            );
+        }
+        let mut pending: Vec<(bool, Vec<u8>)> = oa.into_iter().map(|(_, d)| (true, d)).collect();
+        pending.extend(ob.into_iter().map(|(_, d)| (false, d)));
+        if round % 2 == 0 {
+            pending.reverse();
+        }
+        let (a, b) = p.settle(pending);
+        assert!(a.is_empty() && b.is_empty());
+        for i in 5..20 {
+            assert_eq!(
+                p.send(i % 2 == 0, &packet(round * 100 + i)),
+                vec![packet(round * 100 + i)],
+                "round {round}, packet {i}"
+            );
+        }
+    }
+    assert!(p.a.peers[&B].sessions.len() <= session::HARD_MAX_SESSIONS);
 }
