@@ -286,7 +286,16 @@ impl Agent {
                 .mtu
                 .unwrap_or(mtu.saturating_sub(tunnel::OVERHEAD as u32));
             tunnel_port = cfg.advertise.map_or(tunnel::DEFAULT_PORT, |a| a.port());
-            datapath.attach_underlay(underlay)?;
+            // On veth, driver-mode XDP turns off the peer's segmentation
+            // offloads, which the tunnel's UDP GSO/GRO depends on: generic
+            // mode there, driver mode on real devices.
+            let kind = netlink.kind(underlay).await?;
+            let mode = if kind.as_deref() == Some("veth") {
+                aya::programs::XdpMode::Skb
+            } else {
+                aya::programs::XdpMode::default()
+            };
+            datapath.attach_underlay(underlay, mode)?;
             log::info!(
                 "underlay guard on {underlay} (tunnel port {tunnel_port}); container MTU {container_mtu}"
             );

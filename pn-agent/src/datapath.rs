@@ -312,7 +312,7 @@ impl Datapath {
     /// Attaches the underlay guard (XDP) to `ifname`, replacing in place the
     /// program of a link an earlier agent pinned; detaches it from any other
     /// interface it was pinned on.
-    pub fn attach_underlay(&mut self, ifname: &str) -> Result<()> {
+    pub fn attach_underlay(&mut self, ifname: &str, mode: XdpMode) -> Result<()> {
         for entry in std::fs::read_dir(&self.xdp_dir)
             .ctx(|| format!("reading {}", self.xdp_dir.display()))?
         {
@@ -340,7 +340,7 @@ impl Datapath {
             }
         }
         let id = prog
-            .attach(ifname, XdpMode::default())
+            .attach(ifname, mode)
             .ctx(|| format!("attaching the underlay guard to {ifname}"))?;
         let link = prog.take_link(id).ctx(|| "taking link".into())?;
         let fd: FdLink = link

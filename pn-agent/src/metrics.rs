@@ -134,6 +134,23 @@ impl Collector for AgentCollector {
                     }
                 }
             }
+            {
+                let mut m = encoder.encode_descriptor(
+                    "pn_tunnel_syscalls",
+                    "Reads and writes of the tunnel's TUN device and UDP socket (batching: packets per call)",
+                    None,
+                    MetricType::Counter,
+                )?;
+                for (op, n) in [
+                    ("tun_read", &c.tun_reads),
+                    ("udp_send", &c.udp_sends),
+                    ("udp_read", &c.udp_reads),
+                    ("tun_write", &c.tun_writes),
+                ] {
+                    ConstCounter::new(n.load(Ordering::Relaxed))
+                        .encode(m.encode_family(&[("op", op)])?)?;
+                }
+            }
             let hs = dev.handshake_stats();
             let mut m = encoder.encode_descriptor(
                 "pn_tunnel_handshakes",

@@ -291,6 +291,20 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    /// The link's kind (`veth`, `bridge`…), `None` for a physical device.
+    pub async fn kind(&self, name: &str) -> Result<Option<String>> {
+        use rtnetlink::packet_route::link::LinkInfo;
+        Ok(link_by_name(&self.handle, name).await?.and_then(|l| {
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                    LinkInfo::Kind(k) => Some(k.to_string()),
+                    _ => None,
+                }),
+                _ => None,
+            })
+        }))
+    }
+
     pub async fn mtu(&self, name: &str) -> Result<Option<u32>> {
         Ok(link_by_name(&self.handle, name).await?.and_then(|l| {
             l.attributes.iter().find_map(|a| match a {

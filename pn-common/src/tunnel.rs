@@ -12,9 +12,15 @@ pub const MSG_RESPONSE: u8 = 2;
 pub const MSG_COOKIE: u8 = 3;
 pub const MSG_DATA: u8 = 4;
 
-/// Data header: `type u8 | reserved [u8; 3] | tag u32 BE | receiver u32 LE |
-/// counter u64 LE`, authenticated as associated data.
+/// Data header: `type u8 | flags u8 | reserved [u8; 2] | tag u32 BE |
+/// receiver u32 LE | counter u64 LE`, authenticated as associated data.
 pub const DATA_HEADER_LEN: usize = 20;
+/// Offset of the flags byte in a data message.
+pub const FLAGS_OFFSET: usize = 1;
+/// Flag: the inner TCP/UDP checksum is partial (pseudo-header sum only);
+/// the integrity of the packet rests on the AEAD, and the receiver hands it
+/// to its kernel as "checksum to complete if ever needed".
+pub const FLAG_CSUM_PARTIAL: u8 = 1;
 /// Offset of the big-endian network tag in a data message.
 pub const TAG_OFFSET: usize = 4;
 pub const RECEIVER_OFFSET: usize = 8;

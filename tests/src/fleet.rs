@@ -155,24 +155,37 @@ impl Fleet {
             ]);
             host.ns.ip(&["link", "set", "ul0", "up"]);
             underlay.ip(&["link", "set", &port, "master", "br0", "up"]);
-            let store = format!("etcd://{ETCD_ADDR}");
-            let advertise = format!("{UNDERLAY_NET}.{i}:51871");
-            let mut flags = vec![
-                "--store",
-                &store,
-                "--underlay-iface",
-                "ul0",
-                "--advertise",
-                &advertise,
-            ];
-            flags.extend_from_slice(extra);
-            host.launch(&flags);
+            let flags = Self::flags(i, extra);
+            let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+            host.launch(&refs);
             hosts.push(host);
         }
         Fleet {
             hosts,
             etcd,
             underlay,
+        }
+    }
+
+    fn flags(i: usize, extra: &[&str]) -> Vec<String> {
+        let mut flags: Vec<String> = vec![
+            "--store".into(),
+            format!("etcd://{ETCD_ADDR}"),
+            "--advertise".into(),
+            format!("{UNDERLAY_NET}.{i}:51871"),
+        ];
+        flags.extend(["--underlay-iface".into(), "ul0".into()]);
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        flags
+    }
+
+    /// Restarts every agent with other extra flags.
+    pub fn relaunch(&mut self, extra: &[&str]) {
+        for (i, h) in self.hosts.iter_mut().enumerate() {
+            h.stop();
+            let flags = Self::flags(i + 1, extra);
+            let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+            h.launch(&refs);
         }
     }
 }

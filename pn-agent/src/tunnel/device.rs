@@ -5,7 +5,7 @@
 
 use std::{
     fs::File,
-    io::{Read, Write},
+    io::Read,
     net::{SocketAddr, UdpSocket},
     os::fd::{AsRawFd, FromRawFd},
     sync::{
@@ -19,7 +19,8 @@ use std::{
 use pn_common::Reason;
 
 use super::{
-    Clock, Decap, Encap, Members, PeerId, PeerState, Tunnel, check_incoming, route_outgoing, wire,
+    Clock, Decap, Encap, Members, PeerId, PeerState, Tunnel, check_incoming, offload,
+    route_outgoing, wire,
 };
 
 /// What the data path did, for metrics: packets and bytes each way, and
@@ -31,6 +32,11 @@ pub struct Counters {
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
     pub drops: [AtomicU64; Reason::COUNT],
+    /// Syscalls per direction: how well batching works (packets per call).
+    pub tun_reads: AtomicU64,
+    pub udp_sends: AtomicU64,
+    pub udp_reads: AtomicU64,
+    pub tun_writes: AtomicU64,
 }
 
 impl Default for Counters {
@@ -41,6 +47,10 @@ impl Default for Counters {
             rx_packets: AtomicU64::new(0),
             rx_bytes: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            tun_reads: AtomicU64::new(0),
+            udp_sends: AtomicU64::new(0),
+            udp_reads: AtomicU64::new(0),
+            tun_writes: AtomicU64::new(0),
         }
     }
 }
@@ -71,11 +81,17 @@ fn open_tun(name: &str) -> std::io::Result<File> {
         let file = File::from_raw_fd(fd);
         let mut req = IfReq {
             name: [0; 16],
-            flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+            flags: (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         if libc::ioctl(fd, libc::TUNSETIFF, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // The kernel may hand us TCP super-packets with partial checksums,
+        // and take them from us: the segmentation happens once, in bulk.
+        let offloads = libc::TUN_F_CSUM | libc::TUN_F_TSO4;
+        if libc::ioctl(fd, libc::TUNSETOFFLOAD, offloads as libc::c_ulong) < 0 {
             return Err(std::io::Error::last_os_error());
         }
         Ok(file)
@@ -134,6 +150,17 @@ impl Device {
                 libc::IPPROTO_IP,
                 libc::IP_MTU_DISCOVER,
                 (&dont as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as u32,
+            );
+        }
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt with a valid int option on our socket.
+        unsafe {
+            libc::setsockopt(
+                udp.as_raw_fd(),
+                libc::SOL_UDP,
+                libc::UDP_GRO,
+                (&on as *const libc::c_int).cast(),
                 size_of::<libc::c_int>() as u32,
             );
         }
@@ -222,6 +249,151 @@ impl Device {
 }
 
 const BUF: usize = 65536 + wire::OVERHEAD;
+/// Datagrams sent with one `sendmsg` (UDP segmentation offload).
+const GSO_MAX_SEGMENTS: usize = 64;
+const GSO_MAX_BYTES: usize = 65_000;
+
+fn sockaddr(to: SocketAddr) -> Option<libc::sockaddr_in> {
+    let SocketAddr::V4(v4) = to else {
+        return None;
+    };
+    Some(libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(v4.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    })
+}
+
+/// Sends `buf` as datagrams of `segment` bytes (the last may be shorter)
+/// with one syscall.
+fn send_segments(fd: i32, buf: &[u8], segment: usize, to: SocketAddr) -> std::io::Result<()> {
+    let Some(mut addr) = sockaddr(to) else {
+        return Err(std::io::Error::other("IPv6 underlay not supported"));
+    };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: CMSG_SPACE has no preconditions.
+    let space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+    let mut control = [0u64; 4];
+    // SAFETY: zeroed msghdr is valid; every pointer below outlives the call.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if buf.len() > segment {
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_UDP;
+            (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment as u16);
+        }
+        if libc::sendmsg(fd, &msg, 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Receives one (possibly coalesced) read: length, source, and the size of
+/// each datagram in it when the kernel coalesced several (UDP GRO).
+fn recv_segments(fd: i32, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, Option<usize>)> {
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: zeroed msghdr is valid; every pointer outlives the call; cmsg
+    // walking stays within `control` as the macros check.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of_val(&control) as _;
+        let n = libc::recvmsg(fd, &mut msg, 0);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut gso = None;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == libc::UDP_GRO {
+                gso = Some(
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>()) as usize,
+                );
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        let from = SocketAddr::from((
+            std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+            u16::from_be(addr.sin_port),
+        ));
+        Ok((n as usize, from, gso))
+    }
+}
+
+/// Sealed datagrams waiting to leave in one `sendmsg`: same destination,
+/// same size (but the last).
+struct Batch {
+    buf: Vec<u8>,
+    to: Option<SocketAddr>,
+    segment: usize,
+    count: usize,
+    /// The last datagram was shorter: nothing may follow it.
+    closed: bool,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            buf: Vec::with_capacity(GSO_MAX_BYTES + BUF),
+            to: None,
+            segment: 0,
+            count: 0,
+            closed: false,
+        }
+    }
+
+    /// Whether a datagram of `len` bytes to `to` may join the batch.
+    fn fits(&self, to: SocketAddr, len: usize) -> bool {
+        self.count == 0
+            || (self.to == Some(to)
+                && !self.closed
+                && len <= self.segment
+                && self.count < GSO_MAX_SEGMENTS
+                && self.buf.len() + len <= GSO_MAX_BYTES)
+    }
+
+    fn flush(&mut self, fd: i32, counters: &Counters, inner: &mut u64) {
+        if let Some(to) = self.to
+            && self.count > 0
+            && send_segments(fd, &self.buf, self.segment, to).is_ok()
+        {
+            counters.udp_sends.fetch_add(1, Ordering::Relaxed);
+            counters
+                .tx_packets
+                .fetch_add(self.count as u64, Ordering::Relaxed);
+            counters.tx_bytes.fetch_add(*inner, Ordering::Relaxed);
+        }
+        self.buf.clear();
+        self.count = 0;
+        self.closed = false;
+        self.to = None;
+        *inner = 0;
+    }
+}
 
 fn tx_loop(
     mut tun: File,
@@ -231,106 +403,195 @@ fn tx_loop(
     counters: &Counters,
     stop: &AtomicBool,
 ) {
-    let mut pkt = vec![0u8; 65536];
-    let mut out = vec![0u8; BUF];
-    let fd = tun.as_raw_fd();
+    let mut pkt = vec![0u8; 65536 + offload::VNET_HDR_LEN];
+    let mut scratch = Vec::with_capacity(2048);
+    let mut handshakes: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    let mut batch = Batch::new();
+    let mut inner_bytes = 0u64;
+    let tun_fd = tun.as_raw_fd();
+    let udp_fd = udp.as_raw_fd();
     while !stop.load(Ordering::Relaxed) {
-        if !readable(fd, 200) {
+        if !readable(tun_fd, 200) {
             continue;
         }
         let n = match tun.read(&mut pkt) {
-            Ok(n) => n,
-            Err(_) => continue,
+            Ok(n) if n > offload::VNET_HDR_LEN => n,
+            _ => continue,
         };
-        let packet = &pkt[..n];
-        let (peer, tag) = match route_outgoing(packet, members) {
-            Ok(r) => r,
-            Err(r) => {
-                counters.drop(r);
-                continue;
-            }
+        counters.tun_reads.fetch_add(1, Ordering::Relaxed);
+        let Some(hdr) = offload::VnetHdr::parse(&pkt) else {
+            continue;
         };
-        let action = {
+        let (_, packet) = pkt[..n].split_at_mut(offload::VNET_HDR_LEN);
+        {
             let mut t = tunnel.lock().unwrap_or_else(|p| p.into_inner());
-            t.encapsulate(Clock::system(), peer, tag, packet, &mut out)
-        };
-        match action {
-            Encap::Send { to, len } => {
-                if udp.send_to(&out[..len], to).is_ok() {
-                    counters.tx_packets.fetch_add(1, Ordering::Relaxed);
-                    counters.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            let clock = Clock::system();
+            let result = offload::segment(&hdr, packet, &mut scratch, |seg, partial| {
+                let flags = if partial { wire::FLAG_CSUM_PARTIAL } else { 0 };
+                let (peer, tag) = match route_outgoing(seg, members) {
+                    Ok(r) => r,
+                    Err(r) => {
+                        counters.drop(r);
+                        return;
+                    }
+                };
+                let need = seg.len() + wire::DATA_MIN_LEN;
+                let start = batch.buf.len();
+                batch.buf.resize(start + need.max(wire::INIT_LEN), 0);
+                match t.encapsulate(clock, peer, tag, flags, seg, &mut batch.buf[start..]) {
+                    Encap::Send { to, len } => {
+                        batch.buf.truncate(start + len);
+                        if !batch.fits(to, len) {
+                            // Move it out, send what was there, start anew.
+                            let sealed = batch.buf.split_off(start);
+                            batch.flush(udp_fd, counters, &mut inner_bytes);
+                            batch.buf.extend_from_slice(&sealed);
+                        }
+                        if batch.count == 0 {
+                            batch.to = Some(to);
+                            batch.segment = len;
+                        } else if len < batch.segment {
+                            batch.closed = true;
+                        }
+                        batch.count += 1;
+                        inner_bytes += seg.len() as u64;
+                    }
+                    Encap::Handshake { to, len } => {
+                        handshakes.push((to, batch.buf[start..start + len].to_vec()));
+                        batch.buf.truncate(start);
+                    }
+                    Encap::Queued => batch.buf.truncate(start),
+                    Encap::Drop(r) => {
+                        batch.buf.truncate(start);
+                        counters.drop(r);
+                    }
                 }
+            });
+            if result.is_err() {
+                counters.drop(Reason::Malformed);
             }
-            Encap::Handshake { to, len } => {
-                let _ = udp.send_to(&out[..len], to);
-            }
-            Encap::Queued => {}
-            Encap::Drop(r) => counters.drop(r),
+        }
+        batch.flush(udp_fd, counters, &mut inner_bytes);
+        for (to, d) in handshakes.drain(..) {
+            let _ = udp.send_to(&d, to);
         }
     }
 }
 
+/// Writes one packet to the TUN device behind its vnet header.
+fn write_plain(tun_fd: i32, packet: &[u8], partial: bool) -> bool {
+    let mut hdr = [0u8; offload::VNET_HDR_LEN];
+    offload::receive_header(packet, partial).write(&mut hdr);
+    let iov = [
+        libc::iovec {
+            iov_base: hdr.as_ptr() as *mut libc::c_void,
+            iov_len: hdr.len(),
+        },
+        libc::iovec {
+            iov_base: packet.as_ptr() as *mut libc::c_void,
+            iov_len: packet.len(),
+        },
+    ];
+    // SAFETY: two valid iovecs over live buffers.
+    unsafe { libc::writev(tun_fd, iov.as_ptr(), 2) >= 0 }
+}
+
 fn rx_loop(
-    mut tun: File,
+    tun: File,
     udp: UdpSocket,
     tunnel: &Mutex<Tunnel>,
     members: &dyn Members,
     counters: &Counters,
     stop: &AtomicBool,
 ) {
-    let mut buf = vec![0u8; BUF];
+    let mut buf = vec![0u8; 65536];
     let mut out = vec![0u8; 256];
-    let fd = udp.as_raw_fd();
+    let mut replies: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    let mut packets: Vec<(PeerId, u32, bool, usize, usize)> = Vec::new();
+    let mut coalescer = offload::Coalescer::default();
+    let mut super_buf = Vec::with_capacity(65536 + offload::VNET_HDR_LEN);
+    let udp_fd = udp.as_raw_fd();
+    let tun_fd = tun.as_raw_fd();
+    let deliver = |pkt: &[u8], partial: bool| {
+        counters.tun_writes.fetch_add(1, Ordering::Relaxed);
+        if write_plain(tun_fd, pkt, partial) {
+            counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+            counters
+                .rx_bytes
+                .fetch_add(pkt.len() as u64, Ordering::Relaxed);
+        }
+    };
     while !stop.load(Ordering::Relaxed) {
-        if !readable(fd, 200) {
+        if !readable(udp_fd, 200) {
             continue;
         }
-        let (n, from) = match udp.recv_from(&mut buf) {
+        let (n, from, gso) = match recv_segments(udp_fd, &mut buf) {
             Ok(r) => r,
             Err(_) => continue,
         };
-        let action = {
+        counters.udp_reads.fetch_add(1, Ordering::Relaxed);
+        let seg = gso.filter(|g| *g > 0).unwrap_or(n);
+        {
             let mut t = tunnel.lock().unwrap_or_else(|p| p.into_inner());
-            t.decapsulate(Clock::system(), from, &mut buf[..n], &mut out)
-        };
-        match action {
-            Decap::Packet {
-                peer,
-                tag,
-                start,
-                end,
-            } => {
-                if start == end {
+            let clock = Clock::system();
+            let mut at = 0;
+            while at < n {
+                let end = (at + seg).min(n);
+                match t.decapsulate(clock, from, &mut buf[at..end], &mut out) {
+                    Decap::Packet {
+                        flags,
+                        peer,
+                        tag,
+                        start,
+                        end: e,
+                    } if start < e => {
+                        let partial = flags & wire::FLAG_CSUM_PARTIAL != 0;
+                        packets.push((peer, tag, partial, at + start, at + e));
+                    }
+                    Decap::Packet { .. } => {}
+                    Decap::Reply { to, len } => replies.push((to, out[..len].to_vec())),
+                    Decap::Established { flush, .. } => replies.extend(flush),
+                    Decap::Drop(r) => counters.drop(r),
+                }
+                at = end;
+            }
+        }
+        for (to, d) in replies.drain(..) {
+            let _ = udp.send_to(&d, to);
+        }
+        for &(peer, tag, partial, start, end) in &packets {
+            let packet = &buf[start..end];
+            if let Err(r) = check_incoming(packet, tag, peer, members) {
+                counters.drop(r);
+                continue;
+            }
+            if coalescer.push(packet, partial) {
+                continue;
+            }
+            if !coalescer.is_empty() {
+                write_super(tun_fd, &mut coalescer, &mut super_buf, counters);
+                if coalescer.push(packet, partial) {
                     continue;
                 }
-                let packet = &buf[start..end];
-                match check_incoming(packet, tag, peer, members) {
-                    Ok(()) => {
-                        if tun.write(packet).is_ok() {
-                            counters.rx_packets.fetch_add(1, Ordering::Relaxed);
-                            counters
-                                .rx_bytes
-                                .fetch_add(packet.len() as u64, Ordering::Relaxed);
-                        }
-                    }
-                    Err(r) => counters.drop(r),
-                }
             }
-            Decap::Reply { to, len } => {
-                let _ = udp.send_to(&out[..len], to);
-            }
-            Decap::Established { flush, .. } => {
-                for (to, d) in flush {
-                    if udp.send_to(&d, to).is_ok() {
-                        counters.tx_packets.fetch_add(1, Ordering::Relaxed);
-                        counters
-                            .tx_bytes
-                            .fetch_add((d.len() - wire::DATA_MIN_LEN) as u64, Ordering::Relaxed);
-                    }
-                }
-            }
-            Decap::Drop(r) => counters.drop(r),
+            deliver(packet, partial);
         }
+        if !coalescer.is_empty() {
+            write_super(tun_fd, &mut coalescer, &mut super_buf, counters);
+        }
+        packets.clear();
+    }
+}
+
+fn write_super(tun_fd: i32, c: &mut offload::Coalescer, out: &mut Vec<u8>, counters: &Counters) {
+    let len = c.flush(out);
+    counters.tun_writes.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: writing a live buffer to our descriptor.
+    if unsafe { libc::write(tun_fd, out.as_ptr().cast(), len) } >= 0 {
+        counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+        counters
+            .rx_bytes
+            .fetch_add((len - offload::VNET_HDR_LEN) as u64, Ordering::Relaxed);
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod aead;
 pub mod device;
 pub mod handshake;
+pub mod offload;
 pub mod replay;
 pub mod session;
 pub mod wire;
@@ -104,9 +105,10 @@ pub enum Encap {
 /// What to do with a datagram from the underlay.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decap {
-    /// A packet for a local container: `datagram[start..end]`, with its tag.
-    /// Empty for a keepalive (nothing to deliver).
+    /// A packet for a local container: `datagram[start..end]`, with its tag
+    /// and header flags. Empty for a keepalive (nothing to deliver).
     Packet {
+        flags: u8,
         peer: PeerId,
         tag: u32,
         start: usize,
@@ -268,11 +270,11 @@ impl Tunnel {
     }
 
     /// Seals `packet` for `peer` into `out` with `s`.
-    fn seal_into(s: &mut Session, tag: u32, packet: &[u8], out: &mut [u8]) -> usize {
+    fn seal_into(s: &mut Session, flags: u8, tag: u32, packet: &[u8], out: &mut [u8]) -> usize {
         let len = DATA_HEADER_LEN + packet.len() + AEAD_TAG_LEN;
         let counter = s.next_counter();
         let (header, rest) = out.split_at_mut(DATA_HEADER_LEN);
-        wire::write_data_header(header, tag, s.remote_index, counter);
+        wire::write_data_header(header, flags, tag, s.remote_index, counter);
         let body = &mut rest[..packet.len()];
         body.copy_from_slice(packet);
         let t = s.seal(counter, header, body);
@@ -309,6 +311,7 @@ impl Tunnel {
         clock: Clock,
         peer: PeerId,
         tag: u32,
+        flags: u8,
         packet: &[u8],
         out: &mut [u8],
     ) -> Encap {
@@ -327,7 +330,7 @@ impl Tunnel {
         if let Some(s) = p.sending_mut() {
             let age = clock.now.saturating_duration_since(s.created);
             if age < reject_time && s.sent() < reject_msgs {
-                let len = Self::seal_into(s, tag, packet, out);
+                let len = Self::seal_into(s, flags, tag, packet, out);
                 // The initiator of a session renews it; the responder does
                 // too if the initiator seems not to (later, so both do not
                 // start at once).
@@ -351,7 +354,7 @@ impl Tunnel {
         if p.queue.len() >= self.cfg.max_queued {
             return Encap::Drop(Reason::QueueFull);
         }
-        p.queue.push_back((tag, packet.to_vec()));
+        p.queue.push_back((flags, tag, packet.to_vec()));
         if p.handshake.is_some() {
             return Encap::Queued;
         }
@@ -436,9 +439,9 @@ impl Tunnel {
                 };
                 let mut s = Session::new(self.cfg.cipher, keys, receiver, sender, clock.now, true);
                 let mut flush = Vec::with_capacity(p.queue.len());
-                for (tag, pkt) in p.queue.drain(..) {
+                for (flags, tag, pkt) in p.queue.drain(..) {
                     let mut buf = vec![0u8; pkt.len() + DATA_MIN_LEN];
-                    let n = Self::seal_into(&mut s, tag, &pkt, &mut buf);
+                    let n = Self::seal_into(&mut s, flags, tag, &pkt, &mut buf);
                     buf.truncate(n);
                     flush.push((p.endpoint, buf));
                 }
@@ -446,7 +449,7 @@ impl Tunnel {
                     // An empty data packet (keepalive) confirms the session,
                     // so the responder can start sending on it at once.
                     let mut buf = vec![0u8; DATA_MIN_LEN];
-                    Self::seal_into(&mut s, 0, &[], &mut buf);
+                    Self::seal_into(&mut s, 0, 0, &[], &mut buf);
                     flush.push((p.endpoint, buf));
                 }
                 for gone in p.add(s, true) {
@@ -458,6 +461,7 @@ impl Tunnel {
                 Decap::Established { peer: id, flush }
             }
             Message::Data {
+                flags,
                 tag,
                 receiver,
                 counter,
@@ -498,6 +502,7 @@ impl Tunnel {
                 }
                 p.received_on(receiver);
                 Decap::Packet {
+                    flags,
                     peer: id,
                     tag,
                     start: DATA_HEADER_LEN,

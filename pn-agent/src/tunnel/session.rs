@@ -86,8 +86,8 @@ pub enum OpenError {
     Auth,
 }
 
-/// A packet waiting for a session: its network tag and bytes.
-pub type Queued = (u32, Vec<u8>);
+/// A packet waiting for a session: its header flags, network tag and bytes.
+pub type Queued = (u8, u32, Vec<u8>);
 
 /// Sessions kept per peer: enough for a rekey from each side at once…
 pub const MAX_SESSIONS: usize = 4;

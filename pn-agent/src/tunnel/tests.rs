@@ -90,7 +90,7 @@ impl Pair {
         let clock = self.clock;
         let (tx, _, peer, _) = self.sides(from_a);
         let mut out = vec![0u8; 2048];
-        let first = match tx.encapsulate(clock, peer, 7, pkt, &mut out) {
+        let first = match tx.encapsulate(clock, peer, 7, 0, pkt, &mut out) {
             Encap::Send { len, .. } | Encap::Handshake { len, .. } => out[..len].to_vec(),
             Encap::Queued => return vec![],
             Encap::Drop(r) => panic!("encapsulate dropped: {r:?}"),
@@ -205,7 +205,7 @@ fn replays_and_tampering_are_dropped() {
     p.send(true, &packet(1));
     let clock = p.clock;
     let mut out = vec![0u8; 2048];
-    let Encap::Send { len, .. } = p.a.encapsulate(clock, B, 7, &packet(2), &mut out) else {
+    let Encap::Send { len, .. } = p.a.encapsulate(clock, B, 7, 0, &packet(2), &mut out) else {
         panic!()
     };
     let d = out[..len].to_vec();
@@ -218,7 +218,7 @@ fn replays_and_tampering_are_dropped() {
         p.b.decapsulate(clock, addr(1), &mut d.clone(), &mut buf),
         Decap::Drop(Reason::Replayed)
     );
-    let Encap::Send { len, .. } = p.a.encapsulate(clock, B, 7, &packet(3), &mut out) else {
+    let Encap::Send { len, .. } = p.a.encapsulate(clock, B, 7, 0, &packet(3), &mut out) else {
         panic!()
     };
     for pos in [0usize, 5, 9, 13, 25, len - 1] {
@@ -247,7 +247,7 @@ fn strangers_and_replayed_initiations_are_rejected() {
         Decap::Drop(Reason::HandshakeRejected)
     );
     // A recorded initiation from A, played again.
-    let Encap::Handshake { len, .. } = p.a.encapsulate(clock, B, 7, &packet(1), &mut out) else {
+    let Encap::Handshake { len, .. } = p.a.encapsulate(clock, B, 7, 0, &packet(1), &mut out) else {
         panic!()
     };
     let init = out[..len].to_vec();
@@ -297,7 +297,7 @@ fn a_peer_whose_key_changes_is_cut_off() {
     p.send(true, &packet(1));
     let clock = p.clock;
     let mut out = vec![0u8; 2048];
-    let Encap::Send { len, .. } = p.a.encapsulate(clock, B, 7, &packet(2), &mut out) else {
+    let Encap::Send { len, .. } = p.a.encapsulate(clock, B, 7, 0, &packet(2), &mut out) else {
         panic!()
     };
     let other = StaticKeys::generate().unwrap();
@@ -328,7 +328,7 @@ fn expired_sessions_and_hopeless_handshakes_go() {
     let clock = p.clock;
     let mut buf = vec![0u8; 2048];
     assert!(matches!(
-        p.a.encapsulate(clock, B, 7, &packet(2), &mut buf),
+        p.a.encapsulate(clock, B, 7, 0, &packet(2), &mut buf),
         Encap::Handshake { .. }
     ));
     for _ in 0..5 {
@@ -472,7 +472,7 @@ fn a_restarted_peer_pairs_again_at_the_first_packet() {
     p.b = b;
     let clock = p.clock;
     let mut out = vec![0u8; 2048];
-    let Encap::Send { len, .. } = p.a.encapsulate(clock, B, 7, &packet(2), &mut out) else {
+    let Encap::Send { len, .. } = p.a.encapsulate(clock, B, 7, 0, &packet(2), &mut out) else {
         panic!()
     };
     let mut buf = vec![0u8; 2048];

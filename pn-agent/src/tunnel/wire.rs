@@ -3,8 +3,8 @@
 //! byte string is either a message or a [`WireError`].
 
 pub use pn_common::tunnel::{
-    AEAD_TAG_LEN, COUNTER_OFFSET, DATA_HEADER_LEN, MSG_DATA, MSG_INITIATION, MSG_RESPONSE,
-    OVERHEAD, RECEIVER_OFFSET, TAG_OFFSET,
+    AEAD_TAG_LEN, COUNTER_OFFSET, DATA_HEADER_LEN, FLAG_CSUM_PARTIAL, FLAGS_OFFSET, MSG_DATA,
+    MSG_INITIATION, MSG_RESPONSE, OVERHEAD, RECEIVER_OFFSET, TAG_OFFSET,
 };
 
 /// Initiation: `type | reserved[3] | sender u32 LE | noise IK message 1`.
@@ -48,6 +48,7 @@ pub enum Message<'a> {
         noise: &'a [u8],
     },
     Data {
+        flags: u8,
         tag: u32,
         receiver: u32,
         counter: u64,
@@ -98,6 +99,7 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, WireError> {
             let mut counter = [0u8; 8];
             counter.copy_from_slice(&buf[COUNTER_OFFSET..COUNTER_OFFSET + 8]);
             Ok(Message::Data {
+                flags: buf[FLAGS_OFFSET],
                 tag: u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
                 receiver: u32_le(buf, RECEIVER_OFFSET),
                 counter: u64::from_le_bytes(counter),
@@ -108,9 +110,10 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, WireError> {
 }
 
 /// Writes a data header into `out[..DATA_HEADER_LEN]`.
-pub fn write_data_header(out: &mut [u8], tag: u32, receiver: u32, counter: u64) {
+pub fn write_data_header(out: &mut [u8], flags: u8, tag: u32, receiver: u32, counter: u64) {
     out[0] = MSG_DATA;
-    out[1..4].fill(0);
+    out[FLAGS_OFFSET] = flags;
+    out[2..4].fill(0);
     out[TAG_OFFSET..TAG_OFFSET + 4].copy_from_slice(&tag.to_be_bytes());
     out[RECEIVER_OFFSET..RECEIVER_OFFSET + 4].copy_from_slice(&receiver.to_le_bytes());
     out[COUNTER_OFFSET..COUNTER_OFFSET + 8].copy_from_slice(&counter.to_le_bytes());
@@ -136,7 +139,7 @@ mod tests {
     #[test]
     fn data_header_round_trip() {
         let mut b = vec![0u8; DATA_MIN_LEN + 10];
-        write_data_header(&mut b, 0x0102_0304, 77, u64::MAX - 1);
+        write_data_header(&mut b, FLAG_CSUM_PARTIAL, 0x0102_0304, 77, u64::MAX - 1);
         assert_eq!(
             &b[4..8],
             &[1, 2, 3, 4],
@@ -145,6 +148,7 @@ mod tests {
         assert_eq!(
             parse(&b),
             Ok(Message::Data {
+                flags: FLAG_CSUM_PARTIAL,
                 tag: 0x0102_0304,
                 receiver: 77,
                 counter: u64::MAX - 1

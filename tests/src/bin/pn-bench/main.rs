@@ -10,6 +10,7 @@ mod report;
 mod scale;
 mod strangers;
 mod tools;
+mod tunnel;
 
 use std::{path::PathBuf, time::Instant};
 
@@ -45,7 +46,7 @@ impl Effort {
     };
 }
 
-const SCENARIOS: &[&str] = &["policy", "strangers", "scale", "dns"];
+const SCENARIOS: &[&str] = &["policy", "strangers", "scale", "dns", "tunnel"];
 
 struct Args {
     effort: Effort,
@@ -113,6 +114,7 @@ fn main() {
             "strangers" => strangers::run(args.effort),
             "scale" => scale::run(args.effort),
             "dns" => dns::run(args.effort),
+            "tunnel" => tunnel::run_scenario(args.effort),
             _ => unreachable_scenario(name),
         };
         match result {

@@ -287,3 +287,15 @@ pub fn dnsperf(
     let lat = field("Average Latency (s)").context("dnsperf latency")?;
     Ok((qps, lat * 1000.0))
 }
+
+/// Waits until an agent sees a remote endpoint (the fleet converged).
+pub fn wait_for_remote(h: &Host) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if pn_tests::metric_value(&h.metrics(), "pn_endpoints", &[("scope", "remote")]) >= 1 {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("the agents did not converge")
+}
