@@ -17,7 +17,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages: network tools for the tests (iproute2, ping, tcpdump,
 /// dig), the real servers they start (etcd, nginx), load generators for the
-/// benchmarks (iperf3, dnsperf), the nftables baseline, and bpftool.
+/// benchmarks (iperf3, dnsperf), the nftables baseline, bpftool, and `wg`
+/// to configure the boringtun baseline.
 pub const PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -31,7 +32,18 @@ pub const PACKAGES: &[&str] = &[
     "nftables",
     "dnsperf",
     "bpftool",
+    "wireguard-tools",
 ];
+
+/// The userspace WireGuard the tunnel benchmark compares against.
+pub fn boringtun() -> anyhow::Result<()> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    if Path::new(&home).join(".cargo/bin/boringtun-cli").exists() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing boringtun-cli (the WireGuard baseline of the benchmarks)");
+    cmd::run(Command::new("cargo").args(["install", "boringtun-cli", "--locked"]))
+}
 
 /// Debian packages the build itself needs: etcd's client compiles etcd's
 /// protobuf definitions, which takes `protoc` and the well-known types.

@@ -117,6 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             require_root("bench")?;
             bootstrap::toolchain()?;
             bootstrap::packages()?;
+            bootstrap::boringtun()?;
             cmd::step("building release binaries", || {
                 cmd::cargo(
                     &[

@@ -1,0 +1,70 @@
+//! Arbitrary datagrams into an established tunnel: never a panic, never a
+//! delivered packet, the session still works afterwards.
+#![no_main]
+
+use std::{
+    net::SocketAddr,
+    sync::{Mutex, OnceLock},
+    time::Instant,
+};
+
+use libfuzzer_sys::fuzz_target;
+use pn_agent::tunnel::{Clock, Config, Decap, Encap, Tunnel, handshake::StaticKeys};
+
+struct Pair {
+    a: Tunnel,
+    b: Tunnel,
+    clock: Clock,
+}
+
+fn addr(n: u8) -> SocketAddr {
+    SocketAddr::from(([192, 168, 100, n], 51871))
+}
+
+fn established() -> Pair {
+    let ka = StaticKeys::generate().unwrap();
+    let kb = StaticKeys::generate().unwrap();
+    let mut a = Tunnel::new(Config::default(), ka.clone(), 1);
+    let mut b = Tunnel::new(Config::default(), kb.clone(), 2);
+    a.set_peer(2, kb.public, addr(2));
+    b.set_peer(1, ka.public, addr(1));
+    let clock = Clock {
+        now: Instant::now(),
+        wall_ns: 1_700_000_000_000_000_000,
+    };
+    let mut out = vec![0u8; 2048];
+    let mut reply = vec![0u8; 2048];
+    let Encap::Handshake { len, .. } = a.encapsulate(clock, 2, 1, 0, &[0x45; 40], &mut out) else {
+        panic!("no initiation")
+    };
+    let Decap::Reply { len, .. } = b.decapsulate(clock, addr(1), &mut out[..len], &mut reply) else {
+        panic!("no response")
+    };
+    let Decap::Established { flush, .. } = a.decapsulate(clock, addr(2), &mut reply[..len], &mut out) else {
+        panic!("not established")
+    };
+    for (_, mut d) in flush {
+        let _ = b.decapsulate(clock, addr(1), &mut d, &mut out);
+    }
+    Pair { a, b, clock }
+}
+
+static PAIR: OnceLock<Mutex<Pair>> = OnceLock::new();
+
+fuzz_target!(|data: &[u8]| {
+    let mut p = PAIR.get_or_init(|| Mutex::new(established())).lock().unwrap();
+    let clock = p.clock;
+    let mut out = vec![0u8; 2048];
+    let mut d = data.to_vec();
+    match p.b.decapsulate(clock, addr(1), &mut d, &mut out) {
+        Decap::Packet { .. } | Decap::Established { .. } => panic!("forged datagram accepted"),
+        Decap::Reply { .. } | Decap::Drop(_) => {}
+    }
+    // The real session still carries traffic.
+    let Encap::Send { len, .. } = p.a.encapsulate(clock, 2, 1, 0, &[0x45; 40], &mut out) else {
+        panic!("session lost")
+    };
+    let mut back = vec![0u8; 2048];
+    let mut sealed = out[..len].to_vec();
+    assert!(matches!(p.b.decapsulate(clock, addr(1), &mut sealed, &mut back), Decap::Packet { .. }));
+});
