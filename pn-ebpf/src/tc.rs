@@ -58,16 +58,7 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
                 FlowCheck::Established => {}
                 FlowCheck::Opening => {
                     // SAFETY: bpf_ktime_get_ns has no preconditions.
-                    let now = unsafe { bpf_ktime_get_ns() };
-                    emit(
-                        now,
-                        EventKind::NewFlow,
-                        Reason::Forwarded,
-                        dir,
-                        ifindex,
-                        Some(&pkt),
-                        len,
-                    );
+                    new_flow(unsafe { bpf_ktime_get_ns() }, dir, ifindex, &pkt, len);
                 }
                 FlowCheck::Table => track_flow(dir, ifindex, &pkt, len),
             }
@@ -173,14 +164,19 @@ fn track_flow(dir: Direction, ifindex: u32, pkt: &Ipv4Summary, len: u32) {
     }
     let _ = PN_FLOWS.insert(key, FlowState { last_seen_ns: now }, 0);
     if update == FlowUpdate::New {
-        emit(
-            now,
-            EventKind::NewFlow,
-            Reason::Forwarded,
-            dir,
-            ifindex,
-            Some(pkt),
-            len,
-        );
+        new_flow(now, dir, ifindex, pkt, len);
     }
+}
+
+#[inline(always)]
+fn new_flow(now: u64, dir: Direction, ifindex: u32, pkt: &Ipv4Summary, len: u32) {
+    emit(
+        now,
+        EventKind::NewFlow,
+        Reason::Forwarded,
+        dir,
+        ifindex,
+        Some(pkt),
+        len,
+    );
 }
