@@ -1201,7 +1201,7 @@ impl Agent {
         let (in_maps, attached) = {
             let dp = self.dp();
             (
-                dp.endpoints().map(|e| e.len()).unwrap_or(0),
+                dp.endpoint_count(),
                 dp.pinned_interfaces().map(|p| p.len()).unwrap_or(0),
             )
         };

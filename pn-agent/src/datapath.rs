@@ -125,6 +125,10 @@ pub struct Datapath {
     xdp_dir: PathBuf,
     /// Interfaces this process attached (or re-attached) its programs to.
     attached: HashSet<String>,
+    /// Keys of PN_ENDPOINTS as this process wrote them (refreshed by every
+    /// full read): counting a 100 000-entry map by iterating it would hold
+    /// the datapath for a second.
+    endpoint_keys: HashSet<Ip4>,
 }
 
 impl Datapath {
@@ -216,6 +220,7 @@ impl Datapath {
             links_dir,
             xdp_dir,
             attached: HashSet::new(),
+            endpoint_keys: HashSet::new(),
         })
     }
 
@@ -403,21 +408,32 @@ impl Datapath {
     pub fn set_endpoint(&mut self, ip: Ip4, ep: Endpoint) -> Result<()> {
         self.endpoints
             .insert(ip, ep, 0)
-            .ctx(|| "writing PN_ENDPOINTS".into())
+            .ctx(|| "writing PN_ENDPOINTS".into())?;
+        self.endpoint_keys.insert(ip);
+        Ok(())
+    }
+
+    /// Entries of PN_ENDPOINTS.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoint_keys.len()
     }
 
     pub fn remove_endpoint(&mut self, ip: Ip4) -> Result<()> {
+        self.endpoint_keys.remove(&ip);
         match self.endpoints.remove(&ip) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e).ctx(|| "removing from PN_ENDPOINTS".into()),
         }
     }
 
-    pub fn endpoints(&self) -> Result<StdHashMap<Ip4, Endpoint>> {
-        self.endpoints
+    pub fn endpoints(&mut self) -> Result<StdHashMap<Ip4, Endpoint>> {
+        let all: StdHashMap<Ip4, Endpoint> = self
+            .endpoints
             .iter()
             .collect::<Result<_, _>>()
-            .ctx(|| "reading PN_ENDPOINTS".into())
+            .ctx(|| "reading PN_ENDPOINTS".into())?;
+        self.endpoint_keys = all.keys().copied().collect();
+        Ok(all)
     }
 
     pub fn set_iface(&mut self, ifindex: u32, iface: Iface) -> Result<()> {

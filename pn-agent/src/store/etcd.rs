@@ -21,6 +21,22 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 const WATCH_BUFFER: usize = 65_536;
+/// Keys per page of a listing: a fleet's store is far bigger than one gRPC
+/// message (4 MiB by default), so listings are paged at one revision.
+const PAGE: i64 = 2_000;
+
+/// The first key after every key starting with `prefix` (etcd's range end).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff: to the end of the keyspace.
+    vec![0]
+}
 
 pub struct Etcd {
     endpoints: Vec<String>,
@@ -138,25 +154,43 @@ impl Backend for Etcd {
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Listing, StoreError>> {
         Box::pin(async move {
-            let full = self.full(prefix);
-            let resp = self
-                .call("list", |mut c| async move {
-                    c.get(full, Some(GetOptions::new().with_prefix())).await
-                })
-                .await?;
-            let rev = resp.header().map_or(0, |h| h.revision());
-            let mut entries = Vec::with_capacity(resp.kvs().len());
-            for kv in resp.kvs() {
-                let Some(key) = self.strip(kv.key()) else {
-                    continue;
-                };
-                entries.push((
-                    key.to_string(),
-                    Entry {
-                        value: value_string(kv.value())?,
-                        mod_rev: kv.mod_revision(),
-                    },
-                ));
+            let full = self.full(prefix).into_bytes();
+            let end = prefix_end(&full);
+            let mut entries = Vec::new();
+            let mut from = full;
+            let mut rev = 0;
+            loop {
+                let opts = GetOptions::new()
+                    .with_range(end.clone())
+                    .with_limit(PAGE)
+                    .with_revision(rev);
+                let key = from.clone();
+                let resp = self
+                    .call("list", |mut c| async move { c.get(key, Some(opts)).await })
+                    .await?;
+                if rev == 0 {
+                    // Every page at the revision of the first one.
+                    rev = resp.header().map_or(0, |h| h.revision());
+                }
+                for kv in resp.kvs() {
+                    let Some(key) = self.strip(kv.key()) else {
+                        continue;
+                    };
+                    entries.push((
+                        key.to_string(),
+                        Entry {
+                            value: value_string(kv.value())?,
+                            mod_rev: kv.mod_revision(),
+                        },
+                    ));
+                }
+                match (resp.more(), resp.kvs().last()) {
+                    (true, Some(last)) => {
+                        from = last.key().to_vec();
+                        from.push(0);
+                    }
+                    _ => break,
+                }
             }
             Ok(Listing { entries, rev })
         })
@@ -204,7 +238,9 @@ impl Backend for Etcd {
             let opts = WatchOptions::new()
                 .with_prefix()
                 .with_start_revision(from_rev)
-                .with_progress_notify();
+                .with_progress_notify()
+                // A watcher catching up gets big batches: etcd splits them.
+                .with_fragment();
             let mut stream = self
                 .call(
                     "watch",
@@ -219,7 +255,11 @@ impl Backend for Etcd {
                         Ok(Some(m)) => m,
                         // Stream ended or broke: closing the channel makes the
                         // agent list again.
-                        Ok(None) | Err(_) => return,
+                        Ok(None) => return,
+                        Err(e) => {
+                            log::info!("etcd watch broke: {e}");
+                            return;
+                        }
                     };
                     if msg.canceled() || msg.compact_revision() > 0 {
                         let _ = tx.send(WatchEvent::Resync).await;
@@ -261,6 +301,18 @@ impl Backend for Etcd {
 
     fn describe(&self) -> String {
         format!("etcd {} (prefix {})", self.endpoints.join(","), self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn range_ends() {
+        assert_eq!(prefix_end(b"/pn/"), b"/pn0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
     }
 }
 
@@ -402,6 +454,36 @@ mod conformance {
     }
 
     crate::store_conformance_tests!(fresh);
+
+    #[tokio::test]
+    async fn big_stores_list_in_pages_and_watch_in_big_batches() {
+        use crate::store::{Op, WatchEvent};
+        let server = EtcdServer::start("pages");
+        let kv = Etcd::new(vec![server.endpoint.clone()], "/pn-test/".into());
+        let value = "v".repeat(1000);
+        // 5 MB in all: more than one gRPC message, more than two pages.
+        for batch in 0..50 {
+            let ops = (0..100)
+                .map(|i| Op::Put(format!("k/{:05}", batch * 100 + i), value.clone()))
+                .collect();
+            kv.txn(vec![], ops).await.unwrap();
+        }
+        let l = kv.list("k/").await.unwrap();
+        assert_eq!(l.entries.len(), 5000);
+        assert!(
+            l.entries.windows(2).all(|w| w[0].0 < w[1].0),
+            "in key order, no repeats"
+        );
+        // A watcher starting from the beginning catches up on all of it.
+        let mut rx = kv.watch("k/", 1).await.unwrap();
+        let mut n = 0;
+        while n < 5000 {
+            match tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv()).await {
+                Ok(Some(WatchEvent::Put { .. })) => n += 1,
+                other => panic!("after {n} events: {other:?}"),
+            }
+        }
+    }
 
     #[tokio::test]
     async fn an_outage_is_reported_and_survived() {

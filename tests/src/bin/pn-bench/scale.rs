@@ -146,10 +146,20 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let (maps, dns) = (
-            maps.ok_or_else(|| anyhow::anyhow!("{n} endpoints never reached the maps"))?,
-            dns.ok_or_else(|| anyhow::anyhow!("{last} never resolved"))?,
-        );
+        let log_tail = || {
+            let log = h.log();
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        };
+        let maps = maps.ok_or_else(|| {
+            anyhow::anyhow!(
+                "{n} endpoints never reached the maps (have {}); agent log:\n{}",
+                endpoints_in_maps(h),
+                log_tail()
+            )
+        })?;
+        let dns = dns
+            .ok_or_else(|| anyhow::anyhow!("{last} never resolved; agent log:\n{}", log_tail()))?;
         rows.push(Row::alone(
             &format!("N={n}: registered in etcd"),
             Measurement::new("s", false, vec![write.as_secs_f64()]),
