@@ -158,8 +158,12 @@ impl Report {
         {
             for mut s in old.scenarios {
                 if !merged.scenarios.iter().any(|n| n.name == s.name) {
-                    s.notes
-                        .push(format!("(from the run of {})", old.machine.date));
+                    if !s.notes.iter().any(|n| n.starts_with("(from the ")) {
+                        s.notes.push(format!(
+                            "(from the `{}` run of {})",
+                            old.machine.mode, old.machine.date
+                        ));
+                    }
                     merged.scenarios.push(s);
                 }
             }
@@ -186,7 +190,7 @@ impl Report {
         s.push_str("Every figure is the median of repeated runs (min–max beside it); every ratio is pn's\n");
         s.push_str("median over the baseline's, both measured in the same run, in the same namespaces.\n\n");
         s.push_str(&format!(
-            "- date: {}\n- machine: {} ({} cores), kernel {}\n- mode: `{}` ({:.0} s)\n\n",
+            "- date: {}\n- machine: {} ({} cores), kernel {}\n- mode: `{}` ({:.0} s); a section from an earlier run says so\n\n",
             m.date, m.cpu, m.cores, m.kernel, m.mode, m.duration_s
         ));
         for sc in &self.scenarios {
