@@ -9,7 +9,7 @@ use std::{
     net::{SocketAddr, UdpSocket},
     os::fd::{AsRawFd, FromRawFd},
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
@@ -19,7 +19,7 @@ use std::{
 use pn_common::Reason;
 
 use super::{
-    Clock, Decap, Encap, Members, PeerId, PeerState, Tunnel, check_incoming, offload,
+    Clock, Decap, Encap, Members, PeerId, PeerState, Sealer, Tunnel, check_incoming, offload,
     route_outgoing, wire,
 };
 
@@ -98,6 +98,29 @@ fn open_tun(name: &str) -> std::io::Result<File> {
     }
 }
 
+/// Socket buffer each way of the tunnel's UDP socket (as wireguard-go's).
+const SOCKET_BUFFER: libc::c_int = 8 << 20;
+
+/// Sets an int socket option; whether the kernel took it.
+fn set_int(fd: i32, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> bool {
+    // SAFETY: setsockopt with a valid int option on a descriptor we own.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as u32,
+        ) == 0
+    }
+}
+
+/// A panic in one thread must not take the tunnel down with it: the state
+/// is consistent between calls.
+fn lock(tunnel: &Mutex<Tunnel>) -> MutexGuard<'_, Tunnel> {
+    tunnel.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Waits until `fd` is readable or `ms` pass (so threads notice a stop).
 fn readable(fd: i32, ms: i32) -> bool {
     let mut p = libc::pollfd {
@@ -142,27 +165,25 @@ impl Device {
         // Outer packets may be fragmented on an underlay with a smaller
         // MTU than planned (as WireGuard's): the inner path MTU stays right
         // and nothing is lost to a black hole.
-        let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
-        // SAFETY: setsockopt with a valid int option on our socket.
-        unsafe {
-            libc::setsockopt(
-                udp.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                (&dont as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as u32,
-            );
-        }
-        let on: libc::c_int = 1;
-        // SAFETY: setsockopt with a valid int option on our socket.
-        unsafe {
-            libc::setsockopt(
-                udp.as_raw_fd(),
-                libc::SOL_UDP,
-                libc::UDP_GRO,
-                (&on as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as u32,
-            );
+        let fd = udp.as_raw_fd();
+        set_int(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DONT,
+        );
+        set_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1);
+        // A coalesced read carries up to 64 datagrams: the default buffers
+        // (about 200 KiB) overflow under one TCP stream's burst, and every
+        // overflow is a train of inner segments lost. Root may exceed
+        // rmem_max (the FORCE options); if not, the plain ones are capped.
+        for (force, plain) in [
+            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        ] {
+            if !set_int(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER) {
+                set_int(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER);
+            }
         }
         let listen = udp.local_addr()?;
         let tunnel = Arc::new(Mutex::new(tunnel));
@@ -220,8 +241,8 @@ impl Device {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Tunnel> {
-        self.tunnel.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Tunnel> {
+        lock(&self.tunnel)
     }
 
     /// Makes the peers exactly these (id, public key, endpoint).
@@ -344,8 +365,8 @@ fn recv_segments(fd: i32, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr,
     }
 }
 
-/// Sealed datagrams waiting to leave in one `sendmsg`: same destination,
-/// same size (but the last).
+/// Datagrams waiting to leave in one `sendmsg`: same destination, same
+/// size (but the last). Sealed just before they leave, outside the lock.
 struct Batch {
     buf: Vec<u8>,
     to: Option<SocketAddr>,
@@ -353,6 +374,10 @@ struct Batch {
     count: usize,
     /// The last datagram was shorter: nothing may follow it.
     closed: bool,
+    /// Datagrams not sealed yet (offset, length).
+    unsealed: Vec<(usize, usize, Sealer)>,
+    /// Inner bytes carried, for the counters.
+    inner: u64,
 }
 
 impl Batch {
@@ -363,6 +388,8 @@ impl Batch {
             segment: 0,
             count: 0,
             closed: false,
+            unsealed: Vec::with_capacity(GSO_MAX_SEGMENTS),
+            inner: 0,
         }
     }
 
@@ -376,7 +403,32 @@ impl Batch {
                 && self.buf.len() + len <= GSO_MAX_BYTES)
     }
 
-    fn flush(&mut self, fd: i32, counters: &Counters, inner: &mut u64) {
+    /// Takes the datagram written at `buf[start..start + len]`.
+    fn push(
+        &mut self,
+        start: usize,
+        len: usize,
+        to: SocketAddr,
+        sealer: Option<Sealer>,
+        inner: usize,
+    ) {
+        if let Some(sealer) = sealer {
+            self.unsealed.push((start, len, sealer));
+        }
+        if self.count == 0 {
+            self.to = Some(to);
+            self.segment = len;
+        } else if len < self.segment {
+            self.closed = true;
+        }
+        self.count += 1;
+        self.inner += inner as u64;
+    }
+
+    fn seal_and_send(&mut self, fd: i32, counters: &Counters) {
+        for (at, len, sealer) in self.unsealed.drain(..) {
+            sealer.seal(&mut self.buf[at..at + len]);
+        }
         if let Some(to) = self.to
             && self.count > 0
             && send_segments(fd, &self.buf, self.segment, to).is_ok()
@@ -385,13 +437,13 @@ impl Batch {
             counters
                 .tx_packets
                 .fetch_add(self.count as u64, Ordering::Relaxed);
-            counters.tx_bytes.fetch_add(*inner, Ordering::Relaxed);
+            counters.tx_bytes.fetch_add(self.inner, Ordering::Relaxed);
         }
         self.buf.clear();
         self.count = 0;
         self.closed = false;
         self.to = None;
-        *inner = 0;
+        self.inner = 0;
     }
 }
 
@@ -407,7 +459,6 @@ fn tx_loop(
     let mut scratch = Vec::with_capacity(2048);
     let mut handshakes: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     let mut batch = Batch::new();
-    let mut inner_bytes = 0u64;
     let tun_fd = tun.as_raw_fd();
     let udp_fd = udp.as_raw_fd();
     while !stop.load(Ordering::Relaxed) {
@@ -423,55 +474,58 @@ fn tx_loop(
             continue;
         };
         let (_, packet) = pkt[..n].split_at_mut(offload::VNET_HDR_LEN);
-        {
-            let mut t = tunnel.lock().unwrap_or_else(|p| p.into_inner());
-            let clock = Clock::system();
-            let result = offload::segment(&hdr, packet, &mut scratch, |seg, partial| {
-                let flags = if partial { wire::FLAG_CSUM_PARTIAL } else { 0 };
-                let (peer, tag) = match route_outgoing(seg, members) {
-                    Ok(r) => r,
-                    Err(r) => {
-                        counters.drop(r);
-                        return;
-                    }
-                };
-                let need = seg.len() + wire::DATA_MIN_LEN;
-                let start = batch.buf.len();
-                batch.buf.resize(start + need.max(wire::INIT_LEN), 0);
-                match t.encapsulate(clock, peer, tag, flags, seg, &mut batch.buf[start..]) {
-                    Encap::Send { to, len } => {
-                        batch.buf.truncate(start + len);
-                        if !batch.fits(to, len) {
-                            // Move it out, send what was there, start anew.
-                            let sealed = batch.buf.split_off(start);
-                            batch.flush(udp_fd, counters, &mut inner_bytes);
-                            batch.buf.extend_from_slice(&sealed);
-                        }
-                        if batch.count == 0 {
-                            batch.to = Some(to);
-                            batch.segment = len;
-                        } else if len < batch.segment {
-                            batch.closed = true;
-                        }
-                        batch.count += 1;
-                        inner_bytes += seg.len() as u64;
-                    }
-                    Encap::Handshake { to, len } => {
-                        handshakes.push((to, batch.buf[start..start + len].to_vec()));
-                        batch.buf.truncate(start);
-                    }
-                    Encap::Queued => batch.buf.truncate(start),
-                    Encap::Drop(r) => {
-                        batch.buf.truncate(start);
-                        counters.drop(r);
+        let clock = Clock::system();
+        let result = offload::segment(&hdr, packet, &mut scratch, |seg, partial| {
+            let flags = if partial { wire::FLAG_CSUM_PARTIAL } else { 0 };
+            let (peer, tag) = match route_outgoing(seg, members) {
+                Ok(r) => r,
+                Err(r) => {
+                    counters.drop(r);
+                    return;
+                }
+            };
+            let need = seg.len() + wire::DATA_MIN_LEN;
+            let start = batch.buf.len();
+            batch.buf.resize(start + need.max(wire::INIT_LEN), 0);
+            // Locked per datagram and only to write it: the sealing happens
+            // at the send, outside the lock, so the other direction (the
+            // acknowledgements) never waits behind it.
+            let (encap, sealer) = lock(tunnel).encapsulate_deferred(
+                clock,
+                peer,
+                tag,
+                flags,
+                seg,
+                &mut batch.buf[start..],
+            );
+            match encap {
+                Encap::Send { to, len } => {
+                    batch.buf.truncate(start + len);
+                    if batch.fits(to, len) {
+                        batch.push(start, len, to, sealer, seg.len());
+                    } else {
+                        // Move it out, send what was there, start anew.
+                        let unsealed = batch.buf.split_off(start);
+                        batch.seal_and_send(udp_fd, counters);
+                        batch.buf.extend_from_slice(&unsealed);
+                        batch.push(0, len, to, sealer, seg.len());
                     }
                 }
-            });
-            if result.is_err() {
-                counters.drop(Reason::Malformed);
+                Encap::Handshake { to, len } => {
+                    handshakes.push((to, batch.buf[start..start + len].to_vec()));
+                    batch.buf.truncate(start);
+                }
+                Encap::Queued => batch.buf.truncate(start),
+                Encap::Drop(r) => {
+                    batch.buf.truncate(start);
+                    counters.drop(r);
+                }
             }
+        });
+        if result.is_err() {
+            counters.drop(Reason::Malformed);
         }
-        batch.flush(udp_fd, counters, &mut inner_bytes);
+        batch.seal_and_send(udp_fd, counters);
         for (to, d) in handshakes.drain(..) {
             let _ = udp.send_to(&d, to);
         }
@@ -532,12 +586,22 @@ fn rx_loop(
         counters.udp_reads.fetch_add(1, Ordering::Relaxed);
         let seg = gso.filter(|g| *g > 0).unwrap_or(n);
         {
-            let mut t = tunnel.lock().unwrap_or_else(|p| p.into_inner());
             let clock = Clock::system();
             let mut at = 0;
             while at < n {
                 let end = (at + seg).min(n);
-                match t.decapsulate(clock, from, &mut buf[at..end], &mut out) {
+                // The lock is held to look up and to record, not to open:
+                // the other direction never waits behind the cipher.
+                let prepared =
+                    lock(tunnel).decapsulate_deferred(clock, from, &buf[at..end], &mut out);
+                let decap = match prepared {
+                    Ok(opener) if opener.open(&mut buf[at..end]) => {
+                        lock(tunnel).opened(&opener, end - at)
+                    }
+                    Ok(_) => Decap::Drop(Reason::DecryptFailed),
+                    Err(done) => done,
+                };
+                match decap {
                     Decap::Packet {
                         flags,
                         peer,
@@ -600,8 +664,7 @@ fn timer_loop(udp: UdpSocket, tunnel: &Mutex<Tunnel>, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
         {
-            let mut t = tunnel.lock().unwrap_or_else(|p| p.into_inner());
-            t.tick(Clock::system(), &mut out);
+            lock(tunnel).tick(Clock::system(), &mut out);
         }
         for (to, d) in out.drain(..) {
             let _ = udp.send_to(&d, to);

@@ -14,15 +14,16 @@ pub mod wire;
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use pn_common::{Reason, ip4_octets, policy};
 
 use self::{
-    aead::Cipher,
+    aead::{Cipher, Key},
     handshake::StaticKeys,
-    session::{OpenError, Peer, Session},
+    session::{Peer, Session},
     wire::{AEAD_TAG_LEN, DATA_HEADER_LEN, DATA_MIN_LEN, INIT_LEN, Message, RESP_LEN},
 };
 
@@ -125,6 +126,48 @@ pub enum Decap {
         flush: Vec<(SocketAddr, Vec<u8>)>,
     },
     Drop(Reason),
+}
+
+/// A data packet written (header, clear body, room for the tag) but not yet
+/// sealed. Sealing needs no tunnel state, so the I/O loop does it outside
+/// the tunnel's lock: the other direction never waits behind the cipher.
+pub struct Sealer {
+    key: Arc<Key>,
+    counter: u64,
+}
+
+impl Sealer {
+    /// Seals the datagram the tunnel wrote (`out[..len]` of its `Send`).
+    pub fn seal(&self, datagram: &mut [u8]) {
+        let body_end = datagram.len() - AEAD_TAG_LEN;
+        let (header, rest) = datagram.split_at_mut(DATA_HEADER_LEN);
+        let (body, tag) = rest.split_at_mut(body_end - DATA_HEADER_LEN);
+        tag.copy_from_slice(&self.key.seal(self.counter, header, body));
+    }
+}
+
+/// A data datagram addressed to a live session, with a counter not seen
+/// yet, not opened yet: as [`Sealer`], the opening happens outside the lock,
+/// then [`Tunnel::opened`] records it.
+pub struct Opener {
+    key: Arc<Key>,
+    peer: PeerId,
+    receiver: u32,
+    counter: u64,
+    flags: u8,
+    tag: u32,
+}
+
+impl Opener {
+    /// Authenticates and decrypts `datagram` in place.
+    pub fn open(&self, datagram: &mut [u8]) -> bool {
+        let end = datagram.len() - AEAD_TAG_LEN;
+        let (head, rest) = datagram.split_at_mut(DATA_HEADER_LEN);
+        let (body, tag_bytes) = rest.split_at_mut(end - DATA_HEADER_LEN);
+        let mut t = [0u8; AEAD_TAG_LEN];
+        t.copy_from_slice(tag_bytes);
+        self.key.open(self.counter, head, body, &t).is_ok()
+    }
 }
 
 /// Counters of the handshake side; data drops are reported per packet.
@@ -269,16 +312,31 @@ impl Tunnel {
             && s.sent() < self.cfg.reject_after_messages
     }
 
-    /// Seals `packet` for `peer` into `out` with `s`.
-    fn seal_into(s: &mut Session, flags: u8, tag: u32, packet: &[u8], out: &mut [u8]) -> usize {
+    /// Writes `packet` for `s`'s peer into `out`, ready to seal; returns
+    /// the datagram's length.
+    fn write_data(
+        s: &mut Session,
+        flags: u8,
+        tag: u32,
+        packet: &[u8],
+        out: &mut [u8],
+    ) -> (usize, Sealer) {
         let len = DATA_HEADER_LEN + packet.len() + AEAD_TAG_LEN;
         let counter = s.next_counter();
         let (header, rest) = out.split_at_mut(DATA_HEADER_LEN);
         wire::write_data_header(header, flags, tag, s.remote_index, counter);
-        let body = &mut rest[..packet.len()];
-        body.copy_from_slice(packet);
-        let t = s.seal(counter, header, body);
-        rest[packet.len()..packet.len() + AEAD_TAG_LEN].copy_from_slice(&t);
+        rest[..packet.len()].copy_from_slice(packet);
+        let sealer = Sealer {
+            key: s.send_key(),
+            counter,
+        };
+        (len, sealer)
+    }
+
+    /// Seals `packet` for `s`'s peer into `out`.
+    fn seal_into(s: &mut Session, flags: u8, tag: u32, packet: &[u8], out: &mut [u8]) -> usize {
+        let (len, sealer) = Self::write_data(s, flags, tag, packet, out);
+        sealer.seal(&mut out[..len]);
         len
     }
 
@@ -315,8 +373,27 @@ impl Tunnel {
         packet: &[u8],
         out: &mut [u8],
     ) -> Encap {
+        let (encap, sealer) = self.encapsulate_deferred(clock, peer, tag, flags, packet, out);
+        if let (Encap::Send { len, .. }, Some(sealer)) = (&encap, sealer) {
+            sealer.seal(&mut out[..*len]);
+        }
+        encap
+    }
+
+    /// [`Tunnel::encapsulate`] but for the sealing: a `Send` comes with the
+    /// [`Sealer`] that must seal `out[..len]` before it leaves.
+    pub fn encapsulate_deferred(
+        &mut self,
+        clock: Clock,
+        peer: PeerId,
+        tag: u32,
+        flags: u8,
+        packet: &[u8],
+        out: &mut [u8],
+    ) -> (Encap, Option<Sealer>) {
+        let now = |e: Encap| (e, None);
         if out.len() < packet.len() + DATA_MIN_LEN || out.len() < INIT_LEN {
-            return Encap::Drop(Reason::Malformed);
+            return now(Encap::Drop(Reason::Malformed));
         }
         let (rekey_time, rekey_msgs, reject_time, reject_msgs) = (
             self.cfg.rekey_after_time,
@@ -325,12 +402,12 @@ impl Tunnel {
             self.cfg.reject_after_messages,
         );
         let Some(p) = self.peers.get_mut(&peer) else {
-            return Encap::Drop(Reason::NoRoute);
+            return now(Encap::Drop(Reason::NoRoute));
         };
         if let Some(s) = p.sending_mut() {
             let age = clock.now.saturating_duration_since(s.created);
             if age < reject_time && s.sent() < reject_msgs {
-                let len = Self::seal_into(s, flags, tag, packet, out);
+                let (len, sealer) = Self::write_data(s, flags, tag, packet, out);
                 // The initiator of a session renews it; the responder does
                 // too if the initiator seems not to (later, so both do not
                 // start at once).
@@ -345,23 +422,26 @@ impl Tunnel {
                 if (age >= due || s.sent() >= due_msgs) && p.handshake.is_none() {
                     p.rekey_wanted = true;
                 }
-                return Encap::Send {
-                    to: p.endpoint,
-                    len,
-                };
+                return (
+                    Encap::Send {
+                        to: p.endpoint,
+                        len,
+                    },
+                    Some(sealer),
+                );
             }
         }
         if p.queue.len() >= self.cfg.max_queued {
-            return Encap::Drop(Reason::QueueFull);
+            return now(Encap::Drop(Reason::QueueFull));
         }
         p.queue.push_back((flags, tag, packet.to_vec()));
         if p.handshake.is_some() {
-            return Encap::Queued;
+            return now(Encap::Queued);
         }
-        match self.start_initiation(peer, clock, out) {
+        now(match self.start_initiation(peer, clock, out) {
             Some((to, len)) => Encap::Handshake { to, len },
             None => Encap::Queued,
-        }
+        })
     }
 
     /// A datagram from the underlay, decrypted in place. `out` receives a
@@ -373,32 +453,72 @@ impl Tunnel {
         datagram: &mut [u8],
         out: &mut [u8],
     ) -> Decap {
+        match self.decapsulate_deferred(clock, from, datagram, out) {
+            Err(done) => done,
+            Ok(opener) if opener.open(datagram) => self.opened(&opener, datagram.len()),
+            Ok(_) => Decap::Drop(Reason::DecryptFailed),
+        }
+    }
+
+    /// [`Tunnel::decapsulate`] but for the opening of data datagrams: those
+    /// come back as an [`Opener`] (then [`Opener::open`], then
+    /// [`Tunnel::opened`]); everything else is done.
+    /// Records a datagram its [`Opener`] authenticated: the replay window
+    /// (again: another copy may have been opened meanwhile) and the session
+    /// the peer now uses.
+    pub fn opened(&mut self, o: &Opener, datagram_len: usize) -> Decap {
+        if let Some(p) = self.peers.get_mut(&o.peer)
+            && let Some(s) = p.session_mut(o.receiver)
+        {
+            if !s.record(o.counter) {
+                return Decap::Drop(Reason::Replayed);
+            }
+            p.received_on(o.receiver);
+        }
+        // A session evicted since the opening took its window along; the
+        // datagram is authentic, and any copy of it now finds no session.
+        Decap::Packet {
+            flags: o.flags,
+            peer: o.peer,
+            tag: o.tag,
+            start: DATA_HEADER_LEN,
+            end: datagram_len - AEAD_TAG_LEN,
+        }
+    }
+
+    pub fn decapsulate_deferred(
+        &mut self,
+        clock: Clock,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> Result<Opener, Decap> {
         let msg = match wire::parse(datagram) {
             Ok(m) => m,
-            Err(_) => return Decap::Drop(Reason::Malformed),
+            Err(_) => return Err(Decap::Drop(Reason::Malformed)),
         };
         match msg {
             Message::Initiation { sender, noise } => {
                 if !self.limiter.allow(from.ip(), clock.now) {
-                    return Decap::Drop(Reason::RateLimited);
+                    return Err(Decap::Drop(Reason::RateLimited));
                 }
                 let Ok(read) = handshake::read_initiation(&self.keys, sender, noise) else {
-                    return Decap::Drop(Reason::HandshakeRejected);
+                    return Err(Decap::Drop(Reason::HandshakeRejected));
                 };
                 let Some(&id) = self.by_public.get(&read.remote_static) else {
-                    return Decap::Drop(Reason::HandshakeRejected);
+                    return Err(Decap::Drop(Reason::HandshakeRejected));
                 };
                 let index = self.new_index();
                 let Some(p) = self.peers.get_mut(&id) else {
-                    return Decap::Drop(Reason::HandshakeRejected);
+                    return Err(Decap::Drop(Reason::HandshakeRejected));
                 };
                 if read.timestamp <= p.last_timestamp {
-                    return Decap::Drop(Reason::HandshakeRejected);
+                    return Err(Decap::Drop(Reason::HandshakeRejected));
                 }
                 let remote_index = read.remote_index;
                 let timestamp = read.timestamp;
                 let Ok(keys) = handshake::respond(read, index, out) else {
-                    return Decap::Drop(Reason::HandshakeRejected);
+                    return Err(Decap::Drop(Reason::HandshakeRejected));
                 };
                 p.last_timestamp = timestamp;
                 let s = Session::new(self.cfg.cipher, keys, index, remote_index, clock.now, false);
@@ -407,10 +527,10 @@ impl Tunnel {
                     self.by_index.remove(&gone);
                 }
                 self.stats.initiations_answered += 1;
-                Decap::Reply {
+                Err(Decap::Reply {
                     to: from,
                     len: RESP_LEN,
-                }
+                })
             }
             Message::Response {
                 sender,
@@ -418,24 +538,24 @@ impl Tunnel {
                 noise,
             } => {
                 let Some(&id) = self.by_index.get(&receiver) else {
-                    return Decap::Drop(Reason::UnknownSession);
+                    return Err(Decap::Drop(Reason::UnknownSession));
                 };
                 let Some(p) = self.peers.get_mut(&id) else {
-                    return Decap::Drop(Reason::UnknownSession);
+                    return Err(Decap::Drop(Reason::UnknownSession));
                 };
                 if p.handshake
                     .as_ref()
                     .is_none_or(|(h, _)| h.local_index != receiver)
                 {
-                    return Decap::Drop(Reason::UnknownSession);
+                    return Err(Decap::Drop(Reason::UnknownSession));
                 }
                 let Some((init, _)) = p.handshake.take() else {
-                    return Decap::Drop(Reason::UnknownSession);
+                    return Err(Decap::Drop(Reason::UnknownSession));
                 };
                 let Ok(keys) = handshake::complete(init, noise) else {
                     // Forged or corrupted: the attempt goes on with a retry.
                     self.by_index.remove(&receiver);
-                    return Decap::Drop(Reason::HandshakeRejected);
+                    return Err(Decap::Drop(Reason::HandshakeRejected));
                 };
                 let mut s = Session::new(self.cfg.cipher, keys, receiver, sender, clock.now, true);
                 let mut flush = Vec::with_capacity(p.queue.len());
@@ -458,7 +578,7 @@ impl Tunnel {
                 p.attempt_started = None;
                 p.rekey_wanted = false;
                 self.stats.handshakes_completed += 1;
-                Decap::Established { peer: id, flush }
+                Err(Decap::Established { peer: id, flush })
             }
             Message::Data {
                 flags,
@@ -479,35 +599,28 @@ impl Tunnel {
                     {
                         p.rekey_wanted = true;
                     }
-                    return Decap::Drop(Reason::UnknownSession);
+                    return Err(Decap::Drop(Reason::UnknownSession));
                 };
                 let Some(p) = self.peers.get_mut(&id) else {
-                    return Decap::Drop(Reason::UnknownSession);
+                    return Err(Decap::Drop(Reason::UnknownSession));
                 };
                 let Some(s) = p.session_mut(receiver) else {
-                    return Decap::Drop(Reason::UnknownSession);
+                    return Err(Decap::Drop(Reason::UnknownSession));
                 };
                 if clock.now.saturating_duration_since(s.created) >= reject {
-                    return Decap::Drop(Reason::UnknownSession);
+                    return Err(Decap::Drop(Reason::UnknownSession));
                 }
-                let end = datagram.len() - AEAD_TAG_LEN;
-                let (head, rest) = datagram.split_at_mut(DATA_HEADER_LEN);
-                let (body, tag_bytes) = rest.split_at_mut(end - DATA_HEADER_LEN);
-                let mut t = [0u8; AEAD_TAG_LEN];
-                t.copy_from_slice(tag_bytes);
-                match s.open(counter, head, body, &t) {
-                    Ok(()) => {}
-                    Err(OpenError::Replayed) => return Decap::Drop(Reason::Replayed),
-                    Err(OpenError::Auth) => return Decap::Drop(Reason::DecryptFailed),
+                if !s.fresh(counter) {
+                    return Err(Decap::Drop(Reason::Replayed));
                 }
-                p.received_on(receiver);
-                Decap::Packet {
-                    flags,
+                Ok(Opener {
+                    key: s.recv_key(),
                     peer: id,
+                    receiver,
+                    counter,
+                    flags,
                     tag,
-                    start: DATA_HEADER_LEN,
-                    end,
-                }
+                })
             }
         }
     }

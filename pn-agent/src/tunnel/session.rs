@@ -4,10 +4,10 @@
 //! traffic, and a responder starts sending on a new session only once the
 //! initiator has used it.
 
-use std::{collections::VecDeque, net::SocketAddr, time::Instant};
+use std::{collections::VecDeque, net::SocketAddr, sync::Arc, time::Instant};
 
 use super::{
-    aead::{AuthError, Cipher, Key},
+    aead::{Cipher, Key},
     handshake::{Initiation, SessionKeys},
     replay::ReplayWindow,
 };
@@ -15,8 +15,10 @@ use super::{
 pub struct Session {
     pub local_index: u32,
     pub remote_index: u32,
-    send: Key,
-    recv: Key,
+    // Shared with the I/O threads, which seal and open outside the tunnel's
+    // lock (the keys never change; the counters and window stay here).
+    send: Arc<Key>,
+    recv: Arc<Key>,
     send_counter: u64,
     replay: ReplayWindow,
     pub created: Instant,
@@ -36,8 +38,8 @@ impl Session {
         Session {
             local_index,
             remote_index,
-            send: Key::new(cipher, &mut keys.send),
-            recv: Key::new(cipher, &mut keys.recv),
+            send: Arc::new(Key::new(cipher, &mut keys.send)),
+            recv: Arc::new(Key::new(cipher, &mut keys.recv)),
             send_counter: 0,
             replay: ReplayWindow::default(),
             created,
@@ -56,34 +58,29 @@ impl Session {
         c
     }
 
-    pub fn seal(&self, counter: u64, aad: &[u8], buf: &mut [u8]) -> [u8; 16] {
-        self.send.seal(counter, aad, buf)
+    pub fn send_key(&self) -> Arc<Key> {
+        self.send.clone()
     }
 
-    /// Replay check, authentication, then recording of the counter.
-    pub fn open(
-        &mut self,
-        counter: u64,
-        aad: &[u8],
-        buf: &mut [u8],
-        tag: &[u8; 16],
-    ) -> Result<(), OpenError> {
+    pub fn recv_key(&self) -> Arc<Key> {
+        self.recv.clone()
+    }
+
+    /// Whether `counter` may still arrive (not seen, not too old). Checked
+    /// before opening, to spend nothing on replays, and again with
+    /// [`Session::record`] after.
+    pub fn fresh(&self, counter: u64) -> bool {
+        self.replay.check(counter)
+    }
+
+    /// Records an authenticated counter; false if it was seen meanwhile.
+    pub fn record(&mut self, counter: u64) -> bool {
         if !self.replay.check(counter) {
-            return Err(OpenError::Replayed);
+            return false;
         }
-        self.recv
-            .open(counter, aad, buf, tag)
-            .map_err(|AuthError| OpenError::Auth)?;
-        // Checked above and nothing else touched the window since.
         self.replay.record(counter);
-        Ok(())
+        true
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpenError {
-    Replayed,
-    Auth,
 }
 
 /// A packet waiting for a session: its header flags, network tag and bytes.

@@ -234,6 +234,46 @@ fn replays_and_tampering_are_dropped() {
     ));
 }
 
+/// The device opens outside the tunnel's lock: two copies of one datagram
+/// may both be opened before either is recorded. Only one gets through.
+#[test]
+fn copies_opened_concurrently_deliver_once() {
+    let mut p = Pair::new(Config::default());
+    p.send(true, &packet(1));
+    let clock = p.clock;
+    let mut out = vec![0u8; 2048];
+    let (Encap::Send { len, .. }, Some(sealer)) =
+        p.a.encapsulate_deferred(clock, B, 7, 0, &packet(2), &mut out)
+    else {
+        panic!("a session is up")
+    };
+    // Unsealed, it does not authenticate; sealed, it does.
+    let mut buf = vec![0u8; 2048];
+    assert_eq!(
+        p.b.decapsulate(clock, addr(1), &mut out[..len].to_vec(), &mut buf),
+        Decap::Drop(Reason::DecryptFailed)
+    );
+    sealer.seal(&mut out[..len]);
+    let (mut c1, mut c2) = (out[..len].to_vec(), out[..len].to_vec());
+    let o1 =
+        p.b.decapsulate_deferred(clock, addr(1), &c1, &mut buf)
+            .ok()
+            .unwrap();
+    let o2 =
+        p.b.decapsulate_deferred(clock, addr(1), &c2, &mut buf)
+            .ok()
+            .unwrap();
+    assert!(o1.open(&mut c1) && o2.open(&mut c2));
+    assert_eq!(&c1[DATA_HEADER_LEN..len - AEAD_TAG_LEN], &packet(2)[..]);
+    assert!(matches!(p.b.opened(&o1, len), Decap::Packet { .. }));
+    assert_eq!(p.b.opened(&o2, len), Decap::Drop(Reason::Replayed));
+    // And a third copy is turned away before any opening.
+    assert!(matches!(
+        p.b.decapsulate_deferred(clock, addr(1), &out[..len], &mut buf),
+        Err(Decap::Drop(Reason::Replayed))
+    ));
+}
+
 #[test]
 fn strangers_and_replayed_initiations_are_rejected() {
     let mut p = Pair::new(Config::default());

@@ -135,6 +135,36 @@ fn boringtun_pair(
     Ok(out)
 }
 
+/// One pn run alone, long enough to profile beside it (`perf record -a`),
+/// then the loss counters of every namespace: what the figure hides.
+fn profile(
+    fleet: &Fleet,
+    [c1, c2]: [&Namespace; 2],
+    ip2: Ipv4Addr,
+    secs: u64,
+) -> anyhow::Result<()> {
+    if std::env::var_os("PN_BENCH_PROFILE_NO_PROGRAMS").is_some() {
+        for h in &fleet.hosts {
+            tools::detach_programs(h)?;
+        }
+    }
+    let g = tools::iperf(c1, c2, ip2, secs)?;
+    eprintln!("pn (ring) alone: {g:.2} Gbit/s");
+    for ns in [&fleet.hosts[0].ns, &fleet.hosts[1].ns, c1, c2] {
+        let stats = run(Command::new("ip").args(["netns", "exec", &ns.name, "nstat", "-az"]))?;
+        for l in stats.lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let lossy = ["Err", "Retrans", "Drop", "Lost"]
+                .iter()
+                .any(|k| f.first().is_some_and(|n| n.contains(k)));
+            if lossy && f.get(1).is_some_and(|v| *v != "0") {
+                eprintln!("{} {l}", ns.name);
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn run_scenario(effort: Effort) -> anyhow::Result<Scenario> {
     let p = unique_prefix();
     let mut fleet = Fleet::new(&p, 2);
@@ -152,6 +182,13 @@ pub fn run_scenario(effort: Effort) -> anyhow::Result<Scenario> {
         Ipv4Addr::new(192, 168, 100, 2),
     ];
     tools::wait_for_remote(&fleet.hosts[0])?;
+    if let Some(secs) = std::env::var("PN_BENCH_PROFILE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        profile(&fleet, [&c1, &c2], ip2, secs)?;
+        bail!("PN_BENCH_PROFILE_SECS: one profiling run, nothing recorded");
+    }
     let boringtun = boringtun_binary();
     let wg = match &boringtun {
         Some(bin) => Some(boringtun_pair(
