@@ -151,8 +151,12 @@ pub struct Agent {
 
 /// Address → member, for the tunnel's per-packet checks (kept apart from
 /// the view so the data path takes one small lock and one hash lookup).
+/// FxHash: the keys are our own allocations, never chosen by a sender, and
+/// SipHash was a visible share of the receive path.
 #[derive(Clone, Default)]
-pub struct MemberTable(Arc<RwLock<HashMap<Ipv4Addr, Member>>>);
+pub struct MemberTable(Arc<RwLock<MemberMap>>);
+
+type MemberMap = rustc_hash::FxHashMap<Ipv4Addr, Member>;
 
 impl tun::Members for MemberTable {
     fn member(&self, ip: Ipv4Addr) -> Option<Member> {
@@ -177,7 +181,7 @@ impl MemberTable {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&ip);
     }
-    fn replace(&self, all: HashMap<Ipv4Addr, Member>) {
+    fn replace(&self, all: MemberMap) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = all;
     }
 }
@@ -732,7 +736,7 @@ impl Agent {
         let mut desired_ifaces: HashMap<u32, Iface> = HashMap::new();
         let mut local_names: HashSet<String> = HashSet::new();
         let mut stale: Vec<ContainerKey> = Vec::new();
-        let mut members: HashMap<Ipv4Addr, Member> = HashMap::new();
+        let mut members = MemberMap::default();
         for c in view.containers.values() {
             let Some(net) = view.networks.get(&c.network) else {
                 continue;

@@ -14,14 +14,13 @@ fuzz_target!(|data: &[u8]| {
     let mut segments = Vec::new();
     let _ = segment(&hdr, &mut pkt, &mut scratch, |s, partial| segments.push((s.to_vec(), partial)));
     let mut c = Coalescer::default();
-    let mut out = Vec::new();
     for (s, partial) in segments.iter().chain(std::iter::once(&(data.to_vec(), false))) {
         if !c.push(s, *partial) && !c.is_empty() {
-            c.flush(&mut out);
+            c.flush();
             let _ = c.push(s, *partial);
         }
     }
     if !c.is_empty() {
-        c.flush(&mut out);
+        c.flush();
     }
 });

@@ -563,7 +563,6 @@ fn rx_loop(
     let mut replies: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     let mut packets: Vec<(PeerId, u32, bool, usize, usize)> = Vec::new();
     let mut coalescer = offload::Coalescer::default();
-    let mut super_buf = Vec::with_capacity(65536 + offload::VNET_HDR_LEN);
     let udp_fd = udp.as_raw_fd();
     let tun_fd = tun.as_raw_fd();
     let deliver = |pkt: &[u8], partial: bool| {
@@ -633,7 +632,7 @@ fn rx_loop(
                 continue;
             }
             if !coalescer.is_empty() {
-                write_super(tun_fd, &mut coalescer, &mut super_buf, counters);
+                write_super(tun_fd, &mut coalescer, counters);
                 if coalescer.push(packet, partial) {
                     continue;
                 }
@@ -641,14 +640,15 @@ fn rx_loop(
             deliver(packet, partial);
         }
         if !coalescer.is_empty() {
-            write_super(tun_fd, &mut coalescer, &mut super_buf, counters);
+            write_super(tun_fd, &mut coalescer, counters);
         }
         packets.clear();
     }
 }
 
-fn write_super(tun_fd: i32, c: &mut offload::Coalescer, out: &mut Vec<u8>, counters: &Counters) {
-    let len = c.flush(out);
+fn write_super(tun_fd: i32, c: &mut offload::Coalescer, counters: &Counters) {
+    let out = c.flush();
+    let len = out.len();
     counters.tun_writes.fetch_add(1, Ordering::Relaxed);
     // SAFETY: writing a live buffer to our descriptor.
     if unsafe { libc::write(tun_fd, out.as_ptr().cast(), len) } >= 0 {

@@ -213,7 +213,9 @@ pub fn receive_header(pkt: &[u8], partial: bool) -> VnetHdr {
 /// [`segment`]), so it crosses the stack once.
 #[derive(Default)]
 pub struct Coalescer {
-    /// The super-packet being built: IP + TCP headers, then payloads.
+    /// The super-packet being built, in place for the TUN device: room for
+    /// the vnet header, then IP + TCP headers, then payloads (one copy of
+    /// the payload on the way, not two).
     buf: Vec<u8>,
     ihl: usize,
     headers: usize,
@@ -226,6 +228,9 @@ pub struct Coalescer {
 
 /// The kernel's limit for a GSO packet, minus room for headers.
 const MAX_SUPER: usize = 65_000;
+
+/// Where the packet starts in [`Coalescer`]'s buffer.
+const V: usize = VNET_HDR_LEN;
 
 impl Coalescer {
     pub fn is_empty(&self) -> bool {
@@ -251,6 +256,7 @@ impl Coalescer {
                 return false;
             }
             self.buf.clear();
+            self.buf.resize(V, 0);
             self.buf.extend_from_slice(pkt);
             self.ihl = ihl;
             self.headers = headers;
@@ -260,7 +266,7 @@ impl Coalescer {
             self.partial = partial;
             return true;
         }
-        let cur = &self.buf;
+        let cur = &self.buf[V..];
         let same_flow = headers == self.headers
             && pkt[12..20] == cur[12..20]
             && pkt[ihl..ihl + 4] == cur[self.ihl..self.ihl + 4]
@@ -272,34 +278,32 @@ impl Coalescer {
             && flags & (0x01 | 0x02 | 0x04 | 0x20) == 0
             && pkt[1] == cur[1]
             && pkt[8] == cur[8];
-        let last_was_full = (self.buf.len() - self.headers) == self.mss * self.segments;
+        let last_was_full = (cur.len() - self.headers) == self.mss * self.segments;
         if !same_flow
             || seq != self.next_seq
             || payload == 0
             || payload > self.mss
             || !last_was_full
-            || self.buf.len() + payload > MAX_SUPER
+            || cur.len() + payload > MAX_SUPER
             || cur[self.ihl + 13] & 0x08 != 0
         {
             return false;
         }
         self.buf.extend_from_slice(&pkt[headers..]);
         // Carry PSH of the newest segment.
-        self.buf[self.ihl + 13] |= flags & 0x08;
+        self.buf[V + self.ihl + 13] |= flags & 0x08;
         self.segments += 1;
         self.next_seq = seq.wrapping_add(payload as u32);
         true
     }
 
-    /// Writes the vnet header and packet for the TUN device into `out`
-    /// (returns its length) and starts over.
-    pub fn flush(&mut self, out: &mut Vec<u8>) -> usize {
-        out.clear();
-        out.resize(VNET_HDR_LEN, 0);
-        let total = self.buf.len();
+    /// Completes the vnet header and packet for the TUN device and starts
+    /// over; the returned bytes are valid until the next push.
+    pub fn flush(&mut self) -> &[u8] {
+        let total = self.buf.len() - V;
         let ihl = self.ihl;
         {
-            let ip = &mut self.buf[..ihl];
+            let ip = &mut self.buf[V..V + ihl];
             ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
             ipv4_header_checksum(ip);
         }
@@ -307,8 +311,8 @@ impl Coalescer {
             // The kernel re-segments: it wants the pseudo-header sum in the
             // checksum field and the rest marked for completion.
             let l4_len = total - ihl;
-            let pseudo = fold(pseudo_sum(&self.buf[..ihl], 6, l4_len));
-            self.buf[ihl + 16..ihl + 18].copy_from_slice(&pseudo.to_be_bytes());
+            let pseudo = fold(pseudo_sum(&self.buf[V..V + ihl], 6, l4_len));
+            self.buf[V + ihl + 16..V + ihl + 18].copy_from_slice(&pseudo.to_be_bytes());
             VnetHdr {
                 flags: F_NEEDS_CSUM,
                 gso_type: GSO_TCPV4,
@@ -318,13 +322,11 @@ impl Coalescer {
                 csum_offset: 16,
             }
         } else {
-            receive_header(&self.buf, self.partial)
+            receive_header(&self.buf[V..], self.partial)
         };
-        hdr.write(&mut out[..VNET_HDR_LEN]);
-        out.extend_from_slice(&self.buf);
+        hdr.write(&mut self.buf[..V]);
         self.segments = 0;
-        self.buf.clear();
-        out.len()
+        &self.buf
     }
 }
 
@@ -477,8 +479,7 @@ mod tests {
         for s in &segs {
             assert!(c.push(s, true));
         }
-        let mut out = Vec::new();
-        c.flush(&mut out);
+        let out = c.flush().to_vec();
         let hdr = VnetHdr::parse(&out).unwrap();
         assert_eq!(
             (hdr.gso_type, hdr.gso_size, hdr.hdr_len),
@@ -529,8 +530,7 @@ mod tests {
             !fresh.push(&tcp_packet(0, 0x10, &[]), false),
             "pure ACK passes alone"
         );
-        let mut out = Vec::new();
-        c.flush(&mut out);
+        c.flush();
         assert!(c.is_empty());
     }
 }
