@@ -132,6 +132,17 @@ fn readable(fd: i32, ms: i32) -> bool {
     unsafe { libc::poll(&mut p, 1, ms) > 0 }
 }
 
+/// What the data threads share.
+#[derive(Clone)]
+struct Shared {
+    tunnel: Arc<Mutex<Tunnel>>,
+    members: Arc<dyn Members + Send + Sync>,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+}
+
+type DataLoop = fn(File, UdpSocket, &Shared);
+
 pub struct Device {
     tunnel: Arc<Mutex<Tunnel>>,
     pub counters: Arc<Counters>,
@@ -190,37 +201,21 @@ impl Device {
         let counters = Arc::new(Counters::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        {
-            // TUN → UDP: packets from local containers to remote members.
-            let (tun, udp) = (tun.try_clone()?, udp.try_clone()?);
-            let (tunnel, members, counters, stop) = (
-                tunnel.clone(),
-                members.clone(),
-                counters.clone(),
-                stop.clone(),
-            );
+        let shared = Shared {
+            tunnel: tunnel.clone(),
+            members,
+            counters: counters.clone(),
+            stop: stop.clone(),
+        };
+        // TUN → UDP (packets from local containers to remote members) and
+        // UDP → TUN, each on its own thread.
+        let data_loops: [(&str, DataLoop); 2] = [("pn-tun-tx", tx_loop), ("pn-tun-rx", rx_loop)];
+        for (name, data_loop) in data_loops {
+            let (tun, udp, shared) = (tun.try_clone()?, udp.try_clone()?, shared.clone());
             threads.push(
                 std::thread::Builder::new()
-                    .name("pn-tun-tx".into())
-                    .spawn(move || {
-                        tx_loop(tun, udp, &tunnel, members.as_ref(), &counters, &stop)
-                    })?,
-            );
-        }
-        {
-            let (tun, udp) = (tun.try_clone()?, udp.try_clone()?);
-            let (tunnel, members, counters, stop) = (
-                tunnel.clone(),
-                members.clone(),
-                counters.clone(),
-                stop.clone(),
-            );
-            threads.push(
-                std::thread::Builder::new()
-                    .name("pn-tun-rx".into())
-                    .spawn(move || {
-                        rx_loop(tun, udp, &tunnel, members.as_ref(), &counters, &stop)
-                    })?,
+                    .name(name.into())
+                    .spawn(move || data_loop(tun, udp, &shared))?,
             );
         }
         {
@@ -447,14 +442,13 @@ impl Batch {
     }
 }
 
-fn tx_loop(
-    mut tun: File,
-    udp: UdpSocket,
-    tunnel: &Mutex<Tunnel>,
-    members: &dyn Members,
-    counters: &Counters,
-    stop: &AtomicBool,
-) {
+fn tx_loop(mut tun: File, udp: UdpSocket, shared: &Shared) {
+    let (tunnel, members, counters, stop) = (
+        &*shared.tunnel,
+        shared.members.as_ref(),
+        &*shared.counters,
+        &*shared.stop,
+    );
     let mut pkt = vec![0u8; 65536 + offload::VNET_HDR_LEN];
     let mut scratch = Vec::with_capacity(2048);
     let mut handshakes: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
@@ -550,14 +544,13 @@ fn write_plain(tun_fd: i32, packet: &[u8], partial: bool) -> bool {
     unsafe { libc::writev(tun_fd, iov.as_ptr(), 2) >= 0 }
 }
 
-fn rx_loop(
-    tun: File,
-    udp: UdpSocket,
-    tunnel: &Mutex<Tunnel>,
-    members: &dyn Members,
-    counters: &Counters,
-    stop: &AtomicBool,
-) {
+fn rx_loop(tun: File, udp: UdpSocket, shared: &Shared) {
+    let (tunnel, members, counters, stop) = (
+        &*shared.tunnel,
+        shared.members.as_ref(),
+        &*shared.counters,
+        &*shared.stop,
+    );
     let mut buf = vec![0u8; 65536];
     let mut out = vec![0u8; 256];
     let mut replies: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
