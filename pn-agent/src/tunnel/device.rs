@@ -469,9 +469,11 @@ fn tx_loop(mut tun: File, udp: UdpSocket, shared: &Shared) {
         };
         let (_, packet) = pkt[..n].split_at_mut(offload::VNET_HDR_LEN);
         let clock = Clock::system();
+        // Every segment carries the super-packet's addresses: route once.
+        let route = route_outgoing(packet, members);
         let result = offload::segment(&hdr, packet, &mut scratch, |seg, partial| {
             let flags = if partial { wire::FLAG_CSUM_PARTIAL } else { 0 };
-            let (peer, tag) = match route_outgoing(seg, members) {
+            let (peer, tag) = match route {
                 Ok(r) => r,
                 Err(r) => {
                     counters.drop(r);
@@ -544,6 +546,9 @@ fn write_plain(tun_fd: i32, packet: &[u8], partial: bool) -> bool {
     unsafe { libc::writev(tun_fd, iov.as_ptr(), 2) >= 0 }
 }
 
+/// Sending peer, tag, inner source and destination.
+type IncomingKey = (PeerId, u32, [u8; 8]);
+
 fn rx_loop(tun: File, udp: UdpSocket, shared: &Shared) {
     let (tunnel, members, counters, stop) = (
         &*shared.tunnel,
@@ -615,9 +620,24 @@ fn rx_loop(tun: File, udp: UdpSocket, shared: &Shared) {
         for (to, d) in replies.drain(..) {
             let _ = udp.send_to(&d, to);
         }
+        // A batch is mostly one flow's segments: check each pair of
+        // addresses (with its tag and peer) once per batch.
+        let mut checked: Option<(IncomingKey, Result<(), Reason>)> = None;
         for &(peer, tag, partial, start, end) in &packets {
             let packet = &buf[start..end];
-            if let Err(r) = check_incoming(packet, tag, peer, members) {
+            let addrs: [u8; 8] = packet
+                .get(12..20)
+                .and_then(|a| a.try_into().ok())
+                .unwrap_or_default();
+            let verdict = match checked {
+                Some((k, v)) if k == (peer, tag, addrs) => v,
+                _ => {
+                    let v = check_incoming(packet, tag, peer, members);
+                    checked = Some(((peer, tag, addrs), v));
+                    v
+                }
+            };
+            if let Err(r) = verdict {
                 counters.drop(r);
                 continue;
             }
