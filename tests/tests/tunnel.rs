@@ -375,3 +375,79 @@ fn a_restarted_agent_reestablishes_the_tunnel_by_itself() {
         "h2 reaches h1 after h1 restarted"
     );
 }
+
+/// The public key the fleet publishes for host `id`, as `h` sees it.
+fn published_key(h: &Host, id: &str) -> String {
+    h.json(&["host", "list"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|x| x["id"] == id)
+        .and_then(|x| x["public_key"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A host whose key changes is cut off: h1 forgets every session of the old
+/// key and no longer answers it, and pairs with the new key by itself.
+#[test]
+fn a_host_whose_key_changes_is_cut_off_and_pairs_again_with_the_new_one() {
+    use pn_agent::tunnel::{Clock, Config, Encap, Tunnel};
+    let mut t = two_hosts(&[]);
+    let _s2 = net::tcp_echo_server(&t.c2, 8100);
+    net::tcp_echo(&t.c1, SocketAddr::from((t.ip2, 8100)), b"before", LONG).unwrap();
+    let h2_id = t.f.hosts[1].id.clone();
+    let old_key = published_key(&t.f.hosts[0], &h2_id);
+    // Keep h2's old private key aside, then give h2 a new one.
+    let state = t.f.hosts[1].dir.join("state");
+    let aside = t.f.hosts[1].dir.join("old-key");
+    std::fs::create_dir_all(&aside).unwrap();
+    std::fs::rename(state.join("host.key"), aside.join("host.key")).unwrap();
+    t.f.hosts[1].restart();
+    assert!(
+        eventually(LONG, || {
+            let k = published_key(&t.f.hosts[0], &h2_id);
+            !k.is_empty() && k != old_key
+        }),
+        "h1 learns h2's new key"
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || net::tcp_echo(
+            &t.c1,
+            SocketAddr::from((t.ip2, 8100)),
+            b"after",
+            Duration::from_millis(500)
+        )
+        .is_ok()),
+        "h1 and h2 pair again with the new key"
+    );
+    // Whoever holds the old key, from h2's own address, gets nothing.
+    let old = pn_agent::agent::host_key(&aside).unwrap();
+    let h1_keys = pn_agent::agent::host_key(&t.f.hosts[0].dir.join("state")).unwrap();
+    let h1 = SocketAddr::from(([192, 168, 100, 1], 51871));
+    let mut impostor = Tunnel::new(Config::default(), old, 7);
+    impostor.set_peer(1, h1_keys.public, h1);
+    let mut out = vec![0u8; 2048];
+    let Encap::Handshake { len, .. } =
+        impostor.encapsulate(Clock::system(), 1, 0, 0, &[0x45; 40], &mut out)
+    else {
+        panic!("a first packet starts a handshake")
+    };
+    let rejected = tunnel_drops(&t.f.hosts[0], "handshake_rejected");
+    net::send_raw_ipv4(
+        &t.f.underlay,
+        net::udp_packet(
+            Ipv4Addr::new(192, 168, 100, 2),
+            51871,
+            Ipv4Addr::new(192, 168, 100, 1),
+            51871,
+            &out[..len],
+        ),
+    )
+    .unwrap();
+    assert!(
+        eventually(LONG, || tunnel_drops(&t.f.hosts[0], "handshake_rejected")
+            > rejected),
+        "the old key's initiation is rejected"
+    );
+}
