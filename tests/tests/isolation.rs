@@ -269,3 +269,28 @@ fn metrics_and_flows_name_every_drop() {
         "{table}"
     );
 }
+
+/// An interface whose entry the maps lost fails closed: its traffic is
+/// dropped and counted as unknown_interface, never let through.
+#[test]
+fn an_interface_missing_from_the_maps_fails_closed() {
+    let f = fixture();
+    let _s = net::tcp_echo_server(&f.c2, 7300);
+    net::tcp_echo(&f.c1, sa(f.ip2, 7300), b"before", LONG).unwrap();
+    let list = f.host.json(&["container", "list", "--app", &f.app_a1]);
+    let ifname = list[0]["host_interface"].as_str().unwrap().to_string();
+    let link: serde_json::Value =
+        serde_json::from_str(&f.host.ns.ip(&["-j", "link", "show", &ifname])).unwrap();
+    let ifindex = link[0]["ifindex"].as_u64().unwrap() as u32;
+    let map = f.host.bpffs().join("maps/PN_IFACES");
+    let mut args = vec!["map", "delete", "pinned", map.to_str().unwrap(), "key"];
+    let key: Vec<String> = ifindex.to_ne_bytes().iter().map(u8::to_string).collect();
+    args.extend(key.iter().map(String::as_str));
+    pn_tests::run_ok("bpftool", &args);
+    assert!(net::tcp_echo(&f.c1, sa(f.ip2, 7300), b"after", SHORT).is_err());
+    assert!(eventually(LONG, || pn_tests::metric_value(
+        &f.host.metrics(),
+        "pn_packets_total",
+        &[("container", ""), ("reason", "unknown_interface")]
+    ) > 0));
+}
