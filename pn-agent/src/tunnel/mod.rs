@@ -161,6 +161,10 @@ pub struct Opener {
 impl Opener {
     /// Authenticates and decrypts `datagram` in place.
     pub fn open(&self, datagram: &mut [u8]) -> bool {
+        // The datagram it was made from is at least this long; another is not.
+        if datagram.len() < DATA_MIN_LEN {
+            return false;
+        }
         let end = datagram.len() - AEAD_TAG_LEN;
         let (head, rest) = datagram.split_at_mut(DATA_HEADER_LEN);
         let (body, tag_bytes) = rest.split_at_mut(end - DATA_HEADER_LEN);
