@@ -283,6 +283,17 @@ fn sockaddr(to: SocketAddr) -> Option<libc::sockaddr_in> {
     })
 }
 
+/// A message header over one address and one buffer (no control data yet).
+fn msghdr(addr: &mut libc::sockaddr_in, iov: &mut libc::iovec) -> libc::msghdr {
+    // SAFETY: an all-zero msghdr is a valid empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (addr as *mut libc::sockaddr_in).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg
+}
+
 /// Sends `buf` as datagrams of `segment` bytes (the last may be shorter)
 /// with one syscall.
 fn send_segments(fd: i32, buf: &[u8], segment: usize, to: SocketAddr) -> std::io::Result<()> {
@@ -298,11 +309,7 @@ fn send_segments(fd: i32, buf: &[u8], segment: usize, to: SocketAddr) -> std::io
     let mut control = [0u64; 4];
     // SAFETY: zeroed msghdr is valid; every pointer below outlives the call.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
-        msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
+        let mut msg = msghdr(&mut addr, &mut iov);
         if buf.len() > segment {
             msg.msg_control = control.as_mut_ptr().cast();
             msg.msg_controllen = space as _;
@@ -331,11 +338,7 @@ fn recv_segments(fd: i32, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr,
     // SAFETY: zeroed msghdr is valid; every pointer outlives the call; cmsg
     // walking stays within `control` as the macros check.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
-        msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
+        let mut msg = msghdr(&mut addr, &mut iov);
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = size_of_val(&control) as _;
         let n = libc::recvmsg(fd, &mut msg, 0);
