@@ -6,7 +6,7 @@
 //! moment where a container is unfiltered.
 
 use std::{
-    collections::{HashMap as StdHashMap, HashSet},
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
@@ -26,51 +26,7 @@ use pn_common::{
     objects,
 };
 
-#[derive(Debug)]
-pub struct DatapathError {
-    context: String,
-    source: Box<dyn std::error::Error + Send + Sync>,
-}
-
-impl std::fmt::Display for DatapathError {
-    // The whole chain on one line: aya's errors put the errno in a source.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.context)?;
-        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self.source.as_ref());
-        while let Some(e) = next {
-            let text = e.to_string();
-            if !text.is_empty() {
-                write!(f, ": {text}")?;
-            }
-            next = e.source();
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for DatapathError {}
-
-trait Context<T> {
-    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, DatapathError>;
-}
-
-impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for Result<T, E> {
-    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, DatapathError> {
-        self.map_err(|e| DatapathError {
-            context: context(),
-            source: Box::new(e),
-        })
-    }
-}
-
-fn plain(context: String) -> DatapathError {
-    DatapathError {
-        context,
-        source: "".into(),
-    }
-}
-
-type Result<T, E = DatapathError> = std::result::Result<T, E>;
+use super::{Context, Maps, Result, State, plain};
 
 const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
 
@@ -110,7 +66,8 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))
 }
 
-pub struct Datapath {
+/// The loaded programs and their pinned maps: the real [`Maps`].
+pub struct Kernel {
     // Owns the loaded programs: dropping it would unload programs that have no
     // pinned link yet.
     ebpf: Ebpf,
@@ -123,18 +80,12 @@ pub struct Datapath {
     events: Option<RingBuf<MapData>>,
     links_dir: PathBuf,
     xdp_dir: PathBuf,
-    /// Interfaces this process attached (or re-attached) its programs to.
-    attached: HashSet<String>,
-    /// Keys of PN_ENDPOINTS as this process wrote them (refreshed by every
-    /// full read): counting a 100 000-entry map by iterating it would hold
-    /// the datapath for a second.
-    endpoint_keys: HashSet<Ip4>,
 }
 
-impl Datapath {
+impl Kernel {
     /// Loads the programs, reusing the maps pinned under `bpffs` if an agent
     /// ran before (so enforcement state and counters carry over).
-    pub fn load(object: &[u8], bpffs: &Path) -> Result<Datapath> {
+    pub fn load(object: &[u8], bpffs: &Path) -> Result<Kernel> {
         if object.is_empty() {
             return Err(plain(
                 "this pn-agent was built without its eBPF programs (AYA_BUILD_SKIP); rebuild it with `cargo xtask build`".into(),
@@ -208,7 +159,7 @@ impl Datapath {
         let peers = take(&mut ebpf, objects::MAP_PEERS)?;
         let tags = take(&mut ebpf, objects::MAP_TAGS)?;
         let events = Some(take(&mut ebpf, objects::MAP_EVENTS)?);
-        Ok(Datapath {
+        Ok(Kernel {
             ebpf,
             endpoints,
             ifaces,
@@ -219,8 +170,6 @@ impl Datapath {
             events,
             links_dir,
             xdp_dir,
-            attached: HashSet::new(),
-            endpoint_keys: HashSet::new(),
         })
     }
 
@@ -240,9 +189,7 @@ impl Datapath {
         self.links_dir.join(format!("{ifname}_{suffix}"))
     }
 
-    /// Attaches both programs to a container's host-side interface, or
-    /// atomically replaces the programs of links an earlier agent pinned.
-    pub fn attach(&mut self, ifname: &str) -> Result<()> {
+    fn attach_links(&mut self, ifname: &str) -> Result<()> {
         for (prog_name, attach_type, suffix) in [
             (objects::PROG_FROM_CONTAINER, TcAttachType::Ingress, "in"),
             (objects::PROG_TO_CONTAINER, TcAttachType::Egress, "eg"),
@@ -281,18 +228,10 @@ impl Datapath {
             let fd: FdLink = link.try_into().ctx(|| "link is not an fd link".into())?;
             fd.pin(&pin).ctx(|| format!("pinning {}", pin.display()))?;
         }
-        self.attached.insert(ifname.to_string());
         Ok(())
     }
 
-    pub fn is_attached(&self, ifname: &str) -> bool {
-        self.attached.contains(ifname)
-    }
-
-    /// Detaches the programs from an interface (deleting the interface does
-    /// too; this also removes the pins).
-    pub fn detach(&mut self, ifname: &str) -> Result<()> {
-        self.attached.remove(ifname);
+    fn detach_links(&mut self, ifname: &str) -> Result<()> {
         for suffix in ["in", "eg"] {
             // Unpinning drops the last reference: the link detaches.
             self.unpin(&self.link_pin(ifname, suffix))?;
@@ -301,8 +240,8 @@ impl Datapath {
     }
 
     /// Interfaces that have pinned links (attached by this or an earlier agent).
-    pub fn pinned_interfaces(&self) -> Result<HashSet<String>> {
-        let mut out = HashSet::new();
+    pub fn pinned_interfaces(&self) -> Result<BTreeSet<String>> {
+        let mut out = BTreeSet::new();
         for entry in std::fs::read_dir(&self.links_dir)
             .ctx(|| format!("reading {}", self.links_dir.display()))?
         {
@@ -367,95 +306,6 @@ impl Datapath {
         Ok(())
     }
 
-    /// Replaces the set of peers (underlay address → peer) and of local
-    /// network tags the underlay guard admits.
-    pub fn sync_underlay(
-        &mut self,
-        peers: &StdHashMap<Ip4, Peer>,
-        tags: &HashSet<u32>,
-    ) -> Result<()> {
-        let current: Vec<Ip4> = self
-            .peers
-            .keys()
-            .collect::<Result<_, _>>()
-            .ctx(|| "reading PN_PEERS".into())?;
-        for ip in current.into_iter().filter(|ip| !peers.contains_key(ip)) {
-            self.peers
-                .remove(&ip)
-                .ctx(|| "removing from PN_PEERS".into())?;
-        }
-        for (ip, p) in peers {
-            self.peers
-                .insert(ip, p, 0)
-                .ctx(|| "writing PN_PEERS".into())?;
-        }
-        let current: Vec<u32> = self
-            .tags
-            .keys()
-            .collect::<Result<_, _>>()
-            .ctx(|| "reading PN_TAGS".into())?;
-        for t in current.into_iter().filter(|t| !tags.contains(t)) {
-            self.tags
-                .remove(&t)
-                .ctx(|| "removing from PN_TAGS".into())?;
-        }
-        for t in tags {
-            self.tags.insert(t, 1, 0).ctx(|| "writing PN_TAGS".into())?;
-        }
-        Ok(())
-    }
-
-    pub fn set_endpoint(&mut self, ip: Ip4, ep: Endpoint) -> Result<()> {
-        self.endpoints
-            .insert(ip, ep, 0)
-            .ctx(|| "writing PN_ENDPOINTS".into())?;
-        self.endpoint_keys.insert(ip);
-        Ok(())
-    }
-
-    /// Entries of PN_ENDPOINTS.
-    pub fn endpoint_count(&self) -> usize {
-        self.endpoint_keys.len()
-    }
-
-    pub fn remove_endpoint(&mut self, ip: Ip4) -> Result<()> {
-        self.endpoint_keys.remove(&ip);
-        match self.endpoints.remove(&ip) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e).ctx(|| "removing from PN_ENDPOINTS".into()),
-        }
-    }
-
-    pub fn endpoints(&mut self) -> Result<StdHashMap<Ip4, Endpoint>> {
-        let all: StdHashMap<Ip4, Endpoint> = self
-            .endpoints
-            .iter()
-            .collect::<Result<_, _>>()
-            .ctx(|| "reading PN_ENDPOINTS".into())?;
-        self.endpoint_keys = all.keys().copied().collect();
-        Ok(all)
-    }
-
-    pub fn set_iface(&mut self, ifindex: u32, iface: Iface) -> Result<()> {
-        self.ifaces
-            .insert(ifindex, iface, 0)
-            .ctx(|| "writing PN_IFACES".into())
-    }
-
-    pub fn remove_iface(&mut self, ifindex: u32) -> Result<()> {
-        match self.ifaces.remove(&ifindex) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e).ctx(|| "removing from PN_IFACES".into()),
-        }
-    }
-
-    pub fn ifaces(&self) -> Result<StdHashMap<u32, Iface>> {
-        self.ifaces
-            .iter()
-            .collect::<Result<_, _>>()
-            .ctx(|| "reading PN_IFACES".into())
-    }
-
     /// Counters summed over CPUs.
     pub fn counters(&self) -> Result<Vec<(CounterKey, Counter)>> {
         let mut out = Vec::new();
@@ -470,8 +320,85 @@ impl Datapath {
         Ok(out)
     }
 
+    /// Entries of a hash map, read whole.
+    fn all<K: aya::Pod + Ord, V: aya::Pod>(
+        map: &HashMap<MapData, K, V>,
+        name: &str,
+    ) -> Result<BTreeMap<K, V>> {
+        map.iter()
+            .collect::<Result<_, _>>()
+            .ctx(|| format!("reading {name}"))
+    }
+}
+
+/// A missing key is what the caller wanted: not an error.
+fn removed(r: Result<(), aya::maps::MapError>, name: &str) -> Result<()> {
+    match r {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(e).ctx(|| format!("removing from {name}")),
+    }
+}
+
+impl Maps for Kernel {
+    fn read(&mut self) -> Result<State> {
+        Ok(State {
+            endpoints: Self::all(&self.endpoints, "PN_ENDPOINTS")?,
+            ifaces: Self::all(&self.ifaces, "PN_IFACES")?,
+            attached: self.pinned_interfaces()?,
+            peers: Self::all(&self.peers, "PN_PEERS")?,
+            tags: Self::all(&self.tags, "PN_TAGS")?.into_keys().collect(),
+        })
+    }
+
+    fn set_endpoint(&mut self, ip: Ip4, ep: Endpoint) -> Result<()> {
+        self.endpoints
+            .insert(ip, ep, 0)
+            .ctx(|| "writing PN_ENDPOINTS".into())
+    }
+
+    fn remove_endpoint(&mut self, ip: Ip4) -> Result<()> {
+        removed(self.endpoints.remove(&ip), "PN_ENDPOINTS")
+    }
+
+    fn set_iface(&mut self, ifindex: u32, iface: Iface) -> Result<()> {
+        self.ifaces
+            .insert(ifindex, iface, 0)
+            .ctx(|| "writing PN_IFACES".into())
+    }
+
+    fn remove_iface(&mut self, ifindex: u32) -> Result<()> {
+        removed(self.ifaces.remove(&ifindex), "PN_IFACES")
+    }
+
+    fn set_peer(&mut self, ip: Ip4, peer: Peer) -> Result<()> {
+        self.peers
+            .insert(ip, peer, 0)
+            .ctx(|| "writing PN_PEERS".into())
+    }
+
+    fn remove_peer(&mut self, ip: Ip4) -> Result<()> {
+        removed(self.peers.remove(&ip), "PN_PEERS")
+    }
+
+    fn set_tag(&mut self, tag: u32) -> Result<()> {
+        self.tags.insert(tag, 1, 0).ctx(|| "writing PN_TAGS".into())
+    }
+
+    fn remove_tag(&mut self, tag: u32) -> Result<()> {
+        removed(self.tags.remove(&tag), "PN_TAGS")
+    }
+
+    fn attach(&mut self, ifname: &str) -> Result<()> {
+        self.attach_links(ifname)
+    }
+
+    /// Deleting the interface detaches too; this also removes the pins.
+    fn detach(&mut self, ifname: &str) -> Result<()> {
+        self.detach_links(ifname)
+    }
+
     /// Forgets an endpoint's counters (after it is detached).
-    pub fn remove_counters(&mut self, endpoint: Ip4) -> Result<()> {
+    fn remove_counters(&mut self, endpoint: Ip4) -> Result<()> {
         for r in Reason::ALL {
             let key = CounterKey {
                 endpoint,

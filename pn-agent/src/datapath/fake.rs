@@ -1,0 +1,95 @@
+//! An in-memory stand-in for the kernel's maps and links, for tests of the
+//! datapath's diff and of the reconciler: it holds a [`State`] and records
+//! every call, so a test can assert both on the result and on the work done.
+
+use pn_common::{
+    Ip4,
+    maps::{Endpoint, Iface, Peer},
+};
+
+use super::{Maps, Result, State, plain};
+
+#[derive(Debug, Default)]
+pub struct FakeMaps {
+    pub state: State,
+    /// Every call, in order (`"set_endpoint 10.240.0.2"`, `"attach pnh…"`).
+    pub calls: Vec<String>,
+    /// Calls whose name starts with this fail (to test partial applies).
+    pub fail_on: Option<&'static str>,
+}
+
+impl FakeMaps {
+    fn call(&mut self, what: String) -> Result<()> {
+        if let Some(f) = self.fail_on
+            && what.starts_with(f)
+        {
+            return Err(plain(format!("fake failure: {what}")));
+        }
+        self.calls.push(what);
+        Ok(())
+    }
+}
+
+fn ip(a: Ip4) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(pn_common::ip4_octets(a))
+}
+
+impl Maps for FakeMaps {
+    fn read(&mut self) -> Result<State> {
+        self.call("read".into())?;
+        Ok(self.state.clone())
+    }
+    fn set_endpoint(&mut self, a: Ip4, ep: Endpoint) -> Result<()> {
+        self.call(format!("set_endpoint {}", ip(a)))?;
+        self.state.endpoints.insert(a, ep);
+        Ok(())
+    }
+    fn remove_endpoint(&mut self, a: Ip4) -> Result<()> {
+        self.call(format!("remove_endpoint {}", ip(a)))?;
+        self.state.endpoints.remove(&a);
+        Ok(())
+    }
+    fn set_iface(&mut self, ifindex: u32, iface: Iface) -> Result<()> {
+        self.call(format!("set_iface {ifindex}"))?;
+        self.state.ifaces.insert(ifindex, iface);
+        Ok(())
+    }
+    fn remove_iface(&mut self, ifindex: u32) -> Result<()> {
+        self.call(format!("remove_iface {ifindex}"))?;
+        self.state.ifaces.remove(&ifindex);
+        Ok(())
+    }
+    fn set_peer(&mut self, a: Ip4, peer: Peer) -> Result<()> {
+        self.call(format!("set_peer {}", ip(a)))?;
+        self.state.peers.insert(a, peer);
+        Ok(())
+    }
+    fn remove_peer(&mut self, a: Ip4) -> Result<()> {
+        self.call(format!("remove_peer {}", ip(a)))?;
+        self.state.peers.remove(&a);
+        Ok(())
+    }
+    fn set_tag(&mut self, tag: u32) -> Result<()> {
+        self.call(format!("set_tag {tag}"))?;
+        self.state.tags.insert(tag);
+        Ok(())
+    }
+    fn remove_tag(&mut self, tag: u32) -> Result<()> {
+        self.call(format!("remove_tag {tag}"))?;
+        self.state.tags.remove(&tag);
+        Ok(())
+    }
+    fn attach(&mut self, ifname: &str) -> Result<()> {
+        self.call(format!("attach {ifname}"))?;
+        self.state.attached.insert(ifname.to_string());
+        Ok(())
+    }
+    fn detach(&mut self, ifname: &str) -> Result<()> {
+        self.call(format!("detach {ifname}"))?;
+        self.state.attached.remove(ifname);
+        Ok(())
+    }
+    fn remove_counters(&mut self, a: Ip4) -> Result<()> {
+        self.call(format!("remove_counters {}", ip(a)))
+    }
+}

@@ -1,0 +1,346 @@
+//! The datapath as the agent drives it: a desired [`State`] of the kernel's
+//! maps and links goes in, the datapath computes its own difference with what
+//! the kernel holds and makes the fewest changes, adding before removing.
+//! `apply` may be called again and again with the same state (it then does
+//! nothing), for the whole state (start, resync) or for a [`Scope`] (one
+//! changed container).
+//!
+//! The kernel sits behind [`Maps`]: [`kernel::Kernel`] is aya (load, pin,
+//! attach), [`fake::FakeMaps`] a plain in-memory copy for tests, so the diff
+//! is tested without a kernel.
+
+pub mod fake;
+pub mod kernel;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use pn_common::{
+    Ip4,
+    maps::{Endpoint, Iface, Peer},
+};
+
+pub use kernel::{Kernel, ensure_bpffs};
+
+#[derive(Debug)]
+pub struct DatapathError {
+    context: String,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl std::fmt::Display for DatapathError {
+    // The whole chain on one line: aya's errors put the errno in a source.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.context)?;
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self.source.as_ref());
+        while let Some(e) = next {
+            let text = e.to_string();
+            if !text.is_empty() {
+                write!(f, ": {text}")?;
+            }
+            next = e.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for DatapathError {}
+
+impl crate::error::Kind for DatapathError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Internal
+    }
+}
+
+pub(crate) trait Context<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, DatapathError>;
+}
+
+impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for Result<T, E> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, DatapathError> {
+        self.map_err(|e| DatapathError {
+            context: context(),
+            source: Box::new(e),
+        })
+    }
+}
+
+pub(crate) fn plain(context: String) -> DatapathError {
+    DatapathError {
+        context,
+        source: "".into(),
+    }
+}
+
+pub type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+/// What the kernel's maps and links hold (or should hold).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    /// `PN_ENDPOINTS`: every member address, local or remote.
+    pub endpoints: BTreeMap<Ip4, Endpoint>,
+    /// `PN_IFACES`, by host-side ifindex: local containers.
+    pub ifaces: BTreeMap<u32, Iface>,
+    /// Host-side interfaces with both TC programs attached (pinned links).
+    pub attached: BTreeSet<String>,
+    /// `PN_PEERS`: underlay address → peer host (XDP guard).
+    pub peers: BTreeMap<Ip4, Peer>,
+    /// `PN_TAGS`: networks with a local member (XDP guard).
+    pub tags: BTreeSet<u32>,
+}
+
+/// The part of the state an `apply` covers; entries outside it are left
+/// alone, so one container's change costs a few map writes, not a walk of
+/// 100 000 endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    /// Member addresses (endpoints, and interfaces carrying them); `None`: all.
+    pub addrs: Option<BTreeSet<Ip4>>,
+    /// Host-side interface names (attached links); `None`: all.
+    pub links: Option<BTreeSet<String>>,
+    /// Peers and tags of the underlay guard.
+    pub underlay: bool,
+}
+
+impl Scope {
+    pub fn all() -> Scope {
+        Scope {
+            addrs: None,
+            links: None,
+            underlay: true,
+        }
+    }
+
+    /// Some addresses and links (a changed container: its old and new
+    /// address, its interface), and the underlay if a local member changed.
+    pub fn entries(
+        addrs: impl IntoIterator<Item = Ip4>,
+        links: impl IntoIterator<Item = String>,
+        underlay: bool,
+    ) -> Scope {
+        Scope {
+            addrs: Some(addrs.into_iter().collect()),
+            links: Some(links.into_iter().collect()),
+            underlay,
+        }
+    }
+
+    /// Only the underlay guard's peers and tags.
+    pub fn underlay() -> Scope {
+        Scope::entries([], [], true)
+    }
+
+    pub fn is_all(&self) -> bool {
+        self.addrs.is_none() && self.links.is_none()
+    }
+
+    fn has_addr(&self, a: Ip4) -> bool {
+        self.addrs.as_ref().is_none_or(|s| s.contains(&a))
+    }
+
+    fn has_link(&self, l: &str) -> bool {
+        self.links.as_ref().is_none_or(|s| s.contains(l))
+    }
+}
+
+/// How many entries an `apply` changed (for logs and tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub set: usize,
+    pub removed: usize,
+    pub attached: usize,
+    pub detached: usize,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
+}
+
+/// One path to the kernel: every write the datapath makes goes through
+/// these calls (aya in production, a fake in tests).
+pub trait Maps {
+    /// The kernel's current contents, read whole.
+    fn read(&mut self) -> Result<State>;
+    fn set_endpoint(&mut self, ip: Ip4, ep: Endpoint) -> Result<()>;
+    fn remove_endpoint(&mut self, ip: Ip4) -> Result<()>;
+    fn set_iface(&mut self, ifindex: u32, iface: Iface) -> Result<()>;
+    fn remove_iface(&mut self, ifindex: u32) -> Result<()>;
+    fn set_peer(&mut self, ip: Ip4, peer: Peer) -> Result<()>;
+    fn remove_peer(&mut self, ip: Ip4) -> Result<()>;
+    fn set_tag(&mut self, tag: u32) -> Result<()>;
+    fn remove_tag(&mut self, tag: u32) -> Result<()>;
+    /// Attaches both programs to an interface, or replaces in place the
+    /// programs of links an earlier agent pinned.
+    fn attach(&mut self, ifname: &str) -> Result<()>;
+    fn detach(&mut self, ifname: &str) -> Result<()>;
+    /// Forgets a removed endpoint's counters.
+    fn remove_counters(&mut self, ip: Ip4) -> Result<()>;
+}
+
+/// The kernel state as this agent drives it, with a copy of what it last
+/// wrote: scoped applies compare against the copy, full applies read the
+/// kernel again (to repair whatever changed behind the agent's back).
+pub struct Datapath<M: Maps = Kernel> {
+    maps: M,
+    current: State,
+    /// Links this process attached or updated: after a restart each pinned
+    /// link is updated once, so it runs this binary's programs.
+    refreshed: HashSet<String>,
+}
+
+impl<M: Maps> Datapath<M> {
+    pub fn new(maps: M) -> Datapath<M> {
+        Datapath {
+            maps,
+            current: State::default(),
+            refreshed: HashSet::new(),
+        }
+    }
+
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
+    /// What this agent believes the kernel holds.
+    pub fn current(&self) -> &State {
+        &self.current
+    }
+
+    /// Attaches the programs to one interface right away (an attach in
+    /// progress: programs go on before the interface carries any traffic,
+    /// so nothing flows unfiltered). The next `apply` finds it done.
+    pub fn attach_now(&mut self, ifname: &str) -> Result<()> {
+        self.maps.attach(ifname)?;
+        self.refreshed.insert(ifname.to_string());
+        self.current.attached.insert(ifname.to_string());
+        Ok(())
+    }
+
+    /// Undoes `attach_now` for an attach that failed half-way.
+    pub fn detach_now(&mut self, ifname: &str) -> Result<()> {
+        self.refreshed.remove(ifname);
+        self.current.attached.remove(ifname);
+        self.maps.detach(ifname)
+    }
+
+    /// Brings the kernel to `want` within `scope`. Order: links first (a new
+    /// interface is filtered before it is known), then entries set, then
+    /// entries removed, then links detached; an error stops the apply and
+    /// the next one retries what is left.
+    pub fn apply(&mut self, want: &State, scope: &Scope) -> Result<Changes> {
+        if scope.is_all() {
+            self.current = self.maps.read()?;
+        }
+        let mut ch = Changes::default();
+        for name in want.attached.iter().filter(|n| scope.has_link(n)) {
+            if !self.refreshed.contains(name) {
+                self.maps.attach(name)?;
+                self.refreshed.insert(name.clone());
+                self.current.attached.insert(name.clone());
+                ch.attached += 1;
+            }
+        }
+        for (idx, iface) in want.ifaces.iter().filter(|(_, i)| scope.has_addr(i.addr)) {
+            if self.current.ifaces.get(idx) != Some(iface) {
+                self.maps.set_iface(*idx, *iface)?;
+                self.current.ifaces.insert(*idx, *iface);
+                ch.set += 1;
+            }
+        }
+        for (ip, ep) in want.endpoints.iter().filter(|(ip, _)| scope.has_addr(**ip)) {
+            if self.current.endpoints.get(ip) != Some(ep) {
+                self.maps.set_endpoint(*ip, *ep)?;
+                self.current.endpoints.insert(*ip, *ep);
+                ch.set += 1;
+            }
+        }
+        if scope.underlay {
+            for (ip, p) in &want.peers {
+                if self.current.peers.get(ip) != Some(p) {
+                    self.maps.set_peer(*ip, *p)?;
+                    self.current.peers.insert(*ip, *p);
+                    ch.set += 1;
+                }
+            }
+            for t in &want.tags {
+                if self.current.tags.insert(*t) {
+                    self.maps.set_tag(*t)?;
+                    ch.set += 1;
+                }
+            }
+        }
+        let gone: Vec<Ip4> = self
+            .current
+            .endpoints
+            .keys()
+            .filter(|ip| scope.has_addr(**ip) && !want.endpoints.contains_key(ip))
+            .copied()
+            .collect();
+        for ip in gone {
+            let was_local = self
+                .current
+                .endpoints
+                .remove(&ip)
+                .is_some_and(|e| !e.is_remote());
+            self.maps.remove_endpoint(ip)?;
+            if was_local {
+                self.maps.remove_counters(ip)?;
+            }
+            ch.removed += 1;
+        }
+        let gone: Vec<u32> = self
+            .current
+            .ifaces
+            .iter()
+            .filter(|(idx, i)| scope.has_addr(i.addr) && !want.ifaces.contains_key(idx))
+            .map(|(idx, _)| *idx)
+            .collect();
+        for idx in gone {
+            self.maps.remove_iface(idx)?;
+            self.current.ifaces.remove(&idx);
+            ch.removed += 1;
+        }
+        if scope.underlay {
+            let gone: Vec<Ip4> = self
+                .current
+                .peers
+                .keys()
+                .filter(|ip| !want.peers.contains_key(ip))
+                .copied()
+                .collect();
+            for ip in gone {
+                self.maps.remove_peer(ip)?;
+                self.current.peers.remove(&ip);
+                ch.removed += 1;
+            }
+            let gone: Vec<u32> = self.current.tags.difference(&want.tags).copied().collect();
+            for t in gone {
+                self.maps.remove_tag(t)?;
+                self.current.tags.remove(&t);
+                ch.removed += 1;
+            }
+        }
+        let gone: Vec<String> = self
+            .current
+            .attached
+            .iter()
+            .filter(|n| scope.has_link(n) && !want.attached.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.maps.detach(&name)?;
+            self.current.attached.remove(&name);
+            self.refreshed.remove(&name);
+            ch.detached += 1;
+        }
+        Ok(ch)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,159 @@
+use pn_common::{
+    ip4,
+    maps::{Endpoint, Iface, Peer},
+};
+
+use super::{Datapath, Scope, State, fake::FakeMaps};
+
+fn local(tag: u32, ifindex: u32) -> Endpoint {
+    Endpoint {
+        tag,
+        ifindex,
+        peer: 0,
+        flags: 0,
+    }
+}
+
+fn remote(tag: u32, peer: u32) -> Endpoint {
+    Endpoint {
+        tag,
+        ifindex: 0,
+        peer,
+        flags: Endpoint::FLAG_REMOTE,
+    }
+}
+
+/// One local container (10.240.0.2 on ifindex 7) and one remote (10.240.0.3).
+fn two() -> State {
+    let mut s = State::default();
+    s.endpoints.insert(ip4(10, 240, 0, 2), local(1, 7));
+    s.endpoints.insert(ip4(10, 240, 0, 3), remote(1, 9));
+    s.ifaces.insert(
+        7,
+        Iface {
+            addr: ip4(10, 240, 0, 2),
+            tag: 1,
+        },
+    );
+    s.attached.insert("pnhaaa".into());
+    s.peers
+        .insert(ip4(192, 0, 2, 2), Peer { index: 9, flags: 0 });
+    s.tags.insert(1);
+    s
+}
+
+#[test]
+fn a_full_apply_reaches_the_state_and_a_second_one_does_nothing() {
+    let mut dp = Datapath::new(FakeMaps::default());
+    let ch = dp.apply(&two(), &Scope::all()).unwrap();
+    assert_eq!(dp.maps().state, two());
+    assert_eq!((ch.set, ch.attached), (5, 1));
+    let calls = dp.maps().calls.len();
+    let ch = dp.apply(&two(), &Scope::all()).unwrap();
+    assert!(ch.is_empty(), "{ch:?}");
+    // Only the read of the kernel, no write.
+    assert_eq!(dp.maps().calls[calls..], ["read"]);
+}
+
+#[test]
+fn links_go_on_before_entries_and_come_off_after_them() {
+    let mut dp = Datapath::new(FakeMaps::default());
+    dp.apply(&two(), &Scope::all()).unwrap();
+    let calls = &dp.maps().calls;
+    let attach = calls.iter().position(|c| c == "attach pnhaaa").unwrap();
+    let iface = calls.iter().position(|c| c == "set_iface 7").unwrap();
+    assert!(attach < iface, "{calls:?}");
+    dp.maps_mut().calls.clear();
+    dp.apply(&State::default(), &Scope::all()).unwrap();
+    let calls = &dp.maps().calls;
+    assert_eq!(calls.last().unwrap(), "detach pnhaaa", "{calls:?}");
+    assert!(calls.contains(&"remove_counters 10.240.0.2".to_string()));
+    // Remote endpoints have no counters of their own.
+    assert!(!calls.contains(&"remove_counters 10.240.0.3".to_string()));
+    assert_eq!(dp.maps().state, State::default());
+}
+
+#[test]
+fn a_full_apply_repairs_what_changed_behind_the_agents_back() {
+    let mut dp = Datapath::new(FakeMaps::default());
+    dp.apply(&two(), &Scope::all()).unwrap();
+    // Someone (an older agent, a crash half-way) left an extra entry and
+    // removed one of ours.
+    dp.maps_mut()
+        .state
+        .endpoints
+        .insert(ip4(10, 240, 0, 99), local(1, 8));
+    dp.maps_mut().state.endpoints.remove(&ip4(10, 240, 0, 3));
+    dp.apply(&two(), &Scope::all()).unwrap();
+    assert_eq!(dp.maps().state, two());
+}
+
+#[test]
+fn a_scoped_apply_touches_only_its_entries() {
+    let mut dp = Datapath::new(FakeMaps::default());
+    dp.apply(&two(), &Scope::all()).unwrap();
+    dp.maps_mut().calls.clear();
+    // A third container appears: the desired state of its scope alone.
+    let mut want = State::default();
+    want.endpoints.insert(ip4(10, 240, 0, 4), remote(1, 9));
+    let ch = dp
+        .apply(&want, &Scope::entries([ip4(10, 240, 0, 4)], [], false))
+        .unwrap();
+    assert_eq!((ch.set, ch.removed), (1, 0));
+    assert_eq!(dp.maps().calls, ["set_endpoint 10.240.0.4"]);
+    assert_eq!(dp.maps().state.endpoints.len(), 3);
+    // It goes: removed, the others stay.
+    dp.maps_mut().calls.clear();
+    dp.apply(
+        &State::default(),
+        &Scope::entries([ip4(10, 240, 0, 4)], [], false),
+    )
+    .unwrap();
+    assert_eq!(dp.maps().calls, ["remove_endpoint 10.240.0.4"]);
+    assert_eq!(dp.maps().state.endpoints.len(), 2);
+    assert_eq!(dp.maps().state.peers.len(), 1, "underlay out of scope");
+}
+
+#[test]
+fn programs_of_pinned_links_are_replaced_once_per_process() {
+    // A previous agent left its links pinned: the kernel already holds them.
+    let mut dp = Datapath::new(FakeMaps {
+        state: two(),
+        ..Default::default()
+    });
+    dp.apply(&two(), &Scope::all()).unwrap();
+    assert_eq!(dp.maps().calls, ["read", "attach pnhaaa"]);
+    dp.apply(&two(), &Scope::all()).unwrap();
+    assert_eq!(dp.maps().calls, ["read", "attach pnhaaa", "read"]);
+}
+
+#[test]
+fn a_failed_apply_is_finished_by_the_next() {
+    let mut dp = Datapath::new(FakeMaps {
+        fail_on: Some("set_endpoint 10.240.0.3"),
+        ..Default::default()
+    });
+    assert!(dp.apply(&two(), &Scope::all()).is_err());
+    assert_ne!(dp.maps().state, two());
+    dp.maps_mut().fail_on = None;
+    dp.apply(&two(), &Scope::all()).unwrap();
+    assert_eq!(dp.maps().state, two());
+}
+
+#[test]
+fn attach_now_is_not_done_twice() {
+    let mut dp = Datapath::new(FakeMaps::default());
+    dp.attach_now("pnhaaa").unwrap();
+    dp.apply(
+        &two(),
+        &Scope::entries([ip4(10, 240, 0, 2)], ["pnhaaa".into()], true),
+    )
+    .unwrap();
+    let attaches = dp
+        .maps()
+        .calls
+        .iter()
+        .filter(|c| c.starts_with("attach"))
+        .count();
+    assert_eq!(attaches, 1);
+}
