@@ -1,0 +1,194 @@
+//! The control API's protocol: one JSON request per line on a Unix socket,
+//! one JSON response line back (or a stream of lines for `flows --follow`).
+//! Types only: the agent answers with them ([`crate::server`]), the CLI sends
+//! them ([`crate::client`]).
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use ipnet::Ipv4Net;
+use pn_common::ids::{AppId, ContainerType, HostId, NetworkId};
+use serde::{Deserialize, Serialize};
+
+use crate::{error::Error, model::ContainerKey};
+
+/// Longest request line accepted (a request is a few hundred bytes).
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    NetworkCreate {
+        id: Option<NetworkId>,
+        cidr: Option<Ipv4Net>,
+    },
+    NetworkList,
+    NetworkDelete {
+        id: NetworkId,
+        force: bool,
+    },
+    AppCreate {
+        network: NetworkId,
+        id: Option<AppId>,
+        name: Option<String>,
+    },
+    AppList {
+        network: Option<NetworkId>,
+    },
+    AppDelete {
+        id: AppId,
+    },
+    ContainerAttach {
+        app: AppId,
+        #[serde(rename = "type")]
+        ctype: ContainerType,
+        index: Option<u32>,
+        netns: String,
+        ifname: String,
+    },
+    ContainerDetach {
+        #[serde(flatten)]
+        key: ContainerKey,
+    },
+    ContainerList {
+        app: Option<AppId>,
+        network: Option<NetworkId>,
+    },
+    DomainNames {
+        app: AppId,
+    },
+    Env {
+        #[serde(flatten)]
+        key: ContainerKey,
+    },
+    Status,
+    Flows {
+        follow: bool,
+    },
+    HostList,
+    HostRemove {
+        id: HostId,
+    },
+}
+
+impl Request {
+    /// Name for logs and metrics.
+    pub fn command(&self) -> &'static str {
+        match self {
+            Request::NetworkCreate { .. } => "network-create",
+            Request::NetworkList => "network-list",
+            Request::NetworkDelete { .. } => "network-delete",
+            Request::AppCreate { .. } => "app-create",
+            Request::AppList { .. } => "app-list",
+            Request::AppDelete { .. } => "app-delete",
+            Request::ContainerAttach { .. } => "container-attach",
+            Request::ContainerDetach { .. } => "container-detach",
+            Request::ContainerList { .. } => "container-list",
+            Request::DomainNames { .. } => "domain-names",
+            Request::Env { .. } => "env",
+            Request::Status => "status",
+            Request::Flows { .. } => "flows",
+            Request::HostList => "host-list",
+            Request::HostRemove { .. } => "host-remove",
+        }
+    }
+}
+
+/// `{"ok": …}` or `{"error": {"kind": "not_found", "message": "one line"}}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Response {
+    Ok(serde_json::Value),
+    Error(Error),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NetworkInfo {
+    pub id: NetworkId,
+    pub cidr: Ipv4Net,
+    pub tag: u32,
+    pub apps: usize,
+    pub containers: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AppInfo {
+    pub id: AppId,
+    pub network: NetworkId,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub containers: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ContainerInfo {
+    /// `ap-…/type-index`.
+    pub id: String,
+    pub app: AppId,
+    pub network: NetworkId,
+    #[serde(rename = "type")]
+    pub ctype: ContainerType,
+    pub index: u32,
+    pub ip: Ipv4Addr,
+    pub host: String,
+    pub netns: String,
+    pub interface: String,
+    pub host_interface: String,
+    pub names: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HostInfo {
+    pub id: HostId,
+    #[serde(default)]
+    pub advertise: Option<String>,
+    #[serde(default)]
+    pub public_key: Option<String>,
+    pub containers: usize,
+    /// The host this agent runs on.
+    pub this: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub host: String,
+    pub version: String,
+    pub store: StoreStatus,
+    pub datapath: DatapathStatus,
+    pub endpoints: EndpointCounts,
+    pub peers: Vec<PeerStatus>,
+    pub dns: String,
+    pub tunnel: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StoreStatus {
+    pub backend: String,
+    pub reachable: bool,
+    pub revision: i64,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DatapathStatus {
+    pub bpffs: PathBuf,
+    pub programs: Vec<String>,
+    /// Host-side interfaces with both programs attached.
+    pub attached_interfaces: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EndpointCounts {
+    pub local: usize,
+    pub remote: usize,
+    pub in_maps: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PeerStatus {
+    pub host: String,
+    #[serde(default)]
+    pub advertise: Option<String>,
+    pub containers: usize,
+    pub tunnel: String,
+}

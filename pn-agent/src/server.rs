@@ -1,0 +1,174 @@
+//! The agent's side of the control API: accepts connections on the API
+//! socket until the process ends, one request per connection, and answers
+//! with the agent's result or its typed error.
+
+use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc};
+
+use anyhow::{Context as _, bail};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+use crate::{
+    agent::Agent,
+    error::Error,
+    metrics::AgentMetrics,
+    proto::{MAX_REQUEST, Request, Response},
+};
+
+/// Binds the socket (refusing to steal it from a live agent).
+pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            bail!("another agent is already running on {}", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding the API socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, agent: Arc<Agent>, metrics: AgentMetrics) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let agent = agent.clone();
+                let metrics = metrics.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, agent, metrics).await {
+                        log::debug!("API connection: {e:#}");
+                    }
+                });
+            }
+            Err(e) => {
+                log::error!("API socket accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn write(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> anyhow::Result<()> {
+    let mut line = serde_json::to_string(r)?;
+    line.push('\n');
+    w.write_all(line.as_bytes()).await?;
+    Ok(())
+}
+
+async fn handle(
+    stream: UnixStream,
+    agent: Arc<Agent>,
+    metrics: AgentMetrics,
+) -> anyhow::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut reader = BufReader::new(r.take(MAX_REQUEST as u64));
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    if !line.ends_with('\n') {
+        let msg = if line.len() >= MAX_REQUEST {
+            "bad request: longer than 64 KiB"
+        } else {
+            "bad request: incomplete line"
+        };
+        return write(&mut w, &Response::Error(Error::invalid(msg))).await;
+    }
+    let req: Request = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            metrics
+                .api_requests
+                .get_or_create(&vec![
+                    ("command", "invalid".into()),
+                    ("result", "error".into()),
+                ])
+                .inc();
+            return write(
+                &mut w,
+                &Response::Error(Error::invalid(format!("bad request: {e}"))),
+            )
+            .await;
+        }
+    };
+    let command = req.command();
+    if let Request::Flows { follow } = req {
+        metrics
+            .api_requests
+            .get_or_create(&vec![("command", command.into()), ("result", "ok".into())])
+            .inc();
+        let mut rx = agent.flows.subscribe();
+        for rec in agent.flows.recent() {
+            write(&mut w, &Response::Ok(serde_json::to_value(rec)?)).await?;
+        }
+        if !follow {
+            return Ok(());
+        }
+        loop {
+            match rx.recv().await {
+                Ok(rec) => write(&mut w, &Response::Ok(serde_json::to_value(rec)?)).await?,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    log::debug!("flows client lagged by {n} events");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+            }
+        }
+    }
+    let result = dispatch(&agent, req).await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics
+        .api_requests
+        .get_or_create(&vec![
+            ("command", command.into()),
+            ("result", outcome.into()),
+        ])
+        .inc();
+    let resp = match result {
+        Ok(v) => Response::Ok(v),
+        Err(e) => {
+            log::info!("{command} refused ({}): {e}", e.kind);
+            Response::Error(e)
+        }
+    };
+    write(&mut w, &resp).await
+}
+
+fn json<T: serde::Serialize>(v: T) -> Result<serde_json::Value, Error> {
+    serde_json::to_value(v).map_err(|e| Error::internal(format!("encoding the answer: {e}")))
+}
+
+async fn dispatch(agent: &Agent, req: Request) -> Result<serde_json::Value, Error> {
+    match req {
+        Request::NetworkCreate { id, cidr } => json(agent.create_network(id, cidr).await?),
+        Request::NetworkList => json(agent.list_networks()),
+        Request::NetworkDelete { id, force } => json(agent.delete_network(&id, force).await?),
+        Request::AppCreate { network, id, name } => {
+            json(agent.create_app(&network, id, name).await?)
+        }
+        Request::AppList { network } => json(agent.list_apps(network.as_ref())),
+        Request::AppDelete { id } => json(agent.delete_app(&id).await?),
+        Request::ContainerAttach {
+            app,
+            ctype,
+            index,
+            netns,
+            ifname,
+        } => json(agent.attach(&app, ctype, index, &netns, &ifname).await?),
+        Request::ContainerDetach { key } => json(agent.detach(&key).await?),
+        Request::ContainerList { app, network } => {
+            json(agent.list_containers(app.as_ref(), network.as_ref()))
+        }
+        Request::DomainNames { app } => json(agent.domain_names(&app)?),
+        Request::Env { key } => json(agent.env(&key)?),
+        Request::Status => json(agent.status()),
+        Request::Flows { .. } => Err(Error::internal("flows is served as a stream")),
+        Request::HostList => json(agent.list_hosts()),
+        Request::HostRemove { id } => json(agent.remove_host(&id).await?),
+    }
+}
