@@ -2,7 +2,7 @@
 //! line; every module here is usable from tests, benchmarks and fuzz targets.
 
 pub mod agent;
-pub mod api;
+pub mod client;
 pub mod config;
 pub mod datapath;
 pub mod dns;
@@ -12,6 +12,8 @@ pub mod ipam;
 pub mod metrics;
 pub mod model;
 pub mod netlink;
+pub mod proto;
+pub mod server;
 pub mod store;
 pub mod tunnel;
 

@@ -6,10 +6,12 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use ipnet::Ipv4Net;
 use pn_agent::{
-    api::{AppInfo, Client, ContainerInfo, HostInfo, NetworkInfo, Request, Status},
+    client::{Client, ClientError},
     config::{DEFAULT_API_SOCKET, RunConfig, RunSettings},
+    error::{ErrorKind, Kind},
     flows::FlowRecord,
     model::{App, ContainerKey, Network},
+    proto::{AppInfo, ContainerInfo, HostInfo, NetworkInfo, Request, Status},
 };
 use pn_common::ids::{AppId, ContainerType, HostId, NetworkId, parse_index};
 
@@ -202,9 +204,17 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
-            ExitCode::FAILURE
+            ExitCode::from(error_kind(&e).exit_code() as u8)
         }
     }
+}
+
+/// The kind of a failure, for the exit code: the agent's answer carries it;
+/// anything else that fails here is the daemon's own start-up or I/O.
+fn error_kind(e: &anyhow::Error) -> ErrorKind {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<ClientError>().map(Kind::kind))
+        .unwrap_or(ErrorKind::Internal)
 }
 
 fn one_line(e: &anyhow::Error) -> String {
@@ -496,7 +506,7 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
                 cfg.state_dir.display()
             )
         })?;
-    let listener = pn_agent::api::server::bind(&cfg.api_socket).await?;
+    let listener = pn_agent::server::bind(&cfg.api_socket).await?;
     log::info!(
         "pn-agent {} starting: host {}, store {:?}, bpffs {}",
         env!("CARGO_PKG_VERSION"),
@@ -506,13 +516,20 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
     );
     let agent = pn_agent::agent::Agent::start(cfg.clone()).await?;
     let metrics = pn_agent::metrics::AgentMetrics::default();
-    let registry = pn_agent::metrics::registry(&agent, &metrics);
+    let registry = pn_agent::metrics::registry(
+        pn_agent::metrics::Inputs {
+            host: cfg.host_id.clone(),
+            view: agent.view.clone(),
+            datapath: agent.datapath.clone(),
+            store: agent.store_health.clone(),
+            tunnel: agent.tunnel.clone(),
+            dns: agent.dns_stats.clone(),
+            flows: agent.flows.clone(),
+        },
+        &metrics,
+    );
     let metrics_listener = tokio::spawn(pn_agent::metrics::serve(cfg.metrics_listen, registry));
-    tokio::spawn(pn_agent::api::server::serve(
-        listener,
-        agent.clone(),
-        metrics,
-    ));
+    tokio::spawn(pn_agent::server::serve(listener, agent.clone(), metrics));
     log::info!(
         "ready: API {}, metrics http://{}/metrics",
         cfg.api_socket.display(),

@@ -4,7 +4,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    sync::{Arc, Weak, atomic::Ordering},
+    sync::{Arc, Mutex, RwLock, atomic::Ordering},
 };
 
 use prometheus_client::{
@@ -16,7 +16,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::agent::Agent;
+use pn_common::ids::HostId;
+
+use crate::{
+    datapath::Datapath, dns::DnsStats, flows::FlowHub, store::health::Health,
+    store::view::MembershipView, tunnel::device::Device,
+};
 
 /// A label set: `pn_api_requests_total` and the scrape-time rows.
 pub type ApiLabels = Vec<(&'static str, String)>;
@@ -27,26 +32,45 @@ pub struct AgentMetrics {
     pub api_requests: Family<ApiLabels, Counter>,
 }
 
-#[derive(Debug)]
-struct AgentCollector {
-    agent: Weak<Agent>,
+/// What the metrics read at scrape time, handed over at start: the
+/// subsystems themselves, not the agent.
+#[derive(Clone)]
+pub struct Inputs {
+    pub host: HostId,
+    pub view: Arc<RwLock<MembershipView>>,
+    pub datapath: Arc<Mutex<Datapath>>,
+    pub store: Arc<Health>,
+    pub tunnel: Option<Arc<Device>>,
+    pub dns: Arc<DnsStats>,
+    pub flows: FlowHub,
 }
+
+impl std::fmt::Debug for Inputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("metrics::Inputs")
+    }
+}
+
+#[derive(Debug)]
+struct AgentCollector(Inputs);
 
 impl Collector for AgentCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(agent) = self.agent.upgrade() else {
-            return Ok(());
-        };
-        let counters = match agent.datapath_counters() {
-            Ok(c) => c,
-            Err(e) => {
-                log::error!("reading counters for metrics: {e:#}");
-                Vec::new()
-            }
+        let inputs = &self.0;
+        let (counters, attached) = {
+            let dp = inputs.datapath.lock().unwrap_or_else(|p| p.into_inner());
+            let counters = match dp.maps().counters() {
+                Ok(c) => c,
+                Err(e) => {
+                    log::error!("reading counters for metrics: {e:#}");
+                    Vec::new()
+                }
+            };
+            (counters, dp.current().attached.len())
         };
         // Resolve labels once per endpoint, not per row.
         let rows: Vec<(ApiLabels, u64, u64)> = {
-            let view = agent.view.read().unwrap_or_else(|p| p.into_inner());
+            let view = inputs.view.read().unwrap_or_else(|p| p.into_inner());
             counters
                 .iter()
                 .filter_map(|(k, c)| {
@@ -94,7 +118,7 @@ impl Collector for AgentCollector {
                 ConstCounter::new(*bytes).encode(m.encode_family(labels)?)?;
             }
         }
-        if let Some(dev) = &agent.tunnel {
+        if let Some(dev) = &inputs.tunnel {
             let c = &dev.counters;
             {
                 let mut m = encoder.encode_descriptor(
@@ -168,7 +192,11 @@ impl Collector for AgentCollector {
                 ConstCounter::new(n).encode(m.encode_family(&[("event", event)])?)?;
             }
         }
-        let status = agent.status();
+        let (local, remote, revision) = {
+            let v = inputs.view.read().unwrap_or_else(|p| p.into_inner());
+            let local = v.local_containers(&inputs.host).count();
+            (local, v.containers.len() - local, v.rev)
+        };
         {
             let mut m = encoder.encode_descriptor(
                 "pn_endpoints",
@@ -176,33 +204,28 @@ impl Collector for AgentCollector {
                 None,
                 MetricType::Gauge,
             )?;
-            for (scope, n) in [
-                ("local", status.endpoints.local),
-                ("remote", status.endpoints.remote),
-            ] {
+            for (scope, n) in [("local", local), ("remote", remote)] {
                 ConstGauge::new(n as i64).encode(m.encode_family(&[("scope", scope)])?)?;
             }
         }
-        ConstGauge::new(i64::from(status.store.reachable)).encode(encoder.encode_descriptor(
+        ConstGauge::new(i64::from(inputs.store.reachable())).encode(encoder.encode_descriptor(
             "pn_store_up",
             "1 when the membership store is reachable",
             None,
             MetricType::Gauge,
         )?)?;
-        ConstGauge::new(status.store.revision).encode(encoder.encode_descriptor(
+        ConstGauge::new(revision).encode(encoder.encode_descriptor(
             "pn_store_revision",
             "Store revision applied to the kernel",
             None,
             MetricType::Gauge,
         )?)?;
-        ConstGauge::new(status.datapath.attached_interfaces as i64).encode(
-            encoder.encode_descriptor(
-                "pn_attached_interfaces",
-                "Container interfaces with the programs attached",
-                None,
-                MetricType::Gauge,
-            )?,
-        )?;
+        ConstGauge::new(attached as i64).encode(encoder.encode_descriptor(
+            "pn_attached_interfaces",
+            "Container interfaces with the programs attached",
+            None,
+            MetricType::Gauge,
+        )?)?;
         {
             let mut m = encoder.encode_descriptor(
                 "pn_dns_queries",
@@ -210,11 +233,11 @@ impl Collector for AgentCollector {
                 None,
                 MetricType::Counter,
             )?;
-            for (outcome, n) in agent.dns_stats.snapshot() {
+            for (outcome, n) in inputs.dns.snapshot() {
                 ConstCounter::new(n).encode(m.encode_family(&[("outcome", outcome)])?)?;
             }
         }
-        ConstCounter::new(agent.flows.received.load(Ordering::Relaxed)).encode(
+        ConstCounter::new(inputs.flows.received.load(Ordering::Relaxed)).encode(
             encoder.encode_descriptor(
                 "pn_flow_events",
                 "Flow and drop events read from the datapath",
@@ -222,7 +245,7 @@ impl Collector for AgentCollector {
                 MetricType::Counter,
             )?,
         )?;
-        ConstCounter::new(agent.flows.malformed.load(Ordering::Relaxed)).encode(
+        ConstCounter::new(inputs.flows.malformed.load(Ordering::Relaxed)).encode(
             encoder.encode_descriptor(
                 "pn_flow_events_malformed",
                 "Events from the datapath that could not be decoded",
@@ -235,16 +258,14 @@ impl Collector for AgentCollector {
 }
 
 /// Builds the registry: static metrics plus the scrape-time collector.
-pub fn registry(agent: &Arc<Agent>, metrics: &AgentMetrics) -> Registry {
+pub fn registry(inputs: Inputs, metrics: &AgentMetrics) -> Registry {
     let mut r = Registry::default();
     r.register(
         "pn_api_requests",
         "Control API requests, per command and result",
         metrics.api_requests.clone(),
     );
-    r.register_collector(Box::new(AgentCollector {
-        agent: Arc::downgrade(agent),
-    }));
+    r.register_collector(Box::new(AgentCollector(inputs)));
     r
 }
 

@@ -44,6 +44,15 @@ impl ContainerKey {
         }
     }
 
+    /// Deterministic host-side interface name (≤ 15 bytes): the only name
+    /// a container record may carry for its host end.
+    pub fn host_ifname(&self) -> String {
+        format!(
+            "{HOST_IF_PREFIX}{:011x}",
+            fnv1a(self.to_string().as_bytes()) & ((1 << 44) - 1)
+        )
+    }
+
     /// `web-1`: the container's name inside its app (`PN_CONTAINER`).
     pub fn name(&self) -> String {
         format!("{}-{}", self.ctype, self.index)
@@ -94,8 +103,59 @@ pub struct AddressLease {
     pub host: HostId,
 }
 
+/// Prefix of host-side veth names; anything with it belongs to the agent.
+pub const HOST_IF_PREFIX: &str = "pnh";
+
+/// FNV-1a (64 bits): stable across versions and machines, unlike std's
+/// hasher, for names derived from ids.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Stable, non-zero index of a peer host in the datapath and the tunnel.
+pub fn peer_index(host: &HostId) -> u32 {
+    let h = fnv1a(host.as_str().as_bytes());
+    ((h ^ (h >> 32)) as u32).max(1)
+}
+
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(t: &str, i: u32) -> ContainerKey {
+        ContainerKey {
+            app: "ap-a71da13f-7c70-4c00-a644-eee8558d8053".parse().unwrap(),
+            ctype: t.parse().unwrap(),
+            index: i,
+        }
+    }
+
+    #[test]
+    fn host_interface_names_are_short_stable_and_distinct() {
+        let a = key("web", 1).host_ifname();
+        assert_eq!(a, key("web", 1).host_ifname());
+        assert!(a.len() <= 15 && a.starts_with(HOST_IF_PREFIX), "{a}");
+        let all: std::collections::HashSet<_> =
+            (1..500).map(|i| key("web", i).host_ifname()).collect();
+        assert_eq!(all.len(), 499);
+    }
+
+    #[test]
+    fn peer_indexes_are_never_zero() {
+        for i in 0..1000 {
+            let h: HostId = format!("host-{i}").parse().unwrap();
+            assert_ne!(peer_index(&h), 0);
+        }
+    }
 }

@@ -41,6 +41,21 @@ pub enum NetlinkError {
     Other(String),
 }
 
+impl crate::error::Kind for NetlinkError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            NetlinkError::NamespaceMissing(_) | NetlinkError::InterfaceMissing(_) => {
+                ErrorKind::NotFound
+            }
+            NetlinkError::InterfaceExists(..) => ErrorKind::Conflict,
+            // The path given is not a namespace we can enter.
+            NetlinkError::Namespace(..) => ErrorKind::Invalid,
+            NetlinkError::Kernel { .. } | NetlinkError::Other(_) => ErrorKind::Internal,
+        }
+    }
+}
+
 type Result<T, E = NetlinkError> = std::result::Result<T, E>;
 
 const EEXIST: i32 = libc::EEXIST;
@@ -480,4 +495,42 @@ impl Netlink {
 pub fn enable_forwarding() -> Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| NetlinkError::Other(format!("enabling IPv4 forwarding: {e}")))
+}
+
+fn resolv_conf_dir(netns: &str) -> Option<PathBuf> {
+    (!netns.contains('/')).then(|| PathBuf::from("/etc/netns").join(netns))
+}
+
+/// `ip netns exec NAME` bind-mounts `/etc/netns/NAME/resolv.conf` over
+/// `/etc/resolv.conf`: containers that are named namespaces get our DNS.
+/// `ndots:3` makes names relative to the network (`N.TYPE.ap-X`, two dots)
+/// try the search domain first, while most names of the world go straight out.
+pub fn write_resolv_conf(
+    ns: &Netns,
+    network: &pn_common::ids::NetworkId,
+    dns: Ipv4Addr,
+) -> std::io::Result<()> {
+    let Some(dir) = ns.name.as_deref().and_then(resolv_conf_dir) else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(&dir)?;
+    let text = format!(
+        "# written by pn-agent for a container of {network}\nnameserver {dns}\nsearch {network}.{}\noptions ndots:3 timeout:2 attempts:2\n",
+        pn_common::names::ZONE
+    );
+    let tmp = dir.join("resolv.conf.pn-tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, dir.join("resolv.conf"))
+}
+
+/// Removes what `write_resolv_conf` wrote (and nothing an operator wrote).
+pub fn remove_resolv_conf(netns: &str) {
+    if let Some(dir) = resolv_conf_dir(netns) {
+        let path = dir.join("resolv.conf");
+        if std::fs::read_to_string(&path).is_ok_and(|t| t.starts_with("# written by pn-agent")) {
+            let _ = std::fs::remove_file(&path);
+            // Only if we left it empty.
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
 }

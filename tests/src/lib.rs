@@ -171,6 +171,18 @@ impl From<Output> for Cli {
 }
 
 impl Cli {
+    /// The error contract for a refused command: the exit code of its kind
+    /// and one line on stderr.
+    pub fn assert_error(&self, kind: pn_agent::error::ErrorKind, contains: &str) {
+        self.assert_one_line_error(contains);
+        assert_eq!(
+            self.code,
+            kind.exit_code(),
+            "expected a {kind} error (exit {}), got {self:?}",
+            kind.exit_code()
+        );
+    }
+
     /// The error contract: a non-zero exit and exactly one line on stderr.
     pub fn assert_one_line_error(&self, contains: &str) {
         assert_ne!(self.code, 0, "expected a failure, got {self:?}");

@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
+use pn_agent::error::ErrorKind;
 use pn_tests::{Namespace, eventually, fleet::Fleet, metric_value, net, unique_prefix};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -205,7 +206,7 @@ fn an_etcd_outage_loses_nothing() {
     );
     // Changes are refused with one line while the store is away.
     let out = f.hosts[0].cli(&["network", "create"]);
-    out.assert_one_line_error("etcd");
+    out.assert_error(ErrorKind::Unavailable, "etcd");
     // Reads still answer from the last known state.
     assert_eq!(f.hosts[0].cli_ok(&["container", "list"]), before[0]);
 
@@ -261,7 +262,7 @@ fn a_removed_host_disappears_from_every_agent() {
     // h3 dies; the operator removes it from h1.
     f.hosts[2].stop();
     let out = f.hosts[0].cli(&["host", "remove", "h1"]);
-    out.assert_one_line_error("this agent runs on");
+    out.assert_error(ErrorKind::Conflict, "this agent runs on");
     f.hosts[0].cli_ok(&["host", "remove", "h3"]);
     for h in &f.hosts[..2] {
         assert!(
@@ -277,5 +278,5 @@ fn a_removed_host_disappears_from_every_agent() {
             == 2));
     }
     let out = f.hosts[0].cli(&["host", "remove", "h3"]);
-    out.assert_one_line_error("not found");
+    out.assert_error(ErrorKind::NotFound, "not found");
 }

@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use pn_agent::error::ErrorKind;
 use pn_tests::{Host, Namespace, eventually, net, unique_prefix};
 
 const SHORT: Duration = Duration::from_millis(800);
@@ -134,7 +135,7 @@ fn detach_removes_the_interface_and_frees_the_address_and_attach_is_idempotent()
         "--index",
         "1",
     ]);
-    out.assert_one_line_error("not found");
+    out.assert_error(ErrorKind::NotFound, "not found");
 }
 
 #[test]
@@ -159,7 +160,7 @@ fn a_deleted_namespace_is_cleaned_up_and_force_delete_removes_everything() {
         == 1));
     assert_eq!(host_links(&host).len(), 1);
     let out = host.cli(&["network", "delete", &net_a]);
-    out.assert_one_line_error("--force");
+    out.assert_error(ErrorKind::Conflict, "--force");
     host.cli_ok(&["network", "delete", &net_a, "--force"]);
     assert!(
         host.json(&["network", "list"])
@@ -194,7 +195,7 @@ fn bad_input_gives_one_clear_line_and_leaves_nothing_half_made() {
     let before = snapshot();
     let unknown_app = "ap-00000000-0000-4000-8000-000000000000";
     let unknown_net = "pn-00000000-0000-4000-8000-000000000000";
-    for (args, says) in [
+    for (args, says, kind) in [
         // Exhausted range: a /30 has two addresses.
         (
             vec![
@@ -208,6 +209,7 @@ fn bad_input_gives_one_clear_line_and_leaves_nothing_half_made() {
                 &c3.name,
             ],
             "no free address",
+            ErrorKind::Exhausted,
         ),
         (
             vec![
@@ -221,6 +223,7 @@ fn bad_input_gives_one_clear_line_and_leaves_nothing_half_made() {
                 &c3.name,
             ],
             "not found",
+            ErrorKind::NotFound,
         ),
         (
             vec![
@@ -234,6 +237,7 @@ fn bad_input_gives_one_clear_line_and_leaves_nothing_half_made() {
                 "pt-no-such-ns",
             ],
             "namespace pt-no-such-ns not found",
+            ErrorKind::NotFound,
         ),
         (
             vec![
@@ -247,6 +251,7 @@ fn bad_input_gives_one_clear_line_and_leaves_nothing_half_made() {
                 "/etc/hostname",
             ],
             "not a network namespace",
+            ErrorKind::Invalid,
         ),
         (
             vec![
@@ -262,6 +267,7 @@ fn bad_input_gives_one_clear_line_and_leaves_nothing_half_made() {
                 "bad/name",
             ],
             "invalid interface name",
+            ErrorKind::Invalid,
         ),
         (
             vec![
@@ -277,27 +283,47 @@ fn bad_input_gives_one_clear_line_and_leaves_nothing_half_made() {
                 &c3.name,
             ],
             "already attached",
+            ErrorKind::Conflict,
         ),
-        (vec!["app", "create", "--network", unknown_net], "not found"),
+        (
+            vec!["app", "create", "--network", unknown_net],
+            "not found",
+            ErrorKind::NotFound,
+        ),
         (
             vec!["network", "create", "--cidr", "10.241.0.0/29"],
             "overlaps",
+            ErrorKind::Conflict,
         ),
         (
             vec!["network", "create", "--cidr", "10.241.0.1/24"],
             "not a network address",
+            ErrorKind::Invalid,
         ),
-        (vec!["network", "create", "--id", &small], "already exists"),
-        (vec!["app", "delete", &a], "detach them first"),
-        (vec!["network", "delete", unknown_net], "not found"),
+        (
+            vec!["network", "create", "--id", &small],
+            "already exists",
+            ErrorKind::Conflict,
+        ),
+        (
+            vec!["app", "delete", &a],
+            "detach them first",
+            ErrorKind::Conflict,
+        ),
+        (
+            vec!["network", "delete", unknown_net],
+            "not found",
+            ErrorKind::NotFound,
+        ),
         (
             vec!["env", "--app", &a, "--type", "web", "--index", "9"],
             "not found",
+            ErrorKind::NotFound,
         ),
     ] {
         let out = host.cli(&args);
-        out.assert_one_line_error(says);
-        assert_eq!(out.code, 1, "{args:?}");
+        out.assert_error(kind, says);
+        assert_eq!(out.code, kind.exit_code(), "{args:?}");
     }
     // Malformed arguments never reach the agent: usage errors, exit 2.
     for (args, says) in [
@@ -367,7 +393,7 @@ fn bad_input_gives_one_clear_line_and_leaves_nothing_half_made() {
             .output()
             .unwrap(),
     );
-    out.assert_one_line_error("agent not running");
+    out.assert_error(ErrorKind::Unavailable, "agent not running");
     // A second agent on the same socket or state dir is refused.
     let second = host.ns.exec(&[
         pn_tests::agent_bin().to_str().unwrap(),
@@ -393,6 +419,9 @@ fn bad_input_gives_one_clear_line_and_leaves_nothing_half_made() {
         s.read_to_string(&mut r).unwrap();
         r
     });
-    assert!(reply.contains("\"error\":\"bad request"), "{reply}");
+    assert!(
+        reply.contains(r#""error":{"kind":"invalid","message":"bad request"#),
+        "{reply}"
+    );
     host.cli_ok(&["status"]);
 }

@@ -11,6 +11,7 @@
 
 pub mod embedded;
 pub mod etcd;
+pub mod health;
 pub mod view;
 
 use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc};

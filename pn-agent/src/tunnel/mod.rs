@@ -6,6 +6,7 @@
 pub mod aead;
 pub mod device;
 pub mod handshake;
+pub mod keyfile;
 pub mod offload;
 pub mod replay;
 pub mod session;

@@ -1,0 +1,342 @@
+//! The control commands that change the fleet: each writes the store, then
+//! waits until this agent has applied its revision (so a command that
+//! returns is in the kernel). Attach is the exception that touches the
+//! kernel itself first: the veth must exist, filtered, before its record.
+
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use pn_common::ids::{AppId, ContainerType, HostId, NetworkId, Uuid};
+
+use super::{Agent, start::gateway_addr};
+use crate::{
+    datapath::DatapathError,
+    error::{Error, ErrorKind, Kind},
+    ipam,
+    model::{App, Container, ContainerKey, Network, now_secs},
+    netlink::{ContainerSide, NetlinkError, Netns, remove_resolv_conf, write_resolv_conf},
+    proto::ContainerInfo,
+    store::MembershipError,
+};
+
+/// How long a command waits for its change to reach the kernel.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(15);
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<MembershipError> for Error {
+    fn from(e: MembershipError) -> Self {
+        Error::new(e.kind(), e.to_string())
+    }
+}
+
+impl From<NetlinkError> for Error {
+    fn from(e: NetlinkError) -> Self {
+        Error::new(e.kind(), e.to_string())
+    }
+}
+
+impl From<DatapathError> for Error {
+    fn from(e: DatapathError) -> Self {
+        Error::new(e.kind(), e.to_string())
+    }
+}
+
+// TEMP(store helper): the store's own impl replaces this.
+impl Kind for MembershipError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            MembershipError::NotFound(_) => ErrorKind::NotFound,
+            MembershipError::Conflict(_) | MembershipError::Taken(_) => ErrorKind::Conflict,
+            MembershipError::Exhausted(_) => ErrorKind::Exhausted,
+            MembershipError::Invalid(_) => ErrorKind::Invalid,
+            MembershipError::Store(crate::store::StoreError::Unavailable(_)) => {
+                ErrorKind::Unavailable
+            }
+            MembershipError::Store(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl Agent {
+    /// Waits until the change committed at `rev` is in the kernel.
+    async fn wait_applied(&self, rev: i64) -> Result<()> {
+        let mut rx = self.applied.subscribe();
+        match tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(|r| *r >= rev)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::unavailable(format!(
+                "the change was stored (revision {rev}) but this agent has not applied it yet; check `pn-agent status`"
+            ))),
+        }
+    }
+
+    // ---- commands ----------------------------------------------------------
+
+    pub async fn create_network(
+        &self,
+        id: Option<NetworkId>,
+        cidr: Option<Ipv4Net>,
+    ) -> Result<Network> {
+        let id = id.unwrap_or_else(|| NetworkId(random_uuid()));
+        let (net, rev) = self
+            .membership
+            .create_network(id, cidr, &self.cfg.pool, self.cfg.network_prefix)
+            .await?;
+        self.wait_applied(rev).await?;
+        log::info!("created network {} ({}, tag {})", net.id, net.cidr, net.tag);
+        Ok(net)
+    }
+
+    pub async fn delete_network(&self, id: &NetworkId, force: bool) -> Result<()> {
+        let rev = self.membership.delete_network(id, force).await?;
+        self.wait_applied(rev).await?;
+        log::info!("deleted network {id}");
+        Ok(())
+    }
+
+    pub async fn create_app(
+        &self,
+        network: &NetworkId,
+        id: Option<AppId>,
+        name: Option<String>,
+    ) -> Result<App> {
+        if let Some(n) = &name
+            && (n.is_empty() || n.len() > 64 || n.chars().any(|c| c.is_control()))
+        {
+            return Err(Error::invalid(format!(
+                "invalid application name {n:?}: 1 to 64 printable characters"
+            )));
+        }
+        let id = id.unwrap_or_else(|| AppId(random_uuid()));
+        let (app, rev) = self.membership.create_app(id, network, name).await?;
+        self.wait_applied(rev).await?;
+        log::info!("created application {} in {}", app.id, app.network);
+        Ok(app)
+    }
+
+    pub async fn delete_app(&self, id: &AppId) -> Result<()> {
+        let rev = self.membership.delete_app(id).await?;
+        self.wait_applied(rev).await?;
+        log::info!("deleted application {id}");
+        Ok(())
+    }
+
+    pub async fn attach(
+        &self,
+        app: &AppId,
+        ctype: ContainerType,
+        index: Option<u32>,
+        netns: &str,
+        ifname: &str,
+    ) -> Result<ContainerInfo> {
+        validate_ifname(ifname)?;
+        if index == Some(0) {
+            return Err(Error::invalid(
+                "invalid container index 0: expected an integer from 1",
+            ));
+        }
+        let app_rec = self.membership.app(app).await?;
+        let net = self.membership.network(&app_rec.network).await?;
+        let ns = Netns::open(netns)?;
+        let guard = self.local_ops.lock().await;
+        let same_type: Vec<Container> = self
+            .membership
+            .containers_of(app)
+            .await?
+            .into_iter()
+            .filter(|c| c.key.ctype == ctype)
+            .collect();
+        let mut used: std::collections::BTreeSet<u32> =
+            same_type.iter().map(|c| c.key.index).collect();
+        let auto_index = index.is_none();
+        let mut index = match index {
+            Some(i) => i,
+            // Without an index, attaching a namespace again means "the
+            // container already in it": idempotent for retrying callers.
+            None => match same_type
+                .iter()
+                .find(|c| c.netns == netns && c.host == self.cfg.host_id)
+            {
+                Some(c) => c.key.index,
+                None => ipam::next_index(&used),
+            },
+        };
+        let mut attempts = 0;
+        let (key, ip) = loop {
+            let key = ContainerKey {
+                app: *app,
+                ctype: ctype.clone(),
+                index,
+            };
+            if let Some(existing) = self.membership.container(&key).await? {
+                if existing.host != self.cfg.host_id && auto_index && attempts < 64 {
+                    // Taken since we listed: try the next index.
+                    attempts += 1;
+                    used.insert(index);
+                    index = ipam::next_index(&used);
+                    continue;
+                }
+                if existing.host != self.cfg.host_id {
+                    return Err(Error::conflict(format!(
+                        "container {key} is attached on host {}",
+                        existing.host
+                    )));
+                }
+                if existing.netns != netns {
+                    return Err(Error::conflict(format!(
+                        "container {key} is already attached to namespace {}; detach it first",
+                        existing.netns
+                    )));
+                }
+                if self.netlink.link(&existing.host_ifname).await?.is_some() {
+                    drop(guard);
+                    return Ok(self.info(&existing));
+                }
+                // Recorded, but its interface is gone: start over.
+                self.membership.delete_container(&key).await?;
+            }
+            match self
+                .membership
+                .reserve_address(&net.id, &key, &self.cfg.host_id)
+                .await
+            {
+                Ok(ip) => break (key, ip),
+                // Another host took this index at the same instant: next one.
+                Err(MembershipError::Taken(_)) if auto_index && attempts < 64 => {
+                    attempts += 1;
+                    used.insert(index);
+                    index = ipam::next_index(&used);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let host_if = key.host_ifname();
+        let c = Container {
+            key: key.clone(),
+            network: net.id,
+            ip,
+            host: self.cfg.host_id.clone(),
+            netns: netns.to_string(),
+            ifname: ifname.to_string(),
+            host_ifname: host_if.clone(),
+            created_at: now_secs(),
+        };
+        let made = match self.make_container(&ns, &net, &c).await {
+            Ok(()) => self.membership.put_container(&c).await.map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        let rev = match made {
+            Ok(rev) => rev,
+            Err(e) => {
+                // Nothing half-made: undo in reverse order, then report.
+                let _ = self.dp().detach_now(&host_if);
+                if self.netlink.link(&host_if).await.is_ok_and(|l| l.is_some()) {
+                    let _ = self.netlink.delete_link(&host_if).await;
+                }
+                remove_resolv_conf(netns);
+                if let Err(re) = self.membership.release_address(&net.id, ip, &key).await {
+                    log::error!("releasing {ip} after a failed attach: {re}");
+                }
+                return Err(e);
+            }
+        };
+        drop(guard);
+        self.wait_applied(rev).await?;
+        log::info!("attached container {key} in {netns} as {ip} ({host_if})");
+        Ok(self.info(&c))
+    }
+
+    async fn make_container(&self, ns: &Netns, net: &Network, c: &Container) -> Result<()> {
+        self.netlink
+            .create_veth(&c.host_ifname, &c.ifname, ns, self.container_mtu)
+            .await?;
+        // Programs first: until the maps know the interface, they drop
+        // everything on it (fail closed), so nothing flows unfiltered.
+        self.dp().attach_now(&c.host_ifname)?;
+        let (_, host_mac) = self
+            .netlink
+            .link(&c.host_ifname)
+            .await?
+            .ok_or_else(|| Error::internal(format!("interface {} vanished", c.host_ifname)))?;
+        let mut routes = vec![self.cfg.pool];
+        if !self.cfg.pool.contains(&net.cidr) {
+            routes.push(net.cidr);
+        }
+        let container_mac = crate::netlink::configure_container_side(
+            ns,
+            ContainerSide {
+                ifname: c.ifname.clone(),
+                ip: c.ip,
+                gateway: gateway_addr(),
+                gateway_mac: host_mac,
+                routes,
+            },
+        )
+        .await?;
+        self.netlink
+            .configure_host_side(&c.host_ifname, c.ip, container_mac, gateway_addr())
+            .await?;
+        write_resolv_conf(ns, &net.id, *self.cfg.dns_listen.ip())
+            .map_err(|e| Error::internal(format!("writing resolv.conf for {}: {e}", ns.given)))?;
+        Ok(())
+    }
+
+    pub async fn detach(&self, key: &ContainerKey) -> Result<()> {
+        let Some((c, rev)) = self.membership.delete_container(key).await? else {
+            return Err(Error::not_found(format!("container {key} not found")));
+        };
+        if c.host == self.cfg.host_id {
+            self.wait_applied(rev).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn remove_host(&self, id: &HostId) -> Result<()> {
+        if *id == self.cfg.host_id {
+            return Err(Error::conflict(format!(
+                "host {id} is the one this agent runs on; remove it from another host's agent after stopping this one"
+            )));
+        }
+        let rev = self.membership.remove_host(id).await?;
+        self.wait_applied(rev).await?;
+        log::info!("removed host {id} from the fleet");
+        Ok(())
+    }
+}
+
+fn validate_ifname(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name != "lo"
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid interface name {name:?}: 1 to 15 characters among a-z, A-Z, 0-9, -, _ and ."
+        )))
+    }
+}
+
+fn random_uuid() -> Uuid {
+    Uuid::from_random_bytes(*uuid::Uuid::new_v4().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_are_checked() {
+        assert!(validate_ifname("pn0").is_ok());
+        assert!(validate_ifname("eth1.100").is_ok());
+        for bad in ["", "lo", "a/b", "way-too-long-name", "sp ace", ".."] {
+            let e = validate_ifname(bad).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Invalid, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The one path from the desired state to the kernel: the datapath's maps
+//! and links, the tunnel's members, peers and routes, leftover interfaces,
+//! and the store records of containers whose namespace vanished.
+
+use std::collections::BTreeMap;
+
+use super::{
+    Agent,
+    reconcile::{self, Local, Touched},
+    start::gateway_addr,
+};
+use crate::{datapath::Scope, model::HOST_IF_PREFIX, netlink::remove_resolv_conf};
+
+impl Agent {
+    /// Brings the kernel in line with the view for what `touched` covers.
+    pub(super) async fn converge(&self, touched: &Touched) {
+        let _guard = self.local_ops.lock().await;
+        self.converge_locked(touched).await;
+    }
+
+    /// `converge` for a caller that holds `local_ops` already.
+    pub(super) async fn converge_locked(&self, touched: &Touched) {
+        let Some(links) = self.links_for(touched).await else {
+            // Without the links every local container would look stale:
+            // change nothing, the next change or resync retries.
+            return;
+        };
+        let want = {
+            let v = self.view();
+            let local = Local {
+                host: &self.cfg.host_id,
+                pool: self.cfg.pool,
+            };
+            reconcile::desired(&v, &local, &links, touched)
+        };
+        let scope = want.scope.clone().unwrap_or_else(Scope::all);
+        match self.dp().apply(&want.datapath, &scope) {
+            Ok(ch) if !ch.is_empty() => log::debug!("datapath: {ch:?}"),
+            Ok(_) => {}
+            Err(e) => log::error!("updating the datapath: {e}"),
+        }
+        self.members
+            .apply(&want.members, want.addrs.as_ref().map(|a| a.iter()));
+        if let Some(dev) = &self.tunnel {
+            if let Some(peers) = &want.tunnel_peers {
+                dev.set_peers(peers);
+            }
+            self.route_to_tunnel(&want.tunnel_routes).await;
+        }
+        for name in &want.orphans {
+            log::info!("removing interface {name}: no container of this host claims it");
+            if let Err(e) = self.netlink.delete_link(name).await {
+                log::error!("{e}");
+            }
+        }
+        for netns in &want.left_netns {
+            remove_resolv_conf(netns);
+        }
+        for key in &want.stale {
+            log::info!("container {key}: its interface is gone (namespace deleted?); detaching it");
+            if let Err(e) = self.membership.delete_container(key).await {
+                log::error!("detaching {key}: {e}");
+            }
+        }
+        if *touched == Touched::All {
+            self.release_orphan_leases().await;
+        }
+    }
+
+    /// The agent's host-side interfaces that exist (name → ifindex): all of
+    /// them for a full pass, those of the touched local containers otherwise.
+    async fn links_for(&self, touched: &Touched) -> Option<BTreeMap<String, u32>> {
+        match touched {
+            Touched::All => match self.netlink.links_with_prefix(HOST_IF_PREFIX).await {
+                Ok(l) => Some(l.into_iter().collect()),
+                Err(e) => {
+                    log::error!("listing interfaces: {e}");
+                    None
+                }
+            },
+            Touched::Fleet => Some(BTreeMap::new()),
+            Touched::Containers(before) => {
+                let names: Vec<String> = {
+                    let v = self.view();
+                    before
+                        .iter()
+                        .chain(before.iter().filter_map(|b| v.containers.get(&b.key)))
+                        .filter(|c| c.host == self.cfg.host_id)
+                        .map(|c| c.host_ifname.clone())
+                        .collect()
+                };
+                let mut out = BTreeMap::new();
+                for name in names {
+                    match self.netlink.link(&name).await {
+                        Ok(Some((idx, _))) => {
+                            out.insert(name, idx);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            log::error!("looking up {name}: {e}");
+                            return None;
+                        }
+                    }
+                }
+                Some(out)
+            }
+        }
+    }
+
+    /// Networks outside the pool are routed to the tunnel too (the pool's
+    /// route is set at start).
+    async fn route_to_tunnel(&self, ranges: &[ipnet::Ipv4Net]) {
+        if ranges.is_empty() {
+            return;
+        }
+        let Ok(Some((idx, _))) = self.netlink.link(super::TUN_DEV).await else {
+            return;
+        };
+        for cidr in ranges {
+            if let Err(e) = self.netlink.route_to_dev(*cidr, idx, gateway_addr()).await {
+                log::error!("routing {cidr} to the tunnel: {e}");
+            }
+        }
+    }
+
+    /// Addresses reserved by an attach that crashed before recording it.
+    async fn release_orphan_leases(&self) {
+        let Ok(leases) = self.membership.leases_of_host(&self.cfg.host_id).await else {
+            return;
+        };
+        for (net, ip, lease) in leases {
+            if self.view().containers.contains_key(&lease.owner) {
+                continue;
+            }
+            log::info!(
+                "releasing address {ip} left by an interrupted attach of {}",
+                lease.owner
+            );
+            if let Err(e) = self
+                .membership
+                .release_address(&net, ip, &lease.owner)
+                .await
+            {
+                log::error!("{e}");
+            }
+        }
+    }
+}

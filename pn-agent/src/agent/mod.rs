@@ -1,0 +1,133 @@
+//! The running agent: follows the membership store, keeps the kernel (maps,
+//! programs, veths) and the tunnel in line with it, and carries out the
+//! control commands.
+//!
+//! How a store change reaches the kernel: a command (of this agent or of any
+//! agent of the fleet) writes the store; the watch delivers the change to
+//! [`follow`], which updates the [`MembershipView`] and asks [`reconcile`]'s
+//! pure `desired()` what the kernel should hold for the containers it
+//! touched; [`Agent::converge`] hands that to the datapath (which makes its
+//! own diff), the tunnel and netlink, then publishes the applied revision.
+//! A command returns once its revision is applied. A full resync (start,
+//! watch broken) takes the same path for the whole view.
+//!
+//! Files: `start` wires the subsystems, `follow` tracks the store,
+//! `reconcile` computes the desired state, `converge` applies it,
+//! `commands` and `status` answer the API.
+
+mod commands;
+mod converge;
+mod follow;
+pub mod reconcile;
+mod start;
+mod status;
+
+use std::{
+    net::Ipv4Addr,
+    sync::{Arc, Mutex, RwLock},
+};
+
+use pn_common::ids::HostId;
+use tokio::sync::watch;
+
+use crate::{
+    config::RunConfig,
+    datapath::Datapath,
+    dns::DnsStats,
+    flows::FlowHub,
+    netlink::Netlink,
+    store::{Membership, health::Health, view::MembershipView},
+    tunnel::{self as tun, Member, device::Device, handshake::StaticKeys},
+};
+
+/// The veth whose host end holds the gateway address.
+pub const GATEWAY_DEV: &str = "pn-gw";
+/// The TUN device remote members are routed to.
+pub const TUN_DEV: &str = "pn-tun";
+
+/// The agent. Locks, when more than one is needed, are taken in this order
+/// and never the other way: `local_ops` (async; held across netlink and
+/// store calls of one attach or reconciliation) → `view` (read; never held
+/// across an `.await`) → `datapath` (never held across an `.await`).
+pub struct Agent {
+    pub cfg: RunConfig,
+    /// MTU given to container interfaces.
+    container_mtu: u32,
+    membership: Membership,
+    pub view: Arc<RwLock<MembershipView>>,
+    pub datapath: Arc<Mutex<Datapath>>,
+    netlink: Netlink,
+    /// Serialises everything that creates or removes local interfaces.
+    local_ops: tokio::sync::Mutex<()>,
+    applied: watch::Sender<i64>,
+    pub flows: FlowHub,
+    pub store_health: Arc<Health>,
+    pub dns_stats: Arc<DnsStats>,
+    dns_upstreams: Vec<std::net::SocketAddr>,
+    host_keys: StaticKeys,
+    members: MemberTable,
+    /// The encrypted tunnel, when this host advertises an endpoint.
+    pub tunnel: Option<Arc<Device>>,
+    // Keeps the DNS server running for the agent's life.
+    _dns: crate::dns::DnsHandle,
+}
+
+impl Agent {
+    pub fn host_id(&self) -> &HostId {
+        &self.cfg.host_id
+    }
+
+    fn dp(&self) -> std::sync::MutexGuard<'_, Datapath> {
+        self.datapath.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn view(&self) -> std::sync::RwLockReadGuard<'_, MembershipView> {
+        self.view.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn store_reachable(&self) -> bool {
+        self.store_health.reachable()
+    }
+}
+
+/// Address → member, for the tunnel's per-packet checks (kept apart from
+/// the view so the data path takes one small lock and one hash lookup).
+/// FxHash: the keys are our own allocations, never chosen by a sender, and
+/// SipHash was a visible share of the receive path.
+#[derive(Clone, Default)]
+pub struct MemberTable(Arc<RwLock<MemberMap>>);
+
+type MemberMap = rustc_hash::FxHashMap<Ipv4Addr, Member>;
+
+impl tun::Members for MemberTable {
+    fn member(&self, ip: Ipv4Addr) -> Option<Member> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ip)
+            .copied()
+    }
+}
+
+impl MemberTable {
+    /// Sets the members of `addrs` (absent from `members`: removed), or
+    /// replaces the whole table when `addrs` is `None`.
+    fn apply<'a>(
+        &self,
+        members: &std::collections::BTreeMap<Ipv4Addr, Member>,
+        addrs: Option<impl Iterator<Item = &'a Ipv4Addr>>,
+    ) {
+        let mut t = self.0.write().unwrap_or_else(|p| p.into_inner());
+        match addrs {
+            None => *t = members.iter().map(|(a, m)| (*a, *m)).collect(),
+            Some(addrs) => {
+                for a in addrs {
+                    match members.get(a) {
+                        Some(m) => t.insert(*a, *m),
+                        None => t.remove(a),
+                    };
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! What the kernel should hold, as a pure function of the membership view:
+//! [`desired`] takes the view, this host and the host-side links that exist,
+//! and returns every map entry, attached link, tunnel member, peer and route
+//! this host needs — for the whole fleet, or only for the containers one
+//! store change touched. No I/O here: the agent feeds the result to
+//! [`crate::datapath::Datapath::apply`] and to the tunnel and netlink.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddr},
+};
+
+use ipnet::Ipv4Net;
+use pn_common::{
+    Ip4,
+    ids::HostId,
+    maps::{Endpoint, Iface, Peer},
+};
+
+use crate::{
+    datapath::{Scope, State},
+    model::{Container, ContainerKey},
+    store::view::MembershipView,
+    tunnel::{Member, PeerId},
+};
+
+/// This host, as the reconciler needs it.
+#[derive(Clone, Debug)]
+pub struct Local<'a> {
+    pub host: &'a HostId,
+    /// The fleet pool: networks outside it need a route of their own.
+    pub pool: Ipv4Net,
+}
+
+/// Which part of the view a reconciliation covers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Touched {
+    /// Everything (start, resync after a watch break).
+    All,
+    /// These container records, as they were before the change and as they
+    /// are now (an address, an interface or a host may have changed).
+    Containers(Vec<Container>),
+    /// Hosts or networks changed: peers, tags and routes.
+    Fleet,
+}
+
+/// The kernel and tunnel state wanted for what a [`Touched`] covers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Desired {
+    pub datapath: State,
+    /// The part of the datapath `datapath` covers.
+    pub scope: Option<Scope>,
+    /// The member addresses covered; `None`: all.
+    pub addrs: Option<BTreeSet<Ipv4Addr>>,
+    /// Address → member for the tunnel's checks; addresses of `scope` absent
+    /// from here are no members any more.
+    pub members: BTreeMap<Ipv4Addr, Member>,
+    /// Peers of the tunnel (id, public key, endpoint), when the fleet is covered.
+    pub tunnel_peers: Option<Vec<(PeerId, [u8; 32], SocketAddr)>>,
+    /// Network ranges outside the pool, routed to the tunnel too.
+    pub tunnel_routes: Vec<Ipv4Net>,
+    /// Local containers whose interface is gone (their namespace was
+    /// deleted while nobody watched): to be detached in the store.
+    pub stale: Vec<ContainerKey>,
+    /// Host-side interfaces that no container of this host claims.
+    pub orphans: Vec<String>,
+    /// Namespaces that held a container of this host and hold none now
+    /// (their resolv.conf goes).
+    pub left_netns: Vec<String>,
+}
+
+pub fn to_ip4(ip: Ipv4Addr) -> Ip4 {
+    let [a, b, c, d] = ip.octets();
+    pn_common::ip4(a, b, c, d)
+}
+
+/// `links`: host-side interfaces of the agent that exist (name → ifindex);
+/// for `Touched::Containers`, at least those of the touched containers.
+pub fn desired(
+    view: &MembershipView,
+    local: &Local<'_>,
+    links: &BTreeMap<String, u32>,
+    touched: &Touched,
+) -> Desired {
+    let mut d = Desired::default();
+    let (records, fleet): (Vec<&Container>, bool) = match touched {
+        Touched::All => (view.containers.values().collect(), true),
+        Touched::Fleet => (Vec::new(), true),
+        Touched::Containers(before) => {
+            // The records now holding the touched keys or addresses.
+            let mut now: BTreeMap<&ContainerKey, &Container> = BTreeMap::new();
+            for b in before {
+                for c in [view.containers.get(&b.key), view.container_by_ip(b.ip)]
+                    .into_iter()
+                    .flatten()
+                {
+                    now.insert(&c.key, c);
+                }
+            }
+            (now.into_values().collect(), false)
+        }
+    };
+    for c in &records {
+        add_container(&mut d, view, local, links, c);
+    }
+    if fleet {
+        d.datapath.peers = underlay_peers(view, local);
+        d.datapath.tags = local_tags(view, local);
+        d.tunnel_peers = Some(tunnel_peers(view, local));
+        d.tunnel_routes = view
+            .networks
+            .values()
+            .map(|n| n.cidr)
+            .filter(|c| !local.pool.contains(c))
+            .collect();
+    }
+    match touched {
+        Touched::All => {
+            d.orphans = links
+                .keys()
+                .filter(|l| !d.datapath.attached.contains(*l))
+                .cloned()
+                .collect();
+            d.scope = Some(Scope::all());
+        }
+        Touched::Fleet => {
+            d.scope = Some(Scope::underlay());
+            d.addrs = Some(BTreeSet::new());
+        }
+        Touched::Containers(before) => {
+            let addrs: BTreeSet<Ipv4Addr> = before
+                .iter()
+                .map(|c| c.ip)
+                .chain(records.iter().map(|c| c.ip))
+                .collect();
+            let names: BTreeSet<String> = before
+                .iter()
+                .chain(records.iter().copied())
+                .map(|c| c.host_ifname.clone())
+                .collect();
+            d.orphans = names
+                .iter()
+                .filter(|l| links.contains_key(*l) && !d.datapath.attached.contains(*l))
+                .cloned()
+                .collect();
+            // A local member came or went: the networks with local members
+            // may have changed.
+            let underlay = before
+                .iter()
+                .chain(records.iter().copied())
+                .any(|c| c.host == *local.host);
+            if underlay {
+                d.datapath.peers = underlay_peers(view, local);
+                d.datapath.tags = local_tags(view, local);
+            }
+            d.left_netns = before
+                .iter()
+                .filter(|b| b.host == *local.host)
+                .filter(|b| {
+                    view.containers
+                        .get(&b.key)
+                        .is_none_or(|c| c.host != *local.host || c.netns != b.netns)
+                })
+                .map(|b| b.netns.clone())
+                .collect();
+            d.scope = Some(Scope::entries(
+                addrs.iter().map(|a| to_ip4(*a)),
+                names,
+                underlay,
+            ));
+            d.addrs = Some(addrs);
+        }
+    }
+    d
+}
+
+fn add_container(
+    d: &mut Desired,
+    view: &MembershipView,
+    local: &Local<'_>,
+    links: &BTreeMap<String, u32>,
+    c: &Container,
+) {
+    let Some(net) = view.networks.get(&c.network) else {
+        return;
+    };
+    let ip = to_ip4(c.ip);
+    if c.host != *local.host {
+        let peer = peer_id(&c.host);
+        d.members.insert(
+            c.ip,
+            Member {
+                tag: net.tag,
+                peer: Some(peer),
+            },
+        );
+        d.datapath.endpoints.insert(
+            ip,
+            Endpoint {
+                tag: net.tag,
+                ifindex: 0,
+                peer,
+                flags: Endpoint::FLAG_REMOTE,
+            },
+        );
+        return;
+    }
+    d.members.insert(
+        c.ip,
+        Member {
+            tag: net.tag,
+            peer: None,
+        },
+    );
+    let Some(&ifindex) = links.get(&c.host_ifname) else {
+        d.stale.push(c.key.clone());
+        return;
+    };
+    d.datapath.attached.insert(c.host_ifname.clone());
+    d.datapath.ifaces.insert(
+        ifindex,
+        Iface {
+            addr: ip,
+            tag: net.tag,
+        },
+    );
+    d.datapath.endpoints.insert(
+        ip,
+        Endpoint {
+            tag: net.tag,
+            ifindex,
+            peer: 0,
+            flags: 0,
+        },
+    );
+}
+
+/// The id of a peer host in the datapath and the tunnel (never 0).
+pub fn peer_id(id: &HostId) -> PeerId {
+    crate::model::peer_index(id)
+}
+
+fn underlay_peers(view: &MembershipView, local: &Local<'_>) -> BTreeMap<Ip4, Peer> {
+    view.hosts
+        .values()
+        .filter(|h| h.id != *local.host)
+        .filter_map(|h| match h.advertise? {
+            SocketAddr::V4(a) => Some((
+                to_ip4(*a.ip()),
+                Peer {
+                    index: peer_id(&h.id),
+                    flags: 0,
+                },
+            )),
+            SocketAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+fn local_tags(view: &MembershipView, local: &Local<'_>) -> BTreeSet<u32> {
+    view.local_containers(local.host)
+        .filter_map(|c| view.networks.get(&c.network).map(|n| n.tag))
+        .collect()
+}
+
+fn tunnel_peers(view: &MembershipView, local: &Local<'_>) -> Vec<(PeerId, [u8; 32], SocketAddr)> {
+    view.hosts
+        .values()
+        .filter(|h| h.id != *local.host)
+        .filter_map(|h| {
+            Some((
+                peer_id(&h.id),
+                crate::tunnel::keyfile::decode_key(h.public_key.as_deref()?)?,
+                h.advertise?,
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,282 @@
+//! `desired()` against hand-built views, and the whole path from a view to
+//! a fake kernel, with no kernel and no store.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr},
+};
+
+use pn_common::ids::HostId;
+
+use super::*;
+use crate::{
+    datapath::{Datapath, fake::FakeMaps},
+    model::{App, Host, Network},
+};
+
+const NET: &str = "pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c";
+const APP: &str = "ap-a71da13f-7c70-4c00-a644-eee8558d8053";
+
+fn host(id: &str) -> HostId {
+    id.parse().unwrap()
+}
+
+fn pool() -> Ipv4Net {
+    "10.240.0.0/12".parse().unwrap()
+}
+
+fn container(index: u32, ip: [u8; 4], on: &str) -> Container {
+    let key = ContainerKey {
+        app: APP.parse().unwrap(),
+        ctype: "web".parse().unwrap(),
+        index,
+    };
+    Container {
+        host_ifname: key.host_ifname(),
+        key,
+        network: NET.parse().unwrap(),
+        ip: Ipv4Addr::from(ip),
+        host: host(on),
+        netns: format!("ns{index}"),
+        ifname: "pn0".into(),
+        created_at: 0,
+    }
+}
+
+fn add(v: &mut MembershipView, c: Container) {
+    v.by_ip.insert(c.ip, c.key.clone());
+    v.containers.insert(c.key.clone(), c);
+}
+
+/// Network 10.240.0.0/22 (tag 3); hosts a (this one) and b; web-1 on a,
+/// web-2 on b.
+fn fleet() -> MembershipView {
+    let mut v = MembershipView::default();
+    v.networks.insert(
+        NET.parse().unwrap(),
+        Network {
+            id: NET.parse().unwrap(),
+            cidr: "10.240.0.0/22".parse().unwrap(),
+            tag: 3,
+            created_at: 0,
+        },
+    );
+    v.apps.insert(
+        APP.parse().unwrap(),
+        App {
+            id: APP.parse().unwrap(),
+            network: NET.parse().unwrap(),
+            name: None,
+            created_at: 0,
+        },
+    );
+    for (id, addr) in [("a", "192.0.2.1:51871"), ("b", "192.0.2.2:51871")] {
+        v.hosts.insert(
+            host(id),
+            Host {
+                id: host(id),
+                advertise: Some(addr.parse().unwrap()),
+                public_key: Some(crate::tunnel::keyfile::encode_key(&[id.as_bytes()[0]; 32])),
+                started_at: 0,
+            },
+        );
+    }
+    add(&mut v, container(1, [10, 240, 0, 2], "a"));
+    add(&mut v, container(2, [10, 240, 0, 3], "b"));
+    v
+}
+
+fn links(v: &MembershipView) -> BTreeMap<String, u32> {
+    v.containers
+        .values()
+        .filter(|c| c.host == host("a"))
+        .enumerate()
+        .map(|(i, c)| (c.host_ifname.clone(), 10 + i as u32))
+        .collect()
+}
+
+fn a() -> HostId {
+    host("a")
+}
+
+fn desired_for(v: &MembershipView, links: &BTreeMap<String, u32>, t: &Touched) -> Desired {
+    let me = a();
+    desired(
+        v,
+        &Local {
+            host: &me,
+            pool: pool(),
+        },
+        links,
+        t,
+    )
+}
+
+fn ip(a: [u8; 4]) -> Ip4 {
+    to_ip4(Ipv4Addr::from(a))
+}
+
+#[test]
+fn the_whole_fleet_gives_local_and_remote_entries_peers_and_tags() {
+    let v = fleet();
+    let d = desired_for(&v, &links(&v), &Touched::All);
+    let local = d.datapath.endpoints[&ip([10, 240, 0, 2])];
+    assert_eq!(
+        (local.tag, local.ifindex, local.is_remote()),
+        (3, 10, false)
+    );
+    let remote = d.datapath.endpoints[&ip([10, 240, 0, 3])];
+    assert!(remote.is_remote());
+    assert_eq!(remote.peer, peer_id(&host("b")));
+    assert_eq!(d.datapath.ifaces[&10].addr, ip([10, 240, 0, 2]));
+    assert_eq!(d.datapath.attached.len(), 1);
+    assert_eq!(d.datapath.tags, [3].into());
+    // Peers: b only (never this host).
+    assert_eq!(d.datapath.peers.len(), 1);
+    assert!(d.datapath.peers.contains_key(&ip([192, 0, 2, 2])));
+    let tp = d.tunnel_peers.unwrap();
+    assert_eq!(tp.len(), 1);
+    assert_eq!(tp[0].2, "192.0.2.2:51871".parse::<SocketAddr>().unwrap());
+    assert_eq!(d.members.len(), 2);
+    assert!(d.members[&Ipv4Addr::new(10, 240, 0, 3)].peer.is_some());
+    assert!(d.stale.is_empty() && d.orphans.is_empty());
+    assert_eq!(d.scope, Some(Scope::all()));
+}
+
+#[test]
+fn a_local_container_without_its_interface_is_stale_and_a_stray_interface_an_orphan() {
+    let v = fleet();
+    let mut l = BTreeMap::new();
+    l.insert("pnh00000000bad".to_string(), 42);
+    let d = desired_for(&v, &l, &Touched::All);
+    assert_eq!(d.stale, [container(1, [10, 240, 0, 2], "a").key]);
+    assert_eq!(d.orphans, ["pnh00000000bad"]);
+    assert!(!d.datapath.endpoints.contains_key(&ip([10, 240, 0, 2])));
+    assert!(d.datapath.attached.is_empty());
+}
+
+#[test]
+fn networks_outside_the_pool_are_routed_to_the_tunnel() {
+    let mut v = fleet();
+    let id: pn_common::ids::NetworkId = "pn-00000000-0000-4000-8000-000000000001".parse().unwrap();
+    v.networks.insert(
+        id,
+        Network {
+            id,
+            cidr: "172.31.0.0/24".parse().unwrap(),
+            tag: 4,
+            created_at: 0,
+        },
+    );
+    let d = desired_for(&v, &links(&v), &Touched::Fleet);
+    assert_eq!(
+        d.tunnel_routes,
+        ["172.31.0.0/24".parse::<Ipv4Net>().unwrap()]
+    );
+    assert!(
+        d.datapath.endpoints.is_empty(),
+        "fleet scope has no entries"
+    );
+    assert_eq!(d.scope, Some(Scope::underlay()));
+}
+
+#[test]
+fn a_scoped_change_covers_only_the_touched_container() {
+    let mut v = fleet();
+    let c3 = container(3, [10, 240, 0, 4], "b");
+    add(&mut v, c3.clone());
+    let d = desired_for(&v, &BTreeMap::new(), &Touched::Containers(vec![c3]));
+    assert_eq!(d.datapath.endpoints.len(), 1);
+    assert!(d.datapath.endpoints[&ip([10, 240, 0, 4])].is_remote());
+    let scope = d.scope.unwrap();
+    assert!(
+        !scope.underlay,
+        "a remote container leaves the underlay alone"
+    );
+    assert_eq!(d.addrs.unwrap().len(), 1);
+    assert!(d.tunnel_peers.is_none());
+}
+
+/// Runs desired → fake datapath, as the agent does, and returns the kernel.
+fn converge(dp: &mut Datapath<FakeMaps>, v: &MembershipView, t: &Touched) -> Desired {
+    let d = desired_for(v, &links(v), t);
+    dp.apply(&d.datapath, d.scope.as_ref().unwrap()).unwrap();
+    d
+}
+
+#[test]
+fn a_container_moving_to_another_host_becomes_remote_and_its_interface_goes() {
+    let mut v = fleet();
+    let mut dp = Datapath::new(FakeMaps::default());
+    let l_before = links(&v);
+    converge(&mut dp, &v, &Touched::All);
+    let before = container(1, [10, 240, 0, 2], "a");
+    // The record now says host b (same key, same address).
+    let mut moved = before.clone();
+    moved.host = host("b");
+    add(&mut v, moved);
+    // Its interface still exists on this host until the agent removes it.
+    let d = desired_for(&v, &l_before, &Touched::Containers(vec![before.clone()]));
+    dp.apply(&d.datapath, d.scope.as_ref().unwrap()).unwrap();
+    let k = &dp.maps().state;
+    let ep = k.endpoints[&ip([10, 240, 0, 2])];
+    assert!(ep.is_remote() && ep.peer == peer_id(&host("b")));
+    assert!(k.ifaces.is_empty(), "{:?}", k.ifaces);
+    assert!(k.attached.is_empty());
+    assert_eq!(d.orphans, std::slice::from_ref(&before.host_ifname));
+    assert_eq!(d.left_netns, ["ns1"]);
+    // No local member left: its network's tag leaves the underlay guard.
+    assert!(k.tags.is_empty());
+    // The other entries were not touched.
+    assert!(k.endpoints.contains_key(&ip([10, 240, 0, 3])));
+}
+
+#[test]
+fn a_removed_host_takes_its_containers_and_its_peer_away() {
+    let mut v = fleet();
+    let mut dp = Datapath::new(FakeMaps::default());
+    converge(&mut dp, &v, &Touched::All);
+    assert_eq!(dp.maps().state.peers.len(), 1);
+    // `host remove b`: its containers, then its record.
+    let gone = v
+        .containers
+        .remove(&container(2, [10, 240, 0, 3], "b").key)
+        .unwrap();
+    v.by_ip.remove(&gone.ip);
+    converge(&mut dp, &v, &Touched::Containers(vec![gone]));
+    assert!(!dp.maps().state.endpoints.contains_key(&ip([10, 240, 0, 3])));
+    v.hosts.remove(&host("b"));
+    let d = converge(&mut dp, &v, &Touched::Fleet);
+    assert!(dp.maps().state.peers.is_empty());
+    assert!(d.tunnel_peers.unwrap().is_empty());
+    // This host's own container is untouched.
+    assert_eq!(dp.maps().state.endpoints.len(), 1);
+    assert_eq!(dp.maps().state.attached.len(), 1);
+}
+
+#[test]
+fn an_address_taken_over_by_another_container_is_rewritten_not_removed() {
+    let mut v = fleet();
+    let mut dp = Datapath::new(FakeMaps::default());
+    converge(&mut dp, &v, &Touched::All);
+    // web-2 (remote) is detached and web-3 (remote too) gets its address.
+    let gone = v
+        .containers
+        .remove(&container(2, [10, 240, 0, 3], "b").key)
+        .unwrap();
+    let c3 = container(3, [10, 240, 0, 3], "a-third-host");
+    add(&mut v, c3.clone());
+    converge(&mut dp, &v, &Touched::Containers(vec![gone, c3]));
+    let ep = dp.maps().state.endpoints[&ip([10, 240, 0, 3])];
+    assert_eq!(ep.peer, peer_id(&host("a-third-host")));
+}
+
+#[test]
+fn the_same_view_twice_changes_nothing() {
+    let v = fleet();
+    let mut dp = Datapath::new(FakeMaps::default());
+    converge(&mut dp, &v, &Touched::All);
+    let d = desired_for(&v, &links(&v), &Touched::All);
+    let ch = dp.apply(&d.datapath, d.scope.as_ref().unwrap()).unwrap();
+    assert!(ch.is_empty(), "{ch:?}");
+}

@@ -1,0 +1,203 @@
+//! Start-up: every subsystem built and wired here, in one place, handed to
+//! the agent — store backend, netlink, datapath, underlay guard, tunnel, DNS,
+//! flow events — then the first reconciliation and the store follower.
+
+use std::{
+    net::Ipv4Addr,
+    sync::{Arc, Mutex, RwLock},
+};
+
+use anyhow::Context as _;
+use pn_common::{GATEWAY, ip4_octets, maps::Config, tunnel};
+use tokio::sync::watch;
+
+use super::{Agent, GATEWAY_DEV, MemberTable, TUN_DEV, reconcile::to_ip4};
+use crate::{
+    config::{RunConfig, StoreSpec},
+    datapath::{Datapath, Kernel},
+    dns::{self, DnsConfig, DnsStats},
+    flows::FlowHub,
+    model::{Host, now_secs},
+    netlink::{Netlink, enable_forwarding},
+    store::{Backend, Membership, MembershipError, embedded::Embedded, view::MembershipView},
+    tunnel::{self as tun, device::Device, keyfile},
+};
+
+pub(super) fn gateway_addr() -> Ipv4Addr {
+    Ipv4Addr::from(ip4_octets(GATEWAY))
+}
+
+/// The DNS server's view of the membership.
+struct ViewDirectory(Arc<RwLock<MembershipView>>);
+
+impl dns::Directory for ViewDirectory {
+    fn network_of(&self, client: Ipv4Addr) -> Option<pn_common::ids::NetworkId> {
+        let v = self.0.read().unwrap_or_else(|p| p.into_inner());
+        v.container_by_ip(client).map(|c| c.network)
+    }
+
+    fn resolve(&self, q: &pn_common::names::RecordQuery, out: &mut Vec<Ipv4Addr>) -> bool {
+        let v = self.0.read().unwrap_or_else(|p| p.into_inner());
+        if v.apps.get(&q.app).is_none_or(|a| a.network != q.network) {
+            return false;
+        }
+        let before = out.len();
+        out.extend(v.select(&q.app, &q.selector).map(|c| c.ip));
+        out.len() > before
+    }
+}
+
+impl Agent {
+    /// Brings the agent up: store, kernel prerequisites, datapath, first sync.
+    pub async fn start(cfg: RunConfig) -> anyhow::Result<Arc<Agent>> {
+        let backend: Arc<dyn Backend> = match &cfg.store {
+            StoreSpec::Embedded => Arc::new(
+                Embedded::open(&cfg.state_dir)
+                    .with_context(|| format!("opening the store in {}", cfg.state_dir.display()))?,
+            ),
+            StoreSpec::Etcd(endpoints) => Arc::new(crate::store::etcd::Etcd::new(
+                endpoints.clone(),
+                cfg.etcd_prefix.clone(),
+            )),
+        };
+        let netlink = Netlink::connect().context("opening netlink")?;
+        enable_forwarding()?;
+        netlink
+            .ensure_gateway(GATEWAY_DEV, gateway_addr())
+            .await
+            .context("setting up the gateway device")?;
+        let mut kernel =
+            Kernel::load(crate::EBPF_OBJECT, &cfg.bpffs).context("loading the datapath")?;
+        let mut container_mtu = cfg.mtu.unwrap_or(crate::config::DEFAULT_MTU);
+        let mut tunnel_port = 0;
+        if let Some(underlay) = &cfg.underlay_iface {
+            let mtu = netlink.mtu(underlay).await?.ok_or_else(|| {
+                anyhow::anyhow!("underlay interface {underlay} not found (--underlay-iface)")
+            })?;
+            // Room for the tunnel's headers, so inner packets never fragment.
+            container_mtu = cfg
+                .mtu
+                .unwrap_or(mtu.saturating_sub(tunnel::OVERHEAD as u32));
+            tunnel_port = cfg.advertise.map_or(tunnel::DEFAULT_PORT, |a| a.port());
+            // On veth, driver-mode XDP turns off the peer's segmentation
+            // offloads, which the tunnel's UDP GSO/GRO depends on: generic
+            // mode there, driver mode on real devices.
+            let kind = netlink.kind(underlay).await?;
+            let mode = if kind.as_deref() == Some("veth") {
+                aya::programs::XdpMode::Skb
+            } else {
+                aya::programs::XdpMode::default()
+            };
+            kernel.attach_underlay(underlay, mode)?;
+            log::info!(
+                "underlay guard on {underlay} (tunnel port {tunnel_port}); container MTU {container_mtu}"
+            );
+        }
+        kernel
+            .set_config(Config {
+                dns_addr: to_ip4(*cfg.dns_listen.ip()),
+                dns_port: cfg.dns_listen.port(),
+                tunnel_port,
+                drop_events_per_sec: cfg.drop_events_per_sec,
+                ..Default::default()
+            })
+            .context("configuring the datapath")?;
+        let events = kernel.take_events();
+        let dns_upstreams = match &cfg.dns_upstream {
+            Some(list) => list.clone(),
+            None => dns::upstreams_from_resolv_conf(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                *cfg.dns_listen.ip(),
+            ),
+        };
+        let host_keys = keyfile::host_key(&cfg.state_dir)?;
+        let members = MemberTable::default();
+        let tunnel = match cfg.advertise {
+            Some(advertise) => {
+                let seed = u64::from_le_bytes(
+                    uuid::Uuid::new_v4().as_bytes()[..8]
+                        .try_into()
+                        .expect("8 bytes"),
+                );
+                let t = tun::Tunnel::new(cfg.tunnel.clone(), host_keys.clone(), seed);
+                let listen = std::net::SocketAddr::from(([0, 0, 0, 0], advertise.port()));
+                let dev = Device::start(TUN_DEV, listen, t, Arc::new(members.clone()))
+                    .context("starting the tunnel")?;
+                let idx = netlink.set_up(TUN_DEV, container_mtu).await?;
+                // Remote members are reached through the tunnel; local ones
+                // have /32 routes to their veths, which win.
+                netlink.route_to_dev(cfg.pool, idx, gateway_addr()).await?;
+                log::info!(
+                    "tunnel on udp {listen} ({}), advertised as {advertise}",
+                    cfg.tunnel.cipher.name()
+                );
+                Some(Arc::new(dev))
+            }
+            None => None,
+        };
+        let view: Arc<RwLock<MembershipView>> = Arc::default();
+        let dns_stats = Arc::new(DnsStats::default());
+        let dns_server = dns::serve(
+            DnsConfig {
+                listen: cfg.dns_listen,
+                ttl: cfg.dns_ttl,
+                upstreams: dns_upstreams.clone(),
+            },
+            Arc::new(ViewDirectory(view.clone())),
+            dns_stats.clone(),
+        )
+        .await?;
+        let agent = Arc::new(Agent {
+            membership: Membership::new(backend),
+            view,
+            datapath: Arc::new(Mutex::new(Datapath::new(kernel))),
+            netlink,
+            local_ops: tokio::sync::Mutex::new(()),
+            applied: watch::channel(0).0,
+            flows: FlowHub::default(),
+            store_health: Arc::default(),
+            container_mtu,
+            dns_stats,
+            dns_upstreams,
+            host_keys,
+            members,
+            tunnel,
+            _dns: dns_server,
+            cfg,
+        });
+        if let Some(ring) = events {
+            let hub = agent.flows.clone();
+            let view = agent.view.clone();
+            tokio::spawn(async move {
+                if let Err(e) = hub.run_reader(ring, view).await {
+                    log::error!("flow event reader stopped: {e:#}");
+                }
+            });
+        }
+        // Enforcement of the last known state goes on even if the store is
+        // unreachable at start; the follower keeps retrying.
+        match agent.resync().await {
+            Ok(rev) => log::info!("in sync with the store at revision {rev}"),
+            Err(e) => log::warn!("store unreachable at start, enforcing pinned state: {e:#}"),
+        }
+        if let Err(e) = agent.register_host().await {
+            log::warn!("registering host {}: {e}", agent.cfg.host_id);
+        }
+        tokio::spawn(agent.clone().follow_store());
+        Ok(agent)
+    }
+
+    pub(super) async fn register_host(&self) -> Result<i64, MembershipError> {
+        self.membership
+            .put_host(&Host {
+                id: self.cfg.host_id.clone(),
+                advertise: self.cfg.advertise,
+                public_key: self
+                    .tunnel
+                    .as_ref()
+                    .map(|_| keyfile::encode_key(&self.host_keys.public)),
+                started_at: now_secs(),
+            })
+            .await
+    }
+}

@@ -1,0 +1,253 @@
+//! Read-only answers of the API: lists, names, environment, status. They
+//! read the view (and the datapath's own record of what it holds), never
+//! the store, so they answer while the store is down.
+
+use pn_common::{
+    ids::{AppId, ContainerType, NetworkId},
+    names,
+};
+
+use super::{Agent, reconcile::peer_id};
+use crate::{
+    error::Error,
+    model::{Container, ContainerKey, Host},
+    proto::{
+        AppInfo, ContainerInfo, DatapathStatus, EndpointCounts, HostInfo, NetworkInfo, PeerStatus,
+        Status, StoreStatus,
+    },
+    tunnel::keyfile,
+};
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every DNS name of one container, most specific first.
+pub fn container_names(network: &NetworkId, key: &ContainerKey) -> Vec<String> {
+    let mut out = vec![
+        names::container_name(network, &key.app, &key.ctype, key.index),
+        names::type_name(network, &key.app, &key.ctype),
+    ];
+    if key.ctype.as_str() == ContainerType::WEB {
+        out.push(names::app_name(network, &key.app));
+    }
+    out
+}
+
+impl Agent {
+    pub fn list_networks(&self) -> Vec<NetworkInfo> {
+        let v = self.view();
+        v.networks
+            .values()
+            .map(|n| NetworkInfo {
+                id: n.id,
+                cidr: n.cidr,
+                tag: n.tag,
+                apps: v.apps.values().filter(|a| a.network == n.id).count(),
+                containers: v.containers.values().filter(|c| c.network == n.id).count(),
+            })
+            .collect()
+    }
+
+    pub fn list_apps(&self, network: Option<&NetworkId>) -> Vec<AppInfo> {
+        let v = self.view();
+        v.apps
+            .values()
+            .filter(|a| network.is_none_or(|n| a.network == *n))
+            .map(|a| AppInfo {
+                id: a.id,
+                network: a.network,
+                name: a.name.clone(),
+                containers: v.containers_of_app(&a.id).count(),
+            })
+            .collect()
+    }
+
+    pub(super) fn info(&self, c: &Container) -> ContainerInfo {
+        ContainerInfo {
+            id: c.key.to_string(),
+            app: c.key.app,
+            network: c.network,
+            ctype: c.key.ctype.clone(),
+            index: c.key.index,
+            ip: c.ip,
+            host: c.host.to_string(),
+            netns: c.netns.clone(),
+            interface: c.ifname.clone(),
+            host_interface: c.host_ifname.clone(),
+            names: container_names(&c.network, &c.key),
+        }
+    }
+
+    pub fn list_containers(
+        &self,
+        app: Option<&AppId>,
+        network: Option<&NetworkId>,
+    ) -> Vec<ContainerInfo> {
+        let v = self.view();
+        v.containers
+            .values()
+            .filter(|c| app.is_none_or(|a| c.key.app == *a))
+            .filter(|c| network.is_none_or(|n| c.network == *n))
+            .map(|c| self.info(c))
+            .collect()
+    }
+
+    pub fn domain_names(&self, app: &AppId) -> Result<Vec<String>> {
+        let v = self.view();
+        let a = v
+            .apps
+            .get(app)
+            .ok_or_else(|| Error::not_found(format!("application {app} not found")))?;
+        Ok(names::formation_names(
+            &a.network,
+            app,
+            v.containers_of_app(app)
+                .map(|c| (&c.key.ctype, c.key.index)),
+        ))
+    }
+
+    pub fn env(&self, key: &ContainerKey) -> Result<Vec<(String, String)>> {
+        let v = self.view();
+        let c = v
+            .containers
+            .get(key)
+            .ok_or_else(|| Error::not_found(format!("container {key} not found")))?;
+        Ok(vec![
+            ("PN_NETWORK_ID".into(), c.network.to_string()),
+            ("PN_APP_ID".into(), c.key.app.to_string()),
+            ("PN_CONTAINER".into(), c.key.name()),
+            (
+                "PN_DOMAIN".into(),
+                names::app_name(&c.network, &c.key.app)
+                    .trim_end_matches('.')
+                    .to_string(),
+            ),
+        ])
+    }
+
+    pub fn status(&self) -> Status {
+        let v = self.view();
+        let me = &self.cfg.host_id;
+        let (in_maps, attached) = {
+            let dp = self.dp();
+            (dp.current().endpoints.len(), dp.current().attached.len())
+        };
+        Status {
+            host: me.to_string(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            store: StoreStatus {
+                backend: self.membership.backend().describe(),
+                reachable: self.store_health.reachable(),
+                revision: v.rev,
+                last_error: self.store_health.last_error(),
+            },
+            datapath: DatapathStatus {
+                bpffs: self.cfg.bpffs.clone(),
+                programs: vec![
+                    pn_common::objects::PROG_FROM_CONTAINER.into(),
+                    pn_common::objects::PROG_TO_CONTAINER.into(),
+                ],
+                attached_interfaces: attached,
+            },
+            endpoints: EndpointCounts {
+                local: v.local_containers(me).count(),
+                remote: v.containers.values().filter(|c| c.host != *me).count(),
+                in_maps,
+            },
+            peers: v
+                .hosts
+                .values()
+                .filter(|h| h.id != *me)
+                .map(|h| PeerStatus {
+                    host: h.id.to_string(),
+                    advertise: h.advertise.map(|a| a.to_string()),
+                    containers: v.containers.values().filter(|c| c.host == h.id).count(),
+                    tunnel: self.peer_tunnel_state(h),
+                })
+                .collect(),
+            dns: format!(
+                "{} (udp, tcp), ttl {}s, upstream {}",
+                self.cfg.dns_listen,
+                self.cfg.dns_ttl,
+                if self.dns_upstreams.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.dns_upstreams
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ),
+            tunnel: match &self.tunnel {
+                Some(dev) => format!(
+                    "udp {} advertised as {}, {}, key {}",
+                    dev.listen,
+                    self.cfg.advertise.map_or("-".into(), |a| a.to_string()),
+                    self.cfg.tunnel.cipher.name(),
+                    keyfile::encode_key(&self.host_keys.public)
+                ),
+                None => "off (no --advertise)".into(),
+            },
+        }
+    }
+
+    pub fn list_hosts(&self) -> Vec<HostInfo> {
+        let v = self.view();
+        v.hosts
+            .values()
+            .map(|h| HostInfo {
+                id: h.id.clone(),
+                advertise: h.advertise.map(|a| a.to_string()),
+                public_key: h.public_key.clone(),
+                containers: v.containers.values().filter(|c| c.host == h.id).count(),
+                this: h.id == self.cfg.host_id,
+            })
+            .collect()
+    }
+
+    fn peer_tunnel_state(&self, h: &Host) -> String {
+        let Some(dev) = &self.tunnel else {
+            return "off".into();
+        };
+        if h.public_key.is_none() || h.advertise.is_none() {
+            return "no endpoint or key published".into();
+        }
+        match dev.peer_state(peer_id(&h.id)) {
+            Some(s) if s.established => format!(
+                "established (session {}s)",
+                s.session_age.map_or(0, |a| a.as_secs())
+            ),
+            Some(s) if s.handshake_in_flight => format!("handshaking ({} queued)", s.queued),
+            Some(_) => "idle".into(),
+            None => "unknown".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(t: &str, i: u32) -> ContainerKey {
+        ContainerKey {
+            app: "ap-a71da13f-7c70-4c00-a644-eee8558d8053".parse().unwrap(),
+            ctype: t.parse().unwrap(),
+            index: i,
+        }
+    }
+
+    #[test]
+    fn container_names_follow_the_contract() {
+        let net: NetworkId = "pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c".parse().unwrap();
+        let names = container_names(&net, &key("web", 1));
+        assert_eq!(
+            names,
+            [
+                "1.web.ap-a71da13f-7c70-4c00-a644-eee8558d8053.pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c.private-network.internal.",
+                "web.ap-a71da13f-7c70-4c00-a644-eee8558d8053.pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c.private-network.internal.",
+                "ap-a71da13f-7c70-4c00-a644-eee8558d8053.pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c.private-network.internal.",
+            ]
+        );
+        assert_eq!(container_names(&net, &key("worker", 2)).len(), 2);
+    }
+}
