@@ -42,7 +42,12 @@ use crate::{
         embedded::Embedded,
         view::{Change, MembershipView},
     },
-    tunnel::{self as tun, Member, device::Device, handshake::StaticKeys},
+};
+use pn_tunnel::{
+    self as tun, Member,
+    device::Device,
+    handshake::StaticKeys,
+    keyfile::{decode_key, encode_key, host_key},
 };
 
 /// Name of the dummy device that holds the gateway address.
@@ -184,58 +189,6 @@ impl MemberTable {
     fn replace(&self, all: MemberMap) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = all;
     }
-}
-
-/// The host's static X25519 key: created on first start (mode 0600), then
-/// reused, so peers keep trusting it across restarts.
-pub fn host_key(state_dir: &std::path::Path) -> anyhow::Result<StaticKeys> {
-    use base64::Engine as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = state_dir.join("host.key");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(text.trim())
-                .with_context(|| format!("{} is not base64", path.display()))?;
-            let private: [u8; 32] = bytes
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("{} does not hold a 32-byte key", path.display()))?;
-            Ok(StaticKeys::from_private(private)?)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let keys = StaticKeys::generate()?;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            use std::io::Write as _;
-            writeln!(
-                f,
-                "{}",
-                base64::engine::general_purpose::STANDARD.encode(keys.private)
-            )?;
-            f.sync_all()?;
-            log::info!("created host key {}", path.display());
-            Ok(keys)
-        }
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-fn encode_key(k: &[u8; 32]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(k)
-}
-
-fn decode_key(s: &str) -> Option<[u8; 32]> {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .ok()?
-        .try_into()
-        .ok()
 }
 
 /// The DNS server's view of the membership.
