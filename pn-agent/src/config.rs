@@ -131,7 +131,7 @@ pub struct RunConfig {
     pub drop_events_per_sec: u32,
     pub etcd_prefix: String,
     pub api_socket: PathBuf,
-    pub tunnel: crate::tunnel::Config,
+    pub tunnel: pn_tunnel::Config,
 }
 
 fn hostname() -> String {
@@ -187,7 +187,7 @@ impl RunConfig {
         if dns_ttl > 86_400 {
             bail!("invalid --dns-ttl {dns_ttl}: at most 86400 seconds");
         }
-        let mut tunnel = crate::tunnel::Config::default();
+        let mut tunnel = pn_tunnel::Config::default();
         if let Some(c) = pick!(tunnel_cipher) {
             tunnel.cipher = c
                 .parse()

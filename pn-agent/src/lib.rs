@@ -15,7 +15,6 @@ pub mod netlink;
 pub mod proto;
 pub mod server;
 pub mod store;
-pub mod tunnel;
 
 /// The compiled eBPF object (empty when built with `AYA_BUILD_SKIP=1`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pn-ebpf"));

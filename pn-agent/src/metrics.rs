@@ -17,10 +17,11 @@ use prometheus_client::{
 };
 
 use pn_common::ids::HostId;
+use pn_tunnel::device::Device;
 
 use crate::{
     datapath::Datapath, dns::DnsStats, flows::FlowHub, store::health::Health,
-    store::view::MembershipView, tunnel::device::Device,
+    store::view::MembershipView,
 };
 
 /// A label set: `pn_api_requests_total` and the scrape-time rows.

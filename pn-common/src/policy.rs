@@ -7,6 +7,9 @@ use crate::{
     maps::{Config, Endpoint, EventBudget, Iface},
 };
 
+mod tunnel;
+pub use tunnel::{TunnelMember, tunnel_incoming, tunnel_outgoing};
+
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;

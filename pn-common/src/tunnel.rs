@@ -1,6 +1,6 @@
 //! The tunnel's wire layout, as far as the kernel must know it: the XDP guard
 //! on the underlay reads the message type and the network tag of data packets
-//! before they cost the agent anything. The agent's tunnel module builds and
+//! before they cost the agent anything. The `pn-tunnel` crate builds and
 //! parses the full messages on this layout.
 
 /// UDP port of the tunnel when `--advertise` gives none.

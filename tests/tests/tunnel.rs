@@ -392,7 +392,7 @@ fn published_key(h: &Host, id: &str) -> String {
 /// key and no longer answers it, and pairs with the new key by itself.
 #[test]
 fn a_host_whose_key_changes_is_cut_off_and_pairs_again_with_the_new_one() {
-    use pn_agent::tunnel::{Clock, Config, Encap, Tunnel};
+    use pn_tunnel::{Clock, Config, Encap, Tunnel, keyfile::host_key};
     let mut t = two_hosts(&[]);
     let _s2 = net::tcp_echo_server(&t.c2, 8100);
     net::tcp_echo(&t.c1, SocketAddr::from((t.ip2, 8100)), b"before", LONG).unwrap();
@@ -422,8 +422,8 @@ fn a_host_whose_key_changes_is_cut_off_and_pairs_again_with_the_new_one() {
         "h1 and h2 pair again with the new key"
     );
     // Whoever holds the old key, from h2's own address, gets nothing.
-    let old = pn_agent::tunnel::keyfile::host_key(&aside).unwrap();
-    let h1_keys = pn_agent::tunnel::keyfile::host_key(&t.f.hosts[0].dir.join("state")).unwrap();
+    let old = host_key(&aside).unwrap();
+    let h1_keys = host_key(&t.f.hosts[0].dir.join("state")).unwrap();
     let h1 = SocketAddr::from(([192, 168, 100, 1], 51871));
     let mut impostor = Tunnel::new(Config::default(), old, 7);
     impostor.set_peer(1, h1_keys.public, h1);

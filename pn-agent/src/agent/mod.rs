@@ -28,6 +28,7 @@ use std::{
 };
 
 use pn_common::ids::HostId;
+use pn_tunnel::{self as tun, Member, device::Device, handshake::StaticKeys};
 use tokio::sync::watch;
 
 use crate::{
@@ -37,7 +38,6 @@ use crate::{
     flows::FlowHub,
     netlink::Netlink,
     store::{Membership, health::Health, view::MembershipView},
-    tunnel::{self as tun, Member, device::Device, handshake::StaticKeys},
 };
 
 /// The veth whose host end holds the gateway address.

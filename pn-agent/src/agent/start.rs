@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::Context as _;
 use pn_common::{GATEWAY, ip4_octets, maps::Config, tunnel};
+use pn_tunnel::{self as tun, device::Device, keyfile};
 use tokio::sync::watch;
 
 use super::{Agent, GATEWAY_DEV, MemberTable, TUN_DEV, reconcile::to_ip4};
@@ -20,7 +21,6 @@ use crate::{
     model::{Host, now_secs},
     netlink::{Netlink, enable_forwarding},
     store::{Backend, Membership, MembershipError, embedded::Embedded, view::MembershipView},
-    tunnel::{self as tun, device::Device, keyfile},
 };
 
 pub(super) fn gateway_addr() -> Ipv4Addr {

@@ -7,6 +7,8 @@ use pn_common::{
     names,
 };
 
+use pn_tunnel::keyfile;
+
 use super::{Agent, reconcile::peer_id};
 use crate::{
     error::Error,
@@ -15,7 +17,6 @@ use crate::{
         AppInfo, ContainerInfo, DatapathStatus, EndpointCounts, HostInfo, NetworkInfo, PeerStatus,
         Status, StoreStatus,
     },
-    tunnel::keyfile,
 };
 
 type Result<T, E = Error> = std::result::Result<T, E>;

@@ -16,12 +16,12 @@ use pn_common::{
     ids::HostId,
     maps::{Endpoint, Iface, Peer},
 };
+use pn_tunnel::{Member, PeerId};
 
 use crate::{
     datapath::{Scope, State},
     model::{Container, ContainerKey},
     store::view::MembershipView,
-    tunnel::{Member, PeerId},
 };
 
 /// This host, as the reconciler needs it.
@@ -270,7 +270,7 @@ fn tunnel_peers(view: &MembershipView, local: &Local<'_>) -> Vec<(PeerId, [u8; 3
         .filter_map(|h| {
             Some((
                 peer_id(&h.id),
-                crate::tunnel::keyfile::decode_key(h.public_key.as_deref()?)?,
+                pn_tunnel::keyfile::decode_key(h.public_key.as_deref()?)?,
                 h.advertise?,
             ))
         })

@@ -76,7 +76,7 @@ fn fleet() -> MembershipView {
             Host {
                 id: host(id),
                 advertise: Some(addr.parse().unwrap()),
-                public_key: Some(crate::tunnel::keyfile::encode_key(&[id.as_bytes()[0]; 32])),
+                public_key: Some(pn_tunnel::keyfile::encode_key(&[id.as_bytes()[0]; 32])),
                 started_at: 0,
             },
         );

@@ -12,8 +12,8 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use pn_agent::tunnel::aead::{Cipher, seal_rate};
 use pn_tests::{Namespace, fleet::Fleet, unique_prefix};
+use pn_tunnel::aead::{Cipher, seal_rate};
 
 use crate::{
     Effort,
@@ -290,7 +290,7 @@ pub fn run_scenario(effort: Effort) -> anyhow::Result<Scenario> {
                 tunnels. Plain veth: host 1 to host 2 over the same underlay, nothing encrypted and pn's programs detached. \
                 boringtun: `boringtun-cli` in both host namespaces, configured with `wg`, host to host \
                 over the same underlay, pn's underlay guard on as for pn. Everything shares the same 2 cores (senders, receivers, both \
-                agents). Sealing rate: `pn_agent::tunnel::aead::seal_rate`, one core."
+                agents). Sealing rate: `pn_tunnel::aead::seal_rate`, one core."
             .into(),
         rows,
         notes,

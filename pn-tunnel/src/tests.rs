@@ -7,7 +7,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use pn_common::Reason;
+
 use super::*;
+use crate::{
+    handshake::StaticKeys,
+    wire::{AEAD_TAG_LEN, DATA_HEADER_LEN, INIT_LEN, RESP_LEN},
+};
 
 const A: PeerId = 1;
 const B: PeerId = 2;

@@ -180,7 +180,7 @@ pub fn complete(init: Initiation, noise: &[u8]) -> Result<SessionKeys, Handshake
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tunnel::wire::{Message, parse};
+    use crate::wire::{Message, parse};
 
     #[test]
     fn both_sides_derive_mirrored_keys() {

@@ -9,7 +9,7 @@ use std::{
 };
 
 use libfuzzer_sys::fuzz_target;
-use pn_agent::tunnel::{Clock, Config, Decap, Encap, Tunnel, handshake::StaticKeys};
+use pn_tunnel::{Clock, Config, Decap, Encap, Tunnel, handshake::StaticKeys};
 
 struct Pair {
     a: Tunnel,

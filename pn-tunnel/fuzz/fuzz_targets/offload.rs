@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pn_agent::tunnel::offload::{Coalescer, VNET_HDR_LEN, VnetHdr, segment};
+use pn_tunnel::offload::{Coalescer, VNET_HDR_LEN, VnetHdr, segment};
 
 fuzz_target!(|data: &[u8]| {
     let Some(hdr) = VnetHdr::parse(data) else {

@@ -1,0 +1,191 @@
+//! TUN → UDP: packets from local containers, segmented, sealed outside the
+//! tunnel's lock, and sent in batches of one `sendmsg`.
+
+use std::{
+    fs::File,
+    io::Read,
+    net::{SocketAddr, UdpSocket},
+    os::fd::AsRawFd,
+    sync::atomic::Ordering,
+};
+
+use pn_common::Reason;
+
+use super::{
+    Counters, Shared, lock,
+    sys::{readable, send_segments},
+};
+use crate::{Clock, Encap, Sealer, offload, route_outgoing, wire};
+
+const BUF: usize = 65536 + wire::OVERHEAD;
+/// Datagrams sent with one `sendmsg` (UDP segmentation offload).
+const GSO_MAX_SEGMENTS: usize = 64;
+const GSO_MAX_BYTES: usize = 65_000;
+
+/// Datagrams waiting to leave in one `sendmsg`: same destination, same
+/// size (but the last). Sealed just before they leave, outside the lock.
+struct Batch {
+    buf: Vec<u8>,
+    to: Option<SocketAddr>,
+    segment: usize,
+    count: usize,
+    /// The last datagram was shorter: nothing may follow it.
+    closed: bool,
+    /// Datagrams not sealed yet (offset, length).
+    unsealed: Vec<(usize, usize, Sealer)>,
+    /// Inner bytes carried, for the counters.
+    inner: u64,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            buf: Vec::with_capacity(GSO_MAX_BYTES + BUF),
+            to: None,
+            segment: 0,
+            count: 0,
+            closed: false,
+            unsealed: Vec::with_capacity(GSO_MAX_SEGMENTS),
+            inner: 0,
+        }
+    }
+
+    /// Whether a datagram of `len` bytes to `to` may join the batch.
+    fn fits(&self, to: SocketAddr, len: usize) -> bool {
+        self.count == 0
+            || (self.to == Some(to)
+                && !self.closed
+                && len <= self.segment
+                && self.count < GSO_MAX_SEGMENTS
+                && self.buf.len() + len <= GSO_MAX_BYTES)
+    }
+
+    /// Takes the datagram written at `buf[start..start + len]`.
+    fn push(
+        &mut self,
+        start: usize,
+        len: usize,
+        to: SocketAddr,
+        sealer: Option<Sealer>,
+        inner: usize,
+    ) {
+        if let Some(sealer) = sealer {
+            self.unsealed.push((start, len, sealer));
+        }
+        if self.count == 0 {
+            self.to = Some(to);
+            self.segment = len;
+        } else if len < self.segment {
+            self.closed = true;
+        }
+        self.count += 1;
+        self.inner += inner as u64;
+    }
+
+    fn seal_and_send(&mut self, fd: i32, counters: &Counters) {
+        for (at, len, sealer) in self.unsealed.drain(..) {
+            sealer.seal(&mut self.buf[at..at + len]);
+        }
+        if let Some(to) = self.to
+            && self.count > 0
+            && send_segments(fd, &self.buf, self.segment, to).is_ok()
+        {
+            counters.udp_sends.fetch_add(1, Ordering::Relaxed);
+            counters
+                .tx_packets
+                .fetch_add(self.count as u64, Ordering::Relaxed);
+            counters.tx_bytes.fetch_add(self.inner, Ordering::Relaxed);
+        }
+        self.buf.clear();
+        self.count = 0;
+        self.closed = false;
+        self.to = None;
+        self.inner = 0;
+    }
+}
+
+pub(super) fn tx_loop(mut tun: File, udp: UdpSocket, shared: &Shared) {
+    let (tunnel, members, counters, stop) = (
+        &*shared.tunnel,
+        shared.members.as_ref(),
+        &*shared.counters,
+        &*shared.stop,
+    );
+    let mut pkt = vec![0u8; 65536 + offload::VNET_HDR_LEN];
+    let mut scratch = Vec::with_capacity(2048);
+    let mut handshakes: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    let mut batch = Batch::new();
+    let tun_fd = tun.as_raw_fd();
+    let udp_fd = udp.as_raw_fd();
+    while !stop.load(Ordering::Relaxed) {
+        if !readable(tun_fd, 200) {
+            continue;
+        }
+        let n = match tun.read(&mut pkt) {
+            Ok(n) if n > offload::VNET_HDR_LEN => n,
+            _ => continue,
+        };
+        counters.tun_reads.fetch_add(1, Ordering::Relaxed);
+        let Some(hdr) = offload::VnetHdr::parse(&pkt) else {
+            continue;
+        };
+        let (_, packet) = pkt[..n].split_at_mut(offload::VNET_HDR_LEN);
+        let clock = Clock::system();
+        // Every segment carries the super-packet's addresses: route once.
+        let route = route_outgoing(packet, members);
+        let result = offload::segment(&hdr, packet, &mut scratch, |seg, partial| {
+            let flags = if partial { wire::FLAG_CSUM_PARTIAL } else { 0 };
+            let (peer, tag) = match route {
+                Ok(r) => r,
+                Err(r) => {
+                    counters.drop(r);
+                    return;
+                }
+            };
+            let need = seg.len() + wire::DATA_MIN_LEN;
+            let start = batch.buf.len();
+            batch.buf.resize(start + need.max(wire::INIT_LEN), 0);
+            // Locked per datagram and only to write it: the sealing happens
+            // at the send, outside the lock, so the other direction (the
+            // acknowledgements) never waits behind it.
+            let (encap, sealer) = lock(tunnel).encapsulate_deferred(
+                clock,
+                peer,
+                tag,
+                flags,
+                seg,
+                &mut batch.buf[start..],
+            );
+            match encap {
+                Encap::Send { to, len } => {
+                    batch.buf.truncate(start + len);
+                    if batch.fits(to, len) {
+                        batch.push(start, len, to, sealer, seg.len());
+                    } else {
+                        // Move it out, send what was there, start anew.
+                        let unsealed = batch.buf.split_off(start);
+                        batch.seal_and_send(udp_fd, counters);
+                        batch.buf.extend_from_slice(&unsealed);
+                        batch.push(0, len, to, sealer, seg.len());
+                    }
+                }
+                Encap::Handshake { to, len } => {
+                    handshakes.push((to, batch.buf[start..start + len].to_vec()));
+                    batch.buf.truncate(start);
+                }
+                Encap::Queued => batch.buf.truncate(start),
+                Encap::Drop(r) => {
+                    batch.buf.truncate(start);
+                    counters.drop(r);
+                }
+            }
+        });
+        if result.is_err() {
+            counters.drop(Reason::Malformed);
+        }
+        batch.seal_and_send(udp_fd, counters);
+        for (to, d) in handshakes.drain(..) {
+            let _ = udp.send_to(&d, to);
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Pairing with a peer: sending initiations, answering them, and completing
+//! ours with the response (the Noise messages themselves are `handshake`'s).
+
+use std::net::SocketAddr;
+
+use pn_common::Reason;
+
+use crate::{
+    Clock, Decap, PeerId, Tunnel, handshake,
+    session::Session,
+    wire::{DATA_MIN_LEN, INIT_LEN, RESP_LEN},
+};
+
+impl Tunnel {
+    /// Writes an initiation to `id` into `out`: where to send it, how long.
+    pub(crate) fn start_initiation(
+        &mut self,
+        id: PeerId,
+        clock: Clock,
+        out: &mut [u8],
+    ) -> Option<(SocketAddr, usize)> {
+        let index = self.new_index();
+        let timestamp = clock.wall_ns.max(self.last_timestamp_sent + 1);
+        let peer = self.peers.get_mut(&id)?;
+        let init = handshake::initiate(&self.keys, &peer.public, index, timestamp, out).ok()?;
+        self.last_timestamp_sent = timestamp;
+        if let Some((old, _)) = peer.handshake.replace((init, clock.now)) {
+            self.by_index.remove(&old.local_index);
+        }
+        peer.attempt_started.get_or_insert(clock.now);
+        peer.rekey_wanted = false;
+        let to = peer.endpoint;
+        self.by_index.insert(index, id);
+        self.stats.initiations_sent += 1;
+        Some((to, INIT_LEN))
+    }
+
+    /// An initiation from `from`: a known peer with a newer timestamp gets a
+    /// response in `out` and a new session (used once it sends on it).
+    pub(crate) fn answer_initiation(
+        &mut self,
+        clock: Clock,
+        from: SocketAddr,
+        sender: u32,
+        noise: &[u8],
+        out: &mut [u8],
+    ) -> Decap {
+        if !self.limiter.allow(from.ip(), clock.now) {
+            return Decap::Drop(Reason::RateLimited);
+        }
+        let Ok(read) = handshake::read_initiation(&self.keys, sender, noise) else {
+            return Decap::Drop(Reason::HandshakeRejected);
+        };
+        let Some(&id) = self.by_public.get(&read.remote_static) else {
+            return Decap::Drop(Reason::HandshakeRejected);
+        };
+        let index = self.new_index();
+        let Some(p) = self.peers.get_mut(&id) else {
+            return Decap::Drop(Reason::HandshakeRejected);
+        };
+        if read.timestamp <= p.last_timestamp {
+            return Decap::Drop(Reason::HandshakeRejected);
+        }
+        let remote_index = read.remote_index;
+        let timestamp = read.timestamp;
+        let Ok(keys) = handshake::respond(read, index, out) else {
+            return Decap::Drop(Reason::HandshakeRejected);
+        };
+        p.last_timestamp = timestamp;
+        let s = Session::new(self.cfg.cipher, keys, index, remote_index, clock.now, false);
+        self.by_index.insert(index, id);
+        for gone in p.add(s, false) {
+            self.by_index.remove(&gone);
+        }
+        self.stats.initiations_answered += 1;
+        Decap::Reply {
+            to: from,
+            len: RESP_LEN,
+        }
+    }
+
+    /// A response to our initiation `receiver`: the session starts, and the
+    /// packets queued meanwhile leave on it.
+    pub(crate) fn complete_handshake(
+        &mut self,
+        clock: Clock,
+        sender: u32,
+        receiver: u32,
+        noise: &[u8],
+    ) -> Decap {
+        let Some(&id) = self.by_index.get(&receiver) else {
+            return Decap::Drop(Reason::UnknownSession);
+        };
+        let Some(p) = self.peers.get_mut(&id) else {
+            return Decap::Drop(Reason::UnknownSession);
+        };
+        if p.handshake
+            .as_ref()
+            .is_none_or(|(h, _)| h.local_index != receiver)
+        {
+            return Decap::Drop(Reason::UnknownSession);
+        }
+        let Some((init, _)) = p.handshake.take() else {
+            return Decap::Drop(Reason::UnknownSession);
+        };
+        let Ok(keys) = handshake::complete(init, noise) else {
+            // Forged or corrupted: the attempt goes on with a retry.
+            self.by_index.remove(&receiver);
+            return Decap::Drop(Reason::HandshakeRejected);
+        };
+        let mut s = Session::new(self.cfg.cipher, keys, receiver, sender, clock.now, true);
+        let mut flush = Vec::with_capacity(p.queue.len());
+        for (flags, tag, pkt) in p.queue.drain(..) {
+            let mut buf = vec![0u8; pkt.len() + DATA_MIN_LEN];
+            let n = Self::seal_into(&mut s, flags, tag, &pkt, &mut buf);
+            buf.truncate(n);
+            flush.push((p.endpoint, buf));
+        }
+        if flush.is_empty() {
+            // An empty data packet (keepalive) confirms the session, so the
+            // responder can start sending on it at once.
+            let mut buf = vec![0u8; DATA_MIN_LEN];
+            Self::seal_into(&mut s, 0, 0, &[], &mut buf);
+            flush.push((p.endpoint, buf));
+        }
+        for gone in p.add(s, true) {
+            self.by_index.remove(&gone);
+        }
+        p.attempt_started = None;
+        p.rekey_wanted = false;
+        self.stats.handshakes_completed += 1;
+        Decap::Established { peer: id, flush }
+    }
+}

@@ -1,0 +1,171 @@
+//! The [`Tunnel`] itself: its peers and their sessions, the local indexes
+//! that route datagrams to them, and the timers. Sending and receiving are
+//! in `data`, pairing in `pairing`.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    Clock, Config,
+    handshake::StaticKeys,
+    limiter::RateLimiter,
+    session::{Peer, Session},
+    wire::INIT_LEN,
+};
+
+/// The agent's own number for a peer host.
+pub type PeerId = u32;
+
+/// Counters of the handshake side; data drops are reported per packet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub initiations_sent: u64,
+    pub handshakes_completed: u64,
+    pub initiations_answered: u64,
+    pub sessions_expired: u64,
+    pub queue_dropped: u64,
+}
+
+/// What `status` shows of a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerState {
+    pub established: bool,
+    pub session_age: Option<Duration>,
+    pub handshake_in_flight: bool,
+    pub queued: usize,
+}
+
+pub struct Tunnel {
+    pub(crate) cfg: Config,
+    pub(crate) keys: StaticKeys,
+    pub(crate) peers: HashMap<PeerId, Peer>,
+    pub(crate) by_public: HashMap<[u8; 32], PeerId>,
+    pub(crate) by_index: HashMap<u32, PeerId>,
+    index_state: u64,
+    /// Initiation timestamps only grow, even if the wall clock steps back
+    /// (the responder rejects anything not newer than the last one).
+    pub(crate) last_timestamp_sent: u64,
+    pub(crate) limiter: RateLimiter,
+    pub stats: Stats,
+}
+
+impl Tunnel {
+    pub fn new(cfg: Config, keys: StaticKeys, seed: u64) -> Tunnel {
+        Tunnel {
+            limiter: RateLimiter::new(cfg.handshakes_per_sec),
+            cfg,
+            keys,
+            peers: HashMap::new(),
+            by_public: HashMap::new(),
+            by_index: HashMap::new(),
+            index_state: seed | 1,
+            last_timestamp_sent: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn public_key(&self) -> [u8; 32] {
+        self.keys.public
+    }
+
+    /// A fresh, unused, non-zero local index (xorshift: unpredictable enough
+    /// for an index, which is no secret; uniqueness is checked).
+    pub(crate) fn new_index(&mut self) -> u32 {
+        loop {
+            let mut x = self.index_state;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.index_state = x;
+            let i = (x >> 16) as u32;
+            if i != 0 && !self.by_index.contains_key(&i) {
+                return i;
+            }
+        }
+    }
+
+    /// Adds or updates a peer. A changed key drops everything it had.
+    pub fn set_peer(&mut self, id: PeerId, public: [u8; 32], endpoint: SocketAddr) {
+        if let Some(p) = self.peers.get_mut(&id)
+            && p.public == public
+        {
+            p.endpoint = endpoint;
+            return;
+        }
+        self.remove_peer(id);
+        self.by_public.insert(public, id);
+        self.peers.insert(id, Peer::new(public, endpoint));
+    }
+
+    /// Forgets a peer (left the fleet, or its key changed): its sessions die.
+    pub fn remove_peer(&mut self, id: PeerId) {
+        if let Some(p) = self.peers.remove(&id) {
+            self.by_public.remove(&p.public);
+            for i in p.indexes().collect::<Vec<_>>() {
+                self.by_index.remove(&i);
+            }
+        }
+    }
+
+    pub fn peer_ids(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.peers.keys().copied()
+    }
+
+    pub fn peer_state(&self, id: PeerId, now: Instant) -> Option<PeerState> {
+        let p = self.peers.get(&id)?;
+        Some(PeerState {
+            established: p.sending().is_some_and(|s| self.usable(s, now)),
+            session_age: p
+                .sending()
+                .map(|s| now.saturating_duration_since(s.created)),
+            handshake_in_flight: p.handshake.is_some(),
+            queued: p.queue.len(),
+        })
+    }
+
+    fn usable(&self, s: &Session, now: Instant) -> bool {
+        now.saturating_duration_since(s.created) < self.cfg.reject_after_time
+            && s.sent() < self.cfg.reject_after_messages
+    }
+
+    /// Timers: initiations to (re)send, sessions to expire, queues to give up.
+    pub fn tick(&mut self, clock: Clock, out: &mut Vec<(SocketAddr, Vec<u8>)>) {
+        let reject = self.cfg.reject_after_time;
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            let mut expired = Vec::new();
+            let mut initiate = false;
+            if let Some(p) = self.peers.get_mut(&id) {
+                expired.extend(p.expire(clock.now, reject));
+                if let Some(started) = p.attempt_started
+                    && clock.now.saturating_duration_since(started) >= self.cfg.handshake_give_up
+                {
+                    self.stats.queue_dropped += p.queue.len() as u64;
+                    p.queue.clear();
+                    expired.extend(p.handshake.take().map(|(h, _)| h.local_index));
+                    p.attempt_started = None;
+                }
+                let retry = p.handshake.as_ref().is_some_and(|(_, sent)| {
+                    clock.now.saturating_duration_since(*sent) >= self.cfg.handshake_retry
+                });
+                let idle_wanted = p.handshake.is_none()
+                    && (p.rekey_wanted || (!p.queue.is_empty() && p.sending.is_none()));
+                initiate = retry || idle_wanted;
+            }
+            self.stats.sessions_expired += expired.len() as u64;
+            for i in expired {
+                self.by_index.remove(&i);
+            }
+            if initiate {
+                let mut buf = vec![0u8; INIT_LEN];
+                if let Some((to, len)) = self.start_initiation(id, clock, &mut buf) {
+                    buf.truncate(len);
+                    out.push((to, buf));
+                }
+            }
+        }
+    }
+}
