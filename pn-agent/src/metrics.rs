@@ -189,6 +189,9 @@ impl Collector for AgentCollector {
                 ("answered", hs.initiations_answered),
                 ("expired_sessions", hs.sessions_expired),
                 ("queue_dropped", hs.queue_dropped),
+                ("processed", hs.initiations_processed),
+                ("cookie_sent", hs.cookies_sent),
+                ("cookie_received", hs.cookies_received),
             ] {
                 ConstCounter::new(n).encode(m.encode_family(&[("event", event)])?)?;
             }

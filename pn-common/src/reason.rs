@@ -55,11 +55,17 @@ pub enum Reason {
     NoRoute = 22,
     /// Tunnel (agent): waiting for a handshake with too many packets queued.
     QueueFull = 23,
+    /// Tunnel (agent): handshake message whose mac1 is wrong (its sender does
+    /// not know our public key), or a cookie reply that does not open.
+    BadMac = 24,
+    /// Tunnel (agent): under load, an initiation without a valid cookie
+    /// (mac2): answered with a cookie reply, no DH done.
+    CookieRequired = 25,
 }
 
 impl Reason {
     /// Number of reasons; counter arrays are sized by it.
-    pub const COUNT: usize = 24;
+    pub const COUNT: usize = 26;
 
     pub const ALL: [Reason; Reason::COUNT] = [
         Reason::Forwarded,
@@ -86,6 +92,8 @@ impl Reason {
         Reason::TagMismatch,
         Reason::NoRoute,
         Reason::QueueFull,
+        Reason::BadMac,
+        Reason::CookieRequired,
     ];
 
     pub const fn from_u8(v: u8) -> Option<Reason> {
@@ -130,6 +138,8 @@ impl Reason {
             Reason::TagMismatch => "tag_mismatch",
             Reason::NoRoute => "no_route",
             Reason::QueueFull => "queue_full",
+            Reason::BadMac => "bad_mac",
+            Reason::CookieRequired => "cookie_required",
         }
     }
 

@@ -19,7 +19,14 @@ pub struct Config {
     pub handshake_give_up: Duration,
     /// Packets kept per peer while a handshake is in flight.
     pub max_queued: usize,
-    /// Initiations answered per source address and second (burst: 2×).
+    /// Initiations answered per second from all sources together; beyond
+    /// it the tunnel is under load and answers only initiations that carry
+    /// a cookie it gave (mac2), and any other with a cookie reply.
+    pub handshake_load_per_sec: f64,
+    /// …and so much time spent on them per second (whichever comes first).
+    pub handshake_cpu_per_sec: Duration,
+    /// Under load, initiations answered per proven source address and
+    /// second (burst: 2×).
     pub handshakes_per_sec: f64,
 }
 
@@ -35,6 +42,8 @@ impl Default for Config {
             handshake_retry: Duration::from_secs(5),
             handshake_give_up: Duration::from_secs(90),
             max_queued: 256,
+            handshake_load_per_sec: 200.0,
+            handshake_cpu_per_sec: Duration::from_millis(100),
             handshakes_per_sec: 20.0,
         }
     }

@@ -54,6 +54,15 @@ pub enum Decap {
         peer: PeerId,
         flush: Vec<(SocketAddr, Vec<u8>)>,
     },
+    /// Under load, an initiation without a valid cookie is refused (count
+    /// it as [`Reason::CookieRequired`]): send the cookie reply in
+    /// `out[..len]` back to `to`.
+    Cookie {
+        to: SocketAddr,
+        len: usize,
+    },
+    /// Taken in, nothing to send or deliver (a peer's cookie).
+    Done,
     Drop(Reason),
 }
 
@@ -252,13 +261,18 @@ impl Tunnel {
         };
         match msg {
             Message::Initiation { sender, noise } => {
-                Err(self.answer_initiation(clock, from, sender, noise, out))
+                Err(self.answer_initiation(clock, from, datagram, sender, noise, out))
             }
             Message::Response {
                 sender,
                 receiver,
                 noise,
-            } => Err(self.complete_handshake(clock, sender, receiver, noise)),
+            } => Err(self.complete_handshake(clock, datagram, sender, receiver, noise)),
+            Message::Cookie {
+                receiver,
+                nonce,
+                sealed,
+            } => Err(self.accept_cookie(clock, receiver, nonce, sealed)),
             Message::Data {
                 flags,
                 tag,

@@ -10,8 +10,8 @@ use snow::{Builder, HandshakeState, params::NoiseParams};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use super::wire::{
-    INIT_HEADER_LEN, INIT_LEN, INIT_NOISE_LEN, RESP_HEADER_LEN, RESP_LEN, RESP_NOISE_LEN,
-    write_init_header, write_resp_header,
+    INIT_HEADER_LEN, INIT_LEN, INIT_MAC1_OFFSET, INIT_NOISE_LEN, RESP_HEADER_LEN, RESP_LEN,
+    RESP_MAC1_OFFSET, RESP_NOISE_LEN, write_init_header, write_resp_header,
 };
 
 const PARAMS: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
@@ -76,7 +76,7 @@ pub struct Initiation {
     pub local_index: u32,
 }
 
-/// Writes an initiation to `out` (`INIT_LEN` bytes).
+/// Writes an initiation to `out` (`INIT_LEN` bytes), but for its macs.
 pub fn initiate(
     keys: &StaticKeys,
     remote_public: &[u8; 32],
@@ -95,7 +95,7 @@ pub fn initiate(
     write_init_header(out, local_index);
     let n = state.write_message(
         &timestamp.to_le_bytes(),
-        &mut out[INIT_HEADER_LEN..INIT_LEN],
+        &mut out[INIT_HEADER_LEN..INIT_MAC1_OFFSET],
     )?;
     if n != INIT_NOISE_LEN {
         return Err(HandshakeError::Size);
@@ -140,7 +140,8 @@ pub fn read_initiation(
     })
 }
 
-/// Answers an accepted initiation into `out` (`RESP_LEN` bytes).
+/// Answers an accepted initiation into `out` (`RESP_LEN` bytes), but for
+/// its mac.
 pub fn respond(
     read: ReadInitiation,
     local_index: u32,
@@ -151,7 +152,7 @@ pub fn respond(
     }
     let mut state = read.state;
     write_resp_header(out, local_index, read.remote_index);
-    let n = state.write_message(&[], &mut out[RESP_HEADER_LEN..RESP_LEN])?;
+    let n = state.write_message(&[], &mut out[RESP_HEADER_LEN..RESP_MAC1_OFFSET])?;
     if n != RESP_NOISE_LEN {
         return Err(HandshakeError::Size);
     }
@@ -217,10 +218,10 @@ mod tests {
         let c = StaticKeys::generate().unwrap();
         let mut m1 = [0u8; INIT_LEN];
         initiate(&a, &b.public, 1, 1, &mut m1).unwrap();
-        assert!(read_initiation(&c, 1, &m1[INIT_HEADER_LEN..]).is_err());
+        assert!(read_initiation(&c, 1, &m1[INIT_HEADER_LEN..INIT_MAC1_OFFSET]).is_err());
         let mut tampered = m1;
         tampered[40] ^= 1;
-        assert!(read_initiation(&b, 1, &tampered[INIT_HEADER_LEN..]).is_err());
+        assert!(read_initiation(&b, 1, &tampered[INIT_HEADER_LEN..INIT_MAC1_OFFSET]).is_err());
     }
 
     #[test]

@@ -5,13 +5,15 @@
 //! threads); without it the crate is the protocol alone, which is what the
 //! fuzz targets and the benchmark build.
 //!
-//! Modules: `wire` (byte layouts), `handshake` (Noise IK), `keyfile` (the
+//! Modules: `wire` (byte layouts), `handshake` (Noise IK), `cookie`
+//! (mac1/mac2 and cookie replies against handshake floods), `keyfile` (the
 //! host's static key on disk), `aead` (the data path's cipher), `replay`,
 //! `session` (sessions and their rotation per peer), `offload` (TSO/GRO),
 //! and the `Tunnel` split by what it owns: its peer table and timers,
 //! pairing, and the data path.
 
 pub mod aead;
+pub mod cookie;
 #[cfg(feature = "device")]
 pub mod device;
 pub mod handshake;

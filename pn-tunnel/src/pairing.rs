@@ -1,14 +1,18 @@
 //! Pairing with a peer: sending initiations, answering them, and completing
-//! ours with the response (the Noise messages themselves are `handshake`'s).
+//! ours with the response (the Noise messages themselves are `handshake`'s,
+//! the macs and cookies that keep floods cheap `cookie`'s).
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Instant};
 
 use pn_common::Reason;
 
 use crate::{
     Clock, Decap, PeerId, Tunnel, handshake,
     session::Session,
-    wire::{DATA_MIN_LEN, INIT_LEN, RESP_LEN},
+    wire::{
+        COOKIE_NONCE_LEN, COOKIE_SEALED_LEN, DATA_MIN_LEN, INIT_LEN, INIT_MAC1_OFFSET, RESP_LEN,
+        RESP_MAC1_OFFSET,
+    },
 };
 
 impl Tunnel {
@@ -23,6 +27,7 @@ impl Tunnel {
         let timestamp = clock.wall_ns.max(self.last_timestamp_sent + 1);
         let peer = self.peers.get_mut(&id)?;
         let init = handshake::initiate(&self.keys, &peer.public, index, timestamp, out).ok()?;
+        peer.cookie.seal_initiation(out, clock.now);
         self.last_timestamp_sent = timestamp;
         if let Some((old, _)) = peer.handshake.replace((init, clock.now)) {
             self.by_index.remove(&old.local_index);
@@ -35,9 +40,52 @@ impl Tunnel {
         Some((to, INIT_LEN))
     }
 
-    /// An initiation from `from`: a known peer with a newer timestamp gets a
-    /// response in `out` and a new session (used once it sends on it).
+    /// An initiation (`datagram`) from `from`: a known peer with a newer
+    /// timestamp gets a response in `out` and a new session (used once it
+    /// sends on it). Before any DH: mac1 must be right, and under load mac2
+    /// too (else a cookie reply goes back), within the source's rate.
     pub(crate) fn answer_initiation(
+        &mut self,
+        clock: Clock,
+        from: SocketAddr,
+        datagram: &[u8],
+        sender: u32,
+        noise: &[u8],
+        out: &mut [u8],
+    ) -> Decap {
+        if !self.cookies.keys().mac1_ok(datagram, INIT_MAC1_OFFSET) {
+            return Decap::Drop(Reason::BadMac);
+        }
+        // Within the budget, nobody's address is trusted, nor needs to be:
+        // the budget bounds the work. Beyond it, only a cookie proves the
+        // address, and only proven addresses reach their rate limit (so a
+        // flood spoofing a peer's address cannot spend that peer's).
+        if !self.load.admit(clock.now) {
+            if !self.cookies.mac2_ok(datagram, from, clock.now) {
+                self.load.refused(clock.now);
+                return match self.cookies.reply(datagram, sender, from, clock.now, out) {
+                    Some(len) => {
+                        self.stats.cookies_sent += 1;
+                        Decap::Cookie { to: from, len }
+                    }
+                    None => Decap::Drop(Reason::CookieRequired),
+                };
+            }
+            if !self.limiter.allow(from.ip(), clock.now) {
+                return Decap::Drop(Reason::RateLimited);
+            }
+        }
+        self.stats.initiations_processed += 1;
+        // The one clock read inside the tunnel: what the DHs cost is what
+        // the load budget is about, and it depends on the machine.
+        let started = Instant::now();
+        let answer = self.process_initiation(clock, from, sender, noise, out);
+        self.load.spent(started.elapsed());
+        answer
+    }
+
+    /// The Noise part of answering an initiation (the DHs).
+    fn process_initiation(
         &mut self,
         clock: Clock,
         from: SocketAddr,
@@ -45,9 +93,6 @@ impl Tunnel {
         noise: &[u8],
         out: &mut [u8],
     ) -> Decap {
-        if !self.limiter.allow(from.ip(), clock.now) {
-            return Decap::Drop(Reason::RateLimited);
-        }
         let Ok(read) = handshake::read_initiation(&self.keys, sender, noise) else {
             return Decap::Drop(Reason::HandshakeRejected);
         };
@@ -66,6 +111,7 @@ impl Tunnel {
         let Ok(keys) = handshake::respond(read, index, out) else {
             return Decap::Drop(Reason::HandshakeRejected);
         };
+        p.cookie.seal_response(out);
         p.last_timestamp = timestamp;
         let s = Session::new(self.cfg.cipher, keys, index, remote_index, clock.now, false);
         self.by_index.insert(index, id);
@@ -84,10 +130,14 @@ impl Tunnel {
     pub(crate) fn complete_handshake(
         &mut self,
         clock: Clock,
+        datagram: &[u8],
         sender: u32,
         receiver: u32,
         noise: &[u8],
     ) -> Decap {
+        if !self.cookies.keys().mac1_ok(datagram, RESP_MAC1_OFFSET) {
+            return Decap::Drop(Reason::BadMac);
+        }
         let Some(&id) = self.by_index.get(&receiver) else {
             return Decap::Drop(Reason::UnknownSession);
         };
@@ -130,5 +180,34 @@ impl Tunnel {
         p.rekey_wanted = false;
         self.stats.handshakes_completed += 1;
         Decap::Established { peer: id, flush }
+    }
+
+    /// A cookie reply to our initiation `receiver`: its peer is under load;
+    /// the next initiation carries the cookie (and goes at once).
+    pub(crate) fn accept_cookie(
+        &mut self,
+        clock: Clock,
+        receiver: u32,
+        nonce: &[u8; COOKIE_NONCE_LEN],
+        sealed: &[u8; COOKIE_SEALED_LEN],
+    ) -> Decap {
+        let Some(p) = self
+            .by_index
+            .get(&receiver)
+            .and_then(|id| self.peers.get_mut(id))
+        else {
+            return Decap::Drop(Reason::UnknownSession);
+        };
+        if p.handshake
+            .as_ref()
+            .is_none_or(|(h, _)| h.local_index != receiver)
+        {
+            return Decap::Drop(Reason::UnknownSession);
+        }
+        if !p.cookie.accept(nonce, sealed, clock.now) {
+            return Decap::Drop(Reason::BadMac);
+        }
+        self.stats.cookies_received += 1;
+        Decap::Done
     }
 }

@@ -8,6 +8,7 @@ use std::{collections::VecDeque, net::SocketAddr, sync::Arc, time::Instant};
 
 use super::{
     aead::{Cipher, Key},
+    cookie::PeerCookie,
     handshake::{Initiation, SessionKeys},
     replay::ReplayWindow,
 };
@@ -108,6 +109,8 @@ pub struct Peer {
     pub queue: VecDeque<Queued>,
     /// A rekey is due: the next tick sends an initiation.
     pub rekey_wanted: bool,
+    /// The macs of our handshake messages to it, and its cookie.
+    pub cookie: PeerCookie,
 }
 
 impl Peer {
@@ -123,6 +126,7 @@ impl Peer {
             last_timestamp: 0,
             queue: VecDeque::new(),
             rekey_wanted: false,
+            cookie: PeerCookie::new(&public),
         }
     }
 

@@ -10,8 +10,9 @@ use std::{
 
 use crate::{
     Clock, Config,
+    cookie::CookieChecker,
     handshake::StaticKeys,
-    limiter::RateLimiter,
+    limiter::{Load, RateLimiter},
     session::{Peer, Session},
     wire::INIT_LEN,
 };
@@ -27,6 +28,11 @@ pub struct Stats {
     pub initiations_answered: u64,
     pub sessions_expired: u64,
     pub queue_dropped: u64,
+    /// Initiations that reached the Noise handshake (each costs DHs).
+    pub initiations_processed: u64,
+    /// Cookie replies sent (under load) and accepted (from a peer).
+    pub cookies_sent: u64,
+    pub cookies_received: u64,
 }
 
 /// What `status` shows of a peer.
@@ -49,6 +55,8 @@ pub struct Tunnel {
     /// (the responder rejects anything not newer than the last one).
     pub(crate) last_timestamp_sent: u64,
     pub(crate) limiter: RateLimiter,
+    pub(crate) load: Load,
+    pub(crate) cookies: CookieChecker,
     pub stats: Stats,
 }
 
@@ -56,6 +64,8 @@ impl Tunnel {
     pub fn new(cfg: Config, keys: StaticKeys, seed: u64) -> Tunnel {
         Tunnel {
             limiter: RateLimiter::new(cfg.handshakes_per_sec),
+            load: Load::new(cfg.handshake_load_per_sec, cfg.handshake_cpu_per_sec),
+            cookies: CookieChecker::new(&keys.public),
             cfg,
             keys,
             peers: HashMap::new(),
@@ -148,9 +158,11 @@ impl Tunnel {
                     expired.extend(p.handshake.take().map(|(h, _)| h.local_index));
                     p.attempt_started = None;
                 }
+                // Again after the retry time, or at once when the peer,
+                // under load, answered with a cookie.
                 let retry = p.handshake.as_ref().is_some_and(|(_, sent)| {
                     clock.now.saturating_duration_since(*sent) >= self.cfg.handshake_retry
-                });
+                }) || (p.handshake.is_some() && p.cookie.take_retry());
                 let idle_wanted = p.handshake.is_none()
                     && (p.rekey_wanted || (!p.queue.is_empty() && p.sending.is_none()));
                 initiate = retry || idle_wanted;

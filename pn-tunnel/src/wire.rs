@@ -3,21 +3,40 @@
 //! byte string is either a message or a [`WireError`].
 
 pub use pn_common::tunnel::{
-    AEAD_TAG_LEN, COUNTER_OFFSET, DATA_HEADER_LEN, FLAG_CSUM_PARTIAL, FLAGS_OFFSET, MSG_DATA,
-    MSG_INITIATION, MSG_RESPONSE, OVERHEAD, RECEIVER_OFFSET, TAG_OFFSET,
+    AEAD_TAG_LEN, COUNTER_OFFSET, DATA_HEADER_LEN, FLAG_CSUM_PARTIAL, FLAGS_OFFSET, MSG_COOKIE,
+    MSG_DATA, MSG_INITIATION, MSG_RESPONSE, OVERHEAD, RECEIVER_OFFSET, TAG_OFFSET,
 };
 
-/// Initiation: `type | reserved[3] | sender u32 LE | noise IK message 1`.
+/// Every initiation and response ends with mac1, keyed from the receiver's
+/// static public key: who does not know it is dropped before any DH.
+/// Initiations then carry mac2, keyed with a cookie from a responder under
+/// load (zeros without one). See `cookie`.
+pub const MAC_LEN: usize = 16;
+
+/// Initiation: `type | reserved[3] | sender u32 LE | noise IK message 1 |
+/// mac1 | mac2`.
 pub const INIT_HEADER_LEN: usize = 8;
 /// Noise IK message 1: ephemeral (32), encrypted static (32 + 16), encrypted
 /// payload (an 8-byte timestamp + 16).
 pub const INIT_NOISE_LEN: usize = 32 + 48 + 8 + 16;
-pub const INIT_LEN: usize = INIT_HEADER_LEN + INIT_NOISE_LEN;
-/// Response: `type | reserved[3] | sender u32 LE | receiver u32 LE | noise IK message 2`.
+pub const INIT_MAC1_OFFSET: usize = INIT_HEADER_LEN + INIT_NOISE_LEN;
+pub const INIT_MAC2_OFFSET: usize = INIT_MAC1_OFFSET + MAC_LEN;
+pub const INIT_LEN: usize = INIT_MAC2_OFFSET + MAC_LEN;
+/// Response: `type | reserved[3] | sender u32 LE | receiver u32 LE | noise
+/// IK message 2 | mac1`. No mac2: a response is only read when it names an
+/// initiation in flight, which a stranger off the path cannot know.
 pub const RESP_HEADER_LEN: usize = 12;
 /// Noise IK message 2: ephemeral (32), encrypted empty payload (16).
 pub const RESP_NOISE_LEN: usize = 32 + 16;
-pub const RESP_LEN: usize = RESP_HEADER_LEN + RESP_NOISE_LEN;
+pub const RESP_MAC1_OFFSET: usize = RESP_HEADER_LEN + RESP_NOISE_LEN;
+pub const RESP_LEN: usize = RESP_MAC1_OFFSET + MAC_LEN;
+/// Cookie reply: `type | reserved[3] | receiver u32 LE | nonce[24] |
+/// cookie (16) sealed with its tag (16)`.
+pub const COOKIE_NONCE_OFFSET: usize = 8;
+pub const COOKIE_NONCE_LEN: usize = 24;
+pub const COOKIE_SEALED_OFFSET: usize = COOKIE_NONCE_OFFSET + COOKIE_NONCE_LEN;
+pub const COOKIE_SEALED_LEN: usize = 16 + AEAD_TAG_LEN;
+pub const COOKIE_REPLY_LEN: usize = COOKIE_SEALED_OFFSET + COOKIE_SEALED_LEN;
 /// Smallest data message: header and tag around an empty payload.
 pub const DATA_MIN_LEN: usize = DATA_HEADER_LEN + AEAD_TAG_LEN;
 
@@ -53,6 +72,11 @@ pub enum Message<'a> {
         receiver: u32,
         counter: u64,
     },
+    Cookie {
+        receiver: u32,
+        nonce: &'a [u8; COOKIE_NONCE_LEN],
+        sealed: &'a [u8; COOKIE_SEALED_LEN],
+    },
 }
 
 fn u32_le(b: &[u8], at: usize) -> u32 {
@@ -77,7 +101,7 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, WireError> {
             exact(INIT_LEN)?;
             Ok(Message::Initiation {
                 sender: u32_le(buf, 4),
-                noise: &buf[INIT_HEADER_LEN..],
+                noise: &buf[INIT_HEADER_LEN..INIT_MAC1_OFFSET],
             })
         }
         MSG_RESPONSE => {
@@ -85,7 +109,21 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, WireError> {
             Ok(Message::Response {
                 sender: u32_le(buf, 4),
                 receiver: u32_le(buf, 8),
-                noise: &buf[RESP_HEADER_LEN..],
+                noise: &buf[RESP_HEADER_LEN..RESP_MAC1_OFFSET],
+            })
+        }
+        MSG_COOKIE => {
+            exact(COOKIE_REPLY_LEN)?;
+            let nonce = buf[COOKIE_NONCE_OFFSET..COOKIE_SEALED_OFFSET]
+                .try_into()
+                .expect("length checked");
+            let sealed = buf[COOKIE_SEALED_OFFSET..]
+                .try_into()
+                .expect("length checked");
+            Ok(Message::Cookie {
+                receiver: u32_le(buf, 4),
+                nonce,
+                sealed,
             })
         }
         MSG_DATA => {
@@ -132,6 +170,12 @@ pub fn write_resp_header(out: &mut [u8], sender: u32, receiver: u32) {
     out[8..12].copy_from_slice(&receiver.to_le_bytes());
 }
 
+pub fn write_cookie_header(out: &mut [u8], receiver: u32) {
+    out[0] = MSG_COOKIE;
+    out[1..4].fill(0);
+    out[4..8].copy_from_slice(&receiver.to_le_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,8 +214,14 @@ mod tests {
             Ok(Message::Response {
                 sender: 5,
                 receiver: 6,
-                ..
-            })
+                noise,
+            }) if noise.len() == RESP_NOISE_LEN
+        ));
+        let mut b = vec![7u8; COOKIE_REPLY_LEN];
+        write_cookie_header(&mut b, 8);
+        assert!(matches!(
+            parse(&b),
+            Ok(Message::Cookie { receiver: 8, nonce, sealed }) if nonce[0] == 7 && sealed[31] == 7
         ));
     }
 
@@ -182,6 +232,7 @@ mod tests {
         assert!(parse(&[MSG_DATA; DATA_MIN_LEN - 1]).is_err());
         assert!(parse(&[MSG_INITIATION; INIT_LEN + 1]).is_err());
         assert!(parse(&[MSG_RESPONSE; 3]).is_err());
+        assert!(parse(&[MSG_COOKIE; COOKIE_REPLY_LEN - 1]).is_err());
         for len in 0..200 {
             for first in [0u8, 1, 2, 3, 4, 5, 255] {
                 let mut b = vec![0xa5u8; len];

@@ -451,3 +451,156 @@ fn a_host_whose_key_changes_is_cut_off_and_pairs_again_with_the_new_one() {
         "the old key's initiation is rejected"
     );
 }
+
+/// Sends `packets` (whole IPv4 packets) from `ns` through one raw socket,
+/// evenly over `over`.
+fn flood_raw(ns: &str, packets: Vec<Vec<u8>>, over: Duration) -> std::thread::JoinHandle<usize> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        pn_tests::run_in(&ns, move || {
+            // SAFETY: plain socket syscalls on a descriptor we own and close.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+            assert!(fd >= 0, "raw socket");
+            let start = std::time::Instant::now();
+            let n = packets.len();
+            let mut sent = 0;
+            for (i, p) in packets.iter().enumerate() {
+                if i % 100 == 0 {
+                    let due = start + over.mul_f64(i as f64 / n as f64);
+                    std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+                }
+                let addr = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as u16,
+                    sin_port: 0,
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes([p[16], p[17], p[18], p[19]]),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: a live buffer and address for the call.
+                let r = unsafe {
+                    libc::sendto(
+                        fd,
+                        p.as_ptr().cast(),
+                        p.len(),
+                        0,
+                        (&addr as *const libc::sockaddr_in).cast(),
+                        size_of::<libc::sockaddr_in>() as u32,
+                    )
+                };
+                if r >= 0 {
+                    sent += 1;
+                }
+            }
+            // SAFETY: our descriptor.
+            unsafe { libc::close(fd) };
+            sent
+        })
+    })
+}
+
+/// Issue 12 finding 5: 20 000 initiations over 2 s from spoofed sources
+/// (h1's address on random ports, so the XDP guard lets them through), half
+/// without a right mac1 and half with one (h2's key is public), while c1
+/// and c2 exchange datagrams and h1 and h2 rekey every second. h2 does no
+/// DH beyond its budget, strangers get cookies or nothing, and the honest
+/// hosts re-pair through cookies without losing a packet.
+#[test]
+fn an_initiation_flood_from_spoofed_sources_leaves_honest_hosts_paired() {
+    use pn_tunnel::{cookie::PeerCookie, keyfile::decode_key, wire};
+    let t = two_hosts(&["--tunnel-rekey-after-secs", "1"]);
+    let _u2 = net::udp_echo_server(&t.c2, 7100);
+    let dst = SocketAddr::from((t.ip2, 7100));
+    net::udp_echo(&t.c1, dst, b"before", LONG).unwrap();
+    let h2_key = decode_key(&published_key(&t.f.hosts[0], &t.f.hosts[1].id)).unwrap();
+    let (h1, h2) = (
+        Ipv4Addr::new(192, 168, 100, 1),
+        Ipv4Addr::new(192, 168, 100, 2),
+    );
+    let mut x = 0x0bad_cafe_f00d_d00du64;
+    let mut rand = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let now = std::time::Instant::now();
+    let packets: Vec<Vec<u8>> = (0..20_000)
+        .map(|i| {
+            let mut m: Vec<u8> = (0..wire::INIT_LEN).map(|_| rand() as u8).collect();
+            wire::write_init_header(&mut m, rand() as u32);
+            if i % 2 == 1 {
+                PeerCookie::new(&h2_key).seal_initiation(&mut m, now);
+            }
+            let sport = 1024 + (rand() % 50_000) as u16;
+            net::udp_packet(h1, sport, h2, 51871, &m)
+        })
+        .collect();
+    let m2 = t.f.hosts[1].metrics();
+    let h2_events =
+        |m: &str, e: &str| metric_value(m, "pn_tunnel_handshakes_total", &[("event", e)]);
+    let processed_before = h2_events(&m2, "processed");
+    let rejected_before = tunnel_drops(&t.f.hosts[1], "handshake_rejected");
+    let h1_pairings_before = {
+        let m = t.f.hosts[0].metrics();
+        h2_events(&m, "completed") + h2_events(&m, "answered")
+    };
+    let flood = flood_raw(&t.f.underlay.name, packets, Duration::from_secs(2));
+    // Each datagram waits for its echo: a lost packet shows as a timeout
+    // (generous: a debug agent works through the flood's queue slowly).
+    let (lost, exchanged) = t.c1.run(move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+        let (mut lost, mut i) = (0, 0u32);
+        let mut buf = [0u8; 64];
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            let msg = i.to_be_bytes();
+            s.send_to(&msg, dst).unwrap();
+            match s.recv(&mut buf) {
+                Ok(4) if buf[..4] == msg => {}
+                _ => lost += 1,
+            }
+            i += 1;
+        }
+        (lost, i)
+    });
+    let sent = flood.join().unwrap();
+    assert_eq!(sent, 20_000);
+    let (m1, m2) = (t.f.hosts[0].metrics(), t.f.hosts[1].metrics());
+    let report = format!(
+        "{exchanged} exchanged, {lost} lost; h1:\n{}\nh2:\n{}",
+        m1.lines()
+            .filter(|l| l.starts_with("pn_tunnel_handshakes") || l.starts_with("pn_tunnel_drops"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        m2.lines()
+            .filter(|l| l.starts_with("pn_tunnel_handshakes") || l.starts_with("pn_tunnel_drops"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    eprintln!("{report}");
+    assert_eq!(lost, 0, "{report}");
+    assert!(exchanged >= 3, "{report}");
+    // Every forged mac1 dropped before any DH; the others refused with a
+    // cookie once the budget (200 a second) was spent.
+    assert!(
+        eventually(LONG, || tunnel_drops(&t.f.hosts[1], "bad_mac") >= 9_900),
+        "{report}"
+    );
+    assert!(
+        tunnel_drops(&t.f.hosts[1], "cookie_required") >= 9_000,
+        "{report}"
+    );
+    let processed = h2_events(&m2, "processed") - processed_before;
+    let rejected = tunnel_drops(&t.f.hosts[1], "handshake_rejected") - rejected_before;
+    assert!(
+        processed <= 200 + 50 && rejected <= 200,
+        "{processed} DHs, {rejected} rejected: {report}"
+    );
+    // The honest hosts kept re-pairing through the flood, with cookies.
+    let h1_pairings = h2_events(&m1, "completed") + h2_events(&m1, "answered") - h1_pairings_before;
+    assert!(h1_pairings >= 2, "{report}");
+    assert!(h2_events(&m1, "cookie_received") >= 1, "{report}");
+    net::udp_echo(&t.c1, dst, b"after", LONG).expect("the tunnel still works");
+}

@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
     let mut d = data.to_vec();
     match p.b.decapsulate(clock, addr(1), &mut d, &mut out) {
         Decap::Packet { .. } | Decap::Established { .. } => panic!("forged datagram accepted"),
-        Decap::Reply { .. } | Decap::Drop(_) => {}
+        Decap::Reply { .. } | Decap::Cookie { .. } | Decap::Done | Decap::Drop(_) => {}
     }
     // The real session still carries traffic.
     let Encap::Send { len, .. } = p.a.encapsulate(clock, 2, 1, 0, &[0x45; 40], &mut out) else {

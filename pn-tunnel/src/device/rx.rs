@@ -81,6 +81,11 @@ pub(super) fn rx_loop(tun: File, udp: UdpSocket, shared: &Shared) {
                     }
                     Decap::Packet { .. } => {}
                     Decap::Reply { to, len } => replies.push((to, out[..len].to_vec())),
+                    Decap::Cookie { to, len } => {
+                        counters.drop(Reason::CookieRequired);
+                        replies.push((to, out[..len].to_vec()));
+                    }
+                    Decap::Done => {}
                     Decap::Established { flush, .. } => replies.extend(flush),
                     Decap::Drop(r) => counters.drop(r),
                 }
