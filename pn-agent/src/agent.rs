@@ -40,6 +40,7 @@ use crate::{
     store::{
         Backend, Membership, MembershipError, WatchEvent,
         embedded::Embedded,
+        keys::Key,
         view::{Change, MembershipView},
     },
     tunnel::{self as tun, Member, device::Device, handshake::StaticKeys},
@@ -49,8 +50,7 @@ use crate::{
 pub const GATEWAY_DEV: &str = "pn-gw";
 /// The TUN device remote members are routed to.
 pub const TUN_DEV: &str = "pn-tun";
-/// Prefix of host-side veth names; anything with it belongs to the agent.
-pub const HOST_IF_PREFIX: &str = "pnh";
+pub use crate::model::HOST_IF_PREFIX;
 /// How long a command waits for its change to reach the kernel.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -84,17 +84,6 @@ impl From<crate::datapath::DatapathError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// Deterministic host-side interface name of a container (≤ 15 bytes).
-pub fn host_ifname(key: &ContainerKey) -> String {
-    // FNV-1a: stable across versions and machines, unlike std's hasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.to_string().bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{HOST_IF_PREFIX}{:011x}", h & ((1 << 44) - 1))
-}
-
 fn to_ip4(ip: Ipv4Addr) -> Ip4 {
     ip4(
         ip.octets()[0],
@@ -106,18 +95,6 @@ fn to_ip4(ip: Ipv4Addr) -> Ip4 {
 
 fn gateway_addr() -> Ipv4Addr {
     Ipv4Addr::from(ip4_octets(GATEWAY))
-}
-
-/// Every DNS name of one container, most specific first.
-pub fn container_names(network: &NetworkId, key: &ContainerKey) -> Vec<String> {
-    let mut out = vec![
-        names::container_name(network, &key.app, &key.ctype, key.index),
-        names::type_name(network, &key.app, &key.ctype),
-    ];
-    if key.ctype.as_str() == ContainerType::WEB {
-        out.push(names::app_name(network, &key.app));
-    }
-    out
 }
 
 #[derive(Default)]
@@ -527,7 +504,7 @@ impl Agent {
             Ok(Change::Host) => {
                 self.sync_underlay();
                 if let WatchEvent::Delete { key, .. } = ev
-                    && key.ends_with(&format!("/{}", self.cfg.host_id))
+                    && Key::parse(key) == Some(Key::Host(self.cfg.host_id.clone()))
                 {
                     // Somebody removed this host's record while it runs: put it back.
                     if let Err(e) = self.register_host().await {
@@ -926,12 +903,8 @@ impl Agent {
         id: Option<AppId>,
         name: Option<String>,
     ) -> ApiResult<App> {
-        if let Some(n) = &name
-            && (n.is_empty() || n.len() > 64 || n.chars().any(|c| c.is_control()))
-        {
-            return Err(ApiError(format!(
-                "invalid application name {n:?}: 1 to 64 printable characters"
-            )));
+        if let Some(n) = &name {
+            crate::model::check_app_name(n).map_err(|e| ApiError(e.to_string()))?;
         }
         let id = id.unwrap_or_else(|| AppId(random_uuid()));
         let (app, rev) = self.membership.create_app(id, network, name).await?;
@@ -973,7 +946,7 @@ impl Agent {
             netns: c.netns.clone(),
             interface: c.ifname.clone(),
             host_interface: c.host_ifname.clone(),
-            names: container_names(&c.network, &c.key),
+            names: c.key.dns_names(&c.network),
         }
     }
 
@@ -985,7 +958,7 @@ impl Agent {
         netns: &str,
         ifname: &str,
     ) -> ApiResult<ContainerInfo> {
-        validate_ifname(ifname)?;
+        crate::model::check_ifname(ifname).map_err(|e| ApiError(e.to_string()))?;
         if index == Some(0) {
             return Err(ApiError(
                 "invalid container index 0: expected an integer from 1".into(),
@@ -1066,7 +1039,7 @@ impl Agent {
                 Err(e) => return Err(e.into()),
             }
         };
-        let host_if = host_ifname(&key);
+        let host_if = key.host_ifname();
         let c = Container {
             key: key.clone(),
             network: net.id,
@@ -1335,24 +1308,6 @@ fn peer_index(host: &HostId) -> u32 {
     h.max(1)
 }
 
-fn validate_ifname(name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name != "lo"
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError(format!(
-            "invalid interface name {name:?}: 1 to 15 characters among a-z, A-Z, 0-9, -, _ and ."
-        )))
-    }
-}
-
 fn random_uuid() -> Uuid {
     Uuid::from_random_bytes(*uuid::Uuid::new_v4().as_bytes())
 }
@@ -1387,51 +1342,5 @@ fn remove_resolv_conf(netns: &str) {
             // Only if we left it empty.
             let _ = std::fs::remove_dir(&dir);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(t: &str, i: u32) -> ContainerKey {
-        ContainerKey {
-            app: "ap-a71da13f-7c70-4c00-a644-eee8558d8053".parse().unwrap(),
-            ctype: t.parse().unwrap(),
-            index: i,
-        }
-    }
-
-    #[test]
-    fn host_interface_names_are_short_stable_and_distinct() {
-        let a = host_ifname(&key("web", 1));
-        assert_eq!(a, host_ifname(&key("web", 1)));
-        assert!(a.len() <= 15 && a.starts_with(HOST_IF_PREFIX), "{a}");
-        let all: HashSet<_> = (1..500).map(|i| host_ifname(&key("web", i))).collect();
-        assert_eq!(all.len(), 499);
-    }
-
-    #[test]
-    fn interface_names_are_checked() {
-        assert!(validate_ifname("pn0").is_ok());
-        assert!(validate_ifname("eth1.100").is_ok());
-        for bad in ["", "lo", "a/b", "way-too-long-name", "sp ace", ".."] {
-            assert!(validate_ifname(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn container_names_follow_the_contract() {
-        let net: NetworkId = "pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c".parse().unwrap();
-        let names = container_names(&net, &key("web", 1));
-        assert_eq!(
-            names,
-            [
-                "1.web.ap-a71da13f-7c70-4c00-a644-eee8558d8053.pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c.private-network.internal.",
-                "web.ap-a71da13f-7c70-4c00-a644-eee8558d8053.pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c.private-network.internal.",
-                "ap-a71da13f-7c70-4c00-a644-eee8558d8053.pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c.private-network.internal.",
-            ]
-        );
-        assert_eq!(container_names(&net, &key("worker", 2)).len(), 2);
     }
 }

@@ -13,6 +13,32 @@ pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
+/// Why a range cannot be a network's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    #[error("range {0} is too small: a network needs at least a /30")]
+    TooSmall(Ipv4Net),
+    #[error("range {0} is not a network address (did you mean {trunc}?)", trunc = .0.trunc())]
+    NotNetworkAddress(Ipv4Net),
+    #[error("range {0} overlaps the link-local range the gateway uses")]
+    LinkLocal(Ipv4Net),
+}
+
+/// The rule for a network's range, wherever one comes from.
+pub fn check_network_range(cidr: &Ipv4Net) -> Result<(), RangeError> {
+    if cidr.prefix_len() > 30 {
+        return Err(RangeError::TooSmall(*cidr));
+    }
+    if cidr.trunc() != *cidr {
+        return Err(RangeError::NotNetworkAddress(*cidr));
+    }
+    let link_local: Ipv4Net = "169.254.0.0/16".parse().expect("valid");
+    if overlaps(cidr, &link_local) {
+        return Err(RangeError::LinkLocal(*cidr));
+    }
+    Ok(())
+}
+
 /// First `/prefix` of `pool` that overlaps none of `taken`.
 pub fn next_subnet(pool: &Ipv4Net, prefix: u8, taken: &[Ipv4Net]) -> Option<Ipv4Net> {
     pool.subnets(prefix)

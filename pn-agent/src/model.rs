@@ -4,7 +4,10 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use ipnet::Ipv4Net;
-use pn_common::ids::{AppId, ContainerType, HostId, NetworkId};
+use pn_common::{
+    ids::{AppId, ContainerType, HostId, NetworkId},
+    names,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +51,40 @@ impl ContainerKey {
     pub fn name(&self) -> String {
         format!("{}-{}", self.ctype, self.index)
     }
+
+    /// Every DNS name of the container in `network`, most specific first.
+    pub fn dns_names(&self, network: &NetworkId) -> Vec<String> {
+        let mut out = vec![
+            names::container_name(network, &self.app, &self.ctype, self.index),
+            names::type_name(network, &self.app, &self.ctype),
+        ];
+        if names::Selector::Web.matches(&self.ctype, self.index) {
+            out.push(names::app_name(network, &self.app));
+        }
+        out
+    }
+
+    /// The host-side end of its veth pair: derived from the key alone
+    /// (≤ 15 bytes, [`HOST_IF_PREFIX`]), so every agent names it the same
+    /// and a record can only name an interface the agent itself made.
+    pub fn host_ifname(&self) -> String {
+        let h = fnv1a64(self.to_string().as_bytes());
+        format!("{HOST_IF_PREFIX}{:011x}", h & ((1 << 44) - 1))
+    }
+}
+
+/// Prefix of host-side veth names; anything with it belongs to the agent.
+pub const HOST_IF_PREFIX: &str = "pnh";
+
+/// FNV-1a, 64 bits: stable across versions and machines, unlike std's
+/// hasher, for names derived from records.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 impl std::fmt::Display for ContainerKey {
@@ -94,8 +131,116 @@ pub struct AddressLease {
     pub host: HostId,
 }
 
+/// A name given by an operator or read from a record that does not follow
+/// its rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("invalid interface name {0:?}: 1 to 15 characters among a-z, A-Z, 0-9, -, _ and .")]
+    Interface(String),
+    #[error("invalid application name {0:?}: 1 to 64 printable characters")]
+    App(String),
+}
+
+impl crate::error::Kind for NameError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Invalid
+    }
+}
+
+/// The rule for a container's interface name inside its namespace: what
+/// the kernel takes (≤ 15 bytes, no `/`), minus `lo` and the names that are
+/// paths.
+pub fn check_ifname(name: &str) -> Result<(), NameError> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name != "lo"
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::Interface(name.into()))
+    }
+}
+
+/// The rule for an application's display name.
+pub fn check_app_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        Err(NameError::App(name.into()))
+    } else {
+        Ok(())
+    }
+}
+
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn key(t: &str, i: u32) -> ContainerKey {
+        ContainerKey {
+            app: "ap-a71da13f-7c70-4c00-a644-eee8558d8053".parse().unwrap(),
+            ctype: t.parse().unwrap(),
+            index: i,
+        }
+    }
+
+    #[test]
+    fn host_interface_names_are_short_stable_and_distinct() {
+        let a = key("web", 1).host_ifname();
+        assert_eq!(a, key("web", 1).host_ifname());
+        // The names of running fleets: changing the hash renames every veth.
+        assert_eq!(a, "pnh3c95385eaac");
+        assert!(a.len() <= 15 && a.starts_with(HOST_IF_PREFIX), "{a}");
+        let all: HashSet<_> = (1..500).map(|i| key("web", i).host_ifname()).collect();
+        assert_eq!(all.len(), 499);
+    }
+
+    #[test]
+    fn interface_names_are_checked() {
+        assert!(check_ifname("pn0").is_ok());
+        assert!(check_ifname("eth1.100").is_ok());
+        for bad in ["", "lo", "a/b", "way-too-long-name", "sp ace", "..", "."] {
+            assert_eq!(
+                check_ifname(bad),
+                Err(NameError::Interface(bad.into())),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn app_names_are_checked() {
+        assert!(check_app_name("waf").is_ok());
+        assert!(check_app_name(&"x".repeat(64)).is_ok());
+        for bad in [String::new(), "x".repeat(65), "a\nb".to_string()] {
+            assert!(check_app_name(&bad).is_err(), "{bad:?}");
+        }
+        use crate::error::{ErrorKind, Kind};
+        assert_eq!(check_app_name("").unwrap_err().kind(), ErrorKind::Invalid);
+    }
+
+    #[test]
+    fn dns_names_follow_the_contract() {
+        let net: NetworkId = "pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c".parse().unwrap();
+        assert_eq!(
+            key("web", 1).dns_names(&net),
+            [
+                "1.web.ap-a71da13f-7c70-4c00-a644-eee8558d8053.pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c.private-network.internal.",
+                "web.ap-a71da13f-7c70-4c00-a644-eee8558d8053.pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c.private-network.internal.",
+                "ap-a71da13f-7c70-4c00-a644-eee8558d8053.pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c.private-network.internal.",
+            ]
+        );
+        assert_eq!(key("worker", 2).dns_names(&net).len(), 2);
+    }
 }

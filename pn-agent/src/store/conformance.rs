@@ -7,7 +7,10 @@ use ipnet::Ipv4Net;
 use pn_common::ids::{AppId, HostId, NetworkId, Uuid};
 
 use super::{Backend, Membership, MembershipError, WatchEvent, view::MembershipView};
-use crate::model::{Container, ContainerKey, now_secs};
+use crate::{
+    error::{ErrorKind, Kind},
+    model::{Container, ContainerKey, now_secs},
+};
 
 pub fn net_id(n: u8) -> NetworkId {
     NetworkId(Uuid::from_random_bytes([n; 16]))
@@ -105,14 +108,14 @@ pub async fn pool_exhaustion_is_reported(kv: Arc<dyn Backend>) {
         .create_network(net_id(3), None, &small, 24)
         .await
         .unwrap_err();
-    assert!(matches!(err, MembershipError::Exhausted(_)), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Exhausted, "{err}");
     assert!(err.to_string().contains("exhausted"), "{err}");
 }
 
 pub async fn apps_need_an_existing_network(kv: Arc<dyn Backend>) {
     let m = Membership::new(kv);
     let err = m.create_app(app_id(1), &net_id(9), None).await.unwrap_err();
-    assert!(matches!(err, MembershipError::NotFound(_)), "{err}");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     m.create_network(net_id(1), None, &pool(), 22)
         .await
         .unwrap();
@@ -121,6 +124,7 @@ pub async fn apps_need_an_existing_network(kv: Arc<dyn Backend>) {
         .unwrap();
     let err = m.create_app(app_id(1), &net_id(1), None).await.unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Conflict);
     assert_eq!(
         m.app(&app_id(1)).await.unwrap().name.as_deref(),
         Some("waf")
@@ -166,6 +170,7 @@ pub async fn a_container_key_is_claimed_once(kv: Arc<dyn Backend>) {
     let ip = m.reserve_address(&net, &k, &host("h1")).await.unwrap();
     let err = m.reserve_address(&net, &k, &host("h2")).await.unwrap_err();
     assert!(matches!(err, MembershipError::Taken(_)), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Conflict);
     assert!(err.to_string().contains("h1"), "{err}");
     // Releasing frees both the address and the key.
     m.release_address(&net, ip, &k).await.unwrap();

@@ -9,7 +9,7 @@ use std::{
 
 use pn_common::ids::{AppId, HostId, NetworkId};
 
-use super::{Listing, WatchEvent, keys};
+use super::{Listing, WatchEvent, keys::Key};
 use crate::model::{App, Container, ContainerKey, Host, Network};
 
 #[derive(Clone, Debug, Default)]
@@ -74,50 +74,51 @@ impl MembershipView {
         fn parse<T: serde::de::DeserializeOwned>(key: &str, value: &str) -> Result<T, String> {
             serde_json::from_str(value).map_err(|e| format!("{key}: {e}"))
         }
-        if key.starts_with(keys::NETWORKS) {
-            let n: Network = parse(key, value)?;
-            self.networks.insert(n.id, n);
-            Ok(Change::Network)
-        } else if key.starts_with(keys::APPS) {
-            let a: App = parse(key, value)?;
-            self.apps.insert(a.id, a);
-            Ok(Change::App)
-        } else if key.starts_with(keys::CONTAINERS) {
-            let c: Container = parse(key, value)?;
-            let old = self.containers.insert(c.key.clone(), c.clone());
-            if let Some(o) = &old
-                && o.ip != c.ip
-            {
-                self.by_ip.remove(&o.ip);
+        match Key::parse(key) {
+            Some(Key::Network(_)) => {
+                let n: Network = parse(key, value)?;
+                self.networks.insert(n.id, n);
+                Ok(Change::Network)
             }
-            self.by_ip.insert(c.ip, c.key.clone());
-            Ok(Change::ContainerPut {
-                new: Box::new(c),
-                old: old.map(Box::new),
-            })
-        } else if key.starts_with(keys::HOSTS) {
-            let h: Host = parse(key, value)?;
-            self.hosts.insert(h.id.clone(), h);
-            Ok(Change::Host)
-        } else {
-            Ok(Change::Other)
+            Some(Key::App(_)) => {
+                let a: App = parse(key, value)?;
+                self.apps.insert(a.id, a);
+                Ok(Change::App)
+            }
+            Some(Key::Container(_)) => {
+                let c: Container = parse(key, value)?;
+                let old = self.containers.insert(c.key.clone(), c.clone());
+                if let Some(o) = &old
+                    && o.ip != c.ip
+                {
+                    self.by_ip.remove(&o.ip);
+                }
+                self.by_ip.insert(c.ip, c.key.clone());
+                Ok(Change::ContainerPut {
+                    new: Box::new(c),
+                    old: old.map(Box::new),
+                })
+            }
+            Some(Key::Host(_)) => {
+                let h: Host = parse(key, value)?;
+                self.hosts.insert(h.id.clone(), h);
+                Ok(Change::Host)
+            }
+            _ => Ok(Change::Other),
         }
     }
 
     fn delete(&mut self, key: &str) -> Change {
-        let tail = |prefix: &str| key[prefix.len()..].to_string();
-        if key.starts_with(keys::NETWORKS) {
-            if let Ok(id) = tail(keys::NETWORKS).parse() {
+        match Key::parse(key) {
+            Some(Key::Network(id)) => {
                 self.networks.remove(&id);
+                Change::Network
             }
-            Change::Network
-        } else if key.starts_with(keys::APPS) {
-            if let Ok(id) = tail(keys::APPS).parse() {
+            Some(Key::App(id)) => {
                 self.apps.remove(&id);
+                Change::App
             }
-            Change::App
-        } else if key.starts_with(keys::CONTAINERS) {
-            match keys::parse_container(key).and_then(|k| self.containers.remove(&k)) {
+            Some(Key::Container(k)) => match self.containers.remove(&k) {
                 Some(c) => {
                     if self.by_ip.get(&c.ip) == Some(&c.key) {
                         self.by_ip.remove(&c.ip);
@@ -125,14 +126,12 @@ impl MembershipView {
                     Change::ContainerDeleted(Box::new(c))
                 }
                 None => Change::Other,
-            }
-        } else if key.starts_with(keys::HOSTS) {
-            if let Ok(id) = tail(keys::HOSTS).parse() {
+            },
+            Some(Key::Host(id)) => {
                 self.hosts.remove(&id);
+                Change::Host
             }
-            Change::Host
-        } else {
-            Change::Other
+            _ => Change::Other,
         }
     }
 
@@ -159,12 +158,8 @@ impl MembershipView {
         app: &AppId,
         selector: &'a pn_common::names::Selector,
     ) -> impl Iterator<Item = &'a Container> + 'a {
-        use pn_common::names::Selector;
-        self.containers_of_app(app).filter(move |c| match selector {
-            Selector::Web => c.key.ctype.as_str() == pn_common::ids::ContainerType::WEB,
-            Selector::Type(t) => c.key.ctype == *t,
-            Selector::Container(t, i) => c.key.ctype == *t && c.key.index == *i,
-        })
+        self.containers_of_app(app)
+            .filter(move |c| selector.matches(&c.key.ctype, c.key.index))
     }
 
     pub fn local_containers<'a>(

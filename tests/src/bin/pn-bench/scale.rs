@@ -10,7 +10,7 @@ use std::{
 
 use pn_agent::{
     model::{AddressLease, Container, ContainerKey},
-    store::{Backend, Op, etcd::Etcd, keys},
+    store::{Backend, Op, etcd::Etcd, keys::Key},
 };
 use pn_tests::{Namespace, fleet::Fleet, unique_prefix};
 
@@ -68,8 +68,8 @@ fn register(
                         owner: key.clone(),
                         host: host.clone(),
                     };
-                    ops.push(Op::Put(keys::ip(&net, ip), serde_json::to_string(&lease)?));
-                    ops.push(Op::Put(keys::container(&key), serde_json::to_string(&c)?));
+                    ops.push(Op::Put(Key::Ip(net, ip).into(), serde_json::to_string(&lease)?));
+                    ops.push(Op::Put(Key::Container(key).into(), serde_json::to_string(&c)?));
                 }
                 kv.txn(vec![], ops).await?;
                 i = (i + BATCH).min(to);
