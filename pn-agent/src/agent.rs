@@ -323,7 +323,7 @@ impl Agent {
             }
             None => None,
         };
-        let view: Arc<RwLock<MembershipView>> = Arc::default();
+        let view = Arc::new(RwLock::new(MembershipView::new(cfg.pool)));
         let dns_stats = Arc::new(DnsStats::default());
         let dns_server = dns::serve(
             DnsConfig {
@@ -377,7 +377,7 @@ impl Agent {
 
     async fn register_host(&self) -> Result<i64, MembershipError> {
         self.membership
-            .put_host(&Host {
+            .register_host(&Host {
                 id: self.cfg.host_id.clone(),
                 advertise: self.cfg.advertise,
                 public_key: self
@@ -385,8 +385,10 @@ impl Agent {
                     .as_ref()
                     .map(|_| encode_key(&self.host_keys.public)),
                 started_at: now_secs(),
+                peer_id: 0,
             })
             .await
+            .map(|(_, rev)| rev)
     }
 
     fn dp(&self) -> std::sync::MutexGuard<'_, Datapath> {
@@ -429,10 +431,7 @@ impl Agent {
             }
         };
         self.set_store_health(true, None);
-        let (view, errors) = MembershipView::from_listing(&listing);
-        for e in errors {
-            log::warn!("skipping undecodable record {e}");
-        }
+        let view = self.view().reloaded(&listing);
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = view.clone();
         self.reconcile_all(&view).await;
         self.sync_underlay();
@@ -513,7 +512,8 @@ impl Agent {
                 }
             }
             Ok(_) => {}
-            Err(e) => log::warn!("skipping undecodable record {e}"),
+            // Refused: logged and counted by the view, which kept the last good state.
+            Err(_) => {}
         }
         self.applied.send_replace(rev);
     }
@@ -1191,6 +1191,11 @@ impl Agent {
                 reachable: health.reachable,
                 revision: v.rev,
                 last_error: health.last_error.clone(),
+                rejected: v
+                    .rejected
+                    .iter()
+                    .map(|(k, n)| (k.to_string(), *n))
+                    .collect(),
             },
             datapath: DatapathStatus {
                 bpffs: self.cfg.bpffs.clone(),

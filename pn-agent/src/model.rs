@@ -120,6 +120,24 @@ pub struct Host {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
     pub started_at: u64,
+    /// The host's number in every agent's datapath and tunnel: non-zero,
+    /// unique in the fleet, allocated by the store when the host registers
+    /// and kept across registrations (0 in records of older agents: not
+    /// usable until the host registers again).
+    #[serde(default)]
+    pub peer_id: u32,
+}
+
+impl Host {
+    /// The published public key, if it is one (32 bytes of base64).
+    pub fn key_bytes(&self) -> Option<[u8; 32]> {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(self.public_key.as_deref()?)
+            .ok()?
+            .try_into()
+            .ok()
+    }
 }
 
 /// Owner of an allocated address (the `ips/` keys), written before the
@@ -139,6 +157,8 @@ pub enum NameError {
     Interface(String),
     #[error("invalid application name {0:?}: 1 to 64 printable characters")]
     App(String),
+    #[error("invalid namespace {0:?}: a name or a path, without control characters")]
+    Netns(String),
 }
 
 impl crate::error::Kind for NameError {
@@ -172,6 +192,25 @@ pub fn check_app_name(name: &str) -> Result<(), NameError> {
         Err(NameError::App(name.into()))
     } else {
         Ok(())
+    }
+}
+
+/// The rule for a namespace as given to `attach`: a name (one path
+/// component: it also names `/etc/netns/NAME`) or a path.
+pub fn check_netns(netns: &str) -> Result<(), NameError> {
+    let component_ok = |c: &str| !c.is_empty() && c != "." && c != ".." && c.len() <= 255;
+    let ok = !netns.is_empty()
+        && netns.len() <= 4096
+        && !netns.chars().any(char::is_control)
+        && if netns.contains('/') {
+            netns.starts_with('/') && netns[1..].split('/').all(component_ok)
+        } else {
+            component_ok(netns)
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::Netns(netns.into()))
     }
 }
 
@@ -228,6 +267,42 @@ mod tests {
         }
         use crate::error::{ErrorKind, Kind};
         assert_eq!(check_app_name("").unwrap_err().kind(), ErrorKind::Invalid);
+    }
+
+    #[test]
+    fn namespaces_are_names_or_paths() {
+        for good in ["c1", "pt1234-c1", "/run/netns/c1", "/proc/1234/ns/net"] {
+            assert_eq!(check_netns(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "/run/netns/../../etc",
+            "c\n1",
+            "/run//x",
+        ] {
+            assert!(check_netns(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn host_keys_are_32_bytes_of_base64() {
+        let mut h = Host {
+            id: "h1".parse().unwrap(),
+            advertise: None,
+            public_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
+            started_at: 0,
+            peer_id: 1,
+        };
+        assert_eq!(h.key_bytes(), Some([0; 32]));
+        for bad in ["AAAA", "not base64!", ""] {
+            h.public_key = Some(bad.into());
+            assert_eq!(h.key_bytes(), None, "{bad}");
+        }
+        h.public_key = None;
+        assert_eq!(h.key_bytes(), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! | `claims/<ap-…>/<type>/<index>` | lease of a container key while it is being attached |
 //! | `ips/<pn-…>/<address>` | [`AddressLease`](crate::model::AddressLease) |
 //! | `hosts/<host>` | [`Host`](crate::model::Host) |
+//! | `peers/<n>` | the host holding peer id `n` (a JSON string) |
 
 use std::{fmt, net::Ipv4Addr};
 
@@ -25,6 +26,7 @@ pub const CONTAINERS: &str = "containers/";
 pub const CLAIMS: &str = "claims/";
 pub const IPS: &str = "ips/";
 pub const HOSTS: &str = "hosts/";
+pub const PEERS: &str = "peers/";
 
 /// What a key of the store names.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -38,6 +40,8 @@ pub enum Key {
     /// An allocated address of a network.
     Ip(NetworkId, Ipv4Addr),
     Host(HostId),
+    /// Claim on a peer id (non-zero), so two hosts never hold the same.
+    Peer(u32),
 }
 
 impl Key {
@@ -73,6 +77,9 @@ impl Key {
         if let Some(t) = s.strip_prefix(HOSTS) {
             return t.parse().ok().map(Key::Host);
         }
+        if let Some(t) = s.strip_prefix(PEERS) {
+            return parse_index(t).ok().map(Key::Peer);
+        }
         None
     }
 }
@@ -98,6 +105,7 @@ impl fmt::Display for Key {
             Key::Claim(k) => write!(f, "{CLAIMS}{}/{}/{}", k.app, k.ctype, k.index),
             Key::Ip(net, ip) => write!(f, "{IPS}{net}/{ip}"),
             Key::Host(id) => write!(f, "{HOSTS}{id}"),
+            Key::Peer(n) => write!(f, "{PEERS}{n}"),
         }
     }
 }
@@ -143,6 +151,7 @@ mod tests {
             Key::Claim(ck()),
             Key::Ip(PN.parse().unwrap(), Ipv4Addr::new(10, 240, 0, 7)),
             Key::Host("h-1".parse().unwrap()),
+            Key::Peer(4_000_000_000),
         ];
         for k in keys {
             let s = k.to_string();
@@ -191,6 +200,9 @@ mod tests {
             &format!("ips/{PN}/010.240.0.1"),
             "hosts/H1",
             "hosts/a_b",
+            "peers/0",
+            "peers/01",
+            "peers/4294967296",
             "other/thing",
         ] {
             assert_eq!(Key::parse(bad), None, "{bad}");

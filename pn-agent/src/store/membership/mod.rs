@@ -195,7 +195,8 @@ impl Membership {
         prefix: u8,
     ) -> Result<(Network, i64)> {
         if let Some(c) = cidr {
-            ipam::check_network_range(&c).map_err(|e| MembershipError::Invalid(e.to_string()))?;
+            ipam::check_network_range(&c, pool)
+                .map_err(|e| MembershipError::Invalid(e.to_string()))?;
         }
         let net_key = &Key::Network(id);
         self.read_modify_write(
@@ -509,7 +510,16 @@ mod tests {
     async fn bad_ranges_are_invalid() {
         let m = Membership::new(Fake::new(false));
         let id = NetworkId(pn_common::ids::Uuid::from_random_bytes([1; 16]));
-        for bad in ["10.240.0.0/31", "10.240.0.1/24", "169.254.0.0/20"] {
+        for bad in [
+            "10.240.0.0/31",
+            "10.240.0.1/24",
+            "169.254.0.0/20",
+            "10.0.0.0/24",
+            "127.0.0.0/24",
+            "224.0.0.0/24",
+            "0.0.0.0/24",
+            "255.255.255.0/30",
+        ] {
             let err = m
                 .create_network(id, Some(bad.parse().unwrap()), &pool(), 22)
                 .await
