@@ -167,8 +167,8 @@ impl RunConfig {
             None => StoreSpec::Embedded,
         };
         let pool = pick!(pool).unwrap_or_else(|| crate::ipam::DEFAULT_POOL.parse().expect("valid"));
-        if pool.trunc() != pool {
-            bail!("invalid --pool {pool}: not a network address");
+        if let Err(e) = crate::ipam::check_pool(&pool) {
+            bail!("invalid --pool: {e}");
         }
         let network_prefix = pick!(network_prefix).unwrap_or(crate::ipam::DEFAULT_NETWORK_PREFIX);
         if network_prefix < pool.prefix_len() || network_prefix > 30 {

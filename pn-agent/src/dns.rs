@@ -557,10 +557,9 @@ mod tests {
             for (r, ip) in &self.records {
                 let matches = r.network == q.network
                     && r.app == q.app
-                    && match (&q.selector, &r.selector) {
-                        (Selector::Web, Selector::Container(t, _)) => t.as_str() == "web",
-                        (Selector::Type(t), Selector::Container(rt, _)) => t == rt,
-                        (a, b) => a == b,
+                    && match &r.selector {
+                        Selector::Container(t, i) => q.selector.matches(t, *i),
+                        other => q.selector == *other,
                     };
                 if matches {
                     out.push(*ip);

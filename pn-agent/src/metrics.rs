@@ -196,11 +196,22 @@ impl Collector for AgentCollector {
                 ConstCounter::new(n).encode(m.encode_family(&[("event", event)])?)?;
             }
         }
-        let (local, remote, revision) = {
+        let (local, remote, revision, rejected) = {
             let v = inputs.view.read().unwrap_or_else(|p| p.into_inner());
             let local = v.local_containers(&inputs.host).count();
-            (local, v.containers.len() - local, v.rev)
+            (local, v.containers.len() - local, v.rev, v.rejected.clone())
         };
+        {
+            let mut m = encoder.encode_descriptor(
+                "pn_store_records_rejected",
+                "Records read from the store and refused before reaching the kernel, per reason",
+                None,
+                MetricType::Counter,
+            )?;
+            for (kind, n) in &rejected {
+                ConstCounter::new(*n).encode(m.encode_family(&[("kind", *kind)])?)?;
+            }
+        }
         {
             let mut m = encoder.encode_descriptor(
                 "pn_endpoints",

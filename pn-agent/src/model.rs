@@ -4,7 +4,10 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use ipnet::Ipv4Net;
-use pn_common::ids::{AppId, ContainerType, HostId, NetworkId};
+use pn_common::{
+    ids::{AppId, ContainerType, HostId, NetworkId},
+    names,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,19 +47,44 @@ impl ContainerKey {
         }
     }
 
-    /// Deterministic host-side interface name (≤ 15 bytes): the only name
-    /// a container record may carry for its host end.
-    pub fn host_ifname(&self) -> String {
-        format!(
-            "{HOST_IF_PREFIX}{:011x}",
-            fnv1a(self.to_string().as_bytes()) & ((1 << 44) - 1)
-        )
-    }
-
     /// `web-1`: the container's name inside its app (`PN_CONTAINER`).
     pub fn name(&self) -> String {
         format!("{}-{}", self.ctype, self.index)
     }
+
+    /// Every DNS name of the container in `network`, most specific first.
+    pub fn dns_names(&self, network: &NetworkId) -> Vec<String> {
+        let mut out = vec![
+            names::container_name(network, &self.app, &self.ctype, self.index),
+            names::type_name(network, &self.app, &self.ctype),
+        ];
+        if names::Selector::Web.matches(&self.ctype, self.index) {
+            out.push(names::app_name(network, &self.app));
+        }
+        out
+    }
+
+    /// The host-side end of its veth pair: derived from the key alone
+    /// (≤ 15 bytes, [`HOST_IF_PREFIX`]), so every agent names it the same
+    /// and a record can only name an interface the agent itself made.
+    pub fn host_ifname(&self) -> String {
+        let h = fnv1a64(self.to_string().as_bytes());
+        format!("{HOST_IF_PREFIX}{:011x}", h & ((1 << 44) - 1))
+    }
+}
+
+/// Prefix of host-side veth names; anything with it belongs to the agent.
+pub const HOST_IF_PREFIX: &str = "pnh";
+
+/// FNV-1a, 64 bits: stable across versions and machines, unlike std's
+/// hasher, for names derived from records.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 impl std::fmt::Display for ContainerKey {
@@ -92,6 +120,19 @@ pub struct Host {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
     pub started_at: u64,
+    /// The host's number in every agent's datapath and tunnel: non-zero,
+    /// unique in the fleet, allocated by the store when the host registers
+    /// and kept across registrations (0 in records of older agents: not
+    /// usable until the host registers again).
+    #[serde(default)]
+    pub peer_id: u32,
+}
+
+impl Host {
+    /// The published public key, if it is one (32 bytes of base64).
+    pub fn key_bytes(&self) -> Option<[u8; 32]> {
+        pn_tunnel::keyfile::decode_key(self.public_key.as_deref()?)
+    }
 }
 
 /// Owner of an allocated address (the `ips/` keys), written before the
@@ -103,24 +144,69 @@ pub struct AddressLease {
     pub host: HostId,
 }
 
-/// Prefix of host-side veth names; anything with it belongs to the agent.
-pub const HOST_IF_PREFIX: &str = "pnh";
-
-/// FNV-1a (64 bits): stable across versions and machines, unlike std's
-/// hasher, for names derived from ids.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+/// A name given by an operator or read from a record that does not follow
+/// its rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("invalid interface name {0:?}: 1 to 15 characters among a-z, A-Z, 0-9, -, _ and .")]
+    Interface(String),
+    #[error("invalid application name {0:?}: 1 to 64 printable characters")]
+    App(String),
+    #[error("invalid namespace {0:?}: a name or a path, without control characters")]
+    Netns(String),
 }
 
-/// Stable, non-zero index of a peer host in the datapath and the tunnel.
-pub fn peer_index(host: &HostId) -> u32 {
-    let h = fnv1a(host.as_str().as_bytes());
-    ((h ^ (h >> 32)) as u32).max(1)
+impl crate::error::Kind for NameError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Invalid
+    }
+}
+
+/// The rule for a container's interface name inside its namespace: what
+/// the kernel takes (≤ 15 bytes, no `/`), minus `lo` and the names that are
+/// paths.
+pub fn check_ifname(name: &str) -> Result<(), NameError> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name != "lo"
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::Interface(name.into()))
+    }
+}
+
+/// The rule for an application's display name.
+pub fn check_app_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        Err(NameError::App(name.into()))
+    } else {
+        Ok(())
+    }
+}
+
+/// The rule for a namespace as given to `attach`: a name (one path
+/// component: it also names `/etc/netns/NAME`) or a path.
+pub fn check_netns(netns: &str) -> Result<(), NameError> {
+    let component_ok = |c: &str| !c.is_empty() && c != "." && c != ".." && c.len() <= 255;
+    let ok = !netns.is_empty()
+        && netns.len() <= 4096
+        && !netns.chars().any(char::is_control)
+        && if netns.contains('/') {
+            netns.starts_with('/') && netns[1..].split('/').all(component_ok)
+        } else {
+            component_ok(netns)
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::Netns(netns.into()))
+    }
 }
 
 pub fn now_secs() -> u64 {
@@ -131,6 +217,8 @@ pub fn now_secs() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn key(t: &str, i: u32) -> ContainerKey {
@@ -145,17 +233,84 @@ mod tests {
     fn host_interface_names_are_short_stable_and_distinct() {
         let a = key("web", 1).host_ifname();
         assert_eq!(a, key("web", 1).host_ifname());
+        // The names of running fleets: changing the hash renames every veth.
+        assert_eq!(a, "pnh3c95385eaac");
         assert!(a.len() <= 15 && a.starts_with(HOST_IF_PREFIX), "{a}");
-        let all: std::collections::HashSet<_> =
-            (1..500).map(|i| key("web", i).host_ifname()).collect();
+        let all: HashSet<_> = (1..500).map(|i| key("web", i).host_ifname()).collect();
         assert_eq!(all.len(), 499);
     }
 
     #[test]
-    fn peer_indexes_are_never_zero() {
-        for i in 0..1000 {
-            let h: HostId = format!("host-{i}").parse().unwrap();
-            assert_ne!(peer_index(&h), 0);
+    fn interface_names_are_checked() {
+        assert!(check_ifname("pn0").is_ok());
+        assert!(check_ifname("eth1.100").is_ok());
+        for bad in ["", "lo", "a/b", "way-too-long-name", "sp ace", "..", "."] {
+            assert_eq!(
+                check_ifname(bad),
+                Err(NameError::Interface(bad.into())),
+                "{bad}"
+            );
         }
+    }
+
+    #[test]
+    fn app_names_are_checked() {
+        assert!(check_app_name("waf").is_ok());
+        assert!(check_app_name(&"x".repeat(64)).is_ok());
+        for bad in [String::new(), "x".repeat(65), "a\nb".to_string()] {
+            assert!(check_app_name(&bad).is_err(), "{bad:?}");
+        }
+        use crate::error::{ErrorKind, Kind};
+        assert_eq!(check_app_name("").unwrap_err().kind(), ErrorKind::Invalid);
+    }
+
+    #[test]
+    fn namespaces_are_names_or_paths() {
+        for good in ["c1", "pt1234-c1", "/run/netns/c1", "/proc/1234/ns/net"] {
+            assert_eq!(check_netns(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "/run/netns/../../etc",
+            "c\n1",
+            "/run//x",
+        ] {
+            assert!(check_netns(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn host_keys_are_32_bytes_of_base64() {
+        let mut h = Host {
+            id: "h1".parse().unwrap(),
+            advertise: None,
+            public_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
+            started_at: 0,
+            peer_id: 1,
+        };
+        assert_eq!(h.key_bytes(), Some([0; 32]));
+        for bad in ["AAAA", "not base64!", ""] {
+            h.public_key = Some(bad.into());
+            assert_eq!(h.key_bytes(), None, "{bad}");
+        }
+        h.public_key = None;
+        assert_eq!(h.key_bytes(), None);
+    }
+
+    #[test]
+    fn dns_names_follow_the_contract() {
+        let net: NetworkId = "pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c".parse().unwrap();
+        assert_eq!(
+            key("web", 1).dns_names(&net),
+            [
+                "1.web.ap-a71da13f-7c70-4c00-a644-eee8558d8053.pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c.private-network.internal.",
+                "web.ap-a71da13f-7c70-4c00-a644-eee8558d8053.pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c.private-network.internal.",
+                "ap-a71da13f-7c70-4c00-a644-eee8558d8053.pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c.private-network.internal.",
+            ]
+        );
+        assert_eq!(key("worker", 2).dns_names(&net).len(), 2);
     }
 }

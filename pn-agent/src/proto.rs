@@ -167,6 +167,9 @@ pub struct StoreStatus {
     pub revision: i64,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Records read from the store and refused, by reason.
+    #[serde(default)]
+    pub rejected: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

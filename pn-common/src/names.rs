@@ -32,6 +32,17 @@ impl Selector {
             Selector::Type(t) | Selector::Container(t, _) => Some(t),
         }
     }
+
+    /// Whether the container `ctype`-`index` of the app is one this selector
+    /// designates. The one home of the rule "the bare app name means its
+    /// `web` containers".
+    pub fn matches(&self, ctype: &ContainerType, index: u32) -> bool {
+        match self {
+            Selector::Web => ctype.as_str() == ContainerType::WEB,
+            Selector::Type(t) => t == ctype,
+            Selector::Container(t, i) => t == ctype && *i == index,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -161,7 +172,7 @@ pub fn formation_names<'a>(
     sorted.sort();
     sorted.dedup();
     let mut out = Vec::with_capacity(sorted.len() * 2 + 1);
-    if sorted.iter().any(|(t, _)| t.as_str() == ContainerType::WEB) {
+    if sorted.iter().any(|&(t, i)| Selector::Web.matches(t, i)) {
         out.push(app_name(network, app));
     }
     let mut current: Option<&ContainerType> = None;
@@ -291,6 +302,17 @@ mod tests {
             b"internal",
         ];
         assert_eq!(parse_labels(labels), bad);
+    }
+
+    #[test]
+    fn the_bare_app_name_selects_web_containers() {
+        let (web, worker) = (t("web"), t("worker"));
+        assert!(Selector::Web.matches(&web, 3));
+        assert!(!Selector::Web.matches(&worker, 1));
+        assert!(Selector::Type(worker.clone()).matches(&worker, 7));
+        assert!(!Selector::Type(worker.clone()).matches(&web, 7));
+        assert!(Selector::Container(web.clone(), 2).matches(&web, 2));
+        assert!(!Selector::Container(web.clone(), 2).matches(&web, 1));
     }
 
     #[test]

@@ -280,3 +280,178 @@ fn a_removed_host_disappears_from_every_agent() {
     let out = f.hosts[0].cli(&["host", "remove", "h3"]);
     out.assert_error(ErrorKind::NotFound, "not found");
 }
+
+/// `etcdctl put` into the fleet's etcd, from the underlay namespace (as
+/// anyone who reaches the etcd port could); the revision of the write.
+fn etcd_put(f: &Fleet, key: &str, value: &serde_json::Value) -> i64 {
+    let out = f.underlay.exec(&[
+        "etcdctl",
+        "--endpoints",
+        pn_tests::fleet::ETCD_ADDR,
+        "-w",
+        "json",
+        "put",
+        &format!("/pn/{key}"),
+        &value.to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "etcdctl put {key}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    reply["header"]["revision"].as_i64().unwrap()
+}
+
+fn rejected(h: &pn_tests::Host, kind: &str) -> u64 {
+    h.json(&["status"])["store"]["rejected"][kind]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Records written straight into etcd that name an interface the agent did
+/// not make (`eth0`) or an address outside their network are refused by
+/// every agent and counted, once; the host's own interfaces are untouched.
+#[test]
+fn forged_records_are_refused_and_counted() {
+    let p = unique_prefix();
+    let mut f = Fleet::new(&p, 2);
+    let (h1, h2) = (&f.hosts[0], &f.hosts[1]);
+    let net = h1.create_network(&[]);
+    let app = h1.create_app(&net);
+    let c1 = Namespace::new(&format!("{p}-c1"));
+    let real = h1.attach(&app, "web", &c1);
+    assert!(eventually(WAIT, || remote_endpoints(h2) == 1));
+    // An interface of h1's own that a forged record names.
+    h1.ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    h1.ns.ip(&["link", "set", "eth0", "up"]);
+    // Free, and inside the network's /22.
+    let real_ip: std::net::Ipv4Addr = real["ip"].as_str().unwrap().parse().unwrap();
+    let in_range = std::net::Ipv4Addr::from(u32::from(real_ip) + 200);
+    let record = |index: u32, host: &str, ip: std::net::Ipv4Addr, host_ifname: String| {
+        serde_json::json!({
+            "app": app, "type": "web", "index": index, "network": net, "ip": ip,
+            "host": host, "netns": c1.name, "ifname": "pn0",
+            "host_ifname": host_ifname, "created_at": 0,
+        })
+    };
+    let key = |index: u32| pn_agent::model::ContainerKey {
+        app: app.parse().unwrap(),
+        ctype: "web".parse().unwrap(),
+        index,
+    };
+    let _ = etcd_put(
+        &f,
+        &format!("containers/{app}/web/50"),
+        &record(50, "h1", in_range, "eth0".into()),
+    );
+    let _ = etcd_put(
+        &f,
+        &format!("containers/{app}/web/51"),
+        &record(
+            51,
+            "h2",
+            "192.0.2.7".parse().unwrap(),
+            key(51).host_ifname(),
+        ),
+    );
+    for h in [h1, h2] {
+        assert!(
+            eventually(WAIT, || rejected(h, "host_interface") == 1
+                && rejected(h, "address") == 1),
+            "{}: {}",
+            h.id,
+            h.json(&["status"])["store"]
+        );
+        assert_eq!(h.json(&["container", "list"]).as_array().unwrap().len(), 1);
+    }
+    assert_eq!(remote_endpoints(h2), 1);
+    assert_eq!(remote_endpoints(h1), 0);
+    // eth0 is still there, up, with none of the agent's programs on it; the
+    // only interface with programs is the real container's.
+    let link = h1.ns.ip(&["-j", "link", "show", "eth0"]);
+    assert!(link.contains("\"UP\""), "{link}");
+    // (bpftool does not list TCX links: the agent's pins tell.)
+    let pins: Vec<String> = std::fs::read_dir(h1.bpffs().join("links"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !pins.iter().any(|p| p.starts_with("eth0")),
+        "programs on eth0: {pins:?}"
+    );
+    assert_eq!(
+        h1.json(&["status"])["datapath"]["attached_interfaces"],
+        1,
+        "{real}"
+    );
+    let ul0 = h1.ns.ip(&["-j", "addr", "show", "ul0"]);
+    assert!(ul0.contains("192.168.100.1"), "{ul0}");
+    // A resync (etcd restarts) lists them again: not counted twice.
+    f.etcd.stop();
+    f.etcd.start();
+    let h1 = &f.hosts[0];
+    let h1_id = h1.id.clone();
+    assert!(eventually(WAIT, || h1.log().contains("resynchronising")));
+    // The agent watches again only after listing again: once it has applied
+    // a later write, the listing is behind it.
+    let rev = etcd_put(&f, "probe", &serde_json::json!("after the resync"));
+    assert!(eventually(
+        WAIT,
+        || h1.json(&["status"])["store"]["revision"]
+            .as_i64()
+            .unwrap_or(0)
+            >= rev
+    ));
+    assert_eq!(rejected(h1, "host_interface"), 1, "{h1_id}");
+    assert_eq!(rejected(h1, "address"), 1, "{h1_id}");
+    assert_eq!(
+        h1.log()
+            .matches(&format!("containers/{app}/web/50 refused"))
+            .count(),
+        1,
+        "logged once"
+    );
+    // The real container still works and is still listed.
+    assert_eq!(h1.json(&["container", "list"]).as_array().unwrap().len(), 1);
+    assert!(h1.ns.ip(&["link", "show", "eth0"]).contains("eth0"));
+}
+
+/// Peer ids come from the store: distinct, non-zero, kept across restarts.
+#[test]
+fn hosts_get_distinct_peer_ids_that_survive_a_restart() {
+    let p = unique_prefix();
+    let mut f = Fleet::new(&p, 3);
+    let ids = |f: &Fleet| -> Vec<u64> {
+        let out = f.underlay.exec(&[
+            "etcdctl",
+            "--endpoints",
+            pn_tests::fleet::ETCD_ADDR,
+            "get",
+            "--prefix",
+            "--print-value-only",
+            "/pn/hosts/",
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["peer_id"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let before = ids(&f);
+    assert_eq!(before.len(), 3);
+    assert_eq!(
+        before.iter().collect::<BTreeSet<_>>().len(),
+        3,
+        "{before:?}"
+    );
+    assert!(!before.contains(&0));
+    f.hosts[1].restart();
+    assert_eq!(ids(&f), before);
+}

@@ -11,9 +11,9 @@ use pn_common::ids::{AppId, ContainerType, HostId, NetworkId, Uuid};
 use super::{Agent, start::gateway_addr};
 use crate::{
     datapath::DatapathError,
-    error::{Error, ErrorKind, Kind},
+    error::{Error, Kind},
     ipam,
-    model::{App, Container, ContainerKey, Network, now_secs},
+    model::{App, Container, ContainerKey, Network, check_app_name, check_ifname, now_secs},
     netlink::{ContainerSide, NetlinkError, Netns, remove_resolv_conf, write_resolv_conf},
     proto::ContainerInfo,
     store::MembershipError,
@@ -39,22 +39,6 @@ impl From<NetlinkError> for Error {
 impl From<DatapathError> for Error {
     fn from(e: DatapathError) -> Self {
         Error::new(e.kind(), e.to_string())
-    }
-}
-
-// TEMP(store helper): the store's own impl replaces this.
-impl Kind for MembershipError {
-    fn kind(&self) -> ErrorKind {
-        match self {
-            MembershipError::NotFound(_) => ErrorKind::NotFound,
-            MembershipError::Conflict(_) | MembershipError::Taken(_) => ErrorKind::Conflict,
-            MembershipError::Exhausted(_) => ErrorKind::Exhausted,
-            MembershipError::Invalid(_) => ErrorKind::Invalid,
-            MembershipError::Store(crate::store::StoreError::Unavailable(_)) => {
-                ErrorKind::Unavailable
-            }
-            MembershipError::Store(_) => ErrorKind::Internal,
-        }
     }
 }
 
@@ -100,12 +84,8 @@ impl Agent {
         id: Option<AppId>,
         name: Option<String>,
     ) -> Result<App> {
-        if let Some(n) = &name
-            && (n.is_empty() || n.len() > 64 || n.chars().any(|c| c.is_control()))
-        {
-            return Err(Error::invalid(format!(
-                "invalid application name {n:?}: 1 to 64 printable characters"
-            )));
+        if let Some(n) = &name {
+            check_app_name(n).map_err(|e| Error::invalid(e.to_string()))?;
         }
         let id = id.unwrap_or_else(|| AppId(random_uuid()));
         let (app, rev) = self.membership.create_app(id, network, name).await?;
@@ -129,7 +109,7 @@ impl Agent {
         netns: &str,
         ifname: &str,
     ) -> Result<ContainerInfo> {
-        validate_ifname(ifname)?;
+        check_ifname(ifname).map_err(|e| Error::invalid(e.to_string()))?;
         if index == Some(0) {
             return Err(Error::invalid(
                 "invalid container index 0: expected an integer from 1",
@@ -258,10 +238,8 @@ impl Agent {
             .link(&c.host_ifname)
             .await?
             .ok_or_else(|| Error::internal(format!("interface {} vanished", c.host_ifname)))?;
-        let mut routes = vec![self.cfg.pool];
-        if !self.cfg.pool.contains(&net.cidr) {
-            routes.push(net.cidr);
-        }
+        // Every network lies in the pool (the store refuses others).
+        let routes = vec![self.cfg.pool];
         let container_mac = crate::netlink::configure_container_side(
             ns,
             ContainerSide {
@@ -304,39 +282,6 @@ impl Agent {
     }
 }
 
-fn validate_ifname(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name != "lo"
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "invalid interface name {name:?}: 1 to 15 characters among a-z, A-Z, 0-9, -, _ and ."
-        )))
-    }
-}
-
 fn random_uuid() -> Uuid {
     Uuid::from_random_bytes(*uuid::Uuid::new_v4().as_bytes())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interface_names_are_checked() {
-        assert!(validate_ifname("pn0").is_ok());
-        assert!(validate_ifname("eth1.100").is_ok());
-        for bad in ["", "lo", "a/b", "way-too-long-name", "sp ace", ".."] {
-            let e = validate_ifname(bad).unwrap_err();
-            assert_eq!(e.kind, ErrorKind::Invalid, "{bad}");
-        }
-    }
 }

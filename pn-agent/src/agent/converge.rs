@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use super::{
     Agent,
     reconcile::{self, Local, Touched},
-    start::gateway_addr,
 };
 use crate::{datapath::Scope, model::HOST_IF_PREFIX, netlink::remove_resolv_conf};
 
@@ -29,7 +28,6 @@ impl Agent {
             let v = self.view();
             let local = Local {
                 host: &self.cfg.host_id,
-                pool: self.cfg.pool,
             };
             reconcile::desired(&v, &local, &links, touched)
         };
@@ -41,11 +39,8 @@ impl Agent {
         }
         self.members
             .apply(&want.members, want.addrs.as_ref().map(|a| a.iter()));
-        if let Some(dev) = &self.tunnel {
-            if let Some(peers) = &want.tunnel_peers {
-                dev.set_peers(peers);
-            }
-            self.route_to_tunnel(&want.tunnel_routes).await;
+        if let (Some(dev), Some(peers)) = (&self.tunnel, &want.tunnel_peers) {
+            dev.set_peers(peers);
         }
         for name in &want.orphans {
             log::info!("removing interface {name}: no container of this host claims it");
@@ -103,22 +98,6 @@ impl Agent {
                     }
                 }
                 Some(out)
-            }
-        }
-    }
-
-    /// Networks outside the pool are routed to the tunnel too (the pool's
-    /// route is set at start).
-    async fn route_to_tunnel(&self, ranges: &[ipnet::Ipv4Net]) {
-        if ranges.is_empty() {
-            return;
-        }
-        let Ok(Some((idx, _))) = self.netlink.link(super::TUN_DEV).await else {
-            return;
-        };
-        for cidr in ranges {
-            if let Err(e) = self.netlink.route_to_dev(*cidr, idx, gateway_addr()).await {
-                log::error!("routing {cidr} to the tunnel: {e}");
             }
         }
     }

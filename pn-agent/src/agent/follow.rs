@@ -6,10 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use super::{Agent, reconcile::Touched};
-use crate::store::{
-    WatchEvent,
-    view::{Change, MembershipView},
-};
+use crate::store::{WatchEvent, view::Change};
 
 impl Agent {
     /// Lists the whole store and brings view and kernel in line with it.
@@ -22,10 +19,9 @@ impl Agent {
             }
         };
         self.store_health.set(true, None);
-        let (view, errors) = MembershipView::from_listing(&listing);
-        for e in errors {
-            log::warn!("skipping undecodable record {e}");
-        }
+        // Records that fail their checks are skipped, counted and logged
+        // by the view itself.
+        let view = self.view().reloaded(&listing);
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = view;
         self.converge(&Touched::All).await;
         self.applied.send_replace(listing.rev);
@@ -97,8 +93,8 @@ impl Agent {
                     }
                 }
             }
-            Ok(_) => {}
-            Err(e) => log::warn!("skipping undecodable record {e}"),
+            // Refused records are counted and logged by the view.
+            Ok(_) | Err(_) => {}
         }
         self.applied.send_replace(rev);
     }

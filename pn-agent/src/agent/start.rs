@@ -135,7 +135,7 @@ impl Agent {
             }
             None => None,
         };
-        let view: Arc<RwLock<MembershipView>> = Arc::default();
+        let view = Arc::new(RwLock::new(MembershipView::new(cfg.pool)));
         let dns_stats = Arc::new(DnsStats::default());
         let dns_server = dns::serve(
             DnsConfig {
@@ -188,8 +188,9 @@ impl Agent {
     }
 
     pub(super) async fn register_host(&self) -> Result<i64, MembershipError> {
-        self.membership
-            .put_host(&Host {
+        let (_, rev) = self
+            .membership
+            .register_host(&Host {
                 id: self.cfg.host_id.clone(),
                 advertise: self.cfg.advertise,
                 public_key: self
@@ -197,7 +198,10 @@ impl Agent {
                     .as_ref()
                     .map(|_| keyfile::encode_key(&self.host_keys.public)),
                 started_at: now_secs(),
+                // Allocated (or kept) by the store.
+                peer_id: 0,
             })
-            .await
+            .await?;
+        Ok(rev)
     }
 }

@@ -3,13 +3,13 @@
 //! the store, so they answer while the store is down.
 
 use pn_common::{
-    ids::{AppId, ContainerType, NetworkId},
+    ids::{AppId, NetworkId},
     names,
 };
 
 use pn_tunnel::keyfile;
 
-use super::{Agent, reconcile::peer_id};
+use super::Agent;
 use crate::{
     error::Error,
     model::{Container, ContainerKey, Host},
@@ -20,18 +20,6 @@ use crate::{
 };
 
 type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Every DNS name of one container, most specific first.
-pub fn container_names(network: &NetworkId, key: &ContainerKey) -> Vec<String> {
-    let mut out = vec![
-        names::container_name(network, &key.app, &key.ctype, key.index),
-        names::type_name(network, &key.app, &key.ctype),
-    ];
-    if key.ctype.as_str() == ContainerType::WEB {
-        out.push(names::app_name(network, &key.app));
-    }
-    out
-}
 
 impl Agent {
     pub fn list_networks(&self) -> Vec<NetworkInfo> {
@@ -74,7 +62,7 @@ impl Agent {
             netns: c.netns.clone(),
             interface: c.ifname.clone(),
             host_interface: c.host_ifname.clone(),
-            names: container_names(&c.network, &c.key),
+            names: c.key.dns_names(&c.network),
         }
     }
 
@@ -140,6 +128,11 @@ impl Agent {
                 reachable: self.store_health.reachable(),
                 revision: v.rev,
                 last_error: self.store_health.last_error(),
+                rejected: v
+                    .rejected
+                    .iter()
+                    .map(|(k, n)| (k.to_string(), *n))
+                    .collect(),
             },
             datapath: DatapathStatus {
                 bpffs: self.cfg.bpffs.clone(),
@@ -213,7 +206,7 @@ impl Agent {
         if h.public_key.is_none() || h.advertise.is_none() {
             return "no endpoint or key published".into();
         }
-        match dev.peer_state(peer_id(&h.id)) {
+        match dev.peer_state(h.peer_id) {
             Some(s) if s.established => format!(
                 "established (session {}s)",
                 s.session_age.map_or(0, |a| a.as_secs())
@@ -222,33 +215,5 @@ impl Agent {
             Some(_) => "idle".into(),
             None => "unknown".into(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(t: &str, i: u32) -> ContainerKey {
-        ContainerKey {
-            app: "ap-a71da13f-7c70-4c00-a644-eee8558d8053".parse().unwrap(),
-            ctype: t.parse().unwrap(),
-            index: i,
-        }
-    }
-
-    #[test]
-    fn container_names_follow_the_contract() {
-        let net: NetworkId = "pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c".parse().unwrap();
-        let names = container_names(&net, &key("web", 1));
-        assert_eq!(
-            names,
-            [
-                "1.web.ap-a71da13f-7c70-4c00-a644-eee8558d8053.pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c.private-network.internal.",
-                "web.ap-a71da13f-7c70-4c00-a644-eee8558d8053.pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c.private-network.internal.",
-                "ap-a71da13f-7c70-4c00-a644-eee8558d8053.pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c.private-network.internal.",
-            ]
-        );
-        assert_eq!(container_names(&net, &key("worker", 2)).len(), 2);
     }
 }

@@ -7,7 +7,10 @@ use ipnet::Ipv4Net;
 use pn_common::ids::{AppId, HostId, NetworkId, Uuid};
 
 use super::{Backend, Membership, MembershipError, WatchEvent, view::MembershipView};
-use crate::model::{Container, ContainerKey, now_secs};
+use crate::{
+    error::{ErrorKind, Kind},
+    model::{Container, ContainerKey, Host, now_secs},
+};
 
 pub fn net_id(n: u8) -> NetworkId {
     NetworkId(Uuid::from_random_bytes([n; 16]))
@@ -38,7 +41,7 @@ async fn attach(m: &Membership, net: NetworkId, k: &ContainerKey, h: &str) -> Co
         host: host(h),
         netns: "ns".into(),
         ifname: "pn0".into(),
-        host_ifname: "pnh-x".into(),
+        host_ifname: k.host_ifname(),
         created_at: now_secs(),
     };
     m.put_container(&c).await.unwrap();
@@ -105,14 +108,14 @@ pub async fn pool_exhaustion_is_reported(kv: Arc<dyn Backend>) {
         .create_network(net_id(3), None, &small, 24)
         .await
         .unwrap_err();
-    assert!(matches!(err, MembershipError::Exhausted(_)), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Exhausted, "{err}");
     assert!(err.to_string().contains("exhausted"), "{err}");
 }
 
 pub async fn apps_need_an_existing_network(kv: Arc<dyn Backend>) {
     let m = Membership::new(kv);
     let err = m.create_app(app_id(1), &net_id(9), None).await.unwrap_err();
-    assert!(matches!(err, MembershipError::NotFound(_)), "{err}");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     m.create_network(net_id(1), None, &pool(), 22)
         .await
         .unwrap();
@@ -121,6 +124,7 @@ pub async fn apps_need_an_existing_network(kv: Arc<dyn Backend>) {
         .unwrap();
     let err = m.create_app(app_id(1), &net_id(1), None).await.unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Conflict);
     assert_eq!(
         m.app(&app_id(1)).await.unwrap().name.as_deref(),
         Some("waf")
@@ -166,6 +170,7 @@ pub async fn a_container_key_is_claimed_once(kv: Arc<dyn Backend>) {
     let ip = m.reserve_address(&net, &k, &host("h1")).await.unwrap();
     let err = m.reserve_address(&net, &k, &host("h2")).await.unwrap_err();
     assert!(matches!(err, MembershipError::Taken(_)), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Conflict);
     assert!(err.to_string().contains("h1"), "{err}");
     // Releasing frees both the address and the key.
     m.release_address(&net, ip, &k).await.unwrap();
@@ -230,8 +235,8 @@ pub async fn views_follow_the_watch(kv: Arc<dyn Backend>) {
     let net = net_id(1);
     m.create_network(net, None, &pool(), 22).await.unwrap();
     let listing = kv.list("").await.unwrap();
-    let (mut view, errors) = MembershipView::from_listing(&listing);
-    assert!(errors.is_empty());
+    let mut view = MembershipView::new(pool()).reloaded(&listing);
+    assert!(view.rejected.is_empty(), "{:?}", view.rejected);
     let mut rx = kv.watch("", listing.rev + 1).await.unwrap();
     m.create_app(app_id(1), &net, None).await.unwrap();
     let c = attach(&m, net, &key(app_id(1), "web", 1), "h2").await;
@@ -255,6 +260,59 @@ pub async fn views_follow_the_watch(kv: Arc<dyn Backend>) {
     assert_eq!(view.apps.len(), 1);
     assert_eq!(view.containers.len(), 1);
     assert_eq!(view.container_by_ip(c2.ip).unwrap().key, c2.key);
+    assert!(view.rejected.is_empty(), "{:?}", view.rejected);
+}
+
+fn bare_host(h: &str) -> Host {
+    Host {
+        id: host(h),
+        advertise: None,
+        public_key: None,
+        started_at: now_secs(),
+        peer_id: 0,
+    }
+}
+
+pub async fn hosts_get_unique_peer_ids_and_keep_them(kv: Arc<dyn Backend>) {
+    let m = Membership::new(kv.clone());
+    let (h1, _) = m.register_host(&bare_host("h1")).await.unwrap();
+    let (h2, _) = m.register_host(&bare_host("h2")).await.unwrap();
+    assert_eq!((h1.peer_id, h2.peer_id), (1, 2));
+    // Registering again (a restart) keeps the id, even if the record went.
+    let mut again = bare_host("h1");
+    again.peer_id = 77;
+    assert_eq!(m.register_host(&again).await.unwrap().0.peer_id, 1);
+    kv.txn(vec![], vec![super::Op::Delete("hosts/h1".into())])
+        .await
+        .unwrap();
+    assert_eq!(m.register_host(&again).await.unwrap().0.peer_id, 1);
+    // Many at once: all distinct.
+    let mut tasks = Vec::new();
+    for i in 3..=24 {
+        let m = m.clone();
+        tasks.push(tokio::spawn(async move {
+            m.register_host(&bare_host(&format!("h{i}")))
+                .await
+                .unwrap()
+                .0
+                .peer_id
+        }));
+    }
+    let mut ids = BTreeSet::from([1, 2]);
+    for t in tasks {
+        assert!(ids.insert(t.await.unwrap()), "duplicate peer id");
+    }
+    let stored: BTreeSet<u32> = m.hosts().await.unwrap().iter().map(|h| h.peer_id).collect();
+    assert_eq!(stored, ids);
+    assert!(!stored.contains(&0));
+    // A removed host's id is free again.
+    m.remove_host(&host("h2")).await.unwrap();
+    let (h25, _) = m.register_host(&bare_host("h25")).await.unwrap();
+    assert_eq!(h25.peer_id, 2);
+    // The view takes them all in.
+    let view = MembershipView::new(pool()).reloaded(&kv.list("").await.unwrap());
+    assert_eq!(view.hosts.len(), 24);
+    assert!(view.rejected.is_empty(), "{:?}", view.rejected);
 }
 
 /// Runs every conformance test, each on a fresh store from `fresh`.
@@ -296,6 +354,13 @@ macro_rules! store_conformance_tests {
         #[tokio::test]
         async fn deletes_respect_dependents() {
             $crate::store::conformance::deletes_respect_dependents($fresh("deletes").await).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn hosts_get_unique_peer_ids_and_keep_them() {
+            $crate::store::conformance::hosts_get_unique_peer_ids_and_keep_them(
+                $fresh("peers").await,
+            )
+            .await
         }
         #[tokio::test]
         async fn views_follow_the_watch() {

@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{Backend, Cond, Entry, Listing, Op, StoreError, WatchEvent};
+use super::backend::{Backend, Cond, Entry, Listing, Op, StoreError, WatchEvent};
 
 /// Events kept for watchers that resume from an older revision.
 const HISTORY: usize = 16_384;

@@ -13,7 +13,7 @@ use etcd_client::{
 use futures::future::BoxFuture;
 use tokio::sync::{Mutex, mpsc};
 
-use super::{Backend, Cond, Entry, Listing, Op, StoreError, WatchEvent};
+use super::backend::{Backend, Cond, Entry, Listing, Op, StoreError, WatchEvent};
 
 /// Longest wait for one request before the store counts as unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

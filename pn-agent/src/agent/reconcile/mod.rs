@@ -10,7 +10,6 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
 };
 
-use ipnet::Ipv4Net;
 use pn_common::{
     Ip4,
     ids::HostId,
@@ -28,8 +27,6 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct Local<'a> {
     pub host: &'a HostId,
-    /// The fleet pool: networks outside it need a route of their own.
-    pub pool: Ipv4Net,
 }
 
 /// Which part of the view a reconciliation covers.
@@ -57,8 +54,6 @@ pub struct Desired {
     pub members: BTreeMap<Ipv4Addr, Member>,
     /// Peers of the tunnel (id, public key, endpoint), when the fleet is covered.
     pub tunnel_peers: Option<Vec<(PeerId, [u8; 32], SocketAddr)>>,
-    /// Network ranges outside the pool, routed to the tunnel too.
-    pub tunnel_routes: Vec<Ipv4Net>,
     /// Local containers whose interface is gone (their namespace was
     /// deleted while nobody watched): to be detached in the store.
     pub stale: Vec<ContainerKey>,
@@ -107,12 +102,6 @@ pub fn desired(
         d.datapath.peers = underlay_peers(view, local);
         d.datapath.tags = local_tags(view, local);
         d.tunnel_peers = Some(tunnel_peers(view, local));
-        d.tunnel_routes = view
-            .networks
-            .values()
-            .map(|n| n.cidr)
-            .filter(|c| !local.pool.contains(c))
-            .collect();
     }
     match touched {
         Touched::All => {
@@ -186,7 +175,11 @@ fn add_container(
     };
     let ip = to_ip4(c.ip);
     if c.host != *local.host {
-        let peer = peer_id(&c.host);
+        // A host the view does not know (or refused) has no peer id: its
+        // containers stay unknown, so their traffic fails closed.
+        let Some(peer) = view.peer_id(&c.host) else {
+            return;
+        };
         d.members.insert(
             c.ip,
             Member {
@@ -235,11 +228,6 @@ fn add_container(
     );
 }
 
-/// The id of a peer host in the datapath and the tunnel (never 0).
-pub fn peer_id(id: &HostId) -> PeerId {
-    crate::model::peer_index(id)
-}
-
 fn underlay_peers(view: &MembershipView, local: &Local<'_>) -> BTreeMap<Ip4, Peer> {
     view.hosts
         .values()
@@ -248,7 +236,7 @@ fn underlay_peers(view: &MembershipView, local: &Local<'_>) -> BTreeMap<Ip4, Pee
             SocketAddr::V4(a) => Some((
                 to_ip4(*a.ip()),
                 Peer {
-                    index: peer_id(&h.id),
+                    index: h.peer_id,
                     flags: 0,
                 },
             )),
@@ -267,13 +255,7 @@ fn tunnel_peers(view: &MembershipView, local: &Local<'_>) -> Vec<(PeerId, [u8; 3
     view.hosts
         .values()
         .filter(|h| h.id != *local.host)
-        .filter_map(|h| {
-            Some((
-                peer_id(&h.id),
-                pn_tunnel::keyfile::decode_key(h.public_key.as_deref()?)?,
-                h.advertise?,
-            ))
-        })
+        .filter_map(|h| Some((h.peer_id, h.key_bytes()?, h.advertise?)))
         .collect()
 }
 

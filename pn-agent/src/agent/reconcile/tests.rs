@@ -21,10 +21,6 @@ fn host(id: &str) -> HostId {
     id.parse().unwrap()
 }
 
-fn pool() -> Ipv4Net {
-    "10.240.0.0/12".parse().unwrap()
-}
-
 fn container(index: u32, ip: [u8; 4], on: &str) -> Container {
     let key = ContainerKey {
         app: APP.parse().unwrap(),
@@ -70,7 +66,11 @@ fn fleet() -> MembershipView {
             created_at: 0,
         },
     );
-    for (id, addr) in [("a", "192.0.2.1:51871"), ("b", "192.0.2.2:51871")] {
+    for (id, addr, peer) in [
+        ("a", "192.0.2.1:51871", 1),
+        ("b", "192.0.2.2:51871", 2),
+        ("c", "192.0.2.3:51871", 3),
+    ] {
         v.hosts.insert(
             host(id),
             Host {
@@ -78,6 +78,7 @@ fn fleet() -> MembershipView {
                 advertise: Some(addr.parse().unwrap()),
                 public_key: Some(pn_tunnel::keyfile::encode_key(&[id.as_bytes()[0]; 32])),
                 started_at: 0,
+                peer_id: peer,
             },
         );
     }
@@ -101,15 +102,7 @@ fn a() -> HostId {
 
 fn desired_for(v: &MembershipView, links: &BTreeMap<String, u32>, t: &Touched) -> Desired {
     let me = a();
-    desired(
-        v,
-        &Local {
-            host: &me,
-            pool: pool(),
-        },
-        links,
-        t,
-    )
+    desired(v, &Local { host: &me }, links, t)
 }
 
 fn ip(a: [u8; 4]) -> Ip4 {
@@ -127,15 +120,15 @@ fn the_whole_fleet_gives_local_and_remote_entries_peers_and_tags() {
     );
     let remote = d.datapath.endpoints[&ip([10, 240, 0, 3])];
     assert!(remote.is_remote());
-    assert_eq!(remote.peer, peer_id(&host("b")));
+    assert_eq!(remote.peer, 2);
     assert_eq!(d.datapath.ifaces[&10].addr, ip([10, 240, 0, 2]));
     assert_eq!(d.datapath.attached.len(), 1);
     assert_eq!(d.datapath.tags, [3].into());
-    // Peers: b only (never this host).
-    assert_eq!(d.datapath.peers.len(), 1);
-    assert!(d.datapath.peers.contains_key(&ip([192, 0, 2, 2])));
+    // Peers: b and c (never this host).
+    assert_eq!(d.datapath.peers.len(), 2);
+    assert_eq!(d.datapath.peers[&ip([192, 0, 2, 2])].index, 2);
     let tp = d.tunnel_peers.unwrap();
-    assert_eq!(tp.len(), 1);
+    assert_eq!(tp.len(), 2);
     assert_eq!(tp[0].2, "192.0.2.2:51871".parse::<SocketAddr>().unwrap());
     assert_eq!(d.members.len(), 2);
     assert!(d.members[&Ipv4Addr::new(10, 240, 0, 3)].peer.is_some());
@@ -156,28 +149,13 @@ fn a_local_container_without_its_interface_is_stale_and_a_stray_interface_an_orp
 }
 
 #[test]
-fn networks_outside_the_pool_are_routed_to_the_tunnel() {
+fn containers_of_a_host_the_view_does_not_know_fail_closed() {
     let mut v = fleet();
-    let id: pn_common::ids::NetworkId = "pn-00000000-0000-4000-8000-000000000001".parse().unwrap();
-    v.networks.insert(
-        id,
-        Network {
-            id,
-            cidr: "172.31.0.0/24".parse().unwrap(),
-            tag: 4,
-            created_at: 0,
-        },
-    );
-    let d = desired_for(&v, &links(&v), &Touched::Fleet);
-    assert_eq!(
-        d.tunnel_routes,
-        ["172.31.0.0/24".parse::<Ipv4Net>().unwrap()]
-    );
-    assert!(
-        d.datapath.endpoints.is_empty(),
-        "fleet scope has no entries"
-    );
-    assert_eq!(d.scope, Some(Scope::underlay()));
+    let stranger = container(4, [10, 240, 0, 9], "nobody");
+    add(&mut v, stranger.clone());
+    let d = desired_for(&v, &links(&v), &Touched::All);
+    assert!(!d.datapath.endpoints.contains_key(&ip([10, 240, 0, 9])));
+    assert!(!d.members.contains_key(&stranger.ip));
 }
 
 #[test]
@@ -220,7 +198,7 @@ fn a_container_moving_to_another_host_becomes_remote_and_its_interface_goes() {
     dp.apply(&d.datapath, d.scope.as_ref().unwrap()).unwrap();
     let k = &dp.maps().state;
     let ep = k.endpoints[&ip([10, 240, 0, 2])];
-    assert!(ep.is_remote() && ep.peer == peer_id(&host("b")));
+    assert!(ep.is_remote() && ep.peer == 2);
     assert!(k.ifaces.is_empty(), "{:?}", k.ifaces);
     assert!(k.attached.is_empty());
     assert_eq!(d.orphans, std::slice::from_ref(&before.host_ifname));
@@ -236,7 +214,7 @@ fn a_removed_host_takes_its_containers_and_its_peer_away() {
     let mut v = fleet();
     let mut dp = Datapath::new(FakeMaps::default());
     converge(&mut dp, &v, &Touched::All);
-    assert_eq!(dp.maps().state.peers.len(), 1);
+    assert_eq!(dp.maps().state.peers.len(), 2);
     // `host remove b`: its containers, then its record.
     let gone = v
         .containers
@@ -247,8 +225,8 @@ fn a_removed_host_takes_its_containers_and_its_peer_away() {
     assert!(!dp.maps().state.endpoints.contains_key(&ip([10, 240, 0, 3])));
     v.hosts.remove(&host("b"));
     let d = converge(&mut dp, &v, &Touched::Fleet);
-    assert!(dp.maps().state.peers.is_empty());
-    assert!(d.tunnel_peers.unwrap().is_empty());
+    assert_eq!(dp.maps().state.peers.len(), 1, "only c is left");
+    assert_eq!(d.tunnel_peers.unwrap().len(), 1);
     // This host's own container is untouched.
     assert_eq!(dp.maps().state.endpoints.len(), 1);
     assert_eq!(dp.maps().state.attached.len(), 1);
@@ -264,11 +242,11 @@ fn an_address_taken_over_by_another_container_is_rewritten_not_removed() {
         .containers
         .remove(&container(2, [10, 240, 0, 3], "b").key)
         .unwrap();
-    let c3 = container(3, [10, 240, 0, 3], "a-third-host");
+    let c3 = container(3, [10, 240, 0, 3], "c");
     add(&mut v, c3.clone());
     converge(&mut dp, &v, &Touched::Containers(vec![gone, c3]));
     let ep = dp.maps().state.endpoints[&ip([10, 240, 0, 3])];
-    assert_eq!(ep.peer, peer_id(&host("a-third-host")));
+    assert_eq!(ep.peer, 3);
 }
 
 #[test]

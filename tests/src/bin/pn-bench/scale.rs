@@ -9,8 +9,8 @@ use std::{
 };
 
 use pn_agent::{
-    model::{AddressLease, Container, ContainerKey},
-    store::{Backend, Op, etcd::Etcd, keys},
+    model::{AddressLease, Container, ContainerKey, Host},
+    store::{Backend, Membership, Op, etcd::Etcd, keys::Key},
 };
 use pn_tests::{Namespace, fleet::Fleet, unique_prefix};
 
@@ -43,6 +43,16 @@ fn register(
                 "/pn/".into(),
             ));
             let host: pn_common::ids::HostId = "bench-far".parse()?;
+            // Registered as its agent would be (it gets a peer id).
+            Membership::new(kv.clone())
+                .register_host(&Host {
+                    id: host.clone(),
+                    advertise: None,
+                    public_key: None,
+                    started_at: 0,
+                    peer_id: 0,
+                })
+                .await?;
             let t = Instant::now();
             let mut i = from;
             while i < to {
@@ -61,15 +71,21 @@ fn register(
                         host: host.clone(),
                         netns: "far".into(),
                         ifname: "pn0".into(),
-                        host_ifname: "pnhfar".into(),
+                        host_ifname: key.host_ifname(),
                         created_at: 0,
                     };
                     let lease = AddressLease {
                         owner: key.clone(),
                         host: host.clone(),
                     };
-                    ops.push(Op::Put(keys::ip(&net, ip), serde_json::to_string(&lease)?));
-                    ops.push(Op::Put(keys::container(&key), serde_json::to_string(&c)?));
+                    ops.push(Op::Put(
+                        Key::Ip(net, ip).into(),
+                        serde_json::to_string(&lease)?,
+                    ));
+                    ops.push(Op::Put(
+                        Key::Container(key).into(),
+                        serde_json::to_string(&c)?,
+                    ));
                 }
                 kv.txn(vec![], ops).await?;
                 i = (i + BATCH).min(to);
@@ -108,8 +124,9 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     let p = unique_prefix();
     let fleet = Fleet::new(&p, 1);
     let h = &fleet.hosts[0];
-    // A range big enough for the largest N, outside the pool.
-    let net_s = h.create_network(&["--cidr", "10.128.0.0/15"]);
+    // A range big enough for the largest N (inside the pool: agents refuse
+    // networks outside it).
+    let net_s = h.create_network(&["--cidr", "10.254.0.0/15"]);
     let app_s = h.create_app(&net_s);
     let net: pn_common::ids::NetworkId = net_s.parse()?;
     let app: pn_common::ids::AppId = app_s.parse()?;
@@ -121,7 +138,7 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
         .unwrap_or_default()
         .parse()?;
     // Far containers start after the local ones.
-    let base = u32::from(Ipv4Addr::new(10, 128, 1, 0));
+    let base = u32::from(Ipv4Addr::new(10, 254, 1, 0));
     let _stats = tools::BpfStats::enable()?;
     let mut rows = Vec::new();
     let cost0: Vec<f64> = (0..effort.runs)

@@ -1,0 +1,211 @@
+//! The key layout of the store, relative to the backend's prefix: one enum,
+//! one printer and one parser, so every reader of keys (the membership
+//! rules, the view, the agent) agrees on what a key names.
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `pool` | [`PoolDoc`](super::membership::PoolDoc): ranges and tags of every network |
+//! | `networks/<pn-…>` | [`Network`](crate::model::Network) |
+//! | `apps/<ap-…>` | [`App`](crate::model::App) |
+//! | `containers/<ap-…>/<type>/<index>` | [`Container`](crate::model::Container) |
+//! | `claims/<ap-…>/<type>/<index>` | lease of a container key while it is being attached |
+//! | `ips/<pn-…>/<address>` | [`AddressLease`](crate::model::AddressLease) |
+//! | `hosts/<host>` | [`Host`](crate::model::Host) |
+//! | `peers/<n>` | the host holding peer id `n` (a JSON string) |
+
+use std::{fmt, net::Ipv4Addr};
+
+use pn_common::ids::{AppId, HostId, NetworkId, parse_index};
+
+use crate::model::ContainerKey;
+
+pub const POOL: &str = "pool";
+pub const NETWORKS: &str = "networks/";
+pub const APPS: &str = "apps/";
+pub const CONTAINERS: &str = "containers/";
+pub const CLAIMS: &str = "claims/";
+pub const IPS: &str = "ips/";
+pub const HOSTS: &str = "hosts/";
+pub const PEERS: &str = "peers/";
+
+/// What a key of the store names.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Key {
+    Pool,
+    Network(NetworkId),
+    App(AppId),
+    Container(ContainerKey),
+    /// Claim on a container key while its attach is in progress.
+    Claim(ContainerKey),
+    /// An allocated address of a network.
+    Ip(NetworkId, Ipv4Addr),
+    Host(HostId),
+    /// Claim on a peer id (non-zero), so two hosts never hold the same.
+    Peer(u32),
+}
+
+impl Key {
+    /// The key `s` names, if it is one of the layout's, spelt the way
+    /// [`Display`](fmt::Display) spells it. Ids parse case-insensitively, so
+    /// a key in another spelling would alias a canonical one (and its delete
+    /// would remove the other's record): those are not keys of the layout.
+    pub fn parse(s: &str) -> Option<Key> {
+        let key = Self::parse_loose(s)?;
+        (key.to_string() == s).then_some(key)
+    }
+
+    fn parse_loose(s: &str) -> Option<Key> {
+        if s == POOL {
+            return Some(Key::Pool);
+        }
+        if let Some(t) = s.strip_prefix(NETWORKS) {
+            return t.parse().ok().map(Key::Network);
+        }
+        if let Some(t) = s.strip_prefix(APPS) {
+            return t.parse().ok().map(Key::App);
+        }
+        if let Some(t) = s.strip_prefix(CONTAINERS) {
+            return container_key(t).map(Key::Container);
+        }
+        if let Some(t) = s.strip_prefix(CLAIMS) {
+            return container_key(t).map(Key::Claim);
+        }
+        if let Some(t) = s.strip_prefix(IPS) {
+            let (net, ip) = t.split_once('/')?;
+            return Some(Key::Ip(net.parse().ok()?, ip.parse().ok()?));
+        }
+        if let Some(t) = s.strip_prefix(HOSTS) {
+            return t.parse().ok().map(Key::Host);
+        }
+        if let Some(t) = s.strip_prefix(PEERS) {
+            return parse_index(t).ok().map(Key::Peer);
+        }
+        None
+    }
+}
+
+/// `<ap-…>/<type>/<index>`
+fn container_key(s: &str) -> Option<ContainerKey> {
+    let mut parts = s.split('/');
+    let k = ContainerKey {
+        app: parts.next()?.parse().ok()?,
+        ctype: parts.next()?.parse().ok()?,
+        index: parse_index(parts.next()?).ok()?,
+    };
+    parts.next().is_none().then_some(k)
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::Pool => f.write_str(POOL),
+            Key::Network(id) => write!(f, "{NETWORKS}{id}"),
+            Key::App(id) => write!(f, "{APPS}{id}"),
+            Key::Container(k) => write!(f, "{CONTAINERS}{}/{}/{}", k.app, k.ctype, k.index),
+            Key::Claim(k) => write!(f, "{CLAIMS}{}/{}/{}", k.app, k.ctype, k.index),
+            Key::Ip(net, ip) => write!(f, "{IPS}{net}/{ip}"),
+            Key::Host(id) => write!(f, "{HOSTS}{id}"),
+            Key::Peer(n) => write!(f, "{PEERS}{n}"),
+        }
+    }
+}
+
+impl From<Key> for String {
+    fn from(k: Key) -> String {
+        k.to_string()
+    }
+}
+
+/// Prefix of the containers of one app (a range of the key space).
+pub fn containers_of(app: &AppId) -> String {
+    format!("{CONTAINERS}{app}/")
+}
+
+/// Prefix of the allocated addresses of one network.
+pub fn ips_of(net: &NetworkId) -> String {
+    format!("{IPS}{net}/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AP: &str = "ap-a71da13f-7c70-4c00-a644-eee8558d8053";
+    const PN: &str = "pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c";
+
+    fn ck() -> ContainerKey {
+        ContainerKey {
+            app: AP.parse().unwrap(),
+            ctype: "web".parse().unwrap(),
+            index: 12,
+        }
+    }
+
+    #[test]
+    fn every_key_round_trips() {
+        let keys = [
+            Key::Pool,
+            Key::Network(PN.parse().unwrap()),
+            Key::App(AP.parse().unwrap()),
+            Key::Container(ck()),
+            Key::Claim(ck()),
+            Key::Ip(PN.parse().unwrap(), Ipv4Addr::new(10, 240, 0, 7)),
+            Key::Host("h-1".parse().unwrap()),
+            Key::Peer(4_000_000_000),
+        ];
+        for k in keys {
+            let s = k.to_string();
+            assert_eq!(Key::parse(&s), Some(k), "{s}");
+        }
+        assert_eq!(
+            Key::Container(ck()).to_string(),
+            format!("containers/{AP}/web/12")
+        );
+        assert_eq!(
+            Key::Ip(PN.parse().unwrap(), Ipv4Addr::new(10, 240, 0, 7)).to_string(),
+            format!("ips/{PN}/10.240.0.7")
+        );
+    }
+
+    #[test]
+    fn prefixes_are_prefixes_of_their_keys() {
+        let app: AppId = AP.parse().unwrap();
+        assert!(
+            Key::Container(ck())
+                .to_string()
+                .starts_with(&containers_of(&app))
+        );
+        let net: NetworkId = PN.parse().unwrap();
+        assert!(
+            Key::Ip(net, Ipv4Addr::LOCALHOST)
+                .to_string()
+                .starts_with(&ips_of(&net))
+        );
+    }
+
+    #[test]
+    fn anything_else_is_not_a_key() {
+        for bad in [
+            "",
+            "pool/",
+            "networks/",
+            "networks/pn-nope",
+            &format!("networks/{}", PN.to_uppercase()),
+            &format!("containers/{AP}/web"),
+            &format!("containers/{AP}/web/0"),
+            &format!("containers/{AP}/web/01"),
+            &format!("containers/{AP}/web/1/x"),
+            &format!("containers/{AP}/Web/1"),
+            &format!("ips/{PN}/10.240.0.300"),
+            &format!("ips/{PN}/010.240.0.1"),
+            "hosts/H1",
+            "hosts/a_b",
+            "peers/0",
+            "peers/01",
+            "peers/4294967296",
+            "other/thing",
+        ] {
+            assert_eq!(Key::parse(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Addresses and containers: an address is reserved (with a claim on the
+//! container key) before the container's interface is made, and recorded
+//! with the container once it is.
+
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use pn_common::ids::{AppId, HostId, NetworkId};
+
+use super::{Membership, MembershipError, Result, Step, as_read, decode, encode};
+use crate::{
+    ipam,
+    model::{AddressLease, App, Container, ContainerKey},
+    store::{
+        backend::Op,
+        keys::{self, Key},
+    },
+};
+
+impl Membership {
+    pub async fn containers(&self) -> Result<Vec<Container>> {
+        self.list_decoded(keys::CONTAINERS).await
+    }
+
+    pub async fn containers_of(&self, app: &AppId) -> Result<Vec<Container>> {
+        self.list_decoded(&keys::containers_of(app)).await
+    }
+
+    pub async fn container(&self, key: &ContainerKey) -> Result<Option<Container>> {
+        Ok(self
+            .get_decoded(&Key::Container(key.clone()))
+            .await?
+            .map(|(c, _)| c))
+    }
+
+    /// Reserves the lowest free address of `network` for `owner`, and claims
+    /// the container key itself. Safe against any number of concurrent callers
+    /// on any number of hosts: both keys are created only if absent, and the
+    /// container must not exist yet. [`MembershipError::Taken`] when the key
+    /// is attached or claimed already (an automatic index then tries the next).
+    pub async fn reserve_address(
+        &self,
+        network: &NetworkId,
+        owner: &ContainerKey,
+        host: &HostId,
+    ) -> Result<Ipv4Addr> {
+        let net = self.network(network).await?;
+        let lease = AddressLease {
+            owner: owner.clone(),
+            host: host.clone(),
+        };
+        let (claim_key, container_key) =
+            (&Key::Claim(owner.clone()), &Key::Container(owner.clone()));
+        let lease = &lease;
+        self.read_modify_write(
+            move |lost| {
+                Box::pin(async move {
+                    // Only after a lost race is it worth asking who holds the key.
+                    if lost > 0
+                        && let Some(h) = self.holder(owner).await?
+                    {
+                        return Err(MembershipError::Taken(format!(
+                            "container {owner} is already attached (or being attached) on host {h}"
+                        )));
+                    }
+                    let used: BTreeSet<Ipv4Addr> = self
+                        .kv
+                        .list(&keys::ips_of(network))
+                        .await?
+                        .entries
+                        .iter()
+                        .filter_map(|(k, _)| match Key::parse(k)? {
+                            Key::Ip(_, ip) => Some(ip),
+                            _ => None,
+                        })
+                        .collect();
+                    let ip = ipam::next_address(&net.cidr, &used).ok_or_else(|| {
+                        MembershipError::Exhausted(format!(
+                            "no free address left in network {network} ({}: {} in use)",
+                            net.cidr,
+                            used.len()
+                        ))
+                    })?;
+                    let ip_key = &Key::Ip(*network, ip);
+                    Ok(Step::write(
+                        vec![
+                            as_read(ip_key, None),
+                            as_read(claim_key, None),
+                            as_read(container_key, None),
+                        ],
+                        vec![
+                            Op::Put(ip_key.to_string(), encode(lease)),
+                            Op::Put(claim_key.to_string(), encode(lease)),
+                        ],
+                        move |_| ip,
+                    ))
+                })
+            },
+            || format!("too much contention on the addresses of network {network}; try again"),
+        )
+        .await
+    }
+
+    /// The host attaching (claim) or holding (record) a container key.
+    async fn holder(&self, key: &ContainerKey) -> Result<Option<HostId>> {
+        if let Some((claim, _)) = self
+            .get_decoded::<AddressLease>(&Key::Claim(key.clone()))
+            .await?
+        {
+            return Ok(Some(claim.host));
+        }
+        Ok(self.container(key).await?.map(|c| c.host))
+    }
+
+    /// Releases an address if `owner` still holds it.
+    pub async fn release_address(
+        &self,
+        network: &NetworkId,
+        ip: Ipv4Addr,
+        owner: &ContainerKey,
+    ) -> Result<()> {
+        let ip_key = &Key::Ip(*network, ip);
+        self.read_modify_write(
+            move |_| {
+                Box::pin(async move {
+                    match self.get_decoded::<AddressLease>(ip_key).await? {
+                        Some((lease, rev)) if lease.owner == *owner => Ok(Step::write(
+                            vec![as_read(ip_key, Some(rev))],
+                            vec![
+                                Op::Delete(ip_key.to_string()),
+                                Op::Delete(Key::Claim(owner.clone()).into()),
+                            ],
+                            |_| (),
+                        )),
+                        _ => Ok(Step::Done(())),
+                    }
+                })
+            },
+            || format!("address {ip} of network {network} keeps changing; try again"),
+        )
+        .await
+    }
+
+    /// Address leases held by `host` (to collect the ones a crash left behind).
+    pub async fn leases_of_host(
+        &self,
+        host: &HostId,
+    ) -> Result<Vec<(NetworkId, Ipv4Addr, AddressLease)>> {
+        let listing = self.kv.list(keys::IPS).await?;
+        let mut out = Vec::new();
+        for (k, e) in &listing.entries {
+            let Some(Key::Ip(net, ip)) = Key::parse(k) else {
+                continue;
+            };
+            let lease: AddressLease = decode(k, e)?;
+            if lease.host == *host {
+                out.push((net, ip, lease));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records an attached container whose address is already reserved.
+    pub async fn put_container(&self, c: &Container) -> Result<i64> {
+        let app_key = &Key::App(c.key.app);
+        let container_key = &Key::Container(c.key.clone());
+        self.read_modify_write(
+            move |_| {
+                Box::pin(async move {
+                    let (app, app_rev) =
+                        self.get_decoded::<App>(app_key).await?.ok_or_else(|| {
+                            MembershipError::NotFound(format!("application {}", c.key.app))
+                        })?;
+                    if let Some(existing) = self.container(&c.key).await? {
+                        return Err(MembershipError::Conflict(format!(
+                            "container {} is already attached on host {}",
+                            c.key, existing.host
+                        )));
+                    }
+                    // Rewriting the app bumps its revision: see `delete_app`.
+                    Ok(Step::write(
+                        vec![
+                            as_read(app_key, Some(app_rev)),
+                            as_read(container_key, None),
+                        ],
+                        vec![
+                            Op::Put(app_key.to_string(), encode(&app)),
+                            Op::Put(container_key.to_string(), encode(c)),
+                            Op::Delete(Key::Claim(c.key.clone()).into()),
+                        ],
+                        |rev| rev,
+                    ))
+                })
+            },
+            || format!("application {} keeps changing; try again", c.key.app),
+        )
+        .await
+    }
+
+    /// Removes a container record and frees its address, atomically.
+    pub async fn delete_container(&self, key: &ContainerKey) -> Result<Option<(Container, i64)>> {
+        let container_key = &Key::Container(key.clone());
+        self.read_modify_write(
+            move |_| {
+                Box::pin(async move {
+                    let Some((c, rev)) = self.get_decoded::<Container>(container_key).await? else {
+                        return Ok(Step::Done(None));
+                    };
+                    Ok(Step::write(
+                        vec![as_read(container_key, Some(rev))],
+                        vec![
+                            Op::Delete(container_key.to_string()),
+                            Op::Delete(Key::Ip(c.network, c.ip).into()),
+                        ],
+                        move |rev| Some((c, rev)),
+                    ))
+                })
+            },
+            || format!("container {key} keeps changing; try again"),
+        )
+        .await
+    }
+}

@@ -1,0 +1,298 @@
+//! What a record read from the store must be before the view takes it in,
+//! and so before anything derived from it reaches the kernel. The store is
+//! shared by the fleet: whoever can write to it must not be able to make an
+//! agent touch interfaces it did not make, take an address someone else
+//! holds, or put a network where the kernel treats addresses specially.
+
+use std::net::SocketAddr;
+
+use pn_common::ids::{AppId, HostId, NetworkId};
+use serde::de::DeserializeOwned;
+
+use super::MembershipView;
+use crate::{
+    ipam,
+    model::{self, App, Container, ContainerKey, Host, Network},
+    store::keys,
+};
+
+/// Why a record was refused: the label of the `rejected` counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reject {
+    /// The value is not a record of its kind.
+    Undecodable,
+    /// Not a key of the layout, or the record's own id is not its key's.
+    Key,
+    /// A network range the rules refuse (outside the pool, special, …).
+    Range,
+    /// A network range overlapping another network's.
+    Overlap,
+    /// A network tag that is zero or another network's.
+    Tag,
+    /// A known network whose range or tag changed.
+    Immutable,
+    /// An app or container of a network the view does not have.
+    UnknownNetwork,
+    /// A container of an app the view does not have.
+    UnknownApp,
+    /// An application name the rules refuse.
+    AppName,
+    /// A container address outside its network's range, or reserved.
+    Address,
+    /// A container address another container holds.
+    AddressTaken,
+    /// A host-side interface other than the one derived from the key.
+    HostInterface,
+    /// An interface name inside the namespace the rules refuse.
+    Interface,
+    /// A namespace that is neither a name nor a path.
+    Netns,
+    /// A tunnel endpoint no host can have.
+    Endpoint,
+    /// A public key that is not 32 bytes of base64.
+    HostKey,
+    /// A peer id that is zero or another host's.
+    PeerId,
+}
+
+impl Reject {
+    pub const ALL: [Reject; 17] = [
+        Reject::Undecodable,
+        Reject::Key,
+        Reject::Range,
+        Reject::Overlap,
+        Reject::Tag,
+        Reject::Immutable,
+        Reject::UnknownNetwork,
+        Reject::UnknownApp,
+        Reject::AppName,
+        Reject::Address,
+        Reject::AddressTaken,
+        Reject::HostInterface,
+        Reject::Interface,
+        Reject::Netns,
+        Reject::Endpoint,
+        Reject::HostKey,
+        Reject::PeerId,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::Undecodable => "undecodable",
+            Reject::Key => "key",
+            Reject::Range => "range",
+            Reject::Overlap => "overlap",
+            Reject::Tag => "tag",
+            Reject::Immutable => "immutable",
+            Reject::UnknownNetwork => "unknown_network",
+            Reject::UnknownApp => "unknown_app",
+            Reject::AppName => "app_name",
+            Reject::Address => "address",
+            Reject::AddressTaken => "address_taken",
+            Reject::HostInterface => "host_interface",
+            Reject::Interface => "interface",
+            Reject::Netns => "netns",
+            Reject::Endpoint => "endpoint",
+            Reject::HostKey => "host_key",
+            Reject::PeerId => "peer_id",
+        }
+    }
+}
+
+/// A record the view refused, and why (one line for the log).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("store record {key} refused ({}): {why}", reject.as_str())]
+pub struct Rejected {
+    pub key: String,
+    pub reject: Reject,
+    pub why: String,
+}
+
+impl Rejected {
+    pub fn new(key: &str, reject: Reject, why: impl ToString) -> Self {
+        Rejected {
+            key: key.to_string(),
+            reject,
+            why: why.to_string(),
+        }
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, Rejected>;
+
+pub(super) fn decode<T: DeserializeOwned>(key: &str, value: &str) -> Result<T> {
+    serde_json::from_str(value).map_err(|e| Rejected::new(key, Reject::Undecodable, e))
+}
+
+/// The record prefix `key` is under, if any (a key there must parse).
+pub(super) fn record_prefix(key: &str) -> Option<&'static str> {
+    [keys::NETWORKS, keys::APPS, keys::CONTAINERS, keys::HOSTS]
+        .into_iter()
+        .find(|p| key.starts_with(p))
+}
+
+fn same_id<T: PartialEq + std::fmt::Display>(key: &str, of_key: &T, of_record: &T) -> Result {
+    if of_key == of_record {
+        Ok(())
+    } else {
+        Err(Rejected::new(
+            key,
+            Reject::Key,
+            format!("the record is {of_record}'s"),
+        ))
+    }
+}
+
+impl MembershipView {
+    pub(super) fn check_network(&self, key: &str, id: &NetworkId, n: &Network) -> Result {
+        same_id(key, id, &n.id)?;
+        if let Some(known) = self.networks.get(id) {
+            if known.cidr != n.cidr || known.tag != n.tag {
+                return Err(Rejected::new(
+                    key,
+                    Reject::Immutable,
+                    format!(
+                        "network {id} is {} with tag {}; it cannot become {} with tag {}",
+                        known.cidr, known.tag, n.cidr, n.tag
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        ipam::check_network_range(&n.cidr, &self.pool)
+            .map_err(|e| Rejected::new(key, Reject::Range, e))?;
+        if n.tag == 0 {
+            return Err(Rejected::new(key, Reject::Tag, "tag 0 means no network"));
+        }
+        for other in self.networks.values() {
+            if ipam::overlaps(&n.cidr, &other.cidr) {
+                return Err(Rejected::new(
+                    key,
+                    Reject::Overlap,
+                    format!(
+                        "range {} overlaps {} of network {}",
+                        n.cidr, other.cidr, other.id
+                    ),
+                ));
+            }
+            if n.tag == other.tag {
+                return Err(Rejected::new(
+                    key,
+                    Reject::Tag,
+                    format!("tag {} is network {}'s", n.tag, other.id),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_app(&self, key: &str, id: &AppId, a: &App) -> Result {
+        same_id(key, id, &a.id)?;
+        if !self.networks.contains_key(&a.network) {
+            return Err(Rejected::new(
+                key,
+                Reject::UnknownNetwork,
+                format!("network {} is unknown", a.network),
+            ));
+        }
+        if let Some(name) = &a.name {
+            model::check_app_name(name).map_err(|e| Rejected::new(key, Reject::AppName, e))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_container(&self, key: &str, k: &ContainerKey, c: &Container) -> Result {
+        same_id(key, k, &c.key)?;
+        let derived = k.host_ifname();
+        if c.host_ifname != derived {
+            return Err(Rejected::new(
+                key,
+                Reject::HostInterface,
+                format!(
+                    "host interface {:?} is not the one the agent names it ({derived})",
+                    c.host_ifname
+                ),
+            ));
+        }
+        model::check_ifname(&c.ifname).map_err(|e| Rejected::new(key, Reject::Interface, e))?;
+        model::check_netns(&c.netns).map_err(|e| Rejected::new(key, Reject::Netns, e))?;
+        let Some(net) = self.networks.get(&c.network) else {
+            return Err(Rejected::new(
+                key,
+                Reject::UnknownNetwork,
+                format!("network {} is unknown", c.network),
+            ));
+        };
+        if !self.apps.contains_key(&k.app) {
+            return Err(Rejected::new(
+                key,
+                Reject::UnknownApp,
+                format!("application {} is unknown", k.app),
+            ));
+        }
+        ipam::check_address(&net.cidr, c.ip).map_err(|e| Rejected::new(key, Reject::Address, e))?;
+        if let Some(holder) = self.by_ip.get(&c.ip)
+            && holder != k
+        {
+            return Err(Rejected::new(
+                key,
+                Reject::AddressTaken,
+                format!("address {} is container {holder}'s", c.ip),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_host(&self, key: &str, id: &HostId, h: &Host) -> Result {
+        same_id(key, id, &h.id)?;
+        if let Some(a) = h.advertise
+            && !endpoint_ok(a)
+        {
+            return Err(Rejected::new(
+                key,
+                Reject::Endpoint,
+                format!("{a} cannot be a tunnel endpoint"),
+            ));
+        }
+        if h.public_key.is_some() && h.key_bytes().is_none() {
+            return Err(Rejected::new(
+                key,
+                Reject::HostKey,
+                "the public key is not 32 bytes of base64",
+            ));
+        }
+        if h.peer_id == 0 {
+            return Err(Rejected::new(
+                key,
+                Reject::PeerId,
+                "no peer id (registered by an older agent?)",
+            ));
+        }
+        if let Some(other) = self
+            .hosts
+            .values()
+            .find(|o| o.id != h.id && o.peer_id == h.peer_id)
+        {
+            return Err(Rejected::new(
+                key,
+                Reject::PeerId,
+                format!("peer id {} is host {}'s", h.peer_id, other.id),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A unicast address and a port: something a datagram can be sent to.
+fn endpoint_ok(a: SocketAddr) -> bool {
+    if a.port() == 0 {
+        return false;
+    }
+    match a {
+        SocketAddr::V4(a) => {
+            let ip = a.ip();
+            !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast())
+        }
+        SocketAddr::V6(a) => !(a.ip().is_unspecified() || a.ip().is_multicast()),
+    }
+}

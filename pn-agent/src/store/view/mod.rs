@@ -1,0 +1,260 @@
+//! The membership as one agent sees it: rebuilt from a listing, then kept
+//! current by watch events. Everything the agent derives (maps, DNS answers,
+//! metrics labels) reads this view, never the store directly.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+};
+
+use ipnet::Ipv4Net;
+use pn_common::ids::{AppId, HostId, NetworkId};
+
+use super::{Listing, WatchEvent, keys::Key};
+use crate::model::{App, Container, ContainerKey, Host, Network};
+
+mod checks;
+#[cfg(test)]
+mod tests;
+
+pub use checks::{Reject, Rejected};
+
+#[derive(Clone, Debug)]
+pub struct MembershipView {
+    pub networks: BTreeMap<NetworkId, Network>,
+    pub apps: BTreeMap<AppId, App>,
+    pub containers: BTreeMap<ContainerKey, Container>,
+    pub hosts: BTreeMap<HostId, Host>,
+    pub by_ip: HashMap<Ipv4Addr, ContainerKey>,
+    /// Revision of the last change applied.
+    pub rev: i64,
+    /// Records refused since the agent started, by [`Reject::as_str`]
+    /// (each version of a record counted once).
+    pub rejected: BTreeMap<&'static str, u64>,
+    /// The fleet's address pool: every network's range lies inside it.
+    pool: Ipv4Net,
+    /// Refused keys and the revision of the version refused, so that a
+    /// record is counted and logged once, not at every listing.
+    refused: HashMap<String, i64>,
+}
+
+/// What one watch event changed, for the consumers that act incrementally.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    Network,
+    App,
+    ContainerPut {
+        new: Box<Container>,
+        old: Option<Box<Container>>,
+    },
+    ContainerDeleted(Box<Container>),
+    Host,
+    /// A key this view does not track (pool, address leases, claims).
+    Other,
+}
+
+impl Default for MembershipView {
+    /// An empty view of the default pool.
+    fn default() -> Self {
+        MembershipView::new(crate::ipam::DEFAULT_POOL.parse().expect("valid"))
+    }
+}
+
+/// Order in which a listing is loaded: what a record refers to comes first,
+/// and among records of one kind the older wins (an address claimed twice
+/// stays with the container that had it).
+fn load_order(key: &str) -> u8 {
+    match Key::parse(key) {
+        Some(Key::Network(_)) => 0,
+        Some(Key::App(_)) => 1,
+        Some(Key::Host(_)) => 2,
+        Some(Key::Container(_)) => 3,
+        _ => 4,
+    }
+}
+
+impl MembershipView {
+    /// An empty view of a fleet whose networks lie in `pool`.
+    pub fn new(pool: Ipv4Net) -> Self {
+        MembershipView {
+            networks: BTreeMap::new(),
+            apps: BTreeMap::new(),
+            containers: BTreeMap::new(),
+            hosts: BTreeMap::new(),
+            by_ip: HashMap::new(),
+            rev: 0,
+            rejected: BTreeMap::new(),
+            pool,
+            refused: HashMap::new(),
+        }
+    }
+
+    /// The view of a full listing, with this view's pool and its count of
+    /// refused records. Every record is checked as a watch event would be;
+    /// the refused ones are skipped (one bad record must not stop
+    /// enforcement of the rest), counted and logged once.
+    pub fn reloaded(&self, listing: &Listing) -> MembershipView {
+        let mut view = MembershipView::new(self.pool);
+        view.rejected = self.rejected.clone();
+        view.refused = self.refused.clone();
+        let mut entries: Vec<_> = listing.entries.iter().collect();
+        entries.sort_by_cached_key(|(key, e)| (load_order(key), e.mod_rev));
+        let mut seen = std::collections::HashSet::new();
+        for (key, entry) in entries {
+            seen.insert(key.as_str());
+            let _ = view.put(key, &entry.value, entry.mod_rev);
+        }
+        // Refused keys gone from the store are forgotten.
+        view.refused.retain(|k, _| seen.contains(k.as_str()));
+        view.rev = listing.rev;
+        view
+    }
+
+    /// Applies one watch event (not `Resync`, which the caller handles by
+    /// listing again). A refused record leaves the view as it was (and is
+    /// counted and logged here).
+    pub fn apply(&mut self, ev: &WatchEvent) -> Result<Change, Rejected> {
+        match ev {
+            WatchEvent::Put { key, value, rev } => {
+                self.rev = self.rev.max(*rev);
+                self.put(key, value, *rev)
+            }
+            WatchEvent::Delete { key, rev } => {
+                self.rev = self.rev.max(*rev);
+                self.refused.remove(key);
+                Ok(self.delete(key))
+            }
+            WatchEvent::Resync => Ok(Change::Other),
+        }
+    }
+
+    /// Checks a record, then takes it in; or counts and logs its refusal
+    /// (once per version).
+    fn put(&mut self, key: &str, value: &str, rev: i64) -> Result<Change, Rejected> {
+        match self.check_and_put(key, value) {
+            Ok(change) => {
+                self.refused.remove(key);
+                Ok(change)
+            }
+            Err(r) => {
+                if self.refused.insert(key.to_string(), rev) != Some(rev) {
+                    *self.rejected.entry(r.reject.as_str()).or_default() += 1;
+                    log::warn!("{r}; keeping the last good state");
+                }
+                Err(r)
+            }
+        }
+    }
+
+    fn check_and_put(&mut self, key: &str, value: &str) -> Result<Change, Rejected> {
+        let Some(parsed) = Key::parse(key) else {
+            return match checks::record_prefix(key) {
+                Some(_) => Err(Rejected::new(key, Reject::Key, "not a key of the layout")),
+                None => Ok(Change::Other),
+            };
+        };
+        match parsed {
+            Key::Network(id) => {
+                let n: Network = checks::decode(key, value)?;
+                self.check_network(key, &id, &n)?;
+                self.networks.insert(n.id, n);
+                Ok(Change::Network)
+            }
+            Key::App(id) => {
+                let a: App = checks::decode(key, value)?;
+                self.check_app(key, &id, &a)?;
+                self.apps.insert(a.id, a);
+                Ok(Change::App)
+            }
+            Key::Container(k) => {
+                let c: Container = checks::decode(key, value)?;
+                self.check_container(key, &k, &c)?;
+                let old = self.containers.insert(c.key.clone(), c.clone());
+                if let Some(o) = &old
+                    && o.ip != c.ip
+                {
+                    self.by_ip.remove(&o.ip);
+                }
+                self.by_ip.insert(c.ip, c.key.clone());
+                Ok(Change::ContainerPut {
+                    new: Box::new(c),
+                    old: old.map(Box::new),
+                })
+            }
+            Key::Host(id) => {
+                let h: Host = checks::decode(key, value)?;
+                self.check_host(key, &id, &h)?;
+                self.hosts.insert(h.id.clone(), h);
+                Ok(Change::Host)
+            }
+            _ => Ok(Change::Other),
+        }
+    }
+
+    fn delete(&mut self, key: &str) -> Change {
+        match Key::parse(key) {
+            Some(Key::Network(id)) => {
+                self.networks.remove(&id);
+                Change::Network
+            }
+            Some(Key::App(id)) => {
+                self.apps.remove(&id);
+                Change::App
+            }
+            Some(Key::Container(k)) => match self.containers.remove(&k) {
+                Some(c) => {
+                    if self.by_ip.get(&c.ip) == Some(&c.key) {
+                        self.by_ip.remove(&c.ip);
+                    }
+                    Change::ContainerDeleted(Box::new(c))
+                }
+                None => Change::Other,
+            },
+            Some(Key::Host(id)) => {
+                self.hosts.remove(&id);
+                Change::Host
+            }
+            _ => Change::Other,
+        }
+    }
+
+    pub fn container_by_ip(&self, ip: Ipv4Addr) -> Option<&Container> {
+        self.containers.get(self.by_ip.get(&ip)?)
+    }
+
+    /// Containers of one app, in key order: a range of the ordered map
+    /// (keys sort by app first), not a scan of the fleet.
+    pub fn containers_of_app<'a>(
+        &'a self,
+        app: &AppId,
+    ) -> impl Iterator<Item = &'a Container> + 'a {
+        let app = *app;
+        self.containers
+            .range(ContainerKey::first_of(app)..)
+            .take_while(move |(k, _)| k.app == app)
+            .map(|(_, c)| c)
+    }
+
+    /// Containers a DNS selector designates (the bare app name means `web`).
+    pub fn select<'a>(
+        &'a self,
+        app: &AppId,
+        selector: &'a pn_common::names::Selector,
+    ) -> impl Iterator<Item = &'a Container> + 'a {
+        self.containers_of_app(app)
+            .filter(move |c| selector.matches(&c.key.ctype, c.key.index))
+    }
+
+    /// The peer id of a host (non-zero, unique in the view), if the host
+    /// is known.
+    pub fn peer_id(&self, host: &HostId) -> Option<u32> {
+        self.hosts.get(host).map(|h| h.peer_id)
+    }
+
+    pub fn local_containers<'a>(
+        &'a self,
+        host: &'a HostId,
+    ) -> impl Iterator<Item = &'a Container> + 'a {
+        self.containers.values().filter(move |c| c.host == *host)
+    }
+}
