@@ -1,7 +1,7 @@
 //! The control API's protocol: one JSON request per line on a Unix socket,
 //! one JSON response line back (or a stream of lines for `flows --follow`).
-//! Types only: the agent answers with them ([`crate::server`]), the CLI sends
-//! them ([`crate::client`]).
+//! Types only: the agent answers with them (`server`), the CLI sends
+//! them (`client`).
 
 use std::{net::Ipv4Addr, path::PathBuf};
 
