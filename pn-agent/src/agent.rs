@@ -667,7 +667,14 @@ impl Agent {
             if !dp.is_attached(&c.host_ifname) {
                 dp.attach(&c.host_ifname)?;
             }
-            dp.set_iface(ifindex, Iface { addr: ip, tag })?;
+            dp.set_iface(
+                ifindex,
+                Iface {
+                    addr: ip,
+                    tag,
+                    ..Default::default()
+                },
+            )?;
             dp.set_endpoint(
                 ip,
                 Endpoint {
@@ -777,6 +784,7 @@ impl Agent {
                         Iface {
                             addr: ip,
                             tag: net.tag,
+                            ..Default::default()
                         },
                     );
                     desired_eps.insert(

@@ -55,11 +55,25 @@ pub enum Reason {
     NoRoute = 22,
     /// Tunnel (agent): waiting for a handshake with too many packets queued.
     QueueFull = 23,
+    /// Passed: between a container and the world (a destination outside the
+    /// pool, translated to its host's address), both directions.
+    Egress = 24,
+    /// Dropped: from a container toward what is never the world (the host's
+    /// addresses, loopback, link-local, multicast, broadcast, the underlay's
+    /// subnet, the store, `--egress-deny`), or anything outside a sealed
+    /// network.
+    EgressDenied = 25,
+    /// Passed: between a published `web` container and a router that came
+    /// through the host's published port, both directions.
+    Published = 26,
+    /// Dropped: toward a container, through its published port, from a
+    /// source that is not a router.
+    NotRouter = 27,
 }
 
 impl Reason {
     /// Number of reasons; counter arrays are sized by it.
-    pub const COUNT: usize = 24;
+    pub const COUNT: usize = 28;
 
     pub const ALL: [Reason; Reason::COUNT] = [
         Reason::Forwarded,
@@ -86,6 +100,10 @@ impl Reason {
         Reason::TagMismatch,
         Reason::NoRoute,
         Reason::QueueFull,
+        Reason::Egress,
+        Reason::EgressDenied,
+        Reason::Published,
+        Reason::NotRouter,
     ];
 
     pub const fn from_u8(v: u8) -> Option<Reason> {
@@ -99,7 +117,13 @@ impl Reason {
     pub const fn is_drop(self) -> bool {
         !matches!(
             self,
-            Reason::Forwarded | Reason::Delivered | Reason::Arp | Reason::Gateway | Reason::Tunnel
+            Reason::Forwarded
+                | Reason::Delivered
+                | Reason::Arp
+                | Reason::Gateway
+                | Reason::Tunnel
+                | Reason::Egress
+                | Reason::Published
         )
     }
 
@@ -130,6 +154,10 @@ impl Reason {
             Reason::TagMismatch => "tag_mismatch",
             Reason::NoRoute => "no_route",
             Reason::QueueFull => "queue_full",
+            Reason::Egress => "egress",
+            Reason::EgressDenied => "egress_denied",
+            Reason::Published => "published",
+            Reason::NotRouter => "not_router",
         }
     }
 
@@ -170,7 +198,9 @@ mod tests {
                 &Reason::Delivered,
                 &Reason::Arp,
                 &Reason::Gateway,
-                &Reason::Tunnel
+                &Reason::Tunnel,
+                &Reason::Egress,
+                &Reason::Published,
             ]
         );
     }
