@@ -11,6 +11,8 @@ use ipnet::Ipv4Net;
 use pn_common::ids::HostId;
 use serde::Deserialize;
 
+use crate::edge::ports::PortRange;
+
 pub const DEFAULT_API_SOCKET: &str = "/run/pn-agent/api.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/pn-agent";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/pn-agent";
@@ -77,6 +79,17 @@ pub struct RunSettings {
     /// Key prefix in etcd [default: /pn/].
     #[arg(long)]
     pub etcd_prefix: Option<String>,
+    /// Destinations containers never reach as the world, CIDR[,…], on top of
+    /// the built-in list (host, loopback, link-local, multicast, underlay, store).
+    #[arg(long, value_delimiter = ',')]
+    pub egress_deny: Option<Vec<Ipv4Net>>,
+    /// Sources that may use published ports (the platform's front routers),
+    /// CIDR[,…]; with none, nothing is published.
+    #[arg(long, value_delimiter = ',')]
+    pub router_cidr: Option<Vec<Ipv4Net>>,
+    /// Host ports published for `web` containers, LO-HI [default: 30000-32767].
+    #[arg(long)]
+    pub publish_ports: Option<PortRange>,
     /// The API socket (also the global `--api-socket`).
     #[arg(skip)]
     pub api_socket: Option<PathBuf>,
@@ -132,6 +145,28 @@ pub struct RunConfig {
     pub etcd_prefix: String,
     pub api_socket: PathBuf,
     pub tunnel: pn_tunnel::Config,
+    /// `--egress-deny`, network addresses outside the pool.
+    pub egress_deny: Vec<Ipv4Net>,
+    /// `--router-cidr`, network addresses outside the pool.
+    pub router_cidrs: Vec<Ipv4Net>,
+    pub publish_ports: PortRange,
+}
+
+/// `--egress-deny` and `--router-cidr` ranges: network addresses, outside
+/// the pool (members are governed by their networks, not by these lists).
+fn outside_pool(flag: &str, nets: Vec<Ipv4Net>, pool: Ipv4Net) -> anyhow::Result<Vec<Ipv4Net>> {
+    for n in &nets {
+        if n.trunc() != *n {
+            bail!(
+                "invalid --{flag} {n}: not a network address (did you mean {}?)",
+                n.trunc()
+            );
+        }
+        if n.contains(&pool.network()) || pool.contains(&n.network()) {
+            bail!("invalid --{flag} {n}: overlaps the pool {pool}");
+        }
+    }
+    Ok(nets)
 }
 
 fn hostname() -> String {
@@ -212,7 +247,14 @@ impl RunConfig {
         if !etcd_prefix.ends_with('/') {
             etcd_prefix.push('/');
         }
+        let egress_deny =
+            outside_pool("egress-deny", pick!(egress_deny).unwrap_or_default(), pool)?;
+        let router_cidrs =
+            outside_pool("router-cidr", pick!(router_cidr).unwrap_or_default(), pool)?;
         Ok(RunConfig {
+            egress_deny,
+            router_cidrs,
+            publish_ports: pick!(publish_ports).unwrap_or_default(),
             host_id,
             state_dir: pick!(state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             store,
@@ -288,6 +330,120 @@ mod tests {
         assert_eq!(c.dns_listen.to_string(), "169.254.1.1:53");
         assert_eq!(c.pool.to_string(), "10.240.0.0/12");
         assert_eq!(c.api_socket, PathBuf::from(DEFAULT_API_SOCKET));
+    }
+
+    #[test]
+    fn edge_settings_from_flags_and_file() {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            s: RunSettings,
+        }
+        let flags = <Flags as clap::Parser>::try_parse_from([
+            "run",
+            "--host-id",
+            "h",
+            "--egress-deny",
+            "198.51.100.0/24,192.0.2.64/26",
+            "--router-cidr",
+            "192.0.2.0/28",
+            "--publish-ports",
+            "40000-40099",
+        ])
+        .unwrap()
+        .s;
+        let c = RunConfig::resolve(flags, None).unwrap();
+        assert_eq!(
+            c.egress_deny,
+            vec![
+                "198.51.100.0/24".parse::<Ipv4Net>().unwrap(),
+                "192.0.2.64/26".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            c.router_cidrs,
+            vec!["192.0.2.0/28".parse::<Ipv4Net>().unwrap()]
+        );
+        assert_eq!(
+            c.publish_ports,
+            PortRange {
+                lo: 40000,
+                hi: 40099
+            }
+        );
+
+        let f = file(
+            "host-id = \"h\"\negress-deny = [\"203.0.113.0/24\"]\nrouter-cidr = [\"192.0.2.0/24\"]\npublish-ports = \"31000-31010\"\n",
+        );
+        let c = RunConfig::resolve(RunSettings::default(), Some(&f.0)).unwrap();
+        assert_eq!(
+            c.egress_deny,
+            vec!["203.0.113.0/24".parse::<Ipv4Net>().unwrap()]
+        );
+        assert_eq!(
+            c.router_cidrs,
+            vec!["192.0.2.0/24".parse::<Ipv4Net>().unwrap()]
+        );
+        assert_eq!(c.publish_ports.to_string(), "31000-31010");
+
+        // Defaults: nothing denied beyond the built-in list, no router, the NodePort range.
+        let c = RunConfig::resolve(
+            RunSettings {
+                host_id: Some("h".into()),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+        assert!(c.egress_deny.is_empty() && c.router_cidrs.is_empty());
+        assert_eq!(
+            c.publish_ports,
+            PortRange {
+                lo: 30000,
+                hi: 32767
+            }
+        );
+    }
+
+    #[test]
+    fn bad_edge_settings_give_one_clear_line() {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            s: RunSettings,
+        }
+        for (args, want) in [
+            (["--egress-deny", "10.0.0.0/8"], "overlaps the pool"),
+            (["--egress-deny", "10.241.0.0/16"], "overlaps the pool"),
+            (["--router-cidr", "192.0.2.1/24"], "not a network address"),
+            (["--router-cidr", "10.240.0.0/12"], "overlaps the pool"),
+        ] {
+            let flags = <Flags as clap::Parser>::try_parse_from(
+                ["run", "--host-id", "h"].into_iter().chain(args),
+            )
+            .unwrap()
+            .s;
+            let e = RunConfig::resolve(flags, None).unwrap_err().to_string();
+            assert!(e.contains(want), "{args:?}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        for args in [
+            ["--publish-ports", "32767-30000"],
+            ["--publish-ports", "0-10"],
+            ["--publish-ports", "30000"],
+            ["--egress-deny", "not-a-cidr"],
+            ["--router-cidr", "192.0.2.0/33"],
+        ] {
+            let e = <Flags as clap::Parser>::try_parse_from(
+                ["run", "--host-id", "h"].into_iter().chain(args),
+            )
+            .err()
+            .unwrap_or_else(|| panic!("{args:?} accepted"));
+            assert!(e.to_string().contains(args[0]), "{args:?}: {e}");
+        }
+        let f = file("publish-ports = \"9-1\"\n");
+        let e = RunConfig::resolve(RunSettings::default(), Some(&f.0)).unwrap_err();
+        assert!(e.to_string().contains("LO-HI"), "{e}");
     }
 
     #[test]

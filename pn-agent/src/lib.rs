@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod datapath;
 pub mod dns;
+pub mod edge;
 pub mod error;
 pub mod flows;
 pub mod ipam;

@@ -82,6 +82,16 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Tests only: make this namespace's edge rules the JSON `EdgeConfig`
+    /// read on stdin (or remove them), without an agent.
+    #[command(hide = true)]
+    EdgeApply {
+        #[arg(long)]
+        clear: bool,
+        /// Print the nftables JSON document instead of applying it.
+        #[arg(long)]
+        print: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -233,6 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             settings.api_socket = socket;
             daemon(*settings, config).await
         }
+        Command::EdgeApply { clear, print } => Ok(pn_agent::edge::apply_stdin(clear, print)?),
         Command::Network(NetworkCmd::Create { id, cidr }) => {
             let n: Network = Client::call(&path, &Request::NetworkCreate { id, cidr }).await?;
             print(out, &n, || format!("{}\n", n.id))

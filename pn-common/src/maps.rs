@@ -36,6 +36,30 @@ pub struct Iface {
     pub addr: Ip4,
     /// Its network's tag.
     pub tag: u32,
+    /// `FLAG_*` below. Zero is a container of an unsealed network that is
+    /// published nowhere.
+    pub flags: u32,
+    /// The app's web port (host order) when `FLAG_PUBLISHED`: the only port
+    /// routers reach through the host's published port.
+    pub web_port: u16,
+    pub _pad: u16,
+}
+
+impl Iface {
+    /// Its network is sealed (`--egress deny`): nothing outside the network.
+    /// Kept per interface, not per network, so the check costs no lookup; the
+    /// agent rewrites the network's interfaces when the setting changes.
+    pub const FLAG_EGRESS_DENY: u32 = 1;
+    /// A `web` container published on a port of its host for the routers.
+    pub const FLAG_PUBLISHED: u32 = 2;
+
+    pub const fn egress_denied(&self) -> bool {
+        self.flags & Self::FLAG_EGRESS_DENY != 0
+    }
+
+    pub const fn published(&self) -> bool {
+        self.flags & Self::FLAG_PUBLISHED != 0
+    }
 }
 
 /// Key of `PN_COUNTERS` (per-CPU hash): one row per endpoint and reason.
@@ -89,6 +113,92 @@ pub struct Config {
     /// only counted (a flood must not turn into an event storm).
     pub drop_events_per_sec: u32,
     pub _pad2: u32,
+    /// The fleet's address pool (network address and mask, as [`Ip4`]): a
+    /// destination outside it is the world. The zero default puts every
+    /// address in the pool, so an agent that does not set it keeps the world
+    /// out of reach.
+    pub pool_addr: Ip4,
+    pub pool_mask: Ip4,
+}
+
+impl Config {
+    pub const fn in_pool(&self, ip: Ip4) -> bool {
+        ip & self.pool_mask == self.pool_addr & self.pool_mask
+    }
+}
+
+/// What a connection with the world is, in `PN_CONNS`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnKind {
+    /// Opened by the container toward the world (translated by the host).
+    Egress = 1,
+    /// Opened by a router through the container's published port.
+    Published = 2,
+}
+
+impl ConnKind {
+    pub const fn from_u8(v: u8) -> Option<ConnKind> {
+        match v {
+            1 => Some(ConnKind::Egress),
+            2 => Some(ConnKind::Published),
+            _ => None,
+        }
+    }
+}
+
+/// Key of `PN_CONNS` (LRU): a connection between a container and something
+/// outside the pool, written from the container's side whatever the
+/// direction of the packet, so a packet and its reply find the same entry.
+/// Ports in host order; 0 for ICMP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ConnKey {
+    pub container: Ip4,
+    pub remote: Ip4,
+    pub container_port: u16,
+    pub remote_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `PN_CONNS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnState {
+    /// When the side that opened the connection last refreshed it (ns, monotonic).
+    pub last_seen_ns: u64,
+    /// A [`ConnKind`].
+    pub kind: u8,
+    pub _pad: [u8; 7],
+}
+
+impl ConnState {
+    pub const fn kind(&self) -> Option<ConnKind> {
+        ConnKind::from_u8(self.kind)
+    }
+}
+
+/// Value of `PN_EGRESS_DENY`, an LPM trie keyed by `{prefix_len: u32, addr:
+/// Ip4}`: why the range is never the world (for `status` and tests; the
+/// programs only test presence).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DenyRange {
+    pub kind: u32,
+}
+
+impl DenyRange {
+    /// Loopback, link-local, multicast, broadcast, reserved: never the world anywhere.
+    pub const SPECIAL: u32 = 1;
+    /// One of this host's own addresses, or a broadcast address of its subnets.
+    pub const HOST: u32 = 2;
+    /// The underlay's subnet.
+    pub const UNDERLAY: u32 = 3;
+    /// An endpoint of the membership store.
+    pub const STORE: u32 = 4;
+    /// Given with `--egress-deny`.
+    pub const OPERATOR: u32 = 5;
 }
 
 /// Value of `PN_PEERS`, keyed by a peer host's underlay address ([`Ip4`]):
@@ -117,17 +227,26 @@ pub const MAX_IFACES: u32 = 4_096;
 pub const MAX_COUNTERS: u32 = MAX_IFACES * crate::Reason::COUNT as u32 + 64;
 pub const MAX_FLOWS: u32 = 65_536;
 pub const MAX_PEERS: u32 = 4_096;
+/// `PN_CONNS`: connections with the world of this host's containers. LRU:
+/// under pressure the least recently used go first, never an active one
+/// unless this many are more active.
+pub const MAX_CONNS: u32 = 131_072;
+/// `PN_EGRESS_DENY`: ranges.
+pub const MAX_EGRESS_DENY: u32 = 4_096;
 /// `PN_TAGS`: tags (u32) of the networks with at least one local member.
 pub const MAX_TAGS: u32 = 65_536;
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 16);
-const _: () = assert!(core::mem::size_of::<Iface>() == 8);
+const _: () = assert!(core::mem::size_of::<Iface>() == 16);
 const _: () = assert!(core::mem::size_of::<CounterKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 8);
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<ConnKey>() == 16);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 16);
+const _: () = assert!(core::mem::size_of::<DenyRange>() == 4);
 const _: () = assert!(core::mem::size_of::<EventBudget>() == 16);
 const _: () = assert!(core::mem::size_of::<Peer>() == 8);
 
@@ -145,4 +264,7 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for EventBudget {}
     unsafe impl aya::Pod for Peer {}
+    unsafe impl aya::Pod for ConnKey {}
+    unsafe impl aya::Pod for ConnState {}
+    unsafe impl aya::Pod for DenyRange {}
 }

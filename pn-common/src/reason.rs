@@ -61,11 +61,25 @@ pub enum Reason {
     /// Tunnel (agent): under load, an initiation without a valid cookie
     /// (mac2): answered with a cookie reply, no DH done.
     CookieRequired = 25,
+    /// Passed: between a container and the world (a destination outside the
+    /// pool, translated to its host's address), both directions.
+    Egress = 26,
+    /// Dropped: from a container toward what is never the world (the host's
+    /// addresses, loopback, link-local, multicast, broadcast, the underlay's
+    /// subnet, the store, `--egress-deny`), or anything outside a sealed
+    /// network.
+    EgressDenied = 27,
+    /// Passed: between a published `web` container and a router that came
+    /// through the host's published port, both directions.
+    Published = 28,
+    /// Dropped: toward a container, through its published port, from a
+    /// source that is not a router.
+    NotRouter = 29,
 }
 
 impl Reason {
     /// Number of reasons; counter arrays are sized by it.
-    pub const COUNT: usize = 26;
+    pub const COUNT: usize = 30;
 
     pub const ALL: [Reason; Reason::COUNT] = [
         Reason::Forwarded,
@@ -94,6 +108,10 @@ impl Reason {
         Reason::QueueFull,
         Reason::BadMac,
         Reason::CookieRequired,
+        Reason::Egress,
+        Reason::EgressDenied,
+        Reason::Published,
+        Reason::NotRouter,
     ];
 
     pub const fn from_u8(v: u8) -> Option<Reason> {
@@ -107,7 +125,13 @@ impl Reason {
     pub const fn is_drop(self) -> bool {
         !matches!(
             self,
-            Reason::Forwarded | Reason::Delivered | Reason::Arp | Reason::Gateway | Reason::Tunnel
+            Reason::Forwarded
+                | Reason::Delivered
+                | Reason::Arp
+                | Reason::Gateway
+                | Reason::Tunnel
+                | Reason::Egress
+                | Reason::Published
         )
     }
 
@@ -140,6 +164,10 @@ impl Reason {
             Reason::QueueFull => "queue_full",
             Reason::BadMac => "bad_mac",
             Reason::CookieRequired => "cookie_required",
+            Reason::Egress => "egress",
+            Reason::EgressDenied => "egress_denied",
+            Reason::Published => "published",
+            Reason::NotRouter => "not_router",
         }
     }
 
@@ -180,7 +208,9 @@ mod tests {
                 &Reason::Delivered,
                 &Reason::Arp,
                 &Reason::Gateway,
-                &Reason::Tunnel
+                &Reason::Tunnel,
+                &Reason::Egress,
+                &Reason::Published,
             ]
         );
     }

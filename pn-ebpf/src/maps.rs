@@ -3,13 +3,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use pn_common::{
     Ip4,
     maps::{
-        Config, Counter, CounterKey, EVENTS_BYTES, Endpoint, EventBudget, FlowKey, FlowState,
-        Iface, MAX_COUNTERS, MAX_ENDPOINTS, MAX_FLOWS, MAX_IFACES, MAX_PEERS, MAX_TAGS, Peer,
+        Config, ConnKey, ConnState, Counter, CounterKey, DenyRange, EVENTS_BYTES, Endpoint,
+        EventBudget, FlowKey, FlowState, Iface, MAX_CONNS, MAX_COUNTERS, MAX_EGRESS_DENY,
+        MAX_ENDPOINTS, MAX_FLOWS, MAX_IFACES, MAX_PEERS, MAX_TAGS, Peer,
     },
 };
 
@@ -39,3 +40,12 @@ pub static PN_PEERS: HashMap<Ip4, Peer> = HashMap::pinned(MAX_PEERS, 0);
 
 #[map]
 pub static PN_TAGS: HashMap<u32, u32> = HashMap::pinned(MAX_TAGS, 0);
+
+/// Connections between local containers and the world (egress) or the
+/// routers (published), so that their other direction is admitted.
+#[map]
+pub static PN_CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::pinned(MAX_CONNS, 0);
+
+/// Destinations that are never the world.
+#[map]
+pub static PN_EGRESS_DENY: LpmTrie<Ip4, DenyRange> = LpmTrie::pinned(MAX_EGRESS_DENY, 0);

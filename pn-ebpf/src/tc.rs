@@ -1,6 +1,7 @@
 //! TC programs on the host side of each container's veth: ingress there is
 //! "from the container", egress is "to the container".
 
+use aya_ebpf::maps::lpm_trie::Key as LpmKey;
 use aya_ebpf::{
     bindings::{TC_ACT_PIPE, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
@@ -8,14 +9,17 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use pn_common::{
-    Reason,
+    Ip4, Reason,
     event::{Direction, EventKind},
-    maps::{Config, FlowKey, FlowState, Iface},
-    policy::{self, ETH_HLEN, FlowCheck, FlowUpdate, IPV4_MIN_HLEN, Ipv4Summary, L3},
+    maps::{Config, ConnKey, ConnKind, ConnState, FlowKey, FlowState, Iface},
+    policy::{
+        self, ETH_HLEN, EdgeLookup, FlowCheck, FlowUpdate, ICMP_HLEN, IPV4_MIN_HLEN, Ipv4Summary,
+        L3,
+    },
 };
 
 use crate::{
-    maps::{PN_CONFIG, PN_ENDPOINTS, PN_FLOWS, PN_IFACES},
+    maps::{PN_CONFIG, PN_CONNS, PN_EGRESS_DENY, PN_ENDPOINTS, PN_FLOWS, PN_IFACES},
     report::{count, emit, report_drop},
 };
 
@@ -37,7 +41,7 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     // torn read of a just-replaced entry, which the agent never does in place.
     let iface = unsafe { PN_IFACES.get(ifindex) }.copied();
     let cfg = PN_CONFIG.get(0).copied().unwrap_or_default();
-    let (reason, pkt) = decide(ctx, dir, iface.as_ref(), &cfg);
+    let (reason, pkt, conn) = decide(ctx, dir, iface.as_ref(), &cfg);
     let len = ctx.len();
     count(iface.map_or(0, |i| i.addr), reason, len);
     if reason.is_drop() {
@@ -51,16 +55,35 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
         );
         TC_ACT_SHOT
     } else {
-        if reason == Reason::Forwarded
-            && let Some((pkt, flags)) = pkt
-        {
-            match policy::flow_check(pkt.proto, flags) {
-                FlowCheck::Established => {}
-                FlowCheck::Opening => {
-                    // SAFETY: bpf_ktime_get_ns has no preconditions.
-                    new_flow(unsafe { bpf_ktime_get_ns() }, dir, ifindex, &pkt, len);
+        if let Some((pkt, flags)) = pkt {
+            match (reason, dir) {
+                (Reason::Forwarded, _) => match policy::flow_check(pkt.proto, flags) {
+                    FlowCheck::Established => {}
+                    FlowCheck::Opening => {
+                        // SAFETY: bpf_ktime_get_ns has no preconditions.
+                        let now = unsafe { bpf_ktime_get_ns() };
+                        new_flow(now, Reason::Forwarded, dir, ifindex, &pkt, len);
+                    }
+                    FlowCheck::Table => track_flow(dir, ifindex, &pkt, len),
+                },
+                // The side that opened a connection with the outside keeps
+                // its entry, so the other side's packets are admitted.
+                (Reason::Egress, Direction::FromContainer) => track_conn(
+                    ConnKey::leaving(&pkt),
+                    conn.entry,
+                    ConnKind::Egress,
+                    dir,
+                    ifindex,
+                    &pkt,
+                    len,
+                ),
+                (Reason::Published, Direction::ToContainer) if !conn.done => {
+                    let key = ConnKey::entering(&pkt);
+                    // SAFETY: see `handle`.
+                    let known = unsafe { PN_CONNS.get(key) }.copied().unwrap_or_default();
+                    track_conn(key, known, ConnKind::Published, dir, ifindex, &pkt, len)
                 }
-                FlowCheck::Table => track_flow(dir, ifindex, &pkt, len),
+                _ => {}
             }
         }
         // Not a final verdict: other TCX programs on the hook still run.
@@ -81,42 +104,140 @@ fn load<T>(ctx: &TcContext, off: usize) -> Option<T> {
     }
 }
 
-/// The verdict, and for IPv4 the packet summary and its TCP flags.
-type Decision = (Reason, Option<(Ipv4Summary, u8)>);
+/// The verdict; for IPv4 the packet summary and its TCP flags; what the
+/// decision found in the connection table, if it looked.
+type Decision = (Reason, Option<(Ipv4Summary, u8)>, Looked);
+
+/// A connection-table lookup made by the decision. Plain fields, no
+/// `Option` around the entry: an absent `Option`'s payload is undefined, and
+/// the verifier refuses a register the compiler left undefined.
+#[derive(Clone, Copy)]
+struct Looked {
+    done: bool,
+    /// Zeroed (kind 0) when the entry is absent.
+    entry: ConnState,
+}
+
+impl Looked {
+    const NOT: Looked = Looked {
+        done: false,
+        entry: ConnState {
+            last_seen_ns: 0,
+            kind: 0,
+            _pad: [0; 7],
+        },
+    };
+}
+
+/// The edge's maps, looked up only when `policy` asks (never for traffic
+/// between members), remembering the connection entry for the tracking
+/// that follows the verdict.
+struct Edge<'a> {
+    ctx: &'a TcContext,
+    dir: Direction,
+    pkt: Ipv4Summary,
+    /// Where the L4 header starts.
+    l4: usize,
+    later_fragment: bool,
+    conn: Looked,
+}
+
+impl Edge<'_> {
+    /// The connection an ICMP error toward a container is about: the packet
+    /// it quotes left the container (the kernel's NAT has already restored
+    /// its addresses).
+    #[inline(always)]
+    fn quoted_conn(&self) -> Option<ConnKey> {
+        if self.later_fragment {
+            return None;
+        }
+        let l4 = self.l4;
+        // The whole ICMP header, not its first byte: a one-byte bound check
+        // compiles to a comparison the verifier draws no range from.
+        let icmp = load::<[u8; ICMP_HLEN]>(self.ctx, l4)?;
+        if !policy::icmp_is_error(icmp[0]) {
+            return None;
+        }
+        let inner_at = l4 + ICMP_HLEN;
+        let inner = policy::parse_ipv4(&load::<[u8; IPV4_MIN_HLEN]>(self.ctx, inner_at)?)?;
+        let (mut sport, mut dport) = (0, 0);
+        if policy::has_ports(inner.proto) && !inner.later_fragment {
+            let ports = load::<[u8; 4]>(self.ctx, inner_at + (inner.header_len & 0x3c))?;
+            sport = u16::from_be_bytes([ports[0], ports[1]]);
+            dport = u16::from_be_bytes([ports[2], ports[3]]);
+        }
+        Some(ConnKey::leaving(&Ipv4Summary {
+            src: inner.src,
+            dst: inner.dst,
+            proto: inner.proto,
+            sport,
+            dport,
+        }))
+    }
+}
+
+impl EdgeLookup for Edge<'_> {
+    #[inline(always)]
+    fn conn(&mut self) -> Option<ConnKind> {
+        let key = match self.dir {
+            Direction::FromContainer => ConnKey::leaving(&self.pkt),
+            _ if self.pkt.proto == policy::IPPROTO_ICMP => match self.quoted_conn() {
+                Some(k) => k,
+                None => ConnKey::entering(&self.pkt),
+            },
+            _ => ConnKey::entering(&self.pkt),
+        };
+        // SAFETY: see `handle`.
+        let entry = unsafe { PN_CONNS.get(key) }.copied().unwrap_or_default();
+        self.conn = Looked { done: true, entry };
+        entry.kind()
+    }
+
+    #[inline(always)]
+    fn egress_denied(&mut self, dst: Ip4) -> bool {
+        PN_EGRESS_DENY.get(LpmKey::new(32, dst)).is_some()
+    }
+
+    #[inline(always)]
+    fn mark(&mut self) -> u32 {
+        // SAFETY: the context pointer is valid for the whole program run.
+        unsafe { (*self.ctx.skb.skb).mark }
+    }
+}
 
 #[inline(always)]
 fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) -> Decision {
     if iface.is_none() {
-        return (Reason::UnknownInterface, None);
+        return (Reason::UnknownInterface, None, Looked::NOT);
     }
     let Some(ethertype) = load::<u16>(ctx, 12) else {
-        return (Reason::Malformed, None);
+        return (Reason::Malformed, None, Looked::NOT);
     };
     match policy::classify_ethertype(u16::from_be(ethertype)) {
-        L3::Arp => return (Reason::Arp, None),
-        L3::Other => return (Reason::UnsupportedL3, None),
+        L3::Arp => return (Reason::Arp, None, Looked::NOT),
+        L3::Other => return (Reason::UnsupportedL3, None, Looked::NOT),
         L3::Ipv4 => {}
     }
     let Some(raw) = load::<[u8; IPV4_MIN_HLEN]>(ctx, ETH_HLEN) else {
-        return (Reason::Malformed, None);
+        return (Reason::Malformed, None, Looked::NOT);
     };
     let Some(ip) = policy::parse_ipv4(&raw) else {
-        return (Reason::Malformed, None);
+        return (Reason::Malformed, None, Looked::NOT);
     };
     let (mut sport, mut dport, mut flags) = (0, 0, 0);
+    let l4 = ETH_HLEN + (ip.header_len & 0x3c);
     if policy::has_ports(ip.proto) && !ip.later_fragment {
-        let l4 = ETH_HLEN + (ip.header_len & 0x3c);
         if ip.proto == policy::IPPROTO_TCP {
             // Ports, then sequence and ack numbers, offset, flags.
             let Some(h) = load::<[u8; 14]>(ctx, l4) else {
-                return (Reason::Malformed, None);
+                return (Reason::Malformed, None, Looked::NOT);
             };
             sport = u16::from_be_bytes([h[0], h[1]]);
             dport = u16::from_be_bytes([h[2], h[3]]);
             flags = h[13];
         } else {
             let Some(h) = load::<[u8; 4]>(ctx, l4) else {
-                return (Reason::Malformed, None);
+                return (Reason::Malformed, None, Looked::NOT);
             };
             sport = u16::from_be_bytes([h[0], h[1]]);
             dport = u16::from_be_bytes([h[2], h[3]]);
@@ -129,19 +250,27 @@ fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) 
         sport,
         dport,
     };
+    let mut edge = Edge {
+        ctx,
+        dir,
+        pkt,
+        l4,
+        later_fragment: ip.later_fragment,
+        conn: Looked::NOT,
+    };
     let reason = match dir {
         Direction::FromContainer => {
             // SAFETY: see `handle`.
             let dst = unsafe { PN_ENDPOINTS.get(pkt.dst) };
-            policy::from_container(&pkt, iface, dst, cfg)
+            policy::from_container(&pkt, iface, dst, cfg, &mut edge)
         }
         _ => {
             // SAFETY: see `handle`.
             let src = unsafe { PN_ENDPOINTS.get(pkt.src) };
-            policy::to_container(&pkt, iface, src, cfg)
+            policy::to_container(&pkt, iface, src, cfg, &mut edge)
         }
     };
-    (reason, Some((pkt, flags)))
+    (reason, Some((pkt, flags)), edge.conn)
 }
 
 #[inline(always)]
@@ -164,16 +293,50 @@ fn track_flow(dir: Direction, ifindex: u32, pkt: &Ipv4Summary, len: u32) {
     }
     let _ = PN_FLOWS.insert(key, FlowState { last_seen_ns: now }, 0);
     if update == FlowUpdate::New {
-        new_flow(now, dir, ifindex, pkt, len);
+        new_flow(now, Reason::Forwarded, dir, ifindex, pkt, len);
+    }
+}
+
+/// Records (at most once a second) a connection with the outside from the
+/// side that opened it; `known` is its current entry (zeroed if none).
+#[inline(always)]
+fn track_conn(
+    key: ConnKey,
+    known: ConnState,
+    kind: ConnKind,
+    dir: Direction,
+    ifindex: u32,
+    pkt: &Ipv4Summary,
+    len: u32,
+) {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let last = (known.kind != 0).then_some(known.last_seen_ns);
+    let update = policy::flow_update(last, now);
+    if update == FlowUpdate::Keep && known.kind == kind as u8 {
+        return;
+    }
+    let state = ConnState {
+        last_seen_ns: now,
+        kind: kind as u8,
+        _pad: [0; 7],
+    };
+    let _ = PN_CONNS.insert(key, state, 0);
+    if update == FlowUpdate::New {
+        let reason = match kind {
+            ConnKind::Egress => Reason::Egress,
+            ConnKind::Published => Reason::Published,
+        };
+        new_flow(now, reason, dir, ifindex, pkt, len);
     }
 }
 
 #[inline(always)]
-fn new_flow(now: u64, dir: Direction, ifindex: u32, pkt: &Ipv4Summary, len: u32) {
+fn new_flow(now: u64, reason: Reason, dir: Direction, ifindex: u32, pkt: &Ipv4Summary, len: u32) {
     emit(
         now,
         EventKind::NewFlow,
-        Reason::Forwarded,
+        reason,
         dir,
         ifindex,
         Some(pkt),

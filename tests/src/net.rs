@@ -286,6 +286,104 @@ pub fn send_frame(ns: &Namespace, ifname: &str, frame: Vec<u8>) -> std::io::Resu
     })
 }
 
+/// TCP on `0.0.0.0:port`: tells each client the address it came from (one
+/// line), then echoes what it sends; a thread per connection, so clients
+/// may keep theirs open.
+pub fn tcp_whoami_server(ns: &Namespace, port: u16) -> Server {
+    spawn_server(ns, move |stop, ready| {
+        let l = TcpListener::bind(("0.0.0.0", port)).expect("tcp bind");
+        l.set_nonblocking(true).unwrap();
+        ready.send(()).unwrap();
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, peer)) => {
+                    let stop = stop.clone();
+                    std::thread::spawn(move || {
+                        s.set_nonblocking(false).unwrap();
+                        s.set_read_timeout(Some(Duration::from_millis(200)))
+                            .unwrap();
+                        if writeln!(s, "{}", peer.ip()).is_err() {
+                            return;
+                        }
+                        let mut buf = [0u8; 4096];
+                        while !stop.load(Ordering::Relaxed) {
+                            match s.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if s.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                                Err(_) => break,
+                            }
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    })
+}
+
+/// UDP on `0.0.0.0:port`: answers each datagram with the sender's address.
+pub fn udp_whoami_server(ns: &Namespace, port: u16) -> Server {
+    spawn_server(ns, move |stop, ready| {
+        let s = UdpSocket::bind(("0.0.0.0", port)).expect("udp bind");
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        ready.send(()).unwrap();
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((_, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(from.ip().to_string().as_bytes(), from);
+            }
+        }
+    })
+}
+
+/// A connection to a [`tcp_whoami_server`], opened from `ns`: the address
+/// the server saw, and the stream (still open, echoing).
+pub fn tcp_whoami(
+    ns: &Namespace,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<(String, TcpStream)> {
+    ns.run(move || {
+        let mut s = TcpStream::connect_timeout(&dst, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while s.read(&mut b)? == 1 && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        Ok((String::from_utf8_lossy(&line).into_owned(), s))
+    })
+}
+
+/// Sends `msg` on an open echoing stream and reads it back.
+pub fn echo_on(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    s.write_all(msg)?;
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got)?;
+    if got != msg {
+        return Err(std::io::Error::other("echo differs"));
+    }
+    Ok(())
+}
+
+/// Asks a [`udp_whoami_server`] from `ns` which address it sees.
+pub fn udp_whoami(ns: &Namespace, dst: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    ns.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(timeout))?;
+        s.send_to(b"?", dst)?;
+        let mut buf = [0u8; 64];
+        let (n, _) = s.recv_from(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+}
+
 /// Minimal HTTP/1.0 GET (for /metrics); the caller is inside the right namespace.
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
     let mut s =

@@ -6,13 +6,16 @@
 //! moment where a container is unfiltered.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuHashMap, RingBuf},
+    maps::{
+        Array, HashMap, MapData, PerCpuHashMap, RingBuf,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -22,7 +25,7 @@ use aya::{
 };
 use pn_common::{
     Ip4, Reason,
-    maps::{Config, Counter, CounterKey, Endpoint, Iface, Peer},
+    maps::{Config, ConnKey, ConnState, Counter, CounterKey, DenyRange, Endpoint, Iface, Peer},
     objects,
 };
 
@@ -77,6 +80,9 @@ pub struct Kernel {
     config: Array<MapData, Config>,
     peers: HashMap<MapData, Ip4, Peer>,
     tags: HashMap<MapData, u32, u32>,
+    // An LRU hash in the kernel; aya reads it as a hash map.
+    conns: HashMap<MapData, ConnKey, ConnState>,
+    egress_deny: LpmTrie<MapData, Ip4, DenyRange>,
     events: Option<RingBuf<MapData>>,
     links_dir: PathBuf,
     xdp_dir: PathBuf,
@@ -158,6 +164,8 @@ impl Kernel {
         let config = take(&mut ebpf, objects::MAP_CONFIG)?;
         let peers = take(&mut ebpf, objects::MAP_PEERS)?;
         let tags = take(&mut ebpf, objects::MAP_TAGS)?;
+        let conns = take(&mut ebpf, objects::MAP_CONNS)?;
+        let egress_deny = take(&mut ebpf, objects::MAP_EGRESS_DENY)?;
         let events = Some(take(&mut ebpf, objects::MAP_EVENTS)?);
         Ok(Kernel {
             ebpf,
@@ -167,6 +175,8 @@ impl Kernel {
             config,
             peers,
             tags,
+            conns,
+            egress_deny,
             events,
             links_dir,
             xdp_dir,
@@ -407,6 +417,75 @@ impl Maps for Kernel {
             match self.counters.remove(&key) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(e).ctx(|| "removing from PN_COUNTERS".into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The edge's maps: the deny list and the connections with the outside.
+impl Kernel {
+    /// Replaces the ranges that are never the world (network address and
+    /// prefix → [`DenyRange`] kind). Additions go in before removals, so a
+    /// range that stays is never absent.
+    pub fn set_egress_deny(&mut self, ranges: &StdHashMap<(Ip4, u8), u32>) -> Result<()> {
+        let current: Vec<LpmKey<Ip4>> = self
+            .egress_deny
+            .keys()
+            .collect::<Result<_, _>>()
+            .ctx(|| "reading PN_EGRESS_DENY".into())?;
+        for (&(addr, len), &kind) in ranges {
+            self.egress_deny
+                .insert(&LpmKey::new(u32::from(len), addr), DenyRange { kind }, 0)
+                .ctx(|| "writing PN_EGRESS_DENY".into())?;
+        }
+        for key in current {
+            let Ok(len) = u8::try_from(key.prefix_len()) else {
+                continue;
+            };
+            if !ranges.contains_key(&(key.data(), len)) {
+                match self.egress_deny.remove(&key) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(e).ctx(|| "removing from PN_EGRESS_DENY".into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The ranges in PN_EGRESS_DENY, as `set_egress_deny` takes them.
+    pub fn egress_deny(&self) -> Result<StdHashMap<(Ip4, u8), u32>> {
+        let mut out = StdHashMap::new();
+        for item in self.egress_deny.iter() {
+            let (key, range) = item.ctx(|| "reading PN_EGRESS_DENY".into())?;
+            if let Ok(len) = u8::try_from(key.prefix_len()) {
+                out.insert((key.data(), len), range.kind);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The connections of local containers with the world and the routers.
+    pub fn conns(&self) -> Result<Vec<(ConnKey, ConnState)>> {
+        self.conns
+            .iter()
+            .collect::<Result<_, _>>()
+            .ctx(|| "reading PN_CONNS".into())
+    }
+
+    /// Forgets a container's connections with the outside (it is detached;
+    /// its address may go to another container, which must not inherit them).
+    pub fn forget_conns(&mut self, container: Ip4) -> Result<()> {
+        let keys: Vec<ConnKey> = self
+            .conns
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.container == container)
+            .collect();
+        for k in keys {
+            match self.conns.remove(&k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).ctx(|| "removing from PN_CONNS".into()),
             }
         }
         Ok(())

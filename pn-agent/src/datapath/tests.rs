@@ -33,6 +33,7 @@ fn two() -> State {
         Iface {
             addr: ip4(10, 240, 0, 2),
             tag: 1,
+            ..Default::default()
         },
     );
     s.attached.insert("pnhaaa".into());

@@ -215,6 +215,7 @@ fn add_container(
         Iface {
             addr: ip,
             tag: net.tag,
+            ..Default::default()
         },
     );
     d.datapath.endpoints.insert(

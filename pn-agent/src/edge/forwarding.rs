@@ -1,0 +1,86 @@
+//! IPv4 forwarding, which pn needs (containers' packets are routed by the
+//! host), without making the host a router for anything else.
+//!
+//! Whether the host forwarded before pn decides what pn may drop: if pn
+//! turned forwarding on, nothing but pn's traffic was forwarded before, and
+//! nothing else may be now ([`Forwarding::PnOnly`]); if it was already on,
+//! something else on the host relies on it and pn must not drop its traffic
+//! ([`Forwarding::Shared`]). pn records that it turned forwarding on in its
+//! state directory, so a restarted agent (which finds forwarding on) keeps
+//! the same answer.
+
+use std::{io, path::Path};
+
+/// What the forward hook does with traffic that is not pn's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Forwarding {
+    /// pn turned forwarding on: forward nothing but pn's traffic.
+    #[default]
+    PnOnly,
+    /// The host already forwarded for something else: leave that alone.
+    Shared,
+}
+
+impl std::str::FromStr for Forwarding {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pn-only" => Ok(Forwarding::PnOnly),
+            "shared" => Ok(Forwarding::Shared),
+            _ => Err(format!("{s:?}: expected pn-only or shared")),
+        }
+    }
+}
+
+/// File in the state directory saying that pn turned forwarding on.
+pub const RECORD: &str = "ip-forward-enabled-by-pn";
+
+const SYSCTL: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// The answer, from what was found: forwarding already on, and pn's record.
+pub const fn decide(was_on: bool, recorded_by_pn: bool) -> Forwarding {
+    if was_on && !recorded_by_pn {
+        Forwarding::Shared
+    } else {
+        Forwarding::PnOnly
+    }
+}
+
+/// Turns IPv4 forwarding on in the calling thread's namespace and says who
+/// owns it.
+pub fn enable(state_dir: &Path) -> io::Result<Forwarding> {
+    let record = state_dir.join(RECORD);
+    let was_on = std::fs::read_to_string(SYSCTL)?.trim() == "1";
+    let answer = decide(was_on, record.exists());
+    if !was_on {
+        std::fs::create_dir_all(state_dir)?;
+        std::fs::write(&record, "pn-agent turned net.ipv4.ip_forward on\n")?;
+        std::fs::write(SYSCTL, "1")?;
+    }
+    Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pn_forwards_only_its_own_unless_the_host_forwarded_before() {
+        // First start on a host that did not forward.
+        assert_eq!(decide(false, false), Forwarding::PnOnly);
+        // Restart: forwarding is on, but pn turned it on.
+        assert_eq!(decide(true, true), Forwarding::PnOnly);
+        // Someone else turned it on before pn ever ran.
+        assert_eq!(decide(true, false), Forwarding::Shared);
+        // Turned off since by the operator: pn turns it on again, its own.
+        assert_eq!(decide(false, true), Forwarding::PnOnly);
+    }
+
+    #[test]
+    fn parses() {
+        assert_eq!("pn-only".parse(), Ok(Forwarding::PnOnly));
+        assert_eq!("shared".parse(), Ok(Forwarding::Shared));
+        assert!("yes".parse::<Forwarding>().is_err());
+    }
+}

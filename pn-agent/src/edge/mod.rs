@@ -1,0 +1,335 @@
+//! The edge of the host: what the kernel's own NAT does for pn, set up as
+//! one nftables table (`inet pn`) that pn owns and replaces whole.
+//!
+//! - **Egress.** Container sources (the pool) leaving through anything but
+//!   pn's interfaces are masqueraded to the host's address. The eBPF
+//!   programs decide whether a container may reach the world (`egress`,
+//!   `egress_denied`) and admit the replies (their connection table); the
+//!   kernel's conntrack only translates. This is Calico's choice (iptables
+//!   or nftables NAT next to eBPF policy) rather than Cilium's (NAT in eBPF
+//!   with its own tables): conntrack already handles every protocol corner
+//!   (ICMP errors with the quoted packet rewritten, port clashes, TCP
+//!   state), keeps translations across an agent restart, and costs nothing
+//!   on the member-to-member path, which member traffic skips (`notrack`).
+//! - **Publication.** `HOST_IP:PORT` is translated (DNAT) to
+//!   `container:web_port` for every source, and the connection's mark says
+//!   whether the source was a router ([`pn_common::edge`]): the program on
+//!   the container's veth admits routers (`published`) and drops and counts
+//!   everyone else (`not_router`) per container, with the rest of pn's
+//!   counters and events. A router sending straight to a container's
+//!   address carries no mark and gets `not_member`.
+//! - **Forwarding.** pn needs IPv4 forwarding on. When pn is the one that
+//!   turned it on ([`Forwarding::PnOnly`]), everything forwarded that neither
+//!   enters nor leaves through a pn interface is dropped (and counted), so
+//!   the host routes nothing else. When the host already forwarded before
+//!   pn ([`Forwarding::Shared`]: Docker, libvirt, a router), pn leaves the
+//!   rest alone: dropping it would break whatever relied on it.
+//!
+//! The rules come from a pure function of the whole desired state
+//! ([`rules::ruleset`]), unit-tested without a kernel, and are applied as
+//! one nftables transaction: delete the table and create it again, so a
+//! change is atomic and `set` is idempotent.
+//!
+//! Why the `nftables` crate: it is the typed JSON schema of nftables
+//! (MIT/Apache, maintained, no C dependency), handed to the `nft` binary in
+//! one batch. `rustables` speaks netlink itself but is GPL-3.0, which the
+//! workspace's MIT/Apache licence cannot take; `nftnl` binds libnftnl (C
+//! libraries to build against, unsafe FFI, expressions assembled by hand).
+//! The cost is the `nft` binary on the host (Debian's `nftables`), run once
+//! per change. Nothing is ever written as an nft command string.
+
+pub mod deny;
+pub mod forwarding;
+pub mod ports;
+pub mod rules;
+
+use std::{
+    io::Write,
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use ipnet::Ipv4Net;
+
+use crate::error::{ErrorKind, Kind};
+
+pub use forwarding::Forwarding;
+
+/// One published `web` container: `HOST:host_port` → `container:web_port`.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Publication {
+    pub host_port: u16,
+    pub container: Ipv4Addr,
+    pub web_port: u16,
+}
+
+/// The whole desired state of the edge: [`Edge::set`] makes the kernel
+/// match it, whatever was there before.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EdgeConfig {
+    /// The fleet's address pool: translated on the way out, never between
+    /// members.
+    pub pool: Ipv4Net,
+    /// This host's addresses on which published ports answer.
+    pub host_addrs: Vec<Ipv4Addr>,
+    /// Sources that may use published ports (`--router-cidr`).
+    pub router_cidrs: Vec<Ipv4Net>,
+    pub publications: Vec<Publication>,
+    /// Destinations that are never the world. The eBPF programs enforce
+    /// them (and count); the forward hook drops new connections to them as
+    /// a second line, so a datapath out of step cannot leak.
+    pub egress_deny: Vec<Ipv4Net>,
+    /// pn's interfaces, by name; a trailing `*` matches a prefix (`pnh*`).
+    /// Never masqueraded toward; forwarded through freely, since the eBPF
+    /// programs on them judge every packet.
+    pub interfaces: Vec<String>,
+    pub forwarding: Forwarding,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("invalid edge configuration: {0}")]
+    Invalid(String),
+    #[error("cannot run {program}: {source} (is the nftables package installed?)")]
+    NftMissing {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nftables refused pn's rules: {0}")]
+    NftFailed(String),
+    #[error("reading pn's nftables counters: {0}")]
+    Counters(String),
+}
+
+impl Kind for EdgeError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            EdgeError::Invalid(_) => ErrorKind::Invalid,
+            EdgeError::NftMissing { .. } => ErrorKind::Unavailable,
+            EdgeError::NftFailed(_) | EdgeError::Counters(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// Packets and bytes of one of pn's nftables counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Count {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl std::ops::AddAssign for Count {
+    fn add_assign(&mut self, o: Count) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+    }
+}
+
+/// What the rules drop themselves (everything else is counted by the eBPF
+/// programs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EdgeCounters {
+    /// Forwarded traffic that is not pn's ([`Forwarding::PnOnly`]).
+    pub forward_denied: Count,
+    /// New connections from a container to a denied range that got past
+    /// the datapath (should stay zero).
+    pub egress_denied: Count,
+}
+
+/// Where the rules go: the kernel through `nft`, or a fake in tests.
+pub trait Backend: Send {
+    /// Runs one nftables JSON document as one transaction.
+    fn apply(&mut self, doc: &nftables::schema::Nftables<'_>) -> Result<(), EdgeError>;
+    /// `nft -j list counters table inet pn`, or `None` when the table is absent.
+    fn counters(&mut self) -> Result<Option<serde_json::Value>, EdgeError>;
+}
+
+/// The `nft` binary (found in `PATH` unless given).
+pub struct Nft {
+    pub program: PathBuf,
+}
+
+impl Default for Nft {
+    fn default() -> Self {
+        Nft {
+            program: "nft".into(),
+        }
+    }
+}
+
+impl Nft {
+    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<std::process::Output, EdgeError> {
+        let missing = |source| EdgeError::NftMissing {
+            program: self.program.display().to_string(),
+            source,
+        };
+        let mut child = Command::new(&self.program)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(missing)?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(input).map_err(missing)?;
+        }
+        child.wait_with_output().map_err(missing)
+    }
+}
+
+/// nft's complaint, on one line.
+fn one_line(stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Backend for Nft {
+    fn apply(&mut self, doc: &nftables::schema::Nftables<'_>) -> Result<(), EdgeError> {
+        let json = rules::to_json(doc).to_string();
+        let out = self.run(&["-j", "-f", "-"], Some(json.as_bytes()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(EdgeError::NftFailed(one_line(&out.stderr)))
+        }
+    }
+
+    fn counters(&mut self) -> Result<Option<serde_json::Value>, EdgeError> {
+        let out = self.run(
+            &["-j", "list", "counters", "table", "inet", rules::TABLE],
+            None,
+        )?;
+        if !out.status.success() {
+            // No table (never set, or cleared): nothing counted.
+            return Ok(None);
+        }
+        serde_json::from_slice(&out.stdout)
+            .map(Some)
+            .map_err(|e| EdgeError::Counters(e.to_string()))
+    }
+}
+
+/// The edge's rules in the kernel, shaped like tailscale's
+/// `wgengine/router`: the whole desired state in, the kernel made to match.
+pub struct Edge<B: Backend = Nft> {
+    backend: B,
+    /// Counts of the tables replaced so far (each `set` starts the kernel's
+    /// counters again).
+    carried: EdgeCounters,
+}
+
+impl Edge<Nft> {
+    pub fn new() -> Self {
+        Edge::with_backend(Nft::default())
+    }
+}
+
+impl Default for Edge<Nft> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B: Backend> Edge<B> {
+    pub fn with_backend(backend: B) -> Self {
+        Edge {
+            backend,
+            carried: EdgeCounters::default(),
+        }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Makes the kernel's edge exactly `cfg`, in one transaction.
+    /// Idempotent; established connections keep their translations
+    /// (conntrack holds them, not the rules).
+    pub fn set(&mut self, cfg: &EdgeConfig) -> Result<(), EdgeError> {
+        let doc = rules::ruleset(cfg)?;
+        let before = self.read_counters().unwrap_or_default();
+        self.backend.apply(&doc)?;
+        self.carry(before);
+        Ok(())
+    }
+
+    /// Removes pn's table (absent is fine).
+    pub fn clear(&mut self) -> Result<(), EdgeError> {
+        let before = self.read_counters().unwrap_or_default();
+        self.backend.apply(&rules::clear())?;
+        self.carry(before);
+        Ok(())
+    }
+
+    /// Everything the rules dropped since this `Edge` was made.
+    pub fn counters(&mut self) -> Result<EdgeCounters, EdgeError> {
+        let mut c = self.carried;
+        let now = self.read_counters()?;
+        c.forward_denied += now.forward_denied;
+        c.egress_denied += now.egress_denied;
+        Ok(c)
+    }
+
+    fn carry(&mut self, before: EdgeCounters) {
+        self.carried.forward_denied += before.forward_denied;
+        self.carried.egress_denied += before.egress_denied;
+    }
+
+    fn read_counters(&mut self) -> Result<EdgeCounters, EdgeError> {
+        let Some(listing) = self.backend.counters()? else {
+            return Ok(EdgeCounters::default());
+        };
+        Ok(rules::parse_counters(&listing))
+    }
+}
+
+/// A backend that keeps what it is given, for tests of the code that drives
+/// an [`Edge`].
+#[derive(Default)]
+pub struct Fake {
+    /// Every document applied, as JSON.
+    pub applied: Vec<serde_json::Value>,
+    /// What `counters` returns.
+    pub listing: Option<serde_json::Value>,
+}
+
+impl Backend for Fake {
+    fn apply(&mut self, doc: &nftables::schema::Nftables<'_>) -> Result<(), EdgeError> {
+        self.applied.push(rules::to_json(doc));
+        Ok(())
+    }
+
+    fn counters(&mut self) -> Result<Option<serde_json::Value>, EdgeError> {
+        Ok(self.listing.clone())
+    }
+}
+
+/// `pn-agent edge-apply` (tests): the JSON [`EdgeConfig`] on stdin becomes
+/// this namespace's edge, or the edge is removed; with `print`, the nftables
+/// document is printed instead.
+pub fn apply_stdin(clear: bool, print: bool) -> Result<(), EdgeError> {
+    let doc = if clear {
+        rules::clear()
+    } else {
+        let cfg: EdgeConfig = serde_json::from_reader(std::io::stdin().lock())
+            .map_err(|e| EdgeError::Invalid(format!("edge configuration on stdin: {e}")))?;
+        rules::ruleset(&cfg)?
+    };
+    if print {
+        println!("{:#}", rules::to_json(&doc));
+        return Ok(());
+    }
+    Nft::default().apply(&doc)
+}

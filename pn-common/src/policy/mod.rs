@@ -1,0 +1,377 @@
+//! The datapath's decisions as pure functions. The programs parse headers and
+//! look up maps, then call these; the host tests below pin every rule of the
+//! contract ("Data-plane rules") without a kernel.
+
+use crate::{
+    GATEWAY, Ip4, Reason,
+    edge::Marked,
+    maps::{Config, ConnKey, ConnKind, Endpoint, EventBudget, Iface},
+};
+
+mod tunnel;
+pub use tunnel::{TunnelMember, tunnel_incoming, tunnel_outgoing};
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+/// Bytes of the IPv4 header the programs load at once (the fixed part).
+pub const IPV4_MIN_HLEN: usize = 20;
+
+/// What the Ethernet type says the frame carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L3 {
+    Ipv4,
+    Arp,
+    Other,
+}
+
+/// `ethertype` in host order.
+pub const fn classify_ethertype(ethertype: u16) -> L3 {
+    match ethertype {
+        ETH_P_IP => L3::Ipv4,
+        ETH_P_ARP => L3::Arp,
+        _ => L3::Other,
+    }
+}
+
+/// The fixed IPv4 header, as far as the policy cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Header {
+    /// Header length in bytes (where L4 starts, relative to the IP header).
+    pub header_len: usize,
+    pub proto: u8,
+    pub src: Ip4,
+    pub dst: Ip4,
+    /// A non-first fragment carries no L4 header.
+    pub later_fragment: bool,
+}
+
+/// Parses the first 20 bytes of an IPv4 header. `None` means malformed.
+pub fn parse_ipv4(h: &[u8; IPV4_MIN_HLEN]) -> Option<Ipv4Header> {
+    let version = h[0] >> 4;
+    let header_len = ((h[0] & 0x0f) as usize) * 4;
+    let total_len = u16::from_be_bytes([h[2], h[3]]) as usize;
+    if version != 4 || header_len < IPV4_MIN_HLEN || total_len < header_len {
+        return None;
+    }
+    let frag_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+    Some(Ipv4Header {
+        header_len,
+        proto: h[9],
+        src: u32::from_ne_bytes([h[12], h[13], h[14], h[15]]),
+        dst: u32::from_ne_bytes([h[16], h[17], h[18], h[19]]),
+        later_fragment: frag_offset != 0,
+    })
+}
+
+/// True when the protocol's first four L4 bytes are source and destination ports.
+pub const fn has_ports(proto: u8) -> bool {
+    proto == IPPROTO_TCP || proto == IPPROTO_UDP
+}
+
+/// An IPv4 packet reduced to what the rules look at. Ports in host order, 0
+/// when the packet has none (ICMP, later fragments).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Summary {
+    pub src: Ip4,
+    pub dst: Ip4,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+const fn allowed_proto(proto: u8) -> bool {
+    matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP)
+}
+
+/// The edge's state, consulted only when the other end of a packet is
+/// outside the pool: the member-to-member path never calls it, so its
+/// per-packet cost stays one endpoint lookup.
+pub trait EdgeLookup {
+    /// The `PN_CONNS` entry of the packet's connection, keyed from the
+    /// container's side (for an ICMP error toward a container: the
+    /// connection of the packet it quotes).
+    fn conn(&mut self) -> Option<ConnKind>;
+    /// `PN_EGRESS_DENY` covers `dst`.
+    fn egress_denied(&mut self, dst: Ip4) -> bool;
+    /// The packet's mark (see [`crate::edge`]).
+    fn mark(&mut self) -> u32;
+}
+
+/// Rules 1–4 and the edge, on a packet leaving a container (host-side
+/// ingress of its veth). `iface` is what the agent recorded for that veth,
+/// `dst` the endpoint entry of the destination address, if any.
+pub fn from_container(
+    pkt: &Ipv4Summary,
+    iface: Option<&Iface>,
+    dst: Option<&Endpoint>,
+    cfg: &Config,
+    edge: &mut impl EdgeLookup,
+) -> Reason {
+    let Some(iface) = iface else {
+        return Reason::UnknownInterface;
+    };
+    if pkt.src != iface.addr {
+        return Reason::SpoofedSource;
+    }
+    if !allowed_proto(pkt.proto) {
+        return Reason::ProtoDenied;
+    }
+    let to_dns = pkt.dst == cfg.dns_addr && has_ports(pkt.proto) && pkt.dport == cfg.dns_port;
+    let to_gateway = pkt.dst == GATEWAY && pkt.proto == IPPROTO_ICMP;
+    if to_dns || to_gateway {
+        return Reason::Gateway;
+    }
+    match dst {
+        Some(ep) if ep.tag == iface.tag => return Reason::Forwarded,
+        Some(_) => return Reason::PolicyDenied,
+        None if cfg.in_pool(pkt.dst) => return Reason::PolicyDenied,
+        None => {}
+    }
+    // The world. A reply to a router's connection goes back whatever the
+    // network's egress setting or the deny list (routers often sit on the
+    // underlay's subnet): the router opened it through the published port.
+    if edge.conn() == Some(ConnKind::Published) {
+        return Reason::Published;
+    }
+    if iface.egress_denied() || edge.egress_denied(pkt.dst) {
+        return Reason::EgressDenied;
+    }
+    Reason::Egress
+}
+
+/// Rule 5 and the edge, on a packet entering a container (host-side egress
+/// of its veth): members of its network, the agent's gateway (DNS answers,
+/// ICMP such as the "fragmentation needed" that path-MTU discovery relies
+/// on), replies of its connections with the world, and routers through its
+/// published port.
+pub fn to_container(
+    pkt: &Ipv4Summary,
+    iface: Option<&Iface>,
+    src: Option<&Endpoint>,
+    cfg: &Config,
+    edge: &mut impl EdgeLookup,
+) -> Reason {
+    let Some(iface) = iface else {
+        return Reason::UnknownInterface;
+    };
+    if !allowed_proto(pkt.proto) {
+        return Reason::ProtoDenied;
+    }
+    let from_dns = pkt.src == cfg.dns_addr && has_ports(pkt.proto) && pkt.sport == cfg.dns_port;
+    let from_gateway = pkt.src == GATEWAY && pkt.proto == IPPROTO_ICMP;
+    if from_dns || from_gateway {
+        return Reason::Gateway;
+    }
+    match src {
+        Some(ep) if ep.tag == iface.tag => return Reason::Delivered,
+        Some(_) => return Reason::NotMember,
+        None if cfg.in_pool(pkt.src) => return Reason::NotMember,
+        None => {}
+    }
+    match crate::edge::marked(edge.mark()) {
+        // Only the app's web port of a published container, over TCP: the
+        // translation says where it goes, this says it may.
+        Marked::Router => {
+            return if iface.published() && pkt.proto == IPPROTO_TCP && pkt.dport == iface.web_port {
+                Reason::Published
+            } else {
+                Reason::NotMember
+            };
+        }
+        Marked::Other => return Reason::NotRouter,
+        Marked::No => {}
+    }
+    match edge.conn() {
+        Some(ConnKind::Egress) => Reason::Egress,
+        // Router packets carry the mark; an unmarked one on a router's
+        // connection is an ICMP error about it (or a router bypassing the
+        // published port, which gets nothing).
+        Some(ConnKind::Published) if pkt.proto == IPPROTO_ICMP => Reason::Published,
+        // Unsolicited from the world, or a router sending straight to the
+        // container's address.
+        _ => Reason::NotMember,
+    }
+}
+
+impl ConnKey {
+    /// The connection of a packet leaving a container.
+    pub const fn leaving(pkt: &Ipv4Summary) -> ConnKey {
+        ConnKey {
+            container: pkt.src,
+            remote: pkt.dst,
+            container_port: pkt.sport,
+            remote_port: pkt.dport,
+            proto: pkt.proto,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The connection of a packet entering a container.
+    pub const fn entering(pkt: &Ipv4Summary) -> ConnKey {
+        ConnKey {
+            container: pkt.dst,
+            remote: pkt.src,
+            container_port: pkt.dport,
+            remote_port: pkt.sport,
+            proto: pkt.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
+/// Type, code, checksum and 4 bytes before an ICMP error's quoted packet.
+pub const ICMP_HLEN: usize = 8;
+
+/// ICMP types that quote the packet they are about (after [`ICMP_HLEN`]):
+/// toward a container, they belong to the quoted packet's connection.
+pub const fn icmp_is_error(icmp_type: u8) -> bool {
+    matches!(
+        icmp_type,
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+    )
+}
+
+/// An IPv4 packet arriving on the underlay, reduced to what the guard reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnderlayPacket {
+    pub src: Ip4,
+    pub dst: Ip4,
+    pub proto: u8,
+    /// UDP destination port (host order), 0 when not UDP or a later fragment.
+    pub dport: u16,
+    /// First byte of the UDP payload, if there is one.
+    pub msg_type: Option<u8>,
+    /// Network tag of a data message, if the payload is long enough.
+    pub tag: Option<u32>,
+    /// UDP payload length, from the UDP header.
+    pub payload_len: u16,
+}
+
+/// Rule 6 on the underlay interface (XDP): member traffic crosses hosts only
+/// inside the tunnel, and tunnel packets come only from peers, for networks
+/// with local members. `None`: not pn's traffic, left to the host's stack.
+pub fn underlay(
+    pkt: &UnderlayPacket,
+    cfg: &Config,
+    is_member: impl Fn(Ip4) -> bool,
+    is_peer: impl Fn(Ip4) -> bool,
+    is_local_tag: impl Fn(u32) -> bool,
+) -> Option<Reason> {
+    if is_member(pkt.dst) {
+        return Some(Reason::CleartextToMember);
+    }
+    if pkt.proto != IPPROTO_UDP || cfg.tunnel_port == 0 || pkt.dport != cfg.tunnel_port {
+        return None;
+    }
+    if !is_peer(pkt.src) {
+        return Some(Reason::UnknownPeer);
+    }
+    match pkt.msg_type {
+        Some(crate::tunnel::MSG_DATA) => match pkt.tag {
+            Some(tag) if is_local_tag(tag) => Some(Reason::Tunnel),
+            // Keepalive: tag 0 and nothing inside, it confirms a session.
+            Some(0)
+                if usize::from(pkt.payload_len)
+                    == crate::tunnel::DATA_HEADER_LEN + crate::tunnel::AEAD_TAG_LEN =>
+            {
+                Some(Reason::Tunnel)
+            }
+            Some(_) => Some(Reason::UnknownTag),
+            None => Some(Reason::Malformed),
+        },
+        Some(_) => Some(Reason::Tunnel),
+        None => Some(Reason::Malformed),
+    }
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// How a forwarded packet is checked for being a new flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowCheck {
+    /// A TCP connection opening (SYN without ACK): new by definition, no
+    /// table needed.
+    Opening,
+    /// Connectionless (UDP, ICMP): look it up in the flow table.
+    Table,
+    /// TCP past its opening: nothing to do, the per-packet fast path.
+    Established,
+}
+
+/// TCP flows are known by their SYN, so bulk TCP costs no flow-table lookup.
+pub const fn flow_check(proto: u8, tcp_flags: u8) -> FlowCheck {
+    if proto == IPPROTO_TCP {
+        if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            FlowCheck::Opening
+        } else {
+            FlowCheck::Established
+        }
+    } else {
+        FlowCheck::Table
+    }
+}
+
+/// A flow entry is rewritten at most this often, so steady traffic does not
+/// write the map on every packet.
+pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
+/// A flow idle for this long is reported again as new.
+pub const FLOW_IDLE_NS: u64 = 60_000_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowUpdate {
+    /// First packet (or first after idling): record it and emit an event.
+    New,
+    /// Known flow whose timestamp is stale enough to rewrite.
+    Refresh,
+    /// Known flow, nothing to do.
+    Keep,
+}
+
+pub const fn flow_update(last_seen_ns: Option<u64>, now_ns: u64) -> FlowUpdate {
+    match last_seen_ns {
+        None => FlowUpdate::New,
+        Some(last) => {
+            let age = now_ns.saturating_sub(last);
+            if age >= FLOW_IDLE_NS {
+                FlowUpdate::New
+            } else if age >= FLOW_REFRESH_NS {
+                FlowUpdate::Refresh
+            } else {
+                FlowUpdate::Keep
+            }
+        }
+    }
+}
+
+impl EventBudget {
+    /// One-second windows; at most `per_sec` events pass in each, the rest is
+    /// counted in `suppressed`.
+    pub fn admit(&mut self, now_ns: u64, per_sec: u32) -> bool {
+        if now_ns.saturating_sub(self.window_start_ns) >= 1_000_000_000 {
+            self.window_start_ns = now_ns;
+            self.sent = 0;
+        }
+        if self.sent < per_sec {
+            self.sent += 1;
+            true
+        } else {
+            self.suppressed = self.suppressed.wrapping_add(1);
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod edge_tests;
+#[cfg(test)]
+mod tests;

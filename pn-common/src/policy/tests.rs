@@ -1,0 +1,382 @@
+//! The contract's data-plane rules, member to member and on the underlay.
+
+use super::*;
+use crate::ip4;
+
+pub(super) const A1: Ip4 = ip4(10, 240, 0, 1);
+pub(super) const A2: Ip4 = ip4(10, 240, 0, 2);
+pub(super) const B1: Ip4 = ip4(10, 240, 4, 1);
+const OUTSIDE: Ip4 = ip4(192, 168, 1, 7);
+pub(super) const NET_A: u32 = 1;
+pub(super) const NET_B: u32 = 2;
+
+pub(super) fn cfg() -> Config {
+    Config {
+        dns_addr: GATEWAY,
+        dns_port: 53,
+        drop_events_per_sec: 100,
+        ..Default::default()
+    }
+}
+pub(super) fn iface_a1() -> Iface {
+    Iface {
+        addr: A1,
+        tag: NET_A,
+        ..Default::default()
+    }
+}
+
+/// The member-to-member path must not consult the edge at all.
+pub(super) struct Untouched;
+
+impl EdgeLookup for Untouched {
+    fn conn(&mut self) -> Option<ConnKind> {
+        panic!("connection table consulted")
+    }
+    fn egress_denied(&mut self, _: Ip4) -> bool {
+        panic!("deny list consulted")
+    }
+    fn mark(&mut self) -> u32 {
+        panic!("mark read")
+    }
+}
+pub(super) fn ep(tag: u32) -> Endpoint {
+    Endpoint {
+        tag,
+        ifindex: 7,
+        ..Default::default()
+    }
+}
+pub(super) fn pkt(src: Ip4, dst: Ip4, proto: u8, sport: u16, dport: u16) -> Ipv4Summary {
+    Ipv4Summary {
+        src,
+        dst,
+        proto,
+        sport,
+        dport,
+    }
+}
+
+#[test]
+fn same_network_any_port_and_icmp_pass() {
+    for (proto, port) in [(IPPROTO_TCP, 1), (IPPROTO_UDP, 65535), (IPPROTO_ICMP, 0)] {
+        let p = pkt(A1, A2, proto, 40000, port);
+        assert_eq!(
+            from_container(
+                &p,
+                Some(&iface_a1()),
+                Some(&ep(NET_A)),
+                &cfg(),
+                &mut Untouched
+            ),
+            Reason::Forwarded
+        );
+        let back = pkt(A2, A1, proto, port, 40000);
+        assert_eq!(
+            to_container(
+                &back,
+                Some(&iface_a1()),
+                Some(&ep(NET_A)),
+                &cfg(),
+                &mut Untouched
+            ),
+            Reason::Delivered
+        );
+    }
+}
+
+#[test]
+fn other_network_and_non_members_are_denied_at_the_sender() {
+    let p = pkt(A1, B1, IPPROTO_TCP, 1234, 80);
+    assert_eq!(
+        from_container(
+            &p,
+            Some(&iface_a1()),
+            Some(&ep(NET_B)),
+            &cfg(),
+            &mut Untouched
+        ),
+        Reason::PolicyDenied
+    );
+    let p = pkt(A1, OUTSIDE, IPPROTO_UDP, 1234, 53);
+    assert_eq!(
+        from_container(&p, Some(&iface_a1()), None, &cfg(), &mut Untouched),
+        Reason::PolicyDenied
+    );
+}
+
+#[test]
+fn forged_source_is_caught_before_anything_else() {
+    let p = pkt(A2, A1, IPPROTO_TCP, 1, 2);
+    assert_eq!(
+        from_container(
+            &p,
+            Some(&iface_a1()),
+            Some(&ep(NET_A)),
+            &cfg(),
+            &mut Untouched
+        ),
+        Reason::SpoofedSource
+    );
+    // Even toward the gateway.
+    let p = pkt(OUTSIDE, GATEWAY, IPPROTO_UDP, 1, 53);
+    assert_eq!(
+        from_container(&p, Some(&iface_a1()), None, &cfg(), &mut Untouched),
+        Reason::SpoofedSource
+    );
+}
+
+#[test]
+fn other_protocols_are_denied_both_ways() {
+    for proto in [2u8, 47, 50, 132] {
+        let p = pkt(A1, A2, proto, 0, 0);
+        assert_eq!(
+            from_container(
+                &p,
+                Some(&iface_a1()),
+                Some(&ep(NET_A)),
+                &cfg(),
+                &mut Untouched
+            ),
+            Reason::ProtoDenied
+        );
+        let p = pkt(A2, A1, proto, 0, 0);
+        assert_eq!(
+            to_container(
+                &p,
+                Some(&iface_a1()),
+                Some(&ep(NET_A)),
+                &cfg(),
+                &mut Untouched
+            ),
+            Reason::ProtoDenied
+        );
+    }
+}
+
+#[test]
+fn only_members_and_the_gateway_reach_a_container() {
+    let p = pkt(OUTSIDE, A1, IPPROTO_TCP, 5555, 22);
+    assert_eq!(
+        to_container(&p, Some(&iface_a1()), None, &cfg(), &mut Untouched),
+        Reason::NotMember
+    );
+    let p = pkt(B1, A1, IPPROTO_TCP, 5555, 22);
+    assert_eq!(
+        to_container(
+            &p,
+            Some(&iface_a1()),
+            Some(&ep(NET_B)),
+            &cfg(),
+            &mut Untouched
+        ),
+        Reason::NotMember
+    );
+    // DNS answers and ICMP errors from the gateway.
+    let p = pkt(GATEWAY, A1, IPPROTO_UDP, 53, 40000);
+    assert_eq!(
+        to_container(&p, Some(&iface_a1()), None, &cfg(), &mut Untouched),
+        Reason::Gateway
+    );
+    let p = pkt(GATEWAY, A1, IPPROTO_ICMP, 0, 0);
+    assert_eq!(
+        to_container(&p, Some(&iface_a1()), None, &cfg(), &mut Untouched),
+        Reason::Gateway
+    );
+    // But not any port of the gateway.
+    let p = pkt(GATEWAY, A1, IPPROTO_TCP, 22, 40000);
+    assert_eq!(
+        to_container(&p, Some(&iface_a1()), None, &cfg(), &mut Untouched),
+        Reason::NotMember
+    );
+}
+
+#[test]
+fn containers_reach_the_gateway_only_for_dns_and_icmp() {
+    for (proto, dport, want) in [
+        (IPPROTO_UDP, 53, Reason::Gateway),
+        (IPPROTO_TCP, 53, Reason::Gateway),
+        (IPPROTO_ICMP, 0, Reason::Gateway),
+        (IPPROTO_TCP, 22, Reason::PolicyDenied),
+        (IPPROTO_UDP, 9464, Reason::PolicyDenied),
+    ] {
+        let p = pkt(A1, GATEWAY, proto, 40000, dport);
+        assert_eq!(
+            from_container(&p, Some(&iface_a1()), None, &cfg(), &mut Untouched),
+            want
+        );
+    }
+}
+
+#[test]
+fn unknown_interfaces_fail_closed() {
+    let p = pkt(A1, A2, IPPROTO_TCP, 1, 2);
+    assert_eq!(
+        from_container(&p, None, Some(&ep(NET_A)), &cfg(), &mut Untouched),
+        Reason::UnknownInterface
+    );
+    assert_eq!(
+        to_container(&p, None, Some(&ep(NET_A)), &cfg(), &mut Untouched),
+        Reason::UnknownInterface
+    );
+}
+
+fn header(ver_ihl: u8, total_len: u16, frag: u16, proto: u8) -> [u8; 20] {
+    let mut h = [0u8; 20];
+    h[0] = ver_ihl;
+    h[2..4].copy_from_slice(&total_len.to_be_bytes());
+    h[6..8].copy_from_slice(&frag.to_be_bytes());
+    h[9] = proto;
+    h[12..16].copy_from_slice(&[10, 240, 0, 1]);
+    h[16..20].copy_from_slice(&[10, 240, 0, 2]);
+    h
+}
+
+#[test]
+fn ipv4_header_parsing() {
+    let h = parse_ipv4(&header(0x45, 60, 0x4000, IPPROTO_TCP)).unwrap();
+    assert_eq!(h.header_len, 20);
+    assert_eq!(h.proto, IPPROTO_TCP);
+    assert_eq!(h.src, A1);
+    assert_eq!(h.dst, A2);
+    assert!(!h.later_fragment);
+    let h = parse_ipv4(&header(0x46, 60, 0x0010, IPPROTO_UDP)).unwrap();
+    assert_eq!(h.header_len, 24);
+    assert!(h.later_fragment);
+    // Wrong version, short header, total length below header length.
+    assert_eq!(parse_ipv4(&header(0x65, 60, 0, 6)), None);
+    assert_eq!(parse_ipv4(&header(0x44, 60, 0, 6)), None);
+    assert_eq!(parse_ipv4(&header(0x45, 19, 0, 6)), None);
+}
+
+#[test]
+fn ethertypes() {
+    assert_eq!(classify_ethertype(0x0800), L3::Ipv4);
+    assert_eq!(classify_ethertype(0x0806), L3::Arp);
+    assert_eq!(classify_ethertype(0x86dd), L3::Other);
+    assert_eq!(classify_ethertype(0x8100), L3::Other);
+}
+
+#[test]
+fn underlay_guard() {
+    let cfg = Config {
+        tunnel_port: 51871,
+        ..cfg()
+    };
+    let peer = ip4(192, 168, 50, 2);
+    let stranger = ip4(192, 168, 50, 66);
+    let me = ip4(192, 168, 50, 1);
+    let member = |ip| ip == A1;
+    let is_peer = |ip| ip == peer;
+    let local_tag = |t| t == NET_A;
+    let tun = |src, msg_type, tag| UnderlayPacket {
+        src,
+        dst: me,
+        proto: IPPROTO_UDP,
+        dport: 51871,
+        msg_type,
+        tag,
+        payload_len: 64,
+    };
+    let data = Some(crate::tunnel::MSG_DATA);
+    let init = Some(crate::tunnel::MSG_INITIATION);
+    let decide = |p: UnderlayPacket| underlay(&p, &cfg, member, is_peer, local_tag);
+    assert_eq!(decide(tun(peer, data, Some(NET_A))), Some(Reason::Tunnel));
+    assert_eq!(decide(tun(peer, init, None)), Some(Reason::Tunnel));
+    assert_eq!(
+        decide(tun(peer, data, Some(NET_B))),
+        Some(Reason::UnknownTag)
+    );
+    assert_eq!(decide(tun(peer, data, None)), Some(Reason::Malformed));
+    let keepalive = UnderlayPacket {
+        payload_len: 36,
+        ..tun(peer, data, Some(0))
+    };
+    assert_eq!(decide(keepalive), Some(Reason::Tunnel));
+    assert_eq!(
+        decide(tun(peer, data, Some(0))),
+        Some(Reason::UnknownTag),
+        "tag 0 carries nothing"
+    );
+    assert_eq!(decide(tun(peer, None, None)), Some(Reason::Malformed));
+    assert_eq!(
+        decide(tun(stranger, data, Some(NET_A))),
+        Some(Reason::UnknownPeer)
+    );
+    assert_eq!(decide(tun(stranger, init, None)), Some(Reason::UnknownPeer));
+    // Clear text to a member, whatever it is.
+    for proto in [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP] {
+        let p = UnderlayPacket {
+            dst: A1,
+            proto,
+            ..tun(peer, None, None)
+        };
+        assert_eq!(decide(p), Some(Reason::CleartextToMember));
+    }
+    // Anything else is the host's business.
+    let ssh = UnderlayPacket {
+        proto: IPPROTO_TCP,
+        dport: 22,
+        ..tun(stranger, None, None)
+    };
+    assert_eq!(decide(ssh), None);
+    let other_udp = UnderlayPacket {
+        dport: 53,
+        ..tun(stranger, None, None)
+    };
+    assert_eq!(decide(other_udp), None);
+    // No tunnel configured: no tunnel verdicts.
+    let off = Config {
+        tunnel_port: 0,
+        ..cfg
+    };
+    assert_eq!(
+        underlay(
+            &tun(stranger, data, Some(NET_A)),
+            &off,
+            member,
+            is_peer,
+            local_tag
+        ),
+        None
+    );
+}
+
+#[test]
+fn tcp_flows_are_known_by_their_syn() {
+    assert_eq!(flow_check(IPPROTO_TCP, TCP_SYN), FlowCheck::Opening);
+    assert_eq!(
+        flow_check(IPPROTO_TCP, TCP_SYN | TCP_ACK),
+        FlowCheck::Established
+    );
+    assert_eq!(flow_check(IPPROTO_TCP, TCP_ACK), FlowCheck::Established);
+    assert_eq!(
+        flow_check(IPPROTO_TCP, TCP_FIN | TCP_ACK),
+        FlowCheck::Established
+    );
+    assert_eq!(flow_check(IPPROTO_UDP, 0), FlowCheck::Table);
+    assert_eq!(flow_check(IPPROTO_ICMP, 0), FlowCheck::Table);
+}
+
+#[test]
+fn flow_table_writes_rarely() {
+    assert_eq!(flow_update(None, 5), FlowUpdate::New);
+    assert_eq!(flow_update(Some(100), 100 + 10), FlowUpdate::Keep);
+    assert_eq!(
+        flow_update(Some(100), 100 + FLOW_REFRESH_NS),
+        FlowUpdate::Refresh
+    );
+    assert_eq!(flow_update(Some(100), 100 + FLOW_IDLE_NS), FlowUpdate::New);
+    // A clock that went backwards is not a new flow.
+    assert_eq!(flow_update(Some(100), 50), FlowUpdate::Keep);
+}
+
+#[test]
+fn event_budget_limits_per_second() {
+    let mut b = EventBudget::default();
+    let t0 = 10_000_000_000;
+    let admitted = (0..10).filter(|_| b.admit(t0, 3)).count();
+    assert_eq!(admitted, 3);
+    assert_eq!(b.suppressed, 7);
+    assert!(b.admit(t0 + 1_000_000_000, 3));
+}
