@@ -66,11 +66,10 @@ impl Agent {
                 );
                 Arc::new(Etcd::new(endpoints.clone(), cfg.etcd_prefix.clone()))
             }
-            StoreSpec::EtcdTls(endpoints, files) => Arc::new(Etcd::with_tls(
-                endpoints.clone(),
-                cfg.etcd_prefix.clone(),
-                files.clone(),
-            )?),
+            StoreSpec::EtcdTls(endpoints, files) => Arc::new(
+                Etcd::with_tls(endpoints.clone(), cfg.etcd_prefix.clone(), files.clone())
+                    .map_err(|e| Error::invalid(e.to_string()))?,
+            ),
         };
         // A store that refuses this host (a certificate it rejects or does
         // not trust, a role without read access) is a setting to fix, not an

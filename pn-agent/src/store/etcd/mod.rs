@@ -113,15 +113,27 @@ impl Etcd {
         };
         match tls::explain(e, &ctx) {
             Failure::Refused(msg) => StoreError::Refused(msg),
-            Failure::Down(msg) => {
-                if tls::worth_probing(&msg) {
-                    let config = self.tls.as_ref().map(|(_, _, c)| c.clone());
-                    if let Some(f) = probe::diagnose(self.endpoints.clone(), config).await {
-                        return StoreError::Refused(tls::explain_finding(&f, &ctx));
-                    }
-                }
-                unavailable(format!("{what}: {msg}"))
+            Failure::Down(msg) => self.refused_or(what, msg).await,
+        }
+    }
+
+    /// An outage (`down`), unless a probe finds etcd refusing this host.
+    async fn refused_or(&self, what: &str, down: String) -> StoreError {
+        let endpoints = self.endpoints.join(",");
+        if tls::worth_probing(&down) {
+            let config = self.tls.as_ref().map(|(_, _, c)| c.clone());
+            if let Some(f) = probe::diagnose(self.endpoints.clone(), config).await {
+                let ctx = Context {
+                    endpoints: &endpoints,
+                    tls: self.tls.as_ref().map(|(files, _, _)| files),
+                };
+                return StoreError::Refused(tls::explain_finding(&f, &ctx));
             }
+        }
+        if down.starts_with("etcd ") {
+            unavailable(format!("{what}: {down}"))
+        } else {
+            unavailable(format!("etcd {endpoints} {what}: {down}"))
         }
     }
 
@@ -139,13 +151,14 @@ impl Etcd {
             REQUEST_TIMEOUT,
             Client::connect(&urls, Some(self.options())),
         )
-        .await
-        .map_err(|_| {
-            unavailable(format!(
-                "connecting to etcd {} timed out",
-                self.endpoints.join(",")
-            ))
-        })?;
+        .await;
+        let c = match c {
+            Ok(c) => c,
+            Err(_) => {
+                let late = format!("connecting timed out after {REQUEST_TIMEOUT:?}");
+                return Err(self.refused_or("connect", late).await);
+            }
+        };
         let c = match c {
             Ok(c) => c,
             Err(e) => return Err(self.failure("connecting", &e).await),
@@ -170,9 +183,8 @@ impl Etcd {
             }
             Err(_) => {
                 *self.client.lock().await = None;
-                Err(unavailable(format!(
-                    "etcd {what}: no answer within {REQUEST_TIMEOUT:?}"
-                )))
+                let late = format!("no answer within {REQUEST_TIMEOUT:?}");
+                Err(self.refused_or(what, late).await)
             }
         }
     }

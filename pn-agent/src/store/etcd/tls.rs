@@ -286,12 +286,11 @@ pub(super) fn explain(e: &etcd_client::Error, ctx: &Context<'_>) -> Failure {
     Failure::Down(format!("etcd {}: {text}", ctx.endpoints))
 }
 
-/// Whether a failure that [`explain`] calls an outage may hide a refusal
-/// (the transport saw the connection close): not when nothing listens or
-/// nothing answers, which a probe could not tell better.
+/// Whether a failure that [`explain`] calls an outage may hide a refusal:
+/// the transport may only have seen the connection close, or kept
+/// reconnecting until the deadline. Not when nothing listens.
 pub(super) fn worth_probing(down: &str) -> bool {
-    let t = down.to_ascii_lowercase();
-    !(t.contains("connection refused") || t.contains("timed out") || t.contains("deadline"))
+    !down.to_ascii_lowercase().contains("connection refused")
 }
 
 /// One line for what a probe found.
