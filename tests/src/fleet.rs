@@ -5,7 +5,7 @@
 
 use std::{
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -128,7 +128,77 @@ pub struct FleetPki {
     pub ca: Pair,
     /// `h1…hn`'s certificates (CN = host id), index 0 for h1.
     pub hosts: Vec<Pair>,
+    /// The administrator's (CN = root, etcd's root user once auth is on).
+    pub root: Pair,
     pub pki: Pki,
+}
+
+impl FleetPki {
+    /// `etcdctl` over TLS as the holder of `pair`, from the underlay.
+    pub fn etcdctl(&self, underlay: &Namespace, pair: &Pair, args: &[&str]) -> Output {
+        let endpoint = format!("https://{ETCD_ADDR}");
+        let mut cmd = vec![
+            "etcdctl",
+            "--endpoints",
+            &endpoint,
+            "--cacert",
+            self.ca.crt(),
+            "--cert",
+            pair.crt(),
+            "--key",
+            pair.key(),
+        ];
+        cmd.extend_from_slice(args);
+        underlay.exec(&cmd)
+    }
+
+    /// etcd authentication on, with a role per host: README's "etcd: TLS
+    /// and roles", command for command.
+    fn grant_roles(&self, underlay: &Namespace, n: usize) {
+        let e = |args: &[&str]| {
+            let out = self.etcdctl(underlay, &self.root, args);
+            assert!(
+                out.status.success(),
+                "etcdctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        e(&["user", "add", "root", "--no-password"]);
+        e(&["user", "grant-role", "root", "root"]);
+        for i in 1..=n {
+            let h = format!("h{i}");
+            e(&["user", "add", &h, "--no-password"]);
+            e(&["role", "add", &h]);
+            e(&[
+                "role",
+                "grant-permission",
+                &h,
+                "read",
+                "/pn/",
+                "--prefix=true",
+            ]);
+            e(&["role", "grant-permission", &h, "readwrite", "/pn/pool"]);
+            for p in ["networks", "apps", "containers", "claims", "ips", "peers"] {
+                e(&[
+                    "role",
+                    "grant-permission",
+                    &h,
+                    "readwrite",
+                    &format!("/pn/{p}/"),
+                    "--prefix=true",
+                ]);
+            }
+            e(&[
+                "role",
+                "grant-permission",
+                &h,
+                "readwrite",
+                &format!("/pn/hosts/{h}"),
+            ]);
+            e(&["user", "grant-role", &h, &h]);
+        }
+        e(&["auth", "enable"]);
+    }
 }
 
 pub struct Fleet {
@@ -147,16 +217,22 @@ impl Fleet {
     }
 
     pub fn with_flags(prefix: &str, n: usize, extra: &[&str]) -> Fleet {
-        Fleet::build(prefix, n, extra, false)
+        Fleet::build(prefix, n, extra, false, false)
     }
 
     /// As `new`, with etcd serving TLS only and accepting clients whose
     /// certificate its CA signed; each host has its own certificate.
     pub fn tls(prefix: &str, n: usize) -> Fleet {
-        Fleet::build(prefix, n, &[], true)
+        Fleet::build(prefix, n, &[], true, false)
     }
 
-    fn build(prefix: &str, n: usize, extra: &[&str], tls: bool) -> Fleet {
+    /// As `tls`, with etcd authentication on and each host's role limited
+    /// to what it must write (README's "etcd: TLS and roles").
+    pub fn tls_with_roles(prefix: &str, n: usize) -> Fleet {
+        Fleet::build(prefix, n, &[], true, true)
+    }
+
+    fn build(prefix: &str, n: usize, extra: &[&str], tls: bool, roles: bool) -> Fleet {
         let underlay = Namespace::new(&format!("{prefix}-ul"));
         underlay.ip(&["link", "add", "br0", "type", "bridge"]);
         underlay.ip(&[
@@ -175,7 +251,13 @@ impl Fleet {
             let hosts = (1..=n)
                 .map(|i| pki.issue(&ca, &format!("h{i}"), &[]))
                 .collect();
-            FleetPki { ca, hosts, pki }
+            let root = pki.issue(&ca, "root", &[]);
+            FleetPki {
+                ca,
+                hosts,
+                root,
+                pki,
+            }
         });
         let etcd_tls = pki.as_ref().map(|p| EtcdTls {
             server: p
@@ -184,6 +266,9 @@ impl Fleet {
             client_ca: p.ca.clone(),
         });
         let etcd = Etcd::new(&underlay, etcd_tls);
+        if roles && let Some(p) = &pki {
+            p.grant_roles(&underlay, n);
+        }
         let mut fleet = Fleet {
             hosts: Vec::new(),
             etcd,

@@ -231,3 +231,65 @@ fn a_fleet_host_without_a_tunnel_is_refused() {
             .assert_error(ErrorKind::Invalid, want);
     }
 }
+
+/// With etcd authentication on and each host's role as README gives it, the
+/// fleet works, and a host's identity cannot replace, remove or invent
+/// another host's record (its tunnel key and endpoint): not with etcdctl,
+/// not through its agent's `host remove`, which fails with one line before
+/// removing anything.
+#[test]
+fn a_host_role_cannot_touch_another_hosts_record() {
+    let p = unique_prefix();
+    let f = Fleet::tls_with_roles(&p, 2);
+    let (h1, h2) = (&f.hosts[0], &f.hosts[1]);
+    let network = h1.create_network(&[]);
+    let app = h2.create_app(&network);
+    let c1 = Namespace::new(&format!("{p}-c1"));
+    let c2 = Namespace::new(&format!("{p}-c2"));
+    h1.attach(&app, "web", &c1);
+    h2.attach(&app, "web", &c2);
+    for h in [h1, h2] {
+        assert!(
+            eventually(WAIT, || h
+                .json(&["container", "list"])
+                .as_array()
+                .unwrap()
+                .len()
+                == 2),
+            "{} lists both containers under its role",
+            h.id
+        );
+    }
+
+    let pki = f.pki.as_ref().unwrap();
+    let as_h1 = |args: &[&str]| pki.etcdctl(&f.underlay, &pki.hosts[0], args);
+    let forged = r#"{"id":"h2","advertise":"192.0.2.66:51871","public_key":null,"started_at":0,"peer_id":2}"#;
+    for args in [
+        vec!["put", "/pn/hosts/h2", forged],
+        vec!["del", "/pn/hosts/h2"],
+        vec!["put", "/pn/hosts/h9", forged],
+    ] {
+        let out = as_h1(&args);
+        assert!(
+            !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains("permission denied"),
+            "h1 may not {args:?}: {out:?}"
+        );
+    }
+    // Its own record it may write (the agent re-registers at every start).
+    let own = as_h1(&["get", "/pn/hosts/h1", "--print-value-only"]);
+    let value = String::from_utf8_lossy(&own.stdout).trim().to_string();
+    assert!(as_h1(&["put", "/pn/hosts/h1", &value]).status.success());
+
+    let out = h1.cli(&["host", "remove", "h2"]);
+    out.assert_error(ErrorKind::Unavailable, "permission denied");
+    assert_eq!(h1.json(&["host", "list"]).as_array().unwrap().len(), 2);
+    assert_eq!(
+        h2.json(&["container", "list"]).as_array().unwrap().len(),
+        2,
+        "nothing of h2 was removed"
+    );
+    // The administrator's certificate (etcd's root) may.
+    let out = pki.etcdctl(&f.underlay, &pki.root, &["get", "/pn/hosts/h2"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/pn/hosts/h2"));
+}

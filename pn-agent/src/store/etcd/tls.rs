@@ -269,8 +269,9 @@ pub(super) fn explain(e: &etcd_client::Error, ctx: &Context<'_>) -> Failure {
         match status.code() {
             tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
                 return Failure::Refused(format!(
-                    "etcd {} refused this host: {} (with etcd authentication on, the CN of --etcd-cert{} \
-                     is the etcd user; grant its role the keys it needs, see README \"etcd: TLS and roles\")",
+                    "etcd {}: {} (with etcd authentication on, the etcd user is the CN of \
+                     --etcd-cert{} and its role grants what it may read and write: README \
+                     \"etcd: TLS and roles\")",
                     ctx.endpoints,
                     status.message(),
                     cert(ctx)
