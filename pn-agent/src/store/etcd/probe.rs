@@ -69,10 +69,12 @@ fn probe_one(endpoint: &str, config: Option<Arc<ClientConfig>>) -> Option<Findin
     }
     // The server's verdict on our certificate comes after our Finished.
     let mut buf = [0u8; 1];
-    match rustls::Stream::new(&mut conn, &mut sock).read(&mut buf) {
-        Err(e) => rustls_error(&e).map(Finding::Tls),
-        Ok(_) => None,
-    }
+    // Data, the end of the stream or a timeout is no verdict against us.
+    rustls::Stream::new(&mut conn, &mut sock)
+        .read_exact(&mut buf)
+        .err()
+        .and_then(|e| rustls_error(&e))
+        .map(Finding::Tls)
 }
 
 /// Probes the endpoints in turn (a few seconds at most each, off the async
