@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use pn_common::ids::HostId;
 use serde::Deserialize;
 
-use crate::edge::ports::PortRange;
+use crate::{edge::ports::PortRange, store::etcd::TlsFiles};
 
 pub const DEFAULT_API_SOCKET: &str = "/run/pn-agent/api.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/pn-agent";
@@ -31,9 +31,19 @@ pub struct RunSettings {
     /// Embedded store and host key [default: /var/lib/pn-agent].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// `embedded`, or `etcd://HOST:PORT[,HOST:PORT…]` for a fleet [default: embedded].
+    /// `embedded`; for a fleet `etcds://HOST:PORT[,HOST:PORT…]` (TLS with a client
+    /// certificate), or `etcd://…` (plain text, development only) [default: embedded].
     #[arg(long)]
     pub store: Option<String>,
+    /// CA certificate (PEM) that signed etcd's server certificate (etcds://).
+    #[arg(long)]
+    pub etcd_cacert: Option<PathBuf>,
+    /// This host's client certificate (PEM) for etcd (etcds://).
+    #[arg(long)]
+    pub etcd_cert: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-cert (etcds://).
+    #[arg(long)]
+    pub etcd_key: Option<PathBuf>,
     /// Pin directory on a bpffs (mounted if needed) [default: /sys/fs/bpf/pn-agent].
     #[arg(long)]
     pub bpffs: Option<PathBuf>,
@@ -98,17 +108,50 @@ pub struct RunSettings {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreSpec {
     Embedded,
+    /// `etcd://`: plain text, anyone reaching the port reads and writes the
+    /// membership. For development and tests.
     Etcd(Vec<String>),
+    /// `etcds://`: TLS, the server checked against a CA and this host
+    /// authenticated by its certificate.
+    EtcdTls(Vec<String>, TlsFiles),
 }
 
-impl std::str::FromStr for StoreSpec {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<StoreSpec> {
-        if s == "embedded" {
+impl StoreSpec {
+    /// `--store` with the certificate flags; they belong together: TLS
+    /// without all three files, or files given to a store that would not
+    /// use them (a silent downgrade to plain text), is refused.
+    pub fn parse(
+        s: &str,
+        cacert: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+    ) -> anyhow::Result<StoreSpec> {
+        let given: Vec<&str> = [
+            (cacert.is_some(), "--etcd-cacert"),
+            (cert.is_some(), "--etcd-cert"),
+            (key.is_some(), "--etcd-key"),
+        ]
+        .iter()
+        .filter(|(set, _)| *set)
+        .map(|(_, flag)| *flag)
+        .collect();
+        let (tls, rest) = if let Some(rest) = s.strip_prefix("etcds://") {
+            (true, rest)
+        } else if let Some(rest) = s.strip_prefix("etcd://") {
+            (false, rest)
+        } else if s == "embedded" {
+            if !given.is_empty() {
+                bail!(
+                    "{} given but --store is embedded: certificates are for --store etcds://…",
+                    given.join(", ")
+                );
+            }
             return Ok(StoreSpec::Embedded);
-        }
-        let Some(rest) = s.strip_prefix("etcd://") else {
-            bail!("invalid --store {s:?}: expected `embedded` or etcd://HOST:PORT[,HOST:PORT…]");
+        } else {
+            bail!(
+                "invalid --store {s:?}: expected `embedded`, etcds://HOST:PORT[,HOST:PORT…] (TLS) \
+                 or etcd://HOST:PORT[,…] (plain text)"
+            );
         };
         let endpoints: Vec<String> = rest.split(',').map(str::to_string).collect();
         for e in &endpoints {
@@ -119,7 +162,44 @@ impl std::str::FromStr for StoreSpec {
                 bail!("invalid etcd endpoint {e:?} in --store: expected HOST:PORT");
             }
         }
-        Ok(StoreSpec::Etcd(endpoints))
+        if !tls {
+            if !given.is_empty() {
+                bail!(
+                    "{} given but --store etcd://… is plain text: use etcds://… for TLS",
+                    given.join(", ")
+                );
+            }
+            return Ok(StoreSpec::Etcd(endpoints));
+        }
+        match (cacert, cert, key) {
+            (Some(cacert), Some(cert), Some(key)) => Ok(StoreSpec::EtcdTls(
+                endpoints,
+                TlsFiles { cacert, cert, key },
+            )),
+            (cacert, cert, key) => {
+                let missing: Vec<&str> = [
+                    (cacert.is_none(), "--etcd-cacert"),
+                    (cert.is_none(), "--etcd-cert"),
+                    (key.is_none(), "--etcd-key"),
+                ]
+                .iter()
+                .filter(|(m, _)| *m)
+                .map(|(_, flag)| *flag)
+                .collect();
+                bail!(
+                    "--store etcds://… needs --etcd-cacert, --etcd-cert and --etcd-key (missing {})",
+                    missing.join(", ")
+                )
+            }
+        }
+    }
+
+    /// The etcd endpoints of a fleet store.
+    pub fn endpoints(&self) -> Option<&[String]> {
+        match self {
+            StoreSpec::Embedded => None,
+            StoreSpec::Etcd(e) | StoreSpec::EtcdTls(e, _) => Some(e),
+        }
     }
 }
 
@@ -197,10 +277,34 @@ impl RunConfig {
         let host_id: HostId = host_raw
             .parse()
             .map_err(|e| anyhow::anyhow!("{e} (set --host-id)"))?;
-        let store = match pick!(store) {
-            Some(s) => s.parse()?,
-            None => StoreSpec::Embedded,
-        };
+        let store = StoreSpec::parse(
+            &pick!(store).unwrap_or_else(|| "embedded".into()),
+            pick!(etcd_cacert),
+            pick!(etcd_cert),
+            pick!(etcd_key),
+        )?;
+        if let StoreSpec::EtcdTls(_, files) = &store {
+            files.check()?;
+        }
+        let underlay_iface = pick!(underlay_iface);
+        let advertise = pick!(advertise);
+        if store.endpoints().is_some() {
+            let missing: Vec<&str> = [
+                (advertise.is_none(), "--advertise"),
+                (underlay_iface.is_none(), "--underlay-iface"),
+            ]
+            .iter()
+            .filter(|(m, _)| *m)
+            .map(|(_, flag)| *flag)
+            .collect();
+            if !missing.is_empty() {
+                bail!(
+                    "a fleet store (--store etcd…) needs {}: without the tunnel, traffic to \
+                     members on other hosts would leave this host in clear text",
+                    missing.join(" and ")
+                );
+            }
+        }
         let pool = pick!(pool).unwrap_or_else(|| crate::ipam::DEFAULT_POOL.parse().expect("valid"));
         if let Err(e) = crate::ipam::check_pool(&pool) {
             bail!("invalid --pool: {e}");
@@ -259,8 +363,8 @@ impl RunConfig {
             state_dir: pick!(state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             store,
             bpffs: pick!(bpffs).unwrap_or_else(|| DEFAULT_BPFFS.into()),
-            underlay_iface: pick!(underlay_iface),
-            advertise: pick!(advertise),
+            underlay_iface,
+            advertise,
             dns_listen: pick!(dns_listen).unwrap_or_else(|| {
                 SocketAddrV4::new(
                     Ipv4Addr::from(pn_common::ip4_octets(pn_common::GATEWAY)),
@@ -313,7 +417,8 @@ mod tests {
     #[test]
     fn flags_beat_file_beats_defaults() {
         let f = file(
-            "host-id = \"from-file\"\ndns-ttl = 9\nstore = \"etcd://10.0.0.1:2379,10.0.0.2:2379\"\n",
+            "host-id = \"from-file\"\ndns-ttl = 9\nstore = \"etcd://10.0.0.1:2379,10.0.0.2:2379\"\n\
+             advertise = \"192.0.2.1:51871\"\nunderlay-iface = \"eth1\"\n",
         );
         let flags = RunSettings {
             host_id: Some("from-flag".into()),
@@ -494,5 +599,125 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("reading config file"), "{e:#}");
+    }
+
+    fn fleet(store: &str) -> RunSettings {
+        RunSettings {
+            host_id: Some("h1".into()),
+            store: Some(store.into()),
+            advertise: Some("192.0.2.1:51871".parse().unwrap()),
+            underlay_iface: Some("eth1".into()),
+            ..Default::default()
+        }
+    }
+
+    fn refused(flags: RunSettings, file: Option<&Path>, want: &str) {
+        let e = RunConfig::resolve(flags, file).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn a_fleet_store_needs_the_tunnel() {
+        for (advertise, underlay, want) in [
+            (false, false, "needs --advertise and --underlay-iface"),
+            (true, false, "needs --underlay-iface"),
+            (false, true, "needs --advertise: without the tunnel"),
+        ] {
+            let mut flags = fleet("etcd://10.0.0.1:2379");
+            if !advertise {
+                flags.advertise = None;
+            }
+            if !underlay {
+                flags.underlay_iface = None;
+            }
+            refused(flags, None, want);
+        }
+        assert!(RunConfig::resolve(fleet("etcd://10.0.0.1:2379"), None).is_ok());
+        // The embedded store is one host: no tunnel needed.
+        let c = RunConfig::resolve(
+            RunSettings {
+                host_id: Some("h1".into()),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.store, StoreSpec::Embedded);
+    }
+
+    #[test]
+    fn tls_needs_all_three_files_and_plain_text_none() {
+        let with = |store: &str, cacert: bool, cert: bool, key: bool| RunSettings {
+            etcd_cacert: cacert.then(|| "/ca.pem".into()),
+            etcd_cert: cert.then(|| "/h1.pem".into()),
+            etcd_key: key.then(|| "/h1.key".into()),
+            ..fleet(store)
+        };
+        refused(
+            with("etcds://10.0.0.1:2379", false, false, false),
+            None,
+            "needs --etcd-cacert, --etcd-cert and --etcd-key (missing --etcd-cacert, --etcd-cert, --etcd-key)",
+        );
+        refused(
+            with("etcds://10.0.0.1:2379", true, true, false),
+            None,
+            "(missing --etcd-key)",
+        );
+        // Certificates with a plain-text or embedded store would be a silent
+        // downgrade: refused.
+        refused(
+            with("etcd://10.0.0.1:2379", true, true, true),
+            None,
+            "--etcd-cacert, --etcd-cert, --etcd-key given but --store etcd://… is plain text",
+        );
+        refused(
+            with("embedded", false, true, false),
+            None,
+            "--etcd-cert given but --store is embedded",
+        );
+        refused(
+            with("https://10.0.0.1:2379", true, true, true),
+            None,
+            "invalid --store",
+        );
+        // The files are read at start: a missing one is named.
+        refused(
+            with("etcds://10.0.0.1:2379", true, true, true),
+            None,
+            "cannot read --etcd-cacert /ca.pem",
+        );
+    }
+
+    #[test]
+    fn tls_settings_come_from_the_file_too() {
+        use crate::store::etcd::testing::Pki;
+        let pki = Pki::new("config");
+        let ca = pki.ca("ca");
+        let h1 = pki.issue(&ca, "h1", &[]);
+        let f = file(&format!(
+            "store = \"etcds://10.0.0.1:2379,10.0.0.2:2379\"\netcd-cacert = {:?}\n\
+             etcd-cert = {:?}\netcd-key = {:?}\nadvertise = \"192.0.2.1:51871\"\n\
+             underlay-iface = \"eth1\"\nhost-id = \"h1\"\n",
+            ca.crt, h1.crt, h1.key
+        ));
+        let c = RunConfig::resolve(RunSettings::default(), Some(&f.0)).unwrap();
+        assert_eq!(
+            c.store,
+            StoreSpec::EtcdTls(
+                vec!["10.0.0.1:2379".into(), "10.0.0.2:2379".into()],
+                TlsFiles {
+                    cacert: ca.crt.clone(),
+                    cert: h1.crt.clone(),
+                    key: h1.key.clone(),
+                }
+            )
+        );
+        // A flag beats the file here too: the wrong key is named.
+        let flags = RunSettings {
+            etcd_key: Some(ca.key.clone()),
+            ..Default::default()
+        };
+        refused(flags, Some(&f.0), "is not the private key of --etcd-cert");
     }
 }

@@ -223,7 +223,11 @@ fn main() -> ExitCode {
 /// anything else that fails here is the daemon's own start-up or I/O.
 fn error_kind(e: &anyhow::Error) -> ErrorKind {
     e.chain()
-        .find_map(|c| c.downcast_ref::<ClientError>().map(Kind::kind))
+        .find_map(|c| {
+            c.downcast_ref::<ClientError>()
+                .map(Kind::kind)
+                .or_else(|| c.downcast_ref::<pn_agent::error::Error>().map(Kind::kind))
+        })
         .unwrap_or(ErrorKind::Internal)
 }
 
@@ -501,7 +505,9 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
-    let cfg = RunConfig::resolve(settings, config.as_deref())?;
+    // Every settings error is the command line's or the file's to fix.
+    let cfg = RunConfig::resolve(settings, config.as_deref())
+        .map_err(|e| pn_agent::error::Error::invalid(one_line(&e)))?;
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!("pn-agent run needs root (it loads eBPF programs and configures interfaces)");
     }

@@ -1,33 +1,47 @@
 //! Several hosts joined by an underlay, sharing one etcd: an "underlay"
 //! namespace holds a Linux bridge, each host namespace joins it with a veth
-//! (`ul0`, 192.168.100.N/24), and etcd listens on the bridge address.
+//! (`ul0`, 192.168.100.N/24), and etcd listens on the bridge address, in
+//! plain text or (`Fleet::tls`) over TLS with client certificates.
 
 use std::{
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use crate::{Host, Namespace};
+use crate::{
+    Host, Namespace,
+    pki::{Pair, Pki},
+};
 
 pub const UNDERLAY_NET: &str = "192.168.100";
 pub const ETCD_ADDR: &str = "192.168.100.254:2379";
+
+/// etcd's TLS settings: its certificate, and the CA whose certificates it
+/// accepts from clients (`--client-cert-auth`).
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub server: Pair,
+    pub client_ca: Pair,
+}
 
 /// Debian's etcd in the underlay namespace; `stop`/`start` keep its data.
 pub struct Etcd {
     ns: String,
     dir: PathBuf,
+    tls: Option<EtcdTls>,
     child: Option<Child>,
 }
 
 impl Etcd {
-    fn new(ns: &Namespace) -> Etcd {
+    fn new(ns: &Namespace, tls: Option<EtcdTls>) -> Etcd {
         let dir =
             std::env::temp_dir().join(format!("pn-test-{}-etcd-{}", std::process::id(), ns.name));
         let _ = std::fs::remove_dir_all(&dir);
         let mut e = Etcd {
             ns: ns.name.clone(),
             dir,
+            tls,
             child: None,
         };
         e.start();
@@ -36,17 +50,23 @@ impl Etcd {
 
     pub fn start(&mut self) {
         let peer = format!("http://{UNDERLAY_NET}.254:2380");
-        let client = format!("http://{ETCD_ADDR}");
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns,
-                "etcd",
-                "--name",
-                "pn",
-                "--data-dir",
-            ])
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://{ETCD_ADDR}");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, "etcd"]);
+        if let Some(tls) = &self.tls {
+            cmd.args([
+                "--client-cert-auth",
+                "--trusted-ca-file",
+                tls.client_ca.crt(),
+                "--cert-file",
+                tls.server.crt(),
+                "--key-file",
+                tls.server.key(),
+            ]);
+        }
+        let child = cmd
+            .args(["--name", "pn", "--data-dir"])
             .arg(&self.dir)
             .args([
                 "--listen-client-urls",
@@ -103,11 +123,90 @@ impl Drop for Etcd {
     }
 }
 
+/// The certificates of a TLS fleet: one CA for etcd and the hosts.
+pub struct FleetPki {
+    pub ca: Pair,
+    /// `h1…hn`'s certificates (CN = host id), index 0 for h1.
+    pub hosts: Vec<Pair>,
+    /// The administrator's (CN = root, etcd's root user once auth is on).
+    pub root: Pair,
+    pub pki: Pki,
+}
+
+impl FleetPki {
+    /// `etcdctl` over TLS as the holder of `pair`, from the underlay.
+    pub fn etcdctl(&self, underlay: &Namespace, pair: &Pair, args: &[&str]) -> Output {
+        let endpoint = format!("https://{ETCD_ADDR}");
+        let mut cmd = vec![
+            "etcdctl",
+            "--endpoints",
+            &endpoint,
+            "--cacert",
+            self.ca.crt(),
+            "--cert",
+            pair.crt(),
+            "--key",
+            pair.key(),
+        ];
+        cmd.extend_from_slice(args);
+        underlay.exec(&cmd)
+    }
+
+    /// etcd authentication on, with a role per host: README's "etcd: TLS
+    /// and roles", command for command.
+    fn grant_roles(&self, underlay: &Namespace, n: usize) {
+        let e = |args: &[&str]| {
+            let out = self.etcdctl(underlay, &self.root, args);
+            assert!(
+                out.status.success(),
+                "etcdctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        e(&["user", "add", "root", "--no-password"]);
+        e(&["user", "grant-role", "root", "root"]);
+        for i in 1..=n {
+            let h = format!("h{i}");
+            e(&["user", "add", &h, "--no-password"]);
+            e(&["role", "add", &h]);
+            e(&[
+                "role",
+                "grant-permission",
+                &h,
+                "read",
+                "/pn/",
+                "--prefix=true",
+            ]);
+            e(&["role", "grant-permission", &h, "readwrite", "/pn/pool"]);
+            for p in ["networks", "apps", "containers", "claims", "ips", "peers"] {
+                e(&[
+                    "role",
+                    "grant-permission",
+                    &h,
+                    "readwrite",
+                    &format!("/pn/{p}/"),
+                    "--prefix=true",
+                ]);
+            }
+            e(&[
+                "role",
+                "grant-permission",
+                &h,
+                "readwrite",
+                &format!("/pn/hosts/{h}"),
+            ]);
+            e(&["user", "grant-role", &h, &h]);
+        }
+        e(&["auth", "enable"]);
+    }
+}
+
 pub struct Fleet {
     // Dropped in field order: agents first, then etcd, then the underlay.
     pub hosts: Vec<Host>,
     pub etcd: Etcd,
     pub underlay: Namespace,
+    pub pki: Option<FleetPki>,
 }
 
 impl Fleet {
@@ -118,6 +217,22 @@ impl Fleet {
     }
 
     pub fn with_flags(prefix: &str, n: usize, extra: &[&str]) -> Fleet {
+        Fleet::build(prefix, n, extra, false, false)
+    }
+
+    /// As `new`, with etcd serving TLS only and accepting clients whose
+    /// certificate its CA signed; each host has its own certificate.
+    pub fn tls(prefix: &str, n: usize) -> Fleet {
+        Fleet::build(prefix, n, &[], true, false)
+    }
+
+    /// As `tls`, with etcd authentication on and each host's role limited
+    /// to what it must write (README's "etcd: TLS and roles").
+    pub fn tls_with_roles(prefix: &str, n: usize) -> Fleet {
+        Fleet::build(prefix, n, &[], true, true)
+    }
+
+    fn build(prefix: &str, n: usize, extra: &[&str], tls: bool, roles: bool) -> Fleet {
         let underlay = Namespace::new(&format!("{prefix}-ul"));
         underlay.ip(&["link", "add", "br0", "type", "bridge"]);
         underlay.ip(&[
@@ -128,62 +243,116 @@ impl Fleet {
             "br0",
         ]);
         underlay.ip(&["link", "set", "br0", "up"]);
-        let etcd = Etcd::new(&underlay);
-        let mut hosts = Vec::new();
-        for i in 1..=n {
-            let id = format!("h{i}");
-            let mut host = Host::create(prefix, &id);
-            let port = format!("p{i}");
-            host.ns.ip(&[
-                "link",
-                "add",
-                "ul0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &port,
-                "netns",
-                &underlay.name,
-            ]);
-            host.ns.ip(&[
-                "addr",
-                "add",
-                &format!("{UNDERLAY_NET}.{i}/24"),
-                "dev",
-                "ul0",
-            ]);
-            host.ns.ip(&["link", "set", "ul0", "up"]);
-            underlay.ip(&["link", "set", &port, "master", "br0", "up"]);
-            let flags = Self::flags(i, extra);
-            let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
-            host.launch(&refs);
-            hosts.push(host);
+        let pki = tls.then(|| {
+            let pki = Pki::new(
+                &std::env::temp_dir().join(format!("pn-test-{}-pki-{prefix}", std::process::id())),
+            );
+            let ca = pki.ca("pn-etcd-ca");
+            let hosts = (1..=n)
+                .map(|i| pki.issue(&ca, &format!("h{i}"), &[]))
+                .collect();
+            let root = pki.issue(&ca, "root", &[]);
+            FleetPki {
+                ca,
+                hosts,
+                root,
+                pki,
+            }
+        });
+        let etcd_tls = pki.as_ref().map(|p| EtcdTls {
+            server: p
+                .pki
+                .issue(&p.ca, "etcd", &[ETCD_ADDR.split(':').next().unwrap()]),
+            client_ca: p.ca.clone(),
+        });
+        let etcd = Etcd::new(&underlay, etcd_tls);
+        if roles && let Some(p) = &pki {
+            p.grant_roles(&underlay, n);
         }
-        Fleet {
-            hosts,
+        let mut fleet = Fleet {
+            hosts: Vec::new(),
             etcd,
             underlay,
+            pki,
+        };
+        for i in 1..=n {
+            let mut host = fleet.plumb(prefix, i);
+            let flags = fleet.flags(i, extra);
+            let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+            host.launch(&refs);
+            fleet.hosts.push(host);
         }
+        fleet
     }
 
-    fn flags(i: usize, extra: &[&str]) -> Vec<String> {
-        let mut flags: Vec<String> = vec![
-            "--store".into(),
-            format!("etcd://{ETCD_ADDR}"),
+    /// Host `h<i>`'s namespace joined to the underlay (`ul0`,
+    /// 192.168.100.i), with no agent yet.
+    pub fn plumb(&self, prefix: &str, i: usize) -> Host {
+        let host = Host::create(prefix, &format!("h{i}"));
+        let port = format!("p{i}");
+        host.ns.ip(&[
+            "link",
+            "add",
+            "ul0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.underlay.name,
+        ]);
+        host.ns.ip(&[
+            "addr",
+            "add",
+            &format!("{UNDERLAY_NET}.{i}/24"),
+            "dev",
+            "ul0",
+        ]);
+        host.ns.ip(&["link", "set", "ul0", "up"]);
+        self.underlay
+            .ip(&["link", "set", &port, "master", "br0", "up"]);
+        host
+    }
+
+    /// The tunnel flags of host `i` (advertise, underlay).
+    pub fn tunnel_flags(i: usize) -> Vec<String> {
+        vec![
             "--advertise".into(),
             format!("{UNDERLAY_NET}.{i}:51871"),
-        ];
-        flags.extend(["--underlay-iface".into(), "ul0".into()]);
+            "--underlay-iface".into(),
+            "ul0".into(),
+        ]
+    }
+
+    /// The `run` flags of host `i`: the store (with its certificate on a TLS
+    /// fleet), the tunnel, then `extra`.
+    pub fn flags(&self, i: usize, extra: &[&str]) -> Vec<String> {
+        let mut flags: Vec<String> = match &self.pki {
+            None => vec!["--store".into(), format!("etcd://{ETCD_ADDR}")],
+            Some(p) => vec![
+                "--store".into(),
+                format!("etcds://{ETCD_ADDR}"),
+                "--etcd-cacert".into(),
+                p.ca.crt().into(),
+                "--etcd-cert".into(),
+                p.hosts[i - 1].crt().into(),
+                "--etcd-key".into(),
+                p.hosts[i - 1].key().into(),
+            ],
+        };
+        flags.extend(Self::tunnel_flags(i));
         flags.extend(extra.iter().map(|s| s.to_string()));
         flags
     }
 
     /// Restarts every agent with other extra flags.
     pub fn relaunch(&mut self, extra: &[&str]) {
-        for (i, h) in self.hosts.iter_mut().enumerate() {
+        let flags: Vec<Vec<String>> = (1..=self.hosts.len())
+            .map(|i| self.flags(i, extra))
+            .collect();
+        for (h, flags) in self.hosts.iter_mut().zip(flags) {
             h.stop();
-            let flags = Self::flags(i + 1, extra);
             let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
             h.launch(&refs);
         }

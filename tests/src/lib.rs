@@ -9,6 +9,7 @@
 pub mod edge;
 pub mod fleet;
 pub mod net;
+pub mod pki;
 
 use std::{
     fs::File,
@@ -284,7 +285,7 @@ impl Host {
             .arg("--bpffs")
             .arg(self.bpffs())
             .args(&self.extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "error")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -307,6 +308,41 @@ impl Host {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Runs the agent with `flags` (no other flags kept) until it exits by
+    /// itself, for agents that must refuse to start; one that is still up
+    /// after `timeout` is stopped and reported with code -1. Logs below
+    /// errors are off, so stderr holds what an operator is told.
+    pub fn run_to_exit(&self, flags: &[&str], timeout: Duration) -> Cli {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns.name])
+            .arg(agent_bin())
+            .arg("--api-socket")
+            .arg(self.api_socket())
+            .args(["run", "--host-id", &self.id])
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--bpffs")
+            .arg(self.bpffs())
+            .args(flags)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting pn-agent");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return child.wait_with_output().expect("agent output").into();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let mut out: Cli = child.wait_with_output().expect("agent output").into();
+        out.code = -1;
+        out
     }
 
     /// Stops the agent with SIGTERM (as systemd would) and waits for it.

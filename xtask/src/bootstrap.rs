@@ -17,8 +17,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages: network tools for the tests (iproute2, ping, tcpdump,
 /// dig), the real servers they start (etcd, nginx), load generators for the
-/// benchmarks (iperf3, dnsperf), the nftables baseline, bpftool, and `wg`
-/// to configure the boringtun baseline.
+/// benchmarks (iperf3, dnsperf), the nftables baseline, bpftool, `wg`
+/// to configure the boringtun baseline, and `openssl` to make the
+/// certificates of the etcd TLS tests (the commands README documents).
 pub const PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -33,6 +34,7 @@ pub const PACKAGES: &[&str] = &[
     "dnsperf",
     "bpftool",
     "wireguard-tools",
+    "openssl",
 ];
 
 /// The userspace WireGuard the tunnel benchmark compares against.

@@ -17,10 +17,14 @@ use crate::{
     config::{RunConfig, StoreSpec},
     datapath::{Datapath, Kernel},
     dns::{self, DnsConfig, DnsStats},
+    error::Error,
     flows::FlowHub,
     model::{Host, now_secs},
     netlink::{Netlink, enable_forwarding},
-    store::{Backend, Membership, MembershipError, embedded::Embedded, view::MembershipView},
+    store::{
+        Backend, Membership, MembershipError, StoreError, embedded::Embedded, etcd::Etcd, keys,
+        view::MembershipView,
+    },
 };
 
 pub(super) fn gateway_addr() -> Ipv4Addr {
@@ -55,11 +59,25 @@ impl Agent {
                 Embedded::open(&cfg.state_dir)
                     .with_context(|| format!("opening the store in {}", cfg.state_dir.display()))?,
             ),
-            StoreSpec::Etcd(endpoints) => Arc::new(crate::store::etcd::Etcd::new(
-                endpoints.clone(),
-                cfg.etcd_prefix.clone(),
-            )),
+            StoreSpec::Etcd(endpoints) => {
+                log::warn!(
+                    "store etcd://{} is plain text and unauthenticated: for a fleet use etcds://",
+                    endpoints.join(",")
+                );
+                Arc::new(Etcd::new(endpoints.clone(), cfg.etcd_prefix.clone()))
+            }
+            StoreSpec::EtcdTls(endpoints, files) => Arc::new(
+                Etcd::with_tls(endpoints.clone(), cfg.etcd_prefix.clone(), files.clone())
+                    .map_err(|e| Error::invalid(e.to_string()))?,
+            ),
         };
+        // A store that refuses this host (a certificate it rejects or does
+        // not trust, a role without read access) is a setting to fix, not an
+        // outage to ride out: stop before touching the kernel. An outage
+        // goes on below (enforce the pinned state, retry).
+        if let Err(StoreError::Refused(why)) = backend.get(keys::POOL).await {
+            return Err(Error::unavailable(why).into());
+        }
         let netlink = Netlink::connect().context("opening netlink")?;
         enable_forwarding()?;
         netlink

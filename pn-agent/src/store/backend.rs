@@ -58,6 +58,11 @@ pub enum WatchEvent {
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store answered but will not serve this host (a certificate it
+    /// rejects or does not trust, a role without the permission): retrying
+    /// does not help until someone fixes the certificate or the role.
+    #[error("store refused this host: {0}")]
+    Refused(String),
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
     #[error("store I/O: {0}")]
@@ -67,7 +72,9 @@ pub enum StoreError {
 impl Kind for StoreError {
     fn kind(&self) -> ErrorKind {
         match self {
-            StoreError::Unavailable(_) => ErrorKind::Unavailable,
+            // Not reachable for this host, either way; the message says
+            // whether to wait or to fix a certificate or a role.
+            StoreError::Unavailable(_) | StoreError::Refused(_) => ErrorKind::Unavailable,
             // Records that do not decode and a failing state directory are
             // not cured by retrying: someone has to look.
             StoreError::Corrupt(_) | StoreError::Io(_) => ErrorKind::Internal,

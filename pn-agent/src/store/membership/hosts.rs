@@ -11,7 +11,7 @@ use super::{Membership, MembershipError, Result, Step, as_read, encode};
 use crate::{
     model::Host,
     store::{
-        backend::Op,
+        backend::{Cond, Op},
         keys::{self, Key},
     },
 };
@@ -87,6 +87,16 @@ impl Membership {
         if self.kv.get(&host_key.to_string()).await?.is_none() {
             return Err(MembershipError::NotFound(format!("host {id}")));
         }
+        // With etcd roles, only some hosts may delete another's record. A
+        // transaction whose condition never holds writes nothing, but etcd
+        // checks its permissions all the same: a refusal comes now, before
+        // any of the host's containers is removed.
+        self.kv
+            .txn(
+                vec![Cond::ModRev(host_key.to_string(), -1)],
+                vec![Op::Delete(host_key.to_string())],
+            )
+            .await?;
         for c in self
             .containers()
             .await?

@@ -1,18 +1,27 @@
-//! The fleet backend: etcd v3 through `etcd-client` (tonic gRPC). All keys
-//! live under one prefix. Conditions map to etcd compares (`Absent` is
-//! "create revision 0"), transactions to etcd transactions, watches to etcd
-//! watches from a revision. Every call is bounded in time and an outage is
-//! reported as [`StoreError::Unavailable`]; a watch that breaks ends its
-//! channel, which makes the agent list again and resume from there.
+//! The fleet backend: etcd v3 through `etcd-client` (tonic gRPC), in plain
+//! text (`etcd://`, development and tests) or over TLS with a client
+//! certificate (`etcds://`, see [`tls`]). All keys live under one prefix.
+//! Conditions map to etcd compares (`Absent` is "create revision 0"),
+//! transactions to etcd transactions, watches to etcd watches from a
+//! revision. Every call is bounded in time; an outage is reported as
+//! [`StoreError::Unavailable`] and a refusal (TLS, permissions) as
+//! [`StoreError::Refused`]. A watch that breaks ends its channel, which
+//! makes the agent list again and resume from there.
 
-use std::time::Duration;
+mod probe;
+mod tls;
+
+use std::{sync::Arc, time::Duration};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, TlsOptions, Txn, TxnOp,
+    WatchOptions,
 };
 use futures::future::BoxFuture;
 use tokio::sync::{Mutex, mpsc};
 
+use self::tls::{Context, Failure};
+pub use self::tls::{TlsFileError, TlsFiles};
 use super::backend::{Backend, Cond, Entry, Listing, Op, StoreError, WatchEvent};
 
 /// Longest wait for one request before the store counts as unreachable.
@@ -41,6 +50,9 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 pub struct Etcd {
     endpoints: Vec<String>,
     prefix: String,
+    /// For `etcds://`: the files (named in messages), etcd-client's TLS
+    /// settings and the same identity for a [`probe`].
+    tls: Option<(TlsFiles, TlsOptions, Arc<rustls::ClientConfig>)>,
     // Connected lazily and again after a failure, so the agent starts (and
     // keeps enforcing) while etcd is down.
     client: Mutex<Option<Client>>,
@@ -51,20 +63,78 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl Etcd {
+    /// Plain text, no authentication: for development and tests.
     pub fn new(endpoints: Vec<String>, prefix: String) -> Etcd {
         Etcd {
             endpoints,
             prefix,
+            tls: None,
             client: Mutex::new(None),
         }
     }
 
-    fn options() -> ConnectOptions {
-        ConnectOptions::new()
+    /// TLS with a client certificate; the files are read and checked now.
+    pub fn with_tls(
+        endpoints: Vec<String>,
+        prefix: String,
+        files: TlsFiles,
+    ) -> Result<Etcd, TlsFileError> {
+        let (options, probe) = files.load()?;
+        Ok(Etcd {
+            tls: Some((files, options, probe)),
+            ..Etcd::new(endpoints, prefix)
+        })
+    }
+
+    fn options(&self) -> ConnectOptions {
+        let options = ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
-            .with_keep_alive_while_idle(true)
+            .with_keep_alive_while_idle(true);
+        match &self.tls {
+            Some((_, tls, _)) => options.with_tls(tls.clone()),
+            None => options,
+        }
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// A failed request as the store error the agent acts on: a refusal
+    /// (TLS, permissions) or an outage. A connection that merely closed is
+    /// probed once to tell which.
+    async fn failure(&self, what: &str, e: &etcd_client::Error) -> StoreError {
+        let endpoints = self.endpoints.join(",");
+        let ctx = Context {
+            endpoints: &endpoints,
+            tls: self.tls.as_ref().map(|(files, _, _)| files),
+        };
+        match tls::explain(e, &ctx) {
+            Failure::Refused(msg) => StoreError::Refused(msg),
+            Failure::Down(msg) => self.refused_or(what, msg).await,
+        }
+    }
+
+    /// An outage (`down`), unless a probe finds etcd refusing this host.
+    async fn refused_or(&self, what: &str, down: String) -> StoreError {
+        let endpoints = self.endpoints.join(",");
+        if tls::worth_probing(&down) {
+            let config = self.tls.as_ref().map(|(_, _, c)| c.clone());
+            if let Some(f) = probe::diagnose(self.endpoints.clone(), config).await {
+                let ctx = Context {
+                    endpoints: &endpoints,
+                    tls: self.tls.as_ref().map(|(files, _, _)| files),
+                };
+                return StoreError::Refused(tls::explain_finding(&f, &ctx));
+            }
+        }
+        if down.starts_with("etcd ") {
+            unavailable(format!("{what}: {down}"))
+        } else {
+            unavailable(format!("etcd {endpoints} {what}: {down}"))
+        }
     }
 
     async fn client(&self) -> Result<Client, StoreError> {
@@ -75,25 +145,24 @@ impl Etcd {
         let urls: Vec<String> = self
             .endpoints
             .iter()
-            .map(|e| format!("http://{e}"))
+            .map(|e| format!("{}://{e}", self.scheme()))
             .collect();
         let c = tokio::time::timeout(
             REQUEST_TIMEOUT,
-            Client::connect(&urls, Some(Self::options())),
+            Client::connect(&urls, Some(self.options())),
         )
-        .await
-        .map_err(|_| {
-            unavailable(format!(
-                "connecting to etcd {} timed out",
-                self.endpoints.join(",")
-            ))
-        })?
-        .map_err(|e| {
-            unavailable(format!(
-                "connecting to etcd {}: {e}",
-                self.endpoints.join(",")
-            ))
-        })?;
+        .await;
+        let c = match c {
+            Ok(c) => c,
+            Err(_) => {
+                let late = format!("connecting timed out after {REQUEST_TIMEOUT:?}");
+                return Err(self.refused_or("connect", late).await);
+            }
+        };
+        let c = match c {
+            Ok(c) => c,
+            Err(e) => return Err(self.failure("connecting", &e).await),
+        };
         *guard = Some(c.clone());
         Ok(c)
     }
@@ -110,13 +179,12 @@ impl Etcd {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 *self.client.lock().await = None;
-                Err(unavailable(format!("etcd {what}: {e}")))
+                Err(self.failure(what, &e).await)
             }
             Err(_) => {
                 *self.client.lock().await = None;
-                Err(unavailable(format!(
-                    "etcd {what}: no answer within {REQUEST_TIMEOUT:?}"
-                )))
+                let late = format!("no answer within {REQUEST_TIMEOUT:?}");
+                Err(self.refused_or(what, late).await)
             }
         }
     }
@@ -300,217 +368,16 @@ impl Backend for Etcd {
     }
 
     fn describe(&self) -> String {
-        format!("etcd {} (prefix {})", self.endpoints.join(","), self.prefix)
+        let scheme = if self.tls.is_some() { "etcds" } else { "etcd" };
+        format!(
+            "{scheme}://{} (prefix {})",
+            self.endpoints.join(","),
+            self.prefix
+        )
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::prefix_end;
-
-    #[test]
-    fn range_ends() {
-        assert_eq!(prefix_end(b"/pn/"), b"/pn0");
-        assert_eq!(prefix_end(b"a\xff"), b"b");
-        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
-    }
-}
-
+pub(crate) mod testing;
 #[cfg(test)]
-pub(crate) mod testing {
-    //! A real etcd (Debian's `etcd` binary) on loopback for the unit tests.
-
-    use std::{
-        net::TcpListener,
-        path::PathBuf,
-        process::{Child, Command, Stdio},
-        time::Instant,
-    };
-
-    pub struct EtcdServer {
-        child: Child,
-        dir: PathBuf,
-        pub endpoint: String,
-    }
-
-    fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
-    impl EtcdServer {
-        pub fn start(name: &str) -> EtcdServer {
-            let dir = std::env::temp_dir().join(format!("pn-etcd-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            let (client, peer) = (free_port(), free_port());
-            let endpoint = format!("127.0.0.1:{client}");
-            let child = Command::new("etcd")
-                .args(["--name", name, "--data-dir"])
-                .arg(&dir)
-                .args([
-                    "--listen-client-urls",
-                    &format!("http://{endpoint}"),
-                    "--advertise-client-urls",
-                    &format!("http://{endpoint}"),
-                    "--listen-peer-urls",
-                    &format!("http://127.0.0.1:{peer}"),
-                    "--initial-advertise-peer-urls",
-                    &format!("http://127.0.0.1:{peer}"),
-                    "--initial-cluster",
-                    &format!("{name}=http://127.0.0.1:{peer}"),
-                    "--log-level",
-                    "error",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("etcd must be installed (cargo xtask installs Debian's etcd-server)");
-            let server = EtcdServer {
-                child,
-                dir,
-                endpoint,
-            };
-            let deadline = Instant::now() + std::time::Duration::from_secs(20);
-            while std::net::TcpStream::connect(&server.endpoint).is_err() {
-                assert!(Instant::now() < deadline, "etcd did not start");
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            server
-        }
-    }
-
-    impl Drop for EtcdServer {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-#[cfg(test)]
-mod conformance {
-    use std::sync::Arc;
-
-    use super::{Etcd, testing::EtcdServer};
-    use crate::store::Backend;
-
-    /// Each test gets its own etcd; the server lives as long as the backend
-    /// (leaked into a holder that outlives the test body).
-    async fn fresh(name: &str) -> Arc<dyn Backend> {
-        let server = EtcdServer::start(name);
-        let kv = Etcd::new(vec![server.endpoint.clone()], "/pn-test/".into());
-        Arc::new(Held {
-            kv,
-            _server: server,
-        })
-    }
-
-    struct Held {
-        kv: Etcd,
-        _server: EtcdServer,
-    }
-
-    impl Backend for Held {
-        fn get<'a>(
-            &'a self,
-            key: &'a str,
-        ) -> futures::future::BoxFuture<
-            'a,
-            Result<Option<crate::store::Entry>, crate::store::StoreError>,
-        > {
-            self.kv.get(key)
-        }
-        fn list<'a>(
-            &'a self,
-            prefix: &'a str,
-        ) -> futures::future::BoxFuture<'a, Result<crate::store::Listing, crate::store::StoreError>>
-        {
-            self.kv.list(prefix)
-        }
-        fn txn(
-            &self,
-            conds: Vec<crate::store::Cond>,
-            ops: Vec<crate::store::Op>,
-        ) -> futures::future::BoxFuture<'_, Result<Option<i64>, crate::store::StoreError>> {
-            self.kv.txn(conds, ops)
-        }
-        fn watch<'a>(
-            &'a self,
-            prefix: &'a str,
-            from_rev: i64,
-        ) -> futures::future::BoxFuture<
-            'a,
-            Result<tokio::sync::mpsc::Receiver<crate::store::WatchEvent>, crate::store::StoreError>,
-        > {
-            self.kv.watch(prefix, from_rev)
-        }
-        fn describe(&self) -> String {
-            self.kv.describe()
-        }
-    }
-
-    crate::store_conformance_tests!(fresh);
-
-    #[tokio::test]
-    async fn big_stores_list_in_pages_and_watch_in_big_batches() {
-        use crate::store::{Op, WatchEvent};
-        let server = EtcdServer::start("pages");
-        let kv = Etcd::new(vec![server.endpoint.clone()], "/pn-test/".into());
-        let value = "v".repeat(1000);
-        // 5 MB in all: more than one gRPC message, more than two pages.
-        for batch in 0..50 {
-            let ops = (0..100)
-                .map(|i| Op::Put(format!("k/{:05}", batch * 100 + i), value.clone()))
-                .collect();
-            kv.txn(vec![], ops).await.unwrap();
-        }
-        let l = kv.list("k/").await.unwrap();
-        assert_eq!(l.entries.len(), 5000);
-        assert!(
-            l.entries.windows(2).all(|w| w[0].0 < w[1].0),
-            "in key order, no repeats"
-        );
-        // A watcher starting from the beginning catches up on all of it.
-        let mut rx = kv.watch("k/", 1).await.unwrap();
-        let mut n = 0;
-        while n < 5000 {
-            match tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv()).await {
-                Ok(Some(WatchEvent::Put { .. })) => n += 1,
-                other => panic!("after {n} events: {other:?}"),
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn an_outage_is_reported_and_survived() {
-        use crate::store::{Op, StoreError};
-        let server = EtcdServer::start("outage");
-        let endpoint = server.endpoint.clone();
-        let kv = Etcd::new(vec![endpoint], "/pn-test/".into());
-        kv.txn(vec![], vec![Op::Put("a".into(), "1".into())])
-            .await
-            .unwrap();
-        let mut rx = kv.watch("", 1).await.unwrap();
-        assert!(matches!(
-            rx.recv().await,
-            Some(crate::store::WatchEvent::Put { .. })
-        ));
-        drop(server);
-        // The watch ends, requests fail fast with one line.
-        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await;
-        assert!(
-            matches!(ended, Ok(None)),
-            "watch should end when etcd goes away"
-        );
-        match kv.get("a").await {
-            Err(StoreError::Unavailable(msg)) => {
-                assert!(!msg.contains('\n') && msg.contains("etcd"), "{msg}")
-            }
-            other => panic!("expected unavailable, got {other:?}"),
-        }
-    }
-}
+mod tests;
