@@ -215,7 +215,16 @@ impl Responder {
             usize::from(u16::MAX)
         };
         if bytes.len() > limit {
-            return resp.truncate().to_vec().map_or(Action::Drop, Action::Reply);
+            let mut cut = resp.truncate();
+            match cut.to_vec() {
+                Ok(b) if b.len() <= limit => return Action::Reply(b),
+                Ok(_) => {}
+                Err(_) => return Action::Drop,
+            }
+            // Even the questions do not fit (a request of many, refused as
+            // FORMERR): the header alone, never more than the client's size.
+            cut.queries.clear();
+            return cut.to_vec().map_or(Action::Drop, Action::Reply);
         }
         Action::Reply(bytes)
     }

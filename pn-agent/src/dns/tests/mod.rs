@@ -446,3 +446,26 @@ async fn big_answers_truncate_over_udp_and_come_whole_over_tcp() {
     tcp.read_exact(&mut buf).await.unwrap();
     assert_eq!(ips(&Message::from_vec(&buf).unwrap()).len(), 120);
 }
+
+/// Found by the fuzz target: a request of many questions was refused with
+/// all of them echoed, past the client's datagram size.
+#[tokio::test]
+async fn a_formerr_to_many_questions_fits_a_datagram() {
+    let (h, stats) = start(1, vec![]).await;
+    let mut m = Message::query();
+    for i in 0..20 {
+        let name = format!("{}.q{i}.example.", "x".repeat(60));
+        m.add_query(Query::query(
+            Name::from_ascii(&name).unwrap(),
+            RecordType::A,
+        ));
+    }
+    let q = m.to_vec().unwrap();
+    assert!(q.len() > 512);
+    let r = udp_raw(h.local_udp, C1, &q).await.expect("FORMERR");
+    assert!(r.len() <= 512, "{} bytes", r.len());
+    let r = Message::from_vec(&r).unwrap();
+    assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
+    assert!(r.metadata.truncation);
+    assert_eq!(stats.malformed.load(Ordering::Relaxed), 1);
+}
