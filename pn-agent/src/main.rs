@@ -501,6 +501,22 @@ fn status_text(s: &Status) -> String {
     t
 }
 
+/// Raises the soft descriptor limit to the hard one: the default soft limit
+/// (often 1024) is low for a daemon holding sockets for many containers; the
+/// DNS server sizes its own bounds from the result.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                log::warn!("raising the descriptor limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("reading the descriptor limit: {e}"),
+    }
+}
+
 async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
@@ -523,6 +539,7 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
                 cfg.state_dir.display()
             )
         })?;
+    raise_descriptor_limit();
     let listener = pn_agent::server::bind(&cfg.api_socket).await?;
     log::info!(
         "pn-agent {} starting: host {}, store {:?}, bpffs {}",

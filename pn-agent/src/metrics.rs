@@ -252,6 +252,23 @@ impl Collector for AgentCollector {
                 ConstCounter::new(n).encode(m.encode_family(&[("outcome", outcome)])?)?;
             }
         }
+        {
+            let mut m = encoder.encode_descriptor(
+                "pn_dns_limited",
+                "Bounds of the DNS server hit by its clients, per bound",
+                None,
+                MetricType::Counter,
+            )?;
+            for (limit, n) in inputs.dns.limits_snapshot() {
+                ConstCounter::new(n).encode(m.encode_family(&[("limit", limit)])?)?;
+            }
+        }
+        ConstGauge::new(inputs.dns.tcp_open() as i64).encode(encoder.encode_descriptor(
+            "pn_dns_tcp_connections",
+            "TCP connections open to the DNS server",
+            None,
+            MetricType::Gauge,
+        )?)?;
         ConstCounter::new(inputs.flows.received.load(Ordering::Relaxed)).encode(
             encoder.encode_descriptor(
                 "pn_flow_events",

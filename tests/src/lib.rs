@@ -370,6 +370,11 @@ impl Host {
         self.spawn();
     }
 
+    /// The agent's process id, while it runs (`ip netns exec` execs it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }

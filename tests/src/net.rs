@@ -401,6 +401,19 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
 /// A minimal upstream resolver on `0.0.0.0:port` (UDP) inside `ns`: answers
 /// every query with one A record `answer`, TTL 60, by echoing the question.
 pub fn fake_dns_upstream(ns: &Namespace, port: u16, answer: Ipv4Addr) -> Server {
+    fake_dns_upstream_ignoring(ns, port, answer, "")
+}
+
+/// As [`fake_dns_upstream`], but queries whose first label starts with
+/// `silent_prefix` (when not empty) never get an answer, as from an
+/// upstream that times out.
+pub fn fake_dns_upstream_ignoring(
+    ns: &Namespace,
+    port: u16,
+    answer: Ipv4Addr,
+    silent_prefix: &str,
+) -> Server {
+    let silent = silent_prefix.as_bytes().to_vec();
     spawn_server(ns, move |stop, ready| {
         let s = UdpSocket::bind(("0.0.0.0", port)).expect("udp bind");
         s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
@@ -411,6 +424,10 @@ pub fn fake_dns_upstream(ns: &Namespace, port: u16, answer: Ipv4Addr) -> Server 
                 continue;
             };
             if n < 12 {
+                continue;
+            }
+            let first_label = buf.get(13..13 + usize::from(buf[12])).unwrap_or(&[]);
+            if !silent.is_empty() && first_label.starts_with(&silent) {
                 continue;
             }
             let mut r = buf[..n].to_vec();

@@ -1,0 +1,81 @@
+//! Arbitrary bytes as a DNS query from a member, over UDP and over TCP: the
+//! server answers with a well-formed response that fits the transport,
+//! forwards, or drops; it never panics.
+#![no_main]
+
+use std::{
+    net::Ipv4Addr,
+    sync::{Arc, LazyLock},
+};
+
+use hickory_proto::op::{Message, MessageType};
+use libfuzzer_sys::fuzz_target;
+use pn_agent::dns::{
+    Directory, DnsConfig, DnsStats,
+    zone::{Action, EDNS_UDP_MAX, PLAIN_UDP_MAX, Responder},
+};
+use pn_common::{
+    ids::{AppId, NetworkId, Uuid},
+    names::{RecordQuery, Selector},
+};
+
+fn net() -> NetworkId {
+    NetworkId(Uuid::from_random_bytes([1; 16]))
+}
+fn app() -> AppId {
+    AppId(Uuid::from_random_bytes([2; 16]))
+}
+
+/// One app of network NET with 300 `web` containers (answers too long for
+/// a datagram) and one `worker`.
+struct Fixed;
+
+impl Directory for Fixed {
+    fn network_of(&self, _: Ipv4Addr) -> Option<NetworkId> {
+        Some(net())
+    }
+    fn resolve(&self, q: &RecordQuery, out: &mut Vec<Ipv4Addr>) -> bool {
+        if q.network != net() || q.app != app() {
+            return false;
+        }
+        let before = out.len();
+        match &q.selector {
+            Selector::Web => out.extend((0..300u32).map(|i| Ipv4Addr::from(0x0af0_0000 + i))),
+            Selector::Type(t) if t.as_str() == "web" => {
+                out.extend((0..300u32).map(|i| Ipv4Addr::from(0x0af0_0000 + i)))
+            }
+            Selector::Container(t, 1) if t.as_str() == "worker" => {
+                out.push(Ipv4Addr::new(10, 240, 1, 1))
+            }
+            _ => {}
+        }
+        out.len() > before
+    }
+}
+
+static RESPONDER: LazyLock<Responder> = LazyLock::new(|| {
+    let cfg = DnsConfig {
+        listen: "169.254.1.1:53".parse().unwrap(),
+        ttl: 5,
+        upstreams: vec!["192.0.2.53:53".parse().unwrap()],
+    };
+    Responder::new(&cfg, Arc::new(Fixed), Arc::new(DnsStats::default()))
+});
+
+fuzz_target!(|data: &[u8]| {
+    for udp in [true, false] {
+        match RESPONDER.answer(net(), data, udp) {
+            Action::Reply(bytes) => {
+                let max = if udp { usize::from(EDNS_UDP_MAX) } else { usize::from(u16::MAX) };
+                assert!(bytes.len() <= max, "{} bytes over {}", bytes.len(), if udp { "UDP" } else { "TCP" });
+                let m = Message::from_vec(&bytes).expect("our own answer parses");
+                assert_eq!(m.metadata.message_type, MessageType::Response);
+                assert_eq!(&bytes[..2], &data[..2], "the query's id");
+            }
+            Action::Forward { udp_limit } => {
+                assert!((PLAIN_UDP_MAX..=usize::from(EDNS_UDP_MAX)).contains(&udp_limit));
+            }
+            Action::Drop => {}
+        }
+    }
+});

@@ -1,0 +1,283 @@
+//! Names outside the zone: relayed as they are to the host's resolvers,
+//! over the transport the client used, and the answer cut to what the
+//! client can take over UDP.
+
+use std::{net::SocketAddr, time::Duration};
+
+use hickory_proto::op::{Edns, Message, ResponseCode};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpStream, UdpSocket},
+};
+
+use super::{
+    stats::{DnsStats, bump},
+    zone::EDNS_UDP_MAX,
+};
+
+/// How long one upstream has to answer before the next one is tried.
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Reads `nameserver` lines of a resolv.conf, skipping our own address (a
+/// host pointing at itself would loop) and IPv6 link-local scoped entries.
+pub fn upstreams_from_resolv_conf(text: &str, own: std::net::Ipv4Addr) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("nameserver")).then(|| words.next())?
+        })
+        .filter_map(|a| a.parse::<std::net::IpAddr>().ok())
+        .filter(|ip| *ip != std::net::IpAddr::V4(own))
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// The transport the client asked on.
+#[derive(Clone, Copy, Debug)]
+pub enum Via {
+    /// UDP, whose answer must fit in this many bytes.
+    Udp(usize),
+    Tcp,
+}
+
+/// Relays `query` upstream; what to send the client back (the answer, or
+/// SERVFAIL when no upstream answered), counted.
+pub async fn relay(
+    stats: &DnsStats,
+    upstreams: &[SocketAddr],
+    query: &[u8],
+    via: Via,
+) -> Option<Vec<u8>> {
+    let got = match via {
+        Via::Udp(_) => forward_udp(upstreams, query).await,
+        Via::Tcp => forward_tcp(upstreams, query).await,
+    };
+    let Some(answer) = got else {
+        bump(&stats.forward_failed);
+        return servfail(query);
+    };
+    bump(&stats.forwarded);
+    match via {
+        Via::Udp(limit) if answer.len() > limit => {
+            bump(&stats.limited.truncated);
+            truncated(query, &answer)
+        }
+        _ => Some(answer),
+    }
+}
+
+/// An upstream answer too long for the client's datagram, reduced to its
+/// header and question with TC set, so the client asks again over TCP (RFC
+/// 1035 4.2.1, RFC 7766): never more than the client said it can take.
+pub fn truncated(query: &[u8], answer: &[u8]) -> Option<Vec<u8>> {
+    let mut resp = match Message::from_vec(answer) {
+        Ok(m) => m.truncate(),
+        // An answer we cannot read: tell the client the same from its query.
+        Err(_) => {
+            let req = Message::from_vec(query).ok()?;
+            let mut m = Message::response(req.metadata.id, req.metadata.op_code);
+            m.metadata.recursion_desired = req.metadata.recursion_desired;
+            m.metadata.recursion_available = true;
+            m.metadata.truncation = true;
+            m.add_queries(req.queries);
+            if req.edns.is_some() {
+                m.set_edns(Edns::new());
+            }
+            m
+        }
+    };
+    if let Some(e) = resp.edns.as_mut() {
+        e.set_max_payload(EDNS_UDP_MAX);
+    }
+    resp.to_vec().ok()
+}
+
+async fn forward_udp(upstreams: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> {
+    let id = query.get(..2)?;
+    for up in upstreams {
+        let bind: SocketAddr = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .ok()?;
+        // A socket per query: a fresh source port each time, so an off-path
+        // spoofer must guess it along with the id.
+        let Ok(sock) = UdpSocket::bind(bind).await else {
+            continue;
+        };
+        if sock.connect(up).await.is_err() || sock.send(query).await.is_err() {
+            continue;
+        }
+        let mut buf = vec![0u8; 65535];
+        // Ignore stray datagrams until the answer to this id comes.
+        let got = tokio::time::timeout(UPSTREAM_TIMEOUT, async {
+            loop {
+                let n = sock.recv(&mut buf).await.ok()?;
+                if n >= 12 && &buf[..2] == id && buf[2] & 0x80 != 0 {
+                    return Some(n);
+                }
+            }
+        })
+        .await;
+        if let Ok(Some(n)) = got {
+            buf.truncate(n);
+            return Some(buf);
+        }
+    }
+    None
+}
+
+async fn forward_tcp(upstreams: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> {
+    let len = u16::try_from(query.len()).ok()?;
+    for up in upstreams {
+        let attempt = async {
+            let mut s = TcpStream::connect(up).await.ok()?;
+            s.write_all(&len.to_be_bytes()).await.ok()?;
+            s.write_all(query).await.ok()?;
+            let len = s.read_u16().await.ok()?;
+            let mut buf = vec![0u8; usize::from(len)];
+            s.read_exact(&mut buf).await.ok()?;
+            Some(buf)
+        };
+        if let Ok(Some(r)) = tokio::time::timeout(UPSTREAM_TIMEOUT, attempt).await {
+            return Some(r);
+        }
+    }
+    None
+}
+
+/// SERVFAIL for a query we could not, or would not, forward.
+pub fn servfail(query: &[u8]) -> Option<Vec<u8>> {
+    let req = Message::from_vec(query).ok()?;
+    let mut resp = Message::error_msg(
+        req.metadata.id,
+        req.metadata.op_code,
+        ResponseCode::ServFail,
+    );
+    resp.metadata.recursion_desired = req.metadata.recursion_desired;
+    resp.metadata.recursion_available = true;
+    resp.add_queries(req.queries);
+    resp.to_vec().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use hickory_proto::{
+        op::{OpCode, Query},
+        rr::{Name, RData, Record, RecordType, rdata::A},
+    };
+
+    use super::*;
+
+    fn query(edns: Option<u16>) -> Message {
+        let mut m = Message::query();
+        m.metadata.id = 0x4242;
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(
+            Name::from_ascii("big.example.").unwrap(),
+            RecordType::A,
+        ));
+        if let Some(size) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(size);
+            m.set_edns(e);
+        }
+        m
+    }
+
+    /// An upstream answer with `n` A records (16 bytes each, compressed).
+    fn answer_to(q: &Message, n: u8) -> Vec<u8> {
+        let mut m = Message::response(q.metadata.id, OpCode::Query);
+        m.metadata.recursion_available = true;
+        m.add_queries(q.queries.clone());
+        for i in 0..n {
+            m.add_answer(Record::from_rdata(
+                q.queries[0].name().clone(),
+                60,
+                RData::A(A(Ipv4Addr::new(192, 0, 2, i))),
+            ));
+        }
+        if let Some(e) = &q.edns {
+            m.set_edns(e.clone());
+        }
+        m.to_vec().unwrap()
+    }
+
+    #[test]
+    fn a_long_answer_is_cut_to_the_header_and_question_with_tc() {
+        let q = query(None);
+        let big = answer_to(&q, 60);
+        assert!(big.len() > 512);
+        let cut = truncated(&q.to_vec().unwrap(), &big).unwrap();
+        assert!(cut.len() <= 512);
+        let m = Message::from_vec(&cut).unwrap();
+        assert!(m.metadata.truncation);
+        assert_eq!(m.metadata.id, 0x4242);
+        assert!(m.answers.is_empty());
+        assert_eq!(m.queries, q.queries);
+    }
+
+    #[test]
+    fn an_unreadable_long_answer_still_becomes_tc_for_the_client() {
+        let q = query(Some(4096));
+        let cut = truncated(&q.to_vec().unwrap(), &[0xff; 3000]).unwrap();
+        let m = Message::from_vec(&cut).unwrap();
+        assert!(m.metadata.truncation);
+        assert_eq!(m.metadata.id, 0x4242);
+        assert_eq!(m.max_payload(), EDNS_UDP_MAX);
+        // Nor does a query we cannot read get anything.
+        assert_eq!(truncated(&[1, 2, 3], &[0xff; 3000]), None);
+    }
+
+    #[tokio::test]
+    async fn relayed_answers_fit_the_clients_size() {
+        // An upstream answering 60 records (about 1 kB) to anything.
+        let up = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = up.local_addr().unwrap();
+        let t = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((n, from)) = up.recv_from(&mut buf).await {
+                let q = Message::from_vec(&buf[..n]).unwrap();
+                let _ = up.send_to(&answer_to(&q, 60), from).await;
+            }
+        });
+        let stats = DnsStats::default();
+        for (edns, limit, whole) in [
+            (None, 512, false),
+            (Some(512), 512, false),
+            (Some(4096), 1232, true),
+        ] {
+            let q = query(edns).to_vec().unwrap();
+            let r = relay(&stats, &[addr], &q, Via::Udp(limit)).await.unwrap();
+            assert!(r.len() <= limit, "{edns:?}: {} bytes", r.len());
+            let m = Message::from_vec(&r).unwrap();
+            assert_eq!(m.answers.len() == 60, whole, "{edns:?}");
+            assert_eq!(m.metadata.truncation, !whole, "{edns:?}");
+        }
+        assert_eq!(
+            stats
+                .limited
+                .truncated
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        assert_eq!(
+            stats.forwarded.load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+        t.abort();
+    }
+
+    #[test]
+    fn upstreams_come_from_resolv_conf() {
+        let text = "# comment\nnameserver 10.0.0.2\nnameserver 169.254.1.1\nsearch example\nnameserver ::1\nnameserver bogus\n";
+        let ups = upstreams_from_resolv_conf(text, Ipv4Addr::new(169, 254, 1, 1));
+        assert_eq!(
+            ups,
+            [
+                "10.0.0.2:53".parse::<SocketAddr>().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+    }
+}

@@ -1,0 +1,214 @@
+//! DNS for the zone `private-network.internal.`, served by every agent on its
+//! gateway address, answering from the membership the agent follows.
+//!
+//! A client is identified by its source address, and only attached
+//! containers are served: a query from any other address (the underlay's
+//! neighbours, the host itself) gets nothing at all, not even REFUSED. A
+//! member gets answers only for the network its container belongs to.
+//! Names of another network — existing or not, well-formed or not — get
+//! REFUSED, so membership never leaks; unknown names of its own network get
+//! NXDOMAIN; known names asked for another type than A get NOERROR with no
+//! answer. Everything outside the zone is relayed to the host's upstream
+//! resolvers, so containers keep resolving the world.
+//!
+//! Containers are untrusted: what each one can take of the server (TCP
+//! connections, forwards in flight, queries per second) is bounded per
+//! client and in total ([`Limits`]), every bound hit is counted
+//! ([`DnsStats`]), and a failing `accept` pauses instead of spinning.
+//!
+//! The parts: `zone` answers from the membership (no I/O), `forward` relays
+//! to upstreams, `limits` keeps the bounds' books, `udp` and `tcp` are the
+//! server loops, `stats` the counters.
+//!
+//! hickory-proto does the wire format. The server loops are ours:
+//! hickory-server answers from zones (catalogs and authorities), while every
+//! answer here depends on who asks, and the forwarding is a plain relay.
+
+mod forward;
+mod limits;
+mod stats;
+mod tcp;
+mod udp;
+pub mod zone;
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::Arc,
+    time::Instant,
+};
+
+use pn_common::{ids::NetworkId, names::RecordQuery};
+use tokio::{
+    net::{TcpListener, UdpSocket},
+    task::JoinHandle,
+};
+
+pub use forward::{UPSTREAM_TIMEOUT, upstreams_from_resolv_conf};
+pub use limits::{Limits, descriptor_limit};
+pub use stats::{DnsStats, LimitStats};
+
+use crate::error::{ErrorKind, Kind};
+use limits::{Rate, Refusal, Slot, Slots};
+use stats::bump;
+use zone::Responder;
+
+/// What the server needs to know of the membership.
+pub trait Directory: Send + Sync + 'static {
+    /// Network of the container that owns this address, if any.
+    fn network_of(&self, client: Ipv4Addr) -> Option<NetworkId>;
+    /// Appends the addresses a record query designates; false when none.
+    fn resolve(&self, q: &RecordQuery, out: &mut Vec<Ipv4Addr>) -> bool;
+}
+
+#[derive(Clone, Debug)]
+pub struct DnsConfig {
+    pub listen: SocketAddrV4,
+    pub ttl: u32,
+    /// Resolvers for names outside the zone, tried in order.
+    pub upstreams: Vec<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("binding the DNS server on {addr} ({proto}): {source}")]
+    Bind {
+        addr: SocketAddrV4,
+        proto: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Kind for DnsError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            DnsError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => {
+                ErrorKind::Conflict
+            }
+            DnsError::Bind { .. } => ErrorKind::Internal,
+        }
+    }
+}
+
+/// What both server loops share.
+struct Server {
+    responder: Responder,
+    dir: Arc<dyn Directory>,
+    stats: Arc<DnsStats>,
+    limits: Limits,
+    rate: Rate,
+    forwards: Arc<Slots>,
+    connections: Arc<Slots>,
+    upstreams: Vec<SocketAddr>,
+}
+
+impl Server {
+    /// The network of a client to answer now: an attached container within
+    /// its query rate. Anyone else gets nothing, counted.
+    fn admit(&self, client: Ipv4Addr) -> Option<NetworkId> {
+        let Some(net) = self.dir.network_of(client) else {
+            bump(&self.stats.not_member);
+            return None;
+        };
+        if !self.rate.allow(client, Instant::now()) {
+            bump(&self.stats.limited.query_rate);
+            return None;
+        }
+        Some(net)
+    }
+
+    /// A forwarding slot for `client`; None when it must get SERVFAIL at
+    /// once (its share, or every slot, in flight), counted.
+    fn forward_slot(&self, client: Ipv4Addr) -> Option<Slot> {
+        match self.forwards.try_take(client) {
+            Ok(s) => Some(s),
+            Err(r) => {
+                bump(&self.stats.forward_failed);
+                bump(match r {
+                    Refusal::Client => &self.stats.limited.forward_client,
+                    Refusal::Global => &self.stats.limited.forward_global,
+                });
+                None
+            }
+        }
+    }
+}
+
+/// A running server; stops when dropped.
+pub struct DnsHandle {
+    tasks: Vec<JoinHandle<()>>,
+    pub local_udp: SocketAddr,
+    pub local_tcp: SocketAddr,
+}
+
+impl Drop for DnsHandle {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the server with the default [`Limits`], fitted to the process's
+/// descriptor limit.
+pub async fn serve(
+    cfg: DnsConfig,
+    dir: Arc<dyn Directory>,
+    stats: Arc<DnsStats>,
+) -> Result<DnsHandle, DnsError> {
+    let limits = Limits::default().fit_descriptors(descriptor_limit().unwrap_or(1024));
+    serve_with(cfg, limits, dir, stats).await
+}
+
+pub async fn serve_with(
+    cfg: DnsConfig,
+    limits: Limits,
+    dir: Arc<dyn Directory>,
+    stats: Arc<DnsStats>,
+) -> Result<DnsHandle, DnsError> {
+    let bind_err = |addr, proto| {
+        move |source| DnsError::Bind {
+            addr,
+            proto,
+            source,
+        }
+    };
+    let udp = UdpSocket::bind(cfg.listen)
+        .await
+        .map_err(bind_err(cfg.listen, "udp"))?;
+    let local_udp = udp.local_addr().map_err(bind_err(cfg.listen, "udp"))?;
+    // TCP on the same port as UDP (it matters when the caller asked for port 0).
+    let tcp_addr = SocketAddrV4::new(*cfg.listen.ip(), local_udp.port());
+    let tcp = TcpListener::bind(tcp_addr)
+        .await
+        .map_err(bind_err(tcp_addr, "tcp"))?;
+    let local_tcp = tcp.local_addr().map_err(bind_err(tcp_addr, "tcp"))?;
+    log::info!(
+        "DNS on {local_udp}: per client at most {} TCP connections ({} in all), {} forwards in flight ({} in all), {} queries/s",
+        limits.tcp_per_client,
+        limits.tcp_total,
+        limits.forwards_per_client,
+        limits.forwards_total,
+        limits.queries_per_sec
+    );
+    let server = Arc::new(Server {
+        responder: Responder::new(&cfg, dir.clone(), stats.clone()),
+        dir,
+        stats,
+        rate: Rate::new(limits.queries_per_sec, limits.query_burst),
+        forwards: Slots::new(limits.forwards_per_client, limits.forwards_total),
+        connections: Slots::new(limits.tcp_per_client, limits.tcp_total),
+        limits,
+        upstreams: cfg.upstreams,
+    });
+    let udp_task = tokio::spawn(udp::run(Arc::new(udp), server.clone()));
+    let tcp_task = tokio::spawn(tcp::run(tcp, server));
+    Ok(DnsHandle {
+        tasks: vec![udp_task, tcp_task],
+        local_udp,
+        local_tcp,
+    })
+}

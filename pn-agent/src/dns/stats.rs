@@ -1,0 +1,98 @@
+//! Counters of the DNS server, read by the metrics endpoint. Every label set
+//! is fixed here, so a hostile client cannot grow the metrics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Query outcomes (`pn_dns_queries_total{outcome}`), limits hit
+/// (`pn_dns_limited_total{limit}`) and open TCP connections
+/// (`pn_dns_tcp_connections`).
+#[derive(Debug, Default)]
+pub struct DnsStats {
+    pub answered: AtomicU64,
+    pub nodata: AtomicU64,
+    pub nxdomain: AtomicU64,
+    pub refused: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub forward_failed: AtomicU64,
+    pub malformed: AtomicU64,
+    pub not_implemented: AtomicU64,
+    /// Queries (and TCP connections) from an address that is no attached
+    /// container: dropped without an answer.
+    pub not_member: AtomicU64,
+    pub limited: LimitStats,
+    /// TCP connections open now.
+    pub tcp_open: AtomicU64,
+}
+
+/// How often each bound of [`super::Limits`] was hit.
+#[derive(Debug, Default)]
+pub struct LimitStats {
+    /// TCP connections closed at accept: the client had its share open.
+    pub tcp_client: AtomicU64,
+    /// TCP connections closed at accept: the server had its total open.
+    pub tcp_global: AtomicU64,
+    /// TCP connections closed after a silence.
+    pub tcp_idle: AtomicU64,
+    /// TCP connections closed at the end of their lifetime.
+    pub tcp_deadline: AtomicU64,
+    /// TCP connections closed after their last allowed query.
+    pub tcp_queries: AtomicU64,
+    /// Errors accepting a connection (descriptors exhausted and the like),
+    /// each followed by a pause rather than a spin.
+    pub accept_error: AtomicU64,
+    /// Forwards refused (SERVFAIL at once): the client had its share in flight.
+    pub forward_client: AtomicU64,
+    /// Forwards refused (SERVFAIL at once): every slot was in flight.
+    pub forward_global: AtomicU64,
+    /// Queries dropped: the client was over its query rate.
+    pub query_rate: AtomicU64,
+    /// Forwarded answers cut to the client's UDP size (TC set).
+    pub truncated: AtomicU64,
+}
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+fn load(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+impl DnsStats {
+    /// Outcomes of queries, for `pn_dns_queries_total{outcome}`.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("answered", load(&self.answered)),
+            ("nodata", load(&self.nodata)),
+            ("nxdomain", load(&self.nxdomain)),
+            ("refused", load(&self.refused)),
+            ("forwarded", load(&self.forwarded)),
+            ("forward_failed", load(&self.forward_failed)),
+            ("malformed", load(&self.malformed)),
+            ("not_implemented", load(&self.not_implemented)),
+            ("not_member", load(&self.not_member)),
+        ]
+    }
+
+    /// Limits hit, for `pn_dns_limited_total{limit}`.
+    pub fn limits_snapshot(&self) -> Vec<(&'static str, u64)> {
+        let l = &self.limited;
+        vec![
+            ("tcp_client", load(&l.tcp_client)),
+            ("tcp_global", load(&l.tcp_global)),
+            ("tcp_idle", load(&l.tcp_idle)),
+            ("tcp_deadline", load(&l.tcp_deadline)),
+            ("tcp_queries", load(&l.tcp_queries)),
+            ("accept_error", load(&l.accept_error)),
+            ("forward_client", load(&l.forward_client)),
+            ("forward_global", load(&l.forward_global)),
+            ("query_rate", load(&l.query_rate)),
+            ("truncated", load(&l.truncated)),
+        ]
+    }
+
+    /// TCP connections open now, for `pn_dns_tcp_connections`.
+    pub fn tcp_open(&self) -> u64 {
+        load(&self.tcp_open)
+    }
+}

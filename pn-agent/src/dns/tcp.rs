@@ -1,0 +1,170 @@
+//! The TCP server loop (RFC 7766). Each connection holds a descriptor, so
+//! connections are what a hostile client would pile up: they are refused at
+//! accept past the client's share or the total, closed when silent, when
+//! old, and after a number of queries; a failing accept (descriptors
+//! exhausted) pauses the loop instead of spinning on the error.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    time::timeout,
+};
+
+use super::{
+    Server,
+    forward::{Via, relay, servfail},
+    limits::{Backoff, Refusal},
+    stats::bump,
+    zone::Action,
+};
+
+pub(super) async fn run(listener: TcpListener, srv: Arc<Server>) {
+    let mut backoff = Backoff::new(srv.limits.accept_backoff);
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(got) => {
+                backoff.succeeded();
+                got
+            }
+            Err(e) => {
+                bump(&srv.stats.limited.accept_error);
+                if backoff.failures() == 0 {
+                    log::warn!(
+                        "DNS over TCP: accepting failed ({e}); pausing accepts while it lasts"
+                    );
+                }
+                tokio::time::sleep(backoff.failed()).await;
+                continue;
+            }
+        };
+        let SocketAddr::V4(from4) = from else {
+            continue;
+        };
+        let client = *from4.ip();
+        // Dropping the stream closes it: strangers and clients past their
+        // share are turned away with nothing read.
+        if srv.dir.network_of(client).is_none() {
+            bump(&srv.stats.not_member);
+            continue;
+        }
+        let slot = match srv.connections.try_take(client) {
+            Ok(s) => s,
+            Err(Refusal::Client) => {
+                bump(&srv.stats.limited.tcp_client);
+                continue;
+            }
+            Err(Refusal::Global) => {
+                bump(&srv.stats.limited.tcp_global);
+                continue;
+            }
+        };
+        let srv = srv.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _open = Open::new(&srv.stats.tcp_open);
+            let end = timeout(srv.limits.tcp_lifetime, connection(stream, client, &srv))
+                .await
+                .unwrap_or(End::Lifetime);
+            let l = &srv.stats.limited;
+            match end {
+                End::Idle => bump(&l.tcp_idle),
+                End::Lifetime => bump(&l.tcp_deadline),
+                End::Queries => bump(&l.tcp_queries),
+                End::Closed => {}
+            }
+        });
+    }
+}
+
+/// Counts a connection open for as long as it lives.
+struct Open<'a>(&'a AtomicU64);
+
+impl<'a> Open<'a> {
+    fn new(c: &'a AtomicU64) -> Open<'a> {
+        c.fetch_add(1, Ordering::Relaxed);
+        Open(c)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a connection ended.
+enum End {
+    /// The client closed it, sent what gets no answer, or was turned away
+    /// (detached, over its query rate).
+    Closed,
+    Idle,
+    Lifetime,
+    Queries,
+}
+
+async fn connection(mut s: TcpStream, client: Ipv4Addr, srv: &Server) -> End {
+    let idle = srv.limits.tcp_idle;
+    for _ in 0..srv.limits.tcp_queries {
+        let len = match timeout(idle, s.read_u16()).await {
+            Err(_) => return End::Idle,
+            Ok(Err(_)) => return End::Closed,
+            Ok(Ok(len)) => len,
+        };
+        let mut msg = vec![0u8; usize::from(len)];
+        match timeout(idle, s.read_exact(&mut msg)).await {
+            Err(_) => return End::Idle,
+            Ok(Err(_)) => return End::Closed,
+            Ok(Ok(_)) => {}
+        }
+        let Some(reply) = answer(srv, client, &msg).await else {
+            return End::Closed;
+        };
+        if let Some(end) = send(&mut s, &reply, idle).await {
+            return end;
+        }
+    }
+    End::Queries
+}
+
+/// The answer to one query on a connection; None closes it.
+async fn answer(srv: &Server, client: Ipv4Addr, msg: &[u8]) -> Option<Vec<u8>> {
+    // Membership and rate again at every query: a container detached
+    // meanwhile gets nothing more.
+    let own = srv.admit(client)?;
+    match srv.responder.answer(own, msg, false) {
+        Action::Reply(r) => Some(r),
+        Action::Drop => None,
+        Action::Forward { .. } => {
+            let Some(_slot) = srv.forward_slot(client) else {
+                return servfail(msg);
+            };
+            relay(&srv.stats, &srv.upstreams, msg, Via::Tcp).await
+        }
+    }
+}
+
+/// Writes one framed answer; an end when the connection must close.
+async fn send(s: &mut TcpStream, reply: &[u8], idle: Duration) -> Option<End> {
+    let Ok(len) = u16::try_from(reply.len()) else {
+        return Some(End::Closed);
+    };
+    // One write, so length and message leave in one segment.
+    let mut framed = Vec::with_capacity(reply.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(reply);
+    match timeout(idle, s.write_all(&framed)).await {
+        // A client that does not read its answers is a silent one.
+        Err(_) => Some(End::Idle),
+        Ok(Err(_)) => Some(End::Closed),
+        Ok(Ok(())) => None,
+    }
+}

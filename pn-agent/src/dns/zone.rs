@@ -1,0 +1,231 @@
+//! Answers from the zone `private-network.internal.`: what one query of a
+//! known member gets, computed without any I/O (the server loops send it,
+//! the fuzz target drives it with arbitrary bytes).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use hickory_proto::{
+    op::{Edns, Message, MessageType, OpCode, ResponseCode},
+    rr::{Name, RData, Record, RecordType, rdata::A, rdata::SOA},
+};
+use pn_common::{
+    ids::NetworkId,
+    names::{self, RecordQuery, ZoneName},
+};
+
+use super::{
+    Directory, DnsConfig,
+    stats::{DnsStats, bump},
+};
+
+/// Largest UDP answer when the client did not say (RFC 1035), and the most
+/// we offer with EDNS (the DNS flag day 2020 recommendation).
+pub const PLAIN_UDP_MAX: usize = 512;
+pub const EDNS_UDP_MAX: u16 = 1232;
+/// Rotation state is per name; forget it all past this many names.
+const ROTATION_NAMES: usize = 65_536;
+
+/// What to do with one query.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Reply(Vec<u8>),
+    /// A name outside the zone, to relay upstream; an answer over UDP must
+    /// fit in `udp_limit` bytes.
+    Forward {
+        udp_limit: usize,
+    },
+    Drop,
+}
+
+/// The UDP size a request allows its answer (RFC 6891: at least 512).
+pub fn udp_limit(req: &Message) -> usize {
+    match &req.edns {
+        Some(e) => usize::from(e.max_payload().clamp(PLAIN_UDP_MAX as u16, EDNS_UDP_MAX)),
+        None => PLAIN_UDP_MAX,
+    }
+}
+
+pub struct Responder {
+    dir: Arc<dyn Directory>,
+    stats: Arc<DnsStats>,
+    ttl: u32,
+    recursion: bool,
+    rotation: Mutex<HashMap<RecordQuery, u32>>,
+    soa: Record,
+}
+
+impl Responder {
+    pub fn new(cfg: &DnsConfig, dir: Arc<dyn Directory>, stats: Arc<DnsStats>) -> Responder {
+        let zone = Name::from_ascii(format!("{}.", names::ZONE)).expect("valid zone name");
+        let soa = SOA::new(
+            Name::from_ascii(format!("ns.{}.", names::ZONE)).expect("valid name"),
+            Name::from_ascii(format!("hostmaster.{}.", names::ZONE)).expect("valid name"),
+            1,
+            60,
+            60,
+            60,
+            // Negative answers are cached for the TTL, like positive ones.
+            cfg.ttl,
+        );
+        Responder {
+            dir,
+            stats,
+            ttl: cfg.ttl,
+            recursion: !cfg.upstreams.is_empty(),
+            rotation: Mutex::new(HashMap::new()),
+            soa: Record::from_rdata(zone, cfg.ttl, RData::SOA(soa)),
+        }
+    }
+
+    /// Next rotation offset for this name.
+    fn rotate(&self, q: &RecordQuery) -> usize {
+        let mut r = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
+        if r.len() >= ROTATION_NAMES && !r.contains_key(q) {
+            r.clear();
+        }
+        let n = r.entry(q.clone()).or_insert(0);
+        let out = *n;
+        *n = n.wrapping_add(1);
+        out as usize
+    }
+
+    /// The answer to `raw` from a member of network `own` (the caller has
+    /// checked membership: strangers never get this far).
+    pub fn answer(&self, own: NetworkId, raw: &[u8], udp: bool) -> Action {
+        let req = match Message::from_vec(raw) {
+            Ok(m) => m,
+            Err(_) => {
+                bump(&self.stats.malformed);
+                // Answer FORMERR when there is at least a header to answer to.
+                if raw.len() >= 12 && raw[2] & 0x80 == 0 {
+                    let id = u16::from_be_bytes([raw[0], raw[1]]);
+                    let op = OpCode::from_u8((raw[2] >> 3) & 0x0f);
+                    let resp = Message::error_msg(id, op, ResponseCode::FormErr);
+                    return resp.to_vec().map_or(Action::Drop, Action::Reply);
+                }
+                return Action::Drop;
+            }
+        };
+        if req.metadata.message_type != MessageType::Query {
+            // Never answer a response: that is how reflection loops start.
+            bump(&self.stats.malformed);
+            return Action::Drop;
+        }
+        if req.metadata.op_code != OpCode::Query {
+            bump(&self.stats.not_implemented);
+            return self.reply(&req, ResponseCode::NotImp, Vec::new(), false, udp);
+        }
+        let [query] = req.queries.as_slice() else {
+            bump(&self.stats.malformed);
+            return self.reply(&req, ResponseCode::FormErr, Vec::new(), false, udp);
+        };
+        let refuse = || {
+            bump(&self.stats.refused);
+            self.reply(&req, ResponseCode::Refused, Vec::new(), false, udp)
+        };
+        let qtype = query.query_type();
+        match names::parse_labels(query.name().iter()) {
+            ZoneName::Outside if self.recursion => Action::Forward {
+                udp_limit: udp_limit(&req),
+            },
+            ZoneName::Outside => refuse(),
+            ZoneName::Apex => {
+                let answers = if qtype == RecordType::SOA {
+                    vec![self.soa.clone()]
+                } else {
+                    Vec::new()
+                };
+                bump(if answers.is_empty() {
+                    &self.stats.nodata
+                } else {
+                    &self.stats.answered
+                });
+                self.reply(&req, ResponseCode::NoError, answers, true, udp)
+            }
+            ZoneName::Network(net) if net != own => refuse(),
+            ZoneName::Network(_) => {
+                bump(&self.stats.nodata);
+                self.reply(&req, ResponseCode::NoError, Vec::new(), true, udp)
+            }
+            ZoneName::Invalid { network } if network != Some(own) => refuse(),
+            ZoneName::Invalid { .. } => {
+                bump(&self.stats.nxdomain);
+                self.reply(&req, ResponseCode::NXDomain, Vec::new(), true, udp)
+            }
+            ZoneName::Record(q) if q.network != own => refuse(),
+            ZoneName::Record(q) => {
+                let mut ips = Vec::new();
+                if !self.dir.resolve(&q, &mut ips) || ips.is_empty() {
+                    bump(&self.stats.nxdomain);
+                    return self.reply(&req, ResponseCode::NXDomain, Vec::new(), true, udp);
+                }
+                if qtype != RecordType::A {
+                    bump(&self.stats.nodata);
+                    return self.reply(&req, ResponseCode::NoError, Vec::new(), true, udp);
+                }
+                ips.sort_unstable();
+                let n = ips.len();
+                ips.rotate_left(self.rotate(&q) % n);
+                let name = query.name().clone();
+                let answers = ips
+                    .into_iter()
+                    .map(|ip| Record::from_rdata(name.clone(), self.ttl, RData::A(A(ip))))
+                    .collect();
+                bump(&self.stats.answered);
+                self.reply(&req, ResponseCode::NoError, answers, true, udp)
+            }
+        }
+    }
+
+    fn reply(
+        &self,
+        req: &Message,
+        code: ResponseCode,
+        answers: Vec<Record>,
+        authoritative: bool,
+        udp: bool,
+    ) -> Action {
+        let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
+        resp.metadata.response_code = code;
+        resp.metadata.authoritative = authoritative;
+        resp.metadata.recursion_desired = req.metadata.recursion_desired;
+        resp.metadata.recursion_available = self.recursion;
+        resp.add_queries(req.queries.iter().cloned());
+        let negative = authoritative && answers.is_empty();
+        resp.add_answers(answers);
+        if negative {
+            resp.add_authority(self.soa.clone());
+        }
+        if req.edns.is_some() {
+            let mut edns = Edns::new();
+            edns.set_max_payload(EDNS_UDP_MAX);
+            resp.set_edns(edns);
+        }
+        let Ok(bytes) = resp.to_vec() else {
+            return Action::Drop;
+        };
+        // Too many addresses for a datagram: the client retries over TCP;
+        // more than TCP's 16-bit length can frame: TC rather than a broken frame.
+        let limit = if udp {
+            udp_limit(req)
+        } else {
+            usize::from(u16::MAX)
+        };
+        if bytes.len() > limit {
+            let mut cut = resp.truncate();
+            match cut.to_vec() {
+                Ok(b) if b.len() <= limit => return Action::Reply(b),
+                Ok(_) => {}
+                Err(_) => return Action::Drop,
+            }
+            // Even the questions do not fit (a request of many, refused as
+            // FORMERR): the header alone, never more than the client's size.
+            cut.queries.clear();
+            return cut.to_vec().map_or(Action::Drop, Action::Reply);
+        }
+        Action::Reply(bytes)
+    }
+}
