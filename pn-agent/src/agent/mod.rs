@@ -15,9 +15,11 @@
 //! `reconcile` computes the desired state, `converge` applies it,
 //! `commands` and `status` answer the API.
 
+mod cni;
 mod commands;
 mod converge;
 mod follow;
+mod moving;
 pub mod reconcile;
 mod start;
 mod status;

@@ -43,6 +43,7 @@ async fn attach(m: &Membership, net: NetworkId, k: &ContainerKey, h: &str) -> Co
         ifname: "pn0".into(),
         host_ifname: k.host_ifname(),
         created_at: now_secs(),
+        runtime: None,
     };
     m.put_container(&c).await.unwrap();
     c

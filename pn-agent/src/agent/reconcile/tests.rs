@@ -36,6 +36,7 @@ fn container(index: u32, ip: [u8; 4], on: &str) -> Container {
         netns: format!("ns{index}"),
         ifname: "pn0".into(),
         created_at: 0,
+        runtime: None,
     }
 }
 
