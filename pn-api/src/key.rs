@@ -97,12 +97,7 @@ pub struct RuntimeRefError {
 impl RuntimeRef {
     /// The rule the CNI spec gives for container ids and network names.
     pub fn check(&self) -> Result<(), RuntimeRefError> {
-        let ok = |s: &str| {
-            s.len() <= 255
-                && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        };
+        let ok = crate::cni::valid_name;
         if !ok(&self.id) {
             return Err(RuntimeRefError {
                 what: "container id",

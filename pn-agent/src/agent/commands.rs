@@ -46,7 +46,7 @@ impl From<DatapathError> for Error {
 
 impl Agent {
     /// Waits until the change committed at `rev` is in the kernel.
-    async fn wait_applied(&self, rev: i64) -> Result<()> {
+    pub(super) async fn wait_applied(&self, rev: i64) -> Result<()> {
         let mut rx = self.applied.subscribe();
         match tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(|r| *r >= rev)).await {
             Ok(Ok(_)) => Ok(()),

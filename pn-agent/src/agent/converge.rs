@@ -1,6 +1,7 @@
 //! The one path from the desired state to the kernel: the datapath's maps
 //! and links, the tunnel's members, peers and routes, leftover interfaces,
-//! and the store records of containers whose namespace vanished.
+//! the addresses of local containers that moved to another network, and the
+//! store records of containers whose namespace vanished.
 
 use std::collections::BTreeMap;
 
@@ -46,6 +47,11 @@ impl Agent {
             log::info!("removing interface {name}: no container of this host claims it");
             if let Err(e) = self.netlink.delete_link(name).await {
                 log::error!("{e}");
+            }
+        }
+        for (was, now) in &want.readdressed {
+            if let Err(e) = self.readdress(was, now).await {
+                log::error!("container {}: moving to {}: {e}", now.key, now.ip);
             }
         }
         for netns in &want.left_netns {

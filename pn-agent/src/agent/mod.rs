@@ -20,6 +20,7 @@ mod commands;
 mod converge;
 mod follow;
 mod moving;
+mod reap;
 pub mod reconcile;
 mod start;
 mod status;
