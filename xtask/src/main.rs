@@ -21,7 +21,7 @@ struct Cli {
 enum Command {
     /// Install the toolchain pieces and packages, nothing else.
     Bootstrap,
-    /// Build the agent (and its eBPF programs).
+    /// Build the agent (and its eBPF programs) and the CNI plugin.
     Build {
         #[arg(long)]
         release: bool,
@@ -81,8 +81,9 @@ fn agent_binary(release: bool) -> PathBuf {
         .join("pn-agent")
 }
 
+/// The agent and the CNI plugin (`pn`), built together.
 fn build_agent(release: bool) -> anyhow::Result<()> {
-    let mut args = vec!["build", "-p", "pn-agent"];
+    let mut args = vec!["build", "-p", "pn-agent", "-p", "pn-cni"];
     if release {
         args.push("--release");
     }
@@ -192,14 +193,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             cmd::step("building the agent", || build_agent(false))?;
             let bin = agent_binary(false);
+            let plugin = bin.with_file_name("pn");
             let bin = bin.to_str().context("non-UTF-8 path")?;
+            let plugin = plugin.to_str().context("non-UTF-8 path")?;
             let mut test_args = vec!["test", "--workspace", "--exclude", "pn-ebpf"];
             if !args.is_empty() {
                 test_args.push("--");
                 test_args.extend(args.iter().map(String::as_str));
             }
             cmd::step("unit and integration tests", || {
-                cmd::cargo(&test_args, &[("PN_AGENT_BIN", bin)])
+                cmd::cargo(&test_args, &[("PN_AGENT_BIN", bin), ("PN_CNI_BIN", plugin)])
             })
         }
     }
