@@ -152,14 +152,34 @@ fn an_app_on_two_hosts_moves_to_another_network_in_place() {
         "{leases}"
     );
     assert!(!leases.contains(&old1.to_string()) && !leases.contains(&old2.to_string()));
-    // Moving again is a no-op; moving back works the same way.
+    // Moving again is a no-op.
     h2.cli_ok(&["app", "move", &app, "--network", &net_b]);
-    h2.cli_ok(&["app", "move", &app, "--network", &net_a]);
-    assert!(eventually(WAIT, || {
-        let l = h1.json(&["container", "list", "--app", &app]);
-        l.as_array()
+    assert_eq!(
+        h2.json(&["container", "list", "--app", &app])
+            .as_array()
             .unwrap()
-            .iter()
-            .all(|c| c["network"] == net_a.as_str() && reaches(&ca, ip_of(c), short))
-    }));
+            .len(),
+        2
+    );
+    // Moving back while h2's agent is down: h2 catches up when it starts
+    // (its container still had B's address, the store only A's).
+    let mut f = f;
+    f.hosts[1].stop();
+    f.hosts[0].cli_ok(&["app", "move", &app, "--network", &net_a]);
+    f.hosts[1].restart();
+    let h1 = &f.hosts[0];
+    assert!(
+        eventually(WAIT, || {
+            let l = h1.json(&["container", "list", "--app", &app]);
+            l.as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["network"] == net_a.as_str() && reaches(&ca, ip_of(c), short))
+        }),
+        "{}",
+        f.hosts[1].log()
+    );
+    let (i, addrs) = pn0(&c2);
+    assert_eq!((i, addrs.len()), (idx2, 1), "{addrs:?}");
+    assert!(f.hosts[1].log().contains("re-addressed"));
 }

@@ -72,11 +72,8 @@ impl Agent {
         self.netlink
             .readdress_host_side(&now.host_ifname, was.ip, now.ip, mac, gateway_addr())
             .await?;
-        if was.network != now.network {
-            write_resolv_conf(&ns, &now.network, *self.cfg.dns_listen.ip()).map_err(|e| {
-                Error::internal(format!("writing resolv.conf for {}: {e}", now.netns))
-            })?;
-        }
+        write_resolv_conf(&ns, &now.network, *self.cfg.dns_listen.ip())
+            .map_err(|e| Error::internal(format!("writing resolv.conf for {}: {e}", now.netns)))?;
         log::info!(
             "container {}: re-addressed {} -> {} in {}",
             now.key,

@@ -176,6 +176,34 @@ async fn delete_address(h: &Handle, idx: u32, ip: Ipv4Addr) -> Result<()> {
 }
 
 impl Netlink {
+    /// The host routes (/32) of this namespace by output interface: what
+    /// each container's host end routes, whatever the store says now.
+    pub async fn host_routes(&self) -> Result<std::collections::BTreeMap<u32, Vec<Ipv4Addr>>> {
+        let mut out: std::collections::BTreeMap<u32, Vec<Ipv4Addr>> = Default::default();
+        let mut s = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(r) = s.try_next().await.map_err(kernel("listing routes"))? {
+            if r.header.destination_prefix_length != 32 {
+                continue;
+            }
+            let (mut dst, mut oif) = (None, None);
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            if let (Some(d), Some(i)) = (dst, oif) {
+                out.entry(i).or_default().push(d);
+            }
+        }
+        Ok(out)
+    }
+
     /// Moves the host end's route and neighbour from `old` to `new` (the
     /// container keeps its MAC).
     pub async fn readdress_host_side(
