@@ -185,6 +185,11 @@ async fn dispatch(agent: &Agent, req: Request) -> Result<serde_json::Value, Erro
             ifname,
             runtime,
         } => json(agent.cni_check(&app, &netns, &ifname, &runtime).await?),
+        Request::CniGc {
+            app,
+            network,
+            valid,
+        } => json(agent.cni_gc(&app, &network, &valid).await?),
         Request::ContainerList { app, network } => {
             json(agent.list_containers(app.as_ref(), network.as_ref()))
         }

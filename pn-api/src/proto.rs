@@ -90,6 +90,15 @@ pub enum Request {
         ifname: String,
         runtime: RuntimeRef,
     },
+    /// The CNI plugin's GC (spec 1.1.0): detach this host's containers of
+    /// `app` that runtime network `network` attached and that are not among
+    /// `valid` (runtime container id, interface name). Answers the
+    /// containers detached (`Vec<ContainerInfo>`).
+    CniGc {
+        app: AppId,
+        network: String,
+        valid: Vec<(String, String)>,
+    },
     DomainNames {
         app: AppId,
     },
@@ -124,6 +133,7 @@ impl Request {
             Request::CniAdd { .. } => "cni-add",
             Request::CniDel { .. } => "cni-del",
             Request::CniCheck { .. } => "cni-check",
+            Request::CniGc { .. } => "cni-gc",
             Request::DomainNames { .. } => "domain-names",
             Request::Env { .. } => "env",
             Request::Status => "status",

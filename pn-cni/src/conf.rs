@@ -16,8 +16,9 @@ use serde_json::Value;
 /// The agent's API socket when the configuration names none.
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/pn-agent/api.sock";
 
-/// The spec versions this plugin speaks (its results use 1.0.0's layout).
-pub const SUPPORTED: [SpecVersion; 1] = [SpecVersion::new(1, 0, 0)];
+/// The spec versions this plugin speaks (their results share one layout;
+/// STATUS and GC need 1.1.0).
+pub const SUPPORTED: [SpecVersion; 2] = [SpecVersion::new(1, 0, 0), SpecVersion::new(1, 1, 0)];
 
 /// The `CNI_*` environment of one invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,8 +91,30 @@ impl Env {
                 "CNI_NETNS {path} does not exist"
             )));
         }
+        if !is_nsfs(&path) {
+            return Err(Error::InvalidEnvValue(format!(
+                "CNI_NETNS {path} is not a namespace (a mount point without its namespace?)"
+            )));
+        }
         Ok(path)
     }
+}
+
+/// Whether `path` is a namespace file (on nsfs: `/proc/PID/ns/net`, or a
+/// bind mount of one such as `/run/netns/NAME`), not a plain file.
+fn is_nsfs(path: &str) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return false;
+    };
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` is large enough for
+    // the statfs the kernel writes; it is read only when the call succeeds.
+    let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
+    // SAFETY: initialised by the successful call above.
+    #[allow(clippy::unnecessary_cast)] // f_type's type differs between architectures.
+    let is = rc == 0 && unsafe { st.assume_init() }.f_type as i64 == NSFS_MAGIC;
+    is
 }
 
 /// The network configuration of one invocation, with pn's own keys read.
@@ -260,6 +283,11 @@ mod tests {
         assert!(err.to_string().contains("does not exist"), "{err}");
         let e = env(&[("CNI_COMMAND", "DEL"), ("CNI_NETNS", "relative")]).unwrap();
         assert_eq!(code(&e.netns().unwrap_err()), 4);
+        // A file that exists but is no namespace.
+        let e = env(&[("CNI_COMMAND", "ADD"), ("CNI_NETNS", "/proc/self/status")]).unwrap();
+        let err = e.netns().unwrap_err();
+        assert_eq!(code(&err), 4);
+        assert!(err.to_string().contains("not a namespace"), "{err}");
     }
 
     #[test]
@@ -314,8 +342,28 @@ mod tests {
     }
 
     #[test]
+    fn what_cni_config_prints_is_what_the_plugin_reads() {
+        let app: AppId = APP.parse().unwrap();
+        let web: ContainerType = "web".parse().unwrap();
+        let list = pn_api::cni::network_config_list(
+            "my-web",
+            &app,
+            &web,
+            std::path::Path::new("/run/pn/api.sock"),
+        );
+        // What a runtime hands the plugin: the list's version and name with
+        // the plugin's own keys.
+        let mut conf = list["plugins"][0].clone();
+        conf["cniVersion"] = list["cniVersion"].clone();
+        conf["name"] = list["name"].clone();
+        let c = Conf::parse(conf.to_string().as_bytes()).unwrap();
+        assert_eq!((c.app, c.ctype, c.net.name.as_str()), (app, web, "my-web"));
+        assert_eq!(c.agent_socket, PathBuf::from("/run/pn/api.sock"));
+    }
+
+    #[test]
     fn only_known_versions_are_spoken() {
-        for v in ["0.4.0", "1.1.0", "0.3.1"] {
+        for v in ["0.4.0", "1.2.0", "0.3.1"] {
             let e = Conf::parse(
                 format!(r#"{{"cniVersion":"{v}","name":"w","type":"pn","app":"{APP}","containerType":"web"}}"#)
                     .as_bytes(),

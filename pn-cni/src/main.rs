@@ -4,8 +4,9 @@
 //! namespace, and prints the CNI result or error object. The agent does
 //! all the work, so a container attached this way is like any other.
 //!
-//! Spec 1.0.0: ADD, DEL, CHECK, VERSION. STATUS and GC (1.1.0) are not
-//! offered: a configuration of version 1.1.0 is refused with code 1.
+//! Spec 1.0.0 and 1.1.0: ADD, DEL, CHECK, VERSION; with 1.1.0 also STATUS
+//! (is the agent there and its store reachable) and GC (detach what this
+//! network attached that the runtime no longer lists).
 
 mod conf;
 mod reply;
@@ -16,13 +17,13 @@ use conf::{Conf, Env, SUPPORTED};
 use pn_api::{
     client::Client,
     key::RuntimeRef,
-    proto::{Attachment, ContainerInfo, Request},
+    proto::{Attachment, ContainerInfo, Request, Status},
 };
 use reply::Op;
 use rscni_types::{
     error::Error,
     types::{CNIResultWithVersion, Cmd, ErrorResult},
-    version::{PluginInfo, SpecVersion},
+    version::PluginInfo,
 };
 
 fn main() -> ExitCode {
@@ -47,7 +48,8 @@ fn main() -> ExitCode {
     code
 }
 
-/// One invocation: what to print on success (nothing for DEL).
+/// One invocation: what to print on success (nothing but for ADD and
+/// VERSION).
 fn run(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Option<String>, Error> {
     let env = Env::read(get)?;
     if env.cmd == Cmd::Version {
@@ -55,14 +57,17 @@ fn run(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Option<Stri
         return Ok(Some(to_json(&info)?));
     }
     let conf = Conf::parse(stdin)?;
-    let runtime = RuntimeRef {
-        id: env.container_id()?,
-        network: conf.net.name.clone(),
+    // CHECK needs 1.0.0 here; STATUS and GC 1.1.0.
+    conf.version.allows(env.cmd)?;
+    let runtime = || -> Result<RuntimeRef, Error> {
+        Ok(RuntimeRef {
+            id: env.container_id()?,
+            network: conf.net.name.clone(),
+        })
     };
-    let ifname = env.ifname()?;
     match env.cmd {
         Cmd::Add => {
-            let netns = env.netns()?;
+            let (runtime, ifname, netns) = (runtime()?, env.ifname()?, env.netns()?);
             let a: Attachment = call(
                 &conf,
                 Op::Add,
@@ -88,32 +93,61 @@ fn run(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Option<Stri
                 Op::Del,
                 Request::CniDel {
                     app: conf.app,
-                    ifname,
-                    runtime,
+                    ifname: env.ifname()?,
+                    runtime: runtime()?,
                 },
             )?;
             Ok(None)
         }
         Cmd::Check => {
-            let netns = env.netns()?;
             let a: Attachment = call(
                 &conf,
                 Op::Check,
                 Request::CniCheck {
                     app: conf.app,
-                    netns,
-                    ifname,
-                    runtime,
+                    netns: env.netns()?,
+                    ifname: env.ifname()?,
+                    runtime: runtime()?,
                 },
             )?;
             check_prev_result(&conf, &a)?;
             Ok(None)
         }
-        Cmd::Status | Cmd::Gc | Cmd::Version => Err(Error::IncompatibleVersion(format!(
-            "{} needs spec 1.1.0; pn speaks {}",
-            <&str>::from(env.cmd),
-            SUPPORTED.map(|v: SpecVersion| v.to_string()).join(", ")
-        ))),
+        Cmd::Gc => {
+            let valid = conf
+                .net
+                .valid_attachments
+                .iter()
+                .flatten()
+                .map(|a| (a.container_id.clone(), a.ifname.clone()))
+                .collect();
+            let _: Vec<ContainerInfo> = call(
+                &conf,
+                Op::Del,
+                Request::CniGc {
+                    app: conf.app,
+                    network: conf.net.name.clone(),
+                    valid,
+                },
+            )?;
+            Ok(None)
+        }
+        Cmd::Status => {
+            let s: Status = call(&conf, Op::Status, Request::Status)?;
+            if s.store.reachable {
+                Ok(None)
+            } else {
+                // Attachments stand (the maps are pinned); new ones cannot
+                // be recorded.
+                Err(Error::PluginNotAvailable(format!(
+                    "pn-agent on {} cannot reach its store ({}): {}",
+                    s.host,
+                    s.store.backend,
+                    s.store.last_error.unwrap_or_default()
+                )))
+            }
+        }
+        Cmd::Version => unreachable!("answered above"),
     }
 }
 

@@ -60,10 +60,15 @@ pub enum Op {
     Add,
     Del,
     Check,
+    Status,
 }
 
 /// The CNI error for a failed call to the agent.
 pub fn client_error(e: ClientError, op: Op) -> Error {
+    if op == Op::Status {
+        // STATUS has its own answer: ADD would not work now.
+        return Error::PluginNotAvailable(e.to_string());
+    }
     match e {
         // Nothing was done; the runtime may retry once the agent is back.
         ClientError::NotRunning { .. } | ClientError::Io { .. } => {
@@ -171,5 +176,7 @@ mod tests {
         assert!(down.to_string().contains("agent not running"), "{down}");
         let e = client_error(ClientError::Protocol("x".into()), Op::Del);
         assert_eq!(u32::from(&e), INTERNAL);
+        let e = client_error(ClientError::Protocol("x".into()), Op::Status);
+        assert_eq!(u32::from(&e), 50);
     }
 }

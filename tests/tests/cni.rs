@@ -67,7 +67,10 @@ fn the_plugin_follows_the_spec_and_is_idempotent() {
 
     let v = run("VERSION", &[], r#"{"cniVersion":"1.0.0"}"#);
     assert_eq!(v.code, 0, "{v:?}");
-    assert_eq!(v.json()["supportedVersions"], serde_json::json!(["1.0.0"]));
+    assert_eq!(
+        v.json()["supportedVersions"],
+        serde_json::json!(["1.0.0", "1.1.0"])
+    );
 
     let add = run("ADD", &refs(&env("c0ffee01", &ns_path)), &conf);
     assert_eq!(add.code, 0, "{add:?}\n{}", h.log());
@@ -192,8 +195,9 @@ fn mistakes_are_cni_error_objects_with_the_spec_codes() {
     let e = run_plugin("ADD", &full, &old);
     assert_eq!(e.error_code(), 1);
     assert_eq!(e.json()["cniVersion"], "0.4.0");
-    let newer = conf.replace("1.0.0", "1.1.0");
-    assert_eq!(run_plugin("STATUS", &[], &newer).error_code(), 1);
+    // STATUS and GC are 1.1.0's.
+    assert_eq!(run_plugin("STATUS", &[], &conf).error_code(), 1);
+    assert_eq!(run_plugin("GC", &[], &conf).error_code(), 1);
     // 11: the agent is not there; try again later.
     let away = conf.replace(
         &h.api_socket().display().to_string(),
@@ -203,9 +207,70 @@ fn mistakes_are_cni_error_objects_with_the_spec_codes() {
     assert_eq!(e.error_code(), 11);
     assert!(e.stdout.contains("agent not running"), "{e:?}");
     assert_eq!(run_plugin("DEL", &full, &away).error_code(), 11);
+    // STATUS says so with its own code.
+    let away11 = away.replace("1.0.0", "1.1.0");
+    assert_eq!(run_plugin("STATUS", &[], &away11).error_code(), 50);
     // Nothing was attached by any of it.
     assert!(containers(&h, &app).is_empty());
     assert_eq!(host_links(&h), 0);
+}
+
+/// Spec 1.1.0: STATUS says whether ADD can work; GC detaches what this
+/// network attached and the runtime no longer lists, and nothing else.
+#[test]
+fn status_and_gc_of_spec_1_1() {
+    let p = unique_prefix();
+    let h = Host::start(&p, "h1");
+    let net_id = h.create_network(&[]);
+    let app = h.create_app(&net_id);
+    let conf = conf_for(&h, &app, "web").replace("1.0.0", "1.1.0");
+    let status = run_plugin("STATUS", &[], &conf);
+    assert_eq!((status.code, status.stdout.as_str()), (0, ""), "{status:?}");
+    // Two containers through this network, one through another.
+    let other: serde_json::Value = serde_json::from_str(&h.cli_ok(&[
+        "cni-config",
+        "--app",
+        &app,
+        "--type",
+        "worker",
+        "--name",
+        "other",
+    ]))
+    .unwrap();
+    let other = plugin_conf(&other).replace("1.0.0", "1.1.0");
+    let nss: Vec<Namespace> = (0..3)
+        .map(|i| Namespace::new(&format!("{p}-c{i}")))
+        .collect();
+    for (i, (id, c)) in [("keep", &conf), ("stale", &conf), ("theirs", &other)]
+        .into_iter()
+        .enumerate()
+    {
+        let ns = nss[i].path().display().to_string();
+        let env = [
+            ("CNI_CONTAINERID", id),
+            ("CNI_NETNS", ns.as_str()),
+            ("CNI_IFNAME", "eth0"),
+        ];
+        let add = run_plugin("ADD", &env, c);
+        assert_eq!(add.code, 0, "{add:?}");
+        assert_eq!(add.json()["cniVersion"], "1.1.0");
+    }
+    assert_eq!(containers(&h, &app).len(), 3);
+    let mut gc: serde_json::Value = serde_json::from_str(&conf).unwrap();
+    gc["cni.dev/valid-attachments"] =
+        serde_json::json!([{"containerID": "keep", "ifname": "eth0"}]);
+    let out = run_plugin("GC", &[], &gc.to_string());
+    assert_eq!((out.code, out.stdout.as_str()), (0, ""), "{out:?}");
+    let left: Vec<String> = containers(&h, &app)
+        .iter()
+        .map(|c| c["netns"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        !left.contains(&nss[1].path().display().to_string()),
+        "{left:?}"
+    );
+    assert_eq!(host_links(&h), 2);
 }
 
 /// A runtime that deletes a namespace without DEL (it crashed, or forgot):

@@ -1,4 +1,4 @@
-//! What the CNI plugin asks of the agent: ADD, DEL and CHECK for a runtime's
+//! What the CNI plugin asks of the agent: ADD, DEL, CHECK and GC for a runtime's
 //! container, found again by the runtime's container id and interface name
 //! (the record's `runtime`), so each is idempotent as the CNI spec wants.
 
@@ -131,6 +131,48 @@ impl Agent {
             }
         }
         self.attachment(&c, Some(link.mac)).await
+    }
+
+    /// GC: detaches this host's containers of `app` that the runtime
+    /// attached through network `network` and no longer lists as valid.
+    pub async fn cni_gc(
+        &self,
+        app: &AppId,
+        network: &str,
+        valid: &[(String, String)],
+    ) -> Result<Vec<ContainerInfo>> {
+        // As DEL: an ADD under way records its container first.
+        drop(self.local_ops.lock().await);
+        let doomed: Vec<Container> = self
+            .membership
+            .containers_of(app)
+            .await?
+            .into_iter()
+            .filter(|c| {
+                c.host == self.cfg.host_id
+                    && c.runtime.as_ref().is_some_and(|r| {
+                        r.network == network
+                            && !valid
+                                .iter()
+                                .any(|(id, ifname)| *id == r.id && *ifname == c.ifname)
+                    })
+            })
+            .collect();
+        let mut gone = Vec::new();
+        for c in doomed {
+            match self.detach(&c.key).await {
+                Ok(()) => {
+                    log::info!(
+                        "GC of runtime network {network}: detached container {}",
+                        c.key
+                    );
+                    gone.push(self.info(&c));
+                }
+                Err(e) if e.kind == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(gone)
     }
 
     /// The local container that runtime container `id` has on `ifname`,
