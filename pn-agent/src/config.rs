@@ -720,4 +720,38 @@ mod tests {
         };
         refused(flags, Some(&f.0), "is not the private key of --etcd-cert");
     }
+
+    /// The config file `cargo xtask install` puts in /etc/pn-agent: as
+    /// shipped (every line a comment) and with every setting uncommented,
+    /// it is a valid configuration.
+    #[test]
+    fn the_installed_default_config_is_valid() {
+        let shipped = include_str!("../../dist/config.toml");
+        let f = file(shipped);
+        let flags = RunSettings {
+            host_id: Some("h1".into()),
+            ..Default::default()
+        };
+        let c = RunConfig::resolve(flags.clone(), Some(&f.0)).unwrap();
+        assert_eq!(c.bpffs, PathBuf::from(DEFAULT_BPFFS));
+        let uncommented: String = shipped
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(kv)
+                    if kv.split_once(" = ").is_some_and(|(k, _)| {
+                        k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+                    }) =>
+                {
+                    kv
+                }
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(uncommented.contains("\nstore = "), "{uncommented}");
+        let f = file(&uncommented);
+        let c = RunConfig::resolve(flags, Some(&f.0)).unwrap();
+        assert_eq!(c.host_id.as_str(), "h1", "a flag wins over the file");
+        assert_eq!(c.underlay_iface.as_deref(), Some("eth0"));
+    }
 }

@@ -1,19 +1,20 @@
 //! pn's host agent as a library: the binary (`main.rs`) is only the command
 //! line; every module here is usable from tests, benchmarks and fuzz targets.
+//! The control API's protocol, client and error kinds live in `pn-api` (so
+//! its clients need no datapath) and are re-exported here under their old paths.
+
+pub use pn_api::{client, error, proto};
 
 pub mod agent;
-pub mod client;
 pub mod config;
 pub mod datapath;
 pub mod dns;
 pub mod edge;
-pub mod error;
 pub mod flows;
 pub mod ipam;
 pub mod metrics;
 pub mod model;
 pub mod netlink;
-pub mod proto;
 pub mod server;
 pub mod store;
 

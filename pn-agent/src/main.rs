@@ -8,11 +8,12 @@ use ipnet::Ipv4Net;
 use pn_agent::{
     client::{Client, ClientError},
     config::{DEFAULT_API_SOCKET, RunConfig, RunSettings},
-    error::{ErrorKind, Kind},
+    error::{Error, ErrorKind, Kind},
     flows::FlowRecord,
     model::{App, ContainerKey, Network},
     proto::{AppInfo, ContainerInfo, HostInfo, NetworkInfo, Request, Status},
 };
+use pn_api::cni;
 use pn_common::ids::{AppId, ContainerType, HostId, NetworkId, parse_index};
 
 #[derive(Parser)]
@@ -61,6 +62,17 @@ enum Command {
     DomainNames {
         #[arg(long)]
         app: AppId,
+    },
+    /// The CNI network configuration list for an application's containers
+    /// of one type (for a runtime's CNI configuration directory).
+    CniConfig {
+        #[arg(long)]
+        app: AppId,
+        #[arg(long = "type")]
+        ctype: ContainerType,
+        /// Network name [default: APP-TYPE].
+        #[arg(long)]
+        name: Option<String>,
     },
     /// The variables injected into a container.
     Env {
@@ -130,6 +142,12 @@ enum AppCmd {
     },
     Delete {
         id: AppId,
+    },
+    /// Move an application, running containers included, to another network.
+    Move {
+        id: AppId,
+        #[arg(long)]
+        network: NetworkId,
     },
 }
 
@@ -296,6 +314,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::App(AppCmd::Delete { id }) => {
             let () = Client::call(&path, &Request::AppDelete { id }).await?;
             print(out, &serde_json::json!({ "deleted": id }), String::new)
+        }
+        Command::App(AppCmd::Move { id, network }) => {
+            let a: AppInfo = Client::call(&path, &Request::AppMove { id, network }).await?;
+            print(out, &a, || format!("{} moved to {}\n", a.id, a.network))
+        }
+        Command::CniConfig { app, ctype, name } => {
+            let name = name.unwrap_or_else(|| cni::default_name(&app, &ctype));
+            if !cni::valid_name(&name) {
+                return Err(ClientError::Refused(Error::invalid(format!(
+                    "invalid network name {name:?}: 1 to 255 characters among a-z, A-Z, 0-9, _, . and -, starting with a letter or digit"
+                )))
+                .into());
+            }
+            // The app must exist: a configuration naming none would only
+            // fail later, in the runtime.
+            let apps: Vec<AppInfo> =
+                Client::call(&path, &Request::AppList { network: None }).await?;
+            if !apps.iter().any(|a| a.id == app) {
+                return Err(ClientError::Refused(Error::not_found(format!(
+                    "application {app} not found"
+                )))
+                .into());
+            }
+            let socket = std::path::absolute(&path).unwrap_or(path.clone());
+            let list = cni::network_config_list(&name, &app, &ctype, &socket);
+            print(Output::Json, &list, String::new)
         }
         Command::Container(ContainerCmd::Attach {
             app,

@@ -21,6 +21,12 @@ use rtnetlink::{
     },
 };
 
+mod container;
+
+pub use container::{
+    ContainerLink, Readdress, format_mac, inspect_container_side, readdress_container_side,
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
     #[error("network namespace {0} not found")]

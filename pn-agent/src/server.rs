@@ -153,6 +153,7 @@ async fn dispatch(agent: &Agent, req: Request) -> Result<serde_json::Value, Erro
         }
         Request::AppList { network } => json(agent.list_apps(network.as_ref())),
         Request::AppDelete { id } => json(agent.delete_app(&id).await?),
+        Request::AppMove { id, network } => json(agent.move_app(&id, &network).await?),
         Request::ContainerAttach {
             app,
             ctype,
@@ -161,6 +162,34 @@ async fn dispatch(agent: &Agent, req: Request) -> Result<serde_json::Value, Erro
             ifname,
         } => json(agent.attach(&app, ctype, index, &netns, &ifname).await?),
         Request::ContainerDetach { key } => json(agent.detach(&key).await?),
+        Request::CniAdd {
+            app,
+            ctype,
+            index,
+            netns,
+            ifname,
+            runtime,
+        } => json(
+            agent
+                .cni_add(&app, ctype, index, &netns, &ifname, runtime)
+                .await?,
+        ),
+        Request::CniDel {
+            app,
+            ifname,
+            runtime,
+        } => json(agent.cni_del(&app, &ifname, &runtime).await?),
+        Request::CniCheck {
+            app,
+            netns,
+            ifname,
+            runtime,
+        } => json(agent.cni_check(&app, &netns, &ifname, &runtime).await?),
+        Request::CniGc {
+            app,
+            network,
+            valid,
+        } => json(agent.cni_gc(&app, &network, &valid).await?),
         Request::ContainerList { app, network } => {
             json(agent.list_containers(app.as_ref(), network.as_ref()))
         }

@@ -3,14 +3,14 @@
 //! list of verdict reasons used by the datapath, the metrics and the CLI, and the
 //! decision logic that can be pure (so it is unit-tested on the host and the
 //! programs stay thin: parse, look up, decide, count).
-#![cfg_attr(not(any(feature = "user", test)), no_std)]
+#![cfg_attr(not(any(feature = "ids", test)), no_std)]
 
 pub mod edge;
 pub mod event;
-#[cfg(feature = "user")]
+#[cfg(feature = "ids")]
 pub mod ids;
 pub mod maps;
-#[cfg(feature = "user")]
+#[cfg(feature = "ids")]
 pub mod names;
 pub mod policy;
 pub mod reason;

@@ -6,6 +6,7 @@
 //! that died are removed by the next run. Nothing touches the root
 //! namespace's network settings: agents run inside host namespaces.
 
+pub mod cni;
 pub mod edge;
 pub mod fleet;
 pub mod net;
@@ -86,17 +87,31 @@ pub fn run_ok(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A network namespace (a simulated host or container), deleted on drop.
+/// A network namespace (a simulated host or container), deleted on drop
+/// unless it is someone else's.
 pub struct Namespace {
     pub name: String,
+    owned: bool,
 }
 
 impl Namespace {
     pub fn new(name: &str) -> Namespace {
         run_ok("ip", &["netns", "add", name]);
-        let ns = Namespace { name: name.into() };
+        let ns = Namespace {
+            name: name.into(),
+            owned: true,
+        };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
+    }
+
+    /// A namespace under /run/netns that someone else made (a container
+    /// runtime) and removes: used, never deleted.
+    pub fn borrowed(name: &str) -> Namespace {
+        Namespace {
+            name: name.into(),
+            owned: false,
+        }
     }
 
     pub fn path(&self) -> PathBuf {
@@ -125,6 +140,9 @@ impl Namespace {
 
 impl Drop for Namespace {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
@@ -141,6 +159,14 @@ pub fn run_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'stati
     })
     .join()
     .expect("namespace thread panicked")
+}
+
+/// Path of the CNI plugin under test (`pn`).
+pub fn cni_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PN_CNI_BIN") {
+        return p.into();
+    }
+    agent_bin().with_file_name("pn")
 }
 
 /// Path of the agent binary under test.
@@ -285,7 +311,7 @@ impl Host {
             .arg("--bpffs")
             .arg(self.bpffs())
             .args(&self.extra)
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);

@@ -18,8 +18,11 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: network tools for the tests (iproute2, ping, tcpdump,
 /// dig), the real servers they start (etcd, nginx), load generators for the
 /// benchmarks (iperf3, dnsperf), the nftables baseline, bpftool, `wg`
-/// to configure the boringtun baseline, and `openssl` to make the
-/// certificates of the etcd TLS tests (the commands README documents).
+/// to configure the boringtun baseline, `openssl` to make the certificates of
+/// the etcd TLS tests (the commands README documents), and the reference
+/// container runtime of the CNI tests (podman with runc, the CNI reference
+/// plugins it expects, and a static busybox for the containers' root
+/// filesystem).
 pub const PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -35,6 +38,10 @@ pub const PACKAGES: &[&str] = &[
     "bpftool",
     "wireguard-tools",
     "openssl",
+    "podman",
+    "runc",
+    "containernetworking-plugins",
+    "busybox-static",
 ];
 
 /// The userspace WireGuard the tunnel benchmark compares against.

@@ -4,6 +4,7 @@
 
 mod bootstrap;
 mod cmd;
+mod install;
 
 use std::path::PathBuf;
 
@@ -21,7 +22,7 @@ struct Cli {
 enum Command {
     /// Install the toolchain pieces and packages, nothing else.
     Bootstrap,
-    /// Build the agent (and its eBPF programs).
+    /// Build the agent (and its eBPF programs) and the CNI plugin.
     Build {
         #[arg(long)]
         release: bool,
@@ -41,6 +42,30 @@ enum Command {
         /// Only this scenario (policy, strangers, scale, dns, tunnel).
         #[arg(long)]
         only: Option<String>,
+    },
+    /// Build (release) and install the agent, the CNI plugin, a systemd unit
+    /// and a default config file (root), and start the agent.
+    Install {
+        /// Place the files under this directory instead, and start nothing.
+        #[arg(long)]
+        destdir: Option<PathBuf>,
+        /// The debug build instead of the release one.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Stop the agent and remove what `install` placed, its pins, the
+    /// gateway interface and its routes (root).
+    Uninstall {
+        /// Remove the files under this directory only.
+        #[arg(long)]
+        destdir: Option<PathBuf>,
+        /// Also remove the agent's state (embedded store, host key).
+        #[arg(long)]
+        purge: bool,
+        /// The agent's config file, for its pin directory, socket and state
+        /// directory [default: /etc/pn-agent/config.toml].
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// fmt, clippy (host and BPF target), unit and integration tests (root);
     /// arguments after `--` go to `cargo test` (e.g. a test name filter).
@@ -81,8 +106,9 @@ fn agent_binary(release: bool) -> PathBuf {
         .join("pn-agent")
 }
 
+/// The agent and the CNI plugin (`pn`), built together.
 fn build_agent(release: bool) -> anyhow::Result<()> {
-    let mut args = vec!["build", "-p", "pn-agent"];
+    let mut args = vec!["build", "-p", "pn-agent", "-p", "pn-cni"];
     if release {
         args.push("--release");
     }
@@ -112,6 +138,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .args(&args)
                 .exec();
             Err(err).with_context(|| format!("executing {}", bin.display()))
+        }
+        Command::Install { destdir, debug } => {
+            if destdir.is_none() {
+                require_root("install")?;
+            }
+            bootstrap::toolchain()?;
+            cmd::step("building", || build_agent(!debug))?;
+            let agent = agent_binary(!debug);
+            let root = destdir.unwrap_or_else(|| PathBuf::from("/"));
+            for f in install::place(&root, &agent, &agent.with_file_name("pn"))? {
+                eprintln!("xtask: installed {}", f.display());
+            }
+            if root == std::path::Path::new("/") {
+                install::activate();
+            }
+            Ok(())
+        }
+        Command::Uninstall {
+            destdir,
+            purge,
+            config,
+        } => {
+            let root = match destdir {
+                Some(d) => d,
+                None => {
+                    require_root("uninstall")?;
+                    let path = config.unwrap_or_else(|| PathBuf::from("/").join(install::CONFIG));
+                    let config = match std::fs::read_to_string(&path) {
+                        Ok(text) => text,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                        Err(e) => {
+                            return Err(e).with_context(|| format!("reading {}", path.display()));
+                        }
+                    };
+                    install::teardown(&install::agent_paths(&config)?, purge)?;
+                    PathBuf::from("/")
+                }
+            };
+            for f in install::remove_files(&root)? {
+                eprintln!("xtask: removed {}", f.display());
+            }
+            Ok(())
         }
         Command::Bench { quick, only } => {
             require_root("bench")?;
@@ -192,14 +260,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             cmd::step("building the agent", || build_agent(false))?;
             let bin = agent_binary(false);
+            let plugin = bin.with_file_name("pn");
             let bin = bin.to_str().context("non-UTF-8 path")?;
+            let plugin = plugin.to_str().context("non-UTF-8 path")?;
             let mut test_args = vec!["test", "--workspace", "--exclude", "pn-ebpf"];
             if !args.is_empty() {
                 test_args.push("--");
                 test_args.extend(args.iter().map(String::as_str));
             }
             cmd::step("unit and integration tests", || {
-                cmd::cargo(&test_args, &[("PN_AGENT_BIN", bin)])
+                cmd::cargo(&test_args, &[("PN_AGENT_BIN", bin), ("PN_CNI_BIN", plugin)])
             })
         }
     }

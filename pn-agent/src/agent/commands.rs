@@ -13,7 +13,9 @@ use crate::{
     datapath::DatapathError,
     error::{Error, Kind},
     ipam,
-    model::{App, Container, ContainerKey, Network, check_app_name, check_ifname, now_secs},
+    model::{
+        App, Container, ContainerKey, Network, RuntimeRef, check_app_name, check_ifname, now_secs,
+    },
     netlink::{ContainerSide, NetlinkError, Netns, remove_resolv_conf, write_resolv_conf},
     proto::ContainerInfo,
     store::MembershipError,
@@ -44,7 +46,7 @@ impl From<DatapathError> for Error {
 
 impl Agent {
     /// Waits until the change committed at `rev` is in the kernel.
-    async fn wait_applied(&self, rev: i64) -> Result<()> {
+    pub(super) async fn wait_applied(&self, rev: i64) -> Result<()> {
         let mut rx = self.applied.subscribe();
         match tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(|r| *r >= rev)).await {
             Ok(Ok(_)) => Ok(()),
@@ -109,6 +111,23 @@ impl Agent {
         netns: &str,
         ifname: &str,
     ) -> Result<ContainerInfo> {
+        let (c, _) = self
+            .attach_with(app, ctype, index, netns, ifname, None)
+            .await?;
+        Ok(self.info(&c))
+    }
+
+    /// Attach, for a container runtime (`runtime`) or not; the record, and
+    /// the container end's MAC when this call made the interface.
+    pub(super) async fn attach_with(
+        &self,
+        app: &AppId,
+        ctype: ContainerType,
+        index: Option<u32>,
+        netns: &str,
+        ifname: &str,
+        runtime: Option<RuntimeRef>,
+    ) -> Result<(Container, Option<[u8; 6]>)> {
         check_ifname(ifname).map_err(|e| Error::invalid(e.to_string()))?;
         if index == Some(0) {
             return Err(Error::invalid(
@@ -170,7 +189,7 @@ impl Agent {
                 }
                 if self.netlink.link(&existing.host_ifname).await?.is_some() {
                     drop(guard);
-                    return Ok(self.info(&existing));
+                    return Ok((existing, None));
                 }
                 // Recorded, but its interface is gone: start over.
                 self.membership.delete_container(&key).await?;
@@ -200,13 +219,19 @@ impl Agent {
             ifname: ifname.to_string(),
             host_ifname: host_if.clone(),
             created_at: now_secs(),
+            runtime,
         };
         let made = match self.make_container(&ns, &net, &c).await {
-            Ok(()) => self.membership.put_container(&c).await.map_err(Error::from),
+            Ok(mac) => self
+                .membership
+                .put_container(&c)
+                .await
+                .map(|rev| (rev, mac))
+                .map_err(Error::from),
             Err(e) => Err(e),
         };
-        let rev = match made {
-            Ok(rev) => rev,
+        let (rev, mac) = match made {
+            Ok(made) => made,
             Err(e) => {
                 // Nothing half-made: undo in reverse order, then report.
                 let _ = self.dp().detach_now(&host_if);
@@ -223,10 +248,18 @@ impl Agent {
         drop(guard);
         self.wait_applied(rev).await?;
         log::info!("attached container {key} in {netns} as {ip} ({host_if})");
-        Ok(self.info(&c))
+        Ok((c, Some(mac)))
     }
 
-    async fn make_container(&self, ns: &Netns, net: &Network, c: &Container) -> Result<()> {
+    /// Destinations a container routes through its gateway: the fleet pool
+    /// (every network lies in it; the store refuses others).
+    pub(super) fn container_routes(&self) -> Vec<Ipv4Net> {
+        vec![self.cfg.pool]
+    }
+
+    /// Makes the veth pair, filtered, addressed and routed; the container
+    /// end's MAC.
+    async fn make_container(&self, ns: &Netns, net: &Network, c: &Container) -> Result<[u8; 6]> {
         self.netlink
             .create_veth(&c.host_ifname, &c.ifname, ns, self.container_mtu)
             .await?;
@@ -238,8 +271,7 @@ impl Agent {
             .link(&c.host_ifname)
             .await?
             .ok_or_else(|| Error::internal(format!("interface {} vanished", c.host_ifname)))?;
-        // Every network lies in the pool (the store refuses others).
-        let routes = vec![self.cfg.pool];
+        let routes = self.container_routes();
         let container_mac = crate::netlink::configure_container_side(
             ns,
             ContainerSide {
@@ -256,7 +288,7 @@ impl Agent {
             .await?;
         write_resolv_conf(ns, &net.id, *self.cfg.dns_listen.ip())
             .map_err(|e| Error::internal(format!("writing resolv.conf for {}: {e}", ns.given)))?;
-        Ok(())
+        Ok(container_mac)
     }
 
     pub async fn detach(&self, key: &ContainerKey) -> Result<()> {

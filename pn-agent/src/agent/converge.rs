@@ -1,6 +1,7 @@
 //! The one path from the desired state to the kernel: the datapath's maps
 //! and links, the tunnel's members, peers and routes, leftover interfaces,
-//! and the store records of containers whose namespace vanished.
+//! the addresses of local containers that moved to another network, and the
+//! store records of containers whose namespace vanished.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,11 @@ use super::{
     Agent,
     reconcile::{self, Local, Touched},
 };
-use crate::{datapath::Scope, model::HOST_IF_PREFIX, netlink::remove_resolv_conf};
+use crate::{
+    datapath::Scope,
+    model::{Container, HOST_IF_PREFIX},
+    netlink::remove_resolv_conf,
+};
 
 impl Agent {
     /// Brings the kernel in line with the view for what `touched` covers.
@@ -48,6 +53,11 @@ impl Agent {
                 log::error!("{e}");
             }
         }
+        for (was, now) in &want.readdressed {
+            if let Err(e) = self.readdress(was, now).await {
+                log::error!("container {}: moving to {}: {e}", now.key, now.ip);
+            }
+        }
         for netns in &want.left_netns {
             remove_resolv_conf(netns);
         }
@@ -58,7 +68,43 @@ impl Agent {
             }
         }
         if *touched == Touched::All {
+            self.readdress_missed(&links).await;
             self.release_orphan_leases().await;
+        }
+    }
+
+    /// Local containers whose app moved while this agent was not running:
+    /// their host end still routes the old address (the record only has
+    /// the new one), found in one dump of this host's routes.
+    async fn readdress_missed(&self, links: &BTreeMap<String, u32>) {
+        let routes = match self.netlink.host_routes().await {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("{e}");
+                return;
+            }
+        };
+        let missed: Vec<(Container, Container)> = self
+            .view()
+            .local_containers(&self.cfg.host_id)
+            .filter_map(|c| {
+                let routed = routes.get(links.get(&c.host_ifname)?)?;
+                match routed.as_slice() {
+                    [old] if *old != c.ip => Some((
+                        Container {
+                            ip: *old,
+                            ..c.clone()
+                        },
+                        c.clone(),
+                    )),
+                    _ => None,
+                }
+            })
+            .collect();
+        for (was, now) in &missed {
+            if let Err(e) = self.readdress(was, now).await {
+                log::error!("container {}: moving to {}: {e}", now.key, now.ip);
+            }
         }
     }
 

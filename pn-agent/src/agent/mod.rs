@@ -13,11 +13,16 @@
 //!
 //! Files: `start` wires the subsystems, `follow` tracks the store,
 //! `reconcile` computes the desired state, `converge` applies it,
-//! `commands` and `status` answer the API.
+//! `commands`, `cni` (the CNI plugin's requests), `moving` (`app move`)
+//! and `status` answer the API, `reap` detaches containers whose interface
+//! vanished.
 
+mod cni;
 mod commands;
 mod converge;
 mod follow;
+mod moving;
+mod reap;
 pub mod reconcile;
 mod start;
 mod status;

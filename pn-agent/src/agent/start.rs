@@ -46,7 +46,13 @@ impl dns::Directory for ViewDirectory {
             return false;
         }
         let before = out.len();
-        out.extend(v.select(&q.app, &q.selector).map(|c| c.ip));
+        // During an app's move its containers change network one by one:
+        // only those already in the asked network answer.
+        out.extend(
+            v.select(&q.app, &q.selector)
+                .filter(|c| c.network == q.network)
+                .map(|c| c.ip),
+        );
         out.len() > before
     }
 }
@@ -202,6 +208,7 @@ impl Agent {
             log::warn!("registering host {}: {e}", agent.cfg.host_id);
         }
         tokio::spawn(agent.clone().follow_store());
+        tokio::spawn(agent.clone().reap_vanished());
         Ok(agent)
     }
 

@@ -416,6 +416,10 @@ impl Maps for Kernel {
             };
             match self.counters.remove(&key) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                // aya reports a missing key of a hash map as the syscall's
+                // ENOENT: a reason never counted for this endpoint.
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(e) => return Err(e).ctx(|| "removing from PN_COUNTERS".into()),
             }
         }

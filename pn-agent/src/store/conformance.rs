@@ -43,6 +43,7 @@ async fn attach(m: &Membership, net: NetworkId, k: &ContainerKey, h: &str) -> Co
         ifname: "pn0".into(),
         host_ifname: k.host_ifname(),
         created_at: now_secs(),
+        runtime: None,
     };
     m.put_container(&c).await.unwrap();
     c
@@ -315,6 +316,61 @@ pub async fn hosts_get_unique_peer_ids_and_keep_them(kv: Arc<dyn Backend>) {
     assert!(view.rejected.is_empty(), "{:?}", view.rejected);
 }
 
+/// `app move`: the app's record, then each container with a new address of
+/// the new network (the old one freed); an attach that raced the move is
+/// refused; moving again changes nothing.
+pub async fn apps_move_with_their_addresses(kv: Arc<dyn Backend>) {
+    let m = Membership::new(kv.clone());
+    let (a, b) = (net_id(1), net_id(2));
+    m.create_network(a, None, &pool(), 22).await.unwrap();
+    let (nb, _) = m.create_network(b, None, &pool(), 22).await.unwrap();
+    m.create_app(app_id(1), &a, None).await.unwrap();
+    let c1 = attach(&m, a, &key(app_id(1), "web", 1), "h1").await;
+    let c2 = attach(&m, a, &key(app_id(1), "web", 2), "h2").await;
+    // Half-way through an attach when the app moves.
+    let late = key(app_id(1), "web", 3);
+    let late_ip = m.reserve_address(&a, &late, &host("h1")).await.unwrap();
+    let (app, old, rev) = m.set_app_network(&app_id(1), &b).await.unwrap();
+    assert_eq!((app.network, old), (b, a));
+    assert!(rev.is_some());
+    let mut moved = Vec::new();
+    for c in [&c1, &c2] {
+        let (now, _) = m.move_container(&c.key, &b).await.unwrap().unwrap();
+        assert!(nb.cidr.contains(&now.ip), "{}", now.ip);
+        assert_eq!((now.network, &now.host, &now.netns), (b, &c.host, &c.netns));
+        moved.push(now.ip);
+    }
+    assert_ne!(moved[0], moved[1]);
+    // Again: nothing to do.
+    assert_eq!(m.set_app_network(&app_id(1), &b).await.unwrap().2, None);
+    assert!(m.move_container(&c1.key, &b).await.unwrap().is_none());
+    let late_rec = Container {
+        key: late.clone(),
+        network: a,
+        ip: late_ip,
+        host: host("h1"),
+        netns: "ns".into(),
+        ifname: "pn0".into(),
+        host_ifname: late.host_ifname(),
+        created_at: now_secs(),
+        runtime: None,
+    };
+    let err = m.put_container(&late_rec).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("moved"), "{err}");
+    m.release_address(&a, late_ip, &late).await.unwrap();
+    // The old network's addresses are all free: the next gets the first.
+    m.create_app(app_id(2), &a, None).await.unwrap();
+    let fresh = attach(&m, a, &key(app_id(2), "web", 1), "h1").await;
+    assert_eq!(fresh.ip, c1.ip);
+    // Every record passes the view's checks.
+    let view = MembershipView::default().reloaded(&kv.list("").await.unwrap());
+    assert!(view.rejected.is_empty(), "{:?}", view.rejected);
+    assert_eq!(view.containers[&c1.key].ip, moved[0]);
+    let err = m.set_app_network(&app_id(1), &net_id(9)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+}
+
 /// Runs every conformance test, each on a fresh store from `fresh`.
 #[macro_export]
 macro_rules! store_conformance_tests {
@@ -361,6 +417,10 @@ macro_rules! store_conformance_tests {
                 $fresh("peers").await,
             )
             .await
+        }
+        #[tokio::test]
+        async fn apps_move_with_their_addresses() {
+            $crate::store::conformance::apps_move_with_their_addresses($fresh("move").await).await
         }
         #[tokio::test]
         async fn views_follow_the_watch() {

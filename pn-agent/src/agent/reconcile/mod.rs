@@ -62,6 +62,10 @@ pub struct Desired {
     /// Namespaces that held a container of this host and hold none now
     /// (their resolv.conf goes).
     pub left_netns: Vec<String>,
+    /// Local containers whose address changed (their app moved to another
+    /// network), as (record before, record now): their interface is
+    /// re-addressed in place.
+    pub readdressed: Vec<(Container, Container)>,
 }
 
 pub fn to_ip4(ip: Ipv4Addr) -> Ip4 {
@@ -142,6 +146,18 @@ pub fn desired(
                 d.datapath.peers = underlay_peers(view, local);
                 d.datapath.tags = local_tags(view, local);
             }
+            d.readdressed = before
+                .iter()
+                .filter(|b| b.host == *local.host && links.contains_key(&b.host_ifname))
+                .filter_map(|b| {
+                    let now = view.containers.get(&b.key)?;
+                    let same_interface = now.host == *local.host
+                        && now.netns == b.netns
+                        && now.ifname == b.ifname
+                        && now.host_ifname == b.host_ifname;
+                    (same_interface && now.ip != b.ip).then(|| (b.clone(), now.clone()))
+                })
+                .collect();
             d.left_netns = before
                 .iter()
                 .filter(|b| b.host == *local.host)

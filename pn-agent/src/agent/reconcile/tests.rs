@@ -36,6 +36,7 @@ fn container(index: u32, ip: [u8; 4], on: &str) -> Container {
         netns: format!("ns{index}"),
         ifname: "pn0".into(),
         created_at: 0,
+        runtime: None,
     }
 }
 
@@ -257,4 +258,59 @@ fn the_same_view_twice_changes_nothing() {
     let d = desired_for(&v, &links(&v), &Touched::All);
     let ch = dp.apply(&d.datapath, d.scope.as_ref().unwrap()).unwrap();
     assert!(ch.is_empty(), "{ch:?}");
+}
+
+#[test]
+fn an_app_moving_to_another_network_rewrites_entries_and_readdresses_local_interfaces() {
+    const NET2: &str = "pn-0b7e1a4c-5d62-4f3e-9a8b-7c6d5e4f3a2b";
+    let mut v = fleet();
+    v.networks.insert(
+        NET2.parse().unwrap(),
+        Network {
+            id: NET2.parse().unwrap(),
+            cidr: "10.240.4.0/22".parse().unwrap(),
+            tag: 4,
+            created_at: 0,
+        },
+    );
+    let mut dp = Datapath::new(FakeMaps::default());
+    let l = links(&v);
+    converge(&mut dp, &v, &Touched::All);
+    let (local_was, remote_was) = (
+        container(1, [10, 240, 0, 2], "a"),
+        container(2, [10, 240, 0, 3], "b"),
+    );
+    let mut touched = Vec::new();
+    for (was, ip) in [
+        (&local_was, [10, 240, 4, 1]),
+        (&remote_was, [10, 240, 4, 2]),
+    ] {
+        let mut now = was.clone();
+        now.network = NET2.parse().unwrap();
+        now.ip = Ipv4Addr::from(ip);
+        v.by_ip.remove(&was.ip);
+        add(&mut v, now);
+        touched.push(was.clone());
+    }
+    let d = desired_for(&v, &l, &Touched::Containers(touched));
+    dp.apply(&d.datapath, d.scope.as_ref().unwrap()).unwrap();
+    let k = &dp.maps().state;
+    // The old addresses are nobody's; the new ones carry the new tag.
+    assert!(!k.endpoints.contains_key(&ip([10, 240, 0, 2])));
+    assert!(!k.endpoints.contains_key(&ip([10, 240, 0, 3])));
+    assert_eq!(k.endpoints[&ip([10, 240, 4, 1])].tag, 4);
+    assert!(k.endpoints[&ip([10, 240, 4, 2])].is_remote());
+    // Same interface: its index keeps its place, with the new source.
+    assert_eq!(k.ifaces[&10].addr, ip([10, 240, 4, 1]));
+    assert_eq!(k.ifaces[&10].tag, 4);
+    assert_eq!(k.tags, [4].into());
+    // Only the local container is re-addressed here, in place.
+    assert_eq!(d.readdressed.len(), 1);
+    let (was, now) = &d.readdressed[0];
+    assert_eq!(
+        (was.ip, now.ip),
+        (local_was.ip, Ipv4Addr::new(10, 240, 4, 1))
+    );
+    assert!(d.orphans.is_empty() && d.stale.is_empty() && d.left_netns.is_empty());
+    assert!(!d.members.contains_key(&local_was.ip));
 }

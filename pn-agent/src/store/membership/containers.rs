@@ -176,6 +176,13 @@ impl Membership {
                             c.key, existing.host
                         )));
                     }
+                    if app.network != c.network {
+                        // Moved while this container was being attached.
+                        return Err(MembershipError::Conflict(format!(
+                            "application {} moved to network {} during the attach; try again",
+                            c.key.app, app.network
+                        )));
+                    }
                     // Rewriting the app bumps its revision: see `delete_app`.
                     Ok(Step::write(
                         vec![

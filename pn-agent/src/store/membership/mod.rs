@@ -7,10 +7,12 @@
 //! changed since ([`Membership::read_modify_write`], the one retry loop).
 //!
 //! Here: the helpers, networks and applications; [`containers`]: addresses
-//! and containers; [`hosts`]: the hosts of the fleet.
+//! and containers; [`hosts`]: the hosts of the fleet; [`moving`]: an
+//! application's move to another network.
 
 mod containers;
 mod hosts;
+mod moving;
 
 use std::{collections::BTreeSet, sync::Arc};
 

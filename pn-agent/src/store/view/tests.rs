@@ -54,6 +54,7 @@ fn container(index: u32, ip: &str) -> Container {
         netns: "c1".into(),
         ifname: "pn0".into(),
         created_at: 0,
+        runtime: None,
     }
 }
 

@@ -9,7 +9,10 @@ use ipnet::Ipv4Net;
 use pn_common::ids::{AppId, ContainerType, HostId, NetworkId};
 use serde::{Deserialize, Serialize};
 
-use crate::{error::Error, model::ContainerKey};
+use crate::{
+    error::Error,
+    key::{ContainerKey, RuntimeRef},
+};
 
 /// Longest request line accepted (a request is a few hundred bytes).
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -37,6 +40,12 @@ pub enum Request {
     AppDelete {
         id: AppId,
     },
+    /// Moves an application and its containers, on every host, to another
+    /// network: new addresses in place, same interfaces.
+    AppMove {
+        id: AppId,
+        network: NetworkId,
+    },
     ContainerAttach {
         app: AppId,
         #[serde(rename = "type")]
@@ -52,6 +61,43 @@ pub enum Request {
     ContainerList {
         app: Option<AppId>,
         network: Option<NetworkId>,
+    },
+    /// The CNI plugin's ADD: attach `netns` as a container of `app` for a
+    /// runtime; idempotent per (runtime container id, `ifname`) on this host.
+    /// Answers an [`Attachment`].
+    CniAdd {
+        app: AppId,
+        #[serde(rename = "type")]
+        ctype: ContainerType,
+        index: Option<u32>,
+        netns: String,
+        ifname: String,
+        runtime: RuntimeRef,
+    },
+    /// The CNI plugin's DEL: detach what ADD made for (runtime container id,
+    /// `ifname`) on this host, if anything. Answers the container detached
+    /// (`Option<ContainerInfo>`).
+    CniDel {
+        app: AppId,
+        ifname: String,
+        runtime: RuntimeRef,
+    },
+    /// The CNI plugin's CHECK: the attachment exists and is as ADD left it.
+    /// Answers an [`Attachment`].
+    CniCheck {
+        app: AppId,
+        netns: String,
+        ifname: String,
+        runtime: RuntimeRef,
+    },
+    /// The CNI plugin's GC (spec 1.1.0): detach this host's containers of
+    /// `app` that runtime network `network` attached and that are not among
+    /// `valid` (runtime container id, interface name). Answers the
+    /// containers detached (`Vec<ContainerInfo>`).
+    CniGc {
+        app: AppId,
+        network: String,
+        valid: Vec<(String, String)>,
     },
     DomainNames {
         app: AppId,
@@ -80,9 +126,14 @@ impl Request {
             Request::AppCreate { .. } => "app-create",
             Request::AppList { .. } => "app-list",
             Request::AppDelete { .. } => "app-delete",
+            Request::AppMove { .. } => "app-move",
             Request::ContainerAttach { .. } => "container-attach",
             Request::ContainerDetach { .. } => "container-detach",
             Request::ContainerList { .. } => "container-list",
+            Request::CniAdd { .. } => "cni-add",
+            Request::CniDel { .. } => "cni-del",
+            Request::CniCheck { .. } => "cni-check",
+            Request::CniGc { .. } => "cni-gc",
             Request::DomainNames { .. } => "domain-names",
             Request::Env { .. } => "env",
             Request::Status => "status",
@@ -134,6 +185,23 @@ pub struct ContainerInfo {
     pub interface: String,
     pub host_interface: String,
     pub names: Vec<String>,
+}
+
+/// A container as the CNI plugin reports it to its runtime: the container,
+/// and what its namespace was given (interface, routes, DNS).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Attachment {
+    pub container: ContainerInfo,
+    /// MAC address of the interface inside the namespace.
+    pub mac: String,
+    pub mtu: u32,
+    /// The address (a /32 on the interface) and its gateway.
+    pub gateway: Ipv4Addr,
+    /// Destinations routed through the gateway.
+    pub routes: Vec<Ipv4Net>,
+    pub nameservers: Vec<Ipv4Addr>,
+    /// Search domains (the container's network zone).
+    pub search: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -1,0 +1,86 @@
+//! `app move`: the application's record, then each of its containers, move
+//! to the new network in the store ([`crate::store::Membership`]'s
+//! `set_app_network` and `move_container`); every agent then follows the
+//! changed records as it follows any other — map entries rewritten, and on
+//! the host that owns a container its interface re-addressed in place
+//! ([`Agent::readdress`], called by converge).
+
+use pn_common::ids::{AppId, NetworkId};
+
+use super::{Agent, start::gateway_addr};
+use crate::{
+    error::Error,
+    model::Container,
+    netlink::{Netns, Readdress, readdress_container_side, write_resolv_conf},
+    proto::AppInfo,
+};
+
+impl Agent {
+    pub async fn move_app(&self, id: &AppId, network: &NetworkId) -> Result<AppInfo, Error> {
+        let (app, old, rev) = self.membership.set_app_network(id, network).await?;
+        let mut last = rev;
+        let mut moved = 0;
+        for c in self.membership.containers_of(id).await? {
+            if c.network == *network {
+                continue;
+            }
+            match self.membership.move_container(&c.key, network).await {
+                Ok(Some((_, rev))) => {
+                    moved += 1;
+                    last = Some(last.map_or(rev, |l: i64| l.max(rev)));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(Error::new(
+                        crate::error::Kind::kind(&e),
+                        format!(
+                            "application {id} is now in network {network}, but its container {} could not move: {e}; run the move again to finish it",
+                            c.key
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(rev) = last {
+            self.wait_applied(rev).await?;
+        }
+        log::info!("moved application {id} from {old} to {network} ({moved} container(s))");
+        Ok(AppInfo {
+            id: app.id,
+            network: app.network,
+            name: app.name,
+            containers: self.view().containers_of_app(id).count(),
+        })
+    }
+
+    /// Gives a local container's interface its new address (and, for a
+    /// named namespace, the new network's resolv.conf): `was` is the record
+    /// before the move, `now` after.
+    pub(super) async fn readdress(&self, was: &Container, now: &Container) -> Result<(), Error> {
+        let ns = Netns::open(&now.netns)?;
+        let mac = readdress_container_side(
+            &ns,
+            Readdress {
+                ifname: now.ifname.clone(),
+                old: was.ip,
+                new: now.ip,
+                gateway: gateway_addr(),
+                routes: self.container_routes(),
+            },
+        )
+        .await?;
+        self.netlink
+            .readdress_host_side(&now.host_ifname, was.ip, now.ip, mac, gateway_addr())
+            .await?;
+        write_resolv_conf(&ns, &now.network, *self.cfg.dns_listen.ip())
+            .map_err(|e| Error::internal(format!("writing resolv.conf for {}: {e}", now.netns)))?;
+        log::info!(
+            "container {}: re-addressed {} -> {} in {}",
+            now.key,
+            was.ip,
+            now.ip,
+            now.netns
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,135 @@
+//! Moving an application to another network: first its record names the
+//! new network (so every container attached from then on is in it), then
+//! each container already attached takes an address of the new network and
+//! frees its old one, in one transaction per container. Each step can be
+//! run again: a move that stopped half-way is finished by moving again.
+
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use pn_common::ids::{AppId, NetworkId};
+
+use super::{Membership, MembershipError, Result, Step, as_read, encode};
+use crate::{
+    ipam,
+    model::{AddressLease, App, Container, ContainerKey, Network},
+    store::{
+        backend::Op,
+        keys::{self, Key},
+    },
+};
+
+impl Membership {
+    /// Makes `id`'s record name `network`; the app as it is now, the
+    /// network it was in, and the revision of the change (`None`: it was
+    /// in `network` already).
+    pub async fn set_app_network(
+        &self,
+        id: &AppId,
+        network: &NetworkId,
+    ) -> Result<(App, NetworkId, Option<i64>)> {
+        let (app_key, net_key) = (&Key::App(*id), &Key::Network(*network));
+        self.read_modify_write(
+            move |_| {
+                Box::pin(async move {
+                    let (app, app_rev) = self
+                        .get_decoded::<App>(app_key)
+                        .await?
+                        .ok_or_else(|| MembershipError::NotFound(format!("application {id}")))?;
+                    let (net, net_rev) = self
+                        .get_decoded::<Network>(net_key)
+                        .await?
+                        .ok_or_else(|| MembershipError::NotFound(format!("network {network}")))?;
+                    let old = app.network;
+                    if old == *network {
+                        return Ok(Step::Done((app, old, None)));
+                    }
+                    let moved = App {
+                        network: *network,
+                        ..app
+                    };
+                    // Rewriting the network bumps its revision, so a
+                    // concurrent `network delete` cannot orphan the app (as
+                    // in `create_app`).
+                    Ok(Step::write(
+                        vec![
+                            as_read(app_key, Some(app_rev)),
+                            as_read(net_key, Some(net_rev)),
+                        ],
+                        vec![
+                            Op::Put(net_key.to_string(), encode(&net)),
+                            Op::Put(app_key.to_string(), encode(&moved)),
+                        ],
+                        move |rev| (moved, old, Some(rev)),
+                    ))
+                })
+            },
+            || format!("application {id} keeps changing; try again"),
+        )
+        .await
+    }
+
+    /// Gives container `key` the lowest free address of `network` and frees
+    /// its old one, in one transaction; the record as it is now and the
+    /// revision of the change (`None`: gone, or in `network` already).
+    pub async fn move_container(
+        &self,
+        key: &ContainerKey,
+        network: &NetworkId,
+    ) -> Result<Option<(Container, i64)>> {
+        let net = self.network(network).await?;
+        let container_key = &Key::Container(key.clone());
+        let net = &net;
+        self.read_modify_write(
+            move |_| {
+                Box::pin(async move {
+                    let Some((c, rev)) = self.get_decoded::<Container>(container_key).await? else {
+                        return Ok(Step::Done(None));
+                    };
+                    if c.network == *network {
+                        return Ok(Step::Done(None));
+                    }
+                    let used: BTreeSet<Ipv4Addr> = self
+                        .kv
+                        .list(&keys::ips_of(network))
+                        .await?
+                        .entries
+                        .iter()
+                        .filter_map(|(k, _)| match Key::parse(k)? {
+                            Key::Ip(_, ip) => Some(ip),
+                            _ => None,
+                        })
+                        .collect();
+                    let ip = ipam::next_address(&net.cidr, &used).ok_or_else(|| {
+                        MembershipError::Exhausted(format!(
+                            "no free address left in network {network} ({}: {} in use)",
+                            net.cidr,
+                            used.len()
+                        ))
+                    })?;
+                    let lease = AddressLease {
+                        owner: key.clone(),
+                        host: c.host.clone(),
+                    };
+                    let new_ip = &Key::Ip(*network, ip);
+                    let old_ip = Key::Ip(c.network, c.ip);
+                    let moved = Container {
+                        network: *network,
+                        ip,
+                        ..c
+                    };
+                    Ok(Step::write(
+                        vec![as_read(container_key, Some(rev)), as_read(new_ip, None)],
+                        vec![
+                            Op::Put(new_ip.to_string(), encode(&lease)),
+                            Op::Put(container_key.to_string(), encode(&moved)),
+                            Op::Delete(old_ip.into()),
+                        ],
+                        move |rev| Some((moved, rev)),
+                    ))
+                })
+            },
+            || format!("too much contention on the addresses of network {network}; try again"),
+        )
+        .await
+    }
+}

@@ -1,0 +1,182 @@
+//! What the plugin prints: the ADD result built from the agent's answer,
+//! and the CNI error object for any failure, with the spec's code chosen by
+//! the kind of the agent's error (never by its wording).
+
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net};
+use pn_api::{client::ClientError, error::ErrorKind, proto::Attachment};
+use rscni_types::{
+    error::Error,
+    types::{CNIResult, Interface, IpConfig, Route},
+};
+
+/// The spec's "internal error" code (the reference library's `ErrInternal`).
+pub const INTERNAL: u32 = 999;
+
+/// ADD's result: what came before in a chain (`prev`), then this
+/// interface, its address with the gateway, the routes through the gateway
+/// and the DNS server with the network's search domain.
+pub fn add_result(prev: Option<CNIResult>, ifname: &str, netns: &str, a: &Attachment) -> CNIResult {
+    let mut r = prev.unwrap_or_default();
+    let index = r.interfaces.len() as u32;
+    r.interfaces.push(Interface {
+        name: ifname.to_string(),
+        mac: a.mac.clone(),
+        mtu: Some(a.mtu),
+        sandbox: Some(netns.to_string()),
+        socket_path: None,
+        pci_id: None,
+    });
+    r.ips.push(IpConfig {
+        interface: Some(index),
+        address: IpNet::V4(Ipv4Net::from(a.container.ip)),
+        gateway: Some(IpAddr::V4(a.gateway)),
+    });
+    for dst in &a.routes {
+        r.routes.push(Route {
+            dst: IpNet::V4(*dst),
+            gw: Some(IpAddr::V4(a.gateway)),
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            scope: None,
+        });
+    }
+    let mut dns = r.dns.take().unwrap_or_default();
+    dns.nameservers
+        .extend(a.nameservers.iter().map(|n| n.to_string()));
+    dns.search
+        .get_or_insert_with(Vec::new)
+        .extend(a.search.iter().cloned());
+    r.dns = Some(dns);
+    r
+}
+
+/// Which operation failed, for the choice of code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Add,
+    Del,
+    Check,
+    Status,
+}
+
+/// The CNI error for a failed call to the agent.
+pub fn client_error(e: ClientError, op: Op) -> Error {
+    if op == Op::Status {
+        // STATUS has its own answer: ADD would not work now.
+        return Error::PluginNotAvailable(e.to_string());
+    }
+    match e {
+        // Nothing was done; the runtime may retry once the agent is back.
+        ClientError::NotRunning { .. } | ClientError::Io { .. } => {
+            Error::TryAgainLater(e.to_string())
+        }
+        ClientError::Protocol(m) => {
+            internal(format!("pn-agent answered something unexpected: {m}"))
+        }
+        ClientError::Refused(e) => match (e.kind, op) {
+            (ErrorKind::Unavailable, _) => Error::TryAgainLater(e.message),
+            // The configuration names an app (or a type or index) the
+            // agent refuses.
+            (ErrorKind::Invalid, _) | (ErrorKind::NotFound, Op::Add) => {
+                Error::InvalidNetworkConfig(e.message)
+            }
+            _ => internal(e.message),
+        },
+    }
+}
+
+pub fn internal(details: String) -> Error {
+    Error::Custom(INTERNAL, "Internal error".into(), details)
+}
+
+#[cfg(test)]
+mod tests {
+    use pn_api::{error::Error as ApiError, proto::ContainerInfo};
+
+    use super::*;
+
+    fn attachment() -> Attachment {
+        let net = "pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c";
+        Attachment {
+            container: ContainerInfo {
+                id: "x".into(),
+                app: "ap-a71da13f-7c70-4c00-a644-eee8558d8053".parse().unwrap(),
+                network: net.parse().unwrap(),
+                ctype: "web".parse().unwrap(),
+                index: 1,
+                ip: "10.240.0.2".parse().unwrap(),
+                host: "h1".into(),
+                netns: "/run/netns/c1".into(),
+                interface: "eth0".into(),
+                host_interface: "pnh0".into(),
+                names: vec![],
+            },
+            mac: "02:00:00:00:00:01".into(),
+            mtu: 1420,
+            gateway: "169.254.1.1".parse().unwrap(),
+            routes: vec!["10.240.0.0/12".parse().unwrap()],
+            nameservers: vec!["169.254.1.1".parse().unwrap()],
+            search: vec![format!("{net}.private-network.internal")],
+        }
+    }
+
+    #[test]
+    fn the_result_has_the_interface_address_routes_and_dns() {
+        let r = add_result(None, "eth0", "/run/netns/c1", &attachment());
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "interfaces": [{"name": "eth0", "mac": "02:00:00:00:00:01", "mtu": 1420,
+                                "sandbox": "/run/netns/c1"}],
+                "ips": [{"interface": 0, "address": "10.240.0.2/32", "gateway": "169.254.1.1"}],
+                "routes": [{"dst": "10.240.0.0/12", "gw": "169.254.1.1"}],
+                "dns": {"nameservers": ["169.254.1.1"],
+                        "search": ["pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c.private-network.internal"]},
+            })
+        );
+    }
+
+    #[test]
+    fn a_chained_result_keeps_what_came_before() {
+        let prev = add_result(None, "eth0", "/run/netns/c1", &attachment());
+        let r = add_result(Some(prev), "eth1", "/run/netns/c1", &attachment());
+        assert_eq!(r.interfaces.len(), 2);
+        assert_eq!(r.ips[1].interface, Some(1));
+        assert_eq!(r.dns.unwrap().nameservers.len(), 2);
+    }
+
+    #[test]
+    fn agent_errors_map_to_cni_codes() {
+        let refused = |kind, op| {
+            u32::from(&client_error(
+                ClientError::Refused(ApiError::new(kind, "m")),
+                op,
+            ))
+        };
+        assert_eq!(refused(ErrorKind::Unavailable, Op::Add), 11);
+        assert_eq!(refused(ErrorKind::NotFound, Op::Add), 7);
+        assert_eq!(refused(ErrorKind::Invalid, Op::Add), 7);
+        assert_eq!(refused(ErrorKind::NotFound, Op::Check), INTERNAL);
+        assert_eq!(refused(ErrorKind::Conflict, Op::Add), INTERNAL);
+        assert_eq!(refused(ErrorKind::Exhausted, Op::Add), INTERNAL);
+        assert_eq!(refused(ErrorKind::Internal, Op::Del), INTERNAL);
+        let down = client_error(
+            ClientError::NotRunning {
+                path: "/run/pn-agent/api.sock".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            },
+            Op::Add,
+        );
+        assert_eq!(u32::from(&down), 11);
+        assert!(down.to_string().contains("agent not running"), "{down}");
+        let e = client_error(ClientError::Protocol("x".into()), Op::Del);
+        assert_eq!(u32::from(&e), INTERNAL);
+        let e = client_error(ClientError::Protocol("x".into()), Op::Status);
+        assert_eq!(u32::from(&e), 50);
+    }
+}
