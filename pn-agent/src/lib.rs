@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod client;
 pub mod config;
+pub mod conns;
 pub mod datapath;
 pub mod dns;
 pub mod edge;
