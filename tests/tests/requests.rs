@@ -245,3 +245,92 @@ fn connections_and_requests_are_counted_per_edge() {
     let status = host.cli_ok(&["status"]);
     assert!(status.contains("events lost conn 0"), "{status}");
 }
+
+/// Per-packet cost of the TC programs with tracking off, conns, http: a
+/// 1 MiB response 20 times and 50 keep-alive requests per run, then
+/// run_time_ns / run_cnt of this agent's programs (kernel.bpf_stats_enabled).
+/// Prints; asserts nothing. `cargo test --test requests -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn per_packet_cost() {
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").unwrap();
+    for track in ["off", "conns", "http"] {
+        let p = unique_prefix();
+        let host = Host::start_with(&p, "h1", &["--track", track]);
+        let net = host.create_network(&[]);
+        let ca = host.create_app(&net);
+        let sa = host.create_app(&net);
+        let cns = Namespace::new(&format!("{p}-cl"));
+        let sns = Namespace::new(&format!("{p}-sv"));
+        host.attach(&ca, "api", &cns);
+        let sip = host.attach(&sa, "web", &sns)["ip"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let fast = SERVER.replace("time.sleep(0.2)", "pass");
+        let _server = Python(
+            Command::new("ip")
+                .args(["netns", "exec", &sns.name, "python3", "-c", &fast, "8080"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        assert!(eventually(Duration::from_secs(10), || sns
+            .exec(&["curl", "-s", "-o", "/dev/null", "http://127.0.0.1:8080/"])
+            .status
+            .success()));
+        // This agent's programs: the newest two loaded.
+        let ids: Vec<u64> = {
+            let v: serde_json::Value =
+                serde_json::from_slice(&pn_tests::run("bpftool", &["-j", "prog", "show"]).stdout)
+                    .unwrap();
+            let mut ids: Vec<u64> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| {
+                    p["name"] == "pn_from_contain"
+                        || p["name"] == "pn_to_container"
+                        || p["name"]
+                            .as_str()
+                            .is_some_and(|n| n.starts_with("pn_from") || n.starts_with("pn_to"))
+                })
+                .map(|p| p["id"].as_u64().unwrap())
+                .collect();
+            ids.sort();
+            ids.into_iter().rev().take(2).collect()
+        };
+        let stats = || {
+            ids.iter().fold((0u64, 0u64), |(t, c), id| {
+                let v: serde_json::Value = serde_json::from_slice(
+                    &pn_tests::run("bpftool", &["-j", "prog", "show", "id", &id.to_string()])
+                        .stdout,
+                )
+                .unwrap();
+                (
+                    t + v["run_time_ns"].as_u64().unwrap_or(0),
+                    c + v["run_cnt"].as_u64().unwrap_or(0),
+                )
+            })
+        };
+        let (t0, c0) = stats();
+        let big = format!("http://{sip}:8080/big");
+        for _ in 0..20 {
+            assert!(curl(&cns, &[&big]).status.success());
+        }
+        let (t1, c1) = stats();
+        let urls: Vec<String> = (0..50).map(|i| format!("http://{sip}:8080/r{i}")).collect();
+        let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+        assert!(curl(&cns, &refs).status.success());
+        let (t2, c2) = stats();
+        println!(
+            "track={track}: bulk {} packets {:.1} ns/packet; keep-alive {} packets {:.1} ns/packet",
+            c1 - c0,
+            (t1 - t0) as f64 / (c1 - c0).max(1) as f64,
+            c2 - c1,
+            (t2 - t1) as f64 / (c2 - c1).max(1) as f64
+        );
+    }
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0").unwrap();
+}
