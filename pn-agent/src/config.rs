@@ -77,6 +77,9 @@ pub struct RunSettings {
     /// Drop events per second and CPU sent to `flows` (the rest is only counted) [default: 200].
     #[arg(long)]
     pub drop_events_per_sec: Option<u32>,
+    /// What the datapath tracks between members: off, conns (connections) or http (connections and HTTP/1.x requests) [default: http].
+    #[arg(long)]
+    pub track: Option<String>,
     /// AEAD implementation of the tunnel: ring or rustcrypto [default: ring].
     #[arg(long)]
     pub tunnel_cipher: Option<String>,
@@ -222,6 +225,8 @@ pub struct RunConfig {
     /// Explicit container MTU; `None`: derived from the underlay.
     pub mtu: Option<u32>,
     pub drop_events_per_sec: u32,
+    /// `pn_common::conn::TRACK_*` bits.
+    pub track: u32,
     pub etcd_prefix: String,
     pub api_socket: PathBuf,
     pub tunnel: pn_tunnel::Config,
@@ -317,6 +322,12 @@ impl RunConfig {
             );
         }
         let mtu = pick!(mtu);
+        let track = match pick!(track).as_deref().unwrap_or("http") {
+            "off" => 0,
+            "conns" => pn_common::conn::TRACK_CONNS,
+            "http" => pn_common::conn::TRACK_CONNS | pn_common::conn::TRACK_HTTP,
+            other => bail!("invalid --track {other}: off, conns or http"),
+        };
         if let Some(mtu) = mtu
             && !(576..=65535).contains(&mtu)
         {
@@ -379,6 +390,7 @@ impl RunConfig {
             network_prefix,
             mtu,
             drop_events_per_sec: pick!(drop_events_per_sec).unwrap_or(DEFAULT_DROP_EVENTS_PER_SEC),
+            track,
             etcd_prefix,
             api_socket: pick!(api_socket).unwrap_or_else(|| DEFAULT_API_SOCKET.into()),
             tunnel,

@@ -45,6 +45,23 @@ pub struct FlowRecord {
     pub dst_container: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// For `kind = "http"`: the request (src is the client, dst the server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpFields>,
+}
+
+/// A request and its response, as a router's log line has them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HttpFields {
+    pub method: String,
+    /// As sent, cut at the datapath's copy of the segment's first bytes.
+    pub path: String,
+    pub status: u16,
+    /// Request's first byte to response's first byte.
+    pub duration_ms: f64,
+    /// Response size (headers and body), when its end was seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_bytes: Option<u64>,
 }
 
 fn proto_name(p: u8) -> String {
@@ -88,6 +105,7 @@ impl FlowRecord {
             src_container: src_c.map(|c| c.key.to_string()),
             dst_container: dst_c.map(|c| c.key.to_string()),
             network: src_c.or(dst_c).map(|c| c.network.to_string()),
+            http: None,
         }
     }
 
@@ -105,6 +123,26 @@ impl FlowRecord {
             }
         };
         let day_ms = self.time_ms % 86_400_000;
+        if let Some(h) = &self.http {
+            let name =
+                |n: &Option<String>, ip: &Ipv4Addr| n.clone().unwrap_or_else(|| ip.to_string());
+            return format!(
+                "{:02}:{:02}:{:02}.{:03} {} -> {}:{} {} {} {} {:.1}ms {}",
+                day_ms / 3_600_000,
+                day_ms / 60_000 % 60,
+                day_ms / 1000 % 60,
+                day_ms % 1000,
+                name(&self.src_container, &self.src),
+                name(&self.dst_container, &self.dst),
+                self.dport,
+                h.method,
+                h.path,
+                h.status,
+                h.duration_ms,
+                h.response_bytes
+                    .map_or_else(|| "-".to_string(), |b| format!("{b}B")),
+            );
+        }
         format!(
             "{:02}:{:02}:{:02}.{:03} {:<8} {:<14} {:<4} {} -> {} {}B",
             day_ms / 3_600_000,
@@ -121,6 +159,34 @@ impl FlowRecord {
     }
 }
 
+/// What `flows` shows: requests (`--http`) or the other events, of one app
+/// or network.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub http: bool,
+    pub app: Option<String>,
+    pub network: Option<String>,
+}
+
+impl Filter {
+    pub fn admits(&self, r: &FlowRecord) -> bool {
+        let of_app = |c: &Option<String>, app: &str| {
+            c.as_deref()
+                .and_then(|c| c.split_once('/'))
+                .is_some_and(|(a, _)| a == app)
+        };
+        (r.http.is_some() == self.http)
+            && self
+                .app
+                .as_deref()
+                .is_none_or(|a| of_app(&r.src_container, a) || of_app(&r.dst_container, a))
+            && self
+                .network
+                .as_deref()
+                .is_none_or(|n| r.network.as_deref() == Some(n))
+    }
+}
+
 /// Fan-out of flow records to `flows --follow` clients, plus the recent ones.
 #[derive(Clone)]
 pub struct FlowHub {
@@ -129,6 +195,8 @@ pub struct FlowHub {
     /// Events seen, and events the reader could not decode.
     pub received: Arc<AtomicU64>,
     pub malformed: Arc<AtomicU64>,
+    /// Connection and request tracking, whose log lines come here too.
+    pub conns: crate::conns::ConnHub,
 }
 
 impl Default for FlowHub {
@@ -138,6 +206,7 @@ impl Default for FlowHub {
             recent: Arc::default(),
             received: Arc::default(),
             malformed: Arc::default(),
+            conns: crate::conns::ConnHub::default(),
         }
     }
 }

@@ -7,6 +7,7 @@ pub use pn_api::{client, error, proto};
 
 pub mod agent;
 pub mod config;
+pub mod conns;
 pub mod datapath;
 pub mod dns;
 pub mod edge;

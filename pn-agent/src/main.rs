@@ -93,6 +93,16 @@ enum Command {
         /// Keep printing new events.
         #[arg(long)]
         follow: bool,
+        /// HTTP requests between members, one line each (as a router's log)
+        /// instead of flow and drop events.
+        #[arg(long)]
+        http: bool,
+        /// Only events with a container of this app at either end.
+        #[arg(long)]
+        app: Option<String>,
+        /// Only events of this network.
+        #[arg(long)]
+        network: Option<String>,
     },
     /// Tests only: make this namespace's edge rules the JSON `EdgeConfig`
     /// read on stdin (or remove them), without an agent.
@@ -435,16 +445,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let s: Status = Client::call(&path, &Request::Status).await?;
             print(out, &s, || status_text(&s))
         }
-        Command::Flows { follow } => {
+        Command::Flows {
+            follow,
+            http,
+            app,
+            network,
+        } => {
             let mut c = Client::connect(&path).await?;
             c.send(&Request::Flows { follow }).await?;
             let stdout = std::io::stdout();
+            let filter = pn_agent::flows::Filter { http, app, network };
             while let Some(v) = c.next().await? {
+                let r: FlowRecord =
+                    serde_json::from_value(v.clone()).context("decoding a flow event")?;
+                if !filter.admits(&r) {
+                    continue;
+                }
                 let line = match out {
                     Output::Json => serde_json::to_string(&v)?,
-                    Output::Table => serde_json::from_value::<FlowRecord>(v)
-                        .map(|r| r.line())
-                        .context("decoding a flow event")?,
+                    Output::Table => r.line(),
                 };
                 let mut lock = stdout.lock();
                 if writeln!(lock, "{line}")
@@ -523,6 +542,21 @@ fn status_text(s: &Status) -> String {
         s.datapath.programs.join(", "),
         s.datapath.attached_interfaces,
         s.datapath.bpffs.display()
+    ));
+    let lost: Vec<String> = s
+        .datapath
+        .events_lost
+        .iter()
+        .map(|(k, per_cpu)| format!("{k} {} (per cpu {per_cpu:?})", per_cpu.iter().sum::<u64>()))
+        .collect();
+    t.push_str(&format!(
+        "events lost {}; {} connection(s) tracked\n",
+        if lost.is_empty() {
+            "-".to_string()
+        } else {
+            lost.join(", ")
+        },
+        s.datapath.conns_tracked
     ));
     t.push_str(&format!(
         "endpoints   {} local, {} remote, {} in maps\n",

@@ -277,6 +277,7 @@ impl Collector for AgentCollector {
                 MetricType::Counter,
             )?,
         )?;
+        crate::conns::lost::encode(inputs, &mut encoder)?;
         ConstCounter::new(inputs.flows.malformed.load(Ordering::Relaxed)).encode(
             encoder.encode_descriptor(
                 "pn_flow_events_malformed",
@@ -297,6 +298,7 @@ pub fn registry(inputs: Inputs, metrics: &AgentMetrics) -> Registry {
         "Control API requests, per command and result",
         metrics.api_requests.clone(),
     );
+    inputs.flows.conns.metrics.register(&mut r);
     r.register_collector(Box::new(AgentCollector(inputs)));
     r
 }

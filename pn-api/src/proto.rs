@@ -246,6 +246,13 @@ pub struct DatapathStatus {
     pub programs: Vec<String>,
     /// Host-side interfaces with both programs attached.
     pub attached_interfaces: usize,
+    /// Events the programs could not deliver (ring buffer full), per kind
+    /// (`flow`, `conn`), one count per CPU.
+    #[serde(default)]
+    pub events_lost: std::collections::BTreeMap<String, Vec<u64>>,
+    /// Connections in the agent's table (requests and connections tracking).
+    #[serde(default)]
+    pub conns_tracked: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

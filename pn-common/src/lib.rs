@@ -5,6 +5,7 @@
 //! programs stay thin: parse, look up, decide, count).
 #![cfg_attr(not(any(feature = "ids", test)), no_std)]
 
+pub mod conn;
 pub mod edge;
 pub mod event;
 #[cfg(feature = "ids")]
@@ -51,6 +52,9 @@ pub mod objects {
     pub const MAP_TAGS: &str = "PN_TAGS";
     pub const MAP_CONNS: &str = "PN_CONNS";
     pub const MAP_EGRESS_DENY: &str = "PN_EGRESS_DENY";
+    pub const MAP_CONN_EVENTS: &str = "PN_CONN_EVENTS";
+    pub const MAP_CONN_CFG: &str = "PN_CONN_CFG";
+    pub const MAP_LOST: &str = "PN_LOST";
     pub const PROG_FROM_CONTAINER: &str = "pn_from_container";
     pub const PROG_TO_CONTAINER: &str = "pn_to_container";
     pub const PROG_UNDERLAY: &str = "pn_underlay";

@@ -88,6 +88,8 @@ pub fn emit(
         ev.dport = p.dport;
         ev.proto = p.proto;
     }
-    // A full ring buffer loses the event, never the packet's verdict.
-    let _ = PN_EVENTS.output::<FlowEvent>(&ev, 0);
+    // A full ring buffer loses the event (counted), never the packet's verdict.
+    if PN_EVENTS.output::<FlowEvent>(&ev, 0).is_err() {
+        crate::conn::lost(pn_common::conn::LostKind::Flow);
+    }
 }

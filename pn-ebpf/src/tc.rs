@@ -56,6 +56,9 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
         TC_ACT_SHOT
     } else {
         if let Some((pkt, flags)) = pkt {
+            if matches!(reason, Reason::Forwarded | Reason::Delivered) {
+                crate::conn::observe(ctx, dir, ifindex, &pkt, flags);
+            }
             match (reason, dir) {
                 (Reason::Forwarded, _) => match policy::flow_check(pkt.proto, flags) {
                     FlowCheck::Established => {}

@@ -127,6 +127,11 @@ impl Agent {
             })
             .context("configuring the datapath")?;
         let events = kernel.take_events();
+        kernel
+            .conn()
+            .set_track(cfg.track)
+            .context("configuring request tracking")?;
+        let conn_events = kernel.conn().events.take();
         let dns_upstreams = match &cfg.dns_upstream {
             Some(list) => list.clone(),
             None => dns::upstreams_from_resolv_conf(
@@ -195,6 +200,15 @@ impl Agent {
             tokio::spawn(async move {
                 if let Err(e) = hub.run_reader(ring, view).await {
                     log::error!("flow event reader stopped: {e:#}");
+                }
+            });
+        }
+        if let Some(ring) = conn_events {
+            let flows = agent.flows.clone();
+            let view = agent.view.clone();
+            tokio::spawn(async move {
+                if let Err(e) = flows.conns.clone().run_reader(ring, view, flows).await {
+                    log::error!("connection event reader stopped: {e:#}");
                 }
             });
         }

@@ -116,9 +116,23 @@ impl Agent {
     pub fn status(&self) -> Status {
         let v = self.view();
         let me = &self.cfg.host_id;
-        let (in_maps, attached) = {
+        let (in_maps, attached, lost) = {
             let dp = self.dp();
-            (dp.current().endpoints.len(), dp.current().attached.len())
+            let lost = match dp.maps().conn_ref().lost() {
+                Ok(l) => l
+                    .into_iter()
+                    .map(|(k, n)| (k.as_str().to_string(), n))
+                    .collect(),
+                Err(e) => {
+                    log::warn!("reading lost events: {e}");
+                    Default::default()
+                }
+            };
+            (
+                dp.current().endpoints.len(),
+                dp.current().attached.len(),
+                lost,
+            )
         };
         Status {
             host: me.to_string(),
@@ -141,6 +155,8 @@ impl Agent {
                     pn_common::objects::PROG_TO_CONTAINER.into(),
                 ],
                 attached_interfaces: attached,
+                events_lost: lost,
+                conns_tracked: self.flows.conns.tracked(),
             },
             endpoints: EndpointCounts {
                 local: v.local_containers(me).count(),

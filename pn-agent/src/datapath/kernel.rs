@@ -84,6 +84,7 @@ pub struct Kernel {
     conns: HashMap<MapData, ConnKey, ConnState>,
     egress_deny: LpmTrie<MapData, Ip4, DenyRange>,
     events: Option<RingBuf<MapData>>,
+    conn: crate::conns::kernel::ConnMaps,
     links_dir: PathBuf,
     xdp_dir: PathBuf,
 }
@@ -167,6 +168,11 @@ impl Kernel {
         let conns = take(&mut ebpf, objects::MAP_CONNS)?;
         let egress_deny = take(&mut ebpf, objects::MAP_EGRESS_DENY)?;
         let events = Some(take(&mut ebpf, objects::MAP_EVENTS)?);
+        let conn = crate::conns::kernel::ConnMaps {
+            events: Some(take(&mut ebpf, objects::MAP_CONN_EVENTS)?),
+            track: take(&mut ebpf, objects::MAP_CONN_CFG)?,
+            lost: take(&mut ebpf, objects::MAP_LOST)?,
+        };
         Ok(Kernel {
             ebpf,
             endpoints,
@@ -178,6 +184,7 @@ impl Kernel {
             conns,
             egress_deny,
             events,
+            conn,
             links_dir,
             xdp_dir,
         })
@@ -186,6 +193,15 @@ impl Kernel {
     /// The ring buffer of flow and drop events (once).
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
+    }
+
+    /// Connection and request tracking's maps.
+    pub fn conn(&mut self) -> &mut crate::conns::kernel::ConnMaps {
+        &mut self.conn
+    }
+
+    pub fn conn_ref(&self) -> &crate::conns::kernel::ConnMaps {
+        &self.conn
     }
 
     pub fn set_config(&mut self, cfg: Config) -> Result<()> {

@@ -1,0 +1,69 @@
+//! Events the datapath could not deliver (ring buffer full), per kind and
+//! CPU, and the tracker's own health, for the metrics endpoint.
+
+use std::sync::atomic::Ordering;
+
+use prometheus_client::{
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+};
+
+use crate::metrics::Inputs;
+
+pub fn encode(inputs: &Inputs, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let lost = {
+        let dp = inputs.datapath.lock().unwrap_or_else(|p| p.into_inner());
+        dp.maps().conn_ref().lost()
+    };
+    match lost {
+        Ok(lost) => {
+            let mut m = encoder.encode_descriptor(
+                "pn_events_lost",
+                "Events the datapath could not deliver (ring buffer full), per kind (flow, conn) and CPU",
+                None,
+                MetricType::Counter,
+            )?;
+            for (kind, per_cpu) in lost {
+                for (cpu, n) in per_cpu.iter().enumerate() {
+                    ConstCounter::new(*n).encode(m.encode_family(&[
+                        ("kind", kind.as_str().to_string()),
+                        ("cpu", cpu.to_string()),
+                    ])?)?;
+                }
+            }
+        }
+        Err(e) => log::error!("reading lost events for metrics: {e:#}"),
+    }
+    let hub = &inputs.flows.conns;
+    for (name, help, n) in [
+        (
+            "pn_conn_events",
+            "Connection and request events read from the datapath",
+            &hub.received,
+        ),
+        (
+            "pn_conn_events_malformed",
+            "Connection events that could not be decoded",
+            &hub.malformed,
+        ),
+        (
+            "pn_conn_untracked",
+            "Connections not tracked because the agent's table was full",
+            &hub.untracked,
+        ),
+    ] {
+        ConstCounter::new(n.load(Ordering::Relaxed)).encode(encoder.encode_descriptor(
+            name,
+            help,
+            None,
+            MetricType::Counter,
+        )?)?;
+    }
+    ConstGauge::new(hub.tracked() as i64).encode(encoder.encode_descriptor(
+        "pn_conn_tracked",
+        "Connections in the agent's table",
+        None,
+        MetricType::Gauge,
+    )?)?;
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! Connections and HTTP/1.x requests between members: the reader of the
+//! datapath's `PN_CONN_EVENTS`, the per-connection table ([`track`]), the
+//! metrics per edge ([`metrics`]) and the router-log lines of `flows --http`.
+
+pub mod kernel;
+pub mod lost;
+pub mod metrics;
+pub mod track;
+
+use std::{
+    net::Ipv4Addr,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use pn_common::{
+    conn::{ConnEvent, status_class},
+    ip4_octets,
+};
+use tokio::io::unix::AsyncFd;
+
+use crate::{flows::FlowHub, flows::FlowRecord, store::view::MembershipView};
+use metrics::{ConnMetrics, Edge};
+use track::{Key, Outcome, Request, Tracker};
+
+/// A SYN unanswered for this long is a timed-out connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The tracker, its metrics and its own counters, shared with the metrics
+/// endpoint and `status`.
+#[derive(Clone)]
+pub struct ConnHub {
+    tracker: Arc<Mutex<Tracker>>,
+    pub metrics: ConnMetrics,
+    /// Events read, and events that could not be decoded.
+    pub received: Arc<AtomicU64>,
+    pub malformed: Arc<AtomicU64>,
+    /// SYNs not tracked because the table was full.
+    pub untracked: Arc<AtomicU64>,
+}
+
+impl Default for ConnHub {
+    fn default() -> Self {
+        ConnHub {
+            tracker: Arc::new(Mutex::new(Tracker::new(CONNECT_TIMEOUT.as_nanos() as u64))),
+            metrics: ConnMetrics::default(),
+            received: Arc::default(),
+            malformed: Arc::default(),
+            untracked: Arc::default(),
+        }
+    }
+}
+
+/// The clock of the programs' `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) } != 0 {
+        return 0;
+    }
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn addr(ip: pn_common::Ip4) -> Ipv4Addr {
+    Ipv4Addr::from(ip4_octets(ip))
+}
+
+impl ConnHub {
+    pub fn tracked(&self) -> usize {
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn edge(view: &MembershipView, key: &Key) -> Edge {
+        let end = |ip| {
+            view.container_by_ip(addr(ip))
+                .map_or((String::new(), String::new()), |c| {
+                    (c.key.app.to_string(), c.key.ctype.to_string())
+                })
+        };
+        let (client_app, client_type) = end(key.client);
+        let (server_app, server_type) = end(key.server);
+        Edge {
+            client_app,
+            client_type,
+            server_app,
+            server_type,
+            port: key.server_port,
+        }
+    }
+
+    fn record(view: &MembershipView, r: &Request, now_mono: u64, now_wall: u64) -> FlowRecord {
+        let client = view.container_by_ip(addr(r.key.client));
+        let server = view.container_by_ip(addr(r.key.server));
+        FlowRecord {
+            time_ms: now_wall.saturating_sub(now_mono.saturating_sub(r.ts_ns) / 1_000_000),
+            kind: "http".into(),
+            reason: "forwarded".into(),
+            direction: "from_container".into(),
+            proto: "tcp".into(),
+            src: addr(r.key.client),
+            sport: r.key.client_port,
+            dst: addr(r.key.server),
+            dport: r.key.server_port,
+            bytes: r.bytes.map_or(0, |b| b.min(u64::from(u32::MAX)) as u32),
+            src_container: client.map(|c| c.key.to_string()),
+            dst_container: server.map(|c| c.key.to_string()),
+            network: client.or(server).map(|c| c.network.to_string()),
+            http: Some(crate::flows::HttpFields {
+                method: r.method.to_string(),
+                path: r.path.clone(),
+                status: r.status,
+                duration_ms: r.duration_ns as f64 / 1e6,
+                response_bytes: r.bytes,
+            }),
+        }
+    }
+
+    /// Metrics and log lines for what the tracker decided.
+    fn apply(&self, outcomes: Vec<Outcome>, view: &Arc<RwLock<MembershipView>>, flows: &FlowHub) {
+        if outcomes.is_empty() {
+            return;
+        }
+        let (now_mono, now_wall) = (monotonic_ns(), wall_ms());
+        let view = view.read().unwrap_or_else(|p| p.into_inner());
+        let m = &self.metrics;
+        let mut lines = Vec::new();
+        for o in outcomes {
+            match o {
+                Outcome::Opened { key, connect_ns } => {
+                    let l = m.labels(Self::edge(&view, &key));
+                    m.opened.get_or_create(&l).inc();
+                    m.connect.get_or_create(&l).observe(connect_ns as f64 / 1e9);
+                }
+                Outcome::Refused { key } => {
+                    let l = m.labels(Self::edge(&view, &key));
+                    m.refused.get_or_create(&l).inc();
+                }
+                Outcome::TimedOut { key } => {
+                    let l = m.labels(Self::edge(&view, &key));
+                    m.timed_out.get_or_create(&l).inc();
+                }
+                Outcome::Closed {
+                    key,
+                    to_server,
+                    to_client,
+                } => {
+                    let l = m.labels(Self::edge(&view, &key));
+                    for (dir, n) in [("to_server", to_server), ("to_client", to_client)] {
+                        let mut l = l.clone();
+                        l.push(("direction", dir.to_string()));
+                        m.bytes.get_or_create(&l).inc_by(n);
+                    }
+                }
+                Outcome::Responded(r) => {
+                    let l = m.labels(Self::edge(&view, &r.key));
+                    m.duration
+                        .get_or_create(&l)
+                        .observe(r.duration_ns as f64 / 1e9);
+                    let mut l = l;
+                    l.push(("method", r.method.to_string()));
+                    l.push(("status_class", status_class(r.status).to_string()));
+                    m.requests.get_or_create(&l).inc();
+                }
+                Outcome::Logged(r) => lines.push(Self::record(&view, &r, now_mono, now_wall)),
+                Outcome::Untracked => {
+                    self.untracked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        drop(view);
+        for rec in lines {
+            log::trace!("request {}", rec.line());
+            flows.publish(rec);
+        }
+    }
+
+    /// Reads the ring buffer and expires the table until the agent stops.
+    pub async fn run_reader(
+        self,
+        ring: RingBuf<MapData>,
+        view: Arc<RwLock<MembershipView>>,
+        flows: FlowHub,
+    ) -> anyhow::Result<()> {
+        // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
+        // for as long as the AsyncFd (which owns the ring buffer) lives.
+        let mut fd = unsafe { AsyncFd::register(ring)? };
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            let mut out = Vec::new();
+            tokio::select! {
+                guard = fd.readable_mut() => {
+                    let mut guard = guard?;
+                    let ring = guard.get_inner_mut();
+                    let mut tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                    while let Some(item) = ring.next() {
+                        self.received.fetch_add(1, Ordering::Relaxed);
+                        if item.len() != size_of::<ConnEvent>() {
+                            self.malformed.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        // SAFETY: length checked; ConnEvent is Pod (any bytes
+                        // are valid), read unaligned (ring items promise none).
+                        let ev: ConnEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                        tracker.feed(&ev, &mut out);
+                    }
+                    drop(tracker);
+                    guard.clear_ready();
+                }
+                _ = tick.tick() => {
+                    let now = monotonic_ns();
+                    self.tracker
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .expire(now, &mut out);
+                }
+            }
+            self.apply(out, &view, &flows);
+        }
+    }
+}

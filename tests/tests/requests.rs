@@ -1,0 +1,336 @@
+//! Connections and HTTP/1.x requests between members, seen by the datapath
+//! and counted by the agent: a real python HTTP server that answers after
+//! 200 ms, curl (keep-alive), a pipelining client, a refused port, a dropped
+//! SYN and a 1 MiB response.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use pn_tests::{Host, Namespace, eventually, metric_value, unique_prefix};
+
+const SERVER: &str = r#"
+import http.server, sys, time
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        time.sleep(0.2)
+        if self.path == "/missing":
+            code, body = 404, b"no\n"
+        elif self.path == "/big":
+            code, body = 200, b"x" * 1048576
+        else:
+            code, body = 200, b"ok\n"
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_POST = do_GET
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+"#;
+
+/// The python server in a namespace; killed on drop.
+struct Python(Child);
+
+impl Drop for Python {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn curl(ns: &Namespace, args: &[&str]) -> std::process::Output {
+    let mut full = vec!["curl", "-s", "-o", "/dev/null", "--max-time", "5"];
+    full.extend_from_slice(args);
+    ns.exec(&full)
+}
+
+#[test]
+fn connections_and_requests_are_counted_per_edge() {
+    let p = unique_prefix();
+    let host = Host::start(&p, "h1");
+    let net = host.create_network(&[]);
+    let client_app = host.create_app(&net);
+    let server_app = host.create_app(&net);
+    let cns = Namespace::new(&format!("{p}-cl"));
+    let sns = Namespace::new(&format!("{p}-sv"));
+    host.attach(&client_app, "api", &cns);
+    let sip = host.attach(&server_app, "web", &sns)["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let _server = Python(
+        Command::new("ip")
+            .args(["netns", "exec", &sns.name, "python3", "-c", SERVER, "8080"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    let url = |path: &str| format!("http://{sip}:8080{path}");
+    assert!(
+        eventually(Duration::from_secs(10), || sns
+            .exec(&["curl", "-s", "-o", "/dev/null", "http://127.0.0.1:8080/"])
+            .status
+            .success()),
+        "server did not come up"
+    );
+    // Keep-alive: three requests on one connection.
+    let out = curl(&cns, &[&url("/a"), &url("/missing"), &url("/b")]);
+    assert!(out.status.success(), "{out:?}");
+    // Pipelined: three requests sent before the first answer.
+    let addr = format!("{sip}:8080");
+    let got = cns.run(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        for req in [
+            "GET /p1 HTTP/1.1\r\nHost: s\r\n\r\n",
+            "POST /p2 HTTP/1.1\r\nHost: s\r\nContent-Length: 0\r\n\r\n",
+            "GET /missing HTTP/1.1\r\nHost: s\r\n\r\n",
+        ] {
+            s.write_all(req.as_bytes()).unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&all).ends_with("no\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&all).matches("HTTP/1.1 ").count()
+    });
+    assert_eq!(got, 3);
+    // 1 MiB in one response.
+    assert!(curl(&cns, &[&url("/big")]).status.success());
+    // Nobody listens on 8081; SYNs to 8082 are dropped inside the server.
+    assert!(
+        !curl(&cns, &[&format!("http://{sip}:8081/")])
+            .status
+            .success()
+    );
+    sns.exec(&["nft", "add table inet t"]);
+    let rules = "add chain inet t c { type filter hook input priority 0; }; add rule inet t c tcp dport 8082 drop";
+    assert!(sns.exec(&["nft", rules]).status.success());
+    assert!(
+        !curl(
+            &cns,
+            &["--connect-timeout", "1", &format!("http://{sip}:8082/")]
+        )
+        .status
+        .success()
+    );
+
+    let edge = |port: &'static str| {
+        vec![
+            ("client_app", client_app.clone()),
+            ("client_type", "api".to_string()),
+            ("server_app", server_app.clone()),
+            ("server_type", "web".to_string()),
+            ("port", port.to_string()),
+        ]
+    };
+    let value = |body: &str, name: &str, port: &'static str, more: &[(&str, &str)]| {
+        let l = edge(port);
+        let mut labels: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        labels.extend_from_slice(more);
+        metric_value(body, name, &labels)
+    };
+    let mut body = String::new();
+    let settled = eventually(Duration::from_secs(10), || {
+        body = host.metrics();
+        value(&body, "pn_conn_timed_out_total", "8082", &[]) == 1
+            && value(
+                &body,
+                "pn_conn_bytes_total",
+                "8080",
+                &[("direction", "to_client")],
+            ) >= 1_048_576
+    });
+    assert!(settled, "{body}");
+    let c = |name, port, more: &[(&str, &str)]| value(&body, name, port, more);
+    assert_eq!(c("pn_conn_opened_total", "8080", &[]), 3, "{body}");
+    assert_eq!(c("pn_conn_refused_total", "8081", &[]), 1, "{body}");
+    assert_eq!(c("pn_conn_opened_total", "8081", &[]), 0);
+    assert_eq!(c("pn_conn_opened_total", "8082", &[]), 0);
+    let req = |method, class| {
+        c(
+            "pn_http_requests_total",
+            "8080",
+            &[("method", method), ("status_class", class)],
+        )
+    };
+    assert_eq!(req("GET", "2xx"), 4, "{body}");
+    assert_eq!(req("GET", "4xx"), 2, "{body}");
+    assert_eq!(req("POST", "2xx"), 1, "{body}");
+    // Every answer took the server's 200 ms, none more than 2 s.
+    let bucket = |le| {
+        c(
+            "pn_http_request_duration_seconds_bucket",
+            "8080",
+            &[("le", le)],
+        )
+    };
+    assert_eq!(bucket("0.128"), 0, "{body}");
+    assert_eq!(bucket("2.048"), 7, "{body}");
+    assert_eq!(c("pn_conn_connect_seconds_count", "8080", &[]), 3, "{body}");
+    let to_client = c("pn_conn_bytes_total", "8080", &[("direction", "to_client")]);
+    assert!((1_048_576..1_060_000).contains(&to_client), "{to_client}");
+    // Nothing lost.
+    assert_eq!(
+        metric_value(&body, "pn_events_lost_total", &[]),
+        0,
+        "{body}"
+    );
+
+    // The router log.
+    let log = host.cli_ok(&["flows", "--http", "--output", "json"]);
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 7, "{log}");
+    let big = lines
+        .iter()
+        .find(|l| l["http"]["path"] == "/big")
+        .expect("/big logged");
+    assert_eq!(big["http"]["status"], 200);
+    let bytes = big["http"]["response_bytes"].as_u64().unwrap();
+    assert!((1_048_576..1_049_000).contains(&bytes), "{bytes}");
+    let ms = big["http"]["duration_ms"].as_f64().unwrap();
+    assert!((200.0..2000.0).contains(&ms), "{ms}");
+    assert!(
+        big["src_container"]
+            .as_str()
+            .unwrap()
+            .starts_with(&client_app)
+    );
+    assert!(
+        big["dst_container"]
+            .as_str()
+            .unwrap()
+            .starts_with(&server_app)
+    );
+    let table = host.cli_ok(&["flows", "--http", "--app", &server_app]);
+    assert_eq!(table.lines().count(), 7, "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(" POST /p2 200 ") && l.contains(&format!("{client_app}/api"))),
+        "{table}"
+    );
+    assert!(
+        host.cli_ok(&[
+            "flows",
+            "--http",
+            "--app",
+            "ap-00000000-0000-0000-0000-000000000000"
+        ])
+        .is_empty()
+    );
+    assert!(
+        host.cli_ok(&["flows", "--http", "--network", &net])
+            .lines()
+            .count()
+            == 7
+    );
+    // Status shows the (zero) losses.
+    let status = host.cli_ok(&["status"]);
+    assert!(status.contains("events lost conn 0"), "{status}");
+}
+
+/// Per-packet cost of the TC programs with tracking off, conns, http: a
+/// 1 MiB response 20 times and 50 keep-alive requests per run, then
+/// run_time_ns / run_cnt of this agent's programs (kernel.bpf_stats_enabled).
+/// Prints; asserts nothing. `cargo test --test requests -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn per_packet_cost() {
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").unwrap();
+    for track in ["off", "conns", "http"] {
+        let p = unique_prefix();
+        let host = Host::start_with(&p, "h1", &["--track", track]);
+        let net = host.create_network(&[]);
+        let ca = host.create_app(&net);
+        let sa = host.create_app(&net);
+        let cns = Namespace::new(&format!("{p}-cl"));
+        let sns = Namespace::new(&format!("{p}-sv"));
+        host.attach(&ca, "api", &cns);
+        let sip = host.attach(&sa, "web", &sns)["ip"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let fast = SERVER.replace("time.sleep(0.2)", "pass");
+        let _server = Python(
+            Command::new("ip")
+                .args(["netns", "exec", &sns.name, "python3", "-c", &fast, "8080"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        assert!(eventually(Duration::from_secs(10), || sns
+            .exec(&["curl", "-s", "-o", "/dev/null", "http://127.0.0.1:8080/"])
+            .status
+            .success()));
+        // This agent's programs: the newest two loaded.
+        let ids: Vec<u64> = {
+            let v: serde_json::Value =
+                serde_json::from_slice(&pn_tests::run("bpftool", &["-j", "prog", "show"]).stdout)
+                    .unwrap();
+            let mut ids: Vec<u64> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| {
+                    p["name"] == "pn_from_contain"
+                        || p["name"] == "pn_to_container"
+                        || p["name"]
+                            .as_str()
+                            .is_some_and(|n| n.starts_with("pn_from") || n.starts_with("pn_to"))
+                })
+                .map(|p| p["id"].as_u64().unwrap())
+                .collect();
+            ids.sort();
+            ids.into_iter().rev().take(2).collect()
+        };
+        let stats = || {
+            ids.iter().fold((0u64, 0u64), |(t, c), id| {
+                let v: serde_json::Value = serde_json::from_slice(
+                    &pn_tests::run("bpftool", &["-j", "prog", "show", "id", &id.to_string()])
+                        .stdout,
+                )
+                .unwrap();
+                (
+                    t + v["run_time_ns"].as_u64().unwrap_or(0),
+                    c + v["run_cnt"].as_u64().unwrap_or(0),
+                )
+            })
+        };
+        let (t0, c0) = stats();
+        let big = format!("http://{sip}:8080/big");
+        for _ in 0..20 {
+            assert!(curl(&cns, &[&big]).status.success());
+        }
+        let (t1, c1) = stats();
+        let urls: Vec<String> = (0..50).map(|i| format!("http://{sip}:8080/r{i}")).collect();
+        let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+        assert!(curl(&cns, &refs).status.success());
+        let (t2, c2) = stats();
+        println!(
+            "track={track}: bulk {} packets {:.1} ns/packet; keep-alive {} packets {:.1} ns/packet",
+            c1 - c0,
+            (t1 - t0) as f64 / (c1 - c0).max(1) as f64,
+            c2 - c1,
+            (t2 - t1) as f64 / (c2 - c1).max(1) as f64
+        );
+    }
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0").unwrap();
+}
