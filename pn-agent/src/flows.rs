@@ -240,6 +240,7 @@ mod tests {
             ifname: "pn0".into(),
             host_ifname: "pnhx".into(),
             created_at: 0,
+            unhealthy: false,
         };
         view.by_ip.insert(c.ip, key.clone());
         view.containers.insert(key, c);

@@ -1,7 +1,10 @@
 //! The records of the membership store: what a network, an application, a
 //! container and a host are, as every agent of the fleet sees them.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr},
+};
 
 use ipnet::Ipv4Net;
 use pn_common::{
@@ -26,6 +29,56 @@ pub struct App {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub created_at: u64,
+    /// How connections to the app's names are balanced.
+    #[serde(default, skip_serializing_if = "Balance::is_dns")]
+    pub balance: Balance,
+    /// With `vip`: each container type's service address (from the
+    /// network's range, leased under `ips/` like a container's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<ContainerType, Ipv4Addr>,
+    /// TCP port probed by the agent of each container's host; a container
+    /// failing three probes in a row leaves its service's rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_port: Option<u16>,
+}
+
+/// How a client's connections to an app's names reach its containers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    /// The seed's behaviour: the names answer every container; the DNS
+    /// client chooses.
+    #[default]
+    Dns,
+    /// The names answer one service address per type; the datapath chooses
+    /// a live container for each new connection.
+    Vip,
+}
+
+impl Balance {
+    pub fn is_dns(&self) -> bool {
+        *self == Balance::Dns
+    }
+}
+
+impl std::str::FromStr for Balance {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "dns" => Ok(Balance::Dns),
+            "vip" => Ok(Balance::Vip),
+            _ => Err(format!("invalid balance {s:?}: dns or vip")),
+        }
+    }
+}
+
+impl std::fmt::Display for Balance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Balance::Dns => "dns",
+            Balance::Vip => "vip",
+        })
+    }
 }
 
 /// (app, type, index): what names a container, fleet-wide.
@@ -108,6 +161,10 @@ pub struct Container {
     /// Host-side end of the veth pair.
     pub host_ifname: String,
     pub created_at: u64,
+    /// Failing its app's health check (`--health-port`), as its host's
+    /// agent last saw: out of its service's rotation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unhealthy: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +199,10 @@ pub struct AddressLease {
     #[serde(flatten)]
     pub owner: ContainerKey,
     pub host: HostId,
+    /// A service address: `owner` names the app and type (index 0), and the
+    /// lease lives as long as the app balances by `vip`, whatever the host.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub service: bool,
 }
 
 /// A name given by an operator or read from a record that does not follow

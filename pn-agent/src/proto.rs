@@ -9,7 +9,10 @@ use ipnet::Ipv4Net;
 use pn_common::ids::{AppId, ContainerType, HostId, NetworkId};
 use serde::{Deserialize, Serialize};
 
-use crate::{error::Error, model::ContainerKey};
+use crate::{
+    error::Error,
+    model::{Balance, ContainerKey},
+};
 
 /// Longest request line accepted (a request is a few hundred bytes).
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -30,6 +33,17 @@ pub enum Request {
         network: NetworkId,
         id: Option<AppId>,
         name: Option<String>,
+        #[serde(default)]
+        balance: Balance,
+        #[serde(default)]
+        health_port: Option<u16>,
+    },
+    AppUpdate {
+        id: AppId,
+        #[serde(default)]
+        balance: Option<Balance>,
+        #[serde(default)]
+        health_port: Option<u16>,
     },
     AppList {
         network: Option<NetworkId>,
@@ -78,6 +92,7 @@ impl Request {
             Request::NetworkList => "network-list",
             Request::NetworkDelete { .. } => "network-delete",
             Request::AppCreate { .. } => "app-create",
+            Request::AppUpdate { .. } => "app-update",
             Request::AppList { .. } => "app-list",
             Request::AppDelete { .. } => "app-delete",
             Request::ContainerAttach { .. } => "container-attach",
@@ -117,6 +132,24 @@ pub struct AppInfo {
     #[serde(default)]
     pub name: Option<String>,
     pub containers: usize,
+    #[serde(default)]
+    pub balance: Balance,
+    /// With `vip`: each type's service address and the containers in its
+    /// rotation (on any host).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceInfo>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServiceInfo {
+    #[serde(rename = "type")]
+    pub ctype: ContainerType,
+    pub addr: Ipv4Addr,
+    /// Containers in the rotation (attached and healthy).
+    pub backends: Vec<Ipv4Addr>,
+    /// Containers of the type out of it (failing their health check).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unhealthy: Vec<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -9,6 +9,7 @@ pub mod edge;
 pub mod event;
 #[cfg(feature = "user")]
 pub mod ids;
+pub mod lb;
 pub mod maps;
 #[cfg(feature = "user")]
 pub mod names;
@@ -51,6 +52,11 @@ pub mod objects {
     pub const MAP_TAGS: &str = "PN_TAGS";
     pub const MAP_CONNS: &str = "PN_CONNS";
     pub const MAP_EGRESS_DENY: &str = "PN_EGRESS_DENY";
+    pub const MAP_LB_SERVICES: &str = "PN_LB_SERVICES";
+    pub const MAP_LB_SLOTS: &str = "PN_LB_SLOTS";
+    pub const MAP_LB_BACKENDS: &str = "PN_LB_BACKENDS";
+    pub const MAP_LB_CONNS: &str = "PN_LB_CONNS";
+    pub const MAP_LB_STATS: &str = "PN_LB_STATS";
     pub const PROG_FROM_CONTAINER: &str = "pn_from_container";
     pub const PROG_TO_CONTAINER: &str = "pn_to_container";
     pub const PROG_UNDERLAY: &str = "pn_underlay";

@@ -43,6 +43,7 @@ async fn attach(m: &Membership, net: NetworkId, k: &ContainerKey, h: &str) -> Co
         ifname: "pn0".into(),
         host_ifname: k.host_ifname(),
         created_at: now_secs(),
+        unhealthy: false,
     };
     m.put_container(&c).await.unwrap();
     c
@@ -114,15 +115,39 @@ pub async fn pool_exhaustion_is_reported(kv: Arc<dyn Backend>) {
 
 pub async fn apps_need_an_existing_network(kv: Arc<dyn Backend>) {
     let m = Membership::new(kv);
-    let err = m.create_app(app_id(1), &net_id(9), None).await.unwrap_err();
+    let err = m
+        .create_app(
+            app_id(1),
+            &net_id(9),
+            None,
+            crate::model::Balance::Dns,
+            None,
+        )
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     m.create_network(net_id(1), None, &pool(), 22)
         .await
         .unwrap();
-    m.create_app(app_id(1), &net_id(1), Some("waf".into()))
+    m.create_app(
+        app_id(1),
+        &net_id(1),
+        Some("waf".into()),
+        crate::model::Balance::Dns,
+        None,
+    )
+    .await
+    .unwrap();
+    let err = m
+        .create_app(
+            app_id(1),
+            &net_id(1),
+            None,
+            crate::model::Balance::Dns,
+            None,
+        )
         .await
-        .unwrap();
-    let err = m.create_app(app_id(1), &net_id(1), None).await.unwrap_err();
+        .unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");
     assert_eq!(err.kind(), ErrorKind::Conflict);
     assert_eq!(
@@ -137,7 +162,9 @@ pub async fn addresses_are_unique_and_reused_after_release(kv: Arc<dyn Backend>)
     m.create_network(net, Some("10.240.0.0/29".parse().unwrap()), &pool(), 22)
         .await
         .unwrap();
-    m.create_app(app_id(1), &net, None).await.unwrap();
+    m.create_app(app_id(1), &net, None, crate::model::Balance::Dns, None)
+        .await
+        .unwrap();
     let mut seen = BTreeSet::new();
     for i in 1..=6 {
         let c = attach(&m, net, &key(app_id(1), "web", i), "h1").await;
@@ -165,7 +192,9 @@ pub async fn a_container_key_is_claimed_once(kv: Arc<dyn Backend>) {
     let m = Membership::new(kv);
     let net = net_id(1);
     m.create_network(net, None, &pool(), 22).await.unwrap();
-    m.create_app(app_id(1), &net, None).await.unwrap();
+    m.create_app(app_id(1), &net, None, crate::model::Balance::Dns, None)
+        .await
+        .unwrap();
     let k = key(app_id(1), "web", 1);
     let ip = m.reserve_address(&net, &k, &host("h1")).await.unwrap();
     let err = m.reserve_address(&net, &k, &host("h2")).await.unwrap_err();
@@ -209,7 +238,9 @@ pub async fn deletes_respect_dependents(kv: Arc<dyn Backend>) {
     let m = Membership::new(kv);
     let net = net_id(1);
     m.create_network(net, None, &pool(), 22).await.unwrap();
-    m.create_app(app_id(1), &net, None).await.unwrap();
+    m.create_app(app_id(1), &net, None, crate::model::Balance::Dns, None)
+        .await
+        .unwrap();
     let c = attach(&m, net, &key(app_id(1), "worker", 1), "h1").await;
     let err = m.delete_app(&app_id(1)).await.unwrap_err();
     assert!(err.to_string().contains("detach them first"), "{err}");
@@ -238,7 +269,9 @@ pub async fn views_follow_the_watch(kv: Arc<dyn Backend>) {
     let mut view = MembershipView::new(pool()).reloaded(&listing);
     assert!(view.rejected.is_empty(), "{:?}", view.rejected);
     let mut rx = kv.watch("", listing.rev + 1).await.unwrap();
-    m.create_app(app_id(1), &net, None).await.unwrap();
+    m.create_app(app_id(1), &net, None, crate::model::Balance::Dns, None)
+        .await
+        .unwrap();
     let c = attach(&m, net, &key(app_id(1), "web", 1), "h2").await;
     let (_, last_rev) = m.delete_container(&c.key).await.unwrap().unwrap();
     let c2 = attach(&m, net, &key(app_id(1), "web", 2), "h2").await;

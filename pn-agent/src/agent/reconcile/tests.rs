@@ -36,6 +36,7 @@ fn container(index: u32, ip: [u8; 4], on: &str) -> Container {
         netns: format!("ns{index}"),
         ifname: "pn0".into(),
         created_at: 0,
+        unhealthy: false,
     }
 }
 
@@ -64,6 +65,9 @@ fn fleet() -> MembershipView {
             network: NET.parse().unwrap(),
             name: None,
             created_at: 0,
+            balance: Default::default(),
+            services: Default::default(),
+            health_port: None,
         },
     );
     for (id, addr, peer) in [

@@ -73,10 +73,12 @@ fn register(
                         ifname: "pn0".into(),
                         host_ifname: key.host_ifname(),
                         created_at: 0,
+                        unhealthy: false,
                     };
                     let lease = AddressLease {
                         owner: key.clone(),
                         host: host.clone(),
+                        service: false,
                     };
                     ops.push(Op::Put(
                         Key::Ip(net, ip).into(),
