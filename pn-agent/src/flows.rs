@@ -310,6 +310,7 @@ mod tests {
             host_ifname: "pnhx".into(),
             created_at: 0,
             runtime: None,
+            unhealthy: false,
         };
         view.by_ip.insert(c.ip, key.clone());
         view.containers.insert(key, c);

@@ -10,7 +10,7 @@ use pn_agent::{
     config::{DEFAULT_API_SOCKET, RunConfig, RunSettings},
     error::{Error, ErrorKind, Kind},
     flows::FlowRecord,
-    model::{App, ContainerKey, Network},
+    model::{App, Balance, ContainerKey, Network},
     proto::{AppInfo, ContainerInfo, HostInfo, NetworkInfo, Request, Status},
 };
 use pn_api::cni;
@@ -145,6 +145,22 @@ enum AppCmd {
         id: Option<AppId>,
         #[arg(long)]
         name: Option<String>,
+        /// `dns`: the names answer every container; `vip`: one service
+        /// address per type, balanced per connection in the kernel.
+        #[arg(long, default_value = "dns")]
+        balance: Balance,
+        /// TCP port the agents probe on each container (every second; three
+        /// failures take it out of its service's rotation).
+        #[arg(long)]
+        health_port: Option<u16>,
+    },
+    /// Change how an application balances, or its health port.
+    Update {
+        id: AppId,
+        #[arg(long)]
+        balance: Option<Balance>,
+        #[arg(long)]
+        health_port: Option<u16>,
     },
     List {
         #[arg(long)]
@@ -301,21 +317,63 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let () = Client::call(&path, &Request::NetworkDelete { id, force }).await?;
             print(out, &serde_json::json!({ "deleted": id }), String::new)
         }
-        Command::App(AppCmd::Create { network, id, name }) => {
-            let a: App = Client::call(&path, &Request::AppCreate { network, id, name }).await?;
+        Command::App(AppCmd::Create {
+            network,
+            id,
+            name,
+            balance,
+            health_port,
+        }) => {
+            let req = Request::AppCreate {
+                network,
+                id,
+                name,
+                balance,
+                health_port,
+            };
+            let a: App = Client::call(&path, &req).await?;
             print(out, &a, || format!("{}\n", a.id))
+        }
+        Command::App(AppCmd::Update {
+            id,
+            balance,
+            health_port,
+        }) => {
+            let req = Request::AppUpdate {
+                id,
+                balance,
+                health_port,
+            };
+            let a: App = Client::call(&path, &req).await?;
+            print(out, &a, || {
+                a.services
+                    .iter()
+                    .map(|(t, ip)| format!("{t} {ip}\n"))
+                    .collect()
+            })
         }
         Command::App(AppCmd::List { network }) => {
             let list: Vec<AppInfo> = Client::call(&path, &Request::AppList { network }).await?;
             print(out, &list, || {
                 table(
-                    &["ID", "NETWORK", "NAME", "CONTAINERS"],
+                    &["ID", "NETWORK", "NAME", "CONTAINERS", "BALANCE", "SERVICES"],
                     list.iter().map(|a| {
+                        let services: Vec<String> = a
+                            .services
+                            .iter()
+                            .map(|s| format!("{}={} ({} up)", s.ctype, s.addr, s.backends.len()))
+                            .collect();
                         vec![
                             a.id.to_string(),
                             a.network.to_string(),
                             a.name.clone().unwrap_or_else(|| "-".into()),
                             a.containers.to_string(),
+                            a.balance.to_string(),
+                            if services.is_empty() {
+                                "-".into()
+                            } else {
+                                services.join(" ")
+                            },
                         ]
                     }),
                 )

@@ -119,6 +119,7 @@ impl Collector for AgentCollector {
                 ConstCounter::new(*bytes).encode(m.encode_family(labels)?)?;
             }
         }
+        encode_services(inputs, &mut encoder)?;
         if let Some(dev) = &inputs.tunnel {
             let c = &dev.counters;
             {
@@ -291,6 +292,71 @@ impl Collector for AgentCollector {
 }
 
 /// Builds the registry: static metrics plus the scrape-time collector.
+/// Per service address and backend: connections sent, connections moved
+/// away (their backend left the rotation), and whether it is in rotation.
+fn encode_services(
+    inputs: &Inputs,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let stats = {
+        let dp = inputs.datapath.lock().unwrap_or_else(|p| p.into_inner());
+        dp.maps().lb_stats().unwrap_or_default()
+    };
+    let rows: Vec<(ApiLabels, pn_common::lb::LbStats, bool)> = {
+        let view = inputs.view.read().unwrap_or_else(|p| p.into_inner());
+        let mut rows = Vec::new();
+        for app in view.apps.values() {
+            for s in crate::agent::reconcile::service_infos(&view, app) {
+                let all = s.backends.iter().map(|b| (b, true));
+                for (b, up) in all.chain(s.unhealthy.iter().map(|b| (b, false))) {
+                    let key = crate::agent::reconcile::to_ip4(*b);
+                    let labels = vec![
+                        ("app", app.id.to_string()),
+                        ("service", s.ctype.to_string()),
+                        ("addr", s.addr.to_string()),
+                        ("backend", b.to_string()),
+                    ];
+                    rows.push((labels, stats.get(&key).copied().unwrap_or_default(), up));
+                }
+            }
+        }
+        rows
+    };
+    type Family = (
+        &'static str,
+        &'static str,
+        fn(&pn_common::lb::LbStats) -> u64,
+    );
+    let families: [Family; 2] = [
+        (
+            "pn_service_connections",
+            "Connections sent to a backend of a service address from this host",
+            |s| s.new_conns,
+        ),
+        (
+            "pn_service_moved",
+            "Connections taken from a backend that left the rotation (the next live one resets them)",
+            |s| s.moved_away,
+        ),
+    ];
+    for (name, help, get) in families {
+        let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, st, _) in &rows {
+            ConstCounter::new(get(st)).encode(m.encode_family(labels)?)?;
+        }
+    }
+    let mut m = encoder.encode_descriptor(
+        "pn_service_backend_up",
+        "1 when the backend is in its service's rotation (attached, healthy)",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (labels, _, up) in &rows {
+        ConstGauge::new(i64::from(*up)).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
 pub fn registry(inputs: Inputs, metrics: &AgentMetrics) -> Registry {
     let mut r = Registry::default();
     r.register(

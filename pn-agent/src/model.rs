@@ -1,11 +1,14 @@
 //! The records of the membership store: what a network, an application, a
 //! container and a host are, as every agent of the fleet sees them.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr},
+};
 
 use ipnet::Ipv4Net;
 pub use pn_api::key::{ContainerKey, HOST_IF_PREFIX, RuntimeRef, fnv1a64};
-use pn_common::ids::{AppId, HostId, NetworkId};
+use pn_common::ids::{AppId, ContainerType, HostId, NetworkId};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,7 +27,20 @@ pub struct App {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub created_at: u64,
+    /// How connections to the app's names are balanced.
+    #[serde(default, skip_serializing_if = "Balance::is_dns")]
+    pub balance: Balance,
+    /// With `vip`: each container type's service address (from the
+    /// network's range, leased under `ips/` like a container's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<ContainerType, Ipv4Addr>,
+    /// TCP port probed by the agent of each container's host; a container
+    /// failing three probes in a row leaves its service's rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_port: Option<u16>,
 }
+
+pub use pn_api::proto::Balance;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Container {
@@ -45,6 +61,10 @@ pub struct Container {
     /// how DEL and CHECK find it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<RuntimeRef>,
+    /// Failing its app's health check (`--health-port`), as its host's
+    /// agent last saw: out of its service's rotation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unhealthy: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +99,10 @@ pub struct AddressLease {
     #[serde(flatten)]
     pub owner: ContainerKey,
     pub host: HostId,
+    /// A service address: `owner` names the app and type (index 0), and the
+    /// lease lives as long as the app balances by `vip`, whatever the host.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub service: bool,
 }
 
 /// A name given by an operator or read from a record that does not follow

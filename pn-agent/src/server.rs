@@ -148,9 +148,22 @@ async fn dispatch(agent: &Agent, req: Request) -> Result<serde_json::Value, Erro
         Request::NetworkCreate { id, cidr } => json(agent.create_network(id, cidr).await?),
         Request::NetworkList => json(agent.list_networks()),
         Request::NetworkDelete { id, force } => json(agent.delete_network(&id, force).await?),
-        Request::AppCreate { network, id, name } => {
-            json(agent.create_app(&network, id, name).await?)
-        }
+        Request::AppCreate {
+            network,
+            id,
+            name,
+            balance,
+            health_port,
+        } => json(
+            agent
+                .create_app(&network, id, name, balance, health_port)
+                .await?,
+        ),
+        Request::AppUpdate {
+            id,
+            balance,
+            health_port,
+        } => json(agent.update_app(&id, balance, health_port).await?),
         Request::AppList { network } => json(agent.list_apps(network.as_ref())),
         Request::AppDelete { id } => json(agent.delete_app(&id).await?),
         Request::AppMove { id, network } => json(agent.move_app(&id, &network).await?),

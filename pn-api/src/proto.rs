@@ -33,6 +33,17 @@ pub enum Request {
         network: NetworkId,
         id: Option<AppId>,
         name: Option<String>,
+        #[serde(default)]
+        balance: Balance,
+        #[serde(default)]
+        health_port: Option<u16>,
+    },
+    AppUpdate {
+        id: AppId,
+        #[serde(default)]
+        balance: Option<Balance>,
+        #[serde(default)]
+        health_port: Option<u16>,
     },
     AppList {
         network: Option<NetworkId>,
@@ -124,6 +135,7 @@ impl Request {
             Request::NetworkList => "network-list",
             Request::NetworkDelete { .. } => "network-delete",
             Request::AppCreate { .. } => "app-create",
+            Request::AppUpdate { .. } => "app-update",
             Request::AppList { .. } => "app-list",
             Request::AppDelete { .. } => "app-delete",
             Request::AppMove { .. } => "app-move",
@@ -168,6 +180,24 @@ pub struct AppInfo {
     #[serde(default)]
     pub name: Option<String>,
     pub containers: usize,
+    #[serde(default)]
+    pub balance: Balance,
+    /// With `vip`: each type's service address and the containers in its
+    /// rotation (on any host).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceInfo>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServiceInfo {
+    #[serde(rename = "type")]
+    pub ctype: ContainerType,
+    pub addr: Ipv4Addr,
+    /// Containers in the rotation (attached and healthy).
+    pub backends: Vec<Ipv4Addr>,
+    /// Containers of the type out of it (failing their health check).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unhealthy: Vec<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -269,4 +299,43 @@ pub struct PeerStatus {
     pub advertise: Option<String>,
     pub containers: usize,
     pub tunnel: String,
+}
+
+/// How a client's connections to an app's names reach its containers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    /// The seed's behaviour: the names answer every container; the DNS
+    /// client chooses.
+    #[default]
+    Dns,
+    /// The names answer one service address per type; the datapath chooses
+    /// a live container for each new connection.
+    Vip,
+}
+
+impl Balance {
+    pub fn is_dns(&self) -> bool {
+        *self == Balance::Dns
+    }
+}
+
+impl std::str::FromStr for Balance {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "dns" => Ok(Balance::Dns),
+            "vip" => Ok(Balance::Vip),
+            _ => Err(format!("invalid balance {s:?}: dns or vip")),
+        }
+    }
+}
+
+impl std::fmt::Display for Balance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Balance::Dns => "dns",
+            Balance::Vip => "vip",
+        })
+    }
 }

@@ -10,6 +10,7 @@ pub mod edge;
 pub mod event;
 #[cfg(feature = "ids")]
 pub mod ids;
+pub mod lb;
 pub mod maps;
 #[cfg(feature = "ids")]
 pub mod names;
@@ -55,6 +56,11 @@ pub mod objects {
     pub const MAP_CONN_EVENTS: &str = "PN_CONN_EVENTS";
     pub const MAP_CONN_CFG: &str = "PN_CONN_CFG";
     pub const MAP_LOST: &str = "PN_LOST";
+    pub const MAP_LB_SERVICES: &str = "PN_LB_SERVICES";
+    pub const MAP_LB_SLOTS: &str = "PN_LB_SLOTS";
+    pub const MAP_LB_BACKENDS: &str = "PN_LB_BACKENDS";
+    pub const MAP_LB_CONNS: &str = "PN_LB_CONNS";
+    pub const MAP_LB_STATS: &str = "PN_LB_STATS";
     pub const PROG_FROM_CONTAINER: &str = "pn_from_container";
     pub const PROG_TO_CONTAINER: &str = "pn_to_container";
     pub const PROG_UNDERLAY: &str = "pn_underlay";

@@ -6,6 +6,7 @@
 
 #[cfg(target_arch = "bpf")]
 mod conn;
+mod lb;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

@@ -7,6 +7,10 @@ use aya_ebpf::{
 };
 use pn_common::{
     Ip4,
+    lb::{
+        Backend, LbConn, LbConnKey, LbStats, MAX_BACKENDS, MAX_LB_CONNS, MAX_SERVICES, MAX_SLOTS,
+        Service, SlotKey,
+    },
     maps::{
         Config, ConnKey, ConnState, Counter, CounterKey, DenyRange, EVENTS_BYTES, Endpoint,
         EventBudget, FlowKey, FlowState, Iface, MAX_CONNS, MAX_COUNTERS, MAX_EGRESS_DENY,
@@ -49,3 +53,24 @@ pub static PN_CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::pinned(MAX_CON
 /// Destinations that are never the world.
 #[map]
 pub static PN_EGRESS_DENY: LpmTrie<Ip4, DenyRange> = LpmTrie::pinned(MAX_EGRESS_DENY, 0);
+
+/// Service addresses this host balances toward (see `pn_common::lb`).
+#[map]
+pub static PN_LB_SERVICES: HashMap<Ip4, Service> = HashMap::pinned(MAX_SERVICES, 0);
+
+/// Maglev tables of the services, slot by slot; allocated on use.
+#[map]
+pub static PN_LB_SLOTS: HashMap<SlotKey, Ip4> =
+    HashMap::pinned(MAX_SLOTS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Backends in a rotation, and the service of each.
+#[map]
+pub static PN_LB_BACKENDS: HashMap<Ip4, Backend> = HashMap::pinned(MAX_BACKENDS, 0);
+
+/// Balanced connections, both ways.
+#[map]
+pub static PN_LB_CONNS: LruHashMap<LbConnKey, LbConn> = LruHashMap::pinned(MAX_LB_CONNS, 0);
+
+/// Per backend: connections sent, connections moved away.
+#[map]
+pub static PN_LB_STATS: PerCpuHashMap<Ip4, LbStats> = PerCpuHashMap::pinned(MAX_BACKENDS, 0);

@@ -246,13 +246,16 @@ fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) 
             dport = u16::from_be_bytes([h[2], h[3]]);
         }
     }
-    let pkt = Ipv4Summary {
+    let mut pkt = Ipv4Summary {
         src: ip.src,
         dst: ip.dst,
         proto: ip.proto,
         sport,
         dport,
     };
+    if let (Direction::FromContainer, Some(i), false) = (dir, iface, ip.later_fragment) {
+        crate::lb::from_container(ctx, i, &mut pkt, l4);
+    }
     let mut edge = Edge {
         ctx,
         dir,
@@ -270,7 +273,11 @@ fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) 
         _ => {
             // SAFETY: see `handle`.
             let src = unsafe { PN_ENDPOINTS.get(pkt.src) };
-            policy::to_container(&pkt, iface, src, cfg, &mut edge)
+            let r = policy::to_container(&pkt, iface, src, cfg, &mut edge);
+            if r == Reason::Delivered && !ip.later_fragment {
+                crate::lb::to_container(ctx, &pkt, l4);
+            }
+            r
         }
     };
     (reason, Some((pkt, flags)), edge.conn)

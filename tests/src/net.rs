@@ -290,6 +290,16 @@ pub fn send_frame(ns: &Namespace, ifname: &str, frame: Vec<u8>) -> std::io::Resu
 /// line), then echoes what it sends; a thread per connection, so clients
 /// may keep theirs open.
 pub fn tcp_whoami_server(ns: &Namespace, port: u16) -> Server {
+    tcp_line_server(ns, port, false)
+}
+
+/// Like [`tcp_whoami_server`], but tells each client the server's own
+/// address (which backend a service address led to).
+pub fn tcp_whoami_self_server(ns: &Namespace, port: u16) -> Server {
+    tcp_line_server(ns, port, true)
+}
+
+fn tcp_line_server(ns: &Namespace, port: u16, own: bool) -> Server {
     spawn_server(ns, move |stop, ready| {
         let l = TcpListener::bind(("0.0.0.0", port)).expect("tcp bind");
         l.set_nonblocking(true).unwrap();
@@ -302,7 +312,12 @@ pub fn tcp_whoami_server(ns: &Namespace, port: u16) -> Server {
                         s.set_nonblocking(false).unwrap();
                         s.set_read_timeout(Some(Duration::from_millis(200)))
                             .unwrap();
-                        if writeln!(s, "{}", peer.ip()).is_err() {
+                        let who = if own {
+                            s.local_addr().map_or(peer.ip(), |a| a.ip())
+                        } else {
+                            peer.ip()
+                        };
+                        if writeln!(s, "{who}").is_err() {
                             return;
                         }
                         let mut buf = [0u8; 4096];

@@ -14,7 +14,8 @@ use crate::{
     error::{Error, Kind},
     ipam,
     model::{
-        App, Container, ContainerKey, Network, RuntimeRef, check_app_name, check_ifname, now_secs,
+        App, Balance, Container, ContainerKey, Network, RuntimeRef, check_app_name, check_ifname,
+        now_secs,
     },
     netlink::{ContainerSide, NetlinkError, Netns, remove_resolv_conf, write_resolv_conf},
     proto::ContainerInfo,
@@ -85,14 +86,45 @@ impl Agent {
         network: &NetworkId,
         id: Option<AppId>,
         name: Option<String>,
+        balance: Balance,
+        health_port: Option<u16>,
     ) -> Result<App> {
         if let Some(n) = &name {
             check_app_name(n).map_err(|e| Error::invalid(e.to_string()))?;
         }
+        if health_port == Some(0) {
+            return Err(Error::invalid("invalid health port 0"));
+        }
         let id = id.unwrap_or_else(|| AppId(random_uuid()));
-        let (app, rev) = self.membership.create_app(id, network, name).await?;
+        let (app, rev) = self
+            .membership
+            .create_app(id, network, name, balance, health_port)
+            .await?;
         self.wait_applied(rev).await?;
-        log::info!("created application {} in {}", app.id, app.network);
+        log::info!(
+            "created application {} in {} (balance {})",
+            app.id,
+            app.network,
+            app.balance
+        );
+        Ok(app)
+    }
+
+    pub async fn update_app(
+        &self,
+        id: &AppId,
+        balance: Option<Balance>,
+        health_port: Option<u16>,
+    ) -> Result<App> {
+        if health_port == Some(0) {
+            return Err(Error::invalid("invalid health port 0"));
+        }
+        let (app, rev) = self
+            .membership
+            .update_app(id, balance, health_port, &self.cfg.host_id)
+            .await?;
+        self.wait_applied(rev).await?;
+        log::info!("updated application {id}: balance {}", app.balance);
         Ok(app)
     }
 
@@ -220,6 +252,7 @@ impl Agent {
             host_ifname: host_if.clone(),
             created_at: now_secs(),
             runtime,
+            unhealthy: false,
         };
         let made = match self.make_container(&ns, &net, &c).await {
             Ok(mac) => self

@@ -81,7 +81,9 @@ impl Agent {
             Ok(Change::ContainerDeleted(c)) => {
                 self.converge(&Touched::Containers(vec![*c])).await;
             }
-            Ok(Change::Network) => self.converge(&Touched::Fleet).await,
+            // An app's service addresses (and peers, tags) are in the
+            // fleet-wide part.
+            Ok(Change::Network | Change::App) => self.converge(&Touched::Fleet).await,
             Ok(Change::Host) => {
                 self.converge(&Touched::Fleet).await;
                 if let WatchEvent::Delete { key, .. } = ev

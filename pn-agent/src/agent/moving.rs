@@ -45,11 +45,14 @@ impl Agent {
             self.wait_applied(rev).await?;
         }
         log::info!("moved application {id} from {old} to {network} ({moved} container(s))");
+        let v = self.view();
         Ok(AppInfo {
             id: app.id,
             network: app.network,
-            name: app.name,
-            containers: self.view().containers_of_app(id).count(),
+            name: app.name.clone(),
+            containers: v.containers_of_app(id).count(),
+            balance: app.balance,
+            services: super::reconcile::service_infos(&v, &app),
         })
     }
 

@@ -42,8 +42,14 @@ impl dns::Directory for ViewDirectory {
 
     fn resolve(&self, q: &pn_common::names::RecordQuery, out: &mut Vec<Ipv4Addr>) -> bool {
         let v = self.0.read().unwrap_or_else(|p| p.into_inner());
-        if v.apps.get(&q.app).is_none_or(|a| a.network != q.network) {
+        let Some(app) = v.apps.get(&q.app).filter(|a| a.network == q.network) else {
             return false;
+        };
+        // An app balanced by `vip`: its and its types' names answer the
+        // service address; `N.TYPE` still names one container.
+        if let Some(vip) = crate::agent::reconcile::service_addr(app, &q.selector) {
+            out.push(vip);
+            return true;
         }
         let before = out.len();
         // During an app's move its containers change network one by one:

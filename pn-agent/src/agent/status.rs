@@ -46,6 +46,8 @@ impl Agent {
                 network: a.network,
                 name: a.name.clone(),
                 containers: v.containers_of_app(&a.id).count(),
+                balance: a.balance,
+                services: super::reconcile::service_infos(&v, a),
             })
             .collect()
     }

@@ -7,7 +7,7 @@ use pn_common::{
     maps::{Endpoint, Iface, Peer},
 };
 
-use super::{Maps, Result, State, plain};
+use super::{Maps, Result, ServiceState, State, plain};
 
 #[derive(Debug, Default)]
 pub struct FakeMaps {
@@ -91,5 +91,15 @@ impl Maps for FakeMaps {
     }
     fn remove_counters(&mut self, a: Ip4) -> Result<()> {
         self.call(format!("remove_counters {}", ip(a)))
+    }
+    fn set_service(&mut self, a: Ip4, _: Option<&ServiceState>, s: &ServiceState) -> Result<()> {
+        self.call(format!("set_service {}", ip(a)))?;
+        self.state.services.insert(a, s.clone());
+        Ok(())
+    }
+    fn remove_service(&mut self, a: Ip4, _: &ServiceState) -> Result<()> {
+        self.call(format!("remove_service {}", ip(a)))?;
+        self.state.services.remove(&a);
+        Ok(())
     }
 }

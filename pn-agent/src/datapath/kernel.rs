@@ -29,7 +29,7 @@ use pn_common::{
     objects,
 };
 
-use super::{Context, Maps, Result, State, plain};
+use super::{Context, Maps, Result, ServiceState, State, plain};
 
 const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
 
@@ -85,6 +85,7 @@ pub struct Kernel {
     egress_deny: LpmTrie<MapData, Ip4, DenyRange>,
     events: Option<RingBuf<MapData>>,
     conn: crate::conns::kernel::ConnMaps,
+    lb: super::lb::LbMaps,
     links_dir: PathBuf,
     xdp_dir: PathBuf,
 }
@@ -173,6 +174,12 @@ impl Kernel {
             track: take(&mut ebpf, objects::MAP_CONN_CFG)?,
             lost: take(&mut ebpf, objects::MAP_LOST)?,
         };
+        let lb = super::lb::LbMaps {
+            services: take(&mut ebpf, objects::MAP_LB_SERVICES)?,
+            slots: take(&mut ebpf, objects::MAP_LB_SLOTS)?,
+            backends: take(&mut ebpf, objects::MAP_LB_BACKENDS)?,
+            stats: take(&mut ebpf, objects::MAP_LB_STATS)?,
+        };
         Ok(Kernel {
             ebpf,
             endpoints,
@@ -185,6 +192,7 @@ impl Kernel {
             egress_deny,
             events,
             conn,
+            lb,
             links_dir,
             xdp_dir,
         })
@@ -332,6 +340,11 @@ impl Kernel {
         Ok(())
     }
 
+    /// The balancer's counters by backend, summed over CPUs.
+    pub fn lb_stats(&self) -> Result<BTreeMap<Ip4, pn_common::lb::LbStats>> {
+        self.lb.stats()
+    }
+
     /// Counters summed over CPUs.
     pub fn counters(&self) -> Result<Vec<(CounterKey, Counter)>> {
         let mut out = Vec::new();
@@ -373,7 +386,21 @@ impl Maps for Kernel {
             attached: self.pinned_interfaces()?,
             peers: Self::all(&self.peers, "PN_PEERS")?,
             tags: Self::all(&self.tags, "PN_TAGS")?.into_keys().collect(),
+            services: self.lb.read()?,
         })
+    }
+
+    fn set_service(
+        &mut self,
+        vip: Ip4,
+        old: Option<&ServiceState>,
+        new: &ServiceState,
+    ) -> Result<()> {
+        self.lb.set(vip, old, new)
+    }
+
+    fn remove_service(&mut self, vip: Ip4, old: &ServiceState) -> Result<()> {
+        self.lb.remove(vip, old)
     }
 
     fn set_endpoint(&mut self, ip: Ip4, ep: Endpoint) -> Result<()> {

@@ -11,6 +11,7 @@
 
 pub mod fake;
 pub mod kernel;
+mod lb;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -86,6 +87,18 @@ pub struct State {
     pub peers: BTreeMap<Ip4, Peer>,
     /// `PN_TAGS`: networks with a local member (XDP guard).
     pub tags: BTreeSet<u32>,
+    /// Service addresses balanced from this host (`PN_LB_*`). Always whole,
+    /// whatever the [`Scope`]: a handful per network, rebuilt from the view.
+    pub services: BTreeMap<Ip4, ServiceState>,
+}
+
+/// A service address as the balancer holds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceState {
+    /// Its network.
+    pub tag: u32,
+    /// The backends in rotation (live, healthy containers of its type).
+    pub backends: BTreeSet<Ip4>,
 }
 
 /// The part of the state an `apply` covers; entries outside it are left
@@ -176,6 +189,15 @@ pub trait Maps {
     fn detach(&mut self, ifname: &str) -> Result<()>;
     /// Forgets a removed endpoint's counters.
     fn remove_counters(&mut self, ip: Ip4) -> Result<()>;
+    /// Writes a service (its table from its backends); `old`: what the
+    /// kernel holds now, so only the difference is written.
+    fn set_service(
+        &mut self,
+        vip: Ip4,
+        old: Option<&ServiceState>,
+        new: &ServiceState,
+    ) -> Result<()>;
+    fn remove_service(&mut self, vip: Ip4, old: &ServiceState) -> Result<()>;
 }
 
 /// The kernel state as this agent drives it, with a copy of what it last
@@ -257,6 +279,27 @@ impl<M: Maps> Datapath<M> {
                 self.maps.set_endpoint(*ip, *ep)?;
                 self.current.endpoints.insert(*ip, *ep);
                 ch.set += 1;
+            }
+        }
+        for (vip, svc) in &want.services {
+            let old = self.current.services.get(vip);
+            if old != Some(svc) {
+                self.maps.set_service(*vip, old, svc)?;
+                self.current.services.insert(*vip, svc.clone());
+                ch.set += 1;
+            }
+        }
+        let gone: Vec<Ip4> = self
+            .current
+            .services
+            .keys()
+            .filter(|v| !want.services.contains_key(v))
+            .copied()
+            .collect();
+        for vip in gone {
+            if let Some(old) = self.current.services.remove(&vip) {
+                self.maps.remove_service(vip, &old)?;
+                ch.removed += 1;
             }
         }
         if scope.underlay {

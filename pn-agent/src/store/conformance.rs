@@ -44,6 +44,7 @@ async fn attach(m: &Membership, net: NetworkId, k: &ContainerKey, h: &str) -> Co
         host_ifname: k.host_ifname(),
         created_at: now_secs(),
         runtime: None,
+        unhealthy: false,
     };
     m.put_container(&c).await.unwrap();
     c
@@ -115,15 +116,39 @@ pub async fn pool_exhaustion_is_reported(kv: Arc<dyn Backend>) {
 
 pub async fn apps_need_an_existing_network(kv: Arc<dyn Backend>) {
     let m = Membership::new(kv);
-    let err = m.create_app(app_id(1), &net_id(9), None).await.unwrap_err();
+    let err = m
+        .create_app(
+            app_id(1),
+            &net_id(9),
+            None,
+            crate::model::Balance::Dns,
+            None,
+        )
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     m.create_network(net_id(1), None, &pool(), 22)
         .await
         .unwrap();
-    m.create_app(app_id(1), &net_id(1), Some("waf".into()))
+    m.create_app(
+        app_id(1),
+        &net_id(1),
+        Some("waf".into()),
+        crate::model::Balance::Dns,
+        None,
+    )
+    .await
+    .unwrap();
+    let err = m
+        .create_app(
+            app_id(1),
+            &net_id(1),
+            None,
+            crate::model::Balance::Dns,
+            None,
+        )
         .await
-        .unwrap();
-    let err = m.create_app(app_id(1), &net_id(1), None).await.unwrap_err();
+        .unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");
     assert_eq!(err.kind(), ErrorKind::Conflict);
     assert_eq!(
@@ -138,7 +163,9 @@ pub async fn addresses_are_unique_and_reused_after_release(kv: Arc<dyn Backend>)
     m.create_network(net, Some("10.240.0.0/29".parse().unwrap()), &pool(), 22)
         .await
         .unwrap();
-    m.create_app(app_id(1), &net, None).await.unwrap();
+    m.create_app(app_id(1), &net, None, crate::model::Balance::Dns, None)
+        .await
+        .unwrap();
     let mut seen = BTreeSet::new();
     for i in 1..=6 {
         let c = attach(&m, net, &key(app_id(1), "web", i), "h1").await;
@@ -166,7 +193,9 @@ pub async fn a_container_key_is_claimed_once(kv: Arc<dyn Backend>) {
     let m = Membership::new(kv);
     let net = net_id(1);
     m.create_network(net, None, &pool(), 22).await.unwrap();
-    m.create_app(app_id(1), &net, None).await.unwrap();
+    m.create_app(app_id(1), &net, None, crate::model::Balance::Dns, None)
+        .await
+        .unwrap();
     let k = key(app_id(1), "web", 1);
     let ip = m.reserve_address(&net, &k, &host("h1")).await.unwrap();
     let err = m.reserve_address(&net, &k, &host("h2")).await.unwrap_err();
@@ -210,7 +239,9 @@ pub async fn deletes_respect_dependents(kv: Arc<dyn Backend>) {
     let m = Membership::new(kv);
     let net = net_id(1);
     m.create_network(net, None, &pool(), 22).await.unwrap();
-    m.create_app(app_id(1), &net, None).await.unwrap();
+    m.create_app(app_id(1), &net, None, crate::model::Balance::Dns, None)
+        .await
+        .unwrap();
     let c = attach(&m, net, &key(app_id(1), "worker", 1), "h1").await;
     let err = m.delete_app(&app_id(1)).await.unwrap_err();
     assert!(err.to_string().contains("detach them first"), "{err}");
@@ -239,7 +270,9 @@ pub async fn views_follow_the_watch(kv: Arc<dyn Backend>) {
     let mut view = MembershipView::new(pool()).reloaded(&listing);
     assert!(view.rejected.is_empty(), "{:?}", view.rejected);
     let mut rx = kv.watch("", listing.rev + 1).await.unwrap();
-    m.create_app(app_id(1), &net, None).await.unwrap();
+    m.create_app(app_id(1), &net, None, crate::model::Balance::Dns, None)
+        .await
+        .unwrap();
     let c = attach(&m, net, &key(app_id(1), "web", 1), "h2").await;
     let (_, last_rev) = m.delete_container(&c.key).await.unwrap().unwrap();
     let c2 = attach(&m, net, &key(app_id(1), "web", 2), "h2").await;
@@ -324,7 +357,9 @@ pub async fn apps_move_with_their_addresses(kv: Arc<dyn Backend>) {
     let (a, b) = (net_id(1), net_id(2));
     m.create_network(a, None, &pool(), 22).await.unwrap();
     let (nb, _) = m.create_network(b, None, &pool(), 22).await.unwrap();
-    m.create_app(app_id(1), &a, None).await.unwrap();
+    m.create_app(app_id(1), &a, None, crate::model::Balance::Dns, None)
+        .await
+        .unwrap();
     let c1 = attach(&m, a, &key(app_id(1), "web", 1), "h1").await;
     let c2 = attach(&m, a, &key(app_id(1), "web", 2), "h2").await;
     // Half-way through an attach when the app moves.
@@ -354,13 +389,16 @@ pub async fn apps_move_with_their_addresses(kv: Arc<dyn Backend>) {
         host_ifname: late.host_ifname(),
         created_at: now_secs(),
         runtime: None,
+        unhealthy: false,
     };
     let err = m.put_container(&late_rec).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
     assert!(err.to_string().contains("moved"), "{err}");
     m.release_address(&a, late_ip, &late).await.unwrap();
     // The old network's addresses are all free: the next gets the first.
-    m.create_app(app_id(2), &a, None).await.unwrap();
+    m.create_app(app_id(2), &a, None, crate::model::Balance::Dns, None)
+        .await
+        .unwrap();
     let fresh = attach(&m, a, &key(app_id(2), "web", 1), "h1").await;
     assert_eq!(fresh.ip, c1.ip);
     // Every record passes the view's checks.
@@ -372,6 +410,53 @@ pub async fn apps_move_with_their_addresses(kv: Arc<dyn Backend>) {
 }
 
 /// Runs every conformance test, each on a fresh store from `fresh`.
+pub async fn service_addresses_live_with_their_app(kv: Arc<dyn Backend>) {
+    use crate::model::Balance;
+    let m = Membership::new(kv.clone());
+    let net = net_id(1);
+    m.create_network(net, Some("10.240.0.0/28".parse().unwrap()), &pool(), 22)
+        .await
+        .unwrap();
+    m.create_app(app_id(1), &net, None, Balance::Vip, None)
+        .await
+        .unwrap();
+    let c1 = attach(&m, net, &key(app_id(1), "web", 1), "h1").await;
+    let c2 = attach(&m, net, &key(app_id(1), "web", 2), "h2").await;
+    let app = m.app(&app_id(1)).await.unwrap();
+    let vip = app.services[&"web".parse().unwrap()];
+    assert_eq!(app.services.len(), 1, "one address per type");
+    assert!(vip != c1.ip && vip != c2.ip);
+    // Never collected as a crashed attach's lease, whatever host made it.
+    assert!(
+        m.leases_of_host(&"h1".parse().unwrap())
+            .await
+            .unwrap()
+            .iter()
+            .all(|(_, ip, _)| *ip != vip)
+    );
+    let h: HostId = "h1".parse().unwrap();
+    let (app, _) = m
+        .update_app(&app_id(1), Some(Balance::Dns), None, &h)
+        .await
+        .unwrap();
+    assert!(app.services.is_empty());
+    let (app, _) = m
+        .update_app(&app_id(1), Some(Balance::Vip), None, &h)
+        .await
+        .unwrap();
+    let vip = app.services[&"web".parse().unwrap()];
+    for i in 1..=2 {
+        m.delete_container(&key(app_id(1), "web", i)).await.unwrap();
+    }
+    m.delete_app(&app_id(1)).await.unwrap();
+    let left = kv.list(&super::keys::ips_of(&net)).await.unwrap();
+    assert!(
+        left.entries.is_empty(),
+        "{vip} freed with its app: {:?}",
+        left.entries.iter().map(|(k, _)| k).collect::<Vec<_>>()
+    );
+}
+
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($fresh:expr) => {
@@ -389,6 +474,11 @@ macro_rules! store_conformance_tests {
         #[tokio::test]
         async fn apps_need_an_existing_network() {
             $crate::store::conformance::apps_need_an_existing_network($fresh("apps").await).await
+        }
+        #[tokio::test]
+        async fn service_addresses_live_with_their_app() {
+            $crate::store::conformance::service_addresses_live_with_their_app($fresh("vip").await)
+                .await
         }
         #[tokio::test]
         async fn addresses_are_unique_and_reused_after_release() {

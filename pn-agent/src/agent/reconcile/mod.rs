@@ -17,6 +17,9 @@ use pn_common::{
 };
 use pn_tunnel::{Member, PeerId};
 
+mod services;
+pub use services::{service_addr, service_infos};
+
 use crate::{
     datapath::{Scope, State},
     model::{Container, ContainerKey},
@@ -102,6 +105,7 @@ pub fn desired(
     for c in &records {
         add_container(&mut d, view, local, links, c);
     }
+    d.datapath.services = services::services(view, local);
     if fleet {
         d.datapath.peers = underlay_peers(view, local);
         d.datapath.tags = local_tags(view, local);

@@ -37,6 +37,7 @@ fn container(index: u32, ip: [u8; 4], on: &str) -> Container {
         ifname: "pn0".into(),
         created_at: 0,
         runtime: None,
+        unhealthy: false,
     }
 }
 
@@ -65,6 +66,9 @@ fn fleet() -> MembershipView {
             network: NET.parse().unwrap(),
             name: None,
             created_at: 0,
+            balance: Default::default(),
+            services: Default::default(),
+            health_port: None,
         },
     );
     for (id, addr, peer) in [

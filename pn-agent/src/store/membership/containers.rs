@@ -47,6 +47,7 @@ impl Membership {
         let lease = AddressLease {
             owner: owner.clone(),
             host: host.clone(),
+            service: false,
         };
         let (claim_key, container_key) =
             (&Key::Claim(owner.clone()), &Key::Container(owner.clone()));
@@ -152,7 +153,7 @@ impl Membership {
                 continue;
             };
             let lease: AddressLease = decode(k, e)?;
-            if lease.host == *host {
+            if lease.host == *host && !lease.service {
                 out.push((net, ip, lease));
             }
         }
@@ -166,7 +167,7 @@ impl Membership {
         self.read_modify_write(
             move |_| {
                 Box::pin(async move {
-                    let (app, app_rev) =
+                    let (mut app, app_rev) =
                         self.get_decoded::<App>(app_key).await?.ok_or_else(|| {
                             MembershipError::NotFound(format!("application {}", c.key.app))
                         })?;
@@ -183,19 +184,24 @@ impl Membership {
                             c.key.app, app.network
                         )));
                     }
+                    // The first container of a type of a `vip` app gives the
+                    // type its service address.
+                    let leases = self
+                        .lease_services(&mut app, [c.key.ctype.clone()], &c.host)
+                        .await?;
+                    let mut conds = vec![
+                        as_read(app_key, Some(app_rev)),
+                        as_read(container_key, None),
+                    ];
+                    conds.extend(leases.conds);
+                    let mut ops = leases.ops;
                     // Rewriting the app bumps its revision: see `delete_app`.
-                    Ok(Step::write(
-                        vec![
-                            as_read(app_key, Some(app_rev)),
-                            as_read(container_key, None),
-                        ],
-                        vec![
-                            Op::Put(app_key.to_string(), encode(&app)),
-                            Op::Put(container_key.to_string(), encode(c)),
-                            Op::Delete(Key::Claim(c.key.clone()).into()),
-                        ],
-                        |rev| rev,
-                    ))
+                    ops.extend([
+                        Op::Put(app_key.to_string(), encode(&app)),
+                        Op::Put(container_key.to_string(), encode(c)),
+                        Op::Delete(Key::Claim(c.key.clone()).into()),
+                    ]);
+                    Ok(Step::write(conds, ops, |rev| rev))
                 })
             },
             || format!("application {} keeps changing; try again", c.key.app),

@@ -13,6 +13,7 @@
 mod containers;
 mod hosts;
 mod moving;
+mod services;
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -28,7 +29,7 @@ use super::{
 use crate::{
     error::{ErrorKind, Kind},
     ipam,
-    model::{App, Network, now_secs},
+    model::{App, Balance, Network, now_secs},
 };
 
 /// Errors of membership operations; each message is one line for the operator.
@@ -327,6 +328,8 @@ impl Membership {
         id: AppId,
         network: &NetworkId,
         name: Option<String>,
+        balance: Balance,
+        health_port: Option<u16>,
     ) -> Result<(App, i64)> {
         let (net_key, app_key, name) = (&Key::Network(*network), &Key::App(id), &name);
         self.read_modify_write(
@@ -346,6 +349,9 @@ impl Membership {
                         network: *network,
                         name: name.clone(),
                         created_at: now_secs(),
+                        balance,
+                        services: Default::default(),
+                        health_port,
                     };
                     // Rewriting the network bumps its revision, so a concurrent
                     // `network delete` (which checks it) cannot orphan this app.
@@ -370,7 +376,7 @@ impl Membership {
         self.read_modify_write(
             move |_| {
                 Box::pin(async move {
-                    let (_, rev) = self
+                    let (app, rev) = self
                         .get_decoded::<App>(app_key)
                         .await?
                         .ok_or_else(|| MembershipError::NotFound(format!("application {id}")))?;
@@ -383,11 +389,14 @@ impl Membership {
                     }
                     // Attaching rewrites the app record, so this condition also
                     // fails if a container was attached after the check above.
-                    Ok(Step::write(
-                        vec![as_read(app_key, Some(rev))],
-                        vec![Op::Delete(app_key.to_string())],
-                        |rev| rev,
-                    ))
+                    // Its service addresses go with it.
+                    let mut ops = vec![Op::Delete(app_key.to_string())];
+                    for ip in app.services.values() {
+                        ops.push(Op::Delete(Key::Ip(app.network, *ip).into()));
+                    }
+                    Ok(Step::write(vec![as_read(app_key, Some(rev))], ops, |rev| {
+                        rev
+                    }))
                 })
             },
             || format!("application {id} keeps changing; try again"),

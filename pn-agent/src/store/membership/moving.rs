@@ -40,6 +40,13 @@ impl Membership {
                         .await?
                         .ok_or_else(|| MembershipError::NotFound(format!("network {network}")))?;
                     let old = app.network;
+                    // Service addresses are leased in the old network's
+                    // range; moving them is not built yet.
+                    if !app.balance.is_dns() && old != *network {
+                        return Err(MembershipError::Conflict(format!(
+                            "application {id} balances by service address (vip); switch it to dns (`app update {id} --balance dns`) before moving it"
+                        )));
+                    }
                     if old == *network {
                         return Ok(Step::Done((app, old, None)));
                     }
@@ -109,6 +116,7 @@ impl Membership {
                     let lease = AddressLease {
                         owner: key.clone(),
                         host: c.host.clone(),
+                        service: false,
                     };
                     let new_ip = &Key::Ip(*network, ip);
                     let old_ip = Key::Ip(c.network, c.ip);

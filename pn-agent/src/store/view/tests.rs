@@ -31,6 +31,9 @@ fn app(n: u8, net: u8) -> App {
         network: net_id(net),
         name: None,
         created_at: 0,
+        balance: Default::default(),
+        services: Default::default(),
+        health_port: None,
     }
 }
 
@@ -55,6 +58,7 @@ fn container(index: u32, ip: &str) -> Container {
         ifname: "pn0".into(),
         created_at: 0,
         runtime: None,
+        unhealthy: false,
     }
 }
 

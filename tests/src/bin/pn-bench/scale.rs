@@ -74,10 +74,12 @@ fn register(
                         host_ifname: key.host_ifname(),
                         created_at: 0,
                         runtime: None,
+                        unhealthy: false,
                     };
                     let lease = AddressLease {
                         owner: key.clone(),
                         host: host.clone(),
+                        service: false,
                     };
                     ops.push(Op::Put(
                         Key::Ip(net, ip).into(),

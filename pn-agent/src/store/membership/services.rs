@@ -1,0 +1,135 @@
+//! Service addresses of the apps that balance by `vip`: one per container
+//! type, leased under `ips/` like a container's address (so the two never
+//! collide), written in the same transaction as the app record that names
+//! it, and freed with it.
+
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use pn_common::ids::{AppId, ContainerType, HostId};
+
+use super::{Membership, MembershipError, Result, Step, as_read, encode};
+use crate::{
+    ipam,
+    model::{AddressLease, App, Balance, ContainerKey, Network},
+    store::{
+        backend::{Cond, Op},
+        keys::{self, Key},
+    },
+};
+
+/// What giving an app new service addresses adds to a transaction.
+#[derive(Default)]
+pub(super) struct Leases {
+    pub conds: Vec<Cond>,
+    pub ops: Vec<Op>,
+}
+
+impl Membership {
+    /// Gives `app` (which balances by `vip`) a service address for each of
+    /// `types` it has none for: the lowest free addresses of its network.
+    pub(super) async fn lease_services(
+        &self,
+        app: &mut App,
+        types: impl IntoIterator<Item = ContainerType>,
+        host: &HostId,
+    ) -> Result<Leases> {
+        let mut out = Leases::default();
+        let missing: BTreeSet<ContainerType> = types
+            .into_iter()
+            .filter(|t| !app.services.contains_key(t))
+            .collect();
+        if app.balance != Balance::Vip || missing.is_empty() {
+            return Ok(out);
+        }
+        let net: Network = self.network(&app.network).await?;
+        let mut used: BTreeSet<Ipv4Addr> = self
+            .kv
+            .list(&keys::ips_of(&app.network))
+            .await?
+            .entries
+            .iter()
+            .filter_map(|(k, _)| match Key::parse(k)? {
+                Key::Ip(_, ip) => Some(ip),
+                _ => None,
+            })
+            .collect();
+        for ctype in missing {
+            let ip = ipam::next_address(&net.cidr, &used).ok_or_else(|| {
+                MembershipError::Exhausted(format!(
+                    "no free address left in network {} for the service address of {}/{ctype}",
+                    app.network, app.id
+                ))
+            })?;
+            used.insert(ip);
+            let key = Key::Ip(app.network, ip);
+            let lease = AddressLease {
+                owner: service_owner(app.id, ctype.clone()),
+                host: host.clone(),
+                service: true,
+            };
+            out.conds.push(as_read(&key, None));
+            out.ops.push(Op::Put(key.to_string(), encode(&lease)));
+            app.services.insert(ctype, ip);
+        }
+        Ok(out)
+    }
+
+    /// Changes how an app balances (and its health port): with `vip`, every
+    /// type with containers gets its service address now, the others at
+    /// their first attach; back to `dns`, the addresses are freed.
+    pub async fn update_app(
+        &self,
+        id: &AppId,
+        balance: Option<Balance>,
+        health_port: Option<u16>,
+        host: &HostId,
+    ) -> Result<(App, i64)> {
+        let app_key = &Key::App(*id);
+        self.read_modify_write(
+            move |_| {
+                Box::pin(async move {
+                    let (mut app, rev) = self
+                        .get_decoded::<App>(app_key)
+                        .await?
+                        .ok_or_else(|| MembershipError::NotFound(format!("application {id}")))?;
+                    if let Some(b) = balance {
+                        app.balance = b;
+                    }
+                    if health_port.is_some() {
+                        app.health_port = health_port;
+                    }
+                    let mut conds = vec![as_read(app_key, Some(rev))];
+                    let mut ops = Vec::new();
+                    if app.balance == Balance::Dns {
+                        for (_, ip) in std::mem::take(&mut app.services) {
+                            ops.push(Op::Delete(Key::Ip(app.network, ip).into()));
+                        }
+                    } else {
+                        let types: BTreeSet<ContainerType> = self
+                            .containers_of(id)
+                            .await?
+                            .into_iter()
+                            .map(|c| c.key.ctype)
+                            .collect();
+                        let leases = self.lease_services(&mut app, types, host).await?;
+                        conds.extend(leases.conds);
+                        ops.extend(leases.ops);
+                    }
+                    ops.push(Op::Put(app_key.to_string(), encode(&app)));
+                    Ok(Step::write(conds, ops, move |rev| (app, rev)))
+                })
+            },
+            || format!("application {id} keeps changing; try again"),
+        )
+        .await
+    }
+}
+
+/// The owner written in a service address's lease.
+pub fn service_owner(app: AppId, ctype: ContainerType) -> ContainerKey {
+    ContainerKey {
+        app,
+        ctype,
+        index: 0,
+    }
+}
