@@ -195,8 +195,6 @@ pub struct FlowHub {
     /// Events seen, and events the reader could not decode.
     pub received: Arc<AtomicU64>,
     pub malformed: Arc<AtomicU64>,
-    /// Connection and request tracking, whose log lines come here too.
-    pub conns: crate::conns::ConnHub,
 }
 
 impl Default for FlowHub {
@@ -206,7 +204,6 @@ impl Default for FlowHub {
             recent: Arc::default(),
             received: Arc::default(),
             malformed: Arc::default(),
-            conns: crate::conns::ConnHub::default(),
         }
     }
 }

@@ -695,6 +695,7 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
             tunnel: agent.tunnel.clone(),
             dns: agent.dns_stats.clone(),
             flows: agent.flows.clone(),
+            conns: agent.conns.clone(),
         },
         &metrics,
     );

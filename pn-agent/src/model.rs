@@ -170,6 +170,12 @@ pub fn check_netns(netns: &str) -> Result<(), NameError> {
     }
 }
 
+/// An address as the kernel maps key it.
+pub fn to_ip4(ip: Ipv4Addr) -> pn_common::Ip4 {
+    let [a, b, c, d] = ip.octets();
+    pn_common::ip4(a, b, c, d)
+}
+
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -66,6 +66,8 @@ pub struct Agent {
     local_ops: tokio::sync::Mutex<()>,
     applied: watch::Sender<i64>,
     pub flows: FlowHub,
+    /// Connection and request tracking (its log lines go to `flows`).
+    pub conns: crate::conns::ConnHub,
     pub store_health: Arc<Health>,
     pub dns_stats: Arc<DnsStats>,
     dns_upstreams: Vec<std::net::SocketAddr>,

@@ -52,7 +52,7 @@ impl Agent {
             name: app.name.clone(),
             containers: v.containers_of_app(id).count(),
             balance: app.balance,
-            services: super::reconcile::service_infos(&v, &app),
+            services: crate::store::view::services::service_infos(&v, &app),
         })
     }
 

@@ -47,7 +47,7 @@ impl dns::Directory for ViewDirectory {
         };
         // An app balanced by `vip`: its and its types' names answer the
         // service address; `N.TYPE` still names one container.
-        if let Some(vip) = crate::agent::reconcile::service_addr(app, &q.selector) {
+        if let Some(vip) = crate::store::view::services::service_addr(app, &q.selector) {
             out.push(vip);
             return true;
         }
@@ -190,6 +190,7 @@ impl Agent {
             local_ops: tokio::sync::Mutex::new(()),
             applied: watch::channel(0).0,
             flows: FlowHub::default(),
+            conns: crate::conns::ConnHub::default(),
             store_health: Arc::default(),
             container_mtu,
             dns_stats,
@@ -210,10 +211,10 @@ impl Agent {
             });
         }
         if let Some(ring) = conn_events {
-            let flows = agent.flows.clone();
+            let (conns, flows) = (agent.conns.clone(), agent.flows.clone());
             let view = agent.view.clone();
             tokio::spawn(async move {
-                if let Err(e) = flows.conns.clone().run_reader(ring, view, flows).await {
+                if let Err(e) = conns.run_reader(ring, view, flows).await {
                     log::error!("connection event reader stopped: {e:#}");
                 }
             });

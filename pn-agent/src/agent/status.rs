@@ -47,7 +47,7 @@ impl Agent {
                 name: a.name.clone(),
                 containers: v.containers_of_app(&a.id).count(),
                 balance: a.balance,
-                services: super::reconcile::service_infos(&v, a),
+                services: crate::store::view::services::service_infos(&v, a),
             })
             .collect()
     }
@@ -158,7 +158,7 @@ impl Agent {
                 ],
                 attached_interfaces: attached,
                 events_lost: lost,
-                conns_tracked: self.flows.conns.tracked(),
+                conns_tracked: self.conns.tracked(),
             },
             endpoints: EndpointCounts {
                 local: v.local_containers(me).count(),

@@ -2,8 +2,6 @@
 //! datapath's `PN_CONN_EVENTS`, the per-connection table ([`track`]), the
 //! metrics per edge ([`metrics`]) and the router-log lines of `flows --http`.
 
-pub mod kernel;
-pub mod lost;
 pub mod metrics;
 pub mod track;
 

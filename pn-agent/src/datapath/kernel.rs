@@ -84,7 +84,7 @@ pub struct Kernel {
     conns: HashMap<MapData, ConnKey, ConnState>,
     egress_deny: LpmTrie<MapData, Ip4, DenyRange>,
     events: Option<RingBuf<MapData>>,
-    conn: crate::conns::kernel::ConnMaps,
+    conn: super::conn::ConnMaps,
     lb: super::lb::LbMaps,
     links_dir: PathBuf,
     xdp_dir: PathBuf,
@@ -169,7 +169,7 @@ impl Kernel {
         let conns = take(&mut ebpf, objects::MAP_CONNS)?;
         let egress_deny = take(&mut ebpf, objects::MAP_EGRESS_DENY)?;
         let events = Some(take(&mut ebpf, objects::MAP_EVENTS)?);
-        let conn = crate::conns::kernel::ConnMaps {
+        let conn = super::conn::ConnMaps {
             events: Some(take(&mut ebpf, objects::MAP_CONN_EVENTS)?),
             track: take(&mut ebpf, objects::MAP_CONN_CFG)?,
             lost: take(&mut ebpf, objects::MAP_LOST)?,
@@ -204,11 +204,11 @@ impl Kernel {
     }
 
     /// Connection and request tracking's maps.
-    pub fn conn(&mut self) -> &mut crate::conns::kernel::ConnMaps {
+    pub fn conn(&mut self) -> &mut super::conn::ConnMaps {
         &mut self.conn
     }
 
-    pub fn conn_ref(&self) -> &crate::conns::kernel::ConnMaps {
+    pub fn conn_ref(&self) -> &super::conn::ConnMaps {
         &self.conn
     }
 

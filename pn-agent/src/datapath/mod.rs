@@ -9,6 +9,7 @@
 //! attach), [`fake::FakeMaps`] a plain in-memory copy for tests, so the diff
 //! is tested without a kernel.
 
+pub mod conn;
 pub mod fake;
 pub mod kernel;
 mod lb;

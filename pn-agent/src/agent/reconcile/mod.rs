@@ -18,7 +18,6 @@ use pn_common::{
 use pn_tunnel::{Member, PeerId};
 
 mod services;
-pub use services::{service_addr, service_infos};
 
 use crate::{
     datapath::{Scope, State},
@@ -71,10 +70,7 @@ pub struct Desired {
     pub readdressed: Vec<(Container, Container)>,
 }
 
-pub fn to_ip4(ip: Ipv4Addr) -> Ip4 {
-    let [a, b, c, d] = ip.octets();
-    pn_common::ip4(a, b, c, d)
-}
+pub use crate::model::to_ip4;
 
 /// `links`: host-side interfaces of the agent that exist (name → ifindex);
 /// for `Touched::Containers`, at least those of the touched containers.

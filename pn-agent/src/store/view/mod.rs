@@ -14,6 +14,7 @@ use super::{Listing, WatchEvent, keys::Key};
 use crate::model::{App, Container, ContainerKey, Host, Network};
 
 mod checks;
+pub mod services;
 #[cfg(test)]
 mod tests;
 

@@ -8,7 +8,7 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
 
-use crate::metrics::Inputs;
+use super::Inputs;
 
 pub fn encode(inputs: &Inputs, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     let lost = {
@@ -34,7 +34,7 @@ pub fn encode(inputs: &Inputs, encoder: &mut DescriptorEncoder) -> Result<(), st
         }
         Err(e) => log::error!("reading lost events for metrics: {e:#}"),
     }
-    let hub = &inputs.flows.conns;
+    let hub = &inputs.conns;
     for (name, help, n) in [
         (
             "pn_conn_events",

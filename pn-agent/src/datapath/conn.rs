@@ -1,10 +1,10 @@
 //! The maps of connection and request tracking, taken from the loaded object
-//! by `datapath::kernel` and used from here.
+//! by `kernel` and read by the connection tracker (`crate::conns`).
 
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use pn_common::conn::LostKind;
 
-use crate::datapath::{Context as _, Result};
+use super::{Context as _, Result};
 
 pub struct ConnMaps {
     /// `PN_CONN_EVENTS`, until the reader takes it.

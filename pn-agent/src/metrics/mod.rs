@@ -2,6 +2,8 @@
 //! per-endpoint, per-reason counters, read from the kernel at scrape time and
 //! labelled by network, app and container, plus the agent's own health.
 
+mod lost;
+
 use std::{
     net::{Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex, RwLock, atomic::Ordering},
@@ -44,6 +46,7 @@ pub struct Inputs {
     pub tunnel: Option<Arc<Device>>,
     pub dns: Arc<DnsStats>,
     pub flows: FlowHub,
+    pub conns: crate::conns::ConnHub,
 }
 
 impl std::fmt::Debug for Inputs {
@@ -278,7 +281,7 @@ impl Collector for AgentCollector {
                 MetricType::Counter,
             )?,
         )?;
-        crate::conns::lost::encode(inputs, &mut encoder)?;
+        lost::encode(inputs, &mut encoder)?;
         ConstCounter::new(inputs.flows.malformed.load(Ordering::Relaxed)).encode(
             encoder.encode_descriptor(
                 "pn_flow_events_malformed",
@@ -306,10 +309,10 @@ fn encode_services(
         let view = inputs.view.read().unwrap_or_else(|p| p.into_inner());
         let mut rows = Vec::new();
         for app in view.apps.values() {
-            for s in crate::agent::reconcile::service_infos(&view, app) {
+            for s in crate::store::view::services::service_infos(&view, app) {
                 let all = s.backends.iter().map(|b| (b, true));
                 for (b, up) in all.chain(s.unhealthy.iter().map(|b| (b, false))) {
-                    let key = crate::agent::reconcile::to_ip4(*b);
+                    let key = crate::model::to_ip4(*b);
                     let labels = vec![
                         ("app", app.id.to_string()),
                         ("service", s.ctype.to_string()),
@@ -364,7 +367,7 @@ pub fn registry(inputs: Inputs, metrics: &AgentMetrics) -> Registry {
         "Control API requests, per command and result",
         metrics.api_requests.clone(),
     );
-    inputs.flows.conns.metrics.register(&mut r);
+    inputs.conns.metrics.register(&mut r);
     r.register_collector(Box::new(AgentCollector(inputs)));
     r
 }
