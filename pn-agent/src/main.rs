@@ -10,7 +10,7 @@ use pn_agent::{
     config::{DEFAULT_API_SOCKET, RunConfig, RunSettings},
     error::{ErrorKind, Kind},
     flows::FlowRecord,
-    model::{App, ContainerKey, Network},
+    model::{App, ContainerKey, Egress, Network},
     proto::{AppInfo, ContainerInfo, HostInfo, NetworkInfo, Request, Status},
 };
 use pn_common::ids::{AppId, ContainerType, HostId, NetworkId, parse_index};
@@ -103,6 +103,16 @@ enum NetworkCmd {
         /// Address range (default: the next free /22 of the fleet pool).
         #[arg(long)]
         cidr: Option<Ipv4Net>,
+        /// Whether its containers reach the world [default: allow].
+        #[arg(long, value_enum)]
+        egress: Option<Egress>,
+    },
+    /// Change a network live (its running containers included).
+    Update {
+        id: NetworkId,
+        /// allow: the world is reached through each host; deny: sealed.
+        #[arg(long, value_enum)]
+        egress: Egress,
     },
     List,
     /// Delete a network; with --force, also its applications and containers.
@@ -123,6 +133,10 @@ enum AppCmd {
         id: Option<AppId>,
         #[arg(long)]
         name: Option<String>,
+        /// Port its `web` containers listen on (`PORT`), where routers are
+        /// sent [default: 8080].
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        web_port: Option<u16>,
     },
     List {
         #[arg(long)]
@@ -244,20 +258,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             daemon(*settings, config).await
         }
         Command::EdgeApply { clear, print } => Ok(pn_agent::edge::apply_stdin(clear, print)?),
-        Command::Network(NetworkCmd::Create { id, cidr }) => {
-            let n: Network = Client::call(&path, &Request::NetworkCreate { id, cidr }).await?;
+        Command::Network(NetworkCmd::Create { id, cidr, egress }) => {
+            let n: Network =
+                Client::call(&path, &Request::NetworkCreate { id, cidr, egress }).await?;
             print(out, &n, || format!("{}\n", n.id))
+        }
+        Command::Network(NetworkCmd::Update { id, egress }) => {
+            let n: Network = Client::call(&path, &Request::NetworkUpdate { id, egress }).await?;
+            print(out, &n, || format!("{} egress {}\n", n.id, n.egress))
         }
         Command::Network(NetworkCmd::List) => {
             let list: Vec<NetworkInfo> = Client::call(&path, &Request::NetworkList).await?;
             print(out, &list, || {
                 table(
-                    &["ID", "CIDR", "TAG", "APPS", "CONTAINERS"],
+                    &["ID", "CIDR", "TAG", "EGRESS", "APPS", "CONTAINERS"],
                     list.iter().map(|n| {
                         vec![
                             n.id.to_string(),
                             n.cidr.to_string(),
                             n.tag.to_string(),
+                            n.egress.to_string(),
                             n.apps.to_string(),
                             n.containers.to_string(),
                         ]
@@ -269,20 +289,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let () = Client::call(&path, &Request::NetworkDelete { id, force }).await?;
             print(out, &serde_json::json!({ "deleted": id }), String::new)
         }
-        Command::App(AppCmd::Create { network, id, name }) => {
-            let a: App = Client::call(&path, &Request::AppCreate { network, id, name }).await?;
+        Command::App(AppCmd::Create {
+            network,
+            id,
+            name,
+            web_port,
+        }) => {
+            let a: App = Client::call(
+                &path,
+                &Request::AppCreate {
+                    network,
+                    id,
+                    name,
+                    web_port,
+                },
+            )
+            .await?;
             print(out, &a, || format!("{}\n", a.id))
         }
         Command::App(AppCmd::List { network }) => {
             let list: Vec<AppInfo> = Client::call(&path, &Request::AppList { network }).await?;
             print(out, &list, || {
                 table(
-                    &["ID", "NETWORK", "NAME", "CONTAINERS"],
+                    &["ID", "NETWORK", "NAME", "WEB-PORT", "CONTAINERS"],
                     list.iter().map(|a| {
                         vec![
                             a.id.to_string(),
                             a.network.to_string(),
                             a.name.clone().unwrap_or_else(|| "-".into()),
+                            a.web_port.to_string(),
                             a.containers.to_string(),
                         ]
                     }),
@@ -328,7 +363,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Client::call(&path, &Request::ContainerList { app, network }).await?;
             print(out, &list, || {
                 table(
-                    &["ID", "IP", "HOST", "NETNS", "INTERFACE", "HOST-INTERFACE"],
+                    &[
+                        "ID",
+                        "IP",
+                        "HOST",
+                        "NETNS",
+                        "INTERFACE",
+                        "HOST-INTERFACE",
+                        "PUBLISHED",
+                    ],
                     list.iter().map(|c| {
                         vec![
                             c.id.clone(),
@@ -337,6 +380,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             c.netns.clone(),
                             c.interface.clone(),
                             c.host_interface.clone(),
+                            c.published.map_or_else(|| "-".into(), |p| p.to_string()),
                         ]
                     }),
                 )
@@ -482,6 +526,39 @@ fn status_text(s: &Status) -> String {
     ));
     t.push_str(&format!("dns         {}\n", s.dns));
     t.push_str(&format!("tunnel      {}\n", s.tunnel));
+    let e = &s.edge;
+    t.push_str(&format!(
+        "edge        {}; {} published on {} for {}; {} range(s) never the world; forwarding {}\n",
+        if e.applied {
+            "table in place".to_string()
+        } else {
+            format!(
+                "NO TABLE ({}): containers reach nothing outside",
+                e.last_error.as_deref().unwrap_or("not applied yet")
+            )
+        },
+        e.published,
+        if e.host_addrs.is_empty() {
+            "no address".to_string()
+        } else {
+            e.host_addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        },
+        if e.router_cidrs.is_empty() {
+            "no router (nothing published)".to_string()
+        } else {
+            e.router_cidrs
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        },
+        e.egress_deny.len(),
+        e.forwarding
+    ));
     if s.peers.is_empty() {
         t.push_str("peers       none\n");
     }
@@ -536,6 +613,7 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
             tunnel: agent.tunnel.clone(),
             dns: agent.dns_stats.clone(),
             flows: agent.flows.clone(),
+            edge: agent.edge.clone(),
         },
         &metrics,
     );

@@ -20,8 +20,8 @@ use pn_common::ids::HostId;
 use pn_tunnel::device::Device;
 
 use crate::{
-    datapath::Datapath, dns::DnsStats, flows::FlowHub, store::health::Health,
-    store::view::MembershipView,
+    agent::edge::EdgeRuntime, datapath::Datapath, dns::DnsStats, flows::FlowHub,
+    store::health::Health, store::view::MembershipView,
 };
 
 /// A label set: `pn_api_requests_total` and the scrape-time rows.
@@ -44,6 +44,8 @@ pub struct Inputs {
     pub tunnel: Option<Arc<Device>>,
     pub dns: Arc<DnsStats>,
     pub flows: FlowHub,
+    /// The edge's nftables table (its own drops).
+    pub edge: Arc<Mutex<EdgeRuntime>>,
 }
 
 impl std::fmt::Debug for Inputs {
@@ -250,6 +252,39 @@ impl Collector for AgentCollector {
             )?;
             for (outcome, n) in inputs.dns.snapshot() {
                 ConstCounter::new(n).encode(m.encode_family(&[("outcome", outcome)])?)?;
+            }
+        }
+        // What the edge's rules drop themselves (the datapath counts the
+        // rest per container): read from nftables, so one `nft` per scrape.
+        let edge = {
+            let mut e = inputs.edge.lock().unwrap_or_else(|p| p.into_inner());
+            if e.applied.is_some() {
+                e.counters()
+            } else {
+                None
+            }
+        };
+        if let Some(c) = edge {
+            for (name, help, pick) in [
+                (
+                    "pn_edge_dropped_packets",
+                    "Packets the edge's nftables rules dropped, per reason",
+                    true,
+                ),
+                (
+                    "pn_edge_dropped_bytes",
+                    "Bytes the edge's nftables rules dropped, per reason",
+                    false,
+                ),
+            ] {
+                let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for (reason, n) in [
+                    ("forward_denied", c.forward_denied),
+                    ("egress_denied", c.egress_denied),
+                ] {
+                    let v = if pick { n.packets } else { n.bytes };
+                    ConstCounter::new(v).encode(m.encode_family(&[("reason", reason)])?)?;
+                }
             }
         }
         ConstCounter::new(inputs.flows.received.load(Ordering::Relaxed)).encode(

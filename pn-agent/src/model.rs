@@ -1,7 +1,7 @@
 //! The records of the membership store: what a network, an application, a
 //! container and a host are, as every agent of the fleet sees them.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use ipnet::Ipv4Net;
 use pn_common::{
@@ -17,6 +17,38 @@ pub struct Network {
     /// Small integer naming the network in the kernel maps and on the wire.
     pub tag: u32,
     pub created_at: u64,
+    /// Whether its containers reach the world (records of older agents:
+    /// allowed). The only field of a network that may change.
+    #[serde(default)]
+    pub egress: Egress,
+}
+
+/// A network's access to the world (`--egress`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Egress {
+    /// Destinations outside the pool are reached through the host.
+    #[default]
+    Allow,
+    /// Sealed: nothing outside the network (routers still reach its
+    /// published `web` containers).
+    Deny,
+}
+
+impl std::fmt::Display for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Egress::Allow => "allow",
+            Egress::Deny => "deny",
+        })
+    }
+}
+
+/// The port a `web` container serves on when its app does not say.
+pub const DEFAULT_WEB_PORT: u16 = 8080;
+
+fn default_web_port() -> u16 {
+    DEFAULT_WEB_PORT
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +58,10 @@ pub struct App {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub created_at: u64,
+    /// The port its `web` containers listen on (`PORT`), where routers are
+    /// sent through the published port (records of older agents: 8080).
+    #[serde(default = "default_web_port")]
+    pub web_port: u16,
 }
 
 /// (app, type, index): what names a container, fleet-wide.
@@ -108,6 +144,18 @@ pub struct Container {
     /// Host-side end of the veth pair.
     pub host_ifname: String,
     pub created_at: u64,
+    /// Where the platform's routers reach it (`HOST_IP:PORT`): a `web`
+    /// container of a host with `--router-cidr`, given a port of its host's
+    /// `--publish-ports` by that host's agent, kept until it is detached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<SocketAddrV4>,
+}
+
+impl Container {
+    /// A `web` container: the only type ever published.
+    pub fn is_web(&self) -> bool {
+        self.key.ctype.as_str() == ContainerType::WEB
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

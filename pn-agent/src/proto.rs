@@ -3,13 +3,19 @@
 //! Types only: the agent answers with them (`server`), the CLI sends
 //! them (`client`).
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+};
 
 use ipnet::Ipv4Net;
 use pn_common::ids::{AppId, ContainerType, HostId, NetworkId};
 use serde::{Deserialize, Serialize};
 
-use crate::{error::Error, model::ContainerKey};
+use crate::{
+    error::Error,
+    model::{ContainerKey, Egress},
+};
 
 /// Longest request line accepted (a request is a few hundred bytes).
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -20,6 +26,11 @@ pub enum Request {
     NetworkCreate {
         id: Option<NetworkId>,
         cidr: Option<Ipv4Net>,
+        egress: Option<Egress>,
+    },
+    NetworkUpdate {
+        id: NetworkId,
+        egress: Egress,
     },
     NetworkList,
     NetworkDelete {
@@ -30,6 +41,7 @@ pub enum Request {
         network: NetworkId,
         id: Option<AppId>,
         name: Option<String>,
+        web_port: Option<u16>,
     },
     AppList {
         network: Option<NetworkId>,
@@ -75,6 +87,7 @@ impl Request {
     pub fn command(&self) -> &'static str {
         match self {
             Request::NetworkCreate { .. } => "network-create",
+            Request::NetworkUpdate { .. } => "network-update",
             Request::NetworkList => "network-list",
             Request::NetworkDelete { .. } => "network-delete",
             Request::AppCreate { .. } => "app-create",
@@ -106,6 +119,8 @@ pub struct NetworkInfo {
     pub id: NetworkId,
     pub cidr: Ipv4Net,
     pub tag: u32,
+    #[serde(default)]
+    pub egress: Egress,
     pub apps: usize,
     pub containers: usize,
 }
@@ -116,7 +131,13 @@ pub struct AppInfo {
     pub network: NetworkId,
     #[serde(default)]
     pub name: Option<String>,
+    #[serde(default = "default_web_port")]
+    pub web_port: u16,
     pub containers: usize,
+}
+
+fn default_web_port() -> u16 {
+    crate::model::DEFAULT_WEB_PORT
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -134,6 +155,10 @@ pub struct ContainerInfo {
     pub interface: String,
     pub host_interface: String,
     pub names: Vec<String>,
+    /// `HOST_IP:PORT` where the platform's routers reach it (`web`
+    /// containers of a host with `--router-cidr`); `null` otherwise.
+    #[serde(default)]
+    pub published: Option<SocketAddrV4>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -158,6 +183,28 @@ pub struct Status {
     pub peers: Vec<PeerStatus>,
     pub dns: String,
     pub tunnel: String,
+    #[serde(default)]
+    pub edge: EdgeStatus,
+}
+
+/// The edge: the world and the routers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct EdgeStatus {
+    /// The nftables table is in place.
+    pub applied: bool,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Addresses published ports answer on.
+    pub host_addrs: Vec<Ipv4Addr>,
+    pub router_cidrs: Vec<Ipv4Net>,
+    /// `--publish-ports`.
+    pub publish_ports: String,
+    /// `web` containers of this host published.
+    pub published: usize,
+    /// Ranges that are never the world, merged.
+    pub egress_deny: Vec<Ipv4Net>,
+    /// `pn-only` or `shared`.
+    pub forwarding: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

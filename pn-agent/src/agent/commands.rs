@@ -13,7 +13,10 @@ use crate::{
     datapath::DatapathError,
     error::{Error, Kind},
     ipam,
-    model::{App, Container, ContainerKey, Network, check_app_name, check_ifname, now_secs},
+    model::{
+        App, Container, ContainerKey, DEFAULT_WEB_PORT, Egress, Network, check_app_name,
+        check_ifname, now_secs,
+    },
     netlink::{ContainerSide, NetlinkError, Netns, remove_resolv_conf, write_resolv_conf},
     proto::ContainerInfo,
     store::MembershipError,
@@ -60,14 +63,36 @@ impl Agent {
         &self,
         id: Option<NetworkId>,
         cidr: Option<Ipv4Net>,
+        egress: Option<Egress>,
     ) -> Result<Network> {
         let id = id.unwrap_or_else(|| NetworkId(random_uuid()));
         let (net, rev) = self
             .membership
-            .create_network(id, cidr, &self.cfg.pool, self.cfg.network_prefix)
+            .create_network(
+                id,
+                cidr,
+                &self.cfg.pool,
+                self.cfg.network_prefix,
+                egress.unwrap_or_default(),
+            )
             .await?;
         self.wait_applied(rev).await?;
-        log::info!("created network {} ({}, tag {})", net.id, net.cidr, net.tag);
+        log::info!(
+            "created network {} ({}, tag {}, egress {})",
+            net.id,
+            net.cidr,
+            net.tag,
+            net.egress
+        );
+        Ok(net)
+    }
+
+    /// Changes a network's access to the world, live: every host rewrites
+    /// the interfaces of its containers in that network.
+    pub async fn update_network(&self, id: &NetworkId, egress: Egress) -> Result<Network> {
+        let (net, rev) = self.membership.set_network_egress(id, egress).await?;
+        self.wait_applied(rev).await?;
+        log::info!("network {id}: egress {egress}");
         Ok(net)
     }
 
@@ -83,12 +108,16 @@ impl Agent {
         network: &NetworkId,
         id: Option<AppId>,
         name: Option<String>,
+        web_port: Option<u16>,
     ) -> Result<App> {
         if let Some(n) = &name {
             check_app_name(n).map_err(|e| Error::invalid(e.to_string()))?;
         }
         let id = id.unwrap_or_else(|| AppId(random_uuid()));
-        let (app, rev) = self.membership.create_app(id, network, name).await?;
+        let (app, rev) = self
+            .membership
+            .create_app(id, network, name, web_port.unwrap_or(DEFAULT_WEB_PORT))
+            .await?;
         self.wait_applied(rev).await?;
         log::info!("created application {} in {}", app.id, app.network);
         Ok(app)
@@ -191,7 +220,7 @@ impl Agent {
             }
         };
         let host_if = key.host_ifname();
-        let c = Container {
+        let mut c = Container {
             key: key.clone(),
             network: net.id,
             ip,
@@ -200,9 +229,16 @@ impl Agent {
             ifname: ifname.to_string(),
             host_ifname: host_if.clone(),
             created_at: now_secs(),
+            published: None,
         };
-        let made = match self.make_container(&ns, &net, &c).await {
-            Ok(()) => self.membership.put_container(&c).await.map_err(Error::from),
+        let made = match self.publish_new(&c) {
+            Ok(published) => {
+                c.published = published;
+                match self.make_container(&ns, &net, &c).await {
+                    Ok(()) => self.membership.put_container(&c).await.map_err(Error::from),
+                    Err(e) => Err(e),
+                }
+            }
             Err(e) => Err(e),
         };
         let rev = match made {
@@ -220,9 +256,17 @@ impl Agent {
                 return Err(e);
             }
         };
+        if c.published.is_some() {
+            self.pending.insert(c.clone());
+        }
         drop(guard);
         self.wait_applied(rev).await?;
-        log::info!("attached container {key} in {netns} as {ip} ({host_if})");
+        match c.published {
+            Some(at) => log::info!(
+                "attached container {key} in {netns} as {ip} ({host_if}), published on {at}"
+            ),
+            None => log::info!("attached container {key} in {netns} as {ip} ({host_if})"),
+        }
         Ok(self.info(&c))
     }
 
@@ -238,8 +282,9 @@ impl Agent {
             .link(&c.host_ifname)
             .await?
             .ok_or_else(|| Error::internal(format!("interface {} vanished", c.host_ifname)))?;
-        // Every network lies in the pool (the store refuses others).
-        let routes = vec![self.cfg.pool];
+        // Every network lies in the pool (the store refuses others); the
+        // rest is the world, through this host's edge.
+        let routes = vec![self.cfg.pool, Ipv4Net::default()];
         let container_mac = crate::netlink::configure_container_side(
             ns,
             ContainerSide {

@@ -79,9 +79,10 @@ impl Agent {
                 self.converge(&Touched::Containers(touched)).await;
             }
             Ok(Change::ContainerDeleted(c)) => {
+                self.pending.remove(&c.key);
                 self.converge(&Touched::Containers(vec![*c])).await;
             }
-            Ok(Change::Network) => self.converge(&Touched::Fleet).await,
+            Ok(Change::Network(id)) => self.converge(&Touched::Network(id)).await,
             Ok(Change::Host) => {
                 self.converge(&Touched::Fleet).await;
                 if let WatchEvent::Delete { key, .. } = ev
