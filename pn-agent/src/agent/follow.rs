@@ -35,11 +35,29 @@ impl Agent {
         loop {
             match self.membership.backend().watch("", from).await {
                 Ok(mut rx) => {
-                    while let Some(ev) = rx.recv().await {
+                    let mut next = rx.recv().await;
+                    while let Some(ev) = next.take() {
                         if ev == WatchEvent::Resync {
                             break;
                         }
                         self.apply_event(&ev).await;
+                        // A transaction's events share its revision and come
+                        // together: the revision is applied once its last
+                        // event is (a command waiting for it must find all of
+                        // it in the kernel, not only the first key).
+                        let rev = event_rev(&ev);
+                        next = match rx.try_recv() {
+                            Ok(n) => {
+                                if event_rev(&n) != rev {
+                                    self.applied.send_replace(rev);
+                                }
+                                Some(n)
+                            }
+                            Err(_) => {
+                                self.applied.send_replace(rev);
+                                rx.recv().await
+                            }
+                        };
                     }
                     log::info!("store watch ended; resynchronising");
                 }
@@ -63,10 +81,9 @@ impl Agent {
     }
 
     async fn apply_event(&self, ev: &WatchEvent) {
-        let rev = match ev {
-            WatchEvent::Put { rev, .. } | WatchEvent::Delete { rev, .. } => *rev,
-            WatchEvent::Resync => return,
-        };
+        if *ev == WatchEvent::Resync {
+            return;
+        }
         let change = self
             .view
             .write()
@@ -97,6 +114,12 @@ impl Agent {
             // Refused records are counted and logged by the view.
             Ok(_) | Err(_) => {}
         }
-        self.applied.send_replace(rev);
+    }
+}
+
+fn event_rev(ev: &WatchEvent) -> i64 {
+    match ev {
+        WatchEvent::Put { rev, .. } | WatchEvent::Delete { rev, .. } => *rev,
+        WatchEvent::Resync => 0,
     }
 }

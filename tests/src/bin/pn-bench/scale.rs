@@ -73,6 +73,7 @@ fn register(
                         ifname: "pn0".into(),
                         host_ifname: key.host_ifname(),
                         created_at: 0,
+                        published: None,
                     };
                     let lease = AddressLease {
                         owner: key.clone(),
