@@ -9,6 +9,7 @@
 pub mod edge;
 pub mod fleet;
 pub mod net;
+pub mod nginx;
 
 use std::{
     fs::File,
