@@ -315,6 +315,33 @@ pub async fn configure_container_side(ns: &Netns, side: ContainerSide) -> Result
     .await
 }
 
+/// Announcements of IPv4 addresses added to or removed from this
+/// namespace, as they happen (contents ignored: the receiver reads the
+/// addresses again).
+pub fn address_changes() -> Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
+    use rtnetlink::sys::AsyncSocket as _;
+    let (mut conn, _handle, mut messages) = rtnetlink::new_connection()
+        .map_err(|e| NetlinkError::Other(format!("netlink socket: {e}")))?;
+    conn.socket_mut()
+        .socket_mut()
+        .bind(&rtnetlink::sys::SocketAddr::new(
+            0,
+            rtnetlink::constants::RTMGRP_IPV4_IFADDR,
+        ))
+        .map_err(|e| NetlinkError::Other(format!("subscribing to address changes: {e}")))?;
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        while messages.next().await.is_some() {
+            if tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
 /// The agent's own namespace.
 #[derive(Clone)]
 pub struct Netlink {

@@ -22,8 +22,9 @@ use crate::{
     netlink::{Netlink, NetlinkError},
 };
 
-/// How often the agent looks at its host again (addresses come and go) and
-/// checks that its table is still there.
+/// How often the agent looks at its host again and checks that its table is
+/// still there (address changes are also announced by the kernel, and acted
+/// on at once).
 pub const REPAIR_EVERY: Duration = Duration::from_secs(10);
 
 /// How long a publication this agent wrote may take to show in its view
@@ -330,14 +331,37 @@ impl Agent {
         }
     }
 
-    /// Looks at the host again every [`REPAIR_EVERY`]: new addresses, a
-    /// table someone removed, ports to give or take back.
+    /// Looks at the host again when an address comes or goes, and every
+    /// [`REPAIR_EVERY`]: the deny list and the table follow the host's
+    /// addresses, a table someone removed comes back, ports are given or
+    /// taken back.
     pub(super) async fn repair_edge(self: Arc<Self>) {
         let mut tick = tokio::time::interval(REPAIR_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let mut changes = match crate::netlink::address_changes() {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                log::warn!("{e}; the host's addresses are read every {REPAIR_EVERY:?} only");
+                None
+            }
+        };
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                Some(()) = async {
+                    match changes.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // A burst (an interface with several addresses): once.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if let Some(rx) = changes.as_mut() {
+                        while rx.try_recv().is_ok() {}
+                    }
+                }
+            }
             match gather(&self.netlink, &self.cfg, self.forwarding).await {
                 Ok(e) => {
                     let mut cur = self.edge_local.write().unwrap_or_else(|p| p.into_inner());
