@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod proto;
+pub mod render;
 pub mod server;
 pub mod store;
 

@@ -6,6 +6,7 @@
 //! that died are removed by the next run. Nothing touches the root
 //! namespace's network settings: agents run inside host namespaces.
 
+pub mod bulk;
 pub mod edge;
 pub mod fleet;
 pub mod net;

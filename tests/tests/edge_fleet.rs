@@ -10,7 +10,7 @@ use std::{
 };
 
 use pn_tests::{
-    Namespace,
+    Namespace, bulk,
     edge::{FLEET_ROUTER, FleetOutside, WORLD, listed, published},
     eventually,
     fleet::{Fleet, UNDERLAY_NET},
@@ -80,9 +80,9 @@ fn each_host_translates_its_own_containers_and_long_transfers_arrive_whole() {
     assert!(seen, "c1 reaches c2 with its own address");
     // A long download from the world, every byte checked.
     let bytes = transfer_bytes();
-    let _source = net::tcp_source_server(&o.world, 7100, bytes);
+    let _source = bulk::tcp_source_server(&o.world, 7100, bytes);
     let t = Instant::now();
-    let got = net::tcp_download(&c2, sa(WORLD, 7100), Duration::from_secs(10))
+    let got = bulk::tcp_download(&c2, sa(WORLD, 7100), Duration::from_secs(10))
         .expect("the transfer completes, every byte right");
     let secs = t.elapsed().as_secs_f64();
     eprintln!(
