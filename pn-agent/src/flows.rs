@@ -12,6 +12,7 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use pn_common::{
+    Reason,
     event::{Direction, EventKind, FlowEvent},
     ip4_octets,
 };
@@ -45,6 +46,11 @@ pub struct FlowRecord {
     pub dst_container: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// Where the host's NAT translated the connection: for a container's
+    /// connection with the world, the host address the world sees as its
+    /// source; for a router's, the published `HOST_IP:PORT` it connected to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub translated: Option<String>,
     /// For `kind = "http"`: the request (src is the client, dst the server).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpFields>,
@@ -80,6 +86,13 @@ impl FlowRecord {
         let dst = Ipv4Addr::from(ip4_octets(ev.dst));
         let src_c = view.container_by_ip(src);
         let dst_c = view.container_by_ip(dst);
+        let reason = ev.reason();
+        let translated = match reason {
+            Some(Reason::Published | Reason::NotRouter) => {
+                dst_c.and_then(|c| c.published).map(|p| p.to_string())
+            }
+            _ => None,
+        };
         FlowRecord {
             time_ms,
             kind: match ev.kind() {
@@ -87,9 +100,7 @@ impl FlowRecord {
                 Some(EventKind::Drop) => "drop".into(),
                 None => format!("kind{}", ev.kind),
             },
-            reason: ev
-                .reason()
-                .map_or_else(|| format!("reason{}", ev.reason), |r| r.as_str().into()),
+            reason: reason.map_or_else(|| format!("reason{}", ev.reason), |r| r.as_str().into()),
             direction: match ev.direction() {
                 Some(Direction::FromContainer) => "from_container".into(),
                 Some(Direction::ToContainer) => "to_container".into(),
@@ -105,6 +116,7 @@ impl FlowRecord {
             src_container: src_c.map(|c| c.key.to_string()),
             dst_container: dst_c.map(|c| c.key.to_string()),
             network: src_c.or(dst_c).map(|c| c.network.to_string()),
+            translated,
             http: None,
         }
     }
@@ -123,6 +135,11 @@ impl FlowRecord {
             }
         };
         let day_ms = self.time_ms % 86_400_000;
+        let via = match (&self.translated, self.reason.as_str()) {
+            (Some(t), "egress") => format!(" (as {t})"),
+            (Some(t), _) => format!(" (via {t})"),
+            (None, _) => String::new(),
+        };
         if let Some(h) = &self.http {
             let name =
                 |n: &Option<String>, ip: &Ipv4Addr| n.clone().unwrap_or_else(|| ip.to_string());
@@ -144,7 +161,7 @@ impl FlowRecord {
             );
         }
         format!(
-            "{:02}:{:02}:{:02}.{:03} {:<8} {:<14} {:<4} {} -> {} {}B",
+            "{:02}:{:02}:{:02}.{:03} {:<8} {:<14} {:<4} {} -> {}{via} {}B",
             day_ms / 3_600_000,
             day_ms / 60_000 % 60,
             day_ms / 1000 % 60,
@@ -242,6 +259,7 @@ impl FlowHub {
         // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
         // for as long as the AsyncFd (which owns the ring buffer) lives.
         let mut fd = unsafe { AsyncFd::register(ring)? };
+        let mut sources = Sources::default();
         loop {
             let mut guard = fd.readable_mut().await?;
             let ring = guard.get_inner_mut();
@@ -264,13 +282,16 @@ impl FlowHub {
             if batch.is_empty() {
                 continue;
             }
-            let records: Vec<FlowRecord> = {
+            let mut records: Vec<FlowRecord> = {
                 let view = view.read().unwrap_or_else(|p| p.into_inner());
                 batch
                     .iter()
                     .map(|ev| FlowRecord::from_event(ev, &view, now_ms))
                     .collect()
             };
+            for r in records.iter_mut().filter(|r| r.reason == "egress") {
+                r.translated = sources.source_for(r.dst).map(|a| a.to_string());
+            }
             for rec in records {
                 if rec.kind == "drop" {
                     log::debug!("flow {}", rec.line());
@@ -283,11 +304,45 @@ impl FlowHub {
     }
 }
 
+/// The source address this host uses toward a destination, which is the
+/// one the kernel's masquerade gives a container's connection: asked of
+/// the kernel's routing by connecting a UDP socket (nothing is sent), and
+/// kept a few seconds per destination.
+#[derive(Default)]
+struct Sources(std::collections::HashMap<Ipv4Addr, (Option<Ipv4Addr>, std::time::Instant)>);
+
+impl Sources {
+    const KEEP: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn source_for(&mut self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+        if let Some((a, at)) = self.0.get(&dst)
+            && at.elapsed() < Self::KEEP
+        {
+            return *a;
+        }
+        if self.0.len() > 4096 {
+            self.0.retain(|_, (_, at)| at.elapsed() < Self::KEEP);
+        }
+        let found = std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| {
+                s.connect((dst, 9))?;
+                s.local_addr()
+            })
+            .ok()
+            .and_then(|a| match a.ip() {
+                std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
+                _ => None,
+            });
+        self.0.insert(dst, (found, std::time::Instant::now()));
+        found
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{Container, ContainerKey};
-    use pn_common::{Reason, ip4};
+    use pn_common::ip4;
 
     #[test]
     fn events_are_named_after_containers() {
@@ -308,6 +363,7 @@ mod tests {
             created_at: 0,
             runtime: None,
             unhealthy: false,
+            published: Some("192.0.2.1:30000".parse().unwrap()),
         };
         view.by_ip.insert(c.ip, key.clone());
         view.containers.insert(key, c);
@@ -342,6 +398,38 @@ mod tests {
                 "10.240.0.1:40000 (ap-a71da13f-7c70-4c00-a644-eee8558d8053/web-1) -> 10.240.4.1:80"
             ),
             "{line}"
+        );
+        // A router through the published port: shown with it.
+        let routed = FlowEvent {
+            src: ip4(192, 0, 2, 7),
+            dst: ip4(10, 240, 0, 1),
+            sport: 50000,
+            dport: 8080,
+            kind: EventKind::NewFlow as u8,
+            reason: Reason::Published as u8,
+            direction: Direction::ToContainer as u8,
+            ..ev
+        };
+        let r = FlowRecord::from_event(&routed, &view, 0);
+        assert_eq!(r.translated.as_deref(), Some("192.0.2.1:30000"));
+        assert!(r.line().contains("(via 192.0.2.1:30000)"), "{}", r.line());
+        // A connection with the world, as the reader completes it.
+        let mut out = FlowRecord::from_event(
+            &FlowEvent {
+                dst: ip4(203, 0, 113, 10),
+                kind: EventKind::NewFlow as u8,
+                reason: Reason::Egress as u8,
+                ..ev
+            },
+            &view,
+            0,
+        );
+        assert_eq!(out.translated, None);
+        out.translated = Some("192.0.2.1".into());
+        assert!(
+            out.line().contains("-> 203.0.113.10:80 (as 192.0.2.1)"),
+            "{}",
+            out.line()
         );
         // Unknown codes from a newer datapath are shown, not dropped.
         let odd = FlowEvent {

@@ -16,6 +16,7 @@ pub mod ipam;
 pub mod metrics;
 pub mod model;
 pub mod netlink;
+pub mod render;
 pub mod server;
 pub mod store;
 

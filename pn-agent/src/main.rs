@@ -10,8 +10,9 @@ use pn_agent::{
     config::{DEFAULT_API_SOCKET, RunConfig, RunSettings},
     error::{Error, ErrorKind, Kind},
     flows::FlowRecord,
-    model::{App, Balance, ContainerKey, Network},
+    model::{App, Balance, ContainerKey, Egress, Network},
     proto::{AppInfo, ContainerInfo, HostInfo, NetworkInfo, Request, Status},
+    render::{status_text, table},
 };
 use pn_api::cni;
 use pn_common::ids::{AppId, ContainerType, HostId, NetworkId, parse_index};
@@ -125,6 +126,16 @@ enum NetworkCmd {
         /// Address range (default: the next free /22 of the fleet pool).
         #[arg(long)]
         cidr: Option<Ipv4Net>,
+        /// Whether its containers reach the world [default: allow].
+        #[arg(long)]
+        egress: Option<Egress>,
+    },
+    /// Change a network live (its running containers included).
+    Update {
+        id: NetworkId,
+        /// allow: the world is reached through each host; deny: sealed.
+        #[arg(long)]
+        egress: Egress,
     },
     List,
     /// Delete a network; with --force, also its applications and containers.
@@ -145,6 +156,10 @@ enum AppCmd {
         id: Option<AppId>,
         #[arg(long)]
         name: Option<String>,
+        /// Port its `web` containers listen on (`PORT`), where routers are
+        /// sent [default: 8080].
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        web_port: Option<u16>,
         /// `dns`: the names answer every container; `vip`: one service
         /// address per type, balanced per connection in the kernel.
         #[arg(long, default_value = "dns")]
@@ -292,20 +307,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             daemon(*settings, config).await
         }
         Command::EdgeApply { clear, print } => Ok(pn_agent::edge::apply_stdin(clear, print)?),
-        Command::Network(NetworkCmd::Create { id, cidr }) => {
-            let n: Network = Client::call(&path, &Request::NetworkCreate { id, cidr }).await?;
+        Command::Network(NetworkCmd::Create { id, cidr, egress }) => {
+            let n: Network =
+                Client::call(&path, &Request::NetworkCreate { id, cidr, egress }).await?;
             print(out, &n, || format!("{}\n", n.id))
+        }
+        Command::Network(NetworkCmd::Update { id, egress }) => {
+            let n: Network = Client::call(&path, &Request::NetworkUpdate { id, egress }).await?;
+            print(out, &n, || format!("{} egress {}\n", n.id, n.egress))
         }
         Command::Network(NetworkCmd::List) => {
             let list: Vec<NetworkInfo> = Client::call(&path, &Request::NetworkList).await?;
             print(out, &list, || {
                 table(
-                    &["ID", "CIDR", "TAG", "APPS", "CONTAINERS"],
+                    &["ID", "CIDR", "TAG", "EGRESS", "APPS", "CONTAINERS"],
                     list.iter().map(|n| {
                         vec![
                             n.id.to_string(),
                             n.cidr.to_string(),
                             n.tag.to_string(),
+                            n.egress.to_string(),
                             n.apps.to_string(),
                             n.containers.to_string(),
                         ]
@@ -321,6 +342,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             network,
             id,
             name,
+            web_port,
             balance,
             health_port,
         }) => {
@@ -328,6 +350,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 network,
                 id,
                 name,
+                web_port,
                 balance,
                 health_port,
             };
@@ -356,7 +379,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let list: Vec<AppInfo> = Client::call(&path, &Request::AppList { network }).await?;
             print(out, &list, || {
                 table(
-                    &["ID", "NETWORK", "NAME", "CONTAINERS", "BALANCE", "SERVICES"],
+                    &[
+                        "ID",
+                        "NETWORK",
+                        "NAME",
+                        "WEB-PORT",
+                        "CONTAINERS",
+                        "BALANCE",
+                        "SERVICES",
+                    ],
                     list.iter().map(|a| {
                         let services: Vec<String> = a
                             .services
@@ -367,6 +398,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             a.id.to_string(),
                             a.network.to_string(),
                             a.name.clone().unwrap_or_else(|| "-".into()),
+                            a.web_port.to_string(),
                             a.containers.to_string(),
                             a.balance.to_string(),
                             if services.is_empty() {
@@ -444,7 +476,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Client::call(&path, &Request::ContainerList { app, network }).await?;
             print(out, &list, || {
                 table(
-                    &["ID", "IP", "HOST", "NETNS", "INTERFACE", "HOST-INTERFACE"],
+                    &[
+                        "ID",
+                        "IP",
+                        "HOST",
+                        "NETNS",
+                        "INTERFACE",
+                        "HOST-INTERFACE",
+                        "PUBLISHED",
+                    ],
                     list.iter().map(|c| {
                         vec![
                             c.id.clone(),
@@ -453,6 +493,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             c.netns.clone(),
                             c.interface.clone(),
                             c.host_interface.clone(),
+                            c.published.map_or_else(|| "-".into(), |p| p.to_string()),
                         ]
                     }),
                 )
@@ -551,92 +592,6 @@ fn print<T: serde::Serialize>(
     Ok(())
 }
 
-fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
-    let rows: Vec<Vec<String>> = rows.collect();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let mut out = String::new();
-    let line = |cells: Vec<&str>, out: &mut String| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(parts.join("  ").trim_end());
-        out.push('\n');
-    };
-    line(headers.to_vec(), &mut out);
-    for r in &rows {
-        line(r.iter().map(String::as_str).collect(), &mut out);
-    }
-    out
-}
-
-fn status_text(s: &Status) -> String {
-    let mut t = String::new();
-    t.push_str(&format!(
-        "host        {} (pn-agent {})\n",
-        s.host, s.version
-    ));
-    t.push_str(&format!(
-        "store       {} — {} at revision {}\n",
-        s.store.backend,
-        if s.store.reachable {
-            "reachable"
-        } else {
-            "UNREACHABLE (enforcing last known state)"
-        },
-        s.store.revision
-    ));
-    if let Some(e) = &s.store.last_error {
-        t.push_str(&format!("            last error: {e}\n"));
-    }
-    t.push_str(&format!(
-        "datapath    {} on {} interface(s), pins in {}\n",
-        s.datapath.programs.join(", "),
-        s.datapath.attached_interfaces,
-        s.datapath.bpffs.display()
-    ));
-    let lost: Vec<String> = s
-        .datapath
-        .events_lost
-        .iter()
-        .map(|(k, per_cpu)| format!("{k} {} (per cpu {per_cpu:?})", per_cpu.iter().sum::<u64>()))
-        .collect();
-    t.push_str(&format!(
-        "events lost {}; {} connection(s) tracked\n",
-        if lost.is_empty() {
-            "-".to_string()
-        } else {
-            lost.join(", ")
-        },
-        s.datapath.conns_tracked
-    ));
-    t.push_str(&format!(
-        "endpoints   {} local, {} remote, {} in maps\n",
-        s.endpoints.local, s.endpoints.remote, s.endpoints.in_maps
-    ));
-    t.push_str(&format!("dns         {}\n", s.dns));
-    t.push_str(&format!("tunnel      {}\n", s.tunnel));
-    if s.peers.is_empty() {
-        t.push_str("peers       none\n");
-    }
-    for p in &s.peers {
-        t.push_str(&format!(
-            "peer        {} {} ({} containers) tunnel: {}\n",
-            p.host,
-            p.advertise.as_deref().unwrap_or("-"),
-            p.containers,
-            p.tunnel
-        ));
-    }
-    t
-}
-
 /// Raises the soft descriptor limit to the hard one: the default soft limit
 /// (often 1024) is low for a daemon holding sockets for many containers; the
 /// DNS server sizes its own bounds from the result.
@@ -696,6 +651,7 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
             dns: agent.dns_stats.clone(),
             flows: agent.flows.clone(),
             conns: agent.conns.clone(),
+            edge: agent.edge.clone(),
         },
         &metrics,
     );

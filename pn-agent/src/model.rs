@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
 };
 
 use ipnet::Ipv4Net;
@@ -18,6 +18,18 @@ pub struct Network {
     /// Small integer naming the network in the kernel maps and on the wire.
     pub tag: u32,
     pub created_at: u64,
+    /// Whether its containers reach the world (records of older agents:
+    /// allowed). The only field of a network that may change.
+    #[serde(default)]
+    pub egress: Egress,
+}
+
+pub use pn_api::proto::Egress;
+
+pub use pn_api::proto::DEFAULT_WEB_PORT;
+
+fn default_web_port() -> u16 {
+    DEFAULT_WEB_PORT
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +50,10 @@ pub struct App {
     /// failing three probes in a row leaves its service's rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_port: Option<u16>,
+    /// The port its `web` containers listen on (`PORT`), where routers are
+    /// sent through the published port (records of older agents: 8080).
+    #[serde(default = "default_web_port")]
+    pub web_port: u16,
 }
 
 pub use pn_api::proto::Balance;
@@ -65,6 +81,18 @@ pub struct Container {
     /// agent last saw: out of its service's rotation.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unhealthy: bool,
+    /// Where the platform's routers reach it (`HOST_IP:PORT`): a `web`
+    /// container of a host with `--router-cidr`, given a port of its host's
+    /// `--publish-ports` by that host's agent, kept until it is detached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<SocketAddrV4>,
+}
+
+impl Container {
+    /// A `web` container: the only type ever published.
+    pub fn is_web(&self) -> bool {
+        self.key.ctype.as_str() == ContainerType::WEB
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

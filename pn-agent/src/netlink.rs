@@ -16,6 +16,7 @@ use ipnet::Ipv4Net;
 use rtnetlink::{
     Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
+        address::AddressAttribute,
         link::{InfoData, InfoVeth, LinkAttribute, LinkMessage},
         route::RouteScope,
     },
@@ -233,6 +234,24 @@ async fn add_route(
     }
 }
 
+/// A default route through `gw`, unless the namespace has one.
+async fn add_default_route(handle: &Handle, gw: Ipv4Addr, dev: u32, src: Ipv4Addr) -> Result<()> {
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+        .output_interface(dev)
+        .gateway(gw)
+        .pref_source(src)
+        .build();
+    match handle.route().add(msg).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e) == Some(EEXIST) => {
+            log::info!("the namespace has a default route already; keeping it");
+            Ok(())
+        }
+        Err(e) => Err(kernel("adding the default route")(e)),
+    }
+}
+
 async fn add_permanent_neighbour(
     handle: &Handle,
     dev: u32,
@@ -256,9 +275,10 @@ pub struct ContainerSide {
     pub ip: Ipv4Addr,
     pub gateway: Ipv4Addr,
     pub gateway_mac: [u8; 6],
-    /// Destinations routed through the gateway (the fleet pool and the
-    /// network's own range): not a default route, the container may have
-    /// other interfaces.
+    /// Destinations routed through the gateway: the fleet pool, and
+    /// `0.0.0.0/0` (the world, through the host's edge). A default route the
+    /// namespace already has (a container with another interface) is kept:
+    /// its world traffic goes the way its operator set.
     pub routes: Vec<Ipv4Net>,
 }
 
@@ -289,12 +309,43 @@ pub async fn configure_container_side(ns: &Netns, side: ContainerSide) -> Result
             add_route(&h, Ipv4Net::from(side.gateway), None, idx, None).await?;
             add_permanent_neighbour(&h, idx, side.gateway, side.gateway_mac).await?;
             for dst in side.routes {
-                add_route(&h, dst, Some(side.gateway), idx, Some(side.ip)).await?;
+                if dst.prefix_len() == 0 {
+                    add_default_route(&h, side.gateway, idx, side.ip).await?;
+                } else {
+                    add_route(&h, dst, Some(side.gateway), idx, Some(side.ip)).await?;
+                }
             }
             Ok(mac)
         })
     })
     .await
+}
+
+/// Announcements of IPv4 addresses added to or removed from this
+/// namespace, as they happen (contents ignored: the receiver reads the
+/// addresses again).
+pub fn address_changes() -> Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
+    use rtnetlink::sys::AsyncSocket as _;
+    let (mut conn, _handle, mut messages) = rtnetlink::new_connection()
+        .map_err(|e| NetlinkError::Other(format!("netlink socket: {e}")))?;
+    conn.socket_mut()
+        .socket_mut()
+        .bind(&rtnetlink::sys::SocketAddr::new(
+            0,
+            rtnetlink::constants::RTMGRP_IPV4_IFADDR,
+        ))
+        .map_err(|e| NetlinkError::Other(format!("subscribing to address changes: {e}")))?;
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        while messages.next().await.is_some() {
+            if tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
 }
 
 /// The agent's own namespace.
@@ -484,6 +535,40 @@ impl Netlink {
         add_route(&self.handle, dst, None, dev, Some(src)).await
     }
 
+    /// Every IPv4 address of this namespace, with its interface's name.
+    pub async fn ipv4_addrs(&self) -> Result<Vec<(String, Ipv4Net)>> {
+        let names: std::collections::HashMap<u32, String> = self
+            .links_with_prefix("")
+            .await?
+            .into_iter()
+            .map(|(n, i)| (i, n))
+            .collect();
+        let mut out = Vec::new();
+        let mut addrs = self.handle.address().get().execute();
+        while let Some(a) = addrs
+            .try_next()
+            .await
+            .map_err(kernel("listing addresses"))?
+        {
+            let local = a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            let addr = local.or_else(|| {
+                a.attributes.iter().find_map(|at| match at {
+                    AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                    _ => None,
+                })
+            });
+            if let (Some(ip), Some(name)) = (addr, names.get(&a.header.index))
+                && let Ok(net) = Ipv4Net::new(ip, a.header.prefix_len)
+            {
+                out.push((name.clone(), net));
+            }
+        }
+        Ok(out)
+    }
+
     /// Deletes an interface (its veth peer goes with it); absent is fine.
     pub async fn delete_link(&self, name: &str) -> Result<()> {
         let Some(link) = link_by_name(&self.handle, name).await? else {
@@ -495,12 +580,6 @@ impl Netlink {
             Err(e) => Err(kernel(format!("deleting {name}"))(e)),
         }
     }
-}
-
-/// Enables IPv4 forwarding in the calling thread's namespace (the agent's).
-pub fn enable_forwarding() -> Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-        .map_err(|e| NetlinkError::Other(format!("enabling IPv4 forwarding: {e}")))
 }
 
 fn resolv_conf_dir(netns: &str) -> Option<PathBuf> {

@@ -145,18 +145,22 @@ fn json<T: serde::Serialize>(v: T) -> Result<serde_json::Value, Error> {
 
 async fn dispatch(agent: &Agent, req: Request) -> Result<serde_json::Value, Error> {
     match req {
-        Request::NetworkCreate { id, cidr } => json(agent.create_network(id, cidr).await?),
+        Request::NetworkCreate { id, cidr, egress } => {
+            json(agent.create_network(id, cidr, egress).await?)
+        }
+        Request::NetworkUpdate { id, egress } => json(agent.update_network(&id, egress).await?),
         Request::NetworkList => json(agent.list_networks()),
         Request::NetworkDelete { id, force } => json(agent.delete_network(&id, force).await?),
         Request::AppCreate {
             network,
             id,
             name,
+            web_port,
             balance,
             health_port,
         } => json(
             agent
-                .create_app(&network, id, name, balance, health_port)
+                .create_app(&network, id, name, web_port, balance, health_port)
                 .await?,
         ),
         Request::AppUpdate {

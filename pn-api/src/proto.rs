@@ -3,7 +3,10 @@
 //! Types only: the agent answers with them (`server`), the CLI sends
 //! them (`client`).
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+};
 
 use ipnet::Ipv4Net;
 use pn_common::ids::{AppId, ContainerType, HostId, NetworkId};
@@ -23,6 +26,11 @@ pub enum Request {
     NetworkCreate {
         id: Option<NetworkId>,
         cidr: Option<Ipv4Net>,
+        egress: Option<Egress>,
+    },
+    NetworkUpdate {
+        id: NetworkId,
+        egress: Egress,
     },
     NetworkList,
     NetworkDelete {
@@ -33,6 +41,8 @@ pub enum Request {
         network: NetworkId,
         id: Option<AppId>,
         name: Option<String>,
+        #[serde(default)]
+        web_port: Option<u16>,
         #[serde(default)]
         balance: Balance,
         #[serde(default)]
@@ -132,6 +142,7 @@ impl Request {
     pub fn command(&self) -> &'static str {
         match self {
             Request::NetworkCreate { .. } => "network-create",
+            Request::NetworkUpdate { .. } => "network-update",
             Request::NetworkList => "network-list",
             Request::NetworkDelete { .. } => "network-delete",
             Request::AppCreate { .. } => "app-create",
@@ -169,6 +180,8 @@ pub struct NetworkInfo {
     pub id: NetworkId,
     pub cidr: Ipv4Net,
     pub tag: u32,
+    #[serde(default)]
+    pub egress: Egress,
     pub apps: usize,
     pub containers: usize,
 }
@@ -179,6 +192,8 @@ pub struct AppInfo {
     pub network: NetworkId,
     #[serde(default)]
     pub name: Option<String>,
+    #[serde(default = "default_web_port")]
+    pub web_port: u16,
     pub containers: usize,
     #[serde(default)]
     pub balance: Balance,
@@ -200,6 +215,13 @@ pub struct ServiceInfo {
     pub unhealthy: Vec<Ipv4Addr>,
 }
 
+fn default_web_port() -> u16 {
+    DEFAULT_WEB_PORT
+}
+
+/// The port a `web` container serves on when its app does not say.
+pub const DEFAULT_WEB_PORT: u16 = 8080;
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ContainerInfo {
     /// `ap-…/type-index`.
@@ -215,6 +237,10 @@ pub struct ContainerInfo {
     pub interface: String,
     pub host_interface: String,
     pub names: Vec<String>,
+    /// `HOST_IP:PORT` where the platform's routers reach it (`web`
+    /// containers of a host with `--router-cidr`); `null` otherwise.
+    #[serde(default)]
+    pub published: Option<SocketAddrV4>,
 }
 
 /// A container as the CNI plugin reports it to its runtime: the container,
@@ -256,6 +282,28 @@ pub struct Status {
     pub peers: Vec<PeerStatus>,
     pub dns: String,
     pub tunnel: String,
+    #[serde(default)]
+    pub edge: EdgeStatus,
+}
+
+/// The edge: the world and the routers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct EdgeStatus {
+    /// The nftables table is in place.
+    pub applied: bool,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Addresses published ports answer on.
+    pub host_addrs: Vec<Ipv4Addr>,
+    pub router_cidrs: Vec<Ipv4Net>,
+    /// `--publish-ports`.
+    pub publish_ports: String,
+    /// `web` containers of this host published.
+    pub published: usize,
+    /// Ranges that are never the world, merged.
+    pub egress_deny: Vec<Ipv4Net>,
+    /// `pn-only` or `shared`.
+    pub forwarding: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -337,5 +385,37 @@ impl std::fmt::Display for Balance {
             Balance::Dns => "dns",
             Balance::Vip => "vip",
         })
+    }
+}
+
+/// A network's access to the world (`--egress`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Egress {
+    /// Destinations outside the pool are reached through the host.
+    #[default]
+    Allow,
+    /// Sealed: nothing outside the network (routers still reach its
+    /// published `web` containers).
+    Deny,
+}
+
+impl std::fmt::Display for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Egress::Allow => "allow",
+            Egress::Deny => "deny",
+        })
+    }
+}
+
+impl std::str::FromStr for Egress {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "allow" => Ok(Egress::Allow),
+            "deny" => Ok(Egress::Deny),
+            other => Err(format!("invalid egress {other:?}: allow or deny")),
+        }
     }
 }

@@ -114,6 +114,7 @@ mod tests {
                 interface: "eth0".into(),
                 host_interface: "pnh0".into(),
                 names: vec![],
+                published: None,
             },
             mac: "02:00:00:00:00:01".into(),
             mtu: 1420,

@@ -6,10 +6,12 @@
 //! that died are removed by the next run. Nothing touches the root
 //! namespace's network settings: agents run inside host namespaces.
 
+pub mod bulk;
 pub mod cni;
 pub mod edge;
 pub mod fleet;
 pub mod net;
+pub mod nginx;
 pub mod pki;
 
 use std::{

@@ -37,7 +37,7 @@ impl Drop for Server {
     }
 }
 
-fn spawn_server(
+pub(crate) fn spawn_server(
     ns: &Namespace,
     body: impl FnOnce(Arc<AtomicBool>, mpsc::Sender<()>) + Send + 'static,
 ) -> Server {

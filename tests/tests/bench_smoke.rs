@@ -20,6 +20,7 @@ fn every_benchmark_scenario_runs() {
         "Dropping strangers",
         "Scale of membership",
         "## DNS",
+        "The edge",
     ] {
         assert!(
             md.contains(title),

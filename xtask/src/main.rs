@@ -39,7 +39,7 @@ enum Command {
         /// Shorter runs (the whole suite in a few minutes).
         #[arg(long)]
         quick: bool,
-        /// Only this scenario (policy, strangers, scale, dns, tunnel).
+        /// Only this scenario (policy, strangers, scale, dns, tunnel, edge).
         #[arg(long)]
         only: Option<String>,
     },

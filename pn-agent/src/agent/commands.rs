@@ -14,8 +14,8 @@ use crate::{
     error::{Error, Kind},
     ipam,
     model::{
-        App, Balance, Container, ContainerKey, Network, RuntimeRef, check_app_name, check_ifname,
-        now_secs,
+        App, Balance, Container, ContainerKey, DEFAULT_WEB_PORT, Egress, Network, RuntimeRef,
+        check_app_name, check_ifname, now_secs,
     },
     netlink::{ContainerSide, NetlinkError, Netns, remove_resolv_conf, write_resolv_conf},
     proto::ContainerInfo,
@@ -63,14 +63,36 @@ impl Agent {
         &self,
         id: Option<NetworkId>,
         cidr: Option<Ipv4Net>,
+        egress: Option<Egress>,
     ) -> Result<Network> {
         let id = id.unwrap_or_else(|| NetworkId(random_uuid()));
         let (net, rev) = self
             .membership
-            .create_network(id, cidr, &self.cfg.pool, self.cfg.network_prefix)
+            .create_network(
+                id,
+                cidr,
+                &self.cfg.pool,
+                self.cfg.network_prefix,
+                egress.unwrap_or_default(),
+            )
             .await?;
         self.wait_applied(rev).await?;
-        log::info!("created network {} ({}, tag {})", net.id, net.cidr, net.tag);
+        log::info!(
+            "created network {} ({}, tag {}, egress {})",
+            net.id,
+            net.cidr,
+            net.tag,
+            net.egress
+        );
+        Ok(net)
+    }
+
+    /// Changes a network's access to the world, live: every host rewrites
+    /// the interfaces of its containers in that network.
+    pub async fn update_network(&self, id: &NetworkId, egress: Egress) -> Result<Network> {
+        let (net, rev) = self.membership.set_network_egress(id, egress).await?;
+        self.wait_applied(rev).await?;
+        log::info!("network {id}: egress {egress}");
         Ok(net)
     }
 
@@ -86,6 +108,7 @@ impl Agent {
         network: &NetworkId,
         id: Option<AppId>,
         name: Option<String>,
+        web_port: Option<u16>,
         balance: Balance,
         health_port: Option<u16>,
     ) -> Result<App> {
@@ -98,7 +121,14 @@ impl Agent {
         let id = id.unwrap_or_else(|| AppId(random_uuid()));
         let (app, rev) = self
             .membership
-            .create_app(id, network, name, balance, health_port)
+            .create_app(
+                id,
+                network,
+                name,
+                web_port.unwrap_or(DEFAULT_WEB_PORT),
+                balance,
+                health_port,
+            )
             .await?;
         self.wait_applied(rev).await?;
         log::info!(
@@ -242,7 +272,7 @@ impl Agent {
             }
         };
         let host_if = key.host_ifname();
-        let c = Container {
+        let mut c = Container {
             key: key.clone(),
             network: net.id,
             ip,
@@ -253,14 +283,21 @@ impl Agent {
             created_at: now_secs(),
             runtime,
             unhealthy: false,
+            published: None,
         };
-        let made = match self.make_container(&ns, &net, &c).await {
-            Ok(mac) => self
-                .membership
-                .put_container(&c)
-                .await
-                .map(|rev| (rev, mac))
-                .map_err(Error::from),
+        let made = match self.publish_new(&c) {
+            Ok(published) => {
+                c.published = published;
+                match self.make_container(&ns, &net, &c).await {
+                    Ok(mac) => self
+                        .membership
+                        .put_container(&c)
+                        .await
+                        .map(|rev| (rev, mac))
+                        .map_err(Error::from),
+                    Err(e) => Err(e),
+                }
+            }
             Err(e) => Err(e),
         };
         let (rev, mac) = match made {
@@ -278,16 +315,26 @@ impl Agent {
                 return Err(e);
             }
         };
+        if c.published.is_some() {
+            self.pending.insert(c.clone());
+        }
         drop(guard);
         self.wait_applied(rev).await?;
-        log::info!("attached container {key} in {netns} as {ip} ({host_if})");
+        match c.published {
+            Some(at) => log::info!(
+                "attached container {key} in {netns} as {ip} ({host_if}), published on {at}"
+            ),
+            None => log::info!("attached container {key} in {netns} as {ip} ({host_if})"),
+        }
         Ok((c, Some(mac)))
     }
 
     /// Destinations a container routes through its gateway: the fleet pool
     /// (every network lies in it; the store refuses others).
     pub(super) fn container_routes(&self) -> Vec<Ipv4Net> {
-        vec![self.cfg.pool]
+        // Every network lies in the pool (the store refuses others); the
+        // rest is the world, through this host's edge.
+        vec![self.cfg.pool, Ipv4Net::default()]
     }
 
     /// Makes the veth pair, filtered, addressed and routed; the container

@@ -29,10 +29,12 @@ impl Agent {
             // change nothing, the next change or resync retries.
             return;
         };
+        let edge = self.edge_local();
         let want = {
             let v = self.view();
             let local = Local {
                 host: &self.cfg.host_id,
+                edge: edge.as_ref(),
             };
             reconcile::desired(&v, &local, &links, touched)
         };
@@ -41,6 +43,9 @@ impl Agent {
             Ok(ch) if !ch.is_empty() => log::debug!("datapath: {ch:?}"),
             Ok(_) => {}
             Err(e) => log::error!("updating the datapath: {e}"),
+        }
+        if let Some(cfg) = want.edge {
+            self.apply_edge(cfg, *touched == Touched::Edge).await;
         }
         self.members
             .apply(&want.members, want.addrs.as_ref().map(|a| a.iter()));
@@ -70,6 +75,9 @@ impl Agent {
         if *touched == Touched::All {
             self.readdress_missed(&links).await;
             self.release_orphan_leases().await;
+        }
+        if matches!(touched, Touched::All | Touched::Edge) {
+            self.publish_pass().await;
         }
     }
 
@@ -119,16 +127,25 @@ impl Agent {
                     None
                 }
             },
-            Touched::Fleet => Some(BTreeMap::new()),
-            Touched::Containers(before) => {
+            Touched::Fleet | Touched::Edge => Some(BTreeMap::new()),
+            Touched::Containers(_) | Touched::Network(_) => {
                 let names: Vec<String> = {
                     let v = self.view();
-                    before
-                        .iter()
-                        .chain(before.iter().filter_map(|b| v.containers.get(&b.key)))
-                        .filter(|c| c.host == self.cfg.host_id)
-                        .map(|c| c.host_ifname.clone())
-                        .collect()
+                    let me = &self.cfg.host_id;
+                    match touched {
+                        Touched::Containers(before) => before
+                            .iter()
+                            .chain(before.iter().filter_map(|b| v.containers.get(&b.key)))
+                            .filter(|c| c.host == *me)
+                            .map(|c| c.host_ifname.clone())
+                            .collect(),
+                        Touched::Network(id) => v
+                            .local_containers(me)
+                            .filter(|c| c.network == *id)
+                            .map(|c| c.host_ifname.clone())
+                            .collect(),
+                        _ => Vec::new(),
+                    }
                 };
                 let mut out = BTreeMap::new();
                 for name in names {

@@ -35,11 +35,29 @@ impl Agent {
         loop {
             match self.membership.backend().watch("", from).await {
                 Ok(mut rx) => {
-                    while let Some(ev) = rx.recv().await {
+                    let mut next = rx.recv().await;
+                    while let Some(ev) = next.take() {
                         if ev == WatchEvent::Resync {
                             break;
                         }
                         self.apply_event(&ev).await;
+                        // A transaction's events share its revision and come
+                        // together: the revision is applied once its last
+                        // event is (a command waiting for it must find all of
+                        // it in the kernel, not only the first key).
+                        let rev = event_rev(&ev);
+                        next = match rx.try_recv() {
+                            Ok(n) => {
+                                if event_rev(&n) != rev {
+                                    self.applied.send_replace(rev);
+                                }
+                                Some(n)
+                            }
+                            Err(_) => {
+                                self.applied.send_replace(rev);
+                                rx.recv().await
+                            }
+                        };
                     }
                     log::info!("store watch ended; resynchronising");
                 }
@@ -63,10 +81,9 @@ impl Agent {
     }
 
     async fn apply_event(&self, ev: &WatchEvent) {
-        let rev = match ev {
-            WatchEvent::Put { rev, .. } | WatchEvent::Delete { rev, .. } => *rev,
-            WatchEvent::Resync => return,
-        };
+        if *ev == WatchEvent::Resync {
+            return;
+        }
         let change = self
             .view
             .write()
@@ -79,11 +96,13 @@ impl Agent {
                 self.converge(&Touched::Containers(touched)).await;
             }
             Ok(Change::ContainerDeleted(c)) => {
+                self.pending.remove(&c.key);
                 self.converge(&Touched::Containers(vec![*c])).await;
             }
+            Ok(Change::Network(id)) => self.converge(&Touched::Network(id)).await,
             // An app's service addresses (and peers, tags) are in the
             // fleet-wide part.
-            Ok(Change::Network | Change::App) => self.converge(&Touched::Fleet).await,
+            Ok(Change::App) => self.converge(&Touched::Fleet).await,
             Ok(Change::Host) => {
                 self.converge(&Touched::Fleet).await;
                 if let WatchEvent::Delete { key, .. } = ev
@@ -98,6 +117,12 @@ impl Agent {
             // Refused records are counted and logged by the view.
             Ok(_) | Err(_) => {}
         }
-        self.applied.send_replace(rev);
+    }
+}
+
+fn event_rev(ev: &WatchEvent) -> i64 {
+    match ev {
+        WatchEvent::Put { rev, .. } | WatchEvent::Delete { rev, .. } => *rev,
+        WatchEvent::Resync => 0,
     }
 }

@@ -15,11 +15,13 @@
 //! `reconcile` computes the desired state, `converge` applies it,
 //! `commands`, `cni` (the CNI plugin's requests), `moving` (`app move`)
 //! and `status` answer the API, `reap` detaches containers whose interface
-//! vanished.
+//! vanished, `edge` holds what the edge needs besides the view (host facts,
+//! the nftables table, published ports).
 
 mod cni;
 mod commands;
 mod converge;
+pub mod edge;
 mod follow;
 mod moving;
 mod reap;
@@ -75,6 +77,16 @@ pub struct Agent {
     members: MemberTable,
     /// The encrypted tunnel, when this host advertises an endpoint.
     pub tunnel: Option<Arc<Device>>,
+    /// The edge's nftables table (locked apart from the datapath, and only
+    /// off the async threads: applying it runs `nft`).
+    pub edge: Arc<Mutex<edge::EdgeRuntime>>,
+    /// The edge's settings and what the agent found on its host, refreshed
+    /// by the edge's repair; `None` until first read.
+    edge_local: RwLock<Option<reconcile::EdgeLocal>>,
+    /// Publications written and not yet seen in the view.
+    pending: edge::Pending,
+    /// Whether pn owns the host's forwarding.
+    forwarding: crate::edge::Forwarding,
     // Keeps the DNS server running for the agent's life.
     _dns: crate::dns::DnsHandle,
 }

@@ -51,6 +51,7 @@ impl Agent {
             network: app.network,
             name: app.name.clone(),
             containers: v.containers_of_app(id).count(),
+            web_port: app.web_port,
             balance: app.balance,
             services: crate::store::view::services::service_infos(&v, &app),
         })

@@ -12,15 +12,20 @@ use pn_common::{GATEWAY, ip4_octets, maps::Config, tunnel};
 use pn_tunnel::{self as tun, device::Device, keyfile};
 use tokio::sync::watch;
 
-use super::{Agent, GATEWAY_DEV, MemberTable, TUN_DEV, reconcile::to_ip4};
+use super::{
+    Agent, GATEWAY_DEV, MemberTable, TUN_DEV,
+    edge::{self as agent_edge, EdgeRuntime},
+    reconcile::{self, to_ip4},
+};
 use crate::{
     config::{RunConfig, StoreSpec},
-    datapath::{Datapath, Kernel},
+    datapath::{Datapath, Kernel, Scope, State},
     dns::{self, DnsConfig, DnsStats},
+    edge::forwarding,
     error::Error,
     flows::FlowHub,
     model::{Host, now_secs},
-    netlink::{Netlink, enable_forwarding},
+    netlink::Netlink,
     store::{
         Backend, Membership, MembershipError, StoreError, embedded::Embedded, etcd::Etcd, keys,
         view::MembershipView,
@@ -63,6 +68,51 @@ impl dns::Directory for ViewDirectory {
     }
 }
 
+/// The edge before anything reaches the world: the deny list in the
+/// datapath, a table in place (an earlier agent's is kept until the first
+/// reconciliation replaces it, so open connections and publications carry
+/// on), then the pool in `PN_CONFIG`, which lets containers out. If no table
+/// can be made, the pool waits for one (containers reach nothing outside).
+fn prepare_edge(
+    datapath: &mut Datapath,
+    edge: &reconcile::EdgeLocal,
+    cfg: &RunConfig,
+    base: Config,
+) -> anyhow::Result<EdgeRuntime> {
+    let deny = State {
+        egress_deny: reconcile::edge::deny_entries(edge),
+        ..Default::default()
+    };
+    datapath
+        .apply(&deny, &Scope::edge())
+        .context("writing the edge's deny list")?;
+    let mut rt = EdgeRuntime::new();
+    let with_pool = agent_edge::with_pool(base, cfg.pool);
+    let in_place = rt.edge.present() || {
+        let empty = MembershipView::new(cfg.pool);
+        let first = reconcile::edge::edge_config(&empty, &cfg.host_id, edge);
+        match rt.edge.set(&first) {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!("edge: {e}; containers reach nothing outside the pool until it works");
+                rt.error = Some(e.to_string());
+                false
+            }
+        }
+    };
+    let now = if in_place {
+        with_pool
+    } else {
+        rt.pending_config = Some(with_pool);
+        base
+    };
+    datapath
+        .maps_mut()
+        .set_config(now)
+        .context("configuring the datapath")?;
+    Ok(rt)
+}
+
 impl Agent {
     /// Brings the agent up: store, kernel prerequisites, datapath, first sync.
     pub async fn start(cfg: RunConfig) -> anyhow::Result<Arc<Agent>> {
@@ -91,7 +141,8 @@ impl Agent {
             return Err(Error::unavailable(why).into());
         }
         let netlink = Netlink::connect().context("opening netlink")?;
-        enable_forwarding()?;
+        let forwarding =
+            forwarding::enable(&cfg.state_dir).context("turning IPv4 forwarding on")?;
         netlink
             .ensure_gateway(GATEWAY_DEV, gateway_addr())
             .await
@@ -123,21 +174,24 @@ impl Agent {
                 "underlay guard on {underlay} (tunnel port {tunnel_port}); container MTU {container_mtu}"
             );
         }
-        kernel
-            .set_config(Config {
-                dns_addr: to_ip4(*cfg.dns_listen.ip()),
-                dns_port: cfg.dns_listen.port(),
-                tunnel_port,
-                drop_events_per_sec: cfg.drop_events_per_sec,
-                ..Default::default()
-            })
-            .context("configuring the datapath")?;
         let events = kernel.take_events();
         kernel
             .conn()
             .set_track(cfg.track)
             .context("configuring request tracking")?;
         let conn_events = kernel.conn().events.take();
+        let base_config = Config {
+            dns_addr: to_ip4(*cfg.dns_listen.ip()),
+            dns_port: cfg.dns_listen.port(),
+            tunnel_port,
+            drop_events_per_sec: cfg.drop_events_per_sec,
+            ..Default::default()
+        };
+        let mut datapath = Datapath::new(kernel);
+        let edge_local = agent_edge::gather(&netlink, &cfg, forwarding)
+            .await
+            .context("reading the host's addresses")?;
+        let edge = prepare_edge(&mut datapath, &edge_local, &cfg, base_config)?;
         let dns_upstreams = match &cfg.dns_upstream {
             Some(list) => list.clone(),
             None => dns::upstreams_from_resolv_conf(
@@ -185,7 +239,11 @@ impl Agent {
         let agent = Arc::new(Agent {
             membership: Membership::new(backend),
             view,
-            datapath: Arc::new(Mutex::new(Datapath::new(kernel))),
+            datapath: Arc::new(Mutex::new(datapath)),
+            edge: Arc::new(Mutex::new(edge)),
+            edge_local: RwLock::new(Some(edge_local)),
+            pending: Default::default(),
+            forwarding,
             netlink,
             local_ops: tokio::sync::Mutex::new(()),
             applied: watch::channel(0).0,
@@ -230,6 +288,7 @@ impl Agent {
         }
         tokio::spawn(agent.clone().follow_store());
         tokio::spawn(agent.clone().reap_vanished());
+        tokio::spawn(agent.clone().repair_edge());
         Ok(agent)
     }
 

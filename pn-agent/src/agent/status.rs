@@ -14,8 +14,8 @@ use crate::{
     error::Error,
     model::{Container, ContainerKey, Host},
     proto::{
-        AppInfo, ContainerInfo, DatapathStatus, EndpointCounts, HostInfo, NetworkInfo, PeerStatus,
-        Status, StoreStatus,
+        AppInfo, ContainerInfo, DatapathStatus, EdgeStatus, EndpointCounts, HostInfo, NetworkInfo,
+        PeerStatus, Status, StoreStatus,
     },
 };
 
@@ -30,6 +30,7 @@ impl Agent {
                 id: n.id,
                 cidr: n.cidr,
                 tag: n.tag,
+                egress: n.egress,
                 apps: v.apps.values().filter(|a| a.network == n.id).count(),
                 containers: v.containers.values().filter(|c| c.network == n.id).count(),
             })
@@ -45,6 +46,7 @@ impl Agent {
                 id: a.id,
                 network: a.network,
                 name: a.name.clone(),
+                web_port: a.web_port,
                 containers: v.containers_of_app(&a.id).count(),
                 balance: a.balance,
                 services: crate::store::view::services::service_infos(&v, a),
@@ -65,6 +67,7 @@ impl Agent {
             interface: c.ifname.clone(),
             host_interface: c.host_ifname.clone(),
             names: c.key.dns_names(&c.network),
+            published: c.published,
         }
     }
 
@@ -102,7 +105,7 @@ impl Agent {
             .containers
             .get(key)
             .ok_or_else(|| Error::not_found(format!("container {key} not found")))?;
-        Ok(vec![
+        let mut vars = vec![
             ("PN_NETWORK_ID".into(), c.network.to_string()),
             ("PN_APP_ID".into(), c.key.app.to_string()),
             ("PN_CONTAINER".into(), c.key.name()),
@@ -112,7 +115,14 @@ impl Agent {
                     .trim_end_matches('.')
                     .to_string(),
             ),
-        ])
+        ];
+        // The port routers are sent to: where the app must listen.
+        if c.is_web()
+            && let Some(app) = v.apps.get(&c.key.app)
+        {
+            vars.push(("PORT".into(), app.web_port.to_string()));
+        }
+        Ok(vars)
     }
 
     pub fn status(&self) -> Status {
@@ -199,6 +209,34 @@ impl Agent {
                     keyfile::encode_key(&self.host_keys.public)
                 ),
                 None => "off (no --advertise)".into(),
+            },
+            edge: self.edge_status(&v),
+        }
+    }
+
+    fn edge_status(&self, v: &crate::store::view::MembershipView) -> EdgeStatus {
+        let (applied, last_error, table) = {
+            let e = self.edge.lock().unwrap_or_else(|p| p.into_inner());
+            (e.applied.is_some(), e.error.clone(), e.applied.clone())
+        };
+        let local = self.edge_local();
+        EdgeStatus {
+            applied,
+            last_error,
+            host_addrs: local
+                .as_ref()
+                .map(|l| l.host_addrs.clone())
+                .unwrap_or_default(),
+            router_cidrs: self.cfg.router_cidrs.clone(),
+            publish_ports: self.cfg.publish_ports.to_string(),
+            published: v
+                .local_containers(&self.cfg.host_id)
+                .filter(|c| super::reconcile::edge::publication(v, local.as_ref(), c).is_some())
+                .count(),
+            egress_deny: table.map(|t| t.egress_deny).unwrap_or_default(),
+            forwarding: match self.forwarding {
+                crate::edge::Forwarding::PnOnly => "pn-only".into(),
+                crate::edge::Forwarding::Shared => "shared".into(),
             },
         }
     }

@@ -116,6 +116,7 @@ impl ConnHub {
             src_container: client.map(|c| c.key.to_string()),
             dst_container: server.map(|c| c.key.to_string()),
             network: client.or(server).map(|c| c.network.to_string()),
+            translated: None,
             http: Some(crate::flows::HttpFields {
                 method: r.method.to_string(),
                 path: r.path.clone(),

@@ -102,4 +102,17 @@ impl Maps for FakeMaps {
         self.state.services.remove(&a);
         Ok(())
     }
+    fn forget_conns(&mut self, a: Ip4) -> Result<()> {
+        self.call(format!("forget_conns {}", ip(a)))
+    }
+    fn set_deny(&mut self, (a, len): (Ip4, u8), kind: u32) -> Result<()> {
+        self.call(format!("set_deny {}/{len}", ip(a)))?;
+        self.state.egress_deny.insert((a, len), kind);
+        Ok(())
+    }
+    fn remove_deny(&mut self, (a, len): (Ip4, u8)) -> Result<()> {
+        self.call(format!("remove_deny {}/{len}", ip(a)))?;
+        self.state.egress_deny.remove(&(a, len));
+        Ok(())
+    }
 }

@@ -387,6 +387,7 @@ impl Maps for Kernel {
             peers: Self::all(&self.peers, "PN_PEERS")?,
             tags: Self::all(&self.tags, "PN_TAGS")?.into_keys().collect(),
             services: self.lb.read()?,
+            egress_deny: self.egress_deny()?.into_iter().collect(),
         })
     }
 
@@ -467,6 +468,23 @@ impl Maps for Kernel {
             }
         }
         Ok(())
+    }
+
+    fn forget_conns(&mut self, container: Ip4) -> Result<()> {
+        Kernel::forget_conns(self, container)
+    }
+
+    fn set_deny(&mut self, (addr, len): (Ip4, u8), kind: u32) -> Result<()> {
+        self.egress_deny
+            .insert(&LpmKey::new(u32::from(len), addr), DenyRange { kind }, 0)
+            .ctx(|| "writing PN_EGRESS_DENY".into())
+    }
+
+    fn remove_deny(&mut self, (addr, len): (Ip4, u8)) -> Result<()> {
+        removed(
+            self.egress_deny.remove(&LpmKey::new(u32::from(len), addr)),
+            "PN_EGRESS_DENY",
+        )
     }
 }
 

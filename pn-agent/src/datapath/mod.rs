@@ -88,6 +88,9 @@ pub struct State {
     pub peers: BTreeMap<Ip4, Peer>,
     /// `PN_TAGS`: networks with a local member (XDP guard).
     pub tags: BTreeSet<u32>,
+    /// `PN_EGRESS_DENY`: ranges that are never the world (network address
+    /// and prefix length → [`pn_common::maps::DenyRange`] kind).
+    pub egress_deny: BTreeMap<(Ip4, u8), u32>,
     /// Service addresses balanced from this host (`PN_LB_*`). Always whole,
     /// whatever the [`Scope`]: a handful per network, rebuilt from the view.
     pub services: BTreeMap<Ip4, ServiceState>,
@@ -113,6 +116,8 @@ pub struct Scope {
     pub links: Option<BTreeSet<String>>,
     /// Peers and tags of the underlay guard.
     pub underlay: bool,
+    /// The edge's deny list.
+    pub edge: bool,
 }
 
 impl Scope {
@@ -121,6 +126,7 @@ impl Scope {
             addrs: None,
             links: None,
             underlay: true,
+            edge: true,
         }
     }
 
@@ -135,12 +141,24 @@ impl Scope {
             addrs: Some(addrs.into_iter().collect()),
             links: Some(links.into_iter().collect()),
             underlay,
+            edge: false,
         }
     }
 
     /// Only the underlay guard's peers and tags.
     pub fn underlay() -> Scope {
         Scope::entries([], [], true)
+    }
+
+    /// Only the edge's deny list.
+    pub fn edge() -> Scope {
+        Scope::entries([], [], false).with_edge(true)
+    }
+
+    /// The same scope, with or without the edge's deny list.
+    pub fn with_edge(mut self, edge: bool) -> Scope {
+        self.edge = edge;
+        self
     }
 
     pub fn is_all(&self) -> bool {
@@ -199,6 +217,12 @@ pub trait Maps {
         new: &ServiceState,
     ) -> Result<()>;
     fn remove_service(&mut self, vip: Ip4, old: &ServiceState) -> Result<()>;
+    /// Forgets a removed local endpoint's connections with the outside
+    /// (its address may go to another container, which must not inherit
+    /// them).
+    fn forget_conns(&mut self, ip: Ip4) -> Result<()>;
+    fn set_deny(&mut self, range: (Ip4, u8), kind: u32) -> Result<()>;
+    fn remove_deny(&mut self, range: (Ip4, u8)) -> Result<()>;
 }
 
 /// The kernel state as this agent drives it, with a copy of what it last
@@ -318,6 +342,15 @@ impl<M: Maps> Datapath<M> {
                 }
             }
         }
+        if scope.edge {
+            for (range, kind) in &want.egress_deny {
+                if self.current.egress_deny.get(range) != Some(kind) {
+                    self.maps.set_deny(*range, *kind)?;
+                    self.current.egress_deny.insert(*range, *kind);
+                    ch.set += 1;
+                }
+            }
+        }
         let gone: Vec<Ip4> = self
             .current
             .endpoints
@@ -334,6 +367,7 @@ impl<M: Maps> Datapath<M> {
             self.maps.remove_endpoint(ip)?;
             if was_local {
                 self.maps.remove_counters(ip)?;
+                self.maps.forget_conns(ip)?;
             }
             ch.removed += 1;
         }
@@ -366,6 +400,20 @@ impl<M: Maps> Datapath<M> {
             for t in gone {
                 self.maps.remove_tag(t)?;
                 self.current.tags.remove(&t);
+                ch.removed += 1;
+            }
+        }
+        if scope.edge {
+            let gone: Vec<(Ip4, u8)> = self
+                .current
+                .egress_deny
+                .keys()
+                .filter(|r| !want.egress_deny.contains_key(r))
+                .copied()
+                .collect();
+            for r in gone {
+                self.maps.remove_deny(r)?;
+                self.current.egress_deny.remove(&r);
                 ch.removed += 1;
             }
         }

@@ -71,6 +71,9 @@ fn links_go_on_before_entries_and_come_off_after_them() {
     assert!(calls.contains(&"remove_counters 10.240.0.2".to_string()));
     // Remote endpoints have no counters of their own.
     assert!(!calls.contains(&"remove_counters 10.240.0.3".to_string()));
+    // A local container that goes takes its connections with the outside.
+    assert!(calls.contains(&"forget_conns 10.240.0.2".to_string()));
+    assert!(!calls.contains(&"forget_conns 10.240.0.3".to_string()));
     assert_eq!(dp.maps().state, State::default());
 }
 
@@ -157,4 +160,36 @@ fn attach_now_is_not_done_twice() {
         .filter(|c| c.starts_with("attach"))
         .count();
     assert_eq!(attaches, 1);
+}
+
+#[test]
+fn the_deny_list_is_its_own_scope_added_before_removed() {
+    let mut dp = Datapath::new(FakeMaps::default());
+    let mut want = two();
+    want.egress_deny.insert((ip4(169, 254, 0, 0), 16), 1);
+    want.egress_deny.insert((ip4(192, 168, 50, 1), 32), 2);
+    dp.apply(&want, &Scope::all()).unwrap();
+    assert_eq!(dp.maps().state, want);
+    // A container's change leaves the list alone.
+    dp.maps_mut().calls.clear();
+    dp.apply(
+        &State::default(),
+        &Scope::entries([ip4(10, 240, 0, 9)], [], false),
+    )
+    .unwrap();
+    assert!(dp.maps().calls.is_empty(), "{:?}", dp.maps().calls);
+    // The host's address changed: the list alone is replaced, the new
+    // range in before the old one goes.
+    let mut list = State::default();
+    list.egress_deny.insert((ip4(169, 254, 0, 0), 16), 1);
+    list.egress_deny.insert((ip4(192, 168, 50, 2), 32), 2);
+    dp.maps_mut().calls.clear();
+    let ch = dp.apply(&list, &Scope::edge()).unwrap();
+    assert_eq!((ch.set, ch.removed), (1, 1));
+    assert_eq!(
+        dp.maps().calls,
+        ["set_deny 192.168.50.2/32", "remove_deny 192.168.50.1/32"]
+    );
+    assert_eq!(dp.maps().state.endpoints.len(), 2, "entries out of scope");
+    assert_eq!(dp.maps().state.egress_deny, list.egress_deny);
 }

@@ -22,7 +22,7 @@ pub const SPECIAL: [&str; 5] = [
 ];
 
 /// What the agent knows of its host.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostFacts {
     /// Every address of the host with its subnet (`ip -4 addr`): the
     /// address itself and the subnet's broadcast address are denied.

@@ -273,6 +273,12 @@ impl<B: Backend> Edge<B> {
         Ok(())
     }
 
+    /// Whether pn's table is in the kernel (someone may have flushed the
+    /// ruleset behind the agent's back).
+    pub fn present(&mut self) -> bool {
+        matches!(self.backend.counters(), Ok(Some(_)))
+    }
+
     /// Everything the rules dropped since this `Edge` was made.
     pub fn counters(&mut self) -> Result<EdgeCounters, EdgeError> {
         let mut c = self.carried;

@@ -22,8 +22,8 @@ use pn_common::ids::HostId;
 use pn_tunnel::device::Device;
 
 use crate::{
-    datapath::Datapath, dns::DnsStats, flows::FlowHub, store::health::Health,
-    store::view::MembershipView,
+    agent::edge::EdgeRuntime, datapath::Datapath, dns::DnsStats, flows::FlowHub,
+    store::health::Health, store::view::MembershipView,
 };
 
 /// A label set: `pn_api_requests_total` and the scrape-time rows.
@@ -47,6 +47,8 @@ pub struct Inputs {
     pub dns: Arc<DnsStats>,
     pub flows: FlowHub,
     pub conns: crate::conns::ConnHub,
+    /// The edge's nftables table (its own drops).
+    pub edge: Arc<Mutex<EdgeRuntime>>,
 }
 
 impl std::fmt::Debug for Inputs {
@@ -273,6 +275,39 @@ impl Collector for AgentCollector {
             None,
             MetricType::Gauge,
         )?)?;
+        // What the edge's rules drop themselves (the datapath counts the
+        // rest per container): read from nftables, so one `nft` per scrape.
+        let edge = {
+            let mut e = inputs.edge.lock().unwrap_or_else(|p| p.into_inner());
+            if e.applied.is_some() {
+                e.counters()
+            } else {
+                None
+            }
+        };
+        if let Some(c) = edge {
+            for (name, help, pick) in [
+                (
+                    "pn_edge_dropped_packets",
+                    "Packets the edge's nftables rules dropped, per reason",
+                    true,
+                ),
+                (
+                    "pn_edge_dropped_bytes",
+                    "Bytes the edge's nftables rules dropped, per reason",
+                    false,
+                ),
+            ] {
+                let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for (reason, n) in [
+                    ("forward_denied", c.forward_denied),
+                    ("egress_denied", c.egress_denied),
+                ] {
+                    let v = if pick { n.packets } else { n.bytes };
+                    ConstCounter::new(v).encode(m.encode_family(&[("reason", reason)])?)?;
+                }
+            }
+        }
         ConstCounter::new(inputs.flows.received.load(Ordering::Relaxed)).encode(
             encoder.encode_descriptor(
                 "pn_flow_events",

@@ -9,7 +9,7 @@ use pn_common::ids::{AppId, HostId, NetworkId, Uuid};
 use super::{Backend, Membership, MembershipError, WatchEvent, view::MembershipView};
 use crate::{
     error::{ErrorKind, Kind},
-    model::{Container, ContainerKey, Host, now_secs},
+    model::{Container, ContainerKey, Egress, Host, now_secs},
 };
 
 pub fn net_id(n: u8) -> NetworkId {
@@ -45,6 +45,7 @@ async fn attach(m: &Membership, net: NetworkId, k: &ContainerKey, h: &str) -> Co
         created_at: now_secs(),
         runtime: None,
         unhealthy: false,
+        published: None,
     };
     m.put_container(&c).await.unwrap();
     c
@@ -53,11 +54,11 @@ async fn attach(m: &Membership, net: NetworkId, k: &ContainerKey, h: &str) -> Co
 pub async fn networks_get_disjoint_ranges_and_tags(kv: Arc<dyn Backend>) {
     let m = Membership::new(kv);
     let (a, _) = m
-        .create_network(net_id(1), None, &pool(), 22)
+        .create_network(net_id(1), None, &pool(), 22, Egress::Allow)
         .await
         .unwrap();
     let (b, _) = m
-        .create_network(net_id(2), None, &pool(), 22)
+        .create_network(net_id(2), None, &pool(), 22, Egress::Allow)
         .await
         .unwrap();
     assert_eq!(a.cidr.to_string(), "10.240.0.0/22");
@@ -65,12 +66,12 @@ pub async fn networks_get_disjoint_ranges_and_tags(kv: Arc<dyn Backend>) {
     assert_ne!(a.tag, b.tag);
     let explicit: Ipv4Net = "10.240.8.0/24".parse().unwrap();
     let (c, _) = m
-        .create_network(net_id(3), Some(explicit), &pool(), 22)
+        .create_network(net_id(3), Some(explicit), &pool(), 22, Egress::Allow)
         .await
         .unwrap();
     assert_eq!(c.cidr, explicit);
     let (d, _) = m
-        .create_network(net_id(4), None, &pool(), 22)
+        .create_network(net_id(4), None, &pool(), 22, Egress::Allow)
         .await
         .unwrap();
     assert_eq!(
@@ -84,17 +85,24 @@ pub async fn networks_get_disjoint_ranges_and_tags(kv: Arc<dyn Backend>) {
             Some("10.240.0.0/16".parse().unwrap()),
             &pool(),
             22,
+            Egress::Allow,
         )
         .await
         .unwrap_err();
     assert!(matches!(err, MembershipError::Conflict(_)), "{err}");
     let err = m
-        .create_network(net_id(1), None, &pool(), 22)
+        .create_network(net_id(1), None, &pool(), 22, Egress::Allow)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");
     let err = m
-        .create_network(net_id(6), Some("10.9.0.1/24".parse().unwrap()), &pool(), 22)
+        .create_network(
+            net_id(6),
+            Some("10.9.0.1/24".parse().unwrap()),
+            &pool(),
+            22,
+            Egress::Allow,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, MembershipError::Invalid(_)), "{err}");
@@ -104,10 +112,14 @@ pub async fn networks_get_disjoint_ranges_and_tags(kv: Arc<dyn Backend>) {
 pub async fn pool_exhaustion_is_reported(kv: Arc<dyn Backend>) {
     let m = Membership::new(kv);
     let small: Ipv4Net = "10.250.0.0/23".parse().unwrap();
-    m.create_network(net_id(1), None, &small, 24).await.unwrap();
-    m.create_network(net_id(2), None, &small, 24).await.unwrap();
+    m.create_network(net_id(1), None, &small, 24, Egress::Allow)
+        .await
+        .unwrap();
+    m.create_network(net_id(2), None, &small, 24, Egress::Allow)
+        .await
+        .unwrap();
     let err = m
-        .create_network(net_id(3), None, &small, 24)
+        .create_network(net_id(3), None, &small, 24, Egress::Allow)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Exhausted, "{err}");
@@ -121,19 +133,21 @@ pub async fn apps_need_an_existing_network(kv: Arc<dyn Backend>) {
             app_id(1),
             &net_id(9),
             None,
+            8080,
             crate::model::Balance::Dns,
             None,
         )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
-    m.create_network(net_id(1), None, &pool(), 22)
+    m.create_network(net_id(1), None, &pool(), 22, Egress::Allow)
         .await
         .unwrap();
     m.create_app(
         app_id(1),
         &net_id(1),
         Some("waf".into()),
+        8080,
         crate::model::Balance::Dns,
         None,
     )
@@ -144,6 +158,7 @@ pub async fn apps_need_an_existing_network(kv: Arc<dyn Backend>) {
             app_id(1),
             &net_id(1),
             None,
+            8080,
             crate::model::Balance::Dns,
             None,
         )
@@ -160,12 +175,25 @@ pub async fn apps_need_an_existing_network(kv: Arc<dyn Backend>) {
 pub async fn addresses_are_unique_and_reused_after_release(kv: Arc<dyn Backend>) {
     let m = Membership::new(kv);
     let net = net_id(1);
-    m.create_network(net, Some("10.240.0.0/29".parse().unwrap()), &pool(), 22)
-        .await
-        .unwrap();
-    m.create_app(app_id(1), &net, None, crate::model::Balance::Dns, None)
-        .await
-        .unwrap();
+    m.create_network(
+        net,
+        Some("10.240.0.0/29".parse().unwrap()),
+        &pool(),
+        22,
+        Egress::Allow,
+    )
+    .await
+    .unwrap();
+    m.create_app(
+        app_id(1),
+        &net,
+        None,
+        8080,
+        crate::model::Balance::Dns,
+        None,
+    )
+    .await
+    .unwrap();
     let mut seen = BTreeSet::new();
     for i in 1..=6 {
         let c = attach(&m, net, &key(app_id(1), "web", i), "h1").await;
@@ -192,10 +220,19 @@ pub async fn addresses_are_unique_and_reused_after_release(kv: Arc<dyn Backend>)
 pub async fn a_container_key_is_claimed_once(kv: Arc<dyn Backend>) {
     let m = Membership::new(kv);
     let net = net_id(1);
-    m.create_network(net, None, &pool(), 22).await.unwrap();
-    m.create_app(app_id(1), &net, None, crate::model::Balance::Dns, None)
+    m.create_network(net, None, &pool(), 22, Egress::Allow)
         .await
         .unwrap();
+    m.create_app(
+        app_id(1),
+        &net,
+        None,
+        8080,
+        crate::model::Balance::Dns,
+        None,
+    )
+    .await
+    .unwrap();
     let k = key(app_id(1), "web", 1);
     let ip = m.reserve_address(&net, &k, &host("h1")).await.unwrap();
     let err = m.reserve_address(&net, &k, &host("h2")).await.unwrap_err();
@@ -217,7 +254,9 @@ pub async fn a_container_key_is_claimed_once(kv: Arc<dyn Backend>) {
 pub async fn concurrent_reservations_never_collide(kv: Arc<dyn Backend>) {
     let m = Membership::new(kv);
     let net = net_id(1);
-    m.create_network(net, None, &pool(), 22).await.unwrap();
+    m.create_network(net, None, &pool(), 22, Egress::Allow)
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for i in 1..=40u32 {
         let m = m.clone();
@@ -238,10 +277,19 @@ pub async fn concurrent_reservations_never_collide(kv: Arc<dyn Backend>) {
 pub async fn deletes_respect_dependents(kv: Arc<dyn Backend>) {
     let m = Membership::new(kv);
     let net = net_id(1);
-    m.create_network(net, None, &pool(), 22).await.unwrap();
-    m.create_app(app_id(1), &net, None, crate::model::Balance::Dns, None)
+    m.create_network(net, None, &pool(), 22, Egress::Allow)
         .await
         .unwrap();
+    m.create_app(
+        app_id(1),
+        &net,
+        None,
+        8080,
+        crate::model::Balance::Dns,
+        None,
+    )
+    .await
+    .unwrap();
     let c = attach(&m, net, &key(app_id(1), "worker", 1), "h1").await;
     let err = m.delete_app(&app_id(1)).await.unwrap_err();
     assert!(err.to_string().contains("detach them first"), "{err}");
@@ -254,7 +302,7 @@ pub async fn deletes_respect_dependents(kv: Arc<dyn Backend>) {
     assert!(m.leases_of_host(&host("h1")).await.unwrap().is_empty());
     // The range is free again.
     let (again, _) = m
-        .create_network(net_id(2), None, &pool(), 22)
+        .create_network(net_id(2), None, &pool(), 22, Egress::Allow)
         .await
         .unwrap();
     assert_eq!(again.cidr.to_string(), "10.240.0.0/22");
@@ -265,14 +313,23 @@ pub async fn deletes_respect_dependents(kv: Arc<dyn Backend>) {
 pub async fn views_follow_the_watch(kv: Arc<dyn Backend>) {
     let m = Membership::new(kv.clone());
     let net = net_id(1);
-    m.create_network(net, None, &pool(), 22).await.unwrap();
+    m.create_network(net, None, &pool(), 22, Egress::Allow)
+        .await
+        .unwrap();
     let listing = kv.list("").await.unwrap();
     let mut view = MembershipView::new(pool()).reloaded(&listing);
     assert!(view.rejected.is_empty(), "{:?}", view.rejected);
     let mut rx = kv.watch("", listing.rev + 1).await.unwrap();
-    m.create_app(app_id(1), &net, None, crate::model::Balance::Dns, None)
-        .await
-        .unwrap();
+    m.create_app(
+        app_id(1),
+        &net,
+        None,
+        8080,
+        crate::model::Balance::Dns,
+        None,
+    )
+    .await
+    .unwrap();
     let c = attach(&m, net, &key(app_id(1), "web", 1), "h2").await;
     let (_, last_rev) = m.delete_container(&c.key).await.unwrap().unwrap();
     let c2 = attach(&m, net, &key(app_id(1), "web", 2), "h2").await;
@@ -295,6 +352,59 @@ pub async fn views_follow_the_watch(kv: Arc<dyn Backend>) {
     assert_eq!(view.containers.len(), 1);
     assert_eq!(view.container_by_ip(c2.ip).unwrap().key, c2.key);
     assert!(view.rejected.is_empty(), "{:?}", view.rejected);
+}
+
+pub async fn egress_and_publications_change_in_place(kv: Arc<dyn Backend>) {
+    let m = Membership::new(kv.clone());
+    let net = net_id(1);
+    let (n, _) = m
+        .create_network(net, None, &pool(), 22, Egress::Deny)
+        .await
+        .unwrap();
+    assert_eq!(n.egress, Egress::Deny);
+    let (n, _) = m.set_network_egress(&net, Egress::Allow).await.unwrap();
+    assert_eq!((n.egress, n.tag), (Egress::Allow, 1));
+    assert_eq!(m.network(&net).await.unwrap().egress, Egress::Allow);
+    let err = m
+        .set_network_egress(&net_id(9), Egress::Deny)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MembershipError::NotFound(_)), "{err}");
+    let (app, _) = m
+        .create_app(
+            app_id(1),
+            &net,
+            None,
+            3000,
+            crate::model::Balance::Dns,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(app.web_port, 3000);
+    let err = m
+        .create_app(app_id(2), &net, None, 0, crate::model::Balance::Dns, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MembershipError::Invalid(_)), "{err}");
+    let c = attach(&m, net, &key(app_id(1), "web", 1), "h1").await;
+    let at: std::net::SocketAddrV4 = "192.0.2.1:30000".parse().unwrap();
+    assert!(m.set_published(&c, Some(at)).await.unwrap().is_some());
+    assert_eq!(
+        m.container(&c.key).await.unwrap().unwrap().published,
+        Some(at)
+    );
+    // Unchanged: nothing written.
+    assert_eq!(m.set_published(&c, Some(at)).await.unwrap(), None);
+    // A record that is not the one expected (moved to another host) is left alone.
+    let mut elsewhere = c.clone();
+    elsewhere.host = host("h2");
+    assert_eq!(m.set_published(&elsewhere, None).await.unwrap(), None);
+    assert!(m.set_published(&c, None).await.unwrap().is_some());
+    assert_eq!(m.container(&c.key).await.unwrap().unwrap().published, None);
+    let view = MembershipView::new(pool()).reloaded(&kv.list("").await.unwrap());
+    assert!(view.rejected.is_empty(), "{:?}", view.rejected);
+    assert_eq!(view.apps[&app_id(1)].web_port, 3000);
 }
 
 fn bare_host(h: &str) -> Host {
@@ -355,9 +465,14 @@ pub async fn hosts_get_unique_peer_ids_and_keep_them(kv: Arc<dyn Backend>) {
 pub async fn apps_move_with_their_addresses(kv: Arc<dyn Backend>) {
     let m = Membership::new(kv.clone());
     let (a, b) = (net_id(1), net_id(2));
-    m.create_network(a, None, &pool(), 22).await.unwrap();
-    let (nb, _) = m.create_network(b, None, &pool(), 22).await.unwrap();
-    m.create_app(app_id(1), &a, None, crate::model::Balance::Dns, None)
+    m.create_network(a, None, &pool(), 22, crate::model::Egress::Allow)
+        .await
+        .unwrap();
+    let (nb, _) = m
+        .create_network(b, None, &pool(), 22, crate::model::Egress::Allow)
+        .await
+        .unwrap();
+    m.create_app(app_id(1), &a, None, 8080, crate::model::Balance::Dns, None)
         .await
         .unwrap();
     let c1 = attach(&m, a, &key(app_id(1), "web", 1), "h1").await;
@@ -390,13 +505,14 @@ pub async fn apps_move_with_their_addresses(kv: Arc<dyn Backend>) {
         created_at: now_secs(),
         runtime: None,
         unhealthy: false,
+        published: None,
     };
     let err = m.put_container(&late_rec).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
     assert!(err.to_string().contains("moved"), "{err}");
     m.release_address(&a, late_ip, &late).await.unwrap();
     // The old network's addresses are all free: the next gets the first.
-    m.create_app(app_id(2), &a, None, crate::model::Balance::Dns, None)
+    m.create_app(app_id(2), &a, None, 8080, crate::model::Balance::Dns, None)
         .await
         .unwrap();
     let fresh = attach(&m, a, &key(app_id(2), "web", 1), "h1").await;
@@ -414,10 +530,16 @@ pub async fn service_addresses_live_with_their_app(kv: Arc<dyn Backend>) {
     use crate::model::Balance;
     let m = Membership::new(kv.clone());
     let net = net_id(1);
-    m.create_network(net, Some("10.240.0.0/28".parse().unwrap()), &pool(), 22)
-        .await
-        .unwrap();
-    m.create_app(app_id(1), &net, None, Balance::Vip, None)
+    m.create_network(
+        net,
+        Some("10.240.0.0/28".parse().unwrap()),
+        &pool(),
+        22,
+        crate::model::Egress::Allow,
+    )
+    .await
+    .unwrap();
+    m.create_app(app_id(1), &net, None, 8080, Balance::Vip, None)
         .await
         .unwrap();
     let c1 = attach(&m, net, &key(app_id(1), "web", 1), "h1").await;
@@ -511,6 +633,13 @@ macro_rules! store_conformance_tests {
         #[tokio::test]
         async fn apps_move_with_their_addresses() {
             $crate::store::conformance::apps_move_with_their_addresses($fresh("move").await).await
+        }
+        #[tokio::test]
+        async fn egress_and_publications_change_in_place() {
+            $crate::store::conformance::egress_and_publications_change_in_place(
+                $fresh("edge").await,
+            )
+            .await
         }
         #[tokio::test]
         async fn views_follow_the_watch() {

@@ -4,6 +4,8 @@
 //! this host needs — for the whole fleet, or only for the containers one
 //! store change touched. No I/O here: the agent feeds the result to
 //! [`crate::datapath::Datapath::apply`] and to the tunnel and netlink.
+//! The edge's part (interface flags, deny list, nftables table, published
+//! ports) is in [`edge`].
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -12,8 +14,8 @@ use std::{
 
 use pn_common::{
     Ip4,
-    ids::HostId,
-    maps::{Endpoint, Iface, Peer},
+    ids::{HostId, NetworkId},
+    maps::{Endpoint, Peer},
 };
 use pn_tunnel::{Member, PeerId};
 
@@ -21,14 +23,22 @@ mod services;
 
 use crate::{
     datapath::{Scope, State},
+    edge::EdgeConfig,
     model::{Container, ContainerKey},
     store::view::MembershipView,
 };
+
+pub mod edge;
+
+pub use edge::EdgeLocal;
 
 /// This host, as the reconciler needs it.
 #[derive(Clone, Debug)]
 pub struct Local<'a> {
     pub host: &'a HostId,
+    /// The edge's settings and host facts; `None`: no edge (tests of the
+    /// rest, an agent that could not read its host).
+    pub edge: Option<&'a EdgeLocal>,
 }
 
 /// Which part of the view a reconciliation covers.
@@ -39,8 +49,14 @@ pub enum Touched {
     /// These container records, as they were before the change and as they
     /// are now (an address, an interface or a host may have changed).
     Containers(Vec<Container>),
-    /// Hosts or networks changed: peers, tags and routes.
+    /// Hosts changed: peers, tags and routes.
     Fleet,
+    /// A network was created, changed or deleted: what `Fleet` covers, and
+    /// this host's containers of that network (their egress).
+    Network(NetworkId),
+    /// The edge alone (the host's addresses may have changed): the deny
+    /// list and the nftables table.
+    Edge,
 }
 
 /// The kernel and tunnel state wanted for what a [`Touched`] covers.
@@ -68,6 +84,9 @@ pub struct Desired {
     /// network), as (record before, record now): their interface is
     /// re-addressed in place.
     pub readdressed: Vec<(Container, Container)>,
+    /// The edge's nftables table, when what it depends on may have changed
+    /// (the deny list then is in `datapath` when `scope` covers the edge).
+    pub edge: Option<EdgeConfig>,
 }
 
 pub use crate::model::to_ip4;
@@ -84,6 +103,13 @@ pub fn desired(
     let (records, fleet): (Vec<&Container>, bool) = match touched {
         Touched::All => (view.containers.values().collect(), true),
         Touched::Fleet => (Vec::new(), true),
+        Touched::Edge => (Vec::new(), false),
+        Touched::Network(id) => (
+            view.local_containers(local.host)
+                .filter(|c| c.network == *id)
+                .collect(),
+            true,
+        ),
         Touched::Containers(before) => {
             // The records now holding the touched keys or addresses.
             let mut now: BTreeMap<&ContainerKey, &Container> = BTreeMap::new();
@@ -107,6 +133,7 @@ pub fn desired(
         d.datapath.tags = local_tags(view, local);
         d.tunnel_peers = Some(tunnel_peers(view, local));
     }
+    let mut edge = false;
     match touched {
         Touched::All => {
             d.orphans = links
@@ -115,10 +142,25 @@ pub fn desired(
                 .cloned()
                 .collect();
             d.scope = Some(Scope::all());
+            edge = true;
         }
         Touched::Fleet => {
             d.scope = Some(Scope::underlay());
             d.addrs = Some(BTreeSet::new());
+        }
+        Touched::Edge => {
+            d.scope = Some(Scope::edge());
+            d.addrs = Some(BTreeSet::new());
+            edge = true;
+        }
+        Touched::Network(_) => {
+            let addrs: BTreeSet<Ipv4Addr> = records.iter().map(|c| c.ip).collect();
+            d.scope = Some(Scope::entries(
+                addrs.iter().map(|a| to_ip4(*a)),
+                records.iter().map(|c| c.host_ifname.clone()),
+                true,
+            ));
+            d.addrs = Some(addrs);
         }
         Touched::Containers(before) => {
             let addrs: BTreeSet<Ipv4Addr> = before
@@ -174,7 +216,18 @@ pub fn desired(
                 underlay,
             ));
             d.addrs = Some(addrs);
+            // A local container came, went or changed: its publication may have.
+            if underlay && let Some(e) = local.edge {
+                d.edge = Some(edge::edge_config(view, local.host, e));
+            }
         }
+    }
+    if edge && let Some(e) = local.edge {
+        d.datapath.egress_deny = edge::deny_entries(e);
+        d.edge = Some(edge::edge_config(view, local.host, e));
+    } else if let Some(s) = d.scope.take() {
+        // No facts of the host: the deny list is left as it is.
+        d.scope = Some(s.with_edge(false));
     }
     d
 }
@@ -226,14 +279,10 @@ fn add_container(
         return;
     };
     d.datapath.attached.insert(c.host_ifname.clone());
-    d.datapath.ifaces.insert(
-        ifindex,
-        Iface {
-            addr: ip,
-            tag: net.tag,
-            ..Default::default()
-        },
-    );
+    let publication = edge::publication(view, local.edge, c);
+    d.datapath
+        .ifaces
+        .insert(ifindex, edge::iface(ip, net, publication.as_ref()));
     d.datapath.endpoints.insert(
         ip,
         Endpoint {
@@ -276,5 +325,7 @@ fn tunnel_peers(view: &MembershipView, local: &Local<'_>) -> Vec<(PeerId, [u8; 3
         .collect()
 }
 
+#[cfg(test)]
+mod edge_tests;
 #[cfg(test)]
 mod tests;

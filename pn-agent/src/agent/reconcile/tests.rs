@@ -14,14 +14,14 @@ use crate::{
     model::{App, Host, Network},
 };
 
-const NET: &str = "pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c";
-const APP: &str = "ap-a71da13f-7c70-4c00-a644-eee8558d8053";
+pub(super) const NET: &str = "pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c";
+pub(super) const APP: &str = "ap-a71da13f-7c70-4c00-a644-eee8558d8053";
 
-fn host(id: &str) -> HostId {
+pub(super) fn host(id: &str) -> HostId {
     id.parse().unwrap()
 }
 
-fn container(index: u32, ip: [u8; 4], on: &str) -> Container {
+pub(super) fn container(index: u32, ip: [u8; 4], on: &str) -> Container {
     let key = ContainerKey {
         app: APP.parse().unwrap(),
         ctype: "web".parse().unwrap(),
@@ -38,17 +38,18 @@ fn container(index: u32, ip: [u8; 4], on: &str) -> Container {
         created_at: 0,
         runtime: None,
         unhealthy: false,
+        published: None,
     }
 }
 
-fn add(v: &mut MembershipView, c: Container) {
+pub(super) fn add(v: &mut MembershipView, c: Container) {
     v.by_ip.insert(c.ip, c.key.clone());
     v.containers.insert(c.key.clone(), c);
 }
 
 /// Network 10.240.0.0/22 (tag 3); hosts a (this one) and b; web-1 on a,
 /// web-2 on b.
-fn fleet() -> MembershipView {
+pub(super) fn fleet() -> MembershipView {
     let mut v = MembershipView::default();
     v.networks.insert(
         NET.parse().unwrap(),
@@ -57,6 +58,7 @@ fn fleet() -> MembershipView {
             cidr: "10.240.0.0/22".parse().unwrap(),
             tag: 3,
             created_at: 0,
+            egress: Default::default(),
         },
     );
     v.apps.insert(
@@ -69,6 +71,7 @@ fn fleet() -> MembershipView {
             balance: Default::default(),
             services: Default::default(),
             health_port: None,
+            web_port: 8080,
         },
     );
     for (id, addr, peer) in [
@@ -92,7 +95,7 @@ fn fleet() -> MembershipView {
     v
 }
 
-fn links(v: &MembershipView) -> BTreeMap<String, u32> {
+pub(super) fn links(v: &MembershipView) -> BTreeMap<String, u32> {
     v.containers
         .values()
         .filter(|c| c.host == host("a"))
@@ -101,16 +104,28 @@ fn links(v: &MembershipView) -> BTreeMap<String, u32> {
         .collect()
 }
 
-fn a() -> HostId {
+pub(super) fn a() -> HostId {
     host("a")
 }
 
-fn desired_for(v: &MembershipView, links: &BTreeMap<String, u32>, t: &Touched) -> Desired {
+pub(super) fn desired_for(
+    v: &MembershipView,
+    links: &BTreeMap<String, u32>,
+    t: &Touched,
+) -> Desired {
     let me = a();
-    desired(v, &Local { host: &me }, links, t)
+    desired(
+        v,
+        &Local {
+            host: &me,
+            edge: None,
+        },
+        links,
+        t,
+    )
 }
 
-fn ip(a: [u8; 4]) -> Ip4 {
+pub(super) fn ip(a: [u8; 4]) -> Ip4 {
     to_ip4(Ipv4Addr::from(a))
 }
 
@@ -138,7 +153,9 @@ fn the_whole_fleet_gives_local_and_remote_entries_peers_and_tags() {
     assert_eq!(d.members.len(), 2);
     assert!(d.members[&Ipv4Addr::new(10, 240, 0, 3)].peer.is_some());
     assert!(d.stale.is_empty() && d.orphans.is_empty());
-    assert_eq!(d.scope, Some(Scope::all()));
+    // No facts of the host here: the deny list is left alone.
+    assert_eq!(d.scope, Some(Scope::all().with_edge(false)));
+    assert_eq!(d.edge, None);
 }
 
 #[test]
@@ -275,6 +292,7 @@ fn an_app_moving_to_another_network_rewrites_entries_and_readdresses_local_inter
             cidr: "10.240.4.0/22".parse().unwrap(),
             tag: 4,
             created_at: 0,
+            egress: Default::default(),
         },
     );
     let mut dp = Datapath::new(FakeMaps::default());

@@ -2,7 +2,10 @@
 //! container key) before the container's interface is made, and recorded
 //! with the container once it is.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddrV4},
+};
 
 use pn_common::ids::{AppId, HostId, NetworkId};
 
@@ -205,6 +208,39 @@ impl Membership {
                 })
             },
             || format!("application {} keeps changing; try again", c.key.app),
+        )
+        .await
+    }
+
+    /// Sets (or clears) where a container is published, if the record is
+    /// still the one `expected` describes (same host, same address): a
+    /// container detached or moved meanwhile is left alone. `None` when
+    /// nothing was written.
+    pub async fn set_published(
+        &self,
+        expected: &Container,
+        published: Option<SocketAddrV4>,
+    ) -> Result<Option<i64>> {
+        let container_key = &Key::Container(expected.key.clone());
+        self.read_modify_write(
+            move |_| {
+                Box::pin(async move {
+                    let Some((mut c, rev)) = self.get_decoded::<Container>(container_key).await?
+                    else {
+                        return Ok(Step::Done(None));
+                    };
+                    if c.host != expected.host || c.ip != expected.ip || c.published == published {
+                        return Ok(Step::Done(None));
+                    }
+                    c.published = published;
+                    Ok(Step::write(
+                        vec![as_read(container_key, Some(rev))],
+                        vec![Op::Put(container_key.to_string(), encode(&c))],
+                        Some,
+                    ))
+                })
+            },
+            || format!("container {} keeps changing; try again", expected.key),
         )
         .await
     }

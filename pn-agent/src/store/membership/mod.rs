@@ -29,7 +29,7 @@ use super::{
 use crate::{
     error::{ErrorKind, Kind},
     ipam,
-    model::{App, Balance, Network, now_secs},
+    model::{App, Balance, Egress, Network, now_secs},
 };
 
 /// Errors of membership operations; each message is one line for the operator.
@@ -196,6 +196,7 @@ impl Membership {
         cidr: Option<Ipv4Net>,
         pool: &Ipv4Net,
         prefix: u8,
+        egress: Egress,
     ) -> Result<(Network, i64)> {
         if let Some(c) = cidr {
             ipam::check_network_range(&c, pool)
@@ -237,6 +238,7 @@ impl Membership {
                         cidr,
                         tag: ipam::next_tag(&tags),
                         created_at: now_secs(),
+                        egress,
                     };
                     let mut doc = doc;
                     doc.networks.push(PoolEntry {
@@ -255,6 +257,37 @@ impl Membership {
                 })
             },
             || "too much contention on the address pool; try again".into(),
+        )
+        .await
+    }
+
+    /// Changes a network's access to the world; its hosts apply it to the
+    /// running containers.
+    pub async fn set_network_egress(
+        &self,
+        id: &NetworkId,
+        egress: Egress,
+    ) -> Result<(Network, i64)> {
+        let net_key = &Key::Network(*id);
+        self.read_modify_write(
+            move |_| {
+                Box::pin(async move {
+                    let (mut net, rev) = self
+                        .get_decoded::<Network>(net_key)
+                        .await?
+                        .ok_or_else(|| MembershipError::NotFound(format!("network {id}")))?;
+                    if net.egress == egress {
+                        return Ok(Step::Done((net, rev)));
+                    }
+                    net.egress = egress;
+                    Ok(Step::write(
+                        vec![as_read(net_key, Some(rev))],
+                        vec![Op::Put(net_key.to_string(), encode(&net))],
+                        move |rev| (net, rev),
+                    ))
+                })
+            },
+            || format!("network {id} keeps changing; try again"),
         )
         .await
     }
@@ -328,9 +361,15 @@ impl Membership {
         id: AppId,
         network: &NetworkId,
         name: Option<String>,
+        web_port: u16,
         balance: Balance,
         health_port: Option<u16>,
     ) -> Result<(App, i64)> {
+        if web_port == 0 {
+            return Err(MembershipError::Invalid(
+                "invalid web port 0: expected a port from 1 to 65535".into(),
+            ));
+        }
         let (net_key, app_key, name) = (&Key::Network(*network), &Key::App(id), &name);
         self.read_modify_write(
             move |_| {
@@ -349,6 +388,7 @@ impl Membership {
                         network: *network,
                         name: name.clone(),
                         created_at: now_secs(),
+                        web_port,
                         balance,
                         services: Default::default(),
                         health_port,
@@ -498,7 +538,10 @@ mod tests {
         let kv = Fake::new(false);
         let m = Membership::new(kv.clone());
         let id = NetworkId(pn_common::ids::Uuid::from_random_bytes([1; 16]));
-        let err = m.create_network(id, None, &pool(), 22).await.unwrap_err();
+        let err = m
+            .create_network(id, None, &pool(), 22, Egress::Allow)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
         assert!(err.to_string().contains("try again"), "{err}");
         assert_eq!(
@@ -511,7 +554,10 @@ mod tests {
     async fn a_store_down_is_unavailable() {
         let m = Membership::new(Fake::new(true));
         let id = NetworkId(pn_common::ids::Uuid::from_random_bytes([1; 16]));
-        let err = m.create_network(id, None, &pool(), 22).await.unwrap_err();
+        let err = m
+            .create_network(id, None, &pool(), 22, Egress::Allow)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
         let err = m.networks().await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
@@ -532,7 +578,7 @@ mod tests {
             "255.255.255.0/30",
         ] {
             let err = m
-                .create_network(id, Some(bad.parse().unwrap()), &pool(), 22)
+                .create_network(id, Some(bad.parse().unwrap()), &pool(), 22, Egress::Allow)
                 .await
                 .unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Invalid, "{bad}: {err}");

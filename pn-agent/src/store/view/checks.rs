@@ -4,7 +4,7 @@
 //! agent touch interfaces it did not make, take an address someone else
 //! holds, or put a network where the kernel treats addresses specially.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 
 use pn_common::ids::{AppId, HostId, NetworkId};
 use serde::de::DeserializeOwned;
@@ -53,10 +53,16 @@ pub enum Reject {
     HostKey,
     /// A peer id that is zero or another host's.
     PeerId,
+    /// An app's web port of 0.
+    WebPort,
+    /// A publication no host can make: not a `web` container, port 0, an
+    /// address that is not a unicast one, or a port of its host another
+    /// container holds.
+    Published,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 17] = [
+    pub const ALL: [Reject; 19] = [
         Reject::Undecodable,
         Reject::Key,
         Reject::Range,
@@ -74,6 +80,8 @@ impl Reject {
         Reject::Endpoint,
         Reject::HostKey,
         Reject::PeerId,
+        Reject::WebPort,
+        Reject::Published,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -95,6 +103,8 @@ impl Reject {
             Reject::Endpoint => "endpoint",
             Reject::HostKey => "host_key",
             Reject::PeerId => "peer_id",
+            Reject::WebPort => "web_port",
+            Reject::Published => "published",
         }
     }
 }
@@ -198,6 +208,9 @@ impl MembershipView {
         if let Some(name) = &a.name {
             model::check_app_name(name).map_err(|e| Rejected::new(key, Reject::AppName, e))?;
         }
+        if a.web_port == 0 {
+            return Err(Rejected::new(key, Reject::WebPort, "web port 0"));
+        }
         Ok(())
     }
 
@@ -238,6 +251,39 @@ impl MembershipView {
                 key,
                 Reject::AddressTaken,
                 format!("address {} is container {holder}'s", c.ip),
+            ));
+        }
+        if let Some(at) = c.published {
+            self.check_published(key, c, at)?;
+        }
+        Ok(())
+    }
+
+    /// Where a container is published: only `web` containers, on a port
+    /// of their host no other container holds. Whether the port is in the
+    /// host's `--publish-ports` is for that host's agent to judge (it gives
+    /// another one rather than lose the container).
+    fn check_published(&self, key: &str, c: &Container, at: SocketAddrV4) -> Result {
+        let bad = |why: String| Err(Rejected::new(key, Reject::Published, why));
+        if !c.is_web() {
+            return bad(format!("a {} container is never published", c.key.ctype));
+        }
+        let ip = at.ip();
+        if at.port() == 0
+            || ip.is_unspecified()
+            || ip.is_loopback()
+            || ip.is_multicast()
+            || ip.is_broadcast()
+        {
+            return bad(format!("{at} cannot be a published address"));
+        }
+        if let Some(holder) = self.published_at.get(&(c.host.clone(), at.port()))
+            && *holder != c.key
+        {
+            return bad(format!(
+                "port {} of host {} is container {holder}'s",
+                at.port(),
+                c.host
             ));
         }
         Ok(())

@@ -27,6 +27,8 @@ pub struct MembershipView {
     pub containers: BTreeMap<ContainerKey, Container>,
     pub hosts: BTreeMap<HostId, Host>,
     pub by_ip: HashMap<Ipv4Addr, ContainerKey>,
+    /// Published ports, by host: who holds each.
+    pub published_at: HashMap<(HostId, u16), ContainerKey>,
     /// Revision of the last change applied.
     pub rev: i64,
     /// Records refused since the agent started, by [`Reject::as_str`]
@@ -42,7 +44,8 @@ pub struct MembershipView {
 /// What one watch event changed, for the consumers that act incrementally.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
-    Network,
+    /// A network was created, changed (its egress) or deleted.
+    Network(NetworkId),
     App,
     ContainerPut {
         new: Box<Container>,
@@ -83,6 +86,7 @@ impl MembershipView {
             containers: BTreeMap::new(),
             hosts: BTreeMap::new(),
             by_ip: HashMap::new(),
+            published_at: HashMap::new(),
             rev: 0,
             rejected: BTreeMap::new(),
             pool,
@@ -159,7 +163,7 @@ impl MembershipView {
                 let n: Network = checks::decode(key, value)?;
                 self.check_network(key, &id, &n)?;
                 self.networks.insert(n.id, n);
-                Ok(Change::Network)
+                Ok(Change::Network(id))
             }
             Key::App(id) => {
                 let a: App = checks::decode(key, value)?;
@@ -171,12 +175,17 @@ impl MembershipView {
                 let c: Container = checks::decode(key, value)?;
                 self.check_container(key, &k, &c)?;
                 let old = self.containers.insert(c.key.clone(), c.clone());
-                if let Some(o) = &old
-                    && o.ip != c.ip
-                {
-                    self.by_ip.remove(&o.ip);
+                if let Some(o) = &old {
+                    if o.ip != c.ip {
+                        self.by_ip.remove(&o.ip);
+                    }
+                    self.unindex_published(o);
                 }
                 self.by_ip.insert(c.ip, c.key.clone());
+                if let Some(at) = c.published {
+                    self.published_at
+                        .insert((c.host.clone(), at.port()), c.key.clone());
+                }
                 Ok(Change::ContainerPut {
                     new: Box::new(c),
                     old: old.map(Box::new),
@@ -196,7 +205,7 @@ impl MembershipView {
         match Key::parse(key) {
             Some(Key::Network(id)) => {
                 self.networks.remove(&id);
-                Change::Network
+                Change::Network(id)
             }
             Some(Key::App(id)) => {
                 self.apps.remove(&id);
@@ -207,6 +216,7 @@ impl MembershipView {
                     if self.by_ip.get(&c.ip) == Some(&c.key) {
                         self.by_ip.remove(&c.ip);
                     }
+                    self.unindex_published(&c);
                     Change::ContainerDeleted(Box::new(c))
                 }
                 None => Change::Other,
@@ -216,6 +226,15 @@ impl MembershipView {
                 Change::Host
             }
             _ => Change::Other,
+        }
+    }
+
+    fn unindex_published(&mut self, c: &Container) {
+        if let Some(at) = c.published {
+            let slot = (c.host.clone(), at.port());
+            if self.published_at.get(&slot) == Some(&c.key) {
+                self.published_at.remove(&slot);
+            }
         }
     }
 

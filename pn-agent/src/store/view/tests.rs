@@ -22,6 +22,7 @@ fn network(n: u8, cidr: &str, tag: u32) -> Network {
         cidr: cidr.parse().unwrap(),
         tag,
         created_at: 0,
+        egress: Default::default(),
     }
 }
 
@@ -34,6 +35,7 @@ fn app(n: u8, net: u8) -> App {
         balance: Default::default(),
         services: Default::default(),
         health_port: None,
+        web_port: 8080,
     }
 }
 
@@ -59,6 +61,7 @@ fn container(index: u32, ip: &str) -> Container {
         created_at: 0,
         runtime: None,
         unhealthy: false,
+        published: None,
     }
 }
 
@@ -457,4 +460,80 @@ fn a_watch_follows_valid_records_as_before() {
     assert!(f.view.by_ip.is_empty());
     assert!(f.view.rejected.is_empty());
     let _: Ipv4Addr = c.ip;
+}
+
+#[test]
+fn egress_changes_in_place_and_web_ports_are_ports() {
+    let mut f = Fixture::new();
+    let mut sealed = network(1, "10.240.0.0/24", 1);
+    sealed.egress = crate::model::Egress::Deny;
+    assert_eq!(f.put(&sealed), Ok(Change::Network(net_id(1))));
+    assert_eq!(
+        f.view.networks[&net_id(1)].egress,
+        crate::model::Egress::Deny
+    );
+    let mut a = app(2, 1);
+    a.web_port = 0;
+    f.refused(&a, Reject::WebPort);
+    a.web_port = 3000;
+    f.ok(&a);
+    // Records of older agents have no web port: 8080.
+    let mut old = serde_json::to_value(app(7, 1)).unwrap();
+    old.as_object_mut().unwrap().remove("web_port");
+    f.put_raw(&key_of(&app(7, 1)), &old.to_string()).unwrap();
+    assert_eq!(f.view.apps[&app_id(7)].web_port, 8080);
+}
+
+#[test]
+fn publications_are_web_unicast_and_one_per_port_of_a_host() {
+    let mut f = Fixture::new();
+    let at = |s: &str| Some(s.parse::<std::net::SocketAddrV4>().unwrap());
+    let mut c1 = container(1, "10.240.0.2");
+    c1.published = at("192.0.2.1:30000");
+    f.ok(&c1);
+    assert_eq!(
+        f.view.published_at.get(&("h1".parse().unwrap(), 30000)),
+        Some(&c1.key)
+    );
+    // Another container on the same port of the same host: refused.
+    let mut c2 = container(2, "10.240.0.3");
+    c2.published = at("192.0.2.1:30000");
+    f.refused(&c2, Reject::Published);
+    // The same port of another host is another port.
+    c2.host = "h2".parse().unwrap();
+    f.ok(&c2);
+    // Not web, port 0, not unicast.
+    let key = ckey(1, "worker", 1);
+    let mut w = container(3, "10.240.0.4");
+    w.host_ifname = key.host_ifname();
+    w.key = key;
+    w.published = at("192.0.2.1:30001");
+    f.refused(&w, Reject::Published);
+    let mut c3 = container(3, "10.240.0.4");
+    for bad in [
+        "192.0.2.1:0",
+        "0.0.0.0:30002",
+        "127.0.0.1:30002",
+        "224.0.0.1:30002",
+    ] {
+        c3.published = at(bad);
+        f.refused(&c3, Reject::Published);
+    }
+    // Moving c1 to another port frees the first one.
+    c1.published = at("192.0.2.1:30005");
+    f.ok(&c1);
+    c3.published = at("192.0.2.1:30000");
+    f.ok(&c3);
+    // A detached container frees its port.
+    f.view
+        .apply(&WatchEvent::Delete {
+            key: key_of(&c3),
+            rev: 99,
+        })
+        .unwrap();
+    assert!(
+        !f.view
+            .published_at
+            .contains_key(&("h1".parse().unwrap(), 30000))
+    );
 }

@@ -5,6 +5,7 @@
 //! asserts a speed.
 
 mod dns;
+mod edge;
 mod policy;
 mod report;
 mod scale;
@@ -46,7 +47,7 @@ impl Effort {
     };
 }
 
-const SCENARIOS: &[&str] = &["policy", "strangers", "scale", "dns", "tunnel"];
+const SCENARIOS: &[&str] = &["policy", "strangers", "scale", "dns", "tunnel", "edge"];
 
 struct Args {
     effort: Effort,
@@ -115,6 +116,7 @@ fn main() {
             "scale" => scale::run(args.effort),
             "dns" => dns::run(args.effort),
             "tunnel" => tunnel::run_scenario(args.effort),
+            "edge" => edge::run(args.effort),
             _ => unreachable_scenario(name),
         };
         match result {

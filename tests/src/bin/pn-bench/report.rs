@@ -168,7 +168,7 @@ impl Report {
                 }
             }
         }
-        let order = ["policy", "strangers", "scale", "dns", "tunnel"];
+        let order = ["policy", "strangers", "scale", "dns", "tunnel", "edge"];
         merged.scenarios.sort_by_key(|s| {
             order
                 .iter()

@@ -75,6 +75,7 @@ fn register(
                         created_at: 0,
                         runtime: None,
                         unhealthy: false,
+                        published: None,
                     };
                     let lease = AddressLease {
                         owner: key.clone(),

@@ -1,0 +1,441 @@
+//! The agent's side of the edge: what it finds on its host (addresses, the
+//! underlay's subnet, the store's endpoints), the nftables table applied
+//! when it changes and checked by a periodic repair, and the published
+//! ports of this host's `web` containers kept in their store records.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use ipnet::Ipv4Net;
+use pn_common::maps::Config;
+
+use super::{Agent, TUN_DEV, reconcile::EdgeLocal};
+use crate::{
+    config::{RunConfig, StoreSpec},
+    datapath::Datapath,
+    edge::{Edge, EdgeConfig, EdgeCounters, Forwarding, deny::HostFacts},
+    model::{Container, ContainerKey, HOST_IF_PREFIX},
+    netlink::{Netlink, NetlinkError},
+};
+
+/// How often the agent looks at its host again and checks that its table is
+/// still there (address changes are also announced by the kernel, and acted
+/// on at once).
+pub const REPAIR_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a publication this agent wrote may take to show in its view
+/// before the allocator stops counting it.
+const PENDING_FOR: Duration = Duration::from_secs(30);
+
+/// The edge's table in the kernel, as this agent drives it.
+pub struct EdgeRuntime {
+    pub edge: Edge,
+    /// The table last applied successfully.
+    pub applied: Option<EdgeConfig>,
+    /// Why the last apply failed, if it did.
+    pub error: Option<String>,
+    /// `PN_CONFIG` with the pool, waiting for a table to be in place: until
+    /// containers' packets to the world are translated, they reach nothing
+    /// (the programs treat every address as the pool's).
+    pub pending_config: Option<Config>,
+}
+
+impl EdgeRuntime {
+    pub fn new() -> EdgeRuntime {
+        EdgeRuntime {
+            edge: Edge::new(),
+            applied: None,
+            error: None,
+            pending_config: None,
+        }
+    }
+
+    /// Makes the table `cfg` (if it is not already, or if `verify` finds it
+    /// gone); on success, lets the world in if it was waiting for that.
+    pub fn apply(&mut self, cfg: &EdgeConfig, verify: bool, dp: &Mutex<Datapath>) {
+        let same = self.applied.as_ref() == Some(cfg);
+        // Verify: the table may have been flushed behind the agent's back.
+        if same && (!verify || self.edge.present()) {
+            return;
+        }
+        match self.edge.set(cfg) {
+            Ok(()) => {
+                if self.error.take().is_some() || !same {
+                    log::info!(
+                        "edge: {} publication(s), {} denied range(s), forwarding {:?}",
+                        cfg.publications.len(),
+                        cfg.egress_deny.len(),
+                        cfg.forwarding
+                    );
+                }
+                self.applied = Some(cfg.clone());
+                if let Some(c) = self.pending_config {
+                    let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());
+                    match dp.maps_mut().set_config(c) {
+                        Ok(()) => {
+                            self.pending_config = None;
+                            log::info!("edge in place: containers reach the world");
+                        }
+                        Err(e) => log::error!("configuring the datapath: {e}"),
+                    }
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if self.error.as_deref() != Some(&text) {
+                    log::error!("edge: {text}");
+                }
+                self.error = Some(text);
+                self.applied = None;
+            }
+        }
+    }
+
+    pub fn counters(&mut self) -> Option<EdgeCounters> {
+        self.edge.counters().ok()
+    }
+}
+
+impl Default for EdgeRuntime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The pool as `PN_CONFIG` holds it.
+pub fn with_pool(mut c: Config, pool: Ipv4Net) -> Config {
+    c.pool_addr = u32::from_ne_bytes(pool.network().octets());
+    c.pool_mask = u32::from_ne_bytes(pool.netmask().octets());
+    c
+}
+
+/// Addresses published ports answer on: the host's own unicast ones,
+/// neither loopback nor link-local (the gateway) nor the pool's.
+fn host_addrs(addrs: &[(String, Ipv4Net)], pool: &Ipv4Net) -> Vec<Ipv4Addr> {
+    let mut out: Vec<Ipv4Addr> = addrs
+        .iter()
+        .map(|(_, n)| n.addr())
+        .filter(|a| !a.is_loopback() && !a.is_link_local() && !a.is_multicast())
+        .filter(|a| !pool.contains(a))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The address a publication is shown with: the advertised tunnel
+/// address, else the underlay's, else the host's first.
+fn public_ip(
+    addrs: &[(String, Ipv4Net)],
+    hosts: &[Ipv4Addr],
+    underlay: Option<&str>,
+    advertise: Option<SocketAddr>,
+) -> Option<Ipv4Addr> {
+    if let Some(SocketAddr::V4(a)) = advertise
+        && !a.ip().is_unspecified()
+    {
+        return Some(*a.ip());
+    }
+    underlay
+        .and_then(|u| {
+            addrs
+                .iter()
+                .find(|(name, n)| name == u && hosts.contains(&n.addr()))
+        })
+        .map(|(_, n)| n.addr())
+        .or_else(|| hosts.first().copied())
+}
+
+/// What the edge is made of on this host, from the settings and the
+/// host's addresses (`addrs`: interface name and address with prefix).
+pub fn edge_local(
+    cfg: &RunConfig,
+    forwarding: Forwarding,
+    addrs: &[(String, Ipv4Net)],
+    store: Vec<Ipv4Addr>,
+) -> EdgeLocal {
+    let hosts = host_addrs(addrs, &cfg.pool);
+    let underlay = cfg.underlay_iface.as_deref().and_then(|u| {
+        addrs
+            .iter()
+            .find(|(name, n)| name == u && !n.addr().is_link_local())
+            .map(|(_, n)| n.trunc())
+    });
+    EdgeLocal {
+        pool: cfg.pool,
+        router_cidrs: cfg.router_cidrs.clone(),
+        ports: cfg.publish_ports,
+        public_ip: public_ip(addrs, &hosts, cfg.underlay_iface.as_deref(), cfg.advertise),
+        host_addrs: hosts,
+        facts: HostFacts {
+            addrs: addrs.iter().map(|(_, n)| *n).collect(),
+            underlay,
+            store,
+            operator: cfg.egress_deny.clone(),
+        },
+        interfaces: vec![format!("{HOST_IF_PREFIX}*"), TUN_DEV.into()],
+        forwarding,
+    }
+}
+
+/// The addresses of the store's endpoints (etcd), resolved now.
+pub async fn store_addrs(store: &StoreSpec) -> Vec<Ipv4Addr> {
+    let StoreSpec::Etcd(endpoints) = store else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in endpoints {
+        match tokio::net::lookup_host(e.as_str()).await {
+            Ok(found) => out.extend(found.filter_map(|a| match a.ip() {
+                IpAddr::V4(ip) => Some(ip),
+                IpAddr::V6(_) => None,
+            })),
+            Err(err) => log::warn!("resolving store endpoint {e}: {err}"),
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Reads the host and makes its [`EdgeLocal`].
+pub async fn gather(
+    netlink: &Netlink,
+    cfg: &RunConfig,
+    forwarding: Forwarding,
+) -> Result<EdgeLocal, NetlinkError> {
+    let addrs = netlink.ipv4_addrs().await?;
+    Ok(edge_local(
+        cfg,
+        forwarding,
+        &addrs,
+        store_addrs(&cfg.store).await,
+    ))
+}
+
+/// Publications this agent wrote that its view may not show yet: the
+/// allocator counts them, so two attaches in a row never get one port.
+#[derive(Default)]
+pub struct Pending(Mutex<BTreeMap<ContainerKey, (Container, Instant)>>);
+
+impl Pending {
+    pub fn insert(&self, c: Container) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(c.key.clone(), (c, Instant::now()));
+    }
+
+    pub fn remove(&self, key: &ContainerKey) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+
+    /// This host's containers of `view`, with the records written since in
+    /// their place; records the view shows already are forgotten.
+    fn overlay(
+        &self,
+        view: &crate::store::view::MembershipView,
+        host: &pn_common::ids::HostId,
+    ) -> Vec<Container> {
+        let mut p = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        p.retain(|k, (c, at)| view.containers.get(k) != Some(c) && at.elapsed() < PENDING_FOR);
+        let mut out: BTreeMap<ContainerKey, Container> = view
+            .local_containers(host)
+            .map(|c| (c.key.clone(), c.clone()))
+            .collect();
+        for (k, (c, _)) in p.iter() {
+            out.insert(k.clone(), c.clone());
+        }
+        out.into_values().collect()
+    }
+}
+
+impl Agent {
+    pub(super) fn edge_local(&self) -> Option<EdgeLocal> {
+        self.edge_local
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies the table (off the async threads: `nft` is a process).
+    pub(super) async fn apply_edge(&self, cfg: EdgeConfig, verify: bool) {
+        let (edge, dp) = (self.edge.clone(), self.datapath.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            edge.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .apply(&cfg, verify, &dp);
+        })
+        .await;
+        if let Err(e) = done {
+            log::error!("applying the edge: {e}");
+        }
+    }
+
+    /// Where a container about to be attached is published (`None` for
+    /// all but `web` containers of a host with routers). Called with
+    /// `local_ops` held, like every allocation of this host's ports.
+    pub(super) fn publish_new(
+        &self,
+        c: &Container,
+    ) -> Result<Option<SocketAddrV4>, crate::error::Error> {
+        let Some(edge) = self.edge_local() else {
+            return Ok(None);
+        };
+        let mut all = self.pending.overlay(&self.view(), &self.cfg.host_id);
+        all.retain(|o| o.key != c.key);
+        all.push(c.clone());
+        let want = super::reconcile::edge::assign_published(all.iter(), &edge)
+            .map_err(|e| crate::error::Error::new(crate::error::Kind::kind(&e), e.to_string()))?;
+        Ok(want.get(&c.key).copied().flatten())
+    }
+
+    /// Brings this host's records' publications in line with its settings
+    /// (a port for each `web` container when routers are configured, none
+    /// otherwise). Called with `local_ops` held.
+    pub(super) async fn publish_pass(&self) {
+        let Some(edge) = self.edge_local() else {
+            return;
+        };
+        let changes = {
+            let all = self.pending.overlay(&self.view(), &self.cfg.host_id);
+            let want = match super::reconcile::edge::assign_published(all.iter(), &edge) {
+                Ok(w) => w,
+                Err(e) => {
+                    log::error!("publishing web containers: {e}");
+                    return;
+                }
+            };
+            all.into_iter()
+                .filter_map(|c| {
+                    let w = *want.get(&c.key)?;
+                    (c.published != w).then_some((c, w))
+                })
+                .collect::<Vec<_>>()
+        };
+        for (c, published) in changes {
+            match self.membership.set_published(&c, published).await {
+                Ok(Some(_)) => {
+                    match published {
+                        Some(at) => log::info!("container {} published on {at}", c.key),
+                        None => log::info!("container {} no longer published", c.key),
+                    }
+                    self.pending.insert(Container { published, ..c });
+                }
+                Ok(None) => {}
+                Err(e) => log::warn!("publishing {}: {e}", c.key),
+            }
+        }
+    }
+
+    /// Looks at the host again when an address comes or goes, and every
+    /// [`REPAIR_EVERY`]: the deny list and the table follow the host's
+    /// addresses, a table someone removed comes back, ports are given or
+    /// taken back.
+    pub(super) async fn repair_edge(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(REPAIR_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let mut changes = match crate::netlink::address_changes() {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                log::warn!("{e}; the host's addresses are read every {REPAIR_EVERY:?} only");
+                None
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                Some(()) = async {
+                    match changes.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // A burst (an interface with several addresses): once.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if let Some(rx) = changes.as_mut() {
+                        while rx.try_recv().is_ok() {}
+                    }
+                }
+            }
+            match gather(&self.netlink, &self.cfg, self.forwarding).await {
+                Ok(e) => {
+                    let mut cur = self.edge_local.write().unwrap_or_else(|p| p.into_inner());
+                    if cur.as_ref() != Some(&e) {
+                        log::info!("host addresses changed; updating the edge");
+                        *cur = Some(e);
+                    }
+                }
+                Err(e) => log::warn!("reading the host's addresses: {e}"),
+            }
+            self.converge(&super::reconcile::Touched::Edge).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs() -> Vec<(String, Ipv4Net)> {
+        [
+            ("lo", "127.0.0.1/8"),
+            ("pn-gw", "169.254.1.1/32"),
+            ("eth0", "198.51.100.4/24"),
+            ("ul0", "192.168.100.3/24"),
+        ]
+        .iter()
+        .map(|(n, a)| (n.to_string(), a.parse().unwrap()))
+        .collect()
+    }
+
+    #[test]
+    fn published_ports_answer_on_the_hosts_own_unicast_addresses() {
+        let pool: Ipv4Net = "10.240.0.0/12".parse().unwrap();
+        let mut a = addrs();
+        a.push(("odd".into(), "10.240.0.9/32".parse().unwrap()));
+        assert_eq!(
+            host_addrs(&a, &pool),
+            [
+                "192.168.100.3".parse::<Ipv4Addr>().unwrap(),
+                "198.51.100.4".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn publications_are_shown_with_the_advertised_then_underlay_address() {
+        let pool: Ipv4Net = "10.240.0.0/12".parse().unwrap();
+        let a = addrs();
+        let h = host_addrs(&a, &pool);
+        let adv: SocketAddr = "192.0.2.9:51871".parse().unwrap();
+        assert_eq!(
+            public_ip(&a, &h, Some("ul0"), Some(adv)),
+            Some("192.0.2.9".parse().unwrap())
+        );
+        assert_eq!(
+            public_ip(&a, &h, Some("ul0"), None),
+            Some("192.168.100.3".parse().unwrap())
+        );
+        assert_eq!(
+            public_ip(&a, &h, None, None),
+            Some("192.168.100.3".parse().unwrap()),
+            "the lowest"
+        );
+        assert_eq!(public_ip(&a[..2], &[], None, None), None, "none to show");
+    }
+
+    #[test]
+    fn the_pool_goes_into_the_datapath_in_network_order() {
+        let c = with_pool(Config::default(), "10.240.0.0/12".parse().unwrap());
+        assert_eq!(c.pool_addr.to_ne_bytes(), [10, 240, 0, 0]);
+        assert_eq!(c.pool_mask.to_ne_bytes(), [255, 240, 0, 0]);
+        assert!(c.in_pool(u32::from_ne_bytes([10, 250, 1, 2])));
+        assert!(!c.in_pool(u32::from_ne_bytes([203, 0, 113, 10])));
+    }
+}

@@ -1,0 +1,146 @@
+//! The edge's part of the desired state, as pure functions of the view and
+//! of what the agent knows of its host: the flags and web port of each local
+//! container's interface, the deny list for the datapath, the nftables
+//! table ([`EdgeConfig`]), and which port each local `web` container is
+//! published on.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use ipnet::Ipv4Net;
+use pn_common::{Ip4, ids::HostId, maps::Iface};
+
+use crate::{
+    edge::{
+        EdgeConfig, Forwarding, Publication,
+        deny::{self, HostFacts},
+        ports::{self, PortRange, PortsExhausted},
+    },
+    model::{Container, ContainerKey, Egress, Network},
+    store::view::MembershipView,
+};
+
+/// What this host's edge is made of besides the view: the agent's settings
+/// and what it found on the host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EdgeLocal {
+    pub pool: Ipv4Net,
+    /// `--router-cidr`: with none, nothing is published.
+    pub router_cidrs: Vec<Ipv4Net>,
+    /// `--publish-ports`.
+    pub ports: PortRange,
+    /// The host's addresses, underlay, store endpoints and `--egress-deny`.
+    pub facts: HostFacts,
+    /// Addresses of this host on which published ports answer.
+    pub host_addrs: Vec<Ipv4Addr>,
+    /// The address a publication is shown with (`HOST_IP:PORT`); `None`
+    /// while the host has none, and then nothing is published.
+    pub public_ip: Option<Ipv4Addr>,
+    /// pn's interfaces (a trailing `*` for a prefix).
+    pub interfaces: Vec<String>,
+    pub forwarding: Forwarding,
+}
+
+impl EdgeLocal {
+    /// Whether this host publishes `web` containers at all.
+    pub fn publishes(&self) -> bool {
+        !self.router_cidrs.is_empty() && self.public_ip.is_some()
+    }
+}
+
+/// The publication of a container of this host, if it has one that holds:
+/// a `web` container, with a port of this host's range, on a host with
+/// routers.
+pub fn publication(
+    view: &MembershipView,
+    edge: Option<&EdgeLocal>,
+    c: &Container,
+) -> Option<Publication> {
+    let edge = edge?;
+    if edge.router_cidrs.is_empty() || !c.is_web() {
+        return None;
+    }
+    let at = c.published?;
+    if !edge.ports.contains(at.port()) {
+        return None;
+    }
+    Some(Publication {
+        host_port: at.port(),
+        container: c.ip,
+        web_port: view.apps.get(&c.key.app)?.web_port,
+    })
+}
+
+/// The interface entry of a local container: its address and network, the
+/// network's egress, its publication.
+pub fn iface(addr: Ip4, net: &Network, publication: Option<&Publication>) -> Iface {
+    let mut i = Iface {
+        addr,
+        tag: net.tag,
+        ..Default::default()
+    };
+    if net.egress == Egress::Deny {
+        i.flags |= Iface::FLAG_EGRESS_DENY;
+    }
+    if let Some(p) = publication {
+        i.flags |= Iface::FLAG_PUBLISHED;
+        i.web_port = p.web_port;
+    }
+    i
+}
+
+/// `PN_EGRESS_DENY` for this host.
+pub fn deny_entries(edge: &EdgeLocal) -> BTreeMap<(Ip4, u8), u32> {
+    deny::lpm_entries(&deny::deny_list(&edge.facts))
+        .into_iter()
+        .collect()
+}
+
+/// The whole nftables table of this host.
+pub fn edge_config(view: &MembershipView, host: &HostId, edge: &EdgeLocal) -> EdgeConfig {
+    let mut publications: Vec<Publication> = view
+        .local_containers(host)
+        .filter_map(|c| publication(view, Some(edge), c))
+        .collect();
+    publications.sort();
+    EdgeConfig {
+        pool: edge.pool,
+        host_addrs: edge.host_addrs.clone(),
+        router_cidrs: edge.router_cidrs.clone(),
+        publications,
+        egress_deny: deny::merged(&deny::deny_list(&edge.facts)),
+        interfaces: edge.interfaces.clone(),
+        forwarding: edge.forwarding,
+    }
+}
+
+/// Where each of `containers` (this host's) should be published: `web`
+/// containers on a port of the range (the one they have if it still holds,
+/// the lowest free one otherwise) at the host's public address; the others,
+/// and all of them on a host without routers, nowhere.
+pub fn assign_published<'a>(
+    containers: impl IntoIterator<Item = &'a Container>,
+    edge: &EdgeLocal,
+) -> Result<BTreeMap<ContainerKey, Option<SocketAddrV4>>, PortsExhausted> {
+    let all: Vec<&Container> = containers.into_iter().collect();
+    let mut out: BTreeMap<ContainerKey, Option<SocketAddrV4>> =
+        all.iter().map(|c| (c.key.clone(), None)).collect();
+    let Some(ip) = edge.public_ip.filter(|_| edge.publishes()) else {
+        return Ok(out);
+    };
+    let wanted: BTreeSet<ContainerKey> = all
+        .iter()
+        .filter(|c| c.is_web())
+        .map(|c| c.key.clone())
+        .collect();
+    let current: BTreeMap<ContainerKey, u16> = all
+        .iter()
+        .filter_map(|c| Some((c.key.clone(), c.published?.port())))
+        .collect();
+    for (k, port) in ports::assign(edge.ports, &wanted, &current)? {
+        out.insert(k, Some(SocketAddrV4::new(ip, port)));
+    }
+    Ok(out)
+}
