@@ -8,6 +8,8 @@
 
 pub mod fleet;
 pub mod net;
+pub mod restarts;
+pub mod stream;
 
 use std::{
     fs::File,
@@ -212,6 +214,8 @@ pub struct Host {
     pub dir: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
+    /// The agent binary, when not [`agent_bin`] (an upgrade).
+    bin: Option<PathBuf>,
 }
 
 impl Host {
@@ -245,6 +249,7 @@ impl Host {
             dir,
             child: None,
             extra: Vec::new(),
+            bin: None,
         }
     }
 
@@ -267,6 +272,11 @@ impl Host {
     }
 
     fn spawn(&mut self) {
+        self.spawn_child();
+        self.wait_ready();
+    }
+
+    fn spawn_child(&mut self) {
         let log = File::options()
             .create(true)
             .append(true)
@@ -274,7 +284,7 @@ impl Host {
             .unwrap();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns.name])
-            .arg(agent_bin())
+            .arg(self.bin.clone().unwrap_or_else(agent_bin))
             .arg("--api-socket")
             .arg(self.api_socket())
             .args(["run", "--host-id", &self.id])
@@ -288,6 +298,9 @@ impl Host {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         self.child = Some(cmd.spawn().expect("starting pn-agent"));
+    }
+
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let out = self.cli(&["status"]);
@@ -331,6 +344,56 @@ impl Host {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// Kills the agent with SIGKILL (a crash) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A crash and a restart.
+    pub fn crash_and_restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Starts a successor (with `bin`, or the same binary) while the agent
+    /// runs, as an upgrade does: it takes over, and the predecessor exits.
+    /// Returns once the predecessor is gone and the successor answers.
+    pub fn hand_over(&mut self, bin: Option<&Path>) {
+        let mut old = self.child.take();
+        if let Some(b) = bin {
+            self.bin = Some(b.to_path_buf());
+        }
+        self.spawn_child();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Some(child) = old.as_mut() {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if let Some(new) = self.child.as_mut()
+                && let Ok(Some(status)) = new.try_wait()
+            {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the successor exited with {status}:\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the predecessor did not hand over:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.wait_ready();
+    }
+
+    /// The running agent's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log(&self) -> String {
