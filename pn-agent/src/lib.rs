@@ -8,6 +8,7 @@ pub mod datapath;
 pub mod dns;
 pub mod error;
 pub mod flows;
+pub mod handover;
 pub mod ipam;
 pub mod metrics;
 pub mod model;

@@ -486,9 +486,46 @@ fn status_text(s: &Status) -> String {
     t
 }
 
+/// The state directory's lock: one agent per state directory.
+struct StateLock;
+
+impl StateLock {
+    fn file(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+        let path = dir.join("agent.lock");
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
+    }
+
+    /// The lock, or `None` while another agent holds it.
+    fn try_take(dir: &std::path::Path) -> anyhow::Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+        Ok(nix::fcntl::Flock::lock(
+            Self::file(dir)?,
+            nix::fcntl::FlockArg::LockExclusiveNonblock,
+        )
+        .ok())
+    }
+
+    /// The lock, waiting up to `wait` for the agent holding it to exit.
+    fn take(
+        dir: &std::path::Path,
+        wait: std::time::Duration,
+    ) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if let Some(l) = Self::try_take(dir)? {
+                return Ok(l);
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("another agent is still using state dir {}", dir.display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
 async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
+        .format_timestamp_millis()
         .init();
     let cfg = RunConfig::resolve(settings, config.as_deref())?;
     if !nix::unistd::geteuid().is_root() {
@@ -496,25 +533,50 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
     }
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
-    let lock_path = cfg.state_dir.join("agent.lock");
-    let lock_file = std::fs::File::create(&lock_path)
-        .with_context(|| format!("creating {}", lock_path.display()))?;
-    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "another agent is using state dir {}",
-                cfg.state_dir.display()
-            )
-        })?;
-    let listener = pn_agent::server::bind(&cfg.api_socket).await?;
+    let host_key = pn_tunnel::keyfile::host_key(&cfg.state_dir)?;
+    // The state directory is one agent's; a running one hands its place
+    // over (an upgrade, a restart that starts the next one first).
+    let (lock, predecessor) = match StateLock::try_take(&cfg.state_dir)? {
+        Some(lock) => (Some(lock), None),
+        None => {
+            match pn_agent::handover::Predecessor::connect(&cfg.state_dir, &host_key.private)? {
+                Some(p) => (None, Some(p)),
+                None => anyhow::bail!(
+                    "another agent is using state dir {} (and offers no hand-over)",
+                    cfg.state_dir.display()
+                ),
+            }
+        }
+    };
+    let listener = match predecessor {
+        None => Some(pn_agent::server::bind(&cfg.api_socket).await?),
+        Some(_) => None,
+    };
     log::info!(
-        "pn-agent {} starting: host {}, store {:?}, bpffs {}",
+        "pn-agent {} starting: host {}, store {:?}, bpffs {}{}",
         env!("CARGO_PKG_VERSION"),
         cfg.host_id,
         cfg.store,
-        cfg.bpffs.display()
+        cfg.bpffs.display(),
+        if predecessor.is_some() {
+            ", taking over from the running agent"
+        } else {
+            ""
+        }
     );
-    let agent = pn_agent::agent::Agent::start(cfg.clone()).await?;
+    let agent = pn_agent::agent::Agent::start(cfg.clone(), predecessor).await?;
+    // With a predecessor, `start` returned once it was gone.
+    let _lock = match lock {
+        Some(l) => l,
+        None => StateLock::take(&cfg.state_dir, std::time::Duration::from_secs(10))?,
+    };
+    let listener = match listener {
+        Some(l) => l,
+        None => pn_agent::server::bind(&cfg.api_socket).await?,
+    };
+    let (handed_tx, handed_rx) = tokio::sync::oneshot::channel();
+    pn_agent::handover::offer(&cfg.state_dir, &host_key.private, agent.clone(), handed_tx)?;
+    drop(host_key);
     let metrics = pn_agent::metrics::AgentMetrics::default();
     let registry = pn_agent::metrics::registry(
         pn_agent::metrics::Inputs {
@@ -539,6 +601,10 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        Ok(()) = handed_rx => {
+            // The successor runs: it owns the API socket's path now.
+            return Ok(());
+        }
         r = metrics_listener => {
             let _ = std::fs::remove_file(&cfg.api_socket);
             return match r {

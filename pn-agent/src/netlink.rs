@@ -3,6 +3,10 @@
 //! agent's gateway device. Work inside a container's namespace runs on a
 //! short-lived thread that has entered it (`setns` is per thread), with its
 //! own netlink socket bound to that namespace.
+//!
+//! What the agent sets up for itself (gateway, tunnel device, pool routes,
+//! forwarding) is read first and written only if it differs: a restarting
+//! agent finds its predecessor's and leaves live traffic alone.
 
 use std::{
     fs::File,
@@ -16,8 +20,9 @@ use ipnet::Ipv4Net;
 use rtnetlink::{
     Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
-        link::{InfoData, InfoVeth, LinkAttribute, LinkMessage},
-        route::RouteScope,
+        address::AddressAttribute,
+        link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage},
+        route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType},
     },
 };
 
@@ -170,11 +175,19 @@ impl Netns {
     }
 }
 
-/// Writes a per-interface sysctl of the calling thread's namespace. IPv6 may
-/// be compiled out or disabled: a missing file is not an error.
+/// Writes a per-interface sysctl of the calling thread's namespace, unless
+/// it already holds `value`. IPv6 may be compiled out or disabled: a
+/// missing file is not an error.
 fn sysctl_if(family: &str, ifname: &str, key: &str, value: &str) -> Result<()> {
     let path = format!("/proc/sys/net/{family}/conf/{ifname}/{key}");
-    match std::fs::write(&path, value) {
+    write_sysctl(&path, value)
+}
+
+fn write_sysctl(path: &str, value: &str) -> Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == value) {
+        return Ok(());
+    }
+    match std::fs::write(path, value) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(NetlinkError::Other(format!("writing {path}: {e}"))),
@@ -195,6 +208,31 @@ fn mac_of(link: &LinkMessage) -> Option<[u8; 6]> {
         LinkAttribute::Address(a) => a.as_slice().try_into().ok(),
         _ => None,
     })
+}
+
+fn mtu_of(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(m) => Some(*m),
+        _ => None,
+    })
+}
+
+fn is_up(link: &LinkMessage) -> bool {
+    link.header.flags.contains(LinkFlags::Up)
+}
+
+/// Metric of the pool's unreachable route: below every real route to it.
+const GUARD_METRIC: u32 = u32::MAX;
+
+fn route_attr<T>(r: &RouteMessage, f: impl Fn(&RouteAttribute) -> Option<T>) -> Option<T> {
+    r.attributes.iter().find_map(f)
+}
+
+fn route_addr(a: &RouteAddress) -> Option<Ipv4Addr> {
+    match a {
+        RouteAddress::Inet(ip) => Some(*ip),
+        _ => None,
+    }
 }
 
 fn name_of(link: &LinkMessage) -> Option<&str> {
@@ -321,12 +359,9 @@ impl Netlink {
     }
 
     pub async fn mtu(&self, name: &str) -> Result<Option<u32>> {
-        Ok(link_by_name(&self.handle, name).await?.and_then(|l| {
-            l.attributes.iter().find_map(|a| match a {
-                LinkAttribute::Mtu(m) => Some(*m),
-                _ => None,
-            })
-        }))
+        Ok(link_by_name(&self.handle, name)
+            .await?
+            .and_then(|l| mtu_of(&l)))
     }
 
     pub async fn link(&self, name: &str) -> Result<Option<(u32, [u8; 6])>> {
@@ -378,25 +413,109 @@ impl Netlink {
             .ok_or_else(|| NetlinkError::InterfaceMissing(name.into()))?;
         let idx = link.header.index;
         sysctl_if("ipv6", name, "disable_ipv6", "1")?;
-        self.handle
-            .address()
-            .add(idx, IpAddr::V4(addr), 32)
-            .replace()
-            .execute()
-            .await
-            .map_err(kernel(format!("adding {addr} to {name}")))?;
+        if !self.has_address(idx, addr).await? {
+            self.handle
+                .address()
+                .add(idx, IpAddr::V4(addr), 32)
+                .replace()
+                .execute()
+                .await
+                .map_err(kernel(format!("adding {addr} to {name}")))?;
+        }
         for dev in [name, peer.as_str()] {
             if let Some(l) = link_by_name(&self.handle, dev).await? {
                 sysctl_if("ipv6", dev, "disable_ipv6", "1")?;
-                self.handle
-                    .link()
-                    .set(LinkUnspec::new_with_index(l.header.index).up().build())
-                    .execute()
-                    .await
-                    .map_err(kernel(format!("setting {dev} up")))?;
+                if !is_up(&l) {
+                    self.handle
+                        .link()
+                        .set(LinkUnspec::new_with_index(l.header.index).up().build())
+                        .execute()
+                        .await
+                        .map_err(kernel(format!("setting {dev} up")))?;
+                }
             }
         }
         Ok(())
+    }
+
+    async fn has_address(&self, idx: u32, addr: Ipv4Addr) -> Result<bool> {
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(idx)
+            .execute();
+        while let Some(a) = addrs
+            .try_next()
+            .await
+            .map_err(kernel("listing addresses"))?
+        {
+            let ours = a.header.prefix_len == 32
+                && a.attributes
+                    .iter()
+                    .any(|x| matches!(x, AddressAttribute::Local(IpAddr::V4(ip)) if *ip == addr));
+            if ours {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The main table's IPv4 routes to exactly `dst`.
+    async fn routes_to(&self, dst: Ipv4Net) -> Result<Vec<RouteMessage>> {
+        let mut out = Vec::new();
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(r) = routes.try_next().await.map_err(kernel("listing routes"))? {
+            let to = route_attr(&r, |a| match a {
+                RouteAttribute::Destination(d) => route_addr(d),
+                _ => None,
+            })
+            .unwrap_or(Ipv4Addr::UNSPECIFIED);
+            let table = route_attr(&r, |a| match a {
+                RouteAttribute::Table(t) => Some(*t),
+                _ => None,
+            })
+            .unwrap_or(u32::from(r.header.table));
+            if table == u32::from(RouteHeader::RT_TABLE_MAIN)
+                && r.header.destination_prefix_length == dst.prefix_len()
+                && to == dst.network()
+            {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes `dst` unreachable at the lowest priority, so that addresses of
+    /// it without a better route (a local /32, the tunnel) are never sent
+    /// anywhere else.
+    pub async fn ensure_unreachable(&self, dst: Ipv4Net) -> Result<()> {
+        let present = self.routes_to(dst).await?.iter().any(|r| {
+            r.header.kind == RouteType::Unreachable
+                && route_attr(r, |a| match a {
+                    RouteAttribute::Priority(p) => Some(*p),
+                    _ => None,
+                }) == Some(GUARD_METRIC)
+        });
+        if present {
+            return Ok(());
+        }
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .kind(RouteType::Unreachable)
+            .priority(GUARD_METRIC)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(kernel(format!("adding the unreachable route to {dst}")))
     }
 
     /// Creates the pair: `host_if` here (down), `peer_if` directly inside `ns`.
@@ -457,13 +576,16 @@ impl Netlink {
         Ok(idx)
     }
 
-    /// Sets an interface's MTU and brings it up.
+    /// Sets an interface's MTU and brings it up (if it is not so already).
     pub async fn set_up(&self, name: &str, mtu: u32) -> Result<u32> {
-        let (idx, _) = self
-            .link(name)
+        let link = link_by_name(&self.handle, name)
             .await?
             .ok_or_else(|| NetlinkError::InterfaceMissing(name.into()))?;
+        let idx = link.header.index;
         sysctl_if("ipv6", name, "disable_ipv6", "1")?;
+        if is_up(&link) && mtu_of(&link) == Some(mtu) {
+            return Ok(idx);
+        }
         self.handle
             .link()
             .set(LinkUnspec::new_with_index(idx).mtu(mtu).up().build())
@@ -473,8 +595,34 @@ impl Netlink {
         Ok(idx)
     }
 
-    /// Routes `dst` to the interface `dev` (replacing any route to `dst`).
+    /// Routes `dst` to the interface `dev` (replacing the route to `dst` of
+    /// the same priority), unless that route is there already.
     pub async fn route_to_dev(&self, dst: Ipv4Net, dev: u32, src: Ipv4Addr) -> Result<()> {
+        let present = self.routes_to(dst).await?.iter().any(|r| {
+            r.header.kind == RouteType::Unicast
+                && route_attr(r, |a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                }) == Some(dev)
+                && route_attr(r, |a| match a {
+                    RouteAttribute::PrefSource(s) => route_addr(s),
+                    _ => None,
+                }) == Some(src)
+                && route_attr(r, |a| match a {
+                    RouteAttribute::Gateway(_) => Some(()),
+                    _ => None,
+                })
+                .is_none()
+                && route_attr(r, |a| match a {
+                    RouteAttribute::Priority(p) => Some(*p),
+                    _ => None,
+                })
+                .unwrap_or(0)
+                    == 0
+        });
+        if present {
+            return Ok(());
+        }
         add_route(&self.handle, dst, None, dev, Some(src)).await
     }
 
@@ -491,9 +639,10 @@ impl Netlink {
     }
 }
 
-/// Enables IPv4 forwarding in the calling thread's namespace (the agent's).
+/// Enables IPv4 forwarding in the calling thread's namespace (the agent's),
+/// unless it is on.
 pub fn enable_forwarding() -> Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+    write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| NetlinkError::Other(format!("enabling IPv4 forwarding: {e}")))
 }
 

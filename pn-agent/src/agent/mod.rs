@@ -21,6 +21,7 @@ mod follow;
 pub mod reconcile;
 mod start;
 mod status;
+mod takeover;
 
 use std::{
     net::Ipv4Addr,
@@ -68,8 +69,9 @@ pub struct Agent {
     members: MemberTable,
     /// The encrypted tunnel, when this host advertises an endpoint.
     pub tunnel: Option<Arc<Device>>,
-    // Keeps the DNS server running for the agent's life.
-    _dns: crate::dns::DnsHandle,
+    /// The DNS server, running for the agent's life once started (after a
+    /// predecessor released its address).
+    dns: Mutex<Option<crate::dns::DnsHandle>>,
 }
 
 impl Agent {
