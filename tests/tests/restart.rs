@@ -5,8 +5,13 @@
 
 use std::time::Duration;
 
+use std::net::{Ipv4Addr, SocketAddr};
+
 use pn_tests::{
+    Host, Namespace, net,
     restarts::{Bed, Event, Outcome, copy_of_agent},
+    run_ok,
+    stream::Stream,
     unique_prefix,
 };
 
@@ -60,4 +65,97 @@ fn restarts_upgrades_and_crashes_lose_no_same_host_datagram() {
             o.cross_host
         );
     }
+}
+
+/// Issue 16, item 4: an agent that finds the maps of another layout pinned
+/// (an upgrade that changed a map) carries their entries over to new maps
+/// instead of recreating them empty, and switches the programs only once
+/// the new maps are full: a map it cannot read (here PN_IFACES, whose
+/// entries changed size) is refilled from the store first. Same-host
+/// traffic loses nothing, counters go on.
+#[test]
+fn maps_of_another_layout_are_carried_over_not_recreated_empty() {
+    let p = unique_prefix();
+    let mut host = Host::start(&p, "h1");
+    let net = host.create_network(&[]);
+    let app = host.create_app(&net);
+    let c1 = Namespace::new(&format!("{p}-c1"));
+    let c2 = Namespace::new(&format!("{p}-c2"));
+    host.attach(&app, "web", &c1);
+    let ip2: Ipv4Addr = host.attach(&app, "worker", &c2)["ip"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pins = host.bpffs();
+    let ours = pin_dirs(&pins);
+    assert_eq!(ours.len(), 1, "one versioned pin directory: {ours:?}");
+    // Counted before: 4 000 datagrams.
+    let first = Stream::start(&c1, &[(&c2, SocketAddr::from((ip2, 9100)))], 4_000, 4_000);
+    assert_eq!(first.finish()[0].lost, 0);
+    let counted = host.packets(&app, "web-1", "forwarded");
+    assert!(counted >= 4_000, "{counted}");
+    let stream = Stream::start(&c1, &[(&c2, SocketAddr::from((ip2, 9101)))], RATE, 6_000);
+    std::thread::sleep(Duration::from_millis(500));
+    host.stop();
+    // Another layout: the same maps under another version's name, with
+    // PN_IFACES of another value size (the running programs keep theirs).
+    let old = pins.join("maps-00000000000000aa");
+    std::fs::rename(pins.join(&ours[0]), &old).unwrap();
+    std::fs::remove_file(old.join("PN_IFACES")).unwrap();
+    run_ok(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            old.join("PN_IFACES").to_str().unwrap(),
+            "type",
+            "hash",
+            "key",
+            "4",
+            "value",
+            "12",
+            "entries",
+            "16",
+            "name",
+            "PN_IFACES",
+        ],
+    );
+    host.launch(&[]);
+    let r = stream.finish().pop().unwrap();
+    eprintln!("{r}");
+    let log = host.log();
+    assert!(log.contains("entries of"), "a migration is logged: {log}");
+    assert!(log.contains("PN_IFACES refilled from the store"), "{log}");
+    assert_eq!(pin_dirs(&pins), ours, "the old layout's pins are gone");
+    assert_eq!(
+        r.lost, 0,
+        "same-host datagrams lost across the migration: {r}"
+    );
+    // Recreated empty, the counter would hold at most this stream's 6 000.
+    let now = host.packets(&app, "web-1", "forwarded");
+    assert!(
+        now >= counted + 3_000,
+        "counters carried over: {counted} then {now}"
+    );
+    // And the new maps work for what comes next.
+    let _e = net::udp_echo_server(&c2, 9102);
+    net::udp_echo(
+        &c1,
+        SocketAddr::from((ip2, 9102)),
+        b"after",
+        Duration::from_secs(5),
+    )
+    .expect("traffic after the migration");
+}
+
+fn pin_dirs(bpffs: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(bpffs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("maps"))
+        .collect();
+    v.sort();
+    v
 }

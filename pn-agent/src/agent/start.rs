@@ -171,14 +171,10 @@ impl Agent {
         }
         let mut kernel =
             Kernel::load(crate::EBPF_OBJECT, &cfg.bpffs).context("loading the datapath")?;
-        let mut tunnel_port = 0;
-        if let Some((name, mode)) = &underlay {
-            tunnel_port = cfg.advertise.map_or(tunnel::DEFAULT_PORT, |a| a.port());
-            kernel.attach_underlay(name, *mode)?;
-            log::info!(
-                "underlay guard on {name} (tunnel port {tunnel_port}); container MTU {container_mtu}"
-            );
-        }
+        let tunnel_port = match &underlay {
+            Some(_) => cfg.advertise.map_or(tunnel::DEFAULT_PORT, |a| a.port()),
+            None => 0,
+        };
         kernel
             .set_config(Config {
                 dns_addr: to_ip4(*cfg.dns_listen.ip()),
@@ -188,6 +184,21 @@ impl Agent {
                 ..Default::default()
             })
             .context("configuring the datapath")?;
+        // A guard an earlier agent left keeps guarding with its maps until
+        // this agent's are filled (after the first sync); a missing one goes
+        // on at once.
+        let mut guard_later = None;
+        if let Some((name, mode)) = underlay {
+            if kernel.underlay_pinned(&name) {
+                guard_later = Some((name, mode));
+            } else {
+                kernel.attach_underlay(&name, mode)?;
+            }
+            log::info!(
+                "underlay guard on {} (tunnel port {tunnel_port}); container MTU {container_mtu}",
+                cfg.underlay_iface.as_deref().unwrap_or_default()
+            );
+        }
         let events = kernel.take_events();
         let dns_upstreams = match &cfg.dns_upstream {
             Some(list) => list.clone(),
@@ -228,6 +239,9 @@ impl Agent {
         match agent.resync().await {
             Ok(rev) => log::info!("in sync with the store at revision {rev}"),
             Err(e) => log::warn!("store unreachable at start, enforcing pinned state: {e:#}"),
+        }
+        if let Some((name, mode)) = guard_later {
+            agent.dp().maps_mut().attach_underlay(&name, mode)?;
         }
         if let Err(e) = agent.register_host().await {
             log::warn!("registering host {}: {e}", agent.cfg.host_id);

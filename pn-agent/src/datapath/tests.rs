@@ -157,3 +157,26 @@ fn attach_now_is_not_done_twice() {
         .count();
     assert_eq!(attaches, 1);
 }
+
+/// After a restart into other map layouts the new maps start empty: the
+/// links an earlier agent left switch to this agent's programs only once
+/// the maps hold their entries, while a new interface still gets its
+/// programs before anything else.
+#[test]
+fn links_of_an_earlier_agent_switch_after_the_entries_are_set() {
+    let mut kernel = FakeMaps::default();
+    kernel.state.attached.insert("pnhaaa".into());
+    let mut dp = Datapath::new(kernel);
+    let mut want = two();
+    want.attached.insert("pnhnew".into());
+    dp.apply(&want, &Scope::all()).unwrap();
+    let calls = &dp.maps().calls;
+    let at = |c: &str| calls.iter().position(|x| x == c).unwrap();
+    assert!(at("attach pnhnew") < at("set_iface 7"), "{calls:?}");
+    assert!(at("set_iface 7") < at("attach pnhaaa"), "{calls:?}");
+    assert!(
+        at("set_endpoint 10.240.0.2") < at("attach pnhaaa"),
+        "{calls:?}"
+    );
+    assert_eq!(dp.maps().state, want);
+}
