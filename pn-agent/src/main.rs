@@ -534,6 +534,8 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
     let host_key = pn_tunnel::keyfile::host_key(&cfg.state_dir)?;
+    // A tunnel the service manager kept across a restart (systemd's fd store).
+    let stored = pn_agent::handover::service::take();
     // The state directory is one agent's; a running one hands its place
     // over (an upgrade, a restart that starts the next one first).
     let (lock, predecessor) = match StateLock::try_take(&cfg.state_dir)? {
@@ -564,7 +566,7 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
             ""
         }
     );
-    let agent = pn_agent::agent::Agent::start(cfg.clone(), predecessor).await?;
+    let agent = pn_agent::agent::Agent::start(cfg.clone(), predecessor, stored).await?;
     // With a predecessor, `start` returned once it was gone.
     let _lock = match lock {
         Some(l) => l,
@@ -597,6 +599,7 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
         cfg.api_socket.display(),
         cfg.metrics_listen
     );
+    pn_agent::handover::service::notify("READY=1", &[]);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -613,7 +616,9 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
             };
         }
     }
+    pn_agent::handover::service::notify("STOPPING=1", &[]);
     let _ = std::fs::remove_file(&cfg.api_socket);
+    agent.leave_tunnel_with_service_manager();
     log::info!("stopping; the programs stay attached and keep enforcing the last state");
     Ok(())
 }

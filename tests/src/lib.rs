@@ -9,6 +9,7 @@
 pub mod fleet;
 pub mod net;
 pub mod restarts;
+pub mod service;
 pub mod stream;
 
 use std::{
@@ -216,6 +217,8 @@ pub struct Host {
     extra: Vec<String>,
     /// The agent binary, when not [`agent_bin`] (an upgrade).
     bin: Option<PathBuf>,
+    /// A stand-in for systemd (notify socket, fd store), when asked for.
+    pub manager: Option<service::ServiceManager>,
 }
 
 impl Host {
@@ -250,7 +253,14 @@ impl Host {
             child: None,
             extra: Vec::new(),
             bin: None,
+            manager: None,
         }
+    }
+
+    /// From now on, the agent runs as a systemd service would: with a
+    /// notify socket and a file descriptor store kept across its restarts.
+    pub fn with_service_manager(&mut self) {
+        self.manager = Some(service::ServiceManager::new(&self.dir.join("notify.sock")));
     }
 
     /// Starts the agent with extra `run` flags (kept for restarts).
@@ -265,6 +275,21 @@ impl Host {
 
     pub fn bpffs(&self) -> PathBuf {
         self.dir.join("bpffs/pn")
+    }
+
+    /// A map the agent pinned (`BPFFS/maps-<layout>/NAME`).
+    pub fn pinned_map(&self, name: &str) -> PathBuf {
+        std::fs::read_dir(self.bpffs())
+            .expect("the agent's bpffs")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .is_some_and(|n| n.starts_with("maps-") && !n.ends_with("-new"))
+            })
+            .expect("a pin directory")
+            .join(name)
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -293,8 +318,11 @@ impl Host {
             .arg("--bpffs")
             .arg(self.bpffs())
             .args(&self.extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
+            .env("RUST_LOG", "info");
+        if let Some(m) = &self.manager {
+            cmd = m.command(&cmd);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         self.child = Some(cmd.spawn().expect("starting pn-agent"));

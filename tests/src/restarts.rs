@@ -21,8 +21,12 @@ use crate::{
 pub enum Event {
     /// Nothing (the control).
     None,
-    /// SIGTERM, then the same binary started again.
+    /// SIGTERM, then the same binary started again, with no service
+    /// manager to keep anything in between.
     Restart,
+    /// The same under a service manager with a file descriptor store (as
+    /// `systemctl restart` of a unit with `FileDescriptorStoreMax=`).
+    ServiceRestart,
     /// Another binary started while the agent runs: it takes over.
     Upgrade(PathBuf),
     /// SIGKILL, then the same binary started again.
@@ -34,6 +38,7 @@ impl Event {
         match self {
             Event::None => "no restart",
             Event::Restart => "restart (SIGTERM, start)",
+            Event::ServiceRestart => "systemctl restart (fd store)",
             Event::Upgrade(_) => "upgrade (new binary takes over)",
             Event::Crash => "crash (SIGKILL, start)",
         }
@@ -117,6 +122,20 @@ impl Bed {
     /// Streams `rate` datagrams a second for `seconds`, with `event` on
     /// host 1's agent after a third of it.
     pub fn measure(&mut self, event: &Event, rate: u32, seconds: f64) -> Outcome {
+        // Under a service manager or not, as the event needs (set up before
+        // the stream: the agent must have been started that way).
+        let h1 = &mut self.fleet.hosts[0];
+        match (event, h1.manager.is_some()) {
+            (Event::ServiceRestart, false) => {
+                h1.with_service_manager();
+                h1.restart();
+            }
+            (Event::Restart, true) => {
+                h1.manager = None;
+                h1.restart();
+            }
+            _ => {}
+        }
         self.warm_up();
         self.port += 1;
         let count = (f64::from(rate) * seconds) as u32;
@@ -134,7 +153,7 @@ impl Bed {
         let h1 = &mut self.fleet.hosts[0];
         match event {
             Event::None => {}
-            Event::Restart => h1.restart(),
+            Event::Restart | Event::ServiceRestart => h1.restart(),
             Event::Upgrade(bin) => h1.hand_over(Some(bin)),
             Event::Crash => h1.crash_and_restart(),
         }

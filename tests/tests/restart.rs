@@ -30,11 +30,15 @@ fn ms(d: Duration) -> f64 {
 fn restarts_upgrades_and_crashes_lose_no_same_host_datagram() {
     let mut bed = Bed::new(&unique_prefix());
     let next = copy_of_agent(&bed.fleet.hosts[0].dir);
+    // Hand-overs (a successor started alongside, or the service manager
+    // keeping the tunnel across a restart): 2 × 100 ms. Nothing kept (a
+    // bare restart, a crash): a new handshake, 2 × 1 s.
     let cases = [
         (Event::None, Duration::from_millis(100)),
-        (Event::Restart, Duration::from_millis(200)),
+        (Event::Restart, Duration::from_secs(2)),
         (Event::Upgrade(next), Duration::from_millis(200)),
         (Event::Crash, Duration::from_secs(2)),
+        (Event::ServiceRestart, Duration::from_millis(200)),
     ];
     let mut results: Vec<(Event, Outcome, Duration)> = Vec::new();
     for (event, limit) in cases {
@@ -50,6 +54,20 @@ fn restarts_upgrades_and_crashes_lose_no_same_host_datagram() {
         );
         results.push((event, o, limit));
     }
+    // The service manager's store gave the tunnel to the next start, which
+    // took it out (a later crash never resumes a used state).
+    let h1 = &bed.fleet.hosts[0];
+    assert!(
+        h1.log()
+            .contains("resumed the tunnel kept by the service manager"),
+        "{}",
+        h1.log()
+    );
+    assert_eq!(
+        h1.manager.as_ref().map(|m| m.stored()),
+        Some(vec![]),
+        "the fd store is empty once the tunnel was taken"
+    );
     for (event, o, limit) in &results {
         assert_eq!(
             o.same_host.lost,
@@ -158,4 +176,68 @@ fn pin_dirs(bpffs: &std::path::Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// Issue 16: a forged or replayed hand-over request is refused and changes
+/// nothing. The attacker is `pn-handover-probe`, which speaks the protocol:
+/// as another user (who cannot reach the socket, and is refused by its
+/// credentials were the socket's permissions loosened), as root without the
+/// host key, and as root replaying a proof made for another challenge.
+#[test]
+fn forged_or_replayed_hand_over_requests_are_refused() {
+    use std::os::unix::{fs::PermissionsExt as _, process::CommandExt as _};
+    let p = unique_prefix();
+    let mut host = Host::start(&p, "h1");
+    let pid = host.pid();
+    let state = host.dir.join("state");
+    let sock = state.join("handover.sock");
+    let sock_arg = sock.to_str().unwrap().to_string();
+    let key = state.join("host.key");
+    let probe = |uid: Option<u32>, args: &[&str]| -> String {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pn-handover-probe"));
+        c.arg(&sock_arg).args(args);
+        if let Some(u) = uid {
+            c.uid(u).gid(u);
+        }
+        let out = c.output().expect("running the probe");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("probe {args:?} as {uid:?}: {}", text.trim());
+        assert!(out.status.success(), "the attack worked: {text}");
+        text
+    };
+    let nobody = 65534;
+    let out = probe(Some(nobody), &["forge"]);
+    assert!(
+        out.starts_with("unreachable") && out.contains("denied"),
+        "another user cannot reach the socket: {out}"
+    );
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = probe(Some(nobody), &["forge"]);
+    assert!(
+        out.starts_with("refused") && out.contains("uid 65534"),
+        "another user is refused by its credentials: {out}"
+    );
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = probe(None, &["forge"]);
+    assert!(
+        out.starts_with("refused") && out.contains("key"),
+        "a request without the host key is refused: {out}"
+    );
+    let out = probe(None, &["replay", key.to_str().unwrap()]);
+    assert!(
+        out.starts_with("refused") && out.contains("key"),
+        "a proof for another challenge is refused: {out}"
+    );
+    // Nothing changed: the same agent runs and answers.
+    assert_eq!(host.pid(), pid);
+    host.cli_ok(&["status"]);
+    let log = host.log();
+    assert!(
+        log.matches("refused a hand-over request").count() >= 3,
+        "{log}"
+    );
+    // And a real successor still takes over.
+    host.hand_over(None);
+    assert_ne!(host.pid(), pid);
+    host.cli_ok(&["status"]);
 }

@@ -112,6 +112,21 @@ impl tun::Members for MemberTable {
 }
 
 impl MemberTable {
+    /// Every member, for a successor agent.
+    pub fn entries(&self) -> Vec<(Ipv4Addr, Member)> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(a, m)| (*a, *m))
+            .collect()
+    }
+
+    /// Replaces the whole table.
+    pub fn set_all(&self, entries: &[(Ipv4Addr, Member)]) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = entries.iter().copied().collect();
+    }
+
     /// Sets the members of `addrs` (absent from `members`: removed), or
     /// replaces the whole table when `addrs` is `None`.
     fn apply<'a>(

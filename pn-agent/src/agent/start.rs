@@ -28,7 +28,7 @@ use crate::{
     datapath::{Datapath, Kernel},
     dns::{self, DnsStats},
     flows::FlowHub,
-    handover::Predecessor,
+    handover::{Predecessor, service::Stored},
     model::{Host, now_secs},
     netlink::{Netlink, enable_forwarding},
     store::{Backend, Membership, MembershipError, embedded::Embedded, view::MembershipView},
@@ -98,10 +98,12 @@ async fn early_view(
 impl Agent {
     /// Brings the agent up: store, kernel prerequisites, datapath, first
     /// sync. With a `predecessor`, takes its place once ready and returns
-    /// when it is gone.
+    /// when it is gone; with a tunnel `stored` by the service manager,
+    /// resumes it first thing.
     pub async fn start(
         cfg: RunConfig,
         predecessor: Option<Predecessor>,
+        stored: Option<Stored>,
     ) -> anyhow::Result<Arc<Agent>> {
         let backend: Arc<dyn Backend> = match &cfg.store {
             StoreSpec::Embedded => Arc::new(
@@ -164,10 +166,20 @@ impl Agent {
         // load takes longer). With a predecessor, its tunnel is taken over
         // once this agent is ready instead (`take_over`).
         if let (Some(dev), None) = (&tunnel, &predecessor) {
-            if let Some(v) = early_view(backend.as_ref(), &netlink, &cfg, &members, dev).await {
-                view = v;
+            let resumed = match stored {
+                Some(s) => super::takeover::resume_stored(dev, &members, s),
+                None => false,
+            };
+            if resumed {
+                super::takeover::route_tunnel(&cfg, &netlink, container_mtu).await?;
+            } else {
+                if let Some(v) = early_view(backend.as_ref(), &netlink, &cfg, &members, dev).await {
+                    view = v;
+                }
+                if dev.listen().is_none() {
+                    super::takeover::open_tunnel(dev, &cfg, &netlink, container_mtu).await?;
+                }
             }
-            super::takeover::open_tunnel(dev, &cfg, &netlink, container_mtu).await?;
         }
         let mut kernel =
             Kernel::load(crate::EBPF_OBJECT, &cfg.bpffs).context("loading the datapath")?;

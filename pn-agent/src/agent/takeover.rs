@@ -7,16 +7,20 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use pn_tunnel::{
-    carry::{COUNTER_MARGIN, Carried},
+    carry::COUNTER_MARGIN,
     device::{Device, Io},
 };
 use zeroize::Zeroizing;
 
-use super::{Agent, TUN_DEV, start::ViewDirectory};
+use super::{Agent, MemberTable, TUN_DEV, start::ViewDirectory};
 use crate::{
     config::RunConfig,
     dns::{self, DnsConfig, DnsError},
-    handover::{Handing, Predecessor},
+    handover::{
+        Handing, Predecessor,
+        service::{self, Stored},
+        state::AgentState,
+    },
     netlink::Netlink,
 };
 
@@ -45,10 +49,46 @@ pub(super) async fn open_tunnel(
     Ok(())
 }
 
+/// Resumes the tunnel the service manager kept across a restart: its
+/// descriptors, sessions, members and peers, before anything else (the
+/// store is read later). Returns whether it runs; unreadable state leaves
+/// the descriptors running with no session (pairing afresh).
+pub(super) fn resume_stored(dev: &Device, members: &MemberTable, stored: Stored) -> bool {
+    match AgentState::decode(&stored.state) {
+        Ok(state) => {
+            members.set_all(&state.members);
+            let peers: Vec<_> = state
+                .tunnel
+                .peers
+                .iter()
+                .map(|p| (p.id, p.public, p.endpoint))
+                .collect();
+            dev.set_peers(&peers);
+            let n = dev.import(&state.tunnel);
+            log::info!(
+                "resumed the tunnel kept by the service manager: {n} sessions, {} members",
+                state.members.len()
+            );
+        }
+        Err(e) => log::warn!("the tunnel state kept by the service manager is unreadable ({e})"),
+    }
+    match dev.run(stored.io) {
+        Ok(()) => true,
+        Err(e) => {
+            log::error!("resuming the tunnel: {e}");
+            false
+        }
+    }
+}
+
 /// The device up at the container MTU, the pool routed to it (remote
 /// members; local ones have /32 routes to their veths, which win). A
 /// restart finds both as they were and changes nothing.
-async fn route_tunnel(cfg: &RunConfig, netlink: &Netlink, mtu: u32) -> anyhow::Result<()> {
+pub(super) async fn route_tunnel(
+    cfg: &RunConfig,
+    netlink: &Netlink,
+    mtu: u32,
+) -> anyhow::Result<()> {
     let idx = netlink.set_up(TUN_DEV, mtu).await?;
     netlink
         .route_to_dev(cfg.pool, idx, super::start::gateway_addr())
@@ -72,12 +112,12 @@ impl Agent {
             .context("taking over from the running agent")?;
         let mut opened_here = true;
         if let (Some(dev), Some(io)) = (&self.tunnel, handed.io) {
-            match Carried::decode(&handed.state) {
-                Ok(carried) => {
-                    let n = dev.import(&carried);
+            match AgentState::decode(&handed.state) {
+                Ok(state) => {
+                    let n = dev.import(&state.tunnel);
                     log::info!(
                         "took over the tunnel: {n} of {} sessions",
-                        carried.sessions()
+                        state.tunnel.sessions()
                     );
                 }
                 Err(e) => {
@@ -131,6 +171,22 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// At a stop under a service manager: leaves the tunnel with it, for
+    /// the next start (`systemctl restart`).
+    pub fn leave_tunnel_with_service_manager(&self) {
+        if !service::under_service_manager() || self.tunnel.is_none() {
+            return;
+        }
+        let (io, state) = self.freeze();
+        let Some(io) = io else { return };
+        match service::store(&io, &state) {
+            Ok(()) => log::info!("the tunnel waits with the service manager for the next start"),
+            Err(e) => log::warn!("leaving the tunnel with the service manager: {e}"),
+        }
+    }
+}
+
 /// The agent as a predecessor: what it gives a successor.
 impl Handing for Agent {
     fn freeze(&self) -> (Option<Io>, Zeroizing<Vec<u8>>) {
@@ -140,8 +196,11 @@ impl Handing for Agent {
         // Nothing reads, seals or sends here once `stop` returns: the
         // export holds every counter taken.
         let io = dev.stop();
-        let state = dev.export(COUNTER_MARGIN).encode();
-        (io, state)
+        let state = AgentState {
+            members: self.members.entries(),
+            tunnel: dev.export(COUNTER_MARGIN),
+        };
+        (io, state.encode())
     }
 
     fn resume(&self, io: Option<Io>) {

@@ -25,6 +25,8 @@
 //! predecessor gone, other version) starts clean.
 
 pub mod proof;
+pub mod service;
+pub mod state;
 pub mod wire;
 
 use std::{
@@ -51,12 +53,14 @@ const MAGIC: &[u8; 12] = b"pn-handover\0";
 pub const MODE_TAKE: u8 = 0;
 /// …or only that the predecessor steps aside (its state cannot be read).
 pub const MODE_STOP: u8 = 1;
+/// The largest frame a successor sends.
+const SMALL_FRAME: usize = 256;
 /// How long either side waits for the other's next frame.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The version of the state this binary hands over and reads.
 pub fn state_version() -> u32 {
-    pn_tunnel::carry::VERSION
+    state::version()
 }
 
 pub fn socket_path(state_dir: &Path) -> PathBuf {
@@ -170,29 +174,16 @@ impl Predecessor {
         }
         let key = ProofKey::new(host_private);
         let hello = nonce()?;
-        let mut msg = Vec::with_capacity(MAGIC.len() + 8 + NONCE_LEN);
-        msg.extend_from_slice(MAGIC);
-        msg.extend_from_slice(&PROTOCOL.to_be_bytes());
-        msg.extend_from_slice(&state_version().to_be_bytes());
-        msg.extend_from_slice(&hello);
-        wire::send(&stream, wire::HELLO, &msg, &[])?;
-        let f = wire::recv(&stream)?;
-        expect(&f, wire::CHALLENGE)?;
-        let p = &f.payload[..];
-        if p.len() != 8 + NONCE_LEN + PROOF_LEN {
-            return Err(HandoverError::Protocol("bad challenge"));
-        }
-        let theirs = u32::from_be_bytes(p[4..8].try_into().expect("4 bytes"));
-        let challenge: Nonce = p[8..8 + NONCE_LEN].try_into().expect("32 bytes");
-        if !ProofKey::verify(&key.predecessor(&hello, &challenge), &p[8 + NONCE_LEN..]) {
+        let c = hello_exchange(&stream, &hello)?;
+        if !ProofKey::verify(&key.predecessor(&hello, &c.nonce), &c.proof) {
             return Err(HandoverError::Forged);
         }
         Ok(Some(Predecessor {
             stream,
             key,
             hello,
-            challenge,
-            compatible: theirs == state_version(),
+            challenge: c.nonce,
+            compatible: c.state_version == state_version(),
         }))
     }
 
@@ -205,11 +196,8 @@ impl Predecessor {
         } else {
             MODE_STOP
         };
-        let mut msg = vec![mode];
-        msg.extend_from_slice(&self.key.successor(&self.challenge, &self.hello, mode));
-        wire::send(&self.stream, wire::TAKE, &msg, &[])?;
-        let f = wire::recv(&self.stream)?;
-        expect(&f, wire::STATE)?;
+        let proof = self.key.successor(&self.challenge, &self.hello, mode);
+        let f = take_exchange(&self.stream, mode, &proof)?;
         let io = io_from(f.fds)?;
         Ok(Handed {
             io,
@@ -230,6 +218,51 @@ impl Predecessor {
             Ok(_) => Err(HandoverError::Protocol("unexpected frame after TAKEN")),
         }
     }
+}
+
+/// The predecessor's answer to a `HELLO`.
+pub struct Challenge {
+    pub state_version: u32,
+    pub nonce: Nonce,
+    pub proof: [u8; PROOF_LEN],
+}
+
+/// Sends `HELLO` with `hello` on a connected hand-over socket and reads the
+/// `CHALLENGE` (the first step of [`Predecessor::connect`]; public for the
+/// tests that play an attacker).
+pub fn hello_exchange(s: &UnixStream, hello: &Nonce) -> Result<Challenge, HandoverError> {
+    let mut msg = Vec::with_capacity(MAGIC.len() + 8 + NONCE_LEN);
+    msg.extend_from_slice(MAGIC);
+    msg.extend_from_slice(&PROTOCOL.to_be_bytes());
+    msg.extend_from_slice(&state_version().to_be_bytes());
+    msg.extend_from_slice(hello);
+    wire::send(s, wire::HELLO, &msg, &[])?;
+    let f = wire::recv(s)?;
+    expect(&f, wire::CHALLENGE)?;
+    let p = &f.payload[..];
+    if p.len() != 8 + NONCE_LEN + PROOF_LEN {
+        return Err(HandoverError::Protocol("bad challenge"));
+    }
+    Ok(Challenge {
+        state_version: u32::from_be_bytes(p[4..8].try_into().expect("4 bytes")),
+        nonce: p[8..8 + NONCE_LEN].try_into().expect("32 bytes"),
+        proof: p[8 + NONCE_LEN..].try_into().expect("32 bytes"),
+    })
+}
+
+/// Sends `TAKE` (`mode` and `proof`) and reads the answer: the state
+/// frame, or the refusal as an error.
+pub fn take_exchange(
+    s: &UnixStream,
+    mode: u8,
+    proof: &[u8; PROOF_LEN],
+) -> Result<wire::Frame, HandoverError> {
+    let mut msg = vec![mode];
+    msg.extend_from_slice(proof);
+    wire::send(s, wire::TAKE, &msg, &[])?;
+    let f = wire::recv(s)?;
+    expect(&f, wire::STATE)?;
+    Ok(f)
 }
 
 /// What the predecessor's agent does when asked (implemented by the agent,
@@ -294,7 +327,7 @@ fn serve_one(s: &UnixStream, key: &ProofKey, handing: &dyn Handing) -> Result<()
     if !wire::uid_allowed(uid, nix::unistd::geteuid().as_raw()) {
         return Err(refuse(s, HandoverError::Credentials(uid)));
     }
-    let f = wire::recv(s)?;
+    let f = wire::recv_max(s, SMALL_FRAME)?;
     let p = &f.payload[..];
     if f.kind != wire::HELLO || p.len() != MAGIC.len() + 8 + NONCE_LEN || &p[..12] != MAGIC {
         return Err(refuse(
@@ -317,7 +350,7 @@ fn serve_one(s: &UnixStream, key: &ProofKey, handing: &dyn Handing) -> Result<()
     // The successor prepares before it asks: wait as long as a start takes.
     s.set_read_timeout(Some(Duration::from_secs(120)))
         .map_err(|e| HandoverError::Io("setting socket timeouts", e))?;
-    let f = wire::recv(s)?;
+    let f = wire::recv_max(s, SMALL_FRAME)?;
     timeouts(s)?;
     if f.kind != wire::TAKE || f.payload.len() != 1 + PROOF_LEN {
         return Err(refuse(s, HandoverError::Protocol("expected TAKE")));
@@ -336,7 +369,7 @@ fn serve_one(s: &UnixStream, key: &ProofKey, handing: &dyn Handing) -> Result<()
         .flat_map(|io| [io.tun.as_raw_fd(), io.udp.as_raw_fd()])
         .collect();
     let confirmed = wire::send(s, wire::STATE, &state, &fds)
-        .and_then(|()| wire::recv(s))
+        .and_then(|()| wire::recv_max(s, SMALL_FRAME))
         .and_then(|f| match f.kind {
             wire::TAKEN => Ok(()),
             _ => Err(HandoverError::Protocol("expected TAKEN")),

@@ -76,6 +76,12 @@ pub struct Frame {
 
 /// Receives one frame; a closed connection is [`HandoverError::Closed`].
 pub fn recv(s: &UnixStream) -> Result<Frame, HandoverError> {
+    recv_max(s, MAX_FRAME)
+}
+
+/// Receives one frame of at most `max` bytes (requests from a peer not
+/// authenticated yet are small: nothing large is allocated for them).
+pub fn recv_max(s: &UnixStream, max: usize) -> Result<Frame, HandoverError> {
     let mut head = [0u8; 5];
     let mut fds = Vec::new();
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
@@ -111,7 +117,7 @@ pub fn recv(s: &UnixStream) -> Result<Frame, HandoverError> {
             .map_err(io("receiving a hand-over frame"))?;
     }
     let len = u32::from_be_bytes(head[1..].try_into().expect("4 bytes")) as usize;
-    if len > MAX_FRAME {
+    if len > max.min(MAX_FRAME) {
         return Err(HandoverError::Protocol("frame too large"));
     }
     let mut payload = Zeroizing::new(vec![0u8; len]);
