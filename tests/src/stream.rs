@@ -42,10 +42,13 @@ impl std::fmt::Display for Received {
     }
 }
 
+/// Sequence numbers and when they arrived.
+type Arrivals = Vec<(u32, Instant)>;
+
 /// A stream in progress; [`Stream::finish`] waits for its end.
 pub struct Stream {
     sender: Option<JoinHandle<u32>>,
-    receivers: Vec<(SocketAddr, JoinHandle<Vec<(u32, Instant)>>)>,
+    receivers: Vec<(SocketAddr, JoinHandle<Arrivals>)>,
     stop: Arc<AtomicBool>,
     start: Instant,
 }
@@ -149,7 +152,7 @@ impl Drop for Stream {
     }
 }
 
-fn summarise(to: SocketAddr, sent: u32, start: Instant, got: Vec<(u32, Instant)>) -> Received {
+fn summarise(to: SocketAddr, sent: u32, start: Instant, got: Arrivals) -> Received {
     let mut seen = vec![false; sent as usize];
     for (seq, _) in &got {
         if let Some(s) = seen.get_mut(*seq as usize) {
