@@ -533,7 +533,6 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
     }
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
-    let host_key = pn_tunnel::keyfile::host_key(&cfg.state_dir)?;
     // A tunnel the service manager kept across a restart (systemd's fd store).
     let stored = pn_agent::handover::service::take();
     // The state directory is one agent's; a running one hands its place
@@ -541,7 +540,9 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
     let (lock, predecessor) = match StateLock::try_take(&cfg.state_dir)? {
         Some(lock) => (Some(lock), None),
         None => {
-            match pn_agent::handover::Predecessor::connect(&cfg.state_dir, &host_key.private)? {
+            // The running agent created it.
+            let key = pn_tunnel::keyfile::host_key(&cfg.state_dir)?;
+            match pn_agent::handover::Predecessor::connect(&cfg.state_dir, &key.private)? {
                 Some(p) => (None, Some(p)),
                 None => anyhow::bail!(
                     "another agent is using state dir {} (and offers no hand-over)",
@@ -577,6 +578,7 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
         None => pn_agent::server::bind(&cfg.api_socket).await?,
     };
     let (handed_tx, handed_rx) = tokio::sync::oneshot::channel();
+    let host_key = pn_tunnel::keyfile::host_key(&cfg.state_dir)?;
     pn_agent::handover::offer(&cfg.state_dir, &host_key.private, agent.clone(), handed_tx)?;
     drop(host_key);
     let metrics = pn_agent::metrics::AgentMetrics::default();
