@@ -20,6 +20,7 @@ fn every_benchmark_scenario_runs() {
         "Dropping strangers",
         "Scale of membership",
         "## DNS",
+        "Restarts, upgrades and crashes",
     ] {
         assert!(
             md.contains(title),
