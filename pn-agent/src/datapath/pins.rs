@@ -31,7 +31,8 @@ pub struct MapDef {
 }
 
 const RINGBUF: u32 = 27;
-const PERCPU_KINDS: [u32; 4] = [5, 6, 10, 19]; // percpu hash, array, LRU hash, cgroup storage
+/// Per-CPU hash, array, LRU hash and cgroup storage (`bpf_map_type`).
+const PERCPU_KINDS: [u32; 4] = [5, 6, 10, 21];
 
 impl MapDef {
     fn of_info(i: &MapInfo) -> MapDef {
