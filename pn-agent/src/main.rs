@@ -486,42 +486,6 @@ fn status_text(s: &Status) -> String {
     t
 }
 
-/// The state directory's lock: one agent per state directory.
-struct StateLock;
-
-impl StateLock {
-    fn file(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
-        let path = dir.join("agent.lock");
-        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
-    }
-
-    /// The lock, or `None` while another agent holds it.
-    fn try_take(dir: &std::path::Path) -> anyhow::Result<Option<nix::fcntl::Flock<std::fs::File>>> {
-        Ok(nix::fcntl::Flock::lock(
-            Self::file(dir)?,
-            nix::fcntl::FlockArg::LockExclusiveNonblock,
-        )
-        .ok())
-    }
-
-    /// The lock, waiting up to `wait` for the agent holding it to exit.
-    fn take(
-        dir: &std::path::Path,
-        wait: std::time::Duration,
-    ) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-        let deadline = std::time::Instant::now() + wait;
-        loop {
-            if let Some(l) = Self::try_take(dir)? {
-                return Ok(l);
-            }
-            if std::time::Instant::now() > deadline {
-                anyhow::bail!("another agent is still using state dir {}", dir.display());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-    }
-}
-
 async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
@@ -537,7 +501,7 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
     let stored = pn_agent::handover::service::take();
     // The state directory is one agent's; a running one hands its place
     // over (an upgrade, a restart that starts the next one first).
-    let (lock, predecessor) = match StateLock::try_take(&cfg.state_dir)? {
+    let (lock, predecessor) = match pn_agent::handover::StateLock::try_take(&cfg.state_dir)? {
         Some(lock) => (Some(lock), None),
         None => {
             // The running agent created it.
@@ -571,7 +535,9 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
     // With a predecessor, `start` returned once it was gone.
     let _lock = match lock {
         Some(l) => l,
-        None => StateLock::take(&cfg.state_dir, std::time::Duration::from_secs(10))?,
+        None => {
+            pn_agent::handover::StateLock::take(&cfg.state_dir, std::time::Duration::from_secs(10))?
+        }
     };
     let listener = match listener {
         Some(l) => l,

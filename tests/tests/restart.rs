@@ -110,7 +110,11 @@ fn maps_of_another_layout_are_carried_over_not_recreated_empty() {
     assert_eq!(ours.len(), 1, "one versioned pin directory: {ours:?}");
     // A restart of the same binary reuses its pins: nothing to migrate.
     host.restart();
-    assert!(!host.log().contains("maps of another layout"), "{}", host.log());
+    assert!(
+        !host.log().contains("maps of another layout"),
+        "{}",
+        host.log()
+    );
     assert_eq!(pin_dirs(&pins), ours);
     // Counted before: 4 000 datagrams.
     let first = Stream::start(&c1, &[(&c2, SocketAddr::from((ip2, 9100)))], 4_000, 4_000);

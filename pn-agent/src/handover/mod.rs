@@ -24,6 +24,7 @@
 //! never touches the disk; a successor that gets nothing usable (refused,
 //! predecessor gone, other version) starts clean.
 
+mod lock;
 pub mod proof;
 pub mod service;
 pub mod state;
@@ -42,6 +43,7 @@ use std::{
 use pn_tunnel::device::Io;
 use zeroize::Zeroizing;
 
+pub use self::lock::StateLock;
 use self::proof::{NONCE_LEN, Nonce, PROOF_LEN, ProofKey};
 
 /// The socket's name in the state directory.
@@ -81,15 +83,18 @@ pub enum HandoverError {
     Forged,
     #[error("uid {0} may not take part in a hand-over")]
     Credentials(u32),
+    #[error("another agent is still using state dir {0}")]
+    Busy(String),
 }
 
 impl crate::error::Kind for HandoverError {
     fn kind(&self) -> crate::error::ErrorKind {
         use crate::error::ErrorKind;
         match self {
-            HandoverError::Refused(_) | HandoverError::Credentials(_) | HandoverError::Forged => {
-                ErrorKind::Conflict
-            }
+            HandoverError::Refused(_)
+            | HandoverError::Credentials(_)
+            | HandoverError::Forged
+            | HandoverError::Busy(_) => ErrorKind::Conflict,
             HandoverError::Closed => ErrorKind::Unavailable,
             HandoverError::Io(..) | HandoverError::Protocol(_) => ErrorKind::Internal,
         }

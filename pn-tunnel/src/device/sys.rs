@@ -117,11 +117,10 @@ pub(super) fn readable(fd: i32, waker: &Waker, ms: i32) -> bool {
         },
     ];
     // SAFETY: two valid pollfds.
-    unsafe {
-        libc::poll(p.as_mut_ptr(), 2, ms) > 0
-            && p[0].revents & libc::POLLIN != 0
-            && p[1].revents == 0
-    }
+    let ready = unsafe { libc::poll(p.as_mut_ptr(), 2, ms) } > 0;
+    // Any event but the waker's (an error too: the read that follows
+    // reports and clears it, rather than a poll that returns at once again).
+    ready && p[0].revents != 0 && p[1].revents == 0
 }
 
 fn sockaddr(to: SocketAddr) -> Option<libc::sockaddr_in> {
