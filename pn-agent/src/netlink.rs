@@ -433,20 +433,20 @@ impl Netlink {
             .get()
             .set_link_index_filter(idx)
             .execute();
+        // The whole dump is read: a stream dropped half-way leaves replies
+        // the connection can no longer deliver.
+        let mut found = false;
         while let Some(a) = addrs
             .try_next()
             .await
             .map_err(kernel("listing addresses"))?
         {
-            let ours = a.header.prefix_len == 32
+            found |= a.header.prefix_len == 32
                 && a.attributes
                     .iter()
                     .any(|x| matches!(x, AddressAttribute::Local(IpAddr::V4(ip)) if *ip == addr));
-            if ours {
-                return Ok(true);
-            }
         }
-        Ok(false)
+        Ok(found)
     }
 
     /// Creates the pair: `host_if` here (down), `peer_if` directly inside `ns`.
