@@ -249,3 +249,56 @@ fn forged_or_replayed_hand_over_requests_are_refused() {
     assert_ne!(host.pid(), pid);
     host.cli_ok(&["status"]);
 }
+
+/// Security model: member traffic between hosts never leaves in clear,
+/// whatever state the agent is in. With host 1's agent killed, and even its
+/// tunnel device deleted, datagrams from c1 to a member on host 2 are
+/// dropped on host 1 although it has a default route out of the underlay.
+#[test]
+fn no_clear_text_leaves_a_host_whose_agent_is_down() {
+    let mut bed = Bed::new(&unique_prefix());
+    bed.warm_up();
+    let h1 = &mut bed.fleet.hosts[0];
+    h1.ns.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "192.168.100.254",
+        "dev",
+        "ul0",
+    ]);
+    let cap = net::Capture::start(&bed.fleet.underlay, "p1", "udp port 9200");
+    let marker = b"PN-CLEAR-TEXT-MARKER-7d2e";
+    let dst = SocketAddr::from((bed.ip3, 9200));
+    let send = |ns: &Namespace| {
+        ns.run(move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for _ in 0..20 {
+                let _ = s.send_to(marker, dst);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    h1.kill();
+    send(&bed.c1);
+    // Without the tunnel device at all, the pool's unreachable route holds.
+    let _ = pn_tests::run("ip", &["-n", &h1.ns.name, "link", "del", "pn-tun"]);
+    send(&bed.c1);
+    let frames = cap.finish();
+    assert!(
+        frames.is_empty(),
+        "{} clear-text datagrams left host 1",
+        frames.len()
+    );
+    // The next agent brings the tunnel back.
+    h1.launch(&[
+        "--store",
+        &format!("etcd://{}", pn_tests::fleet::ETCD_ADDR),
+        "--advertise",
+        "192.168.100.1:51871",
+        "--underlay-iface",
+        "ul0",
+    ]);
+    bed.warm_up();
+}
