@@ -12,6 +12,7 @@ pub mod datapath;
 pub mod dns;
 pub mod edge;
 pub mod flows;
+pub mod handover;
 pub mod ipam;
 pub mod metrics;
 pub mod model;

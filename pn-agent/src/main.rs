@@ -611,6 +611,7 @@ fn raise_descriptor_limit() {
 async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
+        .format_timestamp_millis()
         .init();
     // Every settings error is the command line's or the file's to fix.
     let cfg = RunConfig::resolve(settings, config.as_deref())
@@ -620,26 +621,57 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
     }
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
-    let lock_path = cfg.state_dir.join("agent.lock");
-    let lock_file = std::fs::File::create(&lock_path)
-        .with_context(|| format!("creating {}", lock_path.display()))?;
-    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "another agent is using state dir {}",
-                cfg.state_dir.display()
-            )
-        })?;
+    // A tunnel the service manager kept across a restart (systemd's fd store).
+    let stored = pn_agent::handover::service::take();
+    // The state directory is one agent's; a running one hands its place
+    // over (an upgrade, a restart that starts the next one first).
+    let (lock, predecessor) = match pn_agent::handover::StateLock::try_take(&cfg.state_dir)? {
+        Some(lock) => (Some(lock), None),
+        None => {
+            // The running agent created it.
+            let key = pn_tunnel::keyfile::host_key(&cfg.state_dir)?;
+            match pn_agent::handover::Predecessor::connect(&cfg.state_dir, &key.private)? {
+                Some(p) => (None, Some(p)),
+                None => anyhow::bail!(
+                    "another agent is using state dir {} (and offers no hand-over)",
+                    cfg.state_dir.display()
+                ),
+            }
+        }
+    };
     raise_descriptor_limit();
-    let listener = pn_agent::server::bind(&cfg.api_socket).await?;
+    let listener = match predecessor {
+        None => Some(pn_agent::server::bind(&cfg.api_socket).await?),
+        Some(_) => None,
+    };
     log::info!(
-        "pn-agent {} starting: host {}, store {:?}, bpffs {}",
+        "pn-agent {} starting: host {}, store {:?}, bpffs {}{}",
         env!("CARGO_PKG_VERSION"),
         cfg.host_id,
         cfg.store,
-        cfg.bpffs.display()
+        cfg.bpffs.display(),
+        if predecessor.is_some() {
+            ", taking over from the running agent"
+        } else {
+            ""
+        }
     );
-    let agent = pn_agent::agent::Agent::start(cfg.clone()).await?;
+    let agent = pn_agent::agent::Agent::start(cfg.clone(), predecessor, stored).await?;
+    // With a predecessor, `start` returned once it was gone.
+    let _lock = match lock {
+        Some(l) => l,
+        None => {
+            pn_agent::handover::StateLock::take(&cfg.state_dir, std::time::Duration::from_secs(10))?
+        }
+    };
+    let listener = match listener {
+        Some(l) => l,
+        None => pn_agent::server::bind(&cfg.api_socket).await?,
+    };
+    let (handed_tx, handed_rx) = tokio::sync::oneshot::channel();
+    let host_key = pn_tunnel::keyfile::host_key(&cfg.state_dir)?;
+    pn_agent::handover::offer(&cfg.state_dir, &host_key.private, agent.clone(), handed_tx)?;
+    drop(host_key);
     let metrics = pn_agent::metrics::AgentMetrics::default();
     let registry = pn_agent::metrics::registry(
         pn_agent::metrics::Inputs {
@@ -662,10 +694,15 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
         cfg.api_socket.display(),
         cfg.metrics_listen
     );
+    pn_agent::handover::service::notify("READY=1", &[]);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        Ok(()) = handed_rx => {
+            // The successor runs: it owns the API socket's path now.
+            return Ok(());
+        }
         r = metrics_listener => {
             let _ = std::fs::remove_file(&cfg.api_socket);
             return match r {
@@ -674,7 +711,9 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
             };
         }
     }
+    pn_agent::handover::service::notify("STOPPING=1", &[]);
     let _ = std::fs::remove_file(&cfg.api_socket);
+    agent.leave_tunnel_with_service_manager();
     log::info!("stopping; the programs stay attached and keep enforcing the last state");
     Ok(())
 }

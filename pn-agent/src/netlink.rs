@@ -3,6 +3,10 @@
 //! agent's gateway device. Work inside a container's namespace runs on a
 //! short-lived thread that has entered it (`setns` is per thread), with its
 //! own netlink socket bound to that namespace.
+//!
+//! What the agent sets up for itself (gateway, tunnel device, pool routes,
+//! forwarding) is read first and written only if it differs: a restarting
+//! agent finds its predecessor's and leaves live traffic alone.
 
 use std::{
     fs::File,
@@ -17,7 +21,7 @@ use rtnetlink::{
     Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         address::AddressAttribute,
-        link::{InfoData, InfoVeth, LinkAttribute, LinkMessage},
+        link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage},
         route::RouteScope,
     },
 };
@@ -64,6 +68,8 @@ impl crate::error::Kind for NetlinkError {
 }
 
 type Result<T, E = NetlinkError> = std::result::Result<T, E>;
+
+mod routes;
 
 const EEXIST: i32 = libc::EEXIST;
 const ENODEV: i32 = libc::ENODEV;
@@ -177,11 +183,19 @@ impl Netns {
     }
 }
 
-/// Writes a per-interface sysctl of the calling thread's namespace. IPv6 may
-/// be compiled out or disabled: a missing file is not an error.
+/// Writes a per-interface sysctl of the calling thread's namespace, unless
+/// it already holds `value`. IPv6 may be compiled out or disabled: a
+/// missing file is not an error.
 fn sysctl_if(family: &str, ifname: &str, key: &str, value: &str) -> Result<()> {
     let path = format!("/proc/sys/net/{family}/conf/{ifname}/{key}");
-    match std::fs::write(&path, value) {
+    write_sysctl(&path, value)
+}
+
+fn write_sysctl(path: &str, value: &str) -> Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == value) {
+        return Ok(());
+    }
+    match std::fs::write(path, value) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(NetlinkError::Other(format!("writing {path}: {e}"))),
@@ -202,6 +216,17 @@ fn mac_of(link: &LinkMessage) -> Option<[u8; 6]> {
         LinkAttribute::Address(a) => a.as_slice().try_into().ok(),
         _ => None,
     })
+}
+
+fn mtu_of(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(m) => Some(*m),
+        _ => None,
+    })
+}
+
+fn is_up(link: &LinkMessage) -> bool {
+    link.header.flags.contains(LinkFlags::Up)
 }
 
 fn name_of(link: &LinkMessage) -> Option<&str> {
@@ -378,12 +403,9 @@ impl Netlink {
     }
 
     pub async fn mtu(&self, name: &str) -> Result<Option<u32>> {
-        Ok(link_by_name(&self.handle, name).await?.and_then(|l| {
-            l.attributes.iter().find_map(|a| match a {
-                LinkAttribute::Mtu(m) => Some(*m),
-                _ => None,
-            })
-        }))
+        Ok(link_by_name(&self.handle, name)
+            .await?
+            .and_then(|l| mtu_of(&l)))
     }
 
     pub async fn link(&self, name: &str) -> Result<Option<(u32, [u8; 6])>> {
@@ -435,25 +457,52 @@ impl Netlink {
             .ok_or_else(|| NetlinkError::InterfaceMissing(name.into()))?;
         let idx = link.header.index;
         sysctl_if("ipv6", name, "disable_ipv6", "1")?;
-        self.handle
-            .address()
-            .add(idx, IpAddr::V4(addr), 32)
-            .replace()
-            .execute()
-            .await
-            .map_err(kernel(format!("adding {addr} to {name}")))?;
+        if !self.has_address(idx, addr).await? {
+            self.handle
+                .address()
+                .add(idx, IpAddr::V4(addr), 32)
+                .replace()
+                .execute()
+                .await
+                .map_err(kernel(format!("adding {addr} to {name}")))?;
+        }
         for dev in [name, peer.as_str()] {
             if let Some(l) = link_by_name(&self.handle, dev).await? {
                 sysctl_if("ipv6", dev, "disable_ipv6", "1")?;
-                self.handle
-                    .link()
-                    .set(LinkUnspec::new_with_index(l.header.index).up().build())
-                    .execute()
-                    .await
-                    .map_err(kernel(format!("setting {dev} up")))?;
+                if !is_up(&l) {
+                    self.handle
+                        .link()
+                        .set(LinkUnspec::new_with_index(l.header.index).up().build())
+                        .execute()
+                        .await
+                        .map_err(kernel(format!("setting {dev} up")))?;
+                }
             }
         }
         Ok(())
+    }
+
+    async fn has_address(&self, idx: u32, addr: Ipv4Addr) -> Result<bool> {
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(idx)
+            .execute();
+        // The whole dump is read: a stream dropped half-way leaves replies
+        // the connection can no longer deliver.
+        let mut found = false;
+        while let Some(a) = addrs
+            .try_next()
+            .await
+            .map_err(kernel("listing addresses"))?
+        {
+            found |= a.header.prefix_len == 32
+                && a.attributes
+                    .iter()
+                    .any(|x| matches!(x, AddressAttribute::Local(IpAddr::V4(ip)) if *ip == addr));
+        }
+        Ok(found)
     }
 
     /// Creates the pair: `host_if` here (down), `peer_if` directly inside `ns`.
@@ -514,13 +563,16 @@ impl Netlink {
         Ok(idx)
     }
 
-    /// Sets an interface's MTU and brings it up.
+    /// Sets an interface's MTU and brings it up (if it is not so already).
     pub async fn set_up(&self, name: &str, mtu: u32) -> Result<u32> {
-        let (idx, _) = self
-            .link(name)
+        let link = link_by_name(&self.handle, name)
             .await?
             .ok_or_else(|| NetlinkError::InterfaceMissing(name.into()))?;
+        let idx = link.header.index;
         sysctl_if("ipv6", name, "disable_ipv6", "1")?;
+        if is_up(&link) && mtu_of(&link) == Some(mtu) {
+            return Ok(idx);
+        }
         self.handle
             .link()
             .set(LinkUnspec::new_with_index(idx).mtu(mtu).up().build())
@@ -528,11 +580,6 @@ impl Netlink {
             .await
             .map_err(kernel(format!("setting {name} up")))?;
         Ok(idx)
-    }
-
-    /// Routes `dst` to the interface `dev` (replacing any route to `dst`).
-    pub async fn route_to_dev(&self, dst: Ipv4Net, dev: u32, src: Ipv4Addr) -> Result<()> {
-        add_route(&self.handle, dst, None, dev, Some(src)).await
     }
 
     /// Every IPv4 address of this namespace, with its interface's name.

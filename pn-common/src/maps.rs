@@ -220,6 +220,13 @@ pub struct EventBudget {
     pub suppressed: u32,
 }
 
+/// Revision of the maps' meaning. The agent pins maps per layout (the
+/// types, sizes and capacities of every map, read from the eBPF object, and
+/// this number) and carries entries over to a new layout: bump it when an
+/// entry keeps its size but changes meaning, so a new agent does not read
+/// old entries as new ones.
+pub const LAYOUT_REVISION: u32 = 1;
+
 /// Capacities. `ENDPOINTS` holds the whole fleet's members the host must
 /// know; local-only maps are smaller.
 pub const MAX_ENDPOINTS: u32 = 131_072;

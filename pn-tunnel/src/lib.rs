@@ -8,11 +8,13 @@
 //! Modules: `wire` (byte layouts), `handshake` (Noise IK), `cookie`
 //! (mac1/mac2 and cookie replies against handshake floods), `keyfile` (the
 //! host's static key on disk), `aead` (the data path's cipher), `replay`,
-//! `session` (sessions and their rotation per peer), `offload` (TSO/GRO),
+//! `session` (sessions and their rotation per peer), `carry` (the sessions
+//! handed to a successor agent), `offload` (TSO/GRO),
 //! and the `Tunnel` split by what it owns: its peer table and timers,
 //! pairing, and the data path.
 
 pub mod aead;
+pub mod carry;
 pub mod cookie;
 #[cfg(feature = "device")]
 pub mod device;

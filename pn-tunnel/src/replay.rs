@@ -3,7 +3,8 @@
 //! and recording are separate, so a counter is recorded only once its packet
 //! has been authenticated.
 
-const WORDS: usize = 128;
+/// Words of the ring (what a successor agent receives of a window).
+pub const WORDS: usize = 128;
 const RING_BITS: u64 = (WORDS * 64) as u64;
 /// Counters this far behind the newest are still accepted once (8128 ≥ 2048).
 pub const WINDOW: u64 = RING_BITS - 64;
@@ -26,6 +27,16 @@ impl Default for ReplayWindow {
 }
 
 impl ReplayWindow {
+    /// The window's state, to carry it to a successor agent.
+    pub fn parts(&self) -> (u64, &[u64; WORDS]) {
+        (self.next, &self.bitmap)
+    }
+
+    /// A window carried over from a predecessor.
+    pub fn from_parts(next: u64, bitmap: [u64; WORDS]) -> ReplayWindow {
+        ReplayWindow { next, bitmap }
+    }
+
     /// Would `counter` be accepted? (No change.)
     pub fn check(&self, counter: u64) -> bool {
         if counter == u64::MAX {

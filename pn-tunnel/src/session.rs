@@ -6,8 +6,11 @@
 
 use std::{collections::VecDeque, net::SocketAddr, sync::Arc, time::Instant};
 
+use zeroize::Zeroizing;
+
 use super::{
     aead::{Cipher, Key},
+    carry::CarriedSession,
     cookie::PeerCookie,
     handshake::{Initiation, SessionKeys},
     replay::ReplayWindow,
@@ -20,6 +23,10 @@ pub struct Session {
     // lock (the keys never change; the counters and window stay here).
     send: Arc<Key>,
     recv: Arc<Key>,
+    /// The two keys' bytes (send, then receive), kept only so a successor
+    /// agent can take the session over (wiped on drop; they leave the
+    /// process only toward that successor, never to a file).
+    raw: Zeroizing<[u8; 64]>,
     send_counter: u64,
     replay: ReplayWindow,
     pub created: Instant,
@@ -36,15 +43,55 @@ impl Session {
         created: Instant,
         initiator: bool,
     ) -> Session {
+        let mut raw = Zeroizing::new([0u8; 64]);
+        raw[..32].copy_from_slice(&keys.send);
+        raw[32..].copy_from_slice(&keys.recv);
         Session {
             local_index,
             remote_index,
             send: Arc::new(Key::new(cipher, &mut keys.send)),
             recv: Arc::new(Key::new(cipher, &mut keys.recv)),
+            raw,
             send_counter: 0,
             replay: ReplayWindow::default(),
             created,
             initiator,
+        }
+    }
+
+    /// The session as a successor takes it over: its send counter moved
+    /// `margin` past the last one taken here, so no nonce is used twice
+    /// even if a datagram sealed here were still on its way out.
+    pub fn carry(&self, now: Instant, margin: u64) -> CarriedSession {
+        let (replay_next, replay_bitmap) = self.replay.parts();
+        CarriedSession {
+            local_index: self.local_index,
+            remote_index: self.remote_index,
+            keys: self.raw.clone(),
+            send_counter: self.send_counter.saturating_add(margin),
+            age: now.saturating_duration_since(self.created),
+            initiator: self.initiator,
+            replay_next,
+            replay_bitmap: *replay_bitmap,
+        }
+    }
+
+    /// A session carried over from a predecessor.
+    pub fn restore(cipher: Cipher, c: &CarriedSession, now: Instant) -> Session {
+        let mut send = Zeroizing::new([0u8; 32]);
+        let mut recv = Zeroizing::new([0u8; 32]);
+        send.copy_from_slice(&c.keys[..32]);
+        recv.copy_from_slice(&c.keys[32..]);
+        Session {
+            local_index: c.local_index,
+            remote_index: c.remote_index,
+            send: Arc::new(Key::new(cipher, &mut send)),
+            recv: Arc::new(Key::new(cipher, &mut recv)),
+            raw: c.keys.clone(),
+            send_counter: c.send_counter,
+            replay: ReplayWindow::from_parts(c.replay_next, c.replay_bitmap),
+            created: now.checked_sub(c.age).unwrap_or(now),
+            initiator: c.initiator,
         }
     }
 

@@ -10,6 +10,7 @@ use std::{
 
 use crate::{
     Clock, Config,
+    carry::{Carried, CarriedPeer},
     cookie::CookieChecker,
     handshake::StaticKeys,
     limiter::{Load, RateLimiter},
@@ -118,6 +119,69 @@ impl Tunnel {
                 self.by_index.remove(&i);
             }
         }
+    }
+
+    /// Everything a successor needs to go on with the live sessions: see
+    /// [`crate::carry`]. The caller has stopped all sealing first.
+    pub fn export(&self, now: Instant, margin: u64) -> Carried {
+        let mut peers: Vec<CarriedPeer> = self
+            .peers
+            .iter()
+            .map(|(id, p)| CarriedPeer {
+                id: *id,
+                public: p.public,
+                endpoint: p.endpoint,
+                last_timestamp: p.last_timestamp,
+                sending: p.sending,
+                last_received: p.last_received,
+                sessions: p.sessions.iter().map(|s| s.carry(now, margin)).collect(),
+            })
+            .collect();
+        peers.sort_by_key(|p| p.id);
+        Carried {
+            last_timestamp_sent: self.last_timestamp_sent,
+            peers,
+        }
+    }
+
+    /// Takes over a predecessor's sessions for the peers this tunnel
+    /// already has with the same key (others left the fleet or changed
+    /// key: their sessions are dropped). Returns the sessions taken.
+    pub fn import(&mut self, carried: &Carried, now: Instant) -> usize {
+        self.last_timestamp_sent = self.last_timestamp_sent.max(carried.last_timestamp_sent);
+        let mut taken = 0;
+        for c in &carried.peers {
+            let Some(p) = self.peers.get_mut(&c.id) else {
+                continue;
+            };
+            if p.public != c.public {
+                continue;
+            }
+            p.last_timestamp = p.last_timestamp.max(c.last_timestamp);
+            for cs in &c.sessions {
+                if self.by_index.contains_key(&cs.local_index) {
+                    continue;
+                }
+                let s = crate::session::Session::restore(self.cfg.cipher, cs, now);
+                self.by_index.insert(s.local_index, c.id);
+                p.sessions.push(s);
+                taken += 1;
+            }
+            let have =
+                |i: &Option<u32>| i.filter(|i| p.sessions.iter().any(|s| s.local_index == *i));
+            if p.sending.is_none() {
+                p.sending = have(&c.sending);
+            }
+            if p.last_received.is_none() {
+                p.last_received = have(&c.last_received);
+            }
+        }
+        taken
+    }
+
+    /// A peer's key and endpoint.
+    pub fn peer(&self, id: PeerId) -> Option<([u8; 32], SocketAddr)> {
+        self.peers.get(&id).map(|p| (p.public, p.endpoint))
     }
 
     pub fn peer_ids(&self) -> impl Iterator<Item = PeerId> + '_ {

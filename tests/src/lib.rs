@@ -13,6 +13,9 @@ pub mod fleet;
 pub mod net;
 pub mod nginx;
 pub mod pki;
+pub mod restarts;
+pub mod service;
+pub mod stream;
 
 use std::{
     fs::File,
@@ -242,6 +245,10 @@ pub struct Host {
     pub dir: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
+    /// The agent binary, when not [`agent_bin`] (an upgrade).
+    bin: Option<PathBuf>,
+    /// A stand-in for systemd (notify socket, fd store), when asked for.
+    pub manager: Option<service::ServiceManager>,
 }
 
 impl Host {
@@ -275,7 +282,15 @@ impl Host {
             dir,
             child: None,
             extra: Vec::new(),
+            bin: None,
+            manager: None,
         }
+    }
+
+    /// From now on, the agent runs as a systemd service would: with a
+    /// notify socket and a file descriptor store kept across its restarts.
+    pub fn with_service_manager(&mut self) {
+        self.manager = Some(service::ServiceManager::new(&self.dir.join("notify.sock")));
     }
 
     /// Starts the agent with extra `run` flags (kept for restarts).
@@ -292,11 +307,31 @@ impl Host {
         self.dir.join("bpffs/pn")
     }
 
+    /// A map the agent pinned (`BPFFS/maps-<layout>/NAME`).
+    pub fn pinned_map(&self, name: &str) -> PathBuf {
+        std::fs::read_dir(self.bpffs())
+            .expect("the agent's bpffs")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .is_some_and(|n| n.starts_with("maps-") && !n.ends_with("-new"))
+            })
+            .expect("a pin directory")
+            .join(name)
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("agent.log")
     }
 
     fn spawn(&mut self) {
+        self.spawn_child();
+        self.wait_ready();
+    }
+
+    fn spawn_child(&mut self) {
         let log = File::options()
             .create(true)
             .append(true)
@@ -304,7 +339,7 @@ impl Host {
             .unwrap();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns.name])
-            .arg(agent_bin())
+            .arg(self.bin.clone().unwrap_or_else(agent_bin))
             .arg("--api-socket")
             .arg(self.api_socket())
             .args(["run", "--host-id", &self.id])
@@ -313,11 +348,17 @@ impl Host {
             .arg("--bpffs")
             .arg(self.bpffs())
             .args(&self.extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
+            .env("RUST_LOG", "info");
+        if let Some(m) = &self.manager {
+            cmd = m.command(&cmd);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         self.child = Some(cmd.spawn().expect("starting pn-agent"));
+    }
+
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let out = self.cli(&["status"]);
@@ -398,7 +439,52 @@ impl Host {
         self.spawn();
     }
 
-    /// The agent's process id, while it runs (`ip netns exec` execs it).
+    /// Kills the agent with SIGKILL (a crash) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A crash and a restart.
+    pub fn crash_and_restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Starts a successor (with `bin`, or the same binary) while the agent
+    /// runs, as an upgrade does: it takes over, and the predecessor exits.
+    /// Returns once the predecessor is gone and the successor answers.
+    pub fn hand_over(&mut self, bin: Option<&Path>) {
+        let mut old = self.child.take();
+        if let Some(b) = bin {
+            self.bin = Some(b.to_path_buf());
+        }
+        self.spawn_child();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Some(child) = old.as_mut() {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if let Some(new) = self.child.as_mut()
+                && let Ok(Some(status)) = new.try_wait()
+            {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the successor exited with {status}:\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the predecessor did not hand over:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.wait_ready();
+    }
+
+    /// The running agent's process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

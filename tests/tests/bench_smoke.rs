@@ -21,6 +21,7 @@ fn every_benchmark_scenario_runs() {
         "Scale of membership",
         "## DNS",
         "The edge",
+        "Restarts, upgrades and crashes",
     ] {
         assert!(
             md.contains(title),

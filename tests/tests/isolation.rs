@@ -282,7 +282,7 @@ fn an_interface_missing_from_the_maps_fails_closed() {
     let link: serde_json::Value =
         serde_json::from_str(&f.host.ns.ip(&["-j", "link", "show", &ifname])).unwrap();
     let ifindex = link[0]["ifindex"].as_u64().unwrap() as u32;
-    let map = f.host.bpffs().join("maps/PN_IFACES");
+    let map = f.host.pinned_map("PN_IFACES");
     let mut args = vec!["map", "delete", "pinned", map.to_str().unwrap(), "key"];
     let key: Vec<String> = ifindex.to_ne_bytes().iter().map(u8::to_string).collect();
     args.extend(key.iter().map(String::as_str));

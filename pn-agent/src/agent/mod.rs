@@ -28,6 +28,7 @@ mod reap;
 pub mod reconcile;
 mod start;
 mod status;
+mod takeover;
 
 use std::{
     net::Ipv4Addr,
@@ -87,8 +88,9 @@ pub struct Agent {
     pending: edge::Pending,
     /// Whether pn owns the host's forwarding.
     forwarding: crate::edge::Forwarding,
-    // Keeps the DNS server running for the agent's life.
-    _dns: crate::dns::DnsHandle,
+    /// The DNS server, running for the agent's life once started (after a
+    /// predecessor released its address).
+    dns: Mutex<Option<crate::dns::DnsHandle>>,
 }
 
 impl Agent {
@@ -129,6 +131,21 @@ impl tun::Members for MemberTable {
 }
 
 impl MemberTable {
+    /// Every member, for a successor agent.
+    pub fn entries(&self) -> Vec<(Ipv4Addr, Member)> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(a, m)| (*a, *m))
+            .collect()
+    }
+
+    /// Replaces the whole table.
+    pub fn set_all(&self, entries: &[(Ipv4Addr, Member)]) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = entries.iter().copied().collect();
+    }
+
     /// Sets the members of `addrs` (absent from `members`: removed), or
     /// replaces the whole table when `addrs` is `None`.
     fn apply<'a>(

@@ -1,6 +1,13 @@
 //! Start-up: every subsystem built and wired here, in one place, handed to
 //! the agent — store backend, netlink, datapath, underlay guard, tunnel, DNS,
 //! flow events — then the first reconciliation and the store follower.
+//!
+//! Nothing here touches what live traffic depends on unless it differs
+//! from what this agent wants (see `netlink`): a restart finds the maps,
+//! links, routes and devices of its predecessor and keeps them. With a
+//! predecessor still running (an upgrade), everything is made ready first;
+//! then the tunnel is taken over (`takeover`) and only once the
+//! predecessor is gone are its sockets (DNS, API) bound again.
 
 use std::{
     net::Ipv4Addr,
@@ -13,17 +20,18 @@ use pn_tunnel::{self as tun, device::Device, keyfile};
 use tokio::sync::watch;
 
 use super::{
-    Agent, GATEWAY_DEV, MemberTable, TUN_DEV,
+    Agent, GATEWAY_DEV, MemberTable,
     edge::{self as agent_edge, EdgeRuntime},
     reconcile::{self, to_ip4},
 };
 use crate::{
     config::{RunConfig, StoreSpec},
     datapath::{Datapath, Kernel, Scope, State},
-    dns::{self, DnsConfig, DnsStats},
+    dns::{self, DnsStats},
     edge::forwarding,
     error::Error,
     flows::FlowHub,
+    handover::{Predecessor, service::Stored},
     model::{Host, now_secs},
     netlink::Netlink,
     store::{
@@ -37,7 +45,7 @@ pub(super) fn gateway_addr() -> Ipv4Addr {
 }
 
 /// The DNS server's view of the membership.
-struct ViewDirectory(Arc<RwLock<MembershipView>>);
+pub(super) struct ViewDirectory(pub(super) Arc<RwLock<MembershipView>>);
 
 impl dns::Directory for ViewDirectory {
     fn network_of(&self, client: Ipv4Addr) -> Option<pn_common::ids::NetworkId> {
@@ -113,9 +121,56 @@ fn prepare_edge(
     Ok(rt)
 }
 
+/// How long a start waits for the store's first listing before it goes on
+/// without (the follower keeps trying).
+const EARLY_LISTING: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The view of a first listing, with the tunnel's members and peers set
+/// from it; `None` when the store does not answer in time.
+async fn early_view(
+    backend: &dyn Backend,
+    netlink: &Netlink,
+    cfg: &RunConfig,
+    members: &MemberTable,
+    dev: &Device,
+) -> Option<MembershipView> {
+    let listing = match tokio::time::timeout(EARLY_LISTING, backend.list("")).await {
+        Ok(Ok(l)) => l,
+        _ => return None,
+    };
+    let view = MembershipView::new(cfg.pool).reloaded(&listing);
+    let links = netlink
+        .links_with_prefix(crate::model::HOST_IF_PREFIX)
+        .await
+        .ok()?
+        .into_iter()
+        .collect();
+    let want = reconcile::desired(
+        &view,
+        &reconcile::Local {
+            host: &cfg.host_id,
+            edge: None,
+        },
+        &links,
+        &reconcile::Touched::All,
+    );
+    members.apply(&want.members, None::<std::iter::Empty<&Ipv4Addr>>);
+    if let Some(peers) = &want.tunnel_peers {
+        dev.set_peers(peers);
+    }
+    Some(view)
+}
+
 impl Agent {
-    /// Brings the agent up: store, kernel prerequisites, datapath, first sync.
-    pub async fn start(cfg: RunConfig) -> anyhow::Result<Arc<Agent>> {
+    /// Brings the agent up: store, kernel prerequisites, datapath, first
+    /// sync. With a `predecessor`, takes its place once ready and returns
+    /// when it is gone; with a tunnel `stored` by the service manager,
+    /// resumes it first thing.
+    pub async fn start(
+        cfg: RunConfig,
+        predecessor: Option<Predecessor>,
+        stored: Option<Stored>,
+    ) -> anyhow::Result<Arc<Agent>> {
         let backend: Arc<dyn Backend> = match &cfg.store {
             StoreSpec::Embedded => Arc::new(
                 Embedded::open(&cfg.state_dir)
@@ -147,31 +202,85 @@ impl Agent {
             .ensure_gateway(GATEWAY_DEV, gateway_addr())
             .await
             .context("setting up the gateway device")?;
-        let mut kernel =
-            Kernel::load(crate::EBPF_OBJECT, &cfg.bpffs).context("loading the datapath")?;
+        // Pool addresses that are not local go through the tunnel or
+        // nowhere: never out of the underlay in clear, whatever the
+        // tunnel's state (the device missing included).
+        netlink
+            .ensure_unreachable(cfg.pool)
+            .await
+            .context("guarding the pool")?;
         let mut container_mtu = cfg.mtu.unwrap_or(crate::config::DEFAULT_MTU);
-        let mut tunnel_port = 0;
-        if let Some(underlay) = &cfg.underlay_iface {
-            let mtu = netlink.mtu(underlay).await?.ok_or_else(|| {
-                anyhow::anyhow!("underlay interface {underlay} not found (--underlay-iface)")
+        let mut underlay = None;
+        if let Some(name) = &cfg.underlay_iface {
+            let mtu = netlink.mtu(name).await?.ok_or_else(|| {
+                anyhow::anyhow!("underlay interface {name} not found (--underlay-iface)")
             })?;
             // Room for the tunnel's headers, so inner packets never fragment.
             container_mtu = cfg
                 .mtu
                 .unwrap_or(mtu.saturating_sub(tunnel::OVERHEAD as u32));
-            tunnel_port = cfg.advertise.map_or(tunnel::DEFAULT_PORT, |a| a.port());
             // On veth, driver-mode XDP turns off the peer's segmentation
             // offloads, which the tunnel's UDP GSO/GRO depends on: generic
             // mode there, driver mode on real devices.
-            let kind = netlink.kind(underlay).await?;
-            let mode = if kind.as_deref() == Some("veth") {
+            let mode = if netlink.kind(name).await?.as_deref() == Some("veth") {
                 aya::programs::XdpMode::Skb
             } else {
                 aya::programs::XdpMode::default()
             };
-            kernel.attach_underlay(underlay, mode)?;
+            underlay = Some((name.clone(), mode));
+        }
+        let host_keys = keyfile::host_key(&cfg.state_dir)?;
+        let members = MemberTable::default();
+        let tunnel = cfg.advertise.map(|_| {
+            let seed = u64::from_le_bytes(
+                uuid::Uuid::new_v4().as_bytes()[..8]
+                    .try_into()
+                    .expect("8 bytes"),
+            );
+            let t = tun::Tunnel::new(cfg.tunnel.clone(), host_keys.clone(), seed);
+            Arc::new(Device::new(t, Arc::new(members.clone())))
+        });
+        let mut view = MembershipView::new(cfg.pool);
+        // The tunnel first: the programs and maps of the previous agent
+        // still enforce, only the tunnel waited for an agent. It needs the
+        // members and peers of a first listing, not the datapath (whose
+        // load takes longer). With a predecessor, its tunnel is taken over
+        // once this agent is ready instead (`take_over`).
+        if let (Some(dev), None) = (&tunnel, &predecessor) {
+            let resumed = match stored {
+                Some(s) => super::takeover::resume_stored(dev, &members, s),
+                None => false,
+            };
+            if resumed {
+                super::takeover::route_tunnel(&cfg, &netlink, container_mtu).await?;
+            } else {
+                if let Some(v) = early_view(backend.as_ref(), &netlink, &cfg, &members, dev).await {
+                    view = v;
+                }
+                if dev.listen().is_none() {
+                    super::takeover::open_tunnel(dev, &cfg, &netlink, container_mtu).await?;
+                }
+            }
+        }
+        let mut kernel =
+            Kernel::load(crate::EBPF_OBJECT, &cfg.bpffs).context("loading the datapath")?;
+        let tunnel_port = match &underlay {
+            Some(_) => cfg.advertise.map_or(tunnel::DEFAULT_PORT, |a| a.port()),
+            None => 0,
+        };
+        // A guard an earlier agent left keeps guarding with its maps until
+        // this agent's are filled (after the first sync); a missing one goes
+        // on at once.
+        let mut guard_later = None;
+        if let Some((name, mode)) = underlay {
+            if kernel.underlay_pinned(&name) {
+                guard_later = Some((name, mode));
+            } else {
+                kernel.attach_underlay(&name, mode)?;
+            }
             log::info!(
-                "underlay guard on {underlay} (tunnel port {tunnel_port}); container MTU {container_mtu}"
+                "underlay guard on {} (tunnel port {tunnel_port}); container MTU {container_mtu}",
+                cfg.underlay_iface.as_deref().unwrap_or_default()
             );
         }
         let events = kernel.take_events();
@@ -199,46 +308,9 @@ impl Agent {
                 *cfg.dns_listen.ip(),
             ),
         };
-        let host_keys = keyfile::host_key(&cfg.state_dir)?;
-        let members = MemberTable::default();
-        let tunnel = match cfg.advertise {
-            Some(advertise) => {
-                let seed = u64::from_le_bytes(
-                    uuid::Uuid::new_v4().as_bytes()[..8]
-                        .try_into()
-                        .expect("8 bytes"),
-                );
-                let t = tun::Tunnel::new(cfg.tunnel.clone(), host_keys.clone(), seed);
-                let listen = std::net::SocketAddr::from(([0, 0, 0, 0], advertise.port()));
-                let dev = Device::start(TUN_DEV, listen, t, Arc::new(members.clone()))
-                    .context("starting the tunnel")?;
-                let idx = netlink.set_up(TUN_DEV, container_mtu).await?;
-                // Remote members are reached through the tunnel; local ones
-                // have /32 routes to their veths, which win.
-                netlink.route_to_dev(cfg.pool, idx, gateway_addr()).await?;
-                log::info!(
-                    "tunnel on udp {listen} ({}), advertised as {advertise}",
-                    cfg.tunnel.cipher.name()
-                );
-                Some(Arc::new(dev))
-            }
-            None => None,
-        };
-        let view = Arc::new(RwLock::new(MembershipView::new(cfg.pool)));
-        let dns_stats = Arc::new(DnsStats::default());
-        let dns_server = dns::serve(
-            DnsConfig {
-                listen: cfg.dns_listen,
-                ttl: cfg.dns_ttl,
-                upstreams: dns_upstreams.clone(),
-            },
-            Arc::new(ViewDirectory(view.clone())),
-            dns_stats.clone(),
-        )
-        .await?;
         let agent = Arc::new(Agent {
             membership: Membership::new(backend),
-            view,
+            view: Arc::new(RwLock::new(view)),
             datapath: Arc::new(Mutex::new(datapath)),
             edge: Arc::new(Mutex::new(edge)),
             edge_local: RwLock::new(Some(edge_local)),
@@ -251,12 +323,12 @@ impl Agent {
             conns: crate::conns::ConnHub::default(),
             store_health: Arc::default(),
             container_mtu,
-            dns_stats,
+            dns_stats: Arc::new(DnsStats::default()),
             dns_upstreams,
             host_keys,
             members,
             tunnel,
-            _dns: dns_server,
+            dns: Mutex::new(None),
             cfg,
         });
         if let Some(ring) = events {
@@ -283,9 +355,16 @@ impl Agent {
             Ok(rev) => log::info!("in sync with the store at revision {rev}"),
             Err(e) => log::warn!("store unreachable at start, enforcing pinned state: {e:#}"),
         }
+        if let Some((name, mode)) = guard_later {
+            agent.dp().maps_mut().attach_underlay(&name, mode)?;
+        }
         if let Err(e) = agent.register_host().await {
             log::warn!("registering host {}: {e}", agent.cfg.host_id);
         }
+        if let Some(p) = predecessor {
+            agent.take_over(p).await?;
+        }
+        agent.start_dns().await?;
         tokio::spawn(agent.clone().follow_store());
         tokio::spawn(agent.clone().reap_vanished());
         tokio::spawn(agent.clone().repair_edge());

@@ -203,7 +203,7 @@ impl Agent {
             tunnel: match &self.tunnel {
                 Some(dev) => format!(
                     "udp {} advertised as {}, {}, key {}",
-                    dev.listen,
+                    dev.listen().map_or("-".into(), |l| l.to_string()),
                     self.cfg.advertise.map_or("-".into(), |a| a.to_string()),
                     self.cfg.tunnel.cipher.name(),
                     keyfile::encode_key(&self.host_keys.public)

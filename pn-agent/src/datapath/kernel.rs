@@ -3,7 +3,8 @@
 //! writing the maps. Pins make enforcement outlive the agent process: when the
 //! agent stops or restarts, the programs stay attached with their last maps,
 //! and the next agent replaces the programs in place (TCX link update) with no
-//! moment where a container is unfiltered.
+//! moment where a container is unfiltered. Maps are pinned per layout and
+//! migrated to a new one (`pins`).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
@@ -29,7 +30,7 @@ use pn_common::{
     objects,
 };
 
-use super::{Context, Maps, Result, ServiceState, State, plain};
+use super::{Context, Maps, Result, ServiceState, State, pins, plain};
 
 const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
 
@@ -100,36 +101,32 @@ impl Kernel {
             ));
         }
         ensure_bpffs(bpffs)?;
-        let maps_dir = bpffs.join("maps");
         let links_dir = bpffs.join("links");
         let xdp_dir = bpffs.join("xdp");
-        for d in [&maps_dir, &links_dir, &xdp_dir] {
+        for d in [&links_dir, &xdp_dir] {
             std::fs::create_dir_all(d).ctx(|| format!("creating {}", d.display()))?;
         }
-        let mut ebpf = match EbpfLoader::new()
-            .default_map_pin_directory(&maps_dir)
+        let pins = pins::prepare(bpffs, pins::Layout::of_object(object)?)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pins.load_dir)
             .load(object)
-        {
-            Ok(e) => e,
-            Err(first) => {
-                // Pins from an agent with other map layouts: start afresh. The
-                // old programs keep their own maps until they are replaced.
-                log::warn!(
-                    "pinned maps in {} are not usable ({first}); recreating them",
-                    maps_dir.display()
-                );
-                for entry in std::fs::read_dir(&maps_dir)
-                    .ctx(|| format!("reading {}", maps_dir.display()))?
-                {
-                    let path = entry.ctx(|| "reading pins".into())?.path();
-                    std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
+            .ctx(|| "loading the eBPF object".into())?;
+        let dir = pins.dir().to_path_buf();
+        let migrated = pins.finish()?;
+        if let Some(from) = &migrated.from {
+            log::info!(
+                "maps of another layout in {}: {} entries of {} maps carried to {}{}",
+                from.display(),
+                migrated.entries,
+                migrated.maps,
+                dir.display(),
+                if migrated.skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} refilled from the store)", migrated.skipped.join(", "))
                 }
-                EbpfLoader::new()
-                    .default_map_pin_directory(&maps_dir)
-                    .load(object)
-                    .ctx(|| "loading the eBPF object".into())?
-            }
-        };
+            );
+        }
         for name in [objects::PROG_FROM_CONTAINER, objects::PROG_TO_CONTAINER] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -212,10 +209,19 @@ impl Kernel {
         &self.conn
     }
 
+    /// Writes the programs' settings, unless they hold these already.
     pub fn set_config(&mut self, cfg: Config) -> Result<()> {
+        if self.config.get(&0, 0).is_ok_and(|c| c == cfg) {
+            return Ok(());
+        }
         self.config
             .set(0, cfg, 0)
             .ctx(|| "writing PN_CONFIG".into())
+    }
+
+    /// Whether an earlier agent left the underlay guard attached to `ifname`.
+    pub fn underlay_pinned(&self, ifname: &str) -> bool {
+        self.xdp_dir.join(ifname).exists()
     }
 
     fn link_pin(&self, ifname: &str, suffix: &str) -> PathBuf {

@@ -13,6 +13,7 @@ pub mod conn;
 pub mod fake;
 pub mod kernel;
 mod lb;
+pub mod pins;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -275,17 +276,20 @@ impl<M: Maps> Datapath<M> {
         self.maps.detach(ifname)
     }
 
-    /// Brings the kernel to `want` within `scope`. Order: links first (a new
-    /// interface is filtered before it is known), then entries set, then
-    /// entries removed, then links detached; an error stops the apply and
-    /// the next one retries what is left.
+    /// Brings the kernel to `want` within `scope`. Order: new links first (a
+    /// new interface is filtered before it is known), then entries set, then
+    /// the links an earlier agent left switched to this agent's programs
+    /// (which read these entries: after a change of map layout, the new maps
+    /// are full before any program uses them), then entries removed, then
+    /// links detached; an error stops the apply and the next one retries
+    /// what is left.
     pub fn apply(&mut self, want: &State, scope: &Scope) -> Result<Changes> {
         if scope.is_all() {
             self.current = self.maps.read()?;
         }
         let mut ch = Changes::default();
         for name in want.attached.iter().filter(|n| scope.has_link(n)) {
-            if !self.refreshed.contains(name) {
+            if !self.refreshed.contains(name) && !self.current.attached.contains(name) {
                 self.maps.attach(name)?;
                 self.refreshed.insert(name.clone());
                 self.current.attached.insert(name.clone());
@@ -349,6 +353,14 @@ impl<M: Maps> Datapath<M> {
                     self.current.egress_deny.insert(*range, *kind);
                     ch.set += 1;
                 }
+            }
+        }
+        for name in want.attached.iter().filter(|n| scope.has_link(n)) {
+            if !self.refreshed.contains(name) {
+                self.maps.attach(name)?;
+                self.refreshed.insert(name.clone());
+                self.current.attached.insert(name.clone());
+                ch.attached += 1;
             }
         }
         let gone: Vec<Ip4> = self

@@ -193,3 +193,26 @@ fn the_deny_list_is_its_own_scope_added_before_removed() {
     assert_eq!(dp.maps().state.endpoints.len(), 2, "entries out of scope");
     assert_eq!(dp.maps().state.egress_deny, list.egress_deny);
 }
+
+/// After a restart into other map layouts the new maps start empty: the
+/// links an earlier agent left switch to this agent's programs only once
+/// the maps hold their entries, while a new interface still gets its
+/// programs before anything else.
+#[test]
+fn links_of_an_earlier_agent_switch_after_the_entries_are_set() {
+    let mut kernel = FakeMaps::default();
+    kernel.state.attached.insert("pnhaaa".into());
+    let mut dp = Datapath::new(kernel);
+    let mut want = two();
+    want.attached.insert("pnhnew".into());
+    dp.apply(&want, &Scope::all()).unwrap();
+    let calls = &dp.maps().calls;
+    let at = |c: &str| calls.iter().position(|x| x == c).unwrap();
+    assert!(at("attach pnhnew") < at("set_iface 7"), "{calls:?}");
+    assert!(at("set_iface 7") < at("attach pnhaaa"), "{calls:?}");
+    assert!(
+        at("set_endpoint 10.240.0.2") < at("attach pnhaaa"),
+        "{calls:?}"
+    );
+    assert_eq!(dp.maps().state, want);
+}

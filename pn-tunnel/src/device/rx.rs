@@ -43,7 +43,7 @@ pub(super) fn rx_loop(tun: File, udp: UdpSocket, shared: &Shared) {
         }
     };
     while !stop.load(Ordering::Relaxed) {
-        if !readable(udp_fd, 200) {
+        if !readable(udp_fd, &shared.waker, 200) {
             continue;
         }
         let (n, from, gso) = match recv_segments(udp_fd, &mut buf) {

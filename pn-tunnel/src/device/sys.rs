@@ -5,7 +5,9 @@ use std::{fs::File, net::SocketAddr, os::fd::FromRawFd};
 
 use crate::offload;
 
-/// Opens a TUN device named `name` (no packet info header).
+/// Opens a queue of the TUN device `name` (no packet info header), creating
+/// it if needed, and makes it persistent: it stays (with its routes, and
+/// dropping what is routed to it) when no agent holds it.
 pub(super) fn open_tun(name: &str) -> std::io::Result<File> {
     #[repr(C)]
     struct IfReq {
@@ -38,6 +40,9 @@ pub(super) fn open_tun(name: &str) -> std::io::Result<File> {
         if libc::ioctl(fd, libc::TUNSETOFFLOAD, offloads as libc::c_ulong) < 0 {
             return Err(std::io::Error::last_os_error());
         }
+        if libc::ioctl(fd, libc::TUNSETPERSIST, 1 as libc::c_ulong) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         Ok(file)
     }
 }
@@ -59,15 +64,63 @@ pub(super) fn set_int(fd: i32, level: libc::c_int, name: libc::c_int, value: lib
     }
 }
 
-/// Waits until `fd` is readable or `ms` pass (so threads notice a stop).
-pub(super) fn readable(fd: i32, ms: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    unsafe { libc::poll(&mut p, 1, ms) > 0 }
+/// Wakes the device's threads at once when it stops (an eventfd, which
+/// stays readable once written: every thread sees it).
+pub(super) struct Waker(std::os::fd::OwnedFd);
+
+impl Waker {
+    pub(super) fn new() -> std::io::Result<Waker> {
+        // SAFETY: eventfd returns a new descriptor we own, or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a valid descriptor nobody else owns.
+        Ok(Waker(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub(super) fn wake(&self) {
+        let one = 1u64;
+        // SAFETY: writing 8 bytes from a live u64 to our eventfd.
+        unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Waits until woken or `d` passes.
+    pub(super) fn wait(&self, d: std::time::Duration) {
+        let mut p = libc::pollfd {
+            fd: self.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut p, 1, d.as_millis() as i32) };
+    }
+
+    fn fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.0.as_raw_fd()
+    }
+}
+
+/// Waits until `fd` is readable, the waker is woken, or `ms` pass.
+pub(super) fn readable(fd: i32, waker: &Waker, ms: i32) -> bool {
+    let mut p = [
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: waker.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: two valid pollfds.
+    let ready = unsafe { libc::poll(p.as_mut_ptr(), 2, ms) } > 0;
+    // Any event but the waker's (an error too: the read that follows
+    // reports and clears it, rather than a poll that returns at once again).
+    ready && p[0].revents != 0 && p[1].revents == 0
 }
 
 fn sockaddr(to: SocketAddr) -> Option<libc::sockaddr_in> {

@@ -118,7 +118,7 @@ pub(super) fn tx_loop(mut tun: File, udp: UdpSocket, shared: &Shared) {
     let tun_fd = tun.as_raw_fd();
     let udp_fd = udp.as_raw_fd();
     while !stop.load(Ordering::Relaxed) {
-        if !readable(tun_fd, 200) {
+        if !readable(tun_fd, &shared.waker, 200) {
             continue;
         }
         let n = match tun.read(&mut pkt) {

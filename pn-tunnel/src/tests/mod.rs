@@ -2,6 +2,7 @@
 //! traffic, and everything an attacker on the underlay can try (floods of
 //! handshakes in `flood`).
 
+mod carry;
 mod flood;
 
 use std::{

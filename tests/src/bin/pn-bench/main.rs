@@ -8,6 +8,7 @@ mod dns;
 mod edge;
 mod policy;
 mod report;
+mod restart;
 mod scale;
 mod strangers;
 mod tools;
@@ -47,7 +48,15 @@ impl Effort {
     };
 }
 
-const SCENARIOS: &[&str] = &["policy", "strangers", "scale", "dns", "tunnel", "edge"];
+const SCENARIOS: &[&str] = &[
+    "policy",
+    "strangers",
+    "scale",
+    "dns",
+    "tunnel",
+    "edge",
+    "restart",
+];
 
 struct Args {
     effort: Effort,
@@ -117,6 +126,7 @@ fn main() {
             "dns" => dns::run(args.effort),
             "tunnel" => tunnel::run_scenario(args.effort),
             "edge" => edge::run(args.effort),
+            "restart" => restart::run(args.effort),
             _ => unreachable_scenario(name),
         };
         match result {

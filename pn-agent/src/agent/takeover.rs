@@ -1,0 +1,215 @@
+//! The agent's side of a hand-over (`crate::handover`): as a successor, it
+//! takes the tunnel of the agent it replaces; as a predecessor, it freezes
+//! its tunnel for a successor. Also the pieces a start needs either way:
+//! the tunnel's I/O on fresh descriptors, and the DNS server.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use pn_tunnel::{
+    carry::COUNTER_MARGIN,
+    device::{Device, Io},
+};
+use zeroize::Zeroizing;
+
+use super::{Agent, MemberTable, TUN_DEV, start::ViewDirectory};
+use crate::{
+    config::RunConfig,
+    dns::{self, DnsConfig, DnsError},
+    handover::{
+        Handing, Predecessor,
+        service::{self, Stored},
+        state::AgentState,
+    },
+    netlink::Netlink,
+};
+
+/// How long a successor waits for its predecessor to exit.
+const PREDECESSOR_EXIT: Duration = Duration::from_secs(10);
+
+/// Opens the tunnel's device and socket and starts its I/O (no
+/// predecessor, or one that had no tunnel to give).
+pub(super) async fn open_tunnel(
+    dev: &Device,
+    cfg: &RunConfig,
+    netlink: &Netlink,
+    mtu: u32,
+) -> anyhow::Result<()> {
+    let Some(advertise) = cfg.advertise else {
+        return Ok(());
+    };
+    let listen = std::net::SocketAddr::from(([0, 0, 0, 0], advertise.port()));
+    dev.run(Io::open(TUN_DEV, listen)?)
+        .context("starting the tunnel")?;
+    route_tunnel(cfg, netlink, mtu).await?;
+    log::info!(
+        "tunnel on udp {listen} ({}), advertised as {advertise}",
+        cfg.tunnel.cipher.name()
+    );
+    Ok(())
+}
+
+/// Resumes the tunnel the service manager kept across a restart: its
+/// descriptors, sessions, members and peers, before anything else (the
+/// store is read later). Returns whether it runs; unreadable state leaves
+/// the descriptors running with no session (pairing afresh).
+pub(super) fn resume_stored(dev: &Device, members: &MemberTable, stored: Stored) -> bool {
+    match AgentState::decode(&stored.state) {
+        Ok(state) => {
+            members.set_all(&state.members);
+            let peers: Vec<_> = state
+                .tunnel
+                .peers
+                .iter()
+                .map(|p| (p.id, p.public, p.endpoint))
+                .collect();
+            dev.set_peers(&peers);
+            let n = dev.import(&state.tunnel);
+            log::info!(
+                "resumed the tunnel kept by the service manager: {n} sessions, {} members",
+                state.members.len()
+            );
+        }
+        Err(e) => log::warn!("the tunnel state kept by the service manager is unreadable ({e})"),
+    }
+    match dev.run(stored.io) {
+        Ok(()) => true,
+        Err(e) => {
+            log::error!("resuming the tunnel: {e}");
+            false
+        }
+    }
+}
+
+/// The device up at the container MTU, the pool routed to it (remote
+/// members; local ones have /32 routes to their veths, which win). A
+/// restart finds both as they were and changes nothing.
+pub(super) async fn route_tunnel(
+    cfg: &RunConfig,
+    netlink: &Netlink,
+    mtu: u32,
+) -> anyhow::Result<()> {
+    let idx = netlink.set_up(TUN_DEV, mtu).await?;
+    netlink
+        .route_to_dev(cfg.pool, idx, super::start::gateway_addr())
+        .await?;
+    Ok(())
+}
+
+impl Agent {
+    async fn open_tunnel(&self) -> anyhow::Result<()> {
+        match &self.tunnel {
+            Some(dev) => open_tunnel(dev, &self.cfg, &self.netlink, self.container_mtu).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the predecessor's tunnel (its I/O stops for the moment this
+    /// takes), then waits for it to exit.
+    pub(super) async fn take_over(&self, mut p: Predecessor) -> anyhow::Result<()> {
+        let compatible = p.compatible;
+        let handed = tokio::task::block_in_place(|| p.take())
+            .context("taking over from the running agent")?;
+        let mut opened_here = true;
+        if let (Some(dev), Some(io)) = (&self.tunnel, handed.io) {
+            match AgentState::decode(&handed.state) {
+                Ok(state) => {
+                    let n = dev.import(&state.tunnel);
+                    log::info!(
+                        "took over the tunnel: {n} of {} sessions",
+                        state.tunnel.sessions()
+                    );
+                }
+                Err(e) => {
+                    log::warn!("the running agent's sessions are unreadable ({e}); pairing afresh")
+                }
+            }
+            dev.run(io).context("resuming the tunnel")?;
+            opened_here = false;
+        }
+        drop(handed.state);
+        tokio::task::block_in_place(|| p.taken(PREDECESSOR_EXIT))
+            .context("waiting for the running agent to exit")?;
+        if !compatible {
+            log::warn!("the running agent's state is of another version: started afresh");
+        }
+        if opened_here {
+            self.open_tunnel().await?;
+        } else {
+            route_tunnel(&self.cfg, &self.netlink, self.container_mtu).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the DNS server (retrying a moment while a predecessor's
+    /// socket is still being closed).
+    pub(super) async fn start_dns(&self) -> anyhow::Result<()> {
+        let mut tries = 0;
+        let handle = loop {
+            let r = dns::serve(
+                DnsConfig {
+                    listen: self.cfg.dns_listen,
+                    ttl: self.cfg.dns_ttl,
+                    upstreams: self.dns_upstreams.clone(),
+                },
+                Arc::new(ViewDirectory(self.view.clone())),
+                self.dns_stats.clone(),
+            )
+            .await;
+            match r {
+                Err(DnsError::Bind { ref source, .. })
+                    if source.kind() == std::io::ErrorKind::AddrInUse && tries < 50 =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                r => break r?,
+            }
+        };
+        *self.dns.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Ok(())
+    }
+}
+
+impl Agent {
+    /// At a stop under a service manager: leaves the tunnel with it, for
+    /// the next start (`systemctl restart`).
+    pub fn leave_tunnel_with_service_manager(&self) {
+        if !service::under_service_manager() || self.tunnel.is_none() {
+            return;
+        }
+        let (io, state) = self.freeze();
+        let Some(io) = io else { return };
+        match service::store(&io, &state) {
+            Ok(()) => log::info!("the tunnel waits with the service manager for the next start"),
+            Err(e) => log::warn!("leaving the tunnel with the service manager: {e}"),
+        }
+    }
+}
+
+/// The agent as a predecessor: what it gives a successor.
+impl Handing for Agent {
+    fn freeze(&self) -> (Option<Io>, Zeroizing<Vec<u8>>) {
+        let Some(dev) = &self.tunnel else {
+            return (None, Zeroizing::new(Vec::new()));
+        };
+        // Nothing reads, seals or sends here once `stop` returns: the
+        // export holds every counter taken.
+        let io = dev.stop();
+        let state = AgentState {
+            members: self.members.entries(),
+            tunnel: dev.export(COUNTER_MARGIN),
+        };
+        (io, state.encode())
+    }
+
+    fn resume(&self, io: Option<Io>) {
+        let Some(dev) = &self.tunnel else { return };
+        dev.forget_sessions();
+        if let Some(io) = io
+            && let Err(e) = dev.run(io)
+        {
+            log::error!("resuming the tunnel after a failed hand-over: {e}");
+        }
+    }
+}

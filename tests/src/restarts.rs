@@ -1,0 +1,178 @@
+//! The restart test bed (issue 16), shared by the test and the benchmark:
+//! two hosts on a real etcd with the tunnel on; c1 and c2 on host 1, c3 on
+//! host 2, one network; a stream of numbered datagrams from c1 to c2 (same
+//! host) and to c3 (across hosts) while something happens to host 1's agent.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    Namespace, eventually,
+    fleet::Fleet,
+    metric_value, net,
+    stream::{Received, Stream},
+};
+
+/// What happens to host 1's agent during the stream.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// Nothing (the control).
+    None,
+    /// SIGTERM, then the same binary started again, with no service
+    /// manager to keep anything in between.
+    Restart,
+    /// The same under a service manager with a file descriptor store (as
+    /// `systemctl restart` of a unit with `FileDescriptorStoreMax=`).
+    ServiceRestart,
+    /// Another binary started while the agent runs: it takes over.
+    Upgrade(PathBuf),
+    /// SIGKILL, then the same binary started again.
+    Crash,
+}
+
+impl Event {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::None => "no restart",
+            Event::Restart => "restart (SIGTERM, start)",
+            Event::ServiceRestart => "systemctl restart (fd store)",
+            Event::Upgrade(_) => "upgrade (new binary takes over)",
+            Event::Crash => "crash (SIGKILL, start)",
+        }
+    }
+}
+
+/// The figures of one event.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub same_host: Received,
+    pub cross_host: Received,
+    /// How long the event itself took (until the new agent answered).
+    pub took: Duration,
+}
+
+pub struct Bed {
+    pub fleet: Fleet,
+    pub c1: Namespace,
+    pub c2: Namespace,
+    pub c3: Namespace,
+    pub ip2: Ipv4Addr,
+    pub ip3: Ipv4Addr,
+    port: u16,
+}
+
+fn ip(v: &serde_json::Value) -> Ipv4Addr {
+    v["ip"].as_str().unwrap().parse().unwrap()
+}
+
+impl Bed {
+    pub fn new(prefix: &str) -> Bed {
+        let fleet = Fleet::new(prefix, 2);
+        let net = fleet.hosts[0].create_network(&[]);
+        let app = fleet.hosts[0].create_app(&net);
+        let c1 = Namespace::new(&format!("{prefix}-c1"));
+        let c2 = Namespace::new(&format!("{prefix}-c2"));
+        let c3 = Namespace::new(&format!("{prefix}-c3"));
+        fleet.hosts[0].attach(&app, "web", &c1);
+        let ip2 = ip(&fleet.hosts[0].attach(&app, "worker", &c2));
+        let ip3 = ip(&fleet.hosts[1].attach(&app, "worker", &c3));
+        for h in &fleet.hosts {
+            assert!(
+                eventually(Duration::from_secs(10), || metric_value(
+                    &h.metrics(),
+                    "pn_endpoints",
+                    &[("scope", "remote")]
+                ) >= 1),
+                "{} learns the other host's container",
+                h.id
+            );
+        }
+        Bed {
+            fleet,
+            c1,
+            c2,
+            c3,
+            ip2,
+            ip3,
+            port: 9000,
+        }
+    }
+
+    /// Both paths answer (the tunnel is paired) before a measurement.
+    pub fn warm_up(&self) {
+        let _e2 = net::udp_echo_server(&self.c2, 8999);
+        let _e3 = net::udp_echo_server(&self.c3, 8999);
+        for ip in [self.ip2, self.ip3] {
+            assert!(
+                eventually(Duration::from_secs(10), || net::udp_echo(
+                    &self.c1,
+                    SocketAddr::from((ip, 8999)),
+                    b"warm",
+                    Duration::from_millis(300)
+                )
+                .is_ok()),
+                "{ip} answers before the measurement"
+            );
+        }
+    }
+
+    /// Streams `rate` datagrams a second for `seconds`, with `event` on
+    /// host 1's agent after a third of it.
+    pub fn measure(&mut self, event: &Event, rate: u32, seconds: f64) -> Outcome {
+        // Under a service manager or not, as the event needs (set up before
+        // the stream: the agent must have been started that way).
+        let h1 = &mut self.fleet.hosts[0];
+        match (event, h1.manager.is_some()) {
+            (Event::ServiceRestart, false) => {
+                h1.with_service_manager();
+                h1.restart();
+            }
+            (Event::Restart, true) => {
+                h1.manager = None;
+                h1.restart();
+            }
+            _ => {}
+        }
+        self.warm_up();
+        self.port += 1;
+        let count = (f64::from(rate) * seconds) as u32;
+        let stream = Stream::start(
+            &self.c1,
+            &[
+                (&self.c2, SocketAddr::from((self.ip2, self.port))),
+                (&self.c3, SocketAddr::from((self.ip3, self.port))),
+            ],
+            rate,
+            count,
+        );
+        std::thread::sleep(Duration::from_secs_f64(seconds / 3.0));
+        let t = Instant::now();
+        let h1 = &mut self.fleet.hosts[0];
+        match event {
+            Event::None => {}
+            Event::Restart | Event::ServiceRestart => h1.restart(),
+            Event::Upgrade(bin) => h1.hand_over(Some(bin)),
+            Event::Crash => h1.crash_and_restart(),
+        }
+        let took = t.elapsed();
+        let mut r = stream.finish();
+        let cross_host = r.pop().expect("two receivers");
+        let same_host = r.pop().expect("two receivers");
+        Outcome {
+            same_host,
+            cross_host,
+            took,
+        }
+    }
+}
+
+/// A copy of the agent binary under another name, as an upgrade installs
+/// (a new file, not the running one).
+pub fn copy_of_agent(dir: &Path) -> PathBuf {
+    let to = dir.join("pn-agent-next");
+    std::fs::copy(crate::agent_bin(), &to).expect("copying the agent binary");
+    to
+}

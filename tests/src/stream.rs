@@ -1,0 +1,181 @@
+//! A paced stream of numbered UDP datagrams from one container to several,
+//! to measure what an event (an agent restart, an upgrade, a crash) costs
+//! the traffic: datagrams lost and the longest silence at each receiver.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crate::Namespace;
+
+/// What one receiver saw.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub to: SocketAddr,
+    pub sent: u32,
+    /// Distinct sequence numbers that never arrived.
+    pub lost: u32,
+    /// Longest time between two consecutive arrivals (or between the first
+    /// send and the first arrival).
+    pub longest_gap: Duration,
+    /// When (after the stream's start) that gap began.
+    pub gap_at: Duration,
+}
+
+impl std::fmt::Display for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} lost of {}, longest gap {:.1} ms (at {:.2} s)",
+            self.to,
+            self.lost,
+            self.sent,
+            self.longest_gap.as_secs_f64() * 1e3,
+            self.gap_at.as_secs_f64()
+        )
+    }
+}
+
+/// Sequence numbers and when they arrived.
+type Arrivals = Vec<(u32, Instant)>;
+
+/// A stream in progress; [`Stream::finish`] waits for its end.
+pub struct Stream {
+    sender: Option<JoinHandle<u32>>,
+    receivers: Vec<(SocketAddr, JoinHandle<Arrivals>)>,
+    stop: Arc<AtomicBool>,
+    start: Instant,
+}
+
+fn enter(ns: &std::path::Path) {
+    let f = std::fs::File::open(ns).expect("namespace file");
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+}
+
+impl Stream {
+    /// Sends `count` datagrams at `rate` per second from `from` to each of
+    /// `to` (a receiver namespace and the address it is reached at; the
+    /// receiver binds that port on all addresses).
+    pub fn start(
+        from: &Namespace,
+        to: &[(&Namespace, SocketAddr)],
+        rate: u32,
+        count: u32,
+    ) -> Stream {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut receivers = Vec::new();
+        for (ns, addr) in to {
+            let (path, stop, port) = (ns.path(), stop.clone(), addr.port());
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let t = std::thread::spawn(move || {
+                enter(&path);
+                let s = UdpSocket::bind(("0.0.0.0", port)).expect("stream receiver bind");
+                s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+                ready_tx.send(()).unwrap();
+                let mut got = Vec::with_capacity(count as usize);
+                let mut buf = [0u8; 256];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(n) = s.recv(&mut buf)
+                        && n >= 4
+                    {
+                        let seq = u32::from_be_bytes(buf[..4].try_into().unwrap());
+                        got.push((seq, Instant::now()));
+                    }
+                }
+                got
+            });
+            ready_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("stream receiver did not start");
+            receivers.push((*addr, t));
+        }
+        let path = from.path();
+        let dests: Vec<SocketAddr> = to.iter().map(|(_, a)| *a).collect();
+        let start = Instant::now();
+        let sender = std::thread::spawn(move || {
+            enter(&path);
+            let s = UdpSocket::bind("0.0.0.0:0").expect("stream sender bind");
+            // A real-time sender: a datagram the kernel cannot take at once
+            // (a full socket buffer) is lost, never sent late.
+            s.set_nonblocking(true).unwrap();
+            let mut payload = [0u8; 64];
+            for i in 0..count {
+                let due = start + Duration::from_secs_f64(f64::from(i) / f64::from(rate));
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                payload[..4].copy_from_slice(&i.to_be_bytes());
+                for d in &dests {
+                    // A missing route or a full buffer shows as a lost
+                    // datagram, not an error.
+                    let _ = s.send_to(&payload, d);
+                }
+            }
+            count
+        });
+        Stream {
+            sender: Some(sender),
+            receivers,
+            stop,
+            start,
+        }
+    }
+
+    /// When the stream started.
+    pub fn started(&self) -> Instant {
+        self.start
+    }
+
+    /// Waits for the last datagram to be sent (and a moment for it to
+    /// arrive), then reports per receiver.
+    pub fn finish(mut self) -> Vec<Received> {
+        let sent = self.sender.take().map_or(0, |s| s.join().expect("sender"));
+        std::thread::sleep(Duration::from_millis(300));
+        self.stop.store(true, Ordering::Relaxed);
+        let start = self.start;
+        self.receivers
+            .drain(..)
+            .map(|(to, t)| summarise(to, sent, start, t.join().expect("receiver")))
+            .collect()
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn summarise(to: SocketAddr, sent: u32, start: Instant, got: Arrivals) -> Received {
+    let mut seen = vec![false; sent as usize];
+    for (seq, _) in &got {
+        if let Some(s) = seen.get_mut(*seq as usize) {
+            *s = true;
+        }
+    }
+    let lost = seen.iter().filter(|s| !**s).count() as u32;
+    let mut longest_gap = Duration::ZERO;
+    let mut gap_at = Duration::ZERO;
+    let mut prev = start;
+    for (_, at) in &got {
+        let gap = at.saturating_duration_since(prev);
+        if gap > longest_gap {
+            longest_gap = gap;
+            gap_at = prev.saturating_duration_since(start);
+        }
+        prev = *at;
+    }
+    Received {
+        to,
+        sent,
+        lost,
+        longest_gap,
+        gap_at,
+    }
+}
