@@ -1,0 +1,366 @@
+use super::*;
+
+fn file(content: &str) -> tempfile_path::TempPath {
+    tempfile_path::write(content)
+}
+
+mod tempfile_path {
+    pub struct TempPath(pub std::path::PathBuf);
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    pub fn write(content: &str) -> TempPath {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "pn-config-{}-{}.toml",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&p, content).unwrap();
+        TempPath(p)
+    }
+}
+
+#[test]
+fn flags_beat_file_beats_defaults() {
+    let f = file(
+        "host-id = \"from-file\"\ndns-ttl = 9\nstore = \"etcd://10.0.0.1:2379,10.0.0.2:2379\"\n\
+         advertise = \"192.0.2.1:51871\"\nunderlay-iface = \"eth1\"\n",
+    );
+    let flags = RunSettings {
+        host_id: Some("from-flag".into()),
+        ..Default::default()
+    };
+    let c = RunConfig::resolve(flags, Some(&f.0)).unwrap();
+    assert_eq!(c.host_id.as_str(), "from-flag");
+    assert_eq!(c.dns_ttl, 9);
+    assert_eq!(
+        c.store,
+        StoreSpec::Etcd(vec!["10.0.0.1:2379".into(), "10.0.0.2:2379".into()])
+    );
+    assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+    assert_eq!(c.dns_listen.to_string(), "169.254.1.1:53");
+    assert_eq!(c.pool.to_string(), "10.240.0.0/12");
+    assert_eq!(c.api_socket, PathBuf::from(DEFAULT_API_SOCKET));
+}
+
+#[test]
+fn edge_settings_from_flags_and_file() {
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        s: RunSettings,
+    }
+    let flags = <Flags as clap::Parser>::try_parse_from([
+        "run",
+        "--host-id",
+        "h",
+        "--egress-deny",
+        "198.51.100.0/24,192.0.2.64/26",
+        "--router-cidr",
+        "192.0.2.0/28",
+        "--publish-ports",
+        "40000-40099",
+    ])
+    .unwrap()
+    .s;
+    let c = RunConfig::resolve(flags, None).unwrap();
+    assert_eq!(
+        c.egress_deny,
+        vec![
+            "198.51.100.0/24".parse::<Ipv4Net>().unwrap(),
+            "192.0.2.64/26".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        c.router_cidrs,
+        vec!["192.0.2.0/28".parse::<Ipv4Net>().unwrap()]
+    );
+    assert_eq!(
+        c.publish_ports,
+        PortRange {
+            lo: 40000,
+            hi: 40099
+        }
+    );
+
+    let f = file(
+        "host-id = \"h\"\negress-deny = [\"203.0.113.0/24\"]\nrouter-cidr = [\"192.0.2.0/24\"]\npublish-ports = \"31000-31010\"\n",
+    );
+    let c = RunConfig::resolve(RunSettings::default(), Some(&f.0)).unwrap();
+    assert_eq!(
+        c.egress_deny,
+        vec!["203.0.113.0/24".parse::<Ipv4Net>().unwrap()]
+    );
+    assert_eq!(
+        c.router_cidrs,
+        vec!["192.0.2.0/24".parse::<Ipv4Net>().unwrap()]
+    );
+    assert_eq!(c.publish_ports.to_string(), "31000-31010");
+
+    // Defaults: nothing denied beyond the built-in list, no router, the NodePort range.
+    let c = RunConfig::resolve(
+        RunSettings {
+            host_id: Some("h".into()),
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap();
+    assert!(c.egress_deny.is_empty() && c.router_cidrs.is_empty());
+    assert_eq!(
+        c.publish_ports,
+        PortRange {
+            lo: 30000,
+            hi: 32767
+        }
+    );
+}
+
+#[test]
+fn bad_edge_settings_give_one_clear_line() {
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        s: RunSettings,
+    }
+    for (args, want) in [
+        (["--egress-deny", "10.0.0.0/8"], "overlaps the pool"),
+        (["--egress-deny", "10.241.0.0/16"], "overlaps the pool"),
+        (["--router-cidr", "192.0.2.1/24"], "not a network address"),
+        (["--router-cidr", "10.240.0.0/12"], "overlaps the pool"),
+    ] {
+        let flags = <Flags as clap::Parser>::try_parse_from(
+            ["run", "--host-id", "h"].into_iter().chain(args),
+        )
+        .unwrap()
+        .s;
+        let e = RunConfig::resolve(flags, None).unwrap_err().to_string();
+        assert!(e.contains(want), "{args:?}: {e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+    for args in [
+        ["--publish-ports", "32767-30000"],
+        ["--publish-ports", "0-10"],
+        ["--publish-ports", "30000"],
+        ["--egress-deny", "not-a-cidr"],
+        ["--router-cidr", "192.0.2.0/33"],
+    ] {
+        let e = <Flags as clap::Parser>::try_parse_from(
+            ["run", "--host-id", "h"].into_iter().chain(args),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{args:?} accepted"));
+        assert!(e.to_string().contains(args[0]), "{args:?}: {e}");
+    }
+    let f = file("publish-ports = \"9-1\"\n");
+    let e = RunConfig::resolve(RunSettings::default(), Some(&f.0)).unwrap_err();
+    assert!(e.to_string().contains("LO-HI"), "{e}");
+}
+
+#[test]
+fn bad_settings_give_one_clear_line() {
+    let f = file("hots-id = \"typo\"\n");
+    let e = RunConfig::resolve(RunSettings::default(), Some(&f.0)).unwrap_err();
+    assert!(e.to_string().contains("unknown field `hots-id`"), "{e}");
+    for (flags, want) in [
+        (
+            RunSettings {
+                host_id: Some("Bad_Host".into()),
+                ..Default::default()
+            },
+            "invalid host id",
+        ),
+        (
+            RunSettings {
+                host_id: Some("h".into()),
+                store: Some("consul://x".into()),
+                ..Default::default()
+            },
+            "invalid --store",
+        ),
+        (
+            RunSettings {
+                host_id: Some("h".into()),
+                store: Some("etcd://nohost".into()),
+                ..Default::default()
+            },
+            "invalid etcd endpoint",
+        ),
+        (
+            RunSettings {
+                host_id: Some("h".into()),
+                mtu: Some(100),
+                ..Default::default()
+            },
+            "invalid --mtu",
+        ),
+    ] {
+        let e = RunConfig::resolve(flags, None).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+    let e = RunConfig::resolve(
+        RunSettings::default(),
+        Some(Path::new("/nonexistent/pn.toml")),
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("reading config file"), "{e:#}");
+}
+
+fn fleet(store: &str) -> RunSettings {
+    RunSettings {
+        host_id: Some("h1".into()),
+        store: Some(store.into()),
+        advertise: Some("192.0.2.1:51871".parse().unwrap()),
+        underlay_iface: Some("eth1".into()),
+        ..Default::default()
+    }
+}
+
+fn refused(flags: RunSettings, file: Option<&Path>, want: &str) {
+    let e = RunConfig::resolve(flags, file).unwrap_err().to_string();
+    assert!(e.contains(want), "{e}");
+    assert!(!e.contains('\n'), "one line: {e}");
+}
+
+#[test]
+fn a_fleet_store_needs_the_tunnel() {
+    for (advertise, underlay, want) in [
+        (false, false, "needs --advertise and --underlay-iface"),
+        (true, false, "needs --underlay-iface"),
+        (false, true, "needs --advertise: without the tunnel"),
+    ] {
+        let mut flags = fleet("etcd://10.0.0.1:2379");
+        if !advertise {
+            flags.advertise = None;
+        }
+        if !underlay {
+            flags.underlay_iface = None;
+        }
+        refused(flags, None, want);
+    }
+    assert!(RunConfig::resolve(fleet("etcd://10.0.0.1:2379"), None).is_ok());
+    // The embedded store is one host: no tunnel needed.
+    let c = RunConfig::resolve(
+        RunSettings {
+            host_id: Some("h1".into()),
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.store, StoreSpec::Embedded);
+}
+
+#[test]
+fn tls_needs_all_three_files_and_plain_text_none() {
+    let with = |store: &str, cacert: bool, cert: bool, key: bool| RunSettings {
+        etcd_cacert: cacert.then(|| "/ca.pem".into()),
+        etcd_cert: cert.then(|| "/h1.pem".into()),
+        etcd_key: key.then(|| "/h1.key".into()),
+        ..fleet(store)
+    };
+    refused(
+        with("etcds://10.0.0.1:2379", false, false, false),
+        None,
+        "needs --etcd-cacert, --etcd-cert and --etcd-key (missing --etcd-cacert, --etcd-cert, --etcd-key)",
+    );
+    refused(
+        with("etcds://10.0.0.1:2379", true, true, false),
+        None,
+        "(missing --etcd-key)",
+    );
+    // Certificates with a plain-text or embedded store would be a silent
+    // downgrade: refused.
+    refused(
+        with("etcd://10.0.0.1:2379", true, true, true),
+        None,
+        "--etcd-cacert, --etcd-cert, --etcd-key given but --store etcd://… is plain text",
+    );
+    refused(
+        with("embedded", false, true, false),
+        None,
+        "--etcd-cert given but --store is embedded",
+    );
+    refused(
+        with("https://10.0.0.1:2379", true, true, true),
+        None,
+        "invalid --store",
+    );
+    // The files are read at start: a missing one is named.
+    refused(
+        with("etcds://10.0.0.1:2379", true, true, true),
+        None,
+        "cannot read --etcd-cacert /ca.pem",
+    );
+}
+
+#[test]
+fn tls_settings_come_from_the_file_too() {
+    use crate::store::etcd::testing::Pki;
+    let pki = Pki::new("config");
+    let ca = pki.ca("ca");
+    let h1 = pki.issue(&ca, "h1", &[]);
+    let f = file(&format!(
+        "store = \"etcds://10.0.0.1:2379,10.0.0.2:2379\"\netcd-cacert = {:?}\n\
+         etcd-cert = {:?}\netcd-key = {:?}\nadvertise = \"192.0.2.1:51871\"\n\
+         underlay-iface = \"eth1\"\nhost-id = \"h1\"\n",
+        ca.crt, h1.crt, h1.key
+    ));
+    let c = RunConfig::resolve(RunSettings::default(), Some(&f.0)).unwrap();
+    assert_eq!(
+        c.store,
+        StoreSpec::EtcdTls(
+            vec!["10.0.0.1:2379".into(), "10.0.0.2:2379".into()],
+            TlsFiles {
+                cacert: ca.crt.clone(),
+                cert: h1.crt.clone(),
+                key: h1.key.clone(),
+            }
+        )
+    );
+    // A flag beats the file here too: the wrong key is named.
+    let flags = RunSettings {
+        etcd_key: Some(ca.key.clone()),
+        ..Default::default()
+    };
+    refused(flags, Some(&f.0), "is not the private key of --etcd-cert");
+}
+
+/// The config file `cargo xtask install` puts in /etc/pn-agent: as
+/// shipped (every line a comment) and with every setting uncommented,
+/// it is a valid configuration.
+#[test]
+fn the_installed_default_config_is_valid() {
+    let shipped = include_str!("../../../dist/config.toml");
+    let f = file(shipped);
+    let flags = RunSettings {
+        host_id: Some("h1".into()),
+        ..Default::default()
+    };
+    let c = RunConfig::resolve(flags.clone(), Some(&f.0)).unwrap();
+    assert_eq!(c.bpffs, PathBuf::from(DEFAULT_BPFFS));
+    let uncommented: String = shipped
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(kv)
+                if kv.split_once(" = ").is_some_and(|(k, _)| {
+                    k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+                }) =>
+            {
+                kv
+            }
+            _ => l,
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(uncommented.contains("\nstore = "), "{uncommented}");
+    let f = file(&uncommented);
+    let c = RunConfig::resolve(flags, Some(&f.0)).unwrap();
+    assert_eq!(c.host_id.as_str(), "h1", "a flag wins over the file");
+    assert_eq!(c.underlay_iface.as_deref(), Some("eth0"));
+}
