@@ -15,12 +15,13 @@
 //! `reconcile` computes the desired state, `converge` applies it,
 //! `commands`, `cni` (the CNI plugin's requests), `moving` (`app move`)
 //! and `status` answer the API, `reap` detaches containers whose interface
-//! vanished.
+//! vanished, `health` probes local containers of apps with a health port.
 
 mod cni;
 mod commands;
 mod converge;
 mod follow;
+mod health;
 mod moving;
 mod reap;
 pub mod reconcile;
