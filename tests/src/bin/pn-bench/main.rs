@@ -8,6 +8,7 @@ mod dns;
 mod policy;
 mod report;
 mod scale;
+mod service;
 mod strangers;
 mod tools;
 mod tunnel;
@@ -46,7 +47,7 @@ impl Effort {
     };
 }
 
-const SCENARIOS: &[&str] = &["policy", "strangers", "scale", "dns", "tunnel"];
+const SCENARIOS: &[&str] = &["policy", "strangers", "scale", "dns", "tunnel", "service"];
 
 struct Args {
     effort: Effort,
@@ -115,6 +116,7 @@ fn main() {
             "scale" => scale::run(args.effort),
             "dns" => dns::run(args.effort),
             "tunnel" => tunnel::run_scenario(args.effort),
+            "service" => service::run(args.effort),
             _ => unreachable_scenario(name),
         };
         match result {
