@@ -5,10 +5,10 @@
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use pn_tests::{Host, Namespace, eventually, net, unique_prefix};
+use pn_tests::{Host, Namespace, eventually, fleet::Fleet, net, unique_prefix};
 
 const PORT: u16 = 8080;
 const T: Duration = Duration::from_secs(3);
@@ -142,5 +142,207 @@ fn connections_to_a_service_address_spread_stick_and_follow_the_rotation() {
     assert!(
         who(&client, vip).is_none(),
         "the freed address reaches nobody"
+    );
+}
+
+/// How long after `from` connections to `vip` kept reaching `backend`,
+/// connecting for `window`: `None` if none did.
+fn last_hit(
+    client: &Namespace,
+    vip: Ipv4Addr,
+    backend: Ipv4Addr,
+    from: Instant,
+    window: Duration,
+) -> Option<Duration> {
+    let mut last = None;
+    while from.elapsed() < window {
+        if who(client, vip) == Some(backend) {
+            last = Some(from.elapsed());
+        }
+    }
+    last
+}
+
+#[test]
+fn a_backend_failing_its_health_check_leaves_the_rotation_and_returns() {
+    const HEALTH: u16 = 9090;
+    let p = unique_prefix();
+    let host = Host::start(&p, "h1");
+    let net = host.create_network(&[]);
+    let svc = host
+        .cli_ok(&[
+            "app",
+            "create",
+            "--network",
+            &net,
+            "--balance",
+            "vip",
+            "--health-port",
+            &HEALTH.to_string(),
+        ])
+        .trim()
+        .to_string();
+    let client_app = host.create_app(&net);
+    let ns: Vec<Namespace> = (1..=3)
+        .map(|i| Namespace::new(&format!("{p}-b{i}")))
+        .collect();
+    let client = Namespace::new(&format!("{p}-cl"));
+    let mut ips = Vec::new();
+    let mut servers = Vec::new();
+    let mut health = Vec::new();
+    for b in &ns {
+        ips.push(ip_of(&host.attach(&svc, "web", b)));
+        servers.push(net::tcp_whoami_self_server(b, PORT));
+        health.push(Some(net::tcp_echo_server(b, HEALTH)));
+    }
+    host.attach(&client_app, "worker", &client);
+    let (vip, _) = service(&host, &svc, "web").expect("a service address");
+    assert_eq!(spread(&client, vip, 60).len(), 3);
+
+    // The health port closes: out of the rotation within 4 s.
+    health[0] = None;
+    let closed = Instant::now();
+    let last = last_hit(&client, vip, ips[0], closed, Duration::from_secs(6));
+    eprintln!(
+        "after its health port closed, {} was chosen until {last:?}",
+        ips[0]
+    );
+    assert!(
+        last.is_none_or(|d| d < Duration::from_secs(4)),
+        "{} still chosen {last:?} after its health port closed",
+        ips[0]
+    );
+    let s = spread(&client, vip, 60);
+    assert!(!s.contains_key(&ips[0]), "{s:?}");
+    assert_eq!(s.len(), 2, "{s:?}");
+
+    // It reopens: back in the rotation (one probe) within 4 s too.
+    health[0] = Some(net::tcp_echo_server(&ns[0], HEALTH));
+    let opened = Instant::now();
+    let mut back = None;
+    while opened.elapsed() < Duration::from_secs(6) {
+        if who(&client, vip) == Some(ips[0]) {
+            back = Some(opened.elapsed());
+            break;
+        }
+    }
+    eprintln!(
+        "after its health port reopened, {} was chosen again at {back:?}",
+        ips[0]
+    );
+    assert!(
+        back.is_some_and(|d| d < Duration::from_secs(4)),
+        "{} not back in the rotation: {back:?}",
+        ips[0]
+    );
+    assert_eq!(spread(&client, vip, 60).len(), 3);
+}
+
+#[test]
+fn a_service_address_balances_over_backends_on_two_hosts() {
+    let p = unique_prefix();
+    let f = Fleet::new(&p, 2);
+    let (h1, h2) = (&f.hosts[0], &f.hosts[1]);
+    let net = h1.create_network(&[]);
+    let svc = h1
+        .cli_ok(&["app", "create", "--network", &net, "--balance", "vip"])
+        .trim()
+        .to_string();
+    let client_app = h1.create_app(&net);
+    let ns: Vec<Namespace> = (1..=4)
+        .map(|i| Namespace::new(&format!("{p}-b{i}")))
+        .collect();
+    let client = Namespace::new(&format!("{p}-cl"));
+    let (mut local, mut remote) = (Vec::new(), Vec::new());
+    let mut servers = Vec::new();
+    for (i, b) in ns.iter().enumerate() {
+        // Backends 1 and 2 on host 1 (the client's), 3 and 4 on host 2.
+        let h = if i < 2 { h1 } else { h2 };
+        let ip = ip_of(&h.attach(&svc, "web", b));
+        if i < 2 {
+            local.push(ip)
+        } else {
+            remote.push(ip)
+        }
+        servers.push(net::tcp_whoami_self_server(b, PORT));
+    }
+    h1.attach(&client_app, "worker", &client);
+    let long = Duration::from_secs(10);
+    assert!(eventually(long, || service(h1, &svc, "web")
+        .is_some_and(|(_, b)| b.len() == 4)));
+    let (vip, _) = service(h1, &svc, "web").unwrap();
+    // The tunnel to host 2 is up once a remote backend answers directly.
+    assert!(eventually(long, || net::tcp_whoami(
+        &client,
+        SocketAddr::from((remote[0], PORT)),
+        T
+    )
+    .is_ok()));
+
+    // Every connection opens (its replies come from the service address,
+    // else the client's stack would refuse them) and echoes; both hosts'
+    // backends get a share.
+    let mut s: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+    for _ in 0..200 {
+        let (line, mut conn) = net::tcp_whoami(&client, SocketAddr::from((vip, PORT)), T)
+            .expect("a connection through the service address");
+        assert_eq!(conn.peer_addr().unwrap(), SocketAddr::from((vip, PORT)));
+        net::echo_on(&mut conn, b"via the service").expect("echo through the service");
+        *s.entry(line.parse().unwrap()).or_default() += 1;
+    }
+    eprintln!("200 connections from host 1: {s:?} (local {local:?}, remote {remote:?})");
+    assert_eq!(s.len(), 4, "{s:?}");
+    for (b, n) in &s {
+        assert!(*n >= 20, "{b}: {n} of 200 ({s:?})");
+    }
+}
+
+#[test]
+fn a_connection_to_a_detached_backend_is_reset_not_left_to_hang() {
+    let p = unique_prefix();
+    let host = Host::start(&p, "h1");
+    let net = host.create_network(&[]);
+    let svc = host
+        .cli_ok(&["app", "create", "--network", &net, "--balance", "vip"])
+        .trim()
+        .to_string();
+    let client_app = host.create_app(&net);
+    let ns: Vec<Namespace> = (1..=3)
+        .map(|i| Namespace::new(&format!("{p}-b{i}")))
+        .collect();
+    let client = Namespace::new(&format!("{p}-cl"));
+    let mut ips = Vec::new();
+    let mut servers = Vec::new();
+    for b in &ns {
+        ips.push(ip_of(&host.attach(&svc, "web", b)));
+        servers.push(net::tcp_whoami_self_server(b, PORT));
+    }
+    host.attach(&client_app, "worker", &client);
+    let (vip, _) = service(&host, &svc, "web").expect("a service address");
+
+    let (first, mut kept) =
+        net::tcp_whoami(&client, SocketAddr::from((vip, PORT)), T).expect("connect");
+    net::echo_on(&mut kept, b"before").expect("echo before the detach");
+    let first: Ipv4Addr = first.parse().unwrap();
+    let index = ips.iter().position(|ip| *ip == first).unwrap() + 1;
+    host.cli_ok(&[
+        "container",
+        "detach",
+        "--app",
+        &svc,
+        "--type",
+        "web",
+        "--index",
+        &index.to_string(),
+    ]);
+    assert!(eventually(T, || service(&host, &svc, "web")
+        .is_some_and(|(_, b)| b.len() == 2)));
+    let sent = Instant::now();
+    let err = net::echo_on(&mut kept, b"after").expect_err("the removed backend cannot answer");
+    eprintln!("after the detach: {:?} in {:?}", err.kind(), sent.elapsed());
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionReset,
+        "reset, not a hang ({err})"
     );
 }

@@ -16,13 +16,15 @@
 //! `commands`, `cni` (the CNI plugin's requests), `moving` (`app move`)
 //! and `status` answer the API, `reap` detaches containers whose interface
 //! vanished, `edge` holds what the edge needs besides the view (host facts,
-//! the nftables table, published ports).
+//! the nftables table, published ports), `health` probes local containers
+//! of apps with a health port.
 
 mod cni;
 mod commands;
 mod converge;
 pub mod edge;
 mod follow;
+mod health;
 mod moving;
 mod reap;
 pub mod reconcile;

@@ -368,6 +368,7 @@ impl Agent {
         tokio::spawn(agent.clone().follow_store());
         tokio::spawn(agent.clone().reap_vanished());
         tokio::spawn(agent.clone().repair_edge());
+        tokio::spawn(agent.clone().check_health());
         Ok(agent)
     }
 

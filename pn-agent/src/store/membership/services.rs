@@ -10,7 +10,7 @@ use pn_common::ids::{AppId, ContainerType, HostId};
 use super::{Membership, MembershipError, Result, Step, as_read, encode};
 use crate::{
     ipam,
-    model::{AddressLease, App, Balance, ContainerKey, Network},
+    model::{AddressLease, App, Balance, Container, ContainerKey, Network},
     store::{
         backend::{Cond, Op},
         keys::{self, Key},
@@ -120,6 +120,38 @@ impl Membership {
                 })
             },
             || format!("application {id} keeps changing; try again"),
+        )
+        .await
+    }
+}
+
+impl Membership {
+    /// Marks a container as failing (or passing again) its app's health
+    /// check, if its record says otherwise: `None` when there was nothing
+    /// to write (already so, or the container is gone), else the revision.
+    /// Conditional on the record read, so a detach or re-attach racing the
+    /// prober is never overwritten by a stale copy.
+    pub async fn set_unhealthy(&self, key: &ContainerKey, unhealthy: bool) -> Result<Option<i64>> {
+        let container_key = &Key::Container(key.clone());
+        self.read_modify_write(
+            move |_| {
+                Box::pin(async move {
+                    let Some((mut c, rev)) = self.get_decoded::<Container>(container_key).await?
+                    else {
+                        return Ok(Step::Done(None));
+                    };
+                    if c.unhealthy == unhealthy {
+                        return Ok(Step::Done(None));
+                    }
+                    c.unhealthy = unhealthy;
+                    Ok(Step::write(
+                        vec![as_read(container_key, Some(rev))],
+                        vec![Op::Put(container_key.to_string(), encode(&c))],
+                        Some,
+                    ))
+                })
+            },
+            || format!("container {key} keeps changing; try again"),
         )
         .await
     }

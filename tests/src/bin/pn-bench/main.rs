@@ -10,6 +10,7 @@ mod policy;
 mod report;
 mod restart;
 mod scale;
+mod service;
 mod strangers;
 mod tools;
 mod tunnel;
@@ -56,6 +57,7 @@ const SCENARIOS: &[&str] = &[
     "tunnel",
     "edge",
     "restart",
+    "service",
 ];
 
 struct Args {
@@ -127,6 +129,7 @@ fn main() {
             "tunnel" => tunnel::run_scenario(args.effort),
             "edge" => edge::run(args.effort),
             "restart" => restart::run(args.effort),
+            "service" => service::run(args.effort),
             _ => unreachable_scenario(name),
         };
         match result {
