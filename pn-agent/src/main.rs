@@ -717,6 +717,7 @@ async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Resul
             };
         }
     }
+    agent.stopping();
     let _ = std::fs::remove_file(&cfg.api_socket);
     log::info!("stopping; the programs stay attached and keep enforcing the last state");
     Ok(())

@@ -17,7 +17,7 @@ use rtnetlink::{
     Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         link::{InfoData, InfoVeth, LinkAttribute, LinkMessage},
-        route::RouteScope,
+        route::{RouteScope, RouteType},
     },
 };
 
@@ -484,6 +484,25 @@ impl Netlink {
         add_route(&self.handle, dst, None, dev, Some(src)).await
     }
 
+    /// A blackhole for `dst` at [`POOL_FLOOR_METRIC`], under any real route
+    /// to it (metric 0): when the tunnel's device and its route go away with
+    /// the agent, pool traffic is dropped here instead of following the
+    /// default route in clear text. Never removed, so it outlives the agent.
+    pub async fn ensure_pool_floor(&self, dst: Ipv4Net) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .kind(RouteType::BlackHole)
+            .priority(POOL_FLOOR_METRIC)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(kernel(format!("adding the blackhole route for {dst}")))
+    }
+
     /// Deletes an interface (its veth peer goes with it); absent is fine.
     pub async fn delete_link(&self, name: &str) -> Result<()> {
         let Some(link) = link_by_name(&self.handle, name).await? else {
@@ -496,6 +515,9 @@ impl Netlink {
         }
     }
 }
+
+/// Metric of the pool's blackhole route (see [`Netlink::ensure_pool_floor`]).
+pub const POOL_FLOOR_METRIC: u32 = 4242;
 
 /// Enables IPv4 forwarding in the calling thread's namespace (the agent's).
 pub fn enable_forwarding() -> Result<()> {

@@ -123,15 +123,23 @@ impl Agent {
                 "underlay guard on {underlay} (tunnel port {tunnel_port}); container MTU {container_mtu}"
             );
         }
+        // No tunnel yet (`tunnel_ifindex` 0): until it is up, traffic to
+        // remote members is dropped (no_tunnel), never sent in clear text.
+        let mut dp_config = Config {
+            dns_addr: to_ip4(*cfg.dns_listen.ip()),
+            dns_port: cfg.dns_listen.port(),
+            tunnel_port,
+            drop_events_per_sec: cfg.drop_events_per_sec,
+            ..Default::default()
+        };
         kernel
-            .set_config(Config {
-                dns_addr: to_ip4(*cfg.dns_listen.ip()),
-                dns_port: cfg.dns_listen.port(),
-                tunnel_port,
-                drop_events_per_sec: cfg.drop_events_per_sec,
-                ..Default::default()
-            })
+            .set_config(dp_config)
             .context("configuring the datapath")?;
+        // Before the tunnel's route, and left in place at stop.
+        netlink
+            .ensure_pool_floor(cfg.pool)
+            .await
+            .context("adding the pool's blackhole route")?;
         let events = kernel.take_events();
         kernel
             .conn()
@@ -162,6 +170,10 @@ impl Agent {
                 // Remote members are reached through the tunnel; local ones
                 // have /32 routes to their veths, which win.
                 netlink.route_to_dev(cfg.pool, idx, gateway_addr()).await?;
+                dp_config.tunnel_ifindex = idx;
+                kernel
+                    .set_config(dp_config)
+                    .context("configuring the datapath")?;
                 log::info!(
                     "tunnel on udp {listen} ({}), advertised as {advertise}",
                     cfg.tunnel.cipher.name()

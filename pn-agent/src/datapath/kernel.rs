@@ -218,6 +218,15 @@ impl Kernel {
             .ctx(|| "writing PN_CONFIG".into())
     }
 
+    /// Marks the tunnel down in `PN_CONFIG` (the rest kept): the programs
+    /// then drop traffic to remote members (no_tunnel) until an agent puts
+    /// a tunnel up again.
+    pub fn clear_tunnel(&mut self) -> Result<()> {
+        let mut cfg = self.config.get(&0, 0).ctx(|| "reading PN_CONFIG".into())?;
+        cfg.tunnel_ifindex = 0;
+        self.set_config(cfg)
+    }
+
     fn link_pin(&self, ifname: &str, suffix: &str) -> PathBuf {
         // bpffs refuses names with a dot.
         self.links_dir.join(format!("{ifname}_{suffix}"))
