@@ -396,6 +396,20 @@ impl Host {
         self.spawn();
     }
 
+    /// Kills the agent with SIGKILL (as a crash or the OOM killer would):
+    /// nothing of its own runs on the way out.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the agent again after `stop` or `kill`.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     /// The agent's process id, while it runs (`ip netns exec` execs it).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
