@@ -170,6 +170,9 @@ impl Agent {
                 // Remote members are reached through the tunnel; local ones
                 // have /32 routes to their veths, which win.
                 netlink.route_to_dev(cfg.pool, idx, gateway_addr()).await?;
+                kernel
+                    .attach_tunnel(TUN_DEV)
+                    .context("guarding the tunnel's entry")?;
                 dp_config.tunnel_ifindex = idx;
                 kernel
                     .set_config(dp_config)

@@ -130,7 +130,11 @@ impl Kernel {
                     .ctx(|| "loading the eBPF object".into())?
             }
         };
-        for name in [objects::PROG_FROM_CONTAINER, objects::PROG_TO_CONTAINER] {
+        for name in [
+            objects::PROG_FROM_CONTAINER,
+            objects::PROG_TO_CONTAINER,
+            objects::PROG_INTO_TUNNEL,
+        ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| plain(format!("program {name} missing from the object")))?
@@ -225,6 +229,25 @@ impl Kernel {
         let mut cfg = self.config.get(&0, 0).ctx(|| "reading PN_CONFIG".into())?;
         cfg.tunnel_ifindex = 0;
         self.set_config(cfg)
+    }
+
+    /// Attaches the tunnel's entry check to its device's egress, first on
+    /// the hook. Not pinned: the device goes with the agent.
+    pub fn attach_tunnel(&mut self, ifname: &str) -> Result<()> {
+        let name = objects::PROG_INTO_TUNNEL;
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| plain(format!("program {name} missing")))?
+            .try_into()
+            .ctx(|| format!("program {name}"))?;
+        prog.attach_with_options(
+            ifname,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        )
+        .ctx(|| format!("attaching {name} to {ifname}"))?;
+        Ok(())
     }
 
     fn link_pin(&self, ifname: &str, suffix: &str) -> PathBuf {

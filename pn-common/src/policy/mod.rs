@@ -249,6 +249,17 @@ impl ConnKey {
     }
 }
 
+/// On the way into the tunnel's device (TC egress): only a member's packet
+/// from its own veth (`from`: the entry of the interface it entered the host
+/// on). A namespace plugged in by someone else, another NIC or the host
+/// itself cannot send to remote members under a member's name.
+pub fn into_tunnel(src: Ip4, from: Option<&Iface>) -> Reason {
+    match from {
+        Some(iface) if iface.addr == src => Reason::Forwarded,
+        _ => Reason::SpoofedSource,
+    }
+}
+
 pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAMETER_PROBLEM: u8 = 12;

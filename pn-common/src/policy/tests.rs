@@ -469,3 +469,10 @@ fn a_source_is_believed_only_from_its_own_interface() {
         Reason::SpoofedSource
     );
 }
+
+#[test]
+fn only_a_members_own_veth_feeds_the_tunnel() {
+    assert_eq!(into_tunnel(A1, Some(&iface_a1())), Reason::Forwarded);
+    assert_eq!(into_tunnel(A2, Some(&iface_a1())), Reason::SpoofedSource);
+    assert_eq!(into_tunnel(A1, None), Reason::SpoofedSource);
+}
