@@ -73,7 +73,7 @@ fn assert_no_marker(frames: &[Vec<u8>], when: &str) {
 
 #[test]
 fn no_clear_text_while_an_agent_is_stopped_or_killed() {
-    let (mut f, _a, c1, c2, ip1, ip2) = fleet();
+    let (mut f, a, c1, c2, ip1, ip2) = fleet();
     let _u2 = net::udp_echo_server(&c2, 7000);
     let _u1 = net::udp_echo_server(&c1, 7001);
     let _t1 = net::tcp_echo_server(&c1, 7002);
@@ -81,6 +81,11 @@ fn no_clear_text_while_an_agent_is_stopped_or_killed() {
         net::udp_echo(&c1, SocketAddr::from((ip2, 7000)), b"up", LONG).unwrap(),
         b"up"
     );
+    // Hosts with a default route on the underlay, as real ones have: that
+    // is where member traffic would leak to when the tunnel is gone.
+    for h in &f.hosts {
+        h.ns.ip(&["route", "replace", "default", "via", "192.168.100.254"]);
+    }
     for crash in [false, true] {
         let when = if crash {
             "after SIGKILL"
@@ -95,6 +100,9 @@ fn no_clear_text_while_an_agent_is_stopped_or_killed() {
         } else {
             f.hosts[1].stop();
         }
+        // Whether or not the device outlives its agent, its route must not
+        // be what keeps the traffic in: take it away.
+        let _ = f.hosts[1].ns.exec(&["ip", "link", "del", "pn-tun"]);
         send_both_ways(&c1, &c2, ip1, ip2);
         let frames2 = cap2.finish();
         let frames1 = cap1.finish();
@@ -121,11 +129,15 @@ fn no_clear_text_while_an_agent_is_stopped_or_killed() {
             .is_ok()),
             "and the other way ({when})"
         );
+        if !crash {
+            // The stopping agent marked the tunnel down: c2's packets toward
+            // c1 were dropped by the programs, and counted.
+            assert!(
+                f.hosts[1].packets(&a, "worker-1", "no_tunnel") > 0,
+                "no_tunnel counted"
+            );
+        }
     }
-    // A SIGTERM marks the tunnel down for the programs: counted as no_tunnel.
-    f.hosts[1].stop();
-    let _ = net::udp_echo(&c2, SocketAddr::from((ip1, 7001)), MARKER, SHORT);
-    f.hosts[1].start_again();
 }
 
 /// A namespace plugged into h1 by someone else (a plain veth, no pn)
