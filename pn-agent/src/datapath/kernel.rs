@@ -283,11 +283,13 @@ impl Kernel {
                     }
                 }
             }
+            // First on the hook: a program attached before ours cannot
+            // pass a packet past the checks.
             let id = prog
                 .attach_with_options(
                     ifname,
                     attach_type,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    TcAttachOptions::TcxOrder(LinkOrder::first()),
                 )
                 .ctx(|| format!("attaching {prog_name} to {ifname}"))?;
             let link = prog.take_link(id).ctx(|| "taking link".into())?;
