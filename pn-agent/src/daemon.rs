@@ -131,7 +131,12 @@ pub(crate) async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> an
     }
     pn_agent::handover::service::notify("STOPPING=1", &[]);
     let _ = std::fs::remove_file(&cfg.api_socket);
-    agent.leave_tunnel_with_service_manager();
+    // A tunnel that waits with the service manager keeps its packets queued
+    // for the next agent; otherwise it goes with this process, and the
+    // programs drop (and count) traffic to remote members until one is up.
+    if !agent.leave_tunnel_with_service_manager() {
+        agent.stopping();
+    }
     log::info!("stopping; the programs stay attached and keep enforcing the last state");
     Ok(())
 }

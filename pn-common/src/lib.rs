@@ -64,4 +64,5 @@ pub mod objects {
     pub const PROG_FROM_CONTAINER: &str = "pn_from_container";
     pub const PROG_TO_CONTAINER: &str = "pn_to_container";
     pub const PROG_UNDERLAY: &str = "pn_underlay";
+    pub const PROG_INTO_TUNNEL: &str = "pn_into_tunnel";
 }

@@ -112,7 +112,9 @@ pub struct Config {
     /// Maximum drop events per second and CPU sent to user space; the rest is
     /// only counted (a flood must not turn into an event storm).
     pub drop_events_per_sec: u32,
-    pub _pad2: u32,
+    /// Index of the tunnel's device while the tunnel is up, 0 otherwise:
+    /// remote members are reached through it only, and admitted only from it.
+    pub tunnel_ifindex: u32,
     /// The fleet's address pool (network address and mask, as [`Ip4`]): a
     /// destination outside it is the world. The zero default puts every
     /// address in the pool, so an agent that does not set it keeps the world

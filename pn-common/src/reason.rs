@@ -75,11 +75,14 @@ pub enum Reason {
     /// Dropped: toward a container, through its published port, from a
     /// source that is not a router.
     NotRouter = 29,
+    /// Dropped: toward a remote member while no tunnel is up (the agent is
+    /// stopped or restarting): never in clear text on the underlay.
+    NoTunnel = 30,
 }
 
 impl Reason {
     /// Number of reasons; counter arrays are sized by it.
-    pub const COUNT: usize = 30;
+    pub const COUNT: usize = 31;
 
     pub const ALL: [Reason; Reason::COUNT] = [
         Reason::Forwarded,
@@ -112,6 +115,7 @@ impl Reason {
         Reason::EgressDenied,
         Reason::Published,
         Reason::NotRouter,
+        Reason::NoTunnel,
     ];
 
     pub const fn from_u8(v: u8) -> Option<Reason> {
@@ -168,6 +172,7 @@ impl Reason {
             Reason::EgressDenied => "egress_denied",
             Reason::Published => "published",
             Reason::NotRouter => "not_router",
+            Reason::NoTunnel => "no_tunnel",
         }
     }
 

@@ -14,6 +14,8 @@ mod report;
 #[cfg(target_arch = "bpf")]
 mod tc;
 #[cfg(target_arch = "bpf")]
+mod tunnel;
+#[cfg(target_arch = "bpf")]
 mod xdp;
 
 #[cfg(target_arch = "bpf")]

@@ -273,7 +273,9 @@ fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) 
         _ => {
             // SAFETY: see `handle`.
             let src = unsafe { PN_ENDPOINTS.get(pkt.src) };
-            let r = policy::to_container(&pkt, iface, src, cfg, &mut edge);
+            // SAFETY: the context pointer is valid for the whole program run.
+            let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
+            let r = policy::to_container(&pkt, ingress, iface, src, cfg, &mut edge);
             if r == Reason::Delivered && !ip.later_fragment {
                 crate::lb::to_container(ctx, &pkt, l4);
             }

@@ -484,6 +484,11 @@ impl Host {
         self.wait_ready();
     }
 
+    /// Starts the agent again after `stop` or `kill`.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     /// The running agent's process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

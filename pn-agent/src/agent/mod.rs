@@ -108,6 +108,16 @@ impl Agent {
         self.view.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// On the way out: the tunnel goes with this process, so the programs
+    /// must stop sending to remote members before it does.
+    pub fn stopping(&self) {
+        if self.tunnel.is_some()
+            && let Err(e) = self.dp().maps_mut().clear_tunnel()
+        {
+            log::error!("marking the tunnel down in the datapath: {e}");
+        }
+    }
+
     pub fn store_reachable(&self) -> bool {
         self.store_health.reachable()
     }

@@ -20,7 +20,7 @@ use pn_tunnel::{self as tun, device::Device, keyfile};
 use tokio::sync::watch;
 
 use super::{
-    Agent, GATEWAY_DEV, MemberTable,
+    Agent, GATEWAY_DEV, MemberTable, TUN_DEV,
     edge::{self as agent_edge, EdgeRuntime},
     reconcile::{self, to_ip4},
 };
@@ -289,10 +289,27 @@ impl Agent {
             .set_track(cfg.track)
             .context("configuring request tracking")?;
         let conn_events = kernel.conn().events.take();
+        // The tunnel's device is persistent, so its index outlives agents:
+        // the programs send remote members only there and admit them only
+        // from there (0: no tunnel, remote members are dropped as
+        // no_tunnel), and its entry is guarded.
+        let tunnel_ifindex = match &tunnel {
+            Some(_) => match netlink.link(TUN_DEV).await? {
+                Some((idx, _)) => {
+                    kernel
+                        .attach_tunnel(TUN_DEV)
+                        .context("guarding the tunnel's entry")?;
+                    idx
+                }
+                None => 0,
+            },
+            None => 0,
+        };
         let base_config = Config {
             dns_addr: to_ip4(*cfg.dns_listen.ip()),
             dns_port: cfg.dns_listen.port(),
             tunnel_port,
+            tunnel_ifindex,
             drop_events_per_sec: cfg.drop_events_per_sec,
             ..Default::default()
         };

@@ -174,15 +174,22 @@ impl Agent {
 impl Agent {
     /// At a stop under a service manager: leaves the tunnel with it, for
     /// the next start (`systemctl restart`).
-    pub fn leave_tunnel_with_service_manager(&self) {
+    /// Whether the tunnel now waits with the service manager.
+    pub fn leave_tunnel_with_service_manager(&self) -> bool {
         if !service::under_service_manager() || self.tunnel.is_none() {
-            return;
+            return false;
         }
         let (io, state) = self.freeze();
-        let Some(io) = io else { return };
+        let Some(io) = io else { return false };
         match service::store(&io, &state) {
-            Ok(()) => log::info!("the tunnel waits with the service manager for the next start"),
-            Err(e) => log::warn!("leaving the tunnel with the service manager: {e}"),
+            Ok(()) => {
+                log::info!("the tunnel waits with the service manager for the next start");
+                true
+            }
+            Err(e) => {
+                log::warn!("leaving the tunnel with the service manager: {e}");
+                false
+            }
         }
     }
 }

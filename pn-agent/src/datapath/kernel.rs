@@ -127,7 +127,11 @@ impl Kernel {
                 }
             );
         }
-        for name in [objects::PROG_FROM_CONTAINER, objects::PROG_TO_CONTAINER] {
+        for name in [
+            objects::PROG_FROM_CONTAINER,
+            objects::PROG_TO_CONTAINER,
+            objects::PROG_INTO_TUNNEL,
+        ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| plain(format!("program {name} missing from the object")))?
@@ -224,6 +228,34 @@ impl Kernel {
         self.xdp_dir.join(ifname).exists()
     }
 
+    /// Marks the tunnel down in `PN_CONFIG` (the rest kept): the programs
+    /// then drop traffic to remote members (no_tunnel) until an agent puts
+    /// a tunnel up again.
+    pub fn clear_tunnel(&mut self) -> Result<()> {
+        let mut cfg = self.config.get(&0, 0).ctx(|| "reading PN_CONFIG".into())?;
+        cfg.tunnel_ifindex = 0;
+        self.set_config(cfg)
+    }
+
+    /// Attaches the tunnel's entry check to its device's egress, first on
+    /// the hook. Not pinned: the device goes with the agent.
+    pub fn attach_tunnel(&mut self, ifname: &str) -> Result<()> {
+        let name = objects::PROG_INTO_TUNNEL;
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| plain(format!("program {name} missing")))?
+            .try_into()
+            .ctx(|| format!("program {name}"))?;
+        prog.attach_with_options(
+            ifname,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        )
+        .ctx(|| format!("attaching {name} to {ifname}"))?;
+        Ok(())
+    }
+
     fn link_pin(&self, ifname: &str, suffix: &str) -> PathBuf {
         // bpffs refuses names with a dot.
         self.links_dir.join(format!("{ifname}_{suffix}"))
@@ -257,11 +289,13 @@ impl Kernel {
                     }
                 }
             }
+            // First on the hook: a program attached before ours cannot
+            // pass a packet past the checks.
             let id = prog
                 .attach_with_options(
                     ifname,
                     attach_type,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    TcAttachOptions::TcxOrder(LinkOrder::first()),
                 )
                 .ctx(|| format!("attaching {prog_name} to {ifname}"))?;
             let link = prog.take_link(id).ctx(|| "taking link".into())?;

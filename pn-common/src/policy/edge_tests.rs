@@ -58,7 +58,7 @@ fn out(pkt: &Ipv4Summary, iface: &Iface, edge: &mut Edge) -> Reason {
 }
 
 fn into(pkt: &Ipv4Summary, iface: &Iface, edge: &mut Edge) -> Reason {
-    to_container(pkt, Some(iface), None, &edge_cfg(), edge)
+    to_container(pkt, 0, Some(iface), None, &edge_cfg(), edge)
 }
 
 #[test]
@@ -138,7 +138,7 @@ fn without_a_pool_nothing_is_the_world() {
     );
     let p = pkt(WORLD, A1, IPPROTO_TCP, 443, 1);
     assert_eq!(
-        to_container(&p, Some(&iface_a1()), None, &cfg(), &mut Untouched),
+        to_container(&p, 0, Some(&iface_a1()), None, &cfg(), &mut Untouched),
         Reason::NotMember
     );
 }
@@ -220,6 +220,7 @@ fn marks_from_elsewhere_do_not_admit() {
     assert_eq!(
         to_container(
             &p,
+            7,
             Some(&published(8080)),
             Some(&ep(NET_B)),
             &edge_cfg(),

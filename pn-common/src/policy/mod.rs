@@ -126,6 +126,11 @@ pub fn from_container(
         return Reason::Gateway;
     }
     match dst {
+        // A remote member only through the tunnel: with none up (the agent
+        // stopped or restarting) the packet would leave in clear text.
+        Some(ep) if ep.tag == iface.tag && ep.is_remote() && cfg.tunnel_ifindex == 0 => {
+            return Reason::NoTunnel;
+        }
         Some(ep) if ep.tag == iface.tag => return Reason::Forwarded,
         Some(_) => return Reason::PolicyDenied,
         None if cfg.in_pool(pkt.dst) => return Reason::PolicyDenied,
@@ -148,8 +153,15 @@ pub fn from_container(
 /// ICMP such as the "fragmentation needed" that path-MTU discovery relies
 /// on), replies of its connections with the world, and routers through its
 /// published port.
+///
+/// `ingress` is the interface the packet entered the host on (0: the host
+/// made it). A source is believed only from where it lives: a local
+/// member from its own veth, a remote one from the tunnel, the gateway from
+/// the host itself; a namespace plugged in by someone else, another NIC or
+/// the underlay cannot borrow it.
 pub fn to_container(
     pkt: &Ipv4Summary,
+    ingress: u32,
     iface: Option<&Iface>,
     src: Option<&Endpoint>,
     cfg: &Config,
@@ -164,7 +176,21 @@ pub fn to_container(
     let from_dns = pkt.src == cfg.dns_addr && has_ports(pkt.proto) && pkt.sport == cfg.dns_port;
     let from_gateway = pkt.src == GATEWAY && pkt.proto == IPPROTO_ICMP;
     if from_dns || from_gateway {
-        return Reason::Gateway;
+        return if ingress == 0 {
+            Reason::Gateway
+        } else {
+            Reason::SpoofedSource
+        };
+    }
+    if let Some(ep) = src {
+        let home = if ep.is_remote() {
+            cfg.tunnel_ifindex
+        } else {
+            ep.ifindex
+        };
+        if home == 0 || ingress != home {
+            return Reason::SpoofedSource;
+        }
     }
     match src {
         Some(ep) if ep.tag == iface.tag => return Reason::Delivered,
@@ -220,6 +246,17 @@ impl ConnKey {
             proto: pkt.proto,
             _pad: [0; 3],
         }
+    }
+}
+
+/// On the way into the tunnel's device (TC egress): only a member's packet
+/// from its own veth (`from`: the entry of the interface it entered the host
+/// on). A namespace plugged in by someone else, another NIC or the host
+/// itself cannot send to remote members under a member's name.
+pub fn into_tunnel(src: Ip4, from: Option<&Iface>) -> Reason {
+    match from {
+        Some(iface) if iface.addr == src => Reason::Forwarded,
+        _ => Reason::SpoofedSource,
     }
 }
 

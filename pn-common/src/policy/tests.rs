@@ -75,6 +75,7 @@ fn same_network_any_port_and_icmp_pass() {
         assert_eq!(
             to_container(
                 &back,
+                7,
                 Some(&iface_a1()),
                 Some(&ep(NET_A)),
                 &cfg(),
@@ -144,6 +145,7 @@ fn other_protocols_are_denied_both_ways() {
         assert_eq!(
             to_container(
                 &p,
+                7,
                 Some(&iface_a1()),
                 Some(&ep(NET_A)),
                 &cfg(),
@@ -158,13 +160,14 @@ fn other_protocols_are_denied_both_ways() {
 fn only_members_and_the_gateway_reach_a_container() {
     let p = pkt(OUTSIDE, A1, IPPROTO_TCP, 5555, 22);
     assert_eq!(
-        to_container(&p, Some(&iface_a1()), None, &cfg(), &mut Untouched),
+        to_container(&p, 0, Some(&iface_a1()), None, &cfg(), &mut Untouched),
         Reason::NotMember
     );
     let p = pkt(B1, A1, IPPROTO_TCP, 5555, 22);
     assert_eq!(
         to_container(
             &p,
+            7,
             Some(&iface_a1()),
             Some(&ep(NET_B)),
             &cfg(),
@@ -175,18 +178,18 @@ fn only_members_and_the_gateway_reach_a_container() {
     // DNS answers and ICMP errors from the gateway.
     let p = pkt(GATEWAY, A1, IPPROTO_UDP, 53, 40000);
     assert_eq!(
-        to_container(&p, Some(&iface_a1()), None, &cfg(), &mut Untouched),
+        to_container(&p, 0, Some(&iface_a1()), None, &cfg(), &mut Untouched),
         Reason::Gateway
     );
     let p = pkt(GATEWAY, A1, IPPROTO_ICMP, 0, 0);
     assert_eq!(
-        to_container(&p, Some(&iface_a1()), None, &cfg(), &mut Untouched),
+        to_container(&p, 0, Some(&iface_a1()), None, &cfg(), &mut Untouched),
         Reason::Gateway
     );
     // But not any port of the gateway.
     let p = pkt(GATEWAY, A1, IPPROTO_TCP, 22, 40000);
     assert_eq!(
-        to_container(&p, Some(&iface_a1()), None, &cfg(), &mut Untouched),
+        to_container(&p, 0, Some(&iface_a1()), None, &cfg(), &mut Untouched),
         Reason::NotMember
     );
 }
@@ -216,7 +219,7 @@ fn unknown_interfaces_fail_closed() {
         Reason::UnknownInterface
     );
     assert_eq!(
-        to_container(&p, None, Some(&ep(NET_A)), &cfg(), &mut Untouched),
+        to_container(&p, 7, None, Some(&ep(NET_A)), &cfg(), &mut Untouched),
         Reason::UnknownInterface
     );
 }
@@ -379,4 +382,97 @@ fn event_budget_limits_per_second() {
     assert_eq!(admitted, 3);
     assert_eq!(b.suppressed, 7);
     assert!(b.admit(t0 + 1_000_000_000, 3));
+}
+
+fn remote(tag: u32) -> Endpoint {
+    Endpoint {
+        tag,
+        peer: 3,
+        flags: Endpoint::FLAG_REMOTE,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn remote_members_only_through_a_tunnel_that_is_up() {
+    let p = pkt(A1, A2, IPPROTO_TCP, 1, 2);
+    let down = cfg();
+    assert_eq!(
+        from_container(
+            &p,
+            Some(&iface_a1()),
+            Some(&remote(NET_A)),
+            &down,
+            &mut Untouched
+        ),
+        Reason::NoTunnel
+    );
+    assert!(Reason::NoTunnel.is_drop());
+    let up = Config {
+        tunnel_ifindex: 9,
+        ..cfg()
+    };
+    assert_eq!(
+        from_container(
+            &p,
+            Some(&iface_a1()),
+            Some(&remote(NET_A)),
+            &up,
+            &mut Untouched
+        ),
+        Reason::Forwarded
+    );
+    // Local members never depend on the tunnel.
+    assert_eq!(
+        from_container(
+            &p,
+            Some(&iface_a1()),
+            Some(&ep(NET_A)),
+            &down,
+            &mut Untouched
+        ),
+        Reason::Forwarded
+    );
+}
+
+#[test]
+fn a_source_is_believed_only_from_its_own_interface() {
+    let up = Config {
+        tunnel_ifindex: 9,
+        ..cfg()
+    };
+    let p = pkt(A2, A1, IPPROTO_TCP, 1, 2);
+    let to = |ingress, src: &Endpoint, c: &Config| {
+        to_container(&p, ingress, Some(&iface_a1()), Some(src), c, &mut Untouched)
+    };
+    // A local member (veth 7): from its veth only, not from a rogue veth,
+    // the tunnel or the host.
+    assert_eq!(to(7, &ep(NET_A), &up), Reason::Delivered);
+    for ingress in [8, 9, 0] {
+        assert_eq!(to(ingress, &ep(NET_A), &up), Reason::SpoofedSource);
+    }
+    // A remote member: from the tunnel only; with no tunnel, from nowhere.
+    assert_eq!(to(9, &remote(NET_A), &up), Reason::Delivered);
+    for ingress in [7, 8, 0] {
+        assert_eq!(to(ingress, &remote(NET_A), &up), Reason::SpoofedSource);
+    }
+    assert_eq!(to(9, &remote(NET_A), &cfg()), Reason::SpoofedSource);
+    assert_eq!(to(0, &remote(NET_A), &cfg()), Reason::SpoofedSource);
+    // The gateway: from the host itself only.
+    let dns = pkt(GATEWAY, A1, IPPROTO_UDP, 53, 40000);
+    assert_eq!(
+        to_container(&dns, 0, Some(&iface_a1()), None, &up, &mut Untouched),
+        Reason::Gateway
+    );
+    assert_eq!(
+        to_container(&dns, 8, Some(&iface_a1()), None, &up, &mut Untouched),
+        Reason::SpoofedSource
+    );
+}
+
+#[test]
+fn only_a_members_own_veth_feeds_the_tunnel() {
+    assert_eq!(into_tunnel(A1, Some(&iface_a1())), Reason::Forwarded);
+    assert_eq!(into_tunnel(A2, Some(&iface_a1())), Reason::SpoofedSource);
+    assert_eq!(into_tunnel(A1, None), Reason::SpoofedSource);
 }
