@@ -7,6 +7,7 @@
 mod dns;
 mod policy;
 mod report;
+mod requests;
 mod scale;
 mod strangers;
 mod tools;
@@ -46,7 +47,7 @@ impl Effort {
     };
 }
 
-const SCENARIOS: &[&str] = &["policy", "strangers", "scale", "dns", "tunnel"];
+const SCENARIOS: &[&str] = &["policy", "requests", "strangers", "scale", "dns", "tunnel"];
 
 struct Args {
     effort: Effort,
@@ -111,6 +112,7 @@ fn main() {
         let t = Instant::now();
         let result = match *name {
             "policy" => policy::run(args.effort),
+            "requests" => requests::run(args.effort),
             "strangers" => strangers::run(args.effort),
             "scale" => scale::run(args.effort),
             "dns" => dns::run(args.effort),
