@@ -23,6 +23,9 @@ const SERVER: &str = r#"
 import http.server, sys
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body are two writes: without this, Nagle waits for the
+    # client's delayed ACK (40 ms a request).
+    disable_nagle_algorithm = True
     def do_GET(self):
         self.send_response(200)
         self.send_header("Content-Length", "3")
@@ -80,7 +83,7 @@ fn keep_alive(client: &Namespace, ip: Ipv4Addr, seconds: u64) -> anyhow::Result<
 
 /// Sets the tracking bits in the agent's pinned `PN_CONN_CFG`.
 fn set_tracking(host: &Host, bits: u8) -> anyhow::Result<()> {
-    let map = host.bpffs().join("PN_CONN_CFG");
+    let map = host.bpffs().join("maps/PN_CONN_CFG");
     let out = Command::new("bpftool")
         .args(["map", "update", "pinned"])
         .arg(&map)
