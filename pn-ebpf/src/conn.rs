@@ -1,8 +1,10 @@
 //! Connection and request tracking for TCP between members: an event for each
 //! boundary segment (SYN, FIN, RST) and for each segment whose first bytes
-//! look like an HTTP/1.x request or status line. Everything else (bulk data,
-//! pure ACKs) costs one array lookup and, for data, a four-byte check.
+//! look like an HTTP/1.x request or status line. Everything else costs a
+//! flag test (pure ACKs), plus an inlined array read and, tracking HTTP, a
+//! four-byte read and compare (data); the headers come parsed from `tc`.
 
+use crate::tc::load;
 use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
@@ -13,7 +15,7 @@ use aya_ebpf::{
 use pn_common::{
     conn::{self, CONN_EVENTS_BYTES, ConnEvent, LostKind, PAYLOAD, TRACK_CONNS, TRACK_HTTP},
     event::Direction,
-    policy::{ETH_HLEN, IPPROTO_TCP, Ipv4Summary},
+    policy::{IPPROTO_TCP, Ipv4Summary},
 };
 
 /// What the agent wants tracked (`TRACK_*` bits); 0 or absent: nothing.
@@ -36,51 +38,65 @@ pub fn lost(kind: LostKind) {
     }
 }
 
+/// What the TC program already parsed of a TCP segment, handed over so that
+/// tracking reads no header again: on bulk data the whole cost is the
+/// tests below, one array read and (tracking HTTP) one four-byte read.
+#[derive(Clone, Copy)]
+pub struct Seg {
+    /// TCP flags; 0 for anything but TCP.
+    pub flags: u8,
+    /// Sequence and acknowledgement numbers as on the wire.
+    pub seq_ack: [u8; 8],
+    /// Where the payload starts in the packet.
+    pub at: u16,
+    /// Payload length by the IP header's total length.
+    pub len: u16,
+}
+
+impl Seg {
+    pub const NONE: Seg = Seg {
+        flags: 0,
+        seq_ack: [0; 8],
+        at: 0,
+        len: 0,
+    };
+}
+
 /// Called for every packet between members (leaving one, entering one).
 #[inline(always)]
-pub fn observe(ctx: &TcContext, dir: Direction, ifindex: u32, pkt: &Ipv4Summary, flags: u8) {
+pub fn observe(ctx: &TcContext, dir: Direction, ifindex: u32, pkt: &Ipv4Summary, seg: &Seg) {
     if pkt.proto != IPPROTO_TCP {
         return;
     }
+    let flags = seg.flags;
+    let boundary = conn::is_boundary(flags);
+    // Bulk data and pure ACKs leave here or after the payload check: no
+    // helper call before knowing the segment is worth an event.
+    if !boundary && (flags & conn::TCP_ACK == 0 || seg.len < 4) {
+        return;
+    }
+    // An array read the verifier inlines (no helper call).
     let Some(&track) = PN_CONN_CFG.get(0) else {
         return;
     };
-    if track == 0 {
+    let want = if boundary { TRACK_CONNS } else { TRACK_HTTP };
+    if track & want == 0 {
         return;
     }
-    let boundary = conn::is_boundary(flags);
-    if boundary && track & TRACK_CONNS == 0 {
-        return;
-    }
-    if !boundary && (track & TRACK_HTTP == 0 || flags & conn::TCP_ACK == 0) {
-        return;
-    }
-    let Ok(vhl) = ctx.load::<u8>(ETH_HLEN) else {
-        return;
-    };
-    let Ok(tot) = ctx.load::<u16>(ETH_HLEN + 2) else {
-        return;
-    };
-    let l4 = ETH_HLEN + usize::from((vhl & 0x0f) << 2);
-    // Sequence, acknowledgement, data offset.
-    let Ok(h) = ctx.load::<[u8; 9]>(l4 + 4) else {
-        return;
-    };
-    let doff = usize::from((h[8] >> 4) << 2);
-    let data = u16::from_be(tot)
-        .saturating_sub(u16::from((vhl & 0x0f) << 2))
-        .saturating_sub(doff as u16);
-    let at = l4 + doff;
+    let at = usize::from(seg.at);
+    let data = seg.len;
     let mut http = false;
     if data >= 4 && track & TRACK_HTTP != 0 {
-        match ctx.load::<[u8; 4]>(at) {
-            Ok(first) => http = conn::may_start_http(first),
-            Err(_) => return,
+        // Direct access when the payload is in the linear part.
+        match load::<[u8; 4]>(ctx, at) {
+            Some(first) => http = conn::may_start_http(first),
+            None => return,
         }
     }
     if !boundary && !http {
         return;
     }
+    let h = seg.seq_ack;
     let mut ev = ConnEvent {
         // SAFETY: bpf_ktime_get_ns has no preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },

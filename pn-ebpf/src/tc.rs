@@ -19,6 +19,7 @@ use pn_common::{
 };
 
 use crate::{
+    conn::Seg,
     maps::{PN_CONFIG, PN_CONNS, PN_EGRESS_DENY, PN_ENDPOINTS, PN_FLOWS, PN_IFACES},
     report::{count, emit, report_drop},
 };
@@ -55,10 +56,11 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
         );
         TC_ACT_SHOT
     } else {
-        if let Some((pkt, flags)) = pkt {
+        if let Some((pkt, seg)) = pkt {
             if matches!(reason, Reason::Forwarded | Reason::Delivered) {
-                crate::conn::observe(ctx, dir, ifindex, &pkt, flags);
+                crate::conn::observe(ctx, dir, ifindex, &pkt, &seg);
             }
+            let flags = seg.flags;
             match (reason, dir) {
                 (Reason::Forwarded, _) => match policy::flow_check(pkt.proto, flags) {
                     FlowCheck::Established => {}
@@ -97,7 +99,7 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
 /// Reads a `T` at `off`: straight from the packet when the headers are in
 /// its linear part (the usual case), through the helper otherwise.
 #[inline(always)]
-fn load<T>(ctx: &TcContext, off: usize) -> Option<T> {
+pub(crate) fn load<T>(ctx: &TcContext, off: usize) -> Option<T> {
     let start = ctx.data();
     if start + off + size_of::<T>() <= ctx.data_end() {
         // SAFETY: bounds checked against data_end just above.
@@ -107,9 +109,10 @@ fn load<T>(ctx: &TcContext, off: usize) -> Option<T> {
     }
 }
 
-/// The verdict; for IPv4 the packet summary and its TCP flags; what the
-/// decision found in the connection table, if it looked.
-type Decision = (Reason, Option<(Ipv4Summary, u8)>, Looked);
+/// The verdict; for IPv4 the packet summary and its TCP segment (flags 0
+/// when not TCP); what the decision found in the connection table, if it
+/// looked.
+type Decision = (Reason, Option<(Ipv4Summary, Seg)>, Looked);
 
 /// A connection-table lookup made by the decision. Plain fields, no
 /// `Option` around the entry: an absent `Option`'s payload is undefined, and
@@ -227,7 +230,7 @@ fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) 
     let Some(ip) = policy::parse_ipv4(&raw) else {
         return (Reason::Malformed, None, Looked::NOT);
     };
-    let (mut sport, mut dport, mut flags) = (0, 0, 0);
+    let (mut sport, mut dport, mut seg) = (0, 0, Seg::NONE);
     let l4 = ETH_HLEN + (ip.header_len & 0x3c);
     if policy::has_ports(ip.proto) && !ip.later_fragment {
         if ip.proto == policy::IPPROTO_TCP {
@@ -237,7 +240,15 @@ fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) 
             };
             sport = u16::from_be_bytes([h[0], h[1]]);
             dport = u16::from_be_bytes([h[2], h[3]]);
-            flags = h[13];
+            // Parsed here once so that tracking reads nothing again.
+            let doff = usize::from(h[12] >> 4) << 2;
+            let total = usize::from(u16::from_be_bytes([raw[2], raw[3]]));
+            seg = Seg {
+                flags: h[13],
+                seq_ack: [h[4], h[5], h[6], h[7], h[8], h[9], h[10], h[11]],
+                at: (l4 + doff) as u16,
+                len: total.saturating_sub((ip.header_len & 0x3c) + doff) as u16,
+            };
         } else {
             let Some(h) = load::<[u8; 4]>(ctx, l4) else {
                 return (Reason::Malformed, None, Looked::NOT);
@@ -282,7 +293,7 @@ fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) 
             r
         }
     };
-    (reason, Some((pkt, flags)), edge.conn)
+    (reason, Some((pkt, seg)), edge.conn)
 }
 
 #[inline(always)]

@@ -17,6 +17,7 @@ fn every_benchmark_scenario_runs() {
     assert!(status.success(), "pn-bench --smoke failed");
     for title in [
         "Policy overhead",
+        "Connection and request tracking",
         "Dropping strangers",
         "Scale of membership",
         "## DNS",

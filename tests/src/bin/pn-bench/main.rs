@@ -8,6 +8,7 @@ mod dns;
 mod edge;
 mod policy;
 mod report;
+mod requests;
 mod restart;
 mod scale;
 mod service;
@@ -51,6 +52,7 @@ impl Effort {
 
 const SCENARIOS: &[&str] = &[
     "policy",
+    "requests",
     "strangers",
     "scale",
     "dns",
@@ -123,6 +125,7 @@ fn main() {
         let t = Instant::now();
         let result = match *name {
             "policy" => policy::run(args.effort),
+            "requests" => requests::run(args.effort),
             "strangers" => strangers::run(args.effort),
             "scale" => scale::run(args.effort),
             "dns" => dns::run(args.effort),

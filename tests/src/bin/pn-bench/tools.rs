@@ -299,3 +299,48 @@ pub fn wait_for_remote(h: &Host) -> anyhow::Result<()> {
     }
     bail!("the agents did not converge")
 }
+
+/// The programs behind the links this agent pinned under its own bpffs.
+pub fn pinned_prog_ids(host: &Host) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let mut dirs = vec![host.bpffs()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(path);
+                continue;
+            }
+            let Ok(out) = Command::new("bpftool")
+                .args(["-j", "link", "show", "pinned"])
+                .arg(&path)
+                .output()
+            else {
+                continue;
+            };
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                && let Some(id) = v["prog_id"].as_u64()
+                && !ids.contains(&id)
+            {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}
+
+/// (run_time_ns, run_cnt) summed over the programs with these ids.
+pub fn prog_stats_ids(ids: &[u64]) -> (u64, u64) {
+    ids.iter().fold((0, 0), |(t, c), id| {
+        let v: serde_json::Value = Command::new("bpftool")
+            .args(["-j", "prog", "show", "id", &id.to_string()])
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+            .unwrap_or_default();
+        (
+            t + v["run_time_ns"].as_u64().unwrap_or(0),
+            c + v["run_cnt"].as_u64().unwrap_or(0),
+        )
+    })
+}

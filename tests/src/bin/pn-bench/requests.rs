@@ -1,0 +1,225 @@
+//! Cost of connection and request tracking: keep-alive HTTP requests and a
+//! TCP stream between two containers with tracking `http`, tracking off and
+//! no programs, alternately in the same run, with the programs' ns/packet
+//! (kernel.bpf_stats_enabled) beside.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use pn_tests::{Host, Namespace, unique_prefix};
+
+use crate::{
+    Effort,
+    report::{Measurement, Row, Scenario},
+    tools,
+};
+
+const SERVER: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Headers and body are two writes: without this, Nagle waits for the
+    # client's delayed ACK (40 ms a request).
+    disable_nagle_algorithm = True
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "3")
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+"#;
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Keep-alive GETs per second over one connection for `seconds`.
+fn keep_alive(client: &Namespace, ip: Ipv4Addr, seconds: u64) -> anyhow::Result<f64> {
+    Ok(client.run(move || -> std::io::Result<f64> {
+        let mut s = None;
+        for _ in 0..50 {
+            match TcpStream::connect_timeout(&SocketAddr::from((ip, 8080)), Duration::from_secs(2))
+            {
+                Ok(c) => {
+                    s = Some(c);
+                    break;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        let mut s = s.ok_or_else(|| std::io::Error::other("server not listening"))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(seconds);
+        let (mut n, mut buf) = (0u64, [0u8; 4096]);
+        while Instant::now() < deadline {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n")?;
+            let mut got = Vec::new();
+            while !got.ends_with(b"\r\n\r\nok\n") {
+                let k = s.read(&mut buf)?;
+                if k == 0 {
+                    return Err(std::io::Error::other("server closed"));
+                }
+                got.extend_from_slice(&buf[..k]);
+            }
+            n += 1;
+        }
+        Ok(n as f64 / start.elapsed().as_secs_f64())
+    })?)
+}
+
+/// Sets the tracking bits in the agent's pinned `PN_CONN_CFG`.
+fn set_tracking(host: &Host, bits: u8) -> anyhow::Result<()> {
+    let map = host.bpffs().join("maps/PN_CONN_CFG");
+    let out = Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(&map)
+        .args([
+            "key",
+            "0",
+            "0",
+            "0",
+            "0",
+            "value",
+            &bits.to_string(),
+            "0",
+            "0",
+            "0",
+        ])
+        .output()
+        .context("running bpftool")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "bpftool map update {map:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
+    let _stats = tools::BpfStats::enable()?;
+    let p = unique_prefix();
+    let mut host = Host::start_with(&p, "h1", &["--track", "http"]);
+    let net = host.create_network(&[]);
+    let app = host.create_app(&net);
+    let c1 = Namespace::new(&format!("{p}-c1"));
+    let c2 = Namespace::new(&format!("{p}-c2"));
+    host.attach(&app, "web", &c1);
+    let ip2: Ipv4Addr = host.attach(&app, "web", &c2)["ip"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()?;
+    let _server = Server(
+        Command::new("ip")
+            .args(["netns", "exec", &c2.name, "python3", "-c", SERVER, "8080"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting python3")?,
+    );
+    // [http, off, none] × (req/s, Gbit/s, ns/packet requests, ns/packet stream)
+    let mut m: [[Vec<f64>; 4]; 3] = Default::default();
+    for i in 0..effort.runs {
+        for k in 0..3 {
+            // Rotate the order so that drift favours no mode.
+            let mode = (k + i) % 3;
+            if mode == 2 {
+                tools::detach_programs(&host)?;
+            } else {
+                set_tracking(&host, if mode == 0 { 3 } else { 0 })?;
+            }
+            let ids = tools::pinned_prog_ids(&host);
+            let s0 = tools::prog_stats_ids(&ids);
+            m[mode][0].push(keep_alive(&c1, ip2, effort.seconds)?);
+            let s1 = tools::prog_stats_ids(&ids);
+            m[mode][1].push(tools::iperf(&c1, &c2, ip2, effort.seconds)?);
+            let s2 = tools::prog_stats_ids(&ids);
+            if mode != 2 {
+                m[mode][2].push((s1.0 - s0.0) as f64 / (s1.1 - s0.1).max(1) as f64);
+                m[mode][3].push((s2.0 - s1.0) as f64 / (s2.1 - s1.1).max(1) as f64);
+            } else {
+                tools::reattach_programs(&mut host);
+            }
+        }
+    }
+    let [http, off, none] = m;
+    let [h_rq, h_bw, h_nrq, h_nbw] = http;
+    let [o_rq, o_bw, o_nrq, o_nbw] = off;
+    let [n_rq, n_bw, _, _] = none;
+    let row = |what: &str, unit: &str, a: Vec<f64>, name: &str, b: Vec<f64>| {
+        let r = Row::versus(
+            what,
+            Measurement::new(unit, true, a),
+            name,
+            Measurement::new(unit, true, b),
+        );
+        let met = r.ratio().unwrap_or(0.0) >= 0.97;
+        r.with_target("≤ 3 % loss", met)
+    };
+    Ok(Scenario {
+        name: "requests".into(),
+        title: "Connection and request tracking".into(),
+        setup: "Two containers of one network on one host; a python HTTP/1.1 server, one \
+                keep-alive client (a request, then its whole answer) and iperf3 (1 stream); \
+                pn with tracking http, tracking off (the same agent, PN_CONN_CFG rewritten) and \
+                no programs, in rotating order. ns/packet: run_time_ns / run_cnt of the \
+                programs of the agent's pinned links."
+            .into(),
+        rows: vec![
+            row(
+                "keep-alive HTTP requests, tracking http",
+                "req/s",
+                h_rq.clone(),
+                "tracking off",
+                o_rq,
+            ),
+            row(
+                "keep-alive HTTP requests, tracking http",
+                "req/s",
+                h_rq,
+                "no programs",
+                n_rq,
+            ),
+            row(
+                "TCP throughput, tracking http",
+                "Gbit/s",
+                h_bw.clone(),
+                "tracking off",
+                o_bw,
+            ),
+            row(
+                "TCP throughput, tracking http",
+                "Gbit/s",
+                h_bw,
+                "no programs",
+                n_bw,
+            ),
+            Row::versus(
+                "ns/packet during requests (http vs off)",
+                Measurement::new("ns", false, h_nrq),
+                "tracking off",
+                Measurement::new("ns", false, o_nrq),
+            ),
+            Row::versus(
+                "ns/packet during the stream (http vs off)",
+                Measurement::new("ns", false, h_nbw),
+                "tracking off",
+                Measurement::new("ns", false, o_nbw),
+            ),
+        ],
+        notes: vec![],
+    })
+}
