@@ -83,7 +83,7 @@ fn keep_alive(client: &Namespace, ip: Ipv4Addr, seconds: u64) -> anyhow::Result<
 
 /// Sets the tracking bits in the agent's pinned `PN_CONN_CFG`.
 fn set_tracking(host: &Host, bits: u8) -> anyhow::Result<()> {
-    let map = host.bpffs().join("maps/PN_CONN_CFG");
+    let map = host.pinned_map("PN_CONN_CFG");
     let out = Command::new("bpftool")
         .args(["map", "update", "pinned"])
         .arg(&map)
