@@ -20,6 +20,32 @@ use crate::{
 };
 
 impl Membership {
+    /// The lowest address of `cidr` no lease of `network` holds (read in
+    /// the caller's compare-and-swap step, which conditions on it).
+    pub(super) async fn free_address(
+        &self,
+        network: &NetworkId,
+        cidr: &ipnet::Ipv4Net,
+    ) -> Result<Ipv4Addr> {
+        let used: BTreeSet<Ipv4Addr> = self
+            .kv
+            .list(&keys::ips_of(network))
+            .await?
+            .entries
+            .iter()
+            .filter_map(|(k, _)| match Key::parse(k)? {
+                Key::Ip(_, ip) => Some(ip),
+                _ => None,
+            })
+            .collect();
+        ipam::next_address(cidr, &used).ok_or_else(|| {
+            MembershipError::Exhausted(format!(
+                "no free address left in network {network} ({cidr}: {} in use)",
+                used.len()
+            ))
+        })
+    }
+
     pub async fn containers(&self) -> Result<Vec<Container>> {
         self.list_decoded(keys::CONTAINERS).await
     }
@@ -66,24 +92,7 @@ impl Membership {
                             "container {owner} is already attached (or being attached) on host {h}"
                         )));
                     }
-                    let used: BTreeSet<Ipv4Addr> = self
-                        .kv
-                        .list(&keys::ips_of(network))
-                        .await?
-                        .entries
-                        .iter()
-                        .filter_map(|(k, _)| match Key::parse(k)? {
-                            Key::Ip(_, ip) => Some(ip),
-                            _ => None,
-                        })
-                        .collect();
-                    let ip = ipam::next_address(&net.cidr, &used).ok_or_else(|| {
-                        MembershipError::Exhausted(format!(
-                            "no free address left in network {network} ({}: {} in use)",
-                            net.cidr,
-                            used.len()
-                        ))
-                    })?;
+                    let ip = self.free_address(network, &net.cidr).await?;
                     let ip_key = &Key::Ip(*network, ip);
                     Ok(Step::write(
                         vec![

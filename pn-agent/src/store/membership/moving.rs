@@ -4,18 +4,12 @@
 //! frees its old one, in one transaction per container. Each step can be
 //! run again: a move that stopped half-way is finished by moving again.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
-
 use pn_common::ids::{AppId, NetworkId};
 
 use super::{Membership, MembershipError, Result, Step, as_read, encode};
 use crate::{
-    ipam,
     model::{AddressLease, App, Container, ContainerKey, Network},
-    store::{
-        backend::Op,
-        keys::{self, Key},
-    },
+    store::{backend::Op, keys::Key},
 };
 
 impl Membership {
@@ -95,24 +89,7 @@ impl Membership {
                     if c.network == *network {
                         return Ok(Step::Done(None));
                     }
-                    let used: BTreeSet<Ipv4Addr> = self
-                        .kv
-                        .list(&keys::ips_of(network))
-                        .await?
-                        .entries
-                        .iter()
-                        .filter_map(|(k, _)| match Key::parse(k)? {
-                            Key::Ip(_, ip) => Some(ip),
-                            _ => None,
-                        })
-                        .collect();
-                    let ip = ipam::next_address(&net.cidr, &used).ok_or_else(|| {
-                        MembershipError::Exhausted(format!(
-                            "no free address left in network {network} ({}: {} in use)",
-                            net.cidr,
-                            used.len()
-                        ))
-                    })?;
+                    let ip = self.free_address(network, &net.cidr).await?;
                     let lease = AddressLease {
                         owner: key.clone(),
                         host: c.host.clone(),
