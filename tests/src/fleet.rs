@@ -244,7 +244,7 @@ impl Fleet {
         ]);
         underlay.ip(&["link", "set", "br0", "up"]);
         let pki = tls.then(|| {
-            let pki = Pki::new(
+            let pki = Pki::in_dir(
                 &std::env::temp_dir().join(format!("pn-test-{}-pki-{prefix}", std::process::id())),
             );
             let ca = pki.ca("pn-etcd-ca");
