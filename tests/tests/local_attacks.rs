@@ -221,9 +221,6 @@ fn the_api_serves_root_and_refuses_other_users() {
     assert_eq!(mode, 0o600, "the API socket's mode");
     host.cli_ok(&["network", "list"]);
 
-    // The socket's mode keeps others out, and the CLI says why.
-    cli_as(&host, NOBODY, &["network", "list"]).assert_error(ErrorKind::Denied, "not allowed");
-
     // Someone widened the socket's mode (or passed a descriptor on): the
     // agent itself refuses by the peer's credentials, counted and logged.
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
@@ -243,6 +240,11 @@ fn the_api_serves_root_and_refuses_other_users() {
         .find_map(|l| l.strip_prefix("pn_api_refused_total ")?.parse::<u64>().ok());
     assert_eq!(refused, Some(2), "pn_api_refused_total");
     assert!(host.log().contains("API: refused uid 65534"));
+
+    // As the agent made it, the socket's mode keeps others out, and the
+    // CLI says why.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).unwrap();
+    cli_as(&host, NOBODY, &["network", "list"]).assert_error(ErrorKind::Denied, "not allowed");
     // Root still works.
     host.create_network(&[]);
 }
