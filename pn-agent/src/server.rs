@@ -64,8 +64,6 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, metrics: AgentMetr
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let agent = agent.clone();
-                let metrics = metrics.clone();
                 let uid = stream.peer_cred().map(|c| c.uid());
                 match uid {
                     Ok(uid) if allowed(uid, agent_uid) => {}
@@ -75,6 +73,8 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, metrics: AgentMetr
                         continue;
                     }
                 }
+                let agent = agent.clone();
+                let metrics = metrics.clone();
                 tokio::spawn(async move {
                     if let Err(e) = handle(stream, agent, metrics).await {
                         log::debug!("API connection: {e:#}");
@@ -93,10 +93,15 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, metrics: AgentMetr
 /// but its request (bounded in size and time, then dropped).
 async fn refuse(stream: UnixStream, uid: Option<u32>, agent_uid: u32) {
     let who = uid.map_or_else(|| "a peer of unknown uid".into(), |u| format!("uid {u}"));
-    log::warn!("API: refused {who} (root and uid {agent_uid} only)");
+    let only = if agent_uid == 0 {
+        "root only".to_string()
+    } else {
+        format!("root and uid {agent_uid} only")
+    };
+    log::warn!("API: refused {who} ({only})");
     let (r, mut w) = stream.into_split();
     let err = Error::denied(format!(
-        "permission denied: {who} may not use the agent's API (root and uid {agent_uid} only)"
+        "permission denied: {who} may not use the agent's API ({only})"
     ));
     let drain = async {
         let mut sink = Vec::new();

@@ -23,7 +23,9 @@ pub enum ClientError {
     },
     /// The socket's permissions keep the caller out (it is the agent's
     /// user's and root's only).
-    #[error("not allowed to use the agent's API on {path} (root or the agent's user only): {source}")]
+    #[error(
+        "not allowed to use the agent's API on {path} (root or the agent's user only): {source}"
+    )]
     Denied {
         path: PathBuf,
         source: std::io::Error,

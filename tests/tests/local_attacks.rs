@@ -57,7 +57,9 @@ fn fixture() -> Fixture {
 fn dig(ns: &Namespace, args: &[&str]) -> String {
     let mut full = vec!["dig", "+time=2", "+tries=1", "+short", "@169.254.1.1"];
     full.extend_from_slice(args);
-    String::from_utf8_lossy(&ns.exec(&full).stdout).trim().to_string()
+    String::from_utf8_lossy(&ns.exec(&full).stdout)
+        .trim()
+        .to_string()
 }
 
 #[test]

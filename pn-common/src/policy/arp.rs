@@ -171,7 +171,10 @@ mod tests {
             arp_from_container(m.as_ref(), MAC, None),
             Reason::UnknownInterface
         );
-        assert_eq!(arp_to_container(m.as_ref(), 0, None), Reason::UnknownInterface);
+        assert_eq!(
+            arp_to_container(m.as_ref(), 0, None),
+            Reason::UnknownInterface
+        );
         assert_eq!(
             arp_from_container(None, MAC, Some(&iface())),
             Reason::Malformed

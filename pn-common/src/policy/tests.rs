@@ -509,7 +509,14 @@ fn dns_answers_from_the_gateway_only_from_the_agents_sockets() {
     for proto in [IPPROTO_UDP, IPPROTO_TCP] {
         let p = pkt(GATEWAY, A1, proto, 53, 40000);
         let to = |ingress, mark| {
-            to_container(&p, ingress, Some(&iface_a1()), None, &cfg(), &mut MarkOnly(mark))
+            to_container(
+                &p,
+                ingress,
+                Some(&iface_a1()),
+                None,
+                &cfg(),
+                &mut MarkOnly(mark),
+            )
         };
         assert_eq!(to(0, MARK_GATEWAY), Reason::Gateway);
         // Other software's bits beside ours do not matter.
