@@ -1,10 +1,22 @@
 //! The agent's side of the control API: accepts connections on the API
 //! socket until the process ends, one request per connection, and answers
 //! with the agent's result or its typed error.
+//!
+//! The API can attach anything to any network, so who may use it is checked
+//! twice: the socket is created readable and writable by the agent's user
+//! only (the umask is set before the bind: there is no moment where the
+//! file exists with wider rights), and every connection's peer credentials
+//! (`SO_PEERCRED`) must be root's or the agent's user's — a socket whose
+//! mode someone widened, or a descriptor passed on, does not let anyone else
+//! in.
 
-use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
+use nix::{
+    sys::stat::{Mode, umask},
+    unistd::geteuid,
+};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
@@ -29,17 +41,38 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("binding the API socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restricting {}", path.display()))?;
-    Ok(listener)
+    // The mode comes from the umask at bind: 0600. The umask is the
+    // process's, so it is restored at once; the bind happens at start or
+    // at a hand-over, when nothing else of the agent creates files.
+    let old = umask(Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    umask(old);
+    bound.with_context(|| format!("binding the API socket {}", path.display()))
 }
 
+/// Who may use the API: root, and the user the agent runs as.
+pub fn allowed(peer_uid: u32, agent_uid: u32) -> bool {
+    peer_uid == 0 || peer_uid == agent_uid
+}
+
+/// How long a refused peer may take to send its request, which is read and
+/// discarded so that it gets the refusal rather than a broken pipe.
+const REFUSED_DRAIN: Duration = Duration::from_secs(1);
+
 pub async fn serve(listener: UnixListener, agent: Arc<Agent>, metrics: AgentMetrics) {
+    let agent_uid = geteuid().as_raw();
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                let uid = stream.peer_cred().map(|c| c.uid());
+                match uid {
+                    Ok(uid) if allowed(uid, agent_uid) => {}
+                    _ => {
+                        metrics.api_refused.inc();
+                        tokio::spawn(refuse(stream, uid.ok(), agent_uid));
+                        continue;
+                    }
+                }
                 let agent = agent.clone();
                 let metrics = metrics.clone();
                 tokio::spawn(async move {
@@ -54,6 +87,32 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, metrics: AgentMetr
             }
         }
     }
+}
+
+/// Answers a peer that may not use the API with one error, nothing read
+/// but its request (bounded in size and time, then dropped).
+async fn refuse(stream: UnixStream, uid: Option<u32>, agent_uid: u32) {
+    let who = uid.map_or_else(|| "a peer of unknown uid".into(), |u| format!("uid {u}"));
+    let only = if agent_uid == 0 {
+        "root only".to_string()
+    } else {
+        format!("root and uid {agent_uid} only")
+    };
+    log::warn!("API: refused {who} ({only})");
+    let (r, mut w) = stream.into_split();
+    let err = Error::denied(format!(
+        "permission denied: {who} may not use the agent's API ({only})"
+    ));
+    let drain = async {
+        let mut sink = Vec::new();
+        let _ = r.take(MAX_REQUEST as u64).read_to_end(&mut sink).await;
+    };
+    let _ = tokio::time::timeout(REFUSED_DRAIN, async {
+        let _ = write(&mut w, &Response::Error(err)).await;
+        let _ = w.shutdown().await;
+        drain.await;
+    })
+    .await;
 }
 
 async fn write(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> anyhow::Result<()> {
@@ -216,5 +275,37 @@ async fn dispatch(agent: &Agent, req: Request) -> Result<serde_json::Value, Erro
         Request::Flows { .. } => Err(Error::internal("flows is served as a stream")),
         Request::HostList => json(agent.list_hosts()),
         Request::HostRemove { id } => json(agent.remove_host(&id).await?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_and_the_agents_user_only() {
+        assert!(allowed(0, 0));
+        assert!(!allowed(1000, 0));
+        assert!(!allowed(65534, 0));
+        // An agent run as its own user (with capabilities): that user and root.
+        assert!(allowed(0, 990));
+        assert!(allowed(990, 990));
+        assert!(!allowed(1000, 990));
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_never_wider_than_its_owner() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("pn-api-bind-{}", std::process::id()));
+        let path = dir.join("api.sock");
+        let listener = bind(&path).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        drop(listener);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(mode, 0o600);
+        // The process's umask is back to what it was.
+        let now = umask(Mode::from_bits_truncate(0o022));
+        umask(now);
+        assert_ne!(now.bits() & 0o177, 0o177, "umask left at 0177");
     }
 }

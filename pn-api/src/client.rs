@@ -21,6 +21,15 @@ pub enum ClientError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The socket's permissions keep the caller out (it is the agent's
+    /// user's and root's only).
+    #[error(
+        "not allowed to use the agent's API on {path} (root or the agent's user only): {source}"
+    )]
+    Denied {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("talking to the agent on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -37,6 +46,7 @@ impl Kind for ClientError {
     fn kind(&self) -> ErrorKind {
         match self {
             ClientError::NotRunning { .. } => ErrorKind::Unavailable,
+            ClientError::Denied { .. } => ErrorKind::Denied,
             ClientError::Io { .. } | ClientError::Protocol(_) => ErrorKind::Internal,
             ClientError::Refused(e) => e.kind,
         }
@@ -52,12 +62,14 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(path: &Path) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|source| ClientError::NotRunning {
-                path: path.into(),
-                source,
-            })?;
+        let stream = UnixStream::connect(path).await.map_err(|source| {
+            let path = path.into();
+            if source.kind() == std::io::ErrorKind::PermissionDenied {
+                ClientError::Denied { path, source }
+            } else {
+                ClientError::NotRunning { path, source }
+            }
+        })?;
         let (r, w) = stream.into_split();
         Ok(Client {
             path: path.into(),

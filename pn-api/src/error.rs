@@ -23,17 +23,21 @@ pub enum ErrorKind {
     Unavailable,
     /// A bug or an unexpected kernel/store failure.
     Internal,
+    /// The caller may not use the agent's API: neither root nor the user the
+    /// agent runs as.
+    Denied,
 }
 
 impl ErrorKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 7] = [
         ErrorKind::NotFound,
         ErrorKind::Conflict,
         ErrorKind::Invalid,
         ErrorKind::Exhausted,
         ErrorKind::Unavailable,
         ErrorKind::Internal,
+        ErrorKind::Denied,
     ];
 
     /// The CLI's exit code for this kind (documented in the README). 2 is
@@ -47,6 +51,7 @@ impl ErrorKind {
             ErrorKind::Conflict => 4,
             ErrorKind::Exhausted => 5,
             ErrorKind::Unavailable => 6,
+            ErrorKind::Denied => 7,
         }
     }
 
@@ -58,6 +63,7 @@ impl ErrorKind {
             ErrorKind::Exhausted => "exhausted",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Internal => "internal",
+            ErrorKind::Denied => "denied",
         }
     }
 }
@@ -102,6 +108,9 @@ impl Error {
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, message)
+    }
+    pub fn denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Denied, message)
     }
 }
 

@@ -74,6 +74,9 @@ pub fn client_error(e: ClientError, op: Op) -> Error {
         ClientError::NotRunning { .. } | ClientError::Io { .. } => {
             Error::TryAgainLater(e.to_string())
         }
+        // The plugin runs as someone the agent does not serve: retrying
+        // will not help.
+        ClientError::Denied { .. } => internal(e.to_string()),
         ClientError::Protocol(m) => {
             internal(format!("pn-agent answered something unexpected: {m}"))
         }

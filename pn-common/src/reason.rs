@@ -11,7 +11,7 @@ pub enum Reason {
     Forwarded = 0,
     /// Passed: toward a container, from a member of its network.
     Delivered = 1,
-    /// Passed: ARP between a container and its gateway.
+    /// Passed: ARP between a container (its own address) and its gateway.
     Arp = 2,
     /// Passed: DNS or ICMP between a container and the agent's gateway address.
     Gateway = 3,
@@ -78,11 +78,19 @@ pub enum Reason {
     /// Dropped: toward a remote member while no tunnel is up (the agent is
     /// stopped or restarting): never in clear text on the underlay.
     NoTunnel = 30,
+    /// Dropped: toward a container, a DNS answer from the gateway's address
+    /// that the agent's own sockets did not send (it lacks their mark): another
+    /// process on the host posing as the agent's DNS.
+    ForgedGateway = 31,
+    /// Dropped: ARP other than a container asking (or answering) its gateway
+    /// under its own address and MAC, or the host's gateway answering
+    /// (or asking) the container's own address.
+    ArpDenied = 32,
 }
 
 impl Reason {
     /// Number of reasons; counter arrays are sized by it.
-    pub const COUNT: usize = 31;
+    pub const COUNT: usize = 33;
 
     pub const ALL: [Reason; Reason::COUNT] = [
         Reason::Forwarded,
@@ -116,6 +124,8 @@ impl Reason {
         Reason::Published,
         Reason::NotRouter,
         Reason::NoTunnel,
+        Reason::ForgedGateway,
+        Reason::ArpDenied,
     ];
 
     pub const fn from_u8(v: u8) -> Option<Reason> {
@@ -173,6 +183,8 @@ impl Reason {
             Reason::Published => "published",
             Reason::NotRouter => "not_router",
             Reason::NoTunnel => "no_tunnel",
+            Reason::ForgedGateway => "forged_gateway",
+            Reason::ArpDenied => "arp_denied",
         }
     }
 

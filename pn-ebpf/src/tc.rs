@@ -13,8 +13,8 @@ use pn_common::{
     event::{Direction, EventKind},
     maps::{Config, ConnKey, ConnKind, ConnState, FlowKey, FlowState, Iface},
     policy::{
-        self, ETH_HLEN, EdgeLookup, FlowCheck, FlowUpdate, ICMP_HLEN, IPV4_MIN_HLEN, Ipv4Summary,
-        L3,
+        self, ARP_LEN, ETH_HLEN, EdgeLookup, FlowCheck, FlowUpdate, ICMP_HLEN, IPV4_MIN_HLEN,
+        Ipv4Summary, L3,
     },
 };
 
@@ -220,7 +220,7 @@ fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) 
         return (Reason::Malformed, None, Looked::NOT);
     };
     match policy::classify_ethertype(u16::from_be(ethertype)) {
-        L3::Arp => return (Reason::Arp, None, Looked::NOT),
+        L3::Arp => return (arp(ctx, dir, iface), None, Looked::NOT),
         L3::Other => return (Reason::UnsupportedL3, None, Looked::NOT),
         L3::Ipv4 => {}
     }
@@ -294,6 +294,25 @@ fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) 
         }
     };
     (reason, Some((pkt, seg)), edge.conn)
+}
+
+/// The ARP rules (`policy::arp_*`) on an ARP frame.
+#[inline(always)]
+fn arp(ctx: &TcContext, dir: Direction, iface: Option<&Iface>) -> Reason {
+    let msg = load::<[u8; ARP_LEN]>(ctx, ETH_HLEN).and_then(|b| policy::parse_arp(&b));
+    match dir {
+        Direction::FromContainer => {
+            let Some(eth_src) = load::<[u8; 6]>(ctx, 6) else {
+                return Reason::Malformed;
+            };
+            policy::arp_from_container(msg.as_ref(), eth_src, iface)
+        }
+        _ => {
+            // SAFETY: the context pointer is valid for the whole program run.
+            let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
+            policy::arp_to_container(msg.as_ref(), ingress, iface)
+        }
+    }
 }
 
 #[inline(always)]

@@ -80,6 +80,12 @@ pub enum DnsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("marking the DNS server's {proto} socket as the agent's (SO_MARK): {source}")]
+    Mark {
+        proto: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Kind for DnsError {
@@ -88,7 +94,7 @@ impl Kind for DnsError {
             DnsError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => {
                 ErrorKind::Conflict
             }
-            DnsError::Bind { .. } => ErrorKind::Internal,
+            DnsError::Bind { .. } | DnsError::Mark { .. } => ErrorKind::Internal,
         }
     }
 }
@@ -152,6 +158,17 @@ impl Drop for DnsHandle {
     }
 }
 
+/// Marks what a socket sends as the agent's own: a container's program
+/// admits DNS answers from the gateway's address only with this mark, so
+/// no other process on the host can answer in the agent's name.
+fn mark(sock: &impl std::os::fd::AsFd, proto: &'static str) -> Result<(), DnsError> {
+    use nix::sys::socket::{setsockopt, sockopt::Mark};
+    setsockopt(sock, Mark, &pn_common::edge::MARK_GATEWAY).map_err(|e| DnsError::Mark {
+        proto,
+        source: e.into(),
+    })
+}
+
 /// Starts the server with the default [`Limits`], fitted to the process's
 /// descriptor limit.
 pub async fn serve(
@@ -186,6 +203,9 @@ pub async fn serve_with(
         .await
         .map_err(bind_err(tcp_addr, "tcp"))?;
     let local_tcp = tcp.local_addr().map_err(bind_err(tcp_addr, "tcp"))?;
+    mark(&udp, "udp")?;
+    // Accepted connections inherit the listener's mark.
+    mark(&tcp, "tcp")?;
     log::info!(
         "DNS on {local_udp}: per client at most {} TCP connections ({} in all), {} forwards in flight ({} in all), {} queries/s",
         limits.tcp_per_client,

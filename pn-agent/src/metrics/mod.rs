@@ -33,6 +33,8 @@ pub type ApiLabels = Vec<(&'static str, String)>;
 #[derive(Clone, Default)]
 pub struct AgentMetrics {
     pub api_requests: Family<ApiLabels, Counter>,
+    /// API connections refused by who the peer is (its credentials).
+    pub api_refused: Counter,
 }
 
 /// What the metrics read at scrape time, handed over at start: the
@@ -401,6 +403,11 @@ pub fn registry(inputs: Inputs, metrics: &AgentMetrics) -> Registry {
         "pn_api_requests",
         "Control API requests, per command and result",
         metrics.api_requests.clone(),
+    );
+    r.register(
+        "pn_api_refused",
+        "Control API connections refused: the peer is neither root nor the agent's user",
+        metrics.api_refused.clone(),
     );
     inputs.conns.metrics.register(&mut r);
     r.register_collector(Box::new(AgentCollector(inputs)));

@@ -8,7 +8,9 @@ use crate::{
     maps::{Config, ConnKey, ConnKind, Endpoint, EventBudget, Iface},
 };
 
+mod arp;
 mod tunnel;
+pub use arp::{ARP_LEN, ArpMessage, arp_from_container, arp_to_container, parse_arp};
 pub use tunnel::{TunnelMember, tunnel_incoming, tunnel_outgoing};
 
 pub const ETH_HLEN: usize = 14;
@@ -157,8 +159,9 @@ pub fn from_container(
 /// `ingress` is the interface the packet entered the host on (0: the host
 /// made it). A source is believed only from where it lives: a local
 /// member from its own veth, a remote one from the tunnel, the gateway from
-/// the host itself; a namespace plugged in by someone else, another NIC or
-/// the underlay cannot borrow it.
+/// the host itself (and its DNS answers from the agent's marked sockets); a
+/// namespace plugged in by someone else, another NIC, the underlay or
+/// another process on the host cannot borrow it.
 pub fn to_container(
     pkt: &Ipv4Summary,
     ingress: u32,
@@ -176,11 +179,17 @@ pub fn to_container(
     let from_dns = pkt.src == cfg.dns_addr && has_ports(pkt.proto) && pkt.sport == cfg.dns_port;
     let from_gateway = pkt.src == GATEWAY && pkt.proto == IPPROTO_ICMP;
     if from_dns || from_gateway {
-        return if ingress == 0 {
-            Reason::Gateway
-        } else {
-            Reason::SpoofedSource
-        };
+        if ingress != 0 {
+            return Reason::SpoofedSource;
+        }
+        // Any process on the host may send from the gateway's address (a
+        // socket bound to it while the agent restarts, a raw socket): a DNS
+        // answer counts only from the agent's own sockets, which mark theirs.
+        // ICMP is the kernel's own (errors, path MTU) and carries no mark.
+        if from_dns && !crate::edge::from_agent(edge.mark()) {
+            return Reason::ForgedGateway;
+        }
+        return Reason::Gateway;
     }
     if let Some(ep) = src {
         let home = if ep.is_remote() {

@@ -29,6 +29,21 @@ pub(super) fn iface_a1() -> Iface {
 /// The member-to-member path must not consult the edge at all.
 pub(super) struct Untouched;
 
+/// Only the packet's mark is there to read (the gateway's path).
+pub(super) struct MarkOnly(pub(super) u32);
+
+impl EdgeLookup for MarkOnly {
+    fn conn(&mut self) -> Option<ConnKind> {
+        panic!("connection table consulted")
+    }
+    fn egress_denied(&mut self, _: Ip4) -> bool {
+        panic!("deny list consulted")
+    }
+    fn mark(&mut self) -> u32 {
+        self.0
+    }
+}
+
 impl EdgeLookup for Untouched {
     fn conn(&mut self) -> Option<ConnKind> {
         panic!("connection table consulted")
@@ -175,12 +190,16 @@ fn only_members_and_the_gateway_reach_a_container() {
         ),
         Reason::NotMember
     );
-    // DNS answers and ICMP errors from the gateway.
-    let p = pkt(GATEWAY, A1, IPPROTO_UDP, 53, 40000);
-    assert_eq!(
-        to_container(&p, 0, Some(&iface_a1()), None, &cfg(), &mut Untouched),
-        Reason::Gateway
-    );
+    // DNS answers (from the agent's marked sockets) and ICMP errors from the
+    // gateway.
+    let agent = crate::edge::MARK_GATEWAY;
+    for proto in [IPPROTO_UDP, IPPROTO_TCP] {
+        let p = pkt(GATEWAY, A1, proto, 53, 40000);
+        assert_eq!(
+            to_container(&p, 0, Some(&iface_a1()), None, &cfg(), &mut MarkOnly(agent)),
+            Reason::Gateway
+        );
+    }
     let p = pkt(GATEWAY, A1, IPPROTO_ICMP, 0, 0);
     assert_eq!(
         to_container(&p, 0, Some(&iface_a1()), None, &cfg(), &mut Untouched),
@@ -461,7 +480,14 @@ fn a_source_is_believed_only_from_its_own_interface() {
     // The gateway: from the host itself only.
     let dns = pkt(GATEWAY, A1, IPPROTO_UDP, 53, 40000);
     assert_eq!(
-        to_container(&dns, 0, Some(&iface_a1()), None, &up, &mut Untouched),
+        to_container(
+            &dns,
+            0,
+            Some(&iface_a1()),
+            None,
+            &up,
+            &mut MarkOnly(crate::edge::MARK_GATEWAY)
+        ),
         Reason::Gateway
     );
     assert_eq!(
@@ -475,4 +501,38 @@ fn only_a_members_own_veth_feeds_the_tunnel() {
     assert_eq!(into_tunnel(A1, Some(&iface_a1())), Reason::Forwarded);
     assert_eq!(into_tunnel(A2, Some(&iface_a1())), Reason::SpoofedSource);
     assert_eq!(into_tunnel(A1, None), Reason::SpoofedSource);
+}
+
+#[test]
+fn dns_answers_from_the_gateway_only_from_the_agents_sockets() {
+    use crate::edge::{MARK_GATEWAY, MARK_OTHER, MARK_ROUTER};
+    for proto in [IPPROTO_UDP, IPPROTO_TCP] {
+        let p = pkt(GATEWAY, A1, proto, 53, 40000);
+        let to = |ingress, mark| {
+            to_container(
+                &p,
+                ingress,
+                Some(&iface_a1()),
+                None,
+                &cfg(),
+                &mut MarkOnly(mark),
+            )
+        };
+        assert_eq!(to(0, MARK_GATEWAY), Reason::Gateway);
+        // Other software's bits beside ours do not matter.
+        assert_eq!(to(0, MARK_GATEWAY | 0x4000), Reason::Gateway);
+        // Another process on the host: no mark, or one bit of ours (a
+        // publication's), is not the agent.
+        for mark in [0, MARK_ROUTER, MARK_OTHER, 0xffff_0000] {
+            assert_eq!(to(0, mark), Reason::ForgedGateway, "mark {mark:#x}");
+        }
+        // From outside the host, marked or not: spoofed.
+        assert_eq!(to(8, MARK_GATEWAY), Reason::SpoofedSource);
+    }
+    // The kernel's ICMP from the gateway carries no mark and needs none.
+    let icmp = pkt(GATEWAY, A1, IPPROTO_ICMP, 0, 0);
+    assert_eq!(
+        to_container(&icmp, 0, Some(&iface_a1()), None, &cfg(), &mut Untouched),
+        Reason::Gateway
+    );
 }
