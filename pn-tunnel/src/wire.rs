@@ -41,6 +41,9 @@ pub const COOKIE_REPLY_LEN: usize = COOKIE_SEALED_OFFSET + COOKIE_SEALED_LEN;
 /// Smallest data message: header and tag around an empty payload.
 pub const DATA_MIN_LEN: usize = DATA_HEADER_LEN + AEAD_TAG_LEN;
 
+/// The sizes README quotes (old and new agents do not pair).
+const _: () = assert!(INIT_LEN == 145 && RESP_LEN == 77);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     #[error("empty datagram")]
