@@ -25,7 +25,7 @@ pub const FLAG_CSUM_PARTIAL: u8 = 1;
 pub const TAG_OFFSET: usize = 4;
 pub const RECEIVER_OFFSET: usize = 8;
 pub const COUNTER_OFFSET: usize = 12;
-/// Poly1305 tag after the ciphertext.
+/// AEAD tag after the ciphertext (Poly1305 or GCM, both 16 bytes).
 pub const AEAD_TAG_LEN: usize = 16;
 /// Bytes the tunnel adds to an inner packet on the underlay: outer IPv4 and
 /// UDP headers, the data header and the AEAD tag. Container MTU = underlay

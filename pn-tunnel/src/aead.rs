@@ -1,7 +1,14 @@
-//! ChaCha20-Poly1305 behind a small seam with two implementations of the
-//! same cipher and wire format: RustCrypto's `chacha20poly1305` (portable
-//! Rust) and `ring` (assembly). The nonce is 32 zero bits then the 64-bit
-//! little-endian counter, as WireGuard's.
+//! The data path's AEAD behind a small seam: ChaCha20-Poly1305 (the
+//! default, and the fallback every host speaks) in two implementations of
+//! the same wire format, RustCrypto's `chacha20poly1305` (portable Rust) and
+//! `ring` (assembly); and AES-256-GCM (`ring`), which a fleet may prefer
+//! where the CPUs have AES instructions (the handshake settles which one a
+//! session uses: see `suite`). Both have a 16-byte tag and a 96-bit nonce:
+//! 32 zero bits then the 64-bit little-endian counter, as WireGuard's.
+//!
+//! A key is never used for more than `reject_after_time` (180 s by
+//! default): at 40 Gbit/s that is about 2^35 AES blocks, within the margin
+//! TLS 1.3 keeps for AES-GCM (RFC 8446 §5.5).
 
 use std::time::{Duration, Instant};
 
@@ -10,19 +17,75 @@ use zeroize::Zeroize;
 
 use super::wire::AEAD_TAG_LEN;
 
+/// The AEAD algorithm of a session, as the two ends agreed on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Aead {
+    ChaCha20Poly1305,
+    Aes256Gcm,
+}
+
+impl Aead {
+    /// Its number in the handshake's pick and in the carried state.
+    pub fn id(self) -> u8 {
+        match self {
+            Aead::ChaCha20Poly1305 => 0,
+            Aead::Aes256Gcm => 1,
+        }
+    }
+
+    pub fn from_id(id: u8) -> Option<Aead> {
+        match id {
+            0 => Some(Aead::ChaCha20Poly1305),
+            1 => Some(Aead::Aes256Gcm),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Aead::ChaCha20Poly1305 => "chacha20poly1305",
+            Aead::Aes256Gcm => "aes256gcm",
+        }
+    }
+}
+
+/// An implementation of an AEAD, as `--tunnel-cipher` names it: the host's
+/// preference (`aes256gcm`), or which implementation of ChaCha20-Poly1305
+/// it uses (`ring`, the default, also called `chacha20poly1305`; or
+/// `rustcrypto`, kept to compare).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Cipher {
     RustCrypto,
     Ring,
+    Aes256Gcm,
 }
 
 impl Cipher {
-    pub const ALL: [Cipher; 2] = [Cipher::RustCrypto, Cipher::Ring];
+    pub const ALL: [Cipher; 3] = [Cipher::RustCrypto, Cipher::Ring, Cipher::Aes256Gcm];
 
+    /// The name `--tunnel-cipher` takes.
     pub fn name(self) -> &'static str {
         match self {
             Cipher::RustCrypto => "rustcrypto",
-            Cipher::Ring => "ring",
+            Cipher::Ring => "chacha20poly1305",
+            Cipher::Aes256Gcm => "aes256gcm",
+        }
+    }
+
+    pub fn aead(self) -> Aead {
+        match self {
+            Cipher::RustCrypto | Cipher::Ring => Aead::ChaCha20Poly1305,
+            Cipher::Aes256Gcm => Aead::Aes256Gcm,
+        }
+    }
+
+    /// The implementation of `aead` a host with this preference uses: its
+    /// own for ChaCha20-Poly1305 when it named one, ring's otherwise.
+    pub fn for_aead(self, aead: Aead) -> Cipher {
+        match (aead, self) {
+            (Aead::Aes256Gcm, _) => Cipher::Aes256Gcm,
+            (Aead::ChaCha20Poly1305, Cipher::RustCrypto) => Cipher::RustCrypto,
+            (Aead::ChaCha20Poly1305, _) => Cipher::Ring,
         }
     }
 }
@@ -31,17 +94,42 @@ impl std::str::FromStr for Cipher {
     type Err = String;
     fn from_str(s: &str) -> Result<Cipher, String> {
         match s {
+            "chacha20poly1305" | "ring" => Ok(Cipher::Ring),
             "rustcrypto" => Ok(Cipher::RustCrypto),
-            "ring" => Ok(Cipher::Ring),
-            _ => Err(format!("unknown cipher {s:?}: ring or rustcrypto")),
+            "aes256gcm" => Ok(Cipher::Aes256Gcm),
+            _ => Err(format!(
+                "unknown cipher {s:?}: chacha20poly1305, aes256gcm (or rustcrypto: ChaCha20-Poly1305 in portable Rust)"
+            )),
         }
+    }
+}
+
+/// Whether this CPU runs AES-GCM in hardware (AES rounds and carry-less
+/// multiplication): ring uses them when present, but does not say so, and
+/// without them AES-GCM is slower than ChaCha20-Poly1305 and not constant
+/// time, so a host without them never offers it.
+pub fn aes_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    // Rust's aarch64 "aes" covers both AES and PMULL.
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
     }
 }
 
 /// One direction's key of a session.
 pub enum Key {
     RustCrypto(ChaCha20Poly1305),
-    // ring's key carries its own expanded state: keep the enum small.
+    // ring's key (either algorithm) carries its own expanded state: keep
+    // the enum small.
     Ring(Box<ring::aead::LessSafeKey>),
 }
 
@@ -60,13 +148,17 @@ impl Key {
     pub fn new(cipher: Cipher, key: &mut [u8; 32]) -> Key {
         let k = match cipher {
             Cipher::RustCrypto => Key::RustCrypto(ChaCha20Poly1305::new(&(*key).into())),
-            Cipher::Ring => Key::Ring(Box::new(ring::aead::LessSafeKey::new(
-                ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, key)
-                    .expect("32-byte key"),
-            ))),
+            Cipher::Ring => Key::ring(&ring::aead::CHACHA20_POLY1305, key),
+            Cipher::Aes256Gcm => Key::ring(&ring::aead::AES_256_GCM, key),
         };
         key.zeroize();
         k
+    }
+
+    fn ring(alg: &'static ring::aead::Algorithm, key: &[u8; 32]) -> Key {
+        Key::Ring(Box::new(ring::aead::LessSafeKey::new(
+            ring::aead::UnboundKey::new(alg, key).expect("32-byte key"),
+        )))
     }
 
     /// Encrypts `buf` in place; returns the tag.
@@ -86,7 +178,7 @@ impl Key {
                         ring::aead::Aad::from(aad),
                         buf,
                     )
-                    .expect("ChaCha20-Poly1305 accepts any tunnel packet length");
+                    .expect("both AEADs accept any tunnel packet length");
                 let mut out = [0u8; AEAD_TAG_LEN];
                 out.copy_from_slice(tag.as_ref());
                 out
@@ -162,6 +254,50 @@ mod tests {
             opener.open(42, aad, &mut buf, &tag).unwrap();
             assert_eq!(&buf, b"some inner ip packet");
         }
+    }
+
+    #[test]
+    fn every_cipher_round_trips_and_none_opens_another_aeads_packets() {
+        for c in Cipher::ALL {
+            let key = Key::new(c, &mut [4u8; 32]);
+            for len in [0usize, 1, 15, 16, 17, 1400, 9000] {
+                let clear: Vec<u8> = (0..len).map(|i| i as u8).collect();
+                let mut buf = clear.clone();
+                let tag = key.seal(u64::MAX - 1, b"hdr", &mut buf);
+                if len > 0 {
+                    assert_ne!(buf, clear, "{c:?} encrypts");
+                }
+                key.open(u64::MAX - 1, b"hdr", &mut buf, &tag).unwrap();
+                assert_eq!(buf, clear, "{c:?} {len}");
+            }
+        }
+        // Same key bytes, same nonce: an AES-256-GCM packet is no
+        // ChaCha20-Poly1305 packet, and the other way round.
+        let aes = Key::new(Cipher::Aes256Gcm, &mut [4u8; 32]);
+        let chacha = Key::new(Cipher::Ring, &mut [4u8; 32]);
+        for (sealer, opener) in [(&aes, &chacha), (&chacha, &aes)] {
+            let mut buf = vec![1u8; 64];
+            let tag = sealer.seal(3, b"hdr", &mut buf);
+            assert_eq!(opener.open(3, b"hdr", &mut buf, &tag), Err(AuthError));
+        }
+    }
+
+    #[test]
+    fn names_parse_back_and_the_chacha_implementation_is_kept() {
+        for c in Cipher::ALL {
+            assert_eq!(c.name().parse::<Cipher>(), Ok(c));
+        }
+        assert_eq!("ring".parse::<Cipher>(), Ok(Cipher::Ring));
+        assert!("aes128gcm".parse::<Cipher>().is_err());
+        assert_eq!(
+            Cipher::RustCrypto.for_aead(Aead::ChaCha20Poly1305),
+            Cipher::RustCrypto
+        );
+        assert_eq!(
+            Cipher::Aes256Gcm.for_aead(Aead::ChaCha20Poly1305),
+            Cipher::Ring
+        );
+        assert_eq!(Cipher::Ring.for_aead(Aead::Aes256Gcm), Cipher::Aes256Gcm);
     }
 
     #[test]

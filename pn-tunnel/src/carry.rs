@@ -15,11 +15,11 @@ use std::{
 
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::{PeerId, replay::WORDS, session::HARD_MAX_SESSIONS};
+use crate::{PeerId, aead::Aead, replay::WORDS, session::HARD_MAX_SESSIONS};
 
 /// Version of the byte format; a successor that reads another one starts
-/// afresh (new handshakes) instead of guessing.
-pub const VERSION: u32 = 1;
+/// afresh (new handshakes) instead of guessing. 2: each session's AEAD.
+pub const VERSION: u32 = 2;
 const MAGIC: &[u8; 4] = b"PNTS";
 /// How far past the predecessor's last send counter the successor starts.
 /// Smaller than the replay window, so a datagram the predecessor sent just
@@ -47,6 +47,10 @@ pub struct CarriedSession {
     pub remote_index: u32,
     /// Send key then receive key.
     pub keys: Zeroizing<[u8; 64]>,
+    /// The AEAD the handshake settled on (the successor keeps it, whatever
+    /// its own preference).
+    #[zeroize(skip)]
+    pub aead: Aead,
     /// The next counter the successor sends with.
     pub send_counter: u64,
     #[zeroize(skip)]
@@ -113,6 +117,7 @@ impl Carried {
                 put_u32(&mut w, s.local_index);
                 put_u32(&mut w, s.remote_index);
                 w.extend_from_slice(&s.keys[..]);
+                w.push(s.aead.id());
                 put_u64(&mut w, s.send_counter);
                 put_u64(&mut w, s.age.as_millis() as u64);
                 w.push(u8::from(s.initiator));
@@ -163,6 +168,7 @@ impl Carried {
                 let remote_index = r.u32()?;
                 let mut keys = Zeroizing::new([0u8; 64]);
                 keys.copy_from_slice(r.take(64)?);
+                let aead = Aead::from_id(r.u8()?).ok_or(CarryError::Malformed)?;
                 let send_counter = r.u64()?;
                 let age = Duration::from_millis(r.u64()?);
                 let initiator = match r.u8()? {
@@ -182,6 +188,7 @@ impl Carried {
                     local_index,
                     remote_index,
                     keys,
+                    aead,
                     send_counter,
                     age,
                     initiator,

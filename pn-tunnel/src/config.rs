@@ -6,7 +6,12 @@ use crate::aead::Cipher;
 
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// This host's preference (see `suite`): AES-256-GCM, or which
+    /// implementation of ChaCha20-Poly1305 it uses.
     pub cipher: Cipher,
+    /// Whether this CPU has AES instructions (without, AES-256-GCM is never
+    /// offered): [`crate::aead::aes_hardware`] unless a test says otherwise.
+    pub aes_hardware: bool,
     /// An initiator starts a new handshake once its session is this old…
     pub rekey_after_time: Duration,
     /// …and nobody uses a session older than this.
@@ -35,6 +40,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             cipher: Cipher::Ring,
+            aes_hardware: crate::aead::aes_hardware(),
             rekey_after_time: Duration::from_secs(120),
             reject_after_time: Duration::from_secs(180),
             rekey_after_messages: 1 << 60,

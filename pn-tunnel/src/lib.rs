@@ -7,7 +7,8 @@
 //!
 //! Modules: `wire` (byte layouts), `handshake` (Noise IK), `cookie`
 //! (mac1/mac2 and cookie replies against handshake floods), `keyfile` (the
-//! host's static key on disk), `aead` (the data path's cipher), `replay`,
+//! host's static key on disk), `aead` (the data path's ciphers), `suite`
+//! (which of them a session uses), `replay`,
 //! `session` (sessions and their rotation per peer), `carry` (the sessions
 //! handed to a successor agent), `offload` (TSO/GRO),
 //! and the `Tunnel` split by what it owns: its peer table and timers,
@@ -23,6 +24,7 @@ pub mod keyfile;
 pub mod offload;
 pub mod replay;
 pub mod session;
+pub mod suite;
 pub mod wire;
 
 mod config;

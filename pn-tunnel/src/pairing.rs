@@ -1,14 +1,18 @@
 //! Pairing with a peer: sending initiations, answering them, and completing
 //! ours with the response (the Noise messages themselves are `handshake`'s,
-//! the macs and cookies that keep floods cheap `cookie`'s).
+//! the macs and cookies that keep floods cheap `cookie`'s, the choice of
+//! the session's AEAD `suite`'s).
 
 use std::{net::SocketAddr, time::Instant};
 
 use pn_common::Reason;
 
 use crate::{
-    Clock, Decap, PeerId, Tunnel, handshake,
+    Clock, Decap, PeerId, Tunnel,
+    aead::Aead,
+    handshake,
     session::Session,
+    suite::{self, Offer},
     wire::{
         COOKIE_NONCE_LEN, COOKIE_SEALED_LEN, DATA_MIN_LEN, INIT_LEN, INIT_MAC1_OFFSET, RESP_LEN,
         RESP_MAC1_OFFSET,
@@ -16,6 +20,36 @@ use crate::{
 };
 
 impl Tunnel {
+    /// The AEADs this host offers.
+    fn offer(&self) -> Offer {
+        Offer::local(self.cfg.cipher, self.cfg.aes_hardware)
+    }
+
+    /// A new session on `aead`, counted.
+    fn session(
+        &mut self,
+        aead: Aead,
+        keys: handshake::SessionKeys,
+        local_index: u32,
+        remote_index: u32,
+        clock: Clock,
+        initiator: bool,
+    ) -> Session {
+        match aead {
+            Aead::ChaCha20Poly1305 => self.stats.sessions_chacha20poly1305 += 1,
+            Aead::Aes256Gcm => self.stats.sessions_aes256gcm += 1,
+        }
+        let cipher = self.cfg.cipher.for_aead(aead);
+        Session::new(
+            cipher,
+            keys,
+            local_index,
+            remote_index,
+            clock.now,
+            initiator,
+        )
+    }
+
     /// Writes an initiation to `id` into `out`: where to send it, how long.
     pub(crate) fn start_initiation(
         &mut self,
@@ -25,8 +59,10 @@ impl Tunnel {
     ) -> Option<(SocketAddr, usize)> {
         let index = self.new_index();
         let timestamp = clock.wall_ns.max(self.last_timestamp_sent + 1);
+        let offer = self.offer();
         let peer = self.peers.get_mut(&id)?;
-        let init = handshake::initiate(&self.keys, &peer.public, index, timestamp, out).ok()?;
+        let init =
+            handshake::initiate(&self.keys, &peer.public, index, timestamp, offer, out).ok()?;
         peer.cookie.seal_initiation(out, clock.now);
         self.last_timestamp_sent = timestamp;
         if let Some((old, _)) = peer.handshake.replace((init, clock.now)) {
@@ -99,21 +135,26 @@ impl Tunnel {
         let Some(&id) = self.by_public.get(&read.remote_static) else {
             return Decap::Drop(Reason::HandshakeRejected);
         };
-        let index = self.new_index();
-        let Some(p) = self.peers.get_mut(&id) else {
-            return Decap::Drop(Reason::HandshakeRejected);
-        };
-        if read.timestamp <= p.last_timestamp {
+        if self
+            .peers
+            .get(&id)
+            .is_none_or(|p| read.timestamp <= p.last_timestamp)
+        {
             return Decap::Drop(Reason::HandshakeRejected);
         }
+        let index = self.new_index();
         let remote_index = read.remote_index;
         let timestamp = read.timestamp;
-        let Ok(keys) = handshake::respond(read, index, out) else {
+        let aead = suite::pick(read.offer, self.offer());
+        let Ok(keys) = handshake::respond(read, index, aead, out) else {
+            return Decap::Drop(Reason::HandshakeRejected);
+        };
+        let s = self.session(aead, keys, index, remote_index, clock, false);
+        let Some(p) = self.peers.get_mut(&id) else {
             return Decap::Drop(Reason::HandshakeRejected);
         };
         p.cookie.seal_response(out);
         p.last_timestamp = timestamp;
-        let s = Session::new(self.cfg.cipher, keys, index, remote_index, clock.now, false);
         self.by_index.insert(index, id);
         for gone in p.add(s, false) {
             self.by_index.remove(&gone);
@@ -153,12 +194,15 @@ impl Tunnel {
         let Some((init, _)) = p.handshake.take() else {
             return Decap::Drop(Reason::UnknownSession);
         };
-        let Ok(keys) = handshake::complete(init, noise) else {
+        let Ok((keys, aead)) = handshake::complete(init, noise) else {
             // Forged or corrupted: the attempt goes on with a retry.
             self.by_index.remove(&receiver);
             return Decap::Drop(Reason::HandshakeRejected);
         };
-        let mut s = Session::new(self.cfg.cipher, keys, receiver, sender, clock.now, true);
+        let mut s = self.session(aead, keys, receiver, sender, clock, true);
+        let Some(p) = self.peers.get_mut(&id) else {
+            return Decap::Drop(Reason::UnknownSession);
+        };
         let mut flush = Vec::with_capacity(p.queue.len());
         for (flags, tag, pkt) in p.queue.drain(..) {
             let mut buf = vec![0u8; pkt.len() + DATA_MIN_LEN];

@@ -9,7 +9,7 @@ use std::{collections::VecDeque, net::SocketAddr, sync::Arc, time::Instant};
 use zeroize::Zeroizing;
 
 use super::{
-    aead::{Cipher, Key},
+    aead::{Aead, Cipher, Key},
     carry::CarriedSession,
     cookie::PeerCookie,
     handshake::{Initiation, SessionKeys},
@@ -23,6 +23,8 @@ pub struct Session {
     // lock (the keys never change; the counters and window stay here).
     send: Arc<Key>,
     recv: Arc<Key>,
+    /// The AEAD the handshake settled on.
+    pub aead: Aead,
     /// The two keys' bytes (send, then receive), kept only so a successor
     /// agent can take the session over (wiped on drop; they leave the
     /// process only toward that successor, never to a file).
@@ -51,6 +53,7 @@ impl Session {
             remote_index,
             send: Arc::new(Key::new(cipher, &mut keys.send)),
             recv: Arc::new(Key::new(cipher, &mut keys.recv)),
+            aead: cipher.aead(),
             raw,
             send_counter: 0,
             replay: ReplayWindow::default(),
@@ -68,6 +71,7 @@ impl Session {
             local_index: self.local_index,
             remote_index: self.remote_index,
             keys: self.raw.clone(),
+            aead: self.aead,
             send_counter: self.send_counter.saturating_add(margin),
             age: now.saturating_duration_since(self.created),
             initiator: self.initiator,
@@ -76,8 +80,10 @@ impl Session {
         }
     }
 
-    /// A session carried over from a predecessor.
+    /// A session carried over from a predecessor, with `cipher`'s
+    /// implementation of its AEAD.
     pub fn restore(cipher: Cipher, c: &CarriedSession, now: Instant) -> Session {
+        let cipher = cipher.for_aead(c.aead);
         let mut send = Zeroizing::new([0u8; 32]);
         let mut recv = Zeroizing::new([0u8; 32]);
         send.copy_from_slice(&c.keys[..32]);
@@ -87,6 +93,7 @@ impl Session {
             remote_index: c.remote_index,
             send: Arc::new(Key::new(cipher, &mut send)),
             recv: Arc::new(Key::new(cipher, &mut recv)),
+            aead: c.aead,
             raw: c.keys.clone(),
             send_counter: c.send_counter,
             replay: ReplayWindow::from_parts(c.replay_next, c.replay_bitmap),

@@ -10,6 +10,7 @@ use std::{
 
 use crate::{
     Clock, Config,
+    aead::Aead,
     carry::{Carried, CarriedPeer},
     cookie::CookieChecker,
     handshake::StaticKeys,
@@ -34,6 +35,9 @@ pub struct Stats {
     /// Cookie replies sent (under load) and accepted (from a peer).
     pub cookies_sent: u64,
     pub cookies_received: u64,
+    /// Sessions started (either side of the handshake), per AEAD.
+    pub sessions_chacha20poly1305: u64,
+    pub sessions_aes256gcm: u64,
 }
 
 /// What `status` shows of a peer.
@@ -43,6 +47,8 @@ pub struct PeerState {
     pub session_age: Option<Duration>,
     pub handshake_in_flight: bool,
     pub queued: usize,
+    /// The AEAD of the session we send on.
+    pub aead: Option<Aead>,
 }
 
 pub struct Tunnel {
@@ -197,6 +203,7 @@ impl Tunnel {
                 .map(|s| now.saturating_duration_since(s.created)),
             handshake_in_flight: p.handshake.is_some(),
             queued: p.queue.len(),
+            aead: p.sending().map(|s| s.aead),
         })
     }
 

@@ -17,8 +17,8 @@ pub const MAC_LEN: usize = 16;
 /// mac1 | mac2`.
 pub const INIT_HEADER_LEN: usize = 8;
 /// Noise IK message 1: ephemeral (32), encrypted static (32 + 16), encrypted
-/// payload (an 8-byte timestamp + 16).
-pub const INIT_NOISE_LEN: usize = 32 + 48 + 8 + 16;
+/// payload (an 8-byte timestamp, the AEADs offered in 1 byte, + 16).
+pub const INIT_NOISE_LEN: usize = 32 + 48 + 9 + 16;
 pub const INIT_MAC1_OFFSET: usize = INIT_HEADER_LEN + INIT_NOISE_LEN;
 pub const INIT_MAC2_OFFSET: usize = INIT_MAC1_OFFSET + MAC_LEN;
 pub const INIT_LEN: usize = INIT_MAC2_OFFSET + MAC_LEN;
@@ -26,8 +26,9 @@ pub const INIT_LEN: usize = INIT_MAC2_OFFSET + MAC_LEN;
 /// IK message 2 | mac1`. No mac2: a response is only read when it names an
 /// initiation in flight, which a stranger off the path cannot know.
 pub const RESP_HEADER_LEN: usize = 12;
-/// Noise IK message 2: ephemeral (32), encrypted empty payload (16).
-pub const RESP_NOISE_LEN: usize = 32 + 16;
+/// Noise IK message 2: ephemeral (32), encrypted payload (the AEAD picked
+/// in 1 byte, + 16).
+pub const RESP_NOISE_LEN: usize = 32 + 1 + 16;
 pub const RESP_MAC1_OFFSET: usize = RESP_HEADER_LEN + RESP_NOISE_LEN;
 pub const RESP_LEN: usize = RESP_MAC1_OFFSET + MAC_LEN;
 /// Cookie reply: `type | reserved[3] | receiver u32 LE | nonce[24] |
@@ -39,6 +40,9 @@ pub const COOKIE_SEALED_LEN: usize = 16 + AEAD_TAG_LEN;
 pub const COOKIE_REPLY_LEN: usize = COOKIE_SEALED_OFFSET + COOKIE_SEALED_LEN;
 /// Smallest data message: header and tag around an empty payload.
 pub const DATA_MIN_LEN: usize = DATA_HEADER_LEN + AEAD_TAG_LEN;
+
+/// The sizes README quotes (old and new agents do not pair).
+const _: () = assert!(INIT_LEN == 145 && RESP_LEN == 77);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {

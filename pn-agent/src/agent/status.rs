@@ -202,10 +202,10 @@ impl Agent {
             ),
             tunnel: match &self.tunnel {
                 Some(dev) => format!(
-                    "udp {} advertised as {}, {}, key {}",
+                    "udp {} advertised as {}, prefers {}, key {}",
                     dev.listen().map_or("-".into(), |l| l.to_string()),
                     self.cfg.advertise.map_or("-".into(), |a| a.to_string()),
-                    self.cfg.tunnel.cipher.name(),
+                    preference(&self.cfg.tunnel),
                     keyfile::encode_key(&self.host_keys.public)
                 ),
                 None => "off (no --advertise)".into(),
@@ -264,12 +264,23 @@ impl Agent {
         }
         match dev.peer_state(h.peer_id) {
             Some(s) if s.established => format!(
-                "established (session {}s)",
-                s.session_age.map_or(0, |a| a.as_secs())
+                "established (session {}s, {})",
+                s.session_age.map_or(0, |a| a.as_secs()),
+                s.aead.map_or("-", |a| a.name())
             ),
             Some(s) if s.handshake_in_flight => format!("handshaking ({} queued)", s.queued),
             Some(_) => "idle".into(),
             None => "unknown".into(),
         }
+    }
+}
+
+/// The tunnel AEAD this host prefers, and whether it can offer it.
+pub(super) fn preference(cfg: &pn_tunnel::Config) -> String {
+    let name = cfg.cipher.name();
+    if cfg.cipher == pn_tunnel::aead::Cipher::Aes256Gcm && !cfg.aes_hardware {
+        format!("{name} (no AES instructions: chacha20poly1305)")
+    } else {
+        name.to_string()
     }
 }

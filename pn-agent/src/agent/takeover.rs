@@ -43,8 +43,8 @@ pub(super) async fn open_tunnel(
         .context("starting the tunnel")?;
     route_tunnel(cfg, netlink, mtu).await?;
     log::info!(
-        "tunnel on udp {listen} ({}), advertised as {advertise}",
-        cfg.tunnel.cipher.name()
+        "tunnel on udp {listen} (prefers {}), advertised as {advertise}",
+        super::status::preference(&cfg.tunnel)
     );
     Ok(())
 }

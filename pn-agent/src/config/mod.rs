@@ -80,7 +80,10 @@ pub struct RunSettings {
     /// What the datapath tracks between members: off, conns (connections) or http (connections and HTTP/1.x requests) [default: http].
     #[arg(long)]
     pub track: Option<String>,
-    /// AEAD implementation of the tunnel: ring or rustcrypto [default: ring].
+    /// The tunnel AEAD this host prefers: chacha20poly1305 or aes256gcm (a
+    /// session uses AES-256-GCM only when both hosts prefer it and have AES
+    /// instructions; rustcrypto: ChaCha20-Poly1305 in portable Rust, to
+    /// compare) [default: chacha20poly1305].
     #[arg(long)]
     pub tunnel_cipher: Option<String>,
     /// Rekey a tunnel session after this many seconds [default: 120].

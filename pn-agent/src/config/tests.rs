@@ -364,3 +364,24 @@ fn the_installed_default_config_is_valid() {
     assert_eq!(c.host_id.as_str(), "h1", "a flag wins over the file");
     assert_eq!(c.underlay_iface.as_deref(), Some("eth0"));
 }
+
+#[test]
+fn the_tunnel_cipher_is_a_preference_by_name() {
+    use pn_tunnel::aead::Cipher;
+    let with = |name: &str| RunSettings {
+        host_id: Some("h1".into()),
+        tunnel_cipher: Some(name.into()),
+        ..Default::default()
+    };
+    for (name, want) in [
+        ("aes256gcm", Cipher::Aes256Gcm),
+        ("chacha20poly1305", Cipher::Ring),
+        ("rustcrypto", Cipher::RustCrypto),
+    ] {
+        let c = RunConfig::resolve(with(name), None).unwrap();
+        assert_eq!(c.tunnel.cipher, want);
+    }
+    let c = RunConfig::resolve(with("aes256gcm"), None).unwrap();
+    assert_eq!(c.tunnel.aes_hardware, pn_tunnel::aead::aes_hardware());
+    refused(with("aes128gcm"), None, "invalid --tunnel-cipher");
+}

@@ -185,6 +185,20 @@ impl Collector for AgentCollector {
                 }
             }
             let hs = dev.handshake_stats();
+            {
+                let mut m = encoder.encode_descriptor(
+                    "pn_tunnel_sessions",
+                    "Tunnel sessions started, per AEAD the handshake settled on",
+                    None,
+                    MetricType::Counter,
+                )?;
+                for (cipher, n) in [
+                    ("chacha20poly1305", hs.sessions_chacha20poly1305),
+                    ("aes256gcm", hs.sessions_aes256gcm),
+                ] {
+                    ConstCounter::new(n).encode(m.encode_family(&[("cipher", cipher)])?)?;
+                }
+            }
             let mut m = encoder.encode_descriptor(
                 "pn_tunnel_handshakes",
                 "Tunnel handshakes, per event",

@@ -1,5 +1,5 @@
-//! Arbitrary datagrams into an established tunnel: never a panic, never a
-//! delivered packet, the session still works afterwards.
+//! Arbitrary datagrams into an established tunnel, one on each AEAD: never
+//! a panic, never a delivered packet, the session still works afterwards.
 #![no_main]
 
 use std::{
@@ -9,7 +9,7 @@ use std::{
 };
 
 use libfuzzer_sys::fuzz_target;
-use pn_tunnel::{Clock, Config, Decap, Encap, Tunnel, handshake::StaticKeys};
+use pn_tunnel::{Clock, Config, Decap, Encap, Tunnel, aead::Cipher, handshake::StaticKeys};
 
 struct Pair {
     a: Tunnel,
@@ -21,11 +21,11 @@ fn addr(n: u8) -> SocketAddr {
     SocketAddr::from(([192, 168, 100, n], 51871))
 }
 
-fn established() -> Pair {
+fn established(cfg: Config) -> Pair {
     let ka = StaticKeys::generate().unwrap();
     let kb = StaticKeys::generate().unwrap();
-    let mut a = Tunnel::new(Config::default(), ka.clone(), 1);
-    let mut b = Tunnel::new(Config::default(), kb.clone(), 2);
+    let mut a = Tunnel::new(cfg.clone(), ka.clone(), 1);
+    let mut b = Tunnel::new(cfg, kb.clone(), 2);
     a.set_peer(2, kb.public, addr(2));
     b.set_peer(1, ka.public, addr(1));
     let clock = Clock {
@@ -37,10 +37,13 @@ fn established() -> Pair {
     let Encap::Handshake { len, .. } = a.encapsulate(clock, 2, 1, 0, &[0x45; 40], &mut out) else {
         panic!("no initiation")
     };
-    let Decap::Reply { len, .. } = b.decapsulate(clock, addr(1), &mut out[..len], &mut reply) else {
+    let Decap::Reply { len, .. } = b.decapsulate(clock, addr(1), &mut out[..len], &mut reply)
+    else {
         panic!("no response")
     };
-    let Decap::Established { flush, .. } = a.decapsulate(clock, addr(2), &mut reply[..len], &mut out) else {
+    let Decap::Established { flush, .. } =
+        a.decapsulate(clock, addr(2), &mut reply[..len], &mut out)
+    else {
         panic!("not established")
     };
     for (_, mut d) in flush {
@@ -49,10 +52,26 @@ fn established() -> Pair {
     Pair { a, b, clock }
 }
 
-static PAIR: OnceLock<Mutex<Pair>> = OnceLock::new();
+static PAIRS: OnceLock<[Mutex<Pair>; 2]> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
-    let mut p = PAIR.get_or_init(|| Mutex::new(established())).lock().unwrap();
+    let pairs = PAIRS.get_or_init(|| {
+        let aes = Config {
+            cipher: Cipher::Aes256Gcm,
+            aes_hardware: true,
+            ..Config::default()
+        };
+        [
+            Mutex::new(established(Config::default())),
+            Mutex::new(established(aes)),
+        ]
+    });
+    for p in pairs {
+        one(&mut p.lock().unwrap(), data);
+    }
+});
+
+fn one(p: &mut Pair, data: &[u8]) {
     let clock = p.clock;
     let mut out = vec![0u8; 2048];
     let mut d = data.to_vec();
@@ -66,5 +85,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut back = vec![0u8; 2048];
     let mut sealed = out[..len].to_vec();
-    assert!(matches!(p.b.decapsulate(clock, addr(1), &mut sealed, &mut back), Decap::Packet { .. }));
-});
+    assert!(matches!(
+        p.b.decapsulate(clock, addr(1), &mut sealed, &mut back),
+        Decap::Packet { .. }
+    ));
+}

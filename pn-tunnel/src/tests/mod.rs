@@ -3,6 +3,7 @@
 //! handshakes in `flood`).
 
 mod carry;
+mod cipher;
 mod flood;
 
 use std::{
@@ -295,7 +296,15 @@ fn strangers_and_replayed_initiations_are_rejected() {
     let mut p = Pair::new(Config::default());
     let stranger = StaticKeys::generate().unwrap();
     let mut m = vec![0u8; INIT_LEN];
-    handshake::initiate(&stranger, &p.b.public_key(), 99, p.clock.wall_ns, &mut m).unwrap();
+    handshake::initiate(
+        &stranger,
+        &p.b.public_key(),
+        99,
+        p.clock.wall_ns,
+        crate::suite::Offer::CHACHA_ONLY,
+        &mut m,
+    )
+    .unwrap();
     let mut out = vec![0u8; 2048];
     let clock = p.clock;
     // Without mac1 it costs B no DH; with it (B's key is public), the DH

@@ -15,6 +15,7 @@ mod service;
 mod strangers;
 mod tools;
 mod tunnel;
+mod tunnel_aes;
 
 use std::{path::PathBuf, time::Instant};
 

@@ -237,6 +237,9 @@ pub fn run_scenario(effort: Effort) -> anyhow::Result<Scenario> {
     for _ in 0..effort.runs {
         pn_rc.push(tools::iperf(&c1, &c2, ip2, effort.seconds)?);
     }
+    // AES-256-GCM: its own rows (crate::tunnel_aes), the fleet relaunched.
+    let (aes_rows, aes_notes) =
+        crate::tunnel_aes::rows(effort, &mut fleet, [&c1, &c2], ip2, &plain, &pn_ring)?;
     fleet.relaunch(&[]);
     let had_wireguard = wg.is_some();
     drop(wg);
@@ -282,6 +285,8 @@ pub fn run_scenario(effort: Effort) -> anyhow::Result<Scenario> {
         "RustCrypto chacha20poly1305",
         g(seal_rc),
     ));
+    rows.extend(aes_rows);
+    notes.extend(aes_notes);
     Ok(Scenario {
         name: "tunnel".into(),
         title: "Encrypted throughput between hosts".into(),
@@ -290,7 +295,8 @@ pub fn run_scenario(effort: Effort) -> anyhow::Result<Scenario> {
                 tunnels. Plain veth: host 1 to host 2 over the same underlay, nothing encrypted and pn's programs detached. \
                 boringtun: `boringtun-cli` in both host namespaces, configured with `wg`, host to host \
                 over the same underlay, pn's underlay guard on as for pn. Everything shares the same 2 cores (senders, receivers, both \
-                agents). Sealing rate: `pn_tunnel::aead::seal_rate`, one core."
+                agents). pn (aes256gcm): both agents with `--tunnel-cipher aes256gcm` (their sessions checked to use it). \
+                Sealing rate: `pn_tunnel::aead::seal_rate`, one core."
             .into(),
         rows,
         notes,
