@@ -273,3 +273,4 @@ fn a_reply_finds_the_reverse_entry_its_request_left() {
         LbConnKey::reply(&reply)
     );
 }
+

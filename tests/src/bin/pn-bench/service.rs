@@ -190,10 +190,15 @@ fn resolve_once(client: &Namespace, name: String) -> anyhow::Result<Ipv4Addr> {
     })
 }
 
-/// `n` connections one after the other (connect, read the line, close).
-fn connections(client: &Namespace, dst: SocketAddr, n: usize) -> anyhow::Result<u64> {
+/// `n` connections one after the other (connect, read the line, close):
+/// (lost, distinct client ports, uses of the most used one). The ports are the kernel's choice; a
+/// port used again (its connection closed by the server first, so not in
+/// the client's TIME_WAIT) hashes to the same slot, so fewer distinct ports
+/// mean a coarser spread.
+fn connections(client: &Namespace, dst: SocketAddr, n: usize) -> anyhow::Result<(u64, usize, u32)> {
     client.run(move || {
         let mut lost = 0u64;
+        let mut ports = std::collections::HashMap::<u16, u32>::new();
         let mut b = [0u8; 64];
         for _ in 0..n {
             let Ok(mut s) = TcpStream::connect_timeout(&dst, Duration::from_secs(1)) else {
@@ -201,18 +206,20 @@ fn connections(client: &Namespace, dst: SocketAddr, n: usize) -> anyhow::Result<
                 anyhow::ensure!(lost < 10, "{lost} connections to {dst} failed");
                 continue;
             };
+            *ports.entry(s.local_addr()?.port()).or_default() += 1;
             s.set_read_timeout(Some(Duration::from_secs(2)))?;
             anyhow::ensure!(s.read(&mut b)? > 0, "{dst} closed without a line");
         }
-        Ok(lost)
+        let most = ports.values().copied().max().unwrap_or(0);
+        Ok((lost, ports.len(), most))
     })
 }
 
 /// Connections each backend accepted while `f` ran.
-fn counted(
+fn counted<T>(
     servers: &[LineServer],
-    f: impl FnOnce() -> anyhow::Result<u64>,
-) -> anyhow::Result<(Vec<u64>, u64)> {
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(Vec<u64>, T)> {
     let before: Vec<u64> = servers
         .iter()
         .map(|s| s.accepted.load(Ordering::Relaxed))
@@ -340,26 +347,27 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     );
     let dns_addr = resolve_once(&client, name(&dns_app))?;
     let (mut cv_vip, mut cv_dns, mut max_vip, mut max_dns) = (vec![], vec![], vec![], vec![]);
-    let mut notes = Vec::new();
+    let mut spread = Vec::new();
     for run in 0..effort.runs {
         let t = Instant::now();
-        let (v, lost_v) = counted(&servers, || {
+        let (v, (lost_v, ports_v, most_v)) = counted(&servers, || {
             connections(&client, SocketAddr::from((vip_addr, PORT)), n)
         })?;
         let took = t.elapsed();
-        let (d, lost_d) = counted(&dns_servers, || {
+        let (d, (lost_d, ports_d, most_d)) = counted(&dns_servers, || {
             connections(&client, SocketAddr::from((dns_addr, PORT)), n)
         })?;
         cv_vip.push(cv(&v));
         cv_dns.push(cv(&d));
         max_vip.push(max_share(&v));
         max_dns.push(max_share(&d));
-        if run == 0 {
-            notes.push(format!(
-                "spread, first run: per backend {v:?} through the service address ({:.1} s, {lost_v} lost), {d:?} with dns balance ({lost_d} lost)",
-                took.as_secs_f64()
-            ));
-        }
+        spread.push(format!(
+            "run {}: {v:?} through the service address ({:.1} s, {ports_v} distinct client \
+             ports, the most used {most_v} times, {lost_v} lost), {d:?} with dns balance \
+             ({ports_d} ports, the most used {most_d} times, {lost_d} lost)",
+            run + 1,
+            took.as_secs_f64()
+        ));
     }
     let pct = |what: &str, a: Vec<f64>, b: Vec<f64>, unit: &str, higher: bool| {
         Row::versus(
@@ -413,13 +421,13 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
             Measurement::new("%", false, max_dns),
         ),
     ];
-    notes.insert(
-        0,
+    let mut notes = vec![
         format!(
             "connections timed out (1 s): {lost_vip} through the service address, \
              {lost_direct} straight"
         ),
-    );
+        format!("spread, connections per backend: {}", spread.join("; ")),
+    ];
     notes.push(format!(
         "spread: per-backend counts are the connections each backend's server accepted; \
          coefficient of variation = population standard deviation / mean over the {BACKENDS} \
