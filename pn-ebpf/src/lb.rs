@@ -39,7 +39,7 @@ pub fn from_container(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv4Summary, l4:
             // A connection straight to an address from a port that earlier
             // reached it through a service: its replies are its own, not
             // the service's.
-            let _ = PN_LB_CONNS.remove(&LbConnKey::reverse_of(pkt, pkt.dst));
+            let _ = PN_LB_CONNS.remove(LbConnKey::reverse_of(pkt, pkt.dst));
         }
         return;
     }
@@ -54,8 +54,8 @@ pub fn from_container(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv4Summary, l4:
     let (backend, state) = match lb::lb_step(pkt, flags, svc, iface.tag, known, live, now_s) {
         LbStep::Pass => return,
         LbStep::Expire(b) => {
-            let _ = PN_LB_CONNS.remove(&key);
-            let _ = PN_LB_CONNS.remove(&LbConnKey::reverse_of(pkt, b));
+            let _ = PN_LB_CONNS.remove(key);
+            let _ = PN_LB_CONNS.remove(LbConnKey::reverse_of(pkt, b));
             return;
         }
         LbStep::Keep(b) => (b, known.map_or(0, |c| c.state)),
@@ -107,8 +107,8 @@ pub fn to_container(ctx: &TcContext, pkt: &Ipv4Summary, l4: usize, flags: u8) {
     };
     let forward = LbConnKey::forward_of_reply(pkt, c.addr);
     if c.closed() && c.expired(now_s()) {
-        let _ = PN_LB_CONNS.remove(&key);
-        let _ = PN_LB_CONNS.remove(&forward);
+        let _ = PN_LB_CONNS.remove(key);
+        let _ = PN_LB_CONNS.remove(forward);
         return;
     }
     rewrite(ctx, pkt.proto, l4, IP_SRC, pkt.src, c.addr);

@@ -273,4 +273,3 @@ fn a_reply_finds_the_reverse_entry_its_request_left() {
         LbConnKey::reply(&reply)
     );
 }
-
