@@ -116,23 +116,28 @@ impl Drop for LineServer {
 }
 
 /// New connections per second from `client` to `dst`, one at a time: open,
-/// read the server's line, close; and how many timed out.
-fn conn_rate(client: &Namespace, dst: SocketAddr, seconds: u64) -> anyhow::Result<(f64, u64)> {
+/// read the server's line, close; how many timed out, and how many took
+/// over 200 ms (a SYN sent again).
+fn conn_rate(client: &Namespace, dst: SocketAddr, seconds: u64) -> anyhow::Result<(f64, u64, u64)> {
     client.run(move || {
         let t = Instant::now();
-        let (mut n, mut lost) = (0u64, 0u64);
+        let (mut n, mut lost, mut slow) = (0u64, 0u64, 0u64);
         let mut b = [0u8; 64];
         while t.elapsed() < Duration::from_secs(seconds) {
+            let opened = Instant::now();
             let Ok(mut s) = TcpStream::connect_timeout(&dst, Duration::from_secs(1)) else {
                 lost += 1;
                 anyhow::ensure!(lost < 10, "{lost} connections to {dst} failed");
                 continue;
             };
+            if opened.elapsed() > Duration::from_millis(200) {
+                slow += 1;
+            }
             s.set_read_timeout(Some(Duration::from_secs(2)))?;
             anyhow::ensure!(s.read(&mut b)? > 0, "{dst} closed without a line");
             n += 1;
         }
-        Ok((n as f64 / t.elapsed().as_secs_f64(), lost))
+        Ok((n as f64 / t.elapsed().as_secs_f64(), lost, slow))
     })
 }
 
@@ -308,7 +313,7 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     let (mut rt_vip, mut rt_direct) = (vec![], vec![]);
     let (mut p50_vip, mut p50_direct, mut p99_vip, mut p99_direct) =
         (vec![], vec![], vec![], vec![]);
-    let (mut lost_vip, mut lost_direct) = (0, 0);
+    let (mut lost_vip, mut lost_direct, mut slow_vip, mut slow_direct) = (0, 0, 0, 0);
     for i in 0..effort.runs {
         // Alternate which goes first, so drift does not favour one.
         let order = if i % 2 == 0 {
@@ -318,17 +323,20 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
         };
         for through_vip in order {
             let dst = if through_vip { vip } else { ips[0] };
-            let (r, lost) = conn_rate(&client, SocketAddr::from((dst, PORT)), effort.seconds)?;
+            let (r, lost, slow) =
+                conn_rate(&client, SocketAddr::from((dst, PORT)), effort.seconds)?;
             let (rt, p50, p99) = ping_pong(&client, SocketAddr::from((dst, ECHO)), effort.seconds)?;
             if through_vip {
                 via_vip.push(r);
                 lost_vip += lost;
+                slow_vip += slow;
                 rt_vip.push(rt);
                 p50_vip.push(p50);
                 p99_vip.push(p99);
             } else {
                 direct.push(r);
                 lost_direct += lost;
+                slow_direct += slow;
                 rt_direct.push(rt);
                 p50_direct.push(p50);
                 p99_direct.push(p99);
@@ -424,7 +432,8 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     let mut notes = vec![
         format!(
             "connections timed out (1 s): {lost_vip} through the service address, \
-             {lost_direct} straight"
+             {lost_direct} straight; opened in over 200 ms (a SYN sent again): {slow_vip} \
+             through the service address, {slow_direct} straight"
         ),
         format!("spread, connections per backend: {}", spread.join("; ")),
     ];
