@@ -395,7 +395,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         let services: Vec<String> = a
                             .services
                             .iter()
-                            .map(|s| format!("{}={} ({} up)", s.ctype, s.addr, s.backends.len()))
+                            .map(|s| {
+                                let conns: u64 = s.counters.iter().map(|c| c.connections).sum();
+                                let resets: u64 = s.counters.iter().map(|c| c.resets).sum();
+                                format!(
+                                    "{}={} ({} up, {conns} conns, {resets} resets)",
+                                    s.ctype,
+                                    s.addr,
+                                    s.backends.len()
+                                )
+                            })
                             .collect();
                         vec![
                             a.id.to_string(),

@@ -213,6 +213,22 @@ pub struct ServiceInfo {
     /// Containers of the type out of it (failing their health check).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unhealthy: Vec<Ipv4Addr>,
+    /// This host's counters, per container of the type (in the rotation or
+    /// not) that any of its clients reached through the address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counters: Vec<BackendCounters>,
+}
+
+/// What clients on one host did with one backend of a service address.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackendCounters {
+    pub backend: Ipv4Addr,
+    /// Connections (and UDP flows) sent to it.
+    pub connections: u64,
+    /// Established TCP connections reset because it left the rotation.
+    pub resets: u64,
+    /// UDP flows moved to another backend because it left the rotation.
+    pub moved: u64,
 }
 
 fn default_web_port() -> u16 {

@@ -10,8 +10,19 @@
 //! backend → service address), and the destination is rewritten before the
 //! member policy judges the packet. Replies are rewritten back on the
 //! client's veth, wherever the backend runs.
+//!
+//! The entries are the connection's, not the tuple's: FINs both ways (or a
+//! RST either way) mark both entries closed; they still translate the last
+//! segments of the close for [`LB_CLOSED_GRACE_S`], then expire. A client's
+//! SYN on a closed tuple is a new connection (chosen again), and a SYN
+//! straight to a backend's own address removes the reverse entry an earlier
+//! balanced connection from the same port left, whose replies would
+//! otherwise come back from the service address.
 
-use crate::{Ip4, policy::Ipv4Summary};
+use crate::{
+    Ip4,
+    policy::{IPPROTO_TCP, Ipv4Summary, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
 
 /// Slots per service: a prime, as Maglev needs; large enough next to the
 /// backend count that the spread stays within a few percent and a backend
@@ -74,19 +85,47 @@ pub struct LbConnKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct LbConn {
     pub addr: Ip4,
-    pub _pad: u32,
+    /// How far the connection is closed: [`LB_FIN_CLIENT`] and
+    /// [`LB_FIN_BACKEND`] (a RST sets both); once both, the second since
+    /// boot it closed at, in the bits above (see [`lb_closing`]). 0: open
+    /// (so entries of earlier agents, whose padding was 0, read as open).
+    pub state: u32,
 }
 
-/// Value of `PN_LB_STATS` (per CPU), keyed by backend address.
+/// `LbConn::state`: the client sent its FIN.
+pub const LB_FIN_CLIENT: u32 = 1;
+/// `LbConn::state`: the backend sent its FIN.
+pub const LB_FIN_BACKEND: u32 = 2;
+const LB_CLOSED: u32 = LB_FIN_CLIENT | LB_FIN_BACKEND;
+/// Seconds are kept modulo 2^30 (34 years) above the two flags.
+const LB_SECONDS: u32 = (1 << 30) - 1;
+/// A closed connection's entries still translate this long: the last ACK,
+/// a FIN retransmitted while its peer is in TIME_WAIT (Linux: 60 s).
+pub const LB_CLOSED_GRACE_S: u32 = 60;
+
+/// Key of `PN_LB_STATS`: a backend of a service address (by both, so a
+/// backend that left keeps its counters under its service, and an address
+/// given to another container later starts from zero).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct LbStatsKey {
+    pub vip: Ip4,
+    pub backend: Ip4,
+}
+
+/// Value of `PN_LB_STATS` (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct LbStats {
     /// Connections (flows) sent to it.
     pub new_conns: u64,
-    /// Connections taken from it because it left the rotation: their next
-    /// packet goes to a live backend, which answers a TCP segment it has no
-    /// socket for with a reset (so the client sees a reset, not a hang).
-    pub moved_away: u64,
+    /// Established TCP connections taken from it because it left the
+    /// rotation (detached, unhealthy): their next segment goes to a live
+    /// backend, which has no socket for it and answers with a reset, so
+    /// the client sees a reset, not a hang.
+    pub resets: u64,
+    /// UDP flows taken from it the same way (they go on with another).
+    pub moved: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<Service>() == 8);
@@ -94,7 +133,8 @@ const _: () = assert!(core::mem::size_of::<SlotKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
 const _: () = assert!(core::mem::size_of::<LbConnKey>() == 16);
 const _: () = assert!(core::mem::size_of::<LbConn>() == 8);
-const _: () = assert!(core::mem::size_of::<LbStats>() == 16);
+const _: () = assert!(core::mem::size_of::<LbStats>() == 24);
+const _: () = assert!(core::mem::size_of::<LbStatsKey>() == 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -107,6 +147,7 @@ mod pod {
     unsafe impl aya::Pod for LbConnKey {}
     unsafe impl aya::Pod for LbConn {}
     unsafe impl aya::Pod for LbStats {}
+    unsafe impl aya::Pod for LbStatsKey {}
 }
 
 impl LbConnKey {
@@ -132,6 +173,20 @@ impl LbConnKey {
             remote_port: pkt.dport,
             proto: pkt.proto,
             reverse: 1,
+            _pad: [0; 2],
+        }
+    }
+
+    /// The forward entry of the connection a reply belongs to, whose
+    /// reverse entry named `vip`.
+    pub const fn forward_of_reply(pkt: &Ipv4Summary, vip: Ip4) -> LbConnKey {
+        LbConnKey {
+            client: pkt.dst,
+            remote: vip,
+            client_port: pkt.dport,
+            remote_port: pkt.sport,
+            proto: pkt.proto,
+            reverse: 0,
             _pad: [0; 2],
         }
     }
@@ -168,6 +223,72 @@ pub const fn slot_of(pkt: &Ipv4Summary) -> u32 {
     h % LB_TABLE_SIZE
 }
 
+impl LbConn {
+    /// Both sides sent their FIN, or one a reset.
+    pub const fn closed(&self) -> bool {
+        self.state & LB_CLOSED == LB_CLOSED
+    }
+
+    /// Closed more than [`LB_CLOSED_GRACE_S`] ago (`now_s`: seconds since
+    /// boot): the entries are stale, the tuple free for a new connection.
+    pub const fn expired(&self, now_s: u32) -> bool {
+        self.closed() && (now_s.wrapping_sub(self.state >> 2) & LB_SECONDS) >= LB_CLOSED_GRACE_S
+    }
+}
+
+/// A TCP segment opening a connection (SYN without ACK).
+pub const fn opens(proto: u8, tcp_flags: u8) -> bool {
+    proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// A segment that may close the connection (only then does the datapath
+/// read the clock and call [`lb_closing`]).
+pub const fn may_close(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_FIN | TCP_RST) != 0
+}
+
+/// The state of a connection's entries after a segment with `tcp_flags`
+/// from the client (`from_client`) or its backend; `state` itself when
+/// nothing changes (so the map is written only on a change). `now_s` is
+/// recorded when the connection becomes closed.
+pub const fn lb_closing(state: u32, tcp_flags: u8, from_client: bool, now_s: u32) -> u32 {
+    let bits = if tcp_flags & TCP_RST != 0 {
+        LB_CLOSED
+    } else if tcp_flags & TCP_FIN != 0 {
+        if from_client {
+            LB_FIN_CLIENT
+        } else {
+            LB_FIN_BACKEND
+        }
+    } else {
+        0
+    };
+    let was = state & LB_CLOSED;
+    let now = was | bits;
+    if now == was {
+        state
+    } else if now == LB_CLOSED {
+        LB_CLOSED | ((now_s & LB_SECONDS) << 2)
+    } else {
+        now
+    }
+}
+
+/// What a new choice counts, on which backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LbCount {
+    /// A new connection (a SYN) or flow: `new_conns` of the chosen one.
+    New,
+    /// An established TCP connection whose backend left: `resets` of the
+    /// one it left (the next backend resets it).
+    Reset(Ip4),
+    /// A UDP flow whose backend left: `moved` of the one it left.
+    Moved(Ip4),
+    /// A segment of a connection whose entries were lost (LRU): chosen
+    /// again (the same backend while the table is unchanged), no count.
+    Nothing,
+}
+
 /// What the balancer does with a packet leaving a container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LbStep {
@@ -177,19 +298,30 @@ pub enum LbStep {
     Pass,
     /// Known connection, backend still live: rewrite toward it.
     Keep(Ip4),
-    /// New connection (or its backend left): pick from the table and record.
-    Choose { moved: bool },
+    /// A SYN again on an open connection (retransmitted): rewrite toward
+    /// the same backend and write both entries again (the reverse one may
+    /// have been removed by a direct SYN from the same port).
+    Renew(Ip4),
+    /// New connection (or its backend left): pick from the table, record
+    /// both entries (open), count.
+    Choose(LbCount),
+    /// A stray segment of a connection closed long ago, whose backend was
+    /// this: remove both entries, rewrite nothing (the policy drops it).
+    Expire(Ip4),
 }
 
-/// `svc`: the service entry of the destination; `client_tag`: the sender's
-/// network; `known`: the forward entry's backend; `live`: whether that
-/// backend is still in the rotation of this service.
+/// `tcp_flags`: the segment's (0 but for TCP); `svc`: the service entry of
+/// the destination; `client_tag`: the sender's network; `known`: the
+/// forward entry; `live`: whether a backend is still in the rotation of
+/// this service; `now_s`: seconds since boot (read only for a closed entry).
 pub fn lb_step(
     pkt: &Ipv4Summary,
+    tcp_flags: u8,
     svc: Option<&Service>,
     client_tag: u32,
-    known: Option<Ip4>,
+    known: Option<LbConn>,
     live: impl FnOnce(Ip4) -> bool,
+    now_s: impl FnOnce() -> u32,
 ) -> LbStep {
     if !crate::policy::has_ports(pkt.proto) {
         return LbStep::Pass;
@@ -198,10 +330,36 @@ pub fn lb_step(
         Some(s) if s.tag == client_tag && s.backends > 0 => {}
         _ => return LbStep::Pass,
     }
-    match known {
-        Some(b) if live(b) => LbStep::Keep(b),
-        Some(_) => LbStep::Choose { moved: true },
-        None => LbStep::Choose { moved: false },
+    let tcp = pkt.proto == IPPROTO_TCP;
+    let syn = opens(pkt.proto, tcp_flags);
+    let Some(c) = known else {
+        return LbStep::Choose(if syn || !tcp {
+            LbCount::New
+        } else {
+            LbCount::Nothing
+        });
+    };
+    if c.closed() {
+        if syn {
+            return LbStep::Choose(LbCount::New);
+        }
+        if c.expired(now_s()) {
+            return LbStep::Expire(c.addr);
+        }
+        // The last segments of the close: to its backend while it lives;
+        // a closed connection is not reset again.
+        return if live(c.addr) {
+            LbStep::Keep(c.addr)
+        } else {
+            LbStep::Choose(LbCount::Nothing)
+        };
+    }
+    match (live(c.addr), syn) {
+        (true, false) => LbStep::Keep(c.addr),
+        (true, true) => LbStep::Renew(c.addr),
+        (false, true) => LbStep::Choose(LbCount::New),
+        (false, false) if tcp => LbStep::Choose(LbCount::Reset(c.addr)),
+        (false, false) => LbStep::Choose(LbCount::Moved(c.addr)),
     }
 }
 

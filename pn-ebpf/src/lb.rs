@@ -5,11 +5,12 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::bpf_ktime_get_ns,
     programs::TcContext,
 };
 use pn_common::{
     Ip4,
-    lb::{self, LbConn, LbConnKey, LbStats, LbStep, SlotKey},
+    lb::{self, LbConn, LbConnKey, LbCount, LbStats, LbStatsKey, LbStep, SlotKey},
     maps::Iface,
     policy::{ETH_HLEN, IPPROTO_TCP, Ipv4Summary},
 };
@@ -24,29 +25,45 @@ const TCP_CSUM: usize = 16;
 const UDP_CSUM: usize = 6;
 
 /// A packet leaving a client: toward a service address of its network, it
-/// leaves toward a backend (`pkt.dst` follows). `l4`: where L4 starts.
+/// leaves toward a backend (`pkt.dst` follows). `l4`: where L4 starts;
+/// `flags`: the TCP flags (0 for anything else).
 #[inline(always)]
-pub fn from_container(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv4Summary, l4: usize) {
+pub fn from_container(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv4Summary, l4: usize, flags: u8) {
     if pkt.src != iface.addr {
         return;
     }
     // SAFETY: plain-data values, see `tc::handle`.
     let svc = unsafe { PN_LB_SERVICES.get(pkt.dst) };
     if svc.is_none() {
+        if lb::opens(pkt.proto, flags) {
+            // A connection straight to an address from a port that earlier
+            // reached it through a service: its replies are its own, not
+            // the service's.
+            let _ = PN_LB_CONNS.remove(LbConnKey::reverse_of(pkt, pkt.dst));
+        }
         return;
     }
     let key = LbConnKey::forward(pkt);
     // SAFETY: as above.
-    let known = unsafe { PN_LB_CONNS.get(key) }.map(|c| c.addr);
+    let known = unsafe { PN_LB_CONNS.get(key) }.copied();
     let vip = pkt.dst;
     let live = |b: Ip4| {
         // SAFETY: as above.
         unsafe { PN_LB_BACKENDS.get(b) }.is_some_and(|e| e.vip == vip)
     };
-    let backend = match lb::lb_step(pkt, svc, iface.tag, known, live) {
+    let (backend, state) = match lb::lb_step(pkt, flags, svc, iface.tag, known, live, now_s) {
         LbStep::Pass => return,
-        LbStep::Keep(b) => b,
-        LbStep::Choose { moved } => {
+        LbStep::Expire(b) => {
+            let _ = PN_LB_CONNS.remove(key);
+            let _ = PN_LB_CONNS.remove(LbConnKey::reverse_of(pkt, b));
+            return;
+        }
+        LbStep::Keep(b) => (b, known.map_or(0, |c| c.state)),
+        LbStep::Renew(b) => {
+            record(pkt, b, 0);
+            (b, 0)
+        }
+        LbStep::Choose(count) => {
             let slot = SlotKey {
                 vip,
                 slot: lb::slot_of(pkt),
@@ -55,16 +72,22 @@ pub fn from_container(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv4Summary, l4:
             let Some(b) = (unsafe { PN_LB_SLOTS.get(slot) }).copied() else {
                 return;
             };
-            let _ = PN_LB_CONNS.insert(key, LbConn { addr: b, _pad: 0 }, 0);
-            let rev = LbConnKey::reverse_of(pkt, b);
-            let _ = PN_LB_CONNS.insert(rev, LbConn { addr: vip, _pad: 0 }, 0);
-            if moved && let Some(old) = known {
-                stat(old, |s| s.moved_away += 1);
+            record(pkt, b, 0);
+            match count {
+                LbCount::New => stat(vip, b, |s| s.new_conns += 1),
+                LbCount::Reset(old) => stat(vip, old, |s| s.resets += 1),
+                LbCount::Moved(old) => stat(vip, old, |s| s.moved += 1),
+                LbCount::Nothing => {}
             }
-            stat(b, |s| s.new_conns += 1);
-            b
+            (b, 0)
         }
     };
+    if lb::may_close(flags) {
+        let closing = lb::lb_closing(state, flags, true, now_s());
+        if closing != state {
+            record(pkt, backend, closing);
+        }
+    }
     if rewrite(ctx, pkt.proto, l4, IP_DST, vip, backend) {
         pkt.dst = backend;
     }
@@ -73,26 +96,83 @@ pub fn from_container(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv4Summary, l4:
 /// A packet entering a client: a reply from a backend it reached through a
 /// service address comes from that address.
 #[inline(always)]
-pub fn to_container(ctx: &TcContext, pkt: &Ipv4Summary, l4: usize) {
+pub fn to_container(ctx: &TcContext, pkt: &Ipv4Summary, l4: usize, flags: u8) {
     if !pn_common::policy::has_ports(pkt.proto) {
         return;
     }
+    let key = LbConnKey::reply(pkt);
     // SAFETY: plain-data values, see `tc::handle`.
-    let Some(c) = (unsafe { PN_LB_CONNS.get(LbConnKey::reply(pkt)) }).copied() else {
+    let Some(c) = (unsafe { PN_LB_CONNS.get(key) }).copied() else {
         return;
     };
+    let forward = LbConnKey::forward_of_reply(pkt, c.addr);
+    if c.closed() && c.expired(now_s()) {
+        let _ = PN_LB_CONNS.remove(key);
+        let _ = PN_LB_CONNS.remove(forward);
+        return;
+    }
     rewrite(ctx, pkt.proto, l4, IP_SRC, pkt.src, c.addr);
+    if lb::may_close(flags) {
+        let closing = lb::lb_closing(c.state, flags, false, now_s());
+        if closing != c.state {
+            let _ = PN_LB_CONNS.insert(
+                key,
+                LbConn {
+                    addr: c.addr,
+                    state: closing,
+                },
+                0,
+            );
+            let _ = PN_LB_CONNS.insert(
+                forward,
+                LbConn {
+                    addr: pkt.src,
+                    state: closing,
+                },
+                0,
+            );
+        }
+    }
+}
+
+/// Both entries of the connection of `pkt` (client → service address)
+/// balanced to `backend`.
+#[inline(always)]
+fn record(pkt: &Ipv4Summary, backend: Ip4, state: u32) {
+    let _ = PN_LB_CONNS.insert(
+        LbConnKey::forward(pkt),
+        LbConn {
+            addr: backend,
+            state,
+        },
+        0,
+    );
+    let _ = PN_LB_CONNS.insert(
+        LbConnKey::reverse_of(pkt, backend),
+        LbConn {
+            addr: pkt.dst,
+            state,
+        },
+        0,
+    );
 }
 
 #[inline(always)]
-fn stat(backend: Ip4, f: impl FnOnce(&mut LbStats)) {
-    match PN_LB_STATS.get_ptr_mut(backend) {
+fn now_s() -> u32 {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32
+}
+
+#[inline(always)]
+fn stat(vip: Ip4, backend: Ip4, f: impl FnOnce(&mut LbStats)) {
+    let key = LbStatsKey { vip, backend };
+    match PN_LB_STATS.get_ptr_mut(key) {
         // SAFETY: a per-CPU value of this CPU, valid for the program run.
         Some(p) => f(unsafe { &mut *p }),
         None => {
             let mut s = LbStats::default();
             f(&mut s);
-            let _ = PN_LB_STATS.insert(backend, s, 0);
+            let _ = PN_LB_STATS.insert(key, s, 0);
         }
     }
 }

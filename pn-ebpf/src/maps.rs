@@ -8,8 +8,8 @@ use aya_ebpf::{
 use pn_common::{
     Ip4,
     lb::{
-        Backend, LbConn, LbConnKey, LbStats, MAX_BACKENDS, MAX_LB_CONNS, MAX_SERVICES, MAX_SLOTS,
-        Service, SlotKey,
+        Backend, LbConn, LbConnKey, LbStats, LbStatsKey, MAX_BACKENDS, MAX_LB_CONNS, MAX_SERVICES,
+        MAX_SLOTS, Service, SlotKey,
     },
     maps::{
         Config, ConnKey, ConnState, Counter, CounterKey, DenyRange, EVENTS_BYTES, Endpoint,
@@ -73,4 +73,4 @@ pub static PN_LB_CONNS: LruHashMap<LbConnKey, LbConn> = LruHashMap::pinned(MAX_L
 
 /// Per backend: connections sent, connections moved away.
 #[map]
-pub static PN_LB_STATS: PerCpuHashMap<Ip4, LbStats> = PerCpuHashMap::pinned(MAX_BACKENDS, 0);
+pub static PN_LB_STATS: PerCpuHashMap<LbStatsKey, LbStats> = PerCpuHashMap::pinned(MAX_BACKENDS, 0);

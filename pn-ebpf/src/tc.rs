@@ -265,7 +265,7 @@ fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) 
         dport,
     };
     if let (Direction::FromContainer, Some(i), false) = (dir, iface, ip.later_fragment) {
-        crate::lb::from_container(ctx, i, &mut pkt, l4);
+        crate::lb::from_container(ctx, i, &mut pkt, l4, seg.flags);
     }
     let mut edge = Edge {
         ctx,
@@ -288,7 +288,7 @@ fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) 
             let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
             let r = policy::to_container(&pkt, ingress, iface, src, cfg, &mut edge);
             if r == Reason::Delivered && !ip.later_fragment {
-                crate::lb::to_container(ctx, &pkt, l4);
+                crate::lb::to_container(ctx, &pkt, l4, seg.flags);
             }
             r
         }

@@ -364,16 +364,41 @@ pub fn tcp_whoami(
     dst: SocketAddr,
     timeout: Duration,
 ) -> std::io::Result<(String, TcpStream)> {
+    ns.run(move || read_line(TcpStream::connect_timeout(&dst, timeout)?, timeout))
+}
+
+/// [`tcp_whoami`] from source port `port` (bound with SO_REUSEADDR, so a
+/// port whose earlier connection to another address is in TIME_WAIT can be
+/// bound again).
+pub fn tcp_whoami_from(
+    ns: &Namespace,
+    port: u16,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<(String, TcpStream)> {
+    use socket2::{Domain, Socket, Type};
     ns.run(move || {
-        let mut s = TcpStream::connect_timeout(&dst, timeout)?;
-        s.set_read_timeout(Some(timeout))?;
-        let mut line = Vec::new();
-        let mut b = [0u8; 1];
-        while s.read(&mut b)? == 1 && b[0] != b'\n' {
-            line.push(b[0]);
-        }
-        Ok((String::from_utf8_lossy(&line).into_owned(), s))
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
+        s.connect_timeout(&dst.into(), timeout)?;
+        read_line(s.into(), timeout)
     })
+}
+
+/// Closes with a reset rather than a FIN (linger 0).
+pub fn reset(s: TcpStream) -> std::io::Result<()> {
+    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))
+}
+
+fn read_line(mut s: TcpStream, timeout: Duration) -> std::io::Result<(String, TcpStream)> {
+    s.set_read_timeout(Some(timeout))?;
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while s.read(&mut b)? == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    Ok((String::from_utf8_lossy(&line).into_owned(), s))
 }
 
 /// Sends `msg` on an open echoing stream and reads it back.

@@ -345,4 +345,88 @@ fn a_connection_to_a_detached_backend_is_reset_not_left_to_hang() {
         std::io::ErrorKind::ConnectionReset,
         "reset, not a hang ({err})"
     );
+    // Counted on the backend it left, in `app list` and the metrics.
+    let resets = |b: Ipv4Addr| -> u64 {
+        let list = host.json(&["app", "list"]);
+        let counters = list
+            .as_array()
+            .and_then(|l| l.iter().find(|a| a["id"] == svc.as_str()))
+            .and_then(|a| a["services"][0]["counters"].as_array().cloned())
+            .unwrap_or_default();
+        counters
+            .iter()
+            .find(|c| c["backend"] == b.to_string().as_str())
+            .and_then(|c| c["resets"].as_u64())
+            .unwrap_or(0)
+    };
+    assert_eq!(resets(first), 1, "one reset counted on {first}");
+    for other in ips.iter().filter(|ip| **ip != first) {
+        assert_eq!(resets(*other), 0, "no reset counted on {other}");
+    }
+    let metrics = host.metrics();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("pn_service_resets_total") && l.contains(&format!("backend=\"{first}\""))
+        })
+        .unwrap_or_else(|| panic!("no pn_service_resets_total of {first} in:\n{metrics}"));
+    assert!(line.ends_with(" 1"), "{line}");
+}
+
+/// The connection table's entries are a connection's, not its tuple's: a
+/// port that reached a backend through the service address, once that
+/// connection is closed, can connect straight to that backend (whose
+/// replies must then come from its own address, not the service's), and
+/// through the service address again.
+#[test]
+fn a_client_port_reused_straight_to_a_backend_gets_its_own_replies() {
+    let p = unique_prefix();
+    let host = Host::start(&p, "h1");
+    let net = host.create_network(&[]);
+    let svc = host
+        .cli_ok(&["app", "create", "--network", &net, "--balance", "vip"])
+        .trim()
+        .to_string();
+    let client_app = host.create_app(&net);
+    let ns: Vec<Namespace> = (1..=2)
+        .map(|i| Namespace::new(&format!("{p}-b{i}")))
+        .collect();
+    let client = Namespace::new(&format!("{p}-cl"));
+    let mut servers = Vec::new();
+    for b in &ns {
+        host.attach(&svc, "web", b);
+        servers.push(net::tcp_whoami_self_server(b, PORT));
+    }
+    host.attach(&client_app, "worker", &client);
+    let (vip, _) = service(&host, &svc, "web").expect("a service address");
+    let to = |ip: Ipv4Addr| SocketAddr::from((ip, PORT));
+    let whoami_from = |port: u16, dst: Ipv4Addr| -> (Ipv4Addr, std::net::TcpStream) {
+        let (line, s) = net::tcp_whoami_from(&client, port, to(dst), T)
+            .unwrap_or_else(|e| panic!("from port {port} to {dst}: {e}"));
+        (line.parse().expect("an address"), s)
+    };
+
+    // Closed with FINs both ways (the client's port then in TIME_WAIT
+    // toward the service address only).
+    let port = 41_001;
+    let (backend, mut s) = whoami_from(port, vip);
+    net::echo_on(&mut s, b"through the service").unwrap();
+    drop(s);
+    std::thread::sleep(Duration::from_millis(500));
+    let (direct, mut s) = whoami_from(port, backend);
+    assert_eq!(direct, backend);
+    net::echo_on(&mut s, b"straight").expect("the direct connection answers");
+    drop(s);
+
+    // Closed by a reset: the same port through the service address again,
+    // then straight to the backend it reached.
+    let port = 41_002;
+    let (first, s) = whoami_from(port, vip);
+    net::reset(s).unwrap();
+    let (again, s) = whoami_from(port, vip);
+    net::reset(s).unwrap();
+    let (direct, mut s) = whoami_from(port, again);
+    assert_eq!(direct, again);
+    net::echo_on(&mut s, b"straight").expect("the direct connection answers");
+    eprintln!("port {port}: {first} then {again} through {vip}, then {direct} straight");
 }

@@ -14,8 +14,8 @@ use crate::{
     error::Error,
     model::{Container, ContainerKey, Host},
     proto::{
-        AppInfo, ContainerInfo, DatapathStatus, EdgeStatus, EndpointCounts, HostInfo, NetworkInfo,
-        PeerStatus, Status, StoreStatus,
+        AppInfo, BackendCounters, ContainerInfo, DatapathStatus, EdgeStatus, EndpointCounts,
+        HostInfo, NetworkInfo, PeerStatus, ServiceInfo, Status, StoreStatus,
     },
 };
 
@@ -38,18 +38,28 @@ impl Agent {
     }
 
     pub fn list_apps(&self, network: Option<&NetworkId>) -> Vec<AppInfo> {
+        // Read before the view is locked (the datapath is never locked
+        // under it); counters are this host's, so a read error only hides
+        // them.
+        let stats = self.dp().maps().lb_stats().unwrap_or_default();
         let v = self.view();
         v.apps
             .values()
             .filter(|a| network.is_none_or(|n| a.network == *n))
-            .map(|a| AppInfo {
-                id: a.id,
-                network: a.network,
-                name: a.name.clone(),
-                web_port: a.web_port,
-                containers: v.containers_of_app(&a.id).count(),
-                balance: a.balance,
-                services: crate::store::view::services::service_infos(&v, a),
+            .map(|a| {
+                let mut services = crate::store::view::services::service_infos(&v, a);
+                for s in &mut services {
+                    s.counters = counters(s, &stats);
+                }
+                AppInfo {
+                    id: a.id,
+                    network: a.network,
+                    name: a.name.clone(),
+                    web_port: a.web_port,
+                    containers: v.containers_of_app(&a.id).count(),
+                    balance: a.balance,
+                    services,
+                }
             })
             .collect()
     }
@@ -283,4 +293,22 @@ pub(super) fn preference(cfg: &pn_tunnel::Config) -> String {
     } else {
         name.to_string()
     }
+}
+
+/// This host's counters of a service's backends, those that left included.
+fn counters(
+    s: &ServiceInfo,
+    stats: &std::collections::BTreeMap<pn_common::lb::LbStatsKey, pn_common::lb::LbStats>,
+) -> Vec<BackendCounters> {
+    let vip = crate::model::to_ip4(s.addr);
+    stats
+        .iter()
+        .filter(|(k, _)| k.vip == vip)
+        .map(|(k, st)| BackendCounters {
+            backend: std::net::Ipv4Addr::from(pn_common::ip4_octets(k.backend)),
+            connections: st.new_conns,
+            resets: st.resets,
+            moved: st.moved,
+        })
+        .collect()
 }

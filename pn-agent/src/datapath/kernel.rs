@@ -380,8 +380,9 @@ impl Kernel {
         Ok(())
     }
 
-    /// The balancer's counters by backend, summed over CPUs.
-    pub fn lb_stats(&self) -> Result<BTreeMap<Ip4, pn_common::lb::LbStats>> {
+    /// The balancer's counters by service address and backend, summed over
+    /// CPUs.
+    pub fn lb_stats(&self) -> Result<BTreeMap<pn_common::lb::LbStatsKey, pn_common::lb::LbStats>> {
         self.lb.stats()
     }
 

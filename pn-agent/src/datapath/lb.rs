@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use aya::maps::{HashMap, MapData, PerCpuHashMap};
 use pn_common::{
     Ip4,
-    lb::{Backend, LB_TABLE_SIZE, LbStats, Service, SlotKey, maglev},
+    lb::{Backend, LB_TABLE_SIZE, LbStats, LbStatsKey, Service, SlotKey, maglev},
 };
 
 use super::{Context, Result, ServiceState};
@@ -17,7 +17,7 @@ pub(super) struct LbMaps {
     pub services: HashMap<MapData, Ip4, Service>,
     pub slots: HashMap<MapData, SlotKey, Ip4>,
     pub backends: HashMap<MapData, Ip4, Backend>,
-    pub stats: PerCpuHashMap<MapData, Ip4, LbStats>,
+    pub stats: PerCpuHashMap<MapData, LbStatsKey, LbStats>,
 }
 
 fn gone(r: Result<(), aya::maps::MapError>, name: &str) -> Result<()> {
@@ -99,6 +99,16 @@ impl LbMaps {
         for slot in 0..LB_TABLE_SIZE {
             gone(self.slots.remove(&SlotKey { vip, slot }), "PN_LB_SLOTS")?;
         }
+        // The address may serve another app later: its counters start anew.
+        let counted: Vec<LbStatsKey> = self
+            .stats
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.vip == vip)
+            .collect();
+        for k in counted {
+            gone(self.stats.remove(&k), "PN_LB_STATS")?;
+        }
         Ok(())
     }
 
@@ -109,14 +119,15 @@ impl LbMaps {
         Ok(())
     }
 
-    /// Counters by backend, summed over CPUs.
-    pub fn stats(&self) -> Result<BTreeMap<Ip4, LbStats>> {
+    /// Counters by service address and backend, summed over CPUs.
+    pub fn stats(&self) -> Result<BTreeMap<LbStatsKey, LbStats>> {
         let mut out = BTreeMap::new();
         for item in self.stats.iter() {
             let (b, per_cpu) = item.ctx(|| "reading PN_LB_STATS".into())?;
             let sum = per_cpu.iter().fold(LbStats::default(), |a, s| LbStats {
                 new_conns: a.new_conns + s.new_conns,
-                moved_away: a.moved_away + s.moved_away,
+                resets: a.resets + s.resets,
+                moved: a.moved + s.moved,
             });
             out.insert(b, sum);
         }

@@ -346,8 +346,9 @@ impl Collector for AgentCollector {
 }
 
 /// Builds the registry: static metrics plus the scrape-time collector.
-/// Per service address and backend: connections sent, connections moved
-/// away (their backend left the rotation), and whether it is in rotation.
+/// Per service address and backend (those that left included): connections
+/// sent, connections reset and UDP flows moved (their backend left the
+/// rotation), and whether it is in rotation.
 fn encode_services(
     inputs: &Inputs,
     encoder: &mut DescriptorEncoder,
@@ -358,39 +359,58 @@ fn encode_services(
     };
     let rows: Vec<(ApiLabels, pn_common::lb::LbStats, bool)> = {
         let view = inputs.view.read().unwrap_or_else(|p| p.into_inner());
-        let mut rows = Vec::new();
+        let mut out = Vec::new();
         for app in view.apps.values() {
             for s in crate::store::view::services::service_infos(&view, app) {
-                let all = s.backends.iter().map(|b| (b, true));
-                for (b, up) in all.chain(s.unhealthy.iter().map(|b| (b, false))) {
-                    let key = crate::model::to_ip4(*b);
+                let vip = crate::model::to_ip4(s.addr);
+                let mut rows: Vec<(Ipv4Addr, bool)> =
+                    s.backends.iter().map(|b| (*b, true)).collect();
+                rows.extend(s.unhealthy.iter().map(|b| (*b, false)));
+                // Backends that left (detached) keep their counters.
+                let left = stats
+                    .keys()
+                    .filter(|k| k.vip == vip)
+                    .map(|k| Ipv4Addr::from(pn_common::ip4_octets(k.backend)));
+                let left: Vec<Ipv4Addr> =
+                    left.filter(|b| !rows.iter().any(|(r, _)| r == b)).collect();
+                rows.extend(left.into_iter().map(|b| (b, false)));
+                for (b, up) in rows {
+                    let key = pn_common::lb::LbStatsKey {
+                        vip,
+                        backend: crate::model::to_ip4(b),
+                    };
                     let labels = vec![
                         ("app", app.id.to_string()),
                         ("service", s.ctype.to_string()),
                         ("addr", s.addr.to_string()),
                         ("backend", b.to_string()),
                     ];
-                    rows.push((labels, stats.get(&key).copied().unwrap_or_default(), up));
+                    out.push((labels, stats.get(&key).copied().unwrap_or_default(), up));
                 }
             }
         }
-        rows
+        out
     };
     type Family = (
         &'static str,
         &'static str,
         fn(&pn_common::lb::LbStats) -> u64,
     );
-    let families: [Family; 2] = [
+    let families: [Family; 3] = [
         (
             "pn_service_connections",
             "Connections sent to a backend of a service address from this host",
             |s| s.new_conns,
         ),
         (
+            "pn_service_resets",
+            "Established TCP connections reset because their backend left the rotation (detached or unhealthy)",
+            |s| s.resets,
+        ),
+        (
             "pn_service_moved",
-            "Connections taken from a backend that left the rotation (the next live one resets them)",
-            |s| s.moved_away,
+            "UDP flows moved to another backend because theirs left the rotation",
+            |s| s.moved,
         ),
     ];
     for (name, help, get) in families {

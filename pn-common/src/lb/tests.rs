@@ -99,6 +99,15 @@ fn connections_of_one_client_spread_over_the_slots() {
     assert_eq!(slot_of(&pkt(40000)), slot_of(&pkt(40000)));
 }
 
+const SYN: u8 = crate::policy::TCP_SYN;
+const ACK: u8 = crate::policy::TCP_ACK;
+const FIN: u8 = crate::policy::TCP_FIN;
+const RST: u8 = crate::policy::TCP_RST;
+
+fn open(addr: Ip4) -> LbConn {
+    LbConn { addr, state: 0 }
+}
+
 #[test]
 fn the_decision() {
     let svc = Service {
@@ -106,38 +115,136 @@ fn the_decision() {
         backends: 3,
     };
     let p = pkt(40000);
+    let b = ip4(10, 240, 0, 11);
     let live = |_| true;
+    let now = || panic!("the clock is read only for a closed entry");
+    let step = |flags, known, live: bool| lb_step(&p, flags, Some(&svc), 7, known, |_| live, now);
+    assert_eq!(step(SYN, None, true), LbStep::Choose(LbCount::New));
+    assert_eq!(step(ACK, Some(open(b)), true), LbStep::Keep(b));
+    // A SYN again on an open entry: same backend, entries written again.
+    assert_eq!(step(SYN, Some(open(b)), true), LbStep::Renew(b));
+    // Its backend left the rotation: chosen again; an established
+    // connection counts a reset on the one it left, a SYN a new one.
     assert_eq!(
-        lb_step(&p, Some(&svc), 7, None, live),
-        LbStep::Choose { moved: false }
+        step(ACK, Some(open(b)), false),
+        LbStep::Choose(LbCount::Reset(b))
     );
     assert_eq!(
-        lb_step(&p, Some(&svc), 7, Some(ip4(10, 240, 0, 11)), live),
-        LbStep::Keep(ip4(10, 240, 0, 11))
+        step(SYN, Some(open(b)), false),
+        LbStep::Choose(LbCount::New)
     );
-    // Its backend left the rotation: chosen again, counted as moved.
-    assert_eq!(
-        lb_step(&p, Some(&svc), 7, Some(ip4(10, 240, 0, 11)), |_| false),
-        LbStep::Choose { moved: true }
-    );
+    // Entries lost (LRU) mid-connection: chosen again, not counted.
+    assert_eq!(step(ACK, None, true), LbStep::Choose(LbCount::Nothing));
     // Another network's client, no service, no backend, no ports: untouched.
-    assert_eq!(lb_step(&p, Some(&svc), 8, None, live), LbStep::Pass);
-    assert_eq!(lb_step(&p, None, 7, None, live), LbStep::Pass);
+    assert_eq!(
+        lb_step(&p, SYN, Some(&svc), 8, None, live, now),
+        LbStep::Pass
+    );
+    assert_eq!(lb_step(&p, SYN, None, 7, None, live, now), LbStep::Pass);
     let empty = Service {
         tag: 7,
         backends: 0,
     };
-    assert_eq!(lb_step(&p, Some(&empty), 7, None, live), LbStep::Pass);
+    assert_eq!(
+        lb_step(&p, SYN, Some(&empty), 7, None, live, now),
+        LbStep::Pass
+    );
     let icmp = Ipv4Summary { proto: 1, ..p };
-    assert_eq!(lb_step(&icmp, Some(&svc), 7, None, live), LbStep::Pass);
+    assert_eq!(
+        lb_step(&icmp, 0, Some(&svc), 7, None, live, now),
+        LbStep::Pass
+    );
     let udp = Ipv4Summary {
         proto: IPPROTO_UDP,
         ..p
     };
     assert_eq!(
-        lb_step(&udp, Some(&svc), 7, None, live),
-        LbStep::Choose { moved: false }
+        lb_step(&udp, 0, Some(&svc), 7, None, live, now),
+        LbStep::Choose(LbCount::New)
     );
+    assert_eq!(
+        lb_step(&udp, 0, Some(&svc), 7, Some(open(b)), |_| false, now),
+        LbStep::Choose(LbCount::Moved(b))
+    );
+}
+
+#[test]
+fn fins_both_ways_or_a_reset_close_a_connection_once() {
+    // Half-closed is still open (a client may shut its side and read on).
+    let s = lb_closing(0, FIN | ACK, true, 100);
+    assert_eq!(s, LB_FIN_CLIENT);
+    assert!(!LbConn { addr: 1, state: s }.closed());
+    // Its own FIN again (retransmitted): unchanged, no write.
+    assert_eq!(lb_closing(s, FIN | ACK, true, 101), s);
+    assert_eq!(lb_closing(s, ACK, false, 101), s);
+    let closed = lb_closing(s, FIN | ACK, false, 102);
+    let c = LbConn {
+        addr: 1,
+        state: closed,
+    };
+    assert!(c.closed());
+    // Closed at 102: the later FIN/RST keeps that time.
+    assert_eq!(lb_closing(closed, FIN | ACK, true, 150), closed);
+    assert_eq!(lb_closing(closed, RST, false, 150), closed);
+    assert!(!c.expired(102 + LB_CLOSED_GRACE_S - 1));
+    assert!(c.expired(102 + LB_CLOSED_GRACE_S));
+    // Either side's reset closes at once.
+    let r = LbConn {
+        addr: 1,
+        state: lb_closing(0, RST | ACK, false, 7),
+    };
+    assert!(r.closed() && !r.expired(8) && r.expired(7 + LB_CLOSED_GRACE_S));
+    assert!(
+        LbConn {
+            addr: 1,
+            state: lb_closing(LB_FIN_BACKEND, RST, true, 7)
+        }
+        .closed()
+    );
+    // Nothing to do with anything but FIN and RST, and an open entry
+    // never expires.
+    assert_eq!(lb_closing(0, SYN, true, 7), 0);
+    assert!(!open(1).expired(u32::MAX));
+    // The clock is kept modulo 2^30 s: a time past the wrap still works.
+    let w = LbConn {
+        addr: 1,
+        state: lb_closing(0, RST, true, (1 << 30) - 5),
+    };
+    assert!(!w.expired(1 << 30) && w.expired((1 << 30) + LB_CLOSED_GRACE_S));
+}
+
+#[test]
+fn a_closed_tuple_is_free_for_a_new_connection() {
+    let svc = Service {
+        tag: 7,
+        backends: 3,
+    };
+    let p = pkt(40000);
+    let b = ip4(10, 240, 0, 11);
+    let closed = LbConn {
+        addr: b,
+        state: lb_closing(LB_FIN_CLIENT, FIN | ACK, false, 1000),
+    };
+    let step = |flags, live: bool, now: u32| {
+        lb_step(&p, flags, Some(&svc), 7, Some(closed), |_| live, || now)
+    };
+    // The same client port opens again: a new connection, chosen afresh.
+    assert_eq!(step(SYN, true, 1001), LbStep::Choose(LbCount::New));
+    // The last ACK of the close still reaches its backend.
+    assert_eq!(step(ACK, true, 1001), LbStep::Keep(b));
+    // Its backend gone meanwhile: not a reset of a live connection.
+    assert_eq!(step(ACK, false, 1001), LbStep::Choose(LbCount::Nothing));
+    // Long after: the entries go.
+    assert_eq!(step(ACK, true, 1000 + LB_CLOSED_GRACE_S), LbStep::Expire(b));
+}
+
+#[test]
+fn only_a_syn_without_ack_opens() {
+    assert!(opens(IPPROTO_TCP, SYN));
+    assert!(!opens(IPPROTO_TCP, SYN | ACK));
+    assert!(!opens(IPPROTO_TCP, ACK));
+    assert!(!opens(IPPROTO_UDP, SYN));
+    assert!(may_close(FIN | ACK) && may_close(RST) && !may_close(SYN | ACK));
 }
 
 #[test]
@@ -153,4 +260,16 @@ fn a_reply_finds_the_reverse_entry_its_request_left() {
     };
     assert_eq!(LbConnKey::reply(&reply), LbConnKey::reverse_of(&p, backend));
     assert_ne!(LbConnKey::forward(&p), LbConnKey::reverse_of(&p, p.dst));
+    // And from the reply, the forward entry it pairs with.
+    assert_eq!(
+        LbConnKey::forward_of_reply(&reply, p.dst),
+        LbConnKey::forward(&p)
+    );
+    // A SYN straight to the backend from the same port names the reverse
+    // entry the balanced connection left (the one the datapath removes).
+    let direct = Ipv4Summary { dst: backend, ..p };
+    assert_eq!(
+        LbConnKey::reverse_of(&direct, direct.dst),
+        LbConnKey::reply(&reply)
+    );
 }

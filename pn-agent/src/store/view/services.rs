@@ -22,7 +22,7 @@ pub fn in_rotation(view: &MembershipView, local: Option<&HostId>, c: &Container)
 }
 
 /// For `app list`: each service address with its backends, as the store
-/// has them.
+/// has them (the datapath's counters are the caller's to add).
 pub fn service_infos(view: &MembershipView, app: &App) -> Vec<ServiceInfo> {
     app.services
         .iter()
@@ -43,6 +43,7 @@ pub fn service_infos(view: &MembershipView, app: &App) -> Vec<ServiceInfo> {
                 addr: *addr,
                 backends,
                 unhealthy,
+                counters: Vec::new(),
             }
         })
         .collect()

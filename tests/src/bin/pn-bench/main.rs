@@ -30,6 +30,8 @@ pub struct Effort {
     pub seconds: u64,
     /// Membership sizes for the scale scenario.
     pub sizes: &'static [usize],
+    /// Connections whose spread over a service's backends is counted.
+    pub spread_conns: usize,
 }
 
 impl Effort {
@@ -37,17 +39,20 @@ impl Effort {
         runs: 5,
         seconds: 8,
         sizes: &[1_000, 10_000, 100_000],
+        spread_conns: 10_000,
     };
     const QUICK: Effort = Effort {
         runs: 3,
         seconds: 3,
         sizes: &[1_000, 10_000],
+        spread_conns: 10_000,
     };
     /// One short iteration of everything, for the harness's own smoke test.
     const SMOKE: Effort = Effort {
         runs: 1,
         seconds: 1,
         sizes: &[100],
+        spread_conns: 300,
     };
 }
 
