@@ -456,3 +456,34 @@ fn an_expired_entry_is_dropped_at_lookup() {
     assert_eq!(stats.expired.load(Ordering::Relaxed), 1);
     assert_eq!(stats.evictions.load(Ordering::Relaxed), 0);
 }
+
+#[test]
+fn cut_and_corrupted_messages_are_refused_without_a_panic() {
+    let query = q("www.example.com.");
+    let key = question(&query).unwrap().key;
+    let good = answer(
+        &query,
+        ResponseCode::NXDomain,
+        vec![a("www.example.com.", 60, 1)],
+        vec![soa("example.com.", 60, 30)],
+    );
+    let limits = CacheLimits::default();
+    let now = Instant::now();
+    for len in 0..good.len() {
+        assert!(Entry::from_answer(&key, &good[..len], now, &limits).is_none());
+        let _ = question(&good[..len]);
+        let _ = question(&query[..len.min(query.len())]);
+    }
+    // Every byte set to a few telling values, one at a time.
+    for i in 0..good.len() {
+        for v in [0x00, 0x3f, 0x40, 0xc0, 0xff] {
+            let mut bad = good.clone();
+            bad[i] = v;
+            if let Some(e) = Entry::from_answer(&key, &bad, now, &limits) {
+                let q0 = question(&query).unwrap();
+                let _ = e.reply(&q0, &query, now);
+            }
+            let _ = same_question(&query, &bad);
+        }
+    }
+}
