@@ -219,10 +219,17 @@ pub async fn serve_with(
         limits,
         upstreams: cfg.upstreams,
     });
-    let udp_task = tokio::spawn(udp::run(Arc::new(udp), server.clone()));
-    let tcp_task = tokio::spawn(tcp::run(tcp, server));
+    // One UDP loop per core (up to 4) on the same socket: answers from the
+    // zone and the cache are computed in the loop, so one loop would keep
+    // the server to one core.
+    let udp = Arc::new(udp);
+    let loops = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
+    let mut tasks: Vec<JoinHandle<()>> = (0..loops)
+        .map(|_| tokio::spawn(udp::run(udp.clone(), server.clone())))
+        .collect();
+    tasks.push(tokio::spawn(tcp::run(tcp, server)));
     Ok(DnsHandle {
-        tasks: vec![udp_task, tcp_task],
+        tasks,
         local_udp,
         local_tcp,
     })
