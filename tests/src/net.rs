@@ -470,22 +470,82 @@ pub fn fake_dns_upstream_ignoring(
             if !silent.is_empty() && first_label.starts_with(&silent) {
                 continue;
             }
-            let mut r = buf[..n].to_vec();
-            r[2] |= 0x80; // QR
-            r[3] = 0x80; // RA, NOERROR
-            r[6..8].copy_from_slice(&1u16.to_be_bytes()); // ANCOUNT
-            r[8..12].copy_from_slice(&[0, 0, 0, 0]); // no NS/AR (drops EDNS)
-            // Keep only the question: header + qname + qtype/qclass.
-            let mut end = 12;
-            while end < r.len() && r[end] != 0 {
-                end += usize::from(r[end]) + 1;
-            }
-            r.truncate((end + 5).min(r.len()));
-            r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
-            r.extend_from_slice(&answer.octets());
-            let _ = s.send_to(&r, from);
+            let _ = s.send_to(&fake_dns_answer(&buf[..n], answer, 60), from);
         }
     })
+}
+
+/// The fake upstream's answer to `query`: its question and one A record
+/// (`answer`, `ttl`), no EDNS.
+fn fake_dns_answer(query: &[u8], answer: Ipv4Addr, ttl: u32) -> Vec<u8> {
+    let mut r = question_only(query);
+    r[3] = 0x80; // RA, NOERROR
+    r[6..8].copy_from_slice(&1u16.to_be_bytes()); // ANCOUNT
+    r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+    r.extend_from_slice(&ttl.to_be_bytes());
+    r.extend_from_slice(&[0, 4]);
+    r.extend_from_slice(&answer.octets());
+    r
+}
+
+/// The header (QR set, no records) and question of `query`.
+fn question_only(query: &[u8]) -> Vec<u8> {
+    let mut r = query.to_vec();
+    r[2] |= 0x80; // QR
+    r[6..12].copy_from_slice(&[0; 6]); // no records (drops EDNS)
+    let mut end = 12;
+    while end < r.len() && r[end] != 0 {
+        end += usize::from(r[end]) + 1;
+    }
+    r.truncate((end + 5).min(r.len()));
+    r
+}
+
+/// A fake upstream resolver on `0.0.0.0:port` (UDP) inside `ns` that counts
+/// the queries it gets (the returned counter) and answers by the first
+/// label of the name: `nx…` NXDOMAIN with an SOA (TTL and MINIMUM 30 s),
+/// `short…` an A record of TTL 2 s, anything else an A record of TTL 60 s;
+/// the address is always `answer`.
+pub fn counting_dns_upstream(
+    ns: &Namespace,
+    port: u16,
+    answer: Ipv4Addr,
+) -> (Server, Arc<std::sync::atomic::AtomicU64>) {
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = count.clone();
+    let server = spawn_server(ns, move |stop, ready| {
+        let s = UdpSocket::bind(("0.0.0.0", port)).expect("udp bind");
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        ready.send(()).unwrap();
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((n, from)) = s.recv_from(&mut buf) else {
+                continue;
+            };
+            if n < 12 {
+                continue;
+            }
+            seen.fetch_add(1, Ordering::SeqCst);
+            let first_label = buf.get(13..13 + usize::from(buf[12])).unwrap_or(&[]);
+            let r = if first_label.starts_with(b"nx") {
+                let mut r = question_only(&buf[..n]);
+                r[3] = 0x83; // RA, NXDOMAIN
+                r[8..10].copy_from_slice(&1u16.to_be_bytes()); // NSCOUNT
+                // SOA owned by the question's name, root names inside.
+                r.extend_from_slice(&[0xc0, 0x0c, 0, 6, 0, 1, 0, 0, 0, 30, 0, 22, 0, 0]);
+                for field in [1u32, 3600, 600, 86400, 30] {
+                    r.extend_from_slice(&field.to_be_bytes());
+                }
+                r
+            } else if first_label.starts_with(b"short") {
+                fake_dns_answer(&buf[..n], answer, 2)
+            } else {
+                fake_dns_answer(&buf[..n], answer, 60)
+            };
+            let _ = s.send_to(&r, from);
+        }
+    });
+    (server, count)
 }
 
 /// An HTTP server on `0.0.0.0:port` inside `ns` answering every request

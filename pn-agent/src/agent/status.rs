@@ -197,7 +197,7 @@ impl Agent {
                 })
                 .collect(),
             dns: format!(
-                "{} (udp, tcp), ttl {}s, upstream {}",
+                "{} (udp, tcp), ttl {}s, upstream {}, {}",
                 self.cfg.dns_listen,
                 self.cfg.dns_ttl,
                 if self.dns_upstreams.is_empty() {
@@ -208,7 +208,8 @@ impl Agent {
                         .map(ToString::to_string)
                         .collect::<Vec<_>>()
                         .join(", ")
-                }
+                },
+                self.dns_stats.cache_summary()
             ),
             tunnel: match &self.tunnel {
                 Some(dev) => format!(

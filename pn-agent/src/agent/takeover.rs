@@ -145,13 +145,17 @@ impl Agent {
     /// socket is still being closed).
     pub(super) async fn start_dns(&self) -> anyhow::Result<()> {
         let mut tries = 0;
+        let limits = dns::Limits::default()
+            .with_query_rate(self.cfg.dns_query_rate)
+            .fit_descriptors(dns::descriptor_limit().unwrap_or(1024));
         let handle = loop {
-            let r = dns::serve(
+            let r = dns::serve_with(
                 DnsConfig {
                     listen: self.cfg.dns_listen,
                     ttl: self.cfg.dns_ttl,
                     upstreams: self.dns_upstreams.clone(),
                 },
+                limits.clone(),
                 Arc::new(ViewDirectory(self.view.clone())),
                 self.dns_stats.clone(),
             )

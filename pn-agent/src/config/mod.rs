@@ -18,6 +18,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/pn-agent";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/pn-agent";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
 pub const DEFAULT_DNS_TTL: u32 = 5;
+pub const DEFAULT_DNS_QUERY_RATE: u32 = 1000;
 pub const DEFAULT_MTU: u32 = 1500;
 pub const DEFAULT_DROP_EVENTS_PER_SEC: u32 = 200;
 
@@ -65,6 +66,9 @@ pub struct RunSettings {
     /// Resolvers for names outside the private zone, IP:PORT[,…] [default: the host's resolv.conf].
     #[arg(long, value_delimiter = ',')]
     pub dns_upstream: Option<Vec<SocketAddr>>,
+    /// DNS queries per second one container may send, sustained (twice that in a burst) [default: 1000].
+    #[arg(long)]
+    pub dns_query_rate: Option<u32>,
     /// Fleet-wide address pool networks are carved from [default: 10.240.0.0/12].
     #[arg(long)]
     pub pool: Option<Ipv4Net>,
@@ -223,6 +227,7 @@ pub struct RunConfig {
     pub dns_ttl: u32,
     /// `None`: read the host's /etc/resolv.conf at start.
     pub dns_upstream: Option<Vec<SocketAddr>>,
+    pub dns_query_rate: u32,
     pub pool: Ipv4Net,
     pub network_prefix: u8,
     /// Explicit container MTU; `None`: derived from the underlay.
@@ -336,6 +341,10 @@ impl RunConfig {
         {
             bail!("invalid --mtu {mtu}: must be between 576 and 65535");
         }
+        let dns_query_rate = pick!(dns_query_rate).unwrap_or(DEFAULT_DNS_QUERY_RATE);
+        if dns_query_rate == 0 {
+            bail!("invalid --dns-query-rate 0: at least 1 query per second");
+        }
         let dns_ttl = pick!(dns_ttl).unwrap_or(DEFAULT_DNS_TTL);
         if dns_ttl > 86_400 {
             bail!("invalid --dns-ttl {dns_ttl}: at most 86400 seconds");
@@ -389,6 +398,7 @@ impl RunConfig {
                 .unwrap_or_else(|| DEFAULT_METRICS.parse().expect("valid")),
             dns_ttl,
             dns_upstream: pick!(dns_upstream),
+            dns_query_rate,
             pool,
             network_prefix,
             mtu,

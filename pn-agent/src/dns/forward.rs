@@ -1,8 +1,17 @@
-//! Names outside the zone: relayed as they are to the host's resolvers,
-//! over the transport the client used, and the answer cut to what the
-//! client can take over UDP.
+//! Names outside the zone: answered from the cache of forwarded answers,
+//! or relayed to the host's resolvers (one query for all the clients asking
+//! the same question at once) over the transport the client used; the
+//! answer cut to what the client can take over UDP.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    hash::{BuildHasher, RandomState},
+    net::SocketAddr,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use hickory_proto::op::{Edns, Message, ResponseCode};
 use tokio::{
@@ -11,6 +20,9 @@ use tokio::{
 };
 
 use super::{
+    Server,
+    cache::{self, Entry, Question, same_question},
+    coalesce::{Joined, Landed},
     stats::{DnsStats, bump},
     zone::EDNS_UDP_MAX,
 };
@@ -40,6 +52,57 @@ pub enum Via {
     Tcp,
 }
 
+/// The answer to a name of the world from the cache, cut to the client's
+/// size; None when it is not there (or no longer). Counted as a hit.
+pub(super) fn from_cache(srv: &Server, q: &Question, query: &[u8], via: Via) -> Option<Vec<u8>> {
+    let now = Instant::now();
+    let answer = srv.cache.get(&q.key, now)?.reply(q, query, now)?;
+    bump(&srv.stats.cache.hits);
+    bump(&srv.stats.cached);
+    fit(&srv.stats, query, answer, via)
+}
+
+/// The answer to a name of the world (the zone sent it here): from the
+/// cache, from the same question already in flight, or from upstream;
+/// SERVFAIL when none came. Counted.
+pub(super) async fn resolve(srv: &Server, query: &[u8], via: Via) -> Option<Vec<u8>> {
+    let Some(q) = cache::question(query) else {
+        // Not a plain query (a client subnet, an unknown EDNS version):
+        // relayed as it is, never shared.
+        return relay(&srv.stats, &srv.upstreams, query, via).await;
+    };
+    if let Some(r) = from_cache(srv, &q, query, via) {
+        return Some(r);
+    }
+    bump(&srv.stats.cache.misses);
+    let got = match srv.flights.join(&q.key, matches!(via, Via::Tcp)) {
+        Joined::Follow(f) => {
+            bump(&srv.stats.cache.coalesced);
+            match f.wait().await {
+                Landed::Answer(e) => e.reply(&q, query, Instant::now()),
+                Landed::Failed => None,
+            }
+        }
+        Joined::Lead(lead) => {
+            let got = exchange(&srv.upstreams, query, via).await;
+            let entry = got
+                .as_deref()
+                .and_then(|a| Entry::from_answer(&q.key, a, Instant::now(), srv.cache.limits()));
+            match entry {
+                Some(e) => {
+                    let e = Arc::new(e);
+                    srv.cache.insert(q.key.clone(), e.clone());
+                    lead.land(Landed::Answer(e));
+                }
+                None => lead.land(Landed::Failed),
+            }
+            got
+        }
+        Joined::Alone => exchange(&srv.upstreams, query, via).await,
+    };
+    answered(&srv.stats, query, got, via)
+}
+
 /// Relays `query` upstream; what to send the client back (the answer, or
 /// SERVFAIL when no upstream answered), counted.
 pub async fn relay(
@@ -48,15 +111,22 @@ pub async fn relay(
     query: &[u8],
     via: Via,
 ) -> Option<Vec<u8>> {
-    let got = match via {
-        Via::Udp(_) => forward_udp(upstreams, query).await,
-        Via::Tcp => forward_tcp(upstreams, query).await,
-    };
+    let got = exchange(upstreams, query, via).await;
+    answered(stats, query, got, via)
+}
+
+/// What the client gets for an upstream's answer, or for none.
+fn answered(stats: &DnsStats, query: &[u8], got: Option<Vec<u8>>, via: Via) -> Option<Vec<u8>> {
     let Some(answer) = got else {
         bump(&stats.forward_failed);
         return servfail(query);
     };
     bump(&stats.forwarded);
+    fit(stats, query, answer, via)
+}
+
+/// The answer cut to what the client can take over UDP.
+fn fit(stats: &DnsStats, query: &[u8], answer: Vec<u8>, via: Via) -> Option<Vec<u8>> {
     match via {
         Via::Udp(limit) if answer.len() > limit => {
             bump(&stats.limited.truncated);
@@ -64,6 +134,40 @@ pub async fn relay(
         }
         _ => Some(answer),
     }
+}
+
+/// A fresh id for a query sent upstream. The client's own is not used:
+/// answers are shared with other clients now, and a client choosing the id
+/// would leave an accomplice off-path only the source port to guess.
+fn upstream_id() -> u16 {
+    static KEYS: OnceLock<RandomState> = OnceLock::new();
+    static N: AtomicU64 = AtomicU64::new(0);
+    // SipHash keyed at random, over a counter: unpredictable, never the same
+    // twice in a row.
+    KEYS.get_or_init(RandomState::new)
+        .hash_one(N.fetch_add(1, Ordering::Relaxed)) as u16
+}
+
+/// One exchange with the upstreams under a fresh id; the answer (to the
+/// same question, or it is ignored) with the client's id back.
+async fn exchange(upstreams: &[SocketAddr], query: &[u8], via: Via) -> Option<Vec<u8>> {
+    let mut sent = query.to_vec();
+    sent.get_mut(..2)?
+        .copy_from_slice(&upstream_id().to_be_bytes());
+    let mut answer = match via {
+        Via::Udp(_) => forward_udp(upstreams, &sent).await,
+        Via::Tcp => forward_tcp(upstreams, &sent).await,
+    }?;
+    answer[..2].copy_from_slice(&query[..2]);
+    Some(answer)
+}
+
+/// Whether `answer` answers `sent`: its id, a response, its question.
+fn answers(sent: &[u8], answer: &[u8]) -> bool {
+    answer.len() >= 12
+        && answer[..2] == sent[..2]
+        && answer[2] & 0x80 != 0
+        && same_question(sent, answer)
 }
 
 /// An upstream answer too long for the client's datagram, reduced to its
@@ -93,7 +197,6 @@ pub fn truncated(query: &[u8], answer: &[u8]) -> Option<Vec<u8>> {
 }
 
 async fn forward_udp(upstreams: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> {
-    let id = query.get(..2)?;
     for up in upstreams {
         let bind: SocketAddr = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
             .parse()
@@ -107,11 +210,11 @@ async fn forward_udp(upstreams: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> 
             continue;
         }
         let mut buf = vec![0u8; 65535];
-        // Ignore stray datagrams until the answer to this id comes.
+        // Ignore stray datagrams until the answer to this query comes.
         let got = tokio::time::timeout(UPSTREAM_TIMEOUT, async {
             loop {
                 let n = sock.recv(&mut buf).await.ok()?;
-                if n >= 12 && &buf[..2] == id && buf[2] & 0x80 != 0 {
+                if answers(query, &buf[..n]) {
                     return Some(n);
                 }
             }
@@ -135,7 +238,7 @@ async fn forward_tcp(upstreams: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> 
             let len = s.read_u16().await.ok()?;
             let mut buf = vec![0u8; usize::from(len)];
             s.read_exact(&mut buf).await.ok()?;
-            Some(buf)
+            answers(query, &buf).then_some(buf)
         };
         if let Ok(Some(r)) = tokio::time::timeout(UPSTREAM_TIMEOUT, attempt).await {
             return Some(r);

@@ -11,6 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::cache::CacheLimits;
+
 /// Every bound of the DNS server. The defaults suit a host with hundreds of
 /// containers; [`Limits::fit_descriptors`] lowers the global TCP bound on a
 /// process with few descriptors.
@@ -38,6 +40,11 @@ pub struct Limits {
     pub query_burst: u32,
     /// First and longest pause after a failed accept (descriptors exhausted).
     pub accept_backoff: (Duration, Duration),
+    /// Queries waiting on one question already in flight (each holding a
+    /// forwarding slot of its client); past it they ask upstream alone.
+    pub followers_per_flight: usize,
+    /// Bounds of the cache of forwarded answers.
+    pub cache: CacheLimits,
 }
 
 impl Default for Limits {
@@ -53,11 +60,21 @@ impl Default for Limits {
             queries_per_sec: 1000,
             query_burst: 2000,
             accept_backoff: (Duration::from_millis(5), Duration::from_secs(1)),
+            followers_per_flight: 128,
+            cache: CacheLimits::default(),
         }
     }
 }
 
 impl Limits {
+    /// The sustained query rate of one client (`--dns-query-rate`), with a
+    /// burst of two seconds' worth.
+    pub fn with_query_rate(mut self, per_sec: u32) -> Limits {
+        self.queries_per_sec = per_sec.max(1);
+        self.query_burst = self.queries_per_sec.saturating_mul(2);
+        self
+    }
+
     /// Keeps TCP connections and forwards (each holds a descriptor) under a
     /// quarter of the process's descriptor limit each, so the API, the
     /// store and the tunnel always have room.

@@ -16,14 +16,21 @@
 //! client and in total ([`Limits`]), every bound hit is counted
 //! ([`DnsStats`]), and a failing `accept` pauses instead of spinning.
 //!
+//! Names of the world are answered from a cache of forwarded answers kept
+//! for their TTL (negative ones too, RFC 2308), and identical questions in
+//! flight share one upstream query.
+//!
 //! The parts: `zone` answers from the membership (no I/O), `forward` relays
-//! to upstreams, `limits` keeps the bounds' books, `udp` and `tcp` are the
-//! server loops, `stats` the counters.
+//! to upstreams, `cache` keeps their answers (no I/O), `coalesce` shares
+//! questions in flight, `limits` keeps the bounds' books, `udp` and `tcp`
+//! are the server loops, `stats` the counters.
 //!
 //! hickory-proto does the wire format. The server loops are ours:
 //! hickory-server answers from zones (catalogs and authorities), while every
 //! answer here depends on who asks, and the forwarding is a plain relay.
 
+mod cache;
+mod coalesce;
 mod forward;
 mod limits;
 mod stats;
@@ -46,11 +53,14 @@ use tokio::{
     task::JoinHandle,
 };
 
+pub use cache::CacheLimits;
 pub use forward::{UPSTREAM_TIMEOUT, upstreams_from_resolv_conf};
 pub use limits::{Limits, descriptor_limit};
-pub use stats::{DnsStats, LimitStats};
+pub use stats::{CacheStats, DnsStats, LimitStats};
 
 use crate::error::{ErrorKind, Kind};
+use cache::Cache;
+use coalesce::Flights;
 use limits::{Rate, Refusal, Slot, Slots};
 use stats::bump;
 use zone::Responder;
@@ -109,6 +119,8 @@ struct Server {
     forwards: Arc<Slots>,
     connections: Arc<Slots>,
     upstreams: Vec<SocketAddr>,
+    cache: Cache,
+    flights: Arc<Flights>,
 }
 
 impl Server {
@@ -214,6 +226,7 @@ pub async fn serve_with(
         limits.forwards_total,
         limits.queries_per_sec
     );
+    let cache = Cache::new(limits.cache.clone(), stats.cache.clone());
     let server = Arc::new(Server {
         responder: Responder::new(&cfg, dir.clone(), stats.clone()),
         dir,
@@ -221,13 +234,22 @@ pub async fn serve_with(
         rate: Rate::new(limits.queries_per_sec, limits.query_burst),
         forwards: Slots::new(limits.forwards_per_client, limits.forwards_total),
         connections: Slots::new(limits.tcp_per_client, limits.tcp_total),
+        cache,
+        flights: Flights::new(limits.followers_per_flight),
         limits,
         upstreams: cfg.upstreams,
     });
-    let udp_task = tokio::spawn(udp::run(Arc::new(udp), server.clone()));
-    let tcp_task = tokio::spawn(tcp::run(tcp, server));
+    // One UDP loop per core (up to 4) on the same socket: answers from the
+    // zone and the cache are computed in the loop, so one loop would keep
+    // the server to one core.
+    let udp = Arc::new(udp);
+    let loops = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
+    let mut tasks: Vec<JoinHandle<()>> = (0..loops)
+        .map(|_| tokio::spawn(udp::run(udp.clone(), server.clone())))
+        .collect();
+    tasks.push(tokio::spawn(tcp::run(tcp, server)));
     Ok(DnsHandle {
-        tasks: vec![udp_task, tcp_task],
+        tasks,
         local_udp,
         local_tcp,
     })

@@ -1,18 +1,26 @@
 //! Counters of the DNS server, read by the metrics endpoint. Every label set
 //! is fixed here, so a hostile client cannot grow the metrics.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 /// Query outcomes (`pn_dns_queries_total{outcome}`), limits hit
-/// (`pn_dns_limited_total{limit}`) and open TCP connections
-/// (`pn_dns_tcp_connections`).
+/// (`pn_dns_limited_total{limit}`), open TCP connections
+/// (`pn_dns_tcp_connections`) and the cache of forwarded answers
+/// (`pn_dns_cache_total{event}`, `pn_dns_cache_entries`, `pn_dns_cache_bytes`).
 #[derive(Debug, Default)]
 pub struct DnsStats {
     pub answered: AtomicU64,
     pub nodata: AtomicU64,
     pub nxdomain: AtomicU64,
     pub refused: AtomicU64,
+    /// Names of the world answered from an upstream's answer (the query's
+    /// own forward, or one it waited on).
     pub forwarded: AtomicU64,
+    /// Names of the world answered from the cache.
+    pub cached: AtomicU64,
     pub forward_failed: AtomicU64,
     pub malformed: AtomicU64,
     pub not_implemented: AtomicU64,
@@ -22,6 +30,26 @@ pub struct DnsStats {
     pub limited: LimitStats,
     /// TCP connections open now.
     pub tcp_open: AtomicU64,
+    pub cache: Arc<CacheStats>,
+}
+
+/// The cache of forwarded answers and the coalescing of queries in flight.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Names of the world answered from the cache.
+    pub hits: AtomicU64,
+    /// Names of the world not in the cache (then forwarded, or coalesced).
+    pub misses: AtomicU64,
+    /// Misses that waited on the same question already in flight instead
+    /// of asking upstream themselves.
+    pub coalesced: AtomicU64,
+    /// Entries dropped to keep within the cache's bounds.
+    pub evictions: AtomicU64,
+    /// Entries dropped at their end of life.
+    pub expired: AtomicU64,
+    /// Entries and bytes held now.
+    pub entries: AtomicU64,
+    pub bytes: AtomicU64,
 }
 
 /// How often each bound of [`super::Limits`] was hit.
@@ -67,6 +95,7 @@ impl DnsStats {
             ("nxdomain", load(&self.nxdomain)),
             ("refused", load(&self.refused)),
             ("forwarded", load(&self.forwarded)),
+            ("cached", load(&self.cached)),
             ("forward_failed", load(&self.forward_failed)),
             ("malformed", load(&self.malformed)),
             ("not_implemented", load(&self.not_implemented)),
@@ -89,6 +118,37 @@ impl DnsStats {
             ("query_rate", load(&l.query_rate)),
             ("truncated", load(&l.truncated)),
         ]
+    }
+
+    /// Cache events, for `pn_dns_cache_total{event}`.
+    pub fn cache_snapshot(&self) -> Vec<(&'static str, u64)> {
+        let c = &self.cache;
+        vec![
+            ("hit", load(&c.hits)),
+            ("miss", load(&c.misses)),
+            ("coalesced", load(&c.coalesced)),
+            ("eviction", load(&c.evictions)),
+            ("expired", load(&c.expired)),
+        ]
+    }
+
+    /// One line for `status`: size and outcomes of the cache.
+    pub fn cache_summary(&self) -> String {
+        let c = &self.cache;
+        let (entries, bytes) = self.cache_size();
+        format!(
+            "cache {entries} answers ({} KiB), {} hits, {} misses, {} coalesced, {} evicted",
+            bytes.div_ceil(1024),
+            load(&c.hits),
+            load(&c.misses),
+            load(&c.coalesced),
+            load(&c.evictions)
+        )
+    }
+
+    /// Entries and bytes in the cache now.
+    pub fn cache_size(&self) -> (u64, u64) {
+        (load(&self.cache.entries), load(&self.cache.bytes))
     }
 
     /// TCP connections open now, for `pn_dns_tcp_connections`.

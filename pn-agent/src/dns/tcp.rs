@@ -20,8 +20,8 @@ use tokio::{
 };
 
 use super::{
-    Server,
-    forward::{Via, relay, servfail},
+    Server, cache,
+    forward::{Via, from_cache, resolve, servfail},
     limits::{Backoff, Refusal},
     stats::bump,
     zone::Action,
@@ -140,6 +140,11 @@ async fn answer(srv: &Server, client: Ipv4Addr, msg: &[u8]) -> Option<Vec<u8>> {
     // Membership and rate again at every query: a container detached
     // meanwhile gets nothing more.
     let own = srv.admit(client)?;
+    if let Some(q) = cache::question(msg)
+        && let Some(r) = from_cache(srv, &q, msg, Via::Tcp)
+    {
+        return Some(r);
+    }
     match srv.responder.answer(own, msg, false) {
         Action::Reply(r) => Some(r),
         Action::Drop => None,
@@ -147,7 +152,7 @@ async fn answer(srv: &Server, client: Ipv4Addr, msg: &[u8]) -> Option<Vec<u8>> {
             let Some(_slot) = srv.forward_slot(client) else {
                 return servfail(msg);
             };
-            relay(&srv.stats, &srv.upstreams, msg, Via::Tcp).await
+            resolve(srv, msg, Via::Tcp).await
         }
     }
 }

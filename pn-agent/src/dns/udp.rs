@@ -9,8 +9,8 @@ use std::{
 use tokio::net::UdpSocket;
 
 use super::{
-    Server,
-    forward::{Via, relay, servfail},
+    Server, cache,
+    forward::{Via, from_cache, resolve, servfail},
     limits::Backoff,
     stats::bump,
     zone::Action,
@@ -41,6 +41,13 @@ pub(super) async fn run(sock: Arc<UdpSocket>, srv: Arc<Server>) {
         let Some(own) = srv.admit(client) else {
             continue;
         };
+        // A name of the world asked again: answered straight from the cache.
+        if let Some(q) = cache::question(&buf[..n])
+            && let Some(r) = from_cache(&srv, &q, &buf[..n], Via::Udp(q.udp_limit))
+        {
+            let _ = sock.send_to(&r, from).await;
+            continue;
+        }
         match srv.responder.answer(own, &buf[..n], true) {
             Action::Reply(r) => {
                 let _ = sock.send_to(&r, from).await;
@@ -77,7 +84,7 @@ async fn forward(
 ) {
     // The client's slot until its answer is sent.
     let _slot = slot;
-    if let Some(r) = relay(&srv.stats, &srv.upstreams, &query, Via::Udp(udp_limit)).await {
+    if let Some(r) = resolve(&srv, &query, Via::Udp(udp_limit)).await {
         let _ = sock.send_to(&r, to).await;
     }
 }

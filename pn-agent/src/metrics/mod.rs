@@ -291,6 +291,30 @@ impl Collector for AgentCollector {
             None,
             MetricType::Gauge,
         )?)?;
+        {
+            let mut m = encoder.encode_descriptor(
+                "pn_dns_cache",
+                "Cache of forwarded DNS answers: hits, misses, misses coalesced with the same question in flight, evictions, expired entries",
+                None,
+                MetricType::Counter,
+            )?;
+            for (event, n) in inputs.dns.cache_snapshot() {
+                ConstCounter::new(n).encode(m.encode_family(&[("event", event)])?)?;
+            }
+        }
+        let (entries, bytes) = inputs.dns.cache_size();
+        ConstGauge::new(entries as i64).encode(encoder.encode_descriptor(
+            "pn_dns_cache_entries",
+            "Forwarded DNS answers in the cache",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(bytes as i64).encode(encoder.encode_descriptor(
+            "pn_dns_cache_bytes",
+            "Bytes held by the cache of forwarded DNS answers",
+            None,
+            MetricType::Gauge,
+        )?)?;
         // What the edge's rules drop themselves (the datapath counts the
         // rest per container): read from nftables, so one `nft` per scrape.
         let edge = {

@@ -3,6 +3,7 @@
 //! containers; `abuse` plays hostile ones.
 
 mod abuse;
+mod cache;
 
 use std::{
     collections::BTreeMap,

@@ -240,15 +240,26 @@ pub fn prog_stats(name: &str) -> anyhow::Result<(u64, u64)> {
     Ok(t)
 }
 
-/// dnsperf against `server` with the queries of `names` (A), for `seconds`.
-/// Returns (queries per second, average latency in ms).
+/// What one dnsperf run measured.
+pub struct DnsPerf {
+    pub qps: f64,
+    pub latency_ms: f64,
+    /// Share of the answers that were NOERROR (the rest: SERVFAIL, REFUSED…).
+    pub noerror: f64,
+}
+
+/// dnsperf against `server` with the queries of `names` (A), for `seconds`
+/// with at most `outstanding` queries in flight (4 clients); with `once`,
+/// each name is asked once only (the run may end sooner).
 pub fn dnsperf(
     ns: &Namespace,
     server: &str,
     port: u16,
     names: &[String],
     seconds: u64,
-) -> anyhow::Result<(f64, f64)> {
+    outstanding: u32,
+    once: bool,
+) -> anyhow::Result<DnsPerf> {
     let file = std::env::temp_dir().join(format!(
         "pn-bench-dnsperf-{}-{}",
         std::process::id(),
@@ -256,21 +267,27 @@ pub fn dnsperf(
     ));
     let body: String = names.iter().map(|n| format!("{n} A\n")).collect();
     std::fs::write(&file, body)?;
-    let out = ns.exec(&[
+    let seconds = seconds.to_string();
+    let outstanding = outstanding.to_string();
+    let mut args = vec![
         "dnsperf",
         "-s",
         server,
-        "-p",
-        &port.to_string(),
         "-d",
         file.to_str().unwrap_or_default(),
         "-l",
-        &seconds.to_string(),
+        &seconds,
         "-c",
         "4",
         "-q",
-        "64",
-    ]);
+        &outstanding,
+    ];
+    let port = port.to_string();
+    args.extend_from_slice(&["-p", &port]);
+    if once {
+        args.extend_from_slice(&["-n", "1"]);
+    }
+    let out = ns.exec(&args);
     let _ = std::fs::remove_file(&file);
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |key: &str| -> Option<f64> {
@@ -285,7 +302,22 @@ pub fn dnsperf(
     };
     let qps = field("Queries per second").with_context(|| format!("dnsperf output: {text}"))?;
     let lat = field("Average Latency (s)").context("dnsperf latency")?;
-    Ok((qps, lat * 1000.0))
+    let completed = field("Queries completed").context("dnsperf completed")?;
+    // "Response codes:       NOERROR 100 (100.00%), SERVFAIL 2 (…)"
+    let noerror = text
+        .lines()
+        .find_map(|l| l.split("NOERROR ").nth(1))
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    Ok(DnsPerf {
+        qps,
+        latency_ms: lat * 1000.0,
+        noerror: if completed > 0.0 {
+            noerror / completed
+        } else {
+            0.0
+        },
+    })
 }
 
 /// Waits until an agent sees a remote endpoint (the fleet converged).
