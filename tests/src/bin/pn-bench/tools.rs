@@ -133,27 +133,6 @@ pub fn udp_flood(ns: &Namespace, dst: SocketAddr, seconds: u64) -> anyhow::Resul
     })
 }
 
-/// Busy CPU time of the whole machine (all but idle and iowait), seconds.
-pub fn cpu_busy_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().next() else {
-        return 0.0;
-    };
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    if f.len() < 8 {
-        return 0.0;
-    }
-    // user nice system idle iowait irq softirq steal
-    let busy = f[0] + f[1] + f[2] + f[5] + f[6] + f[7];
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    busy as f64 / hz
-}
-
 /// Detaches every program of an agent (its pinned links) without stopping
 /// it: the baseline runs on exactly the same topology. A restart of the
 /// agent attaches them again.
