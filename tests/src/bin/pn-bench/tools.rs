@@ -388,7 +388,12 @@ fn processes() -> Vec<(u32, u32, u64, String)> {
         let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
         // After the name: state(0) ppid(1) … utime(11) stime(12) cutime(13) cstime(14).
         let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-        out.push((pid, num(1) as u32, num(11) + num(12) + num(13) + num(14), comm));
+        out.push((
+            pid,
+            num(1) as u32,
+            num(11) + num(12) + num(13) + num(14),
+            comm,
+        ));
     }
     out
 }
