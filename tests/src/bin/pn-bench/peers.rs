@@ -188,7 +188,7 @@ fn nebula(net: u8, hosts: [&Namespace; 2], underlay: [Ipv4Addr; 2]) -> anyhow::R
         "-out-key",
         &p("ca.key"),
     ]))?;
-    for i in 0..2 {
+    for (i, host) in hosts.iter().enumerate() {
         let h = format!("h{}", i + 1);
         run(Command::new("nebula-cert").args([
             "sign",
@@ -227,7 +227,7 @@ fn nebula(net: u8, hosts: [&Namespace; 2], underlay: [Ipv4Addr; 2]) -> anyhow::R
         let path = p(&format!("{h}.yml"));
         std::fs::write(&path, config)?;
         peer.children
-            .push(spawn_in(hosts[i], &["nebula", "-config", &path])?);
+            .push(spawn_in(host, &["nebula", "-config", &path])?);
     }
     wait_reachable(hosts[0], peer.far, "nebula")?;
     Ok(peer)
