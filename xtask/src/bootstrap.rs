@@ -44,6 +44,15 @@ pub const PACKAGES: &[&str] = &[
     "busybox-static",
 ];
 
+/// Debian packages only the benchmarks use: the tunnels pn is compared with
+/// (wireguard-go, nebula) and the packet generator that floods strangers
+/// (`trafgen`, from netsniff-ng).
+pub const BENCH_PACKAGES: &[&str] = &["wireguard-go", "nebula", "netsniff-ng"];
+
+pub fn bench_packages() -> anyhow::Result<()> {
+    install_missing(BENCH_PACKAGES)
+}
+
 /// The userspace WireGuard the tunnel benchmark compares against.
 pub fn boringtun() -> anyhow::Result<()> {
     let home = std::env::var_os("HOME").context("HOME is not set")?;

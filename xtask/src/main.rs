@@ -185,6 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             require_root("bench")?;
             bootstrap::toolchain()?;
             bootstrap::packages()?;
+            bootstrap::bench_packages()?;
             bootstrap::boringtun()?;
             cmd::step("building release binaries", || {
                 cmd::cargo(

@@ -6,6 +6,8 @@
 
 mod dns;
 mod edge;
+mod peers;
+mod pingpong;
 mod policy;
 mod report;
 mod requests;

@@ -133,27 +133,6 @@ pub fn udp_flood(ns: &Namespace, dst: SocketAddr, seconds: u64) -> anyhow::Resul
     })
 }
 
-/// Busy CPU time of the whole machine (all but idle and iowait), seconds.
-pub fn cpu_busy_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().next() else {
-        return 0.0;
-    };
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    if f.len() < 8 {
-        return 0.0;
-    }
-    // user nice system idle iowait irq softirq steal
-    let busy = f[0] + f[1] + f[2] + f[5] + f[6] + f[7];
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    busy as f64 / hz
-}
-
 /// Detaches every program of an agent (its pinned links) without stopping
 /// it: the baseline runs on exactly the same topology. A restart of the
 /// agent attaches them again.
@@ -375,4 +354,125 @@ pub fn prog_stats_ids(ids: &[u64]) -> (u64, u64) {
             c + v["run_cnt"].as_u64().unwrap_or(0),
         )
     })
+}
+
+/// As [`iperf`], with `streams` parallel TCP streams (`iperf3 -P`): the sum
+/// of the streams, in Gbit/s.
+pub fn iperf_parallel(
+    client: &Namespace,
+    server: &Namespace,
+    server_ip: Ipv4Addr,
+    seconds: u64,
+    streams: usize,
+) -> anyhow::Result<f64> {
+    let port = 5201;
+    let _srv = iperf_server(server, port)?;
+    let mut last_err = String::new();
+    // The server needs a moment to listen.
+    for _ in 0..50 {
+        let out = client.exec(&[
+            "iperf3",
+            "-c",
+            &server_ip.to_string(),
+            "-p",
+            &port.to_string(),
+            "-t",
+            &seconds.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_str(&text).context("iperf3 JSON")?;
+            match v["end"]["sum_received"]["bits_per_second"].as_f64() {
+                Some(bps) => return Ok(bps / 1e9),
+                None => last_err = v["error"].as_str().unwrap_or("no sum_received").to_string(),
+            }
+        } else {
+            last_err = text
+                .lines()
+                .find(|l| l.contains("error"))
+                .unwrap_or("")
+                .to_string();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("iperf3 client failed: {last_err}")
+}
+
+/// `(pid, ppid, utime + stime + cutime + cstime in clock ticks, comm)` of
+/// every process in /proc.
+fn processes() -> Vec<(u32, u32, u64, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // The command name is in parentheses and may hold spaces.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // After the name: state(0) ppid(1) … utime(11) stime(12) cutime(13) cstime(14).
+        let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        out.push((
+            pid,
+            num(1) as u32,
+            num(11) + num(12) + num(13) + num(14),
+            comm,
+        ));
+    }
+    out
+}
+
+/// CPU seconds spent so far by this process, every descendant (alive, or
+/// exited and reaped: the kernel adds those to their parent's), and the
+/// kernel's softirq threads. On veths the receive work runs as softirq in
+/// the context of the task that sent (charged to it) or in ksoftirqd, so
+/// the difference over a run is the run's own CPU, apart from the other
+/// work of the machine (other sessions' builds share these cores).
+pub fn tree_cpu_seconds() -> f64 {
+    let procs = processes();
+    let mut mine = vec![std::process::id()];
+    let mut ticks = 0u64;
+    let mut i = 0;
+    while i < mine.len() {
+        let parent = mine[i];
+        for (pid, ppid, t, _) in &procs {
+            if *pid == parent {
+                ticks += t;
+            }
+            if *ppid == parent && !mine.contains(pid) {
+                mine.push(*pid);
+            }
+        }
+        i += 1;
+    }
+    ticks += procs
+        .iter()
+        .filter(|p| p.3.starts_with("ksoftirqd/"))
+        .map(|p| p.2)
+        .sum::<u64>();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
+}
+
+/// Softirq time of the whole machine (the `softirq` column of /proc/stat),
+/// seconds: where the kernel receives, forwards and drops packets.
+pub fn softirq_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: u64 = stat
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(7)?.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
 }
