@@ -1,9 +1,15 @@
 //! Following the store: a full listing, then a watch from its revision; each
-//! change updates the view and is converged for the containers it touched;
-//! a broken watch (store outage, compaction, lag) means listing again, with
-//! backoff, while the kernel keeps enforcing the last state it was given.
+//! change updates the view at once (DNS answers from it), and the kernel is
+//! converged for the containers the changes touched, batch by batch
+//! (`batch`); a broken watch (store outage, compaction, lag) means listing
+//! again, with backoff, while the kernel keeps enforcing the last state it
+//! was given.
+
+mod batch;
 
 use std::{sync::Arc, time::Duration};
+
+use batch::{Batch, Step};
 
 use super::{Agent, reconcile::Touched};
 use crate::store::{WatchEvent, view::Change};
@@ -35,29 +41,31 @@ impl Agent {
         loop {
             match self.membership.backend().watch("", from).await {
                 Ok(mut rx) => {
+                    let mut batch = Batch::default();
+                    // The last revision whose events the view has all taken.
+                    let mut settled = None;
                     let mut next = rx.recv().await;
                     while let Some(ev) = next.take() {
                         if ev == WatchEvent::Resync {
                             break;
                         }
-                        self.apply_event(&ev).await;
-                        // A transaction's events share its revision and come
-                        // together: the revision is applied once its last
-                        // event is (a command waiting for it must find all of
-                        // it in the kernel, not only the first key).
+                        self.take_event(&ev, &mut batch).await;
                         let rev = event_rev(&ev);
-                        next = match rx.try_recv() {
-                            Ok(n) => {
-                                if event_rev(&n) != rev {
-                                    self.applied.send_replace(rev);
-                                }
-                                Some(n)
-                            }
-                            Err(_) => {
-                                self.applied.send_replace(rev);
-                                rx.recv().await
-                            }
-                        };
+                        next = rx.try_recv().ok();
+                        settled = batch::settled(rev, next.as_ref().map(event_rev)).or(settled);
+                        // Waiting for more (or a full batch): converge what
+                        // the view took, then say which revision is applied.
+                        if next.is_none() || batch.is_full() {
+                            self.flush(&mut batch).await;
+                        }
+                        if batch.is_empty()
+                            && let Some(r) = settled.take()
+                        {
+                            self.applied.send_replace(r);
+                        }
+                        if next.is_none() {
+                            next = rx.recv().await;
+                        }
                     }
                     log::info!("store watch ended; resynchronising");
                 }
@@ -80,30 +88,53 @@ impl Agent {
         }
     }
 
-    async fn apply_event(&self, ev: &WatchEvent) {
-        if *ev == WatchEvent::Resync {
-            return;
+    /// Converges the containers of the batch, if any.
+    async fn flush(&self, batch: &mut Batch) {
+        if let Some(touched) = batch.take() {
+            self.converge(&touched).await;
+        }
+    }
+
+    /// Takes one event into the view; a container change joins the batch,
+    /// anything else the kernel depends on is converged right away (after
+    /// the batch before it).
+    async fn take_event(&self, ev: &WatchEvent, batch: &mut Batch) {
+        let key = match ev {
+            WatchEvent::Put { key, .. } | WatchEvent::Delete { key, .. } => key,
+            WatchEvent::Resync => return,
+        };
+        let step = batch.step(key);
+        if matches!(step, Step::FlushThenJoin | Step::Alone) {
+            self.flush(batch).await;
         }
         let change = self
             .view
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .apply(ev);
+        // Refused records are counted and logged by the view.
+        let Ok(change) = change else {
+            return;
+        };
+        match step {
+            Step::Join | Step::FlushThenJoin => {
+                if let Change::ContainerDeleted(c) = &change {
+                    self.pending.remove(&c.key);
+                }
+                batch.add(change);
+            }
+            Step::Alone => self.converge_alone(ev, change).await,
+            Step::Skip => {}
+        }
+    }
+
+    async fn converge_alone(&self, ev: &WatchEvent, change: Change) {
         match change {
-            Ok(Change::ContainerPut { new, old }) => {
-                let mut touched = vec![*new];
-                touched.extend(old.map(|o| *o));
-                self.converge(&Touched::Containers(touched)).await;
-            }
-            Ok(Change::ContainerDeleted(c)) => {
-                self.pending.remove(&c.key);
-                self.converge(&Touched::Containers(vec![*c])).await;
-            }
-            Ok(Change::Network(id)) => self.converge(&Touched::Network(id)).await,
+            Change::Network(id) => self.converge(&Touched::Network(id)).await,
             // An app's service addresses (and peers, tags) are in the
             // fleet-wide part.
-            Ok(Change::App) => self.converge(&Touched::Fleet).await,
-            Ok(Change::Host) => {
+            Change::App => self.converge(&Touched::Fleet).await,
+            Change::Host => {
                 self.converge(&Touched::Fleet).await;
                 if let WatchEvent::Delete { key, .. } = ev
                     && key.ends_with(&format!("/{}", self.cfg.host_id))
@@ -114,8 +145,7 @@ impl Agent {
                     }
                 }
             }
-            // Refused records are counted and logged by the view.
-            Ok(_) | Err(_) => {}
+            _ => {}
         }
     }
 }
