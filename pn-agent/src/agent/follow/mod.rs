@@ -44,6 +44,7 @@ impl Agent {
                     let mut batch = Batch::default();
                     // The last revision whose events the view has all taken.
                     let mut settled = None;
+                    let mut since_trim = 0usize;
                     let mut next = rx.recv().await;
                     while let Some(ev) = next.take() {
                         if ev == WatchEvent::Resync {
@@ -63,7 +64,12 @@ impl Agent {
                         {
                             self.applied.send_replace(r);
                         }
+                        since_trim += 1;
                         if next.is_none() {
+                            if since_trim >= TRIM_AFTER {
+                                since_trim = 0;
+                                release_freed_memory();
+                            }
                             next = rx.recv().await;
                         }
                     }
@@ -147,6 +153,22 @@ impl Agent {
             }
             _ => {}
         }
+    }
+}
+
+/// Events taken between two returns of freed memory to the system.
+const TRIM_AFTER: usize = 1024;
+
+/// Gives the pages freed after a burst of events back to the system. A big
+/// registration leaves its events (key and JSON value, a backlog of up to
+/// the watch buffer) freed between the view's long-lived records, where
+/// glibc keeps them resident; trimmed once the burst is over (the watch is
+/// idle), the agent's memory is what its view and maps hold.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of malloc's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -40,7 +40,7 @@ impl Effort {
     const QUICK: Effort = Effort {
         runs: 3,
         seconds: 3,
-        sizes: &[1_000, 10_000],
+        sizes: &[1_000, 10_000, 100_000],
     };
     /// One short iteration of everything, for the harness's own smoke test.
     const SMOKE: Effort = Effort {
