@@ -65,11 +65,18 @@ impl Agent {
                             self.applied.send_replace(r);
                         }
                         since_trim += 1;
-                        if next.is_none() {
-                            if since_trim >= TRIM_AFTER {
-                                since_trim = 0;
-                                release_freed_memory();
+                        if next.is_none() && since_trim >= TRIM_AFTER {
+                            // Quiet for a moment after a burst: its freed
+                            // memory goes back (once, at its end).
+                            match tokio::time::timeout(QUIET, rx.recv()).await {
+                                Ok(n) => next = n,
+                                Err(_) => {
+                                    since_trim = 0;
+                                    release_freed_memory();
+                                }
                             }
+                        }
+                        if next.is_none() {
                             next = rx.recv().await;
                         }
                     }
@@ -156,8 +163,9 @@ impl Agent {
     }
 }
 
-/// Events taken between two returns of freed memory to the system.
-const TRIM_AFTER: usize = 1024;
+/// Events that make a burst, and the pause that ends it.
+const TRIM_AFTER: usize = 256;
+const QUIET: Duration = Duration::from_millis(200);
 
 /// Gives the pages freed after a burst of events back to the system. A big
 /// registration leaves its events (key and JSON value, a backlog of up to

@@ -170,16 +170,33 @@ fn answered(ns: &Namespace, name: &str) -> bool {
     !String::from_utf8_lossy(&out.stdout).trim().is_empty()
 }
 
+/// The agent's own sender-side program (other agents of the machine run
+/// programs of the same name, and come and go during the run).
+fn from_container_ids(h: &pn_tests::Host) -> Vec<u64> {
+    tools::pinned_prog_ids(h)
+        .into_iter()
+        .filter(|id| {
+            std::process::Command::new("bpftool")
+                .args(["-j", "prog", "show", "id", &id.to_string()])
+                .output()
+                .ok()
+                .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+                .is_some_and(|v| v["name"] == "pn_from_container")
+        })
+        .collect()
+}
+
 /// Nanoseconds per run of the sender-side program under a request/response load.
 fn cost_per_packet(
+    ids: &[u64],
     c1: &Namespace,
     c2: &Namespace,
     ip2: Ipv4Addr,
     seconds: u64,
 ) -> anyhow::Result<f64> {
-    let (t0, n0) = tools::prog_stats("pn_from_container")?;
+    let (t0, n0) = tools::prog_stats_ids(ids);
     tools::tcp_rr(c1, c2, ip2, seconds)?;
-    let (t1, n1) = tools::prog_stats("pn_from_container")?;
+    let (t1, n1) = tools::prog_stats_ids(ids);
     anyhow::ensure!(n1 > n0, "the program did not run");
     Ok((t1 - t0) as f64 / (n1 - n0) as f64)
 }
@@ -204,14 +221,20 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     // Far containers start after the local ones.
     let base = u32::from(Ipv4Addr::new(10, 254, 1, 0));
     let _stats = tools::BpfStats::enable()?;
+    let ids = from_container_ids(h);
+    anyhow::ensure!(
+        !ids.is_empty(),
+        "no pn_from_container behind the agent's pinned links"
+    );
     let mut rows = Vec::new();
     let cost0: Vec<f64> = (0..effort.runs)
-        .map(|_| cost_per_packet(&c1, &c2, ip2, effort.seconds))
+        .map(|_| cost_per_packet(&ids, &c1, &c2, ip2, effort.seconds))
         .collect::<Result<_, _>>()?;
     register_hosts(&fleet)?;
     // The same agent with no remote endpoint: what each size adds is theirs.
     let rss0 = rss_kib(h)?;
     let mut have = 0;
+    let mut notes = Vec::new();
     for &n in effort.sizes {
         let t = Instant::now();
         let write = register(&fleet, net, app, base, have, n)?;
@@ -267,12 +290,22 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
             Row::alone(&format!("N={n}: last one answered by DNS"), secs(dns)),
             dns,
         ));
+        if n == TARGET_N && write.as_secs_f64() >= TARGET_S {
+            notes.push(format!(
+                "N={n}: the writes alone took {:.2} s ({FAR_HOSTS} writers on this machine's etcd), \
+                 more than the target allows from the first write; the agent's maps were {:.3} s \
+                 and its DNS {:.3} s behind the last write.",
+                write.as_secs_f64(),
+                maps.saturating_sub(write).as_secs_f64(),
+                dns.saturating_sub(write).as_secs_f64(),
+            ));
+        }
         rows.push(Row::alone(
             &format!("N={n}: maps behind the last write"),
             secs(maps.saturating_sub(write)),
         ));
         let cost: Vec<f64> = (0..effort.runs)
-            .map(|_| cost_per_packet(&c1, &c2, ip2, effort.seconds))
+            .map(|_| cost_per_packet(&ids, &c1, &c2, ip2, effort.seconds))
             .collect::<Result<_, _>>()?;
         let row = Row::versus(
             &format!("N={n}: program run time per packet"),
@@ -310,6 +343,6 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
              local containers, with N remote endpoints in the map versus only the 2 local ones."
         ),
         rows,
-        notes: vec![],
+        notes,
     })
 }
