@@ -363,14 +363,7 @@ impl<M: Maps> Datapath<M> {
                 ch.attached += 1;
             }
         }
-        let gone: Vec<Ip4> = self
-            .current
-            .endpoints
-            .keys()
-            .filter(|ip| scope.has_addr(**ip) && !want.endpoints.contains_key(ip))
-            .copied()
-            .collect();
-        for ip in gone {
+        for ip in self.gone_endpoints(want, scope) {
             let was_local = self
                 .current
                 .endpoints
@@ -443,6 +436,27 @@ impl<M: Maps> Datapath<M> {
             ch.detached += 1;
         }
         Ok(ch)
+    }
+
+    /// Endpoints the kernel holds within `scope` that `want` does not: a
+    /// scoped apply looks up its own addresses (a watch event touching one
+    /// container must not walk 100 000 endpoints), a full one walks them all.
+    fn gone_endpoints(&self, want: &State, scope: &Scope) -> Vec<Ip4> {
+        let gone = |ip: &Ip4| !want.endpoints.contains_key(ip);
+        match &scope.addrs {
+            Some(addrs) => addrs
+                .iter()
+                .filter(|ip| self.current.endpoints.contains_key(*ip) && gone(ip))
+                .copied()
+                .collect(),
+            None => self
+                .current
+                .endpoints
+                .keys()
+                .filter(|ip| gone(ip))
+                .copied()
+                .collect(),
+        }
     }
 }
 

@@ -115,6 +115,14 @@ fn a_scoped_apply_touches_only_its_entries() {
     .unwrap();
     assert_eq!(dp.maps().calls, ["remove_endpoint 10.240.0.4"]);
     assert_eq!(dp.maps().state.endpoints.len(), 2);
+    // An address of the scope the kernel never had: nothing to remove.
+    dp.maps_mut().calls.clear();
+    dp.apply(
+        &State::default(),
+        &Scope::entries([ip4(10, 240, 0, 9)], [], false),
+    )
+    .unwrap();
+    assert!(dp.maps().calls.is_empty(), "{:?}", dp.maps().calls);
     assert_eq!(dp.maps().state.peers.len(), 1, "underlay out of scope");
 }
 

@@ -255,14 +255,32 @@ impl MembershipView {
             .map(|(_, c)| c)
     }
 
-    /// Containers a DNS selector designates (the bare app name means `web`).
+    /// Containers a DNS selector designates (the bare app name means `web`):
+    /// a range of one type of the app (keys sort by app, type, index), so a
+    /// query costs the same in an app of 100 000 containers as in one of 4.
     pub fn select<'a>(
         &'a self,
         app: &AppId,
         selector: &'a pn_common::names::Selector,
     ) -> impl Iterator<Item = &'a Container> + 'a {
-        self.containers_of_app(app)
-            .filter(move |c| selector.matches(&c.key.ctype, c.key.index))
+        use pn_common::{ids::ContainerType, names::Selector};
+        let (ctype, one) = match selector {
+            Selector::Web => (ContainerType::WEB.parse().expect("a valid type"), None),
+            Selector::Type(t) => (t.clone(), None),
+            Selector::Container(t, i) => (t.clone(), Some(*i)),
+        };
+        let from = ContainerKey {
+            app: *app,
+            ctype,
+            index: one.unwrap_or(0),
+        };
+        let (app, ctype) = (from.app, from.ctype.clone());
+        self.containers
+            .range(from..)
+            .take_while(move |(k, _)| {
+                k.app == app && k.ctype == ctype && one.is_none_or(|i| k.index == i)
+            })
+            .map(|(_, c)| c)
     }
 
     /// The peer id of a host (non-zero, unique in the view), if the host

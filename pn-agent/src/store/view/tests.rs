@@ -537,3 +537,48 @@ fn publications_are_web_unicast_and_one_per_port_of_a_host() {
             .contains_key(&("h1".parse().unwrap(), 30000))
     );
 }
+
+#[test]
+fn a_selector_designates_its_type_or_container_of_its_app_only() {
+    use pn_common::names::Selector;
+    let mut f = Fixture::new();
+    f.ok(&app(2, 1));
+    let mut n = 0;
+    for (a, t, i) in [
+        (1, "api", 1),
+        (1, "web", 1),
+        (1, "web", 2),
+        (1, "worker", 1),
+        (1, "worker", 2),
+        (1, "worker", 10),
+        (2, "web", 1),
+        (2, "worker", 2),
+    ] {
+        n += 1;
+        let key = ckey(a, t, i);
+        f.ok(&Container {
+            host_ifname: key.host_ifname(),
+            key,
+            ..container(1, &format!("10.240.0.{n}"))
+        });
+    }
+    let names = |s: Selector| -> Vec<String> {
+        f.view
+            .select(&app_id(1), &s)
+            .map(|c| c.key.name())
+            .collect()
+    };
+    let t = |s: &str| s.parse().unwrap();
+    assert_eq!(names(Selector::Web), ["web-1", "web-2"]);
+    assert_eq!(
+        names(Selector::Type(t("worker"))),
+        ["worker-1", "worker-2", "worker-10"]
+    );
+    assert_eq!(names(Selector::Container(t("worker"), 2)), ["worker-2"]);
+    assert_eq!(
+        names(Selector::Container(t("worker"), 3)),
+        Vec::<String>::new()
+    );
+    assert_eq!(names(Selector::Type(t("db"))), Vec::<String>::new());
+    assert_eq!(names(Selector::Container(t("api"), 1)), ["api-1"]);
+}

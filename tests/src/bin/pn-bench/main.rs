@@ -46,7 +46,7 @@ impl Effort {
     const QUICK: Effort = Effort {
         runs: 3,
         seconds: 3,
-        sizes: &[1_000, 10_000],
+        sizes: &[1_000, 10_000, 100_000],
         spread_conns: 10_000,
     };
     /// One short iteration of everything, for the harness's own smoke test.

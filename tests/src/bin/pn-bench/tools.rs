@@ -202,23 +202,6 @@ impl Drop for BpfStats {
     }
 }
 
-/// (run_time_ns, run_cnt) summed over the loaded programs with this name.
-pub fn prog_stats(name: &str) -> anyhow::Result<(u64, u64)> {
-    let out = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .context("running bpftool")?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool JSON")?;
-    let mut t = (0, 0);
-    for p in v.as_array().into_iter().flatten() {
-        if p["name"] == name {
-            t.0 += p["run_time_ns"].as_u64().unwrap_or(0);
-            t.1 += p["run_cnt"].as_u64().unwrap_or(0);
-        }
-    }
-    Ok(t)
-}
-
 /// What one dnsperf run measured.
 pub struct DnsPerf {
     pub qps: f64,

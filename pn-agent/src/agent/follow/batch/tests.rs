@@ -1,0 +1,344 @@
+//! Batches against the event-by-event converge they replace: the same
+//! kernel state from the same stream of events, in far fewer applies.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr},
+};
+
+use pn_common::ids::{AppId, HostId, NetworkId};
+
+use super::*;
+use crate::{
+    agent::reconcile::{Local, desired},
+    datapath::{Datapath, State, fake::FakeMaps},
+    model::{App, Host, Network},
+    store::{WatchEvent, view::MembershipView},
+};
+
+const NET: &str = "pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c";
+const APP: &str = "ap-a71da13f-7c70-4c00-a644-eee8558d8053";
+
+fn net() -> NetworkId {
+    NET.parse().unwrap()
+}
+
+fn app() -> AppId {
+    APP.parse().unwrap()
+}
+
+fn host(id: &str) -> HostId {
+    id.parse().unwrap()
+}
+
+fn key(index: u32) -> ContainerKey {
+    ContainerKey {
+        app: app(),
+        ctype: "web".parse().unwrap(),
+        index,
+    }
+}
+
+fn container(index: u32, ip: [u8; 4], on: &str) -> Container {
+    let key = key(index);
+    Container {
+        host_ifname: key.host_ifname(),
+        key,
+        network: net(),
+        ip: Ipv4Addr::from(ip),
+        host: host(on),
+        netns: format!("ns{index}"),
+        ifname: "pn0".into(),
+        created_at: 0,
+        runtime: None,
+        unhealthy: false,
+        published: None,
+    }
+}
+
+struct Events {
+    out: Vec<WatchEvent>,
+    rev: i64,
+}
+
+impl Events {
+    fn put<T: serde::Serialize>(&mut self, key: Key, value: &T) -> &mut Self {
+        self.rev += 1;
+        self.out.push(WatchEvent::Put {
+            key: key.to_string(),
+            value: serde_json::to_string(value).unwrap(),
+            rev: self.rev,
+        });
+        self
+    }
+
+    fn delete(&mut self, key: Key) -> &mut Self {
+        self.rev += 1;
+        self.out.push(WatchEvent::Delete {
+            key: key.to_string(),
+            rev: self.rev,
+        });
+        self
+    }
+
+    fn container(&mut self, c: Container) -> &mut Self {
+        self.put(Key::Container(c.key.clone()), &c)
+    }
+
+    fn host(&mut self, id: &str, peer_id: u32) -> &mut Self {
+        let addr: SocketAddr = format!("192.0.2.{peer_id}:51871").parse().unwrap();
+        let h = Host {
+            id: host(id),
+            advertise: Some(addr),
+            public_key: None,
+            started_at: 0,
+            peer_id,
+        };
+        self.put(Key::Host(host(id)), &h)
+    }
+}
+
+/// A network and its app, this host `a`, hosts `b` and `c`, then changes
+/// of every kind: containers registered, moved to another address, to
+/// another host, deleted and re-created, an address given up by one and
+/// taken by another, a local container (with and without its interface),
+/// a host that comes after its containers and one that goes.
+fn stream() -> Vec<WatchEvent> {
+    let mut e = Events {
+        out: Vec::new(),
+        rev: 0,
+    };
+    e.put(
+        Key::Network(net()),
+        &Network {
+            id: net(),
+            cidr: "10.240.0.0/22".parse().unwrap(),
+            tag: 3,
+            created_at: 0,
+            egress: Default::default(),
+        },
+    )
+    .put(
+        Key::App(app()),
+        &App {
+            id: app(),
+            network: net(),
+            name: None,
+            created_at: 0,
+            balance: Default::default(),
+            services: Default::default(),
+            health_port: None,
+            web_port: 8080,
+        },
+    )
+    .host("a", 1)
+    .host("b", 2);
+    for i in 1..=20u8 {
+        e.container(container(u32::from(i), [10, 240, 0, 10 + i], "b"));
+    }
+    e.container(container(30, [10, 240, 0, 100], "a"))
+        .container(container(31, [10, 240, 0, 101], "a"))
+        // Moved twice in a row (the second flushes the first).
+        .container(container(1, [10, 240, 1, 1], "b"))
+        .container(container(1, [10, 240, 1, 2], "b"))
+        // Deleted, its address taken by another.
+        .delete(Key::Container(key(2)))
+        .container(container(21, [10, 240, 0, 12], "b"))
+        // Deleted and re-created elsewhere.
+        .delete(Key::Container(key(3)))
+        .container(container(3, [10, 240, 1, 3], "b"))
+        // Containers of a host not known yet (refused a peer), then the host.
+        .container(container(40, [10, 240, 2, 1], "c"))
+        .container(container(41, [10, 240, 2, 2], "c"))
+        .host("c", 3)
+        .container(container(42, [10, 240, 2, 3], "c"))
+        // One moves from b to c.
+        .container(container(4, [10, 240, 0, 14], "c"))
+        // An address claimed twice: the second is refused.
+        .container(container(43, [10, 240, 0, 15], "c"))
+        .delete(Key::Host(host("b")))
+        .container(container(5, [10, 240, 0, 15], "b"));
+    // A lease between them changes nothing.
+    e.put(Key::Ip(net(), Ipv4Addr::new(10, 240, 3, 1)), &"lease");
+    e.out
+}
+
+struct Kernel {
+    dp: Datapath<FakeMaps>,
+    members: BTreeMap<Ipv4Addr, pn_tunnel::Member>,
+    applies: usize,
+}
+
+impl Kernel {
+    fn new() -> Kernel {
+        Kernel {
+            dp: Datapath::new(FakeMaps::default()),
+            members: BTreeMap::new(),
+            applies: 0,
+        }
+    }
+
+    /// What `Agent::converge` does with a desired state (the members as
+    /// `MemberTable::apply` sets them).
+    fn converge(&mut self, v: &MembershipView, t: &Touched) {
+        let me = host("a");
+        // Container 30 has its interface; 31's is gone.
+        let links: BTreeMap<String, u32> = [(key(30).host_ifname(), 7)].into();
+        let local = Local {
+            host: &me,
+            edge: None,
+        };
+        let want = desired(v, &local, &links, t);
+        let scope = want.scope.clone().unwrap();
+        self.dp.apply(&want.datapath, &scope).unwrap();
+        match &want.addrs {
+            None => self.members = want.members.clone(),
+            Some(addrs) => {
+                for a in addrs {
+                    match want.members.get(a) {
+                        Some(m) => self.members.insert(*a, *m),
+                        None => self.members.remove(a),
+                    };
+                }
+            }
+        }
+        self.applies += 1;
+    }
+
+    fn state(&self) -> (State, BTreeMap<Ipv4Addr, pn_tunnel::Member>) {
+        (self.dp.maps().state.clone(), self.members.clone())
+    }
+}
+
+/// The agent before batches: one converge per change.
+fn one_by_one(events: &[WatchEvent]) -> Kernel {
+    let mut v = MembershipView::default();
+    let mut k = Kernel::new();
+    for ev in events {
+        let touched = match v.apply(ev) {
+            Ok(Change::ContainerPut { new, old }) => {
+                let mut t = vec![*new];
+                t.extend(old.map(|o| *o));
+                Touched::Containers(t)
+            }
+            Ok(Change::ContainerDeleted(c)) => Touched::Containers(vec![*c]),
+            Ok(Change::Network(id)) => Touched::Network(id),
+            Ok(Change::App | Change::Host) => Touched::Fleet,
+            _ => continue,
+        };
+        k.converge(&v, &touched);
+    }
+    k
+}
+
+/// As `follow_store` does it, with batches of at most `max` containers.
+fn batched(events: &[WatchEvent], max: usize) -> Kernel {
+    let mut v = MembershipView::default();
+    let mut k = Kernel::new();
+    let mut batch = Batch::default();
+    let flush = |b: &mut Batch, k: &mut Kernel, v: &MembershipView| {
+        if let Some(t) = b.take() {
+            k.converge(v, &t);
+        }
+    };
+    for ev in events {
+        let (WatchEvent::Put { key, .. } | WatchEvent::Delete { key, .. }) = ev else {
+            continue;
+        };
+        let step = batch.step(key);
+        if matches!(step, Step::FlushThenJoin | Step::Alone) {
+            flush(&mut batch, &mut k, &v);
+        }
+        let Ok(change) = v.apply(ev) else {
+            continue;
+        };
+        match (step, change) {
+            (Step::Join | Step::FlushThenJoin, c) => batch.add(c),
+            (Step::Alone, Change::Network(id)) => k.converge(&v, &Touched::Network(id)),
+            (Step::Alone, _) => k.converge(&v, &Touched::Fleet),
+            (Step::Skip, _) => {}
+        }
+        if batch.keys.len() >= max {
+            flush(&mut batch, &mut k, &v);
+        }
+    }
+    flush(&mut batch, &mut k, &v);
+    k
+}
+
+#[test]
+fn batches_reach_the_state_one_converge_per_change_reaches() {
+    let events = stream();
+    let one = one_by_one(&events);
+    let all = batched(&events, MAX_CONTAINERS);
+    assert_eq!(all.state(), one.state());
+    // Every batch size gives the same kernel.
+    for max in [1, 2, 3, 7] {
+        assert_eq!(
+            batched(&events, max).state(),
+            one.state(),
+            "batches of {max}"
+        );
+    }
+    // What the stream leaves: c's containers, 30 with its interface, 31
+    // without (a member, not an endpoint).
+    let (state, members) = all.state();
+    let ep = |a: [u8; 4]| {
+        state
+            .endpoints
+            .get(&crate::model::to_ip4(Ipv4Addr::from(a)))
+    };
+    assert!(ep([10, 240, 2, 3]).is_some_and(|e| e.is_remote() && e.peer == 3));
+    assert!(ep([10, 240, 0, 14]).is_some_and(|e| e.peer == 3));
+    // A container written after its host went has no peer: no entry.
+    assert!(ep([10, 240, 0, 15]).is_none());
+    assert!(ep([10, 240, 0, 100]).is_some_and(|e| e.ifindex == 7));
+    assert!(ep([10, 240, 0, 101]).is_none());
+    assert!(members.contains_key(&Ipv4Addr::new(10, 240, 0, 101)));
+    // Far fewer applies: the run of 20 registrations is one.
+    assert!(
+        all.applies * 2 < one.applies,
+        "{} vs {}",
+        all.applies,
+        one.applies
+    );
+}
+
+#[test]
+fn a_container_changed_twice_flushes_the_batch_first() {
+    let mut b = Batch::default();
+    let k = Key::Container(key(1)).to_string();
+    assert_eq!(b.step(&k), Step::Join);
+    b.add(Change::ContainerPut {
+        new: Box::new(container(1, [10, 240, 0, 2], "b")),
+        old: None,
+    });
+    assert_eq!(b.step(&k), Step::FlushThenJoin);
+    assert_eq!(b.step(&Key::Container(key(2)).to_string()), Step::Join);
+    assert!(!b.is_empty());
+    assert!(matches!(b.take(), Some(Touched::Containers(t)) if t.len() == 1));
+    assert!(b.is_empty() && b.take().is_none());
+    assert_eq!(b.step(&k), Step::Join);
+}
+
+#[test]
+fn records_other_than_containers_go_alone_and_leases_are_skipped() {
+    let b = Batch::default();
+    assert_eq!(b.step(&Key::Network(net()).to_string()), Step::Alone);
+    assert_eq!(b.step(&Key::App(app()).to_string()), Step::Alone);
+    assert_eq!(b.step(&Key::Host(host("b")).to_string()), Step::Alone);
+    let lease = Key::Ip(net(), Ipv4Addr::new(10, 240, 0, 2)).to_string();
+    assert_eq!(b.step(&lease), Step::Skip);
+    assert_eq!(b.step(&Key::Claim(key(1)).to_string()), Step::Skip);
+    assert_eq!(b.step("pool"), Step::Skip);
+    // A key in another spelling is no key of the layout.
+    let upper = Key::Container(key(1)).to_string().to_uppercase();
+    assert_eq!(b.step(&upper), Step::Skip);
+}
+
+#[test]
+fn a_revision_is_applied_once_its_last_event_is() {
+    assert_eq!(settled(5, Some(5)), None);
+    assert_eq!(settled(5, Some(6)), Some(5));
+    assert_eq!(settled(5, None), Some(5));
+}

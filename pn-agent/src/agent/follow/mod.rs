@@ -1,0 +1,188 @@
+//! Following the store: a full listing, then a watch from its revision; each
+//! change updates the view at once (DNS answers from it), and the kernel is
+//! converged for the containers the changes touched, batch by batch
+//! (`batch`); a broken watch (store outage, compaction, lag) means listing
+//! again, with backoff, while the kernel keeps enforcing the last state it
+//! was given.
+
+mod batch;
+
+use std::{sync::Arc, time::Duration};
+
+use batch::{Batch, Step};
+
+use super::{Agent, reconcile::Touched};
+use crate::store::{WatchEvent, view::Change};
+
+impl Agent {
+    /// Lists the whole store and brings view and kernel in line with it.
+    pub(super) async fn resync(&self) -> anyhow::Result<i64> {
+        let listing = match self.membership.backend().list("").await {
+            Ok(l) => l,
+            Err(e) => {
+                self.store_health.set(false, Some(e.to_string()));
+                return Err(e.into());
+            }
+        };
+        self.store_health.set(true, None);
+        // Records that fail their checks are skipped, counted and logged
+        // by the view itself.
+        let view = self.view().reloaded(&listing);
+        *self.view.write().unwrap_or_else(|p| p.into_inner()) = view;
+        self.converge(&Touched::All).await;
+        self.applied.send_replace(listing.rev);
+        Ok(listing.rev)
+    }
+
+    /// Keeps the view and the kernel following the store, forever.
+    pub(super) async fn follow_store(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(200);
+        let mut from = self.view().rev + 1;
+        loop {
+            match self.membership.backend().watch("", from).await {
+                Ok(mut rx) => {
+                    let mut batch = Batch::default();
+                    // The last revision whose events the view has all taken.
+                    let mut settled = None;
+                    let mut since_trim = 0usize;
+                    let mut next = rx.recv().await;
+                    while let Some(ev) = next.take() {
+                        if ev == WatchEvent::Resync {
+                            break;
+                        }
+                        self.take_event(&ev, &mut batch).await;
+                        let rev = event_rev(&ev);
+                        next = rx.try_recv().ok();
+                        settled = batch::settled(rev, next.as_ref().map(event_rev)).or(settled);
+                        // Waiting for more (or a full batch): converge what
+                        // the view took, then say which revision is applied.
+                        if next.is_none() || batch.is_full() {
+                            self.flush(&mut batch).await;
+                        }
+                        if batch.is_empty()
+                            && let Some(r) = settled.take()
+                        {
+                            self.applied.send_replace(r);
+                        }
+                        since_trim += 1;
+                        if next.is_none() && since_trim >= TRIM_AFTER {
+                            // Quiet for a moment after a burst: its freed
+                            // memory goes back (once, at its end).
+                            match tokio::time::timeout(QUIET, rx.recv()).await {
+                                Ok(n) => next = n,
+                                Err(_) => {
+                                    since_trim = 0;
+                                    release_freed_memory();
+                                }
+                            }
+                        }
+                        if next.is_none() {
+                            next = rx.recv().await;
+                        }
+                    }
+                    log::info!("store watch ended; resynchronising");
+                }
+                Err(e) => self.store_health.set(false, Some(e.to_string())),
+            }
+            loop {
+                match self.resync().await {
+                    Ok(rev) => {
+                        backoff = Duration::from_millis(200);
+                        from = rev + 1;
+                        break;
+                    }
+                    Err(e) => {
+                        log::debug!("resync failed: {e:#}; retrying in {backoff:?}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Converges the containers of the batch, if any.
+    async fn flush(&self, batch: &mut Batch) {
+        if let Some(touched) = batch.take() {
+            self.converge(&touched).await;
+        }
+    }
+
+    /// Takes one event into the view; a container change joins the batch,
+    /// anything else the kernel depends on is converged right away (after
+    /// the batch before it).
+    async fn take_event(&self, ev: &WatchEvent, batch: &mut Batch) {
+        let key = match ev {
+            WatchEvent::Put { key, .. } | WatchEvent::Delete { key, .. } => key,
+            WatchEvent::Resync => return,
+        };
+        let step = batch.step(key);
+        if matches!(step, Step::FlushThenJoin | Step::Alone) {
+            self.flush(batch).await;
+        }
+        let change = self
+            .view
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(ev);
+        // Refused records are counted and logged by the view.
+        let Ok(change) = change else {
+            return;
+        };
+        match step {
+            Step::Join | Step::FlushThenJoin => {
+                if let Change::ContainerDeleted(c) = &change {
+                    self.pending.remove(&c.key);
+                }
+                batch.add(change);
+            }
+            Step::Alone => self.converge_alone(ev, change).await,
+            Step::Skip => {}
+        }
+    }
+
+    async fn converge_alone(&self, ev: &WatchEvent, change: Change) {
+        match change {
+            Change::Network(id) => self.converge(&Touched::Network(id)).await,
+            // An app's service addresses (and peers, tags) are in the
+            // fleet-wide part.
+            Change::App => self.converge(&Touched::Fleet).await,
+            Change::Host => {
+                self.converge(&Touched::Fleet).await;
+                if let WatchEvent::Delete { key, .. } = ev
+                    && key.ends_with(&format!("/{}", self.cfg.host_id))
+                {
+                    // Somebody removed this host's record while it runs: put it back.
+                    if let Err(e) = self.register_host().await {
+                        log::warn!("re-registering host: {e}");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Events that make a burst, and the pause that ends it.
+const TRIM_AFTER: usize = 256;
+const QUIET: Duration = Duration::from_millis(200);
+
+/// Gives the pages freed after a burst of events back to the system. A big
+/// registration leaves its events (key and JSON value, a backlog of up to
+/// the watch buffer) freed between the view's long-lived records, where
+/// glibc keeps them resident; trimmed once the burst is over (the watch is
+/// idle), the agent's memory is what its view and maps hold.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of malloc's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+fn event_rev(ev: &WatchEvent) -> i64 {
+    match ev {
+        WatchEvent::Put { rev, .. } | WatchEvent::Delete { rev, .. } => *rev,
+        WatchEvent::Resync => 0,
+    }
+}
