@@ -147,8 +147,12 @@ impl Agent {
             // An app's service addresses (and peers, tags) are in the
             // fleet-wide part.
             Change::App => self.converge(&Touched::Fleet).await,
+            // A host's record decides whether its containers get endpoints
+            // (none while it is unknown: fail closed), so a host that comes
+            // after its containers, or goes, changes theirs too. Hosts come
+            // and go rarely: a full converge (which also repairs drift).
             Change::Host => {
-                self.converge(&Touched::Fleet).await;
+                self.converge(&Touched::All).await;
                 if let WatchEvent::Delete { key, .. } = ev
                     && key.ends_with(&format!("/{}", self.cfg.host_id))
                 {

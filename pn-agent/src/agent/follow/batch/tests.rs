@@ -223,7 +223,8 @@ fn one_by_one(events: &[WatchEvent]) -> Kernel {
             }
             Ok(Change::ContainerDeleted(c)) => Touched::Containers(vec![*c]),
             Ok(Change::Network(id)) => Touched::Network(id),
-            Ok(Change::App | Change::Host) => Touched::Fleet,
+            Ok(Change::App) => Touched::Fleet,
+            Ok(Change::Host) => Touched::All,
             _ => continue,
         };
         k.converge(&v, &touched);
@@ -255,6 +256,7 @@ fn batched(events: &[WatchEvent], max: usize) -> Kernel {
         match (step, change) {
             (Step::Join | Step::FlushThenJoin, c) => batch.add(c),
             (Step::Alone, Change::Network(id)) => k.converge(&v, &Touched::Network(id)),
+            (Step::Alone, Change::Host) => k.converge(&v, &Touched::All),
             (Step::Alone, _) => k.converge(&v, &Touched::Fleet),
             (Step::Skip, _) => {}
         }
@@ -302,6 +304,33 @@ fn batches_reach_the_state_one_converge_per_change_reaches() {
         all.applies,
         one.applies
     );
+}
+
+/// The kernel after the stream is what one full converge of the final view
+/// gives: a host that comes after its containers gives them endpoints, a
+/// host that goes takes its containers' endpoints with it.
+#[test]
+fn the_stream_leaves_what_a_full_converge_of_its_view_gives() {
+    let events = stream();
+    let after = batched(&events, MAX_CONTAINERS);
+    let mut v = MembershipView::default();
+    for ev in &events {
+        let _ = v.apply(ev);
+    }
+    let mut fresh = Kernel::new();
+    fresh.converge(&v, &Touched::All);
+    assert_eq!(after.state(), fresh.state());
+    let (state, _) = after.state();
+    let ep = |a: [u8; 4]| {
+        state
+            .endpoints
+            .get(&crate::model::to_ip4(Ipv4Addr::from(a)))
+    };
+    // 40 and 41 were written before their host c.
+    assert!(ep([10, 240, 2, 1]).is_some_and(|e| e.peer == 3));
+    assert!(ep([10, 240, 2, 2]).is_some_and(|e| e.peer == 3));
+    // Container 6 was on b, which went.
+    assert!(ep([10, 240, 0, 16]).is_none());
 }
 
 #[test]
