@@ -124,8 +124,9 @@ pub struct Config {
     pub dns_port: u16,
     /// UDP port of the encrypted tunnel on the underlay, host order; 0 = none.
     pub tunnel_port: u16,
-    /// Maximum drop events per second and CPU sent to user space; the rest is
-    /// only counted (a flood must not turn into an event storm).
+    /// Maximum events per second, CPU and kind (drops, new flows) sent to
+    /// user space; the rest is only counted (a flood must not turn into an
+    /// event storm).
     pub drop_events_per_sec: u32,
     /// Index of the tunnel's device while the tunnel is up, 0 otherwise:
     /// remote members are reached through it only, and admitted only from it.
