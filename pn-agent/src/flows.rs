@@ -80,6 +80,14 @@ fn proto_name(p: u8) -> String {
     }
 }
 
+/// An event kind as `flows` and the metrics name it.
+pub fn kind_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::NewFlow => "new_flow",
+        EventKind::Drop => "drop",
+    }
+}
+
 impl FlowRecord {
     pub fn from_event(ev: &FlowEvent, view: &MembershipView, time_ms: u64) -> FlowRecord {
         let src = Ipv4Addr::from(ip4_octets(ev.src));
@@ -96,8 +104,7 @@ impl FlowRecord {
         FlowRecord {
             time_ms,
             kind: match ev.kind() {
-                Some(EventKind::NewFlow) => "new_flow".into(),
-                Some(EventKind::Drop) => "drop".into(),
+                Some(k) => kind_name(k).into(),
                 None => format!("kind{}", ev.kind),
             },
             reason: reason.map_or_else(|| format!("reason{}", ev.reason), |r| r.as_str().into()),

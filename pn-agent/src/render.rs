@@ -70,6 +70,18 @@ pub fn status_text(s: &Status) -> String {
         },
         s.datapath.conns_tracked
     ));
+    if !s.datapath.events_suppressed.is_empty() {
+        let held: Vec<String> = s
+            .datapath
+            .events_suppressed
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        t.push_str(&format!(
+            "events held back by the budget (counted, not sent): {}\n",
+            held.join(", ")
+        ));
+    }
     t.push_str(&format!(
         "endpoints   {} local, {} remote, {} in maps\n",
         s.endpoints.local, s.endpoints.remote, s.endpoints.in_maps

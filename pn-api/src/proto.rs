@@ -344,6 +344,10 @@ pub struct DatapathStatus {
     /// (`flow`, `conn`), one count per CPU.
     #[serde(default)]
     pub events_lost: std::collections::BTreeMap<String, Vec<u64>>,
+    /// Flow events held back by the per-CPU budget, per kind (`drop`,
+    /// `new_flow`), summed over CPUs.
+    #[serde(default)]
+    pub events_suppressed: std::collections::BTreeMap<String, u64>,
     /// Connections in the agent's table (requests and connections tracking).
     #[serde(default)]
     pub conns_tracked: usize,

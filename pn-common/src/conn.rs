@@ -15,6 +15,14 @@ pub const PAYLOAD: usize = 64;
 /// request, 104 bytes each: about 10 000 events in flight.
 pub const CONN_EVENTS_BYTES: u32 = 1 << 20;
 
+/// The programs wake the agent's reader only once this many bytes wait in
+/// `PN_CONN_EVENTS` (about 600 events); below that the reader drains the
+/// ring on its own tick ([`CONN_DRAIN_MS`]). A wakeup per event, the
+/// default, cost ~2 µs per tracked packet here (an interrupt per event).
+pub const CONN_WAKE_BYTES: u64 = CONN_EVENTS_BYTES as u64 / 16;
+/// How often the agent drains `PN_CONN_EVENTS` without being woken.
+pub const CONN_DRAIN_MS: u64 = 100;
+
 /// Bits of `PN_CONN_CFG[0]` (array of one `u32`, written by the agent).
 pub const TRACK_CONNS: u32 = 1;
 pub const TRACK_HTTP: u32 = 2;

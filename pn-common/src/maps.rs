@@ -42,7 +42,9 @@ pub struct Iface {
     /// The app's web port (host order) when `FLAG_PUBLISHED`: the only port
     /// routers reach through the host's published port.
     pub web_port: u16,
-    pub _pad: u16,
+    /// Its row of `PN_COUNTERS` (1..=[`MAX_IFACES`]), given by the agent;
+    /// 0 is the host's own row (and the row of an entry not given one yet).
+    pub slot: u16,
 }
 
 impl Iface {
@@ -62,21 +64,34 @@ impl Iface {
     }
 }
 
-/// Key of `PN_COUNTERS` (per-CPU hash): one row per endpoint and reason.
-/// Underlay drops that belong to no endpoint use `endpoint = 0`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct CounterKey {
-    pub endpoint: Ip4,
-    pub reason: u32,
-}
-
-/// Value of `PN_COUNTERS`.
+/// One counter of `PN_COUNTERS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Counter {
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// Value of `PN_COUNTERS`, a per-CPU array indexed by [`Iface::slot`]: one
+/// counter per reason. An array, not a hash keyed by address: counting is
+/// an inlined index (no hashing, no insert), and nothing a packet carries
+/// can add a row, so a flood toward many addresses cannot fill the map.
+/// Row 0 is the host's: packets of no known interface, the underlay's and
+/// the tunnel's drops, clear text toward remote members.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counters {
+    pub by_reason: [Counter; crate::Reason::COUNT],
+}
+
+impl Counters {
+    /// The sum of two rows (of two CPUs).
+    pub fn add(&mut self, other: &Counters) {
+        for (a, b) in self.by_reason.iter_mut().zip(other.by_reason.iter()) {
+            a.packets += b.packets;
+            a.bytes += b.bytes;
+        }
+    }
 }
 
 /// Key of `PN_FLOWS` (LRU): a unidirectional flow, seen where it leaves its
@@ -109,8 +124,9 @@ pub struct Config {
     pub dns_port: u16,
     /// UDP port of the encrypted tunnel on the underlay, host order; 0 = none.
     pub tunnel_port: u16,
-    /// Maximum drop events per second and CPU sent to user space; the rest is
-    /// only counted (a flood must not turn into an event storm).
+    /// Maximum events per second, CPU and kind (drops, new flows) sent to
+    /// user space; the rest is only counted (a flood must not turn into an
+    /// event storm).
     pub drop_events_per_sec: u32,
     /// Index of the tunnel's device while the tunnel is up, 0 otherwise:
     /// remote members are reached through it only, and admitted only from it.
@@ -213,13 +229,32 @@ pub struct Peer {
     pub flags: u32,
 }
 
-/// Per-CPU state of the drop-event rate limit (`PN_EVBUDGET`, array of 1).
+/// Per-CPU state of the rate limit of the events sent to user space
+/// (`PN_EVBUDGET`, one element per [`crate::event::EventKind`], at
+/// [`EventBudget::index`]): drops and new flows each get the configured rate,
+/// so a tenant opening flows as fast as it can neither floods the agent nor
+/// crowds drop events out.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct EventBudget {
     pub window_start_ns: u64,
     pub sent: u32,
-    pub suppressed: u32,
+    pub _pad: u32,
+    /// Events over the budget (counted, not sent), since the map was made.
+    pub suppressed: u64,
+}
+
+impl EventBudget {
+    /// Elements of `PN_EVBUDGET`.
+    pub const KINDS: u32 = 2;
+
+    /// The element of an event kind.
+    pub const fn index(kind: crate::event::EventKind) -> u32 {
+        match kind {
+            crate::event::EventKind::Drop => 0,
+            crate::event::EventKind::NewFlow => 1,
+        }
+    }
 }
 
 /// Revision of the maps' meaning. The agent pins maps per layout (the
@@ -227,13 +262,14 @@ pub struct EventBudget {
 /// this number) and carries entries over to a new layout: bump it when an
 /// entry keeps its size but changes meaning, so a new agent does not read
 /// old entries as new ones.
-pub const LAYOUT_REVISION: u32 = 1;
+pub const LAYOUT_REVISION: u32 = 2;
 
 /// Capacities. `ENDPOINTS` holds the whole fleet's members the host must
 /// know; local-only maps are smaller.
 pub const MAX_ENDPOINTS: u32 = 131_072;
 pub const MAX_IFACES: u32 = 4_096;
-pub const MAX_COUNTERS: u32 = MAX_IFACES * crate::Reason::COUNT as u32 + 64;
+/// Rows of `PN_COUNTERS`: the host's (0) and one per interface.
+pub const MAX_COUNTER_SLOTS: u32 = MAX_IFACES + 1;
 pub const MAX_FLOWS: u32 = 65_536;
 pub const MAX_PEERS: u32 = 4_096;
 /// `PN_CONNS`: connections with the world of this host's containers. LRU:
@@ -248,15 +284,17 @@ pub const EVENTS_BYTES: u32 = 256 * 1024;
 
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 16);
 const _: () = assert!(core::mem::size_of::<Iface>() == 16);
-const _: () = assert!(core::mem::size_of::<CounterKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+const _: () = assert!(core::mem::size_of::<Counters>() == 16 * crate::Reason::COUNT);
+// Slots are u16.
+const _: () = assert!(MAX_COUNTER_SLOTS <= u16::MAX as u32 + 1);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 8);
 const _: () = assert!(core::mem::size_of::<Config>() == 24);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 16);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 16);
 const _: () = assert!(core::mem::size_of::<DenyRange>() == 4);
-const _: () = assert!(core::mem::size_of::<EventBudget>() == 16);
+const _: () = assert!(core::mem::size_of::<EventBudget>() == 24);
 const _: () = assert!(core::mem::size_of::<Peer>() == 8);
 
 #[cfg(feature = "user")]
@@ -266,8 +304,8 @@ mod pod {
     // (explicit `_pad` fields), so any byte pattern is a valid value.
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for Iface {}
-    unsafe impl aya::Pod for CounterKey {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for Config {}

@@ -6,6 +6,7 @@
 
 use crate::tc::load;
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     cty::c_void,
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::map,
@@ -13,7 +14,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use pn_common::{
-    conn::{self, CONN_EVENTS_BYTES, ConnEvent, LostKind, PAYLOAD, TRACK_CONNS, TRACK_HTTP},
+    conn::{
+        self, CONN_EVENTS_BYTES, CONN_WAKE_BYTES, ConnEvent, LostKind, PAYLOAD, TRACK_CONNS,
+        TRACK_HTTP,
+    },
     event::Direction,
     policy::{IPPROTO_TCP, Ipv4Summary},
 };
@@ -129,7 +133,16 @@ pub fn observe(ctx: &TcContext, dir: Direction, ifindex: u32, pkt: &Ipv4Summary,
             ev.copied = n as u8;
         }
     }
-    if PN_CONN_EVENTS.output::<ConnEvent>(&ev, 0).is_err() {
+    // The reader drains the ring on a tick: wake it only when it fills.
+    let wake = if PN_CONN_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= CONN_WAKE_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if PN_CONN_EVENTS
+        .output::<ConnEvent>(&ev, u64::from(wake))
+        .is_err()
+    {
         lost(LostKind::Conn);
     }
 }

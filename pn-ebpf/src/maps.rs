@@ -12,9 +12,9 @@ use pn_common::{
         MAX_SLOTS, Service, SlotKey,
     },
     maps::{
-        Config, ConnKey, ConnState, Counter, CounterKey, DenyRange, EVENTS_BYTES, Endpoint,
-        EventBudget, FlowKey, FlowState, Iface, MAX_CONNS, MAX_COUNTERS, MAX_EGRESS_DENY,
-        MAX_ENDPOINTS, MAX_FLOWS, MAX_IFACES, MAX_PEERS, MAX_TAGS, Peer,
+        Config, ConnKey, ConnState, Counters, DenyRange, EVENTS_BYTES, Endpoint, EventBudget,
+        FlowKey, FlowState, Iface, MAX_CONNS, MAX_COUNTER_SLOTS, MAX_EGRESS_DENY, MAX_ENDPOINTS,
+        MAX_FLOWS, MAX_IFACES, MAX_PEERS, MAX_TAGS, Peer,
     },
 };
 
@@ -24,8 +24,9 @@ pub static PN_ENDPOINTS: HashMap<Ip4, Endpoint> = HashMap::pinned(MAX_ENDPOINTS,
 #[map]
 pub static PN_IFACES: HashMap<u32, Iface> = HashMap::pinned(MAX_IFACES, 0);
 
+/// Per slot (see `Iface::slot`), per reason; per CPU: exact without atomics.
 #[map]
-pub static PN_COUNTERS: PerCpuHashMap<CounterKey, Counter> = PerCpuHashMap::pinned(MAX_COUNTERS, 0);
+pub static PN_COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_COUNTER_SLOTS, 0);
 
 #[map]
 pub static PN_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::pinned(MAX_FLOWS, 0);
@@ -37,7 +38,7 @@ pub static PN_EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 pub static PN_CONFIG: Array<Config> = Array::pinned(1, 0);
 
 #[map]
-pub static PN_EVBUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);
+pub static PN_EVBUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(EventBudget::KINDS, 0);
 
 #[map]
 pub static PN_PEERS: HashMap<Ip4, Peer> = HashMap::pinned(MAX_PEERS, 0);

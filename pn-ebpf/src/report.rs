@@ -1,43 +1,27 @@
 //! Counting and reporting, shared by every program: one counter row per
-//! endpoint and reason, drop events under a per-CPU budget, flow events.
+//! interface slot and reason, events under a per-CPU budget per kind.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use pn_common::{
-    Ip4, Reason,
+    Reason,
     event::{Direction, EventKind, FlowEvent},
-    maps::{Config, Counter, CounterKey},
+    maps::{Config, EventBudget},
     policy::Ipv4Summary,
 };
 
 use crate::maps::{PN_COUNTERS, PN_EVBUDGET, PN_EVENTS};
 
+/// Counts a packet in row `slot` (an `Iface::slot`; 0: the host's row).
 #[inline(always)]
-pub fn count(endpoint: Ip4, reason: Reason, bytes: u32) {
-    let key = CounterKey {
-        endpoint,
-        reason: reason as u32,
+pub fn count(slot: u16, reason: Reason, bytes: u32) {
+    // An array: the lookup is an inlined bounds check and index.
+    let Some(row) = PN_COUNTERS.get_ptr_mut(u32::from(slot)) else {
+        return;
     };
-    for _ in 0..2 {
-        if let Some(c) = PN_COUNTERS.get_ptr_mut(key) {
-            // SAFETY: per-CPU value, only this CPU writes it while we run.
-            unsafe {
-                (*c).packets += 1;
-                (*c).bytes += u64::from(bytes);
-            }
-            return;
-        }
-        let first = Counter {
-            packets: 1,
-            bytes: u64::from(bytes),
-        };
-        // Another CPU may create the row between our lookup and insert: then
-        // the insert fails and the second lookup finds it.
-        if PN_COUNTERS
-            .insert(key, first, u64::from(BPF_NOEXIST))
-            .is_ok()
-        {
-            return;
-        }
+    // SAFETY: per-CPU value, only this CPU writes it while we run.
+    if let Some(c) = unsafe { (*row).by_reason.get_mut(reason as usize) } {
+        c.packets += 1;
+        c.bytes += u64::from(bytes);
     }
 }
 
@@ -52,18 +36,16 @@ pub fn report_drop(
 ) {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(budget) = PN_EVBUDGET.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU value, only this CPU touches it while we run.
-    if !unsafe { (*budget).admit(now, cfg.drop_events_per_sec) } {
-        return;
-    }
-    emit(now, EventKind::Drop, reason, dir, ifindex, pkt, len);
+    report(cfg, now, EventKind::Drop, reason, dir, ifindex, pkt, len);
 }
 
+/// Sends an event if its kind's budget on this CPU allows it; counts it as
+/// suppressed otherwise. Every event of `PN_EVENTS` goes through here: a
+/// flood of drops or of new flows costs the agent a bounded rate.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub fn emit(
+pub fn report(
+    cfg: &Config,
     now: u64,
     kind: EventKind,
     reason: Reason,
@@ -72,6 +54,13 @@ pub fn emit(
     pkt: Option<&Ipv4Summary>,
     len: u32,
 ) {
+    let Some(budget) = PN_EVBUDGET.get_ptr_mut(EventBudget::index(kind)) else {
+        return;
+    };
+    // SAFETY: per-CPU value, only this CPU touches it while we run.
+    if !unsafe { (*budget).admit(now, cfg.drop_events_per_sec) } {
+        return;
+    }
     let mut ev = FlowEvent {
         ts_ns: now,
         ifindex,

@@ -21,7 +21,7 @@ use pn_common::{
 use crate::{
     conn::Seg,
     maps::{PN_CONFIG, PN_CONNS, PN_EGRESS_DENY, PN_ENDPOINTS, PN_FLOWS, PN_IFACES},
-    report::{count, emit, report_drop},
+    report::{count, report, report_drop},
 };
 
 #[classifier]
@@ -44,7 +44,7 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     let cfg = PN_CONFIG.get(0).copied().unwrap_or_default();
     let (reason, pkt, conn) = decide(ctx, dir, iface.as_ref(), &cfg);
     let len = ctx.len();
-    count(iface.map_or(0, |i| i.addr), reason, len);
+    count(iface.map_or(0, |i| i.slot), reason, len);
     if reason.is_drop() {
         report_drop(
             &cfg,
@@ -67,13 +67,14 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
                     FlowCheck::Opening => {
                         // SAFETY: bpf_ktime_get_ns has no preconditions.
                         let now = unsafe { bpf_ktime_get_ns() };
-                        new_flow(now, Reason::Forwarded, dir, ifindex, &pkt, len);
+                        new_flow(&cfg, now, Reason::Forwarded, dir, ifindex, &pkt, len);
                     }
-                    FlowCheck::Table => track_flow(dir, ifindex, &pkt, len),
+                    FlowCheck::Table => track_flow(&cfg, dir, ifindex, &pkt, len),
                 },
                 // The side that opened a connection with the outside keeps
                 // its entry, so the other side's packets are admitted.
                 (Reason::Egress, Direction::FromContainer) => track_conn(
+                    &cfg,
                     ConnKey::leaving(&pkt),
                     conn.entry,
                     ConnKind::Egress,
@@ -86,7 +87,16 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
                     let key = ConnKey::entering(&pkt);
                     // SAFETY: see `handle`.
                     let known = unsafe { PN_CONNS.get(key) }.copied().unwrap_or_default();
-                    track_conn(key, known, ConnKind::Published, dir, ifindex, &pkt, len)
+                    track_conn(
+                        &cfg,
+                        key,
+                        known,
+                        ConnKind::Published,
+                        dir,
+                        ifindex,
+                        &pkt,
+                        len,
+                    )
                 }
                 _ => {}
             }
@@ -316,7 +326,7 @@ fn arp(ctx: &TcContext, dir: Direction, iface: Option<&Iface>) -> Reason {
 }
 
 #[inline(always)]
-fn track_flow(dir: Direction, ifindex: u32, pkt: &Ipv4Summary, len: u32) {
+fn track_flow(cfg: &Config, dir: Direction, ifindex: u32, pkt: &Ipv4Summary, len: u32) {
     let key = FlowKey {
         src: pkt.src,
         dst: pkt.dst,
@@ -335,14 +345,16 @@ fn track_flow(dir: Direction, ifindex: u32, pkt: &Ipv4Summary, len: u32) {
     }
     let _ = PN_FLOWS.insert(key, FlowState { last_seen_ns: now }, 0);
     if update == FlowUpdate::New {
-        new_flow(now, Reason::Forwarded, dir, ifindex, pkt, len);
+        new_flow(cfg, now, Reason::Forwarded, dir, ifindex, pkt, len);
     }
 }
 
 /// Records (at most once a second) a connection with the outside from the
 /// side that opened it; `known` is its current entry (zeroed if none).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn track_conn(
+    cfg: &Config,
     key: ConnKey,
     known: ConnState,
     kind: ConnKind,
@@ -369,13 +381,25 @@ fn track_conn(
             ConnKind::Egress => Reason::Egress,
             ConnKind::Published => Reason::Published,
         };
-        new_flow(now, reason, dir, ifindex, pkt, len);
+        new_flow(cfg, now, reason, dir, ifindex, pkt, len);
     }
 }
 
+/// A new flow's event, under the same per-CPU budget as drops (its own
+/// element): a container opening flows as fast as it can costs the agent a
+/// bounded rate, the rest is counted as suppressed.
 #[inline(always)]
-fn new_flow(now: u64, reason: Reason, dir: Direction, ifindex: u32, pkt: &Ipv4Summary, len: u32) {
-    emit(
+fn new_flow(
+    cfg: &Config,
+    now: u64,
+    reason: Reason,
+    dir: Direction,
+    ifindex: u32,
+    pkt: &Ipv4Summary,
+    len: u32,
+) {
+    report(
+        cfg,
         now,
         EventKind::NewFlow,
         reason,

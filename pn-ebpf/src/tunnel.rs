@@ -11,6 +11,9 @@ use pn_common::policy::{self, IPV4_MIN_HLEN};
 
 use crate::{maps::PN_IFACES, report::count};
 
+/// `PN_COUNTERS` row of the tunnel's drops: the host's.
+const HOST: u16 = 0;
+
 #[classifier]
 pub fn pn_into_tunnel(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the whole program run.
@@ -23,7 +26,7 @@ pub fn pn_into_tunnel(ctx: TcContext) -> i32 {
     {
         Some(ip) => ip.src,
         None => {
-            count(0, pn_common::Reason::Malformed, len);
+            count(HOST, pn_common::Reason::Malformed, len);
             return TC_ACT_SHOT;
         }
     };
@@ -31,7 +34,7 @@ pub fn pn_into_tunnel(ctx: TcContext) -> i32 {
     let from = unsafe { PN_IFACES.get(ingress) }.copied();
     let reason = policy::into_tunnel(src, from.as_ref());
     if reason.is_drop() {
-        count(0, reason, len);
+        count(HOST, reason, len);
         TC_ACT_SHOT
     } else {
         TC_ACT_PIPE

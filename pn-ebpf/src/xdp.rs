@@ -12,7 +12,7 @@ use pn_common::{
 };
 
 use crate::{
-    maps::{PN_CONFIG, PN_ENDPOINTS, PN_PEERS, PN_TAGS},
+    maps::{PN_CONFIG, PN_ENDPOINTS, PN_IFACES, PN_PEERS, PN_TAGS},
     report::{count, report_drop},
 };
 
@@ -70,10 +70,12 @@ pub fn pn_underlay(ctx: XdpContext) -> u32 {
     }
     let cfg = PN_CONFIG.get(0).copied().unwrap_or_default();
     // SAFETY (lookups): values are plain data, read-only here.
+    let member = unsafe { PN_ENDPOINTS.get(pkt.dst) }.copied();
     let decision = policy::underlay(
         &pkt,
         &cfg,
-        |ip| unsafe { PN_ENDPOINTS.get(ip) }.is_some(),
+        // Only ever asked about `pkt.dst`.
+        |_| member.is_some(),
         |ip| unsafe { PN_PEERS.get(ip) }.is_some(),
         |tag| unsafe { PN_TAGS.get(tag) }.is_some(),
     );
@@ -81,13 +83,17 @@ pub fn pn_underlay(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let len = (end - data) as u32;
-    // Clear text to a member counts against that member; the rest against the host.
-    let endpoint = if reason == Reason::CleartextToMember {
-        pkt.dst
-    } else {
-        0
+    // Clear text to a local member counts in that member's row; the rest
+    // (remote members included) in the host's. Rows are the interfaces'
+    // slots: whatever the underlay sends, it adds none.
+    let slot = match member {
+        Some(ep) if reason == Reason::CleartextToMember && !ep.is_remote() => {
+            // SAFETY: plain data, see tc.rs.
+            unsafe { PN_IFACES.get(ep.ifindex) }.map_or(0, |i| i.slot)
+        }
+        _ => 0,
     };
-    count(endpoint, reason, len);
+    count(slot, reason, len);
     if reason.is_drop() {
         // SAFETY: the context pointer is valid for the whole program run.
         let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };

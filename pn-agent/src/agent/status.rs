@@ -138,8 +138,18 @@ impl Agent {
     pub fn status(&self) -> Status {
         let v = self.view();
         let me = &self.cfg.host_id;
-        let (in_maps, attached, lost) = {
+        let (in_maps, attached, lost, suppressed) = {
             let dp = self.dp();
+            let suppressed = match dp.maps().events_suppressed() {
+                Ok(l) => l
+                    .into_iter()
+                    .map(|(k, n)| (crate::flows::kind_name(k).to_string(), n))
+                    .collect(),
+                Err(e) => {
+                    log::warn!("reading suppressed events: {e}");
+                    Default::default()
+                }
+            };
             let lost = match dp.maps().conn_ref().lost() {
                 Ok(l) => l
                     .into_iter()
@@ -154,6 +164,7 @@ impl Agent {
                 dp.current().endpoints.len(),
                 dp.current().attached.len(),
                 lost,
+                suppressed,
             )
         };
         Status {
@@ -178,6 +189,7 @@ impl Agent {
                 ],
                 attached_interfaces: attached,
                 events_lost: lost,
+                events_suppressed: suppressed,
                 conns_tracked: self.conns.tracked(),
             },
             endpoints: EndpointCounts {

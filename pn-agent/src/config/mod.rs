@@ -78,7 +78,7 @@ pub struct RunSettings {
     /// MTU of container interfaces [default: underlay MTU − tunnel overhead, or 1500 without underlay].
     #[arg(long)]
     pub mtu: Option<u32>,
-    /// Drop events per second and CPU sent to `flows` (the rest is only counted) [default: 200].
+    /// Drop events per second and CPU sent to `flows`, and as many new-flow events (the rest is only counted) [default: 200].
     #[arg(long)]
     pub drop_events_per_sec: Option<u32>,
     /// What the datapath tracks between members: off, conns (connections) or http (connections and HTTP/1.x requests) [default: http].

@@ -196,29 +196,19 @@ impl ConnHub {
         // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
         // for as long as the AsyncFd (which owns the ring buffer) lives.
         let mut fd = unsafe { AsyncFd::register(ring)? };
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        // The programs wake this reader only when the ring fills
+        // (`CONN_WAKE_BYTES`): the tick drains it the rest of the time.
+        let mut tick = tokio::time::interval(Duration::from_millis(pn_common::conn::CONN_DRAIN_MS));
         loop {
             let mut out = Vec::new();
             tokio::select! {
                 guard = fd.readable_mut() => {
                     let mut guard = guard?;
-                    let ring = guard.get_inner_mut();
-                    let mut tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
-                    while let Some(item) = ring.next() {
-                        self.received.fetch_add(1, Ordering::Relaxed);
-                        if item.len() != size_of::<ConnEvent>() {
-                            self.malformed.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                        // SAFETY: length checked; ConnEvent is Pod (any bytes
-                        // are valid), read unaligned (ring items promise none).
-                        let ev: ConnEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                        tracker.feed(&ev, &mut out);
-                    }
-                    drop(tracker);
+                    self.drain(guard.get_inner_mut(), &mut out);
                     guard.clear_ready();
                 }
                 _ = tick.tick() => {
+                    self.drain(fd.get_mut(), &mut out);
                     let now = monotonic_ns();
                     self.tracker
                         .lock()
@@ -227,6 +217,22 @@ impl ConnHub {
                 }
             }
             self.apply(out, &view, &flows);
+        }
+    }
+
+    /// Feeds every event waiting in the ring to the tracker.
+    fn drain(&self, ring: &mut RingBuf<MapData>, out: &mut Vec<Outcome>) {
+        let mut tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(item) = ring.next() {
+            self.received.fetch_add(1, Ordering::Relaxed);
+            if item.len() != size_of::<ConnEvent>() {
+                self.malformed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // SAFETY: length checked; ConnEvent is Pod (any bytes are
+            // valid), read unaligned (ring items promise none).
+            let ev: ConnEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            tracker.feed(&ev, out);
         }
     }
 }

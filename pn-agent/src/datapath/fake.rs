@@ -89,8 +89,8 @@ impl Maps for FakeMaps {
         self.state.attached.remove(ifname);
         Ok(())
     }
-    fn remove_counters(&mut self, a: Ip4) -> Result<()> {
-        self.call(format!("remove_counters {}", ip(a)))
+    fn reset_counters(&mut self, slot: u16) -> Result<()> {
+        self.call(format!("reset_counters {slot}"))
     }
     fn set_service(&mut self, a: Ip4, _: Option<&ServiceState>, s: &ServiceState) -> Result<()> {
         self.call(format!("set_service {}", ip(a)))?;

@@ -14,7 +14,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, MapData, PerCpuHashMap, RingBuf,
+        Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf,
         lpm_trie::{Key as LpmKey, LpmTrie},
     },
     programs::{
@@ -26,7 +26,11 @@ use aya::{
 };
 use pn_common::{
     Ip4, Reason,
-    maps::{Config, ConnKey, ConnState, Counter, CounterKey, DenyRange, Endpoint, Iface, Peer},
+    event::EventKind,
+    maps::{
+        Config, ConnKey, ConnState, Counter, Counters, DenyRange, Endpoint, EventBudget, Iface,
+        Peer,
+    },
     objects,
 };
 
@@ -77,7 +81,8 @@ pub struct Kernel {
     ebpf: Ebpf,
     endpoints: HashMap<MapData, Ip4, Endpoint>,
     ifaces: HashMap<MapData, u32, Iface>,
-    counters: PerCpuHashMap<MapData, CounterKey, Counter>,
+    counters: PerCpuArray<MapData, Counters>,
+    budget: PerCpuArray<MapData, EventBudget>,
     config: Array<MapData, Config>,
     peers: HashMap<MapData, Ip4, Peer>,
     tags: HashMap<MapData, u32, u32>,
@@ -164,6 +169,7 @@ impl Kernel {
         let endpoints = take(&mut ebpf, objects::MAP_ENDPOINTS)?;
         let ifaces = take(&mut ebpf, objects::MAP_IFACES)?;
         let counters = take(&mut ebpf, objects::MAP_COUNTERS)?;
+        let budget = take(&mut ebpf, objects::MAP_EVENT_BUDGET)?;
         let config = take(&mut ebpf, objects::MAP_CONFIG)?;
         let peers = take(&mut ebpf, objects::MAP_PEERS)?;
         let tags = take(&mut ebpf, objects::MAP_TAGS)?;
@@ -186,6 +192,7 @@ impl Kernel {
             endpoints,
             ifaces,
             counters,
+            budget,
             config,
             peers,
             tags,
@@ -386,18 +393,47 @@ impl Kernel {
         self.lb.stats()
     }
 
-    /// Counters summed over CPUs.
-    pub fn counters(&self) -> Result<Vec<(CounterKey, Counter)>> {
+    /// Counters summed over CPUs, by endpoint and reason: the host's row
+    /// (endpoint 0) and the rows of `ifaces` (the interfaces this agent
+    /// gave a slot). Reasons never counted are left out.
+    pub fn counters(&self, ifaces: &BTreeMap<u32, Iface>) -> Result<Vec<(Ip4, Reason, Counter)>> {
+        let rows = std::iter::once((0, 0)).chain(
+            ifaces
+                .values()
+                .filter(|i| i.slot != 0)
+                .map(|i| (i.slot, i.addr)),
+        );
         let mut out = Vec::new();
-        for item in self.counters.iter() {
-            let (k, per_cpu) = item.ctx(|| "reading PN_COUNTERS".into())?;
-            let sum = per_cpu.iter().fold(Counter::default(), |acc, c| Counter {
-                packets: acc.packets + c.packets,
-                bytes: acc.bytes + c.bytes,
-            });
-            out.push((k, sum));
+        for (slot, endpoint) in rows {
+            let per_cpu = self
+                .counters
+                .get(&u32::from(slot), 0)
+                .ctx(|| format!("reading PN_COUNTERS[{slot}]"))?;
+            let mut sum = Counters::default();
+            for c in per_cpu.iter() {
+                sum.add(c);
+            }
+            for (r, c) in Reason::ALL.iter().zip(sum.by_reason) {
+                if c.packets != 0 {
+                    out.push((endpoint, *r, c));
+                }
+            }
         }
         Ok(out)
+    }
+
+    /// Events held back by the per-CPU budget, per kind, summed over CPUs.
+    pub fn events_suppressed(&self) -> Result<Vec<(EventKind, u64)>> {
+        [EventKind::Drop, EventKind::NewFlow]
+            .into_iter()
+            .map(|k| {
+                let per_cpu = self
+                    .budget
+                    .get(&EventBudget::index(k), 0)
+                    .ctx(|| "reading PN_EVBUDGET".into())?;
+                Ok((k, per_cpu.iter().map(|b| b.suppressed).sum()))
+            })
+            .collect()
     }
 
     /// Entries of a hash map, read whole.
@@ -492,23 +528,15 @@ impl Maps for Kernel {
         self.detach_links(ifname)
     }
 
-    /// Forgets an endpoint's counters (after it is detached).
-    fn remove_counters(&mut self, endpoint: Ip4) -> Result<()> {
-        for r in Reason::ALL {
-            let key = CounterKey {
-                endpoint,
-                reason: r as u32,
-            };
-            match self.counters.remove(&key) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                // aya reports a missing key of a hash map as the syscall's
-                // ENOENT: a reason never counted for this endpoint.
-                Err(aya::maps::MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => return Err(e).ctx(|| "removing from PN_COUNTERS".into()),
-            }
-        }
-        Ok(())
+    /// Zeroes a counter row on every CPU (before an interface gets it).
+    fn reset_counters(&mut self, slot: u16) -> Result<()> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(what, e)| plain(format!("counting CPUs ({what}): {e}")))?;
+        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus])
+            .ctx(|| "zeroed counters".into())?;
+        self.counters
+            .set(u32::from(slot), zeros, 0)
+            .ctx(|| format!("zeroing PN_COUNTERS[{slot}]"))
     }
 
     fn forget_conns(&mut self, container: Ip4) -> Result<()> {

@@ -207,8 +207,8 @@ pub trait Maps {
     /// programs of links an earlier agent pinned.
     fn attach(&mut self, ifname: &str) -> Result<()>;
     fn detach(&mut self, ifname: &str) -> Result<()>;
-    /// Forgets a removed endpoint's counters.
-    fn remove_counters(&mut self, ip: Ip4) -> Result<()>;
+    /// Zeroes a row of `PN_COUNTERS` (before an interface gets the slot).
+    fn reset_counters(&mut self, slot: u16) -> Result<()>;
     /// Writes a service (its table from its backends); `old`: what the
     /// kernel holds now, so only the difference is written.
     fn set_service(
@@ -297,9 +297,10 @@ impl<M: Maps> Datapath<M> {
             }
         }
         for (idx, iface) in want.ifaces.iter().filter(|(_, i)| scope.has_addr(i.addr)) {
-            if self.current.ifaces.get(idx) != Some(iface) {
-                self.maps.set_iface(*idx, *iface)?;
-                self.current.ifaces.insert(*idx, *iface);
+            let iface = self.with_slot(*idx, *iface)?;
+            if self.current.ifaces.get(idx) != Some(&iface) {
+                self.maps.set_iface(*idx, iface)?;
+                self.current.ifaces.insert(*idx, iface);
                 ch.set += 1;
             }
         }
@@ -371,7 +372,6 @@ impl<M: Maps> Datapath<M> {
                 .is_some_and(|e| !e.is_remote());
             self.maps.remove_endpoint(ip)?;
             if was_local {
-                self.maps.remove_counters(ip)?;
                 self.maps.forget_conns(ip)?;
             }
             ch.removed += 1;
@@ -457,6 +457,38 @@ impl<M: Maps> Datapath<M> {
                 .copied()
                 .collect(),
         }
+    }
+}
+
+impl<M: Maps> Datapath<M> {
+    /// `iface` with its counter slot: the one its interface holds for the
+    /// same address (counts go on across applies and restarts), else the
+    /// lowest free one, zeroed first (a new container, or a new address,
+    /// starts from 0). Slot 0 (the host's row) when all are taken.
+    fn with_slot(&mut self, ifindex: u32, mut iface: Iface) -> Result<Iface> {
+        if let Some(cur) = self.current.ifaces.get(&ifindex)
+            && cur.slot != 0
+            && cur.addr == iface.addr
+        {
+            iface.slot = cur.slot;
+            return Ok(iface);
+        }
+        let used: BTreeSet<u16> = self
+            .current
+            .ifaces
+            .iter()
+            .filter(|(i, _)| **i != ifindex)
+            .map(|(_, i)| i.slot)
+            .collect();
+        let Some(slot) = (1..pn_common::maps::MAX_COUNTER_SLOTS)
+            .filter_map(|s| u16::try_from(s).ok())
+            .find(|s| !used.contains(s))
+        else {
+            return Ok(iface);
+        };
+        self.maps.reset_counters(slot)?;
+        iface.slot = slot;
+        Ok(iface)
     }
 }
 

@@ -43,11 +43,80 @@ fn two() -> State {
     s
 }
 
+/// `s` as the kernel holds it: interfaces numbered 1, 2… in ifindex order
+/// (the counter slots the datapath gives them from empty).
+fn slotted(mut s: State) -> State {
+    for (n, i) in s.ifaces.values_mut().enumerate() {
+        i.slot = n as u16 + 1;
+    }
+    s
+}
+
+#[test]
+fn counter_slots_are_kept_zeroed_when_new_and_reused_when_freed() {
+    let mut dp = Datapath::new(FakeMaps::default());
+    dp.apply(&two(), &Scope::all()).unwrap();
+    assert!(dp.maps().calls.contains(&"reset_counters 1".to_string()));
+    // A second interface gets the next slot, zeroed.
+    let mut more = two();
+    let second = Iface {
+        addr: ip4(10, 240, 0, 4),
+        tag: 1,
+        ..Default::default()
+    };
+    more.ifaces.insert(8, second);
+    more.endpoints.insert(ip4(10, 240, 0, 4), local(1, 8));
+    dp.apply(&more, &Scope::all()).unwrap();
+    assert_eq!(dp.maps().state.ifaces[&7].slot, 1, "kept");
+    assert_eq!(dp.maps().state.ifaces[&8].slot, 2);
+    assert!(dp.maps().calls.contains(&"reset_counters 2".to_string()));
+    // The kept slot is not zeroed again.
+    assert_eq!(
+        dp.maps()
+            .calls
+            .iter()
+            .filter(|c| *c == "reset_counters 1")
+            .count(),
+        1
+    );
+    // The first goes; a new container takes its slot, zeroed again.
+    let mut swapped = more.clone();
+    swapped.ifaces.remove(&7);
+    swapped.endpoints.remove(&ip4(10, 240, 0, 2));
+    dp.apply(&swapped, &Scope::all()).unwrap();
+    dp.maps_mut().calls.clear();
+    swapped.ifaces.insert(
+        9,
+        Iface {
+            addr: ip4(10, 240, 0, 5),
+            tag: 1,
+            ..Default::default()
+        },
+    );
+    dp.apply(&swapped, &Scope::all()).unwrap();
+    assert_eq!(dp.maps().state.ifaces[&9].slot, 1);
+    assert_eq!(dp.maps().state.ifaces[&8].slot, 2);
+    assert_eq!(
+        dp.maps()
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("reset_counters"))
+            .collect::<Vec<_>>(),
+        ["reset_counters 1"]
+    );
+    // The same interface under a new address starts from 0 as well.
+    dp.maps_mut().calls.clear();
+    swapped.ifaces.get_mut(&8).unwrap().addr = ip4(10, 240, 0, 6);
+    dp.apply(&swapped, &Scope::all()).unwrap();
+    assert_eq!(dp.maps().state.ifaces[&8].slot, 2);
+    assert!(dp.maps().calls.contains(&"reset_counters 2".to_string()));
+}
+
 #[test]
 fn a_full_apply_reaches_the_state_and_a_second_one_does_nothing() {
     let mut dp = Datapath::new(FakeMaps::default());
     let ch = dp.apply(&two(), &Scope::all()).unwrap();
-    assert_eq!(dp.maps().state, two());
+    assert_eq!(dp.maps().state, slotted(two()));
     assert_eq!((ch.set, ch.attached), (5, 1));
     let calls = dp.maps().calls.len();
     let ch = dp.apply(&two(), &Scope::all()).unwrap();
@@ -68,9 +137,6 @@ fn links_go_on_before_entries_and_come_off_after_them() {
     dp.apply(&State::default(), &Scope::all()).unwrap();
     let calls = &dp.maps().calls;
     assert_eq!(calls.last().unwrap(), "detach pnhaaa", "{calls:?}");
-    assert!(calls.contains(&"remove_counters 10.240.0.2".to_string()));
-    // Remote endpoints have no counters of their own.
-    assert!(!calls.contains(&"remove_counters 10.240.0.3".to_string()));
     // A local container that goes takes its connections with the outside.
     assert!(calls.contains(&"forget_conns 10.240.0.2".to_string()));
     assert!(!calls.contains(&"forget_conns 10.240.0.3".to_string()));
@@ -89,7 +155,7 @@ fn a_full_apply_repairs_what_changed_behind_the_agents_back() {
         .insert(ip4(10, 240, 0, 99), local(1, 8));
     dp.maps_mut().state.endpoints.remove(&ip4(10, 240, 0, 3));
     dp.apply(&two(), &Scope::all()).unwrap();
-    assert_eq!(dp.maps().state, two());
+    assert_eq!(dp.maps().state, slotted(two()));
 }
 
 #[test]
@@ -130,7 +196,7 @@ fn a_scoped_apply_touches_only_its_entries() {
 fn programs_of_pinned_links_are_replaced_once_per_process() {
     // A previous agent left its links pinned: the kernel already holds them.
     let mut dp = Datapath::new(FakeMaps {
-        state: two(),
+        state: slotted(two()),
         ..Default::default()
     });
     dp.apply(&two(), &Scope::all()).unwrap();
@@ -146,10 +212,10 @@ fn a_failed_apply_is_finished_by_the_next() {
         ..Default::default()
     });
     assert!(dp.apply(&two(), &Scope::all()).is_err());
-    assert_ne!(dp.maps().state, two());
+    assert_ne!(dp.maps().state, slotted(two()));
     dp.maps_mut().fail_on = None;
     dp.apply(&two(), &Scope::all()).unwrap();
-    assert_eq!(dp.maps().state, two());
+    assert_eq!(dp.maps().state, slotted(two()));
 }
 
 #[test]
@@ -177,7 +243,7 @@ fn the_deny_list_is_its_own_scope_added_before_removed() {
     want.egress_deny.insert((ip4(169, 254, 0, 0), 16), 1);
     want.egress_deny.insert((ip4(192, 168, 50, 1), 32), 2);
     dp.apply(&want, &Scope::all()).unwrap();
-    assert_eq!(dp.maps().state, want);
+    assert_eq!(dp.maps().state, slotted(want.clone()));
     // A container's change leaves the list alone.
     dp.maps_mut().calls.clear();
     dp.apply(
@@ -222,5 +288,5 @@ fn links_of_an_earlier_agent_switch_after_the_entries_are_set() {
         at("set_endpoint 10.240.0.2") < at("attach pnhaaa"),
         "{calls:?}"
     );
-    assert_eq!(dp.maps().state, want);
+    assert_eq!(dp.maps().state, slotted(want));
 }

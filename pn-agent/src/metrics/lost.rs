@@ -1,5 +1,6 @@
 //! Events the datapath could not deliver (ring buffer full), per kind and
-//! CPU, and the tracker's own health, for the metrics endpoint.
+//! CPU, events it held back (over the per-CPU budget), and the tracker's
+//! own health, for the metrics endpoint.
 
 use std::sync::atomic::Ordering;
 
@@ -11,10 +12,25 @@ use prometheus_client::{
 use super::Inputs;
 
 pub fn encode(inputs: &Inputs, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-    let lost = {
+    let (lost, suppressed) = {
         let dp = inputs.datapath.lock().unwrap_or_else(|p| p.into_inner());
-        dp.maps().conn_ref().lost()
+        (dp.maps().conn_ref().lost(), dp.maps().events_suppressed())
     };
+    match suppressed {
+        Ok(suppressed) => {
+            let mut m = encoder.encode_descriptor(
+                "pn_events_suppressed",
+                "Flow events held back by the per-CPU budget (--drop-events-per-sec), per kind (drop, new_flow); the packets are still counted",
+                None,
+                MetricType::Counter,
+            )?;
+            for (kind, n) in suppressed {
+                ConstCounter::new(n)
+                    .encode(m.encode_family(&[("kind", crate::flows::kind_name(kind))])?)?;
+            }
+        }
+        Err(e) => log::error!("reading suppressed events for metrics: {e:#}"),
+    }
     match lost {
         Ok(lost) => {
             let mut m = encoder.encode_descriptor(

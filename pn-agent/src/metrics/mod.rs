@@ -67,7 +67,7 @@ impl Collector for AgentCollector {
         let inputs = &self.0;
         let (counters, attached) = {
             let dp = inputs.datapath.lock().unwrap_or_else(|p| p.into_inner());
-            let counters = match dp.maps().counters() {
+            let counters = match dp.maps().counters(&dp.current().ifaces) {
                 Ok(c) => c,
                 Err(e) => {
                     log::error!("reading counters for metrics: {e:#}");
@@ -81,12 +81,11 @@ impl Collector for AgentCollector {
             let view = inputs.view.read().unwrap_or_else(|p| p.into_inner());
             counters
                 .iter()
-                .filter_map(|(k, c)| {
-                    let reason = pn_common::Reason::from_u8(k.reason as u8)?;
-                    let ip = Ipv4Addr::from(pn_common::ip4_octets(k.endpoint));
+                .filter_map(|&(endpoint, reason, c)| {
+                    let ip = Ipv4Addr::from(pn_common::ip4_octets(endpoint));
                     let (network, app, container) = match view.container_by_ip(ip) {
                         Some(c) => (c.network.to_string(), c.key.app.to_string(), c.key.name()),
-                        None if k.endpoint == 0 => (String::new(), String::new(), String::new()),
+                        None if endpoint == 0 => (String::new(), String::new(), String::new()),
                         // Counted before detach; the row is being removed.
                         None => return None,
                     };

@@ -401,7 +401,8 @@ pub const fn flow_update(last_seen_ns: Option<u64>, now_ns: u64) -> FlowUpdate {
 
 impl EventBudget {
     /// One-second windows; at most `per_sec` events pass in each, the rest is
-    /// counted in `suppressed`.
+    /// counted in `suppressed`. A clock that went backwards (another CPU's
+    /// stamp never lands here: the state is per CPU) opens no new window.
     pub fn admit(&mut self, now_ns: u64, per_sec: u32) -> bool {
         if now_ns.saturating_sub(self.window_start_ns) >= 1_000_000_000 {
             self.window_start_ns = now_ns;

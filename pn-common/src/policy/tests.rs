@@ -403,6 +403,28 @@ fn event_budget_limits_per_second() {
     assert!(b.admit(t0 + 1_000_000_000, 3));
 }
 
+#[test]
+fn event_budget_caps_a_flood_and_counts_every_event_it_holds_back() {
+    // 10 000 events a second for 5 s against a budget of 20 a second.
+    let mut b = EventBudget::default();
+    let t0 = 7_000_000_000;
+    let sent = (0..50_000u64)
+        .filter(|i| b.admit(t0 + i * 100_000, 20))
+        .count() as u64;
+    assert_eq!(sent, 5 * 20);
+    assert_eq!(b.suppressed, 50_000 - sent);
+    // A budget of 0 sends nothing and still counts.
+    let mut none = EventBudget::default();
+    assert!(!(0..10).any(|i| none.admit(t0 + i, 0)));
+    assert_eq!(none.suppressed, 10);
+    // Kinds have their own element: drops and new flows do not share.
+    assert_ne!(
+        EventBudget::index(crate::event::EventKind::Drop),
+        EventBudget::index(crate::event::EventKind::NewFlow)
+    );
+    assert!(EventBudget::index(crate::event::EventKind::NewFlow) < EventBudget::KINDS);
+}
+
 fn remote(tag: u32) -> Endpoint {
     Endpoint {
         tag,

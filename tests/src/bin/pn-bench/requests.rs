@@ -148,8 +148,8 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
             m[mode][1].push(tools::iperf(&c1, &c2, ip2, effort.seconds)?);
             let s2 = tools::prog_stats_ids(&ids);
             if mode != 2 {
-                m[mode][2].push((s1.0 - s0.0) as f64 / (s1.1 - s0.1).max(1) as f64);
-                m[mode][3].push((s2.0 - s1.0) as f64 / (s2.1 - s1.1).max(1) as f64);
+                m[mode][2].push(tools::ns_per_run(s0, s1));
+                m[mode][3].push(tools::ns_per_run(s1, s2));
             } else {
                 tools::reattach_programs(&mut host);
             }

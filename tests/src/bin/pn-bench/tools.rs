@@ -168,6 +168,10 @@ pub fn detach_programs(host: &Host) -> anyhow::Result<()> {
             .flatten()
             .any(|l| l["id"].as_u64().is_some_and(|id| ids.contains(&id)));
         if !live {
+            // The kernel frees a link's id before it detaches it (and a
+            // program already running finishes after): a packet or two
+            // could still be counted. Give the release its moment.
+            std::thread::sleep(Duration::from_millis(300));
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -321,6 +325,11 @@ pub fn pinned_prog_ids(host: &Host) -> Vec<u64> {
         }
     }
     ids
+}
+
+/// ns per program run between two readings of `prog_stats_ids`.
+pub fn ns_per_run(before: (u64, u64), after: (u64, u64)) -> f64 {
+    after.0.saturating_sub(before.0) as f64 / after.1.saturating_sub(before.1).max(1) as f64
 }
 
 /// (run_time_ns, run_cnt) summed over the programs with these ids.
