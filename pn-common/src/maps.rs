@@ -79,9 +79,18 @@ pub struct Counter {
 /// Row 0 is the host's: packets of no known interface, the underlay's and
 /// the tunnel's drops, clear text toward remote members.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Counters {
     pub by_reason: [Counter; crate::Reason::COUNT],
+}
+
+// By hand: `Default` is derived for arrays of up to 32 elements only.
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            by_reason: [Counter::default(); crate::Reason::COUNT],
+        }
+    }
 }
 
 impl Counters {
