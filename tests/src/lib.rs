@@ -287,6 +287,36 @@ impl Host {
         }
     }
 
+    /// A namespace `{prefix}-x` on the host's L2: a veth `ul0` in the host
+    /// (`192.168.{subnet}.1/24`, up, MTU 1500), `eth0` in the neighbour
+    /// (`.2`), which routes `route` through the host. Before `launch`, so the
+    /// agent can take `ul0` as its underlay.
+    pub fn neighbour(&self, prefix: &str, subnet: u8, route: &str) -> Namespace {
+        let n = Namespace::new(&format!("{prefix}-x"));
+        self.ns.ip(&[
+            "link", "add", "ul0", "mtu", "1500", "type", "veth", "peer", "name", "eth0", "netns",
+            &n.name,
+        ]);
+        self.ns.ip(&[
+            "addr",
+            "add",
+            &format!("192.168.{subnet}.1/24"),
+            "dev",
+            "ul0",
+        ]);
+        self.ns.ip(&["link", "set", "ul0", "up"]);
+        n.ip(&[
+            "addr",
+            "add",
+            &format!("192.168.{subnet}.2/24"),
+            "dev",
+            "eth0",
+        ]);
+        n.ip(&["link", "set", "eth0", "up"]);
+        n.ip(&["route", "add", route, "via", &format!("192.168.{subnet}.1")]);
+        n
+    }
+
     /// From now on, the agent runs as a systemd service would: with a
     /// notify socket and a file descriptor store kept across its restarts.
     pub fn with_service_manager(&mut self) {

@@ -191,25 +191,7 @@ fn a_query_from_outside_the_containers_gets_nothing() {
     let mut host = Host::create(&p, "h1");
     // A neighbour on the host's L2 (no underlay guard: the DNS itself must
     // refuse it), with a route to the gateway address through the host.
-    let neighbour = Namespace::new(&format!("{p}-x"));
-    host.ns.ip(&[
-        "link",
-        "add",
-        "ul0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &neighbour.name,
-    ]);
-    host.ns
-        .ip(&["addr", "add", "192.168.91.1/24", "dev", "ul0"]);
-    host.ns.ip(&["link", "set", "ul0", "up"]);
-    neighbour.ip(&["addr", "add", "192.168.91.2/24", "dev", "eth0"]);
-    neighbour.ip(&["link", "set", "eth0", "up"]);
-    neighbour.ip(&["route", "add", "169.254.1.1/32", "via", "192.168.91.1"]);
+    let neighbour = host.neighbour(&p, 91, "169.254.1.1/32");
     let _up = net::fake_dns_upstream(&host.ns, 5353, Ipv4Addr::new(192, 0, 2, 44));
     host.launch(&["--dns-upstream", "127.0.0.1:5353"]);
     let t = tenants(host, &p);

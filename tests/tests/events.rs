@@ -112,27 +112,7 @@ fn a_new_flow_flood_is_held_to_the_event_budget_and_counted() {
 fn clear_text_toward_many_members_lands_in_bounded_rows() {
     let p = unique_prefix();
     let mut host = Host::create(&p, "h1");
-    let stranger = Namespace::new(&format!("{p}-x"));
-    host.ns.ip(&[
-        "link",
-        "add",
-        "ul0",
-        "mtu",
-        "1500",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &stranger.name,
-    ]);
-    host.ns
-        .ip(&["addr", "add", "192.168.91.1/24", "dev", "ul0"]);
-    host.ns.ip(&["link", "set", "ul0", "up"]);
-    stranger.ip(&["addr", "add", "192.168.91.2/24", "dev", "eth0"]);
-    stranger.ip(&["link", "set", "eth0", "up"]);
-    stranger.ip(&["route", "add", "10.240.0.0/12", "via", "192.168.91.1"]);
+    let stranger = host.neighbour(&p, 91, "10.240.0.0/12");
     host.launch(&[
         "--underlay-iface",
         "ul0",

@@ -8,27 +8,7 @@ use pn_tests::{Host, Namespace, eventually, metric_value, net, unique_prefix};
 fn the_underlay_guard_drops_strangers_and_cleartext_to_members() {
     let p = unique_prefix();
     let mut host = Host::create(&p, "h1");
-    let stranger = Namespace::new(&format!("{p}-x"));
-    host.ns.ip(&[
-        "link",
-        "add",
-        "ul0",
-        "mtu",
-        "1500",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &stranger.name,
-    ]);
-    host.ns
-        .ip(&["addr", "add", "192.168.90.1/24", "dev", "ul0"]);
-    host.ns.ip(&["link", "set", "ul0", "up"]);
-    stranger.ip(&["addr", "add", "192.168.90.2/24", "dev", "eth0"]);
-    stranger.ip(&["link", "set", "eth0", "up"]);
-    stranger.ip(&["route", "add", "10.240.0.0/12", "via", "192.168.90.1"]);
+    let stranger = host.neighbour(&p, 90, "10.240.0.0/12");
     host.launch(&[
         "--underlay-iface",
         "ul0",
