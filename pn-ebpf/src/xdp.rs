@@ -74,8 +74,7 @@ pub fn pn_underlay(ctx: XdpContext) -> u32 {
     let decision = policy::underlay(
         &pkt,
         &cfg,
-        // Only ever asked about `pkt.dst`.
-        |_| member.is_some(),
+        member.is_some(),
         |ip| unsafe { PN_PEERS.get(ip) }.is_some(),
         |tag| unsafe { PN_TAGS.get(tag) }.is_some(),
     );

@@ -303,14 +303,16 @@ pub struct UnderlayPacket {
 /// Rule 6 on the underlay interface (XDP): member traffic crosses hosts only
 /// inside the tunnel, and tunnel packets come only from peers, for networks
 /// with local members. `None`: not pn's traffic, left to the host's stack.
+/// `dst_is_member`: the destination is a member (the program has looked it
+/// up already, for its counter row).
 pub fn underlay(
     pkt: &UnderlayPacket,
     cfg: &Config,
-    is_member: impl Fn(Ip4) -> bool,
+    dst_is_member: bool,
     is_peer: impl Fn(Ip4) -> bool,
     is_local_tag: impl Fn(u32) -> bool,
 ) -> Option<Reason> {
-    if is_member(pkt.dst) {
+    if dst_is_member {
         return Some(Reason::CleartextToMember);
     }
     if pkt.proto != IPPROTO_UDP || cfg.tunnel_port == 0 || pkt.dport != cfg.tunnel_port {

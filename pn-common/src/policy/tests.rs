@@ -302,7 +302,7 @@ fn underlay_guard() {
     };
     let data = Some(crate::tunnel::MSG_DATA);
     let init = Some(crate::tunnel::MSG_INITIATION);
-    let decide = |p: UnderlayPacket| underlay(&p, &cfg, member, is_peer, local_tag);
+    let decide = |p: UnderlayPacket| underlay(&p, &cfg, member(p.dst), is_peer, local_tag);
     assert_eq!(decide(tun(peer, data, Some(NET_A))), Some(Reason::Tunnel));
     assert_eq!(decide(tun(peer, init, None)), Some(Reason::Tunnel));
     assert_eq!(
@@ -356,7 +356,7 @@ fn underlay_guard() {
         underlay(
             &tun(stranger, data, Some(NET_A)),
             &off,
-            member,
+            member(me),
             is_peer,
             local_tag
         ),
