@@ -326,36 +326,44 @@ impl<M: Maps> Datapath<M> {
         if scope.is_all() {
             self.current = self.maps.read().map_err(ApplyError::Read)?;
         }
-        let plan = self.plan(want, scope);
+        let Plan {
+            links,
+            pinned,
+            ifaces,
+            endpoints,
+            services,
+            peers,
+            tags,
+            deny,
+        } = self.plan(want, scope);
         let (maps, cur, refreshed) = (&mut self.maps, &mut self.current, &mut self.refreshed);
         let mut ch = Changes::default();
         let mut failed = Vec::new();
-        ch.attached += plan.links.write_sets(&mut cur.attached, &mut failed, |e| {
+        ch.attached += links.write_sets(&mut cur.attached, &mut failed, |e| {
             maps.attach(&e.key)?;
             refreshed.insert(e.key.clone());
             Ok(())
         });
         let before_sets = failed.len();
-        ch.set += plan.ifaces.write_sets(&mut cur.ifaces, &mut failed, |e| {
+        ch.set += ifaces.write_sets(&mut cur.ifaces, &mut failed, |e| {
             if zeroes(e.old.as_ref(), &e.new) {
                 maps.reset_counters(e.new.slot)?;
             }
             maps.set_iface(e.key, e.new)
         });
-        ch.set += (plan.endpoints).write_sets(&mut cur.endpoints, &mut failed, |e| {
+        ch.set += endpoints.write_sets(&mut cur.endpoints, &mut failed, |e| {
             maps.set_endpoint(e.key, e.new)
         });
-        ch.set += (plan.services).write_sets(&mut cur.services, &mut failed, |e| {
+        ch.set += services.write_sets(&mut cur.services, &mut failed, |e| {
             maps.set_service(e.key, e.old.as_ref(), &e.new)
         });
-        ch.set +=
-            (plan.peers).write_sets(&mut cur.peers, &mut failed, |e| maps.set_peer(e.key, e.new));
-        ch.set += (plan.tags).write_sets(&mut cur.tags, &mut failed, |e| maps.set_tag(e.key));
-        ch.set += (plan.deny).write_sets(&mut cur.egress_deny, &mut failed, |e| {
+        ch.set += peers.write_sets(&mut cur.peers, &mut failed, |e| maps.set_peer(e.key, e.new));
+        ch.set += tags.write_sets(&mut cur.tags, &mut failed, |e| maps.set_tag(e.key));
+        ch.set += deny.write_sets(&mut cur.egress_deny, &mut failed, |e| {
             maps.set_deny(e.key, e.new)
         });
         if failed.len() == before_sets {
-            for name in plan.pinned {
+            for name in pinned {
                 match maps.attach(&name) {
                     Ok(()) => {
                         refreshed.insert(name);
@@ -365,33 +373,30 @@ impl<M: Maps> Datapath<M> {
                 }
             }
         }
-        ch.removed += (plan.endpoints).write_removes(&mut cur.endpoints, &mut failed, |ip, old| {
+        ch.removed += endpoints.write_removes(&mut cur.endpoints, &mut failed, |ip, old| {
             maps.remove_endpoint(*ip)?;
             if !old.is_remote() {
                 maps.forget_conns(*ip)?;
             }
             Ok(())
         });
-        ch.removed += (plan.ifaces).write_removes(&mut cur.ifaces, &mut failed, |idx, _| {
+        ch.removed += ifaces.write_removes(&mut cur.ifaces, &mut failed, |idx, _| {
             maps.remove_iface(*idx)
         });
-        ch.removed += (plan.services).write_removes(&mut cur.services, &mut failed, |vip, old| {
+        ch.removed += services.write_removes(&mut cur.services, &mut failed, |vip, old| {
             maps.remove_service(*vip, old)
         });
         ch.removed +=
-            (plan.peers).write_removes(&mut cur.peers, &mut failed, |ip, _| maps.remove_peer(*ip));
-        ch.removed +=
-            (plan.tags).write_removes(&mut cur.tags, &mut failed, |t, ()| maps.remove_tag(*t));
-        ch.removed += (plan.deny).write_removes(&mut cur.egress_deny, &mut failed, |r, _| {
+            peers.write_removes(&mut cur.peers, &mut failed, |ip, _| maps.remove_peer(*ip));
+        ch.removed += tags.write_removes(&mut cur.tags, &mut failed, |t, ()| maps.remove_tag(*t));
+        ch.removed += deny.write_removes(&mut cur.egress_deny, &mut failed, |r, _| {
             maps.remove_deny(*r)
         });
-        ch.detached += plan
-            .links
-            .write_removes(&mut cur.attached, &mut failed, |name, ()| {
-                maps.detach(name)?;
-                refreshed.remove(name);
-                Ok(())
-            });
+        ch.detached += links.write_removes(&mut cur.attached, &mut failed, |name, ()| {
+            maps.detach(name)?;
+            refreshed.remove(name);
+            Ok(())
+        });
         if failed.is_empty() {
             Ok(ch)
         } else {
@@ -407,7 +412,9 @@ impl<M: Maps> Datapath<M> {
         let mut links = diff(&cur.attached, &want.attached, &keys_or_all(&scope.links));
         // Attached by this process already (`attach_now`): not again.
         links.set.retain(|e| !self.refreshed.contains(&e.key));
-        let pinned = (want.attached.iter())
+        let pinned = want
+            .attached
+            .iter()
             .filter(|n| scope.has_link(n) && cur.attached.contains(*n))
             .filter(|n| !self.refreshed.contains(*n))
             .cloned()
