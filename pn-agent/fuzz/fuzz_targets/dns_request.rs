@@ -11,7 +11,7 @@ use std::{
 use hickory_proto::op::{Message, MessageType};
 use libfuzzer_sys::fuzz_target;
 use pn_agent::dns::{
-    Directory, DnsConfig, DnsStats,
+    Directory, DnsStats,
     zone::{Action, EDNS_UDP_MAX, PLAIN_UDP_MAX, Responder},
 };
 use pn_common::{
@@ -53,14 +53,9 @@ impl Directory for Fixed {
     }
 }
 
-static RESPONDER: LazyLock<Responder> = LazyLock::new(|| {
-    let cfg = DnsConfig {
-        listen: "169.254.1.1:53".parse().unwrap(),
-        ttl: 5,
-        upstreams: vec!["192.0.2.53:53".parse().unwrap()],
-    };
-    Responder::new(&cfg, Arc::new(Fixed), Arc::new(DnsStats::default()))
-});
+// TTL 5 s, with upstreams (names of the world are forwarded).
+static RESPONDER: LazyLock<Responder> =
+    LazyLock::new(|| Responder::new(5, true, Arc::new(Fixed), Arc::new(DnsStats::default())));
 
 fuzz_target!(|data: &[u8]| {
     for udp in [true, false] {

@@ -1,9 +1,10 @@
 //! Answers from the zone `private-network.internal.`: what one query of a
-//! known member gets, computed without any I/O (the server loops send it,
-//! the fuzz target drives it with arbitrary bytes).
+//! known member gets, computed without any I/O (the pipeline sends it, the
+//! fuzz target drives it with arbitrary bytes).
 
 use std::{
     collections::HashMap,
+    net::Ipv4Addr,
     sync::{Arc, Mutex},
 };
 
@@ -16,10 +17,7 @@ use pn_common::{
     names::{self, RecordQuery, ZoneName},
 };
 
-use super::{
-    Directory, DnsConfig,
-    stats::{DnsStats, bump},
-};
+use super::stats::{DnsStats, bump};
 
 /// Largest UDP answer when the client did not say (RFC 1035), and the most
 /// we offer with EDNS (the DNS flag day 2020 recommendation).
@@ -27,6 +25,14 @@ pub const PLAIN_UDP_MAX: usize = 512;
 pub const EDNS_UDP_MAX: u16 = 1232;
 /// Rotation state is per name; forget it all past this many names.
 const ROTATION_NAMES: usize = 65_536;
+
+/// What the server needs to know of the membership.
+pub trait Directory: Send + Sync + 'static {
+    /// Network of the container that owns this address, if any.
+    fn network_of(&self, client: Ipv4Addr) -> Option<NetworkId>;
+    /// Appends the addresses a record query designates; false when none.
+    fn resolve(&self, q: &RecordQuery, out: &mut Vec<Ipv4Addr>) -> bool;
+}
 
 /// What to do with one query.
 #[derive(Debug, PartialEq, Eq)]
@@ -58,7 +64,14 @@ pub struct Responder {
 }
 
 impl Responder {
-    pub fn new(cfg: &DnsConfig, dir: Arc<dyn Directory>, stats: Arc<DnsStats>) -> Responder {
+    /// A zone answering with records of `ttl`; `recursion` when names of
+    /// the world are relayed upstream (there are upstreams).
+    pub fn new(
+        ttl: u32,
+        recursion: bool,
+        dir: Arc<dyn Directory>,
+        stats: Arc<DnsStats>,
+    ) -> Responder {
         let zone = Name::from_ascii(format!("{}.", names::ZONE)).expect("valid zone name");
         let soa = SOA::new(
             Name::from_ascii(format!("ns.{}.", names::ZONE)).expect("valid name"),
@@ -68,15 +81,15 @@ impl Responder {
             60,
             60,
             // Negative answers are cached for the TTL, like positive ones.
-            cfg.ttl,
+            ttl,
         );
         Responder {
             dir,
             stats,
-            ttl: cfg.ttl,
-            recursion: !cfg.upstreams.is_empty(),
+            ttl,
+            recursion,
             rotation: Mutex::new(HashMap::new()),
-            soa: Record::from_rdata(zone, cfg.ttl, RData::SOA(soa)),
+            soa: Record::from_rdata(zone, ttl, RData::SOA(soa)),
         }
     }
 
