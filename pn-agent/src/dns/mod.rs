@@ -59,7 +59,7 @@ pub use cache::CacheLimits;
 pub use forward::{UPSTREAM_TIMEOUT, upstreams_from_resolv_conf};
 pub use limits::{Limits, descriptor_limit};
 pub use stats::{CacheStats, DnsStats, LimitStats};
-pub use zone::Directory;
+pub use zone::{Directory, Member};
 
 use crate::error::{ErrorKind, Kind};
 use pipeline::Server;

@@ -9,14 +9,12 @@ use std::{
     time::Instant,
 };
 
-use pn_common::ids::NetworkId;
-
 use super::{
     cache,
     forward::{Forwarder, Via, servfail},
     limits::{Limits, Rate, Refusal, Slot, Slots},
     stats::{DnsStats, bump},
-    zone::{Action, Directory, Responder},
+    zone::{Action, Directory, Member, Responder},
 };
 
 /// What both server loops share.
@@ -78,7 +76,7 @@ impl Server {
 
     /// Whether `client` is an attached container; anyone else is counted.
     pub fn known(&self, client: Ipv4Addr) -> bool {
-        let known = self.dir.network_of(client).is_some();
+        let known = self.dir.member(client).is_some();
         if !known {
             bump(&self.stats.not_member);
         }
@@ -89,17 +87,19 @@ impl Server {
     /// at every query, so a container detached meanwhile (even on an open
     /// TCP connection) gets nothing more.
     pub fn answer(&self, client: Ipv4Addr, msg: &[u8], over: Transport) -> Answer {
-        let Some(own) = self.admit(client) else {
+        let Some(from) = self.admit(client) else {
             return Answer::Silence;
         };
         // A name of the world asked again: answered straight from the cache,
-        // before the zone parses the message.
-        if let Some(q) = cache::question(msg)
+        // before the zone parses the message. Never for a sealed network:
+        // the zone refuses it the world.
+        if !from.sealed
+            && let Some(q) = cache::question(msg)
             && let Some(r) = self.forwarder.cached(&q, msg, over.via(q.udp_limit))
         {
             return Answer::Now(r);
         }
-        match self.responder.answer(own, msg, over == Transport::Udp) {
+        match self.responder.answer(from, msg, over == Transport::Udp) {
             Action::Reply(r) => Answer::Now(r),
             Action::Drop => Answer::Silence,
             Action::Forward { udp_limit } => {
@@ -115,10 +115,10 @@ impl Server {
         }
     }
 
-    /// The network of a client to answer now: an attached container within
-    /// its query rate. Anyone else gets nothing, counted.
-    fn admit(&self, client: Ipv4Addr) -> Option<NetworkId> {
-        let Some(net) = self.dir.network_of(client) else {
+    /// A client to answer now: an attached container within its query
+    /// rate. Anyone else gets nothing, counted.
+    fn admit(&self, client: Ipv4Addr) -> Option<Member> {
+        let Some(member) = self.dir.member(client) else {
             bump(&self.stats.not_member);
             return None;
         };
@@ -126,7 +126,7 @@ impl Server {
             bump(&self.stats.limited.query_rate);
             return None;
         }
-        Some(net)
+        Some(member)
     }
 
     /// A forwarding slot for `client`; None when it must get SERVFAIL at
