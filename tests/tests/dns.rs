@@ -294,6 +294,64 @@ fn the_world_is_forwarded_and_garbage_is_counted() {
     assert!(host.cli_ok(&["status"]).contains("upstream 127.0.0.1:5353"));
 }
 
+/// A sealed network (`--egress deny`) cannot tunnel out through the
+/// resolver: names of the world get REFUSED, over UDP and TCP, even when
+/// cached, and never reach the upstream; an open network still resolves
+/// them, and opening the sealed one gives them back.
+#[test]
+fn a_sealed_network_is_refused_the_world_and_its_upstream() {
+    let p = unique_prefix();
+    let mut host = Host::create(&p, "h1");
+    let (_up, count) = net::counting_dns_upstream(&host.ns, 5353, Ipv4Addr::new(192, 0, 2, 44));
+    host.launch(&["--dns-upstream", "127.0.0.1:5353"]);
+    let asked = || count.load(std::sync::atomic::Ordering::SeqCst);
+    let open = host.create_network(&[]);
+    let sealed = host.create_network(&["--egress", "deny"]);
+    let app_open = host.create_app(&open);
+    let app_sealed = host.create_app(&sealed);
+    let c_open = Namespace::new(&format!("{p}-o"));
+    let c_sealed = Namespace::new(&format!("{p}-s"));
+    host.attach(&app_open, "web", &c_open);
+    let ip = host.attach(&app_sealed, "web", &c_sealed)["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        status(&c_sealed, "tunnel-data.example.com", "TXT"),
+        "REFUSED"
+    );
+    assert_eq!(asked(), 0, "a sealed network's name reached the upstream");
+    assert_eq!(
+        short(&c_open, "example.com", "A"),
+        vec!["192.0.2.44".to_string()]
+    );
+    assert_eq!(asked(), 1);
+    // Cached now: still refused to the sealed network, over UDP and TCP.
+    assert_eq!(status(&c_sealed, "example.com", "A"), "REFUSED");
+    let tcp = dig(&c_sealed, &["+tcp", "example.com", "A"]);
+    assert!(tcp.contains("status: REFUSED"), "{tcp}");
+    assert_eq!(asked(), 1);
+    let body = host.metrics();
+    assert_eq!(
+        metric_value(&body, "pn_dns_queries_total", &[("outcome", "sealed")]),
+        3
+    );
+    assert_eq!(
+        metric_value(&body, "pn_dns_queries_total", &[("outcome", "cached")]),
+        0
+    );
+    // Its own names still resolve.
+    assert_eq!(
+        short(&c_sealed, &format!("{app_sealed}.{sealed}.{ZONE}"), "A"),
+        vec![ip]
+    );
+    host.cli_ok(&["network", "update", &sealed, "--egress", "allow"]);
+    assert!(eventually(Duration::from_secs(5), || {
+        status(&c_sealed, "opened.example.com", "A") == "NOERROR"
+    }));
+    assert_eq!(asked(), 2);
+}
+
 #[test]
 fn a_rust_resolver_in_a_container_gets_the_same_answers() {
     let t = setup(&[]);

@@ -48,9 +48,16 @@ pub(super) fn gateway_addr() -> Ipv4Addr {
 pub(super) struct ViewDirectory(pub(super) Arc<RwLock<MembershipView>>);
 
 impl dns::Directory for ViewDirectory {
-    fn network_of(&self, client: Ipv4Addr) -> Option<pn_common::ids::NetworkId> {
+    fn member(&self, client: Ipv4Addr) -> Option<dns::Member> {
         let v = self.0.read().unwrap_or_else(|p| p.into_inner());
-        v.container_by_ip(client).map(|c| c.network)
+        let network = v.container_by_ip(client)?.network;
+        // Sealed unless its network says otherwise: a record missing for a
+        // moment never opens the world.
+        let sealed = v
+            .networks
+            .get(&network)
+            .is_none_or(|n| n.egress != crate::model::Egress::Allow);
+        Some(dns::Member { network, sealed })
     }
 
     fn resolve(&self, q: &pn_common::names::RecordQuery, out: &mut Vec<Ipv4Addr>) -> bool {
