@@ -21,6 +21,7 @@ use pn_common::{
 use crate::{
     conn::Seg,
     maps::{PN_CONFIG, PN_CONNS, PN_EGRESS_DENY, PN_ENDPOINTS, PN_FLOWS, PN_IFACES},
+    packet::load,
     report::{count, report, report_drop},
 };
 
@@ -103,19 +104,6 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
         }
         // Not a final verdict: other TCX programs on the hook still run.
         TC_ACT_PIPE
-    }
-}
-
-/// Reads a `T` at `off`: straight from the packet when the headers are in
-/// its linear part (the usual case), through the helper otherwise.
-#[inline(always)]
-pub(crate) fn load<T>(ctx: &TcContext, off: usize) -> Option<T> {
-    let start = ctx.data();
-    if start + off + size_of::<T>() <= ctx.data_end() {
-        // SAFETY: bounds checked against data_end just above.
-        Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
-    } else {
-        ctx.load::<T>(off).ok()
     }
 }
 
