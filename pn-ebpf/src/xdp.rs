@@ -13,7 +13,7 @@ use pn_common::{
 
 use crate::{
     maps::{PN_CONFIG, PN_ENDPOINTS, PN_IFACES, PN_PEERS, PN_TAGS},
-    report::{count, report_drop},
+    report::{PacketCtx, count, report_drop},
 };
 
 const UDP_HLEN: usize = 8;
@@ -103,14 +103,13 @@ pub fn pn_underlay(ctx: XdpContext) -> u32 {
             sport: 0,
             dport: pkt.dport,
         };
-        report_drop(
-            &cfg,
-            Direction::Underlay,
+        let at = PacketCtx {
+            cfg: &cfg,
+            dir: Direction::Underlay,
             ifindex,
-            reason,
-            Some(&summary),
             len,
-        );
+        };
+        report_drop(&at, reason, Some(&summary));
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
