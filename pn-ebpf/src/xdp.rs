@@ -69,13 +69,15 @@ pub fn pn_underlay(ctx: XdpContext) -> u32 {
         }
     }
     let cfg = PN_CONFIG.get(0).copied().unwrap_or_default();
-    // SAFETY (lookups): values are plain data, read-only here.
+    // SAFETY: values are plain data, read-only here.
     let member = unsafe { PN_ENDPOINTS.get(pkt.dst) }.copied();
     let decision = policy::underlay(
         &pkt,
         &cfg,
         member.is_some(),
+        // SAFETY: as above.
         |ip| unsafe { PN_PEERS.get(ip) }.is_some(),
+        // SAFETY: as above.
         |tag| unsafe { PN_TAGS.get(tag) }.is_some(),
     );
     let Some(reason) = decision else {
