@@ -13,6 +13,7 @@ pub mod conn;
 pub mod fake;
 pub mod kernel;
 mod lb;
+pub mod metrics;
 pub mod pins;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};

@@ -33,6 +33,7 @@ mod cache;
 mod coalesce;
 mod forward;
 mod limits;
+mod metrics;
 mod stats;
 mod tcp;
 mod udp;
