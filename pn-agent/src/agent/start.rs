@@ -414,3 +414,24 @@ impl Agent {
         Ok(rev)
     }
 }
+
+impl Agent {
+    /// Every subsystem's metrics, each registered by its owner in `r` (the
+    /// `/metrics` endpoint serves them).
+    pub fn register_metrics(&self, r: &mut prometheus_client::registry::Registry) {
+        let names = Arc::new(super::names::ViewNames(self.view.clone()));
+        crate::datapath::metrics::register(r, self.datapath.clone(), names);
+        if let Some(dev) = &self.tunnel {
+            pn_tunnel::device::metrics::register(r, dev.clone());
+        }
+        let (view, health) = (self.view.clone(), self.store_health.clone());
+        crate::store::metrics::register(r, view, health, self.cfg.host_id.clone());
+        self.dns_stats.register(r);
+        let edge = self.edge.clone();
+        crate::edge::metrics::register(r, move || {
+            edge.lock().unwrap_or_else(|p| p.into_inner()).counters()
+        });
+        self.flows.register(r);
+        self.conns.register(r);
+    }
+}

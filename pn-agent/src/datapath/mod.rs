@@ -16,6 +16,7 @@ mod diff;
 pub mod fake;
 pub mod kernel;
 mod lb;
+pub mod metrics;
 pub mod pins;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};

@@ -36,6 +36,7 @@ mod cache;
 mod coalesce;
 mod forward;
 mod limits;
+mod metrics;
 mod pipeline;
 mod stats;
 mod tcp;
