@@ -10,6 +10,7 @@
 //! is tested without a kernel.
 
 pub mod conn;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod kernel;
 mod lb;
