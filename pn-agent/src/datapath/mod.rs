@@ -13,6 +13,7 @@
 
 pub mod conn;
 mod diff;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod kernel;
 mod lb;

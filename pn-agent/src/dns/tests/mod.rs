@@ -17,7 +17,7 @@ use hickory_proto::{
     rr::{Name, RData, Record, RecordType, rdata::A},
 };
 use pn_common::{
-    ids::{AppId, NetworkId, Uuid},
+    ids::NetworkId,
     names::{self, RecordQuery, Selector},
 };
 use tokio::{
@@ -29,6 +29,7 @@ use tokio::{
 use super::{
     Directory, DnsConfig, DnsHandle, DnsStats, Limits, Member, UPSTREAM_TIMEOUT, serve, serve_with,
 };
+use crate::testing::model::{app_id as app, net_id as net};
 
 /// Clients 127.0.0.1 and .2 are in network A, .3 in network B, .4 in the
 /// sealed network C, .9 in none.
@@ -56,13 +57,6 @@ impl Directory for Fixed {
         }
         out.len() > before
     }
-}
-
-fn net(n: u8) -> NetworkId {
-    NetworkId(Uuid::from_random_bytes([n; 16]))
-}
-fn app(n: u8) -> AppId {
-    AppId(Uuid::from_random_bytes([n; 16]))
 }
 
 fn directory(webs: u8) -> Fixed {
