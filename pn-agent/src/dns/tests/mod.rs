@@ -16,10 +16,7 @@ use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
     rr::{Name, RData, Record, RecordType, rdata::A},
 };
-use pn_common::{
-    ids::NetworkId,
-    names::{self, RecordQuery, Selector},
-};
+use pn_common::names::{self, RecordQuery, Selector};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpStream, UdpSocket},
