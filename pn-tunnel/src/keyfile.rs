@@ -163,10 +163,12 @@ mod tests {
     #[test]
     fn a_damaged_file_is_an_error_not_a_new_key() {
         let d = temp_dir("damaged");
-        std::fs::write(d.join(HOST_KEY_FILE), "not a key\n").unwrap();
+        let path = d.join(HOST_KEY_FILE);
+        std::fs::write(&path, "not a key\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(host_key(&d), Err(KeyFileError::Invalid(_))));
         // Base64, but of a key too short.
-        std::fs::write(d.join(HOST_KEY_FILE), &encode_key(&[1; 32])[..20]).unwrap();
+        std::fs::write(&path, &encode_key(&[1; 32])[..20]).unwrap();
         assert!(matches!(host_key(&d), Err(KeyFileError::Invalid(_))));
         std::fs::remove_dir_all(&d).unwrap();
     }
@@ -187,10 +189,7 @@ mod tests {
         // A link to a key is not followed.
         let link = temp_dir("link");
         std::os::unix::fs::symlink(&path, link.join(HOST_KEY_FILE)).unwrap();
-        assert!(matches!(
-            host_key(&link),
-            Err(KeyFileError::Exposed { .. })
-        ));
+        assert!(matches!(host_key(&link), Err(KeyFileError::Exposed { .. })));
         // Someone else's file (only root can give one away).
         // SAFETY: no preconditions.
         if unsafe { libc::geteuid() } == 0 {

@@ -152,12 +152,20 @@ fn an_attacker_hosts_forged_records_are_refused_and_the_victims_traffic_flows() 
     );
     assert!(flows(), "c1 keeps its address and routes");
     let links = other.ip(&["-o", "link"]);
-    assert_eq!(links.lines().count(), 1, "only lo in {}: {links}", other.name);
+    assert_eq!(
+        links.lines().count(),
+        1,
+        "only lo in {}: {links}",
+        other.name
+    );
 
     // Each refusal logged once, and the attacker's own honest record
     // (written again) is taken.
     assert_eq!(
-        victim.log().matches("store record hosts/h2 refused").count(),
+        victim
+            .log()
+            .matches("store record hosts/h2 refused")
+            .count(),
         2,
         "{}",
         victim.log()

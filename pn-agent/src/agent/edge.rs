@@ -452,6 +452,23 @@ mod tests {
         assert_eq!(public_ip(&a[..2], &[], None, None), None, "none to show");
     }
 
+    #[tokio::test]
+    async fn the_stores_endpoints_are_denied_over_tls_too() {
+        let endpoints = vec!["127.0.0.1:2379".to_string(), "192.0.2.7:2379".into()];
+        let want: Vec<Ipv4Addr> = vec!["127.0.0.1".parse().unwrap(), "192.0.2.7".parse().unwrap()];
+        let files = crate::store::etcd::TlsFiles {
+            cacert: "ca.crt".into(),
+            cert: "h1.crt".into(),
+            key: "h1.key".into(),
+        };
+        assert_eq!(store_addrs(&StoreSpec::Etcd(endpoints.clone())).await, want);
+        assert_eq!(
+            store_addrs(&StoreSpec::EtcdTls(endpoints, files)).await,
+            want
+        );
+        assert!(store_addrs(&StoreSpec::Embedded).await.is_empty());
+    }
+
     #[test]
     fn the_pool_goes_into_the_datapath_in_network_order() {
         let c = with_pool(Config::default(), "10.240.0.0/12".parse().unwrap());

@@ -230,7 +230,8 @@ impl Collector for AgentCollector {
                 MetricType::Counter,
             )?;
             for (kind, reason, n) in rejected.iter() {
-                ConstCounter::new(n).encode(m.encode_family(&[("kind", kind), ("reason", reason)])?)?;
+                ConstCounter::new(n)
+                    .encode(m.encode_family(&[("kind", kind), ("reason", reason)])?)?;
             }
         }
         {

@@ -351,14 +351,18 @@ mod tests {
         assert_eq!(l.entries.len(), 9);
         assert_eq!(s.get("k5").await.unwrap().unwrap().mod_rev, 6);
         let k2 = s.get("k2").await.unwrap().unwrap();
-        assert_eq!((k2.mod_rev, k2.create_rev), (12, 3), "kept across a compaction");
+        assert_eq!(
+            (k2.mod_rev, k2.create_rev),
+            (12, 3),
+            "kept across a compaction"
+        );
+        let lines = std::fs::read_to_string(dir.join("store.log")).unwrap();
+        assert_eq!(lines.lines().count(), 1, "compacted into one snapshot line");
         // Deleted and written again: a new record.
         s.txn(vec![], vec![Op::Put("k3".into(), "again".into())])
             .await
             .unwrap();
         assert_eq!(s.get("k3").await.unwrap().unwrap().create_rev, 13);
-        let lines = std::fs::read_to_string(dir.join("store.log")).unwrap();
-        assert_eq!(lines.lines().count(), 1, "compacted into one snapshot line");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

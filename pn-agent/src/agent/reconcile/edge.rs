@@ -92,7 +92,11 @@ pub fn iface(addr: Ip4, net: &Network, publication: Option<&Publication>) -> Ifa
 }
 
 /// `PN_EGRESS_DENY` for this host.
-pub fn deny_entries(view: &MembershipView, host: &HostId, edge: &EdgeLocal) -> BTreeMap<(Ip4, u8), u32> {
+pub fn deny_entries(
+    view: &MembershipView,
+    host: &HostId,
+    edge: &EdgeLocal,
+) -> BTreeMap<(Ip4, u8), u32> {
     deny::lpm_entries(&deny::deny_list(&facts(view, host, edge)))
         .into_iter()
         .collect()

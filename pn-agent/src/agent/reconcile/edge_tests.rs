@@ -91,7 +91,11 @@ fn a_full_pass_gives_the_table_and_the_deny_list() {
     assert_eq!(deny[&(ip([192, 0, 2, 2]), 32)], DenyRange::UNDERLAY);
     assert_eq!(deny[&(ip([192, 0, 2, 3]), 32)], DenyRange::UNDERLAY);
     assert!(!deny.contains_key(&(ip([192, 0, 2, 1]), 32)));
-    assert!(t.egress_deny.iter().any(|n| n.contains(&"192.0.2.3".parse::<std::net::Ipv4Addr>().unwrap())));
+    assert!(
+        t.egress_deny
+            .iter()
+            .any(|n| n.contains(&"192.0.2.3".parse::<std::net::Ipv4Addr>().unwrap()))
+    );
     let iface = d.datapath.ifaces[&10];
     assert_eq!(iface.flags, Iface::FLAG_PUBLISHED);
     assert_eq!(iface.web_port, 8080);

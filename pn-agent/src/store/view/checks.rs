@@ -257,7 +257,11 @@ impl MembershipView {
             if let Some(holder) = self.by_ip.get(ip) {
                 return taken(format!("{ip} is container {holder}'s"));
             }
-            if self.listed_ips.get(ip).is_some_and(|&created| created < rev) {
+            if self
+                .listed_ips
+                .get(ip)
+                .is_some_and(|&created| created < rev)
+            {
                 return taken(format!("{ip} is a container's (an older record)"));
             }
         }

@@ -8,7 +8,8 @@ use crate::model::Balance;
 fn vip(n: u8, ip: &str) -> App {
     let mut a = app(n, 1);
     a.balance = Balance::Vip;
-    a.services.insert("web".parse().unwrap(), ip.parse().unwrap());
+    a.services
+        .insert("web".parse().unwrap(), ip.parse().unwrap());
     a
 }
 
@@ -69,7 +70,7 @@ fn a_service_address_is_its_networks_and_nobody_elses() {
         })
         .unwrap();
     f.ok(&container(2, "10.240.0.20"));
-    assert_eq!(f.view.rejected.reason("address_taken"), 5);
+    assert_eq!(f.view.rejected.reason("address_taken"), 4);
     assert_eq!(f.view.rejected.reason("service_address"), 5);
 }
 
