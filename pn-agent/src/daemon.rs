@@ -90,23 +90,16 @@ pub(crate) async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> an
     let host_key = pn_tunnel::keyfile::host_key(&cfg.state_dir)?;
     pn_agent::handover::offer(&cfg.state_dir, &host_key.private, agent.clone(), handed_tx)?;
     drop(host_key);
-    let metrics = pn_agent::metrics::AgentMetrics::default();
-    let registry = pn_agent::metrics::registry(
-        pn_agent::metrics::Inputs {
-            host: cfg.host_id.clone(),
-            view: agent.view.clone(),
-            datapath: agent.datapath.clone(),
-            store: agent.store_health.clone(),
-            tunnel: agent.tunnel.clone(),
-            dns: agent.dns_stats.clone(),
-            flows: agent.flows.clone(),
-            conns: agent.conns.clone(),
-            edge: agent.edge.clone(),
-        },
-        &metrics,
-    );
+    let api_metrics = pn_agent::server::ApiMetrics::default();
+    let mut registry = prometheus_client::registry::Registry::default();
+    api_metrics.register(&mut registry);
+    agent.register_metrics(&mut registry);
     let metrics_listener = tokio::spawn(pn_agent::metrics::serve(cfg.metrics_listen, registry));
-    tokio::spawn(pn_agent::server::serve(listener, agent.clone(), metrics));
+    tokio::spawn(pn_agent::server::serve(
+        listener,
+        agent.clone(),
+        api_metrics,
+    ));
     log::info!(
         "ready: API {}, metrics http://{}/metrics",
         cfg.api_socket.display(),

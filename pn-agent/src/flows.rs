@@ -4,17 +4,20 @@
 use std::{
     collections::VecDeque,
     net::Ipv4Addr,
-    sync::{
-        Arc, Mutex, RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, RwLock},
 };
 
 use aya::maps::{MapData, RingBuf};
 use pn_common::{
     Reason,
-    event::{Direction, EventKind, FlowEvent},
+    event::{Direction, FlowEvent},
     ip4_octets,
+};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::Counter},
+    registry::Registry,
 };
 use serde::{Deserialize, Serialize};
 use tokio::{io::unix::AsyncFd, sync::broadcast};
@@ -80,14 +83,6 @@ fn proto_name(p: u8) -> String {
     }
 }
 
-/// An event kind as `flows` and the metrics name it.
-pub fn kind_name(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::NewFlow => "new_flow",
-        EventKind::Drop => "drop",
-    }
-}
-
 impl FlowRecord {
     pub fn from_event(ev: &FlowEvent, view: &MembershipView, time_ms: u64) -> FlowRecord {
         let src = Ipv4Addr::from(ip4_octets(ev.src));
@@ -104,7 +99,7 @@ impl FlowRecord {
         FlowRecord {
             time_ms,
             kind: match ev.kind() {
-                Some(k) => kind_name(k).into(),
+                Some(k) => k.as_str().into(),
                 None => format!("kind{}", ev.kind),
             },
             reason: reason.map_or_else(|| format!("reason{}", ev.reason), |r| r.as_str().into()),
@@ -211,14 +206,42 @@ impl Filter {
     }
 }
 
+/// The reader's counters as a collector rather than registered metrics:
+/// `Registry::register` would end their help with a full stop.
+#[derive(Debug)]
+struct FlowCollector {
+    received: Counter,
+    malformed: Counter,
+}
+
+impl Collector for FlowCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, c) in [
+            (
+                "pn_flow_events",
+                "Flow and drop events read from the datapath",
+                &self.received,
+            ),
+            (
+                "pn_flow_events_malformed",
+                "Events from the datapath that could not be decoded",
+                &self.malformed,
+            ),
+        ] {
+            c.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Fan-out of flow records to `flows --follow` clients, plus the recent ones.
 #[derive(Clone)]
 pub struct FlowHub {
     tx: broadcast::Sender<FlowRecord>,
     recent: Arc<Mutex<VecDeque<FlowRecord>>>,
     /// Events seen, and events the reader could not decode.
-    pub received: Arc<AtomicU64>,
-    pub malformed: Arc<AtomicU64>,
+    received: Counter,
+    malformed: Counter,
 }
 
 impl Default for FlowHub {
@@ -226,13 +249,21 @@ impl Default for FlowHub {
         FlowHub {
             tx: broadcast::channel(4096).0,
             recent: Arc::default(),
-            received: Arc::default(),
-            malformed: Arc::default(),
+            received: Counter::default(),
+            malformed: Counter::default(),
         }
     }
 }
 
 impl FlowHub {
+    /// Registers the reader's own counters.
+    pub fn register(&self, r: &mut Registry) {
+        r.register_collector(Box::new(FlowCollector {
+            received: self.received.clone(),
+            malformed: self.malformed.clone(),
+        }));
+    }
+
     pub fn publish(&self, rec: FlowRecord) {
         {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
@@ -275,9 +306,9 @@ impl FlowHub {
                 .map_or(0, |d| d.as_millis() as u64);
             let mut batch = Vec::new();
             while let Some(item) = ring.next() {
-                self.received.fetch_add(1, Ordering::Relaxed);
+                self.received.inc();
                 if item.len() != size_of::<FlowEvent>() {
-                    self.malformed.fetch_add(1, Ordering::Relaxed);
+                    self.malformed.inc();
                     continue;
                 }
                 // SAFETY: length checked; FlowEvent is Pod (any bytes are valid),
@@ -349,7 +380,7 @@ impl Sources {
 mod tests {
     use super::*;
     use crate::model::{Container, ContainerKey};
-    use pn_common::ip4;
+    use pn_common::{event::EventKind, ip4};
 
     #[test]
     fn events_are_named_after_containers() {

@@ -17,14 +17,11 @@ pub mod ipam;
 pub mod metrics;
 pub mod model;
 pub mod netlink;
-/// Test certificates, for the unit and the integration tests (one recipe;
-/// not behind a feature, so that building the agent alone and the tests
-/// share one compiled library).
-#[doc(hidden)]
-pub mod pki;
 pub mod render;
 pub mod server;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 /// The compiled eBPF object (empty when built with `AYA_BUILD_SKIP=1`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pn-ebpf"));

@@ -17,6 +17,10 @@ use nix::{
     sys::stat::{Mode, umask},
     unistd::geteuid,
 };
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
@@ -25,9 +29,34 @@ use tokio::{
 use crate::{
     agent::Agent,
     error::Error,
-    metrics::AgentMetrics,
     proto::{MAX_REQUEST, Request, Response},
 };
+
+/// A label set of `pn_api_requests_total`.
+pub type ApiLabels = Vec<(&'static str, String)>;
+
+/// The API's metrics, counted as requests come.
+#[derive(Clone, Default)]
+pub struct ApiMetrics {
+    pub api_requests: Family<ApiLabels, Counter>,
+    /// API connections refused by who the peer is (its credentials).
+    pub api_refused: Counter,
+}
+
+impl ApiMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "pn_api_requests",
+            "Control API requests, per command and result",
+            self.api_requests.clone(),
+        );
+        r.register(
+            "pn_api_refused",
+            "Control API connections refused: the peer is neither root nor the agent's user",
+            self.api_refused.clone(),
+        );
+    }
+}
 
 /// Binds the socket (refusing to steal it from a live agent).
 pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
@@ -59,7 +88,7 @@ pub fn allowed(peer_uid: u32, agent_uid: u32) -> bool {
 /// discarded so that it gets the refusal rather than a broken pipe.
 const REFUSED_DRAIN: Duration = Duration::from_secs(1);
 
-pub async fn serve(listener: UnixListener, agent: Arc<Agent>, metrics: AgentMetrics) {
+pub async fn serve(listener: UnixListener, agent: Arc<Agent>, metrics: ApiMetrics) {
     let agent_uid = geteuid().as_raw();
     loop {
         match listener.accept().await {
@@ -122,11 +151,7 @@ async fn write(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> anyhow
     Ok(())
 }
 
-async fn handle(
-    stream: UnixStream,
-    agent: Arc<Agent>,
-    metrics: AgentMetrics,
-) -> anyhow::Result<()> {
+async fn handle(stream: UnixStream, agent: Arc<Agent>, metrics: ApiMetrics) -> anyhow::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut reader = BufReader::new(r.take(MAX_REQUEST as u64));
     let mut line = String::new();

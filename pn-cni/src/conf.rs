@@ -111,8 +111,8 @@ fn is_nsfs(path: &str) -> bool {
     // SAFETY: `c` is a NUL-terminated path and `st` is large enough for
     // the statfs the kernel writes; it is read only when the call succeeds.
     let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
-    // SAFETY: initialised by the successful call above.
     #[allow(clippy::unnecessary_cast)] // f_type's type differs between architectures.
+    // SAFETY: initialised by the successful call above.
     let is = rc == 0 && unsafe { st.assume_init() }.f_type as i64 == NSFS_MAGIC;
     is
 }

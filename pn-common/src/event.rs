@@ -10,6 +10,16 @@ pub enum EventKind {
     Drop = 2,
 }
 
+impl EventKind {
+    /// The kind as flow lines, status and metrics name it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventKind::NewFlow => "new_flow",
+            EventKind::Drop => "drop",
+        }
+    }
+}
+
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {

@@ -142,11 +142,17 @@ mod pod {
     // SAFETY: `#[repr(C)]`, integer-only, explicit padding: any byte pattern
     // is a valid value.
     unsafe impl aya::Pod for Service {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for SlotKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for Backend {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for LbConnKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for LbConn {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for LbStats {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for LbStatsKey {}
 }
 

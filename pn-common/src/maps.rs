@@ -312,15 +312,26 @@ mod pod {
     // SAFETY: all of these are `#[repr(C)]`, integer-only and padding-free
     // (explicit `_pad` fields), so any byte pattern is a valid value.
     unsafe impl aya::Pod for Endpoint {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for Iface {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for Counter {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for Counters {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for FlowState {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for Config {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for EventBudget {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for Peer {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for ConnKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for ConnState {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for DenyRange {}
 }

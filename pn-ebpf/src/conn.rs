@@ -4,7 +4,6 @@
 //! flag test (pure ACKs), plus an inlined array read and, tracking HTTP, a
 //! four-byte read and compare (data); the headers come parsed from `tc`.
 
-use crate::tc::load;
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     cty::c_void,
@@ -21,6 +20,8 @@ use pn_common::{
     event::Direction,
     policy::{IPPROTO_TCP, Ipv4Summary},
 };
+
+use crate::packet::load;
 
 /// What the agent wants tracked (`TRACK_*` bits); 0 or absent: nothing.
 #[map]

@@ -10,6 +10,8 @@ mod lb;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod packet;
+#[cfg(target_arch = "bpf")]
 mod report;
 #[cfg(target_arch = "bpf")]
 mod tc;

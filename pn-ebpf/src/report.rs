@@ -25,49 +25,50 @@ pub fn count(slot: u16, reason: Reason, bytes: u32) {
     }
 }
 
+/// One packet as a hook saw it: what each of its events says besides its
+/// headers. On the stack, and every user is inlined: it costs no more than
+/// the fields passed one by one.
+#[derive(Clone, Copy)]
+pub struct PacketCtx<'a> {
+    pub cfg: &'a Config,
+    pub dir: Direction,
+    pub ifindex: u32,
+    /// Its length in bytes.
+    pub len: u32,
+}
+
 #[inline(always)]
-pub fn report_drop(
-    cfg: &Config,
-    dir: Direction,
-    ifindex: u32,
-    reason: Reason,
-    pkt: Option<&Ipv4Summary>,
-    len: u32,
-) {
+pub fn report_drop(at: &PacketCtx, reason: Reason, pkt: Option<&Ipv4Summary>) {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    report(cfg, now, EventKind::Drop, reason, dir, ifindex, pkt, len);
+    report(at, now, EventKind::Drop, reason, pkt);
 }
 
 /// Sends an event if its kind's budget on this CPU allows it; counts it as
 /// suppressed otherwise. Every event of `PN_EVENTS` goes through here: a
 /// flood of drops or of new flows costs the agent a bounded rate.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn report(
-    cfg: &Config,
+    at: &PacketCtx,
     now: u64,
     kind: EventKind,
     reason: Reason,
-    dir: Direction,
-    ifindex: u32,
     pkt: Option<&Ipv4Summary>,
-    len: u32,
 ) {
     let Some(budget) = PN_EVBUDGET.get_ptr_mut(EventBudget::index(kind)) else {
         return;
     };
     // SAFETY: per-CPU value, only this CPU touches it while we run.
-    if !unsafe { (*budget).admit(now, cfg.drop_events_per_sec) } {
+    if !unsafe { (*budget).admit(now, at.cfg.drop_events_per_sec) } {
         return;
     }
     let mut ev = FlowEvent {
         ts_ns: now,
-        ifindex,
-        bytes: len,
+        ifindex: at.ifindex,
+        bytes: at.len,
         kind: kind as u8,
         reason: reason as u8,
-        direction: dir as u8,
+        direction: at.dir as u8,
         ..FlowEvent::default()
     };
     if let Some(p) = pkt {

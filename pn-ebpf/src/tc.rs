@@ -21,7 +21,8 @@ use pn_common::{
 use crate::{
     conn::Seg,
     maps::{PN_CONFIG, PN_CONNS, PN_EGRESS_DENY, PN_ENDPOINTS, PN_FLOWS, PN_IFACES},
-    report::{count, report, report_drop},
+    packet::load,
+    report::{PacketCtx, count, report, report_drop},
 };
 
 #[classifier]
@@ -43,17 +44,15 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     let iface = unsafe { PN_IFACES.get(ifindex) }.copied();
     let cfg = PN_CONFIG.get(0).copied().unwrap_or_default();
     let (reason, pkt, conn) = decide(ctx, dir, iface.as_ref(), &cfg);
-    let len = ctx.len();
-    count(iface.map_or(0, |i| i.slot), reason, len);
+    let at = PacketCtx {
+        cfg: &cfg,
+        dir,
+        ifindex,
+        len: ctx.len(),
+    };
+    count(iface.map_or(0, |i| i.slot), reason, at.len);
     if reason.is_drop() {
-        report_drop(
-            &cfg,
-            dir,
-            ifindex,
-            reason,
-            pkt.as_ref().map(|(p, _)| p),
-            len,
-        );
+        report_drop(&at, reason, pkt.as_ref().map(|(p, _)| p));
         TC_ACT_SHOT
     } else {
         if let Some((pkt, seg)) = pkt {
@@ -67,55 +66,30 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
                     FlowCheck::Opening => {
                         // SAFETY: bpf_ktime_get_ns has no preconditions.
                         let now = unsafe { bpf_ktime_get_ns() };
-                        new_flow(&cfg, now, Reason::Forwarded, dir, ifindex, &pkt, len);
+                        new_flow(&at, now, Reason::Forwarded, &pkt);
                     }
-                    FlowCheck::Table => track_flow(&cfg, dir, ifindex, &pkt, len),
+                    FlowCheck::Table => track_flow(&at, &pkt),
                 },
                 // The side that opened a connection with the outside keeps
                 // its entry, so the other side's packets are admitted.
                 (Reason::Egress, Direction::FromContainer) => track_conn(
-                    &cfg,
+                    &at,
+                    &pkt,
                     ConnKey::leaving(&pkt),
                     conn.entry,
                     ConnKind::Egress,
-                    dir,
-                    ifindex,
-                    &pkt,
-                    len,
                 ),
                 (Reason::Published, Direction::ToContainer) if !conn.done => {
                     let key = ConnKey::entering(&pkt);
                     // SAFETY: see `handle`.
                     let known = unsafe { PN_CONNS.get(key) }.copied().unwrap_or_default();
-                    track_conn(
-                        &cfg,
-                        key,
-                        known,
-                        ConnKind::Published,
-                        dir,
-                        ifindex,
-                        &pkt,
-                        len,
-                    )
+                    track_conn(&at, &pkt, key, known, ConnKind::Published)
                 }
                 _ => {}
             }
         }
         // Not a final verdict: other TCX programs on the hook still run.
         TC_ACT_PIPE
-    }
-}
-
-/// Reads a `T` at `off`: straight from the packet when the headers are in
-/// its linear part (the usual case), through the helper otherwise.
-#[inline(always)]
-pub(crate) fn load<T>(ctx: &TcContext, off: usize) -> Option<T> {
-    let start = ctx.data();
-    if start + off + size_of::<T>() <= ctx.data_end() {
-        // SAFETY: bounds checked against data_end just above.
-        Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
-    } else {
-        ctx.load::<T>(off).ok()
     }
 }
 
@@ -326,7 +300,7 @@ fn arp(ctx: &TcContext, dir: Direction, iface: Option<&Iface>) -> Reason {
 }
 
 #[inline(always)]
-fn track_flow(cfg: &Config, dir: Direction, ifindex: u32, pkt: &Ipv4Summary, len: u32) {
+fn track_flow(at: &PacketCtx, pkt: &Ipv4Summary) {
     let key = FlowKey {
         src: pkt.src,
         dst: pkt.dst,
@@ -345,24 +319,14 @@ fn track_flow(cfg: &Config, dir: Direction, ifindex: u32, pkt: &Ipv4Summary, len
     }
     let _ = PN_FLOWS.insert(key, FlowState { last_seen_ns: now }, 0);
     if update == FlowUpdate::New {
-        new_flow(cfg, now, Reason::Forwarded, dir, ifindex, pkt, len);
+        new_flow(at, now, Reason::Forwarded, pkt);
     }
 }
 
 /// Records (at most once a second) a connection with the outside from the
 /// side that opened it; `known` is its current entry (zeroed if none).
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn track_conn(
-    cfg: &Config,
-    key: ConnKey,
-    known: ConnState,
-    kind: ConnKind,
-    dir: Direction,
-    ifindex: u32,
-    pkt: &Ipv4Summary,
-    len: u32,
-) {
+fn track_conn(at: &PacketCtx, pkt: &Ipv4Summary, key: ConnKey, known: ConnState, kind: ConnKind) {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let last = (known.kind != 0).then_some(known.last_seen_ns);
@@ -381,7 +345,7 @@ fn track_conn(
             ConnKind::Egress => Reason::Egress,
             ConnKind::Published => Reason::Published,
         };
-        new_flow(cfg, now, reason, dir, ifindex, pkt, len);
+        new_flow(at, now, reason, pkt);
     }
 }
 
@@ -389,23 +353,6 @@ fn track_conn(
 /// element): a container opening flows as fast as it can costs the agent a
 /// bounded rate, the rest is counted as suppressed.
 #[inline(always)]
-fn new_flow(
-    cfg: &Config,
-    now: u64,
-    reason: Reason,
-    dir: Direction,
-    ifindex: u32,
-    pkt: &Ipv4Summary,
-    len: u32,
-) {
-    report(
-        cfg,
-        now,
-        EventKind::NewFlow,
-        reason,
-        dir,
-        ifindex,
-        Some(pkt),
-        len,
-    );
+fn new_flow(at: &PacketCtx, now: u64, reason: Reason, pkt: &Ipv4Summary) {
+    report(at, now, EventKind::NewFlow, reason, Some(pkt));
 }

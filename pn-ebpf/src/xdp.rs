@@ -13,7 +13,7 @@ use pn_common::{
 
 use crate::{
     maps::{PN_CONFIG, PN_ENDPOINTS, PN_IFACES, PN_PEERS, PN_TAGS},
-    report::{count, report_drop},
+    report::{PacketCtx, count, report_drop},
 };
 
 const UDP_HLEN: usize = 8;
@@ -69,13 +69,15 @@ pub fn pn_underlay(ctx: XdpContext) -> u32 {
         }
     }
     let cfg = PN_CONFIG.get(0).copied().unwrap_or_default();
-    // SAFETY (lookups): values are plain data, read-only here.
+    // SAFETY: values are plain data, read-only here.
     let member = unsafe { PN_ENDPOINTS.get(pkt.dst) }.copied();
     let decision = policy::underlay(
         &pkt,
         &cfg,
         member.is_some(),
+        // SAFETY: as above.
         |ip| unsafe { PN_PEERS.get(ip) }.is_some(),
+        // SAFETY: as above.
         |tag| unsafe { PN_TAGS.get(tag) }.is_some(),
     );
     let Some(reason) = decision else {
@@ -103,14 +105,13 @@ pub fn pn_underlay(ctx: XdpContext) -> u32 {
             sport: 0,
             dport: pkt.dport,
         };
-        report_drop(
-            &cfg,
-            Direction::Underlay,
+        let at = PacketCtx {
+            cfg: &cfg,
+            dir: Direction::Underlay,
             ifindex,
-            reason,
-            Some(&summary),
             len,
-        );
+        };
+        report_drop(&at, reason, Some(&summary));
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS

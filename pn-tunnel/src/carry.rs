@@ -10,12 +10,18 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::{PeerId, aead::Aead, replay::WORDS, session::HARD_MAX_SESSIONS};
+use crate::{
+    PeerId,
+    aead::{Aead, Cipher},
+    handshake::SessionKeys,
+    replay::{ReplayWindow, WORDS},
+    session::{HARD_MAX_SESSIONS, Session},
+};
 
 /// Version of the byte format; a successor that reads another one starts
 /// afresh (new handshakes) instead of guessing. 2: each session's AEAD.
@@ -58,6 +64,49 @@ pub struct CarriedSession {
     pub initiator: bool,
     pub replay_next: u64,
     pub replay_bitmap: [u64; WORDS],
+}
+
+impl CarriedSession {
+    /// `s` as a successor takes it over: its send counter moved `margin`
+    /// past the last one taken here, so no nonce is used twice even if a
+    /// datagram sealed here were still on its way out.
+    pub fn of(s: &Session, now: Instant, margin: u64) -> CarriedSession {
+        let (replay_next, replay_bitmap) = s.replay().parts();
+        CarriedSession {
+            local_index: s.local_index,
+            remote_index: s.remote_index,
+            keys: s.raw_keys().clone(),
+            aead: s.aead,
+            send_counter: s.sent().saturating_add(margin),
+            age: now.saturating_duration_since(s.created),
+            initiator: s.initiator,
+            replay_next,
+            replay_bitmap: *replay_bitmap,
+        }
+    }
+
+    /// The session again, with `cipher`'s implementation of its AEAD.
+    pub fn restore(&self, cipher: Cipher, now: Instant) -> Session {
+        let mut keys = SessionKeys {
+            send: [0; 32],
+            recv: [0; 32],
+        };
+        keys.send.copy_from_slice(&self.keys[..32]);
+        keys.recv.copy_from_slice(&self.keys[32..]);
+        let mut s = Session::new(
+            cipher.for_aead(self.aead),
+            keys,
+            self.local_index,
+            self.remote_index,
+            now.checked_sub(self.age).unwrap_or(now),
+            self.initiator,
+        );
+        s.resume(
+            self.send_counter,
+            ReplayWindow::from_parts(self.replay_next, self.replay_bitmap),
+        );
+        s
+    }
 }
 
 /// A peer's sessions and replay guards.

@@ -2,8 +2,9 @@
 //! [`Tunnel`] takes datagrams and packets in and says what to send, with no
 //! socket, device or clock inside — time comes in as a [`Clock`]. The
 //! `device` feature adds the I/O loop around it (a TUN device, a UDP socket,
-//! threads); without it the crate is the protocol alone, which is what the
-//! fuzz targets and the benchmark build.
+//! threads), and `metrics` its Prometheus collector; without them the crate
+//! is the protocol alone, which is what the fuzz targets and the benchmark
+//! build.
 //!
 //! Modules: `wire` (byte layouts), `handshake` (Noise IK), `cookie`
 //! (mac1/mac2 and cookie replies against handshake floods), `keyfile` (the

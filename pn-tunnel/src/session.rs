@@ -10,7 +10,6 @@ use zeroize::Zeroizing;
 
 use super::{
     aead::{Aead, Cipher, Key},
-    carry::CarriedSession,
     cookie::PeerCookie,
     handshake::{Initiation, SessionKeys},
     replay::ReplayWindow,
@@ -62,44 +61,20 @@ impl Session {
         }
     }
 
-    /// The session as a successor takes it over: its send counter moved
-    /// `margin` past the last one taken here, so no nonce is used twice
-    /// even if a datagram sealed here were still on its way out.
-    pub fn carry(&self, now: Instant, margin: u64) -> CarriedSession {
-        let (replay_next, replay_bitmap) = self.replay.parts();
-        CarriedSession {
-            local_index: self.local_index,
-            remote_index: self.remote_index,
-            keys: self.raw.clone(),
-            aead: self.aead,
-            send_counter: self.send_counter.saturating_add(margin),
-            age: now.saturating_duration_since(self.created),
-            initiator: self.initiator,
-            replay_next,
-            replay_bitmap: *replay_bitmap,
-        }
+    /// The two keys' bytes (send, then receive), for a successor only.
+    pub(crate) fn raw_keys(&self) -> &Zeroizing<[u8; 64]> {
+        &self.raw
     }
 
-    /// A session carried over from a predecessor, with `cipher`'s
-    /// implementation of its AEAD.
-    pub fn restore(cipher: Cipher, c: &CarriedSession, now: Instant) -> Session {
-        let cipher = cipher.for_aead(c.aead);
-        let mut send = Zeroizing::new([0u8; 32]);
-        let mut recv = Zeroizing::new([0u8; 32]);
-        send.copy_from_slice(&c.keys[..32]);
-        recv.copy_from_slice(&c.keys[32..]);
-        Session {
-            local_index: c.local_index,
-            remote_index: c.remote_index,
-            send: Arc::new(Key::new(cipher, &mut send)),
-            recv: Arc::new(Key::new(cipher, &mut recv)),
-            aead: c.aead,
-            raw: c.keys.clone(),
-            send_counter: c.send_counter,
-            replay: ReplayWindow::from_parts(c.replay_next, c.replay_bitmap),
-            created: now.checked_sub(c.age).unwrap_or(now),
-            initiator: c.initiator,
-        }
+    pub(crate) fn replay(&self) -> &ReplayWindow {
+        &self.replay
+    }
+
+    /// Goes on from where a predecessor agent's session stopped: its send
+    /// counter and replay window.
+    pub(crate) fn resume(&mut self, send_counter: u64, replay: ReplayWindow) {
+        self.send_counter = send_counter;
+        self.replay = replay;
     }
 
     pub fn sent(&self) -> u64 {

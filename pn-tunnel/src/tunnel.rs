@@ -11,7 +11,7 @@ use std::{
 use crate::{
     Clock, Config,
     aead::Aead,
-    carry::{Carried, CarriedPeer},
+    carry::{Carried, CarriedPeer, CarriedSession},
     cookie::CookieChecker,
     handshake::StaticKeys,
     limiter::{Load, RateLimiter},
@@ -140,7 +140,11 @@ impl Tunnel {
                 last_timestamp: p.last_timestamp,
                 sending: p.sending,
                 last_received: p.last_received,
-                sessions: p.sessions.iter().map(|s| s.carry(now, margin)).collect(),
+                sessions: p
+                    .sessions
+                    .iter()
+                    .map(|s| CarriedSession::of(s, now, margin))
+                    .collect(),
             })
             .collect();
         peers.sort_by_key(|p| p.id);
@@ -168,7 +172,7 @@ impl Tunnel {
                 if self.by_index.contains_key(&cs.local_index) {
                     continue;
                 }
-                let s = crate::session::Session::restore(self.cfg.cipher, cs, now);
+                let s = cs.restore(self.cfg.cipher, now);
                 self.by_index.insert(s.local_index, c.id);
                 p.sessions.push(s);
                 taken += 1;

@@ -3,11 +3,9 @@
 //! (`ul0`, 192.168.100.N/24), and etcd listens on the bridge address, in
 //! plain text or (`Fleet::tls`) over TLS with client certificates.
 
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
-};
+use std::{net::Ipv4Addr, process::Output};
+
+use pn_agent::testing::etcd::{EtcdServer, ServerTls};
 
 use crate::{
     Host, Namespace,
@@ -16,112 +14,7 @@ use crate::{
 
 pub const UNDERLAY_NET: &str = "192.168.100";
 pub const ETCD_ADDR: &str = "192.168.100.254:2379";
-
-/// etcd's TLS settings: its certificate, and the CA whose certificates it
-/// accepts from clients (`--client-cert-auth`).
-#[derive(Clone)]
-pub struct EtcdTls {
-    pub server: Pair,
-    pub client_ca: Pair,
-}
-
-/// Debian's etcd in the underlay namespace; `stop`/`start` keep its data.
-pub struct Etcd {
-    ns: String,
-    dir: PathBuf,
-    tls: Option<EtcdTls>,
-    child: Option<Child>,
-}
-
-impl Etcd {
-    fn new(ns: &Namespace, tls: Option<EtcdTls>) -> Etcd {
-        let dir =
-            std::env::temp_dir().join(format!("pn-test-{}-etcd-{}", std::process::id(), ns.name));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut e = Etcd {
-            ns: ns.name.clone(),
-            dir,
-            tls,
-            child: None,
-        };
-        e.start();
-        e
-    }
-
-    pub fn start(&mut self) {
-        let peer = format!("http://{UNDERLAY_NET}.254:2380");
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let client = format!("{scheme}://{ETCD_ADDR}");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns, "etcd"]);
-        if let Some(tls) = &self.tls {
-            cmd.args([
-                "--client-cert-auth",
-                "--trusted-ca-file",
-                tls.client_ca.crt(),
-                "--cert-file",
-                tls.server.crt(),
-                "--key-file",
-                tls.server.key(),
-            ]);
-        }
-        let child = cmd
-            .args(["--name", "pn", "--data-dir"])
-            .arg(&self.dir)
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
-                &format!("pn={peer}"),
-                "--log-level",
-                "error",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting etcd (Debian package etcd-server)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let up = crate::run_in(&self.ns, move || {
-            loop {
-                if std::net::TcpStream::connect_timeout(
-                    &ETCD_ADDR.parse().unwrap(),
-                    Duration::from_millis(200),
-                )
-                .is_ok()
-                {
-                    return true;
-                }
-                if Instant::now() > deadline {
-                    return false;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        assert!(up, "etcd did not start");
-    }
-
-    /// Kills etcd (as a crash would); the data stays for `start`.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 254);
 
 /// The certificates of a TLS fleet: one CA for etcd and the hosts.
 pub struct FleetPki {
@@ -204,7 +97,7 @@ impl FleetPki {
 pub struct Fleet {
     // Dropped in field order: agents first, then etcd, then the underlay.
     pub hosts: Vec<Host>,
-    pub etcd: Etcd,
+    pub etcd: EtcdServer,
     pub underlay: Namespace,
     pub pki: Option<FleetPki>,
 }
@@ -259,13 +152,11 @@ impl Fleet {
                 pki,
             }
         });
-        let etcd_tls = pki.as_ref().map(|p| EtcdTls {
-            server: p
-                .pki
-                .issue(&p.ca, "etcd", &[ETCD_ADDR.split(':').next().unwrap()]),
+        let etcd_tls = pki.as_ref().map(|p| ServerTls {
+            server: p.pki.issue(&p.ca, "etcd", &[&ETCD_IP.to_string()]),
             client_ca: p.ca.clone(),
         });
-        let etcd = Etcd::new(&underlay, etcd_tls);
+        let etcd = EtcdServer::in_netns(&underlay.name, ETCD_IP, etcd_tls);
         if roles && let Some(p) = &pki {
             p.grant_roles(&underlay, n);
         }
@@ -344,6 +235,14 @@ impl Fleet {
         flags.extend(Self::tunnel_flags(i));
         flags.extend(extra.iter().map(|s| s.to_string()));
         flags
+    }
+
+    /// `etcdctl ARGS` against the plain-text etcd, from the underlay (as
+    /// anyone who reaches the etcd port could).
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        let mut cmd = vec!["etcdctl", "--endpoints", ETCD_ADDR];
+        cmd.extend_from_slice(args);
+        self.underlay.exec(&cmd)
     }
 
     /// Restarts every agent with other extra flags.

@@ -12,10 +12,12 @@ pub mod edge;
 pub mod fleet;
 pub mod net;
 pub mod nginx;
-pub mod pki;
 pub mod restarts;
+pub mod scenario;
 pub mod service;
 pub mod stream;
+
+pub use pn_agent::testing::pki;
 
 use std::{
     fs::File,
@@ -242,6 +244,8 @@ impl Cli {
 pub struct Host {
     pub ns: Namespace,
     pub id: String,
+    /// The test's prefix, which the namespaces of its containers carry.
+    pub prefix: String,
     pub dir: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
@@ -279,42 +283,13 @@ impl Host {
         Host {
             ns,
             id: id.into(),
+            prefix: prefix.into(),
             dir,
             child: None,
             extra: Vec::new(),
             bin: None,
             manager: None,
         }
-    }
-
-    /// A namespace `{prefix}-x` on the host's L2: a veth `ul0` in the host
-    /// (`192.168.{subnet}.1/24`, up, MTU 1500), `eth0` in the neighbour
-    /// (`.2`), which routes `route` through the host. Before `launch`, so the
-    /// agent can take `ul0` as its underlay.
-    pub fn neighbour(&self, prefix: &str, subnet: u8, route: &str) -> Namespace {
-        let n = Namespace::new(&format!("{prefix}-x"));
-        self.ns.ip(&[
-            "link", "add", "ul0", "mtu", "1500", "type", "veth", "peer", "name", "eth0", "netns",
-            &n.name,
-        ]);
-        self.ns.ip(&[
-            "addr",
-            "add",
-            &format!("192.168.{subnet}.1/24"),
-            "dev",
-            "ul0",
-        ]);
-        self.ns.ip(&["link", "set", "ul0", "up"]);
-        n.ip(&[
-            "addr",
-            "add",
-            &format!("192.168.{subnet}.2/24"),
-            "dev",
-            "eth0",
-        ]);
-        n.ip(&["link", "set", "eth0", "up"]);
-        n.ip(&["route", "add", route, "via", &format!("192.168.{subnet}.1")]);
-        n
     }
 
     /// From now on, the agent runs as a systemd service would: with a
@@ -561,33 +536,6 @@ impl Host {
         full.extend_from_slice(args);
         let out = self.cli_ok(&full);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}: {out}"))
-    }
-
-    pub fn create_network(&self, extra: &[&str]) -> String {
-        let mut args = vec!["network", "create"];
-        args.extend_from_slice(extra);
-        self.cli_ok(&args).trim().to_string()
-    }
-
-    pub fn create_app(&self, network: &str) -> String {
-        self.cli_ok(&["app", "create", "--network", network])
-            .trim()
-            .to_string()
-    }
-
-    /// Attaches `ns` as a container and returns the attach JSON.
-    pub fn attach(&self, app: &str, ctype: &str, ns: &Namespace) -> serde_json::Value {
-        let out = self.cli_ok(&[
-            "container",
-            "attach",
-            "--app",
-            app,
-            "--type",
-            ctype,
-            "--netns",
-            &ns.name,
-        ]);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad attach JSON {e}: {out}"))
     }
 
     /// The agent's /metrics body (fetched from inside its namespace).

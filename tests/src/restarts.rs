@@ -4,15 +4,16 @@
 //! host) and to c3 (across hosts) while something happens to host 1's agent.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use crate::{
-    Namespace, eventually,
+    eventually,
     fleet::Fleet,
-    metric_value, net,
+    net,
+    scenario::{Member, OneApp},
     stream::{Received, Stream},
 };
 
@@ -56,47 +57,24 @@ pub struct Outcome {
 
 pub struct Bed {
     pub fleet: Fleet,
-    pub c1: Namespace,
-    pub c2: Namespace,
-    pub c3: Namespace,
-    pub ip2: Ipv4Addr,
-    pub ip3: Ipv4Addr,
+    pub c1: Member,
+    pub c2: Member,
+    pub c3: Member,
     port: u16,
-}
-
-fn ip(v: &serde_json::Value) -> Ipv4Addr {
-    v["ip"].as_str().unwrap().parse().unwrap()
 }
 
 impl Bed {
     pub fn new(prefix: &str) -> Bed {
         let fleet = Fleet::new(prefix, 2);
-        let net = fleet.hosts[0].create_network(&[]);
-        let app = fleet.hosts[0].create_app(&net);
-        let c1 = Namespace::new(&format!("{prefix}-c1"));
-        let c2 = Namespace::new(&format!("{prefix}-c2"));
-        let c3 = Namespace::new(&format!("{prefix}-c3"));
-        fleet.hosts[0].attach(&app, "web", &c1);
-        let ip2 = ip(&fleet.hosts[0].attach(&app, "worker", &c2));
-        let ip3 = ip(&fleet.hosts[1].attach(&app, "worker", &c3));
-        for h in &fleet.hosts {
-            assert!(
-                eventually(Duration::from_secs(10), || metric_value(
-                    &h.metrics(),
-                    "pn_endpoints",
-                    &[("scope", "remote")]
-                ) >= 1),
-                "{} learns the other host's container",
-                h.id
-            );
-        }
+        let OneApp { app, c1, c2, .. } =
+            OneApp::new(&fleet.hosts[0], &fleet.hosts[0], ["web", "worker"]);
+        let c3 = fleet.hosts[1].member(&app, "worker", "c3");
+        fleet.wait_for_peers(Duration::from_secs(10));
         Bed {
             fleet,
             c1,
             c2,
             c3,
-            ip2,
-            ip3,
             port: 9000,
         }
     }
@@ -105,7 +83,7 @@ impl Bed {
     pub fn warm_up(&self) {
         let _e2 = net::udp_echo_server(&self.c2, 8999);
         let _e3 = net::udp_echo_server(&self.c3, 8999);
-        for ip in [self.ip2, self.ip3] {
+        for ip in [self.c2.addr, self.c3.addr] {
             assert!(
                 eventually(Duration::from_secs(10), || net::udp_echo(
                     &self.c1,
@@ -142,8 +120,8 @@ impl Bed {
         let stream = Stream::start(
             &self.c1,
             &[
-                (&self.c2, SocketAddr::from((self.ip2, self.port))),
-                (&self.c3, SocketAddr::from((self.ip3, self.port))),
+                (&self.c2.ns, SocketAddr::from((self.c2.addr, self.port))),
+                (&self.c3.ns, SocketAddr::from((self.c3.addr, self.port))),
             ],
             rate,
             count,

@@ -37,8 +37,7 @@ fn conf_for(h: &Host, app: &str, ctype: &str) -> String {
 fn the_plugin_follows_the_spec_and_is_idempotent() {
     let p = unique_prefix();
     let h = Host::start(&p, "h1");
-    let net_id = h.create_network(&["--cidr", "10.240.8.0/24"]);
-    let app = h.create_app(&net_id);
+    let (net_id, app) = h.network_and_app(&["--cidr", "10.240.8.0/24"]);
     let list: serde_json::Value =
         serde_json::from_str(&h.cli_ok(&["cni-config", "--app", &app, "--type", "web"])).unwrap();
     assert_eq!(list["cniVersion"], "1.0.0");
@@ -161,8 +160,7 @@ fn the_plugin_follows_the_spec_and_is_idempotent() {
 fn mistakes_are_cni_error_objects_with_the_spec_codes() {
     let p = unique_prefix();
     let h = Host::start(&p, "h1");
-    let net_id = h.create_network(&[]);
-    let app = h.create_app(&net_id);
+    let (_, app) = h.network_and_app(&[]);
     let conf = conf_for(&h, &app, "web");
     let c1 = Namespace::new(&format!("{p}-c1"));
     let ns = c1.path().display().to_string();
@@ -221,8 +219,7 @@ fn mistakes_are_cni_error_objects_with_the_spec_codes() {
 fn status_and_gc_of_spec_1_1() {
     let p = unique_prefix();
     let h = Host::start(&p, "h1");
-    let net_id = h.create_network(&[]);
-    let app = h.create_app(&net_id);
+    let (_, app) = h.network_and_app(&[]);
     let conf = conf_for(&h, &app, "web").replace("1.0.0", "1.1.0");
     let status = run_plugin("STATUS", &[], &conf);
     assert_eq!((status.code, status.stdout.as_str()), (0, ""), "{status:?}");
@@ -280,8 +277,7 @@ fn status_and_gc_of_spec_1_1() {
 fn a_vanished_namespace_is_reaped_within_seconds() {
     let p = unique_prefix();
     let h = Host::start(&p, "h1");
-    let net_id = h.create_network(&["--cidr", "10.240.9.0/24"]);
-    let app = h.create_app(&net_id);
+    let (_, app) = h.network_and_app(&["--cidr", "10.240.9.0/24"]);
     let conf = conf_for(&h, &app, "worker");
     let c1 = Namespace::new(&format!("{p}-c1"));
     let ns = c1.path().display().to_string();
@@ -417,8 +413,7 @@ fn podman_containers_of_a_network_talk_and_strangers_cannot() {
 fn a_plugin_killed_mid_add_leaves_nothing_behind() {
     let p = unique_prefix();
     let h = Host::start(&p, "h1");
-    let net_id = h.create_network(&["--cidr", "10.240.10.0/24"]);
-    let app = h.create_app(&net_id);
+    let (_, app) = h.network_and_app(&["--cidr", "10.240.10.0/24"]);
     let pm = Podman::new(&h);
     pm.add_network(&h, "pn-web", &app, "web");
     pm.crash_plugin_after_add();

@@ -3,7 +3,7 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use pn_tests::{Host, Namespace, eventually, metric_value, net, unique_prefix};
+use pn_tests::{Host, Namespace, eventually, metric_value, net, scenario::Member, unique_prefix};
 
 fn dig(ns: &Namespace, args: &[&str]) -> String {
     let mut full = vec!["dig", "+time=2", "+tries=1"];
@@ -33,38 +33,28 @@ struct Two {
     host: Host,
     net_a: String,
     app: String,
-    c: Vec<Namespace>,
-    ips: Vec<String>,
-    other: Namespace,
+    c: Vec<Member>,
+    other: Member,
     net_b: String,
     app_b: String,
 }
 
 /// Network A: app with web-1, web-2 and worker-1; network B: app_b with web-1.
 fn setup(extra: &[&str]) -> Two {
-    let p = unique_prefix();
-    let host = Host::start_with(&p, "h1", extra);
-    let net_a = host.create_network(&[]);
-    let net_b = host.create_network(&[]);
-    let app = host.create_app(&net_a);
-    let app_b = host.create_app(&net_b);
-    let mut c = Vec::new();
-    let mut ips = Vec::new();
-    for (i, t) in ["web", "web", "worker"].iter().enumerate() {
-        let ns = Namespace::new(&format!("{p}-c{i}"));
-        let v = host.attach(&app, t, &ns);
-        ips.push(v["ip"].as_str().unwrap().to_string());
-        c.push(ns);
-    }
-    let other = Namespace::new(&format!("{p}-b"));
-    host.attach(&app_b, "web", &other);
+    let host = Host::start_with(&unique_prefix(), "h1", extra);
+    let (net_a, app) = host.network_and_app(&[]);
+    let (net_b, app_b) = host.network_and_app(&[]);
+    let c = ["web", "web", "worker"]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| host.member(&app, t, &format!("c{i}")))
+        .collect();
     Two {
+        c,
+        other: host.member(&app_b, "web", "b"),
         host,
         net_a,
         app,
-        c,
-        ips,
-        other,
         net_b,
         app_b,
     }
@@ -76,7 +66,7 @@ const ZONE: &str = "private-network.internal";
 fn every_name_form_resolves_from_a_container() {
     let t = setup(&[]);
     let base = format!("{}.{}.{ZONE}", t.app, t.net_a);
-    let mut webs = vec![t.ips[0].clone(), t.ips[1].clone()];
+    let mut webs = vec![t.c[0].addr.to_string(), t.c[1].addr.to_string()];
     webs.sort();
     assert_eq!(
         short(&t.c[2], &format!("{base}."), "A"),
@@ -86,15 +76,15 @@ fn every_name_form_resolves_from_a_container() {
     assert_eq!(short(&t.c[2], &format!("web.{base}"), "A"), webs);
     assert_eq!(
         short(&t.c[0], &format!("2.web.{base}"), "A"),
-        vec![t.ips[1].clone()]
+        vec![t.c[1].addr.to_string()]
     );
     assert_eq!(
         short(&t.c[0], &format!("worker.{base}"), "A"),
-        vec![t.ips[2].clone()]
+        vec![t.c[2].addr.to_string()]
     );
     assert_eq!(
         short(&t.c[0], &format!("1.WORKER.{}", base.to_uppercase()), "A"),
-        vec![t.ips[2].clone()]
+        vec![t.c[2].addr.to_string()]
     );
     // The search domain of resolv.conf: short names relative to the network.
     assert_eq!(
@@ -106,7 +96,7 @@ fn every_name_form_resolves_from_a_container() {
         &t.c[0],
         &["+search", "+short", &format!("1.worker.{}", t.app)],
     );
-    assert_eq!(out.trim(), t.ips[2]);
+    assert_eq!(out.trim(), t.c[2].addr.to_string());
     // TTL 5 s.
     let ans = dig(&t.c[0], &["+noall", "+answer", &format!("1.web.{base}")]);
     assert!(ans.split_whitespace().nth(1) == Some("5"), "{ans}");
@@ -192,8 +182,7 @@ fn answers_follow_scaling_within_one_ttl() {
     let t = setup(&[]);
     let name = format!("{}.{}.{ZONE}", t.app, t.net_a);
     assert_eq!(short(&t.c[2], &name, "A").len(), 2);
-    let c3 = Namespace::new(&format!("{}-n3", t.host.ns.name));
-    t.host.attach(&t.app, "web", &c3);
+    let _c3 = t.host.member(&t.app, "web", "n3");
     assert!(eventually(Duration::from_secs(5), || short(
         &t.c[2], &name, "A"
     )
@@ -241,10 +230,8 @@ fn the_world_is_forwarded_and_garbage_is_counted() {
     // The host's own resolver, as the agent would find in resolv.conf.
     let _up = net::fake_dns_upstream(&host.ns, 5353, Ipv4Addr::new(192, 0, 2, 44));
     host.launch(&["--dns-upstream", "127.0.0.1:5353"]);
-    let net_a = host.create_network(&[]);
-    let app = host.create_app(&net_a);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    host.attach(&app, "web", &c1);
+    let (net_a, app) = host.network_and_app(&[]);
+    let c1 = host.member(&app, "web", "c1");
     assert_eq!(
         short(&c1, "example.com", "A"),
         vec!["192.0.2.44".to_string()]
@@ -257,21 +244,7 @@ fn the_world_is_forwarded_and_garbage_is_counted() {
     }] {
         net::send_raw_ipv4(
             &c1,
-            net::udp_packet(
-                c1.ip(&["-4", "-j", "addr", "show", "pn0"])
-                    .split("\"local\":\"")
-                    .nth(1)
-                    .unwrap()
-                    .split('"')
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap(),
-                40000,
-                Ipv4Addr::new(169, 254, 1, 1),
-                53,
-                &bytes,
-            ),
+            net::udp_packet(c1.addr, 40000, Ipv4Addr::new(169, 254, 1, 1), 53, &bytes),
         )
         .unwrap();
     }
@@ -294,11 +267,69 @@ fn the_world_is_forwarded_and_garbage_is_counted() {
     assert!(host.cli_ok(&["status"]).contains("upstream 127.0.0.1:5353"));
 }
 
+/// A sealed network (`--egress deny`) cannot tunnel out through the
+/// resolver: names of the world get REFUSED, over UDP and TCP, even when
+/// cached, and never reach the upstream; an open network still resolves
+/// them, and opening the sealed one gives them back.
+#[test]
+fn a_sealed_network_is_refused_the_world_and_its_upstream() {
+    let p = unique_prefix();
+    let mut host = Host::create(&p, "h1");
+    let (_up, count) = net::counting_dns_upstream(&host.ns, 5353, Ipv4Addr::new(192, 0, 2, 44));
+    host.launch(&["--dns-upstream", "127.0.0.1:5353"]);
+    let asked = || count.load(std::sync::atomic::Ordering::SeqCst);
+    let open = host.create_network(&[]);
+    let sealed = host.create_network(&["--egress", "deny"]);
+    let app_open = host.create_app(&open);
+    let app_sealed = host.create_app(&sealed);
+    let c_open = Namespace::new(&format!("{p}-o"));
+    let c_sealed = Namespace::new(&format!("{p}-s"));
+    host.attach(&app_open, "web", &c_open);
+    let ip = host.attach(&app_sealed, "web", &c_sealed)["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        status(&c_sealed, "tunnel-data.example.com", "TXT"),
+        "REFUSED"
+    );
+    assert_eq!(asked(), 0, "a sealed network's name reached the upstream");
+    assert_eq!(
+        short(&c_open, "example.com", "A"),
+        vec!["192.0.2.44".to_string()]
+    );
+    assert_eq!(asked(), 1);
+    // Cached now: still refused to the sealed network, over UDP and TCP.
+    assert_eq!(status(&c_sealed, "example.com", "A"), "REFUSED");
+    let tcp = dig(&c_sealed, &["+tcp", "example.com", "A"]);
+    assert!(tcp.contains("status: REFUSED"), "{tcp}");
+    assert_eq!(asked(), 1);
+    let body = host.metrics();
+    assert_eq!(
+        metric_value(&body, "pn_dns_queries_total", &[("outcome", "sealed")]),
+        3
+    );
+    assert_eq!(
+        metric_value(&body, "pn_dns_queries_total", &[("outcome", "cached")]),
+        0
+    );
+    // Its own names still resolve.
+    assert_eq!(
+        short(&c_sealed, &format!("{app_sealed}.{sealed}.{ZONE}"), "A"),
+        vec![ip]
+    );
+    host.cli_ok(&["network", "update", &sealed, "--egress", "allow"]);
+    assert!(eventually(Duration::from_secs(5), || {
+        status(&c_sealed, "opened.example.com", "A") == "NOERROR"
+    }));
+    assert_eq!(asked(), 2);
+}
+
 #[test]
 fn a_rust_resolver_in_a_container_gets_the_same_answers() {
     let t = setup(&[]);
     let name = format!("worker.{}.{}.{ZONE}.", t.app, t.net_a);
-    let want: Ipv4Addr = t.ips[2].parse().unwrap();
+    let want = t.c[2].addr;
     let got = t.c[0].run(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -12,7 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pn_tests::{Host, Namespace, metric_value, net, unique_prefix};
+use pn_tests::{
+    Host, Namespace, metric_value, net,
+    scenario::{Member, OneApp},
+    unique_prefix,
+};
 
 const ZONE: &str = "private-network.internal";
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
@@ -71,26 +75,21 @@ fn spawn_in<T: Send + 'static>(
 struct Tenants {
     host: Host,
     name: String,
-    victim: Namespace,
-    victim_ip: String,
-    attacker: Namespace,
+    victim: Member,
+    attacker: Member,
 }
 
-fn tenants(host: Host, p: &str) -> Tenants {
-    let net_a = host.create_network(&[]);
-    let app = host.create_app(&net_a);
-    let victim = Namespace::new(&format!("{p}-v"));
-    let victim_ip = host.attach(&app, "web", &victim)["ip"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let attacker = Namespace::new(&format!("{p}-a"));
-    host.attach(&app, "worker", &attacker);
+fn tenants(host: Host) -> Tenants {
+    let OneApp {
+        net,
+        app,
+        c1: victim,
+        c2: attacker,
+    } = OneApp::new(&host, &host, ["web", "worker"]);
     Tenants {
-        name: format!("1.web.{app}.{net_a}.{ZONE}"),
+        name: format!("1.web.{app}.{net}.{ZONE}"),
         host,
         victim,
-        victim_ip,
         attacker,
     }
 }
@@ -102,7 +101,7 @@ fn thousands_of_tcp_connections_from_one_container_starve_nobody() {
     set_own_soft_descriptor_limit(Some(1024));
     let host = Host::start(&p, "h1");
     set_own_soft_descriptor_limit(None);
-    let t = tenants(host, &p);
+    let t = tenants(host);
     let pid = t.host.pid().expect("agent running");
     let (soft, hard) = descriptor_limits_of(pid);
     assert_eq!(soft, hard, "the agent raised its soft limit");
@@ -146,12 +145,12 @@ fn thousands_of_tcp_connections_from_one_container_starve_nobody() {
         most = most.max(descriptors(pid));
         assert_eq!(
             dig(&t.victim, &["+short", &t.name]).trim(),
-            t.victim_ip,
+            t.victim.addr.to_string(),
             "UDP, after {n} connections"
         );
         assert_eq!(
             dig(&t.victim, &["+tcp", "+short", &t.name]).trim(),
-            t.victim_ip,
+            t.victim.addr.to_string(),
             "TCP, after {n} connections"
         );
         t.host.cli_ok(&["status"]);
@@ -191,10 +190,10 @@ fn a_query_from_outside_the_containers_gets_nothing() {
     let mut host = Host::create(&p, "h1");
     // A neighbour on the host's L2 (no underlay guard: the DNS itself must
     // refuse it), with a route to the gateway address through the host.
-    let neighbour = host.neighbour(&p, 91, "169.254.1.1/32");
+    let neighbour = host.neighbour(91, "169.254.1.1/32");
     let _up = net::fake_dns_upstream(&host.ns, 5353, Ipv4Addr::new(192, 0, 2, 44));
     host.launch(&["--dns-upstream", "127.0.0.1:5353"]);
-    let t = tenants(host, &p);
+    let t = tenants(host);
     // A member resolves the world and its own names.
     assert_eq!(
         dig(&t.victim, &["+short", "example.com"]).trim(),
@@ -254,7 +253,7 @@ fn a_container_flooding_names_of_the_world_does_not_starve_another() {
     // holds its slot until the upstream timeout (2 s).
     let _up = net::fake_dns_upstream_ignoring(&host.ns, 5353, Ipv4Addr::new(192, 0, 2, 44), "slow");
     host.launch(&["--dns-upstream", "127.0.0.1:5353"]);
-    let t = tenants(host, &p);
+    let t = tenants(host);
     let stop = Arc::new(AtomicBool::new(false));
     // 500 names a second for 5 s: within the attacker's query rate, far
     // past the forwards all clients together may have in flight (256 over

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use pn_tests::{Host, Namespace, metric_value, net, unique_prefix};
+use pn_tests::{Host, Namespace, metric_value, net, scenario::OneApp, unique_prefix};
 
 /// `dig` from `ns` at the agent: (status, TTL of the first record of the
 /// answer or, for a negative answer, of the authority's SOA).
@@ -50,12 +50,7 @@ fn answers_of_the_world_are_cached_within_their_ttl() {
     let mut host = Host::create(&p, "h1");
     let (_up, count) = net::counting_dns_upstream(&host.ns, 5353, Ipv4Addr::new(192, 0, 2, 44));
     host.launch(&["--dns-upstream", "127.0.0.1:5353"]);
-    let net_a = host.create_network(&[]);
-    let app = host.create_app(&net_a);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let c2 = Namespace::new(&format!("{p}-c2"));
-    host.attach(&app, "web", &c1);
-    host.attach(&app, "worker", &c2);
+    let OneApp { c1, c2, .. } = OneApp::new(&host, &host, ["web", "worker"]);
 
     // Asked twice (by two containers, spelled differently): upstream once,
     // and the TTL shown the second time is what remains of it.

@@ -4,15 +4,14 @@
 //! writes a map or a route itself: `network create/update`, `app create`,
 //! `container attach` and `pn-agent run` flags do it all.
 
-use std::{
-    net::{Ipv4Addr, SocketAddr},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use pn_tests::{
     Host, Namespace,
     edge::{HOST, Outside, ROUTER, WORLD, listed, nft_counter, published},
-    eventually, net, unique_prefix,
+    eventually, net,
+    scenario::Member,
+    unique_prefix,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -23,8 +22,7 @@ struct Fixture {
     out: Outside,
     net: String,
     app: String,
-    c1: Namespace,
-    ip1: Ipv4Addr,
+    c1: Member,
     /// Where `attach` said web-1 is published.
     port: SocketAddr,
 }
@@ -38,19 +36,15 @@ fn fixture(flags: &[&str]) -> Fixture {
     let mut all = vec!["--router-cidr", "192.168.50.7/32"];
     all.extend_from_slice(flags);
     host.launch(&all);
-    let net = host.create_network(&[]);
-    let app = host.create_app(&net);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let v = host.attach(&app, "web", &c1);
-    let ip1: Ipv4Addr = v["ip"].as_str().unwrap().parse().unwrap();
-    let port = published(&v).expect("a web container is published");
+    let (net, app) = host.network_and_app(&[]);
+    let c1 = host.member(&app, "web", "c1");
+    let port = published(&c1.attached).expect("a web container is published");
     Fixture {
         host,
         out,
         net,
         app,
         c1,
-        ip1,
         port,
     }
 }
@@ -92,7 +86,7 @@ fn the_world_is_reached_through_the_host_and_answers_come_back() {
         .iter()
         .find(|r| r["reason"] == "egress" && r["dst"] == WORLD && r["dport"] == 7000)
         .unwrap_or_else(|| panic!("an egress flow: {records:?}"));
-    assert_eq!(out["src"], f.ip1.to_string());
+    assert_eq!(out["src"], f.c1.addr.to_string());
     assert_eq!(out["translated"], HOST);
     let table = f.host.cli_ok(&["flows"]);
     assert!(
@@ -105,7 +99,7 @@ fn the_world_is_reached_through_the_host_and_answers_come_back() {
         .world
         .ip(&["route", "add", "10.240.0.0/12", "via", "203.0.113.1"]);
     f.out.gw.ip(&["route", "add", "10.240.0.0/12", "via", HOST]);
-    assert!(net::tcp_whoami(&f.out.world, SocketAddr::from((f.ip1, 8080)), FAIL).is_err());
+    assert!(net::tcp_whoami(&f.out.world, SocketAddr::from((f.c1.addr, 8080)), FAIL).is_err());
     assert!(eventually(WAIT, || counted(&f, "not_member") > 0));
 }
 
@@ -117,7 +111,7 @@ fn nothing_from_outside_reaches_a_container_address() {
     f.out
         .router
         .ip(&["route", "add", "10.240.0.0/12", "via", HOST]);
-    assert!(net::tcp_whoami(&f.out.router, SocketAddr::from((f.ip1, 8080)), FAIL).is_err());
+    assert!(net::tcp_whoami(&f.out.router, SocketAddr::from((f.c1.addr, 8080)), FAIL).is_err());
     assert!(eventually(WAIT, || counted(&f, "not_member") > 0));
     assert_eq!(counted(&f, "published"), 0);
 }
@@ -170,21 +164,19 @@ fn only_web_containers_are_published_on_the_apps_port_and_ports_come_back() {
     let f = fixture(&["--publish-ports", "31000-31001"]);
     assert_eq!(f.port, sa(HOST, 31000));
     // Another app, serving on 3000; a worker and a second web container.
-    let app2 = f
-        .host
-        .cli_ok(&["app", "create", "--network", &f.net, "--web-port", "3000"])
-        .trim()
-        .to_string();
-    let p = &f.host.ns.name;
-    let worker = Namespace::new(&format!("{p}-wk"));
-    let w = f.host.attach(&app2, "worker", &worker);
-    assert_eq!(published(&w), None, "a worker is never published");
+    let app2 = f.host.create_app_with(&f.net, &["--web-port", "3000"]);
+    let worker = f.host.member(&app2, "worker", "wk");
+    assert_eq!(
+        published(&worker.attached),
+        None,
+        "a worker is never published"
+    );
     let env = f
         .host
         .cli_ok(&["env", "--app", &app2, "--type", "worker", "--index", "1"]);
     assert!(!env.contains("PORT="), "{env}");
-    let web2 = Namespace::new(&format!("{p}-w2"));
-    let at2 = published(&f.host.attach(&app2, "web", &web2)).unwrap();
+    let web2 = f.host.member(&app2, "web", "w2");
+    let at2 = published(&web2.attached).unwrap();
     assert_eq!(at2, sa(HOST, 31001));
     let env = f
         .host
@@ -194,7 +186,7 @@ fn only_web_containers_are_published_on_the_apps_port_and_ports_come_back() {
     let (seen, _s) = net::tcp_whoami(&f.out.router, at2, WAIT).expect("to the app's port");
     assert_eq!(seen, ROUTER);
     // The range is full: a third web container is refused, nothing half-made.
-    let web3 = Namespace::new(&format!("{p}-w3"));
+    let web3 = Namespace::new(&format!("{}-w3", f.host.prefix));
     let out = f.host.cli(&[
         "container",
         "attach",
@@ -231,10 +223,9 @@ fn without_routers_nothing_is_published() {
     let mut host = Host::create(&p, "h1");
     let out = Outside::around(&p, &host.ns);
     host.launch(&[]);
-    let net = host.create_network(&[]);
-    let app = host.create_app(&net);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    assert_eq!(published(&host.attach(&app, "web", &c1)), None);
+    let (_, app) = host.network_and_app(&[]);
+    let c1 = host.member(&app, "web", "c1");
+    assert_eq!(published(&c1.attached), None);
     let _web = net::tcp_whoami_server(&c1, 8080);
     assert!(net::tcp_whoami(&out.router, sa(HOST, 30000), FAIL).is_err());
     // The world is still reached.
@@ -319,10 +310,8 @@ fn sealing_a_network_is_live_and_still_answers_its_routers() {
         HOST
     );
     // Created sealed: nothing outside from the first packet.
-    let sealed = f.host.create_network(&["--egress", "deny"]);
-    let app = f.host.create_app(&sealed);
-    let c = Namespace::new(&format!("{}-sl", f.host.ns.name));
-    f.host.attach(&app, "worker", &c);
+    let (_, app) = f.host.network_and_app(&["--egress", "deny"]);
+    let c = f.host.member(&app, "worker", "sl");
     assert!(net::tcp_whoami(&c, sa(WORLD, 7000), FAIL).is_err());
     assert!(eventually(WAIT, || f.host.packets(
         &app,
@@ -395,5 +384,5 @@ fn an_agent_restart_keeps_open_connections_and_publications() {
         ROUTER
     );
     assert_eq!(counted(&f, "not_member"), 0);
-    let _ = &f.ip1;
+    let _ = &f.c1.addr;
 }

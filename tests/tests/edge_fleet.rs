@@ -5,26 +5,28 @@
 //! proxies by private name to a backend on the other host.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use pn_tests::{
-    Namespace, bulk,
+    bulk,
     edge::{FLEET_ROUTER, FleetOutside, WORLD, listed, published},
     eventually,
     fleet::{Fleet, UNDERLAY_NET},
     metric_value, net,
     nginx::{curl, nginx},
+    scenario::OneApp,
     unique_prefix,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
 const FAIL: Duration = Duration::from_millis(800);
 
-fn fleet(p: &str) -> (Fleet, FleetOutside) {
-    let f = Fleet::with_flags(p, 2, &["--router-cidr", &format!("{FLEET_ROUTER}/32")]);
-    let o = FleetOutside::around(p, &f);
+fn fleet() -> (Fleet, FleetOutside) {
+    let p = unique_prefix();
+    let f = Fleet::with_flags(&p, 2, &["--router-cidr", &format!("{FLEET_ROUTER}/32")]);
+    let o = FleetOutside::around(&p, &f);
     (f, o)
 }
 
@@ -47,18 +49,8 @@ fn transfer_bytes() -> u64 {
 
 #[test]
 fn each_host_translates_its_own_containers_and_long_transfers_arrive_whole() {
-    let p = unique_prefix();
-    let (f, o) = fleet(&p);
-    let net_id = f.hosts[0].create_network(&[]);
-    let app = f.hosts[0].create_app(&net_id);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let c2 = Namespace::new(&format!("{p}-c2"));
-    f.hosts[0].attach(&app, "worker", &c1);
-    let ip2: Ipv4Addr = f.hosts[1].attach(&app, "worker", &c2)["ip"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (f, o) = fleet();
+    let OneApp { app, c1, c2, .. } = OneApp::new(&f.hosts[0], &f.hosts[1], ["worker", "worker"]);
     let _who = net::tcp_whoami_server(&o.world, 7000);
     assert_eq!(
         net::tcp_whoami(&c1, sa(WORLD, 7000), WAIT).unwrap().0,
@@ -70,12 +62,9 @@ fn each_host_translates_its_own_containers_and_long_transfers_arrive_whole() {
     );
     // Members still reach each other through the tunnel, untranslated.
     let _echo = net::tcp_whoami_server(&c2, 5000);
-    let c1_ip = f.hosts[0].json(&["container", "list"])[0]["ip"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let seen = eventually(Duration::from_secs(10), || {
-        net::tcp_whoami(&c1, SocketAddr::from((ip2, 5000)), FAIL).is_ok_and(|(who, _)| who == c1_ip)
+        net::tcp_whoami(&c1, SocketAddr::from((c2.addr, 5000)), FAIL)
+            .is_ok_and(|(who, _)| who == c1.addr.to_string())
     });
     assert!(seen, "c1 reaches c2 with its own address");
     // A long download from the world, every byte checked.
@@ -107,39 +96,20 @@ fn each_host_translates_its_own_containers_and_long_transfers_arrive_whole() {
 
 #[test]
 fn the_seeds_waf_answers_the_public_side_and_hides_its_backend() {
-    let p = unique_prefix();
-    let (f, o) = fleet(&p);
+    let (f, o) = fleet();
     let (h1, h2) = (&f.hosts[0], &f.hosts[1]);
     let net_a = h1.create_network(&[]);
-    let waf_app = h1
-        .cli_ok(&["app", "create", "--network", &net_a, "--name", "waf"])
-        .trim()
-        .to_string();
-    let backend_app = h1
-        .cli_ok(&[
-            "app",
-            "create",
-            "--network",
-            &net_a,
-            "--name",
-            "backend",
-            "--web-port",
-            "3000",
-        ])
-        .trim()
-        .to_string();
-    let waf = Namespace::new(&format!("{p}-waf"));
-    let waf_json = h1.attach(&waf_app, "web", &waf);
-    let public = published(&waf_json).expect("the waf is published");
+    let waf_app = h1.create_app_with(&net_a, &["--name", "waf"]);
+    let backend_app = h1.create_app_with(&net_a, &["--name", "backend", "--web-port", "3000"]);
+    let waf = h1.member(&waf_app, "web", "waf");
+    let public = published(&waf.attached).expect("the waf is published");
     assert_eq!(public.ip().to_string(), host_addr(1));
-    let be = Namespace::new(&format!("{p}-be"));
-    let be_json = h2.attach(&backend_app, "myappbackend", &be);
+    let be = h2.member(&backend_app, "myappbackend", "be");
     assert_eq!(
-        published(&be_json),
+        published(&be.attached),
         None,
         "the backend is published nowhere"
     );
-    let be_ip = be_json["ip"].as_str().unwrap().to_string();
     let _backend = net::http_server(&be, 3000, "backend-on-h2");
     let name = format!("myappbackend.{backend_app}.{net_a}.private-network.internal");
     let _nginx = nginx(&waf, &name);
@@ -187,5 +157,5 @@ fn the_seeds_waf_answers_the_public_side_and_hides_its_backend() {
     }
     o.router
         .ip(&["route", "add", "10.240.0.0/12", "via", &host_addr(2)]);
-    assert_eq!(curl(&o.router, &format!("http://{be_ip}:3000/")), None);
+    assert_eq!(curl(&o.router, &format!("http://{}:3000/", be.addr)), None);
 }

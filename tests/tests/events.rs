@@ -9,13 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pn_tests::{Host, Namespace, eventually, metric_value, net, unique_prefix};
+use pn_tests::{Host, eventually, metric_value, net, scenario::OneApp, unique_prefix};
 
 const BUDGET: u64 = 20;
-
-fn ip_of(v: &serde_json::Value) -> Ipv4Addr {
-    v["ip"].as_str().unwrap().parse().unwrap()
-}
 
 fn cpus() -> u64 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
@@ -35,12 +31,8 @@ fn bpftool_json(args: &[&str]) -> serde_json::Value {
 fn a_new_flow_flood_is_held_to_the_event_budget_and_counted() {
     let p = unique_prefix();
     let host = Host::start_with(&p, "h1", &["--drop-events-per-sec", &BUDGET.to_string()]);
-    let net_a = host.create_network(&[]);
-    let app = host.create_app(&net_a);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let c2 = Namespace::new(&format!("{p}-c2"));
-    host.attach(&app, "web", &c1);
-    let ip2 = ip_of(&host.attach(&app, "web", &c2));
+    let OneApp { c1, c2, .. } = OneApp::new(&host, &host, ["web", "web"]);
+    let ip2 = c2.addr;
     let sink = net::udp_collector(&c2, 9000);
     // Unlabelled: `metric_value` reads labelled samples only.
     let events = || {
@@ -112,17 +104,11 @@ fn a_new_flow_flood_is_held_to_the_event_budget_and_counted() {
 fn clear_text_toward_many_members_lands_in_bounded_rows() {
     let p = unique_prefix();
     let mut host = Host::create(&p, "h1");
-    let stranger = host.neighbour(&p, 91, "10.240.0.0/12");
-    host.launch(&[
-        "--underlay-iface",
-        "ul0",
-        "--advertise",
-        "192.168.91.1:51871",
-    ]);
-    let net_a = host.create_network(&[]);
-    let app = host.create_app(&net_a);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let ip1 = ip_of(&host.attach(&app, "web", &c1));
+    let stranger = host.neighbour(91, "10.240.0.0/12");
+    host.launch_on_underlay(91);
+    let (_, app) = host.network_and_app(&[]);
+    let c1 = host.member(&app, "web", "c1");
+    let ip1 = c1.addr;
 
     // The counters are an array of one row per interface slot and the
     // host's: its size is fixed, whatever arrives.

@@ -4,40 +4,33 @@
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use pn_agent::error::ErrorKind;
-use pn_tests::{Namespace, eventually, fleet::Fleet, metric_value, net, unique_prefix};
+use pn_tests::{
+    Namespace, eventually,
+    fleet::Fleet,
+    metric_value, net,
+    scenario::{Member, ip_of},
+    unique_prefix,
+};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn remote_endpoints(h: &pn_tests::Host) -> u64 {
-    metric_value(&h.metrics(), "pn_endpoints", &[("scope", "remote")])
-}
-
 #[test]
 fn three_agents_converge_on_one_membership() {
-    let p = unique_prefix();
-    let f = Fleet::new(&p, 3);
+    let f = Fleet::new(&unique_prefix(), 3);
     let (h1, h2, h3) = (&f.hosts[0], &f.hosts[1], &f.hosts[2]);
     let net = h1.create_network(&[]);
     let app = h2.create_app(&net);
-    let mut containers = Vec::new();
-    for (i, h) in f.hosts.iter().enumerate() {
-        let ns = Namespace::new(&format!("{p}-c{i}"));
-        h.attach(&app, "web", &ns);
-        containers.push(ns);
-    }
+    let containers: Vec<Member> = (f.hosts.iter().enumerate())
+        .map(|(i, h)| h.member(&app, "web", &format!("c{i}")))
+        .collect();
     for h in [h1, h2, h3] {
         assert!(
-            eventually(WAIT, || h
-                .json(&["container", "list"])
-                .as_array()
-                .unwrap()
-                .len()
-                == 3),
+            eventually(WAIT, || h.container_count() == 3),
             "{} does not see the three containers",
             h.id
         );
         assert!(
-            eventually(WAIT, || remote_endpoints(h) == 2),
+            eventually(WAIT, || h.remote_endpoints() == 2),
             "{}: remote endpoints",
             h.id
         );
@@ -84,12 +77,7 @@ fn three_agents_converge_on_one_membership() {
         "h1 removed the detached container's interface"
     );
     for h in [h1, h2, h3] {
-        assert!(eventually(WAIT, || h
-            .json(&["container", "list"])
-            .as_array()
-            .unwrap()
-            .len()
-            == 2));
+        assert!(eventually(WAIT, || h.container_count() == 2));
     }
 }
 
@@ -97,8 +85,7 @@ fn three_agents_converge_on_one_membership() {
 fn concurrent_attaches_on_two_hosts_get_distinct_addresses() {
     let p = unique_prefix();
     let f = Fleet::new(&p, 2);
-    let net = f.hosts[0].create_network(&[]);
-    let app = f.hosts[0].create_app(&net);
+    let (_, app) = f.hosts[0].network_and_app(&[]);
     let per_host = 6;
     let namespaces: Vec<Vec<Namespace>> = (0..2)
         .map(|h| {
@@ -107,7 +94,7 @@ fn concurrent_attaches_on_two_hosts_get_distinct_addresses() {
                 .collect()
         })
         .collect();
-    let ips: Vec<String> = std::thread::scope(|s| {
+    let ips: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = f
             .hosts
             .iter()
@@ -117,52 +104,33 @@ fn concurrent_attaches_on_two_hosts_get_distinct_addresses() {
                 nss.iter()
                     .map(move |ns| {
                         let app = app.clone();
-                        s.spawn(move || {
-                            host.attach(&app, "worker", ns)["ip"]
-                                .as_str()
-                                .unwrap()
-                                .to_string()
-                        })
+                        s.spawn(move || ip_of(&host.attach(&app, "worker", ns)))
                     })
                     .collect::<Vec<_>>()
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let distinct: BTreeSet<&String> = ips.iter().collect();
+    let distinct: BTreeSet<_> = ips.iter().collect();
     assert_eq!(distinct.len(), 2 * per_host, "duplicate addresses: {ips:?}");
     // Indexes are distinct too, and both agents agree on the result.
     for h in &f.hosts {
-        assert!(eventually(WAIT, || h
-            .json(&["container", "list"])
-            .as_array()
-            .unwrap()
-            .len()
-            == 2 * per_host));
+        assert!(eventually(WAIT, || h.container_count() == 2 * per_host));
     }
 }
 
 #[test]
 fn an_etcd_outage_loses_nothing() {
-    let p = unique_prefix();
-    let mut f = Fleet::new(&p, 2);
-    let net_a = f.hosts[0].create_network(&[]);
-    let net_b = f.hosts[0].create_network(&[]);
-    let a = f.hosts[0].create_app(&net_a);
-    let b = f.hosts[0].create_app(&net_b);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let c2 = Namespace::new(&format!("{p}-c2"));
-    let c3 = Namespace::new(&format!("{p}-c3"));
-    let ip2: std::net::Ipv4Addr = f.hosts[0].attach(&a, "web", &c2)["ip"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    f.hosts[0].attach(&a, "web", &c1);
-    f.hosts[0].attach(&b, "web", &c3);
-    let remote = Namespace::new(&format!("{p}-r1"));
-    f.hosts[1].attach(&a, "worker", &remote);
-    assert!(eventually(WAIT, || remote_endpoints(&f.hosts[0]) == 1));
+    let mut f = Fleet::new(&unique_prefix(), 2);
+    let (h1, h2) = (&f.hosts[0], &f.hosts[1]);
+    let (_, a) = h1.network_and_app(&[]);
+    let (_, b) = h1.network_and_app(&[]);
+    let c2 = h1.member(&a, "web", "c2");
+    let c1 = h1.member(&a, "web", "c1");
+    let c3 = h1.member(&b, "web", "c3");
+    let remote = h2.member(&a, "worker", "r1");
+    let ip2 = c2.addr;
+    assert!(eventually(WAIT, || f.hosts[0].remote_endpoints() == 1));
     let before: Vec<String> = f
         .hosts
         .iter()
@@ -210,7 +178,7 @@ fn an_etcd_outage_loses_nothing() {
     // Reads still answer from the last known state.
     assert_eq!(f.hosts[0].cli_ok(&["container", "list"]), before[0]);
 
-    f.etcd.start();
+    f.etcd.restart();
     for h in &f.hosts {
         assert!(
             eventually(WAIT, || h.json(&["status"])["store"]["reachable"] == true),
@@ -225,9 +193,8 @@ fn an_etcd_outage_loses_nothing() {
         .collect();
     assert_eq!(before, after, "nothing lost");
     // And the fleet moves on: an attach on h2 reaches h1, a detach on h1 reaches h2.
-    let r2 = Namespace::new(&format!("{p}-r2"));
-    f.hosts[1].attach(&a, "worker", &r2);
-    assert!(eventually(WAIT, || remote_endpoints(&f.hosts[0]) == 2));
+    let _r2 = f.hosts[1].member(&a, "worker", "r2");
+    assert!(eventually(WAIT, || f.hosts[0].remote_endpoints() == 2));
     f.hosts[0].cli_ok(&[
         "container",
         "detach",
@@ -243,22 +210,17 @@ fn an_etcd_outage_loses_nothing() {
         .status
         .code()
         != Some(0)));
-    assert!(eventually(WAIT, || remote_endpoints(&f.hosts[0]) == 1));
+    assert!(eventually(WAIT, || f.hosts[0].remote_endpoints() == 1));
 }
 
 #[test]
 fn a_removed_host_disappears_from_every_agent() {
-    let p = unique_prefix();
-    let mut f = Fleet::new(&p, 3);
-    let net = f.hosts[0].create_network(&[]);
-    let app = f.hosts[0].create_app(&net);
-    let nss: Vec<Namespace> = (0..3)
-        .map(|i| Namespace::new(&format!("{p}-c{i}")))
+    let mut f = Fleet::new(&unique_prefix(), 3);
+    let (_, app) = f.hosts[0].network_and_app(&[]);
+    let _nss: Vec<Member> = (f.hosts.iter().enumerate())
+        .map(|(i, h)| h.member(&app, "web", &format!("c{i}")))
         .collect();
-    for (h, ns) in f.hosts.iter().zip(&nss) {
-        h.attach(&app, "web", ns);
-    }
-    assert!(eventually(WAIT, || remote_endpoints(&f.hosts[0]) == 2));
+    assert!(eventually(WAIT, || f.hosts[0].remote_endpoints() == 2));
     // h3 dies; the operator removes it from h1.
     f.hosts[2].stop();
     let out = f.hosts[0].cli(&["host", "remove", "h1"]);
@@ -266,7 +228,7 @@ fn a_removed_host_disappears_from_every_agent() {
     f.hosts[0].cli_ok(&["host", "remove", "h3"]);
     for h in &f.hosts[..2] {
         assert!(
-            eventually(WAIT, || remote_endpoints(h) == 1),
+            eventually(WAIT, || h.remote_endpoints() == 1),
             "{} forgot h3's container",
             h.id
         );
@@ -284,16 +246,8 @@ fn a_removed_host_disappears_from_every_agent() {
 /// `etcdctl put` into the fleet's etcd, from the underlay namespace (as
 /// anyone who reaches the etcd port could); the revision of the write.
 fn etcd_put(f: &Fleet, key: &str, value: &serde_json::Value) -> i64 {
-    let out = f.underlay.exec(&[
-        "etcdctl",
-        "--endpoints",
-        pn_tests::fleet::ETCD_ADDR,
-        "-w",
-        "json",
-        "put",
-        &format!("/pn/{key}"),
-        &value.to_string(),
-    ]);
+    let (key, value) = (format!("/pn/{key}"), value.to_string());
+    let out = f.etcdctl(&["-w", "json", "put", &key, &value]);
     assert!(
         out.status.success(),
         "etcdctl put {key}: {}",
@@ -314,22 +268,18 @@ fn rejected(h: &pn_tests::Host, kind: &str) -> u64 {
 /// every agent and counted, once; the host's own interfaces are untouched.
 #[test]
 fn forged_records_are_refused_and_counted() {
-    let p = unique_prefix();
-    let mut f = Fleet::new(&p, 2);
+    let mut f = Fleet::new(&unique_prefix(), 2);
     let (h1, h2) = (&f.hosts[0], &f.hosts[1]);
-    let net = h1.create_network(&[]);
-    let app = h1.create_app(&net);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let real = h1.attach(&app, "web", &c1);
-    assert!(eventually(WAIT, || remote_endpoints(h2) == 1));
+    let (net, app) = h1.network_and_app(&[]);
+    let c1 = h1.member(&app, "web", "c1");
+    assert!(eventually(WAIT, || h2.remote_endpoints() == 1));
     // An interface of h1's own that a forged record names.
     h1.ns.ip(&[
         "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
     ]);
     h1.ns.ip(&["link", "set", "eth0", "up"]);
     // Free, and inside the network's /22.
-    let real_ip: std::net::Ipv4Addr = real["ip"].as_str().unwrap().parse().unwrap();
-    let in_range = std::net::Ipv4Addr::from(u32::from(real_ip) + 200);
+    let in_range = std::net::Ipv4Addr::from(u32::from(c1.addr) + 200);
     let record = |index: u32, host: &str, ip: std::net::Ipv4Addr, host_ifname: String| {
         serde_json::json!({
             "app": app, "type": "web", "index": index, "network": net, "ip": ip,
@@ -365,10 +315,10 @@ fn forged_records_are_refused_and_counted() {
             h.id,
             h.json(&["status"])["store"]
         );
-        assert_eq!(h.json(&["container", "list"]).as_array().unwrap().len(), 1);
+        assert_eq!(h.container_count(), 1);
     }
-    assert_eq!(remote_endpoints(h2), 1);
-    assert_eq!(remote_endpoints(h1), 0);
+    assert_eq!(h2.remote_endpoints(), 1);
+    assert_eq!(h1.remote_endpoints(), 0);
     // eth0 is still there, up, with none of the agent's programs on it; the
     // only interface with programs is the real container's.
     let link = h1.ns.ip(&["-j", "link", "show", "eth0"]);
@@ -385,13 +335,14 @@ fn forged_records_are_refused_and_counted() {
     assert_eq!(
         h1.json(&["status"])["datapath"]["attached_interfaces"],
         1,
-        "{real}"
+        "{}",
+        c1.attached
     );
     let ul0 = h1.ns.ip(&["-j", "addr", "show", "ul0"]);
     assert!(ul0.contains("192.168.100.1"), "{ul0}");
     // A resync (etcd restarts) lists them again: not counted twice.
     f.etcd.stop();
-    f.etcd.start();
+    f.etcd.restart();
     let h1 = &f.hosts[0];
     let h1_id = h1.id.clone();
     assert!(eventually(WAIT, || h1.log().contains("resynchronising")));
@@ -415,25 +366,16 @@ fn forged_records_are_refused_and_counted() {
         "logged once"
     );
     // The real container still works and is still listed.
-    assert_eq!(h1.json(&["container", "list"]).as_array().unwrap().len(), 1);
+    assert_eq!(h1.container_count(), 1);
     assert!(h1.ns.ip(&["link", "show", "eth0"]).contains("eth0"));
 }
 
 /// Peer ids come from the store: distinct, non-zero, kept across restarts.
 #[test]
 fn hosts_get_distinct_peer_ids_that_survive_a_restart() {
-    let p = unique_prefix();
-    let mut f = Fleet::new(&p, 3);
+    let mut f = Fleet::new(&unique_prefix(), 3);
     let ids = |f: &Fleet| -> Vec<u64> {
-        let out = f.underlay.exec(&[
-            "etcdctl",
-            "--endpoints",
-            pn_tests::fleet::ETCD_ADDR,
-            "get",
-            "--prefix",
-            "--print-value-only",
-            "/pn/hosts/",
-        ]);
+        let out = f.etcdctl(&["get", "--prefix", "--print-value-only", "/pn/hosts/"]);
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| !l.trim().is_empty())

@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use pn_tests::{Host, Namespace, eventually, net, unique_prefix};
+use pn_tests::{Host, eventually, net, scenario::Member, unique_prefix};
 
 const SHORT: Duration = Duration::from_millis(800);
 const LONG: Duration = Duration::from_secs(5);
@@ -16,46 +16,29 @@ struct Fixture {
     app_a1: String,
     app_a2: String,
     app_b: String,
-    c1: Namespace,
-    c2: Namespace,
-    c3: Namespace,
-    ip1: Ipv4Addr,
-    ip2: Ipv4Addr,
-    ip3: Ipv4Addr,
-}
-
-fn ip_of(v: &serde_json::Value) -> Ipv4Addr {
-    v["ip"].as_str().unwrap().parse().unwrap()
+    c1: Member,
+    c2: Member,
+    c3: Member,
 }
 
 /// Host h1; network A with apps a1 (c1, web) and a2 (c2, worker); network B
 /// with app b (c3, web).
 fn fixture() -> Fixture {
-    let p = unique_prefix();
-    let host = Host::start(&p, "h1");
+    let host = Host::start(&unique_prefix(), "h1");
     let net_a = host.create_network(&[]);
     let net_b = host.create_network(&[]);
     let app_a1 = host.create_app(&net_a);
     let app_a2 = host.create_app(&net_a);
     let app_b = host.create_app(&net_b);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let c2 = Namespace::new(&format!("{p}-c2"));
-    let c3 = Namespace::new(&format!("{p}-c3"));
-    let ip1 = ip_of(&host.attach(&app_a1, "web", &c1));
-    let ip2 = ip_of(&host.attach(&app_a2, "worker", &c2));
-    let ip3 = ip_of(&host.attach(&app_b, "web", &c3));
     Fixture {
+        c1: host.member(&app_a1, "web", "c1"),
+        c2: host.member(&app_a2, "worker", "c2"),
+        c3: host.member(&app_b, "web", "c3"),
         host,
         net_a,
         app_a1,
         app_a2,
         app_b,
-        c1,
-        c2,
-        c3,
-        ip1,
-        ip2,
-        ip3,
     }
 }
 
@@ -69,25 +52,26 @@ fn same_network_tcp_and_udp_on_any_port_both_ways() {
     for port in [22, 3000, 54321] {
         let _s2 = net::tcp_echo_server(&f.c2, port);
         let _s1 = net::tcp_echo_server(&f.c1, port + 1);
-        let got = net::tcp_echo(&f.c1, sa(f.ip2, port), b"hello c2", LONG).expect("c1 -> c2 tcp");
+        let got =
+            net::tcp_echo(&f.c1, sa(f.c2.addr, port), b"hello c2", LONG).expect("c1 -> c2 tcp");
         assert_eq!(got, b"hello c2");
         let got =
-            net::tcp_echo(&f.c2, sa(f.ip1, port + 1), b"hello c1", LONG).expect("c2 -> c1 tcp");
+            net::tcp_echo(&f.c2, sa(f.c1.addr, port + 1), b"hello c1", LONG).expect("c2 -> c1 tcp");
         assert_eq!(got, b"hello c1");
         let _u2 = net::udp_echo_server(&f.c2, port);
         let _u1 = net::udp_echo_server(&f.c1, port + 1);
         assert_eq!(
-            net::udp_echo(&f.c1, sa(f.ip2, port), b"udp c2", LONG).expect("c1 -> c2 udp"),
+            net::udp_echo(&f.c1, sa(f.c2.addr, port), b"udp c2", LONG).expect("c1 -> c2 udp"),
             b"udp c2"
         );
         assert_eq!(
-            net::udp_echo(&f.c2, sa(f.ip1, port + 1), b"udp c1", LONG).expect("c2 -> c1 udp"),
+            net::udp_echo(&f.c2, sa(f.c1.addr, port + 1), b"udp c1", LONG).expect("c2 -> c1 udp"),
             b"udp c1"
         );
     }
     // ICMP too (ping and path-MTU need it).
     let out =
-        f.c1.exec(&["ping", "-c", "1", "-W", "2", &f.ip2.to_string()]);
+        f.c1.exec(&["ping", "-c", "1", "-W", "2", &f.c2.addr.to_string()]);
     assert!(out.status.success(), "ping between members failed");
     assert!(f.host.packets(&f.app_a1, "web-1", "forwarded") > 0);
     assert!(f.host.packets(&f.app_a1, "web-1", "delivered") > 0);
@@ -100,15 +84,15 @@ fn another_network_is_dropped_on_the_sending_side() {
     let _tcp = net::tcp_echo_server(&f.c1, 8080);
     let _udp = net::udp_echo_server(&f.c1, 8080);
     assert!(
-        net::tcp_echo(&f.c3, sa(f.ip1, 8080), b"x", SHORT).is_err(),
+        net::tcp_echo(&f.c3, sa(f.c1.addr, 8080), b"x", SHORT).is_err(),
         "B reached A over TCP"
     );
     assert!(
-        net::udp_echo(&f.c3, sa(f.ip1, 8080), b"x", SHORT).is_err(),
+        net::udp_echo(&f.c3, sa(f.c1.addr, 8080), b"x", SHORT).is_err(),
         "B reached A over UDP"
     );
     assert!(
-        net::tcp_echo(&f.c1, sa(f.ip3, 8080), b"x", SHORT).is_err(),
+        net::tcp_echo(&f.c1, sa(f.c3.addr, 8080), b"x", SHORT).is_err(),
         "A reached B"
     );
     assert!(f.host.packets(&f.app_b, "web-1", "policy_denied") >= 2);
@@ -120,31 +104,20 @@ fn another_network_is_dropped_on_the_sending_side() {
 #[test]
 fn a_namespace_outside_every_network_cannot_reach_members() {
     let f = fixture();
-    let out = Namespace::new(&format!("{}-out", f.host.ns.name));
-    let host_if = format!("{}o", &f.host.ns.name[..10]);
-    f.host.ns.ip(&[
-        "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &out.name,
-    ]);
-    f.host
-        .ns
-        .ip(&["addr", "add", "192.168.77.1/24", "dev", &host_if]);
-    f.host.ns.ip(&["link", "set", &host_if, "up"]);
-    out.ip(&["addr", "add", "192.168.77.2/24", "dev", "eth0"]);
-    out.ip(&["link", "set", "eth0", "up"]);
-    out.ip(&["route", "add", "10.240.0.0/12", "via", "192.168.77.1"]);
+    let out = f.host.plug("out", "out0", 77, "10.240.0.0/12");
     let _tcp = net::tcp_echo_server(&f.c1, 5432);
     let _udp = net::udp_echo_server(&f.c1, 5432);
     assert!(
-        net::tcp_echo(&out, sa(f.ip1, 5432), b"x", SHORT).is_err(),
+        net::tcp_echo(&out, sa(f.c1.addr, 5432), b"x", SHORT).is_err(),
         "outsider reached a member"
     );
     assert!(
-        net::udp_echo(&out, sa(f.ip1, 5432), b"x", SHORT).is_err(),
+        net::udp_echo(&out, sa(f.c1.addr, 5432), b"x", SHORT).is_err(),
         "outsider reached a member"
     );
     // Nor can the host itself.
     assert!(
-        net::tcp_echo(&f.host.ns, sa(f.ip1, 5432), b"x", SHORT).is_err(),
+        net::tcp_echo(&f.host.ns, sa(f.c1.addr, 5432), b"x", SHORT).is_err(),
         "host reached a member"
     );
     assert!(f.host.packets(&f.app_a1, "web-1", "not_member") >= 3);
@@ -154,15 +127,15 @@ fn a_namespace_outside_every_network_cannot_reach_members() {
 fn forged_sources_are_dropped_and_honest_raw_packets_pass() {
     let f = fixture();
     let rx = net::udp_collector(&f.c2, 9999);
-    let honest = net::udp_packet(f.ip1, 4000, f.ip2, 9999, b"honest");
+    let honest = net::udp_packet(f.c1.addr, 4000, f.c2.addr, 9999, b"honest");
     net::send_raw_ipv4(&f.c1, honest).unwrap();
     for forged_src in [
         Ipv4Addr::new(10, 240, 0, 200),
-        f.ip2,
-        f.ip3,
+        f.c2.addr,
+        f.c3.addr,
         Ipv4Addr::new(8, 8, 8, 8),
     ] {
-        let forged = net::udp_packet(forged_src, 4000, f.ip2, 9999, b"forged");
+        let forged = net::udp_packet(forged_src, 4000, f.c2.addr, 9999, b"forged");
         net::send_raw_ipv4(&f.c1, forged).unwrap();
     }
     let got = rx.received(Duration::from_secs(1));
@@ -179,7 +152,11 @@ fn other_protocols_non_ipv4_and_garbage_are_dropped_and_counted() {
     let f = fixture();
     // GRE and SCTP between members.
     for proto in [47u8, 132] {
-        net::send_raw_ipv4(&f.c1, net::ipv4_packet(f.ip1, f.ip2, proto, b"payload")).unwrap();
+        net::send_raw_ipv4(
+            &f.c1,
+            net::ipv4_packet(f.c1.addr, f.c2.addr, proto, b"payload"),
+        )
+        .unwrap();
     }
     assert!(eventually(LONG, || f.host.packets(
         &f.app_a1,
@@ -226,9 +203,9 @@ fn other_protocols_non_ipv4_and_garbage_are_dropped_and_counted() {
 #[test]
 fn metrics_and_flows_name_every_drop() {
     let f = fixture();
-    let _ = net::tcp_echo(&f.c3, sa(f.ip1, 80), b"x", SHORT);
+    let _ = net::tcp_echo(&f.c3, sa(f.c1.addr, 80), b"x", SHORT);
     let _tcp = net::tcp_echo_server(&f.c2, 81);
-    net::tcp_echo(&f.c1, sa(f.ip2, 81), b"ok", LONG).unwrap();
+    net::tcp_echo(&f.c1, sa(f.c2.addr, 81), b"ok", LONG).unwrap();
     let metrics = f.host.metrics();
     assert!(
         metrics.contains(&format!(
@@ -252,12 +229,12 @@ fn metrics_and_flows_name_every_drop() {
         .iter()
         .find(|r| r["kind"] == "drop" && r["reason"] == "policy_denied")
         .expect("a policy_denied drop event");
-    assert_eq!(denied["dst"], f.ip1.to_string());
+    assert_eq!(denied["dst"], f.c1.addr.to_string());
     assert_eq!(denied["dport"], 80);
     assert_eq!(denied["src_container"], format!("{}/web-1", f.app_b));
     assert!(
         records.iter().any(|r| r["kind"] == "new_flow"
-            && r["dst"] == f.ip2.to_string()
+            && r["dst"] == f.c2.addr.to_string()
             && r["dport"] == 81
             && r["proto"] == "tcp"),
         "new flow event: {flows}"
@@ -276,7 +253,7 @@ fn metrics_and_flows_name_every_drop() {
 fn an_interface_missing_from_the_maps_fails_closed() {
     let f = fixture();
     let _s = net::tcp_echo_server(&f.c2, 7300);
-    net::tcp_echo(&f.c1, sa(f.ip2, 7300), b"before", LONG).unwrap();
+    net::tcp_echo(&f.c1, sa(f.c2.addr, 7300), b"before", LONG).unwrap();
     let list = f.host.json(&["container", "list", "--app", &f.app_a1]);
     let ifname = list[0]["host_interface"].as_str().unwrap().to_string();
     let link: serde_json::Value =
@@ -287,7 +264,7 @@ fn an_interface_missing_from_the_maps_fails_closed() {
     let key: Vec<String> = ifindex.to_ne_bytes().iter().map(u8::to_string).collect();
     args.extend(key.iter().map(String::as_str));
     pn_tests::run_ok("bpftool", &args);
-    assert!(net::tcp_echo(&f.c1, sa(f.ip2, 7300), b"after", SHORT).is_err());
+    assert!(net::tcp_echo(&f.c1, sa(f.c2.addr, 7300), b"after", SHORT).is_err());
     assert!(eventually(LONG, || pn_tests::metric_value(
         &f.host.metrics(),
         "pn_packets_total",

@@ -4,14 +4,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use pn_agent::error::ErrorKind;
-use pn_tests::{Host, Namespace, eventually, net, unique_prefix};
+use pn_tests::{Host, Namespace, eventually, net, scenario::OneApp, unique_prefix};
 
 const SHORT: Duration = Duration::from_millis(800);
 const LONG: Duration = Duration::from_secs(5);
-
-fn ip(v: &serde_json::Value) -> std::net::Ipv4Addr {
-    v["ip"].as_str().unwrap().parse().unwrap()
-}
 
 fn host_links(host: &Host) -> Vec<String> {
     let out = host.ns.ip(&["-j", "link", "show"]);
@@ -27,18 +23,11 @@ fn host_links(host: &Host) -> Vec<String> {
 
 #[test]
 fn restart_keeps_everything_and_enforcement_never_stops() {
-    let p = unique_prefix();
-    let mut host = Host::start(&p, "h1");
-    let net_a = host.create_network(&[]);
-    let net_b = host.create_network(&[]);
-    let a = host.create_app(&net_a);
-    let b = host.create_app(&net_b);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let c2 = Namespace::new(&format!("{p}-c2"));
-    let c3 = Namespace::new(&format!("{p}-c3"));
-    let ip1 = ip(&host.attach(&a, "web", &c1));
-    let ip2 = ip(&host.attach(&a, "web", &c2));
-    host.attach(&b, "web", &c3);
+    let mut host = Host::start(&unique_prefix(), "h1");
+    let OneApp { app: a, c1, c2, .. } = OneApp::new(&host, &host, ["web", "web"]);
+    let (_, b) = host.network_and_app(&[]);
+    let c3 = host.member(&b, "web", "c3");
+    let (ip1, ip2) = (c1.addr, c2.addr);
     let before = (
         host.cli_ok(&["network", "list"]),
         host.cli_ok(&["app", "list"]),
@@ -82,16 +71,12 @@ fn restart_keeps_everything_and_enforcement_never_stops() {
 
 #[test]
 fn detach_removes_the_interface_and_frees_the_address_and_attach_is_idempotent() {
-    let p = unique_prefix();
-    let host = Host::start(&p, "h1");
-    let net_a = host.create_network(&[]);
-    let a = host.create_app(&net_a);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let first = host.attach(&a, "web", &c1);
+    let host = Host::start(&unique_prefix(), "h1");
+    let (_, a) = host.network_and_app(&[]);
+    let c1 = host.member(&a, "web", "c1");
     let again = host.attach(&a, "web", &c1);
-    assert_eq!(first, again, "attach twice is the same container");
-    let listed = host.json(&["container", "list"]);
-    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(c1.attached, again, "attach twice is the same container");
+    assert_eq!(host.container_count(), 1);
     assert!(
         std::fs::read_to_string(format!("/etc/netns/{}/resolv.conf", c1.name))
             .unwrap()
@@ -113,18 +98,9 @@ fn detach_removes_the_interface_and_frees_the_address_and_attach_is_idempotent()
         "container side removed"
     );
     assert!(!std::path::Path::new(&format!("/etc/netns/{}/resolv.conf", c1.name)).exists());
-    assert!(
-        host.json(&["container", "list"])
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
-    let c2 = Namespace::new(&format!("{p}-c2"));
-    let reused = host.attach(&a, "worker", &c2);
-    assert_eq!(
-        reused["ip"], first["ip"],
-        "the freed address is handed out again"
-    );
+    assert_eq!(host.container_count(), 0);
+    let c2 = host.member(&a, "worker", "c2");
+    assert_eq!(c2.addr, c1.addr, "the freed address is handed out again");
     let out = host.cli(&[
         "container",
         "detach",
@@ -140,24 +116,15 @@ fn detach_removes_the_interface_and_frees_the_address_and_attach_is_idempotent()
 
 #[test]
 fn a_deleted_namespace_is_cleaned_up_and_force_delete_removes_everything() {
-    let p = unique_prefix();
-    let mut host = Host::start(&p, "h1");
-    let net_a = host.create_network(&[]);
-    let a = host.create_app(&net_a);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let c2 = Namespace::new(&format!("{p}-c2"));
-    host.attach(&a, "web", &c1);
-    host.attach(&a, "worker", &c2);
+    let mut host = Host::start(&unique_prefix(), "h1");
+    let OneApp {
+        net: net_a, c1, c2, ..
+    } = OneApp::new(&host, &host, ["web", "worker"]);
     // The container dies with the agent down: its veth goes with the namespace.
     host.stop();
     drop(c1);
     host.restart();
-    assert!(eventually(LONG, || host
-        .json(&["container", "list"])
-        .as_array()
-        .unwrap()
-        .len()
-        == 1));
+    assert!(eventually(LONG, || host.container_count() == 1));
     assert_eq!(host_links(&host).len(), 1);
     let out = host.cli(&["network", "delete", &net_a]);
     out.assert_error(ErrorKind::Conflict, "--force");
@@ -177,13 +144,10 @@ fn a_deleted_namespace_is_cleaned_up_and_force_delete_removes_everything() {
 fn bad_input_gives_one_clear_line_and_leaves_nothing_half_made() {
     let p = unique_prefix();
     let host = Host::start(&p, "h1");
-    let small = host.create_network(&["--cidr", "10.241.0.0/30"]);
-    let a = host.create_app(&small);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let c2 = Namespace::new(&format!("{p}-c2"));
+    let (small, a) = host.network_and_app(&["--cidr", "10.241.0.0/30"]);
+    let _c1 = host.member(&a, "web", "c1");
+    let _c2 = host.member(&a, "web", "c2");
     let c3 = Namespace::new(&format!("{p}-c3"));
-    host.attach(&a, "web", &c1);
-    host.attach(&a, "web", &c2);
     let snapshot = || {
         (
             host.cli_ok(&["network", "list"]),

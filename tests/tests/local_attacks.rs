@@ -10,7 +10,11 @@ use std::{
 };
 
 use pn_agent::error::ErrorKind;
-use pn_tests::{Cli, Host, Namespace, agent_bin, eventually, net, unique_prefix};
+use pn_tests::{
+    Cli, Host, Namespace, agent_bin, eventually, net,
+    scenario::{Member, OneApp},
+    unique_prefix,
+};
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 const ZONE: &str = "private-network.internal";
@@ -19,10 +23,8 @@ struct Fixture {
     host: Host,
     net: String,
     app: String,
-    c1: Namespace,
-    c2: Namespace,
-    ip1: Ipv4Addr,
-    ip2: Ipv4Addr,
+    c1: Member,
+    c2: Member,
     /// c1's interface inside it, and its veth's end on the host.
     if1: String,
     host_if1: String,
@@ -30,27 +32,17 @@ struct Fixture {
 
 /// One network, one app: c1 (web-1) and c2 (web-2).
 fn fixture() -> Fixture {
-    let p = unique_prefix();
-    let host = Host::start(&p, "h1");
-    let net = host.create_network(&[]);
-    let app = host.create_app(&net);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let c2 = Namespace::new(&format!("{p}-c2"));
-    let ip = |v: serde_json::Value| v["ip"].as_str().unwrap().parse().unwrap();
-    let a1 = host.attach(&app, "web", &c1);
-    let ip1 = ip(a1.clone());
-    let ip2 = ip(host.attach(&app, "web", &c2));
-    let name = |k: &str| a1[k].as_str().unwrap().to_string();
+    let host = Host::start(&unique_prefix(), "h1");
+    let OneApp { net, app, c1, c2 } = OneApp::new(&host, &host, ["web", "web"]);
+    let name = |k: &str| c1.attached[k].as_str().unwrap().to_string();
     Fixture {
+        if1: name("interface"),
+        host_if1: name("host_interface"),
         host,
         net,
         app,
         c1,
         c2,
-        ip1,
-        ip2,
-        if1: name("interface"),
-        host_if1: name("host_interface"),
     }
 }
 
@@ -68,8 +60,12 @@ fn dns_answers_from_the_gateway_come_only_from_the_agent() {
     // The agent's own answers, over UDP and over TCP (an accepted
     // connection inherits the listener's mark).
     let name = format!("1.web.{}.{}.{ZONE}", f.app, f.net);
-    assert_eq!(dig(&f.c2, &[&name]), f.ip1.to_string(), "over UDP");
-    assert_eq!(dig(&f.c2, &["+tcp", &name]), f.ip1.to_string(), "over TCP");
+    assert_eq!(dig(&f.c2, &[&name]), f.c1.addr.to_string(), "over UDP");
+    assert_eq!(
+        dig(&f.c2, &["+tcp", &name]),
+        f.c1.addr.to_string(),
+        "over TCP"
+    );
     assert!(f.host.packets(&f.app, "web-2", "gateway") >= 2);
     assert_eq!(f.host.packets(&f.app, "web-2", "forged_gateway"), 0);
 
@@ -78,7 +74,7 @@ fn dns_answers_from_the_gateway_come_only_from_the_agent() {
     // restarts is the same packet): they never reach the container.
     let got = net::udp_collector(&f.c1, 5353);
     for _ in 0..3 {
-        let forged = net::udp_packet(GATEWAY, 53, f.ip1, 5353, b"forged answer");
+        let forged = net::udp_packet(GATEWAY, 53, f.c1.addr, 5353, b"forged answer");
         net::send_raw_ipv4(&f.host.ns, forged).expect("sending from the host");
     }
     assert!(
@@ -98,10 +94,10 @@ fn dns_answers_from_the_gateway_come_only_from_the_agent() {
     let out = f
         .host
         .ns
-        .exec(&["ping", "-c", "1", "-W", "2", &f.ip1.to_string()]);
+        .exec(&["ping", "-c", "1", "-W", "2", &f.c1.addr.to_string()]);
     assert!(out.status.success(), "ping from the gateway failed");
     // And the agent still answers.
-    assert_eq!(dig(&f.c1, &[&name]), f.ip1.to_string());
+    assert_eq!(dig(&f.c1, &[&name]), f.c1.addr.to_string());
 }
 
 fn mac_of(ns: &Namespace, ifname: &str) -> [u8; 6] {
@@ -142,12 +138,15 @@ fn arp_only_between_a_container_and_its_gateway() {
     // member's, a question about a host address that is not the gateway,
     // a sender MAC that is not the frame's.
     let posing = [
-        arp_frame(1, mac1, f.ip1, f.ip1),
-        arp_frame(2, mac1, f.ip1, f.ip1),
-        arp_frame(1, mac1, f.ip2, GATEWAY),
-        arp_frame(2, mac1, f.ip2, f.ip2),
-        arp_frame(1, mac1, f.ip1, Ipv4Addr::new(127, 0, 0, 1)),
-        with_eth_src(arp_frame(1, [2, 0xde, 0xad, 0, 0, 1], f.ip1, GATEWAY), mac1),
+        arp_frame(1, mac1, f.c1.addr, f.c1.addr),
+        arp_frame(2, mac1, f.c1.addr, f.c1.addr),
+        arp_frame(1, mac1, f.c2.addr, GATEWAY),
+        arp_frame(2, mac1, f.c2.addr, f.c2.addr),
+        arp_frame(1, mac1, f.c1.addr, Ipv4Addr::new(127, 0, 0, 1)),
+        with_eth_src(
+            arp_frame(1, [2, 0xde, 0xad, 0, 0, 1], f.c1.addr, GATEWAY),
+            mac1,
+        ),
     ];
     let n = posing.len() as u64;
     for frame in posing {
@@ -167,7 +166,7 @@ fn arp_only_between_a_container_and_its_gateway() {
     // another member's address is dropped too.
     let before = f.host.packets(&f.app, "web-1", "arp_denied");
     let host_mac = mac_of(&f.host.ns, &f.host_if1);
-    let mut lie = arp_frame(2, host_mac, f.ip2, f.ip1);
+    let mut lie = arp_frame(2, host_mac, f.c2.addr, f.c1.addr);
     lie[..6].copy_from_slice(&mac1);
     // The program's drop shows to the sender as ENOBUFS.
     let _ = net::send_frame(&f.host.ns, &f.host_if1, lie);
@@ -187,7 +186,7 @@ fn arp_only_between_a_container_and_its_gateway() {
     let _echo = net::udp_echo_server(&f.c2, 7000);
     let got = net::udp_echo(
         &f.c1,
-        SocketAddr::from((f.ip2, 7000)),
+        SocketAddr::from((f.c2.addr, 7000)),
         b"after arp",
         Duration::from_secs(5),
     )

@@ -8,13 +8,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pn_tests::{Namespace, eventually, fleet::Fleet, net, unique_prefix};
+use pn_tests::{
+    Namespace, eventually,
+    fleet::Fleet,
+    net,
+    scenario::{OneApp, ip_of},
+    unique_prefix,
+};
 
 const WAIT: Duration = Duration::from_secs(15);
-
-fn ip_of(v: &serde_json::Value) -> Ipv4Addr {
-    v["ip"].as_str().unwrap().parse().unwrap()
-}
 
 /// `dig +short` for `name` from inside `ns` (the agent's DNS).
 fn resolve(ns: &Namespace, name: &str) -> Vec<Ipv4Addr> {
@@ -46,22 +48,20 @@ fn pn0(ns: &Namespace) -> (u64, Vec<String>) {
 
 #[test]
 fn an_app_on_two_hosts_moves_to_another_network_in_place() {
-    let p = unique_prefix();
-    let f = Fleet::new(&p, 2);
+    let f = Fleet::new(&unique_prefix(), 2);
     let (h1, h2) = (&f.hosts[0], &f.hosts[1]);
-    let net_a = h1.create_network(&[]);
+    let OneApp {
+        net: net_a,
+        app,
+        c1,
+        c2,
+    } = OneApp::new(h1, h2, ["web", "web"]);
     let net_b = h1.create_network(&[]);
-    let app = h1.create_app(&net_a);
     let in_a = h1.create_app(&net_a);
     let in_b = h2.create_app(&net_b);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let c2 = Namespace::new(&format!("{p}-c2"));
-    let ca = Namespace::new(&format!("{p}-ca"));
-    let cb = Namespace::new(&format!("{p}-cb"));
-    let old1 = ip_of(&h1.attach(&app, "web", &c1));
-    let old2 = ip_of(&h2.attach(&app, "web", &c2));
-    h1.attach(&in_a, "worker", &ca);
-    h2.attach(&in_b, "worker", &cb);
+    let ca = h1.member(&in_a, "worker", "ca");
+    let cb = h2.member(&in_b, "worker", "cb");
+    let (old1, old2) = (c1.addr, c2.addr);
     let _s1 = net::tcp_echo_server(&c1, 9000);
     let _s2 = net::tcp_echo_server(&c2, 9000);
     let short = Duration::from_millis(300);
@@ -136,10 +136,7 @@ fn an_app_on_two_hosts_moves_to_another_network_in_place() {
         assert!(!reaches(&ca, ip, short), "{ip} still reachable from A");
     }
     // The old addresses are free: A holds only its own member's now.
-    let leases = f.underlay.exec(&[
-        "etcdctl",
-        "--endpoints",
-        pn_tests::fleet::ETCD_ADDR,
+    let leases = f.etcdctl(&[
         "get",
         "--prefix",
         "--keys-only",

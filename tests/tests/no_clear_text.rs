@@ -8,34 +8,18 @@ use std::{
     time::Duration,
 };
 
-use pn_tests::{Namespace, eventually, fleet::Fleet, metric_value, net, unique_prefix};
+use pn_tests::{Namespace, eventually, fleet::Fleet, net, scenario::OneApp, unique_prefix};
 
 const LONG: Duration = Duration::from_secs(10);
 const SHORT: Duration = Duration::from_millis(800);
 const MARKER: &[u8] = b"PN-AGENT-DOWN-MARKER-7d21";
 
-fn ip(v: &serde_json::Value) -> Ipv4Addr {
-    v["ip"].as_str().unwrap().parse().unwrap()
-}
-
-/// c1 on h1, c2 on h2, one network.
-fn fleet() -> (Fleet, String, Namespace, Namespace, Ipv4Addr, Ipv4Addr) {
-    let p = unique_prefix();
-    let f = Fleet::with_flags(&p, 2, &[]);
-    let net_a = f.hosts[0].create_network(&[]);
-    let a = f.hosts[0].create_app(&net_a);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let c2 = Namespace::new(&format!("{p}-c2"));
-    let ip1 = ip(&f.hosts[0].attach(&a, "web", &c1));
-    let ip2 = ip(&f.hosts[1].attach(&a, "worker", &c2));
-    for h in &f.hosts {
-        assert!(eventually(LONG, || metric_value(
-            &h.metrics(),
-            "pn_endpoints",
-            &[("scope", "remote")]
-        ) >= 1));
-    }
-    (f, a, c1, c2, ip1, ip2)
+/// c1 (web) on h1, c2 (worker) on h2, one network.
+fn fleet() -> (Fleet, OneApp) {
+    let f = Fleet::new(&unique_prefix(), 2);
+    let s = OneApp::new(&f.hosts[0], &f.hosts[1], ["web", "worker"]);
+    f.wait_for_peers(LONG);
+    (f, s)
 }
 
 /// Sends the marker over UDP both ways between c1 and c2 for a while.
@@ -73,7 +57,8 @@ fn assert_no_marker(frames: &[Vec<u8>], when: &str) {
 
 #[test]
 fn no_clear_text_while_an_agent_is_stopped_or_killed() {
-    let (mut f, a, c1, c2, ip1, ip2) = fleet();
+    let (mut f, OneApp { app: a, c1, c2, .. }) = fleet();
+    let (ip1, ip2) = (c1.addr, c2.addr);
     let _u2 = net::udp_echo_server(&c2, 7000);
     let _u1 = net::udp_echo_server(&c1, 7001);
     let _t1 = net::tcp_echo_server(&c1, 7002);
@@ -144,35 +129,14 @@ fn no_clear_text_while_an_agent_is_stopped_or_killed() {
 /// forges c1's address.
 #[test]
 fn a_rogue_veth_cannot_borrow_a_members_address() {
-    let (f, a, c1, c2, ip1, ip2) = fleet();
-    let p = &c1.name;
+    let (f, OneApp { app: a, c1, c2, .. }) = fleet();
+    let (ip1, ip2) = (c1.addr, c2.addr);
     let h1 = &f.hosts[0];
     // A second local member, the forged packets' target.
-    let c3 = Namespace::new(&format!("{p}3"));
-    let att3 = h1.attach(&a, "worker", &c3);
-    let ip3 = ip(&att3);
-    let name3 = format!("worker-{}", att3["index"]);
-    let rogue = Namespace::new(&format!("{p}-rogue"));
-    let host_if = format!("{}r", &p[..p.len().min(10)]);
-    h1.ns.ip(&[
-        "link",
-        "add",
-        &host_if,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &rogue.name,
-    ]);
-    h1.ns
-        .ip(&["addr", "add", "198.51.100.1/30", "dev", &host_if]);
-    h1.ns.ip(&["link", "set", &host_if, "up"]);
-    rogue.ip(&["addr", "add", "198.51.100.2/30", "dev", "eth0"]);
-    rogue.ip(&["link", "set", "eth0", "up"]);
-    rogue.ip(&["link", "set", "lo", "up"]);
-    rogue.ip(&["route", "add", "default", "via", "198.51.100.1"]);
+    let c3 = h1.member(&a, "worker", "c13");
+    let ip3 = c3.addr;
+    let name3 = format!("worker-{}", c3.attached["index"]);
+    let rogue = h1.plug("rogue", "rogue0", 79, "default");
     let local = net::udp_collector(&c3, 7100);
     let remote = net::udp_collector(&c2, 7101);
     // Honest traffic works both ways first.

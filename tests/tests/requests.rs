@@ -52,18 +52,12 @@ fn curl(ns: &Namespace, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn connections_and_requests_are_counted_per_edge() {
-    let p = unique_prefix();
-    let host = Host::start(&p, "h1");
+    let host = Host::start(&unique_prefix(), "h1");
     let net = host.create_network(&[]);
-    let client_app = host.create_app(&net);
-    let server_app = host.create_app(&net);
-    let cns = Namespace::new(&format!("{p}-cl"));
-    let sns = Namespace::new(&format!("{p}-sv"));
-    host.attach(&client_app, "api", &cns);
-    let sip = host.attach(&server_app, "web", &sns)["ip"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (client_app, server_app) = (host.create_app(&net), host.create_app(&net));
+    let cns = host.member(&client_app, "api", "cl");
+    let sns = host.member(&server_app, "web", "sv");
+    let sip = sns.addr;
     let _server = Python(
         Command::new("ip")
             .args(["netns", "exec", &sns.name, "python3", "-c", SERVER, "8080"])
@@ -324,18 +318,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn per_packet_cost() {
     let _stats = BpfStats::enable();
     for track in ["off", "conns", "http"] {
-        let p = unique_prefix();
-        let host = Host::start_with(&p, "h1", &["--track", track]);
+        let host = Host::start_with(&unique_prefix(), "h1", &["--track", track]);
         let net = host.create_network(&[]);
-        let ca = host.create_app(&net);
-        let sa = host.create_app(&net);
-        let cns = Namespace::new(&format!("{p}-cl"));
-        let sns = Namespace::new(&format!("{p}-sv"));
-        host.attach(&ca, "api", &cns);
-        let sip = host.attach(&sa, "web", &sns)["ip"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let (ca, sa) = (host.create_app(&net), host.create_app(&net));
+        let cns = host.member(&ca, "api", "cl");
+        let sns = host.member(&sa, "web", "sv");
+        let sip = sns.addr.to_string();
         let fast = SERVER.replace("time.sleep(0.2)", "pass");
         let _server = Python(
             Command::new("ip")

@@ -5,12 +5,13 @@
 
 use std::time::Duration;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use pn_tests::{
     Host, Namespace, net,
     restarts::{Bed, Event, Outcome, copy_of_agent},
     run_ok,
+    scenario::OneApp,
     stream::Stream,
     unique_prefix,
 };
@@ -93,18 +94,9 @@ fn restarts_upgrades_and_crashes_lose_no_same_host_datagram() {
 /// traffic loses nothing; the refilled interface counts in a fresh row.
 #[test]
 fn maps_of_another_layout_are_carried_over_not_recreated_empty() {
-    let p = unique_prefix();
-    let mut host = Host::start(&p, "h1");
-    let net = host.create_network(&[]);
-    let app = host.create_app(&net);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let c2 = Namespace::new(&format!("{p}-c2"));
-    host.attach(&app, "web", &c1);
-    let ip2: Ipv4Addr = host.attach(&app, "worker", &c2)["ip"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let mut host = Host::start(&unique_prefix(), "h1");
+    let OneApp { app, c1, c2, .. } = OneApp::new(&host, &host, ["web", "worker"]);
+    let ip2 = c2.addr;
     let pins = host.bpffs();
     let ours = pin_dirs(&pins);
     assert_eq!(ours.len(), 1, "one versioned pin directory: {ours:?}");
@@ -273,7 +265,7 @@ fn no_clear_text_leaves_a_host_whose_agent_is_down() {
     ]);
     let cap = net::Capture::start(&bed.fleet.underlay, "p1", "udp port 9200");
     let marker = b"PN-CLEAR-TEXT-MARKER-7d2e";
-    let dst = SocketAddr::from((bed.ip3, 9200));
+    let dst = SocketAddr::from((bed.c3.addr, 9200));
     let send = |ns: &Namespace| {
         ns.run(move || {
             let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();

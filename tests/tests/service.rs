@@ -8,13 +8,45 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pn_tests::{Host, Namespace, eventually, fleet::Fleet, net, unique_prefix};
+use pn_tests::{Host, Namespace, eventually, fleet::Fleet, net, scenario::Member, unique_prefix};
 
 const PORT: u16 = 8080;
 const T: Duration = Duration::from_secs(3);
 
-fn ip_of(v: &serde_json::Value) -> Ipv4Addr {
-    v["ip"].as_str().unwrap().parse().unwrap()
+/// A `--balance vip` app (with `extra` flags) in `net`, its `web`
+/// backends `b1…` attached on `hosts` (one each, in order) and answering on
+/// PORT with their own address, and a client `cl` (a `worker` of another app
+/// of `net`) on the first host.
+struct Vip {
+    svc: String,
+    servers: Vec<net::Server>,
+    backends: Vec<Member>,
+    client: Member,
+}
+
+fn vip_app(net: &str, hosts: &[&Host], extra: &[&str]) -> Vip {
+    let h = hosts[0];
+    let svc = h.create_app_with(net, &[&["--balance", "vip"][..], extra].concat());
+    let client_app = h.create_app(net);
+    let backends: Vec<Member> = (hosts.iter().enumerate())
+        .map(|(i, b)| b.member(&svc, "web", &format!("b{}", i + 1)))
+        .collect();
+    let servers = (backends.iter())
+        .map(|b| net::tcp_whoami_self_server(b, PORT))
+        .collect();
+    let client = h.member(&client_app, "worker", "cl");
+    Vip {
+        svc,
+        servers,
+        backends,
+        client,
+    }
+}
+
+impl Vip {
+    fn ips(&self) -> Vec<Ipv4Addr> {
+        self.backends.iter().map(|b| b.addr).collect()
+    }
 }
 
 /// The service address of `ctype` and its backends, from `app list`.
@@ -51,29 +83,18 @@ fn spread(client: &Namespace, vip: Ipv4Addr, n: usize) -> BTreeMap<Ipv4Addr, usi
 
 #[test]
 fn connections_to_a_service_address_spread_stick_and_follow_the_rotation() {
-    let p = unique_prefix();
-    let host = Host::start(&p, "h1");
+    let host = Host::start(&unique_prefix(), "h1");
     let net_a = host.create_network(&[]);
-    let net_b = host.create_network(&[]);
-    let svc = host
-        .cli_ok(&["app", "create", "--network", &net_a, "--balance", "vip"])
-        .trim()
-        .to_string();
-    let client_app = host.create_app(&net_a);
-    let stranger_app = host.create_app(&net_b);
-    let ns: Vec<Namespace> = (1..=4)
-        .map(|i| Namespace::new(&format!("{p}-b{i}")))
-        .collect();
-    let client = Namespace::new(&format!("{p}-cl"));
-    let stranger = Namespace::new(&format!("{p}-st"));
-    let mut ips = Vec::new();
-    let mut servers = Vec::new();
-    for b in &ns[..3] {
-        ips.push(ip_of(&host.attach(&svc, "web", b)));
-        servers.push(net::tcp_whoami_self_server(b, PORT));
-    }
-    host.attach(&client_app, "worker", &client);
-    host.attach(&stranger_app, "web", &stranger);
+    let (_, stranger_app) = host.network_and_app(&[]);
+    let Vip {
+        svc,
+        mut servers,
+        backends,
+        client,
+        ..
+    } = vip_app(&net_a, &[&host; 3], &[]);
+    let stranger = host.member(&stranger_app, "web", "st");
+    let mut ips: Vec<Ipv4Addr> = backends.iter().map(|b| b.addr).collect();
 
     let (vip, backends) = service(&host, &svc, "web").expect("a service address");
     assert!(!ips.contains(&vip), "the service address is no container's");
@@ -91,8 +112,9 @@ fn connections_to_a_service_address_spread_stick_and_follow_the_rotation() {
     // A connection keeps its backend through a backend added.
     let (first, mut kept) =
         net::tcp_whoami(&client, SocketAddr::from((vip, PORT)), T).expect("connect");
-    ips.push(ip_of(&host.attach(&svc, "web", &ns[3])));
-    servers.push(net::tcp_whoami_self_server(&ns[3], PORT));
+    let b4 = host.member(&svc, "web", "b4");
+    ips.push(b4.addr);
+    servers.push(net::tcp_whoami_self_server(&b4, PORT));
     assert!(eventually(T, || service(&host, &svc, "web")
         .is_some_and(|(_, b)| b.len() == 4)));
     for _ in 0..20 {
@@ -166,43 +188,20 @@ fn last_hit(
 #[test]
 fn a_backend_failing_its_health_check_leaves_the_rotation_and_returns() {
     const HEALTH: u16 = 9090;
-    let p = unique_prefix();
-    let host = Host::start(&p, "h1");
+    let host = Host::start(&unique_prefix(), "h1");
     let net = host.create_network(&[]);
-    let svc = host
-        .cli_ok(&[
-            "app",
-            "create",
-            "--network",
-            &net,
-            "--balance",
-            "vip",
-            "--health-port",
-            &HEALTH.to_string(),
-        ])
-        .trim()
-        .to_string();
-    let client_app = host.create_app(&net);
-    let ns: Vec<Namespace> = (1..=3)
-        .map(|i| Namespace::new(&format!("{p}-b{i}")))
+    let v = vip_app(&net, &[&host; 3], &["--health-port", &HEALTH.to_string()]);
+    let (svc, client, ips) = (&v.svc, &v.client, v.ips());
+    let mut health: Vec<_> = (v.backends.iter())
+        .map(|b| Some(net::tcp_echo_server(b, HEALTH)))
         .collect();
-    let client = Namespace::new(&format!("{p}-cl"));
-    let mut ips = Vec::new();
-    let mut servers = Vec::new();
-    let mut health = Vec::new();
-    for b in &ns {
-        ips.push(ip_of(&host.attach(&svc, "web", b)));
-        servers.push(net::tcp_whoami_self_server(b, PORT));
-        health.push(Some(net::tcp_echo_server(b, HEALTH)));
-    }
-    host.attach(&client_app, "worker", &client);
-    let (vip, _) = service(&host, &svc, "web").expect("a service address");
-    assert_eq!(spread(&client, vip, 60).len(), 3);
+    let (vip, _) = service(&host, svc, "web").expect("a service address");
+    assert_eq!(spread(client, vip, 60).len(), 3);
 
     // The health port closes: out of the rotation within 4 s.
     health[0] = None;
     let closed = Instant::now();
-    let last = last_hit(&client, vip, ips[0], closed, Duration::from_secs(6));
+    let last = last_hit(client, vip, ips[0], closed, Duration::from_secs(6));
     eprintln!(
         "after its health port closed, {} was chosen until {last:?}",
         ips[0]
@@ -212,16 +211,16 @@ fn a_backend_failing_its_health_check_leaves_the_rotation_and_returns() {
         "{} still chosen {last:?} after its health port closed",
         ips[0]
     );
-    let s = spread(&client, vip, 60);
+    let s = spread(client, vip, 60);
     assert!(!s.contains_key(&ips[0]), "{s:?}");
     assert_eq!(s.len(), 2, "{s:?}");
 
     // It reopens: back in the rotation (one probe) within 4 s too.
-    health[0] = Some(net::tcp_echo_server(&ns[0], HEALTH));
+    health[0] = Some(net::tcp_echo_server(&v.backends[0], HEALTH));
     let opened = Instant::now();
     let mut back = None;
     while opened.elapsed() < Duration::from_secs(6) {
-        if who(&client, vip) == Some(ips[0]) {
+        if who(client, vip) == Some(ips[0]) {
             back = Some(opened.elapsed());
             break;
         }
@@ -235,45 +234,26 @@ fn a_backend_failing_its_health_check_leaves_the_rotation_and_returns() {
         "{} not back in the rotation: {back:?}",
         ips[0]
     );
-    assert_eq!(spread(&client, vip, 60).len(), 3);
+    assert_eq!(spread(client, vip, 60).len(), 3);
 }
 
 #[test]
 fn a_service_address_balances_over_backends_on_two_hosts() {
-    let p = unique_prefix();
-    let f = Fleet::new(&p, 2);
+    let f = Fleet::new(&unique_prefix(), 2);
     let (h1, h2) = (&f.hosts[0], &f.hosts[1]);
     let net = h1.create_network(&[]);
-    let svc = h1
-        .cli_ok(&["app", "create", "--network", &net, "--balance", "vip"])
-        .trim()
-        .to_string();
-    let client_app = h1.create_app(&net);
-    let ns: Vec<Namespace> = (1..=4)
-        .map(|i| Namespace::new(&format!("{p}-b{i}")))
-        .collect();
-    let client = Namespace::new(&format!("{p}-cl"));
-    let (mut local, mut remote) = (Vec::new(), Vec::new());
-    let mut servers = Vec::new();
-    for (i, b) in ns.iter().enumerate() {
-        // Backends 1 and 2 on host 1 (the client's), 3 and 4 on host 2.
-        let h = if i < 2 { h1 } else { h2 };
-        let ip = ip_of(&h.attach(&svc, "web", b));
-        if i < 2 {
-            local.push(ip)
-        } else {
-            remote.push(ip)
-        }
-        servers.push(net::tcp_whoami_self_server(b, PORT));
-    }
-    h1.attach(&client_app, "worker", &client);
+    // Backends 1 and 2 on host 1 (the client's), 3 and 4 on host 2.
+    let v = vip_app(&net, &[h1, h1, h2, h2], &[]);
+    let (svc, client) = (&v.svc, &v.client);
+    let ips = v.ips();
+    let (local, remote) = ips.split_at(2);
     let long = Duration::from_secs(10);
-    assert!(eventually(long, || service(h1, &svc, "web")
+    assert!(eventually(long, || service(h1, svc, "web")
         .is_some_and(|(_, b)| b.len() == 4)));
-    let (vip, _) = service(h1, &svc, "web").unwrap();
+    let (vip, _) = service(h1, svc, "web").unwrap();
     // The tunnel to host 2 is up once a remote backend answers directly.
     assert!(eventually(long, || net::tcp_whoami(
-        &client,
+        client,
         SocketAddr::from((remote[0], PORT)),
         T
     )
@@ -284,7 +264,7 @@ fn a_service_address_balances_over_backends_on_two_hosts() {
     // backends get a share.
     let mut s: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
     for _ in 0..200 {
-        let (line, mut conn) = net::tcp_whoami(&client, SocketAddr::from((vip, PORT)), T)
+        let (line, mut conn) = net::tcp_whoami(client, SocketAddr::from((vip, PORT)), T)
             .expect("a connection through the service address");
         assert_eq!(conn.peer_addr().unwrap(), SocketAddr::from((vip, PORT)));
         net::echo_on(&mut conn, b"via the service").expect("echo through the service");
@@ -299,29 +279,14 @@ fn a_service_address_balances_over_backends_on_two_hosts() {
 
 #[test]
 fn a_connection_to_a_detached_backend_is_reset_not_left_to_hang() {
-    let p = unique_prefix();
-    let host = Host::start(&p, "h1");
+    let host = Host::start(&unique_prefix(), "h1");
     let net = host.create_network(&[]);
-    let svc = host
-        .cli_ok(&["app", "create", "--network", &net, "--balance", "vip"])
-        .trim()
-        .to_string();
-    let client_app = host.create_app(&net);
-    let ns: Vec<Namespace> = (1..=3)
-        .map(|i| Namespace::new(&format!("{p}-b{i}")))
-        .collect();
-    let client = Namespace::new(&format!("{p}-cl"));
-    let mut ips = Vec::new();
-    let mut servers = Vec::new();
-    for b in &ns {
-        ips.push(ip_of(&host.attach(&svc, "web", b)));
-        servers.push(net::tcp_whoami_self_server(b, PORT));
-    }
-    host.attach(&client_app, "worker", &client);
-    let (vip, _) = service(&host, &svc, "web").expect("a service address");
+    let v = vip_app(&net, &[&host; 3], &[]);
+    let (svc, client, ips) = (&v.svc, &v.client, v.ips());
+    let (vip, _) = service(&host, svc, "web").expect("a service address");
 
     let (first, mut kept) =
-        net::tcp_whoami(&client, SocketAddr::from((vip, PORT)), T).expect("connect");
+        net::tcp_whoami(client, SocketAddr::from((vip, PORT)), T).expect("connect");
     net::echo_on(&mut kept, b"before").expect("echo before the detach");
     let first: Ipv4Addr = first.parse().unwrap();
     let index = ips.iter().position(|ip| *ip == first).unwrap() + 1;
@@ -329,13 +294,13 @@ fn a_connection_to_a_detached_backend_is_reset_not_left_to_hang() {
         "container",
         "detach",
         "--app",
-        &svc,
+        svc,
         "--type",
         "web",
         "--index",
         &index.to_string(),
     ]);
-    assert!(eventually(T, || service(&host, &svc, "web")
+    assert!(eventually(T, || service(&host, svc, "web")
         .is_some_and(|(_, b)| b.len() == 2)));
     let sent = Instant::now();
     let err = net::echo_on(&mut kept, b"after").expect_err("the removed backend cannot answer");
@@ -380,28 +345,14 @@ fn a_connection_to_a_detached_backend_is_reset_not_left_to_hang() {
 /// through the service address again.
 #[test]
 fn a_client_port_reused_straight_to_a_backend_gets_its_own_replies() {
-    let p = unique_prefix();
-    let host = Host::start(&p, "h1");
+    let host = Host::start(&unique_prefix(), "h1");
     let net = host.create_network(&[]);
-    let svc = host
-        .cli_ok(&["app", "create", "--network", &net, "--balance", "vip"])
-        .trim()
-        .to_string();
-    let client_app = host.create_app(&net);
-    let ns: Vec<Namespace> = (1..=2)
-        .map(|i| Namespace::new(&format!("{p}-b{i}")))
-        .collect();
-    let client = Namespace::new(&format!("{p}-cl"));
-    let mut servers = Vec::new();
-    for b in &ns {
-        host.attach(&svc, "web", b);
-        servers.push(net::tcp_whoami_self_server(b, PORT));
-    }
-    host.attach(&client_app, "worker", &client);
-    let (vip, _) = service(&host, &svc, "web").expect("a service address");
+    let v = vip_app(&net, &[&host; 2], &[]);
+    let client = &v.client;
+    let (vip, _) = service(&host, &v.svc, "web").expect("a service address");
     let to = |ip: Ipv4Addr| SocketAddr::from((ip, PORT));
     let whoami_from = |port: u16, dst: Ipv4Addr| -> (Ipv4Addr, std::net::TcpStream) {
-        let (line, s) = net::tcp_whoami_from(&client, port, to(dst), T)
+        let (line, s) = net::tcp_whoami_from(client, port, to(dst), T)
             .unwrap_or_else(|e| panic!("from port {port} to {dst}: {e}"));
         (line.parse().expect("an address"), s)
     };

@@ -10,9 +10,11 @@ use std::{net::SocketAddr, time::Duration};
 
 use pn_agent::error::ErrorKind;
 use pn_tests::{
-    Host, Namespace, eventually,
+    Host, eventually,
     fleet::{ETCD_ADDR, Fleet},
-    metric_value, net, unique_prefix,
+    net,
+    scenario::OneApp,
+    unique_prefix,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -48,37 +50,19 @@ fn a_tls_store_serves_hosts_with_certificates_and_refuses_the_rest() {
 
     // Hosts with the fleet's certificates work: attach on both, both list
     // both containers, and members talk across the tunnel.
-    let network = h1.create_network(&[]);
-    let app = h1.create_app(&network);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let c2 = Namespace::new(&format!("{p}-c2"));
-    h1.attach(&app, "web", &c1);
-    let ip2: std::net::Ipv4Addr = h2.attach(&app, "web", &c2)["ip"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let OneApp { c1, c2, .. } = OneApp::new(h1, h2, ["web", "web"]);
     for h in [h1, h2] {
         assert!(
-            eventually(WAIT, || h
-                .json(&["container", "list"])
-                .as_array()
-                .unwrap()
-                .len()
-                == 2),
+            eventually(WAIT, || h.container_count() == 2),
             "{} lists both containers",
             h.id
         );
-        assert!(eventually(WAIT, || metric_value(
-            &h.metrics(),
-            "pn_endpoints",
-            &[("scope", "remote")]
-        ) == 1));
+        assert!(eventually(WAIT, || h.remote_endpoints() == 1));
     }
     let _srv = net::tcp_echo_server(&c2, 9000);
     net::tcp_echo(
         &c1,
-        SocketAddr::from((ip2, 9000)),
+        SocketAddr::from((c2.addr, 9000)),
         b"over tls-configured fleet",
         Duration::from_secs(5),
     )
@@ -239,23 +223,15 @@ fn a_fleet_host_without_a_tunnel_is_refused() {
 /// removing anything.
 #[test]
 fn a_host_role_cannot_touch_another_hosts_record() {
-    let p = unique_prefix();
-    let f = Fleet::tls_with_roles(&p, 2);
+    let f = Fleet::tls_with_roles(&unique_prefix(), 2);
     let (h1, h2) = (&f.hosts[0], &f.hosts[1]);
     let network = h1.create_network(&[]);
     let app = h2.create_app(&network);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let c2 = Namespace::new(&format!("{p}-c2"));
-    h1.attach(&app, "web", &c1);
-    h2.attach(&app, "web", &c2);
+    let _c1 = h1.member(&app, "web", "c1");
+    let _c2 = h2.member(&app, "web", "c2");
     for h in [h1, h2] {
         assert!(
-            eventually(WAIT, || h
-                .json(&["container", "list"])
-                .as_array()
-                .unwrap()
-                .len()
-                == 2),
+            eventually(WAIT, || h.container_count() == 2),
             "{} lists both containers under its role",
             h.id
         );
@@ -284,11 +260,7 @@ fn a_host_role_cannot_touch_another_hosts_record() {
     let out = h1.cli(&["host", "remove", "h2"]);
     out.assert_error(ErrorKind::Unavailable, "permission denied");
     assert_eq!(h1.json(&["host", "list"]).as_array().unwrap().len(), 2);
-    assert_eq!(
-        h2.json(&["container", "list"]).as_array().unwrap().len(),
-        2,
-        "nothing of h2 was removed"
-    );
+    assert_eq!(h2.container_count(), 2, "nothing of h2 was removed");
     // The administrator's certificate (etcd's root) may.
     let out = pki.etcdctl(&f.underlay, &pki.root, &["get", "/pn/hosts/h2"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("/pn/hosts/h2"));

@@ -7,14 +7,16 @@ use std::{
     time::Duration,
 };
 
-use pn_tests::{Host, Namespace, eventually, fleet::Fleet, metric_value, net, unique_prefix};
+use pn_tests::{
+    Host, eventually,
+    fleet::Fleet,
+    metric_value, net,
+    scenario::{Member, OneApp},
+    unique_prefix,
+};
 
 const LONG: Duration = Duration::from_secs(10);
 const SHORT: Duration = Duration::from_millis(800);
-
-fn ip(v: &serde_json::Value) -> Ipv4Addr {
-    v["ip"].as_str().unwrap().parse().unwrap()
-}
 
 fn tunnel_drops(h: &Host, reason: &str) -> u64 {
     metric_value(&h.metrics(), "pn_tunnel_drops_total", &[("reason", reason)])
@@ -24,35 +26,19 @@ struct Two {
     f: Fleet,
     a: String,
     b: String,
-    c1: Namespace,
-    c2: Namespace,
-    c3: Namespace,
-    ip1: Ipv4Addr,
-    ip2: Ipv4Addr,
-    ip3: Ipv4Addr,
+    c1: Member,
+    c2: Member,
+    c3: Member,
 }
 
 /// Network A: c1 on h1, c2 on h2; network B: c3 on h2.
 fn two_hosts(extra: &[&str]) -> Two {
-    let p = unique_prefix();
-    let f = Fleet::with_flags(&p, 2, extra);
-    let net_a = f.hosts[0].create_network(&[]);
-    let net_b = f.hosts[0].create_network(&[]);
-    let a = f.hosts[0].create_app(&net_a);
-    let b = f.hosts[0].create_app(&net_b);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let c2 = Namespace::new(&format!("{p}-c2"));
-    let c3 = Namespace::new(&format!("{p}-c3"));
-    let ip1 = ip(&f.hosts[0].attach(&a, "web", &c1));
-    let ip2 = ip(&f.hosts[1].attach(&a, "worker", &c2));
-    let ip3 = ip(&f.hosts[1].attach(&b, "web", &c3));
-    for h in &f.hosts {
-        assert!(eventually(LONG, || metric_value(
-            &h.metrics(),
-            "pn_endpoints",
-            &[("scope", "remote")]
-        ) >= 1));
-    }
+    let f = Fleet::with_flags(&unique_prefix(), 2, extra);
+    let (h1, h2) = (&f.hosts[0], &f.hosts[1]);
+    let OneApp { app: a, c1, c2, .. } = OneApp::new(h1, h2, ["web", "worker"]);
+    let (_, b) = h1.network_and_app(&[]);
+    let c3 = h2.member(&b, "web", "c3");
+    f.wait_for_peers(LONG);
     Two {
         f,
         a,
@@ -60,9 +46,6 @@ fn two_hosts(extra: &[&str]) -> Two {
         c1,
         c2,
         c3,
-        ip1,
-        ip2,
-        ip3,
     }
 }
 
@@ -72,32 +55,44 @@ fn containers_talk_across_hosts_and_other_networks_do_not() {
     let _s2 = net::tcp_echo_server(&t.c2, 4000);
     let _s1 = net::tcp_echo_server(&t.c1, 4001);
     assert_eq!(
-        net::tcp_echo(&t.c1, SocketAddr::from((t.ip2, 4000)), b"h1 to h2", LONG).unwrap(),
+        net::tcp_echo(
+            &t.c1,
+            SocketAddr::from((t.c2.addr, 4000)),
+            b"h1 to h2",
+            LONG
+        )
+        .unwrap(),
         b"h1 to h2"
     );
     assert_eq!(
-        net::tcp_echo(&t.c2, SocketAddr::from((t.ip1, 4001)), b"h2 to h1", LONG).unwrap(),
+        net::tcp_echo(
+            &t.c2,
+            SocketAddr::from((t.c1.addr, 4001)),
+            b"h2 to h1",
+            LONG
+        )
+        .unwrap(),
         b"h2 to h1"
     );
     let _u2 = net::udp_echo_server(&t.c2, 4002);
     let _u1 = net::udp_echo_server(&t.c1, 4003);
     assert_eq!(
-        net::udp_echo(&t.c1, SocketAddr::from((t.ip2, 4002)), b"udp", LONG).unwrap(),
+        net::udp_echo(&t.c1, SocketAddr::from((t.c2.addr, 4002)), b"udp", LONG).unwrap(),
         b"udp"
     );
     assert_eq!(
-        net::udp_echo(&t.c2, SocketAddr::from((t.ip1, 4003)), b"udp", LONG).unwrap(),
+        net::udp_echo(&t.c2, SocketAddr::from((t.c1.addr, 4003)), b"udp", LONG).unwrap(),
         b"udp"
     );
     assert!(
-        t.c1.exec(&["ping", "-c", "1", "-W", "2", &t.ip2.to_string()])
+        t.c1.exec(&["ping", "-c", "1", "-W", "2", &t.c2.addr.to_string()])
             .status
             .success()
     );
     // Network B on h2 cannot reach A on h1, and A cannot reach B.
-    assert!(net::tcp_echo(&t.c3, SocketAddr::from((t.ip1, 4001)), b"x", SHORT).is_err());
+    assert!(net::tcp_echo(&t.c3, SocketAddr::from((t.c1.addr, 4001)), b"x", SHORT).is_err());
     let _s3 = net::tcp_echo_server(&t.c3, 4004);
-    assert!(net::tcp_echo(&t.c1, SocketAddr::from((t.ip3, 4004)), b"x", SHORT).is_err());
+    assert!(net::tcp_echo(&t.c1, SocketAddr::from((t.c3.addr, 4004)), b"x", SHORT).is_err());
     assert!(t.f.hosts[1].packets(&t.b, "web-1", "policy_denied") >= 1);
     assert!(t.f.hosts[0].packets(&t.a, "web-1", "policy_denied") >= 1);
     for h in &t.f.hosts {
@@ -146,7 +141,7 @@ fn containers_talk_across_hosts_and_other_networks_do_not() {
         "do",
         "-s",
         "1460",
-        &t.ip2.to_string(),
+        &t.c2.addr.to_string(),
     ]);
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
@@ -164,7 +159,7 @@ fn the_underlay_never_sees_clear_text_and_replays_are_dropped() {
     let cap = net::Capture::start(&t.f.underlay, "p1", "udp or tcp port 5000");
     let marker = b"PN-SECRET-MARKER-4f1c9a";
     for _ in 0..5 {
-        net::tcp_echo(&t.c1, SocketAddr::from((t.ip2, 5000)), marker, LONG).unwrap();
+        net::tcp_echo(&t.c1, SocketAddr::from((t.c2.addr, 5000)), marker, LONG).unwrap();
     }
     let frames = cap.finish();
     assert!(!frames.is_empty(), "the capture saw the tunnel");
@@ -174,7 +169,7 @@ fn the_underlay_never_sees_clear_text_and_replays_are_dropped() {
             "payload marker in clear on the underlay"
         );
         assert!(
-            !f.windows(4).any(|w| w == t.ip2.octets()),
+            !f.windows(4).any(|w| w == t.c2.addr.octets()),
             "inner address in clear on the underlay"
         );
     }
@@ -208,14 +203,20 @@ fn the_underlay_never_sees_clear_text_and_replays_are_dropped() {
         "replayed datagrams are dropped and counted"
     );
     // And the real traffic goes on.
-    net::tcp_echo(&t.c1, SocketAddr::from((t.ip2, 5000)), b"still fine", LONG).unwrap();
+    net::tcp_echo(
+        &t.c1,
+        SocketAddr::from((t.c2.addr, 5000)),
+        b"still fine",
+        LONG,
+    )
+    .unwrap();
 }
 
 #[test]
 fn strangers_on_the_underlay_change_nothing() {
     let t = two_hosts(&[]);
     let _s2 = net::tcp_echo_server(&t.c2, 6000);
-    net::tcp_echo(&t.c1, SocketAddr::from((t.ip2, 6000)), b"before", LONG).unwrap();
+    net::tcp_echo(&t.c1, SocketAddr::from((t.c2.addr, 6000)), b"before", LONG).unwrap();
     let h2 = Ipv4Addr::new(192, 168, 100, 2);
     let stranger = Ipv4Addr::new(192, 168, 100, 254);
     let peer_h1 = Ipv4Addr::new(192, 168, 100, 1);
@@ -279,7 +280,7 @@ fn strangers_on_the_underlay_change_nothing() {
         "pn_packets_total",
         &[("container", ""), ("reason", "unknown_tag")]
     ) >= 1));
-    net::tcp_echo(&t.c1, SocketAddr::from((t.ip2, 6000)), b"after", LONG)
+    net::tcp_echo(&t.c1, SocketAddr::from((t.c2.addr, 6000)), b"after", LONG)
         .expect("the tunnel still works");
 }
 
@@ -292,7 +293,7 @@ fn rekeys_under_continuous_traffic_lose_no_packet() {
         "2",
     ]);
     let _u2 = net::udp_echo_server(&t.c2, 7000);
-    let dst = SocketAddr::from((t.ip2, 7000));
+    let dst = SocketAddr::from((t.c2.addr, 7000));
     // Each datagram waits for its echo: a lost packet shows as a timeout.
     let lost = t.c1.run(move || {
         let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -347,26 +348,26 @@ fn a_restarted_agent_reestablishes_the_tunnel_by_itself() {
     let mut t = two_hosts(&[]);
     let _s2 = net::tcp_echo_server(&t.c2, 8000);
     let _u2 = net::udp_echo_server(&t.c2, 8001);
-    net::tcp_echo(&t.c1, SocketAddr::from((t.ip2, 8000)), b"before", LONG).unwrap();
+    net::tcp_echo(&t.c1, SocketAddr::from((t.c2.addr, 8000)), b"before", LONG).unwrap();
     t.f.hosts[1].restart();
     assert!(
         eventually(Duration::from_secs(15), || net::udp_echo(
             &t.c1,
-            SocketAddr::from((t.ip2, 8001)),
+            SocketAddr::from((t.c2.addr, 8001)),
             b"u",
             Duration::from_millis(500)
         )
         .is_ok()),
         "the tunnel came back"
     );
-    net::tcp_echo(&t.c1, SocketAddr::from((t.ip2, 8000)), b"after", LONG).unwrap();
+    net::tcp_echo(&t.c1, SocketAddr::from((t.c2.addr, 8000)), b"after", LONG).unwrap();
     t.f.hosts[0].restart();
     let _s1 = net::tcp_echo_server(&t.c1, 8002);
     assert!(
         eventually(Duration::from_secs(15), || {
             net::tcp_echo(
                 &t.c2,
-                SocketAddr::from((t.ip1, 8002)),
+                SocketAddr::from((t.c1.addr, 8002)),
                 b"x",
                 Duration::from_millis(500),
             )
@@ -395,7 +396,7 @@ fn a_host_whose_key_changes_is_cut_off_and_pairs_again_with_the_new_one() {
     use pn_tunnel::{Clock, Config, Encap, Tunnel, keyfile::host_key};
     let mut t = two_hosts(&[]);
     let _s2 = net::tcp_echo_server(&t.c2, 8100);
-    net::tcp_echo(&t.c1, SocketAddr::from((t.ip2, 8100)), b"before", LONG).unwrap();
+    net::tcp_echo(&t.c1, SocketAddr::from((t.c2.addr, 8100)), b"before", LONG).unwrap();
     let h2_id = t.f.hosts[1].id.clone();
     let old_key = published_key(&t.f.hosts[0], &h2_id);
     // Keep h2's old private key aside, then give h2 a new one.
@@ -414,7 +415,7 @@ fn a_host_whose_key_changes_is_cut_off_and_pairs_again_with_the_new_one() {
     assert!(
         eventually(Duration::from_secs(15), || net::tcp_echo(
             &t.c1,
-            SocketAddr::from((t.ip2, 8100)),
+            SocketAddr::from((t.c2.addr, 8100)),
             b"after",
             Duration::from_millis(500)
         )
@@ -510,7 +511,7 @@ fn an_initiation_flood_from_spoofed_sources_leaves_honest_hosts_paired() {
     use pn_tunnel::{cookie::PeerCookie, keyfile::decode_key, wire};
     let t = two_hosts(&["--tunnel-rekey-after-secs", "1"]);
     let _u2 = net::udp_echo_server(&t.c2, 7100);
-    let dst = SocketAddr::from((t.ip2, 7100));
+    let dst = SocketAddr::from((t.c2.addr, 7100));
     net::udp_echo(&t.c1, dst, b"before", LONG).unwrap();
     let h2_key = decode_key(&published_key(&t.f.hosts[0], &t.f.hosts[1].id)).unwrap();
     let (h1, h2) = (

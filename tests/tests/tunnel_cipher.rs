@@ -4,7 +4,10 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use pn_tests::{Host, Namespace, bulk, eventually, fleet::Fleet, metric_value, net, unique_prefix};
+use pn_tests::{
+    Host, Namespace, bulk, eventually, fleet::Fleet, metric_value, net, scenario::OneApp,
+    unique_prefix,
+};
 
 const LONG: Duration = Duration::from_secs(10);
 
@@ -53,19 +56,10 @@ fn hosts_that_both_prefer_aes_use_it_and_fall_back_to_chacha_with_one_that_does_
     } else {
         "chacha20poly1305"
     };
-    let p = unique_prefix();
     let aes = ["--tunnel-cipher", "aes256gcm"];
-    let mut f = Fleet::with_flags(&p, 2, &aes);
-    let net_a = f.hosts[0].create_network(&[]);
-    let app = f.hosts[0].create_app(&net_a);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let c2 = Namespace::new(&format!("{p}-c2"));
-    f.hosts[0].attach(&app, "web", &c1);
-    let ip2 = f.hosts[1].attach(&app, "worker", &c2)["ip"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let mut f = Fleet::with_flags(&unique_prefix(), 2, &aes);
+    let OneApp { c1, c2, .. } = OneApp::new(&f.hosts[0], &f.hosts[1], ["web", "worker"]);
+    let ip2 = c2.addr;
     let _echo = net::tcp_echo_server(&c2, 4000);
     let _source = bulk::tcp_source_server(&c2, 4001, 20_000_000);
 

@@ -2,25 +2,18 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use pn_tests::{Host, Namespace, eventually, metric_value, net, unique_prefix};
+use pn_tests::{Host, eventually, metric_value, net, unique_prefix};
 
 #[test]
 fn the_underlay_guard_drops_strangers_and_cleartext_to_members() {
     let p = unique_prefix();
     let mut host = Host::create(&p, "h1");
-    let stranger = host.neighbour(&p, 90, "10.240.0.0/12");
-    host.launch(&[
-        "--underlay-iface",
-        "ul0",
-        "--advertise",
-        "192.168.90.1:51871",
-    ]);
+    let stranger = host.neighbour(90, "10.240.0.0/12");
+    host.launch_on_underlay(90);
 
-    let net_a = host.create_network(&[]);
-    let app = host.create_app(&net_a);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let attached = host.attach(&app, "web", &c1);
-    let ip1: std::net::Ipv4Addr = attached["ip"].as_str().unwrap().parse().unwrap();
+    let (_, app) = host.network_and_app(&[]);
+    let c1 = host.member(&app, "web", "c1");
+    let ip1 = c1.addr;
     // Container MTU leaves room for the tunnel: 1500 - 64.
     let link: serde_json::Value =
         serde_json::from_str(&c1.ip(&["-j", "link", "show", "pn0"])).unwrap();

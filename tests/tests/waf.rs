@@ -5,41 +5,24 @@
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use pn_tests::{
-    Host, Namespace, eventually, net,
+    Host, eventually, net,
     nginx::{curl, nginx},
     unique_prefix,
 };
 
 #[test]
 fn a_waf_reaches_hidden_backends_by_private_name_and_nobody_else_does() {
-    let p = unique_prefix();
-    let host = Host::start(&p, "h1");
+    let host = Host::start(&unique_prefix(), "h1");
     let net_a = host.create_network(&[]);
-    let waf_app = host
-        .cli_ok(&["app", "create", "--network", &net_a, "--name", "waf"])
-        .trim()
-        .to_string();
-    let backend_app = host
-        .cli_ok(&["app", "create", "--network", &net_a, "--name", "backend"])
-        .trim()
-        .to_string();
-    let waf = Namespace::new(&format!("{p}-waf"));
-    host.attach(&waf_app, "web", &waf);
+    let waf_app = host.create_app_with(&net_a, &["--name", "waf"]);
+    let backend_app = host.create_app_with(&net_a, &["--name", "backend"]);
+    let waf = host.member(&waf_app, "web", "waf");
     let mut backends = Vec::new();
     let mut servers = Vec::new();
-    let mut backend_ips = Vec::new();
     for i in 1..=2 {
-        let ns = Namespace::new(&format!("{p}-be{i}"));
-        let v = host.attach(&backend_app, "myappbackend", &ns);
-        backend_ips.push(
-            v["ip"]
-                .as_str()
-                .unwrap()
-                .parse::<std::net::Ipv4Addr>()
-                .unwrap(),
-        );
-        servers.push(net::http_server(&ns, 3000, &format!("backend-{i}")));
-        backends.push(ns);
+        let be = host.member(&backend_app, "myappbackend", &format!("be{i}"));
+        servers.push(net::http_server(&be, 3000, &format!("backend-{i}")));
+        backends.push(be);
     }
     let name = format!("myappbackend.{backend_app}.{net_a}.private-network.internal");
     let _nginx = nginx(&waf, &name);
@@ -63,13 +46,11 @@ fn a_waf_reaches_hidden_backends_by_private_name_and_nobody_else_does() {
         "nginx reaches both backends through the private name"
     );
     // A container of another network cannot reach the backends…
-    let net_b = host.create_network(&[]);
-    let other_app = host.create_app(&net_b);
-    let other = Namespace::new(&format!("{p}-oth"));
-    host.attach(&other_app, "web", &other);
-    for ip in &backend_ips {
+    let (_, other_app) = host.network_and_app(&[]);
+    let other = host.member(&other_app, "web", "oth");
+    for be in &backends {
         assert_eq!(
-            curl(&other, &format!("http://{ip}:3000/")),
+            curl(&other, &format!("http://{}:3000/", be.addr)),
             None,
             "network B reached a backend"
         );
@@ -78,30 +59,12 @@ fn a_waf_reaches_hidden_backends_by_private_name_and_nobody_else_does() {
     let out = other.exec(&["dig", "+time=2", "+tries=1", &name]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("status: REFUSED"));
     // …nor can a namespace outside every network.
-    let outside = Namespace::new(&format!("{p}-out"));
-    let hif = format!("{}o", &p[..p.len().min(12)]);
-    host.ns.ip(&[
-        "link",
-        "add",
-        &hif,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &outside.name,
-    ]);
-    host.ns.ip(&["addr", "add", "192.168.78.1/24", "dev", &hif]);
-    host.ns.ip(&["link", "set", &hif, "up"]);
-    outside.ip(&["addr", "add", "192.168.78.2/24", "dev", "eth0"]);
-    outside.ip(&["link", "set", "eth0", "up"]);
-    outside.ip(&["route", "add", "10.240.0.0/12", "via", "192.168.78.1"]);
-    for ip in &backend_ips {
+    let outside = host.plug("out", "out0", 78, "10.240.0.0/12");
+    for be in &backends {
         assert!(
             net::tcp_echo(
                 &outside,
-                SocketAddr::from((*ip, 3000)),
+                SocketAddr::from((be.addr, 3000)),
                 b"GET / HTTP/1.0\r\n\r\n",
                 Duration::from_millis(800)
             )

@@ -1,6 +1,7 @@
-//! Arbitrary bytes as a DNS query from a member, over UDP and over TCP: the
-//! server answers with a well-formed response that fits the transport,
-//! forwards, or drops; it never panics.
+//! Arbitrary bytes as a DNS query from a member (of an open or a sealed
+//! network), over UDP and over TCP: the server answers with a well-formed
+//! response that fits the transport, forwards (never for a sealed network),
+//! or drops; it never panics.
 #![no_main]
 
 use std::{
@@ -11,7 +12,7 @@ use std::{
 use hickory_proto::op::{Message, MessageType};
 use libfuzzer_sys::fuzz_target;
 use pn_agent::dns::{
-    Directory, DnsConfig, DnsStats,
+    Directory, DnsStats, Member,
     zone::{Action, EDNS_UDP_MAX, PLAIN_UDP_MAX, Responder},
 };
 use pn_common::{
@@ -31,8 +32,11 @@ fn app() -> AppId {
 struct Fixed;
 
 impl Directory for Fixed {
-    fn network_of(&self, _: Ipv4Addr) -> Option<NetworkId> {
-        Some(net())
+    fn member(&self, _: Ipv4Addr) -> Option<Member> {
+        Some(Member {
+            network: net(),
+            sealed: false,
+        })
     }
     fn resolve(&self, q: &RecordQuery, out: &mut Vec<Ipv4Addr>) -> bool {
         if q.network != net() || q.app != app() {
@@ -53,18 +57,17 @@ impl Directory for Fixed {
     }
 }
 
-static RESPONDER: LazyLock<Responder> = LazyLock::new(|| {
-    let cfg = DnsConfig {
-        listen: "169.254.1.1:53".parse().unwrap(),
-        ttl: 5,
-        upstreams: vec!["192.0.2.53:53".parse().unwrap()],
-    };
-    Responder::new(&cfg, Arc::new(Fixed), Arc::new(DnsStats::default()))
-});
+// TTL 5 s, with upstreams (names of the world are forwarded).
+static RESPONDER: LazyLock<Responder> =
+    LazyLock::new(|| Responder::new(5, true, Arc::new(Fixed), Arc::new(DnsStats::default())));
 
 fuzz_target!(|data: &[u8]| {
-    for udp in [true, false] {
-        match RESPONDER.answer(net(), data, udp) {
+    for (udp, sealed) in [(true, false), (false, false), (true, true)] {
+        let from = Member {
+            network: net(),
+            sealed,
+        };
+        match RESPONDER.answer(from, data, udp) {
             Action::Reply(bytes) => {
                 let max = if udp { usize::from(EDNS_UDP_MAX) } else { usize::from(u16::MAX) };
                 assert!(bytes.len() <= max, "{} bytes over {}", bytes.len(), if udp { "UDP" } else { "TCP" });
@@ -73,6 +76,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(&bytes[..2], &data[..2], "the query's id");
             }
             Action::Forward { udp_limit } => {
+                assert!(!sealed, "a sealed network's query forwarded");
                 assert!((PLAIN_UDP_MAX..=usize::from(EDNS_UDP_MAX)).contains(&udp_limit));
             }
             Action::Drop => {}

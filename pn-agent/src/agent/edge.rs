@@ -113,7 +113,10 @@ impl EdgeRuntime {
         }
     }
 
+    /// What the rules dropped, while a table of this agent's is in place
+    /// (otherwise not even read: each read is one `nft`).
     pub fn counters(&mut self) -> Option<EdgeCounters> {
+        self.applied.as_ref()?;
         self.edge.counters().ok()
     }
 }

@@ -11,13 +11,14 @@
 //! A command returns once its revision is applied. A full resync (start,
 //! watch broken) takes the same path for the whole view.
 //!
-//! Files: `start` wires the subsystems, `follow` tracks the store,
-//! `reconcile` computes the desired state, `converge` applies it,
-//! `commands`, `cni` (the CNI plugin's requests), `moving` (`app move`)
-//! and `status` answer the API, `reap` detaches containers whose interface
-//! vanished, `edge` holds what the edge needs besides the view (host facts,
-//! the nftables table, published ports), `health` probes local containers
-//! of apps with a health port.
+//! Files: `start` wires the subsystems (their metrics included), `follow`
+//! tracks the store, `reconcile` computes the desired state, `converge`
+//! applies it, `commands`, `cni` (the CNI plugin's requests), `moving`
+//! (`app move`) and `status` answer the API, `reap` detaches containers
+//! whose interface vanished, `edge` holds what the edge needs besides the
+//! view (host facts, the nftables table, published ports), `health` probes
+//! local containers of apps with a health port, `names` gives the datapath's
+//! metrics the membership's names.
 
 mod cni;
 mod commands;
@@ -26,6 +27,7 @@ pub mod edge;
 mod follow;
 mod health;
 mod moving;
+mod names;
 mod reap;
 pub mod reconcile;
 mod start;

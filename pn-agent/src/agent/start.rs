@@ -48,9 +48,16 @@ pub(super) fn gateway_addr() -> Ipv4Addr {
 pub(super) struct ViewDirectory(pub(super) Arc<RwLock<MembershipView>>);
 
 impl dns::Directory for ViewDirectory {
-    fn network_of(&self, client: Ipv4Addr) -> Option<pn_common::ids::NetworkId> {
+    fn member(&self, client: Ipv4Addr) -> Option<dns::Member> {
         let v = self.0.read().unwrap_or_else(|p| p.into_inner());
-        v.container_by_ip(client).map(|c| c.network)
+        let network = v.container_by_ip(client)?.network;
+        // Sealed unless its network says otherwise: a record missing for a
+        // moment never opens the world.
+        let sealed = v
+            .networks
+            .get(&network)
+            .is_none_or(|n| n.egress != crate::model::Egress::Allow);
+        Some(dns::Member { network, sealed })
     }
 
     fn resolve(&self, q: &pn_common::names::RecordQuery, out: &mut Vec<Ipv4Addr>) -> bool {
@@ -410,5 +417,26 @@ impl Agent {
             })
             .await?;
         Ok(rev)
+    }
+}
+
+impl Agent {
+    /// Every subsystem's metrics, each registered by its owner in `r` (the
+    /// `/metrics` endpoint serves them).
+    pub fn register_metrics(&self, r: &mut prometheus_client::registry::Registry) {
+        let names = Arc::new(super::names::ViewNames(self.view.clone()));
+        crate::datapath::metrics::register(r, self.datapath.clone(), names);
+        if let Some(dev) = &self.tunnel {
+            pn_tunnel::device::metrics::register(r, dev.clone());
+        }
+        let (view, health) = (self.view.clone(), self.store_health.clone());
+        crate::store::metrics::register(r, view, health, self.cfg.host_id.clone());
+        self.dns_stats.register(r);
+        let edge = self.edge.clone();
+        crate::edge::metrics::register(r, move || {
+            edge.lock().unwrap_or_else(|p| p.into_inner()).counters()
+        });
+        self.flows.register(r);
+        self.conns.register(r);
     }
 }

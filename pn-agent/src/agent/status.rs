@@ -143,7 +143,7 @@ impl Agent {
             let suppressed = match dp.maps().events_suppressed() {
                 Ok(l) => l
                     .into_iter()
-                    .map(|(k, n)| (crate::flows::kind_name(k).to_string(), n))
+                    .map(|(k, n)| (k.as_str().to_string(), n))
                     .collect(),
                 Err(e) => {
                     log::warn!("reading suppressed events: {e}");

@@ -301,7 +301,7 @@ fn tls_needs_all_three_files_and_plain_text_none() {
 
 #[test]
 fn tls_settings_come_from_the_file_too() {
-    use crate::store::etcd::testing::Pki;
+    use crate::testing::pki::Pki;
     let pki = Pki::new("config");
     let ca = pki.ca("ca");
     let h1 = pki.issue(&ca, "h1", &[]);

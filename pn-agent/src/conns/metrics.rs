@@ -1,6 +1,7 @@
 //! Connection and request metrics per edge: client app and type → server
 //! app, type and port. Labels are ids and type names, never addresses or
-//! paths; the number of edges is capped (see [`MAX_EDGES`]).
+//! paths; the number of edges is capped (see [`MAX_EDGES`]). Plus the
+//! reader's own counters and the size of its table.
 
 use std::{
     collections::HashSet,
@@ -8,9 +9,15 @@ use std::{
 };
 
 use prometheus_client::{
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{
+        MetricType, counter::Counter, family::Family, gauge::ConstGauge, histogram::Histogram,
+    },
     registry::Registry,
 };
+
+use super::ConnHub;
 
 pub type Labels = Vec<(&'static str, String)>;
 
@@ -46,6 +53,11 @@ pub struct ConnMetrics {
     pub connect: Hist,
     pub requests: Family<Labels, Counter>,
     pub duration: Hist,
+    /// Events read, and events that could not be decoded.
+    pub received: Counter,
+    pub malformed: Counter,
+    /// SYNs not tracked because the table was full.
+    pub untracked: Counter,
     edges: Arc<Mutex<HashSet<Edge>>>,
 }
 
@@ -59,6 +71,9 @@ impl Default for ConnMetrics {
             connect: Family::new_with_constructor(seconds_histogram),
             requests: Family::default(),
             duration: Family::new_with_constructor(seconds_histogram),
+            received: Counter::default(),
+            malformed: Counter::default(),
+            untracked: Counter::default(),
             edges: Arc::default(),
         }
     }
@@ -86,7 +101,7 @@ impl ConnMetrics {
         ]
     }
 
-    pub fn register(&self, r: &mut Registry) {
+    fn register(&self, r: &mut Registry) {
         r.register(
             "pn_conn_opened",
             "TCP connections between members established (SYN-ACK seen), per edge",
@@ -122,5 +137,55 @@ impl ConnMetrics {
             "HTTP/1.x request duration (request's first byte to response's first byte, at the client's interface), per edge",
             self.duration.clone(),
         );
+    }
+}
+
+impl ConnHub {
+    /// Registers the tracker's metrics, the reader's own counters and the
+    /// size of its table.
+    pub fn register(&self, r: &mut Registry) {
+        self.metrics.register(r);
+        r.register_collector(Box::new(ReaderCollector(self.clone())));
+    }
+}
+
+/// The reader's counters as a collector rather than registered metrics:
+/// `Registry::register` would end their help with a full stop.
+struct ReaderCollector(ConnHub);
+
+impl std::fmt::Debug for ReaderCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReaderCollector")
+    }
+}
+
+impl Collector for ReaderCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = &self.0.metrics;
+        for (name, help, c) in [
+            (
+                "pn_conn_events",
+                "Connection and request events read from the datapath",
+                &m.received,
+            ),
+            (
+                "pn_conn_events_malformed",
+                "Connection events that could not be decoded",
+                &m.malformed,
+            ),
+            (
+                "pn_conn_untracked",
+                "Connections not tracked because the agent's table was full",
+                &m.untracked,
+            ),
+        ] {
+            c.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
+        ConstGauge::new(self.0.tracked() as i64).encode(encoder.encode_descriptor(
+            "pn_conn_tracked",
+            "Connections in the agent's table",
+            None,
+            MetricType::Gauge,
+        )?)
     }
 }

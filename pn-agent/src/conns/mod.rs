@@ -7,10 +7,7 @@ pub mod track;
 
 use std::{
     net::Ipv4Addr,
-    sync::{
-        Arc, Mutex, RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -28,17 +25,12 @@ use track::{Key, Outcome, Request, Tracker};
 /// A SYN unanswered for this long is a timed-out connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The tracker, its metrics and its own counters, shared with the metrics
-/// endpoint and `status`.
+/// The tracker and its metrics (its own counters included), shared with
+/// the metrics endpoint and `status`.
 #[derive(Clone)]
 pub struct ConnHub {
     tracker: Arc<Mutex<Tracker>>,
-    pub metrics: ConnMetrics,
-    /// Events read, and events that could not be decoded.
-    pub received: Arc<AtomicU64>,
-    pub malformed: Arc<AtomicU64>,
-    /// SYNs not tracked because the table was full.
-    pub untracked: Arc<AtomicU64>,
+    metrics: ConnMetrics,
 }
 
 impl Default for ConnHub {
@@ -46,9 +38,6 @@ impl Default for ConnHub {
         ConnHub {
             tracker: Arc::new(Mutex::new(Tracker::new(CONNECT_TIMEOUT.as_nanos() as u64))),
             metrics: ConnMetrics::default(),
-            received: Arc::default(),
-            malformed: Arc::default(),
-            untracked: Arc::default(),
         }
     }
 }
@@ -175,7 +164,7 @@ impl ConnHub {
                 }
                 Outcome::Logged(r) => lines.push(Self::record(&view, &r, now_mono, now_wall)),
                 Outcome::Untracked => {
-                    self.untracked.fetch_add(1, Ordering::Relaxed);
+                    m.untracked.inc();
                 }
             }
         }
@@ -224,9 +213,9 @@ impl ConnHub {
     fn drain(&self, ring: &mut RingBuf<MapData>, out: &mut Vec<Outcome>) {
         let mut tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(item) = ring.next() {
-            self.received.fetch_add(1, Ordering::Relaxed);
+            self.metrics.received.inc();
             if item.len() != size_of::<ConnEvent>() {
-                self.malformed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.malformed.inc();
                 continue;
             }
             // SAFETY: length checked; ConnEvent is Pod (any bytes are

@@ -7,7 +7,7 @@
 //! migrated to a new one (`pins`).
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
@@ -448,11 +448,17 @@ impl Kernel {
 }
 
 /// A missing key is what the caller wanted: not an error.
-fn removed(r: Result<(), aya::maps::MapError>, name: &str) -> Result<()> {
+fn removed(r: Result<(), aya::maps::MapError>, entry: impl FnOnce() -> String) -> Result<()> {
     match r {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(e) => Err(e).ctx(|| format!("removing from {name}")),
+        Err(e) => Err(e).ctx(|| format!("removing {}", entry())),
     }
+}
+
+/// An address as errors name it (one apply reports every failed write,
+/// so each says which entry it was).
+fn dotted(ip: Ip4) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(pn_common::ip4_octets(ip))
 }
 
 impl Maps for Kernel {
@@ -464,7 +470,7 @@ impl Maps for Kernel {
             peers: Self::all(&self.peers, "PN_PEERS")?,
             tags: Self::all(&self.tags, "PN_TAGS")?.into_keys().collect(),
             services: self.lb.read()?,
-            egress_deny: self.egress_deny()?.into_iter().collect(),
+            egress_deny: self.egress_deny()?,
         })
     }
 
@@ -474,49 +480,57 @@ impl Maps for Kernel {
         old: Option<&ServiceState>,
         new: &ServiceState,
     ) -> Result<()> {
-        self.lb.set(vip, old, new)
+        (self.lb.set(vip, old, new)).ctx(|| format!("service {}", dotted(vip)))
     }
 
     fn remove_service(&mut self, vip: Ip4, old: &ServiceState) -> Result<()> {
-        self.lb.remove(vip, old)
+        (self.lb.remove(vip, old)).ctx(|| format!("removing service {}", dotted(vip)))
     }
 
     fn set_endpoint(&mut self, ip: Ip4, ep: Endpoint) -> Result<()> {
         self.endpoints
             .insert(ip, ep, 0)
-            .ctx(|| "writing PN_ENDPOINTS".into())
+            .ctx(|| format!("writing PN_ENDPOINTS[{}]", dotted(ip)))
     }
 
     fn remove_endpoint(&mut self, ip: Ip4) -> Result<()> {
-        removed(self.endpoints.remove(&ip), "PN_ENDPOINTS")
+        removed(self.endpoints.remove(&ip), || {
+            format!("PN_ENDPOINTS[{}]", dotted(ip))
+        })
     }
 
     fn set_iface(&mut self, ifindex: u32, iface: Iface) -> Result<()> {
         self.ifaces
             .insert(ifindex, iface, 0)
-            .ctx(|| "writing PN_IFACES".into())
+            .ctx(|| format!("writing PN_IFACES[{ifindex}]"))
     }
 
     fn remove_iface(&mut self, ifindex: u32) -> Result<()> {
-        removed(self.ifaces.remove(&ifindex), "PN_IFACES")
+        removed(self.ifaces.remove(&ifindex), || {
+            format!("PN_IFACES[{ifindex}]")
+        })
     }
 
     fn set_peer(&mut self, ip: Ip4, peer: Peer) -> Result<()> {
         self.peers
             .insert(ip, peer, 0)
-            .ctx(|| "writing PN_PEERS".into())
+            .ctx(|| format!("writing PN_PEERS[{}]", dotted(ip)))
     }
 
     fn remove_peer(&mut self, ip: Ip4) -> Result<()> {
-        removed(self.peers.remove(&ip), "PN_PEERS")
+        removed(self.peers.remove(&ip), || {
+            format!("PN_PEERS[{}]", dotted(ip))
+        })
     }
 
     fn set_tag(&mut self, tag: u32) -> Result<()> {
-        self.tags.insert(tag, 1, 0).ctx(|| "writing PN_TAGS".into())
+        self.tags
+            .insert(tag, 1, 0)
+            .ctx(|| format!("writing PN_TAGS[{tag}]"))
     }
 
     fn remove_tag(&mut self, tag: u32) -> Result<()> {
-        removed(self.tags.remove(&tag), "PN_TAGS")
+        removed(self.tags.remove(&tag), || format!("PN_TAGS[{tag}]"))
     }
 
     fn attach(&mut self, ifname: &str) -> Result<()> {
@@ -541,55 +555,29 @@ impl Maps for Kernel {
 
     fn forget_conns(&mut self, container: Ip4) -> Result<()> {
         Kernel::forget_conns(self, container)
+            .ctx(|| format!("the connections of {}", dotted(container)))
     }
 
     fn set_deny(&mut self, (addr, len): (Ip4, u8), kind: u32) -> Result<()> {
         self.egress_deny
             .insert(&LpmKey::new(u32::from(len), addr), DenyRange { kind }, 0)
-            .ctx(|| "writing PN_EGRESS_DENY".into())
+            .ctx(|| format!("writing PN_EGRESS_DENY[{}/{len}]", dotted(addr)))
     }
 
     fn remove_deny(&mut self, (addr, len): (Ip4, u8)) -> Result<()> {
         removed(
             self.egress_deny.remove(&LpmKey::new(u32::from(len), addr)),
-            "PN_EGRESS_DENY",
+            || format!("PN_EGRESS_DENY[{}/{len}]", dotted(addr)),
         )
     }
 }
 
 /// The edge's maps: the deny list and the connections with the outside.
 impl Kernel {
-    /// Replaces the ranges that are never the world (network address and
-    /// prefix → [`DenyRange`] kind). Additions go in before removals, so a
-    /// range that stays is never absent.
-    pub fn set_egress_deny(&mut self, ranges: &StdHashMap<(Ip4, u8), u32>) -> Result<()> {
-        let current: Vec<LpmKey<Ip4>> = self
-            .egress_deny
-            .keys()
-            .collect::<Result<_, _>>()
-            .ctx(|| "reading PN_EGRESS_DENY".into())?;
-        for (&(addr, len), &kind) in ranges {
-            self.egress_deny
-                .insert(&LpmKey::new(u32::from(len), addr), DenyRange { kind }, 0)
-                .ctx(|| "writing PN_EGRESS_DENY".into())?;
-        }
-        for key in current {
-            let Ok(len) = u8::try_from(key.prefix_len()) else {
-                continue;
-            };
-            if !ranges.contains_key(&(key.data(), len)) {
-                match self.egress_deny.remove(&key) {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(e) => return Err(e).ctx(|| "removing from PN_EGRESS_DENY".into()),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The ranges in PN_EGRESS_DENY, as `set_egress_deny` takes them.
-    pub fn egress_deny(&self) -> Result<StdHashMap<(Ip4, u8), u32>> {
-        let mut out = StdHashMap::new();
+    /// The ranges in PN_EGRESS_DENY (network address and prefix length →
+    /// [`DenyRange`] kind).
+    pub fn egress_deny(&self) -> Result<BTreeMap<(Ip4, u8), u32>> {
+        let mut out = BTreeMap::new();
         for item in self.egress_deny.iter() {
             let (key, range) = item.ctx(|| "reading PN_EGRESS_DENY".into())?;
             if let Ok(len) = u8::try_from(key.prefix_len()) {

@@ -1,6 +1,8 @@
 //! The datapath as the agent drives it: a desired [`State`] of the kernel's
 //! maps and links goes in, the datapath computes its own difference with what
-//! the kernel holds and makes the fewest changes, adding before removing.
+//! the kernel holds (one [`diff`] for every map and link set) and makes the
+//! fewest changes, adding before removing; a failed write does not stop the
+//! others, and all failures come back together ([`ApplyError`]).
 //! `apply` may be called again and again with the same state (it then does
 //! nothing), for the whole state (start, resync) or for a [`Scope`] (one
 //! changed container).
@@ -10,9 +12,12 @@
 //! is tested without a kernel.
 
 pub mod conn;
+mod diff;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod kernel;
 mod lb;
+pub mod metrics;
 pub mod pins;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -22,6 +27,7 @@ use pn_common::{
     maps::{Endpoint, Iface, Peer},
 };
 
+use diff::{Diff, Part, diff};
 pub use kernel::{Kernel, ensure_bpffs};
 
 #[derive(Debug)]
@@ -64,6 +70,40 @@ impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for Result<T, E
             context: context(),
             source: Box::new(e),
         })
+    }
+}
+
+/// An `apply` that did not reach its state; the next one retries.
+#[derive(Debug)]
+pub enum ApplyError {
+    /// A full apply could not read the kernel's maps: nothing was written.
+    Read(DatapathError),
+    /// These writes failed, every one; all the others were made.
+    Writes {
+        done: Changes,
+        failed: Vec<DatapathError>,
+    },
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApplyError::Read(e) => write!(f, "reading the kernel's maps: {e}"),
+            ApplyError::Writes { done, failed } => {
+                // The count of the others is for the log: what did change.
+                let made = done.set + done.removed + done.attached + done.detached;
+                write!(f, "{} writes failed ({made} made)", failed.len())?;
+                failed.iter().try_for_each(|e| write!(f, "; {e}"))
+            }
+        }
+    }
+}
+
+impl std::error::Error for ApplyError {}
+
+impl crate::error::Kind for ApplyError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Internal
     }
 }
 
@@ -280,216 +320,193 @@ impl<M: Maps> Datapath<M> {
     /// new interface is filtered before it is known), then entries set, then
     /// the links an earlier agent left switched to this agent's programs
     /// (which read these entries: after a change of map layout, the new maps
-    /// are full before any program uses them), then entries removed, then
-    /// links detached; an error stops the apply and the next one retries
-    /// what is left.
-    pub fn apply(&mut self, want: &State, scope: &Scope) -> Result<Changes> {
+    /// are full before any program uses them, so this waits until every set
+    /// worked), then entries removed, then links detached. A failed write
+    /// does not stop the others: every failure comes back in one error, and
+    /// the next apply retries them (the copy keeps what the kernel held).
+    pub fn apply(&mut self, want: &State, scope: &Scope) -> Result<Changes, ApplyError> {
         if scope.is_all() {
-            self.current = self.maps.read()?;
+            self.current = self.maps.read().map_err(ApplyError::Read)?;
         }
+        let Plan {
+            links,
+            pinned,
+            ifaces,
+            endpoints,
+            services,
+            peers,
+            tags,
+            deny,
+        } = self.plan(want, scope);
+        let (maps, cur, refreshed) = (&mut self.maps, &mut self.current, &mut self.refreshed);
         let mut ch = Changes::default();
-        for name in want.attached.iter().filter(|n| scope.has_link(n)) {
-            if !self.refreshed.contains(name) && !self.current.attached.contains(name) {
-                self.maps.attach(name)?;
-                self.refreshed.insert(name.clone());
-                self.current.attached.insert(name.clone());
-                ch.attached += 1;
+        let mut failed = Vec::new();
+        ch.attached += links.write_sets(&mut cur.attached, &mut failed, |e| {
+            maps.attach(&e.key)?;
+            refreshed.insert(e.key.clone());
+            Ok(())
+        });
+        let before_sets = failed.len();
+        ch.set += ifaces.write_sets(&mut cur.ifaces, &mut failed, |e| {
+            if zeroes(e.old.as_ref(), &e.new) {
+                maps.reset_counters(e.new.slot)?;
+            }
+            maps.set_iface(e.key, e.new)
+        });
+        ch.set += endpoints.write_sets(&mut cur.endpoints, &mut failed, |e| {
+            maps.set_endpoint(e.key, e.new)
+        });
+        ch.set += services.write_sets(&mut cur.services, &mut failed, |e| {
+            maps.set_service(e.key, e.old.as_ref(), &e.new)
+        });
+        ch.set += peers.write_sets(&mut cur.peers, &mut failed, |e| maps.set_peer(e.key, e.new));
+        ch.set += tags.write_sets(&mut cur.tags, &mut failed, |e| maps.set_tag(e.key));
+        ch.set += deny.write_sets(&mut cur.egress_deny, &mut failed, |e| {
+            maps.set_deny(e.key, e.new)
+        });
+        if failed.len() == before_sets {
+            for name in pinned {
+                match maps.attach(&name) {
+                    Ok(()) => {
+                        refreshed.insert(name);
+                        ch.attached += 1;
+                    }
+                    Err(e) => failed.push(e),
+                }
             }
         }
-        for (idx, iface) in want.ifaces.iter().filter(|(_, i)| scope.has_addr(i.addr)) {
-            let iface = self.with_slot(*idx, *iface)?;
-            if self.current.ifaces.get(idx) != Some(&iface) {
-                self.maps.set_iface(*idx, iface)?;
-                self.current.ifaces.insert(*idx, iface);
-                ch.set += 1;
+        ch.removed += endpoints.write_removes(&mut cur.endpoints, &mut failed, |ip, old| {
+            maps.remove_endpoint(*ip)?;
+            if !old.is_remote() {
+                maps.forget_conns(*ip)?;
             }
+            Ok(())
+        });
+        ch.removed += ifaces.write_removes(&mut cur.ifaces, &mut failed, |idx, _| {
+            maps.remove_iface(*idx)
+        });
+        ch.removed += services.write_removes(&mut cur.services, &mut failed, |vip, old| {
+            maps.remove_service(*vip, old)
+        });
+        ch.removed +=
+            peers.write_removes(&mut cur.peers, &mut failed, |ip, _| maps.remove_peer(*ip));
+        ch.removed += tags.write_removes(&mut cur.tags, &mut failed, |t, ()| maps.remove_tag(*t));
+        ch.removed += deny.write_removes(&mut cur.egress_deny, &mut failed, |r, _| {
+            maps.remove_deny(*r)
+        });
+        ch.detached += links.write_removes(&mut cur.attached, &mut failed, |name, ()| {
+            maps.detach(name)?;
+            refreshed.remove(name);
+            Ok(())
+        });
+        if failed.is_empty() {
+            Ok(ch)
+        } else {
+            Err(ApplyError::Writes { done: ch, failed })
         }
-        for (ip, ep) in want.endpoints.iter().filter(|(ip, _)| scope.has_addr(**ip)) {
-            if self.current.endpoints.get(ip) != Some(ep) {
-                self.maps.set_endpoint(*ip, *ep)?;
-                self.current.endpoints.insert(*ip, *ep);
-                ch.set += 1;
-            }
-        }
-        for (vip, svc) in &want.services {
-            let old = self.current.services.get(vip);
-            if old != Some(svc) {
-                self.maps.set_service(*vip, old, svc)?;
-                self.current.services.insert(*vip, svc.clone());
-                ch.set += 1;
-            }
-        }
-        let gone: Vec<Ip4> = self
-            .current
-            .services
-            .keys()
-            .filter(|v| !want.services.contains_key(v))
-            .copied()
+    }
+
+    /// Every table's diff within `scope`, before any write. A scoped apply
+    /// looks its addresses up (a watch event touching one container must not
+    /// walk 100 000 endpoints); a full one walks them all.
+    fn plan(&self, want: &State, scope: &Scope) -> Plan {
+        let cur = &self.current;
+        let mut links = diff(&cur.attached, &want.attached, &keys_or_all(&scope.links));
+        // Attached by this process already (`attach_now`): not again.
+        links.set.retain(|e| !self.refreshed.contains(&e.key));
+        let pinned = want
+            .attached
+            .iter()
+            .filter(|n| scope.has_link(n) && cur.attached.contains(*n))
+            .filter(|n| !self.refreshed.contains(*n))
+            .cloned()
             .collect();
-        for vip in gone {
-            if let Some(old) = self.current.services.remove(&vip) {
-                self.maps.remove_service(vip, &old)?;
-                ch.removed += 1;
-            }
-        }
+        let by_addr = |_: &u32, i: &Iface| scope.has_addr(i.addr);
+        let mut plan = Plan {
+            links,
+            pinned,
+            ifaces: diff(
+                &cur.ifaces,
+                &self.slotted(want, scope),
+                &Part::Where(&by_addr),
+            ),
+            endpoints: diff(&cur.endpoints, &want.endpoints, &keys_or_all(&scope.addrs)),
+            services: diff(&cur.services, &want.services, &Part::All),
+            ..Plan::default()
+        };
         if scope.underlay {
-            for (ip, p) in &want.peers {
-                if self.current.peers.get(ip) != Some(p) {
-                    self.maps.set_peer(*ip, *p)?;
-                    self.current.peers.insert(*ip, *p);
-                    ch.set += 1;
-                }
-            }
-            for t in &want.tags {
-                if self.current.tags.insert(*t) {
-                    self.maps.set_tag(*t)?;
-                    ch.set += 1;
-                }
-            }
+            plan.peers = diff(&cur.peers, &want.peers, &Part::All);
+            plan.tags = diff(&cur.tags, &want.tags, &Part::All);
         }
         if scope.edge {
-            for (range, kind) in &want.egress_deny {
-                if self.current.egress_deny.get(range) != Some(kind) {
-                    self.maps.set_deny(*range, *kind)?;
-                    self.current.egress_deny.insert(*range, *kind);
-                    ch.set += 1;
-                }
-            }
+            plan.deny = diff(&cur.egress_deny, &want.egress_deny, &Part::All);
         }
-        for name in want.attached.iter().filter(|n| scope.has_link(n)) {
-            if !self.refreshed.contains(name) {
-                self.maps.attach(name)?;
-                self.refreshed.insert(name.clone());
-                self.current.attached.insert(name.clone());
-                ch.attached += 1;
-            }
-        }
-        for ip in self.gone_endpoints(want, scope) {
-            let was_local = self
-                .current
-                .endpoints
-                .remove(&ip)
-                .is_some_and(|e| !e.is_remote());
-            self.maps.remove_endpoint(ip)?;
-            if was_local {
-                self.maps.forget_conns(ip)?;
-            }
-            ch.removed += 1;
-        }
-        let gone: Vec<u32> = self
+        plan
+    }
+
+    /// `want`'s interfaces, those within `scope` with their counter slots:
+    /// the one the interface holds for the same address (counts go on
+    /// across applies and restarts), else the lowest free one (a new
+    /// container, or a new address, starts from 0; see [`zeroes`]). Slot 0
+    /// (the host's row) when all are taken. Those out of scope are left as
+    /// they are: the diff skips them, but keeps their interfaces.
+    fn slotted(&self, want: &State, scope: &Scope) -> BTreeMap<u32, Iface> {
+        let mut slots: BTreeMap<u32, u16> = self
             .current
             .ifaces
             .iter()
-            .filter(|(idx, i)| scope.has_addr(i.addr) && !want.ifaces.contains_key(idx))
-            .map(|(idx, _)| *idx)
+            .map(|(i, f)| (*i, f.slot))
             .collect();
-        for idx in gone {
-            self.maps.remove_iface(idx)?;
-            self.current.ifaces.remove(&idx);
-            ch.removed += 1;
+        let mut out = want.ifaces.clone();
+        for (idx, iface) in out.iter_mut().filter(|(_, i)| scope.has_addr(i.addr)) {
+            iface.slot = match self.current.ifaces.get(idx) {
+                Some(cur) if keeps_slot(cur, iface) => cur.slot,
+                _ => {
+                    let used: BTreeSet<u16> = slots
+                        .iter()
+                        .filter(|(i, _)| *i != idx)
+                        .map(|(_, s)| *s)
+                        .collect();
+                    (1..pn_common::maps::MAX_COUNTER_SLOTS)
+                        .filter_map(|s| u16::try_from(s).ok())
+                        .find(|s| !used.contains(s))
+                        .unwrap_or(0)
+                }
+            };
+            slots.insert(*idx, iface.slot);
         }
-        if scope.underlay {
-            let gone: Vec<Ip4> = self
-                .current
-                .peers
-                .keys()
-                .filter(|ip| !want.peers.contains_key(ip))
-                .copied()
-                .collect();
-            for ip in gone {
-                self.maps.remove_peer(ip)?;
-                self.current.peers.remove(&ip);
-                ch.removed += 1;
-            }
-            let gone: Vec<u32> = self.current.tags.difference(&want.tags).copied().collect();
-            for t in gone {
-                self.maps.remove_tag(t)?;
-                self.current.tags.remove(&t);
-                ch.removed += 1;
-            }
-        }
-        if scope.edge {
-            let gone: Vec<(Ip4, u8)> = self
-                .current
-                .egress_deny
-                .keys()
-                .filter(|r| !want.egress_deny.contains_key(r))
-                .copied()
-                .collect();
-            for r in gone {
-                self.maps.remove_deny(r)?;
-                self.current.egress_deny.remove(&r);
-                ch.removed += 1;
-            }
-        }
-        let gone: Vec<String> = self
-            .current
-            .attached
-            .iter()
-            .filter(|n| scope.has_link(n) && !want.attached.contains(*n))
-            .cloned()
-            .collect();
-        for name in gone {
-            self.maps.detach(&name)?;
-            self.current.attached.remove(&name);
-            self.refreshed.remove(&name);
-            ch.detached += 1;
-        }
-        Ok(ch)
-    }
-
-    /// Endpoints the kernel holds within `scope` that `want` does not: a
-    /// scoped apply looks up its own addresses (a watch event touching one
-    /// container must not walk 100 000 endpoints), a full one walks them all.
-    fn gone_endpoints(&self, want: &State, scope: &Scope) -> Vec<Ip4> {
-        let gone = |ip: &Ip4| !want.endpoints.contains_key(ip);
-        match &scope.addrs {
-            Some(addrs) => addrs
-                .iter()
-                .filter(|ip| self.current.endpoints.contains_key(*ip) && gone(ip))
-                .copied()
-                .collect(),
-            None => self
-                .current
-                .endpoints
-                .keys()
-                .filter(|ip| gone(ip))
-                .copied()
-                .collect(),
-        }
+        out
     }
 }
 
-impl<M: Maps> Datapath<M> {
-    /// `iface` with its counter slot: the one its interface holds for the
-    /// same address (counts go on across applies and restarts), else the
-    /// lowest free one, zeroed first (a new container, or a new address,
-    /// starts from 0). Slot 0 (the host's row) when all are taken.
-    fn with_slot(&mut self, ifindex: u32, mut iface: Iface) -> Result<Iface> {
-        if let Some(cur) = self.current.ifaces.get(&ifindex)
-            && cur.slot != 0
-            && cur.addr == iface.addr
-        {
-            iface.slot = cur.slot;
-            return Ok(iface);
-        }
-        let used: BTreeSet<u16> = self
-            .current
-            .ifaces
-            .iter()
-            .filter(|(i, _)| **i != ifindex)
-            .map(|(_, i)| i.slot)
-            .collect();
-        let Some(slot) = (1..pn_common::maps::MAX_COUNTER_SLOTS)
-            .filter_map(|s| u16::try_from(s).ok())
-            .find(|s| !used.contains(s))
-        else {
-            return Ok(iface);
-        };
-        self.maps.reset_counters(slot)?;
-        iface.slot = slot;
-        Ok(iface)
-    }
+/// Every table's diff for one apply.
+#[derive(Default)]
+struct Plan {
+    links: Diff<String, ()>,
+    /// Links an earlier agent pinned, to switch to this agent's programs.
+    pinned: Vec<String>,
+    ifaces: Diff<u32, Iface>,
+    endpoints: Diff<Ip4, Endpoint>,
+    services: Diff<Ip4, ServiceState>,
+    peers: Diff<Ip4, Peer>,
+    tags: Diff<u32, ()>,
+    deny: Diff<(Ip4, u8), u32>,
+}
+
+/// The keys of a scope, or every entry when it has none.
+fn keys_or_all<K, V>(keys: &Option<BTreeSet<K>>) -> Part<'_, K, V> {
+    keys.as_ref().map_or(Part::All, Part::Keys)
+}
+
+/// Whether an interface keeps the counter slot it holds for `want`.
+fn keeps_slot(cur: &Iface, want: &Iface) -> bool {
+    cur.slot != 0 && cur.addr == want.addr
+}
+
+/// Whether writing `new` over `old` gives it a fresh counter slot, zeroed
+/// first (the slot's counts belonged to another container or address).
+fn zeroes(old: Option<&Iface>, new: &Iface) -> bool {
+    new.slot != 0 && !old.is_some_and(|o| keeps_slot(o, new))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@ use pn_common::{
     maps::{Endpoint, Iface, Peer},
 };
 
-use super::{Datapath, Scope, State, fake::FakeMaps};
+use super::{ApplyError, Datapath, Scope, State, fake::FakeMaps};
 
 fn local(tag: u32, ifindex: u32) -> Endpoint {
     Endpoint {
@@ -289,4 +289,80 @@ fn links_of_an_earlier_agent_switch_after_the_entries_are_set() {
         "{calls:?}"
     );
     assert_eq!(dp.maps().state, slotted(want));
+}
+
+#[test]
+fn a_failed_write_does_not_stop_the_others_and_every_failure_is_reported() {
+    let mut dp = Datapath::new(FakeMaps {
+        fail_on: Some("set_endpoint"),
+        ..Default::default()
+    });
+    let Err(ApplyError::Writes { done, failed }) = dp.apply(&two(), &Scope::all()) else {
+        panic!("both endpoints fail");
+    };
+    let failed: Vec<String> = failed.iter().map(|e| e.to_string()).collect();
+    assert_eq!(
+        failed,
+        [
+            "fake failure: set_endpoint 10.240.0.2",
+            "fake failure: set_endpoint 10.240.0.3"
+        ]
+    );
+    // Every other write was made, in order; the links of the failed apply
+    // are on (they were first).
+    assert_eq!((done.set, done.attached), (3, 1));
+    let mut rest = slotted(two());
+    rest.endpoints.clear();
+    assert_eq!(dp.maps().state, rest);
+    // Removals go on too when sets fail, and detaches after them.
+    dp.maps_mut().fail_on = Some("remove_iface");
+    let Err(ApplyError::Writes { done, failed }) = dp.apply(&State::default(), &Scope::all())
+    else {
+        panic!("the interface fails");
+    };
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!((done.removed, done.detached), (2, 1));
+    assert_eq!(dp.maps().state.ifaces.len(), 1);
+    assert!(dp.maps().state.attached.is_empty());
+    // The next apply retries what failed, and only that.
+    dp.maps_mut().fail_on = None;
+    dp.maps_mut().calls.clear();
+    dp.apply(&State::default(), &Scope::all()).unwrap();
+    assert_eq!(dp.maps().calls, ["read", "remove_iface 7"]);
+    assert_eq!(dp.maps().state, State::default());
+}
+
+#[test]
+fn a_scoped_apply_retries_its_failed_removal() {
+    let mut dp = Datapath::new(FakeMaps::default());
+    dp.apply(&two(), &Scope::all()).unwrap();
+    dp.maps_mut().fail_on = Some("forget_conns");
+    let scope = Scope::entries([ip4(10, 240, 0, 2)], [], false);
+    assert!(dp.apply(&State::default(), &scope).is_err());
+    // No full apply in between: the copy still holds the entry.
+    dp.maps_mut().fail_on = None;
+    dp.maps_mut().calls.clear();
+    dp.apply(&State::default(), &scope).unwrap();
+    assert_eq!(
+        dp.maps().calls,
+        ["remove_endpoint 10.240.0.2", "forget_conns 10.240.0.2"]
+    );
+}
+
+/// Links of an earlier agent switch to this agent's programs only once the
+/// maps hold every entry: not while a set fails.
+#[test]
+fn pinned_links_wait_for_every_set() {
+    let mut kernel = FakeMaps {
+        fail_on: Some("set_peer"),
+        ..Default::default()
+    };
+    kernel.state.attached.insert("pnhaaa".into());
+    let mut dp = Datapath::new(kernel);
+    assert!(dp.apply(&two(), &Scope::all()).is_err());
+    assert!(!dp.maps().calls.contains(&"attach pnhaaa".to_string()));
+    dp.maps_mut().fail_on = None;
+    dp.apply(&two(), &Scope::all()).unwrap();
+    assert!(dp.maps().calls.contains(&"attach pnhaaa".to_string()));
+    assert_eq!(dp.maps().state, slotted(two()));
 }

@@ -20,9 +20,9 @@ use tokio::{
 };
 
 use super::{
-    Server,
-    cache::{self, Entry, Question, same_question},
-    coalesce::{Joined, Landed},
+    cache::{self, Cache, Entry, Question, same_question},
+    coalesce::{Flights, Joined, Landed},
+    limits::Limits,
     stats::{DnsStats, bump},
     zone::EDNS_UDP_MAX,
 };
@@ -52,55 +52,76 @@ pub enum Via {
     Tcp,
 }
 
-/// The answer to a name of the world from the cache, cut to the client's
-/// size; None when it is not there (or no longer). Counted as a hit.
-pub(super) fn from_cache(srv: &Server, q: &Question, query: &[u8], via: Via) -> Option<Vec<u8>> {
-    let now = Instant::now();
-    let answer = srv.cache.get(&q.key, now)?.reply(q, query, now)?;
-    bump(&srv.stats.cache.hits);
-    bump(&srv.stats.cached);
-    fit(&srv.stats, query, answer, via)
+/// Where names of the world are answered from: the cache, the questions in
+/// flight, the upstreams.
+pub struct Forwarder {
+    upstreams: Vec<SocketAddr>,
+    cache: Cache,
+    flights: Arc<Flights>,
+    stats: Arc<DnsStats>,
 }
 
-/// The answer to a name of the world (the zone sent it here): from the
-/// cache, from the same question already in flight, or from upstream;
-/// SERVFAIL when none came. Counted.
-pub(super) async fn resolve(srv: &Server, query: &[u8], via: Via) -> Option<Vec<u8>> {
-    let Some(q) = cache::question(query) else {
-        // Not a plain query (a client subnet, an unknown EDNS version):
-        // relayed as it is, never shared.
-        return relay(&srv.stats, &srv.upstreams, query, via).await;
-    };
-    if let Some(r) = from_cache(srv, &q, query, via) {
-        return Some(r);
+impl Forwarder {
+    pub fn new(upstreams: Vec<SocketAddr>, limits: &Limits, stats: Arc<DnsStats>) -> Forwarder {
+        Forwarder {
+            upstreams,
+            cache: Cache::new(limits.cache.clone(), stats.cache.clone()),
+            flights: Flights::new(limits.followers_per_flight),
+            stats,
+        }
     }
-    bump(&srv.stats.cache.misses);
-    let got = match srv.flights.join(&q.key, matches!(via, Via::Tcp)) {
-        Joined::Follow(f) => {
-            bump(&srv.stats.cache.coalesced);
-            match f.wait().await {
-                Landed::Answer(e) => e.reply(&q, query, Instant::now()),
-                Landed::Failed => None,
-            }
+
+    /// The answer to a name of the world from the cache, cut to the
+    /// client's size; None when it is not there (or no longer). Counted as
+    /// a hit.
+    pub fn cached(&self, q: &Question, query: &[u8], via: Via) -> Option<Vec<u8>> {
+        let now = Instant::now();
+        let answer = self.cache.get(&q.key, now)?.reply(q, query, now)?;
+        bump(&self.stats.cache.hits);
+        bump(&self.stats.cached);
+        fit(&self.stats, query, answer, via)
+    }
+
+    /// The answer to a name of the world (the zone sent it here): from the
+    /// cache, from the same question already in flight, or from upstream;
+    /// SERVFAIL when none came. Counted.
+    pub async fn resolve(&self, query: &[u8], via: Via) -> Option<Vec<u8>> {
+        let Some(q) = cache::question(query) else {
+            // Not a plain query (a client subnet, an unknown EDNS version):
+            // relayed as it is, never shared.
+            return relay(&self.stats, &self.upstreams, query, via).await;
+        };
+        if let Some(r) = self.cached(&q, query, via) {
+            return Some(r);
         }
-        Joined::Lead(lead) => {
-            let got = exchange(&srv.upstreams, query, via).await;
-            let entry = got
-                .as_deref()
-                .and_then(|a| Entry::from_answer(&q.key, a, Instant::now(), srv.cache.limits()));
-            match entry {
-                Some(e) => {
-                    let e = Arc::new(e);
-                    srv.cache.insert(q.key.clone(), e.clone());
-                    lead.land(Landed::Answer(e));
+        bump(&self.stats.cache.misses);
+        let got = match self.flights.join(&q.key, matches!(via, Via::Tcp)) {
+            Joined::Follow(f) => {
+                bump(&self.stats.cache.coalesced);
+                match f.wait().await {
+                    Landed::Answer(e) => e.reply(&q, query, Instant::now()),
+                    Landed::Failed => None,
                 }
-                None => lead.land(Landed::Failed),
             }
-            got
-        }
-        Joined::Alone => exchange(&srv.upstreams, query, via).await,
-    };
-    answered(&srv.stats, query, got, via)
+            Joined::Lead(lead) => {
+                let got = exchange(&self.upstreams, query, via).await;
+                let entry = got.as_deref().and_then(|a| {
+                    Entry::from_answer(&q.key, a, Instant::now(), self.cache.limits())
+                });
+                match entry {
+                    Some(e) => {
+                        let e = Arc::new(e);
+                        self.cache.insert(q.key.clone(), e.clone());
+                        lead.land(Landed::Answer(e));
+                    }
+                    None => lead.land(Landed::Failed),
+                }
+                got
+            }
+            Joined::Alone => exchange(&self.upstreams, query, via).await,
+        };
+        answered(&self.stats, query, got, via)
+    }
 }
 
 /// Relays `query` upstream; what to send the client back (the answer, or

@@ -20,10 +20,13 @@
 //! for their TTL (negative ones too, RFC 2308), and identical questions in
 //! flight share one upstream query.
 //!
-//! The parts: `zone` answers from the membership (no I/O), `forward` relays
-//! to upstreams, `cache` keeps their answers (no I/O), `coalesce` shares
-//! questions in flight, `limits` keeps the bounds' books, `udp` and `tcp`
-//! are the server loops, `stats` the counters.
+//! The parts: `pipeline` answers one query whatever the transport (admit,
+//! cache, zone, forward), `zone` answers from the membership (no I/O),
+//! `forward` relays to upstreams, `cache` keeps their answers (no I/O),
+//! `coalesce` shares questions in flight, `limits` keeps the bounds' books,
+//! `udp` and `tcp` are the server loops (framing and their own bounds),
+//! `stats` the counters. Dependencies point one way: this module only
+//! starts the parts, and none of them uses it.
 //!
 //! hickory-proto does the wire format. The server loops are ours:
 //! hickory-server answers from zones (catalogs and authorities), while every
@@ -33,6 +36,8 @@ mod cache;
 mod coalesce;
 mod forward;
 mod limits;
+mod metrics;
+mod pipeline;
 mod stats;
 mod tcp;
 mod udp;
@@ -42,12 +47,10 @@ pub mod zone;
 mod tests;
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{SocketAddr, SocketAddrV4},
     sync::Arc,
-    time::Instant,
 };
 
-use pn_common::{ids::NetworkId, names::RecordQuery};
 use tokio::{
     net::{TcpListener, UdpSocket},
     task::JoinHandle,
@@ -57,21 +60,10 @@ pub use cache::CacheLimits;
 pub use forward::{UPSTREAM_TIMEOUT, upstreams_from_resolv_conf};
 pub use limits::{Limits, descriptor_limit};
 pub use stats::{CacheStats, DnsStats, LimitStats};
+pub use zone::{Directory, Member};
 
 use crate::error::{ErrorKind, Kind};
-use cache::Cache;
-use coalesce::Flights;
-use limits::{Rate, Refusal, Slot, Slots};
-use stats::bump;
-use zone::Responder;
-
-/// What the server needs to know of the membership.
-pub trait Directory: Send + Sync + 'static {
-    /// Network of the container that owns this address, if any.
-    fn network_of(&self, client: Ipv4Addr) -> Option<NetworkId>;
-    /// Appends the addresses a record query designates; false when none.
-    fn resolve(&self, q: &RecordQuery, out: &mut Vec<Ipv4Addr>) -> bool;
-}
+use pipeline::Server;
 
 #[derive(Clone, Debug)]
 pub struct DnsConfig {
@@ -105,52 +97,6 @@ impl Kind for DnsError {
                 ErrorKind::Conflict
             }
             DnsError::Bind { .. } | DnsError::Mark { .. } => ErrorKind::Internal,
-        }
-    }
-}
-
-/// What both server loops share.
-struct Server {
-    responder: Responder,
-    dir: Arc<dyn Directory>,
-    stats: Arc<DnsStats>,
-    limits: Limits,
-    rate: Rate,
-    forwards: Arc<Slots>,
-    connections: Arc<Slots>,
-    upstreams: Vec<SocketAddr>,
-    cache: Cache,
-    flights: Arc<Flights>,
-}
-
-impl Server {
-    /// The network of a client to answer now: an attached container within
-    /// its query rate. Anyone else gets nothing, counted.
-    fn admit(&self, client: Ipv4Addr) -> Option<NetworkId> {
-        let Some(net) = self.dir.network_of(client) else {
-            bump(&self.stats.not_member);
-            return None;
-        };
-        if !self.rate.allow(client, Instant::now()) {
-            bump(&self.stats.limited.query_rate);
-            return None;
-        }
-        Some(net)
-    }
-
-    /// A forwarding slot for `client`; None when it must get SERVFAIL at
-    /// once (its share, or every slot, in flight), counted.
-    fn forward_slot(&self, client: Ipv4Addr) -> Option<Slot> {
-        match self.forwards.try_take(client) {
-            Ok(s) => Some(s),
-            Err(r) => {
-                bump(&self.stats.forward_failed);
-                bump(match r {
-                    Refusal::Client => &self.stats.limited.forward_client,
-                    Refusal::Global => &self.stats.limited.forward_global,
-                });
-                None
-            }
         }
     }
 }
@@ -226,19 +172,7 @@ pub async fn serve_with(
         limits.forwards_total,
         limits.queries_per_sec
     );
-    let cache = Cache::new(limits.cache.clone(), stats.cache.clone());
-    let server = Arc::new(Server {
-        responder: Responder::new(&cfg, dir.clone(), stats.clone()),
-        dir,
-        stats,
-        rate: Rate::new(limits.queries_per_sec, limits.query_burst),
-        forwards: Slots::new(limits.forwards_per_client, limits.forwards_total),
-        connections: Slots::new(limits.tcp_per_client, limits.tcp_total),
-        cache,
-        flights: Flights::new(limits.followers_per_flight),
-        limits,
-        upstreams: cfg.upstreams,
-    });
+    let server = Arc::new(Server::new(limits, cfg.ttl, cfg.upstreams, dir, stats));
     // One UDP loop per core (up to 4) on the same socket: answers from the
     // zone and the cache are computed in the loop, so one loop would keep
     // the server to one core.

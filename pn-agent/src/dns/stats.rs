@@ -16,6 +16,9 @@ pub struct DnsStats {
     pub nodata: AtomicU64,
     pub nxdomain: AtomicU64,
     pub refused: AtomicU64,
+    /// Names of the world asked from a sealed network: REFUSED, never
+    /// looked up in the cache nor relayed.
+    pub sealed: AtomicU64,
     /// Names of the world answered from an upstream's answer (the query's
     /// own forward, or one it waited on).
     pub forwarded: AtomicU64,
@@ -94,6 +97,7 @@ impl DnsStats {
             ("nodata", load(&self.nodata)),
             ("nxdomain", load(&self.nxdomain)),
             ("refused", load(&self.refused)),
+            ("sealed", load(&self.sealed)),
             ("forwarded", load(&self.forwarded)),
             ("cached", load(&self.cached)),
             ("forward_failed", load(&self.forward_failed)),

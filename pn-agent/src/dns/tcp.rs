@@ -20,15 +20,14 @@ use tokio::{
 };
 
 use super::{
-    Server, cache,
-    forward::{Via, from_cache, resolve, servfail},
-    limits::{Backoff, Refusal},
+    limits::{Backoff, Refusal, Slots},
+    pipeline::{Answer, Server, Transport},
     stats::bump,
-    zone::Action,
 };
 
 pub(super) async fn run(listener: TcpListener, srv: Arc<Server>) {
     let mut backoff = Backoff::new(srv.limits.accept_backoff);
+    let connections = Slots::new(srv.limits.tcp_per_client, srv.limits.tcp_total);
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(got) => {
@@ -52,11 +51,10 @@ pub(super) async fn run(listener: TcpListener, srv: Arc<Server>) {
         let client = *from4.ip();
         // Dropping the stream closes it: strangers and clients past their
         // share are turned away with nothing read.
-        if srv.dir.network_of(client).is_none() {
-            bump(&srv.stats.not_member);
+        if !srv.known(client) {
             continue;
         }
-        let slot = match srv.connections.try_take(client) {
+        let slot = match connections.try_take(client) {
             Ok(s) => s,
             Err(Refusal::Client) => {
                 bump(&srv.stats.limited.tcp_client);
@@ -125,7 +123,12 @@ async fn connection(mut s: TcpStream, client: Ipv4Addr, srv: &Server) -> End {
             Ok(Err(_)) => return End::Closed,
             Ok(Ok(_)) => {}
         }
-        let Some(reply) = answer(srv, client, &msg).await else {
+        let reply = match srv.answer(client, &msg, Transport::Tcp) {
+            Answer::Silence => None,
+            Answer::Now(r) => Some(r),
+            Answer::Later(pending) => pending.resolve(srv).await,
+        };
+        let Some(reply) = reply else {
             return End::Closed;
         };
         if let Some(end) = send(&mut s, &reply, idle).await {
@@ -133,28 +136,6 @@ async fn connection(mut s: TcpStream, client: Ipv4Addr, srv: &Server) -> End {
         }
     }
     End::Queries
-}
-
-/// The answer to one query on a connection; None closes it.
-async fn answer(srv: &Server, client: Ipv4Addr, msg: &[u8]) -> Option<Vec<u8>> {
-    // Membership and rate again at every query: a container detached
-    // meanwhile gets nothing more.
-    let own = srv.admit(client)?;
-    if let Some(q) = cache::question(msg)
-        && let Some(r) = from_cache(srv, &q, msg, Via::Tcp)
-    {
-        return Some(r);
-    }
-    match srv.responder.answer(own, msg, false) {
-        Action::Reply(r) => Some(r),
-        Action::Drop => None,
-        Action::Forward { .. } => {
-            let Some(_slot) = srv.forward_slot(client) else {
-                return servfail(msg);
-            };
-            resolve(srv, msg, Via::Tcp).await
-        }
-    }
 }
 
 /// Writes one framed answer; an end when the connection must close.

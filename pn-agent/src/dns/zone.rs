@@ -1,9 +1,10 @@
 //! Answers from the zone `private-network.internal.`: what one query of a
-//! known member gets, computed without any I/O (the server loops send it,
-//! the fuzz target drives it with arbitrary bytes).
+//! known member gets, computed without any I/O (the pipeline sends it, the
+//! fuzz target drives it with arbitrary bytes).
 
 use std::{
     collections::HashMap,
+    net::Ipv4Addr,
     sync::{Arc, Mutex},
 };
 
@@ -16,10 +17,7 @@ use pn_common::{
     names::{self, RecordQuery, ZoneName},
 };
 
-use super::{
-    Directory, DnsConfig,
-    stats::{DnsStats, bump},
-};
+use super::stats::{DnsStats, bump};
 
 /// Largest UDP answer when the client did not say (RFC 1035), and the most
 /// we offer with EDNS (the DNS flag day 2020 recommendation).
@@ -27,6 +25,24 @@ pub const PLAIN_UDP_MAX: usize = 512;
 pub const EDNS_UDP_MAX: u16 = 1232;
 /// Rotation state is per name; forget it all past this many names.
 const ROTATION_NAMES: usize = 65_536;
+
+/// What the server needs to know of the membership.
+pub trait Directory: Send + Sync + 'static {
+    /// The attached container that owns this address, if any.
+    fn member(&self, client: Ipv4Addr) -> Option<Member>;
+    /// Appends the addresses a record query designates; false when none.
+    fn resolve(&self, q: &RecordQuery, out: &mut Vec<Ipv4Addr>) -> bool;
+}
+
+/// Who asks: an attached container, and what its network allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub network: NetworkId,
+    /// Its network is sealed (`--egress deny`): names of the world get
+    /// REFUSED, since a resolver recursing for it would carry data out of a
+    /// network whose packets to the world are dropped (DNS tunnelling).
+    pub sealed: bool,
+}
 
 /// What to do with one query.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,6 +64,15 @@ pub fn udp_limit(req: &Message) -> usize {
     }
 }
 
+/// How an answer is shaped for the one who asked.
+#[derive(Clone, Copy)]
+struct Asker {
+    /// Over UDP: the answer must fit the client's datagram.
+    udp: bool,
+    /// Names of the world are relayed for it (RA).
+    recursion: bool,
+}
+
 pub struct Responder {
     dir: Arc<dyn Directory>,
     stats: Arc<DnsStats>,
@@ -58,7 +83,14 @@ pub struct Responder {
 }
 
 impl Responder {
-    pub fn new(cfg: &DnsConfig, dir: Arc<dyn Directory>, stats: Arc<DnsStats>) -> Responder {
+    /// A zone answering with records of `ttl`; `recursion` when names of
+    /// the world are relayed upstream (there are upstreams).
+    pub fn new(
+        ttl: u32,
+        recursion: bool,
+        dir: Arc<dyn Directory>,
+        stats: Arc<DnsStats>,
+    ) -> Responder {
         let zone = Name::from_ascii(format!("{}.", names::ZONE)).expect("valid zone name");
         let soa = SOA::new(
             Name::from_ascii(format!("ns.{}.", names::ZONE)).expect("valid name"),
@@ -68,15 +100,15 @@ impl Responder {
             60,
             60,
             // Negative answers are cached for the TTL, like positive ones.
-            cfg.ttl,
+            ttl,
         );
         Responder {
             dir,
             stats,
-            ttl: cfg.ttl,
-            recursion: !cfg.upstreams.is_empty(),
+            ttl,
+            recursion,
             rotation: Mutex::new(HashMap::new()),
-            soa: Record::from_rdata(zone, cfg.ttl, RData::SOA(soa)),
+            soa: Record::from_rdata(zone, ttl, RData::SOA(soa)),
         }
     }
 
@@ -92,9 +124,14 @@ impl Responder {
         out as usize
     }
 
-    /// The answer to `raw` from a member of network `own` (the caller has
-    /// checked membership: strangers never get this far).
-    pub fn answer(&self, own: NetworkId, raw: &[u8], udp: bool) -> Action {
+    /// The answer to `raw` from member `from` (the caller has checked
+    /// membership: strangers never get this far).
+    pub fn answer(&self, from: Member, raw: &[u8], udp: bool) -> Action {
+        let own = from.network;
+        let to = Asker {
+            udp,
+            recursion: self.recursion && !from.sealed,
+        };
         let req = match Message::from_vec(raw) {
             Ok(m) => m,
             Err(_) => {
@@ -116,22 +153,24 @@ impl Responder {
         }
         if req.metadata.op_code != OpCode::Query {
             bump(&self.stats.not_implemented);
-            return self.reply(&req, ResponseCode::NotImp, Vec::new(), false, udp);
+            return self.reply(&req, to, ResponseCode::NotImp, Vec::new(), false);
         }
         let [query] = req.queries.as_slice() else {
             bump(&self.stats.malformed);
-            return self.reply(&req, ResponseCode::FormErr, Vec::new(), false, udp);
+            return self.reply(&req, to, ResponseCode::FormErr, Vec::new(), false);
         };
-        let refuse = || {
-            bump(&self.stats.refused);
-            self.reply(&req, ResponseCode::Refused, Vec::new(), false, udp)
+        let refuse = |counter| {
+            bump(counter);
+            self.reply(&req, to, ResponseCode::Refused, Vec::new(), false)
         };
+        let refused = &self.stats.refused;
         let qtype = query.query_type();
         match names::parse_labels(query.name().iter()) {
-            ZoneName::Outside if self.recursion => Action::Forward {
+            ZoneName::Outside if !self.recursion => refuse(refused),
+            ZoneName::Outside if from.sealed => refuse(&self.stats.sealed),
+            ZoneName::Outside => Action::Forward {
                 udp_limit: udp_limit(&req),
             },
-            ZoneName::Outside => refuse(),
             ZoneName::Apex => {
                 let answers = if qtype == RecordType::SOA {
                     vec![self.soa.clone()]
@@ -143,28 +182,28 @@ impl Responder {
                 } else {
                     &self.stats.answered
                 });
-                self.reply(&req, ResponseCode::NoError, answers, true, udp)
+                self.reply(&req, to, ResponseCode::NoError, answers, true)
             }
-            ZoneName::Network(net) if net != own => refuse(),
+            ZoneName::Network(net) if net != own => refuse(refused),
             ZoneName::Network(_) => {
                 bump(&self.stats.nodata);
-                self.reply(&req, ResponseCode::NoError, Vec::new(), true, udp)
+                self.reply(&req, to, ResponseCode::NoError, Vec::new(), true)
             }
-            ZoneName::Invalid { network } if network != Some(own) => refuse(),
+            ZoneName::Invalid { network } if network != Some(own) => refuse(refused),
             ZoneName::Invalid { .. } => {
                 bump(&self.stats.nxdomain);
-                self.reply(&req, ResponseCode::NXDomain, Vec::new(), true, udp)
+                self.reply(&req, to, ResponseCode::NXDomain, Vec::new(), true)
             }
-            ZoneName::Record(q) if q.network != own => refuse(),
+            ZoneName::Record(q) if q.network != own => refuse(refused),
             ZoneName::Record(q) => {
                 let mut ips = Vec::new();
                 if !self.dir.resolve(&q, &mut ips) || ips.is_empty() {
                     bump(&self.stats.nxdomain);
-                    return self.reply(&req, ResponseCode::NXDomain, Vec::new(), true, udp);
+                    return self.reply(&req, to, ResponseCode::NXDomain, Vec::new(), true);
                 }
                 if qtype != RecordType::A {
                     bump(&self.stats.nodata);
-                    return self.reply(&req, ResponseCode::NoError, Vec::new(), true, udp);
+                    return self.reply(&req, to, ResponseCode::NoError, Vec::new(), true);
                 }
                 ips.sort_unstable();
                 let n = ips.len();
@@ -175,7 +214,7 @@ impl Responder {
                     .map(|ip| Record::from_rdata(name.clone(), self.ttl, RData::A(A(ip))))
                     .collect();
                 bump(&self.stats.answered);
-                self.reply(&req, ResponseCode::NoError, answers, true, udp)
+                self.reply(&req, to, ResponseCode::NoError, answers, true)
             }
         }
     }
@@ -183,16 +222,16 @@ impl Responder {
     fn reply(
         &self,
         req: &Message,
+        to: Asker,
         code: ResponseCode,
         answers: Vec<Record>,
         authoritative: bool,
-        udp: bool,
     ) -> Action {
         let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
         resp.metadata.response_code = code;
         resp.metadata.authoritative = authoritative;
         resp.metadata.recursion_desired = req.metadata.recursion_desired;
-        resp.metadata.recursion_available = self.recursion;
+        resp.metadata.recursion_available = to.recursion;
         resp.add_queries(req.queries.iter().cloned());
         let negative = authoritative && answers.is_empty();
         resp.add_answers(answers);
@@ -209,7 +248,7 @@ impl Responder {
         };
         // Too many addresses for a datagram: the client retries over TCP;
         // more than TCP's 16-bit length can frame: TC rather than a broken frame.
-        let limit = if udp {
+        let limit = if to.udp {
             udp_limit(req)
         } else {
             usize::from(u16::MAX)

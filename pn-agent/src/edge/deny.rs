@@ -73,12 +73,12 @@ pub fn merged(list: &BTreeMap<Ipv4Net, u32>) -> Vec<Ipv4Net> {
     Ipv4Net::aggregate(&list.keys().copied().collect::<Vec<_>>())
 }
 
-/// The key of a range in `PN_EGRESS_DENY`, as `Datapath::set_egress_deny` takes it.
+/// The key of a range in `PN_EGRESS_DENY`, as `datapath::State::egress_deny` holds it.
 pub fn lpm_key(net: &Ipv4Net) -> (Ip4, u8) {
     (u32::from_ne_bytes(net.network().octets()), net.prefix_len())
 }
 
-/// The whole list for `Datapath::set_egress_deny`.
+/// The whole list for `datapath::State::egress_deny`.
 pub fn lpm_entries(list: &BTreeMap<Ipv4Net, u32>) -> HashMap<(Ip4, u8), u32> {
     list.iter().map(|(n, k)| (lpm_key(n), *k)).collect()
 }

@@ -40,6 +40,7 @@
 
 pub mod deny;
 pub mod forwarding;
+pub mod metrics;
 pub mod ports;
 pub mod rules;
 

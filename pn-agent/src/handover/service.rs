@@ -117,6 +117,7 @@ fn sealed_memfd(bytes: &[u8]) -> std::io::Result<OwnedFd> {
 
 /// Reads a memfd whole, then empties it (the state is used once).
 fn consume(fd: &OwnedFd) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    // SAFETY: an all-zero stat is a valid value (integers only).
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat into a live struct.
     check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
@@ -166,10 +167,11 @@ pub fn take() -> Option<Stored> {
     let mut ours = Vec::new();
     for i in 0..n.min(64) {
         let fd = 3 + i as RawFd;
-        // SAFETY: fds 3.. were passed to this process (sd_listen_fds); each
-        // is owned once. Those not ours are left as they are.
+        // Those not ours are left as they are.
         if names.get(i) == Some(&FD_NAME) {
+            // SAFETY: fds 3.. were passed to this process (sd_listen_fds).
             unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            // SAFETY: as above, and each is owned once.
             ours.push(unsafe { OwnedFd::from_raw_fd(fd) });
         }
     }

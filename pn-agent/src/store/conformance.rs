@@ -4,49 +4,22 @@
 use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc};
 
 use ipnet::Ipv4Net;
-use pn_common::ids::{AppId, HostId, NetworkId, Uuid};
+use pn_common::ids::{HostId, NetworkId};
 
 use super::{Backend, Membership, MembershipError, WatchEvent, view::MembershipView};
 use crate::{
     error::{ErrorKind, Kind},
     model::{Container, ContainerKey, Egress, Host, now_secs},
+    testing::model::{app_id, host_id as host, key, member, net_id},
 };
 
-pub fn net_id(n: u8) -> NetworkId {
-    NetworkId(Uuid::from_random_bytes([n; 16]))
-}
-pub fn app_id(n: u8) -> AppId {
-    AppId(Uuid::from_random_bytes([n; 16]))
-}
 fn pool() -> Ipv4Net {
     "10.240.0.0/12".parse().unwrap()
-}
-fn host(h: &str) -> HostId {
-    h.parse().unwrap()
-}
-fn key(app: AppId, t: &str, i: u32) -> ContainerKey {
-    ContainerKey {
-        app,
-        ctype: t.parse().unwrap(),
-        index: i,
-    }
 }
 
 async fn attach(m: &Membership, net: NetworkId, k: &ContainerKey, h: &str) -> Container {
     let ip = m.reserve_address(&net, k, &host(h)).await.unwrap();
-    let c = Container {
-        key: k.clone(),
-        network: net,
-        ip,
-        host: host(h),
-        netns: "ns".into(),
-        ifname: "pn0".into(),
-        host_ifname: k.host_ifname(),
-        created_at: now_secs(),
-        runtime: None,
-        unhealthy: false,
-        published: None,
-    };
+    let c = member(k.clone(), net, ip, h);
     m.put_container(&c).await.unwrap();
     c
 }
@@ -196,7 +169,7 @@ pub async fn addresses_are_unique_and_reused_after_release(kv: Arc<dyn Backend>)
     .unwrap();
     let mut seen = BTreeSet::new();
     for i in 1..=6 {
-        let c = attach(&m, net, &key(app_id(1), "web", i), "h1").await;
+        let c = attach(&m, net, &key(1, "web", i), "h1").await;
         assert!(seen.insert(c.ip));
     }
     assert_eq!(
@@ -204,16 +177,16 @@ pub async fn addresses_are_unique_and_reused_after_release(kv: Arc<dyn Backend>)
         Some(&"10.240.0.1".parse::<Ipv4Addr>().unwrap())
     );
     let err = m
-        .reserve_address(&net, &key(app_id(1), "web", 7), &host("h1"))
+        .reserve_address(&net, &key(1, "web", 7), &host("h1"))
         .await
         .unwrap_err();
     assert!(matches!(err, MembershipError::Exhausted(_)), "{err}");
     let (gone, _) = m
-        .delete_container(&key(app_id(1), "web", 3))
+        .delete_container(&key(1, "web", 3))
         .await
         .unwrap()
         .unwrap();
-    let c = attach(&m, net, &key(app_id(1), "web", 7), "h1").await;
+    let c = attach(&m, net, &key(1, "web", 7), "h1").await;
     assert_eq!(c.ip, gone.ip, "freed address is handed out again");
 }
 
@@ -233,7 +206,7 @@ pub async fn a_container_key_is_claimed_once(kv: Arc<dyn Backend>) {
     )
     .await
     .unwrap();
-    let k = key(app_id(1), "web", 1);
+    let k = key(1, "web", 1);
     let ip = m.reserve_address(&net, &k, &host("h1")).await.unwrap();
     let err = m.reserve_address(&net, &k, &host("h2")).await.unwrap_err();
     assert!(matches!(err, MembershipError::Taken(_)), "{err}");
@@ -262,7 +235,7 @@ pub async fn concurrent_reservations_never_collide(kv: Arc<dyn Backend>) {
         let m = m.clone();
         tasks.push(tokio::spawn(async move {
             let h = if i % 2 == 0 { "h1" } else { "h2" };
-            m.reserve_address(&net, &key(app_id(1), "web", i), &host(h))
+            m.reserve_address(&net, &key(1, "web", i), &host(h))
                 .await
                 .unwrap()
         }));
@@ -290,7 +263,7 @@ pub async fn deletes_respect_dependents(kv: Arc<dyn Backend>) {
     )
     .await
     .unwrap();
-    let c = attach(&m, net, &key(app_id(1), "worker", 1), "h1").await;
+    let c = attach(&m, net, &key(1, "worker", 1), "h1").await;
     let err = m.delete_app(&app_id(1)).await.unwrap_err();
     assert!(err.to_string().contains("detach them first"), "{err}");
     let err = m.delete_network(&net, false).await.unwrap_err();
@@ -330,9 +303,9 @@ pub async fn views_follow_the_watch(kv: Arc<dyn Backend>) {
     )
     .await
     .unwrap();
-    let c = attach(&m, net, &key(app_id(1), "web", 1), "h2").await;
+    let c = attach(&m, net, &key(1, "web", 1), "h2").await;
     let (_, last_rev) = m.delete_container(&c.key).await.unwrap().unwrap();
-    let c2 = attach(&m, net, &key(app_id(1), "web", 2), "h2").await;
+    let c2 = attach(&m, net, &key(1, "web", 2), "h2").await;
     let mut seen_delete = false;
     while view.rev < last_rev || view.containers.is_empty() {
         let ev = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
@@ -387,7 +360,7 @@ pub async fn egress_and_publications_change_in_place(kv: Arc<dyn Backend>) {
         .await
         .unwrap_err();
     assert!(matches!(err, MembershipError::Invalid(_)), "{err}");
-    let c = attach(&m, net, &key(app_id(1), "web", 1), "h1").await;
+    let c = attach(&m, net, &key(1, "web", 1), "h1").await;
     let at: std::net::SocketAddrV4 = "192.0.2.1:30000".parse().unwrap();
     assert!(m.set_published(&c, Some(at)).await.unwrap().is_some());
     assert_eq!(
@@ -475,10 +448,10 @@ pub async fn apps_move_with_their_addresses(kv: Arc<dyn Backend>) {
     m.create_app(app_id(1), &a, None, 8080, crate::model::Balance::Dns, None)
         .await
         .unwrap();
-    let c1 = attach(&m, a, &key(app_id(1), "web", 1), "h1").await;
-    let c2 = attach(&m, a, &key(app_id(1), "web", 2), "h2").await;
+    let c1 = attach(&m, a, &key(1, "web", 1), "h1").await;
+    let c2 = attach(&m, a, &key(1, "web", 2), "h2").await;
     // Half-way through an attach when the app moves.
-    let late = key(app_id(1), "web", 3);
+    let late = key(1, "web", 3);
     let late_ip = m.reserve_address(&a, &late, &host("h1")).await.unwrap();
     let (app, old, rev) = m.set_app_network(&app_id(1), &b).await.unwrap();
     assert_eq!((app.network, old), (b, a));
@@ -494,19 +467,7 @@ pub async fn apps_move_with_their_addresses(kv: Arc<dyn Backend>) {
     // Again: nothing to do.
     assert_eq!(m.set_app_network(&app_id(1), &b).await.unwrap().2, None);
     assert!(m.move_container(&c1.key, &b).await.unwrap().is_none());
-    let late_rec = Container {
-        key: late.clone(),
-        network: a,
-        ip: late_ip,
-        host: host("h1"),
-        netns: "ns".into(),
-        ifname: "pn0".into(),
-        host_ifname: late.host_ifname(),
-        created_at: now_secs(),
-        runtime: None,
-        unhealthy: false,
-        published: None,
-    };
+    let late_rec = member(late.clone(), a, late_ip, "h1");
     let err = m.put_container(&late_rec).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
     assert!(err.to_string().contains("moved"), "{err}");
@@ -515,7 +476,7 @@ pub async fn apps_move_with_their_addresses(kv: Arc<dyn Backend>) {
     m.create_app(app_id(2), &a, None, 8080, crate::model::Balance::Dns, None)
         .await
         .unwrap();
-    let fresh = attach(&m, a, &key(app_id(2), "web", 1), "h1").await;
+    let fresh = attach(&m, a, &key(2, "web", 1), "h1").await;
     assert_eq!(fresh.ip, c1.ip);
     // Every record passes the view's checks.
     let view = MembershipView::default().reloaded(&kv.list("").await.unwrap());
@@ -542,8 +503,8 @@ pub async fn service_addresses_live_with_their_app(kv: Arc<dyn Backend>) {
     m.create_app(app_id(1), &net, None, 8080, Balance::Vip, None)
         .await
         .unwrap();
-    let c1 = attach(&m, net, &key(app_id(1), "web", 1), "h1").await;
-    let c2 = attach(&m, net, &key(app_id(1), "web", 2), "h2").await;
+    let c1 = attach(&m, net, &key(1, "web", 1), "h1").await;
+    let c2 = attach(&m, net, &key(1, "web", 2), "h2").await;
     let app = m.app(&app_id(1)).await.unwrap();
     let vip = app.services[&"web".parse().unwrap()];
     assert_eq!(app.services.len(), 1, "one address per type");
@@ -568,7 +529,7 @@ pub async fn service_addresses_live_with_their_app(kv: Arc<dyn Backend>) {
         .unwrap();
     let vip = app.services[&"web".parse().unwrap()];
     for i in 1..=2 {
-        m.delete_container(&key(app_id(1), "web", i)).await.unwrap();
+        m.delete_container(&key(1, "web", i)).await.unwrap();
     }
     m.delete_app(&app_id(1)).await.unwrap();
     let left = kv.list(&super::keys::ips_of(&net)).await.unwrap();

@@ -9,7 +9,8 @@
 //!   allocation, written once on top of any backend, so both behave the same
 //!   and one conformance suite covers them.
 //!
-//! Every agent keeps a [`view::MembershipView`] fed by `list` + `watch`.
+//! Every agent keeps a [`view::MembershipView`] fed by `list` + `watch`;
+//! [`metrics`] reads it (and [`health`]) at each scrape.
 
 pub mod backend;
 pub mod embedded;
@@ -17,6 +18,7 @@ pub mod etcd;
 pub mod health;
 pub mod keys;
 pub mod membership;
+pub mod metrics;
 pub mod view;
 
 pub use backend::{Backend, Cond, Entry, Listing, Op, StoreError, WatchEvent};

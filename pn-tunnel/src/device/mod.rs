@@ -10,6 +10,8 @@
 //! outlive an agent that dies: packets for remote members are dropped there,
 //! never routed elsewhere in clear, until the next agent reads it again.
 
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod rx;
 mod sys;
 mod tx;

@@ -191,6 +191,7 @@ pub(super) fn recv_segments(
     fd: i32,
     buf: &mut [u8],
 ) -> std::io::Result<(usize, SocketAddr, Option<usize>)> {
+    // SAFETY: an all-zero sockaddr_in is a valid (unspecified) address.
     let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),

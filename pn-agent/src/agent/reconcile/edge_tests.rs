@@ -7,7 +7,7 @@ use pn_common::maps::{DenyRange, Iface};
 
 use super::{
     edge::{EdgeLocal, assign_published},
-    tests::{NET, a, add, container, fleet, ip, links},
+    tests::{a, add, container, fleet, ip, links, net_id},
     *,
 };
 use crate::{
@@ -117,9 +117,9 @@ fn without_routers_or_outside_the_range_nothing_is_published() {
 #[test]
 fn a_sealed_network_flags_its_local_interfaces_and_only_those() {
     let mut v = published();
-    v.networks.get_mut(&NET.parse().unwrap()).unwrap().egress = Egress::Deny;
+    v.networks.get_mut(&net_id(1)).unwrap().egress = Egress::Deny;
     let e = edge_local(&["192.168.50.7/32"]);
-    let d = with_edge(&v, &e, &links(&v), &Touched::Network(NET.parse().unwrap()));
+    let d = with_edge(&v, &e, &links(&v), &Touched::Network(net_id(1)));
     // The local container's interface, rewritten with both flags.
     assert_eq!(d.datapath.ifaces.len(), 1);
     assert_eq!(

@@ -9,38 +9,11 @@ use std::{
 use pn_common::ids::HostId;
 
 use super::*;
+pub(super) use crate::testing::model::{container, host_id as host, net_id};
 use crate::{
     datapath::{Datapath, fake::FakeMaps},
-    model::{App, Host, Network},
+    testing::model,
 };
-
-pub(super) const NET: &str = "pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c";
-pub(super) const APP: &str = "ap-a71da13f-7c70-4c00-a644-eee8558d8053";
-
-pub(super) fn host(id: &str) -> HostId {
-    id.parse().unwrap()
-}
-
-pub(super) fn container(index: u32, ip: [u8; 4], on: &str) -> Container {
-    let key = ContainerKey {
-        app: APP.parse().unwrap(),
-        ctype: "web".parse().unwrap(),
-        index,
-    };
-    Container {
-        host_ifname: key.host_ifname(),
-        key,
-        network: NET.parse().unwrap(),
-        ip: Ipv4Addr::from(ip),
-        host: host(on),
-        netns: format!("ns{index}"),
-        ifname: "pn0".into(),
-        created_at: 0,
-        runtime: None,
-        unhealthy: false,
-        published: None,
-    }
-}
 
 pub(super) fn add(v: &mut MembershipView, c: Container) {
     v.by_ip.insert(c.ip, c.key.clone());
@@ -51,44 +24,11 @@ pub(super) fn add(v: &mut MembershipView, c: Container) {
 /// web-2 on b.
 pub(super) fn fleet() -> MembershipView {
     let mut v = MembershipView::default();
-    v.networks.insert(
-        NET.parse().unwrap(),
-        Network {
-            id: NET.parse().unwrap(),
-            cidr: "10.240.0.0/22".parse().unwrap(),
-            tag: 3,
-            created_at: 0,
-            egress: Default::default(),
-        },
-    );
-    v.apps.insert(
-        APP.parse().unwrap(),
-        App {
-            id: APP.parse().unwrap(),
-            network: NET.parse().unwrap(),
-            name: None,
-            created_at: 0,
-            balance: Default::default(),
-            services: Default::default(),
-            health_port: None,
-            web_port: 8080,
-        },
-    );
-    for (id, addr, peer) in [
-        ("a", "192.0.2.1:51871", 1),
-        ("b", "192.0.2.2:51871", 2),
-        ("c", "192.0.2.3:51871", 3),
-    ] {
-        v.hosts.insert(
-            host(id),
-            Host {
-                id: host(id),
-                advertise: Some(addr.parse().unwrap()),
-                public_key: Some(pn_tunnel::keyfile::encode_key(&[id.as_bytes()[0]; 32])),
-                started_at: 0,
-                peer_id: peer,
-            },
-        );
+    v.networks
+        .insert(net_id(1), model::network(1, "10.240.0.0/22", 3));
+    v.apps.insert(model::app_id(1), model::app(1, 1));
+    for (id, peer) in [("a", 1), ("b", 2), ("c", 3)] {
+        v.hosts.insert(host(id), model::host(id, peer));
     }
     add(&mut v, container(1, [10, 240, 0, 2], "a"));
     add(&mut v, container(2, [10, 240, 0, 3], "b"));
@@ -283,18 +223,9 @@ fn the_same_view_twice_changes_nothing() {
 
 #[test]
 fn an_app_moving_to_another_network_rewrites_entries_and_readdresses_local_interfaces() {
-    const NET2: &str = "pn-0b7e1a4c-5d62-4f3e-9a8b-7c6d5e4f3a2b";
     let mut v = fleet();
-    v.networks.insert(
-        NET2.parse().unwrap(),
-        Network {
-            id: NET2.parse().unwrap(),
-            cidr: "10.240.4.0/22".parse().unwrap(),
-            tag: 4,
-            created_at: 0,
-            egress: Default::default(),
-        },
-    );
+    v.networks
+        .insert(net_id(2), model::network(2, "10.240.4.0/22", 4));
     let mut dp = Datapath::new(FakeMaps::default());
     let l = links(&v);
     converge(&mut dp, &v, &Touched::All);
@@ -308,7 +239,7 @@ fn an_app_moving_to_another_network_rewrites_entries_and_readdresses_local_inter
         (&remote_was, [10, 240, 4, 2]),
     ] {
         let mut now = was.clone();
-        now.network = NET2.parse().unwrap();
+        now.network = net_id(2);
         now.ip = Ipv4Addr::from(ip);
         v.by_ip.remove(&was.ip);
         add(&mut v, now);

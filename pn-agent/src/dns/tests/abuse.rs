@@ -264,3 +264,44 @@ async fn queries_past_a_clients_rate_are_dropped() {
     let dropped = stats.limited.query_rate.load(Ordering::Relaxed);
     assert_eq!(dropped, 6 - answered);
 }
+
+/// A sealed network's names of the world would be a tunnel out (a name
+/// carries data to whoever serves its domain): REFUSED over UDP and TCP,
+/// never served from the cache nor relayed, counted; its own names are
+/// still answered, and the other networks still get the world.
+#[tokio::test]
+async fn a_sealed_network_is_refused_the_world_even_from_the_cache() {
+    let (up, count, _t) = super::cache::counting_upstream(Duration::ZERO, 1).await;
+    let (h, stats) = start(1, vec![up]).await;
+    let world = query_bytes("example.com.", RecordType::A, true);
+    let m = ask(h.local_udp, C1, "example.com.", RecordType::A).await;
+    assert_eq!(ips(&m).len(), 1, "an open network gets the world");
+    assert!(m.metadata.recursion_available);
+    // Now cached: still refused to the sealed network.
+    for name in ["example.com.", "data-to-smuggle.example."] {
+        let m = ask(h.local_udp, SEALED, name, RecordType::A).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused, "{name}");
+        assert!(!m.metadata.recursion_available);
+    }
+    let mut s = tcp_from(SEALED, h.local_tcp).await;
+    let m = tcp_ask(&mut s, &world).await.expect("an answer over TCP");
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        1,
+        "the upstream was asked once"
+    );
+    assert_eq!(stats.sealed.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.cache.hits.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.refused.load(Ordering::Relaxed), 0);
+    // Its own zone is answered.
+    let own = names::app_name(&net(3), &app(3));
+    let m = ask(h.local_udp, SEALED, &own, RecordType::A).await;
+    assert_eq!(ips(&m), [Ipv4Addr::new(10, 240, 8, 1)]);
+    // The others still get the world, from the cache.
+    assert_eq!(
+        udp_raw(h.local_udp, C2, &world).await.map(|r| r.is_empty()),
+        Some(false)
+    );
+    assert_eq!(stats.cache.hits.load(Ordering::Relaxed), 1);
+}

@@ -7,7 +7,7 @@ use super::*;
 
 /// An upstream that counts the queries it gets and answers each after
 /// `delay` with `n` A records of TTL 60 (its own id and lowercase spelling).
-async fn counting_upstream(
+pub(super) async fn counting_upstream(
     delay: Duration,
     n: u8,
 ) -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {

@@ -17,7 +17,7 @@ use hickory_proto::{
     rr::{Name, RData, Record, RecordType, rdata::A},
 };
 use pn_common::{
-    ids::{AppId, NetworkId, Uuid},
+    ids::NetworkId,
     names::{self, RecordQuery, Selector},
 };
 use tokio::{
@@ -27,17 +27,19 @@ use tokio::{
 };
 
 use super::{
-    Directory, DnsConfig, DnsHandle, DnsStats, Limits, UPSTREAM_TIMEOUT, serve, serve_with,
+    Directory, DnsConfig, DnsHandle, DnsStats, Limits, Member, UPSTREAM_TIMEOUT, serve, serve_with,
 };
+use crate::testing::model::{app_id as app, net_id as net};
 
-/// Clients 127.0.0.1 and .2 are in network A, .3 in network B, .9 in none.
+/// Clients 127.0.0.1 and .2 are in network A, .3 in network B, .4 in the
+/// sealed network C, .9 in none.
 struct Fixed {
-    clients: BTreeMap<Ipv4Addr, NetworkId>,
+    clients: BTreeMap<Ipv4Addr, Member>,
     records: Vec<(RecordQuery, Ipv4Addr)>,
 }
 
 impl Directory for Fixed {
-    fn network_of(&self, client: Ipv4Addr) -> Option<NetworkId> {
+    fn member(&self, client: Ipv4Addr) -> Option<Member> {
         self.clients.get(&client).copied()
     }
     fn resolve(&self, q: &RecordQuery, out: &mut Vec<Ipv4Addr>) -> bool {
@@ -55,13 +57,6 @@ impl Directory for Fixed {
         }
         out.len() > before
     }
-}
-
-fn net(n: u8) -> NetworkId {
-    NetworkId(Uuid::from_random_bytes([n; 16]))
-}
-fn app(n: u8) -> AppId {
-    AppId(Uuid::from_random_bytes([n; 16]))
 }
 
 fn directory(webs: u8) -> Fixed {
@@ -93,11 +88,24 @@ fn directory(webs: u8) -> Fixed {
         },
         Ipv4Addr::new(10, 240, 4, 1),
     ));
+    records.push((
+        RecordQuery {
+            network: net(3),
+            app: app(3),
+            selector: c("web", 1),
+        },
+        Ipv4Addr::new(10, 240, 8, 1),
+    ));
+    let member = |n, sealed| Member {
+        network: net(n),
+        sealed,
+    };
     Fixed {
         clients: [
-            (Ipv4Addr::new(127, 0, 0, 1), net(1)),
-            (Ipv4Addr::new(127, 0, 0, 2), net(1)),
-            (Ipv4Addr::new(127, 0, 0, 3), net(2)),
+            (Ipv4Addr::new(127, 0, 0, 1), member(1, false)),
+            (Ipv4Addr::new(127, 0, 0, 2), member(1, false)),
+            (Ipv4Addr::new(127, 0, 0, 3), member(2, false)),
+            (SEALED, member(3, true)),
         ]
         .into(),
         records,
@@ -184,6 +192,7 @@ fn ips(m: &Message) -> Vec<Ipv4Addr> {
 
 const C1: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const C3: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+const SEALED: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
 const STRANGER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 9);
 
 #[tokio::test]

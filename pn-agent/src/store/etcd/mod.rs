@@ -380,6 +380,4 @@ impl Backend for Etcd {
 }
 
 #[cfg(test)]
-pub(crate) mod testing;
-#[cfg(test)]
 mod tests;

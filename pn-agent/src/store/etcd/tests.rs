@@ -11,7 +11,7 @@ mod conformance {
     use std::sync::Arc;
 
     use crate::store::Backend;
-    use crate::store::etcd::{Etcd, testing::EtcdServer};
+    use crate::{store::etcd::Etcd, testing::etcd::EtcdServer};
 
     /// Each test gets its own etcd; the server lives as long as the backend
     /// (leaked into a holder that outlives the test body).

@@ -537,7 +537,7 @@ mod tests {
     async fn a_race_lost_every_time_ends_in_a_conflict() {
         let kv = Fake::new(false);
         let m = Membership::new(kv.clone());
-        let id = NetworkId(pn_common::ids::Uuid::from_random_bytes([1; 16]));
+        let id = crate::testing::model::net_id(1);
         let err = m
             .create_network(id, None, &pool(), 22, Egress::Allow)
             .await
@@ -553,7 +553,7 @@ mod tests {
     #[tokio::test]
     async fn a_store_down_is_unavailable() {
         let m = Membership::new(Fake::new(true));
-        let id = NetworkId(pn_common::ids::Uuid::from_random_bytes([1; 16]));
+        let id = crate::testing::model::net_id(1);
         let err = m
             .create_network(id, None, &pool(), 22, Egress::Allow)
             .await
@@ -566,7 +566,7 @@ mod tests {
     #[tokio::test]
     async fn bad_ranges_are_invalid() {
         let m = Membership::new(Fake::new(false));
-        let id = NetworkId(pn_common::ids::Uuid::from_random_bytes([1; 16]));
+        let id = crate::testing::model::net_id(1);
         for bad in [
             "10.240.0.0/31",
             "10.240.0.1/24",

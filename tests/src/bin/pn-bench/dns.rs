@@ -3,7 +3,7 @@
 //! again and again) and cold (every name new); baseline for the forwarded
 //! cases: the same upstream queried directly with the same names.
 
-use pn_tests::{Host, Namespace, net, unique_prefix};
+use pn_tests::{Host, net, unique_prefix};
 
 use crate::{
     Effort,
@@ -67,16 +67,11 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
         "--dns-query-rate",
         "10000000",
     ]);
-    let net_id = host.create_network(&[]);
-    let app = host.create_app(&net_id);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let others: Vec<Namespace> = (0..3)
-        .map(|i| Namespace::new(&format!("{p}-w{i}")))
+    let (net_id, app) = host.network_and_app(&[]);
+    let c1 = host.member(&app, "web", "c1");
+    let _others: Vec<_> = (0..3)
+        .map(|i| host.member(&app, "worker", &format!("w{i}")))
         .collect();
-    host.attach(&app, "web", &c1);
-    for ns in &others {
-        host.attach(&app, "worker", ns);
-    }
     let base = format!("{app}.{net_id}.private-network.internal");
     let zone_names = vec![
         base.clone(),

@@ -182,12 +182,10 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     let mut host = Host::create(&p, "h1");
     let out = Outside::around(&p, &host.ns);
     host.launch(&["--router-cidr", &format!("{ROUTER}/32")]);
-    let net_id = host.create_network(&[]);
-    let app = host.create_app(&net_id);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let attached = host.attach(&app, "web", &c1);
-    let ip1: Ipv4Addr = attached["ip"].as_str().unwrap_or_default().parse()?;
-    let published: SocketAddr = attached["published"]
+    let (_, app) = host.network_and_app(&[]);
+    let c1 = host.member(&app, "web", "c1");
+    let ip1 = c1.addr;
+    let published: SocketAddr = c1.attached["published"]
         .as_str()
         .context("the web container is not published")?
         .parse()?;

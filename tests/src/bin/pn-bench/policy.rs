@@ -3,9 +3,7 @@
 //! programs' own ns/packet (kernel.bpf_stats_enabled) beside: the stable
 //! figure on a noisy machine.
 
-use std::net::Ipv4Addr;
-
-use pn_tests::{Host, Namespace, unique_prefix};
+use pn_tests::{Host, scenario::OneApp, unique_prefix};
 
 use crate::{
     Effort,
@@ -15,17 +13,9 @@ use crate::{
 
 pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     let _stats = tools::BpfStats::enable()?;
-    let p = unique_prefix();
-    let mut host = Host::start(&p, "h1");
-    let net = host.create_network(&[]);
-    let app = host.create_app(&net);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let c2 = Namespace::new(&format!("{p}-c2"));
-    host.attach(&app, "web", &c1);
-    let ip2: Ipv4Addr = host.attach(&app, "web", &c2)["ip"]
-        .as_str()
-        .unwrap_or_default()
-        .parse()?;
+    let mut host = Host::start(&unique_prefix(), "h1");
+    let OneApp { app, c1, c2, .. } = OneApp::new(&host, &host, ["web", "web"]);
+    let ip2 = c2.addr;
     let (mut pn_bw, mut base_bw, mut pn_rr, mut base_rr) = (vec![], vec![], vec![], vec![]);
     let (mut ns_bw, mut ns_rr) = (vec![], vec![]);
     for i in 0..effort.runs {

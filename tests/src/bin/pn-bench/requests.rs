@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::Context;
-use pn_tests::{Host, Namespace, unique_prefix};
+use pn_tests::{Host, Namespace, scenario::OneApp, unique_prefix};
 
 use crate::{
     Effort,
@@ -111,17 +111,9 @@ fn set_tracking(host: &Host, bits: u8) -> anyhow::Result<()> {
 
 pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     let _stats = tools::BpfStats::enable()?;
-    let p = unique_prefix();
-    let mut host = Host::start_with(&p, "h1", &["--track", "http"]);
-    let net = host.create_network(&[]);
-    let app = host.create_app(&net);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let c2 = Namespace::new(&format!("{p}-c2"));
-    host.attach(&app, "web", &c1);
-    let ip2: Ipv4Addr = host.attach(&app, "web", &c2)["ip"]
-        .as_str()
-        .unwrap_or_default()
-        .parse()?;
+    let mut host = Host::start_with(&unique_prefix(), "h1", &["--track", "http"]);
+    let OneApp { c1, c2, .. } = OneApp::new(&host, &host, ["web", "web"]);
+    let ip2 = c2.addr;
     let _server = Server(
         Command::new("ip")
             .args(["netns", "exec", &c2.name, "python3", "-c", SERVER, "8080"])

@@ -207,17 +207,12 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     let h = &fleet.hosts[0];
     // A range big enough for the largest N (inside the pool: agents refuse
     // networks outside it).
-    let net_s = h.create_network(&["--cidr", "10.254.0.0/15"]);
-    let app_s = h.create_app(&net_s);
+    let (net_s, app_s) = h.network_and_app(&["--cidr", "10.254.0.0/15"]);
     let net: pn_common::ids::NetworkId = net_s.parse()?;
     let app: pn_common::ids::AppId = app_s.parse()?;
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let c2 = Namespace::new(&format!("{p}-c2"));
-    h.attach(&app_s, "web", &c1);
-    let ip2: Ipv4Addr = h.attach(&app_s, "web", &c2)["ip"]
-        .as_str()
-        .unwrap_or_default()
-        .parse()?;
+    let c1 = h.member(&app_s, "web", "c1");
+    let c2 = h.member(&app_s, "web", "c2");
+    let ip2 = c2.addr;
     // Far containers start after the local ones.
     let base = u32::from(Ipv4Addr::new(10, 254, 1, 0));
     let _stats = tools::BpfStats::enable()?;

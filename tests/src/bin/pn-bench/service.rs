@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pn_tests::{Host, Namespace, unique_prefix};
+use pn_tests::{Host, Namespace, scenario::Member, unique_prefix};
 
 use crate::{
     Effort,
@@ -28,10 +28,6 @@ const PORT: u16 = 8080;
 const ECHO: u16 = 8081;
 const BACKENDS: usize = 3;
 const ZONE: &str = "private-network.internal";
-
-fn ip_of(v: &serde_json::Value) -> anyhow::Result<Ipv4Addr> {
-    Ok(v["ip"].as_str().unwrap_or_default().parse()?)
-}
 
 /// A server with a blocking accept (so the rate measured is the path's,
 /// not a poll's). `echo: false`: writes one line to each connection and
@@ -262,18 +258,15 @@ type Backends = (
     Vec<Ipv4Addr>,
     Vec<LineServer>,
     Vec<LineServer>,
-    Vec<Namespace>,
+    Vec<Member>,
 );
 
-fn backends(host: &Host, p: &str, net: &str, balance: &str) -> anyhow::Result<Backends> {
-    let app = host
-        .cli_ok(&["app", "create", "--network", net, "--balance", balance])
-        .trim()
-        .to_string();
+fn backends(host: &Host, net: &str, balance: &str) -> anyhow::Result<Backends> {
+    let app = host.create_app_with(net, &["--balance", balance]);
     let (mut ips, mut servers, mut spaces) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..BACKENDS {
-        let ns = Namespace::new(&format!("{p}-{balance}{i}"));
-        let ip = ip_of(&host.attach(&app, "web", &ns))?;
+        let ns = host.member(&app, "web", &format!("{balance}{i}"));
+        let ip = ns.addr;
         servers.push(LineServer::start(&ns, SocketAddr::from((ip, PORT)), false)?);
         servers.push(LineServer::start(&ns, SocketAddr::from((ip, ECHO)), true)?);
         ips.push(ip);
@@ -290,18 +283,15 @@ fn backends(host: &Host, p: &str, net: &str, balance: &str) -> anyhow::Result<Ba
 }
 
 pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
-    let p = unique_prefix();
-    let host = Host::start(&p, "h1");
-    let net = host.create_network(&[]);
-    let client_app = host.create_app(&net);
+    let host = Host::start(&unique_prefix(), "h1");
+    let (net, client_app) = host.network_and_app(&[]);
     // One client for both paths: its ports reach the backends both through
     // the service address and straight (a connection's table entries end
     // with it, and a direct SYN drops a stale reverse entry).
-    let client = Namespace::new(&format!("{p}-cl"));
-    host.attach(&client_app, "worker", &client);
+    let client = host.member(&client_app, "worker", "cl");
     // Dropped in reverse order: servers stop before their namespaces go.
-    let (svc, ips, servers, _echo, _vip_ns) = backends(&host, &p, &net, "vip")?;
-    let (dns_app, _, dns_servers, _dns_echo, _dns_ns) = backends(&host, &p, &net, "dns")?;
+    let (svc, ips, servers, _echo, _vip_ns) = backends(&host, &net, "vip")?;
+    let (dns_app, _, dns_servers, _dns_echo, _dns_ns) = backends(&host, &net, "dns")?;
     let list = host.json(&["app", "list"]);
     let vip: Ipv4Addr = list
         .as_array()

@@ -181,38 +181,20 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     // A stranger behind a plain routed veth (TC judges it at the member's
     // veth), another on the underlay (XDP judges it on arrival).
     let mut strangers = Vec::new();
-    for (name, hif, net) in [("out", "strg0", "192.168.77"), ("ul", "ul0", "192.168.90")] {
-        let ns = Namespace::new(&format!("{p}-{name}"));
-        host.ns.ip(&[
-            "link", "add", hif, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-        ]);
-        host.ns
-            .ip(&["addr", "add", &format!("{net}.1/24"), "dev", hif]);
-        host.ns.ip(&["link", "set", hif, "up"]);
-        ns.ip(&["addr", "add", &format!("{net}.2/24"), "dev", "eth0"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
-        ns.ip(&["route", "add", "10.240.0.0/12", "via", &format!("{net}.1")]);
+    for (name, hif, net) in [("out", "strg0", 77), ("ul", "ul0", 90)] {
+        let ns = host.plug(name, hif, net, "10.240.0.0/12");
         strangers.push(Stranger {
             mac: mac(&ns, "eth0")?,
             host_mac: mac(&host.ns, hif)?,
-            ip: format!("{net}.2"),
+            ip: format!("192.168.{net}.2"),
             ns,
         });
     }
     let (out, ul) = (&strangers[0], &strangers[1]);
-    host.launch(&[
-        "--underlay-iface",
-        "ul0",
-        "--advertise",
-        "192.168.90.1:51871",
-    ]);
-    let net = host.create_network(&[]);
-    let app = host.create_app(&net);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let ip1: Ipv4Addr = host.attach(&app, "web", &c1)["ip"]
-        .as_str()
-        .unwrap_or_default()
-        .parse()?;
+    host.launch_on_underlay(90);
+    let (_, app) = host.network_and_app(&[]);
+    let c1 = host.member(&app, "web", "c1");
+    let ip1 = c1.addr;
     let trafgen = has_trafgen();
     let counter = |reason: &'static str| {
         let host = &host;

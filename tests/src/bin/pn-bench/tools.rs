@@ -288,14 +288,10 @@ pub fn dnsperf(
 
 /// Waits until an agent sees a remote endpoint (the fleet converged).
 pub fn wait_for_remote(h: &Host) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if pn_tests::metric_value(&h.metrics(), "pn_endpoints", &[("scope", "remote")]) >= 1 {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    if !pn_tests::eventually(Duration::from_secs(20), || h.remote_endpoints() >= 1) {
+        bail!("the agents did not converge")
     }
-    bail!("the agents did not converge")
+    Ok(())
 }
 
 /// The programs behind the links this agent pinned under its own bpffs.

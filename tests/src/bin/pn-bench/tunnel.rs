@@ -9,7 +9,7 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::bail;
-use pn_tests::{Namespace, fleet::Fleet, unique_prefix};
+use pn_tests::{Namespace, fleet::Fleet, scenario::OneApp, unique_prefix};
 use pn_tunnel::aead::{Cipher, seal_rate};
 
 use crate::{
@@ -294,17 +294,9 @@ fn latency_rows(
 }
 
 pub fn run_scenario(effort: Effort) -> anyhow::Result<Scenario> {
-    let p = unique_prefix();
-    let mut fleet = Fleet::new(&p, 2);
-    let net = fleet.hosts[0].create_network(&[]);
-    let app = fleet.hosts[0].create_app(&net);
-    let c1 = Namespace::new(&format!("{p}-c1"));
-    let c2 = Namespace::new(&format!("{p}-c2"));
-    fleet.hosts[0].attach(&app, "web", &c1);
-    let ip2: Ipv4Addr = fleet.hosts[1].attach(&app, "web", &c2)["ip"]
-        .as_str()
-        .unwrap_or_default()
-        .parse()?;
+    let mut fleet = Fleet::new(&unique_prefix(), 2);
+    let OneApp { c1, c2, .. } = OneApp::new(&fleet.hosts[0], &fleet.hosts[1], ["web", "web"]);
+    let ip2 = c2.addr;
     let underlay = [
         Ipv4Addr::new(192, 168, 100, 1),
         Ipv4Addr::new(192, 168, 100, 2),

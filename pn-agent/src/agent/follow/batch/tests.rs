@@ -1,59 +1,18 @@
 //! Batches against the event-by-event converge they replace: the same
 //! kernel state from the same stream of events, in far fewer applies.
 
-use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
-};
-
-use pn_common::ids::{AppId, HostId, NetworkId};
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use super::*;
 use crate::{
     agent::reconcile::{Local, desired},
     datapath::{Datapath, State, fake::FakeMaps},
-    model::{App, Host, Network},
     store::{WatchEvent, view::MembershipView},
+    testing::model::{self, app_id, container, host_id as host, net_id},
 };
 
-const NET: &str = "pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c";
-const APP: &str = "ap-a71da13f-7c70-4c00-a644-eee8558d8053";
-
-fn net() -> NetworkId {
-    NET.parse().unwrap()
-}
-
-fn app() -> AppId {
-    APP.parse().unwrap()
-}
-
-fn host(id: &str) -> HostId {
-    id.parse().unwrap()
-}
-
 fn key(index: u32) -> ContainerKey {
-    ContainerKey {
-        app: app(),
-        ctype: "web".parse().unwrap(),
-        index,
-    }
-}
-
-fn container(index: u32, ip: [u8; 4], on: &str) -> Container {
-    let key = key(index);
-    Container {
-        host_ifname: key.host_ifname(),
-        key,
-        network: net(),
-        ip: Ipv4Addr::from(ip),
-        host: host(on),
-        netns: format!("ns{index}"),
-        ifname: "pn0".into(),
-        created_at: 0,
-        runtime: None,
-        unhealthy: false,
-        published: None,
-    }
+    model::key(1, "web", index)
 }
 
 struct Events {
@@ -86,15 +45,7 @@ impl Events {
     }
 
     fn host(&mut self, id: &str, peer_id: u32) -> &mut Self {
-        let addr: SocketAddr = format!("192.0.2.{peer_id}:51871").parse().unwrap();
-        let h = Host {
-            id: host(id),
-            advertise: Some(addr),
-            public_key: None,
-            started_at: 0,
-            peer_id,
-        };
-        self.put(Key::Host(host(id)), &h)
+        self.put(Key::Host(host(id)), &model::host(id, peer_id))
     }
 }
 
@@ -109,28 +60,10 @@ fn stream() -> Vec<WatchEvent> {
         rev: 0,
     };
     e.put(
-        Key::Network(net()),
-        &Network {
-            id: net(),
-            cidr: "10.240.0.0/22".parse().unwrap(),
-            tag: 3,
-            created_at: 0,
-            egress: Default::default(),
-        },
+        Key::Network(net_id(1)),
+        &model::network(1, "10.240.0.0/22", 3),
     )
-    .put(
-        Key::App(app()),
-        &App {
-            id: app(),
-            network: net(),
-            name: None,
-            created_at: 0,
-            balance: Default::default(),
-            services: Default::default(),
-            health_port: None,
-            web_port: 8080,
-        },
-    )
+    .put(Key::App(app_id(1)), &model::app(1, 1))
     .host("a", 1)
     .host("b", 2);
     for i in 1..=20u8 {
@@ -168,7 +101,7 @@ fn stream() -> Vec<WatchEvent> {
         .delete(Key::Host(host("b")))
         .container(container(5, [10, 240, 0, 15], "b"));
     // A lease between them changes nothing.
-    e.put(Key::Ip(net(), Ipv4Addr::new(10, 240, 3, 1)), &"lease");
+    e.put(Key::Ip(net_id(1), Ipv4Addr::new(10, 240, 3, 1)), &"lease");
     e.out
 }
 
@@ -362,10 +295,10 @@ fn a_container_changed_twice_flushes_the_batch_first() {
 #[test]
 fn records_other_than_containers_go_alone_and_leases_are_skipped() {
     let b = Batch::default();
-    assert_eq!(b.step(&Key::Network(net()).to_string()), Step::Alone);
-    assert_eq!(b.step(&Key::App(app()).to_string()), Step::Alone);
+    assert_eq!(b.step(&Key::Network(net_id(1)).to_string()), Step::Alone);
+    assert_eq!(b.step(&Key::App(app_id(1)).to_string()), Step::Alone);
     assert_eq!(b.step(&Key::Host(host("b")).to_string()), Step::Alone);
-    let lease = Key::Ip(net(), Ipv4Addr::new(10, 240, 0, 2)).to_string();
+    let lease = Key::Ip(net_id(1), Ipv4Addr::new(10, 240, 0, 2)).to_string();
     assert_eq!(b.step(&lease), Step::Skip);
     assert_eq!(b.step(&Key::Claim(key(1)).to_string()), Step::Skip);
     assert_eq!(b.step("pool"), Step::Skip);

@@ -3,12 +3,10 @@ use std::path::Path;
 use super::TlsFiles;
 use crate::{
     error::{ErrorKind, Kind},
-    store::{
-        Backend, Op, StoreError,
-        etcd::{
-            Etcd,
-            testing::{EtcdServer, Pki, ServerTls},
-        },
+    store::{Backend, Op, StoreError, etcd::Etcd},
+    testing::{
+        etcd::{EtcdServer, ServerTls},
+        pki::{Pair, Pki},
     },
 };
 
@@ -87,12 +85,12 @@ async fn a_host_with_its_certificate_is_served_and_others_are_told_why_not() {
     let etcd = EtcdServer::start_tls(
         "tls-serve",
         ServerTls {
-            server: &server,
-            client_ca: &ca,
+            server,
+            client_ca: ca.clone(),
         },
     );
     let ep = vec![etcd.endpoint.clone()];
-    let tls = |cacert: &Path, pair: &crate::store::etcd::testing::Pair| {
+    let tls = |cacert: &Path, pair: &Pair| {
         Etcd::with_tls(
             ep.clone(),
             "/pn/".into(),
@@ -134,8 +132,8 @@ async fn a_server_certificate_for_another_address_or_no_tls_at_all_is_refused() 
     let etcd = EtcdServer::start_tls(
         "tls-names",
         ServerTls {
-            server: &server,
-            client_ca: &ca,
+            server,
+            client_ca: ca.clone(),
         },
     );
     let kv = Etcd::with_tls(

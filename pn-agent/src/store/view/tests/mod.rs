@@ -3,78 +3,13 @@
 
 use std::net::Ipv4Addr;
 
-use pn_common::ids::{AppId, NetworkId, Uuid};
 use serde::Serialize;
 
 use super::*;
-use crate::store::{Entry, Listing, WatchEvent, keys::Key};
-
-fn net_id(n: u8) -> NetworkId {
-    NetworkId(Uuid::from_random_bytes([n; 16]))
-}
-fn app_id(n: u8) -> AppId {
-    AppId(Uuid::from_random_bytes([n; 16]))
-}
-
-fn network(n: u8, cidr: &str, tag: u32) -> Network {
-    Network {
-        id: net_id(n),
-        cidr: cidr.parse().unwrap(),
-        tag,
-        created_at: 0,
-        egress: Default::default(),
-    }
-}
-
-fn app(n: u8, net: u8) -> App {
-    App {
-        id: app_id(n),
-        network: net_id(net),
-        name: None,
-        created_at: 0,
-        balance: Default::default(),
-        services: Default::default(),
-        health_port: None,
-        web_port: 8080,
-    }
-}
-
-fn ckey(app: u8, t: &str, i: u32) -> ContainerKey {
-    ContainerKey {
-        app: app_id(app),
-        ctype: t.parse().unwrap(),
-        index: i,
-    }
-}
-
-/// Container `index` of app 1 (network 1) at `ip`, as its agent writes it.
-fn container(index: u32, ip: &str) -> Container {
-    let key = ckey(1, "web", index);
-    Container {
-        host_ifname: key.host_ifname(),
-        key,
-        network: net_id(1),
-        ip: ip.parse().unwrap(),
-        host: "h1".parse().unwrap(),
-        netns: "c1".into(),
-        ifname: "pn0".into(),
-        created_at: 0,
-        runtime: None,
-        unhealthy: false,
-        published: None,
-    }
-}
-
-fn host(id: &str, peer_id: u32) -> Host {
-    Host {
-        id: id.parse().unwrap(),
-        advertise: Some("192.0.2.1:51871".parse().unwrap()),
-        // One key per host (each its own).
-        public_key: Some(pn_tunnel::keyfile::encode_key(&[peer_id as u8; 32])),
-        started_at: 0,
-        peer_id,
-    }
-}
+use crate::{
+    store::{Entry, Listing, WatchEvent, keys::Key},
+    testing::model::{app, app_id, container, host, key as ckey, member, net_id, network},
+};
 
 fn key_of<T: Record>(r: &T) -> String {
     r.key().to_string()
@@ -222,7 +157,7 @@ fn apps_belong_to_known_networks_and_have_sane_names() {
 #[test]
 fn a_record_is_the_one_its_key_names() {
     let mut f = Fixture::new();
-    let c = container(1, "10.240.0.1");
+    let c = container(1, [10, 240, 0, 1], "h1");
     let other = Key::Container(ckey(1, "web", 2)).to_string();
     let r = f
         .put_raw(&other, &serde_json::to_string(&c).unwrap())
@@ -253,23 +188,23 @@ fn a_record_is_the_one_its_key_names() {
 #[test]
 fn a_container_names_only_the_interface_its_key_derives() {
     let mut f = Fixture::new();
-    let mut c = container(1, "10.240.0.1");
+    let mut c = container(1, [10, 240, 0, 1], "h1");
     for foreign in ["eth0", "ul0", "pn-gw", "pn-tun", "lo", "pnh0123456789a"] {
         c.host_ifname = foreign.into();
         f.refused(&c, Reject::HostInterface);
     }
-    let mut c = container(1, "10.240.0.1");
+    let mut c = container(1, [10, 240, 0, 1], "h1");
     for bad in ["", "lo", "a/b", "much-too-long-name", ".."] {
         c.ifname = bad.into();
         f.refused(&c, Reject::Interface);
     }
-    let mut c = container(1, "10.240.0.1");
+    let mut c = container(1, [10, 240, 0, 1], "h1");
     for bad in ["", "..", "x/y", "/run/netns/../../etc"] {
         c.netns = bad.into();
         f.refused(&c, Reject::Netns);
     }
     assert!(f.view.containers.is_empty());
-    f.ok(&container(1, "10.240.0.1"));
+    f.ok(&container(1, [10, 240, 0, 1], "h1"));
 }
 
 #[test]
@@ -282,18 +217,21 @@ fn a_container_address_is_its_networks_and_its_own() {
         "10.240.0.0",
         "10.240.0.255",
     ] {
-        f.refused(&container(1, bad), Reject::Address);
+        f.refused(
+            &container(1, bad.parse::<Ipv4Addr>().unwrap(), "h1"),
+            Reject::Address,
+        );
     }
-    let mut stray = container(1, "10.240.0.1");
+    let mut stray = container(1, [10, 240, 0, 1], "h1");
     stray.network = net_id(9);
     f.refused(&stray, Reject::UnknownNetwork);
-    let mut orphan = container(1, "10.240.0.1");
+    let mut orphan = container(1, [10, 240, 0, 1], "h1");
     orphan.key = ckey(7, "web", 1);
     orphan.host_ifname = orphan.key.host_ifname();
     f.refused(&orphan, Reject::UnknownApp);
-    f.ok(&container(1, "10.240.0.1"));
+    f.ok(&container(1, [10, 240, 0, 1], "h1"));
     // A second container claiming the address is refused; the first keeps it.
-    f.refused(&container(2, "10.240.0.1"), Reject::AddressTaken);
+    f.refused(&container(2, [10, 240, 0, 1], "h1"), Reject::AddressTaken);
     assert_eq!(
         f.view
             .container_by_ip("10.240.0.1".parse().unwrap())
@@ -303,20 +241,23 @@ fn a_container_address_is_its_networks_and_its_own() {
     );
     // An address changes only with the network (its app moved); the old
     // address is then free.
-    f.refused(&container(1, "10.240.0.9"), Reject::Immutable);
+    f.refused(&container(1, [10, 240, 0, 9], "h1"), Reject::Immutable);
     f.ok(&network(2, "10.240.1.0/24", 2));
     f.ok(&app(1, 2));
-    let mut moved = container(1, "10.240.1.9");
-    moved.network = net_id(2);
-    f.ok(&moved);
-    f.ok(&container(2, "10.240.0.1"));
+    f.ok(&member(
+        ckey(1, "web", 1),
+        net_id(2),
+        [10, 240, 1, 9].into(),
+        "h1",
+    ));
+    f.ok(&container(2, [10, 240, 0, 1], "h1"));
     assert_eq!(f.view.by_ip.len(), 2);
 }
 
 #[test]
 fn a_refused_change_keeps_the_last_good_record() {
     let mut f = Fixture::new();
-    let good = container(1, "10.240.0.1");
+    let good = container(1, [10, 240, 0, 1], "h1");
     f.ok(&good);
     let mut bad = good.clone();
     bad.host_ifname = "eth0".into();
@@ -378,9 +319,9 @@ fn rec<T: Record>(r: &T, rev: i64) -> (String, String, i64) {
 
 #[test]
 fn a_listing_loads_what_records_refer_to_first_and_the_older_holder_wins() {
-    let mut early = container(2, "10.240.0.5");
+    let mut early = container(2, [10, 240, 0, 5], "h1");
     early.created_at = 1;
-    let late = container(1, "10.240.0.5");
+    let late = container(1, [10, 240, 0, 5], "h1");
     // Key order puts apps and containers before networks, and container 1
     // before container 2; revisions say container 2 was there first.
     let l = listing(&[
@@ -405,7 +346,7 @@ fn a_listing_loads_what_records_refer_to_first_and_the_older_holder_wins() {
 
 #[test]
 fn a_refusal_is_counted_once_per_version() {
-    let mut bad = container(1, "10.240.0.1");
+    let mut bad = container(1, [10, 240, 0, 1], "h1");
     bad.host_ifname = "eth0".into();
     let base = [rec(&network(1, "10.240.0.0/24", 1), 1), rec(&app(1, 1), 2)];
     let l = listing(&[base[0].clone(), base[1].clone(), rec(&bad, 3)]);
@@ -447,7 +388,7 @@ fn a_refusal_is_counted_once_per_version() {
 #[test]
 fn a_watch_follows_valid_records_as_before() {
     let mut f = Fixture::new();
-    let c = container(1, "10.240.0.1");
+    let c = container(1, [10, 240, 0, 1], "h1");
     assert_eq!(
         f.put(&c),
         Ok(Change::ContainerPut {
@@ -492,7 +433,7 @@ fn egress_changes_in_place_and_web_ports_are_ports() {
 fn publications_are_web_unicast_and_one_per_port_of_a_host() {
     let mut f = Fixture::new();
     let at = |s: &str| Some(s.parse::<std::net::SocketAddrV4>().unwrap());
-    let mut c1 = container(1, "10.240.0.2");
+    let mut c1 = container(1, [10, 240, 0, 2], "h1");
     c1.published = at("192.0.2.1:30000");
     f.ok(&c1);
     assert_eq!(
@@ -500,7 +441,7 @@ fn publications_are_web_unicast_and_one_per_port_of_a_host() {
         Some(&c1.key)
     );
     // Another container on the same port of the same host: refused.
-    let mut c2 = container(2, "10.240.0.3");
+    let mut c2 = container(2, [10, 240, 0, 3], "h1");
     c2.published = at("192.0.2.1:30000");
     f.refused(&c2, Reject::Published);
     // The same port of another host is another port.
@@ -508,12 +449,12 @@ fn publications_are_web_unicast_and_one_per_port_of_a_host() {
     f.ok(&c2);
     // Not web, port 0, not unicast.
     let key = ckey(1, "worker", 1);
-    let mut w = container(3, "10.240.0.4");
+    let mut w = container(3, [10, 240, 0, 4], "h1");
     w.host_ifname = key.host_ifname();
     w.key = key;
     w.published = at("192.0.2.1:30001");
     f.refused(&w, Reject::Published);
-    let mut c3 = container(3, "10.240.0.4");
+    let mut c3 = container(3, [10, 240, 0, 4], "h1");
     for bad in [
         "192.0.2.1:0",
         "0.0.0.0:30002",
@@ -559,12 +500,12 @@ fn a_selector_designates_its_type_or_container_of_its_app_only() {
         (2, "worker", 2),
     ] {
         n += 1;
-        let key = ckey(a, t, i);
-        f.ok(&Container {
-            host_ifname: key.host_ifname(),
-            key,
-            ..container(1, &format!("10.240.0.{n}"))
-        });
+        f.ok(&member(
+            ckey(a, t, i),
+            net_id(1),
+            [10, 240, 0, n].into(),
+            "h1",
+        ));
     }
     let names = |s: Selector| -> Vec<String> {
         f.view

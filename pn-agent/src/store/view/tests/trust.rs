@@ -40,7 +40,7 @@ fn at<T: Record>(r: &T, created: i64, rev: i64) -> (String, String, i64, i64) {
 #[test]
 fn a_service_address_is_its_networks_and_nobody_elses() {
     let mut f = Fixture::new();
-    let member = container(1, "10.240.0.5");
+    let member = container(1, [10, 240, 0, 5], "h1");
     f.ok(&member);
     f.ok(&vip(2, "10.240.0.20"));
     for bad in ["8.8.8.8", "10.241.0.1", "10.240.0.0", "10.240.0.255"] {
@@ -60,7 +60,7 @@ fn a_service_address_is_its_networks_and_nobody_elses() {
     assert_eq!(f.view.apps[&app_id(3)], vip(3, "10.240.0.30"));
     assert_eq!(f.view.container_by_ip(member.ip), Some(&member));
     // A container forged onto a service address.
-    f.refused(&container(2, "10.240.0.20"), Reject::AddressTaken);
+    f.refused(&container(2, [10, 240, 0, 20], "h1"), Reject::AddressTaken);
     // Freed with its app.
     f.rev += 1;
     f.view
@@ -69,17 +69,17 @@ fn a_service_address_is_its_networks_and_nobody_elses() {
             rev: f.rev,
         })
         .unwrap();
-    f.ok(&container(2, "10.240.0.20"));
+    f.ok(&container(2, [10, 240, 0, 20], "h1"));
     assert_eq!(f.view.rejected.reason("address_taken"), 4);
     assert_eq!(f.view.rejected.reason("service_address"), 5);
 }
 
 #[test]
 fn in_a_listing_the_older_of_a_service_and_a_container_keeps_the_address() {
-    let member = container(1, "10.240.0.5");
+    let member = container(1, [10, 240, 0, 5], "h1");
     let forged_vip = vip(2, "10.240.0.5");
     let good_vip = vip(3, "10.240.0.20");
-    let forged_container = container(2, "10.240.0.20");
+    let forged_container = container(2, [10, 240, 0, 20], "h1");
     let l = listing_at(&[
         at(&network(1, "10.240.0.0/24", 1), 1, 1),
         at(&app(1, 1), 2, 2),
@@ -175,7 +175,7 @@ fn an_endpoint_is_unicast_outside_the_pool() {
 #[test]
 fn a_container_keeps_its_host_namespace_interface_and_network() {
     let mut f = Fixture::new();
-    let good = container(1, "10.240.0.1");
+    let good = container(1, [10, 240, 0, 1], "h1");
     f.ok(&good);
     let mut other_host = good.clone();
     other_host.host = "h2".parse().unwrap();
