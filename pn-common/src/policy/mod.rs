@@ -3,14 +3,27 @@
 //! contract ("Data-plane rules") without a kernel.
 
 use crate::{
-    GATEWAY, Ip4, Reason,
+    GATEWAY, Ip4, Ip6, Reason,
     edge::Marked,
     maps::{Config, ConnKey, ConnKind, Endpoint, EventBudget, Iface},
 };
 
 mod arp;
+mod ipv6;
+mod nd;
 mod tunnel;
 pub use arp::{ARP_LEN, ArpMessage, arp_from_container, arp_to_container, parse_arp};
+pub use ipv6::{
+    ETH_P_IPV6, EXT_PEEK, ICMP6_DEST_UNREACH, ICMP6_PACKET_TOO_BIG, ICMP6_PARAMETER_PROBLEM,
+    ICMP6_TIME_EXCEEDED, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMPV6,
+    IPPROTO_ROUTING, IPV6_HLEN, Ipv6Header, Ipv6Packet, L4_OFFSET_MASK, MAX_EXT_HEADERS,
+    MAX_L4_OFFSET, allowed_proto6, icmp6_is_error, parse_ipv6,
+};
+pub use nd::{
+    ICMP6_NEIGHBOR_ADVERT, ICMP6_NEIGHBOR_SOLICIT, ICMP6_REDIRECT, ICMP6_ROUTER_ADVERT,
+    ICMP6_ROUTER_SOLICIT, LinkAddr, ND_PEEK, NdKind, NdMessage, container_link_local, is_nd,
+    nd_from_container, nd_to_container, parse_nd, solicited_node,
+};
 pub use tunnel::{TunnelMember, tunnel_incoming, tunnel_outgoing};
 
 pub const ETH_HLEN: usize = 14;
@@ -39,17 +52,24 @@ pub const fn classify_ethertype(ethertype: u16) -> L3 {
     }
 }
 
-/// The fixed IPv4 header, as far as the policy cares.
+/// An IP header of either family (`A`: [`Ip4`] or [`Ip6`]), as far as the
+/// policy cares: both parsers end here, so what follows them does not ask
+/// which family it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Header {
-    /// Header length in bytes (where L4 starts, relative to the IP header).
+pub struct IpHeader<A> {
+    /// Where L4 starts, relative to the IP header: IPv4's header length,
+    /// or IPv6's fixed header and the extension headers walked.
     pub header_len: usize,
+    /// The transport protocol (IPv6: the last header's next header).
     pub proto: u8,
-    pub src: Ip4,
-    pub dst: Ip4,
+    pub src: A,
+    pub dst: A,
     /// A non-first fragment carries no L4 header.
     pub later_fragment: bool,
 }
+
+/// The fixed IPv4 header, as far as the policy cares.
+pub type Ipv4Header = IpHeader<Ip4>;
 
 /// Parses the first 20 bytes of an IPv4 header. `None` means malformed.
 pub fn parse_ipv4(h: &[u8; IPV4_MIN_HLEN]) -> Option<Ipv4Header> {
@@ -74,15 +94,32 @@ pub const fn has_ports(proto: u8) -> bool {
     proto == IPPROTO_TCP || proto == IPPROTO_UDP
 }
 
-/// An IPv4 packet reduced to what the rules look at. Ports in host order, 0
-/// when the packet has none (ICMP, later fragments).
+/// A packet of either family reduced to what the rules look at. Ports in
+/// host order, 0 when the packet has none (ICMP, later fragments).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Summary {
-    pub src: Ip4,
-    pub dst: Ip4,
+pub struct PacketSummary<A> {
+    pub src: A,
+    pub dst: A,
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
+}
+
+pub type Ipv4Summary = PacketSummary<Ip4>;
+pub type Ipv6Summary = PacketSummary<Ip6>;
+
+impl<A: Copy> IpHeader<A> {
+    /// The summary of this packet, with the ports read after the header
+    /// (0, 0 when it has none).
+    pub const fn summary(&self, sport: u16, dport: u16) -> PacketSummary<A> {
+        PacketSummary {
+            src: self.src,
+            dst: self.dst,
+            proto: self.proto,
+            sport,
+            dport,
+        }
+    }
 }
 
 const fn allowed_proto(proto: u8) -> bool {
