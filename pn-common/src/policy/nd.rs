@@ -13,7 +13,7 @@
 //! ([`container_link_local`]), which pn gives it so that the rule knows it
 //! without a map.
 
-use super::ipv6::Ipv6Packet;
+use super::{family::same6, ipv6::Ipv6Packet};
 use crate::{GATEWAY6, IP6_UNSPECIFIED, Ip6, Reason, maps::Iface};
 
 pub const ICMP6_ROUTER_SOLICIT: u8 = 133;
@@ -159,29 +159,29 @@ pub const fn solicited_node(addr: &Ip6) -> Ip6 {
 /// Checks every message must pass, whoever sends it: built on the link
 /// (hop limit 255), whole, and with no options but its link-layer address.
 fn well_formed(pkt: &Ipv6Packet, m: &NdMessage) -> bool {
-    pkt.hop_limit == 255 && !pkt.fragmented && m.code == 0 && m.lla != LinkAddr::Unexpected
+    pkt.hop_limit == 255 && !pkt.fragmented && m.code == 0 && !matches!(m.lla, LinkAddr::Unexpected)
 }
 
 /// Neighbour discovery leaving a container (host-side ingress of its veth):
 /// a router solicitation toward the gateway, a solicitation for the
 /// gateway, an advertisement of its own addresses to the gateway; from its
 /// own addresses and announcing its own MAC (`eth_src`, the frame's source).
-/// `own`: the container's IPv6 address, `::` when it has none (then nothing
-/// passes).
+/// A container without an IPv6 address has no names: nothing passes.
 pub fn nd_from_container(
     pkt: &Ipv6Packet,
     msg: Option<&NdMessage>,
     eth_src: [u8; 6],
     iface: Option<&Iface>,
-    own: &Ip6,
 ) -> Reason {
-    if iface.is_none() {
+    let Some(iface) = iface else {
         return Reason::UnknownInterface;
-    }
+    };
     let Some(m) = msg else {
         return Reason::Malformed;
     };
-    let is_own = |a: &Ip6| *a == *own || *a == container_link_local(own);
+    let own = &iface.addr6;
+    let link_local = container_link_local(own);
+    let is_own = |a: &Ip6| same6(a, own) || same6(a, &link_local);
     let mac_ok = match m.lla {
         LinkAddr::Mac(mac) => mac == eth_src,
         _ => true,
@@ -190,18 +190,18 @@ pub fn nd_from_container(
     let allowed = match m.kind {
         NdKind::RouterSolicitation => {
             // RFC 4861 §4.1: from `::` only without a link-layer address.
-            let from = is_own(src) || (*src == IP6_UNSPECIFIED && m.lla == LinkAddr::Absent);
-            from && (*dst == GATEWAY6 || *dst == ALL_ROUTERS)
+            let from = is_own(src) || (same6(src, &IP6_UNSPECIFIED) && m.lla == LinkAddr::Absent);
+            from && (same6(dst, &GATEWAY6) || same6(dst, &ALL_ROUTERS))
         }
         NdKind::NeighborSolicitation => {
             is_own(src)
-                && m.target == GATEWAY6
-                && (*dst == GATEWAY6 || *dst == solicited_node(&GATEWAY6))
+                && same6(&m.target, &GATEWAY6)
+                && (same6(dst, &GATEWAY6) || same6(dst, &solicited_node(&GATEWAY6)))
         }
-        NdKind::NeighborAdvertisement => is_own(src) && is_own(&m.target) && *dst == GATEWAY6,
+        NdKind::NeighborAdvertisement => is_own(src) && is_own(&m.target) && same6(dst, &GATEWAY6),
         NdKind::RouterAdvertisement | NdKind::Redirect => false,
     };
-    if *own != IP6_UNSPECIFIED && allowed && mac_ok && well_formed(pkt, m) {
+    if !same6(own, &IP6_UNSPECIFIED) && allowed && mac_ok && well_formed(pkt, m) {
         Reason::Nd
     } else {
         Reason::NdDenied
@@ -216,31 +216,31 @@ pub fn nd_to_container(
     msg: Option<&NdMessage>,
     ingress: u32,
     iface: Option<&Iface>,
-    own: &Ip6,
 ) -> Reason {
-    if iface.is_none() {
+    let Some(iface) = iface else {
         return Reason::UnknownInterface;
-    }
+    };
     let Some(m) = msg else {
         return Reason::Malformed;
     };
+    let own = &iface.addr6;
     let link_local = container_link_local(own);
-    let is_own = |a: &Ip6| *a == *own || *a == link_local;
+    let is_own = |a: &Ip6| same6(a, own) || same6(a, &link_local);
     let dst = &pkt.ip.dst;
     let allowed = match m.kind {
         // Both own addresses share their solicited-node group (same
         // interface identifier).
         NdKind::NeighborSolicitation => {
-            is_own(&m.target) && (is_own(dst) || *dst == solicited_node(own))
+            is_own(&m.target) && (is_own(dst) || same6(dst, &solicited_node(own)))
         }
-        NdKind::NeighborAdvertisement => m.target == GATEWAY6 && is_own(dst),
+        NdKind::NeighborAdvertisement => same6(&m.target, &GATEWAY6) && is_own(dst),
         // pn routes statically: the host neither advertises itself as a
         // router nor redirects.
         _ => false,
     };
     if ingress == 0
-        && pkt.ip.src == GATEWAY6
-        && *own != IP6_UNSPECIFIED
+        && same6(&pkt.ip.src, &GATEWAY6)
+        && !same6(own, &IP6_UNSPECIFIED)
         && allowed
         && well_formed(pkt, m)
     {

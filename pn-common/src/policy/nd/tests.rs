@@ -11,6 +11,7 @@ const LL: Ip6 = container_link_local(&OWN);
 fn iface() -> Iface {
     Iface {
         tag: 1,
+        addr6: OWN,
         ..Default::default()
     }
 }
@@ -52,13 +53,13 @@ fn parse(b: &[u8]) -> Option<NdMessage> {
 
 fn from(src: Ip6, dst: Ip6, icmp_type: u8, target: Ip6, opt: Option<(u8, [u8; 6])>) -> Reason {
     let m = parse(&wire(icmp_type, target, opt));
-    nd_from_container(&ip(src, dst), m.as_ref(), MAC, Some(&iface()), &OWN)
+    nd_from_container(&ip(src, dst), m.as_ref(), MAC, Some(&iface()))
 }
 
 fn to(ingress: u32, src: Ip6, dst: Ip6, icmp_type: u8, target: Ip6) -> Reason {
     let opt = if icmp_type == NA { 2 } else { 1 };
     let m = parse(&wire(icmp_type, target, Some((opt, [2, 0, 0, 0, 0, 9]))));
-    nd_to_container(&ip(src, dst), m.as_ref(), ingress, Some(&iface()), &OWN)
+    nd_to_container(&ip(src, dst), m.as_ref(), ingress, Some(&iface()))
 }
 
 const NS: u8 = ICMP6_NEIGHBOR_SOLICIT;
@@ -175,8 +176,7 @@ fn posing_probing_and_announcing_are_denied() {
 fn only_link_built_whole_messages() {
     let m = parse(&wire(NS, GATEWAY6, SLLA)).unwrap();
     let ok = ip(OWN, GATEWAY6);
-    let judge =
-        |p: &Ipv6Packet, m: &NdMessage| nd_from_container(p, Some(m), MAC, Some(&iface()), &OWN);
+    let judge = |p: &Ipv6Packet, m: &NdMessage| nd_from_container(p, Some(m), MAC, Some(&iface()));
     assert_eq!(judge(&ok, &m), Reason::Nd);
     assert_eq!(
         judge(
@@ -200,8 +200,20 @@ fn only_link_built_whole_messages() {
     );
     assert_eq!(judge(&ok, &NdMessage { code: 1, ..m }), Reason::NdDenied);
     // A container without an IPv6 address has no names to use.
-    let r = nd_from_container(&ok, Some(&m), MAC, Some(&iface()), &NONE);
-    assert_eq!(r, Reason::NdDenied);
+    let bare = Iface {
+        addr6: NONE,
+        ..iface()
+    };
+    assert_eq!(
+        nd_from_container(&ok, Some(&m), MAC, Some(&bare)),
+        Reason::NdDenied
+    );
+    let gw = ip(GATEWAY6, OWN);
+    let ns = parse(&wire(NS, NONE, None)).unwrap();
+    assert_eq!(
+        nd_to_container(&gw, Some(&ns), 0, Some(&bare)),
+        Reason::NdDenied
+    );
 }
 
 #[test]
@@ -238,19 +250,19 @@ fn unknown_interfaces_and_garbage() {
     let m = parse(&wire(NS, GATEWAY6, SLLA));
     let p = ip(OWN, GATEWAY6);
     assert_eq!(
-        nd_from_container(&p, m.as_ref(), MAC, None, &OWN),
+        nd_from_container(&p, m.as_ref(), MAC, None),
         Reason::UnknownInterface
     );
     assert_eq!(
-        nd_to_container(&p, m.as_ref(), 0, None, &OWN),
+        nd_to_container(&p, m.as_ref(), 0, None),
         Reason::UnknownInterface
     );
     assert_eq!(
-        nd_from_container(&p, None, MAC, Some(&iface()), &OWN),
+        nd_from_container(&p, None, MAC, Some(&iface())),
         Reason::Malformed
     );
     assert_eq!(
-        nd_to_container(&p, None, 0, Some(&iface()), &OWN),
+        nd_to_container(&p, None, 0, Some(&iface())),
         Reason::Malformed
     );
 }
