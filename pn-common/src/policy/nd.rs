@@ -149,6 +149,13 @@ pub const fn container_link_local(addr: &Ip6) -> Ip6 {
     ll
 }
 
+/// `a` is one of the container's names on its link. Never the gateway's,
+/// whatever address the agent gave it (one ending in `::1` would have the
+/// gateway's link-local address).
+fn owns(own: &Ip6, a: &Ip6) -> bool {
+    !same6(a, &GATEWAY6) && (same6(a, own) || same6(a, &container_link_local(own)))
+}
+
 /// `ff02::1:ffXX:XXXX`: where a solicitation for `addr` is sent.
 pub const fn solicited_node(addr: &Ip6) -> Ip6 {
     [
@@ -180,8 +187,7 @@ pub fn nd_from_container(
         return Reason::Malformed;
     };
     let own = &iface.addr6;
-    let link_local = container_link_local(own);
-    let is_own = |a: &Ip6| same6(a, own) || same6(a, &link_local);
+    let is_own = |a: &Ip6| owns(own, a);
     let mac_ok = match m.lla {
         LinkAddr::Mac(mac) => mac == eth_src,
         _ => true,
@@ -224,8 +230,7 @@ pub fn nd_to_container(
         return Reason::Malformed;
     };
     let own = &iface.addr6;
-    let link_local = container_link_local(own);
-    let is_own = |a: &Ip6| same6(a, own) || same6(a, &link_local);
+    let is_own = |a: &Ip6| owns(own, a);
     let dst = &pkt.ip.dst;
     let allowed = match m.kind {
         // Both own addresses share their solicited-node group (same

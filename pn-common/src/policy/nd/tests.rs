@@ -246,6 +246,24 @@ fn toward_a_container_only_the_host_as_its_gateway() {
 }
 
 #[test]
+fn an_address_ending_in_1_does_not_make_the_gateway_its_own() {
+    let mut one = OWN;
+    one[15] = 1;
+    let i = Iface {
+        addr6: one,
+        ..iface()
+    };
+    let na = parse(&wire(NA, GATEWAY6, TLLA)).unwrap();
+    let from_ll = nd_from_container(&ip(GATEWAY6, GATEWAY6), Some(&na), MAC, Some(&i));
+    assert_eq!(from_ll, Reason::NdDenied);
+    let own = parse(&wire(NA, one, TLLA)).unwrap();
+    assert_eq!(
+        nd_from_container(&ip(one, GATEWAY6), Some(&own), MAC, Some(&i)),
+        Reason::Nd
+    );
+}
+
+#[test]
 fn unknown_interfaces_and_garbage() {
     let m = parse(&wire(NS, GATEWAY6, SLLA));
     let p = ip(OWN, GATEWAY6);
