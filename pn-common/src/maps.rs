@@ -1,6 +1,19 @@
 //! Keys and values of the maps the agent fills and the programs read. All
 //! `#[repr(C)]` with explicit padding, sizes pinned at compile time: a layout
 //! change is a compile error on both sides, never a silent misread.
+//!
+//! IPv6 (issue 24) keeps IPv4's maps and keys as they are, so an IPv4
+//! packet costs what it did: a container's IPv6 address sits beside its
+//! IPv4 one in [`Iface`] (one lookup gives either family its tag, flags and
+//! counter row), the IPv6 pool beside the IPv4 one in [`Config`], and the
+//! counters are shared (a reason means the same in both families). What is
+//! keyed by an address gets an IPv6 twin rather than a wider key for both:
+//! `PN_ENDPOINTS6` ([`Ip6`] → the same [`Endpoint`]), `PN_CONNS6` and
+//! `PN_FLOWS6` (their keys with [`Ip6`] addresses, 40 bytes), and
+//! `PN_EGRESS_DENY6` (an LPM trie of 16-byte addresses). One 16-byte key
+//! for both families (IPv4-mapped) was the alternative: it would hash four
+//! times the bytes on every IPv4 lookup and rebuild every pinned map of
+//! today's fleets at upgrade, to save a few map definitions.
 
 use crate::{Ip4, Ip6};
 
