@@ -44,6 +44,10 @@ pub type Ipv6Header = IpHeader<Ip6>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ipv6Packet {
     pub ip: Ipv6Header,
+    /// Where the payload ends, relative to the IP header (the fixed header
+    /// and the payload length): with `ip.header_len`, the transport
+    /// message's length (a TCP segment's, an ND message's).
+    pub end: usize,
     /// Neighbour discovery is only believed at 255: a packet that crossed
     /// a router has less (RFC 4861 §7.1).
     pub hop_limit: u8,
@@ -109,6 +113,7 @@ pub fn parse_ipv6(
             dst: addr(&h[24..40]),
             later_fragment,
         },
+        end,
         hop_limit: h[7],
         fragmented,
     })

@@ -89,8 +89,8 @@ pub struct NdMessage {
     pub lla: LinkAddr,
 }
 
-/// `len`: the ICMPv6 message's length (the IPv6 payload after the extension
-/// headers); `peek(at)`: the [`ND_PEEK`] bytes at `at` from the ICMPv6
+/// `len`: the ICMPv6 message's length (`Ipv6Packet::end - ip.header_len`);
+/// `peek(at)`: the [`ND_PEEK`] bytes at `at` from the ICMPv6
 /// header, `None` past the packet. `None` means malformed: not neighbour
 /// discovery, or shorter than its kind.
 pub fn parse_nd(

@@ -57,6 +57,8 @@ fn a_plain_packet_is_its_fixed_header() {
         }
     );
     assert_eq!((p.hop_limit, p.fragmented), (255, false));
+    // The transport message: the 8 bytes after the header.
+    assert_eq!(p.end - p.ip.header_len, 8);
     // The summary is the IPv4 path's, for the same rules.
     let s: Ipv6Summary = p.ip.summary(12345, 80);
     assert_eq!(

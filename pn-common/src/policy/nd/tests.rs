@@ -25,6 +25,7 @@ fn ip(src: Ip6, dst: Ip6) -> Ipv6Packet {
             dst,
             later_fragment: false,
         },
+        end: 64,
         hop_limit: 255,
         fragmented: false,
     }
