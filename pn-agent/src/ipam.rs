@@ -5,6 +5,12 @@ use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
 
+mod v6;
+pub use v6::{
+    Address6Error, NETWORK6_PREFIX, POOL6_PREFIX, Range6Error, check_address6,
+    check_network_range6, check_pool6, next_address6, next_subnet6, random_ula_pool, ula_pool,
+};
+
 /// Default fleet-wide pool and per-network prefix (contract).
 pub const DEFAULT_POOL: &str = "10.240.0.0/12";
 pub const DEFAULT_NETWORK_PREFIX: u8 = 22;

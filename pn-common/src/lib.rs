@@ -40,6 +40,17 @@ pub const fn ip4_octets(ip: Ip4) -> [u8; 4] {
 /// address.
 pub const GATEWAY: Ip4 = ip4(169, 254, 1, 1);
 
+/// An IPv6 address as it sits in a packet: the sixteen octets in network
+/// order. An array, not a `u128`: the programs compare and copy it, never
+/// compute with it, and an array has no alignment to trip the verifier on.
+pub type Ip6 = [u8; 16];
+
+/// `::`, the source of a host that has no address yet.
+pub const IP6_UNSPECIFIED: Ip6 = [0; 16];
+
+/// IPv6's twin of [`GATEWAY`]: `fe80::1` on every container's link.
+pub const GATEWAY6: Ip6 = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
 /// Names of the maps and programs, as pinned under the agent's bpffs directory.
 pub mod objects {
     pub const MAP_ENDPOINTS: &str = "PN_ENDPOINTS";

@@ -1,8 +1,21 @@
 //! Keys and values of the maps the agent fills and the programs read. All
 //! `#[repr(C)]` with explicit padding, sizes pinned at compile time: a layout
 //! change is a compile error on both sides, never a silent misread.
+//!
+//! IPv6 (issue 24) keeps IPv4's maps and keys as they are, so an IPv4
+//! packet costs what it did: a container's IPv6 address sits beside its
+//! IPv4 one in [`Iface`] (one lookup gives either family its tag, flags and
+//! counter row), the IPv6 pool beside the IPv4 one in [`Config`], and the
+//! counters are shared (a reason means the same in both families). What is
+//! keyed by an address gets an IPv6 twin rather than a wider key for both:
+//! `PN_ENDPOINTS6` ([`Ip6`] → the same [`Endpoint`]), `PN_CONNS6` and
+//! `PN_FLOWS6` (their keys with [`Ip6`] addresses, 40 bytes), and
+//! `PN_EGRESS_DENY6` (an LPM trie of 16-byte addresses). One 16-byte key
+//! for both families (IPv4-mapped) was the alternative: it would hash four
+//! times the bytes on every IPv4 lookup and rebuild every pinned map of
+//! today's fleets at upgrade, to save a few map definitions.
 
-use crate::Ip4;
+use crate::{Ip4, Ip6};
 
 /// Value of `PN_ENDPOINTS`, keyed by the endpoint's address ([`Ip4`]). Holds
 /// every member of every network the host knows: local containers and, for the
@@ -45,6 +58,11 @@ pub struct Iface {
     /// Its row of `PN_COUNTERS` (1..=[`MAX_IFACES`]), given by the agent;
     /// 0 is the host's own row (and the row of an entry not given one yet).
     pub slot: u16,
+    /// The only IPv6 source address the container may use; `::` when it
+    /// has none (an IPv4-only host or network): then no IPv6 source is its.
+    /// Beside the IPv4 one rather than in a map of its own, so one lookup
+    /// per packet gives either family the same tag, flags and counter row.
+    pub addr6: Ip6,
 }
 
 impl Iface {
@@ -146,12 +164,53 @@ pub struct Config {
     /// out of reach.
     pub pool_addr: Ip4,
     pub pool_mask: Ip4,
+    /// The fleet's IPv6 pool (the unique local /48), as address and mask
+    /// like the IPv4 one, with the same zero default.
+    pub pool6_addr: Ip6,
+    pub pool6_mask: Ip6,
 }
 
 impl Config {
     pub const fn in_pool(&self, ip: Ip4) -> bool {
         ip & self.pool_mask == self.pool_addr & self.pool_mask
     }
+
+    /// By 64-bit halves: two comparisons, no byte loop for the verifier.
+    pub const fn in_pool6(&self, ip: &Ip6) -> bool {
+        let (a, m, p) = (
+            halves(ip),
+            halves(&self.pool6_mask),
+            halves(&self.pool6_addr),
+        );
+        a[0] & m[0] == p[0] & m[0] && a[1] & m[1] == p[1] & m[1]
+    }
+}
+
+/// An [`Ip6`] as two native-order words: how the programs compare and mask
+/// one (byte arrays may compile to a `bcmp` call, which BPF lacks).
+pub const fn halves(ip: &Ip6) -> [u64; 2] {
+    let [
+        a0,
+        a1,
+        a2,
+        a3,
+        a4,
+        a5,
+        a6,
+        a7,
+        b0,
+        b1,
+        b2,
+        b3,
+        b4,
+        b5,
+        b6,
+        b7,
+    ] = *ip;
+    [
+        u64::from_ne_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
+        u64::from_ne_bytes([b0, b1, b2, b3, b4, b5, b6, b7]),
+    ]
 }
 
 /// What a connection with the world is, in `PN_CONNS`.
@@ -292,14 +351,14 @@ pub const MAX_TAGS: u32 = 65_536;
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 16);
-const _: () = assert!(core::mem::size_of::<Iface>() == 16);
+const _: () = assert!(core::mem::size_of::<Iface>() == 32);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 const _: () = assert!(core::mem::size_of::<Counters>() == 16 * crate::Reason::COUNT);
 // Slots are u16.
 const _: () = assert!(MAX_COUNTER_SLOTS <= u16::MAX as u32 + 1);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 8);
-const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 56);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 16);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 16);
 const _: () = assert!(core::mem::size_of::<DenyRange>() == 4);

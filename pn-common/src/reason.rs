@@ -86,11 +86,19 @@ pub enum Reason {
     /// under its own address and MAC, or the host's gateway answering
     /// (or asking) the container's own address.
     ArpDenied = 32,
+    /// Passed: neighbour discovery between a container (its own addresses)
+    /// and its gateway `fe80::1`, IPv6's twin of `arp`.
+    Nd = 33,
+    /// Dropped: neighbour discovery other than a container soliciting its
+    /// gateway (or answering it) under its own addresses and MAC, or the
+    /// host's gateway soliciting (or answering) the container: IPv6's twin
+    /// of `arp_denied`.
+    NdDenied = 34,
 }
 
 impl Reason {
     /// Number of reasons; counter arrays are sized by it.
-    pub const COUNT: usize = 33;
+    pub const COUNT: usize = 35;
 
     pub const ALL: [Reason; Reason::COUNT] = [
         Reason::Forwarded,
@@ -126,6 +134,8 @@ impl Reason {
         Reason::NoTunnel,
         Reason::ForgedGateway,
         Reason::ArpDenied,
+        Reason::Nd,
+        Reason::NdDenied,
     ];
 
     pub const fn from_u8(v: u8) -> Option<Reason> {
@@ -142,6 +152,7 @@ impl Reason {
             Reason::Forwarded
                 | Reason::Delivered
                 | Reason::Arp
+                | Reason::Nd
                 | Reason::Gateway
                 | Reason::Tunnel
                 | Reason::Egress
@@ -185,6 +196,8 @@ impl Reason {
             Reason::NoTunnel => "no_tunnel",
             Reason::ForgedGateway => "forged_gateway",
             Reason::ArpDenied => "arp_denied",
+            Reason::Nd => "nd",
+            Reason::NdDenied => "nd_denied",
         }
     }
 
@@ -228,6 +241,7 @@ mod tests {
                 &Reason::Tunnel,
                 &Reason::Egress,
                 &Reason::Published,
+                &Reason::Nd,
             ]
         );
     }

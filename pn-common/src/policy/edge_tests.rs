@@ -1,7 +1,7 @@
 //! The edge: the world and the routers.
 
 use super::{tests::*, *};
-use crate::ip4;
+use crate::{GATEWAY, ip4};
 
 const POOL_CFG_ADDR: Ip4 = ip4(10, 240, 0, 0);
 const WORLD: Ip4 = ip4(203, 0, 113, 10);

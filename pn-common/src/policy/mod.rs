@@ -3,14 +3,29 @@
 //! contract ("Data-plane rules") without a kernel.
 
 use crate::{
-    GATEWAY, Ip4, Reason,
+    Ip4, Ip6, Reason,
     edge::Marked,
     maps::{Config, ConnKey, ConnKind, Endpoint, EventBudget, Iface},
 };
 
 mod arp;
+mod family;
+mod ipv6;
+mod nd;
 mod tunnel;
 pub use arp::{ARP_LEN, ArpMessage, arp_from_container, arp_to_container, parse_arp};
+pub use family::{Family, same6};
+pub use ipv6::{
+    ETH_P_IPV6, EXT_PEEK, ICMP6_DEST_UNREACH, ICMP6_PACKET_TOO_BIG, ICMP6_PARAMETER_PROBLEM,
+    ICMP6_TIME_EXCEEDED, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMPV6,
+    IPPROTO_ROUTING, IPV6_HLEN, Ipv6Header, Ipv6Packet, L4_OFFSET_MASK, MAX_EXT_HEADERS,
+    MAX_L4_OFFSET, allowed_proto6, icmp6_is_error, parse_ipv6,
+};
+pub use nd::{
+    ICMP6_NEIGHBOR_ADVERT, ICMP6_NEIGHBOR_SOLICIT, ICMP6_REDIRECT, ICMP6_ROUTER_ADVERT,
+    ICMP6_ROUTER_SOLICIT, LinkAddr, ND_PEEK, NdKind, NdMessage, container_link_local, is_nd,
+    nd_from_container, nd_to_container, parse_nd, solicited_node,
+};
 pub use tunnel::{TunnelMember, tunnel_incoming, tunnel_outgoing};
 
 pub const ETH_HLEN: usize = 14;
@@ -39,17 +54,24 @@ pub const fn classify_ethertype(ethertype: u16) -> L3 {
     }
 }
 
-/// The fixed IPv4 header, as far as the policy cares.
+/// An IP header of either family (`A`: [`Ip4`] or [`Ip6`]), as far as the
+/// policy cares: both parsers end here, so what follows them does not ask
+/// which family it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Header {
-    /// Header length in bytes (where L4 starts, relative to the IP header).
+pub struct IpHeader<A> {
+    /// Where L4 starts, relative to the IP header: IPv4's header length,
+    /// or IPv6's fixed header and the extension headers walked.
     pub header_len: usize,
+    /// The transport protocol (IPv6: the last header's next header).
     pub proto: u8,
-    pub src: Ip4,
-    pub dst: Ip4,
+    pub src: A,
+    pub dst: A,
     /// A non-first fragment carries no L4 header.
     pub later_fragment: bool,
 }
+
+/// The fixed IPv4 header, as far as the policy cares.
+pub type Ipv4Header = IpHeader<Ip4>;
 
 /// Parses the first 20 bytes of an IPv4 header. `None` means malformed.
 pub fn parse_ipv4(h: &[u8; IPV4_MIN_HLEN]) -> Option<Ipv4Header> {
@@ -74,31 +96,49 @@ pub const fn has_ports(proto: u8) -> bool {
     proto == IPPROTO_TCP || proto == IPPROTO_UDP
 }
 
-/// An IPv4 packet reduced to what the rules look at. Ports in host order, 0
-/// when the packet has none (ICMP, later fragments).
+/// A packet of either family reduced to what the rules look at. Ports in
+/// host order, 0 when the packet has none (ICMP, later fragments).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Summary {
-    pub src: Ip4,
-    pub dst: Ip4,
+pub struct PacketSummary<A> {
+    pub src: A,
+    pub dst: A,
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
 }
 
-const fn allowed_proto(proto: u8) -> bool {
-    matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP)
+pub type Ipv4Summary = PacketSummary<Ip4>;
+pub type Ipv6Summary = PacketSummary<Ip6>;
+
+impl<A: Copy> IpHeader<A> {
+    /// The summary of this packet, with the ports read after the header
+    /// (0, 0 when it has none).
+    pub const fn summary(&self, sport: u16, dport: u16) -> PacketSummary<A> {
+        PacketSummary {
+            src: self.src,
+            dst: self.dst,
+            proto: self.proto,
+            sport,
+            dport,
+        }
+    }
+}
+
+/// TCP, UDP and the family's ICMP.
+fn allowed_proto<A: Family>(proto: u8) -> bool {
+    proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == A::ICMP
 }
 
 /// The edge's state, consulted only when the other end of a packet is
 /// outside the pool: the member-to-member path never calls it, so its
 /// per-packet cost stays one endpoint lookup.
-pub trait EdgeLookup {
+pub trait EdgeLookup<A = Ip4> {
     /// The `PN_CONNS` entry of the packet's connection, keyed from the
     /// container's side (for an ICMP error toward a container: the
     /// connection of the packet it quotes).
     fn conn(&mut self) -> Option<ConnKind>;
     /// `PN_EGRESS_DENY` covers `dst`.
-    fn egress_denied(&mut self, dst: Ip4) -> bool;
+    fn egress_denied(&mut self, dst: A) -> bool;
     /// The packet's mark (see [`crate::edge`]).
     fn mark(&mut self) -> u32;
 }
@@ -106,24 +146,25 @@ pub trait EdgeLookup {
 /// Rules 1–4 and the edge, on a packet leaving a container (host-side
 /// ingress of its veth). `iface` is what the agent recorded for that veth,
 /// `dst` the endpoint entry of the destination address, if any.
-pub fn from_container(
-    pkt: &Ipv4Summary,
+pub fn from_container<A: Family>(
+    pkt: &PacketSummary<A>,
     iface: Option<&Iface>,
     dst: Option<&Endpoint>,
     cfg: &Config,
-    edge: &mut impl EdgeLookup,
+    edge: &mut impl EdgeLookup<A>,
 ) -> Reason {
     let Some(iface) = iface else {
         return Reason::UnknownInterface;
     };
-    if pkt.src != iface.addr {
-        return Reason::SpoofedSource;
+    match A::own(iface) {
+        Some(own) if own.same(&pkt.src) => {}
+        _ => return Reason::SpoofedSource,
     }
-    if !allowed_proto(pkt.proto) {
+    if !allowed_proto::<A>(pkt.proto) {
         return Reason::ProtoDenied;
     }
-    let to_dns = pkt.dst == cfg.dns_addr && has_ports(pkt.proto) && pkt.dport == cfg.dns_port;
-    let to_gateway = pkt.dst == GATEWAY && pkt.proto == IPPROTO_ICMP;
+    let to_dns = pkt.dst.same(&A::dns(cfg)) && has_ports(pkt.proto) && pkt.dport == cfg.dns_port;
+    let to_gateway = pkt.dst.same(&A::GATEWAY) && pkt.proto == A::ICMP;
     if to_dns || to_gateway {
         return Reason::Gateway;
     }
@@ -135,7 +176,7 @@ pub fn from_container(
         }
         Some(ep) if ep.tag == iface.tag => return Reason::Forwarded,
         Some(_) => return Reason::PolicyDenied,
-        None if cfg.in_pool(pkt.dst) => return Reason::PolicyDenied,
+        None if pkt.dst.in_pool(cfg) => return Reason::PolicyDenied,
         None => {}
     }
     // The world. A reply to a router's connection goes back whatever the
@@ -162,22 +203,22 @@ pub fn from_container(
 /// the host itself (and its DNS answers from the agent's marked sockets); a
 /// namespace plugged in by someone else, another NIC, the underlay or
 /// another process on the host cannot borrow it.
-pub fn to_container(
-    pkt: &Ipv4Summary,
+pub fn to_container<A: Family>(
+    pkt: &PacketSummary<A>,
     ingress: u32,
     iface: Option<&Iface>,
     src: Option<&Endpoint>,
     cfg: &Config,
-    edge: &mut impl EdgeLookup,
+    edge: &mut impl EdgeLookup<A>,
 ) -> Reason {
     let Some(iface) = iface else {
         return Reason::UnknownInterface;
     };
-    if !allowed_proto(pkt.proto) {
+    if !allowed_proto::<A>(pkt.proto) {
         return Reason::ProtoDenied;
     }
-    let from_dns = pkt.src == cfg.dns_addr && has_ports(pkt.proto) && pkt.sport == cfg.dns_port;
-    let from_gateway = pkt.src == GATEWAY && pkt.proto == IPPROTO_ICMP;
+    let from_dns = pkt.src.same(&A::dns(cfg)) && has_ports(pkt.proto) && pkt.sport == cfg.dns_port;
+    let from_gateway = pkt.src.same(&A::GATEWAY) && pkt.proto == A::ICMP;
     if from_dns || from_gateway {
         if ingress != 0 {
             return Reason::SpoofedSource;
@@ -204,7 +245,7 @@ pub fn to_container(
     match src {
         Some(ep) if ep.tag == iface.tag => return Reason::Delivered,
         Some(_) => return Reason::NotMember,
-        None if cfg.in_pool(pkt.src) => return Reason::NotMember,
+        None if pkt.src.in_pool(cfg) => return Reason::NotMember,
         None => {}
     }
     match crate::edge::marked(edge.mark()) {
@@ -225,7 +266,7 @@ pub fn to_container(
         // Router packets carry the mark; an unmarked one on a router's
         // connection is an ICMP error about it (or a router bypassing the
         // published port, which gets nothing).
-        Some(ConnKind::Published) if pkt.proto == IPPROTO_ICMP => Reason::Published,
+        Some(ConnKind::Published) if pkt.proto == A::ICMP => Reason::Published,
         // Unsolicited from the world, or a router sending straight to the
         // container's address.
         _ => Reason::NotMember,
@@ -424,3 +465,5 @@ impl EventBudget {
 mod edge_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod v6_tests;

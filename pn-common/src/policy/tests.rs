@@ -1,7 +1,7 @@
 //! The contract's data-plane rules, member to member and on the underlay.
 
 use super::*;
-use crate::ip4;
+use crate::{GATEWAY, ip4};
 
 pub(super) const A1: Ip4 = ip4(10, 240, 0, 1);
 pub(super) const A2: Ip4 = ip4(10, 240, 0, 2);
@@ -32,11 +32,11 @@ pub(super) struct Untouched;
 /// Only the packet's mark is there to read (the gateway's path).
 pub(super) struct MarkOnly(pub(super) u32);
 
-impl EdgeLookup for MarkOnly {
+impl<A> EdgeLookup<A> for MarkOnly {
     fn conn(&mut self) -> Option<ConnKind> {
         panic!("connection table consulted")
     }
-    fn egress_denied(&mut self, _: Ip4) -> bool {
+    fn egress_denied(&mut self, _: A) -> bool {
         panic!("deny list consulted")
     }
     fn mark(&mut self) -> u32 {
@@ -44,11 +44,11 @@ impl EdgeLookup for MarkOnly {
     }
 }
 
-impl EdgeLookup for Untouched {
+impl<A> EdgeLookup<A> for Untouched {
     fn conn(&mut self) -> Option<ConnKind> {
         panic!("connection table consulted")
     }
-    fn egress_denied(&mut self, _: Ip4) -> bool {
+    fn egress_denied(&mut self, _: A) -> bool {
         panic!("deny list consulted")
     }
     fn mark(&mut self) -> u32 {
