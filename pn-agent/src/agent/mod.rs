@@ -23,6 +23,7 @@
 mod cni;
 mod commands;
 mod converge;
+mod dns_server;
 pub mod edge;
 mod follow;
 mod health;
@@ -56,6 +57,11 @@ use crate::{
 pub const GATEWAY_DEV: &str = "pn-gw";
 /// The TUN device remote members are routed to.
 pub const TUN_DEV: &str = "pn-tun";
+
+/// The containers' gateway, on [`GATEWAY_DEV`].
+fn gateway_addr() -> Ipv4Addr {
+    Ipv4Addr::from(pn_common::ip4_octets(pn_common::GATEWAY))
+}
 
 /// The agent. Locks, when more than one is needed, are taken in this order
 /// and never the other way: `local_ops` (async; held across netlink and
