@@ -18,7 +18,9 @@
 //! whose interface vanished, `edge` holds what the edge needs besides the
 //! view (host facts, the nftables table, published ports), `health` probes
 //! local containers of apps with a health port, `names` gives the datapath's
-//! metrics the membership's names.
+//! metrics the membership's names, `takeover` is the agent's side of a
+//! hand-over (and opens the tunnel otherwise), `dns_server` starts the DNS
+//! server on the view.
 
 mod cni;
 mod commands;
