@@ -3,10 +3,10 @@
 //! manager's notices, the API socket and metrics, signals. Part of the
 //! binary, not of the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use pn_agent::config::{RunConfig, RunSettings};
+use pn_agent::config::{RunConfig, RunSettings, StoreSpec};
 
 use crate::one_line;
 
@@ -26,14 +26,29 @@ fn raise_descriptor_limit() {
     }
 }
 
+/// The settings of this run. Every error in them is the command line's or
+/// the file's to fix; the certificate files are read now, so a wrong one is
+/// one line before anything starts.
+fn resolve(
+    settings: RunSettings,
+    file: Option<&Path>,
+) -> Result<RunConfig, pn_agent::error::Error> {
+    RunConfig::resolve(settings, file)
+        .and_then(|cfg| {
+            if let StoreSpec::EtcdTls(_, files) = &cfg.store {
+                files.check()?;
+            }
+            Ok(cfg)
+        })
+        .map_err(|e| pn_agent::error::Error::invalid(one_line(&e)))
+}
+
 pub(crate) async fn daemon(settings: RunSettings, config: Option<PathBuf>) -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .format_timestamp_millis()
         .init();
-    // Every settings error is the command line's or the file's to fix.
-    let cfg = RunConfig::resolve(settings, config.as_deref())
-        .map_err(|e| pn_agent::error::Error::invalid(one_line(&e)))?;
+    let cfg = resolve(settings, config.as_deref())?;
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!("pn-agent run needs root (it loads eBPF programs and configures interfaces)");
     }

@@ -9,3 +9,7 @@ pub mod cni;
 pub mod error;
 pub mod key;
 pub mod proto;
+
+/// The agent's control socket when none is named (`--api-socket`, the
+/// config file's `api-socket`, the CNI configuration's `agentSocket`).
+pub const DEFAULT_API_SOCKET: &str = "/run/pn-agent/api.sock";

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use pn_api::DEFAULT_API_SOCKET;
 use pn_common::ids::{AppId, ContainerType, parse_index};
 use rscni_types::{
     error::Error,
@@ -12,9 +13,6 @@ use rscni_types::{
     version::SpecVersion,
 };
 use serde_json::Value;
-
-/// The agent's API socket when the configuration names none.
-pub const DEFAULT_AGENT_SOCKET: &str = "/run/pn-agent/api.sock";
 
 /// The spec versions this plugin speaks (their results share one layout;
 /// STATUS and GC need 1.1.0).
@@ -179,7 +177,7 @@ impl Conf {
         let ctype: ContainerType = required("containerType")?
             .parse()
             .map_err(|e| bad("containerType", &e))?;
-        let agent_socket = PathBuf::from(text("agentSocket")?.unwrap_or(DEFAULT_AGENT_SOCKET));
+        let agent_socket = PathBuf::from(text("agentSocket")?.unwrap_or(DEFAULT_API_SOCKET));
         if !agent_socket.is_absolute() {
             return Err(bad(
                 "agentSocket",
@@ -295,7 +293,7 @@ mod tests {
         let c = conf("").unwrap();
         assert_eq!(c.app.to_string(), APP);
         assert_eq!(c.ctype.to_string(), "web");
-        assert_eq!(c.agent_socket, PathBuf::from(DEFAULT_AGENT_SOCKET));
+        assert_eq!(c.agent_socket, PathBuf::from(DEFAULT_API_SOCKET));
         assert_eq!(c.index, None);
         assert_eq!(c.version, SpecVersion::new(1, 0, 0));
         let c = conf(r#","agentSocket":"/tmp/a.sock","index":2"#).unwrap();

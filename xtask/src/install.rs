@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use pn_api::DEFAULT_API_SOCKET;
 
 /// Where each file goes, relative to the root.
 pub const AGENT: &str = "usr/local/bin/pn-agent";
@@ -26,7 +27,6 @@ const CONFIG_TEXT: &str = include_str!("../../dist/config.toml");
 /// The agent's defaults, for what the config file does not change.
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf/pn-agent";
 const DEFAULT_STATE_DIR: &str = "/var/lib/pn-agent";
-const DEFAULT_API_SOCKET: &str = "/run/pn-agent/api.sock";
 
 /// Copies an executable into place: a new file renamed over the old one,
 /// so a running agent keeps its binary and a runtime never runs half a

@@ -7,7 +7,7 @@ use pn_common::{
     names::ZONE,
 };
 
-use super::{Agent, start::gateway_addr};
+use super::{Agent, gateway_addr};
 use crate::{
     error::{Error, ErrorKind},
     model::{Container, RuntimeRef},

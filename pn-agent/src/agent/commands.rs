@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use pn_common::ids::{AppId, ContainerType, HostId, NetworkId, Uuid};
 
-use super::{Agent, start::gateway_addr};
+use super::{Agent, gateway_addr};
 use crate::{
     datapath::DatapathError,
     error::{Error, Kind},

@@ -18,11 +18,14 @@
 //! whose interface vanished, `edge` holds what the edge needs besides the
 //! view (host facts, the nftables table, published ports), `health` probes
 //! local containers of apps with a health port, `names` gives the datapath's
-//! metrics the membership's names.
+//! metrics the membership's names, `takeover` is the agent's side of a
+//! hand-over (and opens the tunnel otherwise), `dns_server` starts the DNS
+//! server on the view.
 
 mod cni;
 mod commands;
 mod converge;
+mod dns_server;
 pub mod edge;
 mod follow;
 mod health;
@@ -56,6 +59,11 @@ use crate::{
 pub const GATEWAY_DEV: &str = "pn-gw";
 /// The TUN device remote members are routed to.
 pub const TUN_DEV: &str = "pn-tun";
+
+/// The containers' gateway, on [`GATEWAY_DEV`].
+fn gateway_addr() -> Ipv4Addr {
+    Ipv4Addr::from(pn_common::ip4_octets(pn_common::GATEWAY))
+}
 
 /// The agent. Locks, when more than one is needed, are taken in this order
 /// and never the other way: `local_ops` (async; held across netlink and

@@ -7,7 +7,7 @@
 
 use pn_common::ids::{AppId, NetworkId};
 
-use super::{Agent, start::gateway_addr};
+use super::{Agent, gateway_addr};
 use crate::{
     error::Error,
     model::Container,

@@ -15,14 +15,17 @@ use std::{
 };
 
 use anyhow::Context as _;
-use pn_common::{GATEWAY, ip4_octets, maps::Config, tunnel};
-use pn_tunnel::{self as tun, device::Device, keyfile};
+use aya::maps::{MapData, RingBuf};
+use pn_common::{maps::Config, tunnel};
+use pn_tunnel::{self as tun, device::Device, handshake::StaticKeys, keyfile};
 use tokio::sync::watch;
 
 use super::{
     Agent, GATEWAY_DEV, MemberTable, TUN_DEV,
     edge::{self as agent_edge, EdgeRuntime},
+    gateway_addr,
     reconcile::{self, to_ip4},
+    takeover,
 };
 use crate::{
     config::{RunConfig, StoreSpec},
@@ -39,49 +42,6 @@ use crate::{
         view::MembershipView,
     },
 };
-
-pub(super) fn gateway_addr() -> Ipv4Addr {
-    Ipv4Addr::from(ip4_octets(GATEWAY))
-}
-
-/// The DNS server's view of the membership.
-pub(super) struct ViewDirectory(pub(super) Arc<RwLock<MembershipView>>);
-
-impl dns::Directory for ViewDirectory {
-    fn member(&self, client: Ipv4Addr) -> Option<dns::Member> {
-        let v = self.0.read().unwrap_or_else(|p| p.into_inner());
-        let network = v.container_by_ip(client)?.network;
-        // Sealed unless its network says otherwise: a record missing for a
-        // moment never opens the world.
-        let sealed = v
-            .networks
-            .get(&network)
-            .is_none_or(|n| n.egress != crate::model::Egress::Allow);
-        Some(dns::Member { network, sealed })
-    }
-
-    fn resolve(&self, q: &pn_common::names::RecordQuery, out: &mut Vec<Ipv4Addr>) -> bool {
-        let v = self.0.read().unwrap_or_else(|p| p.into_inner());
-        let Some(app) = v.apps.get(&q.app).filter(|a| a.network == q.network) else {
-            return false;
-        };
-        // An app balanced by `vip`: its and its types' names answer the
-        // service address; `N.TYPE` still names one container.
-        if let Some(vip) = crate::store::view::services::service_addr(app, &q.selector) {
-            out.push(vip);
-            return true;
-        }
-        let before = out.len();
-        // During an app's move its containers change network one by one:
-        // only those already in the asked network answer.
-        out.extend(
-            v.select(&q.app, &q.selector)
-                .filter(|c| c.network == q.network)
-                .map(|c| c.ip),
-        );
-        out.len() > before
-    }
-}
 
 /// The edge before anything reaches the world: the deny list in the
 /// datapath, a table in place (an earlier agent's is kept until the first
@@ -173,6 +133,221 @@ async fn early_view(
     Some(view)
 }
 
+/// The store the settings name. One that refuses this host (a certificate
+/// it rejects or does not trust, a role without read access) is a setting
+/// to fix, not an outage to ride out: the start stops before touching the
+/// kernel. An outage goes on (the pinned state is enforced, the follower
+/// retries).
+async fn open_store(cfg: &RunConfig) -> anyhow::Result<Arc<dyn Backend>> {
+    let backend: Arc<dyn Backend> = match &cfg.store {
+        StoreSpec::Embedded => Arc::new(
+            Embedded::open(&cfg.state_dir)
+                .with_context(|| format!("opening the store in {}", cfg.state_dir.display()))?,
+        ),
+        StoreSpec::Etcd(endpoints) => {
+            log::warn!(
+                "store etcd://{} is plain text and unauthenticated: for a fleet use etcds://",
+                endpoints.join(",")
+            );
+            Arc::new(Etcd::new(endpoints.clone(), cfg.etcd_prefix.clone()))
+        }
+        StoreSpec::EtcdTls(endpoints, files) => Arc::new(
+            Etcd::with_tls(endpoints.clone(), cfg.etcd_prefix.clone(), files.clone())
+                .map_err(|e| Error::invalid(e.to_string()))?,
+        ),
+    };
+    if let Err(StoreError::Refused(why)) = backend.get(keys::POOL).await {
+        return Err(Error::unavailable(why).into());
+    }
+    Ok(backend)
+}
+
+/// The host's half of every container's routes: the gateway device, and
+/// pool addresses that are not local going through the tunnel or nowhere:
+/// never out of the underlay in clear, whatever the tunnel's state (the
+/// device missing included).
+async fn prepare_routes(netlink: &Netlink, cfg: &RunConfig) -> anyhow::Result<()> {
+    netlink
+        .ensure_gateway(GATEWAY_DEV, gateway_addr())
+        .await
+        .context("setting up the gateway device")?;
+    netlink
+        .ensure_unreachable(cfg.pool)
+        .await
+        .context("guarding the pool")?;
+    Ok(())
+}
+
+/// The interface toward the other hosts, and how its guard attaches.
+struct Underlay {
+    name: String,
+    mode: aya::programs::XdpMode,
+}
+
+/// The underlay (`--underlay-iface`), and the MTU of container interfaces:
+/// `--mtu`, or the underlay's less the tunnel's headers so inner packets
+/// never fragment.
+async fn find_underlay(
+    netlink: &Netlink,
+    cfg: &RunConfig,
+) -> anyhow::Result<(Option<Underlay>, u32)> {
+    let Some(name) = &cfg.underlay_iface else {
+        return Ok((None, cfg.mtu.unwrap_or(crate::config::DEFAULT_MTU)));
+    };
+    let mtu = netlink
+        .mtu(name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("underlay interface {name} not found (--underlay-iface)"))?;
+    let container_mtu = cfg
+        .mtu
+        .unwrap_or(mtu.saturating_sub(tunnel::OVERHEAD as u32));
+    // On veth, driver-mode XDP turns off the peer's segmentation offloads,
+    // which the tunnel's UDP GSO/GRO depends on: generic mode there, driver
+    // mode on real devices.
+    let mode = if netlink.kind(name).await?.as_deref() == Some("veth") {
+        aya::programs::XdpMode::Skb
+    } else {
+        aya::programs::XdpMode::default()
+    };
+    let underlay = Underlay {
+        name: name.clone(),
+        mode,
+    };
+    Ok((Some(underlay), container_mtu))
+}
+
+/// The tunnel's device (not running yet), when this host advertises an
+/// endpoint.
+fn new_tunnel(
+    cfg: &RunConfig,
+    host_keys: &StaticKeys,
+    members: &MemberTable,
+) -> Option<Arc<Device>> {
+    cfg.advertise.map(|_| {
+        let seed = u64::from_le_bytes(
+            uuid::Uuid::new_v4().as_bytes()[..8]
+                .try_into()
+                .expect("8 bytes"),
+        );
+        let t = tun::Tunnel::new(cfg.tunnel.clone(), host_keys.clone(), seed);
+        Arc::new(Device::new(t, Arc::new(members.clone())))
+    })
+}
+
+/// Without a predecessor, the tunnel runs first: the programs and maps of
+/// the previous agent still enforce, only the tunnel waited for an agent.
+/// It resumes what the service manager kept, or opens afresh with the
+/// members and peers of a first listing (not the datapath's, whose load
+/// takes longer). Returns that listing's view, if one was read.
+async fn start_tunnel_early(
+    dev: &Device,
+    stored: Option<Stored>,
+    backend: &dyn Backend,
+    netlink: &Netlink,
+    cfg: &RunConfig,
+    members: &MemberTable,
+    mtu: u32,
+) -> anyhow::Result<Option<MembershipView>> {
+    let resumed = match stored {
+        Some(s) => takeover::resume_stored(dev, members, s),
+        None => false,
+    };
+    if resumed {
+        takeover::route_tunnel(cfg, netlink, mtu).await?;
+        return Ok(None);
+    }
+    let view = early_view(backend, netlink, cfg, members, dev).await;
+    if dev.listen().is_none() {
+        takeover::open_tunnel(dev, cfg, netlink, mtu).await?;
+    }
+    Ok(view)
+}
+
+/// The loaded datapath and what the rest of the start takes from it.
+struct Loaded {
+    kernel: Kernel,
+    /// Drop and flow events, and the connection tracker's.
+    events: Option<RingBuf<MapData>>,
+    conn_events: Option<RingBuf<MapData>>,
+    /// An underlay guard an earlier agent left, kept guarding with its maps
+    /// until this agent's are filled (after the first sync).
+    guard_later: Option<Underlay>,
+    /// `PN_CONFIG` before the edge adds the pool.
+    config: Config,
+}
+
+/// Loads (or finds pinned) the programs and maps, attaches the underlay
+/// guard (a missing one at once) and the tunnel's entry guard.
+async fn load_datapath(
+    cfg: &RunConfig,
+    netlink: &Netlink,
+    underlay: Option<Underlay>,
+    with_tunnel: bool,
+    container_mtu: u32,
+) -> anyhow::Result<Loaded> {
+    let mut kernel =
+        Kernel::load(crate::EBPF_OBJECT, &cfg.bpffs).context("loading the datapath")?;
+    let tunnel_port = match &underlay {
+        Some(_) => cfg.advertise.map_or(tunnel::DEFAULT_PORT, |a| a.port()),
+        None => 0,
+    };
+    let mut guard_later = None;
+    if let Some(u) = underlay {
+        let name = u.name.clone();
+        if kernel.underlay_pinned(&u.name) {
+            guard_later = Some(u);
+        } else {
+            kernel.attach_underlay(&u.name, u.mode)?;
+        }
+        log::info!(
+            "underlay guard on {name} (tunnel port {tunnel_port}); container MTU {container_mtu}"
+        );
+    }
+    let events = kernel.take_events();
+    kernel
+        .conn()
+        .set_track(cfg.track)
+        .context("configuring request tracking")?;
+    let conn_events = kernel.conn().events.take();
+    // The tunnel's device is persistent, so its index outlives agents: the
+    // programs send remote members only there and admit them only from
+    // there (0: no tunnel, remote members are dropped as no_tunnel), and
+    // its entry is guarded.
+    let mut tunnel_ifindex = 0;
+    if with_tunnel && let Some((idx, _)) = netlink.link(TUN_DEV).await? {
+        kernel
+            .attach_tunnel(TUN_DEV)
+            .context("guarding the tunnel's entry")?;
+        tunnel_ifindex = idx;
+    }
+    let config = Config {
+        dns_addr: to_ip4(*cfg.dns_listen.ip()),
+        dns_port: cfg.dns_listen.port(),
+        tunnel_port,
+        tunnel_ifindex,
+        drop_events_per_sec: cfg.drop_events_per_sec,
+        ..Default::default()
+    };
+    Ok(Loaded {
+        kernel,
+        events,
+        conn_events,
+        guard_later,
+        config,
+    })
+}
+
+/// Where names outside the private zone are relayed.
+fn dns_upstreams(cfg: &RunConfig) -> Vec<std::net::SocketAddr> {
+    match &cfg.dns_upstream {
+        Some(list) => list.clone(),
+        None => dns::upstreams_from_resolv_conf(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            *cfg.dns_listen.ip(),
+        ),
+    }
+}
+
 impl Agent {
     /// Brings the agent up: store, kernel prerequisites, datapath, first
     /// sync. With a `predecessor`, takes its place once ready and returns
@@ -183,160 +358,38 @@ impl Agent {
         predecessor: Option<Predecessor>,
         stored: Option<Stored>,
     ) -> anyhow::Result<Arc<Agent>> {
-        let backend: Arc<dyn Backend> = match &cfg.store {
-            StoreSpec::Embedded => Arc::new(
-                Embedded::open(&cfg.state_dir)
-                    .with_context(|| format!("opening the store in {}", cfg.state_dir.display()))?,
-            ),
-            StoreSpec::Etcd(endpoints) => {
-                log::warn!(
-                    "store etcd://{} is plain text and unauthenticated: for a fleet use etcds://",
-                    endpoints.join(",")
-                );
-                Arc::new(Etcd::new(endpoints.clone(), cfg.etcd_prefix.clone()))
-            }
-            StoreSpec::EtcdTls(endpoints, files) => Arc::new(
-                Etcd::with_tls(endpoints.clone(), cfg.etcd_prefix.clone(), files.clone())
-                    .map_err(|e| Error::invalid(e.to_string()))?,
-            ),
-        };
-        // A store that refuses this host (a certificate it rejects or does
-        // not trust, a role without read access) is a setting to fix, not an
-        // outage to ride out: stop before touching the kernel. An outage
-        // goes on below (enforce the pinned state, retry).
-        if let Err(StoreError::Refused(why)) = backend.get(keys::POOL).await {
-            return Err(Error::unavailable(why).into());
-        }
+        let backend = open_store(&cfg).await?;
         let netlink = Netlink::connect().context("opening netlink")?;
         let forwarding =
             forwarding::enable(&cfg.state_dir).context("turning IPv4 forwarding on")?;
-        netlink
-            .ensure_gateway(GATEWAY_DEV, gateway_addr())
-            .await
-            .context("setting up the gateway device")?;
-        // Pool addresses that are not local go through the tunnel or
-        // nowhere: never out of the underlay in clear, whatever the
-        // tunnel's state (the device missing included).
-        netlink
-            .ensure_unreachable(cfg.pool)
-            .await
-            .context("guarding the pool")?;
-        let mut container_mtu = cfg.mtu.unwrap_or(crate::config::DEFAULT_MTU);
-        let mut underlay = None;
-        if let Some(name) = &cfg.underlay_iface {
-            let mtu = netlink.mtu(name).await?.ok_or_else(|| {
-                anyhow::anyhow!("underlay interface {name} not found (--underlay-iface)")
-            })?;
-            // Room for the tunnel's headers, so inner packets never fragment.
-            container_mtu = cfg
-                .mtu
-                .unwrap_or(mtu.saturating_sub(tunnel::OVERHEAD as u32));
-            // On veth, driver-mode XDP turns off the peer's segmentation
-            // offloads, which the tunnel's UDP GSO/GRO depends on: generic
-            // mode there, driver mode on real devices.
-            let mode = if netlink.kind(name).await?.as_deref() == Some("veth") {
-                aya::programs::XdpMode::Skb
-            } else {
-                aya::programs::XdpMode::default()
-            };
-            underlay = Some((name.clone(), mode));
-        }
+        prepare_routes(&netlink, &cfg).await?;
+        let (underlay, container_mtu) = find_underlay(&netlink, &cfg).await?;
         let host_keys = keyfile::host_key(&cfg.state_dir)?;
         let members = MemberTable::default();
-        let tunnel = cfg.advertise.map(|_| {
-            let seed = u64::from_le_bytes(
-                uuid::Uuid::new_v4().as_bytes()[..8]
-                    .try_into()
-                    .expect("8 bytes"),
-            );
-            let t = tun::Tunnel::new(cfg.tunnel.clone(), host_keys.clone(), seed);
-            Arc::new(Device::new(t, Arc::new(members.clone())))
-        });
-        let mut view = MembershipView::new(cfg.pool);
-        // The tunnel first: the programs and maps of the previous agent
-        // still enforce, only the tunnel waited for an agent. It needs the
-        // members and peers of a first listing, not the datapath (whose
-        // load takes longer). With a predecessor, its tunnel is taken over
-        // once this agent is ready instead (`take_over`).
+        let tunnel = new_tunnel(&cfg, &host_keys, &members);
+        // With a predecessor, its tunnel is taken over once this agent is
+        // ready instead (`take_over`).
+        let mut view = None;
         if let (Some(dev), None) = (&tunnel, &predecessor) {
-            let resumed = match stored {
-                Some(s) => super::takeover::resume_stored(dev, &members, s),
-                None => false,
-            };
-            if resumed {
-                super::takeover::route_tunnel(&cfg, &netlink, container_mtu).await?;
-            } else {
-                if let Some(v) = early_view(backend.as_ref(), &netlink, &cfg, &members, dev).await {
-                    view = v;
-                }
-                if dev.listen().is_none() {
-                    super::takeover::open_tunnel(dev, &cfg, &netlink, container_mtu).await?;
-                }
-            }
+            view = start_tunnel_early(
+                dev,
+                stored,
+                backend.as_ref(),
+                &netlink,
+                &cfg,
+                &members,
+                container_mtu,
+            )
+            .await?;
         }
-        let mut kernel =
-            Kernel::load(crate::EBPF_OBJECT, &cfg.bpffs).context("loading the datapath")?;
-        let tunnel_port = match &underlay {
-            Some(_) => cfg.advertise.map_or(tunnel::DEFAULT_PORT, |a| a.port()),
-            None => 0,
-        };
-        // A guard an earlier agent left keeps guarding with its maps until
-        // this agent's are filled (after the first sync); a missing one goes
-        // on at once.
-        let mut guard_later = None;
-        if let Some((name, mode)) = underlay {
-            if kernel.underlay_pinned(&name) {
-                guard_later = Some((name, mode));
-            } else {
-                kernel.attach_underlay(&name, mode)?;
-            }
-            log::info!(
-                "underlay guard on {} (tunnel port {tunnel_port}); container MTU {container_mtu}",
-                cfg.underlay_iface.as_deref().unwrap_or_default()
-            );
-        }
-        let events = kernel.take_events();
-        kernel
-            .conn()
-            .set_track(cfg.track)
-            .context("configuring request tracking")?;
-        let conn_events = kernel.conn().events.take();
-        // The tunnel's device is persistent, so its index outlives agents:
-        // the programs send remote members only there and admit them only
-        // from there (0: no tunnel, remote members are dropped as
-        // no_tunnel), and its entry is guarded.
-        let tunnel_ifindex = match &tunnel {
-            Some(_) => match netlink.link(TUN_DEV).await? {
-                Some((idx, _)) => {
-                    kernel
-                        .attach_tunnel(TUN_DEV)
-                        .context("guarding the tunnel's entry")?;
-                    idx
-                }
-                None => 0,
-            },
-            None => 0,
-        };
-        let base_config = Config {
-            dns_addr: to_ip4(*cfg.dns_listen.ip()),
-            dns_port: cfg.dns_listen.port(),
-            tunnel_port,
-            tunnel_ifindex,
-            drop_events_per_sec: cfg.drop_events_per_sec,
-            ..Default::default()
-        };
-        let mut datapath = Datapath::new(kernel);
+        let view = view.unwrap_or_else(|| MembershipView::new(cfg.pool));
+        let loaded =
+            load_datapath(&cfg, &netlink, underlay, tunnel.is_some(), container_mtu).await?;
+        let mut datapath = Datapath::new(loaded.kernel);
         let edge_local = agent_edge::gather(&netlink, &cfg, forwarding)
             .await
             .context("reading the host's addresses")?;
-        let edge = prepare_edge(&mut datapath, &edge_local, &cfg, base_config)?;
-        let dns_upstreams = match &cfg.dns_upstream {
-            Some(list) => list.clone(),
-            None => dns::upstreams_from_resolv_conf(
-                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-                *cfg.dns_listen.ip(),
-            ),
-        };
+        let edge = prepare_edge(&mut datapath, &edge_local, &cfg, loaded.config)?;
         let agent = Arc::new(Agent {
             membership: Membership::new(backend),
             view: Arc::new(RwLock::new(view)),
@@ -353,43 +406,15 @@ impl Agent {
             store_health: Arc::default(),
             container_mtu,
             dns_stats: Arc::new(DnsStats::default()),
-            dns_upstreams,
+            dns_upstreams: dns_upstreams(&cfg),
             host_keys,
             members,
             tunnel,
             dns: Mutex::new(None),
             cfg,
         });
-        if let Some(ring) = events {
-            let hub = agent.flows.clone();
-            let view = agent.view.clone();
-            tokio::spawn(async move {
-                if let Err(e) = hub.run_reader(ring, view).await {
-                    log::error!("flow event reader stopped: {e:#}");
-                }
-            });
-        }
-        if let Some(ring) = conn_events {
-            let (conns, flows) = (agent.conns.clone(), agent.flows.clone());
-            let view = agent.view.clone();
-            tokio::spawn(async move {
-                if let Err(e) = conns.run_reader(ring, view, flows).await {
-                    log::error!("connection event reader stopped: {e:#}");
-                }
-            });
-        }
-        // Enforcement of the last known state goes on even if the store is
-        // unreachable at start; the follower keeps retrying.
-        match agent.resync().await {
-            Ok(rev) => log::info!("in sync with the store at revision {rev}"),
-            Err(e) => log::warn!("store unreachable at start, enforcing pinned state: {e:#}"),
-        }
-        if let Some((name, mode)) = guard_later {
-            agent.dp().maps_mut().attach_underlay(&name, mode)?;
-        }
-        if let Err(e) = agent.register_host().await {
-            log::warn!("registering host {}: {e}", agent.cfg.host_id);
-        }
+        agent.read_events(loaded.events, loaded.conn_events);
+        agent.first_sync(loaded.guard_later).await?;
         if let Some(p) = predecessor {
             agent.take_over(p).await?;
         }
@@ -399,6 +424,47 @@ impl Agent {
         tokio::spawn(agent.clone().repair_edge());
         tokio::spawn(agent.clone().check_health());
         Ok(agent)
+    }
+
+    /// The readers of the datapath's event rings: drops and flows, and
+    /// connections and requests.
+    fn read_events(&self, events: Option<RingBuf<MapData>>, conn_events: Option<RingBuf<MapData>>) {
+        if let Some(ring) = events {
+            let hub = self.flows.clone();
+            let view = self.view.clone();
+            tokio::spawn(async move {
+                if let Err(e) = hub.run_reader(ring, view).await {
+                    log::error!("flow event reader stopped: {e:#}");
+                }
+            });
+        }
+        if let Some(ring) = conn_events {
+            let (conns, flows) = (self.conns.clone(), self.flows.clone());
+            let view = self.view.clone();
+            tokio::spawn(async move {
+                if let Err(e) = conns.run_reader(ring, view, flows).await {
+                    log::error!("connection event reader stopped: {e:#}");
+                }
+            });
+        }
+    }
+
+    /// The first reconciliation, then this agent's underlay guard (its
+    /// maps filled now) and its host record.
+    async fn first_sync(&self, guard_later: Option<Underlay>) -> anyhow::Result<()> {
+        // Enforcement of the last known state goes on even if the store is
+        // unreachable at start; the follower keeps retrying.
+        match self.resync().await {
+            Ok(rev) => log::info!("in sync with the store at revision {rev}"),
+            Err(e) => log::warn!("store unreachable at start, enforcing pinned state: {e:#}"),
+        }
+        if let Some(u) = guard_later {
+            self.dp().maps_mut().attach_underlay(&u.name, u.mode)?;
+        }
+        if let Err(e) = self.register_host().await {
+            log::warn!("registering host {}: {e}", self.cfg.host_id);
+        }
+        Ok(())
     }
 
     pub(super) async fn register_host(&self) -> Result<i64, MembershipError> {

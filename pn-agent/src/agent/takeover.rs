@@ -1,9 +1,9 @@
 //! The agent's side of a hand-over (`crate::handover`): as a successor, it
 //! takes the tunnel of the agent it replaces; as a predecessor, it freezes
-//! its tunnel for a successor. Also the pieces a start needs either way:
-//! the tunnel's I/O on fresh descriptors, and the DNS server.
+//! its tunnel for a successor. Also what a start needs either way: the
+//! tunnel's I/O on fresh descriptors.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use pn_tunnel::{
@@ -12,10 +12,9 @@ use pn_tunnel::{
 };
 use zeroize::Zeroizing;
 
-use super::{Agent, MemberTable, TUN_DEV, start::ViewDirectory};
+use super::{Agent, MemberTable, TUN_DEV, gateway_addr};
 use crate::{
     config::RunConfig,
-    dns::{self, DnsConfig, DnsError},
     handover::{
         Handing, Predecessor,
         service::{self, Stored},
@@ -90,9 +89,7 @@ pub(super) async fn route_tunnel(
     mtu: u32,
 ) -> anyhow::Result<()> {
     let idx = netlink.set_up(TUN_DEV, mtu).await?;
-    netlink
-        .route_to_dev(cfg.pool, idx, super::start::gateway_addr())
-        .await?;
+    netlink.route_to_dev(cfg.pool, idx, gateway_addr()).await?;
     Ok(())
 }
 
@@ -141,41 +138,6 @@ impl Agent {
         Ok(())
     }
 
-    /// Starts the DNS server (retrying a moment while a predecessor's
-    /// socket is still being closed).
-    pub(super) async fn start_dns(&self) -> anyhow::Result<()> {
-        let mut tries = 0;
-        let limits = dns::Limits::default()
-            .with_query_rate(self.cfg.dns_query_rate)
-            .fit_descriptors(dns::descriptor_limit().unwrap_or(1024));
-        let handle = loop {
-            let r = dns::serve_with(
-                DnsConfig {
-                    listen: self.cfg.dns_listen,
-                    ttl: self.cfg.dns_ttl,
-                    upstreams: self.dns_upstreams.clone(),
-                },
-                limits.clone(),
-                Arc::new(ViewDirectory(self.view.clone())),
-                self.dns_stats.clone(),
-            )
-            .await;
-            match r {
-                Err(DnsError::Bind { ref source, .. })
-                    if source.kind() == std::io::ErrorKind::AddrInUse && tries < 50 =>
-                {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                r => break r?,
-            }
-        };
-        *self.dns.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
-        Ok(())
-    }
-}
-
-impl Agent {
     /// At a stop under a service manager: leaves the tunnel with it, for
     /// the next start (`systemctl restart`).
     /// Whether the tunnel now waits with the service manager.

@@ -11,9 +11,8 @@ use ipnet::Ipv4Net;
 use pn_common::ids::HostId;
 use serde::Deserialize;
 
-use crate::{edge::ports::PortRange, store::etcd::TlsFiles};
+use pn_api::DEFAULT_API_SOCKET;
 
-pub const DEFAULT_API_SOCKET: &str = "/run/pn-agent/api.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/pn-agent";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/pn-agent";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
@@ -113,6 +112,82 @@ pub struct RunSettings {
     /// The API socket (also the global `--api-socket`).
     #[arg(skip)]
     pub api_socket: Option<PathBuf>,
+}
+
+/// `--publish-ports` [default: 30000-32767, Kubernetes' NodePort range,
+/// which platforms already keep free of host services].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        PortRange {
+            lo: 30000,
+            hi: 32767,
+        }
+    }
+}
+
+impl PortRange {
+    pub const fn contains(&self, port: u16) -> bool {
+        self.lo <= port && port <= self.hi
+    }
+
+    pub const fn len(&self) -> usize {
+        (self.hi - self.lo) as usize + 1
+    }
+
+    pub const fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.lo, self.hi)
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?}: expected LO-HI, two ports from 1 to 65535 with LO <= HI");
+        let (lo, hi) = s.trim().split_once('-').ok_or_else(bad)?;
+        let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+        let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+        if lo == 0 || lo > hi {
+            return Err(bad());
+        }
+        Ok(PortRange { lo, hi })
+    }
+}
+
+impl serde::Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The certificate files of an `etcds://` store (read and checked by
+/// `store::etcd`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA that signed etcd's server certificate.
+    pub cacert: PathBuf,
+    /// This host's client certificate (its CN is the etcd user when etcd
+    /// authentication is on).
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -262,6 +337,67 @@ fn outside_pool(flag: &str, nets: Vec<Ipv4Net>, pool: Ipv4Net) -> anyhow::Result
     Ok(nets)
 }
 
+/// A fleet store needs the tunnel: without it, traffic to members on other
+/// hosts would leave in clear text.
+fn needs_tunnel(advertise: bool, underlay_iface: bool) -> anyhow::Result<()> {
+    let missing: Vec<&str> = [
+        (!advertise, "--advertise"),
+        (!underlay_iface, "--underlay-iface"),
+    ]
+    .iter()
+    .filter(|(m, _)| *m)
+    .map(|(_, flag)| *flag)
+    .collect();
+    if !missing.is_empty() {
+        bail!(
+            "a fleet store (--store etcd…) needs {}: without the tunnel, traffic to \
+             members on other hosts would leave this host in clear text",
+            missing.join(" and ")
+        );
+    }
+    Ok(())
+}
+
+/// `--track` as `pn_common::conn::TRACK_*` bits.
+fn track_bits(track: &str) -> anyhow::Result<u32> {
+    Ok(match track {
+        "off" => 0,
+        "conns" => pn_common::conn::TRACK_CONNS,
+        "http" => pn_common::conn::TRACK_CONNS | pn_common::conn::TRACK_HTTP,
+        other => bail!("invalid --track {other}: off, conns or http"),
+    })
+}
+
+/// The tunnel's settings from `--tunnel-*`.
+fn tunnel_config(
+    cipher: Option<String>,
+    rekey_after_secs: Option<u64>,
+    rekey_after_messages: Option<u64>,
+) -> anyhow::Result<pn_tunnel::Config> {
+    let mut tunnel = pn_tunnel::Config::default();
+    if let Some(c) = cipher {
+        tunnel.cipher = c
+            .parse()
+            .map_err(|e| anyhow::anyhow!("invalid --tunnel-cipher: {e}"))?;
+    }
+    if let Some(secs) = rekey_after_secs {
+        if secs == 0 {
+            bail!("invalid --tunnel-rekey-after-secs 0");
+        }
+        tunnel.rekey_after_time = std::time::Duration::from_secs(secs);
+        // Keep WireGuard's margin between renewing and refusing a session.
+        tunnel.reject_after_time =
+            tunnel.rekey_after_time + std::time::Duration::from_secs(secs.div_ceil(2).max(5));
+    }
+    if let Some(n) = rekey_after_messages {
+        if n == 0 {
+            bail!("invalid --tunnel-rekey-after-messages 0");
+        }
+        tunnel.rekey_after_messages = n;
+    }
+    Ok(tunnel)
+}
+
 fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
@@ -296,27 +432,10 @@ impl RunConfig {
             pick!(etcd_cert),
             pick!(etcd_key),
         )?;
-        if let StoreSpec::EtcdTls(_, files) = &store {
-            files.check()?;
-        }
         let underlay_iface = pick!(underlay_iface);
         let advertise = pick!(advertise);
         if store.endpoints().is_some() {
-            let missing: Vec<&str> = [
-                (advertise.is_none(), "--advertise"),
-                (underlay_iface.is_none(), "--underlay-iface"),
-            ]
-            .iter()
-            .filter(|(m, _)| *m)
-            .map(|(_, flag)| *flag)
-            .collect();
-            if !missing.is_empty() {
-                bail!(
-                    "a fleet store (--store etcd…) needs {}: without the tunnel, traffic to \
-                     members on other hosts would leave this host in clear text",
-                    missing.join(" and ")
-                );
-            }
+            needs_tunnel(advertise.is_some(), underlay_iface.is_some())?;
         }
         let pool = pick!(pool).unwrap_or_else(|| crate::ipam::DEFAULT_POOL.parse().expect("valid"));
         if let Err(e) = crate::ipam::check_pool(&pool) {
@@ -330,12 +449,7 @@ impl RunConfig {
             );
         }
         let mtu = pick!(mtu);
-        let track = match pick!(track).as_deref().unwrap_or("http") {
-            "off" => 0,
-            "conns" => pn_common::conn::TRACK_CONNS,
-            "http" => pn_common::conn::TRACK_CONNS | pn_common::conn::TRACK_HTTP,
-            other => bail!("invalid --track {other}: off, conns or http"),
-        };
+        let track = track_bits(pick!(track).as_deref().unwrap_or("http"))?;
         if let Some(mtu) = mtu
             && !(576..=65535).contains(&mtu)
         {
@@ -349,27 +463,11 @@ impl RunConfig {
         if dns_ttl > 86_400 {
             bail!("invalid --dns-ttl {dns_ttl}: at most 86400 seconds");
         }
-        let mut tunnel = pn_tunnel::Config::default();
-        if let Some(c) = pick!(tunnel_cipher) {
-            tunnel.cipher = c
-                .parse()
-                .map_err(|e| anyhow::anyhow!("invalid --tunnel-cipher: {e}"))?;
-        }
-        if let Some(secs) = pick!(tunnel_rekey_after_secs) {
-            if secs == 0 {
-                bail!("invalid --tunnel-rekey-after-secs 0");
-            }
-            tunnel.rekey_after_time = std::time::Duration::from_secs(secs);
-            // Keep WireGuard's margin between renewing and refusing a session.
-            tunnel.reject_after_time =
-                tunnel.rekey_after_time + std::time::Duration::from_secs(secs.div_ceil(2).max(5));
-        }
-        if let Some(n) = pick!(tunnel_rekey_after_messages) {
-            if n == 0 {
-                bail!("invalid --tunnel-rekey-after-messages 0");
-            }
-            tunnel.rekey_after_messages = n;
-        }
+        let tunnel = tunnel_config(
+            pick!(tunnel_cipher),
+            pick!(tunnel_rekey_after_secs),
+            pick!(tunnel_rekey_after_messages),
+        )?;
         let mut etcd_prefix = pick!(etcd_prefix).unwrap_or_else(|| "/pn/".into());
         if !etcd_prefix.ends_with('/') {
             etcd_prefix.push('/');

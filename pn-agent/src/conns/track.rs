@@ -100,6 +100,49 @@ struct Conn {
     response: Option<(Request, u32, u64)>,
 }
 
+/// An HTTP/1.x request or response head at the start of a segment's
+/// payload: requests queue (pipelined), a response answers the oldest and
+/// ends the previous one.
+fn http(c: &mut Conn, key: Key, from_client: bool, ev: &ConnEvent, out: &mut Vec<Outcome>) {
+    let payload = ev.payload();
+    if from_client {
+        if let Some(r) = conn::parse_request(payload) {
+            // A keep-alive client asks again once it has read the
+            // last response: what it acknowledges is that response's end.
+            let server_end = c.server_end;
+            if c.requests.is_empty()
+                && let Some(done) = finish_response(c, Some(server_end))
+            {
+                out.push(Outcome::Logged(done));
+            }
+            if c.requests.len() < MAX_PIPELINED {
+                c.requests.push_back(Pending {
+                    ts_ns: ev.ts_ns,
+                    method: r.method,
+                    path: String::from_utf8_lossy(r.target).into_owned(),
+                });
+            }
+        }
+    } else if let Some(status) = conn::parse_status(payload) {
+        if let Some(done) = finish_response(c, Some(Some(ev.seq))) {
+            out.push(Outcome::Logged(done));
+        }
+        if let Some(p) = c.requests.pop_front() {
+            let req = Request {
+                key,
+                method: p.method,
+                path: p.path,
+                status,
+                duration_ns: ev.ts_ns.saturating_sub(p.ts_ns),
+                ts_ns: p.ts_ns,
+                bytes: None,
+            };
+            out.push(Outcome::Responded(req.clone()));
+            c.response = Some((req, ev.seq, ev.ts_ns));
+        }
+    }
+}
+
 /// Payload bytes between a side's initial sequence number and an end.
 fn span(isn: u32, end: Option<u32>) -> u64 {
     let n = end.map_or(0, |e| e.wrapping_sub(isn).wrapping_sub(1));
@@ -137,6 +180,33 @@ impl Tracker {
         self.conns.is_empty()
     }
 
+    /// A client's SYN: a new entry (a retransmitted SYN keeps the first
+    /// one's time), unless the table is full.
+    fn open(&mut self, key: Key, ev: &ConnEvent, out: &mut Vec<Outcome>) {
+        if self.conns.contains_key(&key) {
+            return;
+        }
+        if self.conns.len() >= MAX_TRACKED {
+            out.push(Outcome::Untracked);
+            return;
+        }
+        self.conns.insert(
+            key,
+            Conn {
+                syn_ns: ev.ts_ns,
+                last_ns: ev.ts_ns,
+                client_isn: ev.seq,
+                server_isn: None,
+                client_end: None,
+                server_end: None,
+                client_fin: false,
+                server_fin: false,
+                requests: VecDeque::new(),
+                response: None,
+            },
+        );
+    }
+
     pub fn feed(&mut self, ev: &ConnEvent, out: &mut Vec<Outcome>) {
         let from_container = ev.direction == Direction::FromContainer as u8;
         let fwd = Key {
@@ -146,28 +216,9 @@ impl Tracker {
             server_port: ev.dport,
         };
         if ev.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-            // Only the client's own interface opens an entry; a retransmitted
-            // SYN keeps the first one's time.
-            if from_container && !self.conns.contains_key(&fwd) {
-                if self.conns.len() >= MAX_TRACKED {
-                    out.push(Outcome::Untracked);
-                    return;
-                }
-                self.conns.insert(
-                    fwd,
-                    Conn {
-                        syn_ns: ev.ts_ns,
-                        last_ns: ev.ts_ns,
-                        client_isn: ev.seq,
-                        server_isn: None,
-                        client_end: None,
-                        server_end: None,
-                        client_fin: false,
-                        server_fin: false,
-                        requests: VecDeque::new(),
-                        response: None,
-                    },
-                );
+            // Only the client's own interface opens an entry.
+            if from_container {
+                self.open(fwd, ev, out);
             }
             return;
         }
@@ -222,43 +273,7 @@ impl Tracker {
             }
         }
         if ev.copied > 0 {
-            let payload = ev.payload();
-            if from_client {
-                if let Some(r) = conn::parse_request(payload) {
-                    // A keep-alive client asks again once it has read the
-                    // last response: what it acknowledges is that response's end.
-                    let server_end = c.server_end;
-                    if c.requests.is_empty()
-                        && let Some(done) = finish_response(c, Some(server_end))
-                    {
-                        out.push(Outcome::Logged(done));
-                    }
-                    if c.requests.len() < MAX_PIPELINED {
-                        c.requests.push_back(Pending {
-                            ts_ns: ev.ts_ns,
-                            method: r.method,
-                            path: String::from_utf8_lossy(r.target).into_owned(),
-                        });
-                    }
-                }
-            } else if let Some(status) = conn::parse_status(payload) {
-                if let Some(done) = finish_response(c, Some(Some(ev.seq))) {
-                    out.push(Outcome::Logged(done));
-                }
-                if let Some(p) = c.requests.pop_front() {
-                    let req = Request {
-                        key,
-                        method: p.method,
-                        path: p.path,
-                        status,
-                        duration_ns: ev.ts_ns.saturating_sub(p.ts_ns),
-                        ts_ns: p.ts_ns,
-                        bytes: None,
-                    };
-                    out.push(Outcome::Responded(req.clone()));
-                    c.response = Some((req, ev.seq, ev.ts_ns));
-                }
-            }
+            http(c, key, from_client, ev, out);
         }
         let closing = ev.flags & (TCP_FIN | TCP_RST) != 0;
         if closing {

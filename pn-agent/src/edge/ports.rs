@@ -4,69 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// `--publish-ports` [default: 30000-32767, Kubernetes' NodePort range,
-/// which platforms already keep free of host services].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortRange {
-    pub lo: u16,
-    pub hi: u16,
-}
-
-impl Default for PortRange {
-    fn default() -> Self {
-        PortRange {
-            lo: 30000,
-            hi: 32767,
-        }
-    }
-}
-
-impl PortRange {
-    pub const fn contains(&self, port: u16) -> bool {
-        self.lo <= port && port <= self.hi
-    }
-
-    pub const fn len(&self) -> usize {
-        (self.hi - self.lo) as usize + 1
-    }
-
-    pub const fn is_empty(&self) -> bool {
-        false
-    }
-}
-
-impl std::fmt::Display for PortRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.lo, self.hi)
-    }
-}
-
-impl std::str::FromStr for PortRange {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?}: expected LO-HI, two ports from 1 to 65535 with LO <= HI");
-        let (lo, hi) = s.trim().split_once('-').ok_or_else(bad)?;
-        let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
-        let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
-        if lo == 0 || lo > hi {
-            return Err(bad());
-        }
-        Ok(PortRange { lo, hi })
-    }
-}
-
-impl serde::Serialize for PortRange {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for PortRange {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+use crate::config::PortRange;
 
 /// More containers to publish than ports in the range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

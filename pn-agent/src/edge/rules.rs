@@ -115,7 +115,17 @@ pub fn ruleset(cfg: &EdgeConfig) -> Result<Nftables<'static>, EdgeError> {
         NfListObject::Rule(_) => rules.push(o),
         _ => objects.push(o),
     };
+    declarations(cfg, &mut add);
+    member_notrack(&mut add);
+    publication(cfg, &mut add);
+    egress(cfg, &mut add);
+    forward(cfg, &mut add);
+    cmds.extend(objects.into_iter().chain(rules).map(NfCmd::Add));
+    Ok(doc(cmds))
+}
 
+/// The sets and named counters the rules use.
+fn declarations(cfg: &EdgeConfig, add: &mut impl FnMut(NfListObject<'static>)) {
     let pool = [cfg.pool.trunc()];
     add(addr_set("pool", &pool));
     add(addr_set("routers", &Ipv4Net::aggregate(&cfg.router_cidrs)));
@@ -145,9 +155,11 @@ pub fn ruleset(cfg: &EdgeConfig) -> Result<Nftables<'static>, EdgeError> {
             bytes: None,
         }));
     }
+}
 
-    // Member traffic needs no translation: keep it out of conntrack, so
-    // the edge adds no per-packet state between members.
+/// Member traffic needs no translation: keep it out of conntrack, so
+/// the edge adds no per-packet state between members.
+fn member_notrack(add: &mut impl FnMut(NfListObject<'static>)) {
     add(base_chain(
         "member_notrack",
         NfChainType::Filter,
@@ -162,9 +174,11 @@ pub fn ruleset(cfg: &EdgeConfig) -> Result<Nftables<'static>, EdgeError> {
             Statement::Notrack,
         ],
     ));
+}
 
-    // Publication: every source is translated to the container, and the
-    // connection remembers whether it came from a router.
+/// Publication: every source is translated to the container, and the
+/// connection remembers whether it came from a router.
+fn publication(cfg: &EdgeConfig, add: &mut impl FnMut(NfListObject<'static>)) {
     add(base_chain(
         "publish_nat",
         NfChainType::NAT,
@@ -230,8 +244,10 @@ pub fn ruleset(cfg: &EdgeConfig) -> Result<Nftables<'static>, EdgeError> {
             ],
         ));
     }
+}
 
-    // Egress: containers leave with the host's address.
+/// Egress: containers leave with the host's address.
+fn egress(cfg: &EdgeConfig, add: &mut impl FnMut(NfListObject<'static>)) {
     add(base_chain(
         "egress_nat",
         NfChainType::NAT,
@@ -255,9 +271,11 @@ pub fn ruleset(cfg: &EdgeConfig) -> Result<Nftables<'static>, EdgeError> {
             Statement::Masquerade(None),
         ],
     ));
+}
 
-    // Forwarding: into pn's interfaces the programs judge; out of them
-    // too, with the deny list as a second line for new connections.
+/// Forwarding: into pn's interfaces the programs judge; out of them
+/// too, with the deny list as a second line for new connections.
+fn forward(cfg: &EdgeConfig, add: &mut impl FnMut(NfListObject<'static>)) {
     add(base_chain(
         "forward",
         NfChainType::Filter,
@@ -301,8 +319,6 @@ pub fn ruleset(cfg: &EdgeConfig) -> Result<Nftables<'static>, EdgeError> {
             ],
         ));
     }
-    cmds.extend(objects.into_iter().chain(rules).map(NfCmd::Add));
-    Ok(doc(cmds))
 }
 
 /// The document as nft reads it. The crate writes its unit statement

@@ -13,10 +13,11 @@ use ipnet::Ipv4Net;
 use pn_common::{Ip4, ids::HostId, maps::Iface};
 
 use crate::{
+    config::PortRange,
     edge::{
         EdgeConfig, Forwarding, Publication,
         deny::{self, HostFacts},
-        ports::{self, PortRange, PortsExhausted},
+        ports::{self, PortsExhausted},
     },
     model::{Container, ContainerKey, Egress, Network},
     store::view::MembershipView,

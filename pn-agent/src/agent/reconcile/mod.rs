@@ -100,30 +100,7 @@ pub fn desired(
     touched: &Touched,
 ) -> Desired {
     let mut d = Desired::default();
-    let (records, fleet): (Vec<&Container>, bool) = match touched {
-        Touched::All => (view.containers.values().collect(), true),
-        Touched::Fleet => (Vec::new(), true),
-        Touched::Edge => (Vec::new(), false),
-        Touched::Network(id) => (
-            view.local_containers(local.host)
-                .filter(|c| c.network == *id)
-                .collect(),
-            true,
-        ),
-        Touched::Containers(before) => {
-            // The records now holding the touched keys or addresses.
-            let mut now: BTreeMap<&ContainerKey, &Container> = BTreeMap::new();
-            for b in before {
-                for c in [view.containers.get(&b.key), view.container_by_ip(b.ip)]
-                    .into_iter()
-                    .flatten()
-                {
-                    now.insert(&c.key, c);
-                }
-            }
-            (now.into_values().collect(), false)
-        }
-    };
+    let (records, fleet) = touched_records(view, local, touched);
     for c in &records {
         add_container(&mut d, view, local, links, c);
     }
@@ -163,63 +140,7 @@ pub fn desired(
             d.addrs = Some(addrs);
         }
         Touched::Containers(before) => {
-            let addrs: BTreeSet<Ipv4Addr> = before
-                .iter()
-                .map(|c| c.ip)
-                .chain(records.iter().map(|c| c.ip))
-                .collect();
-            let names: BTreeSet<String> = before
-                .iter()
-                .chain(records.iter().copied())
-                .map(|c| c.host_ifname.clone())
-                .collect();
-            d.orphans = names
-                .iter()
-                .filter(|l| links.contains_key(*l) && !d.datapath.attached.contains(*l))
-                .cloned()
-                .collect();
-            // A local member came or went: the networks with local members
-            // may have changed.
-            let underlay = before
-                .iter()
-                .chain(records.iter().copied())
-                .any(|c| c.host == *local.host);
-            if underlay {
-                d.datapath.peers = underlay_peers(view, local);
-                d.datapath.tags = local_tags(view, local);
-            }
-            d.readdressed = before
-                .iter()
-                .filter(|b| b.host == *local.host && links.contains_key(&b.host_ifname))
-                .filter_map(|b| {
-                    let now = view.containers.get(&b.key)?;
-                    let same_interface = now.host == *local.host
-                        && now.netns == b.netns
-                        && now.ifname == b.ifname
-                        && now.host_ifname == b.host_ifname;
-                    (same_interface && now.ip != b.ip).then(|| (b.clone(), now.clone()))
-                })
-                .collect();
-            d.left_netns = before
-                .iter()
-                .filter(|b| b.host == *local.host)
-                .filter(|b| {
-                    view.containers
-                        .get(&b.key)
-                        .is_none_or(|c| c.host != *local.host || c.netns != b.netns)
-                })
-                .map(|b| b.netns.clone())
-                .collect();
-            d.scope = Some(Scope::entries(
-                addrs.iter().map(|a| to_ip4(*a)),
-                names,
-                underlay,
-            ));
-            d.addrs = Some(addrs);
-            // A local container came, went or changed: its publication may have.
-            if underlay && let Some(e) = local.edge {
-                d.edge = Some(edge::edge_config(view, local.host, e));
-            }
+            containers_changed(&mut d, view, local, links, before, &records)
         }
     }
     if edge && let Some(e) = local.edge {
@@ -230,6 +151,110 @@ pub fn desired(
         d.scope = Some(s.with_edge(false));
     }
     d
+}
+
+/// The container records a reconciliation covers, and whether it covers
+/// the fleet (peers, tags).
+fn touched_records<'v>(
+    view: &'v MembershipView,
+    local: &Local<'v>,
+    touched: &Touched,
+) -> (Vec<&'v Container>, bool) {
+    match touched {
+        Touched::All => (view.containers.values().collect(), true),
+        Touched::Fleet => (Vec::new(), true),
+        Touched::Edge => (Vec::new(), false),
+        Touched::Network(id) => (
+            view.local_containers(local.host)
+                .filter(|c| c.network == *id)
+                .collect(),
+            true,
+        ),
+        Touched::Containers(before) => {
+            // The records now holding the touched keys or addresses.
+            let mut now: BTreeMap<&ContainerKey, &Container> = BTreeMap::new();
+            for b in before {
+                for c in [view.containers.get(&b.key), view.container_by_ip(b.ip)]
+                    .into_iter()
+                    .flatten()
+                {
+                    now.insert(&c.key, c);
+                }
+            }
+            (now.into_values().collect(), false)
+        }
+    }
+}
+
+/// What changed containers need besides their own entries: the addresses
+/// and interfaces their scope covers (before and after the change), the
+/// interfaces left without a container, the underlay when a local member
+/// came or went, re-addressed interfaces, namespaces left, and the edge.
+fn containers_changed(
+    d: &mut Desired,
+    view: &MembershipView,
+    local: &Local<'_>,
+    links: &BTreeMap<String, u32>,
+    before: &[Container],
+    records: &[&Container],
+) {
+    let addrs: BTreeSet<Ipv4Addr> = before
+        .iter()
+        .map(|c| c.ip)
+        .chain(records.iter().map(|c| c.ip))
+        .collect();
+    let names: BTreeSet<String> = before
+        .iter()
+        .chain(records.iter().copied())
+        .map(|c| c.host_ifname.clone())
+        .collect();
+    d.orphans = names
+        .iter()
+        .filter(|l| links.contains_key(*l) && !d.datapath.attached.contains(*l))
+        .cloned()
+        .collect();
+    // A local member came or went: the networks with local members
+    // may have changed.
+    let underlay = before
+        .iter()
+        .chain(records.iter().copied())
+        .any(|c| c.host == *local.host);
+    if underlay {
+        d.datapath.peers = underlay_peers(view, local);
+        d.datapath.tags = local_tags(view, local);
+    }
+    d.readdressed = before
+        .iter()
+        .filter(|b| b.host == *local.host && links.contains_key(&b.host_ifname))
+        .filter_map(|b| {
+            let now = view.containers.get(&b.key)?;
+            let same_interface = now.host == *local.host
+                && now.netns == b.netns
+                && now.ifname == b.ifname
+                && now.host_ifname == b.host_ifname;
+            (same_interface && now.ip != b.ip).then(|| (b.clone(), now.clone()))
+        })
+        .collect();
+    d.left_netns = before
+        .iter()
+        .filter(|b| b.host == *local.host)
+        .filter(|b| {
+            view.containers
+                .get(&b.key)
+                .is_none_or(|c| c.host != *local.host || c.netns != b.netns)
+        })
+        .map(|b| b.netns.clone())
+        .collect();
+    d.scope = Some(Scope::entries(
+        addrs.iter().map(|a| to_ip4(*a)),
+        names,
+        underlay,
+    ));
+    d.addrs = Some(addrs);
+    // A local container came, went or changed: its publication may have.
+    if underlay && let Some(e) = local.edge {
+        d.edge = Some(edge::edge_config(view, local.host, e));
+    }
 }
 
 fn add_container(

@@ -20,9 +20,10 @@ use etcd_client::{
 use futures::future::BoxFuture;
 use tokio::sync::{Mutex, mpsc};
 
+pub use self::tls::TlsFileError;
 use self::tls::{Context, Failure};
-pub use self::tls::{TlsFileError, TlsFiles};
 use super::backend::{Backend, Cond, Entry, Listing, Op, StoreError, WatchEvent};
+use crate::config::TlsFiles;
 
 /// Longest wait for one request before the store counts as unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

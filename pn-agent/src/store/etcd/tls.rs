@@ -4,11 +4,7 @@
 //! line naming it; a connection that fails in TLS becomes one line saying
 //! which side to fix instead of a chain of transport errors.
 
-use std::{
-    io,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{io, path::Path, sync::Arc};
 
 use etcd_client::{Certificate, Identity, TlsOptions};
 use rustls::{
@@ -17,18 +13,10 @@ use rustls::{
 };
 
 use super::probe::Finding;
-use crate::error::{ErrorKind, Kind};
-
-/// The certificate files of an `etcds://` store.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// CA that signed etcd's server certificate.
-    pub cacert: PathBuf,
-    /// This host's client certificate (its CN is the etcd user when etcd
-    /// authentication is on).
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
+use crate::{
+    config::TlsFiles,
+    error::{ErrorKind, Kind},
+};
 
 /// A certificate file that cannot be used: the operator fixes the file or
 /// the flag naming it.

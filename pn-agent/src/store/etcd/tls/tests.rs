@@ -1,7 +1,7 @@
 use std::path::Path;
 
-use super::TlsFiles;
 use crate::{
+    config::TlsFiles,
     error::{ErrorKind, Kind},
     store::{Backend, Op, StoreError, etcd::Etcd},
     testing::{

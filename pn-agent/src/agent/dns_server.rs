@@ -1,0 +1,88 @@
+//! The agent's DNS server: started once the gateway's address is free (a
+//! predecessor's server closed), answering from the membership view.
+
+use std::{
+    net::Ipv4Addr,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use super::Agent;
+use crate::{
+    dns::{self, DnsConfig, DnsError},
+    store::view::MembershipView,
+};
+
+/// The DNS server's view of the membership.
+struct ViewDirectory(Arc<RwLock<MembershipView>>);
+
+impl dns::Directory for ViewDirectory {
+    fn member(&self, client: Ipv4Addr) -> Option<dns::Member> {
+        let v = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let network = v.container_by_ip(client)?.network;
+        // Sealed unless its network says otherwise: a record missing for a
+        // moment never opens the world.
+        let sealed = v
+            .networks
+            .get(&network)
+            .is_none_or(|n| n.egress != crate::model::Egress::Allow);
+        Some(dns::Member { network, sealed })
+    }
+
+    fn resolve(&self, q: &pn_common::names::RecordQuery, out: &mut Vec<Ipv4Addr>) -> bool {
+        let v = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let Some(app) = v.apps.get(&q.app).filter(|a| a.network == q.network) else {
+            return false;
+        };
+        // An app balanced by `vip`: its and its types' names answer the
+        // service address; `N.TYPE` still names one container.
+        if let Some(vip) = crate::store::view::services::service_addr(app, &q.selector) {
+            out.push(vip);
+            return true;
+        }
+        let before = out.len();
+        // During an app's move its containers change network one by one:
+        // only those already in the asked network answer.
+        out.extend(
+            v.select(&q.app, &q.selector)
+                .filter(|c| c.network == q.network)
+                .map(|c| c.ip),
+        );
+        out.len() > before
+    }
+}
+
+impl Agent {
+    /// Starts the DNS server (retrying a moment while a predecessor's
+    /// socket is still being closed).
+    pub(super) async fn start_dns(&self) -> anyhow::Result<()> {
+        let mut tries = 0;
+        let limits = dns::Limits::default()
+            .with_query_rate(self.cfg.dns_query_rate)
+            .fit_descriptors(dns::descriptor_limit().unwrap_or(1024));
+        let handle = loop {
+            let r = dns::serve_with(
+                DnsConfig {
+                    listen: self.cfg.dns_listen,
+                    ttl: self.cfg.dns_ttl,
+                    upstreams: self.dns_upstreams.clone(),
+                },
+                limits.clone(),
+                Arc::new(ViewDirectory(self.view.clone())),
+                self.dns_stats.clone(),
+            )
+            .await;
+            match r {
+                Err(DnsError::Bind { ref source, .. })
+                    if source.kind() == std::io::ErrorKind::AddrInUse && tries < 50 =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                r => break r?,
+            }
+        };
+        *self.dns.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Ok(())
+    }
+}
