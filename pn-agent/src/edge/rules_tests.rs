@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::edge::{Edge, Fake, Publication};
+use pn_common::edge::{MARK_MASK, MARK_OTHER, MARK_ROUTER};
 
 fn cfg() -> EdgeConfig {
     EdgeConfig {
@@ -33,7 +34,11 @@ fn cfg() -> EdgeConfig {
             "192.168.50.0/24".parse().unwrap(),
         ],
         interfaces: vec!["pnh*".into(), "pn-tun".into()],
-        forwarding: Forwarding::PnOnly,
+        forward_guard: true,
+        dns: Some(GatewayDns {
+            listen: "169.254.1.1:53".parse().unwrap(),
+            clients: vec!["pnh*".into()],
+        }),
     }
 }
 
@@ -41,6 +46,7 @@ fn expr(e: &Value) -> String {
     match e {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
+        Value::Array(a) => a.iter().map(expr).collect::<Vec<_>>().join(","),
         Value::Object(o) => {
             let (k, v) = o.iter().next().unwrap();
             match k.as_str() {
@@ -178,6 +184,7 @@ fn base_chains_sit_where_the_kernel_expects_them() {
         ("publish_mark", "filter", "prerouting", -90),
         ("egress_nat", "nat", "postrouting", 100),
         ("forward", "filter", "forward", 0),
+        ("dns_input", "filter", "input", 0),
     ] {
         let c = &t.chains[name];
         assert_eq!(
@@ -260,17 +267,19 @@ fn every_packet_of_a_published_connection_carries_the_mark() {
 }
 
 #[test]
-fn the_host_forwards_nothing_but_pn_traffic_when_pn_turned_forwarding_on() {
+fn the_host_forwards_nothing_but_pn_traffic_with_the_guard() {
     let t = text(&cfg());
     assert_eq!(
         t.rules["forward"],
         [
-            "meta oifname == pnh* accept",
-            "meta oifname == pn-tun accept",
+            "meta oifname == pnh* jump into_pn",
+            "meta oifname == pn-tun jump into_pn",
             "meta iifname == pnh* ct direction == original ip daddr == @egress_deny counter egress_denied drop",
             "meta iifname == pnh* accept",
             "meta iifname == pn-tun ct direction == original ip daddr == @egress_deny counter egress_denied drop",
             "meta iifname == pn-tun accept",
+            "ip saddr == @pool counter pool_spoofed drop",
+            "ct state in established,related accept",
             "counter forward_denied drop",
         ]
     );
@@ -281,14 +290,68 @@ fn the_host_forwards_nothing_but_pn_traffic_when_pn_turned_forwarding_on() {
 }
 
 #[test]
-fn a_host_that_forwarded_before_pn_keeps_forwarding_the_rest() {
+fn without_the_guard_the_rest_is_forwarded_but_pn_is_still_no_path() {
     let t = text(&EdgeConfig {
-        forwarding: Forwarding::Shared,
+        forward_guard: false,
         ..cfg()
     });
     let fwd = &t.rules["forward"];
     assert!(!fwd.iter().any(|r| r.contains("forward_denied")), "{fwd:?}");
+    assert!(!fwd.iter().any(|r| r.starts_with("ct state")), "{fwd:?}");
     assert!(fwd.iter().any(|r| r.contains("egress_denied drop")));
+    // Into pn's interfaces and pool sources: the same with or without.
+    assert_eq!(
+        fwd.last().unwrap(),
+        "ip saddr == @pool counter pool_spoofed drop"
+    );
+    assert_eq!(t.rules["into_pn"], text(&cfg()).rules["into_pn"]);
+}
+
+#[test]
+fn only_what_pn_delivers_enters_its_interfaces() {
+    let t = text(&cfg());
+    assert!(t.chains["into_pn"].get("hook").is_none(), "regular chain");
+    assert_eq!(
+        t.rules["into_pn"],
+        [
+            "meta iifname == pnh* accept".to_string(),
+            "meta iifname == pn-tun accept".into(),
+            "ct state in established,related accept".into(),
+            format!("(ct mark & {MARK_MASK}) == {MARK_ROUTER} accept"),
+            format!("(ct mark & {MARK_MASK}) == {MARK_OTHER} accept"),
+            "counter inbound_denied drop".into(),
+        ]
+    );
+}
+
+#[test]
+fn the_gateways_dns_answers_container_interfaces_only() {
+    let t = text(&cfg());
+    let c = &t.chains["dns_input"];
+    assert_eq!((c["type"].as_str(), c["hook"].as_str()), (Some("filter"), Some("input")));
+    assert_eq!(c["policy"], "accept");
+    assert_eq!(
+        t.rules["dns_input"],
+        [
+            "ip daddr == 169.254.1.1 udp dport == 53 meta iifname != pnh* counter dns_denied drop",
+            "ip daddr == 169.254.1.1 tcp dport == 53 meta iifname != pnh* counter dns_denied drop",
+        ]
+    );
+    // Listening everywhere: any local address, on the port.
+    let t = text(&EdgeConfig {
+        dns: Some(GatewayDns {
+            listen: "0.0.0.0:5300".parse().unwrap(),
+            clients: vec!["pnh*".into(), "veth-x".into()],
+        }),
+        ..cfg()
+    });
+    assert_eq!(
+        t.rules["dns_input"][0],
+        "udp dport == 5300 meta iifname != pnh* meta iifname != veth-x counter dns_denied drop"
+    );
+    // No DNS, no chain.
+    let t = text(&EdgeConfig { dns: None, ..cfg() });
+    assert!(!t.chains.contains_key("dns_input"));
 }
 
 #[test]
@@ -365,6 +428,26 @@ fn bad_configurations_are_refused_before_the_kernel() {
             },
             "interface name",
         ),
+        (
+            EdgeConfig {
+                dns: Some(GatewayDns {
+                    listen: "169.254.1.1:53".parse().unwrap(),
+                    clients: vec![],
+                }),
+                ..cfg()
+            },
+            "no client interface",
+        ),
+        (
+            EdgeConfig {
+                dns: Some(GatewayDns {
+                    listen: "169.254.1.1:53".parse().unwrap(),
+                    clients: vec!["x\" accept".into()],
+                }),
+                ..cfg()
+            },
+            "interface name",
+        ),
     ] {
         let e = ruleset(&c).unwrap_err();
         assert!(e.to_string().contains(want), "{e}");
@@ -382,10 +465,17 @@ fn counters_are_read_from_nft_listings() {
         {"counter": {"family": "inet", "name": "forward_denied", "table": "pn", "handle": 1, "packets": 5_000_000_000u64, "bytes": 7}},
         {"counter": {"family": "inet", "name": "egress_denied", "table": "pn", "handle": 2, "packets": 2, "bytes": 120}},
         {"counter": {"family": "inet", "name": "forward_denied", "table": "other", "handle": 3, "packets": 9, "bytes": 9}},
+        {"counter": {"family": "inet", "name": "inbound_denied", "table": "pn", "handle": 4, "packets": 4, "bytes": 240}},
+        {"counter": {"family": "inet", "name": "pool_spoofed", "table": "pn", "handle": 5, "packets": 5, "bytes": 300}},
+        {"counter": {"family": "inet", "name": "dns_denied", "table": "pn", "handle": 6, "packets": 6, "bytes": 360}},
     ]});
     let c = parse_counters(&listing);
     assert_eq!(c.forward_denied.packets, 5_000_000_000);
     assert_eq!(c.egress_denied.bytes, 120);
+    assert_eq!(
+        (c.inbound_denied.packets, c.pool_spoofed.packets, c.dns_denied.packets),
+        (4, 5, 6)
+    );
     assert_eq!(parse_counters(&Value::Null), Default::default());
 }
 
