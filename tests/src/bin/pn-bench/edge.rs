@@ -167,7 +167,7 @@ impl Drop for Answerer {
     }
 }
 
-fn edge_apply_clear(host: &Host) -> anyhow::Result<()> {
+pub(crate) fn edge_apply_clear(host: &Host) -> anyhow::Result<()> {
     let out = host.ns.exec(&[
         pn_tests::agent_bin().to_str().unwrap_or("pn-agent"),
         "edge-apply",

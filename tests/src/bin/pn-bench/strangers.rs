@@ -166,8 +166,9 @@ fn nft_drops(host: &Host) -> u64 {
 
 const SETUP_TRAFGEN: &str = "A stranger floods a member with 64-byte UDP datagrams from outside every network: \
 Debian's trafgen (netsniff-ng), one process per core of the machine, sending prebuilt frames from a packet ring, \
-over a routed veth (pn drops them in TC at the member's veth: not_member) and over the underlay (pn drops them \
-in XDP on arrival: cleartext_to_member). Baseline: pn's programs detached and an nftables forward-chain rule with \
+over a routed veth (pn's table drops them at the forward hook: inbound_denied, only replies and published ports \
+enter pn's interfaces from elsewhere) and over the underlay (pn drops them in XDP on arrival: \
+cleartext_to_member). Baseline: pn's programs detached, its table removed, and an nftables forward-chain rule with \
 a set of members (`ip daddr @members ip saddr != @members drop`). CPU per drop: the machine's softirq time \
 (/proc/stat) over the flood per packet dropped. A veth hands each frame to the receiving side's softirq, so \
 the receive, forward and drop work is softirq time while the generator's own work (building and sending frames) \
@@ -178,8 +179,8 @@ cost time of their own.";
 pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     let p = unique_prefix();
     let mut host = Host::create(&p, "h1");
-    // A stranger behind a plain routed veth (TC judges it at the member's
-    // veth), another on the underlay (XDP judges it on arrival).
+    // A stranger behind a plain routed veth (pn's table drops it at the
+    // forward hook), another on the underlay (XDP judges it on arrival).
     let mut strangers = Vec::new();
     for (name, hif, net) in [("out", "strg0", "192.168.77"), ("ul", "ul0", "192.168.90")] {
         let ns = Namespace::new(&format!("{p}-{name}"));
@@ -227,9 +228,16 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     };
     let secs = effort.seconds;
     let (mut tc, mut xdp, mut nft_tc, mut nft_ul) = (vec![], vec![], vec![], vec![]);
-    let (mut tc_ns, mut xdp_ns) = (vec![], vec![]);
+    let inbound_denied = || {
+        metric_value(
+            &host.metrics(),
+            "pn_edge_dropped_packets_total",
+            &[("reason", "inbound_denied")],
+        )
+    };
+    let mut xdp_ns = vec![];
     for _ in 0..effort.runs {
-        tc.push(flood(out, ip1, secs, trafgen, counter("not_member"))?);
+        tc.push(flood(out, ip1, secs, trafgen, inbound_denied)?);
         xdp.push(flood(
             ul,
             ip1,
@@ -237,10 +245,10 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
             trafgen,
             counter("cleartext_to_member"),
         )?);
-        tc_ns.push(prog_ns(&host, out, ip1, secs.min(2), trafgen));
         xdp_ns.push(prog_ns(&host, ul, ip1, secs.min(2), trafgen));
     }
     tools::detach_programs(&host)?;
+    crate::edge::edge_apply_clear(&host)?;
     nft(
         &host,
         &format!(
@@ -264,7 +272,7 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for (path, pn, base) in [
-        ("routed veth (TC)", &tc, &nft_tc),
+        ("routed veth (pn's table)", &tc, &nft_tc),
         ("underlay (XDP)", &xdp, &nft_ul),
     ] {
         rows.push(Row::versus(
@@ -299,10 +307,6 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
             rows.push(r);
         }
     }
-    rows.push(Row::alone(
-        "program run time per packet (bpf_stats), routed veth (TC)",
-        Measurement::new("ns", false, tc_ns),
-    ));
     rows.push(Row::alone(
         "program run time per packet (bpf_stats), underlay (XDP)",
         Measurement::new("ns", false, xdp_ns),
