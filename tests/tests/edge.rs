@@ -264,10 +264,7 @@ fn only_replies_and_published_ports_enter_pn_interfaces_from_outside() {
             ROUTER
         );
         // Between pn's interfaces: untouched.
-        assert_eq!(
-            net::tcp_whoami(&n.c2, addr(C1, 8080), WAIT).unwrap().0,
-            C2
-        );
+        assert_eq!(net::tcp_whoami(&n.c2, addr(C1, 8080), WAIT).unwrap().0, C2);
     }
 }
 
@@ -278,7 +275,13 @@ fn a_pool_source_from_outside_is_never_translated() {
     let spoofed = || {
         net::send_raw_ipv4(
             &n.out.stranger,
-            net::udp_packet(C1.parse().unwrap(), 4000, WORLD.parse().unwrap(), 7001, b"x"),
+            net::udp_packet(
+                C1.parse().unwrap(),
+                4000,
+                WORLD.parse().unwrap(),
+                7001,
+                b"x",
+            ),
         )
         .unwrap()
     };

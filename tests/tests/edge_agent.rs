@@ -171,7 +171,11 @@ fn the_edge_holds_whether_the_host_forwarded_before_or_not() {
         let status = f.host.json(&["status"]);
         assert_eq!(
             status["edge"]["forwarding"],
-            if routes_strangers { "shared" } else { "pn-only" },
+            if routes_strangers {
+                "shared"
+            } else {
+                "pn-only"
+            },
             "{case}: {status}"
         );
         assert_eq!(

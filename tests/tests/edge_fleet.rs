@@ -117,7 +117,9 @@ fn hosts_that_forwarded_before_pn_route_strangers_only_without_the_guard() {
     let o = FleetOutside::around(&p, &f);
     let _who = net::tcp_whoami_server(&o.world, 7000);
     assert_eq!(
-        net::tcp_whoami(&o.stranger, sa(WORLD, 7000), WAIT).unwrap().0,
+        net::tcp_whoami(&o.stranger, sa(WORLD, 7000), WAIT)
+            .unwrap()
+            .0,
         FLEET_STRANGER,
         "without the guard, the host routes for others as it did before pn"
     );
@@ -142,7 +144,10 @@ fn hosts_that_forwarded_before_pn_route_strangers_only_without_the_guard() {
         "pn_edge_dropped_packets_total",
         &[("reason", "forward_denied")]
     ) > 0));
-    assert_eq!(f.hosts[0].json(&["status"])["edge"]["forwarding"], "pn-only");
+    assert_eq!(
+        f.hosts[0].json(&["status"])["edge"]["forwarding"],
+        "pn-only"
+    );
 }
 
 #[test]

@@ -151,7 +151,6 @@ fn a_rogue_veth_cannot_borrow_a_members_address() {
     let c3 = Namespace::new(&format!("{p}3"));
     let att3 = h1.attach(&a, "worker", &c3);
     let ip3 = ip(&att3);
-    let name3 = format!("worker-{}", att3["index"]);
     let rogue = Namespace::new(&format!("{p}-rogue"));
     let host_if = format!("{}r", &p[..p.len().min(10)]);
     h1.ns.ip(&[

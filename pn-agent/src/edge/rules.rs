@@ -355,7 +355,10 @@ fn forward(cfg: &EdgeConfig, t: &mut Objects) {
         ],
     ));
     if cfg.forward_guard {
-        t.add(rule("forward", vec![established(), Statement::Accept(None)]));
+        t.add(rule(
+            "forward",
+            vec![established(), Statement::Accept(None)],
+        ));
         t.add(rule(
             "forward",
             vec![counted(COUNTER_FORWARD_DENIED), Statement::Drop(None)],
@@ -371,7 +374,10 @@ fn forward(cfg: &EdgeConfig, t: &mut Objects) {
             ],
         ));
     }
-    t.add(rule("into_pn", vec![established(), Statement::Accept(None)]));
+    t.add(rule(
+        "into_pn",
+        vec![established(), Statement::Accept(None)],
+    ));
     // A published port's connection, whoever opened it: the container's
     // program tells routers from the rest by this mark, and counts.
     for bits in [MARK_ROUTER, MARK_OTHER] {

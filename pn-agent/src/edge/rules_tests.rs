@@ -328,7 +328,10 @@ fn only_what_pn_delivers_enters_its_interfaces() {
 fn the_gateways_dns_answers_container_interfaces_only() {
     let t = text(&cfg());
     let c = &t.chains["dns_input"];
-    assert_eq!((c["type"].as_str(), c["hook"].as_str()), (Some("filter"), Some("input")));
+    assert_eq!(
+        (c["type"].as_str(), c["hook"].as_str()),
+        (Some("filter"), Some("input"))
+    );
     assert_eq!(c["policy"], "accept");
     assert_eq!(
         t.rules["dns_input"],
@@ -473,7 +476,11 @@ fn counters_are_read_from_nft_listings() {
     assert_eq!(c.forward_denied.packets, 5_000_000_000);
     assert_eq!(c.egress_denied.bytes, 120);
     assert_eq!(
-        (c.inbound_denied.packets, c.pool_spoofed.packets, c.dns_denied.packets),
+        (
+            c.inbound_denied.packets,
+            c.pool_spoofed.packets,
+            c.dns_denied.packets
+        ),
         (4, 5, 6)
     );
     assert_eq!(parse_counters(&Value::Null), Default::default());

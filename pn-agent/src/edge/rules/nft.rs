@@ -3,7 +3,9 @@
 
 use ipnet::Ipv4Net;
 use nftables::{
-    expr::{BinaryOperation, CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField},
+    expr::{
+        BinaryOperation, CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField,
+    },
     schema::{self, Chain, NfListObject, Rule, Set, SetTypeValue},
     stmt::{Counter, Mangle, Match, Operator, Statement},
     types::{NfChainPolicy, NfChainType, NfFamily, NfHook},
