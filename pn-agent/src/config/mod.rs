@@ -11,7 +11,10 @@ use ipnet::Ipv4Net;
 use pn_common::ids::HostId;
 use serde::Deserialize;
 
-use crate::{edge::ports::PortRange, store::etcd::TlsFiles};
+use crate::{
+    edge::{ForwardGuard, ports::PortRange},
+    store::etcd::TlsFiles,
+};
 
 pub const DEFAULT_API_SOCKET: &str = "/run/pn-agent/api.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/pn-agent";
@@ -110,6 +113,11 @@ pub struct RunSettings {
     /// Host ports published for `web` containers, LO-HI [default: 30000-32767].
     #[arg(long)]
     pub publish_ports: Option<PortRange>,
+    /// Drop forwarded traffic that is not pn's: `auto` (only if pn is the one
+    /// that turned IPv4 forwarding on), `on` (even if the host forwarded
+    /// before: it routes nothing but pn's), `off` (never) [default: auto].
+    #[arg(long)]
+    pub forward_guard: Option<ForwardGuard>,
     /// The API socket (also the global `--api-socket`).
     #[arg(skip)]
     pub api_socket: Option<PathBuf>,
@@ -243,6 +251,7 @@ pub struct RunConfig {
     /// `--router-cidr`, network addresses outside the pool.
     pub router_cidrs: Vec<Ipv4Net>,
     pub publish_ports: PortRange,
+    pub forward_guard: ForwardGuard,
 }
 
 /// `--egress-deny` and `--router-cidr` ranges: network addresses, outside
@@ -382,6 +391,7 @@ impl RunConfig {
             egress_deny,
             router_cidrs,
             publish_ports: pick!(publish_ports).unwrap_or_default(),
+            forward_guard: pick!(forward_guard).unwrap_or_default(),
             host_id,
             state_dir: pick!(state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             store,

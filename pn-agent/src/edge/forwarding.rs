@@ -8,6 +8,12 @@
 //! ([`Forwarding::Shared`]). pn records that it turned forwarding on in its
 //! state directory, so a restarted agent (which finds forwarding on) keeps
 //! the same answer.
+//!
+//! The operator can override that answer with `--forward-guard`
+//! ([`ForwardGuard`]): `on` drops what is not pn's even on a host that
+//! forwarded before (a host whose only routed traffic is pn's, where
+//! forwarding was on by habit or by an image's default), `off` never drops
+//! it (another router arrived after pn).
 
 use std::{io, path::Path};
 
@@ -30,6 +36,54 @@ impl std::str::FromStr for Forwarding {
             "shared" => Ok(Forwarding::Shared),
             _ => Err(format!("{s:?}: expected pn-only or shared")),
         }
+    }
+}
+
+/// `--forward-guard`: whether the forward hook drops forwarded traffic that
+/// is not pn's (neither in nor out of pn's interfaces, nor part of a
+/// connection already open).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardGuard {
+    /// As [`decide`] found: on when pn turned forwarding on, off when the
+    /// host forwarded before (something else relies on it).
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl ForwardGuard {
+    /// Whether the table drops what is not pn's, on a host where
+    /// forwarding is `found`.
+    pub const fn drops_others(self, found: Forwarding) -> bool {
+        match self {
+            ForwardGuard::Auto => matches!(found, Forwarding::PnOnly),
+            ForwardGuard::On => true,
+            ForwardGuard::Off => false,
+        }
+    }
+}
+
+impl std::str::FromStr for ForwardGuard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(ForwardGuard::Auto),
+            "on" => Ok(ForwardGuard::On),
+            "off" => Ok(ForwardGuard::Off),
+            _ => Err(format!("{s:?}: expected auto, on or off")),
+        }
+    }
+}
+
+impl std::fmt::Display for ForwardGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ForwardGuard::Auto => "auto",
+            ForwardGuard::On => "on",
+            ForwardGuard::Off => "off",
+        })
     }
 }
 
@@ -75,6 +129,20 @@ mod tests {
         assert_eq!(decide(true, false), Forwarding::Shared);
         // Turned off since by the operator: pn turns it on again, its own.
         assert_eq!(decide(false, true), Forwarding::PnOnly);
+    }
+
+    #[test]
+    fn the_guard_follows_the_host_unless_the_operator_says() {
+        use ForwardGuard::*;
+        use Forwarding::*;
+        assert!(Auto.drops_others(PnOnly));
+        assert!(!Auto.drops_others(Shared));
+        assert!(On.drops_others(Shared) && On.drops_others(PnOnly));
+        assert!(!Off.drops_others(PnOnly) && !Off.drops_others(Shared));
+        for g in [Auto, On, Off] {
+            assert_eq!(g.to_string().parse(), Ok(g));
+        }
+        assert!("yes".parse::<ForwardGuard>().is_err());
     }
 
     #[test]
