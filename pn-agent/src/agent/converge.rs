@@ -30,13 +30,16 @@ impl Agent {
             return;
         };
         let edge = self.edge_local();
-        let want = {
+        let (want, covered) = {
             let v = self.view();
             let local = Local {
                 host: &self.cfg.host_id,
                 edge: edge.as_ref(),
             };
-            reconcile::desired(&v, &local, &links, touched)
+            let covered = edge.as_ref().map_or_else(Vec::new, |e| {
+                reconcile::edge::hosts_under_routers(&v, &self.cfg.host_id, e)
+            });
+            (reconcile::desired(&v, &local, &links, touched), covered)
         };
         let scope = want.scope.clone().unwrap_or_else(Scope::all);
         match self.dp().apply(&want.datapath, &scope) {
@@ -45,7 +48,8 @@ impl Agent {
             Err(e) => log::error!("updating the datapath: {e}"),
         }
         if let Some(cfg) = want.edge {
-            self.apply_edge(cfg, *touched == Touched::Edge).await;
+            self.apply_edge(cfg, *touched == Touched::Edge, covered)
+                .await;
         }
         self.members
             .apply(&want.members, want.addrs.as_ref().map(|a| a.iter()));

@@ -4,7 +4,7 @@
 //! ports of this host's `web` containers kept in their store records.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -42,6 +42,9 @@ pub struct EdgeRuntime {
     /// containers' packets to the world are translated, they reach nothing
     /// (the programs treat every address as the pool's).
     pub pending_config: Option<Config>,
+    /// Other hosts' endpoints `--router-cidr` was found to cover (each
+    /// warned about once).
+    pub hosts_under_routers: BTreeSet<Ipv4Addr>,
 }
 
 impl EdgeRuntime {
@@ -51,7 +54,22 @@ impl EdgeRuntime {
             applied: None,
             error: None,
             pending_config: None,
+            hosts_under_routers: BTreeSet::new(),
         }
+    }
+
+    /// Warns once about each other host that `--router-cidr` covers: a
+    /// host taken over could then reach this host's published containers
+    /// as a router would.
+    pub fn note_hosts_under_routers(&mut self, covered: &[Ipv4Addr]) {
+        for ip in covered {
+            if self.hosts_under_routers.insert(*ip) {
+                log::warn!(
+                    "--router-cidr covers {ip}, another host's tunnel endpoint: that host may reach this host's published containers as a router; give the routers' own addresses"
+                );
+            }
+        }
+        self.hosts_under_routers.retain(|ip| covered.contains(ip));
     }
 
     /// Makes the table `cfg` (if it is not already, or if `verify` finds it
@@ -178,6 +196,8 @@ pub fn edge_local(
             addrs: addrs.iter().map(|(_, n)| *n).collect(),
             underlay,
             store,
+            // The other hosts are the view's: added by `reconcile`.
+            peers: Vec::new(),
             operator: cfg.egress_deny.clone(),
         },
         interfaces: vec![format!("{HOST_IF_PREFIX}*"), TUN_DEV.into()],
@@ -189,10 +209,11 @@ pub fn edge_local(
     }
 }
 
-/// The addresses of the store's endpoints (etcd), resolved now.
+/// The addresses of the store's endpoints (etcd, plain or TLS), resolved now.
 pub async fn store_addrs(store: &StoreSpec) -> Vec<Ipv4Addr> {
-    let StoreSpec::Etcd(endpoints) = store else {
-        return Vec::new();
+    let endpoints = match store {
+        StoreSpec::Embedded => return Vec::new(),
+        StoreSpec::Etcd(endpoints) | StoreSpec::EtcdTls(endpoints, _) => endpoints,
     };
     let mut out = Vec::new();
     for e in endpoints {
@@ -270,12 +291,13 @@ impl Agent {
     }
 
     /// Applies the table (off the async threads: `nft` is a process).
-    pub(super) async fn apply_edge(&self, cfg: EdgeConfig, verify: bool) {
+    /// `covered`: the other hosts `--router-cidr` covers, warned about.
+    pub(super) async fn apply_edge(&self, cfg: EdgeConfig, verify: bool, covered: Vec<Ipv4Addr>) {
         let (edge, dp) = (self.edge.clone(), self.datapath.clone());
         let done = tokio::task::spawn_blocking(move || {
-            edge.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .apply(&cfg, verify, &dp);
+            let mut rt = edge.lock().unwrap_or_else(|p| p.into_inner());
+            rt.note_hosts_under_routers(&covered);
+            rt.apply(&cfg, verify, &dp);
         })
         .await;
         if let Err(e) = done {
@@ -435,6 +457,23 @@ mod tests {
             "the lowest"
         );
         assert_eq!(public_ip(&a[..2], &[], None, None), None, "none to show");
+    }
+
+    #[tokio::test]
+    async fn the_stores_endpoints_are_denied_over_tls_too() {
+        let endpoints = vec!["127.0.0.1:2379".to_string(), "192.0.2.7:2379".into()];
+        let want: Vec<Ipv4Addr> = vec!["127.0.0.1".parse().unwrap(), "192.0.2.7".parse().unwrap()];
+        let files = crate::store::etcd::TlsFiles {
+            cacert: "ca.crt".into(),
+            cert: "h1.crt".into(),
+            key: "h1.key".into(),
+        };
+        assert_eq!(store_addrs(&StoreSpec::Etcd(endpoints.clone())).await, want);
+        assert_eq!(
+            store_addrs(&StoreSpec::EtcdTls(endpoints, files)).await,
+            want
+        );
+        assert!(store_addrs(&StoreSpec::Embedded).await.is_empty());
     }
 
     #[test]

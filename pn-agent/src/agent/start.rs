@@ -95,7 +95,12 @@ fn prepare_edge(
     base: Config,
 ) -> anyhow::Result<EdgeRuntime> {
     let deny = State {
-        egress_deny: reconcile::edge::deny_entries(edge),
+        // The other hosts come with the first full pass.
+        egress_deny: reconcile::edge::deny_entries(
+            &MembershipView::new(cfg.pool),
+            &cfg.host_id,
+            edge,
+        ),
         ..Default::default()
     };
     datapath

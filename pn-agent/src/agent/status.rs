@@ -177,8 +177,9 @@ impl Agent {
                 last_error: self.store_health.last_error(),
                 rejected: v
                     .rejected
-                    .iter()
-                    .map(|(k, n)| (k.to_string(), *n))
+                    .by_reason()
+                    .into_iter()
+                    .map(|(k, n)| (k.to_string(), n))
                     .collect(),
             },
             datapath: DatapathStatus {

@@ -31,6 +31,9 @@ pub struct HostFacts {
     pub underlay: Option<Ipv4Net>,
     /// Addresses of the store's endpoints (etcd), resolved.
     pub store: Vec<Ipv4Addr>,
+    /// The other hosts' tunnel endpoints, wherever their subnets are
+    /// (denied as the underlay is).
+    pub peers: Vec<Ipv4Addr>,
     /// `--egress-deny`.
     pub operator: Vec<Ipv4Net>,
 }
@@ -51,6 +54,9 @@ pub fn deny_list(facts: &HostFacts) -> BTreeMap<Ipv4Net, u32> {
     }
     if let Some(u) = facts.underlay {
         out.insert(u.trunc(), DenyRange::UNDERLAY);
+    }
+    for ip in &facts.peers {
+        out.insert(Ipv4Net::from(*ip), DenyRange::UNDERLAY);
     }
     for ip in &facts.store {
         out.insert(Ipv4Net::from(*ip), DenyRange::STORE);
@@ -97,6 +103,7 @@ mod tests {
             ],
             underlay: Some("192.168.50.1/24".parse().unwrap()),
             store: vec!["192.168.60.10".parse().unwrap()],
+            peers: vec!["203.0.113.77".parse().unwrap()],
             operator: vec!["198.51.100.0/24".parse().unwrap()],
         }
     }
@@ -120,6 +127,8 @@ mod tests {
             ("192.168.50.255", DenyRange::HOST),
             ("192.168.50.77", DenyRange::UNDERLAY),
             ("192.168.60.10", DenyRange::STORE),
+            // Another host, in a subnet of its own.
+            ("203.0.113.77", DenyRange::UNDERLAY),
             ("198.51.100.200", DenyRange::OPERATOR),
         ] {
             assert_eq!(covers(&l, ip(addr)), Some(kind), "{addr}");

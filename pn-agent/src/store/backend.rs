@@ -7,11 +7,13 @@ use tokio::sync::mpsc;
 
 use crate::error::{ErrorKind, Kind};
 
-/// A stored value and the revision of its last change.
+/// A stored value, the revision of its last change and of its creation
+/// (etcd's `create_revision`: which of two records is the older one).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub value: String,
     pub mod_rev: i64,
+    pub create_rev: i64,
 }
 
 /// The whole content under a prefix at one revision.

@@ -39,6 +39,11 @@ struct LogRecord {
     /// Whole content `(key, value, mod_rev)`; only the first line of a compacted log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     snapshot: Option<Vec<(String, String, i64)>>,
+    /// With a snapshot: the creation revision of the keys changed since
+    /// they were created (the others were created at their `mod_rev`). A
+    /// field of its own, so that an older release still reads the log.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    created: BTreeMap<String, i64>,
 }
 
 struct Watcher {
@@ -123,6 +128,7 @@ impl Embedded {
                 })
                 .collect(),
             snapshot: None,
+            created: BTreeMap::new(),
         };
         let mut line =
             serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -135,13 +141,7 @@ impl Embedded {
         for op in ops {
             match op {
                 Op::Put(key, value) => {
-                    inner.data.insert(
-                        key.clone(),
-                        Entry {
-                            value: value.clone(),
-                            mod_rev: rev,
-                        },
-                    );
+                    put(&mut inner.data, key.clone(), value.clone(), rev);
                     events.push(WatchEvent::Put { key, value, rev });
                 }
                 Op::Delete(key) => {
@@ -162,6 +162,19 @@ impl Embedded {
         }
         Ok(Some(rev))
     }
+}
+
+/// Writes `key` at `rev`, keeping the revision it was created at.
+fn put(data: &mut BTreeMap<String, Entry>, key: String, value: String, rev: i64) {
+    let create_rev = data.get(&key).map_or(rev, |e| e.create_rev);
+    data.insert(
+        key,
+        Entry {
+            value,
+            mod_rev: rev,
+            create_rev,
+        },
+    );
 }
 
 fn load(path: &Path) -> Result<(BTreeMap<String, Entry>, i64), StoreError> {
@@ -194,20 +207,20 @@ fn load(path: &Path) -> Result<(BTreeMap<String, Entry>, i64), StoreError> {
         if let Some(snapshot) = record.snapshot {
             data.clear();
             for (k, v, mod_rev) in snapshot {
-                data.insert(k, Entry { value: v, mod_rev });
+                let create_rev = record.created.get(&k).copied().unwrap_or(mod_rev);
+                data.insert(
+                    k,
+                    Entry {
+                        value: v,
+                        mod_rev,
+                        create_rev,
+                    },
+                );
             }
         }
         for op in record.ops {
             match op {
-                LogOp::Put(k, v) => {
-                    data.insert(
-                        k,
-                        Entry {
-                            value: v,
-                            mod_rev: record.rev,
-                        },
-                    );
-                }
+                LogOp::Put(k, v) => put(&mut data, k, v, record.rev),
                 LogOp::Del(k) => {
                     data.remove(&k);
                 }
@@ -228,6 +241,11 @@ fn compact(path: &Path, data: &BTreeMap<String, Entry>, rev: i64) -> Result<(), 
                 .map(|(k, e)| (k.clone(), e.value.clone(), e.mod_rev))
                 .collect(),
         ),
+        created: data
+            .iter()
+            .filter(|(_, e)| e.create_rev != e.mod_rev)
+            .map(|(k, e)| (k.clone(), e.create_rev))
+            .collect(),
     };
     let mut f = File::create(&tmp)?;
     serde_json::to_writer(&mut f, &record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -322,14 +340,29 @@ mod tests {
                     .unwrap();
             }
             s.txn(vec![], vec![Op::Delete("k3".into())]).await.unwrap();
+            // Changed after its creation: it keeps its creation revision.
+            s.txn(vec![], vec![Op::Put("k2".into(), "v2'".into())])
+                .await
+                .unwrap();
         }
         let s = Embedded::open(&dir).unwrap();
         let l = s.list("k").await.unwrap();
-        assert_eq!(l.rev, 11);
+        assert_eq!(l.rev, 12);
         assert_eq!(l.entries.len(), 9);
         assert_eq!(s.get("k5").await.unwrap().unwrap().mod_rev, 6);
+        let k2 = s.get("k2").await.unwrap().unwrap();
+        assert_eq!(
+            (k2.mod_rev, k2.create_rev),
+            (12, 3),
+            "kept across a compaction"
+        );
         let lines = std::fs::read_to_string(dir.join("store.log")).unwrap();
         assert_eq!(lines.lines().count(), 1, "compacted into one snapshot line");
+        // Deleted and written again: a new record.
+        s.txn(vec![], vec![Op::Put("k3".into(), "again".into())])
+            .await
+            .unwrap();
+        assert_eq!(s.get("k3").await.unwrap().unwrap().create_rev, 13);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -44,13 +44,14 @@ impl Collector for StoreCollector {
         };
         {
             let mut m = encoder.encode_descriptor(
-                "pn_store_records_rejected",
-                "Records read from the store and refused before reaching the kernel, per reason",
+                "pn_store_records_refused",
+                "Records read from the store and refused before reaching the kernel, per kind of record and reason",
                 None,
                 MetricType::Counter,
             )?;
-            for (kind, n) in &rejected {
-                ConstCounter::new(*n).encode(m.encode_family(&[("kind", *kind)])?)?;
+            for (kind, reason, n) in rejected.iter() {
+                ConstCounter::new(n)
+                    .encode(m.encode_family(&[("kind", kind), ("reason", reason)])?)?;
             }
         }
         {

@@ -78,13 +78,18 @@ pub fn container(index: u32, ip: impl Into<Ipv4Addr>, on: &str) -> Container {
 }
 
 /// Host `id` with `peer_id`, its tunnel at `192.0.2.<peer_id>:51871`, its
-/// public key made of its name's first byte.
+/// public key made of its name's bytes (hosts of other names hold other
+/// keys: the view refuses a key two hosts hold).
 pub fn host(id: &str, peer_id: u32) -> Host {
     let addr: SocketAddr = format!("192.0.2.{peer_id}:51871").parse().unwrap();
+    let mut key = [0x5a; 32];
+    for (i, b) in id.bytes().enumerate() {
+        key[i % 32] ^= b;
+    }
     Host {
         id: host_id(id),
         advertise: Some(addr),
-        public_key: Some(pn_tunnel::keyfile::encode_key(&[id.as_bytes()[0]; 32])),
+        public_key: Some(pn_tunnel::keyfile::encode_key(&key)),
         started_at: 0,
         peer_id,
     }

@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
 };
 
 use ipnet::Ipv4Net;
@@ -96,9 +96,51 @@ pub fn iface(addr: Ip4, net: &Network, publication: Option<&Publication>) -> Ifa
 }
 
 /// `PN_EGRESS_DENY` for this host.
-pub fn deny_entries(edge: &EdgeLocal) -> BTreeMap<(Ip4, u8), u32> {
-    deny::lpm_entries(&deny::deny_list(&edge.facts))
+pub fn deny_entries(
+    view: &MembershipView,
+    host: &HostId,
+    edge: &EdgeLocal,
+) -> BTreeMap<(Ip4, u8), u32> {
+    deny::lpm_entries(&deny::deny_list(&facts(view, host, edge)))
         .into_iter()
+        .collect()
+}
+
+/// What the deny list is made of: the host's facts and the other hosts'
+/// tunnel endpoints (the view's: checked, so never in the pool).
+fn facts(view: &MembershipView, host: &HostId, edge: &EdgeLocal) -> HostFacts {
+    HostFacts {
+        peers: peer_addrs(view, host),
+        ..edge.facts.clone()
+    }
+}
+
+/// The IPv4 tunnel endpoints of the hosts other than `host`.
+pub fn peer_addrs(view: &MembershipView, host: &HostId) -> Vec<Ipv4Addr> {
+    let mut out: Vec<Ipv4Addr> = view
+        .hosts
+        .values()
+        .filter(|h| h.id != *host)
+        .filter_map(|h| match h.advertise?.ip().to_canonical() {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The other hosts' endpoints that `--router-cidr` covers: whoever holds
+/// such a host may act as a router toward this host's published ports.
+pub fn hosts_under_routers(
+    view: &MembershipView,
+    host: &HostId,
+    edge: &EdgeLocal,
+) -> Vec<Ipv4Addr> {
+    peer_addrs(view, host)
+        .into_iter()
+        .filter(|ip| edge.router_cidrs.iter().any(|r| r.contains(ip)))
         .collect()
 }
 
@@ -114,7 +156,7 @@ pub fn edge_config(view: &MembershipView, host: &HostId, edge: &EdgeLocal) -> Ed
         host_addrs: edge.host_addrs.clone(),
         router_cidrs: edge.router_cidrs.clone(),
         publications,
-        egress_deny: deny::merged(&deny::deny_list(&edge.facts)),
+        egress_deny: deny::merged(&deny::deny_list(&facts(view, host, edge))),
         interfaces: edge.interfaces.clone(),
         forward_guard: edge.forward_guard,
         dns: edge.dns.clone(),

@@ -25,6 +25,7 @@ fn edge_local(routers: &[&str]) -> EdgeLocal {
             addrs: vec!["192.168.50.1/24".parse().unwrap()],
             underlay: Some("192.168.50.0/24".parse().unwrap()),
             store: vec![],
+            peers: vec![],
             operator: vec!["198.51.100.0/24".parse().unwrap()],
         },
         host_addrs: vec!["192.168.50.1".parse().unwrap()],
@@ -90,6 +91,15 @@ fn a_full_pass_gives_the_table_and_the_deny_list() {
     assert_eq!(deny[&(ip([192, 168, 50, 1]), 32)], DenyRange::HOST);
     assert_eq!(deny[&(ip([192, 168, 50, 0]), 24)], DenyRange::UNDERLAY);
     assert_eq!(deny[&(ip([198, 51, 100, 0]), 24)], DenyRange::OPERATOR);
+    // The other hosts, in a subnet that is not this host's; not itself.
+    assert_eq!(deny[&(ip([192, 0, 2, 2]), 32)], DenyRange::UNDERLAY);
+    assert_eq!(deny[&(ip([192, 0, 2, 3]), 32)], DenyRange::UNDERLAY);
+    assert!(!deny.contains_key(&(ip([192, 0, 2, 1]), 32)));
+    assert!(
+        t.egress_deny
+            .iter()
+            .any(|n| n.contains(&"192.0.2.3".parse::<std::net::Ipv4Addr>().unwrap()))
+    );
     let iface = d.datapath.ifaces[&10];
     assert_eq!(iface.flags, Iface::FLAG_PUBLISHED);
     assert_eq!(iface.web_port, 8080);
@@ -198,4 +208,20 @@ fn web_containers_get_ports_others_none_and_ports_are_kept() {
     let local: Vec<&Container> = v.local_containers(&me).collect();
     let err = assign_published(local.iter().copied(), &e).unwrap_err();
     assert_eq!(err.wanted, 4);
+}
+
+#[test]
+fn routers_covering_other_hosts_are_found() {
+    let v = fleet();
+    // 192.0.2.0/24 holds hosts b and c (a is this host).
+    let e = edge_local(&["192.168.50.7/32", "192.0.2.0/25"]);
+    let found = edge::hosts_under_routers(&v, &a(), &e);
+    assert_eq!(
+        found,
+        [
+            "192.0.2.2".parse::<std::net::Ipv4Addr>().unwrap(),
+            "192.0.2.3".parse().unwrap()
+        ]
+    );
+    assert!(edge::hosts_under_routers(&v, &a(), &edge_local(&["192.168.50.7/32"])).is_empty());
 }

@@ -223,7 +223,7 @@ pub fn desired(
         }
     }
     if edge && let Some(e) = local.edge {
-        d.datapath.egress_deny = edge::deny_entries(e);
+        d.datapath.egress_deny = edge::deny_entries(view, local.host, e);
         d.edge = Some(edge::edge_config(view, local.host, e));
     } else if let Some(s) = d.scope.take() {
         // No facts of the host: the deny list is left as it is.

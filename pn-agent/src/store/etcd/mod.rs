@@ -214,6 +214,7 @@ impl Backend for Etcd {
                 Some(kv) => Ok(Some(Entry {
                     value: value_string(kv.value())?,
                     mod_rev: kv.mod_revision(),
+                    create_rev: kv.create_revision(),
                 })),
                 None => Ok(None),
             }
@@ -249,6 +250,7 @@ impl Backend for Etcd {
                         Entry {
                             value: value_string(kv.value())?,
                             mod_rev: kv.mod_revision(),
+                            create_rev: kv.create_revision(),
                         },
                     ));
                 }

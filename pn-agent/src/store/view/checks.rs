@@ -4,7 +4,7 @@
 //! agent touch interfaces it did not make, take an address someone else
 //! holds, or put a network where the kernel treats addresses specially.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 
 use pn_common::ids::{AppId, HostId, NetworkId};
 use serde::de::DeserializeOwned;
@@ -29,7 +29,10 @@ pub enum Reject {
     Overlap,
     /// A network tag that is zero or another network's.
     Tag,
-    /// A known network whose range or tag changed.
+    /// A known record that changes what never changes after creation: a
+    /// network's range or tag; a container's host, namespace or interface,
+    /// its network (but to its app's, when the app moves) or its address
+    /// (but with its network).
     Immutable,
     /// An app or container of a network the view does not have.
     UnknownNetwork,
@@ -39,18 +42,24 @@ pub enum Reject {
     AppName,
     /// A container address outside its network's range, or reserved.
     Address,
-    /// A container address another container holds.
+    /// A container or service address another container or service holds.
     AddressTaken,
+    /// A service address outside its network's range, or reserved, or
+    /// given to two types of the app.
+    Service,
     /// A host-side interface other than the one derived from the key.
     HostInterface,
     /// An interface name inside the namespace the rules refuse.
     Interface,
     /// A namespace that is neither a name nor a path.
     Netns,
-    /// A tunnel endpoint no host can have.
+    /// A tunnel endpoint no host can have: not unicast, loopback,
+    /// link-local, or inside the pool.
     Endpoint,
     /// A public key that is not 32 bytes of base64.
     HostKey,
+    /// A public key an older host record holds.
+    KeyTaken,
     /// A peer id that is zero or another host's.
     PeerId,
     /// An app's web port of 0.
@@ -62,7 +71,7 @@ pub enum Reject {
 }
 
 impl Reject {
-    pub const ALL: [Reject; 19] = [
+    pub const ALL: [Reject; 21] = [
         Reject::Undecodable,
         Reject::Key,
         Reject::Range,
@@ -74,11 +83,13 @@ impl Reject {
         Reject::AppName,
         Reject::Address,
         Reject::AddressTaken,
+        Reject::Service,
         Reject::HostInterface,
         Reject::Interface,
         Reject::Netns,
         Reject::Endpoint,
         Reject::HostKey,
+        Reject::KeyTaken,
         Reject::PeerId,
         Reject::WebPort,
         Reject::Published,
@@ -97,11 +108,13 @@ impl Reject {
             Reject::AppName => "app_name",
             Reject::Address => "address",
             Reject::AddressTaken => "address_taken",
+            Reject::Service => "service_address",
             Reject::HostInterface => "host_interface",
             Reject::Interface => "interface",
             Reject::Netns => "netns",
             Reject::Endpoint => "endpoint",
             Reject::HostKey => "host_key",
+            Reject::KeyTaken => "host_key_taken",
             Reject::PeerId => "peer_id",
             Reject::WebPort => "web_port",
             Reject::Published => "published",
@@ -196,20 +209,61 @@ impl MembershipView {
         Ok(())
     }
 
-    pub(super) fn check_app(&self, key: &str, id: &AppId, a: &App) -> Result {
+    /// `rev`: the revision of this version of the record.
+    pub(super) fn check_app(&self, key: &str, id: &AppId, a: &App, rev: i64) -> Result {
         same_id(key, id, &a.id)?;
-        if !self.networks.contains_key(&a.network) {
+        let Some(net) = self.networks.get(&a.network) else {
             return Err(Rejected::new(
                 key,
                 Reject::UnknownNetwork,
                 format!("network {} is unknown", a.network),
             ));
-        }
+        };
+        self.check_services(key, a, net, rev)?;
         if let Some(name) = &a.name {
             model::check_app_name(name).map_err(|e| Rejected::new(key, Reject::AppName, e))?;
         }
         if a.web_port == 0 {
             return Err(Rejected::new(key, Reject::WebPort, "web port 0"));
+        }
+        Ok(())
+    }
+
+    /// Service addresses: each one an address a container of the network
+    /// could have (inside its range, not its network or broadcast address),
+    /// one per type, and nobody else's: not another app's, not a
+    /// container's. In a listing the view has no order of events: a
+    /// container whose record is older than this version of the app keeps
+    /// its address (a service address written over a member's loses), a
+    /// younger one loses it (`check_container`).
+    fn check_services(&self, key: &str, a: &App, net: &Network, rev: i64) -> Result {
+        let mut seen = std::collections::HashSet::new();
+        for (ctype, ip) in &a.services {
+            ipam::check_address(&net.cidr, *ip)
+                .map_err(|e| Rejected::new(key, Reject::Service, format!("{ctype}: {e}")))?;
+            if !seen.insert(*ip) {
+                return Err(Rejected::new(
+                    key,
+                    Reject::Service,
+                    format!("service address {ip} is given to two types"),
+                ));
+            }
+            let taken = |why: String| Err(Rejected::new(key, Reject::AddressTaken, why));
+            if let Some(holder) = self.services_at.get(ip)
+                && *holder != a.id
+            {
+                return taken(format!("{ip} is a service address of app {holder}"));
+            }
+            if let Some(holder) = self.by_ip.get(ip) {
+                return taken(format!("{ip} is container {holder}'s"));
+            }
+            if self
+                .listed_ips
+                .get(ip)
+                .is_some_and(|&created| created < rev)
+            {
+                return taken(format!("{ip} is a container's (an older record)"));
+            }
         }
         Ok(())
     }
@@ -253,10 +307,50 @@ impl MembershipView {
                 format!("address {} is container {holder}'s", c.ip),
             ));
         }
+        if let Some(app) = self.services_at.get(&c.ip) {
+            return Err(Rejected::new(
+                key,
+                Reject::AddressTaken,
+                format!("address {} is a service address of app {app}", c.ip),
+            ));
+        }
+        if let Some(old) = self.containers.get(k) {
+            self.check_unchanged(key, old, c)?;
+        }
         if let Some(at) = c.published {
             self.check_published(key, c, at)?;
         }
         Ok(())
+    }
+
+    /// What a container record never changes once its host's agent wrote
+    /// it: the host, namespace and interface (a record rewritten to name
+    /// another namespace would make that host's agent re-address it), the
+    /// network but to its app's (`app move`), the address but with the
+    /// network. A runtime that makes its sandbox again detaches first.
+    fn check_unchanged(&self, key: &str, old: &Container, c: &Container) -> Result {
+        let moved = c.network != old.network;
+        let changed = if c.host != old.host {
+            format!("its host from {} to {}", old.host, c.host)
+        } else if c.netns != old.netns {
+            format!("its namespace from {:?} to {:?}", old.netns, c.netns)
+        } else if c.ifname != old.ifname {
+            format!("its interface from {:?} to {:?}", old.ifname, c.ifname)
+        } else if moved && self.apps.get(&c.key.app).map(|a| a.network) != Some(c.network) {
+            format!(
+                "its network from {} to {}, which is not its app's",
+                old.network, c.network
+            )
+        } else if !moved && c.ip != old.ip {
+            format!("its address from {} to {} in its network", old.ip, c.ip)
+        } else {
+            return Ok(());
+        };
+        Err(Rejected::new(
+            key,
+            Reject::Immutable,
+            format!("the record changes {changed}"),
+        ))
     }
 
     /// Where a container is published: only `web` containers, on a port
@@ -289,10 +383,18 @@ impl MembershipView {
         Ok(())
     }
 
-    pub(super) fn check_host(&self, key: &str, id: &HostId, h: &Host) -> Result {
+    /// `created`: the revision the record was created at. `Ok(Some(o))`:
+    /// the record is taken, and host `o` (younger) loses the key it shares.
+    pub(super) fn check_host(
+        &self,
+        key: &str,
+        id: &HostId,
+        h: &Host,
+        created: i64,
+    ) -> Result<Option<HostId>> {
         same_id(key, id, &h.id)?;
         if let Some(a) = h.advertise
-            && !endpoint_ok(a)
+            && !self.endpoint_ok(a)
         {
             return Err(Rejected::new(
                 key,
@@ -325,20 +427,60 @@ impl MembershipView {
                 format!("peer id {} is host {}'s", h.peer_id, other.id),
             ));
         }
-        Ok(())
+        self.check_key_unique(key, h, created)
     }
-}
 
-/// A unicast address and a port: something a datagram can be sent to.
-fn endpoint_ok(a: SocketAddr) -> bool {
-    if a.port() == 0 {
-        return false;
-    }
-    match a {
-        SocketAddr::V4(a) => {
-            let ip = a.ip();
-            !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast())
+    /// A public key is one host's: of two records holding it, the older
+    /// (by creation) keeps it, so a host that copies another's key cuts
+    /// only itself off, whatever order the records are read in.
+    fn check_key_unique(&self, key: &str, h: &Host, created: i64) -> Result<Option<HostId>> {
+        let Some(pk) = &h.public_key else {
+            return Ok(None);
+        };
+        let Some(other) = self
+            .hosts
+            .values()
+            .find(|o| o.id != h.id && o.public_key.as_ref() == Some(pk))
+        else {
+            return Ok(None);
+        };
+        let theirs = self.host_revs.get(&other.id).map_or(i64::MIN, |r| r.0);
+        if (theirs, &other.id) < (created, &h.id) {
+            return Err(Rejected::new(
+                key,
+                Reject::KeyTaken,
+                format!(
+                    "its public key is host {}'s, whose record is older",
+                    other.id
+                ),
+            ));
         }
-        SocketAddr::V6(a) => !(a.ip().is_unspecified() || a.ip().is_multicast()),
+        Ok(Some(other.id.clone()))
+    }
+
+    /// A unicast address and a port other hosts can send datagrams to: not
+    /// loopback or link-local (each host would reach itself), not
+    /// multicast, broadcast or unspecified, not inside the pool (the
+    /// containers' addresses).
+    fn endpoint_ok(&self, a: SocketAddr) -> bool {
+        if a.port() == 0 {
+            return false;
+        }
+        match a.ip().to_canonical() {
+            IpAddr::V4(ip) => {
+                !(ip.is_unspecified()
+                    || ip.is_loopback()
+                    || ip.is_link_local()
+                    || ip.is_multicast()
+                    || ip.is_broadcast()
+                    || self.pool.contains(&ip))
+            }
+            IpAddr::V6(ip) => {
+                !(ip.is_unspecified()
+                    || ip.is_loopback()
+                    || ip.is_unicast_link_local()
+                    || ip.is_multicast())
+            }
+        }
     }
 }

@@ -14,11 +14,13 @@ use super::{Listing, WatchEvent, keys::Key};
 use crate::model::{App, Container, ContainerKey, Host, Network};
 
 mod checks;
+mod refusals;
 pub mod services;
 #[cfg(test)]
 mod tests;
 
 pub use checks::{Reject, Rejected};
+pub use refusals::Refusals;
 
 #[derive(Clone, Debug)]
 pub struct MembershipView {
@@ -31,9 +33,16 @@ pub struct MembershipView {
     pub published_at: HashMap<(HostId, u16), ContainerKey>,
     /// Revision of the last change applied.
     pub rev: i64,
-    /// Records refused since the agent started, by [`Reject::as_str`]
-    /// (each version of a record counted once).
-    pub rejected: BTreeMap<&'static str, u64>,
+    /// Records refused since the agent started, by kind and reason.
+    pub rejected: Refusals,
+    /// Service addresses of the apps that balance by `vip`.
+    services_at: HashMap<Ipv4Addr, AppId>,
+    /// Revisions of every host record's creation and last version, refused
+    /// ones included: of two holding one key, the older keeps it.
+    host_revs: HashMap<HostId, (i64, i64)>,
+    /// While a listing loads: each container record's address and the
+    /// revision it was created at (apps load before the containers).
+    listed_ips: HashMap<Ipv4Addr, i64>,
     /// The fleet's address pool: every network's range lies inside it.
     pool: Ipv4Net,
     /// Refused keys and the revision of the version refused, so that a
@@ -64,6 +73,26 @@ impl Default for MembershipView {
     }
 }
 
+/// Each listed container record's address and the revision it was
+/// created at (the oldest, if two claim one).
+fn listed_ips(entries: &[(String, super::Entry)]) -> HashMap<Ipv4Addr, i64> {
+    #[derive(serde::Deserialize)]
+    struct Addressed {
+        ip: Ipv4Addr,
+    }
+    let mut out = HashMap::new();
+    for (key, e) in entries {
+        if !key.starts_with(super::keys::CONTAINERS) {
+            continue;
+        }
+        if let Ok(a) = serde_json::from_str::<Addressed>(&e.value) {
+            let at = out.entry(a.ip).or_insert(e.create_rev);
+            *at = (*at).min(e.create_rev);
+        }
+    }
+    out
+}
+
 /// Order in which a listing is loaded: what a record refers to comes first,
 /// and among records of one kind the older wins (an address claimed twice
 /// stays with the container that had it).
@@ -88,7 +117,10 @@ impl MembershipView {
             by_ip: HashMap::new(),
             published_at: HashMap::new(),
             rev: 0,
-            rejected: BTreeMap::new(),
+            rejected: Refusals::default(),
+            services_at: HashMap::new(),
+            host_revs: HashMap::new(),
+            listed_ips: HashMap::new(),
             pool,
             refused: HashMap::new(),
         }
@@ -103,12 +135,19 @@ impl MembershipView {
         view.rejected = self.rejected.clone();
         view.refused = self.refused.clone();
         let mut entries: Vec<_> = listing.entries.iter().collect();
-        entries.sort_by_cached_key(|(key, e)| (load_order(key), e.mod_rev));
+        // Hosts and containers by creation: a host's re-registration or a
+        // container's health must not make it the younger of two claims.
+        entries.sort_by_cached_key(|(key, e)| match load_order(key) {
+            o @ (2 | 3) => (o, e.create_rev),
+            o => (o, e.mod_rev),
+        });
+        view.listed_ips = listed_ips(&listing.entries);
         let mut seen = std::collections::HashSet::new();
         for (key, entry) in entries {
             seen.insert(key.as_str());
-            let _ = view.put(key, &entry.value, entry.mod_rev);
+            let _ = view.put(key, &entry.value, entry.mod_rev, Some(entry.create_rev));
         }
+        view.listed_ips = HashMap::new();
         // Refused keys gone from the store are forgotten.
         view.refused.retain(|k, _| seen.contains(k.as_str()));
         view.rev = listing.rev;
@@ -122,7 +161,7 @@ impl MembershipView {
         match ev {
             WatchEvent::Put { key, value, rev } => {
                 self.rev = self.rev.max(*rev);
-                self.put(key, value, *rev)
+                self.put(key, value, *rev, None)
             }
             WatchEvent::Delete { key, rev } => {
                 self.rev = self.rev.max(*rev);
@@ -134,24 +173,41 @@ impl MembershipView {
     }
 
     /// Checks a record, then takes it in; or counts and logs its refusal
-    /// (once per version).
-    fn put(&mut self, key: &str, value: &str, rev: i64) -> Result<Change, Rejected> {
-        match self.check_and_put(key, value) {
+    /// (once per version). `created`: the revision the record was created
+    /// at, if the store said (a listing); a watch's put of a key the view
+    /// does not know is a creation.
+    fn put(
+        &mut self,
+        key: &str,
+        value: &str,
+        rev: i64,
+        created: Option<i64>,
+    ) -> Result<Change, Rejected> {
+        if let Some(Key::Host(id)) = Key::parse(key) {
+            let known = self.host_revs.get(&id).map(|r| r.0);
+            let created = created.or(known).unwrap_or(rev);
+            self.host_revs.insert(id, (created, rev));
+        }
+        match self.check_and_put(key, value, rev) {
             Ok(change) => {
                 self.refused.remove(key);
                 Ok(change)
             }
             Err(r) => {
-                if self.refused.insert(key.to_string(), rev) != Some(rev) {
-                    *self.rejected.entry(r.reject.as_str()).or_default() += 1;
-                    log::warn!("{r}; keeping the last good state");
-                }
+                self.refuse(&r, rev);
                 Err(r)
             }
         }
     }
 
-    fn check_and_put(&mut self, key: &str, value: &str) -> Result<Change, Rejected> {
+    fn refuse(&mut self, r: &Rejected, rev: i64) {
+        if self.refused.insert(r.key.clone(), rev) != Some(rev) {
+            self.rejected.count(&r.key, r.reject);
+            log::warn!("{r}; keeping the last good state");
+        }
+    }
+
+    fn check_and_put(&mut self, key: &str, value: &str, rev: i64) -> Result<Change, Rejected> {
         let Some(parsed) = Key::parse(key) else {
             return match checks::record_prefix(key) {
                 Some(_) => Err(Rejected::new(key, Reject::Key, "not a key of the layout")),
@@ -167,7 +223,11 @@ impl MembershipView {
             }
             Key::App(id) => {
                 let a: App = checks::decode(key, value)?;
-                self.check_app(key, &id, &a)?;
+                self.check_app(key, &id, &a, rev)?;
+                self.unindex_services(&id);
+                for ip in a.services.values() {
+                    self.services_at.insert(*ip, id);
+                }
                 self.apps.insert(a.id, a);
                 Ok(Change::App)
             }
@@ -193,7 +253,10 @@ impl MembershipView {
             }
             Key::Host(id) => {
                 let h: Host = checks::decode(key, value)?;
-                self.check_host(key, &id, &h)?;
+                let created = self.host_revs.get(&id).map_or(rev, |r| r.0);
+                if let Some(younger) = self.check_host(key, &id, &h, created)? {
+                    self.displace(&younger);
+                }
                 self.hosts.insert(h.id.clone(), h);
                 Ok(Change::Host)
             }
@@ -208,6 +271,7 @@ impl MembershipView {
                 Change::Network(id)
             }
             Some(Key::App(id)) => {
+                self.unindex_services(&id);
                 self.apps.remove(&id);
                 Change::App
             }
@@ -223,10 +287,37 @@ impl MembershipView {
             },
             Some(Key::Host(id)) => {
                 self.hosts.remove(&id);
+                self.host_revs.remove(&id);
                 Change::Host
             }
             _ => Change::Other,
         }
+    }
+
+    fn unindex_services(&mut self, app: &AppId) {
+        if let Some(old) = self.apps.get(app) {
+            for ip in old.services.values() {
+                if self.services_at.get(ip) == Some(app) {
+                    self.services_at.remove(ip);
+                }
+            }
+        }
+    }
+
+    /// Takes a younger host's record out of the view: an older record
+    /// claims its key. It comes back when its host registers again or at
+    /// the next listing, if the key is then its alone.
+    fn displace(&mut self, younger: &HostId) {
+        if self.hosts.remove(younger).is_none() {
+            return;
+        }
+        let rev = self.host_revs.get(younger).map_or(0, |r| r.1);
+        let r = Rejected::new(
+            &Key::Host(younger.clone()).to_string(),
+            Reject::KeyTaken,
+            "its public key is claimed by an older host record",
+        );
+        self.refuse(&r, rev);
     }
 
     fn unindex_published(&mut self, c: &Container) {

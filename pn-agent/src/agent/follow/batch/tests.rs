@@ -71,8 +71,14 @@ fn stream() -> Vec<WatchEvent> {
     }
     e.container(container(30, [10, 240, 0, 100], "a"))
         .container(container(31, [10, 240, 0, 101], "a"))
-        // Moved twice in a row (the second flushes the first).
+        // Attached again elsewhere, then changed (the second flushes the
+        // first); an address changed in place is refused.
+        .delete(Key::Container(key(1)))
         .container(container(1, [10, 240, 1, 1], "b"))
+        .container(Container {
+            unhealthy: true,
+            ..container(1, [10, 240, 1, 1], "b")
+        })
         .container(container(1, [10, 240, 1, 2], "b"))
         // Deleted, its address taken by another.
         .delete(Key::Container(key(2)))
@@ -85,7 +91,10 @@ fn stream() -> Vec<WatchEvent> {
         .container(container(41, [10, 240, 2, 2], "c"))
         .host("c", 3)
         .container(container(42, [10, 240, 2, 3], "c"))
-        // One moves from b to c.
+        // One moves from b to c: detached, attached again (a record
+        // rewritten to name another host is refused).
+        .container(container(6, [10, 240, 0, 16], "c"))
+        .delete(Key::Container(key(4)))
         .container(container(4, [10, 240, 0, 14], "c"))
         // An address claimed twice: the second is refused.
         .container(container(43, [10, 240, 0, 15], "c"))

@@ -86,11 +86,7 @@ impl Fixture {
     }
 
     fn count(&self, reject: Reject) -> u64 {
-        self.view
-            .rejected
-            .get(reject.as_str())
-            .copied()
-            .unwrap_or(0)
+        self.view.rejected.reason(reject.as_str())
     }
 }
 
@@ -185,7 +181,7 @@ fn a_record_is_the_one_its_key_names() {
     for other in ["pool", "ips/x", "claims/y", "peers/1", "elsewhere"] {
         assert_eq!(f.put_raw(other, "whatever"), Ok(Change::Other), "{other}");
     }
-    assert_eq!(f.view.rejected.values().sum::<u64>(), 4);
+    assert_eq!(f.view.rejected.total(), 4);
     assert!(f.view.containers.is_empty());
 }
 
@@ -243,8 +239,17 @@ fn a_container_address_is_its_networks_and_its_own() {
             .key,
         ckey(1, "web", 1)
     );
-    // Moving within the range is fine, and frees the old address.
-    f.ok(&container(1, [10, 240, 0, 9], "h1"));
+    // An address changes only with the network (its app moved); the old
+    // address is then free.
+    f.refused(&container(1, [10, 240, 0, 9], "h1"), Reject::Immutable);
+    f.ok(&network(2, "10.240.1.0/24", 2));
+    f.ok(&app(1, 2));
+    f.ok(&member(
+        ckey(1, "web", 1),
+        net_id(2),
+        [10, 240, 1, 9].into(),
+        "h1",
+    ));
     f.ok(&container(2, [10, 240, 0, 1], "h1"));
     assert_eq!(f.view.by_ip.len(), 2);
 }
@@ -299,6 +304,7 @@ fn listing(records: &[(String, String, i64)]) -> Listing {
                     Entry {
                         value: v.clone(),
                         mod_rev: *rev,
+                        create_rev: *rev,
                     },
                 )
             })
@@ -335,7 +341,7 @@ fn a_listing_loads_what_records_refer_to_first_and_the_older_holder_wins() {
         view.container_by_ip("10.240.0.5".parse().unwrap()),
         Some(&early)
     );
-    assert_eq!(view.rejected.get("address_taken"), Some(&1));
+    assert_eq!(view.rejected.reason("address_taken"), 1);
 }
 
 #[test]
@@ -345,10 +351,10 @@ fn a_refusal_is_counted_once_per_version() {
     let base = [rec(&network(1, "10.240.0.0/24", 1), 1), rec(&app(1, 1), 2)];
     let l = listing(&[base[0].clone(), base[1].clone(), rec(&bad, 3)]);
     let view = MembershipView::default().reloaded(&l);
-    assert_eq!(view.rejected.get("host_interface"), Some(&1));
+    assert_eq!(view.rejected.reason("host_interface"), 1);
     // Listed again (a resync): the same version is not counted again.
     let view = view.reloaded(&l);
-    assert_eq!(view.rejected.get("host_interface"), Some(&1));
+    assert_eq!(view.rejected.reason("host_interface"), 1);
     // Its watch event after the listing: not counted again either.
     let mut view = view;
     let ev = WatchEvent::Put {
@@ -357,7 +363,7 @@ fn a_refusal_is_counted_once_per_version() {
         rev: 3,
     };
     assert!(view.apply(&ev).is_err());
-    assert_eq!(view.rejected.get("host_interface"), Some(&1));
+    assert_eq!(view.rejected.reason("host_interface"), 1);
     // A new version is a new refusal.
     let ev = WatchEvent::Put {
         key: key_of(&bad),
@@ -365,7 +371,7 @@ fn a_refusal_is_counted_once_per_version() {
         rev: 7,
     };
     assert!(view.apply(&ev).is_err());
-    assert_eq!(view.rejected.get("host_interface"), Some(&2));
+    assert_eq!(view.rejected.reason("host_interface"), 2);
     // Deleted, then written again at its old revision's value: counted.
     view.apply(&WatchEvent::Delete {
         key: key_of(&bad),
@@ -374,7 +380,7 @@ fn a_refusal_is_counted_once_per_version() {
     .unwrap();
     let l2 = listing(&[base[0].clone(), base[1].clone(), rec(&bad, 3)]);
     let view = view.reloaded(&l2);
-    assert_eq!(view.rejected.get("host_interface"), Some(&3));
+    assert_eq!(view.rejected.reason("host_interface"), 3);
     // The pool carries over a reload.
     assert_eq!(view.pool, MembershipView::default().pool);
 }
@@ -521,3 +527,5 @@ fn a_selector_designates_its_type_or_container_of_its_app_only() {
     assert_eq!(names(Selector::Type(t("db"))), Vec::<String>::new());
     assert_eq!(names(Selector::Container(t("api"), 1)), ["api-1"]);
 }
+
+mod trust;
