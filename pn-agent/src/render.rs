@@ -90,7 +90,7 @@ pub fn status_text(s: &Status) -> String {
     t.push_str(&format!("tunnel      {}\n", s.tunnel));
     let e = &s.edge;
     t.push_str(&format!(
-        "edge        {}; {} published on {} for {}; {} range(s) never the world; forwarding {}\n",
+        "edge        {}; {} published on {} for {}; {} range(s) never the world; forwarding {} (guard {}{})\n",
         if e.applied {
             "table in place".to_string()
         } else {
@@ -119,7 +119,13 @@ pub fn status_text(s: &Status) -> String {
                 .join(",")
         },
         e.egress_deny.len(),
-        e.forwarding
+        e.forwarding,
+        e.forward_guard,
+        if e.forwarded_before_pn {
+            ", forwarding was on before pn"
+        } else {
+            ""
+        }
     ));
     if s.peers.is_empty() {
         t.push_str("peers       none\n");

@@ -318,8 +318,15 @@ pub struct EdgeStatus {
     pub published: usize,
     /// Ranges that are never the world, merged.
     pub egress_deny: Vec<Ipv4Net>,
-    /// `pn-only` or `shared`.
+    /// `pn-only` (the table drops forwarded traffic that is not pn's) or
+    /// `shared`.
     pub forwarding: String,
+    /// `--forward-guard`: `auto`, `on` or `off`.
+    #[serde(default)]
+    pub forward_guard: String,
+    /// IPv4 forwarding was on before pn first ran on this host.
+    #[serde(default)]
+    pub forwarded_before_pn: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -113,6 +113,14 @@ impl Fleet {
         Fleet::build(prefix, n, extra, false, false)
     }
 
+    /// As `with_flags`, on hosts that forwarded IPv4 before their agents
+    /// started (as most container hosts do: Docker, podman, Kubernetes).
+    pub fn forwarding_before(prefix: &str, n: usize, extra: &[&str]) -> Fleet {
+        Fleet::build_with(prefix, n, extra, false, false, |h| {
+            h.ns.sysctl("net.ipv4.ip_forward=1")
+        })
+    }
+
     /// As `new`, with etcd serving TLS only and accepting clients whose
     /// certificate its CA signed; each host has its own certificate.
     pub fn tls(prefix: &str, n: usize) -> Fleet {
@@ -126,6 +134,18 @@ impl Fleet {
     }
 
     fn build(prefix: &str, n: usize, extra: &[&str], tls: bool, roles: bool) -> Fleet {
+        Fleet::build_with(prefix, n, extra, tls, roles, |_| {})
+    }
+
+    /// `before_launch` runs on each host once plumbed, before its agent.
+    fn build_with(
+        prefix: &str,
+        n: usize,
+        extra: &[&str],
+        tls: bool,
+        roles: bool,
+        before_launch: impl Fn(&Host),
+    ) -> Fleet {
         let underlay = Namespace::new(&format!("{prefix}-ul"));
         underlay.ip(&["link", "add", "br0", "type", "bridge"]);
         underlay.ip(&[
@@ -168,6 +188,7 @@ impl Fleet {
         };
         for i in 1..=n {
             let mut host = fleet.plumb(prefix, i);
+            before_launch(&host);
             let flags = fleet.flags(i, extra);
             let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
             host.launch(&refs);

@@ -16,6 +16,7 @@ pub mod restarts;
 pub mod scenario;
 pub mod service;
 pub mod stream;
+mod sysctls;
 
 pub use pn_agent::testing::pki;
 
@@ -108,8 +109,30 @@ impl Namespace {
             name: name.into(),
             owned: true,
         };
+        sysctls::set_baseline(name);
         ns.ip(&["link", "set", "lo", "up"]);
         ns
+    }
+
+    /// `sysctl -w KEY=VALUE` inside the namespace (never the root's).
+    pub fn sysctl(&self, kv: &str) {
+        let out = self.exec(&["sysctl", "-qw", kv]);
+        assert!(
+            out.status.success(),
+            "sysctl {kv} in {}: {out:?}",
+            self.name
+        );
+    }
+
+    /// The value of a sysctl inside the namespace.
+    pub fn sysctl_value(&self, key: &str) -> String {
+        let out = self.exec(&["sysctl", "-n", key]);
+        assert!(
+            out.status.success(),
+            "sysctl {key} in {}: {out:?}",
+            self.name
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// A namespace under /run/netns that someone else made (a container

@@ -188,8 +188,9 @@ fn thousands_of_tcp_connections_from_one_container_starve_nobody() {
 fn a_query_from_outside_the_containers_gets_nothing() {
     let p = unique_prefix();
     let mut host = Host::create(&p, "h1");
-    // A neighbour on the host's L2 (no underlay guard: the DNS itself must
-    // refuse it), with a route to the gateway address through the host.
+    // A neighbour on the host's L2 (no underlay guard: the edge's table
+    // must keep it from the DNS), with a route to the gateway address
+    // through the host.
     let neighbour = host.neighbour(91, "169.254.1.1/32");
     let _up = net::fake_dns_upstream(&host.ns, 5353, Ipv4Addr::new(192, 0, 2, 44));
     host.launch(&["--dns-upstream", "127.0.0.1:5353"]);
@@ -233,15 +234,68 @@ fn a_query_from_outside_the_containers_gets_nothing() {
     assert_eq!(sock, None);
     let m = t.host.metrics();
     // 2 × (2 over UDP + 1 over TCP), plus the raw one; dig over UDP may
-    // retry, never fewer.
+    // retry, never fewer. None reached the DNS: the table's input rule let
+    // only containers' interfaces in.
     assert!(
-        metric_value(&m, "pn_dns_queries_total", &[("outcome", "not_member")]) >= 7,
+        metric_value(
+            &m,
+            "pn_edge_dropped_packets_total",
+            &[("reason", "dns_denied")]
+        ) >= 7,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "pn_dns_queries_total", &[("outcome", "not_member")]),
+        0,
         "{m}"
     );
     assert_eq!(
         metric_value(&m, "pn_dns_queries_total", &[("outcome", "forwarded")]),
         1,
         "only the member's name of the world went upstream"
+    );
+}
+
+#[test]
+fn queries_spoofed_from_the_underlay_do_not_spend_a_members_budget() {
+    let p = unique_prefix();
+    let mut host = Host::create(&p, "h1");
+    let neighbour = host.neighbour(92, "169.254.1.1/32");
+    let _up = net::fake_dns_upstream(&host.ns, 5353, Ipv4Addr::new(192, 0, 2, 44));
+    // A budget of 5 queries a second, 10 at once.
+    host.launch(&["--dns-upstream", "127.0.0.1:5353", "--dns-query-rate", "5"]);
+    let t = tenants(host);
+    // The neighbour sends a flood with the victim's address as source.
+    let victim = t.victim.addr;
+    let q = [
+        0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0, 7, b'e', b'x', b'a', b'm', b'p', b'l', b'e',
+        3, b'c', b'o', b'm', 0, 0, 1, 0, 1,
+    ];
+    for i in 0..100u16 {
+        net::send_raw_ipv4(
+            &neighbour,
+            net::udp_packet(victim, 20000 + i, GATEWAY, 53, &q),
+        )
+        .unwrap();
+    }
+    // The victim's budget is whole: it resolves, nothing was limited.
+    assert_eq!(
+        dig(&t.victim, &["+short", "example.com"]).trim(),
+        "192.0.2.44"
+    );
+    let m = t.host.metrics();
+    assert_eq!(
+        metric_value(&m, "pn_dns_limited_total", &[("limit", "query_rate")]),
+        0,
+        "{m}"
+    );
+    assert!(
+        metric_value(
+            &m,
+            "pn_edge_dropped_packets_total",
+            &[("reason", "dns_denied")]
+        ) >= 100,
+        "{m}"
     );
 }
 

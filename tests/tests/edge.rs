@@ -11,7 +11,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use pn_agent::edge::{EdgeConfig, Forwarding, Publication};
+use pn_agent::edge::{EdgeConfig, GatewayDns, Publication};
 use pn_common::edge::{MARK_MASK, MARK_OTHER, MARK_ROUTER};
 use pn_tests::{
     Namespace,
@@ -75,7 +75,11 @@ impl Net {
                 .map(|s| s.parse().unwrap())
                 .collect(),
             interfaces: vec!["pnh*".into()],
-            forwarding: Forwarding::PnOnly,
+            forward_guard: true,
+            dns: Some(GatewayDns {
+                listen: "169.254.1.1:53".parse().unwrap(),
+                clients: vec!["pnh*".into()],
+            }),
         }
     }
 
@@ -201,7 +205,7 @@ fn member_traffic_is_neither_translated_nor_tracked() {
 }
 
 #[test]
-fn the_host_forwards_nothing_but_pn_traffic_unless_it_forwarded_before() {
+fn the_host_forwards_nothing_but_pn_traffic_unless_the_guard_is_off() {
     let n = Net::new();
     let _srv = net::tcp_whoami_server(&n.out.world, 7000);
     n.apply(&n.config());
@@ -212,12 +216,116 @@ fn the_host_forwards_nothing_but_pn_traffic_unless_it_forwarded_before() {
     assert!(n.counter("pn", "forward_denied") >= 1);
     // A host that forwarded before pn keeps doing so: pn leaves it alone.
     n.apply(&EdgeConfig {
-        forwarding: Forwarding::Shared,
+        forward_guard: false,
         ..n.config()
     });
     let (seen, _s) =
         net::tcp_whoami(&n.out.stranger, addr(WORLD, 7000), WAIT).expect("shared forwarding");
     assert_eq!(seen, STRANGER, "only the pool is translated");
+}
+
+/// The guard on and off: pn's own pool is nobody's path either way.
+fn guards(n: &Net) -> [EdgeConfig; 2] {
+    [
+        n.config(),
+        EdgeConfig {
+            forward_guard: false,
+            ..n.config()
+        },
+    ]
+}
+
+#[test]
+fn into_pn_interfaces_the_table_leaves_the_judging_to_the_programs() {
+    let n = Net::new();
+    let _web = net::tcp_whoami_server(&n.c1, 8080);
+    let _world = net::tcp_whoami_server(&n.out.world, 7000);
+    // The stranger routes the pool through the host, straight to c1. The
+    // container's program refuses it (`not_member`, counted on c1 and in
+    // flows: tested with the agent); the table must not hide it from the
+    // program, so here, with no program on the veth, it arrives.
+    n.out
+        .stranger
+        .ip(&["route", "add", "10.240.0.0/12", "via", HOST]);
+    for cfg in guards(&n) {
+        n.apply(&cfg);
+        let (seen, _s) = net::tcp_whoami(&n.out.stranger, addr(C1, 8080), WAIT)
+            .unwrap_or_else(|e| panic!("guard {}: dropped before c1: {e}", cfg.forward_guard));
+        assert_eq!(seen, STRANGER);
+        assert_eq!(n.counter("pn", "forward_denied"), 0);
+        assert_eq!(n.counter("pn", "pool_spoofed"), 0);
+        // Replies, the published port, between pn's interfaces: the same.
+        assert_eq!(
+            net::tcp_whoami(&n.c1, addr(WORLD, 7000), WAIT).unwrap().0,
+            HOST
+        );
+        assert_eq!(
+            net::tcp_whoami(&n.out.router, addr(HOST, 30000), WAIT)
+                .unwrap()
+                .0,
+            ROUTER
+        );
+        assert_eq!(net::tcp_whoami(&n.c2, addr(C1, 8080), WAIT).unwrap().0, C2);
+    }
+}
+
+#[test]
+fn a_pool_source_from_outside_is_never_translated() {
+    let n = Net::new();
+    let world = net::udp_collector(&n.out.world, 7001);
+    let spoofed = || {
+        net::send_raw_ipv4(
+            &n.out.stranger,
+            net::udp_packet(
+                C1.parse().unwrap(),
+                4000,
+                WORLD.parse().unwrap(),
+                7001,
+                b"x",
+            ),
+        )
+        .unwrap()
+    };
+    for cfg in guards(&n) {
+        n.apply(&cfg);
+        let before = n.counter("pn", "pool_spoofed");
+        spoofed();
+        assert!(
+            world.received(FAIL).is_empty(),
+            "guard {}: a stranger claiming c1's address reached the world as the host",
+            cfg.forward_guard
+        );
+        assert!(n.counter("pn", "pool_spoofed") > before);
+    }
+    // c1 itself is translated as ever.
+    let _echo = net::udp_whoami_server(&n.out.world, 7002);
+    assert_eq!(
+        net::udp_whoami(&n.c1, addr(WORLD, 7002), WAIT).unwrap(),
+        HOST
+    );
+}
+
+#[test]
+fn the_gateways_dns_answers_containers_only() {
+    let n = Net::new();
+    let _dns = net::udp_echo_server(&n.host, 53);
+    n.out
+        .stranger
+        .ip(&["route", "add", "169.254.1.1/32", "via", HOST]);
+    let gw = addr("169.254.1.1", 53);
+    // Without the rule the stranger is answered; with it, only containers.
+    n.apply(&EdgeConfig {
+        dns: None,
+        ..n.config()
+    });
+    assert!(net::udp_echo(&n.out.stranger, gw, b"q", WAIT).is_ok());
+    n.apply(&n.config());
+    assert!(net::udp_echo(&n.out.stranger, gw, b"q", FAIL).is_err());
+    assert!(n.counter("pn", "dns_denied") >= 1);
+    assert_eq!(net::udp_echo(&n.c1, gw, b"q", WAIT).unwrap(), b"q");
+    // Other ports of the host are not the DNS's business.
+    let _other = net::udp_echo_server(&n.host, 5353);
+    assert!(net::udp_echo(&n.out.stranger, addr("169.254.1.1", 5353), b"q", WAIT).is_ok());
 }
 
 #[test]

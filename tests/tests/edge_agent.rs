@@ -8,8 +8,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use pn_tests::{
     Host, Namespace,
-    edge::{HOST, Outside, ROUTER, WORLD, listed, nft_counter, published},
-    eventually, net,
+    edge::{HOST, Outside, ROUTER, STRANGER, WORLD, listed, nft_counter, published},
+    eventually, metric_value, net,
     scenario::Member,
     unique_prefix,
 };
@@ -30,9 +30,30 @@ struct Fixture {
 /// One host on a LAN with the world behind a gateway, its agent told that
 /// the router is one; a web container attached.
 fn fixture(flags: &[&str]) -> Fixture {
+    fixture_on(Before::NotForwarding, flags)
+}
+
+/// The host's IPv4 forwarding when its agent starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Before {
+    /// Off (the harness's baseline): the agent turns it on, pn's own.
+    NotForwarding,
+    /// Already on, as on most container hosts (Docker, podman, Kubernetes).
+    Forwarding,
+}
+
+fn fixture_on(before: Before, flags: &[&str]) -> Fixture {
     let p = unique_prefix();
     let mut host = Host::create(&p, "h1");
     let out = Outside::around(&p, &host.ns);
+    assert_eq!(
+        host.ns.sysctl_value("net.ipv4.ip_forward"),
+        "0",
+        "a new host does not forward, whatever the machine does"
+    );
+    if before == Before::Forwarding {
+        host.ns.sysctl("net.ipv4.ip_forward=1");
+    }
     let mut all = vec!["--router-cidr", "192.168.50.7/32"];
     all.extend_from_slice(flags);
     host.launch(&all);
@@ -55,6 +76,15 @@ fn sa(ip: &str, port: u16) -> SocketAddr {
 
 fn counted(f: &Fixture, reason: &str) -> u64 {
     f.host.packets(&f.app, "web-1", reason)
+}
+
+/// What the edge's own rules dropped, by reason.
+fn edge_dropped(host: &Host, reason: &str) -> u64 {
+    metric_value(
+        &host.metrics(),
+        "pn_edge_dropped_packets_total",
+        &[("reason", reason)],
+    )
 }
 
 fn flows(host: &Host) -> Vec<serde_json::Value> {
@@ -114,6 +144,92 @@ fn nothing_from_outside_reaches_a_container_address() {
     assert!(net::tcp_whoami(&f.out.router, SocketAddr::from((f.c1.addr, 8080)), FAIL).is_err());
     assert!(eventually(WAIT, || counted(&f, "not_member") > 0));
     assert_eq!(counted(&f, "published"), 0);
+}
+
+/// The edge's promises on a host that did not forward, on one that did
+/// (pn leaves its routing alone), and on one that did with
+/// `--forward-guard on` (pn makes it route nothing but pn's traffic).
+#[test]
+fn the_edge_holds_whether_the_host_forwarded_before_or_not() {
+    for (before, flags, routes_strangers) in [
+        (Before::NotForwarding, &[][..], false),
+        (Before::Forwarding, &[][..], true),
+        (Before::Forwarding, &["--forward-guard", "on"][..], false),
+        (Before::NotForwarding, &["--forward-guard", "off"][..], true),
+    ] {
+        let case = format!("{before:?} {flags:?}");
+        let f = fixture_on(before, flags);
+        let status = f.host.json(&["status"]);
+        assert_eq!(
+            status["edge"]["forwarding"],
+            if routes_strangers {
+                "shared"
+            } else {
+                "pn-only"
+            },
+            "{case}: {status}"
+        );
+        assert_eq!(
+            status["edge"]["forwarded_before_pn"],
+            before == Before::Forwarding,
+            "{case}"
+        );
+        let _world = net::tcp_whoami_server(&f.out.world, 7000);
+        let _web = net::tcp_whoami_server(&f.c1, 8080);
+        // Containers reach the world; routers reach the published port.
+        assert_eq!(
+            net::tcp_whoami(&f.c1, sa(WORLD, 7000), WAIT).unwrap().0,
+            HOST,
+            "{case}"
+        );
+        assert_eq!(
+            net::tcp_whoami(&f.out.router, f.port, WAIT).unwrap().0,
+            ROUTER,
+            "{case}"
+        );
+        // The stranger's own way to the world: the guard's business.
+        let through = net::tcp_whoami(&f.out.stranger, sa(WORLD, 7000), FAIL);
+        assert_eq!(
+            through.as_ref().map(|(who, _)| who.as_str()).ok(),
+            routes_strangers.then_some(STRANGER),
+            "{case}"
+        );
+        if !routes_strangers {
+            assert!(
+                eventually(WAIT, || edge_dropped(&f.host, "forward_denied") > 0),
+                "{case}"
+            );
+        }
+        // pn's containers are never a stranger's path, guard or not.
+        f.out
+            .stranger
+            .ip(&["route", "add", "10.240.0.0/12", "via", HOST]);
+        assert!(
+            net::tcp_whoami(&f.out.stranger, SocketAddr::from((f.c1.addr, 8080)), FAIL).is_err(),
+            "{case}"
+        );
+        // Refused by the container's program, counted on the container
+        // and shown in flows, like every decision of the edge.
+        assert!(eventually(WAIT, || counted(&f, "not_member") > 0), "{case}");
+        assert!(
+            eventually(WAIT, || flows(&f.host)
+                .iter()
+                .any(|r| r["reason"] == "not_member" && r["src"] == STRANGER)),
+            "{case}"
+        );
+        // Nor is a container's address, claimed by the stranger.
+        let world = net::udp_collector(&f.out.world, 7001);
+        net::send_raw_ipv4(
+            &f.out.stranger,
+            net::udp_packet(f.c1.addr, 4000, WORLD.parse().unwrap(), 7001, b"x"),
+        )
+        .unwrap();
+        assert!(world.received(FAIL).is_empty(), "{case}");
+        assert!(
+            eventually(WAIT, || edge_dropped(&f.host, "pool_spoofed") > 0),
+            "{case}"
+        );
+    }
 }
 
 #[test]

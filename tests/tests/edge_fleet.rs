@@ -11,7 +11,7 @@ use std::{
 
 use pn_tests::{
     bulk,
-    edge::{FLEET_ROUTER, FleetOutside, WORLD, listed, published},
+    edge::{FLEET_ROUTER, FLEET_STRANGER, FleetOutside, WORLD, listed, published},
     eventually,
     fleet::{Fleet, UNDERLAY_NET},
     metric_value, net,
@@ -92,6 +92,51 @@ fn each_host_translates_its_own_containers_and_long_transfers_arrive_whole() {
         "pn_edge_dropped_packets_total",
         &[("reason", "forward_denied")]
     ) > 0));
+}
+
+/// Hosts that forwarded before their agents (most container hosts): pn
+/// leaves their routing alone unless asked; with `--forward-guard on` they
+/// route nothing but pn's traffic, and pn's containers still reach the
+/// world and its routers the published ports.
+#[test]
+fn hosts_that_forwarded_before_pn_route_strangers_only_without_the_guard() {
+    let p = unique_prefix();
+    let flags = ["--router-cidr", &format!("{FLEET_ROUTER}/32")];
+    let mut f = Fleet::forwarding_before(&p, 2, &flags);
+    let o = FleetOutside::around(&p, &f);
+    let _who = net::tcp_whoami_server(&o.world, 7000);
+    assert_eq!(
+        net::tcp_whoami(&o.stranger, sa(WORLD, 7000), WAIT)
+            .unwrap()
+            .0,
+        FLEET_STRANGER,
+        "without the guard, the host routes for others as it did before pn"
+    );
+    let guarded = [flags[0], flags[1], "--forward-guard", "on"];
+    f.relaunch(&guarded);
+    let net_id = f.hosts[0].create_network(&[]);
+    let app = f.hosts[0].create_app(&net_id);
+    let web = f.hosts[0].member(&app, "web", "w");
+    let public = published(&web.attached).expect("published");
+    let _web = net::tcp_whoami_server(&web, 8080);
+    assert_eq!(
+        net::tcp_whoami(&web, sa(WORLD, 7000), WAIT).unwrap().0,
+        host_addr(1)
+    );
+    assert_eq!(
+        net::tcp_whoami(&o.router, public, WAIT).unwrap().0,
+        FLEET_ROUTER
+    );
+    assert!(net::tcp_whoami(&o.stranger, sa(WORLD, 7000), FAIL).is_err());
+    assert!(eventually(WAIT, || metric_value(
+        &f.hosts[0].metrics(),
+        "pn_edge_dropped_packets_total",
+        &[("reason", "forward_denied")]
+    ) > 0));
+    assert_eq!(
+        f.hosts[0].json(&["status"])["edge"]["forwarding"],
+        "pn-only"
+    );
 }
 
 #[test]

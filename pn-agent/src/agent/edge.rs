@@ -17,7 +17,7 @@ use super::{Agent, TUN_DEV, reconcile::EdgeLocal};
 use crate::{
     config::{RunConfig, StoreSpec},
     datapath::Datapath,
-    edge::{Edge, EdgeConfig, EdgeCounters, Forwarding, deny::HostFacts},
+    edge::{Edge, EdgeConfig, EdgeCounters, Forwarding, GatewayDns, deny::HostFacts},
     model::{Container, ContainerKey, HOST_IF_PREFIX},
     netlink::{Netlink, NetlinkError},
 };
@@ -84,10 +84,10 @@ impl EdgeRuntime {
             Ok(()) => {
                 if self.error.take().is_some() || !same {
                     log::info!(
-                        "edge: {} publication(s), {} denied range(s), forwarding {:?}",
+                        "edge: {} publication(s), {} denied range(s), forward guard {}",
                         cfg.publications.len(),
                         cfg.egress_deny.len(),
-                        cfg.forwarding
+                        if cfg.forward_guard { "on" } else { "off" }
                     );
                 }
                 self.applied = Some(cfg.clone());
@@ -201,7 +201,11 @@ pub fn edge_local(
             operator: cfg.egress_deny.clone(),
         },
         interfaces: vec![format!("{HOST_IF_PREFIX}*"), TUN_DEV.into()],
-        forwarding,
+        forward_guard: cfg.forward_guard.drops_others(forwarding),
+        dns: Some(GatewayDns {
+            listen: cfg.dns_listen,
+            clients: vec![format!("{HOST_IF_PREFIX}*")],
+        }),
     }
 }
 

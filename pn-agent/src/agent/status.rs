@@ -258,10 +258,13 @@ impl Agent {
                 .filter(|c| super::reconcile::edge::publication(v, local.as_ref(), c).is_some())
                 .count(),
             egress_deny: table.map(|t| t.egress_deny).unwrap_or_default(),
-            forwarding: match self.forwarding {
-                crate::edge::Forwarding::PnOnly => "pn-only".into(),
-                crate::edge::Forwarding::Shared => "shared".into(),
+            forwarding: if self.cfg.forward_guard.drops_others(self.forwarding) {
+                "pn-only".into()
+            } else {
+                "shared".into()
             },
+            forward_guard: self.cfg.forward_guard.to_string(),
+            forwarded_before_pn: self.forwarding == crate::edge::Forwarding::Shared,
         }
     }
 

@@ -109,6 +109,11 @@ pub struct RunSettings {
     /// Host ports published for `web` containers, LO-HI [default: 30000-32767].
     #[arg(long)]
     pub publish_ports: Option<PortRange>,
+    /// Drop forwarded traffic that is not pn's: `auto` (only if pn is the one
+    /// that turned IPv4 forwarding on), `on` (even if the host forwarded
+    /// before: it routes nothing but pn's), `off` (never) [default: auto].
+    #[arg(long)]
+    pub forward_guard: Option<ForwardGuard>,
     /// The API socket (also the global `--api-socket`).
     #[arg(skip)]
     pub api_socket: Option<PathBuf>,
@@ -318,6 +323,7 @@ pub struct RunConfig {
     /// `--router-cidr`, network addresses outside the pool.
     pub router_cidrs: Vec<Ipv4Net>,
     pub publish_ports: PortRange,
+    pub forward_guard: ForwardGuard,
 }
 
 /// `--egress-deny` and `--router-cidr` ranges: network addresses, outside
@@ -480,6 +486,7 @@ impl RunConfig {
             egress_deny,
             router_cidrs,
             publish_ports: pick!(publish_ports).unwrap_or_default(),
+            forward_guard: pick!(forward_guard).unwrap_or_default(),
             host_id,
             state_dir: pick!(state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             store,
@@ -505,6 +512,42 @@ impl RunConfig {
             etcd_prefix,
             api_socket: pick!(api_socket).unwrap_or_else(|| DEFAULT_API_SOCKET.into()),
             tunnel,
+        })
+    }
+}
+
+/// `--forward-guard`: whether the forward hook drops forwarded traffic that
+/// is not pn's (neither in nor out of pn's interfaces, nor part of a
+/// connection already open).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardGuard {
+    /// As the edge's `forwarding::decide` found: on when pn turned forwarding on, off when the
+    /// host forwarded before (something else relies on it).
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl std::str::FromStr for ForwardGuard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(ForwardGuard::Auto),
+            "on" => Ok(ForwardGuard::On),
+            "off" => Ok(ForwardGuard::Off),
+            _ => Err(format!("{s:?}: expected auto, on or off")),
+        }
+    }
+}
+
+impl std::fmt::Display for ForwardGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ForwardGuard::Auto => "auto",
+            ForwardGuard::On => "on",
+            ForwardGuard::Off => "off",
         })
     }
 }

@@ -64,6 +64,8 @@ fn edge_settings_from_flags_and_file() {
         "192.0.2.0/28",
         "--publish-ports",
         "40000-40099",
+        "--forward-guard",
+        "on",
     ])
     .unwrap()
     .s;
@@ -86,9 +88,10 @@ fn edge_settings_from_flags_and_file() {
             hi: 40099
         }
     );
+    assert_eq!(c.forward_guard, crate::edge::ForwardGuard::On);
 
     let f = file(
-        "host-id = \"h\"\negress-deny = [\"203.0.113.0/24\"]\nrouter-cidr = [\"192.0.2.0/24\"]\npublish-ports = \"31000-31010\"\n",
+        "host-id = \"h\"\negress-deny = [\"203.0.113.0/24\"]\nrouter-cidr = [\"192.0.2.0/24\"]\npublish-ports = \"31000-31010\"\nforward-guard = \"off\"\n",
     );
     let c = RunConfig::resolve(RunSettings::default(), Some(&f.0)).unwrap();
     assert_eq!(
@@ -100,6 +103,7 @@ fn edge_settings_from_flags_and_file() {
         vec!["192.0.2.0/24".parse::<Ipv4Net>().unwrap()]
     );
     assert_eq!(c.publish_ports.to_string(), "31000-31010");
+    assert_eq!(c.forward_guard, crate::edge::ForwardGuard::Off);
 
     // Defaults: nothing denied beyond the built-in list, no router, the NodePort range.
     let c = RunConfig::resolve(
@@ -111,6 +115,7 @@ fn edge_settings_from_flags_and_file() {
     )
     .unwrap();
     assert!(c.egress_deny.is_empty() && c.router_cidrs.is_empty());
+    assert_eq!(c.forward_guard, crate::edge::ForwardGuard::Auto);
     assert_eq!(
         c.publish_ports,
         PortRange {
@@ -148,6 +153,7 @@ fn bad_edge_settings_give_one_clear_line() {
         ["--publish-ports", "30000"],
         ["--egress-deny", "not-a-cidr"],
         ["--router-cidr", "192.0.2.0/33"],
+        ["--forward-guard", "yes"],
     ] {
         let e = <Flags as clap::Parser>::try_parse_from(
             ["run", "--host-id", "h"].into_iter().chain(args),

@@ -8,8 +8,16 @@
 //! ([`Forwarding::Shared`]). pn records that it turned forwarding on in its
 //! state directory, so a restarted agent (which finds forwarding on) keeps
 //! the same answer.
+//!
+//! The operator can override that answer with `--forward-guard`
+//! ([`ForwardGuard`]): `on` drops what is not pn's even on a host that
+//! forwarded before (a host whose only routed traffic is pn's, where
+//! forwarding was on by habit or by an image's default), `off` never drops
+//! it (another router arrived after pn).
 
 use std::{io, path::Path};
+
+pub use crate::config::ForwardGuard;
 
 /// What the forward hook does with traffic that is not pn's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -32,6 +40,19 @@ impl std::str::FromStr for Forwarding {
         }
     }
 }
+
+impl ForwardGuard {
+    /// Whether the table drops what is not pn's, on a host where
+    /// forwarding is `found`.
+    pub const fn drops_others(self, found: Forwarding) -> bool {
+        match self {
+            ForwardGuard::Auto => matches!(found, Forwarding::PnOnly),
+            ForwardGuard::On => true,
+            ForwardGuard::Off => false,
+        }
+    }
+}
+
 
 /// File in the state directory saying that pn turned forwarding on.
 pub const RECORD: &str = "ip-forward-enabled-by-pn";
@@ -75,6 +96,20 @@ mod tests {
         assert_eq!(decide(true, false), Forwarding::Shared);
         // Turned off since by the operator: pn turns it on again, its own.
         assert_eq!(decide(false, true), Forwarding::PnOnly);
+    }
+
+    #[test]
+    fn the_guard_follows_the_host_unless_the_operator_says() {
+        use ForwardGuard::*;
+        use Forwarding::*;
+        assert!(Auto.drops_others(PnOnly));
+        assert!(!Auto.drops_others(Shared));
+        assert!(On.drops_others(Shared) && On.drops_others(PnOnly));
+        assert!(!Off.drops_others(PnOnly) && !Off.drops_others(Shared));
+        for g in [Auto, On, Off] {
+            assert_eq!(g.to_string().parse(), Ok(g));
+        }
+        assert!("yes".parse::<ForwardGuard>().is_err());
     }
 
     #[test]

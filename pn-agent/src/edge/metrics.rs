@@ -45,10 +45,7 @@ impl Collector for EdgeCollector {
             ),
         ] {
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (reason, n) in [
-                ("forward_denied", c.forward_denied),
-                ("egress_denied", c.egress_denied),
-            ] {
+            for (reason, n) in c.by_reason() {
                 let v = if pick { n.packets } else { n.bytes };
                 ConstCounter::new(v).encode(m.encode_family(&[("reason", reason)])?)?;
             }

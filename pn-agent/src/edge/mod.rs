@@ -18,12 +18,25 @@
 //!   everyone else (`not_router`) per container, with the rest of pn's
 //!   counters and events. A router sending straight to a container's
 //!   address carries no mark and gets `not_member`.
+//! - **Into pn's interfaces** everything is forwarded: the programs on
+//!   them judge it, and count what they drop per container (a stranger
+//!   routing the pool through the host gets `not_member`). A pool source
+//!   forwarded from anywhere but pn's interfaces to anywhere else is
+//!   spoofed: dropped, never masqueraded. Whatever the host's forwarding,
+//!   pn's pool is nobody else's path.
 //! - **Forwarding.** pn needs IPv4 forwarding on. When pn is the one that
-//!   turned it on ([`Forwarding::PnOnly`]), everything forwarded that neither
-//!   enters nor leaves through a pn interface is dropped (and counted), so
-//!   the host routes nothing else. When the host already forwarded before
-//!   pn ([`Forwarding::Shared`]: Docker, libvirt, a router), pn leaves the
-//!   rest alone: dropping it would break whatever relied on it.
+//!   turned it on ([`Forwarding::PnOnly`]), everything else forwarded (that
+//!   neither enters nor leaves through a pn interface, nor belongs to a
+//!   connection already open) is dropped and counted, so the host routes
+//!   nothing else. When the host already forwarded before pn
+//!   ([`Forwarding::Shared`]: Docker, libvirt, a router), pn leaves the
+//!   rest alone: dropping it would break whatever relied on it. The
+//!   operator decides otherwise with `--forward-guard on|off`
+//!   ([`ForwardGuard`]).
+//! - **The gateway's DNS** answers pn's container interfaces only: a query
+//!   from any other interface (a neighbour routing the gateway address
+//!   through the host, with a member's source address) is dropped before
+//!   it reaches the agent and spends that member's budget.
 //!
 //! The rules come from a pure function of the whole desired state
 //! ([`rules::ruleset`]), unit-tested without a kernel, and are applied as
@@ -46,7 +59,7 @@ pub mod rules;
 
 use std::{
     io::Write,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
     process::{Command, Stdio},
 };
@@ -55,7 +68,7 @@ use ipnet::Ipv4Net;
 
 use crate::error::{ErrorKind, Kind};
 
-pub use forwarding::Forwarding;
+pub use forwarding::{ForwardGuard, Forwarding};
 
 /// One published `web` container: `HOST:host_port` → `container:web_port`.
 #[derive(
@@ -84,10 +97,25 @@ pub struct EdgeConfig {
     /// a second line, so a datapath out of step cannot leak.
     pub egress_deny: Vec<Ipv4Net>,
     /// pn's interfaces, by name; a trailing `*` matches a prefix (`pnh*`).
-    /// Never masqueraded toward; forwarded through freely, since the eBPF
-    /// programs on them judge every packet.
+    /// Never masqueraded toward; forwarded into freely (the eBPF programs
+    /// on them judge every packet, and count per container).
     pub interfaces: Vec<String>,
-    pub forwarding: Forwarding,
+    /// Drop forwarded traffic that is not pn's (neither in nor out of its
+    /// interfaces, nor part of a connection already open): the host routes
+    /// nothing else.
+    pub forward_guard: bool,
+    /// The agent's DNS, answering only its containers' interfaces.
+    pub dns: Option<GatewayDns>,
+}
+
+/// Where the agent's DNS listens, and the interfaces its clients (the
+/// containers) come through: queries from anywhere else never reach it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GatewayDns {
+    /// `--dns-listen` (an unspecified address: every local address).
+    pub listen: SocketAddrV4,
+    /// Container interfaces, by name; a trailing `*` matches a prefix.
+    pub clients: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,11 +162,48 @@ impl std::ops::AddAssign for Count {
 /// programs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EdgeCounters {
-    /// Forwarded traffic that is not pn's ([`Forwarding::PnOnly`]).
+    /// Forwarded traffic that is not pn's (with the forward guard).
     pub forward_denied: Count,
     /// New connections from a container to a denied range that got past
     /// the datapath (should stay zero).
     pub egress_denied: Count,
+    /// Pool sources forwarded from anywhere but pn's interfaces.
+    pub pool_spoofed: Count,
+    /// Queries to the gateway's DNS from anywhere but pn's containers.
+    pub dns_denied: Count,
+}
+
+impl EdgeCounters {
+    /// Each counter by its name in the table (and in metrics' `reason`).
+    pub fn by_reason(&self) -> [(&'static str, Count); 4] {
+        [
+            (rules::COUNTER_FORWARD_DENIED, self.forward_denied),
+            (rules::COUNTER_EGRESS_DENIED, self.egress_denied),
+            (rules::COUNTER_POOL_SPOOFED, self.pool_spoofed),
+            (rules::COUNTER_DNS_DENIED, self.dns_denied),
+        ]
+    }
+
+    /// The counter named `name` in the table, if it is one of pn's.
+    fn by_name(&mut self, name: &str) -> Option<&mut Count> {
+        Some(match name {
+            rules::COUNTER_FORWARD_DENIED => &mut self.forward_denied,
+            rules::COUNTER_EGRESS_DENIED => &mut self.egress_denied,
+            rules::COUNTER_POOL_SPOOFED => &mut self.pool_spoofed,
+            rules::COUNTER_DNS_DENIED => &mut self.dns_denied,
+            _ => return None,
+        })
+    }
+}
+
+impl std::ops::AddAssign for EdgeCounters {
+    fn add_assign(&mut self, o: EdgeCounters) {
+        for (name, count) in o.by_reason() {
+            if let Some(c) = self.by_name(name) {
+                *c += count;
+            }
+        }
+    }
 }
 
 /// Where the rules go: the kernel through `nft`, or a fake in tests.
@@ -283,15 +348,12 @@ impl<B: Backend> Edge<B> {
     /// Everything the rules dropped since this `Edge` was made.
     pub fn counters(&mut self) -> Result<EdgeCounters, EdgeError> {
         let mut c = self.carried;
-        let now = self.read_counters()?;
-        c.forward_denied += now.forward_denied;
-        c.egress_denied += now.egress_denied;
+        c += self.read_counters()?;
         Ok(c)
     }
 
     fn carry(&mut self, before: EdgeCounters) {
-        self.carried.forward_denied += before.forward_denied;
-        self.carried.egress_denied += before.egress_denied;
+        self.carried += before;
     }
 
     fn read_counters(&mut self) -> Result<EdgeCounters, EdgeError> {

@@ -8,32 +8,44 @@
 //!   chain publish         (regular):           ct mark := router | other; tcp dport P: dnat to C:W
 //!   chain publish_mark    prerouting, dstnat+10: ct mark -> packet mark (original direction)
 //!   chain egress_nat      postrouting, srcnat: oif pn's: return; saddr @pool daddr != @pool: masquerade
-//!   chain forward         forward, filter:     oif pn's: accept; iif pn's: deny-list drop, accept;
-//!                                              PnOnly: drop (counted)
+//!   chain forward         forward, filter:     oif pn's: accept (the programs judge);
+//!                                              iif pn's: deny-list drop, accept;
+//!                                              saddr @pool: drop (spoofed);
+//!                                              guard: established accept, drop
+//!   chain dns_input       input, filter:       daddr:port the gateway's DNS, iif not a container's: drop
 //! }
 //! ```
+//!
+//! Every drop is counted in a named counter (`pn_edge_dropped_*{reason}`).
 
 use std::{borrow::Cow, collections::BTreeSet};
 
 use ipnet::Ipv4Net;
 use nftables::{
-    expr::{
-        BinaryOperation, CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField,
-    },
-    schema::{
-        self, Chain, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetTypeValue, Table,
-    },
-    stmt::{Counter, JumpTarget, Mangle, Match, NAT, NATFamily, Operator, Statement},
-    types::{NfChainPolicy, NfChainType, NfFamily, NfHook},
+    expr::{Expression, MetaKey},
+    schema::{self, NfCmd, NfListObject, NfObject, Nftables, Set, SetTypeValue, Table},
+    stmt::{JumpTarget, NAT, NATFamily, Statement},
+    types::{NfChainType, NfFamily, NfHook},
 };
 use pn_common::edge::{MARK_MASK, MARK_OTHER, MARK_ROUTER};
 
-use super::{EdgeConfig, EdgeError, Forwarding};
+use super::{EdgeConfig, EdgeError, GatewayDns};
+
+mod nft;
+use nft::*;
 
 /// The table pn owns (family `inet`).
 pub const TABLE: &str = "pn";
 pub const COUNTER_FORWARD_DENIED: &str = "forward_denied";
 pub const COUNTER_EGRESS_DENIED: &str = "egress_denied";
+pub const COUNTER_POOL_SPOOFED: &str = "pool_spoofed";
+pub const COUNTER_DNS_DENIED: &str = "dns_denied";
+const COUNTERS: [&str; 4] = [
+    COUNTER_FORWARD_DENIED,
+    COUNTER_EGRESS_DENIED,
+    COUNTER_POOL_SPOOFED,
+    COUNTER_DNS_DENIED,
+];
 
 const PRIO_RAW: i32 = -300;
 const PRIO_DSTNAT: i32 = -100;
@@ -85,7 +97,11 @@ fn validate(cfg: &EdgeConfig) -> Result<(), EdgeError> {
     if cfg.interfaces.is_empty() {
         return bad("no pn interface named".into());
     }
-    for name in &cfg.interfaces {
+    let clients = cfg.dns.iter().flat_map(|d| &d.clients);
+    if cfg.dns.as_ref().is_some_and(|d| d.clients.is_empty()) {
+        return bad("the gateway's DNS has no client interface".into());
+    }
+    for name in cfg.interfaces.iter().chain(clients) {
         let stem = name.strip_suffix('*').unwrap_or(name);
         let ok = !stem.is_empty()
             && stem.len() <= 15
@@ -109,44 +125,10 @@ pub fn ruleset(cfg: &EdgeConfig) -> Result<Nftables<'static>, EdgeError> {
         NfCmd::Add(NfListObject::Table(table())),
     ];
     // Chains before rules: a rule may jump to a chain declared after it.
-    let mut objects: Vec<NfListObject<'static>> = Vec::new();
-    let mut rules: Vec<NfListObject<'static>> = Vec::new();
-    let mut add = |o: NfListObject<'static>| match o {
-        NfListObject::Rule(_) => rules.push(o),
-        _ => objects.push(o),
-    };
-    declarations(cfg, &mut add);
-    member_notrack(&mut add);
-    publication(cfg, &mut add);
-    egress(cfg, &mut add);
-    forward(cfg, &mut add);
-    cmds.extend(objects.into_iter().chain(rules).map(NfCmd::Add));
-    Ok(doc(cmds))
-}
-
-/// The sets and named counters the rules use.
-fn declarations(cfg: &EdgeConfig, add: &mut impl FnMut(NfListObject<'static>)) {
-    let pool = [cfg.pool.trunc()];
-    add(addr_set("pool", &pool));
-    add(addr_set("routers", &Ipv4Net::aggregate(&cfg.router_cidrs)));
-    let hosts: Vec<Ipv4Net> = cfg.host_addrs.iter().map(|&a| Ipv4Net::from(a)).collect();
-    add(addr_set("hosts", &Ipv4Net::aggregate(&hosts)));
-    add(addr_set(
-        "egress_deny",
-        &Ipv4Net::aggregate(&cfg.egress_deny),
-    ));
-    let mut published: Vec<u16> = cfg.publications.iter().map(|p| p.host_port).collect();
-    published.sort_unstable();
-    add(NfListObject::Set(Box::new(Set {
-        family: NfFamily::INet,
-        table: TABLE.into(),
-        name: "published".into(),
-        set_type: SetTypeValue::Single(schema::SetType::InetService),
-        elem: (!published.is_empty()).then(|| published.iter().map(|&p| num(p.into())).collect()),
-        ..Set::default()
-    })));
-    for name in [COUNTER_FORWARD_DENIED, COUNTER_EGRESS_DENIED] {
-        add(NfListObject::Counter(schema::Counter {
+    let mut t = Objects::default();
+    sets(cfg, &mut t);
+    for name in COUNTERS {
+        t.add(NfListObject::Counter(schema::Counter {
             family: NfFamily::INet,
             table: TABLE.into(),
             name: name.into(),
@@ -155,18 +137,16 @@ fn declarations(cfg: &EdgeConfig, add: &mut impl FnMut(NfListObject<'static>)) {
             bytes: None,
         }));
     }
-}
 
-/// Member traffic needs no translation: keep it out of conntrack, so
-/// the edge adds no per-packet state between members.
-fn member_notrack(add: &mut impl FnMut(NfListObject<'static>)) {
-    add(base_chain(
+    // Member traffic needs no translation: keep it out of conntrack, so
+    // the edge adds no per-packet state between members.
+    t.add(base_chain(
         "member_notrack",
         NfChainType::Filter,
         NfHook::Prerouting,
         PRIO_RAW,
     ));
-    add(rule(
+    t.add(rule(
         "member_notrack",
         vec![
             is(payload("ip", "saddr"), set_ref("pool")),
@@ -174,18 +154,64 @@ fn member_notrack(add: &mut impl FnMut(NfListObject<'static>)) {
             Statement::Notrack,
         ],
     ));
+    publication(cfg, &mut t);
+    egress(cfg, &mut t);
+    forward(cfg, &mut t);
+    if let Some(dns) = &cfg.dns {
+        gateway_dns(dns, &mut t);
+    }
+    cmds.extend(t.objects.into_iter().chain(t.rules).map(NfCmd::Add));
+    Ok(doc(cmds))
+}
+
+/// The table's objects, rules apart (they go last).
+#[derive(Default)]
+struct Objects {
+    objects: Vec<NfListObject<'static>>,
+    rules: Vec<NfListObject<'static>>,
+}
+
+impl Objects {
+    fn add(&mut self, o: NfListObject<'static>) {
+        match o {
+            NfListObject::Rule(_) => self.rules.push(o),
+            _ => self.objects.push(o),
+        }
+    }
+}
+
+fn sets(cfg: &EdgeConfig, t: &mut Objects) {
+    let pool = [cfg.pool.trunc()];
+    t.add(addr_set("pool", &pool));
+    t.add(addr_set("routers", &Ipv4Net::aggregate(&cfg.router_cidrs)));
+    let hosts: Vec<Ipv4Net> = cfg.host_addrs.iter().map(|&a| Ipv4Net::from(a)).collect();
+    t.add(addr_set("hosts", &Ipv4Net::aggregate(&hosts)));
+    t.add(addr_set(
+        "egress_deny",
+        &Ipv4Net::aggregate(&cfg.egress_deny),
+    ));
+    let mut published: Vec<u16> = cfg.publications.iter().map(|p| p.host_port).collect();
+    published.sort_unstable();
+    t.add(NfListObject::Set(Box::new(Set {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        name: "published".into(),
+        set_type: SetTypeValue::Single(schema::SetType::InetService),
+        elem: (!published.is_empty()).then(|| published.iter().map(|&p| num(p.into())).collect()),
+        ..Set::default()
+    })));
 }
 
 /// Publication: every source is translated to the container, and the
 /// connection remembers whether it came from a router.
-fn publication(cfg: &EdgeConfig, add: &mut impl FnMut(NfListObject<'static>)) {
-    add(base_chain(
+fn publication(cfg: &EdgeConfig, t: &mut Objects) {
+    t.add(base_chain(
         "publish_nat",
         NfChainType::NAT,
         NfHook::Prerouting,
         PRIO_DSTNAT,
     ));
-    add(rule(
+    t.add(rule(
         "publish_nat",
         vec![
             is(payload("ip", "daddr"), set_ref("hosts")),
@@ -195,15 +221,15 @@ fn publication(cfg: &EdgeConfig, add: &mut impl FnMut(NfListObject<'static>)) {
             }),
         ],
     ));
-    add(regular_chain("publish"));
-    add(rule(
+    t.add(regular_chain("publish"));
+    t.add(rule(
         "publish",
         vec![
             is(payload("ip", "saddr"), set_ref("routers")),
             set_bits(ct_mark(), MARK_ROUTER),
         ],
     ));
-    add(rule(
+    t.add(rule(
         "publish",
         vec![
             is_not(payload("ip", "saddr"), set_ref("routers")),
@@ -213,7 +239,7 @@ fn publication(cfg: &EdgeConfig, add: &mut impl FnMut(NfListObject<'static>)) {
     let mut pubs = cfg.publications.clone();
     pubs.sort();
     for p in &pubs {
-        add(rule(
+        t.add(rule(
             "publish",
             vec![
                 is(payload("tcp", "dport"), num(p.host_port.into())),
@@ -228,14 +254,14 @@ fn publication(cfg: &EdgeConfig, add: &mut impl FnMut(NfListObject<'static>)) {
     }
     // NAT chains see a connection's first packet only; the mark must be on
     // every packet the container's program judges.
-    add(base_chain(
+    t.add(base_chain(
         "publish_mark",
         NfChainType::Filter,
         NfHook::Prerouting,
         PRIO_DSTNAT + 10,
     ));
     for bits in [MARK_ROUTER, MARK_OTHER] {
-        add(rule(
+        t.add(rule(
             "publish_mark",
             vec![
                 is(and(ct_mark(), MARK_MASK), num(bits)),
@@ -247,15 +273,15 @@ fn publication(cfg: &EdgeConfig, add: &mut impl FnMut(NfListObject<'static>)) {
 }
 
 /// Egress: containers leave with the host's address.
-fn egress(cfg: &EdgeConfig, add: &mut impl FnMut(NfListObject<'static>)) {
-    add(base_chain(
+fn egress(cfg: &EdgeConfig, t: &mut Objects) {
+    t.add(base_chain(
         "egress_nat",
         NfChainType::NAT,
         NfHook::Postrouting,
         PRIO_SRCNAT,
     ));
     for name in &cfg.interfaces {
-        add(rule(
+        t.add(rule(
             "egress_nat",
             vec![
                 is(meta(MetaKey::Oifname), ifname(name)),
@@ -263,7 +289,7 @@ fn egress(cfg: &EdgeConfig, add: &mut impl FnMut(NfListObject<'static>)) {
             ],
         ));
     }
-    add(rule(
+    t.add(rule(
         "egress_nat",
         vec![
             is(payload("ip", "saddr"), set_ref("pool")),
@@ -273,17 +299,20 @@ fn egress(cfg: &EdgeConfig, add: &mut impl FnMut(NfListObject<'static>)) {
     ));
 }
 
-/// Forwarding: into pn's interfaces the programs judge; out of them
-/// too, with the deny list as a second line for new connections.
-fn forward(cfg: &EdgeConfig, add: &mut impl FnMut(NfListObject<'static>)) {
-    add(base_chain(
+/// Forwarding: into pn's interfaces the programs judge (they count what
+/// they drop per container, and show it in `flows`: nothing is dropped
+/// here before them); out of them too, with the deny list as a second line
+/// for new connections; pool sources from elsewhere never; with the guard,
+/// nothing else either.
+fn forward(cfg: &EdgeConfig, t: &mut Objects) {
+    t.add(base_chain(
         "forward",
         NfChainType::Filter,
         NfHook::Forward,
         PRIO_FILTER,
     ));
     for name in &cfg.interfaces {
-        add(rule(
+        t.add(rule(
             "forward",
             vec![
                 is(meta(MetaKey::Oifname), ifname(name)),
@@ -292,17 +321,17 @@ fn forward(cfg: &EdgeConfig, add: &mut impl FnMut(NfListObject<'static>)) {
         ));
     }
     for name in &cfg.interfaces {
-        add(rule(
+        t.add(rule(
             "forward",
             vec![
                 is(meta(MetaKey::Iifname), ifname(name)),
                 is(ct("direction"), Expression::String("original".into())),
                 is(payload("ip", "daddr"), set_ref("egress_deny")),
-                Statement::Counter(Counter::Named(COUNTER_EGRESS_DENIED.into())),
+                counted(COUNTER_EGRESS_DENIED),
                 Statement::Drop(None),
             ],
         ));
-        add(rule(
+        t.add(rule(
             "forward",
             vec![
                 is(meta(MetaKey::Iifname), ifname(name)),
@@ -310,14 +339,52 @@ fn forward(cfg: &EdgeConfig, add: &mut impl FnMut(NfListObject<'static>)) {
             ],
         ));
     }
-    if cfg.forwarding == Forwarding::PnOnly {
-        add(rule(
+    // Left unchecked, the egress rule would masquerade it: the host's
+    // address lent to whoever claims a container's.
+    t.add(rule(
+        "forward",
+        vec![
+            is(payload("ip", "saddr"), set_ref("pool")),
+            counted(COUNTER_POOL_SPOOFED),
+            Statement::Drop(None),
+        ],
+    ));
+    if cfg.forward_guard {
+        t.add(rule(
             "forward",
-            vec![
-                Statement::Counter(Counter::Named(COUNTER_FORWARD_DENIED.into())),
-                Statement::Drop(None),
-            ],
+            vec![established(), Statement::Accept(None)],
         ));
+        t.add(rule(
+            "forward",
+            vec![counted(COUNTER_FORWARD_DENIED), Statement::Drop(None)],
+        ));
+    }
+}
+
+/// The gateway's DNS answers the containers' interfaces only: anyone else
+/// could send queries with a member's source and spend its budget.
+fn gateway_dns(dns: &GatewayDns, t: &mut Objects) {
+    t.add(base_chain(
+        "dns_input",
+        NfChainType::Filter,
+        NfHook::Input,
+        PRIO_FILTER,
+    ));
+    for proto in ["udp", "tcp"] {
+        let mut expr = Vec::new();
+        if !dns.listen.ip().is_unspecified() {
+            expr.push(is(
+                payload("ip", "daddr"),
+                Expression::String(dns.listen.ip().to_string().into()),
+            ));
+        }
+        expr.push(is(payload(proto, "dport"), num(dns.listen.port().into())));
+        for name in &dns.clients {
+            expr.push(is_not(meta(MetaKey::Iifname), ifname(name)));
+        }
+        expr.push(counted(COUNTER_DNS_DENIED));
+        expr.push(Statement::Drop(None));
+        t.add(rule("dns_input", expr));
     }
 }
 
@@ -360,149 +427,15 @@ pub fn parse_counters(listing: &serde_json::Value) -> super::EdgeCounters {
             packets: c.get("packets").and_then(|v| v.as_u64()).unwrap_or(0),
             bytes: c.get("bytes").and_then(|v| v.as_u64()).unwrap_or(0),
         };
-        match c.get("name").and_then(|n| n.as_str()) {
-            Some(COUNTER_FORWARD_DENIED) => out.forward_denied += count,
-            Some(COUNTER_EGRESS_DENIED) => out.egress_denied += count,
-            _ => {}
+        if let Some(c) = c
+            .get("name")
+            .and_then(|n| n.as_str())
+            .and_then(|n| out.by_name(n))
+        {
+            *c += count;
         }
     }
     out
-}
-
-fn addr_set(name: &'static str, nets: &[Ipv4Net]) -> NfListObject<'static> {
-    let elem: Vec<Expression<'static>> = nets
-        .iter()
-        .map(|n| {
-            if n.prefix_len() == 32 {
-                Expression::String(n.addr().to_string().into())
-            } else {
-                Expression::Named(NamedExpression::Prefix(nftables::expr::Prefix {
-                    addr: Box::new(Expression::String(n.network().to_string().into())),
-                    len: n.prefix_len().into(),
-                }))
-            }
-        })
-        .collect();
-    NfListObject::Set(Box::new(Set {
-        family: NfFamily::INet,
-        table: TABLE.into(),
-        name: name.into(),
-        set_type: SetTypeValue::Single(schema::SetType::Ipv4Addr),
-        flags: Some([schema::SetFlag::Interval].into_iter().collect()),
-        elem: (!elem.is_empty()).then(|| elem.into()),
-        ..Set::default()
-    }))
-}
-
-fn base_chain(
-    name: &'static str,
-    kind: NfChainType,
-    hook: NfHook,
-    prio: i32,
-) -> NfListObject<'static> {
-    NfListObject::Chain(Chain {
-        family: NfFamily::INet,
-        table: TABLE.into(),
-        name: name.into(),
-        _type: Some(kind),
-        hook: Some(hook),
-        prio: Some(prio),
-        policy: Some(NfChainPolicy::Accept),
-        ..Chain::default()
-    })
-}
-
-fn regular_chain(name: &'static str) -> NfListObject<'static> {
-    NfListObject::Chain(Chain {
-        family: NfFamily::INet,
-        table: TABLE.into(),
-        name: name.into(),
-        ..Chain::default()
-    })
-}
-
-fn rule(chain: &'static str, expr: Vec<Statement<'static>>) -> NfListObject<'static> {
-    NfListObject::Rule(Rule {
-        family: NfFamily::INet,
-        table: TABLE.into(),
-        chain: chain.into(),
-        expr: expr.into(),
-        ..Rule::default()
-    })
-}
-
-fn num(n: u32) -> Expression<'static> {
-    Expression::Number(n)
-}
-
-fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-        PayloadField {
-            protocol: protocol.into(),
-            field: field.into(),
-        },
-    )))
-}
-
-fn meta(key: MetaKey) -> Expression<'static> {
-    Expression::Named(NamedExpression::Meta(Meta { key }))
-}
-
-fn meta_mark() -> Expression<'static> {
-    meta(MetaKey::Mark)
-}
-
-fn ct(key: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::CT(CT {
-        key: key.into(),
-        family: None,
-        dir: None,
-    }))
-}
-
-fn ct_mark() -> Expression<'static> {
-    ct("mark")
-}
-
-fn set_ref(name: &'static str) -> Expression<'static> {
-    Expression::String(format!("@{name}").into())
-}
-
-/// An interface name as nft matches it: a trailing `*` is a prefix match,
-/// and a name never holds a `*` elsewhere (checked by `validate`).
-fn ifname(name: &str) -> Expression<'static> {
-    Expression::String(name.to_string().into())
-}
-
-fn and(e: Expression<'static>, mask: u32) -> Expression<'static> {
-    Expression::BinaryOperation(Box::new(BinaryOperation::AND(e, num(mask))))
-}
-
-/// `KEY set (KEY & ~MARK_MASK) | bits`: pn's bits, nobody else's.
-fn set_bits(key: Expression<'static>, bits: u32) -> Statement<'static> {
-    Statement::Mangle(Mangle {
-        key: key.clone(),
-        value: Expression::BinaryOperation(Box::new(BinaryOperation::OR(vec![
-            and(key, !MARK_MASK),
-            num(bits),
-        ]))),
-    })
-}
-
-fn is(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
-    Statement::Match(Match {
-        left,
-        right,
-        op: Operator::EQ,
-    })
-}
-
-fn is_not(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
-    Statement::Match(Match {
-        left,
-        right,
-        op: Operator::NEQ,
-    })
 }
 
 #[cfg(test)]

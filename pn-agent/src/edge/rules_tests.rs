@@ -33,7 +33,11 @@ fn cfg() -> EdgeConfig {
             "192.168.50.0/24".parse().unwrap(),
         ],
         interfaces: vec!["pnh*".into(), "pn-tun".into()],
-        forwarding: Forwarding::PnOnly,
+        forward_guard: true,
+        dns: Some(GatewayDns {
+            listen: "169.254.1.1:53".parse().unwrap(),
+            clients: vec!["pnh*".into()],
+        }),
     }
 }
 
@@ -41,6 +45,7 @@ fn expr(e: &Value) -> String {
     match e {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
+        Value::Array(a) => a.iter().map(expr).collect::<Vec<_>>().join(","),
         Value::Object(o) => {
             let (k, v) = o.iter().next().unwrap();
             match k.as_str() {
@@ -178,6 +183,7 @@ fn base_chains_sit_where_the_kernel_expects_them() {
         ("publish_mark", "filter", "prerouting", -90),
         ("egress_nat", "nat", "postrouting", 100),
         ("forward", "filter", "forward", 0),
+        ("dns_input", "filter", "input", 0),
     ] {
         let c = &t.chains[name];
         assert_eq!(
@@ -260,7 +266,7 @@ fn every_packet_of_a_published_connection_carries_the_mark() {
 }
 
 #[test]
-fn the_host_forwards_nothing_but_pn_traffic_when_pn_turned_forwarding_on() {
+fn the_host_forwards_nothing_but_pn_traffic_with_the_guard() {
     let t = text(&cfg());
     assert_eq!(
         t.rules["forward"],
@@ -271,6 +277,8 @@ fn the_host_forwards_nothing_but_pn_traffic_when_pn_turned_forwarding_on() {
             "meta iifname == pnh* accept",
             "meta iifname == pn-tun ct direction == original ip daddr == @egress_deny counter egress_denied drop",
             "meta iifname == pn-tun accept",
+            "ip saddr == @pool counter pool_spoofed drop",
+            "ct state in established,related accept",
             "counter forward_denied drop",
         ]
     );
@@ -281,14 +289,83 @@ fn the_host_forwards_nothing_but_pn_traffic_when_pn_turned_forwarding_on() {
 }
 
 #[test]
-fn a_host_that_forwarded_before_pn_keeps_forwarding_the_rest() {
+fn without_the_guard_the_rest_is_forwarded_but_pn_is_still_no_path() {
     let t = text(&EdgeConfig {
-        forwarding: Forwarding::Shared,
+        forward_guard: false,
         ..cfg()
     });
     let fwd = &t.rules["forward"];
     assert!(!fwd.iter().any(|r| r.contains("forward_denied")), "{fwd:?}");
+    assert!(!fwd.iter().any(|r| r.starts_with("ct state")), "{fwd:?}");
     assert!(fwd.iter().any(|r| r.contains("egress_denied drop")));
+    // Into pn's interfaces and pool sources: the same with or without.
+    assert_eq!(
+        fwd.last().unwrap(),
+        "ip saddr == @pool counter pool_spoofed drop"
+    );
+    assert_eq!(fwd[..2], text(&cfg()).rules["forward"][..2]);
+}
+
+#[test]
+fn whatever_goes_into_pns_interfaces_is_left_to_the_programs() {
+    // They count it per container and show it in `flows` (`not_member`,
+    // `spoofed_source`): a drop before them would hide it. So the first
+    // word on a packet toward pn's interfaces is accept, with or without
+    // the guard, and no other chain of the table looks at the way out.
+    for guard in [true, false] {
+        let t = text(&EdgeConfig {
+            forward_guard: guard,
+            ..cfg()
+        });
+        assert_eq!(
+            t.rules["forward"][..2],
+            [
+                "meta oifname == pnh* accept",
+                "meta oifname == pn-tun accept"
+            ]
+        );
+        let oif_drops: Vec<&String> = t
+            .rules
+            .values()
+            .flatten()
+            .filter(|r| r.contains("oifname") && r.ends_with("drop"))
+            .collect();
+        assert!(oif_drops.is_empty(), "{oif_drops:?}");
+        assert!(!t.chains.contains_key("into_pn"));
+    }
+}
+
+#[test]
+fn the_gateways_dns_answers_container_interfaces_only() {
+    let t = text(&cfg());
+    let c = &t.chains["dns_input"];
+    assert_eq!(
+        (c["type"].as_str(), c["hook"].as_str()),
+        (Some("filter"), Some("input"))
+    );
+    assert_eq!(c["policy"], "accept");
+    assert_eq!(
+        t.rules["dns_input"],
+        [
+            "ip daddr == 169.254.1.1 udp dport == 53 meta iifname != pnh* counter dns_denied drop",
+            "ip daddr == 169.254.1.1 tcp dport == 53 meta iifname != pnh* counter dns_denied drop",
+        ]
+    );
+    // Listening everywhere: any local address, on the port.
+    let t = text(&EdgeConfig {
+        dns: Some(GatewayDns {
+            listen: "0.0.0.0:5300".parse().unwrap(),
+            clients: vec!["pnh*".into(), "veth-x".into()],
+        }),
+        ..cfg()
+    });
+    assert_eq!(
+        t.rules["dns_input"][0],
+        "udp dport == 5300 meta iifname != pnh* meta iifname != veth-x counter dns_denied drop"
+    );
+    // No DNS, no chain.
+    let t = text(&EdgeConfig { dns: None, ..cfg() });
+    assert!(!t.chains.contains_key("dns_input"));
 }
 
 #[test]
@@ -365,6 +442,26 @@ fn bad_configurations_are_refused_before_the_kernel() {
             },
             "interface name",
         ),
+        (
+            EdgeConfig {
+                dns: Some(GatewayDns {
+                    listen: "169.254.1.1:53".parse().unwrap(),
+                    clients: vec![],
+                }),
+                ..cfg()
+            },
+            "no client interface",
+        ),
+        (
+            EdgeConfig {
+                dns: Some(GatewayDns {
+                    listen: "169.254.1.1:53".parse().unwrap(),
+                    clients: vec!["x\" accept".into()],
+                }),
+                ..cfg()
+            },
+            "interface name",
+        ),
     ] {
         let e = ruleset(&c).unwrap_err();
         assert!(e.to_string().contains(want), "{e}");
@@ -382,10 +479,17 @@ fn counters_are_read_from_nft_listings() {
         {"counter": {"family": "inet", "name": "forward_denied", "table": "pn", "handle": 1, "packets": 5_000_000_000u64, "bytes": 7}},
         {"counter": {"family": "inet", "name": "egress_denied", "table": "pn", "handle": 2, "packets": 2, "bytes": 120}},
         {"counter": {"family": "inet", "name": "forward_denied", "table": "other", "handle": 3, "packets": 9, "bytes": 9}},
+        {"counter": {"family": "inet", "name": "not_ours", "table": "pn", "handle": 4, "packets": 4, "bytes": 240}},
+        {"counter": {"family": "inet", "name": "pool_spoofed", "table": "pn", "handle": 5, "packets": 5, "bytes": 300}},
+        {"counter": {"family": "inet", "name": "dns_denied", "table": "pn", "handle": 6, "packets": 6, "bytes": 360}},
     ]});
     let c = parse_counters(&listing);
     assert_eq!(c.forward_denied.packets, 5_000_000_000);
     assert_eq!(c.egress_denied.bytes, 120);
+    assert_eq!((c.pool_spoofed.packets, c.dns_denied.packets), (5, 6));
+    // A counter pn does not know (an older table's) is no reason's count.
+    let total: u64 = c.by_reason().iter().map(|(_, n)| n.packets).sum();
+    assert_eq!(total, 5_000_000_000 + 2 + 5 + 6);
     assert_eq!(parse_counters(&Value::Null), Default::default());
 }
 

@@ -15,7 +15,7 @@ use pn_common::{Ip4, ids::HostId, maps::Iface};
 use crate::{
     config::PortRange,
     edge::{
-        EdgeConfig, Forwarding, Publication,
+        EdgeConfig, GatewayDns, Publication,
         deny::{self, HostFacts},
         ports::{self, PortsExhausted},
     },
@@ -41,7 +41,11 @@ pub struct EdgeLocal {
     pub public_ip: Option<Ipv4Addr>,
     /// pn's interfaces (a trailing `*` for a prefix).
     pub interfaces: Vec<String>,
-    pub forwarding: Forwarding,
+    /// Whether the table drops forwarded traffic that is not pn's
+    /// (`--forward-guard`, and who turned forwarding on).
+    pub forward_guard: bool,
+    /// The agent's DNS and its clients' interfaces.
+    pub dns: Option<GatewayDns>,
 }
 
 impl EdgeLocal {
@@ -155,7 +159,8 @@ pub fn edge_config(view: &MembershipView, host: &HostId, edge: &EdgeLocal) -> Ed
         publications,
         egress_deny: deny::merged(&deny::deny_list(&facts(view, host, edge))),
         interfaces: edge.interfaces.clone(),
-        forwarding: edge.forwarding,
+        forward_guard: edge.forward_guard,
+        dns: edge.dns.clone(),
     }
 }
 

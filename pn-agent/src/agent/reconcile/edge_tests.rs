@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     datapath::{Datapath, fake::FakeMaps},
-    edge::{Forwarding, Publication, deny::HostFacts},
+    edge::{GatewayDns, Publication, deny::HostFacts},
     model::Egress,
 };
 
@@ -31,7 +31,11 @@ fn edge_local(routers: &[&str]) -> EdgeLocal {
         host_addrs: vec!["192.168.50.1".parse().unwrap()],
         public_ip: Some("192.168.50.1".parse().unwrap()),
         interfaces: vec!["pnh*".into(), "pn-tun".into()],
-        forwarding: Forwarding::PnOnly,
+        forward_guard: true,
+        dns: Some(GatewayDns {
+            listen: "169.254.1.1:53".parse().unwrap(),
+            clients: vec!["pnh*".into()],
+        }),
     }
 }
 
