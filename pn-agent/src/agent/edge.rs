@@ -463,7 +463,7 @@ mod tests {
     async fn the_stores_endpoints_are_denied_over_tls_too() {
         let endpoints = vec!["127.0.0.1:2379".to_string(), "192.0.2.7:2379".into()];
         let want: Vec<Ipv4Addr> = vec!["127.0.0.1".parse().unwrap(), "192.0.2.7".parse().unwrap()];
-        let files = crate::store::etcd::TlsFiles {
+        let files = crate::config::TlsFiles {
             cacert: "ca.crt".into(),
             cert: "h1.crt".into(),
             key: "h1.key".into(),

@@ -53,7 +53,6 @@ impl ForwardGuard {
     }
 }
 
-
 /// File in the state directory saying that pn turned forwarding on.
 pub const RECORD: &str = "ip-forward-enabled-by-pn";
 
