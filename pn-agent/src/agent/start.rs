@@ -282,10 +282,14 @@ impl Agent {
         };
         // A guard an earlier agent left keeps guarding with its maps until
         // this agent's are filled (after the first sync); a missing one goes
-        // on at once.
+        // on at once. Not on maps that start empty (issue 25): the guards
+        // read them, and would drop the members' and peers' packets
+        // (`spoofed_source`, `unknown_peer`) until the first sync; they go
+        // on after it then, as the datapath's links do (`Datapath::apply`).
+        let fill_first = !kernel.carried();
         let mut guard_later = None;
         if let Some((name, mode)) = underlay {
-            if kernel.underlay_pinned(&name) {
+            if kernel.underlay_pinned(&name) || fill_first {
                 guard_later = Some((name, mode));
             } else {
                 kernel.attach_underlay(&name, mode)?;
@@ -308,9 +312,11 @@ impl Agent {
         let tunnel_ifindex = match &tunnel {
             Some(_) => match netlink.link(TUN_DEV).await? {
                 Some((idx, _)) => {
-                    kernel
-                        .attach_tunnel(TUN_DEV)
-                        .context("guarding the tunnel's entry")?;
+                    if !fill_first {
+                        kernel
+                            .attach_tunnel(TUN_DEV)
+                            .context("guarding the tunnel's entry")?;
+                    }
                     idx
                 }
                 None => 0,
@@ -386,6 +392,13 @@ impl Agent {
         }
         if let Some((name, mode)) = guard_later {
             agent.dp().maps_mut().attach_underlay(&name, mode)?;
+        }
+        if fill_first && tunnel_ifindex != 0 {
+            agent
+                .dp()
+                .maps_mut()
+                .attach_tunnel(TUN_DEV)
+                .context("guarding the tunnel's entry")?;
         }
         if let Err(e) = agent.register_host().await {
             log::warn!("registering host {}: {e}", agent.cfg.host_id);

@@ -94,6 +94,8 @@ pub struct Kernel {
     lb: super::lb::LbMaps,
     links_dir: PathBuf,
     xdp_dir: PathBuf,
+    /// The maps hold an earlier agent's entries (see [`Kernel::carried`]).
+    carried: bool,
 }
 
 impl Kernel {
@@ -117,7 +119,9 @@ impl Kernel {
             .load(object)
             .ctx(|| "loading the eBPF object".into())?;
         let dir = pins.dir().to_path_buf();
+        let reused = pins.load_dir == dir;
         let migrated = pins.finish()?;
+        let carried = reused || (migrated.from.is_some() && migrated.skipped.is_empty());
         if let Some(from) = &migrated.from {
             log::info!(
                 "maps of another layout in {}: {} entries of {} maps carried to {}{}",
@@ -203,7 +207,16 @@ impl Kernel {
             lb,
             links_dir,
             xdp_dir,
+            carried,
         })
+    }
+
+    /// Whether the maps hold an earlier agent's entries: its pins reused, or
+    /// every map carried from another layout's. If not (no pins, as after
+    /// the last agent's bpffs went with it, or a map of another layout not
+    /// carried), they start empty and only the first sync fills them.
+    pub fn carried(&self) -> bool {
+        self.carried
     }
 
     /// The ring buffer of flow and drop events (once).
