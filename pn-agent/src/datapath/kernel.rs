@@ -69,7 +69,13 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
             None::<&str>,
         )
         .ctx(|| format!("mounting a bpffs on {}", target.display()))?;
-        log::info!("mounted a bpffs on {}", target.display());
+        // Mounted here, it may be private to this process's mount namespace
+        // (`ip netns exec` gives one): then the pins go with the agent, and
+        // its programs come off every interface until the next one starts.
+        log::warn!(
+            "mounted a bpffs on {}: if only this agent's mount namespace sees it, enforcement stops with the agent (mount one where the service starts)",
+            target.display()
+        );
     }
     std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))
 }
