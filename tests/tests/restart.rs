@@ -118,6 +118,9 @@ fn a_start_from_empty_maps_drops_nothing_of_known_interfaces() {
     let before: Vec<_> = bed.fleet.hosts.iter().map(start_drops).collect();
     let o = bed.measure(&Event::Restart, RATE, SECONDS);
     let after: Vec<_> = bed.fleet.hosts.iter().map(start_drops).collect();
+    // Across hosts the gap is printed, not asserted (issue 25, item 2):
+    // with the pins gone it is the old agent's exit, the new one's start
+    // and a handshake (release build: ~130 ms).
     eprintln!(
         "restart, pins gone: same host {} | across hosts {} | drops before {before:?}, after {after:?}",
         o.same_host, o.cross_host
