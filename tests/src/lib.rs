@@ -276,6 +276,9 @@ pub struct Host {
     bin: Option<PathBuf>,
     /// A stand-in for systemd (notify socket, fd store), when asked for.
     pub manager: Option<service::ServiceManager>,
+    /// The agent pins under its default `--bpffs`, in the private /sys that
+    /// `ip netns exec` gives it (see [`Host::pins_die_with_agent`]).
+    private_bpffs: bool,
 }
 
 impl Host {
@@ -312,6 +315,7 @@ impl Host {
             extra: Vec::new(),
             bin: None,
             manager: None,
+            private_bpffs: false,
         }
     }
 
@@ -319,6 +323,20 @@ impl Host {
     /// notify socket and a file descriptor store kept across its restarts.
     pub fn with_service_manager(&mut self) {
         self.manager = Some(service::ServiceManager::new(&self.dir.join("notify.sock")));
+    }
+
+    /// From now on the agent runs as an operator starts it by hand with
+    /// `ip netns exec` and the default `--bpffs`: its pins live in the
+    /// private /sys of that command and die with each agent (its programs
+    /// come off its interfaces; the next agent starts from empty maps).
+    /// The pins in the test's own bpffs are removed first (its mount lives
+    /// on in the mount namespaces of other `ip netns exec` commands), so
+    /// nothing of the earlier agent remains.
+    pub fn pins_die_with_agent(&mut self) {
+        self.stop();
+        std::fs::remove_dir_all(self.bpffs()).expect("removing the agent's pins");
+        self.private_bpffs = true;
+        self.spawn();
     }
 
     /// Starts the agent with extra `run` flags (kept for restarts).
@@ -372,11 +390,11 @@ impl Host {
             .arg(self.api_socket())
             .args(["run", "--host-id", &self.id])
             .arg("--state-dir")
-            .arg(self.dir.join("state"))
-            .arg("--bpffs")
-            .arg(self.bpffs())
-            .args(&self.extra)
-            .env("RUST_LOG", "info");
+            .arg(self.dir.join("state"));
+        if !self.private_bpffs {
+            cmd.arg("--bpffs").arg(self.bpffs());
+        }
+        cmd.args(&self.extra).env("RUST_LOG", "info");
         if let Some(m) = &self.manager {
             cmd = m.command(&cmd);
         }

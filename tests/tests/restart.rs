@@ -86,6 +86,70 @@ fn restarts_upgrades_and_crashes_lose_no_same_host_datagram() {
     }
 }
 
+/// Drops that a start must never cause on traffic of known interfaces.
+const START_DROPS: [&str; 2] = ["unknown_interface", "spoofed_source"];
+
+fn start_drops(h: &Host) -> Vec<(&'static str, u64)> {
+    let m = h.metrics();
+    START_DROPS
+        .iter()
+        .map(|r| {
+            (
+                *r,
+                pn_tests::metric_value(&m, "pn_packets_total", &[("reason", r)]),
+            )
+        })
+        .collect()
+}
+
+/// Issue 25, item 1: the bed of the issue (c1 and c2 on host 1, c3 on host
+/// 2, 2 000 datagrams a second) with host 1's agent started as an operator
+/// starts it by hand, `ip netns exec` and the default `--bpffs`: its pins
+/// die with it, so each start finds its programs gone and empty maps (the
+/// other restart tests keep a bpffs of their own, whose pins outlive the
+/// agent). Whatever the start finds, a packet of a known interface never
+/// meets an empty or half-filled table: same-host traffic loses nothing and
+/// neither host counts an unknown interface or a spoofed source.
+#[test]
+fn a_start_from_empty_maps_drops_nothing_of_known_interfaces() {
+    let mut bed = Bed::new(&unique_prefix());
+    bed.fleet.hosts[0].pins_die_with_agent();
+    bed.warm_up();
+    let before: Vec<_> = bed.fleet.hosts.iter().map(start_drops).collect();
+    let o = bed.measure(&Event::Restart, RATE, SECONDS);
+    let after: Vec<_> = bed.fleet.hosts.iter().map(start_drops).collect();
+    // Across hosts the gap is printed, not asserted (issue 25, item 2):
+    // with the pins gone it is the old agent's exit, the new one's start
+    // and a handshake (release build: ~130 ms).
+    eprintln!(
+        "restart, pins gone: same host {} | across hosts {} | drops before {before:?}, after {after:?}",
+        o.same_host, o.cross_host
+    );
+    let h1 = &bed.fleet.hosts[0];
+    assert!(
+        h1.log().contains("mounted a bpffs"),
+        "the agent's pins are its own: {}",
+        h1.log()
+    );
+    // Host 1's counters are new maps' (its pins died): each host's must
+    // read 0 before and after the restart.
+    for (h, (b, a)) in bed.fleet.hosts.iter().zip(before.iter().zip(&after)) {
+        for ((reason, was), (_, now)) in b.iter().zip(a) {
+            assert_eq!(
+                (*was, *now),
+                (0, 0),
+                "{}: {reason} counted before and after the restart",
+                h.id
+            );
+        }
+    }
+    assert_eq!(
+        o.same_host.lost, 0,
+        "same-host datagrams lost: {}",
+        o.same_host
+    );
+}
+
 /// Issue 16, item 4: an agent that finds the maps of another layout pinned
 /// (an upgrade that changed a map) carries their entries over to new maps
 /// instead of recreating them empty, and switches the programs only once

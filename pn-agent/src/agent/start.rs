@@ -272,6 +272,9 @@ struct Loaded {
     /// An underlay guard an earlier agent left, kept guarding with its maps
     /// until this agent's are filled (after the first sync).
     guard_later: Option<Underlay>,
+    /// The tunnel's entry guard waits for the first sync too (maps that
+    /// start empty: see `load_datapath`).
+    tunnel_guard_later: bool,
     /// `PN_CONFIG` before the edge adds the pool.
     config: Config,
 }
@@ -291,10 +294,15 @@ async fn load_datapath(
         Some(_) => cfg.advertise.map_or(tunnel::DEFAULT_PORT, |a| a.port()),
         None => 0,
     };
+    // Not on maps that start empty (issue 25): the guards read them, and
+    // would drop the members' and peers' packets (`spoofed_source`,
+    // `unknown_peer`) until the first sync; they go on after it then, as
+    // the datapath's links do (`Datapath::apply`).
+    let fill_first = !kernel.carried();
     let mut guard_later = None;
     if let Some(u) = underlay {
         let name = u.name.clone();
-        if kernel.underlay_pinned(&u.name) {
+        if kernel.underlay_pinned(&u.name) || fill_first {
             guard_later = Some(u);
         } else {
             kernel.attach_underlay(&u.name, u.mode)?;
@@ -315,11 +323,14 @@ async fn load_datapath(
     // its entry is guarded.
     let mut tunnel_ifindex = 0;
     if with_tunnel && let Some((idx, _)) = netlink.link(TUN_DEV).await? {
-        kernel
-            .attach_tunnel(TUN_DEV)
-            .context("guarding the tunnel's entry")?;
+        if !fill_first {
+            kernel
+                .attach_tunnel(TUN_DEV)
+                .context("guarding the tunnel's entry")?;
+        }
         tunnel_ifindex = idx;
     }
+    let tunnel_guard_later = fill_first && tunnel_ifindex != 0;
     let config = Config {
         dns_addr: to_ip4(*cfg.dns_listen.ip()),
         dns_port: cfg.dns_listen.port(),
@@ -333,6 +344,7 @@ async fn load_datapath(
         events,
         conn_events,
         guard_later,
+        tunnel_guard_later,
         config,
     })
 }
@@ -414,7 +426,9 @@ impl Agent {
             cfg,
         });
         agent.read_events(loaded.events, loaded.conn_events);
-        agent.first_sync(loaded.guard_later).await?;
+        agent
+            .first_sync(loaded.guard_later, loaded.tunnel_guard_later)
+            .await?;
         if let Some(p) = predecessor {
             agent.take_over(p).await?;
         }
@@ -451,7 +465,11 @@ impl Agent {
 
     /// The first reconciliation, then this agent's underlay guard (its
     /// maps filled now) and its host record.
-    async fn first_sync(&self, guard_later: Option<Underlay>) -> anyhow::Result<()> {
+    async fn first_sync(
+        &self,
+        guard_later: Option<Underlay>,
+        tunnel_guard_later: bool,
+    ) -> anyhow::Result<()> {
         // Enforcement of the last known state goes on even if the store is
         // unreachable at start; the follower keeps retrying.
         match self.resync().await {
@@ -460,6 +478,12 @@ impl Agent {
         }
         if let Some(u) = guard_later {
             self.dp().maps_mut().attach_underlay(&u.name, u.mode)?;
+        }
+        if tunnel_guard_later {
+            self.dp()
+                .maps_mut()
+                .attach_tunnel(TUN_DEV)
+                .context("guarding the tunnel's entry")?;
         }
         if let Err(e) = self.register_host().await {
             log::warn!("registering host {}: {e}", self.cfg.host_id);

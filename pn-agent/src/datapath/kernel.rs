@@ -69,7 +69,13 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
             None::<&str>,
         )
         .ctx(|| format!("mounting a bpffs on {}", target.display()))?;
-        log::info!("mounted a bpffs on {}", target.display());
+        // Mounted here, it may be private to this process's mount namespace
+        // (`ip netns exec` gives one): then the pins go with the agent, and
+        // its programs come off every interface until the next one starts.
+        log::warn!(
+            "mounted a bpffs on {}: if only this agent's mount namespace sees it, enforcement stops with the agent (mount one where the service starts)",
+            target.display()
+        );
     }
     std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))
 }
@@ -94,6 +100,8 @@ pub struct Kernel {
     lb: super::lb::LbMaps,
     links_dir: PathBuf,
     xdp_dir: PathBuf,
+    /// The maps hold an earlier agent's entries (see [`Kernel::carried`]).
+    carried: bool,
 }
 
 impl Kernel {
@@ -117,7 +125,9 @@ impl Kernel {
             .load(object)
             .ctx(|| "loading the eBPF object".into())?;
         let dir = pins.dir().to_path_buf();
+        let reused = pins.load_dir == dir;
         let migrated = pins.finish()?;
+        let carried = reused || (migrated.from.is_some() && migrated.skipped.is_empty());
         if let Some(from) = &migrated.from {
             log::info!(
                 "maps of another layout in {}: {} entries of {} maps carried to {}{}",
@@ -203,7 +213,16 @@ impl Kernel {
             lb,
             links_dir,
             xdp_dir,
+            carried,
         })
+    }
+
+    /// Whether the maps hold an earlier agent's entries: its pins reused, or
+    /// every map carried from another layout's. If not (no pins, as after
+    /// the last agent's bpffs went with it, or a map of another layout not
+    /// carried), they start empty and only the first sync fills them.
+    pub fn carried(&self) -> bool {
+        self.carried
     }
 
     /// The ring buffer of flow and drop events (once).

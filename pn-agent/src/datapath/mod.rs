@@ -1,7 +1,8 @@
 //! The datapath as the agent drives it: a desired [`State`] of the kernel's
 //! maps and links goes in, the datapath computes its own difference with what
 //! the kernel holds (one [`diff`] for every map and link set) and makes the
-//! fewest changes, adding before removing; a failed write does not stop the
+//! fewest changes, entries before the programs that read them, adding
+//! before removing; a failed write does not stop the
 //! others, and all failures come back together ([`ApplyError`]).
 //! `apply` may be called again and again with the same state (it then does
 //! nothing), for the whole state (start, resync) or for a [`Scope`] (one
@@ -316,14 +317,18 @@ impl<M: Maps> Datapath<M> {
         self.maps.detach(ifname)
     }
 
-    /// Brings the kernel to `want` within `scope`. Order: new links first (a
-    /// new interface is filtered before it is known), then entries set, then
-    /// the links an earlier agent left switched to this agent's programs
-    /// (which read these entries: after a change of map layout, the new maps
-    /// are full before any program uses them, so this waits until every set
-    /// worked), then entries removed, then links detached. A failed write
-    /// does not stop the others: every failure comes back in one error, and
-    /// the next apply retries them (the copy keeps what the kernel held).
+    /// Brings the kernel to `want` within `scope`. Order: entries set, then
+    /// links attached — new ones, then the links an earlier agent left,
+    /// switched to this agent's programs once every set worked — then entries
+    /// removed, then links detached. Programs go on only over full tables: a
+    /// link this apply attaches is an interface that already carries traffic
+    /// (a new container's is attached before it does, `attach_now`), such as
+    /// every interface after a start from empty maps (pins gone with the last
+    /// agent, or maps of another layout not carried); programs put on first
+    /// would drop its packets as `unknown_interface` (and the counterpart's
+    /// as `spoofed_source`) until its entries came. A failed write does not
+    /// stop the others: every failure comes back in one error, and the next
+    /// apply retries them (the copy keeps what the kernel held).
     pub fn apply(&mut self, want: &State, scope: &Scope) -> Result<Changes, ApplyError> {
         if scope.is_all() {
             self.current = self.maps.read().map_err(ApplyError::Read)?;
@@ -341,12 +346,6 @@ impl<M: Maps> Datapath<M> {
         let (maps, cur, refreshed) = (&mut self.maps, &mut self.current, &mut self.refreshed);
         let mut ch = Changes::default();
         let mut failed = Vec::new();
-        ch.attached += links.write_sets(&mut cur.attached, &mut failed, |e| {
-            maps.attach(&e.key)?;
-            refreshed.insert(e.key.clone());
-            Ok(())
-        });
-        let before_sets = failed.len();
         ch.set += ifaces.write_sets(&mut cur.ifaces, &mut failed, |e| {
             if zeroes(e.old.as_ref(), &e.new) {
                 maps.reset_counters(e.new.slot)?;
@@ -364,7 +363,15 @@ impl<M: Maps> Datapath<M> {
         ch.set += deny.write_sets(&mut cur.egress_deny, &mut failed, |e| {
             maps.set_deny(e.key, e.new)
         });
-        if failed.len() == before_sets {
+        let sets_worked = failed.is_empty();
+        // A new link goes on even if a set failed: its interface then fails
+        // closed rather than running unfiltered until the next apply.
+        ch.attached += links.write_sets(&mut cur.attached, &mut failed, |e| {
+            maps.attach(&e.key)?;
+            refreshed.insert(e.key.clone());
+            Ok(())
+        });
+        if sets_worked {
             for name in pinned {
                 match maps.attach(&name) {
                     Ok(()) => {
