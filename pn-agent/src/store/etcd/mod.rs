@@ -190,6 +190,26 @@ impl Etcd {
         }
     }
 
+    /// A read, which is safe to ask twice: one that fails on a connection
+    /// made earlier (an HTTP/2 keepalive missed while the host was busy
+    /// leaves it dead) is asked once more on a new one before the store
+    /// counts as unreachable, so a busy moment does not fail a command. A
+    /// store that cannot be reached at all is not asked twice.
+    async fn read<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let had_connection = self.client.lock().await.is_some();
+        match self.call(what, &f).await {
+            Err(StoreError::Unavailable(e)) if had_connection => {
+                log::info!("store: {what} failed on an earlier connection, asking again: {e}");
+                self.call(what, f).await
+            }
+            r => r,
+        }
+    }
+
     fn full(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
@@ -209,7 +229,10 @@ impl Backend for Etcd {
         Box::pin(async move {
             let full = self.full(key);
             let resp = self
-                .call("get", |mut c| async move { c.get(full, None).await })
+                .read("get", |mut c| {
+                    let full = full.clone();
+                    async move { c.get(full, None).await }
+                })
                 .await?;
             match resp.kvs().first() {
                 Some(kv) => Ok(Some(Entry {
@@ -234,9 +257,11 @@ impl Backend for Etcd {
                     .with_range(end.clone())
                     .with_limit(PAGE)
                     .with_revision(rev);
-                let key = from.clone();
                 let resp = self
-                    .call("list", |mut c| async move { c.get(key, Some(opts)).await })
+                    .read("list", |mut c| {
+                        let (key, opts) = (from.clone(), opts.clone());
+                        async move { c.get(key, Some(opts)).await }
+                    })
                     .await?;
                 if rev == 0 {
                     // Every page at the revision of the first one.

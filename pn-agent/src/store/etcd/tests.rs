@@ -128,4 +128,24 @@ mod conformance {
             other => panic!("expected unavailable, got {other:?}"),
         }
     }
+
+    /// etcd restarted under an agent: the connection the agent made before
+    /// is dead, and a read on it is asked again on a new one rather than
+    /// failing the command that needed it.
+    #[tokio::test]
+    async fn a_read_on_a_connection_that_died_is_asked_again() {
+        use crate::store::Op;
+        let mut server = EtcdServer::start("stale");
+        let kv = Etcd::new(vec![server.endpoint.clone()], "/pn-test/".into());
+        kv.txn(vec![], vec![Op::Put("a".into(), "1".into())])
+            .await
+            .unwrap();
+        assert!(kv.get("a").await.unwrap().is_some());
+        server.stop();
+        server.restart();
+        let again = kv.get("a").await;
+        assert!(matches!(&again, Ok(Some(e)) if e.value == "1"), "{again:?}");
+        let listed = kv.list("").await.unwrap();
+        assert_eq!(listed.entries.len(), 1);
+    }
 }
