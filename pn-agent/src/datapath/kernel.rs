@@ -34,7 +34,12 @@ use pn_common::{
     objects,
 };
 
-use super::{Context, Maps, Result, ServiceState, State, pins, plain};
+use super::{
+    error::{Context, Result, plain},
+    maps::Maps,
+    pins,
+    state::{ServiceState, State},
+};
 
 const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
 
