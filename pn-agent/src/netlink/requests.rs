@@ -73,7 +73,12 @@ pub(super) async fn add_route(
 }
 
 /// A default route through `gw`, unless the namespace has one.
-pub(super) async fn add_default_route(handle: &Handle, gw: Ipv4Addr, dev: u32, src: Ipv4Addr) -> Result<()> {
+pub(super) async fn add_default_route(
+    handle: &Handle,
+    gw: Ipv4Addr,
+    dev: u32,
+    src: Ipv4Addr,
+) -> Result<()> {
     let msg = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
         .output_interface(dev)

@@ -1,6 +1,6 @@
 //! The view's own state: what [`super`]'s loading and checks keep current.
 
-use std::{collections::HashMap, collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, collections::HashMap, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use pn_common::ids::{AppId, HostId, NetworkId};
