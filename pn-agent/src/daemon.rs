@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use pn_agent::config::{RunConfig, RunSettings, StoreSpec};
 
-use crate::one_line;
+use crate::report::one_line;
 
 /// Raises the soft descriptor limit to the hard one: the default soft limit
 /// (often 1024) is low for a daemon holding sockets for many containers; the

@@ -14,8 +14,10 @@ use pn_common::ids::{AppId, ContainerType, parse_index};
 
 mod control;
 mod daemon;
+mod report;
 use control::{AppCmd, ContainerCmd, HostCmd, NetworkCmd, Output};
 use daemon::daemon;
+use report::one_line;
 
 #[derive(Parser)]
 #[command(
@@ -163,10 +165,6 @@ fn error_kind(e: &anyhow::Error) -> ErrorKind {
                 .or_else(|| c.downcast_ref::<pn_agent::error::Error>().map(Kind::kind))
         })
         .unwrap_or(ErrorKind::Internal)
-}
-
-pub(crate) fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}").replace('\n', " ")
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

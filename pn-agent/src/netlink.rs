@@ -9,179 +9,40 @@
 //! agent finds its predecessor's and leaves live traffic alone.
 
 use std::{
-    fs::File,
     net::{IpAddr, Ipv4Addr},
-    os::fd::AsRawFd,
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
-use futures::{TryStreamExt, future::BoxFuture};
+use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::{
-    Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    LinkMessageBuilder, LinkUnspec, LinkVeth,
     packet_route::{
         address::AddressAttribute,
-        link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage},
-        route::RouteScope,
+        link::{InfoData, InfoVeth, LinkAttribute},
     },
 };
 
 mod container;
+mod error;
+mod netns;
+mod requests;
+mod socket;
 
 pub use container::{
     ContainerLink, Readdress, format_mac, inspect_container_side, readdress_container_side,
 };
 
-#[derive(Debug, thiserror::Error)]
-pub enum NetlinkError {
-    #[error("network namespace {0} not found")]
-    NamespaceMissing(String),
-    #[error("cannot open network namespace {0}: {1}")]
-    Namespace(String, std::io::Error),
-    #[error("interface {0} already exists{1}")]
-    InterfaceExists(String, String),
-    #[error("interface {0} not found")]
-    InterfaceMissing(String),
-    #[error("{op}: {source}")]
-    Kernel {
-        op: String,
-        #[source]
-        source: rtnetlink::Error,
-    },
-    #[error("{0}")]
-    Other(String),
-}
-
-impl crate::error::Kind for NetlinkError {
-    fn kind(&self) -> crate::error::ErrorKind {
-        use crate::error::ErrorKind;
-        match self {
-            NetlinkError::NamespaceMissing(_) | NetlinkError::InterfaceMissing(_) => {
-                ErrorKind::NotFound
-            }
-            NetlinkError::InterfaceExists(..) => ErrorKind::Conflict,
-            // The path given is not a namespace we can enter.
-            NetlinkError::Namespace(..) => ErrorKind::Invalid,
-            NetlinkError::Kernel { .. } | NetlinkError::Other(_) => ErrorKind::Internal,
-        }
-    }
-}
-
-type Result<T, E = NetlinkError> = std::result::Result<T, E>;
-
 mod routes;
 
-const EEXIST: i32 = libc::EEXIST;
-const ENODEV: i32 = libc::ENODEV;
-const ESRCH: i32 = libc::ESRCH;
-const ENOENT: i32 = libc::ENOENT;
-
-/// errno of a netlink error reply, if it is one.
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
-        _ => None,
-    }
-}
-
-fn kernel(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
-    let op = op.into();
-    move |source| NetlinkError::Kernel { op, source }
-}
-
-/// A network namespace, by name (`/run/netns/NAME`, as `ip netns` makes them)
-/// or by path (e.g. `/proc/PID/ns/net`).
-pub struct Netns {
-    file: File,
-    pub given: String,
-    /// The `ip netns` name, when given by name.
-    pub name: Option<String>,
-}
-
-impl Netns {
-    pub fn path_of(given: &str) -> PathBuf {
-        if given.contains('/') {
-            PathBuf::from(given)
-        } else {
-            Path::new("/run/netns").join(given)
-        }
-    }
-
-    pub fn open(given: &str) -> Result<Netns> {
-        if given.is_empty() || given == "." || given == ".." {
-            return Err(NetlinkError::NamespaceMissing(format!("{given:?}")));
-        }
-        let path = Self::path_of(given);
-        let file = File::open(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                NetlinkError::NamespaceMissing(given.into())
-            } else {
-                NetlinkError::Namespace(given.into(), e)
-            }
-        })?;
-        // Anything can be opened; only an nsfs file of a network namespace can
-        // be entered. Checking now gives a clear error instead of a failed setns.
-        let probe = std::thread::scope(|s| {
-            s.spawn(|| nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET))
-                .join()
-        });
-        match probe {
-            Ok(Ok(())) => {}
-            _ => {
-                return Err(NetlinkError::Namespace(
-                    given.into(),
-                    std::io::Error::other("not a network namespace"),
-                ));
-            }
-        }
-        Ok(Netns {
-            file,
-            given: given.into(),
-            name: (!given.contains('/')).then(|| given.to_string()),
-        })
-    }
-
-    /// Runs `f` with a netlink handle inside this namespace, on its own thread.
-    pub async fn run<T, F>(&self, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(Handle) -> BoxFuture<'static, Result<T>> + Send + 'static,
-    {
-        let file = self
-            .file
-            .try_clone()
-            .map_err(|e| NetlinkError::Namespace(self.given.clone(), e))?;
-        let given = self.given.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("pn-netns".into())
-            .spawn(move || {
-                let result = (|| {
-                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
-                        |e| NetlinkError::Namespace(given.clone(), std::io::Error::from(e)),
-                    )?;
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| NetlinkError::Other(format!("runtime: {e}")))?;
-                    rt.block_on(async move {
-                        let (conn, handle, _) = rtnetlink::new_connection()
-                            .map_err(|e| NetlinkError::Other(format!("netlink socket: {e}")))?;
-                        tokio::spawn(conn);
-                        f(handle).await
-                    })
-                })();
-                let _ = tx.send(result);
-            })
-            .map_err(|e| NetlinkError::Other(format!("thread: {e}")))?;
-        rx.await
-            .map_err(|_| NetlinkError::Other("namespace worker died".into()))?
-    }
-
-    fn raw_fd(&self) -> i32 {
-        self.file.as_raw_fd()
-    }
-}
+pub use error::NetlinkError;
+use error::{EEXIST, ENODEV, ENOENT, ESRCH, Result, errno, kernel};
+pub use netns::Netns;
+use requests::{
+    add_default_route, add_permanent_neighbour, add_route, is_up, link_by_name, mac_of, mtu_of,
+    name_of,
+};
+pub use socket::Netlink;
 
 /// Writes a per-interface sysctl of the calling thread's namespace, unless
 /// it already holds `value`. IPv6 may be compiled out or disabled: a
@@ -200,97 +61,6 @@ fn write_sysctl(path: &str, value: &str) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(NetlinkError::Other(format!("writing {path}: {e}"))),
     }
-}
-
-async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>> {
-    let mut links = handle.link().get().match_name(name.to_string()).execute();
-    match links.try_next().await {
-        Ok(link) => Ok(link),
-        Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
-        Err(e) => Err(kernel(format!("looking up interface {name}"))(e)),
-    }
-}
-
-fn mac_of(link: &LinkMessage) -> Option<[u8; 6]> {
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Address(a) => a.as_slice().try_into().ok(),
-        _ => None,
-    })
-}
-
-fn mtu_of(link: &LinkMessage) -> Option<u32> {
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Mtu(m) => Some(*m),
-        _ => None,
-    })
-}
-
-fn is_up(link: &LinkMessage) -> bool {
-    link.header.flags.contains(LinkFlags::Up)
-}
-
-fn name_of(link: &LinkMessage) -> Option<&str> {
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::IfName(n) => Some(n.as_str()),
-        _ => None,
-    })
-}
-
-async fn add_route(
-    handle: &Handle,
-    dst: Ipv4Net,
-    via: Option<Ipv4Addr>,
-    dev: u32,
-    src: Option<Ipv4Addr>,
-) -> Result<()> {
-    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(dst.network(), dst.prefix_len())
-        .output_interface(dev);
-    b = match via {
-        Some(gw) => b.gateway(gw),
-        None => b.scope(RouteScope::Link),
-    };
-    if let Some(src) = src {
-        b = b.pref_source(src);
-    }
-    match handle.route().add(b.build()).replace().execute().await {
-        Ok(()) => Ok(()),
-        Err(e) => Err(kernel(format!("adding route to {dst}"))(e)),
-    }
-}
-
-/// A default route through `gw`, unless the namespace has one.
-async fn add_default_route(handle: &Handle, gw: Ipv4Addr, dev: u32, src: Ipv4Addr) -> Result<()> {
-    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-        .output_interface(dev)
-        .gateway(gw)
-        .pref_source(src)
-        .build();
-    match handle.route().add(msg).execute().await {
-        Ok(()) => Ok(()),
-        Err(e) if errno(&e) == Some(EEXIST) => {
-            log::info!("the namespace has a default route already; keeping it");
-            Ok(())
-        }
-        Err(e) => Err(kernel("adding the default route")(e)),
-    }
-}
-
-async fn add_permanent_neighbour(
-    handle: &Handle,
-    dev: u32,
-    ip: Ipv4Addr,
-    mac: [u8; 6],
-) -> Result<()> {
-    handle
-        .neighbours()
-        .add(dev, IpAddr::V4(ip))
-        .link_layer_address(&mac)
-        .replace()
-        .execute()
-        .await
-        .map_err(kernel(format!("adding neighbour {ip}")))
 }
 
 /// What the container side of a veth must look like.
@@ -373,21 +143,7 @@ pub fn address_changes() -> Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
     Ok(rx)
 }
 
-/// The agent's own namespace.
-#[derive(Clone)]
-pub struct Netlink {
-    handle: Handle,
-}
-
 impl Netlink {
-    /// Opens a netlink connection (needs a running tokio runtime).
-    pub fn connect() -> Result<Netlink> {
-        let (conn, handle, _) = rtnetlink::new_connection()
-            .map_err(|e| NetlinkError::Other(format!("netlink socket: {e}")))?;
-        tokio::spawn(conn);
-        Ok(Netlink { handle })
-    }
-
     /// The link's kind (`veth`, `bridge`…), `None` for a physical device.
     pub async fn kind(&self, name: &str) -> Result<Option<String>> {
         use rtnetlink::packet_route::link::LinkInfo;

@@ -4,21 +4,20 @@
 //! ports of this host's `web` containers kept in their store records.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Duration,
 };
 
 use ipnet::Ipv4Net;
 use pn_common::maps::Config;
 
+pub use super::edge_table::EdgeRuntime;
 use super::{Agent, TUN_DEV, reconcile::EdgeLocal};
 use crate::{
     config::{RunConfig, StoreSpec},
-    datapath::Datapath,
-    edge::{Edge, EdgeConfig, EdgeCounters, Forwarding, GatewayDns, deny::HostFacts},
-    model::{Container, ContainerKey, HOST_IF_PREFIX},
+    edge::{EdgeConfig, Forwarding, GatewayDns, deny::HostFacts},
+    model::{Container, HOST_IF_PREFIX},
     netlink::{Netlink, NetlinkError},
 };
 
@@ -26,106 +25,6 @@ use crate::{
 /// still there (address changes are also announced by the kernel, and acted
 /// on at once).
 pub const REPAIR_EVERY: Duration = Duration::from_secs(10);
-
-/// How long a publication this agent wrote may take to show in its view
-/// before the allocator stops counting it.
-const PENDING_FOR: Duration = Duration::from_secs(30);
-
-/// The edge's table in the kernel, as this agent drives it.
-pub struct EdgeRuntime {
-    pub edge: Edge,
-    /// The table last applied successfully.
-    pub applied: Option<EdgeConfig>,
-    /// Why the last apply failed, if it did.
-    pub error: Option<String>,
-    /// `PN_CONFIG` with the pool, waiting for a table to be in place: until
-    /// containers' packets to the world are translated, they reach nothing
-    /// (the programs treat every address as the pool's).
-    pub pending_config: Option<Config>,
-    /// Other hosts' endpoints `--router-cidr` was found to cover (each
-    /// warned about once).
-    pub hosts_under_routers: BTreeSet<Ipv4Addr>,
-}
-
-impl EdgeRuntime {
-    pub fn new() -> EdgeRuntime {
-        EdgeRuntime {
-            edge: Edge::new(),
-            applied: None,
-            error: None,
-            pending_config: None,
-            hosts_under_routers: BTreeSet::new(),
-        }
-    }
-
-    /// Warns once about each other host that `--router-cidr` covers: a
-    /// host taken over could then reach this host's published containers
-    /// as a router would.
-    pub fn note_hosts_under_routers(&mut self, covered: &[Ipv4Addr]) {
-        for ip in covered {
-            if self.hosts_under_routers.insert(*ip) {
-                log::warn!(
-                    "--router-cidr covers {ip}, another host's tunnel endpoint: that host may reach this host's published containers as a router; give the routers' own addresses"
-                );
-            }
-        }
-        self.hosts_under_routers.retain(|ip| covered.contains(ip));
-    }
-
-    /// Makes the table `cfg` (if it is not already, or if `verify` finds it
-    /// gone); on success, lets the world in if it was waiting for that.
-    pub fn apply(&mut self, cfg: &EdgeConfig, verify: bool, dp: &Mutex<Datapath>) {
-        let same = self.applied.as_ref() == Some(cfg);
-        // Verify: the table may have been flushed behind the agent's back.
-        if same && (!verify || self.edge.present()) {
-            return;
-        }
-        match self.edge.set(cfg) {
-            Ok(()) => {
-                if self.error.take().is_some() || !same {
-                    log::info!(
-                        "edge: {} publication(s), {} denied range(s), forward guard {}",
-                        cfg.publications.len(),
-                        cfg.egress_deny.len(),
-                        if cfg.forward_guard { "on" } else { "off" }
-                    );
-                }
-                self.applied = Some(cfg.clone());
-                if let Some(c) = self.pending_config {
-                    let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());
-                    match dp.maps_mut().set_config(c) {
-                        Ok(()) => {
-                            self.pending_config = None;
-                            log::info!("edge in place: containers reach the world");
-                        }
-                        Err(e) => log::error!("configuring the datapath: {e}"),
-                    }
-                }
-            }
-            Err(e) => {
-                let text = e.to_string();
-                if self.error.as_deref() != Some(&text) {
-                    log::error!("edge: {text}");
-                }
-                self.error = Some(text);
-                self.applied = None;
-            }
-        }
-    }
-
-    /// What the rules dropped, while a table of this agent's is in place
-    /// (otherwise not even read: each read is one `nft`).
-    pub fn counters(&mut self) -> Option<EdgeCounters> {
-        self.applied.as_ref()?;
-        self.edge.counters().ok()
-    }
-}
-
-impl Default for EdgeRuntime {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 /// The pool as `PN_CONFIG` holds it.
 pub fn with_pool(mut c: Config, pool: Ipv4Net) -> Config {
@@ -243,43 +142,6 @@ pub async fn gather(
         &addrs,
         store_addrs(&cfg.store).await,
     ))
-}
-
-/// Publications this agent wrote that its view may not show yet: the
-/// allocator counts them, so two attaches in a row never get one port.
-#[derive(Default)]
-pub struct Pending(Mutex<BTreeMap<ContainerKey, (Container, Instant)>>);
-
-impl Pending {
-    pub fn insert(&self, c: Container) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(c.key.clone(), (c, Instant::now()));
-    }
-
-    pub fn remove(&self, key: &ContainerKey) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
-    }
-
-    /// This host's containers of `view`, with the records written since in
-    /// their place; records the view shows already are forgotten.
-    fn overlay(
-        &self,
-        view: &crate::store::view::MembershipView,
-        host: &pn_common::ids::HostId,
-    ) -> Vec<Container> {
-        let mut p = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        p.retain(|k, (c, at)| view.containers.get(k) != Some(c) && at.elapsed() < PENDING_FOR);
-        let mut out: BTreeMap<ContainerKey, Container> = view
-            .local_containers(host)
-            .map(|c| (c.key.clone(), c.clone()))
-            .collect();
-        for (k, (c, _)) in p.iter() {
-            out.insert(k.clone(), c.clone());
-        }
-        out.into_values().collect()
-    }
 }
 
 impl Agent {

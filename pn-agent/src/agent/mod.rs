@@ -27,10 +27,12 @@ mod commands;
 mod converge;
 mod dns_server;
 pub mod edge;
+mod edge_table;
 mod follow;
 mod health;
 mod moving;
 mod names;
+mod pending;
 mod reap;
 pub mod reconcile;
 mod start;
@@ -92,12 +94,12 @@ pub struct Agent {
     pub tunnel: Option<Arc<Device>>,
     /// The edge's nftables table (locked apart from the datapath, and only
     /// off the async threads: applying it runs `nft`).
-    pub edge: Arc<Mutex<edge::EdgeRuntime>>,
+    pub edge: Arc<Mutex<edge_table::EdgeRuntime>>,
     /// The edge's settings and what the agent found on its host, refreshed
     /// by the edge's repair; `None` until first read.
     edge_local: RwLock<Option<reconcile::EdgeLocal>>,
     /// Publications written and not yet seen in the view.
-    pending: edge::Pending,
+    pending: pending::Pending,
     /// Whether pn owns the host's forwarding.
     forwarding: crate::edge::Forwarding,
     /// The DNS server, running for the agent's life once started (after a

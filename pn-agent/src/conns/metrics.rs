@@ -9,15 +9,9 @@ use std::{
 };
 
 use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{
-        MetricType, counter::Counter, family::Family, gauge::ConstGauge, histogram::Histogram,
-    },
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
-
-use super::ConnHub;
 
 pub type Labels = Vec<(&'static str, String)>;
 
@@ -101,7 +95,7 @@ impl ConnMetrics {
         ]
     }
 
-    fn register(&self, r: &mut Registry) {
+    pub(super) fn register(&self, r: &mut Registry) {
         r.register(
             "pn_conn_opened",
             "TCP connections between members established (SYN-ACK seen), per edge",
@@ -137,55 +131,5 @@ impl ConnMetrics {
             "HTTP/1.x request duration (request's first byte to response's first byte, at the client's interface), per edge",
             self.duration.clone(),
         );
-    }
-}
-
-impl ConnHub {
-    /// Registers the tracker's metrics, the reader's own counters and the
-    /// size of its table.
-    pub fn register(&self, r: &mut Registry) {
-        self.metrics.register(r);
-        r.register_collector(Box::new(ReaderCollector(self.clone())));
-    }
-}
-
-/// The reader's counters as a collector rather than registered metrics:
-/// `Registry::register` would end their help with a full stop.
-struct ReaderCollector(ConnHub);
-
-impl std::fmt::Debug for ReaderCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ReaderCollector")
-    }
-}
-
-impl Collector for ReaderCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let m = &self.0.metrics;
-        for (name, help, c) in [
-            (
-                "pn_conn_events",
-                "Connection and request events read from the datapath",
-                &m.received,
-            ),
-            (
-                "pn_conn_events_malformed",
-                "Connection events that could not be decoded",
-                &m.malformed,
-            ),
-            (
-                "pn_conn_untracked",
-                "Connections not tracked because the agent's table was full",
-                &m.untracked,
-            ),
-        ] {
-            c.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
-        }
-        ConstGauge::new(self.0.tracked() as i64).encode(encoder.encode_descriptor(
-            "pn_conn_tracked",
-            "Connections in the agent's table",
-            None,
-            MetricType::Gauge,
-        )?)
     }
 }

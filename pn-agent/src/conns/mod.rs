@@ -16,6 +16,12 @@ use pn_common::{
     conn::{ConnEvent, status_class},
     ip4_octets,
 };
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, gauge::ConstGauge},
+    registry::Registry,
+};
 use tokio::io::unix::AsyncFd;
 
 use crate::{flows::FlowHub, flows::FlowRecord, store::view::MembershipView};
@@ -223,5 +229,55 @@ impl ConnHub {
             let ev: ConnEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             tracker.feed(&ev, out);
         }
+    }
+}
+
+impl ConnHub {
+    /// Registers the tracker's metrics, the reader's own counters and the
+    /// size of its table.
+    pub fn register(&self, r: &mut Registry) {
+        self.metrics.register(r);
+        r.register_collector(Box::new(ReaderCollector(self.clone())));
+    }
+}
+
+/// The reader's counters as a collector rather than registered metrics:
+/// `Registry::register` would end their help with a full stop.
+struct ReaderCollector(ConnHub);
+
+impl std::fmt::Debug for ReaderCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReaderCollector")
+    }
+}
+
+impl Collector for ReaderCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = &self.0.metrics;
+        for (name, help, c) in [
+            (
+                "pn_conn_events",
+                "Connection and request events read from the datapath",
+                &m.received,
+            ),
+            (
+                "pn_conn_events_malformed",
+                "Connection events that could not be decoded",
+                &m.malformed,
+            ),
+            (
+                "pn_conn_untracked",
+                "Connections not tracked because the agent's table was full",
+                &m.untracked,
+            ),
+        ] {
+            c.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
+        ConstGauge::new(self.0.tracked() as i64).encode(encoder.encode_descriptor(
+            "pn_conn_tracked",
+            "Connections in the agent's table",
+            None,
+            MetricType::Gauge,
+        )?)
     }
 }

@@ -4,7 +4,7 @@
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use pn_common::conn::LostKind;
 
-use super::{Context as _, Result};
+use super::error::{Context as _, Result};
 
 pub struct ConnMaps {
     /// `PN_CONN_EVENTS`, until the reader takes it.

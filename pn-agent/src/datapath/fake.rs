@@ -7,7 +7,11 @@ use pn_common::{
     maps::{Endpoint, Iface, Peer},
 };
 
-use super::{Maps, Result, ServiceState, State, plain};
+use super::{
+    error::{Result, plain},
+    maps::Maps,
+    state::{ServiceState, State},
+};
 
 #[derive(Debug, Default)]
 pub struct FakeMaps {

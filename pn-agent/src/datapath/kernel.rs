@@ -34,7 +34,9 @@ use pn_common::{
     objects,
 };
 
-use super::{Context, Maps, Result, ServiceState, State, pins, plain};
+use super::error::{Context, Result, plain};
+use super::state::{ServiceState, State};
+use super::{maps::Maps, pins};
 
 const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
 

@@ -11,7 +11,10 @@ use pn_common::{
     lb::{Backend, LB_TABLE_SIZE, LbStats, LbStatsKey, Service, SlotKey, maglev},
 };
 
-use super::{Context, Result, ServiceState};
+use super::{
+    error::{Context, Result},
+    state::ServiceState,
+};
 
 pub(super) struct LbMaps {
     pub services: HashMap<MapData, Ip4, Service>,

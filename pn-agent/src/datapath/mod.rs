@@ -14,12 +14,15 @@
 
 pub mod conn;
 mod diff;
+mod error;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod kernel;
 mod lb;
+mod maps;
 pub mod metrics;
 pub mod pins;
+mod state;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -29,50 +32,10 @@ use pn_common::{
 };
 
 use diff::{Diff, Part, diff};
+pub use error::{DatapathError, Result};
 pub use kernel::{Kernel, ensure_bpffs};
-
-#[derive(Debug)]
-pub struct DatapathError {
-    context: String,
-    source: Box<dyn std::error::Error + Send + Sync>,
-}
-
-impl std::fmt::Display for DatapathError {
-    // The whole chain on one line: aya's errors put the errno in a source.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.context)?;
-        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self.source.as_ref());
-        while let Some(e) = next {
-            let text = e.to_string();
-            if !text.is_empty() {
-                write!(f, ": {text}")?;
-            }
-            next = e.source();
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for DatapathError {}
-
-impl crate::error::Kind for DatapathError {
-    fn kind(&self) -> crate::error::ErrorKind {
-        crate::error::ErrorKind::Internal
-    }
-}
-
-pub(crate) trait Context<T> {
-    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, DatapathError>;
-}
-
-impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for Result<T, E> {
-    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, DatapathError> {
-        self.map_err(|e| DatapathError {
-            context: context(),
-            source: Box::new(e),
-        })
-    }
-}
+pub use maps::Maps;
+pub use state::{ServiceState, State};
 
 /// An `apply` that did not reach its state; the next one retries.
 #[derive(Debug)]
@@ -106,45 +69,6 @@ impl crate::error::Kind for ApplyError {
     fn kind(&self) -> crate::error::ErrorKind {
         crate::error::ErrorKind::Internal
     }
-}
-
-pub(crate) fn plain(context: String) -> DatapathError {
-    DatapathError {
-        context,
-        source: "".into(),
-    }
-}
-
-pub type Result<T, E = DatapathError> = std::result::Result<T, E>;
-
-/// What the kernel's maps and links hold (or should hold).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct State {
-    /// `PN_ENDPOINTS`: every member address, local or remote.
-    pub endpoints: BTreeMap<Ip4, Endpoint>,
-    /// `PN_IFACES`, by host-side ifindex: local containers.
-    pub ifaces: BTreeMap<u32, Iface>,
-    /// Host-side interfaces with both TC programs attached (pinned links).
-    pub attached: BTreeSet<String>,
-    /// `PN_PEERS`: underlay address → peer host (XDP guard).
-    pub peers: BTreeMap<Ip4, Peer>,
-    /// `PN_TAGS`: networks with a local member (XDP guard).
-    pub tags: BTreeSet<u32>,
-    /// `PN_EGRESS_DENY`: ranges that are never the world (network address
-    /// and prefix length → [`pn_common::maps::DenyRange`] kind).
-    pub egress_deny: BTreeMap<(Ip4, u8), u32>,
-    /// Service addresses balanced from this host (`PN_LB_*`). Always whole,
-    /// whatever the [`Scope`]: a handful per network, rebuilt from the view.
-    pub services: BTreeMap<Ip4, ServiceState>,
-}
-
-/// A service address as the balancer holds it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ServiceState {
-    /// Its network.
-    pub tag: u32,
-    /// The backends in rotation (live, healthy containers of its type).
-    pub backends: BTreeSet<Ip4>,
 }
 
 /// The part of the state an `apply` covers; entries outside it are left
@@ -229,42 +153,6 @@ impl Changes {
     pub fn is_empty(&self) -> bool {
         *self == Changes::default()
     }
-}
-
-/// One path to the kernel: every write the datapath makes goes through
-/// these calls (aya in production, a fake in tests).
-pub trait Maps {
-    /// The kernel's current contents, read whole.
-    fn read(&mut self) -> Result<State>;
-    fn set_endpoint(&mut self, ip: Ip4, ep: Endpoint) -> Result<()>;
-    fn remove_endpoint(&mut self, ip: Ip4) -> Result<()>;
-    fn set_iface(&mut self, ifindex: u32, iface: Iface) -> Result<()>;
-    fn remove_iface(&mut self, ifindex: u32) -> Result<()>;
-    fn set_peer(&mut self, ip: Ip4, peer: Peer) -> Result<()>;
-    fn remove_peer(&mut self, ip: Ip4) -> Result<()>;
-    fn set_tag(&mut self, tag: u32) -> Result<()>;
-    fn remove_tag(&mut self, tag: u32) -> Result<()>;
-    /// Attaches both programs to an interface, or replaces in place the
-    /// programs of links an earlier agent pinned.
-    fn attach(&mut self, ifname: &str) -> Result<()>;
-    fn detach(&mut self, ifname: &str) -> Result<()>;
-    /// Zeroes a row of `PN_COUNTERS` (before an interface gets the slot).
-    fn reset_counters(&mut self, slot: u16) -> Result<()>;
-    /// Writes a service (its table from its backends); `old`: what the
-    /// kernel holds now, so only the difference is written.
-    fn set_service(
-        &mut self,
-        vip: Ip4,
-        old: Option<&ServiceState>,
-        new: &ServiceState,
-    ) -> Result<()>;
-    fn remove_service(&mut self, vip: Ip4, old: &ServiceState) -> Result<()>;
-    /// Forgets a removed local endpoint's connections with the outside
-    /// (its address may go to another container, which must not inherit
-    /// them).
-    fn forget_conns(&mut self, ip: Ip4) -> Result<()>;
-    fn set_deny(&mut self, range: (Ip4, u8), kind: u32) -> Result<()>;
-    fn remove_deny(&mut self, range: (Ip4, u8)) -> Result<()>;
 }
 
 /// The kernel state as this agent drives it, with a copy of what it last

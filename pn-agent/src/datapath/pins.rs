@@ -18,7 +18,7 @@ use std::{
 
 use aya::maps::{MapData, MapInfo};
 
-use super::{Context, Result, plain};
+use super::error::{Context, Result, plain};
 
 /// What the object says of one map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::EdgeCounters;
+use super::counters::EdgeCounters;
 
 /// Registers the edge's collector: `read` gives the counters, or `None`
 /// when there is no table of pn's to read (nothing is written then).

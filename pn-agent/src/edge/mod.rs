@@ -51,7 +51,10 @@
 //! The cost is the `nft` binary on the host (Debian's `nftables`), run once
 //! per change. Nothing is ever written as an nft command string.
 
+mod config;
+mod counters;
 pub mod deny;
+mod error;
 pub mod forwarding;
 pub mod metrics;
 pub mod ports;
@@ -59,152 +62,14 @@ pub mod rules;
 
 use std::{
     io::Write,
-    net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
     process::{Command, Stdio},
 };
 
-use ipnet::Ipv4Net;
-
-use crate::error::{ErrorKind, Kind};
-
+pub use config::{EdgeConfig, GatewayDns, Publication};
+pub use counters::{Count, EdgeCounters};
+pub use error::EdgeError;
 pub use forwarding::{ForwardGuard, Forwarding};
-
-/// One published `web` container: `HOST:host_port` → `container:web_port`.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub struct Publication {
-    pub host_port: u16,
-    pub container: Ipv4Addr,
-    pub web_port: u16,
-}
-
-/// The whole desired state of the edge: [`Edge::set`] makes the kernel
-/// match it, whatever was there before.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct EdgeConfig {
-    /// The fleet's address pool: translated on the way out, never between
-    /// members.
-    pub pool: Ipv4Net,
-    /// This host's addresses on which published ports answer.
-    pub host_addrs: Vec<Ipv4Addr>,
-    /// Sources that may use published ports (`--router-cidr`).
-    pub router_cidrs: Vec<Ipv4Net>,
-    pub publications: Vec<Publication>,
-    /// Destinations that are never the world. The eBPF programs enforce
-    /// them (and count); the forward hook drops new connections to them as
-    /// a second line, so a datapath out of step cannot leak.
-    pub egress_deny: Vec<Ipv4Net>,
-    /// pn's interfaces, by name; a trailing `*` matches a prefix (`pnh*`).
-    /// Never masqueraded toward; forwarded into freely (the eBPF programs
-    /// on them judge every packet, and count per container).
-    pub interfaces: Vec<String>,
-    /// Drop forwarded traffic that is not pn's (neither in nor out of its
-    /// interfaces, nor part of a connection already open): the host routes
-    /// nothing else.
-    pub forward_guard: bool,
-    /// The agent's DNS, answering only its containers' interfaces.
-    pub dns: Option<GatewayDns>,
-}
-
-/// Where the agent's DNS listens, and the interfaces its clients (the
-/// containers) come through: queries from anywhere else never reach it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct GatewayDns {
-    /// `--dns-listen` (an unspecified address: every local address).
-    pub listen: SocketAddrV4,
-    /// Container interfaces, by name; a trailing `*` matches a prefix.
-    pub clients: Vec<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum EdgeError {
-    #[error("invalid edge configuration: {0}")]
-    Invalid(String),
-    #[error("cannot run {program}: {source} (is the nftables package installed?)")]
-    NftMissing {
-        program: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("nftables refused pn's rules: {0}")]
-    NftFailed(String),
-    #[error("reading pn's nftables counters: {0}")]
-    Counters(String),
-}
-
-impl Kind for EdgeError {
-    fn kind(&self) -> ErrorKind {
-        match self {
-            EdgeError::Invalid(_) => ErrorKind::Invalid,
-            EdgeError::NftMissing { .. } => ErrorKind::Unavailable,
-            EdgeError::NftFailed(_) | EdgeError::Counters(_) => ErrorKind::Internal,
-        }
-    }
-}
-
-/// Packets and bytes of one of pn's nftables counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Count {
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-impl std::ops::AddAssign for Count {
-    fn add_assign(&mut self, o: Count) {
-        self.packets += o.packets;
-        self.bytes += o.bytes;
-    }
-}
-
-/// What the rules drop themselves (everything else is counted by the eBPF
-/// programs).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EdgeCounters {
-    /// Forwarded traffic that is not pn's (with the forward guard).
-    pub forward_denied: Count,
-    /// New connections from a container to a denied range that got past
-    /// the datapath (should stay zero).
-    pub egress_denied: Count,
-    /// Pool sources forwarded from anywhere but pn's interfaces.
-    pub pool_spoofed: Count,
-    /// Queries to the gateway's DNS from anywhere but pn's containers.
-    pub dns_denied: Count,
-}
-
-impl EdgeCounters {
-    /// Each counter by its name in the table (and in metrics' `reason`).
-    pub fn by_reason(&self) -> [(&'static str, Count); 4] {
-        [
-            (rules::COUNTER_FORWARD_DENIED, self.forward_denied),
-            (rules::COUNTER_EGRESS_DENIED, self.egress_denied),
-            (rules::COUNTER_POOL_SPOOFED, self.pool_spoofed),
-            (rules::COUNTER_DNS_DENIED, self.dns_denied),
-        ]
-    }
-
-    /// The counter named `name` in the table, if it is one of pn's.
-    fn by_name(&mut self, name: &str) -> Option<&mut Count> {
-        Some(match name {
-            rules::COUNTER_FORWARD_DENIED => &mut self.forward_denied,
-            rules::COUNTER_EGRESS_DENIED => &mut self.egress_denied,
-            rules::COUNTER_POOL_SPOOFED => &mut self.pool_spoofed,
-            rules::COUNTER_DNS_DENIED => &mut self.dns_denied,
-            _ => return None,
-        })
-    }
-}
-
-impl std::ops::AddAssign for EdgeCounters {
-    fn add_assign(&mut self, o: EdgeCounters) {
-        for (name, count) in o.by_reason() {
-            if let Some(c) = self.by_name(name) {
-                *c += count;
-            }
-        }
-    }
-}
 
 /// Where the rules go: the kernel through `nft`, or a fake in tests.
 pub trait Backend: Send {

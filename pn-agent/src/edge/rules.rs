@@ -29,17 +29,19 @@ use nftables::{
 };
 use pn_common::edge::{MARK_MASK, MARK_OTHER, MARK_ROUTER};
 
-use super::{EdgeConfig, EdgeError, GatewayDns};
+use super::{
+    config::{EdgeConfig, GatewayDns},
+    counters::{Count, EdgeCounters},
+    error::EdgeError,
+};
 
 mod nft;
+pub use super::counters::{
+    COUNTER_DNS_DENIED, COUNTER_EGRESS_DENIED, COUNTER_FORWARD_DENIED, COUNTER_POOL_SPOOFED,
+};
+pub use nft::TABLE;
 use nft::*;
 
-/// The table pn owns (family `inet`).
-pub const TABLE: &str = "pn";
-pub const COUNTER_FORWARD_DENIED: &str = "forward_denied";
-pub const COUNTER_EGRESS_DENIED: &str = "egress_denied";
-pub const COUNTER_POOL_SPOOFED: &str = "pool_spoofed";
-pub const COUNTER_DNS_DENIED: &str = "dns_denied";
 const COUNTERS: [&str; 4] = [
     COUNTER_FORWARD_DENIED,
     COUNTER_EGRESS_DENIED,
@@ -412,8 +414,8 @@ pub fn to_json(doc: &Nftables<'_>) -> serde_json::Value {
 }
 
 /// Reads `nft -j list counters table inet pn`.
-pub fn parse_counters(listing: &serde_json::Value) -> super::EdgeCounters {
-    let mut out = super::EdgeCounters::default();
+pub fn parse_counters(listing: &serde_json::Value) -> EdgeCounters {
+    let mut out = EdgeCounters::default();
     let items = listing
         .get("nftables")
         .and_then(|v| v.as_array())
@@ -423,7 +425,7 @@ pub fn parse_counters(listing: &serde_json::Value) -> super::EdgeCounters {
         if c.get("table").and_then(|t| t.as_str()) != Some(TABLE) {
             continue;
         }
-        let count = super::Count {
+        let count = Count {
             packets: c.get("packets").and_then(|v| v.as_u64()).unwrap_or(0),
             bytes: c.get("bytes").and_then(|v| v.as_u64()).unwrap_or(0),
         };

@@ -9,7 +9,7 @@ use std::{
 
 use nix::fcntl::{Flock, FlockArg};
 
-use super::HandoverError;
+use super::error::HandoverError;
 
 /// The lock of a state directory (held for the agent's life).
 pub struct StateLock;

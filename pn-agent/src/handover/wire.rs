@@ -16,7 +16,7 @@ use nix::sys::socket::{
 };
 use zeroize::Zeroizing;
 
-use super::HandoverError;
+use super::error::HandoverError;
 
 /// Frame types.
 pub const HELLO: u8 = 1;

@@ -18,8 +18,10 @@ use rtnetlink::{
 };
 
 use super::{
-    ENODEV, ENOENT, ESRCH, Netlink, NetlinkError, Netns, Result, add_permanent_neighbour,
-    add_route, errno, kernel, link_by_name, mac_of,
+    error::{ENODEV, ENOENT, ESRCH, NetlinkError, Result, errno, kernel},
+    netns::Netns,
+    requests::{add_permanent_neighbour, add_route, link_by_name, mac_of},
+    socket::Netlink,
 };
 
 /// The container end of a veth as the kernel has it.

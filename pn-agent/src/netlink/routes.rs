@@ -11,7 +11,11 @@ use rtnetlink::{
     packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
 };
 
-use super::{Netlink, Result, add_route, kernel};
+use super::{
+    error::{Result, kernel},
+    requests::add_route,
+    socket::Netlink,
+};
 
 /// Metric of the pool's unreachable route: below every real route to it.
 const GUARD_METRIC: u32 = u32::MAX;

@@ -14,11 +14,12 @@ use std::{
 
 use pn_common::{
     Ip4,
-    ids::{HostId, NetworkId},
+    ids::NetworkId,
     maps::{Endpoint, Peer},
 };
 use pn_tunnel::{Member, PeerId};
 
+mod local;
 mod services;
 
 use crate::{
@@ -31,15 +32,8 @@ use crate::{
 pub mod edge;
 
 pub use edge::EdgeLocal;
-
-/// This host, as the reconciler needs it.
-#[derive(Clone, Debug)]
-pub struct Local<'a> {
-    pub host: &'a HostId,
-    /// The edge's settings and host facts; `None`: no edge (tests of the
-    /// rest, an agent that could not read its host).
-    pub edge: Option<&'a EdgeLocal>,
-}
+pub use local::Local;
+use local::local_tags;
 
 /// Which part of the view a reconciliation covers.
 #[derive(Clone, Debug, PartialEq)]
@@ -333,12 +327,6 @@ fn underlay_peers(view: &MembershipView, local: &Local<'_>) -> BTreeMap<Ip4, Pee
             )),
             SocketAddr::V6(_) => None,
         })
-        .collect()
-}
-
-fn local_tags(view: &MembershipView, local: &Local<'_>) -> BTreeSet<u32> {
-    view.local_containers(local.host)
-        .filter_map(|c| view.networks.get(&c.network).map(|n| n.tag))
         .collect()
 }
 

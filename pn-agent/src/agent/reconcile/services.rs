@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use pn_common::Ip4;
 
-use super::{Local, local_tags, to_ip4};
+use super::local::{Local, local_tags};
+use crate::model::to_ip4;
 use crate::store::view::services::in_rotation;
 use crate::{datapath::ServiceState, model::Balance, store::view::MembershipView};
 

@@ -12,7 +12,8 @@ use nftables::{
 };
 use pn_common::edge::MARK_MASK;
 
-use super::TABLE;
+/// The table pn owns (family `inet`).
+pub const TABLE: &str = "pn";
 
 pub(super) fn addr_set(name: &'static str, nets: &[Ipv4Net]) -> NfListObject<'static> {
     let elem: Vec<Expression<'static>> = nets

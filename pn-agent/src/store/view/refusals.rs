@@ -1,10 +1,135 @@
 //! How many records the view refused, by kind of record and reason: what
-//! `pn_store_records_refused_total{kind,reason}` and `status` show.
+//! `pn_store_records_refused_total{kind,reason}` and `status` show; the
+//! reasons, and a refusal as the log words it.
 
 use std::collections::BTreeMap;
 
-use super::checks::Reject;
 use crate::store::keys;
+
+/// Why a record was refused: the label of the `rejected` counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reject {
+    /// The value is not a record of its kind.
+    Undecodable,
+    /// Not a key of the layout, or the record's own id is not its key's.
+    Key,
+    /// A network range the rules refuse (outside the pool, special, …).
+    Range,
+    /// A network range overlapping another network's.
+    Overlap,
+    /// A network tag that is zero or another network's.
+    Tag,
+    /// A known record that changes what never changes after creation: a
+    /// network's range or tag; a container's host, namespace or interface,
+    /// its network (but to its app's, when the app moves) or its address
+    /// (but with its network).
+    Immutable,
+    /// An app or container of a network the view does not have.
+    UnknownNetwork,
+    /// A container of an app the view does not have.
+    UnknownApp,
+    /// An application name the rules refuse.
+    AppName,
+    /// A container address outside its network's range, or reserved.
+    Address,
+    /// A container or service address another container or service holds.
+    AddressTaken,
+    /// A service address outside its network's range, or reserved, or
+    /// given to two types of the app.
+    Service,
+    /// A host-side interface other than the one derived from the key.
+    HostInterface,
+    /// An interface name inside the namespace the rules refuse.
+    Interface,
+    /// A namespace that is neither a name nor a path.
+    Netns,
+    /// A tunnel endpoint no host can have: not unicast, loopback,
+    /// link-local, or inside the pool.
+    Endpoint,
+    /// A public key that is not 32 bytes of base64.
+    HostKey,
+    /// A public key an older host record holds.
+    KeyTaken,
+    /// A peer id that is zero or another host's.
+    PeerId,
+    /// An app's web port of 0.
+    WebPort,
+    /// A publication no host can make: not a `web` container, port 0, an
+    /// address that is not a unicast one, or a port of its host another
+    /// container holds.
+    Published,
+}
+
+impl Reject {
+    pub const ALL: [Reject; 21] = [
+        Reject::Undecodable,
+        Reject::Key,
+        Reject::Range,
+        Reject::Overlap,
+        Reject::Tag,
+        Reject::Immutable,
+        Reject::UnknownNetwork,
+        Reject::UnknownApp,
+        Reject::AppName,
+        Reject::Address,
+        Reject::AddressTaken,
+        Reject::Service,
+        Reject::HostInterface,
+        Reject::Interface,
+        Reject::Netns,
+        Reject::Endpoint,
+        Reject::HostKey,
+        Reject::KeyTaken,
+        Reject::PeerId,
+        Reject::WebPort,
+        Reject::Published,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::Undecodable => "undecodable",
+            Reject::Key => "key",
+            Reject::Range => "range",
+            Reject::Overlap => "overlap",
+            Reject::Tag => "tag",
+            Reject::Immutable => "immutable",
+            Reject::UnknownNetwork => "unknown_network",
+            Reject::UnknownApp => "unknown_app",
+            Reject::AppName => "app_name",
+            Reject::Address => "address",
+            Reject::AddressTaken => "address_taken",
+            Reject::Service => "service_address",
+            Reject::HostInterface => "host_interface",
+            Reject::Interface => "interface",
+            Reject::Netns => "netns",
+            Reject::Endpoint => "endpoint",
+            Reject::HostKey => "host_key",
+            Reject::KeyTaken => "host_key_taken",
+            Reject::PeerId => "peer_id",
+            Reject::WebPort => "web_port",
+            Reject::Published => "published",
+        }
+    }
+}
+
+/// A record the view refused, and why (one line for the log).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("store record {key} refused ({}): {why}", reject.as_str())]
+pub struct Rejected {
+    pub key: String,
+    pub reject: Reject,
+    pub why: String,
+}
+
+impl Rejected {
+    pub fn new(key: &str, reject: Reject, why: impl ToString) -> Self {
+        Rejected {
+            key: key.to_string(),
+            reject,
+            why: why.to_string(),
+        }
+    }
+}
 
 /// Refusals since the agent started (each version of a record counted once).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use pn_common::{ids::HostId, names::Selector};
 
-use super::MembershipView;
+use super::state::MembershipView;
 use crate::{
     model::{App, Balance, Container},
     proto::ServiceInfo,

@@ -1,0 +1,47 @@
+//! The one path to the kernel the datapath writes through.
+
+use pn_common::{
+    Ip4,
+    maps::{Endpoint, Iface, Peer},
+};
+
+use super::{
+    error::Result,
+    state::{ServiceState, State},
+};
+
+/// One path to the kernel: every write the datapath makes goes through
+/// these calls (aya in production, a fake in tests).
+pub trait Maps {
+    /// The kernel's current contents, read whole.
+    fn read(&mut self) -> Result<State>;
+    fn set_endpoint(&mut self, ip: Ip4, ep: Endpoint) -> Result<()>;
+    fn remove_endpoint(&mut self, ip: Ip4) -> Result<()>;
+    fn set_iface(&mut self, ifindex: u32, iface: Iface) -> Result<()>;
+    fn remove_iface(&mut self, ifindex: u32) -> Result<()>;
+    fn set_peer(&mut self, ip: Ip4, peer: Peer) -> Result<()>;
+    fn remove_peer(&mut self, ip: Ip4) -> Result<()>;
+    fn set_tag(&mut self, tag: u32) -> Result<()>;
+    fn remove_tag(&mut self, tag: u32) -> Result<()>;
+    /// Attaches both programs to an interface, or replaces in place the
+    /// programs of links an earlier agent pinned.
+    fn attach(&mut self, ifname: &str) -> Result<()>;
+    fn detach(&mut self, ifname: &str) -> Result<()>;
+    /// Zeroes a row of `PN_COUNTERS` (before an interface gets the slot).
+    fn reset_counters(&mut self, slot: u16) -> Result<()>;
+    /// Writes a service (its table from its backends); `old`: what the
+    /// kernel holds now, so only the difference is written.
+    fn set_service(
+        &mut self,
+        vip: Ip4,
+        old: Option<&ServiceState>,
+        new: &ServiceState,
+    ) -> Result<()>;
+    fn remove_service(&mut self, vip: Ip4, old: &ServiceState) -> Result<()>;
+    /// Forgets a removed local endpoint's connections with the outside
+    /// (its address may go to another container, which must not inherit
+    /// them).
+    fn forget_conns(&mut self, ip: Ip4) -> Result<()>;
+    fn set_deny(&mut self, range: (Ip4, u8), kind: u32) -> Result<()>;
+    fn remove_deny(&mut self, range: (Ip4, u8)) -> Result<()>;
+}

@@ -1,0 +1,53 @@
+//! The edge's desired state, as the agent hands it to [`super::Edge::set`].
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use ipnet::Ipv4Net;
+
+/// One published `web` container: `HOST:host_port` → `container:web_port`.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Publication {
+    pub host_port: u16,
+    pub container: Ipv4Addr,
+    pub web_port: u16,
+}
+
+/// The whole desired state of the edge: [`super::Edge::set`] makes the kernel
+/// match it, whatever was there before.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EdgeConfig {
+    /// The fleet's address pool: translated on the way out, never between
+    /// members.
+    pub pool: Ipv4Net,
+    /// This host's addresses on which published ports answer.
+    pub host_addrs: Vec<Ipv4Addr>,
+    /// Sources that may use published ports (`--router-cidr`).
+    pub router_cidrs: Vec<Ipv4Net>,
+    pub publications: Vec<Publication>,
+    /// Destinations that are never the world. The eBPF programs enforce
+    /// them (and count); the forward hook drops new connections to them as
+    /// a second line, so a datapath out of step cannot leak.
+    pub egress_deny: Vec<Ipv4Net>,
+    /// pn's interfaces, by name; a trailing `*` matches a prefix (`pnh*`).
+    /// Never masqueraded toward; forwarded into freely (the eBPF programs
+    /// on them judge every packet, and count per container).
+    pub interfaces: Vec<String>,
+    /// Drop forwarded traffic that is not pn's (neither in nor out of its
+    /// interfaces, nor part of a connection already open): the host routes
+    /// nothing else.
+    pub forward_guard: bool,
+    /// The agent's DNS, answering only its containers' interfaces.
+    pub dns: Option<GatewayDns>,
+}
+
+/// Where the agent's DNS listens, and the interfaces its clients (the
+/// containers) come through: queries from anywhere else never reach it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GatewayDns {
+    /// `--dns-listen` (an unspecified address: every local address).
+    pub listen: SocketAddrV4,
+    /// Container interfaces, by name; a trailing `*` matches a prefix.
+    pub clients: Vec<String>,
+}

@@ -1,0 +1,37 @@
+//! The view's own state: what [`super`]'s loading and checks keep current.
+
+use std::{collections::BTreeMap, collections::HashMap, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use pn_common::ids::{AppId, HostId, NetworkId};
+
+use super::refusals::Refusals;
+use crate::model::{App, Container, ContainerKey, Host, Network};
+
+#[derive(Clone, Debug)]
+pub struct MembershipView {
+    pub networks: BTreeMap<NetworkId, Network>,
+    pub apps: BTreeMap<AppId, App>,
+    pub containers: BTreeMap<ContainerKey, Container>,
+    pub hosts: BTreeMap<HostId, Host>,
+    pub by_ip: HashMap<Ipv4Addr, ContainerKey>,
+    /// Published ports, by host: who holds each.
+    pub published_at: HashMap<(HostId, u16), ContainerKey>,
+    /// Revision of the last change applied.
+    pub rev: i64,
+    /// Records refused since the agent started, by kind and reason.
+    pub rejected: Refusals,
+    /// Service addresses of the apps that balance by `vip`.
+    pub(super) services_at: HashMap<Ipv4Addr, AppId>,
+    /// Revisions of every host record's creation and last version, refused
+    /// ones included: of two holding one key, the older keeps it.
+    pub(super) host_revs: HashMap<HostId, (i64, i64)>,
+    /// While a listing loads: each container record's address and the
+    /// revision it was created at (apps load before the containers).
+    pub(super) listed_ips: HashMap<Ipv4Addr, i64>,
+    /// The fleet's address pool: every network's range lies inside it.
+    pub(super) pool: Ipv4Net,
+    /// Refused keys and the revision of the version refused, so that a
+    /// record is counted and logged once, not at every listing.
+    pub(super) refused: HashMap<String, i64>,
+}
