@@ -139,139 +139,147 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .exec();
             Err(err).with_context(|| format!("executing {}", bin.display()))
         }
-        Command::Install { destdir, debug } => {
-            if destdir.is_none() {
-                require_root("install")?;
-            }
-            bootstrap::toolchain()?;
-            cmd::step("building", || build_agent(!debug))?;
-            let agent = agent_binary(!debug);
-            let root = destdir.unwrap_or_else(|| PathBuf::from("/"));
-            for f in install::place(&root, &agent, &agent.with_file_name("pn"))? {
-                eprintln!("xtask: installed {}", f.display());
-            }
-            if root == std::path::Path::new("/") {
-                install::activate();
-            }
-            Ok(())
-        }
+        Command::Install { destdir, debug } => install(destdir, debug),
         Command::Uninstall {
             destdir,
             purge,
             config,
-        } => {
-            let root = match destdir {
-                Some(d) => d,
-                None => {
-                    require_root("uninstall")?;
-                    let path = config.unwrap_or_else(|| PathBuf::from("/").join(install::CONFIG));
-                    let config = match std::fs::read_to_string(&path) {
-                        Ok(text) => text,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-                        Err(e) => {
-                            return Err(e).with_context(|| format!("reading {}", path.display()));
-                        }
-                    };
-                    install::teardown(&install::agent_paths(&config)?, purge)?;
-                    PathBuf::from("/")
+        } => uninstall(destdir, purge, config),
+        Command::Bench { quick, only } => bench(quick, only),
+        Command::Test { args } => test(args),
+    }
+}
+
+fn install(destdir: Option<PathBuf>, debug: bool) -> anyhow::Result<()> {
+    if destdir.is_none() {
+        require_root("install")?;
+    }
+    bootstrap::toolchain()?;
+    cmd::step("building", || build_agent(!debug))?;
+    let agent = agent_binary(!debug);
+    let root = destdir.unwrap_or_else(|| PathBuf::from("/"));
+    for f in install::place(&root, &agent, &agent.with_file_name("pn"))? {
+        eprintln!("xtask: installed {}", f.display());
+    }
+    if root == std::path::Path::new("/") {
+        install::activate();
+    }
+    Ok(())
+}
+
+fn uninstall(destdir: Option<PathBuf>, purge: bool, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let root = match destdir {
+        Some(d) => d,
+        None => {
+            require_root("uninstall")?;
+            let path = config.unwrap_or_else(|| PathBuf::from("/").join(install::CONFIG));
+            let config = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("reading {}", path.display()));
                 }
             };
-            for f in install::remove_files(&root)? {
-                eprintln!("xtask: removed {}", f.display());
-            }
-            Ok(())
+            install::teardown(&install::agent_paths(&config)?, purge)?;
+            PathBuf::from("/")
         }
-        Command::Bench { quick, only } => {
-            require_root("bench")?;
-            bootstrap::toolchain()?;
-            bootstrap::packages()?;
-            bootstrap::bench_packages()?;
-            bootstrap::boringtun()?;
-            cmd::step("building release binaries", || {
-                cmd::cargo(
-                    &[
-                        "build",
-                        "--release",
-                        "-p",
-                        "pn-agent",
-                        "-p",
-                        "pn-tests",
-                        "--bin",
-                        "pn-agent",
-                        "--bin",
-                        "pn-bench",
-                    ],
-                    &[],
-                )
-            })?;
-            let agent = agent_binary(true);
-            let bench = workspace_root().join("target/release/pn-bench");
-            let mut c = std::process::Command::new(&bench);
-            if quick {
-                c.arg("--quick");
-            }
-            if let Some(o) = &only {
-                c.args(["--only", o]);
-            }
-            c.arg("--out")
-                .arg(workspace_root())
-                .env("PN_AGENT_BIN", &agent);
-            cmd::step("benchmarks", || cmd::run(&mut c))
-        }
-        Command::Test { args } => {
-            require_root("test")?;
-            bootstrap::toolchain()?;
-            bootstrap::packages()?;
-            cmd::step("formatting", || {
-                cmd::cargo(&["fmt", "--all", "--", "--check"], &[])
-            })?;
-            cmd::step("lints (host)", || {
-                cmd::cargo(
-                    &[
-                        "clippy",
-                        "--workspace",
-                        "--exclude",
-                        "pn-ebpf",
-                        "--all-targets",
-                        "--",
-                        "-D",
-                        "warnings",
-                    ],
-                    &[],
-                )
-            })?;
-            cmd::step("lints (eBPF programs)", || {
-                cmd::cargo(
-                    &[
-                        "+nightly",
-                        "clippy",
-                        "-p",
-                        "pn-ebpf",
-                        "--target",
-                        "bpfel-unknown-none",
-                        "-Z",
-                        "build-std=core",
-                        "--release",
-                        "--",
-                        "-D",
-                        "warnings",
-                    ],
-                    &[],
-                )
-            })?;
-            cmd::step("building the agent", || build_agent(false))?;
-            let bin = agent_binary(false);
-            let plugin = bin.with_file_name("pn");
-            let bin = bin.to_str().context("non-UTF-8 path")?;
-            let plugin = plugin.to_str().context("non-UTF-8 path")?;
-            let mut test_args = vec!["test", "--workspace", "--exclude", "pn-ebpf"];
-            if !args.is_empty() {
-                test_args.push("--");
-                test_args.extend(args.iter().map(String::as_str));
-            }
-            cmd::step("unit and integration tests", || {
-                cmd::cargo(&test_args, &[("PN_AGENT_BIN", bin), ("PN_CNI_BIN", plugin)])
-            })
-        }
+    };
+    for f in install::remove_files(&root)? {
+        eprintln!("xtask: removed {}", f.display());
     }
+    Ok(())
+}
+
+fn bench(quick: bool, only: Option<String>) -> anyhow::Result<()> {
+    require_root("bench")?;
+    bootstrap::toolchain()?;
+    bootstrap::packages()?;
+    bootstrap::bench_packages()?;
+    bootstrap::boringtun()?;
+    cmd::step("building release binaries", || {
+        cmd::cargo(
+            &[
+                "build",
+                "--release",
+                "-p",
+                "pn-agent",
+                "-p",
+                "pn-tests",
+                "--bin",
+                "pn-agent",
+                "--bin",
+                "pn-bench",
+            ],
+            &[],
+        )
+    })?;
+    let agent = agent_binary(true);
+    let bench = workspace_root().join("target/release/pn-bench");
+    let mut c = std::process::Command::new(&bench);
+    if quick {
+        c.arg("--quick");
+    }
+    if let Some(o) = &only {
+        c.args(["--only", o]);
+    }
+    c.arg("--out")
+        .arg(workspace_root())
+        .env("PN_AGENT_BIN", &agent);
+    cmd::step("benchmarks", || cmd::run(&mut c))
+}
+
+fn test(args: Vec<String>) -> anyhow::Result<()> {
+    require_root("test")?;
+    bootstrap::toolchain()?;
+    bootstrap::packages()?;
+    cmd::step("formatting", || {
+        cmd::cargo(&["fmt", "--all", "--", "--check"], &[])
+    })?;
+    cmd::step("lints (host)", || {
+        cmd::cargo(
+            &[
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "pn-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            &[],
+        )
+    })?;
+    cmd::step("lints (eBPF programs)", || {
+        cmd::cargo(
+            &[
+                "+nightly",
+                "clippy",
+                "-p",
+                "pn-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--release",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            &[],
+        )
+    })?;
+    cmd::step("building the agent", || build_agent(false))?;
+    let bin = agent_binary(false);
+    let plugin = bin.with_file_name("pn");
+    let bin = bin.to_str().context("non-UTF-8 path")?;
+    let plugin = plugin.to_str().context("non-UTF-8 path")?;
+    let mut test_args = vec!["test", "--workspace", "--exclude", "pn-ebpf"];
+    if !args.is_empty() {
+        test_args.push("--");
+        test_args.extend(args.iter().map(String::as_str));
+    }
+    cmd::step("unit and integration tests", || {
+        cmd::cargo(&test_args, &[("PN_AGENT_BIN", bin), ("PN_CNI_BIN", plugin)])
+    })
 }
