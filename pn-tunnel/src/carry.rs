@@ -16,9 +16,9 @@ use std::{
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::{
-    PeerId,
     aead::{Aead, Cipher},
     handshake::SessionKeys,
+    peer_id::PeerId,
     replay::{ReplayWindow, WORDS},
     session::{HARD_MAX_SESSIONS, Session},
 };

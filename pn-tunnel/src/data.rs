@@ -8,9 +8,11 @@ use std::{net::SocketAddr, sync::Arc};
 use pn_common::Reason;
 
 use crate::{
-    Clock, PeerId, Tunnel,
     aead::Key,
+    config::Clock,
+    peer_id::PeerId,
     session::Session,
+    tunnel::Tunnel,
     wire::{self, AEAD_TAG_LEN, DATA_HEADER_LEN, DATA_MIN_LEN, INIT_LEN, Message},
 };
 

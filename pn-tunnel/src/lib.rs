@@ -33,12 +33,14 @@ mod data;
 mod limiter;
 mod members;
 mod pairing;
+mod peer_id;
 mod tunnel;
 
 pub use config::{Clock, Config};
 pub use data::{Decap, Encap, Opener, Sealer};
 pub use members::{Member, Members, check_incoming, route_outgoing};
-pub use tunnel::{PeerId, PeerState, Stats, Tunnel};
+pub use peer_id::PeerId;
+pub use tunnel::{PeerState, Stats, Tunnel};
 
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use pn_common::{Reason, ip4_octets, policy};
 
-use crate::PeerId;
+use crate::peer_id::PeerId;
 
 /// A member as the tunnel's checks need it: its network's tag and the peer
 /// hosting it (`None` for a container of this host).

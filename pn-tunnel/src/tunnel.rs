@@ -9,18 +9,16 @@ use std::{
 };
 
 use crate::{
-    Clock, Config,
     aead::Aead,
     carry::{Carried, CarriedPeer, CarriedSession},
+    config::{Clock, Config},
     cookie::CookieChecker,
     handshake::StaticKeys,
     limiter::{Load, RateLimiter},
+    peer_id::PeerId,
     session::{Peer, Session},
     wire::INIT_LEN,
 };
-
-/// The agent's own number for a peer host.
-pub type PeerId = u32;
 
 /// Counters of the handshake side; data drops are reported per packet.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::Namespace;
+use crate::namespace::Namespace;
 
 fn enter(ns_path: &std::path::Path) {
     let f = File::open(ns_path).expect("namespace file");

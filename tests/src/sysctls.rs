@@ -1,7 +1,7 @@
 //! The network settings of the tests' namespaces, written out so that no
 //! test depends on the machine it runs on.
 
-use crate::run_in;
+use crate::run::run_in;
 
 /// The network settings every namespace of the tests starts with, written
 /// out whatever the machine's: a new namespace copies the root namespace's

@@ -35,7 +35,7 @@ impl ArpMessage {
 pub fn parse_arp(b: &[u8; ARP_LEN]) -> Option<ArpMessage> {
     let htype = u16::from_be_bytes([b[0], b[1]]);
     let ptype = u16::from_be_bytes([b[2], b[3]]);
-    if htype != ARP_HTYPE_ETHERNET || ptype != super::ETH_P_IP || b[4] != 6 || b[5] != 4 {
+    if htype != ARP_HTYPE_ETHERNET || ptype != super::header::ETH_P_IP || b[4] != 6 || b[5] != 4 {
         return None;
     }
     Some(ArpMessage {

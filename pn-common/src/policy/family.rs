@@ -27,7 +27,7 @@ pub trait Family: Copy {
 
 impl Family for Ip4 {
     const GATEWAY: Ip4 = GATEWAY;
-    const ICMP: u8 = super::IPPROTO_ICMP;
+    const ICMP: u8 = super::header::IPPROTO_ICMP;
 
     fn same(&self, other: &Ip4) -> bool {
         self == other
@@ -49,7 +49,7 @@ impl Family for Ip4 {
 
 impl Family for Ip6 {
     const GATEWAY: Ip6 = GATEWAY6;
-    const ICMP: u8 = super::IPPROTO_ICMPV6;
+    const ICMP: u8 = super::ipv6::IPPROTO_ICMPV6;
 
     fn same(&self, other: &Ip6) -> bool {
         same6(self, other)

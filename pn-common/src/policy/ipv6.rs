@@ -12,7 +12,7 @@
 //! A fragment other than the first carries no transport header: it ends the
 //! walk with `later_fragment`, the way IPv4's fragment offset does.
 
-use super::IpHeader;
+use super::header::IpHeader;
 use crate::Ip6;
 
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -147,7 +147,7 @@ pub const fn icmp6_is_error(icmp_type: u8) -> bool {
 pub const fn allowed_proto6(proto: u8) -> bool {
     matches!(
         proto,
-        super::IPPROTO_TCP | super::IPPROTO_UDP | IPPROTO_ICMPV6
+        super::header::IPPROTO_TCP | super::header::IPPROTO_UDP | IPPROTO_ICMPV6
     )
 }
 

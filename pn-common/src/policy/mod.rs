@@ -3,18 +3,23 @@
 //! contract ("Data-plane rules") without a kernel.
 
 use crate::{
-    Ip4, Ip6, Reason,
+    Ip4, Reason,
     edge::Marked,
     maps::{Config, ConnKey, ConnKind, Endpoint, EventBudget, Iface},
 };
 
 mod arp;
 mod family;
+mod header;
 mod ipv6;
 mod nd;
 mod tunnel;
 pub use arp::{ARP_LEN, ArpMessage, arp_from_container, arp_to_container, parse_arp};
 pub use family::{Family, same6};
+pub use header::{
+    ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HLEN, IpHeader,
+    Ipv4Summary, Ipv6Summary, PacketSummary,
+};
 pub use ipv6::{
     ETH_P_IPV6, EXT_PEEK, ICMP6_DEST_UNREACH, ICMP6_PACKET_TOO_BIG, ICMP6_PARAMETER_PROBLEM,
     ICMP6_TIME_EXCEEDED, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMPV6,
@@ -27,15 +32,6 @@ pub use nd::{
     nd_from_container, nd_to_container, parse_nd, solicited_node,
 };
 pub use tunnel::{TunnelMember, tunnel_incoming, tunnel_outgoing};
-
-pub const ETH_HLEN: usize = 14;
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_ARP: u16 = 0x0806;
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-/// Bytes of the IPv4 header the programs load at once (the fixed part).
-pub const IPV4_MIN_HLEN: usize = 20;
 
 /// What the Ethernet type says the frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,22 +48,6 @@ pub const fn classify_ethertype(ethertype: u16) -> L3 {
         ETH_P_ARP => L3::Arp,
         _ => L3::Other,
     }
-}
-
-/// An IP header of either family (`A`: [`Ip4`] or [`Ip6`]), as far as the
-/// policy cares: both parsers end here, so what follows them does not ask
-/// which family it holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IpHeader<A> {
-    /// Where L4 starts, relative to the IP header: IPv4's header length,
-    /// or IPv6's fixed header and the extension headers walked.
-    pub header_len: usize,
-    /// The transport protocol (IPv6: the last header's next header).
-    pub proto: u8,
-    pub src: A,
-    pub dst: A,
-    /// A non-first fragment carries no L4 header.
-    pub later_fragment: bool,
 }
 
 /// The fixed IPv4 header, as far as the policy cares.
@@ -94,34 +74,6 @@ pub fn parse_ipv4(h: &[u8; IPV4_MIN_HLEN]) -> Option<Ipv4Header> {
 /// True when the protocol's first four L4 bytes are source and destination ports.
 pub const fn has_ports(proto: u8) -> bool {
     proto == IPPROTO_TCP || proto == IPPROTO_UDP
-}
-
-/// A packet of either family reduced to what the rules look at. Ports in
-/// host order, 0 when the packet has none (ICMP, later fragments).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PacketSummary<A> {
-    pub src: A,
-    pub dst: A,
-    pub proto: u8,
-    pub sport: u16,
-    pub dport: u16,
-}
-
-pub type Ipv4Summary = PacketSummary<Ip4>;
-pub type Ipv6Summary = PacketSummary<Ip6>;
-
-impl<A: Copy> IpHeader<A> {
-    /// The summary of this packet, with the ports read after the header
-    /// (0, 0 when it has none).
-    pub const fn summary(&self, sport: u16, dport: u16) -> PacketSummary<A> {
-        PacketSummary {
-            src: self.src,
-            dst: self.dst,
-            proto: self.proto,
-            sport,
-            dport,
-        }
-    }
 }
 
 /// TCP, UDP and the family's ICMP.

@@ -5,7 +5,7 @@ use super::{
     tests::{MarkOnly, NET_A, NET_B, Untouched, ep},
     *,
 };
-use crate::{GATEWAY6, IP6_UNSPECIFIED, edge::MARK_GATEWAY};
+use crate::{GATEWAY6, IP6_UNSPECIFIED, Ip6, edge::MARK_GATEWAY};
 
 const fn ula(subnet: u8, host: u8) -> Ip6 {
     [

@@ -13,6 +13,7 @@
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod rx;
+mod shared;
 mod sys;
 mod tx;
 
@@ -22,70 +23,16 @@ use std::{
     os::fd::AsRawFd,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
     time::Duration,
 };
 
-use pn_common::Reason;
-
+pub use self::shared::Counters;
+use self::shared::{Shared, lock};
 use self::sys::{SOCKET_BUFFER, Waker, open_tun, set_int};
 use crate::{Clock, Members, PeerId, PeerState, Stats, Tunnel, carry::Carried};
-
-/// What the data path did, for metrics: packets and bytes each way, and
-/// drops per reason.
-#[derive(Debug)]
-pub struct Counters {
-    pub tx_packets: AtomicU64,
-    pub tx_bytes: AtomicU64,
-    pub rx_packets: AtomicU64,
-    pub rx_bytes: AtomicU64,
-    pub drops: [AtomicU64; Reason::COUNT],
-    /// Syscalls per direction: how well batching works (packets per call).
-    pub tun_reads: AtomicU64,
-    pub udp_sends: AtomicU64,
-    pub udp_reads: AtomicU64,
-    pub tun_writes: AtomicU64,
-}
-
-impl Default for Counters {
-    fn default() -> Self {
-        Counters {
-            tx_packets: AtomicU64::new(0),
-            tx_bytes: AtomicU64::new(0),
-            rx_packets: AtomicU64::new(0),
-            rx_bytes: AtomicU64::new(0),
-            drops: std::array::from_fn(|_| AtomicU64::new(0)),
-            tun_reads: AtomicU64::new(0),
-            udp_sends: AtomicU64::new(0),
-            udp_reads: AtomicU64::new(0),
-            tun_writes: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Counters {
-    fn drop(&self, r: Reason) {
-        self.drops[r as usize].fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// A panic in one thread must not take the tunnel down with it: the state
-/// is consistent between calls.
-fn lock(tunnel: &Mutex<Tunnel>) -> MutexGuard<'_, Tunnel> {
-    tunnel.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// What the data threads share.
-#[derive(Clone)]
-struct Shared {
-    tunnel: Arc<Mutex<Tunnel>>,
-    members: Arc<dyn Members + Send + Sync>,
-    counters: Arc<Counters>,
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
-}
 
 type DataLoop = fn(File, UdpSocket, &Shared);
 

@@ -11,7 +11,7 @@ use std::{
 use pn_common::Reason;
 
 use super::{
-    Counters, Shared, lock,
+    shared::{Counters, Shared, lock},
     sys::{readable, recv_segments, write_plain},
 };
 use crate::{Clock, Decap, PeerId, check_incoming, offload, wire};

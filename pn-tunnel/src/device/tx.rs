@@ -12,7 +12,7 @@ use std::{
 use pn_common::Reason;
 
 use super::{
-    Counters, Shared, lock,
+    shared::{Counters, Shared, lock},
     sys::{readable, send_segments},
 };
 use crate::{Clock, Encap, Sealer, offload, route_outgoing, wire};
