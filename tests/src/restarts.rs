@@ -53,6 +53,13 @@ pub struct Outcome {
     pub cross_host: Received,
     /// How long the event itself took (until the new agent answered).
     pub took: Duration,
+    /// Host 1's `no_tunnel` drops (remote members' packets while no tunnel
+    /// is up): before the event, once the agent answered again, at the end.
+    pub no_tunnel: [u64; 3],
+}
+
+fn no_tunnel(h: &crate::Host) -> u64 {
+    crate::metric_value(&h.metrics(), "pn_packets_total", &[("reason", "no_tunnel")])
 }
 
 pub struct Bed {
@@ -127,8 +134,9 @@ impl Bed {
             count,
         );
         std::thread::sleep(Duration::from_secs_f64(seconds / 3.0));
-        let t = Instant::now();
         let h1 = &mut self.fleet.hosts[0];
+        let before = no_tunnel(h1);
+        let t = Instant::now();
         match event {
             Event::None => {}
             Event::Restart | Event::ServiceRestart => h1.restart(),
@@ -136,13 +144,16 @@ impl Bed {
             Event::Crash => h1.crash_and_restart(),
         }
         let took = t.elapsed();
+        let ready = no_tunnel(h1);
         let mut r = stream.finish();
+        let end = no_tunnel(&self.fleet.hosts[0]);
         let cross_host = r.pop().expect("two receivers");
         let same_host = r.pop().expect("two receivers");
         Outcome {
             same_host,
             cross_host,
             took,
+            no_tunnel: [before, ready, end],
         }
     }
 }

@@ -45,13 +45,14 @@ fn restarts_upgrades_and_crashes_lose_no_same_host_datagram() {
     for (event, limit) in cases {
         let o = bed.measure(&event, RATE, SECONDS);
         eprintln!(
-            "{:32} same host: {} lost, gap {:.1} ms | across hosts: {} lost, gap {:.1} ms | took {:.0} ms",
+            "{:32} same host: {} lost, gap {:.1} ms | across hosts: {} lost, gap {:.1} ms | took {:.0} ms | no_tunnel before/ready/end {:?}",
             event.name(),
             o.same_host.lost,
             ms(o.same_host.longest_gap),
             o.cross_host.lost,
             ms(o.cross_host.longest_gap),
-            ms(o.took)
+            ms(o.took),
+            o.no_tunnel
         );
         results.push((event, o, limit));
     }
@@ -76,6 +77,15 @@ fn restarts_upgrades_and_crashes_lose_no_same_host_datagram() {
             "{}: same-host datagrams lost: {}",
             event.name(),
             o.same_host
+        );
+        // Once the agent answers, its tunnel is up and in the programs'
+        // settings: no remote member's packet is dropped for want of one.
+        let [_, ready, end] = o.no_tunnel;
+        assert_eq!(
+            ready,
+            end,
+            "{}: no_tunnel drops after the agent was ready",
+            event.name()
         );
         assert!(
             o.cross_host.longest_gap < *limit,
@@ -122,8 +132,8 @@ fn a_start_from_empty_maps_drops_nothing_of_known_interfaces() {
     // with the pins gone it is the old agent's exit, the new one's start
     // and a handshake (release build: ~130 ms).
     eprintln!(
-        "restart, pins gone: same host {} | across hosts {} | drops before {before:?}, after {after:?}",
-        o.same_host, o.cross_host
+        "restart, pins gone: same host {} | across hosts {} | drops before {before:?}, after {after:?} | no_tunnel before/ready/end {:?}",
+        o.same_host, o.cross_host, o.no_tunnel
     );
     let h1 = &bed.fleet.hosts[0];
     assert!(

@@ -29,7 +29,7 @@ use super::{
 };
 use crate::{
     config::{RunConfig, StoreSpec},
-    datapath::{Datapath, Kernel, Scope, State},
+    datapath::{Datapath, Kernel, Scope, State, pins},
     dns::{self, DnsStats},
     edge::forwarding,
     error::Error,
@@ -263,6 +263,48 @@ async fn start_tunnel_early(
     Ok(view)
 }
 
+/// The tunnel's index written into the pinned `PN_CONFIG` as soon as the
+/// tunnel is up (issue 25: the load takes ~100 ms more, and until then the
+/// programs drop remote members' packets). A start that fails puts 0 back:
+/// with no agent reading the tunnel, remote members' traffic is dropped
+/// and counted (`no_tunnel`) as after a stop.
+struct EarlyTunnel {
+    bpffs: std::path::PathBuf,
+    armed: bool,
+}
+
+impl EarlyTunnel {
+    async fn write(cfg: &RunConfig, netlink: &Netlink) -> Option<EarlyTunnel> {
+        let (idx, _) = netlink.link(TUN_DEV).await.ok().flatten()?;
+        match pins::set_pinned_tunnel(crate::EBPF_OBJECT, &cfg.bpffs, idx) {
+            Ok(true) => Some(EarlyTunnel {
+                bpffs: cfg.bpffs.clone(),
+                armed: true,
+            }),
+            Ok(false) => None,
+            Err(e) => {
+                log::warn!("tunnel up, its index not written before the load: {e}");
+                None
+            }
+        }
+    }
+
+    /// The start went through: the agent owns the index now.
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for EarlyTunnel {
+    fn drop(&mut self) {
+        if self.armed
+            && let Err(e) = pins::set_pinned_tunnel(crate::EBPF_OBJECT, &self.bpffs, 0)
+        {
+            log::error!("marking the tunnel down after a failed start: {e}");
+        }
+    }
+}
+
 /// The loaded datapath and what the rest of the start takes from it.
 struct Loaded {
     kernel: Kernel,
@@ -394,6 +436,10 @@ impl Agent {
             )
             .await?;
         }
+        let early = match (&tunnel, &predecessor) {
+            (Some(_), None) => EarlyTunnel::write(&cfg, &netlink).await,
+            _ => None,
+        };
         let view = view.unwrap_or_else(|| MembershipView::new(cfg.pool));
         let loaded =
             load_datapath(&cfg, &netlink, underlay, tunnel.is_some(), container_mtu).await?;
@@ -437,6 +483,9 @@ impl Agent {
         tokio::spawn(agent.clone().reap_vanished());
         tokio::spawn(agent.clone().repair_edge());
         tokio::spawn(agent.clone().check_health());
+        if let Some(e) = early {
+            e.keep();
+        }
         Ok(agent)
     }
 

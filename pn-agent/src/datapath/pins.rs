@@ -334,6 +334,38 @@ fn copy_entries(from: &MapData, to: &MapData, def: &MapDef) -> Result<usize> {
     Ok(copied)
 }
 
+/// Writes `ifindex` as the tunnel's in the pinned `PN_CONFIG` of `object`'s
+/// layout, the rest of the value kept, before the object is loaded: a bare
+/// restart's tunnel is up well before the load, while the programs still
+/// attached drop remote members' packets (`no_tunnel`) until the index is
+/// back. Only pins of this very layout are touched (those the load will
+/// reuse, so the running programs read the same `Config`); `false` when
+/// there are none (another layout, or no pins), and the load writes it.
+pub fn set_pinned_tunnel(object: &[u8], bpffs: &Path, ifindex: u32) -> Result<bool> {
+    use aya::maps::{Array, Map};
+    use pn_common::{maps::Config, objects};
+    if object.is_empty() {
+        return Ok(false);
+    }
+    let layout = Layout::of_object(object)?;
+    let dir = bpffs.join(layout.dir_name());
+    if !dir.is_dir() || !layout.pinned_in(&dir) {
+        return Ok(false);
+    }
+    let path = dir.join(objects::MAP_CONFIG);
+    let map = MapData::from_pin(&path)
+        .and_then(Map::from_map_data)
+        .ctx(|| format!("opening {}", path.display()))?;
+    let mut config: Array<MapData, Config> =
+        Array::try_from(map).ctx(|| format!("map {}", objects::MAP_CONFIG))?;
+    let mut cfg = config.get(&0, 0).ctx(|| "reading PN_CONFIG".into())?;
+    if cfg.tunnel_ifindex != ifindex {
+        cfg.tunnel_ifindex = ifindex;
+        config.set(0, cfg, 0).ctx(|| "writing PN_CONFIG".into())?;
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
