@@ -394,6 +394,7 @@ mod tests {
             key: key.clone(),
             network: "pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c".parse().unwrap(),
             ip: Ipv4Addr::new(10, 240, 0, 1),
+            ip6: None,
             host: "h1".parse().unwrap(),
             netns: "c1".into(),
             ifname: "pn0".into(),

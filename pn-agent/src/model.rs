@@ -3,10 +3,10 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
 };
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 pub use pn_api::key::{ContainerKey, HOST_IF_PREFIX, RuntimeRef, fnv1a64};
 use pn_common::ids::{AppId, ContainerType, HostId, NetworkId};
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,10 @@ pub struct Network {
     /// allowed). The only field of a network that may change.
     #[serde(default)]
     pub egress: Egress,
+    /// Its IPv6 prefix, a /64 of the fleet's unique local /48 (records of
+    /// agents without IPv6: none, given on the next converge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr6: Option<Ipv6Net>,
 }
 
 pub use pn_api::proto::Egress;
@@ -64,6 +68,10 @@ pub struct Container {
     pub key: ContainerKey,
     pub network: NetworkId,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address in its network's `cidr6` (none: the network has no
+    /// IPv6 yet, or the record predates it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     /// The host whose agent attached it (and owns its interface).
     pub host: HostId,
     /// Namespace as given to `attach` (name or path).

@@ -276,6 +276,7 @@ impl Agent {
             key: key.clone(),
             network: net.id,
             ip,
+            ip6: None,
             host: self.cfg.host_id.clone(),
             netns: netns.to_string(),
             ifname: ifname.to_string(),

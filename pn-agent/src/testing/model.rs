@@ -37,6 +37,7 @@ pub fn network(n: u8, cidr: &str, tag: u32) -> Network {
         tag,
         created_at: 0,
         egress: Default::default(),
+        cidr6: None,
     }
 }
 
@@ -63,6 +64,7 @@ pub fn member(key: ContainerKey, network: NetworkId, ip: Ipv4Addr, on: &str) -> 
         key,
         network,
         ip,
+        ip6: None,
         host: host_id(on),
         ifname: "pn0".into(),
         created_at: 0,

@@ -239,6 +239,7 @@ impl Membership {
                         tag: ipam::next_tag(&tags),
                         created_at: now_secs(),
                         egress,
+                        cidr6: None,
                     };
                     let mut doc = doc;
                     doc.networks.push(PoolEntry {

@@ -110,6 +110,7 @@ fn register(
                                 key: key.clone(),
                                 network: net,
                                 ip,
+                                ip6: None,
                                 host: host.clone(),
                                 netns: "far".into(),
                                 ifname: "pn0".into(),
