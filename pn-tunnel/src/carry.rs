@@ -71,7 +71,8 @@ impl CarriedSession {
     /// past the last one taken here, so no nonce is used twice even if a
     /// datagram sealed here were still on its way out.
     pub fn of(s: &Session, now: Instant, margin: u64) -> CarriedSession {
-        let (replay_next, replay_bitmap) = s.replay().parts();
+        let replay = s.replay();
+        let (replay_next, replay_bitmap) = replay.parts();
         CarriedSession {
             local_index: s.local_index,
             remote_index: s.remote_index,

@@ -9,9 +9,9 @@ use pn_common::Reason;
 
 use crate::{
     aead::Key,
-    config::Clock,
+    config::{Clock, Config},
     peer_id::PeerId,
-    session::Session,
+    session::{Peer, Session},
     tunnel::Tunnel,
     wire::{self, AEAD_TAG_LEN, DATA_HEADER_LEN, DATA_MIN_LEN, INIT_LEN, Message},
 };
@@ -118,7 +118,7 @@ impl Tunnel {
     /// Writes `packet` for `s`'s peer into `out`, ready to seal; returns
     /// the datagram's length.
     fn write_data(
-        s: &mut Session,
+        s: &Session,
         flags: u8,
         tag: u32,
         packet: &[u8],
@@ -138,7 +138,7 @@ impl Tunnel {
 
     /// Seals `packet` for `s`'s peer into `out`.
     pub(crate) fn seal_into(
-        s: &mut Session,
+        s: &Session,
         flags: u8,
         tag: u32,
         packet: &[u8],
@@ -178,45 +178,19 @@ impl Tunnel {
         packet: &[u8],
         out: &mut [u8],
     ) -> (Encap, Option<Sealer>) {
-        let now = |e: Encap| (e, None);
-        if out.len() < packet.len() + DATA_MIN_LEN || out.len() < INIT_LEN {
-            return now(Encap::Drop(Reason::Malformed));
+        if let Some(done) = self.encapsulate_shared(clock, peer, tag, flags, packet, out) {
+            return done;
         }
-        let (rekey_time, rekey_msgs, reject_time, reject_msgs) = (
-            self.cfg.rekey_after_time,
-            self.cfg.rekey_after_messages,
-            self.cfg.reject_after_time,
-            self.cfg.reject_after_messages,
-        );
+        let now = |e: Encap| (e, None);
         let Some(p) = self.peers.get_mut(&peer) else {
             return now(Encap::Drop(Reason::NoRoute));
         };
-        if let Some(s) = p.sending_mut() {
-            let age = clock.now.saturating_duration_since(s.created);
-            if age < reject_time && s.sent() < reject_msgs {
-                let (len, sealer) = Self::write_data(s, flags, tag, packet, out);
-                // The initiator of a session renews it; the responder does
-                // too if the initiator seems not to (later, so both do not
-                // start at once).
-                let (due, due_msgs) = if s.initiator {
-                    (rekey_time, rekey_msgs)
-                } else {
-                    (
-                        rekey_time + (reject_time - rekey_time) / 2,
-                        rekey_msgs.saturating_add(rekey_msgs / 2),
-                    )
-                };
-                if (age >= due || s.sent() >= due_msgs) && p.handshake.is_none() {
-                    p.rekey_wanted = true;
-                }
-                return (
-                    Encap::Send {
-                        to: p.endpoint,
-                        len,
-                    },
-                    Some(sealer),
-                );
-            }
+        if usable_sending(&self.cfg, clock, p).is_some() {
+            // Only the renewal had to be asked for; then as any packet.
+            p.rekey_wanted = true;
+            return self
+                .encapsulate_shared(clock, peer, tag, flags, packet, out)
+                .unwrap_or(now(Encap::Drop(Reason::NoRoute)));
         }
         if p.queue.len() >= self.cfg.max_queued {
             return now(Encap::Drop(Reason::QueueFull));
@@ -229,6 +203,40 @@ impl Tunnel {
             Some((to, len)) => Encap::Handshake { to, len },
             None => Encap::Queued,
         })
+    }
+
+    /// The packet path as several workers take it at once, under the
+    /// tunnel's shared lock: a live session takes the packet (its counter
+    /// is atomic). `None`: the tunnel must change first (no session yet, a
+    /// renewal to ask for): [`Tunnel::encapsulate_deferred`] under the
+    /// exclusive lock.
+    pub fn encapsulate_shared(
+        &self,
+        clock: Clock,
+        peer: PeerId,
+        tag: u32,
+        flags: u8,
+        packet: &[u8],
+        out: &mut [u8],
+    ) -> Option<(Encap, Option<Sealer>)> {
+        if out.len() < packet.len() + DATA_MIN_LEN || out.len() < INIT_LEN {
+            return Some((Encap::Drop(Reason::Malformed), None));
+        }
+        let Some(p) = self.peers.get(&peer) else {
+            return Some((Encap::Drop(Reason::NoRoute), None));
+        };
+        let (s, due) = usable_sending(&self.cfg, clock, p)?;
+        if due && p.handshake.is_none() && !p.rekey_wanted {
+            return None;
+        }
+        let (len, sealer) = Self::write_data(s, flags, tag, packet, out);
+        Some((
+            Encap::Send {
+                to: p.endpoint,
+                len,
+            },
+            Some(sealer),
+        ))
     }
 
     /// A datagram from the underlay, decrypted in place. `out` receives a
@@ -275,60 +283,76 @@ impl Tunnel {
                 nonce,
                 sealed,
             } => Err(self.accept_cookie(clock, receiver, nonce, sealed)),
-            Message::Data {
-                flags,
-                tag,
-                receiver,
-                counter,
-            } => self.prepare_open(clock, from, flags, tag, receiver, counter),
+            Message::Data { receiver, .. } => {
+                self.prepare_open(clock, datagram)
+                    .unwrap_or_else(|| Err(self.unknown_session(from, receiver)))
+            }
         }
     }
 
-    /// Finds the session a data datagram names and checks its counter.
-    fn prepare_open(
-        &mut self,
+    /// The receiving path as several workers take it at once, under the
+    /// tunnel's shared lock: a data datagram for a live session. `None`:
+    /// anything else (a handshake, an unknown session), for
+    /// [`Tunnel::decapsulate_deferred`] under the exclusive lock.
+    pub fn decapsulate_shared(
+        &self,
         clock: Clock,
-        from: SocketAddr,
-        flags: u8,
-        tag: u32,
-        receiver: u32,
-        counter: u64,
-    ) -> Result<Opener, Decap> {
-        let reject = self.cfg.reject_after_time;
-        let Some(&id) = self.by_index.get(&receiver) else {
-            // A peer sending on a session we do not know has lost ours (we
-            // restarted): pair again now rather than when its rekey timer
-            // fires. One handshake in flight at most.
-            if let Some(p) = self
+        datagram: &[u8],
+    ) -> Option<Result<Opener, Decap>> {
+        match wire::parse(datagram) {
+            Err(_) => Some(Err(Decap::Drop(Reason::Malformed))),
+            Ok(Message::Data { .. }) => self.prepare_open(clock, datagram),
+            Ok(_) => None,
+        }
+    }
+
+    /// A peer sending on a session we do not know has lost ours (we
+    /// restarted): pair again now rather than when its rekey timer fires.
+    /// One handshake in flight at most.
+    fn unknown_session(&mut self, from: SocketAddr, receiver: u32) -> Decap {
+        if !self.by_index.contains_key(&receiver)
+            && let Some(p) = self
                 .peers
                 .values_mut()
                 .find(|p| p.endpoint.ip() == from.ip())
-                && p.handshake.is_none()
-            {
-                p.rekey_wanted = true;
-            }
-            return Err(Decap::Drop(Reason::UnknownSession));
+            && p.handshake.is_none()
+        {
+            p.rekey_wanted = true;
+        }
+        Decap::Drop(Reason::UnknownSession)
+    }
+
+    /// Finds the session a data datagram names and checks its counter;
+    /// `None` when no session has its index.
+    fn prepare_open(&self, clock: Clock, datagram: &[u8]) -> Option<Result<Opener, Decap>> {
+        let Ok(Message::Data {
+            flags,
+            tag,
+            receiver,
+            counter,
+        }) = wire::parse(datagram)
+        else {
+            return Some(Err(Decap::Drop(Reason::Malformed)));
         };
-        let Some(p) = self.peers.get_mut(&id) else {
-            return Err(Decap::Drop(Reason::UnknownSession));
+        let &id = self.by_index.get(&receiver)?;
+        let gone = || Some(Err(Decap::Drop(Reason::UnknownSession)));
+        let Some(s) = self.peers.get(&id).and_then(|p| p.session(receiver)) else {
+            return gone();
         };
-        let Some(s) = p.session_mut(receiver) else {
-            return Err(Decap::Drop(Reason::UnknownSession));
-        };
-        if clock.now.saturating_duration_since(s.created) >= reject {
-            return Err(Decap::Drop(Reason::UnknownSession));
+        if clock.now.saturating_duration_since(s.created) >= self.cfg.reject_after_time {
+            return gone();
         }
         if !s.fresh(counter) {
-            return Err(Decap::Drop(Reason::Replayed));
+            return Some(Err(Decap::Drop(Reason::Replayed)));
         }
-        Ok(Opener {
+        Some(Ok(Opener {
             key: s.recv_key(),
             peer: id,
             receiver,
             counter,
             flags,
             tag,
-        })
+        }))
     }
 
     /// Records a datagram its [`Opener`] authenticated: the replay window
@@ -336,21 +360,68 @@ impl Tunnel {
     /// the peer now uses.
     pub fn opened(&mut self, o: &Opener, datagram_len: usize) -> Decap {
         if let Some(p) = self.peers.get_mut(&o.peer)
-            && let Some(s) = p.session_mut(o.receiver)
+            && let Some(s) = p.session(o.receiver)
         {
             if !s.record(o.counter) {
                 return Decap::Drop(Reason::Replayed);
             }
             p.received_on(o.receiver);
         }
-        // A session evicted since the opening took its window along; the
-        // datagram is authentic, and any copy of it now finds no session.
+        o.packet(datagram_len)
+    }
+
+    /// [`Tunnel::opened`] under the shared lock, when the peer's sessions
+    /// stay as they are (the steady state); `None`: call `opened`.
+    pub fn opened_shared(&self, o: &Opener, datagram_len: usize) -> Option<Decap> {
+        if let Some(p) = self.peers.get(&o.peer)
+            && let Some(s) = p.session(o.receiver)
+        {
+            if p.receiving_changes(o.receiver) {
+                return None;
+            }
+            if !s.record(o.counter) {
+                return Some(Decap::Drop(Reason::Replayed));
+            }
+        }
+        Some(o.packet(datagram_len))
+    }
+}
+
+impl Opener {
+    /// A session evicted since the opening took its window along; the
+    /// datagram is authentic, and any copy of it now finds no session.
+    fn packet(&self, datagram_len: usize) -> Decap {
         Decap::Packet {
-            flags: o.flags,
-            peer: o.peer,
-            tag: o.tag,
+            flags: self.flags,
+            peer: self.peer,
+            tag: self.tag,
             start: DATA_HEADER_LEN,
             end: datagram_len - AEAD_TAG_LEN,
         }
     }
+}
+
+/// The session `p` sends on when it may still be used, and whether its
+/// renewal is due: the initiator of a session renews it; the responder too
+/// if the initiator seems not to (later, so both do not start at once).
+fn usable_sending<'a>(cfg: &Config, clock: Clock, p: &'a Peer) -> Option<(&'a Session, bool)> {
+    let s = p.sending()?;
+    let age = clock.now.saturating_duration_since(s.created);
+    if age >= cfg.reject_after_time || s.sent() >= cfg.reject_after_messages {
+        return None;
+    }
+    let (rekey_time, rekey_msgs, reject_time) = (
+        cfg.rekey_after_time,
+        cfg.rekey_after_messages,
+        cfg.reject_after_time,
+    );
+    let (due, due_msgs) = if s.initiator {
+        (rekey_time, rekey_msgs)
+    } else {
+        (
+            rekey_time + (reject_time - rekey_time) / 2,
+            rekey_msgs.saturating_add(rekey_msgs / 2),
+        )
+    };
+    Some((s, age >= due || s.sent() >= due_msgs))
 }

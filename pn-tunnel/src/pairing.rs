@@ -199,14 +199,14 @@ impl Tunnel {
             self.by_index.remove(&receiver);
             return Decap::Drop(Reason::HandshakeRejected);
         };
-        let mut s = self.session(aead, keys, receiver, sender, clock, true);
+        let s = self.session(aead, keys, receiver, sender, clock, true);
         let Some(p) = self.peers.get_mut(&id) else {
             return Decap::Drop(Reason::UnknownSession);
         };
         let mut flush = Vec::with_capacity(p.queue.len());
         for (flags, tag, pkt) in p.queue.drain(..) {
             let mut buf = vec![0u8; pkt.len() + DATA_MIN_LEN];
-            let n = Self::seal_into(&mut s, flags, tag, &pkt, &mut buf);
+            let n = Self::seal_into(&s, flags, tag, &pkt, &mut buf);
             buf.truncate(n);
             flush.push((p.endpoint, buf));
         }
@@ -214,7 +214,7 @@ impl Tunnel {
             // An empty data packet (keepalive) confirms the session, so the
             // responder can start sending on it at once.
             let mut buf = vec![0u8; DATA_MIN_LEN];
-            Self::seal_into(&mut s, 0, 0, &[], &mut buf);
+            Self::seal_into(&s, 0, 0, &[], &mut buf);
             flush.push((p.endpoint, buf));
         }
         for gone in p.add(s, true) {

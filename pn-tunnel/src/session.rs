@@ -4,7 +4,15 @@
 //! traffic, and a responder starts sending on a new session only once the
 //! initiator has used it.
 
-use std::{collections::VecDeque, net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
 
 use zeroize::Zeroizing;
 
@@ -28,8 +36,12 @@ pub struct Session {
     /// agent can take the session over (wiped on drop; they leave the
     /// process only toward that successor, never to a file).
     raw: Zeroizing<[u8; 64]>,
-    send_counter: u64,
-    replay: ReplayWindow,
+    /// Several workers seal on one session at once: each takes its
+    /// counters from here, so no two datagrams share a nonce.
+    send_counter: AtomicU64,
+    /// …and open on it at once: the window has its own lock (per session,
+    /// not the tunnel's), and tolerates the reordering between workers.
+    replay: Mutex<ReplayWindow>,
     pub created: Instant,
     /// This side sent the initiation.
     pub initiator: bool,
@@ -54,8 +66,8 @@ impl Session {
             recv: Arc::new(Key::new(cipher, &mut keys.recv)),
             aead: cipher.aead(),
             raw,
-            send_counter: 0,
-            replay: ReplayWindow::default(),
+            send_counter: AtomicU64::new(0),
+            replay: Mutex::new(ReplayWindow::default()),
             created,
             initiator,
         }
@@ -66,26 +78,32 @@ impl Session {
         &self.raw
     }
 
-    pub(crate) fn replay(&self) -> &ReplayWindow {
-        &self.replay
+    /// A copy of the replay window (for a successor).
+    pub(crate) fn replay(&self) -> ReplayWindow {
+        self.window().clone()
+    }
+
+    /// A panic elsewhere leaves the window consistent: it changes in one
+    /// call.
+    fn window(&self) -> std::sync::MutexGuard<'_, ReplayWindow> {
+        self.replay.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Goes on from where a predecessor agent's session stopped: its send
     /// counter and replay window.
     pub(crate) fn resume(&mut self, send_counter: u64, replay: ReplayWindow) {
-        self.send_counter = send_counter;
-        self.replay = replay;
+        *self.send_counter.get_mut() = send_counter;
+        *self.replay.get_mut().unwrap_or_else(|p| p.into_inner()) = replay;
     }
 
     pub fn sent(&self) -> u64 {
-        self.send_counter
+        self.send_counter.load(Ordering::Relaxed)
     }
 
-    /// Takes the next send counter.
-    pub fn next_counter(&mut self) -> u64 {
-        let c = self.send_counter;
-        self.send_counter += 1;
-        c
+    /// Takes the next send counter (unique whichever worker asks: the
+    /// nonce of a datagram is its counter).
+    pub fn next_counter(&self) -> u64 {
+        self.send_counter.fetch_add(1, Ordering::Relaxed)
     }
 
     pub fn send_key(&self) -> Arc<Key> {
@@ -100,16 +118,13 @@ impl Session {
     /// before opening, to spend nothing on replays, and again with
     /// [`Session::record`] after.
     pub fn fresh(&self, counter: u64) -> bool {
-        self.replay.check(counter)
+        self.window().check(counter)
     }
 
-    /// Records an authenticated counter; false if it was seen meanwhile.
-    pub fn record(&mut self, counter: u64) -> bool {
-        if !self.replay.check(counter) {
-            return false;
-        }
-        self.replay.record(counter);
-        true
+    /// Records an authenticated counter; false if it was seen meanwhile
+    /// (by this worker or another).
+    pub fn record(&self, counter: u64) -> bool {
+        self.window().record(counter)
     }
 }
 
@@ -167,20 +182,18 @@ impl Peer {
             .chain(self.handshake.as_ref().map(|(h, _)| h.local_index))
     }
 
+    pub fn session(&self, local_index: u32) -> Option<&Session> {
+        self.sessions.iter().find(|s| s.local_index == local_index)
+    }
+
     pub fn session_mut(&mut self, local_index: u32) -> Option<&mut Session> {
         self.sessions
             .iter_mut()
             .find(|s| s.local_index == local_index)
     }
 
-    pub fn sending_mut(&mut self) -> Option<&mut Session> {
-        let i = self.sending?;
-        self.session_mut(i)
-    }
-
     pub fn sending(&self) -> Option<&Session> {
-        let i = self.sending?;
-        self.sessions.iter().find(|s| s.local_index == i)
+        self.session(self.sending?)
     }
 
     /// Adds a session (sending on it at once if we initiated it); returns
@@ -217,19 +230,27 @@ impl Peer {
     /// a new session without losing anything in flight.
     pub fn received_on(&mut self, local_index: u32) {
         self.last_received = Some(local_index);
-        if self.sending == Some(local_index) {
-            return;
+        if self.switches_to(local_index) {
+            self.sending = Some(local_index);
         }
-        let created = |i: u32| {
-            self.sessions
-                .iter()
-                .find(|s| s.local_index == i)
-                .map(|s| s.created)
-        };
+    }
+
+    /// Whether [`Peer::received_on`] would change anything: the workers
+    /// record a packet under the tunnel's shared lock when it would not
+    /// (the steady state), and take the exclusive one when it would.
+    pub fn receiving_changes(&self, local_index: u32) -> bool {
+        self.last_received != Some(local_index) || self.switches_to(local_index)
+    }
+
+    fn switches_to(&self, local_index: u32) -> bool {
+        if self.sending == Some(local_index) {
+            return false;
+        }
+        let created = |i: u32| self.session(i).map(|s| s.created);
         match (created(local_index), self.sending.and_then(created)) {
-            (Some(new), Some(cur)) if new > cur => self.sending = Some(local_index),
-            (Some(_), None) => self.sending = Some(local_index),
-            _ => {}
+            (Some(new), Some(cur)) => new > cur,
+            (Some(_), None) => true,
+            _ => false,
         }
     }
 

@@ -47,7 +47,7 @@ impl ServiceManager {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let mut buf = [0u8; 4096];
-                    let mut cmsg = nix::cmsg_space!([RawFd; 16]);
+                    let mut cmsg = nix::cmsg_space!([RawFd; 129]);
                     let mut iov = [IoSliceMut::new(&mut buf)];
                     let Ok(msg) = recvmsg::<()>(
                         sock.as_raw_fd(),

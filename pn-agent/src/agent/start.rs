@@ -230,7 +230,11 @@ fn new_tunnel(
                 .expect("8 bytes"),
         );
         let t = tun::Tunnel::new(cfg.tunnel.clone(), host_keys.clone(), seed);
-        Arc::new(Device::new(t, Arc::new(members.clone())))
+        Arc::new(Device::new(
+            t,
+            Arc::new(members.clone()),
+            cfg.tunnel_io.clone(),
+        ))
     })
 }
 

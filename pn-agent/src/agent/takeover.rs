@@ -38,7 +38,7 @@ pub(super) async fn open_tunnel(
         return Ok(());
     };
     let listen = std::net::SocketAddr::from(([0, 0, 0, 0], advertise.port()));
-    dev.run(Io::open(TUN_DEV, listen)?)
+    dev.run(dev.open(TUN_DEV, listen)?)
         .context("starting the tunnel")?;
     route_tunnel(cfg, netlink, mtu).await?;
     log::info!(

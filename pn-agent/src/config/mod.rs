@@ -13,6 +13,10 @@ use serde::Deserialize;
 
 use pn_api::DEFAULT_API_SOCKET;
 
+mod tunnel;
+
+use self::tunnel::{device_options, tunnel_config};
+
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/pn-agent";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/pn-agent";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
@@ -95,6 +99,24 @@ pub struct RunSettings {
     /// Rekey a tunnel session after this many packets [default: 2^60].
     #[arg(long)]
     pub tunnel_rekey_after_messages: Option<u64>,
+    /// Tunnel workers, each a TUN queue, a UDP socket and a thread each way
+    /// (1 to 64) [default: one per CPU the agent may run on].
+    #[arg(long)]
+    pub tunnel_workers: Option<usize>,
+    /// The tunnel offloads to use, comma-separated: tso (TCP super-packets
+    /// from the TUN device), gso (UDP segmentation), gro (UDP coalescing),
+    /// coalesce (super-packets to the TUN device), or none [default: all].
+    #[arg(long)]
+    pub tunnel_offloads: Option<String>,
+    /// Microseconds a tunnel loop that just had traffic polls before it
+    /// sleeps (saves a wake-up per round trip, costs CPU; idle loops never
+    /// spin), 0 to 1000 [default: 0].
+    #[arg(long)]
+    pub tunnel_spin_us: Option<u64>,
+    /// Keep each tunnel worker on its own CPU, its socket receiving what
+    /// that CPU received [default: true].
+    #[arg(long)]
+    pub tunnel_pin: Option<bool>,
     /// Key prefix in etcd [default: /pn/].
     #[arg(long)]
     pub etcd_prefix: Option<String>,
@@ -318,6 +340,9 @@ pub struct RunConfig {
     pub etcd_prefix: String,
     pub api_socket: PathBuf,
     pub tunnel: pn_tunnel::Config,
+    /// `--tunnel-workers`, `--tunnel-offloads`, `--tunnel-spin-us`,
+    /// `--tunnel-pin`.
+    pub tunnel_io: pn_tunnel::device::Options,
     /// `--egress-deny`, network addresses outside the pool.
     pub egress_deny: Vec<Ipv4Net>,
     /// `--router-cidr`, network addresses outside the pool.
@@ -372,36 +397,6 @@ fn track_bits(track: &str) -> anyhow::Result<u32> {
         "http" => pn_common::conn::TRACK_CONNS | pn_common::conn::TRACK_HTTP,
         other => bail!("invalid --track {other}: off, conns or http"),
     })
-}
-
-/// The tunnel's settings from `--tunnel-*`.
-fn tunnel_config(
-    cipher: Option<String>,
-    rekey_after_secs: Option<u64>,
-    rekey_after_messages: Option<u64>,
-) -> anyhow::Result<pn_tunnel::Config> {
-    let mut tunnel = pn_tunnel::Config::default();
-    if let Some(c) = cipher {
-        tunnel.cipher = c
-            .parse()
-            .map_err(|e| anyhow::anyhow!("invalid --tunnel-cipher: {e}"))?;
-    }
-    if let Some(secs) = rekey_after_secs {
-        if secs == 0 {
-            bail!("invalid --tunnel-rekey-after-secs 0");
-        }
-        tunnel.rekey_after_time = std::time::Duration::from_secs(secs);
-        // Keep WireGuard's margin between renewing and refusing a session.
-        tunnel.reject_after_time =
-            tunnel.rekey_after_time + std::time::Duration::from_secs(secs.div_ceil(2).max(5));
-    }
-    if let Some(n) = rekey_after_messages {
-        if n == 0 {
-            bail!("invalid --tunnel-rekey-after-messages 0");
-        }
-        tunnel.rekey_after_messages = n;
-    }
-    Ok(tunnel)
 }
 
 fn hostname() -> String {
@@ -474,6 +469,12 @@ impl RunConfig {
             pick!(tunnel_rekey_after_secs),
             pick!(tunnel_rekey_after_messages),
         )?;
+        let tunnel_io = device_options(
+            pick!(tunnel_workers),
+            pick!(tunnel_offloads),
+            pick!(tunnel_spin_us),
+            pick!(tunnel_pin),
+        )?;
         let mut etcd_prefix = pick!(etcd_prefix).unwrap_or_else(|| "/pn/".into());
         if !etcd_prefix.ends_with('/') {
             etcd_prefix.push('/');
@@ -512,6 +513,7 @@ impl RunConfig {
             etcd_prefix,
             api_socket: pick!(api_socket).unwrap_or_else(|| DEFAULT_API_SOCKET.into()),
             tunnel,
+            tunnel_io,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Handing a running agent's place to its successor (a restart, an
 //! upgrade), as Envoy's hot restart and HAProxy's seamless reload do: the
 //! successor starts while the predecessor runs, gets everything ready, then
-//! takes the tunnel's TUN queue and UDP socket (SCM_RIGHTS) and its live
+//! takes the tunnel's TUN queues and UDP sockets (SCM_RIGHTS) and its live
 //! sessions (keys, counters, replay windows) over `STATE_DIR/handover.sock`;
 //! the predecessor stops its I/O before it exports and exits once the
 //! successor confirms. The gap on the tunnel is the hand-over itself: no
@@ -100,16 +100,15 @@ pub struct Handed {
     pub state: Zeroizing<Vec<u8>>,
 }
 
+/// The tunnel's descriptors: a TUN queue and a UDP socket per worker of
+/// the predecessor (one pair from an agent with one worker).
 fn io_from(fds: Vec<OwnedFd>) -> Result<Option<Io>, HandoverError> {
-    let mut fds = fds.into_iter();
-    match (fds.next(), fds.next(), fds.next()) {
-        (None, None, None) => Ok(None),
-        (Some(tun), Some(udp), None) => Ok(Some(Io {
-            tun: std::fs::File::from(tun),
-            udp: std::net::UdpSocket::from(udp),
-        })),
-        _ => Err(HandoverError::Protocol("unexpected descriptors")),
+    if fds.is_empty() {
+        return Ok(None);
     }
+    Io::from_fds(fds)
+        .map(Some)
+        .ok_or(HandoverError::Protocol("unexpected descriptors"))
 }
 
 /// The successor's end: connected to the running agent, which proved it
@@ -339,10 +338,7 @@ fn serve_one(s: &UnixStream, key: &ProofKey, handing: &dyn Handing) -> Result<()
         MODE_STOP => (None, Zeroizing::new(Vec::new())),
         _ => return Err(refuse(s, HandoverError::Protocol("unknown mode"))),
     };
-    let fds: Vec<i32> = io
-        .iter()
-        .flat_map(|io| [io.tun.as_raw_fd(), io.udp.as_raw_fd()])
-        .collect();
+    let fds: Vec<i32> = io.iter().flat_map(Io::fds).collect();
     let confirmed = wire::send(s, wire::STATE, &state, &fds)
         .and_then(|()| wire::recv_max(s, SMALL_FRAME))
         .and_then(|f| match f.kind {

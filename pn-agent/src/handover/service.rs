@@ -2,13 +2,14 @@
 //! and its file descriptor store). `systemctl restart` stops the agent
 //! before it starts the next one, so there is no predecessor to talk to;
 //! instead the stopping agent leaves its tunnel with the service manager
-//! (`FDSTORE=1`: the TUN queue, the UDP socket and a sealed memfd holding
+//! (`FDSTORE=1`: each worker's TUN queue and UDP socket, and a sealed memfd holding
 //! the state — memory, never a file), which gives them to the next start
 //! (`LISTEN_FDS`, `LISTEN_FDNAMES`). The next agent takes them, removes
 //! them from the store at once (`FDSTOREREMOVE=1`) and empties the memfd,
 //! so a later crash never resumes an old state (whose nonces were used).
 //! The unit needs `Type=notify`, `NotifyAccess=main` and
-//! `FileDescriptorStoreMax=` of at least 3.
+//! `FileDescriptorStoreMax=` of at least 2 × workers + 1 (129 for the
+//! most workers).
 
 use std::{
     io::IoSlice,
@@ -66,7 +67,8 @@ pub fn notify(state: &str, fds: &[RawFd]) -> bool {
 /// for the next start.
 pub fn store(io: &Io, state: &[u8]) -> std::io::Result<()> {
     let memfd = sealed_memfd(state)?;
-    let fds = [io.tun.as_raw_fd(), io.udp.as_raw_fd(), memfd.as_raw_fd()];
+    let mut fds = io.fds();
+    fds.push(memfd.as_raw_fd());
     if notify(&format!("FDSTORE=1\nFDNAME={FD_NAME}\n"), &fds) {
         Ok(())
     } else {
@@ -176,13 +178,9 @@ pub fn take() -> Option<Stored> {
         }
     }
     notify(&format!("FDSTOREREMOVE=1\nFDNAME={FD_NAME}\n"), &[]);
-    let [tun, udp, memfd]: [OwnedFd; 3] = ours.try_into().ok()?;
+    // Each worker's TUN queue and socket, then the state.
+    let memfd = ours.pop()?;
+    let io = Io::from_fds(ours)?;
     let state = consume(&memfd).ok()?;
-    Some(Stored {
-        io: Io {
-            tun: std::fs::File::from(tun),
-            udp: std::net::UdpSocket::from(udp),
-        },
-        state,
-    })
+    Some(Stored { io, state })
 }

@@ -29,8 +29,9 @@ pub const REFUSED: u8 = 6;
 /// Larger frames are refused before anything is allocated (a state of
 /// thousands of peers is well under it).
 pub const MAX_FRAME: usize = 16 << 20;
-/// Descriptors a frame may carry.
-pub const MAX_FDS: usize = 4;
+/// Descriptors a frame may carry: a TUN queue and a UDP socket per tunnel
+/// worker (under the kernel's 253 per message).
+pub const MAX_FDS: usize = 2 * pn_tunnel::device::MAX_WORKERS;
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> HandoverError {
     move |e| HandoverError::Io(what, e)

@@ -1,5 +1,6 @@
-//! Arbitrary datagrams into an established tunnel, one on each AEAD: never
-//! a panic, never a delivered packet, the session still works afterwards.
+//! Arbitrary datagrams into an established tunnel, one on each AEAD, on the
+//! exclusive path and on the workers' shared one: never a panic, never a
+//! delivered packet, the session still works afterwards.
 #![no_main]
 
 use std::{
@@ -73,6 +74,9 @@ fuzz_target!(|data: &[u8]| {
 
 fn one(p: &mut Pair, data: &[u8]) {
     let clock = p.clock;
+    if let Some(Ok(opener)) = p.b.decapsulate_shared(clock, data) {
+        assert!(!opener.open(&mut data.to_vec()), "forged datagram opened");
+    }
     let mut out = vec![0u8; 2048];
     let mut d = data.to_vec();
     match p.b.decapsulate(clock, addr(1), &mut d, &mut out) {

@@ -8,7 +8,7 @@ use pn_common::Reason;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{MetricType, counter::ConstCounter},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 
@@ -87,7 +87,36 @@ fn encode_data(c: &Counters, encoder: &mut DescriptorEncoder) -> Result<(), std:
             ("udp_read", load(&c.udp_reads)),
             ("tun_write", load(&c.tun_writes)),
         ],
-    )
+    )?;
+    family(
+        encoder,
+        "pn_tunnel_spins",
+        "Spins of the tunnel's loops before sleeping, per outcome (hit: something arrived within it)",
+        "outcome",
+        [("hit", load(&c.spin_hits)), ("miss", load(&c.spin_misses))],
+    )?;
+    let seconds = load(&c.spin_ns) as f64 / 1e9;
+    let m = encoder.encode_descriptor(
+        "pn_tunnel_spin_seconds",
+        "CPU time the tunnel's loops spent spinning before sleeping (the spin's cost)",
+        None,
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(seconds).encode(m)?;
+    let m = encoder.encode_descriptor(
+        "pn_tunnel_rx_overflow",
+        "Datagrams the tunnel's sockets dropped for want of buffer (SO_RXQ_OVFL)",
+        None,
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(load(&c.rx_overflow)).encode(m)?;
+    let m = encoder.encode_descriptor(
+        "pn_tunnel_workers",
+        "Tunnel workers running (a TUN queue, a UDP socket and two threads each)",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(load(&c.workers) as i64).encode(m)
 }
 
 fn encode_handshakes(hs: &Stats, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {

@@ -1,7 +1,11 @@
-//! The tunnel's I/O around the sans-I/O [`Tunnel`]: a TUN device the host
-//! routes remote members to, a UDP socket on the underlay, and three threads
-//! (TUN → UDP, UDP → TUN, timers). Plain OS threads: the data path must not
-//! wait behind the agent's control-plane tasks.
+//! The tunnel's I/O around the sans-I/O [`Tunnel`]: a multiqueue TUN device
+//! the host routes remote members to, UDP sockets on the underlay sharing
+//! one address, and per worker (one per CPU allowed, by default) a queue, a
+//! socket and two threads (TUN → UDP, UDP → TUN); one timer thread. Plain
+//! OS threads: the data path must not wait behind the agent's control-plane
+//! tasks. The workers share the sessions under the tunnel's shared lock
+//! (atomic send counters, a replay window locked per session); only what
+//! changes the tunnel takes it alone.
 //!
 //! The I/O can stop and hand its descriptors and sessions to a successor
 //! ([`Device::stop`], [`Device::export`]), which goes on with them
@@ -12,70 +16,36 @@
 
 #[cfg(feature = "metrics")]
 pub mod metrics;
+mod io;
+mod msg;
+mod options;
 mod rx;
 mod shared;
 mod sys;
 mod tx;
+mod wait;
 
 use std::{
     fs::File,
     net::{SocketAddr, UdpSocket},
     os::fd::AsRawFd,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, RwLock, RwLockWriteGuard,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
     time::Duration,
 };
 
+pub use self::io::{Io, Queue};
+pub use self::options::{MAX_WORKERS, OFFLOADS, Options};
 pub use self::shared::Counters;
-use self::shared::{Shared, lock};
-use self::sys::{SOCKET_BUFFER, Waker, open_tun, set_int};
+pub use self::sys::allowed_cpus;
+use self::shared::{Shared, read, write};
+use self::sys::{Waker, pin_to, set_int, set_tun_offload};
 use crate::{Clock, Members, PeerId, PeerState, Stats, Tunnel, carry::Carried};
 
 type DataLoop = fn(File, UdpSocket, &Shared);
-
-/// The device's descriptors: a queue of the TUN device and the UDP socket.
-pub struct Io {
-    pub tun: File,
-    pub udp: UdpSocket,
-}
-
-impl Io {
-    /// Opens (or creates) the persistent TUN device `tun_name` and binds
-    /// the UDP socket on `listen`.
-    pub fn open(tun_name: &str, listen: SocketAddr) -> std::io::Result<Io> {
-        let tun = open_tun(tun_name)
-            .map_err(|e| std::io::Error::other(format!("creating TUN {tun_name}: {e}")))?;
-        let udp = UdpSocket::bind(listen)
-            .map_err(|e| std::io::Error::other(format!("binding the tunnel on {listen}: {e}")))?;
-        // Outer packets may be fragmented on an underlay with a smaller
-        // MTU than planned (as WireGuard's): the inner path MTU stays right
-        // and nothing is lost to a black hole.
-        let fd = udp.as_raw_fd();
-        set_int(
-            fd,
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            libc::IP_PMTUDISC_DONT,
-        );
-        set_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1);
-        // A coalesced read carries up to 64 datagrams: the default buffers
-        // (about 200 KiB) overflow under one TCP stream's burst, and every
-        // overflow is a train of inner segments lost. Root may exceed
-        // rmem_max (the FORCE options); if not, the plain ones are capped.
-        for (force, plain) in [
-            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-        ] {
-            if !set_int(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER) {
-                set_int(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER);
-            }
-        }
-        Ok(Io { tun, udp })
-    }
-}
 
 /// The threads of a running device.
 struct Running {
@@ -101,9 +71,10 @@ impl Running {
 }
 
 pub struct Device {
-    tunnel: Arc<Mutex<Tunnel>>,
+    tunnel: Arc<RwLock<Tunnel>>,
     members: Arc<dyn Members + Send + Sync>,
     pub counters: Arc<Counters>,
+    options: Options,
     running: Mutex<Option<Running>>,
 }
 
@@ -116,69 +87,100 @@ impl Drop for Device {
 impl Device {
     /// A device with no I/O yet: peers can be set, sessions imported; the
     /// threads start with [`Device::run`].
-    pub fn new(tunnel: Tunnel, members: Arc<dyn Members + Send + Sync>) -> Device {
+    pub fn new(tunnel: Tunnel, members: Arc<dyn Members + Send + Sync>, options: Options) -> Device {
         Device {
-            tunnel: Arc::new(Mutex::new(tunnel)),
+            tunnel: Arc::new(RwLock::new(tunnel)),
             members,
             counters: Arc::new(Counters::default()),
+            options,
             running: Mutex::new(None),
         }
     }
 
-    /// Opens the TUN device `tun_name`, binds `listen`, starts the threads.
-    /// The caller sets the device up and routes to it.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Opens the TUN device `tun_name` (a queue per worker), binds
+    /// `listen`, starts the threads. The caller sets the device up and
+    /// routes to it.
     pub fn start(
         tun_name: &str,
         listen: SocketAddr,
         tunnel: Tunnel,
         members: Arc<dyn Members + Send + Sync>,
+        options: Options,
     ) -> std::io::Result<Device> {
-        let dev = Device::new(tunnel, members);
-        dev.run(Io::open(tun_name, listen)?)?;
+        let workers = options.worker_count();
+        let dev = Device::new(tunnel, members, options);
+        dev.run(Io::open(tun_name, listen, workers)?)?;
         Ok(dev)
     }
 
-    /// Starts the threads on `io` (opened here or handed over).
-    pub fn run(&self, io: Io) -> std::io::Result<()> {
+    /// Opens the device's descriptors as its options say.
+    pub fn open(&self, tun_name: &str, listen: SocketAddr) -> std::io::Result<Io> {
+        Io::open(tun_name, listen, self.options.worker_count())
+    }
+
+    /// Starts the threads on `io` (opened here or handed over: with fewer
+    /// queues than workers wanted, it gets more when the device and socket
+    /// allow): a worker per queue, a thread each way.
+    pub fn run(&self, mut io: Io) -> std::io::Result<()> {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if running.is_some() {
             return Err(std::io::Error::other(
                 "the tunnel device is already running",
             ));
         }
-        let listen = io.udp.local_addr()?;
-        let (tun, udp) = (io.tun.try_clone()?, io.udp.try_clone()?);
+        io.widen(self.options.worker_count());
+        let listen = io.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let waker = Arc::new(Waker::new()?);
-        let mut threads = Vec::new();
         let shared = Shared {
             tunnel: self.tunnel.clone(),
             members: self.members.clone(),
             counters: self.counters.clone(),
             stop: stop.clone(),
             waker: waker.clone(),
+            options: self.options.clone(),
         };
-        // TUN → UDP (packets from local containers to remote members) and
-        // UDP → TUN, each on its own thread.
-        let data_loops: [(&str, DataLoop); 2] =
-            [("pn-tun-tx", tx::tx_loop), ("pn-tun-rx", rx::rx_loop)];
-        for (name, data_loop) in data_loops {
-            let (tun, udp, shared) = (tun.try_clone()?, udp.try_clone()?, shared.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name(name.into())
-                    .spawn(move || data_loop(tun, udp, &shared))?,
-            );
-        }
-        {
-            let shared = shared.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name("pn-tun-timer".into())
-                    .spawn(move || timer_loop(udp, &shared))?,
-            );
-        }
-        drop(tun);
+        let cpus = self.placement(io.queues.len());
+        let mut threads = Vec::new();
+        let started = self.start_workers(&io, &shared, &cpus, &mut threads);
+        let timer = started.and_then(|()| {
+            let (udp, shared) = (io.queues[0].udp.try_clone()?, shared.clone());
+            std::thread::Builder::new()
+                .name("pn-tun-timer".into())
+                .spawn(move || timer_loop(udp, &shared))
+        });
+        let timer = match timer {
+            Ok(t) => t,
+            Err(e) => {
+                // Nothing half-started stays behind.
+                Running {
+                    io,
+                    stop,
+                    waker,
+                    threads,
+                    listen,
+                }
+                .stop();
+                return Err(e);
+            }
+        };
+        threads.push(timer);
+        let workers = io.queues.len();
+        self.counters
+            .workers
+            .store(workers as u64, Ordering::Relaxed);
+        log::info!(
+            "tunnel I/O: {workers} worker(s){}; {}",
+            match cpus.is_empty() {
+                true => String::new(),
+                false => format!(" on CPUs {cpus:?}"),
+            },
+            self.options.describe()
+        );
         *running = Some(Running {
             io,
             stop,
@@ -186,6 +188,54 @@ impl Device {
             threads,
             listen,
         });
+        Ok(())
+    }
+
+    /// The CPU of each worker when they are pinned (none: one worker, or
+    /// pinning off, or more workers than CPUs allowed).
+    fn placement(&self, workers: usize) -> Vec<usize> {
+        let cpus = allowed_cpus();
+        if !self.options.pin || workers < 2 || workers > cpus.len() {
+            return Vec::new();
+        }
+        cpus.into_iter().take(workers).collect()
+    }
+
+    /// Sets each queue's switches and starts its two threads: TUN → UDP
+    /// (packets from local containers to remote members) and UDP → TUN.
+    fn start_workers(
+        &self,
+        io: &Io,
+        shared: &Shared,
+        cpus: &[usize],
+        threads: &mut Vec<JoinHandle<()>>,
+    ) -> std::io::Result<()> {
+        set_tun_offload(&io.queues[0].tun, self.options.tso)?;
+        for (i, q) in io.queues.iter().enumerate() {
+            let fd = q.udp.as_raw_fd();
+            set_int(fd, libc::SOL_UDP, libc::UDP_GRO, self.options.gro as i32);
+            set_int(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1);
+            let cpu = cpus.get(i).copied();
+            if let Some(cpu) = cpu {
+                // What this CPU received goes to this worker's socket.
+                set_int(fd, libc::SOL_SOCKET, libc::SO_INCOMING_CPU, cpu as i32);
+            }
+            let data_loops: [(&str, DataLoop); 2] =
+                [("pn-tun-tx", tx::tx_loop), ("pn-tun-rx", rx::rx_loop)];
+            for (name, data_loop) in data_loops {
+                let (tun, udp, shared) = (q.tun.try_clone()?, q.udp.try_clone()?, shared.clone());
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("{name}{i}"))
+                        .spawn(move || {
+                            if let Some(cpu) = cpu {
+                                pin_to(cpu);
+                            }
+                            data_loop(tun, udp, &shared)
+                        })?,
+                );
+            }
+        }
         Ok(())
     }
 
@@ -211,7 +261,7 @@ impl Device {
     /// The sessions for a successor ([`crate::carry`]); call after
     /// [`Device::stop`], so nothing seals meanwhile.
     pub fn export(&self, margin: u64) -> Carried {
-        self.lock().export(std::time::Instant::now(), margin)
+        read(&self.tunnel).export(std::time::Instant::now(), margin)
     }
 
     /// Takes over a predecessor's sessions (for the peers already set).
@@ -236,8 +286,8 @@ impl Device {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Tunnel> {
-        lock(&self.tunnel)
+    fn lock(&self) -> RwLockWriteGuard<'_, Tunnel> {
+        write(&self.tunnel)
     }
 
     /// Makes the peers exactly these (id, public key, endpoint).
@@ -256,11 +306,11 @@ impl Device {
     }
 
     pub fn peer_state(&self, id: PeerId) -> Option<PeerState> {
-        self.lock().peer_state(id, std::time::Instant::now())
+        read(&self.tunnel).peer_state(id, std::time::Instant::now())
     }
 
     pub fn handshake_stats(&self) -> Stats {
-        self.lock().stats.clone()
+        read(&self.tunnel).stats.clone()
     }
 }
 
@@ -272,7 +322,7 @@ fn timer_loop(udp: UdpSocket, shared: &Shared) {
             break;
         }
         {
-            lock(&shared.tunnel).tick(Clock::system(), &mut out);
+            write(&shared.tunnel).tick(Clock::system(), &mut out);
         }
         for (to, d) in out.drain(..) {
             let _ = udp.send_to(&d, to);

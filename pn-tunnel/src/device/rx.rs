@@ -11,8 +11,9 @@ use std::{
 use pn_common::Reason;
 
 use super::{
-    shared::{Counters, Shared, lock},
-    sys::{readable, recv_segments, write_plain},
+    msg::{Received, recv_segments, write_plain},
+    shared::{Counters, Shared, read, write},
+    wait::Waiter,
 };
 use crate::{Clock, Decap, PeerId, check_incoming, offload, wire};
 
@@ -33,6 +34,9 @@ pub(super) fn rx_loop(tun: File, udp: UdpSocket, shared: &Shared) {
     let mut coalescer = offload::Coalescer::default();
     let udp_fd = udp.as_raw_fd();
     let tun_fd = tun.as_raw_fd();
+    let mut waiter = Waiter::new(udp_fd, &shared.waker, shared.options.spin, counters);
+    let coalesce = shared.options.coalesce;
+    let mut overflow = 0u32;
     let deliver = |pkt: &[u8], partial: bool| {
         counters.tun_writes.fetch_add(1, Ordering::Relaxed);
         if write_plain(tun_fd, pkt, partial) {
@@ -43,27 +47,44 @@ pub(super) fn rx_loop(tun: File, udp: UdpSocket, shared: &Shared) {
         }
     };
     while !stop.load(Ordering::Relaxed) {
-        if !readable(udp_fd, &shared.waker, 200) {
+        if !waiter.wait() {
             continue;
         }
-        let (n, from, gso) = match recv_segments(udp_fd, &mut buf) {
-            Ok(r) => r,
-            Err(_) => continue,
+        let Ok(Received {
+            len: n,
+            from,
+            segment,
+            overflow: dropped,
+        }) = recv_segments(udp_fd, &mut buf)
+        else {
+            continue;
         };
         counters.udp_reads.fetch_add(1, Ordering::Relaxed);
-        let seg = gso.filter(|g| *g > 0).unwrap_or(n);
+        if let Some(d) = dropped {
+            // The socket's count so far: what grew since the last read.
+            counters
+                .rx_overflow
+                .fetch_add(u64::from(d.wrapping_sub(overflow)), Ordering::Relaxed);
+            overflow = d;
+        }
+        let seg = segment.filter(|g| *g > 0).unwrap_or(n);
         {
             let clock = Clock::system();
             let mut at = 0;
             while at < n {
                 let end = (at + seg).min(n);
-                // The lock is held to look up and to record, not to open:
-                // the other direction never waits behind the cipher.
-                let prepared =
-                    lock(tunnel).decapsulate_deferred(clock, from, &buf[at..end], &mut out);
+                // The lock is held to look up and to record, not to open,
+                // and shared with the other workers but for what changes
+                // the tunnel (handshakes, a peer switching sessions).
+                let datagram = &buf[at..end];
+                let shared = read(tunnel).decapsulate_shared(clock, datagram);
+                let prepared = shared.unwrap_or_else(|| {
+                    write(tunnel).decapsulate_deferred(clock, from, datagram, &mut out)
+                });
                 let decap = match prepared {
                     Ok(opener) if opener.open(&mut buf[at..end]) => {
-                        lock(tunnel).opened(&opener, end - at)
+                        let shared = read(tunnel).opened_shared(&opener, end - at);
+                        shared.unwrap_or_else(|| write(tunnel).opened(&opener, end - at))
                     }
                     Ok(_) => Decap::Drop(Reason::DecryptFailed),
                     Err(done) => done,
@@ -116,7 +137,7 @@ pub(super) fn rx_loop(tun: File, udp: UdpSocket, shared: &Shared) {
                 counters.drop(r);
                 continue;
             }
-            if coalescer.push(packet, partial) {
+            if coalesce && coalescer.push(packet, partial) {
                 continue;
             }
             if !coalescer.is_empty() {

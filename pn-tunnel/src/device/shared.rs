@@ -1,14 +1,15 @@
-//! What the device's threads share: the tunnel behind its lock, the
+//! What the device's threads share: the tunnel behind its lock (shared on
+//! the packet path, exclusive only for what changes the tunnel), the
 //! counters they keep, and the stop flag and waker that end them.
 
 use std::sync::{
-    Arc, Mutex, MutexGuard,
+    Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
     atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use pn_common::Reason;
 
-use super::sys::Waker;
+use super::{options::Options, sys::Waker};
 use crate::{Members, Tunnel};
 
 /// What the data path did, for metrics: packets and bytes each way, and
@@ -25,6 +26,15 @@ pub struct Counters {
     pub udp_sends: AtomicU64,
     pub udp_reads: AtomicU64,
     pub tun_writes: AtomicU64,
+    /// Datagrams the sockets dropped for want of buffer (SO_RXQ_OVFL).
+    pub rx_overflow: AtomicU64,
+    /// Time spent spinning before sleeping, and how the spins ended
+    /// (something arrived, or the loop slept after all).
+    pub spin_ns: AtomicU64,
+    pub spin_hits: AtomicU64,
+    pub spin_misses: AtomicU64,
+    /// Workers running (a TUN queue and a socket each).
+    pub workers: AtomicU64,
 }
 
 impl Default for Counters {
@@ -39,6 +49,11 @@ impl Default for Counters {
             udp_sends: AtomicU64::new(0),
             udp_reads: AtomicU64::new(0),
             tun_writes: AtomicU64::new(0),
+            rx_overflow: AtomicU64::new(0),
+            spin_ns: AtomicU64::new(0),
+            spin_hits: AtomicU64::new(0),
+            spin_misses: AtomicU64::new(0),
+            workers: AtomicU64::new(0),
         }
     }
 }
@@ -49,18 +64,25 @@ impl Counters {
     }
 }
 
-/// A panic in one thread must not take the tunnel down with it: the state
-/// is consistent between calls.
-pub(super) fn lock(tunnel: &Mutex<Tunnel>) -> MutexGuard<'_, Tunnel> {
-    tunnel.lock().unwrap_or_else(|p| p.into_inner())
+/// The tunnel for the packet path: every worker at once. A panic in one
+/// thread must not take the tunnel down with it: the state is consistent
+/// between calls.
+pub(super) fn read(tunnel: &RwLock<Tunnel>) -> RwLockReadGuard<'_, Tunnel> {
+    tunnel.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The tunnel to change (handshakes, timers, peers): one thread.
+pub(super) fn write(tunnel: &RwLock<Tunnel>) -> RwLockWriteGuard<'_, Tunnel> {
+    tunnel.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What the data threads share.
 #[derive(Clone)]
 pub(super) struct Shared {
-    pub(super) tunnel: Arc<Mutex<Tunnel>>,
+    pub(super) tunnel: Arc<RwLock<Tunnel>>,
     pub(super) members: Arc<dyn Members + Send + Sync>,
     pub(super) counters: Arc<Counters>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) waker: Arc<Waker>,
+    pub(super) options: Options,
 }

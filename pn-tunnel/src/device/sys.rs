@@ -1,22 +1,33 @@
-//! The system calls of the device: the TUN device, socket options, and
-//! UDP segmentation (GSO) on send and coalescing (GRO) on receive.
+//! The system calls of the device's set-up: the TUN device and its
+//! queues, the UDP sockets and their options, the CPUs the workers run on,
+//! and the waits of the loops.
 
-use std::{fs::File, net::SocketAddr, os::fd::FromRawFd};
+use std::{
+    fs::File,
+    net::{SocketAddr, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd},
+};
 
-use crate::offload;
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
 
 /// Opens a queue of the TUN device `name` (no packet info header), creating
 /// it if needed, and makes it persistent: it stays (with its routes, and
-/// dropping what is routed to it) when no agent holds it.
-pub(super) fn open_tun(name: &str) -> std::io::Result<File> {
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; 16],
-        flags: libc::c_short,
-        _pad: [u8; 22],
-    }
+/// dropping what is routed to it) when no agent holds it. `multi`: a queue
+/// of a multiqueue device (each further open adds a queue; the kernel
+/// spreads flows over them); a device created without it (by an older
+/// agent) refuses it, and the caller falls back to one queue.
+pub(super) fn open_tun(name: &str, multi: bool) -> std::io::Result<File> {
     if name.len() > 15 {
         return Err(std::io::Error::other("interface name too long"));
+    }
+    let mut flags = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+    if multi {
+        flags |= libc::IFF_MULTI_QUEUE;
     }
     // SAFETY: plain syscalls; the descriptor is owned by the File below.
     unsafe {
@@ -27,17 +38,11 @@ pub(super) fn open_tun(name: &str) -> std::io::Result<File> {
         let file = File::from_raw_fd(fd);
         let mut req = IfReq {
             name: [0; 16],
-            flags: (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
+            flags: flags as libc::c_short,
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         if libc::ioctl(fd, libc::TUNSETIFF, &mut req) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // The kernel may hand us TCP super-packets with partial checksums,
-        // and take them from us: the segmentation happens once, in bulk.
-        let offloads = libc::TUN_F_CSUM | libc::TUN_F_TSO4;
-        if libc::ioctl(fd, libc::TUNSETOFFLOAD, offloads as libc::c_ulong) < 0 {
             return Err(std::io::Error::last_os_error());
         }
         if libc::ioctl(fd, libc::TUNSETPERSIST, 1 as libc::c_ulong) < 0 {
@@ -45,6 +50,80 @@ pub(super) fn open_tun(name: &str) -> std::io::Result<File> {
         }
         Ok(file)
     }
+}
+
+/// The name of the device a TUN queue belongs to, and whether it is a
+/// multiqueue one (a handed-over queue says which device to add to).
+pub(super) fn tun_of(tun: &File) -> std::io::Result<(String, bool)> {
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    // SAFETY: TUNGETIFF fills a live ifreq.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNGETIFF, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let len = req.name.iter().position(|&b| b == 0).unwrap_or(16);
+    let name = String::from_utf8_lossy(&req.name[..len]).into_owned();
+    Ok((name, req.flags as libc::c_int & libc::IFF_MULTI_QUEUE != 0))
+}
+
+/// The TUN device's offloads (device-wide, so any queue sets them): with
+/// them the kernel hands us TCP super-packets with partial checksums, and
+/// takes them from us: the segmentation happens once, in bulk.
+pub(super) fn set_tun_offload(tun: &File, on: bool) -> std::io::Result<()> {
+    let offloads = if on {
+        libc::TUN_F_CSUM | libc::TUN_F_TSO4
+    } else {
+        0
+    };
+    // SAFETY: an ioctl with an integer argument on our descriptor.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETOFFLOAD, offloads as libc::c_ulong) } < 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Binds a UDP socket of the tunnel on `listen`, sharing the address with
+/// the other workers' (SO_REUSEPORT: each worker has its own receive queue).
+pub(super) fn bind_udp(listen: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(
+        Domain::for_address(listen),
+        Type::DGRAM.cloexec(),
+        Some(Protocol::UDP),
+    )?;
+    s.set_reuse_port(true)?;
+    s.bind(&listen.into())?;
+    Ok(s.into())
+}
+
+/// The CPUs this process may run on (its affinity: a cgroup's cpuset or
+/// `taskset` narrow it), in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: an all-zero cpu_set_t is an empty set; the call fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sched_getaffinity of this thread into a live set.
+    if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return vec![0];
+    }
+    // SAFETY: CPU_ISSET reads the set within its size.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// Keeps the calling thread on `cpu` (a worker stays where its socket's
+/// datagrams are received).
+pub(super) fn pin_to(cpu: usize) -> bool {
+    // SAFETY: an all-zero cpu_set_t is an empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET within the set's size (checked by the caller's list).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: sched_setaffinity of this thread from a live set.
+    unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0 }
 }
 
 /// Socket buffer each way of the tunnel's UDP socket (as wireguard-go's).
@@ -123,123 +202,3 @@ pub(super) fn readable(fd: i32, waker: &Waker, ms: i32) -> bool {
     ready && p[0].revents != 0 && p[1].revents == 0
 }
 
-fn sockaddr(to: SocketAddr) -> Option<libc::sockaddr_in> {
-    let SocketAddr::V4(v4) = to else {
-        return None;
-    };
-    Some(libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: v4.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(v4.ip().octets()),
-        },
-        sin_zero: [0; 8],
-    })
-}
-
-/// A message header over one address and one buffer (no control data yet).
-fn msghdr(addr: &mut libc::sockaddr_in, iov: &mut libc::iovec) -> libc::msghdr {
-    // SAFETY: an all-zero msghdr is a valid empty one.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (addr as *mut libc::sockaddr_in).cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
-    msg.msg_iov = iov;
-    msg.msg_iovlen = 1;
-    msg
-}
-
-/// Sends `buf` as datagrams of `segment` bytes (the last may be shorter)
-/// with one syscall.
-pub(super) fn send_segments(
-    fd: i32,
-    buf: &[u8],
-    segment: usize,
-    to: SocketAddr,
-) -> std::io::Result<()> {
-    let Some(mut addr) = sockaddr(to) else {
-        return Err(std::io::Error::other("IPv6 underlay not supported"));
-    };
-    let mut iov = libc::iovec {
-        iov_base: buf.as_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    // SAFETY: CMSG_SPACE has no preconditions.
-    let space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
-    let mut control = [0u64; 4];
-    // SAFETY: zeroed msghdr is valid; every pointer below outlives the call.
-    unsafe {
-        let mut msg = msghdr(&mut addr, &mut iov);
-        if buf.len() > segment {
-            msg.msg_control = control.as_mut_ptr().cast();
-            msg.msg_controllen = space as _;
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_UDP;
-            (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment as u16);
-        }
-        if libc::sendmsg(fd, &msg, 0) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Receives one (possibly coalesced) read: length, source, and the size of
-/// each datagram in it when the kernel coalesced several (UDP GRO).
-pub(super) fn recv_segments(
-    fd: i32,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr, Option<usize>)> {
-    // SAFETY: an all-zero sockaddr_in is a valid (unspecified) address.
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut control = [0u64; 8];
-    // SAFETY: zeroed msghdr is valid; every pointer outlives the call; cmsg
-    // walking stays within `control` as the macros check.
-    unsafe {
-        let mut msg = msghdr(&mut addr, &mut iov);
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = size_of_val(&control) as _;
-        let n = libc::recvmsg(fd, &mut msg, 0);
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut gso = None;
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == libc::UDP_GRO {
-                gso = Some(
-                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>()) as usize,
-                );
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-        let from = SocketAddr::from((
-            std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
-            u16::from_be(addr.sin_port),
-        ));
-        Ok((n as usize, from, gso))
-    }
-}
-
-/// Writes one packet to the TUN device behind its vnet header.
-pub(super) fn write_plain(tun_fd: i32, packet: &[u8], partial: bool) -> bool {
-    let mut hdr = [0u8; offload::VNET_HDR_LEN];
-    offload::receive_header(packet, partial).write(&mut hdr);
-    let iov = [
-        libc::iovec {
-            iov_base: hdr.as_ptr() as *mut libc::c_void,
-            iov_len: hdr.len(),
-        },
-        libc::iovec {
-            iov_base: packet.as_ptr() as *mut libc::c_void,
-            iov_len: packet.len(),
-        },
-    ];
-    // SAFETY: two valid iovecs over live buffers.
-    unsafe { libc::writev(tun_fd, iov.as_ptr(), 2) >= 0 }
-}

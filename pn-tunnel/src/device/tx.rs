@@ -12,8 +12,9 @@ use std::{
 use pn_common::Reason;
 
 use super::{
-    shared::{Counters, Shared, lock},
-    sys::{readable, send_segments},
+    msg::send_segments,
+    shared::{Counters, Shared, read, write},
+    wait::Waiter,
 };
 use crate::{Clock, Encap, Sealer, offload, route_outgoing, wire};
 
@@ -35,10 +36,12 @@ struct Batch {
     unsealed: Vec<(usize, usize, Sealer)>,
     /// Inner bytes carried, for the counters.
     inner: u64,
+    /// UDP segmentation is on: otherwise one datagram per send.
+    gso: bool,
 }
 
 impl Batch {
-    fn new() -> Batch {
+    fn new(gso: bool) -> Batch {
         Batch {
             buf: Vec::with_capacity(GSO_MAX_BYTES + BUF),
             to: None,
@@ -47,13 +50,15 @@ impl Batch {
             closed: false,
             unsealed: Vec::with_capacity(GSO_MAX_SEGMENTS),
             inner: 0,
+            gso,
         }
     }
 
     /// Whether a datagram of `len` bytes to `to` may join the batch.
     fn fits(&self, to: SocketAddr, len: usize) -> bool {
         self.count == 0
-            || (self.to == Some(to)
+            || (self.gso
+                && self.to == Some(to)
                 && !self.closed
                 && len <= self.segment
                 && self.count < GSO_MAX_SEGMENTS
@@ -111,14 +116,20 @@ pub(super) fn tx_loop(mut tun: File, udp: UdpSocket, shared: &Shared) {
         &*shared.counters,
         &*shared.stop,
     );
+    let mut waiter = Waiter::new(
+        tun.as_raw_fd(),
+        &shared.waker,
+        shared.options.spin,
+        counters,
+    );
     let mut pkt = vec![0u8; 65536 + offload::VNET_HDR_LEN];
     let mut scratch = Vec::with_capacity(2048);
     let mut handshakes: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
-    let mut batch = Batch::new();
+    let mut batch = Batch::new(shared.options.gso);
     let tun_fd = tun.as_raw_fd();
     let udp_fd = udp.as_raw_fd();
     while !stop.load(Ordering::Relaxed) {
-        if !readable(tun_fd, &shared.waker, 200) {
+        if !waiter.wait() {
             continue;
         }
         let n = match tun.read(&mut pkt) {
@@ -145,17 +156,15 @@ pub(super) fn tx_loop(mut tun: File, udp: UdpSocket, shared: &Shared) {
             let need = seg.len() + wire::DATA_MIN_LEN;
             let start = batch.buf.len();
             batch.buf.resize(start + need.max(wire::INIT_LEN), 0);
-            // Locked per datagram and only to write it: the sealing happens
-            // at the send, outside the lock, so the other direction (the
-            // acknowledgements) never waits behind it.
-            let (encap, sealer) = lock(tunnel).encapsulate_deferred(
-                clock,
-                peer,
-                tag,
-                flags,
-                seg,
-                &mut batch.buf[start..],
-            );
+            // Locked per datagram and only to write it, shared with the
+            // other workers (the counter is atomic): the sealing happens at
+            // the send, outside the lock. Only what changes the tunnel (no
+            // session yet, a renewal due) takes it alone.
+            let out = &mut batch.buf[start..];
+            let shared = read(tunnel).encapsulate_shared(clock, peer, tag, flags, seg, out);
+            let (encap, sealer) = shared.unwrap_or_else(|| {
+                write(tunnel).encapsulate_deferred(clock, peer, tag, flags, seg, out)
+            });
             match encap {
                 Encap::Send { to, len } => {
                     batch.buf.truncate(start + len);

@@ -5,6 +5,7 @@
 mod carry;
 mod cipher;
 mod flood;
+mod workers;
 
 use std::{
     collections::HashMap,

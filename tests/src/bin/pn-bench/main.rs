@@ -18,6 +18,8 @@ mod strangers;
 mod tools;
 mod tunnel;
 mod tunnel_aes;
+mod tunnel_limit;
+mod tunnel_spin;
 
 use std::{path::PathBuf, time::Instant};
 
