@@ -68,6 +68,47 @@ pub(super) fn send_segments(
     Ok(())
 }
 
+/// Sends the datagrams at `bounds` (start, length) of `buf` to `to` with
+/// one call (no segmentation: any sizes).
+pub(super) fn send_each(
+    fd: i32,
+    buf: &[u8],
+    bounds: &[(usize, usize)],
+    to: SocketAddr,
+) -> std::io::Result<()> {
+    let Some(mut addr) = sockaddr(to) else {
+        return Err(std::io::Error::other("IPv6 underlay not supported"));
+    };
+    let mut iovs: Vec<libc::iovec> = bounds
+        .iter()
+        .filter_map(|&(start, len)| buf.get(start..start + len))
+        .map(|d| libc::iovec {
+            iov_base: d.as_ptr() as *mut libc::c_void,
+            iov_len: d.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .map(|iov| libc::mmsghdr {
+            msg_hdr: msghdr(&mut addr, iov),
+            msg_len: 0,
+        })
+        .collect();
+    let mut at = 0;
+    while at < msgs.len() {
+        // SAFETY: headers over live buffers and one address, all of which
+        // outlive the call.
+        let n = unsafe {
+            libc::sendmmsg(fd, msgs[at..].as_mut_ptr(), (msgs.len() - at) as u32, 0)
+        };
+        if n <= 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        at += n as usize;
+    }
+    Ok(())
+}
+
 /// One (possibly coalesced) read of the UDP socket.
 pub(super) struct Received {
     pub(super) len: usize,
@@ -79,27 +120,71 @@ pub(super) struct Received {
     pub(super) overflow: Option<u32>,
 }
 
-/// Receives one (possibly coalesced) read.
-pub(super) fn recv_segments(fd: i32, buf: &mut [u8]) -> std::io::Result<Received> {
-    // SAFETY: an all-zero sockaddr_in is a valid (unspecified) address.
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
+/// Reads waiting per call: with GRO each is up to 64 datagrams already.
+pub(super) const READS: usize = 8;
+
+/// Reads the (possibly coalesced) datagrams waiting, up to one per buffer
+/// of `bufs` and [`READS`], with one call (it does not wait: the caller
+/// polled).
+pub(super) fn recv_many(
+    fd: i32,
+    bufs: &mut [Vec<u8>],
+    out: &mut Vec<Received>,
+) -> std::io::Result<()> {
+    let n = bufs.len().min(READS);
+    // SAFETY: all-zero sockaddr_in, iovec and mmsghdr are valid values
+    // (unspecified address, empty buffers, empty headers).
+    let (mut addrs, mut iovs, mut msgs): (
+        [libc::sockaddr_in; READS],
+        [libc::iovec; READS],
+        [libc::mmsghdr; READS],
+    ) = unsafe { std::mem::zeroed() };
+    let mut control = [[0u64; 8]; READS];
+    for i in 0..n {
+        iovs[i] = libc::iovec {
+            iov_base: bufs[i].as_mut_ptr().cast(),
+            iov_len: bufs[i].len(),
+        };
+        msgs[i].msg_hdr = msghdr(&mut addrs[i], &mut iovs[i]);
+        msgs[i].msg_hdr.msg_control = control[i].as_mut_ptr().cast();
+        msgs[i].msg_hdr.msg_controllen = size_of_val(&control[i]) as _;
+    }
+    // SAFETY: `n` headers, each over live buffers, addresses and control
+    // space that outlive the call.
+    let got = unsafe {
+        libc::recvmmsg(
+            fd,
+            msgs.as_mut_ptr(),
+            n as u32,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
     };
-    let mut control = [0u64; 8];
-    // SAFETY: zeroed msghdr is valid; every pointer outlives the call; cmsg
-    // walking stays within `control` as the macros check.
+    if got < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    for (m, addr) in msgs.iter().zip(&addrs).take(got as usize) {
+        let (segment, overflow) = control_of(&m.msg_hdr);
+        out.push(Received {
+            len: m.msg_len as usize,
+            from: SocketAddr::from((
+                std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+                u16::from_be(addr.sin_port),
+            )),
+            segment,
+            overflow,
+        });
+    }
+    Ok(())
+}
+
+/// The GRO segment size and the overflow count a read came with.
+fn control_of(msg: &libc::msghdr) -> (Option<usize>, Option<u32>) {
+    let (mut segment, mut overflow) = (None, None);
+    // SAFETY: walking the control data the kernel wrote, within its
+    // length as the macros check.
     unsafe {
-        let mut msg = msghdr(&mut addr, &mut iov);
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = size_of_val(&control) as _;
-        let n = libc::recvmsg(fd, &mut msg, 0);
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let (mut segment, mut overflow) = (None, None);
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
         while !cmsg.is_null() {
             let data = libc::CMSG_DATA(cmsg);
             match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
@@ -111,19 +196,10 @@ pub(super) fn recv_segments(fd: i32, buf: &mut [u8]) -> std::io::Result<Received
                 }
                 _ => {}
             }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
         }
-        let from = SocketAddr::from((
-            std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
-            u16::from_be(addr.sin_port),
-        ));
-        Ok(Received {
-            len: n as usize,
-            from,
-            segment,
-            overflow,
-        })
     }
+    (segment, overflow)
 }
 
 /// Writes one packet to the TUN device behind its vnet header.

@@ -1,5 +1,6 @@
-//! UDP → TUN: datagrams from peers, opened outside the tunnel's lock,
-//! checked against membership, coalesced and written to the TUN device.
+//! UDP → TUN: datagrams from peers, read several (possibly coalesced)
+//! reads per call, opened outside the tunnel's lock, checked against
+//! membership, coalesced and written to the TUN device.
 
 use std::{
     fs::File,
@@ -11,7 +12,7 @@ use std::{
 use pn_common::Reason;
 
 use super::{
-    msg::{Received, recv_segments, write_plain},
+    msg::{READS, Received, recv_many, write_plain},
     shared::{Counters, Shared, read, write},
     wait::Waiter,
 };
@@ -20,107 +21,139 @@ use crate::{Clock, Decap, PeerId, check_incoming, offload, wire};
 /// Sending peer, tag, inner source and destination.
 type IncomingKey = (PeerId, u32, [u8; 8]);
 
+/// A packet opened for a local member: peer, tag, checksum partial, and
+/// where it is (read, start, end).
+type Opened = (PeerId, u32, bool, usize, usize, usize);
+
+/// One worker's receiving side and its buffers.
+struct Rx<'a> {
+    shared: &'a Shared,
+    tun_fd: i32,
+    bufs: Vec<Vec<u8>>,
+    reads: Vec<Received>,
+    out: Vec<u8>,
+    replies: Vec<(SocketAddr, Vec<u8>)>,
+    packets: Vec<Opened>,
+    coalescer: offload::Coalescer,
+    /// The socket's overflow count at the last read.
+    overflow: u32,
+}
+
 pub(super) fn rx_loop(tun: File, udp: UdpSocket, shared: &Shared) {
-    let (tunnel, members, counters, stop) = (
-        &*shared.tunnel,
-        shared.members.as_ref(),
-        &*shared.counters,
-        &*shared.stop,
-    );
-    let mut buf = vec![0u8; 65536];
-    let mut out = vec![0u8; 256];
-    let mut replies: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
-    let mut packets: Vec<(PeerId, u32, bool, usize, usize)> = Vec::new();
-    let mut coalescer = offload::Coalescer::default();
+    let counters = &*shared.counters;
     let udp_fd = udp.as_raw_fd();
-    let tun_fd = tun.as_raw_fd();
     let mut waiter = Waiter::new(udp_fd, &shared.waker, shared.options.spin, counters);
-    let coalesce = shared.options.coalesce;
-    let mut overflow = 0u32;
-    let deliver = |pkt: &[u8], partial: bool| {
-        counters.tun_writes.fetch_add(1, Ordering::Relaxed);
-        if write_plain(tun_fd, pkt, partial) {
-            counters.rx_packets.fetch_add(1, Ordering::Relaxed);
-            counters
-                .rx_bytes
-                .fetch_add(pkt.len() as u64, Ordering::Relaxed);
-        }
+    let mut rx = Rx {
+        shared,
+        tun_fd: tun.as_raw_fd(),
+        bufs: (0..READS).map(|_| vec![0u8; 65536]).collect(),
+        reads: Vec::with_capacity(READS),
+        out: vec![0u8; 256],
+        replies: Vec::new(),
+        packets: Vec::new(),
+        coalescer: offload::Coalescer::default(),
+        overflow: 0,
     };
-    while !stop.load(Ordering::Relaxed) {
+    while !shared.stop.load(Ordering::Relaxed) {
         if !waiter.wait() {
             continue;
         }
-        let Ok(Received {
-            len: n,
-            from,
-            segment,
-            overflow: dropped,
-        }) = recv_segments(udp_fd, &mut buf)
-        else {
+        rx.reads.clear();
+        if recv_many(udp_fd, &mut rx.bufs, &mut rx.reads).is_err() {
             continue;
-        };
+        }
         counters.udp_reads.fetch_add(1, Ordering::Relaxed);
-        if let Some(d) = dropped {
+        let clock = Clock::system();
+        for i in 0..rx.reads.len() {
+            rx.open(clock, i);
+        }
+        for (to, d) in rx.replies.drain(..) {
+            let _ = udp.send_to(&d, to);
+        }
+        rx.deliver();
+    }
+}
+
+impl Rx<'_> {
+    /// Opens the datagrams of read `i`, in place.
+    fn open(&mut self, clock: Clock, i: usize) {
+        let (tunnel, counters) = (&*self.shared.tunnel, &*self.shared.counters);
+        let r = &self.reads[i];
+        let (n, from) = (r.len, r.from);
+        if let Some(d) = r.overflow {
             // The socket's count so far: what grew since the last read.
             counters
                 .rx_overflow
-                .fetch_add(u64::from(d.wrapping_sub(overflow)), Ordering::Relaxed);
-            overflow = d;
+                .fetch_add(u64::from(d.wrapping_sub(self.overflow)), Ordering::Relaxed);
+            self.overflow = d;
         }
-        let seg = segment.filter(|g| *g > 0).unwrap_or(n);
-        {
-            let clock = Clock::system();
-            let mut at = 0;
-            while at < n {
-                let end = (at + seg).min(n);
-                // The lock is held to look up and to record, not to open,
-                // and shared with the other workers but for what changes
-                // the tunnel (handshakes, a peer switching sessions).
-                let datagram = &buf[at..end];
-                let shared = read(tunnel).decapsulate_shared(clock, datagram);
-                let prepared = shared.unwrap_or_else(|| {
-                    write(tunnel).decapsulate_deferred(clock, from, datagram, &mut out)
-                });
-                let decap = match prepared {
-                    Ok(opener) if opener.open(&mut buf[at..end]) => {
-                        let shared = read(tunnel).opened_shared(&opener, end - at);
-                        shared.unwrap_or_else(|| write(tunnel).opened(&opener, end - at))
-                    }
-                    Ok(_) => Decap::Drop(Reason::DecryptFailed),
-                    Err(done) => done,
-                };
-                match decap {
-                    Decap::Packet {
-                        flags,
-                        peer,
-                        tag,
-                        start,
-                        end: e,
-                    } if start < e => {
-                        let partial = flags & wire::FLAG_CSUM_PARTIAL != 0;
-                        packets.push((peer, tag, partial, at + start, at + e));
-                    }
-                    Decap::Packet { .. } => {}
-                    Decap::Reply { to, len } => replies.push((to, out[..len].to_vec())),
-                    Decap::Cookie { to, len } => {
-                        counters.drop(Reason::CookieRequired);
-                        replies.push((to, out[..len].to_vec()));
-                    }
-                    Decap::Done => {}
-                    Decap::Established { flush, .. } => replies.extend(flush),
-                    Decap::Drop(r) => counters.drop(r),
+        let seg = r.segment.filter(|g| *g > 0).unwrap_or(n);
+        let buf = &mut self.bufs[i];
+        // The lock is shared with the other workers, held over the read
+        // rather than taken per datagram; only what changes the tunnel
+        // (handshakes, a peer switching sessions) takes it alone, the
+        // shared hold let go first.
+        let mut guard = None;
+        let mut at = 0;
+        while at < n {
+            let end = (at + seg).min(n);
+            let datagram = &buf[at..end];
+            let shared = guard
+                .get_or_insert_with(|| read(tunnel))
+                .decapsulate_shared(clock, datagram);
+            let prepared = shared.unwrap_or_else(|| {
+                guard = None;
+                write(tunnel).decapsulate_deferred(clock, from, datagram, &mut self.out)
+            });
+            let decap = match prepared {
+                Ok(opener) if opener.open(&mut buf[at..end]) => {
+                    let shared = guard
+                        .get_or_insert_with(|| read(tunnel))
+                        .opened_shared(&opener, end - at);
+                    shared.unwrap_or_else(|| {
+                        guard = None;
+                        write(tunnel).opened(&opener, end - at)
+                    })
                 }
-                at = end;
+                Ok(_) => Decap::Drop(Reason::DecryptFailed),
+                Err(done) => done,
+            };
+            match decap {
+                Decap::Packet {
+                    flags,
+                    peer,
+                    tag,
+                    start,
+                    end: e,
+                } if start < e => {
+                    let partial = flags & wire::FLAG_CSUM_PARTIAL != 0;
+                    self.packets
+                        .push((peer, tag, partial, i, at + start, at + e));
+                }
+                Decap::Packet { .. } => {}
+                Decap::Reply { to, len } => self.replies.push((to, self.out[..len].to_vec())),
+                Decap::Cookie { to, len } => {
+                    counters.drop(Reason::CookieRequired);
+                    self.replies.push((to, self.out[..len].to_vec()));
+                }
+                Decap::Done => {}
+                Decap::Established { flush, .. } => self.replies.extend(flush),
+                Decap::Drop(r) => counters.drop(r),
             }
+            at = end;
         }
-        for (to, d) in replies.drain(..) {
-            let _ = udp.send_to(&d, to);
-        }
+    }
+
+    /// Checks the opened packets against membership and writes them to
+    /// the TUN device, coalesced where they can be.
+    fn deliver(&mut self) {
+        let (members, counters) = (self.shared.members.as_ref(), &*self.shared.counters);
+        let coalesce = self.shared.options.coalesce;
         // A batch is mostly one flow's segments: check each pair of
         // addresses (with its tag and peer) once per batch.
         let mut checked: Option<(IncomingKey, Result<(), Reason>)> = None;
-        for &(peer, tag, partial, start, end) in &packets {
-            let packet = &buf[start..end];
+        for &(peer, tag, partial, i, start, end) in &self.packets {
+            let packet = &self.bufs[i][start..end];
             let addrs: [u8; 8] = packet
                 .get(12..20)
                 .and_then(|a| a.try_into().ok())
@@ -137,21 +170,27 @@ pub(super) fn rx_loop(tun: File, udp: UdpSocket, shared: &Shared) {
                 counters.drop(r);
                 continue;
             }
-            if coalesce && coalescer.push(packet, partial) {
+            if coalesce && self.coalescer.push(packet, partial) {
                 continue;
             }
-            if !coalescer.is_empty() {
-                write_super(tun_fd, &mut coalescer, counters);
-                if coalescer.push(packet, partial) {
+            if !self.coalescer.is_empty() {
+                write_super(self.tun_fd, &mut self.coalescer, counters);
+                if self.coalescer.push(packet, partial) {
                     continue;
                 }
             }
-            deliver(packet, partial);
+            counters.tun_writes.fetch_add(1, Ordering::Relaxed);
+            if write_plain(self.tun_fd, packet, partial) {
+                counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .rx_bytes
+                    .fetch_add(packet.len() as u64, Ordering::Relaxed);
+            }
         }
-        if !coalescer.is_empty() {
-            write_super(tun_fd, &mut coalescer, counters);
+        if !self.coalescer.is_empty() {
+            write_super(self.tun_fd, &mut self.coalescer, counters);
         }
-        packets.clear();
+        self.packets.clear();
     }
 }
 

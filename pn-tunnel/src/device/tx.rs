@@ -12,7 +12,7 @@ use std::{
 use pn_common::Reason;
 
 use super::{
-    msg::send_segments,
+    msg::{send_each, send_segments},
     shared::{Counters, Shared, read, write},
     wait::Waiter,
 };
@@ -23,8 +23,9 @@ const BUF: usize = 65536 + wire::OVERHEAD;
 const GSO_MAX_SEGMENTS: usize = 64;
 const GSO_MAX_BYTES: usize = 65_000;
 
-/// Datagrams waiting to leave in one `sendmsg`: same destination, same
-/// size (but the last). Sealed just before they leave, outside the lock.
+/// Datagrams waiting to leave in one call: same destination and, with
+/// segmentation (one `sendmsg`), same size but the last; without it (one
+/// `sendmmsg`), any sizes. Sealed just before they leave, outside the lock.
 struct Batch {
     buf: Vec<u8>,
     to: Option<SocketAddr>,
@@ -36,7 +37,9 @@ struct Batch {
     unsealed: Vec<(usize, usize, Sealer)>,
     /// Inner bytes carried, for the counters.
     inner: u64,
-    /// UDP segmentation is on: otherwise one datagram per send.
+    /// Where each datagram is (start, length).
+    bounds: Vec<(usize, usize)>,
+    /// UDP segmentation is on.
     gso: bool,
 }
 
@@ -50,6 +53,7 @@ impl Batch {
             closed: false,
             unsealed: Vec::with_capacity(GSO_MAX_SEGMENTS),
             inner: 0,
+            bounds: Vec::with_capacity(GSO_MAX_SEGMENTS),
             gso,
         }
     }
@@ -57,10 +61,8 @@ impl Batch {
     /// Whether a datagram of `len` bytes to `to` may join the batch.
     fn fits(&self, to: SocketAddr, len: usize) -> bool {
         self.count == 0
-            || (self.gso
-                && self.to == Some(to)
-                && !self.closed
-                && len <= self.segment
+            || (self.to == Some(to)
+                && (!self.gso || (!self.closed && len <= self.segment))
                 && self.count < GSO_MAX_SEGMENTS
                 && self.buf.len() + len <= GSO_MAX_BYTES)
     }
@@ -85,15 +87,20 @@ impl Batch {
         }
         self.count += 1;
         self.inner += inner as u64;
+        self.bounds.push((start, len));
     }
 
     fn seal_and_send(&mut self, fd: i32, counters: &Counters) {
         for (at, len, sealer) in self.unsealed.drain(..) {
             sealer.seal(&mut self.buf[at..at + len]);
         }
+        let sent = |to| match self.gso {
+            true => send_segments(fd, &self.buf, self.segment, to),
+            false => send_each(fd, &self.buf, &self.bounds, to),
+        };
         if let Some(to) = self.to
             && self.count > 0
-            && send_segments(fd, &self.buf, self.segment, to).is_ok()
+            && sent(to).is_ok()
         {
             counters.udp_sends.fetch_add(1, Ordering::Relaxed);
             counters
@@ -106,6 +113,7 @@ impl Batch {
         self.closed = false;
         self.to = None;
         self.inner = 0;
+        self.bounds.clear();
     }
 }
 
@@ -126,7 +134,6 @@ pub(super) fn tx_loop(mut tun: File, udp: UdpSocket, shared: &Shared) {
     let mut scratch = Vec::with_capacity(2048);
     let mut handshakes: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     let mut batch = Batch::new(shared.options.gso);
-    let tun_fd = tun.as_raw_fd();
     let udp_fd = udp.as_raw_fd();
     while !stop.load(Ordering::Relaxed) {
         if !waiter.wait() {
@@ -144,6 +151,7 @@ pub(super) fn tx_loop(mut tun: File, udp: UdpSocket, shared: &Shared) {
         let clock = Clock::system();
         // Every segment carries the super-packet's addresses: route once.
         let route = route_outgoing(packet, members);
+        let mut guard = None;
         let result = offload::segment(&hdr, packet, &mut scratch, |seg, partial| {
             let flags = if partial { wire::FLAG_CSUM_PARTIAL } else { 0 };
             let (peer, tag) = match route {
@@ -156,15 +164,21 @@ pub(super) fn tx_loop(mut tun: File, udp: UdpSocket, shared: &Shared) {
             let need = seg.len() + wire::DATA_MIN_LEN;
             let start = batch.buf.len();
             batch.buf.resize(start + need.max(wire::INIT_LEN), 0);
-            // Locked per datagram and only to write it, shared with the
-            // other workers (the counter is atomic): the sealing happens at
-            // the send, outside the lock. Only what changes the tunnel (no
-            // session yet, a renewal due) takes it alone.
+            // The lock is shared with the other workers (the counter is
+            // atomic), held over the super-packet rather than taken per
+            // datagram. Only what changes the tunnel (no session yet, a
+            // renewal due) takes it alone, the shared hold let go first.
             let out = &mut batch.buf[start..];
-            let shared = read(tunnel).encapsulate_shared(clock, peer, tag, flags, seg, out);
-            let (encap, sealer) = shared.unwrap_or_else(|| {
-                write(tunnel).encapsulate_deferred(clock, peer, tag, flags, seg, out)
-            });
+            let shared = guard
+                .get_or_insert_with(|| read(tunnel))
+                .encapsulate_shared(clock, peer, tag, flags, seg, out);
+            let (encap, sealer) = match shared {
+                Some(done) => done,
+                None => {
+                    guard = None;
+                    write(tunnel).encapsulate_deferred(clock, peer, tag, flags, seg, out)
+                }
+            };
             match encap {
                 Encap::Send { to, len } => {
                     batch.buf.truncate(start + len);
@@ -189,6 +203,7 @@ pub(super) fn tx_loop(mut tun: File, udp: UdpSocket, shared: &Shared) {
                 }
             }
         });
+        drop(guard);
         if result.is_err() {
             counters.drop(Reason::Malformed);
         }
