@@ -283,10 +283,9 @@ impl Tunnel {
                 nonce,
                 sealed,
             } => Err(self.accept_cookie(clock, receiver, nonce, sealed)),
-            Message::Data { receiver, .. } => {
-                self.prepare_open(clock, datagram)
-                    .unwrap_or_else(|| Err(self.unknown_session(from, receiver)))
-            }
+            Message::Data { receiver, .. } => self
+                .prepare_open(clock, datagram)
+                .unwrap_or_else(|| Err(self.unknown_session(from, receiver))),
         }
     }
 

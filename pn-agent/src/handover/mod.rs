@@ -33,7 +33,7 @@ pub mod wire;
 
 use std::{
     os::{
-        fd::{AsRawFd, OwnedFd},
+        fd::OwnedFd,
         unix::{fs::PermissionsExt as _, net::UnixListener, net::UnixStream},
     },
     path::{Path, PathBuf},

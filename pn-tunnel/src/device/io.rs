@@ -34,7 +34,11 @@ impl Io {
                 );
                 (open_tun(tun_name, false)?, false)
             }
-            Err(e) => return Err(std::io::Error::other(format!("creating TUN {tun_name}: {e}"))),
+            Err(e) => {
+                return Err(std::io::Error::other(format!(
+                    "creating TUN {tun_name}: {e}"
+                )));
+            }
         };
         let udp = bind_udp(listen)
             .map_err(|e| std::io::Error::other(format!("binding the tunnel on {listen}: {e}")))?;

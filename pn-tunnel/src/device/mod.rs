@@ -14,9 +14,9 @@
 //! outlive an agent that dies: packets for remote members are dropped there,
 //! never routed elsewhere in clear, until the next agent reads it again.
 
+mod io;
 #[cfg(feature = "metrics")]
 pub mod metrics;
-mod io;
 mod msg;
 mod options;
 mod rx;
@@ -40,8 +40,8 @@ use std::{
 pub use self::io::{Io, Queue};
 pub use self::options::{MAX_WORKERS, OFFLOADS, Options};
 pub use self::shared::Counters;
-pub use self::sys::allowed_cpus;
 use self::shared::{Shared, read, write};
+pub use self::sys::allowed_cpus;
 use self::sys::{Waker, pin_to, set_int, set_tun_offload};
 use crate::{Clock, Members, PeerId, PeerState, Stats, Tunnel, carry::Carried};
 
@@ -87,7 +87,11 @@ impl Drop for Device {
 impl Device {
     /// A device with no I/O yet: peers can be set, sessions imported; the
     /// threads start with [`Device::run`].
-    pub fn new(tunnel: Tunnel, members: Arc<dyn Members + Send + Sync>, options: Options) -> Device {
+    pub fn new(
+        tunnel: Tunnel,
+        members: Arc<dyn Members + Send + Sync>,
+        options: Options,
+    ) -> Device {
         Device {
             tunnel: Arc::new(RwLock::new(tunnel)),
             members,

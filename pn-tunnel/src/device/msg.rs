@@ -98,9 +98,7 @@ pub(super) fn send_each(
     while at < msgs.len() {
         // SAFETY: headers over live buffers and one address, all of which
         // outlive the call.
-        let n = unsafe {
-            libc::sendmmsg(fd, msgs[at..].as_mut_ptr(), (msgs.len() - at) as u32, 0)
-        };
+        let n = unsafe { libc::sendmmsg(fd, msgs[at..].as_mut_ptr(), (msgs.len() - at) as u32, 0) };
         if n <= 0 {
             return Err(std::io::Error::last_os_error());
         }

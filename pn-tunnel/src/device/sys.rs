@@ -79,7 +79,13 @@ pub(super) fn set_tun_offload(tun: &File, on: bool) -> std::io::Result<()> {
         0
     };
     // SAFETY: an ioctl with an integer argument on our descriptor.
-    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETOFFLOAD, offloads as libc::c_ulong) } < 0
+    if unsafe {
+        libc::ioctl(
+            tun.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            offloads as libc::c_ulong,
+        )
+    } < 0
     {
         return Err(std::io::Error::last_os_error());
     }
@@ -201,4 +207,3 @@ pub(super) fn readable(fd: i32, waker: &Waker, ms: i32) -> bool {
     // reports and clears it, rather than a poll that returns at once again).
     ready && p[0].revents != 0 && p[1].revents == 0
 }
-

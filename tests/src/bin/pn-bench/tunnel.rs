@@ -7,7 +7,7 @@
 //! and opening rates of the AEAD, from which the CPU a stream needs at
 //! least is computed (`tunnel_limit`); the spin's rows in `tunnel_spin`.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::net::Ipv4Addr;
 
 use anyhow::bail;
 use pn_tests::{Namespace, fleet::Fleet, scenario::OneApp, unique_prefix};
@@ -291,7 +291,10 @@ fn latency_rows(
     }
     for (name, f) in peers {
         for (k, (_, label)) in ANSWERS.iter().enumerate() {
-            for (what, m) in [("p50", &p50 as &dyn Fn(&[PingPong]) -> Measurement), ("p99", &p99)] {
+            for (what, m) in [
+                ("p50", &p50 as &dyn Fn(&[PingPong]) -> Measurement),
+                ("p99", &p99),
+            ] {
                 rows.push(Row::versus(
                     &format!("request/response, {label} answers: {what} round trip, pn (ring) against {name}"),
                     m(&pn.rr[k]),
@@ -324,10 +327,11 @@ fn best_peer_rows(
     rate: &dyn Fn(&[PingPong]) -> Measurement,
     p99: &dyn Fn(&[PingPong]) -> Measurement,
 ) -> Vec<Row> {
-    let Some((name, best)) = peers
-        .iter()
-        .max_by(|a, b| rate(&a.1.rr[0]).median().total_cmp(&rate(&b.1.rr[0]).median()))
-    else {
+    let Some((name, best)) = peers.iter().max_by(|a, b| {
+        rate(&a.1.rr[0])
+            .median()
+            .total_cmp(&rate(&b.1.rr[0]).median())
+    }) else {
         return Vec::new();
     };
     let r = Row::versus(

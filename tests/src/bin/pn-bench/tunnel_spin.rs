@@ -49,7 +49,8 @@ pub fn rows(
         spun.push(pingpong::run(c1, c2, ip2, 1, secs)?);
         cost.push((spin_seconds(fleet) - before) / t.elapsed().as_secs_f64());
     }
-    let rate = |v: &[PingPong]| Measurement::new("trans/s", true, v.iter().map(|p| p.rate).collect());
+    let rate =
+        |v: &[PingPong]| Measurement::new("trans/s", true, v.iter().map(|p| p.rate).collect());
     let p99 = |v: &[PingPong]| Measurement::new("µs", false, v.iter().map(|p| p.p99_us).collect());
     let label = format!("pn (ring), {SPIN_US} µs spin");
     let notes = vec![format!(
