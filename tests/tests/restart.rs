@@ -70,6 +70,25 @@ fn restarts_upgrades_and_crashes_lose_no_same_host_datagram() {
         Some(vec![]),
         "the fd store is empty once the tunnel was taken"
     );
+    // Every start ran the tunnel with a worker per CPU (one TUN queue and
+    // one socket each), those handed over or kept by the service manager
+    // included: all of them travelled.
+    let log = h1.log();
+    let workers: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split("tunnel I/O: ").nth(1))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(workers.len() >= cases_started(), "{log}");
+    assert!(
+        workers.iter().all(|w| *w == workers[0]),
+        "workers changed across hand-overs: {workers:?}"
+    );
+    assert!(
+        workers[0].parse::<usize>().unwrap_or(0) >= cpus.min(2),
+        "{workers:?} on {cpus} CPUs"
+    );
     for (event, o, limit) in &results {
         assert_eq!(
             o.same_host.lost,
@@ -94,6 +113,12 @@ fn restarts_upgrades_and_crashes_lose_no_same_host_datagram() {
             o.cross_host
         );
     }
+}
+
+/// Starts of host 1's agent in `restarts_upgrades_and_crashes…`: the
+/// first, then one per event but the first (`Event::None`).
+fn cases_started() -> usize {
+    5
 }
 
 /// Drops that a start must never cause on traffic of known interfaces.
