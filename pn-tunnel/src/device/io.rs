@@ -92,7 +92,7 @@ impl Io {
     /// The descriptors a predecessor handed over ([`Io::fds`]); `None`
     /// unless they are pairs (one pair: an agent with one worker).
     pub fn from_fds(fds: Vec<OwnedFd>) -> Option<Io> {
-        if fds.is_empty() || fds.len() % 2 != 0 {
+        if fds.is_empty() || !fds.len().is_multiple_of(2) {
             return None;
         }
         let mut it = fds.into_iter();
