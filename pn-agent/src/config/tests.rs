@@ -384,3 +384,56 @@ fn the_tunnel_cipher_is_a_preference_by_name() {
     assert_eq!(c.tunnel.aes_hardware, pn_tunnel::aead::aes_hardware());
     refused(with("aes128gcm"), None, "invalid --tunnel-cipher");
 }
+
+#[test]
+fn the_tunnel_io_switches_from_flags_and_file() {
+    let f = file("tunnel-workers = 3\ntunnel-offloads = \"gso,gro\"\ntunnel-spin-us = 40\n");
+    let flags = RunSettings {
+        host_id: Some("h1".into()),
+        tunnel_pin: Some(false),
+        ..Default::default()
+    };
+    let c = RunConfig::resolve(flags, Some(&f.0)).unwrap();
+    let o = &c.tunnel_io;
+    assert_eq!(o.workers, 3);
+    assert!(!o.tso && o.gso && o.gro && !o.coalesce && !o.pin);
+    assert_eq!(o.spin, std::time::Duration::from_micros(40));
+    let d = RunConfig::resolve(
+        RunSettings {
+            host_id: Some("h1".into()),
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap();
+    assert_eq!(d.tunnel_io, pn_tunnel::device::Options::default());
+    let with = |s: RunSettings| RunSettings {
+        host_id: Some("h1".into()),
+        ..s
+    };
+    for (flags, want) in [
+        (
+            with(RunSettings {
+                tunnel_workers: Some(0),
+                ..Default::default()
+            }),
+            "invalid --tunnel-workers",
+        ),
+        (
+            with(RunSettings {
+                tunnel_offloads: Some("tso,lro".into()),
+                ..Default::default()
+            }),
+            "invalid --tunnel-offloads",
+        ),
+        (
+            with(RunSettings {
+                tunnel_spin_us: Some(5000),
+                ..Default::default()
+            }),
+            "invalid --tunnel-spin-us",
+        ),
+    ] {
+        refused(flags, None, want);
+    }
+}

@@ -319,6 +319,46 @@ fn latency_rows(
     rows
 }
 
+/// pn with other flags (`alt`, measured in the same rounds) against pn.
+fn alt_rows(label: &str, alt: &Figures, pn: &Figures) -> Vec<Row> {
+    let rate =
+        |v: &[PingPong]| Measurement::new("trans/s", true, v.iter().map(|p| p.rate).collect());
+    let p99 = |v: &[PingPong]| Measurement::new("µs", false, v.iter().map(|p| p.p99_us).collect());
+    let per_core = |v: &[f64]| Measurement::new("Gbit/s per core", true, v.to_vec());
+    let vs = |what: &str, a: Measurement, b: Measurement| {
+        Row::versus(&format!("{what}: {label}"), a, "pn (ring)", b)
+    };
+    vec![
+        vs("1 stream", gbps(&alt.one), gbps(&pn.one)),
+        vs(
+            "1 stream, per busy core",
+            per_core(&alt.per_core),
+            per_core(&pn.per_core),
+        ),
+        vs(&format!("{TWO} streams"), gbps(&alt.two), gbps(&pn.two)),
+        vs(
+            &format!("{STREAMS} streams"),
+            gbps(&alt.many),
+            gbps(&pn.many),
+        ),
+        vs(
+            "request/response, 1 B answers",
+            rate(&alt.rr[0]),
+            rate(&pn.rr[0]),
+        ),
+        vs(
+            "request/response, 1 B answers, p99",
+            p99(&alt.rr[0]),
+            p99(&pn.rr[0]),
+        ),
+        vs(
+            "request/response, 64 KiB answers",
+            rate(&alt.rr[2]),
+            rate(&pn.rr[2]),
+        ),
+    ]
+}
+
 /// The 1-byte round trips against the best peer (by rate): ≥ 1.5× its
 /// rate, and a p99 no longer than its.
 fn best_peer_rows(
@@ -399,6 +439,12 @@ pub fn run_scenario(effort: Effort) -> anyhow::Result<Scenario> {
     // Each round measures every way, so drift of the shared machine falls on
     // all of them alike. Plain has nothing of pn on its path (the underlay
     // guard detached); pn and the peers run with pn's programs on.
+    // PN_BENCH_TUNNEL_ALT_FLAGS: pn again each round with these agent flags
+    // (e.g. `--tunnel-workers 1`), its rows against pn as it ships.
+    let alt_flags: Option<Vec<String>> = std::env::var("PN_BENCH_TUNNEL_ALT_FLAGS")
+        .ok()
+        .map(|f| f.split_whitespace().map(String::from).collect());
+    let mut alt = Figures::default();
     for _ in 0..effort.runs {
         for h in &fleet.hosts {
             tools::detach_programs(h)?;
@@ -409,6 +455,12 @@ pub fn run_scenario(effort: Effort) -> anyhow::Result<Scenario> {
         measure(&pn_way, effort, &mut pn)?;
         for (way, f) in peer_ways.iter().zip(&mut others) {
             measure(way, effort, f)?;
+        }
+        if let Some(flags) = &alt_flags {
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            fleet.relaunch(&flags);
+            tools::wait_for_remote(&fleet.hosts[0])?;
+            measure(&pn_way, effort, &mut alt)?;
         }
     }
     if std::env::var_os("PN_BENCH_VERBOSE").is_some() {
@@ -467,6 +519,9 @@ pub fn run_scenario(effort: Effort) -> anyhow::Result<Scenario> {
     rows.extend(latency_rows(&pn, &plain, &others, &mut notes));
     rows.extend(spin_rows);
     notes.extend(spin_notes);
+    if let Some(flags) = &alt_flags {
+        rows.extend(alt_rows(&format!("pn ({})", flags.join(" ")), &alt, &pn));
+    }
     Ok(Scenario {
         name: "tunnel".into(),
         title: "Encrypted throughput and latency between hosts".into(),
