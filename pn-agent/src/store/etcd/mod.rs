@@ -41,9 +41,10 @@ use crate::config::TlsFiles;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// With several members, the longest wait for one attempt: a write sent to
 /// a follower while its leader dies waits for etcd's own request timeout
-/// (7 s), and asking again once a new leader is elected (about a second)
-/// is quicker. A member that hangs is left for the next one.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// (7 s), and asking again once a new leader is elected (one to two
+/// election timeouts) is quicker. A member that hangs is left for the
+/// next one.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Pause before asking again a cluster that is electing a leader.
 const ELECTION_PAUSE: Duration = Duration::from_millis(100);
 /// gRPC keepalive: a dead peer is noticed within about these two together.
@@ -207,16 +208,24 @@ impl Etcd {
             } else {
                 left
             };
-            let down = match tokio::time::timeout(limit, f(conn.client)).await {
+            let (down, electing) = match tokio::time::timeout(limit, f(conn.client.clone())).await {
                 Ok(Ok(v)) => return Ok((v, retried)),
                 Ok(Err(e)) => match self.failure(&e) {
                     Failure::Refused(m) => return Err(StoreError::Refused(m)),
-                    Failure::Down(m) => m,
+                    Failure::Down(m) => {
+                        let electing = between_leaders(&m);
+                        (m, electing)
+                    }
                 },
-                Err(_) => format!("no answer within {limit:?}"),
+                // Silent: the member hangs, or it waits for a leader (a
+                // write forwarded to one that died is lost). A member that
+                // still answers its status is kept.
+                Err(_) => (
+                    format!("no answer within {limit:?}"),
+                    several && Members::answers(conn.client).await,
+                ),
             };
             retried = true;
-            let electing = between_leaders(&down);
             if !electing {
                 self.members.failed(conn.generation).await;
                 fresh_failures += usize::from(conn.fresh);
