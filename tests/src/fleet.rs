@@ -28,7 +28,7 @@ pub fn etcd_members() -> usize {
         .unwrap_or(DEFAULT_ETCD_MEMBERS)
 }
 
-pub const DEFAULT_ETCD_MEMBERS: usize = 1;
+pub const DEFAULT_ETCD_MEMBERS: usize = 3;
 
 /// The members' addresses on the underlay, the first one [`ETCD_ADDR`]'s.
 pub fn etcd_ips(members: usize) -> Vec<Ipv4Addr> {
