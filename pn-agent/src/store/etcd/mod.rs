@@ -97,12 +97,18 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string().replace('\n', " "))
 }
 
-fn options(tls: Option<&TlsOptions>) -> ConnectOptions {
+/// With several members, each request asks for a leader ("hasleader"): a
+/// member cut from the others answers "no leader" at once instead of
+/// serving what it last knew, and cancels its watches after three election
+/// timeouts without one, so the agent moves on rather than watch a member
+/// that hears of no change.
+fn options(tls: Option<&TlsOptions>, several: bool) -> ConnectOptions {
     let options = ConnectOptions::new()
         .with_connect_timeout(REQUEST_TIMEOUT)
         .with_timeout(REQUEST_TIMEOUT)
         .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
-        .with_keep_alive_while_idle(true);
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(several);
     match tls {
         Some(tls) => options.with_tls(tls.clone()),
         None => options,
@@ -139,7 +145,8 @@ impl Etcd {
             .iter()
             .map(|e| format!("{scheme}://{e}"))
             .collect();
-        let members = Members::new(urls, options(tls.as_ref().map(|(_, o, _)| o)));
+        let several = endpoints.len() > 1;
+        let members = Members::new(urls, options(tls.as_ref().map(|(_, o, _)| o), several));
         Etcd {
             endpoints,
             prefix,
@@ -236,6 +243,11 @@ impl Etcd {
                 Duration::ZERO
             };
             if fresh_failures >= self.members.len() || Instant::now() + pause >= deadline {
+                if electing {
+                    // A member without a leader for a whole request may be
+                    // cut from the others: the next request tries another.
+                    self.members.failed(conn.generation).await;
+                }
                 return Err(self.refused_or(what, down).await);
             }
             log::info!("store: {what} failed, asking again: {down}");
