@@ -304,7 +304,11 @@ fn members_killed_under_traffic_and_churn_lose_nothing() {
     assert_eq!(keys(&f, "/pn/claims/"), 0, "claims left over");
     // Their watches resumed where they broke: nothing listed again.
     for h in &f.hosts {
-        assert!(!h.log().contains("resynchronising"), "{} listed again", h.id);
+        assert!(
+            !h.log().contains("resynchronising"),
+            "{} listed again",
+            h.id
+        );
     }
     // The agents moved off a killed member they talked to, and `status`
     // names where they are.
