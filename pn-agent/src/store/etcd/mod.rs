@@ -9,6 +9,7 @@
 //! makes the agent list again and resume from there.
 
 mod probe;
+pub mod roles;
 mod tls;
 
 use std::{sync::Arc, time::Duration};
