@@ -145,7 +145,7 @@ impl Agent {
         drop(self.local_ops.lock().await);
         let doomed: Vec<Container> = self
             .membership
-            .containers_of(app)
+            .containers_on(&self.cfg.host_id, app)
             .await?
             .into_iter()
             .filter(|c| {
@@ -186,7 +186,7 @@ impl Agent {
     ) -> Result<Option<Container>> {
         Ok(self
             .membership
-            .containers_of(app)
+            .containers_on(&self.cfg.host_id, app)
             .await?
             .into_iter()
             .find(|c| {

@@ -200,15 +200,17 @@ impl Agent {
         let net = self.membership.network(&app_rec.network).await?;
         let ns = Netns::open(netns)?;
         let guard = self.local_ops.lock().await;
+        // This host's containers of the type, and the indexes taken in
+        // the fleet (claims): no listing of the whole fleet per attach.
         let same_type: Vec<Container> = self
             .membership
-            .containers_of(app)
+            .containers_on(&self.cfg.host_id, app)
             .await?
             .into_iter()
             .filter(|c| c.key.ctype == ctype)
             .collect();
-        let mut used: std::collections::BTreeSet<u32> =
-            same_type.iter().map(|c| c.key.index).collect();
+        let mut used = self.membership.used_indexes(app, &ctype).await?;
+        used.extend(same_type.iter().map(|c| c.key.index));
         let auto_index = index.is_none();
         let mut index = match index {
             Some(i) => i,
@@ -216,7 +218,7 @@ impl Agent {
             // container already in it": idempotent for retrying callers.
             None => match same_type
                 .iter()
-                .find(|c| c.netns == netns && c.host == self.cfg.host_id)
+                .find(|c| c.netns == netns)
             {
                 Some(c) => c.key.index,
                 None => ipam::next_index(&used),

@@ -161,6 +161,16 @@ pub fn on_host(host: &HostId) -> String {
     format!("{ON}{host}/")
 }
 
+/// Prefix of the records of one app's containers on one host.
+pub fn containers_on(host: &HostId, app: &AppId) -> String {
+    format!("{ON}{host}/{ON_CONTAINERS}{app}/")
+}
+
+/// Prefix of the claims on one app's container keys.
+pub fn claims_of(app: &AppId) -> String {
+    format!("{CLAIMS}{app}/")
+}
+
 /// Prefix of the legacy records of one app's containers.
 pub fn legacy_containers_of(app: &AppId) -> String {
     format!("{CONTAINERS}{app}/")
@@ -267,6 +277,8 @@ mod tests {
         let (h1, h10): (HostId, HostId) = ("h1".parse().unwrap(), "h10".parse().unwrap());
         let own = Key::Container(h1.clone(), ck()).to_string();
         assert!(own.starts_with(&on_host(&h1)));
+        assert!(own.starts_with(&containers_on(&h1, &app)));
+        assert!(Key::Claim(ck()).to_string().starts_with(&claims_of(&app)));
         assert!(!Key::Container(h10.clone(), ck()).to_string().starts_with(&on_host(&h1)));
         let writes = host_writes(&h1);
         let may = |k: &str| writes.iter().any(|g| if g.prefix { k.starts_with(&g.key) } else { k == g.key });

@@ -46,7 +46,10 @@ impl Membership {
         .await
     }
 
-    async fn change_admissions(&self, change: impl Fn(&mut Admissions)) -> Result<Admissions> {
+    async fn change_admissions(
+        &self,
+        change: impl Fn(&mut Admissions) + Send + Sync,
+    ) -> Result<Admissions> {
         let key = &Key::Admissions;
         let change = &change;
         self.read_modify_write(

@@ -7,7 +7,7 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use pn_common::ids::{AppId, HostId, NetworkId};
+use pn_common::ids::{AppId, ContainerType, HostId, NetworkId};
 
 use super::{Membership, MembershipError, Result, Step, as_read, decode, encode};
 use crate::{
@@ -69,15 +69,59 @@ impl Membership {
         Ok(all)
     }
 
-    pub async fn container(&self, key: &ContainerKey) -> Result<Option<Container>> {
-        Ok(self.locate(key).await?.map(|(_, c, _)| c))
+    /// The containers of one app on one host, of both layouts (a listing
+    /// of that host's range, and of the app's legacy records).
+    pub async fn containers_on(&self, host: &HostId, app: &AppId) -> Result<Vec<Container>> {
+        let mut out = self
+            .list_decoded::<Container>(&keys::containers_on(host, app))
+            .await?;
+        let legacy = self
+            .list_decoded::<Container>(&keys::legacy_containers_of(app))
+            .await?;
+        let new: BTreeSet<ContainerKey> = out.iter().map(|c| c.key.clone()).collect();
+        out.extend(
+            legacy
+                .into_iter()
+                .filter(|c| c.host == *host && !new.contains(&c.key)),
+        );
+        Ok(out)
     }
 
-    /// Where container `key`'s record is, the record and its revision:
-    /// under the host its claim names, else at its legacy key, else (a
-    /// claim some host deleted or rewrote: claims are shared) the oldest
-    /// record of the key in any host's range, the one every agent believes.
+    /// The indexes of one type of an app that are taken anywhere in the
+    /// fleet: claimed (attaching or attached), or held by a legacy record.
+    pub async fn used_indexes(&self, app: &AppId, ctype: &ContainerType) -> Result<BTreeSet<u32>> {
+        let mut used = BTreeSet::new();
+        for prefix in [keys::claims_of(app), keys::legacy_containers_of(app)] {
+            for (k, _) in self.kv.list(&prefix).await?.entries {
+                if let Some(Key::Claim(c) | Key::LegacyContainer(c)) = Key::parse(&k)
+                    && c.ctype == *ctype
+                {
+                    used.insert(c.index);
+                }
+            }
+        }
+        Ok(used)
+    }
+
+    /// Container `key`'s record, found through its claim (or at its legacy
+    /// key): two reads, however big the fleet.
+    pub async fn container(&self, key: &ContainerKey) -> Result<Option<Container>> {
+        Ok(self.locate_with(key, false).await?.map(|(_, c, _)| c))
+    }
+
+    /// Where container `key`'s record is, to change it: as [`Self::container`],
+    /// then, if neither its claim nor its legacy key leads to it, in every
+    /// host's range (a claim some host deleted or rewrote: claims are
+    /// shared), the oldest record of the key, the one every agent believes.
     pub(super) async fn locate(&self, key: &ContainerKey) -> Result<Option<(Key, Container, i64)>> {
+        self.locate_with(key, true).await
+    }
+
+    async fn locate_with(
+        &self,
+        key: &ContainerKey,
+        scan: bool,
+    ) -> Result<Option<(Key, Container, i64)>> {
         if let Some((claim, _)) = self
             .get_decoded::<AddressLease>(&Key::Claim(key.clone()))
             .await?
@@ -90,6 +134,9 @@ impl Membership {
         let at = Key::LegacyContainer(key.clone());
         if let Some((c, rev)) = self.get_decoded::<Container>(&at).await? {
             return Ok(Some((at, c, rev)));
+        }
+        if !scan {
+            return Ok(None);
         }
         let listing = self.kv.list(keys::ON).await?;
         let oldest = listing

@@ -34,7 +34,7 @@ impl Membership {
                 host: c.host.clone(),
                 service: false,
             };
-            let (c, claim) = (&c, &claim);
+            let (c, claim, key) = (&c, &claim, &key);
             let done = self
                 .read_modify_write(
                     move |_| {

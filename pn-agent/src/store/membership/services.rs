@@ -10,7 +10,7 @@ use pn_common::ids::{AppId, ContainerType, HostId};
 use super::{Membership, MembershipError, Result, Step, as_read, encode};
 use crate::{
     ipam,
-    model::{AddressLease, App, Balance, Container, ContainerKey, Network},
+    model::{AddressLease, App, Balance, ContainerKey, Network},
     store::{
         backend::{Cond, Op},
         keys::{self, Key},

@@ -158,7 +158,7 @@ fn apps_belong_to_known_networks_and_have_sane_names() {
 fn a_record_is_the_one_its_key_names() {
     let mut f = Fixture::new();
     let c = container(1, [10, 240, 0, 1], "h1");
-    let other = Key::Container(host_id("h1"), ckey(1, "web", 2)).to_string();
+    let other = Key::Container(crate::testing::model::host_id("h1"), ckey(1, "web", 2)).to_string();
     let r = f
         .put_raw(&other, &serde_json::to_string(&c).unwrap())
         .unwrap_err();
@@ -174,7 +174,7 @@ fn a_record_is_the_one_its_key_names() {
     let r = f.put_raw("containers/nonsense", "{}").unwrap_err();
     assert_eq!(r.reject, Reject::Key);
     let r = f
-        .put_raw(&Key::Container(host_id("h1"), ckey(1, "web", 3)).to_string(), "{not json")
+        .put_raw(&Key::Container(crate::testing::model::host_id("h1"), ckey(1, "web", 3)).to_string(), "{not json")
         .unwrap_err();
     assert_eq!(r.reject, Reject::Undecodable);
     // Keys the view does not track are not records to refuse.
