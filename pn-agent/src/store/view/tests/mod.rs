@@ -528,4 +528,5 @@ fn a_selector_designates_its_type_or_container_of_its_app_only() {
     assert_eq!(names(Selector::Container(t("api"), 1)), ["api-1"]);
 }
 
+mod placement;
 mod trust;
