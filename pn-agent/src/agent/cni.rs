@@ -202,6 +202,10 @@ impl Agent {
         let mac = match mac {
             Some(m) => m,
             None => {
+                // The namespace and interface this agent made, not the record's.
+                let c = &self.attached.local(c).ok_or_else(|| {
+                    Error::not_found(format!("container {} was not attached here", c.key))
+                })?;
                 let ns = Netns::open(&c.netns)?;
                 inspect_container_side(&ns, &c.ifname)
                     .await?

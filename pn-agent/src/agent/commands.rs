@@ -292,12 +292,17 @@ impl Agent {
             Ok(published) => {
                 c.published = published;
                 match self.make_container(&ns, &net, &c).await {
-                    Ok(mac) => self
-                        .membership
-                        .put_container(&c)
-                        .await
-                        .map(|rev| (rev, mac))
-                        .map_err(Error::from),
+                    Ok(mac) => match self.attached.record(&c) {
+                        Ok(()) => self
+                            .membership
+                            .put_container(&c)
+                            .await
+                            .map(|rev| (rev, mac))
+                            .map_err(Error::from),
+                        Err(e) => Err(Error::internal(format!(
+                            "recording container {key} in the state directory: {e}"
+                        ))),
+                    },
                     Err(e) => Err(e),
                 }
             }
@@ -308,6 +313,7 @@ impl Agent {
             Err(e) => {
                 // Nothing half-made: undo in reverse order, then report.
                 let _ = self.dp().detach_now(&host_if);
+                self.attached.forget(&host_if);
                 if self.netlink.link(&host_if).await.is_ok_and(|l| l.is_some()) {
                     let _ = self.netlink.delete_link(&host_if).await;
                 }
