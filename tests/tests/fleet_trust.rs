@@ -286,3 +286,42 @@ fn an_older_fleets_records_are_read_then_migrated_without_a_gap() {
     }
     assert!(talks(&c1, c2.addr), "migrated records work");
 }
+
+/// A container record rewritten while its host's agent is down (by whoever
+/// may write it: the host itself, the operator) is read fresh by the agent
+/// that starts, with no earlier version to compare. The agent re-addresses
+/// its container as the record says, but in the namespace it attached it
+/// to (its own record in the state directory): the other tenant's
+/// namespace the record names is untouched.
+#[test]
+fn a_record_rewritten_while_its_agent_is_down_touches_only_the_namespace_it_attached() {
+    let p = unique_prefix();
+    let mut f = Fleet::new(&p, 1);
+    let h1 = &f.hosts[0];
+    let app = h1.network_and_app(&[]).1;
+    let c1 = h1.member(&app, "web", "c1");
+    let other = h1.member(&h1.network_and_app(&[]).1, "web", "other");
+    let key = format!(
+        "/pn/on/h1/containers/{app}/web/{}",
+        c1.attached["index"].as_u64().unwrap()
+    );
+    let out = f.etcdctl(&["get", &key, "--print-value-only"]);
+    let mut record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let moved = Ipv4Addr::from(u32::from(c1.addr) + 50);
+    record["netns"] = other.ns.name.clone().into();
+    record["ip"] = moved.to_string().into();
+    f.hosts[0].stop();
+    assert!(f.etcdctl(&["put", &key, &record.to_string()]).status.success());
+    f.hosts[0].start_again();
+    let in_c1 = || c1.ns.ip(&["-4", "-o", "addr", "show", "pn0"]);
+    assert!(
+        eventually(WAIT, || in_c1().contains(&format!("{moved}/32"))),
+        "c1 re-addressed in its own namespace: {}",
+        in_c1()
+    );
+    let addr = other.ns.ip(&["-4", "-o", "addr", "show", "pn0"]);
+    assert!(
+        addr.contains(&format!("{}/32", other.addr)) && addr.lines().count() == 1,
+        "the other tenant's interface is untouched: {addr}"
+    );
+}
