@@ -77,8 +77,9 @@ fn etcd(a: &StoreArgs) -> anyhow::Result<Etcd> {
             return Err(Error::invalid("fleet commands are for an etcd store").into());
         }
         StoreSpec::Etcd(endpoints) => Etcd::new(endpoints, prefix),
-        StoreSpec::EtcdTls(endpoints, files) => Etcd::with_tls(endpoints, prefix, files)
-            .map_err(|e| Error::invalid(e.to_string()))?,
+        StoreSpec::EtcdTls(endpoints, files) => {
+            Etcd::with_tls(endpoints, prefix, files).map_err(|e| Error::invalid(e.to_string()))?
+        }
     })
 }
 
@@ -107,7 +108,10 @@ pub(crate) async fn fleet(store: StoreArgs, cmd: FleetCmd) -> anyhow::Result<()>
             println!("host {host} may write its own records");
         }
         FleetCmd::Admit { app, hosts, revoke } => {
-            let a = membership.admit(&app, &hosts, revoke).await.map_err(store_error)?;
+            let a = membership
+                .admit(&app, &hosts, revoke)
+                .await
+                .map_err(store_error)?;
             let on: Vec<String> = a
                 .apps
                 .get(&app)

@@ -60,7 +60,7 @@ struct Tenants {
 
 #[test]
 fn an_attacker_host_can_neither_write_others_records_nor_place_members_the_operator_did_not_admit()
- {
+{
     let p = unique_prefix();
     let (f, t) = Fleet::tls_with_roles(&p, 3, |f| {
         let (h1, h2, h3) = (&f.hosts[0], &f.hosts[1], &f.hosts[2]);
@@ -139,7 +139,13 @@ fn an_attacker_host_can_neither_write_others_records_nor_place_members_the_opera
     etcd_refuses(&["put", &app_key, &forged.to_string()]);
     etcd_refuses(&["put", "/pn/admissions", r#"{"enforced":false}"#]);
     etcd_refuses(&["del", "/pn/admissions"]);
-    etcd_refuses(&["del", &format!("/pn/networks/{}", victim.json(&["network", "list"])[0]["id"].as_str().unwrap())]);
+    etcd_refuses(&[
+        "del",
+        &format!(
+            "/pn/networks/{}",
+            victim.json(&["network", "list"])[0]["id"].as_str().unwrap()
+        ),
+    ]);
 
     // 2. Another host's container records: neither rewritten (pointed at
     // another namespace) nor deleted, in the new layout or the old.
@@ -170,7 +176,12 @@ fn an_attacker_host_can_neither_write_others_records_nor_place_members_the_opera
         "--netns",
         &intruder.name,
     ]);
-    counted("a container of an app not admitted", "container", "not_admitted", 1);
+    counted(
+        "a container of an app not admitted",
+        "container",
+        "not_admitted",
+        1,
+    );
     let _other_server = net::tcp_echo_server(&t.other, 9000);
     assert!(
         !talks(&intruder, t.other.addr),
@@ -266,20 +277,31 @@ fn an_older_fleets_records_are_read_then_migrated_without_a_gap() {
         let i = c.attached["index"].as_u64().unwrap();
         let new = format!("/pn/on/{h}/containers/{app}/web/{i}");
         let value = root(&["get", &new, "--print-value-only"]);
-        root(&["put", &format!("/pn/containers/{app}/web/{i}"), value.trim()]);
+        root(&[
+            "put",
+            &format!("/pn/containers/{app}/web/{i}"),
+            value.trim(),
+        ]);
         root(&["del", &new]);
     }
     let _server = net::tcp_echo_server(&c2, 9000);
     for h in &f.hosts {
         assert!(eventually(WAIT, || h.container_count() == 2), "{}", h.id);
     }
-    assert!(eventually(WAIT, || talks(&c1, c2.addr)), "legacy records work");
+    assert!(
+        eventually(WAIT, || talks(&c1, c2.addr)),
+        "legacy records work"
+    );
     let out = f.operator(&["migrate"]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("2 container record(s) moved"),
         "{out:?}"
     );
-    assert!(root(&["get", "/pn/containers/", "--prefix", "--keys-only"]).trim().is_empty());
+    assert!(
+        root(&["get", "/pn/containers/", "--prefix", "--keys-only"])
+            .trim()
+            .is_empty()
+    );
     assert!(root(&["get", "/pn/on/", "--prefix", "--keys-only"]).contains("/pn/on/h2/"));
     for h in &f.hosts {
         assert_eq!(h.container_count(), 2, "{}", h.id);
@@ -311,7 +333,11 @@ fn a_record_rewritten_while_its_agent_is_down_touches_only_the_namespace_it_atta
     record["netns"] = other.ns.name.clone().into();
     record["ip"] = moved.to_string().into();
     f.hosts[0].stop();
-    assert!(f.etcdctl(&["put", &key, &record.to_string()]).status.success());
+    assert!(
+        f.etcdctl(&["put", &key, &record.to_string()])
+            .status
+            .success()
+    );
     f.hosts[0].start_again();
     let in_c1 = || c1.ns.ip(&["-4", "-o", "addr", "show", "pn0"]);
     assert!(

@@ -142,7 +142,8 @@ mod tests {
         // A record under another key's interface is no record of it.
         std::fs::copy(
             dir.join(DIR).join(c.key.host_ifname()),
-            dir.join(DIR).join(container(2, [10, 240, 0, 2], "h1").key.host_ifname()),
+            dir.join(DIR)
+                .join(container(2, [10, 240, 0, 2], "h1").key.host_ifname()),
         )
         .unwrap();
         let third = Attached::open(&dir).unwrap();

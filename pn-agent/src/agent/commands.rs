@@ -216,10 +216,7 @@ impl Agent {
             Some(i) => i,
             // Without an index, attaching a namespace again means "the
             // container already in it": idempotent for retrying callers.
-            None => match same_type
-                .iter()
-                .find(|c| c.netns == netns)
-            {
+            None => match same_type.iter().find(|c| c.netns == netns) {
                 Some(c) => c.key.index,
                 None => ipam::next_index(&used),
             },

@@ -58,7 +58,11 @@ impl Agent {
         }
         // Only a namespace this agent attached a container in (the store's
         // word is not enough to touch a namespace's files).
-        for netns in want.left_netns.iter().filter(|n| self.attached.has_netns(n)) {
+        for netns in want
+            .left_netns
+            .iter()
+            .filter(|n| self.attached.has_netns(n))
+        {
             remove_resolv_conf(netns);
         }
         for name in &want.orphans {
@@ -94,7 +98,10 @@ impl Agent {
     /// interface is there. From then on their namespace is this host's word.
     pub(super) async fn adopt_unrecorded(&self) {
         let links = match self.netlink.links_with_prefix(HOST_IF_PREFIX).await {
-            Ok(l) => l.into_iter().map(|(n, _)| n).collect::<std::collections::BTreeSet<_>>(),
+            Ok(l) => l
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<std::collections::BTreeSet<_>>(),
             Err(e) => {
                 log::error!("listing interfaces: {e}");
                 return;

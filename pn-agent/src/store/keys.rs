@@ -279,9 +279,21 @@ mod tests {
         assert!(own.starts_with(&on_host(&h1)));
         assert!(own.starts_with(&containers_on(&h1, &app)));
         assert!(Key::Claim(ck()).to_string().starts_with(&claims_of(&app)));
-        assert!(!Key::Container(h10.clone(), ck()).to_string().starts_with(&on_host(&h1)));
+        assert!(
+            !Key::Container(h10.clone(), ck())
+                .to_string()
+                .starts_with(&on_host(&h1))
+        );
         let writes = host_writes(&h1);
-        let may = |k: &str| writes.iter().any(|g| if g.prefix { k.starts_with(&g.key) } else { k == g.key });
+        let may = |k: &str| {
+            writes.iter().any(|g| {
+                if g.prefix {
+                    k.starts_with(&g.key)
+                } else {
+                    k == g.key
+                }
+            })
+        };
         assert!(may(&own) && may("hosts/h1") && may(&Key::Claim(ck()).to_string()));
         for other in [
             Key::Host(h10.clone()).to_string(),

@@ -14,9 +14,15 @@ use crate::{
 
 async fn fleet(kv: Arc<dyn Backend>) -> Membership {
     let m = Membership::new(kv);
-    m.create_network(net_id(1), None, &"10.240.0.0/12".parse().unwrap(), 22, Egress::Allow)
-        .await
-        .unwrap();
+    m.create_network(
+        net_id(1),
+        None,
+        &"10.240.0.0/12".parse().unwrap(),
+        22,
+        Egress::Allow,
+    )
+    .await
+    .unwrap();
     m.create_app(app_id(1), &net_id(1), None, 8080, Balance::Dns, None)
         .await
         .unwrap();
@@ -33,22 +39,54 @@ async fn attach(m: &Membership, index: u32, h: &str) -> Container {
 
 pub async fn records_live_under_their_host(kv: Arc<dyn Backend>) {
     let m = fleet(kv.clone()).await;
-    let app_rev = kv.get(&Key::App(app_id(1)).to_string()).await.unwrap().unwrap().mod_rev;
+    let app_rev = kv
+        .get(&Key::App(app_id(1)).to_string())
+        .await
+        .unwrap()
+        .unwrap()
+        .mod_rev;
     let c = attach(&m, 1, "h1").await;
     let at = Key::Container(host("h1"), c.key.clone()).to_string();
     assert!(kv.get(&at).await.unwrap().is_some(), "{at}");
-    assert!(kv.get(&Key::LegacyContainer(c.key.clone()).to_string()).await.unwrap().is_none());
+    assert!(
+        kv.get(&Key::LegacyContainer(c.key.clone()).to_string())
+            .await
+            .unwrap()
+            .is_none()
+    );
     // The operator's app is read, not written, by an attach.
-    let after = kv.get(&Key::App(app_id(1)).to_string()).await.unwrap().unwrap().mod_rev;
+    let after = kv
+        .get(&Key::App(app_id(1)).to_string())
+        .await
+        .unwrap()
+        .unwrap()
+        .mod_rev;
     assert_eq!(after, app_rev);
     assert_eq!(m.container(&c.key).await.unwrap(), Some(c.clone()));
-    assert_eq!(m.containers_on(&host("h1"), &app_id(1)).await.unwrap(), vec![c.clone()]);
-    assert!(m.containers_on(&host("h2"), &app_id(1)).await.unwrap().is_empty());
-    assert!(m.used_indexes(&app_id(1), &"web".parse().unwrap()).await.unwrap().contains(&1));
+    assert_eq!(
+        m.containers_on(&host("h1"), &app_id(1)).await.unwrap(),
+        vec![c.clone()]
+    );
+    assert!(
+        m.containers_on(&host("h2"), &app_id(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        m.used_indexes(&app_id(1), &"web".parse().unwrap())
+            .await
+            .unwrap()
+            .contains(&1)
+    );
     // Its claim deleted (claims are shared): still found to be changed.
     let claim = Key::Claim(c.key.clone()).to_string();
     kv.txn(vec![], vec![Op::Delete(claim)]).await.unwrap();
-    assert_eq!(m.container(&c.key).await.unwrap(), None, "no scan for a lookup");
+    assert_eq!(
+        m.container(&c.key).await.unwrap(),
+        None,
+        "no scan for a lookup"
+    );
     assert!(m.set_unhealthy(&c.key, true).await.unwrap().is_some());
     assert!(m.delete_container(&c.key).await.unwrap().is_some());
     assert!(kv.get(&at).await.unwrap().is_none());
@@ -62,20 +100,45 @@ pub async fn legacy_records_are_read_then_migrated(kv: Arc<dyn Backend>) {
     let k = key(1, "web", 2);
     let old = member(k.clone(), net_id(1), "10.240.0.99".parse().unwrap(), "h2");
     let legacy = Key::LegacyContainer(k.clone()).to_string();
-    kv.txn(vec![], vec![Op::Put(legacy.clone(), serde_json::to_string(&old).unwrap())])
-        .await
-        .unwrap();
-    assert_eq!(m.containers().await.unwrap(), vec![new.clone(), old.clone()]);
+    kv.txn(
+        vec![],
+        vec![Op::Put(
+            legacy.clone(),
+            serde_json::to_string(&old).unwrap(),
+        )],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        m.containers().await.unwrap(),
+        vec![new.clone(), old.clone()]
+    );
     assert_eq!(m.container(&k).await.unwrap(), Some(old.clone()));
-    assert_eq!(m.containers_on(&host("h2"), &app_id(1)).await.unwrap(), vec![old.clone()]);
-    assert!(m.used_indexes(&app_id(1), &"web".parse().unwrap()).await.unwrap().contains(&2));
+    assert_eq!(
+        m.containers_on(&host("h2"), &app_id(1)).await.unwrap(),
+        vec![old.clone()]
+    );
+    assert!(
+        m.used_indexes(&app_id(1), &"web".parse().unwrap())
+            .await
+            .unwrap()
+            .contains(&2)
+    );
     // Its key stays taken.
-    assert!(m.reserve_address(&net_id(1), &k, &host("h3")).await.is_err());
+    assert!(
+        m.reserve_address(&net_id(1), &k, &host("h3"))
+            .await
+            .is_err()
+    );
     assert_eq!(m.migrate_containers().await.unwrap(), 1);
     assert!(kv.get(&legacy).await.unwrap().is_none());
     let at = Key::Container(host("h2"), k.clone()).to_string();
     assert!(kv.get(&at).await.unwrap().is_some());
-    assert_eq!(m.container(&k).await.unwrap(), Some(old.clone()), "through its new claim");
+    assert_eq!(
+        m.container(&k).await.unwrap(),
+        Some(old.clone()),
+        "through its new claim"
+    );
     assert_eq!(m.migrate_containers().await.unwrap(), 0);
     assert_eq!(m.containers().await.unwrap().len(), 2);
 }

@@ -3,7 +3,10 @@
 use pn_common::ids::{AppId, HostId};
 
 use super::{Membership, Result, Step, as_read, encode};
-use crate::{model::Admissions, store::{backend::Op, keys::Key}};
+use crate::{
+    model::Admissions,
+    store::{backend::Op, keys::Key},
+};
 
 impl Membership {
     pub async fn admissions(&self) -> Result<Admissions> {

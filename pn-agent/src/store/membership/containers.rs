@@ -220,7 +220,6 @@ impl Membership {
         Ok(self.container(key).await?.map(|c| c.host))
     }
 
-
     /// Releases an address if `owner` still holds it.
     pub async fn release_address(
         &self,

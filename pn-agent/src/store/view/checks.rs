@@ -34,8 +34,8 @@ pub(super) fn record_prefix(key: &str) -> Option<&'static str> {
         keys::ON,
         keys::HOSTS,
     ]
-        .into_iter()
-        .find(|p| key.starts_with(p))
+    .into_iter()
+    .find(|p| key.starts_with(p))
 }
 
 fn same_id<T: PartialEq + std::fmt::Display>(key: &str, of_key: &T, of_record: &T) -> Result {
@@ -239,7 +239,10 @@ impl MembershipView {
         }
         if let Some(at) = self.container_at.get(&c.key)
             && at != key
-            && self.containers.get(&c.key).is_some_and(|o| o.host != c.host)
+            && self
+                .containers
+                .get(&c.key)
+                .is_some_and(|o| o.host != c.host)
         {
             return Err(Rejected::new(
                 key,

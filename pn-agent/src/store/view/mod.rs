@@ -280,16 +280,18 @@ impl MembershipView {
                 self.apps.remove(&id);
                 Change::App
             }
-            Some(Key::Container(_, k) | Key::LegacyContainer(k)) => match self.containers.remove(&k) {
-                Some(c) => {
-                    if self.by_ip.get(&c.ip) == Some(&c.key) {
-                        self.by_ip.remove(&c.ip);
+            Some(Key::Container(_, k) | Key::LegacyContainer(k)) => {
+                match self.containers.remove(&k) {
+                    Some(c) => {
+                        if self.by_ip.get(&c.ip) == Some(&c.key) {
+                            self.by_ip.remove(&c.ip);
+                        }
+                        self.unindex_published(&c);
+                        Change::ContainerDeleted(Box::new(c))
                     }
-                    self.unindex_published(&c);
-                    Change::ContainerDeleted(Box::new(c))
+                    None => Change::Other,
                 }
-                None => Change::Other,
-            },
+            }
             Some(Key::Host(id)) => {
                 self.hosts.remove(&id);
                 self.host_revs.remove(&id);

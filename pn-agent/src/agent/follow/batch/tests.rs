@@ -285,7 +285,10 @@ fn a_container_changed_twice_flushes_the_batch_first() {
         old: None,
     });
     assert_eq!(b.step(&k), Step::FlushThenJoin);
-    assert_eq!(b.step(&Key::Container(host("b"), key(2)).to_string()), Step::Join);
+    assert_eq!(
+        b.step(&Key::Container(host("b"), key(2)).to_string()),
+        Step::Join
+    );
     assert!(!b.is_empty());
     assert!(matches!(b.take(), Some(Touched::Containers(t)) if t.len() == 1));
     assert!(b.is_empty() && b.take().is_none());

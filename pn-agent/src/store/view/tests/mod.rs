@@ -174,7 +174,10 @@ fn a_record_is_the_one_its_key_names() {
     let r = f.put_raw("containers/nonsense", "{}").unwrap_err();
     assert_eq!(r.reject, Reject::Key);
     let r = f
-        .put_raw(&Key::Container(crate::testing::model::host_id("h1"), ckey(1, "web", 3)).to_string(), "{not json")
+        .put_raw(
+            &Key::Container(crate::testing::model::host_id("h1"), ckey(1, "web", 3)).to_string(),
+            "{not json",
+        )
         .unwrap_err();
     assert_eq!(r.reject, Reject::Undecodable);
     // Keys the view does not track are not records to refuse.

@@ -10,7 +10,12 @@ fn admissions(enforced: bool, apps: &[(u8, &[&str])]) -> Admissions {
         enforced,
         apps: apps
             .iter()
-            .map(|(n, hosts)| (app_id(*n), hosts.iter().map(|h| h.parse().unwrap()).collect()))
+            .map(|(n, hosts)| {
+                (
+                    app_id(*n),
+                    hosts.iter().map(|h| h.parse().unwrap()).collect(),
+                )
+            })
             .collect(),
     }
 }
@@ -48,7 +53,10 @@ fn without_admissions_every_host_runs_every_app_and_enforced_only_the_admitted()
         Change::Admissions
     );
     f.ok(&container(2, [10, 240, 0, 2], "h2"));
-    put_admissions(&mut f, &admissions(true, &[(1, &["h1", "h2"]), (2, &["h1"])]));
+    put_admissions(
+        &mut f,
+        &admissions(true, &[(1, &["h1", "h2"]), (2, &["h1"])]),
+    );
     f.ok(&container(3, [10, 240, 0, 3], "h2"));
     let mut of_app2 = container(4, [10, 240, 0, 4], "h2");
     of_app2.key.app = app_id(2);
@@ -138,7 +146,11 @@ fn another_hosts_record_of_a_key_neither_takes_it_nor_deletes_it() {
     let (net, app) = (network(1, "10.240.0.0/24", 1), app(1, 1));
     let listing = Listing {
         entries: vec![
-            entry(&key_of(&forged), &serde_json::to_string(&forged).unwrap(), 50),
+            entry(
+                &key_of(&forged),
+                &serde_json::to_string(&forged).unwrap(),
+                50,
+            ),
             entry(&key_of(&good), &serde_json::to_string(&good).unwrap(), 40),
             entry(&key_of(&net), &serde_json::to_string(&net).unwrap(), 1),
             entry(&key_of(&app), &serde_json::to_string(&app).unwrap(), 2),
