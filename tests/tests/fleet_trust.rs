@@ -260,11 +260,34 @@ fn host_ifname(app: &str, index: u32) -> String {
 #[test]
 fn an_older_fleets_records_are_read_then_migrated_without_a_gap() {
     let p = unique_prefix();
-    let (f, (c1, c2)) = Fleet::tls_with_roles(&p, 2, |f| {
+    let (f, (c1, c2, vip, _web)) = Fleet::tls_with_roles(&p, 2, |f| {
         let (h1, h2) = (&f.hosts[0], &f.hosts[1]);
-        let app = h1.network_and_app(&[]).1;
-        (h1.member(&app, "web", "c1"), h2.member(&app, "web", "c2"))
+        let (net, app) = h1.network_and_app(&[]);
+        let vip = h1.create_app_with(&net, &["--balance", "vip"]);
+        let web = h1.member(&vip, "web", "vipweb");
+        (
+            h1.member(&app, "web", "c1"),
+            h2.member(&app, "web", "c2"),
+            vip,
+            web,
+        )
     });
+    // A new type of a `vip` app on a host: its service address is the
+    // operator's to give (a host may not write the app): the container is
+    // recorded without one, and works.
+    let _worker = f.hosts[0].member(&vip, "worker", "worker");
+    let services = &f.hosts[0].json(&["app", "list"]);
+    let listed = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == vip.as_str());
+    assert!(
+        listed.is_some_and(|a| a["services"].to_string().contains("web")
+            && !a["services"].to_string().contains("worker")),
+        "{services}"
+    );
+    assert!(eventually(WAIT, || f.hosts[1].container_count() == 4));
     let pki = f.pki.as_ref().unwrap();
     let root = |args: &[&str]| {
         let out = pki.etcdctl(&f.underlay, &pki.root, args);
@@ -286,7 +309,7 @@ fn an_older_fleets_records_are_read_then_migrated_without_a_gap() {
     }
     let _server = net::tcp_echo_server(&c2, 9000);
     for h in &f.hosts {
-        assert!(eventually(WAIT, || h.container_count() == 2), "{}", h.id);
+        assert!(eventually(WAIT, || h.container_count() == 4), "{}", h.id);
     }
     assert!(
         eventually(WAIT, || talks(&c1, c2.addr)),
@@ -304,7 +327,7 @@ fn an_older_fleets_records_are_read_then_migrated_without_a_gap() {
     );
     assert!(root(&["get", "/pn/on/", "--prefix", "--keys-only"]).contains("/pn/on/h2/"));
     for h in &f.hosts {
-        assert_eq!(h.container_count(), 2, "{}", h.id);
+        assert_eq!(h.container_count(), 4, "{}", h.id);
     }
     assert!(talks(&c1, c2.addr), "migrated records work");
 }

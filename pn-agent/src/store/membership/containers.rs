@@ -14,7 +14,7 @@ use crate::{
     ipam,
     model::{AddressLease, App, Container, ContainerKey},
     store::{
-        backend::Op,
+        backend::{Op, StoreError},
         keys::{self, Key},
     },
 };
@@ -271,8 +271,25 @@ impl Membership {
     /// Records an attached container whose address is already reserved,
     /// under its host. The app is read, not written (it is the operator's):
     /// but for the first container of a type of a `vip` app, which gives
-    /// the type its service address, and so needs the operator's rights.
+    /// the type its service address, and so needs the operator's rights. A
+    /// host's role is refused that write: its container is then recorded
+    /// without, and the type has no service address until the operator's
+    /// `app update ID --balance vip` gives one to every type with containers.
     pub async fn put_container(&self, c: &Container) -> Result<i64> {
+        match self.put_container_with(c, true).await {
+            Err(MembershipError::Store(StoreError::Refused(why))) => {
+                log::warn!(
+                    "container {}: giving its type a service address was refused ({why}); \
+                     recorded without (the operator's `app update --balance vip` gives it)",
+                    c.key
+                );
+                self.put_container_with(c, false).await
+            }
+            r => r,
+        }
+    }
+
+    async fn put_container_with(&self, c: &Container, lease: bool) -> Result<i64> {
         let app_key = &Key::App(c.key.app);
         let container_key = &Key::Container(c.host.clone(), c.key.clone());
         let legacy_key = &Key::LegacyContainer(c.key.clone());
@@ -300,9 +317,8 @@ impl Membership {
                             c.key.app, app.network
                         )));
                     }
-                    let leases = self
-                        .lease_services(&mut app, [c.key.ctype.clone()], &c.host)
-                        .await?;
+                    let types = lease.then(|| c.key.ctype.clone());
+                    let leases = self.lease_services(&mut app, types, &c.host).await?;
                     let mut conds = vec![
                         as_read(app_key, Some(app_rev)),
                         as_read(container_key, None),
