@@ -44,6 +44,8 @@ pub struct FleetPki {
     pub hosts: Vec<Pair>,
     /// The administrator's (CN = root, etcd's root user once auth is on).
     pub root: Pair,
+    /// The operator's (CN = pn-operator): networks, apps, admissions.
+    pub operator: Pair,
     pub pki: Pki,
 }
 
@@ -66,52 +68,43 @@ impl FleetPki {
         underlay.exec(&cmd)
     }
 
-    /// etcd authentication on, with a role per host: README's "etcd: TLS
-    /// and roles", command for command.
+    /// `pn-agent fleet ARGS` over TLS as the holder of `pair` (`root` or
+    /// the operator), from the underlay.
+    pub fn fleet(&self, underlay: &Namespace, pair: &Pair, args: &[&str]) -> Output {
+        let bin = crate::agent_bin();
+        let store = format!("etcds://{ETCD_ADDR}");
+        let mut cmd = vec![
+            bin.to_str().expect("UTF-8 path"),
+            "fleet",
+            "--store",
+            &store,
+            "--etcd-cacert",
+            self.ca.crt(),
+            "--etcd-cert",
+            pair.crt(),
+            "--etcd-key",
+            pair.key(),
+        ];
+        cmd.extend_from_slice(args);
+        underlay.exec(&cmd)
+    }
+
+    /// etcd authentication on, with the operator's role and a role per
+    /// host, as README's "etcd: TLS and roles" does it: `pn-agent fleet
+    /// setup` as etcd's root (which also admits each host to the apps it
+    /// runs, and enforces admissions from then on).
     fn grant_roles(&self, underlay: &Namespace, n: usize) {
-        let e = |args: &[&str]| {
-            let out = self.etcdctl(underlay, &self.root, args);
-            assert!(
-                out.status.success(),
-                "etcdctl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        e(&["user", "add", "root", "--no-password"]);
-        e(&["user", "grant-role", "root", "root"]);
-        for i in 1..=n {
-            let h = format!("h{i}");
-            e(&["user", "add", &h, "--no-password"]);
-            e(&["role", "add", &h]);
-            e(&[
-                "role",
-                "grant-permission",
-                &h,
-                "read",
-                "/pn/",
-                "--prefix=true",
-            ]);
-            e(&["role", "grant-permission", &h, "readwrite", "/pn/pool"]);
-            for p in ["networks", "apps", "containers", "claims", "ips", "peers"] {
-                e(&[
-                    "role",
-                    "grant-permission",
-                    &h,
-                    "readwrite",
-                    &format!("/pn/{p}/"),
-                    "--prefix=true",
-                ]);
-            }
-            e(&[
-                "role",
-                "grant-permission",
-                &h,
-                "readwrite",
-                &format!("/pn/hosts/{h}"),
-            ]);
-            e(&["user", "grant-role", &h, &h]);
+        let hosts: Vec<String> = (1..=n).map(|i| format!("h{i}")).collect();
+        let mut args = vec!["setup"];
+        for h in &hosts {
+            args.extend(["--host", h.as_str()]);
         }
-        e(&["auth", "enable"]);
+        let out = self.fleet(underlay, &self.root, &args);
+        assert!(
+            out.status.success(),
+            "fleet setup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -131,13 +124,13 @@ impl Fleet {
     }
 
     pub fn with_flags(prefix: &str, n: usize, extra: &[&str]) -> Fleet {
-        Fleet::build(prefix, n, extra, false, false)
+        Fleet::build(prefix, n, extra, false)
     }
 
     /// As `with_flags`, on hosts that forwarded IPv4 before their agents
     /// started (as most container hosts do: Docker, podman, Kubernetes).
     pub fn forwarding_before(prefix: &str, n: usize, extra: &[&str]) -> Fleet {
-        Fleet::build_with(prefix, n, extra, false, false, |h| {
+        Fleet::build_with(prefix, n, extra, false, |h| {
             h.ns.sysctl("net.ipv4.ip_forward=1")
         })
     }
@@ -145,23 +138,39 @@ impl Fleet {
     /// As `new`, with etcd serving TLS only and accepting clients whose
     /// certificate its CA signed; each host has its own certificate.
     pub fn tls(prefix: &str, n: usize) -> Fleet {
-        Fleet::build(prefix, n, &[], true, false)
+        Fleet::build(prefix, n, &[], true)
     }
 
-    /// As `tls`, with etcd authentication on and each host's role limited
-    /// to what it must write (README's "etcd: TLS and roles").
-    pub fn tls_with_roles(prefix: &str, n: usize) -> Fleet {
-        Fleet::build(prefix, n, &[], true, true)
+    /// A TLS fleet whose `before_roles` runs (networks, apps, containers
+    /// made by the hosts themselves, as an older release's fleet would),
+    /// then locked down by `pn-agent fleet setup`: the operator's role and
+    /// one per host, authentication on, admissions enforced.
+    pub fn tls_with_roles<T>(
+        prefix: &str,
+        n: usize,
+        before_roles: impl FnOnce(&Fleet) -> T,
+    ) -> (Fleet, T) {
+        let f = Fleet::build(prefix, n, &[], true);
+        let made = before_roles(&f);
+        let p = f.pki.as_ref().expect("a TLS fleet");
+        p.grant_roles(&f.underlay, n);
+        (f, made)
     }
 
     /// As `with_flags`, on an etcd cluster of `members` members whatever
     /// the default.
     pub fn cluster(prefix: &str, n: usize, members: usize, extra: &[&str]) -> Fleet {
-        Fleet::build_on(prefix, n, extra, false, false, members, |_| {})
+        Fleet::build_on(prefix, n, extra, false, members, |_| {})
     }
 
-    fn build(prefix: &str, n: usize, extra: &[&str], tls: bool, roles: bool) -> Fleet {
-        Fleet::build_with(prefix, n, extra, tls, roles, |_| {})
+    /// `pn-agent fleet ARGS` as the operator (admissions, migration).
+    pub fn operator(&self, args: &[&str]) -> Output {
+        let p = self.pki.as_ref().expect("a TLS fleet");
+        p.fleet(&self.underlay, &p.operator, args)
+    }
+
+    fn build(prefix: &str, n: usize, extra: &[&str], tls: bool) -> Fleet {
+        Fleet::build_with(prefix, n, extra, tls, |_| {})
     }
 
     /// `before_launch` runs on each host once plumbed, before its agent.
@@ -170,10 +179,9 @@ impl Fleet {
         n: usize,
         extra: &[&str],
         tls: bool,
-        roles: bool,
         before_launch: impl Fn(&Host),
     ) -> Fleet {
-        Fleet::build_on(prefix, n, extra, tls, roles, etcd_members(), before_launch)
+        Fleet::build_on(prefix, n, extra, tls, etcd_members(), before_launch)
     }
 
     fn build_on(
@@ -181,7 +189,6 @@ impl Fleet {
         n: usize,
         extra: &[&str],
         tls: bool,
-        roles: bool,
         members: usize,
         before_launch: impl Fn(&Host),
     ) -> Fleet {
@@ -206,10 +213,12 @@ impl Fleet {
                 .map(|i| pki.issue(&ca, &format!("h{i}"), &[]))
                 .collect();
             let root = pki.issue(&ca, "root", &[]);
+            let operator = pki.issue(&ca, "pn-operator", &[]);
             FleetPki {
                 ca,
                 hosts,
                 root,
+                operator,
                 pki,
             }
         });
@@ -220,9 +229,6 @@ impl Fleet {
             client_ca: p.ca.clone(),
         });
         let etcd = EtcdCluster::in_netns(&underlay.name, &ips, etcd_tls);
-        if roles && let Some(p) = &pki {
-            p.grant_roles(&underlay, n);
-        }
         let mut fleet = Fleet {
             hosts: Vec::new(),
             etcd,

@@ -145,7 +145,7 @@ impl Agent {
         drop(self.local_ops.lock().await);
         let doomed: Vec<Container> = self
             .membership
-            .containers_of(app)
+            .containers_on(&self.cfg.host_id, app)
             .await?
             .into_iter()
             .filter(|c| {
@@ -186,7 +186,7 @@ impl Agent {
     ) -> Result<Option<Container>> {
         Ok(self
             .membership
-            .containers_of(app)
+            .containers_on(&self.cfg.host_id, app)
             .await?
             .into_iter()
             .find(|c| {
@@ -202,6 +202,10 @@ impl Agent {
         let mac = match mac {
             Some(m) => m,
             None => {
+                // The namespace and interface this agent made, not the record's.
+                let c = &self.attached.local(c).ok_or_else(|| {
+                    Error::not_found(format!("container {} was not attached here", c.key))
+                })?;
                 let ns = Netns::open(&c.netns)?;
                 inspect_container_side(&ns, &c.ifname)
                     .await?

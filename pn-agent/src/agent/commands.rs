@@ -200,24 +200,23 @@ impl Agent {
         let net = self.membership.network(&app_rec.network).await?;
         let ns = Netns::open(netns)?;
         let guard = self.local_ops.lock().await;
+        // This host's containers of the type, and the indexes taken in
+        // the fleet (claims): no listing of the whole fleet per attach.
         let same_type: Vec<Container> = self
             .membership
-            .containers_of(app)
+            .containers_on(&self.cfg.host_id, app)
             .await?
             .into_iter()
             .filter(|c| c.key.ctype == ctype)
             .collect();
-        let mut used: std::collections::BTreeSet<u32> =
-            same_type.iter().map(|c| c.key.index).collect();
+        let mut used = self.membership.used_indexes(app, &ctype).await?;
+        used.extend(same_type.iter().map(|c| c.key.index));
         let auto_index = index.is_none();
         let mut index = match index {
             Some(i) => i,
             // Without an index, attaching a namespace again means "the
             // container already in it": idempotent for retrying callers.
-            None => match same_type
-                .iter()
-                .find(|c| c.netns == netns && c.host == self.cfg.host_id)
-            {
+            None => match same_type.iter().find(|c| c.netns == netns) {
                 Some(c) => c.key.index,
                 None => ipam::next_index(&used),
             },
@@ -290,12 +289,17 @@ impl Agent {
             Ok(published) => {
                 c.published = published;
                 match self.make_container(&ns, &net, &c).await {
-                    Ok(mac) => self
-                        .membership
-                        .put_container(&c)
-                        .await
-                        .map(|rev| (rev, mac))
-                        .map_err(Error::from),
+                    Ok(mac) => match self.attached.record(&c) {
+                        Ok(()) => self
+                            .membership
+                            .put_container(&c)
+                            .await
+                            .map(|rev| (rev, mac))
+                            .map_err(Error::from),
+                        Err(e) => Err(Error::internal(format!(
+                            "recording container {key} in the state directory: {e}"
+                        ))),
+                    },
                     Err(e) => Err(e),
                 }
             }
@@ -306,6 +310,7 @@ impl Agent {
             Err(e) => {
                 // Nothing half-made: undo in reverse order, then report.
                 let _ = self.dp().detach_now(&host_if);
+                self.attached.forget(&host_if);
                 if self.netlink.link(&host_if).await.is_ok_and(|l| l.is_some()) {
                     let _ = self.netlink.delete_link(&host_if).await;
                 }

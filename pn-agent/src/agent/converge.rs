@@ -56,10 +56,20 @@ impl Agent {
         if let (Some(dev), Some(peers)) = (&self.tunnel, &want.tunnel_peers) {
             dev.set_peers(peers);
         }
+        // Only a namespace this agent attached a container in (the store's
+        // word is not enough to touch a namespace's files).
+        for netns in want
+            .left_netns
+            .iter()
+            .filter(|n| self.attached.has_netns(n))
+        {
+            remove_resolv_conf(netns);
+        }
         for name in &want.orphans {
             log::info!("removing interface {name}: no container of this host claims it");
-            if let Err(e) = self.netlink.delete_link(name).await {
-                log::error!("{e}");
+            match self.netlink.delete_link(name).await {
+                Ok(_) => self.attached.forget(name),
+                Err(e) => log::error!("{e}"),
             }
         }
         for (was, now) in &want.readdressed {
@@ -67,13 +77,11 @@ impl Agent {
                 log::error!("container {}: moving to {}: {e}", now.key, now.ip);
             }
         }
-        for netns in &want.left_netns {
-            remove_resolv_conf(netns);
-        }
         for key in &want.stale {
             log::info!("container {key}: its interface is gone (namespace deleted?); detaching it");
-            if let Err(e) = self.membership.delete_container(key).await {
-                log::error!("detaching {key}: {e}");
+            match self.membership.delete_container(key).await {
+                Ok(_) => self.attached.forget(&key.host_ifname()),
+                Err(e) => log::error!("detaching {key}: {e}"),
             }
         }
         if *touched == Touched::All {
@@ -82,6 +90,34 @@ impl Agent {
         }
         if matches!(touched, Touched::All | Touched::Edge) {
             self.publish_pass().await;
+        }
+    }
+
+    /// Local containers an older release attached (no record of this
+    /// agent's own yet): recorded once, at start, from the store, if their
+    /// interface is there. From then on their namespace is this host's word.
+    pub(super) async fn adopt_unrecorded(&self) {
+        let links = match self.netlink.links_with_prefix(HOST_IF_PREFIX).await {
+            Ok(l) => l
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<std::collections::BTreeSet<_>>(),
+            Err(e) => {
+                log::error!("listing interfaces: {e}");
+                return;
+            }
+        };
+        let unrecorded: Vec<Container> = self
+            .view()
+            .local_containers(&self.cfg.host_id)
+            .filter(|c| links.contains(&c.host_ifname) && !self.attached.has(&c.host_ifname))
+            .cloned()
+            .collect();
+        for c in unrecorded {
+            match self.attached.record(&c) {
+                Ok(()) => log::info!("container {}: recorded in {} as found", c.key, c.netns),
+                Err(e) => log::error!("recording container {}: {e}", c.key),
+            }
         }
     }
 

@@ -22,6 +22,7 @@
 //! hand-over (and opens the tunnel otherwise), `dns_server` starts the DNS
 //! server on the view.
 
+mod attached;
 mod cni;
 mod commands;
 mod converge;
@@ -100,6 +101,8 @@ pub struct Agent {
     edge_local: RwLock<Option<reconcile::EdgeLocal>>,
     /// Publications written and not yet seen in the view.
     pending: pending::Pending,
+    /// What this agent attached, as it made it (host-local truth).
+    attached: attached::Attached,
     /// Whether pn owns the host's forwarding.
     forwarding: crate::edge::Forwarding,
     /// The DNS server, running for the agent's life once started (after a

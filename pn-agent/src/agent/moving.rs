@@ -60,7 +60,16 @@ impl Agent {
     /// Gives a local container's interface its new address (and, for a
     /// named namespace, the new network's resolv.conf): `was` is the record
     /// before the move, `now` after.
+    /// The namespace and interface are the ones this agent attached, never
+    /// the record's.
     pub(super) async fn readdress(&self, was: &Container, now: &Container) -> Result<(), Error> {
+        let Some(now) = self.attached.local(now) else {
+            return Err(Error::not_found(format!(
+                "container {} was not attached by this agent: its namespace is left alone",
+                now.key
+            )));
+        };
+        let now = &now;
         let ns = Netns::open(&now.netns)?;
         let mac = readdress_container_side(
             &ns,

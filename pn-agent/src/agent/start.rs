@@ -448,7 +448,10 @@ impl Agent {
             .await
             .context("reading the host's addresses")?;
         let edge = prepare_edge(&mut datapath, &edge_local, &cfg, loaded.config)?;
+        let attached = super::attached::Attached::open(&cfg.state_dir)
+            .context("reading the records of the containers this host attached")?;
         let agent = Arc::new(Agent {
+            attached,
             membership: Membership::new(backend),
             view: Arc::new(RwLock::new(view)),
             datapath: Arc::new(Mutex::new(datapath)),
@@ -525,6 +528,7 @@ impl Agent {
             Ok(rev) => log::info!("in sync with the store at revision {rev}"),
             Err(e) => log::warn!("store unreachable at start, enforcing pinned state: {e:#}"),
         }
+        self.adopt_unrecorded().await;
         if let Some(u) = guard_later {
             self.dp().maps_mut().attach_underlay(&u.name, u.mode)?;
         }

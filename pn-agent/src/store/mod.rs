@@ -26,3 +26,5 @@ pub use membership::{Membership, MembershipError, PoolDoc, PoolEntry};
 
 #[cfg(test)]
 pub(crate) mod conformance;
+#[cfg(test)]
+pub(crate) mod placement_conformance;

@@ -14,6 +14,7 @@
 
 mod members;
 mod probe;
+pub mod roles;
 mod tls;
 mod watch;
 

@@ -8,10 +8,14 @@
 //!
 //! Here: the helpers, networks and applications; [`containers`]: addresses
 //! and containers; [`hosts`]: the hosts of the fleet; [`moving`]: an
-//! application's move to another network.
+//! application's move to another network; [`admissions`]: which hosts may
+//! run which app; [`migrate`]: container records of an older release moved
+//! under their host.
 
+mod admissions;
 mod containers;
 mod hosts;
+mod migrate;
 mod moving;
 mod services;
 

@@ -78,14 +78,14 @@ impl Membership {
         network: &NetworkId,
     ) -> Result<Option<(Container, i64)>> {
         let net = self.network(network).await?;
-        let container_key = &Key::Container(key.clone());
         let net = &net;
         self.read_modify_write(
             move |_| {
                 Box::pin(async move {
-                    let Some((c, rev)) = self.get_decoded::<Container>(container_key).await? else {
+                    let Some((container_key, c, rev)) = self.locate(key).await? else {
                         return Ok(Step::Done(None));
                     };
+                    let container_key = &container_key;
                     if c.network == *network {
                         return Ok(Step::Done(None));
                     }

@@ -27,9 +27,15 @@ pub(super) fn decode<T: DeserializeOwned>(key: &str, value: &str) -> Result<T> {
 
 /// The record prefix `key` is under, if any (a key there must parse).
 pub(super) fn record_prefix(key: &str) -> Option<&'static str> {
-    [keys::NETWORKS, keys::APPS, keys::CONTAINERS, keys::HOSTS]
-        .into_iter()
-        .find(|p| key.starts_with(p))
+    [
+        keys::NETWORKS,
+        keys::APPS,
+        keys::CONTAINERS,
+        keys::ON,
+        keys::HOSTS,
+    ]
+    .into_iter()
+    .find(|p| key.starts_with(p))
 }
 
 fn same_id<T: PartialEq + std::fmt::Display>(key: &str, of_key: &T, of_record: &T) -> Result {
@@ -146,8 +152,17 @@ impl MembershipView {
         Ok(())
     }
 
-    pub(super) fn check_container(&self, key: &str, k: &ContainerKey, c: &Container) -> Result {
+    /// `writer`: the host whose range the record is in (`None`: a legacy
+    /// record, which only the operator can write once roles are set up).
+    pub(super) fn check_container(
+        &self,
+        key: &str,
+        writer: Option<&HostId>,
+        k: &ContainerKey,
+        c: &Container,
+    ) -> Result {
         same_id(key, k, &c.key)?;
+        self.check_placement(key, writer, c)?;
         let derived = k.host_ifname();
         if c.host_ifname != derived {
             return Err(Rejected::new(
@@ -197,6 +212,43 @@ impl MembershipView {
         }
         if let Some(at) = c.published {
             self.check_published(key, c, at)?;
+        }
+        Ok(())
+    }
+
+    /// Who may place this container: the host whose range holds the
+    /// record must be the one it names, admitted to its app, and the key
+    /// must not be another host's (the older record keeps it: a host cannot
+    /// make another's record younger, only its own).
+    fn check_placement(&self, key: &str, writer: Option<&HostId>, c: &Container) -> Result {
+        if let Some(w) = writer
+            && *w != c.host
+        {
+            return Err(Rejected::new(
+                key,
+                Reject::WrongHost,
+                format!("host {w}'s record names host {}", c.host),
+            ));
+        }
+        if !self.admissions.admits(&c.key.app, &c.host) {
+            return Err(Rejected::new(
+                key,
+                Reject::NotAdmitted,
+                format!("host {} is not admitted to app {}", c.host, c.key.app),
+            ));
+        }
+        if let Some(at) = self.container_at.get(&c.key)
+            && at != key
+            && self
+                .containers
+                .get(&c.key)
+                .is_some_and(|o| o.host != c.host)
+        {
+            return Err(Rejected::new(
+                key,
+                Reject::ContainerTaken,
+                format!("container {} is already {at}", c.key),
+            ));
         }
         Ok(())
     }

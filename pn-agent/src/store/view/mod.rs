@@ -35,6 +35,9 @@ pub enum Change {
     },
     ContainerDeleted(Box<Container>),
     Host,
+    /// The operator's admissions: which containers are allowed changed, so
+    /// the whole store is read again (rare).
+    Admissions,
     /// A key this view does not track (pool, address leases, claims).
     Other,
 }
@@ -55,7 +58,7 @@ fn listed_ips(entries: &[(String, super::Entry)]) -> HashMap<Ipv4Addr, i64> {
     }
     let mut out = HashMap::new();
     for (key, e) in entries {
-        if !key.starts_with(super::keys::CONTAINERS) {
+        if !super::keys::is_container(key) {
             continue;
         }
         if let Ok(a) = serde_json::from_str::<Addressed>(&e.value) {
@@ -72,9 +75,9 @@ fn listed_ips(entries: &[(String, super::Entry)]) -> HashMap<Ipv4Addr, i64> {
 fn load_order(key: &str) -> u8 {
     match Key::parse(key) {
         Some(Key::Network(_)) => 0,
-        Some(Key::App(_)) => 1,
+        Some(Key::App(_) | Key::Admissions) => 1,
         Some(Key::Host(_)) => 2,
-        Some(Key::Container(_)) => 3,
+        Some(Key::Container(..) | Key::LegacyContainer(_)) => 3,
         _ => 4,
     }
 }
@@ -96,6 +99,8 @@ impl MembershipView {
             listed_ips: HashMap::new(),
             pool,
             refused: HashMap::new(),
+            admissions: Default::default(),
+            container_at: HashMap::new(),
         }
     }
 
@@ -204,26 +209,12 @@ impl MembershipView {
                 self.apps.insert(a.id, a);
                 Ok(Change::App)
             }
-            Key::Container(k) => {
-                let c: Container = checks::decode(key, value)?;
-                self.check_container(key, &k, &c)?;
-                let old = self.containers.insert(c.key.clone(), c.clone());
-                if let Some(o) = &old {
-                    if o.ip != c.ip {
-                        self.by_ip.remove(&o.ip);
-                    }
-                    self.unindex_published(o);
-                }
-                self.by_ip.insert(c.ip, c.key.clone());
-                if let Some(at) = c.published {
-                    self.published_at
-                        .insert((c.host.clone(), at.port()), c.key.clone());
-                }
-                Ok(Change::ContainerPut {
-                    new: Box::new(c),
-                    old: old.map(Box::new),
-                })
+            Key::Admissions => {
+                self.admissions = checks::decode(key, value)?;
+                Ok(Change::Admissions)
             }
+            Key::Container(ref writer, ref k) => self.put_container(key, Some(writer), k, value),
+            Key::LegacyContainer(ref k) => self.put_container(key, None, k, value),
             Key::Host(id) => {
                 let h: Host = checks::decode(key, value)?;
                 let created = self.host_revs.get(&id).map_or(rev, |r| r.0);
@@ -237,8 +228,49 @@ impl MembershipView {
         }
     }
 
+    fn put_container(
+        &mut self,
+        key: &str,
+        writer: Option<&HostId>,
+        k: &ContainerKey,
+        value: &str,
+    ) -> Result<Change, Rejected> {
+        let c: Container = checks::decode(key, value)?;
+        self.check_container(key, writer, k, &c)?;
+        let old = self.containers.insert(c.key.clone(), c.clone());
+        self.container_at.insert(c.key.clone(), key.to_string());
+        if let Some(o) = &old {
+            if o.ip != c.ip {
+                self.by_ip.remove(&o.ip);
+            }
+            self.unindex_published(o);
+        }
+        self.by_ip.insert(c.ip, c.key.clone());
+        if let Some(at) = c.published {
+            self.published_at
+                .insert((c.host.clone(), at.port()), c.key.clone());
+        }
+        Ok(Change::ContainerPut {
+            new: Box::new(c),
+            old: old.map(Box::new),
+        })
+    }
+
     fn delete(&mut self, key: &str) -> Change {
-        match Key::parse(key) {
+        let parsed = Key::parse(key);
+        if let Some(Key::Container(_, k) | Key::LegacyContainer(k)) = &parsed {
+            // Another record of the key (the same container moved under its
+            // host, or another host's) is not this one's to remove.
+            if self.container_at.get(k).is_none_or(|at| at != key) {
+                return Change::Other;
+            }
+            self.container_at.remove(k);
+        }
+        if let Some(Key::Admissions) = parsed {
+            self.admissions = Default::default();
+            return Change::Admissions;
+        }
+        match parsed {
             Some(Key::Network(id)) => {
                 self.networks.remove(&id);
                 Change::Network(id)
@@ -248,16 +280,18 @@ impl MembershipView {
                 self.apps.remove(&id);
                 Change::App
             }
-            Some(Key::Container(k)) => match self.containers.remove(&k) {
-                Some(c) => {
-                    if self.by_ip.get(&c.ip) == Some(&c.key) {
-                        self.by_ip.remove(&c.ip);
+            Some(Key::Container(_, k) | Key::LegacyContainer(k)) => {
+                match self.containers.remove(&k) {
+                    Some(c) => {
+                        if self.by_ip.get(&c.ip) == Some(&c.key) {
+                            self.by_ip.remove(&c.ip);
+                        }
+                        self.unindex_published(&c);
+                        Change::ContainerDeleted(Box::new(c))
                     }
-                    self.unindex_published(&c);
-                    Change::ContainerDeleted(Box::new(c))
+                    None => Change::Other,
                 }
-                None => Change::Other,
-            },
+            }
             Some(Key::Host(id)) => {
                 self.hosts.remove(&id);
                 self.host_revs.remove(&id);

@@ -6,7 +6,7 @@ use ipnet::Ipv4Net;
 use pn_common::ids::{AppId, HostId, NetworkId};
 
 use super::refusals::Refusals;
-use crate::model::{App, Container, ContainerKey, Host, Network};
+use crate::model::{Admissions, App, Container, ContainerKey, Host, Network};
 
 #[derive(Clone, Debug)]
 pub struct MembershipView {
@@ -34,4 +34,9 @@ pub struct MembershipView {
     /// Refused keys and the revision of the version refused, so that a
     /// record is counted and logged once, not at every listing.
     pub(super) refused: HashMap<String, i64>,
+    /// The operator's record of which hosts may run which app.
+    pub(super) admissions: Admissions,
+    /// The store key each container's record was taken from: its host's
+    /// range, or the legacy layout. Only that key's delete removes it.
+    pub(super) container_at: HashMap<ContainerKey, String>,
 }
