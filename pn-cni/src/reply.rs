@@ -112,6 +112,7 @@ mod tests {
                 ctype: "web".parse().unwrap(),
                 index: 1,
                 ip: "10.240.0.2".parse().unwrap(),
+                ip6: None,
                 host: "h1".into(),
                 netns: "/run/netns/c1".into(),
                 interface: "eth0".into(),

@@ -8,17 +8,21 @@
 //!
 //! Here: the helpers, networks and applications; [`containers`]: addresses
 //! and containers; [`hosts`]: the hosts of the fleet; [`moving`]: an
-//! application's move to another network.
+//! application's move to another network; [`v6`]: the IPv6 prefixes and
+//! addresses.
 
 mod containers;
 mod hosts;
 mod moving;
 mod services;
+mod v6;
+
+pub use containers::Reserved;
 
 use std::{collections::BTreeSet, sync::Arc};
 
 use futures::future::BoxFuture;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use pn_common::ids::{AppId, NetworkId};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -28,7 +32,7 @@ use super::{
 };
 use crate::{
     error::{ErrorKind, Kind},
-    ipam,
+    ipam::{self, Ipv6Mode},
     model::{App, Balance, Egress, Network, now_secs},
 };
 
@@ -69,6 +73,10 @@ type Result<T, E = MembershipError> = std::result::Result<T, E>;
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PoolDoc {
     pub networks: Vec<PoolEntry>,
+    /// The fleet's IPv6 pool (unique local): drawn, or taken from
+    /// `--pool6`, by the first agent with IPv6 on that writes the document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool6: Option<Ipv6Net>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -76,6 +84,16 @@ pub struct PoolEntry {
     pub network: NetworkId,
     pub cidr: Ipv4Net,
     pub tag: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr6: Option<Ipv6Net>,
+}
+
+/// What `network create` asks for; `None`: the next free range.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NewNetwork {
+    pub cidr: Option<Ipv4Net>,
+    pub cidr6: Option<Ipv6Net>,
+    pub egress: Egress,
 }
 
 /// How many times an operation retries after losing a compare-and-swap race.
@@ -189,7 +207,8 @@ impl Membership {
         self.list_decoded(keys::NETWORKS).await
     }
 
-    /// Creates a network with `cidr`, or with the next free `/prefix` of `pool`.
+    /// Creates an IPv4-only network with `cidr`, or with the next free
+    /// `/prefix` of `pool`.
     pub async fn create_network(
         &self,
         id: NetworkId,
@@ -198,54 +217,69 @@ impl Membership {
         prefix: u8,
         egress: Egress,
     ) -> Result<(Network, i64)> {
-        if let Some(c) = cidr {
+        let spec = NewNetwork {
+            cidr,
+            cidr6: None,
+            egress,
+        };
+        self.create_network_in(id, spec, pool, prefix, Ipv6Mode::Off)
+            .await
+    }
+
+    /// Creates a network with the ranges `spec` asks for, or the next free
+    /// ones: a `/prefix` of `pool`, and with IPv6 on a /64 of the fleet's
+    /// IPv6 pool (which this write gives the fleet if it has none yet).
+    pub async fn create_network_in(
+        &self,
+        id: NetworkId,
+        spec: NewNetwork,
+        pool: &Ipv4Net,
+        prefix: u8,
+        ipv6: Ipv6Mode,
+    ) -> Result<(Network, i64)> {
+        if let Some(c) = spec.cidr {
             ipam::check_network_range(&c, pool)
                 .map_err(|e| MembershipError::Invalid(e.to_string()))?;
+        }
+        if spec.cidr6.is_some() && !ipv6.is_on() {
+            return Err(MembershipError::Invalid(
+                "--cidr6 needs IPv6 on this host's agent (it runs with --ipv6 off)".into(),
+            ));
         }
         let net_key = &Key::Network(id);
         self.read_modify_write(
             move |_| {
                 Box::pin(async move {
-                    let (doc, pool_rev) = self.pool().await?;
+                    let (mut doc, pool_rev) = self.pool().await?;
                     if doc.networks.iter().any(|p| p.network == id) {
                         return Err(MembershipError::Conflict(format!(
                             "network {id} already exists"
                         )));
                     }
-                    let taken: Vec<Ipv4Net> = doc.networks.iter().map(|p| p.cidr).collect();
-                    let cidr = match cidr {
-                    Some(c) => {
-                        if let Some(other) =
-                            doc.networks.iter().find(|p| ipam::overlaps(&c, &p.cidr))
-                        {
-                            return Err(MembershipError::Conflict(format!(
-                                "range {c} overlaps {} of network {}",
-                                other.cidr, other.network
-                            )));
+                    let cidr = pick_cidr(&doc, spec.cidr, pool, prefix)?;
+                    let cidr6 = match ipv6 {
+                        Ipv6Mode::Off => None,
+                        Ipv6Mode::On { pool6 } => {
+                            let nets = self.networks().await?;
+                            let pool6 = v6::fleet_pool6(&doc, pool6)?;
+                            doc.pool6 = Some(pool6);
+                            Some(v6::pick_cidr6(&doc, &nets, &pool6, spec.cidr6)?)
                         }
-                        c
-                    }
-                    None => ipam::next_subnet(pool, prefix, &taken).ok_or_else(|| {
-                        MembershipError::Exhausted(format!(
-                            "address pool {pool} exhausted: no free /{prefix} left ({} networks)",
-                            doc.networks.len()
-                        ))
-                    })?,
-                };
+                    };
                     let tags: BTreeSet<u32> = doc.networks.iter().map(|p| p.tag).collect();
                     let network = Network {
                         id,
                         cidr,
                         tag: ipam::next_tag(&tags),
                         created_at: now_secs(),
-                        egress,
-                        cidr6: None,
+                        egress: spec.egress,
+                        cidr6,
                     };
-                    let mut doc = doc;
                     doc.networks.push(PoolEntry {
                         network: id,
                         cidr,
                         tag: network.tag,
+                        cidr6,
                     });
                     Ok(Step::write(
                         vec![as_read(&Key::Pool, pool_rev), as_read(net_key, None)],
@@ -444,6 +478,32 @@ impl Membership {
         )
         .await
     }
+}
+
+/// A network's IPv4 range: `wanted` if it overlaps no other, else the
+/// next free `/prefix` of `pool`.
+fn pick_cidr(
+    doc: &PoolDoc,
+    wanted: Option<Ipv4Net>,
+    pool: &Ipv4Net,
+    prefix: u8,
+) -> Result<Ipv4Net> {
+    if let Some(c) = wanted {
+        if let Some(other) = doc.networks.iter().find(|p| ipam::overlaps(&c, &p.cidr)) {
+            return Err(MembershipError::Conflict(format!(
+                "range {c} overlaps {} of network {}",
+                other.cidr, other.network
+            )));
+        }
+        return Ok(c);
+    }
+    let taken: Vec<Ipv4Net> = doc.networks.iter().map(|p| p.cidr).collect();
+    ipam::next_subnet(pool, prefix, &taken).ok_or_else(|| {
+        MembershipError::Exhausted(format!(
+            "address pool {pool} exhausted: no free /{prefix} left ({} networks)",
+            doc.networks.len()
+        ))
+    })
 }
 
 #[cfg(test)]
