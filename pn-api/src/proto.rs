@@ -281,6 +281,13 @@ pub struct Attachment {
     pub gateway: Ipv4Addr,
     /// Destinations routed through the gateway.
     pub routes: Vec<Ipv4Net>,
+    /// With an IPv6 address (a /128 on the interface): its gateway, the
+    /// link-local `fe80::1`; `null` without.
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
+    /// IPv6 destinations routed through `gateway6` (none without it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes6: Vec<Ipv6Net>,
     pub nameservers: Vec<Ipv4Addr>,
     /// Search domains (the container's network zone).
     pub search: Vec<String>,

@@ -351,6 +351,12 @@ impl Agent {
         vec![self.cfg.pool, Ipv4Net::default()]
     }
 
+    /// IPv6 destinations a container with an IPv6 address routes through
+    /// its gateway: all of them (the data plane decides, as for IPv4).
+    pub(super) fn container_routes6(&self) -> Vec<Ipv6Net> {
+        vec![Ipv6Net::default()]
+    }
+
     /// Makes the veth pair, filtered, addressed and routed; the container
     /// end's MAC.
     async fn make_container(&self, ns: &Netns, net: &Network, c: &Container) -> Result<[u8; 6]> {

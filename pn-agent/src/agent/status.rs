@@ -128,6 +128,9 @@ impl Agent {
                     .to_string(),
             ),
         ];
+        if let Some(ip6) = c.ip6 {
+            vars.push(("PN_IP6".into(), ip6.to_string()));
+        }
         // The port routers are sent to: where the app must listen.
         if c.is_web()
             && let Some(app) = v.apps.get(&c.key.app)
