@@ -64,10 +64,8 @@ async fn aaaa_rotates_apart_from_a() {
         assert_eq!(ips6(&m).len(), 3);
         firsts6.push(ips6(&m)[0]);
     }
-    for f in [&mut firsts] {
-        f.sort();
-        f.dedup();
-    }
+    firsts.sort();
+    firsts.dedup();
     firsts6.sort();
     firsts6.dedup();
     assert_eq!(firsts.len(), 3, "each IPv4 address comes first once");
