@@ -183,3 +183,66 @@ fn ipv6_off_gives_and_answers_none() {
     let env = host.cli_ok(&["env", "--app", &app, "--type", "web", "--index", "1"]);
     assert!(!env.contains("PN_IP6"), "{env}");
 }
+
+/// An upgrade: a host that ran without IPv6 (records with no range and no
+/// address) restarts with it on: its network gains a /64 and its running
+/// containers an address each, answered by AAAA, without a new attach;
+/// back off, they give them back.
+#[test]
+fn existing_containers_gain_ipv6_on_restart_and_lose_it_with_ipv6_off() {
+    let mut host = Host::start_with(&unique_prefix(), "h1", &["--ipv6", "off"]);
+    let (net, app) = host.network_and_app(&[]);
+    let a = host.member(&app, "web", "a");
+    let b = host.member(&app, "web", "b");
+    let ipv4: Vec<_> = [&a, &b].iter().map(|m| m.addr).collect();
+    host.stop();
+    host.launch(&[]);
+    let listed = |host: &Host| -> Vec<Option<Ipv6Addr>> {
+        host.json(&["container", "list", "--app", &app])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ip6_of)
+            .collect()
+    };
+    assert!(
+        pn_tests::eventually(std::time::Duration::from_secs(10), || {
+            listed(&host).iter().all(Option::is_some)
+        }),
+        "{:?}",
+        listed(&host)
+    );
+    let cidr6 = cidr6_of(&host, &net).expect("the network's /64");
+    let given: BTreeSet<Ipv6Addr> = listed(&host).into_iter().flatten().collect();
+    assert_eq!(given.len(), 2);
+    assert!(
+        given.iter().all(|ip| in_64(*ip, &cidr6)),
+        "{given:?} {cidr6}"
+    );
+    // IPv4 unchanged; the names answer the new addresses.
+    let now: Vec<String> = host
+        .json(&["container", "list", "--app", &app])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["ip"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        now,
+        ipv4.iter().map(ToString::to_string).collect::<Vec<_>>()
+    );
+    let name = format!("{app}.{net}.{ZONE}.");
+    let want: Vec<String> = given.iter().map(ToString::to_string).collect();
+    assert!(pn_tests::eventually(
+        std::time::Duration::from_secs(10),
+        || { short(&a, &name, "AAAA") == want }
+    ));
+    // Off again: given back; the range stays the network's.
+    host.stop();
+    host.launch(&["--ipv6", "off"]);
+    assert!(pn_tests::eventually(
+        std::time::Duration::from_secs(10),
+        || { listed(&host).iter().all(Option::is_none) }
+    ));
+    assert_eq!(cidr6_of(&host, &net), Some(cidr6));
+}
