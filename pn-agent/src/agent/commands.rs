@@ -204,7 +204,7 @@ impl Agent {
             ));
         }
         let app_rec = self.membership.app(app).await?;
-        let net = self.membership.network(&app_rec.network).await?;
+        let net = self.network_with_ipv6(&app_rec.network).await?;
         let ns = Netns::open(netns)?;
         let guard = self.local_ops.lock().await;
         let same_type: Vec<Container> = self
@@ -341,6 +341,29 @@ impl Agent {
             None => log::info!("attached container {key} in {netns} as {ip} ({host_if})"),
         }
         Ok((c, Some(mac)))
+    }
+
+    /// A network's record, given its IPv6 range first if this host has
+    /// IPv6 on and it has none yet (created by a host with it off, or
+    /// before IPv6), so a container attached here gets its address now
+    /// rather than at the next full converge. Failing that, the attach goes
+    /// on with IPv4 alone.
+    async fn network_with_ipv6(&self, id: &NetworkId) -> Result<Network> {
+        let net = self.membership.network(id).await?;
+        let ipam::Ipv6Mode::On { pool6 } = self.cfg.ipv6 else {
+            return Ok(net);
+        };
+        if net.cidr6.is_some() {
+            return Ok(net);
+        }
+        match self.membership.ensure_network6(id, pool6).await {
+            Ok(Some((net, _))) => Ok(net),
+            Ok(None) => Ok(self.membership.network(id).await?),
+            Err(e) => {
+                log::error!("giving network {id} an IPv6 range: {e}");
+                Ok(net)
+            }
+        }
     }
 
     /// Destinations a container routes through its gateway: the fleet pool
