@@ -11,7 +11,7 @@
 //! | `on/<host>/containers/<ap-…>/<type>/<index>` | [`Container`](crate::model::Container) run by `<host>` |
 //! | `containers/<ap-…>/<type>/<index>` | a container record of an older release (read, never written) |
 //! | `claims/<ap-…>/<type>/<index>` | the host holding a container key (attaching or attached) |
-//! | `ips/<pn-…>/<address>` | [`AddressLease`](crate::model::AddressLease) |
+//! | `ips/<pn-…>/<address>` | [`AddressLease`](crate::model::AddressLease), IPv4 or IPv6 |
 //! | `hosts/<host>` | [`Host`](crate::model::Host) |
 //! | `peers/<n>` | the host holding peer id `n` (a JSON string) |
 //!
@@ -27,7 +27,10 @@
 //! records) is the operator's. IPv6 leases, when they come, are allocation
 //! markers under `ips/` too (or a sibling prefix added to [`host_writes`]).
 
-use std::{fmt, net::Ipv4Addr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use pn_common::ids::{AppId, HostId, NetworkId, parse_index};
 
@@ -43,6 +46,9 @@ pub const ON: &str = "on/";
 const ON_CONTAINERS: &str = "containers/";
 pub const ADMISSIONS: &str = "admissions";
 pub const CLAIMS: &str = "claims/";
+/// Address leases of both families: one space, so that a fleet's etcd
+/// roles (`readwrite ips/`) cover IPv6 leases without a change, and agents
+/// that predate IPv6 skip them (not an IPv4 address: not a key to them).
 pub const IPS: &str = "ips/";
 pub const HOSTS: &str = "hosts/";
 pub const PEERS: &str = "peers/";
@@ -63,6 +69,8 @@ pub enum Key {
     Claim(ContainerKey),
     /// An allocated address of a network.
     Ip(NetworkId, Ipv4Addr),
+    /// An allocated IPv6 address of a network (under `ips/` too).
+    Ip6(NetworkId, Ipv6Addr),
     Host(HostId),
     /// Claim on a peer id (non-zero), so two hosts never hold the same.
     Peer(u32),
@@ -104,7 +112,7 @@ impl Key {
         }
         if let Some(t) = s.strip_prefix(IPS) {
             let (net, ip) = t.split_once('/')?;
-            return Some(Key::Ip(net.parse().ok()?, ip.parse().ok()?));
+            return Some(Key::lease(net.parse().ok()?, ip.parse().ok()?));
         }
         if let Some(t) = s.strip_prefix(HOSTS) {
             return t.parse().ok().map(Key::Host);
@@ -144,8 +152,19 @@ impl fmt::Display for Key {
             }
             Key::Claim(k) => write!(f, "{CLAIMS}{}/{}/{}", k.app, k.ctype, k.index),
             Key::Ip(net, ip) => write!(f, "{IPS}{net}/{ip}"),
+            Key::Ip6(net, ip) => write!(f, "{IPS}{net}/{ip}"),
             Key::Host(id) => write!(f, "{HOSTS}{id}"),
             Key::Peer(n) => write!(f, "{PEERS}{n}"),
+        }
+    }
+}
+
+impl Key {
+    /// The lease key of an address of either family.
+    pub fn lease(net: NetworkId, ip: IpAddr) -> Key {
+        match ip {
+            IpAddr::V4(ip) => Key::Ip(net, ip),
+            IpAddr::V6(ip) => Key::Ip6(net, ip),
         }
     }
 }
@@ -243,6 +262,7 @@ mod tests {
             Key::LegacyContainer(ck()),
             Key::Claim(ck()),
             Key::Ip(PN.parse().unwrap(), Ipv4Addr::new(10, 240, 0, 7)),
+            Key::Ip6(PN.parse().unwrap(), "fd12:3456:789a:1::2".parse().unwrap()),
             Key::Host("h-1".parse().unwrap()),
             Key::Peer(4_000_000_000),
         ];
@@ -261,6 +281,10 @@ mod tests {
         assert_eq!(
             Key::Ip(PN.parse().unwrap(), Ipv4Addr::new(10, 240, 0, 7)).to_string(),
             format!("ips/{PN}/10.240.0.7")
+        );
+        assert_eq!(
+            Key::lease(PN.parse().unwrap(), "fd00::2".parse().unwrap()).to_string(),
+            format!("ips/{PN}/fd00::2")
         );
     }
 
@@ -312,6 +336,11 @@ mod tests {
                 .to_string()
                 .starts_with(&ips_of(&net))
         );
+        assert!(
+            Key::Ip6(net, Ipv6Addr::LOCALHOST)
+                .to_string()
+                .starts_with(&ips_of(&net))
+        );
     }
 
     #[test]
@@ -329,6 +358,9 @@ mod tests {
             &format!("containers/{AP}/Web/1"),
             &format!("ips/{PN}/10.240.0.300"),
             &format!("ips/{PN}/010.240.0.1"),
+            &format!("ips/{PN}/FD00::2"),
+            &format!("ips/{PN}/fd00:0::2"),
+            &format!("ips/{PN}/fd00::2/64"),
             "hosts/H1",
             "hosts/a_b",
             "peers/0",

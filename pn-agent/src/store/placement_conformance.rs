@@ -31,7 +31,11 @@ async fn fleet(kv: Arc<dyn Backend>) -> Membership {
 
 async fn attach(m: &Membership, index: u32, h: &str) -> Container {
     let k = key(1, "web", index);
-    let ip = m.reserve_address(&net_id(1), &k, &host(h)).await.unwrap();
+    let ip = m
+        .reserve_address(&net_id(1), &k, &host(h), false)
+        .await
+        .unwrap()
+        .ip;
     let c = member(k, net_id(1), ip, h);
     m.put_container(&c).await.unwrap();
     c
@@ -126,7 +130,7 @@ pub async fn legacy_records_are_read_then_migrated(kv: Arc<dyn Backend>) {
     );
     // Its key stays taken.
     assert!(
-        m.reserve_address(&net_id(1), &k, &host("h3"))
+        m.reserve_address(&net_id(1), &k, &host("h3"), false)
             .await
             .is_err()
     );

@@ -533,3 +533,4 @@ fn a_selector_designates_its_type_or_container_of_its_app_only() {
 
 mod placement;
 mod trust;
+mod v6;
