@@ -9,7 +9,7 @@
 //! agent finds its predecessor's and leaves live traffic alone.
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
 };
 
@@ -28,6 +28,8 @@ mod error;
 mod netns;
 mod requests;
 mod socket;
+mod v6;
+pub use v6::GATEWAY6;
 
 pub use container::{
     ContainerLink, Readdress, format_mac, inspect_container_side, readdress_container_side,
@@ -75,6 +77,9 @@ pub struct ContainerSide {
     /// namespace already has (a container with another interface) is kept:
     /// its world traffic goes the way its operator set.
     pub routes: Vec<Ipv4Net>,
+    /// Its IPv6 address, if it has one (see `v6`), and its network's prefix.
+    pub ip6: Option<Ipv6Addr>,
+    pub net6: Option<(Ipv6Addr, u8)>,
 }
 
 /// Configures the container end inside its namespace; returns its MAC.
@@ -87,9 +92,12 @@ pub async fn configure_container_side(ns: &Netns, side: ContainerSide) -> Result
             let idx = link.header.index;
             let mac =
                 mac_of(&link).ok_or_else(|| NetlinkError::Other("veth without MAC".into()))?;
-            // IPv6 is not carried yet (contract rule 4); keeping it off avoids a
-            // stream of router solicitations counted as unsupported_l3.
-            sysctl_if("ipv6", &side.ifname, "disable_ipv6", "1")?;
+            // Without an IPv6 address (an IPv4-only host or network), IPv6
+            // stays off: nothing of it would pass, and the kernel's router
+            // solicitations would only be counted as drops.
+            if side.ip6.is_none() {
+                sysctl_if("ipv6", &side.ifname, "disable_ipv6", "1")?;
+            }
             h.address()
                 .add(idx, IpAddr::V4(side.ip), 32)
                 .replace()
@@ -109,6 +117,9 @@ pub async fn configure_container_side(ns: &Netns, side: ContainerSide) -> Result
                 } else {
                     add_route(&h, dst, Some(side.gateway), idx, Some(side.ip)).await?;
                 }
+            }
+            if let Some(ip6) = side.ip6 {
+                v6::container_side(&h, idx, &side.ifname, ip6, side.net6, side.gateway_mac).await?;
             }
             Ok(mac)
         })
@@ -293,6 +304,7 @@ impl Netlink {
         &self,
         host_if: &str,
         container_ip: Ipv4Addr,
+        container_ip6: Option<Ipv6Addr>,
         container_mac: [u8; 6],
         gateway: Ipv4Addr,
     ) -> Result<u32> {
@@ -300,7 +312,9 @@ impl Netlink {
             .link(host_if)
             .await?
             .ok_or_else(|| NetlinkError::InterfaceMissing(host_if.into()))?;
-        sysctl_if("ipv6", host_if, "disable_ipv6", "1")?;
+        if container_ip6.is_none() {
+            sysctl_if("ipv6", host_if, "disable_ipv6", "1")?;
+        }
         self.handle
             .link()
             .set(LinkUnspec::new_with_index(idx).up().build())
@@ -316,6 +330,9 @@ impl Netlink {
         )
         .await?;
         add_permanent_neighbour(&self.handle, idx, container_ip, container_mac).await?;
+        if let Some(ip6) = container_ip6 {
+            v6::host_side(&self.handle, idx, host_if, ip6, container_mac).await?;
+        }
         Ok(idx)
     }
 

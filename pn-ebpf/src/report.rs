@@ -6,7 +6,7 @@ use pn_common::{
     Reason,
     event::{Direction, EventKind, FlowEvent},
     maps::{Config, EventBudget},
-    policy::Ipv4Summary,
+    policy::PacketSummary,
 };
 
 use crate::maps::{PN_COUNTERS, PN_EVBUDGET, PN_EVENTS};
@@ -38,7 +38,11 @@ pub struct PacketCtx<'a> {
 }
 
 #[inline(always)]
-pub fn report_drop(at: &PacketCtx, reason: Reason, pkt: Option<&Ipv4Summary>) {
+pub fn report_drop<A: Copy + Default>(
+    at: &PacketCtx,
+    reason: Reason,
+    pkt: Option<&PacketSummary<A>>,
+) {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     report(at, now, EventKind::Drop, reason, pkt);
@@ -46,14 +50,15 @@ pub fn report_drop(at: &PacketCtx, reason: Reason, pkt: Option<&Ipv4Summary>) {
 
 /// Sends an event if its kind's budget on this CPU allows it; counts it as
 /// suppressed otherwise. Every event of `PN_EVENTS` goes through here: a
-/// flood of drops or of new flows costs the agent a bounded rate.
+/// flood of drops or of new flows costs the agent a bounded rate. `A`, the
+/// family, picks the event's layout (its addresses).
 #[inline(always)]
-pub fn report(
+pub fn report<A: Copy + Default>(
     at: &PacketCtx,
     now: u64,
     kind: EventKind,
     reason: Reason,
-    pkt: Option<&Ipv4Summary>,
+    pkt: Option<&PacketSummary<A>>,
 ) {
     let Some(budget) = PN_EVBUDGET.get_ptr_mut(EventBudget::index(kind)) else {
         return;
@@ -62,7 +67,7 @@ pub fn report(
     if !unsafe { (*budget).admit(now, at.cfg.drop_events_per_sec) } {
         return;
     }
-    let mut ev = FlowEvent {
+    let mut ev = FlowEvent::<A> {
         ts_ns: now,
         ifindex: at.ifindex,
         bytes: at.len,
@@ -79,7 +84,7 @@ pub fn report(
         ev.proto = p.proto;
     }
     // A full ring buffer loses the event (counted), never the packet's verdict.
-    if PN_EVENTS.output::<FlowEvent>(&ev, 0).is_err() {
+    if PN_EVENTS.output::<FlowEvent<A>>(&ev, 0).is_err() {
         crate::conn::lost(pn_common::conn::LostKind::Flow);
     }
 }

@@ -37,6 +37,7 @@ pub use tunnel::{TunnelMember, tunnel_incoming, tunnel_outgoing};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L3 {
     Ipv4,
+    Ipv6,
     Arp,
     Other,
 }
@@ -45,6 +46,7 @@ pub enum L3 {
 pub const fn classify_ethertype(ethertype: u16) -> L3 {
     match ethertype {
         ETH_P_IP => L3::Ipv4,
+        ETH_P_IPV6 => L3::Ipv6,
         ETH_P_ARP => L3::Arp,
         _ => L3::Other,
     }
