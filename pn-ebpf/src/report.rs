@@ -14,12 +14,20 @@ use crate::maps::{PN_COUNTERS, PN_EVBUDGET, PN_EVENTS};
 /// Counts a packet in row `slot` (an `Iface::slot`; 0: the host's row).
 #[inline(always)]
 pub fn count(slot: u16, reason: Reason, bytes: u32) {
+    count_at(slot, reason as u8, bytes);
+}
+
+/// `count` by the reason's number: for a reason read back from memory,
+/// whose range the compiler takes for granted (and drops the index's
+/// check the verifier needs) when it has the type `Reason`.
+#[inline(always)]
+pub fn count_at(slot: u16, reason: u8, bytes: u32) {
     // An array: the lookup is an inlined bounds check and index.
     let Some(row) = PN_COUNTERS.get_ptr_mut(u32::from(slot)) else {
         return;
     };
     // SAFETY: per-CPU value, only this CPU writes it while we run.
-    if let Some(c) = unsafe { (*row).by_reason.get_mut(reason as usize) } {
+    if let Some(c) = unsafe { (*row).by_reason.get_mut(usize::from(reason)) } {
         c.packets += 1;
         c.bytes += u64::from(bytes);
     }

@@ -79,22 +79,22 @@ fn parses_the_five_kinds_and_their_link_address() {
             kind: NdKind::NeighborSolicitation,
             code: 0,
             target: GATEWAY6,
-            lla: LinkAddr::Mac(MAC),
+            lla: LinkAddr::mac(MAC),
         }
     );
-    assert_eq!(parse(&wire(NA, OWN, None)).unwrap().lla, LinkAddr::Absent);
+    assert_eq!(parse(&wire(NA, OWN, None)).unwrap().lla, LinkAddr::ABSENT);
     // The wrong kind of link-layer option, or more than one option.
     assert_eq!(
         parse(&wire(NA, OWN, SLLA)).unwrap().lla,
-        LinkAddr::Unexpected
+        LinkAddr::UNEXPECTED
     );
     let mut two = wire(NS, GATEWAY6, SLLA);
     two.extend_from_slice(&[14, 1, 0, 0, 0, 0, 0, 0]);
-    assert_eq!(parse(&two).unwrap().lla, LinkAddr::Unexpected);
+    assert_eq!(parse(&two).unwrap().lla, LinkAddr::UNEXPECTED);
     let rs = parse(&wire(RS, NONE, SLLA)).unwrap();
     assert_eq!(
         (rs.kind, rs.target, rs.lla),
-        (NdKind::RouterSolicitation, NONE, LinkAddr::Mac(MAC))
+        (NdKind::RouterSolicitation, NONE, LinkAddr::mac(MAC))
     );
     // Shorter than its kind, or not ND at all.
     assert_eq!(parse(&wire(NS, GATEWAY6, None)[..20]), None);
