@@ -7,7 +7,7 @@ use pn_common::{
     names::ZONE,
 };
 
-use super::{Agent, gateway_addr};
+use super::{Agent, gateway_addr, gateway6_addr};
 use crate::{
     error::{Error, ErrorKind},
     model::{Container, RuntimeRef},
@@ -220,6 +220,11 @@ impl Agent {
             mtu: self.container_mtu,
             gateway: gateway_addr(),
             routes: self.container_routes(),
+            gateway6: c.ip6.map(|_| gateway6_addr()),
+            routes6: match c.ip6 {
+                Some(_) => self.container_routes6(),
+                None => Vec::new(),
+            },
             nameservers: vec![*self.cfg.dns_listen.ip()],
             search: vec![format!("{}.{ZONE}", c.network)],
         })

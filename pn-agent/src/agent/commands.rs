@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use pn_common::ids::{AppId, ContainerType, HostId, NetworkId, Uuid};
 
 use super::{Agent, gateway_addr};
@@ -19,7 +19,7 @@ use crate::{
     },
     netlink::{ContainerSide, NetlinkError, Netns, remove_resolv_conf, write_resolv_conf},
     proto::ContainerInfo,
-    store::MembershipError,
+    store::{MembershipError, NewNetwork},
 };
 
 /// How long a command waits for its change to reach the kernel.
@@ -63,22 +63,29 @@ impl Agent {
         &self,
         id: Option<NetworkId>,
         cidr: Option<Ipv4Net>,
+        cidr6: Option<Ipv6Net>,
         egress: Option<Egress>,
     ) -> Result<Network> {
         let id = id.unwrap_or_else(|| NetworkId(random_uuid()));
+        let spec = NewNetwork {
+            cidr,
+            cidr6,
+            egress: egress.unwrap_or_default(),
+        };
         let (net, rev) = self
             .membership
-            .create_network(
+            .create_network_in(
                 id,
-                cidr,
+                spec,
                 &self.cfg.pool,
                 self.cfg.network_prefix,
-                egress.unwrap_or_default(),
+                self.cfg.ipv6,
             )
             .await?;
         self.wait_applied(rev).await?;
+        let cidr6 = net.cidr6.map(|c| format!(" and {c}")).unwrap_or_default();
         log::info!(
-            "created network {} ({}, tag {}, egress {})",
+            "created network {} ({}{cidr6}, tag {}, egress {})",
             net.id,
             net.cidr,
             net.tag,
@@ -223,7 +230,7 @@ impl Agent {
             },
         };
         let mut attempts = 0;
-        let (key, ip) = loop {
+        let (key, addrs) = loop {
             let key = ContainerKey {
                 app: *app,
                 ctype: ctype.clone(),
@@ -258,10 +265,10 @@ impl Agent {
             }
             match self
                 .membership
-                .reserve_address(&net.id, &key, &self.cfg.host_id)
+                .reserve_address(&net.id, &key, &self.cfg.host_id, self.cfg.ipv6.is_on())
                 .await
             {
-                Ok(ip) => break (key, ip),
+                Ok(addrs) => break (key, addrs),
                 // Another host took this index at the same instant: next one.
                 Err(MembershipError::Taken(_)) if auto_index && attempts < 64 => {
                     attempts += 1;
@@ -275,8 +282,8 @@ impl Agent {
         let mut c = Container {
             key: key.clone(),
             network: net.id,
-            ip,
-            ip6: None,
+            ip: addrs.ip,
+            ip6: addrs.ip6,
             host: self.cfg.host_id.clone(),
             netns: netns.to_string(),
             ifname: ifname.to_string(),
@@ -310,8 +317,10 @@ impl Agent {
                     let _ = self.netlink.delete_link(&host_if).await;
                 }
                 remove_resolv_conf(netns);
-                if let Err(re) = self.membership.release_address(&net.id, ip, &key).await {
-                    log::error!("releasing {ip} after a failed attach: {re}");
+                for ip in addrs.all() {
+                    if let Err(re) = self.membership.release_address(&net.id, ip, &key).await {
+                        log::error!("releasing {ip} after a failed attach: {re}");
+                    }
                 }
                 return Err(e);
             }
@@ -321,6 +330,10 @@ impl Agent {
         }
         drop(guard);
         self.wait_applied(rev).await?;
+        let ip = match c.ip6 {
+            Some(ip6) => format!("{} and {ip6}", c.ip),
+            None => c.ip.to_string(),
+        };
         match c.published {
             Some(at) => log::info!(
                 "attached container {key} in {netns} as {ip} ({host_if}), published on {at}"
@@ -336,6 +349,12 @@ impl Agent {
         // Every network lies in the pool (the store refuses others); the
         // rest is the world, through this host's edge.
         vec![self.cfg.pool, Ipv4Net::default()]
+    }
+
+    /// IPv6 destinations a container with an IPv6 address routes through
+    /// its gateway: all of them (the data plane decides, as for IPv4).
+    pub(super) fn container_routes6(&self) -> Vec<Ipv6Net> {
+        vec![Ipv6Net::default()]
     }
 
     /// Makes the veth pair, filtered, addressed and routed; the container

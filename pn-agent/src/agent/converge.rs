@@ -79,6 +79,7 @@ impl Agent {
         if *touched == Touched::All {
             self.readdress_missed(&links).await;
             self.release_orphan_leases().await;
+            self.give_ipv6().await;
         }
         if matches!(touched, Touched::All | Touched::Edge) {
             self.publish_pass().await;
@@ -165,6 +166,70 @@ impl Agent {
                     }
                 }
                 Some(out)
+            }
+        }
+    }
+
+    /// With IPv6 on: networks without an IPv6 range get one, and this
+    /// host's containers without an IPv6 address get one (records written
+    /// before IPv6, or while this host ran with it off). With it off, this
+    /// host's containers give theirs back. The records come back through
+    /// the watch like any change.
+    async fn give_ipv6(&self) {
+        let crate::ipam::Ipv6Mode::On { pool6 } = self.cfg.ipv6 else {
+            return self.take_ipv6().await;
+        };
+        let (bare_nets, bare): (Vec<_>, Vec<_>) = {
+            let v = self.view();
+            (
+                v.networks
+                    .values()
+                    .filter(|n| n.cidr6.is_none())
+                    .map(|n| n.id)
+                    .collect(),
+                v.local_containers(&self.cfg.host_id)
+                    .filter(|c| c.ip6.is_none())
+                    .map(|c| c.key.clone())
+                    .collect(),
+            )
+        };
+        for id in bare_nets {
+            match self.membership.ensure_network6(&id, pool6).await {
+                Ok(Some((n, _))) => {
+                    log::info!("network {id}: IPv6 range {}", n.cidr6.unwrap_or_default());
+                }
+                Ok(None) => {}
+                Err(e) => log::error!("giving network {id} an IPv6 range: {e}"),
+            }
+        }
+        for key in bare {
+            match self.membership.give_ip6(&key).await {
+                Ok(Some((c, _))) => {
+                    log::info!(
+                        "container {key}: IPv6 address {}",
+                        c.ip6.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED)
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => log::error!("giving container {key} an IPv6 address: {e}"),
+            }
+        }
+    }
+
+    /// `--ipv6 off`: this host's containers have no IPv6, so their records
+    /// lose the addresses an earlier run gave them (no name answers one).
+    async fn take_ipv6(&self) {
+        let held: Vec<_> = self
+            .view()
+            .local_containers(&self.cfg.host_id)
+            .filter(|c| c.ip6.is_some())
+            .map(|c| c.key.clone())
+            .collect();
+        for key in held {
+            match self.membership.take_ip6(&key).await {
+                Ok(Some(_)) => log::info!("container {key}: IPv6 address released (--ipv6 off)"),
+                Ok(None) => {}
+                Err(e) => log::error!("releasing container {key}'s IPv6 address: {e}"),
             }
         }
     }

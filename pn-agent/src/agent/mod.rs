@@ -67,6 +67,12 @@ fn gateway_addr() -> Ipv4Addr {
     Ipv4Addr::from(pn_common::ip4_octets(pn_common::GATEWAY))
 }
 
+/// A container's IPv6 gateway: link-local, as IPv4's 169.254.1.1 (never
+/// one of the network's addresses, which the allocator keeps clear of).
+fn gateway6_addr() -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)
+}
+
 /// The agent. Locks, when more than one is needed, are taken in this order
 /// and never the other way: `local_ops` (async; held across netlink and
 /// store calls of one attach or reconciliation) → `view` (read; never held

@@ -464,4 +464,5 @@ mod conformance {
     }
 
     crate::store_conformance_tests!(fresh);
+    crate::store_conformance6_tests!(fresh);
 }

@@ -9,11 +9,14 @@
 //! | `apps/<ap-…>` | [`App`](crate::model::App) |
 //! | `containers/<ap-…>/<type>/<index>` | [`Container`](crate::model::Container) |
 //! | `claims/<ap-…>/<type>/<index>` | lease of a container key while it is being attached |
-//! | `ips/<pn-…>/<address>` | [`AddressLease`](crate::model::AddressLease) |
+//! | `ips/<pn-…>/<address>` | [`AddressLease`](crate::model::AddressLease), IPv4 or IPv6 |
 //! | `hosts/<host>` | [`Host`](crate::model::Host) |
 //! | `peers/<n>` | the host holding peer id `n` (a JSON string) |
 
-use std::{fmt, net::Ipv4Addr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use pn_common::ids::{AppId, HostId, NetworkId, parse_index};
 
@@ -24,6 +27,9 @@ pub const NETWORKS: &str = "networks/";
 pub const APPS: &str = "apps/";
 pub const CONTAINERS: &str = "containers/";
 pub const CLAIMS: &str = "claims/";
+/// Address leases of both families: one space, so that a fleet's etcd
+/// roles (`readwrite ips/`) cover IPv6 leases without a change, and agents
+/// that predate IPv6 skip them (not an IPv4 address: not a key to them).
 pub const IPS: &str = "ips/";
 pub const HOSTS: &str = "hosts/";
 pub const PEERS: &str = "peers/";
@@ -39,6 +45,8 @@ pub enum Key {
     Claim(ContainerKey),
     /// An allocated address of a network.
     Ip(NetworkId, Ipv4Addr),
+    /// An allocated IPv6 address of a network (under `ips/` too).
+    Ip6(NetworkId, Ipv6Addr),
     Host(HostId),
     /// Claim on a peer id (non-zero), so two hosts never hold the same.
     Peer(u32),
@@ -72,7 +80,7 @@ impl Key {
         }
         if let Some(t) = s.strip_prefix(IPS) {
             let (net, ip) = t.split_once('/')?;
-            return Some(Key::Ip(net.parse().ok()?, ip.parse().ok()?));
+            return Some(Key::lease(net.parse().ok()?, ip.parse().ok()?));
         }
         if let Some(t) = s.strip_prefix(HOSTS) {
             return t.parse().ok().map(Key::Host);
@@ -104,8 +112,19 @@ impl fmt::Display for Key {
             Key::Container(k) => write!(f, "{CONTAINERS}{}/{}/{}", k.app, k.ctype, k.index),
             Key::Claim(k) => write!(f, "{CLAIMS}{}/{}/{}", k.app, k.ctype, k.index),
             Key::Ip(net, ip) => write!(f, "{IPS}{net}/{ip}"),
+            Key::Ip6(net, ip) => write!(f, "{IPS}{net}/{ip}"),
             Key::Host(id) => write!(f, "{HOSTS}{id}"),
             Key::Peer(n) => write!(f, "{PEERS}{n}"),
+        }
+    }
+}
+
+impl Key {
+    /// The lease key of an address of either family.
+    pub fn lease(net: NetworkId, ip: IpAddr) -> Key {
+        match ip {
+            IpAddr::V4(ip) => Key::Ip(net, ip),
+            IpAddr::V6(ip) => Key::Ip6(net, ip),
         }
     }
 }
@@ -150,6 +169,7 @@ mod tests {
             Key::Container(ck()),
             Key::Claim(ck()),
             Key::Ip(PN.parse().unwrap(), Ipv4Addr::new(10, 240, 0, 7)),
+            Key::Ip6(PN.parse().unwrap(), "fd12:3456:789a:1::2".parse().unwrap()),
             Key::Host("h-1".parse().unwrap()),
             Key::Peer(4_000_000_000),
         ];
@@ -165,6 +185,10 @@ mod tests {
             Key::Ip(PN.parse().unwrap(), Ipv4Addr::new(10, 240, 0, 7)).to_string(),
             format!("ips/{PN}/10.240.0.7")
         );
+        assert_eq!(
+            Key::lease(PN.parse().unwrap(), "fd00::2".parse().unwrap()).to_string(),
+            format!("ips/{PN}/fd00::2")
+        );
     }
 
     #[test]
@@ -178,6 +202,11 @@ mod tests {
         let net: NetworkId = PN.parse().unwrap();
         assert!(
             Key::Ip(net, Ipv4Addr::LOCALHOST)
+                .to_string()
+                .starts_with(&ips_of(&net))
+        );
+        assert!(
+            Key::Ip6(net, Ipv6Addr::LOCALHOST)
                 .to_string()
                 .starts_with(&ips_of(&net))
         );
@@ -198,6 +227,9 @@ mod tests {
             &format!("containers/{AP}/Web/1"),
             &format!("ips/{PN}/10.240.0.300"),
             &format!("ips/{PN}/010.240.0.1"),
+            &format!("ips/{PN}/FD00::2"),
+            &format!("ips/{PN}/fd00:0::2"),
+            &format!("ips/{PN}/fd00::2/64"),
             "hosts/H1",
             "hosts/a_b",
             "peers/0",

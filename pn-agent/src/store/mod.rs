@@ -22,7 +22,9 @@ pub mod metrics;
 pub mod view;
 
 pub use backend::{Backend, Cond, Entry, Listing, Op, StoreError, WatchEvent};
-pub use membership::{Membership, MembershipError, PoolDoc, PoolEntry};
+pub use membership::{Membership, MembershipError, NewNetwork, PoolDoc, PoolEntry, Reserved};
 
 #[cfg(test)]
 pub(crate) mod conformance;
+#[cfg(test)]
+pub(crate) mod conformance6;

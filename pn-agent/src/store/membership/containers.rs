@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4},
 };
 
 use pn_common::ids::{AppId, HostId, NetworkId};
@@ -18,6 +18,21 @@ use crate::{
         keys::{self, Key},
     },
 };
+
+/// The addresses an attach reserved: its IPv4 one, and its IPv6 one when
+/// asked for and the network has an IPv6 range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reserved {
+    pub ip: Ipv4Addr,
+    pub ip6: Option<Ipv6Addr>,
+}
+
+impl Reserved {
+    /// Both addresses, for releasing them.
+    pub fn all(&self) -> impl Iterator<Item = IpAddr> {
+        std::iter::once(IpAddr::V4(self.ip)).chain(self.ip6.map(IpAddr::V6))
+    }
+}
 
 impl Membership {
     /// The lowest address of `cidr` no lease of `network` holds (read in
@@ -61,17 +76,20 @@ impl Membership {
             .map(|(c, _)| c))
     }
 
-    /// Reserves the lowest free address of `network` for `owner`, and claims
-    /// the container key itself. Safe against any number of concurrent callers
-    /// on any number of hosts: both keys are created only if absent, and the
-    /// container must not exist yet. [`MembershipError::Taken`] when the key
-    /// is attached or claimed already (an automatic index then tries the next).
+    /// Reserves the lowest free address of `network` for `owner` (and with
+    /// `ipv6` the lowest free one of its IPv6 range, if it has one), and
+    /// claims the container key itself. Safe against any number of
+    /// concurrent callers on any number of hosts: every key is created only
+    /// if absent, and the container must not exist yet.
+    /// [`MembershipError::Taken`] when the key is attached or claimed
+    /// already (an automatic index then tries the next).
     pub async fn reserve_address(
         &self,
         network: &NetworkId,
         owner: &ContainerKey,
         host: &HostId,
-    ) -> Result<Ipv4Addr> {
+        ipv6: bool,
+    ) -> Result<Reserved> {
         let net = self.network(network).await?;
         let lease = AddressLease {
             owner: owner.clone(),
@@ -93,19 +111,19 @@ impl Membership {
                         )));
                     }
                     let ip = self.free_address(network, &net.cidr).await?;
-                    let ip_key = &Key::Ip(*network, ip);
-                    Ok(Step::write(
-                        vec![
-                            as_read(ip_key, None),
-                            as_read(claim_key, None),
-                            as_read(container_key, None),
-                        ],
-                        vec![
-                            Op::Put(ip_key.to_string(), encode(lease)),
-                            Op::Put(claim_key.to_string(), encode(lease)),
-                        ],
-                        move |_| ip,
-                    ))
+                    let ip6 = match net.cidr6.filter(|_| ipv6) {
+                        Some(cidr6) => Some(self.free_address6(network, &cidr6).await?),
+                        None => None,
+                    };
+                    let reserved = Reserved { ip, ip6 };
+                    let mut conds = vec![as_read(claim_key, None), as_read(container_key, None)];
+                    let mut ops = vec![Op::Put(claim_key.to_string(), encode(lease))];
+                    for ip in reserved.all() {
+                        let ip_key = Key::lease(*network, ip);
+                        conds.push(as_read(&ip_key, None));
+                        ops.push(Op::Put(ip_key.into(), encode(lease)));
+                    }
+                    Ok(Step::write(conds, ops, move |_| reserved))
                 })
             },
             || format!("too much contention on the addresses of network {network}; try again"),
@@ -124,14 +142,14 @@ impl Membership {
         Ok(self.container(key).await?.map(|c| c.host))
     }
 
-    /// Releases an address if `owner` still holds it.
+    /// Releases an address (of either family) if `owner` still holds it.
     pub async fn release_address(
         &self,
         network: &NetworkId,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         owner: &ContainerKey,
     ) -> Result<()> {
-        let ip_key = &Key::Ip(*network, ip);
+        let ip_key = &Key::lease(*network, ip);
         self.read_modify_write(
             move |_| {
                 Box::pin(async move {
@@ -153,16 +171,19 @@ impl Membership {
         .await
     }
 
-    /// Address leases held by `host` (to collect the ones a crash left behind).
+    /// Address leases of both families held by `host` (to collect the ones
+    /// a crash left behind).
     pub async fn leases_of_host(
         &self,
         host: &HostId,
-    ) -> Result<Vec<(NetworkId, Ipv4Addr, AddressLease)>> {
+    ) -> Result<Vec<(NetworkId, IpAddr, AddressLease)>> {
         let listing = self.kv.list(keys::IPS).await?;
         let mut out = Vec::new();
         for (k, e) in &listing.entries {
-            let Some(Key::Ip(net, ip)) = Key::parse(k) else {
-                continue;
+            let (net, ip) = match Key::parse(k) {
+                Some(Key::Ip(net, ip)) => (net, IpAddr::V4(ip)),
+                Some(Key::Ip6(net, ip)) => (net, IpAddr::V6(ip)),
+                _ => continue,
             };
             let lease: AddressLease = decode(k, e)?;
             if lease.host == *host && !lease.service {
@@ -254,7 +275,7 @@ impl Membership {
         .await
     }
 
-    /// Removes a container record and frees its address, atomically.
+    /// Removes a container record and frees its addresses, atomically.
     pub async fn delete_container(&self, key: &ContainerKey) -> Result<Option<(Container, i64)>> {
         let container_key = &Key::Container(key.clone());
         self.read_modify_write(
@@ -263,12 +284,16 @@ impl Membership {
                     let Some((c, rev)) = self.get_decoded::<Container>(container_key).await? else {
                         return Ok(Step::Done(None));
                     };
+                    let mut ops = vec![
+                        Op::Delete(container_key.to_string()),
+                        Op::Delete(Key::Ip(c.network, c.ip).into()),
+                    ];
+                    if let Some(ip6) = c.ip6 {
+                        ops.push(Op::Delete(Key::Ip6(c.network, ip6).into()));
+                    }
                     Ok(Step::write(
                         vec![as_read(container_key, Some(rev))],
-                        vec![
-                            Op::Delete(container_key.to_string()),
-                            Op::Delete(Key::Ip(c.network, c.ip).into()),
-                        ],
+                        ops,
                         move |rev| Some((c, rev)),
                     ))
                 })

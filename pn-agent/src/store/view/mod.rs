@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
 use ipnet::Ipv4Net;
@@ -88,6 +88,7 @@ impl MembershipView {
             containers: BTreeMap::new(),
             hosts: BTreeMap::new(),
             by_ip: HashMap::new(),
+            by_ip6: HashMap::new(),
             published_at: HashMap::new(),
             rev: 0,
             rejected: Refusals::default(),
@@ -189,7 +190,8 @@ impl MembershipView {
         };
         match parsed {
             Key::Network(id) => {
-                let n: Network = checks::decode(key, value)?;
+                let mut n: Network = checks::decode(key, value)?;
+                self.carry_over_network(&mut n);
                 self.check_network(key, &id, &n)?;
                 self.networks.insert(n.id, n);
                 Ok(Change::Network(id))
@@ -212,9 +214,15 @@ impl MembershipView {
                     if o.ip != c.ip {
                         self.by_ip.remove(&o.ip);
                     }
+                    if let Some(ip6) = o.ip6.filter(|ip6| c.ip6 != Some(*ip6)) {
+                        self.by_ip6.remove(&ip6);
+                    }
                     self.unindex_published(o);
                 }
                 self.by_ip.insert(c.ip, c.key.clone());
+                if let Some(ip6) = c.ip6 {
+                    self.by_ip6.insert(ip6, c.key.clone());
+                }
                 if let Some(at) = c.published {
                     self.published_at
                         .insert((c.host.clone(), at.port()), c.key.clone());
@@ -252,6 +260,11 @@ impl MembershipView {
                 Some(c) => {
                     if self.by_ip.get(&c.ip) == Some(&c.key) {
                         self.by_ip.remove(&c.ip);
+                    }
+                    if let Some(ip6) = c.ip6
+                        && self.by_ip6.get(&ip6) == Some(&c.key)
+                    {
+                        self.by_ip6.remove(&ip6);
                     }
                     self.unindex_published(&c);
                     Change::ContainerDeleted(Box::new(c))
@@ -304,6 +317,21 @@ impl MembershipView {
 
     pub fn container_by_ip(&self, ip: Ipv4Addr) -> Option<&Container> {
         self.containers.get(self.by_ip.get(&ip)?)
+    }
+
+    pub fn container_by_ip6(&self, ip: Ipv6Addr) -> Option<&Container> {
+        self.containers.get(self.by_ip6.get(&ip)?)
+    }
+
+    /// A network record without the IPv6 range the view knows it has: an
+    /// agent that predates IPv6 rewrote it (its egress, an app's creation)
+    /// without the field it does not know. The range stays the network's.
+    /// (A container's record is rewritten only by its own host's agent,
+    /// or moved: one without its address has none, as its host decided.)
+    fn carry_over_network(&self, n: &mut Network) {
+        if n.cidr6.is_none() {
+            n.cidr6 = self.networks.get(&n.id).and_then(|k| k.cidr6);
+        }
     }
 
     /// Containers of one app, in key order: a range of the ordered map

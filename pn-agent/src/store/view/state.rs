@@ -1,6 +1,10 @@
 //! The view's own state: what [`super`]'s loading and checks keep current.
 
-use std::{collections::BTreeMap, collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    collections::HashMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use ipnet::Ipv4Net;
 use pn_common::ids::{AppId, HostId, NetworkId};
@@ -15,6 +19,7 @@ pub struct MembershipView {
     pub containers: BTreeMap<ContainerKey, Container>,
     pub hosts: BTreeMap<HostId, Host>,
     pub by_ip: HashMap<Ipv4Addr, ContainerKey>,
+    pub by_ip6: HashMap<Ipv6Addr, ContainerKey>,
     /// Published ports, by host: who holds each.
     pub published_at: HashMap<(HostId, u16), ContainerKey>,
     /// Revision of the last change applied.

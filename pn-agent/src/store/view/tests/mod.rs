@@ -529,3 +529,4 @@ fn a_selector_designates_its_type_or_container_of_its_app_only() {
 }
 
 mod trust;
+mod v6;
