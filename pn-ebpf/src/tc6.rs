@@ -171,7 +171,9 @@ fn decide(
             let Some(icmp) = load::<[u8; 4]>(ctx, l4) else {
                 return MALFORMED;
             };
-            if policy::is_nd(icmp[0]) {
+            let link = policy::is_nd(icmp[0])
+                || (policy::is_mld(icmp[0]) && matches!(dir, Direction::FromContainer));
+            if link {
                 v.read = true;
                 return NEIGHBOUR_DISCOVERY;
             }
@@ -223,7 +225,7 @@ fn decide(
 const NEIGHBOUR_DISCOVERY: u8 = u8::MAX;
 const _: () = assert!(Reason::COUNT < NEIGHBOUR_DISCOVERY as usize);
 
-/// Neighbour discovery (`policy::nd_*`), the headers walked again (a
+/// Neighbour and listener discovery (`policy::nd_*`, `mld_*`), the headers walked again (a
 /// message of the link, rare: its frame is what matters); the verdict as
 /// `decide`'s.
 #[inline(never)]
@@ -238,6 +240,14 @@ fn nd(ctx: &TcContext, dir: Direction, iface: Option<&Iface>) -> u8 {
     };
     let p = &p;
     let l4 = ETH_HLEN + (p.ip.header_len & L4_OFFSET_MASK);
+    let Some(icmp) = load::<[u8; 4]>(ctx, l4) else {
+        return MALFORMED;
+    };
+    if policy::is_mld(icmp[0]) {
+        // Only from a container: toward one, the host's own are the
+        // gateway's ICMPv6.
+        return policy::mld_from_container(p, iface) as u8;
+    }
     let len = p.end.saturating_sub(p.ip.header_len);
     // No message reads past 48 bytes (a redirect's fixed part and one option).
     let msg = policy::parse_nd(len, |at| load::<[u8; ND_PEEK]>(ctx, l4 + (at & 0x3f)));

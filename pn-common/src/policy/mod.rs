@@ -29,7 +29,8 @@ pub use ipv6::{
 pub use nd::{
     ICMP6_NEIGHBOR_ADVERT, ICMP6_NEIGHBOR_SOLICIT, ICMP6_REDIRECT, ICMP6_ROUTER_ADVERT,
     ICMP6_ROUTER_SOLICIT, LinkAddr, LinkAddrKind, ND_PEEK, NdKind, NdMessage, container_link_local,
-    is_nd, nd_from_container, nd_to_container, parse_nd, solicited_node,
+    is_mld, is_nd, mld_from_container, nd_from_container, nd_to_container, parse_nd,
+    solicited_node,
 };
 pub use tunnel::{TunnelMember, tunnel_incoming, tunnel_outgoing};
 

@@ -37,6 +37,35 @@ pub const fn is_nd(icmp_type: u8) -> bool {
     matches!(icmp_type, ICMP6_ROUTER_SOLICIT..=ICMP6_REDIRECT)
 }
 
+/// Multicast listener discovery (RFC 2710, 3810): queries, reports,
+/// done. Every IPv6 host reports the groups it joins (its solicited-node
+/// group) to the routers of its link, from its link-local address: the
+/// container's kernel does so on its own.
+pub const fn is_mld(icmp_type: u8) -> bool {
+    matches!(icmp_type, 130..=132 | 143)
+}
+
+/// Listener discovery leaving a container: from one of its own names on
+/// the link (or `::`, before it has one) to a link-scope group, never
+/// routed (hop limit 1, as RFC 3810 §5 sends it). Passed (`nd`) to the
+/// host, the link's only other end, which routes no multicast; anything
+/// else `nd_denied`. Its link-local address is good for this and for
+/// neighbour discovery only: every other packet must come from its address.
+pub fn mld_from_container(pkt: &Ipv6Packet, iface: Option<&Iface>) -> Reason {
+    let Some(iface) = iface else {
+        return Reason::UnknownInterface;
+    };
+    let own = &iface.addr6;
+    let (src, dst) = (&pkt.ip.src, &pkt.ip.dst);
+    let from = owns(own, src) || same6(src, &IP6_UNSPECIFIED);
+    let link_scope = dst[0] == 0xff && dst[1] & 0x0f == 2;
+    if !same6(own, &IP6_UNSPECIFIED) && from && link_scope && pkt.hop_limit == 1 {
+        Reason::Nd
+    } else {
+        Reason::NdDenied
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NdKind {
     RouterSolicitation,

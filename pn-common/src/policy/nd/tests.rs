@@ -285,3 +285,30 @@ fn unknown_interfaces_and_garbage() {
         Reason::Malformed
     );
 }
+
+#[test]
+fn listener_reports_only_from_own_names_to_the_link() {
+    let report = |src: Ip6, dst: Ip6, hop_limit: u8| {
+        let mut p = ip(src, dst);
+        p.hop_limit = hop_limit;
+        mld_from_container(&p, Some(&iface()))
+    };
+    let mldv2_routers: Ip6 = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16];
+    assert!(is_mld(143) && is_mld(131) && !is_mld(133) && !is_mld(128));
+    assert_eq!(report(LL, mldv2_routers, 1), Reason::Nd);
+    assert_eq!(report(NONE, mldv2_routers, 1), Reason::Nd);
+    assert_eq!(report(OWN, ALL_NODES, 1), Reason::Nd);
+    // Another's name, the gateway's, a routed group, a hop limit to cross routers.
+    assert_eq!(report(OTHER, mldv2_routers, 1), Reason::NdDenied);
+    assert_eq!(report(GATEWAY6, mldv2_routers, 1), Reason::NdDenied);
+    let site: Ip6 = [0xff, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16];
+    assert_eq!(report(LL, site, 1), Reason::NdDenied);
+    assert_eq!(report(LL, mldv2_routers, 2), Reason::NdDenied);
+    // A container without IPv6 has no names.
+    let mut none = iface();
+    none.addr6 = NONE;
+    assert_eq!(
+        mld_from_container(&ip(LL, mldv2_routers), Some(&none)),
+        Reason::NdDenied
+    );
+}
