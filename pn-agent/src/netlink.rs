@@ -127,6 +127,34 @@ pub async fn configure_container_side(ns: &Netns, side: ContainerSide) -> Result
     .await
 }
 
+/// Gives the container end its IPv6 address anew (`None`: none, IPv6
+/// off): IPv6 is switched off on it first, which takes every address and
+/// route of the old one with it, then set up as at attach. For a container
+/// that gains IPv6 on an upgrade, moves, or loses it with `--ipv6 off`.
+pub async fn readdress6_container_side(
+    ns: &Netns,
+    ifname: String,
+    ip6: Option<Ipv6Addr>,
+    net6: Option<(Ipv6Addr, u8)>,
+    gateway_mac: [u8; 6],
+) -> Result<()> {
+    ns.run(move |h| {
+        Box::pin(async move {
+            let link = link_by_name(&h, &ifname)
+                .await?
+                .ok_or_else(|| NetlinkError::InterfaceMissing(ifname.clone()))?;
+            sysctl_if("ipv6", &ifname, "disable_ipv6", "1")?;
+            match ip6 {
+                Some(ip6) => {
+                    v6::container_side(&h, link.header.index, &ifname, ip6, net6, gateway_mac).await
+                }
+                None => Ok(()),
+            }
+        })
+    })
+    .await
+}
+
 /// Announcements of IPv4 addresses added to or removed from this
 /// namespace, as they happen (contents ignored: the receiver reads the
 /// addresses again).
@@ -334,6 +362,22 @@ impl Netlink {
             v6::host_side(&self.handle, idx, host_if, ip6, container_mac).await?;
         }
         Ok(idx)
+    }
+
+    /// The host end's part of [`readdress6_container_side`]: `fe80::1`, the
+    /// route and neighbours of the new address (a route to the old one is
+    /// replaced when its address goes to another container of this host).
+    pub async fn readdress6_host_side(
+        &self,
+        host_if: &str,
+        ip6: Ipv6Addr,
+        container_mac: [u8; 6],
+    ) -> Result<()> {
+        let (idx, _) = self
+            .link(host_if)
+            .await?
+            .ok_or_else(|| NetlinkError::InterfaceMissing(host_if.into()))?;
+        v6::host_side(&self.handle, idx, host_if, ip6, container_mac).await
     }
 
     /// Sets an interface's MTU and brings it up (if it is not so already).

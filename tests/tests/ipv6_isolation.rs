@@ -258,3 +258,36 @@ fn neighbour_discovery_only_with_the_gateway_under_its_own_names() {
         f.c2.exec(&["ping", "-6", "-c", "1", "-W", "2", &a1.to_string()]);
     assert!(out.status.success(), "c2 lost c1 after the attempts");
 }
+
+#[test]
+fn containers_given_ipv6_on_an_upgrade_reach_each_other_over_it() {
+    let mut host = Host::start_with(&unique_prefix(), "h1", &["--ipv6", "off"]);
+    let (_, app) = host.network_and_app(&[]);
+    let a = host.member(&app, "web", "a");
+    let b = host.member(&app, "web", "b");
+    host.stop();
+    host.launch(&[]);
+    let ip6_of_b = || {
+        host.json(&["container", "list", "--app", &app])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["ip"] == b.addr.to_string())
+            .and_then(|c| c["ip6"].as_str().map(str::to_string))
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || ip6_of_b().is_some()),
+        "b got no IPv6 address"
+    );
+    let b6 = ip6_of_b().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            a.exec(&["ping", "-6", "-c", "1", "-W", "1", &b6])
+                .status
+                .success()
+        }),
+        "a cannot reach b over IPv6 after the upgrade"
+    );
+    let out = a.exec(&["ping", "-c", "1", "-W", "2", &b.addr.to_string()]);
+    assert!(out.status.success(), "IPv4 lost on the upgrade");
+}

@@ -229,7 +229,8 @@ fn containers_changed(
                 && now.netns == b.netns
                 && now.ifname == b.ifname
                 && now.host_ifname == b.host_ifname;
-            (same_interface && now.ip != b.ip).then(|| (b.clone(), now.clone()))
+            let moved = now.ip != b.ip || now.ip6 != b.ip6;
+            (same_interface && moved).then(|| (b.clone(), now.clone()))
         })
         .collect();
     d.left_netns = before
