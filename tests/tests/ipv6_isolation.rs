@@ -291,3 +291,28 @@ fn containers_given_ipv6_on_an_upgrade_reach_each_other_over_it() {
     let out = a.exec(&["ping", "-c", "1", "-W", "2", &b.addr.to_string()]);
     assert!(out.status.success(), "IPv4 lost on the upgrade");
 }
+
+#[test]
+fn clear_text_ipv6_to_a_member_from_the_underlay_is_dropped() {
+    let mut host = Host::create(&unique_prefix(), "h1");
+    let stranger = host.neighbour(91, "10.240.0.0/12");
+    host.launch_on_underlay(91);
+    let (_, app) = host.network_and_app(&[]);
+    let c1 = host.member(&app, "web", "c1");
+    let l4 = vec![0x9c, 0x40, 0, 80, 0, 8, 0, 0];
+    let frame = net::ipv6_frame(
+        mac_of(&host.ns, "ul0"),
+        mac_of(&stranger, "eth0"),
+        "fd99::2".parse().unwrap(),
+        ip6(&c1),
+        UDP,
+        l4,
+        Some(6),
+    );
+    net::send_frame(&stranger, "eth0", frame).unwrap();
+    assert!(eventually(LONG, || host.packets(
+        &app,
+        "web-1",
+        "cleartext_to_member"
+    ) >= 1));
+}
