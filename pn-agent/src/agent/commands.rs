@@ -408,11 +408,13 @@ impl Agent {
                 gateway: gateway_addr(),
                 gateway_mac: host_mac,
                 routes,
+                ip6: c.ip6,
+                net6: net.cidr6.map(|n| (n.network(), n.prefix_len())),
             },
         )
         .await?;
         self.netlink
-            .configure_host_side(&c.host_ifname, c.ip, container_mac, gateway_addr())
+            .configure_host_side(&c.host_ifname, c.ip, c.ip6, container_mac, gateway_addr())
             .await?;
         write_resolv_conf(ns, &net.id, *self.cfg.dns_listen.ip())
             .map_err(|e| Error::internal(format!("writing resolv.conf for {}: {e}", ns.given)))?;
