@@ -5,7 +5,7 @@ use std::{io::Write, path::Path};
 
 use anyhow::Context as _;
 use clap::{Subcommand, ValueEnum};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use pn_agent::{
     client::{Client, ClientError},
     error::Error,
@@ -46,6 +46,9 @@ pub(crate) enum NetworkCmd {
         /// Address range (default: the next free /22 of the fleet pool).
         #[arg(long)]
         cidr: Option<Ipv4Net>,
+        /// IPv6 range: a /64 of the fleet's IPv6 pool (default: the next free one).
+        #[arg(long)]
+        cidr6: Option<Ipv6Net>,
         /// Whether its containers reach the world [default: allow].
         #[arg(long)]
         egress: Option<Egress>,
@@ -158,9 +161,22 @@ pub(crate) enum ContainerCmd {
 
 pub(crate) async fn network(path: &Path, out: Output, cmd: NetworkCmd) -> anyhow::Result<()> {
     match cmd {
-        NetworkCmd::Create { id, cidr, egress } => {
-            let n: Network =
-                Client::call(path, &Request::NetworkCreate { id, cidr, egress }).await?;
+        NetworkCmd::Create {
+            id,
+            cidr,
+            cidr6,
+            egress,
+        } => {
+            let n: Network = Client::call(
+                path,
+                &Request::NetworkCreate {
+                    id,
+                    cidr,
+                    cidr6,
+                    egress,
+                },
+            )
+            .await?;
             print(out, &n, || format!("{}\n", n.id))
         }
         NetworkCmd::Update { id, egress } => {
@@ -171,11 +187,12 @@ pub(crate) async fn network(path: &Path, out: Output, cmd: NetworkCmd) -> anyhow
             let list: Vec<NetworkInfo> = Client::call(path, &Request::NetworkList).await?;
             print(out, &list, || {
                 table(
-                    &["ID", "CIDR", "TAG", "EGRESS", "APPS", "CONTAINERS"],
+                    &["ID", "CIDR", "CIDR6", "TAG", "EGRESS", "APPS", "CONTAINERS"],
                     list.iter().map(|n| {
                         vec![
                             n.id.to_string(),
                             n.cidr.to_string(),
+                            n.cidr6.map_or_else(|| "-".into(), |c| c.to_string()),
                             n.tag.to_string(),
                             n.egress.to_string(),
                             n.apps.to_string(),
@@ -356,6 +373,7 @@ pub(crate) async fn container(path: &Path, out: Output, cmd: ContainerCmd) -> an
                     &[
                         "ID",
                         "IP",
+                        "IP6",
                         "HOST",
                         "NETNS",
                         "INTERFACE",
@@ -366,6 +384,7 @@ pub(crate) async fn container(path: &Path, out: Output, cmd: ContainerCmd) -> an
                         vec![
                             c.id.clone(),
                             c.ip.to_string(),
+                            c.ip6.map_or_else(|| "-".into(), |ip| ip.to_string()),
                             c.host.clone(),
                             c.netns.clone(),
                             c.interface.clone(),

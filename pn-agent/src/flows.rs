@@ -3,13 +3,13 @@
 
 use std::{
     collections::VecDeque,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex, RwLock},
 };
 
 use aya::maps::{MapData, RingBuf};
 use pn_common::{
-    Reason,
+    Ip6, Reason,
     event::{Direction, FlowEvent},
     ip4_octets,
 };
@@ -37,9 +37,9 @@ pub struct FlowRecord {
     /// `from_container`, `to_container` or `underlay`.
     pub direction: String,
     pub proto: String,
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     pub sport: u16,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub dport: u16,
     pub bytes: u32,
     /// `app/type-index` of each end, when it is a known container.
@@ -78,6 +78,7 @@ fn proto_name(p: u8) -> String {
         1 => "icmp".into(),
         6 => "tcp".into(),
         17 => "udp".into(),
+        58 => "icmp6".into(),
         0 => "-".into(),
         n => n.to_string(),
     }
@@ -87,8 +88,44 @@ impl FlowRecord {
     pub fn from_event(ev: &FlowEvent, view: &MembershipView, time_ms: u64) -> FlowRecord {
         let src = Ipv4Addr::from(ip4_octets(ev.src));
         let dst = Ipv4Addr::from(ip4_octets(ev.dst));
-        let src_c = view.container_by_ip(src);
-        let dst_c = view.container_by_ip(dst);
+        let ends = (view.container_by_ip(src), view.container_by_ip(dst));
+        Self::from_parts(ev, (src.into(), dst.into()), ends, time_ms)
+    }
+
+    /// An IPv6 packet's event.
+    pub fn from_event6(ev: &FlowEvent<Ip6>, view: &MembershipView, time_ms: u64) -> FlowRecord {
+        let (src, dst) = (Ipv6Addr::from(ev.src), Ipv6Addr::from(ev.dst));
+        // A scan rather than an index: events come at a bounded rate, and
+        // only IPv6 ones pay it.
+        let by_ip6 = |ip| view.containers.values().find(|c| c.ip6 == Some(ip));
+        let plain = FlowEvent {
+            ts_ns: ev.ts_ns,
+            src: 0,
+            dst: 0,
+            ifindex: ev.ifindex,
+            bytes: ev.bytes,
+            sport: ev.sport,
+            dport: ev.dport,
+            kind: ev.kind,
+            reason: ev.reason,
+            proto: ev.proto,
+            direction: ev.direction,
+        };
+        let ends = (by_ip6(src), by_ip6(dst));
+        Self::from_parts(&plain, (src.into(), dst.into()), ends, time_ms)
+    }
+
+    /// `ev` for everything but its addresses, which are `addrs`, of the
+    /// containers `ends` (when known).
+    fn from_parts(
+        ev: &FlowEvent,
+        (src, dst): (IpAddr, IpAddr),
+        (src_c, dst_c): (
+            Option<&crate::model::Container>,
+            Option<&crate::model::Container>,
+        ),
+        time_ms: u64,
+    ) -> FlowRecord {
         let reason = ev.reason();
         let translated = match reason {
             Some(Reason::Published | Reason::NotRouter) => {
@@ -125,11 +162,11 @@ impl FlowRecord {
 
     /// One line for the table output and the log (time of day in UTC).
     pub fn line(&self) -> String {
-        let end = |ip: &Ipv4Addr, port: u16, name: &Option<String>| {
+        let end = |ip: &IpAddr, port: u16, name: &Option<String>| {
             let addr = if port == 0 {
                 ip.to_string()
             } else {
-                format!("{ip}:{port}")
+                std::net::SocketAddr::new(*ip, port).to_string()
             };
             match name {
                 Some(n) => format!("{addr} ({n})"),
@@ -144,7 +181,7 @@ impl FlowRecord {
         };
         if let Some(h) = &self.http {
             let name =
-                |n: &Option<String>, ip: &Ipv4Addr| n.clone().unwrap_or_else(|| ip.to_string());
+                |n: &Option<String>, ip: &IpAddr| n.clone().unwrap_or_else(|| ip.to_string());
             return format!(
                 "{:02}:{:02}:{:02}.{:03} {} -> {}:{} {} {} {} {:.1}ms {}",
                 day_ms / 3_600_000,
@@ -307,13 +344,19 @@ impl FlowHub {
             let mut batch = Vec::new();
             while let Some(item) = ring.next() {
                 self.received.inc();
-                if item.len() != size_of::<FlowEvent>() {
+                // The family by the length (see `FlowEvent`).
+                let ev = if item.len() == size_of::<FlowEvent>() {
+                    // SAFETY: length checked; FlowEvent is Pod (any bytes are
+                    // valid), read unaligned because ring items carry no
+                    // alignment promise.
+                    Event::V4(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) })
+                } else if item.len() == size_of::<FlowEvent<Ip6>>() {
+                    // SAFETY: as above.
+                    Event::V6(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) })
+                } else {
                     self.malformed.inc();
                     continue;
-                }
-                // SAFETY: length checked; FlowEvent is Pod (any bytes are valid),
-                // read unaligned because ring items carry no alignment promise.
-                let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                };
                 batch.push(ev);
             }
             guard.clear_ready();
@@ -324,11 +367,16 @@ impl FlowHub {
                 let view = view.read().unwrap_or_else(|p| p.into_inner());
                 batch
                     .iter()
-                    .map(|ev| FlowRecord::from_event(ev, &view, now_ms))
+                    .map(|ev| match ev {
+                        Event::V4(ev) => FlowRecord::from_event(ev, &view, now_ms),
+                        Event::V6(ev) => FlowRecord::from_event6(ev, &view, now_ms),
+                    })
                     .collect()
             };
             for r in records.iter_mut().filter(|r| r.reason == "egress") {
-                r.translated = sources.source_for(r.dst).map(|a| a.to_string());
+                if let IpAddr::V4(dst) = r.dst {
+                    r.translated = sources.source_for(dst).map(|a| a.to_string());
+                }
             }
             for rec in records {
                 if rec.kind == "drop" {
@@ -340,6 +388,12 @@ impl FlowHub {
             }
         }
     }
+}
+
+/// One event of the ring, of either family.
+enum Event {
+    V4(FlowEvent),
+    V6(FlowEvent<Ip6>),
 }
 
 /// The source address this host uses toward a destination, which is the

@@ -7,7 +7,7 @@ use ipnet::Ipv4Net;
 
 mod v6;
 pub use v6::{
-    Address6Error, NETWORK6_PREFIX, POOL6_PREFIX, Range6Error, check_address6,
+    Address6Error, Ipv6Mode, NETWORK6_PREFIX, POOL6_PREFIX, Range6Error, ULA, check_address6,
     check_network_range6, check_pool6, next_address6, next_subnet6, random_ula_pool, ula_pool,
 };
 

@@ -14,6 +14,7 @@ use pn_common::ids::{AppId, ContainerType, parse_index};
 
 mod control;
 mod daemon;
+mod fleet;
 mod report;
 use control::{AppCmd, ContainerCmd, HostCmd, NetworkCmd, Output};
 use daemon::daemon;
@@ -83,6 +84,13 @@ enum Command {
     /// Hosts of the fleet.
     #[command(subcommand)]
     Host(HostCmd),
+    /// The operator's commands, straight to etcd: roles, admissions, migration.
+    Fleet {
+        #[command(flatten)]
+        store: fleet::StoreArgs,
+        #[command(subcommand)]
+        cmd: fleet::FleetCmd,
+    },
     /// Programs attached, endpoints, peers, store and tunnel state.
     Status,
     /// Flow and drop events from the datapath.
@@ -191,6 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             control::env(&path, out, ContainerKey { app, ctype, index }).await
         }
         Command::Host(cmd) => control::host(&path, out, cmd).await,
+        Command::Fleet { store, cmd } => fleet::fleet(store, cmd).await,
         Command::Status => control::status(&path, out).await,
         Command::Flows {
             follow,

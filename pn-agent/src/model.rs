@@ -141,6 +141,23 @@ pub struct AddressLease {
     pub service: bool,
 }
 
+/// Which hosts may run which app's containers: the operator's one record
+/// (`admissions`). With none, or with `enforced` false, every host may run
+/// every app's containers (a single machine, a fleet of an older release);
+/// enforced, an app runs only on the hosts listed for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admissions {
+    pub enforced: bool,
+    #[serde(default)]
+    pub apps: std::collections::BTreeMap<AppId, std::collections::BTreeSet<HostId>>,
+}
+
+impl Admissions {
+    pub fn admits(&self, app: &AppId, host: &HostId) -> bool {
+        !self.enforced || self.apps.get(app).is_some_and(|h| h.contains(host))
+    }
+}
+
 /// A name given by an operator or read from a record that does not follow
 /// its rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

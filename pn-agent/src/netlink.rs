@@ -9,7 +9,7 @@
 //! agent finds its predecessor's and leaves live traffic alone.
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
 };
 
@@ -28,6 +28,8 @@ mod error;
 mod netns;
 mod requests;
 mod socket;
+mod v6;
+pub use v6::GATEWAY6;
 
 pub use container::{
     ContainerLink, Readdress, format_mac, inspect_container_side, readdress_container_side,
@@ -75,6 +77,9 @@ pub struct ContainerSide {
     /// namespace already has (a container with another interface) is kept:
     /// its world traffic goes the way its operator set.
     pub routes: Vec<Ipv4Net>,
+    /// Its IPv6 address, if it has one (see `v6`), and its network's prefix.
+    pub ip6: Option<Ipv6Addr>,
+    pub net6: Option<(Ipv6Addr, u8)>,
 }
 
 /// Configures the container end inside its namespace; returns its MAC.
@@ -87,9 +92,12 @@ pub async fn configure_container_side(ns: &Netns, side: ContainerSide) -> Result
             let idx = link.header.index;
             let mac =
                 mac_of(&link).ok_or_else(|| NetlinkError::Other("veth without MAC".into()))?;
-            // IPv6 is not carried yet (contract rule 4); keeping it off avoids a
-            // stream of router solicitations counted as unsupported_l3.
-            sysctl_if("ipv6", &side.ifname, "disable_ipv6", "1")?;
+            // Without an IPv6 address (an IPv4-only host or network), IPv6
+            // stays off: nothing of it would pass, and the kernel's router
+            // solicitations would only be counted as drops.
+            if side.ip6.is_none() {
+                sysctl_if("ipv6", &side.ifname, "disable_ipv6", "1")?;
+            }
             h.address()
                 .add(idx, IpAddr::V4(side.ip), 32)
                 .replace()
@@ -110,7 +118,38 @@ pub async fn configure_container_side(ns: &Netns, side: ContainerSide) -> Result
                     add_route(&h, dst, Some(side.gateway), idx, Some(side.ip)).await?;
                 }
             }
+            if let Some(ip6) = side.ip6 {
+                v6::container_side(&h, idx, &side.ifname, ip6, side.net6, side.gateway_mac).await?;
+            }
             Ok(mac)
+        })
+    })
+    .await
+}
+
+/// Gives the container end its IPv6 address anew (`None`: none, IPv6
+/// off): IPv6 is switched off on it first, which takes every address and
+/// route of the old one with it, then set up as at attach. For a container
+/// that gains IPv6 on an upgrade, moves, or loses it with `--ipv6 off`.
+pub async fn readdress6_container_side(
+    ns: &Netns,
+    ifname: String,
+    ip6: Option<Ipv6Addr>,
+    net6: Option<(Ipv6Addr, u8)>,
+    gateway_mac: [u8; 6],
+) -> Result<()> {
+    ns.run(move |h| {
+        Box::pin(async move {
+            let link = link_by_name(&h, &ifname)
+                .await?
+                .ok_or_else(|| NetlinkError::InterfaceMissing(ifname.clone()))?;
+            sysctl_if("ipv6", &ifname, "disable_ipv6", "1")?;
+            match ip6 {
+                Some(ip6) => {
+                    v6::container_side(&h, link.header.index, &ifname, ip6, net6, gateway_mac).await
+                }
+                None => Ok(()),
+            }
         })
     })
     .await
@@ -293,6 +332,7 @@ impl Netlink {
         &self,
         host_if: &str,
         container_ip: Ipv4Addr,
+        container_ip6: Option<Ipv6Addr>,
         container_mac: [u8; 6],
         gateway: Ipv4Addr,
     ) -> Result<u32> {
@@ -300,7 +340,9 @@ impl Netlink {
             .link(host_if)
             .await?
             .ok_or_else(|| NetlinkError::InterfaceMissing(host_if.into()))?;
-        sysctl_if("ipv6", host_if, "disable_ipv6", "1")?;
+        if container_ip6.is_none() {
+            sysctl_if("ipv6", host_if, "disable_ipv6", "1")?;
+        }
         self.handle
             .link()
             .set(LinkUnspec::new_with_index(idx).up().build())
@@ -316,7 +358,26 @@ impl Netlink {
         )
         .await?;
         add_permanent_neighbour(&self.handle, idx, container_ip, container_mac).await?;
+        if let Some(ip6) = container_ip6 {
+            v6::host_side(&self.handle, idx, host_if, ip6, container_mac).await?;
+        }
         Ok(idx)
+    }
+
+    /// The host end's part of [`readdress6_container_side`]: `fe80::1`, the
+    /// route and neighbours of the new address (a route to the old one is
+    /// replaced when its address goes to another container of this host).
+    pub async fn readdress6_host_side(
+        &self,
+        host_if: &str,
+        ip6: Ipv6Addr,
+        container_mac: [u8; 6],
+    ) -> Result<()> {
+        let (idx, _) = self
+            .link(host_if)
+            .await?
+            .ok_or_else(|| NetlinkError::InterfaceMissing(host_if.into()))?;
+        v6::host_side(&self.handle, idx, host_if, ip6, container_mac).await
     }
 
     /// Sets an interface's MTU and brings it up (if it is not so already).

@@ -229,9 +229,12 @@ fn json<T: serde::Serialize>(v: T) -> Result<serde_json::Value, Error> {
 
 async fn dispatch(agent: &Agent, req: Request) -> Result<serde_json::Value, Error> {
     match req {
-        Request::NetworkCreate { id, cidr, egress } => {
-            json(agent.create_network(id, cidr, egress).await?)
-        }
+        Request::NetworkCreate {
+            id,
+            cidr,
+            cidr6,
+            egress,
+        } => json(agent.create_network(id, cidr, cidr6, egress).await?),
         Request::NetworkUpdate { id, egress } => json(agent.update_network(&id, egress).await?),
         Request::NetworkList => json(agent.list_networks()),
         Request::NetworkDelete { id, force } => json(agent.delete_network(&id, force).await?),

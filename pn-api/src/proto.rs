@@ -4,11 +4,11 @@
 //! them (`client`).
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4},
     path::PathBuf,
 };
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use pn_common::ids::{AppId, ContainerType, HostId, NetworkId};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +26,9 @@ pub enum Request {
     NetworkCreate {
         id: Option<NetworkId>,
         cidr: Option<Ipv4Net>,
+        /// A /64 of the fleet's IPv6 pool (default: the next free one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cidr6: Option<Ipv6Net>,
         egress: Option<Egress>,
     },
     NetworkUpdate {
@@ -179,6 +182,9 @@ pub enum Response {
 pub struct NetworkInfo {
     pub id: NetworkId,
     pub cidr: Ipv4Net,
+    /// Its IPv6 range (none: not given one yet).
+    #[serde(default)]
+    pub cidr6: Option<Ipv6Net>,
     pub tag: u32,
     #[serde(default)]
     pub egress: Egress,
@@ -248,6 +254,10 @@ pub struct ContainerInfo {
     pub ctype: ContainerType,
     pub index: u32,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address; `null` when it has none (its host runs with
+    /// `--ipv6 off`, or its network has no IPv6 range yet).
+    #[serde(default)]
+    pub ip6: Option<Ipv6Addr>,
     pub host: String,
     pub netns: String,
     pub interface: String,
@@ -271,6 +281,13 @@ pub struct Attachment {
     pub gateway: Ipv4Addr,
     /// Destinations routed through the gateway.
     pub routes: Vec<Ipv4Net>,
+    /// With an IPv6 address (a /128 on the interface): its gateway, the
+    /// link-local `fe80::1`; `null` without.
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
+    /// IPv6 destinations routed through `gateway6` (none without it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes6: Vec<Ipv6Net>,
     pub nameservers: Vec<Ipv4Addr>,
     /// Search domains (the container's network zone).
     pub search: Vec<String>,
@@ -339,6 +356,12 @@ pub struct StoreStatus {
     /// Records read from the store and refused, by reason.
     #[serde(default)]
     pub rejected: std::collections::BTreeMap<String, u64>,
+    /// The etcd member in use (`scheme://HOST:PORT`), for a cluster.
+    #[serde(default)]
+    pub member: Option<String>,
+    /// How many times the agent moved to another member.
+    #[serde(default)]
+    pub failovers: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use pn_api::{client::ClientError, error::ErrorKind, proto::Attachment};
 use rscni_types::{
     error::Error,
@@ -33,10 +33,26 @@ pub fn add_result(prev: Option<CNIResult>, ifname: &str, netns: &str, a: &Attach
         address: IpNet::V4(Ipv4Net::from(a.container.ip)),
         gateway: Some(IpAddr::V4(a.gateway)),
     });
-    for dst in &a.routes {
+    if let (Some(ip6), Some(gw6)) = (a.container.ip6, a.gateway6) {
+        r.ips.push(IpConfig {
+            interface: Some(index),
+            address: IpNet::V6(Ipv6Net::from(ip6)),
+            gateway: Some(IpAddr::V6(gw6)),
+        });
+    }
+    let v4 = a
+        .routes
+        .iter()
+        .map(|dst| (IpNet::V4(*dst), IpAddr::V4(a.gateway)));
+    let v6 = a.gateway6.iter().flat_map(|gw6| {
+        a.routes6
+            .iter()
+            .map(|dst| (IpNet::V6(*dst), IpAddr::V6(*gw6)))
+    });
+    for (dst, gw) in v4.chain(v6) {
         r.routes.push(Route {
-            dst: IpNet::V4(*dst),
-            gw: Some(IpAddr::V4(a.gateway)),
+            dst,
+            gw: Some(gw),
             mtu: None,
             advmss: None,
             priority: None,
@@ -112,6 +128,7 @@ mod tests {
                 ctype: "web".parse().unwrap(),
                 index: 1,
                 ip: "10.240.0.2".parse().unwrap(),
+                ip6: None,
                 host: "h1".into(),
                 netns: "/run/netns/c1".into(),
                 interface: "eth0".into(),
@@ -123,6 +140,8 @@ mod tests {
             mtu: 1420,
             gateway: "169.254.1.1".parse().unwrap(),
             routes: vec!["10.240.0.0/12".parse().unwrap()],
+            gateway6: None,
+            routes6: vec![],
             nameservers: vec!["169.254.1.1".parse().unwrap()],
             search: vec![format!("{net}.private-network.internal")],
         }
@@ -143,6 +162,31 @@ mod tests {
                         "search": ["pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c.private-network.internal"]},
             })
         );
+    }
+
+    #[test]
+    fn a_dual_stack_result_has_both_addresses_and_both_routes() {
+        let mut a = attachment();
+        a.container.ip6 = Some("fd12:3456:789a::2".parse().unwrap());
+        a.gateway6 = Some("fe80::1".parse().unwrap());
+        a.routes6 = vec!["::/0".parse().unwrap()];
+        let v = serde_json::to_value(add_result(None, "eth0", "/run/netns/c1", &a)).unwrap();
+        assert_eq!(
+            v["ips"],
+            serde_json::json!([
+                {"interface": 0, "address": "10.240.0.2/32", "gateway": "169.254.1.1"},
+                {"interface": 0, "address": "fd12:3456:789a::2/128", "gateway": "fe80::1"},
+            ])
+        );
+        assert_eq!(
+            v["routes"],
+            serde_json::json!([
+                {"dst": "10.240.0.0/12", "gw": "169.254.1.1"},
+                {"dst": "::/0", "gw": "fe80::1"},
+            ])
+        );
+        // cniVersion 1.0: no per-address "version" (0.3/0.4's field).
+        assert!(v["ips"][1].get("version").is_none());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Events the programs send to user space through the `PN_EVENTS` ring buffer:
 //! drops and new flows. The agent turns them into `pn-agent flows` lines.
 
-use crate::{Ip4, Reason};
+use crate::{Ip4, Ip6, Reason};
 
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,12 +31,15 @@ pub enum Direction {
     Underlay = 3,
 }
 
+/// One event; with [`Ip6`] addresses for an IPv6 packet (56 bytes rather
+/// than 32: the agent tells the families apart by the record's length, so
+/// IPv4's events keep their size and their reader).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct FlowEvent {
+pub struct FlowEvent<A = Ip4> {
     pub ts_ns: u64,
-    pub src: Ip4,
-    pub dst: Ip4,
+    pub src: A,
+    pub dst: A,
     pub ifindex: u32,
     /// Length of the packet that raised the event.
     pub bytes: u32,
@@ -49,8 +52,9 @@ pub struct FlowEvent {
 }
 
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowEvent<Ip6>>() == 56);
 
-impl FlowEvent {
+impl<A> FlowEvent<A> {
     pub fn kind(&self) -> Option<EventKind> {
         match self.kind {
             1 => Some(EventKind::NewFlow),
@@ -76,3 +80,6 @@ impl FlowEvent {
 #[cfg(feature = "user")]
 // SAFETY: `#[repr(C)]`, integers only, no implicit padding (size asserted).
 unsafe impl aya::Pod for FlowEvent {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for FlowEvent<Ip6> {}

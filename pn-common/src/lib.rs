@@ -54,9 +54,11 @@ pub const GATEWAY6: Ip6 = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
 /// Names of the maps and programs, as pinned under the agent's bpffs directory.
 pub mod objects {
     pub const MAP_ENDPOINTS: &str = "PN_ENDPOINTS";
+    pub const MAP_ENDPOINTS6: &str = "PN_ENDPOINTS6";
     pub const MAP_IFACES: &str = "PN_IFACES";
     pub const MAP_COUNTERS: &str = "PN_COUNTERS";
     pub const MAP_FLOWS: &str = "PN_FLOWS";
+    pub const MAP_FLOWS6: &str = "PN_FLOWS6";
     pub const MAP_EVENTS: &str = "PN_EVENTS";
     pub const MAP_CONFIG: &str = "PN_CONFIG";
     pub const MAP_EVENT_BUDGET: &str = "PN_EVBUDGET";

@@ -121,13 +121,14 @@ impl Counters {
     }
 }
 
-/// Key of `PN_FLOWS` (LRU): a unidirectional flow, seen where it leaves its
-/// sender. Ports are in host order; 0 for ICMP.
+/// Key of `PN_FLOWS` (LRU), and with [`Ip6`] addresses of `PN_FLOWS6`: a
+/// unidirectional flow, seen where it leaves its sender. Ports are in host
+/// order; 0 for ICMP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct FlowKey {
-    pub src: Ip4,
-    pub dst: Ip4,
+pub struct FlowKey<A = Ip4> {
+    pub src: A,
+    pub dst: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -335,6 +336,8 @@ pub const LAYOUT_REVISION: u32 = 2;
 /// Capacities. `ENDPOINTS` holds the whole fleet's members the host must
 /// know; local-only maps are smaller.
 pub const MAX_ENDPOINTS: u32 = 131_072;
+/// `PN_ENDPOINTS6`: the same members, by their IPv6 address.
+pub const MAX_ENDPOINTS6: u32 = MAX_ENDPOINTS;
 pub const MAX_IFACES: u32 = 4_096;
 /// Rows of `PN_COUNTERS`: the host's (0) and one per interface.
 pub const MAX_COUNTER_SLOTS: u32 = MAX_IFACES + 1;
@@ -357,6 +360,7 @@ const _: () = assert!(core::mem::size_of::<Counters>() == 16 * crate::Reason::CO
 // Slots are u16.
 const _: () = assert!(MAX_COUNTER_SLOTS <= u16::MAX as u32 + 1);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowKey<Ip6>>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 8);
 const _: () = assert!(core::mem::size_of::<Config>() == 56);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 16);
@@ -379,6 +383,8 @@ mod pod {
     unsafe impl aya::Pod for Counters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowKey<Ip6> {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowState {}
     // SAFETY: as above.

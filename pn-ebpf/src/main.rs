@@ -16,6 +16,8 @@ mod report;
 #[cfg(target_arch = "bpf")]
 mod tc;
 #[cfg(target_arch = "bpf")]
+mod tc6;
+#[cfg(target_arch = "bpf")]
 mod tunnel;
 #[cfg(target_arch = "bpf")]
 mod xdp;

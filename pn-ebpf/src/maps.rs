@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use pn_common::{
-    Ip4,
+    Ip4, Ip6,
     lb::{
         Backend, LbConn, LbConnKey, LbStats, LbStatsKey, MAX_BACKENDS, MAX_LB_CONNS, MAX_SERVICES,
         MAX_SLOTS, Service, SlotKey,
@@ -14,12 +14,16 @@ use pn_common::{
     maps::{
         Config, ConnKey, ConnState, Counters, DenyRange, EVENTS_BYTES, Endpoint, EventBudget,
         FlowKey, FlowState, Iface, MAX_CONNS, MAX_COUNTER_SLOTS, MAX_EGRESS_DENY, MAX_ENDPOINTS,
-        MAX_FLOWS, MAX_IFACES, MAX_PEERS, MAX_TAGS, Peer,
+        MAX_ENDPOINTS6, MAX_FLOWS, MAX_IFACES, MAX_PEERS, MAX_TAGS, Peer,
     },
 };
 
 #[map]
 pub static PN_ENDPOINTS: HashMap<Ip4, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// The same members by their IPv6 address (see `pn_common::maps`).
+#[map]
+pub static PN_ENDPOINTS6: HashMap<Ip6, Endpoint> = HashMap::pinned(MAX_ENDPOINTS6, 0);
 
 #[map]
 pub static PN_IFACES: HashMap<u32, Iface> = HashMap::pinned(MAX_IFACES, 0);
@@ -30,6 +34,9 @@ pub static PN_COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_COUNTER_
 
 #[map]
 pub static PN_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::pinned(MAX_FLOWS, 0);
+
+#[map]
+pub static PN_FLOWS6: LruHashMap<FlowKey<Ip6>, FlowState> = LruHashMap::pinned(MAX_FLOWS, 0);
 
 #[map]
 pub static PN_EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);

@@ -6,7 +6,7 @@ use pn_common::{
     Reason,
     event::{Direction, EventKind, FlowEvent},
     maps::{Config, EventBudget},
-    policy::Ipv4Summary,
+    policy::PacketSummary,
 };
 
 use crate::maps::{PN_COUNTERS, PN_EVBUDGET, PN_EVENTS};
@@ -14,12 +14,20 @@ use crate::maps::{PN_COUNTERS, PN_EVBUDGET, PN_EVENTS};
 /// Counts a packet in row `slot` (an `Iface::slot`; 0: the host's row).
 #[inline(always)]
 pub fn count(slot: u16, reason: Reason, bytes: u32) {
+    count_at(slot, reason as u8, bytes);
+}
+
+/// `count` by the reason's number: for a reason read back from memory,
+/// whose range the compiler takes for granted (and drops the index's
+/// check the verifier needs) when it has the type `Reason`.
+#[inline(always)]
+pub fn count_at(slot: u16, reason: u8, bytes: u32) {
     // An array: the lookup is an inlined bounds check and index.
     let Some(row) = PN_COUNTERS.get_ptr_mut(u32::from(slot)) else {
         return;
     };
     // SAFETY: per-CPU value, only this CPU writes it while we run.
-    if let Some(c) = unsafe { (*row).by_reason.get_mut(reason as usize) } {
+    if let Some(c) = unsafe { (*row).by_reason.get_mut(usize::from(reason)) } {
         c.packets += 1;
         c.bytes += u64::from(bytes);
     }
@@ -38,7 +46,11 @@ pub struct PacketCtx<'a> {
 }
 
 #[inline(always)]
-pub fn report_drop(at: &PacketCtx, reason: Reason, pkt: Option<&Ipv4Summary>) {
+pub fn report_drop<A: Copy + Default>(
+    at: &PacketCtx,
+    reason: Reason,
+    pkt: Option<&PacketSummary<A>>,
+) {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     report(at, now, EventKind::Drop, reason, pkt);
@@ -46,14 +58,15 @@ pub fn report_drop(at: &PacketCtx, reason: Reason, pkt: Option<&Ipv4Summary>) {
 
 /// Sends an event if its kind's budget on this CPU allows it; counts it as
 /// suppressed otherwise. Every event of `PN_EVENTS` goes through here: a
-/// flood of drops or of new flows costs the agent a bounded rate.
+/// flood of drops or of new flows costs the agent a bounded rate. `A`, the
+/// family, picks the event's layout (its addresses).
 #[inline(always)]
-pub fn report(
+pub fn report<A: Copy + Default>(
     at: &PacketCtx,
     now: u64,
     kind: EventKind,
     reason: Reason,
-    pkt: Option<&Ipv4Summary>,
+    pkt: Option<&PacketSummary<A>>,
 ) {
     let Some(budget) = PN_EVBUDGET.get_ptr_mut(EventBudget::index(kind)) else {
         return;
@@ -62,7 +75,7 @@ pub fn report(
     if !unsafe { (*budget).admit(now, at.cfg.drop_events_per_sec) } {
         return;
     }
-    let mut ev = FlowEvent {
+    let mut ev = FlowEvent::<A> {
         ts_ns: now,
         ifindex: at.ifindex,
         bytes: at.len,
@@ -79,7 +92,7 @@ pub fn report(
         ev.proto = p.proto;
     }
     // A full ring buffer loses the event (counted), never the packet's verdict.
-    if PN_EVENTS.output::<FlowEvent>(&ev, 0).is_err() {
+    if PN_EVENTS.output::<FlowEvent<A>>(&ev, 0).is_err() {
         crate::conn::lost(pn_common::conn::LostKind::Flow);
     }
 }

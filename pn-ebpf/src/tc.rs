@@ -27,15 +27,27 @@ use crate::{
 
 #[classifier]
 pub fn pn_from_container(ctx: TcContext) -> i32 {
-    handle(&ctx, Direction::FromContainer)
+    by_family(&ctx, Direction::FromContainer)
 }
 
 #[classifier]
 pub fn pn_to_container(ctx: TcContext) -> i32 {
-    handle(&ctx, Direction::ToContainer)
+    by_family(&ctx, Direction::ToContainer)
 }
 
+/// IPv6 to `tc6`, the rest here. Each in a function of its own (a BPF
+/// subprogram): inlined together, their locals did not fit one 512-byte
+/// stack frame; called, each has its own.
 #[inline(always)]
+fn by_family(ctx: &TcContext, dir: Direction) -> i32 {
+    if load::<u16>(ctx, 12) == Some(policy::ETH_P_IPV6.to_be()) {
+        crate::tc6::handle(ctx, dir)
+    } else {
+        handle(ctx, dir)
+    }
+}
+
+#[inline(never)]
 fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -205,7 +217,8 @@ fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) 
     };
     match policy::classify_ethertype(u16::from_be(ethertype)) {
         L3::Arp => return (arp(ctx, dir, iface), None, Looked::NOT),
-        L3::Other => return (Reason::UnsupportedL3, None, Looked::NOT),
+        // IPv6 went to `tc6` before this.
+        L3::Ipv6 | L3::Other => return (Reason::UnsupportedL3, None, Looked::NOT),
         L3::Ipv4 => {}
     }
     let Some(raw) = load::<[u8; IPV4_MIN_HLEN]>(ctx, ETH_HLEN) else {

@@ -1,11 +1,13 @@
 //! Several hosts joined by an underlay, sharing one etcd: an "underlay"
 //! namespace holds a Linux bridge, each host namespace joins it with a veth
-//! (`ul0`, 192.168.100.N/24), and etcd listens on the bridge address, in
-//! plain text or (`Fleet::tls`) over TLS with client certificates.
+//! (`ul0`, 192.168.100.N/24), and etcd listens on the bridge's addresses,
+//! in plain text or (`Fleet::tls`) over TLS with client certificates. etcd
+//! is a cluster of [`etcd_members`] members (.254, .253, .252), and every
+//! agent is given all of them.
 
 use std::{net::Ipv4Addr, process::Output};
 
-use pn_agent::testing::etcd::{EtcdServer, ServerTls};
+use pn_agent::testing::{etcd::ServerTls, etcd_cluster::EtcdCluster};
 
 use crate::{
     Host, Namespace,
@@ -13,8 +15,27 @@ use crate::{
 };
 
 pub const UNDERLAY_NET: &str = "192.168.100";
+/// The first etcd member's client address.
 pub const ETCD_ADDR: &str = "192.168.100.254:2379";
-const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 254);
+
+/// How many members a fleet's etcd has: `PN_TEST_ETCD_MEMBERS`, else
+/// [`DEFAULT_ETCD_MEMBERS`].
+pub fn etcd_members() -> usize {
+    std::env::var("PN_TEST_ETCD_MEMBERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| (1..=5).contains(&n))
+        .unwrap_or(DEFAULT_ETCD_MEMBERS)
+}
+
+pub const DEFAULT_ETCD_MEMBERS: usize = 3;
+
+/// The members' addresses on the underlay, the first one [`ETCD_ADDR`]'s.
+pub fn etcd_ips(members: usize) -> Vec<Ipv4Addr> {
+    (0..members as u8)
+        .map(|i| Ipv4Addr::new(192, 168, 100, 254 - i))
+        .collect()
+}
 
 /// The certificates of a TLS fleet: one CA for etcd and the hosts.
 pub struct FleetPki {
@@ -23,6 +44,8 @@ pub struct FleetPki {
     pub hosts: Vec<Pair>,
     /// The administrator's (CN = root, etcd's root user once auth is on).
     pub root: Pair,
+    /// The operator's (CN = pn-operator): networks, apps, admissions.
+    pub operator: Pair,
     pub pki: Pki,
 }
 
@@ -45,59 +68,50 @@ impl FleetPki {
         underlay.exec(&cmd)
     }
 
-    /// etcd authentication on, with a role per host: README's "etcd: TLS
-    /// and roles", command for command.
+    /// `pn-agent fleet ARGS` over TLS as the holder of `pair` (`root` or
+    /// the operator), from the underlay.
+    pub fn fleet(&self, underlay: &Namespace, pair: &Pair, args: &[&str]) -> Output {
+        let bin = crate::agent_bin();
+        let store = format!("etcds://{ETCD_ADDR}");
+        let mut cmd = vec![
+            bin.to_str().expect("UTF-8 path"),
+            "fleet",
+            "--store",
+            &store,
+            "--etcd-cacert",
+            self.ca.crt(),
+            "--etcd-cert",
+            pair.crt(),
+            "--etcd-key",
+            pair.key(),
+        ];
+        cmd.extend_from_slice(args);
+        underlay.exec(&cmd)
+    }
+
+    /// etcd authentication on, with the operator's role and a role per
+    /// host, as README's "etcd: TLS and roles" does it: `pn-agent fleet
+    /// setup` as etcd's root (which also admits each host to the apps it
+    /// runs, and enforces admissions from then on).
     fn grant_roles(&self, underlay: &Namespace, n: usize) {
-        let e = |args: &[&str]| {
-            let out = self.etcdctl(underlay, &self.root, args);
-            assert!(
-                out.status.success(),
-                "etcdctl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        e(&["user", "add", "root", "--no-password"]);
-        e(&["user", "grant-role", "root", "root"]);
-        for i in 1..=n {
-            let h = format!("h{i}");
-            e(&["user", "add", &h, "--no-password"]);
-            e(&["role", "add", &h]);
-            e(&[
-                "role",
-                "grant-permission",
-                &h,
-                "read",
-                "/pn/",
-                "--prefix=true",
-            ]);
-            e(&["role", "grant-permission", &h, "readwrite", "/pn/pool"]);
-            for p in ["networks", "apps", "containers", "claims", "ips", "peers"] {
-                e(&[
-                    "role",
-                    "grant-permission",
-                    &h,
-                    "readwrite",
-                    &format!("/pn/{p}/"),
-                    "--prefix=true",
-                ]);
-            }
-            e(&[
-                "role",
-                "grant-permission",
-                &h,
-                "readwrite",
-                &format!("/pn/hosts/{h}"),
-            ]);
-            e(&["user", "grant-role", &h, &h]);
+        let hosts: Vec<String> = (1..=n).map(|i| format!("h{i}")).collect();
+        let mut args = vec!["setup"];
+        for h in &hosts {
+            args.extend(["--host", h.as_str()]);
         }
-        e(&["auth", "enable"]);
+        let out = self.fleet(underlay, &self.root, &args);
+        assert!(
+            out.status.success(),
+            "fleet setup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
 pub struct Fleet {
     // Dropped in field order: agents first, then etcd, then the underlay.
     pub hosts: Vec<Host>,
-    pub etcd: EtcdServer,
+    pub etcd: EtcdCluster,
     pub underlay: Namespace,
     pub pki: Option<FleetPki>,
 }
@@ -110,13 +124,13 @@ impl Fleet {
     }
 
     pub fn with_flags(prefix: &str, n: usize, extra: &[&str]) -> Fleet {
-        Fleet::build(prefix, n, extra, false, false)
+        Fleet::build(prefix, n, extra, false)
     }
 
     /// As `with_flags`, on hosts that forwarded IPv4 before their agents
     /// started (as most container hosts do: Docker, podman, Kubernetes).
     pub fn forwarding_before(prefix: &str, n: usize, extra: &[&str]) -> Fleet {
-        Fleet::build_with(prefix, n, extra, false, false, |h| {
+        Fleet::build_with(prefix, n, extra, false, |h| {
             h.ns.sysctl("net.ipv4.ip_forward=1")
         })
     }
@@ -124,17 +138,39 @@ impl Fleet {
     /// As `new`, with etcd serving TLS only and accepting clients whose
     /// certificate its CA signed; each host has its own certificate.
     pub fn tls(prefix: &str, n: usize) -> Fleet {
-        Fleet::build(prefix, n, &[], true, false)
+        Fleet::build(prefix, n, &[], true)
     }
 
-    /// As `tls`, with etcd authentication on and each host's role limited
-    /// to what it must write (README's "etcd: TLS and roles").
-    pub fn tls_with_roles(prefix: &str, n: usize) -> Fleet {
-        Fleet::build(prefix, n, &[], true, true)
+    /// A TLS fleet whose `before_roles` runs (networks, apps, containers
+    /// made by the hosts themselves, as an older release's fleet would),
+    /// then locked down by `pn-agent fleet setup`: the operator's role and
+    /// one per host, authentication on, admissions enforced.
+    pub fn tls_with_roles<T>(
+        prefix: &str,
+        n: usize,
+        before_roles: impl FnOnce(&Fleet) -> T,
+    ) -> (Fleet, T) {
+        let f = Fleet::build(prefix, n, &[], true);
+        let made = before_roles(&f);
+        let p = f.pki.as_ref().expect("a TLS fleet");
+        p.grant_roles(&f.underlay, n);
+        (f, made)
     }
 
-    fn build(prefix: &str, n: usize, extra: &[&str], tls: bool, roles: bool) -> Fleet {
-        Fleet::build_with(prefix, n, extra, tls, roles, |_| {})
+    /// As `with_flags`, on an etcd cluster of `members` members whatever
+    /// the default.
+    pub fn cluster(prefix: &str, n: usize, members: usize, extra: &[&str]) -> Fleet {
+        Fleet::build_on(prefix, n, extra, false, members, |_| {})
+    }
+
+    /// `pn-agent fleet ARGS` as the operator (admissions, migration).
+    pub fn operator(&self, args: &[&str]) -> Output {
+        let p = self.pki.as_ref().expect("a TLS fleet");
+        p.fleet(&self.underlay, &p.operator, args)
+    }
+
+    fn build(prefix: &str, n: usize, extra: &[&str], tls: bool) -> Fleet {
+        Fleet::build_with(prefix, n, extra, tls, |_| {})
     }
 
     /// `before_launch` runs on each host once plumbed, before its agent.
@@ -143,18 +179,30 @@ impl Fleet {
         n: usize,
         extra: &[&str],
         tls: bool,
-        roles: bool,
+        before_launch: impl Fn(&Host),
+    ) -> Fleet {
+        Fleet::build_on(prefix, n, extra, tls, etcd_members(), before_launch)
+    }
+
+    fn build_on(
+        prefix: &str,
+        n: usize,
+        extra: &[&str],
+        tls: bool,
+        members: usize,
         before_launch: impl Fn(&Host),
     ) -> Fleet {
         let underlay = Namespace::new(&format!("{prefix}-ul"));
         underlay.ip(&["link", "add", "br0", "type", "bridge"]);
-        underlay.ip(&[
-            "addr",
-            "add",
-            &format!("{UNDERLAY_NET}.254/24"),
-            "dev",
-            "br0",
-        ]);
+        // A bridge without an address of its own takes its lowest port's,
+        // and changes it as ports come (the edge tests' world, router and
+        // stranger): the hosts' ARP entries for etcd and the gateway then
+        // point nowhere for seconds.
+        underlay.ip(&["link", "set", "br0", "address", "02:00:00:00:64:fe"]);
+        let ips = etcd_ips(members);
+        for ip in &ips {
+            underlay.ip(&["addr", "add", &format!("{ip}/24"), "dev", "br0"]);
+        }
         underlay.ip(&["link", "set", "br0", "up"]);
         let pki = tls.then(|| {
             let pki = Pki::in_dir(
@@ -165,21 +213,22 @@ impl Fleet {
                 .map(|i| pki.issue(&ca, &format!("h{i}"), &[]))
                 .collect();
             let root = pki.issue(&ca, "root", &[]);
+            let operator = pki.issue(&ca, "pn-operator", &[]);
             FleetPki {
                 ca,
                 hosts,
                 root,
+                operator,
                 pki,
             }
         });
+        let names: Vec<String> = ips.iter().map(Ipv4Addr::to_string).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let etcd_tls = pki.as_ref().map(|p| ServerTls {
-            server: p.pki.issue(&p.ca, "etcd", &[&ETCD_IP.to_string()]),
+            server: p.pki.issue(&p.ca, "etcd", &names),
             client_ca: p.ca.clone(),
         });
-        let etcd = EtcdServer::in_netns(&underlay.name, ETCD_IP, etcd_tls);
-        if roles && let Some(p) = &pki {
-            p.grant_roles(&underlay, n);
-        }
+        let etcd = EtcdCluster::in_netns(&underlay.name, &ips, etcd_tls);
         let mut fleet = Fleet {
             hosts: Vec::new(),
             etcd,
@@ -240,11 +289,12 @@ impl Fleet {
     /// The `run` flags of host `i`: the store (with its certificate on a TLS
     /// fleet), the tunnel, then `extra`.
     pub fn flags(&self, i: usize, extra: &[&str]) -> Vec<String> {
+        let endpoints = self.etcd.endpoint_list();
         let mut flags: Vec<String> = match &self.pki {
-            None => vec!["--store".into(), format!("etcd://{ETCD_ADDR}")],
+            None => vec!["--store".into(), format!("etcd://{endpoints}")],
             Some(p) => vec![
                 "--store".into(),
-                format!("etcds://{ETCD_ADDR}"),
+                format!("etcds://{endpoints}"),
                 "--etcd-cacert".into(),
                 p.ca.crt().into(),
                 "--etcd-cert".into(),
@@ -261,7 +311,8 @@ impl Fleet {
     /// `etcdctl ARGS` against the plain-text etcd, from the underlay (as
     /// anyone who reaches the etcd port could).
     pub fn etcdctl(&self, args: &[&str]) -> Output {
-        let mut cmd = vec!["etcdctl", "--endpoints", ETCD_ADDR];
+        let endpoints = self.etcd.endpoint_list();
+        let mut cmd = vec!["etcdctl", "--endpoints", &endpoints];
         cmd.extend_from_slice(args);
         self.underlay.exec(&cmd)
     }

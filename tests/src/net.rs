@@ -5,7 +5,7 @@
 use std::{
     fs::File,
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -60,8 +60,17 @@ pub(crate) fn spawn_server(
 
 /// TCP echo on `0.0.0.0:port`: echoes each connection until it closes.
 pub fn tcp_echo_server(ns: &Namespace, port: u16) -> Server {
+    tcp_echo_server_on(ns, "0.0.0.0", port)
+}
+
+/// [`tcp_echo_server`] on `[::]:port` (both families).
+pub fn tcp_echo_server6(ns: &Namespace, port: u16) -> Server {
+    tcp_echo_server_on(ns, "::", port)
+}
+
+fn tcp_echo_server_on(ns: &Namespace, any: &'static str, port: u16) -> Server {
     spawn_server(ns, move |stop, ready| {
-        let l = TcpListener::bind(("0.0.0.0", port)).expect("tcp bind");
+        let l = TcpListener::bind((any, port)).expect("tcp bind");
         l.set_nonblocking(true).unwrap();
         ready.send(()).unwrap();
         while !stop.load(Ordering::Relaxed) {
@@ -84,8 +93,17 @@ pub fn tcp_echo_server(ns: &Namespace, port: u16) -> Server {
 
 /// UDP echo on `0.0.0.0:port`.
 pub fn udp_echo_server(ns: &Namespace, port: u16) -> Server {
+    udp_echo_server_on(ns, "0.0.0.0", port)
+}
+
+/// [`udp_echo_server`] on `[::]:port` (both families).
+pub fn udp_echo_server6(ns: &Namespace, port: u16) -> Server {
+    udp_echo_server_on(ns, "::", port)
+}
+
+fn udp_echo_server_on(ns: &Namespace, any: &'static str, port: u16) -> Server {
     spawn_server(ns, move |stop, ready| {
-        let s = UdpSocket::bind(("0.0.0.0", port)).expect("udp bind");
+        let s = UdpSocket::bind((any, port)).expect("udp bind");
         s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
         ready.send(()).unwrap();
         let mut buf = [0u8; 65536];
@@ -119,9 +137,18 @@ impl UdpCollector {
 }
 
 pub fn udp_collector(ns: &Namespace, port: u16) -> UdpCollector {
+    udp_collector_on(ns, "0.0.0.0", port)
+}
+
+/// [`udp_collector`] on `[::]:port` (both families).
+pub fn udp_collector6(ns: &Namespace, port: u16) -> UdpCollector {
+    udp_collector_on(ns, "::", port)
+}
+
+fn udp_collector_on(ns: &Namespace, any: &'static str, port: u16) -> UdpCollector {
     let (tx, rx) = mpsc::channel();
     let server = spawn_server(ns, move |stop, ready| {
-        let s = UdpSocket::bind(("0.0.0.0", port)).expect("udp bind");
+        let s = UdpSocket::bind((any, port)).expect("udp bind");
         s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
         ready.send(()).unwrap();
         let mut buf = [0u8; 65536];
@@ -164,7 +191,7 @@ pub fn udp_echo(
 ) -> std::io::Result<Vec<u8>> {
     let msg = msg.to_vec();
     ns.run(move || {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let s = UdpSocket::bind(if dst.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })?;
         s.set_read_timeout(Some(timeout))?;
         s.send_to(&msg, dst)?;
         let mut buf = vec![0u8; 65536];
@@ -693,4 +720,47 @@ pub fn udp_payloads(frames: &[Vec<u8>]) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)
             Some((src, dst, udp[8..].to_vec()))
         })
         .collect()
+}
+
+/// ICMPv6's or UDP's checksum over IPv6 (RFC 8200 §8.1): `l4` with its
+/// checksum field zeroed.
+pub fn checksum6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, l4: &[u8]) -> u16 {
+    let mut pseudo = Vec::with_capacity(40 + l4.len());
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, next]);
+    pseudo.extend_from_slice(l4);
+    checksum(&pseudo)
+}
+
+/// An Ethernet frame carrying an IPv6 packet (any source, hop limit 255:
+/// what a link's neighbour discovery needs) with `next` and `l4` after the
+/// fixed header; `l4`'s checksum (at `sum_at`, if any) is filled in.
+#[allow(clippy::too_many_arguments)]
+pub fn ipv6_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next: u8,
+    mut l4: Vec<u8>,
+    sum_at: Option<usize>,
+) -> Vec<u8> {
+    if let Some(at) = sum_at {
+        l4[at] = 0;
+        l4[at + 1] = 0;
+        let sum = checksum6(src, dst, next, &l4);
+        l4[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+    }
+    let mut f = Vec::with_capacity(54 + l4.len());
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[next, 255]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&l4);
+    f
 }

@@ -344,11 +344,11 @@ fn podman_containers_of_a_network_talk_and_strangers_cannot() {
         resolv.contains(&format!("search {net_a}.private-network.internal")),
         "{resolv}"
     );
-    // By name (busybox's nslookup skips the search list: the full name),
-    // then TCP to what it resolved.
+    // By name (busybox's nslookup skips the search list: the full name;
+    // it asks AAAA too: its IPv4 answer), then TCP to what it resolved.
     let name = format!("1.web.{web}.{net_a}.private-network.internal");
     let script = format!(
-        "IP=$(nslookup {name} | awk '/^Address: /{{print $2}}' | tail -1); echo \"ip=$IP\"; \
+        "IP=$(nslookup {name} | awk '/^Address: / && $2 !~ /:/ {{print $2}}' | tail -1); echo \"ip=$IP\"; \
          printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 \"$IP\" 8080"
     );
     let out = pm.exec("cli", &script);

@@ -163,7 +163,8 @@ fn other_protocols_non_ipv4_and_garbage_are_dropped_and_counted() {
         "web-1",
         "proto_denied"
     ) == 2));
-    // An IPv6 frame, and an "IPv4" frame too short to hold a header.
+    // A frame of neither family nor ARP (a local experimental ethertype),
+    // and an "IPv4" frame too short to hold a header.
     let mac = f.c1.ip(&["-j", "link", "show", "pn0"]);
     let mac: serde_json::Value = serde_json::from_str(&mac).unwrap();
     let src: Vec<u8> = mac[0]["address"]
@@ -172,12 +173,11 @@ fn other_protocols_non_ipv4_and_garbage_are_dropped_and_counted() {
         .split(':')
         .map(|b| u8::from_str_radix(b, 16).unwrap())
         .collect();
-    let mut v6 = vec![0xff; 6];
-    v6.extend_from_slice(&src);
-    v6.extend_from_slice(&[0x86, 0xdd]);
-    v6.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 59, 64]);
-    v6.extend_from_slice(&[0u8; 32]);
-    net::send_frame(&f.c1, "pn0", v6).unwrap();
+    let mut other = vec![0xff; 6];
+    other.extend_from_slice(&src);
+    other.extend_from_slice(&[0x88, 0xb5]);
+    other.extend_from_slice(&[0u8; 46]);
+    net::send_frame(&f.c1, "pn0", other).unwrap();
     let mut short = vec![0xff; 6];
     short.extend_from_slice(&src);
     short.extend_from_slice(&[0x08, 0x00, 0x45, 0x00]);

@@ -135,7 +135,8 @@ fn an_app_on_two_hosts_moves_to_another_network_in_place() {
     for ip in [old1, old2].into_iter().chain(new.iter().copied()) {
         assert!(!reaches(&ca, ip, short), "{ip} still reachable from A");
     }
-    // The old addresses are free: A holds only its own member's now.
+    // The old addresses are free: A holds only its own member's now (its
+    // IPv4 and its IPv6 lease).
     let leases = f.etcdctl(&[
         "get",
         "--prefix",
@@ -143,11 +144,14 @@ fn an_app_on_two_hosts_moves_to_another_network_in_place() {
         &format!("/pn/ips/{net_a}/"),
     ]);
     let leases = String::from_utf8_lossy(&leases.stdout).to_string();
-    assert_eq!(
-        leases.lines().filter(|l| !l.is_empty()).count(),
-        1,
-        "{leases}"
-    );
+    let of_family = |v6: bool| {
+        leases
+            .lines()
+            .filter_map(|l| l.rsplit('/').next()?.parse::<std::net::IpAddr>().ok())
+            .filter(|ip| ip.is_ipv6() == v6)
+            .count()
+    };
+    assert_eq!((of_family(false), of_family(true)), (1, 1), "{leases}");
     assert!(!leases.contains(&old1.to_string()) && !leases.contains(&old2.to_string()));
     // Moving again is a no-op.
     h2.cli_ok(&["app", "move", &app, "--network", &net_b]);

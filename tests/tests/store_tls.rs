@@ -216,19 +216,20 @@ fn a_fleet_host_without_a_tunnel_is_refused() {
     }
 }
 
-/// With etcd authentication on and each host's role as README gives it, the
-/// fleet works, and a host's identity cannot replace, remove or invent
-/// another host's record (its tunnel key and endpoint): not with etcdctl,
-/// not through its agent's `host remove`, which fails with one line before
-/// removing anything.
+/// With etcd authentication on and each host's role as `pn-agent fleet
+/// setup` makes it, the fleet works, and a host's identity cannot replace,
+/// remove or invent another host's record (its tunnel key and endpoint):
+/// not with etcdctl, not through its agent's `host remove`, which fails
+/// with one line before removing anything.
 #[test]
 fn a_host_role_cannot_touch_another_hosts_record() {
-    let f = Fleet::tls_with_roles(&unique_prefix(), 2);
+    let (f, (_c1, _c2)) = Fleet::tls_with_roles(&unique_prefix(), 2, |f| {
+        let (h1, h2) = (&f.hosts[0], &f.hosts[1]);
+        let network = h1.create_network(&[]);
+        let app = h2.create_app(&network);
+        (h1.member(&app, "web", "c1"), h2.member(&app, "web", "c2"))
+    });
     let (h1, h2) = (&f.hosts[0], &f.hosts[1]);
-    let network = h1.create_network(&[]);
-    let app = h2.create_app(&network);
-    let _c1 = h1.member(&app, "web", "c1");
-    let _c2 = h2.member(&app, "web", "c2");
     for h in [h1, h2] {
         assert!(
             eventually(WAIT, || h.container_count() == 2),

@@ -5,7 +5,7 @@
 #![no_main]
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, LazyLock},
 };
 
@@ -27,8 +27,8 @@ fn app() -> AppId {
     AppId(Uuid::from_random_bytes([2; 16]))
 }
 
-/// One app of network NET with 300 `web` containers (answers too long for
-/// a datagram) and one `worker`.
+/// One app of network NET with 300 `web` containers, each with an IPv6
+/// address too (answers too long for a datagram), and one `worker` without.
 struct Fixed;
 
 impl Directory for Fixed {
@@ -38,18 +38,22 @@ impl Directory for Fixed {
             sealed: false,
         })
     }
-    fn resolve(&self, q: &RecordQuery, out: &mut Vec<Ipv4Addr>) -> bool {
+    fn resolve(&self, q: &RecordQuery, out: &mut Vec<IpAddr>) -> bool {
         if q.network != net() || q.app != app() {
             return false;
         }
         let before = out.len();
+        let webs = (0..300u32).flat_map(|i| {
+            [
+                IpAddr::V4(Ipv4Addr::from(0x0af0_0000 + i)),
+                IpAddr::V6(Ipv6Addr::from(0xfd00_0000_0000_0000_0000_0000_0000_0002 + u128::from(i))),
+            ]
+        });
         match &q.selector {
-            Selector::Web => out.extend((0..300u32).map(|i| Ipv4Addr::from(0x0af0_0000 + i))),
-            Selector::Type(t) if t.as_str() == "web" => {
-                out.extend((0..300u32).map(|i| Ipv4Addr::from(0x0af0_0000 + i)))
-            }
+            Selector::Web => out.extend(webs),
+            Selector::Type(t) if t.as_str() == "web" => out.extend(webs),
             Selector::Container(t, 1) if t.as_str() == "worker" => {
-                out.push(Ipv4Addr::new(10, 240, 1, 1))
+                out.push(Ipv4Addr::new(10, 240, 1, 1).into())
             }
             _ => {}
         }

@@ -7,7 +7,7 @@ use pn_common::{
     names::ZONE,
 };
 
-use super::{Agent, gateway_addr};
+use super::{Agent, gateway_addr, gateway6_addr};
 use crate::{
     error::{Error, ErrorKind},
     model::{Container, RuntimeRef},
@@ -145,7 +145,7 @@ impl Agent {
         drop(self.local_ops.lock().await);
         let doomed: Vec<Container> = self
             .membership
-            .containers_of(app)
+            .containers_on(&self.cfg.host_id, app)
             .await?
             .into_iter()
             .filter(|c| {
@@ -186,7 +186,7 @@ impl Agent {
     ) -> Result<Option<Container>> {
         Ok(self
             .membership
-            .containers_of(app)
+            .containers_on(&self.cfg.host_id, app)
             .await?
             .into_iter()
             .find(|c| {
@@ -202,6 +202,10 @@ impl Agent {
         let mac = match mac {
             Some(m) => m,
             None => {
+                // The namespace and interface this agent made, not the record's.
+                let c = &self.attached.local(c).ok_or_else(|| {
+                    Error::not_found(format!("container {} was not attached here", c.key))
+                })?;
                 let ns = Netns::open(&c.netns)?;
                 inspect_container_side(&ns, &c.ifname)
                     .await?
@@ -220,6 +224,11 @@ impl Agent {
             mtu: self.container_mtu,
             gateway: gateway_addr(),
             routes: self.container_routes(),
+            gateway6: c.ip6.map(|_| gateway6_addr()),
+            routes6: match c.ip6 {
+                Some(_) => self.container_routes6(),
+                None => Vec::new(),
+            },
             nameservers: vec![*self.cfg.dns_listen.ip()],
             search: vec![format!("{}.{ZONE}", c.network)],
         })

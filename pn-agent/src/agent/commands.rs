@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use pn_common::ids::{AppId, ContainerType, HostId, NetworkId, Uuid};
 
 use super::{Agent, gateway_addr};
@@ -19,7 +19,7 @@ use crate::{
     },
     netlink::{ContainerSide, NetlinkError, Netns, remove_resolv_conf, write_resolv_conf},
     proto::ContainerInfo,
-    store::MembershipError,
+    store::{MembershipError, NewNetwork},
 };
 
 /// How long a command waits for its change to reach the kernel.
@@ -63,22 +63,29 @@ impl Agent {
         &self,
         id: Option<NetworkId>,
         cidr: Option<Ipv4Net>,
+        cidr6: Option<Ipv6Net>,
         egress: Option<Egress>,
     ) -> Result<Network> {
         let id = id.unwrap_or_else(|| NetworkId(random_uuid()));
+        let spec = NewNetwork {
+            cidr,
+            cidr6,
+            egress: egress.unwrap_or_default(),
+        };
         let (net, rev) = self
             .membership
-            .create_network(
+            .create_network_in(
                 id,
-                cidr,
+                spec,
                 &self.cfg.pool,
                 self.cfg.network_prefix,
-                egress.unwrap_or_default(),
+                self.cfg.ipv6,
             )
             .await?;
         self.wait_applied(rev).await?;
+        let cidr6 = net.cidr6.map(|c| format!(" and {c}")).unwrap_or_default();
         log::info!(
-            "created network {} ({}, tag {}, egress {})",
+            "created network {} ({}{cidr6}, tag {}, egress {})",
             net.id,
             net.cidr,
             net.tag,
@@ -197,33 +204,32 @@ impl Agent {
             ));
         }
         let app_rec = self.membership.app(app).await?;
-        let net = self.membership.network(&app_rec.network).await?;
+        let net = self.network_with_ipv6(&app_rec.network).await?;
         let ns = Netns::open(netns)?;
         let guard = self.local_ops.lock().await;
+        // This host's containers of the type, and the indexes taken in
+        // the fleet (claims): no listing of the whole fleet per attach.
         let same_type: Vec<Container> = self
             .membership
-            .containers_of(app)
+            .containers_on(&self.cfg.host_id, app)
             .await?
             .into_iter()
             .filter(|c| c.key.ctype == ctype)
             .collect();
-        let mut used: std::collections::BTreeSet<u32> =
-            same_type.iter().map(|c| c.key.index).collect();
+        let mut used = self.membership.used_indexes(app, &ctype).await?;
+        used.extend(same_type.iter().map(|c| c.key.index));
         let auto_index = index.is_none();
         let mut index = match index {
             Some(i) => i,
             // Without an index, attaching a namespace again means "the
             // container already in it": idempotent for retrying callers.
-            None => match same_type
-                .iter()
-                .find(|c| c.netns == netns && c.host == self.cfg.host_id)
-            {
+            None => match same_type.iter().find(|c| c.netns == netns) {
                 Some(c) => c.key.index,
                 None => ipam::next_index(&used),
             },
         };
         let mut attempts = 0;
-        let (key, ip) = loop {
+        let (key, addrs) = loop {
             let key = ContainerKey {
                 app: *app,
                 ctype: ctype.clone(),
@@ -258,10 +264,10 @@ impl Agent {
             }
             match self
                 .membership
-                .reserve_address(&net.id, &key, &self.cfg.host_id)
+                .reserve_address(&net.id, &key, &self.cfg.host_id, self.cfg.ipv6.is_on())
                 .await
             {
-                Ok(ip) => break (key, ip),
+                Ok(addrs) => break (key, addrs),
                 // Another host took this index at the same instant: next one.
                 Err(MembershipError::Taken(_)) if auto_index && attempts < 64 => {
                     attempts += 1;
@@ -275,8 +281,8 @@ impl Agent {
         let mut c = Container {
             key: key.clone(),
             network: net.id,
-            ip,
-            ip6: None,
+            ip: addrs.ip,
+            ip6: addrs.ip6,
             host: self.cfg.host_id.clone(),
             netns: netns.to_string(),
             ifname: ifname.to_string(),
@@ -290,12 +296,17 @@ impl Agent {
             Ok(published) => {
                 c.published = published;
                 match self.make_container(&ns, &net, &c).await {
-                    Ok(mac) => self
-                        .membership
-                        .put_container(&c)
-                        .await
-                        .map(|rev| (rev, mac))
-                        .map_err(Error::from),
+                    Ok(mac) => match self.attached.record(&c) {
+                        Ok(()) => self
+                            .membership
+                            .put_container(&c)
+                            .await
+                            .map(|rev| (rev, mac))
+                            .map_err(Error::from),
+                        Err(e) => Err(Error::internal(format!(
+                            "recording container {key} in the state directory: {e}"
+                        ))),
+                    },
                     Err(e) => Err(e),
                 }
             }
@@ -306,12 +317,15 @@ impl Agent {
             Err(e) => {
                 // Nothing half-made: undo in reverse order, then report.
                 let _ = self.dp().detach_now(&host_if);
+                self.attached.forget(&host_if);
                 if self.netlink.link(&host_if).await.is_ok_and(|l| l.is_some()) {
                     let _ = self.netlink.delete_link(&host_if).await;
                 }
                 remove_resolv_conf(netns);
-                if let Err(re) = self.membership.release_address(&net.id, ip, &key).await {
-                    log::error!("releasing {ip} after a failed attach: {re}");
+                for ip in addrs.all() {
+                    if let Err(re) = self.membership.release_address(&net.id, ip, &key).await {
+                        log::error!("releasing {ip} after a failed attach: {re}");
+                    }
                 }
                 return Err(e);
             }
@@ -321,6 +335,10 @@ impl Agent {
         }
         drop(guard);
         self.wait_applied(rev).await?;
+        let ip = match c.ip6 {
+            Some(ip6) => format!("{} and {ip6}", c.ip),
+            None => c.ip.to_string(),
+        };
         match c.published {
             Some(at) => log::info!(
                 "attached container {key} in {netns} as {ip} ({host_if}), published on {at}"
@@ -330,12 +348,41 @@ impl Agent {
         Ok((c, Some(mac)))
     }
 
+    /// A network's record, given its IPv6 range first if this host has
+    /// IPv6 on and it has none yet (created by a host with it off, or
+    /// before IPv6), so a container attached here gets its address now
+    /// rather than at the next full converge. Failing that, the attach goes
+    /// on with IPv4 alone.
+    async fn network_with_ipv6(&self, id: &NetworkId) -> Result<Network> {
+        let net = self.membership.network(id).await?;
+        let ipam::Ipv6Mode::On { pool6 } = self.cfg.ipv6 else {
+            return Ok(net);
+        };
+        if net.cidr6.is_some() {
+            return Ok(net);
+        }
+        match self.membership.ensure_network6(id, pool6).await {
+            Ok(Some((net, _))) => Ok(net),
+            Ok(None) => Ok(self.membership.network(id).await?),
+            Err(e) => {
+                log::error!("giving network {id} an IPv6 range: {e}");
+                Ok(net)
+            }
+        }
+    }
+
     /// Destinations a container routes through its gateway: the fleet pool
     /// (every network lies in it; the store refuses others).
     pub(super) fn container_routes(&self) -> Vec<Ipv4Net> {
         // Every network lies in the pool (the store refuses others); the
         // rest is the world, through this host's edge.
         vec![self.cfg.pool, Ipv4Net::default()]
+    }
+
+    /// IPv6 destinations a container with an IPv6 address routes through
+    /// its gateway: all of them (the data plane decides, as for IPv4).
+    pub(super) fn container_routes6(&self) -> Vec<Ipv6Net> {
+        vec![Ipv6Net::default()]
     }
 
     /// Makes the veth pair, filtered, addressed and routed; the container
@@ -361,11 +408,13 @@ impl Agent {
                 gateway: gateway_addr(),
                 gateway_mac: host_mac,
                 routes,
+                ip6: c.ip6,
+                net6: net.cidr6.map(|n| (n.network(), n.prefix_len())),
             },
         )
         .await?;
         self.netlink
-            .configure_host_side(&c.host_ifname, c.ip, container_mac, gateway_addr())
+            .configure_host_side(&c.host_ifname, c.ip, c.ip6, container_mac, gateway_addr())
             .await?;
         write_resolv_conf(ns, &net.id, *self.cfg.dns_listen.ip())
             .map_err(|e| Error::internal(format!("writing resolv.conf for {}: {e}", ns.given)))?;

@@ -56,10 +56,20 @@ impl Agent {
         if let (Some(dev), Some(peers)) = (&self.tunnel, &want.tunnel_peers) {
             dev.set_peers(peers);
         }
+        // Only a namespace this agent attached a container in (the store's
+        // word is not enough to touch a namespace's files).
+        for netns in want
+            .left_netns
+            .iter()
+            .filter(|n| self.attached.has_netns(n))
+        {
+            remove_resolv_conf(netns);
+        }
         for name in &want.orphans {
             log::info!("removing interface {name}: no container of this host claims it");
-            if let Err(e) = self.netlink.delete_link(name).await {
-                log::error!("{e}");
+            match self.netlink.delete_link(name).await {
+                Ok(_) => self.attached.forget(name),
+                Err(e) => log::error!("{e}"),
             }
         }
         for (was, now) in &want.readdressed {
@@ -67,21 +77,48 @@ impl Agent {
                 log::error!("container {}: moving to {}: {e}", now.key, now.ip);
             }
         }
-        for netns in &want.left_netns {
-            remove_resolv_conf(netns);
-        }
         for key in &want.stale {
             log::info!("container {key}: its interface is gone (namespace deleted?); detaching it");
-            if let Err(e) = self.membership.delete_container(key).await {
-                log::error!("detaching {key}: {e}");
+            match self.membership.delete_container(key).await {
+                Ok(_) => self.attached.forget(&key.host_ifname()),
+                Err(e) => log::error!("detaching {key}: {e}"),
             }
         }
         if *touched == Touched::All {
             self.readdress_missed(&links).await;
             self.release_orphan_leases().await;
+            self.give_ipv6().await;
         }
         if matches!(touched, Touched::All | Touched::Edge) {
             self.publish_pass().await;
+        }
+    }
+
+    /// Local containers an older release attached (no record of this
+    /// agent's own yet): recorded once, at start, from the store, if their
+    /// interface is there. From then on their namespace is this host's word.
+    pub(super) async fn adopt_unrecorded(&self) {
+        let links = match self.netlink.links_with_prefix(HOST_IF_PREFIX).await {
+            Ok(l) => l
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<std::collections::BTreeSet<_>>(),
+            Err(e) => {
+                log::error!("listing interfaces: {e}");
+                return;
+            }
+        };
+        let unrecorded: Vec<Container> = self
+            .view()
+            .local_containers(&self.cfg.host_id)
+            .filter(|c| links.contains(&c.host_ifname) && !self.attached.has(&c.host_ifname))
+            .cloned()
+            .collect();
+        for c in unrecorded {
+            match self.attached.record(&c) {
+                Ok(()) => log::info!("container {}: recorded in {} as found", c.key, c.netns),
+                Err(e) => log::error!("recording container {}: {e}", c.key),
+            }
         }
     }
 
@@ -165,6 +202,70 @@ impl Agent {
                     }
                 }
                 Some(out)
+            }
+        }
+    }
+
+    /// With IPv6 on: networks without an IPv6 range get one, and this
+    /// host's containers without an IPv6 address get one (records written
+    /// before IPv6, or while this host ran with it off). With it off, this
+    /// host's containers give theirs back. The records come back through
+    /// the watch like any change.
+    async fn give_ipv6(&self) {
+        let crate::ipam::Ipv6Mode::On { pool6 } = self.cfg.ipv6 else {
+            return self.take_ipv6().await;
+        };
+        let (bare_nets, bare): (Vec<_>, Vec<_>) = {
+            let v = self.view();
+            (
+                v.networks
+                    .values()
+                    .filter(|n| n.cidr6.is_none())
+                    .map(|n| n.id)
+                    .collect(),
+                v.local_containers(&self.cfg.host_id)
+                    .filter(|c| c.ip6.is_none())
+                    .map(|c| c.key.clone())
+                    .collect(),
+            )
+        };
+        for id in bare_nets {
+            match self.membership.ensure_network6(&id, pool6).await {
+                Ok(Some((n, _))) => {
+                    log::info!("network {id}: IPv6 range {}", n.cidr6.unwrap_or_default());
+                }
+                Ok(None) => {}
+                Err(e) => log::error!("giving network {id} an IPv6 range: {e}"),
+            }
+        }
+        for key in bare {
+            match self.membership.give_ip6(&key).await {
+                Ok(Some((c, _))) => {
+                    log::info!(
+                        "container {key}: IPv6 address {}",
+                        c.ip6.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED)
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => log::error!("giving container {key} an IPv6 address: {e}"),
+            }
+        }
+    }
+
+    /// `--ipv6 off`: this host's containers have no IPv6, so their records
+    /// lose the addresses an earlier run gave them (no name answers one).
+    async fn take_ipv6(&self) {
+        let held: Vec<_> = self
+            .view()
+            .local_containers(&self.cfg.host_id)
+            .filter(|c| c.ip6.is_some())
+            .map(|c| c.key.clone())
+            .collect();
+        for key in held {
+            match self.membership.take_ip6(&key).await {
+                Ok(Some(_)) => log::info!("container {key}: IPv6 address released (--ipv6 off)"),
+                Ok(None) => {}
+                Err(e) => log::error!("releasing container {key}'s IPv6 address: {e}"),
             }
         }
     }

@@ -2,7 +2,7 @@
 //! predecessor's server closed), answering from the membership view.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -13,12 +13,17 @@ use crate::{
     store::view::MembershipView,
 };
 
-/// The DNS server's view of the membership.
-struct ViewDirectory(Arc<RwLock<MembershipView>>);
+/// The DNS server's view of the membership; `ipv6`: whether AAAA queries
+/// get the containers' IPv6 addresses (`--ipv6 off`: this host's
+/// containers have no IPv6, so none is answered to them).
+struct ViewDirectory {
+    view: Arc<RwLock<MembershipView>>,
+    ipv6: bool,
+}
 
 impl dns::Directory for ViewDirectory {
     fn member(&self, client: Ipv4Addr) -> Option<dns::Member> {
-        let v = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let v = self.view.read().unwrap_or_else(|p| p.into_inner());
         let network = v.container_by_ip(client)?.network;
         // Sealed unless its network says otherwise: a record missing for a
         // moment never opens the world.
@@ -29,25 +34,29 @@ impl dns::Directory for ViewDirectory {
         Some(dns::Member { network, sealed })
     }
 
-    fn resolve(&self, q: &pn_common::names::RecordQuery, out: &mut Vec<Ipv4Addr>) -> bool {
-        let v = self.0.read().unwrap_or_else(|p| p.into_inner());
+    fn resolve(&self, q: &pn_common::names::RecordQuery, out: &mut Vec<IpAddr>) -> bool {
+        let v = self.view.read().unwrap_or_else(|p| p.into_inner());
         let Some(app) = v.apps.get(&q.app).filter(|a| a.network == q.network) else {
             return false;
         };
         // An app balanced by `vip`: its and its types' names answer the
         // service address; `N.TYPE` still names one container.
         if let Some(vip) = crate::store::view::services::service_addr(app, &q.selector) {
-            out.push(vip);
+            out.push(IpAddr::V4(vip));
             return true;
         }
         let before = out.len();
         // During an app's move its containers change network one by one:
         // only those already in the asked network answer.
-        out.extend(
-            v.select(&q.app, &q.selector)
-                .filter(|c| c.network == q.network)
-                .map(|c| c.ip),
-        );
+        for c in v
+            .select(&q.app, &q.selector)
+            .filter(|c| c.network == q.network)
+        {
+            out.push(IpAddr::V4(c.ip));
+            if let Some(ip6) = c.ip6.filter(|_| self.ipv6) {
+                out.push(IpAddr::V6(ip6));
+            }
+        }
         out.len() > before
     }
 }
@@ -68,7 +77,10 @@ impl Agent {
                     upstreams: self.dns_upstreams.clone(),
                 },
                 limits.clone(),
-                Arc::new(ViewDirectory(self.view.clone())),
+                Arc::new(ViewDirectory {
+                    view: self.view.clone(),
+                    ipv6: self.cfg.ipv6.is_on(),
+                }),
                 self.dns_stats.clone(),
             )
             .await;

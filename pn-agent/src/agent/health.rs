@@ -132,11 +132,13 @@ impl Agent {
         v.local_containers(&self.cfg.host_id)
             .filter_map(|c| {
                 let port = v.apps.get(&c.key.app)?.health_port;
+                // Probed in the namespace this agent attached it to.
+                let netns = self.attached.local(c)?.netns;
                 // Nothing to do for an unchecked container already healthy.
                 (port.is_some() || c.unhealthy).then(|| Target {
                     key: c.key.clone(),
                     ip: c.ip,
-                    netns: c.netns.clone(),
+                    netns,
                     port,
                     unhealthy: c.unhealthy,
                 })

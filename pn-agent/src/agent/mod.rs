@@ -22,6 +22,7 @@
 //! hand-over (and opens the tunnel otherwise), `dns_server` starts the DNS
 //! server on the view.
 
+mod attached;
 mod cni;
 mod commands;
 mod converge;
@@ -67,6 +68,12 @@ fn gateway_addr() -> Ipv4Addr {
     Ipv4Addr::from(pn_common::ip4_octets(pn_common::GATEWAY))
 }
 
+/// A container's IPv6 gateway: link-local, as IPv4's 169.254.1.1 (never
+/// one of the network's addresses, which the allocator keeps clear of).
+fn gateway6_addr() -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)
+}
+
 /// The agent. Locks, when more than one is needed, are taken in this order
 /// and never the other way: `local_ops` (async; held across netlink and
 /// store calls of one attach or reconciliation) → `view` (read; never held
@@ -100,6 +107,8 @@ pub struct Agent {
     edge_local: RwLock<Option<reconcile::EdgeLocal>>,
     /// Publications written and not yet seen in the view.
     pending: pending::Pending,
+    /// What this agent attached, as it made it (host-local truth).
+    attached: attached::Attached,
     /// Whether pn owns the host's forwarding.
     forwarding: crate::edge::Forwarding,
     /// The DNS server, running for the agent's life once started (after a

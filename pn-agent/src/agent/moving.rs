@@ -60,8 +60,22 @@ impl Agent {
     /// Gives a local container's interface its new address (and, for a
     /// named namespace, the new network's resolv.conf): `was` is the record
     /// before the move, `now` after.
+    /// The namespace and interface are the ones this agent attached, never
+    /// the record's.
     pub(super) async fn readdress(&self, was: &Container, now: &Container) -> Result<(), Error> {
+        let Some(now) = self.attached.local(now) else {
+            return Err(Error::not_found(format!(
+                "container {} was not attached by this agent: its namespace is left alone",
+                now.key
+            )));
+        };
+        let now = &now;
         let ns = Netns::open(&now.netns)?;
+        if now.ip == was.ip {
+            // Only its IPv6 address changed (given on an upgrade, taken
+            // back with `--ipv6 off`).
+            return self.readdress6(&ns, was, now).await;
+        }
         let mac = readdress_container_side(
             &ns,
             Readdress {
@@ -78,11 +92,51 @@ impl Agent {
             .await?;
         write_resolv_conf(&ns, &now.network, *self.cfg.dns_listen.ip())
             .map_err(|e| Error::internal(format!("writing resolv.conf for {}: {e}", now.netns)))?;
+        if now.ip6 != was.ip6 {
+            self.readdress6(&ns, was, now).await?;
+        }
         log::info!(
             "container {}: re-addressed {} -> {} in {}",
             now.key,
             was.ip,
             now.ip,
+            now.netns
+        );
+        Ok(())
+    }
+
+    /// The IPv6 part of [`Agent::readdress`], both ends of the veth.
+    async fn readdress6(&self, ns: &Netns, was: &Container, now: &Container) -> Result<(), Error> {
+        let (_, gateway_mac) =
+            self.netlink.link(&now.host_ifname).await?.ok_or_else(|| {
+                Error::internal(format!("interface {} vanished", now.host_ifname))
+            })?;
+        let net6 = self
+            .view()
+            .networks
+            .get(&now.network)
+            .and_then(|n| n.cidr6)
+            .map(|n| (n.network(), n.prefix_len()));
+        crate::netlink::readdress6_container_side(
+            ns,
+            now.ifname.clone(),
+            now.ip6,
+            net6,
+            gateway_mac,
+        )
+        .await?;
+        if let Some(ip6) = now.ip6 {
+            let link = crate::netlink::inspect_container_side(ns, &now.ifname).await?;
+            let mac = link.map(|l| l.mac).unwrap_or_default();
+            self.netlink
+                .readdress6_host_side(&now.host_ifname, ip6, mac)
+                .await?;
+        }
+        log::info!(
+            "container {}: IPv6 {:?} -> {:?} in {}",
+            now.key,
+            was.ip6,
+            now.ip6,
             now.netns
         );
         Ok(())

@@ -452,7 +452,10 @@ impl Agent {
             .await
             .context("reading the host's addresses")?;
         let edge = prepare_edge(&mut datapath, &edge_local, &cfg, loaded.config)?;
+        let attached = super::attached::Attached::open(&cfg.state_dir)
+            .context("reading the records of the containers this host attached")?;
         let agent = Arc::new(Agent {
+            attached,
             membership: Membership::new(backend),
             view: Arc::new(RwLock::new(view)),
             datapath: Arc::new(Mutex::new(datapath)),
@@ -529,6 +532,7 @@ impl Agent {
             Ok(rev) => log::info!("in sync with the store at revision {rev}"),
             Err(e) => log::warn!("store unreachable at start, enforcing pinned state: {e:#}"),
         }
+        self.adopt_unrecorded().await;
         if let Some(u) = guard_later {
             self.dp().maps_mut().attach_underlay(&u.name, u.mode)?;
         }
@@ -573,7 +577,8 @@ impl Agent {
             pn_tunnel::device::metrics::register(r, dev.clone());
         }
         let (view, health) = (self.view.clone(), self.store_health.clone());
-        crate::store::metrics::register(r, view, health, self.cfg.host_id.clone());
+        let backend = self.membership.backend().clone();
+        crate::store::metrics::register(r, view, health, backend, self.cfg.host_id.clone());
         self.dns_stats.register(r);
         let edge = self.edge.clone();
         crate::edge::metrics::register(r, move || {

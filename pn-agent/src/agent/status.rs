@@ -29,6 +29,7 @@ impl Agent {
             .map(|n| NetworkInfo {
                 id: n.id,
                 cidr: n.cidr,
+                cidr6: n.cidr6,
                 tag: n.tag,
                 egress: n.egress,
                 apps: v.apps.values().filter(|a| a.network == n.id).count(),
@@ -72,6 +73,7 @@ impl Agent {
             ctype: c.key.ctype.clone(),
             index: c.key.index,
             ip: c.ip,
+            ip6: c.ip6,
             host: c.host.to_string(),
             netns: c.netns.clone(),
             interface: c.ifname.clone(),
@@ -126,6 +128,9 @@ impl Agent {
                     .to_string(),
             ),
         ];
+        if let Some(ip6) = c.ip6 {
+            vars.push(("PN_IP6".into(), ip6.to_string()));
+        }
         // The port routers are sent to: where the app must listen.
         if c.is_web()
             && let Some(app) = v.apps.get(&c.key.app)
@@ -167,6 +172,7 @@ impl Agent {
                 suppressed,
             )
         };
+        let link = self.membership.backend().link();
         Status {
             host: me.to_string(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -181,6 +187,8 @@ impl Agent {
                     .into_iter()
                     .map(|(k, n)| (k.to_string(), n))
                     .collect(),
+                member: link.as_ref().map(|l| l.member.clone()),
+                failovers: link.map_or(0, |l| l.failovers),
             },
             datapath: DatapathStatus {
                 bpffs: self.cfg.bpffs.clone(),

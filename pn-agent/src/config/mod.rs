@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use pn_common::ids::HostId;
 use serde::Deserialize;
 
@@ -75,6 +75,14 @@ pub struct RunSettings {
     /// Fleet-wide address pool networks are carved from [default: 10.240.0.0/12].
     #[arg(long)]
     pub pool: Option<Ipv4Net>,
+    /// The fleet's IPv6 pool (unique local, fc00::/7), taken when this agent is
+    /// the first to give the fleet one [default: a random /48 of fd00::/8, RFC 4193].
+    #[arg(long)]
+    pub pool6: Option<Ipv6Net>,
+    /// IPv6 for this host's containers: `on` (an address each, AAAA answers) or
+    /// `off` (IPv4 only) [default: on].
+    #[arg(long)]
+    pub ipv6: Option<Switch>,
     /// Prefix length of a network's range when none is given [default: 22].
     #[arg(long)]
     pub network_prefix: Option<u8>,
@@ -332,6 +340,8 @@ pub struct RunConfig {
     pub dns_query_rate: u32,
     pub pool: Ipv4Net,
     pub network_prefix: u8,
+    /// `--ipv6` and `--pool6`.
+    pub ipv6: crate::ipam::Ipv6Mode,
     /// Explicit container MTU; `None`: derived from the underlay.
     pub mtu: Option<u32>,
     pub drop_events_per_sec: u32,
@@ -366,6 +376,19 @@ fn outside_pool(flag: &str, nets: Vec<Ipv4Net>, pool: Ipv4Net) -> anyhow::Result
         }
     }
     Ok(nets)
+}
+
+/// `--ipv6` and `--pool6` (taken only with IPv6 on).
+fn ipv6_mode(ipv6: Switch, pool6: Option<Ipv6Net>) -> anyhow::Result<crate::ipam::Ipv6Mode> {
+    if let Some(p) = &pool6
+        && let Err(e) = crate::ipam::check_pool6(p)
+    {
+        bail!("invalid --pool6: {e}");
+    }
+    Ok(match ipv6 {
+        Switch::On => crate::ipam::Ipv6Mode::On { pool6 },
+        Switch::Off => crate::ipam::Ipv6Mode::Off,
+    })
 }
 
 /// A fleet store needs the tunnel: without it, traffic to members on other
@@ -449,6 +472,7 @@ impl RunConfig {
                 pool.prefix_len()
             );
         }
+        let ipv6 = ipv6_mode(pick!(ipv6).unwrap_or(Switch::On), pick!(pool6))?;
         let mtu = pick!(mtu);
         let track = track_bits(pick!(track).as_deref().unwrap_or("http"))?;
         if let Some(mtu) = mtu
@@ -507,6 +531,7 @@ impl RunConfig {
             dns_query_rate,
             pool,
             network_prefix,
+            ipv6,
             mtu,
             drop_events_per_sec: pick!(drop_events_per_sec).unwrap_or(DEFAULT_DROP_EVENTS_PER_SEC),
             track,
@@ -515,6 +540,25 @@ impl RunConfig {
             tunnel,
             tunnel_io,
         })
+    }
+}
+
+/// A setting that is `on` or `off` (`--ipv6`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    On,
+    Off,
+}
+
+impl std::str::FromStr for Switch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "on" => Ok(Switch::On),
+            "off" => Ok(Switch::Off),
+            _ => Err(format!("{s:?}: expected on or off")),
+        }
     }
 }
 

@@ -386,6 +386,52 @@ fn the_tunnel_cipher_is_a_preference_by_name() {
 }
 
 #[test]
+fn ipv6_is_on_by_default_and_its_pool_unique_local() {
+    use crate::ipam::Ipv6Mode;
+    let h = || RunSettings {
+        host_id: Some("h".into()),
+        ..Default::default()
+    };
+    let c = RunConfig::resolve(h(), None).unwrap();
+    assert_eq!(c.ipv6, Ipv6Mode::On { pool6: None });
+    let c = RunConfig::resolve(
+        RunSettings {
+            ipv6: Some(Switch::Off),
+            ..h()
+        },
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.ipv6, Ipv6Mode::Off);
+    let f = file("host-id = \"h\"\npool6 = \"fd12:3456:789a::/48\"\nipv6 = \"on\"\n");
+    let c = RunConfig::resolve(RunSettings::default(), Some(&f.0)).unwrap();
+    assert_eq!(
+        c.ipv6,
+        Ipv6Mode::On {
+            pool6: Some("fd12:3456:789a::/48".parse().unwrap())
+        }
+    );
+    for (pool6, want) in [
+        ("2001:db8::/48", "invalid --pool6"),
+        ("fd12:3456:789a::1/48", "not a network address"),
+        ("fd12:3456:789a:1:2::/80", "at least a /64"),
+    ] {
+        refused(
+            RunSettings {
+                pool6: Some(pool6.parse().unwrap()),
+                ..h()
+            },
+            None,
+            want,
+        );
+    }
+    let f = file("host-id = \"h\"\nipv6 = \"maybe\"\n");
+    assert!(RunConfig::resolve(RunSettings::default(), Some(&f.0)).is_err());
+    assert_eq!("off".parse::<Switch>(), Ok(Switch::Off));
+    assert!("yes".parse::<Switch>().is_err());
+}
+
+#[test]
 fn the_tunnel_io_switches_from_flags_and_file() {
     let f = file("tunnel-workers = 3\ntunnel-offloads = \"gso,gro\"\ntunnel-spin-us = 40\n");
     let flags = RunSettings {

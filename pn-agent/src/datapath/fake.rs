@@ -3,7 +3,7 @@
 //! every call, so a test can assert both on the result and on the work done.
 
 use pn_common::{
-    Ip4,
+    Ip4, Ip6,
     maps::{Endpoint, Iface, Peer},
 };
 
@@ -51,6 +51,16 @@ impl Maps for FakeMaps {
     fn remove_endpoint(&mut self, a: Ip4) -> Result<()> {
         self.call(format!("remove_endpoint {}", ip(a)))?;
         self.state.endpoints.remove(&a);
+        Ok(())
+    }
+    fn set_endpoint6(&mut self, a: Ip6, ep: Endpoint) -> Result<()> {
+        self.call(format!("set_endpoint6 {}", std::net::Ipv6Addr::from(a)))?;
+        self.state.endpoints6.insert(a, ep);
+        Ok(())
+    }
+    fn remove_endpoint6(&mut self, a: Ip6) -> Result<()> {
+        self.call(format!("remove_endpoint6 {}", std::net::Ipv6Addr::from(a)))?;
+        self.state.endpoints6.remove(&a);
         Ok(())
     }
     fn set_iface(&mut self, ifindex: u32, iface: Iface) -> Result<()> {

@@ -25,7 +25,7 @@ use aya::{
     },
 };
 use pn_common::{
-    Ip4, Reason,
+    Ip4, Ip6, Reason,
     event::EventKind,
     maps::{
         Config, ConnKey, ConnState, Counter, Counters, DenyRange, Endpoint, EventBudget, Iface,
@@ -88,6 +88,7 @@ pub struct Kernel {
     // pinned link yet.
     ebpf: Ebpf,
     endpoints: HashMap<MapData, Ip4, Endpoint>,
+    endpoints6: HashMap<MapData, Ip6, Endpoint>,
     ifaces: HashMap<MapData, u32, Iface>,
     counters: PerCpuArray<MapData, Counters>,
     budget: PerCpuArray<MapData, EventBudget>,
@@ -179,6 +180,7 @@ impl Kernel {
             T::try_from(map).ctx(|| format!("map {name}"))
         }
         let endpoints = take(&mut ebpf, objects::MAP_ENDPOINTS)?;
+        let endpoints6 = take(&mut ebpf, objects::MAP_ENDPOINTS6)?;
         let ifaces = take(&mut ebpf, objects::MAP_IFACES)?;
         let counters = take(&mut ebpf, objects::MAP_COUNTERS)?;
         let budget = take(&mut ebpf, objects::MAP_EVENT_BUDGET)?;
@@ -202,6 +204,7 @@ impl Kernel {
         Ok(Kernel {
             ebpf,
             endpoints,
+            endpoints6,
             ifaces,
             counters,
             budget,
@@ -486,6 +489,7 @@ impl Maps for Kernel {
     fn read(&mut self) -> Result<State> {
         Ok(State {
             endpoints: Self::all(&self.endpoints, "PN_ENDPOINTS")?,
+            endpoints6: Self::all(&self.endpoints6, "PN_ENDPOINTS6")?,
             ifaces: Self::all(&self.ifaces, "PN_IFACES")?,
             attached: self.pinned_interfaces()?,
             peers: Self::all(&self.peers, "PN_PEERS")?,
@@ -517,6 +521,17 @@ impl Maps for Kernel {
     fn remove_endpoint(&mut self, ip: Ip4) -> Result<()> {
         removed(self.endpoints.remove(&ip), || {
             format!("PN_ENDPOINTS[{}]", dotted(ip))
+        })
+    }
+
+    fn set_endpoint6(&mut self, ip: Ip6, ep: Endpoint) -> Result<()> {
+        let name = std::net::Ipv6Addr::from(ip);
+        (self.endpoints6.insert(ip, ep, 0)).ctx(|| format!("writing PN_ENDPOINTS6[{name}]"))
+    }
+
+    fn remove_endpoint6(&mut self, ip: Ip6) -> Result<()> {
+        removed(self.endpoints6.remove(&ip), || {
+            format!("PN_ENDPOINTS6[{}]", std::net::Ipv6Addr::from(ip))
         })
     }
 

@@ -1,7 +1,7 @@
 //! The one path to the kernel the datapath writes through.
 
 use pn_common::{
-    Ip4,
+    Ip4, Ip6,
     maps::{Endpoint, Iface, Peer},
 };
 
@@ -17,6 +17,8 @@ pub trait Maps {
     fn read(&mut self) -> Result<State>;
     fn set_endpoint(&mut self, ip: Ip4, ep: Endpoint) -> Result<()>;
     fn remove_endpoint(&mut self, ip: Ip4) -> Result<()>;
+    fn set_endpoint6(&mut self, ip: Ip6, ep: Endpoint) -> Result<()>;
+    fn remove_endpoint6(&mut self, ip: Ip6) -> Result<()>;
     fn set_iface(&mut self, ifindex: u32, iface: Iface) -> Result<()>;
     fn remove_iface(&mut self, ifindex: u32) -> Result<()>;
     fn set_peer(&mut self, ip: Ip4, peer: Peer) -> Result<()>;

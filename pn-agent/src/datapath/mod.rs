@@ -27,7 +27,7 @@ mod state;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use pn_common::{
-    Ip4,
+    Ip4, Ip6,
     maps::{Endpoint, Iface, Peer},
 };
 
@@ -78,6 +78,8 @@ impl crate::error::Kind for ApplyError {
 pub struct Scope {
     /// Member addresses (endpoints, and interfaces carrying them); `None`: all.
     pub addrs: Option<BTreeSet<Ip4>>,
+    /// Member IPv6 addresses (`PN_ENDPOINTS6`); `None`: all.
+    pub addrs6: Option<BTreeSet<Ip6>>,
     /// Host-side interface names (attached links); `None`: all.
     pub links: Option<BTreeSet<String>>,
     /// Peers and tags of the underlay guard.
@@ -90,6 +92,7 @@ impl Scope {
     pub fn all() -> Scope {
         Scope {
             addrs: None,
+            addrs6: None,
             links: None,
             underlay: true,
             edge: true,
@@ -105,6 +108,7 @@ impl Scope {
     ) -> Scope {
         Scope {
             addrs: Some(addrs.into_iter().collect()),
+            addrs6: Some(BTreeSet::new()),
             links: Some(links.into_iter().collect()),
             underlay,
             edge: false,
@@ -119,6 +123,15 @@ impl Scope {
     /// Only the edge's deny list.
     pub fn edge() -> Scope {
         Scope::entries([], [], false).with_edge(true)
+    }
+
+    /// The same scope, covering these IPv6 addresses too (a changed
+    /// container's old and new ones).
+    pub fn with_addrs6(mut self, addrs6: impl IntoIterator<Item = Ip6>) -> Scope {
+        if let Some(s) = &mut self.addrs6 {
+            s.extend(addrs6);
+        }
+        self
     }
 
     /// The same scope, with or without the edge's deny list.
@@ -226,6 +239,7 @@ impl<M: Maps> Datapath<M> {
             pinned,
             ifaces,
             endpoints,
+            endpoints6,
             services,
             peers,
             tags,
@@ -242,6 +256,9 @@ impl<M: Maps> Datapath<M> {
         });
         ch.set += endpoints.write_sets(&mut cur.endpoints, &mut failed, |e| {
             maps.set_endpoint(e.key, e.new)
+        });
+        ch.set += endpoints6.write_sets(&mut cur.endpoints6, &mut failed, |e| {
+            maps.set_endpoint6(e.key, e.new)
         });
         ch.set += services.write_sets(&mut cur.services, &mut failed, |e| {
             maps.set_service(e.key, e.old.as_ref(), &e.new)
@@ -276,6 +293,9 @@ impl<M: Maps> Datapath<M> {
                 maps.forget_conns(*ip)?;
             }
             Ok(())
+        });
+        ch.removed += endpoints6.write_removes(&mut cur.endpoints6, &mut failed, |ip, _| {
+            maps.remove_endpoint6(*ip)
         });
         ch.removed += ifaces.write_removes(&mut cur.ifaces, &mut failed, |idx, _| {
             maps.remove_iface(*idx)
@@ -326,6 +346,11 @@ impl<M: Maps> Datapath<M> {
                 &Part::Where(&by_addr),
             ),
             endpoints: diff(&cur.endpoints, &want.endpoints, &keys_or_all(&scope.addrs)),
+            endpoints6: diff(
+                &cur.endpoints6,
+                &want.endpoints6,
+                &keys_or_all(&scope.addrs6),
+            ),
             services: diff(&cur.services, &want.services, &Part::All),
             ..Plan::default()
         };
@@ -382,6 +407,7 @@ struct Plan {
     pinned: Vec<String>,
     ifaces: Diff<u32, Iface>,
     endpoints: Diff<Ip4, Endpoint>,
+    endpoints6: Diff<Ip6, Endpoint>,
     services: Diff<Ip4, ServiceState>,
     peers: Diff<Ip4, Peer>,
     tags: Diff<u32, ()>,

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pn_common::{
-    Ip4,
+    Ip4, Ip6,
     maps::{Endpoint, Iface, Peer},
 };
 
@@ -12,6 +12,8 @@ use pn_common::{
 pub struct State {
     /// `PN_ENDPOINTS`: every member address, local or remote.
     pub endpoints: BTreeMap<Ip4, Endpoint>,
+    /// `PN_ENDPOINTS6`: the members that have an IPv6 address, by it.
+    pub endpoints6: BTreeMap<Ip6, Endpoint>,
     /// `PN_IFACES`, by host-side ifindex: local containers.
     pub ifaces: BTreeMap<u32, Iface>,
     /// Host-side interfaces with both TC programs attached (pinned links).

@@ -371,3 +371,57 @@ fn pinned_links_wait_for_every_set() {
     assert!(dp.maps().calls.contains(&"attach pnhaaa".to_string()));
     assert_eq!(dp.maps().state, slotted(two()));
 }
+
+fn ula(host: u8) -> pn_common::Ip6 {
+    let mut a = [0u8; 16];
+    a[..2].copy_from_slice(&[0xfd, 0x12]);
+    a[15] = host;
+    a
+}
+
+#[test]
+fn ipv6_endpoints_follow_their_scope() {
+    let mut dp = Datapath::new(FakeMaps::default());
+    let mut want = two();
+    want.endpoints6.insert(ula(2), local(1, 7));
+    want.endpoints6.insert(ula(3), remote(1, 9));
+    want.ifaces.get_mut(&7).unwrap().addr6 = ula(2);
+    dp.apply(&want, &Scope::all()).unwrap();
+    assert_eq!(dp.maps().state.endpoints6, want.endpoints6);
+    assert_eq!(dp.maps().state.ifaces[&7].addr6, ula(2));
+    assert!(
+        dp.maps()
+            .calls
+            .contains(&"set_endpoint6 fd12::2".to_string())
+    );
+    // A scope naming no IPv6 address leaves them alone, even gone from `want`.
+    dp.maps_mut().calls.clear();
+    let mut gone = want.clone();
+    gone.endpoints6.clear();
+    dp.apply(&gone, &Scope::entries([ip4(10, 240, 0, 3)], [], false))
+        .unwrap();
+    assert_eq!(dp.maps().state.endpoints6.len(), 2);
+    // Named, the remote one goes and nothing else is touched.
+    let scope = Scope::entries([ip4(10, 240, 0, 3)], [], false).with_addrs6([ula(3)]);
+    gone.endpoints6.insert(ula(2), local(1, 7));
+    dp.apply(&gone, &scope).unwrap();
+    assert_eq!(
+        dp.maps().state.endpoints6.keys().collect::<Vec<_>>(),
+        [&ula(2)]
+    );
+    assert!(
+        dp.maps()
+            .calls
+            .contains(&"remove_endpoint6 fd12::3".to_string())
+    );
+    assert!(
+        !dp.maps()
+            .calls
+            .iter()
+            .any(|c| c.starts_with("set_endpoint6"))
+    );
+    // A full apply repairs what the kernel lost.
+    dp.maps_mut().state.endpoints6.clear();
+    dp.apply(&want, &Scope::all()).unwrap();
+    assert_eq!(dp.maps().state.endpoints6, want.endpoints6);
+}

@@ -4,13 +4,16 @@
 
 use std::{
     collections::HashMap,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     sync::{Arc, Mutex},
 };
 
 use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, ResponseCode},
-    rr::{Name, RData, Record, RecordType, rdata::A, rdata::SOA},
+    rr::{
+        Name, RData, Record, RecordType,
+        rdata::{A, AAAA, SOA},
+    },
 };
 use pn_common::{
     ids::NetworkId,
@@ -30,8 +33,9 @@ const ROTATION_NAMES: usize = 65_536;
 pub trait Directory: Send + Sync + 'static {
     /// The attached container that owns this address, if any.
     fn member(&self, client: Ipv4Addr) -> Option<Member>;
-    /// Appends the addresses a record query designates; false when none.
-    fn resolve(&self, q: &RecordQuery, out: &mut Vec<Ipv4Addr>) -> bool;
+    /// Appends the addresses of both families a record query designates;
+    /// false when none (the name does not exist).
+    fn resolve(&self, q: &RecordQuery, out: &mut Vec<IpAddr>) -> bool;
 }
 
 /// Who asks: an attached container, and what its network allows.
@@ -78,7 +82,9 @@ pub struct Responder {
     stats: Arc<DnsStats>,
     ttl: u32,
     recursion: bool,
-    rotation: Mutex<HashMap<RecordQuery, u32>>,
+    /// Per name and family (A and AAAA asked side by side, as stub
+    /// resolvers do, must each rotate).
+    rotation: Mutex<HashMap<(RecordQuery, bool), u32>>,
     soa: Record,
 }
 
@@ -112,13 +118,14 @@ impl Responder {
         }
     }
 
-    /// Next rotation offset for this name.
-    fn rotate(&self, q: &RecordQuery) -> usize {
+    /// Next rotation offset for this name's addresses of one family.
+    fn rotate(&self, q: &RecordQuery, v6: bool) -> usize {
         let mut r = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
-        if r.len() >= ROTATION_NAMES && !r.contains_key(q) {
+        let key = (q.clone(), v6);
+        if r.len() >= ROTATION_NAMES && !r.contains_key(&key) {
             r.clear();
         }
-        let n = r.entry(q.clone()).or_insert(0);
+        let n = r.entry(key).or_insert(0);
         let out = *n;
         *n = n.wrapping_add(1);
         out as usize
@@ -201,17 +208,26 @@ impl Responder {
                     bump(&self.stats.nxdomain);
                     return self.reply(&req, to, ResponseCode::NXDomain, Vec::new(), true);
                 }
-                if qtype != RecordType::A {
+                let v6 = qtype == RecordType::AAAA;
+                ips.retain(|ip| qtype == RecordType::A && ip.is_ipv4() || v6 && ip.is_ipv6());
+                if ips.is_empty() {
+                    // The name exists (it has addresses), not of this type.
                     bump(&self.stats.nodata);
                     return self.reply(&req, to, ResponseCode::NoError, Vec::new(), true);
                 }
                 ips.sort_unstable();
                 let n = ips.len();
-                ips.rotate_left(self.rotate(&q) % n);
+                ips.rotate_left(self.rotate(&q, v6) % n);
                 let name = query.name().clone();
                 let answers = ips
                     .into_iter()
-                    .map(|ip| Record::from_rdata(name.clone(), self.ttl, RData::A(A(ip))))
+                    .map(|ip| {
+                        let rdata = match ip {
+                            IpAddr::V4(ip) => RData::A(A(ip)),
+                            IpAddr::V6(ip) => RData::AAAA(AAAA(ip)),
+                        };
+                        Record::from_rdata(name.clone(), self.ttl, rdata)
+                    })
                     .collect();
                 bump(&self.stats.answered);
                 self.reply(&req, to, ResponseCode::NoError, answers, true)

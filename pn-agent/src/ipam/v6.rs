@@ -14,7 +14,7 @@ pub const NETWORK6_PREFIX: u8 = 64;
 
 /// Unique local addresses, `fc00::/7`; pn draws from its `fd00::/8` half
 /// (locally assigned, the L bit set).
-const ULA: Ipv6Net = Ipv6Net::new_assert(Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7);
+pub const ULA: Ipv6Net = Ipv6Net::new_assert(Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7);
 
 /// Interface identifiers never handed out: 0 is the subnet-router anycast
 /// address (RFC 4291 §2.6.1); 1 would give the container the link-local
@@ -22,6 +22,23 @@ const ULA: Ipv6Net = Ipv6Net::new_assert(Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0,
 /// from its identifier); the top 128 are reserved anycast (RFC 2526).
 const FIRST_IID: u64 = 2;
 const LAST_IID: u64 = u64::MAX - 128;
+
+/// What an agent does about IPv6 (`--ipv6`, `--pool6`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ipv6Mode {
+    /// This host's containers get no IPv6 address (records of other
+    /// hosts' containers may still carry theirs).
+    Off,
+    /// Each container an address; `pool6`: the /48 to give the fleet when
+    /// the pool has none yet (none: a random one).
+    On { pool6: Option<Ipv6Net> },
+}
+
+impl Ipv6Mode {
+    pub fn is_on(&self) -> bool {
+        matches!(self, Ipv6Mode::On { .. })
+    }
+}
 
 /// Why a range cannot be the IPv6 pool or a network's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -17,8 +17,20 @@ fn pool() -> Ipv4Net {
     "10.240.0.0/12".parse().unwrap()
 }
 
+/// An IPv4-only reservation (IPv6 has its own suite, `conformance6`).
+async fn reserve(
+    m: &Membership,
+    net: &NetworkId,
+    k: &ContainerKey,
+    h: &str,
+) -> Result<Ipv4Addr, MembershipError> {
+    m.reserve_address(net, k, &host(h), false)
+        .await
+        .map(|r| r.ip)
+}
+
 async fn attach(m: &Membership, net: NetworkId, k: &ContainerKey, h: &str) -> Container {
-    let ip = m.reserve_address(&net, k, &host(h)).await.unwrap();
+    let ip = reserve(m, &net, k, h).await.unwrap();
     let c = member(k.clone(), net, ip, h);
     m.put_container(&c).await.unwrap();
     c
@@ -176,8 +188,7 @@ pub async fn addresses_are_unique_and_reused_after_release(kv: Arc<dyn Backend>)
         seen.first(),
         Some(&"10.240.0.1".parse::<Ipv4Addr>().unwrap())
     );
-    let err = m
-        .reserve_address(&net, &key(1, "web", 7), &host("h1"))
+    let err = reserve(&m, &net, &key(1, "web", 7), "h1")
         .await
         .unwrap_err();
     assert!(matches!(err, MembershipError::Exhausted(_)), "{err}");
@@ -207,21 +218,21 @@ pub async fn a_container_key_is_claimed_once(kv: Arc<dyn Backend>) {
     .await
     .unwrap();
     let k = key(1, "web", 1);
-    let ip = m.reserve_address(&net, &k, &host("h1")).await.unwrap();
-    let err = m.reserve_address(&net, &k, &host("h2")).await.unwrap_err();
+    let ip = reserve(&m, &net, &k, "h1").await.unwrap();
+    let err = reserve(&m, &net, &k, "h2").await.unwrap_err();
     assert!(matches!(err, MembershipError::Taken(_)), "{err}");
     assert_eq!(err.kind(), ErrorKind::Conflict);
     assert!(err.to_string().contains("h1"), "{err}");
     // Releasing frees both the address and the key.
-    m.release_address(&net, ip, &k).await.unwrap();
+    m.release_address(&net, ip.into(), &k).await.unwrap();
     let c = attach(&m, net, &k, "h2").await;
-    let err = m.reserve_address(&net, &k, &host("h1")).await.unwrap_err();
+    let err = reserve(&m, &net, &k, "h1").await.unwrap_err();
     assert!(
         err.to_string().contains("h2"),
         "attached keys stay taken: {err}"
     );
     m.delete_container(&c.key).await.unwrap();
-    m.reserve_address(&net, &k, &host("h1")).await.unwrap();
+    reserve(&m, &net, &k, "h1").await.unwrap();
 }
 
 pub async fn concurrent_reservations_never_collide(kv: Arc<dyn Backend>) {
@@ -235,9 +246,7 @@ pub async fn concurrent_reservations_never_collide(kv: Arc<dyn Backend>) {
         let m = m.clone();
         tasks.push(tokio::spawn(async move {
             let h = if i % 2 == 0 { "h1" } else { "h2" };
-            m.reserve_address(&net, &key(1, "web", i), &host(h))
-                .await
-                .unwrap()
+            reserve(&m, &net, &key(1, "web", i), h).await.unwrap()
         }));
     }
     let mut ips = BTreeSet::new();
@@ -452,7 +461,7 @@ pub async fn apps_move_with_their_addresses(kv: Arc<dyn Backend>) {
     let c2 = attach(&m, a, &key(1, "web", 2), "h2").await;
     // Half-way through an attach when the app moves.
     let late = key(1, "web", 3);
-    let late_ip = m.reserve_address(&a, &late, &host("h1")).await.unwrap();
+    let late_ip = reserve(&m, &a, &late, "h1").await.unwrap();
     let (app, old, rev) = m.set_app_network(&app_id(1), &b).await.unwrap();
     assert_eq!((app.network, old), (b, a));
     assert!(rev.is_some());
@@ -471,7 +480,7 @@ pub async fn apps_move_with_their_addresses(kv: Arc<dyn Backend>) {
     let err = m.put_container(&late_rec).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
     assert!(err.to_string().contains("moved"), "{err}");
-    m.release_address(&a, late_ip, &late).await.unwrap();
+    m.release_address(&a, late_ip.into(), &late).await.unwrap();
     // The old network's addresses are all free: the next gets the first.
     m.create_app(app_id(2), &a, None, 8080, crate::model::Balance::Dns, None)
         .await

@@ -464,4 +464,6 @@ mod conformance {
     }
 
     crate::store_conformance_tests!(fresh);
+    crate::store_placement_tests!(fresh);
+    crate::store_conformance6_tests!(fresh);
 }

@@ -7,13 +7,30 @@
 //! | `pool` | [`PoolDoc`](super::membership::PoolDoc): ranges and tags of every network |
 //! | `networks/<pn-…>` | [`Network`](crate::model::Network) |
 //! | `apps/<ap-…>` | [`App`](crate::model::App) |
-//! | `containers/<ap-…>/<type>/<index>` | [`Container`](crate::model::Container) |
-//! | `claims/<ap-…>/<type>/<index>` | lease of a container key while it is being attached |
-//! | `ips/<pn-…>/<address>` | [`AddressLease`](crate::model::AddressLease) |
+//! | `admissions` | [`Admissions`](crate::model::Admissions): which hosts may run which app's containers |
+//! | `on/<host>/containers/<ap-…>/<type>/<index>` | [`Container`](crate::model::Container) run by `<host>` |
+//! | `containers/<ap-…>/<type>/<index>` | a container record of an older release (read, never written) |
+//! | `claims/<ap-…>/<type>/<index>` | the host holding a container key (attaching or attached) |
+//! | `ips/<pn-…>/<address>` | [`AddressLease`](crate::model::AddressLease), IPv4 or IPv6 |
 //! | `hosts/<host>` | [`Host`](crate::model::Host) |
 //! | `peers/<n>` | the host holding peer id `n` (a JSON string) |
+//!
+//! Who may write what ([`host_writes`]; etcd's roles can say exactly this
+//! because each host's records are one key range): a host writes its own
+//! record `hosts/<host>` and everything under `on/<host>/`, plus the shared
+//! allocation markers `claims/`, `ips/` and `peers/`, which only make
+//! honest hosts pick different keys, addresses and peer ids: no agent
+//! believes them. What an agent believes of a container comes from its
+//! record under `on/<host>/` (the older of two records of one key or one
+//! address keeps it), checked against the operator's `admissions`.
+//! Everything else (`pool`, `networks/`, `apps/`, `admissions`, other hosts'
+//! records) is the operator's. IPv6 leases, when they come, are allocation
+//! markers under `ips/` too (or a sibling prefix added to [`host_writes`]).
 
-use std::{fmt, net::Ipv4Addr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use pn_common::ids::{AppId, HostId, NetworkId, parse_index};
 
@@ -22,8 +39,16 @@ use crate::model::ContainerKey;
 pub const POOL: &str = "pool";
 pub const NETWORKS: &str = "networks/";
 pub const APPS: &str = "apps/";
+/// Records of an older release, before containers lived under their host.
 pub const CONTAINERS: &str = "containers/";
+/// Each host's own range: `on/<host>/`.
+pub const ON: &str = "on/";
+const ON_CONTAINERS: &str = "containers/";
+pub const ADMISSIONS: &str = "admissions";
 pub const CLAIMS: &str = "claims/";
+/// Address leases of both families: one space, so that a fleet's etcd
+/// roles (`readwrite ips/`) cover IPv6 leases without a change, and agents
+/// that predate IPv6 skip them (not an IPv4 address: not a key to them).
 pub const IPS: &str = "ips/";
 pub const HOSTS: &str = "hosts/";
 pub const PEERS: &str = "peers/";
@@ -34,11 +59,18 @@ pub enum Key {
     Pool,
     Network(NetworkId),
     App(AppId),
-    Container(ContainerKey),
+    /// Which hosts may run which app's containers (the operator's).
+    Admissions,
+    /// A container record, under the host that runs it.
+    Container(HostId, ContainerKey),
+    /// A container record as an older release wrote it (no host in the key).
+    LegacyContainer(ContainerKey),
     /// Claim on a container key while its attach is in progress.
     Claim(ContainerKey),
     /// An allocated address of a network.
     Ip(NetworkId, Ipv4Addr),
+    /// An allocated IPv6 address of a network (under `ips/` too).
+    Ip6(NetworkId, Ipv6Addr),
     Host(HostId),
     /// Claim on a peer id (non-zero), so two hosts never hold the same.
     Peer(u32),
@@ -58,6 +90,14 @@ impl Key {
         if s == POOL {
             return Some(Key::Pool);
         }
+        if s == ADMISSIONS {
+            return Some(Key::Admissions);
+        }
+        if let Some(t) = s.strip_prefix(ON) {
+            let (host, t) = t.split_once('/')?;
+            let k = container_key(t.strip_prefix(ON_CONTAINERS)?)?;
+            return Some(Key::Container(host.parse().ok()?, k));
+        }
         if let Some(t) = s.strip_prefix(NETWORKS) {
             return t.parse().ok().map(Key::Network);
         }
@@ -65,14 +105,14 @@ impl Key {
             return t.parse().ok().map(Key::App);
         }
         if let Some(t) = s.strip_prefix(CONTAINERS) {
-            return container_key(t).map(Key::Container);
+            return container_key(t).map(Key::LegacyContainer);
         }
         if let Some(t) = s.strip_prefix(CLAIMS) {
             return container_key(t).map(Key::Claim);
         }
         if let Some(t) = s.strip_prefix(IPS) {
             let (net, ip) = t.split_once('/')?;
-            return Some(Key::Ip(net.parse().ok()?, ip.parse().ok()?));
+            return Some(Key::lease(net.parse().ok()?, ip.parse().ok()?));
         }
         if let Some(t) = s.strip_prefix(HOSTS) {
             return t.parse().ok().map(Key::Host);
@@ -101,11 +141,30 @@ impl fmt::Display for Key {
             Key::Pool => f.write_str(POOL),
             Key::Network(id) => write!(f, "{NETWORKS}{id}"),
             Key::App(id) => write!(f, "{APPS}{id}"),
-            Key::Container(k) => write!(f, "{CONTAINERS}{}/{}/{}", k.app, k.ctype, k.index),
+            Key::Admissions => f.write_str(ADMISSIONS),
+            Key::Container(h, k) => write!(
+                f,
+                "{ON}{h}/{ON_CONTAINERS}{}/{}/{}",
+                k.app, k.ctype, k.index
+            ),
+            Key::LegacyContainer(k) => {
+                write!(f, "{CONTAINERS}{}/{}/{}", k.app, k.ctype, k.index)
+            }
             Key::Claim(k) => write!(f, "{CLAIMS}{}/{}/{}", k.app, k.ctype, k.index),
             Key::Ip(net, ip) => write!(f, "{IPS}{net}/{ip}"),
+            Key::Ip6(net, ip) => write!(f, "{IPS}{net}/{ip}"),
             Key::Host(id) => write!(f, "{HOSTS}{id}"),
             Key::Peer(n) => write!(f, "{PEERS}{n}"),
+        }
+    }
+}
+
+impl Key {
+    /// The lease key of an address of either family.
+    pub fn lease(net: NetworkId, ip: IpAddr) -> Key {
+        match ip {
+            IpAddr::V4(ip) => Key::Ip(net, ip),
+            IpAddr::V6(ip) => Key::Ip6(net, ip),
         }
     }
 }
@@ -116,9 +175,60 @@ impl From<Key> for String {
     }
 }
 
-/// Prefix of the containers of one app (a range of the key space).
-pub fn containers_of(app: &AppId) -> String {
+/// Prefix of everything one host writes but its host record: its range.
+pub fn on_host(host: &HostId) -> String {
+    format!("{ON}{host}/")
+}
+
+/// Prefix of the records of one app's containers on one host.
+pub fn containers_on(host: &HostId, app: &AppId) -> String {
+    format!("{ON}{host}/{ON_CONTAINERS}{app}/")
+}
+
+/// Prefix of the claims on one app's container keys.
+pub fn claims_of(app: &AppId) -> String {
+    format!("{CLAIMS}{app}/")
+}
+
+/// Prefix of the legacy records of one app's containers.
+pub fn legacy_containers_of(app: &AppId) -> String {
     format!("{CONTAINERS}{app}/")
+}
+
+/// Whether `key` (relative) is a container record of either layout.
+pub fn is_container(key: &str) -> bool {
+    matches!(
+        Key::parse(key),
+        Some(Key::Container(..) | Key::LegacyContainer(_))
+    )
+}
+
+/// A range of keys an etcd role may write: one key, or every key under a
+/// prefix (relative to the store's prefix).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub key: String,
+    pub prefix: bool,
+}
+
+/// What host `host`'s role may write (it reads everything): its own host
+/// record and range, and the shared allocation markers.
+pub fn host_writes(host: &HostId) -> Vec<Grant> {
+    let mut grants = vec![
+        Grant {
+            key: Key::Host(host.clone()).to_string(),
+            prefix: false,
+        },
+        Grant {
+            key: on_host(host),
+            prefix: true,
+        },
+    ];
+    grants.extend([CLAIMS, IPS, PEERS].map(|p| Grant {
+        key: p.into(),
+        prefix: true,
+    }));
+    grants
 }
 
 /// Prefix of the allocated addresses of one network.
@@ -147,9 +257,12 @@ mod tests {
             Key::Pool,
             Key::Network(PN.parse().unwrap()),
             Key::App(AP.parse().unwrap()),
-            Key::Container(ck()),
+            Key::Admissions,
+            Key::Container("h-1".parse().unwrap(), ck()),
+            Key::LegacyContainer(ck()),
             Key::Claim(ck()),
             Key::Ip(PN.parse().unwrap(), Ipv4Addr::new(10, 240, 0, 7)),
+            Key::Ip6(PN.parse().unwrap(), "fd12:3456:789a:1::2".parse().unwrap()),
             Key::Host("h-1".parse().unwrap()),
             Key::Peer(4_000_000_000),
         ];
@@ -158,12 +271,20 @@ mod tests {
             assert_eq!(Key::parse(&s), Some(k), "{s}");
         }
         assert_eq!(
-            Key::Container(ck()).to_string(),
+            Key::LegacyContainer(ck()).to_string(),
             format!("containers/{AP}/web/12")
+        );
+        assert_eq!(
+            Key::Container("h-1".parse().unwrap(), ck()).to_string(),
+            format!("on/h-1/containers/{AP}/web/12")
         );
         assert_eq!(
             Key::Ip(PN.parse().unwrap(), Ipv4Addr::new(10, 240, 0, 7)).to_string(),
             format!("ips/{PN}/10.240.0.7")
+        );
+        assert_eq!(
+            Key::lease(PN.parse().unwrap(), "fd00::2".parse().unwrap()).to_string(),
+            format!("ips/{PN}/fd00::2")
         );
     }
 
@@ -171,13 +292,52 @@ mod tests {
     fn prefixes_are_prefixes_of_their_keys() {
         let app: AppId = AP.parse().unwrap();
         assert!(
-            Key::Container(ck())
+            Key::LegacyContainer(ck())
                 .to_string()
-                .starts_with(&containers_of(&app))
+                .starts_with(&legacy_containers_of(&app))
         );
+        // A host's range holds its records and no other host's, even one
+        // whose id starts with its own.
+        let (h1, h10): (HostId, HostId) = ("h1".parse().unwrap(), "h10".parse().unwrap());
+        let own = Key::Container(h1.clone(), ck()).to_string();
+        assert!(own.starts_with(&on_host(&h1)));
+        assert!(own.starts_with(&containers_on(&h1, &app)));
+        assert!(Key::Claim(ck()).to_string().starts_with(&claims_of(&app)));
+        assert!(
+            !Key::Container(h10.clone(), ck())
+                .to_string()
+                .starts_with(&on_host(&h1))
+        );
+        let writes = host_writes(&h1);
+        let may = |k: &str| {
+            writes.iter().any(|g| {
+                if g.prefix {
+                    k.starts_with(&g.key)
+                } else {
+                    k == g.key
+                }
+            })
+        };
+        assert!(may(&own) && may("hosts/h1") && may(&Key::Claim(ck()).to_string()));
+        for other in [
+            Key::Host(h10.clone()).to_string(),
+            Key::Container(h10, ck()).to_string(),
+            Key::LegacyContainer(ck()).to_string(),
+            Key::App(app).to_string(),
+            "admissions".into(),
+            "pool".into(),
+            format!("networks/{PN}"),
+        ] {
+            assert!(!may(&other), "{other}");
+        }
         let net: NetworkId = PN.parse().unwrap();
         assert!(
             Key::Ip(net, Ipv4Addr::LOCALHOST)
+                .to_string()
+                .starts_with(&ips_of(&net))
+        );
+        assert!(
+            Key::Ip6(net, Ipv6Addr::LOCALHOST)
                 .to_string()
                 .starts_with(&ips_of(&net))
         );
@@ -198,12 +358,21 @@ mod tests {
             &format!("containers/{AP}/Web/1"),
             &format!("ips/{PN}/10.240.0.300"),
             &format!("ips/{PN}/010.240.0.1"),
+            &format!("ips/{PN}/FD00::2"),
+            &format!("ips/{PN}/fd00:0::2"),
+            &format!("ips/{PN}/fd00::2/64"),
             "hosts/H1",
             "hosts/a_b",
             "peers/0",
             "peers/01",
             "peers/4294967296",
             "other/thing",
+            &format!("on/h1/containers/{AP}/web"),
+            &format!("on/H1/containers/{AP}/web/1"),
+            &format!("on/h1/other/{AP}/web/1"),
+            &format!("on/h1/containers/{AP}/web/1/x"),
+            "on/h1",
+            "admissions/",
         ] {
             assert_eq!(Key::parse(bad), None, "{bad}");
         }

@@ -21,8 +21,12 @@ pub mod membership;
 pub mod metrics;
 pub mod view;
 
-pub use backend::{Backend, Cond, Entry, Listing, Op, StoreError, WatchEvent};
-pub use membership::{Membership, MembershipError, PoolDoc, PoolEntry};
+pub use backend::{Backend, Cond, Entry, Link, Listing, Op, StoreError, WatchEvent};
+pub use membership::{Membership, MembershipError, NewNetwork, PoolDoc, PoolEntry, Reserved};
 
 #[cfg(test)]
 pub(crate) mod conformance;
+#[cfg(test)]
+pub(crate) mod conformance6;
+#[cfg(test)]
+pub(crate) mod placement_conformance;

@@ -28,8 +28,9 @@ pub use ipv6::{
 };
 pub use nd::{
     ICMP6_NEIGHBOR_ADVERT, ICMP6_NEIGHBOR_SOLICIT, ICMP6_REDIRECT, ICMP6_ROUTER_ADVERT,
-    ICMP6_ROUTER_SOLICIT, LinkAddr, ND_PEEK, NdKind, NdMessage, container_link_local, is_nd,
-    nd_from_container, nd_to_container, parse_nd, solicited_node,
+    ICMP6_ROUTER_SOLICIT, LinkAddr, LinkAddrKind, ND_PEEK, NdKind, NdMessage, container_link_local,
+    is_mld, is_nd, mld_from_container, nd_from_container, nd_to_container, parse_nd,
+    solicited_node,
 };
 pub use tunnel::{TunnelMember, tunnel_incoming, tunnel_outgoing};
 
@@ -37,6 +38,7 @@ pub use tunnel::{TunnelMember, tunnel_incoming, tunnel_outgoing};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L3 {
     Ipv4,
+    Ipv6,
     Arp,
     Other,
 }
@@ -45,6 +47,7 @@ pub enum L3 {
 pub const fn classify_ethertype(ethertype: u16) -> L3 {
     match ethertype {
         ETH_P_IP => L3::Ipv4,
+        ETH_P_IPV6 => L3::Ipv6,
         ETH_P_ARP => L3::Arp,
         _ => L3::Other,
     }

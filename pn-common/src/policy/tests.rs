@@ -275,7 +275,7 @@ fn ipv4_header_parsing() {
 fn ethertypes() {
     assert_eq!(classify_ethertype(0x0800), L3::Ipv4);
     assert_eq!(classify_ethertype(0x0806), L3::Arp);
-    assert_eq!(classify_ethertype(0x86dd), L3::Other);
+    assert_eq!(classify_ethertype(0x86dd), L3::Ipv6);
     assert_eq!(classify_ethertype(0x8100), L3::Other);
 }
 

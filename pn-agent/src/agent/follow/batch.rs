@@ -46,9 +46,11 @@ impl Batch {
     /// What the event on `key` does to this batch (before the view takes it).
     pub(super) fn step(&self, key: &str) -> Step {
         match Key::parse(key) {
-            Some(Key::Container(k)) if self.keys.contains(&k) => Step::FlushThenJoin,
-            Some(Key::Container(_)) => Step::Join,
-            Some(Key::Network(_) | Key::App(_) | Key::Host(_)) => Step::Alone,
+            Some(Key::Container(_, k) | Key::LegacyContainer(k)) if self.keys.contains(&k) => {
+                Step::FlushThenJoin
+            }
+            Some(Key::Container(..) | Key::LegacyContainer(_)) => Step::Join,
+            Some(Key::Network(_) | Key::App(_) | Key::Host(_) | Key::Admissions) => Step::Alone,
             _ => Step::Skip,
         }
     }

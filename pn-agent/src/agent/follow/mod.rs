@@ -147,6 +147,13 @@ impl Agent {
             // An app's service addresses (and peers, tags) are in the
             // fleet-wide part.
             Change::App => self.converge(&Touched::Fleet).await,
+            // Which hosts may run which app changed: every container record
+            // is judged again, from a fresh listing (rare: the operator's).
+            Change::Admissions => {
+                if let Err(e) = self.resync().await {
+                    log::warn!("reading the store again after new admissions: {e:#}");
+                }
+            }
             // A host's record decides whether its containers get endpoints
             // (none while it is unknown: fail closed), so a host that comes
             // after its containers, or goes, changes theirs too. Hosts come

@@ -126,11 +126,14 @@ pub fn desired(
         }
         Touched::Network(_) => {
             let addrs: BTreeSet<Ipv4Addr> = records.iter().map(|c| c.ip).collect();
-            d.scope = Some(Scope::entries(
-                addrs.iter().map(|a| to_ip4(*a)),
-                records.iter().map(|c| c.host_ifname.clone()),
-                true,
-            ));
+            d.scope = Some(
+                Scope::entries(
+                    addrs.iter().map(|a| to_ip4(*a)),
+                    records.iter().map(|c| c.host_ifname.clone()),
+                    true,
+                )
+                .with_addrs6(records.iter().filter_map(|c| c.ip6).map(|a| a.octets())),
+            );
             d.addrs = Some(addrs);
         }
         Touched::Containers(before) => {
@@ -226,7 +229,8 @@ fn containers_changed(
                 && now.netns == b.netns
                 && now.ifname == b.ifname
                 && now.host_ifname == b.host_ifname;
-            (same_interface && now.ip != b.ip).then(|| (b.clone(), now.clone()))
+            let moved = now.ip != b.ip || now.ip6 != b.ip6;
+            (same_interface && moved).then(|| (b.clone(), now.clone()))
         })
         .collect();
     d.left_netns = before
@@ -239,11 +243,13 @@ fn containers_changed(
         })
         .map(|b| b.netns.clone())
         .collect();
-    d.scope = Some(Scope::entries(
-        addrs.iter().map(|a| to_ip4(*a)),
-        names,
-        underlay,
-    ));
+    let addrs6 = before
+        .iter()
+        .chain(records.iter().copied())
+        .filter_map(|c| c.ip6)
+        .map(|a| a.octets());
+    d.scope =
+        Some(Scope::entries(addrs.iter().map(|a| to_ip4(*a)), names, underlay).with_addrs6(addrs6));
     d.addrs = Some(addrs);
     // A local container came, went or changed: its publication may have.
     if underlay && let Some(e) = local.edge {
@@ -275,15 +281,16 @@ fn add_container(
                 peer: Some(peer),
             },
         );
-        d.datapath.endpoints.insert(
-            ip,
-            Endpoint {
-                tag: net.tag,
-                ifindex: 0,
-                peer,
-                flags: Endpoint::FLAG_REMOTE,
-            },
-        );
+        let ep = Endpoint {
+            tag: net.tag,
+            ifindex: 0,
+            peer,
+            flags: Endpoint::FLAG_REMOTE,
+        };
+        d.datapath.endpoints.insert(ip, ep);
+        if let Some(ip6) = c.ip6 {
+            d.datapath.endpoints6.insert(ip6.octets(), ep);
+        }
         return;
     }
     d.members.insert(
@@ -299,18 +306,21 @@ fn add_container(
     };
     d.datapath.attached.insert(c.host_ifname.clone());
     let publication = edge::publication(view, local.edge, c);
-    d.datapath
-        .ifaces
-        .insert(ifindex, edge::iface(ip, net, publication.as_ref()));
-    d.datapath.endpoints.insert(
-        ip,
-        Endpoint {
-            tag: net.tag,
-            ifindex,
-            peer: 0,
-            flags: 0,
-        },
-    );
+    let mut iface = edge::iface(ip, net, publication.as_ref());
+    if let Some(ip6) = c.ip6 {
+        iface.addr6 = ip6.octets();
+    }
+    d.datapath.ifaces.insert(ifindex, iface);
+    let ep = Endpoint {
+        tag: net.tag,
+        ifindex,
+        peer: 0,
+        flags: 0,
+    };
+    d.datapath.endpoints.insert(ip, ep);
+    if let Some(ip6) = c.ip6 {
+        d.datapath.endpoints6.insert(ip6.octets(), ep);
+    }
 }
 
 fn underlay_peers(view: &MembershipView, local: &Local<'_>) -> BTreeMap<Ip4, Peer> {

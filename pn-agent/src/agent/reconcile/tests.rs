@@ -267,3 +267,42 @@ fn an_app_moving_to_another_network_rewrites_entries_and_readdresses_local_inter
     assert!(d.orphans.is_empty() && d.stale.is_empty() && d.left_netns.is_empty());
     assert!(!d.members.contains_key(&local_was.ip));
 }
+
+#[test]
+fn ipv6_addresses_give_ipv6_entries_and_scopes() {
+    let mut v = fleet();
+    let a6: std::net::Ipv6Addr = "fd12:3456:789a:1::2".parse().unwrap();
+    let b6: std::net::Ipv6Addr = "fd12:3456:789a:1::3".parse().unwrap();
+    let mut c3 = container(3, [10, 240, 0, 4], "b");
+    c3.ip6 = Some(b6);
+    add(&mut v, c3.clone());
+    let k1 = container(1, [10, 240, 0, 2], "a").key;
+    v.containers.get_mut(&k1).unwrap().ip6 = Some(a6);
+    let d = desired_for(&v, &links(&v), &Touched::All);
+    assert_eq!(d.datapath.ifaces[&10].addr6, a6.octets());
+    let local = d.datapath.endpoints6[&a6.octets()];
+    assert_eq!(
+        (local.tag, local.ifindex, local.is_remote()),
+        (3, 10, false)
+    );
+    assert!(d.datapath.endpoints6[&b6.octets()].is_remote());
+    // web-2 has none: no IPv6 entry, and its interface's `::` names nothing.
+    assert_eq!(d.datapath.endpoints6.len(), 2);
+    // A change to one container covers its IPv6 address, before and after.
+    let mut before = c3.clone();
+    before.ip6 = Some("fd12:3456:789a:1::9".parse().unwrap());
+    let d = desired_for(&v, &links(&v), &Touched::Containers(vec![before]));
+    let scope = d.scope.unwrap();
+    assert_eq!(
+        scope.addrs6.unwrap(),
+        [
+            b6.octets(),
+            "fd12:3456:789a:1::9"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+        ]
+        .into()
+    );
+    assert_eq!(d.datapath.endpoints6.len(), 1);
+}

@@ -2,12 +2,13 @@
 //! Clients are loopback addresses (127.0.0.x), so one test plays several
 //! containers; `abuse` plays hostile ones.
 
+mod aaaa;
 mod abuse;
 mod cache;
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -29,17 +30,18 @@ use super::{
 use crate::testing::model::{app_id as app, net_id as net};
 
 /// Clients 127.0.0.1 and .2 are in network A, .3 in network B, .4 in the
-/// sealed network C, .9 in none.
+/// sealed network C, .9 in none. Every `web` container has an IPv6 address
+/// too (`fd00:N::I`), the worker none.
 struct Fixed {
     clients: BTreeMap<Ipv4Addr, Member>,
-    records: Vec<(RecordQuery, Ipv4Addr)>,
+    records: Vec<(RecordQuery, IpAddr)>,
 }
 
 impl Directory for Fixed {
     fn member(&self, client: Ipv4Addr) -> Option<Member> {
         self.clients.get(&client).copied()
     }
-    fn resolve(&self, q: &RecordQuery, out: &mut Vec<Ipv4Addr>) -> bool {
+    fn resolve(&self, q: &RecordQuery, out: &mut Vec<IpAddr>) -> bool {
         let before = out.len();
         for (r, ip) in &self.records {
             let matches = r.network == q.network
@@ -60,14 +62,13 @@ fn directory(webs: u8) -> Fixed {
     let mut records = Vec::new();
     let c = |t: &str, i| Selector::Container(t.parse().unwrap(), i);
     for i in 1..=webs {
-        records.push((
-            RecordQuery {
-                network: net(1),
-                app: app(1),
-                selector: c("web", u32::from(i)),
-            },
-            Ipv4Addr::new(10, 240, 0, i),
-        ));
+        let q = RecordQuery {
+            network: net(1),
+            app: app(1),
+            selector: c("web", u32::from(i)),
+        };
+        records.push((q.clone(), Ipv4Addr::new(10, 240, 0, i).into()));
+        records.push((q, Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, i.into()).into()));
     }
     records.push((
         RecordQuery {
@@ -75,24 +76,17 @@ fn directory(webs: u8) -> Fixed {
             app: app(1),
             selector: c("worker", 1),
         },
-        Ipv4Addr::new(10, 240, 1, 1),
+        Ipv4Addr::new(10, 240, 1, 1).into(),
     ));
-    records.push((
-        RecordQuery {
-            network: net(2),
-            app: app(2),
+    for n in [2, 3] {
+        let q = RecordQuery {
+            network: net(n),
+            app: app(n),
             selector: c("web", 1),
-        },
-        Ipv4Addr::new(10, 240, 4, 1),
-    ));
-    records.push((
-        RecordQuery {
-            network: net(3),
-            app: app(3),
-            selector: c("web", 1),
-        },
-        Ipv4Addr::new(10, 240, 8, 1),
-    ));
+        };
+        records.push((q.clone(), Ipv4Addr::new(10, 240, 4 * (n - 1), 1).into()));
+        records.push((q, Ipv6Addr::new(0xfd00, n.into(), 0, 0, 0, 0, 0, 1).into()));
+    }
     let member = |n, sealed| Member {
         network: net(n),
         sealed,
@@ -310,13 +304,15 @@ async fn unknown_names_of_ones_own_network_are_nxdomain() {
 async fn other_types_of_known_names_are_empty_answers() {
     let (h, stats) = start(1, vec![]).await;
     let name = names::app_name(&net(1), &app(1));
-    for t in [
-        RecordType::AAAA,
-        RecordType::TXT,
-        RecordType::MX,
-        RecordType::SRV,
+    // The worker has no IPv6 address: its name exists, without AAAA.
+    let worker = names::container_name(&net(1), &app(1), &"worker".parse().unwrap(), 1);
+    for (name, t) in [
+        (&worker, RecordType::AAAA),
+        (&name, RecordType::TXT),
+        (&name, RecordType::MX),
+        (&name, RecordType::SRV),
     ] {
-        let m = ask(h.local_udp, C1, &name, t).await;
+        let m = ask(h.local_udp, C1, name, t).await;
         assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{t}");
         assert!(m.answers.is_empty());
     }

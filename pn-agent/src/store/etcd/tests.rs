@@ -69,6 +69,8 @@ mod conformance {
     }
 
     crate::store_conformance_tests!(fresh);
+    crate::store_placement_tests!(fresh);
+    crate::store_conformance6_tests!(fresh);
 
     #[tokio::test]
     async fn big_stores_list_in_pages_and_watch_in_big_batches() {

@@ -4,20 +4,35 @@
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4},
 };
 
-use pn_common::ids::{AppId, HostId, NetworkId};
+use pn_common::ids::{AppId, ContainerType, HostId, NetworkId};
 
 use super::{Membership, MembershipError, Result, Step, as_read, decode, encode};
 use crate::{
     ipam,
     model::{AddressLease, App, Container, ContainerKey},
     store::{
-        backend::Op,
+        backend::{Op, StoreError},
         keys::{self, Key},
     },
 };
+
+/// The addresses an attach reserved: its IPv4 one, and its IPv6 one when
+/// asked for and the network has an IPv6 range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reserved {
+    pub ip: Ipv4Addr,
+    pub ip6: Option<Ipv6Addr>,
+}
+
+impl Reserved {
+    /// Both addresses, for releasing them.
+    pub fn all(&self) -> impl Iterator<Item = IpAddr> {
+        std::iter::once(IpAddr::V4(self.ip)).chain(self.ip6.map(IpAddr::V6))
+    }
+}
 
 impl Membership {
     /// The lowest address of `cidr` no lease of `network` holds (read in
@@ -46,40 +61,139 @@ impl Membership {
         })
     }
 
+    /// Every container record, of both layouts (a key recorded under its
+    /// host wins over its legacy copy).
     pub async fn containers(&self) -> Result<Vec<Container>> {
-        self.list_decoded(keys::CONTAINERS).await
-    }
-
-    pub async fn containers_of(&self, app: &AppId) -> Result<Vec<Container>> {
-        self.list_decoded(&keys::containers_of(app)).await
-    }
-
-    pub async fn container(&self, key: &ContainerKey) -> Result<Option<Container>> {
-        Ok(self
-            .get_decoded(&Key::Container(key.clone()))
+        let mut out: std::collections::BTreeMap<ContainerKey, Container> = self
+            .list_decoded::<Container>(keys::CONTAINERS)
             .await?
-            .map(|(c, _)| c))
+            .into_iter()
+            .map(|c| (c.key.clone(), c))
+            .collect();
+        for c in self.list_decoded::<Container>(keys::ON).await? {
+            out.insert(c.key.clone(), c);
+        }
+        Ok(out.into_values().collect())
     }
 
-    /// Reserves the lowest free address of `network` for `owner`, and claims
-    /// the container key itself. Safe against any number of concurrent callers
-    /// on any number of hosts: both keys are created only if absent, and the
-    /// container must not exist yet. [`MembershipError::Taken`] when the key
-    /// is attached or claimed already (an automatic index then tries the next).
+    /// The containers of one app (a scan of the fleet's: records are
+    /// grouped by host, for the hosts' key ranges, not by app).
+    pub async fn containers_of(&self, app: &AppId) -> Result<Vec<Container>> {
+        let mut all = self.containers().await?;
+        all.retain(|c| c.key.app == *app);
+        Ok(all)
+    }
+
+    /// The containers of one app on one host, of both layouts (a listing
+    /// of that host's range, and of the app's legacy records).
+    pub async fn containers_on(&self, host: &HostId, app: &AppId) -> Result<Vec<Container>> {
+        let mut out = self
+            .list_decoded::<Container>(&keys::containers_on(host, app))
+            .await?;
+        let legacy = self
+            .list_decoded::<Container>(&keys::legacy_containers_of(app))
+            .await?;
+        let new: BTreeSet<ContainerKey> = out.iter().map(|c| c.key.clone()).collect();
+        out.extend(
+            legacy
+                .into_iter()
+                .filter(|c| c.host == *host && !new.contains(&c.key)),
+        );
+        Ok(out)
+    }
+
+    /// The indexes of one type of an app that are taken anywhere in the
+    /// fleet: claimed (attaching or attached), or held by a legacy record.
+    pub async fn used_indexes(&self, app: &AppId, ctype: &ContainerType) -> Result<BTreeSet<u32>> {
+        let mut used = BTreeSet::new();
+        for prefix in [keys::claims_of(app), keys::legacy_containers_of(app)] {
+            for (k, _) in self.kv.list(&prefix).await?.entries {
+                if let Some(Key::Claim(c) | Key::LegacyContainer(c)) = Key::parse(&k)
+                    && c.ctype == *ctype
+                {
+                    used.insert(c.index);
+                }
+            }
+        }
+        Ok(used)
+    }
+
+    /// Container `key`'s record, found through its claim (or at its legacy
+    /// key): two reads, however big the fleet.
+    pub async fn container(&self, key: &ContainerKey) -> Result<Option<Container>> {
+        Ok(self.locate_with(key, false).await?.map(|(_, c, _)| c))
+    }
+
+    /// Where container `key`'s record is, to change it: as [`Self::container`],
+    /// then, if neither its claim nor its legacy key leads to it, in every
+    /// host's range (a claim some host deleted or rewrote: claims are
+    /// shared), the oldest record of the key, the one every agent believes.
+    pub(super) async fn locate(&self, key: &ContainerKey) -> Result<Option<(Key, Container, i64)>> {
+        self.locate_with(key, true).await
+    }
+
+    async fn locate_with(
+        &self,
+        key: &ContainerKey,
+        scan: bool,
+    ) -> Result<Option<(Key, Container, i64)>> {
+        if let Some((claim, _)) = self
+            .get_decoded::<AddressLease>(&Key::Claim(key.clone()))
+            .await?
+        {
+            let at = Key::Container(claim.host, key.clone());
+            if let Some((c, rev)) = self.get_decoded::<Container>(&at).await? {
+                return Ok(Some((at, c, rev)));
+            }
+        }
+        let at = Key::LegacyContainer(key.clone());
+        if let Some((c, rev)) = self.get_decoded::<Container>(&at).await? {
+            return Ok(Some((at, c, rev)));
+        }
+        if !scan {
+            return Ok(None);
+        }
+        let listing = self.kv.list(keys::ON).await?;
+        let oldest = listing
+            .entries
+            .iter()
+            .filter(|(k, _)| matches!(Key::parse(k), Some(Key::Container(_, ck)) if ck == *key))
+            .min_by_key(|(_, e)| e.create_rev);
+        match oldest {
+            Some((k, e)) => {
+                let at = Key::parse(k).expect("parsed above");
+                Ok(Some((at, decode(k, e)?, e.mod_rev)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Reserves the lowest free address of `network` for `owner` (and with
+    /// `ipv6` the lowest free one of its IPv6 range, if it has one), and
+    /// claims the container key itself. Safe against any number of
+    /// concurrent callers on any number of hosts: every key is created only
+    /// if absent, and the container must not exist yet.
+    /// [`MembershipError::Taken`] when the key is attached or claimed
+    /// already (an automatic index then tries the next). The claim stays as
+    /// long as the container: it is how anyone finds under which host the
+    /// record is.
     pub async fn reserve_address(
         &self,
         network: &NetworkId,
         owner: &ContainerKey,
         host: &HostId,
-    ) -> Result<Ipv4Addr> {
+        ipv6: bool,
+    ) -> Result<Reserved> {
         let net = self.network(network).await?;
         let lease = AddressLease {
             owner: owner.clone(),
             host: host.clone(),
             service: false,
         };
-        let (claim_key, container_key) =
-            (&Key::Claim(owner.clone()), &Key::Container(owner.clone()));
+        let (claim_key, container_key) = (
+            &Key::Claim(owner.clone()),
+            &Key::LegacyContainer(owner.clone()),
+        );
         let lease = &lease;
         self.read_modify_write(
             move |lost| {
@@ -93,19 +207,19 @@ impl Membership {
                         )));
                     }
                     let ip = self.free_address(network, &net.cidr).await?;
-                    let ip_key = &Key::Ip(*network, ip);
-                    Ok(Step::write(
-                        vec![
-                            as_read(ip_key, None),
-                            as_read(claim_key, None),
-                            as_read(container_key, None),
-                        ],
-                        vec![
-                            Op::Put(ip_key.to_string(), encode(lease)),
-                            Op::Put(claim_key.to_string(), encode(lease)),
-                        ],
-                        move |_| ip,
-                    ))
+                    let ip6 = match net.cidr6.filter(|_| ipv6) {
+                        Some(cidr6) => Some(self.free_address6(network, &cidr6).await?),
+                        None => None,
+                    };
+                    let reserved = Reserved { ip, ip6 };
+                    let mut conds = vec![as_read(claim_key, None), as_read(container_key, None)];
+                    let mut ops = vec![Op::Put(claim_key.to_string(), encode(lease))];
+                    for ip in reserved.all() {
+                        let ip_key = Key::lease(*network, ip);
+                        conds.push(as_read(&ip_key, None));
+                        ops.push(Op::Put(ip_key.into(), encode(lease)));
+                    }
+                    Ok(Step::write(conds, ops, move |_| reserved))
                 })
             },
             || format!("too much contention on the addresses of network {network}; try again"),
@@ -124,14 +238,14 @@ impl Membership {
         Ok(self.container(key).await?.map(|c| c.host))
     }
 
-    /// Releases an address if `owner` still holds it.
+    /// Releases an address (of either family) if `owner` still holds it.
     pub async fn release_address(
         &self,
         network: &NetworkId,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         owner: &ContainerKey,
     ) -> Result<()> {
-        let ip_key = &Key::Ip(*network, ip);
+        let ip_key = &Key::lease(*network, ip);
         self.read_modify_write(
             move |_| {
                 Box::pin(async move {
@@ -153,16 +267,19 @@ impl Membership {
         .await
     }
 
-    /// Address leases held by `host` (to collect the ones a crash left behind).
+    /// Address leases of both families held by `host` (to collect the ones
+    /// a crash left behind).
     pub async fn leases_of_host(
         &self,
         host: &HostId,
-    ) -> Result<Vec<(NetworkId, Ipv4Addr, AddressLease)>> {
+    ) -> Result<Vec<(NetworkId, IpAddr, AddressLease)>> {
         let listing = self.kv.list(keys::IPS).await?;
         let mut out = Vec::new();
         for (k, e) in &listing.entries {
-            let Some(Key::Ip(net, ip)) = Key::parse(k) else {
-                continue;
+            let (net, ip) = match Key::parse(k) {
+                Some(Key::Ip(net, ip)) => (net, IpAddr::V4(ip)),
+                Some(Key::Ip6(net, ip)) => (net, IpAddr::V6(ip)),
+                _ => continue,
             };
             let lease: AddressLease = decode(k, e)?;
             if lease.host == *host && !lease.service {
@@ -172,10 +289,31 @@ impl Membership {
         Ok(out)
     }
 
-    /// Records an attached container whose address is already reserved.
+    /// Records an attached container whose address is already reserved,
+    /// under its host. The app is read, not written (it is the operator's):
+    /// but for the first container of a type of a `vip` app, which gives
+    /// the type its service address, and so needs the operator's rights. A
+    /// host's role is refused that write: its container is then recorded
+    /// without, and the type has no service address until the operator's
+    /// `app update ID --balance vip` gives one to every type with containers.
     pub async fn put_container(&self, c: &Container) -> Result<i64> {
+        match self.put_container_with(c, true).await {
+            Err(MembershipError::Store(StoreError::Refused(why))) => {
+                log::warn!(
+                    "container {}: giving its type a service address was refused ({why}); \
+                     recorded without (the operator's `app update --balance vip` gives it)",
+                    c.key
+                );
+                self.put_container_with(c, false).await
+            }
+            r => r,
+        }
+    }
+
+    async fn put_container_with(&self, c: &Container, lease: bool) -> Result<i64> {
         let app_key = &Key::App(c.key.app);
-        let container_key = &Key::Container(c.key.clone());
+        let container_key = &Key::Container(c.host.clone(), c.key.clone());
+        let legacy_key = &Key::LegacyContainer(c.key.clone());
         self.read_modify_write(
             move |_| {
                 Box::pin(async move {
@@ -183,11 +321,15 @@ impl Membership {
                         self.get_decoded::<App>(app_key).await?.ok_or_else(|| {
                             MembershipError::NotFound(format!("application {}", c.key.app))
                         })?;
-                    if let Some(existing) = self.container(&c.key).await? {
-                        return Err(MembershipError::Conflict(format!(
-                            "container {} is already attached on host {}",
-                            c.key, existing.host
-                        )));
+                    // The claim is this attach's: only a record of its own
+                    // or a legacy one can be in the way (no scan of the fleet).
+                    for at in [container_key, legacy_key] {
+                        if let Some((existing, _)) = self.get_decoded::<Container>(at).await? {
+                            return Err(MembershipError::Conflict(format!(
+                                "container {} is already attached on host {}",
+                                c.key, existing.host
+                            )));
+                        }
                     }
                     if app.network != c.network {
                         // Moved while this container was being attached.
@@ -196,23 +338,19 @@ impl Membership {
                             c.key.app, app.network
                         )));
                     }
-                    // The first container of a type of a `vip` app gives the
-                    // type its service address.
-                    let leases = self
-                        .lease_services(&mut app, [c.key.ctype.clone()], &c.host)
-                        .await?;
+                    let types = lease.then(|| c.key.ctype.clone());
+                    let leases = self.lease_services(&mut app, types, &c.host).await?;
                     let mut conds = vec![
                         as_read(app_key, Some(app_rev)),
                         as_read(container_key, None),
+                        as_read(legacy_key, None),
                     ];
                     conds.extend(leases.conds);
                     let mut ops = leases.ops;
-                    // Rewriting the app bumps its revision: see `delete_app`.
-                    ops.extend([
-                        Op::Put(app_key.to_string(), encode(&app)),
-                        Op::Put(container_key.to_string(), encode(c)),
-                        Op::Delete(Key::Claim(c.key.clone()).into()),
-                    ]);
+                    if !ops.is_empty() {
+                        ops.push(Op::Put(app_key.to_string(), encode(&app)));
+                    }
+                    ops.push(Op::Put(container_key.to_string(), encode(c)));
                     Ok(Step::write(conds, ops, |rev| rev))
                 })
             },
@@ -230,14 +368,14 @@ impl Membership {
         expected: &Container,
         published: Option<SocketAddrV4>,
     ) -> Result<Option<i64>> {
-        let container_key = &Key::Container(expected.key.clone());
         self.read_modify_write(
             move |_| {
                 Box::pin(async move {
-                    let Some((mut c, rev)) = self.get_decoded::<Container>(container_key).await?
+                    let Some((container_key, mut c, rev)) = self.locate(&expected.key).await?
                     else {
                         return Ok(Step::Done(None));
                     };
+                    let container_key = &container_key;
                     if c.host != expected.host || c.ip != expected.ip || c.published == published {
                         return Ok(Step::Done(None));
                     }
@@ -254,21 +392,26 @@ impl Membership {
         .await
     }
 
-    /// Removes a container record and frees its address, atomically.
+    /// Removes a container record and frees its addresses and its claim,
+    /// atomically.
     pub async fn delete_container(&self, key: &ContainerKey) -> Result<Option<(Container, i64)>> {
-        let container_key = &Key::Container(key.clone());
         self.read_modify_write(
             move |_| {
                 Box::pin(async move {
-                    let Some((c, rev)) = self.get_decoded::<Container>(container_key).await? else {
+                    let Some((container_key, c, rev)) = self.locate(key).await? else {
                         return Ok(Step::Done(None));
                     };
+                    let mut ops = vec![
+                        Op::Delete(container_key.to_string()),
+                        Op::Delete(Key::Ip(c.network, c.ip).into()),
+                        Op::Delete(Key::Claim(c.key.clone()).into()),
+                    ];
+                    if let Some(ip6) = c.ip6 {
+                        ops.push(Op::Delete(Key::Ip6(c.network, ip6).into()));
+                    }
                     Ok(Step::write(
-                        vec![as_read(container_key, Some(rev))],
-                        vec![
-                            Op::Delete(container_key.to_string()),
-                            Op::Delete(Key::Ip(c.network, c.ip).into()),
-                        ],
+                        vec![as_read(&container_key, Some(rev))],
+                        ops,
                         move |rev| Some((c, rev)),
                     ))
                 })

@@ -6,19 +6,29 @@
 //! a read-modify-write: read, decide, then commit only if nothing it read has
 //! changed since ([`Membership::read_modify_write`], the one retry loop).
 //!
-//! Here: the helpers, networks and applications; [`containers`]: addresses
-//! and containers; [`hosts`]: the hosts of the fleet; [`moving`]: an
-//! application's move to another network.
+//! Here: the helpers and applications; [`networks`]: networks and their
+//! ranges; [`containers`]: addresses and containers; [`hosts`]: the hosts of
+//! the fleet; [`moving`]: an application's move to another network; [`v6`]:
+//! the IPv6 prefixes and addresses; [`admissions`]: which hosts may run
+//! which app; [`migrate`]: container records of an older release moved
+//! under their host.
 
+mod admissions;
 mod containers;
 mod hosts;
+mod migrate;
 mod moving;
+mod networks;
 mod services;
+mod v6;
 
-use std::{collections::BTreeSet, sync::Arc};
+pub use containers::Reserved;
+pub use networks::NewNetwork;
+
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use pn_common::ids::{AppId, NetworkId};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -28,8 +38,7 @@ use super::{
 };
 use crate::{
     error::{ErrorKind, Kind},
-    ipam,
-    model::{App, Balance, Egress, Network, now_secs},
+    model::{App, Balance, Network, now_secs},
 };
 
 /// Errors of membership operations; each message is one line for the operator.
@@ -69,6 +78,10 @@ type Result<T, E = MembershipError> = std::result::Result<T, E>;
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PoolDoc {
     pub networks: Vec<PoolEntry>,
+    /// The fleet's IPv6 pool (unique local): drawn, or taken from
+    /// `--pool6`, by the first agent with IPv6 on that writes the document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool6: Option<Ipv6Net>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -76,6 +89,8 @@ pub struct PoolEntry {
     pub network: NetworkId,
     pub cidr: Ipv4Net,
     pub tag: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr6: Option<Ipv6Net>,
 }
 
 /// How many times an operation retries after losing a compare-and-swap race.
@@ -176,174 +191,6 @@ impl Membership {
             Some((doc, rev)) => (doc, Some(rev)),
             None => (PoolDoc::default(), None),
         })
-    }
-
-    pub async fn network(&self, id: &NetworkId) -> Result<Network> {
-        self.get_decoded(&Key::Network(*id))
-            .await?
-            .map(|(n, _)| n)
-            .ok_or_else(|| MembershipError::NotFound(format!("network {id}")))
-    }
-
-    pub async fn networks(&self) -> Result<Vec<Network>> {
-        self.list_decoded(keys::NETWORKS).await
-    }
-
-    /// Creates a network with `cidr`, or with the next free `/prefix` of `pool`.
-    pub async fn create_network(
-        &self,
-        id: NetworkId,
-        cidr: Option<Ipv4Net>,
-        pool: &Ipv4Net,
-        prefix: u8,
-        egress: Egress,
-    ) -> Result<(Network, i64)> {
-        if let Some(c) = cidr {
-            ipam::check_network_range(&c, pool)
-                .map_err(|e| MembershipError::Invalid(e.to_string()))?;
-        }
-        let net_key = &Key::Network(id);
-        self.read_modify_write(
-            move |_| {
-                Box::pin(async move {
-                    let (doc, pool_rev) = self.pool().await?;
-                    if doc.networks.iter().any(|p| p.network == id) {
-                        return Err(MembershipError::Conflict(format!(
-                            "network {id} already exists"
-                        )));
-                    }
-                    let taken: Vec<Ipv4Net> = doc.networks.iter().map(|p| p.cidr).collect();
-                    let cidr = match cidr {
-                    Some(c) => {
-                        if let Some(other) =
-                            doc.networks.iter().find(|p| ipam::overlaps(&c, &p.cidr))
-                        {
-                            return Err(MembershipError::Conflict(format!(
-                                "range {c} overlaps {} of network {}",
-                                other.cidr, other.network
-                            )));
-                        }
-                        c
-                    }
-                    None => ipam::next_subnet(pool, prefix, &taken).ok_or_else(|| {
-                        MembershipError::Exhausted(format!(
-                            "address pool {pool} exhausted: no free /{prefix} left ({} networks)",
-                            doc.networks.len()
-                        ))
-                    })?,
-                };
-                    let tags: BTreeSet<u32> = doc.networks.iter().map(|p| p.tag).collect();
-                    let network = Network {
-                        id,
-                        cidr,
-                        tag: ipam::next_tag(&tags),
-                        created_at: now_secs(),
-                        egress,
-                        cidr6: None,
-                    };
-                    let mut doc = doc;
-                    doc.networks.push(PoolEntry {
-                        network: id,
-                        cidr,
-                        tag: network.tag,
-                    });
-                    Ok(Step::write(
-                        vec![as_read(&Key::Pool, pool_rev), as_read(net_key, None)],
-                        vec![
-                            Op::Put(Key::Pool.into(), encode(&doc)),
-                            Op::Put(net_key.to_string(), encode(&network)),
-                        ],
-                        move |rev| (network, rev),
-                    ))
-                })
-            },
-            || "too much contention on the address pool; try again".into(),
-        )
-        .await
-    }
-
-    /// Changes a network's access to the world; its hosts apply it to the
-    /// running containers.
-    pub async fn set_network_egress(
-        &self,
-        id: &NetworkId,
-        egress: Egress,
-    ) -> Result<(Network, i64)> {
-        let net_key = &Key::Network(*id);
-        self.read_modify_write(
-            move |_| {
-                Box::pin(async move {
-                    let (mut net, rev) = self
-                        .get_decoded::<Network>(net_key)
-                        .await?
-                        .ok_or_else(|| MembershipError::NotFound(format!("network {id}")))?;
-                    if net.egress == egress {
-                        return Ok(Step::Done((net, rev)));
-                    }
-                    net.egress = egress;
-                    Ok(Step::write(
-                        vec![as_read(net_key, Some(rev))],
-                        vec![Op::Put(net_key.to_string(), encode(&net))],
-                        move |rev| (net, rev),
-                    ))
-                })
-            },
-            || format!("network {id} keeps changing; try again"),
-        )
-        .await
-    }
-
-    /// Deletes a network. With `force`, its applications and containers go
-    /// first (their hosts tear the containers down); without, it must be empty.
-    pub async fn delete_network(&self, id: &NetworkId, force: bool) -> Result<i64> {
-        self.network(id).await?;
-        let apps: Vec<App> = self
-            .apps()
-            .await?
-            .into_iter()
-            .filter(|a| a.network == *id)
-            .collect();
-        if !apps.is_empty() && !force {
-            return Err(MembershipError::Conflict(format!(
-                "network {id} has {} application(s); delete them first or use --force",
-                apps.len()
-            )));
-        }
-        for app in &apps {
-            for c in self.containers_of(&app.id).await? {
-                self.delete_container(&c.key).await?;
-            }
-            self.delete_app(&app.id).await?;
-        }
-        let net_key = &Key::Network(*id);
-        self.read_modify_write(
-            move |_| {
-                Box::pin(async move {
-                    let (_, net_rev) = self
-                        .get_decoded::<Network>(net_key)
-                        .await?
-                        .ok_or_else(|| MembershipError::NotFound(format!("network {id}")))?;
-                    let (mut doc, pool_rev) = self.pool().await?;
-                    if pool_rev.is_none() {
-                        return Err(StoreError::Corrupt("pool document missing".into()).into());
-                    }
-                    doc.networks.retain(|p| p.network != *id);
-                    Ok(Step::write(
-                        vec![
-                            as_read(&Key::Pool, pool_rev),
-                            as_read(net_key, Some(net_rev)),
-                        ],
-                        vec![
-                            Op::Put(Key::Pool.into(), encode(&doc)),
-                            Op::Delete(net_key.to_string()),
-                        ],
-                        |rev| rev,
-                    ))
-                })
-            },
-            || format!("network {id} keeps changing; try again"),
-        )
-        .await
     }
 
     pub async fn app(&self, id: &AppId) -> Result<App> {
@@ -449,6 +296,7 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Egress;
 
     #[test]
     fn every_error_has_its_kind() {

@@ -69,48 +69,58 @@ impl Membership {
         .await
     }
 
-    /// Gives container `key` the lowest free address of `network` and frees
-    /// its old one, in one transaction; the record as it is now and the
-    /// revision of the change (`None`: gone, or in `network` already).
+    /// Gives container `key` the lowest free address of `network` (and of
+    /// its IPv6 range, if the container had an IPv6 address and the network
+    /// has a range) and frees its old ones, in one transaction; the record
+    /// as it is now and the revision of the change (`None`: gone, or in
+    /// `network` already).
     pub async fn move_container(
         &self,
         key: &ContainerKey,
         network: &NetworkId,
     ) -> Result<Option<(Container, i64)>> {
         let net = self.network(network).await?;
-        let container_key = &Key::Container(key.clone());
         let net = &net;
         self.read_modify_write(
             move |_| {
                 Box::pin(async move {
-                    let Some((c, rev)) = self.get_decoded::<Container>(container_key).await? else {
+                    let Some((container_key, c, rev)) = self.locate(key).await? else {
                         return Ok(Step::Done(None));
                     };
+                    let container_key = &container_key;
                     if c.network == *network {
                         return Ok(Step::Done(None));
                     }
                     let ip = self.free_address(network, &net.cidr).await?;
-                    let lease = AddressLease {
+                    let ip6 = match net.cidr6.filter(|_| c.ip6.is_some()) {
+                        Some(cidr6) => Some(self.free_address6(network, &cidr6).await?),
+                        None => None,
+                    };
+                    let lease = encode(&AddressLease {
                         owner: key.clone(),
                         host: c.host.clone(),
                         service: false,
-                    };
-                    let new_ip = &Key::Ip(*network, ip);
-                    let old_ip = Key::Ip(c.network, c.ip);
+                    });
+                    let mut conds = vec![as_read(container_key, Some(rev))];
+                    let mut ops = Vec::new();
+                    let new_ips = std::iter::once(Key::Ip(*network, ip))
+                        .chain(ip6.map(|ip6| Key::Ip6(*network, ip6)));
+                    for new_ip in new_ips {
+                        conds.push(as_read(&new_ip, None));
+                        ops.push(Op::Put(new_ip.into(), lease.clone()));
+                    }
+                    ops.push(Op::Delete(Key::Ip(c.network, c.ip).into()));
+                    if let Some(old6) = c.ip6 {
+                        ops.push(Op::Delete(Key::Ip6(c.network, old6).into()));
+                    }
                     let moved = Container {
                         network: *network,
                         ip,
+                        ip6,
                         ..c
                     };
-                    Ok(Step::write(
-                        vec![as_read(container_key, Some(rev)), as_read(new_ip, None)],
-                        vec![
-                            Op::Put(new_ip.to_string(), encode(&lease)),
-                            Op::Put(container_key.to_string(), encode(&moved)),
-                            Op::Delete(old_ip.into()),
-                        ],
-                        move |rev| Some((moved, rev)),
-                    ))
+                    ops.push(Op::Put(container_key.to_string(), encode(&moved)));
+                    Ok(Step::write(conds, ops, move |rev| Some((moved, rev))))
                 })
             },
             || format!("too much contention on the addresses of network {network}; try again"),

@@ -10,7 +10,7 @@ use pn_common::ids::{AppId, ContainerType, HostId};
 use super::{Membership, MembershipError, Result, Step, as_read, encode};
 use crate::{
     ipam,
-    model::{AddressLease, App, Balance, Container, ContainerKey, Network},
+    model::{AddressLease, App, Balance, ContainerKey, Network},
     store::{
         backend::{Cond, Op},
         keys::{self, Key},
@@ -132,14 +132,13 @@ impl Membership {
     /// Conditional on the record read, so a detach or re-attach racing the
     /// prober is never overwritten by a stale copy.
     pub async fn set_unhealthy(&self, key: &ContainerKey, unhealthy: bool) -> Result<Option<i64>> {
-        let container_key = &Key::Container(key.clone());
         self.read_modify_write(
             move |_| {
                 Box::pin(async move {
-                    let Some((mut c, rev)) = self.get_decoded::<Container>(container_key).await?
-                    else {
+                    let Some((container_key, mut c, rev)) = self.locate(key).await? else {
                         return Ok(Step::Done(None));
                     };
+                    let container_key = &container_key;
                     if c.unhealthy == unhealthy {
                         return Ok(Step::Done(None));
                     }

@@ -27,9 +27,15 @@ pub(super) fn decode<T: DeserializeOwned>(key: &str, value: &str) -> Result<T> {
 
 /// The record prefix `key` is under, if any (a key there must parse).
 pub(super) fn record_prefix(key: &str) -> Option<&'static str> {
-    [keys::NETWORKS, keys::APPS, keys::CONTAINERS, keys::HOSTS]
-        .into_iter()
-        .find(|p| key.starts_with(p))
+    [
+        keys::NETWORKS,
+        keys::APPS,
+        keys::CONTAINERS,
+        keys::ON,
+        keys::HOSTS,
+    ]
+    .into_iter()
+    .find(|p| key.starts_with(p))
 }
 
 fn same_id<T: PartialEq + std::fmt::Display>(key: &str, of_key: &T, of_record: &T) -> Result {
@@ -48,6 +54,18 @@ impl MembershipView {
     pub(super) fn check_network(&self, key: &str, id: &NetworkId, n: &Network) -> Result {
         same_id(key, id, &n.id)?;
         if let Some(known) = self.networks.get(id) {
+            if let (Some(was), Some(now)) = (known.cidr6, n.cidr6)
+                && was != now
+            {
+                return Err(Rejected::new(
+                    key,
+                    Reject::Immutable,
+                    format!("network {id}'s IPv6 range is {was}; it cannot become {now}"),
+                ));
+            }
+            if known.cidr6.is_none() {
+                self.check_network6(key, n)?;
+            }
             if known.cidr != n.cidr || known.tag != n.tag {
                 return Err(Rejected::new(
                     key,
@@ -65,6 +83,7 @@ impl MembershipView {
         if n.tag == 0 {
             return Err(Rejected::new(key, Reject::Tag, "tag 0 means no network"));
         }
+        self.check_network6(key, n)?;
         for other in self.networks.values() {
             if ipam::overlaps(&n.cidr, &other.cidr) {
                 return Err(Rejected::new(
@@ -83,6 +102,29 @@ impl MembershipView {
                     format!("tag {} is network {}'s", n.tag, other.id),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// A network's IPv6 range, when it gains one: a unique local /64
+    /// (never where the kernel treats addresses specially), no other
+    /// network's.
+    fn check_network6(&self, key: &str, n: &Network) -> Result {
+        let Some(cidr6) = n.cidr6 else {
+            return Ok(());
+        };
+        ipam::check_network_range6(&cidr6, &ipam::ULA)
+            .map_err(|e| Rejected::new(key, Reject::Range, e))?;
+        if let Some(other) = self
+            .networks
+            .values()
+            .find(|o| o.id != n.id && o.cidr6 == Some(cidr6))
+        {
+            return Err(Rejected::new(
+                key,
+                Reject::Overlap,
+                format!("IPv6 range {cidr6} is network {}'s", other.id),
+            ));
         }
         Ok(())
     }
@@ -146,8 +188,17 @@ impl MembershipView {
         Ok(())
     }
 
-    pub(super) fn check_container(&self, key: &str, k: &ContainerKey, c: &Container) -> Result {
+    /// `writer`: the host whose range the record is in (`None`: a legacy
+    /// record, which only the operator can write once roles are set up).
+    pub(super) fn check_container(
+        &self,
+        key: &str,
+        writer: Option<&HostId>,
+        k: &ContainerKey,
+        c: &Container,
+    ) -> Result {
         same_id(key, k, &c.key)?;
+        self.check_placement(key, writer, c)?;
         let derived = k.host_ifname();
         if c.host_ifname != derived {
             return Err(Rejected::new(
@@ -192,11 +243,75 @@ impl MembershipView {
                 format!("address {} is a service address of app {app}", c.ip),
             ));
         }
+        self.check_ip6(key, k, c, net)?;
         if let Some(old) = self.containers.get(k) {
             self.check_unchanged(key, old, c)?;
         }
         if let Some(at) = c.published {
             self.check_published(key, c, at)?;
+        }
+        Ok(())
+    }
+
+    /// Who may place this container: the host whose range holds the
+    /// record must be the one it names, admitted to its app, and the key
+    /// must not be another host's (the older record keeps it: a host cannot
+    /// make another's record younger, only its own).
+    fn check_placement(&self, key: &str, writer: Option<&HostId>, c: &Container) -> Result {
+        if let Some(w) = writer
+            && *w != c.host
+        {
+            return Err(Rejected::new(
+                key,
+                Reject::WrongHost,
+                format!("host {w}'s record names host {}", c.host),
+            ));
+        }
+        if !self.admissions.admits(&c.key.app, &c.host) {
+            return Err(Rejected::new(
+                key,
+                Reject::NotAdmitted,
+                format!("host {} is not admitted to app {}", c.host, c.key.app),
+            ));
+        }
+        if let Some(at) = self.container_at.get(&c.key)
+            && at != key
+            && self
+                .containers
+                .get(&c.key)
+                .is_some_and(|o| o.host != c.host)
+        {
+            return Err(Rejected::new(
+                key,
+                Reject::ContainerTaken,
+                format!("container {} is already {at}", c.key),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A container's IPv6 address: one of its network's IPv6 range that
+    /// the allocator could have handed out, and nobody else's.
+    fn check_ip6(&self, key: &str, k: &ContainerKey, c: &Container, net: &Network) -> Result {
+        let Some(ip6) = c.ip6 else {
+            return Ok(());
+        };
+        let Some(cidr6) = net.cidr6 else {
+            return Err(Rejected::new(
+                key,
+                Reject::Address,
+                format!("address {ip6}: network {} has no IPv6 range", net.id),
+            ));
+        };
+        ipam::check_address6(&cidr6, ip6).map_err(|e| Rejected::new(key, Reject::Address, e))?;
+        if let Some(holder) = self.by_ip6.get(&ip6)
+            && holder != k
+        {
+            return Err(Rejected::new(
+                key,
+                Reject::AddressTaken,
+                format!("address {ip6} is container {holder}'s"),
+            ));
         }
         Ok(())
     }
@@ -221,6 +336,10 @@ impl MembershipView {
             )
         } else if !moved && c.ip != old.ip {
             format!("its address from {} to {} in its network", old.ip, c.ip)
+        } else if let (false, Some(was), Some(now)) = (moved, old.ip6, c.ip6)
+            && was != now
+        {
+            format!("its IPv6 address from {was} to {now} in its network")
         } else {
             return Ok(());
         };

@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
 use ipnet::Ipv4Net;
@@ -35,6 +35,9 @@ pub enum Change {
     },
     ContainerDeleted(Box<Container>),
     Host,
+    /// The operator's admissions: which containers are allowed changed, so
+    /// the whole store is read again (rare).
+    Admissions,
     /// A key this view does not track (pool, address leases, claims).
     Other,
 }
@@ -55,7 +58,7 @@ fn listed_ips(entries: &[(String, super::Entry)]) -> HashMap<Ipv4Addr, i64> {
     }
     let mut out = HashMap::new();
     for (key, e) in entries {
-        if !key.starts_with(super::keys::CONTAINERS) {
+        if !super::keys::is_container(key) {
             continue;
         }
         if let Ok(a) = serde_json::from_str::<Addressed>(&e.value) {
@@ -72,9 +75,9 @@ fn listed_ips(entries: &[(String, super::Entry)]) -> HashMap<Ipv4Addr, i64> {
 fn load_order(key: &str) -> u8 {
     match Key::parse(key) {
         Some(Key::Network(_)) => 0,
-        Some(Key::App(_)) => 1,
+        Some(Key::App(_) | Key::Admissions) => 1,
         Some(Key::Host(_)) => 2,
-        Some(Key::Container(_)) => 3,
+        Some(Key::Container(..) | Key::LegacyContainer(_)) => 3,
         _ => 4,
     }
 }
@@ -88,6 +91,7 @@ impl MembershipView {
             containers: BTreeMap::new(),
             hosts: BTreeMap::new(),
             by_ip: HashMap::new(),
+            by_ip6: HashMap::new(),
             published_at: HashMap::new(),
             rev: 0,
             rejected: Refusals::default(),
@@ -96,6 +100,8 @@ impl MembershipView {
             listed_ips: HashMap::new(),
             pool,
             refused: HashMap::new(),
+            admissions: Default::default(),
+            container_at: HashMap::new(),
         }
     }
 
@@ -189,7 +195,8 @@ impl MembershipView {
         };
         match parsed {
             Key::Network(id) => {
-                let n: Network = checks::decode(key, value)?;
+                let mut n: Network = checks::decode(key, value)?;
+                self.carry_over_network(&mut n);
                 self.check_network(key, &id, &n)?;
                 self.networks.insert(n.id, n);
                 Ok(Change::Network(id))
@@ -204,26 +211,12 @@ impl MembershipView {
                 self.apps.insert(a.id, a);
                 Ok(Change::App)
             }
-            Key::Container(k) => {
-                let c: Container = checks::decode(key, value)?;
-                self.check_container(key, &k, &c)?;
-                let old = self.containers.insert(c.key.clone(), c.clone());
-                if let Some(o) = &old {
-                    if o.ip != c.ip {
-                        self.by_ip.remove(&o.ip);
-                    }
-                    self.unindex_published(o);
-                }
-                self.by_ip.insert(c.ip, c.key.clone());
-                if let Some(at) = c.published {
-                    self.published_at
-                        .insert((c.host.clone(), at.port()), c.key.clone());
-                }
-                Ok(Change::ContainerPut {
-                    new: Box::new(c),
-                    old: old.map(Box::new),
-                })
+            Key::Admissions => {
+                self.admissions = checks::decode(key, value)?;
+                Ok(Change::Admissions)
             }
+            Key::Container(ref writer, ref k) => self.put_container(key, Some(writer), k, value),
+            Key::LegacyContainer(ref k) => self.put_container(key, None, k, value),
             Key::Host(id) => {
                 let h: Host = checks::decode(key, value)?;
                 let created = self.host_revs.get(&id).map_or(rev, |r| r.0);
@@ -237,8 +230,55 @@ impl MembershipView {
         }
     }
 
+    fn put_container(
+        &mut self,
+        key: &str,
+        writer: Option<&HostId>,
+        k: &ContainerKey,
+        value: &str,
+    ) -> Result<Change, Rejected> {
+        let c: Container = checks::decode(key, value)?;
+        self.check_container(key, writer, k, &c)?;
+        let old = self.containers.insert(c.key.clone(), c.clone());
+        self.container_at.insert(c.key.clone(), key.to_string());
+        if let Some(o) = &old {
+            if o.ip != c.ip {
+                self.by_ip.remove(&o.ip);
+            }
+            if let Some(ip6) = o.ip6.filter(|ip6| c.ip6 != Some(*ip6)) {
+                self.by_ip6.remove(&ip6);
+            }
+            self.unindex_published(o);
+        }
+        self.by_ip.insert(c.ip, c.key.clone());
+        if let Some(ip6) = c.ip6 {
+            self.by_ip6.insert(ip6, c.key.clone());
+        }
+        if let Some(at) = c.published {
+            self.published_at
+                .insert((c.host.clone(), at.port()), c.key.clone());
+        }
+        Ok(Change::ContainerPut {
+            new: Box::new(c),
+            old: old.map(Box::new),
+        })
+    }
+
     fn delete(&mut self, key: &str) -> Change {
-        match Key::parse(key) {
+        let parsed = Key::parse(key);
+        if let Some(Key::Container(_, k) | Key::LegacyContainer(k)) = &parsed {
+            // Another record of the key (the same container moved under its
+            // host, or another host's) is not this one's to remove.
+            if self.container_at.get(k).is_none_or(|at| at != key) {
+                return Change::Other;
+            }
+            self.container_at.remove(k);
+        }
+        if let Some(Key::Admissions) = parsed {
+            self.admissions = Default::default();
+            return Change::Admissions;
+        }
+        match parsed {
             Some(Key::Network(id)) => {
                 self.networks.remove(&id);
                 Change::Network(id)
@@ -248,16 +288,23 @@ impl MembershipView {
                 self.apps.remove(&id);
                 Change::App
             }
-            Some(Key::Container(k)) => match self.containers.remove(&k) {
-                Some(c) => {
-                    if self.by_ip.get(&c.ip) == Some(&c.key) {
-                        self.by_ip.remove(&c.ip);
+            Some(Key::Container(_, k) | Key::LegacyContainer(k)) => {
+                match self.containers.remove(&k) {
+                    Some(c) => {
+                        if self.by_ip.get(&c.ip) == Some(&c.key) {
+                            self.by_ip.remove(&c.ip);
+                        }
+                        if let Some(ip6) = c.ip6
+                            && self.by_ip6.get(&ip6) == Some(&c.key)
+                        {
+                            self.by_ip6.remove(&ip6);
+                        }
+                        self.unindex_published(&c);
+                        Change::ContainerDeleted(Box::new(c))
                     }
-                    self.unindex_published(&c);
-                    Change::ContainerDeleted(Box::new(c))
+                    None => Change::Other,
                 }
-                None => Change::Other,
-            },
+            }
             Some(Key::Host(id)) => {
                 self.hosts.remove(&id);
                 self.host_revs.remove(&id);
@@ -304,6 +351,21 @@ impl MembershipView {
 
     pub fn container_by_ip(&self, ip: Ipv4Addr) -> Option<&Container> {
         self.containers.get(self.by_ip.get(&ip)?)
+    }
+
+    pub fn container_by_ip6(&self, ip: Ipv6Addr) -> Option<&Container> {
+        self.containers.get(self.by_ip6.get(&ip)?)
+    }
+
+    /// A network record without the IPv6 range the view knows it has: an
+    /// agent that predates IPv6 rewrote it (its egress, an app's creation)
+    /// without the field it does not know. The range stays the network's.
+    /// (A container's record is rewritten only by its own host's agent,
+    /// or moved: one without its address has none, as its host decided.)
+    fn carry_over_network(&self, n: &mut Network) {
+        if n.cidr6.is_none() {
+            n.cidr6 = self.networks.get(&n.id).and_then(|k| k.cidr6);
+        }
     }
 
     /// Containers of one app, in key order: a range of the ordered map

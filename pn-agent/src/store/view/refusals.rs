@@ -58,10 +58,17 @@ pub enum Reject {
     /// address that is not a unicast one, or a port of its host another
     /// container holds.
     Published,
+    /// A container record under one host's range naming another host (the
+    /// writer is the host whose range it is).
+    WrongHost,
+    /// A container of an app its host was not admitted to (`admissions`).
+    NotAdmitted,
+    /// A container key an older record of another host holds.
+    ContainerTaken,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 21] = [
+    pub const ALL: [Reject; 24] = [
         Reject::Undecodable,
         Reject::Key,
         Reject::Range,
@@ -83,6 +90,9 @@ impl Reject {
         Reject::PeerId,
         Reject::WebPort,
         Reject::Published,
+        Reject::WrongHost,
+        Reject::NotAdmitted,
+        Reject::ContainerTaken,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -108,6 +118,9 @@ impl Reject {
             Reject::PeerId => "peer_id",
             Reject::WebPort => "web_port",
             Reject::Published => "published",
+            Reject::WrongHost => "wrong_host",
+            Reject::NotAdmitted => "not_admitted",
+            Reject::ContainerTaken => "container_taken",
         }
     }
 }
@@ -178,7 +191,9 @@ pub fn kind_of(key: &str) -> &'static str {
         (keys::NETWORKS, "network"),
         (keys::APPS, "app"),
         (keys::CONTAINERS, "container"),
+        (keys::ON, "container"),
         (keys::HOSTS, "host"),
+        (keys::ADMISSIONS, "admissions"),
     ]
     .into_iter()
     .find(|(p, _)| key.starts_with(p))

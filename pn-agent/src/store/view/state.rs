@@ -1,12 +1,16 @@
 //! The view's own state: what [`super`]'s loading and checks keep current.
 
-use std::{collections::BTreeMap, collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    collections::HashMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use ipnet::Ipv4Net;
 use pn_common::ids::{AppId, HostId, NetworkId};
 
 use super::refusals::Refusals;
-use crate::model::{App, Container, ContainerKey, Host, Network};
+use crate::model::{Admissions, App, Container, ContainerKey, Host, Network};
 
 #[derive(Clone, Debug)]
 pub struct MembershipView {
@@ -15,6 +19,7 @@ pub struct MembershipView {
     pub containers: BTreeMap<ContainerKey, Container>,
     pub hosts: BTreeMap<HostId, Host>,
     pub by_ip: HashMap<Ipv4Addr, ContainerKey>,
+    pub by_ip6: HashMap<Ipv6Addr, ContainerKey>,
     /// Published ports, by host: who holds each.
     pub published_at: HashMap<(HostId, u16), ContainerKey>,
     /// Revision of the last change applied.
@@ -34,4 +39,9 @@ pub struct MembershipView {
     /// Refused keys and the revision of the version refused, so that a
     /// record is counted and logged once, not at every listing.
     pub(super) refused: HashMap<String, i64>,
+    /// The operator's record of which hosts may run which app.
+    pub(super) admissions: Admissions,
+    /// The store key each container's record was taken from: its host's
+    /// range, or the legacy layout. Only that key's delete removes it.
+    pub(super) container_at: HashMap<ContainerKey, String>,
 }

@@ -79,22 +79,22 @@ fn parses_the_five_kinds_and_their_link_address() {
             kind: NdKind::NeighborSolicitation,
             code: 0,
             target: GATEWAY6,
-            lla: LinkAddr::Mac(MAC),
+            lla: LinkAddr::mac(MAC),
         }
     );
-    assert_eq!(parse(&wire(NA, OWN, None)).unwrap().lla, LinkAddr::Absent);
+    assert_eq!(parse(&wire(NA, OWN, None)).unwrap().lla, LinkAddr::ABSENT);
     // The wrong kind of link-layer option, or more than one option.
     assert_eq!(
         parse(&wire(NA, OWN, SLLA)).unwrap().lla,
-        LinkAddr::Unexpected
+        LinkAddr::UNEXPECTED
     );
     let mut two = wire(NS, GATEWAY6, SLLA);
     two.extend_from_slice(&[14, 1, 0, 0, 0, 0, 0, 0]);
-    assert_eq!(parse(&two).unwrap().lla, LinkAddr::Unexpected);
+    assert_eq!(parse(&two).unwrap().lla, LinkAddr::UNEXPECTED);
     let rs = parse(&wire(RS, NONE, SLLA)).unwrap();
     assert_eq!(
         (rs.kind, rs.target, rs.lla),
-        (NdKind::RouterSolicitation, NONE, LinkAddr::Mac(MAC))
+        (NdKind::RouterSolicitation, NONE, LinkAddr::mac(MAC))
     );
     // Shorter than its kind, or not ND at all.
     assert_eq!(parse(&wire(NS, GATEWAY6, None)[..20]), None);
@@ -283,5 +283,32 @@ fn unknown_interfaces_and_garbage() {
     assert_eq!(
         nd_to_container(&p, None, 0, Some(&iface())),
         Reason::Malformed
+    );
+}
+
+#[test]
+fn listener_reports_only_from_own_names_to_the_link() {
+    let report = |src: Ip6, dst: Ip6, hop_limit: u8| {
+        let mut p = ip(src, dst);
+        p.hop_limit = hop_limit;
+        mld_from_container(&p, Some(&iface()))
+    };
+    let mldv2_routers: Ip6 = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16];
+    assert!(is_mld(143) && is_mld(131) && !is_mld(133) && !is_mld(128));
+    assert_eq!(report(LL, mldv2_routers, 1), Reason::Nd);
+    assert_eq!(report(NONE, mldv2_routers, 1), Reason::Nd);
+    assert_eq!(report(OWN, ALL_NODES, 1), Reason::Nd);
+    // Another's name, the gateway's, a routed group, a hop limit to cross routers.
+    assert_eq!(report(OTHER, mldv2_routers, 1), Reason::NdDenied);
+    assert_eq!(report(GATEWAY6, mldv2_routers, 1), Reason::NdDenied);
+    let site: Ip6 = [0xff, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16];
+    assert_eq!(report(LL, site, 1), Reason::NdDenied);
+    assert_eq!(report(LL, mldv2_routers, 2), Reason::NdDenied);
+    // A container without IPv6 has no names.
+    let mut none = iface();
+    none.addr6 = NONE;
+    assert_eq!(
+        mld_from_container(&ip(LL, mldv2_routers), Some(&none)),
+        Reason::NdDenied
     );
 }

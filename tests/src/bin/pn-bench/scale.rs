@@ -130,7 +130,7 @@ fn register(
                                 serde_json::to_string(&lease)?,
                             ));
                             ops.push(Op::Put(
-                                Key::Container(key).into(),
+                                Key::Container(host.clone(), key).into(),
                                 serde_json::to_string(&c)?,
                             ));
                         }

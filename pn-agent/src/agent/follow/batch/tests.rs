@@ -41,7 +41,7 @@ impl Events {
     }
 
     fn container(&mut self, c: Container) -> &mut Self {
-        self.put(Key::Container(c.key.clone()), &c)
+        self.put(Key::Container(c.host.clone(), c.key.clone()), &c)
     }
 
     fn host(&mut self, id: &str, peer_id: u32) -> &mut Self {
@@ -73,7 +73,7 @@ fn stream() -> Vec<WatchEvent> {
         .container(container(31, [10, 240, 0, 101], "a"))
         // Attached again elsewhere, then changed (the second flushes the
         // first); an address changed in place is refused.
-        .delete(Key::Container(key(1)))
+        .delete(Key::Container(host("b"), key(1)))
         .container(container(1, [10, 240, 1, 1], "b"))
         .container(Container {
             unhealthy: true,
@@ -81,10 +81,10 @@ fn stream() -> Vec<WatchEvent> {
         })
         .container(container(1, [10, 240, 1, 2], "b"))
         // Deleted, its address taken by another.
-        .delete(Key::Container(key(2)))
+        .delete(Key::Container(host("b"), key(2)))
         .container(container(21, [10, 240, 0, 12], "b"))
         // Deleted and re-created elsewhere.
-        .delete(Key::Container(key(3)))
+        .delete(Key::Container(host("b"), key(3)))
         .container(container(3, [10, 240, 1, 3], "b"))
         // Containers of a host not known yet (refused a peer), then the host.
         .container(container(40, [10, 240, 2, 1], "c"))
@@ -94,7 +94,7 @@ fn stream() -> Vec<WatchEvent> {
         // One moves from b to c: detached, attached again (a record
         // rewritten to name another host is refused).
         .container(container(6, [10, 240, 0, 16], "c"))
-        .delete(Key::Container(key(4)))
+        .delete(Key::Container(host("b"), key(4)))
         .container(container(4, [10, 240, 0, 14], "c"))
         // An address claimed twice: the second is refused.
         .container(container(43, [10, 240, 0, 15], "c"))
@@ -278,14 +278,17 @@ fn the_stream_leaves_what_a_full_converge_of_its_view_gives() {
 #[test]
 fn a_container_changed_twice_flushes_the_batch_first() {
     let mut b = Batch::default();
-    let k = Key::Container(key(1)).to_string();
+    let k = Key::Container(host("b"), key(1)).to_string();
     assert_eq!(b.step(&k), Step::Join);
     b.add(Change::ContainerPut {
         new: Box::new(container(1, [10, 240, 0, 2], "b")),
         old: None,
     });
     assert_eq!(b.step(&k), Step::FlushThenJoin);
-    assert_eq!(b.step(&Key::Container(key(2)).to_string()), Step::Join);
+    assert_eq!(
+        b.step(&Key::Container(host("b"), key(2)).to_string()),
+        Step::Join
+    );
     assert!(!b.is_empty());
     assert!(matches!(b.take(), Some(Touched::Containers(t)) if t.len() == 1));
     assert!(b.is_empty() && b.take().is_none());
@@ -303,7 +306,7 @@ fn records_other_than_containers_go_alone_and_leases_are_skipped() {
     assert_eq!(b.step(&Key::Claim(key(1)).to_string()), Step::Skip);
     assert_eq!(b.step("pool"), Step::Skip);
     // A key in another spelling is no key of the layout.
-    let upper = Key::Container(key(1)).to_string().to_uppercase();
+    let upper = Key::Container(host("b"), key(1)).to_string().to_uppercase();
     assert_eq!(b.step(&upper), Step::Skip);
 }
 

@@ -30,7 +30,7 @@ impl Record for App {
 }
 impl Record for Container {
     fn key(&self) -> Key {
-        Key::Container(self.key.clone())
+        Key::Container(self.host.clone(), self.key.clone())
     }
 }
 impl Record for Host {
@@ -158,7 +158,7 @@ fn apps_belong_to_known_networks_and_have_sane_names() {
 fn a_record_is_the_one_its_key_names() {
     let mut f = Fixture::new();
     let c = container(1, [10, 240, 0, 1], "h1");
-    let other = Key::Container(ckey(1, "web", 2)).to_string();
+    let other = Key::Container(crate::testing::model::host_id("h1"), ckey(1, "web", 2)).to_string();
     let r = f
         .put_raw(&other, &serde_json::to_string(&c).unwrap())
         .unwrap_err();
@@ -174,7 +174,10 @@ fn a_record_is_the_one_its_key_names() {
     let r = f.put_raw("containers/nonsense", "{}").unwrap_err();
     assert_eq!(r.reject, Reject::Key);
     let r = f
-        .put_raw(&Key::Container(ckey(1, "web", 3)).to_string(), "{not json")
+        .put_raw(
+            &Key::Container(crate::testing::model::host_id("h1"), ckey(1, "web", 3)).to_string(),
+            "{not json",
+        )
         .unwrap_err();
     assert_eq!(r.reject, Reject::Undecodable);
     // Keys the view does not track are not records to refuse.
@@ -528,4 +531,6 @@ fn a_selector_designates_its_type_or_container_of_its_app_only() {
     assert_eq!(names(Selector::Container(t("api"), 1)), ["api-1"]);
 }
 
+mod placement;
 mod trust;
+mod v6;

@@ -187,10 +187,13 @@ fn a_container_keeps_its_host_namespace_interface_and_network() {
     let mut other_net = good.clone();
     other_net.network = net_id(2);
     other_net.ip = "10.240.1.1".parse().unwrap();
-    for bad in [&other_host, &other_ns, &other_if, &other_net] {
+    for bad in [&other_ns, &other_if, &other_net] {
         f.refused(bad, Reject::Immutable);
         assert_eq!(f.view.containers[&good.key], good);
     }
+    // Another host's record of the key: the older keeps it.
+    f.refused(&other_host, Reject::ContainerTaken);
+    assert_eq!(f.view.containers[&good.key], good);
     // What a host's agent changes is fine: its health, its publication.
     let mut unhealthy = good.clone();
     unhealthy.unhealthy = true;
@@ -204,5 +207,5 @@ fn a_container_keeps_its_host_namespace_interface_and_network() {
         })
         .unwrap();
     f.ok(&other_host);
-    assert_eq!(f.view.rejected.reason("immutable"), 4);
+    assert_eq!(f.view.rejected.reason("immutable"), 3);
 }
