@@ -116,9 +116,8 @@ pub struct RunSettings {
     /// coalesce (super-packets to the TUN device), or none [default: all].
     #[arg(long)]
     pub tunnel_offloads: Option<String>,
-    /// Microseconds a tunnel loop that just had traffic polls before it
-    /// sleeps (saves a wake-up per round trip, costs CPU; idle loops never
-    /// spin), 0 to 1000 [default: 0].
+    /// Microseconds a tunnel loop that just had traffic polls before it sleeps
+    /// (a wake-up saved per round trip, for CPU; never when idle), 0 to 1000 [default: 0].
     #[arg(long)]
     pub tunnel_spin_us: Option<u64>,
     /// Keep each tunnel worker on its own CPU, its socket receiving what
@@ -350,8 +349,7 @@ pub struct RunConfig {
     pub etcd_prefix: String,
     pub api_socket: PathBuf,
     pub tunnel: pn_tunnel::Config,
-    /// `--tunnel-workers`, `--tunnel-offloads`, `--tunnel-spin-us`,
-    /// `--tunnel-pin`.
+    /// `--tunnel-workers`, `--tunnel-offloads`, `--tunnel-spin-us`, `--tunnel-pin`.
     pub tunnel_io: pn_tunnel::device::Options,
     /// `--egress-deny`, network addresses outside the pool.
     pub egress_deny: Vec<Ipv4Net>,
