@@ -107,7 +107,8 @@ fn view_ips(h: &Host) -> BTreeSet<String> {
 }
 
 fn store_ips(f: &Fleet) -> BTreeSet<String> {
-    let out = f.etcdctl(&["get", "--prefix", "--print-value-only", "/pn/containers/"]);
+    // Container records live under their host (`on/<host>/containers/…`).
+    let out = f.etcdctl(&["get", "--prefix", "--print-value-only", "/pn/on/"]);
     assert!(
         out.status.success(),
         "{}",
@@ -117,6 +118,7 @@ fn store_ips(f: &Fleet) -> BTreeSet<String> {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|c| c.get("netns").is_some())
         .filter_map(|c| c["ip"].as_str().map(str::to_string))
         .collect()
 }
@@ -301,7 +303,9 @@ fn members_killed_under_traffic_and_churn_lose_nothing() {
         );
     }
     assert_eq!(store.len(), 3, "c1, c2, c3 and no churn container left");
-    assert_eq!(keys(&f, "/pn/claims/"), 0, "claims left over");
+    // A claim lives as long as its container: one per container, none left
+    // over from the churn.
+    assert_eq!(keys(&f, "/pn/claims/"), store.len(), "claims left over");
     // Their watches resumed where they broke: nothing listed again.
     for h in &f.hosts {
         assert!(
