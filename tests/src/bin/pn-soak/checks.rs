@@ -39,7 +39,8 @@ fn record(v: &Value) -> Option<(String, Record)> {
             network: s("network")?,
             ip: s("ip")?.parse().ok()?,
             host: s("host")?,
-            host_ifname: s("host_ifname")?,
+            // The store's record and the API's answer name it differently.
+            host_ifname: s("host_ifname").or_else(|| s("host_interface"))?,
             published: s("published"),
         },
     ))

@@ -164,7 +164,9 @@ fn run(args: &Args, prefix: &str) -> Soak {
     let (begin, mut outcomes, mut crossed, mut clear) = (Instant::now(), Vec::new(), 0, 0);
     for p in plan {
         let due = begin + p.at;
-        if due > begin + args.duration {
+        // Faults that overran their plan push the next ones back, never
+        // past the soak's end.
+        if due.max(Instant::now()) > begin + args.duration {
             break;
         }
         std::thread::sleep(due.saturating_duration_since(Instant::now()));

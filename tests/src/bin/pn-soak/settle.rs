@@ -17,6 +17,8 @@ pub const VIEW_BOUND: Duration = Duration::from_secs(20);
 
 pub struct Checker {
     t0: Instant,
+    /// The store as last read.
+    last: Option<Store>,
     pub violations: Vec<Violation>,
 }
 
@@ -44,6 +46,7 @@ impl Checker {
     pub fn new(t0: Instant) -> Checker {
         Checker {
             t0,
+            last: None,
             violations: Vec::new(),
         }
     }
@@ -61,14 +64,20 @@ impl Checker {
     /// returns how long every member took to reach its peers again.
     pub fn settle(&mut self, w: &World, during: &str) -> Option<Duration> {
         let start = Instant::now();
-        let store = match poll(VIEW_BOUND, || Store::read(&w.fleet)) {
-            Ok(s) => s,
-            Err(e) => {
+        // Who is where: the store's word, or while it does not answer (an
+        // etcd member just restarted) its last one; the data plane does
+        // not wait for the store, and neither does the probe.
+        match Store::read(&w.fleet) {
+            Ok(s) => self.last = Some(s),
+            Err(e) if self.last.is_none() => {
                 self.violate(during, format!("the store does not answer: {e}"));
                 return None;
             }
-        };
-        let recovery = match checks::reach(w, &store, REACH_BOUND) {
+            Err(_) => {}
+        }
+        let known = self.last.as_ref().expect("a snapshot of the store");
+        let reached = checks::reach(w, known, REACH_BOUND);
+        let recovery = match reached {
             Ok(_) => Some(start.elapsed()),
             Err(pairs) => {
                 self.violate(
@@ -89,18 +98,17 @@ impl Checker {
             nothing_wrong(checks::leaks(w, &store))?;
             Ok(store)
         });
-        let store = match settled {
-            Ok(s) => s,
+        match settled {
+            Ok(s) => self.last = Some(s),
             Err(e) => {
                 self.violate(during, format!("not settled after {} s: {e}", VIEW_BOUND.as_secs()));
-                store
             }
-        };
-        for bad in checks::unique(&store) {
-            self.violate(during, bad);
         }
-        for bad in checks::isolated(w, &store) {
-            self.violate(during, bad);
+        let store = self.last.as_ref().expect("a snapshot of the store");
+        let mut bad = checks::unique(store);
+        bad.extend(checks::isolated(w, store));
+        for b in bad {
+            self.violate(during, b);
         }
         recovery
     }
