@@ -46,6 +46,12 @@ pub fn status_text(s: &Status) -> String {
         },
         s.store.revision
     ));
+    if let Some(m) = &s.store.member {
+        t.push_str(&format!(
+            "            member {m} ({} failover(s))\n",
+            s.store.failovers
+        ));
+    }
     if let Some(e) = &s.store.last_error {
         t.push_str(&format!("            last error: {e}\n"));
     }

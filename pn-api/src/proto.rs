@@ -339,6 +339,12 @@ pub struct StoreStatus {
     /// Records read from the store and refused, by reason.
     #[serde(default)]
     pub rejected: std::collections::BTreeMap<String, u64>,
+    /// The etcd member in use (`scheme://HOST:PORT`), for a cluster.
+    #[serde(default)]
+    pub member: Option<String>,
+    /// How many times the agent moved to another member.
+    #[serde(default)]
+    pub failovers: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -1,11 +1,13 @@
 //! Several hosts joined by an underlay, sharing one etcd: an "underlay"
 //! namespace holds a Linux bridge, each host namespace joins it with a veth
-//! (`ul0`, 192.168.100.N/24), and etcd listens on the bridge address, in
-//! plain text or (`Fleet::tls`) over TLS with client certificates.
+//! (`ul0`, 192.168.100.N/24), and etcd listens on the bridge's addresses,
+//! in plain text or (`Fleet::tls`) over TLS with client certificates. etcd
+//! is a cluster of [`etcd_members`] members (.254, .253, .252), and every
+//! agent is given all of them.
 
 use std::{net::Ipv4Addr, process::Output};
 
-use pn_agent::testing::etcd::{EtcdServer, ServerTls};
+use pn_agent::testing::{etcd::ServerTls, etcd_cluster::EtcdCluster};
 
 use crate::{
     Host, Namespace,
@@ -13,8 +15,27 @@ use crate::{
 };
 
 pub const UNDERLAY_NET: &str = "192.168.100";
+/// The first etcd member's client address.
 pub const ETCD_ADDR: &str = "192.168.100.254:2379";
-const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 254);
+
+/// How many members a fleet's etcd has: `PN_TEST_ETCD_MEMBERS`, else
+/// [`DEFAULT_ETCD_MEMBERS`].
+pub fn etcd_members() -> usize {
+    std::env::var("PN_TEST_ETCD_MEMBERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| (1..=5).contains(&n))
+        .unwrap_or(DEFAULT_ETCD_MEMBERS)
+}
+
+pub const DEFAULT_ETCD_MEMBERS: usize = 1;
+
+/// The members' addresses on the underlay, the first one [`ETCD_ADDR`]'s.
+pub fn etcd_ips(members: usize) -> Vec<Ipv4Addr> {
+    (0..members as u8)
+        .map(|i| Ipv4Addr::new(192, 168, 100, 254 - i))
+        .collect()
+}
 
 /// The certificates of a TLS fleet: one CA for etcd and the hosts.
 pub struct FleetPki {
@@ -97,7 +118,7 @@ impl FleetPki {
 pub struct Fleet {
     // Dropped in field order: agents first, then etcd, then the underlay.
     pub hosts: Vec<Host>,
-    pub etcd: EtcdServer,
+    pub etcd: EtcdCluster,
     pub underlay: Namespace,
     pub pki: Option<FleetPki>,
 }
@@ -133,6 +154,12 @@ impl Fleet {
         Fleet::build(prefix, n, &[], true, true)
     }
 
+    /// As `with_flags`, on an etcd cluster of `members` members whatever
+    /// the default.
+    pub fn cluster(prefix: &str, n: usize, members: usize, extra: &[&str]) -> Fleet {
+        Fleet::build_on(prefix, n, extra, false, false, members, |_| {})
+    }
+
     fn build(prefix: &str, n: usize, extra: &[&str], tls: bool, roles: bool) -> Fleet {
         Fleet::build_with(prefix, n, extra, tls, roles, |_| {})
     }
@@ -146,15 +173,24 @@ impl Fleet {
         roles: bool,
         before_launch: impl Fn(&Host),
     ) -> Fleet {
+        Fleet::build_on(prefix, n, extra, tls, roles, etcd_members(), before_launch)
+    }
+
+    fn build_on(
+        prefix: &str,
+        n: usize,
+        extra: &[&str],
+        tls: bool,
+        roles: bool,
+        members: usize,
+        before_launch: impl Fn(&Host),
+    ) -> Fleet {
         let underlay = Namespace::new(&format!("{prefix}-ul"));
         underlay.ip(&["link", "add", "br0", "type", "bridge"]);
-        underlay.ip(&[
-            "addr",
-            "add",
-            &format!("{UNDERLAY_NET}.254/24"),
-            "dev",
-            "br0",
-        ]);
+        let ips = etcd_ips(members);
+        for ip in &ips {
+            underlay.ip(&["addr", "add", &format!("{ip}/24"), "dev", "br0"]);
+        }
         underlay.ip(&["link", "set", "br0", "up"]);
         let pki = tls.then(|| {
             let pki = Pki::in_dir(
@@ -172,11 +208,13 @@ impl Fleet {
                 pki,
             }
         });
+        let names: Vec<String> = ips.iter().map(Ipv4Addr::to_string).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let etcd_tls = pki.as_ref().map(|p| ServerTls {
-            server: p.pki.issue(&p.ca, "etcd", &[&ETCD_IP.to_string()]),
+            server: p.pki.issue(&p.ca, "etcd", &names),
             client_ca: p.ca.clone(),
         });
-        let etcd = EtcdServer::in_netns(&underlay.name, ETCD_IP, etcd_tls);
+        let etcd = EtcdCluster::in_netns(&underlay.name, &ips, etcd_tls);
         if roles && let Some(p) = &pki {
             p.grant_roles(&underlay, n);
         }
@@ -240,11 +278,12 @@ impl Fleet {
     /// The `run` flags of host `i`: the store (with its certificate on a TLS
     /// fleet), the tunnel, then `extra`.
     pub fn flags(&self, i: usize, extra: &[&str]) -> Vec<String> {
+        let endpoints = self.etcd.endpoint_list();
         let mut flags: Vec<String> = match &self.pki {
-            None => vec!["--store".into(), format!("etcd://{ETCD_ADDR}")],
+            None => vec!["--store".into(), format!("etcd://{endpoints}")],
             Some(p) => vec![
                 "--store".into(),
-                format!("etcds://{ETCD_ADDR}"),
+                format!("etcds://{endpoints}"),
                 "--etcd-cacert".into(),
                 p.ca.crt().into(),
                 "--etcd-cert".into(),
@@ -261,7 +300,8 @@ impl Fleet {
     /// `etcdctl ARGS` against the plain-text etcd, from the underlay (as
     /// anyone who reaches the etcd port could).
     pub fn etcdctl(&self, args: &[&str]) -> Output {
-        let mut cmd = vec!["etcdctl", "--endpoints", ETCD_ADDR];
+        let endpoints = self.etcd.endpoint_list();
+        let mut cmd = vec!["etcdctl", "--endpoints", &endpoints];
         cmd.extend_from_slice(args);
         self.underlay.exec(&cmd)
     }

@@ -569,7 +569,8 @@ impl Agent {
             pn_tunnel::device::metrics::register(r, dev.clone());
         }
         let (view, health) = (self.view.clone(), self.store_health.clone());
-        crate::store::metrics::register(r, view, health, self.cfg.host_id.clone());
+        let backend = self.membership.backend().clone();
+        crate::store::metrics::register(r, view, health, backend, self.cfg.host_id.clone());
         self.dns_stats.register(r);
         let edge = self.edge.clone();
         crate::edge::metrics::register(r, move || {

@@ -167,6 +167,7 @@ impl Agent {
                 suppressed,
             )
         };
+        let link = self.membership.backend().link();
         Status {
             host: me.to_string(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -181,6 +182,8 @@ impl Agent {
                     .into_iter()
                     .map(|(k, n)| (k.to_string(), n))
                     .collect(),
+                member: link.as_ref().map(|l| l.member.clone()),
+                failovers: link.map_or(0, |l| l.failovers),
             },
             datapath: DatapathStatus {
                 bpffs: self.cfg.bpffs.clone(),

@@ -54,6 +54,15 @@ pub enum WatchEvent {
     Resync,
 }
 
+/// The server a backend talks to, of several (an etcd cluster's members).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// The member in use, `scheme://HOST:PORT`.
+    pub member: String,
+    /// How many times the backend moved to another member.
+    pub failovers: u64,
+}
+
 /// A failed store request. The kind tells an operator what to do: wait for
 /// the store to come back, or look at the data.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +110,10 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<mpsc::Receiver<WatchEvent>, StoreError>>;
     /// Human description for `status` (e.g. "embedded /var/lib/pn-agent/store.log").
     fn describe(&self) -> String;
+    /// Which member it talks to, for a store with members.
+    fn link(&self) -> Option<Link> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The store's metrics, read at each scrape: whether it answers, the
-//! revision applied, the members known and the records refused.
+//! revision applied, the members known, the records refused, and for an
+//! etcd cluster the member in use and the failovers.
 
 use std::sync::{Arc, RwLock};
 
@@ -11,21 +12,28 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{health::Health, view::MembershipView};
+use super::{backend::Backend, health::Health, view::MembershipView};
 
 /// Registers the store's collector; `host` tells local members from remote.
 pub fn register(
     r: &mut Registry,
     view: Arc<RwLock<MembershipView>>,
     health: Arc<Health>,
+    backend: Arc<dyn Backend>,
     host: HostId,
 ) {
-    r.register_collector(Box::new(StoreCollector { view, health, host }));
+    r.register_collector(Box::new(StoreCollector {
+        view,
+        health,
+        backend,
+        host,
+    }));
 }
 
 struct StoreCollector {
     view: Arc<RwLock<MembershipView>>,
     health: Arc<Health>,
+    backend: Arc<dyn Backend>,
     host: HostId,
 }
 
@@ -77,6 +85,21 @@ impl Collector for StoreCollector {
             None,
             MetricType::Gauge,
         )?)?;
+        if let Some(link) = self.backend.link() {
+            ConstCounter::new(link.failovers).encode(encoder.encode_descriptor(
+                "pn_store_failovers",
+                "Times the agent moved to another etcd member after one failed",
+                None,
+                MetricType::Counter,
+            )?)?;
+            let mut m = encoder.encode_descriptor(
+                "pn_store_member",
+                "1 for the etcd member the agent talks to",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(1).encode(m.encode_family(&[("member", link.member.as_str())])?)?;
+        }
         Ok(())
     }
 }

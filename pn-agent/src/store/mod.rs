@@ -21,7 +21,7 @@ pub mod membership;
 pub mod metrics;
 pub mod view;
 
-pub use backend::{Backend, Cond, Entry, Listing, Op, StoreError, WatchEvent};
+pub use backend::{Backend, Cond, Entry, Link, Listing, Op, StoreError, WatchEvent};
 pub use membership::{Membership, MembershipError, PoolDoc, PoolEntry};
 
 #[cfg(test)]

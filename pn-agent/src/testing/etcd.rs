@@ -2,9 +2,11 @@
 //! its own (the unit tests), or inside a network namespace on a fixed
 //! address (a fleet's underlay); in plain text, or TLS only with client
 //! certificates. `stop` and `start` keep its data: an outage and the return.
+//! One process is one member: [`super::etcd_cluster`] starts three.
 
 use std::{
     fs::File,
+    io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -21,10 +23,21 @@ pub struct ServerTls {
     pub client_ca: Pair,
 }
 
+/// etcd's raft timing, given explicitly (its defaults) so the tests can
+/// bound what a leader's loss costs: a follower calls an election after
+/// `ELECTION_TIMEOUT` without a heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_millis(100);
+pub const ELECTION_TIMEOUT: Duration = Duration::from_millis(1000);
+
 pub struct EtcdServer {
     name: String,
     netns: Option<String>,
     peer: SocketAddr,
+    /// Plain HTTP `/metrics` and `/health`, readable whatever the client
+    /// port asks (TLS, authentication): which member leads.
+    metrics: SocketAddr,
+    /// `--initial-cluster`: this member alone, or all of a cluster's.
+    cluster: String,
     tls: Option<ServerTls>,
     dir: PathBuf,
     child: Option<Child>,
@@ -52,37 +65,67 @@ impl EtcdServer {
     }
 
     fn local(name: &str, tls: Option<ServerTls>) -> EtcdServer {
-        let client = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        Self::launch(name, None, client, peer, tls)
+        let mut e = Self::local_member(name, tls);
+        e.restart();
+        e
+    }
+
+    /// On loopback with ports of its own, not started.
+    pub(super) fn local_member(name: &str, tls: Option<ServerTls>) -> EtcdServer {
+        let on = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let (client, peer, metrics) = (on(free_port()), on(free_port()), on(free_port()));
+        Self::new(name, None, [client, peer, metrics], tls)
     }
 
     /// In the network namespace `netns`, on `ip` (clients on 2379).
     pub fn in_netns(netns: &str, ip: Ipv4Addr, tls: Option<ServerTls>) -> EtcdServer {
-        let (client, peer) = ((ip, 2379).into(), (ip, 2380).into());
-        Self::launch(netns, Some(netns.into()), client, peer, tls)
+        let mut e = Self::netns_member(netns, netns, ip, tls);
+        e.restart();
+        e
     }
 
-    fn launch(
+    /// Named `name` in the network namespace `netns`, on `ip` (clients on
+    /// 2379, peers on 2380, metrics on 2381), not started.
+    pub(super) fn netns_member(
+        name: &str,
+        netns: &str,
+        ip: Ipv4Addr,
+        tls: Option<ServerTls>,
+    ) -> EtcdServer {
+        let ports = [2379, 2380, 2381].map(|p| SocketAddr::from((ip, p)));
+        Self::new(name, Some(netns.into()), ports, tls)
+    }
+
+    fn new(
         name: &str,
         netns: Option<String>,
-        client: SocketAddr,
-        peer: SocketAddr,
+        [client, peer, metrics]: [SocketAddr; 3],
         tls: Option<ServerTls>,
     ) -> EtcdServer {
         let dir = std::env::temp_dir().join(format!("pn-test-{}-etcd-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut e = EtcdServer {
+        EtcdServer {
             name: name.into(),
             netns,
             peer,
+            metrics,
+            cluster: format!("{name}=http://{peer}"),
             tls,
             dir,
             child: None,
             endpoint: client.to_string(),
-        };
-        e.restart();
-        e
+        }
+    }
+
+    /// `NAME=PEER_URL`, one entry of a cluster's `--initial-cluster`.
+    pub(super) fn peer_entry(&self) -> String {
+        format!("{}=http://{}", self.name, self.peer)
+    }
+
+    /// Makes it a member of the cluster `initial` (every member's
+    /// [`Self::peer_entry`], comma-separated), before its first start.
+    pub(super) fn join(&mut self, initial: &str) {
+        self.cluster = initial.into();
     }
 
     /// Starts it (again after `stop`, with the data it had).
@@ -90,6 +133,7 @@ impl EtcdServer {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let client = format!("{scheme}://{}", self.endpoint);
         let peer = format!("http://{}", self.peer);
+        let metrics = format!("http://{}", self.metrics);
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -119,7 +163,13 @@ impl EtcdServer {
                 "--initial-advertise-peer-urls",
                 &peer,
                 "--initial-cluster",
-                &format!("{}={peer}", self.name),
+                &self.cluster,
+                "--listen-metrics-urls",
+                &metrics,
+                "--heartbeat-interval",
+                &HEARTBEAT.as_millis().to_string(),
+                "--election-timeout",
+                &ELECTION_TIMEOUT.as_millis().to_string(),
                 "--log-level",
                 "error",
             ])
@@ -136,7 +186,7 @@ impl EtcdServer {
     fn answers(&self) -> bool {
         let addr: SocketAddr = self.endpoint.parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
-        let poll = move || {
+        self.from_its_netns(move || {
             while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
                 if Instant::now() > deadline {
                     return false;
@@ -144,17 +194,56 @@ impl EtcdServer {
                 std::thread::sleep(Duration::from_millis(50));
             }
             true
-        };
+        })
+    }
+
+    /// Runs `f` where its ports are reachable: here, or on a thread in its
+    /// namespace.
+    fn from_its_netns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let Some(ns) = &self.netns else {
-            return poll();
+            return f();
         };
         let file = File::open(Path::new("/run/netns").join(ns)).expect("namespace file");
         std::thread::spawn(move || {
             nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            poll()
+            f()
         })
         .join()
         .expect("probe thread")
+    }
+
+    /// Its Prometheus metrics (plain HTTP), `None` while it does not answer.
+    pub fn metrics(&self) -> Option<String> {
+        let addr = self.metrics;
+        self.from_its_netns(move || {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+            let mut body = String::new();
+            s.read_to_string(&mut body).ok()?;
+            Some(body)
+        })
+    }
+
+    /// Whether it is running and says it leads (`etcd_server_is_leader`).
+    pub fn is_leader(&self) -> bool {
+        self.child.is_some()
+            && self
+                .metrics()
+                .is_some_and(|m| m.lines().any(|l| l == "etcd_server_is_leader 1"))
+    }
+
+    /// Whether it is running and knows a leader (`etcd_server_has_leader`).
+    pub fn has_leader(&self) -> bool {
+        self.child.is_some()
+            && self
+                .metrics()
+                .is_some_and(|m| m.lines().any(|l| l == "etcd_server_has_leader 1"))
+    }
+
+    /// Whether its process runs (not `stop`ped).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Kills etcd (as a crash would); the data stays for `restart`.

@@ -5,28 +5,47 @@
 //! transactions to etcd transactions, watches to etcd watches from a
 //! revision. Every call is bounded in time; an outage is reported as
 //! [`StoreError::Unavailable`] and a refusal (TLS, permissions) as
-//! [`StoreError::Refused`]. A watch that breaks ends its channel, which
-//! makes the agent list again and resume from there.
+//! [`StoreError::Refused`]. Several endpoints are members of one cluster:
+//! the agent talks to one and moves to the next when it fails
+//! ([`members`]), asking the request again there; a watch resumes on the
+//! next member from the revision after the last it delivered ([`watch`]).
+//! A watch that no member takes up ends its channel, which makes the agent
+//! list again and resume from there.
 
+mod members;
 mod probe;
 mod tls;
+mod watch;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, TlsOptions, Txn, TxnOp,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
     WatchOptions,
 };
 use futures::future::BoxFuture;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 
 pub use self::tls::TlsFileError;
-use self::tls::{Context, Failure};
-use super::backend::{Backend, Cond, Entry, Listing, Op, StoreError, WatchEvent};
+use self::{
+    members::Members,
+    tls::{Context, Failure},
+};
+use super::backend::{Backend, Cond, Entry, Link, Listing, Op, StoreError, WatchEvent};
 use crate::config::TlsFiles;
 
 /// Longest wait for one request before the store counts as unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// With several members, the longest wait for one attempt: a write sent to
+/// a follower while its leader dies waits for etcd's own request timeout
+/// (7 s), and asking again once a new leader is elected (about a second)
+/// is quicker. A member that hangs is left for the next one.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause before asking again a cluster that is electing a leader.
+const ELECTION_PAUSE: Duration = Duration::from_millis(100);
 /// gRPC keepalive: a dead peer is noticed within about these two together.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -48,6 +67,20 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// Whether a failure is the cluster electing a leader (etcd's own answers),
+/// not the member: asking the same member again shortly will do.
+fn between_leaders(down: &str) -> bool {
+    [
+        "no leader",
+        "leader changed",
+        "request timed out",
+        "proposal dropped",
+        "too many requests",
+    ]
+    .iter()
+    .any(|m| down.contains(m))
+}
+
 pub struct Etcd {
     endpoints: Vec<String>,
     prefix: String,
@@ -55,23 +88,30 @@ pub struct Etcd {
     /// settings and the same identity for a [`probe`].
     tls: Option<(TlsFiles, TlsOptions, Arc<rustls::ClientConfig>)>,
     // Connected lazily and again after a failure, so the agent starts (and
-    // keeps enforcing) while etcd is down.
-    client: Mutex<Option<Client>>,
+    // keeps enforcing) while etcd is down; one member at a time.
+    members: Arc<Members>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string().replace('\n', " "))
 }
 
+fn options(tls: Option<&TlsOptions>) -> ConnectOptions {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(REQUEST_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+        .with_keep_alive_while_idle(true);
+    match tls {
+        Some(tls) => options.with_tls(tls.clone()),
+        None => options,
+    }
+}
+
 impl Etcd {
     /// Plain text, no authentication: for development and tests.
     pub fn new(endpoints: Vec<String>, prefix: String) -> Etcd {
-        Etcd {
-            endpoints,
-            prefix,
-            tls: None,
-            client: Mutex::new(None),
-        }
+        Self::build(endpoints, prefix, None)
     }
 
     /// TLS with a client certificate; the files are read and checked now.
@@ -81,41 +121,43 @@ impl Etcd {
         files: TlsFiles,
     ) -> Result<Etcd, TlsFileError> {
         let (options, probe) = files.load()?;
-        Ok(Etcd {
-            tls: Some((files, options, probe)),
-            ..Etcd::new(endpoints, prefix)
-        })
+        Ok(Self::build(
+            endpoints,
+            prefix,
+            Some((files, options, probe)),
+        ))
     }
 
-    fn options(&self) -> ConnectOptions {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(REQUEST_TIMEOUT)
-            .with_timeout(REQUEST_TIMEOUT)
-            .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
-            .with_keep_alive_while_idle(true);
-        match &self.tls {
-            Some((_, tls, _)) => options.with_tls(tls.clone()),
-            None => options,
+    fn build(
+        endpoints: Vec<String>,
+        prefix: String,
+        tls: Option<(TlsFiles, TlsOptions, Arc<rustls::ClientConfig>)>,
+    ) -> Etcd {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let urls = endpoints
+            .iter()
+            .map(|e| format!("{scheme}://{e}"))
+            .collect();
+        let members = Members::new(urls, options(tls.as_ref().map(|(_, o, _)| o)));
+        Etcd {
+            endpoints,
+            prefix,
+            tls,
+            members: Arc::new(members),
         }
     }
 
-    fn scheme(&self) -> &'static str {
-        if self.tls.is_some() { "https" } else { "http" }
+    fn context<'a>(&'a self, endpoints: &'a str) -> Context<'a> {
+        Context {
+            endpoints,
+            tls: self.tls.as_ref().map(|(files, _, _)| files),
+        }
     }
 
     /// A failed request as the store error the agent acts on: a refusal
-    /// (TLS, permissions) or an outage. A connection that merely closed is
-    /// probed once to tell which.
-    async fn failure(&self, what: &str, e: &etcd_client::Error) -> StoreError {
-        let endpoints = self.endpoints.join(",");
-        let ctx = Context {
-            endpoints: &endpoints,
-            tls: self.tls.as_ref().map(|(files, _, _)| files),
-        };
-        match tls::explain(e, &ctx) {
-            Failure::Refused(msg) => StoreError::Refused(msg),
-            Failure::Down(msg) => self.refused_or(what, msg).await,
-        }
+    /// (TLS, permissions) or an outage.
+    fn failure(&self, e: &etcd_client::Error) -> Failure {
+        tls::explain(e, &self.context(&self.endpoints.join(",")))
     }
 
     /// An outage (`down`), unless a probe finds etcd refusing this host.
@@ -124,11 +166,7 @@ impl Etcd {
         if tls::worth_probing(&down) {
             let config = self.tls.as_ref().map(|(_, _, c)| c.clone());
             if let Some(f) = probe::diagnose(self.endpoints.clone(), config).await {
-                let ctx = Context {
-                    endpoints: &endpoints,
-                    tls: self.tls.as_ref().map(|(files, _, _)| files),
-                };
-                return StoreError::Refused(tls::explain_finding(&f, &ctx));
+                return StoreError::Refused(tls::explain_finding(&f, &self.context(&endpoints)));
             }
         }
         if down.starts_with("etcd ") {
@@ -138,76 +176,71 @@ impl Etcd {
         }
     }
 
-    async fn client(&self) -> Result<Client, StoreError> {
-        let mut guard = self.client.lock().await;
-        if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
-        }
-        let urls: Vec<String> = self
-            .endpoints
-            .iter()
-            .map(|e| format!("{}://{e}", self.scheme()))
-            .collect();
-        let c = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            Client::connect(&urls, Some(self.options())),
-        )
-        .await;
-        let c = match c {
-            Ok(c) => c,
-            Err(_) => {
-                let late = format!("connecting timed out after {REQUEST_TIMEOUT:?}");
-                return Err(self.refused_or("connect", late).await);
-            }
-        };
-        let c = match c {
-            Ok(c) => c,
-            Err(e) => return Err(self.failure("connecting", &e).await),
-        };
-        *guard = Some(c.clone());
-        Ok(c)
-    }
-
-    /// Runs one request with a deadline; a failure drops the connection so the
-    /// next request reconnects.
-    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
+    /// Runs one request on the member in use, with a deadline. A member
+    /// that fails (refused, reset, silent) is left for the next one and the
+    /// request asked there; a cluster between leaders is asked again after
+    /// a pause. It gives up when every member failed on a connection made
+    /// for the request (so a store that cannot be reached at all is not
+    /// waited for) or at the deadline. The flag says whether an earlier
+    /// attempt failed: a write it carried may have been applied.
+    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<(T, bool), StoreError>
     where
-        F: FnOnce(Client) -> Fut,
+        F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        let client = self.client().await?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, f(client)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                *self.client.lock().await = None;
-                Err(self.failure(what, &e).await)
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let several = self.members.len() > 1;
+        let (mut fresh_failures, mut retried) = (0, false);
+        loop {
+            let conn = match self.members.conn().await {
+                Ok(c) => c,
+                Err(e) => {
+                    return Err(match self.failure(&e) {
+                        Failure::Refused(m) => StoreError::Refused(m),
+                        Failure::Down(m) => self.refused_or("connecting", m).await,
+                    });
+                }
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let limit = if several {
+                left.min(ATTEMPT_TIMEOUT)
+            } else {
+                left
+            };
+            let down = match tokio::time::timeout(limit, f(conn.client)).await {
+                Ok(Ok(v)) => return Ok((v, retried)),
+                Ok(Err(e)) => match self.failure(&e) {
+                    Failure::Refused(m) => return Err(StoreError::Refused(m)),
+                    Failure::Down(m) => m,
+                },
+                Err(_) => format!("no answer within {limit:?}"),
+            };
+            retried = true;
+            let electing = between_leaders(&down);
+            if !electing {
+                self.members.failed(conn.generation).await;
+                fresh_failures += usize::from(conn.fresh);
             }
-            Err(_) => {
-                *self.client.lock().await = None;
-                let late = format!("no answer within {REQUEST_TIMEOUT:?}");
-                Err(self.refused_or(what, late).await)
+            let pause = if electing {
+                ELECTION_PAUSE
+            } else {
+                Duration::ZERO
+            };
+            if fresh_failures >= self.members.len() || Instant::now() + pause >= deadline {
+                return Err(self.refused_or(what, down).await);
             }
+            log::info!("store: {what} failed, asking again: {down}");
+            tokio::time::sleep(pause).await;
         }
     }
 
-    /// A read, which is safe to ask twice: one that fails on a connection
-    /// made earlier (an HTTP/2 keepalive missed while the host was busy
-    /// leaves it dead) is asked once more on a new one before the store
-    /// counts as unreachable, so a busy moment does not fail a command. A
-    /// store that cannot be reached at all is not asked twice.
+    /// A read: as [`Self::call`], which may ask it twice.
     async fn read<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
     where
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        let had_connection = self.client.lock().await.is_some();
-        match self.call(what, &f).await {
-            Err(StoreError::Unavailable(e)) if had_connection => {
-                log::info!("store: {what} failed on an earlier connection, asking again: {e}");
-                self.call(what, f).await
-            }
-            r => r,
-        }
+        Ok(self.call(what, f).await?.0)
     }
 
     fn full(&self, key: &str) -> String {
@@ -313,14 +346,21 @@ impl Backend for Etcd {
                 })
                 .collect();
             let txn = Txn::new().when(compares).and_then(txn_ops);
-            let resp = self
-                .call("txn", |mut c| async move { c.txn(txn).await })
+            let (resp, retried) = self
+                .call("txn", |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
                 .await?;
             if resp.succeeded() {
-                Ok(Some(resp.header().map_or(0, |h| h.revision())))
-            } else {
-                Ok(None)
+                return Ok(Some(resp.header().map_or(0, |h| h.revision())));
             }
+            // An attempt that failed (a member lost mid-request) may have
+            // been applied: its own writes then fail the conditions.
+            if retried {
+                return self.applied(&ops).await;
+            }
+            Ok(None)
         })
     }
 
@@ -337,60 +377,22 @@ impl Backend for Etcd {
                 .with_progress_notify()
                 // A watcher catching up gets big batches: etcd splits them.
                 .with_fragment();
-            let mut stream = self
-                .call(
-                    "watch",
-                    |mut c| async move { c.watch(full, Some(opts)).await },
-                )
+            let (stream, _) = self
+                .call("watch", |mut c| {
+                    let (full, opts) = (full.clone(), opts.clone());
+                    async move { c.watch(full, Some(opts)).await }
+                })
                 .await?;
             let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-            let prefix = self.prefix.clone();
-            tokio::spawn(async move {
-                loop {
-                    let msg = match stream.message().await {
-                        Ok(Some(m)) => m,
-                        // Stream ended or broke: closing the channel makes the
-                        // agent list again.
-                        Ok(None) => return,
-                        Err(e) => {
-                            log::info!("etcd watch broke: {e}");
-                            return;
-                        }
-                    };
-                    if msg.canceled() || msg.compact_revision() > 0 {
-                        let _ = tx.send(WatchEvent::Resync).await;
-                        return;
-                    }
-                    for ev in msg.events() {
-                        let Some(kv) = ev.kv() else {
-                            continue;
-                        };
-                        let Some(key) = std::str::from_utf8(kv.key())
-                            .ok()
-                            .and_then(|k| k.strip_prefix(&prefix))
-                        else {
-                            continue;
-                        };
-                        let out = match ev.event_type() {
-                            EventType::Put => match String::from_utf8(kv.value().to_vec()) {
-                                Ok(value) => WatchEvent::Put {
-                                    key: key.to_string(),
-                                    value,
-                                    rev: kv.mod_revision(),
-                                },
-                                Err(_) => continue,
-                            },
-                            EventType::Delete => WatchEvent::Delete {
-                                key: key.to_string(),
-                                rev: kv.mod_revision(),
-                            },
-                        };
-                        if tx.send(out).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
+            let w = watch::Resuming {
+                members: self.members.clone(),
+                key: full,
+                options: opts,
+                prefix: self.prefix.clone(),
+                resume_from: from_rev,
+                delivered: Default::default(),
+            };
+            tokio::spawn(w.run(stream, tx));
             Ok(rx)
         })
     }
@@ -403,7 +405,55 @@ impl Backend for Etcd {
             self.prefix
         )
     }
+
+    fn link(&self) -> Option<Link> {
+        Some(Link {
+            member: self.members.current().to_string(),
+            failovers: self.members.failovers(),
+        })
+    }
 }
 
+impl Etcd {
+    /// Whether the store holds what `ops` write (every put's value, no
+    /// deleted key), read at one revision: then a transaction whose answer
+    /// was lost was applied, at the revision of its puts.
+    async fn applied(&self, ops: &[Op]) -> Result<Option<i64>, StoreError> {
+        let gets: Vec<TxnOp> = ops
+            .iter()
+            .map(|op| match op {
+                Op::Put(k, _) | Op::Delete(k) => TxnOp::get(self.full(k), None),
+            })
+            .collect();
+        let check = Txn::new().and_then(gets);
+        let resp = self
+            .read("txn check", |mut c| {
+                let check = check.clone();
+                async move { c.txn(check).await }
+            })
+            .await?;
+        let mut rev = None;
+        for (op, got) in ops.iter().zip(resp.op_responses()) {
+            let TxnOpResponse::Get(got) = got else {
+                return Ok(None);
+            };
+            let kv = got.kvs().first();
+            match (op, kv) {
+                (Op::Put(_, v), Some(kv)) if kv.value() == v.as_bytes() => {
+                    rev = rev.max(Some(kv.mod_revision()));
+                }
+                (Op::Delete(_), None) => {}
+                _ => return Ok(None),
+            }
+        }
+        log::info!("store: a transaction whose answer was lost had been applied");
+        Ok(Some(rev.unwrap_or_else(|| {
+            resp.header().map_or(0, |h| h.revision())
+        })))
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(test)]
 mod tests;
