@@ -34,9 +34,9 @@ pub fn execute(w: &mut World, f: &Fault) -> Result<String, String> {
         Kind::AgentKill => w.fleet.hosts[h].crash_and_restart(),
         Kind::AgentHandOver => w.fleet.hosts[h].hand_over(None),
         Kind::EtcdKill => {
-            w.fleet.etcd.stop();
+            w.fleet.etcd.kill_member(f.member);
             std::thread::sleep(f.hold);
-            w.fleet.etcd.restart();
+            w.fleet.etcd.restart_member(f.member);
         }
         Kind::HostCut => cut(w, h, f.hold)?,
         Kind::LinkFlap => {

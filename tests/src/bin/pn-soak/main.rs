@@ -29,6 +29,7 @@ const RATE: u32 = 100;
 
 struct Args {
     duration: Duration,
+    etcd_members: usize,
     seed: u64,
     out: Option<PathBuf>,
     label: String,
@@ -37,6 +38,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         duration: Duration::from_secs(180),
+        etcd_members: 3,
         seed: default_seed(),
         out: None,
         label: "cargo xtask soak".into(),
@@ -54,11 +56,14 @@ fn parse_args() -> Result<Args, String> {
                 a.duration = Duration::from_secs(s);
             }
             "--seed" => a.seed = value("a number")?.parse().map_err(|e| format!("{e}"))?,
+            "--etcd-members" => {
+                a.etcd_members = value("a number")?.parse().map_err(|e| format!("{e}"))?;
+            }
             "--out" => a.out = Some(value("a directory")?.into()),
             "--label" => a.label = value("a text")?,
             _ => {
                 return Err(
-                    "usage: pn-soak [--minutes N | --seconds N] [--seed S] [--out DIR] [--label TEXT]"
+                    "usage: pn-soak [--minutes N | --seconds N] [--seed S] [--etcd-members N] [--out DIR] [--label TEXT]"
                         .into(),
                 );
             }
@@ -143,7 +148,7 @@ fn start_streams(w: &World) -> Vec<Streams> {
 
 fn run(args: &Args, prefix: &str) -> Soak {
     let t0 = Instant::now();
-    let mut w = World::build(prefix);
+    let mut w = World::build(prefix, args.etcd_members);
     eprintln!("pn-soak: fleet up in {:.1} s", t0.elapsed().as_secs_f64());
     let mut checker = settle::Checker::new(t0);
     checker.settle(&w, "the start");
@@ -157,7 +162,7 @@ fn run(args: &Args, prefix: &str) -> Soak {
         &Plan {
             duration: args.duration,
             hosts: world::HOSTS,
-            etcd_members: 1,
+            etcd_members: args.etcd_members,
             gap: (Duration::from_millis(500), Duration::from_millis(2_500)),
         },
     );
@@ -255,6 +260,6 @@ fn run(args: &Args, prefix: &str) -> Soak {
         tcp_failed,
         frames,
         clear_frames: clear,
-        etcd_members: 1,
+        etcd_members: args.etcd_members,
     }
 }

@@ -14,7 +14,9 @@ pub struct Watch {
 }
 
 fn capture(ns: &str) -> Capture {
-    Capture::start(&Namespace::borrowed(ns), "any", "ip")
+    // etcd's members talk among themselves inside the underlay's
+    // namespace: their raft traffic carries no member's packet.
+    Capture::start(&Namespace::borrowed(ns), "any", "ip and not tcp port 2380")
 }
 
 impl Watch {

@@ -1,4 +1,4 @@
-//! The fleet a soak runs on: three hosts on the shared etcd (the fleet
+//! The fleet a soak runs on: three hosts on an etcd cluster (the fleet
 //! harness), three networks, two apps whose members never move (the
 //! streams run between them), and two churning apps whose containers come,
 //! go and move between networks. Every member answers UDP echo (the
@@ -68,8 +68,8 @@ pub struct World {
 }
 
 impl World {
-    pub fn build(prefix: &str) -> World {
-        let fleet = Fleet::with_flags(prefix, HOSTS, &["--router-cidr", ROUTER]);
+    pub fn build(prefix: &str, etcd_members: usize) -> World {
+        let fleet = Fleet::cluster(prefix, HOSTS, etcd_members, &["--router-cidr", ROUTER]);
         // Hosts route everything else to the underlay, as real ones do:
         // that is where a member's packet would leak in clear text.
         for h in &fleet.hosts {
