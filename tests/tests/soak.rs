@@ -8,8 +8,14 @@ fn a_short_soak_breaks_no_invariant() {
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pn-soak"));
-    cmd.args(["--seconds", "45", "--label", "cargo xtask test (short)", "--out"])
-        .arg(&out);
+    cmd.args([
+        "--seconds",
+        "45",
+        "--label",
+        "cargo xtask test (short)",
+        "--out",
+    ])
+    .arg(&out);
     if let Some(seed) = std::env::var_os("PN_SOAK_SEED") {
         cmd.arg("--seed").arg(seed);
     }

@@ -139,7 +139,10 @@ pub fn views(w: &World, store: &Store) -> Result<(), String> {
                 .chain(store.containers.keys())
                 .filter(|k| listed.get(*k) != store.containers.get(*k))
                 .collect();
-            return Err(format!("{}'s containers differ from the store's: {differ:?}", h.id));
+            return Err(format!(
+                "{}'s containers differ from the store's: {differ:?}",
+                h.id
+            ));
         }
         let apps: BTreeMap<String, String> = agent_json(h, &["app", "list"])?
             .as_array()
@@ -315,7 +318,10 @@ pub fn reach(w: &World, store: &Store, bound: Duration) -> Result<Duration, Vec<
                 .iter()
                 .map(|(ns, idx)| {
                     let to = idx.iter().map(|&i| left[i].2).collect();
-                    (idx, s.spawn(move || probe_from(ns, to, Duration::from_millis(300))))
+                    (
+                        idx,
+                        s.spawn(move || probe_from(ns, to, Duration::from_millis(300))),
+                    )
                 })
                 .collect();
             handles
@@ -359,7 +365,9 @@ pub fn isolated(w: &World, store: &Store) -> Vec<String> {
     let mut bad = Vec::new();
     for (ns, targets) in by_source {
         let to = targets.iter().map(|(_, a)| *a).collect();
-        for ((key, a), got) in targets.iter().zip(probe_from(&ns, to, Duration::from_millis(200)))
+        for ((key, a), got) in targets
+            .iter()
+            .zip(probe_from(&ns, to, Duration::from_millis(200)))
         {
             if got {
                 bad.push(format!("{ns} reached {key} ({a}) in another network"));

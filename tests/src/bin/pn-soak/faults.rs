@@ -33,10 +33,15 @@ pub fn execute(w: &mut World, f: &Fault) -> Result<String, String> {
         Kind::AgentTerm => w.fleet.hosts[h].restart(),
         Kind::AgentKill => w.fleet.hosts[h].crash_and_restart(),
         Kind::AgentHandOver => w.fleet.hosts[h].hand_over(None),
-        Kind::EtcdKill => {
-            w.fleet.etcd.kill_member(f.member);
+        Kind::EtcdKill | Kind::EtcdLeaderKill => {
+            let i = match f.kind {
+                Kind::EtcdLeaderKill => w.fleet.etcd.leader().unwrap_or(f.member),
+                _ => f.member,
+            };
+            w.fleet.etcd.kill_member(i);
             std::thread::sleep(f.hold);
-            w.fleet.etcd.restart_member(f.member);
+            w.fleet.etcd.restart_member(i);
+            return Ok(format!("{f}: member {} killed", i + 1));
         }
         Kind::HostCut => cut(w, h, f.hold)?,
         Kind::LinkFlap => {
@@ -95,7 +100,10 @@ fn churn(w: &mut World, f: &Fault) -> Result<String, String> {
 fn move_app(w: &mut World, f: &Fault) -> Result<String, String> {
     let app = w.churn_apps[f.pick as usize % w.churn_apps.len()].clone();
     let store = Store::read(&w.fleet)?;
-    let now = store.apps.get(&app).ok_or("the churning app is not in the store")?;
+    let now = store
+        .apps
+        .get(&app)
+        .ok_or("the churning app is not in the store")?;
     let at = w.nets.iter().position(|n| n == now).unwrap_or(0);
     let to = w.nets[(at + 1 + (f.pick as usize / 2) % 2) % w.nets.len()].clone();
     let out = w.fleet.hosts[f.host].cli(&["app", "move", &app, "--network", &to]);
@@ -118,7 +126,7 @@ fn dns_flood(w: &World, f: &Fault) -> Result<String, String> {
         let (start, mut sent, mut id) = (Instant::now(), 0u64, 0u16);
         while start.elapsed() < hold {
             id = id.wrapping_add(1);
-            let name = if id % 2 == 0 {
+            let name = if id.is_multiple_of(2) {
                 format!("{id}.web.private-network.internal")
             } else {
                 format!("soak-{id}.example.com")

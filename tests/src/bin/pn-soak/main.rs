@@ -146,17 +146,106 @@ fn start_streams(w: &World) -> Vec<Streams> {
         .collect()
 }
 
+/// What runs beside the faults, and what it saw so far.
+struct Running {
+    checker: settle::Checker,
+    streams: Vec<Streams>,
+    churns: Vec<Churn>,
+    watch: watch::Watch,
+    crossed: u64,
+    clear: usize,
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+impl Running {
+    /// Runs one fault, lets the fleet settle, and checks; whether the
+    /// harness itself broke (the soak stops there).
+    fn fault(&mut self, w: &mut World, fault: &schedule::Fault, begin: Instant) -> (Outcome, bool) {
+        let started = Instant::now();
+        let done = std::panic::catch_unwind(AssertUnwindSafe(|| faults::execute(w, fault)));
+        let during = fault.to_string();
+        let (what, broken) = match done {
+            Ok(Ok(what)) => (what, false),
+            Ok(Err(e)) => {
+                let e = format!("the fault could not be done: {e}");
+                self.checker.violate(&during, e);
+                (during.clone(), false)
+            }
+            Err(panic) => {
+                let e = format!("the fault broke the harness: {}", panic_text(&*panic));
+                self.checker.violate(&during, e);
+                (during.clone(), true)
+            }
+        };
+        let recovery = self.checker.settle(w, &during);
+        eprintln!(
+            "pn-soak: {:>6.1} s {what}: recovered in {}",
+            started.duration_since(begin).as_secs_f64(),
+            recovery.map_or("never".into(), |d| format!("{} ms", d.as_millis()))
+        );
+        let seen = self.watch.rotate();
+        self.seen_in_clear(&during, seen);
+        let crossed: u64 = self.streams.iter().map(Streams::crossed).sum();
+        self.crossed_to(&during, crossed);
+        let outcome = Outcome {
+            kind: fault.kind,
+            started,
+            ended: Instant::now(),
+            recovery,
+        };
+        (outcome, broken)
+    }
+
+    fn seen_in_clear(&mut self, during: &str, seen: usize) {
+        if seen > 0 {
+            let e = format!("{seen} frames of the underlay carried a member's payload in clear");
+            self.checker.violate(during, e);
+        }
+        self.clear += seen;
+    }
+
+    fn crossed_to(&mut self, during: &str, crossed: u64) {
+        if crossed > self.crossed {
+            let e = format!(
+                "{} datagrams reached another network",
+                crossed - self.crossed
+            );
+            self.checker.violate(during, e);
+            self.crossed = crossed;
+        }
+    }
+}
+
 fn run(args: &Args, prefix: &str) -> Soak {
     let t0 = Instant::now();
     let mut w = World::build(prefix, args.etcd_members);
     eprintln!("pn-soak: fleet up in {:.1} s", t0.elapsed().as_secs_f64());
     let mut checker = settle::Checker::new(t0);
     checker.settle(&w, "the start");
-    let streams = start_streams(&w);
-    let churns: Vec<Churn> = (0..2)
-        .map(|k| Churn::start(w.stable_of(k)[0].ns(), w.tcp_peers(k), Duration::from_millis(100)))
-        .collect();
-    let mut watch = watch::Watch::start(&w.fleet.underlay);
+    let mut r = Running {
+        checker,
+        streams: start_streams(&w),
+        churns: (0..2)
+            .map(|k| {
+                Churn::start(
+                    w.stable_of(k)[0].ns(),
+                    w.tcp_peers(k),
+                    Duration::from_millis(100),
+                )
+            })
+            .collect(),
+        watch: watch::Watch::start(&w.fleet.underlay),
+        crossed: 0,
+        clear: 0,
+    };
     let plan = schedule(
         args.seed,
         &Plan {
@@ -166,7 +255,7 @@ fn run(args: &Args, prefix: &str) -> Soak {
             gap: (Duration::from_millis(500), Duration::from_millis(2_500)),
         },
     );
-    let (begin, mut outcomes, mut crossed, mut clear) = (Instant::now(), Vec::new(), 0, 0);
+    let (begin, mut outcomes) = (Instant::now(), Vec::new());
     for p in plan {
         let due = begin + p.at;
         // Faults that overran their plan push the next ones back, never
@@ -175,91 +264,55 @@ fn run(args: &Args, prefix: &str) -> Soak {
             break;
         }
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        let started = Instant::now();
-        let done = std::panic::catch_unwind(AssertUnwindSafe(|| faults::execute(&mut w, &p.fault)));
-        let during = format!("{}", p.fault);
-        let (what, broken) = match done {
-            Ok(Ok(what)) => (what, false),
-            Ok(Err(e)) => {
-                checker.violate(&during, format!("the fault could not be done: {e}"));
-                (during.clone(), false)
-            }
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                checker.violate(&during, format!("the fault broke the harness: {msg}"));
-                (during.clone(), true)
-            }
-        };
-        let recovery = checker.settle(&w, &during);
-        eprintln!(
-            "pn-soak: {:>6.1} s {what}: recovered in {}",
-            started.duration_since(begin).as_secs_f64(),
-            recovery.map_or("never".into(), |d| format!("{} ms", d.as_millis()))
-        );
-        let seen = watch.rotate();
-        if seen > 0 {
-            checker.violate(&during, format!("{seen} frames of the underlay carried a member's payload in clear"));
-        }
-        clear += seen;
-        let now_crossed: u64 = streams.iter().map(Streams::crossed).sum();
-        if now_crossed > crossed {
-            checker.violate(&during, format!("{} datagrams reached another network", now_crossed - crossed));
-            crossed = now_crossed;
-        }
-        outcomes.push(Outcome {
-            kind: p.fault.kind,
-            started,
-            ended: Instant::now(),
-            recovery,
-        });
+        let (outcome, broken) = r.fault(&mut w, &p.fault, begin);
+        outcomes.push(outcome);
         if broken {
             break;
         }
     }
     let ran = begin.elapsed();
-    let (mut lost, mut sent, mut stream_crossed) = (Vec::new(), 0, 0);
-    let n_streams = streams.len() * 3;
-    for s in streams {
+    let mut soak = finish(r, args, ran, outcomes);
+    let mut checker = settle::Checker::new(t0);
+    checker.empty_fleet(&mut w);
+    soak.violations.extend(checker.violations);
+    drop(w);
+    soak
+}
+
+/// Stops the traffic and the watch, and counts.
+fn finish(mut r: Running, args: &Args, ran: Duration, outcomes: Vec<Outcome>) -> Soak {
+    let (mut lost, mut sent, mut crossed) = (Vec::new(), 0, 0);
+    let streams = r.streams.len() * 3;
+    for s in std::mem::take(&mut r.streams) {
         let l = s.finish();
         lost.extend(l.lost);
         sent += l.sent;
-        stream_crossed += l.crossed;
+        crossed += l.crossed;
     }
-    if stream_crossed > crossed {
-        checker.violate("the end", format!("{} datagrams reached another network", stream_crossed - crossed));
-    }
+    r.crossed_to("the end", crossed);
     let (mut tcp_opened, mut tcp_failed) = (0, Vec::new());
-    for c in churns {
+    for c in std::mem::take(&mut r.churns) {
         let (o, f) = c.finish();
         tcp_opened += o;
         tcp_failed.extend(f);
     }
-    let (seen, frames) = watch.finish();
-    if seen > 0 {
-        checker.violate("the end", format!("{seen} frames of the underlay carried a member's payload in clear"));
-    }
-    clear += seen;
-    checker.empty_fleet(&mut w);
-    drop(w);
+    let (seen, frames) = r.watch.finish();
+    r.seen_in_clear("the end", seen);
     Soak {
         seed: args.seed,
         mode: args.label.clone(),
         planned: args.duration,
         ran,
         outcomes,
-        violations: checker.violations,
+        violations: r.checker.violations,
         lost,
         sent,
-        streams: n_streams,
-        crossed: stream_crossed,
+        streams,
+        crossed,
         tcp_opened,
         tcp_failed,
         frames,
-        clear_frames: clear,
+        clear_frames: r.clear,
         etcd_members: args.etcd_members,
     }
 }

@@ -243,8 +243,14 @@ mod tests {
     #[test]
     fn losses_are_charged_to_the_fault_running_when_they_were_due() {
         let md = soak().markdown();
-        assert!(md.contains("| agent SIGKILL + start | 1 | 450 ms | 1 | 1 | 1 | 0 |"), "{md}");
-        assert!(md.contains("| no fault running | – | – | 0 | 1 | 0 | 0 |"), "{md}");
+        assert!(
+            md.contains("| agent SIGKILL + start | 1 | 450 ms | 1 | 1 | 1 | 0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| no fault running | – | – | 0 | 1 | 0 | 0 |"),
+            "{md}"
+        );
         assert!(md.contains("--seed 5"), "{md}");
     }
 

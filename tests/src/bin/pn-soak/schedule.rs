@@ -15,6 +15,8 @@ pub enum Kind {
     AgentHandOver,
     /// An etcd member killed, restarted after `hold`.
     EtcdKill,
+    /// The member etcd's cluster follows killed, restarted after `hold`.
+    EtcdLeaderKill,
     /// A host's packets to etcd dropped for `hold` (a firewall rule).
     HostCut,
     /// A host's underlay interface down for `hold`, then up.
@@ -32,11 +34,12 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::AgentTerm,
         Kind::AgentKill,
         Kind::AgentHandOver,
         Kind::EtcdKill,
+        Kind::EtcdLeaderKill,
         Kind::HostCut,
         Kind::LinkFlap,
         Kind::Attach,
@@ -52,6 +55,7 @@ impl Kind {
             Kind::AgentKill => "agent SIGKILL + start",
             Kind::AgentHandOver => "agent hand-over (upgrade)",
             Kind::EtcdKill => "etcd member kill + restart",
+            Kind::EtcdLeaderKill => "etcd leader kill + restart",
             Kind::HostCut => "host cut from etcd",
             Kind::LinkFlap => "underlay link flap",
             Kind::Attach => "container attach",
@@ -66,7 +70,7 @@ impl Kind {
     fn hold_range(self) -> Option<(Duration, Duration)> {
         let ms = Duration::from_millis;
         match self {
-            Kind::EtcdKill => Some((ms(1_000), ms(4_000))),
+            Kind::EtcdKill | Kind::EtcdLeaderKill => Some((ms(1_000), ms(4_000))),
             Kind::HostCut => Some((ms(2_000), ms(6_000))),
             Kind::LinkFlap => Some((ms(300), ms(3_000))),
             Kind::DnsFlood | Kind::HandshakeFlood => Some((ms(1_000), ms(3_000))),
@@ -99,6 +103,7 @@ impl fmt::Display for Fault {
         write!(f, "{}", self.kind)?;
         match self.kind {
             Kind::EtcdKill => write!(f, " (member {})", self.member + 1)?,
+            Kind::EtcdLeaderKill => {}
             Kind::Attach | Kind::Detach | Kind::AppMove => write!(f, " (pick {})", self.pick)?,
             _ => write!(f, " (h{})", self.host + 1)?,
         }
@@ -202,7 +207,10 @@ mod tests {
     fn every_kind_comes_once_per_round() {
         let s = schedule(7, &plan(3_600));
         assert!(s.len() >= 3 * Kind::ALL.len());
-        for round in s.chunks(Kind::ALL.len()).filter(|r| r.len() == Kind::ALL.len()) {
+        for round in s
+            .chunks(Kind::ALL.len())
+            .filter(|r| r.len() == Kind::ALL.len())
+        {
             let mut kinds: Vec<Kind> = round.iter().map(|p| p.fault.kind).collect();
             kinds.sort();
             assert_eq!(kinds, Kind::ALL.to_vec());

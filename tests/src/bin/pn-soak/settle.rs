@@ -101,7 +101,10 @@ impl Checker {
         match settled {
             Ok(s) => self.last = Some(s),
             Err(e) => {
-                self.violate(during, format!("not settled after {} s: {e}", VIEW_BOUND.as_secs()));
+                self.violate(
+                    during,
+                    format!("not settled after {} s: {e}", VIEW_BOUND.as_secs()),
+                );
             }
         }
         let store = self.last.as_ref().expect("a snapshot of the store");
@@ -134,7 +137,10 @@ impl Checker {
             for h in &w.fleet.hosts {
                 let (links, pins) = (checks::host_links(h), checks::link_pins(h));
                 if !links.is_empty() || !pins.is_empty() {
-                    bad.push(format!("{} keeps interfaces {links:?} and pins {pins:?}", h.id));
+                    bad.push(format!(
+                        "{} keeps interfaces {links:?} and pins {pins:?}",
+                        h.id
+                    ));
                 }
             }
             nothing_wrong(bad)

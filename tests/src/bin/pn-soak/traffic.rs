@@ -156,15 +156,14 @@ impl Streams {
             let seen = f.seen.lock().unwrap();
             for i in 0..sent {
                 if !seen.get(i as usize).copied().unwrap_or(false) {
-                    let due = self.start
-                        + Duration::from_secs_f64(f64::from(i) / f64::from(self.rate));
+                    let due =
+                        self.start + Duration::from_secs_f64(f64::from(i) / f64::from(self.rate));
                     out.lost.push((due, f.same_host));
                 }
             }
         }
         out
     }
-
 }
 
 fn receive(

@@ -39,7 +39,7 @@ impl Watch {
 
     /// Stops watching: the clear-text frames of the last capture, and the
     /// frames scanned over the whole watch.
-    pub fn finish(mut self) -> (usize, u64) {
+    pub fn finish(&mut self) -> (usize, u64) {
         let seen = self.scan_current();
         (seen, self.frames)
     }

@@ -85,13 +85,7 @@ impl World {
             let spots = [(0, "web"), (0, "worker"), (1, "worker"), (2, "worker")];
             for (i, (host, ctype)) in spots.into_iter().enumerate() {
                 let name = format!("s{k}{i}");
-                stable.push(Node::attach(
-                    &fleet.hosts[host],
-                    host,
-                    &app,
-                    ctype,
-                    &name,
-                ));
+                stable.push(Node::attach(&fleet.hosts[host], host, &app, ctype, &name));
             }
         }
         let churn_apps = (0..2).map(|i| h0.create_app(&nets[2 - i])).collect();
@@ -118,7 +112,11 @@ impl World {
             &self.fleet.hosts[host],
             host,
             &self.churn_apps[app].clone(),
-            if self.named % 2 == 0 { "web" } else { "worker" },
+            if self.named.is_multiple_of(2) {
+                "web"
+            } else {
+                "worker"
+            },
             &name,
         );
         self.churn.push(node);
