@@ -28,6 +28,7 @@ use world::World;
 const RATE: u32 = 100;
 
 struct Args {
+    only: Vec<schedule::Kind>,
     duration: Duration,
     etcd_members: usize,
     seed: u64,
@@ -37,6 +38,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
+        only: Vec::new(),
         duration: Duration::from_secs(180),
         etcd_members: 3,
         seed: default_seed(),
@@ -59,11 +61,20 @@ fn parse_args() -> Result<Args, String> {
             "--etcd-members" => {
                 a.etcd_members = value("a number")?.parse().map_err(|e| format!("{e}"))?;
             }
+            "--only" => {
+                for slug in value("kinds")?.split(',') {
+                    let k = schedule::Kind::parse(slug).ok_or(format!(
+                        "unknown fault {slug:?}; one of {}",
+                        schedule::Kind::ALL.map(|k| k.slug()).join(", ")
+                    ))?;
+                    a.only.push(k);
+                }
+            }
             "--out" => a.out = Some(value("a directory")?.into()),
             "--label" => a.label = value("a text")?,
             _ => {
                 return Err(
-                    "usage: pn-soak [--minutes N | --seconds N] [--seed S] [--etcd-members N] [--out DIR] [--label TEXT]"
+                    "usage: pn-soak [--minutes N | --seconds N] [--seed S] [--etcd-members N] [--only KIND,…] [--out DIR] [--label TEXT]"
                         .into(),
                 );
             }
@@ -197,6 +208,7 @@ impl Running {
         self.crossed_to(&during, crossed);
         let outcome = Outcome {
             kind: fault.kind,
+            what,
             started,
             ended: Instant::now(),
             recovery,
@@ -253,6 +265,7 @@ fn run(args: &Args, prefix: &str) -> Soak {
             hosts: world::HOSTS,
             etcd_members: args.etcd_members,
             gap: (Duration::from_millis(500), Duration::from_millis(2_500)),
+            only: &args.only,
         },
     );
     let (begin, mut outcomes) = (Instant::now(), Vec::new());
@@ -272,6 +285,9 @@ fn run(args: &Args, prefix: &str) -> Soak {
     }
     let ran = begin.elapsed();
     let mut soak = finish(r, args, ran, outcomes);
+    for line in soak.losses_by_fault(begin) {
+        eprintln!("pn-soak: losses: {line}");
+    }
     let mut checker = settle::Checker::new(t0);
     checker.empty_fleet(&mut w);
     soak.violations.extend(checker.violations);

@@ -17,6 +17,8 @@ pub const END: &str = "<!-- soak:end -->";
 /// One fault as it went.
 pub struct Outcome {
     pub kind: Kind,
+    /// What was done, as the log says it.
+    pub what: String,
     pub started: Instant,
     /// Until every check passed (or gave up).
     pub ended: Instant,
@@ -108,6 +110,27 @@ impl Soak {
             }
         }
         (rows, quiet)
+    }
+
+    /// Each fault that lost datagrams or connections, with its losses
+    /// (same host, across hosts, TCP), for the log.
+    pub fn losses_by_fault(&self, start: Instant) -> Vec<String> {
+        self.outcomes
+            .iter()
+            .filter_map(|o| {
+                let inside = |t: &Instant| o.started <= *t && *t <= o.ended;
+                let same = self.lost.iter().filter(|(t, s)| *s && inside(t)).count();
+                let across = self.lost.iter().filter(|(t, s)| !*s && inside(t)).count();
+                let tcp = self.tcp_failed.iter().filter(|t| inside(t)).count();
+                (same + across + tcp > 0).then(|| {
+                    format!(
+                        "{:>6.1} s {}: lost {same} same host, {across} across hosts, {tcp} TCP",
+                        o.started.duration_since(start).as_secs_f64(),
+                        o.what
+                    )
+                })
+            })
+            .collect()
     }
 
     /// The section of RELIABILITY.md (between the markers, exclusive).
@@ -223,6 +246,7 @@ mod tests {
             ran: s(61),
             outcomes: vec![Outcome {
                 kind: Kind::AgentKill,
+                what: "kill".into(),
                 started: t0 + s(10),
                 ended: t0 + s(12),
                 recovery: Some(Duration::from_millis(450)),

@@ -49,6 +49,22 @@ impl Kind {
         Kind::HandshakeFlood,
     ];
 
+    /// The kind a command line names (`agent-kill`, `etcd-leader-kill`…).
+    pub fn parse(slug: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.slug() == slug)
+    }
+
+    pub fn slug(self) -> String {
+        let mut out = String::new();
+        for (i, c) in format!("{self:?}").chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                out.push('-');
+            }
+            out.push(c.to_ascii_lowercase());
+        }
+        out
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::AgentTerm => "agent SIGTERM + start",
@@ -123,12 +139,15 @@ pub struct Planned {
 
 /// The soak's shape, as far as the plan needs it.
 #[derive(Clone, Copy, Debug)]
-pub struct Plan {
+pub struct Plan<'a> {
     pub duration: Duration,
     pub hosts: usize,
     pub etcd_members: usize,
     /// Quiet time between two faults (from, to).
     pub gap: (Duration, Duration),
+    /// Only these kinds (all when empty): the others' turns are skipped,
+    /// so a seed keeps its targets and times for the kinds kept.
+    pub only: &'a [Kind],
 }
 
 fn between(rng: &mut fastrand::Rng, (lo, hi): (Duration, Duration)) -> Duration {
@@ -140,7 +159,7 @@ fn between(rng: &mut fastrand::Rng, (lo, hi): (Duration, Duration)) -> Duration 
 /// order shuffled per round (so a short soak still meets most kinds, and a
 /// long one meets each as often), separated by random gaps, until
 /// `plan.duration`.
-pub fn schedule(seed: u64, plan: &Plan) -> Vec<Planned> {
+pub fn schedule(seed: u64, plan: &Plan<'_>) -> Vec<Planned> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut out = Vec::new();
     let mut at = Duration::ZERO;
@@ -161,7 +180,9 @@ pub fn schedule(seed: u64, plan: &Plan) -> Vec<Planned> {
                     .hold_range()
                     .map_or(Duration::ZERO, |r| between(&mut rng, r)),
             };
-            out.push(Planned { at, fault });
+            if plan.only.is_empty() || plan.only.contains(&kind) {
+                out.push(Planned { at, fault });
+            }
         }
     }
 }
@@ -170,13 +191,42 @@ pub fn schedule(seed: u64, plan: &Plan) -> Vec<Planned> {
 mod tests {
     use super::*;
 
-    fn plan(secs: u64) -> Plan {
+    fn plan(secs: u64) -> Plan<'static> {
         Plan {
             duration: Duration::from_secs(secs),
             hosts: 3,
             etcd_members: 3,
             gap: (Duration::from_millis(500), Duration::from_millis(2_000)),
+            only: &[],
         }
+    }
+
+    #[test]
+    fn kinds_have_command_line_names() {
+        assert_eq!(Kind::EtcdLeaderKill.slug(), "etcd-leader-kill");
+        for k in Kind::ALL {
+            assert_eq!(Kind::parse(&k.slug()), Some(k));
+        }
+        assert_eq!(Kind::parse("nothing"), None);
+    }
+
+    #[test]
+    fn only_keeps_the_kinds_asked_for_at_their_times() {
+        let all = schedule(11, &plan(600));
+        let only = [Kind::EtcdKill, Kind::AppMove];
+        let some = schedule(
+            11,
+            &Plan {
+                only: &only,
+                ..plan(600)
+            },
+        );
+        assert!(!some.is_empty());
+        let kept: Vec<Planned> = all
+            .into_iter()
+            .filter(|p| only.contains(&p.fault.kind))
+            .collect();
+        assert_eq!(some, kept);
     }
 
     #[test]
