@@ -28,7 +28,7 @@ pub fn etcd_members() -> usize {
         .unwrap_or(DEFAULT_ETCD_MEMBERS)
 }
 
-pub const DEFAULT_ETCD_MEMBERS: usize = 1;
+pub const DEFAULT_ETCD_MEMBERS: usize = 3;
 
 /// The members' addresses on the underlay, the first one [`ETCD_ADDR`]'s.
 pub fn etcd_ips(members: usize) -> Vec<Ipv4Addr> {
@@ -187,6 +187,11 @@ impl Fleet {
     ) -> Fleet {
         let underlay = Namespace::new(&format!("{prefix}-ul"));
         underlay.ip(&["link", "add", "br0", "type", "bridge"]);
+        // A bridge without an address of its own takes its lowest port's,
+        // and changes it as ports come (the edge tests' world, router and
+        // stranger): the hosts' ARP entries for etcd and the gateway then
+        // point nowhere for seconds.
+        underlay.ip(&["link", "set", "br0", "address", "02:00:00:00:64:fe"]);
         let ips = etcd_ips(members);
         for ip in &ips {
             underlay.ip(&["addr", "add", &format!("{ip}/24"), "dev", "br0"]);

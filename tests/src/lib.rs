@@ -499,7 +499,7 @@ impl Drop for Host {
 /// Sum of the samples of `name` whose labels include all of `labels`.
 pub fn metric_value(body: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
     body.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter(|l| {
             labels
                 .iter()

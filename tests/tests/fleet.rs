@@ -340,8 +340,10 @@ fn forged_records_are_refused_and_counted() {
     );
     let ul0 = h1.ns.ip(&["-j", "addr", "show", "ul0"]);
     assert!(ul0.contains("192.168.100.1"), "{ul0}");
-    // A resync (etcd restarts) lists them again: not counted twice.
+    // A resync lists them again: not counted twice. etcd stays away longer
+    // than a broken watch waits to resume (5 s), so the agent lists again.
     f.etcd.stop();
+    std::thread::sleep(Duration::from_secs(6));
     f.etcd.restart();
     let h1 = &f.hosts[0];
     let h1_id = h1.id.clone();

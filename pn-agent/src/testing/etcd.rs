@@ -186,7 +186,7 @@ impl EtcdServer {
     fn answers(&self) -> bool {
         let addr: SocketAddr = self.endpoint.parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
-        self.from_its_netns(move || {
+        self.in_its_netns(move || {
             while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
                 if Instant::now() > deadline {
                     return false;
@@ -199,7 +199,7 @@ impl EtcdServer {
 
     /// Runs `f` where its ports are reachable: here, or on a thread in its
     /// namespace.
-    fn from_its_netns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+    fn in_its_netns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let Some(ns) = &self.netns else {
             return f();
         };
@@ -215,7 +215,7 @@ impl EtcdServer {
     /// Its Prometheus metrics (plain HTTP), `None` while it does not answer.
     pub fn metrics(&self) -> Option<String> {
         let addr = self.metrics;
-        self.from_its_netns(move || {
+        self.in_its_netns(move || {
             let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
             s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
             s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;

@@ -179,3 +179,33 @@ async fn a_watch_resumes_on_another_member_and_misses_nothing() {
     assert_ne!(member_of(&kv, &c), at);
     c.restart_member(at);
 }
+
+#[tokio::test]
+async fn over_tls_the_member_in_use_killed_is_failed_over_too() {
+    use crate::{
+        config::TlsFiles,
+        testing::{etcd::ServerTls, pki::Pki},
+    };
+    let pki = Pki::new("cluster-tls");
+    let ca = pki.ca("ca");
+    let server = pki.issue(&ca, "etcd", &["127.0.0.1"]);
+    let h1 = pki.issue(&ca, "h1", &[]);
+    let tls = ServerTls {
+        server,
+        client_ca: ca.clone(),
+    };
+    let mut c = EtcdCluster::start_tls("tls", 3, tls);
+    let files = TlsFiles {
+        cacert: ca.crt.clone(),
+        cert: h1.crt.clone(),
+        key: h1.key.clone(),
+    };
+    let kv = Etcd::with_tls(c.endpoints(), "/pn-test/".into(), files).unwrap();
+    kv.txn(vec![], put("a", "1")).await.unwrap();
+    let at = member_of(&kv, &c);
+    assert!(kv.link().unwrap().member.starts_with("https://"));
+    c.kill_member(at);
+    assert_eq!(kv.get("a").await.unwrap().unwrap().value, "1");
+    assert_ne!(member_of(&kv, &c), at);
+    c.restart_member(at);
+}

@@ -9,13 +9,18 @@
 //! down. Pinned to one member, a failure moves the agent on once, and
 //! `status` says where it is.
 
-use std::sync::{
-    Mutex as SyncMutex,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    sync::{
+        Mutex as SyncMutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
 use etcd_client::{Client, ConnectOptions};
 use tokio::sync::Mutex;
+
+const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A connection to one member, with what to name when it fails.
 pub(super) struct Conn {
@@ -103,6 +108,16 @@ impl Members {
                 self.urls[from],
                 self.urls[p.at]
             );
+        }
+    }
+
+    /// Whether the member behind `client` answers its status (served by
+    /// the member itself) within half a second, or says it has no leader.
+    pub async fn answers(mut client: Client) -> bool {
+        match tokio::time::timeout(STATUS_TIMEOUT, client.status()).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => e.to_string().contains("no leader"),
+            Err(_) => false,
         }
     }
 

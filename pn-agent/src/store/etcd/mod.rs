@@ -41,9 +41,10 @@ use crate::config::TlsFiles;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// With several members, the longest wait for one attempt: a write sent to
 /// a follower while its leader dies waits for etcd's own request timeout
-/// (7 s), and asking again once a new leader is elected (about a second)
-/// is quicker. A member that hangs is left for the next one.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// (7 s), and asking again once a new leader is elected (one to two
+/// election timeouts) is quicker. A member that hangs is left for the
+/// next one.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Pause before asking again a cluster that is electing a leader.
 const ELECTION_PAUSE: Duration = Duration::from_millis(100);
 /// gRPC keepalive: a dead peer is noticed within about these two together.
@@ -96,12 +97,18 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string().replace('\n', " "))
 }
 
-fn options(tls: Option<&TlsOptions>) -> ConnectOptions {
+/// With several members, each request asks for a leader ("hasleader"): a
+/// member cut from the others answers "no leader" at once instead of
+/// serving what it last knew, and cancels its watches after three election
+/// timeouts without one, so the agent moves on rather than watch a member
+/// that hears of no change.
+fn options(tls: Option<&TlsOptions>, several: bool) -> ConnectOptions {
     let options = ConnectOptions::new()
         .with_connect_timeout(REQUEST_TIMEOUT)
         .with_timeout(REQUEST_TIMEOUT)
         .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
-        .with_keep_alive_while_idle(true);
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(several);
     match tls {
         Some(tls) => options.with_tls(tls.clone()),
         None => options,
@@ -138,7 +145,8 @@ impl Etcd {
             .iter()
             .map(|e| format!("{scheme}://{e}"))
             .collect();
-        let members = Members::new(urls, options(tls.as_ref().map(|(_, o, _)| o)));
+        let several = endpoints.len() > 1;
+        let members = Members::new(urls, options(tls.as_ref().map(|(_, o, _)| o), several));
         Etcd {
             endpoints,
             prefix,
@@ -207,16 +215,24 @@ impl Etcd {
             } else {
                 left
             };
-            let down = match tokio::time::timeout(limit, f(conn.client)).await {
+            let (down, electing) = match tokio::time::timeout(limit, f(conn.client.clone())).await {
                 Ok(Ok(v)) => return Ok((v, retried)),
                 Ok(Err(e)) => match self.failure(&e) {
                     Failure::Refused(m) => return Err(StoreError::Refused(m)),
-                    Failure::Down(m) => m,
+                    Failure::Down(m) => {
+                        let electing = between_leaders(&m);
+                        (m, electing)
+                    }
                 },
-                Err(_) => format!("no answer within {limit:?}"),
+                // Silent: the member hangs, or it waits for a leader (a
+                // write forwarded to one that died is lost). A member that
+                // still answers its status is kept.
+                Err(_) => (
+                    format!("no answer within {limit:?}"),
+                    several && Members::answers(conn.client).await,
+                ),
             };
             retried = true;
-            let electing = between_leaders(&down);
             if !electing {
                 self.members.failed(conn.generation).await;
                 fresh_failures += usize::from(conn.fresh);
@@ -227,6 +243,11 @@ impl Etcd {
                 Duration::ZERO
             };
             if fresh_failures >= self.members.len() || Instant::now() + pause >= deadline {
+                if electing {
+                    // A member without a leader for a whole request may be
+                    // cut from the others: the next request tries another.
+                    self.members.failed(conn.generation).await;
+                }
                 return Err(self.refused_or(what, down).await);
             }
             log::info!("store: {what} failed, asking again: {down}");
