@@ -10,6 +10,7 @@ pub mod bulk;
 pub mod cni;
 pub mod edge;
 pub mod fleet;
+pub mod flood;
 mod namespace;
 pub mod net;
 pub mod nginx;

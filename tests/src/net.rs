@@ -617,8 +617,12 @@ pub struct Capture {
 
 impl Capture {
     pub fn start(ns: &Namespace, iface: &str, filter: &str) -> Capture {
+        // Numbered: two captures of one interface may overlap (a watch
+        // that rotates its files).
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!(
-            "pn-test-{}-{}-{iface}.pcap",
+            "pn-test-{}-{}-{iface}-{n}.pcap",
             std::process::id(),
             ns.name
         ));

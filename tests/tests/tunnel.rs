@@ -453,53 +453,6 @@ fn a_host_whose_key_changes_is_cut_off_and_pairs_again_with_the_new_one() {
     );
 }
 
-/// Sends `packets` (whole IPv4 packets) from `ns` through one raw socket,
-/// evenly over `over`.
-fn flood_raw(ns: &str, packets: Vec<Vec<u8>>, over: Duration) -> std::thread::JoinHandle<usize> {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        pn_tests::run_in(&ns, move || {
-            // SAFETY: plain socket syscalls on a descriptor we own and close.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-            assert!(fd >= 0, "raw socket");
-            let start = std::time::Instant::now();
-            let n = packets.len();
-            let mut sent = 0;
-            for (i, p) in packets.iter().enumerate() {
-                if i % 100 == 0 {
-                    let due = start + over.mul_f64(i as f64 / n as f64);
-                    std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
-                }
-                let addr = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as u16,
-                    sin_port: 0,
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes([p[16], p[17], p[18], p[19]]),
-                    },
-                    sin_zero: [0; 8],
-                };
-                // SAFETY: a live buffer and address for the call.
-                let r = unsafe {
-                    libc::sendto(
-                        fd,
-                        p.as_ptr().cast(),
-                        p.len(),
-                        0,
-                        (&addr as *const libc::sockaddr_in).cast(),
-                        size_of::<libc::sockaddr_in>() as u32,
-                    )
-                };
-                if r >= 0 {
-                    sent += 1;
-                }
-            }
-            // SAFETY: our descriptor.
-            unsafe { libc::close(fd) };
-            sent
-        })
-    })
-}
-
 /// Issue 12 finding 5: 20 000 initiations over 2 s from spoofed sources
 /// (h1's address on random ports, so the XDP guard lets them through), half
 /// without a right mac1 and half with one (h2's key is public), while c1
@@ -546,7 +499,7 @@ fn an_initiation_flood_from_spoofed_sources_leaves_honest_hosts_paired() {
         let m = t.f.hosts[0].metrics();
         h2_events(&m, "completed") + h2_events(&m, "answered")
     };
-    let flood = flood_raw(&t.f.underlay.name, packets, Duration::from_secs(2));
+    let flood = pn_tests::flood::flood_raw(&t.f.underlay.name, packets, Duration::from_secs(2));
     // Each datagram waits for its echo: a lost packet shows as a timeout
     // (generous: a debug agent works through the flood's queue slowly).
     let (lost, exchanged) = t.c1.run(move || {

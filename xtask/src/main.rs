@@ -67,6 +67,17 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Random faults on a three-host fleet under traffic, every invariant
+    /// checked; the figures go to RELIABILITY.md (root). Exits non-zero on
+    /// any violation, with the seed that replays it.
+    Soak {
+        /// How long faults keep coming.
+        #[arg(long, default_value_t = 3.0)]
+        minutes: f64,
+        /// The seed of the faults (a fresh one, printed, when not given).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// fmt, clippy (host and BPF target), unit and integration tests (root);
     /// arguments after `--` go to `cargo test` (e.g. a test name filter).
     Test {
@@ -147,6 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => uninstall(destdir, purge, config),
         Command::Bench { quick, only } => bench(quick, only),
         Command::Test { args } => test(args),
+        Command::Soak { minutes, seed } => soak(minutes, seed),
     }
 }
 
@@ -226,6 +238,25 @@ fn bench(quick: bool, only: Option<String>) -> anyhow::Result<()> {
         .arg(workspace_root())
         .env("PN_AGENT_BIN", &agent);
     cmd::step("benchmarks", || cmd::run(&mut c))
+}
+
+fn soak(minutes: f64, seed: Option<u64>) -> anyhow::Result<()> {
+    require_root("soak")?;
+    bootstrap::toolchain()?;
+    bootstrap::packages()?;
+    cmd::step("building the agent and the soak", || {
+        build_agent(false)?;
+        cmd::cargo(&["build", "-p", "pn-tests", "--bin", "pn-soak"], &[])
+    })?;
+    let mut c = std::process::Command::new(workspace_root().join("target/debug/pn-soak"));
+    c.args(["--minutes", &minutes.to_string()]);
+    if let Some(s) = seed {
+        c.args(["--seed", &s.to_string()]);
+    }
+    c.arg("--out")
+        .arg(workspace_root())
+        .env("PN_AGENT_BIN", agent_binary(false));
+    cmd::step("soak", || cmd::run(&mut c))
 }
 
 fn test(args: Vec<String>) -> anyhow::Result<()> {
