@@ -77,7 +77,8 @@ impl Store {
     pub fn read(fleet: &Fleet) -> Result<Store, String> {
         let containers = values(&etcdctl(
             fleet,
-            &["get", "--prefix", "--print-value-only", "/pn/containers/"],
+            // Container records live under their host (`on/<host>/containers/…`).
+            &["get", "--prefix", "--print-value-only", "/pn/on/"],
         )?)
         .iter()
         .filter_map(record)
