@@ -22,7 +22,8 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     let seconds = (effort.seconds as f64).max(2.0);
     let events = [
         (Event::None, None),
-        (Event::Restart, Some(1000.0)),
+        // Issue 25: a bare restart under 100 ms across hosts.
+        (Event::Restart, Some(100.0)),
         (Event::Upgrade(next), Some(100.0)),
         (Event::ServiceRestart, Some(100.0)),
         (Event::Crash, Some(1000.0)),
