@@ -28,6 +28,7 @@ mod error;
 mod netns;
 mod requests;
 mod socket;
+mod tunnel6;
 mod v6;
 pub use v6::GATEWAY6;
 
@@ -380,13 +381,19 @@ impl Netlink {
         v6::host_side(&self.handle, idx, host_if, ip6, container_mac).await
     }
 
-    /// Sets an interface's MTU and brings it up (if it is not so already).
-    pub async fn set_up(&self, name: &str, mtu: u32) -> Result<u32> {
+    /// Sets an interface's MTU and brings it up (if it is not so already),
+    /// with IPv6 on it or off (never off then on: that would flush its
+    /// IPv6 routes at every start).
+    pub async fn set_up(&self, name: &str, mtu: u32, ipv6: bool) -> Result<u32> {
         let link = link_by_name(&self.handle, name)
             .await?
             .ok_or_else(|| NetlinkError::InterfaceMissing(name.into()))?;
         let idx = link.header.index;
-        sysctl_if("ipv6", name, "disable_ipv6", "1")?;
+        if ipv6 {
+            v6::enable(name)?;
+        } else {
+            sysctl_if("ipv6", name, "disable_ipv6", "1")?;
+        }
         if is_up(&link) && mtu_of(&link) == Some(mtu) {
             return Ok(idx);
         }

@@ -3,11 +3,13 @@
 //! extension headers walked by `policy::parse_ipv6`, neighbour discovery
 //! judged by `policy::nd_*`.
 //!
+//! Remote members go through the tunnel as IPv4's do (`policy` decides:
+//! toward one only while the tunnel is up, from one only off its device).
+//!
 //! Not carried for IPv6 yet, and failing closed rather than open: the
 //! world (no `PN_CONNS6` nor masquerade: out is `egress_denied`, unsolicited
-//! in is `not_member`), remote members (the tunnel's device takes IPv4
-//! only: toward one `no_tunnel`, from one `spoofed_source`), the service
-//! balancer, and connection and request events (`flows --http`).
+//! in is `not_member`), the service balancer, and connection and request
+//! events (`flows --http`).
 
 use aya_ebpf::{
     bindings::{TC_ACT_PIPE, TC_ACT_SHOT},
@@ -195,26 +197,18 @@ fn decide(
     }
     v.read = true;
     let mut edge = Closed { ctx };
-    // The tunnel carries no IPv6 yet: a remote member is unreachable
-    // (`no_tunnel`), and nothing arrives from one (`spoofed_source`).
     let reason = match dir {
         Direction::FromContainer => {
             // SAFETY: plain data, see tc.rs.
             let dst = unsafe { PN_ENDPOINTS6.get(v.pkt.dst) };
-            match policy::from_container(&v.pkt, iface, dst, cfg, &mut edge) {
-                Reason::Forwarded if dst.is_some_and(|e| e.is_remote()) => Reason::NoTunnel,
-                r => r,
-            }
+            policy::from_container(&v.pkt, iface, dst, cfg, &mut edge)
         }
         _ => {
             // SAFETY: plain data, see tc.rs.
             let src = unsafe { PN_ENDPOINTS6.get(v.pkt.src) };
             // SAFETY: the context pointer is valid for the whole program run.
             let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
-            match policy::to_container(&v.pkt, ingress, iface, src, cfg, &mut edge) {
-                Reason::Delivered if src.is_some_and(|e| e.is_remote()) => Reason::SpoofedSource,
-                r => r,
-            }
+            policy::to_container(&v.pkt, ingress, iface, src, cfg, &mut edge)
         }
     };
     reason as u8

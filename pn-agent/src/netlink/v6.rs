@@ -33,7 +33,7 @@ pub fn link_local(ip6: Ipv6Addr) -> Ipv6Addr {
 
 /// IPv6 on for `ifname` in the calling thread's namespace, with no
 /// address of the kernel's making, no router solicitation, no DAD.
-fn enable(ifname: &str) -> Result<()> {
+pub(super) fn enable(ifname: &str) -> Result<()> {
     sysctl_if("ipv6", ifname, "addr_gen_mode", "1")?;
     sysctl_if("ipv6", ifname, "accept_ra", "0")?;
     sysctl_if("ipv6", ifname, "accept_dad", "0")?;

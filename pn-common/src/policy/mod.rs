@@ -257,10 +257,11 @@ impl ConnKey {
 /// On the way into the tunnel's device (TC egress): only a member's packet
 /// from its own veth (`from`: the entry of the interface it entered the host
 /// on). A namespace plugged in by someone else, another NIC or the host
-/// itself cannot send to remote members under a member's name.
-pub fn into_tunnel(src: Ip4, from: Option<&Iface>) -> Reason {
-    match from {
-        Some(iface) if iface.addr == src => Reason::Forwarded,
+/// itself cannot send to remote members under a member's name. The same
+/// for both families: an IPv6 source must be the veth's own IPv6 address.
+pub fn into_tunnel<A: Family>(src: A, from: Option<&Iface>) -> Reason {
+    match from.and_then(A::own) {
+        Some(own) if own.same(&src) => Reason::Forwarded,
         _ => Reason::SpoofedSource,
     }
 }
