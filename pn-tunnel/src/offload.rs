@@ -572,7 +572,10 @@ mod receive_tests {
         tcp6[6] = 6;
         tcp6[9] = 6;
         assert_eq!(receive_header(&tcp6, true).csum_start, 40);
-        assert!(!Coalescer::default().push(&tcp6, true), "IPv6 is not coalesced");
+        assert!(
+            !Coalescer::default().push(&tcp6, true),
+            "IPv6 is not coalesced"
+        );
         let mut icmp = tcp;
         icmp[9] = 1;
         assert_eq!(

@@ -109,8 +109,14 @@ mod tests {
             tag: 3,
             peer: Some(2),
         };
-        t.apply(&BTreeMap::from([(v4, m)]), None::<std::iter::Empty<&Ipv4Addr>>);
-        t.apply6(&BTreeMap::from([(v6, m)]), None::<std::iter::Empty<&Ipv6Addr>>);
+        t.apply(
+            &BTreeMap::from([(v4, m)]),
+            None::<std::iter::Empty<&Ipv4Addr>>,
+        );
+        t.apply6(
+            &BTreeMap::from([(v6, m)]),
+            None::<std::iter::Empty<&Ipv6Addr>>,
+        );
         assert_eq!(t.member(v4), Some(m));
         assert_eq!(t.member6(v6), Some(m));
         // A scoped update of one IPv6 address leaves the rest alone.

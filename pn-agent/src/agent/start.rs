@@ -127,7 +127,10 @@ async fn early_view(
         &reconcile::Touched::All,
     );
     members.apply(&want.members, None::<std::iter::Empty<&Ipv4Addr>>);
-    members.apply6(&want.members6, None::<std::iter::Empty<&std::net::Ipv6Addr>>);
+    members.apply6(
+        &want.members6,
+        None::<std::iter::Empty<&std::net::Ipv6Addr>>,
+    );
     if let Some(peers) = &want.tunnel_peers {
         dev.set_peers(peers);
     }

@@ -241,14 +241,20 @@ fn remote_members_through_the_tunnel_and_only_a_members_own_veth_feeds_it() {
         ..cfg()
     };
     let out = pkt(A1, A2, IPPROTO_TCP, 1, 2);
-    let from_a1 = |c: &Config| {
-        from_container(&out, Some(&iface_a1()), Some(&remote), c, &mut Untouched)
-    };
+    let from_a1 =
+        |c: &Config| from_container(&out, Some(&iface_a1()), Some(&remote), c, &mut Untouched);
     assert_eq!(from_a1(&cfg()), Reason::NoTunnel);
     assert_eq!(from_a1(&up), Reason::Forwarded);
     let back = pkt(A2, A1, IPPROTO_TCP, 2, 1);
     let to = |ingress, c: &Config| {
-        to_container(&back, ingress, Some(&iface_a1()), Some(&remote), c, &mut Untouched)
+        to_container(
+            &back,
+            ingress,
+            Some(&iface_a1()),
+            Some(&remote),
+            c,
+            &mut Untouched,
+        )
     };
     assert_eq!(to(9, &up), Reason::Delivered);
     for ingress in [7, 0] {
@@ -264,5 +270,8 @@ fn remote_members_through_the_tunnel_and_only_a_members_own_veth_feeds_it() {
         addr6: IP6_UNSPECIFIED,
         ..iface_a1()
     };
-    assert_eq!(into_tunnel(IP6_UNSPECIFIED, Some(&v4_only)), Reason::SpoofedSource);
+    assert_eq!(
+        into_tunnel(IP6_UNSPECIFIED, Some(&v4_only)),
+        Reason::SpoofedSource
+    );
 }

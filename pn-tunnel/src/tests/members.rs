@@ -153,5 +153,9 @@ fn inner_ipv6_addresses_are_checked_against_membership() {
     );
     assert_eq!(inn(remote, local, 2, B), Err(Reason::TagMismatch));
     assert_eq!(inn(remote_other_net, local, 2, B), Err(Reason::TagMismatch));
-    assert_eq!(inn(remote, remote, 1, B), Err(Reason::NoRoute), "not for this host");
+    assert_eq!(
+        inn(remote, remote, 1, B),
+        Err(Reason::NoRoute),
+        "not for this host"
+    );
 }
