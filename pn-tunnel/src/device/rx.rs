@@ -217,3 +217,26 @@ fn write_super(tun_fd: i32, c: &mut offload::Coalescer, counters: &Counters) {
             .fetch_add((len - offload::VNET_HDR_LEN) as u64, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::addresses;
+
+    #[test]
+    fn a_batch_reuses_a_check_only_for_the_same_family_and_addresses() {
+        let mut v6 = vec![0u8; 48];
+        v6[0] = 0x60;
+        v6[8..24].copy_from_slice(&[0xfd, 1, 2, 3, 4, 5, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2]);
+        v6[24..40].copy_from_slice(&[0xfd, 1, 2, 3, 4, 5, 0, 1, 0, 0, 0, 0, 0, 0, 0, 3]);
+        // Another source differing only in its last byte (outside what an
+        // IPv4 key would read).
+        let mut other = v6.clone();
+        other[23] = 9;
+        assert_ne!(addresses(&v6), addresses(&other));
+        let mut v4 = vec![0u8; 28];
+        v4[0] = 0x45;
+        v4[12..20].copy_from_slice(&v6[12..20]);
+        assert_ne!(addresses(&v4), addresses(&v6));
+        assert_eq!(addresses(&v4)[1..9], v6[12..20]);
+    }
+}
