@@ -424,9 +424,16 @@ fn a_host_granted_later_runs_its_containers_and_writes_only_its_own() {
         "/pn/on/h1/containers/{app}/web/{}",
         c1.attached["index"].as_u64().unwrap()
     );
-    let record = pki.etcdctl(&f.underlay, &h4_pair, &["get", &c1_key, "--print-value-only"]);
+    let record = pki.etcdctl(
+        &f.underlay,
+        &h4_pair,
+        &["get", &c1_key, "--print-value-only"],
+    );
     let record = String::from_utf8_lossy(&record.stdout).trim().to_string();
-    assert!(record.contains("\"host\""), "h4 reads the membership: {record}");
+    assert!(
+        record.contains("\"host\""),
+        "h4 reads the membership: {record}"
+    );
     for args in [
         vec!["del", c1_key.as_str()],
         vec!["put", c1_key.as_str(), record.as_str()],

@@ -215,11 +215,23 @@ fn a_fleet_host_without_a_tunnel_is_refused() {
             "needs --advertise and --underlay-iface",
         ),
         (
-            vec!["--store", &store, "--store-insecure", "--underlay-iface", "ul0"],
+            vec![
+                "--store",
+                &store,
+                "--store-insecure",
+                "--underlay-iface",
+                "ul0",
+            ],
             "needs --advertise: without the tunnel",
         ),
         (
-            vec!["--store", &store, "--store-insecure", "--advertise", "192.0.2.1:51871"],
+            vec![
+                "--store",
+                &store,
+                "--store-insecure",
+                "--advertise",
+                "192.0.2.1:51871",
+            ],
             "needs --underlay-iface",
         ),
     ] {

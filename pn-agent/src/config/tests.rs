@@ -240,14 +240,14 @@ fn plain_text_to_a_store_off_this_host_is_refused_unless_insecure() {
         "etcd://etcd.example:2379",
         "etcd://[fd00::1]:2379",
     ] {
-        refused(
-            plain(store),
-            None,
-            "is plain text and unauthenticated, and",
-        );
+        refused(plain(store), None, "is plain text and unauthenticated, and");
     }
     let e = RunConfig::resolve(plain("etcd://10.0.0.2:2379"), None).unwrap_err();
-    assert!(e.to_string().contains("10.0.0.2:2379 is not on this host's loopback"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("10.0.0.2:2379 is not on this host's loopback"),
+        "{e}"
+    );
     for store in [
         "etcd://127.0.0.1:2379",
         "etcd://127.0.0.5:2379,localhost:2379",
@@ -269,7 +269,10 @@ fn plain_text_to_a_store_off_this_host_is_refused_unless_insecure() {
     };
     assert!(RunConfig::resolve(parse(&["--store-insecure"]), None).is_ok());
     let e = RunConfig::resolve(parse(&["--store-insecure", "false"]), None).unwrap_err();
-    assert!(e.to_string().contains("--store-insecure on a test bed"), "{e}");
+    assert!(
+        e.to_string().contains("--store-insecure on a test bed"),
+        "{e}"
+    );
     // TLS needs no flag, wherever the store is.
     let tls = RunSettings {
         etcd_cacert: Some("/ca.pem".into()),

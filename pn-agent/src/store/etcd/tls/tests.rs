@@ -63,7 +63,10 @@ fn a_key_others_may_read_is_refused() {
     let pki = Pki::new("exposed");
     let ca = pki.ca("ca");
     let h1 = pki.issue(&ca, "h1", &[]);
-    assert!(files(&ca.crt, &h1.crt, &h1.key).check().is_ok(), "openssl writes 0600");
+    assert!(
+        files(&ca.crt, &h1.crt, &h1.key).check().is_ok(),
+        "openssl writes 0600"
+    );
     for mode in [0o644, 0o640, 0o604] {
         std::fs::set_permissions(&h1.key, std::fs::Permissions::from_mode(mode)).unwrap();
         let e = files(&ca.crt, &h1.crt, &h1.key).check().unwrap_err();
