@@ -97,8 +97,9 @@ pub trait EdgeLookup<A = Ip4> {
     /// The packet's mark (see [`crate::edge`]).
     fn mark(&mut self) -> u32;
     /// For an ICMP error toward a container: the source of the packet it
-    /// quotes (`None`: not an error, or nothing readable quoted). Families
-    /// without connections with the world quote nothing that matters.
+    /// quotes (`None`: not an error, or nothing readable quoted). Only a
+    /// lookup whose `conn` never answers (IPv6's today, with no world
+    /// connections) may keep this default.
     fn quoted_src(&mut self) -> Option<A> {
         None
     }
