@@ -398,6 +398,7 @@ fn no_clear_text_leaves_a_host_whose_agent_is_down() {
     h1.launch(&[
         "--store",
         &format!("etcd://{}", pn_tests::fleet::ETCD_ADDR),
+        "--store-insecure",
         "--advertise",
         "192.168.100.1:51871",
         "--underlay-iface",

@@ -6,6 +6,7 @@ mod carry;
 mod cipher;
 mod flood;
 mod members;
+mod strangers;
 mod workers;
 
 use std::{
