@@ -31,7 +31,9 @@ struct Bed {
 fn bed(before: Before) -> Bed {
     let p = unique_prefix();
     let host = Host::create(&p, "h1");
-    host.ns.ip(&["link", "add", "up0", "type", "dummy"]);
+    // A veth rather than a dummy, which not every kernel has.
+    host.ns
+        .ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up0p"]);
     host.ns.ip(&["link", "set", "up0", "up"]);
     host.ns.sysctl("net.ipv6.conf.up0.accept_ra=1");
     host.ns.sysctl("net.ipv6.conf.default.accept_ra=1");
