@@ -25,7 +25,8 @@ enum Before {
 struct Bed {
     host: Host,
     a: Namespace,
-    b: Namespace,
+    /// Kept for its lifetime: dropping it deletes the namespace.
+    _b: Namespace,
 }
 
 fn bed(before: Before) -> Bed {
@@ -53,8 +54,22 @@ fn bed(before: Before) -> Bed {
             "nodad",
         ]);
         ns.ip(&["link", "set", "n0", "up"]);
-        ns.ip(&["addr", "add", &format!("fd99:{net}::2/64"), "dev", "n0", "nodad"]);
-        ns.ip(&["-6", "route", "add", "default", "via", &format!("fd99:{net}::1")]);
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("fd99:{net}::2/64"),
+            "dev",
+            "n0",
+            "nodad",
+        ]);
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("fd99:{net}::1"),
+        ]);
     }
     assert_eq!(
         host.ns.sysctl_value("net.ipv6.conf.all.forwarding"),
@@ -64,7 +79,7 @@ fn bed(before: Before) -> Bed {
     if before == Before::Forwarding {
         host.ns.sysctl("net.ipv6.conf.all.forwarding=1");
     }
-    Bed { host, a, b }
+    Bed { host, a, _b: b }
 }
 
 fn accept_ra(host: &Host, iface: &str) -> String {

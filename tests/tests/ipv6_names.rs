@@ -193,8 +193,14 @@ fn the_gateway_answers_over_ipv6_as_over_ipv4() {
             web.addr.to_string(),
             "{transport:?}"
         );
-        let refused = dig(&stranger, &[&["@fe80::1%pn0", &name, "A"], transport].concat());
-        assert!(refused.contains("status: REFUSED"), "{transport:?}: {refused}");
+        let refused = dig(
+            &stranger,
+            &[&["@fe80::1%pn0", &name, "A"], transport].concat(),
+        );
+        assert!(
+            refused.contains("status: REFUSED"),
+            "{transport:?}: {refused}"
+        );
     }
     // Queries left from the container's own address, which its program
     // takes (never for a spoofed one).

@@ -18,7 +18,7 @@ const CONF: &str = "/proc/sys/net/ipv6/conf";
 /// addresses expire. `0` (never) and `2` (always) are the operator's
 /// choice and stay; `all` is not an interface's setting (the kernel reads
 /// each interface's own), `default` is: interfaces made later copy it.
-pub fn moved_to_accept_ra_2<'a>(found: &'a [(String, String)]) -> Vec<&'a str> {
+pub fn moved_to_accept_ra_2(found: &[(String, String)]) -> Vec<&str> {
     found
         .iter()
         .filter(|(name, value)| name != "all" && value.trim() == "1")
