@@ -123,7 +123,10 @@ pub(crate) async fn fleet(store: StoreArgs, cmd: FleetCmd) -> anyhow::Result<()>
         }
         FleetCmd::Migrate => {
             let n = membership.migrate_containers().await.map_err(store_error)?;
-            println!("{n} container record(s) moved under their hosts");
+            let l = membership.migrate_leases().await.map_err(store_error)?;
+            println!(
+                "{n} container record(s), {l} lease(s) and claim(s) moved under their hosts"
+            );
         }
     }
     Ok(())

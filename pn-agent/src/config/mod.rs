@@ -146,6 +146,9 @@ pub struct RunSettings {
     /// The API socket (also the global `--api-socket`).
     #[arg(skip)]
     pub api_socket: Option<PathBuf>,
+    /// Containers one host may run: every agent refuses a host's records beyond it [default: 4096].
+    #[arg(long)]
+    pub host_quota: Option<usize>,
 }
 
 /// `--publish-ports` [default: 30000-32767, Kubernetes' NodePort range,
@@ -348,6 +351,7 @@ pub struct RunConfig {
     pub track: u32,
     pub etcd_prefix: String,
     pub api_socket: PathBuf,
+    pub host_quota: usize,
     pub tunnel: pn_tunnel::Config,
     /// `--tunnel-workers`, `--tunnel-offloads`, `--tunnel-spin-us`, `--tunnel-pin`.
     pub tunnel_io: pn_tunnel::device::Options,
@@ -535,6 +539,7 @@ impl RunConfig {
             track,
             etcd_prefix,
             api_socket: pick!(api_socket).unwrap_or_else(|| DEFAULT_API_SOCKET.into()),
+            host_quota: pick!(host_quota).unwrap_or(crate::store::view::DEFAULT_HOST_QUOTA),
             tunnel,
             tunnel_io,
         })

@@ -10,7 +10,7 @@ use pn_common::ids::NetworkId;
 
 use super::{
     Backend, Membership, NewNetwork, PoolDoc,
-    keys::{self, Key},
+    keys::Key,
     view::MembershipView,
 };
 use crate::{
@@ -52,6 +52,7 @@ async fn attach(
     h: &str,
     ipv6: bool,
 ) -> Container {
+    super::lease_conformance::register(m, h).await;
     let r = m.reserve_address(&net, k, &host(h), ipv6).await.unwrap();
     let c = Container {
         ip6: r.ip6,
@@ -61,14 +62,16 @@ async fn attach(
     c
 }
 
+/// IPv6 leases of `net`: in hosts' ranges, and shared (an older release's).
 async fn leases6(kv: &Arc<dyn Backend>, net: &NetworkId) -> BTreeSet<Ipv6Addr> {
-    kv.list(&keys::ips_of(net))
+    kv.list("")
         .await
         .unwrap()
         .entries
         .iter()
         .filter_map(|(k, _)| match Key::parse(k)? {
-            Key::Ip6(_, ip) => Some(ip),
+            Key::Ip6(n, ip) if n == *net => Some(ip),
+            Key::HostIp(_, n, std::net::IpAddr::V6(ip)) if n == *net => Some(ip),
             _ => None,
         })
         .collect()
@@ -184,7 +187,7 @@ pub async fn ipv6_addresses_are_unique_and_freed(kv: Arc<dyn Backend>) {
     assert_eq!(held.len(), 2);
     for (n, ip, lease) in held {
         assert_eq!(lease.owner, crashed);
-        m.release_address(&n, ip, &lease.owner).await.unwrap();
+        m.release_address(&host("h9"), &n, ip, &lease.owner).await.unwrap();
     }
     assert!(!leases6(&kv, &net.id).await.contains(&r.ip6.unwrap()));
     let view = MembershipView::new(pool()).reloaded(&kv.list("").await.unwrap());

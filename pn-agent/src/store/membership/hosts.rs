@@ -106,7 +106,7 @@ impl Membership {
             self.delete_container(&c.key).await?;
         }
         for (net, ip, lease) in self.leases_of_host(id).await? {
-            self.release_address(&net, ip, &lease.owner).await?;
+            self.release_address(id, &net, ip, &lease.owner).await?;
         }
         self.read_modify_write(
             move |_| {
