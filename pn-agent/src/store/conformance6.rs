@@ -201,6 +201,9 @@ pub async fn ipv6_addresses_are_unique_and_freed(kv: Arc<dyn Backend>) {
 pub async fn concurrent_ipv6_reservations_never_collide(kv: Arc<dyn Backend>) {
     let m = Membership::new(kv);
     let net = create(&m, 1, None, ON).await;
+    for h in ["h1", "h2"] {
+        super::lease_conformance::register(&m, h).await;
+    }
     let mut tasks = Vec::new();
     for i in 1..=40u32 {
         let m = m.clone();

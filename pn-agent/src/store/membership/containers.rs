@@ -335,9 +335,12 @@ impl Membership {
                     let Some((container_key, c, rev)) = self.locate(key).await? else {
                         return Ok(Step::Done(None));
                     };
-                    let (mut conds, mut ops) = self.lease_deletes(&c, true).await?;
+                    // The record's delete first: a watcher that reads one
+                    // event of the transaction reads that one.
+                    let (mut conds, leases) = self.lease_deletes(&c, true).await?;
                     conds.push(as_read(&container_key, Some(rev)));
-                    ops.push(Op::Delete(container_key.to_string()));
+                    let mut ops = vec![Op::Delete(container_key.to_string())];
+                    ops.extend(leases);
                     Ok(Step::write(
                         conds,
                         ops,
