@@ -374,3 +374,122 @@ fn a_record_rewritten_while_its_agent_is_down_touches_only_the_namespace_it_atta
         "the other tenant's interface is untouched: {addr}"
     );
 }
+
+/// Leases and claims are in their host's range: the attacker, under its own
+/// certificate, can neither delete nor rewrite the victim's (etcd refuses),
+/// nor write shared ones; an address it leases in its own range is skipped
+/// by the victim's next attach. Its container records beyond its quota
+/// (`--host-quota`), the newest, are refused by every agent and counted;
+/// its own agent refuses an attach over the quota; the victims keep
+/// flowing and attaching.
+#[test]
+fn an_attacker_host_can_neither_free_anothers_leases_nor_run_beyond_its_quota() {
+    let p = unique_prefix();
+    let (mut f, (app, c1, c1b, c2, c3)) = Fleet::tls_with_roles(&p, 3, |f| {
+        let (h1, h2, h3) = (&f.hosts[0], &f.hosts[1], &f.hosts[2]);
+        let app = h1.network_and_app(&[]).1;
+        (
+            app.clone(),
+            h1.member(&app, "web", "c1"),
+            h1.member(&app, "web", "c1b"),
+            h2.member(&app, "web", "c2"),
+            h3.member(&app, "web", "c3"),
+        )
+    });
+    // Room for the victim's four containers; the attacker (h2, admitted
+    // to the app: it runs c2) may run three more.
+    f.relaunch(&["--host-quota", "4"]);
+    let (victim, attacker, far) = (&f.hosts[0], &f.hosts[1], &f.hosts[2]);
+    let pki = f.pki.as_ref().unwrap();
+    let as_attacker = |args: &[&str]| pki.etcdctl(&f.underlay, &pki.hosts[1], args);
+    let etcd_refuses = |args: &[&str]| {
+        let out = as_attacker(args);
+        assert!(
+            !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains("permission denied"),
+            "etcd let the attacker {args:?}: {out:?}"
+        );
+    };
+    let get = |key: &str| -> serde_json::Value {
+        let out = as_attacker(&["get", key, "--print-value-only"]);
+        assert!(out.status.success(), "get {key}: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{key}: {e}: {out:?}"))
+    };
+    let put = |key: &str, v: &serde_json::Value| {
+        let out = as_attacker(&["put", key, &v.to_string()]);
+        assert!(out.status.success(), "put {key}: {out:?}");
+    };
+    let _servers: Vec<_> = [&c1, &c3]
+        .iter()
+        .map(|m| net::tcp_echo_server(m, 9000))
+        .collect();
+    let flows = || talks(&c1b, c1.addr) && talks(&c1, c3.addr) && talks(&c3, c1.addr);
+    assert!(eventually(WAIT, flows), "the fleet works once locked down");
+
+    // 1. The victim's lease and claim: neither deleted nor rewritten; no
+    // shared lease or claim written.
+    let index = |m: &Member| m.attached["index"].as_u64().unwrap();
+    let c1_rec = get(&format!("/pn/on/h1/containers/{app}/web/{}", index(&c1)));
+    let net = c1_rec["network"].as_str().unwrap().to_string();
+    let lease = format!("/pn/on/h1/ips/{net}/{}", c1.addr);
+    let claim = format!("/pn/on/h1/claims/{app}/web/{}", index(&c1));
+    let held = get(&lease);
+    assert_eq!(get(&claim)["host"], "h1");
+    etcd_refuses(&["del", &lease]);
+    etcd_refuses(&["del", &claim]);
+    etcd_refuses(&["del", "/pn/on/h1/ips/", "--prefix"]);
+    etcd_refuses(&["put", &lease, &held.to_string().replace("h1", "h2")]);
+    etcd_refuses(&["put", &format!("/pn/ips/{net}/{}", c1.addr), &held.to_string()]);
+    etcd_refuses(&["put", &format!("/pn/claims/{app}/web/77"), &held.to_string()]);
+
+    // 2. An address it leases in its own range is never the victim's.
+    let last = [&c1, &c1b, &c2, &c3].map(|m| u32::from(m.addr)).into_iter().max();
+    let squat = Ipv4Addr::from(last.unwrap() + 1);
+    let mut squatting = held.clone();
+    squatting["host"] = "h2".into();
+    squatting["owner"]["index"] = 77.into();
+    put(&format!("/pn/on/h2/ips/{net}/{squat}"), &squatting);
+    let c1c = victim.member(&app, "web", "c1c");
+    assert_ne!(c1c.addr, squat, "the victim's attach took a leased address");
+    assert!(eventually(WAIT, || talks(&c1c, c1.addr)), "c1c works");
+
+    // 3. Container records beyond its quota: the newest refused everywhere.
+    let c2_rec = get(&format!("/pn/on/h2/containers/{app}/web/{}", index(&c2)));
+    for n in 0..5u32 {
+        let i = 60 + n;
+        let mut forged = c2_rec.clone();
+        forged["index"] = i.into();
+        forged["host_ifname"] = host_ifname(&app, i).into();
+        forged["ip"] = Ipv4Addr::from(u32::from(c1.addr) + 100 + n)
+            .to_string()
+            .into();
+        forged["ip6"] = serde_json::Value::Null;
+        forged["netns"] = format!("forged{i}").into();
+        put(&format!("/pn/on/h2/containers/{app}/web/{i}"), &forged);
+    }
+    for h in [victim, attacker, far] {
+        assert!(
+            eventually(WAIT, || refused(h, "container", "quota") == 2),
+            "{}: {}",
+            h.id,
+            h.metrics()
+        );
+    }
+    assert!(flows(), "after the flood");
+    // Its own agent refuses one more; the victim still attaches.
+    let over = Namespace::new(&format!("{p}-over"));
+    let out = attacker.cli(&[
+        "container", "attach", "--app", &app, "--type", "web", "--netns", &over.name,
+    ]);
+    assert!(
+        out.code != 0 && out.stderr.contains("quota"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let c1d = victim.member(&app, "web", "c1d");
+    assert!(eventually(WAIT, || talks(&c1d, c1.addr)), "c1d works");
+    // Each refusal logged once.
+    let log = far.log();
+    assert_eq!(log.matches("refused (quota)").count(), 2, "{log}");
+}
