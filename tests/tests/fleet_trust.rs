@@ -439,11 +439,22 @@ fn an_attacker_host_can_neither_free_anothers_leases_nor_run_beyond_its_quota() 
     etcd_refuses(&["del", &claim]);
     etcd_refuses(&["del", "/pn/on/h1/ips/", "--prefix"]);
     etcd_refuses(&["put", &lease, &held.to_string().replace("h1", "h2")]);
-    etcd_refuses(&["put", &format!("/pn/ips/{net}/{}", c1.addr), &held.to_string()]);
-    etcd_refuses(&["put", &format!("/pn/claims/{app}/web/77"), &held.to_string()]);
+    etcd_refuses(&[
+        "put",
+        &format!("/pn/ips/{net}/{}", c1.addr),
+        &held.to_string(),
+    ]);
+    etcd_refuses(&[
+        "put",
+        &format!("/pn/claims/{app}/web/77"),
+        &held.to_string(),
+    ]);
 
     // 2. An address it leases in its own range is never the victim's.
-    let last = [&c1, &c1b, &c2, &c3].map(|m| u32::from(m.addr)).into_iter().max();
+    let last = [&c1, &c1b, &c2, &c3]
+        .map(|m| u32::from(m.addr))
+        .into_iter()
+        .max();
     let squat = Ipv4Addr::from(last.unwrap() + 1);
     let mut squatting = held.clone();
     squatting["host"] = "h2".into();
@@ -479,7 +490,14 @@ fn an_attacker_host_can_neither_free_anothers_leases_nor_run_beyond_its_quota() 
     // Its own agent refuses one more; the victim still attaches.
     let over = Namespace::new(&format!("{p}-over"));
     let out = attacker.cli(&[
-        "container", "attach", "--app", &app, "--type", "web", "--netns", &over.name,
+        "container",
+        "attach",
+        "--app",
+        &app,
+        "--type",
+        "web",
+        "--netns",
+        &over.name,
     ]);
     assert!(
         out.code != 0 && out.stderr.contains("quota"),
@@ -492,4 +510,100 @@ fn an_attacker_host_can_neither_free_anothers_leases_nor_run_beyond_its_quota() 
     // Each refusal logged once.
     let log = far.log();
     assert_eq!(log.matches("refused (quota)").count(), 2, "{log}");
+}
+
+/// Address leases and claims as an older release wrote them (shared
+/// `ips/`, `claims/`) are held until `pn-agent fleet migrate` moves them
+/// into their hosts' ranges, nothing lost; `fleet grant-host` then takes
+/// back a host's write access to the shared prefixes an older release's
+/// roles gave it.
+#[test]
+fn an_older_fleets_leases_are_migrated_and_the_shared_prefixes_taken_back() {
+    let p = unique_prefix();
+    let (f, (app, c1)) = Fleet::tls_with_roles(&p, 2, |f| {
+        let app = f.hosts[0].network_and_app(&[]).1;
+        let c1 = f.hosts[0].member(&app, "web", "c1");
+        (app, c1)
+    });
+    let pki = f.pki.as_ref().unwrap();
+    let root = |args: &[&str]| {
+        let out = pki.etcdctl(&f.underlay, &pki.root, args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let as_h1 = |args: &[&str]| pki.etcdctl(&f.underlay, &pki.hosts[0], args);
+    // Made shared by hand, as an older release wrote them.
+    let i = c1.attached["index"].as_u64().unwrap();
+    let rec = root(&[
+        "get",
+        &format!("/pn/on/h1/containers/{app}/web/{i}"),
+        "--print-value-only",
+    ]);
+    let rec: serde_json::Value = serde_json::from_str(rec.trim()).unwrap();
+    let net = rec["network"].as_str().unwrap();
+    let moves = [
+        (
+            format!("/pn/on/h1/ips/{net}/{}", c1.addr),
+            format!("/pn/ips/{net}/{}", c1.addr),
+        ),
+        (
+            format!("/pn/on/h1/claims/{app}/web/{i}"),
+            format!("/pn/claims/{app}/web/{i}"),
+        ),
+    ];
+    for (new, old) in &moves {
+        let value = root(&["get", new, "--print-value-only"]);
+        root(&["put", old, value.trim()]);
+        root(&["del", new]);
+    }
+    // Held meanwhile: another host's attach takes another address.
+    let c2 = f.hosts[1].member(&app, "web", "c2");
+    assert_ne!(c2.addr, c1.addr);
+    assert_ne!(c2.attached["index"].as_u64().unwrap(), i);
+    let _server = net::tcp_echo_server(&c1, 9000);
+    assert!(eventually(WAIT, || talks(&c2, c1.addr)), "c2 reaches c1");
+    let out = f.operator(&["migrate"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 address lease(s) and claim(s) moved"),
+        "{out:?}"
+    );
+    for (new, old) in &moves {
+        assert!(root(&["get", old]).trim().is_empty(), "{old} left");
+        assert!(root(&["get", new]).contains("h1"), "{new} lost");
+    }
+    // A role of an older release could write the shared prefixes:
+    // `grant-host` takes that back.
+    root(&[
+        "role",
+        "grant-permission",
+        "pn-host-h1",
+        "readwrite",
+        "/pn/ips/",
+        "--prefix",
+    ]);
+    let probe = format!("/pn/ips/{net}/10.255.255.1");
+    assert!(as_h1(&["put", &probe, "{}"]).status.success());
+    root(&["del", &probe]);
+    let out = pki.fleet(&f.underlay, &pki.root, &["grant-host", "h1"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = as_h1(&["put", &probe, "{}"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("permission denied"),
+        "{out:?}"
+    );
+    // Its container detaches, every key of it gone.
+    let i = i.to_string();
+    f.hosts[0].cli_ok(&[
+        "container",
+        "detach",
+        "--app",
+        &app,
+        "--type",
+        "web",
+        "--index",
+        &i,
+    ]);
+    for (new, _) in &moves {
+        assert!(root(&["get", new]).trim().is_empty(), "{new} left");
+    }
 }

@@ -326,7 +326,9 @@ impl Agent {
                 for ip in addrs.all() {
                     if let Err(re) = self
                         .membership
-                        .release_address(&self.cfg.host_id, &net.id, ip, &key).await {
+                        .release_address(&self.cfg.host_id, &net.id, ip, &key)
+                        .await
+                    {
                         log::error!("releasing {ip} after a failed attach: {re}");
                     }
                 }

@@ -446,8 +446,8 @@ impl Agent {
             (Some(_), None) => EarlyTunnel::write(&cfg, &netlink).await,
             _ => None,
         };
-        let view = view
-            .unwrap_or_else(|| MembershipView::new(cfg.pool).with_host_quota(cfg.host_quota));
+        let view =
+            view.unwrap_or_else(|| MembershipView::new(cfg.pool).with_host_quota(cfg.host_quota));
         let loaded =
             load_datapath(&cfg, &netlink, underlay, tunnel.is_some(), container_mtu).await?;
         let mut datapath = Datapath::new(loaded.kernel);

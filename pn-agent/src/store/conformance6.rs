@@ -8,11 +8,7 @@ use std::{collections::BTreeSet, net::Ipv6Addr, sync::Arc};
 use ipnet::{Ipv4Net, Ipv6Net};
 use pn_common::ids::NetworkId;
 
-use super::{
-    Backend, Membership, NewNetwork, PoolDoc,
-    keys::Key,
-    view::MembershipView,
-};
+use super::{Backend, Membership, NewNetwork, PoolDoc, keys::Key, view::MembershipView};
 use crate::{
     error::{ErrorKind, Kind},
     ipam::Ipv6Mode,
@@ -187,7 +183,9 @@ pub async fn ipv6_addresses_are_unique_and_freed(kv: Arc<dyn Backend>) {
     assert_eq!(held.len(), 2);
     for (n, ip, lease) in held {
         assert_eq!(lease.owner, crashed);
-        m.release_address(&host("h9"), &n, ip, &lease.owner).await.unwrap();
+        m.release_address(&host("h9"), &n, ip, &lease.owner)
+            .await
+            .unwrap();
     }
     assert!(!leases6(&kv, &net.id).await.contains(&r.ip6.unwrap()));
     let view = MembershipView::new(pool()).reloaded(&kv.list("").await.unwrap());

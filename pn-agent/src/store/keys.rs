@@ -171,11 +171,9 @@ impl fmt::Display for Key {
             Key::LegacyContainer(k) => {
                 write!(f, "{CONTAINERS}{}/{}/{}", k.app, k.ctype, k.index)
             }
-            Key::HostClaim(h, k) => write!(
-                f,
-                "{ON}{h}/{ON_CLAIMS}{}/{}/{}",
-                k.app, k.ctype, k.index
-            ),
+            Key::HostClaim(h, k) => {
+                write!(f, "{ON}{h}/{ON_CLAIMS}{}/{}/{}", k.app, k.ctype, k.index)
+            }
             Key::HostIp(h, net, ip) => write!(f, "{ON}{h}/{ON_IPS}{net}/{ip}"),
             Key::Claim(k) => write!(f, "{CLAIMS}{}/{}/{}", k.app, k.ctype, k.index),
             Key::Ip(net, ip) => write!(f, "{IPS}{net}/{ip}"),

@@ -81,7 +81,10 @@ pub async fn leases_and_claims_live_in_their_hosts_range(kv: Arc<dyn Backend>) {
     assert!(kv.get(&claim).await.unwrap().is_some(), "{claim}");
     assert!(kv.get(&held).await.unwrap().is_some(), "{held}");
     assert!(keys_under(&kv, "ips/").await.is_empty(), "no shared lease");
-    assert!(keys_under(&kv, "claims/").await.is_empty(), "no shared claim");
+    assert!(
+        keys_under(&kv, "claims/").await.is_empty(),
+        "no shared claim"
+    );
     let c = member(k.clone(), net_id(1), ip, "h1");
     m.put_container(&c).await.unwrap();
     // Another host's lease or claim, wherever its race put it, is never
@@ -101,7 +104,12 @@ pub async fn leases_and_claims_live_in_their_hosts_range(kv: Arc<dyn Backend>) {
         lease(&k2, "h2"),
     )
     .await;
-    put(&kv, Key::HostClaim(host("h2"), k2.clone()), lease(&k2, "h2")).await;
+    put(
+        &kv,
+        Key::HostClaim(host("h2"), k2.clone()),
+        lease(&k2, "h2"),
+    )
+    .await;
     let err = m
         .reserve_address(&net_id(1), &k2, &host("h1"), false)
         .await
@@ -143,7 +151,12 @@ pub async fn legacy_leases_are_read_then_migrated(kv: Arc<dyn Backend>) {
         put(&kv, Key::Claim(k.clone()), lease(k, "h2")).await;
     }
     let c = member(gone.clone(), net_id(1), "10.240.0.2".parse().unwrap(), "h2");
-    put(&kv, Key::Container(host("h2"), gone.clone()), serde_json::to_string(&c).unwrap()).await;
+    put(
+        &kv,
+        Key::Container(host("h2"), gone.clone()),
+        serde_json::to_string(&c).unwrap(),
+    )
+    .await;
     let service = ContainerKey {
         index: 0,
         ..key(1, "web", 1)
@@ -169,8 +182,17 @@ pub async fn legacy_leases_are_read_then_migrated(kv: Arc<dyn Backend>) {
     assert_eq!(r.ip.to_string(), "10.240.0.4");
     // A detach removes its shared keys too.
     m.delete_container(&gone).await.unwrap();
-    assert!(kv.get(&Key::Claim(gone.clone()).to_string()).await.unwrap().is_none());
-    assert_eq!(keys_under(&kv, "ips/").await.len(), 2, "old's and the service's");
+    assert!(
+        kv.get(&Key::Claim(gone.clone()).to_string())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        keys_under(&kv, "ips/").await.len(),
+        2,
+        "old's and the service's"
+    );
     // Migrated: into h2's range, nothing lost; the service lease stays.
     assert_eq!(m.migrate_leases().await.unwrap(), 2);
     assert_eq!(m.migrate_leases().await.unwrap(), 0);

@@ -341,11 +341,7 @@ impl Membership {
                     conds.push(as_read(&container_key, Some(rev)));
                     let mut ops = vec![Op::Delete(container_key.to_string())];
                     ops.extend(leases);
-                    Ok(Step::write(
-                        conds,
-                        ops,
-                        move |rev| Some((c, rev)),
-                    ))
+                    Ok(Step::write(conds, ops, move |rev| Some((c, rev))))
                 })
             },
             || format!("container {key} keeps changing; try again"),

@@ -220,10 +220,14 @@ impl Membership {
             .legacy_leftovers(&c.key, c.network, addresses.iter().copied(), claim)
             .await?;
         for ip in addresses {
-            ops.push(Op::Delete(Key::HostIp(c.host.clone(), c.network, ip).into()));
+            ops.push(Op::Delete(
+                Key::HostIp(c.host.clone(), c.network, ip).into(),
+            ));
         }
         if claim {
-            ops.push(Op::Delete(Key::HostClaim(c.host.clone(), c.key.clone()).into()));
+            ops.push(Op::Delete(
+                Key::HostClaim(c.host.clone(), c.key.clone()).into(),
+            ));
         }
         Ok((conds, ops))
     }
@@ -294,7 +298,10 @@ impl Membership {
                         vec![Op::Delete(old)],
                     ),
                     None => (
-                        vec![Cond::ModRev(old.clone(), e.mod_rev), Cond::Absent(new.clone())],
+                        vec![
+                            Cond::ModRev(old.clone(), e.mod_rev),
+                            Cond::Absent(new.clone()),
+                        ],
                         vec![Op::Put(new, e.value.clone()), Op::Delete(old)],
                     ),
                 };

@@ -7,9 +7,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 
 use pn_common::ids::{AppId, ContainerType, HostId};
 
-use super::{
-    Membership, MembershipError, Result, Step, as_read, encode, leases::address_unheld,
-};
+use super::{Membership, MembershipError, Result, Step, as_read, encode, leases::address_unheld};
 use crate::{
     ipam,
     model::{AddressLease, App, Balance, ContainerKey, Network},

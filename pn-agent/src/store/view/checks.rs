@@ -295,7 +295,10 @@ impl MembershipView {
     /// (listings load the oldest first), are refused, so a host cannot
     /// fill every agent's maps and memory with containers.
     fn check_quota(&self, key: &str, c: &Container) -> Result {
-        let known = self.containers.get(&c.key).is_some_and(|o| o.host == c.host);
+        let known = self
+            .containers
+            .get(&c.key)
+            .is_some_and(|o| o.host == c.host);
         let held = self.per_host.get(&c.host).copied().unwrap_or(0);
         if !known && held >= self.host_quota {
             return Err(Rejected::new(
