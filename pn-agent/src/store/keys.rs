@@ -51,10 +51,10 @@ const ON_CONTAINERS: &str = "containers/";
 const ON_CLAIMS: &str = "claims/";
 const ON_IPS: &str = "ips/";
 pub const ADMISSIONS: &str = "admissions";
+/// Claims of an older release (now in each host's range).
 pub const CLAIMS: &str = "claims/";
-/// Address leases of both families: one space, so that a fleet's etcd
-/// roles (`readwrite ips/`) cover IPv6 leases without a change, and agents
-/// that predate IPv6 skip them (not an IPv4 address: not a key to them).
+/// Service addresses' leases (the operator's), and container leases of an
+/// older release (now in each host's range), of both families.
 pub const IPS: &str = "ips/";
 pub const HOSTS: &str = "hosts/";
 pub const PEERS: &str = "peers/";
