@@ -21,7 +21,9 @@
 //! because each host's records are one key range): a host writes its own
 //! record `hosts/<host>` and everything under `on/<host>/` (its containers,
 //! its claims on container keys, its address leases: nobody else can delete
-//! them), plus the shared peer id markers `peers/`. Claims and leases only
+//! them), plus the shared peer id markers `peers/` (a host takes its id as
+//! it registers, when no other host knows it: a comparison under every
+//! registered host would not keep two new ones apart). Claims and leases only
 //! make honest hosts pick different keys and addresses (a reservation
 //! compares the key under every known host): no agent believes them. What
 //! an agent believes of a container comes from its record under

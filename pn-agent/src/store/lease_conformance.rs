@@ -216,6 +216,29 @@ pub async fn legacy_leases_are_read_then_migrated(kv: Arc<dyn Backend>) {
     assert!(matches!(err, MembershipError::Taken(_)), "{err}");
 }
 
+/// Peer id claims stay shared (a host takes its id when it registers, the
+/// one moment no other host knows it): one deleted by another host does
+/// not free an id a host record holds.
+pub async fn a_deleted_peer_claim_frees_no_held_id(kv: Arc<dyn Backend>) {
+    let m = Membership::new(kv.clone());
+    register(&m, "h1").await;
+    register(&m, "h2").await;
+    kv.txn(vec![], vec![Op::Delete(Key::Peer(1).into())])
+        .await
+        .unwrap();
+    let (h3, _) = m
+        .register_host(&Host {
+            id: host("h3"),
+            advertise: None,
+            public_key: None,
+            started_at: 0,
+            peer_id: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(h3.peer_id, 3, "not h1's");
+}
+
 #[macro_export]
 macro_rules! store_lease_tests {
     ($fresh:expr) => {
@@ -223,6 +246,13 @@ macro_rules! store_lease_tests {
         async fn leases_and_claims_live_in_their_hosts_range() {
             $crate::store::lease_conformance::leases_and_claims_live_in_their_hosts_range(
                 $fresh("leases").await,
+            )
+            .await
+        }
+        #[tokio::test]
+        async fn a_deleted_peer_claim_frees_no_held_id() {
+            $crate::store::lease_conformance::a_deleted_peer_claim_frees_no_held_id(
+                $fresh("peer-claims").await,
             )
             .await
         }
