@@ -454,17 +454,23 @@ fn resolv_conf_dir(netns: &str) -> Option<PathBuf> {
 /// `/etc/resolv.conf`: containers that are named namespaces get our DNS.
 /// `ndots:3` makes names relative to the network (`N.TYPE.ap-X`, two dots)
 /// try the search domain first, while most names of the world go straight out.
+/// A container with IPv6 (`v6_ifname`: its interface) also gets the
+/// gateway's IPv6 address, second: IPv4 stays the first one asked.
 pub fn write_resolv_conf(
     ns: &Netns,
     network: &pn_common::ids::NetworkId,
     dns: Ipv4Addr,
+    v6_ifname: Option<&str>,
 ) -> std::io::Result<()> {
     let Some(dir) = ns.name.as_deref().and_then(resolv_conf_dir) else {
         return Ok(());
     };
     std::fs::create_dir_all(&dir)?;
+    let dns6 = v6_ifname
+        .map(|i| format!("nameserver {GATEWAY6}%{i}\n"))
+        .unwrap_or_default();
     let text = format!(
-        "# written by pn-agent for a container of {network}\nnameserver {dns}\nsearch {network}.{}\noptions ndots:3 timeout:2 attempts:2\n",
+        "# written by pn-agent for a container of {network}\nnameserver {dns}\n{dns6}search {network}.{}\noptions ndots:3 timeout:2 attempts:2\n",
         pn_common::names::ZONE
     );
     let tmp = dir.join("resolv.conf.pn-tmp");

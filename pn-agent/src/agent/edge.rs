@@ -16,7 +16,7 @@ pub use super::edge_table::EdgeRuntime;
 use super::{Agent, TUN_DEV, reconcile::EdgeLocal};
 use crate::{
     config::{RunConfig, StoreSpec},
-    edge::{EdgeConfig, Forwarding, GatewayDns, deny::HostFacts},
+    edge::{EdgeConfig, GatewayDns, Owners, deny::HostFacts},
     model::{Container, HOST_IF_PREFIX},
     netlink::{Netlink, NetlinkError},
 };
@@ -74,7 +74,7 @@ fn public_ip(
 /// host's addresses (`addrs`: interface name and address with prefix).
 pub fn edge_local(
     cfg: &RunConfig,
-    forwarding: Forwarding,
+    forwarding: Owners,
     addrs: &[(String, Ipv4Net)],
     store: Vec<Ipv4Addr>,
 ) -> EdgeLocal {
@@ -100,7 +100,8 @@ pub fn edge_local(
             operator: cfg.egress_deny.clone(),
         },
         interfaces: vec![format!("{HOST_IF_PREFIX}*"), TUN_DEV.into()],
-        forward_guard: cfg.forward_guard.drops_others(forwarding),
+        forward_guard: cfg.forward_guard.drops_others(forwarding.v4),
+        forward_guard6: cfg.forward_guard.drops_others(forwarding.v6),
         dns: Some(GatewayDns {
             listen: cfg.dns_listen,
             clients: vec![format!("{HOST_IF_PREFIX}*")],
@@ -133,7 +134,7 @@ pub async fn store_addrs(store: &StoreSpec) -> Vec<Ipv4Addr> {
 pub async fn gather(
     netlink: &Netlink,
     cfg: &RunConfig,
-    forwarding: Forwarding,
+    forwarding: Owners,
 ) -> Result<EdgeLocal, NetlinkError> {
     let addrs = netlink.ipv4_addrs().await?;
     Ok(edge_local(

@@ -110,7 +110,7 @@ pub struct Agent {
     /// What this agent attached, as it made it (host-local truth).
     attached: attached::Attached,
     /// Whether pn owns the host's forwarding.
-    forwarding: crate::edge::Forwarding,
+    forwarding: crate::edge::Owners,
     /// The DNS server, running for the agent's life once started (after a
     /// predecessor released its address).
     dns: Mutex<Option<crate::dns::DnsHandle>>,

@@ -420,8 +420,14 @@ impl Agent {
     ) -> anyhow::Result<Arc<Agent>> {
         let backend = open_store(&cfg).await?;
         let netlink = Netlink::connect().context("opening netlink")?;
-        let forwarding =
-            forwarding::enable(&cfg.state_dir).context("turning IPv4 forwarding on")?;
+        let forwarding = forwarding::Owners {
+            v4: forwarding::enable(&cfg.state_dir).context("turning IPv4 forwarding on")?,
+            v6: if cfg.ipv6.is_on() {
+                forwarding::enable6(&cfg.state_dir).context("turning IPv6 forwarding on")?
+            } else {
+                forwarding::Forwarding::Shared
+            },
+        };
         prepare_routes(&netlink, &cfg).await?;
         let (underlay, container_mtu) = find_underlay(&netlink, &cfg).await?;
         let host_keys = keyfile::host_key(&cfg.state_dir)?;

@@ -5,6 +5,7 @@
 mod carry;
 mod cipher;
 mod flood;
+mod strangers;
 mod workers;
 
 use std::{

@@ -44,6 +44,7 @@ pub struct EdgeLocal {
     /// Whether the table drops forwarded traffic that is not pn's
     /// (`--forward-guard`, and who turned forwarding on).
     pub forward_guard: bool,
+    pub forward_guard6: bool,
     /// The agent's DNS and its clients' interfaces.
     pub dns: Option<GatewayDns>,
 }
@@ -160,6 +161,7 @@ pub fn edge_config(view: &MembershipView, host: &HostId, edge: &EdgeLocal) -> Ed
         egress_deny: deny::merged(&deny::deny_list(&facts(view, host, edge))),
         interfaces: edge.interfaces.clone(),
         forward_guard: edge.forward_guard,
+        forward_guard6: edge.forward_guard6,
         dns: edge.dns.clone(),
     }
 }
