@@ -469,6 +469,10 @@ impl RunConfig {
         {
             bail!("invalid --mtu {mtu}: must be between 576 and 65535");
         }
+        let host_quota = pick!(host_quota).unwrap_or(crate::store::view::DEFAULT_HOST_QUOTA);
+        if host_quota == 0 {
+            bail!("invalid --host-quota 0: every host runs at least 1 container");
+        }
         let dns_query_rate = pick!(dns_query_rate).unwrap_or(DEFAULT_DNS_QUERY_RATE);
         if dns_query_rate == 0 {
             bail!("invalid --dns-query-rate 0: at least 1 query per second");
@@ -526,7 +530,7 @@ impl RunConfig {
             track,
             etcd_prefix,
             api_socket: pick!(api_socket).unwrap_or_else(|| DEFAULT_API_SOCKET.into()),
-            host_quota: pick!(host_quota).unwrap_or(crate::store::view::DEFAULT_HOST_QUOTA),
+            host_quota,
             tunnel,
             tunnel_io,
         })
