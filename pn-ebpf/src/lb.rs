@@ -45,9 +45,9 @@ pub fn from_container(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv4Summary, l4:
     }
     let key = LbConnKey::forward(pkt);
     // A pointer, not a copy: a closing segment then changes the state in
-    // place (an LRU map's insert allocates a new element and frees the old
-    // one, under the LRU's locks: four such writes a connection, on its
-    // closing segments, were the most of a connection's cost here).
+    // place. An LRU map's insert takes a new element (evicting when full)
+    // and frees the old one under the LRU's locks; the closing segments
+    // made four such inserts a connection, on the path of the server's FIN.
     let entry = PN_LB_CONNS.get_ptr_mut(key);
     // SAFETY: a value of the map, valid for the program run; plain data.
     let known = entry.map(|p| unsafe { *p });
@@ -57,34 +57,34 @@ pub fn from_container(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv4Summary, l4:
         unsafe { PN_LB_BACKENDS.get(b) }.is_some_and(|e| e.vip == vip)
     };
     // The backend; the entries' state; whether they are to be written.
-    let (backend, state, fresh) =
-        match lb::lb_step(pkt, flags, svc, iface.tag, known, live, now_s) {
-            LbStep::Pass => return,
-            LbStep::Expire(b) => {
-                let _ = PN_LB_CONNS.remove(key);
-                let _ = PN_LB_CONNS.remove(LbConnKey::reverse_of(pkt, b));
+    let (backend, state, fresh) = match lb::lb_step(pkt, flags, svc, iface.tag, known, live, now_s)
+    {
+        LbStep::Pass => return,
+        LbStep::Expire(b) => {
+            let _ = PN_LB_CONNS.remove(key);
+            let _ = PN_LB_CONNS.remove(LbConnKey::reverse_of(pkt, b));
+            return;
+        }
+        LbStep::Keep(b) => (b, known.map_or(0, |c| c.state), false),
+        LbStep::Renew(b) => (b, 0, true),
+        LbStep::Choose(count) => {
+            let slot = SlotKey {
+                vip,
+                slot: lb::slot_of(pkt),
+            };
+            // SAFETY: as above.
+            let Some(b) = (unsafe { PN_LB_SLOTS.get(slot) }).copied() else {
                 return;
+            };
+            match count {
+                LbCount::New => stat(vip, b, |s| s.new_conns += 1),
+                LbCount::Reset(old) => stat(vip, old, |s| s.resets += 1),
+                LbCount::Moved(old) => stat(vip, old, |s| s.moved += 1),
+                LbCount::Nothing => {}
             }
-            LbStep::Keep(b) => (b, known.map_or(0, |c| c.state), false),
-            LbStep::Renew(b) => (b, 0, true),
-            LbStep::Choose(count) => {
-                let slot = SlotKey {
-                    vip,
-                    slot: lb::slot_of(pkt),
-                };
-                // SAFETY: as above.
-                let Some(b) = (unsafe { PN_LB_SLOTS.get(slot) }).copied() else {
-                    return;
-                };
-                match count {
-                    LbCount::New => stat(vip, b, |s| s.new_conns += 1),
-                    LbCount::Reset(old) => stat(vip, old, |s| s.resets += 1),
-                    LbCount::Moved(old) => stat(vip, old, |s| s.moved += 1),
-                    LbCount::Nothing => {}
-                }
-                (b, 0, true)
-            }
-        };
+            (b, 0, true)
+        }
+    };
     let closing = if lb::may_close(flags) {
         lb::lb_closing(state, flags, true, now_s())
     } else {

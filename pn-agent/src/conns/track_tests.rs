@@ -243,8 +243,9 @@ fn both_local_segments_come_once_from_their_sender() {
         }
     );
     assert!(
-        out.iter()
-            .any(|o| matches!(o, Outcome::Responded(r) if r.status == 200 && r.duration_ns == 2 * MS)),
+        out.iter().any(
+            |o| matches!(o, Outcome::Responded(r) if r.status == 200 && r.duration_ns == 2 * MS)
+        ),
         "{out:?}"
     );
     assert_eq!(
