@@ -279,6 +279,8 @@ impl Agent {
             }
         };
         let host_if = key.host_ifname();
+        // From here until the view shows the record (or the attach fails).
+        let _in_flight = self.attaching.start(&host_if, &key);
         let mut c = Container {
             key: key.clone(),
             network: net.id,

@@ -73,7 +73,12 @@ impl Agent {
         {
             remove_resolv_conf(netns);
         }
-        for name in &want.orphans {
+        // An attach between its record and the view is not a leftover.
+        for name in want
+            .orphans
+            .iter()
+            .filter(|n| !self.attaching.has_interface(n))
+        {
             log::info!("removing interface {name}: no container of this host claims it");
             match self.netlink.delete_link(name).await {
                 Ok(_) => self.attached.forget(name),
@@ -284,7 +289,9 @@ impl Agent {
             return;
         };
         for (net, ip, lease) in leases {
-            if self.view().containers.contains_key(&lease.owner) {
+            if self.view().containers.contains_key(&lease.owner)
+                || self.attaching.has_container(&lease.owner)
+            {
                 continue;
             }
             log::info!(

@@ -23,6 +23,7 @@
 //! server on the view.
 
 mod attached;
+mod attaching;
 mod cni;
 mod commands;
 mod converge;
@@ -112,6 +113,8 @@ pub struct Agent {
     pending: pending::Pending,
     /// What this agent attached, as it made it (host-local truth).
     attached: attached::Attached,
+    /// Attaches written and not yet in the view: no converge removes them.
+    attaching: attaching::Attaching,
     /// Whether pn owns the host's forwarding.
     forwarding: crate::edge::Owners,
     /// The DNS server, running for the agent's life once started (after a

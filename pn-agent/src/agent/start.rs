@@ -469,6 +469,7 @@ impl Agent {
             .context("reading the records of the containers this host attached")?;
         let agent = Arc::new(Agent {
             attached,
+            attaching: Default::default(),
             membership: Membership::new(backend),
             view: Arc::new(RwLock::new(view)),
             datapath: Arc::new(Mutex::new(datapath)),
