@@ -3,12 +3,16 @@
 //! extension headers walked by `policy::parse_ipv6`, neighbour discovery
 //! judged by `policy::nd_*`.
 //!
-//! Not carried for IPv6 yet, and failing closed rather than open: the
-//! world (no `PN_CONNS6` nor masquerade: out is `egress_denied`, unsolicited
-//! in is `not_member`), remote members (the tunnel's device takes IPv4
-//! only: toward one `no_tunnel`, from one `spoofed_source`), the service
-//! balancer, and connection and request events (`flows --http`).
+//! The world as IPv4's: `PN_EGRESS_DENY6` (`::/0` while the host has no
+//! global IPv6 address) and `PN_CONNS6` (written by the side that opened
+//! the connection, so answers and ICMPv6 errors about it come back).
+//!
+//! Not carried for IPv6 yet, and failing closed rather than open: remote
+//! members (the tunnel's device takes IPv4 only: toward one `no_tunnel`,
+//! from one `spoofed_source`), the service balancer, and connection and
+//! request events (`flows --http`).
 
+use aya_ebpf::maps::lpm_trie::Key as LpmKey;
 use aya_ebpf::{
     bindings::{TC_ACT_PIPE, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
@@ -17,7 +21,7 @@ use aya_ebpf::{
 use pn_common::{
     Ip6, Reason,
     event::{Direction, EventKind},
-    maps::{Config, ConnKind, FlowKey, FlowState, Iface},
+    maps::{Config, ConnKey, ConnKind, ConnState, FlowKey, FlowState, Iface},
     policy::{
         self, ETH_HLEN, EXT_PEEK, EdgeLookup, FlowCheck, FlowUpdate, IPPROTO_ICMPV6, IPPROTO_TCP,
         IPV6_HLEN, Ipv6Summary, L4_OFFSET_MASK, ND_PEEK,
@@ -25,7 +29,7 @@ use pn_common::{
 };
 
 use crate::{
-    maps::{PN_CONFIG, PN_ENDPOINTS6, PN_FLOWS6, PN_IFACES},
+    maps::{PN_CONFIG, PN_CONNS6, PN_EGRESS_DENY6, PN_ENDPOINTS6, PN_FLOWS6, PN_IFACES},
     packet::load,
     report::{PacketCtx, count, count_at, report},
 };
@@ -79,6 +83,13 @@ pub fn handle(ctx: &TcContext, dir: Direction) -> i32 {
             FlowCheck::Table => track_flow(&at, &v),
         }
     }
+    // The side that opened a connection with the outside keeps its entry,
+    // so the other side's packets are admitted (as `tc`'s).
+    match (reason, dir) {
+        (Reason::Egress, Direction::FromContainer) => track_conn(&at, &v, ConnKind::Egress),
+        (Reason::Published, Direction::ToContainer) => track_conn(&at, &v, ConnKind::Published),
+        _ => {}
+    }
     TC_ACT_PIPE
 }
 
@@ -90,6 +101,11 @@ struct Verdict {
     pkt: Ipv6Summary,
     /// TCP's flags; 0 when not TCP.
     tcp_flags: u8,
+    /// The decision looked the connection up in `PN_CONNS6`; what it found
+    /// (kind 0: nothing). Plain fields, as `tc::Looked`.
+    conn_done: bool,
+    conn_kind: u8,
+    conn_seen_ns: u64,
 }
 
 impl Default for Verdict {
@@ -104,6 +120,9 @@ impl Default for Verdict {
                 dport: 0,
             },
             tcp_flags: 0,
+            conn_done: false,
+            conn_kind: 0,
+            conn_seen_ns: 0,
         }
     }
 }
@@ -116,21 +135,31 @@ fn event(at: &PacketCtx, kind: EventKind, reason: Reason, v: &Verdict) {
     report(at, now, kind, reason, v.read.then_some(&v.pkt));
 }
 
-/// The world's side of the rules, for IPv6 today: no connection is known
-/// and every destination outside the pool is denied.
-struct Closed<'a> {
+/// The edge's maps, looked up only when `policy` asks (never for traffic
+/// between members).
+struct Edge<'a> {
     ctx: &'a TcContext,
+    dir: Direction,
+    pkt: &'a Ipv6Summary,
+    /// Where the L4 header starts; 0 for a later fragment (no L4 header).
+    l4: usize,
+    conn_kind: u8,
+    conn_seen_ns: u64,
+    conn_done: bool,
 }
 
-impl EdgeLookup<Ip6> for Closed<'_> {
+impl EdgeLookup<Ip6> for Edge<'_> {
     #[inline(always)]
     fn conn(&mut self) -> Option<ConnKind> {
-        None
+        let mut seen = 0;
+        let kind = lookup_conn(self.ctx, self.dir, self.pkt, self.l4, &mut seen);
+        (self.conn_done, self.conn_kind, self.conn_seen_ns) = (true, kind, seen);
+        ConnKind::from_u8(kind)
     }
 
     #[inline(always)]
-    fn egress_denied(&mut self, _: Ip6) -> bool {
-        true
+    fn egress_denied(&mut self, dst: Ip6) -> bool {
+        PN_EGRESS_DENY6.get(LpmKey::new(128, dst)).is_some()
     }
 
     #[inline(always)]
@@ -138,6 +167,65 @@ impl EdgeLookup<Ip6> for Closed<'_> {
         // SAFETY: the context pointer is valid for the whole program run.
         unsafe { (*self.ctx.skb.skb).mark }
     }
+}
+
+/// The `PN_CONNS6` entry of `pkt`'s connection, keyed from the container's
+/// side (toward a container, an ICMPv6 error belongs to the connection of
+/// the packet it quotes): its kind (0: none), its stamp into `seen`.
+#[inline(never)]
+fn lookup_conn(
+    ctx: &TcContext,
+    dir: Direction,
+    pkt: &Ipv6Summary,
+    l4: usize,
+    seen: &mut u64,
+) -> u8 {
+    let key = match dir {
+        Direction::FromContainer => ConnKey::leaving(pkt),
+        _ if pkt.proto == IPPROTO_ICMPV6 && l4 != 0 => match quoted_conn(ctx, l4) {
+            Some(k) => k,
+            None => ConnKey::entering(pkt),
+        },
+        _ => ConnKey::entering(pkt),
+    };
+    // SAFETY: plain data, see tc.rs.
+    match unsafe { PN_CONNS6.get(key) } {
+        Some(c) => {
+            *seen = c.last_seen_ns;
+            c.kind
+        }
+        None => 0,
+    }
+}
+
+/// The connection an ICMPv6 error toward a container is about: the packet
+/// it quotes left the container (the kernel's NAT has restored its
+/// addresses). Only a quoted packet whose first header is its transport's
+/// (no extension headers walked twice): anything else matches no entry and
+/// fails closed (`not_member`).
+#[inline(always)]
+fn quoted_conn(ctx: &TcContext, l4: usize) -> Option<ConnKey<Ip6>> {
+    let icmp = load::<[u8; 8]>(ctx, l4)?;
+    if !policy::icmp6_is_error(icmp[0]) {
+        return None;
+    }
+    let inner = load::<[u8; IPV6_HLEN]>(ctx, l4 + 8)?;
+    let proto = inner[6];
+    let (mut sport, mut dport) = (0, 0);
+    if policy::has_ports(proto) {
+        let ports = load::<[u8; 4]>(ctx, l4 + 8 + IPV6_HLEN)?;
+        sport = u16::from_be_bytes([ports[0], ports[1]]);
+        dport = u16::from_be_bytes([ports[2], ports[3]]);
+    }
+    // Byte by byte: a slice copy may compile to a `memcpy` call.
+    Some(ConnKey {
+        container: core::array::from_fn(|i| inner[8 + i]),
+        remote: core::array::from_fn(|i| inner[24 + i]),
+        container_port: sport,
+        remote_port: dport,
+        proto,
+        _pad: [0; 3],
+    })
 }
 
 /// Reads the headers into `v`; the verdict, as a [`Reason`]'s number (a
@@ -194,29 +282,39 @@ fn decide(
         }
     }
     v.read = true;
-    let mut edge = Closed { ctx };
+    let pkt = &v.pkt;
+    let mut edge = Edge {
+        ctx,
+        dir,
+        pkt,
+        l4: if ip.later_fragment { 0 } else { l4 },
+        conn_kind: 0,
+        conn_seen_ns: 0,
+        conn_done: false,
+    };
     // The tunnel carries no IPv6 yet: a remote member is unreachable
     // (`no_tunnel`), and nothing arrives from one (`spoofed_source`).
     let reason = match dir {
         Direction::FromContainer => {
             // SAFETY: plain data, see tc.rs.
-            let dst = unsafe { PN_ENDPOINTS6.get(v.pkt.dst) };
-            match policy::from_container(&v.pkt, iface, dst, cfg, &mut edge) {
+            let dst = unsafe { PN_ENDPOINTS6.get(pkt.dst) };
+            match policy::from_container(pkt, iface, dst, cfg, &mut edge) {
                 Reason::Forwarded if dst.is_some_and(|e| e.is_remote()) => Reason::NoTunnel,
                 r => r,
             }
         }
         _ => {
             // SAFETY: plain data, see tc.rs.
-            let src = unsafe { PN_ENDPOINTS6.get(v.pkt.src) };
+            let src = unsafe { PN_ENDPOINTS6.get(pkt.src) };
             // SAFETY: the context pointer is valid for the whole program run.
             let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
-            match policy::to_container(&v.pkt, ingress, iface, src, cfg, &mut edge) {
+            match policy::to_container(pkt, ingress, iface, src, cfg, &mut edge) {
                 Reason::Delivered if src.is_some_and(|e| e.is_remote()) => Reason::SpoofedSource,
                 r => r,
             }
         }
     };
+    (v.conn_done, v.conn_kind, v.conn_seen_ns) = (edge.conn_done, edge.conn_kind, edge.conn_seen_ns);
     reason as u8
 }
 
@@ -289,5 +387,43 @@ fn track_flow(at: &PacketCtx, v: &Verdict) {
     let _ = PN_FLOWS6.insert(key, FlowState { last_seen_ns: now }, 0);
     if update == FlowUpdate::New {
         event(at, EventKind::NewFlow, Reason::Forwarded, v);
+    }
+}
+
+/// `tc::track_conn` over `PN_CONNS6`: records (at most once a second) a
+/// connection with the outside from the side that opened it.
+#[inline(never)]
+fn track_conn(at: &PacketCtx, v: &Verdict, kind: ConnKind) {
+    let key = match at.dir {
+        Direction::FromContainer => ConnKey::leaving(&v.pkt),
+        _ => ConnKey::entering(&v.pkt),
+    };
+    let (known_kind, known_seen) = if v.conn_done {
+        (v.conn_kind, v.conn_seen_ns)
+    } else {
+        // SAFETY: plain data, see tc.rs.
+        match unsafe { PN_CONNS6.get(key) } {
+            Some(c) => (c.kind, c.last_seen_ns),
+            None => (0, 0),
+        }
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let update = policy::flow_update((known_kind != 0).then_some(known_seen), now);
+    if update == FlowUpdate::Keep && known_kind == kind as u8 {
+        return;
+    }
+    let state = ConnState {
+        last_seen_ns: now,
+        kind: kind as u8,
+        _pad: [0; 7],
+    };
+    let _ = PN_CONNS6.insert(key, state, 0);
+    if update == FlowUpdate::New {
+        let reason = match kind {
+            ConnKind::Egress => Reason::Egress,
+            ConnKind::Published => Reason::Published,
+        };
+        event(at, EventKind::NewFlow, reason, v);
     }
 }

@@ -36,6 +36,7 @@ fn edge_local(routers: &[&str]) -> EdgeLocal {
             listen: "169.254.1.1:53".parse().unwrap(),
             clients: vec!["pnh*".into()],
         }),
+        v6: Default::default(),
     }
 }
 
@@ -78,6 +79,7 @@ fn a_full_pass_gives_the_table_and_the_deny_list() {
             host_port: 30001,
             container: "10.240.0.2".parse().unwrap(),
             web_port: 8080,
+            container6: None,
         }]
     );
     assert_eq!(t.router_cidrs, e.router_cidrs);

@@ -71,6 +71,12 @@ pub(super) fn pick_cidr6(
 }
 
 impl Membership {
+    /// The fleet's IPv6 pool, once it has one (the first network given an
+    /// IPv6 range gives it).
+    pub async fn pool6(&self) -> Result<Option<Ipv6Net>> {
+        Ok(self.pool().await?.0.pool6)
+    }
+
     /// The lowest IPv6 address of `cidr6` no lease of `network` holds (read
     /// in the caller's compare-and-swap step, which conditions on it).
     pub(super) async fn free_address6(
