@@ -57,6 +57,7 @@ pub fn handle(ctx: &TcContext, dir: Direction) -> i32 {
         // Called from here rather than from `decide`: the three frames
         // stacked would pass the 512 bytes all calls share.
         NEIGHBOUR_DISCOVERY => nd(ctx, dir, iface),
+        JUDGE => judge(ctx, dir, iface, cfg, &mut v),
         r => r,
     };
     let at = PacketCtx {
@@ -85,11 +86,16 @@ pub fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     }
     // The side that opened a connection with the outside keeps its entry,
     // so the other side's packets are admitted (as `tc`'s).
-    match (reason, dir) {
+    let wrote = match (reason, dir) {
         (Reason::Egress, Direction::FromContainer) => track_conn(&at, &v, ConnKind::Egress),
         (Reason::Published, Direction::ToContainer) => track_conn(&at, &v, ConnKind::Published),
-        _ => {}
-    }
+        _ => 0,
+    };
+    // Read, volatile: a result left unused lets the compiler drop it, and
+    // the subprogram would return whatever its last register held (a stack
+    // pointer, which the verifier refuses).
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&wrote) };
     TC_ACT_PIPE
 }
 
@@ -101,11 +107,14 @@ struct Verdict {
     pkt: Ipv6Summary,
     /// TCP's flags; 0 when not TCP.
     tcp_flags: u8,
-    /// The decision looked the connection up in `PN_CONNS6`; what it found
-    /// (kind 0: nothing). Plain fields, as `tc::Looked`.
-    conn_done: bool,
+    /// Where the L4 header starts; 0 for a later fragment (none).
+    l4: u16,
+    /// What the decision found in `PN_CONNS6`, if it looked: the entry's
+    /// kind (0: none) and what tracking it would do ([`update_code`]; 0:
+    /// not looked). Two bytes rather than the entry: `handle`'s frame,
+    /// stacked on `nd`'s, has none to spare.
     conn_kind: u8,
-    conn_seen_ns: u64,
+    conn_update: u8,
 }
 
 impl Default for Verdict {
@@ -120,9 +129,9 @@ impl Default for Verdict {
                 dport: 0,
             },
             tcp_flags: 0,
-            conn_done: false,
+            l4: 0,
             conn_kind: 0,
-            conn_seen_ns: 0,
+            conn_update: 0,
         }
     }
 }
@@ -144,16 +153,15 @@ struct Edge<'a> {
     /// Where the L4 header starts; 0 for a later fragment (no L4 header).
     l4: usize,
     conn_kind: u8,
-    conn_seen_ns: u64,
-    conn_done: bool,
+    conn_update: u8,
 }
 
 impl EdgeLookup<Ip6> for Edge<'_> {
     #[inline(always)]
     fn conn(&mut self) -> Option<ConnKind> {
-        let mut seen = 0;
-        let kind = lookup_conn(self.ctx, self.dir, self.pkt, self.l4, &mut seen);
-        (self.conn_done, self.conn_kind, self.conn_seen_ns) = (true, kind, seen);
+        let mut update = 0;
+        let kind = lookup_conn(self.ctx, self.dir, self.pkt, self.l4, &mut update);
+        (self.conn_kind, self.conn_update) = (kind, update);
         ConnKind::from_u8(kind)
     }
 
@@ -171,14 +179,15 @@ impl EdgeLookup<Ip6> for Edge<'_> {
 
 /// The `PN_CONNS6` entry of `pkt`'s connection, keyed from the container's
 /// side (toward a container, an ICMPv6 error belongs to the connection of
-/// the packet it quotes): its kind (0: none), its stamp into `seen`.
+/// the packet it quotes): its kind (0: none), and into `update` what
+/// tracking it would do now ([`update_code`]).
 #[inline(never)]
 fn lookup_conn(
     ctx: &TcContext,
     dir: Direction,
     pkt: &Ipv6Summary,
     l4: usize,
-    seen: &mut u64,
+    update: &mut u8,
 ) -> u8 {
     let key = match dir {
         Direction::FromContainer => ConnKey::leaving(pkt),
@@ -189,12 +198,23 @@ fn lookup_conn(
         _ => ConnKey::entering(pkt),
     };
     // SAFETY: plain data, see tc.rs.
-    match unsafe { PN_CONNS6.get(key) } {
-        Some(c) => {
-            *seen = c.last_seen_ns;
-            c.kind
-        }
-        None => 0,
+    let (kind, last) = match unsafe { PN_CONNS6.get(key) } {
+        Some(c) => (c.kind, Some(c.last_seen_ns)),
+        None => (0, None),
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    *update = update_code(policy::flow_update(last, now));
+    kind
+}
+
+/// A [`FlowUpdate`] as a byte of [`Verdict`] (0 is "not looked").
+#[inline(always)]
+fn update_code(u: FlowUpdate) -> u8 {
+    match u {
+        FlowUpdate::New => 1,
+        FlowUpdate::Refresh => 2,
+        FlowUpdate::Keep => 3,
     }
 }
 
@@ -205,22 +225,27 @@ fn lookup_conn(
 /// fails closed (`not_member`).
 #[inline(always)]
 fn quoted_conn(ctx: &TcContext, l4: usize) -> Option<ConnKey<Ip6>> {
-    let icmp = load::<[u8; 8]>(ctx, l4)?;
+    // Masked again (it came through `Verdict` as a u16): the verifier
+    // then knows every read below stays within a packet's offsets.
+    let l4 = l4 & (2 * L4_OFFSET_MASK + 1);
+    let icmp = load::<[u8; 4]>(ctx, l4)?;
     if !policy::icmp6_is_error(icmp[0]) {
         return None;
     }
-    let inner = load::<[u8; IPV6_HLEN]>(ctx, l4 + 8)?;
-    let proto = inner[6];
+    // The quoted header's fields read one by one, each straight into the
+    // key: a copy of the whole header (and of its addresses) cost this
+    // frame over 300 bytes, past what the calls above it leave.
+    let inner = l4 + 8;
+    let proto = load::<[u8; 8]>(ctx, inner)?[6];
     let (mut sport, mut dport) = (0, 0);
     if policy::has_ports(proto) {
-        let ports = load::<[u8; 4]>(ctx, l4 + 8 + IPV6_HLEN)?;
+        let ports = load::<[u8; 4]>(ctx, inner + IPV6_HLEN)?;
         sport = u16::from_be_bytes([ports[0], ports[1]]);
         dport = u16::from_be_bytes([ports[2], ports[3]]);
     }
-    // Byte by byte: a slice copy may compile to a `memcpy` call.
     Some(ConnKey {
-        container: core::array::from_fn(|i| inner[8 + i]),
-        remote: core::array::from_fn(|i| inner[24 + i]),
+        container: load::<Ip6>(ctx, inner + 8)?,
+        remote: load::<Ip6>(ctx, inner + 24)?,
         container_port: sport,
         remote_port: dport,
         proto,
@@ -282,15 +307,30 @@ fn decide(
         }
     }
     v.read = true;
+    v.l4 = if ip.later_fragment { 0 } else { l4 as u16 };
+    JUDGE
+}
+
+/// The rules (`policy::from_container` / `to_container`) on the headers
+/// `decide` read into `v`; the verdict as `decide`'s. A subprogram of its
+/// own, called from `handle` after `decide` returned: the connection
+/// lookup's frame stacked on `decide`'s would pass the 512 bytes.
+#[inline(never)]
+fn judge(
+    ctx: &TcContext,
+    dir: Direction,
+    iface: Option<&Iface>,
+    cfg: &Config,
+    v: &mut Verdict,
+) -> u8 {
     let pkt = &v.pkt;
     let mut edge = Edge {
         ctx,
         dir,
         pkt,
-        l4: if ip.later_fragment { 0 } else { l4 },
+        l4: usize::from(v.l4),
         conn_kind: 0,
-        conn_seen_ns: 0,
-        conn_done: false,
+        conn_update: 0,
     };
     // The tunnel carries no IPv6 yet: a remote member is unreachable
     // (`no_tunnel`), and nothing arrives from one (`spoofed_source`).
@@ -314,14 +354,18 @@ fn decide(
             }
         }
     };
-    (v.conn_done, v.conn_kind, v.conn_seen_ns) = (edge.conn_done, edge.conn_kind, edge.conn_seen_ns);
+    (v.conn_kind, v.conn_update) = (edge.conn_kind, edge.conn_update);
     reason as u8
 }
+
+/// What `decide` returns when the headers are read and the rules are to
+/// judge them (`judge`): no reason's number.
+const JUDGE: u8 = u8::MAX - 1;
 
 /// What `decide` returns for neighbour discovery, which `nd` judges: no
 /// reason's number.
 const NEIGHBOUR_DISCOVERY: u8 = u8::MAX;
-const _: () = assert!(Reason::COUNT < NEIGHBOUR_DISCOVERY as usize);
+const _: () = assert!(Reason::COUNT < JUDGE as usize);
 
 /// Neighbour and listener discovery (`policy::nd_*`, `mld_*`), the headers walked again (a
 /// message of the link, rare: its frame is what matters); the verdict as
@@ -391,27 +435,30 @@ fn track_flow(at: &PacketCtx, v: &Verdict) {
 }
 
 /// `tc::track_conn` over `PN_CONNS6`: records (at most once a second) a
-/// connection with the outside from the side that opened it.
+/// connection with the outside from the side that opened it. Whether it
+/// wrote, as a number: a subprogram returns a scalar (see `decide`).
 #[inline(never)]
-fn track_conn(at: &PacketCtx, v: &Verdict, kind: ConnKind) {
+fn track_conn(at: &PacketCtx, v: &Verdict, kind: ConnKind) -> u8 {
     let key = match at.dir {
         Direction::FromContainer => ConnKey::leaving(&v.pkt),
         _ => ConnKey::entering(&v.pkt),
     };
-    let (known_kind, known_seen) = if v.conn_done {
-        (v.conn_kind, v.conn_seen_ns)
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (known, update) = if v.conn_update != 0 {
+        (v.conn_kind, v.conn_update)
     } else {
         // SAFETY: plain data, see tc.rs.
         match unsafe { PN_CONNS6.get(key) } {
-            Some(c) => (c.kind, c.last_seen_ns),
-            None => (0, 0),
+            Some(c) => (
+                c.kind,
+                update_code(policy::flow_update(Some(c.last_seen_ns), now)),
+            ),
+            None => (0, update_code(FlowUpdate::New)),
         }
     };
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let update = policy::flow_update((known_kind != 0).then_some(known_seen), now);
-    if update == FlowUpdate::Keep && known_kind == kind as u8 {
-        return;
+    if update == update_code(FlowUpdate::Keep) && known == kind as u8 {
+        return 0;
     }
     let state = ConnState {
         last_seen_ns: now,
@@ -419,11 +466,12 @@ fn track_conn(at: &PacketCtx, v: &Verdict, kind: ConnKind) {
         _pad: [0; 7],
     };
     let _ = PN_CONNS6.insert(key, state, 0);
-    if update == FlowUpdate::New {
+    if update == update_code(FlowUpdate::New) {
         let reason = match kind {
             ConnKind::Egress => Reason::Egress,
             ConnKind::Published => Reason::Published,
         };
         event(at, EventKind::NewFlow, reason, v);
     }
+    1
 }

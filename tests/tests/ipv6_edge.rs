@@ -1,0 +1,236 @@
+//! The edge over IPv6, as the agent wires it on one host: the twins of
+//! `edge_agent.rs`'s egress and publication tests. The LAN of
+//! [`Outside`] gains IPv6 (documentation addresses, 2001:db8::/32): the
+//! host `2001:db8:50::1`, the router `::7`, the stranger `::66`, the
+//! gateway `::fe` to the world `2001:db8:113::10`.
+
+use std::{
+    net::{Ipv6Addr, SocketAddr},
+    time::Duration,
+};
+
+use pn_tests::{
+    Host, Namespace,
+    edge::{Outside, published},
+    eventually, net,
+    scenario::Member,
+    unique_prefix,
+};
+
+const HOST6: &str = "2001:db8:50::1";
+const GW6: &str = "2001:db8:50::fe";
+const ROUTER6: &str = "2001:db8:50::7";
+const STRANGER6: &str = "2001:db8:50::66";
+const WORLD6: &str = "2001:db8:113::10";
+/// The agent learns the fleet's IPv6 pool from the store within its
+/// repair period (10 s) once the first network has one.
+const LEARN: Duration = Duration::from_secs(25);
+const WAIT: Duration = Duration::from_secs(5);
+const FAIL: Duration = Duration::from_millis(700);
+
+struct Fixture {
+    host: Host,
+    out: Outside,
+    net: String,
+    app: String,
+    c1: Member,
+}
+
+/// IPv6 on the LAN and behind its gateway; the host's own global address
+/// only with `host_address`.
+fn ipv6_outside(host: &Namespace, out: &Outside, host_address: bool) {
+    let addr = |ns: &Namespace, a: &str, dev: &str| {
+        ns.ip(&["-6", "addr", "add", a, "dev", dev, "nodad"]);
+    };
+    if host_address {
+        addr(host, &format!("{HOST6}/64"), "up0");
+        host.ip(&["-6", "route", "add", "default", "via", GW6]);
+    }
+    addr(&out.gw, &format!("{GW6}/64"), "up0");
+    addr(&out.router, &format!("{ROUTER6}/64"), "up0");
+    addr(&out.stranger, &format!("{STRANGER6}/64"), "up0");
+    addr(&out.gw, "2001:db8:113::1/64", "w0");
+    addr(&out.world, &format!("{WORLD6}/64"), "eth0");
+    out.world
+        .ip(&["-6", "route", "add", "default", "via", "2001:db8:113::1"]);
+    out.gw.sysctl("net.ipv6.conf.all.forwarding=1");
+    // The edge's forwarding is another part's: on, as for any container
+    // with IPv6.
+    host.sysctl("net.ipv6.conf.all.forwarding=1");
+}
+
+fn fixture_with(host_address: bool, net_flags: &[&str]) -> Fixture {
+    let p = unique_prefix();
+    let mut host = Host::create(&p, "h1");
+    let out = Outside::around(&p, &host.ns);
+    ipv6_outside(&host.ns, &out, host_address);
+    host.launch(&[
+        "--router-cidr",
+        "192.168.50.7/32",
+        "--router-cidr6",
+        &format!("{ROUTER6}/128"),
+    ]);
+    let (net, app) = host.network_and_app(net_flags);
+    let c1 = host.member(&app, "web", "c1");
+    Fixture {
+        host,
+        out,
+        net,
+        app,
+        c1,
+    }
+}
+
+fn fixture() -> Fixture {
+    fixture_with(true, &[])
+}
+
+fn ip6(m: &Member) -> Ipv6Addr {
+    m.attached["ip6"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no ip6 in {}", m.attached))
+        .parse()
+        .unwrap()
+}
+
+fn sa(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::from((ip.parse::<Ipv6Addr>().unwrap(), port))
+}
+
+fn counted(f: &Fixture, reason: &str) -> u64 {
+    f.host.packets(&f.app, "web-1", reason)
+}
+
+#[test]
+fn the_ipv6_world_is_reached_through_the_hosts_ipv6_address() {
+    let f = fixture();
+    let _tcp = net::tcp_whoami_server6(&f.out.world, 7000);
+    let _udp = net::udp_whoami_server6(&f.out.world, 7001);
+    let mut seen = None;
+    // The first tries may come before the agent knows the pool.
+    assert!(
+        eventually(LEARN, || {
+            seen = net::tcp_whoami(&f.c1.ns, sa(WORLD6, 7000), FAIL).ok();
+            seen.is_some()
+        }),
+        "tcp to the IPv6 world"
+    );
+    let (who, mut s) = seen.unwrap();
+    assert_eq!(who, HOST6, "the world sees the host's IPv6 address");
+    net::echo_on(&mut s, &vec![0x5a; 1 << 20]).expect("1 MiB back whole");
+    assert_eq!(
+        net::udp_whoami(&f.c1.ns, sa(WORLD6, 7001), WAIT).unwrap(),
+        HOST6
+    );
+    let ping = f.c1.ns.exec(&["ping", "-6", "-c1", "-W2", WORLD6]);
+    assert!(ping.status.success(), "{ping:?}");
+    assert!(eventually(WAIT, || counted(&f, "egress") > 10), "counted");
+    assert_eq!(counted(&f, "not_member"), 0, "no answer was refused");
+    // IPv4 beside, unchanged.
+    let _tcp4 = net::tcp_whoami_server(&f.out.world, 7002);
+    let (who4, _) = net::tcp_whoami(
+        &f.c1.ns,
+        format!("{}:7002", pn_tests::edge::WORLD).parse().unwrap(),
+        WAIT,
+    )
+    .expect("tcp to the IPv4 world");
+    assert_eq!(who4, pn_tests::edge::HOST);
+
+    // Unsolicited from the world, routed to the pool through the host.
+    let _web = net::tcp_whoami_server6(&f.c1.ns, 8080);
+    let c1 = ip6(&f.c1);
+    let s = c1.segments();
+    let pool6 = format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2]);
+    f.out.gw.ip(&["-6", "route", "add", &pool6, "via", HOST6]);
+    let before = counted(&f, "not_member");
+    assert!(net::tcp_whoami(&f.out.world, SocketAddr::from((c1, 8080)), FAIL).is_err());
+    assert!(eventually(WAIT, || counted(&f, "not_member") > before));
+}
+
+#[test]
+fn a_sealed_network_reaches_no_ipv6_world() {
+    let f = fixture_with(true, &["--egress", "deny"]);
+    let _tcp = net::tcp_whoami_server6(&f.out.world, 7000);
+    let _udp = net::udp_whoami_server6(&f.out.world, 7001);
+    // Long enough for the agent to know the pool: then it is the seal,
+    // not the pool's absence, that holds.
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(net::tcp_whoami(&f.c1.ns, sa(WORLD6, 7000), FAIL).is_err());
+    assert!(net::udp_whoami(&f.c1.ns, sa(WORLD6, 7001), FAIL).is_err());
+    assert!(eventually(WAIT, || counted(&f, "egress_denied") >= 2));
+    assert_eq!(counted(&f, "egress"), 0);
+    // Unsealed live: the same container reaches it.
+    f.host
+        .cli_ok(&["network", "update", &f.net, "--egress", "allow"]);
+    assert!(eventually(WAIT, || net::tcp_whoami(
+        &f.c1.ns,
+        sa(WORLD6, 7000),
+        FAIL
+    )
+    .is_ok()));
+}
+
+#[test]
+fn what_is_never_the_world_stays_out_of_reach_over_ipv6() {
+    let f = fixture();
+    let _world = net::tcp_whoami_server6(&f.out.world, 7000);
+    assert!(
+        eventually(LEARN, || net::tcp_whoami(&f.c1.ns, sa(WORLD6, 7000), FAIL).is_ok()),
+        "the world first, so the pool is known"
+    );
+    let _router = net::tcp_whoami_server6(&f.out.router, 7000);
+    let _host = net::tcp_whoami_server6(&f.host.ns, 7000);
+    let denied = counted(&f, "egress_denied");
+    // The underlay's subnet (the router's address), the host's own
+    // address, and a link-local address.
+    for dst in [ROUTER6, HOST6, "fe80::7"] {
+        assert!(
+            net::tcp_whoami(&f.c1.ns, sa(dst, 7000), FAIL).is_err(),
+            "{dst}"
+        );
+    }
+    assert!(eventually(WAIT, || counted(&f, "egress_denied") >= denied + 3));
+    // An address of the pool that is nobody's: a member's rule, not the
+    // world's.
+    let s = ip6(&f.c1).segments();
+    let nobody = Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0x7777);
+    let policy = counted(&f, "policy_denied");
+    assert!(net::tcp_whoami(&f.c1.ns, SocketAddr::from((nobody, 7000)), FAIL).is_err());
+    assert!(eventually(WAIT, || counted(&f, "policy_denied") > policy));
+}
+
+#[test]
+fn without_a_global_ipv6_address_the_ipv6_world_is_denied() {
+    let f = fixture_with(false, &[]);
+    let _tcp = net::tcp_whoami_server6(&f.out.world, 7000);
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(net::tcp_whoami(&f.c1.ns, sa(WORLD6, 7000), FAIL).is_err());
+    assert!(eventually(WAIT, || counted(&f, "egress_denied") > 0));
+    assert_eq!(counted(&f, "egress"), 0);
+}
+
+#[test]
+fn a_published_port_answers_routers_on_the_hosts_ipv6_address() {
+    let f = fixture();
+    let port = published(&f.c1.attached).expect("a web container is published");
+    let _web = net::tcp_whoami_server6(&f.c1.ns, 8080);
+    let at = sa(HOST6, port.port());
+    let mut seen = None;
+    assert!(
+        eventually(LEARN, || {
+            seen = net::tcp_whoami(&f.out.router, at, FAIL).ok();
+            seen.is_some()
+        }),
+        "the router through the host's IPv6 address"
+    );
+    assert_eq!(seen.unwrap().0, ROUTER6, "the container sees the router");
+    assert!(eventually(WAIT, || counted(&f, "published") > 0));
+    // Anyone else through the same port: dropped at the container.
+    assert!(net::tcp_whoami(&f.out.stranger, at, FAIL).is_err());
+    assert!(eventually(WAIT, || counted(&f, "not_router") > 0));
+    // IPv4's publication beside, unchanged.
+    assert_eq!(
+        net::tcp_whoami(&f.out.router, port, WAIT).unwrap().0,
+        "192.168.50.7"
+    );
+}
