@@ -177,7 +177,8 @@ fn what_is_never_the_world_stays_out_of_reach_over_ipv6() {
     let f = fixture();
     let _world = net::tcp_whoami_server6(&f.out.world, 7000);
     assert!(
-        eventually(LEARN, || net::tcp_whoami(&f.c1.ns, sa(WORLD6, 7000), FAIL).is_ok()),
+        eventually(LEARN, || net::tcp_whoami(&f.c1.ns, sa(WORLD6, 7000), FAIL)
+            .is_ok()),
         "the world first, so the pool is known"
     );
     let _host = net::tcp_whoami_server6(&f.host.ns, 7000);

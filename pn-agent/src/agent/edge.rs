@@ -75,7 +75,11 @@ fn edge_local6(
         facts: HostFacts6 {
             // The pool's addresses are the containers' (the gateway's
             // side of a veth may hold none, but a stray one is no world).
-            addrs: addrs6.iter().map(|(_, n)| *n).filter(|n| !in_pool(&n.addr())).collect(),
+            addrs: addrs6
+                .iter()
+                .map(|(_, n)| *n)
+                .filter(|n| !in_pool(&n.addr()))
+                .collect(),
             underlay,
             store: store6,
             // The other hosts are the view's: added by `reconcile`.

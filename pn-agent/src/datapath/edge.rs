@@ -23,7 +23,10 @@ pub struct EdgeMaps {
 }
 
 /// A missing key is what the caller wanted: not an error.
-fn removed(r: std::result::Result<(), aya::maps::MapError>, entry: impl FnOnce() -> String) -> Result<()> {
+fn removed(
+    r: std::result::Result<(), aya::maps::MapError>,
+    entry: impl FnOnce() -> String,
+) -> Result<()> {
     match r {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(e) => Err(e).ctx(|| format!("removing {}", entry())),
@@ -73,8 +76,10 @@ impl EdgeMaps {
 
     pub fn set_deny(&mut self, (addr, len): (Ip4, u8), kind: u32) -> Result<()> {
         let name = std::net::Ipv4Addr::from(pn_common::ip4_octets(addr));
-        (self.deny.insert(&LpmKey::new(u32::from(len), addr), DenyRange { kind }, 0))
-            .ctx(|| format!("writing PN_EGRESS_DENY[{name}/{len}]"))
+        (self
+            .deny
+            .insert(&LpmKey::new(u32::from(len), addr), DenyRange { kind }, 0))
+        .ctx(|| format!("writing PN_EGRESS_DENY[{name}/{len}]"))
     }
 
     pub fn remove_deny(&mut self, (addr, len): (Ip4, u8)) -> Result<()> {
@@ -86,15 +91,18 @@ impl EdgeMaps {
 
     pub fn set_deny6(&mut self, (addr, len): (Ip6, u8), kind: u32) -> Result<()> {
         let name = std::net::Ipv6Addr::from(addr);
-        (self.deny6.insert(&LpmKey::new(u32::from(len), addr), DenyRange { kind }, 0))
-            .ctx(|| format!("writing PN_EGRESS_DENY6[{name}/{len}]"))
+        (self
+            .deny6
+            .insert(&LpmKey::new(u32::from(len), addr), DenyRange { kind }, 0))
+        .ctx(|| format!("writing PN_EGRESS_DENY6[{name}/{len}]"))
     }
 
     pub fn remove_deny6(&mut self, (addr, len): (Ip6, u8)) -> Result<()> {
         let name = std::net::Ipv6Addr::from(addr);
-        removed(self.deny6.remove(&LpmKey::new(u32::from(len), addr)), || {
-            format!("PN_EGRESS_DENY6[{name}/{len}]")
-        })
+        removed(
+            self.deny6.remove(&LpmKey::new(u32::from(len), addr)),
+            || format!("PN_EGRESS_DENY6[{name}/{len}]"),
+        )
     }
 
     /// Forgets a container's connections with the outside (it is detached;

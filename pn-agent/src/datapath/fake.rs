@@ -138,7 +138,10 @@ impl Maps for FakeMaps {
         Ok(())
     }
     fn remove_deny6(&mut self, (a, len): (Ip6, u8)) -> Result<()> {
-        self.call(format!("remove_deny6 {}/{len}", std::net::Ipv6Addr::from(a)))?;
+        self.call(format!(
+            "remove_deny6 {}/{len}",
+            std::net::Ipv6Addr::from(a)
+        ))?;
         self.state.egress_deny6.remove(&(a, len));
         Ok(())
     }

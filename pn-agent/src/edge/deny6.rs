@@ -183,7 +183,10 @@ mod tests {
             "::1/128".parse().unwrap(),
         ];
         let l = deny_list6(&f, &BTreeMap::new());
-        assert_eq!(covers6(&l, ip("2606:4700::1111")), Some(DenyRange::NO_ADDRESS));
+        assert_eq!(
+            covers6(&l, ip("2606:4700::1111")),
+            Some(DenyRange::NO_ADDRESS)
+        );
         assert!(
             !deny_list6(&facts(), &BTreeMap::new())
                 .values()
@@ -201,7 +204,10 @@ mod tests {
             }
         }
         let e = lpm_entries6(&l);
-        assert_eq!(e.get(&(ip("fe80::").octets(), 10)), Some(&DenyRange::SPECIAL));
+        assert_eq!(
+            e.get(&(ip("fe80::").octets(), 10)),
+            Some(&DenyRange::SPECIAL)
+        );
         assert_eq!(e.len(), l.len());
     }
 }

@@ -44,7 +44,9 @@ fn containers_leave_with_the_hosts_ipv6_address_too() {
 fn the_ipv6_deny_list_and_pool_guard_sit_beside_ipv4s() {
     let t = text(&cfg6());
     let deny = |i: &str, f: &str, s: &str| {
-        format!("meta iifname == {i} ct direction == original {f} daddr == @{s} counter egress_denied drop")
+        format!(
+            "meta iifname == {i} ct direction == original {f} daddr == @{s} counter egress_denied drop"
+        )
     };
     assert_eq!(
         t.rules["forward"],

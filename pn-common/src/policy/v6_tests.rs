@@ -237,5 +237,8 @@ fn an_ipv6_connection_has_one_key_both_ways() {
     assert_eq!(k, ConnKey::entering(&entering));
     assert_eq!((k.container, k.remote), (A1, WORLD));
     assert_eq!((k.container_port, k.remote_port), (40000, 443));
-    assert_ne!(k, ConnKey::leaving(&pkt(A1, WORLD, IPPROTO_UDP, 40000, 443)));
+    assert_ne!(
+        k,
+        ConnKey::leaving(&pkt(A1, WORLD, IPPROTO_UDP, 40000, 443))
+    );
 }

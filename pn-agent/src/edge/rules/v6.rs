@@ -22,7 +22,8 @@ use pn_common::edge::{MARK_OTHER, MARK_ROUTER};
 
 use super::{
     super::config::{EdgeConfig6, Publication},
-    COUNTER_EGRESS_DENIED, COUNTER_POOL_SPOOFED, Objects, nft::*,
+    COUNTER_EGRESS_DENIED, COUNTER_POOL_SPOOFED, Objects,
+    nft::*,
 };
 
 pub(super) fn sets(v6: &EdgeConfig6, t: &mut Objects) {
@@ -30,7 +31,10 @@ pub(super) fn sets(v6: &EdgeConfig6, t: &mut Objects) {
     t.add(addr_set6("routers6", &Ipv6Net::aggregate(&v6.router_cidrs)));
     let hosts: Vec<Ipv6Net> = v6.host_addrs.iter().map(|&a| Ipv6Net::from(a)).collect();
     t.add(addr_set6("hosts6", &Ipv6Net::aggregate(&hosts)));
-    t.add(addr_set6("egress_deny6", &Ipv6Net::aggregate(&v6.egress_deny)));
+    t.add(addr_set6(
+        "egress_deny6",
+        &Ipv6Net::aggregate(&v6.egress_deny),
+    ));
 }
 
 pub(super) fn member_notrack(t: &mut Objects) {
