@@ -53,7 +53,7 @@ pub fn handle(ctx: &TcContext, dir: Direction) -> i32 {
         return TC_ACT_SHOT;
     };
     let mut v = Verdict::default();
-    let decided = match decide(ctx, dir, iface, cfg, &mut v) {
+    let decided = match decide(ctx, dir, iface, &mut v) {
         // Called from here rather than from `decide`: the three frames
         // stacked would pass the 512 bytes all calls share.
         NEIGHBOUR_DISCOVERY => nd(ctx, dir, iface),
@@ -257,13 +257,7 @@ fn quoted_conn(ctx: &TcContext, l4: usize) -> Option<ConnKey<Ip6>> {
 /// subprogram returns a scalar: with nothing to return, the compiler may
 /// leave a stack pointer in the return register, which the verifier refuses).
 #[inline(never)]
-fn decide(
-    ctx: &TcContext,
-    dir: Direction,
-    iface: Option<&Iface>,
-    cfg: &Config,
-    v: &mut Verdict,
-) -> u8 {
+fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, v: &mut Verdict) -> u8 {
     const MALFORMED: u8 = Reason::Malformed as u8;
     if iface.is_none() {
         return Reason::UnknownInterface as u8;
