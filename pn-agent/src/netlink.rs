@@ -29,6 +29,7 @@ mod error;
 mod netns;
 mod requests;
 mod socket;
+mod tunnel6;
 mod v6;
 pub use v6::GATEWAY6;
 
@@ -381,13 +382,19 @@ impl Netlink {
         v6::host_side(&self.handle, idx, host_if, ip6, container_mac).await
     }
 
-    /// Sets an interface's MTU and brings it up (if it is not so already).
-    pub async fn set_up(&self, name: &str, mtu: u32) -> Result<u32> {
+    /// Sets an interface's MTU and brings it up (if it is not so already),
+    /// with IPv6 on it or off (never off then on: that would flush its
+    /// IPv6 routes at every start).
+    pub async fn set_up(&self, name: &str, mtu: u32, ipv6: bool) -> Result<u32> {
         let link = link_by_name(&self.handle, name)
             .await?
             .ok_or_else(|| NetlinkError::InterfaceMissing(name.into()))?;
         let idx = link.header.index;
-        sysctl_if("ipv6", name, "disable_ipv6", "1")?;
+        if ipv6 {
+            v6::enable(name)?;
+        } else {
+            sysctl_if("ipv6", name, "disable_ipv6", "1")?;
+        }
         if is_up(&link) && mtu_of(&link) == Some(mtu) {
             return Ok(idx);
         }
@@ -455,17 +462,23 @@ fn resolv_conf_dir(netns: &str) -> Option<PathBuf> {
 /// `/etc/resolv.conf`: containers that are named namespaces get our DNS.
 /// `ndots:3` makes names relative to the network (`N.TYPE.ap-X`, two dots)
 /// try the search domain first, while most names of the world go straight out.
+/// A container with IPv6 (`v6_ifname`: its interface) also gets the
+/// gateway's IPv6 address, second: IPv4 stays the first one asked.
 pub fn write_resolv_conf(
     ns: &Netns,
     network: &pn_common::ids::NetworkId,
     dns: Ipv4Addr,
+    v6_ifname: Option<&str>,
 ) -> std::io::Result<()> {
     let Some(dir) = ns.name.as_deref().and_then(resolv_conf_dir) else {
         return Ok(());
     };
     std::fs::create_dir_all(&dir)?;
+    let dns6 = v6_ifname
+        .map(|i| format!("nameserver {GATEWAY6}%{i}\n"))
+        .unwrap_or_default();
     let text = format!(
-        "# written by pn-agent for a container of {network}\nnameserver {dns}\nsearch {network}.{}\noptions ndots:3 timeout:2 attempts:2\n",
+        "# written by pn-agent for a container of {network}\nnameserver {dns}\n{dns6}search {network}.{}\noptions ndots:3 timeout:2 attempts:2\n",
         pn_common::names::ZONE
     );
     let tmp = dir.join("resolv.conf.pn-tmp");

@@ -96,7 +96,7 @@ pub fn status_text(s: &Status) -> String {
     t.push_str(&format!("tunnel      {}\n", s.tunnel));
     let e = &s.edge;
     t.push_str(&format!(
-        "edge        {}; {} published on {} for {}; {} range(s) never the world; forwarding {} (guard {}{})\n",
+        "edge        {}; {} published on {} for {}; {} range(s) never the world; forwarding {} (IPv6 {}; guard {}{})\n",
         if e.applied {
             "table in place".to_string()
         } else {
@@ -126,6 +126,7 @@ pub fn status_text(s: &Status) -> String {
         },
         e.egress_deny.len(),
         e.forwarding,
+        e.forwarding6,
         e.forward_guard,
         if e.forwarded_before_pn {
             ", forwarding was on before pn"

@@ -344,6 +344,9 @@ pub struct EdgeStatus {
     /// IPv4 forwarding was on before pn first ran on this host.
     #[serde(default)]
     pub forwarded_before_pn: bool,
+    /// IPv6's `forwarding`, decided on its own (`shared` with `--ipv6 off`).
+    #[serde(default)]
+    pub forwarding6: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

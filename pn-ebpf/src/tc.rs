@@ -192,7 +192,14 @@ impl EdgeLookup for Edge<'_> {
         // SAFETY: see `handle`.
         let entry = unsafe { PN_CONNS.get(key) }.copied().unwrap_or_default();
         self.conn = Looked { done: true, entry };
-        entry.kind()
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        policy::conn_live(&entry, key.proto, now)
+    }
+
+    #[inline(always)]
+    fn quoted_src(&mut self) -> Option<Ip4> {
+        self.quoted_conn().map(|k| k.container)
     }
 
     #[inline(always)]

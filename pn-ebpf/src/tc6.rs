@@ -3,14 +3,15 @@
 //! extension headers walked by `policy::parse_ipv6`, neighbour discovery
 //! judged by `policy::nd_*`.
 //!
+//! Remote members go through the tunnel as IPv4's do (`policy` decides:
+//! toward one only while the tunnel is up, from one only off its device).
+//!
 //! The world as IPv4's: `PN_EGRESS_DENY6` (`::/0` while the host has no
 //! global IPv6 address) and `PN_CONNS6` (written by the side that opened
 //! the connection, so answers and ICMPv6 errors about it come back).
 //!
-//! Not carried for IPv6 yet, and failing closed rather than open: remote
-//! members (the tunnel's device takes IPv4 only: toward one `no_tunnel`,
-//! from one `spoofed_source`), the service balancer, and connection and
-//! request events (`flows --http`).
+//! Not carried for IPv6 yet, and failing closed rather than open: the
+//! service balancer, and connection and request events (`flows --http`).
 
 use aya_ebpf::maps::lpm_trie::Key as LpmKey;
 use aya_ebpf::{
@@ -166,6 +167,12 @@ impl EdgeLookup<Ip6> for Edge<'_> {
     }
 
     #[inline(always)]
+    fn quoted_src(&mut self) -> Option<Ip6> {
+        let mut src = [0; 16];
+        (self.l4 != 0 && quoted_source(self.ctx, self.l4, &mut src) != 0).then_some(src)
+    }
+
+    #[inline(always)]
     fn egress_denied(&mut self, dst: Ip6) -> bool {
         PN_EGRESS_DENY6.get(LpmKey::new(128, dst)).is_some()
     }
@@ -197,13 +204,17 @@ fn lookup_conn(
         },
         _ => ConnKey::entering(pkt),
     };
-    // SAFETY: plain data, see tc.rs.
-    let (kind, last) = match unsafe { PN_CONNS6.get(key) } {
-        Some(c) => (c.kind, Some(c.last_seen_ns)),
-        None => (0, None),
-    };
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
+    // An entry idled out is no connection (see `policy::conn_live`).
+    // SAFETY: plain data, see tc.rs.
+    let (kind, last) = match unsafe { PN_CONNS6.get(key) } {
+        Some(c) => (
+            policy::conn_live(c, key.proto, now).map_or(0, |k| k as u8),
+            Some(c.last_seen_ns),
+        ),
+        None => (0, None),
+    };
     *update = update_code(policy::flow_update(last, now));
     kind
 }
@@ -215,6 +226,27 @@ fn update_code(u: FlowUpdate) -> u8 {
         FlowUpdate::New => 1,
         FlowUpdate::Refresh => 2,
         FlowUpdate::Keep => 3,
+    }
+}
+
+/// The source of the packet an ICMPv6 error quotes, into `src`; whether
+/// there is one (a subprogram returns a scalar: the address goes through
+/// the caller's frame).
+#[inline(never)]
+fn quoted_source(ctx: &TcContext, l4: usize, src: &mut Ip6) -> u8 {
+    let l4 = l4 & (2 * L4_OFFSET_MASK + 1);
+    let Some(icmp) = load::<[u8; 4]>(ctx, l4) else {
+        return 0;
+    };
+    if !policy::icmp6_is_error(icmp[0]) {
+        return 0;
+    }
+    match load::<Ip6>(ctx, l4 + 8 + 8) {
+        Some(a) => {
+            *src = a;
+            1
+        }
+        None => 0,
     }
 }
 
@@ -326,26 +358,18 @@ fn judge(
         conn_kind: 0,
         conn_update: 0,
     };
-    // The tunnel carries no IPv6 yet: a remote member is unreachable
-    // (`no_tunnel`), and nothing arrives from one (`spoofed_source`).
     let reason = match dir {
         Direction::FromContainer => {
             // SAFETY: plain data, see tc.rs.
             let dst = unsafe { PN_ENDPOINTS6.get(pkt.dst) };
-            match policy::from_container(pkt, iface, dst, cfg, &mut edge) {
-                Reason::Forwarded if dst.is_some_and(|e| e.is_remote()) => Reason::NoTunnel,
-                r => r,
-            }
+            policy::from_container(pkt, iface, dst, cfg, &mut edge)
         }
         _ => {
             // SAFETY: plain data, see tc.rs.
             let src = unsafe { PN_ENDPOINTS6.get(pkt.src) };
             // SAFETY: the context pointer is valid for the whole program run.
             let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
-            match policy::to_container(pkt, ingress, iface, src, cfg, &mut edge) {
-                Reason::Delivered if src.is_some_and(|e| e.is_remote()) => Reason::SpoofedSource,
-                r => r,
-            }
+            policy::to_container(pkt, ingress, iface, src, cfg, &mut edge)
         }
     };
     (v.conn_kind, v.conn_update) = (edge.conn_kind, edge.conn_update);

@@ -285,7 +285,7 @@ impl Tunnel {
             } => Err(self.accept_cookie(clock, receiver, nonce, sealed)),
             Message::Data { receiver, .. } => self
                 .prepare_open(clock, datagram)
-                .unwrap_or_else(|| Err(self.unknown_session(from, receiver))),
+                .unwrap_or_else(|| Err(self.unknown_session(clock, from, receiver))),
         }
     }
 
@@ -305,16 +305,22 @@ impl Tunnel {
         }
     }
 
-    /// A peer sending on a session we do not know has lost ours (we
+    /// A peer sending on a session we do not know may have lost ours (we
     /// restarted): pair again now rather than when its rekey timer fires.
-    /// One handshake in flight at most.
-    fn unknown_session(&mut self, from: SocketAddr, receiver: u32) -> Decap {
+    /// Anyone can send such a datagram under a peer's address, so it is
+    /// believed only while we hold no usable session with that peer (after a
+    /// restart, none) and no handshake is in flight: indexes sprayed by a
+    /// stranger start nothing while the pair is whole, and otherwise no
+    /// more than one attempt (retried on its timer) that our own traffic
+    /// would have started anyway.
+    fn unknown_session(&mut self, clock: Clock, from: SocketAddr, receiver: u32) -> Decap {
         if !self.by_index.contains_key(&receiver)
             && let Some(p) = self
                 .peers
                 .values_mut()
                 .find(|p| p.endpoint.ip() == from.ip())
             && p.handshake.is_none()
+            && usable_sending(&self.cfg, clock, p).is_none()
         {
             p.rekey_wanted = true;
         }

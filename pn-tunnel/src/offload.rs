@@ -112,13 +112,19 @@ fn tcp_headers(pkt: &[u8]) -> Result<(usize, usize), OffloadError> {
     Ok((ihl, ihl + doff))
 }
 
-/// Where the L4 checksum of an IPv4 packet sits: (start, offset) for TCP
-/// and UDP, the only protocols whose checksum may travel partial.
+/// Where the L4 checksum of an IP packet sits: (start, offset) for TCP
+/// and UDP, the only protocols whose checksum may travel partial. For
+/// IPv6, only right after the fixed header: behind extension headers it is
+/// completed before sealing, so the receiver never has to walk them.
 pub fn l4_checksum_position(pkt: &[u8]) -> Option<(usize, usize)> {
-    let ihl = usize::from(*pkt.first()? & 0x0f) * 4;
-    match pkt.get(9)? {
-        6 => Some((ihl, 16)),
-        17 => Some((ihl, 6)),
+    let (start, proto) = match *pkt.first()? >> 4 {
+        4 => (usize::from(*pkt.first()? & 0x0f) * 4, *pkt.get(9)?),
+        6 => (40, *pkt.get(6)?),
+        _ => return None,
+    };
+    match proto {
+        6 => Some((start, 16)),
+        17 => Some((start, 6)),
         _ => None,
     }
 }
@@ -240,6 +246,10 @@ impl Coalescer {
     /// Adds `pkt` if it continues the current flow; false when it does not
     /// fit (the caller flushes, then adds again).
     pub fn push(&mut self, pkt: &[u8], partial: bool) -> bool {
+        // IPv6 passes as it is (its header would read as a bogus IPv4 one).
+        if pkt.first().map(|b| b >> 4) != Some(4) {
+            return false;
+        }
         let Ok((ihl, headers)) = tcp_headers(pkt) else {
             return false;
         };
@@ -557,6 +567,15 @@ mod receive_tests {
         let mut udp = tcp.clone();
         udp[9] = 17;
         assert_eq!(receive_header(&udp, true).csum_offset, 6);
+        let mut tcp6 = vec![0u8; 60];
+        tcp6[0] = 0x65; // a traffic class whose nibble reads as an IHL of 20
+        tcp6[6] = 6;
+        tcp6[9] = 6;
+        assert_eq!(receive_header(&tcp6, true).csum_start, 40);
+        assert!(
+            !Coalescer::default().push(&tcp6, true),
+            "IPv6 is not coalesced"
+        );
         let mut icmp = tcp;
         icmp[9] = 1;
         assert_eq!(

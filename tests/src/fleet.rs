@@ -291,7 +291,12 @@ impl Fleet {
     pub fn flags(&self, i: usize, extra: &[&str]) -> Vec<String> {
         let endpoints = self.etcd.endpoint_list();
         let mut flags: Vec<String> = match &self.pki {
-            None => vec!["--store".into(), format!("etcd://{endpoints}")],
+            // A test bed: plain text to the fleet's etcd on the underlay.
+            None => vec![
+                "--store".into(),
+                format!("etcd://{endpoints}"),
+                "--store-insecure".into(),
+            ],
             Some(p) => vec![
                 "--store".into(),
                 format!("etcds://{endpoints}"),

@@ -77,6 +77,7 @@ impl Net {
                 .collect(),
             interfaces: vec!["pnh*".into()],
             forward_guard: true,
+            forward_guard6: true,
             dns: Some(GatewayDns {
                 listen: "169.254.1.1:53".parse().unwrap(),
                 clients: vec!["pnh*".into()],
@@ -219,6 +220,7 @@ fn the_host_forwards_nothing_but_pn_traffic_unless_the_guard_is_off() {
     // A host that forwarded before pn keeps doing so: pn leaves it alone.
     n.apply(&EdgeConfig {
         forward_guard: false,
+        forward_guard6: false,
         ..n.config()
     });
     let (seen, _s) =
@@ -232,6 +234,7 @@ fn guards(n: &Net) -> [EdgeConfig; 2] {
         n.config(),
         EdgeConfig {
             forward_guard: false,
+            forward_guard6: false,
             ..n.config()
         },
     ]

@@ -374,3 +374,80 @@ fn a_record_rewritten_while_its_agent_is_down_touches_only_the_namespace_it_atta
         "the other tenant's interface is untouched: {addr}"
     );
 }
+
+/// A host that joins later: `pn-agent fleet grant-host` as etcd's root
+/// gives it its user and role, the operator admits it to an app, and it
+/// runs that app's containers; its certificate writes nothing of another
+/// host's.
+#[test]
+fn a_host_granted_later_runs_its_containers_and_writes_only_its_own() {
+    let p = unique_prefix();
+    let (f, (app, c1)) = Fleet::tls_with_roles(&p, 3, |f| {
+        let (_, app) = f.hosts[0].network_and_app(&[]);
+        let c1 = f.hosts[0].member(&app, "web", "c1");
+        (app, c1)
+    });
+    let pki = f.pki.as_ref().unwrap();
+    let h4_pair = pki.pki.issue(&pki.ca, "h4", &[]);
+    let mut h4 = f.plumb(&p, 4);
+    let mut flags = vec![
+        "--store".to_string(),
+        format!("etcds://{}", f.etcd.endpoint_list()),
+        "--etcd-cacert".into(),
+        pki.ca.crt().into(),
+        "--etcd-cert".into(),
+        h4_pair.crt().into(),
+        "--etcd-key".into(),
+        h4_pair.key().into(),
+    ];
+    flags.extend(Fleet::tunnel_flags(4));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    // Not granted yet: etcd has no user h4.
+    let out = h4.run_to_exit(&flags, Duration::from_secs(20));
+    assert_ne!(out.code, 0, "an ungranted host started: {}", out.stderr);
+    let out = pki.fleet(&f.underlay, &pki.root, &["grant-host", "h4"]);
+    assert!(out.status.success(), "grant-host: {out:?}");
+    let out = f.operator(&["admit", &app, "h4"]);
+    assert!(out.status.success(), "admit: {out:?}");
+    h4.launch(&flags);
+    let c4 = h4.member(&app, "web", "c4");
+    let _server = net::tcp_echo_server(&c1, 9000);
+    assert!(
+        eventually(WAIT, || talks(&c4, c1.addr)),
+        "h4's container reaches h1's"
+    );
+    for h in f.hosts.iter().chain([&h4]) {
+        assert!(eventually(WAIT, || h.container_count() == 2), "{}", h.id);
+    }
+    // Its certificate writes its own records only.
+    let c1_key = format!(
+        "/pn/on/h1/containers/{app}/web/{}",
+        c1.attached["index"].as_u64().unwrap()
+    );
+    let record = pki.etcdctl(
+        &f.underlay,
+        &h4_pair,
+        &["get", &c1_key, "--print-value-only"],
+    );
+    let record = String::from_utf8_lossy(&record.stdout).trim().to_string();
+    assert!(
+        record.contains("\"host\""),
+        "h4 reads the membership: {record}"
+    );
+    for args in [
+        vec!["del", c1_key.as_str()],
+        vec!["put", c1_key.as_str(), record.as_str()],
+        vec!["del", "/pn/on/h2/", "--prefix"],
+        vec!["put", "/pn/hosts/h1", "{}"],
+        vec!["put", "/pn/admissions", r#"{"enforced":false}"#],
+    ] {
+        let out = pki.etcdctl(&f.underlay, &h4_pair, &args);
+        assert!(
+            !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains("permission denied"),
+            "etcd let h4 {args:?}: {out:?}"
+        );
+    }
+    assert!(talks(&c4, c1.addr), "after the refusals");
+    assert_eq!(f.hosts[0].container_count(), 2);
+}

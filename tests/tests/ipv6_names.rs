@@ -1,7 +1,7 @@
 //! IPv6 addresses and names on one host: every container an address of its
 //! network's /64 (`ip6` in the JSON), never twice, freed on detach; AAAA
-//! answers over IPv4 to the agent's DNS; `--ipv6 off` gives and answers
-//! none. (Traffic over IPv6 is the data plane's tests' business.)
+//! answers over IPv4 to the agent's DNS, and the DNS over IPv6 on the
+//! gateway `fe80::1`; `--ipv6 off` gives and answers none. (Traffic over IPv6 is the data plane's tests' business.)
 
 use std::{collections::BTreeSet, net::Ipv6Addr};
 
@@ -164,6 +164,55 @@ fn aaaa_answers_the_ipv6_addresses_over_ipv4() {
         std::time::Duration::from_secs(10),
         || { short(&worker, &format!("{base}."), "AAAA").len() == 1 }
     ));
+}
+
+/// The agent's DNS on the gateway's IPv6 address (`fe80::1` on the
+/// container's link), over UDP and TCP: the same answers as over IPv4, and
+/// another network's container refused as over IPv4. The container's
+/// resolv.conf lists it after the IPv4 one.
+#[test]
+fn the_gateway_answers_over_ipv6_as_over_ipv4() {
+    let host = Host::start(&unique_prefix(), "h1");
+    let (net, app) = host.network_and_app(&[]);
+    let (_, app_b) = host.network_and_app(&[]);
+    let web = host.member(&app, "web", "w");
+    let worker = host.member(&app, "worker", "k");
+    let stranger = host.member(&app_b, "web", "s");
+    let name = format!("1.web.{app}.{net}.{ZONE}.");
+    let over6 = |ns: &Namespace, extra: &[&str], qtype: &str| {
+        let mut args = vec!["@fe80::1%pn0", "+short"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[&name, qtype]);
+        dig(ns, &args).trim().to_string()
+    };
+    let ip6 = ip6_of(&web.attached).unwrap().to_string();
+    for transport in [&[][..], &["+tcp"][..]] {
+        assert_eq!(over6(&worker, transport, "AAAA"), ip6, "{transport:?}");
+        assert_eq!(
+            over6(&worker, transport, "A"),
+            web.addr.to_string(),
+            "{transport:?}"
+        );
+        let refused = dig(
+            &stranger,
+            &[&["@fe80::1%pn0", &name, "A"], transport].concat(),
+        );
+        assert!(
+            refused.contains("status: REFUSED"),
+            "{transport:?}: {refused}"
+        );
+    }
+    // Queries left from the container's own address, which its program
+    // takes (never for a spoofed one).
+    assert_eq!(host.packets(&app, "worker-1", "spoofed_source"), 0);
+    assert!(host.packets(&app, "worker-1", "gateway") > 0);
+    let conf = worker.exec(&["cat", "/etc/resolv.conf"]);
+    let conf = String::from_utf8_lossy(&conf.stdout);
+    let servers: Vec<&str> = conf
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver "))
+        .collect();
+    assert_eq!(servers, ["169.254.1.1", "fe80::1%pn0"], "{conf}");
 }
 
 #[test]

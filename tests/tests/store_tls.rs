@@ -80,7 +80,10 @@ fn a_tls_store_serves_hosts_with_certificates_and_refuses_the_rest() {
     let tls_store = format!("etcds://{ETCD_ADDR}");
 
     // Without certificates: plain text against the TLS port.
-    let out = run(&h3, &with(&format!("etcd://{ETCD_ADDR}"), &[]));
+    let out = run(
+        &h3,
+        &with(&format!("etcd://{ETCD_ADDR}"), &["--store-insecure"]),
+    );
     out.assert_error(
         ErrorKind::Unavailable,
         "serves TLS and this agent speaks plain text: use etcds://",
@@ -197,17 +200,38 @@ fn a_fleet_host_without_a_tunnel_is_refused() {
     let p = unique_prefix();
     let h = Host::create(&p, "h1");
     let store = format!("etcd://{ETCD_ADDR}");
+    let tunnel = ["--advertise", "192.0.2.1:51871", "--underlay-iface", "ul0"];
+    // Plain text to a store off this host: refused before the tunnel is
+    // even looked at, unless the test bed says so.
+    let mut plain = vec!["--store", &store];
+    plain.extend_from_slice(&tunnel);
+    h.run_to_exit(&plain, REFUSAL).assert_error(
+        ErrorKind::Invalid,
+        "is plain text and unauthenticated, and 192.168.100.254:2379 is not on this host's loopback",
+    );
     for (flags, want) in [
         (
-            vec!["--store", &store],
+            vec!["--store", &store, "--store-insecure"],
             "needs --advertise and --underlay-iface",
         ),
         (
-            vec!["--store", &store, "--underlay-iface", "ul0"],
+            vec![
+                "--store",
+                &store,
+                "--store-insecure",
+                "--underlay-iface",
+                "ul0",
+            ],
             "needs --advertise: without the tunnel",
         ),
         (
-            vec!["--store", &store, "--advertise", "192.0.2.1:51871"],
+            vec![
+                "--store",
+                &store,
+                "--store-insecure",
+                "--advertise",
+                "192.0.2.1:51871",
+            ],
             "needs --underlay-iface",
         ),
     ] {

@@ -335,6 +335,9 @@ impl Agent {
         }
         drop(guard);
         self.wait_applied(rev).await?;
+        if c.ip6.is_some() {
+            self.enable_ipv6(&ns, &c).await?;
+        }
         let ip = match c.ip6 {
             Some(ip6) => format!("{} and {ip6}", c.ip),
             None => c.ip.to_string(),
@@ -385,8 +388,30 @@ impl Agent {
         vec![Ipv6Net::default()]
     }
 
-    /// Makes the veth pair, filtered, addressed and routed; the container
-    /// end's MAC.
+    /// IPv6 on both ends of a new container's veth, once the maps know its
+    /// interface: with IPv6 on at link-up, the container's kernel sends its
+    /// listener reports at once, before the attach has written the
+    /// interface, and the programs count them `unknown_interface` on the
+    /// host's row. IPv4 sends nothing of its own at link-up. On failure
+    /// the container is detached, nothing half-made.
+    async fn enable_ipv6(&self, ns: &Netns, c: &Container) -> Result<()> {
+        let without = Container {
+            ip6: None,
+            ..c.clone()
+        };
+        if let Err(e) = self.readdress6(ns, &without, c).await {
+            log::error!("container {}: enabling IPv6: {e}", c.key);
+            if let Err(de) = self.detach(&c.key).await {
+                log::error!("detaching {} after it: {de}", c.key);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Makes the veth pair, filtered, addressed and routed (IPv4 only:
+    /// IPv6 stays off on both ends until [`Agent::enable_ipv6`]); the
+    /// container end's MAC.
     async fn make_container(&self, ns: &Netns, net: &Network, c: &Container) -> Result<[u8; 6]> {
         self.netlink
             .create_veth(&c.host_ifname, &c.ifname, ns, self.container_mtu)
@@ -408,15 +433,16 @@ impl Agent {
                 gateway: gateway_addr(),
                 gateway_mac: host_mac,
                 routes,
-                ip6: c.ip6,
-                net6: net.cidr6.map(|n| (n.network(), n.prefix_len())),
+                ip6: None,
+                net6: None,
             },
         )
         .await?;
         self.netlink
-            .configure_host_side(&c.host_ifname, c.ip, c.ip6, container_mac, gateway_addr())
+            .configure_host_side(&c.host_ifname, c.ip, None, container_mac, gateway_addr())
             .await?;
-        write_resolv_conf(ns, &net.id, *self.cfg.dns_listen.ip())
+        // IPv6's nameserver once IPv6 is on (`enable_ipv6`).
+        write_resolv_conf(ns, &net.id, *self.cfg.dns_listen.ip(), None)
             .map_err(|e| Error::internal(format!("writing resolv.conf for {}: {e}", ns.given)))?;
         Ok(container_mac)
     }

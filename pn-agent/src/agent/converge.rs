@@ -53,8 +53,16 @@ impl Agent {
         }
         self.members
             .apply(&want.members, want.addrs.as_ref().map(|a| a.iter()));
+        self.members
+            .apply6(&want.members6, want.addrs6.as_ref().map(|a| a.iter()));
         if let (Some(dev), Some(peers)) = (&self.tunnel, &want.tunnel_peers) {
             dev.set_peers(peers);
+        }
+        if let (Some(_), Some(routes), true) =
+            (&self.tunnel, &want.tunnel_routes6, self.cfg.ipv6.is_on())
+            && let Err(e) = self.netlink.tunnel_routes6(super::TUN_DEV, routes).await
+        {
+            log::error!("routing IPv6 members to the tunnel: {e}");
         }
         // Only a namespace this agent attached a container in (the store's
         // word is not enough to touch a namespace's files).

@@ -2,7 +2,7 @@
 //! predecessor's server closed), answering from the membership view.
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -32,6 +32,14 @@ impl dns::Directory for ViewDirectory {
             .get(&network)
             .is_none_or(|n| n.egress != crate::model::Egress::Allow);
         Some(dns::Member { network, sealed })
+    }
+
+    fn by_ip6(&self, client: Ipv6Addr) -> Option<Ipv4Addr> {
+        if !self.ipv6 {
+            return None;
+        }
+        let v = self.view.read().unwrap_or_else(|p| p.into_inner());
+        v.container_by_ip6(client).map(|c| c.ip)
     }
 
     fn resolve(&self, q: &pn_common::names::RecordQuery, out: &mut Vec<IpAddr>) -> bool {
@@ -73,6 +81,7 @@ impl Agent {
             let r = dns::serve_with(
                 DnsConfig {
                     listen: self.cfg.dns_listen,
+                    gateway6: self.cfg.ipv6.is_on().then_some(crate::netlink::GATEWAY6),
                     ttl: self.cfg.dns_ttl,
                     upstreams: self.dns_upstreams.clone(),
                 },

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     config::{RunConfig, StoreSpec},
-    edge::{EdgeConfig, Forwarding, GatewayDns, deny::HostFacts, deny6::HostFacts6},
+    edge::{EdgeConfig, GatewayDns, Owners, deny::HostFacts, deny6::HostFacts6},
     model::{Container, HOST_IF_PREFIX},
     netlink::{Netlink, NetlinkError},
 };
@@ -131,7 +131,7 @@ fn public_ip(
 /// host's addresses (`addrs`: interface name and address with prefix).
 pub fn edge_local(
     cfg: &RunConfig,
-    forwarding: Forwarding,
+    forwarding: Owners,
     addrs: &[(String, Ipv4Net)],
     store: Vec<Ipv4Addr>,
     v6: EdgeLocal6,
@@ -158,7 +158,8 @@ pub fn edge_local(
             operator: cfg.egress_deny.clone(),
         },
         interfaces: vec![format!("{HOST_IF_PREFIX}*"), TUN_DEV.into()],
-        forward_guard: cfg.forward_guard.drops_others(forwarding),
+        forward_guard: cfg.forward_guard.drops_others(forwarding.v4),
+        forward_guard6: cfg.forward_guard.drops_others(forwarding.v6),
         dns: Some(GatewayDns {
             listen: cfg.dns_listen,
             clients: vec![format!("{HOST_IF_PREFIX}*")],
@@ -196,7 +197,7 @@ pub async fn store_addrs(store: &StoreSpec) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
 pub async fn gather(
     netlink: &Netlink,
     cfg: &RunConfig,
-    forwarding: Forwarding,
+    forwarding: Owners,
     pool6: Option<Ipv6Net>,
 ) -> Result<EdgeLocal, NetlinkError> {
     let addrs = netlink.ipv4_addrs().await?;

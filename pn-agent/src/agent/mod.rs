@@ -31,6 +31,7 @@ pub mod edge;
 mod edge_table;
 mod follow;
 mod health;
+mod members;
 mod moving;
 mod names;
 mod pending;
@@ -40,13 +41,15 @@ mod start;
 mod status;
 mod takeover;
 
+pub use members::MemberTable;
+
 use std::{
     net::Ipv4Addr,
     sync::{Arc, Mutex, RwLock},
 };
 
 use pn_common::ids::HostId;
-use pn_tunnel::{self as tun, Member, device::Device, handshake::StaticKeys};
+use pn_tunnel::{device::Device, handshake::StaticKeys};
 use tokio::sync::watch;
 
 use crate::{
@@ -110,7 +113,7 @@ pub struct Agent {
     /// What this agent attached, as it made it (host-local truth).
     attached: attached::Attached,
     /// Whether pn owns the host's forwarding.
-    forwarding: crate::edge::Forwarding,
+    forwarding: crate::edge::Owners,
     /// The DNS server, running for the agent's life once started (after a
     /// predecessor released its address).
     dns: Mutex<Option<crate::dns::DnsHandle>>,
@@ -141,62 +144,5 @@ impl Agent {
 
     pub fn store_reachable(&self) -> bool {
         self.store_health.reachable()
-    }
-}
-
-/// Address → member, for the tunnel's per-packet checks (kept apart from
-/// the view so the data path takes one small lock and one hash lookup).
-/// FxHash: the keys are our own allocations, never chosen by a sender, and
-/// SipHash was a visible share of the receive path.
-#[derive(Clone, Default)]
-pub struct MemberTable(Arc<RwLock<MemberMap>>);
-
-type MemberMap = rustc_hash::FxHashMap<Ipv4Addr, Member>;
-
-impl tun::Members for MemberTable {
-    fn member(&self, ip: Ipv4Addr) -> Option<Member> {
-        self.0
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&ip)
-            .copied()
-    }
-}
-
-impl MemberTable {
-    /// Every member, for a successor agent.
-    pub fn entries(&self) -> Vec<(Ipv4Addr, Member)> {
-        self.0
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(a, m)| (*a, *m))
-            .collect()
-    }
-
-    /// Replaces the whole table.
-    pub fn set_all(&self, entries: &[(Ipv4Addr, Member)]) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = entries.iter().copied().collect();
-    }
-
-    /// Sets the members of `addrs` (absent from `members`: removed), or
-    /// replaces the whole table when `addrs` is `None`.
-    fn apply<'a>(
-        &self,
-        members: &std::collections::BTreeMap<Ipv4Addr, Member>,
-        addrs: Option<impl Iterator<Item = &'a Ipv4Addr>>,
-    ) {
-        let mut t = self.0.write().unwrap_or_else(|p| p.into_inner());
-        match addrs {
-            None => *t = members.iter().map(|(a, m)| (*a, *m)).collect(),
-            Some(addrs) => {
-                for a in addrs {
-                    match members.get(a) {
-                        Some(m) => t.insert(*a, *m),
-                        None => t.remove(a),
-                    };
-                }
-            }
-        }
     }
 }

@@ -90,10 +90,10 @@ impl Agent {
         self.netlink
             .readdress_host_side(&now.host_ifname, was.ip, now.ip, mac, gateway_addr())
             .await?;
-        write_resolv_conf(&ns, &now.network, *self.cfg.dns_listen.ip())
-            .map_err(|e| Error::internal(format!("writing resolv.conf for {}: {e}", now.netns)))?;
         if now.ip6 != was.ip6 {
             self.readdress6(&ns, was, now).await?;
+        } else {
+            self.write_resolv_conf(&ns, now)?;
         }
         log::info!(
             "container {}: re-addressed {} -> {} in {}",
@@ -105,8 +105,21 @@ impl Agent {
         Ok(())
     }
 
+    /// A named namespace's resolv.conf for `c`: the gateway's IPv6 address
+    /// listed when it has IPv6.
+    fn write_resolv_conf(&self, ns: &Netns, c: &Container) -> Result<(), Error> {
+        let v6_ifname = c.ip6.map(|_| c.ifname.as_str());
+        write_resolv_conf(ns, &c.network, *self.cfg.dns_listen.ip(), v6_ifname)
+            .map_err(|e| Error::internal(format!("writing resolv.conf for {}: {e}", c.netns)))
+    }
+
     /// The IPv6 part of [`Agent::readdress`], both ends of the veth.
-    async fn readdress6(&self, ns: &Netns, was: &Container, now: &Container) -> Result<(), Error> {
+    pub(super) async fn readdress6(
+        &self,
+        ns: &Netns,
+        was: &Container,
+        now: &Container,
+    ) -> Result<(), Error> {
         let (_, gateway_mac) =
             self.netlink.link(&now.host_ifname).await?.ok_or_else(|| {
                 Error::internal(format!("interface {} vanished", now.host_ifname))
@@ -132,6 +145,7 @@ impl Agent {
                 .readdress6_host_side(&now.host_ifname, ip6, mac)
                 .await?;
         }
+        self.write_resolv_conf(ns, now)?;
         log::info!(
             "container {}: IPv6 {:?} -> {:?} in {}",
             now.key,

@@ -132,6 +132,10 @@ async fn early_view(
         &reconcile::Touched::All,
     );
     members.apply(&want.members, None::<std::iter::Empty<&Ipv4Addr>>);
+    members.apply6(
+        &want.members6,
+        None::<std::iter::Empty<&std::net::Ipv6Addr>>,
+    );
     if let Some(peers) = &want.tunnel_peers {
         dev.set_peers(peers);
     }
@@ -423,8 +427,14 @@ impl Agent {
     ) -> anyhow::Result<Arc<Agent>> {
         let backend = open_store(&cfg).await?;
         let netlink = Netlink::connect().context("opening netlink")?;
-        let forwarding =
-            forwarding::enable(&cfg.state_dir).context("turning IPv4 forwarding on")?;
+        let forwarding = forwarding::Owners {
+            v4: forwarding::enable(&cfg.state_dir).context("turning IPv4 forwarding on")?,
+            v6: if cfg.ipv6.is_on() {
+                forwarding::enable6(&cfg.state_dir).context("turning IPv6 forwarding on")?
+            } else {
+                forwarding::Forwarding::Shared
+            },
+        };
         prepare_routes(&netlink, &cfg).await?;
         let (underlay, container_mtu) = find_underlay(&netlink, &cfg).await?;
         let host_keys = keyfile::host_key(&cfg.state_dir)?;

@@ -246,6 +246,16 @@ impl Agent {
         }
     }
 
+    /// `pn-only` when the table drops the family's forwarded traffic that is
+    /// not pn's, `shared` otherwise.
+    fn guard_word(&self, found: crate::edge::Forwarding) -> String {
+        if self.cfg.forward_guard.drops_others(found) {
+            "pn-only".into()
+        } else {
+            "shared".into()
+        }
+    }
+
     fn edge_status(&self, v: &crate::store::view::MembershipView) -> EdgeStatus {
         let (applied, last_error, table) = {
             let e = self.edge.lock().unwrap_or_else(|p| p.into_inner());
@@ -266,13 +276,10 @@ impl Agent {
                 .filter(|c| super::reconcile::edge::publication(v, local.as_ref(), c).is_some())
                 .count(),
             egress_deny: table.map(|t| t.egress_deny).unwrap_or_default(),
-            forwarding: if self.cfg.forward_guard.drops_others(self.forwarding) {
-                "pn-only".into()
-            } else {
-                "shared".into()
-            },
+            forwarding: self.guard_word(self.forwarding.v4),
             forward_guard: self.cfg.forward_guard.to_string(),
-            forwarded_before_pn: self.forwarding == crate::edge::Forwarding::Shared,
+            forwarded_before_pn: self.forwarding.v4 == crate::edge::Forwarding::Shared,
+            forwarding6: self.guard_word(self.forwarding.v6),
         }
     }
 

@@ -80,15 +80,16 @@ pub(super) fn resume_stored(dev: &Device, members: &MemberTable, stored: Stored)
     }
 }
 
-/// The device up at the container MTU, the pool routed to it (remote
-/// members; local ones have /32 routes to their veths, which win). A
-/// restart finds both as they were and changes nothing.
+/// The device up at the container MTU (IPv6 on it when this host gives
+/// containers IPv6: the networks' /64s are routed to it at converge), the
+/// pool routed to it (remote members; local ones have /32 routes to their
+/// veths, which win). A restart finds both as they were and changes nothing.
 pub(super) async fn route_tunnel(
     cfg: &RunConfig,
     netlink: &Netlink,
     mtu: u32,
 ) -> anyhow::Result<()> {
-    let idx = netlink.set_up(TUN_DEV, mtu).await?;
+    let idx = netlink.set_up(TUN_DEV, mtu, cfg.ipv6.is_on()).await?;
     netlink.route_to_dev(cfg.pool, idx, gateway_addr()).await?;
     Ok(())
 }

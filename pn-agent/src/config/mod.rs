@@ -13,9 +13,13 @@ use serde::Deserialize;
 
 use pn_api::DEFAULT_API_SOCKET;
 
+mod fleet_store;
 mod tunnel;
 
-use self::tunnel::{device_options, tunnel_config};
+use self::{
+    fleet_store::{needs_tunnel, plain_text_allowed},
+    tunnel::{device_options, tunnel_config},
+};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/pn-agent";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/pn-agent";
@@ -39,6 +43,9 @@ pub struct RunSettings {
     /// certificate), or `etcd://…` (plain text, development only) [default: embedded].
     #[arg(long)]
     pub store: Option<String>,
+    /// Allow `--store etcd://…` (plain text) to a store off this host: test beds only.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub store_insecure: Option<bool>,
     /// CA certificate (PEM) that signed etcd's server certificate (etcds://).
     #[arg(long)]
     pub etcd_cacert: Option<PathBuf>,
@@ -396,27 +403,6 @@ fn ipv6_mode(ipv6: Switch, pool6: Option<Ipv6Net>) -> anyhow::Result<crate::ipam
     })
 }
 
-/// A fleet store needs the tunnel: without it, traffic to members on other
-/// hosts would leave in clear text.
-fn needs_tunnel(advertise: bool, underlay_iface: bool) -> anyhow::Result<()> {
-    let missing: Vec<&str> = [
-        (!advertise, "--advertise"),
-        (!underlay_iface, "--underlay-iface"),
-    ]
-    .iter()
-    .filter(|(m, _)| *m)
-    .map(|(_, flag)| *flag)
-    .collect();
-    if !missing.is_empty() {
-        bail!(
-            "a fleet store (--store etcd…) needs {}: without the tunnel, traffic to \
-             members on other hosts would leave this host in clear text",
-            missing.join(" and ")
-        );
-    }
-    Ok(())
-}
-
 /// `--track` as `pn_common::conn::TRACK_*` bits.
 fn track_bits(track: &str) -> anyhow::Result<u32> {
     Ok(match track {
@@ -461,6 +447,7 @@ impl RunConfig {
             pick!(etcd_cert),
             pick!(etcd_key),
         )?;
+        plain_text_allowed(&store, pick!(store_insecure).unwrap_or(false))?;
         let underlay_iface = pick!(underlay_iface);
         let advertise = pick!(advertise);
         if store.endpoints().is_some() {

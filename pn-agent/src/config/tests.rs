@@ -28,7 +28,7 @@ mod tempfile_path {
 fn flags_beat_file_beats_defaults() {
     let f = file(
         "host-id = \"from-file\"\ndns-ttl = 9\nstore = \"etcd://10.0.0.1:2379,10.0.0.2:2379\"\n\
-         advertise = \"192.0.2.1:51871\"\nunderlay-iface = \"eth1\"\n",
+         store-insecure = true\nadvertise = \"192.0.2.1:51871\"\nunderlay-iface = \"eth1\"\n",
     );
     let flags = RunSettings {
         host_id: Some("from-flag".into()),
@@ -223,8 +223,64 @@ fn fleet(store: &str) -> RunSettings {
         store: Some(store.into()),
         advertise: Some("192.0.2.1:51871".parse().unwrap()),
         underlay_iface: Some("eth1".into()),
+        store_insecure: Some(true),
         ..Default::default()
     }
+}
+
+#[test]
+fn plain_text_to_a_store_off_this_host_is_refused_unless_insecure() {
+    let plain = |store: &str| RunSettings {
+        store_insecure: None,
+        ..fleet(store)
+    };
+    for store in [
+        "etcd://10.0.0.1:2379",
+        "etcd://127.0.0.1:2379,10.0.0.2:2379",
+        "etcd://etcd.example:2379",
+        "etcd://[fd00::1]:2379",
+    ] {
+        refused(plain(store), None, "is plain text and unauthenticated, and");
+    }
+    let e = RunConfig::resolve(plain("etcd://10.0.0.2:2379"), None).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("10.0.0.2:2379 is not on this host's loopback"),
+        "{e}"
+    );
+    for store in [
+        "etcd://127.0.0.1:2379",
+        "etcd://127.0.0.5:2379,localhost:2379",
+        "etcd://[::1]:2379",
+    ] {
+        assert!(RunConfig::resolve(plain(store), None).is_ok(), "{store}");
+    }
+    // The flag, alone on the command line, or `false` to say no.
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        s: RunSettings,
+    }
+    let parse = |extra: &[&str]| {
+        let mut args = vec!["run", "--store", "etcd://10.0.0.1:2379", "--host-id", "h1"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--advertise", "192.0.2.1:51871", "--underlay-iface", "eth1"]);
+        <Flags as clap::Parser>::try_parse_from(args).unwrap().s
+    };
+    assert!(RunConfig::resolve(parse(&["--store-insecure"]), None).is_ok());
+    let e = RunConfig::resolve(parse(&["--store-insecure", "false"]), None).unwrap_err();
+    assert!(
+        e.to_string().contains("--store-insecure on a test bed"),
+        "{e}"
+    );
+    // TLS needs no flag, wherever the store is.
+    let tls = RunSettings {
+        etcd_cacert: Some("/ca.pem".into()),
+        etcd_cert: Some("/h1.pem".into()),
+        etcd_key: Some("/h1.key".into()),
+        ..plain("etcds://10.0.0.1:2379")
+    };
+    assert!(RunConfig::resolve(tls, None).is_ok());
 }
 
 fn refused(flags: RunSettings, file: Option<&Path>, want: &str) {

@@ -25,6 +25,7 @@
 //! `forward` relays to upstreams, `cache` keeps their answers (no I/O),
 //! `coalesce` shares questions in flight, `limits` keeps the bounds' books,
 //! `udp` and `tcp` are the server loops (framing and their own bounds),
+//! `v6` the IPv6 sockets (the gateway `fe80::1` on every container link),
 //! `stats` the counters. Dependencies point one way: this module only
 //! starts the parts, and none of them uses it.
 //!
@@ -41,13 +42,14 @@ mod pipeline;
 mod stats;
 mod tcp;
 mod udp;
+mod v6;
 pub mod zone;
 
 #[cfg(test)]
 mod tests;
 
 use std::{
-    net::{SocketAddr, SocketAddrV4},
+    net::{Ipv6Addr, SocketAddr, SocketAddrV4},
     sync::Arc,
 };
 
@@ -68,6 +70,9 @@ use pipeline::Server;
 #[derive(Clone, Debug)]
 pub struct DnsConfig {
     pub listen: SocketAddrV4,
+    /// Also over IPv6, on the same port, for queries addressed to this
+    /// address (the gateway `fe80::1`; see `v6`). None: IPv4 only.
+    pub gateway6: Option<Ipv6Addr>,
     pub ttl: u32,
     /// Resolvers for names outside the zone, tried in order.
     pub upstreams: Vec<SocketAddr>,
@@ -77,7 +82,7 @@ pub struct DnsConfig {
 pub enum DnsError {
     #[error("binding the DNS server on {addr} ({proto}): {source}")]
     Bind {
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         proto: &'static str,
         #[source]
         source: std::io::Error,
@@ -151,19 +156,31 @@ pub async fn serve_with(
             source,
         }
     };
+    let listen = SocketAddr::V4(cfg.listen);
     let udp = UdpSocket::bind(cfg.listen)
         .await
-        .map_err(bind_err(cfg.listen, "udp"))?;
-    let local_udp = udp.local_addr().map_err(bind_err(cfg.listen, "udp"))?;
+        .map_err(bind_err(listen, "udp"))?;
+    let local_udp = udp.local_addr().map_err(bind_err(listen, "udp"))?;
     // TCP on the same port as UDP (it matters when the caller asked for port 0).
     let tcp_addr = SocketAddrV4::new(*cfg.listen.ip(), local_udp.port());
     let tcp = TcpListener::bind(tcp_addr)
         .await
-        .map_err(bind_err(tcp_addr, "tcp"))?;
-    let local_tcp = tcp.local_addr().map_err(bind_err(tcp_addr, "tcp"))?;
+        .map_err(bind_err(tcp_addr.into(), "tcp"))?;
+    let local_tcp = tcp.local_addr().map_err(bind_err(tcp_addr.into(), "tcp"))?;
     mark(&udp, "udp")?;
     // Accepted connections inherit the listener's mark.
     mark(&tcp, "tcp")?;
+    let ipv6 = match cfg.gateway6 {
+        Some(_) => {
+            let any6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, local_udp.port()));
+            let udp6 = v6::udp(local_udp.port()).map_err(bind_err(any6, "udp"))?;
+            let tcp6 = v6::tcp(local_udp.port()).map_err(bind_err(any6, "tcp"))?;
+            mark(&udp6, "udp")?;
+            mark(&tcp6, "tcp")?;
+            Some((Arc::new(udp6), tcp6))
+        }
+        None => None,
+    };
     log::info!(
         "DNS on {local_udp}: per client at most {} TCP connections ({} in all), {} forwards in flight ({} in all), {} queries/s",
         limits.tcp_per_client,
@@ -172,7 +189,14 @@ pub async fn serve_with(
         limits.forwards_total,
         limits.queries_per_sec
     );
-    let server = Arc::new(Server::new(limits, cfg.ttl, cfg.upstreams, dir, stats));
+    let server = Arc::new(Server::new(
+        limits,
+        cfg.ttl,
+        cfg.upstreams,
+        cfg.gateway6,
+        dir,
+        stats,
+    ));
     // One UDP loop per core (up to 4) on the same socket: answers from the
     // zone and the cache are computed in the loop, so one loop would keep
     // the server to one core.
@@ -181,6 +205,10 @@ pub async fn serve_with(
     let mut tasks: Vec<JoinHandle<()>> = (0..loops)
         .map(|_| tokio::spawn(udp::run(udp.clone(), server.clone())))
         .collect();
+    if let Some((udp6, tcp6)) = ipv6 {
+        tasks.push(tokio::spawn(v6::run_udp(udp6, server.clone())));
+        tasks.push(tokio::spawn(tcp::run(tcp6, server.clone())));
+    }
     tasks.push(tokio::spawn(tcp::run(tcp, server)));
     Ok(DnsHandle {
         tasks,

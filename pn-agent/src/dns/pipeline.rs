@@ -4,7 +4,7 @@
 //! is decided here once.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
     time::Instant,
 };
@@ -26,6 +26,8 @@ pub struct Server {
     forwarder: Forwarder,
     rate: Rate,
     forwards: Arc<Slots>,
+    /// Where IPv6 queries must be addressed (see `v6`).
+    gateway6: Option<Ipv6Addr>,
 }
 
 /// The transport a query came over.
@@ -55,11 +57,13 @@ pub struct Pending {
 
 impl Server {
     /// A server answering with records of `ttl`, relaying names of the
-    /// world to `upstreams` (refused when there are none).
+    /// world to `upstreams` (refused when there are none), and IPv6
+    /// queries addressed to `gateway6`.
     pub fn new(
         limits: Limits,
         ttl: u32,
         upstreams: Vec<SocketAddr>,
+        gateway6: Option<Ipv6Addr>,
         dir: Arc<dyn Directory>,
         stats: Arc<DnsStats>,
     ) -> Server {
@@ -71,13 +75,22 @@ impl Server {
             limits,
             stats,
             dir,
+            gateway6,
         }
     }
 
-    /// Whether `client` is an attached container; anyone else is counted.
-    pub fn known(&self, client: Ipv4Addr) -> bool {
-        let known = self.dir.member(client).is_some();
-        if !known {
+    /// The attached container asking from `from` (to `to`), named by its
+    /// IPv4 address whatever the family: its budgets and its network are
+    /// the same over both. Over IPv6, only a query addressed to the
+    /// gateway, from a container's own address. Anyone else is counted.
+    pub fn client(&self, from: IpAddr, to: IpAddr) -> Option<Ipv4Addr> {
+        let ip = match (from, to) {
+            (IpAddr::V4(ip), _) => Some(ip),
+            (IpAddr::V6(ip), IpAddr::V6(to)) if Some(to) == self.gateway6 => self.dir.by_ip6(ip),
+            (IpAddr::V6(_), _) => None,
+        };
+        let known = ip.filter(|ip| self.dir.member(*ip).is_some());
+        if known.is_none() {
             bump(&self.stats.not_member);
         }
         known

@@ -5,7 +5,7 @@
 //! exhausted) pauses the loop instead of spinning on the error.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::Ipv4Addr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -45,15 +45,14 @@ pub(super) async fn run(listener: TcpListener, srv: Arc<Server>) {
                 continue;
             }
         };
-        let SocketAddr::V4(from4) = from else {
-            continue;
-        };
-        let client = *from4.ip();
         // Dropping the stream closes it: strangers and clients past their
         // share are turned away with nothing read.
-        if !srv.known(client) {
+        let Ok(to) = stream.local_addr() else {
             continue;
-        }
+        };
+        let Some(client) = srv.client(from.ip(), to.ip()) else {
+            continue;
+        };
         let slot = match connections.try_take(client) {
             Ok(s) => s,
             Err(Refusal::Client) => {

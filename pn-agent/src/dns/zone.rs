@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
 };
 
@@ -33,6 +33,11 @@ const ROTATION_NAMES: usize = 65_536;
 pub trait Directory: Send + Sync + 'static {
     /// The attached container that owns this address, if any.
     fn member(&self, client: Ipv4Addr) -> Option<Member>;
+    /// The IPv4 address of the attached container that owns this IPv6
+    /// address, if any: it names the container over both families.
+    fn by_ip6(&self, _client: Ipv6Addr) -> Option<Ipv4Addr> {
+        None
+    }
     /// Appends the addresses of both families a record query designates;
     /// false when none (the name does not exist).
     fn resolve(&self, q: &RecordQuery, out: &mut Vec<IpAddr>) -> bool;

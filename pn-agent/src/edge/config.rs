@@ -42,6 +42,10 @@ pub struct EdgeConfig {
     /// interfaces, nor part of a connection already open): the host routes
     /// nothing else.
     pub forward_guard: bool,
+    /// The same for IPv6, whose forwarding pn may own when IPv4's is shared
+    /// (or the reverse).
+    #[serde(default)]
+    pub forward_guard6: bool,
     /// The agent's DNS, answering only its containers' interfaces.
     pub dns: Option<GatewayDns>,
     /// IPv6's twins of the rules above, once the fleet's IPv6 pool is

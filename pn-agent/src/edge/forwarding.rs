@@ -1,5 +1,5 @@
-//! IPv4 forwarding, which pn needs (containers' packets are routed by the
-//! host), without making the host a router for anything else.
+//! IPv4 and IPv6 forwarding, which pn needs (containers' packets are
+//! routed by the host), without making the host a router for anything else.
 //!
 //! Whether the host forwarded before pn decides what pn may drop: if pn
 //! turned forwarding on, nothing but pn's traffic was forwarded before, and
@@ -14,8 +14,25 @@
 //! forwarded before (a host whose only routed traffic is pn's, where
 //! forwarding was on by habit or by an image's default), `off` never drops
 //! it (another router arrived after pn).
+//!
+//! Each family is decided once, at start, on its own: IPv6's switch and
+//! record are its own ([`enable6`]), so a host that forwarded IPv4 for
+//! Docker but no IPv6 has pn's IPv6 forwarding guarded, and the reverse.
+//! IPv6 forwarding also changes what a host does with router
+//! advertisements: an interface with `accept_ra=1` ignores them once it
+//! forwards, and would lose its default route and addresses when they
+//! expire. When pn turns it on, it first moves those interfaces (and
+//! `default`, for interfaces made later) to `accept_ra=2`, which accepts
+//! advertisements while forwarding, as the kernel's documentation says.
+//! Neither family's switch is turned back off when the agent stops:
+//! containers keep their traffic across a restart and after a stop, as
+//! their programs stay attached.
+
+mod v6;
 
 use std::{io, path::Path};
+
+pub use v6::{RECORD6, enable6, moved_to_accept_ra_2};
 
 pub use crate::config::ForwardGuard;
 
@@ -51,6 +68,15 @@ impl ForwardGuard {
             ForwardGuard::Off => false,
         }
     }
+}
+
+/// Who owns each family's forwarding on this host, decided at start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owners {
+    pub v4: Forwarding,
+    /// With `--ipv6 off`, [`Forwarding::Shared`]: pn never turns IPv6
+    /// forwarding on, so whatever the host forwards is its own.
+    pub v6: Forwarding,
 }
 
 /// File in the state directory saying that pn turned forwarding on.

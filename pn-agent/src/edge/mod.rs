@@ -24,7 +24,8 @@
 //!   forwarded from anywhere but pn's interfaces to anywhere else is
 //!   spoofed: dropped, never masqueraded. Whatever the host's forwarding,
 //!   pn's pool is nobody else's path.
-//! - **Forwarding.** pn needs IPv4 forwarding on. When pn is the one that
+//! - **Forwarding.** pn needs IPv4 (and, with IPv6 on, IPv6) forwarding
+//!   on; each family is decided on its own. When pn is the one that
 //!   turned it on ([`Forwarding::PnOnly`]), everything else forwarded (that
 //!   neither enters nor leaves through a pn interface, nor belongs to a
 //!   connection already open) is dropped and counted, so the host routes
@@ -70,7 +71,7 @@ use std::{
 pub use config::{EdgeConfig, EdgeConfig6, GatewayDns, Publication};
 pub use counters::{Count, EdgeCounters};
 pub use error::EdgeError;
-pub use forwarding::{ForwardGuard, Forwarding};
+pub use forwarding::{ForwardGuard, Forwarding, Owners};
 
 /// Where the rules go: the kernel through `nft`, or a fake in tests.
 pub trait Backend: Send {

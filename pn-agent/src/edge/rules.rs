@@ -12,7 +12,7 @@
 //!   chain forward         forward, filter:     oif pn's: accept (the programs judge);
 //!                                              iif pn's: deny-list drop, accept;
 //!                                              saddr @pool: drop (spoofed);
-//!                                              guard: established accept, drop
+//!                                              guard (per family): established accept, drop
 //!   chain dns_input       input, filter:       daddr:port the gateway's DNS, iif not a container's: drop
 //! }
 //! ```
@@ -381,16 +381,29 @@ fn forward(cfg: &EdgeConfig, t: &mut Objects) {
     if cfg.v6.is_some() {
         v6::pool_spoofed(t);
     }
-    if cfg.forward_guard {
-        t.add(rule(
-            "forward",
-            vec![established(), Statement::Accept(None)],
-        ));
-        t.add(rule(
-            "forward",
-            vec![counted(COUNTER_FORWARD_DENIED), Statement::Drop(None)],
-        ));
-    }
+    // Each family's forwarding has its owner (`forwarding`): with one
+    // guarded and not the other, the guard names its family.
+    let family = match (cfg.forward_guard, cfg.forward_guard6) {
+        (false, false) => return,
+        (true, true) => None,
+        (true, false) => Some("ipv4"),
+        (false, true) => Some("ipv6"),
+    };
+    let only = || family.map(|f| is(meta(MetaKey::Nfproto), Expression::String(f.into())));
+    t.add(rule(
+        "forward",
+        only()
+            .into_iter()
+            .chain([established(), Statement::Accept(None)])
+            .collect(),
+    ));
+    t.add(rule(
+        "forward",
+        only()
+            .into_iter()
+            .chain([counted(COUNTER_FORWARD_DENIED), Statement::Drop(None)])
+            .collect(),
+    ));
 }
 
 /// The gateway's DNS answers the containers' interfaces only: anyone else

@@ -36,6 +36,7 @@ fn cfg() -> EdgeConfig {
         ],
         interfaces: vec!["pnh*".into(), "pn-tun".into()],
         forward_guard: true,
+        forward_guard6: true,
         dns: Some(GatewayDns {
             listen: "169.254.1.1:53".parse().unwrap(),
             clients: vec!["pnh*".into()],
@@ -295,6 +296,7 @@ fn the_host_forwards_nothing_but_pn_traffic_with_the_guard() {
 fn without_the_guard_the_rest_is_forwarded_but_pn_is_still_no_path() {
     let t = text(&EdgeConfig {
         forward_guard: false,
+        forward_guard6: false,
         ..cfg()
     });
     let fwd = &t.rules["forward"];
@@ -310,6 +312,42 @@ fn without_the_guard_the_rest_is_forwarded_but_pn_is_still_no_path() {
 }
 
 #[test]
+fn each_family_s_guard_follows_its_own_owner() {
+    let fwd = |g4, g6| {
+        text(&EdgeConfig {
+            forward_guard: g4,
+            forward_guard6: g6,
+            ..cfg()
+        })
+        .rules["forward"]
+            .clone()
+    };
+    // pn owns IPv6 forwarding only (the host forwarded IPv4 for Docker):
+    // IPv6 that is not pn's is dropped, IPv4 left alone; and the reverse.
+    for (g4, g6, family) in [(false, true, "ipv6"), (true, false, "ipv4")] {
+        let r = fwd(g4, g6);
+        assert_eq!(
+            r[r.len() - 2..],
+            [
+                format!("meta nfproto == {family} ct state in established,related accept"),
+                format!("meta nfproto == {family} counter forward_denied drop"),
+            ],
+            "{g4} {g6}"
+        );
+    }
+    // Both: one guard for the table, as before IPv6 had its own owner.
+    assert_eq!(
+        fwd(true, true).last().unwrap(),
+        "counter forward_denied drop"
+    );
+    assert!(
+        !fwd(false, false)
+            .iter()
+            .any(|r| r.contains("forward_denied"))
+    );
+}
+
+#[test]
 fn whatever_goes_into_pns_interfaces_is_left_to_the_programs() {
     // They count it per container and show it in `flows` (`not_member`,
     // `spoofed_source`): a drop before them would hide it. So the first
@@ -318,6 +356,7 @@ fn whatever_goes_into_pns_interfaces_is_left_to_the_programs() {
     for guard in [true, false] {
         let t = text(&EdgeConfig {
             forward_guard: guard,
+            forward_guard6: guard,
             ..cfg()
         });
         assert_eq!(

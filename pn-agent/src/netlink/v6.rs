@@ -19,7 +19,7 @@ use rtnetlink::{Handle, RouteMessageBuilder, packet_route::address::AddressHeade
 
 use super::{
     error::{EEXIST, Result, errno, kernel},
-    sysctl_if, write_sysctl,
+    sysctl_if,
 };
 
 /// `fe80::1`, the gateway on every container's link.
@@ -33,7 +33,7 @@ pub fn link_local(ip6: Ipv6Addr) -> Ipv6Addr {
 
 /// IPv6 on for `ifname` in the calling thread's namespace, with no
 /// address of the kernel's making, no router solicitation, no DAD.
-fn enable(ifname: &str) -> Result<()> {
+pub(super) fn enable(ifname: &str) -> Result<()> {
     sysctl_if("ipv6", ifname, "addr_gen_mode", "1")?;
     sysctl_if("ipv6", ifname, "accept_ra", "0")?;
     sysctl_if("ipv6", ifname, "accept_dad", "0")?;
@@ -75,6 +75,21 @@ pub(super) async fn container_side(
     add_address(h, idx, link_local(ip6), 64).await?;
     add_address(h, idx, ip6, 128).await?;
     add_neighbour(h, idx, GATEWAY6, gateway_mac).await?;
+    // The gateway itself from the container's address too: a link-local
+    // destination would otherwise get the link-local source, which the
+    // programs do not take (it is for neighbour discovery only), and the
+    // agent's DNS and `ping -6 fe80::1%eth0` would fail.
+    let gateway = RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(GATEWAY6, 128)
+        .output_interface(idx)
+        .pref_source(ip6)
+        .build();
+    h.route()
+        .add(gateway)
+        .replace()
+        .execute()
+        .await
+        .map_err(kernel("adding the route to the gateway fe80::1"))?;
     if let Some((addr, len)) = net {
         let msg = RouteMessageBuilder::<Ipv6Addr>::new()
             .destination_prefix(addr, len)
@@ -108,7 +123,8 @@ pub(super) async fn container_side(
 /// The host end (named `ifname`, index `idx`, in the agent's namespace):
 /// `fe80::1` on it, the route to the container's address through it, and
 /// the container's neighbour entries. The host forwards IPv6 (members of
-/// one network on this host reach each other through it, as for IPv4).
+/// one network on this host reach each other through it, as for IPv4):
+/// turned on once at start (`edge::forwarding::enable6`), not here.
 pub(super) async fn host_side(
     h: &Handle,
     idx: u32,
@@ -117,7 +133,6 @@ pub(super) async fn host_side(
     container_mac: [u8; 6],
 ) -> Result<()> {
     enable(ifname)?;
-    write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
     add_address(h, idx, GATEWAY6, 64).await?;
     let route = RouteMessageBuilder::<Ipv6Addr>::new()
         .destination_prefix(ip6, 128)

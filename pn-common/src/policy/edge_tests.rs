@@ -23,6 +23,7 @@ struct Edge {
     denied: Vec<Ip4>,
     mark: u32,
     looked_up_conn: bool,
+    quoted: Option<Ip4>,
 }
 
 impl EdgeLookup for Edge {
@@ -35,6 +36,9 @@ impl EdgeLookup for Edge {
     }
     fn mark(&mut self) -> u32 {
         self.mark
+    }
+    fn quoted_src(&mut self) -> Option<Ip4> {
+        self.quoted
     }
 }
 
@@ -268,6 +272,61 @@ fn icmp_errors_about_edge_connections_come_back() {
     assert!(icmp_is_error(ICMP_TIME_EXCEEDED));
     assert!(!icmp_is_error(0), "echo reply");
     assert!(!icmp_is_error(8), "echo request");
+}
+
+#[test]
+fn an_icmp_error_counts_only_when_it_quotes_the_receiver() {
+    let frag_needed = pkt(WORLD, A1, IPPROTO_ICMP, 0, 0);
+    // The quoted packet left A1: its connection admits the error.
+    let mut edge = Edge {
+        conn: Some(ConnKind::Egress),
+        quoted: Some(A1),
+        ..Default::default()
+    };
+    assert_eq!(into(&frag_needed, &iface_a1(), &mut edge), Reason::Egress);
+    // It quotes A2's connection (which the program would find): refused
+    // before any connection is looked up.
+    for kind in [ConnKind::Egress, ConnKind::Published] {
+        let mut edge = Edge {
+            conn: Some(kind),
+            quoted: Some(A2),
+            ..Default::default()
+        };
+        assert_eq!(
+            into(&frag_needed, &iface_a1(), &mut edge),
+            Reason::NotMember
+        );
+        assert!(!edge.looked_up_conn);
+    }
+}
+
+#[test]
+fn connections_with_the_outside_idle_out() {
+    let entry = |kind: ConnKind, at: u64| ConnState {
+        last_seen_ns: at,
+        kind: kind as u8,
+        _pad: [0; 7],
+    };
+    let t0 = 1_000_000_000;
+    for kind in [ConnKind::Egress, ConnKind::Published] {
+        let e = entry(kind, t0);
+        assert_eq!(conn_live(&e, IPPROTO_UDP, t0), Some(kind));
+        assert_eq!(
+            conn_live(&e, IPPROTO_UDP, t0 + CONN_IDLE_OTHER_NS - 1),
+            Some(kind)
+        );
+        assert_eq!(conn_live(&e, IPPROTO_UDP, t0 + CONN_IDLE_OTHER_NS), None);
+        assert_eq!(conn_live(&e, IPPROTO_ICMP, t0 + CONN_IDLE_OTHER_NS), None);
+        // TCP lives longer: an idle connection with keepalives survives.
+        assert_eq!(
+            conn_live(&e, IPPROTO_TCP, t0 + CONN_IDLE_OTHER_NS),
+            Some(kind)
+        );
+        assert_eq!(conn_live(&e, IPPROTO_TCP, t0 + CONN_IDLE_TCP_NS), None);
+        // A stamp from the future (another CPU's) is not an age.
+        assert_eq!(conn_live(&e, IPPROTO_UDP, t0 - 5), Some(kind));
+    }
+    assert_eq!(conn_live(&ConnState::default(), IPPROTO_TCP, t0), None);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use crate::{
     Ip4, Reason,
     edge::Marked,
-    maps::{Config, ConnKey, ConnKind, Endpoint, EventBudget, Iface},
+    maps::{Config, ConnKey, ConnKind, ConnState, Endpoint, EventBudget, Iface},
 };
 
 mod arp;
@@ -96,6 +96,13 @@ pub trait EdgeLookup<A = Ip4> {
     fn egress_denied(&mut self, dst: A) -> bool;
     /// The packet's mark (see [`crate::edge`]).
     fn mark(&mut self) -> u32;
+    /// For an ICMP error toward a container: the source of the packet it
+    /// quotes (`None`: not an error, or nothing readable quoted). Only a
+    /// lookup whose `conn` never answers (IPv6's today, with no world
+    /// connections) may keep this default.
+    fn quoted_src(&mut self) -> Option<A> {
+        None
+    }
 }
 
 /// Rules 1–4 and the edge, on a packet leaving a container (host-side
@@ -216,6 +223,12 @@ pub fn to_container<A: Family>(
         Marked::Other => return Reason::NotRouter,
         Marked::No => {}
     }
+    // An error quoting another container's packet would be admitted by that
+    // container's connection: the world could aim ICMP at any container
+    // that shares a host with one that talks to it.
+    if pkt.proto == A::ICMP && edge.quoted_src().is_some_and(|q| !q.same(&pkt.dst)) {
+        return Reason::NotMember;
+    }
     match edge.conn() {
         Some(ConnKind::Egress) => Reason::Egress,
         // Router packets carry the mark; an unmarked one on a router's
@@ -257,10 +270,11 @@ impl<A: Copy> ConnKey<A> {
 /// On the way into the tunnel's device (TC egress): only a member's packet
 /// from its own veth (`from`: the entry of the interface it entered the host
 /// on). A namespace plugged in by someone else, another NIC or the host
-/// itself cannot send to remote members under a member's name.
-pub fn into_tunnel(src: Ip4, from: Option<&Iface>) -> Reason {
-    match from {
-        Some(iface) if iface.addr == src => Reason::Forwarded,
+/// itself cannot send to remote members under a member's name. The same
+/// for both families: an IPv6 source must be the veth's own IPv6 address.
+pub fn into_tunnel<A: Family>(src: A, from: Option<&Iface>) -> Reason {
+    match from.and_then(A::own) {
+        Some(own) if own.same(&src) => Reason::Forwarded,
         _ => Reason::SpoofedSource,
     }
 }
@@ -370,6 +384,29 @@ pub const fn flow_check(proto: u8, tcp_flags: u8) -> FlowCheck {
 pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
 /// A flow idle for this long is reported again as new.
 pub const FLOW_IDLE_NS: u64 = 60_000_000_000;
+
+/// A connection with the outside is honoured this long after the side that
+/// opened it last refreshed it (at most every [`FLOW_REFRESH_NS`]): TCP as
+/// RFC 5382 asks of a NAT (2 h 4 min, longer than TCP's keepalive), the rest
+/// as RFC 4787 advises for UDP (5 min). Past it, the world's packets on it
+/// are unsolicited again, whatever the LRU still holds.
+pub const CONN_IDLE_TCP_NS: u64 = 7_440_000_000_000;
+pub const CONN_IDLE_OTHER_NS: u64 = 300_000_000_000;
+
+/// The kind of a `PN_CONNS` entry of protocol `proto`, unless it has idled
+/// out by `now_ns`.
+pub const fn conn_live(entry: &ConnState, proto: u8, now_ns: u64) -> Option<ConnKind> {
+    let idle = if proto == IPPROTO_TCP {
+        CONN_IDLE_TCP_NS
+    } else {
+        CONN_IDLE_OTHER_NS
+    };
+    if now_ns.saturating_sub(entry.last_seen_ns) >= idle {
+        None
+    } else {
+        entry.kind()
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlowUpdate {

@@ -240,5 +240,49 @@ fn an_ipv6_connection_has_one_key_both_ways() {
     assert_ne!(
         k,
         ConnKey::leaving(&pkt(A1, WORLD, IPPROTO_UDP, 40000, 443))
+
+fn remote_members_through_the_tunnel_and_only_a_members_own_veth_feeds_it() {
+    let remote = Endpoint {
+        peer: 2,
+        flags: Endpoint::FLAG_REMOTE,
+        ..ep(NET_A)
+    };
+    let up = Config {
+        tunnel_ifindex: 9,
+        ..cfg()
+    };
+    let out = pkt(A1, A2, IPPROTO_TCP, 1, 2);
+    let from_a1 =
+        |c: &Config| from_container(&out, Some(&iface_a1()), Some(&remote), c, &mut Untouched);
+    assert_eq!(from_a1(&cfg()), Reason::NoTunnel);
+    assert_eq!(from_a1(&up), Reason::Forwarded);
+    let back = pkt(A2, A1, IPPROTO_TCP, 2, 1);
+    let to = |ingress, c: &Config| {
+        to_container(
+            &back,
+            ingress,
+            Some(&iface_a1()),
+            Some(&remote),
+            c,
+            &mut Untouched,
+        )
+    };
+    assert_eq!(to(9, &up), Reason::Delivered);
+    for ingress in [7, 0] {
+        assert_eq!(to(ingress, &up), Reason::SpoofedSource);
+    }
+    assert_eq!(to(9, &cfg()), Reason::SpoofedSource);
+    // Into the tunnel: the veth's own IPv6 address, nothing else; a veth
+    // without one (an IPv4-only container) sends no IPv6 at all.
+    assert_eq!(into_tunnel(A1, Some(&iface_a1())), Reason::Forwarded);
+    assert_eq!(into_tunnel(A2, Some(&iface_a1())), Reason::SpoofedSource);
+    assert_eq!(into_tunnel(A1, None), Reason::SpoofedSource);
+    let v4_only = Iface {
+        addr6: IP6_UNSPECIFIED,
+        ..iface_a1()
+    };
+    assert_eq!(
+        into_tunnel(IP6_UNSPECIFIED, Some(&v4_only)),
+        Reason::SpoofedSource
     );
 }

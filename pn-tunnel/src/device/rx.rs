@@ -18,8 +18,22 @@ use super::{
 };
 use crate::{Clock, Decap, PeerId, check_incoming, offload, wire};
 
-/// Sending peer, tag, inner source and destination.
-type IncomingKey = (PeerId, u32, [u8; 8]);
+/// Sending peer, tag, inner source and destination (see [`addresses`]).
+type IncomingKey = (PeerId, u32, [u8; 33]);
+
+/// The inner packet's version and address bytes, as they are (an IPv4
+/// pair fills the first 8 of 32): the batch's check is reused only for the
+/// same family and addresses.
+fn addresses(packet: &[u8]) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    let version = packet.first().map_or(0, |b| b >> 4);
+    let span = if version == 6 { 8..40 } else { 12..20 };
+    if let Some(a) = packet.get(span.clone()) {
+        k[0] = version;
+        k[1..1 + span.len()].copy_from_slice(a);
+    }
+    k
+}
 
 /// A packet opened for a local member: peer, tag, checksum partial, and
 /// where it is (read, start, end).
@@ -154,10 +168,7 @@ impl Rx<'_> {
         let mut checked: Option<(IncomingKey, Result<(), Reason>)> = None;
         for &(peer, tag, partial, i, start, end) in &self.packets {
             let packet = &self.bufs[i][start..end];
-            let addrs: [u8; 8] = packet
-                .get(12..20)
-                .and_then(|a| a.try_into().ok())
-                .unwrap_or_default();
+            let addrs = addresses(packet);
             let verdict = match checked {
                 Some((k, v)) if k == (peer, tag, addrs) => v,
                 _ => {
@@ -204,5 +215,28 @@ fn write_super(tun_fd: i32, c: &mut offload::Coalescer, counters: &Counters) {
         counters
             .rx_bytes
             .fetch_add((len - offload::VNET_HDR_LEN) as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::addresses;
+
+    #[test]
+    fn a_batch_reuses_a_check_only_for_the_same_family_and_addresses() {
+        let mut v6 = vec![0u8; 48];
+        v6[0] = 0x60;
+        v6[8..24].copy_from_slice(&[0xfd, 1, 2, 3, 4, 5, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2]);
+        v6[24..40].copy_from_slice(&[0xfd, 1, 2, 3, 4, 5, 0, 1, 0, 0, 0, 0, 0, 0, 0, 3]);
+        // Another source differing only in its last byte (outside what an
+        // IPv4 key would read).
+        let mut other = v6.clone();
+        other[23] = 9;
+        assert_ne!(addresses(&v6), addresses(&other));
+        let mut v4 = vec![0u8; 28];
+        v4[0] = 0x45;
+        v4[12..20].copy_from_slice(&v6[12..20]);
+        assert_ne!(addresses(&v4), addresses(&v6));
+        assert_eq!(addresses(&v4)[1..9], v6[12..20]);
     }
 }

@@ -5,11 +5,12 @@
 mod carry;
 mod cipher;
 mod flood;
+mod members;
+mod strangers;
 mod workers;
 
 use std::{
-    collections::HashMap,
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -423,90 +424,6 @@ fn arbitrary_datagrams_never_panic_nor_deliver() {
             );
         }
     }
-}
-
-struct Fixed(HashMap<Ipv4Addr, Member>);
-
-impl Members for Fixed {
-    fn member(&self, ip: Ipv4Addr) -> Option<Member> {
-        self.0.get(&ip).copied()
-    }
-}
-
-fn ip_packet(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
-    let mut p = vec![0u8; 28];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&28u16.to_be_bytes());
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src);
-    p[16..20].copy_from_slice(&dst);
-    p
-}
-
-#[test]
-fn inner_addresses_are_checked_against_membership() {
-    let local = [10, 240, 0, 1];
-    let remote = [10, 240, 0, 2];
-    let remote_other_net = [10, 240, 4, 2];
-    let members = Fixed(HashMap::from([
-        (Ipv4Addr::from(local), Member { tag: 1, peer: None }),
-        (
-            Ipv4Addr::from(remote),
-            Member {
-                tag: 1,
-                peer: Some(B),
-            },
-        ),
-        (
-            Ipv4Addr::from(remote_other_net),
-            Member {
-                tag: 2,
-                peer: Some(B),
-            },
-        ),
-    ]));
-    assert_eq!(
-        route_outgoing(&ip_packet(local, remote), &members),
-        Ok((B, 1))
-    );
-    assert_eq!(
-        route_outgoing(&ip_packet(local, remote_other_net), &members),
-        Err(Reason::TagMismatch)
-    );
-    assert_eq!(
-        route_outgoing(&ip_packet(local, [8, 8, 8, 8]), &members),
-        Err(Reason::NoRoute)
-    );
-    assert_eq!(
-        route_outgoing(&ip_packet(remote, remote), &members),
-        Err(Reason::WrongHost)
-    );
-    assert_eq!(route_outgoing(&[0x45, 0], &members), Err(Reason::Malformed));
-    assert_eq!(
-        check_incoming(&ip_packet(remote, local), 1, B, &members),
-        Ok(())
-    );
-    assert_eq!(
-        check_incoming(&ip_packet(remote, local), 1, A, &members),
-        Err(Reason::WrongHost),
-        "sent by another host"
-    );
-    assert_eq!(
-        check_incoming(&ip_packet(remote, local), 2, B, &members),
-        Err(Reason::TagMismatch)
-    );
-    assert_eq!(
-        check_incoming(&ip_packet(remote_other_net, local), 2, B, &members),
-        Err(Reason::TagMismatch)
-    );
-    assert_eq!(
-        check_incoming(&ip_packet([1, 2, 3, 4], local), 1, B, &members),
-        Err(Reason::WrongHost)
-    );
-    assert_eq!(
-        check_incoming(&ip_packet(remote, remote), 1, B, &members),
-        Err(Reason::NoRoute)
-    );
 }
 
 #[test]

@@ -45,6 +45,7 @@ pub struct EdgeLocal {
     /// Whether the table drops forwarded traffic that is not pn's
     /// (`--forward-guard`, and who turned forwarding on).
     pub forward_guard: bool,
+    pub forward_guard6: bool,
     /// The agent's DNS and its clients' interfaces.
     pub dns: Option<GatewayDns>,
     /// What the IPv6 side is made of.
@@ -213,6 +214,7 @@ pub fn edge_config(view: &MembershipView, host: &HostId, edge: &EdgeLocal) -> Ed
         egress_deny: deny::merged(&deny::deny_list(&facts(view, host, edge))),
         interfaces: edge.interfaces.clone(),
         forward_guard: edge.forward_guard,
+        forward_guard6: edge.forward_guard6,
         dns: edge.dns.clone(),
         v6: edge.v6.pool.map(|pool| EdgeConfig6 {
             pool,

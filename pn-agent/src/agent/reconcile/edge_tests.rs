@@ -32,6 +32,7 @@ fn edge_local(routers: &[&str]) -> EdgeLocal {
         public_ip: Some("192.168.50.1".parse().unwrap()),
         interfaces: vec!["pnh*".into(), "pn-tun".into()],
         forward_guard: true,
+        forward_guard6: true,
         dns: Some(GatewayDns {
             listen: "169.254.1.1:53".parse().unwrap(),
             clients: vec!["pnh*".into()],

@@ -9,8 +9,10 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
 };
+
+use ipnet::Ipv6Net;
 
 use pn_common::{
     Ip4,
@@ -64,6 +66,13 @@ pub struct Desired {
     /// Address → member for the tunnel's checks; addresses of `scope` absent
     /// from here are no members any more.
     pub members: BTreeMap<Ipv4Addr, Member>,
+    /// The same for IPv6 addresses: the tunnel carries both families.
+    pub members6: BTreeMap<Ipv6Addr, Member>,
+    /// The IPv6 member addresses covered; `None`: all.
+    pub addrs6: Option<BTreeSet<Ipv6Addr>>,
+    /// The networks' IPv6 prefixes, routed to the tunnel's device (local
+    /// members' /128s win), when the fleet is covered.
+    pub tunnel_routes6: Option<BTreeSet<Ipv6Net>>,
     /// Peers of the tunnel (id, public key, endpoint), when the fleet is covered.
     pub tunnel_peers: Option<Vec<(PeerId, [u8; 32], SocketAddr)>>,
     /// Local containers whose interface is gone (their namespace was
@@ -103,6 +112,7 @@ pub fn desired(
         d.datapath.peers = underlay_peers(view, local);
         d.datapath.tags = local_tags(view, local);
         d.tunnel_peers = Some(tunnel_peers(view, local));
+        d.tunnel_routes6 = Some(view.networks.values().filter_map(|n| n.cidr6).collect());
     }
     let mut edge = false;
     match touched {
@@ -118,10 +128,12 @@ pub fn desired(
         Touched::Fleet => {
             d.scope = Some(Scope::underlay());
             d.addrs = Some(BTreeSet::new());
+            d.addrs6 = Some(BTreeSet::new());
         }
         Touched::Edge => {
             d.scope = Some(Scope::edge());
             d.addrs = Some(BTreeSet::new());
+            d.addrs6 = Some(BTreeSet::new());
             edge = true;
         }
         Touched::Network(_) => {
@@ -135,6 +147,7 @@ pub fn desired(
                 .with_addrs6(records.iter().filter_map(|c| c.ip6).map(|a| a.octets())),
             );
             d.addrs = Some(addrs);
+            d.addrs6 = Some(records.iter().filter_map(|c| c.ip6).collect());
         }
         Touched::Containers(before) => {
             containers_changed(&mut d, view, local, links, before, &records)
@@ -244,14 +257,17 @@ fn containers_changed(
         })
         .map(|b| b.netns.clone())
         .collect();
-    let addrs6 = before
+    let addrs6: BTreeSet<Ipv6Addr> = before
         .iter()
         .chain(records.iter().copied())
         .filter_map(|c| c.ip6)
-        .map(|a| a.octets());
-    d.scope =
-        Some(Scope::entries(addrs.iter().map(|a| to_ip4(*a)), names, underlay).with_addrs6(addrs6));
+        .collect();
+    d.scope = Some(
+        Scope::entries(addrs.iter().map(|a| to_ip4(*a)), names, underlay)
+            .with_addrs6(addrs6.iter().map(|a| a.octets())),
+    );
     d.addrs = Some(addrs);
+    d.addrs6 = Some(addrs6);
     // A local container came, went or changed: its publication may have.
     if underlay && let Some(e) = local.edge {
         d.edge = Some(edge::edge_config(view, local.host, e));
@@ -275,13 +291,14 @@ fn add_container(
         let Some(peer) = view.peer_id(&c.host) else {
             return;
         };
-        d.members.insert(
-            c.ip,
-            Member {
-                tag: net.tag,
-                peer: Some(peer),
-            },
-        );
+        let member = Member {
+            tag: net.tag,
+            peer: Some(peer),
+        };
+        d.members.insert(c.ip, member);
+        if let Some(ip6) = c.ip6 {
+            d.members6.insert(ip6, member);
+        }
         let ep = Endpoint {
             tag: net.tag,
             ifindex: 0,
@@ -294,13 +311,14 @@ fn add_container(
         }
         return;
     }
-    d.members.insert(
-        c.ip,
-        Member {
-            tag: net.tag,
-            peer: None,
-        },
-    );
+    let member = Member {
+        tag: net.tag,
+        peer: None,
+    };
+    d.members.insert(c.ip, member);
+    if let Some(ip6) = c.ip6 {
+        d.members6.insert(ip6, member);
+    }
     let Some(&ifindex) = links.get(&c.host_ifname) else {
         d.stale.push(c.key.clone());
         return;

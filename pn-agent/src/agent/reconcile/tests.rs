@@ -306,3 +306,44 @@ fn ipv6_addresses_give_ipv6_entries_and_scopes() {
     );
     assert_eq!(d.datapath.endpoints6.len(), 1);
 }
+
+#[test]
+fn ipv6_members_and_the_networks_prefixes_go_to_the_tunnel() {
+    let mut v = fleet();
+    let a6: std::net::Ipv6Addr = "fd12:3456:789a:1::2".parse().unwrap();
+    let b6: std::net::Ipv6Addr = "fd12:3456:789a:1::3".parse().unwrap();
+    let net6: ipnet::Ipv6Net = "fd12:3456:789a:1::/64".parse().unwrap();
+    v.networks.get_mut(&net_id(1)).unwrap().cidr6 = Some(net6);
+    let mut c3 = container(3, [10, 240, 0, 4], "b");
+    c3.ip6 = Some(b6);
+    add(&mut v, c3.clone());
+    let k1 = container(1, [10, 240, 0, 2], "a").key;
+    v.containers.get_mut(&k1).unwrap().ip6 = Some(a6);
+    let d = desired_for(&v, &links(&v), &Touched::All);
+    assert_eq!(d.members6[&a6], Member { tag: 3, peer: None });
+    assert_eq!(
+        d.members6[&b6],
+        Member {
+            tag: 3,
+            peer: Some(2)
+        }
+    );
+    assert_eq!(d.members6.len(), 2);
+    assert_eq!(d.addrs6, None, "the whole table");
+    assert_eq!(d.tunnel_routes6, Some([net6].into()));
+    // A change to one container covers its IPv6 member, before and after.
+    let mut before = c3.clone();
+    before.ip6 = Some("fd12:3456:789a:1::9".parse().unwrap());
+    let d = desired_for(&v, &links(&v), &Touched::Containers(vec![before.clone()]));
+    assert_eq!(
+        d.addrs6,
+        Some([b6, before.ip6.unwrap()].into()),
+        "the old address leaves the table"
+    );
+    assert_eq!(d.members6.keys().collect::<Vec<_>>(), vec![&b6]);
+    assert_eq!(d.tunnel_routes6, None, "not the fleet's");
+    // Hosts changing touch no member.
+    let d = desired_for(&v, &links(&v), &Touched::Fleet);
+    assert_eq!(d.addrs6, Some(Default::default()));
+    assert_eq!(d.tunnel_routes6, Some([net6].into()));
+}

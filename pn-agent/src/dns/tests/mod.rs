@@ -5,6 +5,7 @@
 mod aaaa;
 mod abuse;
 mod cache;
+mod v6;
 
 use std::{
     collections::BTreeMap,
@@ -34,12 +35,17 @@ use crate::testing::model::{app_id as app, net_id as net};
 /// too (`fd00:N::I`), the worker none.
 struct Fixed {
     clients: BTreeMap<Ipv4Addr, Member>,
+    /// Clients' IPv6 addresses (none unless a test says).
+    clients6: BTreeMap<Ipv6Addr, Ipv4Addr>,
     records: Vec<(RecordQuery, IpAddr)>,
 }
 
 impl Directory for Fixed {
     fn member(&self, client: Ipv4Addr) -> Option<Member> {
         self.clients.get(&client).copied()
+    }
+    fn by_ip6(&self, client: Ipv6Addr) -> Option<Ipv4Addr> {
+        self.clients6.get(&client).copied()
     }
     fn resolve(&self, q: &RecordQuery, out: &mut Vec<IpAddr>) -> bool {
         let before = out.len();
@@ -99,6 +105,7 @@ fn directory(webs: u8) -> Fixed {
             (SEALED, member(3, true)),
         ]
         .into(),
+        clients6: BTreeMap::new(),
         records,
     }
 }
@@ -109,6 +116,7 @@ async fn start(webs: u8, upstreams: Vec<SocketAddr>) -> (DnsHandle, Arc<DnsStats
     let stats = Arc::new(DnsStats::default());
     let cfg = DnsConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        gateway6: None,
         ttl: 5,
         upstreams,
     };
@@ -126,6 +134,7 @@ async fn start_with(
     let stats = Arc::new(DnsStats::default());
     let cfg = DnsConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        gateway6: None,
         ttl: 5,
         upstreams,
     };

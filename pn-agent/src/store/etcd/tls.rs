@@ -88,6 +88,7 @@ impl TlsFiles {
                 self.key.display()
             ))
         })?;
+        refuse_if_exposed(&self.key)?;
         let mut config = ClientConfig::builder_with_provider(ring())
             .with_safe_default_protocol_versions()
             .map_err(|e| fail(format!("TLS settings: {e}")))?
@@ -106,7 +107,6 @@ impl TlsFiles {
                 )),
             })?;
         config.alpn_protocols.push(b"h2".to_vec());
-        warn_if_exposed(&self.key);
         let options = TlsOptions::new()
             .ca_certificate(Certificate::from_pem(ca_pem))
             .identity(Identity::from_pem(cert_pem, key_pem));
@@ -114,17 +114,20 @@ impl TlsFiles {
     }
 }
 
-fn warn_if_exposed(key: &Path) {
+/// A client key others may read lets them pose as this host (or the
+/// operator) to the store: refused, as ssh refuses such a key.
+fn refuse_if_exposed(key: &Path) -> Result<(), TlsFileError> {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(key)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        log::warn!(
-            "--etcd-key {} can be read by other users (mode {:o}): chmod 600 it",
-            key.display(),
-            meta.permissions().mode() & 0o777
-        );
+    let meta = std::fs::metadata(key)
+        .map_err(|e| fail(format!("cannot read --etcd-key {}: {e}", key.display())))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(fail(format!(
+            "--etcd-key {} has mode {mode:03o}: its group or others may read it; chmod 600 it",
+            key.display()
+        )));
     }
+    Ok(())
 }
 
 /// Why a request to etcd failed, as the agent acts on it.

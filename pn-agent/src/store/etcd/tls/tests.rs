@@ -57,6 +57,28 @@ fn each_bad_file_is_one_line_naming_it() {
     }
 }
 
+#[test]
+fn a_key_others_may_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let pki = Pki::new("exposed");
+    let ca = pki.ca("ca");
+    let h1 = pki.issue(&ca, "h1", &[]);
+    assert!(
+        files(&ca.crt, &h1.crt, &h1.key).check().is_ok(),
+        "openssl writes 0600"
+    );
+    for mode in [0o644, 0o640, 0o604] {
+        std::fs::set_permissions(&h1.key, std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = files(&ca.crt, &h1.crt, &h1.key).check().unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(&format!("has mode {mode:03o}")), "{msg}");
+        assert!(msg.contains("chmod 600"), "{msg}");
+        assert_eq!(e.kind(), ErrorKind::Invalid);
+    }
+    std::fs::set_permissions(&h1.key, std::fs::Permissions::from_mode(0o400)).unwrap();
+    assert!(files(&ca.crt, &h1.crt, &h1.key).check().is_ok());
+}
+
 /// What a first request gets: its error, if any.
 async fn first_request(kv: &Etcd) -> Result<(), StoreError> {
     kv.txn(vec![], vec![Op::Put("hosts/h1".into(), "{}".into())])
