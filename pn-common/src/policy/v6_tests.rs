@@ -240,7 +240,10 @@ fn an_ipv6_connection_has_one_key_both_ways() {
     assert_ne!(
         k,
         ConnKey::leaving(&pkt(A1, WORLD, IPPROTO_UDP, 40000, 443))
+    );
+}
 
+#[test]
 fn remote_members_through_the_tunnel_and_only_a_members_own_veth_feeds_it() {
     let remote = Endpoint {
         peer: 2,
