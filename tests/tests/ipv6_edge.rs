@@ -239,3 +239,73 @@ fn a_published_port_answers_routers_on_the_hosts_ipv6_address() {
     let (who4, _) = net::tcp_whoami(&f.out.router, port, WAIT).unwrap();
     assert!(who4.ends_with("192.168.50.7"), "{who4}");
 }
+
+/// "Address unreachable" about a TCP segment `quoted_src → quoted_dst`,
+/// its checksum left to the kernel (raw ICMPv6 sockets always sum).
+fn unreachable_about6(quoted_src: SocketAddr, quoted_dst: SocketAddr) -> Vec<u8> {
+    let (SocketAddr::V6(s), SocketAddr::V6(d)) = (quoted_src, quoted_dst) else {
+        panic!("IPv6 only")
+    };
+    let mut msg = vec![1, 3, 0, 0, 0, 0, 0, 0];
+    // The quoted header: version 6, 20 bytes of TCP, next header TCP.
+    msg.extend_from_slice(&[0x60, 0, 0, 0, 0, 20, 6, 64]);
+    msg.extend_from_slice(&s.ip().octets());
+    msg.extend_from_slice(&d.ip().octets());
+    msg.extend_from_slice(&s.port().to_be_bytes());
+    msg.extend_from_slice(&d.port().to_be_bytes());
+    msg.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x10, 0, 0, 0, 0, 0, 0]);
+    msg
+}
+
+/// The twin of `forged_icmp.rs`: an ICMPv6 error from the world is
+/// admitted as part of the connection it quotes only into the container
+/// that connection is; one quoting another tenant's is `not_member`.
+#[test]
+fn an_icmpv6_error_quoting_another_containers_connection_is_not_admitted() {
+    use socket2::{Domain, Protocol, Socket, Type};
+
+    let f = fixture();
+    let (_, other_app) = f.host.network_and_app(&[]);
+    let other = f.host.member(&other_app, "web", "oth");
+    let _srv = net::tcp_whoami_server6(&f.out.world, 7000);
+    let world = sa(WORLD6, 7000);
+    let mut open = None;
+    assert!(eventually(LEARN, || {
+        open = net::tcp_whoami(&other.ns, world, FAIL).ok();
+        open.is_some()
+    }));
+    let (_, conn) = open.unwrap();
+    let quoted = conn.local_addr().unwrap();
+    assert_eq!(quoted.ip(), std::net::IpAddr::V6(ip6(&other)));
+    // The stranger routes the pool to the host, as any neighbour can, and
+    // aims errors at the victim (c1) quoting the other tenant's connection.
+    let s = ip6(&f.c1).segments();
+    let pool6 = format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2]);
+    f.out.stranger.ip(&["-6", "route", "add", &pool6, "via", HOST6]);
+    let victim_if = f.c1.attached["interface"].as_str().unwrap().to_string();
+    let cap = net::Capture::start(&f.c1.ns, &victim_if, "icmp6 and ip6[40] == 1");
+    let (before, egress) = (counted(&f, "not_member"), counted(&f, "egress"));
+    let victim = SocketAddr::from((ip6(&f.c1), 0));
+    let msg = unreachable_about6(quoted, world);
+    f.out
+        .stranger
+        .run(move || {
+            let raw = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+            for _ in 0..5 {
+                raw.send_to(&msg, &victim.into())?;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .expect("sending from the stranger");
+    assert!(eventually(WAIT, || counted(&f, "not_member") >= before + 5));
+    std::thread::sleep(Duration::from_millis(300));
+    let frames = cap.finish();
+    assert!(
+        frames.is_empty(),
+        "{} forged ICMPv6 errors reached the victim",
+        frames.len()
+    );
+    assert_eq!(counted(&f, "egress"), egress, "admitted as the victim's");
+    let mut conn = conn;
+    net::echo_on(&mut conn, b"still there").expect("the other tenant's connection");
+}
