@@ -281,7 +281,9 @@ fn an_icmpv6_error_quoting_another_containers_connection_is_not_admitted() {
     // aims errors at the victim (c1) quoting the other tenant's connection.
     let s = ip6(&f.c1).segments();
     let pool6 = format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2]);
-    f.out.stranger.ip(&["-6", "route", "add", &pool6, "via", HOST6]);
+    f.out
+        .stranger
+        .ip(&["-6", "route", "add", &pool6, "via", HOST6]);
     let victim_if = f.c1.attached["interface"].as_str().unwrap().to_string();
     let cap = net::Capture::start(&f.c1.ns, &victim_if, "icmp6 and ip6[40] == 1");
     let (before, egress) = (counted(&f, "not_member"), counted(&f, "egress"));
