@@ -44,7 +44,8 @@ pub(crate) enum FleetCmd {
         #[arg(long = "host")]
         hosts: Vec<HostId>,
     },
-    /// As etcd's root: a host that joins the fleet gets its user and role.
+    /// As etcd's root: a host that joins the fleet gets its user and role
+    /// (again: its role no longer writes what an older release let it).
     GrantHost { host: HostId },
     /// As the operator: hosts that may run an app's containers (or, with
     /// --revoke, may no longer).
@@ -55,8 +56,9 @@ pub(crate) enum FleetCmd {
         #[arg(long)]
         revoke: bool,
     },
-    /// As the operator: container records of an older release moved under
-    /// their hosts (once every agent runs this release).
+    /// As the operator: container records, address leases and claims of an
+    /// older release moved under their hosts (once every agent runs this
+    /// release); then `grant-host` for each host.
     Migrate,
 }
 
@@ -124,6 +126,12 @@ pub(crate) async fn fleet(store: StoreArgs, cmd: FleetCmd) -> anyhow::Result<()>
         FleetCmd::Migrate => {
             let n = membership.migrate_containers().await.map_err(store_error)?;
             println!("{n} container record(s) moved under their hosts");
+            let l = membership.migrate_leases().await.map_err(store_error)?;
+            println!(
+                "{l} address lease(s) and claim(s) moved under their hosts; \
+                 `fleet grant-host` (as root) for each host now takes back its \
+                 write access to the shared ips/ and claims/"
+            );
         }
     }
     Ok(())

@@ -80,7 +80,11 @@ pub struct ConnEvent {
     pub flags: u8,
     /// A [`crate::event::Direction`].
     pub direction: u8,
-    pub _pad: [u8; 3],
+    /// 1: both ends are local members, and this copy (leaving the sender)
+    /// is the only one sent: the copy entering the receiver, the same
+    /// segment, is not (it would be a second event per segment).
+    pub both_local: u8,
+    pub _pad: [u8; 2],
     pub payload: [u8; PAYLOAD],
 }
 
@@ -101,7 +105,8 @@ impl Default for ConnEvent {
             copied: 0,
             flags: 0,
             direction: 0,
-            _pad: [0; 3],
+            both_local: 0,
+            _pad: [0; 2],
             payload: [0; PAYLOAD],
         }
     }

@@ -18,6 +18,16 @@
 //! straight to a backend's own address removes the reverse entry an earlier
 //! balanced connection from the same port left, whose replies would
 //! otherwise come back from the service address.
+//!
+//! Known cost of translating packets rather than connects: a client port
+//! used straight to a backend and through the service address (to the same
+//! backend port) within the backend's TIME_WAIT meets that TIME_WAIT with a
+//! SYN whose sequence number and timestamp Linux drew for another tuple (the
+//! service address's), so the backend answers with the old connection's ACK;
+//! the client resets it and sends its SYN again a few ms later. Measured in
+//! pn-bench's service scenario, where mixing both paths on one port made
+//! either 2–5× slower than the other; balancing at `connect` (a cgroup
+//! `connect4` program, as Cilium's socket LB) would not have it.
 
 use crate::{
     Ip4,

@@ -1,6 +1,7 @@
 //! Connection and request tracking for TCP between members: an event for each
 //! boundary segment (SYN, FIN, RST) and for each segment whose first bytes
-//! look like an HTTP/1.x request or status line. Everything else costs a
+//! look like an HTTP/1.x request or status line, sent once per segment
+//! (by the program it leaves) when both ends are local. Everything else costs a
 //! flag test (pure ACKs), plus an inlined array read and, tracking HTTP, a
 //! four-byte read and compare (data); the headers come parsed from `tc`.
 
@@ -21,7 +22,7 @@ use pn_common::{
     policy::{IPPROTO_TCP, Ipv4Summary},
 };
 
-use crate::packet::load;
+use crate::{maps::PN_ENDPOINTS, packet::load};
 
 /// What the agent wants tracked (`TRACK_*` bits); 0 or absent: nothing.
 #[map]
@@ -101,6 +102,16 @@ pub fn observe(ctx: &TcContext, dir: Direction, ifindex: u32, pkt: &Ipv4Summary,
     if !boundary && !http {
         return;
     }
+    // Between two local members each segment passes two of our programs:
+    // only the one it leaves sends the event (half the events, payload
+    // copies and agent work per request); the agent reads it as both.
+    let from = matches!(dir, Direction::FromContainer);
+    let other = if from { pkt.dst } else { pkt.src };
+    // SAFETY: plain-data values, see `tc::handle`.
+    let both_local = unsafe { PN_ENDPOINTS.get(other) }.is_some_and(|e| e.ifindex != 0);
+    if both_local && !from {
+        return;
+    }
     let h = seg.seq_ack;
     let mut ev = ConnEvent {
         // SAFETY: bpf_ktime_get_ns has no preconditions.
@@ -115,6 +126,7 @@ pub fn observe(ctx: &TcContext, dir: Direction, ifindex: u32, pkt: &Ipv4Summary,
         data_len: data,
         flags,
         direction: dir as u8,
+        both_local: both_local as u8,
         ..ConnEvent::default()
     };
     if http {

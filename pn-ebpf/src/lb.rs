@@ -44,25 +44,29 @@ pub fn from_container(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv4Summary, l4:
         return;
     }
     let key = LbConnKey::forward(pkt);
-    // SAFETY: as above.
-    let known = unsafe { PN_LB_CONNS.get(key) }.copied();
+    // A pointer, not a copy: a closing segment then changes the state in
+    // place. An LRU map's insert takes a new element (evicting when full)
+    // and frees the old one under the LRU's locks; the closing segments
+    // made four such inserts a connection, on the path of the server's FIN.
+    let entry = PN_LB_CONNS.get_ptr_mut(key);
+    // SAFETY: a value of the map, valid for the program run; plain data.
+    let known = entry.map(|p| unsafe { *p });
     let vip = pkt.dst;
     let live = |b: Ip4| {
         // SAFETY: as above.
         unsafe { PN_LB_BACKENDS.get(b) }.is_some_and(|e| e.vip == vip)
     };
-    let (backend, state) = match lb::lb_step(pkt, flags, svc, iface.tag, known, live, now_s) {
+    // The backend; the entries' state; whether they are to be written.
+    let (backend, state, fresh) = match lb::lb_step(pkt, flags, svc, iface.tag, known, live, now_s)
+    {
         LbStep::Pass => return,
         LbStep::Expire(b) => {
             let _ = PN_LB_CONNS.remove(key);
             let _ = PN_LB_CONNS.remove(LbConnKey::reverse_of(pkt, b));
             return;
         }
-        LbStep::Keep(b) => (b, known.map_or(0, |c| c.state)),
-        LbStep::Renew(b) => {
-            record(pkt, b, 0);
-            (b, 0)
-        }
+        LbStep::Keep(b) => (b, known.map_or(0, |c| c.state), false),
+        LbStep::Renew(b) => (b, 0, true),
         LbStep::Choose(count) => {
             let slot = SlotKey {
                 vip,
@@ -72,21 +76,28 @@ pub fn from_container(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv4Summary, l4:
             let Some(b) = (unsafe { PN_LB_SLOTS.get(slot) }).copied() else {
                 return;
             };
-            record(pkt, b, 0);
             match count {
                 LbCount::New => stat(vip, b, |s| s.new_conns += 1),
                 LbCount::Reset(old) => stat(vip, old, |s| s.resets += 1),
                 LbCount::Moved(old) => stat(vip, old, |s| s.moved += 1),
                 LbCount::Nothing => {}
             }
-            (b, 0)
+            (b, 0, true)
         }
     };
-    if lb::may_close(flags) {
-        let closing = lb::lb_closing(state, flags, true, now_s());
-        if closing != state {
-            record(pkt, backend, closing);
+    let closing = if lb::may_close(flags) {
+        lb::lb_closing(state, flags, true, now_s())
+    } else {
+        state
+    };
+    if fresh {
+        record(pkt, backend, closing);
+    } else if closing != state {
+        if let Some(p) = entry {
+            // SAFETY: as above; a u32 store.
+            unsafe { (*p).state = closing };
         }
+        set_state(LbConnKey::reverse_of(pkt, backend), closing);
     }
     if rewrite(ctx, pkt.proto, l4, IP_DST, vip, backend) {
         pkt.dst = backend;
@@ -101,10 +112,11 @@ pub fn to_container(ctx: &TcContext, pkt: &Ipv4Summary, l4: usize, flags: u8) {
         return;
     }
     let key = LbConnKey::reply(pkt);
-    // SAFETY: plain-data values, see `tc::handle`.
-    let Some(c) = (unsafe { PN_LB_CONNS.get(key) }).copied() else {
+    let Some(entry) = PN_LB_CONNS.get_ptr_mut(key) else {
         return;
     };
+    // SAFETY: a value of the map, valid for the program run; plain data.
+    let c = unsafe { *entry };
     let forward = LbConnKey::forward_of_reply(pkt, c.addr);
     if c.closed() && c.expired(now_s()) {
         let _ = PN_LB_CONNS.remove(key);
@@ -115,23 +127,20 @@ pub fn to_container(ctx: &TcContext, pkt: &Ipv4Summary, l4: usize, flags: u8) {
     if lb::may_close(flags) {
         let closing = lb::lb_closing(c.state, flags, false, now_s());
         if closing != c.state {
-            let _ = PN_LB_CONNS.insert(
-                key,
-                LbConn {
-                    addr: c.addr,
-                    state: closing,
-                },
-                0,
-            );
-            let _ = PN_LB_CONNS.insert(
-                forward,
-                LbConn {
-                    addr: pkt.src,
-                    state: closing,
-                },
-                0,
-            );
+            // SAFETY: as above; a u32 store.
+            unsafe { (*entry).state = closing };
+            set_state(forward, closing);
         }
+    }
+}
+
+/// A connection's entry closing, in place (see `from_container`); an entry
+/// the LRU evicted stays absent.
+#[inline(always)]
+fn set_state(key: LbConnKey, state: u32) {
+    if let Some(p) = PN_LB_CONNS.get_ptr_mut(key) {
+        // SAFETY: a value of the map, valid for the program run; a u32 store.
+        unsafe { (*p).state = state };
     }
 }
 

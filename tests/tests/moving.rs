@@ -137,13 +137,13 @@ fn an_app_on_two_hosts_moves_to_another_network_in_place() {
     }
     // The old addresses are free: A holds only its own member's now (its
     // IPv4 and its IPv6 lease).
-    let leases = f.etcdctl(&[
-        "get",
-        "--prefix",
-        "--keys-only",
-        &format!("/pn/ips/{net_a}/"),
-    ]);
-    let leases = String::from_utf8_lossy(&leases.stdout).to_string();
+    // (Leases are in their hosts' ranges: `on/<host>/ips/<network>/…`.)
+    let leases = f.etcdctl(&["get", "--prefix", "--keys-only", "/pn/on/"]);
+    let leases: String = String::from_utf8_lossy(&leases.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("/ips/{net_a}/")))
+        .map(|l| format!("{l}\n"))
+        .collect();
     let of_family = |v6: bool| {
         leases
             .lines()

@@ -240,6 +240,47 @@ fn connections_and_requests_are_counted_per_edge() {
     assert!(status.contains("events lost conn 0"), "{status}");
 }
 
+/// Two local members: each segment passes the sender's program and the
+/// receiver's, and only the first sends the event. 20 keep-alive requests
+/// are about 2 events each (request, response head) plus the connection's
+/// boundaries; with both copies sent they were twice that (88).
+#[test]
+fn local_segments_are_one_event_each() {
+    let host = Host::start(&unique_prefix(), "h1");
+    let net = host.create_network(&[]);
+    let (ca, sa) = (host.create_app(&net), host.create_app(&net));
+    let cns = host.member(&ca, "api", "cl");
+    let sns = host.member(&sa, "web", "sv");
+    let sip = sns.addr;
+    let fast = SERVER.replace("time.sleep(0.2)", "pass");
+    let _server = Python(
+        Command::new("ip")
+            .args(["netns", "exec", &sns.name, "python3", "-c", &fast, "8080"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    assert!(eventually(Duration::from_secs(10), || sns
+        .exec(&["curl", "-s", "-o", "/dev/null", "http://127.0.0.1:8080/"])
+        .status
+        .success()));
+    let events = |body: &str| metric_value(body, "pn_conn_events_total", &[]);
+    let before = events(&host.metrics());
+    let urls: Vec<String> = (0..20).map(|i| format!("http://{sip}:8080/r{i}")).collect();
+    let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+    assert!(curl(&cns, &refs).status.success());
+    let mut body = String::new();
+    let answered = eventually(Duration::from_secs(10), || {
+        body = host.metrics();
+        metric_value(&body, "pn_http_requests_total", &[("method", "GET")]) == 20
+            && metric_value(&body, "pn_conn_bytes_total", &[("direction", "to_client")]) > 0
+    });
+    assert!(answered, "{body}");
+    let n = events(&body) - before;
+    assert!((44..=50).contains(&n), "{n} events for 20 requests\n{body}");
+}
+
 /// Restores `kernel.bpf_stats_enabled` on drop (also when a run panics).
 struct BpfStats(String);
 

@@ -262,6 +262,7 @@ impl Agent {
                 // Recorded, but its interface is gone: start over.
                 self.membership.delete_container(&key).await?;
             }
+            self.within_quota()?;
             match self
                 .membership
                 .reserve_address(&net.id, &key, &self.cfg.host_id, self.cfg.ipv6.is_on())
@@ -323,7 +324,11 @@ impl Agent {
                 }
                 remove_resolv_conf(netns);
                 for ip in addrs.all() {
-                    if let Err(re) = self.membership.release_address(&net.id, ip, &key).await {
+                    if let Err(re) = self
+                        .membership
+                        .release_address(&self.cfg.host_id, &net.id, ip, &key)
+                        .await
+                    {
                         log::error!("releasing {ip} after a failed attach: {re}");
                     }
                 }
@@ -466,6 +471,24 @@ impl Agent {
         let rev = self.membership.remove_host(id).await?;
         self.wait_applied(rev).await?;
         log::info!("removed host {id} from the fleet");
+        Ok(())
+    }
+
+    /// One more container only within this host's quota: every agent
+    /// would refuse its record (`--host-quota`).
+    fn within_quota(&self) -> Result<()> {
+        let view = self.view();
+        let (held, quota) = (view.containers_on(&self.cfg.host_id), view.host_quota());
+        if held >= quota {
+            return Err(Error::new(
+                crate::error::ErrorKind::Exhausted,
+                format!(
+                    "host {} runs {held} containers, its quota: every agent would refuse \
+                     one more (--host-quota {quota})",
+                    self.cfg.host_id
+                ),
+            ));
+        }
         Ok(())
     }
 }

@@ -293,7 +293,7 @@ impl Agent {
             );
             if let Err(e) = self
                 .membership
-                .release_address(&net, ip, &lease.owner)
+                .release_address(&self.cfg.host_id, &net, ip, &lease.owner)
                 .await
             {
                 log::error!("{e}");

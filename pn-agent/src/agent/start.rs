@@ -115,7 +115,9 @@ async fn early_view(
         Ok(Ok(l)) => l,
         _ => return None,
     };
-    let view = MembershipView::new(cfg.pool).reloaded(&listing);
+    let view = MembershipView::new(cfg.pool)
+        .with_host_quota(cfg.host_quota)
+        .reloaded(&listing);
     let links = netlink
         .links_with_prefix(crate::model::HOST_IF_PREFIX)
         .await
@@ -459,7 +461,8 @@ impl Agent {
             (Some(_), None) => EarlyTunnel::write(&cfg, &netlink).await,
             _ => None,
         };
-        let view = view.unwrap_or_else(|| MembershipView::new(cfg.pool));
+        let view =
+            view.unwrap_or_else(|| MembershipView::new(cfg.pool).with_host_quota(cfg.host_quota));
         let loaded =
             load_datapath(&cfg, &netlink, underlay, tunnel.is_some(), container_mtu).await?;
         let mut datapath = Datapath::new(loaded.kernel);

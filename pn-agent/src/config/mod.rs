@@ -158,6 +158,9 @@ pub struct RunSettings {
     /// The API socket (also the global `--api-socket`).
     #[arg(skip)]
     pub api_socket: Option<PathBuf>,
+    /// Containers one host may run: every agent refuses a host's records beyond it [default: 4096].
+    #[arg(long)]
+    pub host_quota: Option<usize>,
 }
 
 /// `--publish-ports` [default: 30000-32767, Kubernetes' NodePort range,
@@ -360,6 +363,7 @@ pub struct RunConfig {
     pub track: u32,
     pub etcd_prefix: String,
     pub api_socket: PathBuf,
+    pub host_quota: usize,
     pub tunnel: pn_tunnel::Config,
     /// `--tunnel-workers`, `--tunnel-offloads`, `--tunnel-spin-us`, `--tunnel-pin`.
     pub tunnel_io: pn_tunnel::device::Options,
@@ -472,6 +476,10 @@ impl RunConfig {
         {
             bail!("invalid --mtu {mtu}: must be between 576 and 65535");
         }
+        let host_quota = pick!(host_quota).unwrap_or(crate::store::view::DEFAULT_HOST_QUOTA);
+        if host_quota == 0 {
+            bail!("invalid --host-quota 0: every host runs at least 1 container");
+        }
         let dns_query_rate = pick!(dns_query_rate).unwrap_or(DEFAULT_DNS_QUERY_RATE);
         if dns_query_rate == 0 {
             bail!("invalid --dns-query-rate 0: at least 1 query per second");
@@ -534,6 +542,7 @@ impl RunConfig {
             track,
             etcd_prefix,
             api_socket: pick!(api_socket).unwrap_or_else(|| DEFAULT_API_SOCKET.into()),
+            host_quota,
             tunnel,
             tunnel_io,
         })

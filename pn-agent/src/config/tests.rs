@@ -204,6 +204,14 @@ fn bad_settings_give_one_clear_line() {
             },
             "invalid --mtu",
         ),
+        (
+            RunSettings {
+                host_id: Some("h".into()),
+                host_quota: Some(0),
+                ..Default::default()
+            },
+            "invalid --host-quota",
+        ),
     ] {
         let e = RunConfig::resolve(flags, None).unwrap_err().to_string();
         assert!(e.contains(want), "{e}");

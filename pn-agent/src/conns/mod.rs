@@ -6,6 +6,7 @@ pub mod metrics;
 pub mod track;
 
 use std::{
+    collections::HashMap,
     net::Ipv4Addr,
     sync::{Arc, Mutex, RwLock},
     time::Duration,
@@ -131,6 +132,11 @@ impl ConnHub {
         let view = view.read().unwrap_or_else(|p| p.into_inner());
         let m = &self.metrics;
         let mut lines = Vec::new();
+        // A batch's requests by connection, method and class: their labels
+        // (two address lookups, a lock, a handful of strings) made once per
+        // group rather than per request (a keep-alive client's batch is
+        // one group).
+        let mut answered: HashMap<(Key, &'static str, &'static str), Vec<f64>> = HashMap::new();
         for o in outcomes {
             match o {
                 Outcome::Opened { key, connect_ns } => {
@@ -158,21 +164,26 @@ impl ConnHub {
                         m.bytes.get_or_create(&l).inc_by(n);
                     }
                 }
-                Outcome::Responded(r) => {
-                    let l = m.labels(Self::edge(&view, &r.key));
-                    m.duration
-                        .get_or_create(&l)
-                        .observe(r.duration_ns as f64 / 1e9);
-                    let mut l = l;
-                    l.push(("method", r.method.to_string()));
-                    l.push(("status_class", status_class(r.status).to_string()));
-                    m.requests.get_or_create(&l).inc();
-                }
+                Outcome::Responded(r) => answered
+                    .entry((r.key, r.method, status_class(r.status)))
+                    .or_default()
+                    .push(r.duration_ns as f64 / 1e9),
                 Outcome::Logged(r) => lines.push(Self::record(&view, &r, now_mono, now_wall)),
                 Outcome::Untracked => {
                     m.untracked.inc();
                 }
             }
+        }
+        for ((key, method, class), seconds) in answered {
+            let mut l = m.labels(Self::edge(&view, &key));
+            let duration = m.duration.get_or_create(&l);
+            for s in &seconds {
+                duration.observe(*s);
+            }
+            drop(duration);
+            l.push(("method", method.to_string()));
+            l.push(("status_class", class.to_string()));
+            m.requests.get_or_create(&l).inc_by(seconds.len() as u64);
         }
         drop(view);
         for rec in lines {

@@ -235,8 +235,10 @@ impl Tracker {
         } else {
             return;
         };
-        // The client's interface: its packets leave there, the server's enter.
-        if from_client != from_container {
+        // The client's interface: its packets leave there, the server's
+        // enter. Between two local members the datapath sends only the copy
+        // leaving the sender, which then stands for both.
+        if from_client != from_container && ev.both_local == 0 {
             return;
         }
         let Some(c) = self.conns.get_mut(&key) else {

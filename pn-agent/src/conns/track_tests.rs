@@ -211,3 +211,50 @@ fn unknown_protocols_and_stray_segments_are_only_connections() {
     t.expire(IDLE_NS + 10 * MS, &mut out);
     assert!(out.is_empty() && t.is_empty());
 }
+
+/// Both ends local: the datapath sends each segment once, leaving its
+/// sender, so the server's segments come from the server's interface.
+#[test]
+fn both_local_segments_come_once_from_their_sender() {
+    let mut t = Tracker::new(3_000 * MS);
+    let leaving = |mut ev: ConnEvent| {
+        ev.direction = Direction::FromContainer as u8;
+        ev.both_local = 1;
+        ev
+    };
+    let req = b"GET /a HTTP/1.1\r\nHost: s\r\n\r\n";
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
+    let out = run(
+        &mut t,
+        &[
+            leaving(seg(0, true, TCP_SYN, 1000, 0, b"", 0)),
+            leaving(seg(2, false, SA, 5000, 1001, b"", 0)),
+            leaving(seg(3, true, PA, 1001, 5001, req, 30)),
+            leaving(seg(5, false, PA, 5001, 1031, ok, 50)),
+            leaving(seg(6, true, FA, 1031, 5051, b"", 0)),
+            leaving(seg(7, false, FA, 5051, 1032, b"", 0)),
+        ],
+    );
+    assert_eq!(
+        out[0],
+        Outcome::Opened {
+            key: key(),
+            connect_ns: 2 * MS
+        }
+    );
+    assert!(
+        out.iter().any(
+            |o| matches!(o, Outcome::Responded(r) if r.status == 200 && r.duration_ns == 2 * MS)
+        ),
+        "{out:?}"
+    );
+    assert_eq!(
+        out.last(),
+        Some(&Outcome::Closed {
+            key: key(),
+            to_server: 30,
+            to_client: 50
+        })
+    );
+    assert!(t.is_empty());
+}

@@ -24,6 +24,7 @@ async fn reserve(
     k: &ContainerKey,
     h: &str,
 ) -> Result<Ipv4Addr, MembershipError> {
+    super::lease_conformance::register(m, h).await;
     m.reserve_address(net, k, &host(h), false)
         .await
         .map(|r| r.ip)
@@ -224,7 +225,9 @@ pub async fn a_container_key_is_claimed_once(kv: Arc<dyn Backend>) {
     assert_eq!(err.kind(), ErrorKind::Conflict);
     assert!(err.to_string().contains("h1"), "{err}");
     // Releasing frees both the address and the key.
-    m.release_address(&net, ip.into(), &k).await.unwrap();
+    m.release_address(&host("h1"), &net, ip.into(), &k)
+        .await
+        .unwrap();
     let c = attach(&m, net, &k, "h2").await;
     let err = reserve(&m, &net, &k, "h1").await.unwrap_err();
     assert!(
@@ -480,7 +483,9 @@ pub async fn apps_move_with_their_addresses(kv: Arc<dyn Backend>) {
     let err = m.put_container(&late_rec).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
     assert!(err.to_string().contains("moved"), "{err}");
-    m.release_address(&a, late_ip.into(), &late).await.unwrap();
+    m.release_address(&host("h1"), &a, late_ip.into(), &late)
+        .await
+        .unwrap();
     // The old network's addresses are all free: the next gets the first.
     m.create_app(app_id(2), &a, None, 8080, crate::model::Balance::Dns, None)
         .await

@@ -8,11 +8,7 @@ use std::{collections::BTreeSet, net::Ipv6Addr, sync::Arc};
 use ipnet::{Ipv4Net, Ipv6Net};
 use pn_common::ids::NetworkId;
 
-use super::{
-    Backend, Membership, NewNetwork, PoolDoc,
-    keys::{self, Key},
-    view::MembershipView,
-};
+use super::{Backend, Membership, NewNetwork, PoolDoc, keys::Key, view::MembershipView};
 use crate::{
     error::{ErrorKind, Kind},
     ipam::Ipv6Mode,
@@ -52,6 +48,7 @@ async fn attach(
     h: &str,
     ipv6: bool,
 ) -> Container {
+    super::lease_conformance::register(m, h).await;
     let r = m.reserve_address(&net, k, &host(h), ipv6).await.unwrap();
     let c = Container {
         ip6: r.ip6,
@@ -61,14 +58,16 @@ async fn attach(
     c
 }
 
+/// IPv6 leases of `net`: in hosts' ranges, and shared (an older release's).
 async fn leases6(kv: &Arc<dyn Backend>, net: &NetworkId) -> BTreeSet<Ipv6Addr> {
-    kv.list(&keys::ips_of(net))
+    kv.list("")
         .await
         .unwrap()
         .entries
         .iter()
         .filter_map(|(k, _)| match Key::parse(k)? {
-            Key::Ip6(_, ip) => Some(ip),
+            Key::Ip6(n, ip) if n == *net => Some(ip),
+            Key::HostIp(_, n, std::net::IpAddr::V6(ip)) if n == *net => Some(ip),
             _ => None,
         })
         .collect()
@@ -184,7 +183,9 @@ pub async fn ipv6_addresses_are_unique_and_freed(kv: Arc<dyn Backend>) {
     assert_eq!(held.len(), 2);
     for (n, ip, lease) in held {
         assert_eq!(lease.owner, crashed);
-        m.release_address(&n, ip, &lease.owner).await.unwrap();
+        m.release_address(&host("h9"), &n, ip, &lease.owner)
+            .await
+            .unwrap();
     }
     assert!(!leases6(&kv, &net.id).await.contains(&r.ip6.unwrap()));
     let view = MembershipView::new(pool()).reloaded(&kv.list("").await.unwrap());
@@ -198,6 +199,9 @@ pub async fn ipv6_addresses_are_unique_and_freed(kv: Arc<dyn Backend>) {
 pub async fn concurrent_ipv6_reservations_never_collide(kv: Arc<dyn Backend>) {
     let m = Membership::new(kv);
     let net = create(&m, 1, None, ON).await;
+    for h in ["h1", "h2"] {
+        super::lease_conformance::register(&m, h).await;
+    }
     let mut tasks = Vec::new();
     for i in 1..=40u32 {
         let m = m.clone();

@@ -10,22 +10,28 @@
 //! | `admissions` | [`Admissions`](crate::model::Admissions): which hosts may run which app's containers |
 //! | `on/<host>/containers/<ap-…>/<type>/<index>` | [`Container`](crate::model::Container) run by `<host>` |
 //! | `containers/<ap-…>/<type>/<index>` | a container record of an older release (read, never written) |
-//! | `claims/<ap-…>/<type>/<index>` | the host holding a container key (attaching or attached) |
-//! | `ips/<pn-…>/<address>` | [`AddressLease`](crate::model::AddressLease), IPv4 or IPv6 |
+//! | `on/<host>/claims/<ap-…>/<type>/<index>` | `<host>` holds a container key (attaching or attached) |
+//! | `on/<host>/ips/<pn-…>/<address>` | [`AddressLease`](crate::model::AddressLease) of a container of `<host>`, IPv4 or IPv6 |
+//! | `claims/<ap-…>/<type>/<index>` | a claim of an older release (read, deleted, never written) |
+//! | `ips/<pn-…>/<address>` | a service address's lease (the operator's), or a container's of an older release |
 //! | `hosts/<host>` | [`Host`](crate::model::Host) |
 //! | `peers/<n>` | the host holding peer id `n` (a JSON string) |
 //!
 //! Who may write what ([`host_writes`]; etcd's roles can say exactly this
 //! because each host's records are one key range): a host writes its own
-//! record `hosts/<host>` and everything under `on/<host>/`, plus the shared
-//! allocation markers `claims/`, `ips/` and `peers/`, which only make
-//! honest hosts pick different keys, addresses and peer ids: no agent
-//! believes them. What an agent believes of a container comes from its
-//! record under `on/<host>/` (the older of two records of one key or one
-//! address keeps it), checked against the operator's `admissions`.
-//! Everything else (`pool`, `networks/`, `apps/`, `admissions`, other hosts'
-//! records) is the operator's. IPv6 leases, when they come, are allocation
-//! markers under `ips/` too (or a sibling prefix added to [`host_writes`]).
+//! record `hosts/<host>` and everything under `on/<host>/` (its containers,
+//! its claims on container keys, its address leases: nobody else can delete
+//! them), plus the shared peer id markers `peers/` (a host takes its id as
+//! it registers, when no other host knows it: a comparison under every
+//! registered host would not keep two new ones apart). Claims and leases only
+//! make honest hosts pick different keys and addresses (a reservation
+//! compares the key under every known host): no agent believes them. What
+//! an agent believes of a container comes from its record under
+//! `on/<host>/` (the older of two records of one key or one address keeps
+//! it; a host's records beyond its quota are refused), checked against the
+//! operator's `admissions`. Everything else (`pool`, `networks/`, `apps/`,
+//! `admissions`, service leases under `ips/`, other hosts' records) is the
+//! operator's.
 
 use std::{
     fmt,
@@ -44,11 +50,13 @@ pub const CONTAINERS: &str = "containers/";
 /// Each host's own range: `on/<host>/`.
 pub const ON: &str = "on/";
 const ON_CONTAINERS: &str = "containers/";
+const ON_CLAIMS: &str = "claims/";
+const ON_IPS: &str = "ips/";
 pub const ADMISSIONS: &str = "admissions";
+/// Claims of an older release (now in each host's range).
 pub const CLAIMS: &str = "claims/";
-/// Address leases of both families: one space, so that a fleet's etcd
-/// roles (`readwrite ips/`) cover IPv6 leases without a change, and agents
-/// that predate IPv6 skip them (not an IPv4 address: not a key to them).
+/// Service addresses' leases (the operator's), and container leases of an
+/// older release (now in each host's range), of both families.
 pub const IPS: &str = "ips/";
 pub const HOSTS: &str = "hosts/";
 pub const PEERS: &str = "peers/";
@@ -65,9 +73,16 @@ pub enum Key {
     Container(HostId, ContainerKey),
     /// A container record as an older release wrote it (no host in the key).
     LegacyContainer(ContainerKey),
-    /// Claim on a container key while its attach is in progress.
+    /// A host's claim on a container key (attaching or attached), in its
+    /// range.
+    HostClaim(HostId, ContainerKey),
+    /// An address of a network leased to a container of a host, in its
+    /// range (either family).
+    HostIp(HostId, NetworkId, IpAddr),
+    /// Claim on a container key as an older release wrote it (shared).
     Claim(ContainerKey),
-    /// An allocated address of a network.
+    /// An allocated address of a network: a service address's lease, or a
+    /// container's as an older release wrote it (shared).
     Ip(NetworkId, Ipv4Addr),
     /// An allocated IPv6 address of a network (under `ips/` too).
     Ip6(NetworkId, Ipv6Addr),
@@ -95,8 +110,16 @@ impl Key {
         }
         if let Some(t) = s.strip_prefix(ON) {
             let (host, t) = t.split_once('/')?;
+            let host: HostId = host.parse().ok()?;
+            if let Some(t) = t.strip_prefix(ON_CLAIMS) {
+                return container_key(t).map(|k| Key::HostClaim(host, k));
+            }
+            if let Some(t) = t.strip_prefix(ON_IPS) {
+                let (net, ip) = t.split_once('/')?;
+                return Some(Key::HostIp(host, net.parse().ok()?, ip.parse().ok()?));
+            }
             let k = container_key(t.strip_prefix(ON_CONTAINERS)?)?;
-            return Some(Key::Container(host.parse().ok()?, k));
+            return Some(Key::Container(host, k));
         }
         if let Some(t) = s.strip_prefix(NETWORKS) {
             return t.parse().ok().map(Key::Network);
@@ -150,6 +173,10 @@ impl fmt::Display for Key {
             Key::LegacyContainer(k) => {
                 write!(f, "{CONTAINERS}{}/{}/{}", k.app, k.ctype, k.index)
             }
+            Key::HostClaim(h, k) => {
+                write!(f, "{ON}{h}/{ON_CLAIMS}{}/{}/{}", k.app, k.ctype, k.index)
+            }
+            Key::HostIp(h, net, ip) => write!(f, "{ON}{h}/{ON_IPS}{net}/{ip}"),
             Key::Claim(k) => write!(f, "{CLAIMS}{}/{}/{}", k.app, k.ctype, k.index),
             Key::Ip(net, ip) => write!(f, "{IPS}{net}/{ip}"),
             Key::Ip6(net, ip) => write!(f, "{IPS}{net}/{ip}"),
@@ -185,9 +212,24 @@ pub fn containers_on(host: &HostId, app: &AppId) -> String {
     format!("{ON}{host}/{ON_CONTAINERS}{app}/")
 }
 
-/// Prefix of the claims on one app's container keys.
+/// Prefix of the claims of an older release on one app's container keys.
 pub fn claims_of(app: &AppId) -> String {
     format!("{CLAIMS}{app}/")
+}
+
+/// Prefix of one host's claims on one app's container keys.
+pub fn claims_on(host: &HostId, app: &AppId) -> String {
+    format!("{ON}{host}/{ON_CLAIMS}{app}/")
+}
+
+/// Prefix of the addresses of one network leased to one host's containers.
+pub fn ips_on(host: &HostId, net: &NetworkId) -> String {
+    format!("{ON}{host}/{ON_IPS}{net}/")
+}
+
+/// Prefix of every address leased to one host's containers.
+pub fn all_ips_on(host: &HostId) -> String {
+    format!("{ON}{host}/{ON_IPS}")
 }
 
 /// Prefix of the legacy records of one app's containers.
@@ -211,10 +253,14 @@ pub struct Grant {
     pub prefix: bool,
 }
 
+/// The shared prefixes a host's role could write in an older release, and
+/// which `fleet grant-host` takes back (after `fleet migrate`).
+pub const FORMER_HOST_WRITES: [&str; 2] = [CLAIMS, IPS];
+
 /// What host `host`'s role may write (it reads everything): its own host
-/// record and range, and the shared allocation markers.
+/// record and range, and the shared peer id markers.
 pub fn host_writes(host: &HostId) -> Vec<Grant> {
-    let mut grants = vec![
+    vec![
         Grant {
             key: Key::Host(host.clone()).to_string(),
             prefix: false,
@@ -223,12 +269,11 @@ pub fn host_writes(host: &HostId) -> Vec<Grant> {
             key: on_host(host),
             prefix: true,
         },
-    ];
-    grants.extend([CLAIMS, IPS, PEERS].map(|p| Grant {
-        key: p.into(),
-        prefix: true,
-    }));
-    grants
+        Grant {
+            key: PEERS.into(),
+            prefix: true,
+        },
+    ]
 }
 
 /// Prefix of the allocated addresses of one network.
@@ -261,6 +306,17 @@ mod tests {
             Key::Container("h-1".parse().unwrap(), ck()),
             Key::LegacyContainer(ck()),
             Key::Claim(ck()),
+            Key::HostClaim("h-1".parse().unwrap(), ck()),
+            Key::HostIp(
+                "h-1".parse().unwrap(),
+                PN.parse().unwrap(),
+                "10.240.0.7".parse().unwrap(),
+            ),
+            Key::HostIp(
+                "h-1".parse().unwrap(),
+                PN.parse().unwrap(),
+                "fd00::7".parse().unwrap(),
+            ),
             Key::Ip(PN.parse().unwrap(), Ipv4Addr::new(10, 240, 0, 7)),
             Key::Ip6(PN.parse().unwrap(), "fd12:3456:789a:1::2".parse().unwrap()),
             Key::Host("h-1".parse().unwrap()),
@@ -285,6 +341,19 @@ mod tests {
         assert_eq!(
             Key::lease(PN.parse().unwrap(), "fd00::2".parse().unwrap()).to_string(),
             format!("ips/{PN}/fd00::2")
+        );
+        assert_eq!(
+            Key::HostClaim("h-1".parse().unwrap(), ck()).to_string(),
+            format!("on/h-1/claims/{AP}/web/12")
+        );
+        assert_eq!(
+            Key::HostIp(
+                "h-1".parse().unwrap(),
+                PN.parse().unwrap(),
+                "10.240.0.7".parse().unwrap()
+            )
+            .to_string(),
+            format!("on/h-1/ips/{PN}/10.240.0.7")
         );
     }
 
@@ -318,8 +387,19 @@ mod tests {
                 }
             })
         };
-        assert!(may(&own) && may("hosts/h1") && may(&Key::Claim(ck()).to_string()));
+        let net: NetworkId = PN.parse().unwrap();
+        let (claim, lease) = (
+            Key::HostClaim(h1.clone(), ck()).to_string(),
+            Key::HostIp(h1.clone(), net, Ipv4Addr::LOCALHOST.into()).to_string(),
+        );
+        assert!(may(&own) && may("hosts/h1") && may(&claim) && may(&lease));
+        assert!(claim.starts_with(&claims_on(&h1, &app)));
+        assert!(lease.starts_with(&ips_on(&h1, &net)) && lease.starts_with(&all_ips_on(&h1)));
         for other in [
+            Key::Claim(ck()).to_string(),
+            Key::Ip(net, Ipv4Addr::LOCALHOST).to_string(),
+            Key::HostClaim(h10.clone(), ck()).to_string(),
+            Key::HostIp(h10.clone(), net, Ipv4Addr::LOCALHOST.into()).to_string(),
             Key::Host(h10.clone()).to_string(),
             Key::Container(h10, ck()).to_string(),
             Key::LegacyContainer(ck()).to_string(),
@@ -330,7 +410,6 @@ mod tests {
         ] {
             assert!(!may(&other), "{other}");
         }
-        let net: NetworkId = PN.parse().unwrap();
         assert!(
             Key::Ip(net, Ipv4Addr::LOCALHOST)
                 .to_string()
@@ -371,6 +450,10 @@ mod tests {
             &format!("on/H1/containers/{AP}/web/1"),
             &format!("on/h1/other/{AP}/web/1"),
             &format!("on/h1/containers/{AP}/web/1/x"),
+            &format!("on/h1/claims/{AP}/web"),
+            &format!("on/h1/ips/{PN}"),
+            &format!("on/h1/ips/{PN}/10.0.0.300"),
+            &format!("on/h1/ips/{PN}/FD00::2"),
             "on/h1",
             "admissions/",
         ] {

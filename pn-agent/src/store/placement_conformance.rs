@@ -1,6 +1,6 @@
 //! The conformance suite's part on where container records live: under
 //! their host (`on/<host>/…`, the range etcd's roles give that host), found
-//! through their claim or, if a host deleted the claim, by a scan; legacy
+//! under every registered host or, to change them, by a scan; legacy
 //! records read and migrated; admissions as the operator writes them; an
 //! attach that does not rewrite the operator's app.
 
@@ -26,6 +26,9 @@ async fn fleet(kv: Arc<dyn Backend>) -> Membership {
     m.create_app(app_id(1), &net_id(1), None, 8080, Balance::Dns, None)
         .await
         .unwrap();
+    for h in ["h1", "h2", "h3"] {
+        super::lease_conformance::register(&m, h).await;
+    }
     m
 }
 
@@ -83,14 +86,11 @@ pub async fn records_live_under_their_host(kv: Arc<dyn Backend>) {
             .unwrap()
             .contains(&1)
     );
-    // Its claim deleted (claims are shared): still found to be changed.
-    let claim = Key::Claim(c.key.clone()).to_string();
+    // Found without its claim (a lookup reads each host's record, not
+    // claims), and changed.
+    let claim = Key::HostClaim(host("h1"), c.key.clone()).to_string();
     kv.txn(vec![], vec![Op::Delete(claim)]).await.unwrap();
-    assert_eq!(
-        m.container(&c.key).await.unwrap(),
-        None,
-        "no scan for a lookup"
-    );
+    assert_eq!(m.container(&c.key).await.unwrap(), Some(c.clone()));
     assert!(m.set_unhealthy(&c.key, true).await.unwrap().is_some());
     assert!(m.delete_container(&c.key).await.unwrap().is_some());
     assert!(kv.get(&at).await.unwrap().is_none());

@@ -2,10 +2,12 @@
 //! grant-host`), through etcd's auth API as its `root` user: the operator's
 //! role writes the whole prefix; each host's role reads it and writes only
 //! what [`keys::host_writes`] gives it (its record, its own range, the
-//! shared allocation markers). The certificate's CN is the etcd user.
+//! shared peer id markers); `grant-host` takes back what an older release
+//! gave (the shared `ips/` and `claims/`: run it for every host after
+//! `fleet migrate`). The certificate's CN is the etcd user.
 //! Every step may be run again: what exists already is left as it is.
 
-use etcd_client::{Client, Permission, UserAddOptions};
+use etcd_client::{Client, Permission, RoleRevokePermissionOptions, UserAddOptions};
 use pn_common::ids::HostId;
 
 use super::{Etcd, prefix_end};
@@ -30,6 +32,18 @@ async fn user(c: &mut Client, name: &str) -> Result<(), etcd_client::Error> {
         .await
     {
         Err(e) if !exists(&e) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Takes back write access to every key under `prefix` (the role keeps
+/// reading it: its read of the whole prefix is another permission); what
+/// was never granted is left as it is.
+async fn revoke(c: &mut Client, role: &str, prefix: &str) -> Result<(), etcd_client::Error> {
+    let end = prefix_end(prefix.as_bytes());
+    let opts = RoleRevokePermissionOptions::new().with_range_end(end);
+    match c.role_revoke_permission(role, prefix, Some(opts)).await {
+        Err(e) if !e.to_string().contains("not granted") => Err(e),
         _ => Ok(()),
     }
 }
@@ -74,16 +88,21 @@ impl Etcd {
         .await
     }
 
-    /// User `host` with its role: read the prefix, write its own keys.
+    /// User `host` with its role: read the prefix, write its own keys (and
+    /// no longer the shared ones an older release let it write).
     pub async fn grant_host(&self, host: &HostId) -> Result<(), StoreError> {
         let all = self.prefix.clone();
+        let former: Vec<String> = keys::FORMER_HOST_WRITES
+            .iter()
+            .map(|p| self.full(p))
+            .collect();
         let writes: Vec<(String, bool)> = keys::host_writes(host)
             .into_iter()
             .map(|g| (self.full(&g.key), g.prefix))
             .collect();
         let (name, role_name) = (host.to_string(), host_role(host));
         self.read("granting a host its role", |mut c| {
-            let (all, writes) = (all.clone(), writes.clone());
+            let (all, writes, former) = (all.clone(), writes.clone(), former.clone());
             let (name, role_name) = (name.clone(), role_name.clone());
             async move {
                 role(&mut c, &role_name).await?;
@@ -99,6 +118,9 @@ impl Etcd {
                         p = p.with_range_end(prefix_end(key.as_bytes()));
                     }
                     c.role_grant_permission(role_name.as_str(), p).await?;
+                }
+                for prefix in former {
+                    revoke(&mut c, &role_name, &prefix).await?;
                 }
                 user(&mut c, &name).await?;
                 c.user_grant_role(name.as_str(), role_name.as_str()).await?;

@@ -70,6 +70,7 @@ mod conformance {
 
     crate::store_conformance_tests!(fresh);
     crate::store_placement_tests!(fresh);
+    crate::store_lease_tests!(fresh);
     crate::store_conformance6_tests!(fresh);
 
     #[tokio::test]

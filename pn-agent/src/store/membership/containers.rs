@@ -7,9 +7,15 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4},
 };
 
-use pn_common::ids::{AppId, ContainerType, HostId, NetworkId};
+use pn_common::ids::{AppId, HostId, NetworkId};
 
-use super::{Membership, MembershipError, Result, Step, as_read, decode, encode};
+use futures::future::try_join_all;
+
+use super::{
+    Membership, MembershipError, Result, Step, as_read, decode, encode,
+    leases::{address_unheld, unheld},
+    v6,
+};
 use crate::{
     ipam,
     model::{AddressLease, App, Container, ContainerKey},
@@ -34,33 +40,21 @@ impl Reserved {
     }
 }
 
-impl Membership {
-    /// The lowest address of `cidr` no lease of `network` holds (read in
-    /// the caller's compare-and-swap step, which conditions on it).
-    pub(super) async fn free_address(
-        &self,
-        network: &NetworkId,
-        cidr: &ipnet::Ipv4Net,
-    ) -> Result<Ipv4Addr> {
-        let used: BTreeSet<Ipv4Addr> = self
-            .kv
-            .list(&keys::ips_of(network))
-            .await?
-            .entries
-            .iter()
-            .filter_map(|(k, _)| match Key::parse(k)? {
-                Key::Ip(_, ip) => Some(ip),
-                _ => None,
-            })
-            .collect();
-        ipam::next_address(cidr, &used).ok_or_else(|| {
-            MembershipError::Exhausted(format!(
-                "no free address left in network {network} ({cidr}: {} in use)",
-                used.len()
-            ))
-        })
-    }
+/// The lowest address of `cidr` not in `used`.
+pub(super) fn free_address(
+    network: &NetworkId,
+    cidr: &ipnet::Ipv4Net,
+    used: &BTreeSet<Ipv4Addr>,
+) -> Result<Ipv4Addr> {
+    ipam::next_address(cidr, used).ok_or_else(|| {
+        MembershipError::Exhausted(format!(
+            "no free address left in network {network} ({cidr}: {} in use)",
+            used.len()
+        ))
+    })
+}
 
+impl Membership {
     /// Every container record, of both layouts (a key recorded under its
     /// host wins over its legacy copy).
     pub async fn containers(&self) -> Result<Vec<Container>> {
@@ -70,8 +64,12 @@ impl Membership {
             .into_iter()
             .map(|c| (c.key.clone(), c))
             .collect();
-        for c in self.list_decoded::<Container>(keys::ON).await? {
-            out.insert(c.key.clone(), c);
+        // Hosts' ranges hold their leases and claims too.
+        for (k, e) in self.kv.list(keys::ON).await?.entries {
+            if let Some(Key::Container(..)) = Key::parse(&k) {
+                let c: Container = decode(&k, &e)?;
+                out.insert(c.key.clone(), c);
+            }
         }
         Ok(out.into_values().collect())
     }
@@ -102,32 +100,16 @@ impl Membership {
         Ok(out)
     }
 
-    /// The indexes of one type of an app that are taken anywhere in the
-    /// fleet: claimed (attaching or attached), or held by a legacy record.
-    pub async fn used_indexes(&self, app: &AppId, ctype: &ContainerType) -> Result<BTreeSet<u32>> {
-        let mut used = BTreeSet::new();
-        for prefix in [keys::claims_of(app), keys::legacy_containers_of(app)] {
-            for (k, _) in self.kv.list(&prefix).await?.entries {
-                if let Some(Key::Claim(c) | Key::LegacyContainer(c)) = Key::parse(&k)
-                    && c.ctype == *ctype
-                {
-                    used.insert(c.index);
-                }
-            }
-        }
-        Ok(used)
-    }
-
-    /// Container `key`'s record, found through its claim (or at its legacy
-    /// key): two reads, however big the fleet.
+    /// Container `key`'s record: the oldest under any registered host, or
+    /// at its legacy key (one read per host).
     pub async fn container(&self, key: &ContainerKey) -> Result<Option<Container>> {
         Ok(self.locate_with(key, false).await?.map(|(_, c, _)| c))
     }
 
     /// Where container `key`'s record is, to change it: as [`Self::container`],
-    /// then, if neither its claim nor its legacy key leads to it, in every
-    /// host's range (a claim some host deleted or rewrote: claims are
-    /// shared), the oldest record of the key, the one every agent believes.
+    /// then, if no registered host has it, in every host's range (the
+    /// record of a host removed meanwhile), the oldest record of the key,
+    /// the one every agent believes.
     pub(super) async fn locate(&self, key: &ContainerKey) -> Result<Option<(Key, Container, i64)>> {
         self.locate_with(key, true).await
     }
@@ -137,14 +119,21 @@ impl Membership {
         key: &ContainerKey,
         scan: bool,
     ) -> Result<Option<(Key, Container, i64)>> {
-        if let Some((claim, _)) = self
-            .get_decoded::<AddressLease>(&Key::Claim(key.clone()))
-            .await?
-        {
-            let at = Key::Container(claim.host, key.clone());
-            if let Some((c, rev)) = self.get_decoded::<Container>(&at).await? {
-                return Ok(Some((at, c, rev)));
-            }
+        let hosts = self.lease_holders(None).await?;
+        let at: Vec<Key> = hosts
+            .into_iter()
+            .map(|h| Key::Container(h, key.clone()))
+            .collect();
+        let names: Vec<String> = at.iter().map(Key::to_string).collect();
+        let found = try_join_all(names.iter().map(|k| self.kv.get(k))).await?;
+        let oldest = at
+            .into_iter()
+            .zip(found)
+            .filter_map(|(k, e)| Some((k, e?)))
+            .min_by_key(|(_, e)| e.create_rev);
+        if let Some((at, e)) = oldest {
+            let c = decode(&at.to_string(), &e)?;
+            return Ok(Some((at, c, e.mod_rev)));
         }
         let at = Key::LegacyContainer(key.clone());
         if let Some((c, rev)) = self.get_decoded::<Container>(&at).await? {
@@ -174,9 +163,10 @@ impl Membership {
     /// concurrent callers on any number of hosts: every key is created only
     /// if absent, and the container must not exist yet.
     /// [`MembershipError::Taken`] when the key is attached or claimed
-    /// already (an automatic index then tries the next). The claim stays as
-    /// long as the container: it is how anyone finds under which host the
-    /// record is.
+    /// already (an automatic index then tries the next). The claim and the
+    /// leases are `host`'s (in its range): they stay as long as the
+    /// container; no registered host holds them (the transaction's
+    /// conditions).
     pub async fn reserve_address(
         &self,
         network: &NetworkId,
@@ -190,9 +180,10 @@ impl Membership {
             host: host.clone(),
             service: false,
         };
-        let (claim_key, container_key) = (
+        let (legacy_claim, container_key, claim_key) = (
             &Key::Claim(owner.clone()),
             &Key::LegacyContainer(owner.clone()),
+            &Key::HostClaim(host.clone(), owner.clone()),
         );
         let lease = &lease;
         self.read_modify_write(
@@ -206,18 +197,23 @@ impl Membership {
                             "container {owner} is already attached (or being attached) on host {h}"
                         )));
                     }
-                    let ip = self.free_address(network, &net.cidr).await?;
+                    let hosts = self.lease_holders(Some(host)).await?;
+                    let (used, used6) = self.used_addresses(network, &hosts).await?;
+                    let ip = free_address(network, &net.cidr, &used)?;
                     let ip6 = match net.cidr6.filter(|_| ipv6) {
-                        Some(cidr6) => Some(self.free_address6(network, &cidr6).await?),
+                        Some(cidr6) => Some(v6::free_address6(network, &cidr6, &used6)?),
                         None => None,
                     };
                     let reserved = Reserved { ip, ip6 };
-                    let mut conds = vec![as_read(claim_key, None), as_read(container_key, None)];
+                    let mut conds = vec![as_read(legacy_claim, None), as_read(container_key, None)];
+                    conds.extend(unheld(&hosts, |h| Key::HostClaim(h.clone(), owner.clone())));
                     let mut ops = vec![Op::Put(claim_key.to_string(), encode(lease))];
                     for ip in reserved.all() {
-                        let ip_key = Key::lease(*network, ip);
-                        conds.push(as_read(&ip_key, None));
-                        ops.push(Op::Put(ip_key.into(), encode(lease)));
+                        conds.extend(address_unheld(&hosts, *network, ip));
+                        ops.push(Op::Put(
+                            Key::HostIp(host.clone(), *network, ip).into(),
+                            encode(lease),
+                        ));
                     }
                     Ok(Step::write(conds, ops, move |_| reserved))
                 })
@@ -225,68 +221,6 @@ impl Membership {
             || format!("too much contention on the addresses of network {network}; try again"),
         )
         .await
-    }
-
-    /// The host attaching (claim) or holding (record) a container key.
-    async fn holder(&self, key: &ContainerKey) -> Result<Option<HostId>> {
-        if let Some((claim, _)) = self
-            .get_decoded::<AddressLease>(&Key::Claim(key.clone()))
-            .await?
-        {
-            return Ok(Some(claim.host));
-        }
-        Ok(self.container(key).await?.map(|c| c.host))
-    }
-
-    /// Releases an address (of either family) if `owner` still holds it.
-    pub async fn release_address(
-        &self,
-        network: &NetworkId,
-        ip: IpAddr,
-        owner: &ContainerKey,
-    ) -> Result<()> {
-        let ip_key = &Key::lease(*network, ip);
-        self.read_modify_write(
-            move |_| {
-                Box::pin(async move {
-                    match self.get_decoded::<AddressLease>(ip_key).await? {
-                        Some((lease, rev)) if lease.owner == *owner => Ok(Step::write(
-                            vec![as_read(ip_key, Some(rev))],
-                            vec![
-                                Op::Delete(ip_key.to_string()),
-                                Op::Delete(Key::Claim(owner.clone()).into()),
-                            ],
-                            |_| (),
-                        )),
-                        _ => Ok(Step::Done(())),
-                    }
-                })
-            },
-            || format!("address {ip} of network {network} keeps changing; try again"),
-        )
-        .await
-    }
-
-    /// Address leases of both families held by `host` (to collect the ones
-    /// a crash left behind).
-    pub async fn leases_of_host(
-        &self,
-        host: &HostId,
-    ) -> Result<Vec<(NetworkId, IpAddr, AddressLease)>> {
-        let listing = self.kv.list(keys::IPS).await?;
-        let mut out = Vec::new();
-        for (k, e) in &listing.entries {
-            let (net, ip) = match Key::parse(k) {
-                Some(Key::Ip(net, ip)) => (net, IpAddr::V4(ip)),
-                Some(Key::Ip6(net, ip)) => (net, IpAddr::V6(ip)),
-                _ => continue,
-            };
-            let lease: AddressLease = decode(k, e)?;
-            if lease.host == *host && !lease.service {
-                out.push((net, ip, lease));
-            }
-        }
-        Ok(out)
     }
 
     /// Records an attached container whose address is already reserved,
@@ -401,19 +335,13 @@ impl Membership {
                     let Some((container_key, c, rev)) = self.locate(key).await? else {
                         return Ok(Step::Done(None));
                     };
-                    let mut ops = vec![
-                        Op::Delete(container_key.to_string()),
-                        Op::Delete(Key::Ip(c.network, c.ip).into()),
-                        Op::Delete(Key::Claim(c.key.clone()).into()),
-                    ];
-                    if let Some(ip6) = c.ip6 {
-                        ops.push(Op::Delete(Key::Ip6(c.network, ip6).into()));
-                    }
-                    Ok(Step::write(
-                        vec![as_read(&container_key, Some(rev))],
-                        ops,
-                        move |rev| Some((c, rev)),
-                    ))
+                    // The record's delete first: a watcher that reads one
+                    // event of the transaction reads that one.
+                    let (mut conds, leases) = self.lease_deletes(&c, true).await?;
+                    conds.push(as_read(&container_key, Some(rev)));
+                    let mut ops = vec![Op::Delete(container_key.to_string())];
+                    ops.extend(leases);
+                    Ok(Step::write(conds, ops, move |rev| Some((c, rev))))
                 })
             },
             || format!("container {key} keeps changing; try again"),

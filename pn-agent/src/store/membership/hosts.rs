@@ -21,9 +21,20 @@ impl Membership {
         self.list_decoded(keys::HOSTS).await
     }
 
-    /// Peer ids in use, and those `host` holds.
+    /// Peer ids in use, and those `host` holds. In use: claimed, or held
+    /// by another host's record (claims are shared: one another host
+    /// deleted must not give a new host an id a running host has).
     async fn peer_claims(&self, host: &HostId) -> Result<(BTreeSet<u32>, Vec<(u32, i64)>)> {
-        let mut used = BTreeSet::new();
+        let mut used: BTreeSet<u32> = self
+            .kv
+            .list(keys::HOSTS)
+            .await?
+            .entries
+            .iter()
+            .filter_map(|(_, e)| serde_json::from_str::<Host>(&e.value).ok())
+            .filter(|h| h.id != *host)
+            .map(|h| h.peer_id)
+            .collect();
         let mut held = Vec::new();
         for (k, e) in self.kv.list(keys::PEERS).await?.entries {
             let Some(Key::Peer(n)) = Key::parse(&k) else {
@@ -106,7 +117,7 @@ impl Membership {
             self.delete_container(&c.key).await?;
         }
         for (net, ip, lease) in self.leases_of_host(id).await? {
-            self.release_address(&net, ip, &lease.owner).await?;
+            self.release_address(id, &net, ip, &lease.owner).await?;
         }
         self.read_modify_write(
             move |_| {

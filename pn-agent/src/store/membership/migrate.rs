@@ -1,8 +1,9 @@
 //! The move of container records of an older release (`containers/…`, no
 //! host in the key) to their host's range (`on/<host>/containers/…`), which
-//! etcd's roles can give to that host alone. Run once by the operator
-//! (`pn-agent fleet migrate`) after every agent runs this release: agents
-//! read both layouts meanwhile, and write the new one.
+//! etcd's roles can give to that host alone, and of their leases and claims
+//! (`ips/…`, `claims/…`) likewise ([`Membership::migrate_leases`]). Run once
+//! by the operator (`pn-agent fleet migrate`) after every agent runs this
+//! release: agents read both layouts meanwhile, and write the new one.
 
 use super::{Membership, Result, Step, as_read, decode, encode};
 use crate::{
@@ -48,7 +49,10 @@ impl Membership {
                                 vec![as_read(old, Some(rev)), as_read(new, None)],
                                 vec![
                                     Op::Put(new.to_string(), encode(c)),
-                                    Op::Put(Key::Claim(key.clone()).into(), encode(claim)),
+                                    Op::Put(
+                                        Key::HostClaim(c.host.clone(), key.clone()).into(),
+                                        encode(claim),
+                                    ),
                                     Op::Delete(old.to_string()),
                                 ],
                                 |_| true,

@@ -8,7 +8,8 @@
 //!
 //! Here: the helpers and applications; [`networks`]: networks and their
 //! ranges; [`containers`]: addresses and containers; [`hosts`]: the hosts of
-//! the fleet; [`moving`]: an application's move to another network; [`v6`]:
+//! the fleet; [`leases`]: address leases and key claims, in each host's
+//! range; [`moving`]: an application's move to another network; [`v6`]:
 //! the IPv6 prefixes and addresses; [`admissions`]: which hosts may run
 //! which app; [`migrate`]: container records of an older release moved
 //! under their host.
@@ -16,6 +17,7 @@
 mod admissions;
 mod containers;
 mod hosts;
+mod leases;
 mod migrate;
 mod moving;
 mod networks;

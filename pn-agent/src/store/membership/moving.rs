@@ -4,9 +4,14 @@
 //! frees its old one, in one transaction per container. Each step can be
 //! run again: a move that stopped half-way is finished by moving again.
 
+use std::net::IpAddr;
+
 use pn_common::ids::{AppId, NetworkId};
 
-use super::{Membership, MembershipError, Result, Step, as_read, encode};
+use super::{
+    Membership, MembershipError, Result, Step, as_read, containers::free_address, encode,
+    leases::address_unheld, v6::free_address6,
+};
 use crate::{
     model::{AddressLease, App, Container, ContainerKey, Network},
     store::{backend::Op, keys::Key},
@@ -91,9 +96,11 @@ impl Membership {
                     if c.network == *network {
                         return Ok(Step::Done(None));
                     }
-                    let ip = self.free_address(network, &net.cidr).await?;
+                    let hosts = self.lease_holders(Some(&c.host)).await?;
+                    let (used, used6) = self.used_addresses(network, &hosts).await?;
+                    let ip = free_address(network, &net.cidr, &used)?;
                     let ip6 = match net.cidr6.filter(|_| c.ip6.is_some()) {
-                        Some(cidr6) => Some(self.free_address6(network, &cidr6).await?),
+                        Some(cidr6) => Some(free_address6(network, &cidr6, &used6)?),
                         None => None,
                     };
                     let lease = encode(&AddressLease {
@@ -101,17 +108,16 @@ impl Membership {
                         host: c.host.clone(),
                         service: false,
                     });
-                    let mut conds = vec![as_read(container_key, Some(rev))];
-                    let mut ops = Vec::new();
-                    let new_ips = std::iter::once(Key::Ip(*network, ip))
-                        .chain(ip6.map(|ip6| Key::Ip6(*network, ip6)));
+                    // The claim stays: the container keeps its key.
+                    let (mut conds, mut ops) = self.lease_deletes(&c, false).await?;
+                    conds.push(as_read(container_key, Some(rev)));
+                    let new_ips = std::iter::once(IpAddr::V4(ip)).chain(ip6.map(IpAddr::V6));
                     for new_ip in new_ips {
-                        conds.push(as_read(&new_ip, None));
-                        ops.push(Op::Put(new_ip.into(), lease.clone()));
-                    }
-                    ops.push(Op::Delete(Key::Ip(c.network, c.ip).into()));
-                    if let Some(old6) = c.ip6 {
-                        ops.push(Op::Delete(Key::Ip6(c.network, old6).into()));
+                        conds.extend(address_unheld(&hosts, *network, new_ip));
+                        ops.push(Op::Put(
+                            Key::HostIp(c.host.clone(), *network, new_ip).into(),
+                            lease.clone(),
+                        ));
                     }
                     let moved = Container {
                         network: *network,

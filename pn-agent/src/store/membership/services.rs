@@ -1,19 +1,19 @@
 //! Service addresses of the apps that balance by `vip`: one per container
-//! type, leased under `ips/` like a container's address (so the two never
-//! collide), written in the same transaction as the app record that names
+//! type, leased under `ips/` (the operator's; checked against every host's
+//! container leases, so the two never collide), written in the same transaction as the app record that names
 //! it, and freed with it.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use pn_common::ids::{AppId, ContainerType, HostId};
 
-use super::{Membership, MembershipError, Result, Step, as_read, encode};
+use super::{Membership, MembershipError, Result, Step, as_read, encode, leases::address_unheld};
 use crate::{
     ipam,
     model::{AddressLease, App, Balance, ContainerKey, Network},
     store::{
         backend::{Cond, Op},
-        keys::{self, Key},
+        keys::Key,
     },
 };
 
@@ -42,17 +42,8 @@ impl Membership {
             return Ok(out);
         }
         let net: Network = self.network(&app.network).await?;
-        let mut used: BTreeSet<Ipv4Addr> = self
-            .kv
-            .list(&keys::ips_of(&app.network))
-            .await?
-            .entries
-            .iter()
-            .filter_map(|(k, _)| match Key::parse(k)? {
-                Key::Ip(_, ip) => Some(ip),
-                _ => None,
-            })
-            .collect();
+        let hosts = self.lease_holders(Some(host)).await?;
+        let (mut used, _) = self.used_addresses(&app.network, &hosts).await?;
         for ctype in missing {
             let ip = ipam::next_address(&net.cidr, &used).ok_or_else(|| {
                 MembershipError::Exhausted(format!(
@@ -67,7 +58,8 @@ impl Membership {
                 host: host.clone(),
                 service: true,
             };
-            out.conds.push(as_read(&key, None));
+            out.conds
+                .extend(address_unheld(&hosts, app.network, IpAddr::V4(ip)));
             out.ops.push(Op::Put(key.to_string(), encode(&lease)));
             app.services.insert(ctype, ip);
         }

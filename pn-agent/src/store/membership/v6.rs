@@ -1,7 +1,7 @@
 //! IPv6 on top of the IPv4 rules: the fleet's unique local /48 in the pool
 //! document, a /64 of it per network (reserved in the pool document like an
 //! IPv4 range, so two networks never share one), an address per container
-//! (leased under `ips/` beside the IPv4 ones, [`Key::Ip6`]). Records written
+//! (leased in its host's range beside the IPv4 ones, [`Key::HostIp`]). Records written
 //! before IPv6 gain theirs here, on their hosts' next full converge.
 
 use std::{
@@ -12,14 +12,13 @@ use std::{
 use ipnet::Ipv6Net;
 use pn_common::ids::NetworkId;
 
-use super::{Membership, MembershipError, PoolDoc, Result, Step, as_read, decode, encode};
+use super::{
+    Membership, MembershipError, PoolDoc, Result, Step, as_read, encode, leases::address_unheld,
+};
 use crate::{
     ipam,
     model::{AddressLease, Container, ContainerKey, Network},
-    store::{
-        backend::Op,
-        keys::{self, Key},
-    },
+    store::{backend::Op, keys::Key},
 };
 
 /// The fleet's IPv6 pool: the document's, else `given` (`--pool6`), else a
@@ -70,43 +69,24 @@ pub(super) fn pick_cidr6(
     })
 }
 
+/// The lowest IPv6 address of `cidr6` not in `used`.
+pub(super) fn free_address6(
+    network: &NetworkId,
+    cidr6: &Ipv6Net,
+    used: &BTreeSet<Ipv6Addr>,
+) -> Result<Ipv6Addr> {
+    ipam::next_address6(cidr6, used).ok_or_else(|| {
+        MembershipError::Exhausted(format!(
+            "no free IPv6 address left in network {network} ({cidr6})"
+        ))
+    })
+}
+
 impl Membership {
     /// The fleet's IPv6 pool, once it has one (the first network given an
     /// IPv6 range gives it).
     pub async fn pool6(&self) -> Result<Option<Ipv6Net>> {
         Ok(self.pool().await?.0.pool6)
-    }
-
-    /// The lowest IPv6 address of `cidr6` no lease of `network` holds (read
-    /// in the caller's compare-and-swap step, which conditions on it).
-    pub(super) async fn free_address6(
-        &self,
-        network: &NetworkId,
-        cidr6: &Ipv6Net,
-    ) -> Result<Ipv6Addr> {
-        let used: BTreeSet<Ipv6Addr> = self
-            .leases6_of(network)
-            .await?
-            .into_iter()
-            .map(|(ip, _)| ip)
-            .collect();
-        ipam::next_address6(cidr6, &used).ok_or_else(|| {
-            MembershipError::Exhausted(format!(
-                "no free IPv6 address left in network {network} ({cidr6})"
-            ))
-        })
-    }
-
-    /// The IPv6 leases of a network, with their owners.
-    async fn leases6_of(&self, network: &NetworkId) -> Result<Vec<(Ipv6Addr, AddressLease)>> {
-        let listing = self.kv.list(&keys::ips_of(network)).await?;
-        let mut out = Vec::new();
-        for (k, e) in &listing.entries {
-            if let Some(Key::Ip6(_, ip)) = Key::parse(k) {
-                out.push((ip, decode(k, e)?));
-            }
-        }
-        Ok(out)
     }
 
     /// Gives network `id` its IPv6 range if it has none (a network created
@@ -184,14 +164,15 @@ impl Membership {
                         return Ok(Step::Done(None));
                     };
                     let c = Container { ip6: None, ..c };
-                    Ok(Step::write(
-                        vec![as_read(container_key, Some(rev))],
-                        vec![
-                            Op::Put(container_key.to_string(), encode(&c)),
-                            Op::Delete(Key::Ip6(c.network, ip6).into()),
-                        ],
-                        move |rev| Some((c, rev)),
-                    ))
+                    let (mut conds, mut ops) = self
+                        .legacy_leftovers(&c.key, c.network, [IpAddr::V6(ip6)], false)
+                        .await?;
+                    conds.push(as_read(container_key, Some(rev)));
+                    ops.push(Op::Put(container_key.to_string(), encode(&c)));
+                    ops.push(Op::Delete(
+                        Key::HostIp(c.host.clone(), c.network, IpAddr::V6(ip6)).into(),
+                    ));
+                    Ok(Step::write(conds, ops, move |rev| Some((c, rev))))
                 })
             },
             || format!("container {key} keeps changing; try again"),
@@ -218,31 +199,35 @@ impl Membership {
                     let Some(cidr6) = self.network(&c.network).await?.cidr6 else {
                         return Ok(Step::Done(None));
                     };
-                    let leases = self.leases6_of(&c.network).await?;
-                    let held = leases
-                        .iter()
-                        .find(|(ip, l)| l.owner == *key && !l.service && cidr6.contains(ip));
+                    let hosts = self.lease_holders(Some(&c.host)).await?;
+                    let leases = self.leases_in(&c.network, &hosts).await?;
+                    let v6 = |ip: &IpAddr| match ip {
+                        IpAddr::V6(ip) if cidr6.contains(ip) => Some(*ip),
+                        _ => None,
+                    };
+                    let held = leases.iter().find_map(|(ip, l)| {
+                        l.as_ref()
+                            .filter(|l| l.owner == *key && !l.service)
+                            .and(v6(ip))
+                    });
                     let mut conds = vec![as_read(container_key, Some(rev))];
                     let mut ops = Vec::new();
                     let ip6 = match held {
-                        Some((ip, _)) => *ip,
+                        Some(ip) => ip,
                         None => {
                             let used: BTreeSet<Ipv6Addr> =
-                                leases.iter().map(|(ip, _)| *ip).collect();
-                            let ip = ipam::next_address6(&cidr6, &used).ok_or_else(|| {
-                                MembershipError::Exhausted(format!(
-                                    "no free IPv6 address left in network {} ({cidr6})",
-                                    c.network
-                                ))
-                            })?;
+                                leases.iter().filter_map(|(ip, _)| v6(ip)).collect();
+                            let ip = free_address6(&c.network, &cidr6, &used)?;
                             let lease = AddressLease {
                                 owner: key.clone(),
                                 host: c.host.clone(),
                                 service: false,
                             };
-                            let lease_key = Key::lease(c.network, IpAddr::V6(ip));
-                            conds.push(as_read(&lease_key, None));
-                            ops.push(Op::Put(lease_key.into(), encode(&lease)));
+                            conds.extend(address_unheld(&hosts, c.network, IpAddr::V6(ip)));
+                            ops.push(Op::Put(
+                                Key::HostIp(c.host.clone(), c.network, IpAddr::V6(ip)).into(),
+                                encode(&lease),
+                            ));
                             ip
                         }
                     };

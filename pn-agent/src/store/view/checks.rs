@@ -287,6 +287,29 @@ impl MembershipView {
                 format!("container {} is already {at}", c.key),
             ));
         }
+        self.check_quota(key, c)
+    }
+
+    /// A container new to its host (not a change of one it has) only
+    /// within the host's quota: a host's records beyond it, its newest
+    /// (listings load the oldest first), are refused, so a host cannot
+    /// fill every agent's maps and memory with containers.
+    fn check_quota(&self, key: &str, c: &Container) -> Result {
+        let known = self
+            .containers
+            .get(&c.key)
+            .is_some_and(|o| o.host == c.host);
+        let held = self.per_host.get(&c.host).copied().unwrap_or(0);
+        if !known && held >= self.host_quota {
+            return Err(Rejected::new(
+                key,
+                Reject::Quota,
+                format!(
+                    "host {} runs {held} containers already, its quota (--host-quota)",
+                    c.host
+                ),
+            ));
+        }
         Ok(())
     }
 

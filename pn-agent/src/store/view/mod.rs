@@ -21,7 +21,7 @@ mod state;
 mod tests;
 
 pub use refusals::{Refusals, Reject, Rejected};
-pub use state::MembershipView;
+pub use state::{DEFAULT_HOST_QUOTA, MembershipView};
 
 /// What one watch event changed, for the consumers that act incrementally.
 #[derive(Clone, Debug, PartialEq)]
@@ -102,6 +102,8 @@ impl MembershipView {
             refused: HashMap::new(),
             admissions: Default::default(),
             container_at: HashMap::new(),
+            per_host: HashMap::new(),
+            host_quota: DEFAULT_HOST_QUOTA,
         }
     }
 
@@ -110,7 +112,7 @@ impl MembershipView {
     /// the refused ones are skipped (one bad record must not stop
     /// enforcement of the rest), counted and logged once.
     pub fn reloaded(&self, listing: &Listing) -> MembershipView {
-        let mut view = MembershipView::new(self.pool);
+        let mut view = MembershipView::new(self.pool).with_host_quota(self.host_quota);
         view.rejected = self.rejected.clone();
         view.refused = self.refused.clone();
         let mut entries: Vec<_> = listing.entries.iter().collect();
@@ -242,6 +244,10 @@ impl MembershipView {
         let old = self.containers.insert(c.key.clone(), c.clone());
         self.container_at.insert(c.key.clone(), key.to_string());
         if let Some(o) = &old {
+            self.uncount(&o.host);
+        }
+        *self.per_host.entry(c.host.clone()).or_default() += 1;
+        if let Some(o) = &old {
             if o.ip != c.ip {
                 self.by_ip.remove(&o.ip);
             }
@@ -291,6 +297,7 @@ impl MembershipView {
             Some(Key::Container(_, k) | Key::LegacyContainer(k)) => {
                 match self.containers.remove(&k) {
                     Some(c) => {
+                        self.uncount(&c.host);
                         if self.by_ip.get(&c.ip) == Some(&c.key) {
                             self.by_ip.remove(&c.ip);
                         }
@@ -311,6 +318,15 @@ impl MembershipView {
                 Change::Host
             }
             _ => Change::Other,
+        }
+    }
+
+    fn uncount(&mut self, host: &HostId) {
+        if let Some(n) = self.per_host.get_mut(host) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_host.remove(host);
+            }
         }
     }
 

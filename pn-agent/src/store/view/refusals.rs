@@ -65,10 +65,12 @@ pub enum Reject {
     NotAdmitted,
     /// A container key an older record of another host holds.
     ContainerTaken,
+    /// A container beyond its host's quota (`--host-quota`).
+    Quota,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 24] = [
+    pub const ALL: [Reject; 25] = [
         Reject::Undecodable,
         Reject::Key,
         Reject::Range,
@@ -93,6 +95,7 @@ impl Reject {
         Reject::WrongHost,
         Reject::NotAdmitted,
         Reject::ContainerTaken,
+        Reject::Quota,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -121,6 +124,7 @@ impl Reject {
             Reject::WrongHost => "wrong_host",
             Reject::NotAdmitted => "not_admitted",
             Reject::ContainerTaken => "container_taken",
+            Reject::Quota => "quota",
         }
     }
 }

@@ -44,4 +44,31 @@ pub struct MembershipView {
     /// The store key each container's record was taken from: its host's
     /// range, or the legacy layout. Only that key's delete removes it.
     pub(super) container_at: HashMap<ContainerKey, String>,
+    /// How many containers of the view each host runs.
+    pub(super) per_host: HashMap<HostId, usize>,
+    /// How many containers one host may run (`--host-quota`).
+    pub(super) host_quota: usize,
+}
+
+/// Containers one host may run unless `--host-quota` says otherwise: far
+/// more than a host runs, few enough that one host cannot fill the
+/// datapath's maps of every agent.
+pub const DEFAULT_HOST_QUOTA: usize = 4096;
+
+impl MembershipView {
+    /// The same view with another quota of containers per host (for the
+    /// records it takes in from now on, and at the next listing).
+    pub fn with_host_quota(mut self, quota: usize) -> Self {
+        self.host_quota = quota;
+        self
+    }
+
+    pub fn host_quota(&self) -> usize {
+        self.host_quota
+    }
+
+    /// How many containers of the view `host` runs.
+    pub fn containers_on(&self, host: &HostId) -> usize {
+        self.per_host.get(host).copied().unwrap_or(0)
+    }
 }

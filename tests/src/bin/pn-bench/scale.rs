@@ -126,7 +126,7 @@ fn register(
                                 service: false,
                             };
                             ops.push(Op::Put(
-                                Key::Ip(net, ip).into(),
+                                Key::HostIp(host.clone(), net, ip.into()).into(),
                                 serde_json::to_string(&lease)?,
                             ));
                             ops.push(Op::Put(
@@ -204,7 +204,10 @@ fn cost_per_packet(
 
 pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     let p = unique_prefix();
-    let fleet = Fleet::new(&p, 1);
+    // The far hosts run N / FAR_HOSTS containers each: over the default
+    // quota of containers per host at the largest N.
+    let quota = (TARGET_N / FAR_HOSTS + 1024).to_string();
+    let fleet = Fleet::with_flags(&p, 1, &["--host-quota", &quota]);
     let h = &fleet.hosts[0];
     // A range big enough for the largest N (inside the pool: agents refuse
     // networks outside it).

@@ -26,6 +26,15 @@ use crate::{
 const PORT: u16 = 8080;
 /// Echo server (a persistent connection, request/response).
 const ECHO: u16 = 8081;
+/// The first backend's line server for connections straight to it. Not
+/// `PORT`: a client port used straight and then through the service address
+/// (or the other way) within the server's TIME_WAIT (60 s) meets that
+/// TIME_WAIT with a SYN whose sequence number and timestamp belong to
+/// another client-side tuple (Linux draws both per tuple): the server
+/// answers the SYN with the old connection's ACK, the client resets and
+/// sends its SYN again. Mixed on one port, each path paid for the other's
+/// TIME_WAITs (the note counts the SYNs sent again).
+const DIRECT: u16 = 8082;
 const BACKENDS: usize = 3;
 const ZONE: &str = "private-network.internal";
 
@@ -111,11 +120,32 @@ impl Drop for LineServer {
     }
 }
 
+/// SYNs the calling thread's network namespace sent again (TcpExt
+/// TCPSynRetrans); 0 if unreadable.
+fn syn_retrans() -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap_or_default();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "TCPSynRetrans")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// New connections per second from `client` to `dst`, one at a time: open,
-/// read the server's line, close; how many timed out, and how many took
-/// over 200 ms (a SYN sent again).
-fn conn_rate(client: &Namespace, dst: SocketAddr, seconds: u64) -> anyhow::Result<(f64, u64, u64)> {
+/// read the server's line, close; how many timed out, how many took over
+/// 200 ms, and how many SYNs were sent again.
+fn conn_rate(
+    client: &Namespace,
+    dst: SocketAddr,
+    seconds: u64,
+) -> anyhow::Result<(f64, u64, u64, u64)> {
     client.run(move || {
+        let retrans = syn_retrans();
         let t = Instant::now();
         let (mut n, mut lost, mut slow) = (0u64, 0u64, 0u64);
         let mut b = [0u8; 64];
@@ -133,7 +163,8 @@ fn conn_rate(client: &Namespace, dst: SocketAddr, seconds: u64) -> anyhow::Resul
             anyhow::ensure!(s.read(&mut b)? > 0, "{dst} closed without a line");
             n += 1;
         }
-        Ok((n as f64 / t.elapsed().as_secs_f64(), lost, slow))
+        let rate = n as f64 / t.elapsed().as_secs_f64();
+        Ok((rate, lost, slow, syn_retrans().saturating_sub(retrans)))
     })
 }
 
@@ -290,7 +321,8 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     // with it, and a direct SYN drops a stale reverse entry).
     let client = host.member(&client_app, "worker", "cl");
     // Dropped in reverse order: servers stop before their namespaces go.
-    let (svc, ips, servers, _echo, _vip_ns) = backends(&host, &net, "vip")?;
+    let (svc, ips, servers, _echo, vip_ns) = backends(&host, &net, "vip")?;
+    let _direct = LineServer::start(&vip_ns[0], SocketAddr::from((ips[0], DIRECT)), false)?;
     let (dns_app, _, dns_servers, _dns_echo, _dns_ns) = backends(&host, &net, "dns")?;
     let list = host.json(&["app", "list"]);
     let vip: Ipv4Addr = list
@@ -304,6 +336,7 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     let (mut p50_vip, mut p50_direct, mut p99_vip, mut p99_direct) =
         (vec![], vec![], vec![], vec![]);
     let (mut lost_vip, mut lost_direct, mut slow_vip, mut slow_direct) = (0, 0, 0, 0);
+    let (mut again_vip, mut again_direct) = (0, 0);
     for i in 0..effort.runs {
         // Alternate which goes first, so drift does not favour one.
         let order = if i % 2 == 0 {
@@ -312,14 +345,19 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
             [false, true]
         };
         for through_vip in order {
-            let dst = if through_vip { vip } else { ips[0] };
-            let (r, lost, slow) =
-                conn_rate(&client, SocketAddr::from((dst, PORT)), effort.seconds)?;
+            let (dst, port) = if through_vip {
+                (vip, PORT)
+            } else {
+                (ips[0], DIRECT)
+            };
+            let (r, lost, slow, again) =
+                conn_rate(&client, SocketAddr::from((dst, port)), effort.seconds)?;
             let (rt, p50, p99) = ping_pong(&client, SocketAddr::from((dst, ECHO)), effort.seconds)?;
             if through_vip {
                 via_vip.push(r);
                 lost_vip += lost;
                 slow_vip += slow;
+                again_vip += again;
                 rt_vip.push(rt);
                 p50_vip.push(p50);
                 p99_vip.push(p99);
@@ -327,6 +365,7 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
                 direct.push(r);
                 lost_direct += lost;
                 slow_direct += slow;
+                again_direct += again;
                 rt_direct.push(rt);
                 p50_direct.push(p50);
                 p99_direct.push(p99);
@@ -422,8 +461,10 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     let mut notes = vec![
         format!(
             "connections timed out (1 s): {lost_vip} through the service address, \
-             {lost_direct} straight; opened in over 200 ms (a SYN sent again): {slow_vip} \
-             through the service address, {slow_direct} straight"
+             {lost_direct} straight; opened in over 200 ms: {slow_vip} through the service \
+             address, {slow_direct} straight; SYNs sent again: {again_vip} through the service \
+             address, {again_direct} straight (the straight connections use a port of their own, \
+             {DIRECT}: see `DIRECT` in pn-bench's service.rs)"
         ),
         format!("spread, connections per backend: {}", spread.join("; ")),
     ];
@@ -444,7 +485,8 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
              other (connect, read one line, close) and 1-byte requests on one connection \
              (TCP_NODELAY, write, read the byte back), through the service address (Maglev \
              choice, connection table, replies translated back) versus straight to one \
-             container, alternating. Spread: a second app balanced by dns with {BACKENDS} \
+             container (its line server on a port of its own, {DIRECT}), alternating. \
+             Spread: a second app balanced by dns with {BACKENDS} \
              containers; the client resolves each app's web name once (the agent's DNS, the \
              answer's first address) and opens {n} connections to it."
         ),

@@ -90,10 +90,17 @@ impl Store {
         .iter()
         .filter_map(|a| Some((a["id"].as_str()?.into(), a["network"].as_str()?.into())))
         .collect();
-        let leases = etcdctl(fleet, &["get", "--prefix", "--keys-only", "/pn/ips/"])?
+        // Leases are in their hosts' ranges (`on/<host>/ips/…`), or shared
+        // (`ips/…`) as an older release wrote them.
+        let leases = etcdctl(fleet, &["get", "--prefix", "--keys-only", "/pn/"])?
             .lines()
             .filter_map(|k| {
-                let (net, ip) = k.strip_prefix("/pn/ips/")?.split_once('/')?;
+                let k = k.strip_prefix("/pn/")?;
+                let rest = match k.strip_prefix("on/") {
+                    Some(r) => r.split_once('/')?.1.strip_prefix("ips/")?,
+                    None => k.strip_prefix("ips/")?,
+                };
+                let (net, ip) = rest.split_once('/')?;
                 Some((net.to_string(), ip.parse().ok()?))
             })
             .collect();

@@ -304,6 +304,12 @@ fn records_other_than_containers_go_alone_and_leases_are_skipped() {
     let lease = Key::Ip(net_id(1), Ipv4Addr::new(10, 240, 0, 2)).to_string();
     assert_eq!(b.step(&lease), Step::Skip);
     assert_eq!(b.step(&Key::Claim(key(1)).to_string()), Step::Skip);
+    let own = Key::HostIp(host("b"), net_id(1), Ipv4Addr::new(10, 240, 0, 3).into());
+    assert_eq!(b.step(&own.to_string()), Step::Skip);
+    assert_eq!(
+        b.step(&Key::HostClaim(host("b"), key(1)).to_string()),
+        Step::Skip
+    );
     assert_eq!(b.step("pool"), Step::Skip);
     // A key in another spelling is no key of the layout.
     let upper = Key::Container(host("b"), key(1)).to_string().to_uppercase();
