@@ -23,6 +23,7 @@ use rtnetlink::{
     },
 };
 
+mod addrs6;
 mod container;
 mod error;
 mod netns;

@@ -66,6 +66,8 @@ pub mod objects {
     pub const MAP_TAGS: &str = "PN_TAGS";
     pub const MAP_CONNS: &str = "PN_CONNS";
     pub const MAP_EGRESS_DENY: &str = "PN_EGRESS_DENY";
+    pub const MAP_CONNS6: &str = "PN_CONNS6";
+    pub const MAP_EGRESS_DENY6: &str = "PN_EGRESS_DENY6";
     pub const MAP_CONN_EVENTS: &str = "PN_CONN_EVENTS";
     pub const MAP_CONN_CFG: &str = "PN_CONN_CFG";
     pub const MAP_LOST: &str = "PN_LOST";

@@ -234,22 +234,22 @@ impl ConnKind {
     }
 }
 
-/// Key of `PN_CONNS` (LRU): a connection between a container and something
-/// outside the pool, written from the container's side whatever the
-/// direction of the packet, so a packet and its reply find the same entry.
-/// Ports in host order; 0 for ICMP.
+/// Key of `PN_CONNS` (LRU), and with [`Ip6`] addresses of `PN_CONNS6`: a
+/// connection between a container and something outside the pool, written
+/// from the container's side whatever the direction of the packet, so a
+/// packet and its reply find the same entry. Ports in host order; 0 for ICMP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct ConnKey {
-    pub container: Ip4,
-    pub remote: Ip4,
+pub struct ConnKey<A = Ip4> {
+    pub container: A,
+    pub remote: A,
     pub container_port: u16,
     pub remote_port: u16,
     pub proto: u8,
     pub _pad: [u8; 3],
 }
 
-/// Value of `PN_CONNS`.
+/// Value of `PN_CONNS` and `PN_CONNS6`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ConnState {
@@ -267,7 +267,8 @@ impl ConnState {
 }
 
 /// Value of `PN_EGRESS_DENY`, an LPM trie keyed by `{prefix_len: u32, addr:
-/// Ip4}`: why the range is never the world (for `status` and tests; the
+/// Ip4}`, and of `PN_EGRESS_DENY6` (keyed by `{prefix_len: u32, addr: Ip6}`,
+/// 20 bytes): why the range is never the world (for `status` and tests; the
 /// programs only test presence).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -286,6 +287,9 @@ impl DenyRange {
     pub const STORE: u32 = 4;
     /// Given with `--egress-deny`.
     pub const OPERATOR: u32 = 5;
+    /// IPv6 only: the host has no global address to translate to, so the
+    /// whole IPv6 world (`::/0`) is out of reach.
+    pub const NO_ADDRESS: u32 = 6;
 }
 
 /// Value of `PN_PEERS`, keyed by a peer host's underlay address ([`Ip4`]):
@@ -347,8 +351,12 @@ pub const MAX_PEERS: u32 = 4_096;
 /// under pressure the least recently used go first, never an active one
 /// unless this many are more active.
 pub const MAX_CONNS: u32 = 131_072;
+/// `PN_CONNS6`: the same connections over IPv6.
+pub const MAX_CONNS6: u32 = MAX_CONNS;
 /// `PN_EGRESS_DENY`: ranges.
 pub const MAX_EGRESS_DENY: u32 = 4_096;
+/// `PN_EGRESS_DENY6`: IPv6 ranges.
+pub const MAX_EGRESS_DENY6: u32 = MAX_EGRESS_DENY;
 /// `PN_TAGS`: tags (u32) of the networks with at least one local member.
 pub const MAX_TAGS: u32 = 65_536;
 pub const EVENTS_BYTES: u32 = 256 * 1024;
@@ -364,6 +372,9 @@ const _: () = assert!(core::mem::size_of::<FlowKey<Ip6>>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 8);
 const _: () = assert!(core::mem::size_of::<Config>() == 56);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 16);
+const _: () = assert!(core::mem::size_of::<ConnKey<Ip6>>() == 40);
+// `PN_EGRESS_DENY6`'s key is the prefix length (u32) and the address.
+const _: () = assert!(core::mem::size_of::<Ip6>() == 16);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 16);
 const _: () = assert!(core::mem::size_of::<DenyRange>() == 4);
 const _: () = assert!(core::mem::size_of::<EventBudget>() == 24);
@@ -395,6 +406,8 @@ mod pod {
     unsafe impl aya::Pod for Peer {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ConnKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ConnKey<Ip6> {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ConnState {}
     // SAFETY: as above.

@@ -13,8 +13,9 @@ use pn_common::{
     },
     maps::{
         Config, ConnKey, ConnState, Counters, DenyRange, EVENTS_BYTES, Endpoint, EventBudget,
-        FlowKey, FlowState, Iface, MAX_CONNS, MAX_COUNTER_SLOTS, MAX_EGRESS_DENY, MAX_ENDPOINTS,
-        MAX_ENDPOINTS6, MAX_FLOWS, MAX_IFACES, MAX_PEERS, MAX_TAGS, Peer,
+        FlowKey, FlowState, Iface, MAX_CONNS, MAX_CONNS6, MAX_COUNTER_SLOTS, MAX_EGRESS_DENY,
+        MAX_EGRESS_DENY6, MAX_ENDPOINTS, MAX_ENDPOINTS6, MAX_FLOWS, MAX_IFACES, MAX_PEERS,
+        MAX_TAGS, Peer,
     },
 };
 
@@ -61,6 +62,15 @@ pub static PN_CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::pinned(MAX_CON
 /// Destinations that are never the world.
 #[map]
 pub static PN_EGRESS_DENY: LpmTrie<Ip4, DenyRange> = LpmTrie::pinned(MAX_EGRESS_DENY, 0);
+
+/// `PN_CONNS` over IPv6.
+#[map]
+pub static PN_CONNS6: LruHashMap<ConnKey<Ip6>, ConnState> = LruHashMap::pinned(MAX_CONNS6, 0);
+
+/// IPv6 destinations that are never the world (`::/0` while the host has
+/// no global IPv6 address to translate to).
+#[map]
+pub static PN_EGRESS_DENY6: LpmTrie<Ip6, DenyRange> = LpmTrie::pinned(MAX_EGRESS_DENY6, 0);
 
 /// Service addresses this host balances toward (see `pn_common::lb`).
 #[map]

@@ -317,18 +317,23 @@ pub fn send_frame(ns: &Namespace, ifname: &str, frame: Vec<u8>) -> std::io::Resu
 /// line), then echoes what it sends; a thread per connection, so clients
 /// may keep theirs open.
 pub fn tcp_whoami_server(ns: &Namespace, port: u16) -> Server {
-    tcp_line_server(ns, port, false)
+    tcp_line_server(ns, "0.0.0.0", port, false)
+}
+
+/// [`tcp_whoami_server`] on `[::]:port`, for IPv6 clients.
+pub fn tcp_whoami_server6(ns: &Namespace, port: u16) -> Server {
+    tcp_line_server(ns, "::", port, false)
 }
 
 /// Like [`tcp_whoami_server`], but tells each client the server's own
 /// address (which backend a service address led to).
 pub fn tcp_whoami_self_server(ns: &Namespace, port: u16) -> Server {
-    tcp_line_server(ns, port, true)
+    tcp_line_server(ns, "0.0.0.0", port, true)
 }
 
-fn tcp_line_server(ns: &Namespace, port: u16, own: bool) -> Server {
+fn tcp_line_server(ns: &Namespace, bind: &'static str, port: u16, own: bool) -> Server {
     spawn_server(ns, move |stop, ready| {
-        let l = TcpListener::bind(("0.0.0.0", port)).expect("tcp bind");
+        let l = TcpListener::bind((bind, port)).expect("tcp bind");
         l.set_nonblocking(true).unwrap();
         ready.send(()).unwrap();
         while !stop.load(Ordering::Relaxed) {
@@ -371,8 +376,17 @@ fn tcp_line_server(ns: &Namespace, port: u16, own: bool) -> Server {
 
 /// UDP on `0.0.0.0:port`: answers each datagram with the sender's address.
 pub fn udp_whoami_server(ns: &Namespace, port: u16) -> Server {
+    udp_whoami_server_on(ns, "0.0.0.0", port)
+}
+
+/// [`udp_whoami_server`] on `[::]:port`, for IPv6 clients.
+pub fn udp_whoami_server6(ns: &Namespace, port: u16) -> Server {
+    udp_whoami_server_on(ns, "::", port)
+}
+
+fn udp_whoami_server_on(ns: &Namespace, bind: &'static str, port: u16) -> Server {
     spawn_server(ns, move |stop, ready| {
-        let s = UdpSocket::bind(("0.0.0.0", port)).expect("udp bind");
+        let s = UdpSocket::bind((bind, port)).expect("udp bind");
         s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
         ready.send(()).unwrap();
         let mut buf = [0u8; 2048];
@@ -442,7 +456,7 @@ pub fn echo_on(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
 /// Asks a [`udp_whoami_server`] from `ns` which address it sees.
 pub fn udp_whoami(ns: &Namespace, dst: SocketAddr, timeout: Duration) -> std::io::Result<String> {
     ns.run(move || {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let s = UdpSocket::bind(if dst.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })?;
         s.set_read_timeout(Some(timeout))?;
         s.send_to(b"?", dst)?;
         let mut buf = [0u8; 64];

@@ -69,6 +69,7 @@ impl Net {
                 host_port: 30000,
                 container: C1.parse().unwrap(),
                 web_port: 8080,
+                container6: None,
             }],
             egress_deny: [UNDERLAY, "169.254.0.0/16", "127.0.0.0/8"]
                 .iter()
@@ -81,6 +82,7 @@ impl Net {
                 listen: "169.254.1.1:53".parse().unwrap(),
                 clients: vec!["pnh*".into()],
             }),
+            v6: None,
         }
     }
 

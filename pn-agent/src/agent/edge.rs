@@ -4,19 +4,22 @@
 //! ports of this host's `web` containers kept in their store records.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     sync::Arc,
     time::Duration,
 };
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use pn_common::maps::Config;
 
 pub use super::edge_table::EdgeRuntime;
-use super::{Agent, TUN_DEV, reconcile::EdgeLocal};
+use super::{
+    Agent, TUN_DEV,
+    reconcile::{EdgeLocal, EdgeLocal6},
+};
 use crate::{
     config::{RunConfig, StoreSpec},
-    edge::{EdgeConfig, GatewayDns, Owners, deny::HostFacts},
+    edge::{EdgeConfig, GatewayDns, Owners, deny::HostFacts, deny6::HostFacts6},
     model::{Container, HOST_IF_PREFIX},
     netlink::{Netlink, NetlinkError},
 };
@@ -31,6 +34,60 @@ pub fn with_pool(mut c: Config, pool: Ipv4Net) -> Config {
     c.pool_addr = u32::from_ne_bytes(pool.network().octets());
     c.pool_mask = u32::from_ne_bytes(pool.netmask().octets());
     c
+}
+
+/// The IPv6 pool as `PN_CONFIG` holds it (none: left as it is, zero, which
+/// puts every IPv6 address in the pool: nothing of IPv6 is the world).
+pub fn with_pool6(mut c: Config, pool6: Option<Ipv6Net>) -> Config {
+    if let Some(p) = pool6 {
+        c.pool6_addr = p.network().octets();
+        c.pool6_mask = p.netmask().octets();
+    }
+    c
+}
+
+/// The IPv6 side of the edge, from the host's IPv6 addresses (interface
+/// name and address with prefix) and the store's IPv6 endpoints.
+fn edge_local6(
+    cfg: &RunConfig,
+    addrs6: &[(String, Ipv6Net)],
+    store6: Vec<Ipv6Addr>,
+    pool6: Option<Ipv6Net>,
+) -> EdgeLocal6 {
+    let in_pool = |a: &Ipv6Addr| pool6.is_some_and(|p| p.contains(a));
+    let mut host_addrs: Vec<Ipv6Addr> = addrs6
+        .iter()
+        .map(|(_, n)| n.addr())
+        .filter(|a| !a.is_loopback() && !a.is_unicast_link_local() && !a.is_multicast())
+        .filter(|a| !in_pool(a))
+        .collect();
+    host_addrs.sort();
+    host_addrs.dedup();
+    let underlay = cfg.underlay_iface.as_deref().map_or_else(Vec::new, |u| {
+        addrs6
+            .iter()
+            .filter(|(name, n)| name == u && !n.addr().is_unicast_link_local())
+            .map(|(_, n)| n.trunc())
+            .collect()
+    });
+    EdgeLocal6 {
+        pool: pool6,
+        facts: HostFacts6 {
+            // The pool's addresses are the containers' (the gateway's
+            // side of a veth may hold none, but a stray one is no world).
+            addrs: addrs6
+                .iter()
+                .map(|(_, n)| *n)
+                .filter(|n| !in_pool(&n.addr()))
+                .collect(),
+            underlay,
+            store: store6,
+            // The other hosts are the view's: added by `reconcile`.
+            peers: Vec::new(),
+        },
+        host_addrs,
+        router_cidrs: cfg.router_cidrs6.clone(),
+    }
 }
 
 /// Addresses published ports answer on: the host's own unicast ones,
@@ -77,6 +134,7 @@ pub fn edge_local(
     forwarding: Owners,
     addrs: &[(String, Ipv4Net)],
     store: Vec<Ipv4Addr>,
+    v6: EdgeLocal6,
 ) -> EdgeLocal {
     let hosts = host_addrs(addrs, &cfg.pool);
     let underlay = cfg.underlay_iface.as_deref().and_then(|u| {
@@ -106,43 +164,56 @@ pub fn edge_local(
             listen: cfg.dns_listen,
             clients: vec![format!("{HOST_IF_PREFIX}*")],
         }),
+        v6,
     }
 }
 
-/// The addresses of the store's endpoints (etcd, plain or TLS), resolved now.
-pub async fn store_addrs(store: &StoreSpec) -> Vec<Ipv4Addr> {
+/// The addresses of the store's endpoints (etcd, plain or TLS), resolved
+/// now: IPv4's and IPv6's.
+pub async fn store_addrs(store: &StoreSpec) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
     let endpoints = match store {
-        StoreSpec::Embedded => return Vec::new(),
+        StoreSpec::Embedded => return Default::default(),
         StoreSpec::Etcd(endpoints) | StoreSpec::EtcdTls(endpoints, _) => endpoints,
     };
-    let mut out = Vec::new();
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
     for e in endpoints {
         match tokio::net::lookup_host(e.as_str()).await {
-            Ok(found) => out.extend(found.filter_map(|a| match a.ip() {
-                IpAddr::V4(ip) => Some(ip),
-                IpAddr::V6(_) => None,
-            })),
+            Ok(found) => found.for_each(|a| match a.ip().to_canonical() {
+                IpAddr::V4(ip) => v4.push(ip),
+                IpAddr::V6(ip) => v6.push(ip),
+            }),
             Err(err) => log::warn!("resolving store endpoint {e}: {err}"),
         }
     }
-    out.sort();
-    out.dedup();
-    out
+    v4.sort();
+    v4.dedup();
+    v6.sort();
+    v6.dedup();
+    (v4, v6)
 }
 
-/// Reads the host and makes its [`EdgeLocal`].
+/// Reads the host and makes its [`EdgeLocal`]; `pool6`: the fleet's IPv6
+/// pool, if known.
 pub async fn gather(
     netlink: &Netlink,
     cfg: &RunConfig,
     forwarding: Owners,
+    pool6: Option<Ipv6Net>,
 ) -> Result<EdgeLocal, NetlinkError> {
     let addrs = netlink.ipv4_addrs().await?;
-    Ok(edge_local(
-        cfg,
-        forwarding,
-        &addrs,
-        store_addrs(&cfg.store).await,
-    ))
+    let addrs6 = netlink.ipv6_addrs().await?;
+    let (store, store6) = store_addrs(&cfg.store).await;
+    let v6 = edge_local6(cfg, &addrs6, store6, pool6);
+    Ok(edge_local(cfg, forwarding, &addrs, store, v6))
+}
+
+/// The fleet's IPv6 pool as far as this agent knows it without asking the
+/// store: `--pool6` (with IPv6 on).
+pub fn given_pool6(cfg: &RunConfig) -> Option<Ipv6Net> {
+    match cfg.ipv6 {
+        crate::ipam::Ipv6Mode::On { pool6 } => pool6,
+        crate::ipam::Ipv6Mode::Off => None,
+    }
 }
 
 impl Agent {
@@ -224,6 +295,25 @@ impl Agent {
         }
     }
 
+    /// The fleet's IPv6 pool: the one known already (it never changes once
+    /// given), else `--pool6`, else the store's; none with IPv6 off.
+    async fn pool6(&self) -> Option<Ipv6Net> {
+        if let crate::ipam::Ipv6Mode::Off = self.cfg.ipv6 {
+            return None;
+        }
+        let known = self.edge_local().and_then(|e| e.v6.pool);
+        if let Some(p) = known.or_else(|| given_pool6(&self.cfg)) {
+            return Some(p);
+        }
+        match self.membership.pool6().await {
+            Ok(p) => p,
+            Err(e) => {
+                log::warn!("reading the fleet's IPv6 pool: {e}");
+                None
+            }
+        }
+    }
+
     /// Looks at the host again when an address comes or goes, and every
     /// [`REPAIR_EVERY`]: the deny list and the table follow the host's
     /// addresses, a table someone removed comes back, ports are given or
@@ -255,7 +345,8 @@ impl Agent {
                     }
                 }
             }
-            match gather(&self.netlink, &self.cfg, self.forwarding).await {
+            let pool6 = self.pool6().await;
+            match gather(&self.netlink, &self.cfg, self.forwarding, pool6).await {
                 Ok(e) => {
                     let mut cur = self.edge_local.write().unwrap_or_else(|p| p.into_inner());
                     if cur.as_ref() != Some(&e) {
@@ -331,12 +422,20 @@ mod tests {
             cert: "h1.crt".into(),
             key: "h1.key".into(),
         };
-        assert_eq!(store_addrs(&StoreSpec::Etcd(endpoints.clone())).await, want);
         assert_eq!(
-            store_addrs(&StoreSpec::EtcdTls(endpoints, files)).await,
+            store_addrs(&StoreSpec::Etcd(endpoints.clone())).await.0,
             want
         );
-        assert!(store_addrs(&StoreSpec::Embedded).await.is_empty());
+        assert_eq!(
+            store_addrs(&StoreSpec::EtcdTls(endpoints, files)).await.0,
+            want
+        );
+        assert!(store_addrs(&StoreSpec::Embedded).await.0.is_empty());
+        let v6 = vec!["[2001:db8::7]:2379".to_string()];
+        assert_eq!(
+            store_addrs(&StoreSpec::Etcd(v6)).await.1,
+            ["2001:db8::7".parse::<Ipv6Addr>().unwrap()]
+        );
     }
 
     #[test]

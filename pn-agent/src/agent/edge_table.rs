@@ -80,6 +80,13 @@ impl EdgeRuntime {
                         Err(e) => log::error!("configuring the datapath: {e}"),
                     }
                 }
+                // The IPv6 world opens once its rules are in place.
+                if let (None, Some(v6)) = (self.pending_config, &cfg.v6) {
+                    let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Err(e) = dp.maps_mut().set_pool6(v6.pool) {
+                        log::error!("configuring the datapath's IPv6 pool: {e}");
+                    }
+                }
             }
             Err(e) => {
                 let text = e.to_string();

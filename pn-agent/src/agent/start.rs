@@ -61,13 +61,18 @@ fn prepare_edge(
             &cfg.host_id,
             edge,
         ),
+        egress_deny6: reconcile::edge::deny_entries6(
+            &MembershipView::new(cfg.pool),
+            &cfg.host_id,
+            edge,
+        ),
         ..Default::default()
     };
     datapath
         .apply(&deny, &Scope::edge())
         .context("writing the edge's deny list")?;
     let mut rt = EdgeRuntime::new();
-    let with_pool = agent_edge::with_pool(base, cfg.pool);
+    let with_pool = agent_edge::with_pool6(agent_edge::with_pool(base, cfg.pool), edge.v6.pool);
     let in_place = rt.edge.present() || {
         let empty = MembershipView::new(cfg.pool);
         let first = reconcile::edge::edge_config(&empty, &cfg.host_id, edge);
@@ -461,7 +466,8 @@ impl Agent {
         let loaded =
             load_datapath(&cfg, &netlink, underlay, tunnel.is_some(), container_mtu).await?;
         let mut datapath = Datapath::new(loaded.kernel);
-        let edge_local = agent_edge::gather(&netlink, &cfg, forwarding)
+        let pool6 = agent_edge::given_pool6(&cfg);
+        let edge_local = agent_edge::gather(&netlink, &cfg, forwarding, pool6)
             .await
             .context("reading the host's addresses")?;
         let edge = prepare_edge(&mut datapath, &edge_local, &cfg, loaded.config)?;

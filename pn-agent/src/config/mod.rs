@@ -142,6 +142,11 @@ pub struct RunSettings {
     /// CIDR[,…]; with none, nothing is published.
     #[arg(long, value_delimiter = ',')]
     pub router_cidr: Option<Vec<Ipv4Net>>,
+    /// IPv6 sources that may use published ports on the host's IPv6
+    /// addresses, CIDR[,…]; with none, those ports answer routers over
+    /// IPv4 only.
+    #[arg(long, value_delimiter = ',')]
+    pub router_cidr6: Option<Vec<Ipv6Net>>,
     /// Host ports published for `web` containers, LO-HI [default: 30000-32767].
     #[arg(long)]
     pub publish_ports: Option<PortRange>,
@@ -366,6 +371,8 @@ pub struct RunConfig {
     pub egress_deny: Vec<Ipv4Net>,
     /// `--router-cidr`, network addresses outside the pool.
     pub router_cidrs: Vec<Ipv4Net>,
+    /// `--router-cidr6`, network addresses.
+    pub router_cidrs6: Vec<Ipv6Net>,
     pub publish_ports: PortRange,
     pub forward_guard: ForwardGuard,
 }
@@ -500,9 +507,14 @@ impl RunConfig {
             outside_pool("egress-deny", pick!(egress_deny).unwrap_or_default(), pool)?;
         let router_cidrs =
             outside_pool("router-cidr", pick!(router_cidr).unwrap_or_default(), pool)?;
+        let router_cidrs6 = pick!(router_cidr6).unwrap_or_default();
+        if let Some(n) = router_cidrs6.iter().find(|n| n.trunc() != **n) {
+            bail!("invalid --router-cidr6 {n}: not a network address");
+        }
         Ok(RunConfig {
             egress_deny,
             router_cidrs,
+            router_cidrs6,
             publish_ports: pick!(publish_ports).unwrap_or_default(),
             forward_guard: pick!(forward_guard).unwrap_or_default(),
             host_id,

@@ -129,4 +129,20 @@ impl Maps for FakeMaps {
         self.state.egress_deny.remove(&(a, len));
         Ok(())
     }
+    fn forget_conns6(&mut self, a: Ip6) -> Result<()> {
+        self.call(format!("forget_conns6 {}", std::net::Ipv6Addr::from(a)))
+    }
+    fn set_deny6(&mut self, (a, len): (Ip6, u8), kind: u32) -> Result<()> {
+        self.call(format!("set_deny6 {}/{len}", std::net::Ipv6Addr::from(a)))?;
+        self.state.egress_deny6.insert((a, len), kind);
+        Ok(())
+    }
+    fn remove_deny6(&mut self, (a, len): (Ip6, u8)) -> Result<()> {
+        self.call(format!(
+            "remove_deny6 {}/{len}",
+            std::net::Ipv6Addr::from(a)
+        ))?;
+        self.state.egress_deny6.remove(&(a, len));
+        Ok(())
+    }
 }

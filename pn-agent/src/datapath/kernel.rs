@@ -13,19 +13,13 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{
-        Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf,
-        lpm_trie::{Key as LpmKey, LpmTrie},
-    },
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},
     programs::{SchedClassifier, Xdp},
 };
 use pn_common::{
     Ip4, Ip6, Reason,
     event::EventKind,
-    maps::{
-        Config, ConnKey, ConnState, Counter, Counters, DenyRange, Endpoint, EventBudget, Iface,
-        Peer,
-    },
+    maps::{Config, Counter, Counters, Endpoint, EventBudget, Iface, Peer},
     objects,
 };
 
@@ -92,9 +86,7 @@ pub struct Kernel {
     config: Array<MapData, Config>,
     peers: HashMap<MapData, Ip4, Peer>,
     tags: HashMap<MapData, u32, u32>,
-    // An LRU hash in the kernel; aya reads it as a hash map.
-    conns: HashMap<MapData, ConnKey, ConnState>,
-    egress_deny: LpmTrie<MapData, Ip4, DenyRange>,
+    edge: super::edge::EdgeMaps,
     events: Option<RingBuf<MapData>>,
     conn: super::conn::ConnMaps,
     lb: super::lb::LbMaps,
@@ -184,8 +176,12 @@ impl Kernel {
         let config = take(&mut ebpf, objects::MAP_CONFIG)?;
         let peers = take(&mut ebpf, objects::MAP_PEERS)?;
         let tags = take(&mut ebpf, objects::MAP_TAGS)?;
-        let conns = take(&mut ebpf, objects::MAP_CONNS)?;
-        let egress_deny = take(&mut ebpf, objects::MAP_EGRESS_DENY)?;
+        let edge = super::edge::EdgeMaps {
+            conns: take(&mut ebpf, objects::MAP_CONNS)?,
+            conns6: take(&mut ebpf, objects::MAP_CONNS6)?,
+            deny: take(&mut ebpf, objects::MAP_EGRESS_DENY)?,
+            deny6: take(&mut ebpf, objects::MAP_EGRESS_DENY6)?,
+        };
         let events = Some(take(&mut ebpf, objects::MAP_EVENTS)?);
         let conn = super::conn::ConnMaps {
             events: Some(take(&mut ebpf, objects::MAP_CONN_EVENTS)?),
@@ -208,8 +204,7 @@ impl Kernel {
             config,
             peers,
             tags,
-            conns,
-            egress_deny,
+            edge,
             events,
             conn,
             lb,
@@ -249,6 +244,15 @@ impl Kernel {
         self.config
             .set(0, cfg, 0)
             .ctx(|| "writing PN_CONFIG".into())
+    }
+
+    /// Sets the fleet's IPv6 pool in `PN_CONFIG` (the rest kept): learnt
+    /// after the start, once a network has IPv6.
+    pub fn set_pool6(&mut self, pool6: ipnet::Ipv6Net) -> Result<()> {
+        let mut cfg = self.config.get(&0, 0).ctx(|| "reading PN_CONFIG".into())?;
+        cfg.pool6_addr = pool6.network().octets();
+        cfg.pool6_mask = pool6.netmask().octets();
+        self.set_config(cfg)
     }
 
     /// The balancer's counters by service address and backend, summed over
@@ -335,7 +339,8 @@ impl Maps for Kernel {
             peers: Self::all(&self.peers, "PN_PEERS")?,
             tags: Self::all(&self.tags, "PN_TAGS")?.into_keys().collect(),
             services: self.lb.read()?,
-            egress_deny: self.egress_deny()?,
+            egress_deny: self.edge.deny()?,
+            egress_deny6: self.edge.deny6()?,
         })
     }
 
@@ -430,62 +435,28 @@ impl Maps for Kernel {
     }
 
     fn forget_conns(&mut self, container: Ip4) -> Result<()> {
-        Kernel::forget_conns(self, container)
+        (self.edge.forget_conns(container))
             .ctx(|| format!("the connections of {}", dotted(container)))
     }
 
-    fn set_deny(&mut self, (addr, len): (Ip4, u8), kind: u32) -> Result<()> {
-        self.egress_deny
-            .insert(&LpmKey::new(u32::from(len), addr), DenyRange { kind }, 0)
-            .ctx(|| format!("writing PN_EGRESS_DENY[{}/{len}]", dotted(addr)))
+    fn forget_conns6(&mut self, container: Ip6) -> Result<()> {
+        let name = std::net::Ipv6Addr::from(container);
+        (self.edge.forget_conns6(container)).ctx(|| format!("the connections of {name}"))
     }
 
-    fn remove_deny(&mut self, (addr, len): (Ip4, u8)) -> Result<()> {
-        removed(
-            self.egress_deny.remove(&LpmKey::new(u32::from(len), addr)),
-            || format!("PN_EGRESS_DENY[{}/{len}]", dotted(addr)),
-        )
-    }
-}
-
-/// The edge's maps: the deny list and the connections with the outside.
-impl Kernel {
-    /// The ranges in PN_EGRESS_DENY (network address and prefix length →
-    /// [`DenyRange`] kind).
-    pub fn egress_deny(&self) -> Result<BTreeMap<(Ip4, u8), u32>> {
-        let mut out = BTreeMap::new();
-        for item in self.egress_deny.iter() {
-            let (key, range) = item.ctx(|| "reading PN_EGRESS_DENY".into())?;
-            if let Ok(len) = u8::try_from(key.prefix_len()) {
-                out.insert((key.data(), len), range.kind);
-            }
-        }
-        Ok(out)
+    fn set_deny(&mut self, range: (Ip4, u8), kind: u32) -> Result<()> {
+        self.edge.set_deny(range, kind)
     }
 
-    /// The connections of local containers with the world and the routers.
-    pub fn conns(&self) -> Result<Vec<(ConnKey, ConnState)>> {
-        self.conns
-            .iter()
-            .collect::<Result<_, _>>()
-            .ctx(|| "reading PN_CONNS".into())
+    fn remove_deny(&mut self, range: (Ip4, u8)) -> Result<()> {
+        self.edge.remove_deny(range)
     }
 
-    /// Forgets a container's connections with the outside (it is detached;
-    /// its address may go to another container, which must not inherit them).
-    pub fn forget_conns(&mut self, container: Ip4) -> Result<()> {
-        let keys: Vec<ConnKey> = self
-            .conns
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.container == container)
-            .collect();
-        for k in keys {
-            match self.conns.remove(&k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).ctx(|| "removing from PN_CONNS".into()),
-            }
-        }
-        Ok(())
+    fn set_deny6(&mut self, range: (Ip6, u8), kind: u32) -> Result<()> {
+        self.edge.set_deny6(range, kind)
+    }
+
+    fn remove_deny6(&mut self, range: (Ip6, u8)) -> Result<()> {
+        self.edge.remove_deny6(range)
     }
 }

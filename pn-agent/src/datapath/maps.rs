@@ -44,6 +44,9 @@ pub trait Maps {
     /// (its address may go to another container, which must not inherit
     /// them).
     fn forget_conns(&mut self, ip: Ip4) -> Result<()>;
+    fn forget_conns6(&mut self, ip: Ip6) -> Result<()>;
     fn set_deny(&mut self, range: (Ip4, u8), kind: u32) -> Result<()>;
     fn remove_deny(&mut self, range: (Ip4, u8)) -> Result<()>;
+    fn set_deny6(&mut self, range: (Ip6, u8), kind: u32) -> Result<()>;
+    fn remove_deny6(&mut self, range: (Ip6, u8)) -> Result<()>;
 }

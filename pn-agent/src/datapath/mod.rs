@@ -14,6 +14,7 @@
 
 pub mod conn;
 mod diff;
+mod edge;
 mod error;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
@@ -244,6 +245,7 @@ impl<M: Maps> Datapath<M> {
             peers,
             tags,
             deny,
+            deny6,
         } = self.plan(want, scope);
         let (maps, cur, refreshed) = (&mut self.maps, &mut self.current, &mut self.refreshed);
         let mut ch = Changes::default();
@@ -267,6 +269,9 @@ impl<M: Maps> Datapath<M> {
         ch.set += tags.write_sets(&mut cur.tags, &mut failed, |e| maps.set_tag(e.key));
         ch.set += deny.write_sets(&mut cur.egress_deny, &mut failed, |e| {
             maps.set_deny(e.key, e.new)
+        });
+        ch.set += deny6.write_sets(&mut cur.egress_deny6, &mut failed, |e| {
+            maps.set_deny6(e.key, e.new)
         });
         let sets_worked = failed.is_empty();
         // A new link goes on even if a set failed: its interface then fails
@@ -294,8 +299,12 @@ impl<M: Maps> Datapath<M> {
             }
             Ok(())
         });
-        ch.removed += endpoints6.write_removes(&mut cur.endpoints6, &mut failed, |ip, _| {
-            maps.remove_endpoint6(*ip)
+        ch.removed += endpoints6.write_removes(&mut cur.endpoints6, &mut failed, |ip, old| {
+            maps.remove_endpoint6(*ip)?;
+            if !old.is_remote() {
+                maps.forget_conns6(*ip)?;
+            }
+            Ok(())
         });
         ch.removed += ifaces.write_removes(&mut cur.ifaces, &mut failed, |idx, _| {
             maps.remove_iface(*idx)
@@ -308,6 +317,9 @@ impl<M: Maps> Datapath<M> {
         ch.removed += tags.write_removes(&mut cur.tags, &mut failed, |t, ()| maps.remove_tag(*t));
         ch.removed += deny.write_removes(&mut cur.egress_deny, &mut failed, |r, _| {
             maps.remove_deny(*r)
+        });
+        ch.removed += deny6.write_removes(&mut cur.egress_deny6, &mut failed, |r, _| {
+            maps.remove_deny6(*r)
         });
         ch.detached += links.write_removes(&mut cur.attached, &mut failed, |name, ()| {
             maps.detach(name)?;
@@ -360,6 +372,7 @@ impl<M: Maps> Datapath<M> {
         }
         if scope.edge {
             plan.deny = diff(&cur.egress_deny, &want.egress_deny, &Part::All);
+            plan.deny6 = diff(&cur.egress_deny6, &want.egress_deny6, &Part::All);
         }
         plan
     }
@@ -412,6 +425,7 @@ struct Plan {
     peers: Diff<Ip4, Peer>,
     tags: Diff<u32, ()>,
     deny: Diff<(Ip4, u8), u32>,
+    deny6: Diff<(Ip6, u8), u32>,
 }
 
 /// The keys of a scope, or every entry when it has none.

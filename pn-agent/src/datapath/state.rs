@@ -25,6 +25,8 @@ pub struct State {
     /// `PN_EGRESS_DENY`: ranges that are never the world (network address
     /// and prefix length → [`pn_common::maps::DenyRange`] kind).
     pub egress_deny: BTreeMap<(Ip4, u8), u32>,
+    /// `PN_EGRESS_DENY6`: the same for IPv6.
+    pub egress_deny6: BTreeMap<(Ip6, u8), u32>,
     /// Service addresses balanced from this host (`PN_LB_*`). Always whole,
     /// whatever the [`super::Scope`]: a handful per network, rebuilt from the view.
     pub services: BTreeMap<Ip4, ServiceState>,

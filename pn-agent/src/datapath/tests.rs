@@ -425,3 +425,46 @@ fn ipv6_endpoints_follow_their_scope() {
     dp.apply(&want, &Scope::all()).unwrap();
     assert_eq!(dp.maps().state.endpoints6, want.endpoints6);
 }
+
+#[test]
+fn the_ipv6_deny_list_follows_the_edge_scope_and_local_ipv6_members_take_their_connections() {
+    let ula = |last: u8| {
+        let mut a = [0u8; 16];
+        a[0] = 0xfd;
+        a[15] = last;
+        a
+    };
+    let mut dp = Datapath::new(FakeMaps::default());
+    let mut want = two();
+    want.egress_deny6.insert(
+        ([0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 10),
+        1,
+    );
+    want.egress_deny6.insert((ula(1), 128), 2);
+    want.endpoints6.insert(ula(9), local(1, 7));
+    dp.apply(&want, &Scope::all()).unwrap();
+    assert_eq!(dp.maps().state.egress_deny6, want.egress_deny6);
+    // The host's address changed: the new range in before the old goes.
+    let mut list = State::default();
+    list.egress_deny6.insert(
+        ([0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 10),
+        1,
+    );
+    list.egress_deny6.insert((ula(2), 128), 2);
+    dp.maps_mut().calls.clear();
+    dp.apply(&list, &Scope::edge()).unwrap();
+    assert_eq!(
+        dp.maps().calls,
+        ["set_deny6 fd00::2/128", "remove_deny6 fd00::1/128"]
+    );
+    // A local member that goes forgets its IPv6 connections with the world.
+    dp.maps_mut().calls.clear();
+    dp.apply(&State::default(), &Scope::all()).unwrap();
+    assert!(
+        dp.maps()
+            .calls
+            .contains(&"forget_conns6 fd00::9".to_string()),
+        "{:?}",
+        dp.maps().calls
+    );
+}

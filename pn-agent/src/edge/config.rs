@@ -1,8 +1,8 @@
 //! The edge's desired state, as the agent hands it to [`super::Edge::set`].
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 /// One published `web` container: `HOST:host_port` → `container:web_port`.
 #[derive(
@@ -12,6 +12,10 @@ pub struct Publication {
     pub host_port: u16,
     pub container: Ipv4Addr,
     pub web_port: u16,
+    /// The container's IPv6 address, if it has one: the same port answers
+    /// on the host's IPv6 addresses too.
+    #[serde(default)]
+    pub container6: Option<Ipv6Addr>,
 }
 
 /// The whole desired state of the edge: [`super::Edge::set`] makes the kernel
@@ -44,6 +48,26 @@ pub struct EdgeConfig {
     pub forward_guard6: bool,
     /// The agent's DNS, answering only its containers' interfaces.
     pub dns: Option<GatewayDns>,
+    /// IPv6's twins of the rules above, once the fleet's IPv6 pool is
+    /// known (none: no IPv6 rule, and the programs keep every IPv6
+    /// destination outside the members out of reach).
+    #[serde(default)]
+    pub v6: Option<EdgeConfig6>,
+}
+
+/// The IPv6 side of [`EdgeConfig`]: the same rules in `ip6`, in the same
+/// table (`inet`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EdgeConfig6 {
+    /// The fleet's IPv6 pool (the unique local /48).
+    pub pool: Ipv6Net,
+    /// This host's IPv6 addresses on which published ports answer.
+    pub host_addrs: Vec<Ipv6Addr>,
+    /// IPv6 sources that may use published ports (`--router-cidr`'s IPv6
+    /// ranges).
+    pub router_cidrs: Vec<Ipv6Net>,
+    /// IPv6 destinations that are never the world.
+    pub egress_deny: Vec<Ipv6Net>,
 }
 
 /// Where the agent's DNS listens, and the interfaces its clients (the

@@ -55,6 +55,7 @@
 mod config;
 mod counters;
 pub mod deny;
+pub mod deny6;
 mod error;
 pub mod forwarding;
 pub mod metrics;
@@ -67,7 +68,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-pub use config::{EdgeConfig, GatewayDns, Publication};
+pub use config::{EdgeConfig, EdgeConfig6, GatewayDns, Publication};
 pub use counters::{Count, EdgeCounters};
 pub use error::EdgeError;
 pub use forwarding::{ForwardGuard, Forwarding, Owners};

@@ -3,6 +3,7 @@
 //! ```text
 //! table inet pn {
 //!   sets pool, routers, hosts (ipv4_addr), published (inet_service), egress_deny
+//!   (and IPv6's twins of each rule: `rules/v6.rs`)
 //!   chain member_notrack  prerouting, raw:     pool -> pool: notrack
 //!   chain publish_nat     prerouting, dstnat:  daddr @hosts, tcp dport @published: jump publish
 //!   chain publish         (regular):           ct mark := router | other; tcp dport P: dnat to C:W
@@ -36,6 +37,7 @@ use super::{
 };
 
 mod nft;
+mod v6;
 pub use super::counters::{
     COUNTER_DNS_DENIED, COUNTER_EGRESS_DENIED, COUNTER_FORWARD_DENIED, COUNTER_POOL_SPOOFED,
 };
@@ -91,6 +93,16 @@ fn validate(cfg: &EdgeConfig) -> Result<(), EdgeError> {
                 "published container {} is outside the pool {}",
                 p.container, cfg.pool
             ));
+        }
+    }
+    if let Some(v6) = &cfg.v6 {
+        for p in &cfg.publications {
+            if p.container6.is_some_and(|c| !v6.pool.contains(&c)) {
+                return bad(format!(
+                    "published container {p:?} is outside the IPv6 pool {}",
+                    v6.pool
+                ));
+            }
         }
     }
     if !cfg.publications.is_empty() && cfg.host_addrs.is_empty() {
@@ -156,6 +168,9 @@ pub fn ruleset(cfg: &EdgeConfig) -> Result<Nftables<'static>, EdgeError> {
             Statement::Notrack,
         ],
     ));
+    if cfg.v6.is_some() {
+        v6::member_notrack(&mut t);
+    }
     publication(cfg, &mut t);
     egress(cfg, &mut t);
     forward(cfg, &mut t);
@@ -192,6 +207,9 @@ fn sets(cfg: &EdgeConfig, t: &mut Objects) {
         "egress_deny",
         &Ipv4Net::aggregate(&cfg.egress_deny),
     ));
+    if let Some(v6) = &cfg.v6 {
+        v6::sets(v6, t);
+    }
     let mut published: Vec<u16> = cfg.publications.iter().map(|p| p.host_port).collect();
     published.sort_unstable();
     t.add(NfListObject::Set(Box::new(Set {
@@ -254,6 +272,9 @@ fn publication(cfg: &EdgeConfig, t: &mut Objects) {
             ],
         ));
     }
+    if cfg.v6.is_some() {
+        v6::publication(&cfg.publications, t);
+    }
     // NAT chains see a connection's first packet only; the mark must be on
     // every packet the container's program judges.
     t.add(base_chain(
@@ -299,6 +320,9 @@ fn egress(cfg: &EdgeConfig, t: &mut Objects) {
             Statement::Masquerade(None),
         ],
     ));
+    if cfg.v6.is_some() {
+        v6::masquerade(t);
+    }
 }
 
 /// Forwarding: into pn's interfaces the programs judge (they count what
@@ -333,6 +357,9 @@ fn forward(cfg: &EdgeConfig, t: &mut Objects) {
                 Statement::Drop(None),
             ],
         ));
+        if cfg.v6.is_some() {
+            v6::deny(name, t);
+        }
         t.add(rule(
             "forward",
             vec![
@@ -351,6 +378,9 @@ fn forward(cfg: &EdgeConfig, t: &mut Objects) {
             Statement::Drop(None),
         ],
     ));
+    if cfg.v6.is_some() {
+        v6::pool_spoofed(t);
+    }
     // Each family's forwarding has its owner (`forwarding`): with one
     // guarded and not the other, the guard names its family.
     let family = match (cfg.forward_guard, cfg.forward_guard6) {

@@ -20,11 +20,13 @@ fn cfg() -> EdgeConfig {
                 host_port: 30001,
                 container: "10.240.0.6".parse().unwrap(),
                 web_port: 9000,
+                container6: None,
             },
             Publication {
                 host_port: 30000,
                 container: "10.240.0.5".parse().unwrap(),
                 web_port: 8080,
+                container6: None,
             },
         ],
         egress_deny: vec![
@@ -39,6 +41,7 @@ fn cfg() -> EdgeConfig {
             listen: "169.254.1.1:53".parse().unwrap(),
             clients: vec!["pnh*".into()],
         }),
+        v6: None,
     }
 }
 
@@ -430,6 +433,7 @@ fn bad_configurations_are_refused_before_the_kernel() {
         host_port,
         container: container.parse().unwrap(),
         web_port,
+        container6: None,
     };
     for (c, want) in [
         (
@@ -563,3 +567,6 @@ fn an_edge_applies_one_document_per_change_and_keeps_its_counts() {
     assert!(edge.set(&bad).is_err());
     assert_eq!(edge.backend().applied.len(), 2);
 }
+
+#[path = "rules6_tests.rs"]
+mod v6;

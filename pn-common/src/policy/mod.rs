@@ -241,9 +241,9 @@ pub fn to_container<A: Family>(
     }
 }
 
-impl ConnKey {
+impl<A: Copy> ConnKey<A> {
     /// The connection of a packet leaving a container.
-    pub const fn leaving(pkt: &Ipv4Summary) -> ConnKey {
+    pub const fn leaving(pkt: &PacketSummary<A>) -> ConnKey<A> {
         ConnKey {
             container: pkt.src,
             remote: pkt.dst,
@@ -255,7 +255,7 @@ impl ConnKey {
     }
 
     /// The connection of a packet entering a container.
-    pub const fn entering(pkt: &Ipv4Summary) -> ConnKey {
+    pub const fn entering(pkt: &PacketSummary<A>) -> ConnKey<A> {
         ConnKey {
             container: pkt.dst,
             remote: pkt.src,

@@ -230,6 +230,20 @@ fn toward_a_container_members_from_their_home_and_the_gateway_from_the_host() {
 }
 
 #[test]
+fn an_ipv6_connection_has_one_key_both_ways() {
+    let leaving = pkt(A1, WORLD, IPPROTO_TCP, 40000, 443);
+    let entering = pkt(WORLD, A1, IPPROTO_TCP, 443, 40000);
+    let k = ConnKey::leaving(&leaving);
+    assert_eq!(k, ConnKey::entering(&entering));
+    assert_eq!((k.container, k.remote), (A1, WORLD));
+    assert_eq!((k.container_port, k.remote_port), (40000, 443));
+    assert_ne!(
+        k,
+        ConnKey::leaving(&pkt(A1, WORLD, IPPROTO_UDP, 40000, 443))
+    );
+}
+
+#[test]
 fn remote_members_through_the_tunnel_and_only_a_members_own_veth_feeds_it() {
     let remote = Endpoint {
         peer: 2,

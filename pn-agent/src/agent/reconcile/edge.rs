@@ -6,17 +6,18 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4},
 };
 
-use ipnet::Ipv4Net;
-use pn_common::{Ip4, ids::HostId, maps::Iface};
+use ipnet::{Ipv4Net, Ipv6Net};
+use pn_common::{Ip4, Ip6, ids::HostId, maps::Iface};
 
 use crate::{
     config::PortRange,
     edge::{
-        EdgeConfig, GatewayDns, Publication,
+        EdgeConfig, EdgeConfig6, GatewayDns, Publication,
         deny::{self, HostFacts},
+        deny6::{self, HostFacts6},
         ports::{self, PortsExhausted},
     },
     model::{Container, ContainerKey, Egress, Network},
@@ -47,6 +48,22 @@ pub struct EdgeLocal {
     pub forward_guard6: bool,
     /// The agent's DNS and its clients' interfaces.
     pub dns: Option<GatewayDns>,
+    /// What the IPv6 side is made of.
+    pub v6: EdgeLocal6,
+}
+
+/// The IPv6 side of [`EdgeLocal`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EdgeLocal6 {
+    /// The fleet's IPv6 pool, once known (`--pool6`, or the store's):
+    /// until then no IPv6 rule is made.
+    pub pool: Option<Ipv6Net>,
+    /// The host's IPv6 addresses, underlay and store endpoints.
+    pub facts: HostFacts6,
+    /// Addresses of this host on which published ports answer over IPv6.
+    pub host_addrs: Vec<Ipv6Addr>,
+    /// `--router-cidr`'s IPv6 ranges.
+    pub router_cidrs: Vec<Ipv6Net>,
 }
 
 impl EdgeLocal {
@@ -76,6 +93,7 @@ pub fn publication(
         host_port: at.port(),
         container: c.ip,
         web_port: view.apps.get(&c.key.app)?.web_port,
+        container6: c.ip6,
     })
 }
 
@@ -106,6 +124,41 @@ pub fn deny_entries(
     deny::lpm_entries(&deny::deny_list(&facts(view, host, edge)))
         .into_iter()
         .collect()
+}
+
+/// `PN_EGRESS_DENY6` for this host.
+pub fn deny_entries6(
+    view: &MembershipView,
+    host: &HostId,
+    edge: &EdgeLocal,
+) -> BTreeMap<(Ip6, u8), u32> {
+    deny6::lpm_entries6(&deny_list6(view, host, edge))
+        .into_iter()
+        .collect()
+}
+
+fn deny_list6(view: &MembershipView, host: &HostId, edge: &EdgeLocal) -> BTreeMap<Ipv6Net, u32> {
+    let f6 = HostFacts6 {
+        peers: peer_addrs6(view, host),
+        ..edge.v6.facts.clone()
+    };
+    deny6::deny_list6(&f6, &deny::deny_list(&facts(view, host, edge)))
+}
+
+/// The IPv6 tunnel endpoints of the hosts other than `host`.
+fn peer_addrs6(view: &MembershipView, host: &HostId) -> Vec<Ipv6Addr> {
+    let mut out: Vec<Ipv6Addr> = view
+        .hosts
+        .values()
+        .filter(|h| h.id != *host)
+        .filter_map(|h| match h.advertise?.ip().to_canonical() {
+            IpAddr::V6(ip) => Some(ip),
+            IpAddr::V4(_) => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// What the deny list is made of: the host's facts and the other hosts'
@@ -163,6 +216,12 @@ pub fn edge_config(view: &MembershipView, host: &HostId, edge: &EdgeLocal) -> Ed
         forward_guard: edge.forward_guard,
         forward_guard6: edge.forward_guard6,
         dns: edge.dns.clone(),
+        v6: edge.v6.pool.map(|pool| EdgeConfig6 {
+            pool,
+            host_addrs: edge.v6.host_addrs.clone(),
+            router_cidrs: edge.v6.router_cidrs.clone(),
+            egress_deny: deny6::merged6(&deny_list6(view, host, edge)),
+        }),
     }
 }
 

@@ -37,6 +37,7 @@ fn edge_local(routers: &[&str]) -> EdgeLocal {
             listen: "169.254.1.1:53".parse().unwrap(),
             clients: vec!["pnh*".into()],
         }),
+        v6: Default::default(),
     }
 }
 
@@ -79,6 +80,7 @@ fn a_full_pass_gives_the_table_and_the_deny_list() {
             host_port: 30001,
             container: "10.240.0.2".parse().unwrap(),
             web_port: 8080,
+            container6: None,
         }]
     );
     assert_eq!(t.router_cidrs, e.router_cidrs);
@@ -225,4 +227,34 @@ fn routers_covering_other_hosts_are_found() {
         ]
     );
     assert!(edge::hosts_under_routers(&v, &a(), &edge_local(&["192.168.50.7/32"])).is_empty());
+}
+
+#[test]
+fn the_ipv6_edge_comes_with_the_pool_and_the_world_with_a_global_address() {
+    use pn_common::maps::DenyRange;
+
+    let v = published();
+    let mut e = edge_local(&["192.168.50.7/32"]);
+    let any: (pn_common::Ip6, u8) = ([0; 16], 0);
+    // No IPv6 pool known, no IPv6 address: no IPv6 rule, no IPv6 world.
+    let d = with_edge(&v, &e, &links(&v), &Touched::All);
+    assert!(d.edge.unwrap().v6.is_none());
+    assert_eq!(
+        d.datapath.egress_deny6.get(&any),
+        Some(&DenyRange::NO_ADDRESS)
+    );
+    e.v6.pool = Some("fd12:3456:789a::/48".parse().unwrap());
+    e.v6.facts.addrs = vec!["2001:db8:1::5/64".parse().unwrap()];
+    e.v6.host_addrs = vec!["2001:db8:1::5".parse().unwrap()];
+    let d = with_edge(&v, &e, &links(&v), &Touched::All);
+    assert!(!d.datapath.egress_deny6.contains_key(&any));
+    let host: std::net::Ipv6Addr = "2001:db8:1::5".parse().unwrap();
+    assert_eq!(
+        d.datapath.egress_deny6.get(&(host.octets(), 128)),
+        Some(&DenyRange::HOST)
+    );
+    let t = d.edge.unwrap().v6.expect("the IPv6 rules");
+    assert_eq!(t.pool, e.v6.pool.unwrap());
+    assert_eq!(t.host_addrs, [host]);
+    assert!(t.egress_deny.iter().any(|n| n.contains(&host)));
 }

@@ -33,7 +33,7 @@ use crate::{
 
 pub mod edge;
 
-pub use edge::EdgeLocal;
+pub use edge::{EdgeLocal, EdgeLocal6};
 pub use local::Local;
 use local::local_tags;
 
@@ -155,6 +155,7 @@ pub fn desired(
     }
     if edge && let Some(e) = local.edge {
         d.datapath.egress_deny = edge::deny_entries(view, local.host, e);
+        d.datapath.egress_deny6 = edge::deny_entries6(view, local.host, e);
         d.edge = Some(edge::edge_config(view, local.host, e));
     } else if let Some(s) = d.scope.take() {
         // No facts of the host: the deny list is left as it is.

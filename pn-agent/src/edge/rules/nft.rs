@@ -1,7 +1,7 @@
 //! Short constructors for the `nftables` crate's objects, expressions and
 //! statements, so [`super::ruleset`] reads like the table it writes.
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use nftables::{
     expr::{
         BinaryOperation, CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField,
@@ -16,24 +16,43 @@ use pn_common::edge::MARK_MASK;
 pub const TABLE: &str = "pn";
 
 pub(super) fn addr_set(name: &'static str, nets: &[Ipv4Net]) -> NfListObject<'static> {
-    let elem: Vec<Expression<'static>> = nets
+    let elem = nets
         .iter()
-        .map(|n| {
-            if n.prefix_len() == 32 {
-                Expression::String(n.addr().to_string().into())
-            } else {
-                Expression::Named(NamedExpression::Prefix(nftables::expr::Prefix {
-                    addr: Box::new(Expression::String(n.network().to_string().into())),
-                    len: n.prefix_len().into(),
-                }))
-            }
-        })
+        .map(|n| prefix(n.network().to_string(), n.prefix_len(), 32))
         .collect();
+    prefix_set(name, schema::SetType::Ipv4Addr, elem)
+}
+
+pub(super) fn addr_set6(name: &'static str, nets: &[Ipv6Net]) -> NfListObject<'static> {
+    let elem = nets
+        .iter()
+        .map(|n| prefix(n.network().to_string(), n.prefix_len(), 128))
+        .collect();
+    prefix_set(name, schema::SetType::Ipv6Addr, elem)
+}
+
+/// An address, or a prefix when shorter than the family's `full` length.
+fn prefix(network: String, len: u8, full: u8) -> Expression<'static> {
+    if len == full {
+        Expression::String(network.into())
+    } else {
+        Expression::Named(NamedExpression::Prefix(nftables::expr::Prefix {
+            addr: Box::new(Expression::String(network.into())),
+            len: len.into(),
+        }))
+    }
+}
+
+fn prefix_set(
+    name: &'static str,
+    kind: schema::SetType,
+    elem: Vec<Expression<'static>>,
+) -> NfListObject<'static> {
     NfListObject::Set(Box::new(Set {
         family: NfFamily::INet,
         table: TABLE.into(),
         name: name.into(),
-        set_type: SetTypeValue::Single(schema::SetType::Ipv4Addr),
+        set_type: SetTypeValue::Single(kind),
         flags: Some([schema::SetFlag::Interval].into_iter().collect()),
         elem: (!elem.is_empty()).then(|| elem.into()),
         ..Set::default()

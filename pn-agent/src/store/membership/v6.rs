@@ -83,6 +83,12 @@ pub(super) fn free_address6(
 }
 
 impl Membership {
+    /// The fleet's IPv6 pool, once it has one (the first network given an
+    /// IPv6 range gives it).
+    pub async fn pool6(&self) -> Result<Option<Ipv6Net>> {
+        Ok(self.pool().await?.0.pool6)
+    }
+
     /// Gives network `id` its IPv6 range if it has none (a network created
     /// before IPv6, or by an agent with it off), and the fleet its IPv6
     /// pool if it has none. The record as it is now and the revision of the
