@@ -13,10 +13,13 @@ use serde::Deserialize;
 
 use pn_api::DEFAULT_API_SOCKET;
 
+mod edge;
 mod fleet_store;
 mod tunnel;
 
+pub use self::edge::{ForwardGuard, PortRange};
 use self::{
+    edge::edge_ranges,
     fleet_store::{needs_tunnel, plain_text_allowed},
     tunnel::{device_options, tunnel_config},
 };
@@ -161,70 +164,6 @@ pub struct RunSettings {
     /// Containers one host may run: every agent refuses a host's records beyond it [default: 4096].
     #[arg(long)]
     pub host_quota: Option<usize>,
-}
-
-/// `--publish-ports` [default: 30000-32767, Kubernetes' NodePort range,
-/// which platforms already keep free of host services].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortRange {
-    pub lo: u16,
-    pub hi: u16,
-}
-
-impl Default for PortRange {
-    fn default() -> Self {
-        PortRange {
-            lo: 30000,
-            hi: 32767,
-        }
-    }
-}
-
-impl PortRange {
-    pub const fn contains(&self, port: u16) -> bool {
-        self.lo <= port && port <= self.hi
-    }
-
-    pub const fn len(&self) -> usize {
-        (self.hi - self.lo) as usize + 1
-    }
-
-    pub const fn is_empty(&self) -> bool {
-        false
-    }
-}
-
-impl std::fmt::Display for PortRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.lo, self.hi)
-    }
-}
-
-impl std::str::FromStr for PortRange {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?}: expected LO-HI, two ports from 1 to 65535 with LO <= HI");
-        let (lo, hi) = s.trim().split_once('-').ok_or_else(bad)?;
-        let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
-        let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
-        if lo == 0 || lo > hi {
-            return Err(bad());
-        }
-        Ok(PortRange { lo, hi })
-    }
-}
-
-impl serde::Serialize for PortRange {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for PortRange {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 /// The certificate files of an `etcds://` store (read and checked by
@@ -377,23 +316,6 @@ pub struct RunConfig {
     pub forward_guard: ForwardGuard,
 }
 
-/// `--egress-deny` and `--router-cidr` ranges: network addresses, outside
-/// the pool (members are governed by their networks, not by these lists).
-fn outside_pool(flag: &str, nets: Vec<Ipv4Net>, pool: Ipv4Net) -> anyhow::Result<Vec<Ipv4Net>> {
-    for n in &nets {
-        if n.trunc() != *n {
-            bail!(
-                "invalid --{flag} {n}: not a network address (did you mean {}?)",
-                n.trunc()
-            );
-        }
-        if n.contains(&pool.network()) || pool.contains(&n.network()) {
-            bail!("invalid --{flag} {n}: overlaps the pool {pool}");
-        }
-    }
-    Ok(nets)
-}
-
 /// `--ipv6` and `--pool6` (taken only with IPv6 on).
 fn ipv6_mode(ipv6: Switch, pool6: Option<Ipv6Net>) -> anyhow::Result<crate::ipam::Ipv6Mode> {
     if let Some(p) = &pool6
@@ -503,18 +425,16 @@ impl RunConfig {
         if !etcd_prefix.ends_with('/') {
             etcd_prefix.push('/');
         }
-        let egress_deny =
-            outside_pool("egress-deny", pick!(egress_deny).unwrap_or_default(), pool)?;
-        let router_cidrs =
-            outside_pool("router-cidr", pick!(router_cidr).unwrap_or_default(), pool)?;
-        let router_cidrs6 = pick!(router_cidr6).unwrap_or_default();
-        if let Some(n) = router_cidrs6.iter().find(|n| n.trunc() != **n) {
-            bail!("invalid --router-cidr6 {n}: not a network address");
-        }
+        let ranges = edge_ranges(
+            pick!(egress_deny),
+            pick!(router_cidr),
+            pick!(router_cidr6),
+            pool,
+        )?;
         Ok(RunConfig {
-            egress_deny,
-            router_cidrs,
-            router_cidrs6,
+            egress_deny: ranges.egress_deny,
+            router_cidrs: ranges.router_cidrs,
+            router_cidrs6: ranges.router_cidrs6,
             publish_ports: pick!(publish_ports).unwrap_or_default(),
             forward_guard: pick!(forward_guard).unwrap_or_default(),
             host_id,
@@ -565,42 +485,6 @@ impl std::str::FromStr for Switch {
             "off" => Ok(Switch::Off),
             _ => Err(format!("{s:?}: expected on or off")),
         }
-    }
-}
-
-/// `--forward-guard`: whether the forward hook drops forwarded traffic that
-/// is not pn's (neither in nor out of pn's interfaces, nor part of a
-/// connection already open).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ForwardGuard {
-    /// As the edge's `forwarding::decide` found: on when pn turned forwarding on, off when the
-    /// host forwarded before (something else relies on it).
-    #[default]
-    Auto,
-    On,
-    Off,
-}
-
-impl std::str::FromStr for ForwardGuard {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(ForwardGuard::Auto),
-            "on" => Ok(ForwardGuard::On),
-            "off" => Ok(ForwardGuard::Off),
-            _ => Err(format!("{s:?}: expected auto, on or off")),
-        }
-    }
-}
-
-impl std::fmt::Display for ForwardGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ForwardGuard::Auto => "auto",
-            ForwardGuard::On => "on",
-            ForwardGuard::Off => "off",
-        })
     }
 }
 
