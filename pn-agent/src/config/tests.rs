@@ -327,6 +327,33 @@ fn a_fleet_store_needs_the_tunnel() {
 }
 
 #[test]
+fn an_ipv6_advertise_is_refused() {
+    let v6 = RunSettings {
+        advertise: Some("[2001:db8::1]:51871".parse().unwrap()),
+        ..fleet("etcd://10.0.0.1:2379")
+    };
+    refused(
+        v6.clone(),
+        None,
+        "invalid --advertise [2001:db8::1]:51871: the tunnel runs over IPv4 only",
+    );
+    // From the file as well, embedded store or not.
+    let f = file("advertise = \"[2001:db8::1]:51871\"\n");
+    let alone = RunSettings {
+        host_id: Some("h1".into()),
+        ..Default::default()
+    };
+    refused(alone, Some(&f.0), "IPv4 only");
+    // An IPv4-mapped address is its IPv4 address.
+    let mapped = RunSettings {
+        advertise: Some("[::ffff:192.0.2.1]:51871".parse().unwrap()),
+        ..v6
+    };
+    let c = RunConfig::resolve(mapped, None).unwrap();
+    assert_eq!(c.advertise, Some("192.0.2.1:51871".parse().unwrap()));
+}
+
+#[test]
 fn tls_needs_all_three_files_and_plain_text_none() {
     let with = |store: &str, cacert: bool, cert: bool, key: bool| RunSettings {
         etcd_cacert: cacert.then(|| "/ca.pem".into()),
