@@ -2,7 +2,7 @@
 //! ranges of `--egress-deny`, `--router-cidr` and `--router-cidr6`.
 
 use anyhow::bail;
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// `--publish-ports` [default: 30000-32767, Kubernetes' NodePort range,
 /// which platforms already keep free of host services].
@@ -124,25 +124,62 @@ impl std::fmt::Display for ForwardGuard {
 /// `--egress-deny`, `--router-cidr` and `--router-cidr6`, checked.
 pub(super) struct EdgeRanges {
     pub egress_deny: Vec<Ipv4Net>,
+    /// `--egress-deny`'s IPv6 ranges.
+    pub egress_deny6: Vec<Ipv6Net>,
     pub router_cidrs: Vec<Ipv4Net>,
     pub router_cidrs6: Vec<Ipv6Net>,
 }
 
+/// The flags as given; `pool6`: `--pool6`, if given (the fleet's may be
+/// the store's, known only later).
+pub(super) struct EdgeFlags {
+    pub egress_deny: Option<Vec<IpNet>>,
+    pub router_cidr: Option<Vec<Ipv4Net>>,
+    pub router_cidr6: Option<Vec<Ipv6Net>>,
+}
+
 pub(super) fn edge_ranges(
-    egress_deny: Option<Vec<Ipv4Net>>,
-    router_cidr: Option<Vec<Ipv4Net>>,
-    router_cidr6: Option<Vec<Ipv6Net>>,
+    flags: EdgeFlags,
     pool: Ipv4Net,
+    pool6: Option<Ipv6Net>,
 ) -> anyhow::Result<EdgeRanges> {
-    let egress_deny = outside_pool("egress-deny", egress_deny.unwrap_or_default(), pool)?;
-    let router_cidrs = outside_pool("router-cidr", router_cidr.unwrap_or_default(), pool)?;
-    let router_cidrs6 = router_cidr6.unwrap_or_default();
+    let (mut deny4, mut deny6) = (Vec::new(), Vec::new());
+    for n in flags.egress_deny.unwrap_or_default() {
+        match n {
+            IpNet::V4(n) => deny4.push(n),
+            IpNet::V6(n) => deny6.push(n),
+        }
+    }
+    let egress_deny = outside_pool("egress-deny", deny4, pool)?;
+    let egress_deny6 = outside_pool6(deny6, pool6)?;
+    let router_cidrs = outside_pool("router-cidr", flags.router_cidr.unwrap_or_default(), pool)?;
+    let router_cidrs6 = flags.router_cidr6.unwrap_or_default();
     if let Some(n) = router_cidrs6.iter().find(|n| n.trunc() != **n) {
         bail!("invalid --router-cidr6 {n}: not a network address");
     }
     Ok(EdgeRanges {
         egress_deny,
+        egress_deny6,
         router_cidrs,
         router_cidrs6,
     })
+}
+
+/// `--egress-deny`'s IPv6 ranges: network addresses, outside `--pool6`
+/// when it is given (members are governed by their networks).
+fn outside_pool6(nets: Vec<Ipv6Net>, pool6: Option<Ipv6Net>) -> anyhow::Result<Vec<Ipv6Net>> {
+    for n in &nets {
+        if n.trunc() != *n {
+            bail!(
+                "invalid --egress-deny {n}: not a network address (did you mean {}?)",
+                n.trunc()
+            );
+        }
+        if let Some(pool6) = pool6
+            && (n.contains(&pool6.network()) || pool6.contains(&n.network()))
+        {
+            bail!("invalid --egress-deny {n}: overlaps the IPv6 pool {pool6}");
+        }
+    }
+    Ok(nets)
 }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use pn_common::ids::HostId;
 use serde::Deserialize;
 
@@ -19,7 +19,7 @@ mod tunnel;
 
 pub use self::edge::{ForwardGuard, PortRange};
 use self::{
-    edge::edge_ranges,
+    edge::{EdgeFlags, edge_ranges},
     fleet_store::{needs_tunnel, plain_text_allowed},
     tunnel::{advertise_v4, device_options, tunnel_config},
 };
@@ -138,10 +138,11 @@ pub struct RunSettings {
     /// Key prefix in etcd [default: /pn/].
     #[arg(long)]
     pub etcd_prefix: Option<String>,
-    /// Destinations containers never reach as the world, CIDR[,…], on top of
-    /// the built-in list (host, loopback, link-local, multicast, underlay, store).
+    /// Destinations containers never reach as the world, CIDR[,…] (IPv4 or
+    /// IPv6), on top of the built-in list (host, loopback, link-local,
+    /// multicast, underlay, store).
     #[arg(long, value_delimiter = ',')]
-    pub egress_deny: Option<Vec<Ipv4Net>>,
+    pub egress_deny: Option<Vec<IpNet>>,
     /// Sources that may use published ports (the platform's front routers),
     /// CIDR[,…]; with none, nothing is published.
     #[arg(long, value_delimiter = ',')]
@@ -307,8 +308,10 @@ pub struct RunConfig {
     pub tunnel: pn_tunnel::Config,
     /// `--tunnel-workers`, `--tunnel-offloads`, `--tunnel-spin-us`, `--tunnel-pin`.
     pub tunnel_io: pn_tunnel::device::Options,
-    /// `--egress-deny`, network addresses outside the pool.
+    /// `--egress-deny`'s IPv4 ranges, network addresses outside the pool.
     pub egress_deny: Vec<Ipv4Net>,
+    /// `--egress-deny`'s IPv6 ranges, network addresses (outside `--pool6`).
+    pub egress_deny6: Vec<Ipv6Net>,
     /// `--router-cidr`, network addresses outside the pool.
     pub router_cidrs: Vec<Ipv4Net>,
     /// `--router-cidr6`, network addresses.
@@ -427,13 +430,17 @@ impl RunConfig {
             etcd_prefix.push('/');
         }
         let ranges = edge_ranges(
-            pick!(egress_deny),
-            pick!(router_cidr),
-            pick!(router_cidr6),
+            EdgeFlags {
+                egress_deny: pick!(egress_deny),
+                router_cidr: pick!(router_cidr),
+                router_cidr6: pick!(router_cidr6),
+            },
             pool,
+            pick!(pool6),
         )?;
         Ok(RunConfig {
             egress_deny: ranges.egress_deny,
+            egress_deny6: ranges.egress_deny6,
             router_cidrs: ranges.router_cidrs,
             router_cidrs6: ranges.router_cidrs6,
             publish_ports: pick!(publish_ports).unwrap_or_default(),
