@@ -164,6 +164,7 @@ pub fn edge_local(
         dns: Some(GatewayDns {
             listen: cfg.dns_listen,
             clients: vec![format!("{HOST_IF_PREFIX}*")],
+            ipv6: cfg.ipv6.is_on(),
         }),
         v6,
     }
