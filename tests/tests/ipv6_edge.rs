@@ -5,14 +5,14 @@
 //! gateway `::fe` to the world `2001:db8:113::10`.
 
 use std::{
-    net::{Ipv6Addr, SocketAddr},
+    net::{Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     time::Duration,
 };
 
 use pn_tests::{
     Host, Namespace,
     edge::{Outside, published},
-    eventually, net,
+    eventually, metric_value, net,
     scenario::Member,
     unique_prefix,
 };
@@ -238,6 +238,48 @@ fn a_published_port_answers_routers_on_the_hosts_ipv6_address() {
     // IPv4's publication beside, unchanged.
     let (who4, _) = net::tcp_whoami(&f.out.router, port, WAIT).unwrap();
     assert!(who4.ends_with("192.168.50.7"), "{who4}");
+}
+
+#[test]
+fn the_underlay_cannot_reach_the_agents_ipv6_dns() {
+    let f = fixture();
+    let denied = |h: &Host| {
+        metric_value(
+            &h.metrics(),
+            "pn_edge_dropped_packets_total",
+            &[("reason", "dns_denied")],
+        )
+    };
+    let before = denied(&f.host);
+    // The DNS's IPv6 sockets are on `[::]:53` (for `fe80::1`): the host's
+    // IPv6 address holds that port too. A neighbour on the underlay gets
+    // no connection and no answer.
+    let dns = sa(HOST6, 53);
+    let tcp = f
+        .out
+        .stranger
+        .run(move || TcpStream::connect_timeout(&dns, FAIL));
+    assert!(
+        tcp.is_err(),
+        "the underlay connected to the agent's IPv6 DNS"
+    );
+    let udp = f.out.stranger.run(move || {
+        let s = UdpSocket::bind("[::]:0").unwrap();
+        s.set_read_timeout(Some(FAIL)).unwrap();
+        // A query for example.com, id 0x1234, RD.
+        let q = [
+            0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0, 7, b'e', b'x', b'a', b'm', b'p', b'l',
+            b'e', 3, b'c', b'o', b'm', 0, 0, 1, 0, 1,
+        ];
+        s.send_to(&q, dns).unwrap();
+        let mut buf = [0u8; 512];
+        s.recv(&mut buf).ok()
+    });
+    assert_eq!(udp, None);
+    assert!(
+        eventually(WAIT, || denied(&f.host) >= before + 2),
+        "both dropped at the input hook"
+    );
 }
 
 /// "Address unreachable" about a TCP segment `quoted_src → quoted_dst`,
