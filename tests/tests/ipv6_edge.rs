@@ -60,16 +60,24 @@ fn ipv6_outside(host: &Namespace, out: &Outside, host_address: bool) {
 }
 
 fn fixture_with(host_address: bool, net_flags: &[&str]) -> Fixture {
+    fixture_launched(host_address, net_flags, &[])
+}
+
+/// `agent_flags` on top of the routers.
+fn fixture_launched(host_address: bool, net_flags: &[&str], agent_flags: &[&str]) -> Fixture {
     let p = unique_prefix();
     let mut host = Host::create(&p, "h1");
     let out = Outside::around(&p, &host.ns);
     ipv6_outside(&host.ns, &out, host_address);
-    host.launch(&[
+    let routers6 = format!("{ROUTER6}/128");
+    let mut flags = vec![
         "--router-cidr",
         "192.168.50.7/32",
         "--router-cidr6",
-        &format!("{ROUTER6}/128"),
-    ]);
+        routers6.as_str(),
+    ];
+    flags.extend_from_slice(agent_flags);
+    host.launch(&flags);
     let (net, app) = host.network_and_app(net_flags);
     let c1 = host.member(&app, "web", "c1");
     Fixture {
@@ -203,6 +211,35 @@ fn what_is_never_the_world_stays_out_of_reach_over_ipv6() {
     let policy = counted(&f, "policy_denied");
     assert!(net::tcp_whoami(&f.c1.ns, SocketAddr::from((nobody, 7000)), FAIL).is_err());
     assert!(eventually(WAIT, || counted(&f, "policy_denied") > policy));
+}
+
+#[test]
+fn an_ipv6_egress_deny_range_is_never_the_world() {
+    // One address of the world denied by the operator, an IPv4 range beside.
+    let f = fixture_launched(
+        true,
+        &[],
+        &["--egress-deny", &format!("{WORLD6}/128,198.51.100.0/24")],
+    );
+    let other = "2001:db8:113::11";
+    f.out.world.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{other}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let _tcp = net::tcp_whoami_server6(&f.out.world, 7000);
+    assert!(
+        eventually(LEARN, || net::tcp_whoami(&f.c1.ns, sa(other, 7000), FAIL)
+            .is_ok()),
+        "the rest of the world first, so the pool is known"
+    );
+    let denied = counted(&f, "egress_denied");
+    assert!(net::tcp_whoami(&f.c1.ns, sa(WORLD6, 7000), FAIL).is_err());
+    assert!(eventually(WAIT, || counted(&f, "egress_denied") > denied));
 }
 
 #[test]
