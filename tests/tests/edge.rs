@@ -81,6 +81,7 @@ impl Net {
             dns: Some(GatewayDns {
                 listen: "169.254.1.1:53".parse().unwrap(),
                 clients: vec!["pnh*".into()],
+                ipv6: false,
             }),
             v6: None,
         }

@@ -5,14 +5,14 @@
 //! gateway `::fe` to the world `2001:db8:113::10`.
 
 use std::{
-    net::{Ipv6Addr, SocketAddr},
+    net::{Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     time::Duration,
 };
 
 use pn_tests::{
     Host, Namespace,
     edge::{Outside, published},
-    eventually, net,
+    eventually, metric_value, net,
     scenario::Member,
     unique_prefix,
 };
@@ -60,16 +60,24 @@ fn ipv6_outside(host: &Namespace, out: &Outside, host_address: bool) {
 }
 
 fn fixture_with(host_address: bool, net_flags: &[&str]) -> Fixture {
+    fixture_launched(host_address, net_flags, &[])
+}
+
+/// `agent_flags` on top of the routers.
+fn fixture_launched(host_address: bool, net_flags: &[&str], agent_flags: &[&str]) -> Fixture {
     let p = unique_prefix();
     let mut host = Host::create(&p, "h1");
     let out = Outside::around(&p, &host.ns);
     ipv6_outside(&host.ns, &out, host_address);
-    host.launch(&[
+    let routers6 = format!("{ROUTER6}/128");
+    let mut flags = vec![
         "--router-cidr",
         "192.168.50.7/32",
         "--router-cidr6",
-        &format!("{ROUTER6}/128"),
-    ]);
+        routers6.as_str(),
+    ];
+    flags.extend_from_slice(agent_flags);
+    host.launch(&flags);
     let (net, app) = host.network_and_app(net_flags);
     let c1 = host.member(&app, "web", "c1");
     Fixture {
@@ -206,6 +214,35 @@ fn what_is_never_the_world_stays_out_of_reach_over_ipv6() {
 }
 
 #[test]
+fn an_ipv6_egress_deny_range_is_never_the_world() {
+    // One address of the world denied by the operator, an IPv4 range beside.
+    let f = fixture_launched(
+        true,
+        &[],
+        &["--egress-deny", &format!("{WORLD6}/128,198.51.100.0/24")],
+    );
+    let other = "2001:db8:113::11";
+    f.out.world.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{other}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let _tcp = net::tcp_whoami_server6(&f.out.world, 7000);
+    assert!(
+        eventually(LEARN, || net::tcp_whoami(&f.c1.ns, sa(other, 7000), FAIL)
+            .is_ok()),
+        "the rest of the world first, so the pool is known"
+    );
+    let denied = counted(&f, "egress_denied");
+    assert!(net::tcp_whoami(&f.c1.ns, sa(WORLD6, 7000), FAIL).is_err());
+    assert!(eventually(WAIT, || counted(&f, "egress_denied") > denied));
+}
+
+#[test]
 fn without_a_global_ipv6_address_the_ipv6_world_is_denied() {
     let f = fixture_with(false, &[]);
     let _tcp = net::tcp_whoami_server6(&f.out.world, 7000);
@@ -238,6 +275,48 @@ fn a_published_port_answers_routers_on_the_hosts_ipv6_address() {
     // IPv4's publication beside, unchanged.
     let (who4, _) = net::tcp_whoami(&f.out.router, port, WAIT).unwrap();
     assert!(who4.ends_with("192.168.50.7"), "{who4}");
+}
+
+#[test]
+fn the_underlay_cannot_reach_the_agents_ipv6_dns() {
+    let f = fixture();
+    let denied = |h: &Host| {
+        metric_value(
+            &h.metrics(),
+            "pn_edge_dropped_packets_total",
+            &[("reason", "dns_denied")],
+        )
+    };
+    let before = denied(&f.host);
+    // The DNS's IPv6 sockets are on `[::]:53` (for `fe80::1`): the host's
+    // IPv6 address holds that port too. A neighbour on the underlay gets
+    // no connection and no answer.
+    let dns = sa(HOST6, 53);
+    let tcp = f
+        .out
+        .stranger
+        .run(move || TcpStream::connect_timeout(&dns, FAIL));
+    assert!(
+        tcp.is_err(),
+        "the underlay connected to the agent's IPv6 DNS"
+    );
+    let udp = f.out.stranger.run(move || {
+        let s = UdpSocket::bind("[::]:0").unwrap();
+        s.set_read_timeout(Some(FAIL)).unwrap();
+        // A query for example.com, id 0x1234, RD.
+        let q = [
+            0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0, 7, b'e', b'x', b'a', b'm', b'p', b'l',
+            b'e', 3, b'c', b'o', b'm', 0, 0, 1, 0, 1,
+        ];
+        s.send_to(&q, dns).unwrap();
+        let mut buf = [0u8; 512];
+        s.recv(&mut buf).ok()
+    });
+    assert_eq!(udp, None);
+    assert!(
+        eventually(WAIT, || denied(&f.host) >= before + 2),
+        "both dropped at the input hook"
+    );
 }
 
 /// "Address unreachable" about a TCP segment `quoted_src → quoted_dst`,

@@ -84,6 +84,7 @@ fn edge_local6(
             store: store6,
             // The other hosts are the view's: added by `reconcile`.
             peers: Vec::new(),
+            operator: cfg.egress_deny6.clone(),
         },
         host_addrs,
         router_cidrs: cfg.router_cidrs6.clone(),
@@ -163,6 +164,7 @@ pub fn edge_local(
         dns: Some(GatewayDns {
             listen: cfg.dns_listen,
             clients: vec![format!("{HOST_IF_PREFIX}*")],
+            ipv6: cfg.ipv6.is_on(),
         }),
         v6,
     }

@@ -7,18 +7,21 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use pn_common::ids::HostId;
 use serde::Deserialize;
 
 use pn_api::DEFAULT_API_SOCKET;
 
+mod edge;
 mod fleet_store;
 mod tunnel;
 
+pub use self::edge::{ForwardGuard, PortRange};
 use self::{
+    edge::{EdgeFlags, edge_ranges},
     fleet_store::{needs_tunnel, plain_text_allowed},
-    tunnel::{device_options, tunnel_config},
+    tunnel::{advertise_v4, device_options, tunnel_config},
 };
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/pn-agent";
@@ -61,7 +64,8 @@ pub struct RunSettings {
     /// Interface toward the other hosts (tunnel and XDP guard).
     #[arg(long)]
     pub underlay_iface: Option<String>,
-    /// Encrypted tunnel endpoint published to peers (IP:PORT).
+    /// Encrypted tunnel endpoint published to peers (IPv4:PORT; the tunnel
+    /// runs over IPv4 only).
     #[arg(long)]
     pub advertise: Option<SocketAddr>,
     /// DNS server address; containers reach it through their gateway [default: 169.254.1.1:53].
@@ -134,10 +138,11 @@ pub struct RunSettings {
     /// Key prefix in etcd [default: /pn/].
     #[arg(long)]
     pub etcd_prefix: Option<String>,
-    /// Destinations containers never reach as the world, CIDR[,…], on top of
-    /// the built-in list (host, loopback, link-local, multicast, underlay, store).
+    /// Destinations containers never reach as the world, CIDR[,…] (IPv4 or
+    /// IPv6), on top of the built-in list (host, loopback, link-local,
+    /// multicast, underlay, store).
     #[arg(long, value_delimiter = ',')]
-    pub egress_deny: Option<Vec<Ipv4Net>>,
+    pub egress_deny: Option<Vec<IpNet>>,
     /// Sources that may use published ports (the platform's front routers),
     /// CIDR[,…]; with none, nothing is published.
     #[arg(long, value_delimiter = ',')]
@@ -161,70 +166,6 @@ pub struct RunSettings {
     /// Containers one host may run: every agent refuses a host's records beyond it [default: 4096].
     #[arg(long)]
     pub host_quota: Option<usize>,
-}
-
-/// `--publish-ports` [default: 30000-32767, Kubernetes' NodePort range,
-/// which platforms already keep free of host services].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortRange {
-    pub lo: u16,
-    pub hi: u16,
-}
-
-impl Default for PortRange {
-    fn default() -> Self {
-        PortRange {
-            lo: 30000,
-            hi: 32767,
-        }
-    }
-}
-
-impl PortRange {
-    pub const fn contains(&self, port: u16) -> bool {
-        self.lo <= port && port <= self.hi
-    }
-
-    pub const fn len(&self) -> usize {
-        (self.hi - self.lo) as usize + 1
-    }
-
-    pub const fn is_empty(&self) -> bool {
-        false
-    }
-}
-
-impl std::fmt::Display for PortRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.lo, self.hi)
-    }
-}
-
-impl std::str::FromStr for PortRange {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?}: expected LO-HI, two ports from 1 to 65535 with LO <= HI");
-        let (lo, hi) = s.trim().split_once('-').ok_or_else(bad)?;
-        let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
-        let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
-        if lo == 0 || lo > hi {
-            return Err(bad());
-        }
-        Ok(PortRange { lo, hi })
-    }
-}
-
-impl serde::Serialize for PortRange {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for PortRange {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 /// The certificate files of an `etcds://` store (read and checked by
@@ -367,31 +308,16 @@ pub struct RunConfig {
     pub tunnel: pn_tunnel::Config,
     /// `--tunnel-workers`, `--tunnel-offloads`, `--tunnel-spin-us`, `--tunnel-pin`.
     pub tunnel_io: pn_tunnel::device::Options,
-    /// `--egress-deny`, network addresses outside the pool.
+    /// `--egress-deny`'s IPv4 ranges, network addresses outside the pool.
     pub egress_deny: Vec<Ipv4Net>,
+    /// `--egress-deny`'s IPv6 ranges, network addresses (outside `--pool6`).
+    pub egress_deny6: Vec<Ipv6Net>,
     /// `--router-cidr`, network addresses outside the pool.
     pub router_cidrs: Vec<Ipv4Net>,
     /// `--router-cidr6`, network addresses.
     pub router_cidrs6: Vec<Ipv6Net>,
     pub publish_ports: PortRange,
     pub forward_guard: ForwardGuard,
-}
-
-/// `--egress-deny` and `--router-cidr` ranges: network addresses, outside
-/// the pool (members are governed by their networks, not by these lists).
-fn outside_pool(flag: &str, nets: Vec<Ipv4Net>, pool: Ipv4Net) -> anyhow::Result<Vec<Ipv4Net>> {
-    for n in &nets {
-        if n.trunc() != *n {
-            bail!(
-                "invalid --{flag} {n}: not a network address (did you mean {}?)",
-                n.trunc()
-            );
-        }
-        if n.contains(&pool.network()) || pool.contains(&n.network()) {
-            bail!("invalid --{flag} {n}: overlaps the pool {pool}");
-        }
-    }
-    Ok(nets)
 }
 
 /// `--ipv6` and `--pool6` (taken only with IPv6 on).
@@ -453,7 +379,7 @@ impl RunConfig {
         )?;
         plain_text_allowed(&store, pick!(store_insecure).unwrap_or(false))?;
         let underlay_iface = pick!(underlay_iface);
-        let advertise = pick!(advertise);
+        let advertise = advertise_v4(pick!(advertise))?;
         if store.endpoints().is_some() {
             needs_tunnel(advertise.is_some(), underlay_iface.is_some())?;
         }
@@ -503,18 +429,20 @@ impl RunConfig {
         if !etcd_prefix.ends_with('/') {
             etcd_prefix.push('/');
         }
-        let egress_deny =
-            outside_pool("egress-deny", pick!(egress_deny).unwrap_or_default(), pool)?;
-        let router_cidrs =
-            outside_pool("router-cidr", pick!(router_cidr).unwrap_or_default(), pool)?;
-        let router_cidrs6 = pick!(router_cidr6).unwrap_or_default();
-        if let Some(n) = router_cidrs6.iter().find(|n| n.trunc() != **n) {
-            bail!("invalid --router-cidr6 {n}: not a network address");
-        }
+        let ranges = edge_ranges(
+            EdgeFlags {
+                egress_deny: pick!(egress_deny),
+                router_cidr: pick!(router_cidr),
+                router_cidr6: pick!(router_cidr6),
+            },
+            pool,
+            pick!(pool6),
+        )?;
         Ok(RunConfig {
-            egress_deny,
-            router_cidrs,
-            router_cidrs6,
+            egress_deny: ranges.egress_deny,
+            egress_deny6: ranges.egress_deny6,
+            router_cidrs: ranges.router_cidrs,
+            router_cidrs6: ranges.router_cidrs6,
             publish_ports: pick!(publish_ports).unwrap_or_default(),
             forward_guard: pick!(forward_guard).unwrap_or_default(),
             host_id,
@@ -565,42 +493,6 @@ impl std::str::FromStr for Switch {
             "off" => Ok(Switch::Off),
             _ => Err(format!("{s:?}: expected on or off")),
         }
-    }
-}
-
-/// `--forward-guard`: whether the forward hook drops forwarded traffic that
-/// is not pn's (neither in nor out of pn's interfaces, nor part of a
-/// connection already open).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ForwardGuard {
-    /// As the edge's `forwarding::decide` found: on when pn turned forwarding on, off when the
-    /// host forwarded before (something else relies on it).
-    #[default]
-    Auto,
-    On,
-    Off,
-}
-
-impl std::str::FromStr for ForwardGuard {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(ForwardGuard::Auto),
-            "on" => Ok(ForwardGuard::On),
-            "off" => Ok(ForwardGuard::Off),
-            _ => Err(format!("{s:?}: expected auto, on or off")),
-        }
-    }
-}
-
-impl std::fmt::Display for ForwardGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ForwardGuard::Auto => "auto",
-            ForwardGuard::On => "on",
-            ForwardGuard::Off => "off",
-        })
     }
 }
 

@@ -59,7 +59,7 @@ fn edge_settings_from_flags_and_file() {
         "--host-id",
         "h",
         "--egress-deny",
-        "198.51.100.0/24,192.0.2.64/26",
+        "198.51.100.0/24,2001:db8:bad::/48,192.0.2.64/26",
         "--router-cidr",
         "192.0.2.0/28",
         "--publish-ports",
@@ -77,6 +77,11 @@ fn edge_settings_from_flags_and_file() {
             "192.0.2.64/26".parse().unwrap()
         ]
     );
+    // IPv6 ranges go to IPv6's list.
+    assert_eq!(
+        c.egress_deny6,
+        vec!["2001:db8:bad::/48".parse::<Ipv6Net>().unwrap()]
+    );
     assert_eq!(
         c.router_cidrs,
         vec!["192.0.2.0/28".parse::<Ipv4Net>().unwrap()]
@@ -91,12 +96,16 @@ fn edge_settings_from_flags_and_file() {
     assert_eq!(c.forward_guard, crate::edge::ForwardGuard::On);
 
     let f = file(
-        "host-id = \"h\"\negress-deny = [\"203.0.113.0/24\"]\nrouter-cidr = [\"192.0.2.0/24\"]\npublish-ports = \"31000-31010\"\nforward-guard = \"off\"\n",
+        "host-id = \"h\"\negress-deny = [\"203.0.113.0/24\", \"2001:db8:bad::/48\"]\nrouter-cidr = [\"192.0.2.0/24\"]\npublish-ports = \"31000-31010\"\nforward-guard = \"off\"\n",
     );
     let c = RunConfig::resolve(RunSettings::default(), Some(&f.0)).unwrap();
     assert_eq!(
         c.egress_deny,
         vec!["203.0.113.0/24".parse::<Ipv4Net>().unwrap()]
+    );
+    assert_eq!(
+        c.egress_deny6,
+        vec!["2001:db8:bad::/48".parse::<Ipv6Net>().unwrap()]
     );
     assert_eq!(
         c.router_cidrs,
@@ -114,7 +123,7 @@ fn edge_settings_from_flags_and_file() {
         None,
     )
     .unwrap();
-    assert!(c.egress_deny.is_empty() && c.router_cidrs.is_empty());
+    assert!(c.egress_deny.is_empty() && c.egress_deny6.is_empty() && c.router_cidrs.is_empty());
     assert_eq!(c.forward_guard, crate::edge::ForwardGuard::Auto);
     assert_eq!(
         c.publish_ports,
@@ -136,10 +145,17 @@ fn bad_edge_settings_give_one_clear_line() {
         (["--egress-deny", "10.0.0.0/8"], "overlaps the pool"),
         (["--egress-deny", "10.241.0.0/16"], "overlaps the pool"),
         (["--router-cidr", "192.0.2.1/24"], "not a network address"),
+        (["--egress-deny", "2001:db8::1/48"], "not a network address"),
+        (
+            ["--egress-deny", "fd00:1::/32"],
+            "overlaps the IPv6 pool fd00:1:2::/48",
+        ),
         (["--router-cidr", "10.240.0.0/12"], "overlaps the pool"),
     ] {
         let flags = <Flags as clap::Parser>::try_parse_from(
-            ["run", "--host-id", "h"].into_iter().chain(args),
+            ["run", "--host-id", "h", "--pool6", "fd00:1:2::/48"]
+                .into_iter()
+                .chain(args),
         )
         .unwrap()
         .s;
@@ -324,6 +340,33 @@ fn a_fleet_store_needs_the_tunnel() {
     )
     .unwrap();
     assert_eq!(c.store, StoreSpec::Embedded);
+}
+
+#[test]
+fn an_ipv6_advertise_is_refused() {
+    let v6 = RunSettings {
+        advertise: Some("[2001:db8::1]:51871".parse().unwrap()),
+        ..fleet("etcd://10.0.0.1:2379")
+    };
+    refused(
+        v6.clone(),
+        None,
+        "invalid --advertise [2001:db8::1]:51871: the tunnel runs over IPv4 only",
+    );
+    // From the file as well, embedded store or not.
+    let f = file("advertise = \"[2001:db8::1]:51871\"\n");
+    let alone = RunSettings {
+        host_id: Some("h1".into()),
+        ..Default::default()
+    };
+    refused(alone, Some(&f.0), "IPv4 only");
+    // An IPv4-mapped address is its IPv4 address.
+    let mapped = RunSettings {
+        advertise: Some("[::ffff:192.0.2.1]:51871".parse().unwrap()),
+        ..v6
+    };
+    let c = RunConfig::resolve(mapped, None).unwrap();
+    assert_eq!(c.advertise, Some("192.0.2.1:51871".parse().unwrap()));
 }
 
 #[test]

@@ -1,8 +1,27 @@
 //! The tunnel's settings from `--tunnel-*`: the protocol's
 //! ([`pn_tunnel::Config`]) and its I/O's ([`pn_tunnel::device::Options`]).
 
+use std::net::SocketAddr;
+
 use anyhow::bail;
 use pn_tunnel::device::{MAX_WORKERS, Options};
+
+/// `--advertise`, an IPv4 endpoint: the tunnel's socket binds IPv4 only
+/// and the XDP underlay guard knows IPv4 peers only, so an IPv6 endpoint
+/// would be published to peers that could never reach it (an IPv4-mapped
+/// one is its IPv4 address).
+pub(super) fn advertise_v4(advertise: Option<SocketAddr>) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(SocketAddr::V6(a)) = advertise else {
+        return Ok(advertise);
+    };
+    match a.ip().to_ipv4_mapped() {
+        Some(ip) => Ok(Some(SocketAddr::from((ip, a.port())))),
+        None => bail!(
+            "invalid --advertise {a}: the tunnel runs over IPv4 only (an IPv6 underlay is not \
+             supported yet): advertise this host's IPv4 underlay address"
+        ),
+    }
+}
 
 /// The tunnel's settings from `--tunnel-*`.
 pub(super) fn tunnel_config(

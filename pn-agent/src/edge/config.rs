@@ -78,4 +78,9 @@ pub struct GatewayDns {
     pub listen: SocketAddrV4,
     /// Container interfaces, by name; a trailing `*` matches a prefix.
     pub clients: Vec<String>,
+    /// The server also listens on `[::]` at the same port (IPv6 only, for
+    /// the gateway `fe80::1`): any IPv6 address of the host reaches those
+    /// sockets, so the same guard holds there.
+    #[serde(default)]
+    pub ipv6: bool,
 }

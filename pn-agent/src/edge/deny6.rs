@@ -40,6 +40,8 @@ pub struct HostFacts6 {
     pub store: Vec<Ipv6Addr>,
     /// The other hosts' IPv6 tunnel endpoints.
     pub peers: Vec<Ipv6Addr>,
+    /// `--egress-deny`'s IPv6 ranges.
+    pub operator: Vec<Ipv6Net>,
 }
 
 /// An address the host can translate containers' IPv6 to: neither
@@ -78,6 +80,9 @@ pub fn deny_list6(facts: &HostFacts6, v4: &BTreeMap<Ipv4Net, u32>) -> BTreeMap<I
     }
     for ip in &facts.store {
         out.insert(Ipv6Net::from(*ip), DenyRange::STORE);
+    }
+    for net in &facts.operator {
+        out.insert(net.trunc(), DenyRange::OPERATOR);
     }
     if !facts.addrs.iter().any(|n| is_global(&n.addr())) {
         out.insert(Ipv6Net::default(), DenyRange::NO_ADDRESS);
@@ -139,6 +144,7 @@ mod tests {
             underlay: vec!["2001:db8:100::/64".parse().unwrap()],
             store: vec![ip("2001:db8:60::10")],
             peers: vec![ip("2001:db8:77::1")],
+            operator: vec!["2001:db8:bad::/48".parse().unwrap()],
         }
     }
 
@@ -160,6 +166,7 @@ mod tests {
             ("2001:db8:100::9", DenyRange::UNDERLAY),
             ("2001:db8:77::1", DenyRange::UNDERLAY),
             ("2001:db8:60::10", DenyRange::STORE),
+            ("2001:db8:bad:7::1", DenyRange::OPERATOR),
         ] {
             assert_eq!(covers6(&l, ip(addr)), Some(kind), "{addr}");
         }
@@ -168,7 +175,12 @@ mod tests {
             Some(DenyRange::SPECIAL),
             "cloud metadata through NAT64"
         );
-        for world in ["2001:db8:1::6", "2606:4700::1111", "2001:db8:60::11"] {
+        for world in [
+            "2001:db8:1::6",
+            "2606:4700::1111",
+            "2001:db8:60::11",
+            "2001:db8:bae::1",
+        ] {
             assert_eq!(covers6(&l, ip(world)), None, "{world}");
         }
         assert_eq!(covers6(&l, nat64("8.8.8.8".parse().unwrap())), None);

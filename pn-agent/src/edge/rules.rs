@@ -14,6 +14,7 @@
 //!                                              saddr @pool: drop (spoofed);
 //!                                              guard (per family): established accept, drop
 //!   chain dns_input       input, filter:       daddr:port the gateway's DNS, iif not a container's: drop
+//!                                              (and IPv6's: any daddr, the port, iif not a container's: drop)
 //! }
 //! ```
 //!
@@ -430,6 +431,9 @@ fn gateway_dns(dns: &GatewayDns, t: &mut Objects) {
         expr.push(counted(COUNTER_DNS_DENIED));
         expr.push(Statement::Drop(None));
         t.add(rule("dns_input", expr));
+    }
+    if dns.ipv6 {
+        v6::gateway_dns(dns, t);
     }
 }
 

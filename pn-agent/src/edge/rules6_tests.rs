@@ -120,3 +120,23 @@ fn a_published_ipv6_address_outside_the_pool_is_refused() {
     let err = ruleset(&c).unwrap_err().to_string();
     assert!(err.contains("outside the IPv6 pool"), "{err}");
 }
+
+#[test]
+fn the_gateways_ipv6_dns_answers_container_interfaces_only() {
+    let mut c = cfg6();
+    c.dns.as_mut().unwrap().ipv6 = true;
+    let t = text(&c);
+    // The IPv6 sockets are on `[::]`: any IPv6 destination, on the port.
+    assert_eq!(
+        t.rules["dns_input"],
+        [
+            "ip daddr == 169.254.1.1 udp dport == 53 meta iifname != pnh* counter dns_denied drop",
+            "ip daddr == 169.254.1.1 tcp dport == 53 meta iifname != pnh* counter dns_denied drop",
+            "meta nfproto == ipv6 udp dport == 53 meta iifname != pnh* counter dns_denied drop",
+            "meta nfproto == ipv6 tcp dport == 53 meta iifname != pnh* counter dns_denied drop",
+        ]
+    );
+    // No IPv6 server (`--ipv6 off`), no IPv6 rule.
+    c.dns.as_mut().unwrap().ipv6 = false;
+    assert_eq!(text(&c).rules["dns_input"].len(), 2);
+}

@@ -40,6 +40,7 @@ fn cfg() -> EdgeConfig {
         dns: Some(GatewayDns {
             listen: "169.254.1.1:53".parse().unwrap(),
             clients: vec!["pnh*".into()],
+            ipv6: false,
         }),
         v6: None,
     }
@@ -398,6 +399,7 @@ fn the_gateways_dns_answers_container_interfaces_only() {
         dns: Some(GatewayDns {
             listen: "0.0.0.0:5300".parse().unwrap(),
             clients: vec!["pnh*".into(), "veth-x".into()],
+            ipv6: false,
         }),
         ..cfg()
     });
@@ -490,6 +492,7 @@ fn bad_configurations_are_refused_before_the_kernel() {
                 dns: Some(GatewayDns {
                     listen: "169.254.1.1:53".parse().unwrap(),
                     clients: vec![],
+                    ipv6: false,
                 }),
                 ..cfg()
             },
@@ -500,6 +503,7 @@ fn bad_configurations_are_refused_before_the_kernel() {
                 dns: Some(GatewayDns {
                     listen: "169.254.1.1:53".parse().unwrap(),
                     clients: vec!["x\" accept".into()],
+                    ipv6: false,
                 }),
                 ..cfg()
             },

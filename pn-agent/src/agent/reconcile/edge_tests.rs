@@ -36,6 +36,7 @@ fn edge_local(routers: &[&str]) -> EdgeLocal {
         dns: Some(GatewayDns {
             listen: "169.254.1.1:53".parse().unwrap(),
             clients: vec!["pnh*".into()],
+            ipv6: false,
         }),
         v6: Default::default(),
     }

@@ -11,6 +11,7 @@
 //!   publish6:       ct mark := router | other; tcp dport P: dnat ip6 to [C6]:W
 //!   egress_nat:     ip6 saddr @pool6 daddr != @pool6: masquerade
 //!   forward:        iif pn's: ip6 daddr @egress_deny6 drop; ip6 saddr @pool6: drop (spoofed)
+//!   dns_input:      nfproto ipv6, dport the DNS port, iif not a container's: drop
 //! ```
 
 use ipnet::Ipv6Net;
@@ -21,8 +22,8 @@ use nftables::{
 use pn_common::edge::{MARK_OTHER, MARK_ROUTER};
 
 use super::{
-    super::config::{EdgeConfig6, Publication},
-    COUNTER_EGRESS_DENIED, COUNTER_POOL_SPOOFED, Objects,
+    super::config::{EdgeConfig6, GatewayDns, Publication},
+    COUNTER_DNS_DENIED, COUNTER_EGRESS_DENIED, COUNTER_POOL_SPOOFED, Objects,
     nft::*,
 };
 
@@ -132,4 +133,24 @@ pub(super) fn pool_spoofed(t: &mut Objects) {
             Statement::Drop(None),
         ],
     ));
+}
+
+/// The gateway's DNS over IPv6 answers the containers' interfaces only.
+/// Its sockets are bound to `[::]` (the link-local gateway is on every
+/// container link), so whatever IPv6 address of the host a packet is
+/// sent to, the port reaches them: the underlay's neighbours must not,
+/// even to be ignored (a TCP connection would still be accepted).
+pub(super) fn gateway_dns(dns: &GatewayDns, t: &mut Objects) {
+    for proto in ["udp", "tcp"] {
+        let mut expr = vec![
+            is(meta(MetaKey::Nfproto), Expression::String("ipv6".into())),
+            is(payload(proto, "dport"), num(dns.listen.port().into())),
+        ];
+        for name in &dns.clients {
+            expr.push(is_not(meta(MetaKey::Iifname), ifname(name)));
+        }
+        expr.push(counted(COUNTER_DNS_DENIED));
+        expr.push(Statement::Drop(None));
+        t.add(rule("dns_input", expr));
+    }
 }
