@@ -108,3 +108,24 @@ pub fn rows(
     ));
     rows
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(v: &[f64]) -> Measurement {
+        Measurement::new("x", true, v.to_vec())
+    }
+
+    #[test]
+    fn rows_leave_out_what_was_not_measured() {
+        assert!(rows("t", m(&[]), Some(("b", m(&[1.0]))), m(&[1.0])).is_empty());
+        let r = rows("t", m(&[2.0]), Some(("b", m(&[]))), m(&[4.0]));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].ratio(), Some(0.5));
+        let r = rows("t", m(&[2.0]), Some(("b", m(&[1.0]))), m(&[4.0]));
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].what, "t, IPv6");
+        assert_eq!(r[0].ratio(), Some(2.0));
+    }
+}
