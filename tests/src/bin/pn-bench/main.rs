@@ -20,6 +20,7 @@ mod tunnel;
 mod tunnel_aes;
 mod tunnel_limit;
 mod tunnel_spin;
+mod v6;
 
 use std::{path::PathBuf, time::Instant};
 

@@ -4,7 +4,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -41,13 +41,15 @@ pub fn iperf_server(ns: &Namespace, port: u16) -> anyhow::Result<IperfServer> {
     Ok(IperfServer(child))
 }
 
-/// TCP throughput from `client` to `server_ip` for `seconds`, in Gbit/s.
+/// TCP throughput from `client` to `server_ip` (either family: iperf3's
+/// server listens on both) for `seconds`, in Gbit/s.
 pub fn iperf(
     client: &Namespace,
     server: &Namespace,
-    server_ip: Ipv4Addr,
+    server_ip: impl Into<IpAddr>,
     seconds: u64,
 ) -> anyhow::Result<f64> {
+    let server_ip: IpAddr = server_ip.into();
     let port = 5201;
     let _srv = iperf_server(server, port)?;
     // The server needs a moment to listen.
@@ -87,11 +89,16 @@ pub fn iperf(
 pub fn tcp_rr(
     client: &Namespace,
     server: &Namespace,
-    server_ip: Ipv4Addr,
+    server_ip: impl Into<IpAddr>,
     seconds: u64,
 ) -> anyhow::Result<f64> {
+    let server_ip: IpAddr = server_ip.into();
     let port = 7077;
-    let _srv = pn_tests::net::tcp_echo_server(server, port);
+    let _srv = if server_ip.is_ipv6() {
+        pn_tests::net::tcp_echo_server6(server, port)
+    } else {
+        pn_tests::net::tcp_echo_server(server, port)
+    };
     client.run(move || {
         let mut s = TcpStream::connect_timeout(
             &SocketAddr::from((server_ip, port)),

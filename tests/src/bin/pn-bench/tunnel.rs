@@ -121,7 +121,10 @@ context) and of ksoftirqd, from /proc. Everything shares the same 2 cores (sende
 agents or daemons, and other work of the machine). pn (aes256gcm): both agents with \
 `--tunnel-cipher aes256gcm` (their sessions checked to use it). Sealing and opening rates: \
 `pn_tunnel::aead::{seal_rate, open_rate}`, one core, measured in the same run; the limit per Gbit is plain \
-veth's CPU per Gbit plus one sealing and one opening of every byte at those rates.";
+veth's CPU per Gbit plus one sealing and one opening of every byte at those rates. \
+IPv6: one stream between the same containers' IPv6 addresses through the same tunnel (IPv4 underlay), \
+in every round right after pn's IPv4 measurements, for half of IPv4's seconds; against pn's IPv4 stream of \
+the same rounds, and against plain veth over IPv4 (the underlay has no IPv6 to compare with).";
 
 fn gbps(v: &[f64]) -> Measurement {
     Measurement::new("Gbit/s", true, v.to_vec())
@@ -445,6 +448,8 @@ pub fn run_scenario(effort: Effort) -> anyhow::Result<Scenario> {
         .ok()
         .map(|f| f.split_whitespace().map(String::from).collect());
     let mut alt = Figures::default();
+    // One IPv6 stream through the tunnel in each round, right after IPv4's.
+    let (mut probe6, mut pn6) = (crate::v6::Probe::to(&c2), Vec::new());
     for _ in 0..effort.runs {
         for h in &fleet.hosts {
             tools::detach_programs(h)?;
@@ -453,6 +458,12 @@ pub fn run_scenario(effort: Effort) -> anyhow::Result<Scenario> {
         fleet.relaunch(&[]);
         tools::wait_for_remote(&fleet.hosts[0])?;
         measure(&pn_way, effort, &mut pn)?;
+        probe6.reach(&c1);
+        if let Some(g) = probe6.measure("iperf3 through the tunnel", |ip| {
+            tools::iperf(&c1, &c2, ip, crate::v6::seconds(effort))
+        }) {
+            pn6.push(g);
+        }
         for (way, f) in peer_ways.iter().zip(&mut others) {
             measure(way, effort, f)?;
         }
@@ -494,6 +505,20 @@ pub fn run_scenario(effort: Effort) -> anyhow::Result<Scenario> {
     let (seal_ring, open_ring) = crate::tunnel_limit::rates(Cipher::Ring, effort);
     let (seal_rc, _) = crate::tunnel_limit::rates(Cipher::RustCrypto, effort);
     let mut rows = throughput_rows(&pn, &plain, &others, &mut notes);
+    rows.extend(crate::v6::rows(
+        "1 stream: pn (ring), container to container across hosts",
+        gbps(&pn6),
+        Some((
+            "plain veth, IPv4 (the underlay has no IPv6)",
+            gbps(&plain.one),
+        )),
+        gbps(&pn.one),
+    ));
+    if let Some(why) = probe6.why_not() {
+        notes.push(format!(
+            "IPv6 through the tunnel not measured (or not every round): {why}"
+        ));
+    }
     rows.push(Row::versus(
         "pn (rustcrypto) against pn (ring), 1 stream",
         gbps(&pn_rc),
