@@ -244,6 +244,11 @@ pub async fn concurrent_reservations_never_collide(kv: Arc<dyn Backend>) {
     m.create_network(net, None, &pool(), 22, Egress::Allow)
         .await
         .unwrap();
+    // Agents register before they attach: leases are unique across
+    // registered hosts (two unregistered ones could pick one address).
+    for h in ["h1", "h2"] {
+        m.register_host(&bare_host(h)).await.unwrap();
+    }
     let mut tasks = Vec::new();
     for i in 1..=40u32 {
         let m = m.clone();
