@@ -21,6 +21,7 @@ pub const F_NEEDS_CSUM: u8 = 1;
 pub const F_DATA_VALID: u8 = 2;
 pub const GSO_NONE: u8 = 0;
 pub const GSO_TCPV4: u8 = 1;
+pub const GSO_TCPV6: u8 = 4;
 pub const GSO_ECN: u8 = 0x80;
 
 impl VnetHdr {
@@ -53,6 +54,8 @@ pub enum OffloadError {
     Short,
     #[error("unsupported offload (gso type {0})")]
     Unsupported(u8),
+    #[error("TCP segmentation of IPv6 behind extension headers")]
+    ExtensionHeaders,
 }
 
 /// Ones' complement sum of `data` added to `sum` (not folded).
@@ -91,6 +94,12 @@ fn pseudo_sum(ip: &[u8], proto: u8, l4_len: usize) -> u64 {
     sum16(&ip[12..20], 0) + u64::from(proto) + l4_len as u64
 }
 
+/// Sum of the TCP/UDP pseudo-header of an IPv6 packet (no routing header:
+/// the destination is the one in the fixed header).
+fn pseudo_sum6(ip: &[u8], proto: u8, l4_len: usize) -> u64 {
+    sum16(&ip[8..40], 0) + u64::from(proto) + l4_len as u64
+}
+
 /// Completes a partial checksum (`F_NEEDS_CSUM`): the field already holds
 /// the pseudo-header sum; sum from `start` and store the complement.
 pub fn complete_checksum(pkt: &mut [u8], start: usize, offset: usize) -> Result<(), OffloadError> {
@@ -112,6 +121,25 @@ fn tcp_headers(pkt: &[u8]) -> Result<(usize, usize), OffloadError> {
     Ok((ihl, ihl + doff))
 }
 
+/// Header lengths of an IPv6/TCP packet whose TCP header follows the fixed
+/// header: (IP header, IP + TCP headers). Behind extension headers the
+/// segments would need the headers walked and the pseudo-header's
+/// destination taken from a routing header: refused (a counted drop) rather
+/// than half-done; containers' TCP does not send them.
+fn tcp6_headers(pkt: &[u8]) -> Result<(usize, usize), OffloadError> {
+    if pkt.len() < 40 + 20 {
+        return Err(OffloadError::Short);
+    }
+    if pkt[6] != 6 {
+        return Err(OffloadError::ExtensionHeaders);
+    }
+    let doff = usize::from(pkt[40 + 12] >> 4) * 4;
+    if doff < 20 || pkt.len() < 40 + doff {
+        return Err(OffloadError::Short);
+    }
+    Ok((40, 40 + doff))
+}
+
 /// Where the L4 checksum of an IP packet sits: (start, offset) for TCP
 /// and UDP, the only protocols whose checksum may travel partial. For
 /// IPv6, only right after the fixed header: behind extension headers it is
@@ -129,7 +157,7 @@ pub fn l4_checksum_position(pkt: &[u8]) -> Option<(usize, usize)> {
     }
 }
 
-/// Turns one read from the TUN device into IPv4 packets ready to seal, each
+/// Turns one read from the TUN device into IP packets ready to seal, each
 /// passed to `emit` with whether its TCP/UDP checksum is left partial (from
 /// a scratch buffer: copy what you keep). TCP super-packets are cut into
 /// MSS-sized segments. Partial checksums are not completed: the AEAD
@@ -158,41 +186,80 @@ pub fn segment(
             Ok(())
         }
         GSO_TCPV4 => {
-            let (ihl, headers) = tcp_headers(pkt)?;
-            let mss = usize::from(hdr.gso_size).max(1);
-            let payload = &pkt[headers..];
-            let id = u16::from_be_bytes([pkt[4], pkt[5]]);
-            let seq = u32::from_be_bytes([pkt[ihl + 4], pkt[ihl + 5], pkt[ihl + 6], pkt[ihl + 7]]);
-            let flags = pkt[ihl + 13];
-            let count = payload.len().div_ceil(mss).max(1);
-            for i in 0..count {
-                let chunk =
-                    &payload[(i * mss).min(payload.len())..((i + 1) * mss).min(payload.len())];
-                scratch.clear();
-                scratch.extend_from_slice(&pkt[..headers]);
-                scratch.extend_from_slice(chunk);
-                let total = scratch.len();
-                let (ip, tcp) = scratch.split_at_mut(ihl);
-                ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-                ip[4..6].copy_from_slice(&id.wrapping_add(i as u16).to_be_bytes());
-                ipv4_header_checksum(ip);
-                tcp[4..8].copy_from_slice(&seq.wrapping_add((i * mss) as u32).to_be_bytes());
-                // FIN and PSH belong to the last segment, CWR to the first.
-                let mut f = flags;
-                if i + 1 < count {
-                    f &= !(0x01 | 0x08);
-                }
-                if i > 0 {
-                    f &= !0x80;
-                }
-                tcp[13] = f;
-                let pseudo = fold(pseudo_sum(ip, 6, tcp.len()));
-                tcp[16..18].copy_from_slice(&pseudo.to_be_bytes());
-                emit(scratch, true);
+            if pkt.first().map(|b| b >> 4) != Some(4) {
+                return Err(OffloadError::Unsupported(GSO_TCPV4));
             }
+            let (ip_len, headers) = tcp_headers(pkt)?;
+            segment_tcp(hdr, pkt, ip_len, headers, scratch, emit);
+            Ok(())
+        }
+        GSO_TCPV6 => {
+            if pkt.first().map(|b| b >> 4) != Some(6) {
+                return Err(OffloadError::Unsupported(GSO_TCPV6));
+            }
+            let (ip_len, headers) = tcp6_headers(pkt)?;
+            segment_tcp(hdr, pkt, ip_len, headers, scratch, emit);
             Ok(())
         }
         other => Err(OffloadError::Unsupported(other)),
+    }
+}
+
+/// Cuts a TCP super-packet (IPv4 or IPv6, headers checked by the caller)
+/// into `gso_size` segments, each with its own lengths, sequence number and
+/// flags, and the pseudo-header sum in the checksum field (partial).
+fn segment_tcp(
+    hdr: &VnetHdr,
+    pkt: &[u8],
+    ip_len: usize,
+    headers: usize,
+    scratch: &mut Vec<u8>,
+    mut emit: impl FnMut(&[u8], bool),
+) {
+    let v6 = pkt[0] >> 4 == 6;
+    let mss = usize::from(hdr.gso_size).max(1);
+    let payload = &pkt[headers..];
+    let id = u16::from_be_bytes([pkt[4], pkt[5]]);
+    let seq = u32::from_be_bytes([
+        pkt[ip_len + 4],
+        pkt[ip_len + 5],
+        pkt[ip_len + 6],
+        pkt[ip_len + 7],
+    ]);
+    let flags = pkt[ip_len + 13];
+    let count = payload.len().div_ceil(mss).max(1);
+    for i in 0..count {
+        let chunk = &payload[(i * mss).min(payload.len())..((i + 1) * mss).min(payload.len())];
+        scratch.clear();
+        scratch.extend_from_slice(&pkt[..headers]);
+        scratch.extend_from_slice(chunk);
+        let total = scratch.len();
+        let (ip, tcp) = scratch.split_at_mut(ip_len);
+        if v6 {
+            // IPv6 counts the payload only, and has no header checksum.
+            ip[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
+        } else {
+            ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            ip[4..6].copy_from_slice(&id.wrapping_add(i as u16).to_be_bytes());
+            ipv4_header_checksum(ip);
+        }
+        tcp[4..8].copy_from_slice(&seq.wrapping_add((i * mss) as u32).to_be_bytes());
+        // FIN and PSH belong to the last segment, CWR to the first.
+        let mut f = flags;
+        if i + 1 < count {
+            f &= !(0x01 | 0x08);
+        }
+        if i > 0 {
+            f &= !0x80;
+        }
+        tcp[13] = f;
+        let pseudo = if v6 {
+            fold(pseudo_sum6(ip, 6, tcp.len()))
+        } else {
+            fold(pseudo_sum(ip, 6, tcp.len()))
+        };
+        tcp[16..18].copy_from_slice(&pseudo.to_be_bytes());
+        emit(scratch, true);
     }
 }
 
@@ -214,7 +281,7 @@ pub fn receive_header(pkt: &[u8], partial: bool) -> VnetHdr {
     }
 }
 
-/// Coalesces received TCP/IPv4 segments of one flow into a super-packet the
+/// Coalesces received TCP segments (IPv4 or IPv6) of one flow into a super-packet the
 /// kernel accepts from the TUN device with a GSO header (the reverse of
 /// [`segment`]), so it crosses the stack once.
 #[derive(Default)]
@@ -232,6 +299,34 @@ pub struct Coalescer {
     partial: bool,
 }
 
+/// (IP header, IP + TCP headers) of a segment the coalescer takes: plain
+/// TCP over option-less, unfragmented IPv4, or over IPv6 right after the
+/// fixed header. The IP header's length tells the versions apart (20 or
+/// 40).
+fn coalescible(pkt: &[u8]) -> Option<(usize, usize)> {
+    match pkt.first()? >> 4 {
+        4 => {
+            let (ihl, headers) = tcp_headers(pkt).ok()?;
+            let fragment = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff != 0;
+            (pkt[9] == 6 && ihl == 20 && !fragment).then_some((ihl, headers))
+        }
+        6 => tcp6_headers(pkt).ok(),
+        _ => None,
+    }
+}
+
+/// Whether two segments' IP headers differ only in what segmentation
+/// changes (lengths, IPv4's id and checksum), for IP headers of `ihl`.
+fn same_ip(a: &[u8], b: &[u8], ihl: usize) -> bool {
+    if ihl == 40 {
+        // Version, class, flow label; next header, hop limit, addresses.
+        a[..4] == b[..4] && a[6..40] == b[6..40]
+    } else {
+        // TOS, TTL and protocol, addresses.
+        a[1] == b[1] && a[8..10] == b[8..10] && a[12..20] == b[12..20]
+    }
+}
+
 /// The kernel's limit for a GSO packet, minus room for headers.
 const MAX_SUPER: usize = 65_000;
 
@@ -246,17 +341,9 @@ impl Coalescer {
     /// Adds `pkt` if it continues the current flow; false when it does not
     /// fit (the caller flushes, then adds again).
     pub fn push(&mut self, pkt: &[u8], partial: bool) -> bool {
-        // IPv6 passes as it is (its header would read as a bogus IPv4 one).
-        if pkt.first().map(|b| b >> 4) != Some(4) {
-            return false;
-        }
-        let Ok((ihl, headers)) = tcp_headers(pkt) else {
+        let Some((ihl, headers)) = coalescible(pkt) else {
             return false;
         };
-        if pkt[9] != 6 || ihl != 20 || u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff != 0 {
-            // Only plain TCP over option-less IPv4, unfragmented.
-            return false;
-        }
         let payload = pkt.len() - headers;
         let flags = pkt[ihl + 13];
         let seq = u32::from_be_bytes([pkt[ihl + 4], pkt[ihl + 5], pkt[ihl + 6], pkt[ihl + 7]]);
@@ -277,17 +364,16 @@ impl Coalescer {
             return true;
         }
         let cur = &self.buf[V..];
-        let same_flow = headers == self.headers
-            && pkt[12..20] == cur[12..20]
+        let same_flow = ihl == self.ihl
+            && headers == self.headers
+            && same_ip(pkt, cur, ihl)
             && pkt[ihl..ihl + 4] == cur[self.ihl..self.ihl + 4]
             // Same ack, window and options; flags only ACK (PSH allowed on the last).
             && pkt[ihl + 8..ihl + 12] == cur[self.ihl + 8..self.ihl + 12]
             && pkt[ihl + 14..ihl + 16] == cur[self.ihl + 14..self.ihl + 16]
             && pkt[ihl + 20..headers] == cur[self.ihl + 20..self.headers]
             && flags & !0x08 == cur[self.ihl + 13] & !0x08
-            && flags & (0x01 | 0x02 | 0x04 | 0x20) == 0
-            && pkt[1] == cur[1]
-            && pkt[8] == cur[8];
+            && flags & (0x01 | 0x02 | 0x04 | 0x20) == 0;
         let last_was_full = (cur.len() - self.headers) == self.mss * self.segments;
         if !same_flow
             || seq != self.next_seq
@@ -312,20 +398,30 @@ impl Coalescer {
     pub fn flush(&mut self) -> &[u8] {
         let total = self.buf.len() - V;
         let ihl = self.ihl;
+        let v6 = ihl == 40;
         {
             let ip = &mut self.buf[V..V + ihl];
-            ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            ipv4_header_checksum(ip);
+            if v6 {
+                ip[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
+            } else {
+                ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+                ipv4_header_checksum(ip);
+            }
         }
         let hdr = if self.segments > 1 {
             // The kernel re-segments: it wants the pseudo-header sum in the
             // checksum field and the rest marked for completion.
             let l4_len = total - ihl;
-            let pseudo = fold(pseudo_sum(&self.buf[V..V + ihl], 6, l4_len));
+            let ip = &self.buf[V..V + ihl];
+            let pseudo = if v6 {
+                fold(pseudo_sum6(ip, 6, l4_len))
+            } else {
+                fold(pseudo_sum(ip, 6, l4_len))
+            };
             self.buf[V + ihl + 16..V + ihl + 18].copy_from_slice(&pseudo.to_be_bytes());
             VnetHdr {
                 flags: F_NEEDS_CSUM,
-                gso_type: GSO_TCPV4,
+                gso_type: if v6 { GSO_TCPV6 } else { GSO_TCPV4 },
                 hdr_len: self.headers as u16,
                 gso_size: self.mss as u16,
                 csum_start: ihl as u16,
@@ -341,247 +437,4 @@ impl Coalescer {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An IPv4/TCP packet with a correct checksum and `payload` bytes.
-    fn tcp_packet(seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
-        let mut p = vec![0u8; 40];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&((40 + payload.len()) as u16).to_be_bytes());
-        p[4..6].copy_from_slice(&7u16.to_be_bytes());
-        p[6] = 0x40;
-        p[8] = 64;
-        p[9] = 6;
-        p[12..16].copy_from_slice(&[10, 240, 0, 1]);
-        p[16..20].copy_from_slice(&[10, 240, 0, 2]);
-        p[20..22].copy_from_slice(&40000u16.to_be_bytes());
-        p[22..24].copy_from_slice(&5201u16.to_be_bytes());
-        p[24..28].copy_from_slice(&seq.to_be_bytes());
-        p[28..32].copy_from_slice(&99u32.to_be_bytes());
-        p[32] = 0x50;
-        p[33] = flags;
-        p[34..36].copy_from_slice(&512u16.to_be_bytes());
-        p.extend_from_slice(payload);
-        ipv4_header_checksum(&mut p[..20]);
-        let c = !fold(sum16(&p[20..], pseudo_sum(&p[..20], 6, p.len() - 20)));
-        p[36..38].copy_from_slice(&c.to_be_bytes());
-        p
-    }
-
-    fn checksums_ok(p: &[u8]) -> bool {
-        fold(sum16(&p[..20], 0)) == 0xffff
-            && fold(sum16(&p[20..], pseudo_sum(&p[..20], 6, p.len() - 20))) == 0xffff
-    }
-
-    #[test]
-    fn the_vnet_header_round_trips() {
-        let h = VnetHdr {
-            flags: 1,
-            gso_type: 1,
-            hdr_len: 52,
-            gso_size: 1396,
-            csum_start: 20,
-            csum_offset: 16,
-        };
-        let mut b = [0u8; 10];
-        h.write(&mut b);
-        assert_eq!(VnetHdr::parse(&b), Some(h));
-        assert_eq!(VnetHdr::parse(&b[..9]), None);
-    }
-
-    #[test]
-    fn super_packets_are_cut_into_valid_segments() {
-        let payload: Vec<u8> = (0..3500u32).map(|i| i as u8).collect();
-        let mut big = tcp_packet(1000, 0x18, &payload); // ACK|PSH
-        let hdr = VnetHdr {
-            flags: F_NEEDS_CSUM,
-            gso_type: GSO_TCPV4,
-            hdr_len: 40,
-            gso_size: 1400,
-            csum_start: 20,
-            csum_offset: 16,
-        };
-        let mut out = Vec::new();
-        segment(&hdr, &mut big, &mut Vec::new(), |s, partial| {
-            assert!(partial);
-            out.push(s.to_vec())
-        })
-        .unwrap();
-        assert_eq!(out.len(), 3);
-        let mut joined = Vec::new();
-        for (i, s) in out.iter_mut().enumerate() {
-            complete_checksum(s, 20, 16).unwrap();
-            assert!(checksums_ok(s), "segment {i}");
-            assert_eq!(
-                u32::from_be_bytes([s[24], s[25], s[26], s[27]]),
-                1000 + 1400 * i as u32
-            );
-            assert_eq!(u16::from_be_bytes([s[4], s[5]]), 7 + i as u16);
-            assert_eq!(s[33] & 0x08 != 0, i == 2, "PSH only on the last");
-            joined.extend_from_slice(&s[40..]);
-        }
-        assert_eq!(joined, payload);
-    }
-
-    #[test]
-    fn partial_checksums_are_completed() {
-        let mut p = tcp_packet(1, 0x10, b"hello");
-        // What the kernel hands over: the pseudo-header sum in the field.
-        let pseudo = fold(pseudo_sum(&p[..20], 6, p.len() - 20));
-        p[36..38].copy_from_slice(&pseudo.to_be_bytes());
-        let hdr = VnetHdr {
-            flags: F_NEEDS_CSUM,
-            csum_start: 20,
-            csum_offset: 16,
-            ..VnetHdr::default()
-        };
-        let mut out = Vec::new();
-        segment(&hdr, &mut p, &mut Vec::new(), |s, partial| {
-            out.push((s.to_vec(), partial))
-        })
-        .unwrap();
-        assert!(out[0].1, "travels partial");
-        let mut done = out[0].0.clone();
-        complete_checksum(&mut done, 20, 16).unwrap();
-        assert!(checksums_ok(&done));
-        // A checksum somewhere unusual is completed before it leaves.
-        let mut q = p.clone();
-        let odd = VnetHdr {
-            csum_start: 22,
-            ..hdr
-        };
-        let mut got = Vec::new();
-        segment(&odd, &mut q, &mut Vec::new(), |s, partial| {
-            got.push((s.to_vec(), partial))
-        })
-        .unwrap();
-        assert!(!got[0].1);
-        assert_eq!(
-            segment(
-                &VnetHdr { gso_type: 4, ..hdr },
-                &mut p,
-                &mut Vec::new(),
-                |_, _| {}
-            ),
-            Err(OffloadError::Unsupported(4))
-        );
-        assert_eq!(
-            segment(
-                &VnetHdr { gso_type: 1, ..hdr },
-                &mut p[..30].to_vec(),
-                &mut Vec::new(),
-                |_, _| {}
-            ),
-            Err(OffloadError::Short)
-        );
-    }
-
-    #[test]
-    fn consecutive_segments_coalesce_and_segment_back() {
-        let payload: Vec<u8> = (0..4000u32).map(|i| (i * 7) as u8).collect();
-        let mut c = Coalescer::default();
-        let segs: Vec<Vec<u8>> = payload
-            .chunks(1000)
-            .enumerate()
-            .map(|(i, ch)| tcp_packet(5000 + 1000 * i as u32, if i == 3 { 0x18 } else { 0x10 }, ch))
-            .collect();
-        for s in &segs {
-            assert!(c.push(s, true));
-        }
-        let out = c.flush().to_vec();
-        let hdr = VnetHdr::parse(&out).unwrap();
-        assert_eq!(
-            (hdr.gso_type, hdr.gso_size, hdr.hdr_len),
-            (GSO_TCPV4, 1000, 40)
-        );
-        // What the kernel would do with it: segment it again.
-        let mut back = Vec::new();
-        let mut pkt = out[VNET_HDR_LEN..].to_vec();
-        complete_checksum(&mut pkt, 20, 16).unwrap();
-        segment(&hdr, &mut pkt, &mut Vec::new(), |s, _| {
-            back.push(s.to_vec())
-        })
-        .unwrap();
-        assert_eq!(back.len(), 4);
-        for (a, b) in back.iter().zip(&segs) {
-            assert_eq!(&a[24..28], &b[24..28]);
-            assert_eq!(&a[40..], &b[40..]);
-        }
-    }
-
-    #[test]
-    fn only_the_same_flow_in_order_coalesces() {
-        let mut c = Coalescer::default();
-        assert!(c.push(&tcp_packet(0, 0x10, &[1; 100]), false));
-        assert!(!c.push(&tcp_packet(500, 0x10, &[1; 100]), false), "gap");
-        assert!(!c.push(&tcp_packet(100, 0x11, &[1; 100]), false), "FIN");
-        assert!(
-            !c.push(&tcp_packet(100, 0x10, &[1; 200]), false),
-            "bigger than the first"
-        );
-        let mut other = tcp_packet(100, 0x10, &[1; 100]);
-        other[16..20].copy_from_slice(&[10, 240, 0, 9]);
-        assert!(!c.push(&other, false), "other flow");
-        assert!(
-            c.push(&tcp_packet(100, 0x10, &[1; 50]), false),
-            "a short one ends it"
-        );
-        assert!(
-            !c.push(&tcp_packet(150, 0x10, &[1; 50]), false),
-            "nothing after a short one"
-        );
-        let mut fresh = Coalescer::default();
-        assert!(
-            !fresh.push(&tcp_packet(0, 0x02, &[]), false),
-            "SYN passes alone"
-        );
-        assert!(
-            !fresh.push(&tcp_packet(0, 0x10, &[]), false),
-            "pure ACK passes alone"
-        );
-        c.flush();
-        assert!(c.is_empty());
-    }
-}
-
-#[cfg(test)]
-mod receive_tests {
-    use super::*;
-
-    #[test]
-    fn receive_headers_say_what_to_do_with_the_checksum() {
-        let mut tcp = vec![0u8; 40];
-        tcp[0] = 0x45;
-        tcp[9] = 6;
-        assert_eq!(
-            receive_header(&tcp, true),
-            VnetHdr {
-                flags: F_NEEDS_CSUM,
-                csum_start: 20,
-                csum_offset: 16,
-                ..VnetHdr::default()
-            }
-        );
-        assert_eq!(receive_header(&tcp, false).flags, F_DATA_VALID);
-        let mut udp = tcp.clone();
-        udp[9] = 17;
-        assert_eq!(receive_header(&udp, true).csum_offset, 6);
-        let mut tcp6 = vec![0u8; 60];
-        tcp6[0] = 0x65; // a traffic class whose nibble reads as an IHL of 20
-        tcp6[6] = 6;
-        tcp6[9] = 6;
-        assert_eq!(receive_header(&tcp6, true).csum_start, 40);
-        assert!(
-            !Coalescer::default().push(&tcp6, true),
-            "IPv6 is not coalesced"
-        );
-        let mut icmp = tcp;
-        icmp[9] = 1;
-        assert_eq!(
-            receive_header(&icmp, true).flags,
-            F_DATA_VALID,
-            "ICMP never travels partial"
-        );
-    }
-}
+mod tests;
