@@ -18,8 +18,9 @@ use crate::{maps::PN_IFACES, report::count};
 /// `PN_COUNTERS` row of the tunnel's drops: the host's.
 const HOST: u16 = 0;
 
-/// Where an IPv6 header holds its source address.
+/// Where an IPv6 header holds its source and destination addresses.
 const IPV6_SRC: usize = 8;
+const IPV6_DST: usize = 24;
 
 #[classifier]
 pub fn pn_into_tunnel(ctx: TcContext) -> i32 {
@@ -29,6 +30,10 @@ pub fn pn_into_tunnel(ctx: TcContext) -> i32 {
     // SAFETY: plain data, see tc.rs.
     let from = unsafe { PN_IFACES.get(ingress) }.copied();
     let reason = match ctx.load::<u8>(0).ok().map(|b| b >> 4) {
+        // The host's own stack sends listener reports (from `::` to
+        // ff02::16) on the tunnel's device once it has IPv6: link chatter,
+        // never a member's packet, and no forged source either.
+        Some(6) if ctx.load::<u8>(IPV6_DST).ok() == Some(0xff) => Reason::NdDenied,
         Some(6) => match ctx.load::<Ip6>(IPV6_SRC).ok() {
             Some(src) => policy::into_tunnel(src, from.as_ref()),
             None => Reason::Malformed,
