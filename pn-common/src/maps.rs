@@ -169,6 +169,13 @@ pub struct Config {
     /// like the IPv4 one, with the same zero default.
     pub pool6_addr: Ip6,
     pub pool6_mask: Ip6,
+    /// Entries each container may hold in each connection table
+    /// (`PN_CONNS` and `PN_CONNS6` together, `PN_LB_CONNS` apart): a new
+    /// connection over it is dropped (`conn_quota`), so one container can
+    /// neither fill a table nor crowd out another's entries. 0: no share
+    /// (an agent that does not set it keeps the old behaviour).
+    pub conn_share: u32,
+    pub _pad: u32,
 }
 
 impl Config {
@@ -257,7 +264,11 @@ pub struct ConnState {
     pub last_seen_ns: u64,
     /// A [`ConnKind`].
     pub kind: u8,
-    pub _pad: [u8; 7],
+    /// 1 once the side that opened a TCP connection sent its FIN or a
+    /// reset (0 again on its next SYN): the entry then idles out sooner
+    /// (see `policy::conn_live`). Was padding: earlier entries read as open.
+    pub closing: u8,
+    pub _pad: [u8; 6],
 }
 
 impl ConnState {
@@ -300,6 +311,23 @@ pub struct Peer {
     /// Agent-local index of the peer (0 is never used).
     pub index: u32,
     pub flags: u32,
+}
+
+/// Value of `PN_CONN_COUNT`, an array indexed by [`Iface::slot`]: how many
+/// entries the container holds in the connection tables, against
+/// [`Config::conn_share`]. The programs add one (atomically) per entry they
+/// create and never subtract; the agent's sweep recounts every few seconds
+/// (removing what idled out), so a lost race or an evicted entry corrects
+/// itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnCount {
+    /// Entries of `PN_CONNS` and `PN_CONNS6`. 64 bits: the BPF target's
+    /// only atomic width.
+    pub conns: u64,
+    /// Balanced connections of `PN_LB_CONNS` (one per connection, though
+    /// each holds two entries: the forward and the reverse).
+    pub lb: u64,
 }
 
 /// Per-CPU state of the rate limit of the events sent to user space
@@ -370,7 +398,8 @@ const _: () = assert!(MAX_COUNTER_SLOTS <= u16::MAX as u32 + 1);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey<Ip6>>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 8);
-const _: () = assert!(core::mem::size_of::<Config>() == 56);
+const _: () = assert!(core::mem::size_of::<Config>() == 64);
+const _: () = assert!(core::mem::size_of::<ConnCount>() == 16);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 16);
 const _: () = assert!(core::mem::size_of::<ConnKey<Ip6>>() == 40);
 // `PN_EGRESS_DENY6`'s key is the prefix length (u32) and the address.
@@ -412,4 +441,6 @@ mod pod {
     unsafe impl aya::Pod for ConnState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for DenyRange {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ConnCount {}
 }

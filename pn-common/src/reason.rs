@@ -94,11 +94,16 @@ pub enum Reason {
     /// host's gateway soliciting (or answering) the container: IPv6's twin
     /// of `arp_denied`.
     NdDenied = 34,
+    /// Dropped: a new connection of a container that already holds its
+    /// share (`--conn-share`) of a connection table (`PN_CONNS`,
+    /// `PN_CONNS6`, `PN_LB_CONNS`): it cannot crowd other containers'
+    /// connections out of the table.
+    ConnQuota = 35,
 }
 
 impl Reason {
     /// Number of reasons; counter arrays are sized by it.
-    pub const COUNT: usize = 35;
+    pub const COUNT: usize = 36;
 
     pub const ALL: [Reason; Reason::COUNT] = [
         Reason::Forwarded,
@@ -136,6 +141,7 @@ impl Reason {
         Reason::ArpDenied,
         Reason::Nd,
         Reason::NdDenied,
+        Reason::ConnQuota,
     ];
 
     pub const fn from_u8(v: u8) -> Option<Reason> {
@@ -198,6 +204,7 @@ impl Reason {
             Reason::ArpDenied => "arp_denied",
             Reason::Nd => "nd",
             Reason::NdDenied => "nd_denied",
+            Reason::ConnQuota => "conn_quota",
         }
     }
 

@@ -15,7 +15,10 @@ use pn_common::{
     policy::{ETH_HLEN, IPPROTO_TCP, Ipv4Summary},
 };
 
-use crate::maps::{PN_LB_BACKENDS, PN_LB_CONNS, PN_LB_SERVICES, PN_LB_SLOTS, PN_LB_STATS};
+use crate::{
+    maps::{PN_LB_BACKENDS, PN_LB_CONNS, PN_LB_SERVICES, PN_LB_SLOTS, PN_LB_STATS},
+    share::Table,
+};
 
 /// Offsets of the addresses in the IPv4 header, and of the checksums.
 const IP_CSUM: usize = ETH_HLEN + 10;
@@ -26,11 +29,20 @@ const UDP_CSUM: usize = 6;
 
 /// A packet leaving a client: toward a service address of its network, it
 /// leaves toward a backend (`pkt.dst` follows). `l4`: where L4 starts;
-/// `flags`: the TCP flags (0 for anything else).
+/// `flags`: the TCP flags (0 for anything else); `share`: the entries the
+/// client may hold (`Config::conn_share`). False: a new connection over
+/// the client's share, to be dropped (`conn_quota`).
 #[inline(always)]
-pub fn from_container(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv4Summary, l4: usize, flags: u8) {
+pub fn from_container(
+    ctx: &TcContext,
+    iface: &Iface,
+    pkt: &mut Ipv4Summary,
+    l4: usize,
+    flags: u8,
+    share: u32,
+) -> bool {
     if pkt.src != iface.addr {
-        return;
+        return true;
     }
     // SAFETY: plain-data values, see `tc::handle`.
     let svc = unsafe { PN_LB_SERVICES.get(pkt.dst) };
@@ -41,7 +53,7 @@ pub fn from_container(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv4Summary, l4:
             // the service's.
             let _ = PN_LB_CONNS.remove(LbConnKey::reverse_of(pkt, pkt.dst));
         }
-        return;
+        return true;
     }
     let key = LbConnKey::forward(pkt);
     // A pointer, not a copy: a closing segment then changes the state in
@@ -59,22 +71,27 @@ pub fn from_container(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv4Summary, l4:
     // The backend; the entries' state; whether they are to be written.
     let (backend, state, fresh) = match lb::lb_step(pkt, flags, svc, iface.tag, known, live, now_s)
     {
-        LbStep::Pass => return,
+        LbStep::Pass => return true,
         LbStep::Expire(b) => {
             let _ = PN_LB_CONNS.remove(key);
             let _ = PN_LB_CONNS.remove(LbConnKey::reverse_of(pkt, b));
-            return;
+            return true;
         }
         LbStep::Keep(b) => (b, known.map_or(0, |c| c.state), false),
         LbStep::Renew(b) => (b, 0, true),
         LbStep::Choose(count) => {
+            // New entries (not a known connection's, rewritten in place)
+            // only within the client's share.
+            if known.is_none() && !crate::share::take(iface.slot, share, Table::Lb) {
+                return false;
+            }
             let slot = SlotKey {
                 vip,
                 slot: lb::slot_of(pkt),
             };
             // SAFETY: as above.
             let Some(b) = (unsafe { PN_LB_SLOTS.get(slot) }).copied() else {
-                return;
+                return true;
             };
             match count {
                 LbCount::New => stat(vip, b, |s| s.new_conns += 1),
@@ -102,6 +119,7 @@ pub fn from_container(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv4Summary, l4:
     if rewrite(ctx, pkt.proto, l4, IP_DST, vip, backend) {
         pkt.dst = backend;
     }
+    true
 }
 
 /// A packet entering a client: a reply from a backend it reached through a

@@ -3,6 +3,11 @@
 //! be decided without the kernel is decided (and tested) in `pn-common`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// `core`'s atomic types lack read-modify-write methods on the BPF target;
+// the intrinsic lowers to the instruction (`lock xadd`) all the same. Only
+// `share` uses it.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod conn;
@@ -13,6 +18,8 @@ mod maps;
 mod packet;
 #[cfg(target_arch = "bpf")]
 mod report;
+#[cfg(target_arch = "bpf")]
+mod share;
 #[cfg(target_arch = "bpf")]
 mod tc;
 #[cfg(target_arch = "bpf")]

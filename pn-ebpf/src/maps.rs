@@ -12,7 +12,7 @@ use pn_common::{
         MAX_SLOTS, Service, SlotKey,
     },
     maps::{
-        Config, ConnKey, ConnState, Counters, DenyRange, EVENTS_BYTES, Endpoint, EventBudget,
+        Config, ConnCount, ConnKey, ConnState, Counters, DenyRange, EVENTS_BYTES, Endpoint, EventBudget,
         FlowKey, FlowState, Iface, MAX_CONNS, MAX_CONNS6, MAX_COUNTER_SLOTS, MAX_EGRESS_DENY,
         MAX_EGRESS_DENY6, MAX_ENDPOINTS, MAX_ENDPOINTS6, MAX_FLOWS, MAX_IFACES, MAX_PEERS,
         MAX_TAGS, Peer,
@@ -92,3 +92,8 @@ pub static PN_LB_CONNS: LruHashMap<LbConnKey, LbConn> = LruHashMap::pinned(MAX_L
 /// Per backend: connections sent, connections moved away.
 #[map]
 pub static PN_LB_STATS: PerCpuHashMap<LbStatsKey, LbStats> = PerCpuHashMap::pinned(MAX_BACKENDS, 0);
+
+/// Per container (by `Iface::slot`): entries it holds in the connection
+/// tables, against `Config::conn_share` (see `crate::share`).
+#[map]
+pub static PN_CONN_COUNT: Array<ConnCount> = Array::pinned(MAX_COUNTER_SLOTS, 0);

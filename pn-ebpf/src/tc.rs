@@ -20,6 +20,7 @@ use pn_common::{
 
 use crate::{
     conn::Seg,
+    share::Table,
     maps::{PN_CONFIG, PN_CONNS, PN_EGRESS_DENY, PN_ENDPOINTS, PN_FLOWS, PN_IFACES},
     packet::load,
     report::{PacketCtx, count, report, report_drop},
@@ -55,7 +56,30 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     // torn read of a just-replaced entry, which the agent never does in place.
     let iface = unsafe { PN_IFACES.get(ifindex) }.copied();
     let cfg = PN_CONFIG.get(0).copied().unwrap_or_default();
-    let (reason, pkt, conn) = decide(ctx, dir, iface.as_ref(), &cfg);
+    let (mut reason, pkt, conn) = decide(ctx, dir, iface.as_ref(), &cfg);
+    // The side that opened a connection with the outside keeps its entry,
+    // so the other side's packets are admitted: the entry to write, the
+    // entry there now (zeroed if none).
+    let mut track = match (&pkt, reason, dir) {
+        (Some((p, _)), Reason::Egress, Direction::FromContainer) => {
+            Some((ConnKey::leaving(p), conn.entry, ConnKind::Egress))
+        }
+        (Some((p, _)), Reason::Published, Direction::ToContainer) if !conn.done => {
+            let key = ConnKey::entering(p);
+            // SAFETY: see `handle`.
+            let known = unsafe { PN_CONNS.get(key) }.copied().unwrap_or_default();
+            Some((key, known, ConnKind::Published))
+        }
+        _ => None,
+    };
+    // A new entry only within the container's share (`policy::share`).
+    if let (Some((_, known, _)), Some(i)) = (&track, &iface)
+        && known.kind == 0
+        && !crate::share::take(i.slot, cfg.conn_share, Table::Conns)
+    {
+        reason = Reason::ConnQuota;
+        track = None;
+    }
     let at = PacketCtx {
         cfg: &cfg,
         dir,
@@ -72,8 +96,8 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
                 crate::conn::observe(ctx, dir, ifindex, &pkt, &seg);
             }
             let flags = seg.flags;
-            match (reason, dir) {
-                (Reason::Forwarded, _) => match policy::flow_check(pkt.proto, flags) {
+            if reason == Reason::Forwarded {
+                match policy::flow_check(pkt.proto, flags) {
                     FlowCheck::Established => {}
                     FlowCheck::Opening => {
                         // SAFETY: bpf_ktime_get_ns has no preconditions.
@@ -81,23 +105,10 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
                         new_flow(&at, now, Reason::Forwarded, &pkt);
                     }
                     FlowCheck::Table => track_flow(&at, &pkt),
-                },
-                // The side that opened a connection with the outside keeps
-                // its entry, so the other side's packets are admitted.
-                (Reason::Egress, Direction::FromContainer) => track_conn(
-                    &at,
-                    &pkt,
-                    ConnKey::leaving(&pkt),
-                    conn.entry,
-                    ConnKind::Egress,
-                ),
-                (Reason::Published, Direction::ToContainer) if !conn.done => {
-                    let key = ConnKey::entering(&pkt);
-                    // SAFETY: see `handle`.
-                    let known = unsafe { PN_CONNS.get(key) }.copied().unwrap_or_default();
-                    track_conn(&at, &pkt, key, known, ConnKind::Published)
                 }
-                _ => {}
+            }
+            if let Some((key, known, kind)) = track {
+                track_conn(&at, &pkt, flags, key, known, kind);
             }
         }
         // Not a final verdict: other TCX programs on the hook still run.
@@ -126,7 +137,8 @@ impl Looked {
         entry: ConnState {
             last_seen_ns: 0,
             kind: 0,
-            _pad: [0; 7],
+            closing: 0,
+            _pad: [0; 6],
         },
     };
 }
@@ -268,8 +280,10 @@ fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) 
         sport,
         dport,
     };
-    if let (Direction::FromContainer, Some(i), false) = (dir, iface, ip.later_fragment) {
-        crate::lb::from_container(ctx, i, &mut pkt, l4, seg.flags);
+    if let (Direction::FromContainer, Some(i), false) = (dir, iface, ip.later_fragment)
+        && !crate::lb::from_container(ctx, i, &mut pkt, l4, seg.flags, cfg.conn_share)
+    {
+        return (Reason::ConnQuota, Some((pkt, seg)), Looked::NOT);
     }
     let mut edge = Edge {
         ctx,
@@ -343,21 +357,31 @@ fn track_flow(at: &PacketCtx, pkt: &Ipv4Summary) {
     }
 }
 
-/// Records (at most once a second) a connection with the outside from the
-/// side that opened it; `known` is its current entry (zeroed if none).
+/// Records (at most once a second, and on its opener's SYN, FIN or reset)
+/// a connection with the outside from the side that opened it; `known` is
+/// its current entry (zeroed if none), `flags` the segment's TCP flags.
 #[inline(always)]
-fn track_conn(at: &PacketCtx, pkt: &Ipv4Summary, key: ConnKey, known: ConnState, kind: ConnKind) {
+fn track_conn(
+    at: &PacketCtx,
+    pkt: &Ipv4Summary,
+    flags: u8,
+    key: ConnKey,
+    known: ConnState,
+    kind: ConnKind,
+) {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let last = (known.kind != 0).then_some(known.last_seen_ns);
     let update = policy::flow_update(last, now);
-    if update == FlowUpdate::Keep && known.kind == kind as u8 {
+    let closing = policy::conn_closing(known.closing, flags);
+    if update == FlowUpdate::Keep && known.kind == kind as u8 && known.closing == closing {
         return;
     }
     let state = ConnState {
         last_seen_ns: now,
         kind: kind as u8,
-        _pad: [0; 7],
+        closing,
+        _pad: [0; 6],
     };
     let _ = PN_CONNS.insert(key, state, 0);
     if update == FlowUpdate::New {

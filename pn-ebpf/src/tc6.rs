@@ -30,6 +30,7 @@ use pn_common::{
 };
 
 use crate::{
+    share::Table,
     maps::{PN_CONFIG, PN_CONNS6, PN_EGRESS_DENY6, PN_ENDPOINTS6, PN_FLOWS6, PN_IFACES},
     packet::load,
     report::{PacketCtx, count, count_at, report},
@@ -71,8 +72,26 @@ pub fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     // to be in range and would drop the counter index's check, which the
     // verifier needs.
     // SAFETY: a read of a local.
-    let raw = unsafe { core::ptr::read_volatile(&decided) };
-    let reason = Reason::from_u8(raw).unwrap_or(Reason::Malformed);
+    let mut raw = unsafe { core::ptr::read_volatile(&decided) };
+    let mut reason = Reason::from_u8(raw).unwrap_or(Reason::Malformed);
+    // The side that opened a connection with the outside keeps its entry,
+    // so the other side's packets are admitted (as `tc`'s); a new entry
+    // only within the container's share, else the packet is dropped.
+    let wrote = match (reason, dir) {
+        (Reason::Egress, Direction::FromContainer) => track_conn(&at, &v, ConnKind::Egress, slot),
+        (Reason::Published, Direction::ToContainer) => {
+            track_conn(&at, &v, ConnKind::Published, slot)
+        }
+        _ => 0,
+    };
+    // Read, volatile: a result left unused lets the compiler drop it, and
+    // the subprogram would return whatever its last register held (a stack
+    // pointer, which the verifier refuses).
+    // SAFETY: a read of a local.
+    if unsafe { core::ptr::read_volatile(&wrote) } == OVER_SHARE {
+        reason = Reason::ConnQuota;
+        raw = Reason::ConnQuota as u8;
+    }
     count_at(slot, raw, at.len);
     if reason.is_drop() {
         event(&at, EventKind::Drop, reason, &v);
@@ -85,18 +104,6 @@ pub fn handle(ctx: &TcContext, dir: Direction) -> i32 {
             FlowCheck::Table => track_flow(&at, &v),
         }
     }
-    // The side that opened a connection with the outside keeps its entry,
-    // so the other side's packets are admitted (as `tc`'s).
-    let wrote = match (reason, dir) {
-        (Reason::Egress, Direction::FromContainer) => track_conn(&at, &v, ConnKind::Egress),
-        (Reason::Published, Direction::ToContainer) => track_conn(&at, &v, ConnKind::Published),
-        _ => 0,
-    };
-    // Read, volatile: a result left unused lets the compiler drop it, and
-    // the subprogram would return whatever its last register held (a stack
-    // pointer, which the verifier refuses).
-    // SAFETY: a read of a local.
-    unsafe { core::ptr::read_volatile(&wrote) };
     TC_ACT_PIPE
 }
 
@@ -452,11 +459,16 @@ fn track_flow(at: &PacketCtx, v: &Verdict) {
     }
 }
 
-/// `tc::track_conn` over `PN_CONNS6`: records (at most once a second) a
-/// connection with the outside from the side that opened it. Whether it
-/// wrote, as a number: a subprogram returns a scalar (see `decide`).
+/// `track_conn`'s answer for a new connection over its container's share.
+const OVER_SHARE: u8 = 2;
+
+/// `tc::track_conn` over `PN_CONNS6`: records (at most once a second, and
+/// on its opener's SYN, FIN or reset) a connection with the outside from
+/// the side that opened it. Whether it wrote (1), or refused a new entry
+/// over the share of the container of counter row `slot` ([`OVER_SHARE`]),
+/// as a number: a subprogram returns a scalar (see `decide`).
 #[inline(never)]
-fn track_conn(at: &PacketCtx, v: &Verdict, kind: ConnKind) -> u8 {
+fn track_conn(at: &PacketCtx, v: &Verdict, kind: ConnKind, slot: u16) -> u8 {
     let key = match at.dir {
         Direction::FromContainer => ConnKey::leaving(&v.pkt),
         _ => ConnKey::entering(&v.pkt),
@@ -475,15 +487,37 @@ fn track_conn(at: &PacketCtx, v: &Verdict, kind: ConnKind) -> u8 {
             None => (0, update_code(FlowUpdate::New)),
         }
     };
-    if update == update_code(FlowUpdate::Keep) && known == kind as u8 {
+    // The opener's SYN, FIN or reset may change `closing` (0 for UDP and
+    // ICMPv6, which have no flags).
+    let flags = v.tcp_flags;
+    let marks = flags & (policy::TCP_SYN | policy::TCP_FIN | policy::TCP_RST) != 0;
+    if update == update_code(FlowUpdate::Keep) && known == kind as u8 && !marks {
         return 0;
     }
-    let state = ConnState {
-        last_seen_ns: now,
-        kind: kind as u8,
-        _pad: [0; 7],
-    };
-    let _ = PN_CONNS6.insert(key, state, 0);
+    // In place when the entry is there (its `closing` kept); a new one only
+    // within the share.
+    match PN_CONNS6.get_ptr_mut(key) {
+        Some(c) => {
+            // SAFETY: a value of the map, valid for the program run; plain data.
+            unsafe {
+                (*c).closing = policy::conn_closing((*c).closing, flags);
+                (*c).kind = kind as u8;
+                (*c).last_seen_ns = now;
+            }
+        }
+        None => {
+            if !crate::share::take(slot, at.cfg.conn_share, Table::Conns) {
+                return OVER_SHARE;
+            }
+            let state = ConnState {
+                last_seen_ns: now,
+                kind: kind as u8,
+                closing: policy::conn_closing(0, flags),
+                _pad: [0; 6],
+            };
+            let _ = PN_CONNS6.insert(key, state, 0);
+        }
+    }
     if update == update_code(FlowUpdate::New) {
         let reason = match kind {
             ConnKind::Egress => Reason::Egress,

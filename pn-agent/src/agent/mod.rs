@@ -17,7 +17,8 @@
 //! (`app move`) and `status` answer the API, `reap` detaches containers
 //! whose interface vanished, `edge` holds what the edge needs besides the
 //! view (host facts, the nftables table, published ports), `health` probes
-//! local containers of apps with a health port, `names` gives the datapath's
+//! local containers of apps with a health port, `share` sweeps the
+//! connection tables for the containers' shares, `names` gives the datapath's
 //! metrics the membership's names, `takeover` is the agent's side of a
 //! hand-over (and opens the tunnel otherwise), `dns_server` starts the DNS
 //! server on the view.
@@ -38,6 +39,7 @@ mod names;
 mod pending;
 mod reap;
 pub mod reconcile;
+mod share;
 mod start;
 mod status;
 mod takeover;

@@ -303,6 +303,7 @@ async fn load_datapath(
         tunnel_port,
         tunnel_ifindex,
         drop_events_per_sec: cfg.drop_events_per_sec,
+        conn_share: cfg.conn_share,
         ..Default::default()
     };
     Ok(Loaded {
@@ -419,6 +420,7 @@ impl Agent {
         tokio::spawn(agent.clone().reap_vanished());
         tokio::spawn(agent.clone().repair_edge());
         tokio::spawn(agent.clone().check_health());
+        tokio::spawn(agent.clone().sweep_conns());
         if let Some(e) = early {
             e.keep();
         }

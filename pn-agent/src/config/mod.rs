@@ -31,6 +31,10 @@ pub const DEFAULT_DNS_TTL: u32 = 5;
 pub const DEFAULT_DNS_QUERY_RATE: u32 = 1000;
 pub const DEFAULT_MTU: u32 = 1500;
 pub const DEFAULT_DROP_EVENTS_PER_SEC: u32 = 200;
+/// `--conn-share`: an eighth of `PN_CONNS` (131 072): one container cannot
+/// take more than that from the others, and a container opening 100
+/// connections a second (each closed, held 2 min after) stays under it.
+pub const DEFAULT_CONN_SHARE: u32 = 16_384;
 
 /// The settings a flag or the file can give; `None` means "not given here".
 #[derive(Clone, Debug, Default, Deserialize, clap::Args)]
@@ -103,6 +107,9 @@ pub struct RunSettings {
     /// Drop events per second and CPU sent to `flows`, and as many new-flow events (the rest is only counted) [default: 200].
     #[arg(long)]
     pub drop_events_per_sec: Option<u32>,
+    /// Connections with the world (and published ones) each container may hold, and balanced connections apart; a new one over it is dropped as conn_quota, so one container cannot crowd out the others' (0: no share) [default: 16384].
+    #[arg(long)]
+    pub conn_share: Option<u32>,
     /// What the datapath tracks between members: off, conns (connections) or http (connections and HTTP/1.x requests) [default: http].
     #[arg(long)]
     pub track: Option<String>,
@@ -300,6 +307,8 @@ pub struct RunConfig {
     /// Explicit container MTU; `None`: derived from the underlay.
     pub mtu: Option<u32>,
     pub drop_events_per_sec: u32,
+    /// `--conn-share` (`pn_common::maps::Config::conn_share`).
+    pub conn_share: u32,
     /// `pn_common::conn::TRACK_*` bits.
     pub track: u32,
     pub etcd_prefix: String,
@@ -467,6 +476,7 @@ impl RunConfig {
             ipv6,
             mtu,
             drop_events_per_sec: pick!(drop_events_per_sec).unwrap_or(DEFAULT_DROP_EVENTS_PER_SEC),
+            conn_share: pick!(conn_share).unwrap_or(DEFAULT_CONN_SHARE),
             track,
             etcd_prefix,
             api_socket: pick!(api_socket).unwrap_or_else(|| DEFAULT_API_SOCKET.into()),

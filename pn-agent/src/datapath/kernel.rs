@@ -28,6 +28,7 @@ use super::state::{ServiceState, State};
 use super::{maps::Maps, pins};
 
 mod links;
+mod sweep;
 
 const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
 
@@ -90,6 +91,7 @@ pub struct Kernel {
     events: Option<RingBuf<MapData>>,
     conn: super::conn::ConnMaps,
     lb: super::lb::LbMaps,
+    share: sweep::ShareMaps,
     links_dir: PathBuf,
     xdp_dir: PathBuf,
     /// The maps hold an earlier agent's entries (see [`Kernel::carried`]).
@@ -194,6 +196,11 @@ impl Kernel {
             backends: take(&mut ebpf, objects::MAP_LB_BACKENDS)?,
             stats: take(&mut ebpf, objects::MAP_LB_STATS)?,
         };
+        let share = sweep::ShareMaps {
+            count: take(&mut ebpf, objects::MAP_CONN_COUNT)?,
+            lb_conns: take(&mut ebpf, objects::MAP_LB_CONNS)?,
+            flows: take(&mut ebpf, objects::MAP_FLOWS)?,
+        };
         Ok(Kernel {
             ebpf,
             endpoints,
@@ -208,6 +215,7 @@ impl Kernel {
             events,
             conn,
             lb,
+            share,
             links_dir,
             xdp_dir,
             carried,
@@ -431,7 +439,8 @@ impl Maps for Kernel {
             .ctx(|| "zeroed counters".into())?;
         self.counters
             .set(u32::from(slot), zeros, 0)
-            .ctx(|| format!("zeroing PN_COUNTERS[{slot}]"))
+            .ctx(|| format!("zeroing PN_COUNTERS[{slot}]"))?;
+        self.reset_conn_count(slot)
     }
 
     fn forget_conns(&mut self, container: Ip4) -> Result<()> {

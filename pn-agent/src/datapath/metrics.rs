@@ -71,6 +71,9 @@ struct Read {
     lb: BTreeMap<LbStatsKey, LbStats>,
     suppressed: Result<Vec<(EventKind, u64)>>,
     lost: Result<Vec<(LostKind, Vec<u64>)>>,
+    /// Entries each local container holds in the connection tables (its
+    /// address, world and published, balanced), against `--conn-share`.
+    shares: Vec<(Ip4, u64, u64)>,
 }
 
 impl DatapathCollector {
@@ -83,7 +86,14 @@ impl DatapathCollector {
                 Vec::new()
             }
         };
+        let ifaces = &dp.current().ifaces;
+        let counts = dp.maps().conn_counts(ifaces.values().map(|i| i.slot));
+        let shares = ifaces
+            .values()
+            .filter_map(|i| counts.get(&i.slot).map(|c| (i.addr, c.conns, c.lb)))
+            .collect();
         Read {
+            shares,
             counters,
             attached: dp.current().attached.len(),
             lb: dp.maps().lb_stats().unwrap_or_default(),
@@ -163,6 +173,45 @@ impl DatapathCollector {
     }
 }
 
+impl DatapathCollector {
+    /// `pn_conn_entries`: per container and table (`world`: `PN_CONNS` and
+    /// `PN_CONNS6`; `balanced`: `PN_LB_CONNS`), as of the last sweep plus
+    /// what the programs added since. A container at `--conn-share` has
+    /// its new connections dropped as `conn_quota` (`pn_packets`).
+    fn encode_shares(
+        &self,
+        shares: &[(Ip4, u64, u64)],
+        encoder: &mut DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let ips: Vec<Ipv4Addr> = shares
+            .iter()
+            .map(|&(a, _, _)| Ipv4Addr::from(ip4_octets(a)))
+            .collect();
+        let names = self.names.endpoints(&ips);
+        let mut m = encoder.encode_descriptor(
+            "pn_conn_entries",
+            "Entries a container holds in the connection tables (world: with the world and published; balanced: through service addresses), against --conn-share",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (&(_, world, balanced), name) in shares.iter().zip(names) {
+            let Some([network, app, container]) = name else {
+                continue;
+            };
+            for (table, n) in [("world", world), ("balanced", balanced)] {
+                let labels: Labels = vec![
+                    ("network", network.clone()),
+                    ("app", app.clone()),
+                    ("container", container.clone()),
+                    ("table", table.to_string()),
+                ];
+                ConstGauge::new(n as i64).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn to_ip4(ip: Ipv4Addr) -> Ip4 {
     let [a, b, c, d] = ip.octets();
     pn_common::ip4(a, b, c, d)
@@ -191,6 +240,7 @@ impl Collector for DatapathCollector {
             }
         }
         encode_services(&self.service_rows(&read.lb), &mut encoder)?;
+        self.encode_shares(&read.shares, &mut encoder)?;
         ConstGauge::new(read.attached as i64).encode(encoder.encode_descriptor(
             "pn_attached_interfaces",
             "Container interfaces with the programs attached",

@@ -23,6 +23,7 @@ mod lb;
 mod maps;
 pub mod metrics;
 pub mod pins;
+pub mod share;
 mod state;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};

@@ -305,7 +305,7 @@ fn connections_with_the_outside_idle_out() {
     let entry = |kind: ConnKind, at: u64| ConnState {
         last_seen_ns: at,
         kind: kind as u8,
-        _pad: [0; 7],
+        ..ConnState::default()
     };
     let t0 = 1_000_000_000;
     for kind in [ConnKind::Egress, ConnKind::Published] {
@@ -327,6 +327,29 @@ fn connections_with_the_outside_idle_out() {
         assert_eq!(conn_live(&e, IPPROTO_UDP, t0 - 5), Some(kind));
     }
     assert_eq!(conn_live(&ConnState::default(), IPPROTO_TCP, t0), None);
+}
+
+#[test]
+fn a_closing_tcp_connection_idles_out_sooner() {
+    let t0 = 1_000_000_000;
+    let closing = ConnState {
+        last_seen_ns: t0,
+        kind: ConnKind::Egress as u8,
+        closing: 1,
+        ..ConnState::default()
+    };
+    let e = Some(ConnKind::Egress);
+    assert_eq!(conn_live(&closing, IPPROTO_TCP, t0 + CONN_IDLE_CLOSING_NS - 1), e);
+    assert_eq!(conn_live(&closing, IPPROTO_TCP, t0 + CONN_IDLE_CLOSING_NS), None);
+    // Only TCP closes; the flag means nothing to UDP.
+    assert_eq!(conn_live(&closing, IPPROTO_UDP, t0 + CONN_IDLE_CLOSING_NS), e);
+    // The opener's FIN or reset sets it, its SYN clears it, the rest keeps it.
+    assert_eq!(conn_closing(0, TCP_FIN | TCP_ACK), 1);
+    assert_eq!(conn_closing(0, TCP_RST), 1);
+    assert_eq!(conn_closing(0, TCP_ACK), 0);
+    assert_eq!(conn_closing(1, TCP_ACK), 1);
+    assert_eq!(conn_closing(1, TCP_SYN), 0);
+    assert_eq!(conn_closing(1, 0), 1);
 }
 
 #[test]

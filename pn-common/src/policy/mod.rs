@@ -13,6 +13,7 @@ mod family;
 mod header;
 mod ipv6;
 mod nd;
+mod share;
 mod tunnel;
 pub use arp::{ARP_LEN, ArpMessage, arp_from_container, arp_to_container, parse_arp};
 pub use family::{Family, same6};
@@ -32,6 +33,7 @@ pub use nd::{
     is_mld, is_nd, mld_from_container, nd_from_container, nd_to_container, parse_nd,
     solicited_node,
 };
+pub use share::{recounted, within_share};
 pub use tunnel::{TunnelMember, tunnel_incoming, tunnel_outgoing};
 
 /// What the Ethernet type says the frame carries.
@@ -392,15 +394,42 @@ pub const FLOW_IDLE_NS: u64 = 60_000_000_000;
 /// are unsolicited again, whatever the LRU still holds.
 pub const CONN_IDLE_TCP_NS: u64 = 7_440_000_000_000;
 pub const CONN_IDLE_OTHER_NS: u64 = 300_000_000_000;
+/// A TCP connection whose opener sent its FIN or a reset
+/// ([`ConnState::closing`]) is honoured this long after its opener's last
+/// segment (Linux conntrack's FIN_WAIT and TIME_WAIT: 2 min): the peer's
+/// last data, FIN and ACKs. Without it, closed connections would hold
+/// their container's share (`--conn-share`) for two hours.
+pub const CONN_IDLE_CLOSING_NS: u64 = 120_000_000_000;
+
+/// How long a `PN_CONNS` entry of protocol `proto` lives after its opener's
+/// last refresh.
+pub const fn conn_idle_ns(entry: &ConnState, proto: u8) -> u64 {
+    if proto != IPPROTO_TCP {
+        CONN_IDLE_OTHER_NS
+    } else if entry.closing != 0 {
+        CONN_IDLE_CLOSING_NS
+    } else {
+        CONN_IDLE_TCP_NS
+    }
+}
+
+/// [`ConnState::closing`] after a segment of the side that opened the
+/// connection (`tcp_flags`: 0 but for TCP): set by its FIN or reset, cleared
+/// by its SYN (the tuple opens a new connection).
+pub const fn conn_closing(closing: u8, tcp_flags: u8) -> u8 {
+    if tcp_flags & TCP_SYN != 0 {
+        0
+    } else if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        1
+    } else {
+        closing
+    }
+}
 
 /// The kind of a `PN_CONNS` entry of protocol `proto`, unless it has idled
 /// out by `now_ns`.
 pub const fn conn_live(entry: &ConnState, proto: u8, now_ns: u64) -> Option<ConnKind> {
-    let idle = if proto == IPPROTO_TCP {
-        CONN_IDLE_TCP_NS
-    } else {
-        CONN_IDLE_OTHER_NS
-    };
+    let idle = conn_idle_ns(entry, proto);
     if now_ns.saturating_sub(entry.last_seen_ns) >= idle {
         None
     } else {

@@ -1,0 +1,158 @@
+//! The sweep of the connection tables against the containers' shares (the
+//! decisions in `datapath::share`): removes what idled out, counts what
+//! each local container holds, writes the counts back to `PN_CONN_COUNT`.
+
+use std::collections::BTreeMap;
+
+use aya::maps::{Array, HashMap, MapData, MapError};
+use pn_common::{
+    Ip4, Ip6,
+    lb::{LbConn, LbConnKey},
+    maps::{ConnCount, ConnKey, ConnState, FlowKey, FlowState},
+    policy::IPPROTO_UDP,
+};
+
+use super::Kernel;
+use crate::datapath::{
+    error::{Context, Result},
+    share::{LbJudged, Owners, Swept, judge_conn, judge_lb, lb_flow},
+};
+
+/// The maps the sweep needs besides `PN_CONNS`/`PN_CONNS6` (`edge`).
+pub struct ShareMaps {
+    /// `PN_CONN_COUNT`, by counter row.
+    pub count: Array<MapData, ConnCount>,
+    /// `PN_LB_CONNS` (LRU; aya reads it as a hash).
+    pub lb_conns: HashMap<MapData, LbConnKey, LbConn>,
+    /// `PN_FLOWS` (LRU): when a balanced UDP flow last sent.
+    pub flows: HashMap<MapData, FlowKey, FlowState>,
+}
+
+/// The monotonic clock, as `bpf_ktime_get_ns` reads it.
+fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes the timespec it is given, nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
+}
+
+fn gone(r: std::result::Result<(), MapError>, name: &str) -> Result<()> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(e).ctx(|| format!("removing from {name}")),
+    }
+}
+
+/// One connection table of either family: counts the live entries of
+/// local containers into `swept`, removes the rest. An entry refreshed
+/// between the scan and its removal is looked at again and kept.
+fn sweep_conns<A: Ord>(
+    map: &mut HashMap<MapData, ConnKey<A>, ConnState>,
+    name: &str,
+    owners: &Owners<A>,
+    swept: &mut Swept,
+) -> Result<()>
+where
+    ConnKey<A>: aya::Pod,
+{
+    let now = monotonic_ns();
+    let mut stale = Vec::new();
+    for item in map.iter() {
+        let Ok((k, v)) = item else { continue };
+        match judge_conn(owners.get(&k.container).copied(), &v, k.proto, now) {
+            Some(row) => swept.count_conn(row),
+            None => stale.push(k),
+        }
+    }
+    for k in stale {
+        let now = monotonic_ns();
+        if let Ok(v) = map.get(&k, 0)
+            && let Some(row) = judge_conn(owners.get(&k.container).copied(), &v, k.proto, now)
+        {
+            swept.count_conn(row);
+            continue;
+        }
+        gone(map.remove(&k), name)?;
+        swept.removed += 1;
+    }
+    Ok(())
+}
+
+impl ShareMaps {
+    fn sweep_lb(&mut self, owners: &Owners<Ip4>, swept: &mut Swept) -> Result<()> {
+        let now = monotonic_ns();
+        let mut stale = Vec::new();
+        for item in self.lb_conns.iter() {
+            let Ok((k, v)) = item else { continue };
+            let flow = if k.proto == IPPROTO_UDP {
+                self.flows.get(&lb_flow(&k, &v), 0).ok()
+            } else {
+                None
+            };
+            match judge_lb(owners.get(&k.client).copied(), &k, &v, flow, now) {
+                LbJudged::Count(row) => swept.count_lb(row),
+                LbJudged::Keep => {}
+                LbJudged::Remove => stale.push(k),
+            }
+        }
+        for k in stale {
+            gone(self.lb_conns.remove(&k), "PN_LB_CONNS")?;
+            swept.removed += 1;
+        }
+        Ok(())
+    }
+
+    /// The counts of `rows` as they are now.
+    fn counts(&self, rows: impl Iterator<Item = u16>) -> BTreeMap<u16, ConnCount> {
+        rows.map(|r| (r, self.count.get(&u32::from(r), 0).unwrap_or_default()))
+            .collect()
+    }
+}
+
+impl Kernel {
+    /// Sweeps `PN_CONNS`, `PN_CONNS6` and `PN_LB_CONNS` and writes each
+    /// local container's count (`owners`, `owners6`: the counter rows of
+    /// the local containers by address).
+    pub fn sweep_conns(&mut self, owners: &Owners<Ip4>, owners6: &Owners<Ip6>) -> Result<Swept> {
+        let rows = || owners.values().chain(owners6.values()).copied();
+        let before = self.share.counts(rows());
+        let mut swept = Swept::default();
+        sweep_conns(&mut self.edge.conns, "PN_CONNS", owners, &mut swept)?;
+        sweep_conns(&mut self.edge.conns6, "PN_CONNS6", owners6, &mut swept)?;
+        self.share.sweep_lb(owners, &mut swept)?;
+        let after = self.share.counts(rows());
+        for (row, now) in after {
+            let was = before.get(&row).copied().unwrap_or_default();
+            let found = |m: &BTreeMap<u16, u64>| m.get(&row).copied().unwrap_or(0);
+            let count = ConnCount {
+                conns: pn_common::policy::recounted(found(&swept.conns), was.conns, now.conns),
+                lb: pn_common::policy::recounted(found(&swept.lb), was.lb, now.lb),
+            };
+            if count != now {
+                self.share
+                    .count
+                    .set(u32::from(row), count, 0)
+                    .ctx(|| format!("writing PN_CONN_COUNT[{row}]"))?;
+            }
+        }
+        Ok(swept)
+    }
+
+    /// What each row holds now (for the metrics).
+    pub fn conn_counts(&self, rows: impl Iterator<Item = u16>) -> BTreeMap<u16, ConnCount> {
+        self.share.counts(rows)
+    }
+
+    /// Zeroes a row's counts (before an interface gets it).
+    pub(super) fn reset_conn_count(&mut self, row: u16) -> Result<()> {
+        self.share
+            .count
+            .set(u32::from(row), ConnCount::default(), 0)
+            .ctx(|| format!("zeroing PN_CONN_COUNT[{row}]"))
+    }
+}

@@ -1,0 +1,138 @@
+//! Each container's share of the connection tables (`--conn-share`): one
+//! container opening flows without end (to the world, or through a service
+//! address) gets its new ones over the share dropped as `conn_quota`, and
+//! cannot crowd another tenant's world and balanced connections out of the
+//! shared tables.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    time::Duration,
+};
+
+use pn_tests::{
+    Host,
+    edge::{HOST, Outside, WORLD},
+    eventually, metric_value, net, unique_prefix,
+};
+
+const WAIT: Duration = Duration::from_secs(5);
+const SHARE: u64 = 64;
+/// Flows the greedy container opens: far over its share.
+const FLOWS: u64 = 500;
+
+/// The service address of `ctype` of `app`, from `app list`.
+fn service_addr(host: &Host, app: &str, ctype: &str) -> Option<Ipv4Addr> {
+    let list = host.json(&["app", "list"]);
+    let a = list.as_array()?.iter().find(|a| a["id"] == app)?;
+    let s = a["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["type"] == ctype)?;
+    s["addr"].as_str()?.parse().ok()
+}
+
+/// One datagram from each of `n` sockets (so `n` flows) toward `dst`, from
+/// inside `ns`; the payload is the flow's number.
+fn udp_flows(ns: &pn_tests::Namespace, dst: SocketAddr, n: u64) {
+    ns.run(move || {
+        // Held open until all are sent: no source port is used twice.
+        let socks: Vec<UdpSocket> = (0..n)
+            .map(|i| {
+                let s = UdpSocket::bind("0.0.0.0:0").expect("udp bind");
+                // A refused flow's datagram is dropped, not an error here.
+                let _ = s.send_to(i.to_string().as_bytes(), dst);
+                s
+            })
+            .collect();
+        drop(socks);
+    });
+}
+
+fn entries(host: &Host, app: &str, table: &str) -> u64 {
+    metric_value(
+        &host.metrics(),
+        "pn_conn_entries",
+        &[("app", app), ("table", table)],
+    )
+}
+
+#[test]
+fn a_container_over_its_share_cannot_crowd_out_another_tenants_connections() {
+    let p = unique_prefix();
+    let mut host = Host::create(&p, "h1");
+    let out = Outside::around(&p, &host.ns);
+    host.launch(&["--conn-share", &SHARE.to_string()]);
+
+    // The victim (tenant 1): a connection with the world and one through a
+    // service address of its network.
+    let (net_a, app_a) = host.network_and_app(&[]);
+    let svc_a = host.create_app_with(&net_a, &["--balance", "vip"]);
+    let backend_a = host.member(&svc_a, "web", "ba");
+    let _srv_a = net::tcp_whoami_self_server(&backend_a, 8080);
+    let victim = host.member(&app_a, "web", "vic");
+    let _world_tcp = net::tcp_whoami_server(&out.world, 7000);
+    let world = SocketAddr::from((WORLD.parse::<Ipv4Addr>().unwrap(), 7000));
+    let (seen, mut world_conn) = net::tcp_whoami(&victim, world, WAIT).expect("tcp to the world");
+    assert_eq!(seen, HOST);
+    let vip_a = service_addr(&host, &svc_a, "web").expect("a service address");
+    let vip_a = SocketAddr::from((vip_a, 8080));
+    let (seen, mut balanced_conn) =
+        net::tcp_whoami(&victim, vip_a, WAIT).expect("tcp through the service address");
+    assert_eq!(seen, backend_a.addr.to_string());
+
+    // The greedy one (tenant 2): far more UDP flows to the world than its
+    // share. Only its share gets out.
+    let (net_b, app_b) = host.network_and_app(&[]);
+    let greedy = host.member(&app_b, "web", "grd");
+    let collector = net::udp_collector(&out.world, 9000);
+    udp_flows(&greedy, SocketAddr::from((WORLD.parse::<Ipv4Addr>().unwrap(), 9000)), FLOWS);
+    let got = collector.received(Duration::from_secs(2));
+    assert_eq!(
+        got.len() as u64,
+        SHARE,
+        "flows of the greedy container that reached the world"
+    );
+    let refused = FLOWS - SHARE;
+    assert!(
+        eventually(WAIT, || host.packets(&app_b, "web-1", "conn_quota") == refused),
+        "conn_quota of the greedy container: {} (want {refused})",
+        host.packets(&app_b, "web-1", "conn_quota")
+    );
+    assert!(
+        eventually(WAIT, || entries(&host, &app_b, "world") == SHARE),
+        "pn_conn_entries of the greedy container: {}",
+        entries(&host, &app_b, "world")
+    );
+
+    // And as many flows through a service address of its own network: the
+    // balanced table holds its share too.
+    let svc_b = host.create_app_with(&net_b, &["--balance", "vip"]);
+    let backend_b = host.member(&svc_b, "web", "bb");
+    let balanced = net::udp_collector(&backend_b, 5300);
+    assert!(eventually(WAIT, || service_addr(&host, &svc_b, "web").is_some()));
+    let vip_b = service_addr(&host, &svc_b, "web").unwrap();
+    udp_flows(&greedy, SocketAddr::from((vip_b, 5300)), FLOWS);
+    let got = balanced.received(Duration::from_secs(2));
+    assert_eq!(
+        got.len() as u64,
+        SHARE,
+        "balanced flows of the greedy container"
+    );
+    assert!(
+        eventually(WAIT, || host.packets(&app_b, "web-1", "conn_quota") == 2 * refused),
+        "conn_quota of the greedy container: {}",
+        host.packets(&app_b, "web-1", "conn_quota")
+    );
+
+    // The victim's connections go on, and it opens new ones: its share is
+    // its own.
+    net::echo_on(&mut world_conn, b"still there").expect("the victim's world connection");
+    net::echo_on(&mut balanced_conn, b"still there").expect("the victim's balanced connection");
+    let (seen, _) = net::tcp_whoami(&victim, world, WAIT).expect("a new world connection");
+    assert_eq!(seen, HOST);
+    let (seen, _) = net::tcp_whoami(&victim, vip_a, WAIT).expect("a new balanced connection");
+    assert_eq!(seen, backend_a.addr.to_string());
+    assert_eq!(host.packets(&app_a, "web-1", "conn_quota"), 0);
+    assert!(entries(&host, &app_a, "world") >= 1);
+    assert!(entries(&host, &app_a, "balanced") >= 1);
+}
