@@ -12,10 +12,10 @@ use pn_common::{
         MAX_SLOTS, Service, SlotKey,
     },
     maps::{
-        Config, ConnCount, ConnKey, ConnState, Counters, DenyRange, EVENTS_BYTES, Endpoint, EventBudget,
-        FlowKey, FlowState, Iface, MAX_CONNS, MAX_CONNS6, MAX_COUNTER_SLOTS, MAX_EGRESS_DENY,
-        MAX_EGRESS_DENY6, MAX_ENDPOINTS, MAX_ENDPOINTS6, MAX_FLOWS, MAX_IFACES, MAX_PEERS,
-        MAX_TAGS, Peer,
+        Config, ConnCount, ConnKey, ConnState, Counters, DenyRange, EVENTS_BYTES, Endpoint,
+        EventBudget, FlowKey, FlowState, Iface, MAX_CONNS, MAX_CONNS6, MAX_COUNTER_SLOTS,
+        MAX_EGRESS_DENY, MAX_EGRESS_DENY6, MAX_ENDPOINTS, MAX_ENDPOINTS6, MAX_FLOWS, MAX_IFACES,
+        MAX_PEERS, MAX_TAGS, Peer,
     },
 };
 

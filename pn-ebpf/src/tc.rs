@@ -20,10 +20,10 @@ use pn_common::{
 
 use crate::{
     conn::Seg,
-    share::Table,
     maps::{PN_CONFIG, PN_CONNS, PN_EGRESS_DENY, PN_ENDPOINTS, PN_FLOWS, PN_IFACES},
     packet::load,
     report::{PacketCtx, count, report, report_drop},
+    share::Table,
 };
 
 #[classifier]

@@ -30,10 +30,10 @@ use pn_common::{
 };
 
 use crate::{
-    share::Table,
     maps::{PN_CONFIG, PN_CONNS6, PN_EGRESS_DENY6, PN_ENDPOINTS6, PN_FLOWS6, PN_IFACES},
     packet::load,
     report::{PacketCtx, count, count_at, report},
+    share::Table,
 };
 
 /// The program's verdict on an IPv6 frame (counted and reported here).

@@ -85,7 +85,11 @@ fn a_container_over_its_share_cannot_crowd_out_another_tenants_connections() {
     let (net_b, app_b) = host.network_and_app(&[]);
     let greedy = host.member(&app_b, "web", "grd");
     let collector = net::udp_collector(&out.world, 9000);
-    udp_flows(&greedy, SocketAddr::from((WORLD.parse::<Ipv4Addr>().unwrap(), 9000)), FLOWS);
+    udp_flows(
+        &greedy,
+        SocketAddr::from((WORLD.parse::<Ipv4Addr>().unwrap(), 9000)),
+        FLOWS,
+    );
     let got = collector.received(Duration::from_secs(2));
     assert_eq!(
         got.len() as u64,
@@ -94,7 +98,8 @@ fn a_container_over_its_share_cannot_crowd_out_another_tenants_connections() {
     );
     let refused = FLOWS - SHARE;
     assert!(
-        eventually(WAIT, || host.packets(&app_b, "web-1", "conn_quota") == refused),
+        eventually(WAIT, || host.packets(&app_b, "web-1", "conn_quota")
+            == refused),
         "conn_quota of the greedy container: {} (want {refused})",
         host.packets(&app_b, "web-1", "conn_quota")
     );
@@ -119,7 +124,8 @@ fn a_container_over_its_share_cannot_crowd_out_another_tenants_connections() {
         "balanced flows of the greedy container"
     );
     assert!(
-        eventually(WAIT, || host.packets(&app_b, "web-1", "conn_quota") == 2 * refused),
+        eventually(WAIT, || host.packets(&app_b, "web-1", "conn_quota")
+            == 2 * refused),
         "conn_quota of the greedy container: {}",
         host.packets(&app_b, "web-1", "conn_quota")
     );

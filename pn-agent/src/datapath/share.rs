@@ -145,13 +145,22 @@ mod tests {
     #[test]
     fn a_world_connection_counts_for_its_container_until_it_idles_out() {
         let now = 1_000 * S;
-        assert_eq!(judge_conn(Some(3), &conn(now, 0), IPPROTO_UDP, now), Some(3));
+        assert_eq!(
+            judge_conn(Some(3), &conn(now, 0), IPPROTO_UDP, now),
+            Some(3)
+        );
         let old = now - CONN_IDLE_OTHER_NS;
         assert_eq!(judge_conn(Some(3), &conn(old, 0), IPPROTO_UDP, now), None);
         // TCP lives on, unless its opener closed it.
-        assert_eq!(judge_conn(Some(3), &conn(old, 0), IPPROTO_TCP, now), Some(3));
+        assert_eq!(
+            judge_conn(Some(3), &conn(old, 0), IPPROTO_TCP, now),
+            Some(3)
+        );
         let closed = now - CONN_IDLE_CLOSING_NS;
-        assert_eq!(judge_conn(Some(3), &conn(closed, 1), IPPROTO_TCP, now), None);
+        assert_eq!(
+            judge_conn(Some(3), &conn(closed, 1), IPPROTO_TCP, now),
+            None
+        );
         // Of no local container: removed, whatever its age.
         assert_eq!(judge_conn(None, &conn(now, 0), IPPROTO_UDP, now), None);
     }
@@ -172,8 +181,20 @@ mod tests {
             ..fwd
         };
         [
-            (fwd, LbConn { addr: BACKEND, state: 0 }),
-            (rev, LbConn { addr: VIP, state: 0 }),
+            (
+                fwd,
+                LbConn {
+                    addr: BACKEND,
+                    state: 0,
+                },
+            ),
+            (
+                rev,
+                LbConn {
+                    addr: VIP,
+                    state: 0,
+                },
+            ),
         ]
     }
 
@@ -196,7 +217,9 @@ mod tests {
     fn a_balanced_udp_flow_lives_while_its_client_sends() {
         let now = 1_000 * S;
         let [(fk, fv), (rk, rv)] = lb_pair(IPPROTO_UDP);
-        let fresh = Some(FlowState { last_seen_ns: now - S });
+        let fresh = Some(FlowState {
+            last_seen_ns: now - S,
+        });
         assert_eq!(judge_lb(Some(4), &fk, &fv, fresh, now), LbJudged::Count(4));
         assert_eq!(judge_lb(Some(4), &rk, &rv, fresh, now), LbJudged::Keep);
         let idle = Some(FlowState {
@@ -227,10 +250,19 @@ mod tests {
             ..fv
         };
         assert_ne!(closed.state & LB_FIN_BACKEND, 0);
-        assert_eq!(judge_lb(Some(4), &fk, &closed, None, now), LbJudged::Count(4));
+        assert_eq!(
+            judge_lb(Some(4), &fk, &closed, None, now),
+            LbJudged::Count(4)
+        );
         let later = now + u64::from(LB_CLOSED_GRACE_S) * S;
-        assert_eq!(judge_lb(Some(4), &fk, &closed, None, later), LbJudged::Remove);
-        assert_eq!(judge_lb(Some(4), &rk, &closed, None, later), LbJudged::Remove);
+        assert_eq!(
+            judge_lb(Some(4), &fk, &closed, None, later),
+            LbJudged::Remove
+        );
+        assert_eq!(
+            judge_lb(Some(4), &rk, &closed, None, later),
+            LbJudged::Remove
+        );
     }
 
     #[test]

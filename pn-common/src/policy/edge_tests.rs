@@ -339,10 +339,19 @@ fn a_closing_tcp_connection_idles_out_sooner() {
         ..ConnState::default()
     };
     let e = Some(ConnKind::Egress);
-    assert_eq!(conn_live(&closing, IPPROTO_TCP, t0 + CONN_IDLE_CLOSING_NS - 1), e);
-    assert_eq!(conn_live(&closing, IPPROTO_TCP, t0 + CONN_IDLE_CLOSING_NS), None);
+    assert_eq!(
+        conn_live(&closing, IPPROTO_TCP, t0 + CONN_IDLE_CLOSING_NS - 1),
+        e
+    );
+    assert_eq!(
+        conn_live(&closing, IPPROTO_TCP, t0 + CONN_IDLE_CLOSING_NS),
+        None
+    );
     // Only TCP closes; the flag means nothing to UDP.
-    assert_eq!(conn_live(&closing, IPPROTO_UDP, t0 + CONN_IDLE_CLOSING_NS), e);
+    assert_eq!(
+        conn_live(&closing, IPPROTO_UDP, t0 + CONN_IDLE_CLOSING_NS),
+        e
+    );
     // The opener's FIN or reset sets it, its SYN clears it, the rest keeps it.
     assert_eq!(conn_closing(0, TCP_FIN | TCP_ACK), 1);
     assert_eq!(conn_closing(0, TCP_RST), 1);
