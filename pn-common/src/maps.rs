@@ -377,7 +377,8 @@ pub const MAX_FLOWS: u32 = 65_536;
 pub const MAX_PEERS: u32 = 4_096;
 /// `PN_CONNS`: connections with the world of this host's containers. LRU:
 /// under pressure the least recently used go first, never an active one
-/// unless this many are more active.
+/// unless this many are more active; each container holds at most its
+/// share (`Config::conn_share`), so only many containers together fill it.
 pub const MAX_CONNS: u32 = 131_072;
 /// `PN_CONNS6`: the same connections over IPv6.
 pub const MAX_CONNS6: u32 = MAX_CONNS;
