@@ -5,12 +5,12 @@
 //! shared tables.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     time::Duration,
 };
 
 use pn_tests::{
-    Host,
+    Host, Namespace,
     edge::{HOST, Outside, WORLD},
     eventually, metric_value, net, unique_prefix,
 };
@@ -33,12 +33,13 @@ fn service_addr(host: &Host, app: &str, ctype: &str) -> Option<Ipv4Addr> {
 
 /// One datagram from each of `n` sockets (so `n` flows) toward `dst`, from
 /// inside `ns`; the payload is the flow's number.
-fn udp_flows(ns: &pn_tests::Namespace, dst: SocketAddr, n: u64) {
+fn udp_flows(ns: &Namespace, dst: SocketAddr, n: u64) {
     ns.run(move || {
+        let any = if dst.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
         // Held open until all are sent: no source port is used twice.
         let socks: Vec<UdpSocket> = (0..n)
             .map(|i| {
-                let s = UdpSocket::bind("0.0.0.0:0").expect("udp bind");
+                let s = UdpSocket::bind(any).expect("udp bind");
                 // A refused flow's datagram is dropped, not an error here.
                 let _ = s.send_to(i.to_string().as_bytes(), dst);
                 s
@@ -141,4 +142,78 @@ fn a_container_over_its_share_cannot_crowd_out_another_tenants_connections() {
     assert_eq!(host.packets(&app_a, "web-1", "conn_quota"), 0);
     assert!(entries(&host, &app_a, "world") >= 1);
     assert!(entries(&host, &app_a, "balanced") >= 1);
+}
+
+/// The IPv6 world of `ipv6_edge.rs`: the host `2001:db8:50::1`, through
+/// the gateway `::fe` to the world `2001:db8:113::10`.
+const WORLD6: &str = "2001:db8:113::10";
+
+fn ipv6_outside(host: &Namespace, out: &Outside) {
+    let addr = |ns: &Namespace, a: &str, dev: &str| {
+        ns.ip(&["-6", "addr", "add", a, "dev", dev, "nodad"]);
+    };
+    addr(host, "2001:db8:50::1/64", "up0");
+    host.ip(&["-6", "route", "add", "default", "via", "2001:db8:50::fe"]);
+    addr(&out.gw, "2001:db8:50::fe/64", "up0");
+    addr(&out.gw, "2001:db8:113::1/64", "w0");
+    addr(&out.world, &format!("{WORLD6}/64"), "eth0");
+    out.world
+        .ip(&["-6", "route", "add", "default", "via", "2001:db8:113::1"]);
+    out.gw.sysctl("net.ipv6.conf.all.forwarding=1");
+    host.sysctl("net.ipv6.conf.all.forwarding=1");
+}
+
+#[test]
+fn ipv6_flows_count_against_the_same_share() {
+    let p = unique_prefix();
+    let mut host = Host::create(&p, "h1");
+    let out = Outside::around(&p, &host.ns);
+    ipv6_outside(&host.ns, &out);
+    host.launch(&["--conn-share", &SHARE.to_string()]);
+    let (_, app) = host.network_and_app(&[]);
+    let greedy = host.member(&app, "web", "grd");
+    let world6 = IpAddr::V6(WORLD6.parse::<Ipv6Addr>().unwrap());
+    let _whoami = net::udp_whoami_server6(&out.world, 7001);
+    // The agent learns the fleet's IPv6 pool within its repair period;
+    // until then the IPv6 world is out of reach (and no entry is made).
+    assert!(
+        eventually(Duration::from_secs(25), || net::udp_whoami(
+            &greedy,
+            SocketAddr::new(world6, 7001),
+            Duration::from_millis(700)
+        )
+        .is_ok()),
+        "udp to the IPv6 world"
+    );
+    let held = entries(&host, &app, "world");
+    assert!(
+        (1..=4).contains(&held),
+        "entries after reaching the world: {held}"
+    );
+
+    // IPv4 flows, then IPv6 ones: one count for both families.
+    let v4 = 40;
+    let collector = net::udp_collector(&out.world, 9000);
+    udp_flows(
+        &greedy,
+        SocketAddr::from((WORLD.parse::<Ipv4Addr>().unwrap(), 9000)),
+        v4,
+    );
+    assert_eq!(collector.received(Duration::from_secs(2)).len() as u64, v4);
+    let collector6 = net::udp_collector6(&out.world, 9001);
+    udp_flows(&greedy, SocketAddr::new(world6, 9001), FLOWS);
+    let admitted = SHARE - v4 - held;
+    assert_eq!(
+        collector6.received(Duration::from_secs(2)).len() as u64,
+        admitted,
+        "IPv6 flows of the greedy container that reached the world"
+    );
+    assert!(
+        eventually(WAIT, || host.packets(&app, "web-1", "conn_quota")
+            == FLOWS - admitted),
+        "conn_quota: {} (want {})",
+        host.packets(&app, "web-1", "conn_quota"),
+        FLOWS - admitted
+    );
+    assert_eq!(entries(&host, &app, "world"), SHARE);
 }
