@@ -95,10 +95,12 @@ pub struct LbConnKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct LbConn {
     pub addr: Ip4,
-    /// How far the connection is closed: [`LB_FIN_CLIENT`] and
+    /// TCP: how far the connection is closed: [`LB_FIN_CLIENT`] and
     /// [`LB_FIN_BACKEND`] (a RST sets both); once both, the second since
     /// boot it closed at, in the bits above (see [`lb_closing`]). 0: open
     /// (so entries of earlier agents, whose padding was 0, read as open).
+    /// UDP, which never closes: the second its client last sent, in the
+    /// same bits ([`udp_stamp`]), for the agent's sweep.
     pub state: u32,
 }
 
@@ -250,6 +252,19 @@ impl LbConn {
     pub const fn expired(&self, now_s: u32) -> bool {
         self.closed() && (now_s.wrapping_sub(self.state >> 2) & LB_SECONDS) >= LB_CLOSED_GRACE_S
     }
+}
+
+/// A balanced UDP flow's [`LbConn::state`] at `now_s` (seconds since
+/// boot): the second above the two close bits, which stay 0 (a UDP entry
+/// never reads as closed). Rewritten when it changes, at most once a second.
+pub const fn udp_stamp(now_s: u32) -> u32 {
+    (now_s & LB_SECONDS) << 2
+}
+
+/// Seconds since a balanced UDP flow's client last sent (`state`: its
+/// [`udp_stamp`]); an entry of an earlier agent (0) reads as old as boot.
+pub const fn udp_idle_s(state: u32, now_s: u32) -> u32 {
+    now_s.wrapping_sub(state >> 2) & LB_SECONDS
 }
 
 /// A TCP segment opening a connection (SYN without ACK).

@@ -102,7 +102,12 @@ pub fn from_container(
             (b, 0, true)
         }
     };
-    let closing = if lb::may_close(flags) {
+    // UDP never closes: its forward entry carries when the client last
+    // sent, which the agent's sweep ages (written once a second at most).
+    let udp = pkt.proto != IPPROTO_TCP;
+    let closing = if udp {
+        lb::udp_stamp(now_s())
+    } else if lb::may_close(flags) {
         lb::lb_closing(state, flags, true, now_s())
     } else {
         state
@@ -114,7 +119,9 @@ pub fn from_container(
             // SAFETY: as above; a u32 store.
             unsafe { (*p).state = closing };
         }
-        set_state(LbConnKey::reverse_of(pkt, backend), closing);
+        if !udp {
+            set_state(LbConnKey::reverse_of(pkt, backend), closing);
+        }
     }
     if rewrite(ctx, pkt.proto, l4, IP_DST, vip, backend) {
         pkt.dst = backend;

@@ -140,8 +140,16 @@ fn a_container_over_its_share_cannot_crowd_out_another_tenants_connections() {
     let (seen, _) = net::tcp_whoami(&victim, vip_a, WAIT).expect("a new balanced connection");
     assert_eq!(seen, backend_a.addr.to_string());
     assert_eq!(host.packets(&app_a, "web-1", "conn_quota"), 0);
+
+    // The agent's sweep (every 10 s) recounts: live flows stay counted,
+    // nothing is taken from the victim.
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(entries(&host, &app_b, "world"), SHARE);
+    assert_eq!(entries(&host, &app_b, "balanced"), SHARE);
     assert!(entries(&host, &app_a, "world") >= 1);
     assert!(entries(&host, &app_a, "balanced") >= 1);
+    net::echo_on(&mut world_conn, b"after the sweep").expect("the victim's world connection");
+    net::echo_on(&mut balanced_conn, b"after the sweep").expect("the balanced connection");
 }
 
 /// The IPv6 world of `ipv6_edge.rs`: the host `2001:db8:50::1`, through

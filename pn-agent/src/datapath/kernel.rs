@@ -199,7 +199,6 @@ impl Kernel {
         let share = sweep::ShareMaps {
             count: take(&mut ebpf, objects::MAP_CONN_COUNT)?,
             lb_conns: take(&mut ebpf, objects::MAP_LB_CONNS)?,
-            flows: take(&mut ebpf, objects::MAP_FLOWS)?,
         };
         Ok(Kernel {
             ebpf,

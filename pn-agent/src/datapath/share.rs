@@ -11,8 +11,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use pn_common::{
-    lb::{LbConn, LbConnKey},
-    maps::{ConnState, FlowKey, FlowState},
+    lb::{LbConn, LbConnKey, udp_idle_s},
+    maps::ConnState,
     policy::{self, IPPROTO_UDP},
 };
 
@@ -52,50 +52,47 @@ pub enum LbJudged {
     Remove,
 }
 
-/// The `PN_FLOWS` key of a balanced connection's forward packets (after the
-/// balancer: toward the backend), whose stamp says whether a UDP flow is
-/// still in use.
-pub fn lb_flow(key: &LbConnKey, entry: &LbConn) -> FlowKey {
-    let backend = if key.reverse == 0 {
-        entry.addr
-    } else {
-        key.remote
-    };
-    FlowKey {
-        src: key.client,
-        dst: backend,
-        sport: key.client_port,
-        dport: key.remote_port,
-        proto: key.proto,
-        _pad: [0; 3],
+/// The forward entry of a reverse one (`key.reverse` 1, `entry.addr` the
+/// service address).
+pub fn forward_of(key: &LbConnKey, entry: &LbConn) -> LbConnKey {
+    LbConnKey {
+        remote: entry.addr,
+        reverse: 0,
+        ..*key
     }
 }
 
 /// A `PN_LB_CONNS` entry. `owner`: the row of the local container of its
-/// client; `flow`: the `PN_FLOWS` entry of [`lb_flow`] (read for UDP only);
+/// client; `forward`: for a reverse entry, its forward one (`None`: gone);
 /// `now_ns`: the monotonic clock (the programs' seconds are its seconds).
-/// A TCP connection lives until it closes (then [`LbConn::expired`], as the
-/// programs judge it); a UDP flow, which never closes, as long as its
-/// client sends within the UDP idle time of `PN_CONNS` (5 min).
+/// A TCP connection lives until it has closed ([`LbConn::expired`], as the
+/// programs judge it); a UDP flow, which never closes, until its client
+/// has been silent for the UDP idle time of `PN_CONNS` (5 min), by the
+/// stamp of its forward entry ([`udp_idle_s`]).
 pub fn judge_lb(
     owner: Option<u16>,
     key: &LbConnKey,
     entry: &LbConn,
-    flow: Option<FlowState>,
+    forward: Option<&LbConn>,
     now_ns: u64,
 ) -> LbJudged {
     let Some(row) = owner else {
         return LbJudged::Remove;
     };
     let now_s = (now_ns / 1_000_000_000) as u32;
-    if entry.expired(now_s) {
-        return LbJudged::Remove;
-    }
     if key.proto == IPPROTO_UDP {
-        let idle = flow.map_or(u64::MAX, |f| now_ns.saturating_sub(f.last_seen_ns));
-        if idle >= policy::CONN_IDLE_OTHER_NS {
-            return LbJudged::Remove;
+        let stamp = if key.reverse == 0 {
+            Some(entry.state)
+        } else {
+            forward.map(|f| f.state)
+        };
+        let idle_limit = (policy::CONN_IDLE_OTHER_NS / 1_000_000_000) as u32;
+        match stamp {
+            Some(st) if udp_idle_s(st, now_s) < idle_limit => {}
+            _ => return LbJudged::Remove,
         }
+    } else if entry.expired(now_s) {
+        return LbJudged::Remove;
     }
     if key.reverse == 0 {
         LbJudged::Count(row)
@@ -121,7 +118,7 @@ pub type Owners<A> = BTreeMap<A, u16>;
 mod tests {
     use pn_common::{
         Ip4, ip4,
-        lb::{LB_CLOSED_GRACE_S, LB_FIN_BACKEND, LB_FIN_CLIENT, lb_closing},
+        lb::{LB_CLOSED_GRACE_S, LB_FIN_BACKEND, LB_FIN_CLIENT, lb_closing, udp_stamp},
         maps::ConnKind,
         policy::{CONN_IDLE_CLOSING_NS, CONN_IDLE_OTHER_NS, IPPROTO_TCP, TCP_FIN},
     };
@@ -199,37 +196,42 @@ mod tests {
     }
 
     #[test]
-    fn both_entries_of_a_balanced_flow_name_its_packets_toward_the_backend() {
-        let [(fk, fv), (rk, rv)] = lb_pair(IPPROTO_UDP);
-        let want = FlowKey {
-            src: CLIENT,
-            dst: BACKEND,
-            sport: 40000,
-            dport: 53,
-            proto: IPPROTO_UDP,
-            _pad: [0; 3],
-        };
-        assert_eq!(lb_flow(&fk, &fv), want);
-        assert_eq!(lb_flow(&rk, &rv), want);
+    fn a_reverse_entry_names_its_forward_one() {
+        let [(fk, _), (rk, rv)] = lb_pair(IPPROTO_UDP);
+        assert_eq!(forward_of(&rk, &rv), fk);
     }
 
     #[test]
     fn a_balanced_udp_flow_lives_while_its_client_sends() {
-        let now = 1_000 * S;
+        let now_s = 1_000;
+        let now = u64::from(now_s) * S;
         let [(fk, fv), (rk, rv)] = lb_pair(IPPROTO_UDP);
-        let fresh = Some(FlowState {
-            last_seen_ns: now - S,
-        });
-        assert_eq!(judge_lb(Some(4), &fk, &fv, fresh, now), LbJudged::Count(4));
-        assert_eq!(judge_lb(Some(4), &rk, &rv, fresh, now), LbJudged::Keep);
-        let idle = Some(FlowState {
-            last_seen_ns: now - CONN_IDLE_OTHER_NS,
-        });
-        assert_eq!(judge_lb(Some(4), &fk, &fv, idle, now), LbJudged::Remove);
-        assert_eq!(judge_lb(Some(4), &rk, &rv, idle, now), LbJudged::Remove);
-        // No flow entry (never forwarded, or the flow table let it go).
+        let fresh = LbConn {
+            state: udp_stamp(now_s - 1),
+            ..fv
+        };
+        assert_eq!(
+            judge_lb(Some(4), &fk, &fresh, None, now),
+            LbJudged::Count(4)
+        );
+        assert_eq!(
+            judge_lb(Some(4), &rk, &rv, Some(&fresh), now),
+            LbJudged::Keep
+        );
+        let idle = LbConn {
+            state: udp_stamp(now_s - 300),
+            ..fv
+        };
+        assert_eq!(judge_lb(Some(4), &fk, &idle, None, now), LbJudged::Remove);
+        assert_eq!(
+            judge_lb(Some(4), &rk, &rv, Some(&idle), now),
+            LbJudged::Remove
+        );
+        // Its forward entry gone (the LRU, a sweep): nothing to age it by.
+        assert_eq!(judge_lb(Some(4), &rk, &rv, None, now), LbJudged::Remove);
+        // An earlier agent's entry (no stamp): as old as boot.
         assert_eq!(judge_lb(Some(4), &fk, &fv, None, now), LbJudged::Remove);
-        assert_eq!(judge_lb(None, &fk, &fv, fresh, now), LbJudged::Remove);
+        assert_eq!(judge_lb(None, &fk, &fresh, None, now), LbJudged::Remove);
     }
 
     #[test]
@@ -239,6 +241,7 @@ mod tests {
         let [(fk, fv), (rk, _)] = lb_pair(IPPROTO_TCP);
         // Open and idle for hours: kept (no flow stamp is read for TCP).
         assert_eq!(judge_lb(Some(4), &fk, &fv, None, now), LbJudged::Count(4));
+        assert_eq!(judge_lb(Some(4), &rk, &fv, None, now), LbJudged::Keep);
         let half = LbConn {
             state: lb_closing(0, TCP_FIN, true, now_s),
             ..fv

@@ -273,3 +273,20 @@ fn a_reply_finds_the_reverse_entry_its_request_left() {
         LbConnKey::reply(&reply)
     );
 }
+
+#[test]
+fn a_udp_stamp_ages_and_never_reads_as_closed() {
+    let now = 5_000;
+    let c = LbConn {
+        addr: 1,
+        state: udp_stamp(now),
+    };
+    assert!(!c.closed());
+    assert!(!c.expired(now + 1_000));
+    assert_eq!(udp_idle_s(c.state, now), 0);
+    assert_eq!(udp_idle_s(c.state, now + 300), 300);
+    // An earlier agent's entry: as old as the clock.
+    assert_eq!(udp_idle_s(0, now), now);
+    // Past the 30 bits the seconds wrap, and so does the difference.
+    assert_eq!(udp_idle_s(udp_stamp((1 << 30) - 1), 9), 10);
+}

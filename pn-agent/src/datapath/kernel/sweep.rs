@@ -8,14 +8,13 @@ use aya::maps::{Array, HashMap, MapData, MapError};
 use pn_common::{
     Ip4, Ip6,
     lb::{LbConn, LbConnKey},
-    maps::{ConnCount, ConnKey, ConnState, FlowKey, FlowState},
-    policy::IPPROTO_UDP,
+    maps::{ConnCount, ConnKey, ConnState},
 };
 
 use super::Kernel;
 use crate::datapath::{
     error::{Context, Result},
-    share::{LbJudged, Owners, Swept, judge_conn, judge_lb, lb_flow},
+    share::{LbJudged, Owners, Swept, forward_of, judge_conn, judge_lb},
 };
 
 /// The maps the sweep needs besides `PN_CONNS`/`PN_CONNS6` (`edge`).
@@ -24,8 +23,6 @@ pub struct ShareMaps {
     pub count: Array<MapData, ConnCount>,
     /// `PN_LB_CONNS` (LRU; aya reads it as a hash).
     pub lb_conns: HashMap<MapData, LbConnKey, LbConn>,
-    /// `PN_FLOWS` (LRU): when a balanced UDP flow last sent.
-    pub flows: HashMap<MapData, FlowKey, FlowState>,
 }
 
 /// The monotonic clock, as `bpf_ktime_get_ns` reads it.
@@ -84,20 +81,21 @@ where
 }
 
 impl ShareMaps {
+    /// `PN_LB_CONNS`, read whole first: a reverse entry of a UDP flow is
+    /// judged by its forward one's stamp.
     fn sweep_lb(&mut self, owners: &Owners<Ip4>, swept: &mut Swept) -> Result<()> {
         let now = monotonic_ns();
+        let all: std::collections::HashMap<LbConnKey, LbConn> =
+            self.lb_conns.iter().filter_map(|i| i.ok()).collect();
         let mut stale = Vec::new();
-        for item in self.lb_conns.iter() {
-            let Ok((k, v)) = item else { continue };
-            let flow = if k.proto == IPPROTO_UDP {
-                self.flows.get(&lb_flow(&k, &v), 0).ok()
-            } else {
-                None
-            };
-            match judge_lb(owners.get(&k.client).copied(), &k, &v, flow, now) {
+        for (k, v) in &all {
+            let forward = (k.reverse != 0)
+                .then(|| all.get(&forward_of(k, v)))
+                .flatten();
+            match judge_lb(owners.get(&k.client).copied(), k, v, forward, now) {
                 LbJudged::Count(row) => swept.count_lb(row),
                 LbJudged::Keep => {}
-                LbJudged::Remove => stale.push(k),
+                LbJudged::Remove => stale.push(*k),
             }
         }
         for k in stale {
