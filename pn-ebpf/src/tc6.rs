@@ -75,26 +75,8 @@ pub fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     // to be in range and would drop the counter index's check, which the
     // verifier needs.
     // SAFETY: a read of a local.
-    let mut raw = unsafe { core::ptr::read_volatile(&decided) };
-    let mut reason = Reason::from_u8(raw).unwrap_or(Reason::Malformed);
-    // The side that opened a connection with the outside keeps its entry,
-    // so the other side's packets are admitted (as `tc`'s); a new entry
-    // only within the container's share, else the packet is dropped.
-    let wrote = match (reason, dir) {
-        (Reason::Egress, Direction::FromContainer) => track_conn(&at, &v, ConnKind::Egress, slot),
-        (Reason::Published, Direction::ToContainer) => {
-            track_conn(&at, &v, ConnKind::Published, slot)
-        }
-        _ => 0,
-    };
-    // Read, volatile: a result left unused lets the compiler drop it, and
-    // the subprogram would return whatever its last register held (a stack
-    // pointer, which the verifier refuses).
-    // SAFETY: a read of a local.
-    if unsafe { core::ptr::read_volatile(&wrote) } == OVER_SHARE {
-        reason = Reason::ConnQuota;
-        raw = Reason::ConnQuota as u8;
-    }
+    let raw = unsafe { core::ptr::read_volatile(&decided) };
+    let reason = Reason::from_u8(raw).unwrap_or(Reason::Malformed);
     count_at(slot, raw, at.len);
     if reason.is_drop() {
         event(&at, EventKind::Drop, reason, &v);
@@ -110,6 +92,18 @@ pub fn handle(ctx: &TcContext, dir: Direction) -> i32 {
             FlowCheck::Table => track_flow(&at, &v),
         }
     }
+    // The side that opened a connection with the outside keeps its entry,
+    // so the other side's packets are admitted (as `tc`'s).
+    let wrote = match (reason, dir) {
+        (Reason::Egress, Direction::FromContainer) => track_conn(&at, &v, ConnKind::Egress),
+        (Reason::Published, Direction::ToContainer) => track_conn(&at, &v, ConnKind::Published),
+        _ => 0,
+    };
+    // Read, volatile: a result left unused lets the compiler drop it, and
+    // the subprogram would return whatever its last register held (a stack
+    // pointer, which the verifier refuses).
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&wrote) };
     TC_ACT_PIPE
 }
 
@@ -386,7 +380,35 @@ fn judge(
         }
     };
     (v.conn_kind, v.conn_update) = (edge.conn_kind, edge.conn_update);
+    // A connection with the outside new to `PN_CONNS6` only within the
+    // container's share. Here rather than in `handle`, whose frame stacked
+    // on `nd`'s has no byte to spare; a live entry the decision found
+    // costs nothing more.
+    let opens = matches!(
+        (reason, dir),
+        (Reason::Egress, Direction::FromContainer) | (Reason::Published, Direction::ToContainer)
+    );
+    if opens && v.conn_kind == 0 && over_share(dir, &v.pkt, iface, cfg) != 0 {
+        return Reason::ConnQuota as u8;
+    }
     reason as u8
+}
+
+/// Whether `pkt`'s connection has no `PN_CONNS6` entry and its container
+/// (`iface`) holds its share already (1), else 0, the entry then counted
+/// (see `crate::share`). A number: a subprogram returns a scalar.
+#[inline(never)]
+fn over_share(dir: Direction, pkt: &Ipv6Summary, iface: Option<&Iface>, cfg: &Config) -> u8 {
+    let key = match dir {
+        Direction::FromContainer => ConnKey::leaving(pkt),
+        _ => ConnKey::entering(pkt),
+    };
+    // SAFETY: plain data, see tc.rs.
+    if unsafe { PN_CONNS6.get(key) }.is_some() {
+        return 0;
+    }
+    let slot = iface.map_or(0, |i| i.slot);
+    u8::from(!crate::share::take(slot, cfg.conn_share, Table::Conns))
 }
 
 /// What `decide` returns when the headers are read and the rules are to
@@ -465,16 +487,13 @@ fn track_flow(at: &PacketCtx, v: &Verdict) {
     }
 }
 
-/// `track_conn`'s answer for a new connection over its container's share.
-const OVER_SHARE: u8 = 2;
-
 /// `tc::track_conn` over `PN_CONNS6`: records (at most once a second, and
 /// on its opener's SYN, FIN or reset) a connection with the outside from
-/// the side that opened it. Whether it wrote (1), or refused a new entry
-/// over the share of the container of counter row `slot` ([`OVER_SHARE`]),
-/// as a number: a subprogram returns a scalar (see `decide`).
+/// the side that opened it (a new one was counted against its container's
+/// share by `over_share`). Whether it wrote, as a number: a subprogram
+/// returns a scalar (see `decide`).
 #[inline(never)]
-fn track_conn(at: &PacketCtx, v: &Verdict, kind: ConnKind, slot: u16) -> u8 {
+fn track_conn(at: &PacketCtx, v: &Verdict, kind: ConnKind) -> u8 {
     let key = match at.dir {
         Direction::FromContainer => ConnKey::leaving(&v.pkt),
         _ => ConnKey::entering(&v.pkt),
@@ -500,8 +519,7 @@ fn track_conn(at: &PacketCtx, v: &Verdict, kind: ConnKind, slot: u16) -> u8 {
     if update == update_code(FlowUpdate::Keep) && known == kind as u8 && !marks {
         return 0;
     }
-    // In place when the entry is there (its `closing` kept); a new one only
-    // within the share.
+    // In place when the entry is there (its `closing` kept).
     match PN_CONNS6.get_ptr_mut(key) {
         Some(c) => {
             // SAFETY: a value of the map, valid for the program run; plain data.
@@ -512,9 +530,6 @@ fn track_conn(at: &PacketCtx, v: &Verdict, kind: ConnKind, slot: u16) -> u8 {
             }
         }
         None => {
-            if !crate::share::take(slot, at.cfg.conn_share, Table::Conns) {
-                return OVER_SHARE;
-            }
             let state = ConnState {
                 last_seen_ns: now,
                 kind: kind as u8,
