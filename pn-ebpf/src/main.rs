@@ -8,6 +8,8 @@
 mod conn;
 mod lb;
 #[cfg(target_arch = "bpf")]
+mod lb6;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod packet;

@@ -90,6 +90,7 @@ pub struct Kernel {
     events: Option<RingBuf<MapData>>,
     conn: super::conn::ConnMaps,
     lb: super::lb::LbMaps,
+    lb6: super::lb::LbMaps<Ip6>,
     links_dir: PathBuf,
     xdp_dir: PathBuf,
     /// The maps hold an earlier agent's entries (see [`Kernel::carried`]).
@@ -193,6 +194,14 @@ impl Kernel {
             slots: take(&mut ebpf, objects::MAP_LB_SLOTS)?,
             backends: take(&mut ebpf, objects::MAP_LB_BACKENDS)?,
             stats: take(&mut ebpf, objects::MAP_LB_STATS)?,
+            name: "PN_LB",
+        };
+        let lb6 = super::lb::LbMaps {
+            services: take(&mut ebpf, objects::MAP_LB6_SERVICES)?,
+            slots: take(&mut ebpf, objects::MAP_LB6_SLOTS)?,
+            backends: take(&mut ebpf, objects::MAP_LB6_BACKENDS)?,
+            stats: take(&mut ebpf, objects::MAP_LB6_STATS)?,
+            name: "PN_LB6",
         };
         Ok(Kernel {
             ebpf,
@@ -208,6 +217,7 @@ impl Kernel {
             events,
             conn,
             lb,
+            lb6,
             links_dir,
             xdp_dir,
             carried,
@@ -339,6 +349,7 @@ impl Maps for Kernel {
             peers: Self::all(&self.peers, "PN_PEERS")?,
             tags: Self::all(&self.tags, "PN_TAGS")?.into_keys().collect(),
             services: self.lb.read()?,
+            services6: self.lb6.read()?,
             egress_deny: self.edge.deny()?,
             egress_deny6: self.edge.deny6()?,
         })
@@ -355,6 +366,21 @@ impl Maps for Kernel {
 
     fn remove_service(&mut self, vip: Ip4, old: &ServiceState) -> Result<()> {
         (self.lb.remove(vip, old)).ctx(|| format!("removing service {}", dotted(vip)))
+    }
+
+    fn set_service6(
+        &mut self,
+        vip: Ip6,
+        old: Option<&ServiceState<Ip6>>,
+        new: &ServiceState<Ip6>,
+    ) -> Result<()> {
+        let at = std::net::Ipv6Addr::from(vip);
+        (self.lb6.set(vip, old, new)).ctx(|| format!("service {at}"))
+    }
+
+    fn remove_service6(&mut self, vip: Ip6, old: &ServiceState<Ip6>) -> Result<()> {
+        let at = std::net::Ipv6Addr::from(vip);
+        (self.lb6.remove(vip, old)).ctx(|| format!("removing service {at}"))
     }
 
     fn set_endpoint(&mut self, ip: Ip4, ep: Endpoint) -> Result<()> {
