@@ -10,9 +10,8 @@
 //! global IPv6 address) and `PN_CONNS6` (written by the side that opened
 //! the connection, so answers and ICMPv6 errors about it come back).
 //!
-//! The service balancer is `lb6`'s, called around the rules as `tc` calls
-//! `lb`. Not carried for IPv6 yet, and failing closed rather than open:
-//! connection and request events (`flows --http`).
+//! Not carried for IPv6 yet, and failing closed rather than open: the
+//! service balancer, and connection and request events (`flows --http`).
 
 use aya_ebpf::maps::lpm_trie::Key as LpmKey;
 use aya_ebpf::{
@@ -59,13 +58,7 @@ pub fn handle(ctx: &TcContext, dir: Direction) -> i32 {
         // Called from here rather than from `decide`: the three frames
         // stacked would pass the 512 bytes all calls share.
         NEIGHBOUR_DISCOVERY => nd(ctx, dir, iface),
-        JUDGE => {
-            // The service balancer (`lb6`): toward a backend before the rules.
-            if let (Direction::FromContainer, Some(i)) = (dir, iface) {
-                crate::lb6::from_container(ctx, i, &mut v.pkt, v.l4, v.tcp_flags);
-            }
-            judge(ctx, dir, iface, cfg, &mut v)
-        }
+        JUDGE => judge(ctx, dir, iface, cfg, &mut v),
         r => r,
     };
     let at = PacketCtx {
@@ -84,9 +77,6 @@ pub fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     if reason.is_drop() {
         event(&at, EventKind::Drop, reason, &v);
         return TC_ACT_SHOT;
-    }
-    if reason == Reason::Delivered {
-        crate::lb6::to_container(ctx, &v.pkt, v.l4, v.tcp_flags);
     }
     if reason == Reason::Forwarded && v.read {
         match policy::flow_check(v.pkt.proto, v.tcp_flags) {
