@@ -147,6 +147,14 @@ impl Kernel {
                 .ctx(|| format!("program {name}"))?;
             prog.load()
                 .ctx(|| format!("loading program {name} (verifier)"))?;
+            // How close each program is to the verifier's limit (1 000 000).
+            if let Some(n) = prog
+                .info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count())
+            {
+                log::info!("program {name}: {n} instructions verified");
+            }
         }
         let xdp: &mut Xdp = ebpf
             .program_mut(objects::PROG_UNDERLAY)
