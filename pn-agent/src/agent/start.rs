@@ -408,11 +408,11 @@ impl Agent {
             cfg,
         });
         agent.read_events(loaded.events, loaded.conn_events);
-        agent
+        let synced = agent
             .first_sync(loaded.guard_later, loaded.tunnel_guard_later)
             .await?;
         if let Some(p) = predecessor {
-            agent.take_over(p).await?;
+            agent.take_over(p, synced).await?;
         }
         agent.start_dns().await?;
         tokio::spawn(agent.clone().follow_store());
@@ -449,18 +449,25 @@ impl Agent {
     }
 
     /// The first reconciliation, then this agent's underlay guard (its
-    /// maps filled now) and its host record.
+    /// maps filled now) and its host record. Returns whether the store
+    /// answered (the reconciliation happened).
     async fn first_sync(
         &self,
         guard_later: Option<Underlay>,
         tunnel_guard_later: bool,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         // Enforcement of the last known state goes on even if the store is
         // unreachable at start; the follower keeps retrying.
-        match self.resync().await {
-            Ok(rev) => log::info!("in sync with the store at revision {rev}"),
-            Err(e) => log::warn!("store unreachable at start, enforcing pinned state: {e:#}"),
-        }
+        let synced = match self.resync().await {
+            Ok(rev) => {
+                log::info!("in sync with the store at revision {rev}");
+                true
+            }
+            Err(e) => {
+                log::warn!("store unreachable at start, enforcing pinned state: {e:#}");
+                false
+            }
+        };
         self.adopt_unrecorded().await;
         if let Some(u) = guard_later {
             self.dp().maps_mut().attach_underlay(&u.name, u.mode)?;
@@ -474,7 +481,7 @@ impl Agent {
         if let Err(e) = self.register_host().await {
             log::warn!("registering host {}: {e}", self.cfg.host_id);
         }
-        Ok(())
+        Ok(synced)
     }
 
     pub(super) async fn register_host(&self) -> Result<i64, MembershipError> {

@@ -55,7 +55,7 @@ pub(super) async fn open_tunnel(
 pub(super) fn resume_stored(dev: &Device, members: &MemberTable, stored: Stored) -> bool {
     match AgentState::decode(&stored.state) {
         Ok(state) => {
-            members.set_all(&state.members);
+            members.set_all(&state.members, &state.members6);
             let peers: Vec<_> = state
                 .tunnel
                 .peers
@@ -65,8 +65,9 @@ pub(super) fn resume_stored(dev: &Device, members: &MemberTable, stored: Stored)
             dev.set_peers(&peers);
             let n = dev.import(&state.tunnel);
             log::info!(
-                "resumed the tunnel kept by the service manager: {n} sessions, {} members",
-                state.members.len()
+                "resumed the tunnel kept by the service manager: {n} sessions, {} IPv4 and {} IPv6 members",
+                state.members.len(),
+                state.members6.len()
             );
         }
         Err(e) => log::warn!("the tunnel state kept by the service manager is unreadable ({e})"),
@@ -103,8 +104,11 @@ impl Agent {
     }
 
     /// Takes the predecessor's tunnel (its I/O stops for the moment this
-    /// takes), then waits for it to exit.
-    pub(super) async fn take_over(&self, mut p: Predecessor) -> anyhow::Result<()> {
+    /// takes), then waits for it to exit. `synced`: this agent's first
+    /// listing of the store went through, and its member tables are that
+    /// listing's; otherwise (the store unreachable at start) it takes the
+    /// predecessor's, which its follower replaces once the store answers.
+    pub(super) async fn take_over(&self, mut p: Predecessor, synced: bool) -> anyhow::Result<()> {
         let compatible = p.compatible;
         let handed = tokio::task::block_in_place(|| p.take())
             .context("taking over from the running agent")?;
@@ -112,10 +116,20 @@ impl Agent {
         if let (Some(dev), Some(io)) = (&self.tunnel, handed.io) {
             match AgentState::decode(&handed.state) {
                 Ok(state) => {
+                    if !synced {
+                        self.members.set_all(&state.members, &state.members6);
+                    }
                     let n = dev.import(&state.tunnel);
                     log::info!(
-                        "took over the tunnel: {n} of {} sessions",
-                        state.tunnel.sessions()
+                        "took over the tunnel: {n} of {} sessions ({} IPv4 and {} IPv6 members handed over{})",
+                        state.tunnel.sessions(),
+                        state.members.len(),
+                        state.members6.len(),
+                        if synced {
+                            ""
+                        } else {
+                            ", taken: the store did not answer"
+                        }
                     );
                 }
                 Err(e) => {
@@ -146,7 +160,9 @@ impl Agent {
         if !service::under_service_manager() || self.tunnel.is_none() {
             return false;
         }
-        let (io, state) = self.freeze();
+        // The next start's version is unknown: this agent's (an older
+        // one starts afresh, pairing in one handshake).
+        let (io, state) = self.freeze(crate::handover::state::version());
         let Some(io) = io else { return false };
         match service::store(&io, &state) {
             Ok(()) => {
@@ -163,7 +179,7 @@ impl Agent {
 
 /// The agent as a predecessor: what it gives a successor.
 impl Handing for Agent {
-    fn freeze(&self) -> (Option<Io>, Zeroizing<Vec<u8>>) {
+    fn freeze(&self, version: u32) -> (Option<Io>, Zeroizing<Vec<u8>>) {
         let Some(dev) = &self.tunnel else {
             return (None, Zeroizing::new(Vec::new()));
         };
@@ -172,9 +188,10 @@ impl Handing for Agent {
         let io = dev.stop();
         let state = AgentState {
             members: self.members.entries(),
+            members6: self.members.entries6(),
             tunnel: dev.export(COUNTER_MARGIN),
         };
-        (io, state.encode())
+        (io, state.encode_as(version))
     }
 
     fn resume(&self, io: Option<Io>) {
