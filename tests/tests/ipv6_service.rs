@@ -329,3 +329,40 @@ fn a_forged_ipv6_service_address_over_a_member_is_refused() {
     assert_eq!(who(&v.client, victim6), Some(victim6));
     assert_eq!(who(&v.client, vip), Some(victim6));
 }
+
+/// An upgrade: a vip app made while its host ran without IPv6 (a network
+/// without a range, a service address without a twin) gains its IPv6
+/// service address when the host restarts with IPv6 on, without a new
+/// attach; its IPv4 one stays, and both balance.
+#[test]
+fn an_existing_service_gains_an_ipv6_address_on_restart() {
+    let mut host = Host::start_with(&unique_prefix(), "h1", &["--ipv6", "off"]);
+    let net = host.create_network(&[]);
+    let v = vip_app(&net, &[&host; 2]);
+    let (svc, client) = (&v.svc, &v.client);
+    let ipv4 = |host: &Host| -> Option<Ipv4Addr> {
+        let list = host.json(&["app", "list"]);
+        let a = list.as_array()?.iter().find(|a| a["id"] == svc.as_str())?;
+        a["services"][0]["addr"].as_str()?.parse().ok()
+    };
+    let vip4 = ipv4(&host).expect("an IPv4 service address");
+    assert!(service(&host, svc, "web").is_none(), "no IPv6 twin yet");
+    host.stop();
+    host.launch(&[]);
+    let long = Duration::from_secs(15);
+    assert!(
+        eventually(long, || service(&host, svc, "web").is_some()),
+        "{}",
+        host.json(&["app", "list"])
+    );
+    let (again4, vip, _) = service(&host, svc, "web").unwrap();
+    assert_eq!(again4, vip4, "the IPv4 service address stays");
+    let name = format!("{svc}.{net}.{ZONE}.");
+    assert!(eventually(long, || dig_short(client, &name, "AAAA")
+        == [vip.to_string()]));
+    // Both backends gained IPv6 addresses and take connections over it.
+    assert!(eventually(long, || spread(client, vip, 40).len() == 2));
+    let (line, _) = net::tcp_whoami(client, SocketAddr::from((vip4, PORT)), T)
+        .expect("the IPv4 service address still balances");
+    assert!(line.starts_with("::ffff:"), "{line}");
+}

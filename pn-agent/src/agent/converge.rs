@@ -268,8 +268,10 @@ impl Agent {
     }
 
     /// Service addresses without their IPv6 twin, of apps with a container
-    /// on this host in a network with an IPv6 range (each host asks only
-    /// for what it balances toward or serves, not for the whole fleet).
+    /// on this host in a network the view knows has an IPv6 range (a range
+    /// given earlier in this pass comes back through the watch, whose
+    /// converge gives the twins). Each host asks only for the apps it
+    /// serves, not for the whole fleet.
     async fn give_services6(&self) {
         let bare: Vec<_> = {
             let v = self.view();
