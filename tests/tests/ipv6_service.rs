@@ -240,6 +240,22 @@ fn a_connection_to_a_detached_ipv6_backend_is_reset_not_left_to_hang() {
     // New connections go on to the others.
     let s = spread(client, vip, 40);
     assert!(!s.contains_key(&first), "{s:?}");
+    // Counted in `app list` on the backends (rows named by their IPv4
+    // address, both families summed) while they are members: the 40 new
+    // connections. (The one that left takes its IPv6 row along: see
+    // README.)
+    let counters = || -> Vec<serde_json::Value> {
+        let list = host.json(&["app", "list"]);
+        list.as_array()
+            .and_then(|l| l.iter().find(|a| a["id"] == svc.as_str()))
+            .and_then(|a| a["services"][0]["counters"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let total: u64 = counters()
+        .iter()
+        .filter_map(|c| c["connections"].as_u64())
+        .sum();
+    assert_eq!(total, 40, "{:?}", counters());
 }
 
 #[test]

@@ -279,6 +279,13 @@ impl Kernel {
         self.lb.stats()
     }
 
+    /// The same for IPv6 service addresses.
+    pub fn lb6_stats(
+        &self,
+    ) -> Result<BTreeMap<pn_common::lb::LbStatsKey<Ip6>, pn_common::lb::LbStats>> {
+        self.lb6.stats()
+    }
+
     /// Counters summed over CPUs, by endpoint and reason: the host's row
     /// (endpoint 0) and the rows of `ifaces` (the interfaces this agent
     /// gave a slot). Reasons never counted are left out.
