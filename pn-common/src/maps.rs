@@ -170,9 +170,10 @@ pub struct Config {
     pub pool6_addr: Ip6,
     pub pool6_mask: Ip6,
     /// Entries each container may hold in each connection table
-    /// (`PN_CONNS` and `PN_CONNS6` together, `PN_LB_CONNS` apart): a new
-    /// connection over it is dropped (`conn_quota`), so one container can
-    /// neither fill a table nor crowd out another's entries. 0: no share
+    /// (`PN_CONNS` and `PN_CONNS6` together; apart, `PN_LB_CONNS` and
+    /// `PN_LB6_CONNS` together): a new connection over it is dropped
+    /// (`conn_quota`), so one container can neither fill a table nor crowd
+    /// out another's entries. 0: no share
     /// (an agent that does not set it keeps the old behaviour).
     pub conn_share: u32,
     pub _pad: u32,
@@ -326,8 +327,9 @@ pub struct ConnCount {
     /// Entries of `PN_CONNS` and `PN_CONNS6`. 64 bits: the BPF target's
     /// only atomic width.
     pub conns: u64,
-    /// Balanced connections of `PN_LB_CONNS` (one per connection, though
-    /// each holds two entries: the forward and the reverse).
+    /// Balanced connections of `PN_LB_CONNS` and `PN_LB6_CONNS` (one per
+    /// connection, though each holds two entries: the forward and the
+    /// reverse).
     pub lb: u64,
 }
 

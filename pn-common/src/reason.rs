@@ -96,7 +96,7 @@ pub enum Reason {
     NdDenied = 34,
     /// Dropped: a new connection of a container that already holds its
     /// share (`--conn-share`) of a connection table (`PN_CONNS`,
-    /// `PN_CONNS6`, `PN_LB_CONNS`): it cannot crowd other containers'
+    /// `PN_CONNS6`, `PN_LB_CONNS`, `PN_LB6_CONNS`): it cannot crowd other containers'
     /// connections out of the table.
     ConnQuota = 35,
 }

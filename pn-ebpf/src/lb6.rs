@@ -12,13 +12,13 @@
 //! in its pseudo-header, fixed by their difference (`bpf_csum_diff`).
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_PIPE},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_PIPE, TC_ACT_SHOT},
     helpers::{bpf_csum_diff, bpf_ktime_get_ns},
     programs::TcContext,
 };
 use pn_common::{
-    Ip6,
-    event::Direction,
+    Ip6, Reason,
+    event::{Direction, EventKind},
     lb::{self, LbConn, LbConnKey, LbCount, LbStats, LbStatsKey, LbStep, SlotKey},
     maps::Iface,
     policy::{
@@ -27,8 +27,13 @@ use pn_common::{
 };
 
 use crate::{
-    maps::{PN_IFACES, PN_LB6_BACKENDS, PN_LB6_CONNS, PN_LB6_SERVICES, PN_LB6_SLOTS, PN_LB6_STATS},
+    maps::{
+        PN_CONFIG, PN_IFACES, PN_LB6_BACKENDS, PN_LB6_CONNS, PN_LB6_SERVICES, PN_LB6_SLOTS,
+        PN_LB6_STATS,
+    },
     packet::load,
+    report::{PacketCtx, count, report},
+    share::Table,
 };
 
 /// Offsets of the addresses in the IPv6 header, and of the checksums.
@@ -36,6 +41,11 @@ const IP6_SRC: usize = ETH_HLEN + 8;
 const IP6_DST: usize = ETH_HLEN + 24;
 const TCP_CSUM: usize = 16;
 const UDP_CSUM: usize = 6;
+
+/// What [`from_container`] returns for a new connection over its client's
+/// share (`Config::conn_share`), counted and reported as `conn_quota`: the
+/// packet is dropped before the rules see it (as `lb`'s in `tc::decide`).
+const OVER_SHARE: u8 = 2;
 
 /// The balancer around `tc6::handle` (`tc::by_family` calls it so): a
 /// packet leaving a container is balanced before the rules judge it (they
@@ -49,7 +59,9 @@ pub fn around(ctx: &TcContext, dir: Direction, handle: impl FnOnce() -> i32) -> 
         let r = from_container(ctx);
         // Read, volatile: see `tc6::handle` (a subprogram's unused result).
         // SAFETY: a read of a local.
-        unsafe { core::ptr::read_volatile(&r) };
+        if unsafe { core::ptr::read_volatile(&r) } == OVER_SHARE {
+            return TC_ACT_SHOT;
+        }
     }
     let verdict = handle();
     if matches!(dir, Direction::ToContainer) && verdict == TC_ACT_PIPE {
@@ -70,7 +82,8 @@ struct Headers {
 }
 
 /// A packet leaving a client: toward an IPv6 service address of its
-/// network, it leaves toward a backend. Whether it was rewritten.
+/// network, it leaves toward a backend. Whether it was rewritten (1), or
+/// [`OVER_SHARE`] (then counted and reported here).
 #[inline(never)]
 fn from_container(ctx: &TcContext) -> u8 {
     // SAFETY: the context pointer is valid for the whole program run.
@@ -93,7 +106,32 @@ fn from_container(ctx: &TcContext) -> u8 {
     if read(ctx, &mut h) == 0 {
         return 0;
     }
-    leaving(ctx, iface, &mut h.pkt, h.l4, h.flags)
+    let r = leaving(ctx, iface, &mut h.pkt, h.l4, h.flags);
+    if r == OVER_SHARE {
+        refuse(ctx, iface.slot, &h.pkt);
+    }
+    r
+}
+
+/// A new balanced connection over its client's share: counted on the
+/// client's row as `conn_quota` and reported as `tc6`'s drops are.
+#[inline(never)]
+fn refuse(ctx: &TcContext, slot: u16, pkt: &Ipv6Summary) -> u8 {
+    let Some(cfg) = PN_CONFIG.get(0) else {
+        return 0;
+    };
+    let at = PacketCtx {
+        cfg,
+        dir: Direction::FromContainer,
+        // SAFETY: the context pointer is valid for the whole program run.
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        len: ctx.len(),
+    };
+    count(slot, Reason::ConnQuota, at.len);
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    report(&at, now, EventKind::Drop, Reason::ConnQuota, Some(pkt));
+    1
 }
 
 /// A packet entering a client that the rules passed: a reply from a
@@ -156,7 +194,9 @@ fn read(ctx: &TcContext, h: &mut Headers) -> u8 {
 }
 
 /// `from_container`'s work; whether it rewrote (a subprogram returns a
-/// scalar, see `tc6::decide`).
+/// scalar, see `tc6::decide`), or [`OVER_SHARE`]: a new connection's
+/// entries count against the client's balanced share, with IPv4's
+/// (`PN_CONN_COUNT`'s `lb`).
 #[inline(never)]
 fn leaving(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv6Summary, l4: u16, flags: u8) -> u8 {
     if !same6(&pkt.src, &iface.addr6) {
@@ -193,6 +233,12 @@ fn leaving(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv6Summary, l4: u16, flags
         LbStep::Keep(b) => (b, known.map_or(0, |c| c.state), false),
         LbStep::Renew(b) => (b, 0, true),
         LbStep::Choose(count) => {
+            // New entries (not a known connection's, rewritten in place)
+            // only within the client's share, as `lb::from_container`.
+            let share = PN_CONFIG.get(0).map_or(0, |c| c.conn_share);
+            if known.is_none() && !crate::share::take(iface.slot, share, Table::Lb) {
+                return OVER_SHARE;
+            }
             let slot = SlotKey {
                 vip,
                 slot: lb::slot_of(pkt),
@@ -210,7 +256,13 @@ fn leaving(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv6Summary, l4: u16, flags
             (b, 0, true)
         }
     };
-    let closing = if lb::may_close(flags) {
+    // UDP never closes: its forward entry carries when the client last
+    // sent, which the agent's sweep ages (written once a second at most),
+    // as `lb`'s.
+    let udp = pkt.proto != IPPROTO_TCP;
+    let closing = if udp {
+        lb::udp_stamp(now_s())
+    } else if lb::may_close(flags) {
         lb::lb_closing(state, flags, true, now_s())
     } else {
         state
@@ -222,7 +274,9 @@ fn leaving(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv6Summary, l4: u16, flags
             // SAFETY: as above; a u32 store.
             unsafe { (*p).state = closing };
         }
-        set_reverse(pkt, &backend, closing);
+        if !udp {
+            set_reverse(pkt, &backend, closing);
+        }
     }
     if rewrite(ctx, pkt.proto, l4, IP6_DST, &vip, &backend) != 0 {
         pkt.dst = backend;

@@ -13,7 +13,7 @@ use crate::maps::PN_CONN_COUNT;
 pub enum Table {
     /// `PN_CONNS` and `PN_CONNS6`.
     Conns,
-    /// `PN_LB_CONNS`.
+    /// `PN_LB_CONNS` and `PN_LB6_CONNS`.
     Lb,
 }
 

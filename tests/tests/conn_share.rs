@@ -225,3 +225,65 @@ fn ipv6_flows_count_against_the_same_share() {
     );
     assert_eq!(entries(&host, &app, "world"), SHARE);
 }
+
+/// The service addresses (IPv4, IPv6) of `ctype` of `app`, from `app list`.
+fn service_addrs(host: &Host, app: &str, ctype: &str) -> Option<(Ipv4Addr, Ipv6Addr)> {
+    let list = host.json(&["app", "list"]);
+    let a = list.as_array()?.iter().find(|a| a["id"] == app)?;
+    let s = a["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["type"] == ctype)?;
+    Some((
+        s["addr"].as_str()?.parse().ok()?,
+        s["addr6"].as_str()?.parse().ok()?,
+    ))
+}
+
+#[test]
+fn balanced_ipv6_flows_count_against_the_same_share() {
+    let p = unique_prefix();
+    let mut host = Host::create(&p, "h1");
+    host.launch(&["--conn-share", &SHARE.to_string()]);
+    let (net, app) = host.network_and_app(&[]);
+    let svc = host.create_app_with(&net, &["--balance", "vip"]);
+    let backend = host.member(&svc, "web", "bk");
+    let greedy = host.member(&app, "web", "grd");
+    let collector = net::udp_collector6(&backend, 5300);
+    assert!(eventually(WAIT, || service_addrs(&host, &svc, "web").is_some()));
+    let (vip4, vip6) = service_addrs(&host, &svc, "web").unwrap();
+
+    // Balanced IPv4 flows, then IPv6 ones (`lb6`): one balanced count for
+    // both families (`PN_LB_CONNS` and `PN_LB6_CONNS`).
+    let v4 = 40;
+    udp_flows(&greedy, SocketAddr::from((vip4, 5300)), v4);
+    assert_eq!(collector.received(Duration::from_secs(2)).len() as u64, v4);
+    udp_flows(&greedy, SocketAddr::from((vip6, 5300)), FLOWS);
+    let admitted = SHARE - v4;
+    assert_eq!(
+        collector.received(Duration::from_secs(2)).len() as u64,
+        admitted,
+        "balanced IPv6 flows of the greedy container"
+    );
+    assert!(
+        eventually(WAIT, || host.packets(&app, "web-1", "conn_quota")
+            == FLOWS - admitted),
+        "conn_quota: {} (want {})",
+        host.packets(&app, "web-1", "conn_quota"),
+        FLOWS - admitted
+    );
+    assert_eq!(entries(&host, &app, "balanced"), SHARE);
+
+    // The sweep counts the IPv6 entries too: the count stays, and so does
+    // the refusal of a new flow.
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(entries(&host, &app, "balanced"), SHARE);
+    udp_flows(&greedy, SocketAddr::from((vip6, 5300)), 1);
+    assert!(collector.received(Duration::from_secs(1)).is_empty());
+    assert!(
+        eventually(WAIT, || host.packets(&app, "web-1", "conn_quota")
+            == FLOWS - admitted + 1),
+        "conn_quota after the sweep: {}",
+        host.packets(&app, "web-1", "conn_quota")
+    );
+}

@@ -218,6 +218,7 @@ impl Kernel {
         let share = sweep::ShareMaps {
             count: take(&mut ebpf, objects::MAP_CONN_COUNT)?,
             lb_conns: take(&mut ebpf, objects::MAP_LB_CONNS)?,
+            lb6_conns: take(&mut ebpf, objects::MAP_LB6_CONNS)?,
         };
         Ok(Kernel {
             ebpf,

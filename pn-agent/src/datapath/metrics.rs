@@ -171,7 +171,7 @@ impl DatapathCollector {
 
 impl DatapathCollector {
     /// `pn_conn_entries`: per container and table (`world`: `PN_CONNS` and
-    /// `PN_CONNS6`; `balanced`: `PN_LB_CONNS`), as of the last sweep plus
+    /// `PN_CONNS6`; `balanced`: `PN_LB_CONNS`, `PN_LB6_CONNS`), as of the last sweep plus
     /// what the programs added since. A container at `--conn-share` has
     /// its new connections dropped as `conn_quota` (`pn_packets`).
     fn encode_shares(

@@ -27,7 +27,8 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 pub struct Swept {
     /// `PN_CONNS` and `PN_CONNS6` entries per row.
     pub conns: BTreeMap<u16, u64>,
-    /// Balanced connections (forward entries of `PN_LB_CONNS`) per row.
+    /// Balanced connections (forward entries of `PN_LB_CONNS` and
+    /// `PN_LB6_CONNS`) per row.
     pub lb: BTreeMap<u16, u64>,
     /// Entries removed: idled out, closed long ago, or of no local container.
     pub removed: u64,
@@ -42,7 +43,7 @@ pub fn judge_conn(owner: Option<u16>, entry: &ConnState, proto: u8, now_ns: u64)
     policy::conn_live(entry, proto, now_ns).map(|_| row)
 }
 
-/// A `PN_LB_CONNS` entry: what the sweep does with it.
+/// A `PN_LB_CONNS`/`PN_LB6_CONNS` entry: what the sweep does with it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LbJudged {
     /// A forward entry: kept, one balanced connection of this row.
@@ -54,7 +55,7 @@ pub enum LbJudged {
 
 /// The forward entry of a reverse one (`key.reverse` 1, `entry.addr` the
 /// service address).
-pub fn forward_of(key: &LbConnKey, entry: &LbConn) -> LbConnKey {
+pub fn forward_of<A: Copy>(key: &LbConnKey<A>, entry: &LbConn<A>) -> LbConnKey<A> {
     LbConnKey {
         remote: entry.addr,
         reverse: 0,
@@ -62,18 +63,18 @@ pub fn forward_of(key: &LbConnKey, entry: &LbConn) -> LbConnKey {
     }
 }
 
-/// A `PN_LB_CONNS` entry. `owner`: the row of the local container of its
+/// A `PN_LB_CONNS` or `PN_LB6_CONNS` entry. `owner`: the row of the local container of its
 /// client; `forward`: for a reverse entry, its forward one (`None`: gone);
 /// `now_ns`: the monotonic clock (the programs' seconds are its seconds).
 /// A TCP connection lives until it has closed ([`LbConn::expired`], as the
 /// programs judge it); a UDP flow, which never closes, until its client
 /// has been silent for the UDP idle time of `PN_CONNS` (5 min), by the
 /// stamp of its forward entry ([`udp_idle_s`]).
-pub fn judge_lb(
+pub fn judge_lb<A>(
     owner: Option<u16>,
-    key: &LbConnKey,
-    entry: &LbConn,
-    forward: Option<&LbConn>,
+    key: &LbConnKey<A>,
+    entry: &LbConn<A>,
+    forward: Option<&LbConn<A>>,
     now_ns: u64,
 ) -> LbJudged {
     let Some(row) = owner else {
@@ -264,6 +265,53 @@ mod tests {
         );
         assert_eq!(
             judge_lb(Some(4), &rk, &closed, None, later),
+            LbJudged::Remove
+        );
+    }
+
+    #[test]
+    fn an_ipv6_balanced_flow_is_judged_as_ipv4s() {
+        let a = |last: u8| {
+            let mut x = [
+                0xfd, 0x12, 0x34, 0x56, 0x78, 0x9a, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0,
+            ];
+            x[15] = last;
+            x
+        };
+        let (client, vip, backend) = (a(2), a(100), a(9));
+        let fwd = LbConnKey {
+            client,
+            remote: vip,
+            client_port: 40000,
+            remote_port: 53,
+            proto: IPPROTO_UDP,
+            reverse: 0,
+            _pad: [0; 2],
+        };
+        let rev = LbConnKey {
+            remote: backend,
+            reverse: 1,
+            ..fwd
+        };
+        let now_s = 1_000;
+        let now = u64::from(now_s) * S;
+        let fv = LbConn {
+            addr: backend,
+            state: udp_stamp(now_s - 1),
+        };
+        let rv = LbConn {
+            addr: vip,
+            state: 0,
+        };
+        assert_eq!(forward_of(&rev, &rv), fwd);
+        assert_eq!(judge_lb(Some(5), &fwd, &fv, None, now), LbJudged::Count(5));
+        assert_eq!(judge_lb(Some(5), &rev, &rv, Some(&fv), now), LbJudged::Keep);
+        let idle = LbConn {
+            state: udp_stamp(now_s - 300),
+            ..fv
+        };
+        assert_eq!(
+            judge_lb(Some(5), &rev, &rv, Some(&idle), now),
             LbJudged::Remove
         );
     }

@@ -23,6 +23,8 @@ pub struct ShareMaps {
     pub count: Array<MapData, ConnCount>,
     /// `PN_LB_CONNS` (LRU; aya reads it as a hash).
     pub lb_conns: HashMap<MapData, LbConnKey, LbConn>,
+    /// `PN_LB6_CONNS`, counted with `PN_LB_CONNS` (one balanced share).
+    pub lb6_conns: HashMap<MapData, LbConnKey<Ip6>, LbConn<Ip6>>,
 }
 
 /// The monotonic clock, as `bpf_ktime_get_ns` reads it.
@@ -80,31 +82,42 @@ where
     Ok(())
 }
 
-impl ShareMaps {
-    /// `PN_LB_CONNS`, read whole first: a reverse entry of a UDP flow is
-    /// judged by its forward one's stamp.
-    fn sweep_lb(&mut self, owners: &Owners<Ip4>, swept: &mut Swept) -> Result<()> {
-        let now = monotonic_ns();
-        let all: std::collections::HashMap<LbConnKey, LbConn> =
-            self.lb_conns.iter().filter_map(|i| i.ok()).collect();
-        let mut stale = Vec::new();
-        for (k, v) in &all {
-            let forward = (k.reverse != 0)
-                .then(|| all.get(&forward_of(k, v)))
-                .flatten();
-            match judge_lb(owners.get(&k.client).copied(), k, v, forward, now) {
-                LbJudged::Count(row) => swept.count_lb(row),
-                LbJudged::Keep => {}
-                LbJudged::Remove => stale.push(*k),
-            }
+/// A balanced table of either family (`PN_LB_CONNS`, `PN_LB6_CONNS`),
+/// read whole first: a reverse entry of a UDP flow is judged by its
+/// forward one's stamp.
+fn sweep_lb<A>(
+    map: &mut HashMap<MapData, LbConnKey<A>, LbConn<A>>,
+    name: &str,
+    owners: &Owners<A>,
+    swept: &mut Swept,
+) -> Result<()>
+where
+    A: Copy + Ord + std::hash::Hash,
+    LbConnKey<A>: aya::Pod + Eq + std::hash::Hash,
+    LbConn<A>: aya::Pod,
+{
+    let now = monotonic_ns();
+    let all: std::collections::HashMap<LbConnKey<A>, LbConn<A>> =
+        map.iter().filter_map(|i| i.ok()).collect();
+    let mut stale = Vec::new();
+    for (k, v) in &all {
+        let forward = (k.reverse != 0)
+            .then(|| all.get(&forward_of(k, v)))
+            .flatten();
+        match judge_lb(owners.get(&k.client).copied(), k, v, forward, now) {
+            LbJudged::Count(row) => swept.count_lb(row),
+            LbJudged::Keep => {}
+            LbJudged::Remove => stale.push(*k),
         }
-        for k in stale {
-            gone(self.lb_conns.remove(&k), "PN_LB_CONNS")?;
-            swept.removed += 1;
-        }
-        Ok(())
     }
+    for k in stale {
+        gone(map.remove(&k), name)?;
+        swept.removed += 1;
+    }
+    Ok(())
+}
 
+impl ShareMaps {
     /// The counts of `rows` as they are now.
     fn counts(&self, rows: impl Iterator<Item = u16>) -> BTreeMap<u16, ConnCount> {
         rows.map(|r| (r, self.count.get(&u32::from(r), 0).unwrap_or_default()))
@@ -113,7 +126,7 @@ impl ShareMaps {
 }
 
 impl Kernel {
-    /// Sweeps `PN_CONNS`, `PN_CONNS6` and `PN_LB_CONNS` and writes each
+    /// Sweeps `PN_CONNS`, `PN_CONNS6`, `PN_LB_CONNS` and `PN_LB6_CONNS` and writes each
     /// local container's count (`owners`, `owners6`: the counter rows of
     /// the local containers by address).
     pub fn sweep_conns(&mut self, owners: &Owners<Ip4>, owners6: &Owners<Ip6>) -> Result<Swept> {
@@ -122,7 +135,13 @@ impl Kernel {
         let mut swept = Swept::default();
         sweep_conns(&mut self.edge.conns, "PN_CONNS", owners, &mut swept)?;
         sweep_conns(&mut self.edge.conns6, "PN_CONNS6", owners6, &mut swept)?;
-        self.share.sweep_lb(owners, &mut swept)?;
+        sweep_lb(&mut self.share.lb_conns, "PN_LB_CONNS", owners, &mut swept)?;
+        sweep_lb(
+            &mut self.share.lb6_conns,
+            "PN_LB6_CONNS",
+            owners6,
+            &mut swept,
+        )?;
         let after = self.share.counts(rows());
         for (row, now) in after {
             let was = before.get(&row).copied().unwrap_or_default();
