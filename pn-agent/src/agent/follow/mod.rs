@@ -116,7 +116,14 @@ impl Agent {
             WatchEvent::Put { key, .. } | WatchEvent::Delete { key, .. } => key,
             WatchEvent::Resync => return,
         };
-        let step = batch.step(key);
+        let mut step = batch.step(key);
+        // A lease's delete takes the container that held its address out
+        // of the view (when its record outlives it): a container's change.
+        if let WatchEvent::Delete { key, .. } = ev
+            && let Some(k) = self.view().unleased_by(key)
+        {
+            step = batch.step_of(&k);
+        }
         if matches!(step, Step::FlushThenJoin | Step::Alone) {
             self.flush(batch).await;
         }

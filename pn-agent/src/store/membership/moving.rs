@@ -108,8 +108,12 @@ impl Membership {
                         host: c.host.clone(),
                         service: false,
                     });
-                    // The claim stays: the container keeps its key.
-                    let (mut conds, mut ops) = self.lease_deletes(&c, false).await?;
+                    // The claim stays: the container keeps its key. The
+                    // new leases, then the record, then the old leases'
+                    // deletes: a watch never sees the record without a
+                    // lease of its address (agents refuse it then).
+                    let (mut conds, frees) = self.lease_deletes(&c, false).await?;
+                    let mut ops = Vec::new();
                     conds.push(as_read(container_key, Some(rev)));
                     let new_ips = std::iter::once(IpAddr::V4(ip)).chain(ip6.map(IpAddr::V6));
                     for new_ip in new_ips {
@@ -126,6 +130,7 @@ impl Membership {
                         ..c
                     };
                     ops.push(Op::Put(container_key.to_string(), encode(&moved)));
+                    ops.extend(frees);
                     Ok(Step::write(conds, ops, move |rev| Some((moved, rev))))
                 })
             },

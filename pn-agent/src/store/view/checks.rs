@@ -227,6 +227,7 @@ impl MembershipView {
             ));
         }
         ipam::check_address(&net.cidr, c.ip).map_err(|e| Rejected::new(key, Reject::Address, e))?;
+        self.check_leased(key, c, c.ip.into())?;
         if let Some(holder) = self.by_ip.get(&c.ip)
             && holder != k
         {
@@ -313,6 +314,27 @@ impl MembershipView {
         Ok(())
     }
 
+    /// A container's address only if its host holds its lease: the
+    /// allocator gives out what no host leases, so a record of an address
+    /// its host never leased would take an honest host's next container's
+    /// address from it (the older record keeps an address). The lease is
+    /// written before the record (`reserve_address`, then `put_container`;
+    /// a move or a new IPv6 address in the record's own transaction, before
+    /// it), so a watch sees it first.
+    fn check_leased(&self, key: &str, c: &Container, ip: IpAddr) -> Result {
+        if self.holds_lease(&c.host, c.network, ip) {
+            return Ok(());
+        }
+        Err(Rejected::new(
+            key,
+            Reject::NotLeased,
+            format!(
+                "host {} holds no lease of address {ip} in network {}",
+                c.host, c.network
+            ),
+        ))
+    }
+
     /// A container's IPv6 address: one of its network's IPv6 range that
     /// the allocator could have handed out, and nobody else's.
     fn check_ip6(&self, key: &str, k: &ContainerKey, c: &Container, net: &Network) -> Result {
@@ -327,6 +349,7 @@ impl MembershipView {
             ));
         };
         ipam::check_address6(&cidr6, ip6).map_err(|e| Rejected::new(key, Reject::Address, e))?;
+        self.check_leased(key, c, ip6.into())?;
         if let Some(holder) = self.by_ip6.get(&ip6)
             && holder != k
         {

@@ -4,14 +4,15 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use ipnet::Ipv4Net;
 use pn_common::ids::{AppId, HostId, NetworkId};
 
 use super::{Listing, WatchEvent, keys::Key};
-use crate::model::{App, Container, ContainerKey, Host, Network};
+use crate::model::{AddressLease, App, Container, ContainerKey, Host, Network};
+use state::Leased;
 
 mod checks;
 mod refusals;
@@ -69,16 +70,18 @@ fn listed_ips(entries: &[(String, super::Entry)]) -> HashMap<Ipv4Addr, i64> {
     out
 }
 
-/// Order in which a listing is loaded: what a record refers to comes first,
-/// and among records of one kind the older wins (an address claimed twice
-/// stays with the container that had it).
+/// Order in which a listing is loaded: what a record refers to comes first
+/// (a container's lease before the container), and among records of one
+/// kind the older wins (an address claimed twice stays with the container
+/// that had it).
 fn load_order(key: &str) -> u8 {
     match Key::parse(key) {
         Some(Key::Network(_)) => 0,
         Some(Key::App(_) | Key::Admissions) => 1,
         Some(Key::Host(_)) => 2,
-        Some(Key::Container(..) | Key::LegacyContainer(_)) => 3,
-        _ => 4,
+        Some(Key::HostIp(..) | Key::Ip(..) | Key::Ip6(..)) => 3,
+        Some(Key::Container(..) | Key::LegacyContainer(_)) => 4,
+        _ => 5,
     }
 }
 
@@ -104,6 +107,8 @@ impl MembershipView {
             container_at: HashMap::new(),
             per_host: HashMap::new(),
             host_quota: DEFAULT_HOST_QUOTA,
+            leases: HashMap::new(),
+            leased: HashMap::new(),
         }
     }
 
@@ -119,7 +124,7 @@ impl MembershipView {
         // Hosts and containers by creation: a host's re-registration or a
         // container's health must not make it the younger of two claims.
         entries.sort_by_cached_key(|(key, e)| match load_order(key) {
-            o @ (2 | 3) => (o, e.create_rev),
+            o @ (2..=4) => (o, e.create_rev),
             o => (o, e.mod_rev),
         });
         view.listed_ips = listed_ips(&listing.entries);
@@ -228,8 +233,87 @@ impl MembershipView {
                 self.hosts.insert(h.id.clone(), h);
                 Ok(Change::Host)
             }
+            Key::HostIp(host, net, ip) => {
+                self.put_lease(key, (host, net, ip));
+                Ok(Change::Other)
+            }
+            Key::Ip(net, ip) => Ok(self.put_shared_lease(key, value, net, ip.into())),
+            Key::Ip6(net, ip) => Ok(self.put_shared_lease(key, value, net, ip.into())),
             _ => Ok(Change::Other),
         }
+    }
+
+    /// Counts a lease (once per key: a rewrite changes nothing).
+    fn put_lease(&mut self, key: &str, leased: Leased) {
+        if self.leases.contains_key(key) {
+            return;
+        }
+        *self.leased.entry(leased.clone()).or_default() += 1;
+        self.leases.insert(key.to_string(), leased);
+    }
+
+    /// A shared lease of an older release (`ips/…`): a container's gives
+    /// its address to the host it names; a service address's to nobody.
+    fn put_shared_lease(&mut self, key: &str, value: &str, net: NetworkId, ip: IpAddr) -> Change {
+        match serde_json::from_str::<AddressLease>(value) {
+            Ok(l) if !l.service => self.put_lease(key, (l.host, net, ip)),
+            _ => {}
+        }
+        Change::Other
+    }
+
+    /// Forgets the lease at `key`. A container whose host no longer holds
+    /// its address leaves the view: the allocator may now give the address
+    /// to another host's container. (Every transaction of this release
+    /// writes a container's new record, or deletes it, before it frees the
+    /// leases the record used: a watch never sees an honest record lose
+    /// its lease.)
+    fn unlease(&mut self, key: &str) -> Change {
+        let Some(l) = self.leases.remove(key) else {
+            return Change::Other;
+        };
+        match self.leased.get_mut(&l) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                return Change::Other;
+            }
+            _ => {
+                self.leased.remove(&l);
+            }
+        }
+        match self
+            .unleased_holder(&l)
+            .and_then(|k| self.container_at.get(&k).cloned())
+        {
+            Some(at) => self.delete(&at),
+            None => Change::Other,
+        }
+    }
+
+    /// The container of the view that holds the address of lease `l`.
+    fn unleased_holder(&self, (host, net, ip): &Leased) -> Option<ContainerKey> {
+        let holder = match ip {
+            IpAddr::V4(ip) => self.by_ip.get(ip),
+            IpAddr::V6(ip) => self.by_ip6.get(ip),
+        }?;
+        let c = self.containers.get(holder)?;
+        (c.host == *host && c.network == *net).then(|| holder.clone())
+    }
+
+    /// The container a delete of `key` would take out of the view (its
+    /// lease, the last that gives its address to its host), if any: the
+    /// watch batches its change as a container's.
+    pub fn unleased_by(&self, key: &str) -> Option<ContainerKey> {
+        let l = self.leases.get(key)?;
+        if self.leased.get(l).copied().unwrap_or(0) > 1 {
+            return None;
+        }
+        self.unleased_holder(l)
+    }
+
+    /// Whether the view counts a lease giving `ip` of `net` to `host`.
+    pub(super) fn holds_lease(&self, host: &HostId, net: NetworkId, ip: IpAddr) -> bool {
+        self.leased.contains_key(&(host.clone(), net, ip))
     }
 
     fn put_container(
@@ -279,6 +363,9 @@ impl MembershipView {
                 return Change::Other;
             }
             self.container_at.remove(k);
+        }
+        if let Some(Key::HostIp(..) | Key::Ip(..) | Key::Ip6(..)) = parsed {
+            return self.unlease(key);
         }
         if let Some(Key::Admissions) = parsed {
             self.admissions = Default::default();

@@ -67,10 +67,14 @@ pub enum Reject {
     ContainerTaken,
     /// A container beyond its host's quota (`--host-quota`).
     Quota,
+    /// A container address its host holds no lease of
+    /// (`on/<host>/ips/<network>/<address>`, or a shared one of an older
+    /// release): the allocator would give it to another host's container.
+    NotLeased,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 25] = [
+    pub const ALL: [Reject; 26] = [
         Reject::Undecodable,
         Reject::Key,
         Reject::Range,
@@ -96,6 +100,7 @@ impl Reject {
         Reject::NotAdmitted,
         Reject::ContainerTaken,
         Reject::Quota,
+        Reject::NotLeased,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -125,6 +130,7 @@ impl Reject {
             Reject::NotAdmitted => "not_admitted",
             Reject::ContainerTaken => "container_taken",
             Reject::Quota => "quota",
+            Reject::NotLeased => "not_leased",
         }
     }
 }
@@ -191,6 +197,13 @@ impl Refusals {
 
 /// The kind of record a key holds, as the counter's label says it.
 pub fn kind_of(key: &str) -> &'static str {
+    use keys::Key;
+    match Key::parse(key) {
+        Some(Key::HostIp(..) | Key::Ip(..) | Key::Ip6(..)) => return "lease",
+        Some(Key::HostClaim(..) | Key::Claim(_)) => return "claim",
+        Some(Key::Peer(_)) => return "peer",
+        _ => {}
+    }
     [
         (keys::NETWORKS, "network"),
         (keys::APPS, "app"),

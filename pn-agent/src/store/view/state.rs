@@ -3,7 +3,7 @@
 use std::{
     collections::BTreeMap,
     collections::HashMap,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use ipnet::Ipv4Net;
@@ -48,7 +48,17 @@ pub struct MembershipView {
     pub(super) per_host: HashMap<HostId, usize>,
     /// How many containers one host may run (`--host-quota`).
     pub(super) host_quota: usize,
+    /// The address leases the view counts, by store key: the host they
+    /// give an address of a network to (a host's own range, or a shared
+    /// lease of an older release).
+    pub(super) leases: HashMap<String, Leased>,
+    /// How many of those leases give each host each address (its own and
+    /// a shared one of an older release may both, while a fleet migrates).
+    pub(super) leased: HashMap<Leased, usize>,
 }
+
+/// An address of a network leased to a host's container.
+pub(super) type Leased = (HostId, NetworkId, IpAddr);
 
 /// Containers one host may run unless `--host-quota` says otherwise: far
 /// more than a host runs, few enough that one host cannot fill the

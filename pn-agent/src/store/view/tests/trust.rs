@@ -16,19 +16,21 @@ fn vip(n: u8, ip: &str) -> App {
 /// A listing whose records carry their creation and last revisions.
 fn listing_at(records: &[(String, String, i64, i64)]) -> Listing {
     Listing {
-        entries: records
-            .iter()
-            .map(|(k, v, created, rev)| {
-                (
-                    k.clone(),
-                    Entry {
-                        value: v.clone(),
-                        mod_rev: *rev,
-                        create_rev: *created,
-                    },
-                )
-            })
-            .collect(),
+        entries: with_leases(
+            records
+                .iter()
+                .map(|(k, v, created, rev)| {
+                    (
+                        k.clone(),
+                        Entry {
+                            value: v.clone(),
+                            mod_rev: *rev,
+                            create_rev: *created,
+                        },
+                    )
+                })
+                .collect(),
+        ),
         rev: 100,
     }
 }

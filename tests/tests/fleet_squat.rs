@@ -1,0 +1,124 @@
+//! Addresses squatted by an attacker host of a TLS fleet locked down by
+//! `pn-agent fleet setup`, with its own `etcdctl` and certificate: a
+//! container record of an address its host never leased (the allocator
+//! only reads leases, so the victim's next attach is given that address:
+//! the older record would keep it everywhere); leases in networks of apps
+//! its host was not admitted to, or beyond its quota (which would exhaust
+//! a tenant's range). Every agent refuses or ignores them and counts each;
+//! the victims keep attaching and flowing.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use pn_tests::{Host, Namespace, eventually, fleet::Fleet, metric_value, net, unique_prefix};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn refused(h: &Host, kind: &str, reason: &str) -> u64 {
+    metric_value(
+        &h.metrics(),
+        "pn_store_records_refused_total",
+        &[("kind", kind), ("reason", reason)],
+    )
+}
+
+fn talks(from: &Namespace, to: Ipv4Addr) -> bool {
+    net::tcp_echo(
+        from,
+        SocketAddr::from((to, 9000)),
+        b"still mine",
+        Duration::from_secs(3),
+    )
+    .is_ok()
+}
+
+/// The host-side interface every agent derives from a container key.
+fn host_ifname(app: &str, index: u32) -> String {
+    pn_agent::model::ContainerKey {
+        app: app.parse().unwrap(),
+        ctype: "web".parse().unwrap(),
+        index,
+    }
+    .host_ifname()
+}
+
+/// The attacker (h2, admitted to the app: it runs c2) records a container
+/// at the address the victim's next attach will be given, without leasing
+/// it. Every agent refuses it (`not_leased`), logged once; the victim's
+/// attach gets the address and works across the tunnel.
+#[test]
+fn a_record_of_an_address_its_host_never_leased_is_refused() {
+    let p = unique_prefix();
+    let (mut f, (app, c1, c2, c3)) = Fleet::tls_with_roles(&p, 3, |f| {
+        let (h1, h2, h3) = (&f.hosts[0], &f.hosts[1], &f.hosts[2]);
+        let app = h1.network_and_app(&[]).1;
+        (
+            app.clone(),
+            h1.member(&app, "web", "c1"),
+            h2.member(&app, "web", "c2"),
+            h3.member(&app, "web", "c3"),
+        )
+    });
+    // An honest agent would remove records of containers it never made.
+    f.hosts[1].stop();
+    let (victim, far) = (&f.hosts[0], &f.hosts[2]);
+    let pki = f.pki.as_ref().unwrap();
+    let as_attacker = |args: &[&str]| pki.etcdctl(&f.underlay, &pki.hosts[1], args);
+    let index = c2.attached["index"].as_u64().unwrap();
+    let out = as_attacker(&[
+        "get",
+        &format!("/pn/on/h2/containers/{app}/web/{index}"),
+        "--print-value-only",
+    ]);
+    let mut forged: serde_json::Value = serde_json::from_slice(&out.stdout).expect("c2's record");
+    // The lowest free address: the next attach's.
+    let squat = Ipv4Addr::from(
+        [&c1, &c2, &c3]
+            .map(|m| u32::from(m.addr))
+            .into_iter()
+            .max()
+            .unwrap()
+            + 1,
+    );
+    forged["index"] = 61.into();
+    forged["host_ifname"] = host_ifname(&app, 61).into();
+    forged["ip"] = squat.to_string().into();
+    forged["ip6"] = serde_json::Value::Null;
+    forged["netns"] = "squat".into();
+    let out = as_attacker(&[
+        "put",
+        &format!("/pn/on/h2/containers/{app}/web/61"),
+        &forged.to_string(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    // Taken in (an agent that does not check leases) or refused: either
+    // way every agent has read it.
+    for h in [victim, far] {
+        assert!(
+            eventually(WAIT, || refused(h, "container", "not_leased") == 1
+                || h.container_count() == 4),
+            "{}: {}",
+            h.id,
+            h.metrics()
+        );
+    }
+    let _servers: Vec<_> = [&c1, &c3]
+        .iter()
+        .map(|m| net::tcp_echo_server(m, 9000))
+        .collect();
+    let c1c = victim.member(&app, "web", "c1c");
+    assert_eq!(c1c.addr, squat, "the attach was given the squatted address");
+    let _server = net::tcp_echo_server(&c1c, 9000);
+    assert!(
+        eventually(WAIT, || talks(&c3, c1c.addr) && talks(&c1c, c3.addr)),
+        "c1c works across the tunnel: {}",
+        far.metrics()
+    );
+    for h in [victim, far] {
+        assert_eq!(refused(h, "container", "address_taken"), 0, "{}", h.id);
+        assert_eq!(refused(h, "container", "not_leased"), 1, "{}", h.id);
+    }
+    assert_eq!(far.log().matches("refused (not_leased)").count(), 1);
+}
