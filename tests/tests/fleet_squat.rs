@@ -122,3 +122,81 @@ fn a_record_of_an_address_its_host_never_leased_is_refused() {
     }
     assert_eq!(far.log().matches("refused (not_leased)").count(), 1);
 }
+
+/// The attacker (h2, admitted to the app of network 1 only) leases every
+/// address of another tenant's network, and more of network 1 than twice
+/// its quota, with `etcdctl put`s in its own range. Every agent ignores
+/// and counts them (`lease` `not_admitted`, `quota`); the allocator skips
+/// only its counted ones: the other tenant still attaches, network 1's next
+/// attach takes the first address beyond them.
+#[test]
+fn leases_in_networks_of_no_admitted_app_or_beyond_the_quota_exhaust_nothing() {
+    let p = unique_prefix();
+    let (mut f, (app, vapp, vnet, c1, c2, c3, v1)) = Fleet::tls_with_roles(&p, 3, |f| {
+        let (h1, h2, h3) = (&f.hosts[0], &f.hosts[1], &f.hosts[2]);
+        let app = h1.network_and_app(&[]).1;
+        let vnet = h1.create_network(&["--cidr", "10.250.7.0/28"]);
+        let vapp = h1.create_app(&vnet);
+        let v1 = h1.member(&vapp, "web", "v1");
+        // h3 runs the other tenant's too (admitted by `setup`).
+        let v0 = h3.member(&vapp, "web", "v0");
+        (
+            app.clone(),
+            vapp,
+            vnet,
+            h1.member(&app, "web", "c1"),
+            h2.member(&app, "web", "c2"),
+            h3.member(&app, "web", "c3"),
+            (v1, v0),
+        )
+    });
+    let (v1, _v0) = v1;
+    // Eight leases per network and family counted per host.
+    f.relaunch(&["--host-quota", "4"]);
+    // Its own agent would release leases of containers it never attached.
+    f.hosts[1].stop();
+    let (victim, far) = (&f.hosts[0], &f.hosts[2]);
+    let pki = f.pki.as_ref().unwrap();
+    let as_attacker = |args: &[&str]| pki.etcdctl(&f.underlay, &pki.hosts[1], args);
+    let put = |key: String| {
+        let lease = serde_json::json!({"app": app, "ctype": "web", "index": 90, "host": "h2"});
+        let out = as_attacker(&["put", &key, &lease.to_string()]);
+        assert!(out.status.success(), "{key}: {out:?}");
+    };
+    for i in 1..=14u8 {
+        put(format!("/pn/on/h2/ips/{vnet}/10.250.7.{i}"));
+    }
+    let index = c2.attached["index"].as_u64().unwrap();
+    let out = as_attacker(&[
+        "get",
+        &format!("/pn/on/h2/containers/{app}/web/{index}"),
+        "--print-value-only",
+    ]);
+    let c2_rec: serde_json::Value = serde_json::from_slice(&out.stdout).expect("c2's record");
+    let net = c2_rec["network"].as_str().unwrap().to_string();
+    let last = u32::from([&c1, &c2, &c3].map(|m| m.addr).into_iter().max().unwrap());
+    // c2's lease and seven of these count; three do not.
+    for n in 1..=10 {
+        put(format!("/pn/on/h2/ips/{net}/{}", Ipv4Addr::from(last + n)));
+    }
+    let v3 = far.member(&vapp, "web", "v3");
+    let _servers: Vec<_> = [&v1, &c1]
+        .iter()
+        .map(|m| net::tcp_echo_server(m, 9000))
+        .collect();
+    assert!(eventually(WAIT, || talks(&v3, v1.addr)), "v3 reaches v1");
+    let c3b = far.member(&app, "web", "c3b");
+    assert_eq!(c3b.addr, Ipv4Addr::from(last + 8), "the first uncounted");
+    assert!(eventually(WAIT, || talks(&c3b, c1.addr)), "c3b reaches c1");
+    for h in [victim, far] {
+        assert!(
+            eventually(WAIT, || refused(h, "lease", "not_admitted") == 14
+                && refused(h, "lease", "quota") == 3),
+            "{}: {}",
+            h.id,
+            h.metrics()
+        );
+    }
+    let log = far.log();
+    assert_eq!(log.matches("refused (quota)").count(), 3, "{log}");
+}

@@ -42,8 +42,9 @@ impl Membership {
             return Ok(out);
         }
         let net: Network = self.network(&app.network).await?;
-        let hosts = self.lease_holders(Some(host)).await?;
-        let (mut used, _) = self.used_addresses(&app.network, &hosts).await?;
+        let hosts = self.lease_holders_in(&app.network, Some(host)).await?;
+        let all = self.used_addresses(&app.network, &hosts).await?;
+        let mut used = all.v4;
         for ctype in missing {
             let ip = ipam::next_address(&net.cidr, &used).ok_or_else(|| {
                 MembershipError::Exhausted(format!(
@@ -58,8 +59,12 @@ impl Membership {
                 host: host.clone(),
                 service: true,
             };
-            out.conds
-                .extend(address_unheld(&hosts, app.network, IpAddr::V4(ip)));
+            out.conds.extend(address_unheld(
+                &hosts,
+                app.network,
+                IpAddr::V4(ip),
+                &all.ignored,
+            ));
             out.ops.push(Op::Put(key.to_string(), encode(&lease)));
             app.services.insert(ctype, ip);
         }

@@ -314,6 +314,49 @@ impl MembershipView {
         Ok(())
     }
 
+    /// A lease in a host's range counts (for the records it lets in, as for
+    /// the allocator, `membership/leases.rs`) only in a network of an app
+    /// its host was admitted to, and up to twice the host's quota per
+    /// network and family (`lease_quota`, its oldest): a host could otherwise fill any tenant's
+    /// range with `etcdctl put`s in its own. The rest are ignored (and
+    /// counted); a record of such an address is then `not_leased`.
+    pub(super) fn check_lease(
+        &self,
+        key: &str,
+        host: &HostId,
+        net: &NetworkId,
+        ip: IpAddr,
+    ) -> Result {
+        let admitted = !self.admissions.enforced
+            || self
+                .apps
+                .values()
+                .any(|a| a.network == *net && self.admissions.admits(&a.id, host));
+        if !admitted {
+            return Err(Rejected::new(
+                key,
+                Reject::NotAdmitted,
+                format!("host {host} is not admitted to any app of network {net}"),
+            ));
+        }
+        let held = self
+            .leases_per
+            .get(&(host.clone(), *net, ip.is_ipv6()))
+            .copied()
+            .unwrap_or(0);
+        if held >= super::lease_quota(self.host_quota) {
+            return Err(Rejected::new(
+                key,
+                Reject::Quota,
+                format!(
+                    "host {host} holds {held} leases in network {net} already, \
+                     twice its quota (--host-quota)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// A container's address only if its host holds its lease: the
     /// allocator gives out what no host leases, so a record of an address
     /// its host never leased would take an honest host's next container's

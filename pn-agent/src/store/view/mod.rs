@@ -22,7 +22,7 @@ mod state;
 mod tests;
 
 pub use refusals::{Refusals, Reject, Rejected};
-pub use state::{DEFAULT_HOST_QUOTA, MembershipView};
+pub use state::{DEFAULT_HOST_QUOTA, MembershipView, lease_quota};
 
 /// What one watch event changed, for the consumers that act incrementally.
 #[derive(Clone, Debug, PartialEq)]
@@ -109,6 +109,8 @@ impl MembershipView {
             host_quota: DEFAULT_HOST_QUOTA,
             leases: HashMap::new(),
             leased: HashMap::new(),
+            leases_per: HashMap::new(),
+            waiting: HashMap::new(),
         }
     }
 
@@ -234,6 +236,19 @@ impl MembershipView {
                 Ok(Change::Host)
             }
             Key::HostIp(host, net, ip) => {
+                if !self.leases.contains_key(key) {
+                    let slot = (host.clone(), net, ip.is_ipv6());
+                    if let Err(r) = self.check_lease(key, &host, &net, ip) {
+                        if r.reject == Reject::Quota {
+                            let w = self.waiting.entry(slot).or_default();
+                            if !w.iter().any(|k| k == key) {
+                                w.push(key.to_string());
+                            }
+                        }
+                        return Err(r);
+                    }
+                    *self.leases_per.entry(slot).or_default() += 1;
+                }
                 self.put_lease(key, (host, net, ip));
                 Ok(Change::Other)
             }
@@ -270,8 +285,16 @@ impl MembershipView {
     /// its lease.)
     fn unlease(&mut self, key: &str) -> Change {
         let Some(l) = self.leases.remove(key) else {
+            if let Some(Key::HostIp(h, net, ip)) = Key::parse(key)
+                && let Some(w) = self.waiting.get_mut(&(h, net, ip.is_ipv6()))
+            {
+                w.retain(|k| k != key);
+            }
             return Change::Other;
         };
+        if let Some(Key::HostIp(..)) = Key::parse(key) {
+            self.uncount_lease(&l);
+        }
         match self.leased.get_mut(&l) {
             Some(n) if *n > 1 => {
                 *n -= 1;
@@ -287,6 +310,32 @@ impl MembershipView {
         {
             Some(at) => self.delete(&at),
             None => Change::Other,
+        }
+    }
+
+    /// One lease of a host's range fewer: the oldest waiting beyond its
+    /// quota, if any, is counted in its place.
+    fn uncount_lease(&mut self, (host, net, ip): &Leased) {
+        let slot = (host.clone(), *net, ip.is_ipv6());
+        if let Some(n) = self.leases_per.get_mut(&slot) {
+            *n -= 1;
+            if *n == 0 {
+                self.leases_per.remove(&slot);
+            }
+        }
+        let Some(w) = self.waiting.get_mut(&slot) else {
+            return;
+        };
+        let next = (!w.is_empty()).then(|| w.remove(0));
+        if w.is_empty() {
+            self.waiting.remove(&slot);
+        }
+        if let Some(k) = next
+            && let Some(Key::HostIp(h, n, a)) = Key::parse(&k)
+        {
+            *self.leases_per.entry(slot).or_default() += 1;
+            self.refused.remove(&k);
+            self.put_lease(&k, (h, n, a));
         }
     }
 

@@ -55,6 +55,13 @@ pub struct MembershipView {
     /// How many of those leases give each host each address (its own and
     /// a shared one of an older release may both, while a fleet migrates).
     pub(super) leased: HashMap<Leased, usize>,
+    /// How many leases of its own range the view counts for each host, in
+    /// each network, per family (`true`: IPv6): at most its quota.
+    pub(super) leases_per: HashMap<(HostId, NetworkId, bool), usize>,
+    /// Leases beyond their host's quota, oldest first: when one it counts
+    /// goes, the oldest waiting is counted, so the view counts a host's
+    /// oldest leases as the allocator does.
+    pub(super) waiting: HashMap<(HostId, NetworkId, bool), Vec<String>>,
 }
 
 /// An address of a network leased to a host's container.
@@ -64,6 +71,14 @@ pub(super) type Leased = (HostId, NetworkId, IpAddr);
 /// more than a host runs, few enough that one host cannot fill the
 /// datapath's maps of every agent.
 pub const DEFAULT_HOST_QUOTA: usize = 4096;
+
+/// How many leases of one network, per family, the others count for a host
+/// of `host_quota`: one per container it may run, and as many again for
+/// attaches under way and the leftovers of interrupted ones (released at
+/// its agent's next converge).
+pub fn lease_quota(host_quota: usize) -> usize {
+    host_quota.saturating_mul(2)
+}
 
 impl MembershipView {
     /// The same view with another quota of containers per host (for the

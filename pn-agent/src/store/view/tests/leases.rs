@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use super::*;
-use crate::model::AddressLease;
+use crate::{model::AddressLease, store::view::refusals::kind_of};
 
 fn lease_value(c: &Container) -> String {
     serde_json::to_string(&AddressLease {
@@ -180,4 +180,61 @@ fn a_listing_admits_own_and_older_releases_leases_not_service_ones() {
 
 fn json_of<T: Serialize>(r: &T) -> String {
     serde_json::to_string(r).unwrap()
+}
+
+fn lease_at(f: &mut Fixture, h: &str, ip: &str) -> Result<Change, Rejected> {
+    let c = container(90, [10, 240, 0, 90], h);
+    let key = Key::HostIp(c.host.clone(), net_id(1), ip.parse().unwrap()).to_string();
+    f.put_bare(&key, &lease_value(&c))
+}
+
+#[test]
+fn leases_count_only_from_admitted_hosts_up_to_their_quota() {
+    let mut f = Fixture::new();
+    // Four leases per network and family.
+    f.view = f.view.clone().with_host_quota(2);
+    let admissions = crate::model::Admissions {
+        enforced: true,
+        apps: [(app_id(1), ["h1".parse().unwrap()].into())].into(),
+    };
+    f.put_bare("admissions", &serde_json::to_string(&admissions).unwrap())
+        .unwrap();
+    // h2 runs nothing of network 1: its leases there count for nothing,
+    // and a record of one is not leased.
+    let r = lease_at(&mut f, "h2", "10.240.0.1").unwrap_err();
+    assert_eq!((r.reject, kind_of(&r.key)), (Reject::NotAdmitted, "lease"));
+    let squat = container(1, [10, 240, 0, 1], "h2");
+    let r = f
+        .put_bare(&key_of(&squat), &serde_json::to_string(&squat).unwrap())
+        .unwrap_err();
+    assert_eq!(r.reject, Reject::NotAdmitted, "{r}");
+    // h1's beyond twice its quota per network and family are refused,
+    // the newest; counted once each.
+    for ip in ["10.240.0.2", "10.240.0.3", "10.240.0.4", "10.240.0.5"] {
+        lease_at(&mut f, "h1", ip).unwrap();
+    }
+    let r = lease_at(&mut f, "h1", "10.240.0.6").unwrap_err();
+    assert_eq!(r.reject, Reject::Quota, "{r}");
+    assert!(lease_at(&mut f, "h1", "10.240.0.7").is_err());
+    assert_eq!(f.view.rejected.reason("quota"), 2);
+    let beyond = container(6, [10, 240, 0, 6], "h1");
+    let r = f
+        .put_bare(&key_of(&beyond), &serde_json::to_string(&beyond).unwrap())
+        .unwrap_err();
+    assert_eq!(r.reject, Reject::NotLeased, "{r}");
+    // One it counts goes: its oldest waiting is counted in its place, as
+    // the allocator counts a host's oldest.
+    let first = Key::HostIp(
+        "h1".parse().unwrap(),
+        net_id(1),
+        "10.240.0.2".parse().unwrap(),
+    );
+    delete(&mut f, &first.to_string());
+    f.put_bare(&key_of(&beyond), &serde_json::to_string(&beyond).unwrap())
+        .unwrap();
+    let last = container(7, [10, 240, 0, 7], "h1");
+    let r = f
+        .put_bare(&key_of(&last), &serde_json::to_string(&last).unwrap())
+        .unwrap_err();
+    assert_eq!(r.reject, Reject::NotLeased, "{r}");
 }

@@ -108,7 +108,15 @@ fn admissions_load_before_the_containers_they_judge() {
     };
     let v = view.reloaded(&listing);
     assert!(v.containers.is_empty());
-    assert_eq!(v.rejected.reason("not_admitted"), 1);
+    // The record, and its host's lease in a network it runs no app of.
+    let refused: Vec<_> = v.rejected.iter().collect();
+    assert_eq!(
+        refused,
+        [
+            ("container", "not_admitted", 1),
+            ("lease", "not_admitted", 1)
+        ]
+    );
 }
 
 fn entry(key: &str, value: &str, rev: i64) -> (String, Entry) {
