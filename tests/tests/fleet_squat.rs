@@ -4,8 +4,9 @@
 //! only reads leases, so the victim's next attach is given that address:
 //! the older record would keep it everywhere); leases in networks of apps
 //! its host was not admitted to, or beyond its quota (which would exhaust
-//! a tenant's range). Every agent refuses or ignores them and counts each;
-//! the victims keep attaching and flowing.
+//! a tenant's range); its own host record put again and again (each put
+//! made every agent run a full converge). Every agent refuses or ignores
+//! them and counts each; the victims keep attaching and flowing.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -199,4 +200,53 @@ fn leases_in_networks_of_no_admitted_app_or_beyond_the_quota_exhaust_nothing() {
     }
     let log = far.log();
     assert_eq!(log.matches("refused (quota)").count(), 3, "{log}");
+}
+
+fn host_updates(h: &Host, outcome: &str) -> u64 {
+    metric_value(
+        &h.metrics(),
+        "pn_store_host_updates_total",
+        &[("outcome", outcome)],
+    )
+}
+
+/// The attacker re-puts its own host record in a loop (its to write): a
+/// put that changes nothing agents use (peer id, key, endpoint) makes no
+/// agent converge (`unchanged`); the victims keep flowing.
+#[test]
+fn a_host_record_put_again_and_again_converges_nothing() {
+    let p = unique_prefix();
+    let (f, (c1, c3)) = Fleet::tls_with_roles(&p, 3, |f| {
+        let app = f.hosts[0].network_and_app(&[]).1;
+        (
+            f.hosts[0].member(&app, "web", "c1"),
+            f.hosts[2].member(&app, "web", "c3"),
+        )
+    });
+    let (victim, far) = (&f.hosts[0], &f.hosts[2]);
+    let pki = f.pki.as_ref().unwrap();
+    let as_attacker = |args: &[&str]| pki.etcdctl(&f.underlay, &pki.hosts[1], args);
+    let out = as_attacker(&["get", "/pn/hosts/h2", "--print-value-only"]);
+    let mut record: serde_json::Value = serde_json::from_slice(&out.stdout).expect("h2's record");
+    let _server = net::tcp_echo_server(&c1, 9000);
+    assert!(eventually(WAIT, || talks(&c3, c1.addr)), "c3 reaches c1");
+    let before: Vec<u64> = [victim, far]
+        .iter()
+        .map(|h| host_updates(h, "converged"))
+        .collect();
+    for i in 0..30u64 {
+        record["started_at"] = i.into();
+        let out = as_attacker(&["put", "/pn/hosts/h2", &record.to_string()]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    for (h, was) in [victim, far].into_iter().zip(before) {
+        assert!(
+            eventually(WAIT, || host_updates(h, "unchanged") == 30),
+            "{}: {}",
+            h.id,
+            h.metrics()
+        );
+        assert_eq!(host_updates(h, "converged"), was, "{}", h.id);
+    }
+    assert!(talks(&c3, c1.addr), "c3 still reaches c1");
 }

@@ -21,7 +21,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use refusals::{Refusals, Reject, Rejected};
+pub use refusals::{HostUpdate, HostUpdates, Refusals, Reject, Rejected};
 pub use state::{DEFAULT_HOST_QUOTA, MembershipView, lease_quota};
 
 /// What one watch event changed, for the consumers that act incrementally.
@@ -98,6 +98,7 @@ impl MembershipView {
             published_at: HashMap::new(),
             rev: 0,
             rejected: Refusals::default(),
+            host_updates: HostUpdates::default(),
             services_at: HashMap::new(),
             host_revs: HashMap::new(),
             listed_ips: HashMap::new(),
@@ -121,6 +122,7 @@ impl MembershipView {
     pub fn reloaded(&self, listing: &Listing) -> MembershipView {
         let mut view = MembershipView::new(self.pool).with_host_quota(self.host_quota);
         view.rejected = self.rejected.clone();
+        view.host_updates = self.host_updates.clone();
         view.refused = self.refused.clone();
         let mut entries: Vec<_> = listing.entries.iter().collect();
         // Hosts and containers by creation: a host's re-registration or a
@@ -229,10 +231,22 @@ impl MembershipView {
             Key::Host(id) => {
                 let h: Host = checks::decode(key, value)?;
                 let created = self.host_revs.get(&id).map_or(rev, |r| r.0);
-                if let Some(younger) = self.check_host(key, &id, &h, created)? {
-                    self.displace(&younger);
+                let displaced = self.check_host(key, &id, &h, created)?;
+                if let Some(younger) = &displaced {
+                    self.displace(younger);
                 }
+                let same = displaced.is_none()
+                    && self.hosts.get(&id).is_some_and(|old| {
+                        // What agents use of a host: its peer id, tunnel
+                        // key and endpoint (`started_at` only says when).
+                        (old.peer_id, &old.public_key, old.advertise)
+                            == (h.peer_id, &h.public_key, h.advertise)
+                    });
                 self.hosts.insert(h.id.clone(), h);
+                if same {
+                    self.host_updates.count(HostUpdate::Unchanged);
+                    return Ok(Change::Other);
+                }
                 Ok(Change::Host)
             }
             Key::HostIp(host, net, ip) => {

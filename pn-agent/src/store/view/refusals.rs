@@ -216,3 +216,43 @@ pub fn kind_of(key: &str) -> &'static str {
     .find(|(p, _)| key.starts_with(p))
     .map_or("other", |(_, k)| k)
 }
+
+/// What became of a host record's change, for the agent's converges
+/// (`pn_store_host_updates_total{outcome}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HostUpdate {
+    /// A full converge ran for it (and for the changes it waited with).
+    Converged,
+    /// It waited for the next period's converge (`follow`).
+    Coalesced,
+    /// It changed nothing agents use (a re-registration): no converge.
+    Unchanged,
+}
+
+impl HostUpdate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostUpdate::Converged => "converged",
+            HostUpdate::Coalesced => "coalesced",
+            HostUpdate::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// Host record changes since the agent started, by outcome.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostUpdates(BTreeMap<HostUpdate, u64>);
+
+impl HostUpdates {
+    pub fn count(&mut self, u: HostUpdate) {
+        *self.0.entry(u).or_default() += 1;
+    }
+
+    pub fn get(&self, u: HostUpdate) -> u64 {
+        self.0.get(&u).copied().unwrap_or(0)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.0.iter().map(|(u, n)| (u.as_str(), *n))
+    }
+}

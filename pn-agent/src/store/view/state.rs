@@ -9,7 +9,7 @@ use std::{
 use ipnet::Ipv4Net;
 use pn_common::ids::{AppId, HostId, NetworkId};
 
-use super::refusals::Refusals;
+use super::refusals::{HostUpdates, Refusals};
 use crate::model::{Admissions, App, Container, ContainerKey, Host, Network};
 
 #[derive(Clone, Debug)]
@@ -26,6 +26,8 @@ pub struct MembershipView {
     pub rev: i64,
     /// Records refused since the agent started, by kind and reason.
     pub rejected: Refusals,
+    /// Host record changes since the agent started, by outcome.
+    pub host_updates: HostUpdates,
     /// Service addresses of the apps that balance by `vip`.
     pub(super) services_at: HashMap<Ipv4Addr, AppId>,
     /// Revisions of every host record's creation and last version, refused

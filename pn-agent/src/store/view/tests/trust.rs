@@ -211,3 +211,26 @@ fn a_container_keeps_its_host_namespace_interface_and_network() {
     f.ok(&other_host);
     assert_eq!(f.view.rejected.reason("immutable"), 3);
 }
+
+#[test]
+fn a_host_record_put_again_unchanged_converges_nothing() {
+    let mut f = Fixture::new();
+    let h = host("h1", 1);
+    assert_eq!(f.put(&h), Ok(Change::Host));
+    // A re-registration: only when it started changes.
+    let again = Host {
+        started_at: 99,
+        ..h.clone()
+    };
+    for _ in 0..3 {
+        assert_eq!(f.put(&again), Ok(Change::Other));
+    }
+    assert_eq!(f.view.host_updates.get(HostUpdate::Unchanged), 3);
+    assert_eq!(f.view.hosts[&h.id].started_at, 99);
+    // Its endpoint moves: every agent's tunnel must follow.
+    let moved = Host {
+        advertise: Some("192.0.2.77:51871".parse().unwrap()),
+        ..again
+    };
+    assert_eq!(f.put(&moved), Ok(Change::Host));
+}
