@@ -386,6 +386,57 @@ fn a_record_rewritten_while_its_agent_is_down_touches_only_the_namespace_it_atta
     );
 }
 
+/// A container an older release attached (no record of the agent's own in
+/// its state directory) whose store record was pointed meanwhile at another
+/// tenant's namespace, with a new address (and its lease): the agent does
+/// not take the store's word for it (that namespace holds no interface
+/// with the record's address), so it never re-addresses it.
+#[test]
+fn an_older_releases_container_pointed_at_another_namespace_is_not_adopted() {
+    let p = unique_prefix();
+    let mut f = Fleet::new(&p, 1);
+    let h1 = &f.hosts[0];
+    let app = h1.network_and_app(&[]).1;
+    let c1 = h1.member(&app, "web", "c1");
+    let other = h1.member(&h1.network_and_app(&[]).1, "web", "other");
+    let key = format!(
+        "/pn/on/h1/containers/{app}/web/{}",
+        c1.attached["index"].as_u64().unwrap()
+    );
+    let out = f.etcdctl(&["get", &key, "--print-value-only"]);
+    let mut record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let moved = Ipv4Addr::from(u32::from(c1.addr) + 50);
+    record["netns"] = other.ns.name.clone().into();
+    record["ip"] = moved.to_string().into();
+    let net = record["network"].as_str().unwrap();
+    let lease = serde_json::json!({"app": app, "ctype": "web",
+        "index": c1.attached["index"], "host": "h1"});
+    f.hosts[0].stop();
+    let ifname = record["host_ifname"].as_str().unwrap();
+    std::fs::remove_file(f.hosts[0].dir.join("state/attached").join(ifname)).unwrap();
+    for (k, v) in [
+        (format!("/pn/on/h1/ips/{net}/{moved}"), lease.to_string()),
+        (key.clone(), record.to_string()),
+    ] {
+        assert!(f.etcdctl(&["put", &k, &v]).status.success());
+    }
+    f.hosts[0].start_again();
+    // Judged either way at start (`recorded in … as found` before).
+    assert!(
+        eventually(WAIT, || f.hosts[0].log().contains("as found")),
+        "{}",
+        f.hosts[0].log()
+    );
+    // A converge or two later, the other tenant's interface is as it was.
+    std::thread::sleep(Duration::from_secs(2));
+    let addr = other.ns.ip(&["-4", "-o", "addr", "show", "pn0"]);
+    assert!(
+        addr.contains(&format!("{}/32", other.addr)) && addr.lines().count() == 1,
+        "the other tenant's interface is untouched: {addr}"
+    );
+    assert!(f.hosts[0].log().contains("not recorded as found"));
+}
+
 /// A host that joins later: `pn-agent fleet grant-host` as etcd's root
 /// gives it its user and role, the operator admits it to an app, and it
 /// runs that app's containers; its certificate writes nothing of another
