@@ -17,6 +17,17 @@ pub const INTERNAL: u32 = 999;
 /// ADD's result: what came before in a chain (`prev`), then this
 /// interface, its address with the gateway, the routes through the gateway
 /// and the DNS server with the network's search domain.
+///
+/// The DNS server is the IPv4 one (`169.254.1.1`) only, a dual-stack
+/// container's too, although the agent also answers on `fe80::1` of every
+/// container link and writes `nameserver fe80::1%IFNAME` second into the
+/// resolv.conf of a named namespace (`netlink::write_resolv_conf`). A
+/// link-local server is only reachable with its zone, and the runtimes
+/// that read this field parse each entry as a bare address: podman (CNI
+/// backend, 4.3) fails the whole ADD on `fe80::1%eth0` ("failed to parse
+/// cni nameserver ip"), and without the zone writes `nameserver fe80::1`,
+/// which the container's resolver cannot reach (`connect`: EINVAL). Every
+/// container has IPv4, and the IPv4 server answers AAAA as well.
 pub fn add_result(prev: Option<CNIResult>, ifname: &str, netns: &str, a: &Attachment) -> CNIResult {
     let mut r = prev.unwrap_or_default();
     let index = r.interfaces.len() as u32;
@@ -187,6 +198,22 @@ mod tests {
         );
         // cniVersion 1.0: no per-address "version" (0.3/0.4's field).
         assert!(v["ips"][1].get("version").is_none());
+    }
+
+    #[test]
+    fn a_dual_stack_result_names_the_ipv4_dns_server_only() {
+        let mut a = attachment();
+        a.container.ip6 = Some("fd12:3456:789a::2".parse().unwrap());
+        a.gateway6 = Some("fe80::1".parse().unwrap());
+        a.routes6 = vec!["::/0".parse().unwrap()];
+        let dns = add_result(None, "eth0", "/run/netns/c1", &a).dns.unwrap();
+        assert_eq!(dns.nameservers, vec!["169.254.1.1".to_string()]);
+        // What runtimes parse: bare addresses, never a zone.
+        assert!(
+            dns.nameservers
+                .iter()
+                .all(|n| n.parse::<IpAddr>().is_ok_and(|ip| ip.is_ipv4()))
+        );
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub mod objects {
     pub const MAP_CONFIG: &str = "PN_CONFIG";
     pub const MAP_EVENT_BUDGET: &str = "PN_EVBUDGET";
     pub const MAP_PEERS: &str = "PN_PEERS";
+    pub const MAP_PEERS6: &str = "PN_PEERS6";
     pub const MAP_TAGS: &str = "PN_TAGS";
     pub const MAP_CONNS: &str = "PN_CONNS";
     pub const MAP_EGRESS_DENY: &str = "PN_EGRESS_DENY";

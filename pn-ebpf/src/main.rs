@@ -6,6 +6,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod conn;
+#[cfg(target_arch = "bpf")]
+mod conn6;
 mod lb;
 #[cfg(target_arch = "bpf")]
 mod maps;

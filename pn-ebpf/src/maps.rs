@@ -15,7 +15,7 @@ use pn_common::{
         Config, ConnKey, ConnState, Counters, DenyRange, EVENTS_BYTES, Endpoint, EventBudget,
         FlowKey, FlowState, Iface, MAX_CONNS, MAX_CONNS6, MAX_COUNTER_SLOTS, MAX_EGRESS_DENY,
         MAX_EGRESS_DENY6, MAX_ENDPOINTS, MAX_ENDPOINTS6, MAX_FLOWS, MAX_IFACES, MAX_PEERS,
-        MAX_TAGS, Peer,
+        MAX_PEERS6, MAX_TAGS, Peer,
     },
 };
 
@@ -50,6 +50,10 @@ pub static PN_EVBUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(EventBudg
 
 #[map]
 pub static PN_PEERS: HashMap<Ip4, Peer> = HashMap::pinned(MAX_PEERS, 0);
+
+/// The peers whose advertised endpoint is IPv6, by that address.
+#[map]
+pub static PN_PEERS6: HashMap<Ip6, Peer> = HashMap::pinned(MAX_PEERS6, 0);
 
 #[map]
 pub static PN_TAGS: HashMap<u32, u32> = HashMap::pinned(MAX_TAGS, 0);

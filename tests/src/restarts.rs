@@ -1,7 +1,8 @@
 //! The restart test bed (issue 16), shared by the test and the benchmark:
 //! two hosts on a real etcd with the tunnel on; c1 and c2 on host 1, c3 on
 //! host 2, one network; a stream of numbered datagrams from c1 to c2 (same
-//! host) and to c3 (across hosts) while something happens to host 1's agent.
+//! host) and to c3 (across hosts) while something happens to host 1's agent;
+//! with [`Bed::ipv6`], to c3 over IPv6 too, from the same sender and tick.
 
 use std::{
     net::SocketAddr,
@@ -51,6 +52,8 @@ impl Event {
 pub struct Outcome {
     pub same_host: Received,
     pub cross_host: Received,
+    /// The same receiver over IPv6 (with [`Bed::ipv6`]).
+    pub cross_host6: Option<Received>,
     /// How long the event itself took (until the new agent answered).
     pub took: Duration,
     /// Host 1's `no_tunnel` drops (remote members' packets while no tunnel
@@ -67,6 +70,8 @@ pub struct Bed {
     pub c1: Member,
     pub c2: Member,
     pub c3: Member,
+    /// The stream goes to c3 over IPv6 as well.
+    pub ipv6: bool,
     port: u16,
 }
 
@@ -82,6 +87,7 @@ impl Bed {
             c1,
             c2,
             c3,
+            ipv6: false,
             port: 9000,
         }
     }
@@ -90,11 +96,19 @@ impl Bed {
     pub fn warm_up(&self) {
         let _e2 = net::udp_echo_server(&self.c2, 8999);
         let _e3 = net::udp_echo_server(&self.c3, 8999);
-        for ip in [self.c2.addr, self.c3.addr] {
+        let _e3_6 = self.ipv6.then(|| net::udp_echo_server6(&self.c3, 8998));
+        let mut to = vec![
+            SocketAddr::from((self.c2.addr, 8999)),
+            SocketAddr::from((self.c3.addr, 8999)),
+        ];
+        if self.ipv6 {
+            to.push(SocketAddr::from((self.c3.addr6(), 8998)));
+        }
+        for ip in to {
             assert!(
                 eventually(Duration::from_secs(10), || net::udp_echo(
                     &self.c1,
-                    SocketAddr::from((ip, 8999)),
+                    ip,
                     b"warm",
                     Duration::from_millis(300)
                 )
@@ -124,15 +138,14 @@ impl Bed {
         self.warm_up();
         self.port += 1;
         let count = (f64::from(rate) * seconds) as u32;
-        let stream = Stream::start(
-            &self.c1,
-            &[
-                (&self.c2.ns, SocketAddr::from((self.c2.addr, self.port))),
-                (&self.c3.ns, SocketAddr::from((self.c3.addr, self.port))),
-            ],
-            rate,
-            count,
-        );
+        let mut to = vec![
+            (&self.c2.ns, SocketAddr::from((self.c2.addr, self.port))),
+            (&self.c3.ns, SocketAddr::from((self.c3.addr, self.port))),
+        ];
+        if self.ipv6 {
+            to.push((&self.c3.ns, SocketAddr::from((self.c3.addr6(), self.port))));
+        }
+        let stream = Stream::start(&self.c1, &to, rate, count);
         std::thread::sleep(Duration::from_secs_f64(seconds / 3.0));
         let h1 = &mut self.fleet.hosts[0];
         let before = no_tunnel(h1);
@@ -147,11 +160,13 @@ impl Bed {
         let ready = no_tunnel(h1);
         let mut r = stream.finish();
         let end = no_tunnel(&self.fleet.hosts[0]);
+        let cross_host6 = if self.ipv6 { r.pop() } else { None };
         let cross_host = r.pop().expect("two receivers");
         let same_host = r.pop().expect("two receivers");
         Outcome {
             same_host,
             cross_host,
+            cross_host6,
             took,
             no_tunnel: [before, ready, end],
         }

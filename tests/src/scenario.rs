@@ -13,6 +13,16 @@ pub struct Member {
     pub attached: serde_json::Value,
 }
 
+impl Member {
+    /// Its IPv6 address (from the attach answer); panics without one.
+    pub fn addr6(&self) -> std::net::Ipv6Addr {
+        self.attached["ip6"]
+            .as_str()
+            .and_then(|ip| ip.parse().ok())
+            .unwrap_or_else(|| panic!("no IPv6 address in {}", self.attached))
+    }
+}
+
 impl Deref for Member {
     type Target = Namespace;
     fn deref(&self) -> &Namespace {

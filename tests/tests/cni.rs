@@ -344,6 +344,10 @@ fn podman_containers_of_a_network_talk_and_strangers_cannot() {
         resolv.contains(&format!("search {net_a}.private-network.internal")),
         "{resolv}"
     );
+    // Dual-stack, the IPv4 server only: podman refuses a zoned link-local
+    // one and cannot use an unzoned one (`pn-cni` `reply`). It answers AAAA.
+    let srv_ip6 = srv["ip6"].as_str().expect("a dual-stack container");
+    assert!(!resolv.contains("fe80::"), "{resolv}");
     // By name (busybox's nslookup skips the search list: the full name;
     // it asks AAAA too: its IPv4 answer), then TCP to what it resolved.
     let name = format!("1.web.{web}.{net_a}.private-network.internal");
@@ -355,6 +359,9 @@ fn podman_containers_of_a_network_talk_and_strangers_cannot() {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(text.contains(&format!("ip={srv_ip}")), "{text}");
     assert!(text.contains("hello from pn"), "{text} {out:?}");
+    let out = pm.exec("cli", &format!("nslookup -type=AAAA {name}"));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains(srv_ip6), "{text}");
     // UDP (and TCP) between the two containers' namespaces.
     let srv_ns = pm.netns("srv");
     let cli_ns = pm.netns("cli");

@@ -4,10 +4,10 @@
 //! FxHash: the keys are our own allocations, never chosen by a sender, and
 //! SipHash was a visible share of the receive path.
 //!
-//! A successor agent is handed the IPv4 members only (the hand-over's
-//! envelope predates IPv6): until its first converge, which follows the
-//! first listing, its tunnel drops IPv6 members' packets (`wrong_host`,
-//! `no_route`), never passes them unchecked.
+//! A successor agent is handed both tables (`handover::state`); from a
+//! predecessor of the release before (envelope 1) only the IPv4 one: until
+//! its first converge its tunnel then drops IPv6 members' packets
+//! (`wrong_host`, `no_route`), never passes them unchecked.
 
 use std::{
     collections::BTreeMap,
@@ -52,9 +52,17 @@ impl MemberTable {
         self.read().v4.iter().map(|(a, m)| (*a, *m)).collect()
     }
 
-    /// Replaces the IPv4 members (a predecessor's).
-    pub fn set_all(&self, entries: &[(Ipv4Addr, Member)]) {
-        self.write().v4 = entries.iter().copied().collect();
+    /// Every IPv6 member, for a successor agent.
+    pub fn entries6(&self) -> Vec<(Ipv6Addr, Member)> {
+        self.read().v6.iter().map(|(a, m)| (*a, *m)).collect()
+    }
+
+    /// Replaces both tables (a predecessor's), in one write: the tunnel
+    /// never sees one family's new table beside the other's old one.
+    pub fn set_all(&self, v4: &[(Ipv4Addr, Member)], v6: &[(Ipv6Addr, Member)]) {
+        let mut t = self.write();
+        t.v4 = v4.iter().copied().collect();
+        t.v6 = v6.iter().copied().collect();
     }
 
     /// Sets the members of `addrs` (absent from `members`: removed), or
@@ -124,5 +132,10 @@ mod tests {
         assert_eq!(t.member6(v6), None);
         assert_eq!(t.member(v4), Some(m));
         assert_eq!(t.entries(), vec![(v4, m)]);
+        assert!(t.entries6().is_empty());
+        // A predecessor's tables replace both.
+        t.set_all(&[], &[(v6, m)]);
+        assert_eq!(t.member(v4), None);
+        assert_eq!(t.entries6(), vec![(v6, m)]);
     }
 }

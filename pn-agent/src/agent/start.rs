@@ -198,8 +198,8 @@ struct Underlay {
 }
 
 /// The underlay (`--underlay-iface`), and the MTU of container interfaces:
-/// `--mtu`, or the underlay's less the tunnel's headers so inner packets
-/// never fragment.
+/// `--mtu`, or the underlay's less the tunnel's headers (of the advertised
+/// endpoint's family) so inner packets never fragment.
 async fn find_underlay(
     netlink: &Netlink,
     cfg: &RunConfig,
@@ -211,9 +211,11 @@ async fn find_underlay(
         .mtu(name)
         .await?
         .ok_or_else(|| anyhow::anyhow!("underlay interface {name} not found (--underlay-iface)"))?;
+    // An IPv6 underlay's outer header is 20 bytes longer than IPv4's.
+    let ipv6 = cfg.advertise.is_some_and(|a| a.is_ipv6());
     let container_mtu = cfg
         .mtu
-        .unwrap_or(mtu.saturating_sub(tunnel::OVERHEAD as u32));
+        .unwrap_or(mtu.saturating_sub(tunnel::overhead(ipv6) as u32));
     // On veth, driver-mode XDP turns off the peer's segmentation offloads,
     // which the tunnel's UDP GSO/GRO depends on: generic mode there, driver
     // mode on real devices.
@@ -408,11 +410,11 @@ impl Agent {
             cfg,
         });
         agent.read_events(loaded.events, loaded.conn_events);
-        agent
+        let synced = agent
             .first_sync(loaded.guard_later, loaded.tunnel_guard_later)
             .await?;
         if let Some(p) = predecessor {
-            agent.take_over(p).await?;
+            agent.take_over(p, synced).await?;
         }
         agent.start_dns().await?;
         tokio::spawn(agent.clone().follow_store());
@@ -449,18 +451,25 @@ impl Agent {
     }
 
     /// The first reconciliation, then this agent's underlay guard (its
-    /// maps filled now) and its host record.
+    /// maps filled now) and its host record. Returns whether the store
+    /// answered (the reconciliation happened).
     async fn first_sync(
         &self,
         guard_later: Option<Underlay>,
         tunnel_guard_later: bool,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         // Enforcement of the last known state goes on even if the store is
         // unreachable at start; the follower keeps retrying.
-        match self.resync().await {
-            Ok(rev) => log::info!("in sync with the store at revision {rev}"),
-            Err(e) => log::warn!("store unreachable at start, enforcing pinned state: {e:#}"),
-        }
+        let synced = match self.resync().await {
+            Ok(rev) => {
+                log::info!("in sync with the store at revision {rev}");
+                true
+            }
+            Err(e) => {
+                log::warn!("store unreachable at start, enforcing pinned state: {e:#}");
+                false
+            }
+        };
         self.adopt_unrecorded().await;
         if let Some(u) = guard_later {
             self.dp().maps_mut().attach_underlay(&u.name, u.mode)?;
@@ -474,7 +483,7 @@ impl Agent {
         if let Err(e) = self.register_host().await {
             log::warn!("registering host {}: {e}", self.cfg.host_id);
         }
-        Ok(())
+        Ok(synced)
     }
 
     pub(super) async fn register_host(&self) -> Result<i64, MembershipError> {

@@ -3,7 +3,10 @@
 //! its tunnel for a successor. Also what a start needs either way: the
 //! tunnel's I/O on fresh descriptors.
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use pn_tunnel::{
@@ -37,7 +40,7 @@ pub(super) async fn open_tunnel(
     let Some(advertise) = cfg.advertise else {
         return Ok(());
     };
-    let listen = std::net::SocketAddr::from(([0, 0, 0, 0], advertise.port()));
+    let listen = tunnel_listen(advertise);
     dev.run(dev.open(TUN_DEV, listen)?)
         .context("starting the tunnel")?;
     route_tunnel(cfg, netlink, mtu).await?;
@@ -48,6 +51,35 @@ pub(super) async fn open_tunnel(
     Ok(())
 }
 
+/// Where the tunnel's sockets bind: every address of the advertised
+/// endpoint's family, on its port (the peers are of that family).
+pub(super) fn tunnel_listen(advertise: SocketAddr) -> SocketAddr {
+    let any = match advertise {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    SocketAddr::new(any, advertise.port())
+}
+
+/// Whether descriptors handed over (by a predecessor or the service
+/// manager) listen where this agent's tunnel must: an `--advertise` that
+/// changed family or port across the restart gets fresh sockets rather
+/// than sockets its peers can no longer reach.
+pub(super) fn io_fits(io: &Io, cfg: &RunConfig) -> bool {
+    let (Some(advertise), Ok(have)) = (cfg.advertise, io.local_addr()) else {
+        return false;
+    };
+    let want = tunnel_listen(advertise);
+    if have == want {
+        return true;
+    }
+    log::warn!(
+        "the tunnel handed over listens on {have}, not {want} (--advertise {advertise}): \
+         opening it afresh"
+    );
+    false
+}
+
 /// Resumes the tunnel the service manager kept across a restart: its
 /// descriptors, sessions, members and peers, before anything else (the
 /// store is read later). Returns whether it runs; unreadable state leaves
@@ -55,7 +87,7 @@ pub(super) async fn open_tunnel(
 pub(super) fn resume_stored(dev: &Device, members: &MemberTable, stored: Stored) -> bool {
     match AgentState::decode(&stored.state) {
         Ok(state) => {
-            members.set_all(&state.members);
+            members.set_all(&state.members, &state.members6);
             let peers: Vec<_> = state
                 .tunnel
                 .peers
@@ -65,8 +97,9 @@ pub(super) fn resume_stored(dev: &Device, members: &MemberTable, stored: Stored)
             dev.set_peers(&peers);
             let n = dev.import(&state.tunnel);
             log::info!(
-                "resumed the tunnel kept by the service manager: {n} sessions, {} members",
-                state.members.len()
+                "resumed the tunnel kept by the service manager: {n} sessions, {} IPv4 and {} IPv6 members",
+                state.members.len(),
+                state.members6.len()
             );
         }
         Err(e) => log::warn!("the tunnel state kept by the service manager is unreadable ({e})"),
@@ -103,19 +136,33 @@ impl Agent {
     }
 
     /// Takes the predecessor's tunnel (its I/O stops for the moment this
-    /// takes), then waits for it to exit.
-    pub(super) async fn take_over(&self, mut p: Predecessor) -> anyhow::Result<()> {
+    /// takes), then waits for it to exit. `synced`: this agent's first
+    /// listing of the store went through, and its member tables are that
+    /// listing's; otherwise (the store unreachable at start) it takes the
+    /// predecessor's, which its follower replaces once the store answers.
+    pub(super) async fn take_over(&self, mut p: Predecessor, synced: bool) -> anyhow::Result<()> {
         let compatible = p.compatible;
         let handed = tokio::task::block_in_place(|| p.take())
             .context("taking over from the running agent")?;
         let mut opened_here = true;
-        if let (Some(dev), Some(io)) = (&self.tunnel, handed.io) {
+        let io = handed.io.filter(|io| io_fits(io, &self.cfg));
+        if let (Some(dev), Some(io)) = (&self.tunnel, io) {
             match AgentState::decode(&handed.state) {
                 Ok(state) => {
+                    if !synced {
+                        self.members.set_all(&state.members, &state.members6);
+                    }
                     let n = dev.import(&state.tunnel);
                     log::info!(
-                        "took over the tunnel: {n} of {} sessions",
-                        state.tunnel.sessions()
+                        "took over the tunnel: {n} of {} sessions ({} IPv4 and {} IPv6 members handed over{})",
+                        state.tunnel.sessions(),
+                        state.members.len(),
+                        state.members6.len(),
+                        if synced {
+                            ""
+                        } else {
+                            ", taken: the store did not answer"
+                        }
                     );
                 }
                 Err(e) => {
@@ -146,7 +193,9 @@ impl Agent {
         if !service::under_service_manager() || self.tunnel.is_none() {
             return false;
         }
-        let (io, state) = self.freeze();
+        // The next start's version is unknown: this agent's (an older
+        // one starts afresh, pairing in one handshake).
+        let (io, state) = self.freeze(crate::handover::state::version());
         let Some(io) = io else { return false };
         match service::store(&io, &state) {
             Ok(()) => {
@@ -163,7 +212,7 @@ impl Agent {
 
 /// The agent as a predecessor: what it gives a successor.
 impl Handing for Agent {
-    fn freeze(&self) -> (Option<Io>, Zeroizing<Vec<u8>>) {
+    fn freeze(&self, version: u32) -> (Option<Io>, Zeroizing<Vec<u8>>) {
         let Some(dev) = &self.tunnel else {
             return (None, Zeroizing::new(Vec::new()));
         };
@@ -172,9 +221,10 @@ impl Handing for Agent {
         let io = dev.stop();
         let state = AgentState {
             members: self.members.entries(),
+            members6: self.members.entries6(),
             tunnel: dev.export(COUNTER_MARGIN),
         };
-        (io, state.encode())
+        (io, state.encode_as(version))
     }
 
     fn resume(&self, io: Option<Io>) {

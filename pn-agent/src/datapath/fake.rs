@@ -83,6 +83,18 @@ impl Maps for FakeMaps {
         self.state.peers.remove(&a);
         Ok(())
     }
+
+    fn set_peer6(&mut self, a: Ip6, peer: Peer) -> Result<()> {
+        self.call(format!("set_peer6 {}", std::net::Ipv6Addr::from(a)))?;
+        self.state.peers6.insert(a, peer);
+        Ok(())
+    }
+
+    fn remove_peer6(&mut self, a: Ip6) -> Result<()> {
+        self.call(format!("remove_peer6 {}", std::net::Ipv6Addr::from(a)))?;
+        self.state.peers6.remove(&a);
+        Ok(())
+    }
     fn set_tag(&mut self, tag: u32) -> Result<()> {
         self.call(format!("set_tag {tag}"))?;
         self.state.tags.insert(tag);

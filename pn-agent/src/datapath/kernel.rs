@@ -85,6 +85,7 @@ pub struct Kernel {
     budget: PerCpuArray<MapData, EventBudget>,
     config: Array<MapData, Config>,
     peers: HashMap<MapData, Ip4, Peer>,
+    peers6: HashMap<MapData, Ip6, Peer>,
     tags: HashMap<MapData, u32, u32>,
     edge: super::edge::EdgeMaps,
     events: Option<RingBuf<MapData>>,
@@ -175,6 +176,7 @@ impl Kernel {
         let budget = take(&mut ebpf, objects::MAP_EVENT_BUDGET)?;
         let config = take(&mut ebpf, objects::MAP_CONFIG)?;
         let peers = take(&mut ebpf, objects::MAP_PEERS)?;
+        let peers6 = take(&mut ebpf, objects::MAP_PEERS6)?;
         let tags = take(&mut ebpf, objects::MAP_TAGS)?;
         let edge = super::edge::EdgeMaps {
             conns: take(&mut ebpf, objects::MAP_CONNS)?,
@@ -203,6 +205,7 @@ impl Kernel {
             budget,
             config,
             peers,
+            peers6,
             tags,
             edge,
             events,
@@ -337,6 +340,7 @@ impl Maps for Kernel {
             ifaces: Self::all(&self.ifaces, "PN_IFACES")?,
             attached: self.pinned_interfaces()?,
             peers: Self::all(&self.peers, "PN_PEERS")?,
+            peers6: Self::all(&self.peers6, "PN_PEERS6")?,
             tags: Self::all(&self.tags, "PN_TAGS")?.into_keys().collect(),
             services: self.lb.read()?,
             egress_deny: self.edge.deny()?,
@@ -401,6 +405,17 @@ impl Maps for Kernel {
     fn remove_peer(&mut self, ip: Ip4) -> Result<()> {
         removed(self.peers.remove(&ip), || {
             format!("PN_PEERS[{}]", dotted(ip))
+        })
+    }
+
+    fn set_peer6(&mut self, ip: Ip6, peer: Peer) -> Result<()> {
+        let name = std::net::Ipv6Addr::from(ip);
+        (self.peers6.insert(ip, peer, 0)).ctx(|| format!("writing PN_PEERS6[{name}]"))
+    }
+
+    fn remove_peer6(&mut self, ip: Ip6) -> Result<()> {
+        removed(self.peers6.remove(&ip), || {
+            format!("PN_PEERS6[{}]", std::net::Ipv6Addr::from(ip))
         })
     }
 

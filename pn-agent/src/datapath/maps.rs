@@ -23,6 +23,8 @@ pub trait Maps {
     fn remove_iface(&mut self, ifindex: u32) -> Result<()>;
     fn set_peer(&mut self, ip: Ip4, peer: Peer) -> Result<()>;
     fn remove_peer(&mut self, ip: Ip4) -> Result<()>;
+    fn set_peer6(&mut self, ip: Ip6, peer: Peer) -> Result<()>;
+    fn remove_peer6(&mut self, ip: Ip6) -> Result<()>;
     fn set_tag(&mut self, tag: u32) -> Result<()>;
     fn remove_tag(&mut self, tag: u32) -> Result<()>;
     /// Attaches both programs to an interface, or replaces in place the

@@ -243,6 +243,7 @@ impl<M: Maps> Datapath<M> {
             endpoints6,
             services,
             peers,
+            peers6,
             tags,
             deny,
             deny6,
@@ -266,6 +267,9 @@ impl<M: Maps> Datapath<M> {
             maps.set_service(e.key, e.old.as_ref(), &e.new)
         });
         ch.set += peers.write_sets(&mut cur.peers, &mut failed, |e| maps.set_peer(e.key, e.new));
+        ch.set += peers6.write_sets(&mut cur.peers6, &mut failed, |e| {
+            maps.set_peer6(e.key, e.new)
+        });
         ch.set += tags.write_sets(&mut cur.tags, &mut failed, |e| maps.set_tag(e.key));
         ch.set += deny.write_sets(&mut cur.egress_deny, &mut failed, |e| {
             maps.set_deny(e.key, e.new)
@@ -314,6 +318,8 @@ impl<M: Maps> Datapath<M> {
         });
         ch.removed +=
             peers.write_removes(&mut cur.peers, &mut failed, |ip, _| maps.remove_peer(*ip));
+        ch.removed +=
+            peers6.write_removes(&mut cur.peers6, &mut failed, |ip, _| maps.remove_peer6(*ip));
         ch.removed += tags.write_removes(&mut cur.tags, &mut failed, |t, ()| maps.remove_tag(*t));
         ch.removed += deny.write_removes(&mut cur.egress_deny, &mut failed, |r, _| {
             maps.remove_deny(*r)
@@ -368,6 +374,7 @@ impl<M: Maps> Datapath<M> {
         };
         if scope.underlay {
             plan.peers = diff(&cur.peers, &want.peers, &Part::All);
+            plan.peers6 = diff(&cur.peers6, &want.peers6, &Part::All);
             plan.tags = diff(&cur.tags, &want.tags, &Part::All);
         }
         if scope.edge {
@@ -423,6 +430,7 @@ struct Plan {
     endpoints6: Diff<Ip6, Endpoint>,
     services: Diff<Ip4, ServiceState>,
     peers: Diff<Ip4, Peer>,
+    peers6: Diff<Ip6, Peer>,
     tags: Diff<u32, ()>,
     deny: Diff<(Ip4, u8), u32>,
     deny6: Diff<(Ip6, u8), u32>,

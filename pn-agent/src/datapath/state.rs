@@ -20,6 +20,8 @@ pub struct State {
     pub attached: BTreeSet<String>,
     /// `PN_PEERS`: underlay address → peer host (XDP guard).
     pub peers: BTreeMap<Ip4, Peer>,
+    /// `PN_PEERS6`: the same for peers that advertise an IPv6 endpoint.
+    pub peers6: BTreeMap<Ip6, Peer>,
     /// `PN_TAGS`: networks with a local member (XDP guard).
     pub tags: BTreeSet<u32>,
     /// `PN_EGRESS_DENY`: ranges that are never the world (network address

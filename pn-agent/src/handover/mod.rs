@@ -9,8 +9,10 @@
 //!
 //! The exchange (frames of `wire`):
 //! 1. successor → `HELLO` (protocol, the state version it reads, a nonce);
-//! 2. predecessor → `CHALLENGE` (its versions, its nonce, its proof of the
-//!    host key over both nonces) or `REFUSED`;
+//! 2. predecessor → `CHALLENGE` (its protocol, the state version it will
+//!    hand over — the successor's when it writes that one too, else its
+//!    own —, its nonce, its proof of the host key over both nonces) or
+//!    `REFUSED`;
 //! 3. successor (once ready) → `TAKE` (mode, its proof over both nonces);
 //! 4. predecessor → `STATE` (the sessions; the descriptors attached) or
 //!    `REFUSED`; with mode "stop" (the successor cannot read this state
@@ -62,7 +64,8 @@ const SMALL_FRAME: usize = 256;
 /// How long either side waits for the other's next frame.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The version of the state this binary hands over and reads.
+/// The version of the state this binary hands over and reads (it reads
+/// older ones too: [`state::readable`]).
 pub fn state_version() -> u32 {
     state::version()
 }
@@ -118,7 +121,8 @@ pub struct Predecessor {
     key: ProofKey,
     hello: Nonce,
     challenge: Nonce,
-    /// Its state is one this binary reads.
+    /// Its state is one this binary reads (this binary's, or an older
+    /// envelope of the same tunnel format).
     pub compatible: bool,
 }
 
@@ -157,7 +161,7 @@ impl Predecessor {
             key,
             hello,
             challenge: c.nonce,
-            compatible: c.state_version == state_version(),
+            compatible: state::readable(c.state_version),
         }))
     }
 
@@ -242,8 +246,9 @@ pub fn take_exchange(
 /// What the predecessor's agent does when asked (implemented by the agent,
 /// so this module knows nothing of it).
 pub trait Handing: Send + Sync {
-    /// Stops the tunnel's I/O and returns its descriptors and sessions.
-    fn freeze(&self) -> (Option<Io>, Zeroizing<Vec<u8>>);
+    /// Stops the tunnel's I/O and returns its descriptors and sessions,
+    /// encoded in state `version` (one `state::readable`).
+    fn freeze(&self, version: u32) -> (Option<Io>, Zeroizing<Vec<u8>>);
     /// The hand-over failed after `freeze`: go on with `io`, but without
     /// the sessions, which the successor may have used.
     fn resume(&self, io: Option<Io>);
@@ -313,11 +318,14 @@ fn serve_one(s: &UnixStream, key: &ProofKey, handing: &dyn Handing) -> Result<()
     if protocol != PROTOCOL {
         return Err(refuse(s, HandoverError::Protocol("other protocol version")));
     }
+    // An older successor gets the state it reads (an upgrade rolled back
+    // keeps its sessions too).
+    let version = state::version_for(u32::from_be_bytes(p[16..20].try_into().expect("4 bytes")));
     let hello: Nonce = p[20..].try_into().expect("32 bytes");
     let challenge = nonce()?;
     let mut msg = Vec::with_capacity(8 + NONCE_LEN + PROOF_LEN);
     msg.extend_from_slice(&PROTOCOL.to_be_bytes());
-    msg.extend_from_slice(&state_version().to_be_bytes());
+    msg.extend_from_slice(&version.to_be_bytes());
     msg.extend_from_slice(&challenge);
     msg.extend_from_slice(&key.predecessor(&hello, &challenge));
     wire::send(s, wire::CHALLENGE, &msg, &[])?;
@@ -334,7 +342,7 @@ fn serve_one(s: &UnixStream, key: &ProofKey, handing: &dyn Handing) -> Result<()
         return Err(refuse(s, HandoverError::Forged));
     }
     let (io, state) = match mode {
-        MODE_TAKE => handing.freeze(),
+        MODE_TAKE => handing.freeze(version),
         MODE_STOP => (None, Zeroizing::new(Vec::new())),
         _ => return Err(refuse(s, HandoverError::Protocol("unknown mode"))),
     };

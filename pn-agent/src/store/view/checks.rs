@@ -561,11 +561,18 @@ impl MembershipView {
                     || ip.is_broadcast()
                     || self.pool.contains(&ip))
             }
+            // IPv6: unicast, and in no network's /64 (the members' IPv6
+            // addresses; the fleet's IPv6 pool is unique local, which an
+            // underlay may be too, so only what networks hold is refused).
             IpAddr::V6(ip) => {
                 !(ip.is_unspecified()
                     || ip.is_loopback()
                     || ip.is_unicast_link_local()
-                    || ip.is_multicast())
+                    || ip.is_multicast()
+                    || self
+                        .networks
+                        .values()
+                        .any(|n| n.cidr6.is_some_and(|c| c.contains(&ip))))
             }
         }
     }
