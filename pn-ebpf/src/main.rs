@@ -10,6 +10,8 @@ mod conn;
 mod conn6;
 mod lb;
 #[cfg(target_arch = "bpf")]
+mod lb6;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod packet;

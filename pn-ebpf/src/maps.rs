@@ -96,3 +96,22 @@ pub static PN_LB_CONNS: LruHashMap<LbConnKey, LbConn> = LruHashMap::pinned(MAX_L
 /// Per backend: connections sent, connections moved away.
 #[map]
 pub static PN_LB_STATS: PerCpuHashMap<LbStatsKey, LbStats> = PerCpuHashMap::pinned(MAX_BACKENDS, 0);
+
+/// IPv6 service addresses, the same way (see `pn_common::lb`, `lb6`).
+#[map]
+pub static PN_LB6_SERVICES: HashMap<Ip6, Service> = HashMap::pinned(MAX_SERVICES, 0);
+
+#[map]
+pub static PN_LB6_SLOTS: HashMap<SlotKey<Ip6>, Ip6> =
+    HashMap::pinned(MAX_SLOTS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+#[map]
+pub static PN_LB6_BACKENDS: HashMap<Ip6, Backend<Ip6>> = HashMap::pinned(MAX_BACKENDS, 0);
+
+#[map]
+pub static PN_LB6_CONNS: LruHashMap<LbConnKey<Ip6>, LbConn<Ip6>> =
+    LruHashMap::pinned(MAX_LB_CONNS, 0);
+
+#[map]
+pub static PN_LB6_STATS: PerCpuHashMap<LbStatsKey<Ip6>, LbStats> =
+    PerCpuHashMap::pinned(MAX_BACKENDS, 0);

@@ -13,8 +13,7 @@
 //! Connection and request events (`flows --http`) as IPv4's, from
 //! `conn6`.
 //!
-//! Not carried for IPv6 yet, and failing closed rather than open: the
-//! service balancer.
+//! The service balancer is `lb6`'s, around `handle` (`tc::by_family`).
 
 use aya_ebpf::maps::lpm_trie::Key as LpmKey;
 use aya_ebpf::{

@@ -331,6 +331,12 @@ pub fn tcp_whoami_self_server(ns: &Namespace, port: u16) -> Server {
     tcp_line_server(ns, "0.0.0.0", port, true)
 }
 
+/// [`tcp_whoami_self_server`] on `[::]:port`: its IPv6 address to IPv6
+/// clients.
+pub fn tcp_whoami_self_server6(ns: &Namespace, port: u16) -> Server {
+    tcp_line_server(ns, "::", port, true)
+}
+
 fn tcp_line_server(ns: &Namespace, bind: &'static str, port: u16, own: bool) -> Server {
     spawn_server(ns, move |stop, ready| {
         let l = TcpListener::bind((bind, port)).expect("tcp bind");

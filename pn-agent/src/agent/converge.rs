@@ -228,9 +228,10 @@ impl Agent {
         }
     }
 
-    /// With IPv6 on: networks without an IPv6 range get one, and this
-    /// host's containers without an IPv6 address get one (records written
-    /// before IPv6, or while this host ran with it off). With it off, this
+    /// With IPv6 on: networks without an IPv6 range get one, this host's
+    /// containers without an IPv6 address get one (records written before
+    /// IPv6, or while this host ran with it off), and service addresses of
+    /// apps with a member here their IPv6 twins. With it off, this
     /// host's containers give theirs back. The records come back through
     /// the watch like any change.
     async fn give_ipv6(&self) {
@@ -270,6 +271,47 @@ impl Agent {
                 }
                 Ok(None) => {}
                 Err(e) => log::error!("giving container {key} an IPv6 address: {e}"),
+            }
+        }
+        self.give_services6().await;
+    }
+
+    /// Service addresses without their IPv6 twin, of apps with a container
+    /// on this host in a network the view knows has an IPv6 range (a range
+    /// given earlier in this pass comes back through the watch, whose
+    /// converge gives the twins). Each host asks only for the apps it
+    /// serves, not for the whole fleet.
+    async fn give_services6(&self) {
+        let bare: Vec<_> = {
+            let v = self.view();
+            let mine: std::collections::BTreeSet<_> = v
+                .local_containers(&self.cfg.host_id)
+                .map(|c| c.key.app)
+                .collect();
+            v.apps
+                .values()
+                .filter(|a| mine.contains(&a.id) && a.services6.len() < a.services.len())
+                .filter(|a| {
+                    v.networks
+                        .get(&a.network)
+                        .is_some_and(|n| n.cidr6.is_some())
+                })
+                .map(|a| a.id)
+                .collect()
+        };
+        for id in bare {
+            match self
+                .membership
+                .ensure_services6(&id, &self.cfg.host_id)
+                .await
+            {
+                Ok(Some((a, _))) => {
+                    let addrs: Vec<String> =
+                        a.services6.values().map(|ip| ip.to_string()).collect();
+                    log::info!("app {id}: IPv6 service address(es) {}", addrs.join(", "));
+                }
+                Ok(None) => {}
+                Err(e) => log::error!("giving app {id}'s service addresses IPv6: {e}"),
             }
         }
     }

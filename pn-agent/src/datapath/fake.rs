@@ -128,6 +128,21 @@ impl Maps for FakeMaps {
         self.state.services.remove(&a);
         Ok(())
     }
+    fn set_service6(
+        &mut self,
+        a: Ip6,
+        _: Option<&ServiceState<Ip6>>,
+        s: &ServiceState<Ip6>,
+    ) -> Result<()> {
+        self.call(format!("set_service6 {}", std::net::Ipv6Addr::from(a)))?;
+        self.state.services6.insert(a, s.clone());
+        Ok(())
+    }
+    fn remove_service6(&mut self, a: Ip6, _: &ServiceState<Ip6>) -> Result<()> {
+        self.call(format!("remove_service6 {}", std::net::Ipv6Addr::from(a)))?;
+        self.state.services6.remove(&a);
+        Ok(())
+    }
     fn forget_conns(&mut self, a: Ip4) -> Result<()> {
         self.call(format!("forget_conns {}", ip(a)))
     }

@@ -42,6 +42,14 @@ pub trait Maps {
         new: &ServiceState,
     ) -> Result<()>;
     fn remove_service(&mut self, vip: Ip4, old: &ServiceState) -> Result<()>;
+    /// The same for an IPv6 service address.
+    fn set_service6(
+        &mut self,
+        vip: Ip6,
+        old: Option<&ServiceState<Ip6>>,
+        new: &ServiceState<Ip6>,
+    ) -> Result<()>;
+    fn remove_service6(&mut self, vip: Ip6, old: &ServiceState<Ip6>) -> Result<()>;
     /// Forgets a removed local endpoint's connections with the outside
     /// (its address may go to another container, which must not inherit
     /// them).

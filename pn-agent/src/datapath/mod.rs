@@ -242,6 +242,7 @@ impl<M: Maps> Datapath<M> {
             endpoints,
             endpoints6,
             services,
+            services6,
             peers,
             peers6,
             tags,
@@ -265,6 +266,9 @@ impl<M: Maps> Datapath<M> {
         });
         ch.set += services.write_sets(&mut cur.services, &mut failed, |e| {
             maps.set_service(e.key, e.old.as_ref(), &e.new)
+        });
+        ch.set += services6.write_sets(&mut cur.services6, &mut failed, |e| {
+            maps.set_service6(e.key, e.old.as_ref(), &e.new)
         });
         ch.set += peers.write_sets(&mut cur.peers, &mut failed, |e| maps.set_peer(e.key, e.new));
         ch.set += peers6.write_sets(&mut cur.peers6, &mut failed, |e| {
@@ -315,6 +319,9 @@ impl<M: Maps> Datapath<M> {
         });
         ch.removed += services.write_removes(&mut cur.services, &mut failed, |vip, old| {
             maps.remove_service(*vip, old)
+        });
+        ch.removed += services6.write_removes(&mut cur.services6, &mut failed, |vip, old| {
+            maps.remove_service6(*vip, old)
         });
         ch.removed +=
             peers.write_removes(&mut cur.peers, &mut failed, |ip, _| maps.remove_peer(*ip));
@@ -370,6 +377,7 @@ impl<M: Maps> Datapath<M> {
                 &keys_or_all(&scope.addrs6),
             ),
             services: diff(&cur.services, &want.services, &Part::All),
+            services6: diff(&cur.services6, &want.services6, &Part::All),
             ..Plan::default()
         };
         if scope.underlay {
@@ -429,6 +437,7 @@ struct Plan {
     endpoints: Diff<Ip4, Endpoint>,
     endpoints6: Diff<Ip6, Endpoint>,
     services: Diff<Ip4, ServiceState>,
+    services6: Diff<Ip6, ServiceState<Ip6>>,
     peers: Diff<Ip4, Peer>,
     peers6: Diff<Ip6, Peer>,
     tags: Diff<u32, ()>,

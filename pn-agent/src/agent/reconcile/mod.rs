@@ -107,7 +107,7 @@ pub fn desired(
     for c in &records {
         add_container(&mut d, view, local, links, c);
     }
-    d.datapath.services = services::services(view, local);
+    (d.datapath.services, d.datapath.services6) = services::services(view, local);
     if fleet {
         (d.datapath.peers, d.datapath.peers6) = underlay_peers(view, local);
         d.datapath.tags = local_tags(view, local);

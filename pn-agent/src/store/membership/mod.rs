@@ -254,6 +254,7 @@ impl Membership {
                         web_port,
                         balance,
                         services: Default::default(),
+                        services6: Default::default(),
                         health_port,
                     };
                     // Rewriting the network bumps its revision, so a concurrent
@@ -296,6 +297,9 @@ impl Membership {
                     let mut ops = vec![Op::Delete(app_key.to_string())];
                     for ip in app.services.values() {
                         ops.push(Op::Delete(Key::Ip(app.network, *ip).into()));
+                    }
+                    for ip in app.services6.values() {
+                        ops.push(Op::Delete(Key::Ip6(app.network, *ip).into()));
                     }
                     Ok(Step::write(vec![as_read(app_key, Some(rev))], ops, |rev| {
                         rev

@@ -161,29 +161,67 @@ impl MembershipView {
         for (ctype, ip) in &a.services {
             ipam::check_address(&net.cidr, *ip)
                 .map_err(|e| Rejected::new(key, Reject::Service, format!("{ctype}: {e}")))?;
-            if !seen.insert(*ip) {
+            self.check_service_unique(key, a, IpAddr::V4(*ip), &mut seen, rev)?;
+        }
+        // IPv6's the same way, in the network's /64; only beside an IPv4
+        // one of the same type (the IPv4 address is the service's name).
+        for (ctype, ip) in &a.services6 {
+            let Some(cidr6) = net.cidr6 else {
                 return Err(Rejected::new(
                     key,
                     Reject::Service,
-                    format!("service address {ip} is given to two types"),
+                    format!("{ctype}: {ip}: network {} has no IPv6 range", net.id),
+                ));
+            };
+            ipam::check_address6(&cidr6, *ip)
+                .map_err(|e| Rejected::new(key, Reject::Service, format!("{ctype}: {e}")))?;
+            if !a.services.contains_key(ctype) {
+                return Err(Rejected::new(
+                    key,
+                    Reject::Service,
+                    format!("{ctype}: IPv6 service address {ip} without an IPv4 one"),
                 ));
             }
-            let taken = |why: String| Err(Rejected::new(key, Reject::AddressTaken, why));
-            if let Some(holder) = self.services_at.get(ip)
-                && *holder != a.id
-            {
-                return taken(format!("{ip} is a service address of app {holder}"));
-            }
-            if let Some(holder) = self.by_ip.get(ip) {
-                return taken(format!("{ip} is container {holder}'s"));
-            }
-            if self
-                .listed_ips
-                .get(ip)
-                .is_some_and(|&created| created < rev)
-            {
-                return taken(format!("{ip} is a container's (an older record)"));
-            }
+            self.check_service_unique(key, a, IpAddr::V6(*ip), &mut seen, rev)?;
+        }
+        Ok(())
+    }
+
+    /// One service address of `a` is nobody else's (see `check_services`).
+    fn check_service_unique(
+        &self,
+        key: &str,
+        a: &App,
+        ip: IpAddr,
+        seen: &mut std::collections::HashSet<IpAddr>,
+        rev: i64,
+    ) -> Result {
+        if !seen.insert(ip) {
+            return Err(Rejected::new(
+                key,
+                Reject::Service,
+                format!("service address {ip} is given to two types"),
+            ));
+        }
+        let taken = |why: String| Err(Rejected::new(key, Reject::AddressTaken, why));
+        if let Some(holder) = self.services_at.get(&ip)
+            && *holder != a.id
+        {
+            return taken(format!("{ip} is a service address of app {holder}"));
+        }
+        let container = match ip {
+            IpAddr::V4(ip) => self.by_ip.get(&ip),
+            IpAddr::V6(ip) => self.by_ip6.get(&ip),
+        };
+        if let Some(holder) = container {
+            return taken(format!("{ip} is container {holder}'s"));
+        }
+        if self
+            .listed_ips
+            .get(&ip)
+            .is_some_and(|&created| created < rev)
+        {
+            return taken(format!("{ip} is a container's (an older record)"));
         }
         Ok(())
     }
@@ -237,7 +275,7 @@ impl MembershipView {
                 format!("address {} is container {holder}'s", c.ip),
             ));
         }
-        if let Some(app) = self.services_at.get(&c.ip) {
+        if let Some(app) = self.services_at.get(&IpAddr::V4(c.ip)) {
             return Err(Rejected::new(
                 key,
                 Reject::AddressTaken,
@@ -400,6 +438,13 @@ impl MembershipView {
                 key,
                 Reject::AddressTaken,
                 format!("address {ip6} is container {holder}'s"),
+            ));
+        }
+        if let Some(app) = self.services_at.get(&IpAddr::V6(ip6)) {
+            return Err(Rejected::new(
+                key,
+                Reject::AddressTaken,
+                format!("address {ip6} is a service address of app {app}"),
             ));
         }
         Ok(())

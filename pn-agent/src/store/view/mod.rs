@@ -52,10 +52,12 @@ impl Default for MembershipView {
 
 /// Each listed container record's address and the revision it was
 /// created at (the oldest, if two claim one).
-fn listed_ips(entries: &[(String, super::Entry)]) -> HashMap<Ipv4Addr, i64> {
+fn listed_ips(entries: &[(String, super::Entry)]) -> HashMap<IpAddr, i64> {
     #[derive(serde::Deserialize)]
     struct Addressed {
         ip: Ipv4Addr,
+        #[serde(default)]
+        ip6: Option<std::net::Ipv6Addr>,
     }
     let mut out = HashMap::new();
     for (key, e) in entries {
@@ -63,8 +65,10 @@ fn listed_ips(entries: &[(String, super::Entry)]) -> HashMap<Ipv4Addr, i64> {
             continue;
         }
         if let Ok(a) = serde_json::from_str::<Addressed>(&e.value) {
-            let at = out.entry(a.ip).or_insert(e.create_rev);
-            *at = (*at).min(e.create_rev);
+            for ip in std::iter::once(IpAddr::V4(a.ip)).chain(a.ip6.map(IpAddr::V6)) {
+                let at = out.entry(ip).or_insert(e.create_rev);
+                *at = (*at).min(e.create_rev);
+            }
         }
     }
     out
@@ -213,11 +217,12 @@ impl MembershipView {
                 Ok(Change::Network(id))
             }
             Key::App(id) => {
-                let a: App = checks::decode(key, value)?;
+                let mut a: App = checks::decode(key, value)?;
+                self.carry_over_services6(&mut a);
                 self.check_app(key, &id, &a, rev)?;
                 self.unindex_services(&id);
-                for ip in a.services.values() {
-                    self.services_at.insert(*ip, id);
+                for ip in services::addresses(&a) {
+                    self.services_at.insert(ip, id);
                 }
                 self.apps.insert(a.id, a);
                 Ok(Change::App)
@@ -482,9 +487,9 @@ impl MembershipView {
 
     fn unindex_services(&mut self, app: &AppId) {
         if let Some(old) = self.apps.get(app) {
-            for ip in old.services.values() {
-                if self.services_at.get(ip) == Some(app) {
-                    self.services_at.remove(ip);
+            for ip in services::addresses(old) {
+                if self.services_at.get(&ip) == Some(app) {
+                    self.services_at.remove(&ip);
                 }
             }
         }
@@ -532,6 +537,25 @@ impl MembershipView {
         if n.cidr6.is_none() {
             n.cidr6 = self.networks.get(&n.id).and_then(|k| k.cidr6);
         }
+    }
+
+    /// An app record without the IPv6 service addresses the view knows it
+    /// has: an older agent rewrote it (an attach) without the field. Each
+    /// type that keeps its IPv4 service address keeps its IPv6 one (their
+    /// leases are still held); checked as if the record had them.
+    fn carry_over_services6(&self, a: &mut App) {
+        if !a.services6.is_empty() {
+            return;
+        }
+        let Some(known) = self.apps.get(&a.id).filter(|k| k.network == a.network) else {
+            return;
+        };
+        a.services6 = known
+            .services6
+            .iter()
+            .filter(|(t, _)| a.services.contains_key(*t))
+            .map(|(t, ip)| (t.clone(), *ip))
+            .collect();
     }
 
     /// Containers of one app, in key order: a range of the ordered map

@@ -28,14 +28,15 @@ pub struct MembershipView {
     pub rejected: Refusals,
     /// Host record changes since the agent started, by outcome.
     pub host_updates: HostUpdates,
-    /// Service addresses of the apps that balance by `vip`.
-    pub(super) services_at: HashMap<Ipv4Addr, AppId>,
+    /// Service addresses (both families) of the apps that balance by `vip`.
+    pub(super) services_at: HashMap<IpAddr, AppId>,
     /// Revisions of every host record's creation and last version, refused
     /// ones included: of two holding one key, the older keeps it.
     pub(super) host_revs: HashMap<HostId, (i64, i64)>,
     /// While a listing loads: each container record's address and the
-    /// revision it was created at (apps load before the containers).
-    pub(super) listed_ips: HashMap<Ipv4Addr, i64>,
+    /// revision it was created at, of both families (apps load before the
+    /// containers).
+    pub(super) listed_ips: HashMap<IpAddr, i64>,
     /// The fleet's address pool: every network's range lies inside it.
     pub(super) pool: Ipv4Net,
     /// Refused keys and the revision of the version refused, so that a

@@ -593,5 +593,6 @@ fn a_selector_designates_its_type_or_container_of_its_app_only() {
 mod leases;
 mod placement;
 mod quota;
+mod services6;
 mod trust;
 mod v6;
