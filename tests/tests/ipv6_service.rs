@@ -256,6 +256,29 @@ fn a_connection_to_a_detached_ipv6_backend_is_reset_not_left_to_hang() {
         .filter_map(|c| c["connections"].as_u64())
         .sum();
     assert_eq!(total, 40, "{:?}", counters());
+    // The metrics have rows of the IPv6 address of their own, the backend
+    // that left included (labelled by IPv6 addresses): its one reset, and
+    // the 40 new connections on the others.
+    let metrics = host.metrics();
+    let value = |name: &str, backend: Ipv6Addr| -> Option<u64> {
+        let line = metrics.lines().find(|l| {
+            l.starts_with(name)
+                && l.contains(&format!("addr=\"{vip}\""))
+                && l.contains(&format!("backend=\"{backend}\""))
+        })?;
+        line.rsplit(' ').next()?.parse().ok()
+    };
+    assert_eq!(
+        value("pn_service_resets_total", first),
+        Some(1),
+        "one reset counted on {first} in:\n{metrics}"
+    );
+    let new: u64 = ips
+        .iter()
+        .filter(|ip| **ip != first)
+        .filter_map(|ip| value("pn_service_connections_total", *ip))
+        .sum();
+    assert_eq!(new, 40, "{metrics}");
 }
 
 #[test]
