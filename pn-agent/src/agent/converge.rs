@@ -109,7 +109,8 @@ impl Agent {
 
     /// Local containers an older release attached (no record of this
     /// agent's own yet): recorded once, at start, from the store, if their
-    /// interface is there. From then on their namespace is this host's word.
+    /// interface is there and the namespace the store names is theirs
+    /// (`adoptable`). From then on their namespace is this host's word.
     pub(super) async fn adopt_unrecorded(&self) {
         let links = match self.netlink.links_with_prefix(HOST_IF_PREFIX).await {
             Ok(l) => l
@@ -128,6 +129,14 @@ impl Agent {
             .cloned()
             .collect();
         for c in unrecorded {
+            if let Err(why) = adoptable(&c).await {
+                log::warn!(
+                    "container {}: not recorded as found: its namespace {:?} from the store {why}",
+                    c.key,
+                    c.netns
+                );
+                continue;
+            }
             match self.attached.record(&c) {
                 Ok(()) => log::info!("container {}: recorded in {} as found", c.key, c.netns),
                 Err(e) => log::error!("recording container {}: {e}", c.key),
@@ -348,5 +357,27 @@ impl Agent {
                 log::error!("{e}");
             }
         }
+    }
+}
+
+/// Whether the namespace a store record names (for a container an older
+/// release attached) is the container's: a network namespace, opened
+/// without following links, off the async workers, holding the record's
+/// interface with the record's own address. A record pointed at another
+/// tenant's namespace fails there: its interface holds another address
+/// (addresses are unique, `address_taken`), so this host never takes it
+/// for its own.
+async fn adoptable(c: &Container) -> std::result::Result<(), String> {
+    let ns = crate::netlink::Netns::open(&c.netns)
+        .await
+        .map_err(|e| format!("cannot be opened: {e}"))?;
+    match crate::netlink::inspect_container_side(&ns, &c.ifname).await {
+        Ok(Some(l)) if l.addrs.contains(&c.ip) => Ok(()),
+        Ok(Some(_)) => Err(format!(
+            "holds {} without the container's address {}",
+            c.ifname, c.ip
+        )),
+        Ok(None) => Err(format!("has no interface {}", c.ifname)),
+        Err(e) => Err(format!("cannot be read: {e}")),
     }
 }

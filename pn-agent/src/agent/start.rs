@@ -388,7 +388,7 @@ impl Agent {
         let agent = Arc::new(Agent {
             attached,
             attaching: Default::default(),
-            membership: Membership::new(backend),
+            membership: Membership::new(backend).with_host_quota(cfg.host_quota),
             view: Arc::new(RwLock::new(view)),
             datapath: Arc::new(Mutex::new(datapath)),
             edge: Arc::new(Mutex::new(edge)),

@@ -142,11 +142,24 @@ impl<T> Step<T> {
 #[derive(Clone)]
 pub struct Membership {
     kv: Arc<dyn Backend>,
+    /// How many containers one host may run (`--host-quota`): the others'
+    /// allocations count at most twice as many leases of it per network
+    /// and family (`view::lease_quota`).
+    host_quota: usize,
 }
 
 impl Membership {
     pub fn new(kv: Arc<dyn Backend>) -> Self {
-        Membership { kv }
+        Membership {
+            kv,
+            host_quota: crate::store::view::DEFAULT_HOST_QUOTA,
+        }
+    }
+
+    /// The same, for hosts of quota `quota`: the agents' `--host-quota`.
+    pub fn with_host_quota(mut self, quota: usize) -> Self {
+        self.host_quota = quota;
+        self
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {

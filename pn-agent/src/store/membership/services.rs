@@ -60,8 +60,8 @@ impl Membership {
         if missing.is_empty() && !bare6 {
             return Ok(out);
         }
-        let hosts = self.lease_holders(Some(host)).await?;
-        let leases = self.leases_in(&app.network, &hosts).await?;
+        let hosts = self.lease_holders_in(&app.network, Some(host)).await?;
+        let (leases, ignored) = self.leases_in(&app.network, &hosts).await?;
         let mut used: BTreeSet<Ipv4Addr> = BTreeSet::new();
         let mut used6: BTreeSet<Ipv6Addr> = BTreeSet::new();
         for (ip, _) in &leases {
@@ -76,7 +76,8 @@ impl Membership {
                 host: host.clone(),
                 service: true,
             };
-            out.conds.extend(address_unheld(&hosts, app.network, ip));
+            out.conds
+                .extend(address_unheld(&hosts, app.network, ip, &ignored));
             out.ops.push(Op::Put(
                 Key::lease(app.network, ip).to_string(),
                 encode(&lease),

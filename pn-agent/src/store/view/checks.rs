@@ -265,6 +265,7 @@ impl MembershipView {
             ));
         }
         ipam::check_address(&net.cidr, c.ip).map_err(|e| Rejected::new(key, Reject::Address, e))?;
+        self.check_leased(key, c, c.ip.into())?;
         if let Some(holder) = self.by_ip.get(&c.ip)
             && holder != k
         {
@@ -351,6 +352,70 @@ impl MembershipView {
         Ok(())
     }
 
+    /// A lease in a host's range counts (for the records it lets in, as for
+    /// the allocator, `membership/leases.rs`) only in a network of an app
+    /// its host was admitted to, and up to twice the host's quota per
+    /// network and family (`lease_quota`, its oldest): a host could otherwise fill any tenant's
+    /// range with `etcdctl put`s in its own. The rest are ignored (and
+    /// counted); a record of such an address is then `not_leased`.
+    pub(super) fn check_lease(
+        &self,
+        key: &str,
+        host: &HostId,
+        net: &NetworkId,
+        ip: IpAddr,
+    ) -> Result {
+        let admitted = !self.admissions.enforced
+            || self
+                .apps
+                .values()
+                .any(|a| a.network == *net && self.admissions.admits(&a.id, host));
+        if !admitted {
+            return Err(Rejected::new(
+                key,
+                Reject::NotAdmitted,
+                format!("host {host} is not admitted to any app of network {net}"),
+            ));
+        }
+        let held = self
+            .leases_per
+            .get(&(host.clone(), *net, ip.is_ipv6()))
+            .copied()
+            .unwrap_or(0);
+        if held >= super::lease_quota(self.host_quota) {
+            return Err(Rejected::new(
+                key,
+                Reject::Quota,
+                format!(
+                    "host {host} holds {held} leases in network {net} already, \
+                     twice its quota (--host-quota)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A container's address only if its host holds its lease: the
+    /// allocator gives out what no host leases, so a record of an address
+    /// its host never leased would take an honest host's next container's
+    /// address from it (the older record keeps an address). The lease is
+    /// written before the record (`reserve_address`, then `put_container`;
+    /// a move or a new IPv6 address in the record's own transaction, before
+    /// it), so a watch sees it first.
+    fn check_leased(&self, key: &str, c: &Container, ip: IpAddr) -> Result {
+        if self.holds_lease(&c.host, c.network, ip) {
+            return Ok(());
+        }
+        Err(Rejected::new(
+            key,
+            Reject::NotLeased,
+            format!(
+                "host {} holds no lease of address {ip} in network {}",
+                c.host, c.network
+            ),
+        ))
+    }
+
     /// A container's IPv6 address: one of its network's IPv6 range that
     /// the allocator could have handed out, and nobody else's.
     fn check_ip6(&self, key: &str, k: &ContainerKey, c: &Container, net: &Network) -> Result {
@@ -365,6 +430,7 @@ impl MembershipView {
             ));
         };
         ipam::check_address6(&cidr6, ip6).map_err(|e| Rejected::new(key, Reject::Address, e))?;
+        self.check_leased(key, c, ip6.into())?;
         if let Some(holder) = self.by_ip6.get(&ip6)
             && holder != k
         {

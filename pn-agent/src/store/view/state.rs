@@ -9,7 +9,7 @@ use std::{
 use ipnet::Ipv4Net;
 use pn_common::ids::{AppId, HostId, NetworkId};
 
-use super::refusals::Refusals;
+use super::refusals::{HostUpdates, Refusals};
 use crate::model::{Admissions, App, Container, ContainerKey, Host, Network};
 
 #[derive(Clone, Debug)]
@@ -26,6 +26,8 @@ pub struct MembershipView {
     pub rev: i64,
     /// Records refused since the agent started, by kind and reason.
     pub rejected: Refusals,
+    /// Host record changes since the agent started, by outcome.
+    pub host_updates: HostUpdates,
     /// Service addresses (both families) of the apps that balance by `vip`.
     pub(super) services_at: HashMap<IpAddr, AppId>,
     /// Revisions of every host record's creation and last version, refused
@@ -49,12 +51,37 @@ pub struct MembershipView {
     pub(super) per_host: HashMap<HostId, usize>,
     /// How many containers one host may run (`--host-quota`).
     pub(super) host_quota: usize,
+    /// The address leases the view counts, by store key: the host they
+    /// give an address of a network to (a host's own range, or a shared
+    /// lease of an older release).
+    pub(super) leases: HashMap<String, Leased>,
+    /// How many of those leases give each host each address (its own and
+    /// a shared one of an older release may both, while a fleet migrates).
+    pub(super) leased: HashMap<Leased, usize>,
+    /// How many leases of its own range the view counts for each host, in
+    /// each network, per family (`true`: IPv6): at most its quota.
+    pub(super) leases_per: HashMap<(HostId, NetworkId, bool), usize>,
+    /// Leases beyond their host's quota, oldest first: when one it counts
+    /// goes, the oldest waiting is counted, so the view counts a host's
+    /// oldest leases as the allocator does.
+    pub(super) waiting: HashMap<(HostId, NetworkId, bool), Vec<String>>,
 }
+
+/// An address of a network leased to a host's container.
+pub(super) type Leased = (HostId, NetworkId, IpAddr);
 
 /// Containers one host may run unless `--host-quota` says otherwise: far
 /// more than a host runs, few enough that one host cannot fill the
 /// datapath's maps of every agent.
 pub const DEFAULT_HOST_QUOTA: usize = 4096;
+
+/// How many leases of one network, per family, the others count for a host
+/// of `host_quota`: one per container it may run, and as many again for
+/// attaches under way and the leftovers of interrupted ones (released at
+/// its agent's next converge).
+pub fn lease_quota(host_quota: usize) -> usize {
+    host_quota.saturating_mul(2)
+}
 
 impl MembershipView {
     /// The same view with another quota of containers per host (for the

@@ -144,12 +144,12 @@ fn in_a_listing_an_older_container_keeps_its_ipv6_address() {
     };
     let rec = |r: &dyn erased::Rec, created, rev| entry(r.k(), r.v(), created, rev);
     let l = Listing {
-        entries: vec![
+        entries: with_leases(vec![
             rec(&with6(1, "10.240.0.0/24", 1, "fd00:1:2:1::/64"), 1, 1),
             rec(&app(1, 1), 2, 2),
             rec(&member, 5, 40),
             rec(&forged, 3, 30),
-        ],
+        ]),
         rev: 100,
     };
     let view = MembershipView::default().reloaded(&l);
