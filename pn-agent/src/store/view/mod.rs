@@ -3,7 +3,7 @@
 //! metrics labels) reads this view, never the store directly.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::{Ipv4Addr, Ipv6Addr},
 };
 
@@ -101,7 +101,7 @@ impl MembershipView {
             pool,
             refused: HashMap::new(),
             admissions: Default::default(),
-            container_at: HashMap::new(),
+            legacy_at: HashSet::new(),
             per_host: HashMap::new(),
             host_quota: DEFAULT_HOST_QUOTA,
         }
@@ -132,6 +132,7 @@ impl MembershipView {
         // Refused keys gone from the store are forgotten.
         view.refused.retain(|k, _| seen.contains(k.as_str()));
         view.rev = listing.rev;
+        view.compact();
         view
     }
 
@@ -239,10 +240,18 @@ impl MembershipView {
         k: &ContainerKey,
         value: &str,
     ) -> Result<Change, Rejected> {
-        let c: Container = checks::decode(key, value)?;
+        let mut c: Container = checks::decode(key, value)?;
+        // Its host's one copy of the name, not a copy per container.
+        if let Some((host, _)) = self.hosts.get_key_value(&c.host) {
+            c.host = host.clone();
+        }
         self.check_container(key, writer, k, &c)?;
         let old = self.containers.insert(c.key.clone(), c.clone());
-        self.container_at.insert(c.key.clone(), key.to_string());
+        if writer.is_some() {
+            self.legacy_at.remove(&c.key);
+        } else {
+            self.legacy_at.insert(c.key.clone());
+        }
         if let Some(o) = &old {
             self.uncount(&o.host);
         }
@@ -272,13 +281,17 @@ impl MembershipView {
 
     fn delete(&mut self, key: &str) -> Change {
         let parsed = Key::parse(key);
-        if let Some(Key::Container(_, k) | Key::LegacyContainer(k)) = &parsed {
+        if let Some(p @ (Key::Container(_, k) | Key::LegacyContainer(k))) = &parsed {
+            let writer = match p {
+                Key::Container(h, _) => Some(h),
+                _ => None,
+            };
             // Another record of the key (the same container moved under its
             // host, or another host's) is not this one's to remove.
-            if self.container_at.get(k).is_none_or(|at| at != key) {
+            if self.held_at(k, writer) != Some(true) {
                 return Change::Other;
             }
-            self.container_at.remove(k);
+            self.legacy_at.remove(k);
         }
         if let Some(Key::Admissions) = parsed {
             self.admissions = Default::default();
