@@ -244,7 +244,10 @@ pub(crate) async fn app(path: &Path, out: Output, cmd: AppCmd) -> anyhow::Result
             print(out, &a, || {
                 a.services
                     .iter()
-                    .map(|(t, ip)| format!("{t} {ip}\n"))
+                    .map(|(t, ip)| match a.services6.get(t) {
+                        Some(ip6) => format!("{t} {ip} {ip6}\n"),
+                        None => format!("{t} {ip}\n"),
+                    })
                     .collect()
             })
         }
@@ -284,8 +287,9 @@ fn app_row(a: &AppInfo) -> Vec<String> {
         .map(|s| {
             let conns: u64 = s.counters.iter().map(|c| c.connections).sum();
             let resets: u64 = s.counters.iter().map(|c| c.resets).sum();
+            let addr6 = s.addr6.map(|a| format!(",{a}")).unwrap_or_default();
             format!(
-                "{}={} ({} up, {conns} conns, {resets} resets)",
+                "{}={}{addr6} ({} up, {conns} conns, {resets} resets)",
                 s.ctype,
                 s.addr,
                 s.backends.len()

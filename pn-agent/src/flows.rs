@@ -180,17 +180,22 @@ impl FlowRecord {
             (None, _) => String::new(),
         };
         if let Some(h) = &self.http {
-            let name =
-                |n: &Option<String>, ip: &IpAddr| n.clone().unwrap_or_else(|| ip.to_string());
+            let client = self
+                .src_container
+                .clone()
+                .unwrap_or_else(|| self.src.to_string());
+            // An address with its port as a socket address: IPv6's in
+            // brackets, so the port cannot be read as part of it.
+            let server = match &self.dst_container {
+                Some(n) => format!("{n}:{}", self.dport),
+                None => std::net::SocketAddr::new(self.dst, self.dport).to_string(),
+            };
             return format!(
-                "{:02}:{:02}:{:02}.{:03} {} -> {}:{} {} {} {} {:.1}ms {}",
+                "{:02}:{:02}:{:02}.{:03} {client} -> {server} {} {} {} {:.1}ms {}",
                 day_ms / 3_600_000,
                 day_ms / 60_000 % 60,
                 day_ms / 1000 % 60,
                 day_ms % 1000,
-                name(&self.src_container, &self.src),
-                name(&self.dst_container, &self.dst),
-                self.dport,
                 h.method,
                 h.path,
                 h.status,
@@ -532,5 +537,51 @@ mod tests {
         };
         let r = FlowRecord::from_event(&odd, &view, 0);
         assert_eq!((r.kind.as_str(), r.reason.as_str()), ("kind9", "reason200"));
+    }
+
+    /// A request's line: ends by their container's name, else by address,
+    /// an IPv6 server's in brackets before its port.
+    #[test]
+    fn request_lines_name_both_families() {
+        let http = HttpFields {
+            method: "GET".into(),
+            path: "/x".into(),
+            status: 200,
+            duration_ms: 1.25,
+            response_bytes: Some(42),
+        };
+        let rec = |src: &str, dst: &str, names: bool| FlowRecord {
+            time_ms: 3_723_004,
+            kind: "http".into(),
+            reason: "forwarded".into(),
+            direction: "from_container".into(),
+            proto: "tcp".into(),
+            src: src.parse().unwrap(),
+            sport: 40000,
+            dst: dst.parse().unwrap(),
+            dport: 8080,
+            bytes: 42,
+            src_container: names.then(|| "ap-1/api-1".into()),
+            dst_container: names.then(|| "ap-2/web-1".into()),
+            network: None,
+            translated: None,
+            http: Some(http.clone()),
+        };
+        assert_eq!(
+            rec("fd00:0:0:1::2", "fd00:0:0:1::3", false).line(),
+            "01:02:03.004 fd00:0:0:1::2 -> [fd00:0:0:1::3]:8080 GET /x 200 1.2ms 42B"
+        );
+        assert_eq!(
+            rec("10.240.0.2", "10.240.0.3", false).line(),
+            "01:02:03.004 10.240.0.2 -> 10.240.0.3:8080 GET /x 200 1.2ms 42B"
+        );
+        assert_eq!(
+            rec("fd00:0:0:1::2", "fd00:0:0:1::3", true).line(),
+            "01:02:03.004 ap-1/api-1 -> ap-2/web-1:8080 GET /x 200 1.2ms 42B"
+        );
+        // The JSON keeps the addresses as they are.
+        let json = serde_json::to_value(rec("fd00:0:0:1::2", "fd00:0:0:1::3", true)).unwrap();
+        assert_eq!(json["src"], "fd00:0:0:1::2");
+        assert_eq!(json["dst"], "fd00:0:0:1::3");
     }
 }

@@ -50,6 +50,12 @@ pub struct App {
     /// network's range, leased under `ips/` like a container's).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub services: BTreeMap<ContainerType, Ipv4Addr>,
+    /// With `vip` in a network with an IPv6 range: each type's IPv6
+    /// service address beside its IPv4 one (from the network's /64, leased
+    /// under `ips/` the same way; records of agents without it: none, given
+    /// on the next converge).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services6: BTreeMap<ContainerType, Ipv6Addr>,
     /// TCP port probed by the agent of each container's host; a container
     /// failing three probes in a row leaves its service's rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -41,7 +41,7 @@ mod routes;
 
 pub use error::NetlinkError;
 use error::{EEXIST, ENODEV, ENOENT, ESRCH, Result, errno, kernel};
-pub use netns::Netns;
+pub use netns::{Netns, open_netns_file};
 use requests::{
     add_default_route, add_permanent_neighbour, add_route, is_up, link_by_name, mac_of, mtu_of,
     name_of,

@@ -214,6 +214,9 @@ pub struct ServiceInfo {
     #[serde(rename = "type")]
     pub ctype: ContainerType,
     pub addr: Ipv4Addr,
+    /// Its IPv6 twin, in a network with an IPv6 range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr6: Option<std::net::Ipv6Addr>,
     /// Containers in the rotation (attached and healthy).
     pub backends: Vec<Ipv4Addr>,
     /// Containers of the type out of it (failing their health check).

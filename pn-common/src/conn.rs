@@ -5,14 +5,14 @@
 //! agent does the matching (per connection, so keep-alive and pipelined
 //! requests each count).
 
-use crate::Ip4;
+use crate::{Ip4, Ip6};
 
 /// Payload bytes copied into a [`ConnEvent`]: enough for a method, a short
 /// path and the version, or a status line.
 pub const PAYLOAD: usize = 64;
 
 /// Size of `PN_CONN_EVENTS` (ring buffer): ~5 events per connection and 2 per
-/// request, 104 bytes each: about 10 000 events in flight.
+/// request, 104 bytes each (128 for IPv6): about 10 000 events in flight.
 pub const CONN_EVENTS_BYTES: u32 = 1 << 20;
 
 /// The programs wake the agent's reader only once this many bytes wait in
@@ -57,13 +57,16 @@ impl LostKind {
 }
 
 /// One TCP segment between members that matters to connection or request
-/// tracking, seen by a TC program of one end's interface.
+/// tracking, seen by a TC program of one end's interface. With [`Ip6`]
+/// addresses for IPv6 (128 bytes rather than 104): the agent tells the
+/// families apart by the record's length, as for [`crate::event::FlowEvent`],
+/// so IPv4's events keep their size and their reader.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnEvent {
+pub struct ConnEvent<A = Ip4> {
     pub ts_ns: u64,
-    pub src: Ip4,
-    pub dst: Ip4,
+    pub src: A,
+    pub dst: A,
     /// Sequence and acknowledgement numbers, host order: the bytes each way
     /// are told by the boundaries' numbers, so no per-packet counting.
     pub seq: u32,
@@ -89,13 +92,21 @@ pub struct ConnEvent {
 }
 
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 40 + PAYLOAD);
+const _: () = assert!(core::mem::size_of::<ConnEvent<Ip6>>() == 64 + PAYLOAD);
+// The ring's records are 8-byte aligned: neither layout may need more.
+const _: () = assert!(core::mem::align_of::<ConnEvent<Ip6>>() == 8);
+// Past the addresses, IPv6's layout is IPv4's shifted by 24 bytes.
+const _: () = assert!(
+    core::mem::offset_of!(ConnEvent<Ip6>, payload)
+        == core::mem::offset_of!(ConnEvent, payload) + 24
+);
 
-impl Default for ConnEvent {
+impl<A: Default> Default for ConnEvent<A> {
     fn default() -> Self {
         ConnEvent {
             ts_ns: 0,
-            src: 0,
-            dst: 0,
+            src: A::default(),
+            dst: A::default(),
             seq: 0,
             ack: 0,
             ifindex: 0,
@@ -112,7 +123,7 @@ impl Default for ConnEvent {
     }
 }
 
-impl ConnEvent {
+impl<A> ConnEvent<A> {
     pub fn payload(&self) -> &[u8] {
         &self.payload[..usize::from(self.copied).min(PAYLOAD)]
     }
@@ -122,6 +133,9 @@ impl ConnEvent {
 // SAFETY: `#[repr(C)]`, integers and byte arrays only, no implicit padding
 // (size asserted).
 unsafe impl aya::Pod for ConnEvent {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for ConnEvent<Ip6> {}
 
 /// Whether a TCP segment with these flags marks a connection's boundary.
 pub const fn is_boundary(flags: u8) -> bool {

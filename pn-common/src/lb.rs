@@ -19,6 +19,10 @@
 //! balanced connection from the same port left, whose replies would
 //! otherwise come back from the service address.
 //!
+//! IPv6 service addresses are balanced the same way, by the same code over
+//! [`Ip6`] (the types take the address type, [`Ip4`] by default): maps of
+//! their own (`PN_LB6_*`), the same decision, a table built the same way.
+//!
 //! Known cost of translating packets rather than connects: a client port
 //! used straight to a backend and through the service address (to the same
 //! backend port) within the backend's TIME_WAIT meets that TIME_WAIT with a
@@ -30,9 +34,35 @@
 //! `connect4` program, as Cilium's socket LB) would not have it.
 
 use crate::{
-    Ip4,
-    policy::{IPPROTO_TCP, Ipv4Summary, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    Ip4, Ip6,
+    policy::{IPPROTO_TCP, PacketSummary, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
+
+/// An address the balancer works on ([`Ip4`], [`Ip6`]).
+pub trait LbAddr: Copy + Default {
+    /// The address hashed to a word (IPv4's is itself, so its tables and
+    /// slots are what they were before IPv6).
+    fn fold(&self) -> u32;
+}
+
+impl LbAddr for Ip4 {
+    #[inline(always)]
+    fn fold(&self) -> u32 {
+        *self
+    }
+}
+
+impl LbAddr for Ip6 {
+    /// Each word mixed into the next: addresses of one /64 differ in their
+    /// low words only, and a plain XOR of the words could map two of them
+    /// to one value.
+    #[inline(always)]
+    fn fold(&self) -> u32 {
+        let a = self;
+        let w = |i: usize| u32::from_be_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        fmix32(w(0) ^ fmix32(w(4) ^ fmix32(w(8) ^ fmix32(w(12)))))
+    }
+}
 
 /// Slots per service: a prime, as Maglev needs; large enough next to the
 /// backend count that the spread stays within a few percent and a backend
@@ -61,8 +91,8 @@ pub struct Service {
 /// the backend's address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct SlotKey {
-    pub vip: Ip4,
+pub struct SlotKey<A = Ip4> {
+    pub vip: A,
     pub slot: u32,
 }
 
@@ -70,8 +100,8 @@ pub struct SlotKey {
 /// is in the rotation of. Absent: not (or no longer) a live backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Backend {
-    pub vip: Ip4,
+pub struct Backend<A = Ip4> {
+    pub vip: A,
     pub _pad: u32,
 }
 
@@ -80,9 +110,9 @@ pub struct Backend {
 /// service address. Ports host order (the balancer never changes them).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct LbConnKey {
-    pub client: Ip4,
-    pub remote: Ip4,
+pub struct LbConnKey<A = Ip4> {
+    pub client: A,
+    pub remote: A,
     pub client_port: u16,
     pub remote_port: u16,
     pub proto: u8,
@@ -93,8 +123,8 @@ pub struct LbConnKey {
 /// Value of `PN_LB_CONNS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct LbConn {
-    pub addr: Ip4,
+pub struct LbConn<A = Ip4> {
+    pub addr: A,
     /// How far the connection is closed: [`LB_FIN_CLIENT`] and
     /// [`LB_FIN_BACKEND`] (a RST sets both); once both, the second since
     /// boot it closed at, in the bits above (see [`lb_closing`]). 0: open
@@ -118,9 +148,9 @@ pub const LB_CLOSED_GRACE_S: u32 = 60;
 /// given to another container later starts from zero).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct LbStatsKey {
-    pub vip: Ip4,
-    pub backend: Ip4,
+pub struct LbStatsKey<A = Ip4> {
+    pub vip: A,
+    pub backend: A,
 }
 
 /// Value of `PN_LB_STATS` (per CPU).
@@ -145,6 +175,12 @@ const _: () = assert!(core::mem::size_of::<LbConnKey>() == 16);
 const _: () = assert!(core::mem::size_of::<LbConn>() == 8);
 const _: () = assert!(core::mem::size_of::<LbStats>() == 24);
 const _: () = assert!(core::mem::size_of::<LbStatsKey>() == 8);
+// IPv6's (`PN_LB6_*`): no padding the kernel would hash as key bytes.
+const _: () = assert!(core::mem::size_of::<SlotKey<Ip6>>() == 20);
+const _: () = assert!(core::mem::size_of::<Backend<Ip6>>() == 20);
+const _: () = assert!(core::mem::size_of::<LbConnKey<Ip6>>() == 40);
+const _: () = assert!(core::mem::size_of::<LbConn<Ip6>>() == 20);
+const _: () = assert!(core::mem::size_of::<LbStatsKey<Ip6>>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -164,11 +200,21 @@ mod pod {
     unsafe impl aya::Pod for LbStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for LbStatsKey {}
+    // SAFETY: as above (IPv6's, sizes asserted above).
+    unsafe impl aya::Pod for SlotKey<Ip6> {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Backend<Ip6> {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for LbConnKey<Ip6> {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for LbConn<Ip6> {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for LbStatsKey<Ip6> {}
 }
 
-impl LbConnKey {
+impl<A: Copy> LbConnKey<A> {
     /// The entry of a packet from a client toward a service address.
-    pub const fn forward(pkt: &Ipv4Summary) -> LbConnKey {
+    pub const fn forward(pkt: &PacketSummary<A>) -> LbConnKey<A> {
         LbConnKey {
             client: pkt.src,
             remote: pkt.dst,
@@ -181,7 +227,7 @@ impl LbConnKey {
     }
 
     /// The entry a forward packet leaves for its replies (backend → client).
-    pub const fn reverse_of(pkt: &Ipv4Summary, backend: Ip4) -> LbConnKey {
+    pub const fn reverse_of(pkt: &PacketSummary<A>, backend: A) -> LbConnKey<A> {
         LbConnKey {
             client: pkt.src,
             remote: backend,
@@ -195,7 +241,7 @@ impl LbConnKey {
 
     /// The forward entry of the connection a reply belongs to, whose
     /// reverse entry named `vip`.
-    pub const fn forward_of_reply(pkt: &Ipv4Summary, vip: Ip4) -> LbConnKey {
+    pub const fn forward_of_reply(pkt: &PacketSummary<A>, vip: A) -> LbConnKey<A> {
         LbConnKey {
             client: pkt.dst,
             remote: vip,
@@ -208,7 +254,7 @@ impl LbConnKey {
     }
 
     /// The entry of a packet entering a client (a reply from a backend).
-    pub const fn reply(pkt: &Ipv4Summary) -> LbConnKey {
+    pub const fn reply(pkt: &PacketSummary<A>) -> LbConnKey<A> {
         LbConnKey {
             client: pkt.dst,
             remote: pkt.src,
@@ -233,13 +279,14 @@ const fn fmix32(mut h: u32) -> u32 {
 }
 
 /// The slot of a flow in a service's table.
-pub const fn slot_of(pkt: &Ipv4Summary) -> u32 {
+#[inline(always)]
+pub fn slot_of<A: LbAddr>(pkt: &PacketSummary<A>) -> u32 {
     let ports = ((pkt.sport as u32) << 16) | pkt.dport as u32;
-    let h = fmix32(pkt.src ^ fmix32(pkt.dst ^ fmix32(ports ^ pkt.proto as u32)));
+    let h = fmix32(pkt.src.fold() ^ fmix32(pkt.dst.fold() ^ fmix32(ports ^ pkt.proto as u32)));
     h % LB_TABLE_SIZE
 }
 
-impl LbConn {
+impl<A> LbConn<A> {
     /// Both sides sent their FIN, or one a reset.
     pub const fn closed(&self) -> bool {
         self.state & LB_CLOSED == LB_CLOSED
@@ -292,14 +339,14 @@ pub const fn lb_closing(state: u32, tcp_flags: u8, from_client: bool, now_s: u32
 
 /// What a new choice counts, on which backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LbCount {
+pub enum LbCount<A = Ip4> {
     /// A new connection (a SYN) or flow: `new_conns` of the chosen one.
     New,
     /// An established TCP connection whose backend left: `resets` of the
     /// one it left (the next backend resets it).
-    Reset(Ip4),
+    Reset(A),
     /// A UDP flow whose backend left: `moved` of the one it left.
-    Moved(Ip4),
+    Moved(A),
     /// A segment of a connection whose entries were lost (LRU): chosen
     /// again (the same backend while the table is unchanged), no count.
     Nothing,
@@ -307,38 +354,39 @@ pub enum LbCount {
 
 /// What the balancer does with a packet leaving a container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LbStep {
+pub enum LbStep<A = Ip4> {
     /// Not for a usable service address: left as is (the policy judges it;
     /// a service address is no endpoint, so another network's client is
     /// dropped as `policy_denied`).
     Pass,
     /// Known connection, backend still live: rewrite toward it.
-    Keep(Ip4),
+    Keep(A),
     /// A SYN again on an open connection (retransmitted): rewrite toward
     /// the same backend and write both entries again (the reverse one may
     /// have been removed by a direct SYN from the same port).
-    Renew(Ip4),
+    Renew(A),
     /// New connection (or its backend left): pick from the table, record
     /// both entries (open), count.
-    Choose(LbCount),
+    Choose(LbCount<A>),
     /// A stray segment of a connection closed long ago, whose backend was
     /// this: remove both entries, rewrite nothing (the policy drops it).
-    Expire(Ip4),
+    Expire(A),
 }
 
 /// `tcp_flags`: the segment's (0 but for TCP); `svc`: the service entry of
 /// the destination; `client_tag`: the sender's network; `known`: the
 /// forward entry; `live`: whether a backend is still in the rotation of
 /// this service; `now_s`: seconds since boot (read only for a closed entry).
-pub fn lb_step(
-    pkt: &Ipv4Summary,
+#[inline(always)]
+pub fn lb_step<A: Copy>(
+    pkt: &PacketSummary<A>,
     tcp_flags: u8,
     svc: Option<&Service>,
     client_tag: u32,
-    known: Option<LbConn>,
-    live: impl FnOnce(Ip4) -> bool,
+    known: Option<LbConn<A>>,
+    live: impl FnOnce(A) -> bool,
     now_s: impl FnOnce() -> u32,
-) -> LbStep {
+) -> LbStep<A> {
     if !crate::policy::has_ports(pkt.proto) {
         return LbStep::Pass;
     }
@@ -385,8 +433,8 @@ pub fn lb_step(
 /// than its own share. Backends are taken in sorted order, and the result
 /// depends on the set only, so every host computes the same table.
 #[cfg(any(feature = "user", test))]
-pub fn maglev(backends: &[Ip4], size: u32) -> Vec<Ip4> {
-    let mut b: Vec<Ip4> = backends.to_vec();
+pub fn maglev<A: LbAddr + Ord>(backends: &[A], size: u32) -> Vec<A> {
+    let mut b: Vec<A> = backends.to_vec();
     b.sort_unstable();
     b.dedup();
     let m = size as usize;
@@ -395,14 +443,15 @@ pub fn maglev(backends: &[Ip4], size: u32) -> Vec<Ip4> {
     }
     let perm: Vec<(usize, usize)> = b
         .iter()
-        .map(|&ip| {
+        .map(|ip| {
+            let ip = ip.fold();
             let h1 = fmix32(ip ^ 0x9e37_79b9) as usize;
             let h2 = fmix32(ip.rotate_left(16) ^ 0x7f4a_7c15) as usize;
             (h1 % m, h2 % (m - 1) + 1)
         })
         .collect();
     let mut next = vec![0usize; b.len()];
-    let mut table: Vec<Option<Ip4>> = vec![None; m];
+    let mut table: Vec<Option<A>> = vec![None; m];
     let mut filled = 0;
     'fill: loop {
         for (i, &(offset, skip)) in perm.iter().enumerate() {
@@ -419,7 +468,7 @@ pub fn maglev(backends: &[Ip4], size: u32) -> Vec<Ip4> {
             }
         }
     }
-    table.into_iter().map(|s| s.unwrap_or(0)).collect()
+    table.into_iter().map(Option::unwrap_or_default).collect()
 }
 
 #[cfg(test)]

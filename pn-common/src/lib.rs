@@ -63,6 +63,7 @@ pub mod objects {
     pub const MAP_CONFIG: &str = "PN_CONFIG";
     pub const MAP_EVENT_BUDGET: &str = "PN_EVBUDGET";
     pub const MAP_PEERS: &str = "PN_PEERS";
+    pub const MAP_PEERS6: &str = "PN_PEERS6";
     pub const MAP_TAGS: &str = "PN_TAGS";
     pub const MAP_CONNS: &str = "PN_CONNS";
     pub const MAP_EGRESS_DENY: &str = "PN_EGRESS_DENY";
@@ -76,6 +77,11 @@ pub mod objects {
     pub const MAP_LB_BACKENDS: &str = "PN_LB_BACKENDS";
     pub const MAP_LB_CONNS: &str = "PN_LB_CONNS";
     pub const MAP_LB_STATS: &str = "PN_LB_STATS";
+    pub const MAP_LB6_SERVICES: &str = "PN_LB6_SERVICES";
+    pub const MAP_LB6_SLOTS: &str = "PN_LB6_SLOTS";
+    pub const MAP_LB6_BACKENDS: &str = "PN_LB6_BACKENDS";
+    pub const MAP_LB6_CONNS: &str = "PN_LB6_CONNS";
+    pub const MAP_LB6_STATS: &str = "PN_LB6_STATS";
     pub const PROG_FROM_CONTAINER: &str = "pn_from_container";
     pub const PROG_TO_CONTAINER: &str = "pn_to_container";
     pub const PROG_UNDERLAY: &str = "pn_underlay";

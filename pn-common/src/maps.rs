@@ -292,8 +292,9 @@ impl DenyRange {
     pub const NO_ADDRESS: u32 = 6;
 }
 
-/// Value of `PN_PEERS`, keyed by a peer host's underlay address ([`Ip4`]):
-/// the hosts whose tunnel packets the underlay guard lets through.
+/// Value of `PN_PEERS`, keyed by a peer host's underlay address ([`Ip4`]),
+/// and of `PN_PEERS6`, keyed by an IPv6 one ([`Ip6`]): the hosts whose
+/// tunnel packets the underlay guard lets through.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Peer {
@@ -347,6 +348,8 @@ pub const MAX_IFACES: u32 = 4_096;
 pub const MAX_COUNTER_SLOTS: u32 = MAX_IFACES + 1;
 pub const MAX_FLOWS: u32 = 65_536;
 pub const MAX_PEERS: u32 = 4_096;
+/// `PN_PEERS6`: the peers whose advertised endpoint is IPv6.
+pub const MAX_PEERS6: u32 = MAX_PEERS;
 /// `PN_CONNS`: connections with the world of this host's containers. LRU:
 /// under pressure the least recently used go first, never an active one
 /// unless this many are more active.

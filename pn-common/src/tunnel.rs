@@ -27,9 +27,18 @@ pub const RECEIVER_OFFSET: usize = 8;
 pub const COUNTER_OFFSET: usize = 12;
 /// AEAD tag after the ciphertext (Poly1305 or GCM, both 16 bytes).
 pub const AEAD_TAG_LEN: usize = 16;
-/// Bytes the tunnel adds to an inner packet on the underlay: outer IPv4 and
-/// UDP headers, the data header and the AEAD tag. Container MTU = underlay
-/// MTU − OVERHEAD.
+/// Bytes the tunnel adds to an inner packet on an IPv4 underlay: outer IPv4
+/// and UDP headers, the data header and the AEAD tag. Container MTU =
+/// underlay MTU − OVERHEAD.
 pub const OVERHEAD: usize = 20 + 8 + DATA_HEADER_LEN + AEAD_TAG_LEN;
+/// The same over an IPv6 underlay: its fixed header is 40 bytes, not 20.
+pub const OVERHEAD6: usize = 40 + 8 + DATA_HEADER_LEN + AEAD_TAG_LEN;
+
+/// The overhead over an underlay of this family (a host's peers are all
+/// of its advertised endpoint's family).
+pub const fn overhead(ipv6: bool) -> usize {
+    if ipv6 { OVERHEAD6 } else { OVERHEAD }
+}
 
 const _: () = assert!(OVERHEAD == 64);
+const _: () = assert!(OVERHEAD6 == 84);

@@ -6,7 +6,11 @@
 
 #[cfg(target_arch = "bpf")]
 mod conn;
+#[cfg(target_arch = "bpf")]
+mod conn6;
 mod lb;
+#[cfg(target_arch = "bpf")]
+mod lb6;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

@@ -15,7 +15,7 @@ use pn_common::{
         Config, ConnKey, ConnState, Counters, DenyRange, EVENTS_BYTES, Endpoint, EventBudget,
         FlowKey, FlowState, Iface, MAX_CONNS, MAX_CONNS6, MAX_COUNTER_SLOTS, MAX_EGRESS_DENY,
         MAX_EGRESS_DENY6, MAX_ENDPOINTS, MAX_ENDPOINTS6, MAX_FLOWS, MAX_IFACES, MAX_PEERS,
-        MAX_TAGS, Peer,
+        MAX_PEERS6, MAX_TAGS, Peer,
     },
 };
 
@@ -50,6 +50,10 @@ pub static PN_EVBUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(EventBudg
 
 #[map]
 pub static PN_PEERS: HashMap<Ip4, Peer> = HashMap::pinned(MAX_PEERS, 0);
+
+/// The peers whose advertised endpoint is IPv6, by that address.
+#[map]
+pub static PN_PEERS6: HashMap<Ip6, Peer> = HashMap::pinned(MAX_PEERS6, 0);
 
 #[map]
 pub static PN_TAGS: HashMap<u32, u32> = HashMap::pinned(MAX_TAGS, 0);
@@ -92,3 +96,22 @@ pub static PN_LB_CONNS: LruHashMap<LbConnKey, LbConn> = LruHashMap::pinned(MAX_L
 /// Per backend: connections sent, connections moved away.
 #[map]
 pub static PN_LB_STATS: PerCpuHashMap<LbStatsKey, LbStats> = PerCpuHashMap::pinned(MAX_BACKENDS, 0);
+
+/// IPv6 service addresses, the same way (see `pn_common::lb`, `lb6`).
+#[map]
+pub static PN_LB6_SERVICES: HashMap<Ip6, Service> = HashMap::pinned(MAX_SERVICES, 0);
+
+#[map]
+pub static PN_LB6_SLOTS: HashMap<SlotKey<Ip6>, Ip6> =
+    HashMap::pinned(MAX_SLOTS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+#[map]
+pub static PN_LB6_BACKENDS: HashMap<Ip6, Backend<Ip6>> = HashMap::pinned(MAX_BACKENDS, 0);
+
+#[map]
+pub static PN_LB6_CONNS: LruHashMap<LbConnKey<Ip6>, LbConn<Ip6>> =
+    LruHashMap::pinned(MAX_LB_CONNS, 0);
+
+#[map]
+pub static PN_LB6_STATS: PerCpuHashMap<LbStatsKey<Ip6>, LbStats> =
+    PerCpuHashMap::pinned(MAX_BACKENDS, 0);

@@ -41,7 +41,8 @@ pub fn pn_to_container(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn by_family(ctx: &TcContext, dir: Direction) -> i32 {
     if load::<u16>(ctx, 12) == Some(policy::ETH_P_IPV6.to_be()) {
-        crate::tc6::handle(ctx, dir)
+        // The IPv6 service balancer around the rules (`lb6`), as `lb`'s in `decide`.
+        crate::lb6::around(ctx, dir, || crate::tc6::handle(ctx, dir))
     } else {
         handle(ctx, dir)
     }

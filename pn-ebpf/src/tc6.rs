@@ -10,8 +10,10 @@
 //! global IPv6 address) and `PN_CONNS6` (written by the side that opened
 //! the connection, so answers and ICMPv6 errors about it come back).
 //!
-//! Not carried for IPv6 yet, and failing closed rather than open: the
-//! service balancer, and connection and request events (`flows --http`).
+//! Connection and request events (`flows --http`) as IPv4's, from
+//! `conn6`.
+//!
+//! The service balancer is `lb6`'s, around `handle` (`tc::by_family`).
 
 use aya_ebpf::maps::lpm_trie::Key as LpmKey;
 use aya_ebpf::{
@@ -77,6 +79,9 @@ pub fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     if reason.is_drop() {
         event(&at, EventKind::Drop, reason, &v);
         return TC_ACT_SHOT;
+    }
+    if matches!(reason, Reason::Forwarded | Reason::Delivered) && v.read {
+        crate::conn6::observe(ctx, dir, &v.pkt, v.tcp_flags, v.l4);
     }
     if reason == Reason::Forwarded && v.read {
         match policy::flow_check(v.pkt.proto, v.tcp_flags) {

@@ -15,6 +15,9 @@ use crate::{
 };
 
 pub const UNDERLAY_NET: &str = "192.168.100";
+/// The underlay of [`Fleet::ipv6_underlay`]: `2001:db8:100::N/64` (the
+/// documentation range), the underlay namespace's bridge at `::fe`.
+pub const UNDERLAY6_NET: &str = "2001:db8:100::";
 /// The first etcd member's client address.
 pub const ETCD_ADDR: &str = "192.168.100.254:2379";
 
@@ -239,6 +242,71 @@ impl Fleet {
             let mut host = fleet.plumb(prefix, i);
             before_launch(&host);
             let flags = fleet.flags(i, extra);
+            let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+            host.launch(&refs);
+            fleet.hosts.push(host);
+        }
+        fleet
+    }
+
+    /// `n` hosts whose underlay link has IPv6 addresses only: `ul0`
+    /// (`2001:db8:100::i/64`) on a bridge of its own (`br6`, ports `p<i>`),
+    /// advertised as `[2001:db8:100::i]:51871`. The store is reached over
+    /// another link, `st0` (192.168.100.i on `br0`, ports `s<i>`), as a
+    /// management network would carry it.
+    pub fn ipv6_underlay(prefix: &str, n: usize, extra: &[&str]) -> Fleet {
+        let mut fleet = Fleet::build_on(prefix, 0, &[], false, etcd_members(), |_| {});
+        let ul = &fleet.underlay;
+        ul.ip(&["link", "add", "br6", "type", "bridge"]);
+        ul.ip(&["link", "set", "br6", "address", "02:00:00:00:66:fe"]);
+        let bridge6 = format!("{UNDERLAY6_NET}fe/64");
+        ul.ip(&["addr", "add", &bridge6, "dev", "br6", "nodad"]);
+        ul.ip(&["link", "set", "br6", "up"]);
+        for i in 1..=n {
+            let mut host = Host::create(prefix, &format!("h{i}"));
+            for (ifname, port, bridge, addr) in [
+                (
+                    "st0",
+                    format!("s{i}"),
+                    "br0",
+                    format!("{UNDERLAY_NET}.{i}/24"),
+                ),
+                (
+                    "ul0",
+                    format!("p{i}"),
+                    "br6",
+                    format!("{UNDERLAY6_NET}{i:x}/64"),
+                ),
+            ] {
+                host.ns.ip(&[
+                    "link",
+                    "add",
+                    ifname,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &port,
+                    "netns",
+                    &fleet.underlay.name,
+                ]);
+                let mut add = vec!["addr", "add", &addr, "dev", ifname];
+                if ifname == "ul0" {
+                    // Usable at once, not tentative for DAD's second.
+                    add.push("nodad");
+                }
+                host.ns.ip(&add);
+                host.ns.ip(&["link", "set", ifname, "up"]);
+                fleet
+                    .underlay
+                    .ip(&["link", "set", &port, "master", bridge, "up"]);
+            }
+            let mut flags = fleet.flags(i, extra);
+            let at = flags
+                .iter()
+                .position(|f| f == "--advertise")
+                .expect("advertised");
+            flags[at + 1] = format!("[{UNDERLAY6_NET}{i:x}]:51871");
             let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
             host.launch(&refs);
             fleet.hosts.push(host);

@@ -331,6 +331,12 @@ pub fn tcp_whoami_self_server(ns: &Namespace, port: u16) -> Server {
     tcp_line_server(ns, "0.0.0.0", port, true)
 }
 
+/// [`tcp_whoami_self_server`] on `[::]:port`: its IPv6 address to IPv6
+/// clients.
+pub fn tcp_whoami_self_server6(ns: &Namespace, port: u16) -> Server {
+    tcp_line_server(ns, "::", port, true)
+}
+
 fn tcp_line_server(ns: &Namespace, bind: &'static str, port: u16, own: bool) -> Server {
     spawn_server(ns, move |stop, ready| {
         let l = TcpListener::bind((bind, port)).expect("tcp bind");
@@ -716,11 +722,21 @@ pub fn pcap_frames(data: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
-/// UDP payloads (with source and destination) of IPv4 Ethernet frames.
+/// UDP payloads (with source and destination) of IPv4 Ethernet frames, and
+/// of IPv6 ones whose UDP header follows the fixed header.
 pub fn udp_payloads(frames: &[Vec<u8>]) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
     frames
         .iter()
         .filter_map(|f| {
+            if f.len() >= 14 + 40 + 8 && f[12..14] == [0x86, 0xdd] && f[14 + 6] == 17 {
+                let (ip, udp) = (&f[14..], &f[14 + 40..]);
+                let addr = |b: &[u8]| Ipv6Addr::from(<[u8; 16]>::try_from(b).unwrap());
+                let src =
+                    SocketAddr::from((addr(&ip[8..24]), u16::from_be_bytes([udp[0], udp[1]])));
+                let dst =
+                    SocketAddr::from((addr(&ip[24..40]), u16::from_be_bytes([udp[2], udp[3]])));
+                return Some((src, dst, udp[8..].to_vec()));
+            }
             if f.len() < 14 + 20 + 8 || f[12..14] != [0x08, 0x00] || f[14 + 9] != 17 {
                 return None;
             }

@@ -136,16 +136,18 @@ fn an_attacker_host_can_neither_free_anothers_leases_nor_run_beyond_its_quota() 
     assert_ne!(c1c.addr, squat, "the victim's attach took a leased address");
     assert!(eventually(WAIT, || talks(&c1c, c1.addr)), "c1c works");
 
-    // 3. Container records beyond its quota: the newest refused everywhere.
+    // 3. Container records beyond its quota, each of an address it leased
+    // (agents refuse a record of an address its host never leased): the
+    // newest refused everywhere.
     let c2_rec = get(&format!("/pn/on/h2/containers/{app}/web/{}", index(&c2)));
     for n in 0..5u32 {
         let i = 60 + n;
         let mut forged = c2_rec.clone();
+        let ip = Ipv4Addr::from(u32::from(c1.addr) + 100 + n);
+        put(&format!("/pn/on/h2/ips/{net}/{ip}"), &squatting);
         forged["index"] = i.into();
         forged["host_ifname"] = host_ifname(&app, i).into();
-        forged["ip"] = Ipv4Addr::from(u32::from(c1.addr) + 100 + n)
-            .to_string()
-            .into();
+        forged["ip"] = ip.to_string().into();
         forged["ip6"] = serde_json::Value::Null;
         forged["netns"] = format!("forged{i}").into();
         put(&format!("/pn/on/h2/containers/{app}/web/{i}"), &forged);

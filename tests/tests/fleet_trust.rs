@@ -231,11 +231,16 @@ fn an_attacker_host_can_neither_write_others_records_nor_place_members_the_opera
     assert!(talks(&t.c2, t.c3.addr), "the attacker's member of the app");
     assert!(t.mine.ns.ip(&["link", "show", "pn0"]).contains("pn0"));
     // Each refusal logged once by each agent.
+    // (Container records: the leases its own agent's attach took in a
+    // network it was not admitted to are refused too, `lease` `not_admitted`.)
     for h in [victim, far] {
         let log = h.log();
         for reason in ["not_admitted", "wrong_host", "container_taken"] {
+            let refusal = format!("refused ({reason})");
             assert_eq!(
-                log.matches(&format!("refused ({reason})")).count(),
+                log.lines()
+                    .filter(|l| l.contains("/containers/") && l.contains(&refusal))
+                    .count(),
                 1,
                 "{}: {reason}: {log}",
                 h.id
@@ -356,11 +361,17 @@ fn a_record_rewritten_while_its_agent_is_down_touches_only_the_namespace_it_atta
     record["netns"] = other.ns.name.clone().into();
     record["ip"] = moved.to_string().into();
     f.hosts[0].stop();
-    assert!(
-        f.etcdctl(&["put", &key, &record.to_string()])
-            .status
-            .success()
-    );
+    // With its lease (a record of an address its host does not lease is
+    // refused by every agent, `not_leased`).
+    let net = record["network"].as_str().unwrap();
+    let lease = serde_json::json!({"app": app, "ctype": "web",
+        "index": c1.attached["index"], "host": "h1"});
+    for (k, v) in [
+        (format!("/pn/on/h1/ips/{net}/{moved}"), lease.to_string()),
+        (key.clone(), record.to_string()),
+    ] {
+        assert!(f.etcdctl(&["put", &k, &v]).status.success());
+    }
     f.hosts[0].start_again();
     let in_c1 = || c1.ns.ip(&["-4", "-o", "addr", "show", "pn0"]);
     assert!(
@@ -373,6 +384,57 @@ fn a_record_rewritten_while_its_agent_is_down_touches_only_the_namespace_it_atta
         addr.contains(&format!("{}/32", other.addr)) && addr.lines().count() == 1,
         "the other tenant's interface is untouched: {addr}"
     );
+}
+
+/// A container an older release attached (no record of the agent's own in
+/// its state directory) whose store record was pointed meanwhile at another
+/// tenant's namespace, with a new address (and its lease): the agent does
+/// not take the store's word for it (that namespace holds no interface
+/// with the record's address), so it never re-addresses it.
+#[test]
+fn an_older_releases_container_pointed_at_another_namespace_is_not_adopted() {
+    let p = unique_prefix();
+    let mut f = Fleet::new(&p, 1);
+    let h1 = &f.hosts[0];
+    let app = h1.network_and_app(&[]).1;
+    let c1 = h1.member(&app, "web", "c1");
+    let other = h1.member(&h1.network_and_app(&[]).1, "web", "other");
+    let key = format!(
+        "/pn/on/h1/containers/{app}/web/{}",
+        c1.attached["index"].as_u64().unwrap()
+    );
+    let out = f.etcdctl(&["get", &key, "--print-value-only"]);
+    let mut record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let moved = Ipv4Addr::from(u32::from(c1.addr) + 50);
+    record["netns"] = other.ns.name.clone().into();
+    record["ip"] = moved.to_string().into();
+    let net = record["network"].as_str().unwrap();
+    let lease = serde_json::json!({"app": app, "ctype": "web",
+        "index": c1.attached["index"], "host": "h1"});
+    f.hosts[0].stop();
+    let ifname = record["host_ifname"].as_str().unwrap();
+    std::fs::remove_file(f.hosts[0].dir.join("state/attached").join(ifname)).unwrap();
+    for (k, v) in [
+        (format!("/pn/on/h1/ips/{net}/{moved}"), lease.to_string()),
+        (key.clone(), record.to_string()),
+    ] {
+        assert!(f.etcdctl(&["put", &k, &v]).status.success());
+    }
+    f.hosts[0].start_again();
+    // Judged either way at start (`recorded in … as found` before).
+    assert!(
+        eventually(WAIT, || f.hosts[0].log().contains("as found")),
+        "{}",
+        f.hosts[0].log()
+    );
+    // A converge or two later, the other tenant's interface is as it was.
+    std::thread::sleep(Duration::from_secs(2));
+    let addr = other.ns.ip(&["-4", "-o", "addr", "show", "pn0"]);
+    assert!(
+        addr.contains(&format!("{}/32", other.addr)) && addr.lines().count() == 1,
+        "the other tenant's interface is untouched: {addr}"
+    );
+    assert!(f.hosts[0].log().contains("not recorded as found"));
 }
 
 /// A host that joins later: `pn-agent fleet grant-host` as etcd's root

@@ -107,7 +107,7 @@ impl Agent {
                 c.key, c.host_ifname
             )));
         }
-        let ns = Netns::open(netns)?;
+        let ns = Netns::open(netns).await?;
         let link = inspect_container_side(&ns, ifname)
             .await?
             .ok_or_else(|| Error::not_found(format!("interface {ifname} is missing in {netns}")))?;
@@ -206,7 +206,7 @@ impl Agent {
                 let c = &self.attached.local(c).ok_or_else(|| {
                     Error::not_found(format!("container {} was not attached here", c.key))
                 })?;
-                let ns = Netns::open(&c.netns)?;
+                let ns = Netns::open(&c.netns).await?;
                 inspect_container_side(&ns, &c.ifname)
                     .await?
                     .ok_or_else(|| {

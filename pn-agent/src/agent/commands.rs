@@ -205,7 +205,7 @@ impl Agent {
         }
         let app_rec = self.membership.app(app).await?;
         let net = self.network_with_ipv6(&app_rec.network).await?;
-        let ns = Netns::open(netns)?;
+        let ns = Netns::open(netns).await?;
         let guard = self.local_ops.lock().await;
         // This host's containers of the type, and the indexes taken in
         // the fleet (claims): no listing of the whole fleet per attach.

@@ -109,7 +109,8 @@ impl Agent {
 
     /// Local containers an older release attached (no record of this
     /// agent's own yet): recorded once, at start, from the store, if their
-    /// interface is there. From then on their namespace is this host's word.
+    /// interface is there and the namespace the store names is theirs
+    /// (`adoptable`). From then on their namespace is this host's word.
     pub(super) async fn adopt_unrecorded(&self) {
         let links = match self.netlink.links_with_prefix(HOST_IF_PREFIX).await {
             Ok(l) => l
@@ -128,6 +129,14 @@ impl Agent {
             .cloned()
             .collect();
         for c in unrecorded {
+            if let Err(why) = adoptable(&c).await {
+                log::warn!(
+                    "container {}: not recorded as found: its namespace {:?} from the store {why}",
+                    c.key,
+                    c.netns
+                );
+                continue;
+            }
             match self.attached.record(&c) {
                 Ok(()) => log::info!("container {}: recorded in {} as found", c.key, c.netns),
                 Err(e) => log::error!("recording container {}: {e}", c.key),
@@ -219,9 +228,10 @@ impl Agent {
         }
     }
 
-    /// With IPv6 on: networks without an IPv6 range get one, and this
-    /// host's containers without an IPv6 address get one (records written
-    /// before IPv6, or while this host ran with it off). With it off, this
+    /// With IPv6 on: networks without an IPv6 range get one, this host's
+    /// containers without an IPv6 address get one (records written before
+    /// IPv6, or while this host ran with it off), and service addresses of
+    /// apps with a member here their IPv6 twins. With it off, this
     /// host's containers give theirs back. The records come back through
     /// the watch like any change.
     async fn give_ipv6(&self) {
@@ -261,6 +271,47 @@ impl Agent {
                 }
                 Ok(None) => {}
                 Err(e) => log::error!("giving container {key} an IPv6 address: {e}"),
+            }
+        }
+        self.give_services6().await;
+    }
+
+    /// Service addresses without their IPv6 twin, of apps with a container
+    /// on this host in a network the view knows has an IPv6 range (a range
+    /// given earlier in this pass comes back through the watch, whose
+    /// converge gives the twins). Each host asks only for the apps it
+    /// serves, not for the whole fleet.
+    async fn give_services6(&self) {
+        let bare: Vec<_> = {
+            let v = self.view();
+            let mine: std::collections::BTreeSet<_> = v
+                .local_containers(&self.cfg.host_id)
+                .map(|c| c.key.app)
+                .collect();
+            v.apps
+                .values()
+                .filter(|a| mine.contains(&a.id) && a.services6.len() < a.services.len())
+                .filter(|a| {
+                    v.networks
+                        .get(&a.network)
+                        .is_some_and(|n| n.cidr6.is_some())
+                })
+                .map(|a| a.id)
+                .collect()
+        };
+        for id in bare {
+            match self
+                .membership
+                .ensure_services6(&id, &self.cfg.host_id)
+                .await
+            {
+                Ok(Some((a, _))) => {
+                    let addrs: Vec<String> =
+                        a.services6.values().map(|ip| ip.to_string()).collect();
+                    log::info!("app {id}: IPv6 service address(es) {}", addrs.join(", "));
+                }
+                Ok(None) => {}
+                Err(e) => log::error!("giving app {id}'s service addresses IPv6: {e}"),
             }
         }
     }
@@ -306,5 +357,27 @@ impl Agent {
                 log::error!("{e}");
             }
         }
+    }
+}
+
+/// Whether the namespace a store record names (for a container an older
+/// release attached) is the container's: a network namespace, opened
+/// without following links, off the async workers, holding the record's
+/// interface with the record's own address. A record pointed at another
+/// tenant's namespace fails there: its interface holds another address
+/// (addresses are unique, `address_taken`), so this host never takes it
+/// for its own.
+async fn adoptable(c: &Container) -> std::result::Result<(), String> {
+    let ns = crate::netlink::Netns::open(&c.netns)
+        .await
+        .map_err(|e| format!("cannot be opened: {e}"))?;
+    match crate::netlink::inspect_container_side(&ns, &c.ifname).await {
+        Ok(Some(l)) if l.addrs.contains(&c.ip) => Ok(()),
+        Ok(Some(_)) => Err(format!(
+            "holds {} without the container's address {}",
+            c.ifname, c.ip
+        )),
+        Ok(None) => Err(format!("has no interface {}", c.ifname)),
+        Err(e) => Err(format!("cannot be read: {e}")),
     }
 }

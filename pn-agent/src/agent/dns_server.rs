@@ -48,9 +48,14 @@ impl dns::Directory for ViewDirectory {
             return false;
         };
         // An app balanced by `vip`: its and its types' names answer the
-        // service address; `N.TYPE` still names one container.
+        // service addresses (IPv6's in AAAA); `N.TYPE` still names one
+        // container.
         if let Some(vip) = crate::store::view::services::service_addr(app, &q.selector) {
             out.push(IpAddr::V4(vip));
+            let vip6 = crate::store::view::services::service_addr6(app, &q.selector);
+            if let Some(ip6) = vip6.filter(|_| self.ipv6) {
+                out.push(IpAddr::V6(ip6));
+            }
             return true;
         }
         let before = out.len();

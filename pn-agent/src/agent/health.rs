@@ -10,13 +10,15 @@
 
 use std::{
     collections::HashMap,
-    fs::File,
     net::{Ipv4Addr, SocketAddr, TcpStream},
     sync::Arc,
     time::Duration,
 };
 
-use crate::{model::ContainerKey, netlink::Netns};
+use crate::{
+    model::ContainerKey,
+    netlink::{Netns, open_netns_file},
+};
 
 use super::Agent;
 
@@ -151,15 +153,17 @@ impl Agent {
 /// the namespace `netns` (name or path). `setns` is per thread, so each
 /// probe runs on a short-lived thread of its own.
 async fn probe(netns: &str, addr: SocketAddr) -> bool {
-    let Ok(file) = File::open(Netns::path_of(netns)) else {
-        return false;
-    };
+    let path = Netns::path_of(netns);
     let (tx, rx) = tokio::sync::oneshot::channel();
+    // Opened on the probe's thread, not the async worker's, without
+    // following links, and checked to be a network namespace.
     let spawned = std::thread::Builder::new()
         .name("pn-health".into())
         .spawn(move || {
-            let ok = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).is_ok()
-                && TcpStream::connect_timeout(&addr, TIMEOUT).is_ok();
+            let ok = open_netns_file(&path).is_ok_and(|file| {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).is_ok()
+                    && TcpStream::connect_timeout(&addr, TIMEOUT).is_ok()
+            });
             let _ = tx.send(ok);
         });
     spawned.is_ok() && rx.await.unwrap_or(false)

@@ -70,7 +70,7 @@ impl Agent {
             )));
         };
         let now = &now;
-        let ns = Netns::open(&now.netns)?;
+        let ns = Netns::open(&now.netns).await?;
         if now.ip == was.ip {
             // Only its IPv6 address changed (given on an upgrade, taken
             // back with `--ipv6 off`).

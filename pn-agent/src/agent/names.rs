@@ -31,11 +31,18 @@ impl Names for ViewNames {
             for s in service_infos(&view, app) {
                 let backends = s.backends.iter().map(|b| (*b, true));
                 let unhealthy = s.unhealthy.iter().map(|b| (*b, false));
+                let backends: Vec<_> = backends.chain(unhealthy).collect();
+                let backends6 = backends
+                    .iter()
+                    .filter_map(|(b, up)| Some((view.container_by_ip(*b)?.ip6?, *up)))
+                    .collect();
                 out.push(Service {
                     app: app.id.to_string(),
                     service: s.ctype.to_string(),
                     addr: s.addr,
-                    backends: backends.chain(unhealthy).collect(),
+                    backends,
+                    addr6: s.addr6,
+                    backends6,
                 });
             }
         }

@@ -198,8 +198,8 @@ struct Underlay {
 }
 
 /// The underlay (`--underlay-iface`), and the MTU of container interfaces:
-/// `--mtu`, or the underlay's less the tunnel's headers so inner packets
-/// never fragment.
+/// `--mtu`, or the underlay's less the tunnel's headers (of the advertised
+/// endpoint's family) so inner packets never fragment.
 async fn find_underlay(
     netlink: &Netlink,
     cfg: &RunConfig,
@@ -211,9 +211,11 @@ async fn find_underlay(
         .mtu(name)
         .await?
         .ok_or_else(|| anyhow::anyhow!("underlay interface {name} not found (--underlay-iface)"))?;
+    // An IPv6 underlay's outer header is 20 bytes longer than IPv4's.
+    let ipv6 = cfg.advertise.is_some_and(|a| a.is_ipv6());
     let container_mtu = cfg
         .mtu
-        .unwrap_or(mtu.saturating_sub(tunnel::OVERHEAD as u32));
+        .unwrap_or(mtu.saturating_sub(tunnel::overhead(ipv6) as u32));
     // On veth, driver-mode XDP turns off the peer's segmentation offloads,
     // which the tunnel's UDP GSO/GRO depends on: generic mode there, driver
     // mode on real devices.
@@ -385,7 +387,7 @@ impl Agent {
         let agent = Arc::new(Agent {
             attached,
             attaching: Default::default(),
-            membership: Membership::new(backend),
+            membership: Membership::new(backend).with_host_quota(cfg.host_quota),
             view: Arc::new(RwLock::new(view)),
             datapath: Arc::new(Mutex::new(datapath)),
             edge: Arc::new(Mutex::new(edge)),

@@ -43,6 +43,7 @@ impl Agent {
         // under it); counters are this host's, so a read error only hides
         // them.
         let stats = self.dp().maps().lb_stats().unwrap_or_default();
+        let stats6 = self.dp().maps().lb6_stats().unwrap_or_default();
         let v = self.view();
         v.apps
             .values()
@@ -50,7 +51,7 @@ impl Agent {
             .map(|a| {
                 let mut services = crate::store::view::services::service_infos(&v, a);
                 for s in &mut services {
-                    s.counters = counters(s, &stats);
+                    s.counters = counters(s, &stats, &stats6, &v);
                 }
                 AppInfo {
                     id: a.id,
@@ -331,16 +332,44 @@ pub(super) fn preference(cfg: &pn_tunnel::Config) -> String {
 fn counters(
     s: &ServiceInfo,
     stats: &std::collections::BTreeMap<pn_common::lb::LbStatsKey, pn_common::lb::LbStats>,
+    stats6: &std::collections::BTreeMap<
+        pn_common::lb::LbStatsKey<pn_common::Ip6>,
+        pn_common::lb::LbStats,
+    >,
+    view: &crate::store::view::MembershipView,
 ) -> Vec<BackendCounters> {
     let vip = crate::model::to_ip4(s.addr);
-    stats
+    let mut rows: std::collections::BTreeMap<std::net::Ipv4Addr, BackendCounters> = stats
         .iter()
         .filter(|(k, _)| k.vip == vip)
-        .map(|(k, st)| BackendCounters {
-            backend: std::net::Ipv4Addr::from(pn_common::ip4_octets(k.backend)),
-            connections: st.new_conns,
-            resets: st.resets,
-            moved: st.moved,
+        .map(|(k, st)| {
+            let backend = std::net::Ipv4Addr::from(pn_common::ip4_octets(k.backend));
+            let row = BackendCounters {
+                backend,
+                connections: st.new_conns,
+                resets: st.resets,
+                moved: st.moved,
+            };
+            (backend, row)
         })
-        .collect()
+        .collect();
+    // Through the IPv6 service address: added to the backend container's
+    // row (named by its IPv4 address), while the view still knows it.
+    if let Some(vip6) = s.addr6.map(|a| a.octets()) {
+        for (k, st) in stats6.iter().filter(|(k, _)| k.vip == vip6) {
+            let Some(c) = view.container_by_ip6(std::net::Ipv6Addr::from(k.backend)) else {
+                continue;
+            };
+            let row = rows.entry(c.ip).or_insert(BackendCounters {
+                backend: c.ip,
+                connections: 0,
+                resets: 0,
+                moved: 0,
+            });
+            row.connections += st.new_conns;
+            row.resets += st.resets;
+            row.moved += st.moved;
+        }
+    }
+    rows.into_values().collect()
 }

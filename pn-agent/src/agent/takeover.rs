@@ -3,7 +3,10 @@
 //! its tunnel for a successor. Also what a start needs either way: the
 //! tunnel's I/O on fresh descriptors.
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use pn_tunnel::{
@@ -37,7 +40,7 @@ pub(super) async fn open_tunnel(
     let Some(advertise) = cfg.advertise else {
         return Ok(());
     };
-    let listen = std::net::SocketAddr::from(([0, 0, 0, 0], advertise.port()));
+    let listen = tunnel_listen(advertise);
     dev.run(dev.open(TUN_DEV, listen)?)
         .context("starting the tunnel")?;
     route_tunnel(cfg, netlink, mtu).await?;
@@ -46,6 +49,35 @@ pub(super) async fn open_tunnel(
         super::status::preference(&cfg.tunnel)
     );
     Ok(())
+}
+
+/// Where the tunnel's sockets bind: every address of the advertised
+/// endpoint's family, on its port (the peers are of that family).
+pub(super) fn tunnel_listen(advertise: SocketAddr) -> SocketAddr {
+    let any = match advertise {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    SocketAddr::new(any, advertise.port())
+}
+
+/// Whether descriptors handed over (by a predecessor or the service
+/// manager) listen where this agent's tunnel must: an `--advertise` that
+/// changed family or port across the restart gets fresh sockets rather
+/// than sockets its peers can no longer reach.
+pub(super) fn io_fits(io: &Io, cfg: &RunConfig) -> bool {
+    let (Some(advertise), Ok(have)) = (cfg.advertise, io.local_addr()) else {
+        return false;
+    };
+    let want = tunnel_listen(advertise);
+    if have == want {
+        return true;
+    }
+    log::warn!(
+        "the tunnel handed over listens on {have}, not {want} (--advertise {advertise}): \
+         opening it afresh"
+    );
+    false
 }
 
 /// Resumes the tunnel the service manager kept across a restart: its
@@ -113,7 +145,8 @@ impl Agent {
         let handed = tokio::task::block_in_place(|| p.take())
             .context("taking over from the running agent")?;
         let mut opened_here = true;
-        if let (Some(dev), Some(io)) = (&self.tunnel, handed.io) {
+        let io = handed.io.filter(|io| io_fits(io, &self.cfg));
+        if let (Some(dev), Some(io)) = (&self.tunnel, io) {
             match AgentState::decode(&handed.state) {
                 Ok(state) => {
                     if !synced {

@@ -21,7 +21,7 @@ pub use self::edge::{ForwardGuard, PortRange};
 use self::{
     edge::{EdgeFlags, edge_ranges},
     fleet_store::{needs_tunnel, plain_text_allowed},
-    tunnel::{advertise_v4, device_options, tunnel_config},
+    tunnel::{advertise_endpoint, device_options, tunnel_config},
 };
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/pn-agent";
@@ -64,8 +64,9 @@ pub struct RunSettings {
     /// Interface toward the other hosts (tunnel and XDP guard).
     #[arg(long)]
     pub underlay_iface: Option<String>,
-    /// Encrypted tunnel endpoint published to peers (IPv4:PORT; the tunnel
-    /// runs over IPv4 only).
+    /// Encrypted tunnel endpoint published to peers, IPv4:PORT or
+    /// [IPv6]:PORT (the tunnel pairs with the hosts that advertise the same
+    /// family).
     #[arg(long)]
     pub advertise: Option<SocketAddr>,
     /// DNS server address; containers reach it through their gateway [default: 169.254.1.1:53].
@@ -379,7 +380,7 @@ impl RunConfig {
         )?;
         plain_text_allowed(&store, pick!(store_insecure).unwrap_or(false))?;
         let underlay_iface = pick!(underlay_iface);
-        let advertise = advertise_v4(pick!(advertise))?;
+        let advertise = advertise_endpoint(pick!(advertise))?;
         if store.endpoints().is_some() {
             needs_tunnel(advertise.is_some(), underlay_iface.is_some())?;
         }

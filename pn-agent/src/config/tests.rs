@@ -343,23 +343,36 @@ fn a_fleet_store_needs_the_tunnel() {
 }
 
 #[test]
-fn an_ipv6_advertise_is_refused() {
+fn an_ipv6_advertise_is_taken() {
     let v6 = RunSettings {
         advertise: Some("[2001:db8::1]:51871".parse().unwrap()),
         ..fleet("etcd://10.0.0.1:2379")
     };
-    refused(
-        v6.clone(),
-        None,
-        "invalid --advertise [2001:db8::1]:51871: the tunnel runs over IPv4 only",
-    );
-    // From the file as well, embedded store or not.
-    let f = file("advertise = \"[2001:db8::1]:51871\"\n");
+    let c = RunConfig::resolve(v6.clone(), None).unwrap();
+    assert_eq!(c.advertise, Some("[2001:db8::1]:51871".parse().unwrap()));
+    // From the file as well (the scope id of a link-local one is dropped
+    // with it: refused below).
+    let f = file("advertise = \"[2001:db8::7]:4000\"\n");
     let alone = RunSettings {
         host_id: Some("h1".into()),
         ..Default::default()
     };
-    refused(alone, Some(&f.0), "IPv4 only");
+    let c = RunConfig::resolve(alone, Some(&f.0)).unwrap();
+    assert_eq!(c.advertise, Some("[2001:db8::7]:4000".parse().unwrap()));
+    // Addresses peers cannot reach are refused at start.
+    for (bad, why) in [
+        ("[::]:51871", "the unspecified address"),
+        ("[::1]:51871", "loopback"),
+        ("[ff02::1]:51871", "multicast"),
+        ("[fe80::1%2]:51871", "link-local"),
+        ("[2001:db8::1]:0", "port 0"),
+    ] {
+        let s = RunSettings {
+            advertise: Some(bad.parse().unwrap()),
+            ..v6.clone()
+        };
+        refused(s, None, why);
+    }
     // An IPv4-mapped address is its IPv4 address.
     let mapped = RunSettings {
         advertise: Some("[::ffff:192.0.2.1]:51871".parse().unwrap()),

@@ -6,21 +6,36 @@ use std::net::SocketAddr;
 use anyhow::bail;
 use pn_tunnel::device::{MAX_WORKERS, Options};
 
-/// `--advertise`, an IPv4 endpoint: the tunnel's socket binds IPv4 only
-/// and the XDP underlay guard knows IPv4 peers only, so an IPv6 endpoint
-/// would be published to peers that could never reach it (an IPv4-mapped
-/// one is its IPv4 address).
-pub(super) fn advertise_v4(advertise: Option<SocketAddr>) -> anyhow::Result<Option<SocketAddr>> {
+/// `--advertise`, an IPv4 or an IPv6 endpoint: the tunnel's sockets are of
+/// its family (an IPv4-mapped one is its IPv4 address). An IPv6 one must be
+/// a global or unique-local unicast address peers can reach: the
+/// unspecified address, loopback, multicast and link-local (which needs an
+/// interface peers cannot name) are refused here, as the store's checks
+/// would refuse the host's record.
+pub(super) fn advertise_endpoint(
+    advertise: Option<SocketAddr>,
+) -> anyhow::Result<Option<SocketAddr>> {
     let Some(SocketAddr::V6(a)) = advertise else {
         return Ok(advertise);
     };
-    match a.ip().to_ipv4_mapped() {
-        Some(ip) => Ok(Some(SocketAddr::from((ip, a.port())))),
-        None => bail!(
-            "invalid --advertise {a}: the tunnel runs over IPv4 only (an IPv6 underlay is not \
-             supported yet): advertise this host's IPv4 underlay address"
-        ),
+    if let Some(ip) = a.ip().to_ipv4_mapped() {
+        return Ok(Some(SocketAddr::from((ip, a.port()))));
     }
+    let ip = a.ip();
+    let what = if ip.is_unspecified() {
+        "the unspecified address"
+    } else if ip.is_loopback() {
+        "loopback"
+    } else if ip.is_multicast() {
+        "multicast"
+    } else if ip.is_unicast_link_local() {
+        "link-local"
+    } else if a.port() == 0 {
+        "port 0"
+    } else {
+        return Ok(Some(SocketAddr::from((*ip, a.port()))));
+    };
+    bail!("invalid --advertise {a}: {what} cannot be a tunnel endpoint peers reach")
 }
 
 /// The tunnel's settings from `--tunnel-*`.

@@ -7,15 +7,15 @@ pub mod track;
 
 use std::{
     collections::HashMap,
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
 use aya::maps::{MapData, RingBuf};
 use pn_common::{
+    Ip6,
     conn::{ConnEvent, status_class},
-    ip4_octets,
 };
 use prometheus_client::{
     collector::Collector,
@@ -27,23 +27,41 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{flows::FlowHub, flows::FlowRecord, store::view::MembershipView};
 use metrics::{ConnMetrics, Edge};
-use track::{Key, Outcome, Request, Tracker};
+use track::{Addr, Key, Outcome, Request, Tracker};
 
 /// A SYN unanswered for this long is a timed-out connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The tracker and its metrics (its own counters included), shared with
-/// the metrics endpoint and `status`.
+/// The trackers and their metrics (their own counters included), shared
+/// with the metrics endpoint and `status`.
 #[derive(Clone)]
 pub struct ConnHub {
-    tracker: Arc<Mutex<Tracker>>,
+    tracker: Arc<Mutex<Trackers>>,
     metrics: ConnMetrics,
+}
+
+/// One table per family (see `track`); the same metrics for both.
+#[derive(Debug)]
+struct Trackers {
+    v4: Tracker,
+    v6: Tracker<Ip6>,
+}
+
+/// What the trackers decided, per family.
+#[derive(Default)]
+struct Outcomes {
+    v4: Vec<Outcome>,
+    v6: Vec<Outcome<Ip6>>,
 }
 
 impl Default for ConnHub {
     fn default() -> Self {
+        let timeout = CONNECT_TIMEOUT.as_nanos() as u64;
         ConnHub {
-            tracker: Arc::new(Mutex::new(Tracker::new(CONNECT_TIMEOUT.as_nanos() as u64))),
+            tracker: Arc::new(Mutex::new(Trackers {
+                v4: Tracker::new(timeout),
+                v6: Tracker::new(timeout),
+            })),
             metrics: ConnMetrics::default(),
         }
     }
@@ -68,21 +86,25 @@ fn wall_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn addr(ip: pn_common::Ip4) -> Ipv4Addr {
-    Ipv4Addr::from(ip4_octets(ip))
+/// The container that holds `ip`, of either family.
+fn container(view: &MembershipView, ip: IpAddr) -> Option<&crate::model::Container> {
+    match ip {
+        IpAddr::V4(ip) => view.container_by_ip(ip),
+        IpAddr::V6(ip) => view.container_by_ip6(ip),
+    }
 }
 
 impl ConnHub {
     pub fn tracked(&self) -> usize {
-        self.tracker.lock().unwrap_or_else(|p| p.into_inner()).len()
+        let t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        t.v4.len() + t.v6.len()
     }
 
-    fn edge(view: &MembershipView, key: &Key) -> Edge {
-        let end = |ip| {
-            view.container_by_ip(addr(ip))
-                .map_or((String::new(), String::new()), |c| {
-                    (c.key.app.to_string(), c.key.ctype.to_string())
-                })
+    fn edge<A: Addr>(view: &MembershipView, key: &Key<A>) -> Edge {
+        let end = |ip: A| {
+            container(view, ip.ip()).map_or((String::new(), String::new()), |c| {
+                (c.key.app.to_string(), c.key.ctype.to_string())
+            })
         };
         let (client_app, client_type) = end(key.client);
         let (server_app, server_type) = end(key.server);
@@ -95,18 +117,24 @@ impl ConnHub {
         }
     }
 
-    fn record(view: &MembershipView, r: &Request, now_mono: u64, now_wall: u64) -> FlowRecord {
-        let client = view.container_by_ip(addr(r.key.client));
-        let server = view.container_by_ip(addr(r.key.server));
+    fn record<A: Addr>(
+        view: &MembershipView,
+        r: &Request<A>,
+        now_mono: u64,
+        now_wall: u64,
+    ) -> FlowRecord {
+        let (src, dst) = (r.key.client.ip(), r.key.server.ip());
+        let client = container(view, src);
+        let server = container(view, dst);
         FlowRecord {
             time_ms: now_wall.saturating_sub(now_mono.saturating_sub(r.ts_ns) / 1_000_000),
             kind: "http".into(),
             reason: "forwarded".into(),
             direction: "from_container".into(),
             proto: "tcp".into(),
-            src: addr(r.key.client).into(),
+            src,
             sport: r.key.client_port,
-            dst: addr(r.key.server).into(),
+            dst,
             dport: r.key.server_port,
             bytes: r.bytes.map_or(0, |b| b.min(u64::from(u32::MAX)) as u32),
             src_container: client.map(|c| c.key.to_string()),
@@ -124,7 +152,12 @@ impl ConnHub {
     }
 
     /// Metrics and log lines for what the tracker decided.
-    fn apply(&self, outcomes: Vec<Outcome>, view: &Arc<RwLock<MembershipView>>, flows: &FlowHub) {
+    fn apply<A: Addr>(
+        &self,
+        outcomes: Vec<Outcome<A>>,
+        view: &Arc<RwLock<MembershipView>>,
+        flows: &FlowHub,
+    ) {
         if outcomes.is_empty() {
             return;
         }
@@ -136,7 +169,7 @@ impl ConnHub {
         // (two address lookups, a lock, a handful of strings) made once per
         // group rather than per request (a keep-alive client's batch is
         // one group).
-        let mut answered: HashMap<(Key, &'static str, &'static str), Vec<f64>> = HashMap::new();
+        let mut answered: HashMap<(Key<A>, &'static str, &'static str), Vec<f64>> = HashMap::new();
         for o in outcomes {
             match o {
                 Outcome::Opened { key, connect_ns } => {
@@ -206,7 +239,7 @@ impl ConnHub {
         // (`CONN_WAKE_BYTES`): the tick drains it the rest of the time.
         let mut tick = tokio::time::interval(Duration::from_millis(pn_common::conn::CONN_DRAIN_MS));
         loop {
-            let mut out = Vec::new();
+            let mut out = Outcomes::default();
             tokio::select! {
                 guard = fd.readable_mut() => {
                     let mut guard = guard?;
@@ -216,29 +249,34 @@ impl ConnHub {
                 _ = tick.tick() => {
                     self.drain(fd.get_mut(), &mut out);
                     let now = monotonic_ns();
-                    self.tracker
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .expire(now, &mut out);
+                    let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                    t.v4.expire(now, &mut out.v4);
+                    t.v6.expire(now, &mut out.v6);
                 }
             }
-            self.apply(out, &view, &flows);
+            self.apply(out.v4, &view, &flows);
+            self.apply(out.v6, &view, &flows);
         }
     }
 
-    /// Feeds every event waiting in the ring to the tracker.
-    fn drain(&self, ring: &mut RingBuf<MapData>, out: &mut Vec<Outcome>) {
-        let mut tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+    /// Feeds every event waiting in the ring to its family's tracker.
+    fn drain(&self, ring: &mut RingBuf<MapData>, out: &mut Outcomes) {
+        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(item) = ring.next() {
             self.metrics.received.inc();
-            if item.len() != size_of::<ConnEvent>() {
+            // The family by the length (see `ConnEvent`).
+            if item.len() == size_of::<ConnEvent>() {
+                // SAFETY: length checked; ConnEvent is Pod (any bytes are
+                // valid), read unaligned (ring items promise none).
+                let ev: ConnEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                t.v4.feed(&ev, &mut out.v4);
+            } else if item.len() == size_of::<ConnEvent<Ip6>>() {
+                // SAFETY: as above.
+                let ev: ConnEvent<Ip6> = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                t.v6.feed(&ev, &mut out.v6);
+            } else {
                 self.metrics.malformed.inc();
-                continue;
             }
-            // SAFETY: length checked; ConnEvent is Pod (any bytes are
-            // valid), read unaligned (ring items promise none).
-            let ev: ConnEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            tracker.feed(&ev, out);
         }
     }
 }

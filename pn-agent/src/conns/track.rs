@@ -8,16 +8,26 @@
 //! server side's copies of the same segments are ignored, and a server whose
 //! client is on another host leaves the connection to that host's agent: each
 //! connection is counted once in the fleet.
+//!
+//! Generic over the family's address ([`Ip4`] or [`Ip6`]): the agent keeps
+//! one table per family, so IPv4's keys stay 12 bytes.
 
-use std::collections::{HashMap, VecDeque};
-
-use pn_common::{
-    Ip4,
-    conn::{self, ConnEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    event::Direction,
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt::Debug,
+    hash::Hash,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-/// Connections tracked at most; further SYNs are counted as untracked.
+use pn_common::{
+    Ip4, Ip6,
+    conn::{self, ConnEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    event::Direction,
+    ip4_octets,
+};
+
+/// Connections tracked at most per family; further SYNs are counted as
+/// untracked.
 pub const MAX_TRACKED: usize = 65_536;
 /// Requests waiting for a response on one connection, at most.
 const MAX_PIPELINED: usize = 64;
@@ -29,16 +39,16 @@ pub const RESPONSE_LOG_NS: u64 = 5 * 1_000_000_000;
 
 /// The client and server ends of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Key {
-    pub client: Ip4,
+pub struct Key<A = Ip4> {
+    pub client: A,
     pub client_port: u16,
-    pub server: Ip4,
+    pub server: A,
     pub server_port: u16,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Request {
-    pub key: Key,
+pub struct Request<A = Ip4> {
+    pub key: Key<A>,
     pub method: &'static str,
     pub path: String,
     pub status: u16,
@@ -51,27 +61,27 @@ pub struct Request {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
+pub enum Outcome<A = Ip4> {
     Opened {
-        key: Key,
+        key: Key<A>,
         connect_ns: u64,
     },
     Refused {
-        key: Key,
+        key: Key<A>,
     },
     TimedOut {
-        key: Key,
+        key: Key<A>,
     },
     /// Bytes sent by the client and by the server (payload, both ways).
     Closed {
-        key: Key,
+        key: Key<A>,
         to_server: u64,
         to_client: u64,
     },
     /// A response's first byte: for the metrics.
-    Responded(Request),
+    Responded(Request<A>),
     /// The same request once its response's size is known: for the log.
-    Logged(Request),
+    Logged(Request<A>),
     /// A SYN not tracked because the table was full.
     Untracked,
 }
@@ -84,7 +94,7 @@ struct Pending {
 }
 
 #[derive(Debug)]
-struct Conn {
+struct Conn<A> {
     syn_ns: u64,
     last_ns: u64,
     client_isn: u32,
@@ -97,13 +107,36 @@ struct Conn {
     server_fin: bool,
     requests: VecDeque<Pending>,
     /// The response being received: its record and first sequence number.
-    response: Option<(Request, u32, u64)>,
+    response: Option<(Request<A>, u32, u64)>,
+}
+
+/// An address of either family, as the table keys connections by it.
+pub trait Addr: Copy + Eq + Hash + Debug {
+    fn ip(self) -> IpAddr;
+}
+
+impl Addr for Ip4 {
+    fn ip(self) -> IpAddr {
+        Ipv4Addr::from(ip4_octets(self)).into()
+    }
+}
+
+impl Addr for Ip6 {
+    fn ip(self) -> IpAddr {
+        Ipv6Addr::from(self).into()
+    }
 }
 
 /// An HTTP/1.x request or response head at the start of a segment's
 /// payload: requests queue (pipelined), a response answers the oldest and
 /// ends the previous one.
-fn http(c: &mut Conn, key: Key, from_client: bool, ev: &ConnEvent, out: &mut Vec<Outcome>) {
+fn http<A: Addr>(
+    c: &mut Conn<A>,
+    key: Key<A>,
+    from_client: bool,
+    ev: &ConnEvent<A>,
+    out: &mut Vec<Outcome<A>>,
+) {
     let payload = ev.payload();
     if from_client {
         if let Some(r) = conn::parse_request(payload) {
@@ -158,14 +191,14 @@ fn later(cur: Option<u32>, new: u32) -> Option<u32> {
 }
 
 #[derive(Debug)]
-pub struct Tracker {
-    conns: HashMap<Key, Conn>,
+pub struct Tracker<A = Ip4> {
+    conns: HashMap<Key<A>, Conn<A>>,
     timeout_ns: u64,
 }
 
-impl Tracker {
+impl<A: Addr> Tracker<A> {
     /// `timeout_ns`: a SYN unanswered for this long is a timed-out connection.
-    pub fn new(timeout_ns: u64) -> Tracker {
+    pub fn new(timeout_ns: u64) -> Tracker<A> {
         Tracker {
             conns: HashMap::new(),
             timeout_ns,
@@ -182,7 +215,7 @@ impl Tracker {
 
     /// A client's SYN: a new entry (a retransmitted SYN keeps the first
     /// one's time), unless the table is full.
-    fn open(&mut self, key: Key, ev: &ConnEvent, out: &mut Vec<Outcome>) {
+    fn open(&mut self, key: Key<A>, ev: &ConnEvent<A>, out: &mut Vec<Outcome<A>>) {
         if self.conns.contains_key(&key) {
             return;
         }
@@ -207,7 +240,7 @@ impl Tracker {
         );
     }
 
-    pub fn feed(&mut self, ev: &ConnEvent, out: &mut Vec<Outcome>) {
+    pub fn feed(&mut self, ev: &ConnEvent<A>, out: &mut Vec<Outcome<A>>) {
         let from_container = ev.direction == Direction::FromContainer as u8;
         let fwd = Key {
             client: ev.src,
@@ -294,7 +327,7 @@ impl Tracker {
     }
 
     /// Timed-out SYNs, idle connections, responses whose end is not coming.
-    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Outcome>) {
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Outcome<A>>) {
         let timeout = self.timeout_ns;
         let mut gone = Vec::new();
         for (key, c) in &mut self.conns {
@@ -321,13 +354,13 @@ impl Tracker {
 
 /// Ends the response being received. `end`: `Some(e)` when it ended, `e`
 /// the sequence number just past it if known; `None` when unknown.
-fn finish_response(c: &mut Conn, end: Option<Option<u32>>) -> Option<Request> {
+fn finish_response<A>(c: &mut Conn<A>, end: Option<Option<u32>>) -> Option<Request<A>> {
     let (mut req, first, _) = c.response.take()?;
     req.bytes = end.flatten().map(|e| span(first.wrapping_sub(1), Some(e)));
     Some(req)
 }
 
-fn close(key: Key, mut c: Conn, server_isn: u32, out: &mut Vec<Outcome>) {
+fn close<A>(key: Key<A>, mut c: Conn<A>, server_isn: u32, out: &mut Vec<Outcome<A>>) {
     let server_end = c.server_end;
     if let Some(done) = finish_response(&mut c, Some(server_end)) {
         out.push(Outcome::Logged(done));

@@ -258,3 +258,95 @@ fn both_local_segments_come_once_from_their_sender() {
     );
     assert!(t.is_empty());
 }
+
+/// IPv6 (a table of its own): the same events with 16-byte addresses give
+/// the same outcomes, keyed by the IPv6 ends.
+#[test]
+fn ipv6_connections_and_requests_as_ipv4() {
+    const C6: Ip6 = [0xfd, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2];
+    const S6: Ip6 = [0xfd, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 3];
+    let v6 = |ev: ConnEvent| {
+        let swap = |a| if a == C { C6 } else { S6 };
+        ConnEvent::<Ip6> {
+            ts_ns: ev.ts_ns,
+            src: swap(ev.src),
+            dst: swap(ev.dst),
+            seq: ev.seq,
+            ack: ev.ack,
+            ifindex: ev.ifindex,
+            sport: ev.sport,
+            dport: ev.dport,
+            data_len: ev.data_len,
+            copied: ev.copied,
+            flags: ev.flags,
+            direction: ev.direction,
+            both_local: ev.both_local,
+            _pad: ev._pad,
+            payload: ev.payload,
+        }
+    };
+    let req = b"GET /v6 HTTP/1.1\r\nHost: s\r\n\r\n";
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
+    let evs = [
+        seg(0, true, TCP_SYN, 1000, 0, b"", 0),
+        seg(2, false, SA, 5000, 1001, b"", 0),
+        seg(3, true, PA, 1001, 5001, req, 31),
+        seg(5, false, PA, 5001, 1032, ok, 50),
+        seg(6, true, PA, 1032, 5051, req, 31),
+        seg(9, false, PA, 5051, 1063, ok, 50),
+        seg(10, true, FA, 1063, 5101, b"", 0),
+        seg(11, false, FA, 5101, 1064, b"", 0),
+    ];
+    let mut t4 = Tracker::new(3_000 * MS);
+    let out4 = run(&mut t4, &evs);
+    let mut t6: Tracker<Ip6> = Tracker::new(3_000 * MS);
+    let mut out6 = Vec::new();
+    for e in evs {
+        t6.feed(&v6(e), &mut out6);
+    }
+    let key6 = Key {
+        client: C6,
+        client_port: 40000,
+        server: S6,
+        server_port: 8080,
+    };
+    assert_eq!(out6.len(), out4.len(), "{out6:?}");
+    assert_eq!(
+        out6[0],
+        Outcome::Opened {
+            key: key6,
+            connect_ns: 2 * MS
+        }
+    );
+    let logged: Vec<_> = out6
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Logged(r) => Some((r.key, r.method, r.path.as_str(), r.status, r.bytes)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        logged,
+        [
+            (key6, "GET", "/v6", 200, Some(50)),
+            (key6, "GET", "/v6", 200, Some(50))
+        ]
+    );
+    assert_eq!(
+        out6.last(),
+        Some(&Outcome::Closed {
+            key: key6,
+            to_server: 62,
+            to_client: 100
+        })
+    );
+    assert_eq!(
+        key6.client.ip(),
+        "fd00:0:0:1::2".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert_eq!(
+        key().server.ip(),
+        "10.240.0.3".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert!(t6.is_empty());
+}

@@ -83,6 +83,18 @@ impl Maps for FakeMaps {
         self.state.peers.remove(&a);
         Ok(())
     }
+
+    fn set_peer6(&mut self, a: Ip6, peer: Peer) -> Result<()> {
+        self.call(format!("set_peer6 {}", std::net::Ipv6Addr::from(a)))?;
+        self.state.peers6.insert(a, peer);
+        Ok(())
+    }
+
+    fn remove_peer6(&mut self, a: Ip6) -> Result<()> {
+        self.call(format!("remove_peer6 {}", std::net::Ipv6Addr::from(a)))?;
+        self.state.peers6.remove(&a);
+        Ok(())
+    }
     fn set_tag(&mut self, tag: u32) -> Result<()> {
         self.call(format!("set_tag {tag}"))?;
         self.state.tags.insert(tag);
@@ -114,6 +126,21 @@ impl Maps for FakeMaps {
     fn remove_service(&mut self, a: Ip4, _: &ServiceState) -> Result<()> {
         self.call(format!("remove_service {}", ip(a)))?;
         self.state.services.remove(&a);
+        Ok(())
+    }
+    fn set_service6(
+        &mut self,
+        a: Ip6,
+        _: Option<&ServiceState<Ip6>>,
+        s: &ServiceState<Ip6>,
+    ) -> Result<()> {
+        self.call(format!("set_service6 {}", std::net::Ipv6Addr::from(a)))?;
+        self.state.services6.insert(a, s.clone());
+        Ok(())
+    }
+    fn remove_service6(&mut self, a: Ip6, _: &ServiceState<Ip6>) -> Result<()> {
+        self.call(format!("remove_service6 {}", std::net::Ipv6Addr::from(a)))?;
+        self.state.services6.remove(&a);
         Ok(())
     }
     fn forget_conns(&mut self, a: Ip4) -> Result<()> {

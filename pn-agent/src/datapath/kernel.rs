@@ -85,11 +85,13 @@ pub struct Kernel {
     budget: PerCpuArray<MapData, EventBudget>,
     config: Array<MapData, Config>,
     peers: HashMap<MapData, Ip4, Peer>,
+    peers6: HashMap<MapData, Ip6, Peer>,
     tags: HashMap<MapData, u32, u32>,
     edge: super::edge::EdgeMaps,
     events: Option<RingBuf<MapData>>,
     conn: super::conn::ConnMaps,
     lb: super::lb::LbMaps,
+    lb6: super::lb::LbMaps<Ip6>,
     links_dir: PathBuf,
     xdp_dir: PathBuf,
     /// The maps hold an earlier agent's entries (see [`Kernel::carried`]).
@@ -146,6 +148,14 @@ impl Kernel {
                 .ctx(|| format!("program {name}"))?;
             prog.load()
                 .ctx(|| format!("loading program {name} (verifier)"))?;
+            // How close each program is to the verifier's limit (1 000 000).
+            if let Some(n) = prog
+                .info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count())
+            {
+                log::info!("program {name}: {n} instructions verified");
+            }
         }
         let xdp: &mut Xdp = ebpf
             .program_mut(objects::PROG_UNDERLAY)
@@ -175,6 +185,7 @@ impl Kernel {
         let budget = take(&mut ebpf, objects::MAP_EVENT_BUDGET)?;
         let config = take(&mut ebpf, objects::MAP_CONFIG)?;
         let peers = take(&mut ebpf, objects::MAP_PEERS)?;
+        let peers6 = take(&mut ebpf, objects::MAP_PEERS6)?;
         let tags = take(&mut ebpf, objects::MAP_TAGS)?;
         let edge = super::edge::EdgeMaps {
             conns: take(&mut ebpf, objects::MAP_CONNS)?,
@@ -193,6 +204,14 @@ impl Kernel {
             slots: take(&mut ebpf, objects::MAP_LB_SLOTS)?,
             backends: take(&mut ebpf, objects::MAP_LB_BACKENDS)?,
             stats: take(&mut ebpf, objects::MAP_LB_STATS)?,
+            name: "PN_LB",
+        };
+        let lb6 = super::lb::LbMaps {
+            services: take(&mut ebpf, objects::MAP_LB6_SERVICES)?,
+            slots: take(&mut ebpf, objects::MAP_LB6_SLOTS)?,
+            backends: take(&mut ebpf, objects::MAP_LB6_BACKENDS)?,
+            stats: take(&mut ebpf, objects::MAP_LB6_STATS)?,
+            name: "PN_LB6",
         };
         Ok(Kernel {
             ebpf,
@@ -203,11 +222,13 @@ impl Kernel {
             budget,
             config,
             peers,
+            peers6,
             tags,
             edge,
             events,
             conn,
             lb,
+            lb6,
             links_dir,
             xdp_dir,
             carried,
@@ -259,6 +280,13 @@ impl Kernel {
     /// CPUs.
     pub fn lb_stats(&self) -> Result<BTreeMap<pn_common::lb::LbStatsKey, pn_common::lb::LbStats>> {
         self.lb.stats()
+    }
+
+    /// The same for IPv6 service addresses.
+    pub fn lb6_stats(
+        &self,
+    ) -> Result<BTreeMap<pn_common::lb::LbStatsKey<Ip6>, pn_common::lb::LbStats>> {
+        self.lb6.stats()
     }
 
     /// Counters summed over CPUs, by endpoint and reason: the host's row
@@ -337,8 +365,10 @@ impl Maps for Kernel {
             ifaces: Self::all(&self.ifaces, "PN_IFACES")?,
             attached: self.pinned_interfaces()?,
             peers: Self::all(&self.peers, "PN_PEERS")?,
+            peers6: Self::all(&self.peers6, "PN_PEERS6")?,
             tags: Self::all(&self.tags, "PN_TAGS")?.into_keys().collect(),
             services: self.lb.read()?,
+            services6: self.lb6.read()?,
             egress_deny: self.edge.deny()?,
             egress_deny6: self.edge.deny6()?,
         })
@@ -355,6 +385,21 @@ impl Maps for Kernel {
 
     fn remove_service(&mut self, vip: Ip4, old: &ServiceState) -> Result<()> {
         (self.lb.remove(vip, old)).ctx(|| format!("removing service {}", dotted(vip)))
+    }
+
+    fn set_service6(
+        &mut self,
+        vip: Ip6,
+        old: Option<&ServiceState<Ip6>>,
+        new: &ServiceState<Ip6>,
+    ) -> Result<()> {
+        let at = std::net::Ipv6Addr::from(vip);
+        (self.lb6.set(vip, old, new)).ctx(|| format!("service {at}"))
+    }
+
+    fn remove_service6(&mut self, vip: Ip6, old: &ServiceState<Ip6>) -> Result<()> {
+        let at = std::net::Ipv6Addr::from(vip);
+        (self.lb6.remove(vip, old)).ctx(|| format!("removing service {at}"))
     }
 
     fn set_endpoint(&mut self, ip: Ip4, ep: Endpoint) -> Result<()> {
@@ -401,6 +446,17 @@ impl Maps for Kernel {
     fn remove_peer(&mut self, ip: Ip4) -> Result<()> {
         removed(self.peers.remove(&ip), || {
             format!("PN_PEERS[{}]", dotted(ip))
+        })
+    }
+
+    fn set_peer6(&mut self, ip: Ip6, peer: Peer) -> Result<()> {
+        let name = std::net::Ipv6Addr::from(ip);
+        (self.peers6.insert(ip, peer, 0)).ctx(|| format!("writing PN_PEERS6[{name}]"))
+    }
+
+    fn remove_peer6(&mut self, ip: Ip6) -> Result<()> {
+        removed(self.peers6.remove(&ip), || {
+            format!("PN_PEERS6[{}]", std::net::Ipv6Addr::from(ip))
         })
     }
 

@@ -1,14 +1,19 @@
 //! The balancer's maps (see `pn_common::lb`): services, their Maglev
 //! tables slot by slot, the backends in rotation, and the per-backend
 //! counters. A table change writes only the slots that changed, and
-//! backends leave the rotation after their slots are given away.
+//! backends leave the rotation after their slots are given away. One
+//! family's maps each: IPv4's (`PN_LB_*`) and IPv6's (`PN_LB6_*`), the same
+//! code over the address type.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::maps::{HashMap, MapData, PerCpuHashMap};
+use aya::{
+    Pod,
+    maps::{HashMap, MapData, PerCpuHashMap},
+};
 use pn_common::{
     Ip4,
-    lb::{Backend, LB_TABLE_SIZE, LbStats, LbStatsKey, Service, SlotKey, maglev},
+    lb::{Backend, LB_TABLE_SIZE, LbAddr, LbStats, LbStatsKey, Service, SlotKey, maglev},
 };
 
 use super::{
@@ -16,11 +21,19 @@ use super::{
     state::ServiceState,
 };
 
-pub(super) struct LbMaps {
-    pub services: HashMap<MapData, Ip4, Service>,
-    pub slots: HashMap<MapData, SlotKey, Ip4>,
-    pub backends: HashMap<MapData, Ip4, Backend>,
-    pub stats: PerCpuHashMap<MapData, LbStatsKey, LbStats>,
+pub(super) struct LbMaps<A = Ip4>
+where
+    A: Pod,
+    SlotKey<A>: Pod,
+    Backend<A>: Pod,
+    LbStatsKey<A>: Pod,
+{
+    pub services: HashMap<MapData, A, Service>,
+    pub slots: HashMap<MapData, SlotKey<A>, A>,
+    pub backends: HashMap<MapData, A, Backend<A>>,
+    pub stats: PerCpuHashMap<MapData, LbStatsKey<A>, LbStats>,
+    /// The maps' common prefix (`PN_LB`, `PN_LB6`), for errors.
+    pub name: &'static str,
 }
 
 fn gone(r: Result<(), aya::maps::MapError>, name: &str) -> Result<()> {
@@ -30,11 +43,18 @@ fn gone(r: Result<(), aya::maps::MapError>, name: &str) -> Result<()> {
     }
 }
 
-impl LbMaps {
-    pub fn read(&self) -> Result<BTreeMap<Ip4, ServiceState>> {
-        let mut out: BTreeMap<Ip4, ServiceState> = BTreeMap::new();
+impl<A> LbMaps<A>
+where
+    A: LbAddr + Ord + Pod,
+    SlotKey<A>: Pod,
+    Backend<A>: Pod,
+    LbStatsKey<A>: Pod + Ord,
+{
+    pub fn read(&self) -> Result<BTreeMap<A, ServiceState<A>>> {
+        let name = self.name;
+        let mut out: BTreeMap<A, ServiceState<A>> = BTreeMap::new();
         for item in self.services.iter() {
-            let (vip, s) = item.ctx(|| "reading PN_LB_SERVICES".into())?;
+            let (vip, s) = item.ctx(|| format!("reading {name}_SERVICES"))?;
             out.insert(
                 vip,
                 ServiceState {
@@ -44,7 +64,7 @@ impl LbMaps {
             );
         }
         for item in self.backends.iter() {
-            let (b, e) = item.ctx(|| "reading PN_LB_BACKENDS".into())?;
+            let (b, e) = item.ctx(|| format!("reading {name}_BACKENDS"))?;
             if let Some(s) = out.get_mut(&e.vip) {
                 s.backends.insert(b);
             }
@@ -52,12 +72,18 @@ impl LbMaps {
         Ok(out)
     }
 
-    pub fn set(&mut self, vip: Ip4, old: Option<&ServiceState>, new: &ServiceState) -> Result<()> {
-        let want: Vec<Ip4> = new.backends.iter().copied().collect();
+    pub fn set(
+        &mut self,
+        vip: A,
+        old: Option<&ServiceState<A>>,
+        new: &ServiceState<A>,
+    ) -> Result<()> {
+        let name = self.name;
+        let want: Vec<A> = new.backends.iter().copied().collect();
         for b in &want {
             self.backends
                 .insert(b, Backend { vip, _pad: 0 }, 0)
-                .ctx(|| "writing PN_LB_BACKENDS".into())?;
+                .ctx(|| format!("writing {name}_BACKENDS"))?;
         }
         let before = old.map(|o| o.backends.iter().copied().collect::<Vec<_>>());
         let old_table = before
@@ -73,7 +99,7 @@ impl LbMaps {
                 };
                 self.slots
                     .insert(key, b, 0)
-                    .ctx(|| "writing PN_LB_SLOTS".into())?;
+                    .ctx(|| format!("writing {name}_SLOTS"))?;
             }
         }
         self.services
@@ -85,7 +111,7 @@ impl LbMaps {
                 },
                 0,
             )
-            .ctx(|| "writing PN_LB_SERVICES".into())?;
+            .ctx(|| format!("writing {name}_SERVICES"))?;
         if let Some(old) = old {
             for b in old.backends.difference(&new.backends) {
                 self.forget_backend(vip, *b)?;
@@ -94,39 +120,43 @@ impl LbMaps {
         Ok(())
     }
 
-    pub fn remove(&mut self, vip: Ip4, old: &ServiceState) -> Result<()> {
-        gone(self.services.remove(&vip), "PN_LB_SERVICES")?;
+    pub fn remove(&mut self, vip: A, old: &ServiceState<A>) -> Result<()> {
+        let name = self.name;
+        gone(self.services.remove(&vip), &format!("{name}_SERVICES"))?;
         for b in &old.backends {
             self.forget_backend(vip, *b)?;
         }
         for slot in 0..LB_TABLE_SIZE {
-            gone(self.slots.remove(&SlotKey { vip, slot }), "PN_LB_SLOTS")?;
+            gone(
+                self.slots.remove(&SlotKey { vip, slot }),
+                &format!("{name}_SLOTS"),
+            )?;
         }
         // The address may serve another app later: its counters start anew.
-        let counted: Vec<LbStatsKey> = self
+        let counted: Vec<LbStatsKey<A>> = self
             .stats
             .keys()
             .filter_map(|k| k.ok())
             .filter(|k| k.vip == vip)
             .collect();
         for k in counted {
-            gone(self.stats.remove(&k), "PN_LB_STATS")?;
+            gone(self.stats.remove(&k), &format!("{name}_STATS"))?;
         }
         Ok(())
     }
 
-    fn forget_backend(&mut self, vip: Ip4, b: Ip4) -> Result<()> {
+    fn forget_backend(&mut self, vip: A, b: A) -> Result<()> {
         if self.backends.get(&b, 0).is_ok_and(|e| e.vip == vip) {
-            gone(self.backends.remove(&b), "PN_LB_BACKENDS")?;
+            gone(self.backends.remove(&b), &format!("{}_BACKENDS", self.name))?;
         }
         Ok(())
     }
 
     /// Counters by service address and backend, summed over CPUs.
-    pub fn stats(&self) -> Result<BTreeMap<LbStatsKey, LbStats>> {
+    pub fn stats(&self) -> Result<BTreeMap<LbStatsKey<A>, LbStats>> {
         let mut out = BTreeMap::new();
         for item in self.stats.iter() {
-            let (b, per_cpu) = item.ctx(|| "reading PN_LB_STATS".into())?;
+            let (b, per_cpu) = item.ctx(|| format!("reading {}_STATS", self.name))?;
             let sum = per_cpu.iter().fold(LbStats::default(), |a, s| LbStats {
                 new_conns: a.new_conns + s.new_conns,
                 resets: a.resets + s.resets,

@@ -23,6 +23,8 @@ pub trait Maps {
     fn remove_iface(&mut self, ifindex: u32) -> Result<()>;
     fn set_peer(&mut self, ip: Ip4, peer: Peer) -> Result<()>;
     fn remove_peer(&mut self, ip: Ip4) -> Result<()>;
+    fn set_peer6(&mut self, ip: Ip6, peer: Peer) -> Result<()>;
+    fn remove_peer6(&mut self, ip: Ip6) -> Result<()>;
     fn set_tag(&mut self, tag: u32) -> Result<()>;
     fn remove_tag(&mut self, tag: u32) -> Result<()>;
     /// Attaches both programs to an interface, or replaces in place the
@@ -40,6 +42,14 @@ pub trait Maps {
         new: &ServiceState,
     ) -> Result<()>;
     fn remove_service(&mut self, vip: Ip4, old: &ServiceState) -> Result<()>;
+    /// The same for an IPv6 service address.
+    fn set_service6(
+        &mut self,
+        vip: Ip6,
+        old: Option<&ServiceState<Ip6>>,
+        new: &ServiceState<Ip6>,
+    ) -> Result<()>;
+    fn remove_service6(&mut self, vip: Ip6, old: &ServiceState<Ip6>) -> Result<()>;
     /// Forgets a removed local endpoint's connections with the outside
     /// (its address may go to another container, which must not inherit
     /// them).

@@ -6,12 +6,12 @@
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
 };
 
 use pn_common::{
-    Ip4, Reason,
+    Ip4, Ip6, Reason,
     conn::LostKind,
     event::EventKind,
     ip4_octets,
@@ -46,6 +46,10 @@ pub struct Service {
     pub addr: Ipv4Addr,
     /// Backends, and whether each is in the rotation (attached, healthy).
     pub backends: Vec<(Ipv4Addr, bool)>,
+    /// Its IPv6 address, if it has one.
+    pub addr6: Option<Ipv6Addr>,
+    /// The backends' IPv6 addresses (those that have one), as `backends`.
+    pub backends6: Vec<(Ipv6Addr, bool)>,
 }
 
 /// Registers the datapath's collector.
@@ -69,6 +73,7 @@ struct Read {
     counters: Vec<(Ip4, Reason, Counter)>,
     attached: usize,
     lb: BTreeMap<LbStatsKey, LbStats>,
+    lb6: BTreeMap<LbStatsKey<Ip6>, LbStats>,
     suppressed: Result<Vec<(EventKind, u64)>>,
     lost: Result<Vec<(LostKind, Vec<u64>)>>,
 }
@@ -87,6 +92,7 @@ impl DatapathCollector {
             counters,
             attached: dp.current().attached.len(),
             lb: dp.maps().lb_stats().unwrap_or_default(),
+            lb6: dp.maps().lb6_stats().unwrap_or_default(),
             suppressed: dp.maps().events_suppressed(),
             lost: dp.maps().conn_ref().lost(),
         }
@@ -131,35 +137,61 @@ impl DatapathCollector {
 
     /// Per service address and backend (those that left included, they
     /// keep their counts): the balancer's counts and whether it is in the
-    /// rotation.
-    fn service_rows(&self, lb: &BTreeMap<LbStatsKey, LbStats>) -> Vec<(Labels, LbStats, bool)> {
+    /// rotation. A service's IPv6 address has rows of its own, labelled by
+    /// IPv6 addresses (its counts are `PN_LB6_STATS`').
+    fn service_rows(
+        &self,
+        lb: &BTreeMap<LbStatsKey, LbStats>,
+        lb6: &BTreeMap<LbStatsKey<Ip6>, LbStats>,
+    ) -> Vec<(Labels, LbStats, bool)> {
         let mut out = Vec::new();
         for s in self.names.services() {
-            let vip = to_ip4(s.addr);
-            let mut rows = s.backends;
-            // Backends that left (detached) keep their counters.
-            let left: Vec<Ipv4Addr> = lb
-                .keys()
-                .filter(|k| k.vip == vip)
-                .map(|k| Ipv4Addr::from(ip4_octets(k.backend)))
-                .filter(|b| !rows.iter().any(|(r, _)| r == b))
-                .collect();
-            rows.extend(left.into_iter().map(|b| (b, false)));
-            for (b, up) in rows {
-                let key = LbStatsKey {
-                    vip,
-                    backend: to_ip4(b),
-                };
-                let labels = vec![
-                    ("app", s.app.clone()),
-                    ("service", s.service.clone()),
-                    ("addr", s.addr.to_string()),
-                    ("backend", b.to_string()),
-                ];
-                out.push((labels, lb.get(&key).copied().unwrap_or_default(), up));
+            let v4 = (to_ip4 as fn(Ipv4Addr) -> Ip4, |k: Ip4| {
+                Ipv4Addr::from(ip4_octets(k))
+            });
+            rows_of(&mut out, &s, s.addr, s.backends.clone(), lb, v4);
+            if let Some(addr6) = s.addr6 {
+                let v6 = (|ip: Ipv6Addr| ip.octets(), Ipv6Addr::from);
+                rows_of(&mut out, &s, addr6, s.backends6.clone(), lb6, v6);
             }
         }
         out
+    }
+}
+
+/// One service address's rows: its backends, then those that left
+/// (detached) with counts still in the map.
+fn rows_of<I, A>(
+    out: &mut Vec<(Labels, LbStats, bool)>,
+    s: &Service,
+    addr: I,
+    mut rows: Vec<(I, bool)>,
+    lb: &BTreeMap<LbStatsKey<A>, LbStats>,
+    (key_of, from_key): (impl Fn(I) -> A, impl Fn(A) -> I),
+) where
+    I: Copy + PartialEq + std::fmt::Display,
+    A: Copy + Ord,
+{
+    let vip = key_of(addr);
+    let left: Vec<I> = lb
+        .keys()
+        .filter(|k| k.vip == vip)
+        .map(|k| from_key(k.backend))
+        .filter(|b| !rows.iter().any(|(r, _)| r == b))
+        .collect();
+    rows.extend(left.into_iter().map(|b| (b, false)));
+    for (b, up) in rows {
+        let key = LbStatsKey {
+            vip,
+            backend: key_of(b),
+        };
+        let labels = vec![
+            ("app", s.app.clone()),
+            ("service", s.service.clone()),
+            ("addr", addr.to_string()),
+            ("backend", b.to_string()),
+        ];
+        out.push((labels, lb.get(&key).copied().unwrap_or_default(), up));
     }
 }
 
@@ -190,7 +222,7 @@ impl Collector for DatapathCollector {
                     .encode(m.encode_family(labels)?)?;
             }
         }
-        encode_services(&self.service_rows(&read.lb), &mut encoder)?;
+        encode_services(&self.service_rows(&read.lb, &read.lb6), &mut encoder)?;
         ConstGauge::new(read.attached as i64).encode(encoder.encode_descriptor(
             "pn_attached_interfaces",
             "Container interfaces with the programs attached",

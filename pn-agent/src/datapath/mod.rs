@@ -242,7 +242,9 @@ impl<M: Maps> Datapath<M> {
             endpoints,
             endpoints6,
             services,
+            services6,
             peers,
+            peers6,
             tags,
             deny,
             deny6,
@@ -265,7 +267,13 @@ impl<M: Maps> Datapath<M> {
         ch.set += services.write_sets(&mut cur.services, &mut failed, |e| {
             maps.set_service(e.key, e.old.as_ref(), &e.new)
         });
+        ch.set += services6.write_sets(&mut cur.services6, &mut failed, |e| {
+            maps.set_service6(e.key, e.old.as_ref(), &e.new)
+        });
         ch.set += peers.write_sets(&mut cur.peers, &mut failed, |e| maps.set_peer(e.key, e.new));
+        ch.set += peers6.write_sets(&mut cur.peers6, &mut failed, |e| {
+            maps.set_peer6(e.key, e.new)
+        });
         ch.set += tags.write_sets(&mut cur.tags, &mut failed, |e| maps.set_tag(e.key));
         ch.set += deny.write_sets(&mut cur.egress_deny, &mut failed, |e| {
             maps.set_deny(e.key, e.new)
@@ -312,8 +320,13 @@ impl<M: Maps> Datapath<M> {
         ch.removed += services.write_removes(&mut cur.services, &mut failed, |vip, old| {
             maps.remove_service(*vip, old)
         });
+        ch.removed += services6.write_removes(&mut cur.services6, &mut failed, |vip, old| {
+            maps.remove_service6(*vip, old)
+        });
         ch.removed +=
             peers.write_removes(&mut cur.peers, &mut failed, |ip, _| maps.remove_peer(*ip));
+        ch.removed +=
+            peers6.write_removes(&mut cur.peers6, &mut failed, |ip, _| maps.remove_peer6(*ip));
         ch.removed += tags.write_removes(&mut cur.tags, &mut failed, |t, ()| maps.remove_tag(*t));
         ch.removed += deny.write_removes(&mut cur.egress_deny, &mut failed, |r, _| {
             maps.remove_deny(*r)
@@ -364,10 +377,12 @@ impl<M: Maps> Datapath<M> {
                 &keys_or_all(&scope.addrs6),
             ),
             services: diff(&cur.services, &want.services, &Part::All),
+            services6: diff(&cur.services6, &want.services6, &Part::All),
             ..Plan::default()
         };
         if scope.underlay {
             plan.peers = diff(&cur.peers, &want.peers, &Part::All);
+            plan.peers6 = diff(&cur.peers6, &want.peers6, &Part::All);
             plan.tags = diff(&cur.tags, &want.tags, &Part::All);
         }
         if scope.edge {
@@ -422,7 +437,9 @@ struct Plan {
     endpoints: Diff<Ip4, Endpoint>,
     endpoints6: Diff<Ip6, Endpoint>,
     services: Diff<Ip4, ServiceState>,
+    services6: Diff<Ip6, ServiceState<Ip6>>,
     peers: Diff<Ip4, Peer>,
+    peers6: Diff<Ip6, Peer>,
     tags: Diff<u32, ()>,
     deny: Diff<(Ip4, u8), u32>,
     deny6: Diff<(Ip6, u8), u32>,

@@ -20,6 +20,8 @@ pub struct State {
     pub attached: BTreeSet<String>,
     /// `PN_PEERS`: underlay address → peer host (XDP guard).
     pub peers: BTreeMap<Ip4, Peer>,
+    /// `PN_PEERS6`: the same for peers that advertise an IPv6 endpoint.
+    pub peers6: BTreeMap<Ip6, Peer>,
     /// `PN_TAGS`: networks with a local member (XDP guard).
     pub tags: BTreeSet<u32>,
     /// `PN_EGRESS_DENY`: ranges that are never the world (network address
@@ -30,13 +32,16 @@ pub struct State {
     /// Service addresses balanced from this host (`PN_LB_*`). Always whole,
     /// whatever the [`super::Scope`]: a handful per network, rebuilt from the view.
     pub services: BTreeMap<Ip4, ServiceState>,
+    /// IPv6 service addresses (`PN_LB6_*`), the same way.
+    pub services6: BTreeMap<Ip6, ServiceState<Ip6>>,
 }
 
 /// A service address as the balancer holds it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ServiceState {
+pub struct ServiceState<A = Ip4> {
     /// Its network.
     pub tag: u32,
-    /// The backends in rotation (live, healthy containers of its type).
-    pub backends: BTreeSet<Ip4>,
+    /// The backends in rotation (live, healthy containers of its type), by
+    /// their address of the service address's family.
+    pub backends: BTreeSet<A>,
 }

@@ -468,3 +468,30 @@ fn the_ipv6_deny_list_follows_the_edge_scope_and_local_ipv6_members_take_their_c
         dp.maps().calls
     );
 }
+
+/// `PN_PEERS6` follows the underlay's scope as `PN_PEERS` does.
+#[test]
+fn ipv6_peers_are_written_and_removed_with_the_underlay() {
+    let mut dp = Datapath::new(FakeMaps::default());
+    let mut want = two();
+    let b6 = "2001:db8::2"
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .octets();
+    want.peers6.insert(b6, Peer { index: 7, flags: 0 });
+    dp.apply(&want, &Scope::all()).unwrap();
+    assert!(
+        dp.maps()
+            .calls
+            .contains(&"set_peer6 2001:db8::2".to_string())
+    );
+    assert_eq!(dp.maps().state.peers6[&b6].index, 7);
+    // Out of the underlay's scope: left alone.
+    want.peers6.clear();
+    dp.apply(&want, &Scope::entries([], [], false)).unwrap();
+    assert_eq!(dp.maps().state.peers6.len(), 1);
+    dp.maps_mut().calls.clear();
+    dp.apply(&want, &Scope::underlay()).unwrap();
+    assert_eq!(dp.maps().calls, ["remove_peer6 2001:db8::2"]);
+    assert!(dp.maps().state.peers6.is_empty());
+}

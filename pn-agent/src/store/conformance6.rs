@@ -321,6 +321,78 @@ pub async fn moves_take_ipv6_along(kv: Arc<dyn Backend>) {
     let _ = Egress::Allow;
 }
 
+/// Service addresses (`--balance vip`) get an IPv6 twin in their network's
+/// /64, leased under `ips/` as IPv4's, freed with it; an app made before
+/// its network had IPv6 gains one, once, and keeps it through an older
+/// agent's rewrite.
+pub async fn service_addresses_get_ipv6_twins(kv: Arc<dyn Backend>) {
+    let m = Membership::new(kv.clone());
+    let h = host("h1");
+    let web: pn_common::ids::ContainerType = "web".parse().unwrap();
+    let net = create(&m, 1, None, ON).await;
+    let cidr6 = net.cidr6.unwrap();
+    m.create_app(app_id(1), &net.id, None, 8080, Balance::Vip, None)
+        .await
+        .unwrap();
+    let c1 = attach(&m, net.id, &key(1, "web", 1), "h1", true).await;
+    let c2 = attach(&m, net.id, &key(1, "web", 2), "h1", true).await;
+    let app = m.app(&app_id(1)).await.unwrap();
+    let vip6 = app.services6[&web];
+    assert!(cidr6.contains(&vip6));
+    assert!(Some(vip6) != c1.ip6 && Some(vip6) != c2.ip6);
+    assert_eq!(
+        leases6(&kv, &net.id).await.len(),
+        3,
+        "two containers, one service"
+    );
+    let (app, _) = m
+        .update_app(&app_id(1), Some(Balance::Dns), None, &h)
+        .await
+        .unwrap();
+    assert!(app.services6.is_empty());
+    assert_eq!(leases6(&kv, &net.id).await.len(), 2, "freed with dns");
+    let (app, _) = m
+        .update_app(&app_id(1), Some(Balance::Vip), None, &h)
+        .await
+        .unwrap();
+    assert!(cidr6.contains(&app.services6[&web]));
+
+    // An app of a network without IPv6 yet: its twin comes with the range.
+    let old = create(&m, 2, None, Ipv6Mode::Off).await;
+    m.create_app(app_id(2), &old.id, None, 8080, Balance::Vip, None)
+        .await
+        .unwrap();
+    attach(&m, old.id, &key(2, "web", 1), "h1", true).await;
+    let app2 = m.app(&app_id(2)).await.unwrap();
+    assert!(app2.services.contains_key(&web) && app2.services6.is_empty());
+    assert!(m.ensure_services6(&app_id(2), &h).await.unwrap().is_none());
+    let (old, _) = m.ensure_network6(&old.id, None).await.unwrap().unwrap();
+    let (app2, _) = m.ensure_services6(&app_id(2), &h).await.unwrap().unwrap();
+    let twin = app2.services6[&web];
+    assert!(old.cidr6.unwrap().contains(&twin));
+    assert_eq!(app2.services, m.app(&app_id(2)).await.unwrap().services);
+    assert!(m.ensure_services6(&app_id(2), &h).await.unwrap().is_none());
+    // An older agent rewrites the app without the field: the same address
+    // (its lease is still the service's) comes back.
+    let mut bare = serde_json::to_value(&app2).unwrap();
+    bare.as_object_mut().unwrap().remove("services6");
+    kv.txn(
+        vec![],
+        vec![super::Op::Put(Key::App(app_id(2)).into(), bare.to_string())],
+    )
+    .await
+    .unwrap();
+    let (back, _) = m.ensure_services6(&app_id(2), &h).await.unwrap().unwrap();
+    assert_eq!(back.services6[&web], twin);
+    let view = MembershipView::new(pool()).reloaded(&kv.list("").await.unwrap());
+    assert!(view.rejected.is_empty(), "{:?}", view.rejected);
+
+    // Freed with the app.
+    m.delete_container(&key(2, "web", 1)).await.unwrap();
+    m.delete_app(&app_id(2)).await.unwrap();
+    assert!(leases6(&kv, &old.id).await.is_empty());
+}
+
 #[macro_export]
 macro_rules! store_conformance6_tests {
     ($fresh:expr) => {
@@ -349,6 +421,11 @@ macro_rules! store_conformance6_tests {
         #[tokio::test]
         async fn moves_take_ipv6_along() {
             $crate::store::conformance6::moves_take_ipv6_along($fresh("move6").await).await
+        }
+        #[tokio::test]
+        async fn service_addresses_get_ipv6_twins() {
+            $crate::store::conformance6::service_addresses_get_ipv6_twins($fresh("svc6").await)
+                .await
         }
     };
 }

@@ -239,9 +239,61 @@ pub async fn a_deleted_peer_claim_frees_no_held_id(kv: Arc<dyn Backend>) {
     assert_eq!(h3.peer_id, 3, "not h1's");
 }
 
+/// Leases and claims written in a host's own range count for the others'
+/// allocations only if the operator admitted that host to an app of the
+/// network (to the app), and leases only up to its quota (its oldest):
+/// one host's `etcdctl put`s exhaust no tenant's range.
+pub async fn squatted_leases_and_claims_exhaust_nothing(kv: Arc<dyn Backend>) {
+    // Six leases per network and family counted per host.
+    let m = fleet(kv.clone()).await.with_host_quota(3);
+    m.admit(&app_id(1), &[host("h1")], false).await.unwrap();
+    for i in 1..=254u8 {
+        let ip = std::net::Ipv4Addr::new(10, 240, 0, i);
+        put(
+            &kv,
+            Key::HostIp(host("h2"), net_id(1), ip.into()),
+            lease(&key(1, "web", 90), "h2"),
+        )
+        .await;
+    }
+    for i in 1..=5 {
+        let k = key(1, "web", i);
+        put(&kv, Key::HostClaim(host("h2"), k.clone()), lease(&k, "h2")).await;
+    }
+    let r = m
+        .reserve_address(&net_id(1), &key(1, "web", 1), &host("h1"), false)
+        .await
+        .unwrap();
+    assert_eq!(r.ip.to_string(), "10.240.0.1");
+    let used = m
+        .used_indexes(&app_id(1), &"web".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(used, [1].into());
+    // Admitted, its six oldest leases count; the rest do not.
+    m.admit(&app_id(1), &[host("h2")], false).await.unwrap();
+    let r = m
+        .reserve_address(&net_id(1), &key(1, "web", 7), &host("h1"), false)
+        .await
+        .unwrap();
+    assert_eq!(r.ip.to_string(), "10.240.0.7");
+    let used = m
+        .used_indexes(&app_id(1), &"web".parse().unwrap())
+        .await
+        .unwrap();
+    assert!(used.is_superset(&[1, 2, 3, 4, 5, 7].into()), "{used:?}");
+}
+
 #[macro_export]
 macro_rules! store_lease_tests {
     ($fresh:expr) => {
+        #[tokio::test]
+        async fn squatted_leases_and_claims_exhaust_nothing() {
+            $crate::store::lease_conformance::squatted_leases_and_claims_exhaust_nothing(
+                $fresh("squatted").await,
+            )
+            .await
+        }
         #[tokio::test]
         async fn leases_and_claims_live_in_their_hosts_range() {
             $crate::store::lease_conformance::leases_and_claims_live_in_their_hosts_range(

@@ -45,11 +45,28 @@ impl std::fmt::Debug for StoreCollector {
 
 impl Collector for StoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (local, remote, revision, rejected) = {
+        let (local, remote, revision, rejected, host_updates) = {
             let v = self.view.read().unwrap_or_else(|p| p.into_inner());
             let local = v.local_containers(&self.host).count();
-            (local, v.containers.len() - local, v.rev, v.rejected.clone())
+            (
+                local,
+                v.containers.len() - local,
+                v.rev,
+                v.rejected.clone(),
+                v.host_updates.clone(),
+            )
         };
+        {
+            let mut m = encoder.encode_descriptor(
+                "pn_store_host_updates",
+                "Host record changes, by outcome: converged (a full converge ran), coalesced (waited for the next one, at most one a second), unchanged (nothing agents use changed)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, n) in host_updates.iter() {
+                ConstCounter::new(n).encode(m.encode_family(&[("outcome", outcome)])?)?;
+            }
+        }
         {
             let mut m = encoder.encode_descriptor(
                 "pn_store_records_refused",

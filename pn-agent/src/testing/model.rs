@@ -50,6 +50,7 @@ pub fn app(n: u8, net: u8) -> App {
         created_at: 0,
         balance: Default::default(),
         services: Default::default(),
+        services6: Default::default(),
         health_port: None,
         web_port: 8080,
     }

@@ -1,7 +1,9 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::{ip4, policy::IPPROTO_TCP, policy::IPPROTO_UDP};
+use crate::{
+    Ip6, ip4, policy::IPPROTO_TCP, policy::IPPROTO_UDP, policy::Ipv4Summary, policy::Ipv6Summary,
+};
 
 fn backends(n: u8) -> Vec<Ip4> {
     (1..=n).map(|i| ip4(10, 240, 0, 10 + i)).collect()
@@ -27,7 +29,7 @@ fn every_slot_names_a_backend_and_shares_are_even() {
             assert!(c == fair || c == fair + 1, "{n} backends: {b:x} has {c}");
         }
     }
-    assert!(maglev(&[], LB_TABLE_SIZE).is_empty());
+    assert!(maglev::<Ip4>(&[], LB_TABLE_SIZE).is_empty());
 }
 
 #[test]
@@ -271,5 +273,131 @@ fn a_reply_finds_the_reverse_entry_its_request_left() {
     assert_eq!(
         LbConnKey::reverse_of(&direct, direct.dst),
         LbConnKey::reply(&reply)
+    );
+}
+
+fn ip6(last: u16) -> Ip6 {
+    let mut a = [
+        0xfd, 0x12, 0x34, 0x56, 0x78, 0x9a, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    a[14..].copy_from_slice(&last.to_be_bytes());
+    a
+}
+
+#[test]
+fn ipv4_tables_and_slots_are_what_they_were_before_ipv6() {
+    // The formula before the types took an address type: hosts of both
+    // releases must keep agreeing on tables and slots.
+    let p = pkt(40000);
+    let ports = (40000u32 << 16) | p.dport as u32;
+    let old = fmix32(p.src ^ fmix32(p.dst ^ fmix32(ports ^ p.proto as u32))) % LB_TABLE_SIZE;
+    assert_eq!(slot_of(&p), old);
+}
+
+#[test]
+fn ipv6_tables_are_even_and_depend_on_the_set_only() {
+    for n in [1u16, 2, 3, 7, 50] {
+        let b: Vec<Ip6> = (1..=n).map(|i| ip6(0x10 + i)).collect();
+        let t = maglev(&b, LB_TABLE_SIZE);
+        assert_eq!(t.len(), LB_TABLE_SIZE as usize);
+        let mut s: BTreeMap<Ip6, usize> = BTreeMap::new();
+        for x in &t {
+            *s.entry(*x).or_default() += 1;
+        }
+        assert_eq!(s.len(), n as usize, "every backend has slots");
+        let fair = LB_TABLE_SIZE as usize / n as usize;
+        for (_, c) in s {
+            assert!(c == fair || c == fair + 1, "{n} backends: {c} slots");
+        }
+        let mut r = b.clone();
+        r.reverse();
+        assert_eq!(maglev(&r, LB_TABLE_SIZE), t);
+    }
+}
+
+#[test]
+fn ipv6_addresses_of_one_prefix_fold_apart() {
+    // Swapped words would collide under a plain XOR of the words.
+    let mut a = ip6(0);
+    let mut b = ip6(0);
+    a[11] = 1;
+    a[15] = 2;
+    b[11] = 2;
+    b[15] = 1;
+    assert_ne!(a.fold(), b.fold());
+    let folds: std::collections::BTreeSet<u32> = (0..4096).map(|i| ip6(i).fold()).collect();
+    assert_eq!(folds.len(), 4096);
+}
+
+#[test]
+fn ipv6_flows_spread_and_decide_as_ipv4() {
+    let p = |sport| Ipv6Summary {
+        src: ip6(2),
+        dst: ip6(3),
+        proto: IPPROTO_TCP,
+        sport,
+        dport: 80,
+    };
+    let slots: std::collections::BTreeSet<u32> = (40000..41000).map(|s| slot_of(&p(s))).collect();
+    assert!(slots.len() > 500, "1000 ports hit {} slots", slots.len());
+    let svc = Service {
+        tag: 7,
+        backends: 2,
+    };
+    let b = ip6(0x11);
+    let now = || panic!("the clock is read only for a closed entry");
+    let q = p(40000);
+    assert_eq!(
+        lb_step(&q, SYN, Some(&svc), 7, None, |_| true, now),
+        LbStep::Choose(LbCount::New)
+    );
+    let open6 = LbConn { addr: b, state: 0 };
+    assert_eq!(
+        lb_step(&q, ACK, Some(&svc), 7, Some(open6), |_| true, now),
+        LbStep::Keep(b)
+    );
+    assert_eq!(
+        lb_step(&q, ACK, Some(&svc), 7, Some(open6), |_| false, now),
+        LbStep::Choose(LbCount::Reset(b))
+    );
+    assert_eq!(
+        lb_step(&q, SYN, Some(&svc), 8, None, |_| true, now),
+        LbStep::Pass
+    );
+    let closed = lb_closing(lb_closing(0, FIN, true, 5), FIN, false, 9);
+    let c = LbConn {
+        addr: b,
+        state: closed,
+    };
+    assert!(c.closed());
+    assert_eq!(
+        lb_step(&q, SYN, Some(&svc), 7, Some(c), |_| true, || 10),
+        LbStep::Choose(LbCount::New)
+    );
+    assert_eq!(
+        lb_step(
+            &q,
+            ACK,
+            Some(&svc),
+            7,
+            Some(c),
+            |_| true,
+            || 9 + LB_CLOSED_GRACE_S
+        ),
+        LbStep::Expire(b)
+    );
+    // Both entries name each other, as IPv4's.
+    let r = LbConnKey::reverse_of(&q, b);
+    let reply = Ipv6Summary {
+        src: b,
+        dst: q.src,
+        proto: IPPROTO_TCP,
+        sport: 80,
+        dport: 40000,
+    };
+    assert_eq!(LbConnKey::reply(&reply), r);
+    assert_eq!(
+        LbConnKey::forward_of_reply(&reply, q.dst),
+        LbConnKey::forward(&q)
     );
 }

@@ -294,11 +294,12 @@ pub const fn icmp_is_error(icmp_type: u8) -> bool {
     )
 }
 
-/// An IPv4 packet arriving on the underlay, reduced to what the guard reads.
+/// A packet arriving on the underlay, reduced to what the guard reads: an
+/// IPv4 one ([`Ip4`] addresses) or an IPv6 one ([`Ip6`]), judged alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UnderlayPacket {
-    pub src: Ip4,
-    pub dst: Ip4,
+pub struct UnderlayPacket<A = Ip4> {
+    pub src: A,
+    pub dst: A,
     pub proto: u8,
     /// UDP destination port (host order), 0 when not UDP or a later fragment.
     pub dport: u16,
@@ -314,12 +315,13 @@ pub struct UnderlayPacket {
 /// inside the tunnel, and tunnel packets come only from peers, for networks
 /// with local members. `None`: not pn's traffic, left to the host's stack.
 /// `dst_is_member`: the destination is a member (the program has looked it
-/// up already, for its counter row).
-pub fn underlay(
-    pkt: &UnderlayPacket,
+/// up already, for its counter row). `is_peer` asks the peers of the
+/// packet's family (`PN_PEERS` or `PN_PEERS6`).
+pub fn underlay<A: Copy>(
+    pkt: &UnderlayPacket<A>,
     cfg: &Config,
     dst_is_member: bool,
-    is_peer: impl Fn(Ip4) -> bool,
+    is_peer: impl Fn(A) -> bool,
     is_local_tag: impl Fn(u32) -> bool,
 ) -> Option<Reason> {
     if dst_is_member {

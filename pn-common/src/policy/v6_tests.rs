@@ -289,3 +289,53 @@ fn remote_members_through_the_tunnel_and_only_a_members_own_veth_feeds_it() {
         Reason::SpoofedSource
     );
 }
+
+/// The same guard over an IPv6 underlay: peers are asked of their own
+/// family's table, and the verdicts are IPv4's.
+#[test]
+fn underlay_guard_ipv6() {
+    let cfg = Config {
+        tunnel_port: 51871,
+        ..super::tests::cfg()
+    };
+    let v6 = |last: u8| {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        a[15] = last;
+        a
+    };
+    let (me, peer, stranger, member) = (v6(1), v6(2), v6(66), v6(200));
+    let is_peer = |ip: Ip6| ip == peer;
+    let local_tag = |t| t == NET_A;
+    let tun = |src, msg_type, tag| UnderlayPacket {
+        src,
+        dst: me,
+        proto: IPPROTO_UDP,
+        dport: 51871,
+        msg_type,
+        tag,
+        payload_len: 64,
+    };
+    let data = Some(crate::tunnel::MSG_DATA);
+    let init = Some(crate::tunnel::MSG_INITIATION);
+    let decide = |p: UnderlayPacket<Ip6>| underlay(&p, &cfg, p.dst == member, is_peer, local_tag);
+    assert_eq!(decide(tun(peer, data, Some(NET_A))), Some(Reason::Tunnel));
+    assert_eq!(decide(tun(peer, init, None)), Some(Reason::Tunnel));
+    assert_eq!(
+        decide(tun(peer, data, Some(NET_B))),
+        Some(Reason::UnknownTag)
+    );
+    assert_eq!(decide(tun(stranger, init, None)), Some(Reason::UnknownPeer));
+    let clear = UnderlayPacket {
+        dst: member,
+        proto: IPPROTO_TCP,
+        ..tun(peer, None, None)
+    };
+    assert_eq!(decide(clear), Some(Reason::CleartextToMember));
+    let ssh = UnderlayPacket {
+        proto: IPPROTO_TCP,
+        dport: 22,
+        ..tun(stranger, None, None)
+    };
+    assert_eq!(decide(ssh), None);
+}

@@ -117,13 +117,22 @@ fn tune(udp: &UdpSocket) {
     let fd = udp.as_raw_fd();
     // Outer packets may be fragmented on an underlay with a smaller MTU
     // than planned (as WireGuard's): the inner path MTU stays right and
-    // nothing is lost to a black hole.
-    set_int(
-        fd,
-        libc::IPPROTO_IP,
-        libc::IP_MTU_DISCOVER,
-        libc::IP_PMTUDISC_DONT,
-    );
+    // nothing is lost to a black hole. Over IPv6 the sender fragments.
+    if udp.local_addr().is_ok_and(|a| a.is_ipv6()) {
+        set_int(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DONT,
+        );
+    } else {
+        set_int(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DONT,
+        );
+    }
     // A coalesced read carries up to 64 datagrams: the default buffers
     // (about 200 KiB) overflow under one TCP stream's burst, and every
     // overflow is a train of inner segments lost. Root may exceed rmem_max

@@ -6,26 +6,81 @@ use std::net::SocketAddr;
 
 use crate::offload;
 
-fn sockaddr(to: SocketAddr) -> Option<libc::sockaddr_in> {
-    let SocketAddr::V4(v4) = to else {
-        return None;
+/// A socket address as the kernel takes it, IPv4 or IPv6 (the tunnel's
+/// sockets are of the advertised endpoint's family, and so are its peers').
+pub(super) struct RawAddr {
+    storage: libc::sockaddr_storage,
+    len: u32,
+}
+
+pub(super) fn sockaddr(to: SocketAddr) -> RawAddr {
+    // SAFETY: an all-zero sockaddr_storage is a valid (unspecified) address.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match to {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for any
+            // sockaddr.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
     };
-    Some(libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: v4.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(v4.ip().octets()),
-        },
-        sin_zero: [0; 8],
-    })
+    RawAddr {
+        storage,
+        len: len as u32,
+    }
+}
+
+/// The address the kernel wrote into `raw` (a datagram's sender), IPv4 or
+/// IPv6; an IPv4-mapped IPv6 one as IPv4 (one peer, one address).
+pub(super) fn socket_addr(raw: &libc::sockaddr_storage) -> SocketAddr {
+    match i32::from(raw.ss_family) {
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6: libc::sockaddr_in6 =
+                unsafe { std::ptr::read((raw as *const libc::sockaddr_storage).cast()) };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            SocketAddr::new(ip.to_canonical(), u16::from_be(sin6.sin6_port))
+        }
+        _ => {
+            // SAFETY: an AF_INET (or unset: zeroes) sockaddr_in fits.
+            let sin: libc::sockaddr_in =
+                unsafe { std::ptr::read((raw as *const libc::sockaddr_storage).cast()) };
+            SocketAddr::from((
+                std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            ))
+        }
+    }
 }
 
 /// A message header over one address and one buffer (no control data yet).
-fn msghdr(addr: &mut libc::sockaddr_in, iov: &mut libc::iovec) -> libc::msghdr {
+fn msghdr(addr: &mut RawAddr, iov: &mut libc::iovec) -> libc::msghdr {
     // SAFETY: an all-zero msghdr is a valid empty one.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (addr as *mut libc::sockaddr_in).cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+    msg.msg_name = (&mut addr.storage as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = addr.len;
     msg.msg_iov = iov;
     msg.msg_iovlen = 1;
     msg
@@ -39,9 +94,7 @@ pub(super) fn send_segments(
     segment: usize,
     to: SocketAddr,
 ) -> std::io::Result<()> {
-    let Some(mut addr) = sockaddr(to) else {
-        return Err(std::io::Error::other("IPv6 underlay not supported"));
-    };
+    let mut addr = sockaddr(to);
     let mut iov = libc::iovec {
         iov_base: buf.as_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
@@ -76,9 +129,7 @@ pub(super) fn send_each(
     bounds: &[(usize, usize)],
     to: SocketAddr,
 ) -> std::io::Result<()> {
-    let Some(mut addr) = sockaddr(to) else {
-        return Err(std::io::Error::other("IPv6 underlay not supported"));
-    };
+    let mut addr = sockaddr(to);
     let mut iovs: Vec<libc::iovec> = bounds
         .iter()
         .filter_map(|&(start, len)| buf.get(start..start + len))
@@ -130,13 +181,16 @@ pub(super) fn recv_many(
     out: &mut Vec<Received>,
 ) -> std::io::Result<()> {
     let n = bufs.len().min(READS);
-    // SAFETY: all-zero sockaddr_in, iovec and mmsghdr are valid values
-    // (unspecified address, empty buffers, empty headers).
-    let (mut addrs, mut iovs, mut msgs): (
-        [libc::sockaddr_in; READS],
-        [libc::iovec; READS],
-        [libc::mmsghdr; READS],
-    ) = unsafe { std::mem::zeroed() };
+    // SAFETY: all-zero iovec and mmsghdr are valid values (empty buffers,
+    // empty headers).
+    let (mut iovs, mut msgs): ([libc::iovec; READS], [libc::mmsghdr; READS]) =
+        unsafe { std::mem::zeroed() };
+    // Room for either family's sender address.
+    let mut addrs: [RawAddr; READS] = std::array::from_fn(|_| RawAddr {
+        // SAFETY: an all-zero sockaddr_storage is a valid value.
+        storage: unsafe { std::mem::zeroed() },
+        len: size_of::<libc::sockaddr_storage>() as u32,
+    });
     let mut control = [[0u64; 8]; READS];
     for i in 0..n {
         iovs[i] = libc::iovec {
@@ -165,10 +219,7 @@ pub(super) fn recv_many(
         let (segment, overflow) = control_of(&m.msg_hdr);
         out.push(Received {
             len: m.msg_len as usize,
-            from: SocketAddr::from((
-                std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
-                u16::from_be(addr.sin_port),
-            )),
+            from: socket_addr(&addr.storage),
             segment,
             overflow,
         });
@@ -216,4 +267,49 @@ pub(super) fn write_plain(tun_fd: i32, packet: &[u8], partial: bool) -> bool {
     ];
     // SAFETY: two valid iovecs over live buffers.
     unsafe { libc::writev(tun_fd, iov.as_ptr(), 2) >= 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::UdpSocket, os::fd::AsRawFd};
+
+    use super::*;
+
+    /// Datagrams go out and come back with their sender's address over
+    /// either family (the underlay is IPv4 or IPv6), on loopback.
+    #[test]
+    fn send_and_receive_over_either_family() {
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            let to = super::super::sys::bind_udp(local.parse().unwrap()).unwrap();
+            let from = UdpSocket::bind(local).unwrap();
+            let (to_addr, from_addr) = (to.local_addr().unwrap(), from.local_addr().unwrap());
+            send_each(from.as_raw_fd(), b"onetwo", &[(0, 3), (3, 3)], to_addr).unwrap();
+            send_segments(from.as_raw_fd(), b"three", 16, to_addr).unwrap();
+            to.set_nonblocking(true).unwrap();
+            let mut got = Vec::new();
+            let mut bufs = vec![vec![0u8; 64]; READS];
+            for _ in 0..100 {
+                recv_many(to.as_raw_fd(), &mut bufs, &mut got).ok();
+                if got.len() >= 3 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let lens: Vec<usize> = got.iter().map(|r| r.len).collect();
+            assert_eq!(lens, [3, 3, 5], "{local}");
+            assert!(got.iter().all(|r| r.from == from_addr), "{local}");
+        }
+    }
+
+    #[test]
+    fn an_ipv4_mapped_sender_is_its_ipv4_address() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:51871".parse().unwrap();
+        let raw = sockaddr(mapped);
+        assert_eq!(
+            socket_addr(&raw.storage),
+            "192.0.2.1:51871".parse::<SocketAddr>().unwrap()
+        );
+        let v6: SocketAddr = "[2001:db8::1]:51871".parse().unwrap();
+        assert_eq!(socket_addr(&sockaddr(v6).storage), v6);
+    }
 }

@@ -95,6 +95,8 @@ pub(super) fn set_tun_offload(tun: &File, on: bool) -> std::io::Result<()> {
 
 /// Binds a UDP socket of the tunnel on `listen`, sharing the address with
 /// the other workers' (SO_REUSEPORT: each worker has its own receive queue).
+/// An IPv6 one is IPv6 only: the host's peers all advertise IPv6 then, and
+/// an IPv4 sender must not reach it as an IPv4-mapped address.
 pub(super) fn bind_udp(listen: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(
@@ -102,6 +104,9 @@ pub(super) fn bind_udp(listen: SocketAddr) -> std::io::Result<UdpSocket> {
         Type::DGRAM.cloexec(),
         Some(Protocol::UDP),
     )?;
+    if listen.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
     s.set_reuse_port(true)?;
     s.bind(&listen.into())?;
     Ok(s.into())

@@ -55,6 +55,15 @@ impl Batch {
         }
     }
 
+    /// What a change of container `k` does to this batch.
+    pub(super) fn step_of(&self, k: &ContainerKey) -> Step {
+        if self.keys.contains(k) {
+            Step::FlushThenJoin
+        } else {
+            Step::Join
+        }
+    }
+
     /// Adds a container change the view took in (other changes: nothing).
     pub(super) fn add(&mut self, change: Change) {
         match change {

@@ -7,12 +7,18 @@
 
 mod batch;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use batch::{Batch, Step};
 
 use super::{Agent, reconcile::Touched};
-use crate::store::{WatchEvent, view::Change};
+use crate::store::{
+    WatchEvent,
+    view::{Change, HostUpdate},
+};
 
 impl Agent {
     /// Lists the whole store and brings view and kernel in line with it.
@@ -48,6 +54,7 @@ impl Agent {
             match self.membership.backend().watch("", from).await {
                 Ok(mut rx) => {
                     let mut batch = Batch::default();
+                    let mut gate = HostGate::default();
                     // The last revision whose events the view has all taken.
                     let mut settled = None;
                     let mut since_trim = 0usize;
@@ -56,7 +63,7 @@ impl Agent {
                         if ev == WatchEvent::Resync {
                             break;
                         }
-                        self.take_event(&ev, &mut batch).await;
+                        self.take_event(&ev, &mut batch, &mut gate).await;
                         let rev = event_rev(&ev);
                         next = rx.try_recv().ok();
                         settled = batch::settled(rev, next.as_ref().map(event_rev)).or(settled);
@@ -65,7 +72,10 @@ impl Agent {
                         if next.is_none() || batch.is_full() {
                             self.flush(&mut batch).await;
                         }
+                        // A host change waiting for its converge is not
+                        // applied yet.
                         if batch.is_empty()
+                            && !gate.pending
                             && let Some(r) = settled.take()
                         {
                             self.applied.send_replace(r);
@@ -83,6 +93,19 @@ impl Agent {
                                         .unwrap_or_else(|p| p.into_inner())
                                         .compact();
                                     release_freed_memory();
+                                }
+                            }
+                        }
+                        if next.is_none()
+                            && let Some(wait) = gate.wait(Instant::now())
+                        {
+                            match tokio::time::timeout(wait, rx.recv()).await {
+                                Ok(n) => next = n,
+                                Err(_) => {
+                                    self.converge_hosts(&mut gate).await;
+                                    if let Some(r) = settled.take() {
+                                        self.applied.send_replace(r);
+                                    }
                                 }
                             }
                         }
@@ -121,12 +144,19 @@ impl Agent {
     /// Takes one event into the view; a container change joins the batch,
     /// anything else the kernel depends on is converged right away (after
     /// the batch before it).
-    async fn take_event(&self, ev: &WatchEvent, batch: &mut Batch) {
+    async fn take_event(&self, ev: &WatchEvent, batch: &mut Batch, gate: &mut HostGate) {
         let key = match ev {
             WatchEvent::Put { key, .. } | WatchEvent::Delete { key, .. } => key,
             WatchEvent::Resync => return,
         };
-        let step = batch.step(key);
+        let mut step = batch.step(key);
+        // A lease's delete takes the container that held its address out
+        // of the view (when its record outlives it): a container's change.
+        if let WatchEvent::Delete { key, .. } = ev
+            && let Some(k) = self.view().unleased_by(key)
+        {
+            step = batch.step_of(&k);
+        }
         if matches!(step, Step::FlushThenJoin | Step::Alone) {
             self.flush(batch).await;
         }
@@ -146,12 +176,23 @@ impl Agent {
                 }
                 batch.add(change);
             }
-            Step::Alone => self.converge_alone(ev, change).await,
+            Step::Alone => self.converge_alone(ev, change, gate).await,
             Step::Skip => {}
         }
     }
 
-    async fn converge_alone(&self, ev: &WatchEvent, change: Change) {
+    /// The full converge host changes wait for, now.
+    async fn converge_hosts(&self, gate: &mut HostGate) {
+        gate.converged(Instant::now());
+        self.view
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .host_updates
+            .count(HostUpdate::Converged);
+        self.converge(&Touched::All).await;
+    }
+
+    async fn converge_alone(&self, ev: &WatchEvent, change: Change, gate: &mut HostGate) {
         match change {
             Change::Network(id) => self.converge(&Touched::Network(id)).await,
             // An app's service addresses (and peers, tags) are in the
@@ -167,9 +208,21 @@ impl Agent {
             // A host's record decides whether its containers get endpoints
             // (none while it is unknown: fail closed), so a host that comes
             // after its containers, or goes, changes theirs too. Hosts come
-            // and go rarely: a full converge (which also repairs drift).
+            // and go rarely: a full converge (which also repairs drift), at
+            // most one per HOST_CONVERGE_EVERY (a host re-putting its record
+            // in a loop must not keep every agent converging: the changes
+            // of a period are converged together at its end; a re-put that
+            // changes nothing an agent uses converges nothing, `view`).
             Change::Host => {
-                self.converge(&Touched::All).await;
+                if gate.defer(Instant::now()) {
+                    self.view
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .host_updates
+                        .count(HostUpdate::Coalesced);
+                } else {
+                    self.converge_hosts(gate).await;
+                }
                 if let WatchEvent::Delete { key, .. } = ev
                     && key.ends_with(&format!("/{}", self.cfg.host_id))
                 {
@@ -181,6 +234,40 @@ impl Agent {
             }
             _ => {}
         }
+    }
+}
+
+/// The least time between two full converges host records trigger.
+const HOST_CONVERGE_EVERY: Duration = Duration::from_secs(1);
+
+/// When the next full converge for host changes may run.
+#[derive(Debug, Default)]
+struct HostGate {
+    last: Option<Instant>,
+    /// A change came within the period: converged at its end.
+    pending: bool,
+}
+
+impl HostGate {
+    /// Whether a host change at `now` waits (the last converge was less
+    /// than a period ago).
+    fn defer(&mut self, now: Instant) -> bool {
+        let wait = self
+            .last
+            .is_some_and(|l| now.duration_since(l) < HOST_CONVERGE_EVERY);
+        self.pending |= wait;
+        wait
+    }
+
+    fn converged(&mut self, now: Instant) {
+        self.last = Some(now);
+        self.pending = false;
+    }
+
+    /// How long until the waiting converge is due (`None`: none waits).
+    fn wait(&self, now: Instant) -> Option<Duration> {
+        let last = self.last.filter(|_| self.pending)?;
+        Some(HOST_CONVERGE_EVERY.saturating_sub(now.duration_since(last)))
     }
 }
 
@@ -233,5 +320,30 @@ fn event_rev(ev: &WatchEvent) -> i64 {
     match ev {
         WatchEvent::Put { rev, .. } | WatchEvent::Delete { rev, .. } => *rev,
         WatchEvent::Resync => 0,
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+
+    #[test]
+    fn host_changes_converge_at_most_once_a_period_and_the_last_one_waits() {
+        let mut g = HostGate::default();
+        let t0 = Instant::now();
+        assert!(!g.defer(t0), "the first converges at once");
+        g.converged(t0);
+        assert_eq!(g.wait(t0), None);
+        let t1 = t0 + Duration::from_millis(300);
+        assert!(g.defer(t1) && g.defer(t1 + Duration::from_millis(1)));
+        assert_eq!(g.wait(t1), Some(Duration::from_millis(700)));
+        let t2 = t0 + HOST_CONVERGE_EVERY;
+        assert_eq!(g.wait(t2), Some(Duration::ZERO));
+        g.converged(t2);
+        assert_eq!(g.wait(t2), None);
+        assert!(
+            !g.defer(t2 + HOST_CONVERGE_EVERY),
+            "a period later: at once"
+        );
     }
 }

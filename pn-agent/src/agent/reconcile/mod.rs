@@ -9,13 +9,13 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use ipnet::Ipv6Net;
 
 use pn_common::{
-    Ip4,
+    Ip4, Ip6,
     ids::NetworkId,
     maps::{Endpoint, Peer},
 };
@@ -107,9 +107,9 @@ pub fn desired(
     for c in &records {
         add_container(&mut d, view, local, links, c);
     }
-    d.datapath.services = services::services(view, local);
+    (d.datapath.services, d.datapath.services6) = services::services(view, local);
     if fleet {
-        d.datapath.peers = underlay_peers(view, local);
+        (d.datapath.peers, d.datapath.peers6) = underlay_peers(view, local);
         d.datapath.tags = local_tags(view, local);
         d.tunnel_peers = Some(tunnel_peers(view, local));
         d.tunnel_routes6 = Some(view.networks.values().filter_map(|n| n.cidr6).collect());
@@ -231,7 +231,7 @@ fn containers_changed(
         .chain(records.iter().copied())
         .any(|c| c.host == *local.host);
     if underlay {
-        d.datapath.peers = underlay_peers(view, local);
+        (d.datapath.peers, d.datapath.peers6) = underlay_peers(view, local);
         d.datapath.tags = local_tags(view, local);
     }
     d.readdressed = before
@@ -342,28 +342,46 @@ fn add_container(
     }
 }
 
-fn underlay_peers(view: &MembershipView, local: &Local<'_>) -> BTreeMap<Ip4, Peer> {
-    view.hosts
-        .values()
-        .filter(|h| h.id != *local.host)
-        .filter_map(|h| match h.advertise? {
-            SocketAddr::V4(a) => Some((
-                to_ip4(*a.ip()),
-                Peer {
-                    index: h.peer_id,
-                    flags: 0,
-                },
-            )),
-            SocketAddr::V6(_) => None,
-        })
-        .collect()
+/// `PN_PEERS` and `PN_PEERS6`: the other hosts by their advertised
+/// address, each in its family's table (an IPv4-mapped IPv6 one is IPv4).
+fn underlay_peers(
+    view: &MembershipView,
+    local: &Local<'_>,
+) -> (BTreeMap<Ip4, Peer>, BTreeMap<Ip6, Peer>) {
+    let (mut v4, mut v6) = (BTreeMap::new(), BTreeMap::new());
+    for h in view.hosts.values().filter(|h| h.id != *local.host) {
+        let Some(a) = h.advertise else { continue };
+        let peer = Peer {
+            index: h.peer_id,
+            flags: 0,
+        };
+        match a.ip().to_canonical() {
+            IpAddr::V4(ip) => v4.insert(to_ip4(ip), peer),
+            IpAddr::V6(ip) => v6.insert(ip.octets(), peer),
+        };
+    }
+    (v4, v6)
 }
 
+/// The tunnel's peers: the other hosts whose advertised endpoint is of
+/// this host's family. The tunnel's sockets are of that family, and a
+/// peer's packets come from its advertised address, which the underlay
+/// guard knows: a host advertising IPv4 and one advertising IPv6 do not
+/// pair (their members are `no_route` to each other). Endpoints are
+/// canonical (IPv4-mapped ones as IPv4). All of them while this host has
+/// no record with an endpoint yet.
 fn tunnel_peers(view: &MembershipView, local: &Local<'_>) -> Vec<(PeerId, [u8; 32], SocketAddr)> {
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let family = view
+        .hosts
+        .get(local.host)
+        .and_then(|h| h.advertise)
+        .map(|a| canonical(a).is_ipv6());
     view.hosts
         .values()
         .filter(|h| h.id != *local.host)
-        .filter_map(|h| Some((h.peer_id, h.key_bytes()?, h.advertise?)))
+        .filter_map(|h| Some((h.peer_id, h.key_bytes()?, canonical(h.advertise?))))
+        .filter(|(_, _, a)| family.is_none_or(|v6| a.is_ipv6() == v6))
         .collect()
 }
 

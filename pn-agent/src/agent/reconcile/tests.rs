@@ -69,6 +69,41 @@ pub(super) fn ip(a: [u8; 4]) -> Ip4 {
     to_ip4(Ipv4Addr::from(a))
 }
 
+/// Hosts advertising IPv6 go to `PN_PEERS6`; the tunnel pairs only with
+/// the hosts of this host's family (its sockets are of that family).
+#[test]
+fn ipv6_endpoints_are_peers6_and_the_tunnel_pairs_within_a_family() {
+    let mut v = fleet();
+    let set = |v: &mut MembershipView, id: &str, a: &str| {
+        v.hosts.get_mut(&host(id)).unwrap().advertise = Some(a.parse().unwrap());
+    };
+    set(&mut v, "b", "[2001:db8::2]:51871");
+    set(&mut v, "c", "[::ffff:192.0.2.3]:51871");
+    let d = desired_for(&v, &links(&v), &Touched::All);
+    let b6: Ip6 = "2001:db8::2"
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .octets();
+    assert_eq!(d.datapath.peers6.keys().collect::<Vec<_>>(), [&b6]);
+    assert_eq!(d.datapath.peers6[&b6].index, 2);
+    assert_eq!(
+        d.datapath.peers.keys().collect::<Vec<_>>(),
+        [&ip([192, 0, 2, 3])],
+        "an IPv4-mapped endpoint is IPv4"
+    );
+    // This host (a) advertises IPv4: c only, as IPv4.
+    let tp = d.tunnel_peers.unwrap();
+    let ends: Vec<SocketAddr> = tp.iter().map(|p| p.2).collect();
+    assert_eq!(ends, ["192.0.2.3:51871".parse::<SocketAddr>().unwrap()]);
+    // This host advertises IPv6: b only.
+    set(&mut v, "a", "[2001:db8::1]:51871");
+    let tp = desired_for(&v, &links(&v), &Touched::All)
+        .tunnel_peers
+        .unwrap();
+    let ends: Vec<SocketAddr> = tp.iter().map(|p| p.2).collect();
+    assert_eq!(ends, ["[2001:db8::2]:51871".parse::<SocketAddr>().unwrap()]);
+}
+
 #[test]
 fn the_whole_fleet_gives_local_and_remote_entries_peers_and_tags() {
     let v = fleet();

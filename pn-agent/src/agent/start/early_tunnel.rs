@@ -52,8 +52,8 @@ pub(super) async fn start_tunnel_early(
     mtu: u32,
 ) -> anyhow::Result<Option<MembershipView>> {
     let resumed = match stored {
-        Some(s) => takeover::resume_stored(dev, members, s),
-        None => false,
+        Some(s) if takeover::io_fits(&s.io, cfg) => takeover::resume_stored(dev, members, s),
+        _ => false,
     };
     if resumed {
         takeover::route_tunnel(cfg, netlink, mtu).await?;

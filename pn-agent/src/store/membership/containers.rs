@@ -197,19 +197,22 @@ impl Membership {
                             "container {owner} is already attached (or being attached) on host {h}"
                         )));
                     }
-                    let hosts = self.lease_holders(Some(host)).await?;
-                    let (used, used6) = self.used_addresses(network, &hosts).await?;
-                    let ip = free_address(network, &net.cidr, &used)?;
+                    let hosts = self.lease_holders_in(network, Some(host)).await?;
+                    let used = self.used_addresses(network, &hosts).await?;
+                    let ip = free_address(network, &net.cidr, &used.v4)?;
                     let ip6 = match net.cidr6.filter(|_| ipv6) {
-                        Some(cidr6) => Some(v6::free_address6(network, &cidr6, &used6)?),
+                        Some(cidr6) => Some(v6::free_address6(network, &cidr6, &used.v6)?),
                         None => None,
                     };
                     let reserved = Reserved { ip, ip6 };
                     let mut conds = vec![as_read(legacy_claim, None), as_read(container_key, None)];
-                    conds.extend(unheld(&hosts, |h| Key::HostClaim(h.clone(), owner.clone())));
+                    let claimers = self.claim_holders(&owner.app, Some(host)).await?;
+                    conds.extend(unheld(&claimers, |h| {
+                        Key::HostClaim(h.clone(), owner.clone())
+                    }));
                     let mut ops = vec![Op::Put(claim_key.to_string(), encode(lease))];
                     for ip in reserved.all() {
-                        conds.extend(address_unheld(&hosts, *network, ip));
+                        conds.extend(address_unheld(&hosts, *network, ip, &used.ignored));
                         ops.push(Op::Put(
                             Key::HostIp(host.clone(), *network, ip).into(),
                             encode(lease),

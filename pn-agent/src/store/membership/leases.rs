@@ -11,7 +11,7 @@
 //! moves them ([`Membership::migrate_leases`]).
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -20,7 +20,7 @@ use pn_common::ids::{AppId, ContainerType, HostId, NetworkId};
 
 use super::{Membership, Result, Step, as_read, decode};
 use crate::{
-    model::{AddressLease, Container, ContainerKey},
+    model::{AddressLease, Admissions, App, Container, ContainerKey},
     store::{
         backend::{Cond, Op},
         keys::{self, Key},
@@ -37,11 +37,60 @@ pub(super) fn unheld(hosts: &[HostId], key_of: impl Fn(&HostId) -> Key) -> Vec<C
 }
 
 /// The conditions that no one holds address `ip` of `network`: no host's
-/// lease, no shared one.
-pub(super) fn address_unheld(hosts: &[HostId], network: NetworkId, ip: IpAddr) -> Vec<Cond> {
-    let mut conds = unheld(hosts, |h| Key::HostIp(h.clone(), network, ip));
+/// lease but the ones nobody counts (`ignored`, see [`Used`]), no shared
+/// one.
+pub(super) fn address_unheld(
+    hosts: &[HostId],
+    network: NetworkId,
+    ip: IpAddr,
+    ignored: &Ignored,
+) -> Vec<Cond> {
+    let counted: Vec<HostId> = hosts
+        .iter()
+        .filter(|h| !ignored.contains(&((*h).clone(), ip)))
+        .cloned()
+        .collect();
+    let mut conds = unheld(&counted, |h| Key::HostIp(h.clone(), network, ip));
     conds.push(as_read(&Key::lease(network, ip), None));
     conds
+}
+
+/// Leases of a network the allocation does not count: a host's beyond its
+/// quota (its newest).
+pub(super) type Ignored = HashSet<(HostId, IpAddr)>;
+
+/// The addresses of a network an allocation must not give.
+#[derive(Debug, Default)]
+pub(super) struct Used {
+    pub v4: BTreeSet<Ipv4Addr>,
+    pub v6: BTreeSet<Ipv6Addr>,
+    pub ignored: Ignored,
+}
+
+/// Which hosts' leases and claims the others count: with admissions
+/// enforced, a host's leases of a network only if it was admitted to an
+/// app of that network, its claims of an app only if admitted to that app
+/// (a host could otherwise fill any tenant's range, or take any app's
+/// container keys, with `etcdctl put`s in its own range). The agents'
+/// views count the same (`store/view`).
+pub(super) struct Admitted {
+    admissions: Admissions,
+    /// Each app's network (read only when admissions are enforced).
+    networks: Vec<(AppId, NetworkId)>,
+}
+
+impl Admitted {
+    pub(super) fn to_network(&self, host: &HostId, network: &NetworkId) -> bool {
+        !self.admissions.enforced
+            || self
+                .networks
+                .iter()
+                .any(|(app, n)| n == network && self.admissions.admits(app, host))
+    }
+
+    pub(super) fn to_app(&self, host: &HostId, app: &AppId) -> bool {
+        self.admissions.admits(app, host)
+    }
 }
 
 impl Membership {
@@ -63,44 +112,110 @@ impl Membership {
         Ok(ids.into_iter().collect())
     }
 
+    /// Who may hold leases and claims, as the others count them.
+    pub(super) async fn admitted(&self) -> Result<Admitted> {
+        let admissions: Admissions = self
+            .get_decoded(&Key::Admissions)
+            .await?
+            .map(|(a, _)| a)
+            .unwrap_or_default();
+        let networks = if admissions.enforced {
+            self.list_decoded::<App>(keys::APPS)
+                .await?
+                .into_iter()
+                .map(|a| (a.id, a.network))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Admitted {
+            admissions,
+            networks,
+        })
+    }
+
+    /// The hosts whose leases of `network` count: as [`Self::lease_holders`],
+    /// those admitted to an app of it (and `own`).
+    pub(super) async fn lease_holders_in(
+        &self,
+        network: &NetworkId,
+        own: Option<&HostId>,
+    ) -> Result<Vec<HostId>> {
+        let admitted = self.admitted().await?;
+        let mut hosts = self.lease_holders(own).await?;
+        hosts.retain(|h| Some(h) == own || admitted.to_network(h, network));
+        Ok(hosts)
+    }
+
+    /// The hosts whose claims on `app`'s keys count: as
+    /// [`Self::lease_holders`], those admitted to it (and `own`).
+    pub(super) async fn claim_holders(
+        &self,
+        app: &AppId,
+        own: Option<&HostId>,
+    ) -> Result<Vec<HostId>> {
+        let admitted = self.admitted().await?;
+        let mut hosts = self.lease_holders(own).await?;
+        hosts.retain(|h| Some(h) == own || admitted.to_app(h, app));
+        Ok(hosts)
+    }
+
     /// Every lease of `network`'s addresses, of both families: each host's
-    /// of `hosts`, and the shared ones (service addresses, and containers'
+    /// of `hosts` up to its quota of each family (`lease_quota`, its
+    /// oldest; the rest ignored), and the shared ones (service addresses, and containers'
     /// of an older release).
     pub(super) async fn leases_in(
         &self,
         network: &NetworkId,
         hosts: &[HostId],
-    ) -> Result<Vec<Held>> {
+    ) -> Result<(Vec<Held>, Ignored)> {
         let mut prefixes = vec![keys::ips_of(network)];
         prefixes.extend(hosts.iter().map(|h| keys::ips_on(h, network)));
         let listings = try_join_all(prefixes.iter().map(|p| self.kv.list(p))).await?;
-        let mut out = Vec::new();
-        for (k, e) in listings.iter().flat_map(|l| &l.entries) {
-            let ip = match Key::parse(k) {
-                Some(Key::Ip(_, ip)) => IpAddr::V4(ip),
-                Some(Key::Ip6(_, ip)) => IpAddr::V6(ip),
-                Some(Key::HostIp(_, _, ip)) => ip,
-                _ => continue,
-            };
-            out.push((ip, serde_json::from_str(&e.value).ok()));
+        let (mut out, mut ignored) = (Vec::new(), Ignored::new());
+        for listing in &listings {
+            let mut entries: Vec<_> = listing.entries.iter().collect();
+            entries.sort_by_key(|(_, e)| e.create_rev);
+            let mut held = [0usize; 2];
+            for (k, e) in entries {
+                let ip = match Key::parse(k) {
+                    Some(Key::Ip(_, ip)) => IpAddr::V4(ip),
+                    Some(Key::Ip6(_, ip)) => IpAddr::V6(ip),
+                    Some(Key::HostIp(h, _, ip)) => {
+                        let n = &mut held[usize::from(ip.is_ipv6())];
+                        if *n >= crate::store::view::lease_quota(self.host_quota) {
+                            ignored.insert((h, ip));
+                            continue;
+                        }
+                        *n += 1;
+                        ip
+                    }
+                    _ => continue,
+                };
+                out.push((ip, serde_json::from_str(&e.value).ok()));
+            }
         }
-        Ok(out)
+        Ok((out, ignored))
     }
 
-    /// The addresses of `network` anyone holds.
+    /// The addresses of `network` anyone holds (as the agents count them).
     pub(super) async fn used_addresses(
         &self,
         network: &NetworkId,
         hosts: &[HostId],
-    ) -> Result<(BTreeSet<Ipv4Addr>, BTreeSet<Ipv6Addr>)> {
-        let (mut v4, mut v6) = (BTreeSet::new(), BTreeSet::new());
-        for (ip, _) in self.leases_in(network, hosts).await? {
+    ) -> Result<Used> {
+        let (held, ignored) = self.leases_in(network, hosts).await?;
+        let mut used = Used {
+            ignored,
+            ..Used::default()
+        };
+        for (ip, _) in held {
             match ip {
-                IpAddr::V4(ip) => v4.insert(ip),
-                IpAddr::V6(ip) => v6.insert(ip),
+                IpAddr::V4(ip) => used.v4.insert(ip),
+                IpAddr::V6(ip) => used.v6.insert(ip),
             };
         }
-        Ok((v4, v6))
+        Ok(used)
     }
 
     /// The indexes of one type of an app that are taken anywhere in the
@@ -108,7 +223,7 @@ impl Membership {
     /// claim or a record of an older release.
     pub async fn used_indexes(&self, app: &AppId, ctype: &ContainerType) -> Result<BTreeSet<u32>> {
         let mut prefixes = vec![keys::claims_of(app), keys::legacy_containers_of(app)];
-        let hosts = self.lease_holders(None).await?;
+        let hosts = self.claim_holders(app, None).await?;
         prefixes.extend(hosts.iter().map(|h| keys::claims_on(h, app)));
         let listings = try_join_all(prefixes.iter().map(|p| self.kv.list(p))).await?;
         let mut used = BTreeSet::new();
@@ -126,7 +241,7 @@ impl Membership {
     /// The host attaching (claim) or holding (record) a container key: the
     /// oldest claim of any host, else the record.
     pub(super) async fn holder(&self, key: &ContainerKey) -> Result<Option<HostId>> {
-        let hosts = self.lease_holders(None).await?;
+        let hosts = self.claim_holders(&key.app, None).await?;
         let at: Vec<String> = hosts
             .iter()
             .map(|h| Key::HostClaim(h.clone(), key.clone()).to_string())
@@ -322,7 +437,7 @@ mod tests {
         let hosts: Vec<HostId> = vec!["a".parse().unwrap(), "b".parse().unwrap()];
         let net: NetworkId = "pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c".parse().unwrap();
         let ip: IpAddr = "10.240.0.2".parse().unwrap();
-        let keys: Vec<String> = address_unheld(&hosts, net, ip)
+        let keys: Vec<String> = address_unheld(&hosts, net, ip, &Ignored::new())
             .into_iter()
             .map(|c| match c {
                 Cond::Absent(k) => k,

@@ -142,11 +142,24 @@ impl<T> Step<T> {
 #[derive(Clone)]
 pub struct Membership {
     kv: Arc<dyn Backend>,
+    /// How many containers one host may run (`--host-quota`): the others'
+    /// allocations count at most twice as many leases of it per network
+    /// and family (`view::lease_quota`).
+    host_quota: usize,
 }
 
 impl Membership {
     pub fn new(kv: Arc<dyn Backend>) -> Self {
-        Membership { kv }
+        Membership {
+            kv,
+            host_quota: crate::store::view::DEFAULT_HOST_QUOTA,
+        }
+    }
+
+    /// The same, for hosts of quota `quota`: the agents' `--host-quota`.
+    pub fn with_host_quota(mut self, quota: usize) -> Self {
+        self.host_quota = quota;
+        self
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -241,6 +254,7 @@ impl Membership {
                         web_port,
                         balance,
                         services: Default::default(),
+                        services6: Default::default(),
                         health_port,
                     };
                     // Rewriting the network bumps its revision, so a concurrent
@@ -283,6 +297,9 @@ impl Membership {
                     let mut ops = vec![Op::Delete(app_key.to_string())];
                     for ip in app.services.values() {
                         ops.push(Op::Delete(Key::Ip(app.network, *ip).into()));
+                    }
+                    for ip in app.services6.values() {
+                        ops.push(Op::Delete(Key::Ip6(app.network, *ip).into()));
                     }
                     Ok(Step::write(vec![as_read(app_key, Some(rev))], ops, |rev| {
                         rev

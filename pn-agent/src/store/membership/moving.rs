@@ -96,11 +96,11 @@ impl Membership {
                     if c.network == *network {
                         return Ok(Step::Done(None));
                     }
-                    let hosts = self.lease_holders(Some(&c.host)).await?;
-                    let (used, used6) = self.used_addresses(network, &hosts).await?;
-                    let ip = free_address(network, &net.cidr, &used)?;
+                    let hosts = self.lease_holders_in(network, Some(&c.host)).await?;
+                    let used = self.used_addresses(network, &hosts).await?;
+                    let ip = free_address(network, &net.cidr, &used.v4)?;
                     let ip6 = match net.cidr6.filter(|_| c.ip6.is_some()) {
-                        Some(cidr6) => Some(free_address6(network, &cidr6, &used6)?),
+                        Some(cidr6) => Some(free_address6(network, &cidr6, &used.v6)?),
                         None => None,
                     };
                     let lease = encode(&AddressLease {
@@ -108,12 +108,16 @@ impl Membership {
                         host: c.host.clone(),
                         service: false,
                     });
-                    // The claim stays: the container keeps its key.
-                    let (mut conds, mut ops) = self.lease_deletes(&c, false).await?;
+                    // The claim stays: the container keeps its key. The
+                    // new leases, then the record, then the old leases'
+                    // deletes: a watch never sees the record without a
+                    // lease of its address (agents refuse it then).
+                    let (mut conds, frees) = self.lease_deletes(&c, false).await?;
+                    let mut ops = Vec::new();
                     conds.push(as_read(container_key, Some(rev)));
                     let new_ips = std::iter::once(IpAddr::V4(ip)).chain(ip6.map(IpAddr::V6));
                     for new_ip in new_ips {
-                        conds.extend(address_unheld(&hosts, *network, new_ip));
+                        conds.extend(address_unheld(&hosts, *network, new_ip, &used.ignored));
                         ops.push(Op::Put(
                             Key::HostIp(c.host.clone(), *network, new_ip).into(),
                             lease.clone(),
@@ -126,6 +130,7 @@ impl Membership {
                         ..c
                     };
                     ops.push(Op::Put(container_key.to_string(), encode(&moved)));
+                    ops.extend(frees);
                     Ok(Step::write(conds, ops, move |rev| Some((moved, rev))))
                 })
             },

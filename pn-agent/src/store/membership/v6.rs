@@ -199,8 +199,8 @@ impl Membership {
                     let Some(cidr6) = self.network(&c.network).await?.cidr6 else {
                         return Ok(Step::Done(None));
                     };
-                    let hosts = self.lease_holders(Some(&c.host)).await?;
-                    let leases = self.leases_in(&c.network, &hosts).await?;
+                    let hosts = self.lease_holders_in(&c.network, Some(&c.host)).await?;
+                    let (leases, ignored) = self.leases_in(&c.network, &hosts).await?;
                     let v6 = |ip: &IpAddr| match ip {
                         IpAddr::V6(ip) if cidr6.contains(ip) => Some(*ip),
                         _ => None,
@@ -223,7 +223,12 @@ impl Membership {
                                 host: c.host.clone(),
                                 service: false,
                             };
-                            conds.extend(address_unheld(&hosts, c.network, IpAddr::V6(ip)));
+                            conds.extend(address_unheld(
+                                &hosts,
+                                c.network,
+                                IpAddr::V6(ip),
+                                &ignored,
+                            ));
                             ops.push(Op::Put(
                                 Key::HostIp(c.host.clone(), c.network, IpAddr::V6(ip)).into(),
                                 encode(&lease),

@@ -161,29 +161,67 @@ impl MembershipView {
         for (ctype, ip) in &a.services {
             ipam::check_address(&net.cidr, *ip)
                 .map_err(|e| Rejected::new(key, Reject::Service, format!("{ctype}: {e}")))?;
-            if !seen.insert(*ip) {
+            self.check_service_unique(key, a, IpAddr::V4(*ip), &mut seen, rev)?;
+        }
+        // IPv6's the same way, in the network's /64; only beside an IPv4
+        // one of the same type (the IPv4 address is the service's name).
+        for (ctype, ip) in &a.services6 {
+            let Some(cidr6) = net.cidr6 else {
                 return Err(Rejected::new(
                     key,
                     Reject::Service,
-                    format!("service address {ip} is given to two types"),
+                    format!("{ctype}: {ip}: network {} has no IPv6 range", net.id),
+                ));
+            };
+            ipam::check_address6(&cidr6, *ip)
+                .map_err(|e| Rejected::new(key, Reject::Service, format!("{ctype}: {e}")))?;
+            if !a.services.contains_key(ctype) {
+                return Err(Rejected::new(
+                    key,
+                    Reject::Service,
+                    format!("{ctype}: IPv6 service address {ip} without an IPv4 one"),
                 ));
             }
-            let taken = |why: String| Err(Rejected::new(key, Reject::AddressTaken, why));
-            if let Some(holder) = self.services_at.get(ip)
-                && *holder != a.id
-            {
-                return taken(format!("{ip} is a service address of app {holder}"));
-            }
-            if let Some(holder) = self.by_ip.get(ip) {
-                return taken(format!("{ip} is container {holder}'s"));
-            }
-            if self
-                .listed_ips
-                .get(ip)
-                .is_some_and(|&created| created < rev)
-            {
-                return taken(format!("{ip} is a container's (an older record)"));
-            }
+            self.check_service_unique(key, a, IpAddr::V6(*ip), &mut seen, rev)?;
+        }
+        Ok(())
+    }
+
+    /// One service address of `a` is nobody else's (see `check_services`).
+    fn check_service_unique(
+        &self,
+        key: &str,
+        a: &App,
+        ip: IpAddr,
+        seen: &mut std::collections::HashSet<IpAddr>,
+        rev: i64,
+    ) -> Result {
+        if !seen.insert(ip) {
+            return Err(Rejected::new(
+                key,
+                Reject::Service,
+                format!("service address {ip} is given to two types"),
+            ));
+        }
+        let taken = |why: String| Err(Rejected::new(key, Reject::AddressTaken, why));
+        if let Some(holder) = self.services_at.get(&ip)
+            && *holder != a.id
+        {
+            return taken(format!("{ip} is a service address of app {holder}"));
+        }
+        let container = match ip {
+            IpAddr::V4(ip) => self.by_ip.get(&ip),
+            IpAddr::V6(ip) => self.by_ip6.get(&ip),
+        };
+        if let Some(holder) = container {
+            return taken(format!("{ip} is container {holder}'s"));
+        }
+        if self
+            .listed_ips
+            .get(&ip)
+            .is_some_and(|&created| created < rev)
+        {
+            return taken(format!("{ip} is a container's (an older record)"));
         }
         Ok(())
     }
@@ -227,6 +265,7 @@ impl MembershipView {
             ));
         }
         ipam::check_address(&net.cidr, c.ip).map_err(|e| Rejected::new(key, Reject::Address, e))?;
+        self.check_leased(key, c, c.ip.into())?;
         if let Some(holder) = self.by_ip.get(&c.ip)
             && holder != k
         {
@@ -236,7 +275,7 @@ impl MembershipView {
                 format!("address {} is container {holder}'s", c.ip),
             ));
         }
-        if let Some(app) = self.services_at.get(&c.ip) {
+        if let Some(app) = self.services_at.get(&IpAddr::V4(c.ip)) {
             return Err(Rejected::new(
                 key,
                 Reject::AddressTaken,
@@ -313,6 +352,70 @@ impl MembershipView {
         Ok(())
     }
 
+    /// A lease in a host's range counts (for the records it lets in, as for
+    /// the allocator, `membership/leases.rs`) only in a network of an app
+    /// its host was admitted to, and up to twice the host's quota per
+    /// network and family (`lease_quota`, its oldest): a host could otherwise fill any tenant's
+    /// range with `etcdctl put`s in its own. The rest are ignored (and
+    /// counted); a record of such an address is then `not_leased`.
+    pub(super) fn check_lease(
+        &self,
+        key: &str,
+        host: &HostId,
+        net: &NetworkId,
+        ip: IpAddr,
+    ) -> Result {
+        let admitted = !self.admissions.enforced
+            || self
+                .apps
+                .values()
+                .any(|a| a.network == *net && self.admissions.admits(&a.id, host));
+        if !admitted {
+            return Err(Rejected::new(
+                key,
+                Reject::NotAdmitted,
+                format!("host {host} is not admitted to any app of network {net}"),
+            ));
+        }
+        let held = self
+            .leases_per
+            .get(&(host.clone(), *net, ip.is_ipv6()))
+            .copied()
+            .unwrap_or(0);
+        if held >= super::lease_quota(self.host_quota) {
+            return Err(Rejected::new(
+                key,
+                Reject::Quota,
+                format!(
+                    "host {host} holds {held} leases in network {net} already, \
+                     twice its quota (--host-quota)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A container's address only if its host holds its lease: the
+    /// allocator gives out what no host leases, so a record of an address
+    /// its host never leased would take an honest host's next container's
+    /// address from it (the older record keeps an address). The lease is
+    /// written before the record (`reserve_address`, then `put_container`;
+    /// a move or a new IPv6 address in the record's own transaction, before
+    /// it), so a watch sees it first.
+    fn check_leased(&self, key: &str, c: &Container, ip: IpAddr) -> Result {
+        if self.holds_lease(&c.host, c.network, ip) {
+            return Ok(());
+        }
+        Err(Rejected::new(
+            key,
+            Reject::NotLeased,
+            format!(
+                "host {} holds no lease of address {ip} in network {}",
+                c.host, c.network
+            ),
+        ))
+    }
+
     /// A container's IPv6 address: one of its network's IPv6 range that
     /// the allocator could have handed out, and nobody else's.
     fn check_ip6(&self, key: &str, k: &ContainerKey, c: &Container, net: &Network) -> Result {
@@ -327,6 +430,7 @@ impl MembershipView {
             ));
         };
         ipam::check_address6(&cidr6, ip6).map_err(|e| Rejected::new(key, Reject::Address, e))?;
+        self.check_leased(key, c, ip6.into())?;
         if let Some(holder) = self.by_ip6.get(&ip6)
             && holder != k
         {
@@ -334,6 +438,13 @@ impl MembershipView {
                 key,
                 Reject::AddressTaken,
                 format!("address {ip6} is container {holder}'s"),
+            ));
+        }
+        if let Some(app) = self.services_at.get(&IpAddr::V6(ip6)) {
+            return Err(Rejected::new(
+                key,
+                Reject::AddressTaken,
+                format!("address {ip6} is a service address of app {app}"),
             ));
         }
         Ok(())
@@ -495,11 +606,18 @@ impl MembershipView {
                     || ip.is_broadcast()
                     || self.pool.contains(&ip))
             }
+            // IPv6: unicast, and in no network's /64 (the members' IPv6
+            // addresses; the fleet's IPv6 pool is unique local, which an
+            // underlay may be too, so only what networks hold is refused).
             IpAddr::V6(ip) => {
                 !(ip.is_unspecified()
                     || ip.is_loopback()
                     || ip.is_unicast_link_local()
-                    || ip.is_multicast())
+                    || ip.is_multicast()
+                    || self
+                        .networks
+                        .values()
+                        .any(|n| n.cidr6.is_some_and(|c| c.contains(&ip))))
             }
         }
     }

@@ -4,14 +4,15 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use ipnet::Ipv4Net;
 use pn_common::ids::{AppId, HostId, NetworkId};
 
 use super::{Listing, WatchEvent, keys::Key};
-use crate::model::{App, Container, ContainerKey, Host, Network};
+use crate::model::{AddressLease, App, Container, ContainerKey, Host, Network};
+use state::Leased;
 
 mod checks;
 mod refusals;
@@ -20,8 +21,8 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use refusals::{Refusals, Reject, Rejected};
-pub use state::{DEFAULT_HOST_QUOTA, MembershipView};
+pub use refusals::{HostUpdate, HostUpdates, Refusals, Reject, Rejected};
+pub use state::{DEFAULT_HOST_QUOTA, MembershipView, lease_quota};
 
 /// What one watch event changed, for the consumers that act incrementally.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,10 +52,12 @@ impl Default for MembershipView {
 
 /// Each listed container record's address and the revision it was
 /// created at (the oldest, if two claim one).
-fn listed_ips(entries: &[(String, super::Entry)]) -> HashMap<Ipv4Addr, i64> {
+fn listed_ips(entries: &[(String, super::Entry)]) -> HashMap<IpAddr, i64> {
     #[derive(serde::Deserialize)]
     struct Addressed {
         ip: Ipv4Addr,
+        #[serde(default)]
+        ip6: Option<std::net::Ipv6Addr>,
     }
     let mut out = HashMap::new();
     for (key, e) in entries {
@@ -62,23 +65,27 @@ fn listed_ips(entries: &[(String, super::Entry)]) -> HashMap<Ipv4Addr, i64> {
             continue;
         }
         if let Ok(a) = serde_json::from_str::<Addressed>(&e.value) {
-            let at = out.entry(a.ip).or_insert(e.create_rev);
-            *at = (*at).min(e.create_rev);
+            for ip in std::iter::once(IpAddr::V4(a.ip)).chain(a.ip6.map(IpAddr::V6)) {
+                let at = out.entry(ip).or_insert(e.create_rev);
+                *at = (*at).min(e.create_rev);
+            }
         }
     }
     out
 }
 
-/// Order in which a listing is loaded: what a record refers to comes first,
-/// and among records of one kind the older wins (an address claimed twice
-/// stays with the container that had it).
+/// Order in which a listing is loaded: what a record refers to comes first
+/// (a container's lease before the container), and among records of one
+/// kind the older wins (an address claimed twice stays with the container
+/// that had it).
 fn load_order(key: &str) -> u8 {
     match Key::parse(key) {
         Some(Key::Network(_)) => 0,
         Some(Key::App(_) | Key::Admissions) => 1,
         Some(Key::Host(_)) => 2,
-        Some(Key::Container(..) | Key::LegacyContainer(_)) => 3,
-        _ => 4,
+        Some(Key::HostIp(..) | Key::Ip(..) | Key::Ip6(..)) => 3,
+        Some(Key::Container(..) | Key::LegacyContainer(_)) => 4,
+        _ => 5,
     }
 }
 
@@ -95,6 +102,7 @@ impl MembershipView {
             published_at: HashMap::new(),
             rev: 0,
             rejected: Refusals::default(),
+            host_updates: HostUpdates::default(),
             services_at: HashMap::new(),
             host_revs: HashMap::new(),
             listed_ips: HashMap::new(),
@@ -104,6 +112,10 @@ impl MembershipView {
             legacy_at: HashSet::new(),
             per_host: HashMap::new(),
             host_quota: DEFAULT_HOST_QUOTA,
+            leases: HashMap::new(),
+            leased: HashMap::new(),
+            leases_per: HashMap::new(),
+            waiting: HashMap::new(),
         }
     }
 
@@ -114,12 +126,13 @@ impl MembershipView {
     pub fn reloaded(&self, listing: &Listing) -> MembershipView {
         let mut view = MembershipView::new(self.pool).with_host_quota(self.host_quota);
         view.rejected = self.rejected.clone();
+        view.host_updates = self.host_updates.clone();
         view.refused = self.refused.clone();
         let mut entries: Vec<_> = listing.entries.iter().collect();
         // Hosts and containers by creation: a host's re-registration or a
         // container's health must not make it the younger of two claims.
         entries.sort_by_cached_key(|(key, e)| match load_order(key) {
-            o @ (2 | 3) => (o, e.create_rev),
+            o @ (2..=4) => (o, e.create_rev),
             o => (o, e.mod_rev),
         });
         view.listed_ips = listed_ips(&listing.entries);
@@ -205,11 +218,12 @@ impl MembershipView {
                 Ok(Change::Network(id))
             }
             Key::App(id) => {
-                let a: App = checks::decode(key, value)?;
+                let mut a: App = checks::decode(key, value)?;
+                self.carry_over_services6(&mut a);
                 self.check_app(key, &id, &a, rev)?;
                 self.unindex_services(&id);
-                for ip in a.services.values() {
-                    self.services_at.insert(*ip, id);
+                for ip in services::addresses(&a) {
+                    self.services_at.insert(ip, id);
                 }
                 self.apps.insert(a.id, a);
                 Ok(Change::App)
@@ -223,14 +237,149 @@ impl MembershipView {
             Key::Host(id) => {
                 let h: Host = checks::decode(key, value)?;
                 let created = self.host_revs.get(&id).map_or(rev, |r| r.0);
-                if let Some(younger) = self.check_host(key, &id, &h, created)? {
-                    self.displace(&younger);
+                let displaced = self.check_host(key, &id, &h, created)?;
+                if let Some(younger) = &displaced {
+                    self.displace(younger);
                 }
+                let same = displaced.is_none()
+                    && self.hosts.get(&id).is_some_and(|old| {
+                        // What agents use of a host: its peer id, tunnel
+                        // key and endpoint (`started_at` only says when).
+                        (old.peer_id, &old.public_key, old.advertise)
+                            == (h.peer_id, &h.public_key, h.advertise)
+                    });
                 self.hosts.insert(h.id.clone(), h);
+                if same {
+                    self.host_updates.count(HostUpdate::Unchanged);
+                    return Ok(Change::Other);
+                }
                 Ok(Change::Host)
             }
+            Key::HostIp(host, net, ip) => {
+                if !self.leases.contains_key(key) {
+                    let slot = (host.clone(), net, ip.is_ipv6());
+                    if let Err(r) = self.check_lease(key, &host, &net, ip) {
+                        if r.reject == Reject::Quota {
+                            let w = self.waiting.entry(slot).or_default();
+                            if !w.iter().any(|k| k == key) {
+                                w.push(key.to_string());
+                            }
+                        }
+                        return Err(r);
+                    }
+                    *self.leases_per.entry(slot).or_default() += 1;
+                }
+                self.put_lease(key, (host, net, ip));
+                Ok(Change::Other)
+            }
+            Key::Ip(net, ip) => Ok(self.put_shared_lease(key, value, net, ip.into())),
+            Key::Ip6(net, ip) => Ok(self.put_shared_lease(key, value, net, ip.into())),
             _ => Ok(Change::Other),
         }
+    }
+
+    /// Counts a lease (once per key: a rewrite changes nothing).
+    fn put_lease(&mut self, key: &str, leased: Leased) {
+        if self.leases.contains_key(key) {
+            return;
+        }
+        *self.leased.entry(leased.clone()).or_default() += 1;
+        self.leases.insert(key.to_string(), leased);
+    }
+
+    /// A shared lease of an older release (`ips/…`): a container's gives
+    /// its address to the host it names; a service address's to nobody.
+    fn put_shared_lease(&mut self, key: &str, value: &str, net: NetworkId, ip: IpAddr) -> Change {
+        match serde_json::from_str::<AddressLease>(value) {
+            Ok(l) if !l.service => self.put_lease(key, (l.host, net, ip)),
+            _ => {}
+        }
+        Change::Other
+    }
+
+    /// Forgets the lease at `key`. A container whose host no longer holds
+    /// its address leaves the view: the allocator may now give the address
+    /// to another host's container. (Every transaction of this release
+    /// writes a container's new record, or deletes it, before it frees the
+    /// leases the record used: a watch never sees an honest record lose
+    /// its lease.)
+    fn unlease(&mut self, key: &str) -> Change {
+        let Some(l) = self.leases.remove(key) else {
+            if let Some(Key::HostIp(h, net, ip)) = Key::parse(key)
+                && let Some(w) = self.waiting.get_mut(&(h, net, ip.is_ipv6()))
+            {
+                w.retain(|k| k != key);
+            }
+            return Change::Other;
+        };
+        if let Some(Key::HostIp(..)) = Key::parse(key) {
+            self.uncount_lease(&l);
+        }
+        match self.leased.get_mut(&l) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                return Change::Other;
+            }
+            _ => {
+                self.leased.remove(&l);
+            }
+        }
+        match self.unleased_holder(&l).and_then(|k| self.container_at(&k)) {
+            Some(at) => self.delete(&at.to_string()),
+            None => Change::Other,
+        }
+    }
+
+    /// One lease of a host's range fewer: the oldest waiting beyond its
+    /// quota, if any, is counted in its place.
+    fn uncount_lease(&mut self, (host, net, ip): &Leased) {
+        let slot = (host.clone(), *net, ip.is_ipv6());
+        if let Some(n) = self.leases_per.get_mut(&slot) {
+            *n -= 1;
+            if *n == 0 {
+                self.leases_per.remove(&slot);
+            }
+        }
+        let Some(w) = self.waiting.get_mut(&slot) else {
+            return;
+        };
+        let next = (!w.is_empty()).then(|| w.remove(0));
+        if w.is_empty() {
+            self.waiting.remove(&slot);
+        }
+        if let Some(k) = next
+            && let Some(Key::HostIp(h, n, a)) = Key::parse(&k)
+        {
+            *self.leases_per.entry(slot).or_default() += 1;
+            self.refused.remove(&k);
+            self.put_lease(&k, (h, n, a));
+        }
+    }
+
+    /// The container of the view that holds the address of lease `l`.
+    fn unleased_holder(&self, (host, net, ip): &Leased) -> Option<ContainerKey> {
+        let holder = match ip {
+            IpAddr::V4(ip) => self.by_ip.get(ip),
+            IpAddr::V6(ip) => self.by_ip6.get(ip),
+        }?;
+        let c = self.containers.get(holder)?;
+        (c.host == *host && c.network == *net).then(|| holder.clone())
+    }
+
+    /// The container a delete of `key` would take out of the view (its
+    /// lease, the last that gives its address to its host), if any: the
+    /// watch batches its change as a container's.
+    pub fn unleased_by(&self, key: &str) -> Option<ContainerKey> {
+        let l = self.leases.get(key)?;
+        if self.leased.get(l).copied().unwrap_or(0) > 1 {
+            return None;
+        }
+        self.unleased_holder(l)
+    }
+
+    /// Whether the view counts a lease giving `ip` of `net` to `host`.
+    pub(super) fn holds_lease(&self, host: &HostId, net: NetworkId, ip: IpAddr) -> bool {
+        self.leased.contains_key(&(host.clone(), net, ip))
     }
 
     fn put_container(
@@ -293,6 +442,9 @@ impl MembershipView {
             }
             self.legacy_at.remove(k);
         }
+        if let Some(Key::HostIp(..) | Key::Ip(..) | Key::Ip6(..)) = parsed {
+            return self.unlease(key);
+        }
         if let Some(Key::Admissions) = parsed {
             self.admissions = Default::default();
             return Change::Admissions;
@@ -345,9 +497,9 @@ impl MembershipView {
 
     fn unindex_services(&mut self, app: &AppId) {
         if let Some(old) = self.apps.get(app) {
-            for ip in old.services.values() {
-                if self.services_at.get(ip) == Some(app) {
-                    self.services_at.remove(ip);
+            for ip in services::addresses(old) {
+                if self.services_at.get(&ip) == Some(app) {
+                    self.services_at.remove(&ip);
                 }
             }
         }
@@ -395,6 +547,25 @@ impl MembershipView {
         if n.cidr6.is_none() {
             n.cidr6 = self.networks.get(&n.id).and_then(|k| k.cidr6);
         }
+    }
+
+    /// An app record without the IPv6 service addresses the view knows it
+    /// has: an older agent rewrote it (an attach) without the field. Each
+    /// type that keeps its IPv4 service address keeps its IPv6 one (their
+    /// leases are still held); checked as if the record had them.
+    fn carry_over_services6(&self, a: &mut App) {
+        if !a.services6.is_empty() {
+            return;
+        }
+        let Some(known) = self.apps.get(&a.id).filter(|k| k.network == a.network) else {
+            return;
+        };
+        a.services6 = known
+            .services6
+            .iter()
+            .filter(|(t, _)| a.services.contains_key(*t))
+            .map(|(t, ip)| (t.clone(), *ip))
+            .collect();
     }
 
     /// Containers of one app, in key order: a range of the ordered map

@@ -67,10 +67,14 @@ pub enum Reject {
     ContainerTaken,
     /// A container beyond its host's quota (`--host-quota`).
     Quota,
+    /// A container address its host holds no lease of
+    /// (`on/<host>/ips/<network>/<address>`, or a shared one of an older
+    /// release): the allocator would give it to another host's container.
+    NotLeased,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 25] = [
+    pub const ALL: [Reject; 26] = [
         Reject::Undecodable,
         Reject::Key,
         Reject::Range,
@@ -96,6 +100,7 @@ impl Reject {
         Reject::NotAdmitted,
         Reject::ContainerTaken,
         Reject::Quota,
+        Reject::NotLeased,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -125,6 +130,7 @@ impl Reject {
             Reject::NotAdmitted => "not_admitted",
             Reject::ContainerTaken => "container_taken",
             Reject::Quota => "quota",
+            Reject::NotLeased => "not_leased",
         }
     }
 }
@@ -191,6 +197,13 @@ impl Refusals {
 
 /// The kind of record a key holds, as the counter's label says it.
 pub fn kind_of(key: &str) -> &'static str {
+    use keys::Key;
+    match Key::parse(key) {
+        Some(Key::HostIp(..) | Key::Ip(..) | Key::Ip6(..)) => return "lease",
+        Some(Key::HostClaim(..) | Key::Claim(_)) => return "claim",
+        Some(Key::Peer(_)) => return "peer",
+        _ => {}
+    }
     [
         (keys::NETWORKS, "network"),
         (keys::APPS, "app"),
@@ -202,4 +215,44 @@ pub fn kind_of(key: &str) -> &'static str {
     .into_iter()
     .find(|(p, _)| key.starts_with(p))
     .map_or("other", |(_, k)| k)
+}
+
+/// What became of a host record's change, for the agent's converges
+/// (`pn_store_host_updates_total{outcome}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HostUpdate {
+    /// A full converge ran for it (and for the changes it waited with).
+    Converged,
+    /// It waited for the next period's converge (`follow`).
+    Coalesced,
+    /// It changed nothing agents use (a re-registration): no converge.
+    Unchanged,
+}
+
+impl HostUpdate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostUpdate::Converged => "converged",
+            HostUpdate::Coalesced => "coalesced",
+            HostUpdate::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// Host record changes since the agent started, by outcome.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostUpdates(BTreeMap<HostUpdate, u64>);
+
+impl HostUpdates {
+    pub fn count(&mut self, u: HostUpdate) {
+        *self.0.entry(u).or_default() += 1;
+    }
+
+    pub fn get(&self, u: HostUpdate) -> u64 {
+        self.0.get(&u).copied().unwrap_or(0)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.0.iter().map(|(u, n)| (u.as_str(), *n))
+    }
 }

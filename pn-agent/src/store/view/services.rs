@@ -2,7 +2,7 @@
 //! which containers are in a type's rotation, and what the app's names
 //! answer. Read by the reconciler, the DNS, `app list` and the metrics.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use pn_common::{ids::HostId, names::Selector};
 
@@ -41,6 +41,7 @@ pub fn service_infos(view: &MembershipView, app: &App) -> Vec<ServiceInfo> {
             ServiceInfo {
                 ctype: ctype.clone(),
                 addr: *addr,
+                addr6: app.services6.get(ctype).copied(),
                 backends,
                 unhealthy,
                 counters: Vec::new(),
@@ -49,19 +50,42 @@ pub fn service_infos(view: &MembershipView, app: &App) -> Vec<ServiceInfo> {
         .collect()
 }
 
-/// The address a DNS name of `app` answers when the app balances by
-/// `vip`: the bare name and the type names give the service address, a
-/// container name gives the container (`None`).
-pub fn service_addr(app: &App, selector: &Selector) -> Option<Ipv4Addr> {
+/// Every service address of `app`, of both families.
+pub fn addresses(app: &App) -> impl Iterator<Item = IpAddr> + '_ {
+    let v4 = app.services.values().map(|ip| IpAddr::V4(*ip));
+    v4.chain(app.services6.values().map(|ip| IpAddr::V6(*ip)))
+}
+
+/// The type a DNS name of `app` names when the app balances by `vip`: the
+/// bare name and the type names give the service address, a container
+/// name gives the container (`None`).
+fn service_type<'a>(app: &App, selector: &'a Selector) -> Option<&'a str> {
     if app.balance != Balance::Vip {
         return None;
     }
-    let ctype = match selector {
-        Selector::Web => pn_common::ids::ContainerType::WEB,
-        Selector::Type(t) => t.as_str(),
-        Selector::Container(..) => return None,
-    };
+    match selector {
+        Selector::Web => Some(pn_common::ids::ContainerType::WEB),
+        Selector::Type(t) => Some(t.as_str()),
+        Selector::Container(..) => None,
+    }
+}
+
+/// The address a DNS name of `app` answers in A when the app balances by
+/// `vip` (see [`service_type`]).
+pub fn service_addr(app: &App, selector: &Selector) -> Option<Ipv4Addr> {
+    let ctype = service_type(app, selector)?;
     app.services
+        .iter()
+        .find(|(t, _)| t.as_str() == ctype)
+        .map(|(_, a)| *a)
+}
+
+/// The address the same name answers in AAAA: the type's IPv6 service
+/// address, if it has one (a network without an IPv6 range, or a record
+/// not given one yet: no AAAA, never the containers' own).
+pub fn service_addr6(app: &App, selector: &Selector) -> Option<Ipv6Addr> {
+    let ctype = service_type(app, selector)?;
+    app.services6
         .iter()
         .find(|(t, _)| t.as_str() == ctype)
         .map(|(_, a)| *a)

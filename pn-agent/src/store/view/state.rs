@@ -3,13 +3,13 @@
 use std::{
     collections::BTreeMap,
     collections::{HashMap, HashSet},
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use ipnet::Ipv4Net;
 use pn_common::ids::{AppId, HostId, NetworkId};
 
-use super::refusals::Refusals;
+use super::refusals::{HostUpdates, Refusals};
 use crate::model::{Admissions, App, Container, ContainerKey, Host, Network};
 use crate::store::keys::Key;
 
@@ -27,14 +27,17 @@ pub struct MembershipView {
     pub rev: i64,
     /// Records refused since the agent started, by kind and reason.
     pub rejected: Refusals,
-    /// Service addresses of the apps that balance by `vip`.
-    pub(super) services_at: HashMap<Ipv4Addr, AppId>,
+    /// Host record changes since the agent started, by outcome.
+    pub host_updates: HostUpdates,
+    /// Service addresses (both families) of the apps that balance by `vip`.
+    pub(super) services_at: HashMap<IpAddr, AppId>,
     /// Revisions of every host record's creation and last version, refused
     /// ones included: of two holding one key, the older keeps it.
     pub(super) host_revs: HashMap<HostId, (i64, i64)>,
     /// While a listing loads: each container record's address and the
-    /// revision it was created at (apps load before the containers).
-    pub(super) listed_ips: HashMap<Ipv4Addr, i64>,
+    /// revision it was created at, of both families (apps load before the
+    /// containers).
+    pub(super) listed_ips: HashMap<IpAddr, i64>,
     /// The fleet's address pool: every network's range lies inside it.
     pub(super) pool: Ipv4Net,
     /// Refused keys and the revision of the version refused, so that a
@@ -52,12 +55,37 @@ pub struct MembershipView {
     pub(super) per_host: HashMap<HostId, usize>,
     /// How many containers one host may run (`--host-quota`).
     pub(super) host_quota: usize,
+    /// The address leases the view counts, by store key: the host they
+    /// give an address of a network to (a host's own range, or a shared
+    /// lease of an older release).
+    pub(super) leases: HashMap<String, Leased>,
+    /// How many of those leases give each host each address (its own and
+    /// a shared one of an older release may both, while a fleet migrates).
+    pub(super) leased: HashMap<Leased, usize>,
+    /// How many leases of its own range the view counts for each host, in
+    /// each network, per family (`true`: IPv6): at most its quota.
+    pub(super) leases_per: HashMap<(HostId, NetworkId, bool), usize>,
+    /// Leases beyond their host's quota, oldest first: when one it counts
+    /// goes, the oldest waiting is counted, so the view counts a host's
+    /// oldest leases as the allocator does.
+    pub(super) waiting: HashMap<(HostId, NetworkId, bool), Vec<String>>,
 }
+
+/// An address of a network leased to a host's container.
+pub(super) type Leased = (HostId, NetworkId, IpAddr);
 
 /// Containers one host may run unless `--host-quota` says otherwise: far
 /// more than a host runs, few enough that one host cannot fill the
 /// datapath's maps of every agent.
 pub const DEFAULT_HOST_QUOTA: usize = 4096;
+
+/// How many leases of one network, per family, the others count for a host
+/// of `host_quota`: one per container it may run, and as many again for
+/// attaches under way and the leftovers of interrupted ones (released at
+/// its agent's next converge).
+pub fn lease_quota(host_quota: usize) -> usize {
+    host_quota.saturating_mul(2)
+}
 
 impl MembershipView {
     /// The same view with another quota of containers per host (for the

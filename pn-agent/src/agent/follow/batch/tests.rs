@@ -40,7 +40,17 @@ impl Events {
         self
     }
 
+    /// A container's record, after its leases (as its host writes them).
     fn container(&mut self, c: Container) -> &mut Self {
+        let lease = crate::model::AddressLease {
+            owner: c.key.clone(),
+            host: c.host.clone(),
+            service: false,
+        };
+        let ips = std::iter::once(std::net::IpAddr::V4(c.ip)).chain(c.ip6.map(Into::into));
+        for ip in ips {
+            self.put(Key::HostIp(c.host.clone(), c.network, ip), &lease);
+        }
         self.put(Key::Container(c.host.clone(), c.key.clone()), &c)
     }
 

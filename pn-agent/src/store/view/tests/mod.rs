@@ -56,7 +56,16 @@ impl Fixture {
         f
     }
 
+    /// Puts a record; a container's leases first, as its host's agent
+    /// writes them (`put_bare`: without).
     fn put_raw(&mut self, key: &str, value: &str) -> Result<Change, Rejected> {
+        for (k, v) in leases_of(key, value) {
+            self.put_bare(&k, &v).unwrap();
+        }
+        self.put_bare(key, value)
+    }
+
+    fn put_bare(&mut self, key: &str, value: &str) -> Result<Change, Rejected> {
         self.rev += 1;
         self.view.apply(&WatchEvent::Put {
             key: key.into(),
@@ -299,21 +308,71 @@ fn hosts_have_endpoints_keys_and_their_own_peer_ids() {
 
 fn listing(records: &[(String, String, i64)]) -> Listing {
     Listing {
-        entries: records
-            .iter()
-            .map(|(k, v, rev)| {
-                (
-                    k.clone(),
-                    Entry {
-                        value: v.clone(),
-                        mod_rev: *rev,
-                        create_rev: *rev,
-                    },
-                )
-            })
-            .collect(),
+        entries: with_leases(
+            records
+                .iter()
+                .map(|(k, v, rev)| {
+                    (
+                        k.clone(),
+                        Entry {
+                            value: v.clone(),
+                            mod_rev: *rev,
+                            create_rev: *rev,
+                        },
+                    )
+                })
+                .collect(),
+        ),
         rev: 100,
     }
+}
+
+/// The leases of a container record at `key` (of either layout) that its
+/// host's agent writes before it: none for another record.
+fn leases_of(key: &str, value: &str) -> Vec<(String, String)> {
+    use std::net::IpAddr;
+    let Ok(c) = serde_json::from_str::<Container>(value) else {
+        return Vec::new();
+    };
+    let lease = serde_json::to_string(&crate::model::AddressLease {
+        owner: c.key.clone(),
+        host: c.host.clone(),
+        service: false,
+    })
+    .unwrap();
+    let ips = std::iter::once(IpAddr::V4(c.ip)).chain(c.ip6.map(IpAddr::V6));
+    let at: Vec<Key> = match Key::parse(key) {
+        Some(Key::Container(h, _)) => ips
+            .map(|ip| Key::HostIp(h.clone(), c.network, ip))
+            .collect(),
+        Some(Key::LegacyContainer(_)) => ips.map(|ip| Key::lease(c.network, ip)).collect(),
+        _ => Vec::new(),
+    };
+    at.into_iter()
+        .map(|k| (k.to_string(), lease.clone()))
+        .collect()
+}
+
+/// A listing's entries and the leases of its containers (created with
+/// them; the first of two of one key).
+fn with_leases(entries: Vec<(String, Entry)>) -> Vec<(String, Entry)> {
+    let mut out = entries.clone();
+    let mut seen: std::collections::HashSet<String> =
+        entries.iter().map(|(k, _)| k.clone()).collect();
+    for (k, e) in &entries {
+        for (lk, lv) in leases_of(k, &e.value) {
+            if seen.insert(lk.clone()) {
+                out.push((
+                    lk,
+                    Entry {
+                        value: lv,
+                        ..e.clone()
+                    },
+                ));
+            }
+        }
+    }
+    out
 }
 
 fn rec<T: Record>(r: &T, rev: i64) -> (String, String, i64) {
@@ -531,7 +590,9 @@ fn a_selector_designates_its_type_or_container_of_its_app_only() {
     assert_eq!(names(Selector::Container(t("api"), 1)), ["api-1"]);
 }
 
+mod leases;
 mod placement;
 mod quota;
+mod services6;
 mod trust;
 mod v6;

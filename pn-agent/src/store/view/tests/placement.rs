@@ -86,7 +86,7 @@ fn admissions_load_before_the_containers_they_judge() {
     let view = MembershipView::default();
     let c = container(1, [10, 240, 0, 1], "h2");
     let listing = Listing {
-        entries: vec![
+        entries: with_leases(vec![
             entry(&key_of(&c), &serde_json::to_string(&c).unwrap(), 5),
             entry(
                 "admissions",
@@ -103,12 +103,20 @@ fn admissions_load_before_the_containers_they_judge() {
                 &serde_json::to_string(&app(1, 1)).unwrap(),
                 2,
             ),
-        ],
+        ]),
         rev: 10,
     };
     let v = view.reloaded(&listing);
     assert!(v.containers.is_empty());
-    assert_eq!(v.rejected.reason("not_admitted"), 1);
+    // The record, and its host's lease in a network it runs no app of.
+    let refused: Vec<_> = v.rejected.iter().collect();
+    assert_eq!(
+        refused,
+        [
+            ("container", "not_admitted", 1),
+            ("lease", "not_admitted", 1)
+        ]
+    );
 }
 
 fn entry(key: &str, value: &str, rev: i64) -> (String, Entry) {
@@ -145,7 +153,7 @@ fn another_hosts_record_of_a_key_neither_takes_it_nor_deletes_it() {
     // In a listing, the older record keeps the key whatever the order.
     let (net, app) = (network(1, "10.240.0.0/24", 1), app(1, 1));
     let listing = Listing {
-        entries: vec![
+        entries: with_leases(vec![
             entry(
                 &key_of(&forged),
                 &serde_json::to_string(&forged).unwrap(),
@@ -154,7 +162,7 @@ fn another_hosts_record_of_a_key_neither_takes_it_nor_deletes_it() {
             entry(&key_of(&good), &serde_json::to_string(&good).unwrap(), 40),
             entry(&key_of(&net), &serde_json::to_string(&net).unwrap(), 1),
             entry(&key_of(&app), &serde_json::to_string(&app).unwrap(), 2),
-        ],
+        ]),
         rev: 60,
     };
     let v = f.view.reloaded(&listing);

@@ -16,19 +16,21 @@ fn vip(n: u8, ip: &str) -> App {
 /// A listing whose records carry their creation and last revisions.
 fn listing_at(records: &[(String, String, i64, i64)]) -> Listing {
     Listing {
-        entries: records
-            .iter()
-            .map(|(k, v, created, rev)| {
-                (
-                    k.clone(),
-                    Entry {
-                        value: v.clone(),
-                        mod_rev: *rev,
-                        create_rev: *created,
-                    },
-                )
-            })
-            .collect(),
+        entries: with_leases(
+            records
+                .iter()
+                .map(|(k, v, created, rev)| {
+                    (
+                        k.clone(),
+                        Entry {
+                            value: v.clone(),
+                            mod_rev: *rev,
+                            create_rev: *created,
+                        },
+                    )
+                })
+                .collect(),
+        ),
         rev: 100,
     }
 }
@@ -208,4 +210,27 @@ fn a_container_keeps_its_host_namespace_interface_and_network() {
         .unwrap();
     f.ok(&other_host);
     assert_eq!(f.view.rejected.reason("immutable"), 3);
+}
+
+#[test]
+fn a_host_record_put_again_unchanged_converges_nothing() {
+    let mut f = Fixture::new();
+    let h = host("h1", 1);
+    assert_eq!(f.put(&h), Ok(Change::Host));
+    // A re-registration: only when it started changes.
+    let again = Host {
+        started_at: 99,
+        ..h.clone()
+    };
+    for _ in 0..3 {
+        assert_eq!(f.put(&again), Ok(Change::Other));
+    }
+    assert_eq!(f.view.host_updates.get(HostUpdate::Unchanged), 3);
+    assert_eq!(f.view.hosts[&h.id].started_at, 99);
+    // Its endpoint moves: every agent's tunnel must follow.
+    let moved = Host {
+        advertise: Some("192.0.2.77:51871".parse().unwrap()),
+        ..again
+    };
+    assert_eq!(f.put(&moved), Ok(Change::Host));
 }

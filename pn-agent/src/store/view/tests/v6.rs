@@ -141,3 +141,26 @@ fn a_listing_gives_a_doubly_claimed_ipv6_address_to_the_older() {
     assert_eq!(view.container_by_ip6(ip6("fd00:1:2:1::5")), Some(&early));
     assert_eq!(view.rejected.reason("address_taken"), 1);
 }
+
+/// An IPv6 tunnel endpoint is unicast and in no network's /64; a unique
+/// local underlay outside them is fine.
+#[test]
+fn an_ipv6_endpoint_is_no_members_address() {
+    let mut f = fixture6();
+    for bad in [
+        "[fd00:1:2:1::9]:51871",
+        "[fe80::3]:51871",
+        "[ff05::3]:51871",
+        "[::1]:51871",
+        "[2001:db8::3]:0",
+    ] {
+        let mut h = host("h3", 3);
+        h.advertise = Some(bad.parse().unwrap());
+        f.refused(&h, Reject::Endpoint);
+    }
+    for good in ["[2001:db8::3]:51871", "[fd00:1:2:2::3]:51871"] {
+        let mut h = host("h3", 3);
+        h.advertise = Some(good.parse().unwrap());
+        f.ok(&h);
+    }
+}
