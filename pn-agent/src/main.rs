@@ -12,6 +12,15 @@ use pn_agent::{
 use pn_api::DEFAULT_API_SOCKET;
 use pn_common::ids::{AppId, ContainerType, parse_index};
 
+// The allocator (see the `mimalloc` feature in Cargo.toml for why); with
+// both features, mimalloc.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod control;
 mod daemon;
 mod fleet;

@@ -201,8 +201,11 @@ fn valid_label(s: &str, max: usize, first_letter: bool) -> bool {
 }
 
 /// A host of the fleet: `[a-z0-9-]{1,63}`.
+///
+/// Shared rather than copied: every container record names its host, and
+/// the membership view makes each of them point at its host's one copy.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct HostId(String);
+pub struct HostId(std::sync::Arc<str>);
 
 impl HostId {
     pub fn as_str(&self) -> &str {
@@ -215,23 +218,35 @@ impl FromStr for HostId {
     fn from_str(s: &str) -> Result<Self, IdError> {
         let lower = s.to_ascii_lowercase();
         if valid_label(&lower, 63, false) {
-            Ok(HostId(lower))
+            Ok(HostId(lower.into()))
         } else {
             Err(IdError::Host(s.into()))
         }
     }
 }
 
+/// The longest container type.
+const CONTAINER_TYPE_MAX: usize = 32;
+
 /// A container type (a process of the app's formation): `[a-z][a-z0-9-]{0,31}`.
+///
+/// Kept inline rather than as a `String`: every container record holds one
+/// and each index of the membership view a copy of its key, one heap
+/// allocation each. Zero-padded, the bytes order and compare as the text
+/// does (no byte of a type is 0).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ContainerType(String);
+pub struct ContainerType {
+    bytes: [u8; CONTAINER_TYPE_MAX],
+    len: u8,
+}
 
 impl ContainerType {
     /// The type reached by the bare application name.
     pub const WEB: &'static str = "web";
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only ASCII labels are ever stored (`from_str`), so this never fails.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
     }
 }
 
@@ -239,11 +254,15 @@ impl FromStr for ContainerType {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
         let lower = s.to_ascii_lowercase();
-        if valid_label(&lower, 32, true) {
-            Ok(ContainerType(lower))
-        } else {
-            Err(IdError::ContainerType(s.into()))
+        if !valid_label(&lower, CONTAINER_TYPE_MAX, true) {
+            return Err(IdError::ContainerType(s.into()));
         }
+        let mut bytes = [0; CONTAINER_TYPE_MAX];
+        bytes[..lower.len()].copy_from_slice(lower.as_bytes());
+        Ok(ContainerType {
+            bytes,
+            len: lower.len() as u8,
+        })
     }
 }
 
@@ -251,12 +270,12 @@ macro_rules! plain_display {
     ($name:ident) => {
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.as_str())
             }
         }
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.as_str())
             }
         }
         string_serde!($name);
@@ -325,6 +344,15 @@ mod tests {
         assert!("w".repeat(33).parse::<ContainerType>().is_err());
         assert!("w".repeat(32).parse::<ContainerType>().is_ok());
         assert!("we.b".parse::<ContainerType>().is_err());
+        assert_eq!(
+            "Worker".parse::<ContainerType>().unwrap().to_string(),
+            "worker"
+        );
+        let full = "w".repeat(32);
+        assert_eq!(full.parse::<ContainerType>().unwrap().as_str(), full);
+        // Ordered as the text: a prefix first.
+        let t = |s: &str| s.parse::<ContainerType>().unwrap();
+        assert!(t("web") < t("web-1") && t("web-1") < t("worker") && t("a") < t("web"));
     }
 
     #[test]

@@ -33,11 +33,17 @@ impl Agent {
         self.store_health.set(true, None);
         // Records that fail their checks are skipped, counted and logged
         // by the view itself.
+        let rev = listing.rev;
         let view = self.view().reloaded(&listing);
+        drop(listing);
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = view;
         self.converge(&Touched::All).await;
-        self.applied.send_replace(listing.rev);
-        Ok(listing.rev)
+        // A listing is the biggest burst of all (every record's key and
+        // value at once, beside the view it replaces): its memory goes
+        // back now, not at the next burst of the watch.
+        release_freed_memory();
+        self.applied.send_replace(rev);
+        Ok(rev)
     }
 
     /// Keeps the view and the kernel following the store, forever.
@@ -82,6 +88,10 @@ impl Agent {
                                 Ok(n) => next = n,
                                 Err(_) => {
                                     since_trim = 0;
+                                    self.view
+                                        .write()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .compact();
                                     release_freed_memory();
                                 }
                             }
@@ -267,11 +277,39 @@ const QUIET: Duration = Duration::from_millis(200);
 
 /// Gives the pages freed after a burst of events back to the system. A big
 /// registration leaves its events (key and JSON value, a backlog of up to
-/// the watch buffer) freed between the view's long-lived records, where
-/// glibc keeps them resident; trimmed once the burst is over (the watch is
-/// idle), the agent's memory is what its view and maps hold.
+/// the watch buffer) freed between the view's long-lived records; returned
+/// once the burst is over (the watch is idle), the agent's memory is what
+/// its view and maps hold. Each allocator is asked its own way (the one in
+/// use is the binary's, chosen by the same features).
 fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[cfg(feature = "mimalloc")]
+    {
+        // mimalloc's own (libmimalloc-sys declares it only behind a feature
+        // that pulls in another crate).
+        unsafe extern "C" {
+            fn mi_collect(force: bool);
+        }
+        // SAFETY: mi_collect only frees mimalloc's own unused pages; it
+        // takes no pointer.
+        unsafe { mi_collect(true) };
+    }
+    #[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+    // SAFETY: "arena.4096.purge" (MALLCTL_ARENAS_ALL) takes and returns no
+    // value: null pointers and 0 lengths are its documented call.
+    unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"arena.4096.purge".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        );
+    }
+    #[cfg(all(
+        not(any(feature = "mimalloc", feature = "jemalloc")),
+        target_os = "linux",
+        target_env = "gnu"
+    ))]
     // SAFETY: malloc_trim only returns free pages of malloc's own arenas.
     unsafe {
         libc::malloc_trim(0);

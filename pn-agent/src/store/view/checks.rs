@@ -313,8 +313,8 @@ impl MembershipView {
                 format!("host {} is not admitted to app {}", c.host, c.key.app),
             ));
         }
-        if let Some(at) = self.container_at.get(&c.key)
-            && at != key
+        if self.held_at(&c.key, writer) == Some(false)
+            && let Some(at) = self.container_at(&c.key)
             && self
                 .containers
                 .get(&c.key)

@@ -3,7 +3,7 @@
 //! metrics labels) reads this view, never the store directly.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -109,7 +109,7 @@ impl MembershipView {
             pool,
             refused: HashMap::new(),
             admissions: Default::default(),
-            container_at: HashMap::new(),
+            legacy_at: HashSet::new(),
             per_host: HashMap::new(),
             host_quota: DEFAULT_HOST_QUOTA,
             leases: HashMap::new(),
@@ -145,6 +145,7 @@ impl MembershipView {
         // Refused keys gone from the store are forgotten.
         view.refused.retain(|k, _| seen.contains(k.as_str()));
         view.rev = listing.rev;
+        view.compact();
         view
     }
 
@@ -323,11 +324,8 @@ impl MembershipView {
                 self.leased.remove(&l);
             }
         }
-        match self
-            .unleased_holder(&l)
-            .and_then(|k| self.container_at.get(&k).cloned())
-        {
-            Some(at) => self.delete(&at),
+        match self.unleased_holder(&l).and_then(|k| self.container_at(&k)) {
+            Some(at) => self.delete(&at.to_string()),
             None => Change::Other,
         }
     }
@@ -391,10 +389,18 @@ impl MembershipView {
         k: &ContainerKey,
         value: &str,
     ) -> Result<Change, Rejected> {
-        let c: Container = checks::decode(key, value)?;
+        let mut c: Container = checks::decode(key, value)?;
+        // Its host's one copy of the name, not a copy per container.
+        if let Some((host, _)) = self.hosts.get_key_value(&c.host) {
+            c.host = host.clone();
+        }
         self.check_container(key, writer, k, &c)?;
         let old = self.containers.insert(c.key.clone(), c.clone());
-        self.container_at.insert(c.key.clone(), key.to_string());
+        if writer.is_some() {
+            self.legacy_at.remove(&c.key);
+        } else {
+            self.legacy_at.insert(c.key.clone());
+        }
         if let Some(o) = &old {
             self.uncount(&o.host);
         }
@@ -424,13 +430,17 @@ impl MembershipView {
 
     fn delete(&mut self, key: &str) -> Change {
         let parsed = Key::parse(key);
-        if let Some(Key::Container(_, k) | Key::LegacyContainer(k)) = &parsed {
+        if let Some(p @ (Key::Container(_, k) | Key::LegacyContainer(k))) = &parsed {
+            let writer = match p {
+                Key::Container(h, _) => Some(h),
+                _ => None,
+            };
             // Another record of the key (the same container moved under its
             // host, or another host's) is not this one's to remove.
-            if self.container_at.get(k).is_none_or(|at| at != key) {
+            if self.held_at(k, writer) != Some(true) {
                 return Change::Other;
             }
-            self.container_at.remove(k);
+            self.legacy_at.remove(k);
         }
         if let Some(Key::HostIp(..) | Key::Ip(..) | Key::Ip6(..)) = parsed {
             return self.unlease(key);

@@ -2,7 +2,7 @@
 
 use std::{
     collections::BTreeMap,
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -11,6 +11,7 @@ use pn_common::ids::{AppId, HostId, NetworkId};
 
 use super::refusals::{HostUpdates, Refusals};
 use crate::model::{Admissions, App, Container, ContainerKey, Host, Network};
+use crate::store::keys::Key;
 
 #[derive(Clone, Debug)]
 pub struct MembershipView {
@@ -44,9 +45,12 @@ pub struct MembershipView {
     pub(super) refused: HashMap<String, i64>,
     /// The operator's record of which hosts may run which app.
     pub(super) admissions: Admissions,
-    /// The store key each container's record was taken from: its host's
-    /// range, or the legacy layout. Only that key's delete removes it.
-    pub(super) container_at: HashMap<ContainerKey, String>,
+    /// The containers whose record was taken from the legacy layout; every
+    /// other one's is its host's range. Only the key a record was taken
+    /// from removes it ([`MembershipView::held_at`]). The rare legacy ones
+    /// in a set rather than every container's key string: that map cost
+    /// about 200 bytes per endpoint.
+    pub(super) legacy_at: HashSet<ContainerKey>,
     /// How many containers of the view each host runs.
     pub(super) per_host: HashMap<HostId, usize>,
     /// How many containers one host may run (`--host-quota`).
@@ -93,6 +97,41 @@ impl MembershipView {
 
     pub fn host_quota(&self) -> usize {
         self.host_quota
+    }
+
+    /// Whether the view's container `k` was taken from the key `writer`
+    /// names (its host's range, `None` the legacy layout); `None` when
+    /// the view has no such container.
+    pub(super) fn held_at(&self, k: &ContainerKey, writer: Option<&HostId>) -> Option<bool> {
+        let c = self.containers.get(k)?;
+        let legacy = self.legacy_at.contains(k);
+        Some(match writer {
+            None => legacy,
+            Some(h) => !legacy && *h == c.host,
+        })
+    }
+
+    /// The store key the view's container `k` was taken from.
+    pub(super) fn container_at(&self, k: &ContainerKey) -> Option<Key> {
+        let c = self.containers.get(k)?;
+        Some(if self.legacy_at.contains(k) {
+            Key::LegacyContainer(k.clone())
+        } else {
+            Key::Container(c.host.clone(), k.clone())
+        })
+    }
+
+    /// Packs the containers' tree after a burst of records. Records come
+    /// mostly in key order (a host registers its containers by index), and
+    /// a B-tree filled in order leaves its nodes split half empty (about
+    /// 450 bytes per container at 100 k); built from an ordered list its
+    /// nodes are full. The list is transient (freed here); linear, and
+    /// only once a burst is over.
+    pub fn compact(&mut self) {
+        self.containers = std::mem::take(&mut self.containers).into_iter().collect();
+        self.by_ip.shrink_to_fit();
+        self.by_ip6.shrink_to_fit();
+        self.legacy_at.shrink_to_fit();
     }
 
     /// How many containers of the view `host` runs.

@@ -207,7 +207,7 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     // The far hosts run N / FAR_HOSTS containers each: over the default
     // quota of containers per host at the largest N.
     let quota = (TARGET_N / FAR_HOSTS + 1024).to_string();
-    let fleet = Fleet::with_flags(&p, 1, &["--host-quota", &quota]);
+    let mut fleet = Fleet::with_flags(&p, 1, &["--host-quota", &quota]);
     let h = &fleet.hosts[0];
     // A range big enough for the largest N (inside the pool: agents refuse
     // networks outside it).
@@ -327,6 +327,35 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
             ),
         );
     }
+    // The biggest burst of all: a restarted agent lists every record at
+    // once (keys and values of the whole store beside the view it builds).
+    if let Some(&n) = effort.sizes.last() {
+        fleet.hosts[0].restart();
+        let h = &fleet.hosts[0];
+        let want = (n + 2) as u64;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while endpoints_in_maps(h) < want {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{n} endpoints never reached the maps after a restart"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Settled: the listing's memory goes back once the view and the
+        // maps hold it.
+        std::thread::sleep(Duration::from_secs(2));
+        let per = (rss_kib(h)? - rss0) / n as f64;
+        rows.push(
+            Row::alone(
+                &format!("N={n}: agent resident memory per endpoint after a restart"),
+                Measurement::new("KiB", false, vec![per]),
+            )
+            .with_target(
+                &format!("≤ {TARGET_KIB} KiB (Cilium publishes 10.5 KiB per pod)"),
+                per <= TARGET_KIB,
+            ),
+        );
+    }
     Ok(Scenario {
         name: "scale".into(),
         title: "Scale of membership".into(),
@@ -337,7 +366,8 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
              (`status` endpoints in maps, polled every 20 ms) and until its DNS answers the last \
              container's name; \"behind the last write\" is the first of these minus the time the \
              writes took. Memory: the agent's VmRSS once all N are in, minus its VmRSS before the \
-             first write (2 local containers), divided by N. Program cost: kernel BPF statistics \
+             first write (2 local containers), divided by N; once more after a restart of the agent \
+             at the largest N (it lists the whole store at once). Program cost: kernel BPF statistics \
              (`kernel.bpf_stats_enabled`) of pn_from_container under a TCP ping-pong between two \
              local containers, with N remote endpoints in the map versus only the 2 local ones."
         ),
