@@ -252,10 +252,12 @@ impl Agent {
                     .collect(),
             )
         };
+        let mut given = std::collections::BTreeSet::new();
         for id in bare_nets {
             match self.membership.ensure_network6(&id, pool6).await {
                 Ok(Some((n, _))) => {
                     log::info!("network {id}: IPv6 range {}", n.cidr6.unwrap_or_default());
+                    given.insert(id);
                 }
                 Ok(None) => {}
                 Err(e) => log::error!("giving network {id} an IPv6 range: {e}"),
@@ -273,15 +275,16 @@ impl Agent {
                 Err(e) => log::error!("giving container {key} an IPv6 address: {e}"),
             }
         }
-        self.give_services6().await;
+        self.give_services6(&given).await;
     }
 
     /// Service addresses without their IPv6 twin, of apps with a container
-    /// on this host in a network the view knows has an IPv6 range (a range
-    /// given earlier in this pass comes back through the watch, whose
-    /// converge gives the twins). Each host asks only for the apps it
-    /// serves, not for the whole fleet.
-    async fn give_services6(&self) {
+    /// on this host in a network with an IPv6 range: one the view knows, or
+    /// one `given` earlier in this pass (its record comes back through the
+    /// watch, but that converge need not be a full one, so the twins are
+    /// given now; the store, not the view, is read for the range). Each
+    /// host asks only for the apps it serves, not for the whole fleet.
+    async fn give_services6(&self, given: &std::collections::BTreeSet<pn_common::ids::NetworkId>) {
         let bare: Vec<_> = {
             let v = self.view();
             let mine: std::collections::BTreeSet<_> = v
@@ -292,9 +295,10 @@ impl Agent {
                 .values()
                 .filter(|a| mine.contains(&a.id) && a.services6.len() < a.services.len())
                 .filter(|a| {
-                    v.networks
-                        .get(&a.network)
-                        .is_some_and(|n| n.cidr6.is_some())
+                    given.contains(&a.network)
+                        || v.networks
+                            .get(&a.network)
+                            .is_some_and(|n| n.cidr6.is_some())
                 })
                 .map(|a| a.id)
                 .collect()
