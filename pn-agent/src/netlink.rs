@@ -214,6 +214,7 @@ impl Netlink {
     /// Names and indexes of the interfaces whose name starts with `prefix`.
     pub async fn links_with_prefix(&self, prefix: &str) -> Result<Vec<(String, u32)>> {
         let mut out = Vec::new();
+        let _dump = self.one_dump().await;
         let mut links = self.handle.link().get().execute();
         while let Some(l) = links
             .try_next()
@@ -280,6 +281,7 @@ impl Netlink {
     }
 
     async fn has_address(&self, idx: u32, addr: Ipv4Addr) -> Result<bool> {
+        let _dump = self.one_dump().await;
         let mut addrs = self
             .handle
             .address()
@@ -416,6 +418,7 @@ impl Netlink {
             .map(|(n, i)| (i, n))
             .collect();
         let mut out = Vec::new();
+        let _dump = self.one_dump().await;
         let mut addrs = self.handle.address().get().execute();
         while let Some(a) = addrs
             .try_next()

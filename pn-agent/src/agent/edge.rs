@@ -324,6 +324,13 @@ impl Agent {
         let mut tick = tokio::time::interval(REPAIR_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        // A socket of its own: the kernel runs one dump at a time per
+        // netlink socket and answers a second with EBUSY, and the converge
+        // lists routes and neighbours on the agent's socket meanwhile.
+        let netlink = Netlink::connect().unwrap_or_else(|e| {
+            log::warn!("{e}; the edge shares the agent's netlink socket");
+            self.netlink.clone()
+        });
         let mut changes = match crate::netlink::address_changes() {
             Ok(rx) => Some(rx),
             Err(e) => {
@@ -348,7 +355,7 @@ impl Agent {
                 }
             }
             let pool6 = self.pool6().await;
-            match gather(&self.netlink, &self.cfg, self.forwarding, pool6).await {
+            match gather(&netlink, &self.cfg, self.forwarding, pool6).await {
                 Ok(e) => {
                     let mut cur = self.edge_local.write().unwrap_or_else(|p| p.into_inner());
                     if cur.as_ref() != Some(&e) {

@@ -23,6 +23,7 @@ impl Netlink {
             .map(|(n, i)| (i, n))
             .collect();
         let mut out = Vec::new();
+        let _dump = self.one_dump().await;
         let mut addrs = self.handle.address().get().execute();
         while let Some(a) = addrs
             .try_next()

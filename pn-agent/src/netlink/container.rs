@@ -182,6 +182,7 @@ impl Netlink {
     /// each container's host end routes, whatever the store says now.
     pub async fn host_routes(&self) -> Result<std::collections::BTreeMap<u32, Vec<Ipv4Addr>>> {
         let mut out: std::collections::BTreeMap<u32, Vec<Ipv4Addr>> = Default::default();
+        let _dump = self.one_dump().await;
         let mut s = self
             .handle
             .route()
@@ -235,6 +236,7 @@ impl Netlink {
             Err(e) if matches!(errno(&e), Some(ESRCH | ENOENT | ENODEV)) => {}
             Err(e) => return Err(kernel(format!("removing the route to {old}"))(e)),
         }
+        let _dump = self.one_dump().await;
         let mut s = self.handle.neighbours().get().execute();
         let mut stale = Vec::new();
         while let Some(n) = s.try_next().await.map_err(kernel("listing neighbours"))? {

@@ -35,6 +35,7 @@ impl Netlink {
     /// The main table's IPv4 routes to exactly `dst`.
     async fn routes_to(&self, dst: Ipv4Net) -> Result<Vec<RouteMessage>> {
         let mut out = Vec::new();
+        let _dump = self.one_dump().await;
         let mut routes = self
             .handle
             .route()

@@ -56,6 +56,7 @@ impl Netlink {
             .header
             .index;
         let mut have = BTreeSet::new();
+        let _dump = self.one_dump().await;
         let mut routes = self
             .handle
             .route()
