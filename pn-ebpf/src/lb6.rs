@@ -203,31 +203,31 @@ fn leaving(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv6Summary, l4: u16, flags
         return 0;
     }
     // SAFETY: plain-data values, see `tc::handle`.
-    let svc = unsafe { PN_LB6_SERVICES.get(&pkt.dst) };
+    let svc = unsafe { PN_LB6_SERVICES.get(pkt.dst) };
     if svc.is_none() {
         if lb::opens(pkt.proto, flags) {
             // As IPv4's: a connection straight to an address from a port
             // that earlier reached it through a service has its own replies.
-            let _ = PN_LB6_CONNS.remove(&LbConnKey::reverse_of(pkt, pkt.dst));
+            let _ = PN_LB6_CONNS.remove(LbConnKey::reverse_of(pkt, pkt.dst));
         }
         return 0;
     }
     let key = LbConnKey::forward(pkt);
     // A pointer, not a copy (see `lb::from_container`).
-    let entry = PN_LB6_CONNS.get_ptr_mut(&key);
+    let entry = PN_LB6_CONNS.get_ptr_mut(key);
     // SAFETY: a value of the map, valid for the program run; plain data.
     let known = entry.map(|p| unsafe { *p });
     let vip = pkt.dst;
     let live = |b: Ip6| {
         // SAFETY: as above.
-        unsafe { PN_LB6_BACKENDS.get(&b) }.is_some_and(|e| same6(&e.vip, &vip))
+        unsafe { PN_LB6_BACKENDS.get(b) }.is_some_and(|e| same6(&e.vip, &vip))
     };
     let (backend, state, fresh) = match lb::lb_step(pkt, flags, svc, iface.tag, known, live, now_s)
     {
         LbStep::Pass => return 0,
         LbStep::Expire(b) => {
-            let _ = PN_LB6_CONNS.remove(&key);
-            let _ = PN_LB6_CONNS.remove(&LbConnKey::reverse_of(pkt, b));
+            let _ = PN_LB6_CONNS.remove(key);
+            let _ = PN_LB6_CONNS.remove(LbConnKey::reverse_of(pkt, b));
             return 0;
         }
         LbStep::Keep(b) => (b, known.map_or(0, |c| c.state), false),
@@ -244,7 +244,7 @@ fn leaving(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv6Summary, l4: u16, flags
                 slot: lb::slot_of(pkt),
             };
             // SAFETY: as above.
-            let Some(b) = (unsafe { PN_LB6_SLOTS.get(&slot) }).copied() else {
+            let Some(b) = (unsafe { PN_LB6_SLOTS.get(slot) }).copied() else {
                 return 0;
             };
             let _ = match count {
@@ -293,16 +293,16 @@ fn leaving(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv6Summary, l4: u16, flags
 #[inline(never)]
 fn record(pkt: &Ipv6Summary, backend: &Ip6, state: u32) -> u8 {
     let _ = PN_LB6_CONNS.insert(
-        &LbConnKey::forward(pkt),
-        &LbConn {
+        LbConnKey::forward(pkt),
+        LbConn {
             addr: *backend,
             state,
         },
         0,
     );
     let _ = PN_LB6_CONNS.insert(
-        &LbConnKey::reverse_of(pkt, *backend),
-        &LbConn {
+        LbConnKey::reverse_of(pkt, *backend),
+        LbConn {
             addr: pkt.dst,
             state,
         },
@@ -322,14 +322,14 @@ fn set_reverse(pkt: &Ipv6Summary, backend: &Ip6, state: u32) -> u8 {
 #[inline(never)]
 fn entering(ctx: &TcContext, pkt: &Ipv6Summary, l4: u16, flags: u8) -> u8 {
     let key = LbConnKey::reply(pkt);
-    let Some(entry) = PN_LB6_CONNS.get_ptr_mut(&key) else {
+    let Some(entry) = PN_LB6_CONNS.get_ptr_mut(key) else {
         return 0;
     };
     // SAFETY: a value of the map, valid for the program run; plain data.
     let c = unsafe { *entry };
     if c.closed() && c.expired(now_s()) {
-        let _ = PN_LB6_CONNS.remove(&key);
-        let _ = PN_LB6_CONNS.remove(&LbConnKey::forward_of_reply(pkt, c.addr));
+        let _ = PN_LB6_CONNS.remove(key);
+        let _ = PN_LB6_CONNS.remove(LbConnKey::forward_of_reply(pkt, c.addr));
         return 0;
     }
     let done = rewrite(ctx, pkt.proto, l4, IP6_SRC, &pkt.src, &c.addr) != 0;
@@ -373,13 +373,13 @@ fn stat(vip: &Ip6, backend: &Ip6, which: u8) -> u8 {
         1 => s.resets += 1,
         _ => s.moved += 1,
     };
-    match PN_LB6_STATS.get_ptr_mut(&key) {
+    match PN_LB6_STATS.get_ptr_mut(key) {
         // SAFETY: a per-CPU value of this CPU, valid for the program run.
         Some(p) => add(unsafe { &mut *p }),
         None => {
             let mut s = LbStats::default();
             add(&mut s);
-            let _ = PN_LB6_STATS.insert(&key, &s, 0);
+            let _ = PN_LB6_STATS.insert(key, s, 0);
         }
     }
     1
