@@ -22,6 +22,8 @@ mod options;
 mod rx;
 mod shared;
 mod sys;
+#[cfg(test)]
+mod tests;
 mod tx;
 mod wait;
 
@@ -42,7 +44,10 @@ pub use self::options::{MAX_WORKERS, OFFLOADS, Options};
 pub use self::shared::Counters;
 use self::shared::{Shared, read, write};
 pub use self::sys::allowed_cpus;
-use self::sys::{Waker, pin_to, set_int, set_tun_offload};
+use self::sys::{
+    Waker, accept_stop_signal, install_stop_signal, interrupt, pin_to, set_blocking, set_int,
+    set_tun_offload,
+};
 use crate::{Clock, Members, PeerId, PeerState, Stats, Tunnel, carry::Carried};
 
 type DataLoop = fn(File, UdpSocket, &Shared);
@@ -57,12 +62,21 @@ struct Running {
 }
 
 impl Running {
-    /// Stops the threads (at once: they wait on the waker too) and waits
-    /// for them: once this returns, nothing of this device reads, seals or
+    /// Stops the threads (at once: the timer waits on the waker, the data
+    /// threads block in their reads, which a signal ends) and waits for
+    /// them: once this returns, nothing of this device reads, seals or
     /// sends any more.
     fn stop(mut self) -> Io {
         self.stop.store(true, Ordering::Relaxed);
         self.waker.wake();
+        // A signal that comes before a thread enters its read is lost (the
+        // read then blocks): again, until every thread saw the flag.
+        while self.threads.iter().any(|t| !t.is_finished()) {
+            for t in self.threads.iter().filter(|t| !t.is_finished()) {
+                interrupt(t);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -138,6 +152,7 @@ impl Device {
         }
         io.widen(self.options.worker_count());
         let listen = io.local_addr()?;
+        install_stop_signal()?;
         let stop = Arc::new(AtomicBool::new(false));
         let waker = Arc::new(Waker::new()?);
         let shared = Shared {
@@ -217,6 +232,8 @@ impl Device {
         set_tun_offload(&io.queues[0].tun, self.options.tso)?;
         for (i, q) in io.queues.iter().enumerate() {
             let fd = q.udp.as_raw_fd();
+            set_blocking(fd);
+            set_blocking(q.tun.as_raw_fd());
             set_int(fd, libc::SOL_UDP, libc::UDP_GRO, self.options.gro as i32);
             set_int(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1);
             let cpu = cpus.get(i).copied();
@@ -232,6 +249,7 @@ impl Device {
                     std::thread::Builder::new()
                         .name(format!("{name}{i}"))
                         .spawn(move || {
+                            accept_stop_signal();
                             if let Some(cpu) = cpu {
                                 pin_to(cpu);
                             }

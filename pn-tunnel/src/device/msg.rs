@@ -173,12 +173,13 @@ pub(super) struct Received {
 pub(super) const READS: usize = 8;
 
 /// Reads the (possibly coalesced) datagrams waiting, up to one per buffer
-/// of `bufs` and [`READS`], with one call (it does not wait: the caller
-/// polled).
+/// of `bufs` and [`READS`], with one call; `wait`: sleeps until the first
+/// (or a signal), then takes only what is there.
 pub(super) fn recv_many(
     fd: i32,
     bufs: &mut [Vec<u8>],
     out: &mut Vec<Received>,
+    wait: bool,
 ) -> std::io::Result<()> {
     let n = bufs.len().min(READS);
     // SAFETY: all-zero iovec and mmsghdr are valid values (empty buffers,
@@ -208,7 +209,10 @@ pub(super) fn recv_many(
             fd,
             msgs.as_mut_ptr(),
             n as u32,
-            libc::MSG_DONTWAIT,
+            match wait {
+                true => libc::MSG_WAITFORONE,
+                false => libc::MSG_DONTWAIT,
+            },
             std::ptr::null_mut(),
         )
     };
@@ -289,7 +293,7 @@ mod tests {
             let mut got = Vec::new();
             let mut bufs = vec![vec![0u8; 64]; READS];
             for _ in 0..100 {
-                recv_many(to.as_raw_fd(), &mut bufs, &mut got).ok();
+                recv_many(to.as_raw_fd(), &mut bufs, &mut got, false).ok();
                 if got.len() >= 3 {
                     break;
                 }

@@ -69,11 +69,12 @@ pub(super) fn rx_loop(tun: File, udp: UdpSocket, shared: &Shared) {
         overflow: 0,
     };
     while !shared.stop.load(Ordering::Relaxed) {
-        if !waiter.wait() {
-            continue;
-        }
+        waiter.spin();
         rx.reads.clear();
-        if recv_many(udp_fd, &mut rx.bufs, &mut rx.reads).is_err() {
+        // Blocks until a datagram or the stop signal.
+        let got = recv_many(udp_fd, &mut rx.bufs, &mut rx.reads, true);
+        waiter.read(got.is_ok());
+        if got.is_err() {
             continue;
         }
         counters.udp_reads.fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,6 @@
 //! The system calls of the device's set-up: the TUN device and its
 //! queues, the UDP sockets and their options, the CPUs the workers run on,
-//! and the waits of the loops.
+//! the waits of the loops and the signal that ends them.
 
 use std::{
     fs::File,
@@ -191,6 +191,70 @@ impl Waker {
         use std::os::fd::AsRawFd;
         self.0.as_raw_fd()
     }
+}
+
+/// The signal that ends a data thread's blocking read when the device
+/// stops (a real-time one: nothing else in the agent uses it, and its
+/// default action is never taken, the handler being set first).
+fn stop_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 6
+}
+
+extern "C" fn on_stop_signal(_: libc::c_int) {}
+
+/// Sets (for the whole process, once) the handler of [`stop_signal`]: a
+/// handler that does nothing, without `SA_RESTART`, so a read it
+/// interrupts returns `EINTR` and the loop sees the stop flag.
+pub(super) fn install_stop_signal() -> std::io::Result<()> {
+    static INSTALLED: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
+    let done = INSTALLED.get_or_init(|| {
+        // SAFETY: an all-zero sigaction is valid (empty mask, no flags);
+        // the handler is an async-signal-safe function that does nothing.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(stop_signal(), &sa, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+            }
+        }
+        Ok(())
+    });
+    done.map_err(std::io::Error::from_raw_os_error)
+}
+
+/// Makes `fd` blocking (the data threads sleep in their reads; a
+/// descriptor handed over keeps the flags its predecessor left).
+pub(super) fn set_blocking(fd: i32) {
+    // SAFETY: fcntl on a descriptor we hold.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 && flags & libc::O_NONBLOCK != 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+}
+
+/// Lets [`stop_signal`] reach the calling thread (a thread inherits its
+/// creator's blocked signals; a blocked one would never end the read).
+pub(super) fn accept_stop_signal() {
+    // SAFETY: an all-zero sigset_t is valid; sigemptyset and sigaddset fill
+    // it; pthread_sigmask changes only this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, stop_signal());
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Interrupts thread `t` (a blocking read in it returns `EINTR`); a thread
+/// that ended but was not joined yet takes it harmlessly.
+pub(super) fn interrupt(t: &std::thread::JoinHandle<()>) {
+    use std::os::unix::thread::JoinHandleExt;
+    // SAFETY: the thread is not joined (the handle is borrowed), so its
+    // pthread_t is valid; the signal's handler is installed.
+    unsafe { libc::pthread_kill(t.as_pthread_t() as libc::pthread_t, stop_signal()) };
 }
 
 /// Waits until `fd` is readable, the waker is woken, or `ms` pass.

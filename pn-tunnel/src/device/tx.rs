@@ -136,10 +136,12 @@ pub(super) fn tx_loop(mut tun: File, udp: UdpSocket, shared: &Shared) {
     let mut batch = Batch::new(shared.options.gso);
     let udp_fd = udp.as_raw_fd();
     while !stop.load(Ordering::Relaxed) {
-        if !waiter.wait() {
-            continue;
-        }
-        let n = match tun.read(&mut pkt) {
+        waiter.spin();
+        // Blocks (the queue's descriptor is blocking) until a packet or the
+        // stop signal.
+        let got = tun.read(&mut pkt);
+        waiter.read(got.is_ok());
+        let n = match got {
             Ok(n) if n > offload::VNET_HDR_LEN => n,
             _ => continue,
         };
