@@ -17,6 +17,7 @@ mod service;
 mod strangers;
 mod tools;
 mod tunnel;
+mod tunnel_ab;
 mod tunnel_aes;
 mod tunnel_limit;
 mod tunnel_spin;

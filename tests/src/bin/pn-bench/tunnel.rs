@@ -413,6 +413,10 @@ pub fn run_scenario(effort: Effort) -> anyhow::Result<Scenario> {
         profile(&fleet, [&c1, &c2], ip2, secs)?;
         bail!("PN_BENCH_PROFILE_SECS: one profiling run, nothing recorded");
     }
+    if let Ok(spec) = std::env::var("PN_BENCH_TUNNEL_AB") {
+        crate::tunnel_ab::run(&spec, effort, &mut fleet, [&c1, &c2], ip2)?;
+        bail!("PN_BENCH_TUNNEL_AB: an A/B of pn alone, nothing recorded");
+    }
     let (h1, h2) = (
         fleet.hosts[0].ns.name.clone(),
         fleet.hosts[1].ns.name.clone(),
