@@ -4,7 +4,7 @@
 use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc};
 
 use ipnet::Ipv4Net;
-use pn_common::ids::{HostId, NetworkId};
+use pn_common::ids::NetworkId;
 
 use super::{Backend, Membership, MembershipError, WatchEvent, view::MembershipView};
 use crate::{

@@ -4,9 +4,12 @@
 
 use std::sync::Arc;
 
+use pn_common::ids::HostId;
+
 use super::{
     Backend, Membership,
     conformance::{attach, pool, reserve},
+    view::MembershipView,
 };
 use crate::{
     error::{ErrorKind, Kind},

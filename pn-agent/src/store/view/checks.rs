@@ -4,7 +4,7 @@
 //! agent touch interfaces it did not make, take an address someone else
 //! holds, or put a network where the kernel treats addresses specially.
 
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddrV4};
 
 use pn_common::ids::{AppId, HostId, NetworkId};
 use serde::de::DeserializeOwned;
@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     ipam,
-    model::{self, App, Container, ContainerKey, Host, Network},
+    model::{self, App, Container, ContainerKey, Network},
     store::keys,
 };
 
@@ -38,7 +38,11 @@ pub(super) fn record_prefix(key: &str) -> Option<&'static str> {
     .find(|p| key.starts_with(p))
 }
 
-pub(super) fn same_id<T: PartialEq + std::fmt::Display>(key: &str, of_key: &T, of_record: &T) -> Result {
+pub(super) fn same_id<T: PartialEq + std::fmt::Display>(
+    key: &str,
+    of_key: &T,
+    of_record: &T,
+) -> Result {
     if of_key == of_record {
         Ok(())
     } else {

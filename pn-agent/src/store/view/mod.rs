@@ -11,8 +11,7 @@ use ipnet::Ipv4Net;
 use pn_common::ids::{AppId, HostId, NetworkId};
 
 use super::{Listing, WatchEvent, keys::Key};
-use crate::model::{AddressLease, App, Container, ContainerKey, Host, Network};
-use state::Leased;
+use crate::model::{App, Container, ContainerKey, Host, Network};
 
 mod checks;
 mod host_checks;
