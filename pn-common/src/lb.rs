@@ -43,12 +43,20 @@ pub trait LbAddr: Copy + Default {
     /// The address hashed to a word (IPv4's is itself, so its tables and
     /// slots are what they were before IPv6).
     fn fold(&self) -> u32;
+    /// The address's last two bytes (see [`client_mark`]).
+    fn low16(&self) -> u32;
 }
 
 impl LbAddr for Ip4 {
     #[inline(always)]
     fn fold(&self) -> u32 {
         *self
+    }
+
+    #[inline(always)]
+    fn low16(&self) -> u32 {
+        let b = self.to_ne_bytes();
+        u32::from(u16::from_be_bytes([b[2], b[3]]))
     }
 }
 
@@ -61,6 +69,11 @@ impl LbAddr for Ip6 {
         let a = self;
         let w = |i: usize| u32::from_be_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
         fmix32(w(0) ^ fmix32(w(4) ^ fmix32(w(8) ^ fmix32(w(12)))))
+    }
+
+    #[inline(always)]
+    fn low16(&self) -> u32 {
+        u32::from(u16::from_be_bytes([self[14], self[15]]))
     }
 }
 
@@ -76,6 +89,25 @@ pub const MAX_SLOTS: u32 = MAX_SERVICES * LB_TABLE_SIZE;
 pub const MAX_BACKENDS: u32 = 65_536;
 /// `PN_LB_CONNS`: two entries per balanced connection.
 pub const MAX_LB_CONNS: u32 = 131_072;
+
+/// `PN_LB_CLIENTS`: one byte per [`client_mark`] index, set (by the
+/// programs, before they record a balanced connection; by the agent at
+/// start, for the entries a table already holds) and never cleared. A
+/// reply entering a container whose mark is 0 cannot have a reverse entry
+/// in `PN_LB_CONNS`/`PN_LB6_CONNS`, so the programs skip that lookup: an
+/// array read (inlined) instead of an LRU hash miss on every packet toward
+/// a container that never used a service address. Marks are by address,
+/// not by counter row, so no row reuse, move or agent restart can leave a
+/// live connection unmarked; two addresses sharing an index only cost the
+/// lookup.
+pub const MAX_LB_CLIENTS: u32 = 65_536;
+
+/// The index of `addr`'s mark in `PN_LB_CLIENTS`: its last two bytes (a
+/// host's containers get addresses of one block, which they tell apart).
+#[inline(always)]
+pub fn client_mark<A: LbAddr>(addr: &A) -> u32 {
+    addr.low16() & (MAX_LB_CLIENTS - 1)
+}
 
 /// Value of `PN_LB_SERVICES`, keyed by the service address.
 #[repr(C)]

@@ -76,6 +76,7 @@ pub mod objects {
     pub const MAP_LB_SLOTS: &str = "PN_LB_SLOTS";
     pub const MAP_LB_BACKENDS: &str = "PN_LB_BACKENDS";
     pub const MAP_LB_CONNS: &str = "PN_LB_CONNS";
+    pub const MAP_LB_CLIENTS: &str = "PN_LB_CLIENTS";
     pub const MAP_LB_STATS: &str = "PN_LB_STATS";
     pub const MAP_CONN_COUNT: &str = "PN_CONN_COUNT";
     pub const MAP_LB6_SERVICES: &str = "PN_LB6_SERVICES";

@@ -22,7 +22,7 @@ use pn_common::{
     policy::{IPPROTO_TCP, Ipv4Summary},
 };
 
-use crate::{maps::PN_ENDPOINTS, packet::load};
+use crate::packet::load;
 
 /// What the agent wants tracked (`TRACK_*` bits); 0 or absent: nothing.
 #[map]
@@ -69,8 +69,17 @@ impl Seg {
 }
 
 /// Called for every packet between members (leaving one, entering one).
+/// `both_local`: the other end is a member on this host too (`tc` looked
+/// its endpoint up for the verdict).
 #[inline(always)]
-pub fn observe(ctx: &TcContext, dir: Direction, ifindex: u32, pkt: &Ipv4Summary, seg: &Seg) {
+pub fn observe(
+    ctx: &TcContext,
+    dir: Direction,
+    ifindex: u32,
+    pkt: &Ipv4Summary,
+    seg: &Seg,
+    both_local: bool,
+) {
     if pkt.proto != IPPROTO_TCP {
         return;
     }
@@ -106,9 +115,6 @@ pub fn observe(ctx: &TcContext, dir: Direction, ifindex: u32, pkt: &Ipv4Summary,
     // only the one it leaves sends the event (half the events, payload
     // copies and agent work per request); the agent reads it as both.
     let from = matches!(dir, Direction::FromContainer);
-    let other = if from { pkt.dst } else { pkt.src };
-    // SAFETY: plain-data values, see `tc::handle`.
-    let both_local = unsafe { PN_ENDPOINTS.get(other) }.is_some_and(|e| e.ifindex != 0);
     if both_local && !from {
         return;
     }

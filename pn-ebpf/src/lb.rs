@@ -10,13 +10,13 @@ use aya_ebpf::{
 };
 use pn_common::{
     Ip4,
-    lb::{self, LbConn, LbConnKey, LbCount, LbStats, LbStatsKey, LbStep, SlotKey},
+    lb::{self, LbAddr, LbConn, LbConnKey, LbCount, LbStats, LbStatsKey, LbStep, SlotKey},
     maps::Iface,
     policy::{ETH_HLEN, IPPROTO_TCP, Ipv4Summary},
 };
 
 use crate::{
-    maps::{PN_LB_BACKENDS, PN_LB_CONNS, PN_LB_SERVICES, PN_LB_SLOTS, PN_LB_STATS},
+    maps::{PN_LB_BACKENDS, PN_LB_CLIENTS, PN_LB_CONNS, PN_LB_SERVICES, PN_LB_SLOTS, PN_LB_STATS},
     share::Table,
 };
 
@@ -27,11 +27,22 @@ const IP_DST: usize = ETH_HLEN + 16;
 const TCP_CSUM: usize = 16;
 const UDP_CSUM: usize = 6;
 
+/// What [`from_container`] did with a packet.
+pub enum Balanced {
+    /// Nothing: not toward a service address (or left as it was).
+    Not,
+    /// Rewritten toward a backend: `pkt.dst` is the backend now.
+    To,
+    /// A new connection over the client's share, to be dropped (`conn_quota`).
+    Over,
+}
+
 /// A packet leaving a client: toward a service address of its network, it
 /// leaves toward a backend (`pkt.dst` follows). `l4`: where L4 starts;
 /// `flags`: the TCP flags (0 for anything else); `share`: the entries the
-/// client may hold (`Config::conn_share`). False: a new connection over
-/// the client's share, to be dropped (`conn_quota`).
+/// client may hold (`Config::conn_share`); `member`: the destination is a
+/// member's address, so no service's (service addresses are unique
+/// against containers', the agent's `check_services`): no lookup.
 #[inline(always)]
 pub fn from_container(
     ctx: &TcContext,
@@ -40,20 +51,26 @@ pub fn from_container(
     l4: usize,
     flags: u8,
     share: u32,
-) -> bool {
+    member: bool,
+) -> Balanced {
     if pkt.src != iface.addr {
-        return true;
+        return Balanced::Not;
     }
-    // SAFETY: plain-data values, see `tc::handle`.
-    let svc = unsafe { PN_LB_SERVICES.get(pkt.dst) };
+    let svc = if member {
+        None
+    } else {
+        // SAFETY: plain-data values, see `tc::handle`.
+        unsafe { PN_LB_SERVICES.get(pkt.dst) }
+    };
     if svc.is_none() {
-        if lb::opens(pkt.proto, flags) {
+        // (No reverse entry to remove for a client never marked.)
+        if lb::opens(pkt.proto, flags) && may_be_client(&pkt.src) {
             // A connection straight to an address from a port that earlier
             // reached it through a service: its replies are its own, not
             // the service's.
             let _ = PN_LB_CONNS.remove(LbConnKey::reverse_of(pkt, pkt.dst));
         }
-        return true;
+        return Balanced::Not;
     }
     let key = LbConnKey::forward(pkt);
     // A pointer, not a copy: a closing segment then changes the state in
@@ -71,11 +88,11 @@ pub fn from_container(
     // The backend; the entries' state; whether they are to be written.
     let (backend, state, fresh) = match lb::lb_step(pkt, flags, svc, iface.tag, known, live, now_s)
     {
-        LbStep::Pass => return true,
+        LbStep::Pass => return Balanced::Not,
         LbStep::Expire(b) => {
             let _ = PN_LB_CONNS.remove(key);
             let _ = PN_LB_CONNS.remove(LbConnKey::reverse_of(pkt, b));
-            return true;
+            return Balanced::Not;
         }
         LbStep::Keep(b) => (b, known.map_or(0, |c| c.state), false),
         LbStep::Renew(b) => (b, 0, true),
@@ -83,7 +100,7 @@ pub fn from_container(
             // New entries (not a known connection's, rewritten in place)
             // only within the client's share.
             if known.is_none() && !crate::share::take(iface.slot, share, Table::Lb) {
-                return false;
+                return Balanced::Over;
             }
             let slot = SlotKey {
                 vip,
@@ -91,7 +108,7 @@ pub fn from_container(
             };
             // SAFETY: as above.
             let Some(b) = (unsafe { PN_LB_SLOTS.get(slot) }).copied() else {
-                return true;
+                return Balanced::Not;
             };
             match count {
                 LbCount::New => stat(vip, b, |s| s.new_conns += 1),
@@ -113,6 +130,8 @@ pub fn from_container(
         state
     };
     if fresh {
+        // Before any entry of its is written: its replies are looked up.
+        mark_client(&pkt.src);
         record(pkt, backend, closing);
     } else if closing != state {
         if let Some(p) = entry {
@@ -125,15 +144,17 @@ pub fn from_container(
     }
     if rewrite(ctx, pkt.proto, l4, IP_DST, vip, backend) {
         pkt.dst = backend;
+        Balanced::To
+    } else {
+        Balanced::Not
     }
-    true
 }
 
 /// A packet entering a client: a reply from a backend it reached through a
 /// service address comes from that address.
 #[inline(always)]
 pub fn to_container(ctx: &TcContext, pkt: &Ipv4Summary, l4: usize, flags: u8) {
-    if !pn_common::policy::has_ports(pkt.proto) {
+    if !pn_common::policy::has_ports(pkt.proto) || !may_be_client(&pkt.dst) {
         return;
     }
     let key = LbConnKey::reply(pkt);
@@ -157,6 +178,30 @@ pub fn to_container(ctx: &TcContext, pkt: &Ipv4Summary, l4: usize, flags: u8) {
             set_state(forward, closing);
         }
     }
+}
+
+/// Marks `addr` in `PN_LB_CLIENTS` (see `pn_common::lb::MAX_LB_CLIENTS`):
+/// it may hold reverse entries from now on. Read first: a mark already set
+/// costs no store (no cache line bouncing between CPUs).
+#[inline(always)]
+pub fn mark_client<A: LbAddr>(addr: &A) {
+    if let Some(m) = PN_LB_CLIENTS.get_ptr_mut(lb::client_mark(addr)) {
+        // SAFETY: a value of the array, valid for the program run; a byte.
+        unsafe {
+            if *m == 0 {
+                *m = 1;
+            }
+        }
+    }
+}
+
+/// Whether a reply toward `addr` may have a reverse entry: its mark is set
+/// (or unreadable, which never happens to an index within the array).
+#[inline(always)]
+pub fn may_be_client<A: LbAddr>(addr: &A) -> bool {
+    PN_LB_CLIENTS
+        .get(lb::client_mark(addr))
+        .is_none_or(|m| *m != 0)
 }
 
 /// A connection's entry closing, in place (see `from_container`); an entry

@@ -19,7 +19,7 @@ use aya_ebpf::{
 use pn_common::{
     Ip6, Reason,
     event::{Direction, EventKind},
-    lb::{self, LbConn, LbConnKey, LbCount, LbStats, LbStatsKey, LbStep, SlotKey},
+    lb::{self, LbConn, LbConnKey, LbCount, LbStats, LbStatsKey, LbStep, Service, SlotKey},
     maps::Iface,
     policy::{
         self, ETH_HLEN, EXT_PEEK, IPPROTO_TCP, IPV6_HLEN, Ipv6Summary, L4_OFFSET_MASK, same6,
@@ -86,6 +86,18 @@ struct Headers {
 /// [`OVER_SHARE`] (then counted and reported here).
 #[inline(never)]
 fn from_container(ctx: &TcContext) -> u8 {
+    // The addresses from the fixed header first: toward no service
+    // address, from a client no balanced connection marked (see
+    // `lb::may_be_client`), there is nothing to do, and the interface and
+    // the headers need not be read (most packets: between members).
+    let (Some(src), Some(dst)) = (load::<Ip6>(ctx, IP6_SRC), load::<Ip6>(ctx, IP6_DST)) else {
+        return 0;
+    };
+    // SAFETY: plain-data values, see `tc::handle`.
+    let svc = unsafe { PN_LB6_SERVICES.get(dst) };
+    if svc.is_none() && !crate::lb::may_be_client(&src) {
+        return 0;
+    }
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: plain data, see `tc::handle`.
@@ -106,7 +118,7 @@ fn from_container(ctx: &TcContext) -> u8 {
     if read(ctx, &mut h) == 0 {
         return 0;
     }
-    let r = leaving(ctx, iface, &mut h.pkt, h.l4, h.flags);
+    let r = leaving(ctx, iface, &mut h.pkt, pack(h.flags, h.l4), svc);
     if r == OVER_SHARE {
         refuse(ctx, iface.slot, &h.pkt);
     }
@@ -139,6 +151,14 @@ fn refuse(ctx: &TcContext, slot: u16, pkt: &Ipv6Summary) -> u8 {
 /// address. Whether it was rewritten.
 #[inline(never)]
 fn to_container(ctx: &TcContext) -> u8 {
+    // Toward an address that never used a service: no reverse entry to
+    // look up, no headers to read again.
+    let Some(dst) = load::<Ip6>(ctx, IP6_DST) else {
+        return 0;
+    };
+    if !crate::lb::may_be_client(&dst) {
+        return 0;
+    }
     let mut h = Headers {
         pkt: Ipv6Summary {
             src: [0; 16],
@@ -197,13 +217,21 @@ fn read(ctx: &TcContext, h: &mut Headers) -> u8 {
 /// scalar, see `tc6::decide`), or [`OVER_SHARE`]: a new connection's
 /// entries count against the client's balanced share, with IPv4's
 /// (`PN_CONN_COUNT`'s `lb`).
+/// `svc`: the service entry of `pkt.dst` (`from_container` looked it
+/// up); `flags_l4`: TCP's flags and where L4 starts ([`pack`]: five
+/// arguments at most).
 #[inline(never)]
-fn leaving(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv6Summary, l4: u16, flags: u8) -> u8 {
+fn leaving(
+    ctx: &TcContext,
+    iface: &Iface,
+    pkt: &mut Ipv6Summary,
+    flags_l4: u32,
+    svc: Option<&Service>,
+) -> u8 {
+    let (flags, l4) = ((flags_l4 >> 16) as u8, flags_l4 as u16);
     if !same6(&pkt.src, &iface.addr6) {
         return 0;
     }
-    // SAFETY: plain-data values, see `tc::handle`.
-    let svc = unsafe { PN_LB6_SERVICES.get(pkt.dst) };
     if svc.is_none() {
         if lb::opens(pkt.proto, flags) {
             // As IPv4's: a connection straight to an address from a port
@@ -268,6 +296,8 @@ fn leaving(ctx: &TcContext, iface: &Iface, pkt: &mut Ipv6Summary, l4: u16, flags
         state
     };
     if fresh {
+        // Before any entry of its is written (see `lb::mark_client`).
+        crate::lb::mark_client(&pkt.src);
         record(pkt, &backend, closing);
     } else if closing != state {
         if let Some(p) = entry {
@@ -428,7 +458,7 @@ fn rewrite(ctx: &TcContext, proto: u8, l4: u16, at: usize, from: &Ip6, to: &Ip6)
     rewrite_at(ctx, pack(proto, l4), at, from, to)
 }
 
-/// The protocol above the L4 offset, in one argument.
+/// A byte (the protocol, TCP's flags) above the L4 offset, in one argument.
 #[inline(always)]
 fn pack(proto: u8, l4: u16) -> u32 {
     (u32::from(proto) << 16) | u32::from(l4)

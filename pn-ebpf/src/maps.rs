@@ -8,8 +8,8 @@ use aya_ebpf::{
 use pn_common::{
     Ip4, Ip6,
     lb::{
-        Backend, LbConn, LbConnKey, LbStats, LbStatsKey, MAX_BACKENDS, MAX_LB_CONNS, MAX_SERVICES,
-        MAX_SLOTS, Service, SlotKey,
+        Backend, LbConn, LbConnKey, LbStats, LbStatsKey, MAX_BACKENDS, MAX_LB_CLIENTS,
+        MAX_LB_CONNS, MAX_SERVICES, MAX_SLOTS, Service, SlotKey,
     },
     maps::{
         Config, ConnCount, ConnKey, ConnState, Counters, DenyRange, EVENTS_BYTES, Endpoint,
@@ -92,6 +92,12 @@ pub static PN_LB_BACKENDS: HashMap<Ip4, Backend> = HashMap::pinned(MAX_BACKENDS,
 /// Balanced connections, both ways.
 #[map]
 pub static PN_LB_CONNS: LruHashMap<LbConnKey, LbConn> = LruHashMap::pinned(MAX_LB_CONNS, 0);
+
+/// Marks of the addresses that may hold a reverse entry of `PN_LB_CONNS`
+/// or `PN_LB6_CONNS`, by `pn_common::lb::client_mark` (see
+/// `MAX_LB_CLIENTS`): replies toward any other skip that lookup.
+#[map]
+pub static PN_LB_CLIENTS: Array<u8> = Array::pinned(MAX_LB_CLIENTS, 0);
 
 /// Per backend: connections sent, connections moved away.
 #[map]

@@ -20,6 +20,7 @@ use pn_common::{
 
 use crate::{
     conn::Seg,
+    lb::Balanced,
     maps::{PN_CONFIG, PN_CONNS, PN_EGRESS_DENY, PN_ENDPOINTS, PN_FLOWS, PN_IFACES},
     packet::load,
     report::{PacketCtx, count, report, report_drop},
@@ -41,23 +42,38 @@ pub fn pn_to_container(ctx: TcContext) -> i32 {
 /// stack frame; called, each has its own.
 #[inline(always)]
 fn by_family(ctx: &TcContext, dir: Direction) -> i32 {
-    if load::<u16>(ctx, 12) == Some(policy::ETH_P_IPV6.to_be()) {
+    // Read once, handed on: `decide` classifies it.
+    let ethertype = load::<u16>(ctx, 12);
+    if ethertype == Some(policy::ETH_P_IPV6.to_be()) {
         // The IPv6 service balancer around the rules (`lb6`), as `lb`'s in `decide`.
         crate::lb6::around(ctx, dir, || crate::tc6::handle(ctx, dir))
     } else {
-        handle(ctx, dir)
+        handle(ctx, dir, ethertype.map_or(NO_ETHERTYPE, u32::from))
     }
 }
 
+/// `handle`'s ethertype when the frame has none (a scalar argument: an
+/// `Option` would pass through the stack).
+const NO_ETHERTYPE: u32 = u32::MAX;
+
 #[inline(never)]
-fn handle(ctx: &TcContext, dir: Direction) -> i32 {
+fn handle(ctx: &TcContext, dir: Direction, ethertype: u32) -> i32 {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: values are plain data; a concurrent update can at worst give a
     // torn read of a just-replaced entry, which the agent never does in place.
     let iface = unsafe { PN_IFACES.get(ifindex) }.copied();
-    let cfg = PN_CONFIG.get(0).copied().unwrap_or_default();
-    let (mut reason, pkt, conn) = decide(ctx, dir, iface.as_ref(), &cfg);
+    // Read in place, not copied (64 bytes a packet). The array always has
+    // its element; without it, fail closed.
+    let Some(cfg) = PN_CONFIG.get(0) else {
+        count(
+            iface.map_or(0, |i| i.slot),
+            Reason::UnknownInterface,
+            ctx.len(),
+        );
+        return TC_ACT_SHOT;
+    };
+    let (mut reason, pkt, conn, both_local) = decide(ctx, dir, iface.as_ref(), cfg, ethertype);
     // The side that opened a connection with the outside keeps its entry,
     // so the other side's packets are admitted: the entry to write, the
     // entry there now (zeroed if none).
@@ -82,7 +98,7 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
         track = None;
     }
     let at = PacketCtx {
-        cfg: &cfg,
+        cfg,
         dir,
         ifindex,
         len: ctx.len(),
@@ -94,7 +110,7 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     } else {
         if let Some((pkt, seg)) = pkt {
             if matches!(reason, Reason::Forwarded | Reason::Delivered) {
-                crate::conn::observe(ctx, dir, ifindex, &pkt, &seg);
+                crate::conn::observe(ctx, dir, ifindex, &pkt, &seg, both_local);
             }
             let flags = seg.flags;
             if reason == Reason::Forwarded {
@@ -119,8 +135,9 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
 
 /// The verdict; for IPv4 the packet summary and its TCP segment (flags 0
 /// when not TCP); what the decision found in the connection table, if it
-/// looked.
-type Decision = (Reason, Option<(Ipv4Summary, Seg)>, Looked);
+/// looked; whether the packet's other end is a member on this host (the
+/// endpoint lookup's answer, for tracking).
+type Decision = (Reason, Option<(Ipv4Summary, Seg)>, Looked, bool);
 
 /// A connection-table lookup made by the decision. Plain fields, no
 /// `Option` around the entry: an absent `Option`'s payload is undefined, and
@@ -228,24 +245,30 @@ impl EdgeLookup for Edge<'_> {
 }
 
 #[inline(always)]
-fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) -> Decision {
+fn decide(
+    ctx: &TcContext,
+    dir: Direction,
+    iface: Option<&Iface>,
+    cfg: &Config,
+    ethertype: u32,
+) -> Decision {
     if iface.is_none() {
-        return (Reason::UnknownInterface, None, Looked::NOT);
+        return (Reason::UnknownInterface, None, Looked::NOT, false);
     }
-    let Some(ethertype) = load::<u16>(ctx, 12) else {
-        return (Reason::Malformed, None, Looked::NOT);
-    };
-    match policy::classify_ethertype(u16::from_be(ethertype)) {
-        L3::Arp => return (arp(ctx, dir, iface), None, Looked::NOT),
+    if ethertype == NO_ETHERTYPE {
+        return (Reason::Malformed, None, Looked::NOT, false);
+    }
+    match policy::classify_ethertype(u16::from_be(ethertype as u16)) {
+        L3::Arp => return (arp(ctx, dir, iface), None, Looked::NOT, false),
         // IPv6 went to `tc6` before this.
-        L3::Ipv6 | L3::Other => return (Reason::UnsupportedL3, None, Looked::NOT),
+        L3::Ipv6 | L3::Other => return (Reason::UnsupportedL3, None, Looked::NOT, false),
         L3::Ipv4 => {}
     }
     let Some(raw) = load::<[u8; IPV4_MIN_HLEN]>(ctx, ETH_HLEN) else {
-        return (Reason::Malformed, None, Looked::NOT);
+        return (Reason::Malformed, None, Looked::NOT, false);
     };
     let Some(ip) = policy::parse_ipv4(&raw) else {
-        return (Reason::Malformed, None, Looked::NOT);
+        return (Reason::Malformed, None, Looked::NOT, false);
     };
     let (mut sport, mut dport, mut seg) = (0, 0, Seg::NONE);
     let l4 = ETH_HLEN + (ip.header_len & 0x3c);
@@ -253,7 +276,7 @@ fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) 
         if ip.proto == policy::IPPROTO_TCP {
             // Ports, then sequence and ack numbers, offset, flags.
             let Some(h) = load::<[u8; 14]>(ctx, l4) else {
-                return (Reason::Malformed, None, Looked::NOT);
+                return (Reason::Malformed, None, Looked::NOT, false);
             };
             sport = u16::from_be_bytes([h[0], h[1]]);
             dport = u16::from_be_bytes([h[2], h[3]]);
@@ -268,7 +291,7 @@ fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) 
             };
         } else {
             let Some(h) = load::<[u8; 4]>(ctx, l4) else {
-                return (Reason::Malformed, None, Looked::NOT);
+                return (Reason::Malformed, None, Looked::NOT, false);
             };
             sport = u16::from_be_bytes([h[0], h[1]]);
             dport = u16::from_be_bytes([h[2], h[3]]);
@@ -281,10 +304,26 @@ fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) 
         sport,
         dport,
     };
-    if let (Direction::FromContainer, Some(i), false) = (dir, iface, ip.later_fragment)
-        && !crate::lb::from_container(ctx, i, &mut pkt, l4, seg.flags, cfg.conn_share)
-    {
-        return (Reason::ConnQuota, Some((pkt, seg)), Looked::NOT);
+    // Leaving: the destination's endpoint first. Service addresses are
+    // never a container's (the agent's `check_services`), so a member
+    // destination costs no service lookup; only a miss asks the balancer
+    // (`lb`), then the endpoint of the backend it chose.
+    let mut dst = None;
+    if let Direction::FromContainer = dir {
+        // SAFETY: see `handle`.
+        dst = unsafe { PN_ENDPOINTS.get(pkt.dst) };
+        if let (Some(i), false) = (iface, ip.later_fragment) {
+            let member = dst.is_some();
+            match crate::lb::from_container(ctx, i, &mut pkt, l4, seg.flags, cfg.conn_share, member)
+            {
+                Balanced::Over => {
+                    return (Reason::ConnQuota, Some((pkt, seg)), Looked::NOT, false);
+                }
+                // SAFETY: see `handle`.
+                Balanced::To => dst = unsafe { PN_ENDPOINTS.get(pkt.dst) },
+                Balanced::Not => {}
+            }
+        }
     }
     let mut edge = Edge {
         ctx,
@@ -294,12 +333,11 @@ fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) 
         later_fragment: ip.later_fragment,
         conn: Looked::NOT,
     };
-    let reason = match dir {
-        Direction::FromContainer => {
-            // SAFETY: see `handle`.
-            let dst = unsafe { PN_ENDPOINTS.get(pkt.dst) };
-            policy::from_container(&pkt, iface, dst, cfg, &mut edge)
-        }
+    let (reason, other) = match dir {
+        Direction::FromContainer => (
+            policy::from_container(&pkt, iface, dst, cfg, &mut edge),
+            dst,
+        ),
         _ => {
             // SAFETY: see `handle`.
             let src = unsafe { PN_ENDPOINTS.get(pkt.src) };
@@ -309,10 +347,11 @@ fn decide(ctx: &TcContext, dir: Direction, iface: Option<&Iface>, cfg: &Config) 
             if r == Reason::Delivered && !ip.later_fragment {
                 crate::lb::to_container(ctx, &pkt, l4, seg.flags);
             }
-            r
+            (r, src)
         }
     };
-    (reason, Some((pkt, seg)), edge.conn)
+    let both_local = other.is_some_and(|e| e.ifindex != 0);
+    (reason, Some((pkt, seg)), edge.conn, both_local)
 }
 
 /// The ARP rules (`policy::arp_*`) on an ARP frame.

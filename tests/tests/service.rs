@@ -381,3 +381,49 @@ fn a_client_port_reused_straight_to_a_backend_gets_its_own_replies() {
     net::echo_on(&mut s, b"straight").expect("the direct connection answers");
     eprintln!("port {port}: {first} then {again} through {vip}, then {direct} straight");
 }
+
+/// Replies toward an address no balanced connection marked skip the
+/// reverse lookup (`PN_LB_CLIENTS`, set by the programs before they record
+/// a connection). An upgrade whose layout adds that map carries the
+/// connections but not their marks: the agent marks their clients at load,
+/// before its programs take over, so a live connection's replies still
+/// come from the service address (unmarked, they would come from the
+/// backend's own, and the client would reset the connection).
+#[test]
+fn a_balanced_connection_keeps_its_replies_across_an_upgrade_adding_client_marks() {
+    let mut host = Host::start(&unique_prefix(), "h1");
+    let net = host.create_network(&[]);
+    let v = vip_app(&net, &[&host], &[]);
+    let (vip, _) = service(&host, &v.svc, "web").expect("a service address");
+    let (_, mut kept) =
+        net::tcp_whoami(&v.client, SocketAddr::from((vip, PORT)), T).expect("connect");
+    net::echo_on(&mut kept, b"before").expect("the connection answers");
+    host.stop();
+    // The maps of a layout without the marks: ours under another name,
+    // PN_LB_CLIENTS removed.
+    let pins = host.bpffs();
+    let ours = pin_dirs(&pins);
+    assert_eq!(ours.len(), 1, "one versioned pin directory: {ours:?}");
+    let old = pins.join("maps-00000000000000aa");
+    std::fs::rename(pins.join(&ours[0]), &old).unwrap();
+    std::fs::remove_file(old.join("PN_LB_CLIENTS")).unwrap();
+    host.launch(&[]);
+    assert!(host.log().contains("entries of"), "{}", host.log());
+    // The new programs on the links (the first apply after the start).
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..5 {
+        net::echo_on(&mut kept, b"after the upgrade")
+            .expect("replies still come from the service address");
+    }
+}
+
+fn pin_dirs(bpffs: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(bpffs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("maps"))
+        .collect();
+    v.sort();
+    v
+}

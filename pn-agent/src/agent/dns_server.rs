@@ -52,7 +52,7 @@ impl dns::Directory for ViewDirectory {
         // container.
         if let Some(vip) = crate::store::view::services::service_addr(app, &q.selector) {
             out.push(IpAddr::V4(vip));
-            let vip6 = crate::store::view::services::service_addr6(app, &q.selector);
+            let vip6 = crate::store::view::services::service_addr6_served(&v, app, &q.selector);
             if let Some(ip6) = vip6.filter(|_| self.ipv6) {
                 out.push(IpAddr::V6(ip6));
             }

@@ -215,11 +215,13 @@ impl Kernel {
             stats: take(&mut ebpf, objects::MAP_LB6_STATS)?,
             name: "PN_LB6",
         };
-        let share = sweep::ShareMaps {
+        let mut share = sweep::ShareMaps {
             count: take(&mut ebpf, objects::MAP_CONN_COUNT)?,
             lb_conns: take(&mut ebpf, objects::MAP_LB_CONNS)?,
             lb6_conns: take(&mut ebpf, objects::MAP_LB6_CONNS)?,
+            clients: take(&mut ebpf, objects::MAP_LB_CLIENTS)?,
         };
+        share.mark_clients()?;
         Ok(Kernel {
             ebpf,
             endpoints,

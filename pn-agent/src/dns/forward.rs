@@ -16,7 +16,7 @@ use std::{
 use hickory_proto::op::{Edns, Message, ResponseCode};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpStream, UdpSocket},
+    net::TcpStream,
 };
 
 use super::{
@@ -24,6 +24,7 @@ use super::{
     coalesce::{Flights, Joined, Landed},
     limits::Limits,
     stats::{DnsStats, bump},
+    upstream::Upstream,
     zone::EDNS_UDP_MAX,
 };
 
@@ -55,7 +56,7 @@ pub enum Via {
 /// Where names of the world are answered from: the cache, the questions in
 /// flight, the upstreams.
 pub struct Forwarder {
-    upstreams: Vec<SocketAddr>,
+    upstreams: Vec<Upstream>,
     cache: Cache,
     flights: Arc<Flights>,
     stats: Arc<DnsStats>,
@@ -64,7 +65,10 @@ pub struct Forwarder {
 impl Forwarder {
     pub fn new(upstreams: Vec<SocketAddr>, limits: &Limits, stats: Arc<DnsStats>) -> Forwarder {
         Forwarder {
-            upstreams,
+            upstreams: upstreams
+                .into_iter()
+                .map(|a| Upstream::new(a, upstream_id))
+                .collect(),
             cache: Cache::new(limits.cache.clone(), stats.cache.clone()),
             flights: Flights::new(limits.followers_per_flight),
             stats,
@@ -89,7 +93,7 @@ impl Forwarder {
         let Some(q) = cache::question(query) else {
             // Not a plain query (a client subnet, an unknown EDNS version):
             // relayed as it is, never shared.
-            return relay(&self.stats, &self.upstreams, query, via).await;
+            return self.relay(query, via).await;
         };
         if let Some(r) = self.cached(&q, query, via) {
             return Some(r);
@@ -104,7 +108,7 @@ impl Forwarder {
                 }
             }
             Joined::Lead(lead) => {
-                let got = exchange(&self.upstreams, query, via).await;
+                let got = self.exchange(query, via).await;
                 let entry = got.as_deref().and_then(|a| {
                     Entry::from_answer(&q.key, a, Instant::now(), self.cache.limits())
                 });
@@ -118,22 +122,45 @@ impl Forwarder {
                 }
                 got
             }
-            Joined::Alone => exchange(&self.upstreams, query, via).await,
+            Joined::Alone => self.exchange(query, via).await,
         };
         answered(&self.stats, query, got, via)
     }
-}
 
-/// Relays `query` upstream; what to send the client back (the answer, or
-/// SERVFAIL when no upstream answered), counted.
-pub async fn relay(
-    stats: &DnsStats,
-    upstreams: &[SocketAddr],
-    query: &[u8],
-    via: Via,
-) -> Option<Vec<u8>> {
-    let got = exchange(upstreams, query, via).await;
-    answered(stats, query, got, via)
+    /// Relays `query` upstream; what to send the client back (the answer,
+    /// or SERVFAIL when no upstream answered), counted.
+    pub async fn relay(&self, query: &[u8], via: Via) -> Option<Vec<u8>> {
+        let got = self.exchange(query, via).await;
+        answered(&self.stats, query, got, via)
+    }
+
+    /// One exchange with the upstreams, tried in order, under a fresh id;
+    /// the answer (to the same question, or it is ignored) with the
+    /// client's id back.
+    async fn exchange(&self, query: &[u8], via: Via) -> Option<Vec<u8>> {
+        match via {
+            Via::Udp(_) => {
+                for up in &self.upstreams {
+                    if let Some(a) = up.ask(query, UPSTREAM_TIMEOUT).await {
+                        return Some(a);
+                    }
+                }
+                None
+            }
+            Via::Tcp => {
+                let mut sent = query.to_vec();
+                sent.get_mut(..2)?
+                    .copy_from_slice(&upstream_id().to_be_bytes());
+                for up in &self.upstreams {
+                    if let Some(mut answer) = forward_tcp(up.addr(), &sent).await {
+                        answer[..2].copy_from_slice(&query[..2]);
+                        return Some(answer);
+                    }
+                }
+                None
+            }
+        }
+    }
 }
 
 /// What the client gets for an upstream's answer, or for none.
@@ -167,20 +194,6 @@ fn upstream_id() -> u16 {
     // twice in a row.
     KEYS.get_or_init(RandomState::new)
         .hash_one(N.fetch_add(1, Ordering::Relaxed)) as u16
-}
-
-/// One exchange with the upstreams under a fresh id; the answer (to the
-/// same question, or it is ignored) with the client's id back.
-async fn exchange(upstreams: &[SocketAddr], query: &[u8], via: Via) -> Option<Vec<u8>> {
-    let mut sent = query.to_vec();
-    sent.get_mut(..2)?
-        .copy_from_slice(&upstream_id().to_be_bytes());
-    let mut answer = match via {
-        Via::Udp(_) => forward_udp(upstreams, &sent).await,
-        Via::Tcp => forward_tcp(upstreams, &sent).await,
-    }?;
-    answer[..2].copy_from_slice(&query[..2]);
-    Some(answer)
 }
 
 /// Whether `answer` answers `sent`: its id, a response, its question.
@@ -217,55 +230,18 @@ pub fn truncated(query: &[u8], answer: &[u8]) -> Option<Vec<u8>> {
     resp.to_vec().ok()
 }
 
-async fn forward_udp(upstreams: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> {
-    for up in upstreams {
-        let bind: SocketAddr = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-            .parse()
-            .ok()?;
-        // A socket per query: a fresh source port each time, so an off-path
-        // spoofer must guess it along with the id.
-        let Ok(sock) = UdpSocket::bind(bind).await else {
-            continue;
-        };
-        if sock.connect(up).await.is_err() || sock.send(query).await.is_err() {
-            continue;
-        }
-        let mut buf = vec![0u8; 65535];
-        // Ignore stray datagrams until the answer to this query comes.
-        let got = tokio::time::timeout(UPSTREAM_TIMEOUT, async {
-            loop {
-                let n = sock.recv(&mut buf).await.ok()?;
-                if answers(query, &buf[..n]) {
-                    return Some(n);
-                }
-            }
-        })
-        .await;
-        if let Ok(Some(n)) = got {
-            buf.truncate(n);
-            return Some(buf);
-        }
-    }
-    None
-}
-
-async fn forward_tcp(upstreams: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> {
+async fn forward_tcp(up: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
     let len = u16::try_from(query.len()).ok()?;
-    for up in upstreams {
-        let attempt = async {
-            let mut s = TcpStream::connect(up).await.ok()?;
-            s.write_all(&len.to_be_bytes()).await.ok()?;
-            s.write_all(query).await.ok()?;
-            let len = s.read_u16().await.ok()?;
-            let mut buf = vec![0u8; usize::from(len)];
-            s.read_exact(&mut buf).await.ok()?;
-            answers(query, &buf).then_some(buf)
-        };
-        if let Ok(Some(r)) = tokio::time::timeout(UPSTREAM_TIMEOUT, attempt).await {
-            return Some(r);
-        }
-    }
-    None
+    let attempt = async {
+        let mut s = TcpStream::connect(up).await.ok()?;
+        s.write_all(&len.to_be_bytes()).await.ok()?;
+        s.write_all(query).await.ok()?;
+        let len = s.read_u16().await.ok()?;
+        let mut buf = vec![0u8; usize::from(len)];
+        s.read_exact(&mut buf).await.ok()?;
+        answers(query, &buf).then_some(buf)
+    };
+    tokio::time::timeout(UPSTREAM_TIMEOUT, attempt).await.ok()?
 }
 
 /// SERVFAIL for a query we could not, or would not, forward.
@@ -290,6 +266,7 @@ mod tests {
         op::{OpCode, Query},
         rr::{Name, RData, Record, RecordType, rdata::A},
     };
+    use tokio::net::UdpSocket;
 
     use super::*;
 
@@ -365,14 +342,15 @@ mod tests {
                 let _ = up.send_to(&answer_to(&q, 60), from).await;
             }
         });
-        let stats = DnsStats::default();
+        let stats = Arc::new(DnsStats::default());
+        let fwd = Forwarder::new(vec![addr], &Limits::default(), stats.clone());
         for (edns, limit, whole) in [
             (None, 512, false),
             (Some(512), 512, false),
             (Some(4096), 1232, true),
         ] {
             let q = query(edns).to_vec().unwrap();
-            let r = relay(&stats, &[addr], &q, Via::Udp(limit)).await.unwrap();
+            let r = fwd.relay(&q, Via::Udp(limit)).await.unwrap();
             assert!(r.len() <= limit, "{edns:?}: {} bytes", r.len());
             let m = Message::from_vec(&r).unwrap();
             assert_eq!(m.answers.len() == 60, whole, "{edns:?}");

@@ -23,8 +23,10 @@
 //! The parts: `pipeline` answers one query whatever the transport (admit,
 //! cache, zone, forward), `zone` answers from the membership (no I/O),
 //! `forward` relays to upstreams, `cache` keeps their answers (no I/O),
-//! `coalesce` shares questions in flight, `limits` keeps the bounds' books,
-//! `udp` and `tcp` are the server loops (framing and their own bounds),
+//! `upstream` asks one upstream over UDP through sockets each shared by a
+//! few queries, `coalesce` shares questions in flight, `limits` keeps the
+//! bounds' books, `udp` and `tcp` are the server loops (framing and their
+//! own bounds; `batch` takes and sends UDP datagrams by the batch),
 //! `v6` the IPv6 sockets (the gateway `fe80::1` on every container link),
 //! `stats` the counters. Dependencies point one way: this module only
 //! starts the parts, and none of them uses it.
@@ -33,6 +35,7 @@
 //! hickory-server answers from zones (catalogs and authorities), while every
 //! answer here depends on who asks, and the forwarding is a plain relay.
 
+mod batch;
 mod cache;
 mod coalesce;
 mod forward;
@@ -42,6 +45,7 @@ mod pipeline;
 mod stats;
 mod tcp;
 mod udp;
+mod upstream;
 mod v6;
 pub mod zone;
 

@@ -108,24 +108,36 @@ impl Server {
         // the zone refuses it the world.
         if !from.sealed
             && let Some(q) = cache::question(msg)
-            && let Some(r) = self.forwarder.cached(&q, msg, over.via(q.udp_limit))
         {
-            return Answer::Now(r);
+            if let Some(r) = self.forwarder.cached(&q, msg, over.via(q.udp_limit)) {
+                return Answer::Now(r);
+            }
+            // Not there yet: a plain query of a name outside the zone is
+            // forwarded without the zone parsing it again, as the zone
+            // would (it relays names outside itself when there are
+            // upstreams, unless the network is sealed).
+            if self.responder.relays() && q.key.outside_zone() {
+                return self.forward(client, msg, over.via(q.udp_limit));
+            }
         }
         match self.responder.answer(from, msg, over == Transport::Udp) {
             Action::Reply(r) => Answer::Now(r),
             Action::Drop => Answer::Silence,
-            Action::Forward { udp_limit } => {
-                let Some(slot) = self.forward_slot(client) else {
-                    return servfail(msg).map_or(Answer::Silence, Answer::Now);
-                };
-                Answer::Later(Pending {
-                    _slot: slot,
-                    query: msg.to_vec(),
-                    via: over.via(udp_limit),
-                })
-            }
+            Action::Forward { udp_limit } => self.forward(client, msg, over.via(udp_limit)),
         }
+    }
+
+    /// A forward of `msg` for `client`, holding one of its slots; SERVFAIL
+    /// at once when it has none left.
+    fn forward(&self, client: Ipv4Addr, msg: &[u8], via: Via) -> Answer {
+        let Some(slot) = self.forward_slot(client) else {
+            return servfail(msg).map_or(Answer::Silence, Answer::Now);
+        };
+        Answer::Later(Pending {
+            _slot: slot,
+            query: msg.to_vec(),
+            via,
+        })
     }
 
     /// A client to answer now: an attached container within its query

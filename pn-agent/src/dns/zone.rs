@@ -123,6 +123,11 @@ impl Responder {
         }
     }
 
+    /// Whether names of the world are relayed (there are upstreams).
+    pub fn relays(&self) -> bool {
+        self.recursion
+    }
+
     /// Next rotation offset for this name's addresses of one family.
     fn rotate(&self, q: &RecordQuery, v6: bool) -> usize {
         let mut r = self.rotation.lock().unwrap_or_else(|p| p.into_inner());

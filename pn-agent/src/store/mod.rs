@@ -31,4 +31,6 @@ pub(crate) mod conformance6;
 #[cfg(test)]
 pub(crate) mod lease_conformance;
 #[cfg(test)]
+pub(crate) mod move_conformance;
+#[cfg(test)]
 pub(crate) mod placement_conformance;

@@ -418,3 +418,18 @@ fn ipv6_flows_spread_and_decide_as_ipv4() {
         LbConnKey::forward(&q)
     );
 }
+
+/// The marks of `PN_LB_CLIENTS` tell apart the containers of a host (one
+/// block of addresses), for both families, and stay within the array.
+#[test]
+fn client_marks_are_the_last_two_bytes_of_an_address() {
+    assert_eq!(client_mark(&ip4(10, 240, 1, 7)), 0x0107);
+    assert_eq!(client_mark(&ip4(10, 241, 255, 255)), 0xffff);
+    assert_ne!(
+        client_mark(&ip4(10, 240, 0, 11)),
+        client_mark(&ip4(10, 240, 0, 12))
+    );
+    assert_eq!(client_mark(&ip6(0x0107)), 0x0107);
+    assert_ne!(client_mark(&ip6(11)), client_mark(&ip6(12)));
+    assert!(client_mark(&[0xff; 16]) < MAX_LB_CLIENTS);
+}

@@ -2,12 +2,12 @@
 //! decisions in `datapath::share`): removes what idled out, counts what
 //! each local container holds, writes the counts back to `PN_CONN_COUNT`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{Array, HashMap, MapData, MapError};
 use pn_common::{
     Ip4, Ip6,
-    lb::{LbConn, LbConnKey},
+    lb::{LbConn, LbConnKey, client_mark},
     maps::{ConnCount, ConnKey, ConnState},
 };
 
@@ -25,6 +25,8 @@ pub struct ShareMaps {
     pub lb_conns: HashMap<MapData, LbConnKey, LbConn>,
     /// `PN_LB6_CONNS`, counted with `PN_LB_CONNS` (one balanced share).
     pub lb6_conns: HashMap<MapData, LbConnKey<Ip6>, LbConn<Ip6>>,
+    /// `PN_LB_CLIENTS`, by `pn_common::lb::client_mark`.
+    pub clients: Array<MapData, u8>,
 }
 
 /// The monotonic clock, as `bpf_ktime_get_ns` reads it.
@@ -118,6 +120,36 @@ where
 }
 
 impl ShareMaps {
+    /// Marks in `PN_LB_CLIENTS` the client of every entry the balanced
+    /// tables hold (see `pn_common::lb::MAX_LB_CLIENTS`). At load, before
+    /// this agent's programs replace the running ones: a mark map new to
+    /// this layout (an upgrade) then skips no live connection's replies.
+    /// Only sets: the programs set the marks of the connections they add
+    /// meanwhile, and a mark cleared under them would lose replies.
+    pub fn mark_clients(&mut self) -> Result<()> {
+        let mut marks = BTreeSet::new();
+        marks.extend(
+            self.lb_conns
+                .keys()
+                .filter_map(|k| k.ok())
+                .map(|k| client_mark(&k.client)),
+        );
+        marks.extend(
+            self.lb6_conns
+                .keys()
+                .filter_map(|k| k.ok())
+                .map(|k| client_mark(&k.client)),
+        );
+        for m in marks {
+            if self.clients.get(&m, 0).unwrap_or(0) == 0 {
+                self.clients
+                    .set(m, 1, 0)
+                    .ctx(|| format!("writing PN_LB_CLIENTS[{m}]"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The counts of `rows` as they are now.
     fn counts(&self, rows: impl Iterator<Item = u16>) -> BTreeMap<u16, ConnCount> {
         rows.map(|r| (r, self.count.get(&u32::from(r), 0).unwrap_or_default()))

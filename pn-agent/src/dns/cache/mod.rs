@@ -37,6 +37,7 @@ use std::{
 };
 
 use lru::LruCache;
+use pn_common::names::{self, ZoneName};
 
 use super::{
     stats::{CacheStats, bump},
@@ -95,6 +96,27 @@ pub struct Key {
     qtype: u16,
     qclass: u16,
     bits: u8,
+}
+
+impl Key {
+    /// Whether the question's name is outside the zone (the zone's own
+    /// reading of names: [`names::parse_labels`]).
+    pub fn outside_zone(&self) -> bool {
+        let mut labels: Vec<&[u8]> = Vec::with_capacity(8);
+        let mut i = 0;
+        // The name was read whole by `question`: uncompressed, ends at 0.
+        while let Some(&len) = self.name.get(i) {
+            let Some(l) = self.name.get(i + 1..i + 1 + usize::from(len)) else {
+                break;
+            };
+            labels.push(l);
+            i += 1 + usize::from(len);
+            if len == 0 {
+                break;
+            }
+        }
+        matches!(names::parse_labels(labels), ZoneName::Outside)
+    }
 }
 
 /// What the cache needs of a query, read from its bytes.

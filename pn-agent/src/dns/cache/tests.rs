@@ -487,3 +487,24 @@ fn cut_and_corrupted_messages_are_refused_without_a_panic() {
         }
     }
 }
+
+#[test]
+fn names_outside_the_zone_are_told_from_the_key_as_the_zone_would() {
+    for (name, outside) in [
+        ("www.example.com.", true),
+        ("internal.", true),
+        (".", true),
+        ("private-network.internal.evil.example.", true),
+        ("private-network.internal.", false),
+        ("PRIVATE-Network.Internal.", false),
+        ("x.y.private-network.internal.", false),
+        ("not-a-network.private-network.internal.", false),
+    ] {
+        let key = question(&q(name)).unwrap().key;
+        assert_eq!(key.outside_zone(), outside, "{name}");
+        // The zone reads the name as hickory parsed it: the same verdict.
+        let n = Name::from_ascii(name).unwrap();
+        let zone = names::parse_labels(n.iter());
+        assert_eq!(matches!(zone, ZoneName::Outside), outside, "{name}");
+    }
+}

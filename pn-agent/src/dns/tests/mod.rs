@@ -480,3 +480,64 @@ async fn a_formerr_to_many_questions_fits_a_datagram() {
     assert!(r.metadata.truncation);
     assert_eq!(stats.malformed.load(Ordering::Relaxed), 1);
 }
+
+/// The UDP loop takes what is waiting by the batch: garbage in the middle
+/// of one (too short, a response, too long) is counted and dropped, and
+/// every query around it, of the zone or of the world, is answered.
+#[tokio::test]
+async fn garbage_amid_a_batch_of_queries_spoils_none_of_them() {
+    let (up, _count, _t) = cache::counting_upstream(Duration::ZERO, 1).await;
+    let (h, stats) = start(1, vec![up]).await;
+    let zone = names::app_name(&net(1), &app(1));
+    let good: Vec<Vec<u8>> = (0..6u16)
+        .map(|i| {
+            let name = match i % 2 {
+                0 => zone.clone(),
+                _ => format!("w{i}.example.com."),
+            };
+            let mut m = Message::from_vec(&query_bytes(&name, RecordType::A, false)).unwrap();
+            m.metadata.id = 100 + i;
+            m.to_vec().unwrap()
+        })
+        .collect();
+    let mut resp = Message::response(7, OpCode::Query);
+    resp.add_query(Query::query(Name::from_ascii("x.").unwrap(), RecordType::A));
+    let resp = resp.to_vec().unwrap();
+    let long = vec![0u8; 5000];
+    let burst: [&[u8]; 9] = [
+        &good[0],
+        b"\x01\x02\x03",
+        &good[1],
+        &resp,
+        &good[2],
+        &long,
+        &good[3],
+        &good[4],
+        &good[5],
+    ];
+    // Sent without yielding: the server, on this test's one thread, finds
+    // them all waiting.
+    let client = std::net::UdpSocket::bind((C1, 0)).unwrap();
+    for d in burst {
+        client.send_to(d, h.local_udp).unwrap();
+    }
+    client.set_nonblocking(true).unwrap();
+    let client = UdpSocket::from_std(client).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut ids = Vec::new();
+    while ids.len() < good.len() {
+        let n = tokio::time::timeout(Duration::from_secs(3), client.recv(&mut buf))
+            .await
+            .expect("an answer to every good query")
+            .unwrap();
+        let m = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(ips(&m).len(), 1, "{m:?}");
+        ids.push(m.metadata.id);
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (100..106).collect::<Vec<u16>>());
+    let more = tokio::time::timeout(Duration::from_millis(200), client.recv(&mut buf)).await;
+    assert!(more.is_err(), "nothing for the garbage");
+    assert_eq!(stats.malformed.load(Ordering::Relaxed), 3);
+}

@@ -96,8 +96,12 @@ async fn requests_survive_the_member_in_use_killed() {
         .await
         .unwrap()
         .unwrap();
+    // Both within one request's whole timeout: the dead member is left at
+    // once, not waited out. (2 s here failed under a loaded machine's
+    // scheduling at 2.05 and 2.56 s; the timeout is what the promise is
+    // about.)
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < super::REQUEST_TIMEOUT,
         "{:?}",
         started.elapsed()
     );

@@ -4,7 +4,7 @@
 //! agent touch interfaces it did not make, take an address someone else
 //! holds, or put a network where the kernel treats addresses specially.
 
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddrV4};
 
 use pn_common::ids::{AppId, HostId, NetworkId};
 use serde::de::DeserializeOwned;
@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     ipam,
-    model::{self, App, Container, ContainerKey, Host, Network},
+    model::{self, App, Container, ContainerKey, Network},
     store::keys,
 };
 
@@ -38,7 +38,11 @@ pub(super) fn record_prefix(key: &str) -> Option<&'static str> {
     .find(|p| key.starts_with(p))
 }
 
-fn same_id<T: PartialEq + std::fmt::Display>(key: &str, of_key: &T, of_record: &T) -> Result {
+pub(super) fn same_id<T: PartialEq + std::fmt::Display>(
+    key: &str,
+    of_key: &T,
+    of_record: &T,
+) -> Result {
     if of_key == of_record {
         Ok(())
     } else {
@@ -512,113 +516,5 @@ impl MembershipView {
             ));
         }
         Ok(())
-    }
-
-    /// `created`: the revision the record was created at. `Ok(Some(o))`:
-    /// the record is taken, and host `o` (younger) loses the key it shares.
-    pub(super) fn check_host(
-        &self,
-        key: &str,
-        id: &HostId,
-        h: &Host,
-        created: i64,
-    ) -> Result<Option<HostId>> {
-        same_id(key, id, &h.id)?;
-        if let Some(a) = h.advertise
-            && !self.endpoint_ok(a)
-        {
-            return Err(Rejected::new(
-                key,
-                Reject::Endpoint,
-                format!("{a} cannot be a tunnel endpoint"),
-            ));
-        }
-        if h.public_key.is_some() && h.key_bytes().is_none() {
-            return Err(Rejected::new(
-                key,
-                Reject::HostKey,
-                "the public key is not 32 bytes of base64",
-            ));
-        }
-        if h.peer_id == 0 {
-            return Err(Rejected::new(
-                key,
-                Reject::PeerId,
-                "no peer id (registered by an older agent?)",
-            ));
-        }
-        if let Some(other) = self
-            .hosts
-            .values()
-            .find(|o| o.id != h.id && o.peer_id == h.peer_id)
-        {
-            return Err(Rejected::new(
-                key,
-                Reject::PeerId,
-                format!("peer id {} is host {}'s", h.peer_id, other.id),
-            ));
-        }
-        self.check_key_unique(key, h, created)
-    }
-
-    /// A public key is one host's: of two records holding it, the older
-    /// (by creation) keeps it, so a host that copies another's key cuts
-    /// only itself off, whatever order the records are read in.
-    fn check_key_unique(&self, key: &str, h: &Host, created: i64) -> Result<Option<HostId>> {
-        let Some(pk) = &h.public_key else {
-            return Ok(None);
-        };
-        let Some(other) = self
-            .hosts
-            .values()
-            .find(|o| o.id != h.id && o.public_key.as_ref() == Some(pk))
-        else {
-            return Ok(None);
-        };
-        let theirs = self.host_revs.get(&other.id).map_or(i64::MIN, |r| r.0);
-        if (theirs, &other.id) < (created, &h.id) {
-            return Err(Rejected::new(
-                key,
-                Reject::KeyTaken,
-                format!(
-                    "its public key is host {}'s, whose record is older",
-                    other.id
-                ),
-            ));
-        }
-        Ok(Some(other.id.clone()))
-    }
-
-    /// A unicast address and a port other hosts can send datagrams to: not
-    /// loopback or link-local (each host would reach itself), not
-    /// multicast, broadcast or unspecified, not inside the pool (the
-    /// containers' addresses).
-    fn endpoint_ok(&self, a: SocketAddr) -> bool {
-        if a.port() == 0 {
-            return false;
-        }
-        match a.ip().to_canonical() {
-            IpAddr::V4(ip) => {
-                !(ip.is_unspecified()
-                    || ip.is_loopback()
-                    || ip.is_link_local()
-                    || ip.is_multicast()
-                    || ip.is_broadcast()
-                    || self.pool.contains(&ip))
-            }
-            // IPv6: unicast, and in no network's /64 (the members' IPv6
-            // addresses; the fleet's IPv6 pool is unique local, which an
-            // underlay may be too, so only what networks hold is refused).
-            IpAddr::V6(ip) => {
-                !(ip.is_unspecified()
-                    || ip.is_loopback()
-                    || ip.is_unicast_link_local()
-                    || ip.is_multicast()
-                    || self
-                        .networks
-                        .values()
-                        .any(|n| n.cidr6.is_some_and(|c| c.contains(&ip))))
-            }
-        }
     }
 }

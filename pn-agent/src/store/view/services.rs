@@ -90,3 +90,22 @@ pub fn service_addr6(app: &App, selector: &Selector) -> Option<Ipv6Addr> {
         .find(|(t, _)| t.as_str() == ctype)
         .map(|(_, a)| *a)
 }
+
+/// [`service_addr6`], only while a container of the type has an IPv6
+/// address: the balancer's IPv6 rotation takes those alone (a host with
+/// `--ipv6 off` gives none), so an address with no such container would
+/// answer AAAA that no connection can use, and a client trying IPv6 first
+/// would wait out its connect instead of taking the A record at once.
+/// Unhealthy containers count: a failing check is a moment, the family is
+/// the host's setting.
+pub fn service_addr6_served(
+    view: &MembershipView,
+    app: &App,
+    selector: &Selector,
+) -> Option<Ipv6Addr> {
+    let addr = service_addr6(app, selector)?;
+    let ctype = service_type(app, selector)?;
+    view.containers_of_app(&app.id)
+        .any(|c| c.key.ctype.as_str() == ctype && c.ip6.is_some())
+        .then_some(addr)
+}

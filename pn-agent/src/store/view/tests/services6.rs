@@ -7,7 +7,7 @@ use std::net::Ipv6Addr;
 use super::*;
 use crate::{
     model::Balance,
-    store::view::services::{service_addr, service_addr6},
+    store::view::services::{service_addr, service_addr6, service_addr6_served},
 };
 
 fn with6(n: u8, cidr: &str, tag: u32, cidr6: &str) -> Network {
@@ -170,6 +170,25 @@ fn the_names_answer_the_ipv6_service_address_in_aaaa() {
     let mut dns = a;
     dns.balance = Balance::Dns;
     assert_eq!(service_addr6(&dns, &web), None);
+}
+
+#[test]
+fn aaaa_for_a_service_address_needs_a_container_of_its_type_with_an_ipv6_address() {
+    let mut f = Fixture::new();
+    f.ok(&with6(1, "10.240.0.0/24", 1, "fd00:1:2:1::/64"));
+    f.ok(&vip6(1, "10.240.0.20", "fd00:1:2:1::20"));
+    let web = pn_common::names::Selector::Web;
+    let served = |f: &Fixture| service_addr6_served(&f.view, &f.view.apps[&app_id(1)], &web);
+    assert_eq!(served(&f), None);
+    // Only a container of a host with `--ipv6 off`: the IPv6 rotation is
+    // empty, A alone is answered.
+    f.ok(&container(1, [10, 240, 0, 5], "h1"));
+    assert_eq!(served(&f), None);
+    f.ok(&Container {
+        ip6: Some(ip6("fd00:1:2:1::6")),
+        ..container(2, [10, 240, 0, 6], "h2")
+    });
+    assert_eq!(served(&f), Some(ip6("fd00:1:2:1::20")));
 }
 
 /// Records of several types in one listing.
