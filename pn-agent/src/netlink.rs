@@ -184,7 +184,7 @@ pub fn address_changes() -> Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
         while let Some((m, _)) = messages.next().await {
             let announce = match &m.payload {
                 NetlinkPayload::InnerMessage(M::NewRoute(r) | M::DelRoute(r)) => {
-                    local_routes::is_local_route(r)
+                    local_routes::is_host_local_route(r)
                 }
                 _ => true,
             };
