@@ -186,7 +186,7 @@ kernel BPF statistics (run_time_ns / run_cnt of pn's pinned programs), on only i
 cost time of their own. The ceilings: pn's programs detached, nftables' table removed, and a two-instruction \
 program that drops everything (`floor.rs`) attached at pn's very hooks, TC_ACT_SHOT with TCX at the member's \
 veth egress and XDP_DROP in generic (SKB) mode on the underlay, flooded the same way right after each \
-nftables run; their drops are the frames the host's end of the stranger's veth received (a veth counts them \
+nftables run (pn, nftables and the ceilings in turn, round by round); their drops are the frames the host's end of the stranger's veth received (a veth counts them \
 on hand-over), none of which can pass. pn against the ceiling: pn's softirq CPU per drop over the ceiling's.";
 
 pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
@@ -210,32 +210,16 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     let c1 = host.member(&app, "web", "c1");
     let ip1 = c1.addr;
     let trafgen = has_trafgen();
-    let counter = |reason: &'static str| {
-        let host = &host;
-        let app = app.clone();
-        move || {
-            metric_value(
-                &host.metrics(),
-                "pn_packets_total",
-                &[("app", &app), ("reason", reason)],
-            )
-        }
+    let dropped = |host: &Host, reason: &str| {
+        metric_value(
+            &host.metrics(),
+            "pn_packets_total",
+            &[("app", &app), ("reason", reason)],
+        )
     };
     let secs = effort.seconds;
     let (mut tc, mut xdp, mut nft_tc, mut nft_ul) = (vec![], vec![], vec![], vec![]);
     let (mut tc_ns, mut xdp_ns) = (vec![], vec![]);
-    for _ in 0..effort.runs {
-        tc.push(flood(out, ip1, secs, trafgen, counter("not_member"))?);
-        xdp.push(flood(
-            ul,
-            ip1,
-            secs,
-            trafgen,
-            counter("cleartext_to_member"),
-        )?);
-        tc_ns.push(prog_ns(&host, out, ip1, secs.min(2), trafgen));
-        xdp_ns.push(prog_ns(&host, ul, ip1, secs.min(2), trafgen));
-    }
     // pn's hooks, read while its links are pinned: the ceilings'. The TC
     // drop of a stranger is at the member's veth, toward it (egress).
     let hooks = floor::pinned_hooks(&host.bpffs());
@@ -253,14 +237,27 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
         tc_hook.len() == 1 && xdp_hook.len() == 1,
         "pn's hooks: {hooks:?}"
     );
-    tools::detach_programs(&host)?;
     let table = format!(
         "table inet pnbench {{\n  counter drops {{}}\n  set members {{ type ipv4_addr; elements = {{ {ip1} }} }}\n  \
              chain forward {{ type filter hook forward priority filter; policy accept;\n    \
              ip daddr @members ip saddr != @members counter name drops drop\n  }}\n}}\n"
     );
     let (mut ceil_tc, mut ceil_ul) = (vec![], vec![]);
-    for _ in 0..effort.runs {
+    // Round by round: pn, then (its programs detached) nftables and the
+    // ceilings, so the machine's drift does not favour one of them.
+    for i in 0..effort.runs {
+        if i > 0 {
+            tools::reattach_programs(&mut host);
+        }
+        tc.push(flood(out, ip1, secs, trafgen, || {
+            dropped(&host, "not_member")
+        })?);
+        xdp.push(flood(ul, ip1, secs, trafgen, || {
+            dropped(&host, "cleartext_to_member")
+        })?);
+        tc_ns.push(prog_ns(&host, out, ip1, secs.min(2), trafgen));
+        xdp_ns.push(prog_ns(&host, ul, ip1, secs.min(2), trafgen));
+        tools::detach_programs(&host)?;
         nft(&host, &table)?;
         nft_tc.push(flood(out, ip1, secs, trafgen, || nft_drops(&host))?);
         nft_ul.push(flood(ul, ip1, secs, trafgen, || nft_drops(&host))?);
