@@ -70,12 +70,10 @@ fn the_tunnel_notrack_switch_is_off_unless_given() {
 
 #[test]
 fn a_bad_tunnel_notrack_value_is_refused_by_name() {
-    let e = flags(&["--tunnel-notrack", "yes"]).err().expect("refused");
+    let e = flags(&["--tunnel-notrack", "yes"]).expect_err("refused");
     let text = e.to_string();
     assert!(text.contains("--tunnel-notrack"), "{text}");
-    let e = resolve(&[], Some("tunnel-notrack = \"yes\"\n"))
-        .err()
-        .expect("refused");
+    let e = resolve(&[], Some("tunnel-notrack = \"yes\"\n")).expect_err("refused");
     let text = format!("{e:#}");
     assert!(text.contains("tunnel-notrack"), "{text}");
     assert!(text.contains("boolean"), "{text}");
