@@ -394,9 +394,27 @@ pub fn fake_dns_upstream_ignoring(
     answer: Ipv4Addr,
     silent_prefix: &str,
 ) -> Server {
+    fake_dns_upstream_on(
+        ns,
+        std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+        answer,
+        silent_prefix,
+    )
+}
+
+/// As [`fake_dns_upstream_ignoring`], bound to `addr` only: its answers
+/// leave from that address whichever way the query came (a socket on
+/// `0.0.0.0` answers from the route's source, which a client asking another
+/// of the host's addresses would not take).
+pub fn fake_dns_upstream_on(
+    ns: &Namespace,
+    addr: std::net::SocketAddrV4,
+    answer: Ipv4Addr,
+    silent_prefix: &str,
+) -> Server {
     let silent = silent_prefix.as_bytes().to_vec();
     spawn_server(ns, move |stop, ready| {
-        let s = UdpSocket::bind(("0.0.0.0", port)).expect("udp bind");
+        let s = UdpSocket::bind(addr).expect("udp bind");
         s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
         ready.send(()).unwrap();
         let mut buf = [0u8; 2048];

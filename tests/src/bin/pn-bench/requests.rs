@@ -45,9 +45,9 @@ impl Drop for Server {
     }
 }
 
-/// Keep-alive GETs per second over one connection for `seconds`.
-fn keep_alive(client: &Namespace, ip: Ipv4Addr, seconds: u64) -> anyhow::Result<f64> {
-    Ok(client.run(move || -> std::io::Result<f64> {
+/// Keep-alive GETs over one connection for `seconds`: (per second, count).
+fn keep_alive(client: &Namespace, ip: Ipv4Addr, seconds: u64) -> anyhow::Result<(f64, u64)> {
+    Ok(client.run(move || -> std::io::Result<(f64, u64)> {
         let mut s = None;
         for _ in 0..50 {
             match TcpStream::connect_timeout(&SocketAddr::from((ip, 8080)), Duration::from_secs(2))
@@ -77,7 +77,7 @@ fn keep_alive(client: &Namespace, ip: Ipv4Addr, seconds: u64) -> anyhow::Result<
             }
             n += 1;
         }
-        Ok(n as f64 / start.elapsed().as_secs_f64())
+        Ok((n as f64 / start.elapsed().as_secs_f64(), n))
     })?)
 }
 
@@ -122,8 +122,9 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
             .spawn()
             .context("starting python3")?,
     );
-    // [http, off, none] × (req/s, Gbit/s, ns/packet requests, ns/packet stream)
-    let mut m: [[Vec<f64>; 4]; 3] = Default::default();
+    // [http, off, none] × (req/s, Gbit/s, ns/packet requests, ns/packet
+    // stream, programs' ns per request, agent's µs per request)
+    let mut m: [[Vec<f64>; 6]; 3] = Default::default();
     for i in 0..effort.runs {
         for k in 0..3 {
             // Rotate the order so that drift favours no mode.
@@ -135,22 +136,34 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
             }
             let ids = tools::pinned_prog_ids(&host);
             let s0 = tools::prog_stats_ids(&ids);
-            m[mode][0].push(keep_alive(&c1, ip2, effort.seconds)?);
+            let agent0 = tools::agents_cpu_seconds();
+            let (rate, requests) = keep_alive(&c1, ip2, effort.seconds)?;
+            let agent_s = tools::agents_cpu_seconds() - agent0;
+            m[mode][0].push(rate);
             let s1 = tools::prog_stats_ids(&ids);
             m[mode][1].push(tools::iperf(&c1, &c2, ip2, effort.seconds)?);
             let s2 = tools::prog_stats_ids(&ids);
             if mode != 2 {
                 m[mode][2].push(tools::ns_per_run(s0, s1));
                 m[mode][3].push(tools::ns_per_run(s1, s2));
+                m[mode][4].push(s1.0.saturating_sub(s0.0) as f64 / requests.max(1) as f64);
+                m[mode][5].push(agent_s * 1e6 / requests.max(1) as f64);
             } else {
                 tools::reattach_programs(&mut host);
             }
         }
     }
     let [http, off, none] = m;
-    let [h_rq, h_bw, h_nrq, h_nbw] = http;
-    let [o_rq, o_bw, o_nrq, o_nbw] = off;
-    let [n_rq, n_bw, _, _] = none;
+    let [h_rq, h_bw, h_nrq, h_nbw, h_preq, h_areq] = http;
+    let [o_rq, o_bw, o_nrq, o_nbw, o_preq, o_areq] = off;
+    let [n_rq, n_bw, _, _, _, _] = none;
+    let added = added_share(&h_preq, &o_preq, &h_rq);
+    let notes = added_note(
+        &added,
+        (&h_preq, &o_preq),
+        (&h_areq, &o_areq),
+        (&h_rq, &o_rq),
+    );
     let row = |what: &str, unit: &str, a: Vec<f64>, name: &str, b: Vec<f64>| {
         let r = Row::versus(
             what,
@@ -211,7 +224,60 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
                 "tracking off",
                 Measurement::new("ns", false, o_nbw),
             ),
+            Row::versus(
+                "programs' run time per request (http vs off)",
+                Measurement::new("ns", false, h_preq),
+                "tracking off",
+                Measurement::new("ns", false, o_preq),
+            ),
+            Row::alone(
+                "tracking's added program time, share of a request's time",
+                Measurement::new("%", false, added),
+            ),
+            Row::versus(
+                "the agent's CPU per request (http vs off)",
+                Measurement::new("µs", false, h_areq),
+                "tracking off",
+                Measurement::new("µs", false, o_areq),
+            ),
         ],
-        notes: vec![],
+        notes,
     })
+}
+
+/// Per round: what tracking adds to the programs' time per request, as a
+/// share of one request's wall time with tracking on, %. The rounds pair
+/// up: round i measured both modes minutes apart.
+fn added_share(http_ns: &[f64], off_ns: &[f64], http_rate: &[f64]) -> Vec<f64> {
+    http_ns
+        .iter()
+        .zip(off_ns)
+        .zip(http_rate)
+        .map(|((h, o), r)| (h - o) * r / 1e9 * 100.0)
+        .collect()
+}
+
+/// Where tracking's cost per request goes: the programs' extra time and
+/// the agent's (reading request events), against the measured gap.
+fn added_note(
+    added: &[f64],
+    (h_ns, o_ns): (&[f64], &[f64]),
+    (h_a, o_a): (&[f64], &[f64]),
+    (h_rq, o_rq): (&[f64], &[f64]),
+) -> Vec<String> {
+    let med = |v: &[f64]| Measurement::new("", true, v.to_vec()).median();
+    let gap = (1.0 - med(h_rq) / med(o_rq).max(1e-9)) * 100.0;
+    let request_us = 1e6 / med(h_rq).max(1e-9);
+    vec![format!(
+        "Tracking's cost per request (medians): the programs {:.0} ns with http against \
+         {:.0} ns off ({:.2} % of a request's {:.0} µs), the agent's CPU {:.1} µs against \
+         {:.1} µs off; the request rate's median gap in this run: {:.1} %.",
+        med(h_ns),
+        med(o_ns),
+        med(added),
+        request_us,
+        med(h_a),
+        med(o_a),
+        gap
+    )]
 }

@@ -37,6 +37,8 @@ const ECHO: u16 = 8081;
 const DIRECT: u16 = 8082;
 const BACKENDS: usize = 3;
 const ZONE: &str = "private-network.internal";
+/// `--conn-share` of the agent: the whole of `PN_LB_CONNS`.
+const CONN_SHARE: &str = "131072";
 
 /// A server with a blocking accept (so the rate measured is the path's,
 /// not a poll's). `echo: false`: writes one line to each connection and
@@ -222,29 +224,96 @@ fn resolve_once(client: &Namespace, name: String) -> anyhow::Result<Ipv4Addr> {
     })
 }
 
-/// `n` connections one after the other (connect, read the line, close):
-/// (lost, distinct client ports, uses of the most used one). The ports are the kernel's choice; a
-/// port used again (its connection closed by the server first, so not in
-/// the client's TIME_WAIT) hashes to the same slot, so fewer distinct ports
-/// mean a coarser spread.
-fn connections(client: &Namespace, dst: SocketAddr, n: usize) -> anyhow::Result<(u64, usize, u32)> {
-    client.run(move || {
-        let mut lost = 0u64;
+/// Client ports the spread walks through, one per connection. The client's
+/// namespace is its own and runs nothing else while the spread runs, so the
+/// whole range is free; walking it (rather than letting the kernel choose)
+/// gives every connection a 5-tuple no earlier one had: the kernel reuses
+/// the few ports whose connections the server closed first (not in the
+/// client's TIME_WAIT), and each reused port hashes to the same backend
+/// (1 659 distinct ports of 10 000 in a full run of 2026-12-07, whose runs
+/// 2–5 put between 44 and 929 of 10 000 on one backend).
+const SPREAD_PORTS: std::ops::RangeInclusive<u16> = 1024..=65535;
+
+/// The next port of [`SPREAD_PORTS`] after `port`, wrapping.
+fn next_port(port: u16) -> u16 {
+    if port >= *SPREAD_PORTS.end() {
+        *SPREAD_PORTS.start()
+    } else {
+        port + 1
+    }
+}
+
+/// What [`connections`] saw.
+struct Spread {
+    lost: u64,
+    /// Distinct client ports, and the uses of the most used one.
+    ports: usize,
+    most: u32,
+    /// Ports skipped because a socket of the namespace held them.
+    busy: u64,
+    /// SYNs the client sent again (a port's earlier connection still in
+    /// the server's TIME_WAIT, after the walk wrapped).
+    syn_again: u64,
+}
+
+/// `n` connections one after the other (connect, read the line, close),
+/// each from the next free port of [`SPREAD_PORTS`] after `*port` (left at
+/// the last one used, so the next run goes on from there).
+fn connections(
+    client: &Namespace,
+    dst: SocketAddr,
+    n: usize,
+    port: &mut u16,
+) -> anyhow::Result<Spread> {
+    let start = *port;
+    let (spread, last) = client.run(move || {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let retrans = syn_retrans();
+        let mut port = start;
+        let (mut lost, mut busy) = (0u64, 0u64);
         let mut ports = std::collections::HashMap::<u16, u32>::new();
         let mut b = [0u8; 64];
         for _ in 0..n {
-            let Ok(mut s) = TcpStream::connect_timeout(&dst, Duration::from_secs(1)) else {
-                lost += 1;
-                anyhow::ensure!(lost < 10, "{lost} connections to {dst} failed");
-                continue;
+            let s = loop {
+                port = next_port(port);
+                let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+                // A port of the other destination's walk may sit in this
+                // side's TIME_WAIT (a close that came before the server's
+                // FIN); another destination is another 5-tuple.
+                s.set_reuse_address(true)?;
+                match s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into()) {
+                    Ok(()) => break s,
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                        busy += 1;
+                        anyhow::ensure!(busy < 1000, "{busy} client ports busy");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             };
+            if let Err(e) = s.connect_timeout(&dst.into(), Duration::from_secs(1)) {
+                lost += 1;
+                anyhow::ensure!(
+                    lost < 10,
+                    "{lost} connections to {dst} failed (the last from port {port}: {e})"
+                );
+                continue;
+            }
+            let mut s = TcpStream::from(s);
             *ports.entry(s.local_addr()?.port()).or_default() += 1;
             s.set_read_timeout(Some(Duration::from_secs(2)))?;
             anyhow::ensure!(s.read(&mut b)? > 0, "{dst} closed without a line");
         }
-        let most = ports.values().copied().max().unwrap_or(0);
-        Ok((lost, ports.len(), most))
-    })
+        let spread = Spread {
+            lost,
+            ports: ports.len(),
+            most: ports.values().copied().max().unwrap_or(0),
+            busy,
+            syn_again: syn_retrans().saturating_sub(retrans),
+        };
+        Ok((spread, port))
+    })?;
+    *port = last;
+    Ok(spread)
 }
 
 /// Connections each backend accepted while `f` ran.
@@ -314,7 +383,12 @@ fn backends(host: &Host, net: &str, balance: &str) -> anyhow::Result<Backends> {
 }
 
 pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
-    let host = Host::start(&unique_prefix(), "h1");
+    // The spread's fresh ports make every connection a new entry of the
+    // balanced connections' table, each kept 60 s after it closes: past
+    // the default share (16 384 entries) of the client, its next
+    // connections would be dropped (`conn_quota`), so the client here may
+    // hold the whole table.
+    let host = Host::start_with(&unique_prefix(), "h1", &["--conn-share", CONN_SHARE]);
     let (net, client_app) = host.network_and_app(&[]);
     // One client for both paths: its ports reach the backends both through
     // the service address and straight (a connection's table entries end
@@ -385,25 +459,36 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     let dns_addr = resolve_once(&client, name(&dns_app))?;
     let (mut cv_vip, mut cv_dns, mut max_vip, mut max_dns) = (vec![], vec![], vec![], vec![]);
     let mut spread = Vec::new();
+    // One walk per destination: a full run's 5 × 10 000 connections to
+    // each fit in the range, so no 5-tuple comes twice.
+    let (mut port_v, mut port_d) = (*SPREAD_PORTS.start() - 1, *SPREAD_PORTS.start() - 1);
     for run in 0..effort.runs {
         let t = Instant::now();
-        let (v, (lost_v, ports_v, most_v)) = counted(&servers, || {
-            connections(&client, SocketAddr::from((vip_addr, PORT)), n)
+        let (v, sv) = counted(&servers, || {
+            connections(&client, SocketAddr::from((vip_addr, PORT)), n, &mut port_v)
         })?;
         let took = t.elapsed();
-        let (d, (lost_d, ports_d, most_d)) = counted(&dns_servers, || {
-            connections(&client, SocketAddr::from((dns_addr, PORT)), n)
+        let (d, sd) = counted(&dns_servers, || {
+            connections(&client, SocketAddr::from((dns_addr, PORT)), n, &mut port_d)
         })?;
         cv_vip.push(cv(&v));
         cv_dns.push(cv(&d));
         max_vip.push(max_share(&v));
         max_dns.push(max_share(&d));
         spread.push(format!(
-            "run {}: {v:?} through the service address ({:.1} s, {ports_v} distinct client \
-             ports, the most used {most_v} times, {lost_v} lost), {d:?} with dns balance \
-             ({ports_d} ports, the most used {most_d} times, {lost_d} lost)",
+            "run {}: {v:?} through the service address ({:.1} s, {} distinct client \
+             ports, the most used {} times, {} busy ports skipped, {} SYNs sent again, {} \
+             lost), {d:?} with dns balance ({} ports, the most used {} times, {} lost)",
             run + 1,
-            took.as_secs_f64()
+            took.as_secs_f64(),
+            sv.ports,
+            sv.most,
+            sv.busy,
+            sv.syn_again,
+            sv.lost,
+            sd.ports,
+            sd.most,
+            sd.lost,
         ));
     }
     let pct = |what: &str, a: Vec<f64>, b: Vec<f64>, unit: &str, higher: bool| {
@@ -488,7 +573,13 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
              container (its line server on a port of its own, {DIRECT}), alternating. \
              Spread: a second app balanced by dns with {BACKENDS} \
              containers; the client resolves each app's web name once (the agent's DNS, the \
-             answer's first address) and opens {n} connections to it."
+             answer's first address) and opens {n} connections to it, one after the other, \
+             each from a fresh source port (bound before connecting, walking {}–{} on from one \
+             run to the next: no two of a bench run's spread connections share a 5-tuple; the \
+             agent runs with `--conn-share {CONN_SHARE}`, the whole balanced table, since the \
+             default share, 16 384 entries kept 60 s after each connection, would drop them).",
+            SPREAD_PORTS.start(),
+            SPREAD_PORTS.end()
         ),
         rows,
         notes,

@@ -433,13 +433,30 @@ fn processes() -> Vec<(u32, u32, u64, String)> {
 /// work of the machine (other sessions' builds share these cores).
 pub fn tree_cpu_seconds() -> f64 {
     let procs = processes();
+    let ticks = tree_ticks(&procs, |_| true)
+        + procs
+            .iter()
+            .filter(|p| p.3.starts_with("ksoftirqd/"))
+            .map(|p| p.2)
+            .sum::<u64>();
+    ticks_to_seconds(ticks)
+}
+
+/// CPU seconds spent so far by the agents this process started (other
+/// sessions' agents on the machine are not counted).
+pub fn agents_cpu_seconds() -> f64 {
+    ticks_to_seconds(tree_ticks(&processes(), |comm| comm == "pn-agent"))
+}
+
+/// Clock ticks of this process and its descendants whose name passes `keep`.
+fn tree_ticks(procs: &[(u32, u32, u64, String)], keep: impl Fn(&str) -> bool) -> u64 {
     let mut mine = vec![std::process::id()];
     let mut ticks = 0u64;
     let mut i = 0;
     while i < mine.len() {
         let parent = mine[i];
-        for (pid, ppid, t, _) in &procs {
-            if *pid == parent {
+        for (pid, ppid, t, comm) in procs {
+            if *pid == parent && keep(comm) {
                 ticks += t;
             }
             if *ppid == parent && !mine.contains(pid) {
@@ -448,11 +465,10 @@ pub fn tree_cpu_seconds() -> f64 {
         }
         i += 1;
     }
-    ticks += procs
-        .iter()
-        .filter(|p| p.3.starts_with("ksoftirqd/"))
-        .map(|p| p.2)
-        .sum::<u64>();
+    ticks
+}
+
+fn ticks_to_seconds(ticks: u64) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     ticks as f64 / hz
