@@ -23,6 +23,11 @@ fn every_benchmark_scenario_runs() {
         "## DNS",
         "The edge",
         "Restarts, upgrades and crashes",
+        // The kernel's own limits at pn's hooks (floor.rs).
+        "an empty TC program at the same hooks during the stream (the floor)",
+        "pn's programs over the floor during the ping-pong",
+        "a drop-everything TC program at the member's veth egress (the ceiling)",
+        "a drop-everything XDP program (generic mode) on the underlay (the ceiling)",
     ] {
         assert!(
             md.contains(title),

@@ -84,6 +84,7 @@ impl Net {
                 ipv6: false,
             }),
             v6: None,
+            tunnel_notrack: None,
         }
     }
 

@@ -172,6 +172,10 @@ pub fn edge_local(
             ipv6: cfg.ipv6.is_on(),
         }),
         v6,
+        tunnel_notrack: cfg
+            .advertise
+            .filter(|_| cfg.tunnel_io.notrack)
+            .map(|a| a.port()),
     }
 }
 

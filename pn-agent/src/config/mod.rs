@@ -143,6 +143,13 @@ pub struct RunSettings {
     /// that CPU received [default: true].
     #[arg(long)]
     pub tunnel_pin: Option<bool>,
+    /// Keep the tunnel's UDP datagrams with the other hosts out of
+    /// connection tracking (nftables `notrack` at raw priority): less work
+    /// per datagram, but an input policy that accepts `ct state
+    /// established,related` only must then accept the tunnel's port by name
+    /// [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub tunnel_notrack: Option<bool>,
     /// Key prefix in etcd [default: /pn/].
     #[arg(long)]
     pub etcd_prefix: Option<String>,
@@ -316,7 +323,8 @@ pub struct RunConfig {
     pub api_socket: PathBuf,
     pub host_quota: usize,
     pub tunnel: pn_tunnel::Config,
-    /// `--tunnel-workers`, `--tunnel-offloads`, `--tunnel-spin-us`, `--tunnel-pin`.
+    /// `--tunnel-workers`, `--tunnel-offloads`, `--tunnel-spin-us`,
+    /// `--tunnel-pin`, `--tunnel-notrack` (the edge's, said with the rest).
     pub tunnel_io: pn_tunnel::device::Options,
     /// `--egress-deny`'s IPv4 ranges, network addresses outside the pool.
     pub egress_deny: Vec<Ipv4Net>,
@@ -353,6 +361,28 @@ fn track_bits(track: &str) -> anyhow::Result<u32> {
     })
 }
 
+/// `KEY: ` of the file's line where a value was refused, so the message
+/// names the setting (serde says only what type it wanted).
+fn key_at(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(at) = span.map(|s| s.start).filter(|&a| a <= text.len()) else {
+        return String::new();
+    };
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or_default();
+    match line.split_once('=') {
+        Some((key, _))
+            if !key.trim().is_empty()
+                && key
+                    .trim()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            format!("{}: ", key.trim())
+        }
+        _ => String::new(),
+    }
+}
+
 fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
@@ -367,8 +397,14 @@ impl RunConfig {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str::<RunSettings>(&text)
-                    .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?
+                toml::from_str::<RunSettings>(&text).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: {}{}",
+                        path.display(),
+                        key_at(&text, e.span()),
+                        e.message()
+                    )
+                })?
             }
             None => RunSettings::default(),
         };
@@ -434,6 +470,7 @@ impl RunConfig {
             pick!(tunnel_offloads),
             pick!(tunnel_spin_us),
             pick!(tunnel_pin),
+            pick!(tunnel_notrack),
         )?;
         let mut etcd_prefix = pick!(etcd_prefix).unwrap_or_else(|| "/pn/".into());
         if !etcd_prefix.ends_with('/') {

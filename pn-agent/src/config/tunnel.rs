@@ -68,12 +68,14 @@ pub(super) fn tunnel_config(
     Ok(tunnel)
 }
 
-/// The I/O's switches: workers, offloads, spin, pinning.
+/// The I/O's switches: workers, offloads, spin, pinning; and notrack, the
+/// edge's (off unless given).
 pub(super) fn device_options(
     workers: Option<usize>,
     offloads: Option<String>,
     spin_us: Option<u64>,
     pin: Option<bool>,
+    notrack: Option<bool>,
 ) -> anyhow::Result<Options> {
     let mut o = Options::default();
     if let Some(n) = workers {
@@ -95,5 +97,10 @@ pub(super) fn device_options(
     if let Some(pin) = pin {
         o.pin = pin;
     }
+    o.notrack = notrack.unwrap_or(false);
     Ok(o)
 }
+
+#[cfg(test)]
+#[path = "tunnel_tests.rs"]
+mod tests;

@@ -53,6 +53,26 @@ pub struct EdgeConfig {
     /// destination outside the members out of reach).
     #[serde(default)]
     pub v6: Option<EdgeConfig6>,
+    /// `--tunnel-notrack`: the tunnel's datagrams with the other hosts
+    /// skip conntrack (none: they are tracked like any other).
+    #[serde(default)]
+    pub tunnel_notrack: Option<TunnelNotrack>,
+}
+
+/// The tunnel's datagrams that skip conntrack: from the other hosts'
+/// endpoints to this host's tunnel port, and back. Only the known
+/// endpoints: anything else to that port (a container's masqueraded
+/// flow the kernel happened to give that port, a stranger) is tracked as
+/// before, so NAT and the operator's rules see it as they always did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TunnelNotrack {
+    /// The tunnel's UDP port (`--advertise`'s).
+    pub port: u16,
+    /// The other hosts' IPv4 tunnel endpoints.
+    pub peers: Vec<Ipv4Addr>,
+    /// The other hosts' IPv6 tunnel endpoints.
+    #[serde(default)]
+    pub peers6: Vec<Ipv6Addr>,
 }
 
 /// The IPv6 side of [`EdgeConfig`]: the same rules in `ip6`, in the same

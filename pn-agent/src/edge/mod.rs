@@ -68,7 +68,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-pub use config::{EdgeConfig, EdgeConfig6, GatewayDns, Publication};
+pub use config::{EdgeConfig, EdgeConfig6, GatewayDns, Publication, TunnelNotrack};
 pub use counters::{Count, EdgeCounters};
 pub use error::EdgeError;
 pub use forwarding::{ForwardGuard, Forwarding, Owners};

@@ -15,6 +15,9 @@
 //!                                              guard (per family): established accept, drop
 //!   chain dns_input       input, filter:       daddr:port the gateway's DNS, iif not a container's: drop
 //!                                              (and IPv6's: any daddr, the port, iif not a container's: drop)
+//!   with --tunnel-notrack (`rules/tunnel.rs`):
+//!   chain tunnel_notrack_in   prerouting, raw: udp dport tunnel, saddr a peer's: notrack
+//!   chain tunnel_notrack_out  output, raw:     udp sport tunnel, daddr a peer's: notrack
 //! }
 //! ```
 //!
@@ -38,6 +41,7 @@ use super::{
 };
 
 mod nft;
+mod tunnel;
 mod v6;
 pub use super::counters::{
     COUNTER_DNS_DENIED, COUNTER_EGRESS_DENIED, COUNTER_FORWARD_DENIED, COUNTER_POOL_SPOOFED,
@@ -105,6 +109,9 @@ fn validate(cfg: &EdgeConfig) -> Result<(), EdgeError> {
                 ));
             }
         }
+    }
+    if cfg.tunnel_notrack.as_ref().is_some_and(|t| t.port == 0) {
+        return bad("the tunnel's notrack rules need its port, not 0".into());
     }
     if !cfg.publications.is_empty() && cfg.host_addrs.is_empty() {
         return bad("publications need at least one host address".into());
@@ -177,6 +184,9 @@ pub fn ruleset(cfg: &EdgeConfig) -> Result<Nftables<'static>, EdgeError> {
     forward(cfg, &mut t);
     if let Some(dns) = &cfg.dns {
         gateway_dns(dns, &mut t);
+    }
+    if let Some(tn) = &cfg.tunnel_notrack {
+        tunnel::notrack(tn, &mut t);
     }
     cmds.extend(t.objects.into_iter().chain(t.rules).map(NfCmd::Add));
     Ok(doc(cmds))

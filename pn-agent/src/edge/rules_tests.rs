@@ -43,6 +43,7 @@ fn cfg() -> EdgeConfig {
             ipv6: false,
         }),
         v6: None,
+        tunnel_notrack: None,
     }
 }
 
@@ -574,3 +575,6 @@ fn an_edge_applies_one_document_per_change_and_keeps_its_counts() {
 
 #[path = "rules6_tests.rs"]
 mod v6;
+
+#[path = "rules_tunnel_tests.rs"]
+mod tunnel;

@@ -34,6 +34,11 @@ pub struct Options {
     /// gets the datagrams that CPU received (SO_INCOMING_CPU): a flow stays
     /// on its worker.
     pub pin: bool,
+    /// The agent's edge keeps the sockets' datagrams with the other hosts
+    /// out of connection tracking (`--tunnel-notrack`). The device itself
+    /// does nothing with it: it is here to be said in the log line at start
+    /// with the other switches.
+    pub notrack: bool,
 }
 
 impl Default for Options {
@@ -46,6 +51,7 @@ impl Default for Options {
             coalesce: true,
             spin: Duration::ZERO,
             pin: true,
+            notrack: false,
         }
     }
 }
@@ -88,12 +94,13 @@ impl Options {
             us => format!("{us} µs"),
         };
         format!(
-            "offloads tso {}, gso {}, gro {}, coalesce {}; spin {spin}; pinning {}",
+            "offloads tso {}, gso {}, gro {}, coalesce {}; spin {spin}; pinning {}; notrack {}",
             onoff(self.tso),
             onoff(self.gso),
             onoff(self.gro),
             onoff(self.coalesce),
             onoff(self.pin),
+            onoff(self.notrack),
         )
     }
 }
@@ -111,6 +118,7 @@ mod tests {
         assert!(!o.tso && !o.gso && !o.gro && !o.coalesce);
         assert!(o.set_offloads("tso,lro").is_err());
         assert!(o.describe().contains("tso off"));
+        assert!(o.describe().ends_with("notrack off"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use pn_common::{Ip4, Ip6, ids::HostId, maps::Iface};
 use crate::{
     config::PortRange,
     edge::{
-        EdgeConfig, EdgeConfig6, GatewayDns, Publication,
+        EdgeConfig, EdgeConfig6, GatewayDns, Publication, TunnelNotrack,
         deny::{self, HostFacts},
         deny6::{self, HostFacts6},
         ports::{self, PortsExhausted},
@@ -50,6 +50,9 @@ pub struct EdgeLocal {
     pub dns: Option<GatewayDns>,
     /// What the IPv6 side is made of.
     pub v6: EdgeLocal6,
+    /// `--tunnel-notrack`: the tunnel's port, whose datagrams with the
+    /// other hosts skip conntrack (none: switch off, or no tunnel).
+    pub tunnel_notrack: Option<u16>,
 }
 
 /// The IPv6 side of [`EdgeLocal`].
@@ -221,6 +224,11 @@ pub fn edge_config(view: &MembershipView, host: &HostId, edge: &EdgeLocal) -> Ed
             host_addrs: edge.v6.host_addrs.clone(),
             router_cidrs: edge.v6.router_cidrs.clone(),
             egress_deny: deny6::merged6(&deny_list6(view, host, edge)),
+        }),
+        tunnel_notrack: edge.tunnel_notrack.map(|port| TunnelNotrack {
+            port,
+            peers: peer_addrs(view, host),
+            peers6: peer_addrs6(view, host),
         }),
     }
 }

@@ -40,6 +40,7 @@ fn edge_local(routers: &[&str]) -> EdgeLocal {
             ipv6: false,
         }),
         v6: Default::default(),
+        tunnel_notrack: None,
     }
 }
 
@@ -259,4 +260,27 @@ fn the_ipv6_edge_comes_with_the_pool_and_the_world_with_a_global_address() {
     assert_eq!(t.pool, e.v6.pool.unwrap());
     assert_eq!(t.host_addrs, [host]);
     assert!(t.egress_deny.iter().any(|n| n.contains(&host)));
+}
+
+#[test]
+fn tunnel_notrack_names_the_port_and_the_other_hosts_endpoints() {
+    let v = fleet();
+    let d = with_edge(&v, &edge_local(&[]), &links(&v), &Touched::All);
+    assert_eq!(d.edge.unwrap().tunnel_notrack, None, "off by default");
+    let e = EdgeLocal {
+        tunnel_notrack: Some(51871),
+        ..edge_local(&[])
+    };
+    let d = with_edge(&v, &e, &links(&v), &Touched::All);
+    let tn = d.edge.unwrap().tunnel_notrack.expect("on");
+    assert_eq!(tn.port, 51871);
+    // The other hosts, not this one.
+    assert_eq!(
+        tn.peers,
+        [
+            "192.0.2.2".parse::<std::net::Ipv4Addr>().unwrap(),
+            "192.0.2.3".parse().unwrap()
+        ]
+    );
+    assert!(tn.peers6.is_empty());
 }

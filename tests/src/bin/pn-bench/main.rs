@@ -6,6 +6,7 @@
 
 mod dns;
 mod edge;
+mod floor;
 mod peers;
 mod pingpong;
 mod policy;

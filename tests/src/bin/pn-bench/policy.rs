@@ -1,15 +1,16 @@
 //! Policy overhead: container↔container on one host, pn's programs attached
 //! versus the same veths and routes with no program at all, with the
 //! programs' own ns/packet (kernel.bpf_stats_enabled) beside: the stable
-//! figure on a noisy machine. The same over IPv6 between the same
-//! containers, in the same rounds.
+//! figure on a noisy machine, and beside it the floor: an empty TC program
+//! at the same hooks (`floor.rs`), measured the same way in the same rounds.
+//! The same over IPv6 between the same containers, in the same rounds.
 
 use std::net::Ipv6Addr;
 
 use pn_tests::{Host, scenario::OneApp, unique_prefix};
 
 use crate::{
-    Effort,
+    Effort, floor,
     report::{Measurement, Row, Scenario},
     tools,
     v6::{self, Probe},
@@ -24,6 +25,9 @@ struct Figures {
     ns_rr: Vec<f64>,
     base_bw: Vec<f64>,
     base_rr: Vec<f64>,
+    /// An empty TC program's ns/packet at pn's hooks (IPv4 only).
+    floor_bw: Vec<f64>,
+    floor_rr: Vec<f64>,
 }
 
 /// The IPv6 stream then ping-pong with pn's programs on, their ns/packet
@@ -60,6 +64,15 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     // The baseline's IPv6 may fail where pn's works (or not): each its own.
     let (mut pn6, mut base6) = (Probe::to(&c2), Probe::to(&c2));
     pn6.reach(&c1);
+    // pn's hooks, read while its links are pinned: the floor's.
+    let hooks: Vec<_> = floor::pinned_hooks(&host.bpffs())
+        .into_iter()
+        .filter(|h| h.1 != floor::Hook::XdpGeneric)
+        .collect();
+    anyhow::ensure!(
+        hooks.len() >= 4,
+        "pn's TC hooks (both veths, both ways): {hooks:?}"
+    );
     for i in 0..effort.runs {
         // Alternate which side goes first, so drift does not favour one.
         let order = if i % 2 == 0 {
@@ -104,12 +117,27 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
                     host.packets(&app, "web-1", "forwarded") == before,
                     "the baseline still ran pn's programs"
                 );
+                // The floor, right after, with pn's programs still detached.
+                let empty = floor::attach(&host.ns, &hooks, floor::TC_NEXT)?;
+                let ids = [empty.id];
+                let s0 = tools::prog_stats_ids(&ids);
+                tools::iperf(&c1, &c2, ip2, effort.seconds)?;
+                let s1 = tools::prog_stats_ids(&ids);
+                tools::tcp_rr(&c1, &c2, ip2, effort.seconds)?;
+                let s2 = tools::prog_stats_ids(&ids);
+                drop(empty);
+                f4.floor_bw.push(tools::ns_per_run(s0, s1));
+                f4.floor_rr.push(tools::ns_per_run(s1, s2));
                 tools::reattach_programs(&mut host);
             }
         }
     }
     let mut rows = rows4(&f4);
-    let mut notes = Vec::new();
+    let mut notes = vec![
+        "The floor (an empty TC program at pn's hooks) is measured over IPv4 only: the hooks and \
+         the empty program do not depend on the family, pn's IPv6 rows compare with pn's IPv4."
+            .to_string(),
+    ];
     rows.extend(rows6(&f6, &f4, &mut notes));
     if let Some(why) = pn6.why_not() {
         notes.push(format!(
@@ -131,6 +159,12 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
              versus the very same veths and routes with the programs detached. \
              ns/packet: run_time_ns / run_cnt of the programs of the agent's pinned links \
              (both directions, so about two runs per packet crossing). \
+             The floor: pn's programs detached and a two-instruction TC program (`r0 = -1; exit`, \
+             TCX's \"next\") attached with TCX at the very hooks pn's links were pinned at (both \
+             containers' host-side veths, ingress and egress), the same IPv4 stream and ping-pong \
+             right after the run with no programs, its ns/packet read the same way: what any program \
+             at these hooks costs (the hook, the call, bpf_stats' own clock reads); over the floor: \
+             pn minus the floor, round by round. \
              IPv6: the same stream and ping-pong between the same containers' IPv6 addresses \
              (the host routes their /128s, as the /32s), {secs6} s each, in every round right after \
              IPv4's, with pn and with the programs detached; its ratios are against IPv6 with no \
@@ -156,18 +190,37 @@ fn rows4(f: &Figures) -> Vec<Row> {
         Measurement::new("trans/s", true, f.base_rr.clone()),
     );
     let rr_met = rr.ratio().unwrap_or(0.0) >= 0.97;
+    let mut rows = vec![bw.with_target("≤ 3 % loss", bw_met)];
+    rows.extend(with_floor("stream", &f.ns_bw, &f.floor_bw));
+    rows.push(rr.with_target("≤ 3 % loss", rr_met));
+    rows.extend(with_floor("ping-pong", &f.ns_rr, &f.floor_rr));
+    rows
+}
+
+/// pn's ns/packet during `what`, the floor's, and pn over the floor.
+fn with_floor(what: &str, pn: &[f64], floor: &[f64]) -> Vec<Row> {
+    let ns = |v: Vec<f64>| Measurement::new("ns", false, v);
     vec![
-        bw.with_target("≤ 3 % loss", bw_met),
         Row::alone(
-            "pn's programs during the stream, ns/packet (bpf_stats)",
-            Measurement::new("ns", false, f.ns_bw.clone()),
+            &format!("pn's programs during the {what}, ns/packet (bpf_stats)"),
+            ns(pn.to_vec()),
         ),
-        rr.with_target("≤ 3 % loss", rr_met),
         Row::alone(
-            "pn's programs during the ping-pong, ns/packet (bpf_stats)",
-            Measurement::new("ns", false, f.ns_rr.clone()),
+            &format!(
+                "an empty TC program at the same hooks during the {what} (the floor), ns/packet (bpf_stats)"
+            ),
+            ns(floor.to_vec()),
+        ),
+        Row::alone(
+            &format!("pn's programs over the floor during the {what}, ns/packet"),
+            ns(over(pn, floor)),
         ),
     ]
+}
+
+/// pn minus the floor, round by round.
+fn over(pn: &[f64], floor: &[f64]) -> Vec<f64> {
+    pn.iter().zip(floor).map(|(p, f)| p - f).collect()
 }
 
 /// IPv6's rows: against no programs over IPv6 (when measured) and against
