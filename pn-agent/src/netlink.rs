@@ -26,6 +26,7 @@ use rtnetlink::{
 mod addrs6;
 mod container;
 mod error;
+mod local_routes;
 mod netns;
 mod requests;
 mod socket;
@@ -158,8 +159,10 @@ pub async fn readdress6_container_side(
 }
 
 /// Announcements of IPv4 addresses added to or removed from this
-/// namespace, as they happen (contents ignored: the receiver reads the
-/// addresses again).
+/// namespace, and of `local` routes of either family (the host's own
+/// prefixes, AnyIP), as they happen (contents ignored: the receiver reads
+/// the addresses again). Other route changes (the agent's own routes to
+/// its containers) are not announced.
 pub fn address_changes() -> Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
     use rtnetlink::sys::AsyncSocket as _;
     let (mut conn, _handle, mut messages) = rtnetlink::new_connection()
@@ -168,15 +171,24 @@ pub fn address_changes() -> Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
         .socket_mut()
         .bind(&rtnetlink::sys::SocketAddr::new(
             0,
-            rtnetlink::constants::RTMGRP_IPV4_IFADDR,
+            rtnetlink::constants::RTMGRP_IPV4_IFADDR
+                | rtnetlink::constants::RTMGRP_IPV4_ROUTE
+                | rtnetlink::constants::RTMGRP_IPV6_ROUTE,
         ))
         .map_err(|e| NetlinkError::Other(format!("subscribing to address changes: {e}")))?;
     tokio::spawn(conn);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         use futures::StreamExt;
-        while messages.next().await.is_some() {
-            if tx.send(()).is_err() {
+        use rtnetlink::{packet_core::NetlinkPayload, packet_route::RouteNetlinkMessage as M};
+        while let Some((m, _)) = messages.next().await {
+            let announce = match &m.payload {
+                NetlinkPayload::InnerMessage(M::NewRoute(r) | M::DelRoute(r)) => {
+                    local_routes::is_host_local_route(r)
+                }
+                _ => true,
+            };
+            if announce && tx.send(()).is_err() {
                 return;
             }
         }

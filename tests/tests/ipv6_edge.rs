@@ -214,6 +214,49 @@ fn what_is_never_the_world_stays_out_of_reach_over_ipv6() {
 }
 
 #[test]
+fn an_ipv6_local_route_of_the_host_is_never_the_world() {
+    let f = fixture();
+    let _world = net::tcp_whoami_server6(&f.out.world, 7000);
+    assert!(
+        eventually(LEARN, || net::tcp_whoami(&f.c1.ns, sa(WORLD6, 7000), FAIL)
+            .is_ok()),
+        "the world first, so the pool is known"
+    );
+    let _host = net::tcp_whoami_server6(&f.host.ns, 7000);
+    // An AnyIP range of the host, added while the agent runs: no interface
+    // holds it, the host takes it as its own.
+    f.host.ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "local",
+        "2001:db8:53::/64",
+        "dev",
+        "lo",
+    ]);
+    assert!(net::tcp_whoami(&f.host.ns, sa("2001:db8:53::53", 7000), WAIT).is_ok());
+    // Denied within the repair period (10 s) at the latest.
+    assert!(
+        eventually(LEARN, || net::tcp_whoami(
+            &f.c1.ns,
+            sa("2001:db8:53::53", 7000),
+            FAIL
+        )
+        .is_err()),
+        "the local range is the host"
+    );
+    let (denied, egress) = (counted(&f, "egress_denied"), counted(&f, "egress"));
+    for dst in ["2001:db8:53::53", "2001:db8:53::1:2"] {
+        assert!(
+            net::tcp_whoami(&f.c1.ns, sa(dst, 7000), FAIL).is_err(),
+            "{dst}"
+        );
+    }
+    assert!(eventually(WAIT, || counted(&f, "egress_denied") >= denied + 2));
+    assert_eq!(counted(&f, "egress"), egress, "nothing passed as the world");
+}
+
+#[test]
 fn an_ipv6_egress_deny_range_is_never_the_world() {
     // One address of the world denied by the operator, an IPv4 range beside.
     let f = fixture_launched(

@@ -24,9 +24,10 @@ use crate::{
     netlink::{Netlink, NetlinkError},
 };
 
-/// How often the agent looks at its host again and checks that its table is
-/// still there (address changes are also announced by the kernel, and acted
-/// on at once).
+/// How often the agent looks at its host again (addresses, `local` routes)
+/// and checks that its table is still there (changes of IPv4 addresses and
+/// of `local` routes are also announced by the kernel, and acted on at
+/// once).
 pub const REPAIR_EVERY: Duration = Duration::from_secs(10);
 
 /// The pool as `PN_CONFIG` holds it.
@@ -80,6 +81,8 @@ fn edge_local6(
                 .map(|(_, n)| *n)
                 .filter(|n| !in_pool(&n.addr()))
                 .collect(),
+            // Read with the addresses: `gather`.
+            local_routes: Vec::new(),
             underlay,
             store: store6,
             // The other hosts are the view's: added by `reconcile`.
@@ -152,6 +155,8 @@ pub fn edge_local(
         host_addrs: hosts,
         facts: HostFacts {
             addrs: addrs.iter().map(|(_, n)| *n).collect(),
+            // Read with the addresses: `gather`.
+            local_routes: Vec::new(),
             underlay,
             store,
             // The other hosts are the view's: added by `reconcile`.
@@ -199,7 +204,9 @@ pub async fn store_addrs(store: &StoreSpec) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
 }
 
 /// Reads the host and makes its [`EdgeLocal`]; `pool6`: the fleet's IPv6
-/// pool, if known.
+/// pool, if known. The host's own addresses are its interfaces' and its
+/// `local` routes' (a prefix the host accepts with no interface holding
+/// it is the host all the same).
 pub async fn gather(
     netlink: &Netlink,
     cfg: &RunConfig,
@@ -209,8 +216,17 @@ pub async fn gather(
     let addrs = netlink.ipv4_addrs().await?;
     let addrs6 = netlink.ipv6_addrs().await?;
     let (store, store6) = store_addrs(&cfg.store).await;
-    let v6 = edge_local6(cfg, &addrs6, store6, pool6);
-    Ok(edge_local(cfg, forwarding, &addrs, store, v6))
+    let local4 = netlink.local_routes4().await?;
+    let local6 = netlink.local_routes6().await?;
+    let mut v6 = edge_local6(cfg, &addrs6, store6, pool6);
+    // As with the addresses: the pool's are the containers'.
+    v6.facts.local_routes = local6
+        .into_iter()
+        .filter(|n| !pool6.is_some_and(|p| p.contains(n)))
+        .collect();
+    let mut e = edge_local(cfg, forwarding, &addrs, store, v6);
+    e.facts.local_routes = local4;
+    Ok(e)
 }
 
 /// The fleet's IPv6 pool as far as this agent knows it without asking the
@@ -320,9 +336,9 @@ impl Agent {
         }
     }
 
-    /// Looks at the host again when an address comes or goes, and every
-    /// [`REPAIR_EVERY`]: the deny list and the table follow the host's
-    /// addresses, a table someone removed comes back, ports are given or
+    /// Looks at the host again when an address or a `local` route comes or
+    /// goes, and every [`REPAIR_EVERY`]: the deny list and the table follow
+    /// the host's addresses and `local` routes, a table someone removed comes back, ports are given or
     /// taken back.
     pub(super) async fn repair_edge(self: Arc<Self>) {
         let mut tick = tokio::time::interval(REPAIR_EVERY);
@@ -363,7 +379,7 @@ impl Agent {
                 Ok(e) => {
                     let mut cur = self.edge_local.write().unwrap_or_else(|p| p.into_inner());
                     if cur.as_ref() != Some(&e) {
-                        log::info!("host addresses changed; updating the edge");
+                        log::info!("host addresses or local routes changed; updating the edge");
                         *cur = Some(e);
                     }
                 }

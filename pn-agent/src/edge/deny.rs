@@ -27,6 +27,11 @@ pub struct HostFacts {
     /// Every address of the host with its subnet (`ip -4 addr`): the
     /// address itself and the subnet's broadcast address are denied.
     pub addrs: Vec<Ipv4Net>,
+    /// The host's `local` routes (table local, `ip route show table local
+    /// type local`): prefixes the host takes as its own without an
+    /// interface holding them (`ip route add local 198.51.100.0/24 dev
+    /// lo`, AnyIP), denied whole.
+    pub local_routes: Vec<Ipv4Net>,
     /// The underlay's subnet.
     pub underlay: Option<Ipv4Net>,
     /// Addresses of the store's endpoints (etcd), resolved.
@@ -51,6 +56,11 @@ pub fn deny_list(facts: &HostFacts) -> BTreeMap<Ipv4Net, u32> {
         if net.prefix_len() < 31 {
             out.insert(Ipv4Net::from(net.broadcast()), DenyRange::HOST);
         }
+    }
+    // Loopback's local route is the special range already, and keeps
+    // its kind.
+    for net in &facts.local_routes {
+        out.entry(net.trunc()).or_insert(DenyRange::HOST);
     }
     if let Some(u) = facts.underlay {
         out.insert(u.trunc(), DenyRange::UNDERLAY);
@@ -101,6 +111,7 @@ mod tests {
                 "192.168.50.1/24".parse().unwrap(),
                 "10.0.0.5/32".parse().unwrap(),
             ],
+            local_routes: Vec::new(),
             underlay: Some("192.168.50.1/24".parse().unwrap()),
             store: vec!["192.168.60.10".parse().unwrap()],
             peers: vec!["203.0.113.77".parse().unwrap()],
@@ -134,6 +145,36 @@ mod tests {
             assert_eq!(covers(&l, ip(addr)), Some(kind), "{addr}");
         }
         for world in ["203.0.113.10", "8.8.8.8", "192.168.60.11", "10.0.0.6"] {
+            assert_eq!(covers(&l, ip(world)), None, "{world}");
+        }
+    }
+
+    #[test]
+    fn the_hosts_local_routes_are_the_host_whole() {
+        let mut f = facts();
+        f.local_routes = vec![
+            "203.0.113.0/24".parse().unwrap(),
+            "127.0.0.0/8".parse().unwrap(),
+            // Host bits as the kernel may hold them.
+            "192.0.2.77/28".parse().unwrap(),
+        ];
+        let l = deny_list(&f);
+        for addr in ["203.0.113.0", "203.0.113.53", "203.0.113.255"] {
+            assert_eq!(covers(&l, ip(addr)), Some(DenyRange::HOST), "{addr}");
+        }
+        assert_eq!(covers(&l, ip("192.0.2.64")), Some(DenyRange::HOST));
+        assert_eq!(covers(&l, ip("192.0.2.79")), Some(DenyRange::HOST));
+        assert_eq!(covers(&l, ip("192.0.2.80")), None);
+        // A most specific range keeps its kind (the peer's /32 within the
+        // local /24), and loopback stays special.
+        assert_eq!(covers(&l, ip("203.0.113.77")), Some(DenyRange::UNDERLAY));
+        assert_eq!(covers(&l, ip("127.0.0.1")), Some(DenyRange::SPECIAL));
+        // Nothing else changed: the list without them, plus the two prefixes.
+        let mut want = deny_list(&facts());
+        want.insert("203.0.113.0/24".parse().unwrap(), DenyRange::HOST);
+        want.insert("192.0.2.64/28".parse().unwrap(), DenyRange::HOST);
+        assert_eq!(l, want);
+        for world in ["203.0.114.1", "8.8.8.8", "10.0.0.6"] {
             assert_eq!(covers(&l, ip(world)), None, "{world}");
         }
     }

@@ -33,6 +33,10 @@ const NAT64: &str = "64:ff9b::/96";
 pub struct HostFacts6 {
     /// Every IPv6 address of the host with its prefix.
     pub addrs: Vec<Ipv6Net>,
+    /// The host's IPv6 `local` routes (table local: `ip -6 route add local
+    /// 2001:db8:53::/64 dev lo`, AnyIP), denied whole; never a global
+    /// address to translate to.
+    pub local_routes: Vec<Ipv6Net>,
     /// The underlay's IPv6 subnets (its interface's addresses but
     /// link-local).
     pub underlay: Vec<Ipv6Net>,
@@ -71,6 +75,10 @@ pub fn deny_list6(facts: &HostFacts6, v4: &BTreeMap<Ipv4Net, u32>) -> BTreeMap<I
     }
     for net in &facts.addrs {
         out.insert(Ipv6Net::from(net.addr()), DenyRange::HOST);
+    }
+    // Loopback's and the link-local ranges' are special already.
+    for net in &facts.local_routes {
+        out.entry(net.trunc()).or_insert(DenyRange::HOST);
     }
     for net in &facts.underlay {
         out.insert(net.trunc(), DenyRange::UNDERLAY);
@@ -141,6 +149,7 @@ mod tests {
                 "2001:db8:1::5/64".parse().unwrap(),
                 "fe80::5/64".parse().unwrap(),
             ],
+            local_routes: Vec::new(),
             underlay: vec!["2001:db8:100::/64".parse().unwrap()],
             store: vec![ip("2001:db8:60::10")],
             peers: vec![ip("2001:db8:77::1")],
@@ -184,6 +193,34 @@ mod tests {
             assert_eq!(covers6(&l, ip(world)), None, "{world}");
         }
         assert_eq!(covers6(&l, nat64("8.8.8.8".parse().unwrap())), None);
+    }
+
+    #[test]
+    fn the_hosts_local_routes_are_the_host_whole() {
+        let mut f = facts();
+        f.local_routes = vec![
+            "2001:db8:53::/64".parse().unwrap(),
+            "::1/128".parse().unwrap(),
+            "fe80::5/128".parse().unwrap(),
+        ];
+        let l = deny_list6(&f, &v4());
+        for addr in ["2001:db8:53::", "2001:db8:53::53", "2001:db8:53:0:ffff::1"] {
+            assert_eq!(covers6(&l, ip(addr)), Some(DenyRange::HOST), "{addr}");
+        }
+        assert_eq!(covers6(&l, ip("2001:db8:54::1")), None);
+        assert_eq!(covers6(&l, ip("::1")), Some(DenyRange::SPECIAL));
+        let mut want = deny_list6(&facts(), &v4());
+        want.insert("2001:db8:53::/64".parse().unwrap(), DenyRange::HOST);
+        want.insert("fe80::5/128".parse().unwrap(), DenyRange::HOST);
+        assert_eq!(l, want, "nothing else changed");
+        // A local route is no address to translate to.
+        let mut f = facts();
+        f.addrs = vec!["fe80::5/64".parse().unwrap()];
+        f.local_routes = vec!["2001:db8:53::/64".parse().unwrap()];
+        assert_eq!(
+            covers6(&deny_list6(&f, &v4()), ip("2606:4700::1111")),
+            Some(DenyRange::NO_ADDRESS)
+        );
     }
 
     #[test]

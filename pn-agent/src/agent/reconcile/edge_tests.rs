@@ -23,6 +23,7 @@ fn edge_local(routers: &[&str]) -> EdgeLocal {
         ports: "30000-30002".parse().unwrap(),
         facts: HostFacts {
             addrs: vec!["192.168.50.1/24".parse().unwrap()],
+            local_routes: vec![],
             underlay: Some("192.168.50.0/24".parse().unwrap()),
             store: vec![],
             peers: vec![],

@@ -3,8 +3,9 @@
 //! again and again) and cold (every name new); baseline for the forwarded
 //! cases: the same upstream queried with the same names and load, straight
 //! from the host (over loopback) and from the same container across its
-//! veth (pn's programs attached, then detached), so pn's warm cache can be
-//! told apart from the path its queries take.
+//! veth with pn's programs detached, and the programs' own time per query
+//! of the warm cache (kernel bpf_stats), so pn's warm cache can be told
+//! apart from the path its queries take.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -25,13 +26,11 @@ const IN_FLIGHT_COLD: u32 = 32;
 /// Distinct names of the world in the warm-cache load.
 const WARM_NAMES: usize = 200;
 /// The upstream responder's one address: a `local` route in the host's
-/// namespace (the host takes it as its own), not an interface address. The
-/// agent's deny list holds the host's interface addresses (`ip -4 addr`),
-/// so pn's programs let a container reach this one as the world, over the
-/// same path as its queries to the gateway (its veth, the host's input,
-/// a UDP socket of the host): the only way to measure the upstream across
-/// the veth with the programs attached, since the host itself is never
-/// the world (`egress_denied`).
+/// namespace (the host takes it as its own). With pn's programs detached a
+/// container reaches it over the same path as its queries to the gateway
+/// (its veth, the host's input, a UDP socket of the host); with them
+/// attached it is the host, never the world (`egress_denied`), so the
+/// programs' share is their own run time instead (bpf_stats).
 const UPSTREAM: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);
 const UPSTREAM_PORT: u16 = 5353;
 
@@ -93,6 +92,7 @@ fn warm_up(c1: &pn_tests::Namespace, world: &[String]) -> anyhow::Result<()> {
 const GATEWAY: &str = "169.254.1.1";
 
 pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
+    let _stats = tools::BpfStats::enable()?;
     let p = unique_prefix();
     let mut host = Host::create(&p, "h1");
     let upstream = UPSTREAM.to_string();
@@ -141,15 +141,16 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     let [
         mut zone,
         mut warm,
-        mut warm_veth,
         mut warm_bare,
         mut warm_direct,
         mut cold,
         mut cold_direct,
-    ] = std::array::from_fn::<Series, 7, _>(|_| Series::default());
+    ] = std::array::from_fn::<Series, 6, _>(|_| Series::default());
     let secs = effort.seconds;
     // The counters of the agents restarted so far (see below).
     let (mut hits, mut misses) = (0, 0);
+    // pn's programs' run time per query answered in the warm runs.
+    let mut prog_ns = Vec::new();
     let egress = |host: &Host| host.packets(&app, "web-1", "egress");
     for _ in 0..effort.runs {
         zone.push(tools::dnsperf(
@@ -161,21 +162,17 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
             IN_FLIGHT,
             false,
         )?);
-        warm.push(tools::dnsperf(&c1, gw, 53, &world, secs, IN_FLIGHT, false)?);
-        let before = egress(&host);
-        warm_veth.push(tools::dnsperf(
-            &c1,
-            &upstream,
-            UPSTREAM_PORT,
-            &world,
-            secs,
-            IN_FLIGHT,
-            false,
-        )?);
+        // The programs of this agent (a restart below loads them anew).
+        let ids = tools::pinned_prog_ids(&host);
+        let s0 = tools::prog_stats_ids(&ids);
+        let w = tools::dnsperf(&c1, gw, 53, &world, secs, IN_FLIGHT, false)?;
+        let s1 = tools::prog_stats_ids(&ids);
         anyhow::ensure!(
-            egress(&host) > before,
-            "pn's programs did not see the queries to the upstream across the veth"
+            s1.1 > s0.1 && w.completed > 0.0,
+            "no run of pn's programs counted over the warm run (bpf_stats)"
         );
+        prog_ns.push(s1.0.saturating_sub(s0.0) as f64 / w.completed);
+        warm.push(w);
         warm_direct.push(tools::dnsperf(
             &host.ns,
             &upstream,
@@ -231,34 +228,34 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     let (h, m) = cache_counts(&host);
     (hits, misses) = (hits + h, misses + m);
     let med = |s: &Series| s.qps().median();
+    let prog = Measurement::new("ns", false, prog_ns);
     let warm_ratio = med(&warm) / med(&warm_direct);
     let notes = vec![
         format!(
             "Cache over the whole run (warm-ups included): {hits} hits, {misses} misses. Share \
              of NOERROR answers (the worst run): zone {:.1} %, warm {:.1} %, cold {:.1} %, \
-             upstream direct {:.1} % / {:.1} %, upstream across the veth {:.1} % (programs \
-             attached) / {:.1} % (detached).",
+             upstream direct {:.1} % / {:.1} %, upstream across the veth (programs detached) \
+             {:.1} %.",
             zone.worst_noerror * 100.0,
             warm.worst_noerror * 100.0,
             cold.worst_noerror * 100.0,
             warm_direct.worst_noerror * 100.0,
             cold_direct.worst_noerror * 100.0,
-            warm_veth.worst_noerror * 100.0,
             warm_bare.worst_noerror * 100.0,
         ),
         format!(
             "Warm cache against the upstream direct, {warm_ratio:.2}×, split along the path \
              (ratios of medians, q/s; their product is that ratio): crossing the container's \
              veth both ways ({:.2}×: the upstream across the veth with no programs over the \
-             upstream direct), pn's programs on that crossing ({:.2}×: attached over \
-             detached), the agent's answer from its cache against the responder's, over the \
-             same path ({:.2}×: pn warm over the upstream across the veth, programs attached).",
+             upstream direct), pn's agent and programs over that same path ({:.2}×: pn warm \
+             over the upstream across the veth, programs detached). Of the latter, pn's \
+             programs' own time: {:.0} ns per query (median; bpf_stats run time of the agent's \
+             programs over the warm run, per query answered).",
             med(&warm_bare) / med(&warm_direct),
-            med(&warm_veth) / med(&warm_bare),
-            med(&warm) / med(&warm_veth),
+            med(&warm) / med(&warm_bare),
+            prog.median(),
         ),
     ];
-    let across = "the upstream across the container's veth, pn's programs attached";
     let bare = "the upstream across the container's veth, programs detached";
     Ok(Scenario {
         name: "dns".into(),
@@ -274,11 +271,12 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
              share). Baselines, the same responder with the same names and load, in the same runs: from \
              the host straight at it over loopback (the upstream direct), and, for the warm cache, dnsperf \
              in the same container at it across the container's veth, the way the container's queries to \
-             the agent go (its address is a `local` route of the host's namespace rather than an \
-             interface address, which pn's deny list would hold: pn's programs pass it as the world, \
-             counted `egress`), with pn's programs attached, then detached \
-             (`bpftool`-unpinned links; a restart of the agent attaches them again and the cache is \
-             warmed again before the next run)."
+             the agent go (its address is a `local` route of the host's namespace), with pn's programs \
+             detached (`bpftool`-unpinned links; a restart of the agent attaches them again and the cache \
+             is warmed again before the next run): attached, they deny it, the host's own address being \
+             never the world. pn's programs' own time per query of the warm cache: the kernel's \
+             bpf_stats (run_time_ns of the programs of the agent's pinned links) over the warm run, \
+             divided by the queries answered (a query and its answer: about two runs)."
         ),
         rows: vec![
             Row::alone("zone names: queries/s", zone.qps()),
@@ -297,18 +295,6 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
                 warm_direct.latency(),
             ),
             Row::versus(
-                "forwarded names, warm cache, same path: queries/s",
-                warm.qps(),
-                across,
-                warm_veth.qps(),
-            ),
-            Row::versus(
-                "forwarded names, warm cache, same path: average latency",
-                warm.latency(),
-                across,
-                warm_veth.latency(),
-            ),
-            Row::versus(
                 "forwarded names, warm cache, same veth: queries/s",
                 warm.qps(),
                 bare,
@@ -319,6 +305,10 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
                 warm.latency(),
                 bare,
                 warm_bare.latency(),
+            ),
+            Row::alone(
+                "forwarded names, warm cache: pn's programs' time per query",
+                prog,
             ),
             Row::versus(
                 "forwarded names, cold cache: queries/s",

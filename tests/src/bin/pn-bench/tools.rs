@@ -219,6 +219,8 @@ pub struct DnsPerf {
     pub latency_ms: f64,
     /// Share of the answers that were NOERROR (the rest: SERVFAIL, REFUSED…).
     pub noerror: f64,
+    /// Queries answered.
+    pub completed: f64,
 }
 
 /// dnsperf against `server` with the queries of `names` (A), for `seconds`
@@ -290,6 +292,7 @@ pub fn dnsperf(
         } else {
             0.0
         },
+        completed,
     })
 }
 
