@@ -274,8 +274,15 @@ fn connections(
         let mut ports = std::collections::HashMap::<u16, u32>::new();
         let mut b = [0u8; 64];
         for _ in 0..n {
+            // Busy ports are only skipped: the kernel's ephemeral ports of
+            // the scenario's earlier connections (the new-connection rows,
+            // tens of thousands in a full run) sit in TIME_WAIT without
+            // SO_REUSEADDR, which refuses a bind even with it; only a whole
+            // lap without a free port is an error.
+            let mut tries = 0usize;
             let s = loop {
                 port = next_port(port);
+                tries += 1;
                 let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
                 // A port of the other destination's walk may sit in this
                 // side's TIME_WAIT (a close that came before the server's
@@ -285,7 +292,12 @@ fn connections(
                     Ok(()) => break s,
                     Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                         busy += 1;
-                        anyhow::ensure!(busy < 1000, "{busy} client ports busy");
+                        anyhow::ensure!(
+                            tries < SPREAD_PORTS.len(),
+                            "no free client port in {}..={}",
+                            SPREAD_PORTS.start(),
+                            SPREAD_PORTS.end()
+                        );
                     }
                     Err(e) => return Err(e.into()),
                 }
