@@ -27,7 +27,11 @@ pub struct Endpoint {
     pub tag: u32,
     /// Host-side interface of a local endpoint; 0 for a remote one.
     pub ifindex: u32,
-    /// Index of the peer host carrying a remote endpoint; 0 for a local one.
+    /// Index of the peer host carrying a remote endpoint. For a local one:
+    /// its row of `PN_COUNTERS` (its interface's [`Iface::slot`]), so the
+    /// underlay guard counts a drop toward it without a second lookup; 0
+    /// when not given (an entry an earlier agent wrote, or no slot free):
+    /// then the row is looked up by `ifindex`.
     pub peer: u32,
     pub flags: u32,
 }
@@ -37,6 +41,16 @@ impl Endpoint {
 
     pub const fn is_remote(&self) -> bool {
         self.flags & Self::FLAG_REMOTE != 0
+    }
+
+    /// A local endpoint's counter row as the entry carries it (see
+    /// `peer`); 0 for a remote one or one not given it.
+    pub const fn row(&self) -> u16 {
+        if self.is_remote() || self.peer > u16::MAX as u32 {
+            0
+        } else {
+            self.peer as u16
+        }
     }
 }
 
@@ -343,7 +357,12 @@ pub struct ConnCount {
 pub struct EventBudget {
     pub window_start_ns: u64,
     pub sent: u32,
-    pub _pad: u32,
+    /// The tick (low 32 bits of jiffies) in which the clock last found
+    /// the window open and spent: over budget in the same tick, an event is
+    /// suppressed without reading the clock (see
+    /// [`EventBudget::spent_this_tick`]). Was padding: an entry an earlier
+    /// agent's programs wrote holds 0, which costs at most a tick's delay.
+    pub spent_tick: u32,
     /// Events over the budget (counted, not sent), since the map was made.
     pub suppressed: u64,
 }

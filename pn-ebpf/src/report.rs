@@ -1,7 +1,7 @@
 //! Counting and reporting, shared by every program: one counter row per
 //! interface slot and reason, events under a per-CPU budget per kind.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_ns};
 use pn_common::{
     Reason,
     event::{Direction, EventKind, FlowEvent},
@@ -51,15 +51,34 @@ pub fn report_drop<A: Copy + Default>(
     reason: Reason,
     pkt: Option<&PacketSummary<A>>,
 ) {
+    if let Some(now) = admit_drop(at.cfg.drop_events_per_sec) {
+        send(at, now, EventKind::Drop, reason, pkt);
+    }
+}
+
+/// The drop budget of this CPU on one more drop event: its timestamp if
+/// it is to be sent. Over budget (a flood) the clock, a helper call, is
+/// read once a tick rather than once a drop (`EventBudget::spent_this_tick`);
+/// jiffies are a load the verifier inlines.
+#[inline(always)]
+pub fn admit_drop(per_sec: u32) -> Option<u64> {
+    let budget = PN_EVBUDGET.get_ptr_mut(EventBudget::index(EventKind::Drop))?;
+    // SAFETY: bpf_jiffies64 has no preconditions.
+    let tick = unsafe { bpf_jiffies64() } as u32;
+    // SAFETY: per-CPU value, only this CPU touches it while we run.
+    let budget = unsafe { &mut *budget };
+    if budget.spent_this_tick(tick, per_sec) {
+        return None;
+    }
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    report(at, now, EventKind::Drop, reason, pkt);
+    budget.admit_at_tick(now, tick, per_sec).then_some(now)
 }
 
 /// Sends an event if its kind's budget on this CPU allows it; counts it as
-/// suppressed otherwise. Every event of `PN_EVENTS` goes through here: a
-/// flood of drops or of new flows costs the agent a bounded rate. `A`, the
-/// family, picks the event's layout (its addresses).
+/// suppressed otherwise. Every event of `PN_EVENTS` goes through here or
+/// [`admit_drop`]: a flood of drops or of new flows costs the agent a
+/// bounded rate. `A`, the family, picks the event's layout (its addresses).
 #[inline(always)]
 pub fn report<A: Copy + Default>(
     at: &PacketCtx,
@@ -75,6 +94,18 @@ pub fn report<A: Copy + Default>(
     if !unsafe { (*budget).admit(now, at.cfg.drop_events_per_sec) } {
         return;
     }
+    send(at, now, kind, reason, pkt);
+}
+
+/// An event its budget admitted, into the ring buffer.
+#[inline(always)]
+pub fn send<A: Copy + Default>(
+    at: &PacketCtx,
+    now: u64,
+    kind: EventKind,
+    reason: Reason,
+    pkt: Option<&PacketSummary<A>>,
+) {
     let mut ev = FlowEvent::<A> {
         ts_ns: now,
         ifindex: at.ifindex,

@@ -171,6 +171,12 @@ impl Kernel {
             .ctx(|| objects::PROG_UNDERLAY.to_string())?;
         xdp.load()
             .ctx(|| format!("loading program {} (verifier)", objects::PROG_UNDERLAY))?;
+        if let Some(n) = xdp.info().ok().and_then(|i| i.verified_instruction_count()) {
+            log::info!(
+                "program {}: {n} instructions verified",
+                objects::PROG_UNDERLAY
+            );
+        }
         fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
             ebpf: &mut Ebpf,
             name: &str,

@@ -23,6 +23,7 @@ mod lb;
 mod maps;
 pub mod metrics;
 pub mod pins;
+mod rows;
 pub mod share;
 mod state;
 
@@ -363,19 +364,35 @@ impl<M: Maps> Datapath<M> {
             .cloned()
             .collect();
         let by_addr = |_: &u32, i: &Iface| scope.has_addr(i.addr);
+        let slotted = self.slotted(want, scope);
+        // Each interface's row: as slotted within the scope, as held outside.
+        let row = |idx: u32, i: &Iface| {
+            if scope.has_addr(i.addr) {
+                i.slot
+            } else {
+                cur.ifaces.get(&idx).map_or(0, |c| c.slot)
+            }
+        };
+        let stamped4 = rows::stamped(&want.endpoints, &slotted, row, |i| Some(i.addr));
+        let stamped6 = rows::stamped(&want.endpoints6, &slotted, row, |i| {
+            (i.addr6 != [0; 16]).then_some(i.addr6)
+        });
+        let (part4, part6) = (keys_or_all(&scope.addrs), keys_or_all(&scope.addrs6));
         let mut plan = Plan {
             links,
             pinned,
-            ifaces: diff(
-                &cur.ifaces,
-                &self.slotted(want, scope),
-                &Part::Where(&by_addr),
+            ifaces: diff(&cur.ifaces, &slotted, &Part::Where(&by_addr)),
+            endpoints: rows::with_rows(
+                diff(&cur.endpoints, &want.endpoints, &part4),
+                &cur.endpoints,
+                &stamped4,
+                &part4,
             ),
-            endpoints: diff(&cur.endpoints, &want.endpoints, &keys_or_all(&scope.addrs)),
-            endpoints6: diff(
+            endpoints6: rows::with_rows(
+                diff(&cur.endpoints6, &want.endpoints6, &part6),
                 &cur.endpoints6,
-                &want.endpoints6,
-                &keys_or_all(&scope.addrs6),
+                &stamped6,
+                &part6,
             ),
             services: diff(&cur.services, &want.services, &Part::All),
             services6: diff(&cur.services6, &want.services6, &Part::All),

@@ -44,10 +44,19 @@ fn two() -> State {
 }
 
 /// `s` as the kernel holds it: interfaces numbered 1, 2… in ifindex order
-/// (the counter slots the datapath gives them from empty).
+/// (the counter slots the datapath gives them from empty), their local
+/// endpoints carrying the same rows (`rows.rs`).
 fn slotted(mut s: State) -> State {
     for (n, i) in s.ifaces.values_mut().enumerate() {
         i.slot = n as u16 + 1;
+    }
+    for (idx, i) in &s.ifaces {
+        if let Some(ep) = s.endpoints.get_mut(&i.addr).filter(|e| e.ifindex == *idx) {
+            ep.peer = u32::from(i.slot);
+        }
+        if let Some(ep) = s.endpoints6.get_mut(&i.addr6).filter(|e| e.ifindex == *idx) {
+            ep.peer = u32::from(i.slot);
+        }
     }
     s
 }
@@ -387,7 +396,9 @@ fn ipv6_endpoints_follow_their_scope() {
     want.endpoints6.insert(ula(3), remote(1, 9));
     want.ifaces.get_mut(&7).unwrap().addr6 = ula(2);
     dp.apply(&want, &Scope::all()).unwrap();
-    assert_eq!(dp.maps().state.endpoints6, want.endpoints6);
+    // The local one with its interface's counter row, as the IPv4 one.
+    assert_eq!(dp.maps().state.endpoints6, slotted(want.clone()).endpoints6);
+    assert_eq!(dp.maps().state.endpoints6[&ula(2)].row(), 1);
     assert_eq!(dp.maps().state.ifaces[&7].addr6, ula(2));
     assert!(
         dp.maps()
@@ -423,7 +434,7 @@ fn ipv6_endpoints_follow_their_scope() {
     // A full apply repairs what the kernel lost.
     dp.maps_mut().state.endpoints6.clear();
     dp.apply(&want, &Scope::all()).unwrap();
-    assert_eq!(dp.maps().state.endpoints6, want.endpoints6);
+    assert_eq!(dp.maps().state.endpoints6, slotted(want).endpoints6);
 }
 
 #[test]
@@ -494,4 +505,28 @@ fn ipv6_peers_are_written_and_removed_with_the_underlay() {
     dp.apply(&want, &Scope::underlay()).unwrap();
     assert_eq!(dp.maps().calls, ["remove_peer6 2001:db8::2"]);
     assert!(dp.maps().state.peers6.is_empty());
+}
+
+#[test]
+fn local_endpoints_carry_their_interfaces_counter_rows() {
+    let mut dp = Datapath::new(FakeMaps::default());
+    dp.apply(&two(), &Scope::all()).unwrap();
+    let (mine, theirs) = (ip4(10, 240, 0, 2), ip4(10, 240, 0, 3));
+    assert_eq!(dp.maps().state.endpoints[&mine].row(), 1);
+    assert_eq!(dp.maps().state.endpoints[&theirs].peer, 9, "a peer, no row");
+    // An entry an earlier agent wrote (no row) gets it at a full apply.
+    dp.maps_mut().state.endpoints.get_mut(&mine).unwrap().peer = 0;
+    dp.apply(&two(), &Scope::all()).unwrap();
+    assert_eq!(dp.maps().state.endpoints[&mine].row(), 1);
+    // The interface under a new address takes a new row: its endpoint
+    // follows in the same apply.
+    let mut moved = two();
+    moved.endpoints.remove(&mine);
+    moved.ifaces.get_mut(&7).unwrap().addr = ip4(10, 240, 0, 4);
+    moved.endpoints.insert(ip4(10, 240, 0, 4), local(1, 7));
+    let mut dp = Datapath::new(FakeMaps::default());
+    dp.apply(&two(), &Scope::all()).unwrap();
+    dp.apply(&moved, &Scope::all()).unwrap();
+    let slot = dp.maps().state.ifaces[&7].slot;
+    assert_eq!(dp.maps().state.endpoints[&ip4(10, 240, 0, 4)].row(), slot);
 }
