@@ -82,22 +82,22 @@ fn underlay4(ctx: &XdpContext) -> u32 {
     let Some(ep) = unsafe { PN_ENDPOINTS.get(pkt.dst) }.copied() else {
         return stranger4(ctx, pkt.src, pkt.dst, pkt.proto, udp);
     };
-    // Clear text to a member is dropped whatever follows its IP header
-    // (`policy::underlay`'s first rule): the UDP header is read only for
-    // an event the budget lets through.
     // Element 0 of a one-element array: always there. By reference, not
     // copied onto a frame the verifier counts.
     let Some(cfg) = PN_CONFIG.get(0) else {
         return xdp_action::XDP_PASS;
     };
+    // Clear text to a member is dropped whatever follows its IP header
+    // (`policy::underlay`'s first rule): the UDP header is read only for
+    // an event the budget lets through.
     let decision = policy::underlay(&pkt, cfg, true, |_| true, |_| true);
     let summary = || summary4(ctx, pkt, udp);
     verdict(ctx, cfg, decision, Some(ep), summary, (end - data) as u32)
 }
 
 /// IPv4 to no member: tunnel datagrams must come from a peer and carry a
-/// local network's tag; the rest is the host's.
-/// Its header's fields come by value: a packet by reference would sit on
+/// local network's tag; the rest is the host's. Its header's fields come
+/// by value: a packet by reference would sit on
 /// the entry's frame.
 #[inline(never)]
 fn stranger4(ctx: &XdpContext, src: Ip4, dst: Ip4, proto: u8, udp: usize) -> u32 {

@@ -1,6 +1,6 @@
 //! Rule 6 on one host: the XDP guard on the underlay interface.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, process::Command, time::Duration};
 
 use pn_tests::{Host, eventually, metric_value, net, unique_prefix};
 
@@ -33,6 +33,38 @@ fn the_underlay_guard_drops_strangers_and_cleartext_to_members() {
     );
     assert!(host.packets(&app, "web-1", "cleartext_to_member") >= 1);
     assert_eq!(host.packets(&app, "web-1", "not_member"), 0);
+
+    // The member's entry carries its counter row (the guard's drop then
+    // costs one lookup), and the drop's event still names the port it
+    // aimed at, though the guard reads the UDP header for an event alone.
+    let ep = Command::new("bpftool")
+        .args(["-j", "map", "lookup", "pinned"])
+        .arg(host.pinned_map("PN_ENDPOINTS"))
+        .arg("key")
+        .args(ip1.octets().map(|b| b.to_string()))
+        .output()
+        .unwrap();
+    let ep: serde_json::Value = serde_json::from_slice(&ep.stdout).unwrap();
+    let byte = |i: usize| {
+        let s = ep["value"][i].as_str().unwrap_or_default();
+        u8::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or(0)
+    };
+    assert_ne!(byte(8), 0, "no counter row in {ep}");
+    net::send_raw_ipv4(
+        &stranger,
+        net::udp_packet("192.168.90.2".parse().unwrap(), 40000, ip1, 5353, b"clear"),
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            host.cli_ok(&["--output", "json", "flows"])
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|f| f["reason"] == "cleartext_to_member" && f["dport"] == 5353)
+        }),
+        "{}",
+        host.cli_ok(&["--output", "json", "flows"])
+    );
 
     // Tunnel-port datagrams from a host that is not a peer.
     let mut data = vec![4u8, 0, 0, 0];

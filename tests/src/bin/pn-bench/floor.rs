@@ -155,6 +155,23 @@ fn owned(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// Loads `r0 = verdict; exit` as a program of `prog_type`, attached
+/// nowhere.
+fn load(prog_type: u32, verdict: i32) -> anyhow::Result<OwnedFd> {
+    let insns = program(verdict);
+    let license = CString::new("GPL")?;
+    let mut a = load_attr(prog_type, &insns, &license, "pn_bench_floor");
+    Ok(owned(
+        bpf(BPF_PROG_LOAD, &mut a).context("loading the floor program")?,
+    ))
+}
+
+/// The drop-everything XDP program, attached nowhere: for
+/// `testrun::run`.
+pub fn xdp_drop() -> anyhow::Result<OwnedFd> {
+    load(PROG_TYPE_XDP, XDP_DROP)
+}
+
 /// A loaded two-instruction program attached at some hooks; dropping it
 /// closes the links (detaching it) and the program.
 pub struct Attached {
@@ -178,10 +195,7 @@ pub fn attach(ns: &Namespace, hooks: &[(String, Hook)], verdict: i32) -> anyhow:
     );
     let hooks = hooks.to_vec();
     ns.run(move || {
-        let insns = program(verdict);
-        let license = CString::new("GPL")?;
-        let mut a = load_attr(prog_type, &insns, &license, "pn_bench_floor");
-        let prog = owned(bpf(BPF_PROG_LOAD, &mut a).context("loading the floor program")?);
+        let prog = load(prog_type, verdict)?;
         let mut info = [0u32; 2]; // struct bpf_prog_info: type, id
         let mut a = [0u8; ATTR_LEN];
         put32(&mut a, 0, prog.as_raw_fd() as u32);

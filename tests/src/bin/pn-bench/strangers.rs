@@ -16,7 +16,7 @@ use pn_tests::{Host, Namespace, metric_value, unique_prefix};
 use crate::{
     Effort, floor,
     report::{Measurement, Row, Scenario},
-    tools,
+    testrun, tools,
 };
 
 /// A stranger's side of a veth: its namespace, its interface's MAC, its
@@ -146,6 +146,33 @@ fn rx_packets(ns: &Namespace, dev: &str) -> u64 {
     v[0]["stats64"]["rx"]["packets"].as_u64().unwrap_or(0)
 }
 
+/// The guard as the agent loaded it and the drop-everything program, run
+/// by BPF_PROG_TEST_RUN on the underlay flood's frame (a million times a
+/// run, bpf_stats off): ns per run of each. The guard's drops count in the
+/// member's row like the flood's, after the floods.
+fn warm(
+    host: &Host,
+    from: &Stranger,
+    to: Ipv4Addr,
+    runs: usize,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let guard = testrun::linked_prog(&host.bpffs().join("xdp/ul0"))?;
+    let ceiling = floor::xdp_drop()?;
+    let frame = testrun::udp_frame(from.ip.parse()?, to, 64);
+    let _off = tools::BpfStats::disable()?;
+    let (mut g, mut c) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (verdict, ns) = testrun::run(&guard, &frame, 1_000_000)?;
+        anyhow::ensure!(
+            verdict == floor::XDP_DROP as u32,
+            "the guard's verdict on the flood's frame: {verdict}"
+        );
+        g.push(ns);
+        c.push(testrun::run(&ceiling, &frame, 1_000_000)?.1);
+    }
+    Ok((g, c))
+}
+
 fn nft(host: &Host, script: &str) -> anyhow::Result<()> {
     let path = std::env::temp_dir().join(format!("pn-bench-nft-{}", host.ns.name));
     std::fs::write(&path, script)?;
@@ -187,7 +214,10 @@ cost time of their own. The ceilings: pn's programs detached, nftables' table re
 program that drops everything (`floor.rs`) attached at pn's very hooks, TC_ACT_SHOT with TCX at the member's \
 veth egress and XDP_DROP in generic (SKB) mode on the underlay, flooded the same way right after each \
 nftables run (pn, nftables and the ceilings in turn, round by round); their drops are the frames the host's end of the stranger's veth received (a veth counts them \
-on hand-over), none of which can pass. pn against the ceiling: pn's softirq CPU per drop over the ceiling's.";
+on hand-over), none of which can pass. pn against the ceiling: pn's softirq CPU per drop over the ceiling's. The guard's own run, warm: \
+BPF_PROG_TEST_RUN of the guard as the agent loaded it (its maps as the agent filled them) on the flood's frame, \
+a million runs each, bpf_stats off, against the drop-everything program by the same method (`testrun.rs`): \
+the program alone, without the hook, the socket buffer or the generator; the test run's own loop is in both.";
 
 pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     let p = unique_prefix();
@@ -276,6 +306,7 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
         drop(shot);
     }
     tools::reattach_programs(&mut host);
+    let (warm_guard, warm_ceiling) = warm(&host, ul, ip1, effort.runs)?;
     let m = |runs: &[Run], f: fn(&Run) -> f64, unit: &str, higher: bool| {
         Measurement::new(unit, higher, runs.iter().map(f).collect())
     };
@@ -355,6 +386,12 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
     rows.push(Row::alone(
         "program run time per packet (bpf_stats), underlay (XDP)",
         Measurement::new("ns", false, xdp_ns),
+    ));
+    rows.push(Row::versus(
+        "the guard's own run per drop, warm (BPF_PROG_TEST_RUN), underlay (XDP)",
+        Measurement::new("ns", false, warm_guard),
+        "a drop-everything XDP program",
+        Measurement::new("ns", false, warm_ceiling),
     ));
     let setup = if trafgen {
         SETUP_TRAFGEN.to_string()

@@ -198,9 +198,19 @@ pub struct BpfStats {
 
 impl BpfStats {
     pub fn enable() -> anyhow::Result<BpfStats> {
+        BpfStats::set("1")
+    }
+
+    /// Off while the guard lives: a program's run then carries no clock
+    /// reads of the statistics (BPF_PROG_TEST_RUN's timings).
+    pub fn disable() -> anyhow::Result<BpfStats> {
+        BpfStats::set("0")
+    }
+
+    fn set(value: &str) -> anyhow::Result<BpfStats> {
         let path = "/proc/sys/kernel/bpf_stats_enabled";
         let previous = std::fs::read_to_string(path).context("reading kernel.bpf_stats_enabled")?;
-        std::fs::write(path, "1").context("enabling kernel.bpf_stats_enabled")?;
+        std::fs::write(path, value).context("writing kernel.bpf_stats_enabled")?;
         Ok(BpfStats {
             previous: previous.trim().to_string(),
         })
