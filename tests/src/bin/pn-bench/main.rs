@@ -16,6 +16,7 @@ mod restart;
 mod scale;
 mod service;
 mod strangers;
+mod testrun;
 mod tools;
 mod tunnel;
 mod tunnel_ab;
