@@ -147,28 +147,25 @@ fn rx_packets(ns: &Namespace, dev: &str) -> u64 {
 }
 
 /// The guard as the agent loaded it and the drop-everything program, run
-/// by BPF_PROG_TEST_RUN on the underlay flood's frame (a million times a
-/// run, bpf_stats off): ns per run of each. The guard's drops count in the
-/// member's row like the flood's, after the floods.
+/// by BPF_PROG_TEST_RUN on the underlay flood's frame (`testrun::guard`,
+/// a million times a run, bpf_stats off: they would add their own clock
+/// reads to both): ns per run of each. After the floods: the guard's runs
+/// count in the member's row like the flood's drops.
 fn warm(
     host: &Host,
     from: &Stranger,
     to: Ipv4Addr,
-    runs: usize,
+    effort: Effort,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    let guard = testrun::linked_prog(&host.bpffs().join("xdp/ul0"))?;
-    let ceiling = floor::xdp_drop()?;
-    let frame = testrun::udp_frame(from.ip.parse()?, to, 64);
+    let pin = host.bpffs().join("xdp/ul0");
+    let src: Ipv4Addr = from.ip.parse()?;
+    let repeat = if effort.runs == 1 { 100_000 } else { 1_000_000 };
     let _off = tools::BpfStats::disable()?;
     let (mut g, mut c) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
-        let (verdict, ns) = testrun::run(&guard, &frame, 1_000_000)?;
-        anyhow::ensure!(
-            verdict == floor::XDP_DROP as u32,
-            "the guard's verdict on the flood's frame: {verdict}"
-        );
-        g.push(ns);
-        c.push(testrun::run(&ceiling, &frame, 1_000_000)?.1);
+    for _ in 0..effort.runs {
+        let (guard, ceiling) = testrun::guard(&pin, src, to, repeat)?;
+        g.push(guard);
+        c.push(ceiling);
     }
     Ok((g, c))
 }
@@ -216,7 +213,7 @@ veth egress and XDP_DROP in generic (SKB) mode on the underlay, flooded the same
 nftables run (pn, nftables and the ceilings in turn, round by round); their drops are the frames the host's end of the stranger's veth received (a veth counts them \
 on hand-over), none of which can pass. pn against the ceiling: pn's softirq CPU per drop over the ceiling's. The guard's own run, warm: \
 BPF_PROG_TEST_RUN of the guard as the agent loaded it (its maps as the agent filled them) on the flood's frame, \
-a million runs each, bpf_stats off, against the drop-everything program by the same method (`testrun.rs`): \
+a million runs each, once per round after the floods, bpf_stats off, against the drop-everything program by the same method (`testrun.rs`): \
 the program alone, without the hook, the socket buffer or the generator; the test run's own loop is in both.";
 
 pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
@@ -306,7 +303,7 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
         drop(shot);
     }
     tools::reattach_programs(&mut host);
-    let (warm_guard, warm_ceiling) = warm(&host, ul, ip1, effort.runs)?;
+    let (warm_guard, warm_ceiling) = warm(&host, ul, ip1, effort)?;
     let m = |runs: &[Run], f: fn(&Run) -> f64, unit: &str, higher: bool| {
         Measurement::new(unit, higher, runs.iter().map(f).collect())
     };
