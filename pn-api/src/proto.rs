@@ -231,7 +231,11 @@ pub struct ServiceInfo {
 /// What clients on one host did with one backend of a service address.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BackendCounters {
-    pub backend: Ipv4Addr,
+    /// The backend container's IPv4 address, both families' counts summed;
+    /// its IPv6 address for counts through the IPv6 service address of a
+    /// backend that is no longer a member (its IPv4 address is not known
+    /// any more). Written as an address string either way.
+    pub backend: std::net::IpAddr,
     /// Connections (and UDP flows) sent to it.
     pub connections: u64,
     /// Established TCP connections reset because it left the rotation.

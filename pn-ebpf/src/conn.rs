@@ -80,7 +80,13 @@ pub fn observe(
     seg: &Seg,
     both_local: bool,
 ) {
-    if pkt.proto != IPPROTO_TCP {
+    // Between two local members each segment passes two of our programs:
+    // only the one it leaves sends the event (half the events, payload
+    // copies and agent work per request); the agent reads it as both. Tested
+    // first: the receiver's side reads nothing, not even the payload's first
+    // bytes, which on a stream's segments sit in a page fragment (a helper
+    // call, not a direct read).
+    if pkt.proto != IPPROTO_TCP || (both_local && !matches!(dir, Direction::FromContainer)) {
         return;
     }
     let flags = seg.flags;
@@ -109,13 +115,6 @@ pub fn observe(
         }
     }
     if !boundary && !http {
-        return;
-    }
-    // Between two local members each segment passes two of our programs:
-    // only the one it leaves sends the event (half the events, payload
-    // copies and agent work per request); the agent reads it as both.
-    let from = matches!(dir, Direction::FromContainer);
-    if both_local && !from {
         return;
     }
     let h = seg.seq_ack;

@@ -255,6 +255,16 @@ impl Fleet {
     /// another link, `st0` (192.168.100.i on `br0`, ports `s<i>`), as a
     /// management network would carry it.
     pub fn ipv6_underlay(prefix: &str, n: usize, extra: &[&str]) -> Fleet {
+        Fleet::mixed_underlay(prefix, &vec![true; n], extra)
+    }
+
+    /// A fleet that mixes underlay families: host `i` as in
+    /// [`Fleet::ipv6_underlay`] where `v6[i - 1]`, else as in
+    /// [`Fleet::new`] (`ul0`, 192.168.100.i on `br0`, advertised over IPv4).
+    /// An IPv6 host's `st0` shares `br0` with the IPv4 hosts: the two
+    /// families could reach each other, only the tunnel keeps them apart.
+    pub fn mixed_underlay(prefix: &str, v6: &[bool], extra: &[&str]) -> Fleet {
+        let n = v6.len();
         let mut fleet = Fleet::build_on(prefix, 0, &[], false, etcd_members(), |_| {});
         let ul = &fleet.underlay;
         ul.ip(&["link", "add", "br6", "type", "bridge"]);
@@ -263,6 +273,14 @@ impl Fleet {
         ul.ip(&["addr", "add", &bridge6, "dev", "br6", "nodad"]);
         ul.ip(&["link", "set", "br6", "up"]);
         for i in 1..=n {
+            if !v6[i - 1] {
+                let mut host = fleet.plumb(prefix, i);
+                let flags = fleet.flags(i, extra);
+                let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+                host.launch(&refs);
+                fleet.hosts.push(host);
+                continue;
+            }
             let mut host = Host::create(prefix, &format!("h{i}"));
             for (ifname, port, bridge, addr) in [
                 (

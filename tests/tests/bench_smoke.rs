@@ -28,6 +28,8 @@ fn every_benchmark_scenario_runs() {
         "pn's programs over the floor during the ping-pong",
         "a drop-everything TC program at the member's veth egress (the ceiling)",
         "a drop-everything XDP program (generic mode) on the underlay (the ceiling)",
+        // pn's programs on a crafted segment, warm (testrun.rs).
+        "pn's programs over the empty one on one member-to-member TCP segment",
     ] {
         assert!(
             md.contains(title),

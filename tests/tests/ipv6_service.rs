@@ -242,8 +242,8 @@ fn a_connection_to_a_detached_ipv6_backend_is_reset_not_left_to_hang() {
     assert!(!s.contains_key(&first), "{s:?}");
     // Counted in `app list` on the backends (rows named by their IPv4
     // address, both families summed) while they are members: the 40 new
-    // connections. (The one that left takes its IPv6 row along: see
-    // README.)
+    // connections; the one that left keeps a row under its IPv6 address:
+    // the first connection, and its reset.
     let counters = || -> Vec<serde_json::Value> {
         let list = host.json(&["app", "list"]);
         list.as_array()
@@ -251,11 +251,18 @@ fn a_connection_to_a_detached_ipv6_backend_is_reset_not_left_to_hang() {
             .and_then(|a| a["services"][0]["counters"].as_array().cloned())
             .unwrap_or_default()
     };
-    let total: u64 = counters()
+    let rows = counters();
+    let total: u64 = rows.iter().filter_map(|c| c["connections"].as_u64()).sum();
+    assert_eq!(total, 41, "{rows:?}");
+    let gone = rows
         .iter()
-        .filter_map(|c| c["connections"].as_u64())
-        .sum();
-    assert_eq!(total, 40, "{:?}", counters());
+        .find(|c| c["backend"] == first.to_string().as_str())
+        .unwrap_or_else(|| panic!("a row for {first} that left in {rows:?}"));
+    assert_eq!(
+        (gone["connections"].as_u64(), gone["resets"].as_u64()),
+        (Some(1), Some(1)),
+        "{rows:?}"
+    );
     // The metrics have rows of the IPv6 address of their own, the backend
     // that left included (labelled by IPv6 addresses): its one reset, and
     // the 40 new connections on the others.
@@ -404,4 +411,60 @@ fn an_existing_service_gains_an_ipv6_address_on_restart() {
     let (line, _) = net::tcp_whoami(client, SocketAddr::from((vip4, PORT)), T)
         .expect("the IPv4 service address still balances");
     assert!(line.starts_with("::ffff:"), "{line}");
+}
+
+/// A service whose only backend runs on a `--ipv6 off` host: its IPv6
+/// service address exists (the network has a range) but reaches nobody,
+/// so AAAA names nothing while A names the IPv4 one, which balances across
+/// the hosts; once a backend with an IPv6 address joins, AAAA names the
+/// twin, and connections to it reach only that backend.
+#[test]
+fn aaaa_names_a_service_address_only_while_a_backend_has_an_ipv6_address() {
+    let mut f = Fleet::new(&unique_prefix(), 2);
+    let flags = f.flags(2, &["--ipv6", "off"]);
+    let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    f.hosts[1].stop();
+    f.hosts[1].launch(&refs);
+    let (h1, h2) = (&f.hosts[0], &f.hosts[1]);
+    let net = h1.create_network(&[]);
+    let svc = h1.create_app_with(&net, &["--balance", "vip"]);
+    let client_app = h1.create_app(&net);
+    let b1 = h2.member(&svc, "web", "b1");
+    assert!(b1.attached["ip6"].is_null(), "{}", b1.attached);
+    let _s1 = net::tcp_whoami_self_server6(&b1, PORT);
+    let client = h1.member(&client_app, "worker", "cl");
+    let long = Duration::from_secs(10);
+    let name = format!("{svc}.{net}.{ZONE}.");
+    let vip4 = || -> Option<Ipv4Addr> {
+        let list = h1.json(&["app", "list"]);
+        let a = list.as_array()?.iter().find(|a| a["id"] == svc.as_str())?;
+        a["services"][0]["addr"].as_str()?.parse().ok()
+    };
+    assert!(eventually(long, || vip4().is_some_and(|v| dig_short(
+        &client, &name, "A"
+    ) == [
+        v.to_string()
+    ])));
+    assert!(
+        dig_short(&client, &name, "AAAA").is_empty(),
+        "AAAA names an address no backend can take"
+    );
+    let vip4 = vip4().unwrap();
+    let reached = eventually(long, || {
+        net::tcp_whoami(&client, SocketAddr::from((vip4, PORT)), T)
+            .is_ok_and(|(line, _)| line.trim_start_matches("::ffff:") == b1.addr.to_string())
+    });
+    assert!(reached, "the IPv4 service address reaches b1 on h2");
+
+    let b2 = h1.member(&svc, "web", "b2");
+    let _s2 = net::tcp_whoami_self_server6(&b2, PORT);
+    assert!(eventually(long, || service(h1, &svc, "web").is_some()));
+    let (_, vip6, _) = service(h1, &svc, "web").unwrap();
+    assert!(
+        eventually(long, || dig_short(&client, &name, "AAAA")
+            == [vip6.to_string()]),
+        "AAAA names the twin once b2 has an IPv6 address"
+    );
+    let s = spread(&client, vip6, 20);
+    assert_eq!(s.keys().copied().collect::<Vec<_>>(), [ip6(&b2)], "{s:?}");
 }

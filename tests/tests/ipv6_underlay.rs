@@ -220,3 +220,92 @@ fn nothing_crosses_an_ipv6_underlay_in_clear_and_the_guard_knows_ipv6_peers() {
     );
     assert_eq!(host_packets(h2, "unknown_peer"), 0);
 }
+
+fn tunnel_drops(h: &Host, reason: &str) -> u64 {
+    metric_value(&h.metrics(), "pn_tunnel_drops_total", &[("reason", reason)])
+}
+
+/// A fleet that mixes underlay families: h1 advertises IPv6, h2 and h3
+/// IPv4, and h1's store link shares the IPv4 hosts' bridge, so clear text
+/// could reach them. h2 and h3 pair; h1 pairs with neither: their members'
+/// packets to each other, of either inner family and either way, are
+/// dropped by the tunnel (`no_route`), never sent anywhere in clear.
+#[test]
+fn hosts_of_two_underlay_families_do_not_pair_and_send_nothing_in_clear() {
+    let f = Fleet::mixed_underlay(&unique_prefix(), &[true, false, false], &[]);
+    let (h1, h2, h3) = (&f.hosts[0], &f.hosts[1], &f.hosts[2]);
+    let (_, app) = h2.network_and_app(&[]);
+    let c1 = h1.member(&app, "web", "c1");
+    let c2 = h2.member(&app, "worker", "c2");
+    let c3 = h3.member(&app, "worker", "c3");
+    // Every agent knows every member: the view is one fleet's.
+    for h in &f.hosts {
+        assert!(
+            eventually(LONG, || h.remote_endpoints() >= 2),
+            "{} lacks remote members",
+            h.id
+        );
+    }
+    let _e3 = net::udp_echo_server(&c3, 7000);
+    let _e3v6 = net::udp_echo_server6(&c3, 7001);
+    let _e1 = net::udp_echo_server(&c1, 7000);
+    let _e1v6 = net::udp_echo_server6(&c1, 7001);
+    let (to3, to3v6) = (
+        SocketAddr::from((c3.addr, 7000)),
+        SocketAddr::from((c3.addr6(), 7001)),
+    );
+    assert_eq!(
+        net::udp_echo(&c2, to3, b"paired", LONG).expect("h2 and h3 pair"),
+        b"paired"
+    );
+    // Default routes out of every underlay link: where member traffic
+    // would leak to if it left the tunnel.
+    h1.ns
+        .ip(&["-6", "route", "replace", "default", "dev", "ul0"]);
+    h1.ns.ip(&["route", "replace", "default", "dev", "st0"]);
+    for h in [h2, h3] {
+        h.ns.ip(&["route", "replace", "default", "dev", "ul0"]);
+    }
+    let caps: Vec<net::Capture> = ["p1", "s1", "p2", "p3"]
+        .iter()
+        .map(|port| net::Capture::start(&f.underlay, port, "ip or ip6"))
+        .collect();
+    let [h1_before, h2_before, h3_before] = [h1, h2, h3].map(|h| tunnel_drops(h, "no_route"));
+    let (to1, to1v6) = (
+        SocketAddr::from((c1.addr, 7000)),
+        SocketAddr::from((c1.addr6(), 7001)),
+    );
+    for _ in 0..3 {
+        assert!(net::udp_echo(&c1, to3, MARKER, SHORT).is_err(), "h1 -> h3");
+        assert!(
+            net::udp_echo(&c1, to3v6, MARKER, SHORT).is_err(),
+            "h1 -> h3 (6)"
+        );
+        assert!(net::udp_echo(&c2, to1, MARKER, SHORT).is_err(), "h2 -> h1");
+        assert!(
+            net::udp_echo(&c2, to1v6, MARKER, SHORT).is_err(),
+            "h2 -> h1 (6)"
+        );
+    }
+    // The pair of one family still carries traffic, with the marker.
+    assert_eq!(
+        net::udp_echo(&c2, to3v6, MARKER, LONG).expect("h2 -> h3 (6)"),
+        MARKER
+    );
+    for cap in caps {
+        assert_no_marker(&cap.finish(), "between hosts of two families");
+    }
+    assert!(
+        tunnel_drops(h1, "no_route") >= h1_before + 6,
+        "h1's members' datagrams to h3 counted no_route"
+    );
+    assert!(
+        tunnel_drops(h2, "no_route") >= h2_before + 6,
+        "h2's members' datagrams to h1 counted no_route"
+    );
+    // (h3 may count a packet or two from before it knew h2.)
+    assert_eq!(tunnel_drops(h3, "no_route"), h3_before, "h3 sent nothing");
+    for h in &f.hosts {
+        assert_eq!(host_packets(h, "unknown_peer"), 0, "{}", h.id);
+    }
+}

@@ -338,12 +338,13 @@ fn counters(
     >,
     view: &crate::store::view::MembershipView,
 ) -> Vec<BackendCounters> {
+    use std::net::IpAddr;
     let vip = crate::model::to_ip4(s.addr);
-    let mut rows: std::collections::BTreeMap<std::net::Ipv4Addr, BackendCounters> = stats
+    let mut rows: std::collections::BTreeMap<IpAddr, BackendCounters> = stats
         .iter()
         .filter(|(k, _)| k.vip == vip)
         .map(|(k, st)| {
-            let backend = std::net::Ipv4Addr::from(pn_common::ip4_octets(k.backend));
+            let backend = IpAddr::from(pn_common::ip4_octets(k.backend));
             let row = BackendCounters {
                 backend,
                 connections: st.new_conns,
@@ -354,14 +355,17 @@ fn counters(
         })
         .collect();
     // Through the IPv6 service address: added to the backend container's
-    // row (named by its IPv4 address), while the view still knows it.
+    // row (named by its IPv4 address) while the view knows it; a backend
+    // that left keeps a row of its own under its IPv6 address, so its
+    // connections and resets stay in the service's totals.
     if let Some(vip6) = s.addr6.map(|a| a.octets()) {
         for (k, st) in stats6.iter().filter(|(k, _)| k.vip == vip6) {
-            let Some(c) = view.container_by_ip6(std::net::Ipv6Addr::from(k.backend)) else {
-                continue;
-            };
-            let row = rows.entry(c.ip).or_insert(BackendCounters {
-                backend: c.ip,
+            let backend6 = std::net::Ipv6Addr::from(k.backend);
+            let backend = view
+                .container_by_ip6(backend6)
+                .map_or(IpAddr::V6(backend6), |c| IpAddr::V4(c.ip));
+            let row = rows.entry(backend).or_insert(BackendCounters {
+                backend,
                 connections: 0,
                 resets: 0,
                 moved: 0,

@@ -545,4 +545,6 @@ impl std::str::FromStr for Switch {
 }
 
 #[cfg(test)]
+mod fleet_store_tests;
+#[cfg(test)]
 mod tests;

@@ -84,17 +84,35 @@ fn tcp_echo_server_on(ns: &Namespace, any: &'static str, port: u16) -> Server {
                 Ok((mut s, _)) => {
                     s.set_nonblocking(false).unwrap();
                     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                    let mut buf = [0u8; 4096];
-                    while let Ok(n) = s.read(&mut buf) {
-                        if n == 0 || s.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
+                    echo_back(&mut s, None);
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
         }
     })
+}
+
+/// Writes back what `s` reads until it closes or fails; with `stop`, a
+/// read timeout only checks it (the server is going away).
+fn echo_back(s: &mut TcpStream, stop: Option<&AtomicBool>) {
+    let mut buf = [0u8; 4096];
+    while !stop.is_some_and(|f| f.load(Ordering::Relaxed)) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if stop.is_some()
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+            Err(_) => break,
+        }
+    }
 }
 
 /// UDP echo on `0.0.0.0:port`.
@@ -108,14 +126,24 @@ pub fn udp_echo_server6(ns: &Namespace, port: u16) -> Server {
 }
 
 fn udp_echo_server_on(ns: &Namespace, any: &'static str, port: u16) -> Server {
+    udp_server_on(ns, any, port, |data, _| data.to_vec())
+}
+
+/// UDP on `bind:port`, answering each datagram with `reply(data, from)`.
+fn udp_server_on(
+    ns: &Namespace,
+    bind: &'static str,
+    port: u16,
+    reply: fn(&[u8], SocketAddr) -> Vec<u8>,
+) -> Server {
     spawn_server(ns, move |stop, ready| {
-        let s = UdpSocket::bind((any, port)).expect("udp bind");
+        let s = UdpSocket::bind((bind, port)).expect("udp bind");
         s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
         ready.send(()).unwrap();
         let mut buf = [0u8; 65536];
         while !stop.load(Ordering::Relaxed) {
             if let Ok((n, from)) = s.recv_from(&mut buf) {
-                let _ = s.send_to(&buf[..n], from);
+                let _ = s.send_to(&reply(&buf[..n], from), from);
             }
         }
     })
@@ -252,20 +280,7 @@ fn tcp_line_server(ns: &Namespace, bind: &'static str, port: u16, own: bool) -> 
                         if writeln!(s, "{who}").is_err() {
                             return;
                         }
-                        let mut buf = [0u8; 4096];
-                        while !stop.load(Ordering::Relaxed) {
-                            match s.read(&mut buf) {
-                                Ok(0) => break,
-                                Ok(n) => {
-                                    if s.write_all(&buf[..n]).is_err() {
-                                        break;
-                                    }
-                                }
-                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-                                Err(_) => break,
-                            }
-                        }
+                        echo_back(&mut s, Some(&stop));
                     });
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -285,17 +300,7 @@ pub fn udp_whoami_server6(ns: &Namespace, port: u16) -> Server {
 }
 
 fn udp_whoami_server_on(ns: &Namespace, bind: &'static str, port: u16) -> Server {
-    spawn_server(ns, move |stop, ready| {
-        let s = UdpSocket::bind((bind, port)).expect("udp bind");
-        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-        ready.send(()).unwrap();
-        let mut buf = [0u8; 2048];
-        while !stop.load(Ordering::Relaxed) {
-            if let Ok((_, from)) = s.recv_from(&mut buf) {
-                let _ = s.send_to(from.ip().to_string().as_bytes(), from);
-            }
-        }
-    })
+    udp_server_on(ns, bind, port, |_, from| from.ip().to_string().into_bytes())
 }
 
 /// A connection to a [`tcp_whoami_server`], opened from `ns`: the address

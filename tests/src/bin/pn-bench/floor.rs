@@ -31,7 +31,7 @@ const ATTACH_TCX_EGRESS: u32 = 47;
 const XDP_FLAGS_SKB_MODE: u32 = 2;
 /// sizeof(union bpf_attr) in the uapi this was written against; the kernel
 /// takes a shorter or longer one as long as the tail is zero.
-const ATTR_LEN: usize = 144;
+pub(crate) const ATTR_LEN: usize = 144;
 
 /// Where a program is attached, as pn attaches its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,11 +106,11 @@ fn program(verdict: i32) -> [u8; 16] {
     p
 }
 
-fn put32(attr: &mut [u8; ATTR_LEN], off: usize, v: u32) {
+pub(crate) fn put32(attr: &mut [u8; ATTR_LEN], off: usize, v: u32) {
     attr[off..off + 4].copy_from_slice(&v.to_ne_bytes());
 }
 
-fn put64(attr: &mut [u8; ATTR_LEN], off: usize, v: u64) {
+pub(crate) fn put64(attr: &mut [u8; ATTR_LEN], off: usize, v: u64) {
     attr[off..off + 8].copy_from_slice(&v.to_ne_bytes());
 }
 
@@ -140,7 +140,7 @@ fn link_attr(prog_fd: RawFd, ifindex: u32, hook: Hook) -> [u8; ATTR_LEN] {
 }
 
 /// bpf(2): the fd (or 0) it returns, or the errno as an error.
-fn bpf(cmd: libc::c_long, attr: &mut [u8; ATTR_LEN]) -> std::io::Result<RawFd> {
+pub(crate) fn bpf(cmd: libc::c_long, attr: &mut [u8; ATTR_LEN]) -> std::io::Result<RawFd> {
     // SAFETY: `attr` is a zero-filled union bpf_attr of ATTR_LEN bytes whose
     // pointers (instructions, license, info) outlive the call.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), ATTR_LEN as u32) };
@@ -150,9 +150,30 @@ fn bpf(cmd: libc::c_long, attr: &mut [u8; ATTR_LEN]) -> std::io::Result<RawFd> {
     Ok(r as RawFd)
 }
 
-fn owned(fd: RawFd) -> OwnedFd {
+pub(crate) fn owned(fd: RawFd) -> OwnedFd {
     // SAFETY: a fresh fd bpf(2) just returned; nothing else owns it.
     unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Loads `r0 = verdict; exit` as a program of `prog_type`: its fd and id.
+fn load(prog_type: u32, verdict: i32) -> anyhow::Result<(OwnedFd, u64)> {
+    let insns = program(verdict);
+    let license = CString::new("GPL")?;
+    let mut a = load_attr(prog_type, &insns, &license, "pn_bench_floor");
+    let prog = owned(bpf(BPF_PROG_LOAD, &mut a).context("loading the floor program")?);
+    let mut info = [0u32; 2]; // struct bpf_prog_info: type, id
+    let mut a = [0u8; ATTR_LEN];
+    put32(&mut a, 0, prog.as_raw_fd() as u32);
+    put32(&mut a, 4, 8);
+    put64(&mut a, 8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a).context("the floor program's id")?;
+    Ok((prog, u64::from(info[1])))
+}
+
+/// An empty TC program (`r0 = TC_NEXT; exit`) attached nowhere: for
+/// `testrun`, which runs it on a packet beside pn's.
+pub fn load_empty_tc() -> anyhow::Result<OwnedFd> {
+    Ok(load(PROG_TYPE_SCHED_CLS, TC_NEXT)?.0)
 }
 
 /// A loaded two-instruction program attached at some hooks; dropping it
@@ -178,16 +199,7 @@ pub fn attach(ns: &Namespace, hooks: &[(String, Hook)], verdict: i32) -> anyhow:
     );
     let hooks = hooks.to_vec();
     ns.run(move || {
-        let insns = program(verdict);
-        let license = CString::new("GPL")?;
-        let mut a = load_attr(prog_type, &insns, &license, "pn_bench_floor");
-        let prog = owned(bpf(BPF_PROG_LOAD, &mut a).context("loading the floor program")?);
-        let mut info = [0u32; 2]; // struct bpf_prog_info: type, id
-        let mut a = [0u8; ATTR_LEN];
-        put32(&mut a, 0, prog.as_raw_fd() as u32);
-        put32(&mut a, 4, 8);
-        put64(&mut a, 8, info.as_mut_ptr() as u64);
-        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a).context("the floor program's id")?;
+        let (prog, id) = load(prog_type, verdict)?;
         let mut links = Vec::new();
         for (ifname, hook) in &hooks {
             let c = CString::new(ifname.as_str())?;
@@ -200,7 +212,7 @@ pub fn attach(ns: &Namespace, hooks: &[(String, Hook)], verdict: i32) -> anyhow:
             links.push(owned(fd));
         }
         Ok(Attached {
-            id: u64::from(info[1]),
+            id,
             _links: links,
             _prog: prog,
         })

@@ -17,6 +17,7 @@ mod restart;
 mod scale;
 mod service;
 mod strangers;
+mod testrun;
 mod tools;
 mod tunnel;
 mod tunnel_ab;

@@ -12,7 +12,7 @@ use pn_tests::{Host, scenario::OneApp, unique_prefix};
 use crate::{
     Effort, floor,
     report::{Measurement, Row, Scenario},
-    tools,
+    testrun, tools,
     v6::{self, Probe},
 };
 
@@ -28,6 +28,8 @@ struct Figures {
     /// An empty TC program's ns/packet at pn's hooks (IPv4 only).
     floor_bw: Vec<f64>,
     floor_rr: Vec<f64>,
+    /// pn's programs and the empty one on one segment, warm (`testrun`).
+    warm: Vec<testrun::Warm>,
 }
 
 /// The IPv6 stream then ping-pong with pn's programs on, their ns/packet
@@ -90,6 +92,8 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
                 let s2 = tools::prog_stats_ids(&ids);
                 f4.ns_bw.push(tools::ns_per_run(s0, s1));
                 f4.ns_rr.push(tools::ns_per_run(s1, s2));
+                f4.warm
+                    .push(testrun::measure(&host, &c1, &c2, warm_repeat(effort))?);
                 with_pn6(
                     &ids,
                     &mut f6,
@@ -168,7 +172,15 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
              IPv6: the same stream and ping-pong between the same containers' IPv6 addresses \
              (the host routes their /128s, as the /32s), {secs6} s each, in every round right after \
              IPv4's, with pn and with the programs detached; its ratios are against IPv6 with no \
-             programs and against pn's IPv4 of the same rounds."
+             programs and against pn's IPv4 of the same rounds. \
+             Warm: in every round, after pn's IPv4 ping-pong, BPF_PROG_TEST_RUN runs the agent's \
+             loaded programs (its real maps) {} times each on one crafted established IPv4 TCP \
+             segment (ACK, 1448 bytes of payload) from the first container to the second \
+             (`pn_from_container` at the sender's veth, `pn_to_container` at the receiver's, the \
+             context's ifindex and ingress_ifindex set to the veths), and the empty program on the \
+             same packet: the kernel's average per run, with bpf_stats on as in the stream (`testrun.rs`). \
+             No traffic beside it: the maps and the program stay in cache.",
+            warm_repeat(effort)
         ),
         rows,
         notes,
@@ -194,7 +206,32 @@ fn rows4(f: &Figures) -> Vec<Row> {
     rows.extend(with_floor("stream", &f.ns_bw, &f.floor_bw));
     rows.push(rr.with_target("≤ 3 % loss", rr_met));
     rows.extend(with_floor("ping-pong", &f.ns_rr, &f.floor_rr));
+    rows.extend(warm_rows(&f.warm));
     rows
+}
+
+/// Runs of each program on the crafted segment per round: about a second.
+fn warm_repeat(effort: Effort) -> u32 {
+    if effort.runs == 1 { 100_000 } else { 1_000_000 }
+}
+
+/// The warm figures of `testrun`: each program, the empty one, and pn
+/// over it (the mean of pn's two programs, as bpf_stats' per-run figure
+/// averages both directions).
+fn warm_rows(w: &[testrun::Warm]) -> Vec<Row> {
+    let ns = |f: &dyn Fn(&testrun::Warm) -> f64| {
+        Measurement::new("ns", false, w.iter().map(f).collect())
+    };
+    let seg = "on one member-to-member TCP segment, warm (BPF_PROG_TEST_RUN), ns/run";
+    vec![
+        Row::alone(&format!("pn_from_container {seg}"), ns(&|w| w.from)),
+        Row::alone(&format!("pn_to_container {seg}"), ns(&|w| w.to)),
+        Row::alone(&format!("an empty TC program {seg}"), ns(&|w| w.empty)),
+        Row::alone(
+            &format!("pn's programs over the empty one {seg} (mean of the two)"),
+            ns(&|w| (w.from + w.to) / 2.0 - w.empty),
+        ),
+    ]
 }
 
 /// pn's ns/packet during `what`, the floor's, and pn over the floor.
