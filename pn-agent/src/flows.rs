@@ -307,14 +307,37 @@ impl FlowHub {
     }
 
     pub fn publish(&self, rec: FlowRecord) {
-        {
-            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        self.publish_all(vec![rec]);
+    }
+
+    /// How many of `n` records published at once the hub would keep: all
+    /// for `--follow` readers, else the recent ones.
+    pub fn keeps(&self, n: usize) -> usize {
+        if self.tx.receiver_count() > 0 {
+            n
+        } else {
+            n.min(RECENT)
+        }
+    }
+
+    /// Publishes records in order under one lock; each is copied only for
+    /// `--follow` readers, when there are any (request logs come by the
+    /// thousand a second).
+    pub fn publish_all(&self, recs: Vec<FlowRecord>) {
+        if recs.is_empty() {
+            return;
+        }
+        let follow = self.tx.receiver_count() > 0;
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        for rec in recs {
+            if follow {
+                let _ = self.tx.send(rec.clone());
+            }
             if recent.len() == RECENT {
                 recent.pop_front();
             }
-            recent.push_back(rec.clone());
+            recent.push_back(rec);
         }
-        let _ = self.tx.send(rec);
     }
 
     pub fn recent(&self) -> Vec<FlowRecord> {

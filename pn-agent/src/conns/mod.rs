@@ -47,6 +47,13 @@ struct Trackers {
     v6: Tracker<Ip6>,
 }
 
+/// The names `flows --http` gives a connection's ends.
+struct Ends {
+    client: Option<String>,
+    server: Option<String>,
+    network: Option<String>,
+}
+
 /// What the trackers decided, per family.
 #[derive(Default)]
 struct Outcomes {
@@ -117,33 +124,38 @@ impl ConnHub {
         }
     }
 
-    fn record<A: Addr>(
-        view: &MembershipView,
-        r: &Request<A>,
-        now_mono: u64,
-        now_wall: u64,
-    ) -> FlowRecord {
-        let (src, dst) = (r.key.client.ip(), r.key.server.ip());
-        let client = container(view, src);
-        let server = container(view, dst);
+    /// The log's names of a connection's ends (`app/type-index` and the
+    /// network), formatted once per batch and connection: ids are UUIDs,
+    /// and formatting them per request was most of the reader's time.
+    fn ends<A: Addr>(view: &MembershipView, key: &Key<A>) -> Ends {
+        let client = container(view, key.client.ip());
+        let server = container(view, key.server.ip());
+        Ends {
+            client: client.map(|c| c.key.to_string()),
+            server: server.map(|c| c.key.to_string()),
+            network: client.or(server).map(|c| c.network.to_string()),
+        }
+    }
+
+    fn record<A: Addr>(ends: &Ends, r: Request<A>, now_mono: u64, now_wall: u64) -> FlowRecord {
         FlowRecord {
             time_ms: now_wall.saturating_sub(now_mono.saturating_sub(r.ts_ns) / 1_000_000),
             kind: "http".into(),
             reason: "forwarded".into(),
             direction: "from_container".into(),
             proto: "tcp".into(),
-            src,
+            src: r.key.client.ip(),
             sport: r.key.client_port,
-            dst,
+            dst: r.key.server.ip(),
             dport: r.key.server_port,
             bytes: r.bytes.map_or(0, |b| b.min(u64::from(u32::MAX)) as u32),
-            src_container: client.map(|c| c.key.to_string()),
-            dst_container: server.map(|c| c.key.to_string()),
-            network: client.or(server).map(|c| c.network.to_string()),
+            src_container: ends.client.clone(),
+            dst_container: ends.server.clone(),
+            network: ends.network.clone(),
             translated: None,
             http: Some(crate::flows::HttpFields {
                 method: r.method.to_string(),
-                path: r.path.clone(),
+                path: r.path,
                 status: r.status,
                 duration_ms: r.duration_ns as f64 / 1e6,
                 response_bytes: r.bytes,
@@ -164,7 +176,7 @@ impl ConnHub {
         let (now_mono, now_wall) = (monotonic_ns(), wall_ms());
         let view = view.read().unwrap_or_else(|p| p.into_inner());
         let m = &self.metrics;
-        let mut lines = Vec::new();
+        let mut logged = Vec::new();
         // A batch's requests by connection, method and class: their labels
         // (two address lookups, a lock, a handful of strings) made once per
         // group rather than per request (a keep-alive client's batch is
@@ -201,7 +213,7 @@ impl ConnHub {
                     .entry((r.key, r.method, status_class(r.status)))
                     .or_default()
                     .push(r.duration_ns as f64 / 1e9),
-                Outcome::Logged(r) => lines.push(Self::record(&view, &r, now_mono, now_wall)),
+                Outcome::Logged(r) => logged.push(r),
                 Outcome::Untracked => {
                     m.untracked.inc();
                 }
@@ -218,11 +230,31 @@ impl ConnHub {
             l.push(("status_class", class.to_string()));
             m.requests.get_or_create(&l).inc_by(seconds.len() as u64);
         }
+        // Records the hub would drop at once (past its recent ones, with
+        // no `--follow` reader and no trace log) are not made at all.
+        let trace = log::log_enabled!(log::Level::Trace);
+        let keep = if trace {
+            logged.len()
+        } else {
+            flows.keeps(logged.len())
+        };
+        let mut ends: HashMap<Key<A>, Ends> = HashMap::new();
+        let lines: Vec<FlowRecord> = logged
+            .drain(logged.len() - keep..)
+            .map(|r| {
+                let e = ends
+                    .entry(r.key)
+                    .or_insert_with(|| Self::ends(&view, &r.key));
+                Self::record(e, r, now_mono, now_wall)
+            })
+            .collect();
         drop(view);
-        for rec in lines {
-            log::trace!("request {}", rec.line());
-            flows.publish(rec);
+        if trace {
+            for rec in &lines {
+                log::trace!("request {}", rec.line());
+            }
         }
+        flows.publish_all(lines);
     }
 
     /// Reads the ring buffer and expires the table until the agent stops.
@@ -330,3 +362,7 @@ impl Collector for ReaderCollector {
         )?)
     }
 }
+
+#[cfg(test)]
+#[path = "hub_tests.rs"]
+mod tests;

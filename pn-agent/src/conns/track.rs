@@ -60,6 +60,16 @@ pub struct Request<A = Ip4> {
     pub bytes: Option<u64>,
 }
 
+/// What the metrics take of a request once its response starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Answer<A = Ip4> {
+    pub key: Key<A>,
+    pub method: &'static str,
+    pub status: u16,
+    /// Request's first byte to response's first byte, both seen at the client.
+    pub duration_ns: u64,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome<A = Ip4> {
     Opened {
@@ -78,8 +88,9 @@ pub enum Outcome<A = Ip4> {
         to_server: u64,
         to_client: u64,
     },
-    /// A response's first byte: for the metrics.
-    Responded(Request<A>),
+    /// A response's first byte: for the metrics (no path: the log's
+    /// record follows as `Logged`, so nothing is copied per request).
+    Responded(Answer<A>),
     /// The same request once its response's size is known: for the log.
     Logged(Request<A>),
     /// A SYN not tracked because the table was full.
@@ -170,7 +181,12 @@ fn http<A: Addr>(
                 ts_ns: p.ts_ns,
                 bytes: None,
             };
-            out.push(Outcome::Responded(req.clone()));
+            out.push(Outcome::Responded(Answer {
+                key,
+                method: req.method,
+                status,
+                duration_ns: req.duration_ns,
+            }));
             c.response = Some((req, ev.seq, ev.ts_ns));
         }
     }
@@ -261,10 +277,11 @@ impl<A: Addr> Tracker<A> {
             server: ev.src,
             server_port: ev.sport,
         };
-        let (key, from_client) = if self.conns.contains_key(&fwd) {
-            (fwd, true)
-        } else if self.conns.contains_key(&rev) {
-            (rev, false)
+        // One lookup per direction tried (the key is hashed per lookup).
+        let (key, from_client, c) = if let Some(c) = self.conns.get_mut(&fwd) {
+            (fwd, true, c)
+        } else if let Some(c) = self.conns.get_mut(&rev) {
+            (rev, false, c)
         } else {
             return;
         };
@@ -274,9 +291,6 @@ impl<A: Addr> Tracker<A> {
         if from_client != from_container && ev.both_local == 0 {
             return;
         }
-        let Some(c) = self.conns.get_mut(&key) else {
-            return;
-        };
         c.last_ns = ev.ts_ns;
         let end = ev.seq.wrapping_add(u32::from(ev.data_len));
         if !from_client && ev.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {

@@ -4,6 +4,7 @@
 //! BENCHMARKS.md and BENCHMARKS.json. Benchmarks are not tests: nothing here
 //! asserts a speed.
 
+mod agent_cpu;
 mod dns;
 mod edge;
 mod floor;

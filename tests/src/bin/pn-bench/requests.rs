@@ -15,6 +15,7 @@ use pn_tests::{Host, Namespace, scenario::OneApp, unique_prefix};
 
 use crate::{
     Effort,
+    agent_cpu::AgentCpu,
     report::{Measurement, Row, Scenario},
     tools,
 };
@@ -123,8 +124,10 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
             .context("starting python3")?,
     );
     // [http, off, none] × (req/s, Gbit/s, ns/packet requests, ns/packet
-    // stream, programs' ns per request, agent's µs per request)
-    let mut m: [[Vec<f64>; 6]; 3] = Default::default();
+    // stream, programs' ns per request, agent's µs per request, its own
+    // threads' µs per request, its children's, its context switches a
+    // second)
+    let mut m: [[Vec<f64>; 9]; 3] = Default::default();
     for i in 0..effort.runs {
         for k in 0..3 {
             // Rotate the order so that drift favours no mode.
@@ -137,8 +140,12 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
             let ids = tools::pinned_prog_ids(&host);
             let s0 = tools::prog_stats_ids(&ids);
             let agent0 = tools::agents_cpu_seconds();
+            // Read again each round: a reattach restarts the agent.
+            let pid = host.pid().context("the agent's process id")?;
+            let apart0 = AgentCpu::read(pid);
             let (rate, requests) = keep_alive(&c1, ip2, effort.seconds)?;
             let agent_s = tools::agents_cpu_seconds() - agent0;
+            let (own_us, children_us, switches) = apart0.since(AgentCpu::read(pid));
             m[mode][0].push(rate);
             let s1 = tools::prog_stats_ids(&ids);
             m[mode][1].push(tools::iperf(&c1, &c2, ip2, effort.seconds)?);
@@ -148,15 +155,38 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
                 m[mode][3].push(tools::ns_per_run(s1, s2));
                 m[mode][4].push(s1.0.saturating_sub(s0.0) as f64 / requests.max(1) as f64);
                 m[mode][5].push(agent_s * 1e6 / requests.max(1) as f64);
+                m[mode][6].push(own_us / requests.max(1) as f64);
+                m[mode][7].push(children_us / requests.max(1) as f64);
+                m[mode][8].push(switches / effort.seconds.max(1) as f64);
             } else {
                 tools::reattach_programs(&mut host);
             }
         }
     }
     let [http, off, none] = m;
-    let [h_rq, h_bw, h_nrq, h_nbw, h_preq, h_areq] = http;
-    let [o_rq, o_bw, o_nrq, o_nbw, o_preq, o_areq] = off;
-    let [n_rq, n_bw, _, _, _, _] = none;
+    let [
+        h_rq,
+        h_bw,
+        h_nrq,
+        h_nbw,
+        h_preq,
+        h_areq,
+        h_own,
+        h_child,
+        h_sw,
+    ] = http;
+    let [
+        o_rq,
+        o_bw,
+        o_nrq,
+        o_nbw,
+        o_preq,
+        o_areq,
+        o_own,
+        o_child,
+        o_sw,
+    ] = off;
+    let [n_rq, n_bw, ..] = none;
     let added = added_share(&h_preq, &o_preq, &h_rq);
     let notes = added_note(
         &added,
@@ -239,6 +269,24 @@ pub fn run(effort: Effort) -> anyhow::Result<Scenario> {
                 Measurement::new("µs", false, h_areq),
                 "tracking off",
                 Measurement::new("µs", false, o_areq),
+            ),
+            Row::versus(
+                "the agent's own threads' CPU per request (schedstat)",
+                Measurement::new("µs", false, h_own),
+                "tracking off",
+                Measurement::new("µs", false, o_own),
+            ),
+            Row::versus(
+                "the agent's children's CPU per request (nft)",
+                Measurement::new("µs", false, h_child),
+                "tracking off",
+                Measurement::new("µs", false, o_child),
+            ),
+            Row::versus(
+                "the agent's context switches per second",
+                Measurement::new("/s", false, h_sw),
+                "tracking off",
+                Measurement::new("/s", false, o_sw),
             ),
         ],
         notes,
