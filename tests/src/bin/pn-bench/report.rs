@@ -80,8 +80,11 @@ impl Row {
     }
 
     /// pn's median over the baseline's.
+    /// pn's median over the baseline's; none when the baseline's is 0
+    /// (nothing to compare with: a row printed "NaN×" or "inf×").
     pub fn ratio(&self) -> Option<f64> {
-        Some(self.pn.median() / self.baseline.as_ref()?.median())
+        let base = self.baseline.as_ref()?.median();
+        (base != 0.0).then(|| self.pn.median() / base)
     }
 
     pub fn with_target(mut self, text: &str, met: bool) -> Row {
