@@ -3,35 +3,18 @@
 //! unless a `--follow` reader or the trace log wants them).
 
 use super::*;
-use crate::model::{Container, ContainerKey};
-use pn_common::ip4;
+use pn_common::{ip4, ip4_octets};
 
 const C: pn_common::Ip4 = ip4(10, 240, 0, 2);
 const S: pn_common::Ip4 = ip4(10, 240, 0, 3);
 
+/// The client `C` a container of the view (`web-1` of app 1); the
+/// server `S` none.
 fn view() -> Arc<RwLock<MembershipView>> {
-    let key = ContainerKey {
-        app: "ap-a71da13f-7c70-4c00-a644-eee8558d8053".parse().unwrap(),
-        ctype: "web".parse().unwrap(),
-        index: 1,
-    };
-    let c = Container {
-        key: key.clone(),
-        network: "pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c".parse().unwrap(),
-        ip: std::net::Ipv4Addr::new(10, 240, 0, 2),
-        ip6: None,
-        host: "h1".parse().unwrap(),
-        netns: "c1".into(),
-        ifname: "pn0".into(),
-        host_ifname: "pnhx".into(),
-        created_at: 0,
-        runtime: None,
-        unhealthy: false,
-        published: None,
-    };
+    let c = crate::testing::model::container(1, std::net::Ipv4Addr::from(ip4_octets(C)), "h1");
     let mut v = MembershipView::default();
-    v.by_ip.insert(c.ip, key.clone());
-    v.containers.insert(key, c);
+    v.by_ip.insert(c.ip, c.key.clone());
+    v.containers.insert(c.key.clone(), c);
     Arc::new(RwLock::new(v))
 }
 
@@ -78,15 +61,10 @@ fn a_large_batch_keeps_the_recent_records_and_counts_every_request() {
     assert_eq!(path(&recent[999]), "/r1499");
     let r = &recent[999];
     assert_eq!((r.kind.as_str(), r.proto.as_str()), ("http", "tcp"));
-    assert_eq!(
-        r.src_container.as_deref(),
-        Some("ap-a71da13f-7c70-4c00-a644-eee8558d8053/web-1")
-    );
+    let c = crate::testing::model::container(1, [10, 240, 0, 2], "h1");
+    assert_eq!(r.src_container, Some(c.key.to_string()));
     assert_eq!(r.dst_container, None);
-    assert_eq!(
-        r.network.as_deref(),
-        Some("pn-ad0fd6a1-d05e-40ea-bf63-c4f8a75a9d8c")
-    );
+    assert_eq!(r.network, Some(c.network.to_string()));
     assert_eq!(r.http.as_ref().unwrap().response_bytes, Some(40));
     // A small batch after: appended in order, the oldest leave.
     hub.apply(batch(3), &view, &flows);
