@@ -162,9 +162,12 @@ impl Report {
             for mut s in old.scenarios {
                 if !merged.scenarios.iter().any(|n| n.name == s.name) {
                     if !s.notes.iter().any(|n| n.starts_with("(from the ")) {
+                        // The machine too: sessions do not always get the
+                        // same one, and a figure means little without it.
+                        let m = &old.machine;
                         s.notes.push(format!(
-                            "(from the `{}` run of {})",
-                            old.machine.mode, old.machine.date
+                            "(from the `{}` run of {}, on {} ({} cores), kernel {})",
+                            m.mode, m.date, m.cpu, m.cores, m.kernel
                         ));
                     }
                     merged.scenarios.push(s);
