@@ -50,12 +50,7 @@ impl Figures {
             .iter()
             .map(|(what, hib, v)| {
                 let m = Measurement::new("", *hib, v.clone());
-                format!(
-                    "{what} {:.3} ({:.3}–{:.3})",
-                    m.median(),
-                    m.min(),
-                    m.max()
-                )
+                format!("{what} {:.3} ({:.3}–{:.3})", m.median(), m.min(), m.max())
             })
             .collect::<Vec<_>>()
             .join("; ")
