@@ -144,8 +144,8 @@ pub struct RunSettings {
     #[arg(long)]
     pub tunnel_pin: Option<bool>,
     /// With pinning, keep each worker's receiving thread on its CPU too
-    /// (otherwise the scheduler places it; its socket still gets what that
-    /// CPU received) [default: false].
+    /// (false: the scheduler places it; its socket still gets what that
+    /// CPU received) [default: true].
     #[arg(long)]
     pub tunnel_pin_rx: Option<bool>,
     /// Keep the tunnel's UDP datagrams with the other hosts out of
