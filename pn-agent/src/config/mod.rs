@@ -143,6 +143,11 @@ pub struct RunSettings {
     /// that CPU received [default: true].
     #[arg(long)]
     pub tunnel_pin: Option<bool>,
+    /// With pinning, keep each worker's receiving thread on its CPU too
+    /// (false: the scheduler places it; its socket still gets what that
+    /// CPU received) [default: true].
+    #[arg(long)]
+    pub tunnel_pin_rx: Option<bool>,
     /// Keep the tunnel's UDP datagrams with the other hosts out of
     /// connection tracking (nftables `notrack` at raw priority): less work
     /// per datagram, but an input policy that accepts `ct state
@@ -324,7 +329,7 @@ pub struct RunConfig {
     pub host_quota: usize,
     pub tunnel: pn_tunnel::Config,
     /// `--tunnel-workers`, `--tunnel-offloads`, `--tunnel-spin-us`,
-    /// `--tunnel-pin`, `--tunnel-notrack` (the edge's, said with the rest).
+    /// `--tunnel-pin`, `--tunnel-pin-rx`, `--tunnel-notrack` (the edge's, said with the rest).
     pub tunnel_io: pn_tunnel::device::Options,
     /// `--egress-deny`'s IPv4 ranges, network addresses outside the pool.
     pub egress_deny: Vec<Ipv4Net>,
@@ -470,6 +475,7 @@ impl RunConfig {
             pick!(tunnel_offloads),
             pick!(tunnel_spin_us),
             pick!(tunnel_pin),
+            pick!(tunnel_pin_rx),
             pick!(tunnel_notrack),
         )?;
         let mut etcd_prefix = pick!(etcd_prefix).unwrap_or_else(|| "/pn/".into());

@@ -344,7 +344,9 @@ fn ipv6_is_on_by_default_and_its_pool_unique_local() {
 
 #[test]
 fn the_tunnel_io_switches_from_flags_and_file() {
-    let f = file("tunnel-workers = 3\ntunnel-offloads = \"gso,gro\"\ntunnel-spin-us = 40\n");
+    let f = file(
+        "tunnel-workers = 3\ntunnel-offloads = \"gso,gro\"\ntunnel-spin-us = 40\ntunnel-pin-rx = false\n",
+    );
     let flags = RunSettings {
         host_id: Some("h1".into()),
         tunnel_pin: Some(false),
@@ -353,7 +355,7 @@ fn the_tunnel_io_switches_from_flags_and_file() {
     let c = RunConfig::resolve(flags, Some(&f.0)).unwrap();
     let o = &c.tunnel_io;
     assert_eq!(o.workers, 3);
-    assert!(!o.tso && o.gso && o.gro && !o.coalesce && !o.pin);
+    assert!(!o.tso && o.gso && o.gro && !o.coalesce && !o.pin && !o.pin_rx);
     assert_eq!(o.spin, std::time::Duration::from_micros(40));
     let d = RunConfig::resolve(
         RunSettings {

@@ -75,6 +75,7 @@ pub(super) fn device_options(
     offloads: Option<String>,
     spin_us: Option<u64>,
     pin: Option<bool>,
+    pin_rx: Option<bool>,
     notrack: Option<bool>,
 ) -> anyhow::Result<Options> {
     let mut o = Options::default();
@@ -96,6 +97,9 @@ pub(super) fn device_options(
     }
     if let Some(pin) = pin {
         o.pin = pin;
+    }
+    if let Some(pin_rx) = pin_rx {
+        o.pin_rx = pin_rx;
     }
     o.notrack = notrack.unwrap_or(false);
     Ok(o)

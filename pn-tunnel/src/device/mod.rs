@@ -210,8 +210,10 @@ impl Device {
         Ok(())
     }
 
-    /// The CPU of each worker when they are pinned (none: one worker, or
-    /// pinning off, or more workers than CPUs allowed).
+    /// The CPU of each worker when they are pinned: its sending thread's,
+    /// its receiving thread's with `pin_rx`, and its socket gets what that
+    /// CPU received either way (none: one worker, or pinning off, or more
+    /// workers than CPUs allowed).
     fn placement(&self, workers: usize) -> Vec<usize> {
         let cpus = allowed_cpus();
         if !self.options.pin || workers < 2 || workers > cpus.len() {
@@ -241,9 +243,16 @@ impl Device {
                 // What this CPU received goes to this worker's socket.
                 set_int(fd, libc::SOL_SOCKET, libc::SO_INCOMING_CPU, cpu as i32);
             }
-            let data_loops: [(&str, DataLoop); 2] =
-                [("pn-tun-tx", tx::tx_loop), ("pn-tun-rx", rx::rx_loop)];
-            for (name, data_loop) in data_loops {
+            // The receiving thread stays on its CPU only if asked (`pin_rx`).
+            let data_loops: [(&str, DataLoop, Option<usize>); 2] = [
+                ("pn-tun-tx", tx::tx_loop, cpu),
+                (
+                    "pn-tun-rx",
+                    rx::rx_loop,
+                    cpu.filter(|_| self.options.pin_rx),
+                ),
+            ];
+            for (name, data_loop, cpu) in data_loops {
                 let (tun, udp, shared) = (q.tun.try_clone()?, q.udp.try_clone()?, shared.clone());
                 threads.push(
                     std::thread::Builder::new()

@@ -34,6 +34,13 @@ pub struct Options {
     /// gets the datagrams that CPU received (SO_INCOMING_CPU): a flow stays
     /// on its worker.
     pub pin: bool,
+    /// With `pin`, the receiving threads stay on their CPUs too (the
+    /// default); off, the scheduler places them (their sockets still get
+    /// what their CPU received). On one machine carrying both ends (the
+    /// bench's hosts), pinned receivers put a stream's sealing and opening
+    /// on one CPU, its two ends' threads taking turns; free ones carry the
+    /// stream faster but round trips slower (README).
+    pub pin_rx: bool,
     /// The agent's edge keeps the sockets' datagrams with the other hosts
     /// out of connection tracking (`--tunnel-notrack`). The device itself
     /// does nothing with it: it is here to be said in the log line at start
@@ -51,6 +58,7 @@ impl Default for Options {
             coalesce: true,
             spin: Duration::ZERO,
             pin: true,
+            pin_rx: true,
             notrack: false,
         }
     }
@@ -99,7 +107,11 @@ impl Options {
             onoff(self.gso),
             onoff(self.gro),
             onoff(self.coalesce),
-            onoff(self.pin),
+            match (self.pin, self.pin_rx) {
+                (false, _) => "off",
+                (true, false) => "on (receiving threads free)",
+                (true, true) => "on (both ways)",
+            },
             onoff(self.notrack),
         )
     }
@@ -119,6 +131,11 @@ mod tests {
         assert!(o.set_offloads("tso,lro").is_err());
         assert!(o.describe().contains("tso off"));
         assert!(o.describe().ends_with("notrack off"));
+        assert!(o.describe().contains("pinning on (both ways)"));
+        o.pin_rx = false;
+        assert!(o.describe().contains("pinning on (receiving threads free)"));
+        o.pin = false;
+        assert!(o.describe().contains("pinning off"));
     }
 
     #[test]
