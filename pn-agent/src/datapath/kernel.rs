@@ -82,6 +82,10 @@ pub struct Kernel {
     endpoints: HashMap<MapData, Ip4, Endpoint>,
     endpoints6: HashMap<MapData, Ip6, Endpoint>,
     ifaces: HashMap<MapData, u32, Iface>,
+    /// `PN_MEMO_GEN` (see `pn_common::memo`), and whether this agent has
+    /// made it odd for a batch of writes not settled yet.
+    memo_gen: Array<MapData, u64>,
+    memo_writing: bool,
     counters: PerCpuArray<MapData, Counters>,
     budget: PerCpuArray<MapData, EventBudget>,
     config: Array<MapData, Config>,
@@ -189,6 +193,14 @@ impl Kernel {
         let endpoints = take(&mut ebpf, objects::MAP_ENDPOINTS)?;
         let endpoints6 = take(&mut ebpf, objects::MAP_ENDPOINTS6)?;
         let ifaces = take(&mut ebpf, objects::MAP_IFACES)?;
+        let mut memo_gen: Array<MapData, u64> = take(&mut ebpf, objects::MAP_MEMO_GEN)?;
+        // Whatever the running programs memoised (this layout's maps reused,
+        // or carried with their generation) is void from here: the next
+        // even generation, before any program of this agent goes on.
+        let g = memo_gen.get(&0, 0).ctx(|| "reading PN_MEMO_GEN".into())?;
+        memo_gen
+            .set(0, pn_common::memo::written(g), 0)
+            .ctx(|| "writing PN_MEMO_GEN".into())?;
         let counters = take(&mut ebpf, objects::MAP_COUNTERS)?;
         let budget = take(&mut ebpf, objects::MAP_EVENT_BUDGET)?;
         let config = take(&mut ebpf, objects::MAP_CONFIG)?;
@@ -233,6 +245,8 @@ impl Kernel {
             endpoints,
             endpoints6,
             ifaces,
+            memo_gen,
+            memo_writing: false,
             counters,
             budget,
             config,
@@ -348,6 +362,20 @@ impl Kernel {
             .collect()
     }
 
+    /// Before a write to a map the programs memoise: the generation odd
+    /// (once per batch), so the programs look every key up in the maps
+    /// until [`Maps::settle`].
+    fn memo_writing(&mut self) -> Result<()> {
+        if self.memo_writing {
+            return Ok(());
+        }
+        let g = (self.memo_gen.get(&0, 0)).ctx(|| "reading PN_MEMO_GEN".into())?;
+        (self.memo_gen.set(0, pn_common::memo::writing(g), 0))
+            .ctx(|| "writing PN_MEMO_GEN".into())?;
+        self.memo_writing = true;
+        Ok(())
+    }
+
     /// Entries of a hash map, read whole.
     fn all<K: aya::Pod + Ord, V: aya::Pod>(
         map: &HashMap<MapData, K, V>,
@@ -419,38 +447,55 @@ impl Maps for Kernel {
     }
 
     fn set_endpoint(&mut self, ip: Ip4, ep: Endpoint) -> Result<()> {
+        self.memo_writing()?;
         self.endpoints
             .insert(ip, ep, 0)
             .ctx(|| format!("writing PN_ENDPOINTS[{}]", dotted(ip)))
     }
 
     fn remove_endpoint(&mut self, ip: Ip4) -> Result<()> {
+        self.memo_writing()?;
         removed(self.endpoints.remove(&ip), || {
             format!("PN_ENDPOINTS[{}]", dotted(ip))
         })
     }
 
     fn set_endpoint6(&mut self, ip: Ip6, ep: Endpoint) -> Result<()> {
+        self.memo_writing()?;
         let name = std::net::Ipv6Addr::from(ip);
         (self.endpoints6.insert(ip, ep, 0)).ctx(|| format!("writing PN_ENDPOINTS6[{name}]"))
     }
 
     fn remove_endpoint6(&mut self, ip: Ip6) -> Result<()> {
+        self.memo_writing()?;
         removed(self.endpoints6.remove(&ip), || {
             format!("PN_ENDPOINTS6[{}]", std::net::Ipv6Addr::from(ip))
         })
     }
 
     fn set_iface(&mut self, ifindex: u32, iface: Iface) -> Result<()> {
+        self.memo_writing()?;
         self.ifaces
             .insert(ifindex, iface, 0)
             .ctx(|| format!("writing PN_IFACES[{ifindex}]"))
     }
 
     fn remove_iface(&mut self, ifindex: u32) -> Result<()> {
+        self.memo_writing()?;
         removed(self.ifaces.remove(&ifindex), || {
             format!("PN_IFACES[{ifindex}]")
         })
+    }
+
+    fn settle(&mut self) -> Result<()> {
+        if !self.memo_writing {
+            return Ok(());
+        }
+        let g = (self.memo_gen.get(&0, 0)).ctx(|| "reading PN_MEMO_GEN".into())?;
+        (self.memo_gen.set(0, pn_common::memo::written(g), 0))
+            .ctx(|| "writing PN_MEMO_GEN".into())?;
+        self.memo_writing = false;
+        Ok(())
     }
 
     fn set_peer(&mut self, ip: Ip4, peer: Peer) -> Result<()> {

@@ -530,3 +530,52 @@ fn local_endpoints_carry_their_interfaces_counter_rows() {
     let slot = dp.maps().state.ifaces[&7].slot;
     assert_eq!(dp.maps().state.endpoints[&ip4(10, 240, 0, 4)].row(), slot);
 }
+
+/// The programs' memo (`pn_common::memo`): every apply that writes a
+/// memoised map makes the generation odd before its first such write and
+/// even, past it, once done, failed writes or not; an apply that writes
+/// none of them leaves it alone.
+#[test]
+fn every_write_to_a_memoised_map_is_settled_by_a_new_generation() {
+    use pn_common::memo::stamp;
+    let mut dp = Datapath::new(FakeMaps::default());
+    dp.apply(&two(), &Scope::all()).unwrap();
+    let g = dp.maps().generation;
+    assert!(stamp(g).is_some(), "settled: {g}");
+    let writes = dp.maps().memo_writes.clone();
+    assert!(!writes.is_empty());
+    // Made while off (odd), and every one before the settled generation.
+    assert!(
+        writes.iter().all(|w| stamp(*w).is_none() && *w < g),
+        "{writes:?} then {g}"
+    );
+    // Nothing to write: the memo keeps its generation (stays warm).
+    dp.apply(&two(), &Scope::all()).unwrap();
+    assert_eq!(dp.maps().generation, g);
+    // Only the underlay guard's peers: not memoised, no bump.
+    let mut want = two();
+    want.peers.insert(
+        ip4(192, 0, 2, 9),
+        Peer {
+            index: 10,
+            flags: 0,
+        },
+    );
+    dp.apply(&want, &Scope::underlay()).unwrap();
+    assert_eq!(dp.maps().generation, g);
+    // A member leaves (scoped): its endpoint and interface go, then a new
+    // generation.
+    let mut gone = want.clone();
+    gone.endpoints.remove(&ip4(10, 240, 0, 2));
+    gone.ifaces.remove(&7);
+    dp.apply(&gone, &Scope::entries([ip4(10, 240, 0, 2)], [], true))
+        .unwrap();
+    let g2 = dp.maps().generation;
+    assert!(stamp(g2).is_some() && g2 > g, "{g} then {g2}");
+    assert!(dp.maps().memo_writes.iter().all(|w| *w < g2));
+    // A failed write settles all the same: the other writes were made.
+    dp.maps_mut().fail_on = Some("set_endpoint");
+    assert!(dp.apply(&two(), &Scope::all()).is_err());
+    let g3 = dp.maps().generation;
+    assert!(stamp(g3).is_some() && g3 > g2, "{g2} then {g3}");
+}
