@@ -93,6 +93,19 @@ pub const fn written(generation: u64) -> u64 {
     (generation | 1).wrapping_add(1)
 }
 
+/// The generation an agent writes on load, before its programs go on.
+/// With the memo on (`--tc-memo true`), the next even one: whatever the
+/// running programs memoised is void. Off (the default), odd, and nothing
+/// settles it: the programs never read nor fill the memo (one array read
+/// per packet), and a later agent with it on bumps past every stamp.
+pub const fn loaded(generation: u64, on: bool) -> u64 {
+    if on {
+        written(generation)
+    } else {
+        writing(generation)
+    }
+}
+
 /// A memo slot's answer for `key` under `stamp`: `Some(answer)` on a hit.
 #[inline(always)]
 pub fn hit<V: Copy>(
@@ -179,6 +192,24 @@ mod tests {
         assert_eq!(writing(writing(4)), 5);
         assert_eq!(written(5), 6);
         assert_eq!(written(4), 6);
+    }
+
+    /// `--tc-memo`: off, a load leaves the memo off whatever it found; on,
+    /// a fresh even generation past every stamp given before (a hand-over
+    /// between agents of either setting).
+    #[test]
+    fn a_load_turns_the_memo_off_or_past_every_stamp() {
+        for g in [0, 1, 2, 7, 1000] {
+            let off = loaded(g, false);
+            assert_eq!(stamp(off), None, "off after {g}: {off}");
+            assert_eq!(stamp(loaded(off, false)), None, "off again");
+            let on = loaded(off, true);
+            assert!(stamp(on).is_some() && on > g && on > off, "{g} {off} {on}");
+            // On after on: slots filled under the first are void.
+            let again = loaded(on, true);
+            assert!(stamp(again).is_some() && again > on);
+            assert_ne!(stamp(again), stamp(on));
+        }
     }
 
     #[test]

@@ -258,55 +258,6 @@ impl Host {
             .join(name)
     }
 
-    /// Ends a write made behind the agent's back to a map the programs
-    /// memoise (`PN_IFACES`, `PN_ENDPOINTS`): the next generation of
-    /// `PN_MEMO_GEN`, as the agent writes after each batch
-    /// (`pn_common::memo`). Without it the programs may keep answering
-    /// from their memo what the map held before.
-    pub fn bump_memo(&self) {
-        let map = self.pinned_map("PN_MEMO_GEN");
-        let out = run::run_ok(
-            "bpftool",
-            &[
-                "-j",
-                "map",
-                "lookup",
-                "pinned",
-                map.to_str().unwrap(),
-                "key",
-                "0",
-                "0",
-                "0",
-                "0",
-            ],
-        );
-        let v: serde_json::Value = serde_json::from_str(&out).expect("bpftool json");
-        let bytes: Vec<u8> = v["value"]
-            .as_array()
-            .expect("a value")
-            .iter()
-            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
-            .collect();
-        let g = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
-        let next = pn_common::memo::written(g)
-            .to_le_bytes()
-            .map(|b| b.to_string());
-        let mut args = vec![
-            "map",
-            "update",
-            "pinned",
-            map.to_str().unwrap(),
-            "key",
-            "0",
-            "0",
-            "0",
-            "0",
-            "value",
-        ];
-        args.extend(next.iter().map(String::as_str));
-        run::run_ok("bpftool", &args);
-    }
-
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("agent.log")
     }

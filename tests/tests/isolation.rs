@@ -264,9 +264,6 @@ fn an_interface_missing_from_the_maps_fails_closed() {
     let key: Vec<String> = ifindex.to_ne_bytes().iter().map(u8::to_string).collect();
     args.extend(key.iter().map(String::as_str));
     pn_tests::run_ok("bpftool", &args);
-    // As every writer of a memoised map must (`pn_common::memo`): else the
-    // programs may answer from their memo what the map held before.
-    f.host.bump_memo();
     assert!(net::tcp_echo(&f.c1, sa(f.c2.addr, 7300), b"after", SHORT).is_err());
     assert!(eventually(LONG, || pn_tests::metric_value(
         &f.host.metrics(),

@@ -25,19 +25,33 @@ pub struct FakeMaps {
     pub generation: u64,
     /// The generation each memoised write was made under, in order.
     pub memo_writes: Vec<u64>,
+    /// `--tc-memo`: off, `generation` stays as [`FakeMaps::loaded`] left
+    /// it (odd), as the kernel's.
+    pub memo: bool,
 }
 
 impl FakeMaps {
+    /// As `Kernel::load` leaves the maps with `--tc-memo` on or off:
+    /// `PN_MEMO_GEN` past what an earlier agent left (`generation`).
+    pub fn loaded(generation: u64, memo: bool) -> FakeMaps {
+        FakeMaps {
+            generation: pn_common::memo::loaded(generation, memo),
+            memo,
+            ..FakeMaps::default()
+        }
+    }
+
     fn call(&mut self, what: String) -> Result<()> {
         // As the kernel's: odd before the write, whether it works or not.
-        if [
-            "set_endpoint",
-            "remove_endpoint",
-            "set_iface",
-            "remove_iface",
-        ]
-        .iter()
-        .any(|m| what.starts_with(m))
+        if self.memo
+            && [
+                "set_endpoint",
+                "remove_endpoint",
+                "set_iface",
+                "remove_iface",
+            ]
+            .iter()
+            .any(|m| what.starts_with(m))
         {
             self.generation = pn_common::memo::writing(self.generation);
             self.memo_writes.push(self.generation);
@@ -92,7 +106,7 @@ impl Maps for FakeMaps {
         Ok(())
     }
     fn settle(&mut self) -> Result<()> {
-        if pn_common::memo::stamp(self.generation).is_none() {
+        if self.memo && pn_common::memo::stamp(self.generation).is_none() {
             self.generation = pn_common::memo::written(self.generation);
         }
         Ok(())

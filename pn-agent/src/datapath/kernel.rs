@@ -82,9 +82,12 @@ pub struct Kernel {
     endpoints: HashMap<MapData, Ip4, Endpoint>,
     endpoints6: HashMap<MapData, Ip6, Endpoint>,
     ifaces: HashMap<MapData, u32, Iface>,
-    /// `PN_MEMO_GEN` (see `pn_common::memo`), and whether this agent has
-    /// made it odd for a batch of writes not settled yet.
+    /// `PN_MEMO_GEN` (see `pn_common::memo`), whether the memo is on
+    /// (`--tc-memo`; off, the generation stays odd from load on), and
+    /// whether this agent has made it odd for a batch of writes not
+    /// settled yet.
     memo_gen: Array<MapData, u64>,
+    memo: bool,
     memo_writing: bool,
     counters: PerCpuArray<MapData, Counters>,
     budget: PerCpuArray<MapData, EventBudget>,
@@ -106,8 +109,9 @@ pub struct Kernel {
 
 impl Kernel {
     /// Loads the programs, reusing the maps pinned under `bpffs` if an agent
-    /// ran before (so enforcement state and counters carry over).
-    pub fn load(object: &[u8], bpffs: &Path) -> Result<Kernel> {
+    /// ran before (so enforcement state and counters carry over). `memo`:
+    /// `--tc-memo`, whether the programs may use their memo.
+    pub fn load(object: &[u8], bpffs: &Path, memo: bool) -> Result<Kernel> {
         if object.is_empty() {
             return Err(plain(
                 "this pn-agent was built without its eBPF programs (AYA_BUILD_SKIP); rebuild it with `cargo xtask build`".into(),
@@ -195,12 +199,16 @@ impl Kernel {
         let ifaces = take(&mut ebpf, objects::MAP_IFACES)?;
         let mut memo_gen: Array<MapData, u64> = take(&mut ebpf, objects::MAP_MEMO_GEN)?;
         // Whatever the running programs memoised (this layout's maps reused,
-        // or carried with their generation) is void from here: the next
-        // even generation, before any program of this agent goes on.
+        // or carried with their generation) is void from here, before any
+        // program of this agent goes on: the next even generation with the
+        // memo on, an odd one (never settled) with it off.
         let g = memo_gen.get(&0, 0).ctx(|| "reading PN_MEMO_GEN".into())?;
-        memo_gen
-            .set(0, pn_common::memo::written(g), 0)
-            .ctx(|| "writing PN_MEMO_GEN".into())?;
+        let g = pn_common::memo::loaded(g, memo);
+        memo_gen.set(0, g, 0).ctx(|| "writing PN_MEMO_GEN".into())?;
+        log::info!(
+            "tc memo {} (PN_MEMO_GEN {g})",
+            if memo { "on" } else { "off" }
+        );
         let counters = take(&mut ebpf, objects::MAP_COUNTERS)?;
         let budget = take(&mut ebpf, objects::MAP_EVENT_BUDGET)?;
         let config = take(&mut ebpf, objects::MAP_CONFIG)?;
@@ -246,6 +254,7 @@ impl Kernel {
             endpoints6,
             ifaces,
             memo_gen,
+            memo,
             memo_writing: false,
             counters,
             budget,
@@ -366,7 +375,8 @@ impl Kernel {
     /// (once per batch), so the programs look every key up in the maps
     /// until [`Maps::settle`].
     fn memo_writing(&mut self) -> Result<()> {
-        if self.memo_writing {
+        // Off: odd since load, left so.
+        if !self.memo || self.memo_writing {
             return Ok(());
         }
         let g = (self.memo_gen.get(&0, 0)).ctx(|| "reading PN_MEMO_GEN".into())?;
@@ -488,7 +498,7 @@ impl Maps for Kernel {
     }
 
     fn settle(&mut self) -> Result<()> {
-        if !self.memo_writing {
+        if !self.memo || !self.memo_writing {
             return Ok(());
         }
         let g = (self.memo_gen.get(&0, 0)).ctx(|| "reading PN_MEMO_GEN".into())?;

@@ -538,7 +538,7 @@ fn local_endpoints_carry_their_interfaces_counter_rows() {
 #[test]
 fn every_write_to_a_memoised_map_is_settled_by_a_new_generation() {
     use pn_common::memo::stamp;
-    let mut dp = Datapath::new(FakeMaps::default());
+    let mut dp = Datapath::new(FakeMaps::loaded(0, true));
     dp.apply(&two(), &Scope::all()).unwrap();
     let g = dp.maps().generation;
     assert!(stamp(g).is_some(), "settled: {g}");
@@ -578,4 +578,38 @@ fn every_write_to_a_memoised_map_is_settled_by_a_new_generation() {
     assert!(dp.apply(&two(), &Scope::all()).is_err());
     let g3 = dp.maps().generation;
     assert!(stamp(g3).is_some() && g3 > g2, "{g2} then {g3}");
+}
+
+/// `--tc-memo` off (the default): the generation is odd from load on,
+/// whatever an earlier agent left, and no apply settles it, whatever it
+/// writes or fails to; so the programs never use their memo. On after off
+/// (a hand-over): a fresh even generation at load, past the odd one.
+#[test]
+fn with_the_memo_off_the_generation_stays_odd_through_every_apply() {
+    use pn_common::memo::stamp;
+    for before in [0, 1, 6, 41] {
+        let mut dp = Datapath::new(FakeMaps::loaded(before, false));
+        let g = dp.maps().generation;
+        assert!(stamp(g).is_none(), "odd after load over {before}: {g}");
+        dp.apply(&two(), &Scope::all()).unwrap();
+        assert!(!dp.maps().calls.is_empty(), "the apply wrote");
+        assert_eq!(dp.maps().generation, g);
+        let mut gone = two();
+        gone.endpoints.remove(&ip4(10, 240, 0, 2));
+        gone.ifaces.remove(&7);
+        dp.apply(&gone, &Scope::entries([ip4(10, 240, 0, 2)], [], true))
+            .unwrap();
+        assert_eq!(dp.maps().generation, g);
+        dp.apply(&two(), &Scope::all()).unwrap();
+        assert_eq!(dp.maps().generation, g);
+        dp.maps_mut().fail_on = Some("set_endpoint");
+        dp.apply(&State::default(), &Scope::all()).unwrap();
+        assert!(dp.apply(&two(), &Scope::all()).is_err());
+        assert_eq!(dp.maps().generation, g);
+        // The successor turns it on: even, past it.
+        let on = FakeMaps::loaded(g, true).generation;
+        assert!(stamp(on).is_some() && on > g, "{g} then {on}");
+        // And off again.
+        assert!(stamp(FakeMaps::loaded(on, false).generation).is_none());
+    }
 }
