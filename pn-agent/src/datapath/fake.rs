@@ -25,8 +25,8 @@ pub struct FakeMaps {
     pub generation: u64,
     /// The generation each memoised write was made under, in order.
     pub memo_writes: Vec<u64>,
-    /// `--tc-memo`: off, `generation` stays as [`FakeMaps::loaded`] left
-    /// it (odd), as the kernel's.
+    /// `--tc-memo`: off, `settle` leaves `generation` odd, as the
+    /// kernel's.
     pub memo: bool,
 }
 
@@ -43,15 +43,14 @@ impl FakeMaps {
 
     fn call(&mut self, what: String) -> Result<()> {
         // As the kernel's: odd before the write, whether it works or not.
-        if self.memo
-            && [
-                "set_endpoint",
-                "remove_endpoint",
-                "set_iface",
-                "remove_iface",
-            ]
-            .iter()
-            .any(|m| what.starts_with(m))
+        if [
+            "set_endpoint",
+            "remove_endpoint",
+            "set_iface",
+            "remove_iface",
+        ]
+        .iter()
+        .any(|m| what.starts_with(m))
         {
             self.generation = pn_common::memo::writing(self.generation);
             self.memo_writes.push(self.generation);

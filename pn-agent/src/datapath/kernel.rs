@@ -373,10 +373,12 @@ impl Kernel {
 
     /// Before a write to a map the programs memoise: the generation odd
     /// (once per batch), so the programs look every key up in the maps
-    /// until [`Maps::settle`].
+    /// until [`Maps::settle`]. With the memo off too: odd since load, but
+    /// a predecessor with it on may have settled it since (both agents
+    /// write during a hand-over); this agent's writes are never made under
+    /// an even generation it would not bump.
     fn memo_writing(&mut self) -> Result<()> {
-        // Off: odd since load, left so.
-        if !self.memo || self.memo_writing {
+        if self.memo_writing {
             return Ok(());
         }
         let g = (self.memo_gen.get(&0, 0)).ctx(|| "reading PN_MEMO_GEN".into())?;
@@ -498,7 +500,12 @@ impl Maps for Kernel {
     }
 
     fn settle(&mut self) -> Result<()> {
-        if !self.memo || !self.memo_writing {
+        if !self.memo_writing {
+            return Ok(());
+        }
+        // Off: left odd.
+        if !self.memo {
+            self.memo_writing = false;
             return Ok(());
         }
         let g = (self.memo_gen.get(&0, 0)).ctx(|| "reading PN_MEMO_GEN".into())?;

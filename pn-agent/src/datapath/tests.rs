@@ -606,6 +606,17 @@ fn with_the_memo_off_the_generation_stays_odd_through_every_apply() {
         dp.apply(&State::default(), &Scope::all()).unwrap();
         assert!(dp.apply(&two(), &Scope::all()).is_err());
         assert_eq!(dp.maps().generation, g);
+        // A predecessor with it on settled it during a hand-over: this
+        // agent's next writes are made under an odd generation all the same.
+        dp.maps_mut().fail_on = None;
+        dp.maps_mut().generation = pn_common::memo::written(g);
+        let done = dp.maps().memo_writes.len();
+        dp.apply(&gone, &Scope::all()).unwrap();
+        let writes = &dp.maps().memo_writes[done..];
+        assert!(!writes.is_empty());
+        assert!(writes.iter().all(|w| stamp(*w).is_none()), "{writes:?}");
+        let g = dp.maps().generation;
+        assert!(stamp(g).is_none(), "{g}");
         // The successor turns it on: even, past it.
         let on = FakeMaps::loaded(g, true).generation;
         assert!(stamp(on).is_some() && on > g, "{g} then {on}");
