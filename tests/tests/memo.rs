@@ -7,6 +7,8 @@
 //! Every burst is sent from a thread pinned to CPU 0 (a veth carries a
 //! packet through both hosts' programs on the sender's CPU), so the memo
 //! it warms is the one the next burst reads.
+//! The memo is off unless `--tc-memo true`: these agents turn it on, but
+//! the last test, which checks that the default leaves it unused.
 
 use std::{net::Ipv4Addr, process::Command, time::Duration};
 
@@ -145,7 +147,11 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let host = Host::start(&unique_prefix(), "h1");
+    fixture_with(&["--tc-memo", "true"])
+}
+
+fn fixture_with(flags: &[&str]) -> Fixture {
+    let host = Host::start_with(&unique_prefix(), "h1", flags);
     let net_a = host.create_network(&[]);
     let net_b = host.create_network(&[]);
     let app_a1 = host.create_app(&net_a);
@@ -178,6 +184,7 @@ fn detach(host: &Host, app: &str) {
 #[test]
 fn a_member_that_leaves_is_no_destination_from_the_next_packet() {
     let f = fixture();
+    assert!(f.host.log().contains("tc memo on"), "{}", f.host.log());
     // The programs' verifier counts, for the record.
     for l in f
         .host
@@ -251,5 +258,50 @@ fn a_member_moved_to_another_network_loses_its_old_source_at_once() {
     assert!(
         !got.iter().any(|p| p == b"old source"),
         "c1 received c2's old source after the move"
+    );
+}
+
+/// The generation, odd while the memo is off.
+fn generation(host: &Host) -> u64 {
+    u64_at(
+        &lookup(&host.pinned_map("PN_MEMO_GEN"), &[0; 4]).expect("PN_MEMO_GEN"),
+        0,
+    )
+}
+
+/// Without `--tc-memo` the generation is odd from the start and stays so
+/// through the agent's writes: the programs never fill CPU 0's memo
+/// however much c1 sends to c2 (delivered all the same), and the leave is
+/// enforced from the maps.
+#[test]
+fn by_default_the_memo_is_off_and_never_filled() {
+    let f = fixture_with(&[]);
+    assert!(f.host.log().contains("tc memo off"), "{}", f.host.log());
+    let g = generation(&f.host);
+    assert_eq!(g % 2, 1, "PN_MEMO_GEN {g} with the memo off");
+    let rx = net::udp_collector(&f.c2.ns, PORT);
+    let idx1 = host_ifindex(&f.host, &f.c1);
+    for _ in 0..5 {
+        burst(&f.c1.ns, f.c1.addr, f.c2.addr, b"cold");
+    }
+    assert!(!rx.received(Duration::from_millis(300)).is_empty());
+    assert!(!memo_hot(&f.host, idx1, f.c2.addr));
+    let m = lookup(&f.host.pinned_map("PN_MEMO"), &[0; 4]).expect("PN_MEMO");
+    assert!(m.iter().all(|b| *b == 0), "CPU 0's memo was filled");
+    let endpoints = f.host.pinned_map("PN_ENDPOINTS");
+    let key = f.c2.addr.octets();
+    detach(&f.host, &f.app_a2);
+    assert!(eventually(LONG, || lookup(&endpoints, &key).is_none()));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(generation(&f.host), g, "an apply settled the generation");
+    let denied = f.host.packets(&f.app_a1, "worker-1", "policy_denied");
+    burst(&f.c1.ns, f.c1.addr, f.c2.addr, b"after");
+    assert!(
+        eventually(LONG, || f.host.packets(
+            &f.app_a1,
+            "worker-1",
+            "policy_denied"
+        ) >= denied + BURST),
+        "the burst after the leave was not dropped as policy_denied"
     );
 }
