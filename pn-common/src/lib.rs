@@ -12,6 +12,7 @@ pub mod event;
 pub mod ids;
 pub mod lb;
 pub mod maps;
+pub mod memo;
 #[cfg(feature = "ids")]
 pub mod names;
 pub mod policy;
@@ -56,6 +57,8 @@ pub mod objects {
     pub const MAP_ENDPOINTS: &str = "PN_ENDPOINTS";
     pub const MAP_ENDPOINTS6: &str = "PN_ENDPOINTS6";
     pub const MAP_IFACES: &str = "PN_IFACES";
+    pub const MAP_MEMO: &str = "PN_MEMO";
+    pub const MAP_MEMO_GEN: &str = "PN_MEMO_GEN";
     pub const MAP_COUNTERS: &str = "PN_COUNTERS";
     pub const MAP_FLOWS: &str = "PN_FLOWS";
     pub const MAP_FLOWS6: &str = "PN_FLOWS6";

@@ -17,6 +17,7 @@ use pn_common::{
         MAX_EGRESS_DENY, MAX_EGRESS_DENY6, MAX_ENDPOINTS, MAX_ENDPOINTS6, MAX_FLOWS, MAX_IFACES,
         MAX_PEERS, MAX_PEERS6, MAX_TAGS, Peer,
     },
+    memo::Memo,
 };
 
 #[map]
@@ -28,6 +29,16 @@ pub static PN_ENDPOINTS6: HashMap<Ip6, Endpoint> = HashMap::pinned(MAX_ENDPOINTS
 
 #[map]
 pub static PN_IFACES: HashMap<u32, Iface> = HashMap::pinned(MAX_IFACES, 0);
+
+/// This CPU's memo of recent `PN_IFACES` and `PN_ENDPOINTS` lookups (see
+/// `pn_common::memo`).
+#[map]
+pub static PN_MEMO: PerCpuArray<Memo> = PerCpuArray::pinned(1, 0);
+
+/// The generation the memo's slots must carry: odd while the agent writes
+/// `PN_IFACES` or `PN_ENDPOINTS`, the next even number after.
+#[map]
+pub static PN_MEMO_GEN: Array<u64> = Array::pinned(1, 0);
 
 /// Per slot (see `Iface::slot`), per reason; per CPU: exact without atomics.
 #[map]

@@ -21,7 +21,8 @@ use pn_common::{
 use crate::{
     conn::Seg,
     lb::Balanced,
-    maps::{PN_CONFIG, PN_CONNS, PN_EGRESS_DENY, PN_ENDPOINTS, PN_FLOWS, PN_IFACES},
+    maps::{PN_CONFIG, PN_CONNS, PN_EGRESS_DENY, PN_FLOWS},
+    memo::{self, Open},
     packet::load,
     report::{PacketCtx, count, report, report_drop},
     share::Table,
@@ -60,9 +61,13 @@ const NO_ETHERTYPE: u32 = u32::MAX;
 fn handle(ctx: &TcContext, dir: Direction, ethertype: u32) -> i32 {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: values are plain data; a concurrent update can at worst give a
-    // torn read of a just-replaced entry, which the agent never does in place.
-    let iface = unsafe { PN_IFACES.get(ifindex) }.copied();
+    // The interface and the endpoints through this CPU's memo (`memo`):
+    // no hash lookup for a flow it has just seen.
+    let memo = memo::open();
+    // (SAFETY of every lookup: values are plain data; a concurrent update
+    // can at worst give a torn read of a just-replaced entry, which the
+    // agent never does in place.)
+    let iface = memo::iface(memo, ifindex);
     // Read in place, not copied (64 bytes a packet). The array always has
     // its element; without it, fail closed.
     let Some(cfg) = PN_CONFIG.get(0) else {
@@ -73,7 +78,8 @@ fn handle(ctx: &TcContext, dir: Direction, ethertype: u32) -> i32 {
         );
         return TC_ACT_SHOT;
     };
-    let (mut reason, pkt, conn, both_local) = decide(ctx, dir, iface.as_ref(), cfg, ethertype);
+    let (mut reason, pkt, conn, both_local) =
+        decide(ctx, dir, iface.as_ref(), cfg, ethertype, memo);
     // The side that opened a connection with the outside keeps its entry,
     // so the other side's packets are admitted: the entry to write, the
     // entry there now (zeroed if none).
@@ -251,6 +257,7 @@ fn decide(
     iface: Option<&Iface>,
     cfg: &Config,
     ethertype: u32,
+    memo: Option<Open>,
 ) -> Decision {
     if iface.is_none() {
         return (Reason::UnknownInterface, None, Looked::NOT, false);
@@ -310,8 +317,7 @@ fn decide(
     // (`lb`), then the endpoint of the backend it chose.
     let mut dst = None;
     if let Direction::FromContainer = dir {
-        // SAFETY: see `handle`.
-        dst = unsafe { PN_ENDPOINTS.get(pkt.dst) };
+        dst = memo::endpoint(memo, pkt.dst);
         if let (Some(i), false) = (iface, ip.later_fragment) {
             let member = dst.is_some();
             match crate::lb::from_container(ctx, i, &mut pkt, l4, seg.flags, cfg.conn_share, member)
@@ -319,8 +325,7 @@ fn decide(
                 Balanced::Over => {
                     return (Reason::ConnQuota, Some((pkt, seg)), Looked::NOT, false);
                 }
-                // SAFETY: see `handle`.
-                Balanced::To => dst = unsafe { PN_ENDPOINTS.get(pkt.dst) },
+                Balanced::To => dst = memo::endpoint(memo, pkt.dst),
                 Balanced::Not => {}
             }
         }
@@ -335,15 +340,14 @@ fn decide(
     };
     let (reason, other) = match dir {
         Direction::FromContainer => (
-            policy::from_container(&pkt, iface, dst, cfg, &mut edge),
+            policy::from_container(&pkt, iface, dst.as_ref(), cfg, &mut edge),
             dst,
         ),
         _ => {
-            // SAFETY: see `handle`.
-            let src = unsafe { PN_ENDPOINTS.get(pkt.src) };
+            let src = memo::endpoint(memo, pkt.src);
             // SAFETY: the context pointer is valid for the whole program run.
             let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
-            let r = policy::to_container(&pkt, ingress, iface, src, cfg, &mut edge);
+            let r = policy::to_container(&pkt, ingress, iface, src.as_ref(), cfg, &mut edge);
             if r == Reason::Delivered && !ip.later_fragment {
                 crate::lb::to_container(ctx, &pkt, l4, seg.flags);
             }

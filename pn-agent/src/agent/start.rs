@@ -256,8 +256,8 @@ async fn load_datapath(
     with_tunnel: bool,
     container_mtu: u32,
 ) -> anyhow::Result<Loaded> {
-    let mut kernel =
-        Kernel::load(crate::EBPF_OBJECT, &cfg.bpffs).context("loading the datapath")?;
+    let mut kernel = Kernel::load(crate::EBPF_OBJECT, &cfg.bpffs, cfg.tc_memo)
+        .context("loading the datapath")?;
     let tunnel_port = match &underlay {
         Some(_) => cfg.advertise.map_or(tunnel::DEFAULT_PORT, |a| a.port()),
         None => 0,

@@ -155,6 +155,13 @@ pub struct RunSettings {
     /// [default: false].
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub tunnel_notrack: Option<bool>,
+    /// Let the IPv4 TC programs memoise their interface and endpoint
+    /// lookups per CPU (`PN_MEMO`): anything writing `PN_IFACES` or
+    /// `PN_ENDPOINTS` behind the agent's back must then bump
+    /// `PN_MEMO_GEN`, and it is safe on x86 only (strongly ordered)
+    /// [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub tc_memo: Option<bool>,
     /// Key prefix in etcd [default: /pn/].
     #[arg(long)]
     pub etcd_prefix: Option<String>,
@@ -341,6 +348,8 @@ pub struct RunConfig {
     pub router_cidrs6: Vec<Ipv6Net>,
     pub publish_ports: PortRange,
     pub forward_guard: ForwardGuard,
+    /// `--tc-memo` (`pn_common::memo`; off unless given).
+    pub tc_memo: bool,
 }
 
 /// `--ipv6` and `--pool6` (taken only with IPv6 on).
@@ -527,6 +536,7 @@ impl RunConfig {
             host_quota,
             tunnel,
             tunnel_io,
+            tc_memo: pick!(tc_memo).unwrap_or(false),
         })
     }
 }

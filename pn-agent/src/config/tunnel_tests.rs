@@ -1,4 +1,4 @@
-//! `--tunnel-notrack` from flags and file.
+//! `--tunnel-notrack` and `--tc-memo` from flags and file.
 
 use crate::config::{RunConfig, RunSettings};
 
@@ -76,5 +76,39 @@ fn a_bad_tunnel_notrack_value_is_refused_by_name() {
     let e = resolve(&[], Some("tunnel-notrack = \"yes\"\n")).expect_err("refused");
     let text = format!("{e:#}");
     assert!(text.contains("tunnel-notrack"), "{text}");
+    assert!(text.contains("boolean"), "{text}");
+}
+
+/// `--tc-memo` (`pn_common::memo`), a boolean switch parsed as
+/// `--tunnel-notrack` is: off unless given, by flag or file, the flag first.
+#[test]
+fn the_tc_memo_switch_is_off_unless_given() {
+    assert!(!resolve(&[], None).unwrap().tc_memo);
+    assert!(resolve(&["--tc-memo"], None).unwrap().tc_memo);
+    assert!(resolve(&["--tc-memo", "true"], None).unwrap().tc_memo);
+    assert!(!resolve(&["--tc-memo", "false"], None).unwrap().tc_memo);
+    assert!(resolve(&[], Some("tc-memo = true\n")).unwrap().tc_memo);
+    assert!(!resolve(&[], Some("tc-memo = false\n")).unwrap().tc_memo);
+    // The flag beats the file.
+    assert!(
+        !resolve(&["--tc-memo", "false"], Some("tc-memo = true\n"))
+            .unwrap()
+            .tc_memo
+    );
+    assert!(
+        resolve(&["--tc-memo", "true"], Some("tc-memo = false\n"))
+            .unwrap()
+            .tc_memo
+    );
+}
+
+#[test]
+fn a_bad_tc_memo_value_is_refused_by_name() {
+    let e = flags(&["--tc-memo", "yes"]).expect_err("refused");
+    let text = e.to_string();
+    assert!(text.contains("--tc-memo"), "{text}");
+    let e = resolve(&[], Some("tc-memo = \"yes\"\n")).expect_err("refused");
+    let text = format!("{e:#}");
+    assert!(text.contains("tc-memo"), "{text}");
     assert!(text.contains("boolean"), "{text}");
 }

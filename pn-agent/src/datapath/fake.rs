@@ -20,10 +20,41 @@ pub struct FakeMaps {
     pub calls: Vec<String>,
     /// Calls whose name starts with this fail (to test partial applies).
     pub fail_on: Option<&'static str>,
+    /// `PN_MEMO_GEN` as the kernel's would hold it (`pn_common::memo`):
+    /// odd from a write to a memoised map until `settle` (not in `calls`).
+    pub generation: u64,
+    /// The generation each memoised write was made under, in order.
+    pub memo_writes: Vec<u64>,
+    /// `--tc-memo`: off, `settle` leaves `generation` odd, as the
+    /// kernel's.
+    pub memo: bool,
 }
 
 impl FakeMaps {
+    /// As `Kernel::load` leaves the maps with `--tc-memo` on or off:
+    /// `PN_MEMO_GEN` past what an earlier agent left (`generation`).
+    pub fn loaded(generation: u64, memo: bool) -> FakeMaps {
+        FakeMaps {
+            generation: pn_common::memo::loaded(generation, memo),
+            memo,
+            ..FakeMaps::default()
+        }
+    }
+
     fn call(&mut self, what: String) -> Result<()> {
+        // As the kernel's: odd before the write, whether it works or not.
+        if [
+            "set_endpoint",
+            "remove_endpoint",
+            "set_iface",
+            "remove_iface",
+        ]
+        .iter()
+        .any(|m| what.starts_with(m))
+        {
+            self.generation = pn_common::memo::writing(self.generation);
+            self.memo_writes.push(self.generation);
+        }
         if let Some(f) = self.fail_on
             && what.starts_with(f)
         {
@@ -71,6 +102,12 @@ impl Maps for FakeMaps {
     fn remove_iface(&mut self, ifindex: u32) -> Result<()> {
         self.call(format!("remove_iface {ifindex}"))?;
         self.state.ifaces.remove(&ifindex);
+        Ok(())
+    }
+    fn settle(&mut self) -> Result<()> {
+        if self.memo && pn_common::memo::stamp(self.generation).is_none() {
+            self.generation = pn_common::memo::written(self.generation);
+        }
         Ok(())
     }
     fn set_peer(&mut self, a: Ip4, peer: Peer) -> Result<()> {

@@ -82,6 +82,13 @@ pub struct Kernel {
     endpoints: HashMap<MapData, Ip4, Endpoint>,
     endpoints6: HashMap<MapData, Ip6, Endpoint>,
     ifaces: HashMap<MapData, u32, Iface>,
+    /// `PN_MEMO_GEN` (see `pn_common::memo`), whether the memo is on
+    /// (`--tc-memo`; off, the generation stays odd from load on), and
+    /// whether this agent has made it odd for a batch of writes not
+    /// settled yet.
+    memo_gen: Array<MapData, u64>,
+    memo: bool,
+    memo_writing: bool,
     counters: PerCpuArray<MapData, Counters>,
     budget: PerCpuArray<MapData, EventBudget>,
     config: Array<MapData, Config>,
@@ -102,8 +109,9 @@ pub struct Kernel {
 
 impl Kernel {
     /// Loads the programs, reusing the maps pinned under `bpffs` if an agent
-    /// ran before (so enforcement state and counters carry over).
-    pub fn load(object: &[u8], bpffs: &Path) -> Result<Kernel> {
+    /// ran before (so enforcement state and counters carry over). `memo`:
+    /// `--tc-memo`, whether the programs may use their memo.
+    pub fn load(object: &[u8], bpffs: &Path, memo: bool) -> Result<Kernel> {
         if object.is_empty() {
             return Err(plain(
                 "this pn-agent was built without its eBPF programs (AYA_BUILD_SKIP); rebuild it with `cargo xtask build`".into(),
@@ -189,6 +197,18 @@ impl Kernel {
         let endpoints = take(&mut ebpf, objects::MAP_ENDPOINTS)?;
         let endpoints6 = take(&mut ebpf, objects::MAP_ENDPOINTS6)?;
         let ifaces = take(&mut ebpf, objects::MAP_IFACES)?;
+        let mut memo_gen: Array<MapData, u64> = take(&mut ebpf, objects::MAP_MEMO_GEN)?;
+        // Whatever the running programs memoised (this layout's maps reused,
+        // or carried with their generation) is void from here, before any
+        // program of this agent goes on: the next even generation with the
+        // memo on, an odd one (never settled) with it off.
+        let g = memo_gen.get(&0, 0).ctx(|| "reading PN_MEMO_GEN".into())?;
+        let g = pn_common::memo::loaded(g, memo);
+        memo_gen.set(0, g, 0).ctx(|| "writing PN_MEMO_GEN".into())?;
+        log::info!(
+            "tc memo {} (PN_MEMO_GEN {g})",
+            if memo { "on" } else { "off" }
+        );
         let counters = take(&mut ebpf, objects::MAP_COUNTERS)?;
         let budget = take(&mut ebpf, objects::MAP_EVENT_BUDGET)?;
         let config = take(&mut ebpf, objects::MAP_CONFIG)?;
@@ -233,6 +253,9 @@ impl Kernel {
             endpoints,
             endpoints6,
             ifaces,
+            memo_gen,
+            memo,
+            memo_writing: false,
             counters,
             budget,
             config,
@@ -348,6 +371,23 @@ impl Kernel {
             .collect()
     }
 
+    /// Before a write to a map the programs memoise: the generation odd
+    /// (once per batch), so the programs look every key up in the maps
+    /// until [`Maps::settle`]. With the memo off too: odd since load, but
+    /// a predecessor with it on may have settled it since (both agents
+    /// write during a hand-over); this agent's writes are never made under
+    /// an even generation it would not bump.
+    fn memo_writing(&mut self) -> Result<()> {
+        if self.memo_writing {
+            return Ok(());
+        }
+        let g = (self.memo_gen.get(&0, 0)).ctx(|| "reading PN_MEMO_GEN".into())?;
+        (self.memo_gen.set(0, pn_common::memo::writing(g), 0))
+            .ctx(|| "writing PN_MEMO_GEN".into())?;
+        self.memo_writing = true;
+        Ok(())
+    }
+
     /// Entries of a hash map, read whole.
     fn all<K: aya::Pod + Ord, V: aya::Pod>(
         map: &HashMap<MapData, K, V>,
@@ -419,38 +459,60 @@ impl Maps for Kernel {
     }
 
     fn set_endpoint(&mut self, ip: Ip4, ep: Endpoint) -> Result<()> {
+        self.memo_writing()?;
         self.endpoints
             .insert(ip, ep, 0)
             .ctx(|| format!("writing PN_ENDPOINTS[{}]", dotted(ip)))
     }
 
     fn remove_endpoint(&mut self, ip: Ip4) -> Result<()> {
+        self.memo_writing()?;
         removed(self.endpoints.remove(&ip), || {
             format!("PN_ENDPOINTS[{}]", dotted(ip))
         })
     }
 
     fn set_endpoint6(&mut self, ip: Ip6, ep: Endpoint) -> Result<()> {
+        self.memo_writing()?;
         let name = std::net::Ipv6Addr::from(ip);
         (self.endpoints6.insert(ip, ep, 0)).ctx(|| format!("writing PN_ENDPOINTS6[{name}]"))
     }
 
     fn remove_endpoint6(&mut self, ip: Ip6) -> Result<()> {
+        self.memo_writing()?;
         removed(self.endpoints6.remove(&ip), || {
             format!("PN_ENDPOINTS6[{}]", std::net::Ipv6Addr::from(ip))
         })
     }
 
     fn set_iface(&mut self, ifindex: u32, iface: Iface) -> Result<()> {
+        self.memo_writing()?;
         self.ifaces
             .insert(ifindex, iface, 0)
             .ctx(|| format!("writing PN_IFACES[{ifindex}]"))
     }
 
     fn remove_iface(&mut self, ifindex: u32) -> Result<()> {
+        self.memo_writing()?;
         removed(self.ifaces.remove(&ifindex), || {
             format!("PN_IFACES[{ifindex}]")
         })
+    }
+
+    fn settle(&mut self) -> Result<()> {
+        if !self.memo_writing {
+            return Ok(());
+        }
+        // Off: left odd.
+        if !self.memo {
+            self.memo_writing = false;
+            return Ok(());
+        }
+        let g = (self.memo_gen.get(&0, 0)).ctx(|| "reading PN_MEMO_GEN".into())?;
+        (self.memo_gen.set(0, pn_common::memo::written(g), 0))
+            .ctx(|| "writing PN_MEMO_GEN".into())?;
+        self.memo_writing = false;
+        Ok(())
     }
 
     fn set_peer(&mut self, ip: Ip4, peer: Peer) -> Result<()> {

@@ -21,6 +21,14 @@ pub trait Maps {
     fn remove_endpoint6(&mut self, ip: Ip6) -> Result<()>;
     fn set_iface(&mut self, ifindex: u32, iface: Iface) -> Result<()>;
     fn remove_iface(&mut self, ifindex: u32) -> Result<()>;
+    /// Ends a batch of writes to the maps the programs memoise
+    /// (`PN_IFACES`, `PN_ENDPOINTS`, `PN_ENDPOINTS6`; see
+    /// `pn_common::memo`): the first such write of a batch turned the
+    /// memo off (generation odd), this turns it back on under a generation
+    /// no slot filled before carries. Nothing when nothing was written.
+    /// Every batch must end with it, failed writes or not; one that does not
+    /// leaves the memo off (slower, never stale).
+    fn settle(&mut self) -> Result<()>;
     fn set_peer(&mut self, ip: Ip4, peer: Peer) -> Result<()>;
     fn remove_peer(&mut self, ip: Ip4) -> Result<()>;
     fn set_peer6(&mut self, ip: Ip6, peer: Peer) -> Result<()>;

@@ -341,6 +341,11 @@ impl<M: Maps> Datapath<M> {
             refreshed.remove(name);
             Ok(())
         });
+        // The programs' memo back on, past every slot filled before the
+        // first write (`Maps::settle`), whatever failed.
+        if let Err(e) = maps.settle() {
+            failed.push(e);
+        }
         if failed.is_empty() {
             Ok(ch)
         } else {
