@@ -558,9 +558,19 @@ fn an_initiation_flood_from_spoofed_sources_leaves_honest_hosts_paired() {
         processed <= 200 + 50 && rejected <= 200,
         "{processed} DHs, {rejected} rejected: {report}"
     );
-    // The honest hosts kept re-pairing through the flood, with cookies.
-    let h1_pairings = h2_events(&m1, "completed") + h2_events(&m1, "answered") - h1_pairings_before;
-    assert!(h1_pairings >= 2, "{report}");
+    // The honest hosts re-paired through the flood, with a cookie, and go
+    // on re-pairing (every second) once it is over. (How many rekeys fit in
+    // the flood's seconds depends on how fast a debug agent works through
+    // its queue beside the other tests: one, on a loaded 2-core machine.)
+    let pairings = |m: &str| h2_events(m, "completed") + h2_events(m, "answered");
+    assert!(pairings(&m1) - h1_pairings_before >= 1, "{report}");
     assert!(h2_events(&m1, "cookie_received") >= 1, "{report}");
     net::udp_echo(&t.c1, dst, b"after", LONG).expect("the tunnel still works");
+    assert!(
+        eventually(LONG, || {
+            let _ = net::udp_echo(&t.c1, dst, b"rekey", Duration::from_secs(1));
+            pairings(&t.f.hosts[0].metrics()) - h1_pairings_before >= 2
+        }),
+        "no rekey after the flood: {report}"
+    );
 }
