@@ -161,16 +161,29 @@ pub async fn serve_with(
         }
     };
     let listen = SocketAddr::V4(cfg.listen);
-    let udp = UdpSocket::bind(cfg.listen)
-        .await
-        .map_err(bind_err(listen, "udp"))?;
-    let local_udp = udp.local_addr().map_err(bind_err(listen, "udp"))?;
-    // TCP on the same port as UDP (it matters when the caller asked for port 0).
-    let tcp_addr = SocketAddrV4::new(*cfg.listen.ip(), local_udp.port());
-    let tcp = TcpListener::bind(tcp_addr)
-        .await
-        .map_err(bind_err(tcp_addr.into(), "tcp"))?;
-    let local_tcp = tcp.local_addr().map_err(bind_err(tcp_addr.into(), "tcp"))?;
+    // TCP on the same port as UDP. Asked for port 0, the kernel picks UDP's
+    // port, and TCP's may be taken (a connection of another process): then
+    // another pick, a few times.
+    let mut picks = 0;
+    let (udp, local_udp, tcp) = loop {
+        let udp = UdpSocket::bind(cfg.listen)
+            .await
+            .map_err(bind_err(listen, "udp"))?;
+        let local_udp = udp.local_addr().map_err(bind_err(listen, "udp"))?;
+        let tcp_addr = SocketAddrV4::new(*cfg.listen.ip(), local_udp.port());
+        match TcpListener::bind(tcp_addr).await {
+            Ok(tcp) => break (udp, local_udp, tcp),
+            Err(e)
+                if cfg.listen.port() == 0
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && picks < 16 =>
+            {
+                picks += 1;
+            }
+            Err(e) => return Err(bind_err(tcp_addr.into(), "tcp")(e)),
+        }
+    };
+    let local_tcp = tcp.local_addr().map_err(bind_err(local_udp, "tcp"))?;
     mark(&udp, "udp")?;
     // Accepted connections inherit the listener's mark.
     mark(&tcp, "tcp")?;
